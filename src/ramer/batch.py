@@ -1,0 +1,57 @@
+"""The batch of scenes every model consumes (spec MODEL.md section 1).
+
+A scene is a ``P x S`` grid of tokens (persons x segments), flattened person-major:
+token ``n = p * S + s``. A batch pads every scene to the largest ``P`` and ``S`` in it, so all
+scenes share one grid ``(P, S)`` and ``N = P * S``. Padding is separate from missingness: a padded
+token has ``valid = False`` and is absent in every modality.
+
+Axis letters: b batch, n tokens, p persons, s segments, c labels, d feature dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
+
+ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER = -1, 0, 1
+
+
+@dataclass
+class Batch:
+    features: dict[str, Tensor]  # m -> (B, N, d_m) float, zero where absent
+    present: dict[str, Tensor]  # m -> (B, N) bool, False where missing or padded
+    valid: Tensor  # (B, N) bool, False on padded tokens
+    person: Tensor  # (B, N) long, person index p of each token
+    segment: Tensor  # (B, N) long, segment index s of each token
+    grid: tuple[int, int]  # (P, S) of the padded grid, N = P * S
+    target: Tensor  # (B,) long, target token index n, or -1 for "the whole sample"
+    scope: Tensor  # (B, N) bool, target person's valid tokens (all valid tokens without target)
+    personality: Tensor | None  # (B, P, d_pi) float, or None when the data has none
+    personality_present: Tensor | None  # (B, P) bool
+    labels: Tensor  # (B, C) float 0/1
+    role: Tensor  # (B,) long: 1 speaker, 0 non-speaker, -1 no target role
+    label_names: tuple[str, ...]
+    ids: list[str]
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(x):
+            if isinstance(x, Tensor):
+                return x.to(device, non_blocking=True)
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            return x
+
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def with_present(self, present: dict[str, Tensor]) -> "Batch":
+        """The same batch with other presence masks; features of hidden tokens are zeroed."""
+        features = {m: self.features[m] * present[m].unsqueeze(-1).to(self.features[m].dtype) for m in MODALITIES}
+        return replace(self, features=features, present=present)

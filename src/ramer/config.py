@@ -1,0 +1,228 @@
+"""One typed config for a run: sections ``data``, ``model``, ``loss``, ``train``.
+
+Every section forbids unknown keys, so a typo is an error that names the key. A config is built
+from defaults, then a YAML file, then ``--set a.b=c`` overrides, and the resolved result is saved
+in the run directory and inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ramer.errors import RamerError
+
+ABLATIONS = (
+    "no_personality",
+    "no_modality_attention",
+    "no_adversarial",
+    "no_rec_adversarial",
+    "no_reconstruction",
+    "no_contrastive",
+    "no_shuffle",
+    "no_stack",
+    "no_modality_dropout",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Section):
+    """Knobs of the embedded benchmark (see spec SYNTHETIC.md)."""
+
+    seed: int = 0
+    n_train: int = Field(4000, ge=1)
+    n_valid: int = Field(500, ge=1)
+    n_test: int = Field(1000, ge=1)
+    n_labels: int = Field(9, ge=2, le=14)
+    n_characters: int = Field(8, ge=1)
+    persons_min: int = Field(2, ge=1)
+    persons_max: int = Field(6, ge=1)
+    segments_min: int = Field(3, ge=1)
+    segments_max: int = Field(10, ge=1)
+    text_dim: int = Field(64, ge=1)
+    audio_dim: int = Field(32, ge=1)
+    visual_dim: int = Field(48, ge=1)
+    personality_dim: int = Field(118, ge=1)
+    trait_dim: int = Field(5, ge=1)
+    face_visible: float = Field(0.7, ge=0.0, le=1.0)
+    no_speaker_prob: float = Field(0.05, ge=0.0, le=1.0)
+    flip_rate: float = Field(0.03, ge=0.0, le=0.5)
+    missing_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class DataConfig(_Section):
+    path: str | None = None  # None: the embedded synthetic benchmark
+    format: str = "auto"
+    labels: Literal["primary", "fine_grained"] = "primary"
+    max_utterances: int = Field(60, ge=1)
+    missing_rate: float = Field(0.0, ge=0.0, le=1.0)
+    missing_at: Literal["all", "test"] = "all"
+    synthetic: SynthConfig = Field(default_factory=SynthConfig)
+
+
+class LayersConfig(_Section):
+    text: int = Field(2, ge=0)
+    audio: int = Field(1, ge=0)
+    visual: int = Field(1, ge=0)
+
+
+class ModelConfig(_Section):
+    name: str = "ramer"
+    hidden: int = Field(64, ge=8)
+    heads: int = Field(4, ge=1)
+    ffn: int = Field(128, ge=8)
+    layers: LayersConfig = Field(default_factory=LayersConfig)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    proj_size: int = Field(32, ge=2)  # auto-encoder code size P (paper: 64)
+    queue_size: int = Field(1024, ge=0)  # contrastive memory queue (paper: 8192)
+    temperature: float = Field(0.07, gt=0.0)
+    proto_momentum: float = Field(0.99, ge=0.0, lt=1.0)
+    modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
+    beta: bool = False  # CARAT's second reconstruction pass
+    ablations: list[str] = Field(default_factory=list)
+
+    @field_validator("ablations")
+    @classmethod
+    def _known_ablations(cls, value: list[str]) -> list[str]:
+        unknown = [a for a in value if a not in ABLATIONS]
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)}")
+        return value
+
+    def off(self, part: str) -> bool:
+        """True when the ablation switch ``part`` (e.g. ``"no_shuffle"``) is set."""
+        assert part in ABLATIONS, part
+        return part in self.ablations
+
+
+class LossConfig(_Section):
+    """Weights of the total loss (spec MODEL.md section 7)."""
+
+    w_lsr: float = 0.01
+    w_aug: float = 0.1
+    w_cl: float = 1.0
+    w_ae: float = 1.0
+    w_cross: float = 1.0
+    w_agg: float = 1.0
+    w_shuf: float = 1.0
+    w_adv: float = 0.01
+    w_orth: float = 0.01  # on L2-normalised features (the authors' 5e-6 was unnormalised)
+    w_cml: float = 0.5
+    w_radv: float = 0.01
+    w_pers: float = 0.1
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup: float = Field(0.1, ge=0.0, le=1.0)  # share of steps with linear warm-up
+    grad_clip: float = Field(1.0, gt=0.0)
+    seed: int = 1
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
+    per_label_threshold: bool = False
+    max_train_batches: int | None = Field(None, ge=1)  # cap per epoch (smoke runs)
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        else:
+            parts.append(f"'{key}': {e['msg']}")
+    return f"invalid config ({source}): " + "; ".join(parts)
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value is read as YAML: ``3`` is an int, ``[a, b]`` a list, ``null`` None."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b=c`` assignment to a nested dict, in place."""
+    if "=" not in assignment:
+        raise RamerError(f"--set expects KEY=VALUE, got '{assignment}'")
+    key, value = assignment.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise RamerError(f"--set: malformed key '{key}'")
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RamerError(f"--set: '{key}' goes below '{part}', which is not a section")
+        node = child
+    node[path[-1]] = _parse_value(value)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RamerError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise RamerError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(tree, dict):
+        raise RamerError(f"config file {path} must hold a mapping, not {type(tree).__name__}")
+    return tree
+
+
+def build_config(
+    file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict | None = None,
+) -> Config:
+    """Defaults <- ``base`` <- YAML ``file`` <- ``overrides``; errors name the bad key."""
+    tree: dict = _merge({}, base or {})
+    source = "defaults"
+    if file is not None:
+        tree = _merge(tree, read_yaml(file))
+        source = str(file)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    if overrides:
+        source += " + --set"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise RamerError(_describe(e, source)) from None
+
+
+def config_from_dict(tree: dict, source: str) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise RamerError(_describe(e, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,317 @@
+"""Scenes of one split as flat arrays, in memory or memory-mapped, and their collation to a Batch.
+
+Every loader (synthetic, MOSEI, M3ED, MEmoR, imported conversations) produces a ``SceneStore``;
+the native on-disk format (``docs/DATA.md``) is these arrays as ``.npy`` files, read back with
+``np.load(mmap_mode="r", allow_pickle=False)``: nothing in a data directory can run code.
+
+Layout of one split with ``n`` scenes, ``T`` tokens in all and ``Q`` persons in all:
+
+==========================  ================  =============================================
+array                       shape / dtype     meaning
+==========================  ================  =============================================
+``text, audio, visual``     (T, d_m) float32  token features, person-major within a scene
+``present``                 (T, 3) bool       presence of text / audio / visual per token
+``token_offsets``           (n+1,) int64      scene i owns tokens [off[i], off[i+1])
+``grid``                    (n, 2) int32      (P, S) of each scene, P * S tokens
+``labels``                  (n, C) uint8      multi-hot labels
+``target``                  (n, 2) int32      (person, segment) of the target; (-1, -1) = whole
+``role``                    (n,) int8         1 speaker, 0 non-speaker, -1 none
+``person_offsets``          (n+1,) int64      scene i owns persons [poff[i], poff[i+1])
+``character``               (Q,) int32        a stable id of each person (-1 unknown)
+``personality``             (Q, d_pi) float32 optional; absent when d_pi == 0
+``personality_present``     (Q,) bool         optional, with ``personality``
+``ids``                     n strings         sample ids (``ids.json``)
+==========================  ================  =============================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ramer.batch import MODALITIES, ROLE_NONE, Batch
+from ramer.errors import RamerError
+
+NATIVE_FORMAT = "ramer-native"
+NATIVE_VERSION = 1
+_ARRAYS = (
+    "text",
+    "audio",
+    "visual",
+    "present",
+    "token_offsets",
+    "grid",
+    "labels",
+    "target",
+    "role",
+    "person_offsets",
+    "character",
+)
+_OPTIONAL = ("personality", "personality_present")
+_DTYPES = {
+    "text": np.float32,
+    "audio": np.float32,
+    "visual": np.float32,
+    "present": np.bool_,
+    "token_offsets": np.int64,
+    "grid": np.int32,
+    "labels": np.uint8,
+    "target": np.int32,
+    "role": np.int8,
+    "person_offsets": np.int64,
+    "character": np.int32,
+    "personality": np.float32,
+    "personality_present": np.bool_,
+}
+
+
+@dataclass
+class SceneStore:
+    """One split: flat arrays (see module docstring) plus the label names."""
+
+    text: np.ndarray
+    audio: np.ndarray
+    visual: np.ndarray
+    present: np.ndarray
+    token_offsets: np.ndarray
+    grid: np.ndarray
+    labels: np.ndarray
+    target: np.ndarray
+    role: np.ndarray
+    person_offsets: np.ndarray
+    character: np.ndarray
+    label_names: tuple[str, ...]
+    ids: list[str]
+    personality: np.ndarray | None = None
+    personality_present: np.ndarray | None = None
+    source: str = "<memory>"
+    extra: dict = field(default_factory=dict)  # loader statistics (non-finite counts, ...)
+
+    def __post_init__(self) -> None:
+        self.label_names = tuple(self.label_names)
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Shapes must agree; an error names the store's source, the array and both shapes."""
+        n, T = len(self.grid), len(self.text)
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise RamerError(f"{self.source}: {what}")
+
+        need(self.grid.ndim == 2 and self.grid.shape[1] == 2, f"grid has shape {self.grid.shape}, expected (n, 2)")
+        need(self.token_offsets.shape == (n + 1,), f"token_offsets has shape {self.token_offsets.shape}, expected ({n + 1},)")
+        need(self.person_offsets.shape == (n + 1,), f"person_offsets has shape {self.person_offsets.shape}, expected ({n + 1},)")
+        for m in MODALITIES:
+            arr = getattr(self, m)
+            need(arr.ndim == 2 and len(arr) == T, f"{m} has shape {arr.shape}, expected ({T}, d)")
+        need(self.present.shape == (T, 3), f"present has shape {self.present.shape}, expected ({T}, 3)")
+        need(self.labels.ndim == 2 and self.labels.shape == (n, len(self.label_names)),
+             f"labels has shape {self.labels.shape}, expected ({n}, {len(self.label_names)})")
+        need(self.target.shape == (n, 2), f"target has shape {self.target.shape}, expected ({n}, 2)")
+        need(self.role.shape == (n,), f"role has shape {self.role.shape}, expected ({n},)")
+        need(len(self.ids) == n, f"{len(self.ids)} ids for {n} scenes")
+        if n:
+            sizes = self.grid[:, 0].astype(np.int64) * self.grid[:, 1]
+            need(bool((self.grid > 0).all()), "grid has a scene with no persons or no segments")
+            need(bool((np.diff(self.token_offsets) == sizes).all()) and self.token_offsets[-1] == T and self.token_offsets[0] == 0,
+                 "token_offsets do not match grid sizes P*S")
+            need(bool((np.diff(self.person_offsets) == self.grid[:, 0]).all()) and self.person_offsets[0] == 0,
+                 "person_offsets do not match grid persons P")
+            has_t = self.target[:, 0] >= 0
+            need(bool(((self.target[has_t] < self.grid[has_t]).all())), "a target lies outside its scene's grid")
+        Q = int(self.person_offsets[-1]) if n else 0
+        need(self.character.shape == (Q,), f"character has shape {self.character.shape}, expected ({Q},)")
+        if self.personality is not None:
+            need(self.personality.ndim == 2 and len(self.personality) == Q,
+                 f"personality has shape {self.personality.shape}, expected ({Q}, d)")
+            need(self.personality_present is not None and self.personality_present.shape == (Q,),
+                 "personality_present missing or of the wrong shape")
+
+    # ------------------------------------------------------------------ facts
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    @property
+    def dims(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {m: int(getattr(self, m).shape[1]) for m in MODALITIES}
+        out["personality"] = None if self.personality is None else int(self.personality.shape[1])
+        return out
+
+    @property
+    def has_roles(self) -> bool:
+        return bool((np.asarray(self.role) != ROLE_NONE).any())
+
+    # ------------------------------------------------------------------ variants
+    def with_missing(self, rate: float, seed: int) -> "SceneStore":
+        """Hide each present modality of each token with extra probability ``rate`` (seeded)."""
+        if rate <= 0:
+            return self
+        rng = np.random.default_rng(seed)
+        keep = rng.random(self.present.shape) >= rate
+        out = SceneStore(**{**self.__dict__, "present": np.asarray(self.present) & keep})
+        return out
+
+    # ------------------------------------------------------------------ batching
+    def collate(self, indices: list[int] | np.ndarray) -> Batch:
+        """Pad the scenes ``indices`` to one grid and build a Batch (no Python loop per token)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        B = len(idx)
+        grids = self.grid[idx].astype(np.int64)
+        P, S = int(grids[:, 0].max()), int(grids[:, 1].max())
+        N = P * S
+        # For each scene, the flat source row of every (p, s) slot of the padded grid.
+        p_ax = np.arange(P)[None, :, None]
+        s_ax = np.arange(S)[None, None, :]
+        Pb, Sb = grids[:, 0][:, None, None], grids[:, 1][:, None, None]
+        valid = (p_ax < Pb) & (s_ax < Sb)  # (B, P, S)
+        src = self.token_offsets[idx][:, None, None] + p_ax * Sb + s_ax
+        rows = np.where(valid, src, 0).reshape(-1)
+        valid = valid.reshape(B, N)
+        # Reading sorted rows is much faster on memory maps.
+        order = np.argsort(rows, kind="stable")
+        feats = {}
+        for m in MODALITIES:
+            arr = getattr(self, m)
+            x = np.empty((B * N, arr.shape[1]), dtype=np.float32)
+            x[order] = arr[rows[order]]
+            feats[m] = x.reshape(B, N, -1)
+        pres = np.empty((B * N, 3), dtype=bool)
+        pres[order] = self.present[rows[order]]
+        pres = pres.reshape(B, N, 3) & valid[..., None]
+        for k, m in enumerate(MODALITIES):
+            feats[m] *= pres[..., k : k + 1]
+        tgt = self.target[idx].astype(np.int64)
+        target = np.where(tgt[:, 0] >= 0, tgt[:, 0] * S + tgt[:, 1], -1)
+        person = np.broadcast_to(np.repeat(np.arange(P), S)[None], (B, N))
+        segment = np.broadcast_to(np.tile(np.arange(S), P)[None], (B, N))
+        scope = valid & np.where(target[:, None] >= 0, person == tgt[:, :1], True)
+        personality = personality_present = None
+        if self.personality is not None:
+            d = self.personality.shape[1]
+            pvalid = np.arange(P)[None, :] < grids[:, :1]  # (B, P)
+            prow = np.where(pvalid, self.person_offsets[idx][:, None] + np.arange(P)[None, :], 0).reshape(-1)
+            personality = np.asarray(self.personality[prow], dtype=np.float32).reshape(B, P, d)
+            personality_present = np.asarray(self.personality_present[prow]).reshape(B, P) & pvalid
+            personality *= personality_present[..., None]
+        t = torch.from_numpy
+        return Batch(
+            features={m: t(feats[m]) for m in MODALITIES},
+            present={m: t(np.ascontiguousarray(pres[..., k])) for k, m in enumerate(MODALITIES)},
+            valid=t(valid),
+            person=t(np.ascontiguousarray(person)),
+            segment=t(np.ascontiguousarray(segment)),
+            grid=(P, S),
+            target=t(target),
+            scope=t(scope),
+            personality=None if personality is None else t(personality),
+            personality_present=None if personality_present is None else t(personality_present),
+            labels=t(np.asarray(self.labels[idx], dtype=np.float32)),
+            role=t(np.asarray(self.role[idx], dtype=np.int64)),
+            label_names=self.label_names,
+            ids=[self.ids[i] for i in idx],
+        )
+
+    # ------------------------------------------------------------------ native format
+    def save(self, directory: str | Path) -> None:
+        """Write this split's arrays as ``.npy`` files (atomically: a temp folder, then rename)."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        names = _ARRAYS + (_OPTIONAL if self.personality is not None else ())
+        for name in names:
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name]))
+        (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, label_names: tuple[str, ...], mmap: bool = True) -> "SceneStore":
+        directory = Path(directory)
+        arrays = {}
+        for name in _ARRAYS + _OPTIONAL:
+            path = directory / f"{name}.npy"
+            if not path.exists():
+                if name in _OPTIONAL:
+                    continue
+                raise RamerError(f"{directory}: missing array file {path.name}")
+            try:
+                arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise RamerError(f"{path}: not a readable .npy array ({e})") from None
+            if arr.dtype != _DTYPES[name]:
+                raise RamerError(f"{path}: dtype {arr.dtype}, expected {np.dtype(_DTYPES[name])}")
+            arrays[name] = arr
+        try:
+            ids = json.loads((directory / "ids.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RamerError(f"{directory / 'ids.json'}: unreadable ({e})") from None
+        return cls(**arrays, ids=ids, label_names=label_names, source=str(directory))
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset plus what describes them."""
+
+    splits: dict[str, SceneStore]
+    label_names: tuple[str, ...]
+    format: str
+    source: str
+    info: dict = field(default_factory=dict)  # e.g. the synthetic oracle's predictions
+
+    @property
+    def dims(self) -> dict[str, int | None]:
+        return next(iter(self.splits.values())).dims
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, store in self.splits.items():
+            store.save(directory / name)
+        meta = {
+            "format": NATIVE_FORMAT,
+            "version": NATIVE_VERSION,
+            "source_format": self.format,
+            "label_names": list(self.label_names),
+            "dims": self.dims,
+            "splits": {name: len(s) for name, s in self.splits.items()},
+            "info": self.info,
+        }
+        tmp = directory / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, directory / "meta.json")
+
+
+def is_native(path: str | Path) -> bool:
+    return (Path(path) / "meta.json").is_file()
+
+
+def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RamerError(f"{path / 'meta.json'}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
+        raise RamerError(f"{path / 'meta.json'}: not a {NATIVE_FORMAT} directory")
+    for key in ("label_names", "splits"):
+        if key not in meta:
+            raise RamerError(f"{path / 'meta.json'}: missing key '{key}'")
+    labels = tuple(meta["label_names"])
+    splits = {}
+    for name, n in meta["splits"].items():
+        store = SceneStore.load(path / name, labels, mmap=mmap)
+        if len(store) != n:
+            raise RamerError(f"{path / name}: {len(store)} scenes, meta.json says {n}")
+        splits[name] = store
+    return DataBundle(splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}))

@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+
+
+class RamerError(Exception):
+    """A user-facing error: bad input, a bad flag, a missing or corrupt file."""

@@ -1,0 +1,73 @@
+"""Shared test helpers: small random scene stores in the project's layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.data.store import SceneStore
+
+LABELS9 = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
+
+
+def random_store(
+    n: int = 12,
+    dims: tuple[int, int, int] = (16, 8, 12),
+    n_labels: int = 5,
+    persons: tuple[int, int] = (1, 4),
+    segments: tuple[int, int] = (2, 5),
+    personality_dim: int | None = 7,
+    with_target: bool = True,
+    seed: int = 0,
+) -> SceneStore:
+    """A store of ``n`` random multi-party scenes: one speaker per segment has text and audio,
+    visual present with probability 0.7; a target (person, segment) per scene when asked."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack([rng.integers(persons[0], persons[1] + 1, n), rng.integers(segments[0], segments[1] + 1, n)], 1)
+    sizes = grid[:, 0] * grid[:, 1]
+    T, Q = int(sizes.sum()), int(grid[:, 0].sum())
+    present = np.zeros((T, 3), dtype=bool)
+    target = np.full((n, 2), -1, dtype=np.int32)
+    role = np.full(n, ROLE_NONE, dtype=np.int8)
+    off = 0
+    for i, (P, S) in enumerate(grid):
+        speakers = rng.integers(0, P, S)
+        for s in range(S):
+            present[off + speakers[s] * S + s, :2] = True
+        present[off : off + P * S, 2] = rng.random(P * S) < 0.7
+        if with_target:
+            p, s = int(rng.integers(0, P)), int(rng.integers(0, S))
+            target[i] = (p, s)
+            role[i] = ROLE_SPEAKER if speakers[s] == p else ROLE_NONSPEAKER
+        off += P * S
+    feats = [rng.normal(size=(T, d)).astype(np.float32) for d in dims]
+    for k in range(3):
+        feats[k] *= present[:, k : k + 1]
+    labels = (rng.random((n, n_labels)) < 0.3).astype(np.uint8)
+    pers = pers_present = None
+    if personality_dim:
+        pers = rng.normal(size=(Q, personality_dim)).astype(np.float32)
+        pers_present = np.ones(Q, dtype=bool)
+    return SceneStore(
+        text=feats[0],
+        audio=feats[1],
+        visual=feats[2],
+        present=present,
+        token_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        grid=grid.astype(np.int32),
+        labels=labels,
+        target=target,
+        role=role,
+        person_offsets=np.concatenate([[0], np.cumsum(grid[:, 0])]).astype(np.int64),
+        character=rng.integers(0, 8, Q).astype(np.int32),
+        label_names=tuple(f"l{j}" for j in range(n_labels)),
+        ids=[f"s{i}" for i in range(n)],
+        personality=pers,
+        personality_present=pers_present,
+    )
+
+
+@pytest.fixture
+def store() -> SceneStore:
+    return random_store()
