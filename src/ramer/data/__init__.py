@@ -1,0 +1,30 @@
+"""Datasets: the embedded synthetic benchmark, the public benchmarks, the native format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ramer.config import DataConfig
+from ramer.data.store import DataBundle, SceneStore, is_native, load_native
+from ramer.errors import RamerError
+
+
+def load_bundle(cfg: DataConfig) -> DataBundle:
+    """The dataset a config names: synthetic when ``path`` is None, else a file or directory."""
+    if cfg.path is None:
+        if cfg.format not in ("auto", "synthetic"):
+            raise RamerError(f"data.format is '{cfg.format}' but no data path was given")
+        from ramer.data.synthetic import generate
+
+        return generate(cfg.synthetic)
+    path = Path(cfg.path)
+    if not path.exists():
+        raise RamerError(f"data path not found: {path}")
+    if cfg.format in ("auto", "native") and is_native(path):
+        return load_native(path)
+    from ramer.data.formats import load_dataset
+
+    return load_dataset(path, cfg.format, cfg)
+
+
+__all__ = ["DataBundle", "SceneStore", "load_bundle", "load_native"]

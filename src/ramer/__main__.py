@@ -1,0 +1,7 @@
+"""``python -m ramer`` (what ``torchrun -m ramer`` runs)."""
+
+import sys
+
+from ramer.cli import main
+
+sys.exit(main())

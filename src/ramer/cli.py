@@ -1,0 +1,270 @@
+"""The ``ramer`` command line. It only wires config, data, recipe and reports together."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ramer import __version__
+from ramer.config import Config, build_config
+from ramer.errors import RamerError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+OUT = Console()  # results go to stdout
+ERR = Console(stderr=True)  # progress and messages go to stderr
+
+
+def resolve_config(name: str | None) -> Path:
+    """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...)."""
+    name = name or "synthetic"
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RamerError(f"config file not found: {path}")
+        return path
+    bundled = CONFIG_DIR / f"{name}.yaml"
+    if not bundled.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise RamerError(f"no config named '{name}'; bundled: {', '.join(known)}")
+    return bundled
+
+
+def default_out(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---------------------------------------------------------------------- tables
+METRIC_COLUMNS = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("acc", "Acc"), ("hamming_loss", "HL"))
+
+
+def metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    """Rows: name -> {"overall": {...}, "speaker": {...}, "nonspeaker": {...}}; one line per part."""
+    table = Table(title=title)
+    for col in ("model", "targets", "n", *(label for _, label in METRIC_COLUMNS)):
+        table.add_column(col, justify="left" if col in ("model", "targets") else "right")
+    for name, rep in rows.items():
+        for part in ("overall", "speaker", "nonspeaker"):
+            if part in rep:
+                m = rep[part]
+                table.add_row(name if part == "overall" else "", part, str(m.get("n", "")),
+                              *(f"{m[key]:.4f}" for key, _ in METRIC_COLUMNS))
+    return table
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from ramer.train.recipe import Recipe
+
+    if args.resume:
+        if args.config or args.set or args.data or args.model or args.out:
+            raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
+        run_dir = Path(args.resume)
+        cfg = build_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        if cfg is None:
+            raise RamerError(f"cannot resume: {run_dir / 'config.yaml'} not found")
+        recipe = Recipe(cfg, run_dir, resume=True, console=ERR)
+    else:
+        cfg = build_config(resolve_config(args.config), args.set or [])
+        if args.model:
+            cfg.model.name = args.model
+        if args.data:
+            cfg.data.path = args.data
+        out = Path(args.out) if args.out else default_out(cfg)
+        recipe = Recipe(cfg, out, console=ERR)
+    result = recipe.run()
+    OUT.print(metrics_table(f"test metrics ({recipe.cfg.model.name}, {recipe.out})", {recipe.cfg.model.name: result}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ramer.data import load_bundle
+    from ramer.metrics import report
+    from ramer.models import build_model
+    from ramer.train import checkpoint as ckpt
+    from ramer.train.recipe import apply_missing, predict, resolve_device
+
+    run_dir = Path(args.run_dir)
+    model_file = run_dir / "model.safetensors" if run_dir.is_dir() else run_dir
+    state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
+    if args.data:
+        cfg.data.path = args.data
+    bundle = load_bundle(cfg.data)
+    if args.split not in bundle.splits:
+        raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    if tuple(bundle.label_names) != tuple(spec.label_names):
+        raise RamerError(f"{bundle.source}: labels {list(bundle.label_names)} differ from the model's {list(spec.label_names)}")
+    model = build_model(cfg, spec)
+    ckpt.load_state_into(model, state, str(model_file))
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    store = apply_missing(bundle, cfg)[args.split]
+    pred = predict(model, store, cfg.train.eval_batch_size, device)
+    thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
+    rep = report(pred.labels, pred.scores, thr, pred.role, bundle.label_names)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        OUT.print(metrics_table(f"{args.split} metrics ({cfg.model.name}, best epoch {epoch}, threshold {np.mean(thr):.2f})",
+                                {cfg.model.name: rep}))
+    return 0
+
+
+def print_synth_report(bundle, console: Console) -> None:
+    from ramer.data.synthetic import statistics
+
+    stats = statistics(bundle)
+    table = Table(title=f"embedded benchmark {bundle.source}")
+    for col in ("split", "scenes", "persons", "segments", "labels/sample", "empty", "text", "audio", "visual", "speaker targets"):
+        table.add_column(col, justify="right")
+    for name, s in stats.items():
+        pres = s["presence"]
+        table.add_row(name, str(s["scenes"]), f"{s['persons_mean']:.2f}", f"{s['segments_mean']:.2f}",
+                      f"{s['label_cardinality']:.2f}", f"{s['empty_label_share']:.3f}",
+                      f"{pres['text']:.3f}", f"{pres['audio']:.3f}", f"{pres['visual']:.3f}",
+                      f"{s['speaker_target_share']:.3f}")
+    console.print(table)
+    freq = stats["train"]["label_freq"]
+    console.print("label frequencies (train): " + ", ".join(f"{k} {v:.3f}" for k, v in freq.items()), highlight=False)
+    console.print(metrics_table("oracle ceiling (latent state before annotator noise)",
+                                {f"oracle ({k})": v for k, v in bundle.info["oracle"].items()}))
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from ramer.data.synthetic import generate
+
+    cfg = build_config(resolve_config(args.config), [f"data.synthetic.{s}" for s in (args.set or [])])
+    bundle = generate(cfg.data.synthetic)
+    bundle.save(args.out)
+    print_synth_report(bundle, OUT)
+    OUT.print(f"wrote {args.out}", highlight=False)
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from ramer.data.commands import run_info
+
+    run_info(args.path, fmt=args.format, labels=args.labels, as_json=args.json)
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from ramer.data.commands import run_convert
+
+    run_convert(args.path, args.out, fmt=args.format, labels=args.labels)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    t0 = time.perf_counter()
+    cfg = build_config(resolve_config("synthetic"), args.set or [])
+    bundle = generate(cfg.data.synthetic)
+    ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s", highlight=False)
+    print_synth_report(bundle, OUT)
+    rows = {}
+    out = Path(args.out)
+    for name in ("ramer", "late_fusion"):
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.model.name = name
+        ERR.print(f"training {name} -> {out / name}", highlight=False)
+        run_dir = out / name
+        if (run_dir / "train_state.pt").exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        rows[name] = Recipe(run_cfg, run_dir, console=ERR, bundle=bundle).run()
+    rows["oracle (ceiling)"] = bundle.info["oracle"]["test"]
+    OUT.print(metrics_table("test metrics on the embedded benchmark (same data and seed)", rows))
+    OUT.print(f"run directories under {out}; total {time.perf_counter() - t0:.0f}s", highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ramer",
+        description="Multi-party, multi-modal, multi-label emotion recognition: RAMer and its baselines.",
+    )
+    p.add_argument("--version", action="version", version=f"ramer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="generate the embedded benchmark, train RAMer and late fusion, print test metrics",
+                       description="Generate the embedded synthetic benchmark, train RAMer and the late-fusion baseline "
+                                   "on it (same data and seed), and print their test metrics beside the oracle ceiling.")
+    d.add_argument("--out", default="runs/demo", help="where the run directories go (default: runs/demo)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=2 (repeatable)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model (best by validation micro-F1), then test it once",
+                       description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
+                                   "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
+                                   "Without --data it trains on the embedded synthetic benchmark.")
+    t.add_argument("--model", help="model name (default: the config's, ramer)")
+    t.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
+    t.add_argument("--data", help="dataset: a native directory or a public benchmark file/directory")
+    t.add_argument("--out", help="run directory (default: runs/MODEL-TIMESTAMP)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=5 (repeatable)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run on a split with its stored threshold",
+                       description="Evaluate the best checkpoint of RUN_DIR (config and threshold are read from it).")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
+    e.add_argument("--data", help="dataset to evaluate on (default: the one the run was trained on)")
+    e.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    e.add_argument("--json", action="store_true", help="print the full report as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="generate, inspect and convert datasets",
+                          description="Generate the embedded benchmark, inspect a dataset, convert to the native format.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = dsub.add_parser("synth", help="write the embedded synthetic benchmark in the native format",
+                        description="Generate the embedded benchmark (seeded, deterministic) into DIR and print its "
+                                    "statistics and oracle ceiling.")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--config", help="config whose data.synthetic section to use (default: synthetic)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="generator setting, e.g. seed=3 or n_train=1000 (keys of data.synthetic; repeatable)")
+    s.set_defaults(func=cmd_data_synth)
+    i = dsub.add_parser("info", help="describe a dataset: format, labels, dims, split statistics",
+                        description="Read a dataset (any supported format) and print what it holds.")
+    i.add_argument("path", metavar="PATH")
+    i.add_argument("--format", default="auto", help="format (default: detected)")
+    i.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=cmd_data_info)
+    c = dsub.add_parser("convert", help="convert a dataset to the native (memory-mapped) format",
+                        description="Convert any supported dataset to the native format for fast loading.")
+    c.add_argument("path", metavar="PATH")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--format", default="auto", help="format (default: detected)")
+    c.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
+    c.set_defaults(func=cmd_data_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RamerError as e:
+        ERR.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        ERR.print("interrupted; resume with: ramer train --resume RUN_DIR", highlight=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

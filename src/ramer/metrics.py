@@ -1,0 +1,149 @@
+"""Multi-label metrics (spec MODEL.md section 9), computed with numpy and cross-checked against
+scikit-learn in the tests.
+
+Conventions, chosen to match scikit-learn's defaults (and so the TAILOR / CARAT / AMP code):
+- ``acc`` is example-based (Jaccard) accuracy: mean over samples of |y ∩ ŷ| / |y ∪ ŷ|; a sample
+  whose union is empty (no true and no predicted label) scores 0.
+- A precision, recall or F1 whose denominator is 0 is 0 (``zero_division=0``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRIC_KEYS = (
+    "acc",
+    "subset_acc",
+    "hamming_loss",
+    "micro_p",
+    "micro_r",
+    "micro_f1",
+    "macro_p",
+    "macro_r",
+    "macro_f1",
+    "weighted_f1",
+)
+
+
+def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _check(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal (N, C) arrays")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.size and not np.isin(y, (0, 1)).all():
+            raise ValueError(f"{name} must hold only 0 and 1")
+    return y_true.astype(bool), y_pred.astype(bool)
+
+
+def per_label_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, predicted positives and real positives per label, as float arrays."""
+    t, p = _check(y_true, y_pred)
+    return (t & p).sum(0).astype(np.float64), p.sum(0).astype(np.float64), t.sum(0).astype(np.float64)
+
+
+def per_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names=None) -> dict[str, dict[str, float]]:
+    """``{label: {"p", "r", "f1", "support"}}``."""
+    tp, pp, rp = per_label_counts(y_true, y_pred)
+    prec, rec = _div(tp, pp), _div(tp, rp)
+    f1 = _div(2 * tp, pp + rp)
+    names = label_names if label_names is not None else [str(j) for j in range(len(tp))]
+    return {
+        str(name): {"p": float(prec[j]), "r": float(rec[j]), "f1": float(f1[j]), "support": int(rp[j])}
+        for j, name in enumerate(names)
+    }
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """All metrics of ``METRIC_KEYS`` for ``(N, C)`` 0/1 arrays; an empty set gives zeros."""
+    t, p = _check(y_true, y_pred)
+    if t.shape[0] == 0:
+        return {k: 0.0 for k in METRIC_KEYS}
+    inter, union = (t & p).sum(1), (t | p).sum(1)
+    tp, pp, rp = per_label_counts(t, p)
+    prec_l, rec_l, f1_l = _div(tp, pp), _div(tp, rp), _div(2 * tp, pp + rp)
+    support = rp.sum()
+    return {
+        "acc": float(_div(inter, union).mean()),
+        "subset_acc": float((t == p).all(1).mean()),
+        "hamming_loss": float((t != p).mean()),
+        "micro_p": float(_div(tp.sum(), pp.sum())),
+        "micro_r": float(_div(tp.sum(), rp.sum())),
+        "micro_f1": float(_div(2 * tp.sum(), pp.sum() + rp.sum())),
+        "macro_p": float(prec_l.mean()),
+        "macro_r": float(rec_l.mean()),
+        "macro_f1": float(f1_l.mean()),
+        "weighted_f1": float((f1_l * rp).sum() / support) if support > 0 else 0.0,
+    }
+
+
+def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Share of samples whose highest-scoring label is one of their true labels (MEmoR)."""
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
+        return 0.0
+    best = np.asarray(scores).argmax(1)
+    return float(y_true[np.arange(len(y_true)), best].astype(bool).mean())
+
+
+def report(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float | np.ndarray,
+    role: np.ndarray | None = None,
+    label_names=None,
+) -> dict:
+    """``{"overall": {...}, "speaker": {...}, "nonspeaker": {...}}`` at ``threshold``.
+
+    The role split appears only when ``role`` marks some targets (1 speaker, 0 non-speaker).
+    Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; ``per_label`` sits
+    beside the parts (overall only).
+    """
+    y_true = np.asarray(y_true).astype(np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    y_pred = (scores > threshold).astype(np.int64)
+
+    def part(mask: np.ndarray) -> dict:
+        out = multilabel_metrics(y_true[mask], y_pred[mask])
+        out["top1_acc"] = top1_accuracy(y_true[mask], scores[mask])
+        out["n"] = int(mask.sum())
+        return out
+
+    everything = np.ones(len(y_true), dtype=bool)
+    result = {"overall": part(everything)}
+    if role is not None and (np.asarray(role) >= 0).any():
+        role = np.asarray(role)
+        result["speaker"] = part(role == 1)
+        result["nonspeaker"] = part(role == 0)
+    result["per_label"] = per_label_metrics(y_true, y_pred, label_names)
+    return result
+
+
+def tune_threshold(
+    y_true: np.ndarray, scores: np.ndarray, per_label: bool = False, grid: np.ndarray | None = None
+) -> float | np.ndarray:
+    """Threshold maximising micro-F1 (global) or each label's F1 (per label) on the given split.
+
+    Call it on the validation split only. Ties go to the threshold nearest 0.5.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 4) if grid is None else np.asarray(grid)
+    # (G, N, C) comparisons, chunked over the grid so memory stays small.
+    tp = np.empty((len(grid), y_true.shape[1]))
+    pp = np.empty_like(tp)
+    for g0 in range(0, len(grid), 16):
+        pred = scores[None] > grid[g0 : g0 + 16, None, None]
+        tp[g0 : g0 + 16] = (pred & y_true[None]).sum(1)
+        pp[g0 : g0 + 16] = pred.sum(1)
+    rp = y_true.sum(0)[None].astype(np.float64)
+    order = np.argsort(np.abs(grid - 0.5), kind="stable")  # prefer thresholds near 0.5 on ties
+    if not per_label:
+        f1 = _div(2 * tp.sum(1), pp.sum(1) + rp.sum())
+        return float(grid[order[np.argmax(f1[order])]])
+    f1 = _div(2 * tp, pp + rp)  # (G, C)
+    return grid[order[np.argmax(f1[order], axis=0)]]

@@ -1,0 +1,108 @@
+"""Atomic writes and safe checkpoints.
+
+- ``model.safetensors``: the best weights, with the resolved config, the data spec and the decision
+  threshold in its metadata, so ``ramer eval RUN_DIR`` needs no other flag. Safetensors holds
+  tensors only: loading it runs no code.
+- ``train_state.pt``: what resuming needs (last weights, optimiser, scheduler, RNG, epoch, best so
+  far), loaded with ``torch.load(weights_only=True)``.
+Every file is written to a temporary name in the same folder and renamed over the old one, so a
+kill during a save never leaves a half-written file as the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ramer.config import Config, config_from_dict
+from ramer.errors import RamerError
+from ramer.models.base import DataSpec
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    atomic_write(path, write)
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, threshold, epoch: int) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    thr = threshold.tolist() if hasattr(threshold, "tolist") else threshold
+    meta = {
+        "format": "ramer-model",
+        "config": json.dumps(cfg.model_dump(mode="json")),
+        "spec": json.dumps(spec.to_dict()),
+        "threshold": json.dumps(thr),
+        "epoch": str(epoch),
+    }
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, DataSpec, float | list[float], int]:
+    """Tensors and metadata of a ``model.safetensors``; errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RamerError(f"model file not found: {path}")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RamerError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]), f"{path} metadata")
+        spec = DataSpec.from_dict(json.loads(meta["spec"]))
+        threshold = json.loads(meta["threshold"])
+        epoch = int(meta.get("epoch", -1))
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise RamerError(f"{path}: metadata is missing or malformed ({e!r}); was it written by ramer?") from None
+    return state, cfg, spec, threshold, epoch
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise RamerError(f"{source}: weights do not fit the model ({first})") from None
+
+
+def save_train_state(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RamerError(f"cannot resume: {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise RamerError(f"{path}: cannot be loaded safely ({str(e).splitlines()[0]})") from None
