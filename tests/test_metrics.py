@@ -1,0 +1,105 @@
+"""Every metric key cross-checked against scikit-learn, on random and edge-case inputs."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from ramer.metrics import METRIC_KEYS, multilabel_metrics, per_label_metrics, report, top1_accuracy, tune_threshold
+
+
+def sklearn_reference(y, p):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = {"zero_division": 0}
+        return {
+            "acc": skm.jaccard_score(y, p, average="samples", **kw),
+            "subset_acc": skm.accuracy_score(y, p),
+            "hamming_loss": skm.hamming_loss(y, p),
+            "micro_p": skm.precision_score(y, p, average="micro", **kw),
+            "micro_r": skm.recall_score(y, p, average="micro", **kw),
+            "micro_f1": skm.f1_score(y, p, average="micro", **kw),
+            "macro_p": skm.precision_score(y, p, average="macro", **kw),
+            "macro_r": skm.recall_score(y, p, average="macro", **kw),
+            "macro_f1": skm.f1_score(y, p, average="macro", **kw),
+            "weighted_f1": skm.f1_score(y, p, average="weighted", **kw),
+        }
+
+
+def cases():
+    rng = np.random.default_rng(0)
+    for seed in range(8):
+        r = np.random.default_rng(seed)
+        n, c = int(r.integers(1, 40)), int(r.integers(2, 10))
+        yield (r.random((n, c)) < 0.3).astype(int), (r.random((n, c)) < 0.3).astype(int)
+    y = (rng.random((20, 6)) < 0.4).astype(int)
+    y[:5] = 0  # empty label rows
+    yield y, (rng.random((20, 6)) < 0.4).astype(int)
+    yield y, np.zeros_like(y)  # all-zero predictions
+    yield np.zeros((7, 4), int), np.zeros((7, 4), int)  # nothing anywhere
+    yield np.zeros((7, 4), int), np.ones((7, 4), int)
+    yield np.ones((5, 3), int), np.ones((5, 3), int)  # perfect
+    y = np.zeros((10, 5), int)
+    y[:, 0] = 1  # labels 1..4 never occur
+    yield y, (rng.random((10, 5)) < 0.5).astype(int)
+
+
+@pytest.mark.parametrize("case", list(cases()))
+def test_every_key_matches_sklearn(case):
+    y, p = case
+    ours = multilabel_metrics(y, p)
+    assert tuple(ours) == METRIC_KEYS
+    ref = sklearn_reference(y, p)
+    for key in METRIC_KEYS:
+        assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+def test_per_label_matches_sklearn():
+    rng = np.random.default_rng(3)
+    y, p = (rng.random((50, 4)) < 0.3).astype(int), (rng.random((50, 4)) < 0.3).astype(int)
+    pr, rc, f1, sup = skm.precision_recall_fscore_support(y, p, zero_division=0)
+    ours = per_label_metrics(y, p, ["a", "b", "c", "d"])
+    for j, name in enumerate("abcd"):
+        assert ours[name]["p"] == pytest.approx(pr[j])
+        assert ours[name]["r"] == pytest.approx(rc[j])
+        assert ours[name]["f1"] == pytest.approx(f1[j])
+        assert ours[name]["support"] == sup[j]
+
+
+def test_empty_union_scores_zero_in_acc():
+    y = np.array([[0, 0], [1, 0]])
+    assert multilabel_metrics(y, y)["acc"] == 0.5
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError):
+        multilabel_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError):
+        multilabel_metrics(np.full((3, 2), 2), np.zeros((3, 2)))
+
+
+def test_report_splits_by_role_and_top1():
+    y = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.6], [0.4, 0.45]])
+    rep = report(y, s, 0.5, np.array([1, 1, 0, 0]))
+    assert rep["speaker"]["n"] == 2 and rep["nonspeaker"]["n"] == 2
+    assert rep["speaker"]["micro_f1"] == 1.0
+    assert rep["nonspeaker"]["micro_f1"] == pytest.approx(skm.f1_score(y[2:], (s[2:] > 0.5).astype(int), average="micro"))
+    assert top1_accuracy(y, s) == 0.75
+    assert "speaker" not in report(y, s, 0.5, np.full(4, -1))
+
+
+def test_threshold_tuning_finds_the_best_on_the_given_split():
+    rng = np.random.default_rng(1)
+    y = (rng.random((300, 5)) < 0.3).astype(int)
+    s = np.clip(y * 0.3 + rng.random((300, 5)) * 0.5, 0, 1)
+    thr = tune_threshold(y, s)
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 4)
+    best = max(skm.f1_score(y, (s > t).astype(int), average="micro") for t in grid)
+    assert skm.f1_score(y, (s > thr).astype(int), average="micro") == pytest.approx(best)
+    per = tune_threshold(y, s, per_label=True)
+    assert per.shape == (5,)
+    for j in range(5):
+        best_j = max(skm.f1_score(y[:, j], (s[:, j] > t).astype(int), zero_division=0) for t in grid)
+        assert skm.f1_score(y[:, j], (s[:, j] > per[j]).astype(int), zero_division=0) == pytest.approx(best_j)

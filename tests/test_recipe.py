@@ -1,0 +1,203 @@
+"""The training recipe end to end: run directory, resume, atomic saves, the CLI and its errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ramer.cli import main
+from ramer.config import build_config
+from ramer.data.synthetic import generate
+from ramer.errors import RamerError
+from ramer.train import checkpoint as ckpt
+from ramer.train.recipe import Recipe
+
+TINY = [
+    "data.synthetic.n_train=160",
+    "data.synthetic.n_valid=40",
+    "data.synthetic.n_test=50",
+    "train.batch_size=32",
+    "train.epochs=3",
+    "model.hidden=16",
+    "model.ffn=32",
+    "model.heads=2",
+    "train.lr=0.005",
+]
+
+
+def tiny_cfg(model="late_fusion", extra=()):
+    cfg = build_config("src/ramer/configs/synthetic.yaml" if Path("src").exists() else None, TINY + list(extra))
+    cfg.model.name = model
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return generate(tiny_cfg().data.synthetic)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(epoch):
+    def hook(recipe, e):
+        if e == epoch:
+            raise Stop
+
+    return hook
+
+
+def epoch_lines(run):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in ln]
+
+
+def test_run_directory_contents(tmp_path, bundle):
+    out = tmp_path / "run"
+    result = Recipe(tiny_cfg(), out, bundle=bundle).run()
+    for name in ("config.yaml", "model.safetensors", "train_state.pt", "metrics.jsonl", "test_metrics.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert set(saved) == {"overall", "speaker", "nonspeaker"} and saved == json.loads(json.dumps(result))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln).get("epoch") for ln in lines] == [1, 2, 3, None]
+    final = json.loads(lines[-1])
+    best = max(epoch_lines(out), key=lambda d: d["valid"]["overall"]["micro_f1"])
+    assert final["best_epoch"] == best["epoch"]  # tested on the best checkpoint, not the last
+    assert final["threshold"] == best["threshold"]  # threshold chosen on validation
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 3
+    _, cfg, spec, threshold, epoch = ckpt.read_model_file(out / "model.safetensors")
+    assert cfg.model.name == "late_fusion" and spec.n_labels == 9 and epoch == best["epoch"]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, bundle):
+    full = Recipe(tiny_cfg(), tmp_path / "full", bundle=bundle).run()
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), tmp_path / "cut", bundle=bundle, hooks=(stop_after(1),)).run()
+    assert not (tmp_path / "cut" / "test_metrics.json").exists()
+    resumed = Recipe(tiny_cfg(), tmp_path / "cut", resume=True, bundle=bundle).run()
+    assert resumed == full
+    a, b = epoch_lines(tmp_path / "full"), epoch_lines(tmp_path / "cut")
+    assert [x["valid"] for x in a] == [x["valid"] for x in b]
+    assert [x["train"] for x in a] == [x["train"] for x in b]
+
+
+def test_new_run_refuses_to_overwrite(tmp_path, bundle):
+    Recipe(tiny_cfg(extra=["train.epochs=1"]), tmp_path / "r", bundle=bundle).run()
+    with pytest.raises(RamerError, match="already holds a run"):
+        Recipe(tiny_cfg(), tmp_path / "r", bundle=bundle).run()
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, bundle, monkeypatch):
+    out = tmp_path / "run"
+    Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()
+    before = (out / "model.safetensors").read_bytes()
+    state_before = (out / "train_state.pt").read_bytes()
+
+    def dying_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is killed mid-write
+
+    monkeypatch.setattr(ckpt, "save_file", dying_save)
+    recipe = Recipe(tiny_cfg(extra=["train.epochs=2"]), out, resume=True, bundle=bundle)
+    recipe.setup()
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_model(out / "model.safetensors", recipe.model, recipe.cfg, recipe.spec, 0.3, 2)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert (out / "train_state.pt").read_bytes() == state_before
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    ckpt.read_model_file(out / "model.safetensors")  # still loads
+
+    def dying_torch_save(obj, f):
+        Path(f).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_torch_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_train_state(out / "train_state.pt", {"epoch": 9})
+    assert (out / "train_state.pt").read_bytes() == state_before
+
+
+@pytest.mark.slow
+def test_sigkill_then_cli_resume_matches(tmp_path):
+    """A real process killed with SIGKILL mid-run, resumed from the CLI, ends where a clean run ends."""
+    args = ["--model", "late_fusion", *sum((["--set", s] for s in TINY + ["train.epochs=6"]), [])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "ramer", "train", *args, "--out", str(clean)], check=True, env=env,
+                   capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "ramer", "train", *args, "--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (cut / "metrics.jsonl").exists() and (cut / "metrics.jsonl").read_text().count("\n") >= 1:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-m", "ramer", "train", "--resume", str(cut)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((cut / "test_metrics.json").read_text()) == json.loads((clean / "test_metrics.json").read_text())
+
+
+# ------------------------------------------------------------------ CLI errors: one line, non-zero exit
+def run_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "ramer", *argv], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--set", "model.nonexistent=1"], "unknown key 'model.nonexistent'"),
+        (["train", "--data", "/no/such/dir"], "data path not found: /no/such/dir"),
+        (["train", "--config", "no_such_config"], "no config named 'no_such_config'"),
+        (["train", "--model", "no_such_model", "--set", "train.epochs=1"], "unknown model 'no_such_model'"),
+        (["eval", "/no/such/run"], "model file not found"),
+        (["train", "--resume", "/no/such/run"], "cannot resume"),
+    ],
+)
+def test_cli_bad_input_gives_one_clear_line(argv, message):
+    r = run_cli(*argv)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, bundle):
+    out = tmp_path / "run"
+    Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    r = run_cli("eval", str(out))
+    assert r.returncode == 2 and "model.safetensors" in r.stderr and "Traceback" not in r.stderr
+    (out / "model.safetensors").write_bytes(b"\x00" * 64)
+    r = run_cli("eval", str(out))
+    assert r.returncode == 2 and "not a readable safetensors file" in r.stderr
+
+
+def test_cli_train_then_eval_reads_back_metrics(tmp_path):
+    out = tmp_path / "run"
+    sets = sum((["--set", s] for s in TINY + ["train.epochs=2"]), [])
+    assert main(["train", "--model", "late_fusion", "--out", str(out), *sets]) == 0
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(ln["train"]["loss"] > 0 for ln in lines if "epoch" in ln)
+    r = run_cli("eval", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert rep["overall"] == pytest.approx(saved["overall"])
+
+
+def test_help_says_what_each_command_does():
+    for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["demo", "--help"], ["data", "synth", "--help"]):
+        r = run_cli(*argv)
+        assert r.returncode == 0 and "usage: ramer" in r.stdout
