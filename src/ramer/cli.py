@@ -85,35 +85,51 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ramer.data import load_bundle
+    from ramer.api import load, load_data_for
     from ramer.metrics import report
-    from ramer.models import build_model
-    from ramer.train import checkpoint as ckpt
-    from ramer.train.recipe import apply_missing, predict, resolve_device
+    from ramer.train.recipe import apply_missing
 
-    run_dir = Path(args.run_dir)
-    model_file = run_dir / "model.safetensors" if run_dir.is_dir() else run_dir
-    state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
-    if args.data:
-        cfg.data.path = args.data
-    bundle = load_bundle(cfg.data)
+    predictor = load(args.run_dir)
+    bundle = load_data_for(predictor, args.data)
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
-    if tuple(bundle.label_names) != tuple(spec.label_names):
-        raise RamerError(f"{bundle.source}: labels {list(bundle.label_names)} differ from the model's {list(spec.label_names)}")
-    model = build_model(cfg, spec)
-    ckpt.load_state_into(model, state, str(model_file))
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    store = apply_missing(bundle, cfg)[args.split]
-    pred = predict(model, store, cfg.train.eval_batch_size, device)
-    thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
-    rep = report(pred.labels, pred.scores, thr, pred.role, bundle.label_names)
+    store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
+    scores = predictor.predict(store)
+    rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
-        OUT.print(metrics_table(f"{args.split} metrics ({cfg.model.name}, best epoch {epoch}, threshold {np.mean(thr):.2f})",
-                                {cfg.model.name: rep}))
+        name = predictor.cfg.model.name
+        title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, threshold {np.mean(predictor.threshold):.2f})"
+        OUT.print(metrics_table(title, {name: rep}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ramer.api import load, load_data_for
+    from ramer.train.checkpoint import atomic_write_text
+
+    predictor = load(args.run_dir)
+    bundle = load_data_for(predictor, args.data)
+    if args.split not in bundle.splits:
+        raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    store = bundle.splits[args.split]
+    probs = predictor.predict(store)
+    chosen = predictor.decide(probs)
+    names = predictor.label_names
+    roles = {1: "speaker", 0: "nonspeaker"}
+    lines = []
+    for i, sample_id in enumerate(store.ids):
+        p, s = (int(v) for v in store.target[i])
+        lines.append(json.dumps({
+            "id": sample_id,
+            "target": {"person": p, "segment": s} if p >= 0 else None,
+            "role": roles.get(int(store.role[i])),
+            "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
+            "labels": [n for n, on in zip(names, chosen[i]) if on],
+        }))
+    atomic_write_text(args.out, "".join(line + "\n" for line in lines))
+    OUT.print(f"wrote {len(lines)} predictions to {args.out}", highlight=False)
     return 0
 
 
@@ -224,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="split to evaluate (default: test)")
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="write per-sample probabilities and labels of a trained run as JSON lines",
+                        description="Apply the best checkpoint of RUN_DIR to a dataset split; one JSON line per sample "
+                                    "with its id, target, probs (label -> probability) and labels (stored threshold).")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
+    pr.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    pr.add_argument("--split", default="test", help="split to predict (default: test)")
+    pr.add_argument("--out", required=True, help="output .jsonl file")
+    pr.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="generate, inspect and convert datasets",
                           description="Generate the embedded benchmark, inspect a dataset, convert to the native format.")

@@ -1,0 +1,80 @@
+"""Python API for trained runs: ``ramer.load(RUN_DIR).predict(data)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ramer.batch import Batch
+from ramer.config import Config
+from ramer.data import DataBundle, SceneStore, load_bundle
+from ramer.errors import RamerError
+from ramer.models import DataSpec, build_model
+from ramer.train import checkpoint as ckpt
+from ramer.train.recipe import predict as predict_store
+from ramer.train.recipe import resolve_device
+
+
+@dataclass
+class Predictor:
+    """A trained model with its config, data spec and decision threshold."""
+
+    model: nn.Module
+    cfg: Config
+    spec: DataSpec
+    threshold: float | np.ndarray
+    device: torch.device
+    epoch: int
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.spec.label_names
+
+    def _check_labels(self, names, source: str) -> None:
+        if tuple(names) != tuple(self.spec.label_names):
+            raise RamerError(f"{source}: labels {list(names)} differ from the model's {list(self.spec.label_names)}")
+
+    def predict(self, data: SceneStore | DataBundle | Batch, split: str = "test") -> np.ndarray:
+        """Probabilities ``(n, C)`` for a split store, a bundle's ``split``, or one batch."""
+        if isinstance(data, DataBundle):
+            if split not in data.splits:
+                raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
+            data = data.splits[split]
+        if isinstance(data, Batch):
+            self._check_labels(data.label_names, "batch")
+            self.model.eval()
+            with torch.inference_mode():
+                return self.model(data.to(self.device)).probs.float().cpu().numpy()
+        self._check_labels(data.label_names, data.source)
+        return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device).scores
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """0/1 predictions with the stored threshold."""
+        return (probs > self.threshold).astype(np.int64)
+
+
+def load(run_dir: str | Path, device: str | None = None) -> Predictor:
+    """Load the best checkpoint of a run directory (or a ``model.safetensors`` file)."""
+    path = Path(run_dir)
+    model_file = path / "model.safetensors" if path.is_dir() else path
+    state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
+    if device is not None:
+        cfg.train.device = device
+    model = build_model(cfg, spec)
+    ckpt.load_state_into(model, state, str(model_file))
+    dev = resolve_device(cfg.train.device)
+    model.to(dev).eval()
+    thr = np.asarray(threshold, dtype=np.float64) if isinstance(threshold, list) else float(threshold)
+    return Predictor(model, cfg, spec, thr, dev, epoch)
+
+
+def load_data_for(predictor: Predictor, data: str | None) -> DataBundle:
+    """The dataset a run was trained on, or another one given by path."""
+    cfg = predictor.cfg.model_copy(deep=True)
+    if data is not None:
+        cfg.data.path = data
+    return load_bundle(cfg.data)
