@@ -1,0 +1,57 @@
+"""`ramer predict` and the Python API on a tiny trained run."""
+
+import json
+
+import numpy as np
+import pytest
+
+import ramer
+from ramer.cli import main
+from ramer.data.synthetic import generate
+from ramer.errors import RamerError
+from ramer.train.recipe import Recipe
+from test_recipe import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "run"
+    cfg = tiny_cfg(extra=["train.epochs=2"])
+    Recipe(cfg, out, bundle=generate(cfg.data.synthetic)).run()
+    return out, cfg
+
+
+def test_predict_writes_one_line_per_sample(run, tmp_path):
+    out, cfg = run
+    path = tmp_path / "preds.jsonl"
+    assert main(["predict", str(out), "--out", str(path)]) == 0
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    bundle = generate(cfg.data.synthetic)
+    test = bundle.splits["test"]
+    assert [x["id"] for x in lines] == test.ids  # every sample, in order
+    predictor = ramer.load(out)
+    probs = predictor.predict(bundle)
+    for i, line in enumerate(lines):
+        assert list(line["probs"]) == list(bundle.label_names)
+        assert np.allclose(list(line["probs"].values()), probs[i], atol=1e-6)
+        assert line["labels"] == [n for n, p in zip(bundle.label_names, probs[i]) if p > predictor.threshold]
+        p, s = test.target[i]
+        assert line["target"] == {"person": int(p), "segment": int(s)}
+        assert line["role"] == ("speaker" if test.role[i] == 1 else "nonspeaker")
+
+
+def test_api_predicts_a_batch_like_the_split(run):
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+    whole = predictor.predict(test)
+    part = predictor.predict(test.collate([4, 2, 9]))
+    np.testing.assert_allclose(part, whole[[4, 2, 9]], atol=1e-5)
+    assert predictor.decide(whole).shape == whole.shape
+
+
+def test_api_refuses_other_labels(run):
+    out, _ = run
+    other = generate(tiny_cfg(extra=["data.synthetic.n_labels=5"]).data.synthetic)
+    with pytest.raises(RamerError, match="differ from the model"):
+        ramer.load(out).predict(other)
