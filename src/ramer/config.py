@@ -85,6 +85,8 @@ class ModelConfig(_Section):
     proto_momentum: float = Field(0.99, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
     beta: bool = False  # CARAT's second reconstruction pass
+    max_segments: int = Field(512, ge=1)  # rows of the learned segment-position table (S must not exceed it)
+    target_offset: int = Field(16, ge=0)  # RAMer: learned embedding of each token's segment offset from the target, clipped to +-this; 0 = off
     ablations: list[str] = Field(default_factory=list)
 
     @field_validator("ablations")
@@ -116,6 +118,7 @@ class LossConfig(_Section):
     w_cml: float = 0.5
     w_radv: float = 0.01
     w_pers: float = 0.1
+    w_beta: float = 1.0  # CARAT's second-pass ("beta") reconstruction MSE; used only when model.beta is on
 
 
 class TrainConfig(_Section):

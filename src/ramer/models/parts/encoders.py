@@ -1,0 +1,73 @@
+"""Spec MODEL.md §2.1: one transformer encoder per modality.
+
+``LayerNorm(d_m) -> Linear(d_m, H)`` + a learned segment-position embedding, a learned summary
+token prefixed to every sequence (always present, so a scene where nobody speaks still has a
+defined text encoding), then ``n_m`` pre-LN transformer layers (GELU) whose attention sees only
+present, unpadded tokens. Features of missing tokens are replaced by zeros before anything reads
+them, so whatever a data set stores there (even NaN) cannot leak; the output is zero there too.
+
+Axis letters: b batch, n tokens (person-major grid), d input features, h hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ramer.models.parts.attention import MaskedAttention
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LN transformer encoder layer with a boolean key mask."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MaskedAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        y = self.norm1(x)
+        x = x + self.drop(self.attn(y, y, key_mask))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class ModalityEncoder(nn.Module):
+    def __init__(
+        self, in_dim: int, dim: int, heads: int, ffn: int, layers: int, dropout: float, max_segments: int
+    ) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, dim)
+        self.position = nn.Embedding(max_segments, dim)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.summary = nn.Parameter(torch.randn(dim) * 0.02)
+        self.drop = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads, ffn, dropout) for _ in range(layers))
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, present: Tensor, segment: Tensor) -> Tensor:
+        """x (B, N, d), present (B, N) bool, segment (B, N) long -> (B, N, H), zero where missing.
+
+        Only present tokens are keys, so the encoder runs on them alone: each sample's present
+        tokens are gathered to the front (their segment positions travel with them) and the
+        sequence is cut at the largest count in the batch. Attention over a permuted set with its
+        positions attached is the same, so this only saves time (text is present on about one
+        token in ``P`` of a multi-party grid).
+        """
+        B, N, _ = x.shape
+        L = int(present.sum(1).max()) if B * N else 0
+        order = torch.sort(present.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :L]  # (B, L)
+        keep = present.gather(1, order)  # (B, L)
+        xs = torch.where(keep.unsqueeze(-1), x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), 0.0)
+        h = self.drop(self.proj(self.norm_in(xs)) + self.position(segment.gather(1, order)))  # (B, L, H)
+        h = torch.cat([self.summary.to(h.dtype).expand(B, 1, -1), h], 1)  # (B, 1+L, H)
+        mask = F.pad(keep, (1, 0), value=True)  # (B, 1+L): the summary token is always present
+        for layer in self.layers:
+            h = layer(h, mask)
+        h = self.norm_out(h[:, 1:])  # (B, L, H)
+        out = h.new_zeros(B, N, h.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(h), h)  # (B, N, H)
+        return torch.where(present.unsqueeze(-1), out, 0.0)

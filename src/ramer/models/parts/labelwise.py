@@ -1,0 +1,54 @@
+"""Spec MODEL.md §3: label-specific representations and the label-wise classifier.
+
+- ``LabelWiseAttention``: per modality one learned query per label (``C x H``) attends over the
+  tokens of the target scope, ``r_m[b, j] = sum_n softmax_n(<q_mj, g_m[b, n]> / sqrt(H)) g_m[b, n]``;
+  a (sample, modality) without any allowed token gets ``r_m = 0``.
+- ``LabelWiseClassifier``: ``logit_m[b, j] = <r_m[b, j], W_m[j]> + b_m[j]``.
+- ``fuse_max``: max-pool of per-modality logits over a mask of modalities.
+
+Axis letters: b batch, n tokens, m modality, c labels, h hidden.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class LabelWiseAttention(nn.Module):
+    def __init__(self, n_modalities: int, n_labels: int, dim: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_modalities, n_labels, dim) * 0.02)  # (M, C, H)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, g: Tensor, keys: Tensor) -> Tensor:
+        """g (B, N, M, H), keys (B, N, M) bool -> r (B, M, C, H)."""
+        scores = torch.einsum("bnmh,mch->bmcn", g, self.queries.to(g.dtype)) * self.scale  # (B, M, C, N)
+        allowed = keys.permute(0, 2, 1).unsqueeze(2)  # (B, M, 1, N)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1)  # (B, M, C, N)
+        r = torch.einsum("bmcn,bnmh->bmch", weights, g)  # (B, M, C, H)
+        return torch.where(allowed.any(-1, keepdim=True), r, 0.0)
+
+
+class LabelWiseClassifier(nn.Module):
+    def __init__(self, n_sources: int, n_labels: int, dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)
+        self.weight = nn.Parameter(torch.empty(n_sources, n_labels, dim).uniform_(-bound, bound))  # (M, C, H)
+        self.bias = nn.Parameter(torch.zeros(n_sources, n_labels))  # (M, C)
+
+    def forward(self, r: Tensor) -> Tensor:
+        """r (B, M, C, H) -> logits (B, M, C)."""
+        return (r * self.weight.to(r.dtype)).sum(-1) + self.bias.to(r.dtype)
+
+
+def fuse_max(logits: Tensor, mask: Tensor) -> Tensor:
+    """Max over the modalities in ``mask`` (B, M) of ``logits`` (B, M, C) -> (B, C).
+
+    A sample with no modality in the mask gets the mean over all modalities instead (finite).
+    """
+    masked = logits.masked_fill(~mask.unsqueeze(-1), torch.finfo(logits.dtype).min)
+    return torch.where(mask.any(1, keepdim=True), masked.amax(1), logits.mean(1))

@@ -1,0 +1,308 @@
+"""RAMer (spec MODEL.md): this file only assembles the parts in ``ramer/models/parts``.
+
+Pipeline, in the order of the spec:
+
+1. §2.1 uni-modal encoders                      ``h``  (B, N, M, H), zero where missing
+2. §2.2 personality stream (+ target offset)    ``u = h + W_m e_p + t(s - s*)``
+3. §2.3 inter-/intra-personal attention and cross-modality completion  ``g`` (B, N, M, H)
+4. §3 label-wise attention over the target scope ``r`` (B, M, C, H); availability ``A`` (B, M)
+5. §4.2 modality dropout, auto-encoder, prototypes, cross-modal reconstruction ``r~``;
+   final features ``f_m = r_m`` where visible, ``r~_m`` otherwise
+6. §4.1 specific / common features ``s_m``, ``c_m``, ``c_bar``
+7. §6 stack ``T = [s_1..s_M, c_bar]`` (B, K, C, H) and the aggregator
+8. §7 ``probs = (sigmoid(max_m logit_m(f)) + mean_k sigmoid(agg(T_k))) / 2``
+Training only: discriminators, stack shuffle, contrastive items and queue update, prototype
+update, personality prediction, modality dropout.
+
+Axis letters: b batch, n tokens, p persons, s segments, m modality, c labels, h hidden,
+k stack sources, P code size, i contrastive items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ramer.batch import MODALITIES, Batch
+from ramer.config import LossConfig, ModelConfig
+from ramer.errors import RamerError
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult
+from ramer.models.parts import (
+    Aggregator,
+    CommonSpecific,
+    ContrastiveMemory,
+    CrossReconstruction,
+    LabelAutoEncoder,
+    LabelWiseAttention,
+    LabelWiseClassifier,
+    ModalityEncoder,
+    ModalityLevelAttention,
+    PersonalityHead,
+    PersonalityStream,
+    RealFakeDiscriminator,
+    contrastive_items,
+    fuse_max,
+    modality_dropout,
+    random_permutations,
+    shuffle_stack,
+)
+
+
+@dataclass
+class RAMerOutput:
+    """What ``RAMer.forward`` returns; the same fields in train and eval mode.
+
+    ``None`` marks a part that is switched off, or (``# train``) work done only in training mode.
+    """
+
+    logits: Tensor  # (B, C) max over usable modalities of the label-wise logits of the final features
+    probs: Tensor  # (B, C) the §7 score
+    modality_logits: Tensor  # (B, M, C) label-wise logits of the final features f_m
+    agg_logits: Tensor  # (B, K, C) aggregator on each unshuffled source of the stack
+    label_features: Tensor  # (B, M, C, H) r_m of §3 (before any replacement)
+    label_logits: Tensor  # (B, M, C) label-wise logits of r_m
+    final: Tensor  # (B, M, C, H) f_m: r_m where visible, its reconstruction otherwise (0 where unusable)
+    available: Tensor  # (B, M) bool: A_m, modality present somewhere in the target scope
+    visible: Tensor  # (B, M) bool: available and not hidden by modality dropout
+    dropped: Tensor  # (B, M) bool: hidden by modality dropout (all False in eval mode)
+    usable: Tensor  # (B, M) bool: f_m is defined (mask of the max-pool, the stack, tier 1)
+    stack: Tensor  # (B, K, C, H) sources of §6 (K = M + 1 with the common feature, else M)
+    stack_mask: Tensor  # (B, K) bool
+    codes: Tensor | None  # (B, M, C, P) z_m = E_m(r_m); reconstruction or contrastive on
+    autoencoded: Tensor | None  # (B, M, C, H) r^_m = G_m(z_m)
+    reconstructed: Tensor | None  # (B, M, C, H) r~_m, cross-modal reconstruction
+    reconstructed_logits: Tensor | None  # (B, M, C) label-wise logits of r~_m
+    beta: Tensor | None  # (B, M, C, H) second reconstruction pass (model.beta)
+    specific: Tensor | None  # (B, M, C, H) s_m (tier 1)
+    common: Tensor | None  # (B, M, C, H) c_m (tier 1)
+    common_mean: Tensor | None  # (B, C, H) c_bar (tier 1)
+    cml_logits: Tensor | None  # (B, C) common classifier (tier 1)
+    disc_specific: Tensor | None = None  # (B, M, C, M) D_mod(s_m)  # train
+    disc_common: Tensor | None = None  # (B, M, C, M) D_mod(GRL(c_m))  # train
+    disc_real: Tensor | None = None  # (B, M, C) D_rec(r_m)  # train
+    disc_fake: Tensor | None = None  # (B, M, C) D_rec(GRL(r~_m))  # train
+    shuffle_logits: Tensor | None = None  # (B, K, C) aggregator on shuffled virtual samples  # train
+    shuffle_targets: Tensor | None = None  # (B, K, C)  # train
+    shuffle_mask: Tensor | None = None  # (B, K, C) bool  # train
+    items: Tensor | None = None  # (I, P) unit contrastive items of this batch  # train
+    item_classes: Tensor | None = None  # (I,)  # train
+    queue_items: Tensor | None = None  # (Q', P) the filled queue before this batch  # train
+    queue_classes: Tensor | None = None  # (Q',)  # train
+    personality_pred: Tensor | None = None  # (B, P, d_pi) pi_p predicted before injection  # train
+
+
+class RAMer(nn.Module):
+    def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self.cfg, self.weights = cfg, loss_cfg
+        H, C, M = cfg.hidden, spec.n_labels, len(MODALITIES)
+        on = lambda part: not cfg.off(part)  # noqa: E731
+        self.encoders = nn.ModuleDict(
+            {
+                m: ModalityEncoder(
+                    spec.dims[m], H, cfg.heads, cfg.ffn, getattr(cfg.layers, m), cfg.dropout, cfg.max_segments
+                )
+                for m in MODALITIES
+            }
+        )
+        with_personality = on("no_personality") and spec.personality_dim is not None
+        self.personality = PersonalityStream(spec.personality_dim, H, M, cfg.dropout) if with_personality else None
+        self.personality_head = PersonalityHead(H, M, spec.personality_dim) if with_personality else None
+        self.target_embedding = nn.Embedding(2 * cfg.target_offset + 1, H) if cfg.target_offset > 0 else None
+        self.context = ModalityLevelAttention(H, cfg.heads, M, cfg.dropout) if on("no_modality_attention") else None
+        self.labelwise = LabelWiseAttention(M, C, H)
+        self.classifier = LabelWiseClassifier(M, C, H)
+        with_rec, with_cl = on("no_reconstruction"), on("no_contrastive")
+        # Without reconstruction, contrastive learning keeps E_m as its projection head (no decoder).
+        self.autoencoder = LabelAutoEncoder(M, H, cfg.proj_size, decoder=with_rec) if with_rec or with_cl else None
+        self.reconstruction = CrossReconstruction(M, C, H, cfg.proj_size, cfg.proto_momentum) if with_rec else None
+        self.memory = ContrastiveMemory(cfg.queue_size, cfg.proj_size) if with_cl else None
+        self.adversary = CommonSpecific(M, C, H, cfg.dropout) if on("no_adversarial") else None
+        self.rec_adversary = RealFakeDiscriminator(H, cfg.dropout) if with_rec and on("no_rec_adversarial") else None
+        self.stack_common = self.adversary is not None and on("no_stack")
+        self.aggregator = Aggregator(C, H, cfg.dropout)
+        self.shuffle = on("no_shuffle")
+        self.p_drop = cfg.modality_dropout if on("no_modality_dropout") else 0.0
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Batch) -> RAMerOutput:
+        P, S = batch.grid
+        if S > self.cfg.max_segments:
+            raise RamerError(f"a batch has {S} segments, more than model.max_segments={self.cfg.max_segments}")
+        train = self.training
+        valid = batch.valid  # (B, N)
+        present = torch.stack([batch.present[m] & valid for m in MODALITIES], -1)  # (B, N, M)
+
+        # §2.1 uni-modal encoders
+        h = torch.stack(
+            [self.encoders[m](batch.features[m], present[..., i], batch.segment) for i, m in enumerate(MODALITIES)], 2
+        )  # (B, N, M, H)
+
+        # §2.2 personality stream (the auxiliary head reads h, before the injection)
+        u, e_tok, e_known, personality_pred = h, None, None, None
+        if self.personality is not None and batch.personality is not None:
+            known = batch.personality_present & valid.view(-1, P, S).any(-1)  # (B, P)
+            e = self.personality(batch.personality, known)  # (B, P, H)
+            e_tok, e_known = e.repeat_interleave(S, 1), known.repeat_interleave(S, 1) & valid  # (B, N, H), (B, N)
+            u = u + self.personality.condition(e_tok)  # (B, N, M, H)
+            if train:
+                personality_pred = self.personality_head(h, present, (P, S))  # (B, P, d_pi)
+        if self.target_embedding is not None:
+            u = u + self._offset_embedding(batch).unsqueeze(2)  # (B, N, M, H)
+        u = torch.where(valid[:, :, None, None], u, 0.0)
+
+        # §2.3 modality-level attention: every valid token gets every modality (stand-ins where missing)
+        if self.context is not None:
+            g = self.context(u, present, valid, (P, S), e_tok, e_known)  # (B, N, M, H)
+            defined = valid.unsqueeze(-1).expand_as(present)  # (B, N, M)
+        else:
+            g, defined = u, present
+
+        # §3 label-wise attention over the target scope
+        scope = batch.scope & valid  # (B, N)
+        r = self.labelwise(g, defined & scope.unsqueeze(-1))  # (B, M, C, H)
+        label_logits = self.classifier(r)  # (B, M, C)
+        available = (present & scope.unsqueeze(-1)).any(1)  # (B, M): A_m
+        dropped = modality_dropout(available, self.p_drop) if train and self.p_drop > 0 else torch.zeros_like(available)
+        visible = available & ~dropped
+        # r_m may be used as it is where visible, or built from completed stand-ins (never from hidden features)
+        trusted = visible | (~available & scope.any(1, keepdim=True)) if self.context is not None else visible
+
+        # §4.2 reconstruction
+        codes = autoencoded = reconstructed = reconstructed_logits = beta = unit = stand_in = None
+        if self.autoencoder is not None:
+            codes = self.autoencoder.encode(r)  # (B, M, C, P)
+        if self.reconstruction is not None:
+            unit = F.normalize(codes, dim=-1)
+            autoencoded = self.autoencoder.decode(codes)  # (B, M, C, H)
+            reconstructed = self.reconstruction(
+                autoencoded, unit, visible, trusted, self.autoencoder.decode, hard=not train
+            )  # (B, M, C, H)
+            reconstructed_logits = self.classifier(reconstructed)
+            stand_in = reconstructed
+            if self.cfg.beta:
+                beta = stand_in = self.reconstruction.second_pass(reconstructed)
+            final = torch.where(visible[:, :, None, None], r, stand_in)  # (B, M, C, H)
+            usable = torch.ones_like(visible)
+        else:
+            usable = trusted
+            final = torch.where(usable[:, :, None, None], r, 0.0)
+
+        # §4.1 commonality and specificity (tier 1)
+        specific = common = common_mean = cml_logits = None
+        sources = final
+        if self.adversary is not None:
+            specific, common, common_mean, cml_logits = self.adversary(final, usable)
+            sources = specific
+
+        # §6 stack
+        stack, stack_mask = sources, usable  # (B, M, C, H), (B, M)
+        if self.stack_common:
+            stack = torch.cat([sources, common_mean.unsqueeze(1)], 1)  # (B, M+1, C, H)
+            stack_mask = torch.cat([usable, usable.any(1, keepdim=True)], 1)  # (B, M+1)
+        agg_logits = self.aggregator(stack)  # (B, K, C)
+
+        # §7 scores
+        modality_logits = self.classifier(final)  # (B, M, C)
+        logits = fuse_max(modality_logits, usable)  # (B, C)
+        w = stack_mask.to(agg_logits.dtype).unsqueeze(-1)  # (B, K, 1)
+        agg_probs = torch.where(
+            w.sum(1) > 0, (agg_logits.sigmoid() * w).sum(1) / w.sum(1).clamp_min(1.0), agg_logits.sigmoid().mean(1)
+        )  # (B, C)
+        probs = 0.5 * (logits.sigmoid() + agg_probs)
+
+        out = RAMerOutput(
+            logits=logits, probs=probs, modality_logits=modality_logits, agg_logits=agg_logits,
+            label_features=r, label_logits=label_logits, final=final, available=available, visible=visible,
+            dropped=dropped, usable=usable, stack=stack, stack_mask=stack_mask, codes=codes,
+            autoencoded=autoencoded, reconstructed=reconstructed, reconstructed_logits=reconstructed_logits,
+            beta=beta, specific=specific, common=common, common_mean=common_mean, cml_logits=cml_logits,
+            personality_pred=personality_pred,
+        )  # fmt: skip
+        if train:
+            self._training_extras(out, batch, unit, stand_in)
+        return out
+
+    def _offset_embedding(self, batch: Batch) -> Tensor:
+        """A learned embedding of each token's segment offset from the target segment, (B, N, H)."""
+        R, S = self.cfg.target_offset, batch.grid[1]
+        target_segment = batch.target.clamp_min(0) % S  # (B,)
+        offset = (batch.segment - target_segment.unsqueeze(1)).clamp(-R, R) + R  # (B, N)
+        return torch.where((batch.target >= 0)[:, None, None], self.target_embedding(offset), 0.0)
+
+    def _training_extras(self, out: RAMerOutput, batch: Batch, unit: Tensor | None, stand_in: Tensor | None) -> None:
+        """Work needed only by the training losses, and the state updates (queue, prototypes)."""
+        labels = batch.labels
+        if self.adversary is not None:
+            out.disc_specific, out.disc_common = self.adversary.discriminate(out.specific, out.common)
+        if self.rec_adversary is not None:
+            out.disc_real, out.disc_fake = self.rec_adversary(out.label_features, stand_in)
+        if self.shuffle:
+            B, K, C, _ = out.stack.shape
+            sigma, rho = random_permutations(B, K, C, out.stack.device)
+            shuffled, out.shuffle_targets, out.shuffle_mask = shuffle_stack(
+                out.stack, labels, out.stack_mask, sigma, rho
+            )  # (B, K, C, H), (B, K, C), (B, K, C)
+            out.shuffle_logits = self.aggregator(shuffled)  # (B, K, C)
+        if self.memory is not None:
+            rec_codes = None if out.reconstructed is None else self.autoencoder.encode(out.reconstructed)
+            out.items, out.item_classes = contrastive_items(out.codes, rec_codes, out.available, labels)
+            out.queue_items, out.queue_classes = self.memory.snapshot()
+            self._enqueue(out.items, out.item_classes)
+        if self.reconstruction is not None:
+            self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.available, labels))
+
+    @torch.no_grad()
+    def _enqueue(self, items: Tensor, classes: Tensor) -> None:
+        """Distributed training: all-gather ``items`` / ``classes`` across processes here first."""
+        self.memory._enqueue(items.detach(), classes)
+
+    @torch.no_grad()
+    def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:
+        """Distributed training: all-reduce ``sums`` / ``counts`` across processes here first."""
+        self.reconstruction._update_prototypes(sums, counts)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, out: RAMerOutput, batch: Batch) -> LossResult:
+        """Spec §7: the weighted sum of every term whose part is on (and computed in this mode)."""
+        w, y = self.weights, batch.labels
+        terms: dict[str, Tensor] = {}
+        total = 0.0
+
+        def add(name: str, value: Tensor, weight: float) -> None:
+            nonlocal total
+            terms[name] = value.detach()
+            total = total + weight * value
+
+        add("cls", losses.bce(out.logits, y), 1.0)
+        lsr_logits = fuse_max(out.label_logits, out.available)  # (B, C)
+        add("lsr", losses.bce(lsr_logits, y, out.available.any(1, keepdim=True)), w.w_lsr)
+        if out.reconstructed is not None:
+            add("aug", losses.bce(out.reconstructed_logits.amax(1), y), w.w_aug)
+            add("ae", losses.feature_mse(out.autoencoded, out.label_features, out.available), w.w_ae)
+            add("cross", losses.feature_mse(out.reconstructed, out.label_features, out.available), w.w_cross)
+            if out.beta is not None:
+                add("beta", losses.feature_mse(out.beta, out.label_features, out.available), w.w_beta)
+        if out.items is not None:
+            value = losses.supcon(out.items, out.item_classes, out.queue_items, out.queue_classes, self.cfg.temperature)
+            add("supcon", value, w.w_cl)
+        agg_targets = y.unsqueeze(1).expand_as(out.agg_logits)  # (B, K, C)
+        add("agg", losses.bce(out.agg_logits, agg_targets, out.stack_mask.unsqueeze(-1)), w.w_agg)
+        if out.shuffle_logits is not None:
+            add("shuffle", losses.bce(out.shuffle_logits, out.shuffle_targets, out.shuffle_mask), w.w_shuf)
+        if out.specific is not None:
+            if out.disc_specific is not None:
+                add("spec", losses.modality_ce(out.disc_specific, out.usable), w.w_adv)
+                add("com", losses.modality_ce(out.disc_common, out.usable), w.w_adv)
+            add("orth", losses.orthogonality(out.specific, out.common, out.usable), w.w_orth)
+            add("cml", losses.bce(out.cml_logits, y), w.w_cml)
+        if out.disc_real is not None:
+            add("rec_adv", losses.real_fake(out.disc_real, out.disc_fake, out.available), w.w_radv)
+        if out.personality_pred is not None:
+            value = losses.personality_mse(out.personality_pred, batch.personality, batch.personality_present)
+            add("pers", value, w.w_pers)
+        return LossResult(total=total, terms=terms)

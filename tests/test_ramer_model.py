@@ -1,0 +1,354 @@
+"""RAMer as a whole: every ablation x missing pattern, no leaks, switches, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import random_store
+from ramer.batch import MODALITIES
+from ramer.config import ABLATIONS, LossConfig, ModelConfig
+from ramer.models import losses
+from ramer.models import ramer as ramer_module
+from ramer.models.base import DataSpec
+from ramer.models.parts import identity_permutations
+from ramer.models.ramer import RAMer, RAMerOutput
+
+DIMS = {"text": 16, "audio": 8, "visual": 12}
+C = 5
+ALL_TERMS = {
+    "cls", "lsr", "aug", "ae", "cross", "supcon", "agg", "shuffle", "spec", "com", "orth", "cml", "rec_adv", "pers"
+}
+REMOVES = {
+    "no_personality": {"pers"},
+    "no_modality_attention": set(),
+    "no_adversarial": {"spec", "com", "orth", "cml"},
+    "no_rec_adversarial": {"rec_adv"},
+    "no_reconstruction": {"aug", "ae", "cross", "rec_adv"},
+    "no_contrastive": {"supcon"},
+    "no_shuffle": {"shuffle"},
+    "no_stack": set(),
+    "no_modality_dropout": set(),
+}
+TRAINING_ONLY = {"no_rec_adversarial", "no_contrastive", "no_shuffle", "no_modality_dropout"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and steadier on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spec(personality: int | None = 7) -> DataSpec:
+    names = tuple(f"l{j}" for j in range(C))
+    return DataSpec(dims=dict(DIMS), n_labels=C, label_names=names, personality_dim=personality)
+
+
+def tiny(ablations=(), **kw) -> ModelConfig:
+    base = dict(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=32, ablations=list(ablations))
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make(ablations=(), personality: int | None = 7, seed: int = 0, **kw) -> RAMer:
+    torch.manual_seed(seed)
+    return RAMer(tiny(ablations, **kw), LossConfig(), spec(personality))
+
+
+def base_batch(n: int = 6, seed: int = 1):
+    return random_store(n=n, dims=tuple(DIMS.values()), n_labels=C, persons=(1, 3), segments=(2, 4), seed=seed).collate(
+        list(range(n))
+    )
+
+
+def with_pattern(batch, pattern: str):
+    """Missing-modality patterns of the brief, on top of the store's own (speaker-only text/audio)."""
+    p = {m: batch.present[m].clone() for m in MODALITIES}
+    valid, scope = batch.valid, batch.scope
+    if pattern == "none_missing":
+        p = {m: valid.clone() for m in MODALITIES}
+    elif pattern == "nonspeaker_target":  # the target person never has text or audio
+        for m in ("text", "audio"):
+            p[m] &= ~scope
+    elif pattern == "visual_absent":
+        p["visual"][:] = False
+    elif pattern == "modality_absent_batch":
+        p["audio"][:] = False
+    elif pattern == "nobody_speaks":  # scene 0 has no text and no audio at all, and one empty scene
+        for m in ("text", "audio"):
+            p[m][0] = False
+        for m in MODALITIES:
+            p[m][1] = False
+    elif pattern != "store":
+        raise ValueError(pattern)
+    return batch.with_present(p)
+
+
+PATTERNS = ["store", "none_missing", "nonspeaker_target", "visual_absent", "modality_absent_batch", "nobody_speaks"]
+CONFIGS = [()] + [(a,) for a in ABLATIONS]
+
+
+def check_finite_grads(model: RAMer) -> None:
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("ablation", CONFIGS, ids=lambda a: a[0] if a else "all_on")
+def test_every_ablation_and_missing_pattern(ablation):
+    model = make(ablation)
+    removed = REMOVES[ablation[0]] if ablation else set()
+    for pattern in PATTERNS:
+        batch = with_pattern(base_batch(), pattern)
+        B = batch.size
+        model.train()
+        model.zero_grad()
+        out = model(batch)
+        assert out.probs.shape == (B, C) and out.logits.shape == (B, C)
+        assert out.label_features.shape == (B, 3, C, 16)
+        K = 3 if (ablation and ablation[0] in ("no_stack", "no_adversarial")) else 4
+        assert out.stack.shape == (B, K, C, 16) and out.agg_logits.shape == (B, K, C)
+        assert torch.isfinite(out.probs).all() and ((out.probs >= 0) & (out.probs <= 1)).all(), pattern
+        res = model.loss(out, batch)
+        assert set(res.terms) == ALL_TERMS - removed, pattern
+        assert torch.isfinite(res.total), (pattern, {k: v.item() for k, v in res.terms.items()})
+        res.total.backward()
+        check_finite_grads(model)
+        # eval mode: same fields, finite, training-only fields empty
+        model.eval()
+        with torch.no_grad():
+            ev = model(batch)
+            ev_loss = model.loss(ev, batch)
+        assert torch.isfinite(ev.probs).all() and torch.isfinite(ev_loss.total)
+        assert ev.shuffle_logits is None and ev.items is None and ev.disc_common is None and ev.personality_pred is None
+        assert not ev.dropped.any()
+        assert not ({"supcon", "shuffle", "spec", "com", "rec_adv", "pers"} & set(ev_loss.terms))
+
+
+def test_output_has_the_same_fields_in_train_and_eval():
+    model = make()
+    batch = base_batch()
+    tr = model.train()(batch)
+    ev = model.eval()(batch)
+    assert isinstance(tr, RAMerOutput) and isinstance(ev, RAMerOutput)
+    for f in dataclasses.fields(RAMerOutput):
+        a, b = getattr(tr, f.name), getattr(ev, f.name)
+        if f.name in ("disc_specific", "disc_common", "disc_real", "disc_fake", "shuffle_logits", "shuffle_targets",
+                      "shuffle_mask", "items", "item_classes", "queue_items", "queue_classes", "personality_pred"):
+            assert a is not None and b is None, f.name
+        else:
+            assert (a is None) == (b is None), f.name
+            if a is not None:
+                assert a.shape == b.shape, f.name
+
+
+def test_all_on_every_parameter_gets_a_gradient():
+    model = make().train()
+    batch = with_pattern(base_batch(), "store")
+    res = model.loss(model(batch), batch)
+    res.total.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None]
+    assert dead == []
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_switch_removes_its_part(ablation):
+    full, cut = make(), make((ablation,))
+    n_full = sum(p.numel() for p in full.parameters())
+    n_cut = sum(p.numel() for p in cut.parameters())
+    removed_module = {
+        "no_personality": lambda m: m.personality is None and m.personality_head is None,
+        "no_modality_attention": lambda m: m.context is None,
+        "no_adversarial": lambda m: m.adversary is None,
+        "no_rec_adversarial": lambda m: m.rec_adversary is None,
+        "no_reconstruction": lambda m: (
+            m.reconstruction is None and m.autoencoder.decoders is None and m.rec_adversary is None
+        ),
+        "no_contrastive": lambda m: m.memory is None,
+        "no_shuffle": lambda m: m.shuffle is False,
+        "no_stack": lambda m: m.stack_common is False,
+        "no_modality_dropout": lambda m: m.p_drop == 0.0,
+    }[ablation]
+    assert removed_module(cut)
+    if ablation not in ("no_contrastive", "no_shuffle", "no_stack", "no_modality_dropout"):
+        assert n_cut < n_full
+
+    # The cut model takes the full model's weights (its own are a subset) ...
+    missing, unexpected = cut.load_state_dict(full.state_dict(), strict=False)
+    assert missing == []
+    batch = with_pattern(base_batch(), "nonspeaker_target")
+    full.eval(), cut.eval()
+    with torch.no_grad():
+        a, b = full(batch).probs, cut(batch).probs
+    # ... and a training-only part leaves the eval output exactly as it is; any other part changes it.
+    if ablation in TRAINING_ONLY:
+        assert torch.equal(a, b)
+    else:
+        assert not torch.allclose(a, b)
+
+    # In training, the term is absent (not multiplied by zero) and the part's outputs are None.
+    cut.train()
+    torch.manual_seed(0)
+    out = cut(batch)
+    terms = cut.loss(out, batch).terms
+    assert not (REMOVES[ablation] & set(terms))
+    if ablation == "no_modality_dropout":
+        assert not out.dropped.any()
+    if ablation == "no_shuffle":
+        assert out.shuffle_logits is None
+    if ablation == "no_contrastive":
+        assert out.items is None and not any("memory" in k or "queue" in k for k in cut.state_dict())
+
+
+def test_modality_dropout_hides_but_keeps_one():
+    model = make(modality_dropout=0.9).train()
+    batch = with_pattern(base_batch(n=24), "none_missing")
+    out = model(batch)
+    assert out.dropped.any()
+    assert (out.dropped <= out.available).all()
+    assert (out.visible.any(1) == out.available.any(1)).all()  # never the last available modality
+    # a hidden modality is replaced by its reconstruction, and supervised by its real features
+    hidden = out.dropped[:, :, None, None].expand_as(out.final)
+    assert torch.equal(out.final[hidden], out.reconstructed[hidden])
+
+
+def test_personality_off_without_data():
+    model = make(personality=None)
+    assert model.personality is None and model.personality_head is None
+    model = make()
+    batch = dataclasses.replace(base_batch(), personality=None, personality_present=None)
+    res = model.loss(model.train()(batch), batch)
+    assert "pers" not in res.terms and torch.isfinite(res.total)
+
+
+def garbage(batch, value: float):
+    """The same batch with garbage wherever a modality (or a personality) is absent."""
+    feats = {}
+    for m in MODALITIES:
+        x = batch.features[m]
+        junk = torch.full_like(x, value) if value != value else torch.randn_like(x) * value  # NaN or noise
+        feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, junk)
+    junk = torch.randn_like(batch.personality) * value
+    pers = torch.where(batch.personality_present.unsqueeze(-1), batch.personality, junk)
+    return dataclasses.replace(batch, features=feats, personality=pers)
+
+
+@pytest.mark.parametrize("ablation", [(), ("no_modality_attention",), ("no_reconstruction",)], ids=str)
+@pytest.mark.parametrize("value", [1e4, float("nan")], ids=["noise", "nan"])
+def test_masked_modality_does_not_leak(ablation, value):
+    model = make(ablation).eval()
+    batch = with_pattern(base_batch(), "nonspeaker_target")
+    pp = batch.personality_present.clone()
+    pp[0, 0] = False  # one person without personality
+    batch = dataclasses.replace(batch, personality_present=pp)
+    with torch.no_grad():
+        clean, dirty = model(batch), model(garbage(batch, value))
+    for f in dataclasses.fields(RAMerOutput):
+        a, b = getattr(clean, f.name), getattr(dirty, f.name)
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), f.name
+
+
+def test_identity_shuffle_reproduces_the_aggregator_loss(monkeypatch):
+    monkeypatch.setattr(ramer_module, "random_permutations", identity_permutations)
+    model = make(dropout=0.0).train()
+    batch = base_batch()
+    out = model(batch)
+    terms = model.loss(out, batch).terms
+    assert torch.equal(out.shuffle_logits, out.agg_logits)
+    assert terms["shuffle"].item() == terms["agg"].item()
+
+
+def test_gradient_reversal_through_the_model():
+    """L_com's gradient on the common extractor flips sign with the GRL; the discriminator's does not."""
+    model = make(("no_modality_dropout",), dropout=0.0).train()
+    batch = base_batch()
+    grads = {}
+    for lam in (1.0, -1.0):  # -1: the reversal undone, a plain gradient
+        model.adversary.grl_lambda = lam
+        torch.manual_seed(0)
+        out = model(batch)
+        loss = losses.modality_ce(out.disc_common, out.usable)
+        params = list(model.adversary.common.parameters()) + list(model.adversary.discriminator.parameters())
+        grads[lam] = torch.autograd.grad(loss, params)
+    n_common = len(list(model.adversary.common.parameters()))
+    for i, (g_rev, g_plain) in enumerate(zip(grads[1.0], grads[-1.0])):
+        if i < n_common:
+            assert g_rev.abs().sum() > 0
+            torch.testing.assert_close(g_rev, -g_plain)
+        else:
+            torch.testing.assert_close(g_rev, g_plain)
+
+
+def test_tier2_reversal_reaches_reconstruction_only():
+    model = make(dropout=0.0).train()
+    batch = base_batch()
+    out = model(batch)
+    loss = losses.real_fake(out.disc_real, out.disc_fake, out.available)
+    # the real branch is detached: no gradient reaches the encoders through D_rec(r)
+    g_enc = torch.autograd.grad(loss, list(model.labelwise.parameters()), allow_unused=True, retain_graph=True)
+    g_cross = torch.autograd.grad(loss, list(model.reconstruction.cross.parameters()), allow_unused=True)
+    assert all(g is not None and torch.isfinite(g).all() for g in g_cross)
+    assert any(g is not None and g.abs().sum() > 0 for g in g_enc)  # through r~ (built from r^ = G(E(r)))
+
+
+def test_seeded_runs_are_reproducible():
+    batch = base_batch()
+    totals = []
+    for _ in range(2):
+        model = make(seed=3).train()
+        torch.manual_seed(11)
+        res = model.loss(model(batch), batch)
+        res.total.backward()
+        totals.append((res.total.item(), next(model.parameters()).grad.clone()))
+    assert totals[0][0] == totals[1][0] and torch.equal(totals[0][1], totals[1][1])
+
+
+def test_state_updates_only_in_training():
+    model = make()
+    batch = base_batch()
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    assert (model.memory.queue_classes == -1).all() and (model.reconstruction.prototypes == 0).all()
+    model.train()
+    out = model(batch)
+    assert out.queue_items.shape[0] == 0  # the queue was empty before this batch
+    assert (model.memory.queue_classes >= 0).sum() == min(32, out.items.shape[0])
+    assert model.reconstruction.prototypes.abs().sum() > 0
+
+
+def test_bf16_autocast():
+    model = make().train()
+    batch = base_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        res = model.loss(out, batch)
+    res.total.backward()
+    assert torch.isfinite(res.total) and torch.isfinite(out.probs.float()).all()
+    check_finite_grads(model)
+
+
+def test_beta_pass():
+    model = make(beta=True).train()
+    batch = with_pattern(base_batch(), "nonspeaker_target")
+    out = model(batch)
+    res = model.loss(out, batch)
+    assert "beta" in res.terms and out.beta is not None
+    missing = ~out.visible[:, :, None, None].expand_as(out.final)
+    assert torch.equal(out.final[missing], out.beta[missing])
+    res.total.backward()
+    check_finite_grads(model)
+
+
+def test_too_many_segments_is_a_clear_error():
+    from ramer.errors import RamerError
+
+    model = make(max_segments=2)
+    with pytest.raises(RamerError, match="max_segments"):
+        model(base_batch())

@@ -1,0 +1,210 @@
+"""RAMer's parts against slow reference implementations (loops here, in the tests only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ramer.models.losses import bce, orthogonality, supcon
+from ramer.models.parts import (
+    Aggregator,
+    ContrastiveMemory,
+    CrossReconstruction,
+    LabelWiseAttention,
+    MaskedAttention,
+    fuse_max,
+    grad_reverse,
+    identity_permutations,
+    modality_dropout,
+    random_permutations,
+    shuffle_stack,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and steadier on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_gradient_reversal_function():
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(4, 3)
+    y = grad_reverse(x, 0.5)
+    assert torch.equal(y, x)
+    (y * w).sum().backward()
+    torch.testing.assert_close(x.grad, -0.5 * w)
+
+
+def test_prototype_update_equals_a_slow_loop():
+    torch.manual_seed(0)
+    M, C, P, B, mu = 3, 4, 5, 9, 0.9
+    rec = CrossReconstruction(M, C, 8, P, mu)
+    rec.prototypes.copy_(torch.randn(M, C, 2, P))
+    start = rec.prototypes.clone()
+    z = F.normalize(torch.randn(B, M, C, P), dim=-1)
+    available = torch.rand(B, M) < 0.7
+    available[:, 2] = False  # a modality with no sample at all keeps its prototypes
+    labels = (torch.rand(B, C) < 0.4).float()
+    labels[:, 0] = 1.0  # label 0 has no negative sample
+    rec._update_prototypes(*rec.prototype_sums(z, available, labels))
+    ref = start.clone()
+    for m in range(M):
+        for j in range(C):
+            for y in (0, 1):
+                rows = [b for b in range(B) if available[b, m] and int(labels[b, j]) == y]
+                if rows:
+                    mean = torch.stack([z[b, m, j] for b in rows]).mean(0)
+                    ref[m, j, y] = mu * start[m, j, y] + (1 - mu) * mean
+    torch.testing.assert_close(rec.prototypes, ref)
+    assert torch.equal(rec.prototypes[2], start[2]) and torch.equal(rec.prototypes[:, 0, 0], start[:, 0, 0])
+
+
+def reference_supcon(anchors, classes, queue, queue_classes, t):
+    keys = torch.cat([anchors, queue])
+    key_classes = torch.cat([classes, queue_classes])
+    per_anchor = []
+    for i in range(len(anchors)):
+        others = [k for k in range(len(keys)) if k != i]
+        logits = torch.stack([anchors[i] @ keys[k] / t for k in others])
+        log_prob = logits - torch.logsumexp(logits, 0)
+        pos = [n for n, k in enumerate(others) if key_classes[k] == classes[i]]
+        if pos:
+            per_anchor.append(-log_prob[pos].mean())
+    return torch.stack(per_anchor).mean()
+
+
+def test_supcon_with_empty_queue_equals_reference():
+    torch.manual_seed(0)
+    a = F.normalize(torch.randn(30, 6), dim=-1).requires_grad_()
+    c = torch.randint(0, 5, (30,))
+    c[0] = 99  # an anchor without positives is left out
+    empty, empty_c = torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)
+    got = supcon(a, c, empty, empty_c, 0.07)
+    (g_got,) = torch.autograd.grad(got, a)
+    want = reference_supcon(a, c, empty, empty_c, 0.07)
+    (g_want,) = torch.autograd.grad(want, a)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-4)
+
+
+def test_supcon_with_queue_equals_reference_and_is_linear_in_queue():
+    torch.manual_seed(1)
+    a = F.normalize(torch.randn(300, 6), dim=-1).requires_grad_()  # more than one block of rows
+    c = torch.randint(0, 8, (300,))
+    q = F.normalize(torch.randn(20, 6), dim=-1)
+    qc = torch.randint(0, 8, (20,))
+    got = supcon(a, c, q, qc, 0.1)
+    (g_got,) = torch.autograd.grad(got, a)
+    want = reference_supcon(a[:40], c[:40], torch.cat([a[40:], q]).detach(), torch.cat([c[40:], qc]), 0.1)
+    # the reference on all anchors is slow; check all anchors with a dense (but loop-free) version
+    keys = torch.cat([a, q])
+    logits = a @ keys.T / 0.1
+    logits = logits.masked_fill(torch.eye(300, 320, dtype=torch.bool), float("-inf"))
+    log_prob = logits.log_softmax(1)
+    pos = (c[:, None] == torch.cat([c, qc])[None]) & ~torch.eye(300, 320, dtype=torch.bool)
+    dense = -(torch.where(pos, log_prob, 0.0).sum(1) / pos.sum(1).clamp_min(1))[pos.any(1)].mean()
+    (g_dense,) = torch.autograd.grad(dense, a)
+    torch.testing.assert_close(got, dense)
+    torch.testing.assert_close(g_got, g_dense, atol=1e-5, rtol=1e-4)
+    assert torch.isfinite(want)
+
+
+def test_supcon_degenerate_inputs_are_finite():
+    a = F.normalize(torch.randn(1, 4), dim=-1).requires_grad_()
+    out = supcon(a, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 0.07)
+    out.backward()
+    assert out.item() == 0.0 and torch.isfinite(a.grad).all()
+    none = supcon(torch.zeros(0, 4, requires_grad=True), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4),
+                  torch.zeros(0, dtype=torch.long), 0.07)
+    assert none.item() == 0.0
+
+
+def test_queue_is_a_ring_buffer():
+    torch.manual_seed(0)
+    mem = ContrastiveMemory(5, 2)
+    mem._enqueue(torch.ones(3, 2), torch.tensor([1, 2, 3]))
+    items, cls = mem.snapshot()
+    assert items.shape == (3, 2) and cls.tolist() == [1, 2, 3]
+    mem._enqueue(2 * torch.ones(4, 2), torch.tensor([4, 5, 6, 7]))
+    assert mem.queue_classes.tolist() == [6, 7, 3, 4, 5] and int(mem.queue_ptr) == 2
+    mem._enqueue(torch.randn(9, 2), torch.arange(10, 19))  # more than fits: a random subset of 5
+    assert sorted(mem.queue_classes.tolist()) == sorted(set(mem.queue_classes.tolist()))
+    assert all(10 <= k < 19 for k in mem.queue_classes.tolist())
+
+
+def test_identity_shuffle_equals_unshuffled_loss():
+    torch.manual_seed(0)
+    B, K, C, H = 5, 4, 3, 6
+    stack, labels = torch.randn(B, K, C, H), (torch.rand(B, C) < 0.5).float()
+    mask = torch.rand(B, K) < 0.8
+    agg = Aggregator(C, H, 0.0)
+    sigma, rho = identity_permutations(B, K, C, stack.device)
+    t, y, m = shuffle_stack(stack, labels, mask, sigma, rho)
+    plain = bce(agg(stack), labels.unsqueeze(1).expand(B, K, C), mask.unsqueeze(-1))
+    assert bce(agg(t), y, m).item() == plain.item()
+
+
+def test_random_shuffle_matches_its_definition():
+    torch.manual_seed(0)
+    B, K, C, H = 6, 4, 3, 2
+    stack, labels, mask = torch.randn(B, K, C, H), (torch.rand(B, C) < 0.5).float(), torch.rand(B, K) < 0.7
+    sigma, rho = random_permutations(B, K, C, stack.device)
+    assert (sigma.sort(-1).values == torch.arange(B)).all() and (rho.sort(-1).values == torch.arange(K)).all()
+    t, y, m = shuffle_stack(stack, labels, mask, sigma, rho)
+    for b in range(B):
+        for k in range(K):
+            for j in range(C):
+                sb, sk = sigma[j, k, b], rho[j, b, k]
+                assert torch.equal(t[b, k, j], stack[sb, sk, j])
+                assert y[b, k, j] == labels[sb, j] and m[b, k, j] == mask[sb, sk]
+
+
+def test_orthogonality_matches_its_definition():
+    torch.manual_seed(0)
+    B, M, C, H = 2, 3, 4, 5
+    s, c = torch.randn(B, M, C, H), torch.randn(B, M, C, H)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    got = orthogonality(s, c, mask)
+    sn, cn = F.normalize(s, dim=-1), F.normalize(c, dim=-1)
+    total = 0.0
+    for b in range(B):
+        for m in range(M):
+            if not mask[b, m]:
+                continue
+            total += (cn[b, m].T @ sn[b, m]).pow(2).sum()
+            for n in range(m + 1, M):
+                if mask[b, n]:
+                    total += (sn[b, m].T @ sn[b, n]).pow(2).sum()
+    torch.testing.assert_close(got, total / B / C**2)
+
+
+def test_null_key_keeps_empty_rows_finite():
+    att = MaskedAttention(8, 2, 0.0, null_key=True)
+    q = torch.randn(3, 2, 8, requires_grad=True)
+    out = att(q, torch.randn(3, 4, 8), torch.zeros(3, 4, dtype=torch.bool))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+
+
+def test_labelwise_attention_without_keys_is_zero():
+    att = LabelWiseAttention(3, 4, 8)
+    g = torch.randn(2, 5, 3, 8)
+    keys = torch.rand(2, 5, 3) < 0.5
+    keys[0, :, 1] = False
+    r = att(g, keys)
+    assert torch.equal(r[0, 1], torch.zeros(4, 8)) and torch.isfinite(r).all()
+
+
+def test_fuse_max_and_modality_dropout():
+    logits = torch.tensor([[[1.0, -2.0], [3.0, -5.0]], [[1.0, 2.0], [3.0, 4.0]]])  # (B=2, M=2, C=2)
+    mask = torch.tensor([[False, True], [False, False]])
+    assert fuse_max(logits, mask).tolist() == [[3.0, -5.0], [2.0, 3.0]]  # no modality: the mean
+    torch.manual_seed(0)
+    avail = torch.rand(200, 3) < 0.6
+    dropped = modality_dropout(avail, 0.99)
+    assert (dropped <= avail).all() and ((avail & ~dropped).any(1) == avail.any(1)).all()
