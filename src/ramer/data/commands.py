@@ -1,0 +1,92 @@
+"""``ramer data info`` and ``ramer data convert``: the work behind the two CLI commands.
+
+Both read the public layouts split by split (``open_dataset``), so a full-size file is never held
+twice: ``convert`` writes each split as soon as it is built and drops it before the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ramer.config import DataConfig
+from ramer.data.formats import open_dataset
+from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
+from ramer.data.store import NATIVE_FORMAT, NATIVE_VERSION, DataBundle
+from ramer.errors import RamerError
+
+
+def _data_cfg(labels: str) -> DataConfig:
+    try:
+        return DataConfig(labels=labels)
+    except ValidationError:
+        raise RamerError(f"--labels must be primary or fine_grained, got '{labels}'") from None
+
+
+def collect_info(path: str | None, fmt: str = "auto", labels: str = "primary", **options) -> dict:
+    """``dataset_info`` of the dataset at ``path``, computed one split at a time."""
+    opened = open_dataset(path, fmt, _data_cfg(labels), **options)
+    if isinstance(opened, DataBundle):
+        return dataset_info(opened)
+    splits, dims = {}, None
+    for name, store in opened.splits:
+        splits[name] = split_info(store)
+        dims = dims or store.dims
+        del store
+    return assemble_info(opened.format, opened.source, opened.label_names, dims or {}, splits, opened.info)
+
+
+def run_info(path: str, fmt: str = "auto", labels: str = "primary", as_json: bool = False) -> None:
+    """Print what the dataset at ``path`` holds: JSON (``as_json``) or a table."""
+    info = collect_info(path, fmt, labels)
+    print(json.dumps(info, indent=1) if as_json else format_info_table(info))
+
+
+def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = "primary", **options) -> dict:
+    """Write the dataset at ``path`` in the native format to ``out``; returns the meta dict."""
+    out = Path(out)
+    if path is not None and Path(path).resolve() == out.resolve():
+        raise RamerError(f"{out}: the output folder must differ from the input")
+    if out.exists() and not out.is_dir():
+        raise RamerError(f"{out}: exists and is not a folder")
+    opened = open_dataset(path, fmt, _data_cfg(labels), **options)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    if meta_path.exists():
+        meta_path.unlink()  # a half-written folder must not look complete
+    if isinstance(opened, DataBundle):
+        opened.save(out)
+        return json.loads(meta_path.read_text())
+    sizes, dims = {}, None
+    for name, store in opened.splits:
+        store.save(out / name)
+        sizes[name] = len(store)
+        dims = dims or store.dims
+        del store  # free this split before the next one is built
+    for stale in ("train", "valid", "test"):
+        if stale not in sizes and (out / stale).is_dir():
+            shutil.rmtree(out / stale)
+    meta = {
+        "format": NATIVE_FORMAT,
+        "version": NATIVE_VERSION,
+        "source_format": opened.format,
+        "label_names": list(opened.label_names),
+        "dims": dims,
+        "splits": sizes,
+        "info": opened.info,
+    }
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
+    return meta
+
+
+def run_convert(path: str, out: str, fmt: str = "auto", labels: str = "primary") -> None:
+    """Convert ``path`` to the native format in ``out`` and print a one-line summary."""
+    meta = convert(path, out, fmt, labels)
+    sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
+    print(f"wrote {out} ({meta['source_format']} -> native: {sizes}; labels {', '.join(meta['label_names'])})")

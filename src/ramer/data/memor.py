@@ -1,0 +1,556 @@
+"""MEmoR (multi-party, The Big Bang Theory): the release directory, read as its baseline reads it.
+
+One sample per ``anno.json`` item (clip, target character, moment), DATA_FORMATS section 5:
+
+- persons = ``sorted(on_character + [target])``, segments = the clip's segments; rows are
+  person-major (``row = p * S + s``); ``character`` holds each person's id (0..7).
+- text (1024) and audio (6373) are present only where the person is the segment's speaker and the
+  feature key exists (a missing audio or text key leaves the token absent; both counted).
+- visual = mean face feature of that person over the segment's frames (when more than 10 face
+  crops fall there) + mean object + mean environment features; the whole clip's visual is absent
+  when the clip has 10 or fewer face images. Frames are counted at 23.976 fps from the clip's
+  ``start``; a face belongs to a frame range ``[begin, end]``, object/environment rows to
+  ``[begin, end)`` as in the baseline.
+- personality: the 118-d row of ``character_features.csv`` of each person, every column
+  L2-normalised across the 8 characters (the baseline's ``F.normalize(dim=0)``).
+- target = (target person, the segment containing ``moment``: ``start <= moment < end``; when no
+  segment contains it, the nearest one, counted); role = 1 when the target person speaks in that
+  segment, else 0.
+- labels: the union of the emotions of all items sharing (clip, character, moment) in the chosen
+  label set (9 primary or 14 fine-grained): mostly one-hot.
+- splits: ``train_id.txt`` / ``test_id.txt`` (indices into the ``anno.json`` list); validation =
+  a seeded ``valid_fraction`` of train (the rest stays train, both in file order). Sample ids are
+  ``"{anno index}:{clip}:{character}"``, independent of the split seed.
+- text keys: ``"{clip}+{seg_ori_ind}"`` (the released code) or ``"{clip}+{segment index}"`` (the
+  other public loader): both are tried over the whole release, the one matching more keys is used
+  and reported in ``bundle.info["memor"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import re
+from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.data.formats import SplitStream, as_float32, new_info
+from ramer.data.safe_load import safe_load
+from ramer.data.store import DataBundle, SceneStore
+from ramer.errors import RamerError
+
+CHARACTERS = ("sheldon", "leonard", "howard", "rajesh", "penny", "bernadette", "amy", "others")  # the code's order
+PRIMARY = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
+FINE_GRAINED = PRIMARY + ("serenity", "interest", "annoyance", "boredom", "distraction")
+LABEL_SETS = {"primary": PRIMARY, "fine_grained": FINE_GRAINED}
+OTHERS_ALIASES = ("others", "otherswomen", "othersman")
+FPS = 23.976
+FACE_THRESHOLD = 10  # more than this many face crops are needed (per clip, and per person-segment)
+DEFAULT_VISUAL_DIMS = (1024, 1230, 2048)  # face, object, environment
+PERSONALITY_DIM = 118
+TEXT_KEY_CONVENTIONS = ("seg_ori_ind", "segment_index")
+
+
+# ------------------------------------------------------------------------------------- JSON vectors
+class JsonVectors:
+    """A JSON object ``{"key": [numbers], ...}`` (MEmoR's text/audio feature files, gigabytes of
+    text) indexed lazily: one pass finds where each list lies, a list is parsed when asked for.
+    A file that does not fit that shape is parsed whole with ``json``."""
+
+    _OPEN = re.compile(rb"\s*\{\s*")
+    _KEY = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*\[')
+    _NEXT = re.compile(rb"\s*(,|\})\s*")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.is_file():
+            raise RamerError(f"{path}: file not found")
+        self._fh = open(path, "rb")
+        size = path.stat().st_size
+        self._buf: Any = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._parsed: dict | None = None
+        self._index = self._scan()
+        if self._index is None:
+            try:
+                parsed = json.loads(bytes(self._buf))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RamerError(f"{path}: not valid JSON ({e})") from None
+            if not isinstance(parsed, dict):
+                raise RamerError(f"{path}: holds a {type(parsed).__name__}, expected an object key -> list of numbers")
+            self._parsed = parsed
+            self.close()
+
+    def _scan(self) -> dict[str, tuple[int, int]] | None:
+        buf, index = self._buf, {}
+        m = self._OPEN.match(buf, 0)
+        if not m:
+            return None
+        pos = m.end()
+        if buf[pos : pos + 1] == b"}":
+            return index
+        while True:
+            m = self._KEY.match(buf, pos)
+            if not m:
+                return None
+            raw = m.group(1)
+            key = json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode("utf-8", "replace")
+            start = m.end()
+            end = buf.find(b"]", start)
+            if end < 0 or buf.find(b"[", start, end) >= 0:
+                return None
+            index[key] = (start, end)
+            m = self._NEXT.match(buf, end + 1)
+            if not m:
+                return None
+            pos = m.end()
+            if m.group(1) == b"}":
+                return index if pos == len(buf) or not buf[pos:].strip() else None
+
+    def __contains__(self, key: str) -> bool:
+        return key in (self._parsed if self._parsed is not None else self._index)
+
+    def __len__(self) -> int:
+        return len(self._parsed if self._parsed is not None else self._index)
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The vector under ``key`` as float64, or None when the key is absent."""
+        try:
+            if self._parsed is not None:
+                if key not in self._parsed:
+                    return None
+                return np.asarray(self._parsed[key], dtype=np.float64).reshape(-1)
+            if key not in self._index:
+                return None
+            start, end = self._index[key]
+            body = bytes(self._buf[start:end]).strip()
+            return np.array(body.split(b","), dtype=np.float64) if body else np.zeros(0)
+        except (ValueError, TypeError):
+            raise RamerError(f"{self.path}: key '{key}' does not hold a list of numbers") from None
+
+    def close(self) -> None:
+        if isinstance(self._buf, mmap.mmap):
+            self._buf.close()
+        self._buf = b""
+        self._fh.close()
+
+
+# ------------------------------------------------------------------------------------- small readers
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise RamerError(f"{path}: file not found (a MEmoR release folder holds anno.json, data.json, train_id.txt, test_id.txt, features/)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RamerError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_ids(path: Path, n_items: int) -> list[int]:
+    if not path.is_file():
+        raise RamerError(f"{path}: file not found")
+    out = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            i = int(line.strip())
+        except ValueError:
+            raise RamerError(f"{path}: line {line_no} is {line.strip()!r}, expected an integer index into anno.json") from None
+        if not 0 <= i < n_items:
+            raise RamerError(f"{path}: line {line_no}: index {i} is outside the anno.json list (0..{n_items - 1})")
+        out.append(i)
+    return out
+
+
+def _read_personality(path: Path, n_chars: int) -> np.ndarray:
+    if not path.is_file():
+        raise RamerError(f"{path}: file not found")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append([float(x) for x in line.strip().split(",")])
+        except ValueError:
+            raise RamerError(f"{path}: line {line_no} is not a row of numbers (no header expected)") from None
+    if len(rows) != n_chars or any(len(r) != len(rows[0]) for r in rows):
+        shape = (len(rows), sorted({len(r) for r in rows}))
+        raise RamerError(f"{path}: {shape[0]} rows of lengths {shape[1]}; expected {n_chars} rows (characters) of {PERSONALITY_DIM} numbers")
+    x = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise RamerError(f"{path}: holds non-finite values")
+    norm = np.sqrt((x**2).sum(0, keepdims=True))
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
+    if clip not in data:
+        raise RamerError(f"{source}: clip '{clip}' (from anno.json) is missing")
+    c = data[clip]
+    for key in ("seg_start", "seg_end", "speakers", "seg_ori_ind", "on_character", "start"):
+        if key not in c:
+            raise RamerError(f"{source}: clip '{clip}' has no key '{key}'")
+    try:
+        lens = {k: len(c[k]) for k in ("seg_start", "seg_end", "speakers", "seg_ori_ind")}
+        if lens["seg_start"] == 0 or len(set(lens.values())) != 1:
+            raise RamerError(f"{source}: clip '{clip}': segment lists have lengths {lens}, expected equal and > 0")
+        [float(x) for x in (*c["seg_start"], *c["seg_end"], c["start"])]
+        ints = {k: [int(x) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
+    except (TypeError, ValueError):
+        raise RamerError(f"{source}: clip '{clip}': segment times must be numbers, speakers / seg_ori_ind / on_character integers") from None
+    for key, low in (("speakers", -1), ("on_character", 0)):
+        bad = [x for x in ints[key] if not low <= x < n_chars]
+        if bad:
+            raise RamerError(f"{source}: clip '{clip}' key '{key}' holds {bad[0]}, outside the {n_chars} characters")
+
+
+# ------------------------------------------------------------------------------------- the loader
+def iter_memor(
+    root: str | Path,
+    labels: str = "primary",
+    character_order: tuple[str, ...] | list[str] | None = None,
+    valid_fraction: float = 0.1,
+    valid_seed: int = 2020,
+) -> SplitStream:
+    """Read a MEmoR release folder split by split (train / valid / test)."""
+    root = Path(root)
+    if labels not in LABEL_SETS:
+        raise RamerError(f"MEmoR labels '{labels}' unknown; choose primary (9) or fine_grained (14)")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise RamerError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    order = tuple(str(c).lower() for c in (character_order or CHARACTERS))
+    if len(order) != len(CHARACTERS) or len(set(order)) != len(order) or "others" not in order:
+        raise RamerError(f"character order {list(order)}: expected {len(CHARACTERS)} distinct names including 'others'")
+    names = LABEL_SETS[labels]
+    anno_path, data_path = root / "anno.json", root / "data.json"
+    anno_all = _read_json(anno_path)
+    if not isinstance(anno_all, dict) or labels not in anno_all:
+        keys = sorted(anno_all) if isinstance(anno_all, dict) else type(anno_all).__name__
+        raise RamerError(f"{anno_path}: has no key '{labels}' ({keys})")
+    anno = anno_all[labels]
+    data = _read_json(data_path)
+    if not isinstance(data, dict):
+        raise RamerError(f"{data_path}: holds a {type(data).__name__}, expected an object clip -> segments")
+
+    # --- annotations: validate, then the union label of every (clip, character, moment)
+    items = []
+    for i, a in enumerate(anno):
+        try:
+            clip, char, moment, emo = str(a["clip"]), int(a["character"]), float(a["moment"]), str(a["emotion"])
+        except (KeyError, TypeError, ValueError):
+            raise RamerError(f"{anno_path}: '{labels}'[{i}] = {str(a)[:120]}: expected clip, character, moment, emotion") from None
+        if not 0 <= char < len(order):
+            raise RamerError(f"{anno_path}: '{labels}'[{i}]: character {char} outside 0..{len(order) - 1}")
+        if emo not in names:
+            raise RamerError(f"{anno_path}: '{labels}'[{i}]: emotion '{emo}' is not one of the {len(names)} {labels} classes {list(names)}")
+        items.append((clip, char, moment, names.index(emo)))
+    union: dict[tuple, set[int]] = defaultdict(set)
+    for clip, char, moment, e in items:
+        union[(clip, char, moment)].add(e)
+
+    # --- splits
+    train_ids = _read_ids(root / "train_id.txt", len(items))
+    test_ids = _read_ids(root / "test_id.txt", len(items))
+    rng = np.random.default_rng(valid_seed)
+    n_val = int(round(len(train_ids) * valid_fraction))
+    if valid_fraction > 0 and len(train_ids) >= 2:
+        n_val = min(max(n_val, 1), len(train_ids) - 1)
+    chosen = set(rng.permutation(len(train_ids))[:n_val].tolist())
+    split_ids = {
+        "train": [x for j, x in enumerate(train_ids) if j not in chosen],
+        "valid": [x for j, x in enumerate(train_ids) if j in chosen],
+        "test": test_ids,
+    }
+    clips_used = sorted({items[i][0] for ids in split_ids.values() for i in ids})
+    for clip in clips_used:
+        _validate_clip(data, clip, data_path, len(order))
+
+    feat_dir = root / "features"
+    personality = _read_personality(feat_dir / "character_features.csv", len(order))
+    with ExitStack() as guard:  # close the feature files if setting up fails; else the reader closes them
+        text_json = JsonVectors(feat_dir / "text_features.json")
+        guard.callback(text_json.close)
+        audio_json = JsonVectors(feat_dir / "audio_features.json")
+        guard.callback(audio_json.close)
+
+        # --- which text-key convention the release uses
+        hits = {c: 0 for c in TEXT_KEY_CONVENTIONS}
+        wanted = 0
+        for clip in clips_used:
+            c = data[clip]
+            for s, spk in enumerate(c["speakers"]):
+                if int(spk) < 0:
+                    continue
+                wanted += 1
+                ori = int(c["seg_ori_ind"][s])
+                hits["seg_ori_ind"] += ori >= 0 and f"{clip}+{ori}" in text_json
+                hits["segment_index"] += f"{clip}+{s}" in text_json
+        convention = "seg_ori_ind" if hits["seg_ori_ind"] >= hits["segment_index"] else "segment_index"
+
+        def text_key(clip: str, s: int) -> str | None:
+            if convention == "segment_index":
+                return f"{clip}+{s}"
+            ori = int(data[clip]["seg_ori_ind"][s])
+            return f"{clip}+{ori}" if ori >= 0 else None
+
+        def audio_key(clip: str, s: int) -> str | None:
+            ori = int(data[clip]["seg_ori_ind"][s])
+            return f"{clip}+{ori}" if ori >= 0 else None
+
+        # --- visual: face names per clip (small), feature dims from the first clip that has visual
+        vis_dir = feat_dir / "visual_features"
+        if not vis_dir.is_dir():
+            raise RamerError(f"{vis_dir}: folder not found (face_features/, face_names/, object_features/, environment_features/)")
+        clip_sets: dict[str, set[str]] = defaultdict(set)  # visual findings, counted once per clip
+        unknown_faces: dict[str, int] = {}
+        missing_examples: list[str] = []
+        face_names: dict[str, list[str] | None] = {}
+        for clip in clips_used:
+            p = vis_dir / "face_names" / f"{clip}.txt"
+            if p.is_file():
+                with open(p, encoding="utf-8") as fh:
+                    face_names[clip] = [x for x in fh.readline().strip().split("\t") if x]
+            else:
+                face_names[clip] = None
+
+        def load_feature(kind: str, clip: str) -> np.ndarray:
+            p = vis_dir / kind / f"{clip}.pt"
+            if not p.is_file():
+                raise FileNotFoundError(p)
+            x = safe_load(p)
+            x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+            if x.ndim != 2:
+                raise RamerError(f"{p}: shape {x.shape}, expected (rows, dim)")
+            return x
+
+        dims = None
+        for clip in clips_used:
+            if face_names[clip] is not None and len(face_names[clip]) > FACE_THRESHOLD:
+                try:
+                    dims = tuple(load_feature(k, clip).shape[1] for k in ("face_features", "object_features", "environment_features"))
+                    break
+                except FileNotFoundError:
+                    continue
+        vis_dims = dims or DEFAULT_VISUAL_DIMS
+        d_vis = int(sum(vis_dims))
+
+        def person_of(face: str, p: Path) -> tuple[int, int]:
+            stem = face.rsplit(".", 1)[0]
+            frame, _, name = stem.partition("_")
+            try:
+                f = int(frame)
+            except ValueError:
+                raise RamerError(f"{p}: face image name '{face}' is not '{{frame}}_{{Name}}.jpg'") from None
+            name = name.lower()
+            if name in OTHERS_ALIASES:
+                name = "others"
+            return f, (order.index(name) if name in order else -1)
+
+        def clip_visual(clip: str) -> tuple[np.ndarray, np.ndarray] | None:
+            """(len(order), S, d_vis) features and (len(order), S) presence, or None: all absent."""
+            names_list = face_names[clip]
+            if names_list is None:
+                clip_sets["visual_clips_without_face_names"].add(clip)
+                return None
+            if len(names_list) <= FACE_THRESHOLD:
+                clip_sets["visual_clips_with_10_or_fewer_faces"].add(clip)
+                return None
+            try:
+                face = load_feature("face_features", clip)
+                obj = load_feature("object_features", clip)
+                env = load_feature("environment_features", clip)
+            except FileNotFoundError as e:
+                clip_sets["visual_clips_missing_feature_files"].add(clip)
+                if len(missing_examples) < 5 and str(e) not in missing_examples:
+                    missing_examples.append(str(e))
+                return None
+            names_path = vis_dir / "face_names" / f"{clip}.txt"
+            got = (face.shape[1], obj.shape[1], env.shape[1])
+            if got != vis_dims:
+                raise RamerError(f"{vis_dir}: clip '{clip}' feature dims (face, object, environment) = {got}, expected {vis_dims} as in other clips")
+            if face.shape[0] != len(names_list):
+                raise RamerError(f"{vis_dir / 'face_features' / (clip + '.pt')}: shape {face.shape} but {names_path} names {len(names_list)} faces")
+            parsed = [person_of(f, names_path) for f in names_list]
+            frames = np.array([f for f, _ in parsed], dtype=np.int64)
+            who = np.array([c for _, c in parsed], dtype=np.int64)
+            unknown_faces[clip] = int((who < 0).sum())
+            c = data[clip]
+            S = len(c["seg_start"])
+            feats = np.zeros((len(order), S, d_vis), dtype=np.float32)
+            present = np.zeros((len(order), S), dtype=bool)
+            start = float(c["start"])
+            d_face, d_obj, _ = vis_dims
+            for s in range(S):
+                begin = max(0, int((float(c["seg_start"][s]) - start) * FPS))
+                end = int((float(c["seg_end"][s]) - start) * FPS)
+                in_seg = (frames >= begin) & (frames <= end)
+                ctx = []
+                for table in (obj, env):
+                    rows = table[begin:end]
+                    if len(rows):
+                        ctx.append(rows.astype(np.float64).mean(0))
+                    else:
+                        ctx.append(np.zeros(table.shape[1]))
+                for ch in np.unique(who[in_seg]):
+                    if ch < 0:
+                        continue
+                    sel = in_seg & (who == ch)
+                    if sel.sum() > FACE_THRESHOLD:
+                        if not any(len(table[begin:end]) for table in (obj, env)):
+                            clip_sets["visual_clips_with_a_segment_without_frames"].add(clip)
+                        feats[ch, s, :d_face] = face[sel].astype(np.float64).mean(0)
+                        feats[ch, s, d_face : d_face + d_obj] = ctx[0]
+                        feats[ch, s, d_face + d_obj :] = ctx[1]
+                        present[ch, s] = True
+            return as_float32(feats, counts, "visual", f"{vis_dir}: clip '{clip}'"), present
+
+        # --- dims of text / audio
+        def first_dim(js: JsonVectors, default: int) -> int:
+            for clip in clips_used:
+                for s in range(len(data[clip]["seg_start"])):
+                    for key in (text_key(clip, s), audio_key(clip, s)):
+                        if key is not None and key in js:
+                            return int(js.get(key).shape[0])
+            return default
+
+        d_text, d_audio = first_dim(text_json, 1024), first_dim(audio_json, 6373)
+
+        info = new_info([str(root)])
+        counts = info["nonfinite_replaced"]
+        memor_info: dict[str, Any] = {
+            "labels": labels,
+            "character_order": list(order),
+            "text_key_convention": convention,
+            "text_keys_matched": dict(hits),
+            "text_keys_wanted": wanted,
+            "valid_fraction": valid_fraction,
+            "valid_seed": valid_seed,
+            "annotations": len(items),
+            "visual_dims": {"face": vis_dims[0], "object": vis_dims[1], "environment": vis_dims[2]},
+            "visual_dims_from_files": dims is not None,
+        }
+        info["memor"] = memor_info
+
+        def build(split: str, ids: list[int]) -> SceneStore:
+            persons_of, grids = [], []
+            for i in ids:
+                clip, char, _, _ = items[i]
+                persons = sorted(set(int(x) for x in data[clip]["on_character"]) | {char})
+                persons_of.append(persons)
+                grids.append((len(persons), len(data[clip]["seg_start"])))
+            n = len(ids)
+            grid = np.asarray(grids, dtype=np.int64).reshape(n, 2)
+            sizes = grid[:, 0] * grid[:, 1]
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            person_offsets = np.concatenate([[0], np.cumsum(grid[:, 0])]).astype(np.int64)
+            T, Q = int(offsets[-1]), int(person_offsets[-1])
+            text = np.zeros((T, d_text), dtype=np.float32)
+            audio = np.zeros((T, d_audio), dtype=np.float32)
+            visual = np.zeros((T, d_vis), dtype=np.float32)
+            present = np.zeros((T, 3), dtype=bool)
+            target = np.zeros((n, 2), dtype=np.int32)
+            role = np.zeros(n, dtype=np.int8)
+            labels_arr = np.zeros((n, len(names)), dtype=np.uint8)
+            character = np.zeros(Q, dtype=np.int32)
+            pers = np.zeros((Q, personality.shape[1]), dtype=np.float32)
+            before = dict(counts)
+            local = defaultdict(int)
+            by_clip: dict[str, list[int]] = defaultdict(list)
+            for k, i in enumerate(ids):
+                by_clip[items[i][0]].append(k)
+            for clip, ks in by_clip.items():  # one clip at a time: its visual files are read once
+                c = data[clip]
+                S = len(c["seg_start"])
+                vis = clip_visual(clip)
+                speakers = [int(x) for x in c["speakers"]]
+                tvecs, avecs = {}, {}
+                for s, spk in enumerate(speakers):
+                    if spk < 0:
+                        continue
+                    tk, ak = text_key(clip, s), audio_key(clip, s)
+                    tv = text_json.get(tk) if tk is not None else None
+                    av = audio_json.get(ak) if ak is not None else None
+                    for vec, dim, what, key in ((tv, d_text, "text", tk), (av, d_audio, "audio", ak)):
+                        if vec is not None and vec.shape[0] != dim:
+                            path = text_json.path if what == "text" else audio_json.path
+                            raise RamerError(f"{path}: key '{key}' has {vec.shape[0]} numbers, expected {dim} as for other keys")
+                    if tv is not None:
+                        tvecs[s] = as_float32(tv, counts, "text", f"{text_json.path} key '{tk}'")
+                    if av is not None:
+                        avecs[s] = as_float32(av, counts, "audio", f"{audio_json.path} key '{ak}'")
+                for k in ks:
+                    clip_, char, moment, _ = items[ids[k]]
+                    persons = persons_of[k]
+                    off, poff = int(offsets[k]), int(person_offsets[k])
+                    for p, who in enumerate(persons):
+                        rows = off + p * S + np.arange(S)
+                        for s, spk in enumerate(speakers):
+                            if spk != who:
+                                continue
+                            if s in tvecs:
+                                text[rows[s]] = tvecs[s]
+                                present[rows[s], 0] = True
+                            else:
+                                local["text_missing"] += 1
+                            if s in avecs:
+                                audio[rows[s]] = avecs[s]
+                                present[rows[s], 1] = True
+                            else:
+                                local["audio_missing"] += 1
+                        if vis is not None:
+                            visual[rows] = vis[0][who]
+                            present[rows, 2] = vis[1][who]
+                        character[poff + p] = who
+                        pers[poff + p] = personality[who]
+                    starts = np.asarray(c["seg_start"], dtype=np.float64)
+                    ends = np.asarray(c["seg_end"], dtype=np.float64)
+                    inside = np.flatnonzero((starts <= moment) & (moment < ends))
+                    if len(inside):
+                        s_t = int(inside[0])
+                        local["target_in_several_segments"] += len(inside) > 1
+                    else:
+                        s_t = int(np.argmin(np.maximum(starts - moment, 0) + np.maximum(moment - ends, 0)))
+                        local["target_outside_segments"] += 1
+                    p_t = persons.index(char)
+                    target[k] = (p_t, s_t)
+                    role[k] = ROLE_SPEAKER if speakers[s_t] == char else ROLE_NONSPEAKER
+                    labels_arr[k, sorted(union[(clip_, char, moment)])] = 1
+            extra = {
+                "nonfinite_replaced": {m: counts[m] - before[m] for m in MODALITIES},
+                "empty_label_samples": int((labels_arr.sum(1) == 0).sum()),
+                "multi_label_samples": int((labels_arr.sum(1) > 1).sum()),
+                **{k: int(v) for k, v in local.items()},
+            }
+            return SceneStore(
+                text=text, audio=audio, visual=visual, present=present,
+                token_offsets=offsets, grid=grid.astype(np.int32), labels=labels_arr, target=target, role=role,
+                person_offsets=person_offsets, character=character, label_names=names,
+                ids=[f"{i}:{items[i][0]}:{items[i][1]}" for i in ids],
+                personality=pers, personality_present=np.ones(Q, dtype=bool),
+                source=f"{root}[{split}]", extra=extra,
+            )
+
+        def splits():
+            try:
+                for split in ("train", "valid", "test"):
+                    store = build(split, split_ids[split])
+                    info.setdefault("splits", {})[split] = store.extra
+                    yield split, store
+                memor_info.update({k: len(v) for k, v in sorted(clip_sets.items())})
+                memor_info["face_crops_unknown_name"] = int(sum(unknown_faces.values()))
+                if missing_examples:
+                    memor_info["visual_missing_file_examples"] = missing_examples
+            finally:
+                text_json.close()
+                audio_json.close()
+
+        guard.pop_all()
+        return SplitStream("memor", str(root), names, splits(), info)
+
+
+def load_memor(root: str | Path, labels: str = "primary", **kwargs: Any) -> DataBundle:
+    return iter_memor(root, labels=labels, **kwargs).to_bundle()

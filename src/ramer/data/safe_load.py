@@ -1,0 +1,234 @@
+"""Read pickles and ``torch.save`` files without running code from them.
+
+The public benchmark releases are pickles (MulT's MOSEI, M3ED) or ``torch.save`` files (the
+aligned MOSEI file, CARAT's M3ED file, MEmoR's per-clip visual features). Unpickling calls any
+function a file names, so both kinds go through one allow-list:
+
+- numpy arrays, dtypes and scalars (numpy's reconstruct helpers under both the numpy 1.x
+  ``numpy.core`` and the numpy 2.x ``numpy._core`` module paths),
+- ``collections.OrderedDict``, ``argparse.Namespace``,
+- plain builtins: list, dict, tuple, set, frozenset, str, bytes, bytearray, int, float, complex,
+  bool (never ``eval``, ``exec``, ``open``, ``getattr``, ``__import__``, ...),
+- inside ``torch.save`` files, additionally torch's own tensor types (torch's ``weights_only``
+  allow-list).
+
+Anything else is refused with a ``RamerError`` naming the class and the file, before it is called.
+
+- raw pickles: a ``pickle.Unpickler`` whose ``find_class`` resolves only the allow-list;
+- ``torch.save`` files that hold tensors (and legacy, non-zip ones): ``torch.load(weights_only=True)``
+  with the numpy/argparse entries above added as torch "safe globals"
+  (``torch.serialization.safe_globals``);
+- ``torch.save`` zip files without tensors (the MOSEI and CARAT files: numpy only): their
+  ``data.pkl`` is streamed out of the archive through the same restricted unpickler, which peaks
+  at about 1.4x the file size where ``torch.load`` peaks at about 2.4x (it reads the whole pickle
+  into memory and unpickles it in Python). The first torch class or tensor storage met sends the
+  file to ``torch.load(weights_only=True)`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import collections
+import copyreg
+import io
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramer.errors import RamerError
+
+__all__ = ["safe_load", "safe_pickle_loads", "is_torch_file", "ALLOWED_GLOBALS"]
+
+# The first object of a legacy (pre-1.6, non-zip) torch.save file.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+_reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.(_)core.multiarray._reconstruct
+_scalar = np.float64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
+_frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy.(_)core.numeric._frombuffer (protocol 5)
+
+
+def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as numpy's protocol-2 pickles use it: str -> bytes, latin-1 only."""
+    if not isinstance(obj, str) or codecs.lookup(encoding).name not in ("latin-1", "iso8859-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode called with {type(obj).__name__}, {encoding!r}")
+    return obj.encode(encoding, errors)
+
+
+_SAFE_CLASSES: tuple[type, ...] = (collections.OrderedDict, argparse.Namespace, np.ndarray, np.dtype)
+
+
+def _reconstructor(cls: type, base: type, state: Any) -> Any:
+    """``copyreg._reconstructor`` (protocol 0/1 pickles of plain objects) for allowed classes only."""
+    if cls not in _SAFE_CLASSES or base is not object or state is not None:
+        raise pickle.UnpicklingError(f"copyreg._reconstructor({cls!r}, {base!r})")
+    return copyreg._reconstructor(cls, base, state)
+
+
+def _build_allow_list() -> dict[str, Any]:
+    allowed: dict[str, Any] = {}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[f"{core}.multiarray._reconstruct"] = _reconstruct
+        allowed[f"{core}.multiarray.scalar"] = _scalar
+        allowed[f"{core}.numeric._frombuffer"] = _frombuffer
+    allowed["numpy.ndarray"] = np.ndarray
+    allowed["numpy.dtype"] = np.dtype
+    for name in dir(np.dtypes):
+        obj = getattr(np.dtypes, name)
+        if isinstance(obj, type) and issubclass(obj, np.dtype):
+            allowed[f"numpy.dtypes.{name}"] = obj
+    allowed["collections.OrderedDict"] = collections.OrderedDict
+    allowed["argparse.Namespace"] = argparse.Namespace
+    for t in (list, dict, tuple, set, frozenset, str, bytes, bytearray, int, float, complex, bool, object):
+        allowed[f"builtins.{t.__name__}"] = t
+    allowed["_codecs.encode"] = _latin1_encode
+    allowed["copyreg._reconstructor"] = _reconstructor
+    return allowed
+
+
+ALLOWED_GLOBALS: dict[str, Any] = _build_allow_list()
+
+# Python 2 module names in old pickles (the MulT release was written from Python 3, but be kind).
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+class _NeedsTorch(Exception):
+    """A torch.save pickle that holds tensors: hand it to torch's own weights-only loader."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str, torch_aware: bool = False) -> None:
+        super().__init__(file, encoding="latin1")
+        self._source = source
+        self._torch_aware = torch_aware
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)
+        try:
+            return ALLOWED_GLOBALS[f"{module}.{name}"]
+        except KeyError:
+            if self._torch_aware and (module == "torch" or module.startswith("torch.")):
+                raise _NeedsTorch() from None
+            raise RamerError(
+                f"{self._source}: refusing to load '{module}.{name}': not on the allow-list of safe "
+                "types (numpy arrays, OrderedDict, argparse.Namespace, plain builtins)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._torch_aware:
+            raise _NeedsTorch()
+        raise RamerError(f"{self._source}: pickle refers to external data ({str(pid)[:60]}); not a plain pickle")
+
+
+def safe_pickle_loads(data: bytes, source: str = "<bytes>") -> Any:
+    """Unpickle bytes with the allow-list (``source`` names the data in errors)."""
+    return _unpickle(io.BytesIO(data), source)
+
+
+def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
+    try:
+        return _RestrictedUnpickler(fh, source, torch_aware).load()
+    except (RamerError, _NeedsTorch):
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            UnicodeDecodeError, OverflowError) as e:
+        raise RamerError(f"{source}: not a readable pickle ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def is_torch_file(path: str | Path) -> bool:
+    """True for ``torch.save`` files: a zip archive holding ``data.pkl``, or the legacy layout."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return _legacy_magic(fh)
+    except OSError:
+        return False
+
+
+def _legacy_magic(fh) -> bool:
+    """The legacy torch layout starts with a tiny pickle of a magic number: parse only a short head."""
+    head = fh.read(64)
+    try:
+        first = _RestrictedUnpickler(io.BytesIO(head), "").load()
+    except Exception:  # a longer pickle (EOF in the head), a refused class, garbage: not legacy torch
+        return False
+    return type(first) is int and first == _TORCH_LEGACY_MAGIC
+
+
+def _torch_safe_globals() -> list:
+    """The numpy/argparse entries of the allow-list in torch's (object, "module.name") form."""
+    out = []
+    for full, obj in ALLOWED_GLOBALS.items():
+        if full in ("_codecs.encode", "collections.OrderedDict"):
+            continue  # torch's weights-only unpickler handles these itself
+        out.append((obj, full))
+    return out
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL\s+([\w.]+)")
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+    from torch.serialization import safe_globals
+
+    try:
+        with safe_globals(_torch_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        m = _GLOBAL_RE.search(msg)
+        if m:
+            raise RamerError(
+                f"{path}: refusing to load '{m.group(1)}': not on the allow-list of safe types (numpy arrays, "
+                "OrderedDict, argparse.Namespace, plain builtins, torch tensors)"
+            ) from None
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "weights_only" not in ln and "Weights only" not in ln]
+        raise RamerError(f"{path}: refused by the safe loader ({(lines[0] if lines else msg)[:200]})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise RamerError(f"{path}: not a readable torch.save file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def _load_torch_zip(path: Path) -> Any:
+    """A torch.save zip archive. When its pickle holds only numpy / builtin objects (the MOSEI and
+    CARAT files), it is streamed out of the archive through the allow-list unpickler: this keeps
+    peak memory near the size of the arrays (torch.load first reads the whole pickle into memory
+    and unpickles it in Python: about 2.4x the file size and slower on the full MOSEI file).
+    As soon as the pickle names a torch class or a tensor storage, the file is read again with
+    ``torch.load(weights_only=True)`` plus the same allow-list."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") <= 1]
+            if len(names) != 1:
+                return _torch_load(path)
+            with zf.open(names[0]) as fh:
+                return _unpickle(fh, str(path), torch_aware=True)
+    except _NeedsTorch:
+        return _torch_load(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise RamerError(f"{path}: not a readable torch.save file ({type(e).__name__}: {e})") from None
+
+
+def safe_load(path: str | Path) -> Any:
+    """Load a pickle or a ``torch.save`` file with the allow-list; refuse anything else.
+
+    Nothing outside the allow-list is ever imported or called: a hostile file raises a
+    ``RamerError`` naming the refused class and the file, before any side effect.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RamerError(f"{path}: file not found")
+    if zipfile.is_zipfile(path):
+        return _load_torch_zip(path)
+    with open(path, "rb") as fh:
+        if _legacy_magic(fh):
+            fh.close()
+            return _torch_load(path)
+        fh.seek(0)
+        return _unpickle(fh, str(path))

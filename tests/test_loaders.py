@@ -1,0 +1,605 @@
+"""The public-benchmark loaders, read from small files written in the release layouts
+(tests/fixtures_writers.py) and compared value by value with what was written."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fixtures_writers as fw
+from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.config import DataConfig
+from ramer.data.commands import collect_info, convert, run_convert, run_info
+from ramer.data.formats import FORMATS, detect_format, load_dataset
+from ramer.data.info import dataset_info, format_info_table
+from ramer.data.store import SceneStore, load_native
+from ramer.errors import RamerError
+
+SPLITS = ("train", "valid", "test")
+ARRAYS = ("text", "audio", "visual", "present", "token_offsets", "grid", "labels", "target", "role",
+          "person_offsets", "character")
+
+
+def clean(x) -> np.ndarray:
+    x = np.asarray(x).astype(np.float32)
+    return np.where(np.isfinite(x), x, 0).astype(np.float32)
+
+
+def nonfinite(x) -> int:
+    return int((~np.isfinite(np.asarray(x, dtype=np.float32))).sum())
+
+
+def tgt_multi_hot(tgt: list[list[int]], n: int) -> np.ndarray:
+    out = np.zeros((len(tgt), n), dtype=np.uint8)
+    for i, seq in enumerate(tgt):
+        for v in seq:
+            if v >= 4:
+                out[i, v - 4] = 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------- files
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("bench")
+    out = {"dir": d}
+    (d / "mosei").mkdir()
+    out["aligned"] = d / "mosei" / "train_valid_test.pt"
+    out["aligned_fx"] = fw.write_mosei_aligned(out["aligned"])
+    out["unaligned"] = d / "mosei" / "mosei_senti_data_noalign.pkl"
+    out["unaligned_fx"] = fw.write_mosei_unaligned(out["unaligned"])
+    out["m3ed"] = d / "m3ed.pkl"
+    out["m3ed_fx"] = fw.write_m3ed_pickle(out["m3ed"])
+    out["carat"] = d / "m3ed_data_60.pt"
+    out["carat_fx"] = fw.write_m3ed_carat(out["carat"])
+    out["memor"] = d / "memor"
+    out["memor_fx"] = fw.write_memor(out["memor"])
+    return out
+
+
+def test_detect_format(files, tmp_path: Path) -> None:
+    assert detect_format(files["aligned"]) == "mosei_aligned"
+    assert detect_format(files["unaligned"]) == "mosei_unaligned"
+    assert detect_format(files["m3ed"]) == "m3ed_pickle"
+    assert detect_format(files["carat"]) == "m3ed_carat"
+    assert detect_format(files["memor"]) == "memor"
+    assert detect_format(None) == "synthetic"
+    convert(str(files["carat"]), tmp_path / "native")
+    assert detect_format(tmp_path / "native") == "native"
+    assert set(FORMATS) == {"mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RamerError, match="unknown dataset folder"):
+        detect_format(tmp_path / "empty")
+    odd = tmp_path / "odd.pkl"
+    odd.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(RamerError, match="odd.pkl: unknown layout"):
+        detect_format(odd)
+    with pytest.raises(RamerError, match="no such file"):
+        detect_format(tmp_path / "nothing.pt")
+    with pytest.raises(RamerError, match="holds the 'm3ed_carat' layout"):
+        load_dataset(files["carat"], "mosei_aligned")
+    with pytest.raises(RamerError, match="unknown data format"):
+        load_dataset(files["carat"], "csv")
+
+
+# ---------------------------------------------------------------------------------------- MOSEI aligned
+def check_mosei_aligned(bundle, fx: dict) -> None:
+    names = fx["label_names"]
+    assert bundle.label_names == tuple(names) and bundle.format == "mosei_aligned"
+    totals = {"text": 0, "audio": 0, "visual": 0}
+    for split in SPLITS:
+        st, want = bundle.splits[split], fx["splits"][split]
+        n, L = want["text"].shape[:2]
+        for m in ("text", "audio", "visual"):
+            assert getattr(st, m).dtype == np.float32
+            np.testing.assert_array_equal(getattr(st, m), clean(want[m]).reshape(n * L, -1))
+            totals[m] += nonfinite(want[m])
+        assert st.present.all() and st.present.shape == (n * L, 3)
+        np.testing.assert_array_equal(st.grid, np.tile([1, L], (n, 1)))
+        np.testing.assert_array_equal(st.labels, tgt_multi_hot(want["tgt"], len(names)))
+        assert (st.target == -1).all() and (st.role == ROLE_NONE).all() and (st.character == -1).all()
+        assert st.personality is None
+        assert st.ids == [f"{split}/{i}" for i in range(n)]
+        assert st.extra["empty_label_samples"] == sum(1 for t in want["tgt"] if len(t) == 2) > 0
+    assert bundle.info["nonfinite_replaced"] == totals and totals["audio"] > 0
+
+
+def test_mosei_aligned(files) -> None:
+    check_mosei_aligned(load_dataset(files["aligned"]), files["aligned_fx"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dtype": np.float64},
+        {"with_dict": False, "with_settings": False},
+        {"label_order": ("sad", "fear", "happy", "disgust", "anger", "surprise")},
+        {"tgt_as_array": True},
+    ],
+)
+def test_mosei_aligned_variants(tmp_path: Path, kwargs: dict) -> None:
+    p = tmp_path / "train_valid_test.pt"
+    fx = fw.write_mosei_aligned(p, **kwargs)
+    bundle = load_dataset(p, "mosei_aligned")
+    check_mosei_aligned(bundle, fx)
+    if "label_order" in kwargs:
+        assert bundle.label_names == kwargs["label_order"]
+        assert bundle.info["mosei"]["label_names_from"] == "dict['tgt']"
+    if kwargs.get("with_dict") is False:
+        assert bundle.label_names == fw.MOSEI_DEFAULT and bundle.info["mosei"]["label_names_from"] == "default"
+
+
+def _resave(path: Path, edit) -> Path:
+    obj = torch.load(path, weights_only=False)  # our own fixture file
+    edit(obj)
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda o: o.pop("valid"), "missing split 'valid'"),
+        (lambda o: o["test"].pop("src-audio"), "split 'test' has no key 'src-audio'"),
+        (lambda o: o["train"]["tgt"].pop(), r"split 'train': 'tgt' has 5 entries, features have N = 6"),
+        (lambda o: o["valid"].__setitem__("src-visual", o["valid"]["src-visual"][:, :3]), r"disagree on \(N, steps\)"),
+        (lambda o: o["test"].__setitem__("src-text", np.zeros((4, 4, 7))), r"split 'test' key 'src-text' has shape \(4, 4, 7\); feature dim 7"),
+        (lambda o: setattr(o["settings"], "max_audio_seq_len", 50), r"key 'src-audio' has shape \(6, 4, 5\), but settings.max_audio_seq_len = 50"),
+        (lambda o: o["train"]["tgt"].__setitem__(0, [2, 11, 3]), r"split 'train': tgt\[0\] holds id 11; emotion ids must be 4..9"),
+        (lambda o: o["train"].__setitem__("src-text", o["train"]["src-text"][0]), r"key 'src-text' has shape \(4, 6\), expected \(N, steps, dim\)"),
+        (lambda o: o["dict"]["tgt"].__setitem__("happy", 12), "dict\\['tgt'\\] emotion ids"),
+    ],
+)
+def test_mosei_aligned_malformed(tmp_path: Path, edit, message: str) -> None:
+    p = tmp_path / "train_valid_test.pt"
+    fw.write_mosei_aligned(p)
+    _resave(p, edit)
+    with pytest.raises(RamerError, match=message) as e:
+        load_dataset(p, "mosei_aligned")
+    assert str(p) in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------- MOSEI unaligned
+def _pool_reference(x: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+    n, L, d = x.shape
+    real = (x != 0).any(-1)
+    xc = clean(x)
+    out, pres = np.zeros((n, S, d), np.float32), np.zeros((n, S), bool)
+    for i in range(n):
+        for j in range(S):
+            a, b = j * L // S, (j + 1) * L // S
+            rows = [t for t in range(a, b) if real[i, t]]
+            if rows:
+                out[i, j] = xc[i, rows].sum(0) / len(rows)
+                pres[i, j] = True
+    return out, pres
+
+
+@pytest.mark.parametrize("layout", ["pool", "pad"])
+def test_mosei_unaligned(files, layout: str) -> None:
+    bundle = load_dataset(files["unaligned"], "mosei_unaligned", unaligned_layout=layout)
+    fx, labels = files["unaligned_fx"], files["aligned_fx"]
+    assert bundle.label_names == fw.MOSEI_DEFAULT
+    assert bundle.info["source_files"][1] == str(files["aligned"])  # the sibling aligned file
+    keys = {"text": "text", "audio": "audio", "visual": "vision"}
+    for split in SPLITS:
+        st, raw = bundle.splits[split], fx[split]
+        n = len(raw["text"])
+        S = 5 if layout == "pool" else 10
+        np.testing.assert_array_equal(st.grid, np.tile([1, S], (n, 1)))
+        for k, (m, key) in enumerate(keys.items()):
+            x = raw[key]
+            if layout == "pool":
+                want, pres = _pool_reference(x, S)
+            else:
+                want = np.zeros((n, S, x.shape[2]), np.float32)
+                want[:, : x.shape[1]] = clean(x)
+                pres = np.zeros((n, S), bool)
+                pres[:, : x.shape[1]] = (x != 0).any(-1)
+            np.testing.assert_allclose(getattr(st, m), want.reshape(n * S, -1), rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(st.present[:, k], pres.reshape(-1))
+        np.testing.assert_array_equal(st.labels, tgt_multi_hot(labels["splits"][split]["tgt"], 6))
+        assert st.ids == [f"vid{split}{i}_{i}.0_{i + 1}.5" for i in range(n)]
+        assert not st.present[:, 0].all()  # MulT's zero padding rows are absent
+    assert bundle.info["nonfinite_replaced"]["audio"] == sum(nonfinite(fx[s]["audio"]) for s in SPLITS)
+
+
+def test_mosei_unaligned_labels_file(files, tmp_path: Path) -> None:
+    p = tmp_path / "noalign.pkl"
+    shutil.copy(files["unaligned"], p)
+    with pytest.raises(RamerError, match="train_valid_test.pt, not found"):
+        load_dataset(p, "mosei_unaligned")
+    bundle = load_dataset(p, aligned_path=files["aligned"])  # explicit path, auto-detected format
+    assert bundle.format == "mosei_unaligned" and len(bundle.splits["test"]) == 4
+    wrong = tmp_path / "aligned_other.pt"
+    fw.write_mosei_aligned(wrong, sizes=(6, 2, 4))
+    with pytest.raises(RamerError, match=r"split 'valid' has 3 samples but the aligned file .*aligned_other.pt has 2 'tgt'"):
+        load_dataset(p, "mosei_unaligned", aligned_path=wrong)
+    with pytest.raises(RamerError, match="layout 'zoom' unknown"):
+        load_dataset(p, "mosei_unaligned", aligned_path=files["aligned"], unaligned_layout="zoom")
+
+
+# ---------------------------------------------------------------------------------------- M3ED pickle
+@pytest.mark.parametrize("max_utt", [60, 4])
+def test_m3ed_pickle(files, max_utt: int) -> None:
+    fx = files["m3ed_fx"]
+    bundle = load_dataset(files["m3ed"], data_cfg=DataConfig(max_utterances=max_utt))
+    assert bundle.format == "m3ed_pickle" and bundle.label_names == fw.M3ED_NAMES
+    beyond = 0
+    for split in SPLITS:
+        st = bundle.splits[split]
+        vids = fx["splits"][split]
+        assert st.ids == vids
+        for i, d in enumerate(vids):
+            n = len(fx["ids"][d])
+            S = min(n, max_utt)
+            assert tuple(st.grid[i]) == (2, S)
+            off = st.token_offsets[i]
+            want = {m: np.zeros((2 * S, fx[m][d].shape[1]), np.float32) for m in ("text", "audio", "visual")}
+            pres = np.zeros(2 * S, bool)
+            for s in range(S):
+                row = (0 if fx["speakers"][d][s] == "A" else 1) * S + s
+                for m in want:
+                    want[m][row] = clean(fx[m][d][s])
+                pres[row] = True
+            for k, m in enumerate(want):
+                np.testing.assert_array_equal(getattr(st, m)[off : off + 2 * S], want[m])
+                np.testing.assert_array_equal(st.present[off : off + 2 * S, k], pres)
+            labels = np.zeros(7, np.uint8)
+            labels[fx["labels"][d]] = 1  # the union over ALL utterances, also beyond the cut
+            np.testing.assert_array_equal(st.labels[i], labels)
+            beyond += len(set(fx["labels"][d][S:]) - set(fx["labels"][d][:S]))
+        assert (st.target == -1).all() and (st.role == ROLE_NONE).all()
+    assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 7, "visual": 0}  # one -inf per dialogue
+    counted = sum(bundle.info["splits"][s]["labels_only_beyond_cut"] for s in SPLITS)
+    assert counted == beyond and (beyond >= 2 if max_utt == 4 else beyond == 0)
+    assert bundle.info["splits"]["train"]["dialogues_truncated"] == (1 if max_utt == 4 else 0)
+
+
+def _rewrite_pickle(path: Path, edit) -> Path:
+    with open(path, "rb") as fh:
+        obj = pickle.load(fh)  # our own fixture file
+    edit(obj)
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda o: o.pop(), "expected a list of 10 items"),
+        (lambda o: o[3].pop("seriestrain_1"), "dialogue 'seriestrain_1' .* is missing from videoText"),
+        (lambda o: o[4].__setitem__("seriesvalid_0", np.zeros((4, 5))), r"dialogue 'seriesvalid_0': videoAudio has shape \(4, 5\), expected \(5, dim\)"),
+        (lambda o: o[5].__setitem__("seriestest_0", np.zeros((4, 9))), r"videoVisual has shape \(4, 9\); feature dim 9 differs from 4"),
+        (lambda o: o[1]["seriestrain_0"].__setitem__(0, "C"), "videoSpeakers holds 'C'"),
+        (lambda o: o[2]["seriestrain_0"].__setitem__(0, 7), "videoLabels holds 7"),
+        (lambda o: o[2]["seriestrain_0"].pop(), r"3 utterance ids, 3 speakers \(videoSpeakers\), 2 labels"),
+    ],
+)
+def test_m3ed_pickle_malformed(tmp_path: Path, edit, message: str) -> None:
+    p = tmp_path / "m3ed.pkl"
+    fw.write_m3ed_pickle(p)
+    _rewrite_pickle(p, edit)
+    with pytest.raises(RamerError, match=message) as e:
+        load_dataset(p, "m3ed_pickle")
+    assert str(p) in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------- M3ED CARAT
+def test_m3ed_carat(files) -> None:
+    fx = files["carat_fx"]
+    bundle = load_dataset(files["carat"])
+    assert bundle.format == "m3ed_carat" and bundle.label_names == fw.M3ED_NAMES
+    assert bundle.info["m3ed"]["audio_visual_swapped"] is True
+    assert bundle.dims == {"text": 16, "audio": 24, "visual": 342, "personality": None}
+    for split in SPLITS:
+        st, part = bundle.splits[split], fx["splits"][split]
+        for i, L in enumerate(part["len_list"]):
+            assert tuple(st.grid[i]) == (1, L)
+            sl = slice(st.token_offsets[i], st.token_offsets[i + 1])
+            np.testing.assert_array_equal(st.text[sl], clean(part["src-text"][i][:L]))
+            np.testing.assert_array_equal(st.audio[sl], clean(part["src-visual"][i][:L]))  # CARAT's naming swap
+            np.testing.assert_array_equal(st.visual[sl], clean(part["src-audio"][i][:L]))
+            assert st.present[sl].all()
+        np.testing.assert_array_equal(st.labels, tgt_multi_hot(part["tgt"], 7))
+    assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 9, "visual": 0}
+
+
+def test_m3ed_carat_malformed(tmp_path: Path) -> None:
+    p = tmp_path / "m3ed_data_60.pt"
+    fw.write_m3ed_carat(p)
+    _resave(p, lambda o: o["valid"]["len_list"].append(3))
+    with pytest.raises(RamerError, match=r"split 'valid': sample counts disagree: .*len_list 3"):
+        load_dataset(p)
+    fw.write_m3ed_carat(p)
+    _resave(p, lambda o: o["test"].pop("len_list"))
+    with pytest.raises(RamerError, match="split 'test' has no key 'len_list'"):
+        load_dataset(p, "m3ed_carat")
+
+
+# ---------------------------------------------------------------------------------------- MEmoR
+def memor_reference(fx: dict, labels: str, order=fw.MEMOR_CHARS, convention: str = "seg_ori_ind") -> dict:
+    """What the baseline builds for each annotation item (straightforward loops)."""
+    names = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
+    if labels == "fine_grained":
+        names += ("serenity", "interest", "annoyance", "boredom", "distraction")
+    anno = fx["anno"][labels]
+    pers = fx["personality"] / np.maximum(np.sqrt((fx["personality"] ** 2).sum(0)), 1e-12)
+    out = {}
+    for idx, a in enumerate(anno):
+        c = fx["data"][a["clip"]]
+        S = len(c["seg_start"])
+        persons = sorted(set(c["on_character"]) | {a["character"]})
+        P = len(persons)
+        vis = fx["visual"].get(a["clip"])
+        d_f, d_o, d_e = (vis["face"].shape[1], vis["object"].shape[1], vis["environment"].shape[1]) if vis else (5, 4, 3)
+        t = np.zeros((P * S, 6), np.float32)
+        au = np.zeros((P * S, 9), np.float32)
+        v = np.zeros((P * S, d_f + d_o + d_e), np.float32)
+        pres = np.zeros((P * S, 3), bool)
+        for p, who in enumerate(persons):
+            for s in range(S):
+                row = p * S + s
+                if c["speakers"][s] == who:
+                    tk = f"{a['clip']}+{c['seg_ori_ind'][s]}" if convention == "seg_ori_ind" else f"{a['clip']}+{s}"
+                    if tk in fx["text"]:
+                        t[row], pres[row, 0] = clean(fx["text"][tk]), True
+                    ak = f"{a['clip']}+{c['seg_ori_ind'][s]}"
+                    if ak in fx["audio"]:
+                        au[row], pres[row, 1] = clean(fx["audio"][ak]), True
+                if vis is None or len(vis["crops"]) <= 10:
+                    continue
+                b = int((c["seg_start"][s] - c["start"]) * fw.FPS)
+                e = int((c["seg_end"][s] - c["start"]) * fw.FPS)
+                sel = [j for j, (f, name) in enumerate(vis["crops"])
+                       if b <= f <= e and order.index("others" if name.lower().startswith("others") else name.lower()) == who]
+                if len(sel) > 10:
+                    v[row] = np.concatenate([vis["face"][sel].mean(0), vis["object"][b:e].mean(0), vis["environment"][b:e].mean(0)])
+                    pres[row, 2] = True
+        moment = a["moment"]
+        inside = [s for s in range(S) if c["seg_start"][s] <= moment < c["seg_end"][s]]
+        s_t = inside[0] if inside else int(np.argmin([max(c["seg_start"][s] - moment, 0) + max(moment - c["seg_end"][s], 0) for s in range(S)]))
+        lab = np.zeros(len(names), np.uint8)
+        for b2 in anno:
+            if (b2["clip"], b2["character"], b2["moment"]) == (a["clip"], a["character"], moment):
+                lab[names.index(b2["emotion"])] = 1
+        out[idx] = {
+            "grid": (P, S), "text": t, "audio": au, "visual": v, "present": pres,
+            "target": (persons.index(a["character"]), s_t),
+            "role": ROLE_SPEAKER if c["speakers"][s_t] == a["character"] else ROLE_NONSPEAKER,
+            "labels": lab, "character": persons, "personality": pers[persons].astype(np.float32),
+            "id": f"{idx}:{a['clip']}:{a['character']}",
+        }
+    return out
+
+
+def check_memor(bundle, fx: dict, labels: str, order=fw.MEMOR_CHARS, convention: str = "seg_ori_ind") -> None:
+    ref = memor_reference(fx, labels, order, convention)
+    seen = []
+    for split in SPLITS:
+        st = bundle.splits[split]
+        for i, sid in enumerate(st.ids):
+            idx = int(sid.split(":")[0])
+            seen.append(idx)
+            r = ref[idx]
+            assert sid == r["id"] and tuple(st.grid[i]) == r["grid"]
+            sl = slice(st.token_offsets[i], st.token_offsets[i + 1])
+            for m in ("text", "audio", "visual"):
+                np.testing.assert_allclose(getattr(st, m)[sl], r[m], rtol=1e-5, atol=1e-6, err_msg=f"{sid} {m}")
+            np.testing.assert_array_equal(st.present[sl], r["present"], err_msg=sid)
+            assert tuple(st.target[i]) == r["target"] and st.role[i] == r["role"], sid
+            np.testing.assert_array_equal(st.labels[i], r["labels"])
+            psl = slice(st.person_offsets[i], st.person_offsets[i + 1])
+            assert st.character[psl].tolist() == r["character"]
+            np.testing.assert_allclose(st.personality[psl], r["personality"], rtol=1e-6)
+            assert st.personality_present[psl].all()
+    assert sorted(seen) == list(range(10))  # nothing dropped or duplicated
+
+
+@pytest.mark.parametrize("labels", ["primary", "fine_grained"])
+def test_memor(files, labels: str) -> None:
+    fx = files["memor_fx"]
+    bundle = load_dataset(files["memor"], data_cfg=DataConfig(labels=labels))
+    assert bundle.format == "memor" and len(bundle.label_names) == (9 if labels == "primary" else 14)
+    check_memor(bundle, fx, labels)
+    info = bundle.info["memor"]
+    assert info["text_key_convention"] == "seg_ori_ind"
+    assert info["visual_clips_with_10_or_fewer_faces"] == 1 and info["visual_clips_without_face_names"] == 1
+    # official test ids in file order; validation = a seeded 10 % of train, the rest train in order
+    assert [s.split(":")[0] for s in bundle.splits["test"].ids] == ["7", "8", "9"]
+    tr = [int(s.split(":")[0]) for s in bundle.splits["train"].ids]
+    va = [int(s.split(":")[0]) for s in bundle.splits["valid"].ids]
+    assert len(va) == 1 and sorted(tr + va) == list(range(7)) and tr == sorted(tr)
+    assert va == [int(np.random.default_rng(2020).permutation(7)[0])]
+    # the union labels of items 1 and 2 (same clip, character, moment)
+    if labels == "primary":
+        st = bundle.splits["train"] if "1:c1:4" in bundle.splits["train"].ids else bundle.splits["valid"]
+        row = st.labels[st.ids.index("1:c1:4")]
+        assert [bundle.label_names[j] for j in np.flatnonzero(row)] == ["anger", "surprise"]
+    # specific branches of the fixture
+    everything = {sid: (split, i) for split in SPLITS for i, sid in enumerate(bundle.splits[split].ids)}
+    split, i = everything["1:c1:4"]
+    st = bundle.splits[split]
+    off, S = st.token_offsets[i], 3
+    assert not st.present[off + 0 * S + 1, :2].any() and st.present[off + 1 * S + 1, 2]  # visual-only segment, Penny seen
+    assert st.role[i] == ROLE_NONSPEAKER
+    split, i = everything["3:c1:7"]
+    st = bundle.splits[split]
+    off = st.token_offsets[i]
+    assert st.present[off + 2 * 3 + 2, 2]  # OthersWomen faces count as "others"
+    assert st.present[off + 1 * 3 + 2, 0] and not st.present[off + 1 * 3 + 2, 1]  # Penny's s2: text, no audio key
+    split, i = everything["6:c3:6"]
+    assert tuple(bundle.splits[split].target[i]) == (1, 1) and bundle.splits[split].role[i] == ROLE_SPEAKER
+    assert sum(bundle.info["splits"][s].get("target_outside_segments", 0) for s in SPLITS) == 1
+    assert bundle.info["nonfinite_replaced"]["audio"] >= 1
+
+
+def test_memor_text_key_convention(tmp_path: Path) -> None:
+    root = tmp_path / "memor"
+    fx = fw.write_memor(root, text_convention="segment_index")
+    bundle = load_dataset(root, "memor")
+    assert bundle.info["memor"]["text_key_convention"] == "segment_index"
+    assert bundle.info["memor"]["text_keys_matched"] == {"seg_ori_ind": 5, "segment_index": 6}
+    check_memor(bundle, fx, "primary", convention="segment_index")
+
+
+def test_memor_character_order(tmp_path: Path) -> None:
+    root = tmp_path / "memor"
+    fx = fw.write_memor(root)
+    order = ("leonard", "sheldon", "howard", "rajesh", "penny", "bernadette", "amy", "others")
+    bundle = load_dataset(root, memor_character_order=order)
+    assert bundle.info["memor"]["character_order"] == list(order)
+    check_memor(bundle, fx, "primary", order=order)
+    with pytest.raises(RamerError, match="expected 8 distinct names"):
+        load_dataset(root, memor_character_order=("a", "b"))
+
+
+def test_memor_validation_fraction_and_seed(files) -> None:
+    a = load_dataset(files["memor"], valid_fraction=0.3, valid_seed=1)
+    b = load_dataset(files["memor"], valid_fraction=0.3, valid_seed=1)
+    assert a.splits["valid"].ids == b.splits["valid"].ids and len(a.splits["valid"]) == 2
+    assert len(load_dataset(files["memor"], valid_fraction=0.0).splits["valid"]) == 0
+
+
+def _memor_edit(root: Path, name: str, edit) -> None:
+    p = root / name
+    obj = json.loads(p.read_text())
+    edit(obj)
+    p.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: _memor_edit(r, "anno.json", lambda o: o["primary"][0].__setitem__("emotion", "glee")),
+         r"anno.json: 'primary'\[0\]: emotion 'glee' is not one of the 9 primary classes"),
+        (lambda r: _memor_edit(r, "anno.json", lambda o: o.pop("primary")), "anno.json: has no key 'primary'"),
+        (lambda r: (r / "test_id.txt").write_text("7\n12\n"), r"test_id.txt: line 2: index 12 is outside the anno.json list \(0..9\)"),
+        (lambda r: (r / "train_id.txt").write_text("1\nx\n"), "train_id.txt: line 2 is 'x'"),
+        (lambda r: _memor_edit(r, "data.json", lambda o: o.pop("c2")), "data.json: clip 'c2' .* is missing"),
+        (lambda r: _memor_edit(r, "data.json", lambda o: o["c1"]["seg_end"].pop()), r"clip 'c1': segment lists have lengths"),
+        (lambda r: (r / "features" / "character_features.csv").write_text("1,2\n3,4\n"), "character_features.csv: 2 rows"),
+        (lambda r: torch.save(torch.zeros(3, 5), r / "features/visual_features/face_features/c1.pt"),
+         r"face_features/c1.pt: shape \(3, 5\) but .*c1.txt names 40 faces"),
+        (lambda r: _memor_edit(r, "features/text_features.json", lambda o: o.__setitem__("c2+0", [1.0, 2.0])),
+         "text_features.json: key 'c2\\+0' has 2 numbers, expected 6"),
+        (lambda r: (r / "features" / "audio_features.json").write_text('{"c1+0": [1, "a"]}'),
+         "audio_features.json: key 'c1\\+0' does not hold a list of numbers"),
+        (lambda r: shutil.rmtree(r / "features" / "visual_features"), "visual_features: folder not found"),
+    ],
+)
+def test_memor_malformed(tmp_path: Path, edit, message: str) -> None:
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    edit(root)
+    with pytest.raises(RamerError, match=message):
+        load_dataset(root, "memor")
+
+
+def test_memor_json_fallback_parser(tmp_path: Path) -> None:
+    """Feature files that are valid JSON but not in the compact layout are parsed whole."""
+    root = tmp_path / "memor"
+    fx = fw.write_memor(root)
+    p = root / "features" / "text_features.json"
+    p.write_text(json.dumps({"_meta": {"x": [1]}, **json.loads(p.read_text())}))
+    check_memor(load_dataset(root), fx, "primary")
+
+
+# ---------------------------------------------------------------------------------------- hostile files
+def test_hostile_files_refused_by_every_entry_point(files, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    cases = []
+    p = fw.write_hostile_torch(tmp_path / "train_valid_test.pt", marker)
+    cases += [(p, "mosei_aligned", {}), (p, "m3ed_carat", {}), (p, "auto", {})]
+    p = fw.write_hostile_pickle(tmp_path / "noalign.pkl", marker, "builtins.open")
+    cases += [(p, "mosei_unaligned", {"aligned_path": files["aligned"]}), (p, "auto", {})]
+    # a valid unaligned pickle whose aligned (label) file is hostile
+    cases += [(files["unaligned"], "mosei_unaligned", {"aligned_path": fw.write_hostile_torch(tmp_path / "evil_aligned.pt", marker, "builtins.eval")})]
+    p = fw.write_hostile_pickle(tmp_path / "m3ed.pkl", marker, "builtins.exec", wrap="list")
+    cases += [(p, "m3ed_pickle", {}), (p, "auto", {})]
+    root = tmp_path / "memor"
+    shutil.copytree(files["memor"], root)
+    fw.write_hostile_torch(root / "features/visual_features/face_features/c1.pt", marker, with_tensor=True)
+    cases += [(root, "memor", {}), (root, "auto", {})]
+    native = tmp_path / "native"
+    convert(str(files["carat"]), native)
+    evil = np.empty(1, dtype=object)
+    evil[0] = fw.hostile_objects(marker)["os.system"]
+    np.save(native / "test" / "text.npy", evil, allow_pickle=True)
+    cases += [(native, "native", {}), (native, "auto", {})]
+    for path, fmt, kw in cases:
+        with pytest.raises(RamerError) as e:
+            load_dataset(path, fmt, **kw)
+        assert "refus" in str(e.value) or "not a readable .npy" in str(e.value), (path, fmt, str(e.value))
+        assert not marker.exists(), (path, fmt)
+        try:
+            detect_format(path)
+        except RamerError:
+            pass
+        assert not marker.exists(), path
+    for path, fmt, _ in cases[:2]:
+        with pytest.raises(RamerError):
+            run_info(str(path), fmt)
+        with pytest.raises(RamerError):
+            run_convert(str(path), str(tmp_path / "out"), fmt)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- native round trip, info
+def _same_store(a: SceneStore, b: SceneStore) -> None:
+    for name in ARRAYS:
+        x, y = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+    assert a.ids == b.ids and a.label_names == b.label_names
+    assert (a.personality is None) == (b.personality is None)
+    if a.personality is not None:
+        assert np.array_equal(a.personality, np.asarray(b.personality))
+        assert np.array_equal(a.personality_present, np.asarray(b.personality_present))
+
+
+@pytest.mark.parametrize("key", ["aligned", "unaligned", "m3ed", "carat", "memor"])
+def test_convert_round_trip(files, tmp_path: Path, key: str) -> None:
+    out = tmp_path / "native"
+    run_convert(str(files[key]), str(out))
+    direct = load_dataset(files[key])
+    back = load_native(out)
+    assert back.format == direct.format and back.label_names == direct.label_names
+    assert set(back.splits) == set(SPLITS)
+    for split in SPLITS:
+        _same_store(direct.splits[split], back.splits[split])
+    assert back.info["nonfinite_replaced"] == direct.info["nonfinite_replaced"]
+    assert dataset_info(back)["splits"] == dataset_info(direct)["splits"]
+    # a native folder converts again (a copy)
+    convert(str(out), tmp_path / "again")
+    for split in SPLITS:
+        _same_store(back.splits[split], load_native(tmp_path / "again").splits[split])
+    with pytest.raises(RamerError, match="must differ"):
+        convert(str(out), out)
+
+
+def test_dataset_info_and_commands(files, capsys) -> None:
+    info = dataset_info(load_dataset(files["memor"]))
+    assert set(info) >= {"format", "label_names", "feature_dims", "nonfinite_replaced", "splits"}
+    assert info["feature_dims"] == {"text": 6, "audio": 9, "visual": 12, "personality": 118}
+    s = info["splits"]["train"]
+    assert set(s) >= {"n", "label_counts", "empty_label_samples", "presence", "persons_mean", "tokens_mean", "nonspeaker_targets"}
+    assert set(s["presence"]) == {"text", "audio", "visual"} and 0 < s["presence"]["text"] < 1
+    assert len(s["label_counts"]) == 9 and s["nonspeaker_targets"] > 0
+    json.dumps(info)
+    assert "memor" in format_info_table(info)
+    run_info(str(files["aligned"]), as_json=True)
+    got = json.loads(capsys.readouterr().out)
+    assert got["format"] == "mosei_aligned" and got["splits"]["train"]["empty_label_samples"] == 2
+    assert got == collect_info(str(files["aligned"]))
+    run_info(str(files["m3ed"]), "m3ed_pickle")
+    out = capsys.readouterr().out
+    assert "m3ed_pickle" in out and "Surprise" in out
+    with pytest.raises(RamerError, match="--labels must be primary or fine_grained"):
+        run_info(str(files["memor"]), labels="tertiary")
