@@ -178,6 +178,15 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ramer.reproduce import reproduce
+
+    out = args.out or f"runs/reproduce-{args.bench}"
+    text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
+    print(text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ramer.data.synthetic import generate
     from ramer.train.recipe import Recipe
@@ -249,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test", help="split to predict (default: test)")
     pr.add_argument("--out", required=True, help="output .jsonl file")
     pr.set_defaults(func=cmd_predict)
+
+    rp = sub.add_parser("reproduce", help="the paper protocol on a public benchmark over seeds, with a results table",
+                        description="Train the benchmark's named config once per seed (best by validation micro-F1, "
+                                    "threshold on validation, test once) and write a mean ± std table.")
+    rp.add_argument("bench", choices=("mosei", "mosei_unaligned", "m3ed", "memor_primary", "memor_fine"))
+    rp.add_argument("--data", required=True, help="the benchmark file or directory (or a converted directory)")
+    rp.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
+    rp.add_argument("--out", help="output directory (default: runs/reproduce-BENCH)")
+    rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    rp.set_defaults(func=cmd_reproduce)
 
     data = sub.add_parser("data", help="generate, inspect and convert datasets",
                           description="Generate the embedded benchmark, inspect a dataset, convert to the native format.")

@@ -60,7 +60,12 @@ class DataConfig(_Section):
     path: str | None = None  # None: the embedded synthetic benchmark
     format: str = "auto"
     labels: Literal["primary", "fine_grained"] = "primary"
-    max_utterances: int = Field(60, ge=1)
+    max_utterances: int = Field(60, ge=1)  # M3ED: utterances kept per dialogue
+    aligned_path: str | None = None  # unaligned MOSEI: the aligned file giving labels (default: beside it)
+    unaligned_layout: Literal["pool", "pad"] = "pool"  # unaligned MOSEI token layout (docs/DATA.md)
+    memor_character_order: list[str] | None = None  # MEmoR character order (default: the MEmoR code's)
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # MEmoR: share of train held out for validation
+    valid_seed: int = 2020  # MEmoR: seed of that split
     missing_rate: float = Field(0.0, ge=0.0, le=1.0)
     missing_at: Literal["all", "test"] = "all"
     synthetic: SynthConfig = Field(default_factory=SynthConfig)

@@ -24,7 +24,16 @@ def load_bundle(cfg: DataConfig) -> DataBundle:
         return load_native(path)
     from ramer.data.formats import load_dataset
 
-    return load_dataset(path, cfg.format, cfg)
+    return load_dataset(
+        path,
+        cfg.format,
+        cfg,
+        aligned_path=cfg.aligned_path,
+        unaligned_layout=cfg.unaligned_layout,
+        memor_character_order=cfg.memor_character_order,
+        valid_fraction=cfg.valid_fraction,
+        valid_seed=cfg.valid_seed,
+    )
 
 
 __all__ = ["DataBundle", "SceneStore", "load_bundle", "load_native"]

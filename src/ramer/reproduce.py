@@ -1,0 +1,95 @@
+"""``ramer reproduce BENCH``: the paper protocol on a public benchmark, over several seeds.
+
+Per seed: train with the benchmark's named config, keep the best checkpoint by validation
+micro-F1, tune the threshold on validation, test once. Then a table of mean ± std over seeds in
+the layout the field uses (Acc, HL, micro P/R/F1, macro-F1; MEmoR also top-1 accuracy and
+weighted F1), with speaker / non-speaker rows where the data has target roles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from ramer.config import build_config
+from ramer.data import load_bundle
+from ramer.errors import RamerError
+from ramer.train.checkpoint import atomic_write_text
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+BENCHES = {
+    # name: (bundled config, data format)
+    "mosei": ("mosei", "mosei_aligned"),
+    "mosei_unaligned": ("mosei", "mosei_unaligned"),
+    "m3ed": ("m3ed", "auto"),
+    "memor_primary": ("memor_primary", "memor"),
+    "memor_fine": ("memor_fine", "memor"),
+}
+COLUMNS = (
+    ("acc", "Acc"),
+    ("hamming_loss", "HL"),
+    ("micro_p", "miP"),
+    ("micro_r", "miR"),
+    ("micro_f1", "miF1"),
+    ("macro_f1", "maF1"),
+)
+MEMOR_COLUMNS = (("top1_acc", "Top-1"), ("weighted_f1", "wF1"))
+
+
+def summarise(results: list[dict], memor: bool) -> str:
+    """A markdown table of mean ± std over seeds, one row per target group."""
+    cols = COLUMNS + (MEMOR_COLUMNS if memor else ())
+    head = "| targets | n | " + " | ".join(label for _, label in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for part in ("overall", "speaker", "nonspeaker"):
+        runs = [r[part] for r in results if part in r]
+        if not runs:
+            continue
+        cells = []
+        for key, _ in cols:
+            vals = np.array([r[key] for r in runs])
+            cells.append(f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f}")
+        lines.append(f"| {part} | {runs[0]['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: list[str], console: Console) -> str:
+    from ramer.train.recipe import Recipe
+
+    if bench not in BENCHES:
+        raise RamerError(f"unknown benchmark '{bench}'; known: {', '.join(BENCHES)}")
+    if seeds < 1:
+        raise RamerError("--seeds must be at least 1")
+    config_name, fmt = BENCHES[bench]
+    cfg = build_config(CONFIG_DIR / f"{config_name}.yaml", overrides)
+    cfg.data.path = data
+    if cfg.data.format == "auto":
+        cfg.data.format = fmt
+    bundle = load_bundle(cfg.data)
+    out = Path(out)
+    results = []
+    for k in range(seeds):
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.train.seed = cfg.train.seed + k
+        run_dir = out / f"seed{run_cfg.train.seed}"
+        if (run_dir / "test_metrics.json").exists():
+            console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
+            results.append(json.loads((run_dir / "test_metrics.json").read_text()))
+            continue
+        resume = (run_dir / "train_state.pt").exists()
+        console.print(f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False)
+        results.append(Recipe(run_cfg, run_dir, resume=resume, console=console, bundle=bundle).run())
+    table = summarise(results, memor=bench.startswith("memor"))
+    command = f"ramer reproduce {bench} --data {data} --seeds {seeds}" + "".join(f" --set {o}" for o in overrides)
+    text = (
+        f"# {bench}: test metrics, mean ± std over {seeds} seed(s)\n\n"
+        f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
+        f"best checkpoint by validation micro-F1, threshold tuned on validation, test once.\n\n{table}\n"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.md", text)
+    atomic_write_text(out / "results.json", json.dumps({"bench": bench, "seeds": seeds, "runs": results}, indent=1))
+    return text
