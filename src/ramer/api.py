@@ -13,7 +13,7 @@ from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
-from ramer.models import DataSpec, build_model
+from ramer.models import CLASSICAL, DataSpec, build_model
 from ramer.train import checkpoint as ckpt
 from ramer.train.recipe import predict as predict_store
 from ramer.train.recipe import resolve_device
@@ -64,8 +64,13 @@ def load(run_dir: str | Path, device: str | None = None) -> Predictor:
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
     if device is not None:
         cfg.train.device = device
-    model = build_model(cfg, spec)
-    ckpt.load_state_into(model, state, str(model_file))
+    if cfg.model.name in CLASSICAL:
+        from ramer.train.classical import ClassicalModule
+
+        model = ClassicalModule.from_state(cfg.model.name, spec, state)
+    else:
+        model = build_model(cfg, spec)
+        ckpt.load_state_into(model, state, str(model_file))
     dev = resolve_device(cfg.train.device)
     model.to(dev).eval()
     thr = np.asarray(threshold, dtype=np.float64) if isinstance(threshold, list) else float(threshold)

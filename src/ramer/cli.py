@@ -16,7 +16,7 @@ from ramer.config import Config, build_config
 from ramer.errors import RamerError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-OUT = Console()  # results go to stdout
+OUT = Console(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
 ERR = Console(stderr=True)  # progress and messages go to stderr
 
 
@@ -58,27 +58,97 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
 
 
 # ---------------------------------------------------------------------- commands
-def cmd_train(args: argparse.Namespace) -> int:
-    from ramer.train.recipe import Recipe
+def launch_distributed(args: argparse.Namespace) -> int:
+    """``ramer train --nproc N ...``: run ``python -m torch.distributed.run --standalone
+    --nproc_per_node N -m ramer train ...`` (the same arguments, minus ``--nproc``) and wait."""
+    import os
+    import subprocess
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RamerError("--nproc launches the processes itself; under torchrun leave it out")
+    rest: list[str] = []
+    for flag in ("model", "config", "data", "resume"):
+        if getattr(args, flag):
+            rest += [f"--{flag}", str(getattr(args, flag))]
+    if not args.resume:  # every process must write to the same run directory: fix it here
+        out = args.out or str(default_out(build_config(resolve_config(args.config), args.set or [])))
+        rest += ["--out", out]
+    for assignment in args.set or []:
+        rest += ["--set", assignment]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "ramer", "train", *rest]
+    ERR.print("launching: " + " ".join(cmd[1:]), highlight=False, markup=False, soft_wrap=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from ramer.train.classical import run_training
+
+    if args.nproc is not None and args.nproc < 1:
+        raise RamerError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc and args.nproc > 1:
+        return launch_distributed(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (args.out or args.resume):
+        raise RamerError("under torchrun every process must write to one run directory: give --out (or --resume)")
     if args.resume:
         if args.config or args.set or args.data or args.model or args.out:
             raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
-        run_dir = Path(args.resume)
-        cfg = build_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        out = Path(args.resume)
+        cfg = build_config(out / "config.yaml") if (out / "config.yaml").exists() else None
         if cfg is None:
-            raise RamerError(f"cannot resume: {run_dir / 'config.yaml'} not found")
-        recipe = Recipe(cfg, run_dir, resume=True, console=ERR)
+            raise RamerError(f"cannot resume: {out / 'config.yaml'} not found")
     else:
         cfg = build_config(resolve_config(args.config), args.set or [])
         if args.model:
-            cfg.model.name = args.model
+            from ramer.bench import set_model
+
+            set_model(cfg, args.model)  # a model name or a ramer-<ablation> preset
         if args.data:
             cfg.data.path = args.data
         out = Path(args.out) if args.out else default_out(cfg)
-        recipe = Recipe(cfg, out, console=ERR)
-    result = recipe.run()
-    OUT.print(metrics_table(f"test metrics ({recipe.cfg.model.name}, {recipe.out})", {recipe.cfg.model.name: result}))
+    result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
+    if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
+        OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", {cfg.model.name: result}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+    import warnings
+
+    from ramer.export import check_onnx, export_onnx, require_onnx
+
+    require_onnx(runtime=args.check)
+    from ramer.api import load
+
+    predictor = load(args.run_dir, device="cpu")
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            wrapper = export_onnx(predictor.model, predictor.spec, args.onnx)
+    except RamerError:
+        raise
+    except Exception as e:  # the exporter raises many types; keep its first line and the log tail
+        tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
+        raise RamerError(f"ONNX export of {args.run_dir} failed: {str(e).strip().splitlines()[0]}"
+                         + (f" ({tail})" if tail else "")) from None
+    size = Path(args.onnx).stat().st_size / 2**20
+    OUT.print(f"wrote {args.onnx} ({size:.1f} MiB) in {time.perf_counter() - t0:.0f}s; inputs: "
+              f"{', '.join(wrapper.input_names())}; output: probs (B, {len(predictor.label_names)}); "
+              "dynamic: batch, persons, segments", highlight=False)
+    if args.check:
+        for r in check_onnx(wrapper, predictor.spec, args.onnx):
+            B, P, S = r.shape
+            OUT.print(f"check: onnxruntime vs torch at B={B}, P={P}, S={S}: max abs difference "
+                      f"{r.max_abs_diff:.2e} (limit 1e-4) ok", highlight=False)
     return 0
 
 
@@ -187,6 +257,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ramer.bench import resolve_settings, run_bench
+
+    settings = resolve_settings(
+        out=args.out, models=args.models, seeds=args.seeds, rates=args.missing_rates, missing_at=args.missing_at,
+        data=args.data, config=resolve_config(args.config) if args.config else None, overrides=args.set or [],
+        quick=args.quick, jobs=args.jobs,
+    )
+    ERR.print(f"bench: {len(settings.models)} models x {len(settings.seeds)} seeds x {len(settings.rates)} missing "
+              f"rates, {settings.jobs} at a time -> {settings.out}", highlight=False)
+    try:
+        run_bench(settings, console=ERR)
+    except KeyboardInterrupt:
+        ERR.print("interrupted; run the same command again to resume (finished runs are cached)", highlight=False)
+        return 130
+    OUT.print(f"report: {settings.out / 'report.md'}", highlight=False)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ramer.data.synthetic import generate
     from ramer.train.recipe import Recipe
@@ -234,12 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
                                    "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
                                    "Without --data it trains on the embedded synthetic benchmark.")
-    t.add_argument("--model", help="model name (default: the config's, ramer)")
+    t.add_argument("--model", help="model name, e.g. br, late_fusion, ramer, or a preset ramer-<ablation> "
+                                   "(default: the config's, ramer)")
     t.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
     t.add_argument("--data", help="dataset: a native directory or a public benchmark file/directory")
     t.add_argument("--out", help="run directory (default: runs/MODEL-TIMESTAMP)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=5 (repeatable)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (DDP; runs torchrun --standalone "
+                        "--nproc_per_node N -m ramer train ...); see docs/SCALING.md")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run on a split with its stored threshold",
@@ -259,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output .jsonl file")
     pr.set_defaults(func=cmd_predict)
 
+    x = sub.add_parser("export", help="export a trained run to ONNX (dynamic batch and scene size)",
+                       description="Export the eval forward of RUN_DIR's best checkpoint to ONNX with the dynamo "
+                                   "exporter; batch, persons and segments are dynamic. Inputs and layout: "
+                                   "ramer.export. Needs the optional extra: pip install 'ramer[onnx]'.")
+    x.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
+    x.add_argument("--onnx", required=True, metavar="OUT.onnx", help="output file")
+    x.add_argument("--check", action="store_true",
+                   help="run onnxruntime at other batch and scene sizes and compare with torch (max abs diff <= 1e-4)")
+    x.set_defaults(func=cmd_export)
+
     rp = sub.add_parser("reproduce", help="the paper protocol on a public benchmark over seeds, with a results table",
                         description="Train the benchmark's named config once per seed (best by validation micro-F1, "
                                     "threshold on validation, test once) and write a mean ± std table.")
@@ -268,6 +371,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: runs/reproduce-BENCH)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     rp.set_defaults(func=cmd_reproduce)
+
+    b = sub.add_parser("bench", help="every model on the same data, seeds and missing rates; results, report, plots",
+                       description="Train and test every model (classical and deep baselines, RAMer, ramer-<ablation> "
+                                   "presets) on identical splits, seeds and missing-modality masks; thresholds on "
+                                   "validation, test once. Finished runs are cached under OUT/runs, so an interrupted "
+                                   "bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
+                                   "OUT/plots/*.png. Defaults and their reasons: docs/BENCH.md.")
+    b.add_argument("--data", help="dataset path (default: the embedded synthetic benchmark)")
+    b.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
+    b.add_argument("--models", help="all (default), ablations, or a comma list, e.g. br,late_fusion,ramer,ramer-no_shuffle")
+    b.add_argument("--seeds", type=int, help="number of seeds (default: 3; --quick: 1)")
+    b.add_argument("--missing-rates", help="comma list of extra missing rates (default: 0,0.3,0.6; --quick: 0,0.6)")
+    b.add_argument("--missing-at", choices=("all", "test"), default="all",
+                   help="hide modalities in all splits (default) or only at test (clean training)")
+    b.add_argument("--out", help="output directory (default: runs/bench, --quick: runs/bench-quick)")
+    b.add_argument("--jobs", type=int, help="runs trained at once, one process and one torch thread each "
+                                            "(default: the number of CPU cores, at most 8)")
+    b.add_argument("--quick", action="store_true", help="small smoke settings (fewer scenes and epochs, 1 seed, rates 0 and 0.6)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
+    b.set_defaults(func=cmd_bench)
 
     data = sub.add_parser("data", help="generate, inspect and convert datasets",
                           description="Generate the embedded benchmark, inspect a dataset, convert to the native format.")

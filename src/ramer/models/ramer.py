@@ -258,12 +258,26 @@ class RAMer(nn.Module):
 
     @torch.no_grad()
     def _enqueue(self, items: Tensor, classes: Tensor) -> None:
-        """Distributed training: all-gather ``items`` / ``classes`` across processes here first."""
-        self.memory._enqueue(items.detach(), classes)
+        """Distributed training: every process enqueues the items of all processes (rank order), so
+        the queues stay equal; a subset, when needed, is drawn on rank 0 and broadcast."""
+        from ramer.train import dist
+
+        items = items.detach()
+        if dist.world_size() > 1:
+            items, classes = dist.all_gather_rows(items), dist.all_gather_rows(classes)
+            if 0 < self.memory.size < items.shape[0]:
+                keep = dist.broadcast_from_main(torch.randperm(items.shape[0], device=items.device)[: self.memory.size])
+                items, classes = items[keep], classes[keep]
+        self.memory._enqueue(items, classes)
 
     @torch.no_grad()
     def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:
-        """Distributed training: all-reduce ``sums`` / ``counts`` across processes here first."""
+        """Distributed training: the sums and counts of all processes (all-reduce), so every process
+        takes the same EMA step, the one a single process on the joined batch would take."""
+        from ramer.train import dist
+
+        if dist.world_size() > 1:
+            sums, counts = dist.all_reduce_sum_(sums.contiguous()), dist.all_reduce_sum_(counts.contiguous())
         self.reconstruction._update_prototypes(sums, counts)
 
     # ------------------------------------------------------------------ loss

@@ -1,17 +1,211 @@
-"""Process-group facts, so I/O happens on rank 0 only (single process: rank 0 of 1)."""
+"""Process-group facts and the few collectives training needs (single process: rank 0 of 1).
+
+Launch: ``torchrun --nproc_per_node=N -m ramer train ...`` (or ``ramer train --nproc N``, which
+runs exactly that). torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``; ``init_from_env`` joins the group from them (backend gloo on CPU, nccl on CUDA).
+Without those variables everything here is a no-op and the run is one process.
+
+Sharding (``shard_indices``, ``eval_slice``) and the gathers are plain functions of
+``rank()``/``world_size()``, so they are tested without a launcher.
+"""
 
 from __future__ import annotations
 
+import datetime
+import os
+
+import numpy as np
+import torch
 import torch.distributed as dist
+
+from ramer.errors import RamerError
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if is_dist() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_dist() else 1
 
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched() -> bool:
+    """True inside a torchrun (or equivalent) launch with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> torch.device:
+    """Join the process group torchrun describes; returns this process's device.
+
+    On CUDA each process takes GPU ``LOCAL_RANK`` (``cuda`` without an index means that one).
+    Idempotent: an already initialised group is kept.
+    """
+    if device.type == "cuda":
+        index = local_rank() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise RamerError(f"LOCAL_RANK {index} but only {torch.cuda.device_count()} CUDA device(s) here")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    if launched() and not is_dist():
+        backend = backend_for(device)
+        if backend == "nccl" and not dist.is_nccl_available():
+            raise RamerError("distributed CUDA training needs NCCL, which this torch build lacks")
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return device
+
+
+def shutdown() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------- sharding
+def shard_indices(order: np.ndarray, batch_size: int, steps: int | None = None) -> np.ndarray:
+    """This rank's share of one epoch's sample order (the same ``order`` on every rank).
+
+    Like ``DistributedSampler(shuffle=True)``: the order is padded by repeating its start so that
+    every rank gets the same number of samples, then rank ``r`` takes every ``world``-th sample
+    from ``r``. Step ``k`` of every rank then reads samples ``k*B*world ... (k+1)*B*world`` of
+    the (padded) order, so ``world`` processes at per-rank batch ``B`` see the samples that one
+    process at batch ``B*world`` would. ``steps`` caps the number of per-rank batches.
+    """
+    world, r = world_size(), rank()
+    n = len(order)
+    if world == 1:
+        out = order
+    else:
+        per_rank = -(-n // world)
+        total = per_rank * world
+        padded = np.concatenate([order, np.resize(order, total - n)]) if total > n else order
+        out = padded[r:total:world]
+    if steps is not None:
+        out = out[: steps * batch_size]
+    return out
+
+
+def eval_slice(n: int) -> slice:
+    """This rank's contiguous, non-overlapping block of ``n`` evaluation samples (no duplicates)."""
+    world, r = world_size(), rank()
+    per_rank, extra = divmod(n, world)
+    start = r * per_rank + min(r, extra)
+    return slice(start, start + per_rank + (1 if r < extra else 0))
+
+
+# ---------------------------------------------------------------------- collectives
+def gather_arrays(part: np.ndarray) -> np.ndarray:
+    """Concatenate every rank's array along axis 0, in rank order (rows may differ per rank)."""
+    if not is_dist():
+        return part
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, part)
+    return np.concatenate(parts)
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``x`` (n_r, ...) concatenated in rank order; ``n_r`` may differ.
+
+    Sizes are exchanged first, then the rows are padded to the largest size, gathered and
+    trimmed, so no padded row comes back. Not differentiable (queue and prototype updates).
+    """
+    if not is_dist():
+        return x
+    world = world_size()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s.item()) for s in sizes]
+    top = max(sizes_i)
+    padded = x.new_zeros((top, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    bufs = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(bufs, padded.contiguous())
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes_i)])
+
+
+def all_gather_rows_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's rows of ``x`` (one tensor per rank); the gradient flows back to every rank's rows.
+
+    The backward pass sums the gradient that every rank's loss sends to each row, so a loss that
+    reads other ranks' rows trains them as one process on the joined batch would.
+    """
+    if not is_dist():
+        return [x]
+    world = world_size()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s.item()) for s in sizes]
+    top = max(sizes_i)
+    padded = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))]) if top > x.shape[0] else x
+    parts = _GatherRows.apply(padded.contiguous())
+    return [p[:s] for p, s in zip(parts, sizes_i)]
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather equal-sized tensors; backward: each rank's slice of the summed gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bufs = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(bufs, x)
+        return tuple(bufs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        total = torch.stack(grads).contiguous()  # (world, rows, ...): what each rank's loss sent
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[rank()]
+
+
+def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def broadcast_from_main(x: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        dist.broadcast(x, src=0)
+    return x
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each value over the ranks (logging)."""
+    if not is_dist() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= world_size()
+    return dict(zip(keys, t.tolist()))

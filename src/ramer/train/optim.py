@@ -39,6 +39,12 @@ def warmup_linear(total_steps: int, warmup: float):
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, total_steps: int, warmup: float):
-    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+    groups = param_groups(model, weight_decay)
+    try:
+        # One fused kernel for all parameters instead of ~10 ops per parameter tensor: on 2 CPU
+        # threads a RAMer step spends far less time in the optimiser (torch >= 2.4 on CPU).
+        opt = torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the kernel
+        opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total_steps, warmup))
     return opt, sched

@@ -7,6 +7,16 @@
   checkpoint kept by validation micro-F1. Test runs once, on the best checkpoint.
 - Evaluation never shuffles or drops a sample (the count is asserted).
 - Files are written by rank 0 only, each atomically.
+- Distributed (``torchrun --nproc_per_node=N -m ramer train ...``, see ``ramer.train.dist`` and
+  docs/SCALING.md): DDP, gloo on CPU, nccl on CUDA. ``train.batch_size`` is the global batch; each
+  of the ``N`` processes takes ``batch_size / N`` of it: every rank walks the same seeded
+  permutation, padded by repetition like ``DistributedSampler`` and strided by rank, so step ``k``
+  of the ``N`` ranks reads exactly the samples of step ``k`` of one process. Evaluation gives
+  every rank a contiguous block (no duplicates) and gathers the scores in order. The contrastive
+  queue, the prototypes and the contrastive keys are shared across ranks (see ``RAMer._enqueue``,
+  ``RAMer._update_prototypes``, ``share_contrastive_keys``).
+- ``train.precision: bf16`` runs forward and loss under ``torch.autocast(bfloat16)`` (CPU or CUDA);
+  weights, gradients and the optimiser stay float32.
 
 Run directory: ``config.yaml``, ``model.safetensors`` (best), ``train_state.pt`` (last, for
 ``--resume``), ``metrics.jsonl`` (one line per epoch, then the test line), ``test_metrics.json``.
@@ -14,6 +24,8 @@ Run directory: ``config.yaml``, ``model.safetensors`` (best), ``train_state.pt``
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -31,11 +43,20 @@ from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
 from ramer.metrics import report, tune_threshold
 from ramer.models import DataSpec, build_model
+from ramer.models.base import LossResult
 from ramer.train import checkpoint as ckpt
+from ramer.train import dist
 from ramer.train.dist import is_main
 from ramer.train.optim import build_optimizer
 
 SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
+# DDP must not overwrite the buffers (queue, prototypes) with rank 0's at every forward: the model
+# keeps them equal itself. Newer torch spells the switch ``forward_sync_buffers``.
+NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 @dataclass
@@ -65,20 +86,89 @@ def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
     return out
 
 
+def autocast(device: torch.device, precision: str = "fp32"):
+    """``torch.autocast`` to bfloat16 for ``precision == "bf16"``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, store: SceneStore, batch_size: int, device: torch.device) -> Predictions:
-    """Scores for every scene of ``store``, in order: no shuffle, no drop."""
+def predict(
+    model: nn.Module,
+    store: SceneStore,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    shard: bool = False,
+) -> Predictions:
+    """Scores for every scene of ``store``, in order: no shuffle, no drop.
+
+    ``shard``: in a distributed run each rank scores one contiguous block of the scenes and the
+    blocks are gathered in rank order (no padding, so no duplicate), giving every rank all scores.
+    """
     was_training = model.training
     model.eval()
     scores = []
     n = len(store)
-    for start in range(0, n, batch_size):
-        batch = store.collate(np.arange(start, min(n, start + batch_size))).to(device)
-        scores.append(model(batch).probs.float().cpu().numpy())
+    part = dist.eval_slice(n) if shard else slice(0, n)
+    for start in range(part.start, part.stop, batch_size):
+        batch = store.collate(np.arange(start, min(part.stop, start + batch_size))).to(device)
+        with autocast(device, precision):
+            scores.append(model(batch).probs.float().cpu().numpy())
     model.train(was_training)
     out = np.concatenate(scores) if scores else np.zeros((0, len(store.label_names)), dtype=np.float32)
+    if shard:
+        out = dist.gather_arrays(out)
     assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
     return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
+
+
+def share_contrastive_keys(out) -> None:
+    """Distributed training: the other ranks' contrastive items become keys of this rank's SupCon.
+
+    One process on the joined batch contrasts every item with every other item of the batch;
+    here each rank's anchors also meet the other ranks' items (gathered with their gradient, so
+    each item is trained by every rank's loss, as in one process). They are put in front of the
+    queue snapshot, which only ever serves as keys. No-op outside distributed training.
+    """
+    items = getattr(out, "items", None)
+    if items is None or dist.world_size() == 1:
+        return
+    parts = dist.all_gather_rows_with_grad(items)
+    classes = dist.all_gather_rows(out.item_classes)
+    sizes = [p.shape[0] for p in parts]
+    me = dist.rank()
+    bounds = np.cumsum([0] + sizes)
+    others = [i for i in range(len(parts)) if i != me]
+    out.queue_items = torch.cat([parts[i] for i in others] + [out.queue_items.to(items.dtype)])
+    out.queue_classes = torch.cat([classes[bounds[i] : bounds[i + 1]] for i in others] + [out.queue_classes])
+
+
+def training_step(
+    forward: nn.Module,
+    model: nn.Module,
+    batch,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    grad_clip: float,
+    precision: str = "fp32",
+) -> LossResult:
+    """One optimiser step: forward through ``forward`` (the DDP wrapper, or ``model`` itself), the
+    loss of the unwrapped ``model``, backward, clipping, step. Returns the (finite-checked) loss."""
+    with autocast(batch.labels.device, precision):
+        out = forward(batch)
+        share_contrastive_keys(out)
+        loss = model.loss(out, batch)
+    if not torch.isfinite(loss.total):
+        raise FloatingPointError(float(loss.total.detach()))
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss
 
 
 def progress(console: Console) -> Progress:
@@ -90,7 +180,7 @@ def progress(console: Console) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal or not is_main(),
     )
 
 
@@ -119,6 +209,16 @@ class Recipe:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
+        self.owns_group = dist.launched() and not dist.is_dist()
+        self.device = dist.init_from_env(self.device)
+        self.world = dist.world_size()
+        if cfg.train.batch_size % self.world:
+            raise RamerError(
+                f"train.batch_size {cfg.train.batch_size} is the global batch and must divide by the "
+                f"{self.world} processes"
+            )
+        self.rank_batch = cfg.train.batch_size // self.world
+        self.log: list[dict] = []  # every epoch line, on every rank
         torch.manual_seed(cfg.train.seed)
         if self.bundle is None:
             self.bundle = load_bundle(cfg.data)
@@ -131,8 +231,14 @@ class Recipe:
         if hasattr(self.model, "prepare"):
             self.model.prepare(self.splits["train"])
         self.model.to(self.device)
+        self.forward_model = self.model
+        if self.world > 1:
+            # Buffers (queue, prototypes) are kept equal by the model's own collectives.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, **NO_BUFFER_SYNC)
+            torch.manual_seed(cfg.train.seed * 1_000_003 + dist.rank())  # own dropout etc. per rank
         n_train = len(self.splits["train"])
-        per_epoch = -(-n_train // cfg.train.batch_size)
+        per_epoch = -(-(-(-n_train // self.world)) // self.rank_batch)
         if cfg.train.max_train_batches:
             per_epoch = min(per_epoch, cfg.train.max_train_batches)
         self.steps_per_epoch = per_epoch
@@ -143,19 +249,31 @@ class Recipe:
         self.best = {"score": -1.0, "epoch": 0, "threshold": 0.5}
         if self.resume:
             self._load_train_state()
-        elif is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            if (self.out / "train_state.pt").exists():
-                raise RamerError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
-            ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
-            (self.out / "metrics.jsonl").write_text("")
+        else:
+            error = None
+            if is_main():
+                self.out.mkdir(parents=True, exist_ok=True)
+                if (self.out / "train_state.pt").exists():
+                    error = f"{self.out} already holds a run; use --resume {self.out} or another --out"
+                else:
+                    ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+                    (self.out / "metrics.jsonl").write_text("")
+            error = dist.broadcast_object(error)  # every rank stops, not only rank 0
+            if error:
+                raise RamerError(error)
 
     def _load_train_state(self) -> None:
         state = ckpt.load_train_state(self.out / "train_state.pt")
         ckpt.load_state_into(self.model, state["model"], str(self.out / "train_state.pt"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if self.world > 1 and ranks is not None and len(ranks) == self.world:
+            torch.set_rng_state(ranks[dist.rank()])
+        elif self.world == 1:
+            torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda" and self.world == 1:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
         # Drop log lines of epochs after the checkpoint (written before a kill).
@@ -172,31 +290,32 @@ class Recipe:
     def train_epoch(self, epoch: int, bar: Progress) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         model.train()
-        order = self._epoch_order(epoch).numpy()
-        bs = cfg.train.batch_size
+        bs = self.rank_batch
+        order = dist.shard_indices(self._epoch_order(epoch).numpy(), bs, self.steps_per_epoch)
         sums: dict[str, float] = {}
         task = bar.add_task(f"epoch {epoch}", total=self.steps_per_epoch, info="")
         store = self.splits["train"]
         for step in range(self.steps_per_epoch):
             batch = store.collate(order[step * bs : (step + 1) * bs]).to(self.device)
-            out = model(batch)
-            loss = model.loss(out, batch)
-            if not torch.isfinite(loss.total):
-                raise RamerError(f"epoch {epoch} step {step}: loss is not finite ({loss.total.item()}); lower train.lr?")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+            try:
+                loss = training_step(
+                    self.forward_model, model, batch, self.optimizer, self.scheduler, cfg.train.grad_clip,
+                    cfg.train.precision,
+                )
+            except FloatingPointError as e:
+                raise RamerError(f"epoch {epoch} step {step}: loss is not finite ({e}); lower train.lr?") from None
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())
             for k, v in loss.terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.update(task, advance=1, info=f"loss {sums['loss'] / (step + 1):.4f}")
         bar.remove_task(task)
-        return {k: v / self.steps_per_epoch for k, v in sums.items()}
+        return dist.mean_over_ranks({k: v / self.steps_per_epoch for k, v in sums.items()}, self.device)
 
     def validate(self) -> tuple[dict, float | np.ndarray]:
-        pred = predict(self.model, self.splits["valid"], self.cfg.train.eval_batch_size, self.device)
+        pred = predict(
+            self.model, self.splits["valid"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
+            shard=True,
+        )
         threshold = tune_threshold(pred.labels, pred.scores, per_label=self.cfg.train.per_label_threshold)
         rep = report(pred.labels, pred.scores, threshold, pred.role)
         rep.pop("per_label")
@@ -229,34 +348,49 @@ class Recipe:
                     "seconds": time.perf_counter() - t0,
                     "train_samples_per_s": n_seen / max(seconds_train, 1e-9),
                 }
+                self.log.append(line)
+                self._save_train_state(epoch)
                 if is_main():
-                    self._save_train_state(epoch)
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
-                self.console.print(
-                    f"epoch {epoch}/{epochs}  loss {train_terms['loss']:.4f}  valid micro-F1 {score:.4f}"
-                    f" (thr {np.mean(thr):.2f}){'  *best*' if improved else ''}  {line['seconds']:.1f}s",
-                    highlight=False,
-                )
+                if is_main():
+                    self.console.print(
+                        f"epoch {epoch}/{epochs}  loss {train_terms['loss']:.4f}  valid micro-F1 {score:.4f}"
+                        f" (thr {np.mean(thr):.2f}){'  *best*' if improved else ''}  {line['seconds']:.1f}s",
+                        highlight=False,
+                    )
                 for hook in self.hooks:
                     hook(self, epoch)
 
     def _save_train_state(self, epoch: int) -> None:
+        """Called on every rank (the RNG states are gathered); rank 0 writes."""
+        rng = torch.get_rng_state()
+        ranks = [torch.from_numpy(r) for r in dist.gather_arrays(rng.numpy()[None])] if self.world > 1 else None
+        if not is_main():
+            return
         state = {
             "epoch": epoch,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": rng,
             "best": self.best,
         }
+        if ranks is not None:
+            state["rng_ranks"] = ranks
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         ckpt.save_train_state(self.out / "train_state.pt", state)
 
     # ------------------------------------------------------------------ test
     def test(self) -> dict:
+        dist.barrier()  # rank 0 has written the best checkpoint
         state, _, _, threshold, epoch = ckpt.read_model_file(self.out / "model.safetensors")
         ckpt.load_state_into(self.model, state, str(self.out / "model.safetensors"))
-        pred = predict(self.model, self.splits["test"], self.cfg.train.eval_batch_size, self.device)
+        pred = predict(
+            self.model, self.splits["test"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
+            shard=True,
+        )
         thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
         rep = report(pred.labels, pred.scores, thr, pred.role, self.bundle.label_names)
         per_label = rep.pop("per_label")
@@ -268,6 +402,10 @@ class Recipe:
         return result
 
     def run(self) -> dict:
-        self.setup()
-        self.train()
-        return self.test()
+        try:
+            self.setup()
+            self.train()
+            return self.test()
+        finally:
+            if getattr(self, "owns_group", False):
+                dist.shutdown()

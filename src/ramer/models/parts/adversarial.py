@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ramer.models.parts.attention import Dropout
 from ramer.models.parts.labelwise import LabelWiseClassifier
 
 
@@ -40,7 +41,7 @@ def grad_reverse(x: Tensor, lambd: float = 1.0) -> Tensor:
 
 
 def _discriminator(dim: int, out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, dim // 2), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim // 2, out))
+    return nn.Sequential(nn.Linear(dim, dim // 2), Dropout(dropout), nn.ReLU(), nn.Linear(dim // 2, out))
 
 
 class CommonSpecific(nn.Module):
@@ -49,16 +50,17 @@ class CommonSpecific(nn.Module):
     def __init__(self, n_modalities: int, n_labels: int, dim: int, dropout: float) -> None:
         super().__init__()
         self.specific = nn.ModuleList(
-            nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim), nn.Tanh()) for _ in range(n_modalities)
+            nn.Sequential(Dropout(dropout), nn.Linear(dim, dim), nn.Tanh()) for _ in range(n_modalities)
         )
-        self.common = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim), nn.Tanh())
+        self.common = nn.Sequential(Dropout(dropout), nn.Linear(dim, dim), nn.Tanh())
         self.discriminator = _discriminator(dim, n_modalities, dropout)
         self.classifier = LabelWiseClassifier(1, n_labels, dim)
         self.grl_lambda = 1.0
 
     def forward(self, f: Tensor, usable: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """f (B, M, C, H), usable (B, M) -> specific, common (B, M, C, H), c_bar (B, C, H), cml logits (B, C)."""
-        specific = torch.stack([ext(f[:, i]) for i, ext in enumerate(self.specific)], 1)  # (B, M, C, H)
+        # Each slice made contiguous: a Linear on a strided 3-d view runs as a bmm over a batch of weight copies.
+        specific = torch.stack([ext(f[:, i].contiguous()) for i, ext in enumerate(self.specific)], 1)  # (B, M, C, H)
         common = self.common(f)  # (B, M, C, H)
         w = usable.to(common.dtype)[:, :, None, None]  # (B, M, 1, 1)
         c_bar = (common * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, C, H)

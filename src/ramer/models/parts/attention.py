@@ -5,6 +5,10 @@ value are prepended and always allowed, so a query whose keys are all masked (a 
 nobody speaks, a person who never shows a face) reads the null value instead of a softmax over
 nothing; no attention row is ever empty and nothing becomes NaN.
 
+Speed (docs/PERFORMANCE.md): on CPU, training-time dropout (``Dropout``, ``dropout``) draws its
+mask from 64-bit random words and keeps it as bool, and attention with dropout recomputes its
+weights in backward instead of storing them; evaluation uses ``F.scaled_dot_product_attention``.
+
 Axis letters: x flattened batch rows, q queries, k keys, h hidden.
 """
 
@@ -13,6 +17,99 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
+    """A bool keep-mask with P(keep) = 1 - p (rounded to 1/65536) and its exact inverse scale."""
+    cut = round(p * 65536)
+    n = 1
+    for size in shape:
+        n *= size
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    return (words.view(torch.int16)[:n] >= cut - 32768).view(shape), 65536.0 / (65536 - cut)
+
+
+class _BoolMaskDropout(torch.autograd.Function):
+    """Dropout that draws its mask from 16-bit slices of 64-bit random words (about ten times
+    faster than ``bernoulli_`` on CPU) and keeps it as bool for backward (a quarter of the memory
+    of ``F.dropout``'s float mask on CPU). The keep probability is ``1 - p`` rounded to 1/65536 and
+    the scale is its exact inverse, so the output is unbiased."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        keep, ctx.scale = _keep_mask(x.shape, p, x.device)
+        ctx.save_for_backward(keep)
+        return x.mul(keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``F.dropout`` in distribution; on CPU faster and lighter (``_BoolMaskDropout``), elsewhere
+    ``torch.native_dropout`` (fused, bool mask). Randomness comes from torch's global generator."""
+    if not training or p <= 0.0 or x.numel() == 0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    if x.device.type == "cpu" and round(p * 65536) < 65536:
+        return _BoolMaskDropout.apply(x.contiguous(), p)
+    return torch.native_dropout(x, p, True)[0]
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same state, same repr) computed by ``dropout`` above."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training) if not self.inplace else super().forward(x)
+
+
+class _AttentionWithDropout(torch.autograd.Function):
+    """``softmax(q k^T / sqrt(d), allowed keys)`` with dropout on the weights, times ``v``.
+
+    The explicit form of ``F.scaled_dot_product_attention(..., dropout_p=p)`` (which takes its
+    unfused path on CPU anyway), saving only q, k, v and the bool dropout mask: the (Q x K)
+    weights are recomputed in backward, as flash attention does. A row always has an allowed key
+    in RAMer (summary token or null key); one without would get uniform weights, not NaN.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p: float) -> Tensor:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # head-major: batched GEMMs without copies
+        w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K), float32 for bf16 inputs
+        keep, scale = _keep_mask(w.shape, p, w.device)
+        ctx.save_for_backward(q, k, v, key_mask, keep)
+        ctx.scale = scale
+        return torch.matmul(w.mul_(keep).mul_(scale).to(v.dtype), v)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k, v, key_mask, keep = ctx.saved_tensors
+        w = _softmax_weights(q, k, key_mask)  # recomputed
+        dropped = (w * keep * ctx.scale).to(v.dtype)
+        grad = grad.to(v.dtype)
+        grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
+        grad_w = torch.matmul(grad, v.transpose(-1, -2)).float().mul_(keep).mul_(ctx.scale)
+        grad_s = w.mul_(grad_w - (grad_w * w).sum(-1, keepdim=True)).mul_(q.shape[-1] ** -0.5).to(q.dtype)  # softmax'
+        return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v, None, None
+
+
+def _softmax_weights(q: Tensor, k: Tensor, key_mask: Tensor) -> Tensor:
+    """softmax over the allowed keys of q k^T / sqrt(d), computed in float32 -> (X, heads, Q, K).
+
+    bfloat16 scores are widened first: softmax is both exacter and, on CPU, faster in float32."""
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (X, heads, Q, K)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    scores.mul_(q.shape[-1] ** -0.5).masked_fill_(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return scores.softmax(-1)
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p: float) -> Tensor:
+    """q (X, heads, Q, d), k / v (X, heads, K, d), key_mask (X, K) bool -> (X, heads, Q, d)."""
+    return _AttentionWithDropout.apply(q, k, v, key_mask, p)
 
 
 class MaskedAttention(nn.Module):
@@ -38,7 +135,12 @@ class MaskedAttention(nn.Module):
             key_mask = torch.cat([key_mask.new_ones(X, 1), key_mask], 1)  # (X, 1+K)
         d = H // self.heads
         q, k, v = (t.unflatten(-1, (self.heads, d)).transpose(1, 2) for t in (q, k, v))  # (X, heads, L, d)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
-        )  # (X, heads, Q, d)
+        p = self.dropout if self.training else 0.0
+        if p > 0 and q.device.type == "cpu":  # CPU SDPA with dropout is unfused: the lighter explicit form
+            y = _attention_with_dropout(q, k, v, key_mask, p)  # (X, heads, Q, d)
+        elif q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):  # CPU SDPA: slow in bf16
+            w = _softmax_weights(q.contiguous(), k.contiguous(), key_mask)
+            y = torch.matmul(w.to(v.dtype), v.contiguous())  # (X, heads, Q, d)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(X, Q, H))

@@ -21,12 +21,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ramer.models.parts.attention import MaskedAttention
+from ramer.models.parts.attention import Dropout, MaskedAttention
 
 
 def _on_rows(fn, x: Tensor, keep: Tensor) -> Tensor:
     """Apply ``fn`` to the rows of ``x`` (X, ...) where ``keep`` (X,) is True; other rows are 0."""
+    if torch.compiler.is_exporting():  # ONNX export: every row (no data-dependent size), the same result
+        every = torch.arange(x.shape[0], device=x.device)
+        return torch.where(keep.view(-1, *(1,) * (x.dim() - 1)), fn(x, every), 0.0)
     idx = keep.nonzero().squeeze(1)
+    if idx.numel() == x.shape[0]:  # every row (e.g. one person per scene): no gather, no scatter
+        return fn(x, idx)
     return torch.zeros_like(x).index_copy(0, idx, fn(x.index_select(0, idx), idx))
 
 
@@ -39,7 +44,7 @@ class GridAttention(nn.Module):
         self.intra = MaskedAttention(dim, heads, dropout, null_key=True)
         self.norm_inter = nn.LayerNorm(dim)
         self.norm_intra = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, u: Tensor, present: Tensor, valid: Tensor) -> Tensor:
         """u (B, P, S, H), present / valid (B, P, S) bool -> (B, P, S, H), zero on padding."""
@@ -69,7 +74,7 @@ class ModalityCompletion(nn.Module):
         self.kind = nn.Parameter(torch.randn(n_modalities + 1, dim) * 0.02)  # key type: each modality, person
         self.attn = MaskedAttention(dim, heads, dropout, null_key=True)
         self.norm = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(
         self, u: Tensor, present: Tensor, valid: Tensor, e_tok: Tensor | None, e_known: Tensor | None
@@ -85,7 +90,8 @@ class ModalityCompletion(nn.Module):
             query = query + e_tok.unsqueeze(2)
         # Only tokens with a missing modality need a stand-in.
         need = (valid & ~present.all(-1)).reshape(B * N)  # (B*N,)
-        idx = need.nonzero().squeeze(1)
+        # ONNX export: every row (no data-dependent size); rows not needed are not used below.
+        idx = torch.arange(B * N, device=u.device) if torch.compiler.is_exporting() else need.nonzero().squeeze(1)
         flat = lambda t: t.flatten(0, 1).index_select(0, idx)  # noqa: E731
         filled = self.attn(flat(query), flat(keys), flat(mask))  # (rows, M, H)
         filled = self.norm(flat(u) + self.drop(filled))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ramer.models.parts.attention import MaskedAttention
+from ramer.models.parts.attention import Dropout, MaskedAttention
 
 
 class TransformerLayer(nn.Module):
@@ -26,8 +26,8 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MaskedAttention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), Dropout(dropout), nn.Linear(ffn, dim))
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         y = self.norm1(x)
@@ -45,7 +45,7 @@ class ModalityEncoder(nn.Module):
         self.position = nn.Embedding(max_segments, dim)
         nn.init.normal_(self.position.weight, std=0.02)
         self.summary = nn.Parameter(torch.randn(dim) * 0.02)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.layers = nn.ModuleList(TransformerLayer(dim, heads, ffn, dropout) for _ in range(layers))
         self.norm_out = nn.LayerNorm(dim)
 
@@ -59,15 +59,26 @@ class ModalityEncoder(nn.Module):
         token in ``P`` of a multi-party grid).
         """
         B, N, _ = x.shape
-        L = int(present.sum(1).max()) if B * N else 0
-        order = torch.sort(present.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :L]  # (B, L)
+        if torch.compiler.is_exporting():  # ONNX export: every slot in place (no sort, no data-dependent size)
+            order = torch.arange(N, device=x.device).expand(B, N)  # (B, N): the same result
+        elif B * N and bool(present.all()):  # nothing missing (e.g. CMU-MOSEI): no gather or scatter
+            return self._encode(x, present, segment)
+        else:
+            L = int(present.sum(1).max()) if B * N else 0
+            order = torch.sort(present.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :L]  # (B, L)
         keep = present.gather(1, order)  # (B, L)
-        xs = torch.where(keep.unsqueeze(-1), x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), 0.0)
-        h = self.drop(self.proj(self.norm_in(xs)) + self.position(segment.gather(1, order)))  # (B, L, H)
+        xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L, d)
+        h = self._encode(xs, keep, segment.gather(1, order))  # (B, L, H), zero where not kept
+        out = h.new_zeros(B, N, h.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(h), h)  # (B, N, H)
+        return torch.where(present.unsqueeze(-1), out, 0.0)
+
+    def _encode(self, x: Tensor, keep: Tensor, segment: Tensor) -> Tensor:
+        """x (B, L, d), keep (B, L) bool, segment (B, L) -> (B, L, H), zero where not kept."""
+        B = x.shape[0]
+        xs = torch.where(keep.unsqueeze(-1), x, 0.0)
+        h = self.drop(self.proj(self.norm_in(xs)) + self.position(segment))  # (B, L, H)
         h = torch.cat([self.summary.to(h.dtype).expand(B, 1, -1), h], 1)  # (B, 1+L, H)
         mask = F.pad(keep, (1, 0), value=True)  # (B, 1+L): the summary token is always present
         for layer in self.layers:
             h = layer(h, mask)
-        h = self.norm_out(h[:, 1:])  # (B, L, H)
-        out = h.new_zeros(B, N, h.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(h), h)  # (B, N, H)
-        return torch.where(present.unsqueeze(-1), out, 0.0)
+        return torch.where(keep.unsqueeze(-1), self.norm_out(h[:, 1:]), 0.0)  # (B, L, H)

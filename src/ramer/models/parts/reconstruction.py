@@ -50,11 +50,12 @@ class LabelAutoEncoder(nn.Module):
 
     def encode(self, r: Tensor) -> Tensor:
         """r (B, M, C, H) -> z (B, M, C, P)."""
-        return torch.stack([enc(r[:, i]) for i, enc in enumerate(self.encoders)], 1)
+        # Contiguous slices: a Linear on a strided 3-d view runs as a bmm over a batch of weight copies.
+        return torch.stack([enc(r[:, i].contiguous()) for i, enc in enumerate(self.encoders)], 1)
 
     def decode(self, z: Tensor) -> Tensor:
         """z (B, M, C, P) -> r^ (B, M, C, H)."""
-        return torch.stack([dec(z[:, i]) for i, dec in enumerate(self.decoders)], 1)
+        return torch.stack([dec(z[:, i].contiguous()) for i, dec in enumerate(self.decoders)], 1)
 
 
 class CrossReconstruction(nn.Module):

@@ -1,0 +1,595 @@
+"""``ramer bench``: every model on the same data, seeds and missing-modality masks; one report.
+
+- Models: the classical baselines (``br``, ``cc``, ``lp``), the deep baselines, ``ramer``, and
+  ``ramer-<ablation>`` presets (``ramer`` with ``model.ablations`` += ``[<ablation>]``). Groups:
+  ``all`` (baselines + ramer), ``ablations`` (ramer + one preset per ablation).
+- Protocol: the dataset is built once; run (model, seed, rate) gets ``train.seed = seed`` and
+  ``data.missing_rate = rate``, so each (seed, rate) pair has identical splits and identical
+  hidden modalities for every model. Best epoch and threshold are chosen on validation; test once.
+- Cache: ``DIR/runs/<model>/missing-<rate>/seed-<seed>/`` is a normal run directory. It is reused
+  when its ``test_metrics.json`` exists and its ``config.yaml`` equals the run's config; a deep run
+  stopped mid-training is resumed from its ``train_state.pt``; anything else there is removed and
+  the run starts again. So an interrupted bench resumes where it stopped.
+- Outputs: ``DIR/results.json`` (one record per run, test split; rewritten after every run),
+  ``DIR/report.md`` and ``DIR/plots/*.png`` (written at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rich.console import Console
+
+from ramer.config import ABLATIONS, Config, DataConfig, build_config, config_from_dict
+from ramer.data import DataBundle, load_bundle
+from ramer.errors import RamerError
+from ramer.models import BUILDERS, CLASSICAL
+from ramer.train.checkpoint import atomic_write, atomic_write_text
+from ramer.train.classical import run_training
+
+BASELINES = ("br", "cc", "lp", "mlgcn", "late_fusion", "mult", "hhmpn", "amp")
+PRESETS = {f"ramer-{a}": a for a in ABLATIONS}
+GROUPS = {
+    "all": (*BASELINES, "ramer"),
+    "ablations": ("ramer", *PRESETS),
+}
+PARTS = ("overall", "speaker", "nonspeaker")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "synthetic.yaml"
+
+# Bench defaults, applied before the user's --set. Chosen so the default bench (9 models x 3 seeds
+# x 3 rates = 81 runs) fits in 30 minutes on 2 CPU cores: see docs/BENCH.md for the arithmetic.
+# One torch thread per run, runs in parallel (``--jobs``): on a busy machine two threads per
+# process were measured 50x slower than one.
+DEFAULT_SETS = (
+    "train.threads=1",
+    "data.synthetic.n_train=2000",
+    "data.synthetic.n_valid=300",
+    "data.synthetic.n_test=1000",
+    "train.epochs=6",
+)
+DEFAULT_SEEDS, DEFAULT_RATES = 3, (0.0, 0.3, 0.6)
+QUICK_SETS = (
+    "train.threads=1",
+    "data.synthetic.n_train=500",
+    "data.synthetic.n_valid=200",
+    "data.synthetic.n_test=400",
+    "train.epochs=3",
+)
+QUICK_SEEDS, QUICK_RATES = 1, (0.0, 0.6)
+
+
+# ---------------------------------------------------------------------- settings
+@dataclass
+class BenchSettings:
+    out: Path
+    models: list[str]
+    seeds: list[int]
+    rates: list[float]
+    missing_at: str = "all"
+    data: str | None = None
+    config: str | Path | None = None  # a YAML file; None: the bundled synthetic config
+    overrides: list[str] = field(default_factory=list)  # the user's --set
+    quick: bool = False
+    jobs: int = 1  # runs trained at the same time, each in its own process
+    base: Config | None = None  # the resolved config every run starts from (``resolve_settings``)
+
+    @property
+    def base_sets(self) -> tuple[str, ...]:
+        return QUICK_SETS if self.quick else DEFAULT_SETS
+
+    def command(self) -> str:
+        """An equivalent ``ramer bench`` command line with every setting written out."""
+        parts = ["ramer", "bench"]
+        if self.data:
+            parts += ["--data", self.data]
+        if self.config:
+            parts += ["--config", str(self.config)]
+        parts += ["--models", ",".join(self.models), "--seeds", str(len(self.seeds)),
+                  "--missing-rates", ",".join(f"{r:g}" for r in self.rates), "--missing-at", self.missing_at,
+                  "--jobs", str(self.jobs), "--out", str(self.out)]
+        if self.quick:
+            parts.append("--quick")
+        for s in self.overrides:
+            parts += ["--set", s]
+        return shlex.join(parts)
+
+
+def parse_models(text: str | None) -> list[str]:
+    """``all``, ``ablations`` or a comma list (groups may appear in it); unknown names are errors."""
+    names: list[str] = []
+    for item in (text or "all").split(","):
+        item = item.strip()
+        for name in GROUPS.get(item, (item,)):
+            if name and name not in names:
+                names.append(name)
+    known = set(BUILDERS) | set(CLASSICAL) | set(PRESETS)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise RamerError(f"--models: unknown {unknown or 'empty list'}; known: {', '.join(GROUPS)}, "
+                         f"{', '.join(sorted(set(BUILDERS) | set(CLASSICAL)))}, ramer-<ablation> ({', '.join(ABLATIONS)})")
+    return names
+
+
+def parse_rates(text: str | None, quick: bool = False) -> list[float]:
+    if text is None:
+        return list(QUICK_RATES if quick else DEFAULT_RATES)
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RamerError(f"--missing-rates: expected numbers like 0,0.3,0.6, got '{text}'") from None
+    if not rates or any(not 0.0 <= r < 1.0 for r in rates):
+        raise RamerError(f"--missing-rates: each rate must be in [0, 1), got '{text}'")
+    return sorted(set(rates))
+
+
+def resolve_settings(
+    out: str | None = None,
+    models: str | None = None,
+    seeds: int | None = None,
+    rates: str | None = None,
+    missing_at: str = "all",
+    data: str | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    quick: bool = False,
+    jobs: int | None = None,
+) -> BenchSettings:
+    """Settings from the command line's values (None: the default, or the quick default)."""
+    if jobs is not None and jobs < 1:
+        raise RamerError(f"--jobs must be at least 1, got {jobs}")
+    n_seeds = seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
+    if n_seeds < 1:
+        raise RamerError(f"--seeds must be at least 1, got {n_seeds}")
+    s = BenchSettings(
+        out=Path(out or ("runs/bench-quick" if quick else "runs/bench")),
+        models=parse_models(models),
+        seeds=[],
+        rates=parse_rates(rates, quick),
+        missing_at=missing_at,
+        data=data,
+        config=config,
+        overrides=list(overrides or []),
+        quick=quick,
+        jobs=jobs or default_jobs(),
+    )
+    s.base = base_config(s)
+    s.seeds = [s.base.train.seed + k for k in range(n_seeds)]
+    return s
+
+
+def base_config(s: BenchSettings) -> Config:
+    """The config every run starts from: the YAML file, then the bench defaults, then ``--set``."""
+    cfg = build_config(s.config or DEFAULT_CONFIG, [*s.base_sets, *s.overrides])
+    if s.data is not None:
+        cfg.data.path = s.data
+    cfg.data.missing_at = s.missing_at
+    return cfg
+
+
+def set_model(cfg: Config, name: str) -> None:
+    """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
+    if name in PRESETS:
+        cfg.model.name = "ramer"
+        if PRESETS[name] not in cfg.model.ablations:
+            cfg.model.ablations = [*cfg.model.ablations, PRESETS[name]]
+    else:
+        cfg.model.name = name
+
+
+def run_config(base: Config, model: str, seed: int, rate: float) -> Config:
+    """The config of one run: ``base`` with the model (or preset), seed and missing rate set."""
+    cfg = base.model_copy(deep=True)
+    set_model(cfg, model)
+    cfg.train.seed = seed
+    cfg.data.missing_rate = rate
+    return cfg
+
+
+def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
+    return out / "runs" / model / f"missing-{rate:g}" / f"seed-{seed}"
+
+
+# ---------------------------------------------------------------------- runs and cache
+def _same_config(run: Path, cfg: Config) -> bool:
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text()) == cfg.model_dump(mode="json")
+    except (OSError, yaml.YAMLError):
+        return False
+
+
+def _logged_seconds(run: Path) -> float:
+    """Sum of the per-epoch seconds in ``metrics.jsonl`` (time spent before an interruption)."""
+    total = 0.0
+    path = run / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if "epoch" in rec:
+                total += float(rec.get("seconds", 0.0))
+    return total
+
+
+def cache_state(run: Path, cfg: Config) -> str:
+    """``done``, ``resume`` or ``fresh`` (a ``fresh`` run's stale directory has been removed)."""
+    if not run.exists():
+        return "fresh"
+    if _same_config(run, cfg):
+        if (run / "test_metrics.json").exists():
+            return "done"
+        if cfg.model.name not in CLASSICAL and (run / "train_state.pt").exists() and (run / "model.safetensors").exists():
+            return "resume"
+    shutil.rmtree(run)
+    return "fresh"
+
+
+def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tuple[dict, float, str]:
+    """The test metrics, seconds and cache state of one run, training it if needed."""
+    state = cache_state(run, cfg)
+    if state == "done":
+        metrics = json.loads((run / "test_metrics.json").read_text())
+        timing = run / "bench.json"
+        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else _logged_seconds(run)
+        return metrics, seconds, state
+    before = _logged_seconds(run) if state == "resume" else 0.0
+    t0 = time.perf_counter()
+    try:
+        metrics = run_training(cfg, run, bundle=bundle, console=console, resume=state == "resume")
+    except RamerError:
+        if state != "resume":
+            raise
+        console.print(f"cannot resume {run}; starting it again", highlight=False)
+        shutil.rmtree(run)
+        state, before, t0 = "fresh", 0.0, time.perf_counter()
+        metrics = run_training(cfg, run, bundle=bundle, console=console)
+    seconds = before + time.perf_counter() - t0
+    atomic_write_text(run / "bench.json", json.dumps({"seconds": seconds}))
+    return metrics, seconds, state
+
+
+# Worker processes (``--jobs`` > 1) load the dataset once each, on their first run.
+_WORKER: dict = {}
+
+
+def _init_worker(data: dict) -> None:
+    _WORKER.clear()
+    _WORKER["data"] = data
+
+
+def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, float, str]:
+    if "bundle" not in _WORKER:
+        _WORKER["bundle"] = load_bundle(DataConfig.model_validate(_WORKER["data"]))
+    cfg = config_from_dict(cfg_tree, "bench run")
+    return execute(cfg, Path(run), _WORKER["bundle"], Console(stderr=True, quiet=True))
+
+
+def default_jobs() -> int:
+    """One single-threaded run per core (at most 8): small models do not scale with threads, and
+    several torch threads on a busy machine are far slower than one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
+    """Run (or reuse) every (model, seed, rate) and write results.json, report.md and the plots."""
+    console = console or Console(stderr=True)
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    base = s.base or base_config(s)
+    s.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    bundle = load_bundle(base.data)
+    console.print(f"data {bundle.source}: {', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}"
+                  f" ({time.perf_counter() - t0:.1f}s)", highlight=False)
+    plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]
+    records: dict[tuple[str, int, float], dict] = {}
+    counts = {"done": 0, "resume": 0, "fresh": 0}
+
+    def record(key: tuple[str, int, float], metrics: dict, seconds: float, state: str) -> None:
+        model, seed, rate = key
+        counts[state] += 1
+        records[key] = {"model": model, "seed": seed, "missing_rate": rate,
+                        "metrics": {k: metrics[k] for k in PARTS if k in metrics}, "seconds": seconds}
+        how = {"done": "cached", "resume": "resumed", "fresh": "trained"}[state]
+        console.print(f"[{len(records)}/{len(plan)}] {model:<24} missing {rate:<4g} seed {seed}: test micro-F1 "
+                      f"{metrics['overall']['micro_f1']:.4f}  {how} ({seconds:.1f}s)", highlight=False, soft_wrap=True)
+        write_results(s.out, _ordered(records, s))
+
+    todo = []
+    for key in plan:
+        cfg = run_config(base, *key)
+        run = run_dir(s.out, key[0], key[2], key[1])
+        if cache_state(run, cfg) == "done":
+            record(key, *execute(cfg, run, bundle, console))
+        else:
+            todo.append((key, cfg, run))
+    quiet = Console(stderr=True, quiet=True)
+    if s.jobs <= 1 or len(todo) <= 1:
+        for key, cfg, run in todo:
+            record(key, *execute(cfg, run, bundle, quiet))
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        pool = ProcessPoolExecutor(max_workers=min(s.jobs, len(todo)), mp_context=get_context("spawn"),
+                                   initializer=_init_worker, initargs=(base.data.model_dump(mode="json"),))
+        try:
+            futures = {pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run)): key
+                       for key, cfg, run in todo}
+            for future in as_completed(futures):
+                record(futures[future], *future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    results = _ordered(records, s)
+    info = {
+        "wall_seconds": time.perf_counter() - t_start,
+        "load": (load_start, os.getloadavg()),
+        "counts": counts,
+        "bundle": bundle,
+    }
+    write_report(s, base, results, info)
+    console.print(f"wrote {s.out / 'results.json'}, {s.out / 'report.md'} and {s.out / 'plots'}/ "
+                  f"({counts['fresh']} trained, {counts['resume']} resumed, {counts['done']} cached; "
+                  f"{info['wall_seconds']:.0f}s)", highlight=False, soft_wrap=True)
+    return results
+
+
+def _ordered(records: dict, s: BenchSettings) -> list[dict]:
+    return [records[(m, seed, r)] for m in s.models for r in s.rates for seed in s.seeds if (m, seed, r) in records]
+
+
+def write_results(out: Path, results: list[dict]) -> None:
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+
+
+# ---------------------------------------------------------------------- aggregation
+def summarise(results: list[dict], model: str, rate: float, part: str, key: str) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one seed) and count of a metric over seeds."""
+    vals = [r["metrics"][part][key] for r in results
+            if r["model"] == model and r["missing_rate"] == rate and part in r["metrics"]]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    arr = np.asarray(vals, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
+
+
+def _read_jsonl(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def per_label_f1(out: Path, model: str, rate: float, seeds: list[int]) -> dict[str, float]:
+    """Test F1 per label, averaged over the seeds that finished."""
+    sums: dict[str, list[float]] = {}
+    for seed in seeds:
+        for rec in _read_jsonl(run_dir(out, model, rate, seed)):
+            if rec.get("final") == "test":
+                for label, m in rec["per_label"].items():
+                    sums.setdefault(label, []).append(m["f1"])
+    return {label: float(np.mean(v)) for label, v in sums.items()}
+
+
+# ---------------------------------------------------------------------- report
+COLUMNS = (  # (part, key, header, higher is better)
+    ("overall", "micro_f1", "micro-F1", True),
+    ("overall", "macro_f1", "macro-F1", True),
+    ("overall", "acc", "Acc", True),
+    ("overall", "hamming_loss", "HL ↓", False),
+    ("speaker", "micro_f1", "speaker micro-F1", True),
+    ("nonspeaker", "micro_f1", "non-speaker micro-F1", True),
+)
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "–"
+    return f"{mean:.3f}" if n == 1 else f"{mean:.3f} ± {std:.3f}"
+
+
+def rate_table(results: list[dict], s: BenchSettings, rate: float, oracle: dict | None) -> list[str]:
+    models = [m for m in s.models if any(r["model"] == m and r["missing_rate"] == rate for r in results)]
+    cols = [c for c in COLUMNS if any(c[0] in r["metrics"] for r in results)]
+    header = ["model", *(c[2] for c in cols), "s/run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
+    best = {}
+    for part, key, _, higher in cols:
+        means = [round(summarise(results, m, rate, part, key)[0], 3) for m in models]
+        means = [v for v in means if not np.isnan(v)]
+        if means:
+            best[(part, key)] = max(means) if higher else min(means)
+    for m in models:
+        cells = [m]
+        for part, key, _, _ in cols:
+            mean, std, n = summarise(results, m, rate, part, key)
+            text = _fmt(mean, std, n)
+            cells.append(f"**{text}**" if n and round(mean, 3) == best.get((part, key)) else text)
+        secs = [r["seconds"] for r in results if r["model"] == m and r["missing_rate"] == rate]
+        cells.append(f"{np.mean(secs):.1f}" if np.mean(secs) < 10 else f"{np.mean(secs):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if oracle is not None:
+        cells = ["oracle (ceiling)"] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:
+    bundle = info["bundle"]
+    oracle = bundle.info.get("oracle", {}).get("test") if isinstance(bundle.info, dict) else None
+    plots = make_plots(s, results, oracle)
+    syn = base.data.synthetic
+    if base.data.path is None:
+        data = (f"embedded synthetic benchmark ({bundle.source}; {syn.n_train} train / {syn.n_valid} valid / "
+                f"{syn.n_test} test scenes, {syn.n_labels} labels)")
+    else:
+        data = f"`{base.data.path}` ({bundle.source}; " + ", ".join(f"{k} {len(v)}" for k, v in bundle.splits.items()) + ")"
+    where = "train, validation and test" if s.missing_at == "all" else "test only (clean training)"
+    t = base.train
+    (l1, _, _), (l2, _, _) = info["load"]
+    c = info["counts"]
+    lines = [
+        "# Benchmark: RAMer and its baselines",
+        "",
+        f"Command: `{s.command()}`",
+        "",
+        f"- Mode: {'**quick** (smoke settings: ' + ', '.join(QUICK_SETS) + '; 1 seed; missing rates 0 and 0.6)' if s.quick else 'default (' + ', '.join(DEFAULT_SETS) + ')'}"
+        + (f"; overrides: {', '.join(s.overrides)}" if s.overrides else ""),
+        f"- Data: {data}; the same splits for every model.",
+        f"- Models: {', '.join(s.models)}.",
+        f"- Seeds: {', '.join(map(str, s.seeds))} (`train.seed`); for a given seed and missing rate every model sees "
+        "the same hidden modalities.",
+        f"- Missing rates: {', '.join(f'{r:g}' for r in s.rates)}: extra probability of hiding each present "
+        f"modality of each token, applied to {where}.",
+        f"- Training (every deep model alike): {t.epochs} epochs, batch {t.batch_size}, AdamW lr {t.lr:g}, "
+        f"warm-up {t.warmup:g}; best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
+        "chosen on validation micro-F1; test once on the best checkpoint. Classical models: one logistic-regression fit.",
+        f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}, load average {l1:.1f} at start, "
+        f"{l2:.1f} at end. This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, {c['resume']} resumed, "
+        f"{c['done']} reused from the cache); all runs together: {sum(r['seconds'] for r in results):.0f} s of training "
+        "and testing.",
+        "",
+        "Test split; mean ± sample std over seeds (one seed: the value). **Bold**: best model per column "
+        "(HL: lowest). `s/run`: mean seconds per run. Metric definitions: `ramer.metrics`."
+        + (" The oracle row reads the latent emotion state before annotator noise: the ceiling." if oracle else ""),
+    ]
+    for rate in s.rates:
+        lines += ["", f"## Missing rate {rate:g}", ""]
+        lines += rate_table(results, s, rate, oracle)
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, caption in plots:
+            lines += [f"![{caption}](plots/{name})", ""]
+    atomic_write_text(s.out / "report.md", "\n".join(lines).rstrip() + "\n")
+
+
+# ---------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(models: list[str]) -> dict[str, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(models) <= 10 else "tab20"]
+    return {m: cmap(i % cmap.N) for i, m in enumerate(models)}
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    _pyplot().close(fig)
+
+
+def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> list[tuple[str, str]]:
+    """Write ``DIR/plots/*.png``; returns (file name, caption) of each plot written."""
+    if not results:
+        return []
+    plt = _pyplot()
+    folder = s.out / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    models = [m for m in s.models if any(r["model"] == m for r in results)]
+    colors = _colors(models)
+    written = []
+
+    # 1. micro-F1 vs missing rate
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for m in models:
+        pts = [(r, *summarise(results, m, r, "overall", "micro_f1")[:2]) for r in s.rates]
+        pts = [p for p in pts if not np.isnan(p[1])]
+        if pts:
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=colors[m], label=m,
+                        linewidth=2.5 if m == "ramer" else 1.3)
+    if oracle is not None:
+        ax.axhline(oracle["overall"]["micro_f1"], color="black", linestyle="--", linewidth=1, label="oracle ceiling")
+    ax.set(title="Test micro-F1 vs missing-modality rate", xlabel=f"extra missing rate ({s.missing_at})",
+           ylabel="micro-F1 (mean ± std over seeds)", xticks=s.rates)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _save(fig, folder / "micro_f1_vs_missing.png")
+    written.append(("micro_f1_vs_missing.png", "test micro-F1 vs missing rate, per model"))
+
+    # 2. per-label F1: RAMer (or the best model) vs the best baseline, at the lowest rate
+    rate = s.rates[0]
+    ranked = sorted((m for m in models if summarise(results, m, rate, "overall", "micro_f1")[2]),
+                    key=lambda m: -summarise(results, m, rate, "overall", "micro_f1")[0])
+    focus = "ramer" if "ramer" in ranked else (ranked[0] if ranked else None)
+    rivals = [m for m in ranked if m != focus and not m.startswith("ramer")]
+    rival_role = "best baseline" if focus == "ramer" else "runner-up"
+    if focus and rivals:
+        pair = [focus, rivals[0]]
+        f1 = {m: per_label_f1(s.out, m, rate, s.seeds) for m in pair}
+        labels = list(f1[focus])
+        x = np.arange(len(labels))
+        fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(labels) + 2), 4.5))
+        for k, m in enumerate(pair):
+            ax.bar(x + (k - 0.5) * 0.4, [f1[m].get(lb, 0.0) for lb in labels], 0.4, color=colors[m],
+                   label=m if k == 0 else f"{m} ({rival_role})")
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set(title=f"Per-label test F1 at missing rate {rate:g}: {focus} vs {rival_role}",
+               xlabel="label", ylabel="F1 (mean over seeds)", ylim=(0, 1))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+        _save(fig, folder / "per_label_f1.png")
+        written.append(("per_label_f1.png", f"per-label F1, {focus} vs {rivals[0]}"))
+
+    # 3. speaker vs non-speaker micro-F1, one panel per rate
+    if any("speaker" in r["metrics"] for r in results):
+        fig, axes = plt.subplots(1, len(s.rates), figsize=(max(7.0, 0.55 * len(models) * len(s.rates) + 2), 4.8),
+                                 sharey=True, squeeze=False)
+        x = np.arange(len(models))
+        for ax, rate in zip(axes[0], s.rates):
+            for k, (part, name, hatch) in enumerate((("speaker", "speaker", ""), ("nonspeaker", "non-speaker", "//"))):
+                stats = [summarise(results, m, rate, part, "micro_f1") for m in models]
+                ax.bar(x + (k - 0.5) * 0.4, [v[0] for v in stats], 0.4, yerr=[v[1] for v in stats], capsize=2,
+                       color=[colors[m] for m in models], hatch=hatch, edgecolor="black", linewidth=0.5,
+                       label=f"{name} targets")
+            ax.set_xticks(x, models, rotation=45, ha="right", fontsize=8)
+            ax.set(title=f"missing rate {rate:g}", xlabel="model")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][0].set_ylabel("test micro-F1")
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle("Speaker vs non-speaker targets: test micro-F1")
+        _save(fig, folder / "speaker_vs_nonspeaker.png")
+        written.append(("speaker_vs_nonspeaker.png", "speaker vs non-speaker micro-F1"))
+
+    # 4. training curves (seed and rate of the first run; classical models fit once and are left out)
+    curves = {}
+    for m in models:
+        lines = [rec for rec in _read_jsonl(run_dir(s.out, m, s.rates[0], s.seeds[0])) if "epoch" in rec]
+        if len(lines) > 1:
+            curves[m] = lines
+    if curves:
+        from matplotlib.ticker import MaxNLocator
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for m, lines in curves.items():
+            ep = [ln["epoch"] for ln in lines]
+            first = lines[0]["train"]["loss"] or 1.0
+            ax1.plot(ep, [ln["train"]["loss"] / first for ln in lines], marker="o", color=colors[m], label=m)
+            ax2.plot(ep, [ln["valid"]["overall"]["micro_f1"] for ln in lines], marker="o", color=colors[m], label=m)
+        ax1.set(title="Training loss (each model's own objective)", xlabel="epoch", ylabel="train loss / epoch-1 loss")
+        ax2.set(title="Validation micro-F1", xlabel="epoch", ylabel="micro-F1")
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(f"Training curves (missing rate {s.rates[0]:g}, seed {s.seeds[0]})")
+        _save(fig, folder / "training_curves.png")
+        written.append(("training_curves.png", "training loss and validation micro-F1 per epoch"))
+    return written

@@ -1,0 +1,275 @@
+"""``ramer export RUN_DIR --onnx OUT.onnx [--check]``: the eval forward of a trained run as ONNX.
+
+The ONNX graph takes the scene grid as plain tensors (no ``Batch``); every size is dynamic:
+``B`` scenes, ``P`` persons, ``S`` segments (``N = P * S`` tokens, person-major as in ``Batch``).
+
+===========================  =====================  ===============================================
+input                        shape / dtype          meaning
+===========================  =====================  ===============================================
+``text, audio, visual``      (B, P, S, d_m) float   token features (ignored where not present)
+``present``                  (B, P, S, 3) bool      presence of text / audio / visual per token
+``valid``                    (B, P, S) bool         False on padding
+``target``                   (B,) int64             target token ``p * S + s``; -1: whole scene
+``personality``              (B, P, d_pi) float     only when the model reads personality
+``personality_present``      (B, P) bool            only with ``personality``
+===========================  =====================  ===============================================
+
+Output ``probs`` (B, C): the same probabilities as ``ramer.load(RUN_DIR).predict``.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` then ONNX), with ``B``, ``P``
+and ``S`` as dynamic dimensions. ``--check`` runs onnxruntime on random scenes of a batch and
+grid size different from the export example and compares with torch (max abs difference of the
+probabilities at most ``1e-4``). The ONNX packages are the optional extra ``ramer[onnx]``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ramer.batch import MODALITIES, ROLE_NONE, Batch
+from ramer.errors import RamerError
+
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+EXAMPLE_SHAPE = (3, 2, 5)  # (B, P, S) of the export example
+CHECK_SHAPES = ((5, 3, 7), (2, 1, 9))  # other sizes for --check (P = 1 is the MOSEI grid)
+TOLERANCE = 1e-4
+
+
+def missing_onnx_packages() -> list[str]:
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def require_onnx(runtime: bool = True) -> None:
+    """A clear error when the optional ONNX dependencies are not installed."""
+    needed = ONNX_PACKAGES if runtime else ONNX_PACKAGES[:2]
+    missing = [name for name in missing_onnx_packages() if name in needed]
+    if missing:
+        raise RamerError(
+            f"ONNX export needs the optional packages {', '.join(missing)}: "
+            "pip install 'ramer[onnx]' (or: pip install onnx onnxscript onnxruntime)"
+        )
+
+
+class GridModel(nn.Module):
+    """A model's eval forward with grid-shaped tensors in and ``probs`` out (what ONNX sees)."""
+
+    def __init__(self, model: nn.Module, label_names: tuple[str, ...], personality: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.label_names = tuple(label_names)
+        self.personality = personality
+
+    def input_names(self) -> list[str]:
+        names = [*MODALITIES, "present", "valid", "target"]
+        return names + (["personality", "personality_present"] if self.personality else [])
+
+    def forward(
+        self,
+        text: Tensor,
+        audio: Tensor,
+        visual: Tensor,
+        present: Tensor,
+        valid: Tensor,
+        target: Tensor,
+        personality: Tensor | None = None,
+        personality_present: Tensor | None = None,
+    ) -> Tensor:
+        return self.model(grid_batch(text, audio, visual, present, valid, target, personality,
+                                     personality_present, self.label_names)).probs
+
+
+def grid_batch(
+    text: Tensor,
+    audio: Tensor,
+    visual: Tensor,
+    present: Tensor,
+    valid: Tensor,
+    target: Tensor,
+    personality: Tensor | None,
+    personality_present: Tensor | None,
+    label_names: tuple[str, ...],
+) -> Batch:
+    """The ``Batch`` that ``SceneStore.collate`` builds, from grid-shaped tensors (traceable)."""
+    B, P, S = valid.shape
+    N = P * S
+    device = valid.device
+    person_valid = valid.any(-1)  # (B, P)
+    valid = valid.reshape(B, N)
+    pres = present.reshape(B, N, 3) & valid.unsqueeze(-1)
+    feats = {m: x.reshape(B, N, x.shape[-1]) for m, x in zip(MODALITIES, (text, audio, visual))}
+    feats = {m: torch.where(pres[..., k : k + 1], feats[m], 0.0) for k, m in enumerate(MODALITIES)}
+    person = torch.arange(P, device=device).view(1, P, 1).expand(B, P, S).reshape(B, N)
+    segment = torch.arange(S, device=device).view(1, 1, S).expand(B, P, S).reshape(B, N)
+    target_person = torch.div(target, S, rounding_mode="floor")  # (B,)
+    scope = valid & ((target < 0).unsqueeze(1) | (person == target_person.unsqueeze(1)))
+    if personality is not None:
+        personality_present = personality_present & person_valid
+        personality = torch.where(personality_present.unsqueeze(-1), personality, 0.0)
+    return Batch(
+        features=feats,
+        present={m: pres[..., k] for k, m in enumerate(MODALITIES)},
+        valid=valid,
+        person=person,
+        segment=segment,
+        grid=(P, S),
+        target=target,
+        scope=scope,
+        personality=personality,
+        personality_present=personality_present,
+        labels=torch.zeros(B, len(label_names), device=device),
+        role=torch.full((B,), ROLE_NONE, dtype=torch.long, device=device),
+        label_names=label_names,
+        ids=[],
+    )
+
+
+def batch_to_grid(batch: Batch, personality: bool) -> dict[str, np.ndarray]:
+    """The ONNX inputs of a collated ``Batch`` (e.g. from ``SceneStore.collate``)."""
+    B = batch.size
+    P, S = batch.grid
+    out = {m: batch.features[m].reshape(B, P, S, -1).float().cpu().numpy() for m in MODALITIES}
+    out["present"] = torch.stack([batch.present[m] for m in MODALITIES], -1).reshape(B, P, S, 3).cpu().numpy()
+    out["valid"] = batch.valid.reshape(B, P, S).cpu().numpy()
+    out["target"] = batch.target.long().cpu().numpy()
+    if personality:
+        out["personality"] = batch.personality.float().cpu().numpy()
+        out["personality_present"] = batch.personality_present.cpu().numpy()
+    return out
+
+
+def random_inputs(
+    shape: tuple[int, int, int], dims: dict[str, int], personality_dim: int | None, seed: int
+) -> dict[str, np.ndarray]:
+    """Random scenes in the ONNX input layout: ragged grids (padding), missing modalities, targets."""
+    B, P, S = shape
+    rng = np.random.default_rng(seed)
+    persons = rng.integers(1, P + 1, B)
+    persons[0] = P
+    segments = rng.integers(1, S + 1, B)
+    segments[-1] = S
+    valid = (np.arange(P)[None, :, None] < persons[:, None, None]) & (np.arange(S)[None, None, :] < segments[:, None, None])
+    present = (rng.random((B, P, S, 3)) < 0.6) & valid[..., None]
+    out = {m: rng.normal(size=(B, P, S, dims[m])).astype(np.float32) for m in MODALITIES}
+    out["present"] = present
+    out["valid"] = valid
+    tp, ts = rng.integers(0, persons), rng.integers(0, segments)
+    target = np.where(rng.random(B) < 0.8, tp * S + ts, -1).astype(np.int64)
+    out["target"] = target
+    if personality_dim is not None:
+        pvalid = np.arange(P)[None, :] < persons[:, None]
+        out["personality"] = rng.normal(size=(B, P, personality_dim)).astype(np.float32)
+        out["personality_present"] = pvalid & (rng.random((B, P)) < 0.8)
+    return out
+
+
+def uses_personality(model: nn.Module, spec) -> bool:
+    return spec.personality_dim is not None and getattr(model, "personality", None) is not None
+
+
+@dataclass
+class CheckResult:
+    shape: tuple[int, int, int]
+    max_abs_diff: float
+
+
+def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = None) -> GridModel:
+    """Export ``model`` (eval mode) to ``path`` with dynamic B, P and S; returns the wrapper."""
+    require_onnx(runtime=False)
+    from torch.export import Dim
+
+    model = model.cpu().eval()
+    with_pers = uses_personality(model, spec)
+    wrapper = GridModel(model, spec.label_names, with_pers).eval()
+    example = random_inputs(EXAMPLE_SHAPE, spec.dims, spec.personality_dim if with_pers else None, seed=0)
+    names = wrapper.input_names()
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    max_s = int(getattr(getattr(model, "cfg", None), "max_segments", 4096))
+    b, p, s = Dim("batch", min=1, max=1 << 16), Dim("persons", min=1, max=4096), Dim("segments", min=1, max=max_s)
+    grid = {0: b, 1: p, 2: s}
+    dyn = {m: grid for m in MODALITIES}
+    dyn.update(present=grid, valid=grid, target={0: b})
+    if with_pers:
+        dyn.update(personality={0: b, 1: p}, personality_present={0: b, 1: p})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {} if opset is None else {"opset_version": opset}
+    kwargs["custom_translation_table"] = _translations()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # axis-name notes of the dynamic-shape renaming
+        warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            dynamo=True,
+            input_names=names,
+            output_names=["probs"],
+            dynamic_shapes={n: dyn[n] for n in names},
+            external_data=False,
+            verbose=False,
+            **kwargs,
+        )
+    if program is None and not path.is_file():
+        raise RamerError(f"ONNX export wrote nothing to {path}")
+    return wrapper
+
+
+def _translations() -> dict:
+    """ONNX translations the exporter lacks: integer ``tensor % symbolic size`` (``aten.remainder.Scalar``
+    with a dynamic divisor, as in ``target % S``)."""
+    import onnx
+    from onnxscript import opset18 as op
+
+    def remainder_scalar(self, other):
+        return op.Mod(self, op.CastLike(other, self))  # fmod=0: Python's sign convention, as torch
+
+    def repeat_interleave_int(self, repeats, dim=None, output_size=None):
+        """``x.repeat_interleave(r, dim)`` with a dynamic ``r``: unsqueeze, expand, merge."""
+        rank = len(self.shape)
+        d = 0 if dim is None else dim % rank
+        if dim is None:
+            self, rank = op.Reshape(self, op.Constant(value_ints=[-1])), 1
+        shape = op.Shape(self)
+        r = op.Reshape(op.Cast(repeats, to=onnx.TensorProto.INT64), op.Constant(value_ints=[1]))
+        head = op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[d + 1]))
+        tail = op.Slice(shape, op.Constant(value_ints=[d + 1]), op.Constant(value_ints=[rank]))
+        size = op.Slice(shape, op.Constant(value_ints=[d]), op.Constant(value_ints=[d + 1]))
+        lead = op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[d]))
+        grown = op.Expand(op.Unsqueeze(self, op.Constant(value_ints=[d + 1])), op.Concat(head, r, tail, axis=0))
+        return op.Reshape(grown, op.Concat(lead, op.Mul(size, r), tail, axis=0))
+
+    return {
+        torch.ops.aten.remainder.Scalar: remainder_scalar,
+        torch.ops.aten.repeat_interleave.self_int: repeat_interleave_int,
+    }
+
+
+def check_onnx(
+    wrapper: GridModel, spec, path: str | Path, shapes=CHECK_SHAPES, tolerance: float = TOLERANCE
+) -> list[CheckResult]:
+    """Run the ONNX file with onnxruntime at other sizes and compare with torch; raise if off."""
+    require_onnx(runtime=True)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed_names = [i.name for i in session.get_inputs()]
+    results = []
+    for k, shape in enumerate(shapes):
+        inputs = random_inputs(shape, spec.dims, spec.personality_dim if wrapper.personality else None, seed=100 + k)
+        with torch.inference_mode():
+            ref = wrapper(*(torch.from_numpy(inputs[n]) for n in wrapper.input_names())).float().numpy()
+        got = session.run(["probs"], {n: inputs[n] for n in feed_names})[0]
+        if got.shape != ref.shape:
+            raise RamerError(f"ONNX check at (B, P, S) = {shape}: output shape {got.shape}, torch {ref.shape}")
+        diff = float(np.abs(got - ref).max())
+        results.append(CheckResult(shape, diff))
+        if not diff <= tolerance:
+            raise RamerError(f"ONNX check at (B, P, S) = {shape}: max abs difference {diff:.3g} > {tolerance:g}")
+    return results

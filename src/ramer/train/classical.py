@@ -1,0 +1,210 @@
+"""The recipe for the scikit-learn baselines (``br``, ``cc``, ``lp``), and ``run_training``, which
+sends a config to this recipe or to the deep-model :class:`~ramer.train.recipe.Recipe`.
+
+Same run directory as the deep recipe, so ``ramer eval`` / the bench read both alike:
+``config.yaml``, ``model.safetensors`` (the fitted arrays as float64 tensors; config, data spec,
+threshold and epoch in the metadata, as ``checkpoint.save_model`` writes them), ``metrics.jsonl``
+(one "epoch" line: train log-loss and validation report, then the test line) and
+``test_metrics.json``. Phases: setup -> train (fit once, tune the threshold on validation, save)
+-> test (once). Fitting takes seconds, so resuming simply fits again.
+
+:class:`ClassicalModule` puts a fitted model behind the deep models' interface
+(``forward(batch).probs``), so validation, test and evaluation all go through
+``recipe.predict``: the same pooled features, the same float32 scores, the same threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from safetensors.torch import save_file
+from threadpoolctl import threadpool_limits
+from torch import Tensor, nn
+
+from ramer.batch import Batch
+from ramer.config import Config, dump_config
+from ramer.data import DataBundle, load_bundle
+from ramer.errors import RamerError
+from ramer.metrics import report, tune_threshold
+from ramer.models import CLASSICAL, DataSpec
+from ramer.models.classical import ClassicalModel, pooled_features
+from ramer.train import checkpoint as ckpt
+from ramer.train.dist import is_main
+from ramer.train.recipe import Recipe, apply_missing, predict
+
+
+@dataclass
+class ClassicalOutput:
+    probs: Tensor  # (B, C) float64 label probabilities
+
+
+class _OneBatch:
+    """``pooled_features`` reads a store through ``len``/``dims``/``collate``; this serves one
+    already collated batch as a store of that batch (so features are pooled by the same code)."""
+
+    def __init__(self, batch: Batch, dims: dict[str, int]) -> None:
+        self.batch = batch.to("cpu")
+        self.dims = dims
+
+    def __len__(self) -> int:
+        return self.batch.size
+
+    def collate(self, indices) -> Batch:
+        assert len(indices) == self.batch.size, "the whole batch is pooled in one chunk"
+        return self.batch
+
+
+class ClassicalModule(nn.Module):
+    """A fitted ``br``/``cc``/``lp`` with the model interface: ``forward(batch).probs``.
+
+    The fitted arrays are float64 buffers, so ``state_dict()`` is what ``model.safetensors`` holds.
+    """
+
+    def __init__(self, kind: str, spec: DataSpec, arrays: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.kind, self.spec = kind, spec
+        self.classical = ClassicalModel.from_arrays(kind, spec.label_names, arrays)
+        for name, value in self.classical.arrays.items():
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
+
+    @classmethod
+    def from_state(cls, kind: str, spec: DataSpec, state: dict[str, Tensor]) -> "ClassicalModule":
+        """Rebuild from the tensors of a ``model.safetensors`` (``checkpoint.read_model_file``)."""
+        return cls(kind, spec, {k: v.double().numpy() for k, v in state.items()})
+
+    def forward(self, batch: Batch) -> ClassicalOutput:
+        X = pooled_features(_OneBatch(batch, self.spec.dims), chunk=max(1, batch.size))  # (B, D)
+        probs = self.classical.predict_features(X)  # (B, C)
+        return ClassicalOutput(torch.from_numpy(probs).to(batch.labels.device))
+
+
+def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: float | list[float]) -> None:
+    """``model.safetensors`` with the same metadata as ``checkpoint.save_model`` (epoch 1)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    meta = {
+        "format": "ramer-model",
+        "config": json.dumps(cfg.model_dump(mode="json")),
+        "spec": json.dumps(module.spec.to_dict()),
+        "threshold": json.dumps(threshold),
+        "epoch": "1",
+    }
+    ckpt.atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy over the (n, C) entries."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+
+
+class ClassicalRecipe:
+    """One run of a scikit-learn baseline: fit on train, threshold on validation, test once."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path,
+        resume: bool = False,
+        console: Console | None = None,
+        bundle: DataBundle | None = None,
+    ) -> None:
+        if cfg.model.name not in CLASSICAL:
+            raise RamerError(f"'{cfg.model.name}' is not a classical model ({', '.join(CLASSICAL)})")
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.console = console or Console(stderr=True)
+        self.bundle = bundle
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if self.bundle is None:
+            self.bundle = load_bundle(cfg.data)
+        for split in ("train", "valid", "test"):
+            if split not in self.bundle.splits:
+                raise RamerError(f"{self.bundle.source}: no '{split}' split")
+        self.splits = apply_missing(self.bundle, cfg)
+        self.spec = DataSpec.from_bundle(self.bundle)
+        if not is_main():
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.resume and (self.out / "model.safetensors").exists():
+            raise RamerError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
+        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        (self.out / "metrics.jsonl").write_text("")
+
+    def train(self) -> None:
+        cfg, bs = self.cfg, self.cfg.train.eval_batch_size
+        t0 = time.perf_counter()
+        # train.threads also caps the BLAS / OpenMP pools scikit-learn uses.
+        limit = threadpool_limits(cfg.train.threads) if cfg.train.threads else contextlib.nullcontext()
+        with limit:
+            fitted = ClassicalModel(cfg.model.name, self.spec.label_names, seed=cfg.train.seed).fit(self.splits["train"])
+        self.model = ClassicalModule(cfg.model.name, self.spec, fitted.to_arrays())
+        seconds_fit = time.perf_counter() - t0
+        train_pred = predict(self.model, self.splits["train"], bs, torch.device("cpu"))
+        valid_pred = predict(self.model, self.splits["valid"], bs, torch.device("cpu"))
+        threshold = tune_threshold(valid_pred.labels, valid_pred.scores, per_label=cfg.train.per_label_threshold)
+        self.threshold = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
+        valid = report(valid_pred.labels, valid_pred.scores, threshold, valid_pred.role)
+        valid.pop("per_label")
+        line = {
+            "epoch": 1,
+            "train": {"loss": log_loss(train_pred.labels, train_pred.scores)},
+            "valid": valid,
+            "threshold": self.threshold,
+            "best_epoch": 1,
+            "seconds": time.perf_counter() - t0,
+            "train_samples_per_s": len(self.splits["train"]) / max(seconds_fit, 1e-9),
+        }
+        if is_main():
+            save_classical(self.out / "model.safetensors", self.model, cfg, self.threshold)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        self.console.print(
+            f"{cfg.model.name}: fitted in {seconds_fit:.1f}s  train log-loss {line['train']['loss']:.4f}"
+            f"  valid micro-F1 {valid['overall']['micro_f1']:.4f} (thr {np.mean(self.threshold):.2f})",
+            highlight=False,
+        )
+
+    def test(self) -> dict:
+        state, _, _, threshold, epoch = ckpt.read_model_file(self.out / "model.safetensors")
+        model = ClassicalModule.from_state(self.cfg.model.name, self.spec, state)
+        pred = predict(model, self.splits["test"], self.cfg.train.eval_batch_size, torch.device("cpu"))
+        thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
+        rep = report(pred.labels, pred.scores, thr, pred.role, self.bundle.label_names)
+        per_label = rep.pop("per_label")
+        result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
+        if is_main():
+            ckpt.atomic_write_text(self.out / "test_metrics.json", json.dumps(result, indent=1))
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"final": "test", "best_epoch": epoch, "threshold": threshold, "test": result, "per_label": per_label}) + "\n")
+        return result
+
+    def run(self) -> dict:
+        self.setup()
+        self.train()
+        return self.test()
+
+
+def run_training(
+    cfg: Config,
+    out: str | Path,
+    bundle: DataBundle | None = None,
+    console: Console | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report."""
+    if cfg.model.name in CLASSICAL:
+        return ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle).run()
+    return Recipe(cfg, out, resume=resume, console=console, bundle=bundle).run()

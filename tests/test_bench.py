@@ -1,0 +1,191 @@
+"""``ramer train`` for the classical baselines and ``ramer bench`` end to end, on tiny data: the run
+directory contract, results.json / report.md / plots, the run cache, resuming an interrupted bench,
+and the missing-modality protocol."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ramer import bench as bench_mod
+from ramer.cli import main
+from ramer.data.synthetic import generate
+from ramer.metrics import METRIC_KEYS, report
+from ramer.train import checkpoint as ckpt
+from ramer.train.classical import ClassicalModule, ClassicalRecipe
+from ramer.train.recipe import Recipe, apply_missing, predict
+
+TINY = [
+    "data.synthetic.n_train=80",
+    "data.synthetic.n_valid=40",
+    "data.synthetic.n_test=50",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "model.hidden=16",
+    "model.ffn=32",
+    "model.heads=2",
+]
+SETS = [x for s in TINY for x in ("--set", s)]
+BENCH = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0,0.5", "--jobs", "2", *SETS]
+PNG = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")
+
+
+def lines(run):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------------- ramer train --model br|cc|lp
+@pytest.mark.parametrize("kind", ["br", "cc", "lp"])
+def test_train_classical_writes_the_run_directory(tmp_path, kind):
+    run = tmp_path / kind
+    assert main(["train", "--model", kind, "--out", str(run), *SETS]) == 0
+    for name in ("config.yaml", "model.safetensors", "metrics.jsonl", "test_metrics.json"):
+        assert (run / name).is_file(), name
+    epoch, final = lines(run)
+    assert epoch["epoch"] == 1 and np.isfinite(epoch["train"]["loss"])
+    assert 0 <= epoch["valid"]["overall"]["micro_f1"] <= 1
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert final["final"] == "test" and final["test"] == test and set(test) == {"overall", "speaker", "nonspeaker"}
+    assert set(METRIC_KEYS) <= set(test["overall"]) and len(final["per_label"]) == 9
+
+    # The saved file alone reproduces the test metrics (what `ramer eval` computes).
+    state, cfg, spec, threshold, _ = ckpt.read_model_file(run / "model.safetensors")
+    assert cfg.model.name == kind and threshold == epoch["threshold"]
+    store = generate(cfg.data.synthetic).splits["test"]
+    pred = predict(ClassicalModule.from_state(kind, spec, state), store, 64, torch.device("cpu"))
+    rep = report(pred.labels, pred.scores, threshold, pred.role)
+    assert rep["overall"] == pytest.approx(test["overall"])
+
+
+def test_eval_reads_a_classical_run(tmp_path, capsys):
+    run = tmp_path / "br"
+    assert main(["train", "--model", "br", "--out", str(run), *SETS]) == 0
+    test = json.loads((run / "test_metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["overall"]["micro_f1"] == pytest.approx(test["overall"]["micro_f1"])
+
+
+# ---------------------------------------------------------------------- ramer bench
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "b"
+    assert main([*BENCH, "--out", str(out)]) == 0
+    return out
+
+
+def test_bench_writes_results_report_and_plots(benched):
+    results = json.loads((benched / "results.json").read_text())
+    assert [(r["model"], r["missing_rate"], r["seed"]) for r in results] == [
+        ("br", 0.0, 1), ("br", 0.5, 1), ("late_fusion", 0.0, 1), ("late_fusion", 0.5, 1)]
+    for r in results:
+        assert set(r) == {"model", "seed", "missing_rate", "metrics", "seconds"} and r["seconds"] > 0
+        assert set(r["metrics"]) == {"overall", "speaker", "nonspeaker"}
+        assert set(METRIC_KEYS) <= set(r["metrics"]["overall"])
+        run = bench_mod.run_dir(benched, r["model"], r["missing_rate"], r["seed"])
+        assert json.loads((run / "test_metrics.json").read_text()) == r["metrics"]
+
+    text = (benched / "report.md").read_text()
+    assert "Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all --jobs 2" in text
+    assert "## Missing rate 0" in text and "## Missing rate 0.5" in text
+    assert "| oracle (ceiling) |" in text and "**" in text
+    assert "speaker micro-F1" in text and "non-speaker micro-F1" in text
+    for name in ("micro_f1_vs_missing", "per_label_f1", "speaker_vs_nonspeaker", "training_curves"):
+        png = benched / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
+        assert f"plots/{name}.png" in text
+
+
+def test_bench_rerun_reuses_every_run(benched, monkeypatch):
+    before = (benched / "results.json").read_text()
+    stamps = sorted((p, p.stat().st_mtime_ns) for p in (benched / "runs").rglob("test_metrics.json"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(bench_mod, "run_training", no_training)
+    assert main([*BENCH, "--out", str(benched)]) == 0
+    assert json.loads((benched / "results.json").read_text()) == json.loads(before)
+    assert sorted((p, p.stat().st_mtime_ns) for p in (benched / "runs").rglob("test_metrics.json")) == stamps
+
+
+def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypatch):
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--jobs", "1", *SETS,
+            "--out", str(out)]
+    # A partial classical run (no test metrics) must be started again, not trusted.
+    stale = bench_mod.run_dir(out, "br", 0.0, 1)
+    stale.mkdir(parents=True)
+    (stale / "config.yaml").write_text("stale: true\n")
+
+    real_epoch = Recipe.train_epoch
+
+    def killed_in_epoch_2(self, epoch, bar):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "train_epoch", killed_in_epoch_2)
+    assert main(argv) == 130
+    lf = bench_mod.run_dir(out, "late_fusion", 0.0, 1)
+    assert (lf / "train_state.pt").exists() and not (lf / "test_metrics.json").exists()
+    assert (bench_mod.run_dir(out, "br", 0.0, 1) / "test_metrics.json").exists()
+
+    monkeypatch.setattr(Recipe, "train_epoch", real_epoch)
+    calls = []
+    real_run = bench_mod.run_training
+
+    def spy(cfg, run, **kw):
+        calls.append((cfg.model.name, kw.get("resume")))
+        return real_run(cfg, run, **kw)
+
+    monkeypatch.setattr(bench_mod, "run_training", spy)
+    assert main(argv) == 0
+    assert calls == [("late_fusion", True)]
+    # The resumed run reproduces the uninterrupted one (the same run of the first bench, which ran
+    # in a worker process: parallel and sequential benches agree too).
+    whole = bench_mod.run_dir(benched, "late_fusion", 0.0, 1)
+    assert json.loads((lf / "test_metrics.json").read_text()) == json.loads((whole / "test_metrics.json").read_text())
+    losses = [[ln["train"]["loss"] for ln in lines(run) if "epoch" in ln] for run in (lf, whole)]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("missing_at", ["all", "test"])
+def test_missing_rate_hides_modalities(tmp_path, missing_at):
+    settings = bench_mod.resolve_settings(out=str(tmp_path), models="br,late_fusion", seeds=1, rates="0,0.5",
+                                          missing_at=missing_at, overrides=TINY)
+    bundle = generate(settings.base.data.synthetic)
+    for model in settings.models:
+        cfg = bench_mod.run_config(settings.base, model, 1, 0.5)
+        assert (cfg.data.missing_rate, cfg.data.missing_at) == (0.5, missing_at)
+        recipe = (ClassicalRecipe if model == "br" else Recipe)(cfg, tmp_path / model, bundle=bundle)
+        recipe.setup()
+        for split, store in bundle.splits.items():
+            kept = recipe.splits[split].present.sum() / store.present.sum()
+            if missing_at == "all" or split == "test":
+                assert 0.4 < kept < 0.6, (model, split, kept)
+            else:
+                assert kept == 1.0, (model, split)
+    clean = apply_missing(bundle, bench_mod.run_config(settings.base, "br", 1, 0.0))
+    assert all(clean[k] is bundle.splits[k] for k in bundle.splits)
+
+
+def test_bench_rejects_unknown_models_and_rates():
+    assert main(["bench", "--models", "br,nope"]) == 2
+    assert main(["bench", "--models", "ramer-no_such_thing"]) == 2
+    assert main(["bench", "--missing-rates", "0,1.5"]) == 2
+
+
+def test_presets_set_ablations():
+    settings = bench_mod.resolve_settings(models="ablations", overrides=TINY)
+    assert settings.models[0] == "ramer" and "ramer-no_shuffle" in settings.models
+    cfg = bench_mod.run_config(settings.base, "ramer-no_shuffle", 2, 0.3)
+    assert (cfg.model.name, cfg.model.ablations, cfg.train.seed, cfg.data.missing_rate) == (
+        "ramer", ["no_shuffle"], 2, 0.3)
+    bench_mod.set_model(cfg, "ramer-no_stack")  # what `ramer train --model ramer-no_stack` does
+    assert cfg.model.ablations == ["no_shuffle", "no_stack"]
+    bench_mod.set_model(cfg, "mult")
+    assert cfg.model.name == "mult"

@@ -1,0 +1,270 @@
+"""Distributed training: sharding, and 2 gloo processes on CPU against one process.
+
+- ``shard_indices`` / ``eval_slice``: the per-rank shares of an epoch cover the samples like
+  ``DistributedSampler`` (training, padded by repetition) and without duplicates (evaluation).
+- Two processes on the two halves of a batch produce the gradients of one process on the joined
+  batch (dropout off, identity shuffle), and the same queue and prototypes, over two steps.
+- A tiny full run with 2 processes gives the same validation metrics on every rank, scores every
+  validation sample once, and writes its files once (rank 0).
+- ``ramer train --nproc 2`` launches torchrun and leaves a complete run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_store
+from ramer.config import LossConfig, ModelConfig, build_config
+from ramer.data.store import SceneStore
+from ramer.models.base import DataSpec
+from ramer.train import dist
+
+DIMS = (16, 8, 12)
+C = 5
+TIMEOUT_S = 420
+
+
+# ---------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(fn, rank: int, world: int, port: int, tmp: str, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        fn(rank, world, Path(tmp), *args)
+    except BaseException:
+        Path(tmp, f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
+
+
+def run_ranks(fn, tmp: Path, world: int = 2, args: tuple = ()) -> None:
+    """Run ``fn(rank, world, tmp, *args)`` in ``world`` fresh processes with torchrun's variables set."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(fn, r, world, port, str(tmp), args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    errors = [Path(tmp, f"error{r}.txt").read_text() for r in range(world) if Path(tmp, f"error{r}.txt").exists()]
+    assert not errors, errors[0]
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def full_store(n: int, seed: int = 0) -> SceneStore:
+    """Scenes of one fixed 2 x 3 grid with every modality present: every per-rank masked mean then
+    has the same count, so the mean over ranks is the mean over the joined batch."""
+    base = random_store(n=n, dims=DIMS, n_labels=C, persons=(2, 2), segments=(3, 3), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    T = len(base.present)
+    feats = {m: rng.normal(size=(T, d)).astype(np.float32) for m, d in zip(("text", "audio", "visual"), DIMS)}
+    return SceneStore(**{**base.__dict__, **feats, "present": np.ones((T, 3), dtype=bool)})
+
+
+def tiny_model():
+    from ramer.models.ramer import RAMer
+
+    # The queue holds both steps' items (no random subset), so its content is comparable.
+    cfg = ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=512, dropout=0.0, modality_dropout=0.0)
+    spec = DataSpec(dims=dict(zip(("text", "audio", "visual"), DIMS)), n_labels=C,
+                    label_names=tuple(f"l{j}" for j in range(C)), personality_dim=7)
+    torch.manual_seed(0)
+    return RAMer(cfg, LossConfig(), spec)
+
+
+def identity_shuffle() -> None:
+    """The stack shuffle permutes the batch it sees; the identity makes it comparable across ranks."""
+    from ramer.models import ramer as ramer_module
+    from ramer.models.parts import identity_permutations
+
+    ramer_module.random_permutations = identity_permutations
+
+
+GLOBAL_BATCH, STEPS = 8, 2
+
+
+def two_steps(model, forward, store: SceneStore, batch_size: int, order: np.ndarray) -> list[dict]:
+    """Forward + loss + backward on two batches (no optimiser step); gradients and state after each."""
+    from ramer.train.recipe import share_contrastive_keys
+
+    model.train()
+    out = []
+    for step in range(STEPS):
+        batch = store.collate(order[step * batch_size : (step + 1) * batch_size])
+        model.zero_grad(set_to_none=True)
+        res = forward(batch)
+        share_contrastive_keys(res)
+        loss = model.loss(res, batch)
+        loss.total.backward()
+        out.append({
+            "grads": {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None},
+            "queue": model.memory.queue.clone(),
+            "queue_classes": model.memory.queue_classes.clone(),
+            "prototypes": model.reconstruction.prototypes.clone(),
+        })
+    return out
+
+
+def _ddp_worker(rank: int, world: int, tmp: Path) -> None:
+    import torch.distributed as tdist
+
+    from ramer.train.recipe import NO_BUFFER_SYNC
+
+    identity_shuffle()
+    tdist.init_process_group("gloo")
+    model = tiny_model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, **NO_BUFFER_SYNC)
+    store = full_store(GLOBAL_BATCH * STEPS)
+    order = dist.shard_indices(np.arange(len(store)), GLOBAL_BATCH // world)
+    result = two_steps(model, ddp, store, GLOBAL_BATCH // world, order)
+    torch.save(result, tmp / f"rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------- sharding
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1, 7, 12, 13])
+def test_shards_cover_like_distributed_sampler(monkeypatch, world, n):
+    order = np.random.default_rng(n).permutation(n)
+    per_rank = -(-n // world)
+    shards, blocks = [], []
+    for r in range(world):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        monkeypatch.setattr(dist, "world_size", lambda: world)
+        shards.append(dist.shard_indices(order, batch_size=2))
+        blocks.append(dist.eval_slice(n))
+    assert all(len(s) == per_rank for s in shards)  # every rank takes as many steps
+    joined = np.stack(shards, 1).reshape(-1)  # step k of all ranks = step k of one process
+    assert np.array_equal(joined[:n], order) and set(joined[n:]) <= set(order)
+    covered = np.concatenate([np.arange(n)[b] for b in blocks])  # evaluation: once each, in order
+    assert np.array_equal(covered, np.arange(n))
+
+
+def test_single_process_is_a_no_op():
+    order = np.arange(10)
+    assert np.array_equal(dist.shard_indices(order, 4), order)
+    assert dist.eval_slice(10) == slice(0, 10)
+    x = torch.arange(6.0).view(3, 2)
+    assert dist.all_gather_rows(x) is x and dist.rank() == 0 and dist.world_size() == 1
+
+
+# ---------------------------------------------------------------------- 2 gloo processes
+def test_two_processes_match_one_process_on_the_joined_batch(tmp_path, monkeypatch):
+    run_ranks(_ddp_worker, tmp_path)
+    from ramer.models import ramer as ramer_module
+    from ramer.models.parts import identity_permutations
+
+    monkeypatch.setattr(ramer_module, "random_permutations", identity_permutations)
+    model = tiny_model()
+    store = full_store(GLOBAL_BATCH * STEPS)
+    reference = two_steps(model, model, store, GLOBAL_BATCH, np.arange(len(store)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for step, ref in enumerate(reference):
+        for r, res in enumerate(ranks):
+            got = res[step]
+            assert got["grads"].keys() == ref["grads"].keys()
+            assert len(got["grads"]) == len(list(model.parameters()))  # every parameter has a gradient
+            for name, g in ref["grads"].items():
+                torch.testing.assert_close(got["grads"][name], g, rtol=1e-4, atol=1e-6, msg=f"step {step} rank {r} {name}")
+            torch.testing.assert_close(got["prototypes"], ref["prototypes"], rtol=1e-5, atol=1e-6)
+            # The queue holds the same items (in rank order rather than batch order).
+            filled = ref["queue_classes"] >= 0
+            assert torch.equal(got["queue_classes"] >= 0, filled)
+            def rows(q, c):  # noqa: E306
+                keyed = torch.cat([c[filled].unsqueeze(1).double(), q[filled].double()], 1)
+                return keyed[torch.argsort(keyed[:, 0] * 10 + keyed[:, 1])]  # by class, then unit coordinate
+            torch.testing.assert_close(rows(got["queue"], got["queue_classes"]),
+                                       rows(ref["queue"], ref["queue_classes"]), rtol=1e-5, atol=1e-6)
+        for name in ref["grads"]:  # and the ranks agree exactly with each other
+            assert torch.equal(ranks[0][step]["grads"][name], ranks[1][step]["grads"][name])
+
+
+TINY_RUN = [
+    "data.synthetic.n_train=70",  # not a multiple of the global batch nor of 2: padded shards
+    "data.synthetic.n_valid=25",  # odd: uneven evaluation blocks
+    "data.synthetic.n_test=31",
+    "train.batch_size=16",
+    "train.eval_batch_size=8",
+    "train.epochs=2",
+    "model.hidden=16",
+    "model.ffn=16",
+    "model.heads=2",
+    "model.proj_size=8",
+    "model.queue_size=64",
+    "train.threads=1",
+]
+
+
+def _run_worker(rank: int, world: int, tmp: Path) -> None:
+    from ramer.train.recipe import Recipe
+
+    cfg = build_config("src/ramer/configs/synthetic.yaml", TINY_RUN)
+    recipe = Recipe(cfg, tmp / "run")
+    result = recipe.run()
+    assert not torch.distributed.is_initialized()  # the recipe closed the group it opened
+    (tmp / f"rank{rank}.json").write_text(json.dumps({
+        "valid": [line["valid"] for line in recipe.log],
+        "train": [line["train"] for line in recipe.log],
+        "threshold": [line["threshold"] for line in recipe.log],
+        "test": result,
+    }))
+
+
+def test_tiny_distributed_run_agrees_on_every_rank(tmp_path):
+    run_ranks(_run_worker, tmp_path)
+    a, b = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert len(a["valid"]) == 2
+    assert a == b  # validation metrics, thresholds, (averaged) losses and test metrics on both ranks
+    assert all(v["overall"]["n"] == 25 for v in a["valid"])  # every validation sample once
+    assert a["test"]["overall"]["n"] == 31
+    run = tmp_path / "run"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x).get("epoch") for x in lines] == [1, 2, None]  # written once, by rank 0
+    assert [json.loads(x)["valid"] for x in lines[:2]] == a["valid"]
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert len(state["rng_ranks"]) == 2
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_cli_nproc_launches_torchrun(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "ramer", "train", "--nproc", "2", "--out", str(out)]
+    for s in TINY_RUN:
+        argv += ["--set", s]
+    argv += ["--set", "train.epochs=1"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.distributed.run" in proc.stderr and "--nproc_per_node=2" in proc.stderr
+    assert proc.stdout.count("test metrics") == 1  # one table, from rank 0
+    for name in ("config.yaml", "model.safetensors", "train_state.pt", "metrics.jsonl", "test_metrics.json"):
+        assert (out / name).is_file(), name
+
+
+def test_batch_must_divide_by_processes(tmp_path, monkeypatch):
+    from ramer.errors import RamerError
+    from ramer.train.recipe import Recipe
+
+    cfg = build_config("src/ramer/configs/synthetic.yaml", TINY_RUN + ["train.batch_size=15"])
+    monkeypatch.setattr(dist, "world_size", lambda: 2)  # as if two processes had joined
+    with pytest.raises(RamerError, match="global batch"):
+        Recipe(cfg, tmp_path / "run").setup()

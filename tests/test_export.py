@@ -1,0 +1,104 @@
+"""ONNX export: ``ramer export RUN_DIR --onnx OUT.onnx --check`` on a tiny trained run.
+
+The ONNX graph, run by onnxruntime at batch and scene sizes other than the export example's,
+gives the probabilities of ``ramer.load(RUN_DIR).predict`` (max abs difference <= 1e-4), on random
+grids and on a real collated batch. Without the optional packages the command says how to get them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from ramer.cli import main
+from ramer.errors import RamerError
+from ramer.export import ONNX_PACKAGES, missing_onnx_packages, require_onnx
+
+needs_onnx = pytest.mark.skipif(
+    bool(missing_onnx_packages()),
+    reason=f"ONNX export needs the optional packages {', '.join(missing_onnx_packages())} "
+    "(pip install 'ramer[onnx]')",
+)
+
+TINY = [
+    "data.synthetic.n_train=48",
+    "data.synthetic.n_valid=16",
+    "data.synthetic.n_test=24",
+    "train.batch_size=16",
+    "train.epochs=1",
+    "model.hidden=16",
+    "model.ffn=16",
+    "model.heads=2",
+    "model.proj_size=8",
+    "model.queue_size=32",
+    "train.threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from ramer.config import build_config
+    from ramer.train.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("export") / "run"
+    Recipe(build_config("src/ramer/configs/synthetic.yaml", TINY), out).run()
+    return out
+
+
+def test_missing_packages_give_one_clear_line(monkeypatch, capsys, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ONNX_PACKAGES else real(name, *a))
+    with pytest.raises(RamerError, match=r"pip install 'ramer\[onnx\]'"):
+        require_onnx()
+    assert main(["export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "ramer[onnx]" in err and "Traceback" not in err
+
+
+@needs_onnx
+def test_cli_export_and_check(run, tmp_path, capsys):
+    import onnxruntime as ort
+
+    from ramer.api import load, load_data_for
+    from ramer.export import EXAMPLE_SHAPE, batch_to_grid
+
+    path = tmp_path / "ramer.onnx"
+    assert main(["export", str(run), "--onnx", str(path), "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert path.is_file() and printed.count("check:") == 2 and "ok" in printed
+
+    # A real batch of the test split (its own grid, not the export example's) through both.
+    predictor = load(run)
+    store = load_data_for(predictor, None).splits["test"]
+    batch = store.collate(np.arange(7))
+    assert (batch.size, *batch.grid) != EXAMPLE_SHAPE
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = batch_to_grid(batch, personality=True)
+    assert {i.name for i in session.get_inputs()} == set(feed)
+    got = session.run(["probs"], feed)[0]
+    ref = predictor.predict(batch)
+    assert got.shape == ref.shape == (7, len(predictor.label_names))
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+@needs_onnx
+def test_export_without_personality_single_person_scenes(tmp_path):
+    """The MOSEI layout: no personality input, one person per scene (checked at P = 1 too)."""
+    from ramer.config import LossConfig, ModelConfig
+    from ramer.export import CHECK_SHAPES, check_onnx, export_onnx
+    from ramer.models.base import DataSpec
+    from ramer.models.ramer import RAMer
+
+    torch.manual_seed(0)
+    spec = DataSpec(dims={"text": 12, "audio": 6, "visual": 5}, n_labels=4, label_names=("a", "b", "c", "d"))
+    model = RAMer(ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=16), LossConfig(), spec).eval()
+    model.reconstruction.prototypes.normal_()  # as after training: the hard prototype choice matters
+    path = tmp_path / "m.onnx"
+    wrapper = export_onnx(model, spec, path)
+    assert wrapper.input_names() == ["text", "audio", "visual", "present", "valid", "target"]
+    results = check_onnx(wrapper, spec, path)
+    assert [r.shape for r in results] == list(CHECK_SHAPES) and any(r.shape[1] == 1 for r in results)
+    assert all(r.max_abs_diff <= 1e-4 for r in results)
