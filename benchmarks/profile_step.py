@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (docs/PERFORMANCE.md)
 
@@ -32,8 +33,13 @@ def main() -> None:
     p.add_argument("--sort", default="self_cpu_time_total")
     p.add_argument("--shapes", action="store_true", help="group by input shape")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--loop-check", action="store_true",
+                   help="instead: count the ATen ops of one training step at several batch sizes, label counts "
+                        "and persons (equal counts: no Python loop over samples, labels or persons)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.loop_check:
+        return loop_check()
     cfg, store = make_setting(args.setting, args.set or [])
     model = build(cfg, store)
     stream = batches(store, cfg.train.batch_size)
@@ -66,6 +72,48 @@ def main() -> None:
     print(f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {torch.get_num_threads()}, "
           f"batch {cfg.train.batch_size}, load {os.getloadavg()[0]:.2f}")
     print(table)
+
+
+def count_ops(batch_size: int, n_labels: int, persons: int, segments: int = 6) -> int:
+    """ATen ops dispatched by one training step of the synthetic-config RAMer on full P x S grids."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ramer.config import build_config
+    from ramer.models import DataSpec, build_model
+    from ramer.train.optim import build_optimizer
+    from ramer.train.recipe import training_step
+    from scaling import grid_store
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    store = grid_store(batch_size, persons, segments, n_labels=n_labels)
+    spec = DataSpec(dims={m: store.dims[m] for m in ("text", "audio", "visual")}, n_labels=n_labels,
+                    label_names=store.label_names, personality_dim=store.dims["personality"])
+    cfg = build_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg, spec).train()
+    opt, sched = build_optimizer(model, 1e-3, 0.01, 100, 0.1)
+    batch = store.collate(range(batch_size))
+    training_step(model, model, batch, opt, sched, 1.0)  # first step: optimiser state, queue
+    with Count():
+        training_step(model, model, batch, opt, sched, 1.0)
+    return Count.n
+
+
+def loop_check() -> None:
+    """The only loops that grow with the data are over blocks of 256 SupCon anchors (items =
+    2 x batch x modalities x labels, the queue is 1024) and the random subset taken when a batch
+    has more items than the queue; both are printed beside the counts."""
+    cases = [(16, 9, 2), (64, 9, 2), (16, 5, 2), (16, 14, 2), (16, 9, 4), (16, 9, 8)]
+    print("batch labels persons  SupCon blocks  queue subset  ATen ops per training step")
+    for b, c, p in cases:
+        items = 2 * b * 3 * c
+        print(f"{b:>5} {c:>6} {p:>7}  {-(-items // 256):>13}  {'yes' if items > 1024 else 'no':>12}  {count_ops(b, c, p)}")
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--persons", default="1,2,4,8")
     p.add_argument("--segments", default="4,8,16,32")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -185,6 +185,15 @@ def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_true(flag: torch.Tensor) -> bool:
+    """A boolean tensor that is True on every rank (a per-rank check every rank must act on alike)."""
+    if not is_dist():
+        return bool(flag)
+    t = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def broadcast_from_main(x: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.broadcast(x, src=0)

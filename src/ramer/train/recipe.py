@@ -160,7 +160,7 @@ def training_step(
         out = forward(batch)
         share_contrastive_keys(out)
         loss = model.loss(out, batch)
-    if not torch.isfinite(loss.total):
+    if not dist.all_true(torch.isfinite(loss.total.detach())):  # every rank stops together
         raise FloatingPointError(float(loss.total.detach()))
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
@@ -235,10 +235,13 @@ class Recipe:
         if self.world > 1:
             # Buffers (queue, prototypes) are kept equal by the model's own collectives.
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, **NO_BUFFER_SYNC)
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=cfg.model.name != "ramer", **NO_BUFFER_SYNC
+            )  # RAMer uses every parameter at every step (tested); baselines are not checked
             torch.manual_seed(cfg.train.seed * 1_000_003 + dist.rank())  # own dropout etc. per rank
         n_train = len(self.splits["train"])
-        per_epoch = -(-(-(-n_train // self.world)) // self.rank_batch)
+        per_rank = -(-n_train // self.world)  # padded like DistributedSampler
+        per_epoch = -(-per_rank // self.rank_batch)
         if cfg.train.max_train_batches:
             per_epoch = min(per_epoch, cfg.train.max_train_batches)
         self.steps_per_epoch = per_epoch
