@@ -7,7 +7,6 @@ twice: ``convert`` writes each split as soon as it is built and drops it before 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pydantic import ValidationError
 from ramer.config import DataConfig
 from ramer.data.formats import open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
-from ramer.data.store import NATIVE_FORMAT, NATIVE_VERSION, DataBundle
+from ramer.data.store import DataBundle, write_meta
 from ramer.errors import RamerError
 
 
@@ -70,19 +69,7 @@ def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = 
     for stale in ("train", "valid", "test"):
         if stale not in sizes and (out / stale).is_dir():
             shutil.rmtree(out / stale)
-    meta = {
-        "format": NATIVE_FORMAT,
-        "version": NATIVE_VERSION,
-        "source_format": opened.format,
-        "label_names": list(opened.label_names),
-        "dims": dims,
-        "splits": sizes,
-        "info": opened.info,
-    }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
-    return meta
+    return write_meta(out, opened.format, opened.label_names, dims, sizes, opened.info)
 
 
 def run_convert(path: str, out: str, fmt: str = "auto", labels: str = "primary") -> None:

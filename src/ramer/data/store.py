@@ -278,18 +278,25 @@ class DataBundle:
         directory.mkdir(parents=True, exist_ok=True)
         for name, store in self.splits.items():
             store.save(directory / name)
-        meta = {
-            "format": NATIVE_FORMAT,
-            "version": NATIVE_VERSION,
-            "source_format": self.format,
-            "label_names": list(self.label_names),
-            "dims": self.dims,
-            "splits": {name: len(s) for name, s in self.splits.items()},
-            "info": self.info,
-        }
-        tmp = directory / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, directory / "meta.json")
+        write_meta(directory, self.format, self.label_names, self.dims,
+                   {name: len(s) for name, s in self.splits.items()}, self.info)
+
+
+def write_meta(directory: Path, source_format: str, label_names, dims: dict, splits: dict[str, int], info: dict) -> dict:
+    """Write ``meta.json`` of a native directory atomically (after its split folders) and return it."""
+    meta = {
+        "format": NATIVE_FORMAT,
+        "version": NATIVE_VERSION,
+        "source_format": source_format,
+        "label_names": list(label_names),
+        "dims": dims,
+        "splits": splits,
+        "info": info,
+    }
+    tmp = Path(directory) / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, Path(directory) / "meta.json")
+    return meta
 
 
 def is_native(path: str | Path) -> bool:
