@@ -37,7 +37,7 @@ from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, pooled_features
 from ramer.train import checkpoint as ckpt
 from ramer.train.dist import is_main
-from ramer.train.recipe import Recipe, apply_missing, predict
+from ramer.train.recipe import Recipe, apply_missing, predict, write_test_result
 
 
 @dataclass
@@ -181,15 +181,7 @@ class ClassicalRecipe:
         state, _, _, threshold, epoch = ckpt.read_model_file(self.out / "model.safetensors")
         model = ClassicalModule.from_state(self.cfg.model.name, self.spec, state)
         pred = predict(model, self.splits["test"], self.cfg.train.eval_batch_size, torch.device("cpu"))
-        thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
-        rep = report(pred.labels, pred.scores, thr, pred.role, self.bundle.label_names)
-        per_label = rep.pop("per_label")
-        result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
-        if is_main():
-            ckpt.atomic_write_text(self.out / "test_metrics.json", json.dumps(result, indent=1))
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"final": "test", "best_epoch": epoch, "threshold": threshold, "test": result, "per_label": per_label}) + "\n")
-        return result
+        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names)
 
     def run(self) -> dict:
         self.setup()

@@ -184,6 +184,20 @@ def progress(console: Console) -> Progress:
     )
 
 
+def write_test_result(out: Path, pred: Predictions, threshold, epoch: int, label_names) -> dict:
+    """Test metrics at the stored threshold; rank 0 writes test_metrics.json and the final log line."""
+    thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
+    rep = report(pred.labels, pred.scores, thr, pred.role, label_names)
+    per_label = rep.pop("per_label")
+    result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
+    if is_main():
+        ckpt.atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
+        with open(out / "metrics.jsonl", "a") as f:
+            line = {"final": "test", "best_epoch": epoch, "threshold": threshold, "test": result, "per_label": per_label}
+            f.write(json.dumps(line) + "\n")
+    return result
+
+
 class Recipe:
     """One training run. ``hooks`` are called as ``hook(recipe, epoch)`` after each saved epoch."""
 
@@ -394,15 +408,7 @@ class Recipe:
             self.model, self.splits["test"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
             shard=True,
         )
-        thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
-        rep = report(pred.labels, pred.scores, thr, pred.role, self.bundle.label_names)
-        per_label = rep.pop("per_label")
-        result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
-        if is_main():
-            ckpt.atomic_write_text(self.out / "test_metrics.json", json.dumps(result, indent=1))
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"final": "test", "best_epoch": epoch, "threshold": threshold, "test": result, "per_label": per_label}) + "\n")
-        return result
+        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names)
 
     def run(self) -> dict:
         try:
