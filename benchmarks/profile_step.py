@@ -44,7 +44,7 @@ def main() -> None:
     model = build(cfg, store)
     stream = batches(store, cfg.train.batch_size)
     from ramer.train.optim import build_optimizer
-    from ramer.train.recipe import autocast, training_step
+    from ramer.train.recipe import to_inference_precision, training_step
 
     dev = torch.device("cpu")
     if args.mode == "train":
@@ -53,12 +53,13 @@ def main() -> None:
 
         def step():
             training_step(model, model, next(stream), opt, sched, cfg.train.grad_clip, args.precision)
-    else:
-        model.eval()
+    else:  # as `ramer predict --precision`: bf16 casts the whole model and its inputs
+        model = to_inference_precision(model, args.precision).eval()
+        dtype = next(model.parameters()).dtype
 
         def step():
-            with torch.inference_mode(), autocast(dev, args.precision):
-                model(next(stream))
+            with torch.inference_mode():
+                model(next(stream).to(dev, dtype))
 
     for _ in range(args.warmup):
         step()

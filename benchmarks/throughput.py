@@ -14,12 +14,14 @@ one mode alone (it includes Python, torch and the data). Modes:
 
 - ``train``: ``ramer.train.recipe.training_step`` (collate, forward, loss, backward, clipping,
   AdamW step) after ``--warmup`` steps (enough to fill the 8192-entry queue), ``--steps`` timed;
-- ``infer``: eval forward under ``torch.inference_mode`` in fp32, then ``infer-bf16`` the same under
-  ``torch.autocast(bfloat16)`` (CPUs with AVX-512 BF16 / AMX), with its accuracy against fp32 on
-  the same batches (max abs difference of the probabilities, agreement of the 0.5 decisions).
+- ``infer``: eval forward under ``torch.inference_mode`` in fp32, then ``infer-bf16`` the same with
+  the model cast whole to bfloat16 (``ramer predict --precision bf16``; CPUs with AVX-512 BF16 /
+  AMX), with its accuracy against fp32 on the same batches (max abs difference of the
+  probabilities, agreement of the 0.5 decisions).
   ``--procs K`` runs K inference processes at once and adds their samples/s (independent workers).
 
-samples/s is the mean over the timed steps; ``best`` is the fastest single step (the figure to
+Every line also gives the model's parameter count (M = millions). samples/s is the mean over the
+timed steps; ``best`` is the fastest single step (the figure to
 compare across loads on a shared machine). ``--threads`` (default 2) sets torch's intra-op threads.
 The load average is printed with every figure. The measured processes run with
 ``OMP_WAIT_POLICY=PASSIVE`` unless ``--omp-wait-policy`` says otherwise: on a machine shared with
@@ -136,16 +138,23 @@ def measure_train(cfg, store, steps: int, warmup: int, precision: str) -> dict:
 
 
 def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_batch: int | None = None) -> dict:
+    """Eval forward as ``ramer predict`` runs it: fp32, or (``bf16``) the model cast whole to
+    bfloat16 by ``ramer.train.recipe.to_inference_precision`` with its inputs cast to match; the
+    bf16 scores are compared with the fp32 model's on the same batches."""
+    import copy
+
     import numpy as np
     import torch
 
-    from ramer.train.recipe import autocast
+    from ramer.train.recipe import to_inference_precision
 
-    model = build(cfg, store).eval()
-    if getattr(model, "reconstruction", None) is not None:  # as after training: the prototypes matter
+    reference = build(cfg, store).eval()
+    if getattr(reference, "reconstruction", None) is not None:  # as after training: the prototypes matter
         g = torch.Generator().manual_seed(0)
-        protos = model.reconstruction.prototypes
+        protos = reference.reconstruction.prototypes
         protos.copy_(torch.nn.functional.normalize(torch.randn(protos.shape, generator=g), dim=-1))
+    model = to_inference_precision(copy.deepcopy(reference), precision).eval()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     batch_size = infer_batch or cfg.train.batch_size
     stream = batches(store, batch_size, seed=1)
     times, diffs, agree = [], [], []
@@ -154,12 +163,11 @@ def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_bat
         for i in range(warmup + steps):
             batch = next(stream)
             t0 = time.perf_counter()
-            with autocast(dev, precision):
-                probs = model(batch).probs.float()
+            probs = model(batch.to(dev, dtype)).probs.float()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
                 if precision != "fp32":
-                    ref = model(batch).probs
+                    ref = reference(batch).probs
                     diffs.append(float((probs - ref).abs().max()))
                     agree.append(float(((probs > 0.5) == (ref > 0.5)).float().mean()))
     out = summary(times, batch_size)
@@ -192,7 +200,8 @@ def worker(args) -> None:
     else:
         precision = "bf16" if args.mode == "infer-bf16" else "fp32"
         res = measure_infer(cfg, store, args.infer_steps, 2, precision, args.infer_batch)
-    res.update(setting=args.setting, mode=args.mode, threads=torch.get_num_threads(),
+    n_params = sum(p.numel() for p in build(cfg, store).parameters())
+    res.update(setting=args.setting, mode=args.mode, threads=torch.get_num_threads(), parameters=n_params,
                batch=(args.infer_batch or cfg.train.batch_size) if args.mode != "train" else cfg.train.batch_size,
                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"),
                precision=args.precision if args.mode == "train" else ("bf16" if args.mode == "infer-bf16" else "fp32"),
@@ -267,7 +276,8 @@ def main() -> None:
                     extra = (f"  vs fp32: max|dp| {res['max_abs_diff_vs_fp32']:.1e}, "
                              f"decisions {100 * res['decision_agreement_vs_fp32']:.2f}% equal")
                 who = f"{res.get('processes', 1)}x{res['threads']}t"
-                print(f"{setting:9s} {mode:10s} {res['precision']:4s} {who:5s} {res['samples_per_s']:8.1f} samples/s "
+                print(f"{setting:9s} {res['parameters'] / 1e6:5.2f}M {mode:10s} {res['precision']:4s} {who:5s} "
+                      f"{res['samples_per_s']:8.1f} samples/s "
                       f"(best {res['best_samples_per_s']:7.1f})  step {res['step_s_mean']:.3f}s  "
                       f"peak RSS {res['peak_rss_mb']:7.0f} MB  load {res['load_before']:.2f}->{res['load_after']:.2f}"
                       f"{extra}", flush=True)

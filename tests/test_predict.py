@@ -55,3 +55,24 @@ def test_api_refuses_other_labels(run):
     other = generate(tiny_cfg(extra=["data.synthetic.n_labels=5"]).data.synthetic)
     with pytest.raises(RamerError, match="differ from the model"):
         ramer.load(out).predict(other)
+
+
+def test_bf16_predictor_agrees_with_fp32(run, tmp_path):
+    """The bf16 model (cast whole, inputs cast to match) scores like fp32 to a few thousandths; the
+    CLI flag reaches it. Every sample is scored, in order."""
+    import torch
+
+    out, cfg = run
+    test = generate(cfg.data.synthetic).splits["test"]
+    fp32, bf16 = ramer.load(out), ramer.load(out, precision="bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    a, b = fp32.predict(test), bf16.predict(test)
+    assert a.shape == b.shape == (len(test), len(test.label_names))
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    assert 0 < np.abs(a - b).max() < 0.02  # different arithmetic, close scores
+    assert (fp32.decide(a) == bf16.decide(b)).mean() > 0.97
+    np.testing.assert_allclose(bf16.predict(test.collate([3, 1])), b[[3, 1]], atol=1e-6)
+    path = tmp_path / "p.jsonl"
+    assert main(["predict", str(out), "--out", str(path), "--precision", "bf16"]) == 0
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    np.testing.assert_allclose([list(x["probs"].values()) for x in lines], b, atol=1e-5)

@@ -38,3 +38,36 @@ def test_short_ramer_run_learns(tmp_path):
     assert {"cls", "supcon", "shuffle", "com", "spec", "rec_adv", "pers", "ae", "cross"} <= set(lines[0]["train"])
     constant = best_constant_micro_f1(bundle.splits["train"].labels, bundle.splits["test"].labels)
     assert result["overall"]["micro_f1"] > constant + 0.05, (result["overall"]["micro_f1"], constant)
+
+
+def test_training_steps_repeat_bit_for_bit_with_two_threads():
+    """Seeded training is deterministic on CPU with several intra-op threads, not only with one:
+    no gradient is accumulated in a thread-dependent order (advanced indexing with repeated indices
+    did this in SupCon and the stack shuffle; both use index_select now)."""
+    import torch
+
+    from ramer.models import DataSpec, build_model
+    from ramer.train.optim import build_optimizer
+    from ramer.train.recipe import training_step
+
+    cfg = build_config("src/ramer/configs/synthetic.yaml",
+                       ["data.synthetic.n_train=128", "data.synthetic.n_valid=1", "data.synthetic.n_test=1"])
+    store = generate(cfg.data.synthetic).splits["train"]
+    spec = DataSpec(dims=store.dims, n_labels=len(store.label_names), label_names=store.label_names,
+                    personality_dim=store.dims["personality"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        states = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = build_model(cfg, spec).train()
+            opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 100, 0.1)
+            for step in range(4):
+                batch = store.collate(np.arange(step * 32, step * 32 + 32))
+                training_step(model, model, batch, opt, sched, cfg.train.grad_clip, "fp32")
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(threads)
+    differ = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
+    assert not differ, f"{len(differ)} tensors differ between two identical runs, e.g. {differ[:3]}"

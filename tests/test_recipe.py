@@ -95,6 +95,20 @@ def test_new_run_refuses_to_overwrite(tmp_path, bundle):
         Recipe(tiny_cfg(), tmp_path / "r", bundle=bundle).run()
 
 
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    """A run directory on a shared file system must be readable like any file the user writes
+    (the temp file behind the atomic rename starts private)."""
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write_text(tmp_path / "a.txt", "x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        ckpt.atomic_write_text(tmp_path / "b.txt", "x")
+        assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, bundle, monkeypatch):
     out = tmp_path / "run"
     Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()

@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 
-def load(run_dir, device=None):
-    """Load a trained run: ``ramer.load(RUN_DIR).predict(data)`` (see ``ramer.api``)."""
+def load(run_dir, device=None, precision="fp32"):
+    """Load a trained run: ``ramer.load(RUN_DIR).predict(data)`` (see ``ramer.api.load``)."""
     from ramer.api import load as _load
 
-    return _load(run_dir, device)
+    return _load(run_dir, device, precision)

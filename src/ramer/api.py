@@ -15,8 +15,8 @@ from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL, DataSpec, build_model
 from ramer.train import checkpoint as ckpt
+from ramer.train.recipe import model_dtype, resolve_device, to_inference_precision
 from ramer.train.recipe import predict as predict_store
-from ramer.train.recipe import resolve_device
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Predictor:
             self._check_labels(data.label_names, "batch")
             self.model.eval()
             with torch.inference_mode():
-                return self.model(data.to(self.device)).probs.float().cpu().numpy()
+                return self.model(data.to(self.device, model_dtype(self.model))).probs.float().cpu().numpy()
         self._check_labels(data.label_names, data.source)
         return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device).scores
 
@@ -57,8 +57,11 @@ class Predictor:
         return (probs > self.threshold).astype(np.int64)
 
 
-def load(run_dir: str | Path, device: str | None = None) -> Predictor:
-    """Load the best checkpoint of a run directory (or a ``model.safetensors`` file)."""
+def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32") -> Predictor:
+    """Load the best checkpoint of a run directory (or a ``model.safetensors`` file).
+
+    ``precision="bf16"`` casts a deep model to bfloat16 for faster inference on CPUs with bf16
+    support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths."""
     path = Path(run_dir)
     model_file = path / "model.safetensors" if path.is_dir() else path
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
@@ -72,7 +75,9 @@ def load(run_dir: str | Path, device: str | None = None) -> Predictor:
         model = build_model(cfg, spec)
         ckpt.load_state_into(model, state, str(model_file))
     dev = resolve_device(cfg.train.device)
-    model.to(dev).eval()
+    if precision != "fp32" and cfg.model.name in CLASSICAL:
+        raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
+    model = to_inference_precision(model.to(dev), precision).eval()
     thr = np.asarray(threshold, dtype=np.float64) if isinstance(threshold, list) else float(threshold)
     return Predictor(model, cfg, spec, thr, dev, epoch)
 

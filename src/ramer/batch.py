@@ -41,15 +41,19 @@ class Batch:
     def size(self) -> int:
         return self.labels.shape[0]
 
-    def to(self, device: torch.device | str) -> "Batch":
-        def move(x):
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+        """The batch on ``device``; with ``dtype``, the model inputs (features, personality) also
+        in that floating type (for a model whose weights are in it). Labels stay as they are."""
+
+        def move(x, cast: bool):
             if isinstance(x, Tensor):
-                return x.to(device, non_blocking=True)
+                return x.to(device, dtype if cast and dtype is not None else x.dtype, non_blocking=True)
             if isinstance(x, dict):
-                return {k: move(v) for k, v in x.items()}
+                return {k: move(v, cast) for k, v in x.items()}
             return x
 
-        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        inputs = ("features", "personality")
+        return replace(self, **{f.name: move(getattr(self, f.name), f.name in inputs) for f in fields(self)})
 
     def with_present(self, present: dict[str, Tensor]) -> "Batch":
         """The same batch with other presence masks; features of hidden tokens are zeroed."""

@@ -124,7 +124,9 @@ def supcon(anchors: Tensor, classes: Tensor, queue: Tensor, queue_classes: Tenso
     n_classes = int(key_classes.max()) + 1
     class_sum = keys.new_zeros(n_classes, keys.shape[1]).index_add_(0, key_classes, keys)  # (n, P)
     n_pos = torch.bincount(key_classes, minlength=n_classes)[classes] - 1  # (I,)
-    pos_logits = (a * (class_sum[classes] - a)).sum(-1) / temperature  # (I,) sum of s_ip / t over Pos(i)
+    # index_select, not class_sum[classes]: the backward of advanced indexing with repeated indices
+    # accumulates in a thread-dependent order on CPU (runs would differ); index_select's does not
+    pos_logits = (a * (class_sum.index_select(0, classes) - a)).sum(-1) / temperature  # (I,) sum of s_ip / t
     mean_log_pos = (pos_logits - n_pos * lse) / n_pos.clamp_min(1)  # (I,)
     return masked_mean(-mean_log_pos, n_pos > 0)
 

@@ -27,12 +27,19 @@ from ramer.errors import RamerError
 from ramer.models.base import DataSpec
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp makes it private)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -93,6 +93,23 @@ def autocast(device: torch.device, precision: str = "fp32"):
     return contextlib.nullcontext()
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating type of a model's weights (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def to_inference_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``bf16``: the whole model cast to bfloat16 for inference (weights and buffers; ``predict``
+    then casts the inputs too). Faster on CPU than autocast, which converts activations back and
+    forth around every matrix product and normalisation (docs/PERFORMANCE.md); its scores are
+    checked against fp32 in ``benchmarks/throughput.py`` and the tests. ``fp32``: unchanged."""
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision != "fp32":
+        raise RamerError(f"unknown precision '{precision}' (fp32 or bf16)")
+    return model
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -112,8 +129,11 @@ def predict(
     scores = []
     n = len(store)
     part = dist.eval_slice(n) if shard else slice(0, n)
+    dtype = model_dtype(model)
+    if dtype != torch.float32:  # a model cast whole (``to_inference_precision``): inputs in its type, no autocast
+        precision = "fp32"
     for start in range(part.start, part.stop, batch_size):
-        batch = store.collate(np.arange(start, min(part.stop, start + batch_size))).to(device)
+        batch = store.collate(np.arange(start, min(part.stop, start + batch_size))).to(device, dtype)
         with autocast(device, precision):
             scores.append(model(batch).probs.float().cpu().numpy())
     model.train(was_training)

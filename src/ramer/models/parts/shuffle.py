@@ -50,4 +50,9 @@ def shuffle_stack(
     b_idx = sigma.permute(2, 1, 0)  # (B, K, C): [b, k, j] = sigma[j, k, b]
     k_idx = rho.permute(1, 2, 0)  # (B, K, C): [b, k, j] = rho[j, b, k]
     j_idx = torch.arange(C, device=stack.device).expand(B, K, C)
-    return stack[b_idx, k_idx, j_idx], labels[b_idx, j_idx], mask[b_idx, k_idx]
+    # One flat index_select instead of stack[b_idx, k_idx, j_idx]: a (b, k, j) cell can be drawn
+    # several times, and the backward of advanced indexing adds those gradients up in a
+    # thread-dependent order on CPU (runs would not repeat); index_select's backward does not.
+    flat = ((b_idx * K + k_idx) * C + j_idx).reshape(-1)  # (B*K*C,)
+    shuffled = stack.reshape(B * K * C, -1).index_select(0, flat).view(B, K, C, -1)
+    return shuffled, labels[b_idx, j_idx], mask[b_idx, k_idx]
