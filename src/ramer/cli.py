@@ -208,6 +208,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         }))
     atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     OUT.print(f"wrote {len(lines)} predictions to {args.out}", highlight=False)
+    if bundle.format == "conversations":  # an imported set: a timeline per conversation
+        from ramer.data.conversations import format_timelines
+
+        OUT.print(format_timelines(bundle, args.split, probs, predictor.threshold), highlight=False, markup=False,
+                  soft_wrap=True)
     return 0
 
 
@@ -253,6 +258,18 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from ramer.data.commands import run_convert
 
     run_convert(args.path, args.out, fmt=args.format, labels=args.labels)
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from ramer.data.conversations import import_conversations, summary_lines
+
+    labels = args.labels.split(",") if args.labels is not None else None
+    meta = import_conversations(args.file, args.out, labels=labels, personality=args.personality,
+                                context=args.context, seed=args.seed, console=ERR, targets=args.targets)
+    for line in summary_lines(meta):
+        OUT.print(line, highlight=False, markup=False, soft_wrap=True)
+    OUT.print(f"wrote {args.out}", highlight=False)
     return 0
 
 
@@ -427,6 +444,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="auto", help="format (default: detected)")
     c.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
     c.set_defaults(func=cmd_data_convert)
+    im = dsub.add_parser("import", help="import your own conversations (CSV/JSONL of utterances, optional media)",
+                         description="Read a CSV or JSONL file with one row per utterance (conversation, index, "
+                                     "speaker, text; optional start, end, media, present, labels, target, split; "
+                                     "docs/DATA.md), compute text / audio / visual features offline and write the "
+                                     "native format. Features are cached per conversation in DIR/cache, so importing "
+                                     "again only computes what changed. Needs: pip install 'ramer[import]'; face "
+                                     "features also 'ramer[face]'.")
+    im.add_argument("file", metavar="FILE", help="the utterance table (.csv, .tsv or .jsonl)")
+    im.add_argument("--out", required=True, help="output directory (native format, plus its feature cache)")
+    im.add_argument("--labels", metavar="A,B,C",
+                    help="label names in order (default: the sorted names in the labels column; required when the "
+                         "file has none: use the names of the model you will predict with)")
+    im.add_argument("--personality", metavar="FILE", help="CSV of per-person trait vectors: person,trait_1,...")
+    im.add_argument("--context", type=int, default=8,
+                    help="utterances before and after the target in each sample's scene (default: 8)")
+    im.add_argument("--seed", type=int, default=0,
+                    help="seed of the 80/10/10 split by conversation when the file has no split column (default: 0)")
+    im.add_argument("--targets", choices=("rows", "all"), default="rows",
+                    help="rows: a sample per target row, its speaker (default); all: at each target row a sample "
+                         "for every person of the conversation, listeners included (unlabelled files, for predict)")
+    im.set_defaults(func=cmd_data_import)
     return p
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data.store import DataBundle, SceneStore
 
-DETAIL_KEYS = ("mosei", "m3ed", "memor", "source_files")
+DETAIL_KEYS = ("mosei", "m3ed", "memor", "conversations", "source_files")
 
 
 def split_info(store: SceneStore) -> dict[str, Any]:

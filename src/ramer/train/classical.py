@@ -37,7 +37,7 @@ from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, pooled_features
 from ramer.train import checkpoint as ckpt
 from ramer.train.dist import is_main
-from ramer.train.recipe import Recipe, apply_missing, predict, write_test_result
+from ramer.train.recipe import Recipe, apply_missing, check_splits, predict, write_test_result
 
 
 @dataclass
@@ -130,9 +130,7 @@ class ClassicalRecipe:
             torch.set_num_threads(cfg.train.threads)
         if self.bundle is None:
             self.bundle = load_bundle(cfg.data)
-        for split in ("train", "valid", "test"):
-            if split not in self.bundle.splits:
-                raise RamerError(f"{self.bundle.source}: no '{split}' split")
+        check_splits(self.bundle)
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle)
         if not is_main():

@@ -93,6 +93,18 @@ def autocast(device: torch.device, precision: str = "fp32"):
     return contextlib.nullcontext()
 
 
+def check_splits(bundle: DataBundle) -> None:
+    """Training needs a train, a valid and a test split, and samples to fit and to choose on."""
+    for split in ("train", "valid", "test"):
+        if split not in bundle.splits:
+            raise RamerError(f"{bundle.source}: no '{split}' split")
+    for split in ("train", "valid"):
+        if len(bundle.splits[split]) == 0:
+            raise RamerError(f"{bundle.source}: the {split} split is empty; nothing to "
+                             f"{'train on' if split == 'train' else 'choose the best epoch and threshold on'} "
+                             "(an unlabelled import puts every conversation in test: it is for predict)")
+
+
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The floating type of a model's weights (float32 for a model without any)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -256,9 +268,7 @@ class Recipe:
         torch.manual_seed(cfg.train.seed)
         if self.bundle is None:
             self.bundle = load_bundle(cfg.data)
-        for split in ("train", "valid", "test"):
-            if split not in self.bundle.splits:
-                raise RamerError(f"{self.bundle.source}: no '{split}' split")
+        check_splits(self.bundle)
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle)
         self.model = build_model(cfg, self.spec)

