@@ -76,3 +76,18 @@ def test_bf16_predictor_agrees_with_fp32(run, tmp_path):
     assert main(["predict", str(out), "--out", str(path), "--precision", "bf16"]) == 0
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     np.testing.assert_allclose([list(x["probs"].values()) for x in lines], b, atol=1e-5)
+
+
+def test_metrics_table_shows_no_score_for_an_empty_part():
+    """A split without non-speaker targets prints a dash there, not a score of 0."""
+    from rich.console import Console
+
+    from ramer.cli import metrics_table
+
+    full = {k: 0.5 for k in ("micro_f1", "macro_f1", "acc", "hamming_loss")}
+    rows = {"m": {"overall": {**full, "n": 3}, "speaker": {**full, "n": 3}, "nonspeaker": {**full, "n": 0}}}
+    console = Console(width=200, record=True)
+    console.print(metrics_table("t", rows))
+    lines = console.export_text().splitlines()
+    assert [ln for ln in lines if "nonspeaker" in ln][0].count("–") == 4
+    assert [ln for ln in lines if "speaker" in ln and "non" not in ln][0].count("0.5000") == 4

@@ -52,8 +52,9 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
         for part in ("overall", "speaker", "nonspeaker"):
             if part in rep:
                 m = rep[part]
+                empty = m.get("n") == 0  # e.g. no non-speaker target in the split: no score, not 0
                 table.add_row(name if part == "overall" else "", part, str(m.get("n", "")),
-                              *(f"{m[key]:.4f}" for key, _ in METRIC_COLUMNS))
+                              *("–" if empty else f"{m[key]:.4f}" for key, _ in METRIC_COLUMNS))
     return table
 
 
