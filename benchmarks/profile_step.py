@@ -44,7 +44,7 @@ def main() -> None:
     model = build(cfg, store)
     stream = batches(store, cfg.train.batch_size)
     from ramer.train.optim import build_optimizer
-    from ramer.train.recipe import to_inference_precision, training_step
+    from ramer.train.recipe import model_dtype, to_inference_precision, training_step
 
     dev = torch.device("cpu")
     if args.mode == "train":
@@ -55,7 +55,7 @@ def main() -> None:
             training_step(model, model, next(stream), opt, sched, cfg.train.grad_clip, args.precision)
     else:  # as `ramer predict --precision`: bf16 casts the whole model and its inputs
         model = to_inference_precision(model, args.precision).eval()
-        dtype = next(model.parameters()).dtype
+        dtype = model_dtype(model)
 
         def step():
             with torch.inference_mode():

@@ -153,7 +153,8 @@ def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_bat
         g = torch.Generator().manual_seed(0)
         protos = reference.reconstruction.prototypes
         protos.copy_(torch.nn.functional.normalize(torch.randn(protos.shape, generator=g), dim=-1))
-    model = to_inference_precision(copy.deepcopy(reference), precision).eval()
+    # the fp32 reference is kept beside the bf16 model only to compare scores; fp32 measures it alone
+    model = reference if precision == "fp32" else to_inference_precision(copy.deepcopy(reference), precision).eval()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     batch_size = infer_batch or cfg.train.batch_size
     stream = batches(store, batch_size, seed=1)

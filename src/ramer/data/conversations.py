@@ -441,21 +441,28 @@ def _progress(console):
                     console=console, transient=True, disable=not console.is_terminal)
 
 
-def _media_stage(kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, console,
-                 report: Report, path: Path, key, compute, use) -> None:
-    """One media feature stage (``audio`` or ``visual``) over conversations ``ks``: arrays from the
-    cache where ``key(conversation)`` matches, else ``compute(conversation)`` (cached); each
-    conversation's arrays go to ``use(k, arrays)``. A decoding failure names the media's row."""
+def _from_cache(kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, report: Report,
+                key, use) -> list[tuple[int, str]]:
+    """Conversations ``ks`` whose ``kind`` arrays the cache holds under ``key(conversation)`` go to
+    ``use(k, arrays)``; returns the others, ``(k, key)``, to compute. Counts both in ``report``."""
     todo = []
     for k in ks:
-        c = convs[k]
-        k_key = key(c)
-        got = cache.get(kind, c.name, k_key)
+        k_key = key(convs[k])
+        got = cache.get(kind, convs[k].name, k_key)
         if got is None:
             todo.append((k, k_key))
         else:
             use(k, got)
     report.reused[kind], report.computed[kind] = len(ks) - len(todo), len(todo)
+    return todo
+
+
+def _media_stage(kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, console,
+                 report: Report, path: Path, key, compute, use) -> None:
+    """One media feature stage (``audio`` or ``visual``) over conversations ``ks``: arrays from the
+    cache where ``key(conversation)`` matches, else ``compute(conversation)`` (cached); each
+    conversation's arrays go to ``use(k, arrays)``. A decoding failure names the media's row."""
+    todo = _from_cache(kind, ks, convs, cache, report, key, use)
     if not todo:
         return
     what = "video" if kind == "visual" else kind
@@ -487,15 +494,12 @@ def compute_features(convs: list[Conversation], cache: F.FeatureCache, console, 
     # --- text: every changed conversation's texts in one batched pass
     t0 = time.perf_counter()
     version = F.text_model_version()
-    pending: list[tuple[int, str]] = []
-    for k, c in enumerate(convs):
-        key = cache.key("text", version, [u.text for u in c.utterances])
-        got = cache.get("text", c.name, key)
-        if got is not None:
-            out[k].text, out[k].text_ok = got["features"], got["present"]
-        else:
-            pending.append((k, key))
-    report.reused["text"], report.computed["text"] = len(convs) - len(pending), len(pending)
+
+    def set_text(k: int, arrays: dict) -> None:
+        out[k].text, out[k].text_ok = arrays["features"], arrays["present"]
+
+    pending = _from_cache("text", list(range(len(convs))), convs, cache, report,
+                          key=lambda c: cache.key("text", version, [u.text for u in c.utterances]), use=set_text)
     texts = [(k, s, u.text) for k, _ in pending for s, u in enumerate(convs[k].utterances) if u.text]
     if texts:
         with _progress(console) as bar:

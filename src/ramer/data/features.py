@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -104,8 +105,6 @@ class FeatureCache:
 
     root: Path
     used: set[Path] = field(default_factory=set)
-    hits: dict[str, int] = field(default_factory=dict)
-    misses: dict[str, int] = field(default_factory=dict)
 
     def _path(self, kind: str, name: str) -> Path:
         return self.root / kind / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".npz")
@@ -120,20 +119,22 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) == key and str(z["name"]) == name:
-                    self.hits[kind] = self.hits.get(kind, 0) + 1
                     return {k: z[k] for k in z.files if k not in ("key", "name")}
         except (OSError, ValueError, KeyError, EOFError):
             pass  # no entry, or a damaged one: compute again
-        self.misses[kind] = self.misses.get(kind, 0) + 1
         return None
 
     def put(self, kind: str, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+        from ramer.train.checkpoint import atomic_write
+
         path = self._path(kind, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, key=np.str_(key), name=np.str_(name), **arrays)
-        os.replace(tmp, path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a name
+                np.savez(fh, key=np.str_(key), name=np.str_(name), **arrays)
+
+        atomic_write(path, write)
         self.used.add(path)
 
     def prune(self) -> int:
@@ -377,26 +378,26 @@ def detect_faces(path: Path, windows: Sequence[tuple[float, float]], max_faces: 
         k = 0
         with fm_mod.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False,
                              min_detection_confidence=0.5) as mesh:
+
+            def shown_until(frame, until: float) -> None:
+                """``frame`` is what shows at every wanted time before ``until`` (searched once)."""
+                nonlocal k
+                faces = None
+                while k < len(wanted) and wanted[k][0] < until:
+                    faces = faces if faces is not None else _faces_in(frame, mesh)
+                    out[wanted[k][1]].append(faces)
+                    k += 1
+
             try:
-                frames = container.decode(stream)
                 prev = None
-                for frame in frames:
-                    t = frame.time if frame.time is not None else 0.0
-                    if prev is not None:  # every wanted time before this frame is shown by the previous one
-                        faces = None
-                        while k < len(wanted) and wanted[k][0] < t:
-                            faces = faces if faces is not None else _faces_in(prev, mesh)
-                            out[wanted[k][1]].append(faces)
-                            k += 1
+                for frame in container.decode(stream):
+                    if prev is not None:
+                        shown_until(prev, frame.time if frame.time is not None else 0.0)
                     if k >= len(wanted):
                         break
                     prev = frame
                 if prev is not None:  # the last frame shows every later wanted time
-                    faces = None
-                    while k < len(wanted):
-                        faces = faces if faces is not None else _faces_in(prev, mesh)
-                        out[wanted[k][1]].append(faces)
-                        k += 1
+                    shown_until(prev, math.inf)
             except RamerError:
                 raise
             except Exception as e:
