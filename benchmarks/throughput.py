@@ -19,6 +19,8 @@ one mode alone (it includes Python, torch and the data). Modes:
   AMX), with its accuracy against fp32 on the same batches (max abs difference of the
   probabilities, agreement of the 0.5 decisions).
   ``--procs K`` runs K inference processes at once and adds their samples/s (independent workers).
+  ``--workers N`` instead scores the setting's 512 scenes as ``ramer predict --workers N`` does
+  (``ramer.train.recipe.predict``: N forked processes sharing the threads), timing whole passes.
 
 Every line also gives the model's parameter count (M = millions). samples/s is the mean over the
 timed steps; ``best`` is the fastest single step (the figure to
@@ -137,6 +139,38 @@ def measure_train(cfg, store, steps: int, warmup: int, precision: str) -> dict:
     return summary(times, cfg.train.batch_size)
 
 
+def eval_model(cfg, store):
+    """A model in eval mode with unit prototypes, as after training (the prototypes matter)."""
+    import torch
+
+    model = build(cfg, store).eval()
+    if getattr(model, "reconstruction", None) is not None:
+        g = torch.Generator().manual_seed(0)
+        protos = model.reconstruction.prototypes
+        protos.copy_(torch.nn.functional.normalize(torch.randn(protos.shape, generator=g), dim=-1))
+    return model
+
+
+def measure_predict(cfg, store, precision: str, workers: int, infer_batch: int | None, passes: int = 3) -> dict:
+    """``ramer predict --workers N``: the whole store scored by ``ramer.train.recipe.predict``
+    (forked workers, the threads shared out among them), one untimed pass, then ``passes`` timed."""
+    import torch
+
+    from ramer.train.recipe import predict, to_inference_precision
+
+    model = to_inference_precision(eval_model(cfg, store), precision)
+    batch_size = infer_batch or cfg.train.batch_size
+    times = []
+    for i in range(passes + 1):
+        t0 = time.perf_counter()
+        predict(model, store, batch_size, torch.device("cpu"), workers=workers)
+        if i:
+            times.append(time.perf_counter() - t0)
+    out = summary(times, len(store))
+    out.update(workers=workers, step_s_mean=out["step_s_mean"] * batch_size / len(store))  # per batch
+    return out
+
+
 def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_batch: int | None = None) -> dict:
     """Eval forward as ``ramer predict`` runs it: fp32, or (``bf16``) the model cast whole to
     bfloat16 by ``ramer.train.recipe.to_inference_precision`` with its inputs cast to match; the
@@ -148,17 +182,13 @@ def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_bat
 
     from ramer.train.recipe import to_inference_precision
 
-    reference = build(cfg, store).eval()
-    if getattr(reference, "reconstruction", None) is not None:  # as after training: the prototypes matter
-        g = torch.Generator().manual_seed(0)
-        protos = reference.reconstruction.prototypes
-        protos.copy_(torch.nn.functional.normalize(torch.randn(protos.shape, generator=g), dim=-1))
+    reference = eval_model(cfg, store)
     # the fp32 reference is kept beside the bf16 model only to compare scores; fp32 measures it alone
     model = reference if precision == "fp32" else to_inference_precision(copy.deepcopy(reference), precision).eval()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     batch_size = infer_batch or cfg.train.batch_size
     stream = batches(store, batch_size, seed=1)
-    times, diffs, agree = [], [], []
+    times, timed = [], []
     dev = torch.device("cpu")
     with torch.inference_mode():
         for i in range(warmup + steps):
@@ -167,10 +197,13 @@ def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_bat
             probs = model(batch.to(dev, dtype)).probs.float()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-                if precision != "fp32":
-                    ref = reference(batch).probs
-                    diffs.append(float((probs - ref).abs().max()))
-                    agree.append(float(((probs > 0.5) == (ref > 0.5)).float().mean()))
+                timed.append((batch, probs))
+        # the fp32 reference runs after the timed batches, so that it does not disturb them
+        diffs, agree = [], []
+        for batch, probs in timed if precision != "fp32" else ():
+            ref = reference(batch).probs
+            diffs.append(float((probs - ref).abs().max()))
+            agree.append(float(((probs > 0.5) == (ref > 0.5)).float().mean()))
     out = summary(times, batch_size)
     if diffs:
         out["max_abs_diff_vs_fp32"] = max(diffs)
@@ -200,7 +233,10 @@ def worker(args) -> None:
         res = measure_train(cfg, store, args.steps, args.warmup, args.precision)
     else:
         precision = "bf16" if args.mode == "infer-bf16" else "fp32"
-        res = measure_infer(cfg, store, args.infer_steps, 2, precision, args.infer_batch)
+        if args.workers:
+            res = measure_predict(cfg, store, precision, args.workers, args.infer_batch)
+        else:
+            res = measure_infer(cfg, store, args.infer_steps, 2, precision, args.infer_batch)
     n_params = sum(p.numel() for p in build(cfg, store).parameters())
     res.update(setting=args.setting, mode=args.mode, threads=torch.get_num_threads(), parameters=n_params,
                batch=(args.infer_batch or cfg.train.batch_size) if args.mode != "train" else cfg.train.batch_size,
@@ -219,7 +255,7 @@ def run_one(setting: str, mode: str, args) -> dict:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     cmd = [sys.executable, __file__, "--worker", "--setting", setting, "--mode", mode, "--threads", str(args.threads),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--infer-steps", str(args.infer_steps),
-           "--precision", args.precision, "--infer-batch", str(args.infer_batch or 0)]
+           "--precision", args.precision, "--infer-batch", str(args.infer_batch or 0), "--workers", str(args.workers)]
     for s in args.set or []:
         cmd += ["--set", s]
     n = args.procs if mode != "train" else 1
@@ -253,6 +289,9 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=1,
                    help="inference only: run this many worker processes at once and add their samples/s "
                         "(e.g. --procs 2 --threads 1: two single-threaded workers on 2 cores)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="inference only: score the setting's 512 scenes as `ramer predict --workers N` does "
+                        "(N forked processes sharing --threads), three timed passes; samples/s per pass")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every setting")
     p.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "unset"),
                    help="OMP_WAIT_POLICY of the measured processes (default PASSIVE: see docs/PERFORMANCE.md)")
@@ -276,7 +315,7 @@ def main() -> None:
                 if "max_abs_diff_vs_fp32" in res:
                     extra = (f"  vs fp32: max|dp| {res['max_abs_diff_vs_fp32']:.1e}, "
                              f"decisions {100 * res['decision_agreement_vs_fp32']:.2f}% equal")
-                who = f"{res.get('processes', 1)}x{res['threads']}t"
+                who = f"{res.get('processes', 1)}x{res['threads']}t" + (f" w{res['workers']}" if "workers" in res else "")
                 print(f"{setting:9s} {res['parameters'] / 1e6:5.2f}M {mode:10s} {res['precision']:4s} {who:5s} "
                       f"{res['samples_per_s']:8.1f} samples/s "
                       f"(best {res['best_samples_per_s']:7.1f})  step {res['step_s_mean']:.3f}s  "

@@ -78,6 +78,35 @@ def test_bf16_predictor_agrees_with_fp32(run, tmp_path):
     np.testing.assert_allclose([list(x["probs"].values()) for x in lines], b, atol=1e-5)
 
 
+def test_forked_workers_score_like_one_process(run, tmp_path, capsys):
+    """--workers N: blocks of whole batches scored by N forked processes, gathered in order; the
+    same scores as one process, on the API and the CLI; a bad count or device is refused."""
+    import torch
+
+    from ramer.train.recipe import predict
+
+    out, cfg = run
+    test = generate(cfg.data.synthetic).splits["test"]
+    predictor = ramer.load(out)
+    predictor.cfg.train.eval_batch_size = 8  # 50 samples: 7 batches over 3 workers (3, 2, 2 batches)
+    one = predictor.predict(test)
+    for workers in (2, 3, 7, 12):  # 12 > the number of batches: no empty block
+        np.testing.assert_allclose(predictor.predict(test, workers=workers), one, atol=1e-6)
+    path, path2 = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert main(["predict", str(out), "--out", str(path)]) == 0
+    assert main(["predict", str(out), "--out", str(path2), "--workers", "2"]) == 0
+    a, b = ([json.loads(x) for x in p.read_text().splitlines()] for p in (path, path2))
+    assert [x["id"] for x in a] == [x["id"] for x in b] == test.ids
+    np.testing.assert_allclose([list(x["probs"].values()) for x in b], [list(x["probs"].values()) for x in a],
+                               atol=2e-6)
+    assert main(["eval", str(out), "--workers", "2"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(out), "--out", str(path), "--workers", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(RamerError, match="for CPU"):
+        predict(predictor.model, test, 8, torch.device("cuda"), workers=2)
+
+
 def test_metrics_table_shows_no_score_for_an_empty_part():
     """A split without non-speaker targets prints a dash there, not a score of 0."""
     from rich.console import Console

@@ -191,6 +191,51 @@ def test_null_key_keeps_empty_rows_finite():
     assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
 
 
+def _reference_attention(att: MaskedAttention, query, keys, key_mask):
+    """softmax(q k^T / sqrt(d)) v over the allowed keys, head by head, in float64."""
+    q = att.q(query).double()
+    k, v = (t.double() for t in att.kv(keys).chunk(2, dim=-1))
+    if att.null_k is not None:
+        X, _, H = k.shape
+        k = torch.cat([att.null_k.double().expand(X, 1, H), k], 1)
+        v = torch.cat([att.null_v.double().expand(X, 1, H), v], 1)
+        key_mask = torch.cat([key_mask.new_ones(X, 1), key_mask], 1)
+    d = q.shape[-1] // att.heads
+    heads = []
+    for h in range(att.heads):
+        sl = slice(h * d, (h + 1) * d)
+        scores = q[..., sl] @ k[..., sl].transpose(1, 2) / d**0.5  # (X, Q, K)
+        scores = scores.masked_fill(~key_mask[:, None, :], -1e300)
+        heads.append(scores.softmax(-1) @ v[..., sl])
+    return att.out(torch.cat(heads, -1).to(query.dtype))
+
+
+@pytest.mark.parametrize("n_queries,n_keys", [(1, 1), (1, 2), (2, 2), (3, 4), (6, 9)])
+@pytest.mark.parametrize("null_key", [False, True])
+@pytest.mark.parametrize("few", [0, 10**6])
+def test_masked_attention_equals_reference(n_queries, n_keys, null_key, few, monkeypatch):
+    """Both CPU forms without dropout (broadcast products for tiny problems, batched matrix
+    products otherwise, forced here by FEW_KEYS) equal the textbook attention; a row with no
+    allowed key and no null key gets uniform weights."""
+    import ramer.models.parts.attention as attention
+
+    monkeypatch.setattr(attention, "FEW_KEYS", few)
+    torch.manual_seed(n_queries * 10 + n_keys)
+    att = MaskedAttention(16, 4, 0.0, null_key=null_key).eval()
+    query, keys = torch.randn(7, n_queries, 16), torch.randn(7, n_keys, 16)
+    mask = torch.rand(7, n_keys) < 0.6
+    mask[0] = False
+    mask[1] = True
+    with torch.no_grad():
+        got = att(query, keys, mask)
+        torch.testing.assert_close(got, _reference_attention(att, query, keys, mask), atol=1e-5, rtol=1e-5)
+        if not null_key:  # nothing allowed: the mean of the values
+            mean_v = att.out(att.kv(keys[:1]).chunk(2, dim=-1)[1].mean(1, keepdim=True))
+            torch.testing.assert_close(got[:1], mean_v.expand_as(got[:1]), atol=1e-5, rtol=1e-5)
+        bf16 = att.to(torch.bfloat16)(query.bfloat16(), keys.bfloat16(), mask).float()
+    assert (bf16 - got).abs().max() < 0.05
+
+
 def test_labelwise_attention_without_keys_is_zero():
     att = LabelWiseAttention(3, 4, 8)
     g = torch.randn(2, 5, 3, 8)

@@ -122,7 +122,6 @@ def to_inference_precision(model: nn.Module, precision: str) -> nn.Module:
     return model
 
 
-@torch.inference_mode()
 def predict(
     model: nn.Module,
     store: SceneStore,
@@ -130,30 +129,84 @@ def predict(
     device: torch.device,
     precision: str = "fp32",
     shard: bool = False,
+    workers: int = 1,
 ) -> Predictions:
     """Scores for every scene of ``store``, in order: no shuffle, no drop.
 
     ``shard``: in a distributed run each rank scores one contiguous block of the scenes and the
     blocks are gathered in rank order (no padding, so no duplicate), giving every rank all scores.
+    ``workers``: CPU only, the scenes are split into that many contiguous blocks of whole batches,
+    scored by as many forked processes with ``threads / workers`` threads each (``_score_forked``).
     """
     was_training = model.training
     model.eval()
-    scores = []
     n = len(store)
     part = dist.eval_slice(n) if shard else slice(0, n)
-    dtype = model_dtype(model)
-    if dtype != torch.float32:  # a model cast whole (``to_inference_precision``): inputs in its type, no autocast
+    if model_dtype(model) != torch.float32:  # a model cast whole (``to_inference_precision``): no autocast
         precision = "fp32"
-    for start in range(part.start, part.stop, batch_size):
-        batch = store.collate(np.arange(start, min(part.stop, start + batch_size))).to(device, dtype)
-        with autocast(device, precision):
-            scores.append(model(batch).probs.float().cpu().numpy())
+    if workers > 1:
+        if shard or device.type != "cpu":
+            raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
+        out = _score_forked(model, store, part, batch_size, device, precision, workers)
+    else:
+        out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
     model.train(was_training)
-    out = np.concatenate(scores) if scores else np.zeros((0, len(store.label_names)), dtype=np.float32)
     if shard:
         out = dist.gather_arrays(out)
     assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
     return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
+
+
+@torch.inference_mode()
+def _score_range(
+    model: nn.Module, store: SceneStore, start: int, stop: int, batch_size: int, device: torch.device, precision: str
+) -> np.ndarray:
+    """Scores ``(stop - start, C)`` of scenes ``start..stop`` of ``store``, batch by batch, in order."""
+    dtype = model_dtype(model)
+    scores = [np.zeros((0, len(store.label_names)), dtype=np.float32)]
+    for first in range(start, stop, batch_size):
+        batch = store.collate(np.arange(first, min(stop, first + batch_size))).to(device, dtype)
+        with autocast(device, precision):
+            scores.append(model(batch).probs.float().cpu().numpy())
+    return np.concatenate(scores)
+
+
+_FORKED: tuple | None = None  # what the forked scoring processes inherit: (model, store, ..., threads)
+
+
+def _score_block(bounds: tuple[int, int]) -> np.ndarray:
+    """In a forked worker: the scores of one block, on the worker's share of the threads."""
+    model, store, batch_size, device, precision, threads = _FORKED
+    torch.set_num_threads(threads)
+    return _score_range(model, store, *bounds, batch_size, device, precision)
+
+
+def _score_forked(
+    model: nn.Module, store: SceneStore, part: slice, batch_size: int, device: torch.device, precision: str,
+    workers: int,
+) -> np.ndarray:
+    """Scores of ``part`` from ``workers`` forked processes, each on one contiguous block of whole
+    batches (so every batch is the one a single process would score), gathered in order.
+
+    Small CPU batches use two threads poorly (docs/PERFORMANCE.md); processes of one thread each
+    share nothing. Forked, the workers inherit the model and the data without copying them."""
+    global _FORKED
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise RamerError("scoring with several worker processes needs the 'fork' start method (Linux)")
+    n_batches = -(-(part.stop - part.start) // batch_size)
+    cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
+    blocks = [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
+    if len(blocks) <= 1:  # a single batch or none: nothing to share out
+        return _score_range(model, store, part.start, part.stop, batch_size, device, precision)
+    _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // workers))
+    try:
+        with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:
+            parts = pool.map(_score_block, blocks, chunksize=1)
+    finally:
+        _FORKED = None
+    return np.concatenate([np.zeros((0, len(store.label_names)), dtype=np.float32), *parts])
 
 
 def share_contrastive_keys(out) -> None:
