@@ -22,6 +22,7 @@ one mode alone (it includes Python, torch and the data). Modes:
   ``--workers N`` instead scores the setting's 512 scenes as ``ramer predict --workers N`` does
   (``ramer.train.recipe.predict``: N forked processes sharing the threads), timing whole passes.
 
+A first line calibrates the machine (matrix products and a memory-bound op, ``machine_speed``).
 Every line also gives the model's parameter count (M = millions). samples/s is the mean over the
 timed steps; ``best`` is the fastest single step (the figure to
 compare across loads on a shared machine). ``--threads`` (default 2) sets torch's intra-op threads.
@@ -275,6 +276,34 @@ def run_one(setting: str, mode: str, args) -> dict:
     return res
 
 
+def machine_speed(threads: int) -> dict:
+    """This minute's speed of the machine, on ``threads`` threads: matrix products of an encoder's
+    shape in fp32 and bf16 (GFLOP/s, best of 5) and a memory-bound op (float32 softmax over the
+    CARAT attention scores, 64 x 8 x 61 x 61; ms, best of 5). The machine's speed drifts; figures
+    from runs whose calibration differs are not comparable."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def best(fn, reps: int = 10) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - t0) / reps)
+        return min(times)
+
+    out = {}
+    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a, w = torch.randn(3904, 256, dtype=dtype), torch.randn(256, 256, dtype=dtype)
+        out[f"gemm_{name}_gflops"] = 2 * 3904 * 256 * 256 / best(lambda: a @ w) / 1e9
+    scores = torch.randn(64, 8, 61, 61)
+    out["softmax_ms"] = best(lambda: scores.softmax(-1)) * 1e3
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
@@ -305,6 +334,11 @@ def main() -> None:
 
     import torch
 
+    speed = machine_speed(args.threads)
+    if not args.json:
+        print(f"machine at {args.threads} threads: matmul fp32 {speed['gemm_fp32_gflops']:.0f} GFLOP/s, "
+              f"bf16 {speed['gemm_bf16_gflops']:.0f} GFLOP/s; softmax of the CARAT scores "
+              f"{speed['softmax_ms']:.2f} ms", flush=True)
     rows = []
     for setting in args.settings.split(","):
         for mode in args.modes.split(","):
@@ -324,7 +358,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads, "results": rows,
+            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads, "speed": speed,
+            "results": rows,
         }, indent=1))
 
 

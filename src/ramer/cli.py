@@ -60,8 +60,8 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
 
 PRECISION_HELP = ("bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
                   "scores differ from fp32 by a few thousandths). Default fp32")
-WORKERS_HELP = ("score in N forked processes (CPU), this process's threads shared out among them: faster than "
-                "one process for small batches (docs/PERFORMANCE.md). Default 1")
+WORKERS_HELP = ("score in N forked processes (CPU), this process's threads shared out among them; can be faster "
+                "than one process with several threads (docs/PERFORMANCE.md). Default 1")
 
 
 def positive_int(text: str) -> int:

@@ -188,8 +188,9 @@ def _score_forked(
     """Scores of ``part`` from ``workers`` forked processes, each on one contiguous block of whole
     batches (so every batch is the one a single process would score), gathered in order.
 
-    Small CPU batches use two threads poorly (docs/PERFORMANCE.md); processes of one thread each
-    share nothing. Forked, the workers inherit the model and the data without copying them."""
+    Threads of one process meet at every one of the many small ops of a batch; processes of one
+    thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
+    workers inherit the model and the data without copying them."""
     global _FORKED
     import multiprocessing
 

@@ -108,7 +108,7 @@ def _softmax_weights(q: Tensor, k: Tensor, key_mask: Tensor) -> Tensor:
     """softmax over the allowed keys of q k^T / sqrt(d), computed in float32 -> (X, heads, Q, K).
 
     The scale and the mask are one pass, ``bias + scale * scores`` (``_key_bias``; a masked fill
-    over the (Q x K) scores costs three times as much); for bfloat16 scores that pass also widens
+    over the (Q x K) scores costs more than the whole pass); for bfloat16 scores that pass also widens
     them: softmax is both exacter and, on CPU, faster in float32. A masked key's term is the lowest
     float whatever its score, so a row with no allowed key gets uniform weights."""
     scores = torch.matmul(q, k.transpose(-1, -2))  # (X, heads, Q, K)
@@ -123,8 +123,8 @@ def _few_key_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads:
 
     q (X, Q, H), k / v (X, K, H), key_mask (X, K) -> (X, Q, H). The same function as the batched
     matrix products, without the head-major copies and the per-matrix overhead that dominate when
-    each row has one or two queries and keys (inter-personal attention with one person per scene:
-    about 2.5x faster at 3,840 rows of 1 x 2)."""
+    each row has one or two queries and keys (inter-personal attention with one person per scene,
+    as in CMU-MOSEI)."""
     X, Q, H = q.shape
     K = k.shape[1]
     qh = q.view(X, Q, 1, heads, H // heads)
@@ -170,7 +170,7 @@ class MaskedAttention(nn.Module):
         q, k, v = (t.unflatten(-1, (self.heads, d)).transpose(1, 2) for t in (q, k, v))  # (X, heads, L, d)
         if p > 0 and q.device.type == "cpu":  # CPU SDPA with dropout is unfused: the lighter explicit form
             y = _attention_with_dropout(q, k, v, key_mask, p)  # (X, heads, Q, d)
-        elif q.device.type == "cpu":  # faster than CPU SDPA, in float32 (~4 %) and far more in bfloat16
+        elif q.device.type == "cpu":  # faster than CPU SDPA in float32, and far faster in bfloat16
             w = _softmax_weights(q.contiguous(), k.contiguous(), key_mask)
             y = torch.matmul(w.to(v.dtype), v.contiguous())  # (X, heads, Q, d)
         else:
