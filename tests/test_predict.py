@@ -88,7 +88,7 @@ def test_forked_workers_score_like_one_process(run, tmp_path, capsys):
     out, cfg = run
     test = generate(cfg.data.synthetic).splits["test"]
     predictor = ramer.load(out)
-    predictor.cfg.train.eval_batch_size = 8  # 50 samples: 7 batches over 3 workers (3, 2, 2 batches)
+    predictor.cfg.train.eval_batch_size = 8  # 50 samples: 7 batches over 3 workers (2, 2, 3 batches)
     one = predictor.predict(test)
     for workers in (2, 3, 7, 12):  # 12 > the number of batches: no empty block
         np.testing.assert_allclose(predictor.predict(test, workers=workers), one, atol=1e-6)
