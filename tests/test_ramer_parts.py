@@ -236,6 +236,27 @@ def test_masked_attention_equals_reference(n_queries, n_keys, null_key, few, mon
     assert (bf16 - got).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("few", [0, 10**6])
+def test_attention_dropout_is_unbiased_and_trains(few, monkeypatch):
+    """With dropout on the weights (training), both CPU forms average to the eval output (the
+    output projection is linear) and pass gradients to the query, keys and values."""
+    import ramer.models.parts.attention as attention
+
+    monkeypatch.setattr(attention, "FEW_KEYS", few)
+    torch.manual_seed(3)
+    att = MaskedAttention(16, 4, 0.5, null_key=True)
+    query, keys = torch.randn(5, 1, 16), torch.randn(5, 1, 16, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, False]).unsqueeze(1)
+    with torch.no_grad():
+        expected = att.eval()(query, keys, mask)
+        att.train()
+        draws = torch.stack([att(query, keys, mask) for _ in range(4000)])
+    assert not torch.allclose(draws[0], expected)  # dropout is on
+    torch.testing.assert_close(draws.mean(0), expected, atol=0.03, rtol=0)
+    att(query.requires_grad_(), keys, mask).square().sum().backward()
+    assert query.grad.abs().sum() > 0 and keys.grad.abs().sum() > 0
+
+
 def test_labelwise_attention_without_keys_is_zero():
     att = LabelWiseAttention(3, 4, 8)
     g = torch.randn(2, 5, 3, 8)

@@ -7,9 +7,10 @@ nothing; no attention row is ever empty and nothing becomes NaN.
 
 Speed (docs/PERFORMANCE.md): on CPU, training-time dropout (``Dropout``, ``dropout``) draws its
 mask from 64-bit random words and keeps it as bool, and attention with dropout recomputes its
-weights in backward instead of storing them. Without dropout, CPU attention is the explicit
-``softmax(scale * q k^T + bias) v`` (``_softmax_weights``), or for tiny (queries x keys) problems
-broadcast products (``_few_key_attention``); other devices use ``F.scaled_dot_product_attention``.
+weights in backward instead of storing them; without dropout, CPU attention is the explicit
+``softmax(scale * q k^T + bias) v`` (``_softmax_weights``). Tiny (queries x keys) problems are
+broadcast products on CPU, with or without dropout (``_few_key_attention``). Other devices use
+``F.scaled_dot_product_attention``.
 
 Axis letters: x flattened batch rows, q queries, k keys, h hidden.
 """
@@ -118,19 +119,21 @@ def _softmax_weights(q: Tensor, k: Tensor, key_mask: Tensor) -> Tensor:
     return torch.add(bias, scores, alpha=q.shape[-1] ** -0.5, out=scores if in_place else None).softmax(-1)
 
 
-def _few_key_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int) -> Tensor:
+def _few_key_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int, p: float = 0.0) -> Tensor:
     """Attention for tiny (Q x K) problems, as broadcast products in the (tokens, heads, d) layout.
 
-    q (X, Q, H), k / v (X, K, H), key_mask (X, K) -> (X, Q, H). The same function as the batched
-    matrix products, without the head-major copies and the per-matrix overhead that dominate when
-    each row has one or two queries and keys (inter-personal attention with one person per scene,
-    as in CMU-MOSEI)."""
+    q (X, Q, H), k / v (X, K, H), key_mask (X, K) -> (X, Q, H); dropout ``p`` on the weights. The
+    same function as the batched matrix products, without the head-major copies and the
+    per-matrix overhead that dominate when each row has one or two queries and keys
+    (inter-personal attention with one person per scene, as in CMU-MOSEI). Autograd's record of
+    it is small: the (X, Q, K, heads) weights and their bool dropout mask."""
     X, Q, H = q.shape
     K = k.shape[1]
     qh = q.view(X, Q, 1, heads, H // heads)
     kh, vh = (t.unflatten(-1, (heads, H // heads)).unsqueeze(1) for t in (k, v))  # (X, 1, K, heads, d)
     scores = (qh * kh).sum(-1)  # (X, Q, K, heads); a bfloat16 sum accumulates in float32, as matmul does
     w = torch.add(_key_bias(key_mask)[:, None, :, None], scores, alpha=(H // heads) ** -0.5).softmax(2)
+    w = dropout(w, p, p > 0)
     return (w.to(v.dtype).unsqueeze(-1) * vh).sum(2).view(X, Q, H)  # (X, Q, heads, d) -> (X, Q, H)
 
 
@@ -139,7 +142,7 @@ def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p
     return _AttentionWithDropout.apply(q, k, v, key_mask, p)
 
 
-FEW_KEYS = 6  # queries x keys up to which CPU attention without dropout uses _few_key_attention
+FEW_KEYS = 6  # queries x keys up to which CPU attention uses _few_key_attention
 
 
 class MaskedAttention(nn.Module):
@@ -164,8 +167,8 @@ class MaskedAttention(nn.Module):
             v = torch.cat([self.null_v.to(v.dtype).expand(X, 1, H), v], 1)
             key_mask = torch.cat([key_mask.new_ones(X, 1), key_mask], 1)  # (X, 1+K)
         p = self.dropout if self.training else 0.0
-        if p == 0 and Q * k.shape[1] <= FEW_KEYS and q.device.type == "cpu" and not torch.compiler.is_exporting():
-            return self.out(_few_key_attention(q, k, v, key_mask, self.heads))
+        if Q * k.shape[1] <= FEW_KEYS and q.device.type == "cpu" and not torch.compiler.is_exporting():
+            return self.out(_few_key_attention(q, k, v, key_mask, self.heads, p))
         d = H // self.heads
         q, k, v = (t.unflatten(-1, (self.heads, d)).transpose(1, 2) for t in (q, k, v))  # (X, heads, L, d)
         if p > 0 and q.device.type == "cpu":  # CPU SDPA with dropout is unfused: the lighter explicit form
