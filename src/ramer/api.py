@@ -42,7 +42,7 @@ class Predictor:
         """Probabilities ``(n, C)`` for a split store, a bundle's ``split``, or one batch.
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
-        this one shared out among them; faster than one process for small models and batches."""
+        this one shared out among them; can be faster than one process with several threads."""
         if isinstance(data, DataBundle):
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")

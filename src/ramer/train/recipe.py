@@ -144,10 +144,11 @@ def predict(
     part = dist.eval_slice(n) if shard else slice(0, n)
     if model_dtype(model) != torch.float32:  # a model cast whole (``to_inference_precision``): no autocast
         precision = "fp32"
-    if workers > 1:
-        if shard or device.type != "cpu":
-            raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
-        out = _score_forked(model, store, part, batch_size, device, precision, workers)
+    if workers > 1 and (shard or device.type != "cpu"):
+        raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
+    blocks = _batch_blocks(part, batch_size, workers)
+    if len(blocks) > 1:
+        out = _score_forked(model, store, blocks, batch_size, device, precision, workers)
     else:
         out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
     model.train(was_training)
@@ -181,12 +182,20 @@ def _score_block(bounds: tuple[int, int]) -> np.ndarray:
     return _score_range(model, store, *bounds, batch_size, device, precision)
 
 
+def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """``part`` cut into at most ``workers`` non-empty contiguous blocks of whole batches (so every
+    batch is the one a single process would score)."""
+    n_batches = -(-(part.stop - part.start) // batch_size)
+    cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
+    return [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
+
+
 def _score_forked(
-    model: nn.Module, store: SceneStore, part: slice, batch_size: int, device: torch.device, precision: str,
-    workers: int,
+    model: nn.Module, store: SceneStore, blocks: list[tuple[int, int]], batch_size: int, device: torch.device,
+    precision: str, workers: int,
 ) -> np.ndarray:
-    """Scores of ``part`` from ``workers`` forked processes, each on one contiguous block of whole
-    batches (so every batch is the one a single process would score), gathered in order.
+    """Scores of ``blocks`` from one forked process each, on ``threads / workers`` threads,
+    gathered in order.
 
     Threads of one process meet at every one of the many small ops of a batch; processes of one
     thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
@@ -196,18 +205,13 @@ def _score_forked(
 
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RamerError("scoring with several worker processes needs the 'fork' start method (Linux)")
-    n_batches = -(-(part.stop - part.start) // batch_size)
-    cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
-    blocks = [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
-    if len(blocks) <= 1:  # a single batch or none: nothing to share out
-        return _score_range(model, store, part.start, part.stop, batch_size, device, precision)
     _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // workers))
     try:
         with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:
             parts = pool.map(_score_block, blocks, chunksize=1)
     finally:
         _FORKED = None
-    return np.concatenate([np.zeros((0, len(store.label_names)), dtype=np.float32), *parts])
+    return np.concatenate(parts)
 
 
 def share_contrastive_keys(out) -> None:

@@ -128,11 +128,11 @@ def _few_key_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads:
     (inter-personal attention with one person per scene, as in CMU-MOSEI). Autograd's record of
     it is small: the (X, Q, K, heads) weights and their bool dropout mask."""
     X, Q, H = q.shape
-    K = k.shape[1]
-    qh = q.view(X, Q, 1, heads, H // heads)
-    kh, vh = (t.unflatten(-1, (heads, H // heads)).unsqueeze(1) for t in (k, v))  # (X, 1, K, heads, d)
+    d = H // heads
+    qh = q.view(X, Q, 1, heads, d)
+    kh, vh = (t.unflatten(-1, (heads, d)).unsqueeze(1) for t in (k, v))  # (X, 1, K, heads, d)
     scores = (qh * kh).sum(-1)  # (X, Q, K, heads); a bfloat16 sum accumulates in float32, as matmul does
-    w = torch.add(_key_bias(key_mask)[:, None, :, None], scores, alpha=(H // heads) ** -0.5).softmax(2)
+    w = torch.add(_key_bias(key_mask)[:, None, :, None], scores, alpha=d**-0.5).softmax(2)
     w = dropout(w, p, p > 0)
     return (w.to(v.dtype).unsqueeze(-1) * vh).sum(2).view(X, Q, H)  # (X, Q, heads, d) -> (X, Q, H)
 
