@@ -32,6 +32,22 @@ def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tenso
     return (words.view(torch.int16)[:n] >= cut - 32768).view(shape), 65536.0 / (65536 - cut)
 
 
+def _scaled_(x: Tensor, scale: float, dtype: torch.dtype | None = None) -> Tensor:
+    """``(x * scale).to(dtype)`` in one pass; in place (x is consumed) when the dtype is x's."""
+    if dtype is None or dtype == x.dtype:
+        return x.mul_(scale)
+    return torch.mul(x, scale, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+
+def _apply_mask(
+    x: Tensor, keep: Tensor, scale: float, dtype: torch.dtype | None = None, consume: bool = False
+) -> Tensor:
+    """``(x * keep * scale).to(dtype)``, the same values, twice as fast on CPU: the bool mask is read
+    as uint8 (a bool -> float cast is not vectorised, a uint8 one is). ``consume``: x may be
+    overwritten."""
+    return _scaled_(torch.mul(x, keep.view(torch.uint8).to(x.dtype), out=x if consume else None), scale, dtype)
+
+
 class _BoolMaskDropout(torch.autograd.Function):
     """Dropout that draws its mask from 16-bit slices of 64-bit random words (about ten times
     faster than ``bernoulli_`` on CPU) and keeps it as bool for backward (a quarter of the memory
@@ -42,12 +58,12 @@ class _BoolMaskDropout(torch.autograd.Function):
     def forward(ctx, x: Tensor, p: float) -> Tensor:
         keep, ctx.scale = _keep_mask(x.shape, p, x.device)
         ctx.save_for_backward(keep)
-        return x.mul(keep).mul_(ctx.scale)
+        return _apply_mask(x, keep, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        return _apply_mask(grad, keep, ctx.scale), None
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -85,17 +101,17 @@ class _AttentionWithDropout(torch.autograd.Function):
         keep, scale = _keep_mask(w.shape, p, w.device)
         ctx.save_for_backward(q, k, v, key_mask, keep)
         ctx.scale = scale
-        return torch.matmul(w.mul_(keep).mul_(scale).to(v.dtype), v)
+        return torch.matmul(_apply_mask(w, keep, scale, v.dtype, consume=True), v)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, k, v, key_mask, keep = ctx.saved_tensors
         w = _softmax_weights(q, k, key_mask)  # recomputed
-        dropped = (w * keep * ctx.scale).to(v.dtype)
         grad = grad.to(v.dtype)
-        grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
-        grad_w = torch.matmul(grad, v.transpose(-1, -2)).float().mul_(keep).mul_(ctx.scale)
-        grad_s = w.mul_(grad_w - (grad_w * w).sum(-1, keepdim=True)).mul_(q.shape[-1] ** -0.5).to(q.dtype)  # softmax'
+        grad_v = torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype).transpose(-1, -2), grad)
+        grad_w = _apply_mask(torch.matmul(grad, v.transpose(-1, -2)).float(), keep, ctx.scale, consume=True)
+        grad_w.sub_((grad_w * w).sum(-1, keepdim=True))  # softmax': w * (grad_w - sum(grad_w * w))
+        grad_s = _scaled_(w.mul_(grad_w), q.shape[-1] ** -0.5, q.dtype)
         return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v, None, None
 
 
