@@ -323,6 +323,21 @@ def test_state_updates_only_in_training():
     assert model.reconstruction.prototypes.abs().sum() > 0
 
 
+def test_complete_scenes_score_the_same_on_the_shortcut():
+    """Where every token is valid and present (as on CMU-MOSEI), evaluation without autograd
+    skips the modality completion (nothing to fill). Its scores equal those of the full path,
+    which the same eval model takes with autograd on."""
+    store = random_store(n=6, dims=tuple(DIMS.values()), n_labels=C, persons=(2, 2), segments=(3, 3), seed=4)
+    batch = with_pattern(store.collate(list(range(6))), "none_missing")
+    assert batch.valid.all() and all(bool(batch.present[m].all()) for m in MODALITIES)
+    model = make().eval()
+    with torch.no_grad():
+        fast = model(batch).probs
+    with torch.enable_grad():
+        full = model(batch).probs
+    assert full.requires_grad and torch.equal(fast, full)
+
+
 def test_bf16_autocast():
     model = make().train()
     batch = base_batch()

@@ -257,6 +257,28 @@ def test_attention_dropout_is_unbiased_and_trains(few, monkeypatch):
     assert query.grad.abs().sum() > 0 and keys.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_masks_apply_as_the_plain_product(dtype):
+    """``_apply_mask`` (the mask read as uint8) gives the values of ``(x * keep * scale).to(out)``
+    to the bit, in place or not, with or without a cast; ``zero_unless`` those of ``torch.where``."""
+    from ramer.models.parts.attention import _apply_mask, _keep_mask, zero_unless
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 7, dtype=dtype)
+    keep, scale = _keep_mask(x.shape, 0.3, x.device)
+    assert 0 < keep.sum() < keep.numel()
+    for out in (None, torch.bfloat16, torch.float32):
+        expected = (x * keep * scale).to(out or dtype)
+        got = _apply_mask(x, keep, scale, out)
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+        assert torch.equal(_apply_mask(x.clone(), keep, scale, out, consume=True), expected)
+    x[0, 0, 0] = float("nan")
+    assert zero_unless(torch.ones(6, 5, 1, dtype=torch.bool), x) is x
+    some = torch.rand(6, 5, 1) < 0.5
+    some[0, 0] = False
+    assert torch.equal(zero_unless(some, x), torch.where(some, x, 0.0))
+
+
 def test_labelwise_attention_without_keys_is_zero():
     att = LabelWiseAttention(3, 4, 8)
     g = torch.randn(2, 5, 3, 8)

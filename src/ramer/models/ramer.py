@@ -49,6 +49,7 @@ from ramer.models.parts import (
     modality_dropout,
     random_permutations,
     shuffle_stack,
+    zero_unless,
 )
 
 
@@ -153,7 +154,7 @@ class RAMer(nn.Module):
                 personality_pred = self.personality_head(h, present, (P, S))  # (B, P, d_pi)
         if self.target_embedding is not None:
             u = u + self._offset_embedding(batch).unsqueeze(2)  # (B, N, M, H)
-        u = torch.where(valid[:, :, None, None], u, 0.0)
+        u = zero_unless(valid[:, :, None, None], u)
 
         # §2.3 modality-level attention: every valid token gets every modality (stand-ins where missing)
         if self.context is not None:

@@ -16,7 +16,7 @@ file                      part                                                  
 """
 
 from ramer.models.parts.adversarial import CommonSpecific, GradientReversal, RealFakeDiscriminator, grad_reverse
-from ramer.models.parts.attention import MaskedAttention
+from ramer.models.parts.attention import MaskedAttention, zero_unless
 from ramer.models.parts.context import ModalityLevelAttention
 from ramer.models.parts.contrastive import ContrastiveMemory, contrastive_items
 from ramer.models.parts.encoders import ModalityEncoder
@@ -47,4 +47,5 @@ __all__ = [
     "modality_dropout",
     "random_permutations",
     "shuffle_stack",
+    "zero_unless",
 ]

@@ -78,6 +78,15 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return torch.native_dropout(x, p, True)[0]
 
 
+def zero_unless(keep: Tensor, x: Tensor) -> Tensor:
+    """``torch.where(keep, x, 0.0)``, or ``x`` itself when ``keep`` is all True (as on CMU-MOSEI,
+    where every token is valid and present): the same values without a pass over ``x``. Not while
+    exporting, whose graph cannot depend on the data."""
+    if not torch.compiler.is_exporting() and bool(keep.all()):
+        return x
+    return torch.where(keep, x, 0.0)
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (same state, same repr) computed by ``dropout`` above."""
 
@@ -113,6 +122,17 @@ class _AttentionWithDropout(torch.autograd.Function):
         grad_w.sub_((grad_w * w).sum(-1, keepdim=True))  # softmax': w * (grad_w - sum(grad_w * w))
         grad_s = _scaled_(w.mul_(grad_w), q.shape[-1] ** -0.5, q.dtype)
         return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v, None, None
+
+
+def _score_operands(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """q and k as the scores of CPU evaluation take them: contiguous (batched GEMMs without copies)
+    and, for bfloat16, widened to float32 in the same pass. Small bfloat16 batched products are
+    slower than float32 ones on CPU, and their bfloat16 scores would need widening for the softmax
+    anyway. (In training, where backward needs more products of these shapes, the measured
+    balance was the other way, and scores stay bfloat16.)"""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        return tuple(t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k))
+    return q.contiguous(), k.contiguous()
 
 
 def _key_bias(key_mask: Tensor) -> Tensor:
@@ -190,7 +210,7 @@ class MaskedAttention(nn.Module):
         if p > 0 and q.device.type == "cpu":  # CPU SDPA with dropout is unfused: the lighter explicit form
             y = _attention_with_dropout(q, k, v, key_mask, p)  # (X, heads, Q, d)
         elif q.device.type == "cpu":  # faster than CPU SDPA in float32, and far faster in bfloat16
-            w = _softmax_weights(q.contiguous(), k.contiguous(), key_mask)
+            w = _softmax_weights(*_score_operands(q, k), key_mask)
             y = torch.matmul(w.to(v.dtype), v.contiguous())  # (X, heads, Q, d)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ramer.models.parts.attention import Dropout, MaskedAttention
+from ramer.models.parts.attention import Dropout, MaskedAttention, zero_unless
 
 
 def _on_rows(fn, x: Tensor, keep: Tensor) -> Tensor:
@@ -81,6 +81,9 @@ class ModalityCompletion(nn.Module):
     ) -> Tensor:
         """u (B, N, M, H), present (B, N, M), valid (B, N), e_tok (B, N, H), e_known (B, N) -> (B, N, M, H)."""
         B, N, M, H = u.shape
+        # Nothing to fill (e.g. CMU-MOSEI). Not with autograd: DDP needs every parameter in the graph.
+        if not torch.is_grad_enabled() and not torch.compiler.is_exporting() and bool(present.all()):
+            return u
         keys = u + self.kind[:M].to(u.dtype)  # (B, N, M, H)
         mask = present
         query = self.query.to(u.dtype).expand(B, N, M, H)
@@ -128,4 +131,4 @@ class ModalityLevelAttention(nn.Module):
             2,
         )  # (B, N, M, H)
         u = self.completion(u, present, valid, e_tok, e_known)
-        return torch.where(valid[:, :, None, None], u, 0.0)
+        return zero_unless(valid[:, :, None, None], u)

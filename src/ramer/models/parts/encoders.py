@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ramer.models.parts.attention import Dropout, MaskedAttention
+from ramer.models.parts.attention import Dropout, MaskedAttention, zero_unless
 
 
 class TransformerLayer(nn.Module):
@@ -70,15 +70,15 @@ class ModalityEncoder(nn.Module):
         xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L, d)
         h = self._encode(xs, keep, segment.gather(1, order))  # (B, L, H), zero where not kept
         out = h.new_zeros(B, N, h.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(h), h)  # (B, N, H)
-        return torch.where(present.unsqueeze(-1), out, 0.0)
+        return zero_unless(present.unsqueeze(-1), out)
 
     def _encode(self, x: Tensor, keep: Tensor, segment: Tensor) -> Tensor:
         """x (B, L, d), keep (B, L) bool, segment (B, L) -> (B, L, H), zero where not kept."""
         B = x.shape[0]
-        xs = torch.where(keep.unsqueeze(-1), x, 0.0)
+        xs = zero_unless(keep.unsqueeze(-1), x)
         h = self.drop(self.proj(self.norm_in(xs)) + self.position(segment))  # (B, L, H)
         h = torch.cat([self.summary.to(h.dtype).expand(B, 1, -1), h], 1)  # (B, 1+L, H)
         mask = F.pad(keep, (1, 0), value=True)  # (B, 1+L): the summary token is always present
         for layer in self.layers:
             h = layer(h, mask)
-        return torch.where(keep.unsqueeze(-1), self.norm_out(h[:, 1:]), 0.0)  # (B, L, H)
+        return zero_unless(keep.unsqueeze(-1), self.norm_out(h[:, 1:]))  # (B, L, H)
