@@ -258,6 +258,33 @@ def test_attention_dropout_is_unbiased_and_trains(few, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_with_dropout_gradients_equal_float64(dtype):
+    """The explicit attention with dropout (weights recomputed in float32, kept in bfloat16)
+    against autograd through the textbook formula in float64, with the same dropout mask."""
+    from ramer.models.parts.attention import _AttentionWithDropout, _keep_mask
+
+    torch.manual_seed(0)
+    X, heads, L, d = 3, 2, 6, 4
+    q, k, v = (torch.randn(X, heads, L, d).to(dtype).requires_grad_() for _ in range(3))
+    key_mask = torch.rand(X, L) < 0.6
+    key_mask[:, 0] = True
+    grad = torch.randn(X, heads, L, d).to(dtype)
+    torch.manual_seed(5)
+    y = _AttentionWithDropout.apply(q, k, v, key_mask, 0.3)
+    y.backward(grad)
+    torch.manual_seed(5)  # the same mask: nothing else draws before it
+    keep, scale = _keep_mask((X, heads, L, L), 0.3, q.device)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    scores = (q64 @ k64.transpose(-1, -2) / d**0.5).masked_fill(~key_mask[:, None, None, :], -1e300)
+    y64 = (scores.softmax(-1) * keep * scale) @ v64
+    y64.backward(grad.double())
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(y.double(), y64, **tol)
+    for got, ref in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        torch.testing.assert_close(got.double(), ref, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_masks_apply_as_the_plain_product(dtype):
     """``_apply_mask`` (the mask read as uint8) gives the values of ``(x * keep * scale).to(out)``
     to the bit, in place or not, with or without a cast; ``zero_unless`` those of ``torch.where``."""

@@ -6,11 +6,14 @@ nobody speaks, a person who never shows a face) reads the null value instead of 
 nothing; no attention row is ever empty and nothing becomes NaN.
 
 Speed (docs/PERFORMANCE.md): on CPU, training-time dropout (``Dropout``, ``dropout``) draws its
-mask from 64-bit random words and keeps it as bool, and attention with dropout recomputes its
-weights in backward instead of storing them; without dropout, CPU attention is the explicit
-``softmax(scale * q k^T + bias) v`` (``_softmax_weights``). Tiny (queries x keys) problems are
-broadcast products on CPU, with or without dropout (``_few_key_attention``). Other devices use
-``F.scaled_dot_product_attention``.
+mask from 64-bit random words, keeps it as bool and applies it through a uint8 view
+(``_apply_mask``), and attention with dropout recomputes its weights in backward instead of
+storing them; without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v``
+(``_softmax_weights``; bfloat16 evaluation takes its scores from float32 operands,
+``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
+without dropout (``_few_key_attention``). Other devices use ``F.scaled_dot_product_attention``.
+``zero_unless`` is the masking the other parts share: ``torch.where(keep, x, 0)``, skipped when
+nothing is masked.
 
 Axis letters: x flattened batch rows, q queries, k keys, h hidden.
 """
@@ -98,9 +101,11 @@ class _AttentionWithDropout(torch.autograd.Function):
     """``softmax(q k^T / sqrt(d), allowed keys)`` with dropout on the weights, times ``v``.
 
     The explicit form of ``F.scaled_dot_product_attention(..., dropout_p=p)`` (which takes its
-    unfused path on CPU anyway), saving only q, k, v and the bool dropout mask: the (Q x K)
-    weights are recomputed in backward, as flash attention does. A row always has an allowed key
-    in RAMer (summary token or null key); one without would get uniform weights, not NaN.
+    unfused path on CPU anyway), saving q, k, v and the bool dropout mask. In float32 the (Q x K)
+    weights are recomputed in backward, as flash attention does (memory); for bfloat16 inputs
+    (autocast) they are kept in bfloat16, which costs half as much and saves the recomputation. A
+    row always has an allowed key in RAMer (summary token or null key); one without would get
+    uniform weights, not NaN.
     """
 
     @staticmethod
@@ -108,14 +113,15 @@ class _AttentionWithDropout(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # head-major: batched GEMMs without copies
         w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K), float32 for bf16 inputs
         keep, scale = _keep_mask(w.shape, p, w.device)
-        ctx.save_for_backward(q, k, v, key_mask, keep)
+        kept = w.to(torch.bfloat16) if q.dtype == torch.bfloat16 else None
+        ctx.save_for_backward(q, k, v, key_mask, keep, kept)
         ctx.scale = scale
         return torch.matmul(_apply_mask(w, keep, scale, v.dtype, consume=True), v)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        q, k, v, key_mask, keep = ctx.saved_tensors
-        w = _softmax_weights(q, k, key_mask)  # recomputed
+        q, k, v, key_mask, keep, kept = ctx.saved_tensors
+        w = _softmax_weights(q, k, key_mask) if kept is None else kept.float()  # recomputed, or kept
         grad = grad.to(v.dtype)
         grad_v = torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype).transpose(-1, -2), grad)
         grad_w = _apply_mask(torch.matmul(grad, v.transpose(-1, -2)).float(), keep, ctx.scale, consume=True)
