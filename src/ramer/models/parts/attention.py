@@ -7,13 +7,13 @@ nothing; no attention row is ever empty and nothing becomes NaN.
 
 Speed (docs/PERFORMANCE.md): on CPU, training-time dropout (``Dropout``, ``dropout``) draws its
 mask from 64-bit random words, keeps it as bool and applies it through a uint8 view
-(``_apply_mask``), and attention with dropout recomputes its weights in backward instead of
-storing them; without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v``
-(``_softmax_weights``; bfloat16 evaluation takes its scores from float32 operands,
-``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
-without dropout (``_few_key_attention``). Other devices use ``F.scaled_dot_product_attention``.
-``zero_unless`` is the masking the other parts share: ``torch.where(keep, x, 0)``, skipped when
-nothing is masked.
+(``_apply_mask``). Attention with dropout recomputes its weights in backward in float32 and keeps
+them in bfloat16 under autocast. Without dropout, CPU attention is the explicit
+``softmax(scale * q k^T + bias) v`` (``_softmax_weights``); bfloat16 evaluation takes its scores
+from float32 operands (``_score_operands``). Tiny (queries x keys) problems are broadcast products
+on CPU, with or without dropout (``_few_key_attention``). Other devices use
+``F.scaled_dot_product_attention``. ``zero_unless`` is the masking the other parts share:
+``torch.where(keep, x, 0)``, skipped when nothing is masked.
 
 Axis letters: x flattened batch rows, q queries, k keys, h hidden.
 """
@@ -45,9 +45,9 @@ def _scaled_(x: Tensor, scale: float, dtype: torch.dtype | None = None) -> Tenso
 def _apply_mask(
     x: Tensor, keep: Tensor, scale: float, dtype: torch.dtype | None = None, consume: bool = False
 ) -> Tensor:
-    """``(x * keep * scale).to(dtype)``, the same values, twice as fast on CPU: the bool mask is read
-    as uint8 (a bool -> float cast is not vectorised, a uint8 one is). ``consume``: x may be
-    overwritten."""
+    """``(x * keep * scale).to(dtype)``, the same values, two to three times as fast on CPU
+    (``benchmarks/mask_ops.py``): the bool mask is read as uint8 (a bool -> float cast is not
+    vectorised, a uint8 one is). ``consume``: x may be overwritten."""
     return _scaled_(torch.mul(x, keep.view(torch.uint8).to(x.dtype), out=x if consume else None), scale, dtype)
 
 

@@ -1,0 +1,101 @@
+"""Paired A/B of two source trees of ramer in one process: the same setting and mode built from
+each, their steps alternating (A B, then B A, ...), so that both see the same minutes of a machine
+whose speed drifts by ±20 % within minutes. Separate runs of ``throughput.py`` do not compare.
+
+Usage: ``git worktree add /tmp/old REV`` then ``python benchmarks/ab_trees.py --old /tmp/old/src
+[--new src] [--setting carat] [--mode train|infer] [--precision bf16] [--rounds 10] [--threads 2]``.
+Each tree builds its model from the same seed and reads its own stream of the same batches, and
+both reseed torch before each step alike, so the two trees' results compare too. Prints samples/s
+of each and the median ratio of paired step times (A / B: above 1 means the new tree is faster),
+then the largest difference between the trees' results (training: the loss of every step;
+inference: the probabilities); 0 means the two trees compute the same to the bit. Settings are
+those of ``throughput.py``; ``--mode infer --precision bf16`` casts the model whole, as ``ramer
+predict --precision bf16`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(src: Path, args):
+    """Import ramer (and throughput.py) from ``src``, build the setting; returns (step, batches)."""
+    for name in [k for k in sys.modules if k in ("ramer", "throughput") or k.startswith("ramer.")]:
+        del sys.modules[name]  # objects already built keep the code they were built with
+    sys.path[:0] = [str(src), str(ROOT / "benchmarks")]
+    try:
+        import ramer
+        import throughput
+        from ramer.train.optim import build_optimizer
+        from ramer.train.recipe import model_dtype, to_inference_precision, training_step
+    finally:
+        del sys.path[:2]
+    if not Path(ramer.__file__).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"ramer was imported from {ramer.__file__}, not from {src}")
+    cfg, store = throughput.make_setting(args.setting)
+    torch.manual_seed(0)
+    if args.mode == "train":
+        model = throughput.build(cfg, store).train()
+        opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 10_000, 0.01)
+
+        def step(batch):
+            loss = training_step(model, model, batch, opt, sched, cfg.train.grad_clip, args.precision)
+            return loss.total.detach().reshape(1)
+    else:
+        model = to_inference_precision(throughput.eval_model(cfg, store), args.precision)
+        dtype = model_dtype(model)
+
+        def step(batch):
+            with torch.inference_mode():
+                return model(batch.to(torch.device("cpu"), dtype)).probs.float()
+
+    return step, throughput.batches(store, cfg.train.batch_size, seed=1), cfg.train.batch_size
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--old", type=Path, required=True, help="the src folder of tree A")
+    p.add_argument("--new", type=Path, default=ROOT / "src", help="the src folder of tree B (default: this one)")
+    p.add_argument("--setting", default="carat")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="train: autocast; infer: the model cast whole")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    trees = {"A": load(args.old, args), "B": load(args.new, args)}
+    for i, name in enumerate("AABB"):  # warm-up (and a filled queue)
+        step, stream, _ = trees[name]
+        torch.manual_seed(i % 2)
+        step(next(stream))
+    times, results = {"A": [], "B": []}, {"A": [], "B": []}
+    for r in range(args.rounds):
+        for name in ("A", "B") if r % 2 else ("B", "A"):
+            step, stream, _ = trees[name]
+            batch = next(stream)
+            torch.manual_seed(1000 + r)
+            t0 = time.perf_counter()
+            results[name].append(step(batch))
+            times[name].append(time.perf_counter() - t0)
+    n = trees["A"][2]
+    ratios = [a / b for a, b in zip(times["A"], times["B"])]
+    print(f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
+          f"{args.rounds} rounds: A {n * args.rounds / sum(times['A']):.1f} samples/s, "
+          f"B {n * args.rounds / sum(times['B']):.1f} samples/s, "
+          f"median A/B {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})")
+    diff = max(float((a - b).abs().max()) for a, b in zip(results["A"], results["B"]))
+    what = "loss of each step" if args.mode == "train" else "probabilities"
+    print(f"largest |A - B| of the {what}: {diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()
