@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from throughput import add_paired_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,12 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", type=Path, required=True, help="the src folder of tree A")
     p.add_argument("--new", type=Path, default=ROOT / "src", help="the src folder of tree B (default: this one)")
-    p.add_argument("--setting", default="carat")
-    p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                   help="train: autocast; infer: the model cast whole")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
+    add_paired_args(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     trees = {"A": load(args.old, args), "B": load(args.new, args)}

@@ -16,17 +16,12 @@ import time
 
 import torch
 
-from throughput import batches, build, eval_model, make_setting
+from throughput import add_paired_args, batches, build, eval_model, make_setting
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--setting", default="carat")
-    p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                   help="train: autocast; infer: the model cast whole")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
+    add_paired_args(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import ramer.models.parts.attention as attention

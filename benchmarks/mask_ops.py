@@ -9,20 +9,10 @@ CARAT shapes: activations (64, 61, 256) and attention weights (64, 8, 61, 61).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-
-def best_ms(fn, reps: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return 1e3 * min(times)
+from throughput import best_time
 
 
 def main() -> None:
@@ -43,7 +33,7 @@ def main() -> None:
             }
             ref = forms["bool product"]()
             assert all(torch.equal(f(), ref) for f in forms.values())
-            row = "  ".join(f"{name} {best_ms(f):6.3f}" for name, f in forms.items())
+            row = "  ".join(f"{name} {1e3 * best_time(f, reps=20, rounds=7):6.3f}" for name, f in forms.items())
             print(f"{str(tuple(shape)):16s} {str(dtype).replace('torch.', ''):8s}  {row}")
 
 

@@ -276,6 +276,28 @@ def run_one(setting: str, mode: str, args) -> dict:
     return res
 
 
+def best_time(fn, reps: int = 10, rounds: int = 5) -> float:
+    """Seconds per call of ``fn``: the best of ``rounds`` timings of ``reps`` calls, after one."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t0) / reps)
+    return min(times)
+
+
+def add_paired_args(p: argparse.ArgumentParser) -> None:
+    """The options of the paired A/B scripts (``few_keys_ab.py``, ``ab_trees.py``)."""
+    p.add_argument("--setting", default="carat")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="train: autocast; infer: the model cast whole")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+
+
 def machine_speed(threads: int) -> dict:
     """This minute's speed of the machine, on ``threads`` threads: matrix products of an encoder's
     shape in fp32 and bf16 (GFLOP/s, best of 5) and a memory-bound op (float32 softmax over the
@@ -284,16 +306,7 @@ def machine_speed(threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-
-    def best(fn, reps: int = 10) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            times.append((time.perf_counter() - t0) / reps)
-        return min(times)
+    best = best_time
 
     out = {}
     for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
