@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load(src: Path, args):
     """Import ramer (and throughput.py) from ``src``, build the setting; returns (step, batches)."""
+    if not (src / "ramer" / "__init__.py").is_file():
+        raise SystemExit(f"{src}: no ramer package there (give the src folder of a checkout)")
     for name in [k for k in sys.modules if k in ("ramer", "throughput") or k.startswith("ramer.")]:
         del sys.modules[name]  # objects already built keep the code they were built with
     sys.path[:0] = [str(src), str(ROOT / "benchmarks")]
