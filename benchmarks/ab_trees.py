@@ -16,14 +16,12 @@ predict --precision bf16`` does.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from throughput import add_paired_args
+from throughput import add_paired_args, paired_line, paired_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,29 +36,13 @@ def load(src: Path, args):
     try:
         import ramer
         import throughput
-        from ramer.train.optim import build_optimizer
-        from ramer.train.recipe import model_dtype, to_inference_precision, training_step
     finally:
         del sys.path[:2]
     if not Path(ramer.__file__).resolve().is_relative_to(src.resolve()):
         raise SystemExit(f"ramer was imported from {ramer.__file__}, not from {src}")
     cfg, store = throughput.make_setting(args.setting)
     torch.manual_seed(0)
-    if args.mode == "train":
-        model = throughput.build(cfg, store).train()
-        opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 10_000, 0.01)
-
-        def step(batch):
-            loss = training_step(model, model, batch, opt, sched, cfg.train.grad_clip, args.precision)
-            return loss.total.detach().reshape(1)
-    else:
-        model = to_inference_precision(throughput.eval_model(cfg, store), args.precision)
-        dtype = model_dtype(model)
-
-        def step(batch):
-            with torch.inference_mode():
-                return model(batch.to(torch.device("cpu"), dtype)).probs.float()
-
+    step = throughput.make_step(cfg, store, args.mode, args.precision)  # built with this tree's code
     return step, throughput.batches(store, cfg.train.batch_size, seed=1), cfg.train.batch_size
 
 
@@ -76,21 +58,17 @@ def main() -> None:
         step, stream, _ = trees[name]
         torch.manual_seed(i % 2)
         step(next(stream))
-    times, results = {"A": [], "B": []}, {"A": [], "B": []}
-    for r in range(args.rounds):
-        for name in ("A", "B") if r % 2 else ("B", "A"):
-            step, stream, _ = trees[name]
-            batch = next(stream)
-            torch.manual_seed(1000 + r)
-            t0 = time.perf_counter()
-            results[name].append(step(batch))
-            times[name].append(time.perf_counter() - t0)
-    n = trees["A"][2]
-    ratios = [a / b for a, b in zip(times["A"], times["B"])]
-    print(f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
-          f"{args.rounds} rounds: A {n * args.rounds / sum(times['A']):.1f} samples/s, "
-          f"B {n * args.rounds / sum(times['B']):.1f} samples/s, "
-          f"median A/B {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})")
+
+    def prepare(stream):
+        def reseed_and_fetch(r):
+            torch.manual_seed(1000 + r)  # both trees draw the same randomness in round r
+            return next(stream)
+
+        return reseed_and_fetch
+
+    runs = {name: (prepare(stream), step) for name, (step, stream, _) in trees.items()}
+    times, results = paired_rounds(runs, args.rounds)
+    print(paired_line(args, trees["A"][2], times, {"A": "A", "B": "B"}))
     diff = max(float((a - b).abs().max()) for a, b in zip(results["A"], results["B"]))
     what = "loss of each step" if args.mode == "train" else "probabilities"
     print(f"largest |A - B| of the {what}: {diff:.3g}")

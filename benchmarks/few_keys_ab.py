@@ -11,12 +11,10 @@ Usage: ``python benchmarks/few_keys_ab.py [--setting carat] [--mode train|infer]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from throughput import add_paired_args, batches, build, eval_model, make_setting
+from throughput import add_paired_args, batches, make_setting, make_step, paired_line, paired_rounds
 
 
 def main() -> None:
@@ -25,44 +23,24 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import ramer.models.parts.attention as attention
-    from ramer.train.recipe import model_dtype, to_inference_precision, training_step
 
     on_value = attention.FEW_KEYS
     cfg, store = make_setting(args.setting)
     stream = batches(store, cfg.train.batch_size)
-    if args.mode == "train":
-        from ramer.train.optim import build_optimizer
-
-        model = build(cfg, store).train()
-        opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 10_000, 0.01)
-
-        def step(batch):
-            training_step(model, model, batch, opt, sched, cfg.train.grad_clip, args.precision)
-    else:
-        model = to_inference_precision(eval_model(cfg, store), args.precision)
-        dtype = model_dtype(model)
-
-        def step(batch):
-            with torch.inference_mode():
-                model(batch.to(torch.device("cpu"), dtype))
-
+    step = make_step(cfg, store, args.mode, args.precision)
     for _ in range(3):  # warm-up (and a filled queue)
         step(next(stream))
-    times = {"off": [], "on": []}
-    for r in range(args.rounds):
-        for name in ("off", "on") if r % 2 else ("on", "off"):
-            attention.FEW_KEYS = on_value if name == "on" else 0
-            batch = next(stream)
-            t0 = time.perf_counter()
-            step(batch)
-            times[name].append(time.perf_counter() - t0)
+
+    def prepare(value):
+        def set_and_fetch(_round):
+            attention.FEW_KEYS = value
+            return next(stream)
+
+        return set_and_fetch
+
+    times, _ = paired_rounds({"off": (prepare(0), step), "on": (prepare(on_value), step)}, args.rounds)
     attention.FEW_KEYS = on_value
-    ratios = [a / b for a, b in zip(times["off"], times["on"])]
-    n = cfg.train.batch_size
-    print(f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
-          f"{args.rounds} rounds: off {n * args.rounds / sum(times['off']):.1f} samples/s, "
-          f"on (FEW_KEYS={on_value}) {n * args.rounds / sum(times['on']):.1f} samples/s, "
-          f"median off/on {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})")
+    print(paired_line(args, cfg.train.batch_size, times, {"off": "off", "on": f"on (FEW_KEYS={on_value})"}))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -121,22 +122,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_train(cfg, store, steps: int, warmup: int, precision: str) -> dict:
+def make_step(cfg, store, mode: str, precision: str):
+    """One step of ``mode`` on a batch, as the benchmarks time it: ``train`` is
+    ``ramer.train.recipe.training_step`` under ``precision`` (autocast for bf16) and returns the
+    loss, shape (1,); ``infer`` is the eval forward of ``eval_model`` cast whole to ``precision``
+    (as ``ramer predict --precision``) and returns the probabilities in float32."""
     import torch
 
-    from ramer.train.optim import build_optimizer
-    from ramer.train.recipe import training_step
+    from ramer.train.recipe import model_dtype, to_inference_precision, training_step
 
-    model = build(cfg, store).train()
-    opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 10_000, 0.01)
+    if mode == "train":
+        from ramer.train.optim import build_optimizer
+
+        model = build(cfg, store).train()
+        opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 10_000, 0.01)
+
+        def step(batch):
+            loss = training_step(model, model, batch, opt, sched, cfg.train.grad_clip, precision)
+            return loss.total.detach().reshape(1)
+
+        return step
+    model = to_inference_precision(eval_model(cfg, store), precision)
+    dtype = model_dtype(model)
+
+    def step(batch):
+        with torch.inference_mode():
+            return model(batch.to(torch.device("cpu"), dtype)).probs.float()
+
+    return step
+
+
+def measure_train(cfg, store, steps: int, warmup: int, precision: str) -> dict:
+    step = make_step(cfg, store, "train", precision)
     stream = batches(store, cfg.train.batch_size)
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        training_step(model, model, next(stream), opt, sched, cfg.train.grad_clip, precision)
+        step(next(stream))
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    del torch
     return summary(times, cfg.train.batch_size)
 
 
@@ -296,6 +320,33 @@ def add_paired_args(p: argparse.ArgumentParser) -> None:
                    help="train: autocast; infer: the model cast whole")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+
+
+def paired_rounds(runs: dict, rounds: int) -> tuple[dict, dict]:
+    """Time two runs step by step, alternating (A B, then B A, ...), so that both see the same
+    minutes of a machine whose speed drifts. ``runs``: name -> (prepare, step); ``prepare(r)``
+    (untimed) returns round r's batch, ``step(batch)`` is timed. Returns (seconds, results) per name."""
+    a, b = runs
+    times, results = {a: [], b: []}, {a: [], b: []}
+    for r in range(rounds):
+        for name in (a, b) if r % 2 else (b, a):
+            prepare, step = runs[name]
+            batch = prepare(r)
+            t0 = time.perf_counter()
+            results[name].append(step(batch))
+            times[name].append(time.perf_counter() - t0)
+    return times, results
+
+
+def paired_line(args, batch_size: int, times: dict, labels: dict) -> str:
+    """The summary of ``paired_rounds``: samples/s of each and the median ratio of paired step
+    times (first / second run; above 1: the second is faster)."""
+    (a, ta), (b, tb) = times.items()
+    ratios = [x / y for x, y in zip(ta, tb)]
+    rate = lambda t: batch_size * len(t) / sum(t)  # noqa: E731
+    return (f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
+            f"{args.rounds} rounds: {labels[a]} {rate(ta):.1f} samples/s, {labels[b]} {rate(tb):.1f} samples/s, "
+            f"median {a}/{b} {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})")
 
 
 def machine_speed(threads: int) -> dict:
