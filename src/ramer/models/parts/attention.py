@@ -51,6 +51,11 @@ def _apply_mask(
     return _scaled_(torch.mul(x, keep.view(torch.uint8).to(x.dtype), out=x if consume else None), scale, dtype)
 
 
+def _masked(x: Tensor, keep: Tensor) -> Tensor:
+    """``x * keep`` in x's dtype, a new tensor (the mask read as uint8, as in ``_apply_mask``)."""
+    return keep.view(torch.uint8).to(x.dtype).mul_(x)
+
+
 class _BoolMaskDropout(torch.autograd.Function):
     """Dropout that draws its mask from 16-bit slices of 64-bit random words (about ten times
     faster than ``bernoulli_`` on CPU) and keeps it as bool for backward (a quarter of the memory
@@ -102,27 +107,39 @@ class _AttentionWithDropout(torch.autograd.Function):
 
     The explicit form of ``F.scaled_dot_product_attention(..., dropout_p=p)`` (which takes its
     unfused path on CPU anyway), saving q, k, v and the bool dropout mask. In float32 the (Q x K)
-    weights are recomputed in backward, as flash attention does (memory); for bfloat16 inputs
-    (autocast) they are kept in bfloat16, which costs half as much and saves the recomputation. A
-    row always has an allowed key in RAMer (summary token or null key); one without would get
-    uniform weights, not NaN.
+    weights are recomputed in backward, as flash attention does (memory). For bfloat16 inputs
+    (autocast) they are kept in bfloat16, which costs half as much and saves the recomputation,
+    and after the float32 softmax every (Q x K) pass stays in bfloat16: the dropout scale goes on
+    the (Q x d) output and gradients, and the softmax derivative is two in-place passes. (A
+    mixed-dtype elementwise op, such as float32 times a bool mask written to bfloat16, takes a
+    slower path on CPU than a cast plus a same-dtype op.) A row always has an allowed key in RAMer
+    (summary token or null key); one without would get uniform weights, not NaN.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p: float) -> Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # head-major: batched GEMMs without copies
         w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K), float32 for bf16 inputs
-        keep, scale = _keep_mask(w.shape, p, w.device)
-        kept = w.to(torch.bfloat16) if q.dtype == torch.bfloat16 else None
-        ctx.save_for_backward(q, k, v, key_mask, keep, kept)
-        ctx.scale = scale
-        return torch.matmul(_apply_mask(w, keep, scale, v.dtype, consume=True), v)
+        keep, ctx.scale = _keep_mask(w.shape, p, w.device)
+        if q.dtype == torch.bfloat16:  # from here on every (Q x K) pass is in bfloat16, one dtype per op
+            kept = w.to(torch.bfloat16)
+            ctx.save_for_backward(q, k, v, key_mask, keep, kept)
+            return torch.matmul(_masked(kept, keep), v).mul_(ctx.scale)  # the scale on the smaller side
+        ctx.save_for_backward(q, k, v, key_mask, keep, None)
+        return torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype, consume=True), v)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, k, v, key_mask, keep, kept = ctx.saved_tensors
-        w = _softmax_weights(q, k, key_mask) if kept is None else kept.float()  # recomputed, or kept
         grad = grad.to(v.dtype)
+        if kept is not None:  # bfloat16: dw = scale * keep * G with G = grad v^T; P = w * keep * G
+            wk = _masked(kept, keep)  # w * keep
+            grad_v = torch.matmul(wk.transpose(-1, -2), grad).mul_(ctx.scale)
+            wk.mul_(torch.matmul(grad, v.transpose(-1, -2)))  # P
+            wk.addcmul_(kept, wk.sum(-1, keepdim=True), value=-1)  # softmax': (P - w * sum(P)) = ds / scale
+            c = ctx.scale * q.shape[-1] ** -0.5
+            return torch.matmul(wk, k).mul_(c), torch.matmul(wk.transpose(-1, -2), q).mul_(c), grad_v, None, None
+        w = _softmax_weights(q, k, key_mask)  # float32: recomputed
         grad_v = torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype).transpose(-1, -2), grad)
         grad_w = _apply_mask(torch.matmul(grad, v.transpose(-1, -2)).float(), keep, ctx.scale, consume=True)
         grad_w.sub_((grad_w * w).sum(-1, keepdim=True))  # softmax': w * (grad_w - sum(grad_w * w))
