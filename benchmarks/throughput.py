@@ -19,8 +19,9 @@ one mode alone (it includes Python, torch and the data). Modes:
   AMX), with its accuracy against fp32 on the same batches (max abs difference of the
   probabilities, agreement of the 0.5 decisions).
   ``--procs K`` runs K inference processes at once and adds their samples/s (independent workers).
-  ``--workers N`` instead scores the setting's 512 scenes as ``ramer predict --workers N`` does
-  (``ramer.train.recipe.predict``: N forked processes sharing the threads), timing whole passes.
+  ``--workers N`` instead scores the setting's ``--scenes`` scenes (default 512) as ``ramer predict
+  --workers N`` does (``ramer.train.recipe.predict``: N forked processes sharing the threads),
+  timing whole passes; each pass forks its workers, so larger passes spread that cost thinner.
 
 A first line calibrates the machine (matrix products and a memory-bound op, ``machine_speed``).
 Every line also gives the model's parameter count (M = millions). samples/s is the mean over the
@@ -251,7 +252,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    cfg, store = make_setting(args.setting, args.set or [])
+    cfg, store = make_setting(args.setting, args.set or [], n=args.scenes)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     if args.mode == "train":
@@ -280,7 +281,8 @@ def run_one(setting: str, mode: str, args) -> dict:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     cmd = [sys.executable, __file__, "--worker", "--setting", setting, "--mode", mode, "--threads", str(args.threads),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--infer-steps", str(args.infer_steps),
-           "--precision", args.precision, "--infer-batch", str(args.infer_batch or 0), "--workers", str(args.workers)]
+           "--precision", args.precision, "--infer-batch", str(args.infer_batch or 0), "--workers", str(args.workers),
+           "--scenes", str(args.scenes)]
     for s in args.set or []:
         cmd += ["--set", s]
     n = args.procs if mode != "train" else 1
@@ -382,8 +384,11 @@ def main() -> None:
                    help="inference only: run this many worker processes at once and add their samples/s "
                         "(e.g. --procs 2 --threads 1: two single-threaded workers on 2 cores)")
     p.add_argument("--workers", type=int, default=0,
-                   help="inference only: score the setting's 512 scenes as `ramer predict --workers N` does "
+                   help="inference only: score the setting's --scenes scenes as `ramer predict --workers N` does "
                         "(N forked processes sharing --threads), three timed passes; samples/s per pass")
+    p.add_argument("--scenes", type=int, default=512,
+                   help="scenes of each setting's data (training and inference draw batches from them; "
+                        "--workers scores all of them per pass)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every setting")
     p.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "unset"),
                    help="OMP_WAIT_POLICY of the measured processes (default PASSIVE: see docs/PERFORMANCE.md)")

@@ -7,13 +7,14 @@ nothing; no attention row is ever empty and nothing becomes NaN.
 
 Speed (docs/PERFORMANCE.md): on CPU, training-time dropout (``Dropout``, ``dropout``) draws its
 mask from 64-bit random words, keeps it as bool and applies it through a uint8 view
-(``_apply_mask``). Attention with dropout recomputes its weights in backward in float32 and keeps
-them in bfloat16 under autocast. Without dropout, CPU attention is the explicit
-``softmax(scale * q k^T + bias) v`` (``_softmax_weights``); bfloat16 evaluation takes its scores
-from float32 operands (``_score_operands``). Tiny (queries x keys) problems are broadcast products
-on CPU, with or without dropout (``_few_key_attention``). Other devices use
-``F.scaled_dot_product_attention``. ``zero_unless`` is the masking the other parts share:
-``torch.where(keep, x, 0)``, skipped when nothing is masked.
+(``_apply_mask``). Attention with dropout recomputes its weights in backward in float32; under
+autocast it keeps them in bfloat16, and every pass after the float32 softmax is in bfloat16.
+Without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v``
+(``_softmax_weights``); bfloat16 evaluation takes its scores from float32 operands
+(``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
+without dropout (``_few_key_attention``). Other devices use ``F.scaled_dot_product_attention``.
+``zero_unless`` is the masking the other parts share: ``torch.where(keep, x, 0)``, skipped when
+nothing is masked.
 
 Axis letters: x flattened batch rows, q queries, k keys, h hidden.
 """
