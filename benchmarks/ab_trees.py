@@ -26,12 +26,14 @@ from throughput import add_paired_args, paired_line, paired_rounds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(src: Path, args):
-    """Import ramer (and throughput.py) from ``src``, build the setting; returns (step, batches)."""
+def import_tree(src: Path):
+    """Import ramer from the src folder ``src`` (any ramer imported before is dropped; objects
+    already built keep the code they were built with) and throughput.py with it; returns that
+    throughput module. Exits with a one-line message where ``src`` holds no ramer package."""
     if not (src / "ramer" / "__init__.py").is_file():
         raise SystemExit(f"{src}: no ramer package there (give the src folder of a checkout)")
     for name in [k for k in sys.modules if k in ("ramer", "throughput") or k.startswith("ramer.")]:
-        del sys.modules[name]  # objects already built keep the code they were built with
+        del sys.modules[name]
     sys.path[:0] = [str(src), str(ROOT / "benchmarks")]
     try:
         import ramer
@@ -40,6 +42,12 @@ def load(src: Path, args):
         del sys.path[:2]
     if not Path(ramer.__file__).resolve().is_relative_to(src.resolve()):
         raise SystemExit(f"ramer was imported from {ramer.__file__}, not from {src}")
+    return throughput
+
+
+def load(src: Path, args):
+    """Import ramer (and throughput.py) from ``src``, build the setting; returns (step, batches)."""
+    throughput = import_tree(src)
     cfg, store = throughput.make_setting(args.setting)
     torch.manual_seed(0)
     step = throughput.make_step(cfg, store, args.mode, args.precision)  # built with this tree's code

@@ -13,16 +13,17 @@ Usage: ``python benchmarks/bf16_gradients.py [--src src] [--setting carat] [--st
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+import torch
+
+from ab_trees import import_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gradients(setting: str, precision: str, steps: int) -> list:
-    import torch
-
-    import throughput
+def gradients(throughput, setting: str, precision: str, steps: int) -> list:
+    """The flat gradient of each of ``steps`` training passes (no optimiser step) under ``precision``."""
     from ramer.train.recipe import autocast
 
     cfg, store = throughput.make_setting(setting)
@@ -48,17 +49,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if not (args.src / "ramer" / "__init__.py").is_file():
-        raise SystemExit(f"{args.src}: no ramer package there (give the src folder of a checkout)")
-    sys.path[:0] = [str(args.src), str(ROOT / "benchmarks")]
-    import torch
-
-    import ramer
-
-    if not Path(ramer.__file__).resolve().is_relative_to(args.src.resolve()):
-        raise SystemExit(f"ramer was imported from {ramer.__file__}, not from {args.src}")
+    throughput = import_tree(args.src)
     torch.set_num_threads(args.threads)
-    fp32, bf16 = (gradients(args.setting, precision, args.steps) for precision in ("fp32", "bf16"))
+    fp32, bf16 = (gradients(throughput, args.setting, precision, args.steps) for precision in ("fp32", "bf16"))
     for step, (ref, got) in enumerate(zip(fp32, bf16)):
         print(f"{args.src}  setting {args.setting}  pass {step}: |g_bf16 - g_fp32| / |g_fp32| = "
               f"{float((got - ref).norm() / ref.norm()):.4f}")

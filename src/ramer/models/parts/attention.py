@@ -43,18 +43,20 @@ def _scaled_(x: Tensor, scale: float, dtype: torch.dtype | None = None) -> Tenso
     return torch.mul(x, scale, out=torch.empty(x.shape, dtype=dtype, device=x.device))
 
 
+def _masked(x: Tensor, keep: Tensor, consume: bool = False) -> Tensor:
+    """``x * keep`` in x's dtype, two to three times as fast on CPU as the plain product
+    (``benchmarks/mask_ops.py``): the bool mask is read as uint8 (a bool -> float cast is not
+    vectorised, a uint8 one is). The product goes into the cast mask, or into x if ``consume``."""
+    mask = keep.view(torch.uint8).to(x.dtype)
+    return x.mul_(mask) if consume else mask.mul_(x)
+
+
 def _apply_mask(
     x: Tensor, keep: Tensor, scale: float, dtype: torch.dtype | None = None, consume: bool = False
 ) -> Tensor:
-    """``(x * keep * scale).to(dtype)``, the same values, two to three times as fast on CPU
-    (``benchmarks/mask_ops.py``): the bool mask is read as uint8 (a bool -> float cast is not
-    vectorised, a uint8 one is). ``consume``: x may be overwritten."""
-    return _scaled_(torch.mul(x, keep.view(torch.uint8).to(x.dtype), out=x if consume else None), scale, dtype)
-
-
-def _masked(x: Tensor, keep: Tensor) -> Tensor:
-    """``x * keep`` in x's dtype, a new tensor (the mask read as uint8, as in ``_apply_mask``)."""
-    return keep.view(torch.uint8).to(x.dtype).mul_(x)
+    """``(x * keep * scale).to(dtype)``, the same values (``_masked``, then ``_scaled_``).
+    ``consume``: x may be overwritten."""
+    return _scaled_(_masked(x, keep, consume), scale, dtype)
 
 
 class _BoolMaskDropout(torch.autograd.Function):
@@ -154,7 +156,7 @@ def _score_operands(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     slower than float32 ones on CPU, and their bfloat16 scores would need widening for the softmax
     anyway. (In training, where backward needs more products of these shapes, the measured
     balance was the other way, and scores stay bfloat16.)"""
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+    if q.dtype == torch.bfloat16:
         return tuple(t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k))
     return q.contiguous(), k.contiguous()
 
