@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from throughput import batches, build, make_setting
+from throughput import batches, eval_model, make_setting
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     from ramer.train.recipe import to_inference_precision
 
     cfg, store = make_setting(args.setting)
-    reference = build(cfg, store).eval()
+    reference = eval_model(cfg, store)  # unit prototypes, as after training
     cast = to_inference_precision(copy.deepcopy(reference), "bf16")
     stream = batches(store, cfg.train.batch_size, seed=1)
     fp32_batches = [next(stream) for _ in range(args.batches)]

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from throughput import batches, build, make_setting  # noqa: E402
+from throughput import batches, build, eval_model, make_setting  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     if args.loop_check:
         return loop_check()
     cfg, store = make_setting(args.setting, args.set or [])
-    model = build(cfg, store)
+    model = build(cfg, store) if args.mode == "train" else eval_model(cfg, store)  # eval: unit prototypes
     stream = batches(store, cfg.train.batch_size)
     from ramer.train.optim import build_optimizer
     from ramer.train.recipe import model_dtype, to_inference_precision, training_step
@@ -54,7 +54,7 @@ def main() -> None:
         def step():
             training_step(model, model, next(stream), opt, sched, cfg.train.grad_clip, args.precision)
     else:  # as `ramer predict --precision`: bf16 casts the whole model and its inputs
-        model = to_inference_precision(model, args.precision).eval()
+        model = to_inference_precision(model, args.precision)
         dtype = model_dtype(model)
 
         def step():

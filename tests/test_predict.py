@@ -107,6 +107,30 @@ def test_forked_workers_score_like_one_process(run, tmp_path, capsys):
         predict(predictor.model, test, 8, torch.device("cuda"), workers=2)
 
 
+def test_forked_workers_share_the_threads_among_the_blocks(run, monkeypatch):
+    """Fewer batches than workers: each of the fewer forked processes gets a larger thread share."""
+    import torch
+
+    from ramer.train import recipe
+
+    out, cfg = run
+    test = generate(cfg.data.synthetic).splits["test"]
+    model = ramer.load(out).model
+    def thread_count(model, store, start, stop, *rest):  # a block's rows: its worker's thread count
+        return np.full((stop - start, 1), torch.get_num_threads())
+
+    monkeypatch.setattr(recipe, "_score_range", thread_count)  # the forked workers inherit it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        four = recipe.predict(model, test, 16, torch.device("cpu"), workers=4).scores  # 50 samples: 4 blocks
+        two = recipe.predict(model, test, 32, torch.device("cpu"), workers=4).scores  # 2 batches: 2 blocks
+    finally:
+        torch.set_num_threads(threads)
+    assert four[:, 0].tolist() == [2] * 50
+    assert two[:, 0].tolist() == [4] * 50
+
+
 def test_metrics_table_shows_no_score_for_an_empty_part():
     """A split without non-speaker targets prints a dash there, not a score of 0."""
     from rich.console import Console

@@ -135,8 +135,8 @@ def predict(
 
     ``shard``: in a distributed run each rank scores one contiguous block of the scenes and the
     blocks are gathered in rank order (no padding, so no duplicate), giving every rank all scores.
-    ``workers``: CPU only, the scenes are split into that many contiguous blocks of whole batches,
-    scored by as many forked processes with ``threads / workers`` threads each (``_score_forked``).
+    ``workers``: CPU only, the scenes are split into at most that many contiguous blocks of whole
+    batches, each scored by a forked process on its share of the threads (``_score_forked``).
     """
     was_training = model.training
     model.eval()
@@ -148,7 +148,7 @@ def predict(
         raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
     blocks = _batch_blocks(part, batch_size, workers)
     if len(blocks) > 1:
-        out = _score_forked(model, store, blocks, batch_size, device, precision, workers)
+        out = _score_forked(model, store, blocks, batch_size, device, precision)
     else:
         out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
     model.train(was_training)
@@ -192,10 +192,11 @@ def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int,
 
 def _score_forked(
     model: nn.Module, store: SceneStore, blocks: list[tuple[int, int]], batch_size: int, device: torch.device,
-    precision: str, workers: int,
+    precision: str,
 ) -> np.ndarray:
-    """Scores of ``blocks`` from one forked process each, on ``threads / workers`` threads,
-    gathered in order.
+    """Scores of ``blocks`` from one forked process each, gathered in order; the threads of this
+    process are shared out among the blocks (one per worker, fewer when there are fewer batches
+    than workers: each block then gets more threads).
 
     Threads of one process meet at every one of the many small ops of a batch; processes of one
     thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
@@ -205,7 +206,7 @@ def _score_forked(
 
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RamerError("scoring with several worker processes needs the 'fork' start method (Linux)")
-    _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // workers))
+    _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // len(blocks)))
     try:
         with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:
             parts = pool.map(_score_block, blocks, chunksize=1)
