@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch==2.13.0 first: on this machine it is a CPU build on local disk; pyproject declares torch>=2.1
+# torch==2.13.0 first: on this machine it is a CPU build on local disk; pyproject declares torch>=2.7
 # so the package install afterwards adds nothing torch-related.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -102,3 +102,18 @@ def test_export_without_personality_single_person_scenes(tmp_path):
     results = check_onnx(wrapper, spec, path)
     assert [r.shape for r in results] == list(CHECK_SHAPES) and any(r.shape[1] == 1 for r in results)
     assert all(r.max_abs_diff <= 1e-4 for r in results)
+
+
+@needs_onnx
+def test_export_refuses_classical_models_and_folders(run, tmp_path, capsys):
+    """A scikit-learn baseline has no torch graph: refused before any export; a folder as the
+    output file is refused too. One clear line each."""
+    sets = sum((["--set", s] for s in TINY), [])
+    assert main(["train", "--model", "br", "--out", str(tmp_path / "br"), *sets]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "br"), "--onnx", str(tmp_path / "br.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX export is for the deep models, not 'br'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "br.onnx").exists()
+    assert main(["export", str(run), "--onnx", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err

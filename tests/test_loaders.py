@@ -15,6 +15,7 @@ import torch
 import fixtures_writers as fw
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.config import DataConfig
+from ramer.cli import main
 from ramer.data.commands import collect_info, convert, run_convert, run_info
 from ramer.data.formats import FORMATS, detect_format, load_dataset
 from ramer.data.info import dataset_info, format_info_table
@@ -603,3 +604,17 @@ def test_dataset_info_and_commands(files, capsys) -> None:
     assert "m3ed_pickle" in out and "Surprise" in out
     with pytest.raises(RamerError, match="--labels must be primary or fine_grained"):
         run_info(str(files["memor"]), labels="tertiary")
+
+
+def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> None:
+    """`ramer data info|convert --set data.KEY=VALUE`: the loader options of `train --set`."""
+    whole = collect_info(str(files["m3ed"]), "m3ed_pickle")
+    cut = collect_info(str(files["m3ed"]), "m3ed_pickle", sets=["data.max_utterances=2"])
+    assert whole["splits"]["train"]["tokens_mean"] > cut["splits"]["train"]["tokens_mean"] == 2 * 2  # P = 2 rows
+    assert main(["data", "convert", str(files["m3ed"]), "--format", "m3ed_pickle", "--out", str(tmp_path / "n"),
+                 "--set", "data.max_utterances=2"]) == 0
+    assert load_native(tmp_path / "n").splits["train"].grid[:, 1].max() == 2
+    assert main(["data", "info", str(files["m3ed"]), "--set", "model.hidden=8"]) == 2
+    assert "only data.* keys (loader options) apply here" in capsys.readouterr().err
+    assert main(["data", "info", str(files["m3ed"]), "--set", "data.max_utterance=2"]) == 2
+    assert "data.max_utterance" in capsys.readouterr().err

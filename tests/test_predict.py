@@ -57,6 +57,34 @@ def test_api_refuses_other_labels(run):
         ramer.load(out).predict(other)
 
 
+def test_predict_output_path_is_checked_before_the_work(run, tmp_path, capsys):
+    """--out: an empty name, a folder, or a path under a file are one clear error each; a missing
+    folder is made."""
+    out, _ = run
+    (tmp_path / "file").write_text("")
+    for bad, message in (("", "the output file name is empty"), (str(tmp_path), "is a folder; give a file name"),
+                         (str(tmp_path / "file" / "p.jsonl"), "file: exists and is not a folder")):
+        assert main(["predict", str(out), "--out", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["predict", str(out), "--out", str(tmp_path / "new" / "sub" / "p.jsonl")]) == 0
+    assert (tmp_path / "new" / "sub" / "p.jsonl").read_text().count("\n") == 50
+
+
+def test_api_refuses_other_feature_sizes(run, tmp_path, capsys):
+    """Data whose features are not the size the model was trained on: one clear error (a store, a
+    batch, the CLI), not a shape error from inside the model."""
+    out, _ = run
+    other = generate(tiny_cfg(extra=["data.synthetic.text_dim=32"]).data.synthetic)
+    predictor = ramer.load(out)
+    with pytest.raises(RamerError, match="text features have size 32, the model expects 64"):
+        predictor.predict(other)
+    with pytest.raises(RamerError, match="^batch: text features have size 32"):
+        predictor.predict(other.splits["test"].collate([0, 1]))
+    other.save(tmp_path / "other")
+    assert main(["eval", str(out), "--data", str(tmp_path / "other")]) == 2
+    assert "text features have size 32, the model expects 64" in capsys.readouterr().err
+
+
 def test_bf16_predictor_agrees_with_fp32(run, tmp_path):
     """The bf16 model (cast whole, inputs cast to match) scores like fp32 to a few thousandths; the
     CLI flag reaches it. Every sample is scored, in order."""

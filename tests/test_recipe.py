@@ -174,7 +174,9 @@ def run_cli(*argv):
         (["train", "--set", "model.nonexistent=1"], "unknown key 'model.nonexistent'"),
         (["train", "--data", "/no/such/dir"], "data path not found: /no/such/dir"),
         (["train", "--config", "no_such_config"], "no config named 'no_such_config'"),
-        (["train", "--model", "no_such_model", "--set", "train.epochs=1"], "unknown model 'no_such_model'"),
+        (["train", "--model", "no_such_model", "--set", "train.epochs=1"],
+         "unknown model 'no_such_model'; known: amp, br, cc"),
+        (["bench", "--models", "", "--out", "/no/such/bench"], "--models: empty list"),
         (["eval", "/no/such/run"], "model file not found"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
     ],
@@ -196,6 +198,16 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, bundle):
     (out / "model.safetensors").write_bytes(b"\x00" * 64)
     r = run_cli("eval", str(out))
     assert r.returncode == 2 and "not a readable safetensors file" in r.stderr
+    (out / "train_state.pt").write_bytes(b"junk" * 16)
+    r = run_cli("train", "--resume", str(out))
+    assert r.returncode == 2 and "train_state.pt: not a readable training state" in r.stderr
+
+
+def test_train_out_must_be_a_folder(tmp_path, bundle, capsys):
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(RamerError, match="file.txt: exists and is not a folder"):
+        Recipe(tiny_cfg(extra=["train.epochs=1"]), tmp_path / "file.txt", bundle=bundle).run()
+    assert (tmp_path / "file.txt").read_text() == ""
 
 
 def test_cli_train_then_eval_reads_back_metrics(tmp_path):
@@ -215,3 +227,15 @@ def test_help_says_what_each_command_does():
     for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["demo", "--help"], ["data", "synth", "--help"]):
         r = run_cli(*argv)
         assert r.returncode == 0 and "usage: ramer" in r.stdout
+
+
+def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
+    """`train --nproc N --model M` without --out: the run folder fixed for every process is named
+    after M, as a one-process run's is (the launched command is captured, not run)."""
+    launched = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--nproc", "2", "--model", "late_fusion"]) == 0
+    (cmd,) = launched
+    out = cmd[cmd.index("--out") + 1]
+    assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"

@@ -44,3 +44,12 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
 def test_reproduce_rejects_unknown_data(tmp_path, capsys):
     assert reproduce("mosei", tmp_path / "missing.pt", tmp_path / "o") == 2
     assert "data path not found" in capsys.readouterr().err
+
+
+def test_reproduce_takes_a_converted_directory(tmp_path):
+    """`--data` may be a directory written by `ramer data convert`: it loads as itself."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    assert main(["data", "convert", str(data), "--format", "mosei_aligned", "--out", str(tmp_path / "native")]) == 0
+    assert reproduce("mosei", tmp_path / "native", tmp_path / "out", seeds=1) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["overall"]["n"] > 0

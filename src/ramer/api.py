@@ -34,9 +34,15 @@ class Predictor:
     def label_names(self) -> tuple[str, ...]:
         return self.spec.label_names
 
-    def _check_labels(self, names, source: str) -> None:
+    def _check_data(self, names, dims: dict[str, int | None], source: str) -> None:
+        """The data's labels and feature sizes must be the model's (a personality size only where
+        both have personality: a model without it ignores it, one with it does without)."""
         if tuple(names) != tuple(self.spec.label_names):
             raise RamerError(f"{source}: labels {list(names)} differ from the model's {list(self.spec.label_names)}")
+        expected = {**self.spec.dims, "personality": self.spec.personality_dim}
+        for key, size in dims.items():
+            if size is not None and expected.get(key) is not None and size != expected[key]:
+                raise RamerError(f"{source}: {key} features have size {size}, the model expects {expected[key]}")
 
     def predict(self, data: SceneStore | DataBundle | Batch, split: str = "test", workers: int = 1) -> np.ndarray:
         """Probabilities ``(n, C)`` for a split store, a bundle's ``split``, or one batch.
@@ -48,11 +54,13 @@ class Predictor:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
             data = data.splits[split]
         if isinstance(data, Batch):
-            self._check_labels(data.label_names, "batch")
+            dims = {m: int(x.shape[-1]) for m, x in data.features.items()}
+            dims["personality"] = None if data.personality is None else int(data.personality.shape[-1])
+            self._check_data(data.label_names, dims, "batch")
             self.model.eval()
             with torch.inference_mode():
                 return self.model(data.to(self.device, model_dtype(self.model))).probs.float().cpu().numpy()
-        self._check_labels(data.label_names, data.source)
+        self._check_data(data.label_names, data.dims, data.source)
         return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
 
     def decide(self, probs: np.ndarray) -> np.ndarray:

@@ -32,11 +32,13 @@ from ramer.config import ABLATIONS, Config, DataConfig, build_config, config_fro
 from ramer.data import DataBundle, load_bundle
 from ramer.errors import RamerError
 from ramer.models import BUILDERS, CLASSICAL
+from ramer.paths import make_folder
 from ramer.train.checkpoint import atomic_write, atomic_write_text
 from ramer.train.classical import run_training
 
 BASELINES = ("br", "cc", "lp", "mlgcn", "late_fusion", "mult", "hhmpn", "amp")
 PRESETS = {f"ramer-{a}": a for a in ABLATIONS}
+KNOWN = {*BUILDERS, *CLASSICAL, *PRESETS}  # every model name a run takes
 GROUPS = {
     "all": (*BASELINES, "ramer"),
     "ablations": ("ramer", *PRESETS),
@@ -102,19 +104,23 @@ class BenchSettings:
         return shlex.join(parts)
 
 
+def known_models() -> str:
+    """The model names a run takes, for error messages."""
+    return f"{', '.join(sorted({*BUILDERS, *CLASSICAL}))}, ramer-<ablation> ({', '.join(ABLATIONS)})"
+
+
 def parse_models(text: str | None) -> list[str]:
     """``all``, ``ablations`` or a comma list (groups may appear in it); unknown names are errors."""
     names: list[str] = []
-    for item in (text or "all").split(","):
+    for item in ("all" if text is None else text).split(","):
         item = item.strip()
         for name in GROUPS.get(item, (item,)):
             if name and name not in names:
                 names.append(name)
-    known = set(BUILDERS) | set(CLASSICAL) | set(PRESETS)
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown or not names:
-        raise RamerError(f"--models: unknown {unknown or 'empty list'}; known: {', '.join(GROUPS)}, "
-                         f"{', '.join(sorted(set(BUILDERS) | set(CLASSICAL)))}, ramer-<ablation> ({', '.join(ABLATIONS)})")
+        what = f"unknown {', '.join(unknown)}" if unknown else "empty list"
+        raise RamerError(f"--models: {what}; known: {', '.join(GROUPS)}, {known_models()}")
     return names
 
 
@@ -176,6 +182,8 @@ def base_config(s: BenchSettings) -> Config:
 
 def set_model(cfg: Config, name: str) -> None:
     """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
+    if name not in KNOWN:
+        raise RamerError(f"unknown model '{name}'; known: {known_models()}")
     if name in PRESETS:
         cfg.model.name = "ramer"
         if PRESETS[name] not in cfg.model.ablations:
@@ -283,7 +291,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     base = s.base or base_config(s)
-    s.out.mkdir(parents=True, exist_ok=True)
+    make_folder(s.out)
     t0 = time.perf_counter()
     bundle = load_bundle(base.data)
     console.print(f"data {bundle.source}: {', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}"
@@ -501,7 +509,7 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         return []
     plt = _pyplot()
     folder = s.out / "plots"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     models = [m for m in s.models if any(r["model"] == m for r in results)]
     colors = _colors(models)
     written = []

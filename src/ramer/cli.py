@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
 
 PRECISION_HELP = ("bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
                   "scores differ from fp32 by a few thousandths). Default fp32")
+LOADER_SET_HELP = ("a loader option, e.g. data.max_utterances=80, data.unaligned_layout=pad, "
+                   "data.aligned_path=FILE (repeatable; docs/DATA.md)")
 WORKERS_HELP = ("score in N forked processes (CPU), this process's threads shared out among them; can be faster "
                 "than one process with several threads (docs/PERFORMANCE.md). Default 1")
 
@@ -89,7 +92,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             rest += [f"--{flag}", str(getattr(args, flag))]
     if not args.resume:  # every process must write to the same run directory: fix it here
-        out = args.out or str(default_out(build_config(resolve_config(args.config), args.set or [])))
+        out = args.out or str(default_out(train_config(args)))
         rest += ["--out", out]
     for assignment in args.set or []:
         rest += ["--set", assignment]
@@ -100,6 +103,18 @@ def launch_distributed(args: argparse.Namespace) -> int:
         return subprocess.call(cmd)
     except KeyboardInterrupt:
         return 130
+
+
+def train_config(args: argparse.Namespace) -> Config:
+    """The config of a new run: ``--config`` and ``--set``, then ``--model`` and ``--data``."""
+    cfg = build_config(resolve_config(args.config), args.set or [])
+    if args.model:
+        from ramer.bench import set_model
+
+        set_model(cfg, args.model)  # a model name or a ramer-<ablation> preset
+    if args.data:
+        cfg.data.path = args.data
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -121,13 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg is None:
             raise RamerError(f"cannot resume: {out / 'config.yaml'} not found")
     else:
-        cfg = build_config(resolve_config(args.config), args.set or [])
-        if args.model:
-            from ramer.bench import set_model
-
-            set_model(cfg, args.model)  # a model name or a ramer-<ablation> preset
-        if args.data:
-            cfg.data.path = args.data
+        cfg = train_config(args)
         out = Path(args.out) if args.out else default_out(cfg)
     result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
@@ -144,8 +153,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     require_onnx(runtime=args.check)
     from ramer.api import load
+    from ramer.models import CLASSICAL
+    from ramer.paths import output_file
 
     predictor = load(args.run_dir, device="cpu")
+    if predictor.cfg.model.name in CLASSICAL:
+        raise RamerError(f"{args.run_dir}: ONNX export is for the deep models, not '{predictor.cfg.model.name}'")
+    output_file(args.onnx)
     log = io.StringIO()
     t0 = time.perf_counter()
     try:
@@ -155,9 +169,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     except RamerError:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line and the log tail
-        tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
-        raise RamerError(f"ONNX export of {args.run_dir} failed: {str(e).strip().splitlines()[0]}"
-                         + (f" ({tail})" if tail else "")) from None
+        plain = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # noqa: E731  (no colour codes)
+        tail = " | ".join(plain(log.getvalue()).splitlines()[-3:])
+        first = (plain(str(e)).splitlines() or [type(e).__name__])[0]
+        raise RamerError(f"ONNX export of {args.run_dir} failed: {first}" + (f" ({tail})" if tail else "")) from None
     size = Path(args.onnx).stat().st_size / 2**20
     OUT.print(f"wrote {args.onnx} ({size:.1f} MiB) in {time.perf_counter() - t0:.0f}s; inputs: "
               f"{', '.join(wrapper.input_names())}; output: probs (B, {len(predictor.label_names)}); "
@@ -202,8 +217,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ramer.paths import output_file
     from ramer.train.checkpoint import atomic_write_text
 
+    output_file(args.out)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)
     store = bundle.splits[args.split]
     probs = predictor.predict(store, workers=args.workers)
@@ -264,14 +281,14 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from ramer.data.commands import run_info
 
-    run_info(args.path, fmt=args.format, labels=args.labels, as_json=args.json)
+    run_info(args.path, fmt=args.format, labels=args.labels, as_json=args.json, sets=args.set or [])
     return 0
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from ramer.data.commands import run_convert
 
-    run_convert(args.path, args.out, fmt=args.format, labels=args.labels)
+    run_convert(args.path, args.out, fmt=args.format, labels=args.labels, sets=args.set or [])
     return 0
 
 
@@ -452,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", default="auto", help="format (default: detected)")
     i.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     i.set_defaults(func=cmd_data_info)
     c = dsub.add_parser("convert", help="convert a dataset to the native (memory-mapped) format",
                         description="Convert any supported dataset to the native format for fast loading.")
@@ -459,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--format", default="auto", help="format (default: detected)")
     c.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     c.set_defaults(func=cmd_data_convert)
     im = dsub.add_parser("import", help="import your own conversations (CSV/JSONL of utterances, optional media)",
                          description="Read a CSV or JSONL file with one row per utterance (conversation, index, "

@@ -15,8 +15,9 @@ import numpy as np
 from rich.console import Console
 
 from ramer.config import build_config
-from ramer.data import load_bundle
+from ramer.data import is_native, load_bundle
 from ramer.errors import RamerError
+from ramer.paths import make_folder
 from ramer.train.checkpoint import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -66,7 +67,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     config_name, fmt = BENCHES[bench]
     cfg = build_config(CONFIG_DIR / f"{config_name}.yaml", overrides)
     cfg.data.path = data
-    if cfg.data.format == "auto":
+    if cfg.data.format == "auto" and not is_native(data):  # a converted directory loads as itself
         cfg.data.format = fmt
     bundle = load_bundle(cfg.data)
     out = Path(out)
@@ -89,7 +90,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
         f"best checkpoint by validation micro-F1, threshold tuned on validation, test once.\n\n{table}\n"
     )
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_text(out / "results.md", text)
     atomic_write_text(out / "results.json", json.dumps({"bench": bench, "seeds": seeds, "runs": results}, indent=1))
     return text

@@ -24,16 +24,18 @@ def load_bundle(cfg: DataConfig) -> DataBundle:
         return load_native(path)
     from ramer.data.formats import load_dataset
 
-    return load_dataset(
-        path,
-        cfg.format,
-        cfg,
-        aligned_path=cfg.aligned_path,
-        unaligned_layout=cfg.unaligned_layout,
-        memor_character_order=cfg.memor_character_order,
-        valid_fraction=cfg.valid_fraction,
-        valid_seed=cfg.valid_seed,
-    )
+    return load_dataset(path, cfg.format, cfg, **loader_options(cfg))
 
 
-__all__ = ["DataBundle", "SceneStore", "load_bundle", "load_native"]
+def loader_options(cfg: DataConfig) -> dict:
+    """The keyword options of ``formats.load_dataset`` / ``open_dataset`` that a config sets."""
+    return {
+        "aligned_path": cfg.aligned_path,
+        "unaligned_layout": cfg.unaligned_layout,
+        "memor_character_order": cfg.memor_character_order,
+        "valid_fraction": cfg.valid_fraction,
+        "valid_seed": cfg.valid_seed,
+    }
+
+
+__all__ = ["DataBundle", "SceneStore", "load_bundle", "load_native", "loader_options"]

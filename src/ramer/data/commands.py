@@ -12,23 +12,37 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ramer.config import DataConfig
+from ramer.config import DataConfig, build_config
+from ramer.data import loader_options
 from ramer.data.formats import open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, write_meta
 from ramer.errors import RamerError
+from ramer.paths import check_out_folder
 
 
-def _data_cfg(labels: str) -> DataConfig:
+def _data_cfg(labels: str, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
+    """The data config of ``--set data.KEY=VALUE`` (loader options such as ``data.max_utterances``)
+    with the label set ``labels``."""
+    other = [s for s in sets if not s.startswith("data.")]
+    if other:
+        raise RamerError(f"--set {other[0]}: only data.* keys (loader options) apply here")
+    data = build_config(None, list(sets)).data
     try:
-        return DataConfig(labels=labels)
+        return DataConfig(**{**data.model_dump(), "labels": labels})
     except ValidationError:
         raise RamerError(f"--labels must be primary or fine_grained, got '{labels}'") from None
 
 
-def collect_info(path: str | None, fmt: str = "auto", labels: str = "primary", **options) -> dict:
-    """``dataset_info`` of the dataset at ``path``, computed one split at a time."""
-    opened = open_dataset(path, fmt, _data_cfg(labels), **options)
+def _open(path: str | None, fmt: str, labels: str, sets, options: dict):
+    cfg = _data_cfg(labels, sets)
+    return open_dataset(path, fmt, cfg, **{**loader_options(cfg), **options})
+
+
+def collect_info(path: str | None, fmt: str = "auto", labels: str = "primary", sets=(), **options) -> dict:
+    """``dataset_info`` of the dataset at ``path``, computed one split at a time; ``sets``: loader
+    options as ``data.KEY=VALUE``, ``options``: keyword options of ``open_dataset`` (these win)."""
+    opened = _open(path, fmt, labels, sets, options)
     if isinstance(opened, DataBundle):
         return dataset_info(opened)
     splits, dims = {}, None
@@ -39,20 +53,20 @@ def collect_info(path: str | None, fmt: str = "auto", labels: str = "primary", *
     return assemble_info(opened.format, opened.source, opened.label_names, dims or {}, splits, opened.info)
 
 
-def run_info(path: str, fmt: str = "auto", labels: str = "primary", as_json: bool = False) -> None:
+def run_info(path: str, fmt: str = "auto", labels: str = "primary", as_json: bool = False, sets=()) -> None:
     """Print what the dataset at ``path`` holds: JSON (``as_json``) or a table."""
-    info = collect_info(path, fmt, labels)
+    info = collect_info(path, fmt, labels, sets)
     print(json.dumps(info, indent=1) if as_json else format_info_table(info))
 
 
-def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = "primary", **options) -> dict:
-    """Write the dataset at ``path`` in the native format to ``out``; returns the meta dict."""
+def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = "primary", sets=(), **options) -> dict:
+    """Write the dataset at ``path`` in the native format to ``out``; returns the meta dict.
+    ``sets`` and ``options`` as in ``collect_info``."""
     out = Path(out)
     if path is not None and Path(path).resolve() == out.resolve():
         raise RamerError(f"{out}: the output folder must differ from the input")
-    if out.exists() and not out.is_dir():
-        raise RamerError(f"{out}: exists and is not a folder")
-    opened = open_dataset(path, fmt, _data_cfg(labels), **options)
+    check_out_folder(out)
+    opened = _open(path, fmt, labels, sets, options)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"
     if meta_path.exists():
@@ -72,8 +86,8 @@ def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = 
     return write_meta(out, opened.format, opened.label_names, dims, sizes, opened.info)
 
 
-def run_convert(path: str, out: str, fmt: str = "auto", labels: str = "primary") -> None:
+def run_convert(path: str, out: str, fmt: str = "auto", labels: str = "primary", sets=()) -> None:
     """Convert ``path`` to the native format in ``out`` and print a one-line summary."""
-    meta = convert(path, out, fmt, labels)
+    meta = convert(path, out, fmt, labels, sets)
     sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
     print(f"wrote {out} ({meta['source_format']} -> native: {sizes}; labels {', '.join(meta['label_names'])})")

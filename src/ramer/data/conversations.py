@@ -36,6 +36,7 @@ from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError
+from ramer.paths import check_out_folder
 
 FORMAT = "conversations"
 REQUIRED = ("conversation", "index", "speaker", "text")
@@ -354,7 +355,7 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
     return names
 
 
-def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, seed: int) -> dict:
+def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, seed: int, path: Path) -> dict:
     """Splits from the ``split`` column; else a seeded 80/10/10 split by conversation (at least one
     conversation in each); an unlabelled file without a split column goes to ``test`` whole (the
     split ``ramer predict`` reads). Returns what was done, for ``meta.json``."""
@@ -366,7 +367,7 @@ def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, 
         return {"from": "unlabelled: every conversation in test"}
     n = len(convs)
     if n < 3:
-        raise RamerError(f"{n} conversation(s): a train / valid / test split by conversation needs at least 3; "
+        raise RamerError(f"{path}: {n} conversation(s): a train / valid / test split by conversation needs at least 3; "
                          "give a 'split' column")
     names = sorted(c.name for c in convs)
     order = np.random.default_rng(seed).permutation(n)
@@ -655,8 +656,7 @@ def import_conversations(
     path, out = Path(path), Path(out)
     if context < 0:
         raise RamerError(f"--context must be >= 0, got {context}")
-    if out.exists() and not out.is_dir():
-        raise RamerError(f"{out}: exists and is not a folder")
+    check_out_folder(out)
     if targets not in ("rows", "all"):
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
     utterances, columns = read_table(path)
@@ -666,7 +666,7 @@ def import_conversations(
     convs = group_conversations(utterances, path, columns)
     names = label_names(utterances, columns, labels, path)
     labelled = "labels" in columns
-    split_info = assign_splits(convs, columns, labelled, seed)
+    split_info = assign_splits(convs, columns, labelled, seed, path)
     media_counts = check_media(convs, path)
     pers_map, traits = (None, [])
     if personality is not None:

@@ -37,6 +37,7 @@ import torch
 
 from ramer.batch import MODALITIES, ROLE_NONE, Batch
 from ramer.errors import RamerError
+from ramer.paths import check_out_folder
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 1
@@ -125,8 +126,14 @@ class SceneStore:
                  "token_offsets do not match grid sizes P*S")
             need(bool((np.diff(self.person_offsets) == self.grid[:, 0]).all()) and self.person_offsets[0] == 0,
                  "person_offsets do not match grid persons P")
-            has_t = self.target[:, 0] >= 0
-            need(bool(((self.target[has_t] < self.grid[has_t]).all())), "a target lies outside its scene's grid")
+            # a target is (-1, -1) (whole sample) or a (person, segment) inside the scene's grid
+            tgt = self.target.astype(np.int64)
+            ok = (tgt == -1).all(1) | ((tgt >= 0) & (tgt < self.grid)).all(1)
+            if not ok.all():
+                i = int(np.flatnonzero(~ok)[0])
+                (p, s), (P, S) = tgt[i].tolist(), self.grid[i].tolist()
+                need(False, f"target row {i} is ({p}, {s}), outside its scene's grid (P, S) = ({P}, {S}); expected "
+                            "0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)")
         Q = int(self.person_offsets[-1]) if n else 0
         need(self.character.shape == (Q,), f"character has shape {self.character.shape}, expected ({Q},)")
         if self.personality is not None:
@@ -223,6 +230,7 @@ class SceneStore:
     def save(self, directory: str | Path) -> None:
         """Write this split's arrays as ``.npy`` files (atomically: a temp folder, then rename)."""
         directory = Path(directory)
+        check_out_folder(directory)
         tmp = directory.with_name(directory.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -256,6 +264,8 @@ class SceneStore:
             ids = json.loads((directory / "ids.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise RamerError(f"{directory / 'ids.json'}: unreadable ({e})") from None
+        if (what := _not_strings(ids)) is not None:
+            raise RamerError(f"{directory / 'ids.json'}: {what}, expected a list of strings (one sample id per scene)")
         return cls(**arrays, ids=ids, label_names=label_names, source=str(directory))
 
 
@@ -275,6 +285,7 @@ class DataBundle:
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
+        check_out_folder(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, store in self.splits.items():
             store.save(directory / name)
@@ -303,22 +314,76 @@ def is_native(path: str | Path) -> bool:
     return (Path(path) / "meta.json").is_file()
 
 
-def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
-    path = Path(path)
+def _kind(value) -> str:
+    """The JSON type of ``value``, for errors."""
+    kinds = ((bool, "a boolean"), (str, "a string"), ((int, float), "a number"), (list, "a list"), (dict, "an object"))
+    return next((f"{k} ({json.dumps(value)[:40]})" if k in ("a string", "a number") else k
+                 for t, k in kinds if isinstance(value, t)), "null")
+
+
+def _not_strings(value) -> str | None:
+    """What makes ``value`` not a list of strings (``None``: it is one), for errors."""
+    if not isinstance(value, list):
+        return f"is {_kind(value)}"
+    bad = [v for v in value if not isinstance(v, str)]
+    return f"holds {_kind(bad[0])}" if bad else None
+
+
+def _read_meta(path: Path) -> dict:
+    """``meta.json`` of the native directory ``path``, its keys checked for type."""
+    where = path / "meta.json"
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads(where.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise RamerError(f"{path / 'meta.json'}: unreadable ({e})") from None
+        raise RamerError(f"{where}: unreadable ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
-        raise RamerError(f"{path / 'meta.json'}: not a {NATIVE_FORMAT} directory")
+        raise RamerError(f"{where}: not a {NATIVE_FORMAT} directory")
     for key in ("label_names", "splits"):
         if key not in meta:
-            raise RamerError(f"{path / 'meta.json'}: missing key '{key}'")
+            raise RamerError(f"{where}: missing key '{key}'")
+    if (what := _not_strings(meta["label_names"])) is not None:
+        raise RamerError(f"{where}: 'label_names' {what}, expected a list of strings (the label names)")
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or not splits:
+        what = "an empty object" if isinstance(splits, dict) else _kind(splits)
+        raise RamerError(f"{where}: 'splits' is {what}, expected an object mapping split names to scene counts, "
+                         'e.g. {"train": 100, "valid": 10, "test": 10}')
+    for name, n in splits.items():
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise RamerError(f"{where}: 'splits' names {name!r}, expected a folder name such as 'train'")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise RamerError(f"{where}: 'splits' gives {name!r} {_kind(n)}, expected a scene count (an integer >= 0)")
+    dims = meta.get("dims")
+    if dims is not None and not isinstance(dims, dict):
+        raise RamerError(f"{where}: 'dims' is {_kind(dims)}, expected an object of feature sizes")
+    for key, d in (dims or {}).items():
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
+            raise RamerError(f"{where}: 'dims' gives {key!r} {_kind(d)}, expected a size (an integer >= 0) or null")
+    return meta
+
+
+def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
+    path = Path(path)
+    meta = _read_meta(path)
     labels = tuple(meta["label_names"])
-    splits = {}
+    given = {k: v for k, v in (meta.get("dims") or {}).items() if k in (*MODALITIES, "personality")}
+
+    def size(d: int | None) -> str:
+        return "none (no personality.npy)" if d is None else str(d)
+
+    splits: dict[str, SceneStore] = {}
     for name, n in meta["splits"].items():
         store = SceneStore.load(path / name, labels, mmap=mmap)
         if len(store) != n:
             raise RamerError(f"{path / name}: {len(store)} scenes, meta.json says {n}")
+        # feature sizes must agree with meta.json and across splits: a model is built for one set
+        for m, d in store.dims.items():
+            if m in given and given[m] != d:
+                raise RamerError(f"{path / name}: {m} size is {size(d)}, but meta.json 'dims' says {size(given[m])}")
+            if splits:
+                first, d0 = next(iter(splits)), next(iter(splits.values())).dims[m]
+                if d != d0:
+                    raise RamerError(f"{path / name}: {m} size is {size(d)}, but {size(d0)} in split '{first}'; "
+                                     "every split must have the same feature sizes")
         splits[name] = store
     return DataBundle(splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}))

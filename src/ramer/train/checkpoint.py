@@ -112,4 +112,4 @@ def load_train_state(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise RamerError(f"{path}: cannot be loaded safely ({str(e).splitlines()[0]})") from None
+        raise RamerError(f"{path}: not a readable training state ({str(e).splitlines()[0]})") from None

@@ -35,6 +35,7 @@ from ramer.errors import RamerError
 from ramer.metrics import report, tune_threshold
 from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, pooled_features
+from ramer.paths import make_folder
 from ramer.train import checkpoint as ckpt
 from ramer.train.dist import is_main
 from ramer.train.recipe import Recipe, apply_missing, check_splits, predict, write_test_result
@@ -135,7 +136,7 @@ class ClassicalRecipe:
         self.spec = DataSpec.from_bundle(self.bundle)
         if not is_main():
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out)
         if not self.resume and (self.out / "model.safetensors").exists():
             raise RamerError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
         ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))

@@ -44,6 +44,7 @@ from ramer.errors import RamerError
 from ramer.metrics import report, tune_threshold
 from ramer.models import DataSpec, build_model
 from ramer.models.base import LossResult
+from ramer.paths import make_folder
 from ramer.train import checkpoint as ckpt
 from ramer.train import dist
 from ramer.train.dist import is_main
@@ -356,17 +357,23 @@ class Recipe:
         if self.resume:
             self._load_train_state()
         else:
-            error = None
-            if is_main():
-                self.out.mkdir(parents=True, exist_ok=True)
-                if (self.out / "train_state.pt").exists():
-                    error = f"{self.out} already holds a run; use --resume {self.out} or another --out"
-                else:
-                    ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
-                    (self.out / "metrics.jsonl").write_text("")
+            error = self._new_run_folder(cfg) if is_main() else None
             error = dist.broadcast_object(error)  # every rank stops, not only rank 0
             if error:
                 raise RamerError(error)
+
+    def _new_run_folder(self, cfg: Config) -> str | None:
+        """Rank 0: make the run folder, write its config and an empty log; returns the error, if
+        any, as text (raised by every rank, so that none waits for rank 0)."""
+        try:
+            make_folder(self.out)
+        except RamerError as e:
+            return str(e)
+        if (self.out / "train_state.pt").exists():
+            return f"{self.out} already holds a run; use --resume {self.out} or another --out"
+        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        (self.out / "metrics.jsonl").write_text("")
+        return None
 
     def _load_train_state(self) -> None:
         state = ckpt.load_train_state(self.out / "train_state.pt")

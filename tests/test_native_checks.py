@@ -1,0 +1,174 @@
+"""Malformed native directories (meta.json, ids.json, target.npy, feature sizes) and output paths:
+each is a one-line RamerError naming the file or folder, never a traceback."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_store
+from ramer.data.commands import convert
+from ramer.data.conversations import import_conversations
+from ramer.data.store import DataBundle, SceneStore, load_native
+from ramer.errors import RamerError
+
+
+def native(tmp_path, personality_dim: int | None = 7):
+    """A small native directory with train / valid / test; returns its path."""
+    store = random_store(n=4, personality_dim=personality_dim)
+    out = tmp_path / "d"
+    DataBundle({s: store for s in ("train", "valid", "test")}, store.label_names, "test", "mem").save(out)
+    return out
+
+
+def edit_meta(d, **changes) -> None:
+    meta = json.loads((d / "meta.json").read_text())
+    meta.update(changes)
+    (d / "meta.json").write_text(json.dumps(meta))
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+# ------------------------------------------------------------------ 1. meta.json types
+@pytest.mark.parametrize("key, value, match", [
+    ("splits", ["train", "valid", "test"], "'splits' is a list, expected an object mapping split names"),
+    ("splits", {"train": "x", "valid": 4}, r"'splits' gives 'train' a string \(\"x\"\), expected a scene count"),
+    ("splits", {"train": -1, "valid": 4, "test": 4}, r"'splits' gives 'train' a number \(-1\), expected a scene count"),
+    ("splits", {"train": 4.5}, r"'splits' gives 'train' a number \(4.5\), expected a scene count \(an integer >= 0\)"),
+    ("splits", {"train": True}, "'splits' gives 'train' a boolean, expected a scene count"),
+    ("splits", {}, "'splits' is an empty object, expected an object mapping split names"),
+    ("splits", {"../train": 4}, "'splits' names '../train', expected a folder name"),
+    ("label_names", "l0,l1", r"'label_names' is a string \(\"l0,l1\"\), expected a list of strings"),
+    ("label_names", ["l0", 1, "l2", "l3", "l4"], r"'label_names' holds a number \(1\), expected a list of strings"),
+    ("label_names", ["l0", "l1", None, "l3", "l4"], "'label_names' holds null, expected a list of strings"),
+    ("label_names", {"l0": 0}, "'label_names' is an object, expected a list of strings"),
+])
+def test_meta_splits_and_label_names_must_have_their_types(tmp_path, key, value, match):
+    d = native(tmp_path)
+    edit_meta(d, **{key: value})
+    with pytest.raises(RamerError, match=match) as e:
+        load_native(d)
+    assert one_line(e).startswith(str(d / "meta.json") + ": ")
+
+
+def test_meta_dims_must_be_sizes(tmp_path):
+    d = native(tmp_path)
+    edit_meta(d, dims=[16, 8, 12])
+    with pytest.raises(RamerError, match="'dims' is a list, expected an object of feature sizes"):
+        load_native(d)
+    edit_meta(d, dims={"text": "16", "audio": 8, "visual": 12, "personality": 7})
+    with pytest.raises(RamerError, match=r"'dims' gives 'text' a string \(\"16\"\), expected a size"):
+        load_native(d)
+
+
+# ------------------------------------------------------------------ 2. feature sizes across splits
+def test_split_with_other_feature_size_is_refused(tmp_path):
+    d = native(tmp_path)
+    text = np.load(d / "test" / "text.npy")
+    np.save(d / "test" / "text.npy", np.ascontiguousarray(text[:, :10]))
+    edit_meta(d, dims=None)  # only the splits disagree
+    with pytest.raises(RamerError) as e:
+        load_native(d)
+    assert one_line(e) == (f"{d / 'test'}: text size is 10, but 16 in split 'train'; "
+                           "every split must have the same feature sizes")
+
+
+def test_split_against_meta_dims(tmp_path):
+    d = native(tmp_path)
+    edit_meta(d, dims={"text": 64, "audio": 8, "visual": 12, "personality": 7})
+    with pytest.raises(RamerError) as e:
+        load_native(d)
+    assert one_line(e) == f"{d / 'train'}: text size is 16, but meta.json 'dims' says 64"
+
+
+def test_split_with_other_personality_size_is_refused(tmp_path):
+    assert load_native(native(tmp_path / "none", personality_dim=None)).dims["personality"] is None
+    d = native(tmp_path)
+    assert load_native(d).dims == {"text": 16, "audio": 8, "visual": 12, "personality": 7}
+    (d / "valid" / "personality.npy").unlink()
+    (d / "valid" / "personality_present.npy").unlink()
+    edit_meta(d, dims=None)
+    with pytest.raises(RamerError) as e:
+        load_native(d)
+    assert one_line(e) == (f"{d / 'valid'}: personality size is none (no personality.npy), but 7 in split 'train'; "
+                           "every split must have the same feature sizes")
+    edit_meta(d, dims={"text": 16, "audio": 8, "visual": 12, "personality": 7})
+    with pytest.raises(RamerError, match=r"valid: personality size is none \(no personality.npy\), but meta.json"):
+        load_native(d)
+
+
+# ------------------------------------------------------------------ 3. ids.json
+@pytest.mark.parametrize("ids, match", [
+    (5, r"ids.json: is a number \(5\), expected a list of strings"),
+    ({"a": 1}, "ids.json: is an object, expected a list of strings"),
+    (["s0", 1, "s2", "s3"], r"ids.json: holds a number \(1\), expected a list of strings"),
+    (["s0", None, "s2", "s3"], "ids.json: holds null, expected a list of strings"),
+])
+def test_ids_must_be_a_list_of_strings(tmp_path, ids, match):
+    d = native(tmp_path)
+    (d / "valid" / "ids.json").write_text(json.dumps(ids))
+    with pytest.raises(RamerError, match=match) as e:
+        load_native(d)
+    assert one_line(e).startswith(str(d / "valid" / "ids.json") + ": ")
+
+
+# ------------------------------------------------------------------ 4. target rows (DATA.md: (-1, -1) = no target)
+@pytest.mark.parametrize("row", [(0, -5), (-1, 3), (3, -1), (-2, -1), (-2, 0), (-1, -2), (0, 99), (99, 0)])
+def test_impossible_target_rows_are_refused(tmp_path, row):
+    d = native(tmp_path)
+    target = np.load(d / "train" / "target.npy")
+    target[2] = row
+    np.save(d / "train" / "target.npy", target)
+    P, S = np.load(d / "train" / "grid.npy")[2].tolist()
+    with pytest.raises(RamerError) as e:
+        load_native(d)
+    assert one_line(e) == (f"{d / 'train'}: target row 2 is {row}, outside its scene's grid (P, S) = ({P}, {S}); "
+                           "expected 0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)")
+
+
+def test_in_memory_store_checks_targets_too():
+    store = random_store(n=3)
+    good = store.target.copy()
+    good[0], good[1], good[2] = (-1, -1), store.grid[1] - 1, (0, 0)
+    SceneStore(**{**store.__dict__, "target": good})  # the edges of what is allowed
+    bad = good.copy()
+    bad[1] = (-1, 0)
+    with pytest.raises(RamerError, match=r"<memory>: target row 1 is \(-1, 0\), outside its scene's grid"):
+        SceneStore(**{**store.__dict__, "target": bad})
+
+
+# ------------------------------------------------------------------ 5. output path that is a file
+def test_save_to_a_file_is_an_error(tmp_path):
+    store = random_store(n=3)
+    bundle = DataBundle({"train": store}, store.label_names, "test", "mem")
+    junk = tmp_path / "junk.txt"
+    junk.write_text("keep me")
+    with pytest.raises(RamerError) as e:
+        bundle.save(junk)
+    assert one_line(e) == f"{junk}: exists and is not a folder"
+    with pytest.raises(RamerError) as e:
+        bundle.save(junk / "sub")
+    assert one_line(e) == f"{junk / 'sub'}: {junk} exists and is not a folder"
+    assert junk.read_text() == "keep me"
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "train").write_text("")
+    with pytest.raises(RamerError, match="ok/train: exists and is not a folder"):
+        bundle.save(tmp_path / "ok")
+    bundle.save(tmp_path / "d")
+    with pytest.raises(RamerError) as e:  # ``data convert`` shares the check
+        convert(str(tmp_path / "d"), junk)
+    assert one_line(e) == f"{junk}: exists and is not a folder"
+
+
+# ------------------------------------------------------------------ 6. conversations: the split error names the file
+def test_too_few_conversations_names_the_file(tmp_path):
+    src = tmp_path / "talk.csv"
+    src.write_text("conversation,index,speaker,text,labels\nc1,0,ann,hello,joy\nc1,1,bob,hi,\n")
+    with pytest.raises(RamerError) as e:
+        import_conversations(src, tmp_path / "ds")
+    assert one_line(e).startswith(f"{src}: 1 conversation(s): a train / valid / test split by conversation needs "
+                                  "at least 3")
