@@ -237,6 +237,14 @@ def test_training_on_an_unlabelled_import_is_a_clear_error(tmp_path, fake_text, 
         assert main(["train", "--model", model, "--data", str(tmp_path / "ds"), "--out", str(tmp_path / model)]) == 2
         err = capsys.readouterr().err
         assert "the train split is empty" in err and len(err.strip().splitlines()) == 1
+        assert "an unlabelled import puts every conversation in test" in err
+    # a labelled import whose train conversation has no target row: the error says that instead
+    split_of = {"c1": "train", "c2": "valid", "c3": "test"}
+    rows = [{**r, "target": int(r["conversation"] != "c1"), "split": split_of[r["conversation"]]} for r in base_rows()]
+    import_conversations(write_table(tmp_path / "labelled.csv", rows), tmp_path / "ds2")
+    capsys.readouterr()
+    assert main(["train", "--model", "br", "--data", str(tmp_path / "ds2"), "--out", str(tmp_path / "br2")]) == 2
+    assert "no row of this split has target 1" in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path / "ds"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["details"]["conversations"]["labelled"] is False
@@ -343,6 +351,45 @@ def test_bad_rows_name_the_row(tmp_path, fake_text, name, change, suffix, kwargs
     with pytest.raises(RamerError, match=message):
         import_conversations(path, tmp_path / "ds", **kwargs)
     assert not (tmp_path / "ds" / "meta.json").exists()
+
+
+def test_jsonl_text_may_hold_unicode_line_separators(tmp_path, fake_text):
+    """U+2028 / U+2029 / U+0085 are legal inside a JSON string: only a line feed ends a JSONL row."""
+    rows = base_rows()
+    rows[1]["text"] = "first line\u2028second\u2029third\x85fourth"
+    path = tmp_path / "talk.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    import_conversations(path, tmp_path / "ds")
+    ids = [i for split in load_native(tmp_path / "ds").splits.values() for i in split.ids]
+    assert len(ids) == len(ROWS)
+
+
+def test_large_indices_stay_exact(tmp_path, fake_text):
+    """Indices beyond 2**53 (e.g. nanosecond times) are compared and kept exactly, not as floats."""
+    rows = base_rows()
+    big = 9007199254740993  # 2**53 + 1
+    for k, r in enumerate(x for x in rows if x["conversation"] == "c1"):
+        r["index"] = big + k
+    path = write_table(tmp_path / "talk.csv", rows)
+    import_conversations(path, tmp_path / "ds")
+    ids = {i for split in load_native(tmp_path / "ds").splits.values() for i in split.ids}
+    assert {f"c1/{big + k}" for k in range(4)} <= ids
+
+
+def test_table_errors_name_where_a_record_starts(tmp_path, fake_text):
+    """A quoted CSV cell spanning lines: the error names the line its record starts on; a JSON
+    document instead of JSON Lines gets a hint; a negative split seed is refused."""
+    rows = base_rows()
+    rows[2].update(text="one\ntwo\nthree", index="x")  # lines 4-6 of the file
+    path = write_table(tmp_path / "talk.csv", rows)
+    with pytest.raises(RamerError, match=r"talk.csv: row 4: column 'index' is 'x'"):
+        import_conversations(path, tmp_path / "ds")
+    doc = tmp_path / "talk.json"
+    doc.write_text(json.dumps(base_rows(), indent=1))
+    with pytest.raises(RamerError, match="row 1: not valid JSON .*one object per line, not one JSON document"):
+        import_conversations(doc, tmp_path / "ds")
+    with pytest.raises(RamerError, match="--seed must be >= 0, got -1"):
+        import_conversations(write_table(tmp_path / "ok.csv", base_rows()), tmp_path / "ds", seed=-1)
 
 
 def test_unreadable_media_names_the_row(tmp_path, fake_text):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from ramer.errors import RamerError
 from ramer.metrics import METRIC_KEYS, multilabel_metrics, per_label_metrics, report, top1_accuracy, tune_threshold
 
 
@@ -77,6 +78,15 @@ def test_bad_input_is_rejected():
         multilabel_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError):
         multilabel_metrics(np.full((3, 2), 2), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_scores_must_be_finite(bad):
+    """A NaN would count as "not predicted" at the threshold but as the top label in top-1."""
+    y, scores = np.array([[0, 1], [1, 0]]), np.array([[bad, 0.9], [0.8, 0.1]])
+    for call in (lambda: report(y, scores, 0.5), lambda: tune_threshold(y, scores)):
+        with pytest.raises(RamerError, match="1 of 4 scores are NaN or infinite"):
+            call()
 
 
 def test_report_splits_by_role_and_top1():

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import ramer
 from ramer.cli import main
@@ -83,6 +84,43 @@ def test_api_refuses_other_feature_sizes(run, tmp_path, capsys):
     other.save(tmp_path / "other")
     assert main(["eval", str(out), "--data", str(tmp_path / "other")]) == 2
     assert "text features have size 32, the model expects 64" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_cuda_run_is_scored_on_cpu_with_device(run, tmp_path, capsys):
+    """A run trained with train.device=cuda, on a machine without CUDA: the error says how to go
+    on (--device cpu / device='cpu'), and that works."""
+    from ramer.train import checkpoint as ckpt
+
+    out, _ = run
+    state, cfg, spec, threshold, epoch = ckpt.read_model_file(out / "model.safetensors")
+    cfg.train.device = "cuda"
+    (tmp_path / "cuda").mkdir()
+    model = ramer.load(out).model
+    ckpt.save_model(tmp_path / "cuda" / "model.safetensors", model, cfg, spec, threshold, epoch)
+    with pytest.raises(RamerError, match=r"CUDA is not available here; load it with device='cpu' \(ramer eval / "
+                                         r"predict --device cpu\)"):
+        ramer.load(tmp_path / "cuda")
+    assert main(["eval", str(tmp_path / "cuda"), "--device", "cpu"]) == 0
+    assert main(["predict", str(tmp_path / "cuda"), "--out", str(tmp_path / "p.jsonl"), "--device", "cpu"]) == 0
+    for device, message in (("mps", "ramer runs on cpu or cuda"), ("tpu", "unknown device 'tpu'")):
+        with pytest.raises(RamerError, match=message):
+            ramer.load(out, device=device)
+
+
+def test_api_refuses_what_it_cannot_score(run):
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+    with pytest.raises(RamerError, match="predict takes a SceneStore, a DataBundle or a Batch, not str"):
+        predictor.predict("data/test")
+    for workers in (0, 2.5, True):
+        with pytest.raises(RamerError, match="workers must be an integer of at least 1"):
+            predictor.predict(test, workers=workers)
+    with pytest.raises(RamerError, match=r"probabilities of shape \(3, 2\), expected \(n, 9\)"):
+        predictor.decide(np.zeros((3, 2)))
+    with pytest.raises(RamerError, match="unknown precision 'fp16'"):
+        ramer.load(out, precision="fp16")
 
 
 def test_bf16_predictor_agrees_with_fp32(run, tmp_path):

@@ -49,6 +49,11 @@ class Predictor:
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
         this one shared out among them; can be faster than one process with several threads."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise RamerError(f"workers must be an integer of at least 1, got {workers!r}")
+        if not isinstance(data, (SceneStore, DataBundle, Batch)):
+            raise RamerError(f"predict takes a SceneStore, a DataBundle or a Batch, not {type(data).__name__} "
+                             "(load a dataset with ramer.data.load_bundle or ramer.api.load_data_for)")
         if isinstance(data, DataBundle):
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
@@ -64,7 +69,11 @@ class Predictor:
         return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """0/1 predictions with the stored threshold."""
+        """0/1 predictions with the stored threshold; ``probs`` (n, C)."""
+        probs = np.asarray(probs)
+        if probs.ndim != 2 or probs.shape[1] != len(self.label_names):
+            raise RamerError(f"probabilities of shape {probs.shape}, expected (n, {len(self.label_names)}) "
+                             f"for the labels {list(self.label_names)}")
         return (probs > self.threshold).astype(np.int64)
 
 
@@ -72,7 +81,10 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     """Load the best checkpoint of a run directory (or a ``model.safetensors`` file).
 
     ``precision="bf16"`` casts a deep model to bfloat16 for faster inference on CPUs with bf16
-    support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths."""
+    support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths.
+    ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``); default: the run's ``train.device``."""
+    if precision not in ("fp32", "bf16"):
+        raise RamerError(f"unknown precision '{precision}' (fp32 or bf16)")
     path = Path(run_dir)
     model_file = path / "model.safetensors" if path.is_dir() else path
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
@@ -85,7 +97,7 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     else:
         model = build_model(cfg, spec)
         ckpt.load_state_into(model, state, str(model_file))
-    dev = resolve_device(cfg.train.device)
+    dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)")
     if precision != "fp32" and cfg.model.name in CLASSICAL:
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
     model = to_inference_precision(model.to(dev), precision).eval()

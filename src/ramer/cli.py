@@ -63,6 +63,7 @@ PRECISION_HELP = ("bf16: cast the model to bfloat16 (faster on CPUs with AVX-512
                   "scores differ from fp32 by a few thousandths). Default fp32")
 LOADER_SET_HELP = ("a loader option, e.g. data.max_utterances=80, data.unaligned_layout=pad, "
                    "data.aligned_path=FILE (repeatable; docs/DATA.md)")
+DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"
 WORKERS_HELP = ("score in N forked processes (CPU), this process's threads shared out among them; can be faster "
                 "than one process with several threads (docs/PERFORMANCE.md). Default 1")
 
@@ -190,7 +191,7 @@ def load_run_and_data(args: argparse.Namespace):
     (default: the run's own), checked to have ``--split``."""
     from ramer.api import load, load_data_for
 
-    predictor = load(args.run_dir, precision=args.precision)
+    predictor = load(args.run_dir, device=args.device, precision=args.precision)
     bundle = load_data_for(predictor, args.data)
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     e.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    e.add_argument("--device", help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="write per-sample probabilities and labels of a trained run as JSON lines",
@@ -410,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output .jsonl file")
     pr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     pr.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    pr.add_argument("--device", help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="export a trained run to ONNX (dynamic batch and scene size)",

@@ -35,7 +35,7 @@ class _Section(BaseModel):
 class SynthConfig(_Section):
     """Knobs of the embedded benchmark (see spec SYNTHETIC.md)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     n_train: int = Field(4000, ge=1)
     n_valid: int = Field(500, ge=1)
     n_test: int = Field(1000, ge=1)
@@ -65,7 +65,7 @@ class DataConfig(_Section):
     unaligned_layout: Literal["pool", "pad"] = "pool"  # unaligned MOSEI token layout (docs/DATA.md)
     memor_character_order: list[str] | None = None  # MEmoR character order (default: the MEmoR code's)
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # MEmoR: share of train held out for validation
-    valid_seed: int = 2020  # MEmoR: seed of that split
+    valid_seed: int = Field(2020, ge=0)  # MEmoR: seed of that split
     missing_rate: float = Field(0.0, ge=0.0, le=1.0)
     missing_at: Literal["all", "test"] = "all"
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
@@ -134,7 +134,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     warmup: float = Field(0.1, ge=0.0, le=1.0)  # share of steps with linear warm-up
     grad_clip: float = Field(1.0, gt=0.0)
-    seed: int = 1
+    seed: int = Field(1, ge=0)
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
     per_label_threshold: bool = False

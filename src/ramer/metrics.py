@@ -1,15 +1,18 @@
-"""Multi-label metrics (spec MODEL.md section 9), computed with numpy and cross-checked against
-scikit-learn in the tests.
+"""Multi-label metrics, computed with numpy and cross-checked against scikit-learn in the tests.
 
 Conventions, chosen to match scikit-learn's defaults (and so the TAILOR / CARAT / AMP code):
 - ``acc`` is example-based (Jaccard) accuracy: mean over samples of |y ∩ ŷ| / |y ∪ ŷ|; a sample
   whose union is empty (no true and no predicted label) scores 0.
 - A precision, recall or F1 whose denominator is 0 is 0 (``zero_division=0``).
+- Scores must be finite: a NaN would count as "not predicted" at a threshold but as the top label
+  in ``top1_acc``, so ``report`` and ``tune_threshold`` refuse them.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ramer.errors import RamerError
 
 METRIC_KEYS = (
     "acc",
@@ -81,6 +84,15 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+def _finite(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise RamerError(f"{bad} of {scores.size} scores are NaN or infinite (did the model diverge?); "
+                         "no metric is computed from them")
+    return scores
+
+
 def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Share of samples whose highest-scoring label is one of their true labels (MEmoR)."""
     y_true = np.asarray(y_true)
@@ -104,7 +116,7 @@ def report(
     beside the parts (overall only).
     """
     y_true = np.asarray(y_true).astype(np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     y_pred = (scores > threshold).astype(np.int64)
 
     def part(mask: np.ndarray) -> dict:
@@ -131,7 +143,7 @@ def tune_threshold(
     Call it on the validation split only. Ties go to the threshold nearest 0.5.
     """
     y_true = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     grid = np.round(np.arange(0.05, 0.951, 0.01), 4) if grid is None else np.asarray(grid)
     # (G, N, C) comparisons, chunked over the grid so memory stays small.
     tp = np.empty((len(grid), y_true.shape[1]))

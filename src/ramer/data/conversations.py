@@ -106,6 +106,10 @@ def _text(value: Any, path: Path, row: int, column: str) -> str:
 def _int(value: Any, path: Path, row: int, column: str) -> int:
     text = _text(value, path, row, column)
     try:
+        return int(text)  # exact, however large
+    except ValueError:
+        pass
+    try:  # "3.0", "1e3"
         number = float(text)
         if not text or not math.isfinite(number) or number != int(number):
             raise ValueError
@@ -201,9 +205,16 @@ def _check_columns(columns, path: Path, row: int) -> None:
 
 
 def _csv_rows(reader, header: list[str], path: Path):
-    """(line number, cells) of each non-blank row after the header; a row of another width is an error."""
-    for cells in reader:
-        row = reader.line_num
+    """(line number, cells) of each non-blank row after the header; a row of another width is an error.
+    The line number is the one the record starts on (a quoted cell may span lines)."""
+    while True:
+        row = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise RamerError(f"{_where(path, row)}: not a readable CSV row ({e})") from None
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
@@ -237,7 +248,8 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
 def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
     out, columns = [], set()
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        # split at line feeds only: str.splitlines also splits at U+2028 and others, legal inside a JSON string
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError as e:
         raise RamerError(f"{path}: not UTF-8 text ({e})") from None
     for row, line in enumerate(lines, 1):
@@ -246,7 +258,9 @@ def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as e:
-            raise RamerError(f"{_where(path, row)}: not valid JSON ({e.msg})") from None
+            whole = line.strip() == "{" or line.lstrip().startswith("[")  # a pretty-printed document
+            hint = "; a JSONL file holds one object per line, not one JSON document" if whole else ""
+            raise RamerError(f"{_where(path, row)}: not valid JSON ({e.msg}){hint}") from None
         if not isinstance(raw, dict):
             raise RamerError(f"{_where(path, row)}: holds a {type(raw).__name__}, expected an object (one utterance)")
         _check_columns(raw, path, row)
@@ -656,6 +670,8 @@ def import_conversations(
     path, out = Path(path), Path(out)
     if context < 0:
         raise RamerError(f"--context must be >= 0, got {context}")
+    if seed < 0:
+        raise RamerError(f"--seed must be >= 0, got {seed}")
     check_out_folder(out)
     if targets not in ("rows", "all"):
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")

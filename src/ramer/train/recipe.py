@@ -68,13 +68,20 @@ class Predictions:
     ids: list[str]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RamerError(f"train.device is '{name}' but CUDA is not available here; use --set train.device=cpu")
+def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch device, checked against this machine; ``instead``
+    says what to do where CUDA is missing (it differs for training and for a trained run)."""
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError:
-        raise RamerError(f"train.device: unknown device '{name}'") from None
+        raise RamerError(f"train.device: unknown device '{name}' (cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RamerError(f"train.device is '{name}': ramer runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RamerError(f"train.device is '{name}' but CUDA is not available here; {instead}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RamerError(f"train.device is '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
@@ -99,11 +106,17 @@ def check_splits(bundle: DataBundle) -> None:
     for split in ("train", "valid", "test"):
         if split not in bundle.splits:
             raise RamerError(f"{bundle.source}: no '{split}' split")
+    imported = bundle.info.get("conversations") if bundle.format == "conversations" else None
+    hint = ""
+    if imported is not None:  # say why an import has no samples there
+        hint = (" (an import with target rows makes samples only of them: no row of this split has target 1)"
+                if imported.get("labelled") else " (an unlabelled import puts every conversation in test: it is "
+                "for predict)")
     for split in ("train", "valid"):
         if len(bundle.splits[split]) == 0:
             raise RamerError(f"{bundle.source}: the {split} split is empty; nothing to "
-                             f"{'train on' if split == 'train' else 'choose the best epoch and threshold on'} "
-                             "(an unlabelled import puts every conversation in test: it is for predict)")
+                             f"{'train on' if split == 'train' else 'choose the best epoch and threshold on'}"
+                             + hint)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
