@@ -123,20 +123,13 @@ def compare(args, label: str, eager: nn.Module, fused, inputs: list, seconds: fl
     print(f"  {label}: built in {seconds:.1f} s; largest |eager - {label}| of the probabilities {diff:.3g}", flush=True)
 
 
-def bf16_model(cfg, store) -> nn.Module:
-    """The setting's eval model cast whole to bfloat16, as ``ramer predict --precision bf16``."""
-    from ramer.train.recipe import to_inference_precision
-
-    return to_inference_precision(eval_model(cfg, store), "bf16")
-
-
 def setting_batches(cfg, store, n: int = 4) -> list:
     stream = batches(store, cfg.train.batch_size, seed=1)
     return [next(stream).to(torch.device("cpu"), torch.bfloat16) for _ in range(n)]
 
 
 def part_onednn(args, cfg, store) -> None:
-    eager = bf16_model(cfg, store)
+    eager = eval_model(cfg, store, "bf16")
     inputs = setting_batches(cfg, store)
     fused = copy.deepcopy(eager)
     t0 = time.perf_counter()
@@ -147,7 +140,7 @@ def part_onednn(args, cfg, store) -> None:
 def part_inductor(args, cfg, store) -> None:
     import torch._inductor.config as inductor_config
 
-    eager = bf16_model(cfg, store)
+    eager = eval_model(cfg, store, "bf16")
     inputs = setting_batches(cfg, store)
     inductor_config.freezing = True
     compiled = torch.compile(copy.deepcopy(eager))
@@ -158,7 +151,7 @@ def part_inductor(args, cfg, store) -> None:
 
 
 def part_host(args, cfg, store) -> None:
-    model = bf16_model(cfg, store)
+    model = eval_model(cfg, store, "bf16")
     batch = setting_batches(cfg, store, 1)[0]
     walls, cpus = [], []
     with torch.inference_mode():

@@ -31,11 +31,11 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=2, help="deepest part to time (1 = the model's children)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    from ramer.train.recipe import model_dtype, to_inference_precision
+    from ramer.train.recipe import model_dtype
 
     torch.set_num_threads(args.threads)
     cfg, store = throughput.make_setting(args.setting)
-    model = to_inference_precision(throughput.eval_model(cfg, store), args.precision)
+    model = throughput.eval_model(cfg, store, args.precision)
     batch = next(throughput.batches(store, cfg.train.batch_size)).to(torch.device("cpu"), model_dtype(model))
     spent: dict[str, float] = collections.defaultdict(float)
     started: dict[str, float] = {}

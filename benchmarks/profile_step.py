@@ -41,10 +41,11 @@ def main() -> None:
     if args.loop_check:
         return loop_check()
     cfg, store = make_setting(args.setting, args.set or [])
-    model = build(cfg, store) if args.mode == "train" else eval_model(cfg, store)  # eval: unit prototypes
+    # eval: unit prototypes, and cast as `ramer predict --precision` casts (bf16: the whole model and its inputs)
+    model = build(cfg, store) if args.mode == "train" else eval_model(cfg, store, args.precision)
     stream = batches(store, cfg.train.batch_size)
     from ramer.train.optim import build_optimizer
-    from ramer.train.recipe import model_dtype, to_inference_precision, training_step
+    from ramer.train.recipe import model_dtype, training_step
 
     dev = torch.device("cpu")
     if args.mode == "train":
@@ -53,8 +54,7 @@ def main() -> None:
 
         def step():
             training_step(model, model, next(stream), opt, sched, cfg.train.grad_clip, args.precision)
-    else:  # as `ramer predict --precision`: bf16 casts the whole model and its inputs
-        model = to_inference_precision(model, args.precision)
+    else:
         dtype = model_dtype(model)
 
         def step():

@@ -130,7 +130,7 @@ def make_step(cfg, store, mode: str, precision: str):
     (as ``ramer predict --precision``) and returns the probabilities in float32."""
     import torch
 
-    from ramer.train.recipe import model_dtype, to_inference_precision, training_step
+    from ramer.train.recipe import model_dtype, training_step
 
     if mode == "train":
         from ramer.train.optim import build_optimizer
@@ -143,7 +143,7 @@ def make_step(cfg, store, mode: str, precision: str):
             return loss.total.detach().reshape(1)
 
         return step
-    model = to_inference_precision(eval_model(cfg, store), precision)
+    model = eval_model(cfg, store, precision)
     dtype = model_dtype(model)
 
     def step(batch):
@@ -165,16 +165,19 @@ def measure_train(cfg, store, steps: int, warmup: int, precision: str) -> dict:
     return summary(times, cfg.train.batch_size)
 
 
-def eval_model(cfg, store):
-    """A model in eval mode with unit prototypes, as after training (the prototypes matter)."""
+def eval_model(cfg, store, precision: str = "fp32"):
+    """A model in eval mode with unit prototypes, as after training (the prototypes matter), cast
+    to ``precision`` as ``ramer predict --precision`` does (``bf16``: the whole model)."""
     import torch
+
+    from ramer.train.recipe import to_inference_precision
 
     model = build(cfg, store).eval()
     if getattr(model, "reconstruction", None) is not None:
         g = torch.Generator().manual_seed(0)
         protos = model.reconstruction.prototypes
         protos.copy_(torch.nn.functional.normalize(torch.randn(protos.shape, generator=g), dim=-1))
-    return model
+    return to_inference_precision(model, precision)
 
 
 def measure_predict(cfg, store, precision: str, workers: int, infer_batch: int | None, passes: int = 3) -> dict:
@@ -182,9 +185,9 @@ def measure_predict(cfg, store, precision: str, workers: int, infer_batch: int |
     (forked workers, the threads shared out among them), one untimed pass, then ``passes`` timed."""
     import torch
 
-    from ramer.train.recipe import predict, to_inference_precision
+    from ramer.train.recipe import predict
 
-    model = to_inference_precision(eval_model(cfg, store), precision)
+    model = eval_model(cfg, store, precision)
     batch_size = infer_batch or cfg.train.batch_size
     times = []
     for i in range(passes + 1):

@@ -15,7 +15,7 @@ from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL, DataSpec, build_model
 from ramer.train import checkpoint as ckpt
-from ramer.train.recipe import model_dtype, resolve_device, to_inference_precision
+from ramer.train.recipe import check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.train.recipe import predict as predict_store
 
 
@@ -59,9 +59,7 @@ class Predictor:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
             data = data.splits[split]
         if isinstance(data, Batch):
-            dims = {m: int(x.shape[-1]) for m, x in data.features.items()}
-            dims["personality"] = None if data.personality is None else int(data.personality.shape[-1])
-            self._check_data(data.label_names, dims, "batch")
+            self._check_data(data.label_names, data.dims, "batch")
             self.model.eval()
             with torch.inference_mode():
                 return self.model(data.to(self.device, model_dtype(self.model))).probs.float().cpu().numpy()
@@ -83,8 +81,7 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     ``precision="bf16"`` casts a deep model to bfloat16 for faster inference on CPUs with bf16
     support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths.
     ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``); default: the run's ``train.device``."""
-    if precision not in ("fp32", "bf16"):
-        raise RamerError(f"unknown precision '{precision}' (fp32 or bf16)")
+    check_precision(precision)  # before the checkpoint is read and a classical model refuses bf16
     path = Path(run_dir)
     model_file = path / "model.safetensors" if path.is_dir() else path
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)

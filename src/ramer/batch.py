@@ -41,6 +41,13 @@ class Batch:
     def size(self) -> int:
         return self.labels.shape[0]
 
+    @property
+    def dims(self) -> dict[str, int | None]:
+        """Feature sizes, as ``SceneStore.dims``: each modality's and ``personality`` (None: none)."""
+        out: dict[str, int | None] = {m: int(x.shape[-1]) for m, x in self.features.items()}
+        out["personality"] = None if self.personality is None else int(self.personality.shape[-1])
+        return out
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
         """The batch on ``device``; with ``dtype``, the model inputs (features, personality) also
         in that floating type (for a model whose weights are in it). Labels stay as they are."""

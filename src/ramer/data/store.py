@@ -37,7 +37,7 @@ import torch
 
 from ramer.batch import MODALITIES, ROLE_NONE, Batch
 from ramer.errors import RamerError
-from ramer.paths import check_out_folder
+from ramer.paths import check_out_folder, make_folder
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 1
@@ -284,9 +284,7 @@ class DataBundle:
         return next(iter(self.splits.values())).dims
 
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        check_out_folder(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = make_folder(directory)
         for name, store in self.splits.items():
             store.save(directory / name)
         write_meta(directory, self.format, self.label_names, self.dims,

@@ -77,10 +77,12 @@ def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> to
         raise RamerError(f"train.device: unknown device '{name}' (cpu, cuda or cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
         raise RamerError(f"train.device is '{name}': ramer runs on cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RamerError(f"train.device is '{name}' but CUDA is not available here; {instead}")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise RamerError(f"train.device is '{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RamerError(f"train.device is '{name}' but CUDA is not available here; {instead}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise RamerError(f"train.device is '{name}' but this machine has {count} CUDA device(s)")
     return dev
 
 
@@ -106,12 +108,11 @@ def check_splits(bundle: DataBundle) -> None:
     for split in ("train", "valid", "test"):
         if split not in bundle.splits:
             raise RamerError(f"{bundle.source}: no '{split}' split")
-    imported = bundle.info.get("conversations") if bundle.format == "conversations" else None
-    hint = ""
-    if imported is not None:  # say why an import has no samples there
-        hint = (" (an import with target rows makes samples only of them: no row of this split has target 1)"
-                if imported.get("labelled") else " (an unlabelled import puts every conversation in test: it is "
-                "for predict)")
+    hint = ""  # why an import (``ramer data import``) has no samples there
+    if bundle.format == "conversations" and bundle.info.get("conversations", {}).get("labelled"):
+        hint = " (an import makes samples only of target rows: no row of this split has target 1)"
+    elif bundle.format == "conversations":
+        hint = " (an unlabelled import puts every conversation in test: it is for predict)"
     for split in ("train", "valid"):
         if len(bundle.splits[split]) == 0:
             raise RamerError(f"{bundle.source}: the {split} split is empty; nothing to "
@@ -129,11 +130,14 @@ def to_inference_precision(model: nn.Module, precision: str) -> nn.Module:
     then casts the inputs too). Faster on CPU than autocast, which converts activations back and
     forth around every matrix product and normalisation (docs/PERFORMANCE.md); its scores are
     checked against fp32 in ``benchmarks/throughput.py`` and the tests. ``fp32``: unchanged."""
-    if precision == "bf16":
-        return model.to(torch.bfloat16)
-    if precision != "fp32":
+    return model.to(torch.bfloat16) if check_precision(precision) == "bf16" else model
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one ramer knows (fp32, bf16), else a RamerError."""
+    if precision not in ("fp32", "bf16"):
         raise RamerError(f"unknown precision '{precision}' (fp32 or bf16)")
-    return model
+    return precision
 
 
 def predict(
