@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -13,15 +14,19 @@ from sklearn.metrics import f1_score
 
 from ramer.batch import MODALITIES
 from ramer.config import build_config
+from ramer.errors import RamerError
 from ramer.models import CLASSICAL, build_model
 from ramer.models.amp import asymmetric_loss
 from ramer.models.base import DataSpec
-from ramer.models.classical import ClassicalModel, pooled_features
+from ramer.models.classical import ClassicalModel, feature_size, pooled_features
 from ramer.models.mlgcn import label_adjacency
+from ramer.train.classical import ClassicalModule, _OneBatch
 
 from conftest import random_store
 
 DEEP = ("mult", "mlgcn", "hhmpn", "amp")
+TORCH = ("late_fusion", *DEEP)
+HIDDEN = 32
 
 
 def spec_of(store) -> DataSpec:
@@ -36,7 +41,7 @@ def spec_of(store) -> DataSpec:
 
 def make_model(name: str, store, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = build_config(overrides=[f"model.name={name}", "model.hidden=32", "model.ffn=48"])
+    cfg = build_config(overrides=[f"model.name={name}", f"model.hidden={HIDDEN}", "model.ffn=48"])
     model = build_model(cfg, spec_of(store))
     if hasattr(model, "prepare"):
         model.prepare(store)
@@ -62,6 +67,8 @@ def patterns(store):
     for m in MODALITIES:  # first scene: nothing at all in its scope
         pres[m][0] &= ~base.scope[0]
     yield "empty_scope", base.with_present(pres)
+    at_target = torch.arange(base.valid.shape[1]).unsqueeze(0) == base.target.unsqueeze(1)  # (B, N)
+    yield "target_absent", base.with_present({m: base.present[m] & ~at_target for m in MODALITIES})
     whole = random_store(n=6, with_target=False, seed=3).collate(np.arange(6))
     yield "whole_sample", whole
 
@@ -71,7 +78,7 @@ def store():
     return random_store(n=10, n_labels=5, persons=(1, 4), segments=(2, 5), seed=1)
 
 
-@pytest.mark.parametrize("name", DEEP)
+@pytest.mark.parametrize("name", TORCH)
 def test_forward_backward_all_patterns(name, store):
     model = make_model(name, store)
     model.train()
@@ -95,25 +102,39 @@ def test_forward_backward_all_patterns(name, store):
         assert torch.isfinite(out.probs).all() and torch.isfinite(res.total), pattern
 
 
-@pytest.mark.parametrize("name", DEEP)
+def with_garbage(batch, fill: float):
+    """The batch with ``fill`` (NaN) or noise of that scale under every False presence bit."""
+    feats = {}
+    for m in MODALITIES:
+        x = batch.features[m]
+        noise = torch.full_like(x, fill) if np.isnan(fill) else torch.randn_like(x) * fill
+        feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, noise)
+    return replace(batch, features=feats)
+
+
+@pytest.mark.parametrize("name", TORCH)
 def test_eval_ignores_masked_features(name, store):
-    """Garbage (huge values, NaN) under a False presence mask or on padding changes nothing."""
+    """Garbage (huge values, NaN) under a False presence mask or on padding, the target token
+    included, changes nothing: outputs are bit-identical."""
     model = make_model(name, store).eval()
     for pattern, batch in patterns(store):
         with torch.no_grad():
             ref = model(batch).probs
         for fill in (1e4, float("nan")):
-            feats = {}
-            for m in MODALITIES:
-                x = batch.features[m]
-                noise = torch.full_like(x, fill) if np.isnan(fill) else torch.randn_like(x) * fill
-                feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, noise)
             with torch.no_grad():
-                got = model(replace(batch, features=feats)).probs
-            torch.testing.assert_close(got, ref, rtol=0, atol=1e-6, msg=f"{pattern} fill={fill}")
+                got = model(with_garbage(batch, fill)).probs
+            assert torch.equal(got, ref), f"{pattern} fill={fill}"
 
 
-@pytest.mark.parametrize("name", DEEP)
+def test_pooled_features_ignore_masked_features(store):
+    for pattern, batch in patterns(store):
+        ref = pooled_features(_OneBatch(batch, store.dims), chunk=batch.size)
+        for fill in (1e4, float("nan")):
+            got = pooled_features(_OneBatch(with_garbage(batch, fill), store.dims), chunk=batch.size)
+            np.testing.assert_array_equal(got, ref, err_msg=f"{pattern} fill={fill}")
+
+
+@pytest.mark.parametrize("name", TORCH)
 def test_eval_is_deterministic_and_batch_independent(name, store):
     model = make_model(name, store).eval()
     with torch.no_grad():
@@ -211,12 +232,39 @@ def test_classical_registry():
 
 def test_pooled_features_match_collate(lstore):
     X = pooled_features(lstore)
-    assert X.shape == (len(lstore), 12 + 6 + 8 + 3)
+    D = 12 + 6 + 8
+    assert X.shape == (len(lstore), 2 * D + 6) and feature_size(lstore.dims) == 2 * D + 6
     np.testing.assert_array_equal(pooled_features(lstore, [3, 7], chunk=1), X[[3, 7]])
-    b = lstore.collate([5])
-    w = (b.present["text"] & b.scope)[0]
-    expect = b.features["text"][0][w].double().mean(0).numpy() if w.any() else np.zeros(12)
-    np.testing.assert_allclose(X[5, :12], expect, atol=1e-6)
+    spoke = silent = 0
+    for i in range(len(lstore)):
+        b = lstore.collate([i])
+        w = (b.present["text"] & b.scope)[0]
+        expect = b.features["text"][0][w].double().mean(0).numpy() if w.any() else np.zeros(12)
+        np.testing.assert_allclose(X[i, :12], expect, atol=1e-6)
+        t = int(b.target[0])
+        here = [bool(b.present[m][0, t]) for m in MODALITIES]
+        spoke, silent = spoke + here[0], silent + (not here[0])
+        for k, (m, lo) in enumerate(zip(MODALITIES, (D, D + 12, D + 18))):
+            d = lstore.dims[m]
+            expect = b.features[m][0, t].double().numpy() if here[k] else np.zeros(d)
+            np.testing.assert_allclose(X[i, lo : lo + d], expect, atol=1e-6)
+        np.testing.assert_array_equal(X[i, 2 * D + 3 :], np.array(here, dtype=np.float64))
+    assert spoke and silent  # both kinds of target were seen
+
+
+def test_pooled_features_without_target_have_no_target_columns():
+    whole = random_store(n=6, dims=(12, 6, 8), with_target=False, seed=3)
+    X = pooled_features(whole)
+    D = 12 + 6 + 8
+    assert not X[:, D : 2 * D].any() and not X[:, 2 * D + 3 :].any()
+    assert X[:, :D].any() and X[:, 2 * D : 2 * D + 3].all()
+
+
+def test_classical_refuses_features_of_another_size(lstore):
+    model = ClassicalModel("br", lstore.label_names, seed=0).fit(lstore)
+    X = pooled_features(lstore)
+    with pytest.raises(RamerError, match="fitted on 58 pooled features, the data gives 29"):
+        model.predict_features(X[:, :29])
 
 
 @pytest.mark.parametrize("kind", CLASSICAL)
@@ -261,3 +309,131 @@ def test_classical_constant_label():
     for kind in CLASSICAL:
         probs = ClassicalModel(kind, store.label_names).fit(store).predict_proba(store)
         assert np.isfinite(probs).all() and probs[:, 1].max() < 0.05, kind
+
+
+# ---------------------------------------------------------------------- the target token
+
+ALL = (*TORCH, *CLASSICAL)
+
+
+def target_scenes(dims: dict[str, int], at_target: str, n: int = 4, seed: int = 0):
+    """``n`` scenes of 2 persons x 4 segments with random features and the target at person 0,
+    segment 1; moving it to segment 2 keeps the scope (person 0). ``at_target``: which modalities
+    segments 1 and 2 of person 0 have ("all", "visual" as for a silent person in view, "none");
+    every other token has all three."""
+    S = 4
+    base = random_store(n=n, dims=tuple(dims[m] for m in MODALITIES), persons=(2, 2), segments=(S, S), seed=seed)
+    b = base.collate(np.arange(n))
+    g = torch.Generator().manual_seed(seed)
+    feats = {m: torch.randn(b.features[m].shape, generator=g) for m in MODALITIES}
+    keep = {"all": MODALITIES, "visual": ("visual",), "none": ()}[at_target]
+    pair = (b.person == 0) & ((b.segment == 1) | (b.segment == 2))  # (B, N)
+    present = {m: b.valid & (~pair | (m in keep)) for m in MODALITIES}
+    feats = {m: feats[m] * present[m].unsqueeze(-1) for m in MODALITIES}  # zero where absent, as collated
+    return replace(b, features=feats, present=present, target=torch.full((n,), 1), scope=b.valid & (b.person == 0))
+
+
+def moved(batch, segment: int = 2):
+    """The same scenes with the target at ``segment`` of person 0 (same scope)."""
+    return replace(batch, target=torch.full_like(batch.target, segment))
+
+
+@pytest.fixture(scope="module")
+def predictors(store, lstore):
+    """name -> (probs(batch) in eval mode, feature sizes); the classical ones fitted on ``lstore``."""
+    out = {}
+    for name in TORCH:
+        model = make_model(name, store).eval()
+        out[name] = (model, store.dims)
+    for kind in CLASSICAL:
+        fitted = ClassicalModel(kind, lstore.label_names, seed=0).fit(lstore)
+        out[kind] = (ClassicalModule(kind, spec_of(lstore), fitted.to_arrays()), lstore.dims)
+    return out
+
+
+def probs_of(model, batch):
+    with torch.no_grad():
+        return model(batch).probs.double()
+
+
+def differ(a, b, tol: float = 1e-6) -> bool:
+    """Every sample's probabilities differ somewhere by more than ``tol``."""
+    return bool(((a - b).abs().amax(1) > tol).all())
+
+
+@pytest.mark.parametrize("at_target", ["all", "visual"])
+@pytest.mark.parametrize("name", ALL)
+def test_moving_the_target_within_the_scope_changes_the_output(name, at_target, predictors):
+    """Same scope, same features: only which token is asked about differs."""
+    model, dims = predictors[name]
+    batch = target_scenes(dims, at_target)
+    assert differ(probs_of(model, batch), probs_of(model, moved(batch))), name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_target_tokens_own_features_matter(name, predictors):
+    """Swapping the features of the target token and another token of the target person leaves
+    every scope mean as it was; the output still changes."""
+    model, dims = predictors[name]
+    batch = target_scenes(dims, "all")
+    a, b = batch.target[0].item(), batch.target[0].item() + 2  # person 0: segments 1 and 3
+    feats = {m: batch.features[m].clone() for m in MODALITIES}
+    for m in MODALITIES:
+        feats[m][:, [a, b]] = batch.features[m][:, [b, a]]
+    assert differ(probs_of(model, batch), probs_of(model, replace(batch, features=feats))), name
+
+
+def zero_marker(model):
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.target_emb.zero_()
+    return model
+
+
+@pytest.mark.parametrize("name", ["mult", "amp"])
+def test_a_target_missing_everywhere_is_located_without_the_marker(name, predictors):
+    """A silent, unseen target (no modality at its token) is still read: by MulT's target read-out,
+    by AMP's target key; the marker is switched off so that it cannot be what tells them apart."""
+    model, dims = predictors[name]
+    model = zero_marker(model)
+    batch = target_scenes(dims, "none")
+    assert differ(probs_of(model, batch), probs_of(model, moved(batch))), name
+
+
+def test_mult_marker_reaches_the_scope_pool(predictors):
+    """MulT's scope mean alone (no read-out in it) depends on where the marker sits."""
+    model, dims = predictors["mult"]
+    batch = target_scenes(dims, "all")
+    with torch.no_grad():
+        a, b = model(batch).pooled, model(moved(batch)).pooled
+    assert ((a - b).abs().flatten(1).amax(1) > 1e-6).all()
+
+
+def target_only_parameters(model, name: str) -> list:
+    """Views of the parameters (or parameter columns) that only a sample with a target reads."""
+    H, M = HIDDEN, len(MODALITIES)
+    if name == "late_fusion":
+        return [model.target_missing, *(model.heads[m].weight[:, H:] for m in MODALITIES)]
+    if name == "mult":
+        return [model.target_emb, model.head[0].weight[:, M * H :]]
+    if name == "mlgcn":
+        return [model.fuse[0].weight[:, M * H :]]
+    return [model.target_emb]  # hhmpn, amp
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_a_sample_without_target_reads_nothing_of_the_target_path(name, store):
+    """``target == -1``: the target-only parameters do not change the output (bit-identical);
+    with a target they do (where the target token has some modality: HHMPN masks a target node
+    whose modality is missing, so a silent, unseen target leaves it as it was)."""
+    model = make_model(name, store).eval()
+    whole = random_store(n=6, with_target=False, seed=3).collate(np.arange(6))
+    targeted = store.collate(np.arange(len(store)))
+    seen = torch.stack([targeted.present[m].gather(1, targeted.target[:, None])[:, 0] for m in MODALITIES]).any(0)
+    assert seen.any() and not seen.all()
+    ref_whole, ref_targeted = probs_of(model, whole), probs_of(model, targeted)
+    with torch.no_grad():
+        for p in target_only_parameters(model, name):
+            p.add_(torch.randn_like(p))
+    assert torch.equal(probs_of(model, whole), ref_whole)
+    assert differ(probs_of(model, targeted)[seen], ref_targeted[seen])

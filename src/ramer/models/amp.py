@@ -1,10 +1,14 @@
 """AMP baseline (Ge et al., WWW 2023): robustness by adversarial masking and perturbation, trained
 with the asymmetric loss.
 
-Model: per-modality token encoders (segment position and target-scope flag added) with one
-self-attention block over the modality's present tokens; label queries (learned embeddings)
-attend to the present tokens of all modalities in the target scope, giving one representation per
-label, the fused representation ``z`` (B, C, H); a per-label linear head reads ``z``.
+Model: per-modality token encoders (segment position, target-scope flag and, on the target token
+only, a learned target marker added) with one self-attention block over the modality's present
+tokens; label queries (learned embeddings) attend to the present tokens of all modalities in the
+target scope plus the target token in every modality (also where it is missing: its value is then
+the learned missing vector with position and marker after the self-attention over the modality's
+present tokens, no stored feature), giving one representation per label, the fused
+representation ``z`` (B, C, H); a per-label linear head reads ``z``. A sample without a target
+(``target == -1``) gets no marker and no extra key.
 
 Training only (eval mode does neither):
 - random modality masking: with probability ``mask_prob`` a sample loses one of the modalities
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.models.base import DataSpec, LossResult
+from ramer.models.late_fusion import target_mask
 from ramer.models.mult import AttentionBlock, TokenEncoder, sinusoid
 
 
@@ -101,6 +106,7 @@ class AMP(nn.Module):
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
         self.modality_emb = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
         self.scope_emb = nn.Embedding(2, H)
+        self.target_emb = nn.Parameter(torch.randn(H))  # marker added on the target token
         self.null = nn.Parameter(torch.randn(1, 1, H) * 0.02)
         self.temporal = nn.ModuleDict({m: AttentionBlock(H, cfg.heads, cfg.ffn, cfg.dropout) for m in MODALITIES})
         self.label_emb = nn.Parameter(torch.randn(C, H) * 0.02)
@@ -116,7 +122,9 @@ class AMP(nn.Module):
         if self.training and self.mask_prob > 0:
             dropped = random_modality_mask(available, self.mask_prob)
             present = {m: present[m] & ~dropped[:, k : k + 1] for k, m in enumerate(MODALITIES)}
+        tmask = target_mask(batch)  # (B, N)
         pos = sinusoid(batch.segment, self.hidden) + self.scope_emb(batch.scope.long())  # (B, N, H)
+        pos = pos + torch.where(tmask.unsqueeze(-1), self.target_emb, 0.0)  # (B, N, H)
         always = torch.ones(B, 1, dtype=torch.bool, device=batch.valid.device)
         null = self.null.expand(B, -1, -1)
         tokens, keys = [], []
@@ -124,7 +132,7 @@ class AMP(nn.Module):
             h = self.encoders[m](batch.features[m], present[m]) + pos + self.modality_emb[k]  # (B, N, H)
             h = self.temporal[m](h, torch.cat([null, h], 1), torch.cat([always, present[m]], 1))
             tokens.append(h)
-            keys.append(present[m] & batch.scope)
+            keys.append((present[m] & batch.scope) | (tmask & ~dropped[:, k : k + 1]))  # (B, N)
         ctx = torch.cat([null, *tokens], 1)  # (B, 1+M*N, H)
         key_mask = torch.cat([always, *keys], 1)  # (B, 1+M*N)
         z = self.decoder(self.label_emb.expand(B, -1, -1), ctx, key_mask)  # (B, C, H)

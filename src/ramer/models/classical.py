@@ -1,8 +1,11 @@
 """Classical multi-label baselines with scikit-learn logistic regression on pooled features.
 
-Features of a sample: for each modality the mean of its present tokens in the target scope (zero
-when none), concatenated, plus the three flags "modality present somewhere in the scope";
-standardised with the training mean and standard deviation.
+Features of a sample (:func:`pooled_features`, :func:`feature_size` columns), in this order:
+for each modality the mean of its present tokens in the target scope (zero when none); for each
+modality its features at the target token (zero where the target token lacks the modality or the
+sample has no target); the three flags "modality present somewhere in the scope"; the three flags
+"modality present at the target token" (all 0 without a target). Standardised with the training
+mean and standard deviation.
 
 - ``br`` binary relevance: one logistic regression per label;
 - ``cc`` classifier chain (label order 0..C-1): label ``j`` also sees labels ``0..j-1`` (the true
@@ -26,24 +29,35 @@ from sklearn.linear_model import LogisticRegression
 
 from ramer.batch import MODALITIES
 from ramer.errors import RamerError
+from ramer.models.late_fusion import target_mask
 
 KINDS = ("br", "cc", "lp")
 
 
+def feature_size(dims) -> int:
+    """Columns of :func:`pooled_features` for feature sizes ``dims`` (modality -> d_m):
+    ``2 * sum d_m + 6`` (scope means, target-token features, two sets of three flags)."""
+    return 2 * sum(int(dims[m]) for m in MODALITIES) + 2 * len(MODALITIES)
+
+
 def pooled_features(store, indices=None, chunk: int = 1024) -> np.ndarray:
-    """(n, sum d_m + 3) float64: per-modality masked means over the target scope, then presence flags."""
+    """(n, 2 sum d_m + 6) float64: per-modality masked means over the target scope, per-modality
+    features at the target token, scope presence flags, target-token presence flags."""
     idx = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
-    d = sum(store.dims[m] for m in MODALITIES) + len(MODALITIES)
-    out = np.zeros((len(idx), d), dtype=np.float64)
+    out = np.zeros((len(idx), feature_size(store.dims)), dtype=np.float64)
     for start in range(0, len(idx), chunk):
         batch = store.collate(idx[start : start + chunk])
-        means, flags = [], []
+        at_target = target_mask(batch)  # (B, N), none when target == -1
+        means, targets, flags, target_flags = [], [], [], []
         for m in MODALITIES:
             w = (batch.present[m] & batch.scope).to(torch.float64).unsqueeze(-1)  # (B, N, 1)
-            x = torch.where(w > 0, batch.features[m].to(torch.float64), 0.0)
+            x = torch.where(w > 0, batch.features[m].to(torch.float64), 0.0)  # (B, N, d_m), 0 where not read
             means.append((x * w).sum(1) / w.sum(1).clamp_min(1.0))
             flags.append((w.sum(1) > 0).to(torch.float64))
-        out[start : start + len(batch.ids)] = torch.cat(means + flags, 1).numpy()
+            here = (batch.present[m] & at_target).unsqueeze(-1)  # (B, N, 1): the target token, if it has m
+            targets.append(torch.where(here, x, 0.0).sum(1))  # (B, d_m)
+            target_flags.append(here.any(1).to(torch.float64))
+        out[start : start + len(batch.ids)] = torch.cat(means + targets + flags + target_flags, 1).numpy()
     return out
 
 
@@ -128,6 +142,12 @@ class ClassicalModel:
         if self.arrays is None:
             raise RamerError("classical model is not fitted")
         a = self.arrays
+        if X.shape[1] != len(a["mean"]):
+            raise RamerError(
+                f"classical '{self.kind}' model was fitted on {len(a['mean'])} pooled features, the data gives "
+                f"{X.shape[1]}: it was fitted on data of other feature sizes or by a version that pooled "
+                "other features; train it again"
+            )
         Xs = (X - a["mean"]) / a["scale"]
         if self.kind == "br":
             return _sigmoid(Xs @ a["coef"].T + a["intercept"])

@@ -1,9 +1,12 @@
 """HHMPN baseline (Zhang et al., AAAI 2021): heterogeneous hierarchical message passing between
 modality nodes and label nodes.
 
-Nodes of one sample: three modality nodes (each modality's tokens encoded and mean-pooled over
-the target scope, plus a modality-type embedding; a modality absent from the scope is a masked
-node) and ``C`` label nodes (learned embeddings). Each of ``rounds`` rounds passes messages, in
+Nodes of one sample: three scope modality nodes (each modality's tokens encoded and mean-pooled
+over the target scope, plus a modality-type embedding; a modality absent from the scope is a masked
+node), three target modality nodes (each modality's encoding of the target token, plus the
+modality-type embedding and a learned target-node embedding, the target marker; masked where the
+target token lacks the modality or the sample has no target) and ``C`` label nodes (learned
+embeddings). "Modality nodes" below are all six. Each of ``rounds`` rounds passes messages, in
 order, by attention blocks:
 
 1. modality <-> modality: the modality nodes attend to each other (absent ones masked);
@@ -28,7 +31,7 @@ from torch import Tensor, nn
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.models.base import DataSpec, LossResult
-from ramer.models.late_fusion import masked_mean
+from ramer.models.late_fusion import at_target, masked_mean, target_mask
 from ramer.models.mult import AttentionBlock, TokenEncoder
 
 
@@ -56,8 +59,9 @@ class HHMPNOutput:
     logits: Tensor  # (B, C)
     probs: Tensor  # (B, C)
     label_nodes: Tensor  # (B, C, H)
-    modality_nodes: Tensor  # (B, M, H)
+    modality_nodes: Tensor  # (B, 2M, H): M scope nodes, then M target-token nodes
     available: Tensor  # (B, M) bool: modality present somewhere in the target scope
+    target_available: Tensor  # (B, M) bool: modality present at the target token (False: no target)
 
 
 class HHMPN(nn.Module):
@@ -67,6 +71,7 @@ class HHMPN(nn.Module):
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
         self.modality_emb = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
         self.absent = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
+        self.target_emb = nn.Parameter(torch.randn(H) * 0.02)  # node-type embedding of the target nodes
         self.null = nn.Parameter(torch.randn(1, 1, H) * 0.02)
         self.label_emb = nn.Parameter(torch.randn(C, H) * 0.02)
         self.rounds = nn.ModuleList([MessageRound(H, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(rounds)])
@@ -76,22 +81,35 @@ class HHMPN(nn.Module):
 
     def forward(self, batch: Batch) -> HHMPNOutput:
         B = batch.valid.shape[0]
-        nodes, avail = [], []
+        tmask = target_mask(batch)  # (B, N)
+        nodes, avail, tnodes, tavail = [], [], [], []
         for m in MODALITIES:
             mask = batch.present[m] & batch.scope  # (B, N)
-            nodes.append(masked_mean(self.encoders[m](batch.features[m], batch.present[m]), mask))  # (B, H)
+            h = self.encoders[m](batch.features[m], batch.present[m])  # (B, N, H)
+            nodes.append(masked_mean(h, mask))  # (B, H)
             avail.append(mask.any(1))
-        available = torch.stack(avail, 1)  # (B, M)
-        mods = torch.where(available.unsqueeze(-1), torch.stack(nodes, 1), self.absent) + self.modality_emb  # (B, M, H)
+            tnodes.append(at_target(h, batch.target))  # (B, H)
+            tavail.append((batch.present[m] & tmask).any(1))
+        available, target_available = torch.stack(avail, 1), torch.stack(tavail, 1)  # (B, M) each
+        scope_nodes = torch.where(available.unsqueeze(-1), torch.stack(nodes, 1), self.absent)  # (B, M, H)
+        target_nodes = torch.where(target_available.unsqueeze(-1), torch.stack(tnodes, 1), self.absent)  # (B, M, H)
+        target_nodes = target_nodes + self.target_emb
+        mods = torch.cat([scope_nodes, target_nodes], 1) + self.modality_emb.repeat(2, 1)  # (B, 2M, H)
         labels = self.label_emb.expand(B, -1, -1)  # (B, C, H)
         null = self.null.expand(B, -1, -1)  # (B, 1, H)
-        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=available.device), available], 1)  # (B, 1+M)
+        always = torch.ones(B, 1, dtype=torch.bool, device=available.device)
+        mask = torch.cat([always, available, target_available], 1)  # (B, 1+2M)
         for rnd in self.rounds:
             mods, labels = rnd(mods, labels, null, mask)
         labels = self.norm(labels)
         logits = (labels * self.cls_weight).sum(-1) + self.cls_bias  # (B, C)
         return HHMPNOutput(
-            logits=logits, probs=torch.sigmoid(logits), label_nodes=labels, modality_nodes=mods, available=available
+            logits=logits,
+            probs=torch.sigmoid(logits),
+            label_nodes=labels,
+            modality_nodes=mods,
+            available=available,
+            target_available=target_available,
         )
 
     def loss(self, out: HHMPNOutput, batch: Batch) -> LossResult:

@@ -1,12 +1,16 @@
-"""The small multimodal baseline: per-modality encoder, masked pooling over the target scope,
-late fusion of per-modality logits, label head.
+"""The small multimodal baseline: per-modality encoder, masked pooling over the target scope plus
+the target token's own encoding, late fusion of per-modality logits, label head.
 
-Per modality ``m``: ``LayerNorm -> Linear(d_m, H) -> GELU -> Linear(H, H)`` on each token, a
-masked mean over the present tokens of the target scope, and a ``Linear(H, C)`` head. The fused
-logit is the mean of the heads of the modalities present in the scope (a modality absent from the
-whole scope contributes nothing); a sample with no modality at all in its scope gets a learned bias.
+Per modality ``m``: ``LayerNorm -> Linear(d_m, H) -> GELU -> Linear(H, H)`` on each token (absent
+tokens are encoded from zeros, never from their stored features), a masked mean over the present
+tokens of the target scope, the encoding of the target token, and a ``Linear(2H, C)`` head on
+``[scope mean ; target token]``. The target slot holds a learned per-modality vector where the
+target token lacks ``m`` and zeros where the sample has no target (``target == -1``: the head then
+reads the scope mean alone). The fused logit is the mean of the heads of the modalities present in
+the scope (a modality absent from the whole scope contributes nothing); a sample with no modality
+at all in its scope gets a learned bias.
 
-Axis letters: b batch, n tokens, c labels, h hidden.
+Axis letters: b batch, n tokens, m modality, c labels, h hidden.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
+def target_mask(batch: Batch) -> Tensor:
+    """(B, N) bool: True on each sample's target token only (all False where ``target == -1``)."""
+    n = torch.arange(batch.valid.shape[1], device=batch.valid.device)  # (N,)
+    return n.unsqueeze(0) == batch.target.unsqueeze(1)
+
+
+def at_target(x: Tensor, target: Tensor) -> Tensor:
+    """``x`` (B, N, H) at each sample's target token -> (B, H); zeros where ``target == -1``."""
+    idx = target.clamp_min(0).view(-1, 1, 1).expand(-1, 1, x.shape[-1])  # (B, 1, H)
+    got = x.gather(1, idx).squeeze(1)  # (B, H)
+    return torch.where((target >= 0).unsqueeze(-1), got, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 class LateFusion(nn.Module):
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
@@ -53,15 +70,23 @@ class LateFusion(nn.Module):
                 for m in MODALITIES
             }
         )
-        self.heads = nn.ModuleDict({m: nn.Linear(H, C) for m in MODALITIES})
+        self.heads = nn.ModuleDict({m: nn.Linear(2 * H, C) for m in MODALITIES})
+        self.target_missing = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)  # target token lacks m
         self.empty_bias = nn.Parameter(torch.zeros(C))
 
     def forward(self, batch: Batch) -> LateFusionOutput:
+        tmask = target_mask(batch)  # (B, N)
+        has_target = (batch.target >= 0).unsqueeze(-1)  # (B, 1)
         logits, avail = [], []
-        for m in MODALITIES:
-            mask = batch.present[m] & batch.scope  # (B, N)
-            h = self.encoders[m](batch.features[m])  # (B, N, H)
-            logits.append(self.heads[m](masked_mean(h, mask)))  # (B, C)
+        for k, m in enumerate(MODALITIES):
+            present = batch.present[m]  # (B, N)
+            mask = present & batch.scope  # (B, N)
+            x = batch.features[m]
+            h = self.encoders[m](torch.where(present.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device)))
+            here = (present & tmask).any(1, keepdim=True)  # (B, 1): the target token has m
+            zero = torch.zeros((), dtype=h.dtype, device=h.device)
+            tgt = torch.where(here, at_target(h, batch.target), torch.where(has_target, self.target_missing[k], zero))
+            logits.append(self.heads[m](torch.cat([masked_mean(h, mask), tgt], -1)))  # (B, C)
             avail.append(mask.any(1))
         stacked = torch.stack(logits, 1)  # (B, M, C)
         available = torch.stack(avail, 1)  # (B, M)

@@ -12,7 +12,9 @@ buffer so it is saved with the weights; identity until then):
 
 Model: label embeddings ``E`` (C, H) -> ``LeakyReLU(A_hat E W1)`` -> ``A_hat Z W2`` = classifier
 ``W`` (C, H). The feature ``x`` (B, H) is the concatenation of the per-modality masked means over
-the target scope (a modality absent from the scope: a learned vector), projected to ``H``.
+the target scope (a modality absent from the scope: a learned vector) and the per-modality
+encodings of the target token (the encoder's learned "missing" vector where the target token lacks
+the modality; zeros where the sample has no target), projected to ``H``.
 ``logits = x W^T + b``; BCE.
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.models.base import DataSpec, LossResult
-from ramer.models.late_fusion import masked_mean
+from ramer.models.late_fusion import at_target, masked_mean
 from ramer.models.mult import TokenEncoder
 
 
@@ -75,7 +77,7 @@ class MLGCN(nn.Module):
         self.tau, self.p = tau, p
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
         self.absent = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
-        self.fuse = nn.Sequential(nn.Linear(len(MODALITIES) * H, H), nn.GELU(), nn.Dropout(cfg.dropout))
+        self.fuse = nn.Sequential(nn.Linear(2 * len(MODALITIES) * H, H), nn.GELU(), nn.Dropout(cfg.dropout))
         emb = torch.randn(C, H, generator=torch.Generator().manual_seed(seed))
         if learn_embeddings:
             self.label_emb = nn.Parameter(emb)
@@ -98,12 +100,13 @@ class MLGCN(nn.Module):
         return A @ self.gc2(z)  # (C, H)
 
     def forward(self, batch: Batch) -> MLGCNOutput:
-        pooled = []
+        pooled, read = [], []
         for k, m in enumerate(MODALITIES):
             mask = batch.present[m] & batch.scope  # (B, N)
-            h = masked_mean(self.encoders[m](batch.features[m], batch.present[m]), mask)  # (B, H)
-            pooled.append(torch.where(mask.any(1, keepdim=True), h, self.absent[k]))
-        x = self.fuse(torch.cat(pooled, -1))  # (B, H)
+            h = self.encoders[m](batch.features[m], batch.present[m])  # (B, N, H)
+            pooled.append(torch.where(mask.any(1, keepdim=True), masked_mean(h, mask), self.absent[k]))  # (B, H)
+            read.append(at_target(h, batch.target))  # (B, H)
+        x = self.fuse(torch.cat(pooled + read, -1))  # (B, H)
         W = self.classifiers()  # (C, H)
         logits = x @ W.T + self.bias  # (B, C)
         return MLGCNOutput(logits=logits, probs=torch.sigmoid(logits), feature=x, classifiers=W)

@@ -5,12 +5,16 @@ tokens of ``t`` (queries) attend to the tokens of ``s`` (keys / values); absent 
 key-padded, and a learned always-present "null" token per source modality keeps every attention row
 non-empty. The two cross-modal streams into ``t`` are concatenated, projected back to ``H`` and
 passed through one self-attention block over the valid tokens. Each stream is mean-pooled over
-the target scope; the three pooled vectors are concatenated and fed to the label head (BCE).
+the target scope and also read at the target token; the three pooled vectors and the three
+target-token vectors are concatenated and fed to the label head (BCE). A sample without a target
+(``target == -1``) has zeros in the target-token slots.
 
 Tokens are the ``P x S`` grid of the scene: a token's position is its segment (sinusoidal
-encoding) plus a learned flag "belongs to the target scope". A token absent in a modality gets
-that modality's learned "missing" embedding, so features under a False presence mask are never
-read.
+encoding) plus a learned flag "belongs to the target scope" plus, on the target token only, a
+learned target marker (nothing is added where the sample has no target). A token absent in a
+modality gets that modality's learned "missing" embedding, so features under a False presence
+mask are never read (a target token absent in ``t`` is read out like any other missing token: its
+stream is what the missing embedding, position and marker collected from the other modalities).
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
 """
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.models.base import DataSpec, LossResult
-from ramer.models.late_fusion import masked_mean
+from ramer.models.late_fusion import at_target, masked_mean, target_mask
 
 
 class TokenEncoder(nn.Module):
@@ -101,6 +105,7 @@ class MulTOutput:
     logits: Tensor  # (B, C)
     probs: Tensor  # (B, C)
     pooled: Tensor  # (B, M, H): per-target-modality representation of the scope
+    target_read: Tensor  # (B, M, H): per-target-modality representation of the target token (0: none)
 
 
 class MulT(nn.Module):
@@ -110,6 +115,7 @@ class MulT(nn.Module):
         self.hidden = H
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
         self.scope_emb = nn.Embedding(2, H)
+        self.target_emb = nn.Parameter(torch.randn(H))  # marker added on the target token
         self.null = nn.ParameterDict({m: nn.Parameter(torch.randn(1, 1, H) * 0.02) for m in MODALITIES})
         self.pairs = [(t, s) for t in MODALITIES for s in MODALITIES if s != t]
         self.cross = nn.ModuleDict(
@@ -119,15 +125,16 @@ class MulT(nn.Module):
         self.self_attn = nn.ModuleDict({t: AttentionBlock(H, cfg.heads, cfg.ffn, cfg.dropout) for t in MODALITIES})
         self.norm_out = nn.LayerNorm(H)
         self.head = nn.Sequential(
-            nn.Linear(len(MODALITIES) * H, H), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(H, C)
+            nn.Linear(2 * len(MODALITIES) * H, H), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(H, C)
         )
 
     def forward(self, batch: Batch) -> MulTOutput:
         B = batch.valid.shape[0]
         pos = sinusoid(batch.segment, self.hidden) + self.scope_emb(batch.scope.long())  # (B, N, H)
+        pos = pos + torch.where(target_mask(batch).unsqueeze(-1), self.target_emb, 0.0)  # (B, N, H)
         tokens = {m: self.encoders[m](batch.features[m], batch.present[m]) + pos for m in MODALITIES}
         always = torch.ones(B, 1, dtype=torch.bool, device=batch.valid.device)
-        pooled = []
+        pooled, read = [], []
         for t in MODALITIES:
             streams = []
             for s in MODALITIES:
@@ -138,10 +145,12 @@ class MulT(nn.Module):
                 streams.append(self.cross[f"{s}_to_{t}"](tokens[t], ctx, keys))  # (B, N, H)
             h = self.merge[t](torch.cat(streams, -1))  # (B, N, H)
             h = self.self_attn[t](h, h, batch.valid)  # (B, N, H)
-            pooled.append(masked_mean(self.norm_out(h), batch.scope))  # (B, H)
-        pooled_t = torch.stack(pooled, 1)  # (B, M, H)
-        logits = self.head(pooled_t.flatten(1))  # (B, C)
-        return MulTOutput(logits=logits, probs=torch.sigmoid(logits), pooled=pooled_t)
+            h = self.norm_out(h)  # (B, N, H)
+            pooled.append(masked_mean(h, batch.scope))  # (B, H)
+            read.append(at_target(h, batch.target))  # (B, H)
+        pooled_t, read_t = torch.stack(pooled, 1), torch.stack(read, 1)  # (B, M, H) each
+        logits = self.head(torch.cat([pooled_t.flatten(1), read_t.flatten(1)], -1))  # (B, C)
+        return MulTOutput(logits=logits, probs=torch.sigmoid(logits), pooled=pooled_t, target_read=read_t)
 
     def loss(self, out: MulTOutput, batch: Batch) -> LossResult:
         cls = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
