@@ -340,7 +340,7 @@ def moved(batch, segment: int = 2):
 
 @pytest.fixture(scope="module")
 def predictors(store, lstore):
-    """name -> (probs(batch) in eval mode, feature sizes); the classical ones fitted on ``lstore``."""
+    """name -> (model in eval mode, its feature sizes); the classical ones fitted on ``lstore``."""
     out = {}
     for name in TORCH:
         model = make_model(name, store).eval()
