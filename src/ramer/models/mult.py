@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.models.base import DataSpec, LossResult
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import masked_mean
 
 
@@ -106,6 +107,7 @@ class MulTOutput:
 class MulT(nn.Module):
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.hidden = H
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
@@ -141,8 +143,8 @@ class MulT(nn.Module):
             pooled.append(masked_mean(self.norm_out(h), batch.scope))  # (B, H)
         pooled_t = torch.stack(pooled, 1)  # (B, M, H)
         logits = self.head(pooled_t.flatten(1))  # (B, C)
-        return MulTOutput(logits=logits, probs=torch.sigmoid(logits), pooled=pooled_t)
+        return MulTOutput(logits=logits, probs=label_probs(logits, self.single_label), pooled=pooled_t)
 
     def loss(self, out: MulTOutput, batch: Batch) -> LossResult:
-        cls = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        cls = losses.classification(out.logits, batch.labels, single_label=self.single_label)
         return LossResult(total=cls, terms={"cls": cls.detach()})
