@@ -316,7 +316,7 @@ def resolve_task(bundle: DataBundle, requested: str = "auto") -> str:
         counts = np.concatenate([np.asarray(s.labels).sum(1, dtype=np.int64) for s in bundle.splits.values()])
         problem = label_count_problem(counts)
         if problem:
-            why = "data.task=single_label" if requested == "single_label" else "its meta.json says single_label"
+            why = "data.task=single_label" if requested == "single_label" else "it is recorded as single_label"
             raise RamerError(f"{bundle.source}: {why}, which needs exactly one label per sample; {problem} "
                              "(use data.task=multi_label)")
     return task
