@@ -358,3 +358,17 @@ def test_resolve_task_checks_single_label_counts():
     with pytest.raises(RamerError, match=r"<mem>: it is recorded as single_label.*2 of 18 samples break it: "
                                          r"1 has no label and 1 has 2 or more"):
         resolve_task(bundle)
+
+
+def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, capsys):
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    out = tmp_path / "bench"
+    assert main(["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--missing-rates", "0",
+                 "--jobs", "1", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| model"))
+    assert header.split(" | ")[1:3] == ["Acc", "weighted-F1"] and "micro-F1" not in header
+    assert "arg-max decision, best epoch chosen on validation weighted F1" in text
+    record = json.loads((out / "results.json").read_text())[0]["metrics"]["overall"]
+    assert f"{record['top1_acc']:.3f}" in text.split(header)[1].splitlines()[2]

@@ -295,7 +295,7 @@ class DataBundle:
 
 def label_count_problem(counts: np.ndarray) -> str | None:
     """For single-label data: what is wrong with the per-sample label counts ``counts`` (n,), as
-    ``"2 of 40 samples have no label and 1 has 2 or more"``; ``None`` when every one is exactly 1."""
+    ``"3 of 40 samples break it: 2 have no label and 1 has 2 or more"``; ``None`` when every one is 1."""
     counts = np.asarray(counts)
     none, many = int((counts == 0).sum()), int((counts > 1).sum())
     if none == 0 and many == 0:
