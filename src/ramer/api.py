@@ -13,6 +13,7 @@ from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
+from ramer.metrics import ARGMAX, decide
 from ramer.models import CLASSICAL, DataSpec, build_model
 from ramer.train import checkpoint as ckpt
 from ramer.train.recipe import check_precision, model_dtype, resolve_device, to_inference_precision
@@ -21,12 +22,13 @@ from ramer.train.recipe import predict as predict_store
 
 @dataclass
 class Predictor:
-    """A trained model with its config, data spec and decision threshold."""
+    """A trained model with its config, data spec and decision threshold (``"argmax"`` for
+    single-label data: each sample gets its top label)."""
 
     model: nn.Module
     cfg: Config
     spec: DataSpec
-    threshold: float | np.ndarray
+    threshold: float | np.ndarray | str
     device: torch.device
     epoch: int
 
@@ -67,12 +69,13 @@ class Predictor:
         return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """0/1 predictions with the stored threshold; ``probs`` (n, C)."""
+        """0/1 predictions ``(n, C)`` with the stored decision (``metrics.decide``): ``probs > threshold``,
+        or for single-label data exactly one label per sample, its highest-scoring one; ``probs`` (n, C)."""
         probs = np.asarray(probs)
         if probs.ndim != 2 or probs.shape[1] != len(self.label_names):
             raise RamerError(f"probabilities of shape {probs.shape}, expected (n, {len(self.label_names)}) "
                              f"for the labels {list(self.label_names)}")
-        return (probs > self.threshold).astype(np.int64)
+        return decide(probs, self.threshold)
 
 
 def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32") -> Predictor:
@@ -98,8 +101,21 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     if precision != "fp32" and cfg.model.name in CLASSICAL:
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
     model = to_inference_precision(model.to(dev), precision).eval()
-    thr = np.asarray(threshold, dtype=np.float64) if isinstance(threshold, list) else float(threshold)
-    return Predictor(model, cfg, spec, thr, dev, epoch)
+    return Predictor(model, cfg, spec, _decision(threshold, spec, model_file), dev, epoch)
+
+
+def _decision(threshold, spec: DataSpec, source: Path) -> float | np.ndarray | str:
+    """The stored threshold as ``decide`` takes it, checked against the model's task."""
+    ok = threshold == ARGMAX if spec.single_label else not isinstance(threshold, (str, bool))
+    try:
+        if ok and isinstance(threshold, list):
+            return np.asarray(threshold, dtype=np.float64)
+        if ok:
+            return threshold if threshold == ARGMAX else float(threshold)
+    except (TypeError, ValueError):
+        pass
+    want = f"'{ARGMAX}'" if spec.single_label else "a number or one per label"
+    raise RamerError(f"{source}: stored threshold {threshold!r} does not fit a {spec.task} model (expected {want})")
 
 
 def load_data_for(predictor: Predictor, data: str | None) -> DataBundle:

@@ -6,6 +6,8 @@
 - Protocol: the dataset is built once; run (model, seed, rate) gets ``train.seed = seed`` and
   ``data.missing_rate = rate``, so each (seed, rate) pair has identical splits and identical
   hidden modalities for every model. Best epoch and threshold are chosen on validation; test once.
+  Single-label data (``data.task``): arg-max decisions, best epoch by validation weighted F1, and
+  the report leads with accuracy and weighted F1 (``COLUMNS``).
 - Cache: ``DIR/runs/<model>/missing-<rate>/seed-<seed>/`` is a normal run directory. It is reused
   when its ``test_metrics.json`` exists and its ``config.yaml`` equals the run's config; a deep run
   stopped mid-training is resumed from its ``train_state.pt``; anything else there is removed and
@@ -30,7 +32,9 @@ from rich.console import Console
 
 from ramer.config import ABLATIONS, Config, DataConfig, build_config, config_from_dict
 from ramer.data import DataBundle, load_bundle
+from ramer.data.store import resolve_task
 from ramer.errors import RamerError
+from ramer.metrics import METRIC_NAMES, SELECTION
 from ramer.models import BUILDERS, CLASSICAL
 from ramer.paths import make_folder
 from ramer.train.checkpoint import atomic_write, atomic_write_text
@@ -294,6 +298,8 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     make_folder(s.out)
     t0 = time.perf_counter()
     bundle = load_bundle(base.data)
+    task = resolve_task(bundle, base.data.task)
+    metric = SELECTION[task]
     console.print(f"data {bundle.source}: {', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}"
                   f" ({time.perf_counter() - t0:.1f}s)", highlight=False)
     plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]
@@ -306,8 +312,9 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         records[key] = {"model": model, "seed": seed, "missing_rate": rate,
                         "metrics": {k: metrics[k] for k in PARTS if k in metrics}, "seconds": seconds}
         how = {"done": "cached", "resume": "resumed", "fresh": "trained"}[state]
-        console.print(f"[{len(records)}/{len(plan)}] {model:<24} missing {rate:<4g} seed {seed}: test micro-F1 "
-                      f"{metrics['overall']['micro_f1']:.4f}  {how} ({seconds:.1f}s)", highlight=False, soft_wrap=True)
+        console.print(f"[{len(records)}/{len(plan)}] {model:<24} missing {rate:<4g} seed {seed}: test "
+                      f"{METRIC_NAMES[metric]} {metrics['overall'][metric]:.4f}  {how} ({seconds:.1f}s)", highlight=False,
+                      soft_wrap=True)
         write_results(s.out, _ordered(records, s))
 
     todo = []
@@ -343,6 +350,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         "load": (load_start, os.getloadavg()),
         "counts": counts,
         "bundle": bundle,
+        "task": task,
     }
     write_report(s, base, results, info)
     console.print(f"wrote {s.out / 'results.json'}, {s.out / 'report.md'} and {s.out / 'plots'}/ "
@@ -389,14 +397,23 @@ def per_label_f1(out: Path, model: str, rate: float, seeds: list[int]) -> dict[s
 
 
 # ---------------------------------------------------------------------- report
-COLUMNS = (  # (part, key, header, higher is better)
-    ("overall", "micro_f1", "micro-F1", True),
-    ("overall", "macro_f1", "macro-F1", True),
-    ("overall", "acc", "Acc", True),
-    ("overall", "hamming_loss", "HL ↓", False),
-    ("speaker", "micro_f1", "speaker micro-F1", True),
-    ("nonspeaker", "micro_f1", "non-speaker micro-F1", True),
-)
+COLUMNS = {  # per task: (part, key, header, higher is better)
+    "multi_label": (
+        ("overall", "micro_f1", "micro-F1", True),
+        ("overall", "macro_f1", "macro-F1", True),
+        ("overall", "acc", "Acc", True),
+        ("overall", "hamming_loss", "HL ↓", False),
+        ("speaker", "micro_f1", "speaker micro-F1", True),
+        ("nonspeaker", "micro_f1", "non-speaker micro-F1", True),
+    ),
+    "single_label": (  # accuracy = top-1 = subset accuracy for arg-max decisions
+        ("overall", "top1_acc", "Acc", True),
+        ("overall", "weighted_f1", "weighted-F1", True),
+        ("overall", "macro_f1", "macro-F1", True),
+        ("speaker", "weighted_f1", "speaker weighted-F1", True),
+        ("nonspeaker", "weighted_f1", "non-speaker weighted-F1", True),
+    ),
+}
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -405,9 +422,11 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f}" if n == 1 else f"{mean:.3f} ± {std:.3f}"
 
 
-def rate_table(results: list[dict], s: BenchSettings, rate: float, oracle: dict | None) -> list[str]:
+def rate_table(
+    results: list[dict], s: BenchSettings, rate: float, oracle: dict | None, task: str = "multi_label"
+) -> list[str]:
     models = [m for m in s.models if any(r["model"] == m and r["missing_rate"] == rate for r in results)]
-    cols = [c for c in COLUMNS if any(c[0] in r["metrics"] for r in results)]
+    cols = [c for c in COLUMNS[task] if any(c[0] in r["metrics"] for r in results)]
     header = ["model", *(c[2] for c in cols), "s/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
     best = {}
@@ -445,6 +464,11 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
     t = base.train
     (l1, _, _), (l2, _, _) = info["load"]
     c = info["counts"]
+    if info["task"] == "single_label":
+        decision = "single-label data: arg-max decision, best epoch chosen on validation weighted F1"
+    else:
+        decision = (f"best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
+                    "chosen on validation micro-F1")
     lines = [
         "# Benchmark: RAMer and its baselines",
         "",
@@ -459,8 +483,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         f"- Missing rates: {', '.join(f'{r:g}' for r in s.rates)}: extra probability of hiding each present "
         f"modality of each token, applied to {where}.",
         f"- Training (every deep model alike): {t.epochs} epochs, batch {t.batch_size}, AdamW lr {t.lr:g}, "
-        f"warm-up {t.warmup:g}; best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
-        "chosen on validation micro-F1; test once on the best checkpoint. Classical models: one logistic-regression fit.",
+        f"warm-up {t.warmup:g}; {decision}; test once on the best checkpoint. Classical models: one "
+        "logistic-regression fit.",
         f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}, load average {l1:.1f} at start, "
         f"{l2:.1f} at end. This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, {c['resume']} resumed, "
         f"{c['done']} reused from the cache); all runs together: {sum(r['seconds'] for r in results):.0f} s of training "
@@ -472,7 +496,7 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
     ]
     for rate in s.rates:
         lines += ["", f"## Missing rate {rate:g}", ""]
-        lines += rate_table(results, s, rate, oracle)
+        lines += rate_table(results, s, rate, oracle, info["task"])
     if plots:
         lines += ["", "## Plots", ""]
         for name, caption in plots:

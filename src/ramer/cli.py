@@ -41,13 +41,18 @@ def default_out(cfg: Config) -> Path:
 
 
 # ---------------------------------------------------------------------- tables
-METRIC_COLUMNS = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("acc", "Acc"), ("hamming_loss", "HL"))
+METRIC_COLUMNS = {  # per task: (report key, header); single-label leads with accuracy and weighted F1
+    "multi_label": (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("acc", "Acc"), ("hamming_loss", "HL")),
+    "single_label": (("top1_acc", "Acc"), ("weighted_f1", "weighted-F1"), ("macro_f1", "macro-F1")),
+}
 
 
-def metrics_table(title: str, rows: dict[str, dict]) -> Table:
-    """Rows: name -> {"overall": {...}, "speaker": {...}, "nonspeaker": {...}}; one line per part."""
+def metrics_table(title: str, rows: dict[str, dict], task: str = "multi_label") -> Table:
+    """Rows: name -> {"overall": {...}, "speaker": {...}, "nonspeaker": {...}}; one line per part.
+    The columns follow the task (``METRIC_COLUMNS``)."""
+    columns = METRIC_COLUMNS[task]
     table = Table(title=title)
-    for col in ("model", "targets", "n", *(label for _, label in METRIC_COLUMNS)):
+    for col in ("model", "targets", "n", *(label for _, label in columns)):
         table.add_column(col, justify="left" if col in ("model", "targets") else "right")
     for name, rep in rows.items():
         for part in ("overall", "speaker", "nonspeaker"):
@@ -55,7 +60,7 @@ def metrics_table(title: str, rows: dict[str, dict]) -> Table:
                 m = rep[part]
                 empty = m.get("n") == 0  # e.g. no non-speaker target in the split: no score, not 0
                 table.add_row(name if part == "overall" else "", part, str(m.get("n", "")),
-                              *("–" if empty else f"{m[key]:.4f}" for key, _ in METRIC_COLUMNS))
+                              *("–" if empty else f"{m[key]:.4f}" for key, _ in columns))
     return table
 
 
@@ -141,7 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else default_out(cfg)
     result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
-        OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", {cfg.model.name: result}))
+        from ramer.train.checkpoint import read_spec
+
+        task = read_spec(out / "model.safetensors").task
+        OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", {cfg.model.name: result}, task))
     return 0
 
 
@@ -199,9 +207,7 @@ def load_run_and_data(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ramer.metrics import report
+    from ramer.metrics import describe_threshold, report
     from ramer.train.recipe import apply_missing
 
     predictor, bundle = load_run_and_data(args)
@@ -212,8 +218,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(rep, indent=1))
     else:
         name = predictor.cfg.model.name
-        title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, threshold {np.mean(predictor.threshold):.2f})"
-        OUT.print(metrics_table(title, {name: rep}))
+        decision = describe_threshold(predictor.threshold, "threshold")
+        title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, {decision})"
+        OUT.print(metrics_table(title, {name: rep}, predictor.spec.task))
     return 0
 
 
@@ -298,7 +305,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
     labels = args.labels.split(",") if args.labels is not None else None
     meta = import_conversations(args.file, args.out, labels=labels, personality=args.personality,
-                                context=args.context, seed=args.seed, console=ERR, targets=args.targets)
+                                context=args.context, seed=args.seed, console=ERR, targets=args.targets,
+                                task=args.task)
     for line in summary_lines(meta):
         OUT.print(line, highlight=False, markup=False, soft_wrap=True)
     OUT.print(f"wrote {args.out}", highlight=False)
@@ -379,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (best by validation micro-F1), then test it once",
                        description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
                                    "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
+                                   "Single-label data (data.task, recorded by data import): softmax cross-entropy, "
+                                   "arg-max decision, best checkpoint by validation weighted F1. "
                                    "Without --data it trains on the embedded synthetic benchmark.")
     t.add_argument("--model", help="model name, e.g. br, late_fusion, ramer, or a preset ramer-<ablation> "
                                    "(default: the config's, ramer)")
@@ -502,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--targets", choices=("rows", "all"), default="rows",
                     help="rows: a sample per target row, its speaker (default); all: at each target row a sample "
                          "for every person of the conversation, listeners included (unlabelled files, for predict)")
+    im.add_argument("--task", choices=("auto", "single_label", "multi_label"), default="auto",
+                    help="what meta.json records: single_label (exactly one label per sample: softmax, arg-max "
+                         "decision, best epoch by weighted F1) or multi_label; auto (default): single_label when "
+                         "every sample of a labelled file has exactly one label")
     im.set_defaults(func=cmd_data_import)
     return p
 

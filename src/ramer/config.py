@@ -26,6 +26,9 @@ ABLATIONS = (
     "no_stack",
     "no_modality_dropout",
 )
+# What a label row means: ``multi_label`` (any number of labels; per-label sigmoids, a threshold)
+# or ``single_label`` (exactly one label; softmax over the labels, the arg-max decides).
+TASKS = ("multi_label", "single_label")
 
 
 class _Section(BaseModel):
@@ -68,6 +71,7 @@ class DataConfig(_Section):
     valid_seed: int = Field(2020, ge=0)  # MEmoR: seed of that split
     missing_rate: float = Field(0.0, ge=0.0, le=1.0)
     missing_at: Literal["all", "test"] = "all"
+    task: Literal["auto", "multi_label", "single_label"] = "auto"  # auto: what the data records (docs/MODEL.md)
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
 
 

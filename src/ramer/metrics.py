@@ -6,6 +6,11 @@ Conventions, chosen to match scikit-learn's defaults (and so the TAILOR / CARAT 
 - A precision, recall or F1 whose denominator is 0 is 0 (``zero_division=0``).
 - Scores must be finite: a NaN would count as "not predicted" at a threshold but as the top label
   in ``top1_acc``, so ``report`` and ``tune_threshold`` refuse them.
+
+The decision (``decide``): multi-label, ``score > threshold`` (one global value or one per label,
+tuned on validation); single-label, the threshold is the string ``"argmax"`` (``ARGMAX``) and each
+sample gets exactly its highest-scoring label. With one-hot truth and one-hot decisions,
+``subset_acc``, ``top1_acc`` and ``micro_f1`` all equal plain accuracy.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from ramer.errors import RamerError
+
+ARGMAX = "argmax"  # the stored threshold of a single-label model: the top label is the decision
+SELECTION = {"multi_label": "micro_f1", "single_label": "weighted_f1"}  # validation metric choosing the best epoch
+METRIC_NAMES = {"micro_f1": "micro-F1", "weighted_f1": "weighted-F1"}  # how logs spell them
 
 METRIC_KEYS = (
     "acc",
@@ -102,14 +111,41 @@ def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(y_true[np.arange(len(y_true)), best].astype(bool).mean())
 
 
+def decide(scores: np.ndarray, threshold: float | np.ndarray | str) -> np.ndarray:
+    """0/1 decisions ``(n, C)`` int64: ``scores > threshold``, or for ``ARGMAX`` the top label of each
+    row (exactly one per sample; ties go to the first label)."""
+    scores = np.asarray(scores)
+    if isinstance(threshold, str):
+        if threshold != ARGMAX:
+            raise RamerError(f"unknown decision rule '{threshold}' (a number, one per label, or '{ARGMAX}')")
+        out = np.zeros(scores.shape, dtype=np.int64)
+        if scores.shape[0]:
+            out[np.arange(scores.shape[0]), scores.argmax(1)] = 1
+        return out
+    return (scores > threshold).astype(np.int64)
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray, task: str, per_label: bool = False) -> float | np.ndarray | str:
+    """The decision rule a run stores, chosen on validation: ``ARGMAX`` for single-label data (no
+    tuning), else ``tune_threshold``."""
+    if task == "single_label":
+        return ARGMAX
+    return tune_threshold(y_true, scores, per_label=per_label)
+
+
+def describe_threshold(threshold, word: str = "thr") -> str:
+    """For logs and titles: ``thr 0.43`` (the mean of per-label values) or ``arg-max``."""
+    return "arg-max" if isinstance(threshold, str) else f"{word} {float(np.mean(threshold)):.2f}"
+
+
 def report(
     y_true: np.ndarray,
     scores: np.ndarray,
-    threshold: float | np.ndarray,
+    threshold: float | np.ndarray | str,
     role: np.ndarray | None = None,
     label_names=None,
 ) -> dict:
-    """``{"overall": {...}, "speaker": {...}, "nonspeaker": {...}}`` at ``threshold``.
+    """``{"overall": {...}, "speaker": {...}, "nonspeaker": {...}}`` at ``threshold`` (``decide``).
 
     The role split appears only when ``role`` marks some targets (1 speaker, 0 non-speaker).
     Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; ``per_label`` sits
@@ -117,7 +153,7 @@ def report(
     """
     y_true = np.asarray(y_true).astype(np.int64)
     scores = _finite(scores)
-    y_pred = (scores > threshold).astype(np.int64)
+    y_pred = decide(scores, threshold)
 
     def part(mask: np.ndarray) -> dict:
         out = multilabel_metrics(y_true[mask], y_pred[mask])

@@ -17,6 +17,9 @@ What is built, per conversation:
   within ``context`` of the target (``2 * context + 1`` at most), the target is (speaker, that
   utterance), role speaker, labels the row's labels. Sample ids are ``"{conversation}/{index}"``.
 
+The task is recorded in ``meta.json`` (``import_task``): ``single_label`` when the file is
+labelled and every sample has exactly one label, else ``multi_label``; ``--task`` overrides it.
+
 Row numbers in errors are line numbers of the file (the CSV header is row 1, as in a spreadsheet).
 """
 
@@ -34,8 +37,9 @@ import numpy as np
 
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
-from ramer.data.store import DataBundle, SceneStore
+from ramer.data.store import DataBundle, SceneStore, label_count_problem
 from ramer.errors import RamerError
+from ramer.metrics import decide
 from ramer.paths import check_out_folder
 
 FORMAT = "conversations"
@@ -369,6 +373,25 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
     return names
 
 
+def import_task(utterances: list[Utterance], labelled: bool, requested: str, path: Path) -> str:
+    """The task an import records: ``requested`` (``--task``), or for ``auto`` ``single_label`` when
+    the file is labelled and every sample (target row) has exactly one label, else ``multi_label``.
+    Forcing ``single_label`` on a labelled file with a sample of 0 or 2+ labels is an error."""
+    if requested not in ("auto", "multi_label", "single_label"):
+        raise RamerError(f"--task must be auto, single_label or multi_label, got '{requested}'")
+    if requested == "multi_label" or not labelled:
+        return "multi_label" if requested == "auto" else requested
+    samples = [u for u in utterances if u.target]
+    problem = label_count_problem(np.array([len(u.labels) for u in samples], dtype=np.int64))
+    if problem is None:
+        return "single_label"
+    if requested == "single_label":
+        first = next(u for u in samples if len(u.labels) != 1)
+        raise RamerError(f"{path}: --task single_label needs exactly one label per sample (target row); {problem} "
+                         f"(the first: row {first.row}, labels '{';'.join(first.labels)}')")
+    return "multi_label"
+
+
 def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, seed: int, path: Path) -> dict:
     """Splits from the ``split`` column; else a seeded 80/10/10 split by conversation (at least one
     conversation in each); an unlabelled file without a split column goes to ``test`` whole (the
@@ -656,6 +679,7 @@ def import_conversations(
     seed: int = 0,
     console=None,
     targets: str = "rows",
+    task: str = "auto",
 ) -> dict:
     """Read a conversation table, compute (or reuse) its features, write the native format to
     ``out`` (features cached under ``out/cache``). Returns the written ``meta.json`` contents.
@@ -663,7 +687,8 @@ def import_conversations(
     ``targets``: ``rows`` (a sample per target row: its speaker) or ``all`` (at each target row,
     a sample for every person of the conversation; the listeners are non-speaker targets, whose
     emotions RAMer infers from context). ``all`` needs an unlabelled file: the table gives no
-    labels for listeners."""
+    labels for listeners. ``task``: what ``meta.json`` records (``import_task``): ``auto``,
+    ``single_label`` or ``multi_label``."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -682,6 +707,7 @@ def import_conversations(
     convs = group_conversations(utterances, path, columns)
     names = label_names(utterances, columns, labels, path)
     labelled = "labels" in columns
+    task = import_task(utterances, labelled, task, path)
     split_info = assign_splits(convs, columns, labelled, seed, path)
     media_counts = check_media(convs, path)
     pers_map, traits = (None, [])
@@ -747,7 +773,7 @@ def import_conversations(
             "items": items,
         },
     }
-    bundle = DataBundle(splits, names, FORMAT, str(path), info)
+    bundle = DataBundle(splits, names, FORMAT, str(path), info, task)
     bundle.save(out)
     return json.loads((out / "meta.json").read_text())
 
@@ -759,7 +785,7 @@ def summary_lines(meta: dict) -> list[str]:
     lines = [
         f"{c['conversations']} conversations, {c['utterances']} utterances, {c['persons']} persons; "
         f"labels ({len(meta['label_names'])}): {', '.join(meta['label_names'])}"
-        + ("" if info["labelled"] else " (unlabelled)"),
+        + ("" if info["labelled"] else " (unlabelled)") + f"; task: {meta.get('task', 'multi_label')}",
         "samples: " + ", ".join(f"{s} {n}" for s, n in c["samples"].items())
         + f" (split: {info['split']['from']}{', seed ' + str(info['split']['seed']) if 'seed' in info['split'] else ''})",
         f"present: text {c['speaker_text_present']} / audio {c['speaker_audio_present']} of {c['utterances']} speaker "
@@ -788,13 +814,13 @@ def label_codes(names: tuple[str, ...] | list[str]) -> list[str]:
 
 def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshold, width: int = 120) -> str:
     """Per conversation of ``split``: one row per person, one column per utterance (headed by its
-    ``index``); a cell holds the code of the top emotion whose score passes the threshold, ``-``
-    when none passes, and ``.`` where the person is not a target (a listener unless imported with
-    ``targets="all"``, or a row with target 0)."""
+    ``index``); a cell holds the code of the top emotion whose score passes the threshold (for
+    ``"argmax"``: the top emotion), ``-`` when none passes, and ``.`` where the person is not a
+    target (a listener unless imported with ``targets="all"``, or a row with target 0)."""
     info = bundle.info.get(FORMAT) or {}
     names = tuple(bundle.label_names)
     codes = label_codes(names)
-    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(names),))
+    chosen = decide(probs, threshold).astype(bool)  # (n, C)
     store = bundle.splits[split]
     lines = ["legend: " + ", ".join(f"{c}={n}" if c != n else n for c, n in zip(codes, names))
              + "  (- nothing passes the threshold, . not a target)"]
@@ -807,7 +833,7 @@ def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshol
         for j, s in enumerate(item["targets"]):
             i = item["first"] + j
             p = int(store.target[i][0])
-            ok = probs[i] > thr
+            ok = chosen[i]
             cells[p][s] = codes[int(np.argmax(np.where(ok, probs[i], -np.inf)))] if ok.any() else "-"
         head = [str(x) for x in index]
         cw = max([len(x) for x in head] + [len(c) for c in codes] + [1]) + 1

@@ -53,7 +53,8 @@ def _nonfinite(info: dict) -> dict[str, int]:
     return {m: int(got.get(m, 0)) for m in MODALITIES}
 
 
-def assemble_info(fmt: str, source: str, label_names, dims: dict, splits: dict[str, dict], bundle_info: dict) -> dict:
+def assemble_info(fmt: str, source: str, label_names, dims: dict, splits: dict[str, dict], bundle_info: dict,
+                  task: str = "multi_label") -> dict:
     loader_splits = bundle_info.get("splits") or {}
     for name, stats in splits.items():
         if isinstance(loader_splits.get(name), dict):  # what the loader counted (truncations, missing keys)
@@ -63,6 +64,7 @@ def assemble_info(fmt: str, source: str, label_names, dims: dict, splits: dict[s
         "format": fmt,
         "source": source,
         "label_names": list(label_names),
+        "task": task,
         "feature_dims": {m: (None if dims.get(m) is None else int(dims[m])) for m in (*MODALITIES, "personality")},
         "nonfinite_replaced": _nonfinite(bundle_info),
         "splits": splits,
@@ -76,7 +78,8 @@ def dataset_info(bundle: DataBundle) -> dict[str, Any]:
     where each modality is present), ``persons_mean``, ``tokens_mean``, ``nonspeaker_targets``
     (plus a few more); ``details`` holds what the loader reported (text-key convention, ...)."""
     splits = {name: split_info(store) for name, store in bundle.splits.items()}
-    return assemble_info(bundle.format, bundle.source, bundle.label_names, bundle.dims, splits, bundle.info)
+    return assemble_info(bundle.format, bundle.source, bundle.label_names, bundle.dims, splits, bundle.info,
+                         bundle.task)
 
 
 def format_info_table(info: dict[str, Any]) -> str:
@@ -88,6 +91,7 @@ def format_info_table(info: dict[str, Any]) -> str:
     lines = [
         f"format        {info['format']}   ({info.get('source', '')})",
         f"labels ({len(names)})    {', '.join(names)}",
+        f"task          {info.get('task', 'multi_label')}",
         "feature dims  " + ", ".join(f"{k} {v if v is not None else '-'}" for k, v in dims.items()),
         "non-finite    " + ", ".join(f"{m} {nf[m]}" for m in MODALITIES) + "  (replaced by 0)",
         "",

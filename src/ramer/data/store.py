@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ramer.batch import MODALITIES, ROLE_NONE, Batch
+from ramer.config import TASKS
 from ramer.errors import RamerError
 from ramer.paths import check_out_folder, make_folder
 
@@ -278,6 +279,7 @@ class DataBundle:
     format: str
     source: str
     info: dict = field(default_factory=dict)  # e.g. the synthetic oracle's predictions
+    task: str = "multi_label"  # one of config.TASKS: what a label row means (resolve_task)
 
     @property
     def dims(self) -> dict[str, int | None]:
@@ -288,16 +290,47 @@ class DataBundle:
         for name, store in self.splits.items():
             store.save(directory / name)
         write_meta(directory, self.format, self.label_names, self.dims,
-                   {name: len(s) for name, s in self.splits.items()}, self.info)
+                   {name: len(s) for name, s in self.splits.items()}, self.info, self.task)
 
 
-def write_meta(directory: Path, source_format: str, label_names, dims: dict, splits: dict[str, int], info: dict) -> dict:
+def label_count_problem(counts: np.ndarray) -> str | None:
+    """For single-label data: what is wrong with the per-sample label counts ``counts`` (n,), as
+    ``"3 of 40 samples break it: 2 have no label and 1 has 2 or more"``; ``None`` when every one is 1."""
+    counts = np.asarray(counts)
+    none, many = int((counts == 0).sum()), int((counts > 1).sum())
+    if none == 0 and many == 0:
+        return None
+    verb = lambda k: "has" if k == 1 else "have"  # noqa: E731
+    parts = ([f"{none} {verb(none)} no label"] if none else []) + ([f"{many} {verb(many)} 2 or more"] if many else [])
+    return f"{none + many} of {len(counts)} samples break it: " + " and ".join(parts)
+
+
+def resolve_task(bundle: DataBundle, requested: str = "auto") -> str:
+    """The task of a run on ``bundle``: ``requested`` (``data.task``), or for ``auto`` what the data
+    records (``bundle.task``). Single-label is checked: every sample of every split must have
+    exactly one label, else a RamerError names the data and how many samples break it."""
+    if requested not in ("auto", *TASKS):
+        raise RamerError(f"data.task is '{requested}', expected auto, {' or '.join(TASKS)}")
+    task = bundle.task if requested == "auto" else requested
+    if task == "single_label":
+        counts = np.concatenate([np.asarray(s.labels).sum(1, dtype=np.int64) for s in bundle.splits.values()])
+        problem = label_count_problem(counts)
+        if problem:
+            why = "data.task=single_label" if requested == "single_label" else "it is recorded as single_label"
+            raise RamerError(f"{bundle.source}: {why}, which needs exactly one label per sample; {problem} "
+                             "(use data.task=multi_label)")
+    return task
+
+
+def write_meta(directory: Path, source_format: str, label_names, dims: dict, splits: dict[str, int], info: dict,
+               task: str = "multi_label") -> dict:
     """Write ``meta.json`` of a native directory atomically (after its split folders) and return it."""
     meta = {
         "format": NATIVE_FORMAT,
         "version": NATIVE_VERSION,
         "source_format": source_format,
         "label_names": list(label_names),
+        "task": task,
         "dims": dims,
         "splits": splits,
         "info": info,
@@ -351,6 +384,8 @@ def _read_meta(path: Path) -> dict:
             raise RamerError(f"{where}: 'splits' names {name!r}, expected a folder name such as 'train'")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise RamerError(f"{where}: 'splits' gives {name!r} {_kind(n)}, expected a scene count (an integer >= 0)")
+    if meta.get("task", TASKS[0]) not in TASKS:  # a directory written before the key: multi-label
+        raise RamerError(f"{where}: 'task' is {_kind(meta['task'])}, expected {' or '.join(json.dumps(t) for t in TASKS)}")
     dims = meta.get("dims")
     if dims is not None and not isinstance(dims, dict):
         raise RamerError(f"{where}: 'dims' is {_kind(dims)}, expected an object of feature sizes")
@@ -384,4 +419,5 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
                     raise RamerError(f"{path / name}: {m} size is {size(d)}, but {size(d0)} in split '{first}'; "
                                      "every split must have the same feature sizes")
         splits[name] = store
-    return DataBundle(splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}))
+    return DataBundle(splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}),
+                      meta.get("task", TASKS[0]))

@@ -18,7 +18,9 @@ Training only (eval mode does neither):
   ``z + delta``; the total is ``clean + w_adv * adversarial``.
 
 Classification loss: asymmetric loss (Ridnik et al., ICCV 2021) with gamma- = 4, gamma+ = 0 and
-probability margin (clip) 0.05 on negatives, averaged over the (B, C) entries.
+probability margin (clip) 0.05 on negatives, averaged over the (B, C) entries. The asymmetric loss
+is a per-label (sigmoid) loss; on single-label data both the clean and the adversarial term are
+softmax cross-entropy instead (``losses.classification``) and ``probs`` is a softmax.
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
 """
@@ -33,7 +35,8 @@ from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.models.base import DataSpec, LossResult
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import target_mask
 from ramer.models.mult import AttentionBlock, TokenEncoder, sinusoid
 
@@ -97,6 +100,7 @@ class AMP(nn.Module):
         clip: float = 0.05,
     ) -> None:
         super().__init__()
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + asymmetric loss
         H, C = cfg.hidden, spec.n_labels
         self.hidden = H
         self.mask_prob = 0.0 if cfg.off("no_modality_dropout") else cfg.modality_dropout
@@ -138,9 +142,11 @@ class AMP(nn.Module):
         z = self.decoder(self.label_emb.expand(B, -1, -1), ctx, key_mask)  # (B, C, H)
         z = self.norm(z)
         logits = self.head(z)  # (B, C)
-        return AMPOutput(logits=logits, probs=torch.sigmoid(logits), fused=z, dropped=dropped)
+        return AMPOutput(logits=logits, probs=label_probs(logits, self.single_label), fused=z, dropped=dropped)
 
     def classification_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.single_label:
+            return losses.classification(logits, targets, single_label=True)
         return asymmetric_loss(logits, targets, self.gamma_neg, self.gamma_pos, self.clip)
 
     def loss(self, out: AMPOutput, batch: Batch) -> LossResult:

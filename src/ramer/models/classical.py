@@ -13,6 +13,9 @@ mean and standard deviation.
 - ``lp`` label powerset: one multinomial logistic regression over the label sets seen in
   training; the probability of label ``j`` is the total probability of the sets containing it.
 
+On single-label data the fits are the same; ``train.classical.ClassicalModule`` divides each
+sample's label probabilities by their sum, so that they sum to 1, and the decision is the arg-max.
+
 A fitted model is a handful of arrays (``to_arrays`` / ``from_arrays``, safetensors-friendly, no
 pickle); predictions are computed from those arrays, so a rebuilt model gives identical
 probabilities.

@@ -25,12 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.models.base import DataSpec, LossResult
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import at_target, masked_mean, target_mask
 from ramer.models.mult import AttentionBlock, TokenEncoder
 
@@ -67,6 +67,7 @@ class HHMPNOutput:
 class HHMPN(nn.Module):
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec, rounds: int = 2) -> None:
         super().__init__()
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
         self.modality_emb = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
@@ -105,7 +106,7 @@ class HHMPN(nn.Module):
         logits = (labels * self.cls_weight).sum(-1) + self.cls_bias  # (B, C)
         return HHMPNOutput(
             logits=logits,
-            probs=torch.sigmoid(logits),
+            probs=label_probs(logits, self.single_label),
             label_nodes=labels,
             modality_nodes=mods,
             available=available,
@@ -113,5 +114,5 @@ class HHMPN(nn.Module):
         )
 
     def loss(self, out: HHMPNOutput, batch: Batch) -> LossResult:
-        cls = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        cls = losses.classification(out.logits, batch.labels, single_label=self.single_label)
         return LossResult(total=cls, terms={"cls": cls.detach()})

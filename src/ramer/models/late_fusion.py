@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.models.base import DataSpec, LossResult
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult, label_probs
 
 
 @dataclass
@@ -56,6 +56,7 @@ def at_target(x: Tensor, target: Tensor) -> Tensor:
 class LateFusion(nn.Module):
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.encoders = nn.ModuleDict(
             {
@@ -94,8 +95,9 @@ class LateFusion(nn.Module):
         n_avail = w.sum(1)  # (B, 1)
         fused = (stacked * w).sum(1) / n_avail.clamp_min(1.0)
         fused = torch.where(n_avail > 0, fused, self.empty_bias.expand_as(fused))
-        return LateFusionOutput(logits=fused, probs=torch.sigmoid(fused), modality_logits=stacked, available=available)
+        probs = label_probs(fused, self.single_label)
+        return LateFusionOutput(logits=fused, probs=probs, modality_logits=stacked, available=available)
 
     def loss(self, out: LateFusionOutput, batch: Batch) -> LossResult:
-        cls = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        cls = losses.classification(out.logits, batch.labels, single_label=self.single_label)
         return LossResult(total=cls, terms={"cls": cls.detach()})

@@ -27,6 +27,31 @@ def bce(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     return masked_mean(loss, mask)
 
 
+def classification(logits: Tensor, targets: Tensor, mask: Tensor | None = None, single_label: bool = False) -> Tensor:
+    """The classification term of every model: logits and targets ``(..., C)``.
+
+    Multi-label: ``bce`` over the (sample, label) entries in ``mask``.
+    Single-label: softmax cross-entropy over the ``C`` labels, ``-sum_c t_c log softmax(z)_c`` with
+    the target ``t = y / sum y`` (the one-hot label of a real sample; for the stack shuffle's
+    virtual samples, whose label slots come from different samples, the normalised multi-hot
+    row), averaged over the rows. ``mask`` broadcasts against ``logits``: a row mask ``(..., 1)``
+    leaves rows out; a per-label mask ``(..., C)`` also leaves label slots out of the softmax and
+    the target. A row with no positive target left (a virtual sample without a label) is left
+    out; with none at all the term is 0.
+    """
+    if not single_label:
+        return bce(logits, targets, mask)
+    z, t = logits.float(), targets.float()
+    if mask is not None:
+        keep = mask.expand_as(z)
+        z = z.masked_fill(~keep, torch.finfo(z.dtype).min)  # exp() of a left-out slot is 0
+        t = torch.where(keep, t, 0.0)
+    total = t.sum(-1, keepdim=True)  # (..., 1)
+    log_p = z.log_softmax(-1)  # (..., C)
+    ce = -torch.where(t > 0, t / total.clamp_min(1e-12) * log_p, 0.0).sum(-1)  # (...), 0 * -inf never formed
+    return masked_mean(ce, total.squeeze(-1) > 0)
+
+
 def feature_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """pred, target (B, M, C, H), mask (B, M): mean squared error over the masked (sample, modality)."""
     err = (pred.float() - target.float()).pow(2).mean((-1, -2))  # (B, M)

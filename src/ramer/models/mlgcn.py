@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.models.base import DataSpec, LossResult
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import at_target, masked_mean
 from ramer.models.mult import TokenEncoder
 
@@ -73,6 +74,7 @@ class MLGCN(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.tau, self.p = tau, p
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
@@ -109,8 +111,8 @@ class MLGCN(nn.Module):
         x = self.fuse(torch.cat(pooled + read, -1))  # (B, H)
         W = self.classifiers()  # (C, H)
         logits = x @ W.T + self.bias  # (B, C)
-        return MLGCNOutput(logits=logits, probs=torch.sigmoid(logits), feature=x, classifiers=W)
+        return MLGCNOutput(logits=logits, probs=label_probs(logits, self.single_label), feature=x, classifiers=W)
 
     def loss(self, out: MLGCNOutput, batch: Batch) -> LossResult:
-        cls = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        cls = losses.classification(out.logits, batch.labels, single_label=self.single_label)
         return LossResult(total=cls, terms={"cls": cls.detach()})

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.models.base import DataSpec, LossResult
+from ramer.models import losses
+from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import at_target, masked_mean, target_mask
 
 
@@ -111,6 +112,7 @@ class MulTOutput:
 class MulT(nn.Module):
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.hidden = H
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
@@ -150,8 +152,8 @@ class MulT(nn.Module):
             read.append(at_target(h, batch.target))  # (B, H)
         pooled_t, read_t = torch.stack(pooled, 1), torch.stack(read, 1)  # (B, M, H) each
         logits = self.head(torch.cat([pooled_t.flatten(1), read_t.flatten(1)], -1))  # (B, C)
-        return MulTOutput(logits=logits, probs=torch.sigmoid(logits), pooled=pooled_t, target_read=read_t)
+        return MulTOutput(logits=logits, probs=label_probs(logits, self.single_label), pooled=pooled_t, target_read=read_t)
 
     def loss(self, out: MulTOutput, batch: Batch) -> LossResult:
-        cls = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        cls = losses.classification(out.logits, batch.labels, single_label=self.single_label)
         return LossResult(total=cls, terms={"cls": cls.detach()})

@@ -10,7 +10,9 @@ Pipeline, in the order of the spec:
    final features ``f_m = r_m`` where visible, ``r~_m`` otherwise
 6. §4.1 specific / common features ``s_m``, ``c_m``, ``c_bar``
 7. §6 stack ``T = [s_1..s_M, c_bar]`` (B, K, C, H) and the aggregator
-8. §7 ``probs = (sigmoid(max_m logit_m(f)) + mean_k sigmoid(agg(T_k))) / 2``
+8. §7 ``probs = (sigmoid(max_m logit_m(f)) + mean_k sigmoid(agg(T_k))) / 2``; on single-label data
+   each sigmoid is a softmax over the labels and every classification term is softmax
+   cross-entropy (``losses.classification``)
 Training only: discriminators, stack shuffle, contrastive items and queue update, prototype
 update, personality prediction, modality dropout.
 
@@ -30,7 +32,7 @@ from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.errors import RamerError
 from ramer.models import losses
-from ramer.models.base import DataSpec, LossResult
+from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.parts import (
     Aggregator,
     CommonSpecific,
@@ -100,6 +102,7 @@ class RAMer(nn.Module):
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
         self.cfg, self.weights = cfg, loss_cfg
+        self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C, M = cfg.hidden, spec.n_labels, len(MODALITIES)
         on = lambda part: not cfg.off(part)  # noqa: E731
         self.encoders = nn.ModuleDict(
@@ -211,10 +214,9 @@ class RAMer(nn.Module):
         modality_logits = self.classifier(final)  # (B, M, C)
         logits = fuse_max(modality_logits, usable)  # (B, C)
         w = stack_mask.to(agg_logits.dtype).unsqueeze(-1)  # (B, K, 1)
-        agg_probs = torch.where(
-            w.sum(1) > 0, (agg_logits.sigmoid() * w).sum(1) / w.sum(1).clamp_min(1.0), agg_logits.sigmoid().mean(1)
-        )  # (B, C)
-        probs = 0.5 * (logits.sigmoid() + agg_probs)
+        agg_p = label_probs(agg_logits, self.single_label)  # (B, K, C)
+        agg_probs = torch.where(w.sum(1) > 0, (agg_p * w).sum(1) / w.sum(1).clamp_min(1.0), agg_p.mean(1))  # (B, C)
+        probs = 0.5 * (label_probs(logits, self.single_label) + agg_probs)
 
         out = RAMerOutput(
             logits=logits, probs=probs, modality_logits=modality_logits, agg_logits=agg_logits,
@@ -293,11 +295,14 @@ class RAMer(nn.Module):
             terms[name] = value.detach()
             total = total + weight * value
 
-        add("cls", losses.bce(out.logits, y), 1.0)
+        def cls(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+            return losses.classification(logits, targets, mask, self.single_label)
+
+        add("cls", cls(out.logits, y), 1.0)
         lsr_logits = fuse_max(out.label_logits, out.available)  # (B, C)
-        add("lsr", losses.bce(lsr_logits, y, out.available.any(1, keepdim=True)), w.w_lsr)
+        add("lsr", cls(lsr_logits, y, out.available.any(1, keepdim=True)), w.w_lsr)
         if out.reconstructed is not None:
-            add("aug", losses.bce(out.reconstructed_logits.amax(1), y), w.w_aug)
+            add("aug", cls(out.reconstructed_logits.amax(1), y), w.w_aug)
             add("ae", losses.feature_mse(out.autoencoded, out.label_features, out.available), w.w_ae)
             add("cross", losses.feature_mse(out.reconstructed, out.label_features, out.available), w.w_cross)
             if out.beta is not None:
@@ -306,15 +311,18 @@ class RAMer(nn.Module):
             value = losses.supcon(out.items, out.item_classes, out.queue_items, out.queue_classes, self.cfg.temperature)
             add("supcon", value, w.w_cl)
         agg_targets = y.unsqueeze(1).expand_as(out.agg_logits)  # (B, K, C)
-        add("agg", losses.bce(out.agg_logits, agg_targets, out.stack_mask.unsqueeze(-1)), w.w_agg)
+        add("agg", cls(out.agg_logits, agg_targets, out.stack_mask.unsqueeze(-1)), w.w_agg)
         if out.shuffle_logits is not None:
-            add("shuffle", losses.bce(out.shuffle_logits, out.shuffle_targets, out.shuffle_mask), w.w_shuf)
+            # single-label: a virtual sample's label slots come from different samples, so its target
+            # is the normalised multi-hot row; slots of unusable sources and samples without a label
+            # are left out (losses.classification)
+            add("shuffle", cls(out.shuffle_logits, out.shuffle_targets, out.shuffle_mask), w.w_shuf)
         if out.specific is not None:
             if out.disc_specific is not None:
                 add("spec", losses.modality_ce(out.disc_specific, out.usable), w.w_adv)
                 add("com", losses.modality_ce(out.disc_common, out.usable), w.w_adv)
             add("orth", losses.orthogonality(out.specific, out.common, out.usable), w.w_orth)
-            add("cml", losses.bce(out.cml_logits, y), w.w_cml)
+            add("cml", cls(out.cml_logits, y), w.w_cml)
         if out.disc_real is not None:
             add("rec_adv", losses.real_fake(out.disc_real, out.disc_fake, out.available), w.w_radv)
         if out.personality_pred is not None:

@@ -1,7 +1,8 @@
 """Atomic writes and safe checkpoints.
 
-- ``model.safetensors``: the best weights, with the resolved config, the data spec and the decision
-  threshold in its metadata, so ``ramer eval RUN_DIR`` needs no other flag. Safetensors holds
+- ``model.safetensors``: the best weights, with the resolved config, the data spec (with its task)
+  and the decision threshold (a number, one per label, or ``"argmax"`` for single-label data) in
+  its metadata, so ``ramer eval RUN_DIR`` needs no other flag. Safetensors holds
   tensors only: loading it runs no code.
 - ``train_state.pt``: what resuming needs (last weights, optimiser, scheduler, RNG, epoch, best so
   far), loaded with ``torch.load(weights_only=True)``.
@@ -70,7 +71,20 @@ def save_model(path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, 
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
-def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], Config, DataSpec, float | list[float], int]:
+def read_spec(path: str | Path) -> DataSpec:
+    """The data spec of a ``model.safetensors`` (its metadata only, no tensors read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return DataSpec.from_dict(json.loads((f.metadata() or {})["spec"]))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise RamerError(f"{path}: no readable data spec ({e!r}); was it written by ramer?") from None
+
+
+def read_model_file(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], Config, DataSpec, float | list[float] | str, int]:
     """Tensors and metadata of a ``model.safetensors``; errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():

@@ -6,7 +6,9 @@ Same run directory as the deep recipe, so ``ramer eval`` / the bench read both a
 threshold and epoch in the metadata, as ``checkpoint.save_model`` writes them), ``metrics.jsonl``
 (one "epoch" line: train log-loss and validation report, then the test line) and
 ``test_metrics.json``. Phases: setup -> train (fit once, tune the threshold on validation, save)
--> test (once). Fitting takes seconds, so resuming simply fits again.
+-> test (once). Fitting takes seconds, so resuming simply fits again. Single-label data: the
+same fits; each sample's label probabilities are divided by their sum (so they sum to 1, like the
+deep models' softmax) and the decision is the arg-max.
 
 :class:`ClassicalModule` puts a fitted model behind the deep models' interface
 (``forward(batch).probs``), so validation, test and evaluation all go through
@@ -31,8 +33,9 @@ from torch import Tensor, nn
 from ramer.batch import Batch
 from ramer.config import Config, dump_config
 from ramer.data import DataBundle, load_bundle
+from ramer.data.store import resolve_task
 from ramer.errors import RamerError
-from ramer.metrics import report, tune_threshold
+from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, pooled_features
 from ramer.paths import make_folder
@@ -83,10 +86,12 @@ class ClassicalModule(nn.Module):
     def forward(self, batch: Batch) -> ClassicalOutput:
         X = pooled_features(_OneBatch(batch, self.spec.dims), chunk=max(1, batch.size))  # (B, D)
         probs = self.classical.predict_features(X)  # (B, C)
+        if self.spec.single_label:  # the per-label fits, normalised to one distribution per sample
+            probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-300)
         return ClassicalOutput(torch.from_numpy(probs).to(batch.labels.device))
 
 
-def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: float | list[float]) -> None:
+def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: float | list[float] | str) -> None:
     """``model.safetensors`` with the same metadata as ``checkpoint.save_model`` (epoch 1)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {
@@ -99,10 +104,13 @@ def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: 
     ckpt.atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean binary cross-entropy over the (n, C) entries."""
+def log_loss(labels: np.ndarray, probs: np.ndarray, single_label: bool = False) -> float:
+    """Mean binary cross-entropy over the (n, C) entries; single-label: mean cross-entropy of the
+    true label over the samples."""
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(labels, dtype=np.float64)
+    if single_label:
+        return float(-(y * np.log(p)).sum(1).mean())
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
 
 
@@ -133,7 +141,7 @@ class ClassicalRecipe:
             self.bundle = load_bundle(cfg.data)
         check_splits(self.bundle)
         self.splits = apply_missing(self.bundle, cfg)
-        self.spec = DataSpec.from_bundle(self.bundle)
+        self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         if not is_main():
             return
         make_folder(self.out)
@@ -153,13 +161,14 @@ class ClassicalRecipe:
         seconds_fit = time.perf_counter() - t0
         train_pred = predict(self.model, self.splits["train"], bs, torch.device("cpu"))
         valid_pred = predict(self.model, self.splits["valid"], bs, torch.device("cpu"))
-        threshold = tune_threshold(valid_pred.labels, valid_pred.scores, per_label=cfg.train.per_label_threshold)
+        threshold = choose_threshold(valid_pred.labels, valid_pred.scores, self.spec.task,
+                                     cfg.train.per_label_threshold)
         self.threshold = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
         valid = report(valid_pred.labels, valid_pred.scores, threshold, valid_pred.role)
         valid.pop("per_label")
         line = {
             "epoch": 1,
-            "train": {"loss": log_loss(train_pred.labels, train_pred.scores)},
+            "train": {"loss": log_loss(train_pred.labels, train_pred.scores, self.spec.single_label)},
             "valid": valid,
             "threshold": self.threshold,
             "best_epoch": 1,
@@ -170,9 +179,10 @@ class ClassicalRecipe:
             save_classical(self.out / "model.safetensors", self.model, cfg, self.threshold)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
+        metric = SELECTION[self.spec.task]
         self.console.print(
             f"{cfg.model.name}: fitted in {seconds_fit:.1f}s  train log-loss {line['train']['loss']:.4f}"
-            f"  valid micro-F1 {valid['overall']['micro_f1']:.4f} (thr {np.mean(self.threshold):.2f})",
+            f"  valid {METRIC_NAMES[metric]} {valid['overall'][metric]:.4f} ({describe_threshold(self.threshold)})",
             highlight=False,
         )
 

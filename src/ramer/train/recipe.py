@@ -4,7 +4,9 @@
 - Seeded and deterministic on CPU: the epoch's sample order comes from a generator seeded with
   (seed, epoch); all other randomness from torch's global RNG, whose state is checkpointed.
 - After each epoch: scores on validation, decision threshold tuned on validation, best
-  checkpoint kept by validation micro-F1. Test runs once, on the best checkpoint.
+  checkpoint kept by validation micro-F1. Single-label data (``data.task``, ``resolve_task``):
+  the decision is the arg-max (nothing tuned) and the best checkpoint has the best validation
+  weighted F1 (``metrics.SELECTION``). Test runs once, on the best checkpoint.
 - Evaluation never shuffles or drops a sample (the count is asserted).
 - Files are written by rank 0 only, each atomically.
 - Distributed (``torchrun --nproc_per_node=N -m ramer train ...``, see ``ramer.train.dist`` and
@@ -40,8 +42,9 @@ from torch import nn
 
 from ramer.config import Config, dump_config
 from ramer.data import DataBundle, SceneStore, load_bundle
+from ramer.data.store import resolve_task
 from ramer.errors import RamerError
-from ramer.metrics import report, tune_threshold
+from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import DataSpec, build_model
 from ramer.models.base import LossResult
 from ramer.paths import make_folder
@@ -347,7 +350,7 @@ class Recipe:
             self.bundle = load_bundle(cfg.data)
         check_splits(self.bundle)
         self.splits = apply_missing(self.bundle, cfg)
-        self.spec = DataSpec.from_bundle(self.bundle)
+        self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         self.model = build_model(cfg, self.spec)
         if hasattr(self.model, "prepare"):
             self.model.prepare(self.splits["train"])
@@ -441,12 +444,12 @@ class Recipe:
         bar.remove_task(task)
         return dist.mean_over_ranks({k: v / self.steps_per_epoch for k, v in sums.items()}, self.device)
 
-    def validate(self) -> tuple[dict, float | np.ndarray]:
+    def validate(self) -> tuple[dict, float | np.ndarray | str]:
         pred = predict(
             self.model, self.splits["valid"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
             shard=True,
         )
-        threshold = tune_threshold(pred.labels, pred.scores, per_label=self.cfg.train.per_label_threshold)
+        threshold = choose_threshold(pred.labels, pred.scores, self.spec.task, self.cfg.train.per_label_threshold)
         rep = report(pred.labels, pred.scores, threshold, pred.role)
         rep.pop("per_label")
         return rep, threshold
@@ -460,7 +463,7 @@ class Recipe:
                 train_terms = self.train_epoch(epoch, bar)
                 seconds_train = time.perf_counter() - t0
                 valid, threshold = self.validate()
-                score = valid["overall"]["micro_f1"]
+                score = valid["overall"][SELECTION[self.spec.task]]
                 improved = score > self.best["score"]
                 thr = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
                 if improved:
@@ -484,9 +487,10 @@ class Recipe:
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
                 if is_main():
+                    metric = METRIC_NAMES[SELECTION[self.spec.task]]
                     self.console.print(
-                        f"epoch {epoch}/{epochs}  loss {train_terms['loss']:.4f}  valid micro-F1 {score:.4f}"
-                        f" (thr {np.mean(thr):.2f}){'  *best*' if improved else ''}  {line['seconds']:.1f}s",
+                        f"epoch {epoch}/{epochs}  loss {train_terms['loss']:.4f}  valid {metric} {score:.4f}"
+                        f" ({describe_threshold(thr)}){'  *best*' if improved else ''}  {line['seconds']:.1f}s",
                         highlight=False,
                     )
                 for hook in self.hooks:

@@ -1,0 +1,374 @@
+"""Single-label data: the task recorded by `ramer data import`, softmax cross-entropy in every model,
+softmax scores, the arg-max decision, selection by weighted F1, and multi-label left as it was.
+
+The CLI tests import small CSVs with the stand-in text model of test_conversations (``fake_text``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ramer
+from ramer.batch import MODALITIES
+from ramer.cli import main
+from ramer.config import build_config
+from ramer.data.store import DataBundle, load_native, resolve_task
+from ramer.errors import RamerError
+from ramer.metrics import ARGMAX, decide, report
+from ramer.models import BUILDERS, build_model, losses
+from ramer.models.base import DataSpec
+from ramer.models.parts import fuse_max
+from ramer.train import checkpoint as ckpt
+from ramer.train.classical import ClassicalModule
+from ramer.models.classical import ClassicalModel
+
+from conftest import random_store
+from test_conversations import base_rows, fake_text, write_table  # noqa: F401  (fake_text is a fixture)
+
+EMOTIONS = ("anger", "joy", "sadness")
+TINY = ["train.epochs=3", "train.batch_size=4", "model.hidden=16", "model.ffn=32", "model.heads=2",
+        "model.queue_size=16", "train.lr=0.005"]
+SETS = sum((["--set", s] for s in TINY), [])
+
+
+def single_rows() -> list[dict]:
+    """Nine conversations (5 train, 2 valid, 2 test) of five turns, exactly one emotion per turn."""
+    rows = []
+    for c, split in enumerate(["train"] * 5 + ["valid"] * 2 + ["test"] * 2):
+        for i in range(5):
+            emotion = EMOTIONS[(c + i) % 3]
+            rows.append({"conversation": f"k{c}", "index": i, "speaker": f"p{i % 2}", "present": "p2",
+                         "text": f"{emotion} words {c}-{i}", "labels": emotion, "split": split})
+    return rows
+
+
+def one_hot_store(n: int, seed: int, n_labels: int = 5):
+    store = random_store(n=n, n_labels=n_labels, seed=seed)
+    y = np.zeros_like(store.labels)
+    y[np.arange(n), np.random.default_rng(seed).integers(0, n_labels, n)] = 1
+    store.labels = y
+    return store
+
+
+def spec_of(store, task: str) -> DataSpec:
+    dims = store.dims
+    return DataSpec({m: dims[m] for m in MODALITIES}, len(store.label_names), store.label_names,
+                    dims["personality"], task)
+
+
+def epoch_lines(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
+
+
+def final_line(run) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ the loss
+def test_single_label_classification_is_softmax_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4)
+    y = torch.tensor([0, 3, 1, 1, 2, 0])
+    targets = F.one_hot(y, 4).float()
+    torch.testing.assert_close(losses.classification(logits, targets, single_label=True), F.cross_entropy(logits, y))
+    # a row mask leaves rows out
+    rows = torch.tensor([True, False, True, True, False, True]).unsqueeze(-1)
+    torch.testing.assert_close(losses.classification(logits, targets, rows, single_label=True),
+                               F.cross_entropy(logits[rows[:, 0]], y[rows[:, 0]]))
+    # multi-label: BCE, as before
+    torch.testing.assert_close(losses.classification(logits, targets), F.binary_cross_entropy_with_logits(logits, targets))
+
+
+def test_shuffle_targets_are_normalised_and_unlabelled_rows_left_out():
+    """Virtual samples: the target is y / sum y over the label slots the mask keeps (the others leave
+    the softmax too); a row with no positive slot left counts for nothing."""
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, requires_grad=True)
+    targets = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, False, True, True], [True, True, False, True]])
+    got = losses.classification(logits, targets, mask, single_label=True)
+    row0 = -(0.5 * logits[0].log_softmax(-1)[[0, 1]]).sum()
+    row1 = -logits[1, [0, 2, 3]].log_softmax(-1)[2]  # slot 1 left out: label 3 alone, over slots 0, 2, 3
+    torch.testing.assert_close(got, (row0 + row1) / 2)  # row 2: its one label is masked, left out
+    got.backward()
+    assert logits.grad[2].abs().max() == 0 and logits.grad[1, 1] == 0  # nothing learnt from left-out parts
+    empty = losses.classification(logits, torch.zeros(3, 4), mask, single_label=True)
+    assert empty.item() == 0.0 and torch.isfinite(empty)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
+    """probs sum to 1 per sample; the classification term is F.cross_entropy of the model's logits
+    (for RAMer every classification term, checked against its own fields)."""
+    store = one_hot_store(10, seed=2)
+    cfg = build_config(overrides=[f"model.name={name}", "model.hidden=16", "model.ffn=32", "model.heads=2",
+                                  "model.queue_size=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg, spec_of(store, "single_label"))
+    if hasattr(model, "prepare"):
+        model.prepare(store)
+    batch = store.collate(np.arange(len(store)))
+    model.eval()
+    with torch.no_grad():
+        probs = model(batch).probs
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(store)), atol=1e-5, rtol=0)
+    model.train()
+    torch.manual_seed(1)
+    out = model(batch)
+    terms = model.loss(out, batch).terms
+    y = batch.labels.argmax(1)
+    torch.testing.assert_close(terms["cls"], F.cross_entropy(out.logits.float(), y).detach())
+    if name != "ramer":
+        return
+    lsr_rows = out.available.any(1)
+    lsr = F.cross_entropy(fuse_max(out.label_logits, out.available)[lsr_rows], y[lsr_rows])
+    torch.testing.assert_close(terms["lsr"], lsr.detach())
+    torch.testing.assert_close(terms["aug"], F.cross_entropy(out.reconstructed_logits.amax(1), y).detach())
+    torch.testing.assert_close(terms["cml"], F.cross_entropy(out.cml_logits, y).detach())
+    K = out.agg_logits.shape[1]
+    agg = F.cross_entropy(out.agg_logits.flatten(0, 1), y.repeat_interleave(K), reduction="none")
+    keep = out.stack_mask.flatten()
+    torch.testing.assert_close(terms["agg"], (agg[keep].sum() / keep.sum()).detach())
+    # stack shuffle: each virtual sample against its normalised target, over its usable slots
+    rows = []
+    for z, t, m in zip(out.shuffle_logits.flatten(0, 1), out.shuffle_targets.flatten(0, 1),
+                       out.shuffle_mask.flatten(0, 1)):
+        t = t * m
+        if t.sum() > 0:
+            rows.append(-(t[m] / t.sum() * z[m].log_softmax(-1)).sum())
+    torch.testing.assert_close(terms["shuffle"], torch.stack(rows).mean().detach())
+
+
+def test_multi_label_models_keep_sigmoids():
+    store = random_store(n=8, seed=3)
+    for name in sorted(BUILDERS):
+        cfg = build_config(overrides=[f"model.name={name}", "model.hidden=16", "model.ffn=32", "model.heads=2"])
+        model = build_model(cfg, spec_of(store, "multi_label")).eval()
+        with torch.no_grad():
+            out = model(store.collate(np.arange(8)))
+        if name != "ramer":
+            torch.testing.assert_close(out.probs, out.logits.sigmoid())
+        assert not torch.allclose(out.probs.sum(1), torch.ones(8), atol=1e-3), name
+
+
+@pytest.mark.parametrize("kind", ("br", "cc", "lp"))
+def test_classical_single_label_probabilities_sum_to_one(kind):
+    store = one_hot_store(60, seed=4, n_labels=3)
+    fitted = ClassicalModel(kind, store.label_names).fit(store)
+    batch = store.collate(np.arange(60))
+    single = ClassicalModule(kind, spec_of(store, "single_label"), fitted.to_arrays())(batch).probs.numpy()
+    multi = ClassicalModule(kind, spec_of(store, "multi_label"), fitted.to_arrays())(batch).probs.numpy()
+    np.testing.assert_allclose(single.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(single, multi / multi.sum(1, keepdims=True))  # the same fit, normalised
+    if kind == "br":
+        assert not np.allclose(multi.sum(1), 1.0, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ decision
+def test_argmax_decision_gives_one_label_and_accuracy():
+    scores = np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    truth = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(decide(scores, ARGMAX), [[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    overall = report(truth, scores, ARGMAX)["overall"]
+    assert overall["subset_acc"] == overall["top1_acc"] == overall["micro_f1"] == 0.5
+    assert decide(scores, 0.35).sum(1).tolist() == [1, 1, 1, 1] and decide(scores, 0.25).sum(1).tolist() == [2, 2, 1, 3]
+    with pytest.raises(RamerError, match="unknown decision rule"):
+        decide(scores, "top")
+
+
+# ------------------------------------------------------------------------------------ the CLI
+def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys):
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    assert "task: single_label" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ds" / "meta.json").read_text())["task"] == "single_label"
+    assert load_native(tmp_path / "ds").task == "single_label"
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "ds"), "--model", "late_fusion", "--out", str(run), *SETS]) == 0
+    table = capsys.readouterr().out
+    assert "weighted-F1" in table and "micro-F1" not in table and "HL" not in table
+    lines = epoch_lines(run)
+    assert [x["threshold"] for x in lines] == [ARGMAX] * 3  # nothing tuned
+    weighted = [x["valid"]["overall"]["weighted_f1"] for x in lines]
+    best = 1 + int(np.argmax(weighted))
+    assert lines[-1]["best_epoch"] == best and final_line(run)["best_epoch"] == best
+    test = final_line(run)["test"]["overall"]
+    assert test["top1_acc"] == test["subset_acc"] and test["n"] == 10
+    _, _, spec, threshold, epoch = ckpt.read_model_file(run / "model.safetensors")
+    assert spec.task == "single_label" and threshold == ARGMAX and epoch == best
+
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(run), "--out", str(preds)]) == 0
+    assert "- nothing passes" in capsys.readouterr().out  # the timeline of the import
+    got = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(got) == 10
+    for g in got:
+        assert sum(g["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert g["labels"] == [max(g["probs"], key=g["probs"].get)]  # exactly one: the top label
+    assert main(["eval", str(run), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["overall"] == pytest.approx(test)
+    assert main(["eval", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "arg-max" in printed and "weighted-F1" in printed
+
+
+def test_cli_multi_label_import_keeps_thresholds(tmp_path, fake_text, capsys):
+    src = write_table(tmp_path / "multi.csv", base_rows())  # two rows carry two labels
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    assert json.loads((tmp_path / "ds" / "meta.json").read_text())["task"] == "multi_label"
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "ds"), "--model", "late_fusion", "--out", str(run), *SETS]) == 0
+    assert "micro-F1" in capsys.readouterr().out
+    lines = epoch_lines(run)
+    assert all(isinstance(x["threshold"], float) for x in lines)
+    micro = [x["valid"]["overall"]["micro_f1"] for x in lines]
+    assert final_line(run)["best_epoch"] == 1 + int(np.argmax(micro))
+    predictor = ramer.load(run)
+    assert predictor.spec.task == "multi_label" and isinstance(predictor.threshold, float)
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(run), "--out", str(preds)]) == 0
+    for g in (json.loads(x) for x in preds.read_text().splitlines()):
+        assert g["labels"] == [n for n, p in g["probs"].items() if p > predictor.threshold]
+
+
+def test_selection_follows_the_task(tmp_path, fake_text, monkeypatch):
+    """Validation reports where micro-F1 peaks at epoch 1 and weighted F1 at epoch 2: a single-label
+    run keeps epoch 2, a multi-label run (the same data, data.task=multi_label) epoch 1."""
+    import ramer.train.recipe as recipe
+
+    real = recipe.report
+
+    def scripted(y_true, scores, threshold, role=None, label_names=None):
+        rep = real(y_true, scores, threshold, role, label_names)
+        if label_names is None:  # validation (the test report names its labels)
+            scripted.calls += 1
+            k = (scripted.calls - 1) % 3
+            rep["overall"]["micro_f1"] = (0.9, 0.1, 0.3)[k]
+            rep["overall"]["weighted_f1"] = (0.2, 0.8, 0.5)[k]
+        return rep
+
+    scripted.calls = 0
+    monkeypatch.setattr(recipe, "report", scripted)
+    import_path = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(import_path), "--out", str(tmp_path / "ds")]) == 0
+    for task, best in (("auto", 2), ("multi_label", 1)):
+        run = tmp_path / task
+        assert main(["train", "--data", str(tmp_path / "ds"), "--model", "late_fusion", "--out", str(run), *SETS,
+                     "--set", f"data.task={task}"]) == 0
+        assert final_line(run)["best_epoch"] == best, task
+        assert ckpt.read_model_file(run / "model.safetensors")[4] == best
+
+
+def test_task_overrides_and_their_errors(tmp_path, fake_text, capsys):
+    multi = write_table(tmp_path / "multi.csv", base_rows())
+    single = write_table(tmp_path / "single.csv", single_rows())
+    # forcing single_label on data with two labels in a row: one line naming the file and the count
+    assert main(["data", "import", str(multi), "--out", str(tmp_path / "bad"), "--task", "single_label"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(multi) in err
+    assert "2 of 11 samples break it: 2 have 2 or more" in err and "row 3" in err
+    assert not (tmp_path / "bad" / "meta.json").exists()
+    # an empty label is 0 labels
+    rows = single_rows()
+    rows[0]["labels"] = ""
+    with pytest.raises(RamerError, match="1 of 45 samples break it: 1 has no label"):
+        from ramer.data.conversations import import_conversations
+
+        import_conversations(write_table(tmp_path / "gap.csv", rows), tmp_path / "gap", task="single_label")
+    # forcing multi_label on single-label data is allowed; data.task=single_label switches it back
+    assert main(["data", "import", str(single), "--out", str(tmp_path / "as_multi"), "--task", "multi_label"]) == 0
+    assert load_native(tmp_path / "as_multi").task == "multi_label"
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "as_multi"), "--model", "br", "--out", str(run),
+                 "--set", "data.task=single_label"]) == 0
+    assert final_line(run)["threshold"] == ARGMAX and ramer.load(run).spec.task == "single_label"
+    # data.task=single_label on multi-label data: the same check at train time
+    assert main(["data", "import", str(multi), "--out", str(tmp_path / "multi")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "multi"), "--model", "br", "--out", str(tmp_path / "r2"),
+                 "--set", "data.task=single_label"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "multi") in err
+    assert "data.task=single_label" in err and "2 of 11 samples break it" in err
+    assert main(["train", "--data", str(tmp_path / "multi"), "--out", str(tmp_path / "r3"),
+                 "--set", "data.task=maybe"]) == 2
+    assert "data.task" in capsys.readouterr().err
+
+
+def test_other_loaders_stay_multi_label(tmp_path):
+    from ramer.data.synthetic import generate
+
+    bundle = generate(build_config(overrides=["data.synthetic.n_train=20", "data.synthetic.n_valid=5",
+                                              "data.synthetic.n_test=5"]).data.synthetic)
+    assert bundle.task == "multi_label" and resolve_task(bundle) == "multi_label"
+    with pytest.raises(RamerError, match="samples break it"):  # the benchmark has samples of 0 or 2+ labels
+        resolve_task(bundle, "single_label")
+    bundle.save(tmp_path / "native")
+    assert json.loads((tmp_path / "native" / "meta.json").read_text())["task"] == "multi_label"
+
+
+def test_old_meta_and_checkpoints_without_the_key_read_as_multi_label(tmp_path, fake_text):
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    meta_path = tmp_path / "ds" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "task"}))
+    assert load_native(tmp_path / "ds").task == "multi_label"
+    meta_path.write_text(json.dumps({**meta, "task": "several"}))
+    with pytest.raises(RamerError, match="'task' is a string"):
+        load_native(tmp_path / "ds")
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "task"}))
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "ds"), "--model", "late_fusion", "--out", str(run), *SETS]) == 0
+    # a checkpoint whose spec has no task (written before the key)
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    spec = json.loads(metadata["spec"])
+    assert spec.pop("task") == "multi_label"
+    old = tmp_path / "old" / "model.safetensors"
+    old.parent.mkdir()
+    save_file(state, str(old), metadata={**metadata, "spec": json.dumps(spec)})
+    predictor = ramer.load(old)
+    assert predictor.spec.task == "multi_label" and isinstance(predictor.threshold, float)
+    assert predictor.decide(np.array([[0.0, 0.999, 0.0]])).tolist() == [[0, 1, 0]]  # a threshold, not arg-max
+    assert predictor.decide(np.array([[0.0, 0.01, 0.0]])).tolist() == [[0, 0, 0]]
+    # a stored threshold that does not fit the task is refused
+    save_file(state, str(old), metadata={**metadata, "threshold": json.dumps(ARGMAX)})
+    with pytest.raises(RamerError, match="does not fit a multi_label model"):
+        ramer.load(old)
+
+
+def test_resolve_task_checks_single_label_counts():
+    splits = {s: one_hot_store(6, seed=k) for k, s in enumerate(("train", "valid", "test"))}
+    bundle = DataBundle(splits, splits["train"].label_names, "mem", "<mem>", {}, "single_label")
+    assert resolve_task(bundle) == "single_label" and resolve_task(bundle, "multi_label") == "multi_label"
+    splits["test"].labels[2] = 1  # every label on
+    splits["valid"].labels[0] = 0
+    with pytest.raises(RamerError, match=r"<mem>: it is recorded as single_label.*2 of 18 samples break it: "
+                                         r"1 has no label and 1 has 2 or more"):
+        resolve_task(bundle)
+
+
+def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, capsys):
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    out = tmp_path / "bench"
+    assert main(["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--missing-rates", "0",
+                 "--jobs", "1", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| model"))
+    assert header.split(" | ")[1:3] == ["Acc", "weighted-F1"] and "micro-F1" not in header
+    assert "arg-max decision, best epoch chosen on validation weighted F1" in text
+    record = json.loads((out / "results.json").read_text())[0]["metrics"]["overall"]
+    assert f"{record['top1_acc']:.3f}" in text.split(header)[1].splitlines()[2]
