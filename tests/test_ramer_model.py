@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -131,7 +132,7 @@ def test_every_ablation_and_missing_pattern(ablation):
 
 
 def test_output_has_the_same_fields_in_train_and_eval():
-    model = make()
+    model = make(modality_dropout=0.9)  # something is hidden, so hidden_real is computed
     batch = base_batch()
     tr = model.train()(batch)
     ev = model.eval()(batch)
@@ -139,7 +140,8 @@ def test_output_has_the_same_fields_in_train_and_eval():
     for f in dataclasses.fields(RAMerOutput):
         a, b = getattr(tr, f.name), getattr(ev, f.name)
         if f.name in ("disc_specific", "disc_common", "disc_real", "disc_fake", "shuffle_logits", "shuffle_targets",
-                      "shuffle_mask", "items", "item_classes", "queue_items", "queue_classes", "personality_pred"):
+                      "shuffle_mask", "items", "item_classes", "queue_items", "queue_classes", "personality_pred",
+                      "hidden_real"):
             assert a is not None and b is None, f.name
         else:
             assert (a is None) == (b is None), f.name
@@ -212,9 +214,99 @@ def test_modality_dropout_hides_but_keeps_one():
     assert out.dropped.any()
     assert (out.dropped <= out.available).all()
     assert (out.visible.any(1) == out.available.any(1)).all()  # never the last available modality
-    # a hidden modality is replaced by its reconstruction, and supervised by its real features
+    # a hidden modality is replaced by its reconstruction, and supervised by its real features: its
+    # label feature from every present token, as the eval-mode model computes it
     hidden = out.dropped[:, :, None, None].expand_as(out.final)
     assert torch.equal(out.final[hidden], out.reconstructed[hidden])
+    with torch.no_grad():
+        real = model.eval()(batch).label_features
+    torch.testing.assert_close(out.hidden_real[hidden], real[hidden], rtol=1e-5, atol=1e-5)
+    assert (out.hidden_real[~hidden] == 0).all()
+
+
+def _hide_every_other(modality: int):
+    """A modality_dropout stand-in that hides ``modality`` in every other sample where it is available."""
+
+    def hide(available, p):
+        dropped = torch.zeros_like(available)
+        dropped[::2, modality] = available[::2, modality]
+        return dropped
+
+    return hide
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("value", [1e4, float("nan")], ids=["noise", "nan"])
+def test_hidden_modality_is_hidden_from_every_path(monkeypatch, modality, value):
+    """A modality hidden by modality dropout is read by nothing but the detached teacher pass that gives
+    its reconstruction target: its scope tokens may hold noise or NaN and the training forward (one
+    model state, one RNG state) is bit-identical in every other field, and so is every loss term but
+    the reconstruction's."""
+    i = MODALITIES.index(modality)
+    monkeypatch.setattr(ramer_module, "modality_dropout", _hide_every_other(i))
+    batch = with_pattern(base_batch(n=8), "none_missing")
+    model = make().train()
+    twin = copy.deepcopy(model)  # the same buffers (queue, prototypes): the forward updates them
+    torch.manual_seed(5)
+    clean = model(batch)
+    hidden = clean.dropped[:, i].unsqueeze(1) & batch.scope  # (B, N): the hidden tokens
+    assert clean.dropped[:, i].sum() >= 2 and not clean.dropped[:, [k for k in range(3) if k != i]].any()
+    x = batch.features[modality]
+    junk = torch.full_like(x, value) if value != value else torch.randn_like(x) * value
+    dirty_batch = dataclasses.replace(
+        batch, features={**batch.features, modality: torch.where(hidden.unsqueeze(-1), junk, x)}
+    )
+    torch.manual_seed(5)
+    dirty = twin(dirty_batch)
+    for f in dataclasses.fields(RAMerOutput):
+        a, b = getattr(clean, f.name), getattr(dirty, f.name)
+        if isinstance(a, torch.Tensor) and f.name != "hidden_real":
+            assert torch.equal(a, b), f.name
+    terms_a, terms_b = model.loss(clean, batch).terms, twin.loss(dirty, dirty_batch).terms
+    assert {k for k in terms_a if not torch.equal(terms_a[k], terms_b[k])} <= {"cross"}
+    # the teacher does read them: the reconstruction target of the hidden modality is its real feature
+    assert not torch.equal(clean.hidden_real[:, i], dirty.hidden_real[:, i])
+
+
+@pytest.mark.parametrize("stand_in", ["own_slot", "gate", "context"])
+def test_context_reaches_a_nonspeaker_stand_in(stand_in):
+    """A target whose text is missing from its whole scope (a non-speaker): changing only the other
+    persons' text changes its final text feature and its scores; with §2.3 off it changes nothing."""
+    batch = with_pattern(base_batch(n=10), "nonspeaker_target")
+    others = batch.present["text"] & ~batch.scope  # (B, N): other persons' text tokens
+    rows = others.any(1)  # (B,) samples where someone else speaks
+    assert rows.sum() >= 3
+    noise = torch.randn(batch.features["text"].shape, generator=torch.Generator().manual_seed(0))
+    text = torch.where(others.unsqueeze(-1), batch.features["text"] + noise, batch.features["text"])
+    moved = dataclasses.replace(batch, features={**batch.features, "text": text})
+    t = MODALITIES.index("text")
+
+    model = make(stand_in=stand_in).eval()
+    with torch.no_grad():
+        a, b = model(batch), model(moved)
+    assert not a.available[rows, t].any()
+    final_change = (a.final[:, t] - b.final[:, t]).abs().amax((1, 2))  # (B,)
+    assert (final_change[rows] > 1e-4).all() and (final_change[~rows] == 0).all()
+    assert ((a.probs - b.probs).abs().amax(1)[rows] > 0).all()
+
+    off = make(("no_modality_attention",), stand_in=stand_in).eval()
+    with torch.no_grad():
+        a, b = off(batch), off(moved)
+    assert torch.equal(a.final, b.final) and torch.equal(a.probs, b.probs)
+
+
+def test_prototype_stand_in_never_sees_the_context():
+    """``stand_in: prototype`` is the spec's literal reading: r~_m = F_m([r^_n ; p^_m]) for a modality
+    missing from the scope, so the context §2.3 gathered for it does not reach its final feature."""
+    batch = with_pattern(base_batch(n=10), "nonspeaker_target")
+    others = batch.present["text"] & ~batch.scope
+    text = torch.where(others.unsqueeze(-1), batch.features["text"] + 1.0, batch.features["text"])
+    moved = dataclasses.replace(batch, features={**batch.features, "text": text})
+    model = make(stand_in="prototype").eval()
+    with torch.no_grad():
+        a, b = model(batch), model(moved)
+    assert torch.equal(a.final[:, 0], b.final[:, 0])
+    assert not torch.equal(a.label_features[:, 0], b.label_features[:, 0])  # r_text itself did move
 
 
 def test_personality_off_without_data():
@@ -265,36 +357,45 @@ def test_identity_shuffle_reproduces_the_aggregator_loss(monkeypatch):
 
 
 def test_gradient_reversal_through_the_model():
-    """L_com's gradient on the common extractor flips sign with the GRL; the discriminator's does not."""
-    model = make(("no_modality_dropout",), dropout=0.0).train()
-    batch = base_batch()
-    grads = {}
-    for lam in (1.0, -1.0):  # -1: the reversal undone, a plain gradient
-        model.adversary.grl_lambda = lam
-        torch.manual_seed(0)
-        out = model(batch)
-        loss = losses.modality_ce(out.disc_common, out.usable)
-        params = list(model.adversary.common.parameters()) + list(model.adversary.discriminator.parameters())
-        grads[lam] = torch.autograd.grad(loss, params)
-    n_common = len(list(model.adversary.common.parameters()))
-    for i, (g_rev, g_plain) in enumerate(zip(grads[1.0], grads[-1.0])):
-        if i < n_common:
-            assert g_rev.abs().sum() > 0
-            torch.testing.assert_close(g_rev, -g_plain)
-        else:
-            torch.testing.assert_close(g_rev, g_plain)
-
-
-def test_tier2_reversal_reaches_reconstruction_only():
+    """Tier 1, in one model state: the gradient of L_com on the common extractor is minus the gradient of
+    the same loss without the reversal, the discriminator's is the same (it learns to tell modalities apart)."""
     model = make(dropout=0.0).train()
     batch = base_batch()
     out = model(batch)
-    loss = losses.real_fake(out.disc_real, out.disc_fake, out.available)
-    # the real branch is detached: no gradient reaches the encoders through D_rec(r)
-    g_enc = torch.autograd.grad(loss, list(model.labelwise.parameters()), allow_unused=True, retain_graph=True)
-    g_cross = torch.autograd.grad(loss, list(model.reconstruction.cross.parameters()), allow_unused=True)
-    assert all(g is not None and torch.isfinite(g).all() for g in g_cross)
-    assert any(g is not None and g.abs().sum() > 0 for g in g_enc)  # through r~ (built from r^ = G(E(r)))
+    adv = model.adversary
+    reversed_loss = losses.modality_ce(out.disc_common, out.usable)
+    plain_loss = losses.modality_ce(adv.discriminator(out.common), out.usable)  # the same, no GRL
+    common, disc = list(adv.common.parameters()), list(adv.discriminator.parameters())
+    g_rev = torch.autograd.grad(reversed_loss, common + disc, retain_graph=True)
+    g_plain = torch.autograd.grad(plain_loss, common + disc)
+    for g_r, g_p in zip(g_rev[: len(common)], g_plain[: len(common)]):
+        assert g_r.abs().sum() > 0 and torch.equal(g_r, -g_p)
+    for g_r, g_p in zip(g_rev[len(common) :], g_plain[len(common) :]):
+        assert g_r.abs().sum() > 0 and torch.equal(g_r, g_p)
+
+
+def test_tier2_reversal_reaches_reconstruction_only():
+    """Tier 2, in one model state: the real branch of D_rec is detached (no gradient reaches the label
+    features r through it); the fake branch is reversed (the gradient on r~ is minus the plain one),
+    while D_rec itself gets the plain gradient of both."""
+    model = make(dropout=0.0).train()
+    batch = with_pattern(base_batch(), "nonspeaker_target")
+    out = model(batch)
+    net = model.rec_adversary.net
+    real_loss = losses.bce(out.disc_real, torch.ones_like(out.disc_real), out.visible.unsqueeze(-1))
+    (g_r,) = torch.autograd.grad(real_loss, out.label_features, allow_unused=True, retain_graph=True)
+    assert g_r is None  # detached: r is not in the graph of the real branch
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(real_loss, list(net.parameters()), retain_graph=True))
+
+    zeros, mask = torch.zeros_like(out.disc_fake), out.available.unsqueeze(-1)
+    fake_loss = losses.bce(out.disc_fake, zeros, mask)
+    plain_loss = losses.bce(net(out.reconstructed).squeeze(-1), zeros, mask)  # the same, no GRL
+    inputs = [out.reconstructed, *net.parameters()]
+    g_rev = torch.autograd.grad(fake_loss, inputs, retain_graph=True)
+    g_plain = torch.autograd.grad(plain_loss, inputs)
+    assert g_rev[0].abs().sum() > 0 and torch.equal(g_rev[0], -g_plain[0])
+    for a, b in zip(g_rev[1:], g_plain[1:]):
+        assert torch.equal(a, b)
 
 
 def test_seeded_runs_are_reproducible():

@@ -62,6 +62,20 @@ class Batch:
         inputs = ("features", "personality")
         return replace(self, **{f.name: move(getattr(self, f.name), f.name in inputs) for f in fields(self)})
 
+    def select(self, rows: Tensor) -> "Batch":
+        """The samples ``rows`` (a 1-d long tensor) of this batch, on the same grid."""
+
+        def pick(x):
+            if isinstance(x, Tensor):
+                return x.index_select(0, rows.to(x.device))
+            if isinstance(x, dict):
+                return {k: pick(v) for k, v in x.items()}
+            return x
+
+        out = replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "ids"})
+        out.ids = [self.ids[i] for i in rows.tolist()]
+        return out
+
     def with_present(self, present: dict[str, Tensor]) -> "Batch":
         """The same batch with other presence masks; features of hidden tokens are zeroed."""
         features = {m: self.features[m] * present[m].unsqueeze(-1).to(self.features[m].dtype) for m in MODALITIES}

@@ -156,10 +156,11 @@ def supcon(anchors: Tensor, classes: Tensor, queue: Tensor, queue_classes: Tenso
     return masked_mean(-mean_log_pos, n_pos > 0)
 
 
-def real_fake(real_logits: Tensor, fake_logits: Tensor, mask: Tensor) -> Tensor:
-    """Tier-2 adversary: ``BCE(D(r), 1) + BCE(D(GRL(r~)), 0)``; logits (B, M, C), mask (B, M)."""
-    m = mask.unsqueeze(-1)
-    return bce(real_logits, torch.ones_like(real_logits), m) + bce(fake_logits, torch.zeros_like(fake_logits), m)
+def real_fake(real_logits: Tensor, fake_logits: Tensor, real_mask: Tensor, fake_mask: Tensor) -> Tensor:
+    """Tier-2 adversary: ``BCE(D(r), 1) + BCE(D(GRL(r~)), 0)``; logits (B, M, C), masks (B, M) of the
+    real features (visible modalities) and of the reconstructions (available ones)."""
+    real = bce(real_logits, torch.ones_like(real_logits), real_mask.unsqueeze(-1))
+    return real + bce(fake_logits, torch.zeros_like(fake_logits), fake_mask.unsqueeze(-1))
 
 
 def personality_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:

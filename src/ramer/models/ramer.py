@@ -46,6 +46,7 @@ from ramer.models.parts import (
     PersonalityHead,
     PersonalityStream,
     RealFakeDiscriminator,
+    StandInGate,
     contrastive_items,
     fuse_max,
     modality_dropout,
@@ -68,10 +69,11 @@ class RAMerOutput:
     agg_logits: Tensor  # (B, K, C) aggregator on each unshuffled source of the stack
     label_features: Tensor  # (B, M, C, H) r_m of §3 (before any replacement)
     label_logits: Tensor  # (B, M, C) label-wise logits of r_m
-    final: Tensor  # (B, M, C, H) f_m: r_m where visible, its reconstruction otherwise (0 where unusable)
+    final: Tensor  # (B, M, C, H) f_m: r_m where visible, its stand-in otherwise (0 where unusable)
     available: Tensor  # (B, M) bool: A_m, modality present somewhere in the target scope
     visible: Tensor  # (B, M) bool: available and not hidden by modality dropout
     dropped: Tensor  # (B, M) bool: hidden by modality dropout (all False in eval mode)
+    trusted: Tensor  # (B, M) bool: r_m may be used: visible, or built by §2.3 from completed stand-ins
     usable: Tensor  # (B, M) bool: f_m is defined (mask of the max-pool, the stack, tier 1)
     stack: Tensor  # (B, K, C, H) sources of §6 (K = M + 1 with the common feature, else M)
     stack_mask: Tensor  # (B, K) bool
@@ -96,6 +98,7 @@ class RAMerOutput:
     queue_items: Tensor | None = None  # (Q', P) the filled queue before this batch  # train
     queue_classes: Tensor | None = None  # (Q',)  # train
     personality_pred: Tensor | None = None  # (B, P, d_pi) pi_p predicted before injection  # train
+    hidden_real: Tensor | None = None  # (B, M, C, H) r_m of each hidden modality from its real tokens (detached)  # train
 
 
 class RAMer(nn.Module):
@@ -124,6 +127,7 @@ class RAMer(nn.Module):
         # Without reconstruction, contrastive learning keeps E_m as its projection head (no decoder).
         self.autoencoder = LabelAutoEncoder(M, H, cfg.proj_size, decoder=with_rec) if with_rec or with_cl else None
         self.reconstruction = CrossReconstruction(M, C, H, cfg.proj_size, cfg.proto_momentum) if with_rec else None
+        self.gate = StandInGate(M, H) if with_rec and cfg.stand_in == "gate" else None
         self.memory = ContrastiveMemory(cfg.queue_size, cfg.proj_size) if with_cl else None
         self.adversary = CommonSpecific(M, C, H, cfg.dropout) if on("no_adversarial") else None
         self.rec_adversary = RealFakeDiscriminator(H, cfg.dropout) if with_rec and on("no_rec_adversarial") else None
@@ -140,58 +144,45 @@ class RAMer(nn.Module):
         train = self.training
         valid = batch.valid  # (B, N)
         present = torch.stack([batch.present[m] & valid for m in MODALITIES], -1)  # (B, N, M)
-
-        # §2.1 uni-modal encoders
-        h = torch.stack(
-            [self.encoders[m](batch.features[m], present[..., i], batch.segment) for i, m in enumerate(MODALITIES)], 2
-        )  # (B, N, M, H)
-
-        # §2.2 personality stream (the auxiliary head reads h, before the injection)
-        u, e_tok, e_known, personality_pred = h, None, None, None
-        if self.personality is not None and batch.personality is not None:
-            known = batch.personality_present & valid.view(-1, P, S).any(-1)  # (B, P)
-            e = self.personality(batch.personality, known)  # (B, P, H)
-            e_tok, e_known = e.repeat_interleave(S, 1), known.repeat_interleave(S, 1) & valid  # (B, N, H), (B, N)
-            u = u + self.personality.condition(e_tok)  # (B, N, M, H)
-            if train:
-                personality_pred = self.personality_head(h, present, (P, S))  # (B, P, d_pi)
-        if self.target_embedding is not None:
-            u = u + self._offset_embedding(batch).unsqueeze(2)  # (B, N, M, H)
-        u = zero_unless(valid[:, :, None, None], u)
-
-        # §2.3 modality-level attention: every valid token gets every modality (stand-ins where missing)
-        if self.context is not None:
-            g = self.context(u, present, valid, (P, S), e_tok, e_known)  # (B, N, M, H)
-            defined = valid.unsqueeze(-1).expand_as(present)  # (B, N, M)
-        else:
-            g, defined = u, present
-
-        # §3 label-wise attention over the target scope
         scope = batch.scope & valid  # (B, N)
-        r = self.labelwise(g, defined & scope.unsqueeze(-1))  # (B, M, C, H)
-        label_logits = self.classifier(r)  # (B, M, C)
         available = (present & scope.unsqueeze(-1)).any(1)  # (B, M): A_m
+
+        # §4.2 modality dropout, first: a hidden modality's scope tokens are removed from every path
+        # below (encoder keys, §2.3, label attention, prototype weights), as if truly missing
         dropped = modality_dropout(available, self.p_drop) if train and self.p_drop > 0 else torch.zeros_like(available)
-        visible = available & ~dropped
-        # r_m may be used as it is where visible, or built from completed stand-ins (never from hidden features)
-        trusted = visible | (~available & scope.any(1, keepdim=True)) if self.context is not None else visible
+        seen = present & ~(dropped.unsqueeze(1) & scope.unsqueeze(-1))  # (B, N, M)
+        visible = available & ~dropped  # (B, M)
+
+        # §2.1-§3 label-specific features of the target scope
+        r, personality_pred = self._label_features(batch, seen, scope, head=train)  # (B, M, C, H)
+        label_logits = self.classifier(r)  # (B, M, C)
+        # r_m may be used as it is where visible, or where §2.3 built it from completed stand-ins
+        trusted = visible | scope.any(1, keepdim=True) if self.context is not None else visible  # (B, M)
 
         # §4.2 reconstruction
-        codes = autoencoded = reconstructed = reconstructed_logits = beta = unit = stand_in = None
+        codes = autoencoded = reconstructed = reconstructed_logits = beta = unit = stand_in = hidden_real = None
         if self.autoencoder is not None:
             codes = self.autoencoder.encode(r)  # (B, M, C, P)
         if self.reconstruction is not None:
             unit = F.normalize(codes, dim=-1)
             autoencoded = self.autoencoder.decode(codes)  # (B, M, C, H)
+            from_context = trusted & ~visible  # (B, M): missing from the scope, r_m built by §2.3
+            own = from_context if self.cfg.stand_in == "own_slot" else None
             reconstructed = self.reconstruction(
-                autoencoded, unit, visible, trusted, self.autoencoder.decode, hard=not train
+                autoencoded, unit, visible, trusted, self.autoencoder.decode, hard=not train, own_usable=own
             )  # (B, M, C, H)
             reconstructed_logits = self.classifier(reconstructed)
             stand_in = reconstructed
             if self.cfg.beta:
                 beta = stand_in = self.reconstruction.second_pass(reconstructed)
+            if self.gate is not None:  # stand_in: gate
+                stand_in = torch.where(from_context[:, :, None, None], self.gate(r, stand_in), stand_in)
+            elif self.cfg.stand_in == "context":
+                stand_in = torch.where(from_context[:, :, None, None], r, stand_in)
             final = torch.where(visible[:, :, None, None], r, stand_in)  # (B, M, C, H)
             usable = torch.ones_like(visible)
+            if train and bool(dropped.any()):
+                hidden_real = self._hidden_real(batch, present, scope, dropped, r)
         else:
             usable = trusted
             final = torch.where(usable[:, :, None, None], r, 0.0)
@@ -221,14 +212,64 @@ class RAMer(nn.Module):
         out = RAMerOutput(
             logits=logits, probs=probs, modality_logits=modality_logits, agg_logits=agg_logits,
             label_features=r, label_logits=label_logits, final=final, available=available, visible=visible,
-            dropped=dropped, usable=usable, stack=stack, stack_mask=stack_mask, codes=codes,
+            dropped=dropped, trusted=trusted, usable=usable, stack=stack, stack_mask=stack_mask, codes=codes,
             autoencoded=autoencoded, reconstructed=reconstructed, reconstructed_logits=reconstructed_logits,
             beta=beta, specific=specific, common=common, common_mean=common_mean, cml_logits=cml_logits,
-            personality_pred=personality_pred,
+            personality_pred=personality_pred, hidden_real=hidden_real,
         )  # fmt: skip
         if train:
-            self._training_extras(out, batch, unit, stand_in)
+            self._training_extras(out, batch, unit, reconstructed if beta is None else beta)
         return out
+
+    def _label_features(self, batch: Batch, present: Tensor, scope: Tensor, head: bool) -> tuple[Tensor, Tensor | None]:
+        """§2.1-§3 from the tokens marked in ``present`` (B, N, M): label-specific features r (B, M, C, H)
+        of the target ``scope`` (B, N); with ``head``, also the personality prediction (B, P, d_pi)."""
+        P, S = batch.grid
+        valid = batch.valid  # (B, N)
+
+        # §2.1 uni-modal encoders
+        h = torch.stack(
+            [self.encoders[m](batch.features[m], present[..., i], batch.segment) for i, m in enumerate(MODALITIES)], 2
+        )  # (B, N, M, H)
+
+        # §2.2 personality stream (the auxiliary head reads h, before the injection)
+        u, e_tok, e_known, personality_pred = h, None, None, None
+        if self.personality is not None and batch.personality is not None:
+            known = batch.personality_present & valid.view(-1, P, S).any(-1)  # (B, P)
+            e = self.personality(batch.personality, known)  # (B, P, H)
+            e_tok, e_known = e.repeat_interleave(S, 1), known.repeat_interleave(S, 1) & valid  # (B, N, H), (B, N)
+            u = u + self.personality.condition(e_tok)  # (B, N, M, H)
+            if head:
+                personality_pred = self.personality_head(h, present, (P, S))  # (B, P, d_pi)
+        if self.target_embedding is not None:
+            u = u + self._offset_embedding(batch).unsqueeze(2)  # (B, N, M, H)
+        u = zero_unless(valid[:, :, None, None], u)
+
+        # §2.3 modality-level attention: every valid token gets every modality (stand-ins where missing)
+        if self.context is not None:
+            g = self.context(u, present, valid, (P, S), e_tok, e_known)  # (B, N, M, H)
+            defined = valid.unsqueeze(-1).expand_as(present)  # (B, N, M)
+        else:
+            g, defined = u, present
+
+        # §3 label-wise attention over the target scope
+        return self.labelwise(g, defined & scope.unsqueeze(-1)), personality_pred  # (B, M, C, H)
+
+    @torch.no_grad()
+    def _hidden_real(self, batch: Batch, present: Tensor, scope: Tensor, dropped: Tensor, r: Tensor) -> Tensor:
+        """The reconstruction target of each modality hidden by modality dropout: its label feature
+        from the real tokens (§2.1-§3 on the samples that hid something, with every present token,
+        in eval mode, detached), (B, M, C, H); zero where nothing was hidden. The only read of a
+        hidden modality's features."""
+        rows = dropped.any(1).nonzero().squeeze(1)  # (B',)
+        self.train(False)
+        try:
+            real, _ = self._label_features(batch.select(rows), present.index_select(0, rows), scope.index_select(0, rows),
+                                           head=False)  # (B', M, C, H)
+        finally:
+            self.train(True)
+        hidden = torch.zeros_like(r).index_copy_(0, rows, real.to(r.dtype))
+        return torch.where(dropped[:, :, None, None], hidden, 0.0)
 
     def _offset_embedding(self, batch: Batch) -> Tensor:
         """A learned embedding of each token's segment offset from the target segment, (B, N, H)."""
@@ -237,13 +278,13 @@ class RAMer(nn.Module):
         offset = (batch.segment - target_segment.unsqueeze(1)).clamp(-R, R) + R  # (B, N)
         return torch.where((batch.target >= 0)[:, None, None], self.target_embedding(offset), 0.0)
 
-    def _training_extras(self, out: RAMerOutput, batch: Batch, unit: Tensor | None, stand_in: Tensor | None) -> None:
+    def _training_extras(self, out: RAMerOutput, batch: Batch, unit: Tensor | None, rec: Tensor | None) -> None:
         """Work needed only by the training losses, and the state updates (queue, prototypes)."""
         labels = batch.labels
         if self.adversary is not None:
             out.disc_specific, out.disc_common = self.adversary.discriminate(out.specific, out.common)
         if self.rec_adversary is not None:
-            out.disc_real, out.disc_fake = self.rec_adversary(out.label_features, stand_in)
+            out.disc_real, out.disc_fake = self.rec_adversary(out.label_features, rec)
         if self.shuffle:
             B, K, C, _ = out.stack.shape
             sigma, rho = random_permutations(B, K, C, out.stack.device)
@@ -253,11 +294,11 @@ class RAMer(nn.Module):
             out.shuffle_logits = self.aggregator(shuffled)  # (B, K, C)
         if self.memory is not None:
             rec_codes = None if out.reconstructed is None else self.autoencoder.encode(out.reconstructed)
-            out.items, out.item_classes = contrastive_items(out.codes, rec_codes, out.available, labels)
+            out.items, out.item_classes = contrastive_items(out.codes, rec_codes, out.visible, out.available, labels)
             out.queue_items, out.queue_classes = self.memory.snapshot()
             self._enqueue(out.items, out.item_classes)
         if self.reconstruction is not None:
-            self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.available, labels))
+            self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.visible, labels))
 
     @torch.no_grad()
     def _enqueue(self, items: Tensor, classes: Tensor) -> None:
@@ -299,14 +340,18 @@ class RAMer(nn.Module):
             return losses.classification(logits, targets, mask, self.single_label)
 
         add("cls", cls(out.logits, y), 1.0)
-        lsr_logits = fuse_max(out.label_logits, out.available)  # (B, C)
-        add("lsr", cls(lsr_logits, y, out.available.any(1, keepdim=True)), w.w_lsr)
+        lsr_logits = fuse_max(out.label_logits, out.trusted)  # (B, C)
+        add("lsr", cls(lsr_logits, y, out.trusted.any(1, keepdim=True)), w.w_lsr)
         if out.reconstructed is not None:
             add("aug", cls(out.reconstructed_logits.amax(1), y), w.w_aug)
-            add("ae", losses.feature_mse(out.autoencoded, out.label_features, out.available), w.w_ae)
-            add("cross", losses.feature_mse(out.reconstructed, out.label_features, out.available), w.w_cross)
+            # a hidden modality's target is its label feature from its real tokens
+            real = out.label_features
+            if out.hidden_real is not None:
+                real = torch.where(out.dropped[:, :, None, None], out.hidden_real, real)  # (B, M, C, H)
+            add("ae", losses.feature_mse(out.autoencoded, out.label_features, out.visible), w.w_ae)
+            add("cross", losses.feature_mse(out.reconstructed, real, out.available), w.w_cross)
             if out.beta is not None:
-                add("beta", losses.feature_mse(out.beta, out.label_features, out.available), w.w_beta)
+                add("beta", losses.feature_mse(out.beta, real, out.available), w.w_beta)
         if out.items is not None:
             value = losses.supcon(out.items, out.item_classes, out.queue_items, out.queue_classes, self.cfg.temperature)
             add("supcon", value, w.w_cl)
@@ -324,7 +369,7 @@ class RAMer(nn.Module):
             add("orth", losses.orthogonality(out.specific, out.common, out.usable), w.w_orth)
             add("cml", cls(out.cml_logits, y), w.w_cml)
         if out.disc_real is not None:
-            add("rec_adv", losses.real_fake(out.disc_real, out.disc_fake, out.available), w.w_radv)
+            add("rec_adv", losses.real_fake(out.disc_real, out.disc_fake, out.visible, out.available), w.w_radv)
         if out.personality_pred is not None:
             value = losses.personality_mse(out.personality_pred, batch.personality, batch.personality_present)
             add("pers", value, w.w_pers)

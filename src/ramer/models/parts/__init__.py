@@ -22,7 +22,7 @@ from ramer.models.parts.contrastive import ContrastiveMemory, contrastive_items
 from ramer.models.parts.encoders import ModalityEncoder
 from ramer.models.parts.labelwise import LabelWiseAttention, LabelWiseClassifier, fuse_max
 from ramer.models.parts.personality import PersonalityHead, PersonalityStream
-from ramer.models.parts.reconstruction import CrossReconstruction, LabelAutoEncoder, modality_dropout
+from ramer.models.parts.reconstruction import CrossReconstruction, LabelAutoEncoder, StandInGate, modality_dropout
 from ramer.models.parts.shuffle import Aggregator, identity_permutations, random_permutations, shuffle_stack
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "PersonalityHead",
     "PersonalityStream",
     "RealFakeDiscriminator",
+    "StandInGate",
     "contrastive_items",
     "fuse_max",
     "grad_reverse",

@@ -1,7 +1,7 @@
 """Spec MODEL.md §5: supervised contrastive items and a MoCo-style memory queue.
 
-Items are the unit-normalised codes ``normalize(E_m(.))`` of the real and the reconstructed label
-features of every available (sample, modality); the class of the item for (b, m, j) is
+Items are the unit-normalised codes ``normalize(E_m(.))`` of the real label features of every
+visible (sample, modality) and of the reconstructed ones of every available (sample, modality); the class of the item for (b, m, j) is
 ``(m, j, y_bj)``, encoded ``2 * (m * C + j) + y_bj`` (``2 M C`` classes; real and reconstructed
 share it). Anchors are the current batch's items only; the queue (detached items of earlier steps,
 buffers ``queue`` / ``queue_classes`` / ``queue_ptr``) serves only as keys, so the loss costs
@@ -18,15 +18,17 @@ from torch import Tensor, nn
 
 
 def contrastive_items(
-    real: Tensor, reconstructed: Tensor | None, available: Tensor, labels: Tensor
+    real: Tensor, reconstructed: Tensor | None, real_mask: Tensor, rec_mask: Tensor, labels: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """real / reconstructed codes (B, M, C, P), available (B, M), labels (B, C) -> items (I, P), classes (I,)."""
+    """real / reconstructed codes (B, M, C, P), masks (B, M) of the (sample, modality) pairs whose real /
+    reconstructed code is an item, labels (B, C) -> items (I, P), classes (I,)."""
     B, M, C, _ = real.shape
     slot = torch.arange(M * C, device=real.device).view(1, M, C)  # (1, M, C)
     classes = 2 * slot + labels.long().unsqueeze(1)  # (B, M, C)
-    keep = available.unsqueeze(-1).expand(B, M, C)  # (B, M, C)
+    keep = real_mask.unsqueeze(-1).expand(B, M, C)  # (B, M, C)
     items, cls = [F.normalize(real, dim=-1)[keep]], [classes[keep]]
     if reconstructed is not None:
+        keep = rec_mask.unsqueeze(-1).expand(B, M, C)
         items.append(F.normalize(reconstructed, dim=-1)[keep])
         cls.append(classes[keep])
     return torch.cat(items), torch.cat(cls)

@@ -12,10 +12,11 @@
     *other visible* modalities ``n`` of ``softmax_y <z^_n, pi[n, j, y]>`` at ``y = +`` (each code is
     compared with the prototypes of its own space); with no other visible modality, ``m``'s own
     code is used. Training: ``w+ pi+ + (1 - w+) pi-``; evaluation: the nearer one (``w+ > 1/2``);
-  * ``p^_m = G_m(mix_m)``, ``r~_m = F_m([slot_n for n != m ; p^_m])`` (``F_m``: ``M*H -> H -> H``,
-    ReLU; slots in modality order, ``m``'s own slot holds ``p^_m``) where ``slot_n = r^_n`` when
-    ``n``'s label feature may be used and ``p^_n`` when it may not (hidden by modality dropout, or
-    undefined);
+  * ``p^_m = G_m(mix_m)``, ``r~_m = F_m([slot_n for n != m ; own_m])`` (``F_m``: ``M*H -> H -> H``,
+    ReLU; slots in modality order) where ``slot_n = r^_n`` when ``n``'s label feature may be used
+    and ``p^_n`` when it may not (undefined); ``m``'s own slot holds ``p^_m``, or, for a modality
+    missing from the scope whose label feature was built from context (``own_usable``), ``r^_m``
+    (``model.stand_in: own_slot``);
   * optional second ("beta") pass ``r^beta_m = F_m([r~_n for all n])``.
 - ``modality_dropout``: during training, hide each available modality of a sample with
   probability ``p``, never the last one.
@@ -82,8 +83,12 @@ class CrossReconstruction(nn.Module):
         usable: Tensor,
         decode: Callable[[Tensor], Tensor],
         hard: bool,
+        own_usable: Tensor | None = None,
     ) -> Tensor:
-        """r_hat (B, M, C, H), z_unit (B, M, C, P), visible / usable (B, M) -> r~ (B, M, C, H)."""
+        """r_hat (B, M, C, H), z_unit (B, M, C, P), visible / usable (B, M) -> r~ (B, M, C, H).
+
+        ``own_usable`` (B, M): where True, ``m``'s own slot holds ``r^_m`` instead of ``p^_m`` (a
+        label feature built from context for a modality missing from the scope); None: ``p^_m``."""
         protos = self.prototypes.clone().to(z_unit.dtype)  # a snapshot: the buffer is updated later in place
         w = self.positive_weight(z_unit, visible, protos)  # (B, M, C)
         if hard:
@@ -92,11 +97,12 @@ class CrossReconstruction(nn.Module):
         mix = w * protos[:, :, 1] + (1 - w) * protos[:, :, 0]  # (B, M, C, P)
         p_hat = decode(mix)  # (B, M, C, H)
         slots = torch.where(usable[:, :, None, None], r_hat, p_hat)  # (B, M, C, H)
+        own_slot = p_hat if own_usable is None else torch.where(own_usable[:, :, None, None], r_hat, p_hat)
         M = slots.shape[1]
         own = torch.eye(M, dtype=torch.bool, device=slots.device)  # (M, M): target m x slot n
         out = []
         for m, net in enumerate(self.cross):
-            inputs = torch.where(own[m][None, :, None, None], p_hat, slots)  # (B, M, C, H)
+            inputs = torch.where(own[m][None, :, None, None], own_slot, slots)  # (B, M, C, H)
             out.append(net(inputs.transpose(1, 2).flatten(2)))  # (B, C, H)
         return torch.stack(out, 1)
 
@@ -120,3 +126,22 @@ class CrossReconstruction(nn.Module):
         mean = sums / counts.clamp_min(1.0).unsqueeze(-1)
         new = self.momentum * self.prototypes + (1.0 - self.momentum) * mean
         self.prototypes.copy_(torch.where(counts.unsqueeze(-1) > 0, new, self.prototypes))
+
+
+class StandInGate(nn.Module):
+    """``model.stand_in: gate``: for a modality missing from the scope whose label feature ``r_m`` was
+    built from context, the final feature ``f_m = g r_m + (1 - g) r~_m`` with a learned gate per
+    (modality, label), ``g = sigmoid(<w_m, [r_m ; r~_m]> + b_m)`` (starts at 1/2)."""
+
+    def __init__(self, n_modalities: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_modalities, 2, dim))  # (M, 2, H)
+        self.bias = nn.Parameter(torch.zeros(n_modalities))  # (M,)
+
+    def forward(self, r: Tensor, rec: Tensor) -> Tensor:
+        """r, rec (B, M, C, H) -> (B, M, C, H)."""
+        w = self.weight.to(r.dtype)
+        logit = torch.einsum("bmch,mh->bmc", r, w[:, 0]) + torch.einsum("bmch,mh->bmc", rec, w[:, 1])  # (B, M, C)
+        g = torch.sigmoid(logit + self.bias.to(r.dtype)[None, :, None]).unsqueeze(-1)  # (B, M, C, 1)
+        return rec + g * (r - rec)
+
