@@ -45,6 +45,9 @@ def test_train_classical_writes_the_run_directory(tmp_path, kind):
         assert (run / name).is_file(), name
     epoch, final = lines(run)
     assert epoch["epoch"] == 1 and np.isfinite(epoch["train"]["loss"])
+    # The deep recipe's log keys; a fit takes no optimiser steps.
+    assert epoch["step"] is None and epoch["best_step"] is None and epoch["best_epoch"] == 1
+    assert (final["best_epoch"], final["best_step"], final["epochs_run"], final["stopped_early"]) == (1, None, 1, False)
     assert 0 <= epoch["valid"]["overall"]["micro_f1"] <= 1
     test = json.loads((run / "test_metrics.json").read_text())
     assert final["final"] == "test" and final["test"] == test and set(test) == {"overall", "speaker", "nonspeaker"}

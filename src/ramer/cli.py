@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (best by validation micro-F1), then test it once",
                        description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
                                    "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
+                                   "train.epochs is the cap; --set train.patience=K stops once validation has not "
+                                   "improved for K epochs. "
                                    "Without --data it trains on the embedded synthetic benchmark.")
     t.add_argument("--model", help="model name, e.g. br, late_fusion, ramer, or a preset ramer-<ablation> "
                                    "(default: the config's, ramer)")

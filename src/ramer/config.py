@@ -139,6 +139,9 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
     per_label_threshold: bool = False
     max_train_batches: int | None = Field(None, ge=1)  # cap per epoch (smoke runs)
+    # Early stopping: stop once validation's selection score has not improved for this many
+    # epochs; None trains all ``epochs`` (the cap, which the learning-rate schedule spans).
+    patience: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast(bfloat16)
 
 
