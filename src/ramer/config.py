@@ -54,6 +54,9 @@ class SynthConfig(_Section):
     no_speaker_prob: float = Field(0.05, ge=0.0, le=1.0)
     flip_rate: float = Field(0.03, ge=0.0, le=0.5)
     missing_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # True: the same scenes with every modality present for every person at every segment (a
+    # reference without missingness; missing_rate hides nothing then, data.missing_rate must be 0).
+    complete: bool = False
 
 
 class DataConfig(_Section):

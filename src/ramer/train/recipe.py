@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ramer.config import Config, dump_config
-from ramer.data import DataBundle, SceneStore, load_bundle
+from ramer.data import DataBundle, SceneStore, check_complete, load_bundle
 from ramer.errors import RamerError
 from ramer.metrics import report, tune_threshold
 from ramer.models import DataSpec, build_model
@@ -98,6 +98,7 @@ def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> to
 
 def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
     """The splits with the config's extra missing rate applied (seeded per split)."""
+    check_complete(cfg.data)  # complete inputs take no extra missing rate
     rate, at = cfg.data.missing_rate, cfg.data.missing_at
     out = {}
     for name, store in bundle.splits.items():
