@@ -320,10 +320,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = resolve_settings(
         out=args.out, models=args.models, seeds=args.seeds, rates=args.missing_rates, missing_at=args.missing_at,
         data=args.data, config=resolve_config(args.config) if args.config else None, overrides=args.set or [],
-        quick=args.quick, jobs=args.jobs,
+        quick=args.quick, jobs=args.jobs, complete=args.complete,
     )
+    reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
     ERR.print(f"bench: {len(settings.models)} models x {len(settings.seeds)} seeds x {len(settings.rates)} missing "
-              f"rates, {settings.jobs} at a time -> {settings.out}", highlight=False)
+              f"rates{reference}, {settings.jobs} at a time -> {settings.out}", highlight=False)
     try:
         run_bench(settings, console=ERR)
     except KeyboardInterrupt:
@@ -454,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="every model on the same data, seeds and missing rates; results, report, plots",
                        description="Train and test every model (classical and deep baselines, RAMer, ramer-<ablation> "
-                                   "presets) on identical splits, seeds and missing-modality masks; thresholds on "
+                                   "presets) on identical splits, seeds and missing-modality masks; deep models train "
+                                   "until validation stops improving (patience 5, at most 40 epochs); thresholds on "
                                    "validation, test once. Finished runs are cached under OUT/runs, so an interrupted "
                                    "bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
                                    "OUT/plots/*.png. Defaults and their reasons: docs/BENCH.md.")
@@ -468,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output directory (default: runs/bench, --quick: runs/bench-quick)")
     b.add_argument("--jobs", type=int, help="runs trained at once, one process and one torch thread each "
                                             "(default: the number of CPU cores, at most 8)")
+    b.add_argument("--complete", metavar="MODELS",
+                   help="models also trained once per seed on complete inputs (the same scenes, every modality "
+                        "present, missing rate 0), shown as a reference row under every table; embedded benchmark "
+                        "only (default: ramer there, none on other data; '' for none)")
     b.add_argument("--quick", action="store_true", help="small smoke settings (fewer scenes and epochs, 1 seed, rates 0 and 0.6)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
     b.set_defaults(func=cmd_bench)
