@@ -15,7 +15,8 @@ def main(path: str) -> None:
     records = json.load(open(path))
     by_model = defaultdict(list)
     for r in records:
-        by_model[r["model"]].append(r["metrics"])
+        name = r["model"] + (", complete inputs" if r.get("inputs") == "complete" else "")  # a reference run
+        by_model[name].append(r["metrics"])
     cols = [("overall", "micro_f1"), ("overall", "macro_f1"), ("nonspeaker", "micro_f1"), ("nonspeaker", "macro_f1")]
     print("| model | seeds | micro-F1 | macro-F1 | non-speaker micro-F1 | non-speaker macro-F1 |")
     print("|:--|--:|--:|--:|--:|--:|")

@@ -10,7 +10,9 @@ import torch
 
 from ramer import bench as bench_mod
 from ramer.cli import main
+from ramer.config import build_config
 from ramer.data.synthetic import generate
+from ramer.errors import RamerError
 from ramer.metrics import METRIC_KEYS, report
 from ramer.train import checkpoint as ckpt
 from ramer.train.classical import ClassicalModule, ClassicalRecipe
@@ -27,7 +29,8 @@ TINY = [
     "model.heads=2",
 ]
 SETS = [x for s in TINY for x in ("--set", s)]
-BENCH = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0,0.5", "--jobs", "2", *SETS]
+BENCH = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0,0.5", "--complete", "late_fusion",
+         "--jobs", "2", *SETS]
 PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")
 
@@ -45,6 +48,9 @@ def test_train_classical_writes_the_run_directory(tmp_path, kind):
         assert (run / name).is_file(), name
     epoch, final = lines(run)
     assert epoch["epoch"] == 1 and np.isfinite(epoch["train"]["loss"])
+    # The deep recipe's log keys; a fit takes no optimiser steps.
+    assert epoch["step"] is None and epoch["best_step"] is None and epoch["best_epoch"] == 1
+    assert (final["best_epoch"], final["best_step"], final["epochs_run"], final["stopped_early"]) == (1, None, 1, False)
     assert 0 <= epoch["valid"]["overall"]["micro_f1"] <= 1
     test = json.loads((run / "test_metrics.json").read_text())
     assert final["final"] == "test" and final["test"] == test and set(test) == {"overall", "speaker", "nonspeaker"}
@@ -79,20 +85,45 @@ def benched(tmp_path_factory):
 
 def test_bench_writes_results_report_and_plots(benched):
     results = json.loads((benched / "results.json").read_text())
-    assert [(r["model"], r["missing_rate"], r["seed"]) for r in results] == [
-        ("br", 0.0, 1), ("br", 0.5, 1), ("late_fusion", 0.0, 1), ("late_fusion", 0.5, 1)]
+    assert [(r["model"], r["inputs"], r["missing_rate"], r["seed"]) for r in results] == [
+        ("br", "observed", 0.0, 1), ("br", "observed", 0.5, 1), ("late_fusion", "observed", 0.0, 1),
+        ("late_fusion", "observed", 0.5, 1), ("late_fusion", "complete", 0.0, 1)]
     for r in results:
-        assert set(r) == {"model", "seed", "missing_rate", "metrics", "seconds"} and r["seconds"] > 0
+        assert set(r) == {"model", "inputs", "seed", "missing_rate", "metrics", "seconds", "best_epoch", "best_step",
+                          "epochs_run", "stopped_early"} and r["seconds"] > 0
         assert set(r["metrics"]) == {"overall", "speaker", "nonspeaker"}
         assert set(METRIC_KEYS) <= set(r["metrics"]["overall"])
-        run = bench_mod.run_dir(benched, r["model"], r["missing_rate"], r["seed"])
+        run = bench_mod.run_dir(benched, bench_mod.run_name(r), r["missing_rate"], r["seed"])
         assert json.loads((run / "test_metrics.json").read_text()) == r["metrics"]
+        final = lines(run)[-1]
+        assert [r[k] for k in ("best_epoch", "best_step", "epochs_run", "stopped_early")] == [
+            final["best_epoch"], final["best_step"], final["epochs_run"], final["stopped_early"]]
+        if r["model"] == "late_fusion":  # 80 scenes in batches of 32: 3 steps an epoch, 2 epochs
+            assert r["best_step"] == 3 * r["best_epoch"] and r["epochs_run"] == 2 and not r["stopped_early"]
+
+    # The complete-input run: the same scenes with every modality present, at missing rate 0.
+    cfg = build_config(bench_mod.run_dir(benched, "late_fusion@complete", 0.0, 1) / "config.yaml")
+    assert cfg.data.synthetic.complete and cfg.data.missing_rate == 0.0 and cfg.model.name == "late_fusion"
 
     text = (benched / "report.md").read_text()
-    assert "Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all --jobs 2" in text
+    assert ("Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all "
+            "--complete late_fusion --jobs 2") in text
     assert "## Missing rate 0" in text and "## Missing rate 0.5" in text
-    assert "| oracle (ceiling) |" in text and "**" in text
+    assert "| oracle (sees the latent state) |" in text and "**" in text
     assert "speaker micro-F1" in text and "non-speaker micro-F1" in text
+    complete = next(r for r in results if r["inputs"] == "complete")
+    for rate in ("0", "0.5"):
+        table = text.split(f"## Missing rate {rate}\n")[1].split("##")[0]
+        header, rows = table.strip().splitlines()[0], table.strip().splitlines()[2:]
+        assert header.split(" | ")[-2] == "steps to best"
+        cells = {row.split(" | ")[0].lstrip("| "): row.strip("| ").split(" | ") for row in rows}
+        assert list(cells) == ["br", "late_fusion", "late_fusion, complete inputs (reference)",
+                               "oracle (sees the latent state)"]
+        lf = next(r for r in results if r["model"] == "late_fusion" and r["inputs"] == "observed"
+                  and f"{r['missing_rate']:g}" == rate)
+        assert cells["late_fusion"][-2] == str(lf["best_step"]) and cells["br"][-2] == "–"
+        ref = cells["late_fusion, complete inputs (reference)"]
+        assert ref[1] == f"{complete['metrics']['overall']['micro_f1']:.3f}" and "**" not in "".join(ref)
     for name in ("micro_f1_vs_missing", "per_label_f1", "speaker_vs_nonspeaker", "training_curves"):
         png = benched / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
@@ -114,8 +145,8 @@ def test_bench_rerun_reuses_every_run(benched, monkeypatch):
 
 def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypatch):
     out = tmp_path / "b"
-    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--jobs", "1", *SETS,
-            "--out", str(out)]
+    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", "late_fusion",
+            "--jobs", "1", *SETS, "--out", str(out)]
     # A partial classical run (no test metrics) must be started again, not trusted.
     stale = bench_mod.run_dir(out, "br", 0.0, 1)
     stale.mkdir(parents=True)
@@ -123,34 +154,80 @@ def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypat
 
     real_epoch = Recipe.train_epoch
 
-    def killed_in_epoch_2(self, epoch, bar):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch, bar)
+    def killed_in_epoch_2(only_complete):
+        def train_epoch(self, epoch, bar):
+            if epoch == 2 and (self.cfg.data.synthetic.complete or not only_complete):
+                raise KeyboardInterrupt
+            return real_epoch(self, epoch, bar)
 
-    monkeypatch.setattr(Recipe, "train_epoch", killed_in_epoch_2)
+        return train_epoch
+
+    monkeypatch.setattr(Recipe, "train_epoch", killed_in_epoch_2(only_complete=False))
     assert main(argv) == 130
     lf = bench_mod.run_dir(out, "late_fusion", 0.0, 1)
     assert (lf / "train_state.pt").exists() and not (lf / "test_metrics.json").exists()
     assert (bench_mod.run_dir(out, "br", 0.0, 1) / "test_metrics.json").exists()
 
-    monkeypatch.setattr(Recipe, "train_epoch", real_epoch)
     calls = []
     real_run = bench_mod.run_training
 
     def spy(cfg, run, **kw):
-        calls.append((cfg.model.name, kw.get("resume")))
+        calls.append((cfg.model.name, cfg.data.synthetic.complete, kw.get("resume")))
         return real_run(cfg, run, **kw)
 
     monkeypatch.setattr(bench_mod, "run_training", spy)
+    # Now the complete-input run is killed in its epoch 2 (the other run resumes and ends).
+    monkeypatch.setattr(Recipe, "train_epoch", killed_in_epoch_2(only_complete=True))
+    assert main(argv) == 130
+    assert calls == [("late_fusion", False, True), ("late_fusion", True, False)]
+    lf_complete = bench_mod.run_dir(out, "late_fusion@complete", 0.0, 1)
+    assert (lf_complete / "train_state.pt").exists() and not (lf_complete / "test_metrics.json").exists()
+
+    monkeypatch.setattr(Recipe, "train_epoch", real_epoch)
+    calls.clear()
     assert main(argv) == 0
-    assert calls == [("late_fusion", True)]
-    # The resumed run reproduces the uninterrupted one (the same run of the first bench, which ran
-    # in a worker process: parallel and sequential benches agree too).
-    whole = bench_mod.run_dir(benched, "late_fusion", 0.0, 1)
-    assert json.loads((lf / "test_metrics.json").read_text()) == json.loads((whole / "test_metrics.json").read_text())
-    losses = [[ln["train"]["loss"] for ln in lines(run) if "epoch" in ln] for run in (lf, whole)]
-    assert len(losses[0]) == 2 and losses[0] == losses[1]
+    assert calls == [("late_fusion", True, True)]
+    # The resumed runs reproduce the uninterrupted ones (the same runs of the first bench, which ran
+    # in worker processes: parallel and sequential benches agree too).
+    for name, run in (("late_fusion", lf), ("late_fusion@complete", lf_complete)):
+        whole = bench_mod.run_dir(benched, name, 0.0, 1)
+        test = [json.loads((r / "test_metrics.json").read_text()) for r in (run, whole)]
+        assert test[0] == test[1], name
+        losses = [[ln["train"]["loss"] for ln in lines(r) if "epoch" in ln] for r in (run, whole)]
+        assert len(losses[0]) == 2 and losses[0] == losses[1], name
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["inputs"]) for r in results] == [
+        ("br", "observed"), ("late_fusion", "observed"), ("late_fusion", "complete")]
+
+
+def test_complete_option(tmp_path):
+    """--complete: ramer by default on the embedded benchmark, none on other data, '' for none;
+    a list on other data is an error."""
+    assert bench_mod.resolve_settings(overrides=TINY).complete == ["ramer"]
+    assert bench_mod.resolve_settings(overrides=TINY, complete="").complete == []
+    assert bench_mod.resolve_settings(overrides=TINY, complete="br,ramer").complete == ["br", "ramer"]
+    assert bench_mod.resolve_settings(overrides=TINY, data=str(tmp_path)).complete == []
+    with pytest.raises(RamerError, match="--complete: complete inputs exist only for the embedded benchmark"):
+        bench_mod.resolve_settings(overrides=TINY, data=str(tmp_path), complete="ramer")
+    with pytest.raises(RamerError, match="--models: unknown nope"):
+        bench_mod.resolve_settings(overrides=TINY, complete="nope")
+    assert main(["bench", "--data", str(tmp_path), "--complete", "ramer", "--out", str(tmp_path / "b")]) == 2
+    # A complete run: the model's run at missing rate 0 on complete inputs, whatever the rate table.
+    settings = bench_mod.resolve_settings(overrides=TINY)
+    cfg = bench_mod.plan_config(settings.base, "ramer-no_shuffle@complete", 3, 0.0)
+    assert (cfg.model.name, cfg.model.ablations, cfg.train.seed) == ("ramer", ["no_shuffle"], 3)
+    assert cfg.data.synthetic.complete and cfg.data.missing_rate == 0.0
+    assert not bench_mod.plan_config(settings.base, "ramer", 3, 0.3).data.synthetic.complete
+
+
+def test_bench_defaults_stop_early():
+    """The default bench trains to convergence (patience under a cap); --quick keeps a small cap."""
+    base = bench_mod.resolve_settings().base
+    assert (base.train.epochs, base.train.patience) == (40, 5)
+    quick = bench_mod.resolve_settings(quick=True).base
+    assert (quick.train.epochs, quick.train.patience) == (3, 1)
+    mine = bench_mod.resolve_settings(overrides=["train.patience=null", "train.epochs=7"]).base
+    assert (mine.train.epochs, mine.train.patience) == (7, None)  # --set overrides the defaults
 
 
 @pytest.mark.parametrize("missing_at", ["all", "test"])

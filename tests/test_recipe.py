@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from ramer.cli import main
 from ramer.config import build_config
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
 from ramer.train import checkpoint as ckpt
+from ramer.train import recipe as recipe_mod
 from ramer.train.recipe import Recipe
 
 TINY = [
@@ -70,6 +72,10 @@ def test_run_directory_contents(tmp_path, bundle):
     final = json.loads(lines[-1])
     best = max(epoch_lines(out), key=lambda d: d["valid"]["overall"]["micro_f1"])
     assert final["best_epoch"] == best["epoch"]  # tested on the best checkpoint, not the last
+    steps = 160 // 32  # optimiser steps per epoch
+    assert [d["step"] for d in epoch_lines(out)] == [steps, 2 * steps, 3 * steps]
+    assert [d["best_step"] for d in epoch_lines(out)] == [d["best_epoch"] * steps for d in epoch_lines(out)]
+    assert (final["best_step"], final["epochs_run"], final["stopped_early"]) == (best["epoch"] * steps, 3, False)
     assert final["threshold"] == best["threshold"]  # threshold chosen on validation
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["epoch"] == 3
@@ -87,6 +93,86 @@ def test_resume_equals_uninterrupted_run(tmp_path, bundle):
     a, b = epoch_lines(tmp_path / "full"), epoch_lines(tmp_path / "cut")
     assert [x["valid"] for x in a] == [x["valid"] for x in b]
     assert [x["train"] for x in a] == [x["train"] for x in b]
+
+
+# ------------------------------------------------------------------ early stopping
+def scripted_scores(monkeypatch, scores: dict[int, float]) -> None:
+    """Validation's selection score of epoch ``e`` becomes ``scores[e]`` (the rest of the run is real)."""
+    now = {}
+    real_epoch = Recipe.train_epoch
+
+    def train_epoch(self, epoch, bar):
+        now["epoch"] = epoch
+        return real_epoch(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    monkeypatch.setattr(recipe_mod, "selection_score", lambda valid, task: scores[now["epoch"]])
+
+
+# Best at epoch 2; with patience 2 the run stops after epoch 4 (epoch 5 would have been better).
+SCORES = {1: 0.3, 2: 0.5, 3: 0.4, 4: 0.45, 5: 0.7, 6: 0.8, 7: 0.9, 8: 0.95}
+PATIENT = ["train.epochs=8", "train.patience=2"]
+
+
+def test_early_stopping_stops_after_patience_epochs(tmp_path, bundle, monkeypatch):
+    scripted_scores(monkeypatch, SCORES)
+    out = tmp_path / "run"
+    console = Console(record=True, width=200)
+    Recipe(tiny_cfg(extra=PATIENT), out, bundle=bundle, console=console).run()
+    steps = 160 // 32
+    lines = epoch_lines(out)
+    assert [d["epoch"] for d in lines] == [1, 2, 3, 4]
+    assert [d["best_epoch"] for d in lines] == [1, 2, 2, 2] and [d["best_step"] for d in lines] == [5, 10, 10, 10]
+    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    progress = (final["best_epoch"], final["best_step"], final["epochs_run"], final["stopped_early"])
+    assert progress == (2, 2 * steps, 4, True)
+    assert ckpt.read_model_file(out / "model.safetensors")[4] == 2  # tested on the best epoch's weights
+    assert "stopping early after epoch 4/8: no better validation score for 2 epoch(s)" in console.export_text()
+
+
+def test_early_stopping_keeps_the_schedule_of_the_cap(tmp_path, bundle, monkeypatch):
+    """A run that stops early trains exactly the first epochs of the same run without patience:
+    the learning-rate schedule spans ``train.epochs`` either way."""
+    Recipe(tiny_cfg(extra=["train.epochs=4"]), tmp_path / "whole", bundle=bundle).run()
+    scripted_scores(monkeypatch, {1: 0.5, 2: 0.4, 3: 0.3, 4: 0.2})
+    Recipe(tiny_cfg(extra=["train.epochs=4", "train.patience=1"]), tmp_path / "early", bundle=bundle).run()
+    whole, early = epoch_lines(tmp_path / "whole"), epoch_lines(tmp_path / "early")
+    assert len(early) == 2 and len(whole) == 4
+    for key in ("train", "valid", "lr", "step"):
+        assert [d[key] for d in early] == [d[key] for d in whole[:2]], key
+
+
+def test_resume_honours_early_stopping(tmp_path, bundle, monkeypatch):
+    scripted_scores(monkeypatch, SCORES)
+    full = Recipe(tiny_cfg(extra=PATIENT), tmp_path / "full", bundle=bundle).run()
+    # Killed after epoch 3 (before the stop): the resumed run trains epoch 4 and stops there too.
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(extra=PATIENT), tmp_path / "cut", bundle=bundle, hooks=(stop_after(3),)).run()
+    resumed = Recipe(tiny_cfg(extra=PATIENT), tmp_path / "cut", resume=True, bundle=bundle).run()
+    assert resumed == full
+    a, b = epoch_lines(tmp_path / "full"), epoch_lines(tmp_path / "cut")
+    assert [x["epoch"] for x in b] == [1, 2, 3, 4]
+    for key in ("train", "valid", "step", "best_step"):
+        assert [x[key] for x in a] == [x[key] for x in b], key
+    final = [json.loads(ln) for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert (final["best_epoch"], final["epochs_run"], final["stopped_early"]) == (2, 4, True)
+
+    # A run that had stopped early and is resumed trains nothing more (epoch 5 would improve).
+    before = (tmp_path / "full" / "metrics.jsonl").read_text()
+
+    def no_training(self, epoch, bar):
+        raise AssertionError(f"epoch {epoch} trained after the run had stopped")
+
+    monkeypatch.setattr(Recipe, "train_epoch", no_training)
+    again = Recipe(tiny_cfg(extra=PATIENT), tmp_path / "full", resume=True, bundle=bundle).run()
+    assert again == full
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == before
+
+
+def test_patience_is_checked():
+    with pytest.raises(RamerError, match="train.patience"):
+        build_config(overrides=["train.patience=0"])
+    assert build_config().train.patience is None  # off by default for `ramer train`
 
 
 def test_new_run_refuses_to_overwrite(tmp_path, bundle):

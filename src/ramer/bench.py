@@ -5,10 +5,15 @@
   ``all`` (baselines + ramer), ``ablations`` (ramer + one preset per ablation).
 - Protocol: the dataset is built once; run (model, seed, rate) gets ``train.seed = seed`` and
   ``data.missing_rate = rate``, so each (seed, rate) pair has identical splits and identical
-  hidden modalities for every model. Best epoch and threshold are chosen on validation; test once.
-  Single-label data (``data.task``): arg-max decisions, best epoch by validation weighted F1, and
-  the report leads with accuracy and weighted F1 (``COLUMNS``).
-- Cache: ``DIR/runs/<model>/missing-<rate>/seed-<seed>/`` is a normal run directory. It is reused
+  hidden modalities for every model. Training stops early once validation has not improved for
+  ``train.patience`` epochs (``train.epochs`` is the cap). Best epoch and threshold are chosen on
+  validation; test once. Single-label data (``data.task``): arg-max decisions, best epoch by
+  validation weighted F1, and the report leads with accuracy and weighted F1 (``COLUMNS``).
+- Complete-input reference (embedded benchmark only, ``--complete``): each listed model is also
+  trained once per seed on the same scenes with every modality present for every person
+  (``data.synthetic.complete``, missing rate 0); its row repeats under every missing-rate table.
+- Cache: ``DIR/runs/<model>/missing-<rate>/seed-<seed>/`` (complete inputs:
+  ``DIR/runs/<model>@complete/missing-0/seed-<seed>/``) is a normal run directory. It is reused
   when its ``test_metrics.json`` exists and its ``config.yaml`` equals the run's config; a deep run
   stopped mid-training is resumed from its ``train_state.pt``; anything else there is removed and
   the run starts again. So an interrupted bench resumes where it stopped.
@@ -31,7 +36,7 @@ import yaml
 from rich.console import Console
 
 from ramer.config import ABLATIONS, Config, DataConfig, build_config, config_from_dict
-from ramer.data import DataBundle, load_bundle
+from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION
@@ -50,16 +55,17 @@ GROUPS = {
 PARTS = ("overall", "speaker", "nonspeaker")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "synthetic.yaml"
 
-# Bench defaults, applied before the user's --set. Chosen so the default bench (9 models x 3 seeds
-# x 3 rates = 81 runs) fits in 30 minutes on 2 CPU cores: see docs/BENCH.md for the arithmetic.
-# One torch thread per run, runs in parallel (``--jobs``): on a busy machine two threads per
-# process were measured 50x slower than one.
+# Bench defaults, applied before the user's --set (docs/BENCH.md says why). Every deep model
+# trains until validation has not improved for 5 epochs, at most 40 epochs: models are compared
+# trained to convergence, not at one fixed budget. One torch thread per run, runs in parallel
+# (``--jobs``): on a busy machine two threads per process were measured 50x slower than one.
 DEFAULT_SETS = (
     "train.threads=1",
     "data.synthetic.n_train=2000",
     "data.synthetic.n_valid=300",
     "data.synthetic.n_test=1000",
-    "train.epochs=6",
+    "train.epochs=40",
+    "train.patience=5",
 )
 DEFAULT_SEEDS, DEFAULT_RATES = 3, (0.0, 0.3, 0.6)
 QUICK_SETS = (
@@ -68,6 +74,7 @@ QUICK_SETS = (
     "data.synthetic.n_valid=200",
     "data.synthetic.n_test=400",
     "train.epochs=3",
+    "train.patience=1",  # can stop at epoch 2: the stopping path runs within the smoke cap
 )
 QUICK_SEEDS, QUICK_RATES = 1, (0.0, 0.6)
 
@@ -85,6 +92,7 @@ class BenchSettings:
     overrides: list[str] = field(default_factory=list)  # the user's --set
     quick: bool = False
     jobs: int = 1  # runs trained at the same time, each in its own process
+    complete: list[str] = field(default_factory=list)  # models also trained on complete inputs (reference rows)
     base: Config | None = None  # the resolved config every run starts from (``resolve_settings``)
 
     @property
@@ -100,7 +108,7 @@ class BenchSettings:
             parts += ["--config", str(self.config)]
         parts += ["--models", ",".join(self.models), "--seeds", str(len(self.seeds)),
                   "--missing-rates", ",".join(f"{r:g}" for r in self.rates), "--missing-at", self.missing_at,
-                  "--jobs", str(self.jobs), "--out", str(self.out)]
+                  "--complete", ",".join(self.complete), "--jobs", str(self.jobs), "--out", str(self.out)]
         if self.quick:
             parts.append("--quick")
         for s in self.overrides:
@@ -151,6 +159,7 @@ def resolve_settings(
     overrides: list[str] | None = None,
     quick: bool = False,
     jobs: int | None = None,
+    complete: str | None = None,
 ) -> BenchSettings:
     """Settings from the command line's values (None: the default, or the quick default)."""
     if jobs is not None and jobs < 1:
@@ -172,7 +181,23 @@ def resolve_settings(
     )
     s.base = base_config(s)
     s.seeds = [s.base.train.seed + k for k in range(n_seeds)]
+    s.complete = parse_complete(complete, s.base)
     return s
+
+
+def parse_complete(text: str | None, base: Config) -> list[str]:
+    """``--complete``: the models to train on complete inputs too. Default: ``ramer`` on the
+    embedded benchmark, none on other data; ``''``: none; a list on other data is an error."""
+    embedded = base.data.path is None
+    if text is None:
+        return ["ramer"] if embedded else []
+    if not text.strip():
+        return []
+    names = parse_models(text)
+    if not embedded:
+        raise RamerError(f"--complete: complete inputs exist only for the embedded benchmark, not for "
+                         f"{base.data.path}; use --complete ''")
+    return names
 
 
 def base_config(s: BenchSettings) -> Config:
@@ -203,6 +228,24 @@ def run_config(base: Config, model: str, seed: int, rate: float) -> Config:
     cfg.train.seed = seed
     cfg.data.missing_rate = rate
     return cfg
+
+
+COMPLETE = "@complete"  # suffix of a run name on complete inputs: ``ramer@complete``
+
+
+def plan_config(base: Config, name: str, seed: int, rate: float) -> Config:
+    """The config of one planned run: ``run_config``, or for ``MODEL@complete`` the model's run at
+    missing rate 0 on complete inputs."""
+    if name.endswith(COMPLETE):
+        cfg = run_config(base, name[: -len(COMPLETE)], seed, 0.0)
+        cfg.data = complete_data(cfg.data)
+        return cfg
+    return run_config(base, name, seed, rate)
+
+
+def run_name(record: dict) -> str:
+    """A results.json record's run name: the model, with ``@complete`` for complete inputs."""
+    return record["model"] + (COMPLETE if record.get("inputs") == "complete" else "")
 
 
 def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
@@ -266,7 +309,7 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tup
     return metrics, seconds, state
 
 
-# Worker processes (``--jobs`` > 1) load the dataset once each, on their first run.
+# Worker processes (``--jobs`` > 1) load each dataset (observed, complete) once, on first use.
 _WORKER: dict = {}
 
 
@@ -276,10 +319,12 @@ def _init_worker(data: dict) -> None:
 
 
 def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, float, str]:
-    if "bundle" not in _WORKER:
-        _WORKER["bundle"] = load_bundle(DataConfig.model_validate(_WORKER["data"]))
     cfg = config_from_dict(cfg_tree, "bench run")
-    return execute(cfg, Path(run), _WORKER["bundle"], Console(stderr=True, quiet=True))
+    complete = cfg.data.synthetic.complete
+    if complete not in _WORKER:
+        data = DataConfig.model_validate(_WORKER["data"])
+        _WORKER[complete] = load_bundle(complete_data(data) if complete else data)
+    return execute(cfg, Path(run), _WORKER[complete], Console(stderr=True, quiet=True))
 
 
 def default_jobs() -> int:
@@ -303,32 +348,39 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     console.print(f"data {bundle.source}: {', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}"
                   f" ({time.perf_counter() - t0:.1f}s)", highlight=False)
     plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]
+    plan += [(m + COMPLETE, seed, 0.0) for seed in s.seeds for m in s.complete]
+    bundles = {False: bundle}
+    if s.complete:
+        bundles[True] = load_bundle(complete_data(base.data))
     records: dict[tuple[str, int, float], dict] = {}
     counts = {"done": 0, "resume": 0, "fresh": 0}
 
     def record(key: tuple[str, int, float], metrics: dict, seconds: float, state: str) -> None:
-        model, seed, rate = key
+        name, seed, rate = key
         counts[state] += 1
-        records[key] = {"model": model, "seed": seed, "missing_rate": rate,
-                        "metrics": {k: metrics[k] for k in PARTS if k in metrics}, "seconds": seconds}
+        complete = name.endswith(COMPLETE)
+        records[key] = {"model": name[: -len(COMPLETE)] if complete else name,
+                        "inputs": "complete" if complete else "observed", "seed": seed, "missing_rate": rate,
+                        "metrics": {k: metrics[k] for k in PARTS if k in metrics}, "seconds": seconds,
+                        **run_progress(run_dir(s.out, name, rate, seed))}
         how = {"done": "cached", "resume": "resumed", "fresh": "trained"}[state]
-        console.print(f"[{len(records)}/{len(plan)}] {model:<24} missing {rate:<4g} seed {seed}: test "
+        console.print(f"[{len(records)}/{len(plan)}] {name:<24} missing {rate:<4g} seed {seed}: test "
                       f"{METRIC_NAMES[metric]} {metrics['overall'][metric]:.4f}  {how} ({seconds:.1f}s)", highlight=False,
                       soft_wrap=True)
         write_results(s.out, _ordered(records, s))
 
     todo = []
     for key in plan:
-        cfg = run_config(base, *key)
+        cfg = plan_config(base, *key)
         run = run_dir(s.out, key[0], key[2], key[1])
         if cache_state(run, cfg) == "done":
-            record(key, *execute(cfg, run, bundle, console))
+            record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], console))
         else:
             todo.append((key, cfg, run))
     quiet = Console(stderr=True, quiet=True)
     if s.jobs <= 1 or len(todo) <= 1:
         for key, cfg, run in todo:
-            record(key, *execute(cfg, run, bundle, quiet))
+            record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet))
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from multiprocessing import get_context
@@ -360,7 +412,19 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
 
 
 def _ordered(records: dict, s: BenchSettings) -> list[dict]:
-    return [records[(m, seed, r)] for m in s.models for r in s.rates for seed in s.seeds if (m, seed, r) in records]
+    keys = [(m, seed, r) for m in s.models for r in s.rates for seed in s.seeds]
+    keys += [(m + COMPLETE, seed, 0.0) for m in s.complete for seed in s.seeds]
+    return [records[k] for k in keys if k in records]
+
+
+PROGRESS_KEYS = ("best_epoch", "best_step", "epochs_run", "stopped_early")
+
+
+def run_progress(run: Path) -> dict:
+    """``best_epoch``, ``best_step``, ``epochs_run`` and ``stopped_early`` from a finished run's test
+    line in ``metrics.jsonl`` (None where the run's log lacks them)."""
+    final = next((rec for rec in reversed(_read_jsonl(run)) if rec.get("final") == "test"), {})
+    return {k: final.get(k) for k in PROGRESS_KEYS}
 
 
 def write_results(out: Path, results: list[dict]) -> None:
@@ -369,9 +433,10 @@ def write_results(out: Path, results: list[dict]) -> None:
 
 # ---------------------------------------------------------------------- aggregation
 def summarise(results: list[dict], model: str, rate: float, part: str, key: str) -> tuple[float, float, int]:
-    """Mean, sample std (0 for one seed) and count of a metric over seeds."""
+    """Mean, sample std (0 for one seed) and count of a metric over seeds (``model``: a run name,
+    ``MODEL@complete`` for the complete-input runs)."""
     vals = [r["metrics"][part][key] for r in results
-            if r["model"] == model and r["missing_rate"] == rate and part in r["metrics"]]
+            if run_name(r) == model and r["missing_rate"] == rate and part in r["metrics"]]
     if not vals:
         return float("nan"), float("nan"), 0
     arr = np.asarray(vals, dtype=np.float64)
@@ -397,6 +462,7 @@ def per_label_f1(out: Path, model: str, rate: float, seeds: list[int]) -> dict[s
 
 
 # ---------------------------------------------------------------------- report
+ORACLE_ROW = "oracle (sees the latent state)"  # the reference row of the embedded benchmark's oracle
 COLUMNS = {  # per task: (part, key, header, higher is better)
     "multi_label": (
         ("overall", "micro_f1", "micro-F1", True),
@@ -425,9 +491,11 @@ def _fmt(mean: float, std: float, n: int) -> str:
 def rate_table(
     results: list[dict], s: BenchSettings, rate: float, oracle: dict | None, task: str = "multi_label"
 ) -> list[str]:
-    models = [m for m in s.models if any(r["model"] == m and r["missing_rate"] == rate for r in results)]
+    """One missing rate's table: a row per model (bold: best per column), then the reference rows
+    (each complete-input model at rate 0, the oracle), which take no part in the bold."""
+    models = [m for m in s.models if any(run_name(r) == m and r["missing_rate"] == rate for r in results)]
     cols = [c for c in COLUMNS[task] if any(c[0] in r["metrics"] for r in results)]
-    header = ["model", *(c[2] for c in cols), "s/run"]
+    header = ["model", *(c[2] for c in cols), "steps to best", "s/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
     best = {}
     for part, key, _, higher in cols:
@@ -435,17 +503,25 @@ def rate_table(
         means = [v for v in means if not np.isnan(v)]
         if means:
             best[(part, key)] = max(means) if higher else min(means)
-    for m in models:
-        cells = [m]
+
+    def row(name: str, label: str, at: float, bold: bool) -> str:
+        cells = [label]
         for part, key, _, _ in cols:
-            mean, std, n = summarise(results, m, rate, part, key)
+            mean, std, n = summarise(results, name, at, part, key)
             text = _fmt(mean, std, n)
-            cells.append(f"**{text}**" if n and round(mean, 3) == best.get((part, key)) else text)
-        secs = [r["seconds"] for r in results if r["model"] == m and r["missing_rate"] == rate]
-        cells.append(f"{np.mean(secs):.1f}" if np.mean(secs) < 10 else f"{np.mean(secs):.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
+            cells.append(f"**{text}**" if bold and n and round(mean, 3) == best.get((part, key)) else text)
+        runs = [r for r in results if run_name(r) == name and r["missing_rate"] == at]
+        steps = [r["best_step"] for r in runs if r.get("best_step") is not None]  # none for a classical fit
+        cells.append(f"{np.mean(steps):.0f}" if steps else "–")
+        secs = np.mean([r["seconds"] for r in runs])
+        cells.append(f"{secs:.1f}" if secs < 10 else f"{secs:.0f}")
+        return "| " + " | ".join(cells) + " |"
+
+    lines += [row(m, m, rate, True) for m in models]
+    lines += [row(m + COMPLETE, f"{m}, complete inputs (reference)", 0.0, False) for m in s.complete
+              if any(run_name(r) == m + COMPLETE for r in results)]
     if oracle is not None:
-        cells = ["oracle (ceiling)"] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–"]
+        cells = [ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -462,6 +538,9 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         data = f"`{base.data.path}` ({bundle.source}; " + ", ".join(f"{k} {len(v)}" for k, v in bundle.splits.items()) + ")"
     where = "train, validation and test" if s.missing_at == "all" else "test only (clean training)"
     t = base.train
+    budget = (f"up to {t.epochs} epochs, stopping once validation {METRIC_NAMES[SELECTION[info['task']]]} has not "
+              f"improved for {t.patience} "
+              f"epoch{'s' if t.patience > 1 else ''}" if t.patience else f"{t.epochs} epochs")
     (l1, _, _), (l2, _, _) = info["load"]
     c = info["counts"]
     if info["task"] == "single_label":
@@ -482,17 +561,23 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         "the same hidden modalities.",
         f"- Missing rates: {', '.join(f'{r:g}' for r in s.rates)}: extra probability of hiding each present "
         f"modality of each token, applied to {where}.",
-        f"- Training (every deep model alike): {t.epochs} epochs, batch {t.batch_size}, AdamW lr {t.lr:g}, "
-        f"warm-up {t.warmup:g}; {decision}; test once on the best checkpoint. Classical models: one "
-        "logistic-regression fit.",
+        f"- Training (every deep model alike): {budget}, batch {t.batch_size}, AdamW lr {t.lr:g}, "
+        f"warm-up {t.warmup:g} (the schedule spans the cap); {decision}; test once on the best checkpoint. "
+        "Classical models: one logistic-regression fit.",
+        *([f"- Complete-input reference: {', '.join(s.complete)} also trained and tested once per seed on the same "
+           "scenes with every modality present for every person at every segment (`data.synthetic.complete`, "
+           "missing rate 0); shown under every table as `MODEL, complete inputs (reference)`, outside the bold."]
+          if s.complete else []),
         f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}, load average {l1:.1f} at start, "
         f"{l2:.1f} at end. This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, {c['resume']} resumed, "
         f"{c['done']} reused from the cache); all runs together: {sum(r['seconds'] for r in results):.0f} s of training "
         "and testing.",
         "",
         "Test split; mean ± sample std over seeds (one seed: the value). **Bold**: best model per column "
-        "(HL: lowest). `s/run`: mean seconds per run. Metric definitions: `ramer.metrics`."
-        + (" The oracle row reads the latent emotion state before annotator noise: the ceiling." if oracle else ""),
+        "(HL: lowest). `steps to best`: optimiser steps done at the end of the best epoch, mean over seeds (a "
+        "classical fit takes none). `s/run`: mean seconds per run. Metric definitions: `ramer.metrics`."
+        + (f" The `{ORACLE_ROW}` row reads the target's latent emotion state before annotator noise: the ceiling."
+           if oracle else ""),
     ]
     for rate in s.rates:
         lines += ["", f"## Missing rate {rate:g}", ""]
@@ -534,7 +619,7 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
     plt = _pyplot()
     folder = s.out / "plots"
     make_folder(folder)
-    models = [m for m in s.models if any(r["model"] == m for r in results)]
+    models = [m for m in s.models if any(run_name(r) == m for r in results)]
     colors = _colors(models)
     written = []
 
@@ -547,6 +632,10 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
             x, y, e = zip(*pts)
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=colors[m], label=m,
                         linewidth=2.5 if m == "ramer" else 1.3)
+    for m in s.complete:
+        mean, _, n = summarise(results, m + COMPLETE, 0.0, "overall", "micro_f1")
+        if n:
+            ax.axhline(mean, color=colors.get(m, "grey"), linestyle=":", linewidth=1.5, label=f"{m}, complete inputs")
     if oracle is not None:
         ax.axhline(oracle["overall"]["micro_f1"], color="black", linestyle="--", linewidth=1, label="oracle ceiling")
     ax.set(title="Test micro-F1 vs missing-modality rate", xlabel=f"extra missing rate ({s.missing_at})",

@@ -57,6 +57,9 @@ class SynthConfig(_Section):
     no_speaker_prob: float = Field(0.05, ge=0.0, le=1.0)
     flip_rate: float = Field(0.03, ge=0.0, le=0.5)
     missing_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # True: the same scenes with every modality present for every person at every segment (a
+    # reference without missingness; missing_rate hides nothing then, data.missing_rate must be 0).
+    complete: bool = False
 
 
 class DataConfig(_Section):
@@ -147,6 +150,9 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
     per_label_threshold: bool = False
     max_train_batches: int | None = Field(None, ge=1)  # cap per epoch (smoke runs)
+    # Early stopping: stop once validation's selection score has not improved for this many
+    # epochs; None trains all ``epochs`` (the cap, which the learning-rate schedule spans).
+    patience: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast(bfloat16)
 
 

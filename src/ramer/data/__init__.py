@@ -9,8 +9,29 @@ from ramer.data.store import DataBundle, SceneStore, is_native, load_native
 from ramer.errors import RamerError
 
 
+def check_complete(cfg: DataConfig) -> None:
+    """``data.synthetic.complete`` means complete: only the embedded benchmark has it, and no extra
+    modality is hidden from it (``data.missing_rate`` must be 0)."""
+    if not cfg.synthetic.complete:
+        return
+    if cfg.path is not None:
+        raise RamerError(f"data.synthetic.complete is for the embedded benchmark; data.path is set ({cfg.path})")
+    if cfg.missing_rate > 0:
+        raise RamerError(f"data.synthetic.complete: complete inputs hide nothing, but data.missing_rate is "
+                         f"{cfg.missing_rate:g}; set it to 0")
+
+
+def complete_data(cfg: DataConfig) -> DataConfig:
+    """A copy of ``cfg`` with complete inputs: the same scenes, every modality present, no extra hiding."""
+    out = cfg.model_copy(deep=True)
+    out.synthetic.complete = True
+    out.missing_rate = 0.0
+    return out
+
+
 def load_bundle(cfg: DataConfig) -> DataBundle:
     """The dataset a config names: synthetic when ``path`` is None, else a file or directory."""
+    check_complete(cfg)
     if cfg.path is None:
         if cfg.format not in ("auto", "synthetic"):
             raise RamerError(f"data.format is '{cfg.format}' but no data path was given")
@@ -38,4 +59,6 @@ def loader_options(cfg: DataConfig) -> dict:
     }
 
 
-__all__ = ["DataBundle", "SceneStore", "load_bundle", "load_native", "loader_options"]
+__all__ = [
+    "DataBundle", "SceneStore", "check_complete", "complete_data", "load_bundle", "load_native", "loader_options",
+]

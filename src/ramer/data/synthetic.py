@@ -15,6 +15,12 @@ Generative story, per scene:
   audio, lighting in visual) plus noise. Text is the most informative, visual the least.
 - Target: one (person, segment) per scene, about half speakers and half non-speakers.
 
+``complete=True`` gives the same scenes (persons, segments, latent states, labels, targets, roles,
+ids; the random numbers are drawn alike) with every modality present for every person at every
+segment, as if everyone spoke and every face were visible: the features of a token that is
+present either way are equal, the others come from the same maps and noise. ``role`` keeps the
+target's speaker / non-speaker role. The ``missing_rate`` knob hides nothing then.
+
 The oracle sees the target's latent state before the label flips: its metrics are the ceiling.
 """
 
@@ -136,6 +142,8 @@ def _split(world: _World, n: int, rng: np.random.Generator, name: str) -> tuple[
         voice.append(np.repeat(world.voices[chars], S, axis=0))
     z = np.concatenate(z_all)
     present = np.concatenate(pres_all)
+    if cfg.complete:  # every draw above was made all the same, so the scenes are those of complete=False
+        present = np.ones_like(present)
     nuisance = {
         "text": np.concatenate(topic),
         "audio": np.concatenate(voice),

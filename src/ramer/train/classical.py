@@ -5,10 +5,12 @@ Same run directory as the deep recipe, so ``ramer eval`` / the bench read both a
 ``config.yaml``, ``model.safetensors`` (the fitted arrays as float64 tensors; config, data spec,
 threshold and epoch in the metadata, as ``checkpoint.save_model`` writes them), ``metrics.jsonl``
 (one "epoch" line: train log-loss and validation report, then the test line) and
-``test_metrics.json``. Phases: setup -> train (fit once, tune the threshold on validation, save)
--> test (once). Fitting takes seconds, so resuming simply fits again. Single-label data: the
-same fits; each sample's label probabilities are divided by their sum (so they sum to 1, like the
-deep models' softmax) and the decision is the arg-max.
+``test_metrics.json``. The log has the deep recipe's keys; a fit takes no optimiser steps, so
+``step`` and ``best_step`` are null (``best_epoch`` and ``epochs_run`` 1, ``stopped_early``
+false). Phases: setup -> train (fit once, tune the threshold on validation, save) -> test (once).
+Fitting takes seconds, so resuming simply fits again. Single-label data: the same fits; each
+sample's label probabilities are divided by their sum (so they sum to 1, like the deep models'
+softmax) and the decision is the arg-max.
 
 :class:`ClassicalModule` puts a fitted model behind the deep models' interface
 (``forward(batch).probs``), so validation, test and evaluation all go through
@@ -172,6 +174,8 @@ class ClassicalRecipe:
             "valid": valid,
             "threshold": self.threshold,
             "best_epoch": 1,
+            "step": None,  # a fit, not optimiser steps
+            "best_step": None,
             "seconds": time.perf_counter() - t0,
             "train_samples_per_s": len(self.splits["train"]) / max(seconds_fit, 1e-9),
         }
@@ -190,7 +194,8 @@ class ClassicalRecipe:
         state, _, _, threshold, epoch = ckpt.read_model_file(self.out / "model.safetensors")
         model = ClassicalModule.from_state(self.cfg.model.name, self.spec, state)
         pred = predict(model, self.splits["test"], self.cfg.train.eval_batch_size, torch.device("cpu"))
-        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names)
+        run_info = {"best_step": None, "epochs_run": 1, "stopped_early": False}  # one fit, no optimiser steps
+        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names, run_info)
 
     def run(self) -> dict:
         self.setup()

@@ -4,9 +4,15 @@
 - Seeded and deterministic on CPU: the epoch's sample order comes from a generator seeded with
   (seed, epoch); all other randomness from torch's global RNG, whose state is checkpointed.
 - After each epoch: scores on validation, decision threshold tuned on validation, best
-  checkpoint kept by validation micro-F1. Single-label data (``data.task``, ``resolve_task``):
-  the decision is the arg-max (nothing tuned) and the best checkpoint has the best validation
-  weighted F1 (``metrics.SELECTION``). Test runs once, on the best checkpoint.
+  checkpoint kept by validation's selection score (``selection_score``: micro-F1; single-label
+  data (``data.task``, ``resolve_task``): the decision is the arg-max, nothing tuned, and the
+  score is weighted F1, ``metrics.SELECTION``). Test runs once, on the best checkpoint.
+- ``train.epochs`` is a cap; with ``train.patience = k`` training stops once the selection score
+  has not improved for ``k`` epochs (early stopping). The learning-rate schedule spans the cap
+  (``epochs * steps_per_epoch`` steps) either way, so a run that stops early ends before its
+  learning rate has decayed to 0, and the epochs it trains are exactly the first epochs of the same
+  run without patience. A resumed run stops where the uninterrupted one would have (the decision
+  reads only the checkpointed best epoch), and one that had stopped trains no further.
 - Evaluation never shuffles or drops a sample (the count is asserted).
 - Files are written by rank 0 only, each atomically.
 - Distributed (``torchrun --nproc_per_node=N -m ramer train ...``, see ``ramer.train.dist`` and
@@ -22,6 +28,9 @@
 
 Run directory: ``config.yaml``, ``model.safetensors`` (best), ``train_state.pt`` (last, for
 ``--resume``), ``metrics.jsonl`` (one line per epoch, then the test line), ``test_metrics.json``.
+Every epoch line has ``step`` (optimiser steps done so far) and ``best_step`` (steps done at the
+end of the best epoch); the test line has ``best_epoch``, ``best_step``, ``epochs_run`` and
+``stopped_early``.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ramer.config import Config, dump_config
-from ramer.data import DataBundle, SceneStore, load_bundle
+from ramer.data import DataBundle, SceneStore, check_complete, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
@@ -91,6 +100,7 @@ def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> to
 
 def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
     """The splits with the config's extra missing rate applied (seeded per split)."""
+    check_complete(cfg.data)  # complete inputs take no extra missing rate
     rate, at = cfg.data.missing_rate, cfg.data.missing_at
     out = {}
     for name, store in bundle.splits.items():
@@ -296,8 +306,17 @@ def progress(console: Console) -> Progress:
     )
 
 
-def write_test_result(out: Path, pred: Predictions, threshold, epoch: int, label_names) -> dict:
-    """Test metrics at the stored threshold; rank 0 writes test_metrics.json and the final log line."""
+def selection_score(valid_report: dict, task: str = "multi_label") -> float:
+    """The validation score that chooses the best epoch and drives early stopping (higher is better):
+    micro-F1, or weighted F1 on single-label data (``metrics.SELECTION``)."""
+    return float(valid_report["overall"][SELECTION[task]])
+
+
+def write_test_result(
+    out: Path, pred: Predictions, threshold, epoch: int, label_names, run_info: dict | None = None
+) -> dict:
+    """Test metrics at the stored threshold; rank 0 writes test_metrics.json and the final log line
+    (``run_info``: the run's ``best_step``, ``epochs_run`` and ``stopped_early``, added to that line)."""
     thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
     rep = report(pred.labels, pred.scores, thr, pred.role, label_names)
     per_label = rep.pop("per_label")
@@ -305,7 +324,8 @@ def write_test_result(out: Path, pred: Predictions, threshold, epoch: int, label
     if is_main():
         ckpt.atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         with open(out / "metrics.jsonl", "a") as f:
-            line = {"final": "test", "best_epoch": epoch, "threshold": threshold, "test": result, "per_label": per_label}
+            line = {"final": "test", "best_epoch": epoch, **(run_info or {}), "threshold": threshold, "test": result,
+                    "per_label": per_label}
             f.write(json.dumps(line) + "\n")
     return result
 
@@ -381,6 +401,7 @@ class Recipe:
             error = dist.broadcast_object(error)  # every rank stops, not only rank 0
             if error:
                 raise RamerError(error)
+        self.epochs_run = self.start_epoch - 1  # epochs trained so far (a resumed run's too)
 
     def _new_run_folder(self, cfg: Config) -> str | None:
         """Rank 0: make the run folder, write its config and an empty log; returns the error, if
@@ -454,16 +475,28 @@ class Recipe:
         rep.pop("per_label")
         return rep, threshold
 
+    def should_stop(self, epoch: int) -> bool:
+        """Early stopping after ``epoch``: ``train.patience`` epochs without a better validation
+        score, and epochs left before the cap. Reads only the checkpointed best epoch, so a resumed
+        run decides as the uninterrupted run did."""
+        patience = self.cfg.train.patience
+        return patience is not None and epoch < self.cfg.train.epochs and epoch - self.best["epoch"] >= patience
+
     def train(self) -> None:
         cfg = self.cfg
         epochs = cfg.train.epochs
+        if self.epochs_run and self.should_stop(self.epochs_run):  # a resumed run that had stopped early
+            if is_main():
+                self.console.print(f"the run stopped early after epoch {self.epochs_run}/{epochs}; nothing more "
+                                   "to train", highlight=False)
+            return
         with progress(self.console) as bar:
             for epoch in range(self.start_epoch, epochs + 1):
                 t0 = time.perf_counter()
                 train_terms = self.train_epoch(epoch, bar)
                 seconds_train = time.perf_counter() - t0
                 valid, threshold = self.validate()
-                score = valid["overall"][SELECTION[self.spec.task]]
+                score = selection_score(valid, self.spec.task)
                 improved = score > self.best["score"]
                 thr = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
                 if improved:
@@ -477,6 +510,8 @@ class Recipe:
                     "valid": valid,
                     "threshold": thr,
                     "best_epoch": self.best["epoch"],
+                    "step": epoch * self.steps_per_epoch,
+                    "best_step": self.best_step,
                     "lr": self.scheduler.get_last_lr()[0],
                     "seconds": time.perf_counter() - t0,
                     "train_samples_per_s": n_seen / max(seconds_train, 1e-9),
@@ -493,8 +528,23 @@ class Recipe:
                         f" ({describe_threshold(thr)}){'  *best*' if improved else ''}  {line['seconds']:.1f}s",
                         highlight=False,
                     )
+                self.epochs_run = epoch
                 for hook in self.hooks:
                     hook(self, epoch)
+                if self.should_stop(epoch):
+                    if is_main():
+                        self.console.print(
+                            f"stopping early after epoch {epoch}/{epochs}: no better validation score for "
+                            f"{epoch - self.best['epoch']} epoch(s) (train.patience {cfg.train.patience}); best "
+                            f"{self.best['score']:.4f} at epoch {self.best['epoch']}, step {self.best_step}",
+                            highlight=False,
+                        )
+                    break
+
+    @property
+    def best_step(self) -> int:
+        """Optimiser steps done at the end of the best epoch."""
+        return self.best["epoch"] * self.steps_per_epoch
 
     def _save_train_state(self, epoch: int) -> None:
         """Called on every rank (the RNG states are gathered); rank 0 writes."""
@@ -525,7 +575,12 @@ class Recipe:
             self.model, self.splits["test"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
             shard=True,
         )
-        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names)
+        run_info = {
+            "best_step": epoch * self.steps_per_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.epochs_run < self.cfg.train.epochs,
+        }
+        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names, run_info)
 
     def run(self) -> dict:
         try:
