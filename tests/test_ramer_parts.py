@@ -315,6 +315,21 @@ def test_labelwise_attention_without_keys_is_zero():
     assert torch.equal(r[0, 1], torch.zeros(4, 8)) and torch.isfinite(r).all()
 
 
+def test_labelwise_target_prior_weighs_the_target_token():
+    """The target token's score gets the learned bonus; a sample without a target gets none."""
+    torch.manual_seed(0)
+    att = LabelWiseAttention(3, 4, 8, target_prior=2.0)
+    g = torch.randn(2, 5, 3, 8)
+    keys = torch.ones(2, 5, 3, dtype=torch.bool)
+    r = att(g, keys, torch.tensor([2, -1]))
+    scores = torch.einsum("bnmh,mch->bmcn", g, att.queries.detach()) / 8**0.5  # (B, M, C, N)
+    bonus = torch.zeros(2, 1, 1, 5)
+    bonus[0, 0, 0, 2] = 2.0
+    expected = torch.einsum("bmcn,bnmh->bmch", (scores + bonus).softmax(-1), g)
+    torch.testing.assert_close(r, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(att(g, keys, torch.tensor([2, -1]))[1], att(g, keys)[1])  # no target: no bonus
+
+
 def test_fuse_max_and_modality_dropout():
     logits = torch.tensor([[[1.0, -2.0], [3.0, -5.0]], [[1.0, 2.0], [3.0, 4.0]]])  # (B=2, M=2, C=2)
     mask = torch.tensor([[False, True], [False, False]])

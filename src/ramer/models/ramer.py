@@ -121,7 +121,7 @@ class RAMer(nn.Module):
         self.personality_head = PersonalityHead(H, M, spec.personality_dim) if with_personality else None
         self.target_embedding = nn.Embedding(2 * cfg.target_offset + 1, H) if cfg.target_offset > 0 else None
         self.context = ModalityLevelAttention(H, cfg.heads, M, cfg.dropout) if on("no_modality_attention") else None
-        self.labelwise = LabelWiseAttention(M, C, H)
+        self.labelwise = LabelWiseAttention(M, C, H, cfg.target_prior)
         self.classifier = LabelWiseClassifier(M, C, H)
         with_rec, with_cl = on("no_reconstruction"), on("no_contrastive")
         # Without reconstruction, contrastive learning keeps E_m as its projection head (no decoder).
@@ -253,7 +253,7 @@ class RAMer(nn.Module):
             g, defined = u, present
 
         # §3 label-wise attention over the target scope
-        return self.labelwise(g, defined & scope.unsqueeze(-1)), personality_pred  # (B, M, C, H)
+        return self.labelwise(g, defined & scope.unsqueeze(-1), batch.target), personality_pred  # (B, M, C, H)
 
     @torch.no_grad()
     def _hidden_real(self, batch: Batch, present: Tensor, scope: Tensor, dropped: Tensor, r: Tensor) -> Tensor:

@@ -1,8 +1,10 @@
 """Spec MODEL.md §3: label-specific representations and the label-wise classifier.
 
 - ``LabelWiseAttention``: per modality one learned query per label (``C x H``) attends over the
-  tokens of the target scope, ``r_m[b, j] = sum_n softmax_n(<q_mj, g_m[b, n]> / sqrt(H)) g_m[b, n]``;
-  a (sample, modality) without any allowed token gets ``r_m = 0``.
+  tokens of the target scope, ``r_m[b, j] = sum_n softmax_n(<q_mj, g_m[b, n]> / sqrt(H) + beta_mj [n = t_b]) g_m[b, n]``
+  where ``t_b`` is the target token and ``beta`` a learned bonus (``model.target_prior`` at start;
+  none without a target or with the prior off); a (sample, modality) without any allowed token
+  gets ``r_m = 0``.
 - ``LabelWiseClassifier``: ``logit_m[b, j] = <r_m[b, j], W_m[j]> + b_m[j]``.
 - ``fuse_max``: max-pool of per-modality logits over a mask of modalities.
 
@@ -18,14 +20,21 @@ from torch import Tensor, nn
 
 
 class LabelWiseAttention(nn.Module):
-    def __init__(self, n_modalities: int, n_labels: int, dim: int) -> None:
+    def __init__(self, n_modalities: int, n_labels: int, dim: int, target_prior: float | None = None) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(n_modalities, n_labels, dim) * 0.02)  # (M, C, H)
         self.scale = 1.0 / math.sqrt(dim)
+        # a learned score bonus of the target token, per (modality, label), starting at target_prior
+        self.target_bias = (
+            nn.Parameter(torch.full((n_modalities, n_labels), float(target_prior))) if target_prior is not None else None
+        )
 
-    def forward(self, g: Tensor, keys: Tensor) -> Tensor:
-        """g (B, N, M, H), keys (B, N, M) bool -> r (B, M, C, H)."""
+    def forward(self, g: Tensor, keys: Tensor, target: Tensor | None = None) -> Tensor:
+        """g (B, N, M, H), keys (B, N, M) bool, target (B,) token index or -1 -> r (B, M, C, H)."""
         scores = torch.einsum("bnmh,mch->bmcn", g, self.queries.to(g.dtype)) * self.scale  # (B, M, C, N)
+        if self.target_bias is not None and target is not None:
+            at = target.unsqueeze(1) == torch.arange(g.shape[1], device=g.device)  # (B, N), none for target -1
+            scores = scores + at[:, None, None, :].to(scores.dtype) * self.target_bias.to(scores.dtype)[None, :, :, None]
         allowed = keys.permute(0, 2, 1).unsqueeze(2)  # (B, M, 1, N)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         weights = scores.softmax(-1)  # (B, M, C, N)
