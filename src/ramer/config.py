@@ -136,6 +136,9 @@ class LossConfig(_Section):
     w_radv: float = 0.01
     w_pers: float = 0.1
     w_beta: float = 1.0  # CARAT's second-pass ("beta") reconstruction MSE; used only when model.beta is on
+    # reconstruction targets r_m taken as constants: L_ae / L_cross then train the reconstruction
+    # without pulling r_m towards it (false: CARAT's joint gradient, which also shrinks r_m)
+    detach_targets: bool = True
 
 
 class TrainConfig(_Section):

@@ -344,11 +344,13 @@ class RAMer(nn.Module):
         add("lsr", cls(lsr_logits, y, out.trusted.any(1, keepdim=True)), w.w_lsr)
         if out.reconstructed is not None:
             add("aug", cls(out.reconstructed_logits.amax(1), y), w.w_aug)
-            # a hidden modality's target is its label feature from its real tokens
-            real = out.label_features
+            # targets: r_m (detached unless loss.detach_targets is off); a hidden modality's target is its
+            # label feature from its real tokens
+            real = out.label_features.detach() if w.detach_targets else out.label_features
+            ae_target = real
             if out.hidden_real is not None:
                 real = torch.where(out.dropped[:, :, None, None], out.hidden_real, real)  # (B, M, C, H)
-            add("ae", losses.feature_mse(out.autoencoded, out.label_features, out.visible), w.w_ae)
+            add("ae", losses.feature_mse(out.autoencoded, ae_target, out.visible), w.w_ae)
             add("cross", losses.feature_mse(out.reconstructed, real, out.available), w.w_cross)
             if out.beta is not None:
                 add("beta", losses.feature_mse(out.beta, real, out.available), w.w_beta)
