@@ -2,19 +2,23 @@
 
 Pipeline, in the order of the spec:
 
+0. §4.2 modality dropout (training): a hidden modality's scope tokens leave the presence mask
+   that every step below reads
 1. §2.1 uni-modal encoders                      ``h``  (B, N, M, H), zero where missing
 2. §2.2 personality stream (+ target offset)    ``u = h + W_m e_p + t(s - s*)``
 3. §2.3 inter-/intra-personal attention and cross-modality completion  ``g`` (B, N, M, H)
-4. §3 label-wise attention over the target scope ``r`` (B, M, C, H); availability ``A`` (B, M)
-5. §4.2 modality dropout, auto-encoder, prototypes, cross-modal reconstruction ``r~``;
-   final features ``f_m = r_m`` where visible, ``r~_m`` otherwise
+4. §3 label-wise attention over the target scope (target token weighted) ``r`` (B, M, C, H);
+   availability ``A`` (B, M)
+5. §4.2 auto-encoder, prototypes, cross-modal reconstruction ``r~``; final features
+   ``f_m = r_m`` where visible, its stand-in (``model.stand_in``) otherwise
 6. §4.1 specific / common features ``s_m``, ``c_m``, ``c_bar``
 7. §6 stack ``T = [s_1..s_M, c_bar]`` (B, K, C, H) and the aggregator
 8. §7 ``probs = (sigmoid(max_m logit_m(f)) + mean_k sigmoid(agg(T_k))) / 2``; on single-label data
    each sigmoid is a softmax over the labels and every classification term is softmax
    cross-entropy (``losses.classification``)
 Training only: discriminators, stack shuffle, contrastive items and queue update, prototype
-update, personality prediction, modality dropout.
+update, personality prediction, modality dropout and the detached pass giving the reconstruction
+targets of hidden modalities (``_hidden_real``).
 
 Axis letters: b batch, n tokens, p persons, s segments, m modality, c labels, h hidden,
 k stack sources, P code size, i contrastive items.

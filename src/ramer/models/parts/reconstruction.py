@@ -18,8 +18,11 @@
     missing from the scope whose label feature was built from context (``own_usable``), ``r^_m``
     (``model.stand_in: own_slot``);
   * optional second ("beta") pass ``r^beta_m = F_m([r~_n for all n])``.
-- ``modality_dropout``: during training, hide each available modality of a sample with
-  probability ``p``, never the last one.
+- ``modality_dropout``: during training, draw the available modalities of each sample to hide,
+  each with probability ``p``, never the last one (``RAMer.forward`` then removes their scope
+  tokens before anything reads them).
+- ``StandInGate`` (``model.stand_in: gate``): a learned gate between a context-built ``r_m`` and
+  ``r~_m``.
 
 Axis letters: b batch, m modality, c labels, y polarity, h hidden, p code size.
 """
