@@ -125,7 +125,7 @@ class LossConfig(_Section):
 
     w_lsr: float = 0.01
     w_aug: float = 0.1
-    w_cl: float = 1.0
+    w_cl: float = 0.1  # the authors used 1.0; 0.1 learns faster early (docs/MODEL.md decision 12)
     w_ae: float = 1.0
     w_cross: float = 1.0
     w_agg: float = 1.0
