@@ -207,17 +207,21 @@ def test_switch_removes_its_part(ablation):
         assert out.items is None and not any("memory" in k or "queue" in k for k in cut.state_dict())
 
 
-def test_modality_dropout_hides_but_keeps_one():
-    model = make(modality_dropout=0.9).train()
+@pytest.mark.parametrize("stand_in", ["prototype", "own_slot", "gate", "context"])
+def test_modality_dropout_hides_but_keeps_one(stand_in):
+    model = make(modality_dropout=0.9, stand_in=stand_in).train()
     batch = with_pattern(base_batch(n=24), "none_missing")
     out = model(batch)
     assert out.dropped.any()
     assert (out.dropped <= out.available).all()
     assert (out.visible.any(1) == out.available.any(1)).all()  # never the last available modality
-    # a hidden modality is replaced by its reconstruction, and supervised by its real features: its
-    # label feature from every present token, as the eval-mode model computes it
+    # a hidden modality is replaced by its stand-in (built from context, as if it were truly missing),
+    # and supervised by its real features: its label feature from every present token, as the
+    # eval-mode model computes it
     hidden = out.dropped[:, :, None, None].expand_as(out.final)
-    assert torch.equal(out.final[hidden], out.reconstructed[hidden])
+    r, rec = out.label_features, out.reconstructed
+    expected = {"prototype": rec, "own_slot": rec, "gate": model.gate(r, rec) if model.gate else None, "context": r}
+    assert torch.equal(out.final[hidden], expected[stand_in][hidden])
     with torch.no_grad():
         real = model.eval()(batch).label_features
     torch.testing.assert_close(out.hidden_real[hidden], real[hidden], rtol=1e-5, atol=1e-5)
@@ -450,14 +454,17 @@ def test_bf16_autocast():
     check_finite_grads(model)
 
 
-def test_beta_pass():
-    model = make(beta=True).train()
+@pytest.mark.parametrize("stand_in", ["own_slot", "gate"])
+def test_beta_pass(stand_in):
+    model = make(beta=True, stand_in=stand_in).train()
     batch = with_pattern(base_batch(), "nonspeaker_target")
     out = model(batch)
     res = model.loss(out, batch)
     assert "beta" in res.terms and out.beta is not None
+    # the second pass is the reconstruction part of a missing modality's stand-in
     missing = ~out.visible[:, :, None, None].expand_as(out.final)
-    assert torch.equal(out.final[missing], out.beta[missing])
+    expected = model.gate(out.label_features, out.beta) if model.gate is not None else out.beta
+    assert torch.equal(out.final[missing], expected[missing])
     res.total.backward()
     check_finite_grads(model)
 
