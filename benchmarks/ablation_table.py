@@ -41,7 +41,7 @@ def main(path: str) -> None:
             seeds = sorted(by_seed)
             cells = [_pm(np.array([by_seed[s][part][key] for s in seeds])) for part, key, _ in COLUMNS]
             paired = [s for s in seeds if s in full]
-            if name.startswith("ramer-") and paired:
+            if name.startswith("ramer-") and not name.endswith(", complete inputs") and paired:
                 cells += [_pm(np.array([by_seed[s][part][key] - full[s][part][key] for s in paired]), signed=True)
                           for part, key, _ in COLUMNS]
             else:

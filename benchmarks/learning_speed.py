@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH_DATA = ("data.synthetic.n_train=2000", "data.synthetic.n_valid=300", "data.synthetic.n_test=1000")
+from ramer.bench import DEFAULT_SETS
+
+BENCH_DATA = tuple(s for s in DEFAULT_SETS if s.startswith("data.synthetic."))  # the bench's scenes
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -94,22 +95,21 @@ def main() -> None:
         curves[name] = (steps, mean)
         print(f"| {name} | {np.mean([max(r[1]) for r in runs]):.4f} | {np.mean(best) + 1:.1f} | {np.mean(plateau):.0f} | "
               f"{np.nanmean(ns):.4f} | {' '.join(f'{v:.3f}' for v in mean)} |")
-    if os.environ.get("MPLBACKEND", "Agg"):
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for name, (steps, mean) in curves.items():
-            ax.plot(steps, mean, marker="o", markersize=3, label=name)
-        ax.set(xlabel="optimiser steps", ylabel="validation micro-F1 (mean over seeds)",
-               title="Learning speed on the embedded benchmark")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "learning_speed.png", dpi=110)
-        print(f"plot: {out / 'learning_speed.png'}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, (steps, mean) in curves.items():
+        ax.plot(steps, mean, marker="o", markersize=3, label=name)
+    ax.set(xlabel="optimiser steps", ylabel="validation micro-F1 (mean over seeds)",
+           title="Learning speed on the embedded benchmark")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_speed.png", dpi=110)
+    print(f"plot: {out / 'learning_speed.png'}")
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def test_complete_option(tmp_path):
     assert bench_mod.resolve_settings(overrides=TINY, data=str(tmp_path)).complete == []
     with pytest.raises(RamerError, match="--complete: complete inputs exist only for the embedded benchmark"):
         bench_mod.resolve_settings(overrides=TINY, data=str(tmp_path), complete="ramer")
-    with pytest.raises(RamerError, match="--models: unknown nope"):
+    with pytest.raises(RamerError, match="--complete: unknown nope"):
         bench_mod.resolve_settings(overrides=TINY, complete="nope")
     assert main(["bench", "--data", str(tmp_path), "--complete", "ramer", "--out", str(tmp_path / "b")]) == 2
     # A complete run: the model's run at missing rate 0 on complete inputs, whatever the rate table.

@@ -210,3 +210,33 @@ def test_metrics_table_shows_no_score_for_an_empty_part():
     lines = console.export_text().splitlines()
     assert [ln for ln in lines if "nonspeaker" in ln][0].count("–") == 4
     assert [ln for ln in lines if "speaker" in ln and "non" not in ln][0].count("0.5000") == 4
+
+
+def test_a_model_file_from_before_a_config_key_loads_as_it_was_trained(tmp_path):
+    """A RAMer model file whose stored config predates model.stand_in, model.target_prior and
+    loss.detach_targets was trained with the prototype stand-in, no target prior and attached
+    reconstruction targets: it loads as that model (not today's defaults, which its weights do not
+    fit) and scores as it did."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = tiny_cfg("ramer", extra=["train.epochs=1", "model.stand_in=prototype", "model.target_prior=null",
+                                   "loss.detach_targets=false"])
+    bundle = generate(cfg.data.synthetic)
+    Recipe(cfg, tmp_path / "run", bundle=bundle).run()
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    stored = json.loads(metadata["config"])
+    for section, key in (("model", "stand_in"), ("model", "target_prior"), ("loss", "detach_targets")):
+        del stored[section][key]
+    (tmp_path / "old").mkdir()
+    save_file(state, str(tmp_path / "old" / "model.safetensors"), metadata={**metadata, "config": json.dumps(stored)})
+    old, new = ramer.load(tmp_path / "old"), ramer.load(tmp_path / "run")
+    assert (old.cfg.model.stand_in, old.cfg.model.target_prior, old.cfg.loss.detach_targets) == ("prototype", None, False)
+    np.testing.assert_array_equal(old.predict(bundle), new.predict(bundle))
+    # today's defaults would not fit those weights, and the error says what to do
+    stored["model"]["stand_in"] = "gate"
+    save_file(state, str(tmp_path / "old" / "model.safetensors"), metadata={**metadata, "config": json.dumps(stored)})
+    with pytest.raises(RamerError, match="weights do not fit the model .*must be trained again"):
+        ramer.load(tmp_path / "old")

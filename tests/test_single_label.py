@@ -115,6 +115,9 @@ def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
     if hasattr(model, "prepare"):
         model.prepare(store)
     batch = store.collate(np.arange(len(store)))
+    present = {m: batch.present[m].clone() for m in MODALITIES}
+    present["text"][::2] &= ~batch.scope[::2]  # every other target has no text in its scope
+    batch = batch.with_present(present)
     model.eval()
     with torch.no_grad():
         probs = model(batch).probs
@@ -127,8 +130,9 @@ def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
     torch.testing.assert_close(terms["cls"], F.cross_entropy(out.logits.float(), y).detach())
     if name != "ramer":
         return
-    lsr_rows = out.available.any(1)
-    lsr = F.cross_entropy(fuse_max(out.label_logits, out.available)[lsr_rows], y[lsr_rows])
+    assert (out.trusted != out.available).any()  # r_text built from context, where text is not available
+    lsr_rows = out.trusted.any(1)
+    lsr = F.cross_entropy(fuse_max(out.label_logits, out.trusted)[lsr_rows], y[lsr_rows])
     torch.testing.assert_close(terms["lsr"], lsr.detach())
     torch.testing.assert_close(terms["aug"], F.cross_entropy(out.reconstructed_logits.amax(1), y).detach())
     torch.testing.assert_close(terms["cml"], F.cross_entropy(out.cml_logits, y).detach())
@@ -316,7 +320,7 @@ def test_other_loaders_stay_multi_label(tmp_path):
     assert json.loads((tmp_path / "native" / "meta.json").read_text())["task"] == "multi_label"
 
 
-def test_old_meta_and_checkpoints_without_the_key_read_as_multi_label(tmp_path, fake_text):
+def test_old_meta_and_a_checkpoint_spec_without_the_task_key_read_as_multi_label(tmp_path, fake_text):
     src = write_table(tmp_path / "single.csv", single_rows())
     assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
     meta_path = tmp_path / "ds" / "meta.json"

@@ -121,8 +121,9 @@ def known_models() -> str:
     return f"{', '.join(sorted({*BUILDERS, *CLASSICAL}))}, ramer-<ablation> ({', '.join(ABLATIONS)})"
 
 
-def parse_models(text: str | None) -> list[str]:
-    """``all``, ``ablations`` or a comma list (groups may appear in it); unknown names are errors."""
+def parse_models(text: str | None, option: str = "--models") -> list[str]:
+    """``all``, ``ablations`` or a comma list (groups may appear in it); unknown names are errors
+    (naming ``option``)."""
     names: list[str] = []
     for item in ("all" if text is None else text).split(","):
         item = item.strip()
@@ -132,7 +133,7 @@ def parse_models(text: str | None) -> list[str]:
     unknown = [n for n in names if n not in KNOWN]
     if unknown or not names:
         what = f"unknown {', '.join(unknown)}" if unknown else "empty list"
-        raise RamerError(f"--models: {what}; known: {', '.join(GROUPS)}, {known_models()}")
+        raise RamerError(f"{option}: {what}; known: {', '.join(GROUPS)}, {known_models()}")
     return names
 
 
@@ -193,7 +194,7 @@ def parse_complete(text: str | None, base: Config) -> list[str]:
         return ["ramer"] if embedded else []
     if not text.strip():
         return []
-    names = parse_models(text)
+    names = parse_models(text, "--complete")
     if not embedded:
         raise RamerError(f"--complete: complete inputs exist only for the embedded benchmark, not for "
                          f"{base.data.path}; use --complete ''")

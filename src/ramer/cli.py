@@ -376,7 +376,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if (run_dir / "train_state.pt").exists():
             shutil.rmtree(run_dir)
         rows[row] = Recipe(run_cfg, run_dir, console=ERR, bundle=data).run()
-    rows["oracle (sees the latent state)"] = bundle.info["oracle"]["test"]
+    from ramer.bench import ORACLE_ROW
+
+    rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
     OUT.print(metrics_table("test metrics on the embedded benchmark (same scenes and seed)", rows))
     OUT.print(f"run directories under {out}; total {time.perf_counter() - t0:.0f}s", highlight=False)
     return 0

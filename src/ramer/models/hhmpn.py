@@ -15,7 +15,7 @@ order, by attention blocks:
 
 A learned always-present "null" node is appended to the modality keys, so a sample with no
 modality in its scope still has a non-empty attention row. A per-label classifier reads each
-label node; BCE.
+label node; BCE (softmax cross-entropy on single-label data).
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
 """

@@ -15,7 +15,7 @@ Model: label embeddings ``E`` (C, H) -> ``LeakyReLU(A_hat E W1)`` -> ``A_hat Z W
 the target scope (a modality absent from the scope: a learned vector) and the per-modality
 encodings of the target token (the encoder's learned "missing" vector where the target token lacks
 the modality; zeros where the sample has no target), projected to ``H``.
-``logits = x W^T + b``; BCE.
+``logits = x W^T + b``; BCE (softmax cross-entropy on single-label data).
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
 """

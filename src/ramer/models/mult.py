@@ -6,8 +6,9 @@ key-padded, and a learned always-present "null" token per source modality keeps 
 non-empty. The two cross-modal streams into ``t`` are concatenated, projected back to ``H`` and
 passed through one self-attention block over the valid tokens. Each stream is mean-pooled over
 the target scope and also read at the target token; the three pooled vectors and the three
-target-token vectors are concatenated and fed to the label head (BCE). A sample without a target
-(``target == -1``) has zeros in the target-token slots.
+target-token vectors are concatenated and fed to the label head (BCE; softmax cross-entropy on
+single-label data). A sample without a target (``target == -1``) has zeros in the target-token
+slots.
 
 Tokens are the ``P x S`` grid of the scene: a token's position is its segment (sinusoidal
 encoding) plus a learned flag "belongs to the target scope" plus, on the target token only, a

@@ -266,12 +266,14 @@ class RAMer(nn.Module):
         in eval mode, detached), (B, M, C, H); zero where nothing was hidden. The only read of a
         hidden modality's features."""
         rows = dropped.any(1).nonzero().squeeze(1)  # (B',)
+        modes = [(module, module.training) for module in self.modules()]
         self.train(False)
         try:
             real, _ = self._label_features(batch.select(rows), present.index_select(0, rows), scope.index_select(0, rows),
                                            head=False)  # (B', M, C, H)
         finally:
-            self.train(True)
+            for module, training in modes:  # back to each module's own mode (a frozen part stays in eval)
+                module.training = training
         hidden = torch.zeros_like(r).index_copy_(0, rows, real.to(r.dtype))
         return torch.where(dropped[:, :, None, None], hidden, 0.0)
 

@@ -82,6 +82,21 @@ def read_spec(path: str | Path) -> DataSpec:
         raise RamerError(f"{path}: no readable data spec ({e!r}); was it written by ramer?") from None
 
 
+# Config keys added with a change of behaviour, and the value that keeps what a model file written
+# before the key existed was trained with (its weights fit that model and no other).
+BEFORE_THE_KEY = {("model", "stand_in"): "prototype", ("model", "target_prior"): None,
+                  ("loss", "detach_targets"): False}
+
+
+def fill_older_config(tree: dict) -> dict:
+    """A stored config with the keys of ``BEFORE_THE_KEY`` it lacks set to their earlier behaviour."""
+    for (section, key), value in BEFORE_THE_KEY.items():
+        part = tree.get(section)
+        if isinstance(part, dict) and key not in part:
+            part[key] = value
+    return tree
+
+
 def read_model_file(
     path: str | Path,
 ) -> tuple[dict[str, torch.Tensor], Config, DataSpec, float | list[float] | str, int]:
@@ -98,7 +113,7 @@ def read_model_file(
     except (SafetensorError, OSError, ValueError) as e:
         raise RamerError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     try:
-        cfg = config_from_dict(json.loads(meta["config"]), f"{path} metadata")
+        cfg = config_from_dict(fill_older_config(json.loads(meta["config"])), f"{path} metadata")
         spec = DataSpec.from_dict(json.loads(meta["spec"]))
         threshold = json.loads(meta["threshold"])
         epoch = int(meta.get("epoch", -1))
@@ -112,7 +127,8 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise RamerError(f"{source}: weights do not fit the model ({first})") from None
+        raise RamerError(f"{source}: weights do not fit the model ({first}); a model file written by an "
+                         f"older ramer whose layers have changed since must be trained again") from None
 
 
 def save_train_state(path: str | Path, state: dict) -> None:
