@@ -840,7 +840,8 @@ def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshol
         nw = max(len(q) for q in persons) + 2
         per_block = max(1, (width - nw) // cw)
         lines.append("")
-        lines.append(f"{item['name']}  ({len(persons)} persons x {S} utterances)")
+        lines.append(f"{item['name']}  ({len(persons)} person{'s' * (len(persons) != 1)} x {S} "
+                     f"utterance{'s' * (S != 1)})")
         for a in range(0, S, per_block):
             b = min(S, a + per_block)
             lines.append(" " * nw + "".join(h.rjust(cw) for h in head[a:b]))
