@@ -475,3 +475,14 @@ def test_too_many_segments_is_a_clear_error():
     model = make(max_segments=2)
     with pytest.raises(RamerError, match="max_segments"):
         model(base_batch())
+
+
+def test_teacher_pass_leaves_each_modules_own_mode():
+    """The eval-mode teacher pass of modality dropout hands every module back in the mode it had: a
+    part a user froze in eval mode stays in eval mode after a training forward."""
+    model = make(modality_dropout=0.9).train()
+    model.labelwise.eval()
+    out = model(with_pattern(base_batch(n=24), "none_missing"))
+    assert out.dropped.any() and out.hidden_real is not None  # the teacher pass ran
+    assert not model.labelwise.training and model.training
+    assert all(m.training for m in model.modules() if not any(m is x for x in model.labelwise.modules()))
