@@ -485,4 +485,5 @@ def test_teacher_pass_leaves_each_modules_own_mode():
     out = model(with_pattern(base_batch(n=24), "none_missing"))
     assert out.dropped.any() and out.hidden_real is not None  # the teacher pass ran
     assert not model.labelwise.training and model.training
-    assert all(m.training for m in model.modules() if not any(m is x for x in model.labelwise.modules()))
+    frozen = {id(m) for m in model.labelwise.modules()}
+    assert all(m.training for m in model.modules() if id(m) not in frozen)
