@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from ab_trees import import_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def gradients(throughput, setting: str, precision: str, steps: int) -> list:
     """The flat gradient of each of ``steps`` training passes (no optimiser step) under ``precision``."""
-    from ramer.train.recipe import autocast
+    from ramer.infer import autocast
 
     cfg, store = throughput.make_setting(setting)
     torch.manual_seed(0)

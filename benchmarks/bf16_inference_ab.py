@@ -1,5 +1,5 @@
 """Paired A/B of the two bf16 inference paths at a throughput setting: autocast over the float32
-model, against the model cast whole to bfloat16 (``ramer.train.recipe.to_inference_precision``,
+model, against the model cast whole to bfloat16 (``ramer.infer.to_inference_precision``,
 what ``ramer predict --precision bf16`` runs). Each round times both on the same batches, one after
 the other, so drifts of a shared machine hit both alike; it prints samples/s per round and the
 ratio of each pair.
@@ -15,7 +15,6 @@ import statistics
 import time
 
 import torch
-
 from throughput import batches, eval_model, make_setting
 
 
@@ -28,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ramer.train.recipe import to_inference_precision
+    from ramer.infer import to_inference_precision
 
     cfg, store = make_setting(args.setting)
     reference = eval_model(cfg, store)  # unit prototypes, as after training

@@ -18,9 +18,8 @@ import argparse
 import collections
 import time
 
-import torch
-
 import throughput
+import torch
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=2, help="deepest part to time (1 = the model's children)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    from ramer.train.recipe import model_dtype
+    from ramer.infer import model_dtype
 
     torch.set_num_threads(args.threads)
     cfg, store = throughput.make_setting(args.setting)

@@ -16,9 +16,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (docs/PERFORMANCE.md)
 
 import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
-
 from throughput import batches, build, eval_model, make_setting  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 
 def main() -> None:
@@ -44,8 +43,9 @@ def main() -> None:
     # eval: unit prototypes, and cast as `ramer predict --precision` casts (bf16: the whole model and its inputs)
     model = build(cfg, store) if args.mode == "train" else eval_model(cfg, store, args.precision)
     stream = batches(store, cfg.train.batch_size)
+    from ramer.infer import model_dtype
     from ramer.train.optim import build_optimizer
-    from ramer.train.recipe import model_dtype, training_step
+    from ramer.train.recipe import training_step
 
     dev = torch.device("cpu")
     if args.mode == "train":
@@ -77,13 +77,13 @@ def main() -> None:
 
 def count_ops(batch_size: int, n_labels: int, persons: int, segments: int = 6) -> int:
     """ATen ops dispatched by one training step of the synthetic-config RAMer on full P x S grids."""
+    from scaling import grid_store
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from ramer.config import build_config
     from ramer.models import DataSpec, build_model
     from ramer.train.optim import build_optimizer
     from ramer.train.recipe import training_step
-    from scaling import grid_store
 
     class Count(TorchDispatchMode):
         n = 0

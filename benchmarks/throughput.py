@@ -20,7 +20,7 @@ one mode alone (it includes Python, torch and the data). Modes:
   probabilities, agreement of the 0.5 decisions).
   ``--procs K`` runs K inference processes at once and adds their samples/s (independent workers).
   ``--workers N`` instead scores the setting's ``--scenes`` scenes (default 512) as ``ramer predict
-  --workers N`` does (``ramer.train.recipe.predict``: N forked processes sharing the threads),
+  --workers N`` does (``ramer.infer.predict``: N forked processes sharing the threads),
   timing whole passes; each pass forks its workers, so larger passes spread that cost thinner.
 
 A first line calibrates the machine (matrix products and a memory-bound op, ``machine_speed``).
@@ -130,7 +130,8 @@ def make_step(cfg, store, mode: str, precision: str):
     (as ``ramer predict --precision``) and returns the probabilities in float32."""
     import torch
 
-    from ramer.train.recipe import model_dtype, training_step
+    from ramer.infer import model_dtype
+    from ramer.train.recipe import training_step
 
     if mode == "train":
         from ramer.train.optim import build_optimizer
@@ -170,7 +171,7 @@ def eval_model(cfg, store, precision: str = "fp32"):
     to ``precision`` as ``ramer predict --precision`` does (``bf16``: the whole model)."""
     import torch
 
-    from ramer.train.recipe import to_inference_precision
+    from ramer.infer import to_inference_precision
 
     model = build(cfg, store).eval()
     if getattr(model, "reconstruction", None) is not None:
@@ -181,11 +182,11 @@ def eval_model(cfg, store, precision: str = "fp32"):
 
 
 def measure_predict(cfg, store, precision: str, workers: int, infer_batch: int | None, passes: int = 3) -> dict:
-    """``ramer predict --workers N``: the whole store scored by ``ramer.train.recipe.predict``
+    """``ramer predict --workers N``: the whole store scored by ``ramer.infer.predict``
     (forked workers, the threads shared out among them), one untimed pass, then ``passes`` timed."""
     import torch
 
-    from ramer.train.recipe import predict
+    from ramer.infer import predict
 
     model = eval_model(cfg, store, precision)
     batch_size = infer_batch or cfg.train.batch_size
@@ -202,14 +203,14 @@ def measure_predict(cfg, store, precision: str, workers: int, infer_batch: int |
 
 def measure_infer(cfg, store, steps: int, warmup: int, precision: str, infer_batch: int | None = None) -> dict:
     """Eval forward as ``ramer predict`` runs it: fp32, or (``bf16``) the model cast whole to
-    bfloat16 by ``ramer.train.recipe.to_inference_precision`` with its inputs cast to match; the
+    bfloat16 by ``ramer.infer.to_inference_precision`` with its inputs cast to match; the
     bf16 scores are compared with the fp32 model's on the same batches."""
     import copy
 
     import numpy as np
     import torch
 
-    from ramer.train.recipe import to_inference_precision
+    from ramer.infer import to_inference_precision
 
     reference = eval_model(cfg, store)
     # the fp32 reference is kept beside the bf16 model only to compare scores; fp32 measures it alone

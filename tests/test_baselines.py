@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_store
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
@@ -18,11 +19,8 @@ from ramer.errors import RamerError
 from ramer.models import CLASSICAL, build_model
 from ramer.models.amp import asymmetric_loss
 from ramer.models.base import DataSpec
-from ramer.models.classical import ClassicalModel, feature_size, pooled_features
+from ramer.models.classical import ClassicalModel, ClassicalModule, _OneBatch, feature_size, pooled_features
 from ramer.models.mlgcn import label_adjacency
-from ramer.train.classical import ClassicalModule, _OneBatch
-
-from conftest import random_store
 
 DEEP = ("mult", "mlgcn", "hhmpn", "amp")
 TORCH = ("late_fusion", *DEEP)

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from ramer import bench as bench_mod
+from ramer import checkpoint as ckpt
 from ramer.cli import main
 from ramer.config import build_config
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
+from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_KEYS, report
-from ramer.train import checkpoint as ckpt
-from ramer.train.classical import ClassicalModule, ClassicalRecipe
-from ramer.train.recipe import Recipe, apply_missing, predict
+from ramer.models.classical import ClassicalModule
+from ramer.train.classical import ClassicalRecipe
+from ramer.train.recipe import Recipe
 
 TINY = [
     "data.synthetic.n_train=80",

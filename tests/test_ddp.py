@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_store
+
+from ramer import dist
 from ramer.config import LossConfig, ModelConfig, build_config
 from ramer.data.store import SceneStore
 from ramer.models.base import DataSpec
-from ramer.train import dist
 
 DIMS = (16, 8, 12)
 C = 5
@@ -104,15 +104,12 @@ GLOBAL_BATCH, STEPS = 8, 2
 
 def two_steps(model, forward, store: SceneStore, batch_size: int, order: np.ndarray) -> list[dict]:
     """Forward + loss + backward on two batches (no optimiser step); gradients and state after each."""
-    from ramer.train.recipe import share_contrastive_keys
-
     model.train()
     out = []
     for step in range(STEPS):
         batch = store.collate(order[step * batch_size : (step + 1) * batch_size])
         model.zero_grad(set_to_none=True)
-        res = forward(batch)
-        share_contrastive_keys(res)
+        res = forward(batch)  # in a distributed run the model shares the contrastive keys itself
         loss = model.loss(res, batch)
         loss.total.backward()
         out.append({

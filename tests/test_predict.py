@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_recipe import tiny_cfg
 
 import ramer
 from ramer.cli import main
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
 from ramer.train.recipe import Recipe
-from test_recipe import tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_api_refuses_other_feature_sizes(run, tmp_path, capsys):
 def test_a_cuda_run_is_scored_on_cpu_with_device(run, tmp_path, capsys):
     """A run trained with train.device=cuda, on a machine without CUDA: the error says how to go
     on (--device cpu / device='cpu'), and that works."""
-    from ramer.train import checkpoint as ckpt
+    from ramer import checkpoint as ckpt
 
     out, _ = run
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(out / "model.safetensors")
@@ -149,7 +149,7 @@ def test_forked_workers_score_like_one_process(run, tmp_path, capsys):
     same scores as one process, on the API and the CLI; a bad count or device is refused."""
     import torch
 
-    from ramer.train.recipe import predict
+    from ramer.infer import predict
 
     out, cfg = run
     test = generate(cfg.data.synthetic).splits["test"]
@@ -177,7 +177,7 @@ def test_forked_workers_share_the_threads_among_the_blocks(run, monkeypatch):
     """Fewer batches than workers: each of the fewer forked processes gets a larger thread share."""
     import torch
 
-    from ramer.train import recipe
+    from ramer import infer
 
     out, cfg = run
     test = generate(cfg.data.synthetic).splits["test"]
@@ -185,12 +185,12 @@ def test_forked_workers_share_the_threads_among_the_blocks(run, monkeypatch):
     def thread_count(model, store, start, stop, *rest):  # a block's rows: its worker's thread count
         return np.full((stop - start, 1), torch.get_num_threads())
 
-    monkeypatch.setattr(recipe, "_score_range", thread_count)  # the forked workers inherit it
+    monkeypatch.setattr(infer, "_score_range", thread_count)  # the forked workers inherit it
     threads = torch.get_num_threads()
     torch.set_num_threads(8)
     try:
-        four = recipe.predict(model, test, 16, torch.device("cpu"), workers=4).scores  # 50 samples: 4 blocks
-        two = recipe.predict(model, test, 32, torch.device("cpu"), workers=4).scores  # 2 batches: 2 blocks
+        four = infer.predict(model, test, 16, torch.device("cpu"), workers=4).scores  # 50 samples: 4 blocks
+        two = infer.predict(model, test, 32, torch.device("cpu"), workers=4).scores  # 2 batches: 2 blocks
     finally:
         torch.set_num_threads(threads)
     assert four[:, 0].tolist() == [2] * 50

@@ -12,11 +12,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from ramer import checkpoint as ckpt
 from ramer.cli import main
 from ramer.config import build_config
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
-from ramer.train import checkpoint as ckpt
+from ramer.paths import atomic_write_text
 from ramer.train import recipe as recipe_mod
 from ramer.train.recipe import Recipe
 
@@ -186,10 +187,10 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
     (the temp file behind the atomic rename starts private)."""
     old = os.umask(0o022)
     try:
-        ckpt.atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_text(tmp_path / "a.txt", "x")
         assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
         os.umask(0o077)
-        ckpt.atomic_write_text(tmp_path / "b.txt", "x")
+        atomic_write_text(tmp_path / "b.txt", "x")
         assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_store
 from safetensors import safe_open
 from safetensors.torch import save_file
+from test_conversations import base_rows, fake_text, write_table  # noqa: F401  (fake_text is a fixture)
 
 import ramer
+from ramer import checkpoint as ckpt
 from ramer.batch import MODALITIES
 from ramer.cli import main
 from ramer.config import build_config
@@ -24,13 +27,8 @@ from ramer.errors import RamerError
 from ramer.metrics import ARGMAX, decide, report
 from ramer.models import BUILDERS, build_model, losses
 from ramer.models.base import DataSpec
+from ramer.models.classical import ClassicalModel, ClassicalModule
 from ramer.models.parts import fuse_max
-from ramer.train import checkpoint as ckpt
-from ramer.train.classical import ClassicalModule
-from ramer.models.classical import ClassicalModel
-
-from conftest import random_store
-from test_conversations import base_rows, fake_text, write_table  # noqa: F401  (fake_text is a fixture)
 
 EMOTIONS = ("anger", "joy", "sadness")
 TINY = ["train.epochs=3", "train.batch_size=4", "model.hidden=16", "model.ffn=32", "model.heads=2",

@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ramer import checkpoint as ckpt
 from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
+from ramer.infer import check_precision, model_dtype, resolve_device, to_inference_precision
+from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide
 from ramer.models import CLASSICAL, DataSpec, build_model
-from ramer.train import checkpoint as ckpt
-from ramer.train.recipe import check_precision, model_dtype, resolve_device, to_inference_precision
-from ramer.train.recipe import predict as predict_store
 
 
 @dataclass
@@ -91,7 +91,7 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     if device is not None:
         cfg.train.device = device
     if cfg.model.name in CLASSICAL:
-        from ramer.train.classical import ClassicalModule
+        from ramer.models.classical import ClassicalModule
 
         model = ClassicalModule.from_state(cfg.model.name, spec, state)
     else:

@@ -41,8 +41,7 @@ from ramer.data.store import resolve_task
 from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION
 from ramer.models import BUILDERS, CLASSICAL
-from ramer.paths import make_folder
-from ramer.train.checkpoint import atomic_write, atomic_write_text
+from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train.classical import run_training
 
 BASELINES = ("br", "cc", "lp", "mlgcn", "late_fusion", "mult", "hhmpn", "amp")

@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else default_out(cfg)
     result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
-        from ramer.train.checkpoint import read_spec
+        from ramer.checkpoint import read_spec
 
         task = read_spec(out / "model.safetensors").task
         OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", {cfg.model.name: result}, task))
@@ -207,8 +207,8 @@ def load_run_and_data(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ramer.infer import apply_missing
     from ramer.metrics import describe_threshold, report
-    from ramer.train.recipe import apply_missing
 
     predictor, bundle = load_run_and_data(args)
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
@@ -225,8 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ramer.paths import output_file
-    from ramer.train.checkpoint import atomic_write_text
+    from ramer.paths import atomic_write_text, output_file
 
     output_file(args.out)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)

@@ -1,8 +1,13 @@
-"""Output paths: folders and files a command writes, checked before the work with clear errors."""
+"""Output paths: folders and files a command writes, checked before the work with clear errors, and
+written atomically (to a temporary name in the same folder, then renamed over the old file, so a
+kill during a write never leaves a half-written file as the latest)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ramer.errors import RamerError
 
@@ -38,3 +43,33 @@ def output_file(path: str | Path) -> Path:
         raise RamerError(f"{path}: is a folder; give a file name")
     make_folder(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp makes it private)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    atomic_write(path, write)

@@ -15,10 +15,10 @@ import numpy as np
 from rich.console import Console
 
 from ramer.config import build_config
-from ramer.data import is_native, load_bundle
+from ramer.data import load_bundle
+from ramer.data.store import is_native
 from ramer.errors import RamerError
-from ramer.paths import make_folder
-from ramer.train.checkpoint import atomic_write_text
+from ramer.paths import atomic_write_text, make_folder
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BENCHES = {

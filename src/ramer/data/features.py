@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ramer.errors import RamerError
+from ramer.paths import atomic_write
 
 IMPORT_HINT = "pip install 'ramer[import]'"
 FACE_HINT = "pip install 'ramer[face]' (mediapipe 0.10.21; it needs numpy<2)"
@@ -125,8 +126,6 @@ class FeatureCache:
         return None
 
     def put(self, kind: str, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-        from ramer.train.checkpoint import atomic_write
-
         path = self._path(kind, name)
         path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -5,187 +5,32 @@ the native format (``meta.json``) or a MEmoR release (``anno.json`` + ``data.jso
 sniffed through the first opcodes of its pickle (``pickletools``, nothing is called) and, when
 that is not conclusive, read with the allow-list loader (``safe_load``) and recognised by shape.
 
-``load_dataset(path, fmt, data_cfg)`` returns a ``DataBundle`` with splits train / valid / test.
-The loaders themselves live in ``mosei.py``, ``m3ed.py`` and ``memor.py``; this module also holds
-the helpers they share (float32 cast with non-finite replacement, ``tgt`` label lists, scene
-stores of single-person sequences).
+``load_dataset(path, fmt, data_cfg)`` returns a ``DataBundle`` with splits train / valid / test;
+``load_bundle(data_cfg)`` does the same for the dataset a config names. This is the one place that
+sends a path to its loader: the loaders live in ``mosei.py``, ``m3ed.py``, ``memor.py``,
+``synthetic.py`` and ``store.py`` (native), and share ``readers.py``.
 """
 
 from __future__ import annotations
 
 import pickletools
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ramer.batch import MODALITIES, ROLE_NONE
 from ramer.config import DataConfig
+from ramer.data import synthetic
+from ramer.data.m3ed import iter_m3ed_carat, iter_m3ed_pickle
+from ramer.data.memor import iter_memor
+from ramer.data.mosei import iter_mosei_aligned, iter_mosei_unaligned
+from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import is_torch_file, safe_load
-from ramer.data.store import DataBundle, SceneStore, is_native, load_native
+from ramer.data.store import DataBundle, is_native, load_native
 from ramer.errors import RamerError
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
-SPLITS = ("train", "valid", "test")
-SPECIAL_TGT = {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
-FIRST_LABEL_ID = 4  # emotion ids in 'tgt' lists start after the four specials
 
 
-# ---------------------------------------------------------------------------------------- streams
-@dataclass
-class SplitStream:
-    """A dataset read split by split: ``splits`` yields ``(name, SceneStore)`` and frees the source
-    arrays of a split once it is built, so a converter can write each split and drop it.
-    ``info`` (JSON-safe) is complete once ``splits`` is exhausted."""
-
-    format: str
-    source: str
-    label_names: tuple[str, ...]
-    splits: Iterator[tuple[str, SceneStore]]
-    info: dict = field(default_factory=dict)
-
-    def to_bundle(self) -> DataBundle:
-        splits = dict(self.splits)
-        return DataBundle(splits, tuple(self.label_names), self.format, self.source, self.info)
-
-
-def new_info(sources: list[str]) -> dict:
-    return {"source_files": [str(s) for s in sources], "nonfinite_replaced": {m: 0 for m in MODALITIES}}
-
-
-# ---------------------------------------------------------------------------------------- helpers
-_CHUNK = 1 << 22  # elements per non-finite scan chunk (16 MiB of float32)
-
-
-def as_float32(arr: Any, counts: dict[str, int], modality: str, where: str) -> np.ndarray:
-    """``arr`` as a C-contiguous float32 array with +-inf/NaN replaced by 0, counted in
-    ``counts[modality]``. Works in place when ``arr`` already is a writable float32 array (the
-    loaders own what they read), so a large split is never copied twice."""
-    if hasattr(arr, "detach") and hasattr(arr, "numpy"):  # a torch tensor
-        arr = arr.detach().cpu().numpy()
-    a = np.asarray(arr)
-    if a.dtype.kind not in "fiub":
-        raise RamerError(f"{where}: dtype {a.dtype} (shape {a.shape}), expected numbers")
-    if a.dtype != np.float32:
-        a = a.astype(np.float32)  # float64 values beyond float32's range become inf: counted below
-    elif not (a.flags.writeable and a.flags.c_contiguous):
-        a = np.array(a, dtype=np.float32, order="C")
-    flat = a.reshape(-1)
-    replaced = 0
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start : start + _CHUNK]
-        bad = ~np.isfinite(chunk)
-        k = int(np.count_nonzero(bad))
-        if k:
-            chunk[bad] = 0.0
-            replaced += k
-    counts[modality] = counts.get(modality, 0) + replaced
-    return a
-
-
-def label_names_from_dict(obj: dict, default: tuple[str, ...], source: str) -> tuple[tuple[str, ...], str]:
-    """Class names ordered by id from ``obj['dict']['tgt']`` (name -> id, ids 4.. for emotions);
-    ``default`` when the file has no ``dict``. Returns (names, where they came from)."""
-    d = obj.get("dict") if isinstance(obj, dict) else None
-    tgt = d.get("tgt") if isinstance(d, dict) else None
-    if tgt is None:
-        return tuple(default), "default"
-    if not isinstance(tgt, dict):
-        raise RamerError(f"{source}: key 'dict' -> 'tgt' is a {type(tgt).__name__}, expected a dict name -> id")
-    by_id: dict[int, str] = {}
-    for name, idx in tgt.items():
-        if name in SPECIAL_TGT:
-            continue
-        try:
-            i = int(idx)
-        except (TypeError, ValueError):
-            raise RamerError(f"{source}: dict['tgt'][{name!r}] = {idx!r} is not an integer id") from None
-        if i < FIRST_LABEL_ID or i in by_id:
-            raise RamerError(f"{source}: dict['tgt'][{name!r}] = {i}: emotion ids must be distinct and >= {FIRST_LABEL_ID}")
-        by_id[i] = str(name)
-    ids = sorted(by_id)
-    if not ids or ids != list(range(FIRST_LABEL_ID, FIRST_LABEL_ID + len(ids))):
-        raise RamerError(f"{source}: dict['tgt'] emotion ids {ids} are not {FIRST_LABEL_ID}..{FIRST_LABEL_ID + len(ids) - 1}")
-    return tuple(by_id[i] for i in ids), "dict['tgt']"
-
-
-def labels_from_tgt(tgt: Any, n_labels: int, where: str) -> np.ndarray:
-    """Multi-hot (N, C) uint8 from ``tgt`` lists ``[2, e_1, .., e_k, 3]`` (index = id - 4). The
-    specials ``<s>``/``</s>`` and ``<blank>`` padding are skipped; ``[2, 3]`` gives an empty row."""
-    if hasattr(tgt, "tolist") and not isinstance(tgt, list):
-        tgt = tgt.tolist() if getattr(tgt, "dtype", None) != object else list(tgt)
-    if not isinstance(tgt, (list, tuple)):
-        raise RamerError(f"{where}: 'tgt' is a {type(tgt).__name__}, expected a list of id lists")
-    out = np.zeros((len(tgt), n_labels), dtype=np.uint8)
-    for i, seq in enumerate(tgt):
-        ids = np.asarray(seq).reshape(-1)
-        if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))) and ids.size:
-            raise RamerError(f"{where}: tgt[{i}] = {seq!r} is not a list of integer ids")
-        for v in ids.astype(np.int64).tolist():
-            if v in (0, 2, 3):
-                continue
-            j = v - FIRST_LABEL_ID
-            if not 0 <= j < n_labels:
-                raise RamerError(
-                    f"{where}: tgt[{i}] holds id {v}; emotion ids must be {FIRST_LABEL_ID}..{FIRST_LABEL_ID + n_labels - 1}"
-                )
-            out[i, j] = 1
-    return out
-
-
-def sequence_store(
-    feats: dict[str, np.ndarray],
-    present: np.ndarray,
-    steps: np.ndarray,
-    labels: np.ndarray,
-    label_names: tuple[str, ...],
-    ids: list[str],
-    source: str,
-    extra: dict,
-) -> SceneStore:
-    """A store of single-person scenes (P = 1, S = ``steps[i]``): MOSEI and CARAT's M3ED."""
-    n = len(steps)
-    steps = np.asarray(steps, dtype=np.int64)
-    return SceneStore(
-        text=feats["text"],
-        audio=feats["audio"],
-        visual=feats["visual"],
-        present=present,
-        token_offsets=np.concatenate([[0], np.cumsum(steps)]).astype(np.int64),
-        grid=np.stack([np.ones(n, dtype=np.int64), steps], 1).astype(np.int32).reshape(n, 2),
-        labels=labels,
-        target=np.full((n, 2), -1, dtype=np.int32),
-        role=np.full(n, ROLE_NONE, dtype=np.int8),
-        person_offsets=np.arange(n + 1, dtype=np.int64),
-        character=np.full(n, -1, dtype=np.int32),
-        label_names=label_names,
-        ids=ids,
-        source=source,
-        extra=extra,
-    )
-
-
-def split_dict(obj: Any, split: str, source: str) -> dict:
-    if not isinstance(obj, dict):
-        raise RamerError(f"{source}: top level is a {type(obj).__name__}, expected a dict with keys {list(SPLITS)}")
-    if split not in obj:
-        raise RamerError(f"{source}: missing split '{split}' (keys: {sorted(map(str, obj))})")
-    part = obj[split]
-    if not isinstance(part, dict):
-        raise RamerError(f"{source}: split '{split}' is a {type(part).__name__}, expected a dict")
-    return part
-
-
-def need_key(part: dict, key: str, split: str, source: str) -> Any:
-    if key not in part:
-        raise RamerError(f"{source}: split '{split}' has no key '{key}' (keys: {sorted(map(str, part))})")
-    return part[key]
-
-
-# ---------------------------------------------------------------------------------------- detection
 _MEMO_OPS = {"MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME", "PROTO"}
 
 
@@ -313,17 +158,16 @@ def open_dataset(
     """A ``SplitStream`` for the public layouts (read split by split), a ``DataBundle`` for the
     native and synthetic ones. See ``load_dataset`` for the arguments."""
     cfg = data_cfg or DataConfig()
+    synthetic.check_complete(cfg)
     if fmt not in ("auto",) + FORMATS:
         raise RamerError(f"unknown data format '{fmt}'; known: auto, {', '.join(FORMATS)}")
     if fmt == "synthetic" or (fmt == "auto" and path is None):
-        from ramer.data import synthetic
-
         return synthetic.generate(cfg.synthetic)
     if path is None:
         raise RamerError(f"data format '{fmt}' needs a path")
     p = Path(path)
     if not p.exists():
-        raise RamerError(f"{p}: no such file or directory")
+        raise RamerError(f"data path not found: {p}")
     explicit = fmt != "auto"
     obj = None
     if not explicit:
@@ -331,8 +175,6 @@ def open_dataset(
     if fmt == "native":
         return load_native(p)
     if fmt == "memor":
-        from ramer.data.memor import iter_memor
-
         return iter_memor(p, labels=cfg.labels, character_order=memor_character_order,
                           valid_fraction=valid_fraction, valid_seed=valid_seed)
     if p.is_dir():
@@ -355,20 +197,12 @@ def open_dataset(
 
 def _stream_from_object(fmt: str, obj: Any, p: Path, cfg: DataConfig, aligned_path, unaligned_layout) -> SplitStream:
     if fmt == "mosei_aligned":
-        from ramer.data.mosei import iter_mosei_aligned
-
         return iter_mosei_aligned(obj, str(p))
     if fmt == "mosei_unaligned":
-        from ramer.data.mosei import iter_mosei_unaligned
-
         return iter_mosei_unaligned(obj, str(p), aligned_path=aligned_path, layout=unaligned_layout)
     if fmt == "m3ed_pickle":
-        from ramer.data.m3ed import iter_m3ed_pickle
-
         return iter_m3ed_pickle(obj, str(p), max_utterances=cfg.max_utterances)
     if fmt == "m3ed_carat":
-        from ramer.data.m3ed import iter_m3ed_carat
-
         return iter_m3ed_carat(obj, str(p))
     raise RamerError(f"data format '{fmt}' cannot be read from a single file")
 
@@ -398,3 +232,19 @@ def load_dataset(
         memor_character_order=memor_character_order, valid_fraction=valid_fraction, valid_seed=valid_seed,
     )
     return opened if isinstance(opened, DataBundle) else opened.to_bundle()
+
+
+def loader_options(cfg: DataConfig) -> dict:
+    """The keyword options of ``load_dataset`` / ``open_dataset`` that a config sets."""
+    return {
+        "aligned_path": cfg.aligned_path,
+        "unaligned_layout": cfg.unaligned_layout,
+        "memor_character_order": cfg.memor_character_order,
+        "valid_fraction": cfg.valid_fraction,
+        "valid_seed": cfg.valid_seed,
+    }
+
+
+def load_bundle(cfg: DataConfig) -> DataBundle:
+    """The dataset a config names: the embedded benchmark when ``path`` is None, else a file or folder."""
+    return load_dataset(cfg.path, cfg.format, cfg, **loader_options(cfg))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONE
-from ramer.data.formats import (
+from ramer.data.readers import (
     SPLITS,
     SplitStream,
     as_float32,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.data.formats import SplitStream, as_float32, new_info
+from ramer.data.readers import SplitStream, as_float32, new_info
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError

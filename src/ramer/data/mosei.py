@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES
-from ramer.data.formats import (
+from ramer.data.readers import (
     SPLITS,
     SplitStream,
     as_float32,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.config import SynthConfig
+from ramer.config import DataConfig, SynthConfig
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError
 from ramer.metrics import report
@@ -213,4 +213,24 @@ def statistics(bundle: DataBundle) -> dict:
             "presence": {m: float(v) for m, v in zip(("text", "audio", "visual"), np.asarray(st.present).mean(0))},
             "speaker_target_share": float((np.asarray(st.role) == ROLE_SPEAKER).mean()),
         }
+    return out
+
+
+def check_complete(cfg: DataConfig) -> None:
+    """``data.synthetic.complete`` means complete: only the embedded benchmark has it, and no extra
+    modality is hidden from it (``data.missing_rate`` must be 0)."""
+    if not cfg.synthetic.complete:
+        return
+    if cfg.path is not None:
+        raise RamerError(f"data.synthetic.complete is for the embedded benchmark; data.path is set ({cfg.path})")
+    if cfg.missing_rate > 0:
+        raise RamerError(f"data.synthetic.complete: complete inputs hide nothing, but data.missing_rate is "
+                         f"{cfg.missing_rate:g}; set it to 0")
+
+
+def complete_data(cfg: DataConfig) -> DataConfig:
+    """A copy of ``cfg`` with complete inputs: the same scenes, every modality present, no extra hiding."""
+    out = cfg.model_copy(deep=True)
+    out.synthetic.complete = True
+    out.missing_rate = 0.0
     return out

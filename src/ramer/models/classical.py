@@ -13,8 +13,10 @@ mean and standard deviation.
 - ``lp`` label powerset: one multinomial logistic regression over the label sets seen in
   training; the probability of label ``j`` is the total probability of the sets containing it.
 
-On single-label data the fits are the same; ``train.classical.ClassicalModule`` divides each
+On single-label data the fits are the same; ``ClassicalModule`` divides each
 sample's label probabilities by their sum, so that they sum to 1, and the decision is the arg-max.
+
+``ClassicalModule`` puts a fitted model behind the deep models' interface (``forward(batch).probs``).
 
 A fitted model is a handful of arrays (``to_arrays`` / ``from_arrays``, safetensors-friendly, no
 pickle); predictions are computed from those arrays, so a rebuilt model gives identical
@@ -24,14 +26,17 @@ probabilities.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from torch import Tensor, nn
 
-from ramer.batch import MODALITIES
+from ramer.batch import MODALITIES, Batch
 from ramer.errors import RamerError
+from ramer.models.base import DataSpec
 from ramer.models.late_fusion import target_mask
 
 KINDS = ("br", "cc", "lp")
@@ -192,3 +197,50 @@ class ClassicalModel:
             raise RamerError(f"classical '{kind}' weights lack {sorted(missing)}")
         model.arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
         return model
+
+
+@dataclass
+class ClassicalOutput:
+    probs: Tensor  # (B, C) float64 label probabilities
+
+
+class _OneBatch:
+    """``pooled_features`` reads a store through ``len``/``dims``/``collate``; this serves one
+    already collated batch as a store of that batch (so features are pooled by the same code)."""
+
+    def __init__(self, batch: Batch, dims: dict[str, int]) -> None:
+        self.batch = batch.to("cpu")
+        self.dims = dims
+
+    def __len__(self) -> int:
+        return self.batch.size
+
+    def collate(self, indices) -> Batch:
+        assert len(indices) == self.batch.size, "the whole batch is pooled in one chunk"
+        return self.batch
+
+
+class ClassicalModule(nn.Module):
+    """A fitted ``br``/``cc``/``lp`` with the model interface: ``forward(batch).probs``.
+
+    The fitted arrays are float64 buffers, so ``state_dict()`` is what ``model.safetensors`` holds.
+    """
+
+    def __init__(self, kind: str, spec: DataSpec, arrays: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.kind, self.spec = kind, spec
+        self.classical = ClassicalModel.from_arrays(kind, spec.label_names, arrays)
+        for name, value in self.classical.arrays.items():
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
+
+    @classmethod
+    def from_state(cls, kind: str, spec: DataSpec, state: dict[str, Tensor]) -> "ClassicalModule":
+        """Rebuild from the tensors of a ``model.safetensors`` (``checkpoint.read_model_file``)."""
+        return cls(kind, spec, {k: v.double().numpy() for k, v in state.items()})
+
+    def forward(self, batch: Batch) -> ClassicalOutput:
+        X = pooled_features(_OneBatch(batch, self.spec.dims), chunk=max(1, batch.size))  # (B, D)
+        probs = self.classical.predict_features(X)  # (B, C)
+        if self.spec.single_label:  # the per-label fits, normalised to one distribution per sample
+            probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-300)
+        return ClassicalOutput(torch.from_numpy(probs).to(batch.labels.device))

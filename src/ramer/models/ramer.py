@@ -16,9 +16,10 @@ Pipeline, in the order of the spec:
 8. §7 ``probs = (sigmoid(max_m logit_m(f)) + mean_k sigmoid(agg(T_k))) / 2``; on single-label data
    each sigmoid is a softmax over the labels and every classification term is softmax
    cross-entropy (``losses.classification``)
-Training only: discriminators, stack shuffle, contrastive items and queue update, prototype
-update, personality prediction, modality dropout and the detached pass giving the reconstruction
-targets of hidden modalities (``_hidden_real``).
+Training only: discriminators, stack shuffle, contrastive items and queue update (items, queue and
+prototypes shared across ranks in distributed training), prototype update, personality
+prediction, modality dropout and the detached pass giving the reconstruction targets of hidden
+modalities (``_hidden_real``).
 
 Axis letters: b batch, n tokens, p persons, s segments, m modality, c labels, h hidden,
 k stack sources, P code size, i contrastive items.
@@ -28,10 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ramer import dist
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.errors import RamerError
@@ -106,6 +109,8 @@ class RAMerOutput:
 
 
 class RAMer(nn.Module):
+    uses_every_parameter = True  # at every training step (tested): DDP need not look for unused ones
+
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
         self.cfg, self.weights = cfg, loss_cfg
@@ -303,6 +308,7 @@ class RAMer(nn.Module):
             out.items, out.item_classes = contrastive_items(out.codes, rec_codes, out.visible, out.available, labels)
             out.queue_items, out.queue_classes = self.memory.snapshot()
             self._enqueue(out.items, out.item_classes)
+            self._share_keys(out)
         if self.reconstruction is not None:
             self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.visible, labels))
 
@@ -310,8 +316,6 @@ class RAMer(nn.Module):
     def _enqueue(self, items: Tensor, classes: Tensor) -> None:
         """Distributed training: every process enqueues the items of all processes (rank order), so
         the queues stay equal; a subset, when needed, is drawn on rank 0 and broadcast."""
-        from ramer.train import dist
-
         items = items.detach()
         if dist.world_size() > 1:
             items, classes = dist.all_gather_rows(items), dist.all_gather_rows(classes)
@@ -320,12 +324,27 @@ class RAMer(nn.Module):
                 items, classes = items[keep], classes[keep]
         self.memory._enqueue(items, classes)
 
+    @staticmethod
+    def _share_keys(out: RAMerOutput) -> None:
+        """Distributed training: the other ranks' contrastive items become keys of this rank's SupCon.
+
+        One process on the joined batch contrasts every item with every other item of the batch;
+        here each rank's anchors also meet the other ranks' items (gathered with their gradient, so
+        each item is trained by every rank's loss, as in one process). They are put in front of the
+        queue snapshot, which only ever serves as keys. No-op in a single process."""
+        if dist.world_size() == 1:
+            return
+        parts = dist.all_gather_rows_with_grad(out.items)
+        classes = dist.all_gather_rows(out.item_classes)
+        bounds = np.cumsum([0] + [p.shape[0] for p in parts])
+        others = [i for i in range(len(parts)) if i != dist.rank()]
+        out.queue_items = torch.cat([parts[i] for i in others] + [out.queue_items.to(out.items.dtype)])
+        out.queue_classes = torch.cat([classes[bounds[i] : bounds[i + 1]] for i in others] + [out.queue_classes])
+
     @torch.no_grad()
     def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:
         """Distributed training: the sums and counts of all processes (all-reduce), so every process
         takes the same EMA step, the one a single process on the joined batch would take."""
-        from ramer.train import dist
-
         if dist.world_size() > 1:
             sums, counts = dist.all_reduce_sum_(sums.contiguous()), dist.all_reduce_sum_(counts.contiguous())
         self.reconstruction._update_prototypes(sums, counts)

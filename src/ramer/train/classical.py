@@ -12,9 +12,9 @@ Fitting takes seconds, so resuming simply fits again. Single-label data: the sam
 sample's label probabilities are divided by their sum (so they sum to 1, like the deep models'
 softmax) and the decision is the arg-max.
 
-:class:`ClassicalModule` puts a fitted model behind the deep models' interface
-(``forward(batch).probs``), so validation, test and evaluation all go through
-``recipe.predict``: the same pooled features, the same float32 scores, the same threshold.
+:class:`~ramer.models.classical.ClassicalModule` puts a fitted model behind the deep models'
+interface (``forward(batch).probs``), so validation, test and evaluation all go through
+``infer.predict``: the same pooled features, the same float32 scores, the same threshold.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,67 +29,19 @@ import torch
 from rich.console import Console
 from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
-from torch import Tensor, nn
 
-from ramer.batch import Batch
+from ramer import checkpoint as ckpt
 from ramer.config import Config, dump_config
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
+from ramer.dist import is_main
 from ramer.errors import RamerError
+from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec
-from ramer.models.classical import ClassicalModel, pooled_features
-from ramer.paths import make_folder
-from ramer.train import checkpoint as ckpt
-from ramer.train.dist import is_main
-from ramer.train.recipe import Recipe, apply_missing, check_splits, predict, write_test_result
-
-
-@dataclass
-class ClassicalOutput:
-    probs: Tensor  # (B, C) float64 label probabilities
-
-
-class _OneBatch:
-    """``pooled_features`` reads a store through ``len``/``dims``/``collate``; this serves one
-    already collated batch as a store of that batch (so features are pooled by the same code)."""
-
-    def __init__(self, batch: Batch, dims: dict[str, int]) -> None:
-        self.batch = batch.to("cpu")
-        self.dims = dims
-
-    def __len__(self) -> int:
-        return self.batch.size
-
-    def collate(self, indices) -> Batch:
-        assert len(indices) == self.batch.size, "the whole batch is pooled in one chunk"
-        return self.batch
-
-
-class ClassicalModule(nn.Module):
-    """A fitted ``br``/``cc``/``lp`` with the model interface: ``forward(batch).probs``.
-
-    The fitted arrays are float64 buffers, so ``state_dict()`` is what ``model.safetensors`` holds.
-    """
-
-    def __init__(self, kind: str, spec: DataSpec, arrays: dict[str, np.ndarray]) -> None:
-        super().__init__()
-        self.kind, self.spec = kind, spec
-        self.classical = ClassicalModel.from_arrays(kind, spec.label_names, arrays)
-        for name, value in self.classical.arrays.items():
-            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
-
-    @classmethod
-    def from_state(cls, kind: str, spec: DataSpec, state: dict[str, Tensor]) -> "ClassicalModule":
-        """Rebuild from the tensors of a ``model.safetensors`` (``checkpoint.read_model_file``)."""
-        return cls(kind, spec, {k: v.double().numpy() for k, v in state.items()})
-
-    def forward(self, batch: Batch) -> ClassicalOutput:
-        X = pooled_features(_OneBatch(batch, self.spec.dims), chunk=max(1, batch.size))  # (B, D)
-        probs = self.classical.predict_features(X)  # (B, C)
-        if self.spec.single_label:  # the per-label fits, normalised to one distribution per sample
-            probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-300)
-        return ClassicalOutput(torch.from_numpy(probs).to(batch.labels.device))
+from ramer.models.classical import ClassicalModel, ClassicalModule
+from ramer.paths import atomic_write, atomic_write_text, make_folder
+from ramer.train.recipe import Recipe, check_splits, write_test_result
 
 
 def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: float | list[float] | str) -> None:
@@ -103,7 +54,7 @@ def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: 
         "threshold": json.dumps(threshold),
         "epoch": "1",
     }
-    ckpt.atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, single_label: bool = False) -> float:
@@ -149,7 +100,7 @@ class ClassicalRecipe:
         make_folder(self.out)
         if not self.resume and (self.out / "model.safetensors").exists():
             raise RamerError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
-        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         (self.out / "metrics.jsonl").write_text("")
 
     def train(self) -> None:

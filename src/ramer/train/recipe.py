@@ -15,14 +15,14 @@
   reads only the checkpointed best epoch), and one that had stopped trains no further.
 - Evaluation never shuffles or drops a sample (the count is asserted).
 - Files are written by rank 0 only, each atomically.
-- Distributed (``torchrun --nproc_per_node=N -m ramer train ...``, see ``ramer.train.dist`` and
+- Distributed (``torchrun --nproc_per_node=N -m ramer train ...``, see ``ramer.dist`` and
   docs/SCALING.md): DDP, gloo on CPU, nccl on CUDA. ``train.batch_size`` is the global batch; each
   of the ``N`` processes takes ``batch_size / N`` of it: every rank walks the same seeded
   permutation, padded by repetition like ``DistributedSampler`` and strided by rank, so step ``k``
   of the ``N`` ranks reads exactly the samples of step ``k`` of one process. Evaluation gives
   every rank a contiguous block (no duplicates) and gathers the scores in order. The contrastive
-  queue, the prototypes and the contrastive keys are shared across ranks (see ``RAMer._enqueue``,
-  ``RAMer._update_prototypes``, ``share_contrastive_keys``).
+  queue, the prototypes and the contrastive keys are shared across ranks by the model itself (see
+  ``RAMer._enqueue``, ``RAMer._update_prototypes``, ``RAMer._share_keys``).
 - ``train.precision: bf16`` runs forward and loss under ``torch.autocast(bfloat16)`` (CPU or CUDA);
   weights, gradients and the optimiser stay float32.
 
@@ -35,11 +35,9 @@ end of the best epoch); the test line has ``best_epoch``, ``best_step``, ``epoch
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -49,20 +47,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from ramer import checkpoint as ckpt
+from ramer import dist
 from ramer.config import Config, dump_config
-from ramer.data import DataBundle, SceneStore, check_complete, load_bundle
+from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
+from ramer.dist import is_main
 from ramer.errors import RamerError
+from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import DataSpec, build_model
 from ramer.models.base import LossResult
-from ramer.paths import make_folder
-from ramer.train import checkpoint as ckpt
-from ramer.train import dist
-from ramer.train.dist import is_main
+from ramer.paths import atomic_write_text, make_folder
 from ramer.train.optim import build_optimizer
 
-SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
 # DDP must not overwrite the buffers (queue, prototypes) with rank 0's at every forward: the model
 # keeps them equal itself. Newer torch spells the switch ``forward_sync_buffers``.
 NO_BUFFER_SYNC = (
@@ -70,50 +68,6 @@ NO_BUFFER_SYNC = (
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
     else {"broadcast_buffers": False}
 )
-
-
-@dataclass
-class Predictions:
-    scores: np.ndarray  # (n, C) probabilities
-    labels: np.ndarray  # (n, C) 0/1
-    role: np.ndarray  # (n,)
-    ids: list[str]
-
-
-def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N`` as a torch device, checked against this machine; ``instead``
-    says what to do where CUDA is missing (it differs for training and for a trained run)."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise RamerError(f"train.device: unknown device '{name}' (cpu, cuda or cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise RamerError(f"train.device is '{name}': ramer runs on cpu or cuda")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RamerError(f"train.device is '{name}' but CUDA is not available here; {instead}")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise RamerError(f"train.device is '{name}' but this machine has {count} CUDA device(s)")
-    return dev
-
-
-def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
-    """The splits with the config's extra missing rate applied (seeded per split)."""
-    check_complete(cfg.data)  # complete inputs take no extra missing rate
-    rate, at = cfg.data.missing_rate, cfg.data.missing_at
-    out = {}
-    for name, store in bundle.splits.items():
-        hit = rate > 0 and (at == "all" or name == "test")
-        out[name] = store.with_missing(rate, cfg.train.seed * 7919 + SPLIT_SALT.get(name, 9)) if hit else store
-    return out
-
-
-def autocast(device: torch.device, precision: str = "fp32"):
-    """``torch.autocast`` to bfloat16 for ``precision == "bf16"``, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def check_splits(bundle: DataBundle) -> None:
@@ -133,140 +87,6 @@ def check_splits(bundle: DataBundle) -> None:
                              + hint)
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating type of a model's weights (float32 for a model without any)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
-def to_inference_precision(model: nn.Module, precision: str) -> nn.Module:
-    """``bf16``: the whole model cast to bfloat16 for inference (weights and buffers; ``predict``
-    then casts the inputs too). Faster on CPU than autocast, which converts activations back and
-    forth around every matrix product and normalisation (docs/PERFORMANCE.md); its scores are
-    checked against fp32 in ``benchmarks/throughput.py`` and the tests. ``fp32``: unchanged."""
-    return model.to(torch.bfloat16) if check_precision(precision) == "bf16" else model
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one ramer knows (fp32, bf16), else a RamerError."""
-    if precision not in ("fp32", "bf16"):
-        raise RamerError(f"unknown precision '{precision}' (fp32 or bf16)")
-    return precision
-
-
-def predict(
-    model: nn.Module,
-    store: SceneStore,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-    shard: bool = False,
-    workers: int = 1,
-) -> Predictions:
-    """Scores for every scene of ``store``, in order: no shuffle, no drop.
-
-    ``shard``: in a distributed run each rank scores one contiguous block of the scenes and the
-    blocks are gathered in rank order (no padding, so no duplicate), giving every rank all scores.
-    ``workers``: CPU only, the scenes are split into at most that many contiguous blocks of whole
-    batches, each scored by a forked process on its share of the threads (``_score_forked``).
-    """
-    was_training = model.training
-    model.eval()
-    n = len(store)
-    part = dist.eval_slice(n) if shard else slice(0, n)
-    if model_dtype(model) != torch.float32:  # a model cast whole (``to_inference_precision``): no autocast
-        precision = "fp32"
-    if workers > 1 and (shard or device.type != "cpu"):
-        raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
-    blocks = _batch_blocks(part, batch_size, workers)
-    if len(blocks) > 1:
-        out = _score_forked(model, store, blocks, batch_size, device, precision)
-    else:
-        out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
-    model.train(was_training)
-    if shard:
-        out = dist.gather_arrays(out)
-    assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
-    return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
-
-
-@torch.inference_mode()
-def _score_range(
-    model: nn.Module, store: SceneStore, start: int, stop: int, batch_size: int, device: torch.device, precision: str
-) -> np.ndarray:
-    """Scores ``(stop - start, C)`` of scenes ``start..stop`` of ``store``, batch by batch, in order."""
-    dtype = model_dtype(model)
-    scores = [np.zeros((0, len(store.label_names)), dtype=np.float32)]
-    for first in range(start, stop, batch_size):
-        batch = store.collate(np.arange(first, min(stop, first + batch_size))).to(device, dtype)
-        with autocast(device, precision):
-            scores.append(model(batch).probs.float().cpu().numpy())
-    return np.concatenate(scores)
-
-
-_FORKED: tuple | None = None  # what the forked scoring processes inherit: (model, store, ..., threads)
-
-
-def _score_block(bounds: tuple[int, int]) -> np.ndarray:
-    """In a forked worker: the scores of one block, on the worker's share of the threads."""
-    model, store, batch_size, device, precision, threads = _FORKED
-    torch.set_num_threads(threads)
-    return _score_range(model, store, *bounds, batch_size, device, precision)
-
-
-def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int, int]]:
-    """``part`` cut into at most ``workers`` non-empty contiguous blocks of whole batches (so every
-    batch is the one a single process would score)."""
-    n_batches = -(-(part.stop - part.start) // batch_size)
-    cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
-    return [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
-
-
-def _score_forked(
-    model: nn.Module, store: SceneStore, blocks: list[tuple[int, int]], batch_size: int, device: torch.device,
-    precision: str,
-) -> np.ndarray:
-    """Scores of ``blocks`` from one forked process each, gathered in order; the threads of this
-    process are shared out among the blocks (one per worker, fewer when there are fewer batches
-    than workers: each block then gets more threads).
-
-    Threads of one process meet at every one of the many small ops of a batch; processes of one
-    thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
-    workers inherit the model and the data without copying them."""
-    global _FORKED
-    import multiprocessing
-
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise RamerError("scoring with several worker processes needs the 'fork' start method (Linux)")
-    _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // len(blocks)))
-    try:
-        with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:
-            parts = pool.map(_score_block, blocks, chunksize=1)
-    finally:
-        _FORKED = None
-    return np.concatenate(parts)
-
-
-def share_contrastive_keys(out) -> None:
-    """Distributed training: the other ranks' contrastive items become keys of this rank's SupCon.
-
-    One process on the joined batch contrasts every item with every other item of the batch;
-    here each rank's anchors also meet the other ranks' items (gathered with their gradient, so
-    each item is trained by every rank's loss, as in one process). They are put in front of the
-    queue snapshot, which only ever serves as keys. No-op outside distributed training.
-    """
-    items = getattr(out, "items", None)
-    if items is None or dist.world_size() == 1:
-        return
-    parts = dist.all_gather_rows_with_grad(items)
-    classes = dist.all_gather_rows(out.item_classes)
-    sizes = [p.shape[0] for p in parts]
-    me = dist.rank()
-    bounds = np.cumsum([0] + sizes)
-    others = [i for i in range(len(parts)) if i != me]
-    out.queue_items = torch.cat([parts[i] for i in others] + [out.queue_items.to(items.dtype)])
-    out.queue_classes = torch.cat([classes[bounds[i] : bounds[i + 1]] for i in others] + [out.queue_classes])
-
-
 def training_step(
     forward: nn.Module,
     model: nn.Module,
@@ -280,7 +100,6 @@ def training_step(
     loss of the unwrapped ``model``, backward, clipping, step. Returns the (finite-checked) loss."""
     with autocast(batch.labels.device, precision):
         out = forward(batch)
-        share_contrastive_keys(out)
         loss = model.loss(out, batch)
     if not dist.all_true(torch.isfinite(loss.total.detach())):  # every rank stops together
         raise FloatingPointError(float(loss.total.detach()))
@@ -322,7 +141,7 @@ def write_test_result(
     per_label = rep.pop("per_label")
     result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
     if is_main():
-        ckpt.atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
+        atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         with open(out / "metrics.jsonl", "a") as f:
             line = {"final": "test", "best_epoch": epoch, **(run_info or {}), "threshold": threshold, "test": result,
                     "per_label": per_label}
@@ -379,9 +198,10 @@ class Recipe:
         if self.world > 1:
             # Buffers (queue, prototypes) are kept equal by the model's own collectives.
             ids = [self.device.index] if self.device.type == "cuda" else None
+            every_parameter = getattr(self.model, "uses_every_parameter", False)  # else DDP searches each step
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=cfg.model.name != "ramer", **NO_BUFFER_SYNC
-            )  # RAMer uses every parameter at every step (tested); baselines are not checked
+                self.model, device_ids=ids, find_unused_parameters=not every_parameter, **NO_BUFFER_SYNC
+            )
             torch.manual_seed(cfg.train.seed * 1_000_003 + dist.rank())  # own dropout etc. per rank
         n_train = len(self.splits["train"])
         per_rank = -(-n_train // self.world)  # padded like DistributedSampler
@@ -412,7 +232,7 @@ class Recipe:
             return str(e)
         if (self.out / "train_state.pt").exists():
             return f"{self.out} already holds a run; use --resume {self.out} or another --out"
-        ckpt.atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+        atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         (self.out / "metrics.jsonl").write_text("")
         return None
 
@@ -434,7 +254,7 @@ class Recipe:
         lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
         kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 10**9) < self.start_epoch]
         if is_main():
-            ckpt.atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
+            atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
 
     # ------------------------------------------------------------------ train
     def _epoch_order(self, epoch: int) -> torch.Tensor:

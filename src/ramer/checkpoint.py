@@ -1,4 +1,4 @@
-"""Atomic writes and safe checkpoints.
+"""Safe checkpoints (written atomically, ``paths.atomic_write``).
 
 - ``model.safetensors``: the best weights, with the resolved config, the data spec (with its task)
   and the decision threshold (a number, one per label, or ``"argmax"`` for single-label data) in
@@ -13,10 +13,7 @@ kill during a save never leaves a half-written file as the latest.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -26,36 +23,7 @@ from torch import nn
 from ramer.config import Config, config_from_dict
 from ramer.errors import RamerError
 from ramer.models.base import DataSpec
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp makes it private)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-
-    atomic_write(path, write)
+from ramer.paths import atomic_write
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, threshold, epoch: int) -> None:

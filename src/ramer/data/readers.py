@@ -1,0 +1,174 @@
+"""What the loaders of the public layouts (``mosei.py``, ``m3ed.py``, ``memor.py``) share: the
+split-by-split stream they return, float32 casts with non-finite replacement, ``tgt`` label lists,
+the split dictionaries of the pickled layouts, and scene stores of single-person sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ramer.batch import MODALITIES, ROLE_NONE
+from ramer.data.store import DataBundle, SceneStore
+from ramer.errors import RamerError
+
+SPLITS = ("train", "valid", "test")
+SPECIAL_TGT = {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
+FIRST_LABEL_ID = 4  # emotion ids in 'tgt' lists start after the four specials
+
+
+# ---------------------------------------------------------------------------------------- streams
+@dataclass
+class SplitStream:
+    """A dataset read split by split: ``splits`` yields ``(name, SceneStore)`` and frees the source
+    arrays of a split once it is built, so a converter can write each split and drop it.
+    ``info`` (JSON-safe) is complete once ``splits`` is exhausted."""
+
+    format: str
+    source: str
+    label_names: tuple[str, ...]
+    splits: Iterator[tuple[str, SceneStore]]
+    info: dict = field(default_factory=dict)
+
+    def to_bundle(self) -> DataBundle:
+        splits = dict(self.splits)
+        return DataBundle(splits, tuple(self.label_names), self.format, self.source, self.info)
+
+
+def new_info(sources: list[str]) -> dict:
+    return {"source_files": [str(s) for s in sources], "nonfinite_replaced": {m: 0 for m in MODALITIES}}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+_CHUNK = 1 << 22  # elements per non-finite scan chunk (16 MiB of float32)
+
+
+def as_float32(arr: Any, counts: dict[str, int], modality: str, where: str) -> np.ndarray:
+    """``arr`` as a C-contiguous float32 array with +-inf/NaN replaced by 0, counted in
+    ``counts[modality]``. Works in place when ``arr`` already is a writable float32 array (the
+    loaders own what they read), so a large split is never copied twice."""
+    if hasattr(arr, "detach") and hasattr(arr, "numpy"):  # a torch tensor
+        arr = arr.detach().cpu().numpy()
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fiub":
+        raise RamerError(f"{where}: dtype {a.dtype} (shape {a.shape}), expected numbers")
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)  # float64 values beyond float32's range become inf: counted below
+    elif not (a.flags.writeable and a.flags.c_contiguous):
+        a = np.array(a, dtype=np.float32, order="C")
+    flat = a.reshape(-1)
+    replaced = 0
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        bad = ~np.isfinite(chunk)
+        k = int(np.count_nonzero(bad))
+        if k:
+            chunk[bad] = 0.0
+            replaced += k
+    counts[modality] = counts.get(modality, 0) + replaced
+    return a
+
+
+def label_names_from_dict(obj: dict, default: tuple[str, ...], source: str) -> tuple[tuple[str, ...], str]:
+    """Class names ordered by id from ``obj['dict']['tgt']`` (name -> id, ids 4.. for emotions);
+    ``default`` when the file has no ``dict``. Returns (names, where they came from)."""
+    d = obj.get("dict") if isinstance(obj, dict) else None
+    tgt = d.get("tgt") if isinstance(d, dict) else None
+    if tgt is None:
+        return tuple(default), "default"
+    if not isinstance(tgt, dict):
+        raise RamerError(f"{source}: key 'dict' -> 'tgt' is a {type(tgt).__name__}, expected a dict name -> id")
+    by_id: dict[int, str] = {}
+    for name, idx in tgt.items():
+        if name in SPECIAL_TGT:
+            continue
+        try:
+            i = int(idx)
+        except (TypeError, ValueError):
+            raise RamerError(f"{source}: dict['tgt'][{name!r}] = {idx!r} is not an integer id") from None
+        if i < FIRST_LABEL_ID or i in by_id:
+            raise RamerError(f"{source}: dict['tgt'][{name!r}] = {i}: emotion ids must be distinct and >= {FIRST_LABEL_ID}")
+        by_id[i] = str(name)
+    ids = sorted(by_id)
+    if not ids or ids != list(range(FIRST_LABEL_ID, FIRST_LABEL_ID + len(ids))):
+        raise RamerError(f"{source}: dict['tgt'] emotion ids {ids} are not {FIRST_LABEL_ID}..{FIRST_LABEL_ID + len(ids) - 1}")
+    return tuple(by_id[i] for i in ids), "dict['tgt']"
+
+
+def labels_from_tgt(tgt: Any, n_labels: int, where: str) -> np.ndarray:
+    """Multi-hot (N, C) uint8 from ``tgt`` lists ``[2, e_1, .., e_k, 3]`` (index = id - 4). The
+    specials ``<s>``/``</s>`` and ``<blank>`` padding are skipped; ``[2, 3]`` gives an empty row."""
+    if hasattr(tgt, "tolist") and not isinstance(tgt, list):
+        tgt = tgt.tolist() if getattr(tgt, "dtype", None) != object else list(tgt)
+    if not isinstance(tgt, (list, tuple)):
+        raise RamerError(f"{where}: 'tgt' is a {type(tgt).__name__}, expected a list of id lists")
+    out = np.zeros((len(tgt), n_labels), dtype=np.uint8)
+    for i, seq in enumerate(tgt):
+        ids = np.asarray(seq).reshape(-1)
+        if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))) and ids.size:
+            raise RamerError(f"{where}: tgt[{i}] = {seq!r} is not a list of integer ids")
+        for v in ids.astype(np.int64).tolist():
+            if v in (0, 2, 3):
+                continue
+            j = v - FIRST_LABEL_ID
+            if not 0 <= j < n_labels:
+                raise RamerError(
+                    f"{where}: tgt[{i}] holds id {v}; emotion ids must be {FIRST_LABEL_ID}..{FIRST_LABEL_ID + n_labels - 1}"
+                )
+            out[i, j] = 1
+    return out
+
+
+def sequence_store(
+    feats: dict[str, np.ndarray],
+    present: np.ndarray,
+    steps: np.ndarray,
+    labels: np.ndarray,
+    label_names: tuple[str, ...],
+    ids: list[str],
+    source: str,
+    extra: dict,
+) -> SceneStore:
+    """A store of single-person scenes (P = 1, S = ``steps[i]``): MOSEI and CARAT's M3ED."""
+    n = len(steps)
+    steps = np.asarray(steps, dtype=np.int64)
+    return SceneStore(
+        text=feats["text"],
+        audio=feats["audio"],
+        visual=feats["visual"],
+        present=present,
+        token_offsets=np.concatenate([[0], np.cumsum(steps)]).astype(np.int64),
+        grid=np.stack([np.ones(n, dtype=np.int64), steps], 1).astype(np.int32).reshape(n, 2),
+        labels=labels,
+        target=np.full((n, 2), -1, dtype=np.int32),
+        role=np.full(n, ROLE_NONE, dtype=np.int8),
+        person_offsets=np.arange(n + 1, dtype=np.int64),
+        character=np.full(n, -1, dtype=np.int32),
+        label_names=label_names,
+        ids=ids,
+        source=source,
+        extra=extra,
+    )
+
+
+def split_dict(obj: Any, split: str, source: str) -> dict:
+    if not isinstance(obj, dict):
+        raise RamerError(f"{source}: top level is a {type(obj).__name__}, expected a dict with keys {list(SPLITS)}")
+    if split not in obj:
+        raise RamerError(f"{source}: missing split '{split}' (keys: {sorted(map(str, obj))})")
+    part = obj[split]
+    if not isinstance(part, dict):
+        raise RamerError(f"{source}: split '{split}' is a {type(part).__name__}, expected a dict")
+    return part
+
+
+def need_key(part: dict, key: str, split: str, source: str) -> Any:
+    if key not in part:
+        raise RamerError(f"{source}: split '{split}' has no key '{key}' (keys: {sorted(map(str, part))})")
+    return part[key]
+
+
+# ---------------------------------------------------------------------------------------- detection

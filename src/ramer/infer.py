@@ -1,0 +1,181 @@
+"""Scoring a trained model: ``predict`` (every scene of a split, in order, no shuffle, no drop),
+the forked scoring pool, devices and precisions. Used by training (validation, test) and by
+everything that scores a trained run (``api``, ``ramer eval``/``predict``/``export``, the
+benchmarks); it knows nothing of training.
+
+``apply_missing`` gives a run's splits with its extra missing rate applied, the same masks for
+training and for a later evaluation of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ramer import dist
+from ramer.config import Config
+from ramer.data import DataBundle, SceneStore, check_complete
+from ramer.errors import RamerError
+
+SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
+
+
+@dataclass
+class Predictions:
+    scores: np.ndarray  # (n, C) probabilities
+    labels: np.ndarray  # (n, C) 0/1
+    role: np.ndarray  # (n,)
+    ids: list[str]
+
+
+def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch device, checked against this machine; ``instead``
+    says what to do where CUDA is missing (it differs for training and for a trained run)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RamerError(f"train.device: unknown device '{name}' (cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RamerError(f"train.device is '{name}': ramer runs on cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RamerError(f"train.device is '{name}' but CUDA is not available here; {instead}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise RamerError(f"train.device is '{name}' but this machine has {count} CUDA device(s)")
+    return dev
+
+
+def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
+    """The splits with the config's extra missing rate applied (seeded per split)."""
+    check_complete(cfg.data)  # complete inputs take no extra missing rate
+    rate, at = cfg.data.missing_rate, cfg.data.missing_at
+    out = {}
+    for name, store in bundle.splits.items():
+        hit = rate > 0 and (at == "all" or name == "test")
+        out[name] = store.with_missing(rate, cfg.train.seed * 7919 + SPLIT_SALT.get(name, 9)) if hit else store
+    return out
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """``torch.autocast`` to bfloat16 for ``precision == "bf16"``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating type of a model's weights (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def to_inference_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``bf16``: the whole model cast to bfloat16 for inference (weights and buffers; ``predict``
+    then casts the inputs too). Faster on CPU than autocast, which converts activations back and
+    forth around every matrix product and normalisation (docs/PERFORMANCE.md); its scores are
+    checked against fp32 in ``benchmarks/throughput.py`` and the tests. ``fp32``: unchanged."""
+    return model.to(torch.bfloat16) if check_precision(precision) == "bf16" else model
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one ramer knows (fp32, bf16), else a RamerError."""
+    if precision not in ("fp32", "bf16"):
+        raise RamerError(f"unknown precision '{precision}' (fp32 or bf16)")
+    return precision
+
+
+def predict(
+    model: nn.Module,
+    store: SceneStore,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    shard: bool = False,
+    workers: int = 1,
+) -> Predictions:
+    """Scores for every scene of ``store``, in order: no shuffle, no drop.
+
+    ``shard``: in a distributed run each rank scores one contiguous block of the scenes and the
+    blocks are gathered in rank order (no padding, so no duplicate), giving every rank all scores.
+    ``workers``: CPU only, the scenes are split into at most that many contiguous blocks of whole
+    batches, each scored by a forked process on its share of the threads (``_score_forked``).
+    """
+    was_training = model.training
+    model.eval()
+    n = len(store)
+    part = dist.eval_slice(n) if shard else slice(0, n)
+    if model_dtype(model) != torch.float32:  # a model cast whole (``to_inference_precision``): no autocast
+        precision = "fp32"
+    if workers > 1 and (shard or device.type != "cpu"):
+        raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
+    blocks = _batch_blocks(part, batch_size, workers)
+    if len(blocks) > 1:
+        out = _score_forked(model, store, blocks, batch_size, device, precision)
+    else:
+        out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
+    model.train(was_training)
+    if shard:
+        out = dist.gather_arrays(out)
+    assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
+    return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
+
+
+@torch.inference_mode()
+def _score_range(
+    model: nn.Module, store: SceneStore, start: int, stop: int, batch_size: int, device: torch.device, precision: str
+) -> np.ndarray:
+    """Scores ``(stop - start, C)`` of scenes ``start..stop`` of ``store``, batch by batch, in order."""
+    dtype = model_dtype(model)
+    scores = [np.zeros((0, len(store.label_names)), dtype=np.float32)]
+    for first in range(start, stop, batch_size):
+        batch = store.collate(np.arange(first, min(stop, first + batch_size))).to(device, dtype)
+        with autocast(device, precision):
+            scores.append(model(batch).probs.float().cpu().numpy())
+    return np.concatenate(scores)
+
+
+_FORKED: tuple | None = None  # what the forked scoring processes inherit: (model, store, ..., threads)
+
+
+def _score_block(bounds: tuple[int, int]) -> np.ndarray:
+    """In a forked worker: the scores of one block, on the worker's share of the threads."""
+    model, store, batch_size, device, precision, threads = _FORKED
+    torch.set_num_threads(threads)
+    return _score_range(model, store, *bounds, batch_size, device, precision)
+
+
+def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """``part`` cut into at most ``workers`` non-empty contiguous blocks of whole batches (so every
+    batch is the one a single process would score)."""
+    n_batches = -(-(part.stop - part.start) // batch_size)
+    cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
+    return [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
+
+
+def _score_forked(
+    model: nn.Module, store: SceneStore, blocks: list[tuple[int, int]], batch_size: int, device: torch.device,
+    precision: str,
+) -> np.ndarray:
+    """Scores of ``blocks`` from one forked process each, gathered in order; the threads of this
+    process are shared out among the blocks (one per worker, fewer when there are fewer batches
+    than workers: each block then gets more threads).
+
+    Threads of one process meet at every one of the many small ops of a batch; processes of one
+    thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
+    workers inherit the model and the data without copying them."""
+    global _FORKED
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise RamerError("scoring with several worker processes needs the 'fork' start method (Linux)")
+    _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // len(blocks)))
+    try:
+        with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:
+            parts = pool.map(_score_block, blocks, chunksize=1)
+    finally:
+        _FORKED = None
+    return np.concatenate(parts)
