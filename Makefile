@@ -23,6 +23,8 @@ demo: $(STAMP)
 	$(BIN)/ramer demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest tests
 
 clean:

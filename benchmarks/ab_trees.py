@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from throughput import add_paired_args, paired_line, paired_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +35,9 @@ def import_tree(src: Path):
         del sys.modules[name]
     sys.path[:0] = [str(src), str(ROOT / "benchmarks")]
     try:
-        import ramer
         import throughput
+
+        import ramer
     finally:
         del sys.path[:2]
     if not Path(ramer.__file__).resolve().is_relative_to(src.resolve()):

@@ -14,8 +14,12 @@ from collections import defaultdict
 
 import numpy as np
 
-COLUMNS = (("overall", "micro_f1", "micro-F1"), ("overall", "macro_f1", "macro-F1"),
-           ("nonspeaker", "micro_f1", "non-speaker micro-F1"), ("nonspeaker", "macro_f1", "non-speaker macro-F1"))
+COLUMNS = (
+    ("overall", "micro_f1", "micro-F1"),
+    ("overall", "macro_f1", "macro-F1"),
+    ("nonspeaker", "micro_f1", "non-speaker micro-F1"),
+    ("nonspeaker", "macro_f1", "non-speaker macro-F1"),
+)
 
 
 def _pm(values: np.ndarray, signed: bool = False) -> str:
@@ -31,8 +35,13 @@ def main(path: str) -> None:
         runs[(name, r["missing_rate"])][r["seed"]] = r["metrics"]
     for rate in sorted({rate for _, rate in runs}):
         print(f"\nmissing rate {rate:g}\n")
-        print("| model | seeds | " + " | ".join(c[2] for c in COLUMNS) + " | "
-              + " | ".join(f"Δ {c[2]}" for c in COLUMNS) + " |")
+        print(
+            "| model | seeds | "
+            + " | ".join(c[2] for c in COLUMNS)
+            + " | "
+            + " | ".join(f"Δ {c[2]}" for c in COLUMNS)
+            + " |"
+        )
         print("|:--|--:|" + "--:|" * (2 * len(COLUMNS)))
         full = runs.get(("ramer", rate), {})
         for (name, r), by_seed in runs.items():
@@ -42,8 +51,10 @@ def main(path: str) -> None:
             cells = [_pm(np.array([by_seed[s][part][key] for s in seeds])) for part, key, _ in COLUMNS]
             paired = [s for s in seeds if s in full]
             if name.startswith("ramer-") and not name.endswith(", complete inputs") and paired:
-                cells += [_pm(np.array([by_seed[s][part][key] - full[s][part][key] for s in paired]), signed=True)
-                          for part, key, _ in COLUMNS]
+                cells += [
+                    _pm(np.array([by_seed[s][part][key] - full[s][part][key] for s in paired]), signed=True)
+                    for part, key, _ in COLUMNS
+                ]
             else:
                 cells += ["–"] * len(COLUMNS)
             print(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")

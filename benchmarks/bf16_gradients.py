@@ -52,8 +52,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fp32, bf16 = (gradients(throughput, args.setting, precision, args.steps) for precision in ("fp32", "bf16"))
     for step, (ref, got) in enumerate(zip(fp32, bf16)):
-        print(f"{args.src}  setting {args.setting}  pass {step}: |g_bf16 - g_fp32| / |g_fp32| = "
-              f"{float((got - ref).norm() / ref.norm()):.4f}")
+        print(
+            f"{args.src}  setting {args.setting}  pass {step}: |g_bf16 - g_fp32| / |g_fp32| = "
+            f"{float((got - ref).norm() / ref.norm()):.4f}"
+        )
 
 
 if __name__ == "__main__":

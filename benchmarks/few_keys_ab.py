@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from throughput import add_paired_args, batches, make_setting, make_step, paired_line, paired_rounds
 
 

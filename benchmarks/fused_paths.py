@@ -35,9 +35,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from throughput import batches, eval_model, make_setting, paired_line, paired_rounds
+from torch import nn
 
 
 class TextbookLayer(nn.Module):
@@ -95,8 +94,9 @@ def fuse_encoders(model: nn.Module, rows: int, tokens: int) -> None:
         example = torch.randn(rows, 1 + tokens, enc.proj.out_features).to(torch.bfloat16)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-            fn = torch.jit.freeze(torch.jit.trace(Stack(TextbookLayer(layer) for layer in enc.layers).eval(),
-                                                  (example, bias)))
+            fn = torch.jit.freeze(
+                torch.jit.trace(Stack(TextbookLayer(layer) for layer in enc.layers).eval(), (example, bias))
+            )
             for _ in range(3):  # the JIT profiles, then compiles its fused partitions
                 fn(example, bias)
         enc.layers = nn.ModuleList([FusedStack(fn, bias)])
@@ -162,9 +162,11 @@ def part_host(args, cfg, store) -> None:
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
             print(f"host round {r}: wall {walls[-1] * 1e3:.0f} ms, process CPU {cpus[-1] * 1e3:.0f} ms", flush=True)
-    print(f"host: the same eager bf16 forward (batch {batch.labels.shape[0]}, {args.threads} threads), {args.rounds} "
-          f"times: wall {min(walls) * 1e3:.0f}..{max(walls) * 1e3:.0f} ms (median {statistics.median(walls) * 1e3:.0f}), "
-          f"process CPU {min(cpus) * 1e3:.0f}..{max(cpus) * 1e3:.0f} ms")
+    print(
+        f"host: the same eager bf16 forward (batch {batch.labels.shape[0]}, {args.threads} threads), {args.rounds} "
+        f"times: wall {min(walls) * 1e3:.0f}..{max(walls) * 1e3:.0f} ms (median {statistics.median(walls) * 1e3:.0f}), "
+        f"process CPU {min(cpus) * 1e3:.0f}..{max(cpus) * 1e3:.0f} ms"
+    )
 
 
 PARTS = {"onednn": part_onednn, "inductor": part_inductor, "host": part_host}

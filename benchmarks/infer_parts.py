@@ -56,8 +56,10 @@ def main() -> None:
         for _ in range(args.batches):
             model(batch)
         total = (time.perf_counter() - t0) / args.batches
-    print(f"setting {args.setting}, {args.precision}, {args.threads} threads, batch {batch.size}: "
-          f"{1e3 * total:.1f} ms per batch ({batch.size / total:.1f} samples/s)")
+    print(
+        f"setting {args.setting}, {args.precision}, {args.threads} threads, batch {batch.size}: "
+        f"{1e3 * total:.1f} ms per batch ({batch.size / total:.1f} samples/s)"
+    )
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         share = seconds / args.batches
         if share >= 0.01 * total:

@@ -75,8 +75,11 @@ def main() -> None:
     variants = [parse_variant(v) for v in args.variant]
     seeds = [int(s) for s in args.seeds.split(",")]
     common = [*BENCH_DATA, "train.threads=1", *args.set]
-    jobs = [(out / name / f"seed-{seed}", [*common, f"train.seed={seed}", *sets])
-            for name, sets in variants for seed in seeds]
+    jobs = [
+        (out / name / f"seed-{seed}", [*common, f"train.seed={seed}", *sets])
+        for name, sets in variants
+        for seed in seeds
+    ]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: train(*job), jobs))
 
@@ -93,8 +96,10 @@ def main() -> None:
         plateau = [r[0][next(i for i, v in enumerate(r[1]) if v >= max(r[1]) - args.within)] for r in runs]
         ns = [r[2][b] for r, b in zip(runs, best)]
         curves[name] = (steps, mean)
-        print(f"| {name} | {np.mean([max(r[1]) for r in runs]):.4f} | {np.mean(best) + 1:.1f} | {np.mean(plateau):.0f} | "
-              f"{np.nanmean(ns):.4f} | {' '.join(f'{v:.3f}' for v in mean)} |")
+        print(
+            f"| {name} | {np.mean([max(r[1]) for r in runs]):.4f} | {np.mean(best) + 1:.1f} | {np.mean(plateau):.0f} | "
+            f"{np.nanmean(ns):.4f} | {' '.join(f'{v:.3f}' for v in mean)} |"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,8 +108,11 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, (steps, mean) in curves.items():
         ax.plot(steps, mean, marker="o", markersize=3, label=name)
-    ax.set(xlabel="optimiser steps", ylabel="validation micro-F1 (mean over seeds)",
-           title="Learning speed on the embedded benchmark")
+    ax.set(
+        xlabel="optimiser steps",
+        ylabel="validation micro-F1 (mean over seeds)",
+        title="Learning speed on the embedded benchmark",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

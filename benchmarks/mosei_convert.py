@@ -10,7 +10,8 @@ text (60, 300), visual (60, 35), audio (60, 74) float32 with -inf in audio, ``tg
    memory-mapped files count in RSS but are page cache the kernel can drop).
 
 Usage: ``python benchmarks/mosei_convert.py [--out DIR] [--keep]``. Needs about 3.4 GB of disk
-for the file and 2.3 GB for the native copy, and about 10 GB of free RAM to write the file (torch.save builds the whole pickle in memory).
+for the file and 2.3 GB for the native copy, and about 10 GB of free RAM to write the file
+(torch.save builds the whole pickle in memory).
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def write_file(path: Path, seed: int = 0, scale: float = 1.0) -> None:
             tgt.append([2, *(4 + rng.choice(6, size=k, replace=False)).tolist(), 3])
         part["tgt"] = tgt
         obj[split] = part
-    obj["dict"] = {"src": None, "tgt": {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, **{n: 4 + j for j, n in enumerate(NAMES)}}}
+    obj["dict"] = {
+        "src": None,
+        "tgt": {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, **{n: 4 + j for j, n in enumerate(NAMES)}},
+    }
     obj["settings"] = argparse.Namespace(max_text_seq_len=STEPS, max_visual_seq_len=STEPS, max_audio_seq_len=STEPS)
     torch.save(obj, path)
 
@@ -94,8 +98,14 @@ def stage_iterate(native: Path, batch: int = 64) -> dict:
             if batches % 20 == 0:
                 peak_anon = max(peak_anon, _rss_now().get("RssAnon", 0))
     peak_anon = max(peak_anon, _rss_now().get("RssAnon", 0))
-    return {"seconds": time.perf_counter() - t, "load_seconds": t_load, "batches": batches,
-            "peak_rss": _peak_rss(), "peak_rss_anon_sampled": peak_anon, "rss_after_imports": base}
+    return {
+        "seconds": time.perf_counter() - t,
+        "load_seconds": t_load,
+        "batches": batches,
+        "peak_rss": _peak_rss(),
+        "peak_rss_anon_sampled": peak_anon,
+        "rss_after_imports": base,
+    }
 
 
 def _run_stage(stage: str, *paths: str) -> dict:
@@ -144,12 +154,16 @@ def main() -> None:
         gb = 1e9
         n_total = sum(max(1, int(n * args.scale)) for n in SIZES.values())
         print(f"file                 {size / gb:.2f} GB ({n_total} samples, float32)")
-        print(f"convert              {c['seconds']:.1f} s, peak RSS {c['peak_rss'] / gb:.2f} GB "
-              f"({c['peak_rss'] / size:.2f}x the file; {c['rss_after_imports'] / gb:.2f} GB after imports)")
+        print(
+            f"convert              {c['seconds']:.1f} s, peak RSS {c['peak_rss'] / gb:.2f} GB "
+            f"({c['peak_rss'] / size:.2f}x the file; {c['rss_after_imports'] / gb:.2f} GB after imports)"
+        )
         print(f"native copy          {native_size / gb:.2f} GB")
-        print(f"load + iterate       {it['seconds']:.1f} s for {it['batches']} batches of 64 "
-              f"(load_native {it['load_seconds'] * 1000:.0f} ms), peak RSS {it['peak_rss'] / gb:.2f} GB, "
-              f"peak anonymous RSS {it['peak_rss_anon_sampled'] / gb:.2f} GB")
+        print(
+            f"load + iterate       {it['seconds']:.1f} s for {it['batches']} batches of 64 "
+            f"(load_native {it['load_seconds'] * 1000:.0f} ms), peak RSS {it['peak_rss'] / gb:.2f} GB, "
+            f"peak anonymous RSS {it['peak_rss_anon_sampled'] / gb:.2f} GB"
+        )
     finally:
         if not args.keep and not args.out:
             shutil.rmtree(root, ignore_errors=True)

@@ -32,9 +32,12 @@ def main() -> None:
     p.add_argument("--sort", default="self_cpu_time_total")
     p.add_argument("--shapes", action="store_true", help="group by input shape")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--loop-check", action="store_true",
-                   help="instead: count the ATen ops of one training step at several batch sizes, label counts "
-                        "and persons (equal counts: no Python loop over samples, labels or persons)")
+    p.add_argument(
+        "--loop-check",
+        action="store_true",
+        help="instead: count the ATen ops of one training step at several batch sizes, label counts "
+        "and persons (equal counts: no Python loop over samples, labels or persons)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.loop_check:
@@ -70,8 +73,10 @@ def main() -> None:
     table = prof.key_averages(group_by_input_shape=args.shapes).table(
         sort_by=args.sort, row_limit=args.top, max_name_column_width=48, max_shapes_column_width=70
     )
-    print(f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {torch.get_num_threads()}, "
-          f"batch {cfg.train.batch_size}, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {torch.get_num_threads()}, "
+        f"batch {cfg.train.batch_size}, load {os.getloadavg()[0]:.2f}"
+    )
     print(table)
 
 
@@ -93,8 +98,12 @@ def count_ops(batch_size: int, n_labels: int, persons: int, segments: int = 6) -
             return func(*args, **(kwargs or {}))
 
     store = grid_store(batch_size, persons, segments, n_labels=n_labels)
-    spec = DataSpec(dims={m: store.dims[m] for m in ("text", "audio", "visual")}, n_labels=n_labels,
-                    label_names=store.label_names, personality_dim=store.dims["personality"])
+    spec = DataSpec(
+        dims={m: store.dims[m] for m in ("text", "audio", "visual")},
+        n_labels=n_labels,
+        label_names=store.label_names,
+        personality_dim=store.dims["personality"],
+    )
     cfg = build_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
     torch.manual_seed(0)
     model = build_model(cfg, spec).train()
@@ -114,7 +123,9 @@ def loop_check() -> None:
     print("batch labels persons  SupCon blocks  queue subset  ATen ops per training step")
     for b, c, p in cases:
         items = 2 * b * 3 * c
-        print(f"{b:>5} {c:>6} {p:>7}  {-(-items // 256):>13}  {'yes' if items > 1024 else 'no':>12}  {count_ops(b, c, p)}")
+        print(
+            f"{b:>5} {c:>6} {p:>7}  {-(-items // 256):>13}  {'yes' if items > 1024 else 'no':>12}  {count_ops(b, c, p)}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def grid_store(n: int, persons: int, segments: int, seed: int = 0, dims=(64, 32, 48), n_labels: int = 9, pers: int = 118):
+def grid_store(
+    n: int, persons: int, segments: int, seed: int = 0, dims=(64, 32, 48), n_labels: int = 9, pers: int = 118
+):
     """``n`` scenes on a full ``persons x segments`` grid, multi-party presence as in the benchmark."""
     from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
     from ramer.data.store import SceneStore
@@ -49,8 +51,10 @@ def grid_store(n: int, persons: int, segments: int, seed: int = 0, dims=(64, 32,
     tp, ts = rng.integers(0, P, n), rng.integers(0, S, n)
     role = np.where(speakers[np.arange(n), ts] == tp, ROLE_SPEAKER, ROLE_NONSPEAKER).astype(np.int8)
     present = present.reshape(T, 3)
-    feats = {m: rng.normal(size=(T, d)).astype(np.float32) * present[:, k : k + 1]
-             for k, (m, d) in enumerate(zip(("text", "audio", "visual"), dims))}
+    feats = {
+        m: rng.normal(size=(T, d)).astype(np.float32) * present[:, k : k + 1]
+        for k, (m, d) in enumerate(zip(("text", "audio", "visual"), dims))
+    }
     return SceneStore(
         **feats,
         present=present,
@@ -79,8 +83,12 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     cfg = build_config(ROOT / "configs" / "synthetic.yaml", [f"train.batch_size={args.batch}"])
     store = grid_store(args.batch * 2, args.p, args.s)
-    spec = DataSpec(dims={m: store.dims[m] for m in ("text", "audio", "visual")}, n_labels=len(store.label_names),
-                    label_names=store.label_names, personality_dim=store.dims["personality"])
+    spec = DataSpec(
+        dims={m: store.dims[m] for m in ("text", "audio", "visual")},
+        n_labels=len(store.label_names),
+        label_names=store.label_names,
+        personality_dim=store.dims["personality"],
+    )
     torch.manual_seed(0)
     model = build_model(cfg, spec)
     opt, sched = build_optimizer(model, 1e-3, 0.01, 1000, 0.01)
@@ -114,12 +122,21 @@ def worker(args) -> None:
             if i:
                 infer.append(time.perf_counter() - t0)
     B = args.batch
-    print(json.dumps({
-        "P": args.p, "S": args.s, "N": args.p * args.s, "batch": B,
-        "train_ms_per_scene": 1e3 * min(train) / B, "infer_ms_per_scene": 1e3 * min(infer) / B,
-        "saved_mb_per_scene": sum(saved.values()) / 2**20 / B, "rss_rise_mb_per_scene": (rss1 - rss0) / 1024 / B,
-        "load": os.getloadavg()[0],
-    }))
+    print(
+        json.dumps(
+            {
+                "P": args.p,
+                "S": args.s,
+                "N": args.p * args.s,
+                "batch": B,
+                "train_ms_per_scene": 1e3 * min(train) / B,
+                "infer_ms_per_scene": 1e3 * min(infer) / B,
+                "saved_mb_per_scene": sum(saved.values()) / 2**20 / B,
+                "rss_rise_mb_per_scene": (rss1 - rss0) / 1024 / B,
+                "load": os.getloadavg()[0],
+            }
+        )
+    )
 
 
 def slope(xs, ys) -> float:
@@ -142,23 +159,43 @@ def main() -> None:
         return worker(args)
     persons = [int(x) for x in args.persons.split(",")]
     segments = [int(x) for x in args.segments.split(",")]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    )
     rows = []
     if not args.json:
-        print(f"{'P':>2} {'S':>3} {'N':>4}  {'train ms/scene':>14} {'infer ms/scene':>14} {'saved MB/scene':>14} "
-              f"{'RSS rise MB/scene':>17}  load")
+        print(
+            f"{'P':>2} {'S':>3} {'N':>4}  {'train ms/scene':>14} {'infer ms/scene':>14} {'saved MB/scene':>14} "
+            f"{'RSS rise MB/scene':>17}  load"
+        )
     for P in persons:
         for S in segments:
-            cmd = [sys.executable, __file__, "--worker", "--p", str(P), "--s", str(S), "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--p",
+                str(P),
+                "--s",
+                str(S),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode:
                 raise SystemExit(f"P={P} S={S} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(r)
             if not args.json:
-                print(f"{P:>2} {S:>3} {P * S:>4}  {r['train_ms_per_scene']:>14.2f} {r['infer_ms_per_scene']:>14.2f} "
-                      f"{r['saved_mb_per_scene']:>14.2f} {r['rss_rise_mb_per_scene']:>17.2f}  {r['load']:.2f}", flush=True)
+                print(
+                    f"{P:>2} {S:>3} {P * S:>4}  {r['train_ms_per_scene']:>14.2f} {r['infer_ms_per_scene']:>14.2f} "
+                    f"{r['saved_mb_per_scene']:>14.2f} {r['rss_rise_mb_per_scene']:>17.2f}  {r['load']:.2f}",
+                    flush=True,
+                )
     fits = {}
     for key in ("train_ms_per_scene", "infer_ms_per_scene", "saved_mb_per_scene"):
         table = {(r["P"], r["S"]): r[key] for r in rows}
@@ -178,8 +215,10 @@ def main() -> None:
     for key, f in fits.items():
         ps = ", ".join(f"S={s}: {v:.2f}" for s, v in f["exponent_in_P_at_fixed_S"].items())
         ss = ", ".join(f"P={q}: {v:.2f}" for q, v in f["exponent_in_S_at_fixed_P"].items())
-        print(f"{key}: ~P^a with a = [{ps}]; ~S^b with b = [{ss}]; ~N^{f['exponent_in_N_overall']:.2f} overall"
-              + (f", ~N^{f['exponent_in_N_for_N_ge_32']:.2f} for N >= 32" if f["exponent_in_N_for_N_ge_32"] else ""))
+        print(
+            f"{key}: ~P^a with a = [{ps}]; ~S^b with b = [{ss}]; ~N^{f['exponent_in_N_overall']:.2f} overall"
+            + (f", ~N^{f['exponent_in_N_for_N_ge_32']:.2f} for N >= 32" if f["exponent_in_N_for_N_ge_32"] else "")
+        )
     print("(exponent 0: cost per scene flat, i.e. total cost linear in scenes; 1: per-scene cost linear in that axis)")
 
 

@@ -18,8 +18,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from ramer.data import load_bundle
 from ramer.config import DataConfig
+from ramer.data import load_bundle
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -51,9 +51,11 @@ def main(path: str) -> None:
             best = (score, C, model)
     _, C, model = best
     pred = model.predict(xs)
-    print(f"test at C={C:g} (chosen on valid): accuracy {accuracy_score(ys, pred):.4f}, "
-          f"weighted F1 {f1_score(ys, pred, average='weighted'):.4f}, macro F1 {f1_score(ys, pred, average='macro'):.4f}"
-          f" ({len(ys)} samples)")
+    print(
+        f"test at C={C:g} (chosen on valid): accuracy {accuracy_score(ys, pred):.4f}, "
+        f"weighted F1 {f1_score(ys, pred, average='weighted'):.4f}, macro F1 {f1_score(ys, pred, average='macro'):.4f}"
+        f" ({len(ys)} samples)"
+    )
 
 
 if __name__ == "__main__":

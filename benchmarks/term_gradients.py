@@ -22,7 +22,20 @@ from ramer.train.optim import build_optimizer
 from ramer.train.recipe import training_step
 
 CONFIG = Path(__file__).resolve().parents[1] / "src" / "ramer" / "configs" / "synthetic.yaml"
-WEIGHTS = ("w_lsr", "w_aug", "w_ae", "w_cross", "w_cl", "w_agg", "w_shuf", "w_adv", "w_orth", "w_cml", "w_radv", "w_pers")
+WEIGHTS = (
+    "w_lsr",
+    "w_aug",
+    "w_ae",
+    "w_cross",
+    "w_cl",
+    "w_agg",
+    "w_shuf",
+    "w_adv",
+    "w_orth",
+    "w_cml",
+    "w_radv",
+    "w_pers",
+)
 
 
 def main() -> None:
@@ -32,15 +45,17 @@ def main() -> None:
     args = ap.parse_args()
     checkpoints = sorted(int(s) for s in args.steps.split(","))
     torch.set_num_threads(1)
-    cfg = build_config(CONFIG, ["data.synthetic.n_train=2000", "data.synthetic.n_valid=100",
-                                "data.synthetic.n_test=100", *args.set])
+    cfg = build_config(
+        CONFIG, ["data.synthetic.n_train=2000", "data.synthetic.n_valid=100", "data.synthetic.n_test=100", *args.set]
+    )
     torch.manual_seed(cfg.train.seed)
     bundle = generate(cfg.data.synthetic)
     store = bundle.splits["train"]
     model = build_model(cfg, DataSpec.from_bundle(bundle))
     steps_per_epoch = len(store) // cfg.train.batch_size
-    optimizer, scheduler = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
-                                           steps_per_epoch * cfg.train.epochs, cfg.train.warmup)
+    optimizer, scheduler = build_optimizer(
+        model, cfg.train.lr, cfg.train.weight_decay, steps_per_epoch * cfg.train.epochs, cfg.train.warmup
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     weights = model.weights.model_copy()
     probe = store.collate(list(range(cfg.train.batch_size)))

@@ -91,9 +91,10 @@ def make_setting(name: str, overrides: list[str] = (), n: int = 512):
     if name == "synthetic":
         from ramer.data.synthetic import generate
 
-        cfg = build_config(ROOT / "configs" / "synthetic.yaml",
-                           [f"data.synthetic.n_train={n}", "data.synthetic.n_valid=1", "data.synthetic.n_test=1",
-                            *overrides])
+        cfg = build_config(
+            ROOT / "configs" / "synthetic.yaml",
+            [f"data.synthetic.n_train={n}", "data.synthetic.n_valid=1", "data.synthetic.n_test=1", *overrides],
+        )
         return cfg, generate(cfg.data.synthetic).splits["train"]
     if name not in LAYERS:
         raise SystemExit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
@@ -104,8 +105,12 @@ def make_setting(name: str, overrides: list[str] = (), n: int = 512):
 def build(cfg, store):
     from ramer.models import DataSpec, build_model
 
-    spec = DataSpec(dims=store.dims, n_labels=len(store.label_names), label_names=store.label_names,
-                    personality_dim=store.dims["personality"])
+    spec = DataSpec(
+        dims=store.dims,
+        n_labels=len(store.label_names),
+        label_names=store.label_names,
+        personality_dim=store.dims["personality"],
+    )
     return build_model(cfg, spec)
 
 
@@ -268,12 +273,19 @@ def worker(args) -> None:
         else:
             res = measure_infer(cfg, store, args.infer_steps, 2, precision, args.infer_batch)
     n_params = sum(p.numel() for p in build(cfg, store).parameters())
-    res.update(setting=args.setting, mode=args.mode, threads=torch.get_num_threads(), parameters=n_params,
-               batch=(args.infer_batch or cfg.train.batch_size) if args.mode != "train" else cfg.train.batch_size,
-               omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"),
-               precision=args.precision if args.mode == "train" else ("bf16" if args.mode == "infer-bf16" else "fp32"),
-               peak_rss_mb=peak_rss_mb(), load_before=load_before, load_after=os.getloadavg()[0],
-               seconds=time.perf_counter() - t0)
+    res.update(
+        setting=args.setting,
+        mode=args.mode,
+        threads=torch.get_num_threads(),
+        parameters=n_params,
+        batch=(args.infer_batch or cfg.train.batch_size) if args.mode != "train" else cfg.train.batch_size,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"),
+        precision=args.precision if args.mode == "train" else ("bf16" if args.mode == "infer-bf16" else "fp32"),
+        peak_rss_mb=peak_rss_mb(),
+        load_before=load_before,
+        load_after=os.getloadavg()[0],
+        seconds=time.perf_counter() - t0,
+    )
     print(json.dumps(res), flush=True)
 
 
@@ -283,15 +295,38 @@ def run_one(setting: str, mode: str, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if args.omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    cmd = [sys.executable, __file__, "--worker", "--setting", setting, "--mode", mode, "--threads", str(args.threads),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--infer-steps", str(args.infer_steps),
-           "--precision", args.precision, "--infer-batch", str(args.infer_batch or 0), "--workers", str(args.workers),
-           "--scenes", str(args.scenes)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--setting",
+        setting,
+        "--mode",
+        mode,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--infer-steps",
+        str(args.infer_steps),
+        "--precision",
+        args.precision,
+        "--infer-batch",
+        str(args.infer_batch or 0),
+        "--workers",
+        str(args.workers),
+        "--scenes",
+        str(args.scenes),
+    ]
     for s in args.set or []:
         cmd += ["--set", s]
     n = args.procs if mode != "train" else 1
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-             for _ in range(n)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for _ in range(n)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate()
@@ -300,9 +335,13 @@ def run_one(setting: str, mode: str, args) -> dict:
         results.append(json.loads(out.strip().splitlines()[-1]))
     res = dict(results[0])
     if n > 1:
-        res.update(processes=n, samples_per_s=sum(r["samples_per_s"] for r in results),
-                   best_samples_per_s=sum(r["best_samples_per_s"] for r in results),
-                   peak_rss_mb=max(r["peak_rss_mb"] for r in results), load_after=max(r["load_after"] for r in results))
+        res.update(
+            processes=n,
+            samples_per_s=sum(r["samples_per_s"] for r in results),
+            best_samples_per_s=sum(r["best_samples_per_s"] for r in results),
+            peak_rss_mb=max(r["peak_rss_mb"] for r in results),
+            load_after=max(r["load_after"] for r in results),
+        )
     return res
 
 
@@ -322,8 +361,9 @@ def add_paired_args(p: argparse.ArgumentParser) -> None:
     """The options of the paired A/B scripts (``few_keys_ab.py``, ``ab_trees.py``)."""
     p.add_argument("--setting", default="carat")
     p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                   help="train: autocast; infer: the model cast whole")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="bf16", help="train: autocast; infer: the model cast whole"
+    )
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
 
@@ -350,9 +390,11 @@ def paired_line(args, batch_size: int, times: dict, labels: dict) -> str:
     (a, ta), (b, tb) = times.items()
     ratios = [x / y for x, y in zip(ta, tb)]
     rate = lambda t: batch_size * len(t) / sum(t)  # noqa: E731
-    return (f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
-            f"{args.rounds} rounds: {labels[a]} {rate(ta):.1f} samples/s, {labels[b]} {rate(tb):.1f} samples/s, "
-            f"median {a}/{b} {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})")
+    return (
+        f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
+        f"{args.rounds} rounds: {labels[a]} {rate(ta):.1f} samples/s, {labels[b]} {rate(tb):.1f} samples/s, "
+        f"median {a}/{b} {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
+    )
 
 
 def machine_speed(threads: int) -> dict:
@@ -384,18 +426,34 @@ def main() -> None:
     p.add_argument("--infer-steps", type=int, default=8, help="timed inference batches")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="training precision")
     p.add_argument("--infer-batch", type=int, default=0, help="inference batch size (default: the training batch, 64)")
-    p.add_argument("--procs", type=int, default=1,
-                   help="inference only: run this many worker processes at once and add their samples/s "
-                        "(e.g. --procs 2 --threads 1: two single-threaded workers on 2 cores)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="inference only: score the setting's --scenes scenes as `ramer predict --workers N` does "
-                        "(N forked processes sharing --threads), three timed passes; samples/s per pass")
-    p.add_argument("--scenes", type=int, default=512,
-                   help="scenes of each setting's data (training and inference draw batches from them; "
-                        "--workers scores all of them per pass)")
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="inference only: run this many worker processes at once and add their samples/s "
+        "(e.g. --procs 2 --threads 1: two single-threaded workers on 2 cores)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="inference only: score the setting's --scenes scenes as `ramer predict --workers N` does "
+        "(N forked processes sharing --threads), three timed passes; samples/s per pass",
+    )
+    p.add_argument(
+        "--scenes",
+        type=int,
+        default=512,
+        help="scenes of each setting's data (training and inference draw batches from them; "
+        "--workers scores all of them per pass)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every setting")
-    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "unset"),
-                   help="OMP_WAIT_POLICY of the measured processes (default PASSIVE: see docs/PERFORMANCE.md)")
+    p.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        choices=("PASSIVE", "ACTIVE", "unset"),
+        help="OMP_WAIT_POLICY of the measured processes (default PASSIVE: see docs/PERFORMANCE.md)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setting", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -408,9 +466,12 @@ def main() -> None:
 
     speed = machine_speed(args.threads)
     if not args.json:
-        print(f"machine at {args.threads} threads: matmul fp32 {speed['gemm_fp32_gflops']:.0f} GFLOP/s, "
-              f"bf16 {speed['gemm_bf16_gflops']:.0f} GFLOP/s; softmax of the CARAT scores "
-              f"{speed['softmax_ms']:.2f} ms", flush=True)
+        print(
+            f"machine at {args.threads} threads: matmul fp32 {speed['gemm_fp32_gflops']:.0f} GFLOP/s, "
+            f"bf16 {speed['gemm_bf16_gflops']:.0f} GFLOP/s; softmax of the CARAT scores "
+            f"{speed['softmax_ms']:.2f} ms",
+            flush=True,
+        )
     rows = []
     for setting in args.settings.split(","):
         for mode in args.modes.split(","):
@@ -419,20 +480,36 @@ def main() -> None:
             if not args.json:
                 extra = ""
                 if "max_abs_diff_vs_fp32" in res:
-                    extra = (f"  vs fp32: max|dp| {res['max_abs_diff_vs_fp32']:.1e}, "
-                             f"decisions {100 * res['decision_agreement_vs_fp32']:.2f}% equal")
-                who = f"{res.get('processes', 1)}x{res['threads']}t" + (f" w{res['workers']}" if "workers" in res else "")
-                print(f"{setting:9s} {res['parameters'] / 1e6:5.2f}M {mode:10s} {res['precision']:4s} {who:5s} "
-                      f"{res['samples_per_s']:8.1f} samples/s "
-                      f"(best {res['best_samples_per_s']:7.1f})  step {res['step_s_mean']:.3f}s  "
-                      f"peak RSS {res['peak_rss_mb']:7.0f} MB  load {res['load_before']:.2f}->{res['load_after']:.2f}"
-                      f"{extra}", flush=True)
+                    extra = (
+                        f"  vs fp32: max|dp| {res['max_abs_diff_vs_fp32']:.1e}, "
+                        f"decisions {100 * res['decision_agreement_vs_fp32']:.2f}% equal"
+                    )
+                who = f"{res.get('processes', 1)}x{res['threads']}t" + (
+                    f" w{res['workers']}" if "workers" in res else ""
+                )
+                print(
+                    f"{setting:9s} {res['parameters'] / 1e6:5.2f}M {mode:10s} {res['precision']:4s} {who:5s} "
+                    f"{res['samples_per_s']:8.1f} samples/s "
+                    f"(best {res['best_samples_per_s']:7.1f})  step {res['step_s_mean']:.3f}s  "
+                    f"peak RSS {res['peak_rss_mb']:7.0f} MB  load {res['load_before']:.2f}->{res['load_after']:.2f}"
+                    f"{extra}",
+                    flush=True,
+                )
     if args.json:
-        print(json.dumps({
-            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads, "speed": speed,
-            "results": rows,
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "torch": torch.__version__,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "machine": platform.machine(),
+                    "cpus": os.cpu_count(),
+                    "threads": args.threads,
+                    "speed": speed,
+                    "results": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.data import features as F
 from ramer.data.store import SceneStore
 
 LABELS9 = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
@@ -71,3 +74,25 @@ def random_store(
 @pytest.fixture
 def store() -> SceneStore:
     return random_store()
+
+
+# A stand-in for the text model of `ramer data import`: a unit vector drawn from the text's hash.
+def fake_vector(text: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).normal(size=F.TEXT_DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def fake_text(monkeypatch):
+    """The text model replaced by ``fake_vector``; ``calls`` records every batch of texts asked for."""
+    calls: list[list[str]] = []
+
+    def embed(texts, advance=None):
+        calls.append(list(texts))
+        if advance is not None:
+            advance(len(texts))
+        return np.stack([fake_vector(t) for t in texts]) if texts else np.zeros((0, F.TEXT_DIM), np.float32)
+
+    monkeypatch.setattr(F, "embed_texts", embed)
+    return calls

@@ -47,13 +47,21 @@ def hostile_objects(marker: Path) -> dict[str, object]:
 def write_hostile_pickle(path: Path, marker: Path, route: str = "os.system", wrap: str = "dict") -> Path:
     """A raw pickle: the hostile object inside a dict shaped like a release (or bare)."""
     evil = hostile_objects(marker)[route]
-    obj = {"train": {"text": evil}, "valid": {}, "test": {}} if wrap == "dict" else [evil] * 10 if wrap == "list" else evil
+    obj = (
+        {"train": {"text": evil}, "valid": {}, "test": {}}
+        if wrap == "dict"
+        else [evil] * 10
+        if wrap == "list"
+        else evil
+    )
     with open(path, "wb") as fh:
         pickle.dump(obj, fh, protocol=2)
     return path
 
 
-def write_hostile_torch(path: Path, marker: Path, route: str = "os.system", legacy: bool = False, with_tensor: bool = False) -> Path:
+def write_hostile_torch(
+    path: Path, marker: Path, route: str = "os.system", legacy: bool = False, with_tensor: bool = False
+) -> Path:
     """A ``torch.save`` file (zip, or the legacy layout) whose 'settings' is hostile."""
     evil = hostile_objects(marker)[route]
     obj = {"train": {"src-text": np.zeros((1, 2, 3), np.float32)}, "valid": {}, "test": {}, "settings": evil}
@@ -110,12 +118,16 @@ def write_mosei_aligned(
     if with_dict:
         obj["dict"] = {"src": None, "tgt": {**SPECIALS, **{name: 4 + j for j, name in enumerate(names)}}}
     if with_settings:
-        obj["settings"] = argparse.Namespace(max_text_seq_len=steps, max_visual_seq_len=steps, max_audio_seq_len=steps, seed=1)
+        obj["settings"] = argparse.Namespace(
+            max_text_seq_len=steps, max_visual_seq_len=steps, max_audio_seq_len=steps, seed=1
+        )
     torch.save(obj, path)
     expected = {
         split: {
-            "text": obj[split]["src-text"].copy(), "audio": obj[split]["src-audio"].copy(),
-            "visual": obj[split]["src-visual"].copy(), "tgt": [list(map(int, t)) for t in obj[split]["tgt"]],
+            "text": obj[split]["src-text"].copy(),
+            "audio": obj[split]["src-audio"].copy(),
+            "visual": obj[split]["src-visual"].copy(),
+            "tgt": [list(map(int, t)) for t in obj[split]["tgt"]],
         }
         for split in ("train", "valid", "test")
     }
@@ -145,8 +157,13 @@ def write_mosei_unaligned(
         audio[0, -1, :] = -np.inf  # a real row that is all -inf
         audio[1, 4, 0] = -np.inf
         ids = np.array([[f"vid{split}{i}", f"{i}.0", f"{i + 1}.5"] for i in range(n)], dtype=object)
-        obj[split] = {"text": text, "audio": audio, "vision": vision,
-                      "labels": rng.uniform(-3, 3, size=(n, 1, 1)).astype(np.float32), "id": ids}
+        obj[split] = {
+            "text": text,
+            "audio": audio,
+            "vision": vision,
+            "labels": rng.uniform(-3, 3, size=(n, 1, 1)).astype(np.float32),
+            "id": ids,
+        }
     with open(path, "wb") as fh:
         pickle.dump(obj, fh, protocol=4)
     return {split: {k: v.copy() for k, v in obj[split].items()} for split in obj}
@@ -247,15 +264,48 @@ def write_memor(
     d_t, d_a, d_f, d_o, d_e = dims
     root.mkdir(parents=True, exist_ok=True)
     data = {
-        "c1": {"seg_start": [100.0, 102.0, 104.0], "seg_end": [102.0, 104.0, 106.0], "seg_utt": [1, 2, 1],
-               "seg_ori_ind": [0, -1, 1], "speakers": [0, -1, 4], "start": 100.0, "end": 106.0, "season": 1,
-               "episode": 1, "sentences": ["hi", "how are you"], "on_character": [4, 0], "moment": 101.0},
-        "c2": {"seg_start": [10.0, 11.0], "seg_end": [11.0, 13.0], "seg_utt": [1, 1], "seg_ori_ind": [0, 1],
-               "speakers": [1, 2], "start": 10.0, "end": 13.0, "season": 2, "episode": 3,
-               "sentences": ["a", "b"], "on_character": [1, 2], "moment": 10.5},
-        "c3": {"seg_start": [0.0, 1.0], "seg_end": [1.0, 2.0], "seg_utt": [1, 1], "seg_ori_ind": [0, 1],
-               "speakers": [3, 6], "start": 0.0, "end": 2.0, "season": 3, "episode": 1,
-               "sentences": ["x", "y"], "on_character": [3], "moment": 0.5},
+        "c1": {
+            "seg_start": [100.0, 102.0, 104.0],
+            "seg_end": [102.0, 104.0, 106.0],
+            "seg_utt": [1, 2, 1],
+            "seg_ori_ind": [0, -1, 1],
+            "speakers": [0, -1, 4],
+            "start": 100.0,
+            "end": 106.0,
+            "season": 1,
+            "episode": 1,
+            "sentences": ["hi", "how are you"],
+            "on_character": [4, 0],
+            "moment": 101.0,
+        },
+        "c2": {
+            "seg_start": [10.0, 11.0],
+            "seg_end": [11.0, 13.0],
+            "seg_utt": [1, 1],
+            "seg_ori_ind": [0, 1],
+            "speakers": [1, 2],
+            "start": 10.0,
+            "end": 13.0,
+            "season": 2,
+            "episode": 3,
+            "sentences": ["a", "b"],
+            "on_character": [1, 2],
+            "moment": 10.5,
+        },
+        "c3": {
+            "seg_start": [0.0, 1.0],
+            "seg_end": [1.0, 2.0],
+            "seg_utt": [1, 1],
+            "seg_ori_ind": [0, 1],
+            "speakers": [3, 6],
+            "start": 0.0,
+            "end": 2.0,
+            "season": 3,
+            "episode": 1,
+            "sentences": ["x", "y"],
+            "on_character": [3],
+            "moment": 0.5,
+        },
     }
     items = [  # clip, character, moment, primary, fine-grained
         ("c1", 0, 101.0, "joy", "serenity"),
@@ -298,8 +348,10 @@ def write_memor(
     for sub in ("face_features", "face_names", "object_features", "environment_features"):
         (vis / sub).mkdir(parents=True, exist_ok=True)
     faces = {
-        "c1": [(f, "Sheldon") for f in range(5, 17)] + [(f, "Penny") for f in range(50, 61)]
-        + [(f, "Penny") for f in range(100, 105)] + [(f, "OthersWomen") for f in range(110, 122)],
+        "c1": [(f, "Sheldon") for f in range(5, 17)]
+        + [(f, "Penny") for f in range(50, 61)]
+        + [(f, "Penny") for f in range(100, 105)]
+        + [(f, "OthersWomen") for f in range(110, 122)],
         "c2": [(f, "Leonard") for f in range(0, 8)],
     }
     visual = {}
@@ -313,5 +365,14 @@ def write_memor(
         torch.save(env, vis / "environment_features" / f"{clip}.pt")
         (vis / "face_names" / f"{clip}.txt").write_text("\t".join(f"{f}_{name}.jpg" for f, name in crops) + "\n")
         visual[clip] = {"crops": crops, "face": face.numpy(), "object": obj.numpy(), "environment": env.numpy()}
-    return {"data": data, "items": items, "anno": anno, "personality": personality, "text": text,
-            "audio": audio, "visual": visual, "train_ids": list(range(7)), "test_ids": [7, 8, 9]}
+    return {
+        "data": data,
+        "items": items,
+        "anno": anno,
+        "personality": personality,
+        "text": text,
+        "audio": audio,
+        "visual": visual,
+        "train_ids": list(range(7)),
+        "test_ids": [7, 8, 9],
+    }

@@ -31,8 +31,20 @@ TINY = [
     "model.heads=2",
 ]
 SETS = [x for s in TINY for x in ("--set", s)]
-BENCH = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0,0.5", "--complete", "late_fusion",
-         "--jobs", "2", *SETS]
+BENCH = [
+    "bench",
+    "--models",
+    "br,late_fusion",
+    "--seeds",
+    "1",
+    "--missing-rates",
+    "0,0.5",
+    "--complete",
+    "late_fusion",
+    "--jobs",
+    "2",
+    *SETS,
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")
 
@@ -88,18 +100,40 @@ def benched(tmp_path_factory):
 def test_bench_writes_results_report_and_plots(benched):
     results = json.loads((benched / "results.json").read_text())
     assert [(r["model"], r["inputs"], r["missing_rate"], r["seed"]) for r in results] == [
-        ("br", "observed", 0.0, 1), ("br", "observed", 0.5, 1), ("late_fusion", "observed", 0.0, 1),
-        ("late_fusion", "observed", 0.5, 1), ("late_fusion", "complete", 0.0, 1)]
+        ("br", "observed", 0.0, 1),
+        ("br", "observed", 0.5, 1),
+        ("late_fusion", "observed", 0.0, 1),
+        ("late_fusion", "observed", 0.5, 1),
+        ("late_fusion", "complete", 0.0, 1),
+    ]
     for r in results:
-        assert set(r) == {"model", "inputs", "seed", "missing_rate", "metrics", "seconds", "best_epoch", "best_step",
-                          "epochs_run", "stopped_early"} and r["seconds"] > 0
+        assert (
+            set(r)
+            == {
+                "model",
+                "inputs",
+                "seed",
+                "missing_rate",
+                "metrics",
+                "seconds",
+                "best_epoch",
+                "best_step",
+                "epochs_run",
+                "stopped_early",
+            }
+            and r["seconds"] > 0
+        )
         assert set(r["metrics"]) == {"overall", "speaker", "nonspeaker"}
         assert set(METRIC_KEYS) <= set(r["metrics"]["overall"])
         run = bench_mod.run_dir(benched, bench_mod.run_name(r), r["missing_rate"], r["seed"])
         assert json.loads((run / "test_metrics.json").read_text()) == r["metrics"]
         final = lines(run)[-1]
         assert [r[k] for k in ("best_epoch", "best_step", "epochs_run", "stopped_early")] == [
-            final["best_epoch"], final["best_step"], final["epochs_run"], final["stopped_early"]]
+            final["best_epoch"],
+            final["best_step"],
+            final["epochs_run"],
+            final["stopped_early"],
+        ]
         if r["model"] == "late_fusion":  # 80 scenes in batches of 32: 3 steps an epoch, 2 epochs
             assert r["best_step"] == 3 * r["best_epoch"] and r["epochs_run"] == 2 and not r["stopped_early"]
 
@@ -108,8 +142,10 @@ def test_bench_writes_results_report_and_plots(benched):
     assert cfg.data.synthetic.complete and cfg.data.missing_rate == 0.0 and cfg.model.name == "late_fusion"
 
     text = (benched / "report.md").read_text()
-    assert ("Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all "
-            "--complete late_fusion --jobs 2") in text
+    assert (
+        "Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all "
+        "--complete late_fusion --jobs 2"
+    ) in text
     assert "## Missing rate 0" in text and "## Missing rate 0.5" in text
     assert "| oracle (sees the latent state) |" in text and "**" in text
     assert "speaker micro-F1" in text and "non-speaker micro-F1" in text
@@ -119,10 +155,17 @@ def test_bench_writes_results_report_and_plots(benched):
         header, rows = table.strip().splitlines()[0], table.strip().splitlines()[2:]
         assert header.split(" | ")[-2] == "steps to best"
         cells = {row.split(" | ")[0].lstrip("| "): row.strip("| ").split(" | ") for row in rows}
-        assert list(cells) == ["br", "late_fusion", "late_fusion, complete inputs (reference)",
-                               "oracle (sees the latent state)"]
-        lf = next(r for r in results if r["model"] == "late_fusion" and r["inputs"] == "observed"
-                  and f"{r['missing_rate']:g}" == rate)
+        assert list(cells) == [
+            "br",
+            "late_fusion",
+            "late_fusion, complete inputs (reference)",
+            "oracle (sees the latent state)",
+        ]
+        lf = next(
+            r
+            for r in results
+            if r["model"] == "late_fusion" and r["inputs"] == "observed" and f"{r['missing_rate']:g}" == rate
+        )
         assert cells["late_fusion"][-2] == str(lf["best_step"]) and cells["br"][-2] == "–"
         ref = cells["late_fusion, complete inputs (reference)"]
         assert ref[1] == f"{complete['metrics']['overall']['micro_f1']:.3f}" and "**" not in "".join(ref)
@@ -147,8 +190,22 @@ def test_bench_rerun_reuses_every_run(benched, monkeypatch):
 
 def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypatch):
     out = tmp_path / "b"
-    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", "late_fusion",
-            "--jobs", "1", *SETS, "--out", str(out)]
+    argv = [
+        "bench",
+        "--models",
+        "br,late_fusion",
+        "--seeds",
+        "1",
+        "--missing-rates",
+        "0",
+        "--complete",
+        "late_fusion",
+        "--jobs",
+        "1",
+        *SETS,
+        "--out",
+        str(out),
+    ]
     # A partial classical run (no test metrics) must be started again, not trusted.
     stale = bench_mod.run_dir(out, "br", 0.0, 1)
     stale.mkdir(parents=True)
@@ -199,7 +256,10 @@ def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypat
         assert len(losses[0]) == 2 and losses[0] == losses[1], name
     results = json.loads((out / "results.json").read_text())
     assert [(r["model"], r["inputs"]) for r in results] == [
-        ("br", "observed"), ("late_fusion", "observed"), ("late_fusion", "complete")]
+        ("br", "observed"),
+        ("late_fusion", "observed"),
+        ("late_fusion", "complete"),
+    ]
 
 
 def test_complete_option(tmp_path):
@@ -234,8 +294,9 @@ def test_bench_defaults_stop_early():
 
 @pytest.mark.parametrize("missing_at", ["all", "test"])
 def test_missing_rate_hides_modalities(tmp_path, missing_at):
-    settings = bench_mod.resolve_settings(out=str(tmp_path), models="br,late_fusion", seeds=1, rates="0,0.5",
-                                          missing_at=missing_at, overrides=TINY)
+    settings = bench_mod.resolve_settings(
+        out=str(tmp_path), models="br,late_fusion", seeds=1, rates="0,0.5", missing_at=missing_at, overrides=TINY
+    )
     bundle = generate(settings.base.data.synthetic)
     for model in settings.models:
         cfg = bench_mod.run_config(settings.base, model, 1, 0.5)
@@ -263,7 +324,11 @@ def test_presets_set_ablations():
     assert settings.models[0] == "ramer" and "ramer-no_shuffle" in settings.models
     cfg = bench_mod.run_config(settings.base, "ramer-no_shuffle", 2, 0.3)
     assert (cfg.model.name, cfg.model.ablations, cfg.train.seed, cfg.data.missing_rate) == (
-        "ramer", ["no_shuffle"], 2, 0.3)
+        "ramer",
+        ["no_shuffle"],
+        2,
+        0.3,
+    )
     bench_mod.set_model(cfg, "ramer-no_stack")  # what `ramer train --model ramer-no_stack` does
     assert cfg.model.ablations == ["no_shuffle", "no_stack"]
     bench_mod.set_model(cfg, "mult")

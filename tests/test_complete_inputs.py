@@ -14,8 +14,17 @@ from ramer.errors import RamerError
 from ramer.train.recipe import Recipe
 
 SMALL = dict(n_train=60, n_valid=30, n_test=40, seed=3)
-SAME = ("grid", "token_offsets", "person_offsets", "labels", "target", "role", "character", "personality",
-        "personality_present")
+SAME = (
+    "grid",
+    "token_offsets",
+    "person_offsets",
+    "labels",
+    "target",
+    "role",
+    "character",
+    "personality",
+    "personality_present",
+)
 
 
 @pytest.mark.parametrize("missing_rate", [0.0, 0.4])
@@ -50,8 +59,10 @@ def test_complete_inputs_keep_the_targets_role():
 
 def test_complete_inputs_take_no_extra_missing_rate(tmp_path):
     cfg = build_config(overrides=["data.synthetic.complete=true", "data.missing_rate=0.3"])
-    with pytest.raises(RamerError, match="data.synthetic.complete: complete inputs hide nothing, but "
-                                         "data.missing_rate is 0.3; set it to 0"):
+    with pytest.raises(
+        RamerError,
+        match="data.synthetic.complete: complete inputs hide nothing, but data.missing_rate is 0.3; set it to 0",
+    ):
         load_bundle(cfg.data)
     # A recipe given the data directly checks it too (where the extra missing rate is applied).
     bundle = generate(SynthConfig(**SMALL, complete=True))
@@ -67,8 +78,17 @@ def test_complete_inputs_take_no_extra_missing_rate(tmp_path):
 
 @pytest.mark.slow
 def test_demo_adds_the_complete_input_reference(tmp_path, capsys):
-    sets = ["data.synthetic.n_train=64", "data.synthetic.n_valid=32", "data.synthetic.n_test=40", "train.epochs=1",
-            "train.batch_size=32", "model.hidden=16", "model.ffn=32", "model.heads=2", "model.queue_size=64"]
+    sets = [
+        "data.synthetic.n_train=64",
+        "data.synthetic.n_valid=32",
+        "data.synthetic.n_test=40",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "model.hidden=16",
+        "model.ffn=32",
+        "model.heads=2",
+        "model.queue_size=64",
+    ]
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
     text = capsys.readouterr().out
@@ -80,7 +100,8 @@ def test_demo_adds_the_complete_input_reference(tmp_path, capsys):
     plain = json.loads((out / "ramer" / "test_metrics.json").read_text())
     # The same test targets, speaker and non-speaker alike; the scores differ (other inputs).
     assert [reference[p]["n"] for p in ("overall", "speaker", "nonspeaker")] == [
-        plain[p]["n"] for p in ("overall", "speaker", "nonspeaker")]
+        plain[p]["n"] for p in ("overall", "speaker", "nonspeaker")
+    ]
     assert reference["overall"] != plain["overall"]
     row = next(ln for ln in text.splitlines() if "ramer, complete inputs" in ln)
     assert f"{reference['overall']['micro_f1']:.4f}" in row

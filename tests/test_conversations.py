@@ -9,7 +9,6 @@ with the reason, when an optional extra is not installed (``make test`` installs
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fake_vector
 
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
@@ -45,27 +45,6 @@ ROWS = [
     ("c3", 3, "ivy", "Whatever, I will find them.", "hal;jon", "neutral;anger"),
 ]
 PERSONS = {"c1": ["ann", "bob", "cat"], "c2": ["dan", "eve", "fay", "gus"], "c3": ["ivy", "hal", "jon"]}
-
-
-def fake_vector(text: str) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    v = np.random.default_rng(seed).normal(size=F.TEXT_DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-@pytest.fixture
-def fake_text(monkeypatch):
-    """The text model replaced by ``fake_vector``; ``calls`` records every batch of texts asked for."""
-    calls: list[list[str]] = []
-
-    def embed(texts, advance=None):
-        calls.append(list(texts))
-        if advance is not None:
-            advance(len(texts))
-        return np.stack([fake_vector(t) for t in texts]) if texts else np.zeros((0, F.TEXT_DIM), np.float32)
-
-    monkeypatch.setattr(F, "embed_texts", embed)
-    return calls
 
 
 def write_table(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
@@ -117,9 +96,17 @@ def test_presence_masks_follow_the_schema_value_by_value(tmp_path, fake_text):
     sl, P, S = scene_tokens(store, i)
     assert (P, S) == (3, 3)
     # rows person-major: ann s0 s1 s2, bob s0 s1 s2, cat s0 s1 s2
-    expected_text = [True, False, True,  # ann speaks at 0 and 2
-                     False, True, False,  # bob at 1
-                     False, False, False]  # cat never speaks
+    expected_text = [
+        True,
+        False,
+        True,  # ann speaks at 0 and 2
+        False,
+        True,
+        False,  # bob at 1
+        False,
+        False,
+        False,
+    ]  # cat never speaks
     assert store.present[sl][:, 0].tolist() == expected_text
     assert store.present[sl][:, 1].tolist() == [False] * 9  # no media: no audio
     assert store.present[sl][:, 2].tolist() == [False] * 9  # no video: no visual
@@ -140,10 +127,20 @@ def test_presence_masks_follow_the_schema_value_by_value(tmp_path, fake_text):
     i = store.ids.index("c2/30")
     sl, P, S = scene_tokens(store, i)
     assert (P, S) == (4, 3)  # dan eve fay gus x utterances 20, 30, 40
-    assert store.present[sl][:, 0].tolist() == [False, False, False,  # dan: 30 is his, but empty
-                                                 True, False, False,  # eve speaks at 20
-                                                 False, False, True,  # fay at 40
-                                                 False, False, False]  # gus
+    assert store.present[sl][:, 0].tolist() == [
+        False,
+        False,
+        False,  # dan: 30 is his, but empty
+        True,
+        False,
+        False,  # eve speaks at 20
+        False,
+        False,
+        True,  # fay at 40
+        False,
+        False,
+        False,
+    ]  # gus
     assert store.labels[i].tolist() == [0, 0, 1, 0]
 
     # every sample, against a reference built here from the rows
@@ -251,7 +248,9 @@ def test_training_on_an_unlabelled_import_is_a_clear_error(tmp_path, fake_text, 
 
 
 def test_seeded_split_is_recorded_and_reproducible(tmp_path, fake_text):
-    rows = [{"conversation": f"k{i:02d}", "index": 0, "speaker": "a", "text": f"t{i}", "labels": "joy"} for i in range(20)]
+    rows = [
+        {"conversation": f"k{i:02d}", "index": 0, "speaker": "a", "text": f"t{i}", "labels": "joy"} for i in range(20)
+    ]
     src = write_table(tmp_path / "many.csv", rows)
     split = {}
     for seed, out in ((3, "a"), (3, "b"), (4, "c")):
@@ -291,39 +290,112 @@ def _rows_with(change):
 
 BAD = [
     # (name, how the rows change, table suffix, import kwargs, expected message)
-    ("unknown label", lambda r: r[3].update(labels="glee"), ".csv", {"labels": list(LABELS)},
-     r"talk.csv: row 5: unknown label 'glee' \(labels: anger, joy, neutral, sadness\)"),
-    ("missing column", lambda r: [x.pop("speaker") for x in r], ".csv", {},
-     r"talk.csv: row 1 \(header\): missing column 'speaker'"),
-    ("missing key in a JSONL row", lambda r: r[6].pop("text"), ".jsonl", {},
-     r"talk.jsonl: row 7: missing column 'text'"),
-    ("unknown column", lambda r: [x.update(lables="joy") for x in r], ".csv", {},
-     r"row 1: unknown column 'lables'"),
-    ("split not constant", lambda r: [x.update(split="train") for x in r] and r[2].update(split="test"), ".csv", {},
-     r"talk.csv: row 4: split 'test' differs from 'train' of row 2; a conversation must lie in one split"),
-    ("empty split cell", lambda r: [x.update(split="train") for x in r] and r[5].update(split=""), ".csv", {},
-     r"talk.csv: row 7: empty 'split'"),
-    ("unknown split", lambda r: [x.update(split="dev") for x in r], ".csv", {},
-     r"talk.csv: row 2: split 'dev', expected one of train, valid, test"),
-    ("empty conversation", lambda r: [x.update(text="") for x in r if x["conversation"] == "c3"], ".csv", {},
-     r"talk.csv: row 10: conversation 'c3' is empty: every text is empty and it has no media"),
-    ("empty conversation name", lambda r: r[1].update(conversation=" "), ".csv", {},
-     r"talk.csv: row 3: empty 'conversation'"),
-    ("duplicate index", lambda r: r[2].update(index=0), ".csv", {},
-     r"talk.csv: row 4: conversation 'c1' has index 0 twice \(also row 2\)"),
-    ("index not an integer", lambda r: r[0].update(index="first"), ".csv", {},
-     r"talk.csv: row 2: column 'index' is 'first', expected an integer"),
-    ("bad target", lambda r: r[4].update(target="maybe"), ".jsonl", {},
-     r"talk.jsonl: row 5: column 'target' is 'maybe', expected 1 or 0"),
-    ("end before start", lambda r: r[0].update(start=2.0, end=1.0), ".jsonl", {},
-     r"talk.jsonl: row 1: end 1.0 is not after start 2.0"),
-    ("media without times", lambda r: r[0].update(media="c1.wav"), ".csv", {},
-     r"talk.csv: row 2: conversation 'c1' has media, so every row needs 'start' and 'end'"),
-    ("media not found", lambda r: [x.update(media="nowhere.wav", start=0, end=1) for x in r if x["conversation"] == "c2"],
-     ".csv", {}, r"talk.csv: row 6: media 'nowhere.wav' not found"),
-    ("two media in one conversation",
-     lambda r: [x.update(media=f"m{x['index']}.wav", start=0, end=1) for x in r if x["conversation"] == "c1"], ".csv", {},
-     r"talk.csv: row 3: media 'm1.wav' differs from 'm0.wav' of row 2; one media file per conversation"),
+    (
+        "unknown label",
+        lambda r: r[3].update(labels="glee"),
+        ".csv",
+        {"labels": list(LABELS)},
+        r"talk.csv: row 5: unknown label 'glee' \(labels: anger, joy, neutral, sadness\)",
+    ),
+    (
+        "missing column",
+        lambda r: [x.pop("speaker") for x in r],
+        ".csv",
+        {},
+        r"talk.csv: row 1 \(header\): missing column 'speaker'",
+    ),
+    (
+        "missing key in a JSONL row",
+        lambda r: r[6].pop("text"),
+        ".jsonl",
+        {},
+        r"talk.jsonl: row 7: missing column 'text'",
+    ),
+    ("unknown column", lambda r: [x.update(lables="joy") for x in r], ".csv", {}, r"row 1: unknown column 'lables'"),
+    (
+        "split not constant",
+        lambda r: [x.update(split="train") for x in r] and r[2].update(split="test"),
+        ".csv",
+        {},
+        r"talk.csv: row 4: split 'test' differs from 'train' of row 2; a conversation must lie in one split",
+    ),
+    (
+        "empty split cell",
+        lambda r: [x.update(split="train") for x in r] and r[5].update(split=""),
+        ".csv",
+        {},
+        r"talk.csv: row 7: empty 'split'",
+    ),
+    (
+        "unknown split",
+        lambda r: [x.update(split="dev") for x in r],
+        ".csv",
+        {},
+        r"talk.csv: row 2: split 'dev', expected one of train, valid, test",
+    ),
+    (
+        "empty conversation",
+        lambda r: [x.update(text="") for x in r if x["conversation"] == "c3"],
+        ".csv",
+        {},
+        r"talk.csv: row 10: conversation 'c3' is empty: every text is empty and it has no media",
+    ),
+    (
+        "empty conversation name",
+        lambda r: r[1].update(conversation=" "),
+        ".csv",
+        {},
+        r"talk.csv: row 3: empty 'conversation'",
+    ),
+    (
+        "duplicate index",
+        lambda r: r[2].update(index=0),
+        ".csv",
+        {},
+        r"talk.csv: row 4: conversation 'c1' has index 0 twice \(also row 2\)",
+    ),
+    (
+        "index not an integer",
+        lambda r: r[0].update(index="first"),
+        ".csv",
+        {},
+        r"talk.csv: row 2: column 'index' is 'first', expected an integer",
+    ),
+    (
+        "bad target",
+        lambda r: r[4].update(target="maybe"),
+        ".jsonl",
+        {},
+        r"talk.jsonl: row 5: column 'target' is 'maybe', expected 1 or 0",
+    ),
+    (
+        "end before start",
+        lambda r: r[0].update(start=2.0, end=1.0),
+        ".jsonl",
+        {},
+        r"talk.jsonl: row 1: end 1.0 is not after start 2.0",
+    ),
+    (
+        "media without times",
+        lambda r: r[0].update(media="c1.wav"),
+        ".csv",
+        {},
+        r"talk.csv: row 2: conversation 'c1' has media, so every row needs 'start' and 'end'",
+    ),
+    (
+        "media not found",
+        lambda r: [x.update(media="nowhere.wav", start=0, end=1) for x in r if x["conversation"] == "c2"],
+        ".csv",
+        {},
+        r"talk.csv: row 6: media 'nowhere.wav' not found",
+    ),
+    (
+        "two media in one conversation",
+        lambda r: [x.update(media=f"m{x['index']}.wav", start=0, end=1) for x in r if x["conversation"] == "c1"],
+        ".csv",
+        {},
+        r"talk.csv: row 3: media 'm1.wav' differs from 'm0.wav' of row 2; one media file per conversation",
+    ),
     ("row of another length", None, ".csv", {}, r"talk.csv: row 3: 3 cells, the header has 6"),
     ("not JSON", None, ".jsonl", {}, r"talk.jsonl: row 2: not valid JSON"),
 ]
@@ -403,8 +475,11 @@ def test_unreadable_media_names_the_row(tmp_path, fake_text):
 
 def test_cli_error_is_one_line(tmp_path):
     path = write_table(tmp_path / "talk.csv", _rows_with(lambda r: r[1].update(index="x")))
-    res = subprocess.run([sys.executable, "-m", "ramer", "data", "import", str(path), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "ramer", "data", "import", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"error: {path}: row 3: column 'index' is 'x', expected an integer"]
 
@@ -435,12 +510,18 @@ def test_reimport_computes_only_what_changed(tmp_path, fake_text):
     c2_texts = [r[3] for r in sorted(ROWS, key=lambda r: (r[0], r[1])) if r[0] == "c2" and r[3]]
     c2_texts[1] = "That is amazing news!!"
     assert fake_text == [c2_texts]
-    assert meta["info"]["conversations"]["cache"] == {"computed": {"text": 1, "audio": 0, "visual": 0},
-                                                      "reused": {"text": 2, "audio": 0, "visual": 0}, "pruned": 0}
+    assert meta["info"]["conversations"]["cache"] == {
+        "computed": {"text": 1, "audio": 0, "visual": 0},
+        "reused": {"text": 2, "audio": 0, "visual": 0},
+        "pruned": 0,
+    }
 
     # a conversation removed: its cache entry is deleted
-    write_table(src, [r for r in base_rows() if r["conversation"] != "c3"] +
-                [{**r, "conversation": "c4"} for r in base_rows() if r["conversation"] == "c1"])
+    write_table(
+        src,
+        [r for r in base_rows() if r["conversation"] != "c3"]
+        + [{**r, "conversation": "c4"} for r in base_rows() if r["conversation"] == "c1"],
+    )
     meta = import_conversations(src, tmp_path / "ds")
     assert meta["info"]["conversations"]["cache"]["pruned"] == 1
     assert len(list((tmp_path / "ds" / "cache" / "text").glob("*.npz"))) == 3
@@ -448,8 +529,14 @@ def test_reimport_computes_only_what_changed(tmp_path, fake_text):
 
 # ------------------------------------------------------------------------------------ timeline
 def test_label_codes_are_short_and_unique():
-    assert label_codes(["anger", "anticipation", "joy", "sadness", "sad", "surprise"]) == \
-        ["ang", "ant", "joy", "sadn", "sad", "sur"]
+    assert label_codes(["anger", "anticipation", "joy", "sadness", "sad", "surprise"]) == [
+        "ang",
+        "ant",
+        "joy",
+        "sadn",
+        "sad",
+        "sur",
+    ]
 
 
 def test_timeline_shows_top_emotion_per_person_and_utterance(tmp_path, fake_text):
@@ -480,14 +567,18 @@ def test_timeline_shows_top_emotion_per_person_and_utterance(tmp_path, fake_text
 
 # ------------------------------------------------------------------------------------ optional extras
 def test_import_ramer_does_not_load_the_heavy_packages():
-    code = ("import sys, ramer.data.conversations, ramer.cli; "
-            "print([m for m in ('av', 'librosa', 'mediapipe', 'sentence_transformers', 'cv2') if m in sys.modules])")
+    code = (
+        "import sys, ramer.data.conversations, ramer.cli; "
+        "print([m for m in ('av', 'librosa', 'mediapipe', 'sentence_transformers', 'cv2') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_missing_extra_says_what_to_install():
-    with pytest.raises(RamerError, match=r"text features needs the Python package 'no_such_pkg_ramer'.*pip install 'ramer\[import\]'"):
+    with pytest.raises(
+        RamerError, match=r"text features needs the Python package 'no_such_pkg_ramer'.*pip install 'ramer\[import\]'"
+    ):
         F.require("no_such_pkg_ramer", F.IMPORT_HINT, "text features")
 
 
@@ -537,14 +628,51 @@ def audio_conversation(tmp_path: Path) -> Path:
     wave = np.concatenate([tone(150, 1.5), tone(300, 1.5), np.zeros(8000, np.float32)])
     write_audio(tmp_path / "meet.wav", wave)
     rows = [
-        {"conversation": "m", "index": 0, "speaker": "ann", "text": "low voice", "start": 0.0, "end": 1.5,
-         "media": "meet.wav", "present": "bob", "labels": "joy", "split": "train"},
-        {"conversation": "m", "index": 1, "speaker": "bob", "text": "high voice", "start": 1.5, "end": 3.0,
-         "media": "meet.wav", "present": "ann;cat", "labels": "anger", "split": "train"},
-        {"conversation": "m", "index": 2, "speaker": "ann", "text": "", "start": 3.0, "end": 3.5,
-         "media": "meet.wav", "present": "", "labels": "", "split": "train"},
-        {"conversation": "t", "index": 0, "speaker": "dan", "text": "text only here", "present": "ann",
-         "labels": "joy", "split": "test"},
+        {
+            "conversation": "m",
+            "index": 0,
+            "speaker": "ann",
+            "text": "low voice",
+            "start": 0.0,
+            "end": 1.5,
+            "media": "meet.wav",
+            "present": "bob",
+            "labels": "joy",
+            "split": "train",
+        },
+        {
+            "conversation": "m",
+            "index": 1,
+            "speaker": "bob",
+            "text": "high voice",
+            "start": 1.5,
+            "end": 3.0,
+            "media": "meet.wav",
+            "present": "ann;cat",
+            "labels": "anger",
+            "split": "train",
+        },
+        {
+            "conversation": "m",
+            "index": 2,
+            "speaker": "ann",
+            "text": "",
+            "start": 3.0,
+            "end": 3.5,
+            "media": "meet.wav",
+            "present": "",
+            "labels": "",
+            "split": "train",
+        },
+        {
+            "conversation": "t",
+            "index": 0,
+            "speaker": "dan",
+            "text": "text only here",
+            "present": "ann",
+            "labels": "joy",
+            "split": "test",
+        },
     ]
     return write_table(tmp_path / "talk.csv", rows, list(rows[0]))
 
@@ -559,7 +687,11 @@ def test_audio_features_per_utterance_only_for_the_speaker(tmp_path, fake_text):
     assert (P, S) == (3, 3)  # ann, bob, cat x 3 utterances
     pres = store.present[sl].reshape(P, S, 3)
     assert pres[..., 1].tolist() == [[True, False, True], [False, True, False], [False, False, False]]
-    assert pres[..., 0].tolist() == [[True, False, False], [False, True, False], [False, False, False]]  # ann's 3rd: no words
+    assert pres[..., 0].tolist() == [
+        [True, False, False],
+        [False, True, False],
+        [False, False, False],
+    ]  # ann's 3rd: no words
     audio = np.asarray(store.audio[sl]).reshape(P, S, -1)
     col = {n: k for k, n in enumerate(F.AUDIO_FEATURES)}
     assert np.exp(audio[0, 0, col["log_f0_mean"]]) == pytest.approx(150, rel=0.05)
@@ -585,6 +717,7 @@ def test_audio_features_per_utterance_only_for_the_speaker(tmp_path, fake_text):
         media = tmp_path / "meet.wav"
         media.write_bytes(media.read_bytes())  # rewritten: a new modification time
         import os
+
         st = media.stat()
         os.utime(media, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
         meta = import_conversations(src, tmp_path / "ds", context=2)
@@ -598,7 +731,9 @@ def test_utterance_beyond_the_media_end_names_the_row(tmp_path, fake_text):
     src = audio_conversation(tmp_path)
     text = src.read_text().replace("3.0,3.5,meet.wav", "3.0,9.5,meet.wav")
     src.write_text(text)
-    with pytest.raises(RamerError, match=r"talk.csv: row 4: utterance 3.0-9.5 s lies beyond the end of its media \(3.50 s\)"):
+    with pytest.raises(
+        RamerError, match=r"talk.csv: row 4: utterance 3.0-9.5 s lies beyond the end of its media \(3.50 s\)"
+    ):
         import_conversations(src, tmp_path / "ds")
 
 
@@ -680,9 +815,21 @@ def test_visual_faces_are_assigned_only_when_reliable(tmp_path, fake_text):
         ("ann", 4.0, 5.0, "bob"),  # nobody in the picture: absent
         ("bob", 5.0, 6.0, "ann"),  # two faces, no mouth moves: whose is whose is unknown -> absent
     ]
-    table = [{"conversation": "v", "index": k, "speaker": spk, "text": f"line {k}", "start": a, "end": b,
-              "media": "scene.mp4", "present": pres, "labels": "joy", "split": "test"}
-             for k, (spk, a, b, pres) in enumerate(rows)]
+    table = [
+        {
+            "conversation": "v",
+            "index": k,
+            "speaker": spk,
+            "text": f"line {k}",
+            "start": a,
+            "end": b,
+            "media": "scene.mp4",
+            "present": pres,
+            "labels": "joy",
+            "split": "test",
+        }
+        for k, (spk, a, b, pres) in enumerate(rows)
+    ]
     src = write_table(tmp_path / "talk.csv", table)
     meta = import_conversations(src, tmp_path / "ds", context=4)
     counts = meta["info"]["conversations"]["counts"]
@@ -724,9 +871,21 @@ def test_video_without_a_face_leaves_visual_absent(tmp_path, fake_text):
         return img
 
     write_video(tmp_path / "blocks.mp4", blocks, 3.0)
-    table = [{"conversation": "b", "index": k, "speaker": s, "text": f"hi {k}", "start": a, "end": a + 1.5,
-              "media": "blocks.mp4", "present": o, "labels": "joy", "split": "test"}
-             for k, (s, o, a) in enumerate([("ann", "bob", 0.0), ("bob", "", 1.5)])]
+    table = [
+        {
+            "conversation": "b",
+            "index": k,
+            "speaker": s,
+            "text": f"hi {k}",
+            "start": a,
+            "end": a + 1.5,
+            "media": "blocks.mp4",
+            "present": o,
+            "labels": "joy",
+            "split": "test",
+        }
+        for k, (s, o, a) in enumerate([("ann", "bob", 0.0), ("bob", "", 1.5)])
+    ]
     meta = import_conversations(write_table(tmp_path / "talk.csv", table), tmp_path / "ds")
     assert meta["info"]["conversations"]["counts"]["visual_rules"] == {"no_face": 2}
     store = load_native(tmp_path / "ds").splits["test"]
@@ -737,19 +896,40 @@ def test_video_without_the_face_extra_says_what_to_install(tmp_path, fake_text, 
     pytest.importorskip("librosa", reason=NEEDS_IMPORT)
     monkeypatch.setattr(F, "face_available", lambda: False)
     write_video(tmp_path / "scene.mp4", two_faces, 2.0)
-    table = [{"conversation": "v", "index": 0, "speaker": "ann", "text": "hi", "start": 0.0, "end": 2.0,
-              "media": "scene.mp4", "present": "bob", "labels": "joy", "split": "test"}]
+    table = [
+        {
+            "conversation": "v",
+            "index": 0,
+            "speaker": "ann",
+            "text": "hi",
+            "start": 0.0,
+            "end": 2.0,
+            "media": "scene.mp4",
+            "present": "bob",
+            "labels": "joy",
+            "split": "test",
+        }
+    ]
     meta = import_conversations(write_table(tmp_path / "talk.csv", table), tmp_path / "ds")
     notes = meta["info"]["conversations"]["notes"]
-    assert notes == [f"visual: 1 conversation(s) have video, but the face extra is not installed, so visual stays "
-                     f"absent; for face features: {F.FACE_HINT}"]
+    assert notes == [
+        f"visual: 1 conversation(s) have video, but the face extra is not installed, so visual stays "
+        f"absent; for face features: {F.FACE_HINT}"
+    ]
     store = load_native(tmp_path / "ds").splits["test"]
     assert not store.present[:, 2].any() and store.present[:, 1].any()
 
 
 # ------------------------------------------------------------------------------------ end to end
-TINY = ["train.epochs=2", "train.batch_size=4", "model.hidden=16", "model.ffn=32", "model.heads=2",
-        "model.queue_size=16", "train.lr=0.005"]
+TINY = [
+    "train.epochs=2",
+    "train.batch_size=4",
+    "model.hidden=16",
+    "model.ffn=32",
+    "model.heads=2",
+    "model.queue_size=16",
+    "train.lr=0.005",
+]
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_store
+
 from ramer.config import LossConfig, ModelConfig, build_config
 from ramer.models.base import DataSpec
 
@@ -37,8 +37,12 @@ TINY = [
 def tiny_model(seed: int = 0):
     from ramer.models.ramer import RAMer
 
-    spec = DataSpec(dims=dict(zip(("text", "audio", "visual"), DIMS)), n_labels=C,
-                    label_names=tuple(f"l{j}" for j in range(C)), personality_dim=7)
+    spec = DataSpec(
+        dims=dict(zip(("text", "audio", "visual"), DIMS)),
+        n_labels=C,
+        label_names=tuple(f"l{j}" for j in range(C)),
+        personality_dim=7,
+    )
     torch.manual_seed(seed)
     return RAMer(ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=32), LossConfig(), spec)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_store
+
 from ramer.batch import MODALITIES
 from ramer.config import SynthConfig, build_config
 from ramer.data import load_bundle

@@ -43,8 +43,9 @@ def free_port() -> int:
 
 
 def _child(fn, rank: int, world: int, port: int, tmp: str, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     try:
         fn(rank, world, Path(tmp), *args)
@@ -85,8 +86,12 @@ def tiny_model():
 
     # The queue holds both steps' items (no random subset), so its content is comparable.
     cfg = ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=512, dropout=0.0, modality_dropout=0.0)
-    spec = DataSpec(dims=dict(zip(("text", "audio", "visual"), DIMS)), n_labels=C,
-                    label_names=tuple(f"l{j}" for j in range(C)), personality_dim=7)
+    spec = DataSpec(
+        dims=dict(zip(("text", "audio", "visual"), DIMS)),
+        n_labels=C,
+        label_names=tuple(f"l{j}" for j in range(C)),
+        personality_dim=7,
+    )
     torch.manual_seed(0)
     return RAMer(cfg, LossConfig(), spec)
 
@@ -112,12 +117,14 @@ def two_steps(model, forward, store: SceneStore, batch_size: int, order: np.ndar
         res = forward(batch)  # in a distributed run the model shares the contrastive keys itself
         loss = model.loss(res, batch)
         loss.total.backward()
-        out.append({
-            "grads": {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None},
-            "queue": model.memory.queue.clone(),
-            "queue_classes": model.memory.queue_classes.clone(),
-            "prototypes": model.reconstruction.prototypes.clone(),
-        })
+        out.append(
+            {
+                "grads": {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None},
+                "queue": model.memory.queue.clone(),
+                "queue_classes": model.memory.queue_classes.clone(),
+                "prototypes": model.reconstruction.prototypes.clone(),
+            }
+        )
     return out
 
 
@@ -181,16 +188,21 @@ def test_two_processes_match_one_process_on_the_joined_batch(tmp_path, monkeypat
             assert got["grads"].keys() == ref["grads"].keys()
             assert len(got["grads"]) == len(list(model.parameters()))  # every parameter has a gradient
             for name, g in ref["grads"].items():
-                torch.testing.assert_close(got["grads"][name], g, rtol=1e-4, atol=1e-6, msg=f"step {step} rank {r} {name}")
+                torch.testing.assert_close(
+                    got["grads"][name], g, rtol=1e-4, atol=1e-6, msg=f"step {step} rank {r} {name}"
+                )
             torch.testing.assert_close(got["prototypes"], ref["prototypes"], rtol=1e-5, atol=1e-6)
             # The queue holds the same items (in rank order rather than batch order).
             filled = ref["queue_classes"] >= 0
             assert torch.equal(got["queue_classes"] >= 0, filled)
+
             def rows(q, c):  # noqa: E306
                 keyed = torch.cat([c[filled].unsqueeze(1).double(), q[filled].double()], 1)
                 return keyed[torch.argsort(keyed[:, 0] * 10 + keyed[:, 1])]  # by class, then unit coordinate
-            torch.testing.assert_close(rows(got["queue"], got["queue_classes"]),
-                                       rows(ref["queue"], ref["queue_classes"]), rtol=1e-5, atol=1e-6)
+
+            torch.testing.assert_close(
+                rows(got["queue"], got["queue_classes"]), rows(ref["queue"], ref["queue_classes"]), rtol=1e-5, atol=1e-6
+            )
         for name in ref["grads"]:  # and the ranks agree exactly with each other
             assert torch.equal(ranks[0][step]["grads"][name], ranks[1][step]["grads"][name])
 
@@ -218,12 +230,16 @@ def _run_worker(rank: int, world: int, tmp: Path) -> None:
     recipe = Recipe(cfg, tmp / "run")
     result = recipe.run()
     assert not torch.distributed.is_initialized()  # the recipe closed the group it opened
-    (tmp / f"rank{rank}.json").write_text(json.dumps({
-        "valid": [line["valid"] for line in recipe.log],
-        "train": [line["train"] for line in recipe.log],
-        "threshold": [line["threshold"] for line in recipe.log],
-        "test": result,
-    }))
+    (tmp / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "valid": [line["valid"] for line in recipe.log],
+                "train": [line["train"] for line in recipe.log],
+                "threshold": [line["threshold"] for line in recipe.log],
+                "test": result,
+            }
+        )
+    )
 
 
 def test_tiny_distributed_run_agrees_on_every_rank(tmp_path):

@@ -19,8 +19,7 @@ from ramer.export import ONNX_PACKAGES, missing_onnx_packages, require_onnx
 
 needs_onnx = pytest.mark.skipif(
     bool(missing_onnx_packages()),
-    reason=f"ONNX export needs the optional packages {', '.join(missing_onnx_packages())} "
-    "(pip install 'ramer[onnx]')",
+    reason=f"ONNX export needs the optional packages {', '.join(missing_onnx_packages())} (pip install 'ramer[onnx]')",
 )
 
 TINY = [

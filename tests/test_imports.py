@@ -55,7 +55,7 @@ def test_no_import_cycle():
             if d == m or d == "ramer":  # a package's own names, the top package's lazy `load`
                 continue
             if state.get(d) == 1:
-                cycles.append(path[path.index(d):] + [d])
+                cycles.append(path[path.index(d) :] + [d])
             elif d not in state:
                 visit(d, path + [d])
         state[m] = 2

@@ -8,14 +8,14 @@ import pickle
 import shutil
 from pathlib import Path
 
+import fixtures_writers as fw
 import numpy as np
 import pytest
 import torch
 
-import fixtures_writers as fw
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.config import DataConfig
 from ramer.cli import main
+from ramer.config import DataConfig
 from ramer.data.commands import collect_info, convert, run_convert, run_info
 from ramer.data.formats import FORMATS, detect_format, load_dataset
 from ramer.data.info import dataset_info, format_info_table
@@ -23,8 +23,19 @@ from ramer.data.store import SceneStore, load_native
 from ramer.errors import RamerError
 
 SPLITS = ("train", "valid", "test")
-ARRAYS = ("text", "audio", "visual", "present", "token_offsets", "grid", "labels", "target", "role",
-          "person_offsets", "character")
+ARRAYS = (
+    "text",
+    "audio",
+    "visual",
+    "present",
+    "token_offsets",
+    "grid",
+    "labels",
+    "target",
+    "role",
+    "person_offsets",
+    "character",
+)
 
 
 def clean(x) -> np.ndarray:
@@ -73,7 +84,15 @@ def test_detect_format(files, tmp_path: Path) -> None:
     assert detect_format(None) == "synthetic"
     convert(str(files["carat"]), tmp_path / "native")
     assert detect_format(tmp_path / "native") == "native"
-    assert set(FORMATS) == {"mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic"}
+    assert set(FORMATS) == {
+        "mosei_aligned",
+        "mosei_unaligned",
+        "m3ed_pickle",
+        "m3ed_carat",
+        "memor",
+        "native",
+        "synthetic",
+    }
     (tmp_path / "empty").mkdir()
     with pytest.raises(RamerError, match="unknown dataset folder"):
         detect_format(tmp_path / "empty")
@@ -150,10 +169,22 @@ def _resave(path: Path, edit) -> Path:
         (lambda o: o["test"].pop("src-audio"), "split 'test' has no key 'src-audio'"),
         (lambda o: o["train"]["tgt"].pop(), r"split 'train': 'tgt' has 5 entries, features have N = 6"),
         (lambda o: o["valid"].__setitem__("src-visual", o["valid"]["src-visual"][:, :3]), r"disagree on \(N, steps\)"),
-        (lambda o: o["test"].__setitem__("src-text", np.zeros((4, 4, 7))), r"split 'test' key 'src-text' has shape \(4, 4, 7\); feature dim 7"),
-        (lambda o: setattr(o["settings"], "max_audio_seq_len", 50), r"key 'src-audio' has shape \(6, 4, 5\), but settings.max_audio_seq_len = 50"),
-        (lambda o: o["train"]["tgt"].__setitem__(0, [2, 11, 3]), r"split 'train': tgt\[0\] holds id 11; emotion ids must be 4..9"),
-        (lambda o: o["train"].__setitem__("src-text", o["train"]["src-text"][0]), r"key 'src-text' has shape \(4, 6\), expected \(N, steps, dim\)"),
+        (
+            lambda o: o["test"].__setitem__("src-text", np.zeros((4, 4, 7))),
+            r"split 'test' key 'src-text' has shape \(4, 4, 7\); feature dim 7",
+        ),
+        (
+            lambda o: setattr(o["settings"], "max_audio_seq_len", 50),
+            r"key 'src-audio' has shape \(6, 4, 5\), but settings.max_audio_seq_len = 50",
+        ),
+        (
+            lambda o: o["train"]["tgt"].__setitem__(0, [2, 11, 3]),
+            r"split 'train': tgt\[0\] holds id 11; emotion ids must be 4..9",
+        ),
+        (
+            lambda o: o["train"].__setitem__("src-text", o["train"]["src-text"][0]),
+            r"key 'src-text' has shape \(4, 6\), expected \(N, steps, dim\)",
+        ),
         (lambda o: o["dict"]["tgt"].__setitem__("happy", 12), "dict\\['tgt'\\] emotion ids"),
     ],
 )
@@ -220,7 +251,9 @@ def test_mosei_unaligned_labels_file(files, tmp_path: Path) -> None:
     assert bundle.format == "mosei_unaligned" and len(bundle.splits["test"]) == 4
     wrong = tmp_path / "aligned_other.pt"
     fw.write_mosei_aligned(wrong, sizes=(6, 2, 4))
-    with pytest.raises(RamerError, match=r"split 'valid' has 3 samples but the aligned file .*aligned_other.pt has 2 'tgt'"):
+    with pytest.raises(
+        RamerError, match=r"split 'valid' has 3 samples but the aligned file .*aligned_other.pt has 2 'tgt'"
+    ):
         load_dataset(p, "mosei_unaligned", aligned_path=wrong)
     with pytest.raises(RamerError, match="layout 'zoom' unknown"):
         load_dataset(p, "mosei_unaligned", aligned_path=files["aligned"], unaligned_layout="zoom")
@@ -277,8 +310,14 @@ def _rewrite_pickle(path: Path, edit) -> Path:
     [
         (lambda o: o.pop(), "expected a list of 10 items"),
         (lambda o: o[3].pop("seriestrain_1"), "dialogue 'seriestrain_1' .* is missing from videoText"),
-        (lambda o: o[4].__setitem__("seriesvalid_0", np.zeros((4, 5))), r"dialogue 'seriesvalid_0': videoAudio has shape \(4, 5\), expected \(5, dim\)"),
-        (lambda o: o[5].__setitem__("seriestest_0", np.zeros((4, 9))), r"videoVisual has shape \(4, 9\); feature dim 9 differs from 4"),
+        (
+            lambda o: o[4].__setitem__("seriesvalid_0", np.zeros((4, 5))),
+            r"dialogue 'seriesvalid_0': videoAudio has shape \(4, 5\), expected \(5, dim\)",
+        ),
+        (
+            lambda o: o[5].__setitem__("seriestest_0", np.zeros((4, 9))),
+            r"videoVisual has shape \(4, 9\); feature dim 9 differs from 4",
+        ),
         (lambda o: o[1]["seriestrain_0"].__setitem__(0, "C"), "videoSpeakers holds 'C'"),
         (lambda o: o[2]["seriestrain_0"].__setitem__(0, 7), "videoLabels holds 7"),
         (lambda o: o[2]["seriestrain_0"].pop(), r"3 utterance ids, 3 speakers \(videoSpeakers\), 2 labels"),
@@ -340,7 +379,9 @@ def memor_reference(fx: dict, labels: str, order=fw.MEMOR_CHARS, convention: str
         persons = sorted(set(c["on_character"]) | {a["character"]})
         P = len(persons)
         vis = fx["visual"].get(a["clip"])
-        d_f, d_o, d_e = (vis["face"].shape[1], vis["object"].shape[1], vis["environment"].shape[1]) if vis else (5, 4, 3)
+        d_f, d_o, d_e = (
+            (vis["face"].shape[1], vis["object"].shape[1], vis["environment"].shape[1]) if vis else (5, 4, 3)
+        )
         t = np.zeros((P * S, 6), np.float32)
         au = np.zeros((P * S, 9), np.float32)
         v = np.zeros((P * S, d_f + d_o + d_e), np.float32)
@@ -359,23 +400,41 @@ def memor_reference(fx: dict, labels: str, order=fw.MEMOR_CHARS, convention: str
                     continue
                 b = int((c["seg_start"][s] - c["start"]) * fw.FPS)
                 e = int((c["seg_end"][s] - c["start"]) * fw.FPS)
-                sel = [j for j, (f, name) in enumerate(vis["crops"])
-                       if b <= f <= e and order.index("others" if name.lower().startswith("others") else name.lower()) == who]
+                sel = [
+                    j
+                    for j, (f, name) in enumerate(vis["crops"])
+                    if b <= f <= e
+                    and order.index("others" if name.lower().startswith("others") else name.lower()) == who
+                ]
                 if len(sel) > 10:
-                    v[row] = np.concatenate([vis["face"][sel].mean(0), vis["object"][b:e].mean(0), vis["environment"][b:e].mean(0)])
+                    v[row] = np.concatenate(
+                        [vis["face"][sel].mean(0), vis["object"][b:e].mean(0), vis["environment"][b:e].mean(0)]
+                    )
                     pres[row, 2] = True
         moment = a["moment"]
         inside = [s for s in range(S) if c["seg_start"][s] <= moment < c["seg_end"][s]]
-        s_t = inside[0] if inside else int(np.argmin([max(c["seg_start"][s] - moment, 0) + max(moment - c["seg_end"][s], 0) for s in range(S)]))
+        s_t = (
+            inside[0]
+            if inside
+            else int(
+                np.argmin([max(c["seg_start"][s] - moment, 0) + max(moment - c["seg_end"][s], 0) for s in range(S)])
+            )
+        )
         lab = np.zeros(len(names), np.uint8)
         for b2 in anno:
             if (b2["clip"], b2["character"], b2["moment"]) == (a["clip"], a["character"], moment):
                 lab[names.index(b2["emotion"])] = 1
         out[idx] = {
-            "grid": (P, S), "text": t, "audio": au, "visual": v, "present": pres,
+            "grid": (P, S),
+            "text": t,
+            "audio": au,
+            "visual": v,
+            "present": pres,
             "target": (persons.index(a["character"]), s_t),
             "role": ROLE_SPEAKER if c["speakers"][s_t] == a["character"] else ROLE_NONSPEAKER,
-            "labels": lab, "character": persons, "personality": pers[persons].astype(np.float32),
+            "labels": lab,
+            "character": persons,
+            "personality": pers[persons].astype(np.float32),
             "id": f"{idx}:{a['clip']}:{a['character']}",
         }
     return out
@@ -429,7 +488,9 @@ def test_memor(files, labels: str) -> None:
     split, i = everything["1:c1:4"]
     st = bundle.splits[split]
     off, S = st.token_offsets[i], 3
-    assert not st.present[off + 0 * S + 1, :2].any() and st.present[off + 1 * S + 1, 2]  # visual-only segment, Penny seen
+    assert (
+        not st.present[off + 0 * S + 1, :2].any() and st.present[off + 1 * S + 1, 2]
+    )  # visual-only segment, Penny seen
     assert st.role[i] == ROLE_NONSPEAKER
     split, i = everything["3:c1:7"]
     st = bundle.splits[split]
@@ -479,20 +540,37 @@ def _memor_edit(root: Path, name: str, edit) -> None:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda r: _memor_edit(r, "anno.json", lambda o: o["primary"][0].__setitem__("emotion", "glee")),
-         r"anno.json: 'primary'\[0\]: emotion 'glee' is not one of the 9 primary classes"),
+        (
+            lambda r: _memor_edit(r, "anno.json", lambda o: o["primary"][0].__setitem__("emotion", "glee")),
+            r"anno.json: 'primary'\[0\]: emotion 'glee' is not one of the 9 primary classes",
+        ),
         (lambda r: _memor_edit(r, "anno.json", lambda o: o.pop("primary")), "anno.json: has no key 'primary'"),
-        (lambda r: (r / "test_id.txt").write_text("7\n12\n"), r"test_id.txt: line 2: index 12 is outside the anno.json list \(0..9\)"),
+        (
+            lambda r: (r / "test_id.txt").write_text("7\n12\n"),
+            r"test_id.txt: line 2: index 12 is outside the anno.json list \(0..9\)",
+        ),
         (lambda r: (r / "train_id.txt").write_text("1\nx\n"), "train_id.txt: line 2 is 'x'"),
         (lambda r: _memor_edit(r, "data.json", lambda o: o.pop("c2")), "data.json: clip 'c2' .* is missing"),
-        (lambda r: _memor_edit(r, "data.json", lambda o: o["c1"]["seg_end"].pop()), r"clip 'c1': segment lists have lengths"),
-        (lambda r: (r / "features" / "character_features.csv").write_text("1,2\n3,4\n"), "character_features.csv: 2 rows"),
-        (lambda r: torch.save(torch.zeros(3, 5), r / "features/visual_features/face_features/c1.pt"),
-         r"face_features/c1.pt: shape \(3, 5\) but .*c1.txt names 40 faces"),
-        (lambda r: _memor_edit(r, "features/text_features.json", lambda o: o.__setitem__("c2+0", [1.0, 2.0])),
-         "text_features.json: key 'c2\\+0' has 2 numbers, expected 6"),
-        (lambda r: (r / "features" / "audio_features.json").write_text('{"c1+0": [1, "a"]}'),
-         "audio_features.json: key 'c1\\+0' does not hold a list of numbers"),
+        (
+            lambda r: _memor_edit(r, "data.json", lambda o: o["c1"]["seg_end"].pop()),
+            r"clip 'c1': segment lists have lengths",
+        ),
+        (
+            lambda r: (r / "features" / "character_features.csv").write_text("1,2\n3,4\n"),
+            "character_features.csv: 2 rows",
+        ),
+        (
+            lambda r: torch.save(torch.zeros(3, 5), r / "features/visual_features/face_features/c1.pt"),
+            r"face_features/c1.pt: shape \(3, 5\) but .*c1.txt names 40 faces",
+        ),
+        (
+            lambda r: _memor_edit(r, "features/text_features.json", lambda o: o.__setitem__("c2+0", [1.0, 2.0])),
+            "text_features.json: key 'c2\\+0' has 2 numbers, expected 6",
+        ),
+        (
+            lambda r: (r / "features" / "audio_features.json").write_text('{"c1+0": [1, "a"]}'),
+            "audio_features.json: key 'c1\\+0' does not hold a list of numbers",
+        ),
         (lambda r: shutil.rmtree(r / "features" / "visual_features"), "visual_features: folder not found"),
     ],
 )
@@ -522,7 +600,13 @@ def test_hostile_files_refused_by_every_entry_point(files, tmp_path: Path) -> No
     p = fw.write_hostile_pickle(tmp_path / "noalign.pkl", marker, "builtins.open")
     cases += [(p, "mosei_unaligned", {"aligned_path": files["aligned"]}), (p, "auto", {})]
     # a valid unaligned pickle whose aligned (label) file is hostile
-    cases += [(files["unaligned"], "mosei_unaligned", {"aligned_path": fw.write_hostile_torch(tmp_path / "evil_aligned.pt", marker, "builtins.eval")})]
+    cases += [
+        (
+            files["unaligned"],
+            "mosei_unaligned",
+            {"aligned_path": fw.write_hostile_torch(tmp_path / "evil_aligned.pt", marker, "builtins.eval")},
+        )
+    ]
     p = fw.write_hostile_pickle(tmp_path / "m3ed.pkl", marker, "builtins.exec", wrap="list")
     cases += [(p, "m3ed_pickle", {}), (p, "auto", {})]
     root = tmp_path / "memor"
@@ -590,7 +674,15 @@ def test_dataset_info_and_commands(files, capsys) -> None:
     assert set(info) >= {"format", "label_names", "feature_dims", "nonfinite_replaced", "splits"}
     assert info["feature_dims"] == {"text": 6, "audio": 9, "visual": 12, "personality": 118}
     s = info["splits"]["train"]
-    assert set(s) >= {"n", "label_counts", "empty_label_samples", "presence", "persons_mean", "tokens_mean", "nonspeaker_targets"}
+    assert set(s) >= {
+        "n",
+        "label_counts",
+        "empty_label_samples",
+        "presence",
+        "persons_mean",
+        "tokens_mean",
+        "nonspeaker_targets",
+    }
     assert set(s["presence"]) == {"text", "audio", "visual"} and 0 < s["presence"]["text"] < 1
     assert len(s["label_counts"]) == 9 and s["nonspeaker_targets"] > 0
     json.dumps(info)
@@ -611,8 +703,22 @@ def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> N
     whole = collect_info(str(files["m3ed"]), "m3ed_pickle")
     cut = collect_info(str(files["m3ed"]), "m3ed_pickle", sets=["data.max_utterances=2"])
     assert whole["splits"]["train"]["tokens_mean"] > cut["splits"]["train"]["tokens_mean"] == 2 * 2  # P = 2 rows
-    assert main(["data", "convert", str(files["m3ed"]), "--format", "m3ed_pickle", "--out", str(tmp_path / "n"),
-                 "--set", "data.max_utterances=2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(files["m3ed"]),
+                "--format",
+                "m3ed_pickle",
+                "--out",
+                str(tmp_path / "n"),
+                "--set",
+                "data.max_utterances=2",
+            ]
+        )
+        == 0
+    )
     assert load_native(tmp_path / "n").splits["train"].grid[:, 1].max() == 2
     assert main(["data", "info", str(files["m3ed"]), "--set", "model.hidden=8"]) == 2
     assert "only data.* keys (loader options) apply here" in capsys.readouterr().err

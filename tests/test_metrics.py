@@ -95,7 +95,9 @@ def test_report_splits_by_role_and_top1():
     rep = report(y, s, 0.5, np.array([1, 1, 0, 0]))
     assert rep["speaker"]["n"] == 2 and rep["nonspeaker"]["n"] == 2
     assert rep["speaker"]["micro_f1"] == 1.0
-    assert rep["nonspeaker"]["micro_f1"] == pytest.approx(skm.f1_score(y[2:], (s[2:] > 0.5).astype(int), average="micro"))
+    assert rep["nonspeaker"]["micro_f1"] == pytest.approx(
+        skm.f1_score(y[2:], (s[2:] > 0.5).astype(int), average="micro")
+    )
     assert top1_accuracy(y, s) == 0.75
     assert "speaker" not in report(y, s, 0.5, np.full(4, -1))
 

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import random_store
+
 from ramer.data.commands import convert
 from ramer.data.conversations import import_conversations
 from ramer.data.store import DataBundle, SceneStore, load_native
@@ -34,19 +34,30 @@ def one_line(e: pytest.ExceptionInfo) -> str:
 
 
 # ------------------------------------------------------------------ 1. meta.json types
-@pytest.mark.parametrize("key, value, match", [
-    ("splits", ["train", "valid", "test"], "'splits' is a list, expected an object mapping split names"),
-    ("splits", {"train": "x", "valid": 4}, r"'splits' gives 'train' a string \(\"x\"\), expected a scene count"),
-    ("splits", {"train": -1, "valid": 4, "test": 4}, r"'splits' gives 'train' a number \(-1\), expected a scene count"),
-    ("splits", {"train": 4.5}, r"'splits' gives 'train' a number \(4.5\), expected a scene count \(an integer >= 0\)"),
-    ("splits", {"train": True}, "'splits' gives 'train' a boolean, expected a scene count"),
-    ("splits", {}, "'splits' is an empty object, expected an object mapping split names"),
-    ("splits", {"../train": 4}, "'splits' names '../train', expected a folder name"),
-    ("label_names", "l0,l1", r"'label_names' is a string \(\"l0,l1\"\), expected a list of strings"),
-    ("label_names", ["l0", 1, "l2", "l3", "l4"], r"'label_names' holds a number \(1\), expected a list of strings"),
-    ("label_names", ["l0", "l1", None, "l3", "l4"], "'label_names' holds null, expected a list of strings"),
-    ("label_names", {"l0": 0}, "'label_names' is an object, expected a list of strings"),
-])
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("splits", ["train", "valid", "test"], "'splits' is a list, expected an object mapping split names"),
+        ("splits", {"train": "x", "valid": 4}, r"'splits' gives 'train' a string \(\"x\"\), expected a scene count"),
+        (
+            "splits",
+            {"train": -1, "valid": 4, "test": 4},
+            r"'splits' gives 'train' a number \(-1\), expected a scene count",
+        ),
+        (
+            "splits",
+            {"train": 4.5},
+            r"'splits' gives 'train' a number \(4.5\), expected a scene count \(an integer >= 0\)",
+        ),
+        ("splits", {"train": True}, "'splits' gives 'train' a boolean, expected a scene count"),
+        ("splits", {}, "'splits' is an empty object, expected an object mapping split names"),
+        ("splits", {"../train": 4}, "'splits' names '../train', expected a folder name"),
+        ("label_names", "l0,l1", r"'label_names' is a string \(\"l0,l1\"\), expected a list of strings"),
+        ("label_names", ["l0", 1, "l2", "l3", "l4"], r"'label_names' holds a number \(1\), expected a list of strings"),
+        ("label_names", ["l0", "l1", None, "l3", "l4"], "'label_names' holds null, expected a list of strings"),
+        ("label_names", {"l0": 0}, "'label_names' is an object, expected a list of strings"),
+    ],
+)
 def test_meta_splits_and_label_names_must_have_their_types(tmp_path, key, value, match):
     d = native(tmp_path)
     edit_meta(d, **{key: value})
@@ -73,8 +84,9 @@ def test_split_with_other_feature_size_is_refused(tmp_path):
     edit_meta(d, dims=None)  # only the splits disagree
     with pytest.raises(RamerError) as e:
         load_native(d)
-    assert one_line(e) == (f"{d / 'test'}: text size is 10, but 16 in split 'train'; "
-                           "every split must have the same feature sizes")
+    assert one_line(e) == (
+        f"{d / 'test'}: text size is 10, but 16 in split 'train'; every split must have the same feature sizes"
+    )
 
 
 def test_split_against_meta_dims(tmp_path):
@@ -94,20 +106,25 @@ def test_split_with_other_personality_size_is_refused(tmp_path):
     edit_meta(d, dims=None)
     with pytest.raises(RamerError) as e:
         load_native(d)
-    assert one_line(e) == (f"{d / 'valid'}: personality size is none (no personality.npy), but 7 in split 'train'; "
-                           "every split must have the same feature sizes")
+    assert one_line(e) == (
+        f"{d / 'valid'}: personality size is none (no personality.npy), but 7 in split 'train'; "
+        "every split must have the same feature sizes"
+    )
     edit_meta(d, dims={"text": 16, "audio": 8, "visual": 12, "personality": 7})
     with pytest.raises(RamerError, match=r"valid: personality size is none \(no personality.npy\), but meta.json"):
         load_native(d)
 
 
 # ------------------------------------------------------------------ 3. ids.json
-@pytest.mark.parametrize("ids, match", [
-    (5, r"ids.json: is a number \(5\), expected a list of strings"),
-    ({"a": 1}, "ids.json: is an object, expected a list of strings"),
-    (["s0", 1, "s2", "s3"], r"ids.json: holds a number \(1\), expected a list of strings"),
-    (["s0", None, "s2", "s3"], "ids.json: holds null, expected a list of strings"),
-])
+@pytest.mark.parametrize(
+    "ids, match",
+    [
+        (5, r"ids.json: is a number \(5\), expected a list of strings"),
+        ({"a": 1}, "ids.json: is an object, expected a list of strings"),
+        (["s0", 1, "s2", "s3"], r"ids.json: holds a number \(1\), expected a list of strings"),
+        (["s0", None, "s2", "s3"], "ids.json: holds null, expected a list of strings"),
+    ],
+)
 def test_ids_must_be_a_list_of_strings(tmp_path, ids, match):
     d = native(tmp_path)
     (d / "valid" / "ids.json").write_text(json.dumps(ids))
@@ -126,8 +143,10 @@ def test_impossible_target_rows_are_refused(tmp_path, row):
     P, S = np.load(d / "train" / "grid.npy")[2].tolist()
     with pytest.raises(RamerError) as e:
         load_native(d)
-    assert one_line(e) == (f"{d / 'train'}: target row 2 is {row}, outside its scene's grid (P, S) = ({P}, {S}); "
-                           "expected 0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)")
+    assert one_line(e) == (
+        f"{d / 'train'}: target row 2 is {row}, outside its scene's grid (P, S) = ({P}, {S}); "
+        "expected 0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)"
+    )
 
 
 def test_in_memory_store_checks_targets_too():
@@ -170,5 +189,6 @@ def test_too_few_conversations_names_the_file(tmp_path):
     src.write_text("conversation,index,speaker,text,labels\nc1,0,ann,hello,joy\nc1,1,bob,hi,\n")
     with pytest.raises(RamerError) as e:
         import_conversations(src, tmp_path / "ds")
-    assert one_line(e).startswith(f"{src}: 1 conversation(s): a train / valid / test split by conversation needs "
-                                  "at least 3")
+    assert one_line(e).startswith(
+        f"{src}: 1 conversation(s): a train / valid / test split by conversation needs at least 3"
+    )

@@ -63,8 +63,11 @@ def test_predict_output_path_is_checked_before_the_work(run, tmp_path, capsys):
     folder is made."""
     out, _ = run
     (tmp_path / "file").write_text("")
-    for bad, message in (("", "the output file name is empty"), (str(tmp_path), "is a folder; give a file name"),
-                         (str(tmp_path / "file" / "p.jsonl"), "file: exists and is not a folder")):
+    for bad, message in (
+        ("", "the output file name is empty"),
+        (str(tmp_path), "is a folder; give a file name"),
+        (str(tmp_path / "file" / "p.jsonl"), "file: exists and is not a folder"),
+    ):
         assert main(["predict", str(out), "--out", bad]) == 2
         assert message in capsys.readouterr().err
     assert main(["predict", str(out), "--out", str(tmp_path / "new" / "sub" / "p.jsonl")]) == 0
@@ -98,8 +101,11 @@ def test_a_cuda_run_is_scored_on_cpu_with_device(run, tmp_path, capsys):
     (tmp_path / "cuda").mkdir()
     model = ramer.load(out).model
     ckpt.save_model(tmp_path / "cuda" / "model.safetensors", model, cfg, spec, threshold, epoch)
-    with pytest.raises(RamerError, match=r"CUDA is not available here; load it with device='cpu' \(ramer eval / "
-                                         r"predict --device cpu\)"):
+    with pytest.raises(
+        RamerError,
+        match=r"CUDA is not available here; load it with device='cpu' \(ramer eval / "
+        r"predict --device cpu\)",
+    ):
         ramer.load(tmp_path / "cuda")
     assert main(["eval", str(tmp_path / "cuda"), "--device", "cpu"]) == 0
     assert main(["predict", str(tmp_path / "cuda"), "--out", str(tmp_path / "p.jsonl"), "--device", "cpu"]) == 0
@@ -163,8 +169,9 @@ def test_forked_workers_score_like_one_process(run, tmp_path, capsys):
     assert main(["predict", str(out), "--out", str(path2), "--workers", "2"]) == 0
     a, b = ([json.loads(x) for x in p.read_text().splitlines()] for p in (path, path2))
     assert [x["id"] for x in a] == [x["id"] for x in b] == test.ids
-    np.testing.assert_allclose([list(x["probs"].values()) for x in b], [list(x["probs"].values()) for x in a],
-                               atol=2e-6)
+    np.testing.assert_allclose(
+        [list(x["probs"].values()) for x in b], [list(x["probs"].values()) for x in a], atol=2e-6
+    )
     assert main(["eval", str(out), "--workers", "2"]) == 0
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", str(out), "--out", str(path), "--workers", "0"])
@@ -182,6 +189,7 @@ def test_forked_workers_share_the_threads_among_the_blocks(run, monkeypatch):
     out, cfg = run
     test = generate(cfg.data.synthetic).splits["test"]
     model = ramer.load(out).model
+
     def thread_count(model, store, start, stop, *rest):  # a block's rows: its worker's thread count
         return np.full((stop - start, 1), torch.get_num_threads())
 
@@ -220,8 +228,10 @@ def test_a_model_file_from_before_a_config_key_loads_as_it_was_trained(tmp_path)
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    cfg = tiny_cfg("ramer", extra=["train.epochs=1", "model.stand_in=prototype", "model.target_prior=null",
-                                   "loss.detach_targets=false"])
+    cfg = tiny_cfg(
+        "ramer",
+        extra=["train.epochs=1", "model.stand_in=prototype", "model.target_prior=null", "loss.detach_targets=false"],
+    )
     bundle = generate(cfg.data.synthetic)
     Recipe(cfg, tmp_path / "run", bundle=bundle).run()
     with safe_open(str(tmp_path / "run" / "model.safetensors"), framework="pt") as f:
@@ -233,7 +243,11 @@ def test_a_model_file_from_before_a_config_key_loads_as_it_was_trained(tmp_path)
     (tmp_path / "old").mkdir()
     save_file(state, str(tmp_path / "old" / "model.safetensors"), metadata={**metadata, "config": json.dumps(stored)})
     old, new = ramer.load(tmp_path / "old"), ramer.load(tmp_path / "run")
-    assert (old.cfg.model.stand_in, old.cfg.model.target_prior, old.cfg.loss.detach_targets) == ("prototype", None, False)
+    assert (old.cfg.model.stand_in, old.cfg.model.target_prior, old.cfg.loss.detach_targets) == (
+        "prototype",
+        None,
+        False,
+    )
     np.testing.assert_array_equal(old.predict(bundle), new.predict(bundle))
     # today's defaults would not fit those weights, and the error says what to do
     stored["model"]["stand_in"] = "gate"

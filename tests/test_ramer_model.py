@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import random_store
+
 from ramer.batch import MODALITIES
 from ramer.config import ABLATIONS, LossConfig, ModelConfig
 from ramer.models import losses
@@ -20,7 +20,20 @@ from ramer.models.ramer import RAMer, RAMerOutput
 DIMS = {"text": 16, "audio": 8, "visual": 12}
 C = 5
 ALL_TERMS = {
-    "cls", "lsr", "aug", "ae", "cross", "supcon", "agg", "shuffle", "spec", "com", "orth", "cml", "rec_adv", "pers"
+    "cls",
+    "lsr",
+    "aug",
+    "ae",
+    "cross",
+    "supcon",
+    "agg",
+    "shuffle",
+    "spec",
+    "com",
+    "orth",
+    "cml",
+    "rec_adv",
+    "pers",
 }
 REMOVES = {
     "no_personality": {"pers"},
@@ -139,9 +152,21 @@ def test_output_has_the_same_fields_in_train_and_eval():
     assert isinstance(tr, RAMerOutput) and isinstance(ev, RAMerOutput)
     for f in dataclasses.fields(RAMerOutput):
         a, b = getattr(tr, f.name), getattr(ev, f.name)
-        if f.name in ("disc_specific", "disc_common", "disc_real", "disc_fake", "shuffle_logits", "shuffle_targets",
-                      "shuffle_mask", "items", "item_classes", "queue_items", "queue_classes", "personality_pred",
-                      "hidden_real"):
+        if f.name in (
+            "disc_specific",
+            "disc_common",
+            "disc_real",
+            "disc_fake",
+            "shuffle_logits",
+            "shuffle_targets",
+            "shuffle_mask",
+            "items",
+            "item_classes",
+            "queue_items",
+            "queue_classes",
+            "personality_pred",
+            "hidden_real",
+        ):
             assert a is not None and b is None, f.name
         else:
             assert (a is None) == (b is None), f.name

@@ -119,8 +119,13 @@ def test_supcon_degenerate_inputs_are_finite():
     out = supcon(a, torch.tensor([0]), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 0.07)
     out.backward()
     assert out.item() == 0.0 and torch.isfinite(a.grad).all()
-    none = supcon(torch.zeros(0, 4, requires_grad=True), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4),
-                  torch.zeros(0, dtype=torch.long), 0.07)
+    none = supcon(
+        torch.zeros(0, 4, requires_grad=True),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.long),
+        0.07,
+    )
     assert none.item() == 0.0
 
 

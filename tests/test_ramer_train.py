@@ -50,11 +50,17 @@ def test_training_steps_repeat_bit_for_bit_with_two_threads():
     from ramer.train.optim import build_optimizer
     from ramer.train.recipe import training_step
 
-    cfg = build_config("src/ramer/configs/synthetic.yaml",
-                       ["data.synthetic.n_train=128", "data.synthetic.n_valid=1", "data.synthetic.n_test=1"])
+    cfg = build_config(
+        "src/ramer/configs/synthetic.yaml",
+        ["data.synthetic.n_train=128", "data.synthetic.n_valid=1", "data.synthetic.n_test=1"],
+    )
     store = generate(cfg.data.synthetic).splits["train"]
-    spec = DataSpec(dims=store.dims, n_labels=len(store.label_names), label_names=store.label_names,
-                    personality_dim=store.dims["personality"])
+    spec = DataSpec(
+        dims=store.dims,
+        n_labels=len(store.label_names),
+        label_names=store.label_names,
+        personality_dim=store.dims["personality"],
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

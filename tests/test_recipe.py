@@ -232,11 +232,16 @@ def test_sigkill_then_cli_resume_matches(tmp_path):
     args = ["--model", "late_fusion", *sum((["--set", s] for s in TINY + ["train.epochs=6"]), [])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     clean = tmp_path / "clean"
-    subprocess.run([sys.executable, "-m", "ramer", "train", *args, "--out", str(clean)], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "ramer", "train", *args, "--out", str(clean)], check=True, env=env, capture_output=True
+    )
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "ramer", "train", *args, "--out", str(cut)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ramer", "train", *args, "--out", str(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if (cut / "metrics.jsonl").exists() and (cut / "metrics.jsonl").read_text().count("\n") >= 1:
@@ -244,8 +249,9 @@ def test_sigkill_then_cli_resume_matches(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run([sys.executable, "-m", "ramer", "train", "--resume", str(cut)], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ramer", "train", "--resume", str(cut)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((cut / "test_metrics.json").read_text()) == json.loads((clean / "test_metrics.json").read_text())
 
@@ -261,8 +267,10 @@ def run_cli(*argv):
         (["train", "--set", "model.nonexistent=1"], "unknown key 'model.nonexistent'"),
         (["train", "--data", "/no/such/dir"], "data path not found: /no/such/dir"),
         (["train", "--config", "no_such_config"], "no config named 'no_such_config'"),
-        (["train", "--model", "no_such_model", "--set", "train.epochs=1"],
-         "unknown model 'no_such_model'; known: amp, br, cc"),
+        (
+            ["train", "--model", "no_such_model", "--set", "train.epochs=1"],
+            "unknown model 'no_such_model'; known: amp, br, cc",
+        ),
         (["bench", "--models", "", "--out", "/no/such/bench"], "--models: empty list"),
         (["eval", "/no/such/run"], "model file not found"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),

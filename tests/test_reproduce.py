@@ -3,12 +3,22 @@
 import json
 
 import pytest
-
 from fixtures_writers import write_m3ed_pickle, write_memor, write_mosei_aligned
+
 from ramer.cli import main
 
-TINY = ["model.hidden=16", "model.ffn=16", "model.heads=2", "model.layers.text=1", "model.layers.audio=1",
-        "model.layers.visual=1", "model.queue_size=64", "model.proj_size=8", "train.epochs=2", "train.batch_size=4"]
+TINY = [
+    "model.hidden=16",
+    "model.ffn=16",
+    "model.heads=2",
+    "model.layers.text=1",
+    "model.layers.audio=1",
+    "model.layers.visual=1",
+    "model.queue_size=64",
+    "model.proj_size=8",
+    "train.epochs=2",
+    "train.batch_size=4",
+]
 
 
 def reproduce(bench, data, out, seeds=2):

@@ -8,11 +8,11 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import fixtures_writers as fw
 import numpy as np
 import pytest
 import torch
 
-import fixtures_writers as fw
 from ramer.data.safe_load import safe_load, safe_pickle_loads
 from ramer.errors import RamerError
 

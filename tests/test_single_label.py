@@ -1,7 +1,7 @@
 """Single-label data: the task recorded by `ramer data import`, softmax cross-entropy in every model,
 softmax scores, the arg-max decision, selection by weighted F1, and multi-label left as it was.
 
-The CLI tests import small CSVs with the stand-in text model of test_conversations (``fake_text``).
+The CLI tests import small CSVs with the stand-in text model of conftest.py (``fake_text``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from conftest import random_store
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_conversations import base_rows, fake_text, write_table  # noqa: F401  (fake_text is a fixture)
+from test_conversations import base_rows, write_table
 
 import ramer
 from ramer import checkpoint as ckpt
@@ -31,8 +31,15 @@ from ramer.models.classical import ClassicalModel, ClassicalModule
 from ramer.models.parts import fuse_max
 
 EMOTIONS = ("anger", "joy", "sadness")
-TINY = ["train.epochs=3", "train.batch_size=4", "model.hidden=16", "model.ffn=32", "model.heads=2",
-        "model.queue_size=16", "train.lr=0.005"]
+TINY = [
+    "train.epochs=3",
+    "train.batch_size=4",
+    "model.hidden=16",
+    "model.ffn=32",
+    "model.heads=2",
+    "model.queue_size=16",
+    "train.lr=0.005",
+]
 SETS = sum((["--set", s] for s in TINY), [])
 
 
@@ -42,8 +49,17 @@ def single_rows() -> list[dict]:
     for c, split in enumerate(["train"] * 5 + ["valid"] * 2 + ["test"] * 2):
         for i in range(5):
             emotion = EMOTIONS[(c + i) % 3]
-            rows.append({"conversation": f"k{c}", "index": i, "speaker": f"p{i % 2}", "present": "p2",
-                         "text": f"{emotion} words {c}-{i}", "labels": emotion, "split": split})
+            rows.append(
+                {
+                    "conversation": f"k{c}",
+                    "index": i,
+                    "speaker": f"p{i % 2}",
+                    "present": "p2",
+                    "text": f"{emotion} words {c}-{i}",
+                    "labels": emotion,
+                    "split": split,
+                }
+            )
     return rows
 
 
@@ -57,8 +73,9 @@ def one_hot_store(n: int, seed: int, n_labels: int = 5):
 
 def spec_of(store, task: str) -> DataSpec:
     dims = store.dims
-    return DataSpec({m: dims[m] for m in MODALITIES}, len(store.label_names), store.label_names,
-                    dims["personality"], task)
+    return DataSpec(
+        {m: dims[m] for m in MODALITIES}, len(store.label_names), store.label_names, dims["personality"], task
+    )
 
 
 def epoch_lines(run) -> list[dict]:
@@ -78,10 +95,14 @@ def test_single_label_classification_is_softmax_cross_entropy():
     torch.testing.assert_close(losses.classification(logits, targets, single_label=True), F.cross_entropy(logits, y))
     # a row mask leaves rows out
     rows = torch.tensor([True, False, True, True, False, True]).unsqueeze(-1)
-    torch.testing.assert_close(losses.classification(logits, targets, rows, single_label=True),
-                               F.cross_entropy(logits[rows[:, 0]], y[rows[:, 0]]))
+    torch.testing.assert_close(
+        losses.classification(logits, targets, rows, single_label=True),
+        F.cross_entropy(logits[rows[:, 0]], y[rows[:, 0]]),
+    )
     # multi-label: BCE, as before
-    torch.testing.assert_close(losses.classification(logits, targets), F.binary_cross_entropy_with_logits(logits, targets))
+    torch.testing.assert_close(
+        losses.classification(logits, targets), F.binary_cross_entropy_with_logits(logits, targets)
+    )
 
 
 def test_shuffle_targets_are_normalised_and_unlabelled_rows_left_out():
@@ -106,8 +127,9 @@ def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
     """probs sum to 1 per sample; the classification term is F.cross_entropy of the model's logits
     (for RAMer every classification term, checked against its own fields)."""
     store = one_hot_store(10, seed=2)
-    cfg = build_config(overrides=[f"model.name={name}", "model.hidden=16", "model.ffn=32", "model.heads=2",
-                                  "model.queue_size=16"])
+    cfg = build_config(
+        overrides=[f"model.name={name}", "model.hidden=16", "model.ffn=32", "model.heads=2", "model.queue_size=16"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg, spec_of(store, "single_label"))
     if hasattr(model, "prepare"):
@@ -140,8 +162,9 @@ def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
     torch.testing.assert_close(terms["agg"], (agg[keep].sum() / keep.sum()).detach())
     # stack shuffle: each virtual sample against its normalised target, over its usable slots
     rows = []
-    for z, t, m in zip(out.shuffle_logits.flatten(0, 1), out.shuffle_targets.flatten(0, 1),
-                       out.shuffle_mask.flatten(0, 1)):
+    for z, t, m in zip(
+        out.shuffle_logits.flatten(0, 1), out.shuffle_targets.flatten(0, 1), out.shuffle_mask.flatten(0, 1)
+    ):
         t = t * m
         if t.sum() > 0:
             rows.append(-(t[m] / t.sum() * z[m].log_softmax(-1)).sum())
@@ -264,8 +287,23 @@ def test_selection_follows_the_task(tmp_path, fake_text, monkeypatch):
     assert main(["data", "import", str(import_path), "--out", str(tmp_path / "ds")]) == 0
     for task, best in (("auto", 2), ("multi_label", 1)):
         run = tmp_path / task
-        assert main(["train", "--data", str(tmp_path / "ds"), "--model", "late_fusion", "--out", str(run), *SETS,
-                     "--set", f"data.task={task}"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(tmp_path / "ds"),
+                    "--model",
+                    "late_fusion",
+                    "--out",
+                    str(run),
+                    *SETS,
+                    "--set",
+                    f"data.task={task}",
+                ]
+            )
+            == 0
+        )
         assert final_line(run)["best_epoch"] == best, task
         assert ckpt.read_model_file(run / "model.safetensors")[4] == best
 
@@ -290,27 +328,60 @@ def test_task_overrides_and_their_errors(tmp_path, fake_text, capsys):
     assert main(["data", "import", str(single), "--out", str(tmp_path / "as_multi"), "--task", "multi_label"]) == 0
     assert load_native(tmp_path / "as_multi").task == "multi_label"
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "as_multi"), "--model", "br", "--out", str(run),
-                 "--set", "data.task=single_label"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "as_multi"),
+                "--model",
+                "br",
+                "--out",
+                str(run),
+                "--set",
+                "data.task=single_label",
+            ]
+        )
+        == 0
+    )
     assert final_line(run)["threshold"] == ARGMAX and ramer.load(run).spec.task == "single_label"
     # data.task=single_label on multi-label data: the same check at train time
     assert main(["data", "import", str(multi), "--out", str(tmp_path / "multi")]) == 0
     capsys.readouterr()
-    assert main(["train", "--data", str(tmp_path / "multi"), "--model", "br", "--out", str(tmp_path / "r2"),
-                 "--set", "data.task=single_label"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "multi"),
+                "--model",
+                "br",
+                "--out",
+                str(tmp_path / "r2"),
+                "--set",
+                "data.task=single_label",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path / "multi") in err
     assert "data.task=single_label" in err and "2 of 11 samples break it" in err
-    assert main(["train", "--data", str(tmp_path / "multi"), "--out", str(tmp_path / "r3"),
-                 "--set", "data.task=maybe"]) == 2
+    assert (
+        main(["train", "--data", str(tmp_path / "multi"), "--out", str(tmp_path / "r3"), "--set", "data.task=maybe"])
+        == 2
+    )
     assert "data.task" in capsys.readouterr().err
 
 
 def test_other_loaders_stay_multi_label(tmp_path):
     from ramer.data.synthetic import generate
 
-    bundle = generate(build_config(overrides=["data.synthetic.n_train=20", "data.synthetic.n_valid=5",
-                                              "data.synthetic.n_test=5"]).data.synthetic)
+    bundle = generate(
+        build_config(
+            overrides=["data.synthetic.n_train=20", "data.synthetic.n_valid=5", "data.synthetic.n_test=5"]
+        ).data.synthetic
+    )
     assert bundle.task == "multi_label" and resolve_task(bundle) == "multi_label"
     with pytest.raises(RamerError, match="samples break it"):  # the benchmark has samples of 0 or 2+ labels
         resolve_task(bundle, "single_label")
@@ -357,8 +428,11 @@ def test_resolve_task_checks_single_label_counts():
     assert resolve_task(bundle) == "single_label" and resolve_task(bundle, "multi_label") == "multi_label"
     splits["test"].labels[2] = 1  # every label on
     splits["valid"].labels[0] = 0
-    with pytest.raises(RamerError, match=r"<mem>: it is recorded as single_label.*2 of 18 samples break it: "
-                                         r"1 has no label and 1 has 2 or more"):
+    with pytest.raises(
+        RamerError,
+        match=r"<mem>: it is recorded as single_label.*2 of 18 samples break it: "
+        r"1 has no label and 1 has 2 or more",
+    ):
         resolve_task(bundle)
 
 
@@ -366,8 +440,26 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
     src = write_table(tmp_path / "single.csv", single_rows())
     assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
     out = tmp_path / "bench"
-    assert main(["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--missing-rates", "0",
-                 "--jobs", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--data",
+                str(tmp_path / "ds"),
+                "--models",
+                "br",
+                "--seeds",
+                "1",
+                "--missing-rates",
+                "0",
+                "--jobs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = (out / "report.md").read_text()
     header = next(ln for ln in text.splitlines() if ln.startswith("| model"))
     assert header.split(" | ")[1:3] == ["Acc", "weighted-F1"] and "micro-F1" not in header

@@ -54,8 +54,10 @@ class Predictor:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise RamerError(f"workers must be an integer of at least 1, got {workers!r}")
         if not isinstance(data, (SceneStore, DataBundle, Batch)):
-            raise RamerError(f"predict takes a SceneStore, a DataBundle or a Batch, not {type(data).__name__} "
-                             "(load a dataset with ramer.data.load_bundle or ramer.api.load_data_for)")
+            raise RamerError(
+                f"predict takes a SceneStore, a DataBundle or a Batch, not {type(data).__name__} "
+                "(load a dataset with ramer.data.load_bundle or ramer.api.load_data_for)"
+            )
         if isinstance(data, DataBundle):
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
@@ -73,8 +75,10 @@ class Predictor:
         or for single-label data exactly one label per sample, its highest-scoring one; ``probs`` (n, C)."""
         probs = np.asarray(probs)
         if probs.ndim != 2 or probs.shape[1] != len(self.label_names):
-            raise RamerError(f"probabilities of shape {probs.shape}, expected (n, {len(self.label_names)}) "
-                             f"for the labels {list(self.label_names)}")
+            raise RamerError(
+                f"probabilities of shape {probs.shape}, expected (n, {len(self.label_names)}) "
+                f"for the labels {list(self.label_names)}"
+            )
         return decide(probs, self.threshold)
 
 

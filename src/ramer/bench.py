@@ -105,9 +105,22 @@ class BenchSettings:
             parts += ["--data", self.data]
         if self.config:
             parts += ["--config", str(self.config)]
-        parts += ["--models", ",".join(self.models), "--seeds", str(len(self.seeds)),
-                  "--missing-rates", ",".join(f"{r:g}" for r in self.rates), "--missing-at", self.missing_at,
-                  "--complete", ",".join(self.complete), "--jobs", str(self.jobs), "--out", str(self.out)]
+        parts += [
+            "--models",
+            ",".join(self.models),
+            "--seeds",
+            str(len(self.seeds)),
+            "--missing-rates",
+            ",".join(f"{r:g}" for r in self.rates),
+            "--missing-at",
+            self.missing_at,
+            "--complete",
+            ",".join(self.complete),
+            "--jobs",
+            str(self.jobs),
+            "--out",
+            str(self.out),
+        ]
         if self.quick:
             parts.append("--quick")
         for s in self.overrides:
@@ -195,8 +208,10 @@ def parse_complete(text: str | None, base: Config) -> list[str]:
         return []
     names = parse_models(text, "--complete")
     if not embedded:
-        raise RamerError(f"--complete: complete inputs exist only for the embedded benchmark, not for "
-                         f"{base.data.path}; use --complete ''")
+        raise RamerError(
+            f"--complete: complete inputs exist only for the embedded benchmark, not for "
+            f"{base.data.path}; use --complete ''"
+        )
     return names
 
 
@@ -279,7 +294,11 @@ def cache_state(run: Path, cfg: Config) -> str:
     if _same_config(run, cfg):
         if (run / "test_metrics.json").exists():
             return "done"
-        if cfg.model.name not in CLASSICAL and (run / "train_state.pt").exists() and (run / "model.safetensors").exists():
+        if (
+            cfg.model.name not in CLASSICAL
+            and (run / "train_state.pt").exists()
+            and (run / "model.safetensors").exists()
+        ):
             return "resume"
     shutil.rmtree(run)
     return "fresh"
@@ -345,8 +364,11 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]
-    console.print(f"data {bundle.source}: {', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}"
-                  f" ({time.perf_counter() - t0:.1f}s)", highlight=False)
+    console.print(
+        f"data {bundle.source}: {', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}"
+        f" ({time.perf_counter() - t0:.1f}s)",
+        highlight=False,
+    )
     plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]
     plan += [(m + COMPLETE, seed, 0.0) for seed in s.seeds for m in s.complete]
     bundles = {False: bundle}
@@ -359,14 +381,22 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         name, seed, rate = key
         counts[state] += 1
         complete = name.endswith(COMPLETE)
-        records[key] = {"model": name[: -len(COMPLETE)] if complete else name,
-                        "inputs": "complete" if complete else "observed", "seed": seed, "missing_rate": rate,
-                        "metrics": {k: metrics[k] for k in PARTS if k in metrics}, "seconds": seconds,
-                        **run_progress(run_dir(s.out, name, rate, seed))}
+        records[key] = {
+            "model": name[: -len(COMPLETE)] if complete else name,
+            "inputs": "complete" if complete else "observed",
+            "seed": seed,
+            "missing_rate": rate,
+            "metrics": {k: metrics[k] for k in PARTS if k in metrics},
+            "seconds": seconds,
+            **run_progress(run_dir(s.out, name, rate, seed)),
+        }
         how = {"done": "cached", "resume": "resumed", "fresh": "trained"}[state]
-        console.print(f"[{len(records)}/{len(plan)}] {name:<24} missing {rate:<4g} seed {seed}: test "
-                      f"{METRIC_NAMES[metric]} {metrics['overall'][metric]:.4f}  {how} ({seconds:.1f}s)", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[{len(records)}/{len(plan)}] {name:<24} missing {rate:<4g} seed {seed}: test "
+            f"{METRIC_NAMES[metric]} {metrics['overall'][metric]:.4f}  {how} ({seconds:.1f}s)",
+            highlight=False,
+            soft_wrap=True,
+        )
         write_results(s.out, _ordered(records, s))
 
     todo = []
@@ -385,11 +415,16 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from multiprocessing import get_context
 
-        pool = ProcessPoolExecutor(max_workers=min(s.jobs, len(todo)), mp_context=get_context("spawn"),
-                                   initializer=_init_worker, initargs=(base.data.model_dump(mode="json"),))
+        pool = ProcessPoolExecutor(
+            max_workers=min(s.jobs, len(todo)),
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(base.data.model_dump(mode="json"),),
+        )
         try:
-            futures = {pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run)): key
-                       for key, cfg, run in todo}
+            futures = {
+                pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run)): key for key, cfg, run in todo
+            }
             for future in as_completed(futures):
                 record(futures[future], *future.result())
         except BaseException:
@@ -405,9 +440,13 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         "task": task,
     }
     write_report(s, base, results, info)
-    console.print(f"wrote {s.out / 'results.json'}, {s.out / 'report.md'} and {s.out / 'plots'}/ "
-                  f"({counts['fresh']} trained, {counts['resume']} resumed, {counts['done']} cached; "
-                  f"{info['wall_seconds']:.0f}s)", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {s.out / 'results.json'}, {s.out / 'report.md'} and {s.out / 'plots'}/ "
+        f"({counts['fresh']} trained, {counts['resume']} resumed, {counts['done']} cached; "
+        f"{info['wall_seconds']:.0f}s)",
+        highlight=False,
+        soft_wrap=True,
+    )
     return results
 
 
@@ -435,8 +474,11 @@ def write_results(out: Path, results: list[dict]) -> None:
 def summarise(results: list[dict], model: str, rate: float, part: str, key: str) -> tuple[float, float, int]:
     """Mean, sample std (0 for one seed) and count of a metric over seeds (``model``: a run name,
     ``MODEL@complete`` for the complete-input runs)."""
-    vals = [r["metrics"][part][key] for r in results
-            if run_name(r) == model and r["missing_rate"] == rate and part in r["metrics"]]
+    vals = [
+        r["metrics"][part][key]
+        for r in results
+        if run_name(r) == model and r["missing_rate"] == rate and part in r["metrics"]
+    ]
     if not vals:
         return float("nan"), float("nan"), 0
     arr = np.asarray(vals, dtype=np.float64)
@@ -518,8 +560,11 @@ def rate_table(
         return "| " + " | ".join(cells) + " |"
 
     lines += [row(m, m, rate, True) for m in models]
-    lines += [row(m + COMPLETE, f"{m}, complete inputs (reference)", 0.0, False) for m in s.complete
-              if any(run_name(r) == m + COMPLETE for r in results)]
+    lines += [
+        row(m + COMPLETE, f"{m}, complete inputs (reference)", 0.0, False)
+        for m in s.complete
+        if any(run_name(r) == m + COMPLETE for r in results)
+    ]
     if oracle is not None:
         cells = [ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -532,28 +577,45 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
     plots = make_plots(s, results, oracle)
     syn = base.data.synthetic
     if base.data.path is None:
-        data = (f"embedded synthetic benchmark ({bundle.source}; {syn.n_train} train / {syn.n_valid} valid / "
-                f"{syn.n_test} test scenes, {syn.n_labels} labels)")
+        data = (
+            f"embedded synthetic benchmark ({bundle.source}; {syn.n_train} train / {syn.n_valid} valid / "
+            f"{syn.n_test} test scenes, {syn.n_labels} labels)"
+        )
     else:
-        data = f"`{base.data.path}` ({bundle.source}; " + ", ".join(f"{k} {len(v)}" for k, v in bundle.splits.items()) + ")"
+        data = (
+            f"`{base.data.path}` ({bundle.source}; "
+            + ", ".join(f"{k} {len(v)}" for k, v in bundle.splits.items())
+            + ")"
+        )
     where = "train, validation and test" if s.missing_at == "all" else "test only (clean training)"
     t = base.train
-    budget = (f"up to {t.epochs} epochs, stopping once validation {METRIC_NAMES[SELECTION[info['task']]]} has not "
-              f"improved for {t.patience} "
-              f"epoch{'s' if t.patience > 1 else ''}" if t.patience else f"{t.epochs} epochs")
+    budget = (
+        f"up to {t.epochs} epochs, stopping once validation {METRIC_NAMES[SELECTION[info['task']]]} has not "
+        f"improved for {t.patience} "
+        f"epoch{'s' if t.patience > 1 else ''}"
+        if t.patience
+        else f"{t.epochs} epochs"
+    )
     (l1, _, _), (l2, _, _) = info["load"]
     c = info["counts"]
     if info["task"] == "single_label":
         decision = "single-label data: arg-max decision, best epoch chosen on validation weighted F1"
     else:
-        decision = (f"best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
-                    "chosen on validation micro-F1")
+        decision = (
+            f"best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
+            "chosen on validation micro-F1"
+        )
     lines = [
         "# Benchmark: RAMer and its baselines",
         "",
         f"Command: `{s.command()}`",
         "",
-        f"- Mode: {'**quick** (smoke settings: ' + ', '.join(QUICK_SETS) + '; 1 seed; missing rates 0 and 0.6)' if s.quick else 'default (' + ', '.join(DEFAULT_SETS) + ')'}"
+        "- Mode: "
+        + (
+            f"**quick** (smoke settings: {', '.join(QUICK_SETS)}; 1 seed; missing rates 0 and 0.6)"
+            if s.quick
+            else f"default ({', '.join(DEFAULT_SETS)})"
+        )
         + (f"; overrides: {', '.join(s.overrides)}" if s.overrides else ""),
         f"- Data: {data}; the same splits for every model.",
         f"- Models: {', '.join(s.models)}.",
@@ -564,20 +626,29 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         f"- Training (every deep model alike): {budget}, batch {t.batch_size}, AdamW lr {t.lr:g}, "
         f"warm-up {t.warmup:g} (the schedule spans the cap); {decision}; test once on the best checkpoint. "
         "Classical models: one logistic-regression fit.",
-        *([f"- Complete-input reference: {', '.join(s.complete)} also trained and tested once per seed on the same "
-           "scenes with every modality present for every person at every segment (`data.synthetic.complete`, "
-           "missing rate 0); shown under every table as `MODEL, complete inputs (reference)`, outside the bold."]
-          if s.complete else []),
+        *(
+            [
+                f"- Complete-input reference: {', '.join(s.complete)} also trained and tested once per seed on the "
+                "same scenes with every modality present for every person at every segment (`data.synthetic.complete`, "
+                "missing rate 0); shown under every table as `MODEL, complete inputs (reference)`, outside the bold."
+            ]
+            if s.complete
+            else []
+        ),
         f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}, load average {l1:.1f} at start, "
-        f"{l2:.1f} at end. This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, {c['resume']} resumed, "
-        f"{c['done']} reused from the cache); all runs together: {sum(r['seconds'] for r in results):.0f} s of training "
+        f"{l2:.1f} at end. This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, "
+        f"{c['resume']} resumed, {c['done']} reused from the cache); all runs together: "
+        f"{sum(r['seconds'] for r in results):.0f} s of training "
         "and testing.",
         "",
         "Test split; mean ± sample std over seeds (one seed: the value). **Bold**: best model per column "
         "(HL: lowest). `steps to best`: optimiser steps done at the end of the best epoch, mean over seeds (a "
         "classical fit takes none). `s/run`: mean seconds per run. Metric definitions: `ramer.metrics`."
-        + (f" The `{ORACLE_ROW}` row reads the target's latent emotion state before annotator noise: the ceiling."
-           if oracle else ""),
+        + (
+            f" The `{ORACLE_ROW}` row reads the target's latent emotion state before annotator noise: the ceiling."
+            if oracle
+            else ""
+        ),
     ]
     for rate in s.rates:
         lines += ["", f"## Missing rate {rate:g}", ""]
@@ -630,16 +701,21 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         pts = [p for p in pts if not np.isnan(p[1])]
         if pts:
             x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=colors[m], label=m,
-                        linewidth=2.5 if m == "ramer" else 1.3)
+            ax.errorbar(
+                x, y, yerr=e, marker="o", capsize=3, color=colors[m], label=m, linewidth=2.5 if m == "ramer" else 1.3
+            )
     for m in s.complete:
         mean, _, n = summarise(results, m + COMPLETE, 0.0, "overall", "micro_f1")
         if n:
             ax.axhline(mean, color=colors.get(m, "grey"), linestyle=":", linewidth=1.5, label=f"{m}, complete inputs")
     if oracle is not None:
         ax.axhline(oracle["overall"]["micro_f1"], color="black", linestyle="--", linewidth=1, label="oracle ceiling")
-    ax.set(title="Test micro-F1 vs missing-modality rate", xlabel=f"extra missing rate ({s.missing_at})",
-           ylabel="micro-F1 (mean ± std over seeds)", xticks=s.rates)
+    ax.set(
+        title="Test micro-F1 vs missing-modality rate",
+        xlabel=f"extra missing rate ({s.missing_at})",
+        ylabel="micro-F1 (mean ± std over seeds)",
+        xticks=s.rates,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, folder / "micro_f1_vs_missing.png")
@@ -647,8 +723,10 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
 
     # 2. per-label F1: RAMer (or the best model) vs the best baseline, at the lowest rate
     rate = s.rates[0]
-    ranked = sorted((m for m in models if summarise(results, m, rate, "overall", "micro_f1")[2]),
-                    key=lambda m: -summarise(results, m, rate, "overall", "micro_f1")[0])
+    ranked = sorted(
+        (m for m in models if summarise(results, m, rate, "overall", "micro_f1")[2]),
+        key=lambda m: -summarise(results, m, rate, "overall", "micro_f1")[0],
+    )
     focus = "ramer" if "ramer" in ranked else (ranked[0] if ranked else None)
     rivals = [m for m in ranked if m != focus and not m.startswith("ramer")]
     rival_role = "best baseline" if focus == "ramer" else "runner-up"
@@ -659,11 +737,20 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         x = np.arange(len(labels))
         fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(labels) + 2), 4.5))
         for k, m in enumerate(pair):
-            ax.bar(x + (k - 0.5) * 0.4, [f1[m].get(lb, 0.0) for lb in labels], 0.4, color=colors[m],
-                   label=m if k == 0 else f"{m} ({rival_role})")
+            ax.bar(
+                x + (k - 0.5) * 0.4,
+                [f1[m].get(lb, 0.0) for lb in labels],
+                0.4,
+                color=colors[m],
+                label=m if k == 0 else f"{m} ({rival_role})",
+            )
         ax.set_xticks(x, labels, rotation=30, ha="right")
-        ax.set(title=f"Per-label test F1 at missing rate {rate:g}: {focus} vs {rival_role}",
-               xlabel="label", ylabel="F1 (mean over seeds)", ylim=(0, 1))
+        ax.set(
+            title=f"Per-label test F1 at missing rate {rate:g}: {focus} vs {rival_role}",
+            xlabel="label",
+            ylabel="F1 (mean over seeds)",
+            ylim=(0, 1),
+        )
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
         _save(fig, folder / "per_label_f1.png")
@@ -671,15 +758,25 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
 
     # 3. speaker vs non-speaker micro-F1, one panel per rate
     if any("speaker" in r["metrics"] for r in results):
-        fig, axes = plt.subplots(1, len(s.rates), figsize=(max(7.0, 0.55 * len(models) * len(s.rates) + 2), 4.8),
-                                 sharey=True, squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(s.rates), figsize=(max(7.0, 0.55 * len(models) * len(s.rates) + 2), 4.8), sharey=True, squeeze=False
+        )
         x = np.arange(len(models))
         for ax, rate in zip(axes[0], s.rates):
             for k, (part, name, hatch) in enumerate((("speaker", "speaker", ""), ("nonspeaker", "non-speaker", "//"))):
                 stats = [summarise(results, m, rate, part, "micro_f1") for m in models]
-                ax.bar(x + (k - 0.5) * 0.4, [v[0] for v in stats], 0.4, yerr=[v[1] for v in stats], capsize=2,
-                       color=[colors[m] for m in models], hatch=hatch, edgecolor="black", linewidth=0.5,
-                       label=f"{name} targets")
+                ax.bar(
+                    x + (k - 0.5) * 0.4,
+                    [v[0] for v in stats],
+                    0.4,
+                    yerr=[v[1] for v in stats],
+                    capsize=2,
+                    color=[colors[m] for m in models],
+                    hatch=hatch,
+                    edgecolor="black",
+                    linewidth=0.5,
+                    label=f"{name} targets",
+                )
             ax.set_xticks(x, models, rotation=45, ha="right", fontsize=8)
             ax.set(title=f"missing rate {rate:g}", xlabel="model")
             ax.grid(axis="y", alpha=0.3)

@@ -52,8 +52,11 @@ def read_spec(path: str | Path) -> DataSpec:
 
 # Config keys added with a change of behaviour, and the value that keeps what a model file written
 # before the key existed was trained with (its weights fit that model and no other).
-BEFORE_THE_KEY = {("model", "stand_in"): "prototype", ("model", "target_prior"): None,
-                  ("loss", "detach_targets"): False}
+BEFORE_THE_KEY = {
+    ("model", "stand_in"): "prototype",
+    ("model", "target_prior"): None,
+    ("loss", "detach_targets"): False,
+}
 
 
 def fill_older_config(tree: dict) -> dict:
@@ -95,8 +98,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise RamerError(f"{source}: weights do not fit the model ({first}); a model file written by an "
-                         f"older ramer whose layers have changed since must be trained again") from None
+        raise RamerError(
+            f"{source}: weights do not fit the model ({first}); a model file written by an "
+            f"older ramer whose layers have changed since must be trained again"
+        ) from None
 
 
 def save_train_state(path: str | Path, state: dict) -> None:

@@ -59,18 +59,28 @@ def metrics_table(title: str, rows: dict[str, dict], task: str = "multi_label") 
             if part in rep:
                 m = rep[part]
                 empty = m.get("n") == 0  # e.g. no non-speaker target in the split: no score, not 0
-                table.add_row(name if part == "overall" else "", part, str(m.get("n", "")),
-                              *("–" if empty else f"{m[key]:.4f}" for key, _ in columns))
+                table.add_row(
+                    name if part == "overall" else "",
+                    part,
+                    str(m.get("n", "")),
+                    *("–" if empty else f"{m[key]:.4f}" for key, _ in columns),
+                )
     return table
 
 
-PRECISION_HELP = ("bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
-                  "scores differ from fp32 by a few thousandths). Default fp32")
-LOADER_SET_HELP = ("a loader option, e.g. data.max_utterances=80, data.unaligned_layout=pad, "
-                   "data.aligned_path=FILE (repeatable; docs/DATA.md)")
+PRECISION_HELP = (
+    "bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
+    "scores differ from fp32 by a few thousandths). Default fp32"
+)
+LOADER_SET_HELP = (
+    "a loader option, e.g. data.max_utterances=80, data.unaligned_layout=pad, "
+    "data.aligned_path=FILE (repeatable; docs/DATA.md)"
+)
 DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"
-WORKERS_HELP = ("score in N forked processes (CPU), this process's threads shared out among them; can be faster "
-                "than one process with several threads (docs/PERFORMANCE.md). Default 1")
+WORKERS_HELP = (
+    "score in N forked processes (CPU), this process's threads shared out among them; can be faster "
+    "than one process with several threads (docs/PERFORMANCE.md). Default 1"
+)
 
 
 def positive_int(text: str) -> int:
@@ -102,8 +112,17 @@ def launch_distributed(args: argparse.Namespace) -> int:
         rest += ["--out", out]
     for assignment in args.set or []:
         rest += ["--set", assignment]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "ramer", "train", *rest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "ramer",
+        "train",
+        *rest,
+    ]
     ERR.print("launching: " + " ".join(cmd[1:]), highlight=False, markup=False, soft_wrap=True)
     try:
         return subprocess.call(cmd)
@@ -183,14 +202,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         first = (plain(str(e)).splitlines() or [type(e).__name__])[0]
         raise RamerError(f"ONNX export of {args.run_dir} failed: {first}" + (f" ({tail})" if tail else "")) from None
     size = Path(args.onnx).stat().st_size / 2**20
-    OUT.print(f"wrote {args.onnx} ({size:.1f} MiB) in {time.perf_counter() - t0:.0f}s; inputs: "
-              f"{', '.join(wrapper.input_names())}; output: probs (B, {len(predictor.label_names)}); "
-              "dynamic: batch, persons, segments", highlight=False)
+    OUT.print(
+        f"wrote {args.onnx} ({size:.1f} MiB) in {time.perf_counter() - t0:.0f}s; inputs: "
+        f"{', '.join(wrapper.input_names())}; output: probs (B, {len(predictor.label_names)}); "
+        "dynamic: batch, persons, segments",
+        highlight=False,
+    )
     if args.check:
         for r in check_onnx(wrapper, predictor.spec, args.onnx):
             B, P, S = r.shape
-            OUT.print(f"check: onnxruntime vs torch at B={B}, P={P}, S={S}: max abs difference "
-                      f"{r.max_abs_diff:.2e} (limit 1e-4) ok", highlight=False)
+            OUT.print(
+                f"check: onnxruntime vs torch at B={B}, P={P}, S={S}: max abs difference "
+                f"{r.max_abs_diff:.2e} (limit 1e-4) ok",
+                highlight=False,
+            )
     return 0
 
 
@@ -237,20 +262,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     lines = []
     for i, sample_id in enumerate(store.ids):
         p, s = (int(v) for v in store.target[i])
-        lines.append(json.dumps({
-            "id": sample_id,
-            "target": {"person": p, "segment": s} if p >= 0 else None,
-            "role": roles.get(int(store.role[i])),
-            "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
-            "labels": [n for n, on in zip(names, chosen[i]) if on],
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "id": sample_id,
+                    "target": {"person": p, "segment": s} if p >= 0 else None,
+                    "role": roles.get(int(store.role[i])),
+                    "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
+                    "labels": [n for n, on in zip(names, chosen[i]) if on],
+                }
+            )
+        )
     atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     OUT.print(f"wrote {len(lines)} predictions to {args.out}", highlight=False)
     if bundle.format == "conversations":  # an imported set: a timeline per conversation
         from ramer.data.conversations import format_timelines
 
-        OUT.print(format_timelines(bundle, args.split, probs, predictor.threshold), highlight=False, markup=False,
-                  soft_wrap=True)
+        OUT.print(
+            format_timelines(bundle, args.split, probs, predictor.threshold),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -259,19 +292,42 @@ def print_synth_report(bundle, console: Console) -> None:
 
     stats = statistics(bundle)
     table = Table(title=f"embedded benchmark {bundle.source}")
-    for col in ("split", "scenes", "persons", "segments", "labels/sample", "empty", "text", "audio", "visual", "speaker targets"):
+    for col in (
+        "split",
+        "scenes",
+        "persons",
+        "segments",
+        "labels/sample",
+        "empty",
+        "text",
+        "audio",
+        "visual",
+        "speaker targets",
+    ):
         table.add_column(col, justify="right")
     for name, s in stats.items():
         pres = s["presence"]
-        table.add_row(name, str(s["scenes"]), f"{s['persons_mean']:.2f}", f"{s['segments_mean']:.2f}",
-                      f"{s['label_cardinality']:.2f}", f"{s['empty_label_share']:.3f}",
-                      f"{pres['text']:.3f}", f"{pres['audio']:.3f}", f"{pres['visual']:.3f}",
-                      f"{s['speaker_target_share']:.3f}")
+        table.add_row(
+            name,
+            str(s["scenes"]),
+            f"{s['persons_mean']:.2f}",
+            f"{s['segments_mean']:.2f}",
+            f"{s['label_cardinality']:.2f}",
+            f"{s['empty_label_share']:.3f}",
+            f"{pres['text']:.3f}",
+            f"{pres['audio']:.3f}",
+            f"{pres['visual']:.3f}",
+            f"{s['speaker_target_share']:.3f}",
+        )
     console.print(table)
     freq = stats["train"]["label_freq"]
     console.print("label frequencies (train): " + ", ".join(f"{k} {v:.3f}" for k, v in freq.items()), highlight=False)
-    console.print(metrics_table("oracle ceiling (latent state before annotator noise)",
-                                {f"oracle ({k})": v for k, v in bundle.info["oracle"].items()}))
+    console.print(
+        metrics_table(
+            "oracle ceiling (latent state before annotator noise)",
+            {f"oracle ({k})": v for k, v in bundle.info["oracle"].items()},
+        )
+    )
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -303,9 +359,17 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from ramer.data.conversations import import_conversations, summary_lines
 
     labels = args.labels.split(",") if args.labels is not None else None
-    meta = import_conversations(args.file, args.out, labels=labels, personality=args.personality,
-                                context=args.context, seed=args.seed, console=ERR, targets=args.targets,
-                                task=args.task)
+    meta = import_conversations(
+        args.file,
+        args.out,
+        labels=labels,
+        personality=args.personality,
+        context=args.context,
+        seed=args.seed,
+        console=ERR,
+        targets=args.targets,
+        task=args.task,
+    )
     for line in summary_lines(meta):
         OUT.print(line, highlight=False, markup=False, soft_wrap=True)
     OUT.print(f"wrote {args.out}", highlight=False)
@@ -325,13 +389,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ramer.bench import resolve_settings, run_bench
 
     settings = resolve_settings(
-        out=args.out, models=args.models, seeds=args.seeds, rates=args.missing_rates, missing_at=args.missing_at,
-        data=args.data, config=resolve_config(args.config) if args.config else None, overrides=args.set or [],
-        quick=args.quick, jobs=args.jobs, complete=args.complete,
+        out=args.out,
+        models=args.models,
+        seeds=args.seeds,
+        rates=args.missing_rates,
+        missing_at=args.missing_at,
+        data=args.data,
+        config=resolve_config(args.config) if args.config else None,
+        overrides=args.set or [],
+        quick=args.quick,
+        jobs=args.jobs,
+        complete=args.complete,
     )
     reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
-    ERR.print(f"bench: {len(settings.models)} models x {len(settings.seeds)} seeds x {len(settings.rates)} missing "
-              f"rates{reference}, {settings.jobs} at a time -> {settings.out}", highlight=False)
+    ERR.print(
+        f"bench: {len(settings.models)} models x {len(settings.seeds)} seeds x {len(settings.rates)} missing "
+        f"rates{reference}, {settings.jobs} at a time -> {settings.out}",
+        highlight=False,
+    )
     try:
         run_bench(settings, console=ERR)
     except KeyboardInterrupt:
@@ -392,37 +467,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ramer {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="generate the embedded benchmark, train RAMer and late fusion, print test metrics",
-                       description="Generate the embedded synthetic benchmark, train RAMer and the late-fusion baseline "
-                                   "on it (same data and seed), and RAMer again on complete inputs (the same scenes "
-                                   "with every modality present: a reference), and print their test metrics beside "
-                                   "the oracle, which sees the latent state (the ceiling).")
+    d = sub.add_parser(
+        "demo",
+        help="generate the embedded benchmark, train RAMer and late fusion, print test metrics",
+        description="Generate the embedded synthetic benchmark, train RAMer and the late-fusion baseline "
+        "on it (same data and seed), and RAMer again on complete inputs (the same scenes "
+        "with every modality present: a reference), and print their test metrics beside "
+        "the oracle, which sees the latent state (the ceiling).",
+    )
     d.add_argument("--out", default="runs/demo", help="where the run directories go (default: runs/demo)")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=2 (repeatable)")
+    d.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=2 (repeatable)"
+    )
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train a model (best by validation micro-F1), then test it once",
-                       description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
-                                   "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
-                                   "Single-label data (data.task, recorded by data import): softmax cross-entropy, "
-                                   "arg-max decision, best checkpoint by validation weighted F1. "
-                                   "train.epochs is the cap; --set train.patience=K stops once validation has not "
-                                   "improved for K epochs. "
-                                   "Without --data it trains on the embedded synthetic benchmark.")
-    t.add_argument("--model", help="model name, e.g. br, late_fusion, ramer, or a preset ramer-<ablation> "
-                                   "(default: the config's, ramer)")
+    t = sub.add_parser(
+        "train",
+        help="train a model (best by validation micro-F1), then test it once",
+        description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
+        "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
+        "Single-label data (data.task, recorded by data import): softmax cross-entropy, "
+        "arg-max decision, best checkpoint by validation weighted F1. "
+        "train.epochs is the cap; --set train.patience=K stops once validation has not "
+        "improved for K epochs. "
+        "Without --data it trains on the embedded synthetic benchmark.",
+    )
+    t.add_argument(
+        "--model",
+        help="model name, e.g. br, late_fusion, ramer, or a preset ramer-<ablation> (default: the config's, ramer)",
+    )
     t.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
     t.add_argument("--data", help="dataset: a native directory or a public benchmark file/directory")
     t.add_argument("--out", help="run directory (default: runs/MODEL-TIMESTAMP)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=5 (repeatable)")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=5 (repeatable)"
+    )
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
-    t.add_argument("--nproc", type=int, metavar="N",
-                   help="train with N processes on this machine (DDP; runs torchrun --standalone "
-                        "--nproc_per_node N -m ramer train ...); see docs/SCALING.md")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (DDP; runs torchrun --standalone "
+        "--nproc_per_node N -m ramer train ...); see docs/SCALING.md",
+    )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run on a split with its stored threshold",
-                       description="Evaluate the best checkpoint of RUN_DIR (config and threshold are read from it).")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a trained run on a split with its stored threshold",
+        description="Evaluate the best checkpoint of RUN_DIR (config and threshold are read from it).",
+    )
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     e.add_argument("--data", help="dataset to evaluate on (default: the one the run was trained on)")
     e.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -432,9 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="write per-sample probabilities and labels of a trained run as JSON lines",
-                        description="Apply the best checkpoint of RUN_DIR to a dataset split; one JSON line per sample "
-                                    "with its id, target, probs (label -> probability) and labels (stored threshold).")
+    pr = sub.add_parser(
+        "predict",
+        help="write per-sample probabilities and labels of a trained run as JSON lines",
+        description="Apply the best checkpoint of RUN_DIR to a dataset split; one JSON line per sample "
+        "with its id, target, probs (label -> probability) and labels (stored threshold).",
+    )
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     pr.add_argument("--data", help="dataset (default: the one the run was trained on)")
     pr.add_argument("--split", default="test", help="split to predict (default: test)")
@@ -444,19 +541,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
 
-    x = sub.add_parser("export", help="export a trained run to ONNX (dynamic batch and scene size)",
-                       description="Export the eval forward of RUN_DIR's best checkpoint to ONNX with the dynamo "
-                                   "exporter; batch, persons and segments are dynamic. Inputs and layout: "
-                                   "ramer.export. Needs the optional extra: pip install 'ramer[onnx]'.")
+    x = sub.add_parser(
+        "export",
+        help="export a trained run to ONNX (dynamic batch and scene size)",
+        description="Export the eval forward of RUN_DIR's best checkpoint to ONNX with the dynamo "
+        "exporter; batch, persons and segments are dynamic. Inputs and layout: "
+        "ramer.export. Needs the optional extra: pip install 'ramer[onnx]'.",
+    )
     x.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     x.add_argument("--onnx", required=True, metavar="OUT.onnx", help="output file")
-    x.add_argument("--check", action="store_true",
-                   help="run onnxruntime at other batch and scene sizes and compare with torch (max abs diff <= 1e-4)")
+    x.add_argument(
+        "--check",
+        action="store_true",
+        help="run onnxruntime at other batch and scene sizes and compare with torch (max abs diff <= 1e-4)",
+    )
     x.set_defaults(func=cmd_export)
 
-    rp = sub.add_parser("reproduce", help="the paper protocol on a public benchmark over seeds, with a results table",
-                        description="Train the benchmark's named config once per seed (best by validation micro-F1, "
-                                    "threshold on validation, test once) and write a mean ± std table.")
+    rp = sub.add_parser(
+        "reproduce",
+        help="the paper protocol on a public benchmark over seeds, with a results table",
+        description="Train the benchmark's named config once per seed (best by validation micro-F1, "
+        "threshold on validation, test once) and write a mean ± std table.",
+    )
     rp.add_argument("bench", choices=("mosei", "mosei_unaligned", "m3ed", "memor_primary", "memor_fine"))
     rp.add_argument("--data", required=True, help="the benchmark file or directory (or a converted directory)")
     rp.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
@@ -464,82 +570,138 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     rp.set_defaults(func=cmd_reproduce)
 
-    b = sub.add_parser("bench", help="every model on the same data, seeds and missing rates; results, report, plots",
-                       description="Train and test every model (classical and deep baselines, RAMer, ramer-<ablation> "
-                                   "presets) on identical splits, seeds and missing-modality masks; deep models train "
-                                   "until validation stops improving (patience 5, at most 40 epochs); thresholds on "
-                                   "validation, test once. Finished runs are cached under OUT/runs, so an interrupted "
-                                   "bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
-                                   "OUT/plots/*.png. Defaults and their reasons: docs/BENCH.md.")
+    b = sub.add_parser(
+        "bench",
+        help="every model on the same data, seeds and missing rates; results, report, plots",
+        description="Train and test every model (classical and deep baselines, RAMer, ramer-<ablation> "
+        "presets) on identical splits, seeds and missing-modality masks; deep models train "
+        "until validation stops improving (patience 5, at most 40 epochs); thresholds on "
+        "validation, test once. Finished runs are cached under OUT/runs, so an interrupted "
+        "bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
+        "OUT/plots/*.png. Defaults and their reasons: docs/BENCH.md.",
+    )
     b.add_argument("--data", help="dataset path (default: the embedded synthetic benchmark)")
     b.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
-    b.add_argument("--models", help="all (default), ablations, or a comma list, e.g. br,late_fusion,ramer,ramer-no_shuffle")
+    b.add_argument(
+        "--models", help="all (default), ablations, or a comma list, e.g. br,late_fusion,ramer,ramer-no_shuffle"
+    )
     b.add_argument("--seeds", type=int, help="number of seeds (default: 3; --quick: 1)")
     b.add_argument("--missing-rates", help="comma list of extra missing rates (default: 0,0.3,0.6; --quick: 0,0.6)")
-    b.add_argument("--missing-at", choices=("all", "test"), default="all",
-                   help="hide modalities in all splits (default) or only at test (clean training)")
+    b.add_argument(
+        "--missing-at",
+        choices=("all", "test"),
+        default="all",
+        help="hide modalities in all splits (default) or only at test (clean training)",
+    )
     b.add_argument("--out", help="output directory (default: runs/bench, --quick: runs/bench-quick)")
-    b.add_argument("--jobs", type=int, help="runs trained at once, one process and one torch thread each "
-                                            "(default: the number of CPU cores, at most 8)")
-    b.add_argument("--complete", metavar="MODELS",
-                   help="models also trained once per seed on complete inputs (the same scenes, every modality "
-                        "present, missing rate 0), shown as a reference row under every table; embedded benchmark "
-                        "only (default: ramer there, none on other data; '' for none)")
-    b.add_argument("--quick", action="store_true", help="small smoke settings (fewer scenes and epochs, 1 seed, rates 0 and 0.6)")
+    b.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at once, one process and one torch thread each "
+        "(default: the number of CPU cores, at most 8)",
+    )
+    b.add_argument(
+        "--complete",
+        metavar="MODELS",
+        help="models also trained once per seed on complete inputs (the same scenes, every modality "
+        "present, missing rate 0), shown as a reference row under every table; embedded benchmark "
+        "only (default: ramer there, none on other data; '' for none)",
+    )
+    b.add_argument(
+        "--quick", action="store_true", help="small smoke settings (fewer scenes and epochs, 1 seed, rates 0 and 0.6)"
+    )
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
     b.set_defaults(func=cmd_bench)
 
-    data = sub.add_parser("data", help="generate, inspect and convert datasets",
-                          description="Generate the embedded benchmark, inspect a dataset, convert to the native format.")
+    data = sub.add_parser(
+        "data",
+        help="generate, inspect and convert datasets",
+        description="Generate the embedded benchmark, inspect a dataset, convert to the native format.",
+    )
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    s = dsub.add_parser("synth", help="write the embedded synthetic benchmark in the native format",
-                        description="Generate the embedded benchmark (seeded, deterministic) into DIR and print its "
-                                    "statistics and oracle ceiling.")
+    s = dsub.add_parser(
+        "synth",
+        help="write the embedded synthetic benchmark in the native format",
+        description="Generate the embedded benchmark (seeded, deterministic) into DIR and print its "
+        "statistics and oracle ceiling.",
+    )
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--config", help="config whose data.synthetic section to use (default: synthetic)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="generator setting, e.g. seed=3 or n_train=1000 (keys of data.synthetic; repeatable)")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="generator setting, e.g. seed=3 or n_train=1000 (keys of data.synthetic; repeatable)",
+    )
     s.set_defaults(func=cmd_data_synth)
-    i = dsub.add_parser("info", help="describe a dataset: format, labels, dims, split statistics",
-                        description="Read a dataset (any supported format) and print what it holds.")
+    i = dsub.add_parser(
+        "info",
+        help="describe a dataset: format, labels, dims, split statistics",
+        description="Read a dataset (any supported format) and print what it holds.",
+    )
     i.add_argument("path", metavar="PATH")
     i.add_argument("--format", default="auto", help="format (default: detected)")
     i.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     i.set_defaults(func=cmd_data_info)
-    c = dsub.add_parser("convert", help="convert a dataset to the native (memory-mapped) format",
-                        description="Convert any supported dataset to the native format for fast loading.")
+    c = dsub.add_parser(
+        "convert",
+        help="convert a dataset to the native (memory-mapped) format",
+        description="Convert any supported dataset to the native format for fast loading.",
+    )
     c.add_argument("path", metavar="PATH")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--format", default="auto", help="format (default: detected)")
     c.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     c.set_defaults(func=cmd_data_convert)
-    im = dsub.add_parser("import", help="import your own conversations (CSV/JSONL of utterances, optional media)",
-                         description="Read a CSV or JSONL file with one row per utterance (conversation, index, "
-                                     "speaker, text; optional start, end, media, present, labels, target, split; "
-                                     "docs/DATA.md), compute text / audio / visual features offline and write the "
-                                     "native format. Features are cached per conversation in DIR/cache, so importing "
-                                     "again only computes what changed. Needs: pip install 'ramer[import]'; face "
-                                     "features also 'ramer[face]'.")
+    im = dsub.add_parser(
+        "import",
+        help="import your own conversations (CSV/JSONL of utterances, optional media)",
+        description="Read a CSV or JSONL file with one row per utterance (conversation, index, "
+        "speaker, text; optional start, end, media, present, labels, target, split; "
+        "docs/DATA.md), compute text / audio / visual features offline and write the "
+        "native format. Features are cached per conversation in DIR/cache, so importing "
+        "again only computes what changed. Needs: pip install 'ramer[import]'; face "
+        "features also 'ramer[face]'.",
+    )
     im.add_argument("file", metavar="FILE", help="the utterance table (.csv, .tsv or .jsonl)")
     im.add_argument("--out", required=True, help="output directory (native format, plus its feature cache)")
-    im.add_argument("--labels", metavar="A,B,C",
-                    help="label names in order (default: the sorted names in the labels column; required when the "
-                         "file has none: use the names of the model you will predict with)")
+    im.add_argument(
+        "--labels",
+        metavar="A,B,C",
+        help="label names in order (default: the sorted names in the labels column; required when the "
+        "file has none: use the names of the model you will predict with)",
+    )
     im.add_argument("--personality", metavar="FILE", help="CSV of per-person trait vectors: person,trait_1,...")
-    im.add_argument("--context", type=int, default=8,
-                    help="utterances before and after the target in each sample's scene (default: 8)")
-    im.add_argument("--seed", type=int, default=0,
-                    help="seed of the 80/10/10 split by conversation when the file has no split column (default: 0)")
-    im.add_argument("--targets", choices=("rows", "all"), default="rows",
-                    help="rows: a sample per target row, its speaker (default); all: at each target row a sample "
-                         "for every person of the conversation, listeners included (unlabelled files, for predict)")
-    im.add_argument("--task", choices=("auto", "single_label", "multi_label"), default="auto",
-                    help="what meta.json records: single_label (exactly one label per sample: softmax, arg-max "
-                         "decision, best epoch by weighted F1) or multi_label; auto (default): single_label when "
-                         "every sample of a labelled file has exactly one label")
+    im.add_argument(
+        "--context",
+        type=int,
+        default=8,
+        help="utterances before and after the target in each sample's scene (default: 8)",
+    )
+    im.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the 80/10/10 split by conversation when the file has no split column (default: 0)",
+    )
+    im.add_argument(
+        "--targets",
+        choices=("rows", "all"),
+        default="rows",
+        help="rows: a sample per target row, its speaker (default); all: at each target row a sample "
+        "for every person of the conversation, listeners included (unlabelled files, for predict)",
+    )
+    im.add_argument(
+        "--task",
+        choices=("auto", "single_label", "multi_label"),
+        default="auto",
+        help="what meta.json records: single_label (exactly one label per sample: softmax, arg-max "
+        "decision, best epoch by weighted F1) or multi_label; auto (default): single_label when "
+        "every sample of a labelled file has exactly one label",
+    )
     im.set_defaults(func=cmd_data_import)
     return p
 

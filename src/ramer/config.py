@@ -102,7 +102,9 @@ class ModelConfig(_Section):
     # context-built r^_m in its own slot; gate: a learned gate between r_m and r~_m; context: r_m itself
     stand_in: Literal["prototype", "own_slot", "gate", "context"] = "gate"
     max_segments: int = Field(512, ge=1)  # rows of the learned segment-position table (S must not exceed it)
-    target_offset: int = Field(16, ge=0)  # RAMer: learned embedding of each token's segment offset from the target, clipped to +-this; 0 = off
+    target_offset: int = Field(
+        16, ge=0
+    )  # RAMer: learned embedding of each token's segment offset from the target, clipped to +-this; 0 = off
     target_prior: float | None = 2.0  # RAMer: learned label-attention bonus of the target token, its start; null = off
     ablations: list[str] = Field(default_factory=list)
 

@@ -81,8 +81,9 @@ class GridModel(nn.Module):
         personality: Tensor | None = None,
         personality_present: Tensor | None = None,
     ) -> Tensor:
-        return self.model(grid_batch(text, audio, visual, present, valid, target, personality,
-                                     personality_present, self.label_names)).probs
+        return self.model(
+            grid_batch(text, audio, visual, present, valid, target, personality, personality_present, self.label_names)
+        ).probs
 
 
 def grid_batch(
@@ -154,7 +155,9 @@ def random_inputs(
     persons[0] = P
     segments = rng.integers(1, S + 1, B)
     segments[-1] = S
-    valid = (np.arange(P)[None, :, None] < persons[:, None, None]) & (np.arange(S)[None, None, :] < segments[:, None, None])
+    valid = (np.arange(P)[None, :, None] < persons[:, None, None]) & (
+        np.arange(S)[None, None, :] < segments[:, None, None]
+    )
     present = (rng.random((B, P, S, 3)) < 0.6) & valid[..., None]
     out = {m: rng.normal(size=(B, P, S, dims[m])).astype(np.float32) for m in MODALITIES}
     out["present"] = present

@@ -157,7 +157,11 @@ def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int,
 
 
 def _score_forked(
-    model: nn.Module, store: SceneStore, blocks: list[tuple[int, int]], batch_size: int, device: torch.device,
+    model: nn.Module,
+    store: SceneStore,
+    blocks: list[tuple[int, int]],
+    batch_size: int,
+    device: torch.device,
     precision: str,
 ) -> np.ndarray:
     """Scores of ``blocks`` from one forked process each, gathered in order; the threads of this

@@ -97,8 +97,10 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     bad = int((~np.isfinite(scores)).sum())
     if bad:
-        raise RamerError(f"{bad} of {scores.size} scores are NaN or infinite (did the model diverge?); "
-                         "no metric is computed from them")
+        raise RamerError(
+            f"{bad} of {scores.size} scores are NaN or infinite (did the model diverge?); "
+            "no metric is computed from them"
+        )
     return scores
 
 
@@ -125,7 +127,9 @@ def decide(scores: np.ndarray, threshold: float | np.ndarray | str) -> np.ndarra
     return (scores > threshold).astype(np.int64)
 
 
-def choose_threshold(y_true: np.ndarray, scores: np.ndarray, task: str, per_label: bool = False) -> float | np.ndarray | str:
+def choose_threshold(
+    y_true: np.ndarray, scores: np.ndarray, task: str, per_label: bool = False
+) -> float | np.ndarray | str:
     """The decision rule a run stores, chosen on validation: ``ARGMAX`` for single-label data (no
     tuning), else ``tune_threshold``."""
     if task == "single_label":

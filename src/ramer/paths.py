@@ -18,8 +18,9 @@ def check_out_folder(path: str | Path) -> Path:
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise RamerError(f"{path}: exists and is not a folder" if p == path else
-                                 f"{path}: {p} exists and is not a folder")
+                raise RamerError(
+                    f"{path}: exists and is not a folder" if p == path else f"{path}: {p} exists and is not a folder"
+                )
             break
     return path
 

@@ -81,7 +81,9 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
             results.append(json.loads((run_dir / "test_metrics.json").read_text()))
             continue
         resume = (run_dir / "train_state.pt").exists()
-        console.print(f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False)
+        console.print(
+            f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False
+        )
         results.append(Recipe(run_cfg, run_dir, resume=resume, console=console, bundle=bundle).run())
     table = summarise(results, memor=bench.startswith("memor"))
     command = f"ramer reproduce {bench} --data {data} --seeds {seeds}" + "".join(f" --set {o}" for o in overrides)

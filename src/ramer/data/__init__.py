@@ -10,6 +10,12 @@ from ramer.data.store import DataBundle, SceneStore, load_native
 from ramer.data.synthetic import check_complete, complete_data
 
 __all__ = [
-    "DataBundle", "SceneStore", "check_complete", "complete_data", "load_bundle", "load_dataset", "load_native",
+    "DataBundle",
+    "SceneStore",
+    "check_complete",
+    "complete_data",
+    "load_bundle",
+    "load_dataset",
+    "load_native",
     "loader_options",
 ]

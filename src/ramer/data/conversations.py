@@ -238,7 +238,9 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
             _check_columns(header, path, 1)
             for col in REQUIRED:
                 if col not in header:
-                    raise RamerError(f"{_where(path, 1)} (header): missing column '{col}' (the header has: {', '.join(header)})")
+                    raise RamerError(
+                        f"{_where(path, 1)} (header): missing column '{col}' (the header has: {', '.join(header)})"
+                    )
             if len(set(header)) != len(header):
                 raise RamerError(f"{_where(path, 1)} (header): a column appears twice ({', '.join(header)})")
             out = [_utterance(dict(zip(header, cells)), path, row) for row, cells in _csv_rows(reader, header, path)]
@@ -287,27 +289,35 @@ def group_conversations(utterances: list[Utterance], path: Path, columns: set[st
         seen: dict[int, int] = {}
         for u in rows:
             if u.index in seen:
-                raise RamerError(f"{_where(path, u.row)}: conversation '{name}' has index {u.index} twice "
-                                 f"(also row {seen[u.index]})")
+                raise RamerError(
+                    f"{_where(path, u.row)}: conversation '{name}' has index {u.index} twice (also row {seen[u.index]})"
+                )
             seen[u.index] = u.row
         split, media = rows[0].split, ""
         media_row = 0
         for u in rows:
             if "split" in columns and not u.split:
-                raise RamerError(f"{_where(path, u.row)}: empty 'split' (the file has a split column: "
-                                 f"give train, valid or test on every row)")
+                raise RamerError(
+                    f"{_where(path, u.row)}: empty 'split' (the file has a split column: "
+                    f"give train, valid or test on every row)"
+                )
             if u.split != split:
-                raise RamerError(f"{_where(path, u.row)}: split '{u.split}' differs from '{split}' of row "
-                                 f"{rows[0].row}; a conversation must lie in one split")
+                raise RamerError(
+                    f"{_where(path, u.row)}: split '{u.split}' differs from '{split}' of row "
+                    f"{rows[0].row}; a conversation must lie in one split"
+                )
             if u.media:
                 if media and u.media != media:
-                    raise RamerError(f"{_where(path, u.row)}: media '{u.media}' differs from '{media}' of row "
-                                     f"{media_row}; one media file per conversation")
+                    raise RamerError(
+                        f"{_where(path, u.row)}: media '{u.media}' differs from '{media}' of row "
+                        f"{media_row}; one media file per conversation"
+                    )
                 if not media:
                     media, media_row = u.media, u.row
         if not media and all(not u.text for u in rows):
-            raise RamerError(f"{_where(path, rows[0].row)}: conversation '{name}' is empty: every text is empty "
-                             "and it has no media")
+            raise RamerError(
+                f"{_where(path, rows[0].row)}: conversation '{name}' is empty: every text is empty and it has no media"
+            )
         rows = sorted(rows, key=lambda u: u.index)
         persons: list[str] = []
         for u in rows:
@@ -316,11 +326,13 @@ def group_conversations(utterances: list[Utterance], path: Path, columns: set[st
                     persons.append(q)
         conv = Conversation(name, rows, persons, split=split, media_row=media_row, media_name=media)
         if media:
-            conv.media = (path.parent / media)
+            conv.media = path.parent / media
             for u in rows:
                 if u.start is None or u.end is None:
-                    raise RamerError(f"{_where(path, u.row)}: conversation '{name}' has media, so every row needs "
-                                     "'start' and 'end' (seconds)")
+                    raise RamerError(
+                        f"{_where(path, u.row)}: conversation '{name}' has media, so every row needs "
+                        "'start' and 'end' (seconds)"
+                    )
         convs.append(conv)
     return convs
 
@@ -341,12 +353,16 @@ def check_media(convs: list[Conversation], path: Path) -> dict[str, int]:
         if not info["audio"] and not info["video"]:
             raise RamerError(f"{where} holds no audio and no video stream")
         conv.has_video = info["video"]
-        counts["audio_video" if info["audio"] and info["video"] else "audio_only" if info["audio"] else "video_only"] += 1
+        counts[
+            "audio_video" if info["audio"] and info["video"] else "audio_only" if info["audio"] else "video_only"
+        ] += 1
         if info["duration"] is not None:
             for u in conv.utterances:
                 if u.start >= info["duration"] or u.end > info["duration"] + MEDIA_SLACK:  # type: ignore[operator]
-                    raise RamerError(f"{_where(path, u.row)}: utterance {u.start}-{u.end} s lies beyond the end of "
-                                     f"its media ({info['duration']:.2f} s)")
+                    raise RamerError(
+                        f"{_where(path, u.row)}: utterance {u.start}-{u.end} s lies beyond the end of "
+                        f"its media ({info['duration']:.2f} s)"
+                    )
     return counts
 
 
@@ -365,8 +381,10 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
                     raise RamerError(f"{_where(path, u.row)}: unknown label '{n}' (labels: {', '.join(names)})")
         return names
     if "labels" not in columns:
-        raise RamerError(f"{path}: no 'labels' column; give the label names with --labels a,b,c (for an unlabelled "
-                         "file: the names, in order, of the model you will predict with)")
+        raise RamerError(
+            f"{path}: no 'labels' column; give the label names with --labels a,b,c (for an unlabelled "
+            "file: the names, in order, of the model you will predict with)"
+        )
     names = tuple(sorted({n for u in utterances for n in u.labels}))
     if not names:
         raise RamerError(f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c")
@@ -387,8 +405,10 @@ def import_task(utterances: list[Utterance], labelled: bool, requested: str, pat
         return "single_label"
     if requested == "single_label":
         first = next(u for u in samples if len(u.labels) != 1)
-        raise RamerError(f"{path}: --task single_label needs exactly one label per sample (target row); {problem} "
-                         f"(the first: row {first.row}, labels '{';'.join(first.labels)}')")
+        raise RamerError(
+            f"{path}: --task single_label needs exactly one label per sample (target row); {problem} "
+            f"(the first: row {first.row}, labels '{';'.join(first.labels)}')"
+        )
     return "multi_label"
 
 
@@ -404,8 +424,10 @@ def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, 
         return {"from": "unlabelled: every conversation in test"}
     n = len(convs)
     if n < 3:
-        raise RamerError(f"{path}: {n} conversation(s): a train / valid / test split by conversation needs at least 3; "
-                         "give a 'split' column")
+        raise RamerError(
+            f"{path}: {n} conversation(s): a train / valid / test split by conversation needs at least 3; "
+            "give a 'split' column"
+        )
     names = sorted(c.name for c in convs)
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, round(SPLIT_FRACTIONS[2] * n))
@@ -475,12 +497,20 @@ class Report:
 def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
-def _from_cache(kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, report: Report,
-                key, use) -> list[tuple[int, str]]:
+def _from_cache(
+    kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, report: Report, key, use
+) -> list[tuple[int, str]]:
     """Conversations ``ks`` whose ``kind`` arrays the cache holds under ``key(conversation)`` go to
     ``use(k, arrays)``; returns the others, ``(k, key)``, to compute. Counts both in ``report``."""
     todo = []
@@ -495,8 +525,18 @@ def _from_cache(kind: str, ks: list[int], convs: list[Conversation], cache: F.Fe
     return todo
 
 
-def _media_stage(kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, console,
-                 report: Report, path: Path, key, compute, use) -> None:
+def _media_stage(
+    kind: str,
+    ks: list[int],
+    convs: list[Conversation],
+    cache: F.FeatureCache,
+    console,
+    report: Report,
+    path: Path,
+    key,
+    compute,
+    use,
+) -> None:
     """One media feature stage (``audio`` or ``visual``) over conversations ``ks``: arrays from the
     cache where ``key(conversation)`` matches, else ``compute(conversation)`` (cached); each
     conversation's arrays go to ``use(k, arrays)``. A decoding failure names the media's row."""
@@ -511,23 +551,32 @@ def _media_stage(kind: str, ks: list[int], convs: list[Conversation], cache: F.F
             try:
                 arrays = compute(c)
             except ValueError as e:
-                raise RamerError(f"{_where(path, c.media_row)}: media '{c.media_name}': {what} could not be decoded "
-                                 f"({e})") from None
+                raise RamerError(
+                    f"{_where(path, c.media_row)}: media '{c.media_name}': {what} could not be decoded ({e})"
+                ) from None
             cache.put(kind, c.name, k_key, arrays)
             use(k, arrays)
             bar.advance(task)
 
 
-def compute_features(convs: list[Conversation], cache: F.FeatureCache, console, report: Report,
-                     path: Path) -> list[ConvFeatures]:
+def compute_features(
+    convs: list[Conversation], cache: F.FeatureCache, console, report: Report, path: Path
+) -> list[ConvFeatures]:
     """Text, audio and visual features of every conversation, from the cache where the inputs did
     not change; only what changed is computed."""
     out = []
     for c in convs:
         S, P = len(c.utterances), len(c.persons)
-        out.append(ConvFeatures(np.zeros((S, F.TEXT_DIM), np.float32), np.zeros(S, bool),
-                                np.zeros((S, F.AUDIO_DIM), np.float32), np.zeros(S, bool),
-                                np.zeros((P, S, F.VISUAL_DIM), np.float32), np.zeros((P, S), bool)))
+        out.append(
+            ConvFeatures(
+                np.zeros((S, F.TEXT_DIM), np.float32),
+                np.zeros(S, bool),
+                np.zeros((S, F.AUDIO_DIM), np.float32),
+                np.zeros(S, bool),
+                np.zeros((P, S, F.VISUAL_DIM), np.float32),
+                np.zeros((P, S), bool),
+            )
+        )
 
     # --- text: every changed conversation's texts in one batched pass
     t0 = time.perf_counter()
@@ -536,8 +585,15 @@ def compute_features(convs: list[Conversation], cache: F.FeatureCache, console, 
     def set_text(k: int, arrays: dict) -> None:
         out[k].text, out[k].text_ok = arrays["features"], arrays["present"]
 
-    pending = _from_cache("text", list(range(len(convs))), convs, cache, report,
-                          key=lambda c: cache.key("text", version, [u.text for u in c.utterances]), use=set_text)
+    pending = _from_cache(
+        "text",
+        list(range(len(convs))),
+        convs,
+        cache,
+        report,
+        key=lambda c: cache.key("text", version, [u.text for u in c.utterances]),
+        use=set_text,
+    )
     texts = [(k, s, u.text) for k, _ in pending for s, u in enumerate(convs[k].utterances) if u.text]
     if texts:
         with _progress(console) as bar:
@@ -561,17 +617,28 @@ def compute_features(convs: list[Conversation], cache: F.FeatureCache, console, 
         features, present = F.audio_features(c.media, c.windows)
         return {"features": features, "present": present}
 
-    _media_stage("audio", with_media, convs, cache, console, report, path,
-                 key=lambda c: cache.key("audio", F.AUDIO_VERSION, F.media_identity(c.media), c.windows),
-                 compute=audio, use=set_audio)
+    _media_stage(
+        "audio",
+        with_media,
+        convs,
+        cache,
+        console,
+        report,
+        path,
+        key=lambda c: cache.key("audio", F.AUDIO_VERSION, F.media_identity(c.media), c.windows),
+        compute=audio,
+        use=set_audio,
+    )
     report.seconds["audio"] = round(time.perf_counter() - t0, 3)
 
     # --- visual: per conversation whose media has a video stream, with the face extra
     t0 = time.perf_counter()
     videos = [k for k in with_media if convs[k].has_video]
     if videos and not F.face_available():
-        report.notes.append(f"visual: {len(videos)} conversation(s) have video, but the face extra is not installed, "
-                            f"so visual stays absent; for face features: {F.FACE_HINT}")
+        report.notes.append(
+            f"visual: {len(videos)} conversation(s) have video, but the face extra is not installed, "
+            f"so visual stays absent; for face features: {F.FACE_HINT}"
+        )
         videos = []
 
     def set_visual(k: int, arrays: dict) -> None:
@@ -587,18 +654,35 @@ def compute_features(convs: list[Conversation], cache: F.FeatureCache, console, 
         features, present, rules = got
         return {"features": features, "present": present, "rules": np.str_(json.dumps(rules))}
 
-    _media_stage("visual", videos, convs, cache, console, report, path,
-                 key=lambda c: cache.key("visual", F.VISUAL_VERSION, F.media_identity(c.media), c.windows,
-                                         c.speakers, c.others, len(c.persons)),
-                 compute=visual, use=set_visual)
+    _media_stage(
+        "visual",
+        videos,
+        convs,
+        cache,
+        console,
+        report,
+        path,
+        key=lambda c: cache.key(
+            "visual", F.VISUAL_VERSION, F.media_identity(c.media), c.windows, c.speakers, c.others, len(c.persons)
+        ),
+        compute=visual,
+        use=set_visual,
+    )
     report.seconds["visual"] = round(time.perf_counter() - t0, 3)
     return out
 
 
 # =========================================================================================== build
 def build_split(
-    convs: list[Conversation], feats: list[ConvFeatures], names: tuple[str, ...], person_ids: dict[str, int],
-    personality: dict[str, np.ndarray] | None, d_pers: int, context: int, source: str, everyone: bool = False,
+    convs: list[Conversation],
+    feats: list[ConvFeatures],
+    names: tuple[str, ...],
+    person_ids: dict[str, int],
+    personality: dict[str, np.ndarray] | None,
+    d_pers: int,
+    context: int,
+    source: str,
+    everyone: bool = False,
 ) -> tuple[SceneStore, list[dict]]:
     """The samples of ``convs`` (one per target row; with ``everyone``, one per person of the
     conversation at each target row, the listeners as non-speaker targets) as a SceneStore, and
@@ -642,8 +726,16 @@ def build_split(
                         pers.append(vec if vec is not None else np.zeros(d_pers, np.float32))
                         pers_ok.append(vec is not None)
                 tsegs.append(s)
-        items.append({"name": c.name, "split": c.split, "persons": list(c.persons),
-                      "index": [u.index for u in c.utterances], "first": first, "targets": tsegs})
+        items.append(
+            {
+                "name": c.name,
+                "split": c.split,
+                "persons": list(c.persons),
+                "index": [u.index for u in c.utterances],
+                "first": first,
+                "targets": tsegs,
+            }
+        )
     n = len(ids)
     grid = np.asarray(grids, dtype=np.int64).reshape(n, 2)
     sizes = grid[:, 0] * grid[:, 1]
@@ -652,8 +744,10 @@ def build_split(
         return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, d), dtype=dtype)
 
     store = SceneStore(
-        text=cat(text, F.TEXT_DIM, np.float32), audio=cat(audio, F.AUDIO_DIM, np.float32),
-        visual=cat(visual, F.VISUAL_DIM, np.float32), present=cat(present, 3, bool),
+        text=cat(text, F.TEXT_DIM, np.float32),
+        audio=cat(audio, F.AUDIO_DIM, np.float32),
+        visual=cat(visual, F.VISUAL_DIM, np.float32),
+        present=cat(present, 3, bool),
         token_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         grid=grid.astype(np.int32),
         labels=np.asarray(labels, dtype=np.uint8).reshape(n, len(names)),
@@ -661,7 +755,8 @@ def build_split(
         role=np.asarray(roles, dtype=np.int8).reshape(n),
         person_offsets=np.concatenate([[0], np.cumsum(grid[:, 0])]).astype(np.int64),
         character=np.asarray(character, dtype=np.int32),
-        label_names=names, ids=ids,
+        label_names=names,
+        ids=ids,
         personality=None if personality is None else np.asarray(pers, dtype=np.float32).reshape(-1, d_pers),
         personality_present=None if personality is None else np.asarray(pers_ok, dtype=bool),
         source=source,
@@ -702,8 +797,10 @@ def import_conversations(
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
     utterances, columns = read_table(path)
     if targets == "all" and "labels" in columns:
-        raise RamerError(f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
-                         "give; use it on a file without a 'labels' column (for prediction)")
+        raise RamerError(
+            f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
+            "give; use it on a file without a 'labels' column (for prediction)"
+        )
     convs = group_conversations(utterances, path, columns)
     names = label_names(utterances, columns, labels, path)
     labelled = "labels" in columns
@@ -716,8 +813,10 @@ def import_conversations(
 
     report = Report()
     if not any(c.media is not None for c in convs):
-        report.notes.append("no media: text only (add a 'media' column with each conversation's audio or video "
-                            f"file, and start/end, for audio features; for faces also {F.FACE_HINT})")
+        report.notes.append(
+            "no media: text only (add a 'media' column with each conversation's audio or video "
+            f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if (out / "meta.json").exists():
         (out / "meta.json").unlink()  # a half-written folder must not look complete
@@ -731,8 +830,17 @@ def import_conversations(
     splits, items = {}, []
     for split in SPLITS:
         ks = [k for k, c in enumerate(convs) if c.split == split]
-        store, its = build_split([convs[k] for k in ks], [feats[k] for k in ks], names, person_ids, pers_map, d_pers,
-                                 context, f"{path}[{split}]", everyone=targets == "all")
+        store, its = build_split(
+            [convs[k] for k in ks],
+            [feats[k] for k in ks],
+            names,
+            person_ids,
+            pers_map,
+            d_pers,
+            context,
+            f"{path}[{split}]",
+            everyone=targets == "all",
+        )
         splits[split] = store
         items.extend(its)
     counts = {
@@ -785,16 +893,23 @@ def summary_lines(meta: dict) -> list[str]:
     lines = [
         f"{c['conversations']} conversations, {c['utterances']} utterances, {c['persons']} persons; "
         f"labels ({len(meta['label_names'])}): {', '.join(meta['label_names'])}"
-        + ("" if info["labelled"] else " (unlabelled)") + f"; task: {meta.get('task', 'multi_label')}",
-        "samples: " + ", ".join(f"{s} {n}" for s, n in c["samples"].items())
-        + f" (split: {info['split']['from']}{', seed ' + str(info['split']['seed']) if 'seed' in info['split'] else ''})",
+        + ("" if info["labelled"] else " (unlabelled)")
+        + f"; task: {meta.get('task', 'multi_label')}",
+        "samples: "
+        + ", ".join(f"{s} {n}" for s, n in c["samples"].items())
+        + f" (split: {info['split']['from']}"
+        + (f", seed {info['split']['seed']})" if "seed" in info["split"] else ")"),
         f"present: text {c['speaker_text_present']} / audio {c['speaker_audio_present']} of {c['utterances']} speaker "
         f"turns; visual {c['person_segments_with_visual']} of {c['person_segments']} person-segments",
     ]
     cache = info["cache"]
-    lines.append("features: " + ", ".join(
-        f"{m} computed {cache['computed'].get(m, 0)} / cached {cache['reused'].get(m, 0)} conversations"
-        for m in ("text", "audio", "visual")))
+    lines.append(
+        "features: "
+        + ", ".join(
+            f"{m} computed {cache['computed'].get(m, 0)} / cached {cache['reused'].get(m, 0)} conversations"
+            for m in ("text", "audio", "visual")
+        )
+    )
     lines.extend("note: " + n for n in info["notes"])
     return lines
 
@@ -822,8 +937,11 @@ def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshol
     codes = label_codes(names)
     chosen = decide(probs, threshold).astype(bool)  # (n, C)
     store = bundle.splits[split]
-    lines = ["legend: " + ", ".join(f"{c}={n}" if c != n else n for c, n in zip(codes, names))
-             + "  (- nothing passes the threshold, . not a target)"]
+    lines = [
+        "legend: "
+        + ", ".join(f"{c}={n}" if c != n else n for c, n in zip(codes, names))
+        + "  (- nothing passes the threshold, . not a target)"
+    ]
     for item in info.get("items", []):
         if item["split"] != split:
             continue
@@ -840,8 +958,9 @@ def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshol
         nw = max(len(q) for q in persons) + 2
         per_block = max(1, (width - nw) // cw)
         lines.append("")
-        lines.append(f"{item['name']}  ({len(persons)} person{'s' * (len(persons) != 1)} x {S} "
-                     f"utterance{'s' * (S != 1)})")
+        lines.append(
+            f"{item['name']}  ({len(persons)} person{'s' * (len(persons) != 1)} x {S} utterance{'s' * (S != 1)})"
+        )
         for a in range(0, S, per_block):
             b = min(S, a + per_block)
             lines.append(" " * nw + "".join(h.rjust(cw) for h in head[a:b]))

@@ -73,8 +73,10 @@ MOUTH_MARGIN = 2.0  # the talking face must move its mouth this many times more 
 # mediapipe FaceMesh landmark indices: inner lips, left and right eyelids
 UPPER_LIP, LOWER_LIP = 13, 14
 EYELIDS = ((159, 145), (386, 374))
-VISUAL_VERSION = (f"mediapipe-contours-1:{VISUAL_FPS}:{VISUAL_MAX_FRAMES}:{VISUAL_MAX_WIDTH}:{MIN_FRAMES}:"
-                  f"{STABLE_SHARE}:{TRACK_DISTANCE}:{MOUTH_ACTIVE}:{MOUTH_MARGIN}")
+VISUAL_VERSION = (
+    f"mediapipe-contours-1:{VISUAL_FPS}:{VISUAL_MAX_FRAMES}:{VISUAL_MAX_WIDTH}:{MIN_FRAMES}:"
+    f"{STABLE_SHARE}:{TRACK_DISTANCE}:{MOUTH_ACTIVE}:{MOUTH_MARGIN}"
+)
 
 
 def require(module: str, hint: str, what: str):
@@ -82,7 +84,9 @@ def require(module: str, hint: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise RamerError(f"{what} needs the Python package '{module.split('.')[0]}' ({e}); install it with: {hint}") from None
+        raise RamerError(
+            f"{what} needs the Python package '{module.split('.')[0]}' ({e}); install it with: {hint}"
+        ) from None
 
 
 def face_available() -> bool:
@@ -195,8 +199,9 @@ def embed_texts(texts: Sequence[str], advance: Callable[[int], None] | None = No
     with torch.inference_mode():
         for start in range(0, len(texts), TEXT_BATCH):
             chunk = list(texts[start : start + TEXT_BATCH])
-            emb = model.encode(chunk, batch_size=TEXT_BATCH, convert_to_numpy=True, show_progress_bar=False,
-                               normalize_embeddings=True)
+            emb = model.encode(
+                chunk, batch_size=TEXT_BATCH, convert_to_numpy=True, show_progress_bar=False, normalize_embeddings=True
+            )
             out[start : start + len(chunk)] = emb
             if advance is not None:
                 advance(len(chunk))
@@ -262,19 +267,28 @@ def utterance_audio_features(y: np.ndarray, sr: int = AUDIO_RATE) -> np.ndarray:
     log_rms = np.log(rms + 1e-6)
     zcr = librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP)[0]
     cent = librosa.feature.spectral_centroid(y=y, sr=sr, n_fft=N_FFT, hop_length=HOP)[0] / (sr / 2)
-    f0, voiced, _ = librosa.pyin(y, fmin=PITCH_FMIN, fmax=PITCH_FMAX, sr=sr, frame_length=PITCH_FRAME,
-                                 hop_length=PITCH_HOP)
+    f0, voiced, _ = librosa.pyin(
+        y, fmin=PITCH_FMIN, fmax=PITCH_FMAX, sr=sr, frame_length=PITCH_FRAME, hop_length=PITCH_HOP
+    )
     ok = voiced & np.isfinite(f0)
     if ok.any():
         lf = np.log(f0[ok])
         pitch = [lf.mean(), lf.std(), lf.min(), lf.max()]
     else:
         pitch = [0.0, 0.0, 0.0, 0.0]
-    out = np.concatenate([
-        mf.mean(1), mf.std(1), d1.mean(1), d1.std(1), d2.mean(1), d2.std(1),
-        [log_rms.mean(), log_rms.std(), log_rms.max(), zcr.mean(), zcr.std(), cent.mean(), cent.std()],
-        pitch, [float(ok.mean()) if len(ok) else 0.0, np.log(max(duration, 1e-3))],
-    ]).astype(np.float32)
+    out = np.concatenate(
+        [
+            mf.mean(1),
+            mf.std(1),
+            d1.mean(1),
+            d1.std(1),
+            d2.mean(1),
+            d2.std(1),
+            [log_rms.mean(), log_rms.std(), log_rms.max(), zcr.mean(), zcr.std(), cent.mean(), cent.std()],
+            pitch,
+            [float(ok.mean()) if len(ok) else 0.0, np.log(max(duration, 1e-3))],
+        ]
+    ).astype(np.float32)
     assert out.shape == (AUDIO_DIM,), out.shape
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -312,8 +326,10 @@ def contour_landmarks() -> np.ndarray:
         conn = require("mediapipe.python.solutions.face_mesh_connections", FACE_HINT, "visual features")
         idx = sorted({i for edge in conn.FACEMESH_CONTOURS for i in edge})
         if len(idx) != N_CONTOUR:
-            raise RamerError(f"mediapipe's FACEMESH_CONTOURS has {len(idx)} landmarks, expected {N_CONTOUR}: "
-                             f"install the tested version: {FACE_HINT}")
+            raise RamerError(
+                f"mediapipe's FACEMESH_CONTOURS has {len(idx)} landmarks, expected {N_CONTOUR}: "
+                f"install the tested version: {FACE_HINT}"
+            )
         _CONTOUR = np.asarray(idx, dtype=np.int64)
     return _CONTOUR
 
@@ -375,8 +391,9 @@ def detect_faces(path: Path, windows: Sequence[tuple[float, float]], max_faces: 
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         k = 0
-        with fm_mod.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False,
-                             min_detection_confidence=0.5) as mesh:
+        with fm_mod.FaceMesh(
+            static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False, min_detection_confidence=0.5
+        ) as mesh:
 
             def shown_until(frame, until: float) -> None:
                 """``frame`` is what shows at every wanted time before ``until`` (searched once)."""
@@ -406,7 +423,9 @@ def detect_faces(path: Path, windows: Sequence[tuple[float, float]], max_faces: 
 
 def _faces_in(frame, mesh) -> list[Face]:
     if frame.width > VISUAL_MAX_WIDTH:
-        frame = frame.reformat(width=VISUAL_MAX_WIDTH, height=max(2, round(frame.height * VISUAL_MAX_WIDTH / frame.width / 2) * 2))
+        frame = frame.reformat(
+            width=VISUAL_MAX_WIDTH, height=max(2, round(frame.height * VISUAL_MAX_WIDTH / frame.width / 2) * 2)
+        )
     img = frame.to_ndarray(format="rgb24")
     res = mesh.process(img)
     faces = []
@@ -431,8 +450,11 @@ def track_faces(frames: list[list[Face]]) -> list[Track]:
     ``TRACK_DISTANCE``); a face with no track near it starts a new one."""
     tracks: list[Track] = []
     for faces in frames:
-        pairs = sorted((float(np.linalg.norm(f.centre - tr.last)), i, j)
-                       for i, f in enumerate(faces) for j, tr in enumerate(tracks))
+        pairs = sorted(
+            (float(np.linalg.norm(f.centre - tr.last)), i, j)
+            for i, f in enumerate(faces)
+            for j, tr in enumerate(tracks)
+        )
         used_f, used_t = set(), set()
         for d, i, j in pairs:
             if d > TRACK_DISTANCE or i in used_f or j in used_t:
@@ -452,8 +474,14 @@ def pool_track(track: Track, n_frames: int) -> np.ndarray:
     shape = np.mean([f.shape for f in track.faces], 0).reshape(-1)
     mouth = np.array([f.mouth for f in track.faces])
     eyes = np.array([f.eyes for f in track.faces])
-    extras = [mouth.mean(), mouth.std(), eyes.mean(), eyes.std(), len(track.faces) / max(n_frames, 1),
-              np.mean([f.height for f in track.faces])]
+    extras = [
+        mouth.mean(),
+        mouth.std(),
+        eyes.mean(),
+        eyes.std(),
+        len(track.faces) / max(n_frames, 1),
+        np.mean([f.height for f in track.faces]),
+    ]
     return np.concatenate([shape, extras]).astype(np.float32)
 
 
@@ -491,7 +519,10 @@ def assign_faces(frames: list[list[Face]], speaker: int, others: Sequence[int]) 
 
 
 def visual_features(
-    path: Path, windows: Sequence[tuple[float, float]], speakers: Sequence[int], others: Sequence[Sequence[int]],
+    path: Path,
+    windows: Sequence[tuple[float, float]],
+    speakers: Sequence[int],
+    others: Sequence[Sequence[int]],
     n_persons: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]] | None:
     """Visual features ``(P, S, 390)``, presence ``(P, S)`` and the count of each assignment rule

@@ -58,7 +58,9 @@ def _sniff_pickle(fh, max_ops: int = 400) -> str | None:
                 after_src = False
                 if name in ("EMPTY_LIST", "LIST", "MARK"):
                     return "m3ed_carat"  # a list of per-dialogue arrays
-                if name in ("GLOBAL", "BINGET", "LONG_BINGET", "GET") or (is_str and arg.startswith(("numpy", "torch"))):
+                if name in ("GLOBAL", "BINGET", "LONG_BINGET", "GET") or (
+                    is_str and arg.startswith(("numpy", "torch"))
+                ):
                     return "mosei_aligned"  # one (N, L, d) array (or tensor)
                 return None
             if is_str:
@@ -96,7 +98,8 @@ def classify_object(obj: Any, source: str) -> str:
             return "m3ed_pickle"
         raise RamerError(
             f"{source}: a {type(obj).__name__} of {len(obj)} items; an M3ED feature pickle is a list of 10 "
-            "(videoIDs, videoSpeakers, videoLabels, videoText, videoAudio, videoVisual, videoSentence, trainVid, valVid, testVid)"
+            "(videoIDs, videoSpeakers, videoLabels, videoText, videoAudio, videoVisual, videoSentence, "
+            "trainVid, valVid, testVid)"
         )
     if isinstance(obj, dict) and all(s in obj for s in SPLITS):
         part = obj["train"]
@@ -175,8 +178,13 @@ def open_dataset(
     if fmt == "native":
         return load_native(p)
     if fmt == "memor":
-        return iter_memor(p, labels=cfg.labels, character_order=memor_character_order,
-                          valid_fraction=valid_fraction, valid_seed=valid_seed)
+        return iter_memor(
+            p,
+            labels=cfg.labels,
+            character_order=memor_character_order,
+            valid_fraction=valid_fraction,
+            valid_seed=valid_seed,
+        )
     if p.is_dir():
         raise RamerError(f"{p}: is a folder; format '{fmt}' expects a file")
     guessed = explicit or obj is None  # fmt was named, or sniffed from the first opcodes
@@ -228,8 +236,14 @@ def load_dataset(
     order), ``valid_fraction`` / ``valid_seed`` (MEmoR's validation split of train).
     """
     opened = open_dataset(
-        path, fmt, data_cfg, aligned_path=aligned_path, unaligned_layout=unaligned_layout,
-        memor_character_order=memor_character_order, valid_fraction=valid_fraction, valid_seed=valid_seed,
+        path,
+        fmt,
+        data_cfg,
+        aligned_path=aligned_path,
+        unaligned_layout=unaligned_layout,
+        memor_character_order=memor_character_order,
+        valid_fraction=valid_fraction,
+        valid_seed=valid_seed,
     )
     return opened if isinstance(opened, DataBundle) else opened.to_bundle()
 

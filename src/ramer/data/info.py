@@ -53,13 +53,23 @@ def _nonfinite(info: dict) -> dict[str, int]:
     return {m: int(got.get(m, 0)) for m in MODALITIES}
 
 
-def assemble_info(fmt: str, source: str, label_names, dims: dict, splits: dict[str, dict], bundle_info: dict,
-                  task: str = "multi_label") -> dict:
+def assemble_info(
+    fmt: str,
+    source: str,
+    label_names,
+    dims: dict,
+    splits: dict[str, dict],
+    bundle_info: dict,
+    task: str = "multi_label",
+) -> dict:
     loader_splits = bundle_info.get("splits") or {}
     for name, stats in splits.items():
         if isinstance(loader_splits.get(name), dict):  # what the loader counted (truncations, missing keys)
-            stats["loader"] = {k: v for k, v in loader_splits[name].items()
-                               if k != "nonfinite_replaced" and isinstance(v, (int, float, str, bool, dict))}
+            stats["loader"] = {
+                k: v
+                for k, v in loader_splits[name].items()
+                if k != "nonfinite_replaced" and isinstance(v, (int, float, str, bool, dict))
+            }
     return {
         "format": fmt,
         "source": source,
@@ -78,8 +88,9 @@ def dataset_info(bundle: DataBundle) -> dict[str, Any]:
     where each modality is present), ``persons_mean``, ``tokens_mean``, ``nonspeaker_targets``
     (plus a few more); ``details`` holds what the loader reported (text-key convention, ...)."""
     splits = {name: split_info(store) for name, store in bundle.splits.items()}
-    return assemble_info(bundle.format, bundle.source, bundle.label_names, bundle.dims, splits, bundle.info,
-                         bundle.task)
+    return assemble_info(
+        bundle.format, bundle.source, bundle.label_names, bundle.dims, splits, bundle.info, bundle.task
+    )
 
 
 def format_info_table(info: dict[str, Any]) -> str:
@@ -96,7 +107,10 @@ def format_info_table(info: dict[str, Any]) -> str:
         "non-finite    " + ", ".join(f"{m} {nf[m]}" for m in MODALITIES) + "  (replaced by 0)",
         "",
     ]
-    head = f"{'split':<8}{'n':>8}{'tokens':>9}{'persons':>9}{'segments':>10}{'text':>8}{'audio':>8}{'visual':>8}{'no-label':>10}{'non-spk tgt':>13}"
+    head = (
+        f"{'split':<8}{'n':>8}{'tokens':>9}{'persons':>9}{'segments':>10}{'text':>8}{'audio':>8}{'visual':>8}"
+        f"{'no-label':>10}{'non-spk tgt':>13}"
+    )
     lines.append(head)
     lines.append("-" * len(head))
     for name, s in splits.items():

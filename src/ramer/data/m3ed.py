@@ -40,8 +40,16 @@ from ramer.errors import RamerError
 
 M3ED_LABELS = ("Happy", "Neutral", "Sad", "Disgust", "Anger", "Fear", "Surprise")
 ITEMS = (
-    "videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual",
-    "videoSentence", "trainVid", "valVid", "testVid",
+    "videoIDs",
+    "videoSpeakers",
+    "videoLabels",
+    "videoText",
+    "videoAudio",
+    "videoVisual",
+    "videoSentence",
+    "trainVid",
+    "valVid",
+    "testVid",
 )
 SPLIT_ITEM = {"train": 7, "valid": 8, "test": 9}
 FEATURE_ITEM = {"text": 3, "audio": 4, "visual": 5}
@@ -68,7 +76,9 @@ def iter_m3ed_pickle(obj: Any, source: str, max_utterances: int = 60) -> SplitSt
             raise RamerError(f"{source}: item {k} ({ITEMS[k]}) is a {type(obj[k]).__name__}, expected a dict")
     for k in range(7, 10):
         if not isinstance(obj[k], (list, tuple, np.ndarray)):
-            raise RamerError(f"{source}: item {k} ({ITEMS[k]}) is a {type(obj[k]).__name__}, expected a list of dialogue ids")
+            raise RamerError(
+                f"{source}: item {k} ({ITEMS[k]}) is a {type(obj[k]).__name__}, expected a list of dialogue ids"
+            )
     info = new_info([source])
     info["m3ed"] = {"layout": "pickle", "max_utterances": int(max_utterances)}
     counts = info["nonfinite_replaced"]
@@ -78,12 +88,17 @@ def iter_m3ed_pickle(obj: Any, source: str, max_utterances: int = 60) -> SplitSt
         where = f"{source}: split '{split}' dialogue '{d}'"
         for k in range(6):
             if d not in obj[k]:
-                raise RamerError(f"{source}: split '{split}': dialogue '{d}' (listed in {ITEMS[SPLIT_ITEM[split]]}) is missing from {ITEMS[k]}")
+                raise RamerError(
+                    f"{source}: split '{split}': dialogue '{d}' (listed in {ITEMS[SPLIT_ITEM[split]]}) "
+                    f"is missing from {ITEMS[k]}"
+                )
         n = len(obj[0][d])
         spk = [_speaker(x) for x in obj[1][d]]
         lab = list(obj[2][d])
         if len(spk) != n or len(lab) != n:
-            raise RamerError(f"{where}: {n} utterance ids, {len(spk)} speakers (videoSpeakers), {len(lab)} labels (videoLabels)")
+            raise RamerError(
+                f"{where}: {n} utterance ids, {len(spk)} speakers (videoSpeakers), {len(lab)} labels (videoLabels)"
+            )
         bad = [x for x in spk if x not in SPEAKERS]
         if bad:
             raise RamerError(f"{where}: videoSpeakers holds {bad[0]!r}; expected 'A' or 'B'")
@@ -93,7 +108,9 @@ def iter_m3ed_pickle(obj: Any, source: str, max_utterances: int = 60) -> SplitSt
             raise RamerError(f"{where}: videoLabels holds a non-integer label ({lab[:5]})") from None
         out = [x for x in lab if not 0 <= x < n_labels]
         if out:
-            raise RamerError(f"{where}: videoLabels holds {out[0]}; labels must be 0..{n_labels - 1} ({', '.join(M3ED_LABELS)})")
+            raise RamerError(
+                f"{where}: videoLabels holds {out[0]}; labels must be 0..{n_labels - 1} ({', '.join(M3ED_LABELS)})"
+            )
         feats = {}
         for m, k in FEATURE_ITEM.items():
             arr = obj[k][d]
@@ -102,7 +119,10 @@ def iter_m3ed_pickle(obj: Any, source: str, max_utterances: int = 60) -> SplitSt
                 raise RamerError(f"{where}: {ITEMS[k]} has shape {arr.shape}, expected ({n}, dim) for {n} utterances")
             want = dims.setdefault(m, arr.shape[1])
             if arr.shape[1] != want:
-                raise RamerError(f"{where}: {ITEMS[k]} has shape {arr.shape}; feature dim {arr.shape[1]} differs from {want} elsewhere")
+                raise RamerError(
+                    f"{where}: {ITEMS[k]} has shape {arr.shape}; feature dim {arr.shape[1]} differs from {want} "
+                    "elsewhere"
+                )
             feats[m] = arr
         return [SPEAKERS.index(x) for x in spk], lab, feats
 
@@ -130,7 +150,12 @@ def iter_m3ed_pickle(obj: Any, source: str, max_utterances: int = 60) -> SplitSt
                     empty += 1
                 rows = offsets[i] + np.asarray(spk[:kept], dtype=np.int64) * S + np.arange(kept)
                 for m in MODALITIES:
-                    out[m][rows] = as_float32(np.array(feats[m][:kept]), counts, m, f"{source}: split '{split}' dialogue '{vids[i]}' {ITEMS[FEATURE_ITEM[m]]}")
+                    out[m][rows] = as_float32(
+                        np.array(feats[m][:kept]),
+                        counts,
+                        m,
+                        f"{source}: split '{split}' dialogue '{vids[i]}' {ITEMS[FEATURE_ITEM[m]]}",
+                    )
                 present[rows] = True
                 labels[i, lab] = 1
                 if n > S:
@@ -150,7 +175,10 @@ def iter_m3ed_pickle(obj: Any, source: str, max_utterances: int = 60) -> SplitSt
                 "utterances_kept": int(present.any(1).sum()),
             }
             store = SceneStore(
-                text=text, audio=audio, visual=visual, present=present,
+                text=text,
+                audio=audio,
+                visual=visual,
+                present=present,
                 token_offsets=offsets,
                 grid=np.stack([np.full(n_d, 2), steps], 1).astype(np.int32).reshape(n_d, 2),
                 labels=labels,
@@ -194,9 +222,18 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
     d_vis = _first_dim(obj["train"]["src-visual"], "src-visual", "train", source)
     d_aud = _first_dim(obj["train"]["src-audio"], "src-audio", "train", source)
     swapped = d_aud == CARAT_VISUAL_DIM and d_vis != CARAT_VISUAL_DIM
-    keys = {"text": "src-text", "audio": "src-visual" if swapped else "src-audio", "visual": "src-audio" if swapped else "src-visual"}
+    keys = {
+        "text": "src-text",
+        "audio": "src-visual" if swapped else "src-audio",
+        "visual": "src-audio" if swapped else "src-visual",
+    }
     info = new_info([source])
-    info["m3ed"] = {"layout": "carat", "audio_visual_swapped": bool(swapped), "read_as": keys, "label_names_from": names_from}
+    info["m3ed"] = {
+        "layout": "carat",
+        "audio_visual_swapped": bool(swapped),
+        "read_as": keys,
+        "label_names_from": names_from,
+    }
     counts = info["nonfinite_replaced"]
 
     def splits():
@@ -209,7 +246,9 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
             n = len(seqs["text"])
             sizes = {keys[m]: len(s) for m, s in seqs.items()}
             if len(set(sizes.values())) != 1 or len(lens) != n or len(part["tgt"]) != n:
-                raise RamerError(f"{where}: sample counts disagree: {sizes}, len_list {len(lens)}, tgt {len(part['tgt'])}")
+                raise RamerError(
+                    f"{where}: sample counts disagree: {sizes}, len_list {len(lens)}, tgt {len(part['tgt'])}"
+                )
             if lens.dtype.kind not in "iuf" or (lens < 0).any():
                 raise RamerError(f"{where}: 'len_list' must hold utterance counts >= 0 (dtype {lens.dtype})")
             lens = lens.astype(np.int64)
@@ -232,10 +271,16 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
                     x = seqs[m][i]
                     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
                     if x.ndim != 2 or x.shape[1] != dims[m]:
-                        raise RamerError(f"{where} key '{keys[m]}'[{i}] has shape {x.shape}, expected (utterances, {dims[m]})")
+                        raise RamerError(
+                            f"{where} key '{keys[m]}'[{i}] has shape {x.shape}, expected (utterances, {dims[m]})"
+                        )
                     if x.shape[0] < kept:
-                        raise RamerError(f"{where} key '{keys[m]}'[{i}] has shape {x.shape} but len_list[{i}] = {lens[i]}")
-                    feats[m][offsets[i] : offsets[i] + kept] = as_float32(np.array(x[:kept]), counts, m, f"{where} key '{keys[m]}'[{i}]")
+                        raise RamerError(
+                            f"{where} key '{keys[m]}'[{i}] has shape {x.shape} but len_list[{i}] = {lens[i]}"
+                        )
+                    feats[m][offsets[i] : offsets[i] + kept] = as_float32(
+                        np.array(x[:kept]), counts, m, f"{where} key '{keys[m]}'[{i}]"
+                    )
                 present[offsets[i] : offsets[i] + kept] = True
             extra = {
                 "nonfinite_replaced": {m: counts[m] - before[m] for m in MODALITIES},

@@ -142,7 +142,10 @@ class JsonVectors:
 # ------------------------------------------------------------------------------------- small readers
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise RamerError(f"{path}: file not found (a MEmoR release folder holds anno.json, data.json, train_id.txt, test_id.txt, features/)")
+        raise RamerError(
+            f"{path}: file not found (a MEmoR release folder holds anno.json, data.json, train_id.txt, "
+            "test_id.txt, features/)"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -159,7 +162,9 @@ def _read_ids(path: Path, n_items: int) -> list[int]:
         try:
             i = int(line.strip())
         except ValueError:
-            raise RamerError(f"{path}: line {line_no} is {line.strip()!r}, expected an integer index into anno.json") from None
+            raise RamerError(
+                f"{path}: line {line_no} is {line.strip()!r}, expected an integer index into anno.json"
+            ) from None
         if not 0 <= i < n_items:
             raise RamerError(f"{path}: line {line_no}: index {i} is outside the anno.json list (0..{n_items - 1})")
         out.append(i)
@@ -179,7 +184,10 @@ def _read_personality(path: Path, n_chars: int) -> np.ndarray:
             raise RamerError(f"{path}: line {line_no} is not a row of numbers (no header expected)") from None
     if len(rows) != n_chars or any(len(r) != len(rows[0]) for r in rows):
         shape = (len(rows), sorted({len(r) for r in rows}))
-        raise RamerError(f"{path}: {shape[0]} rows of lengths {shape[1]}; expected {n_chars} rows (characters) of {PERSONALITY_DIM} numbers")
+        raise RamerError(
+            f"{path}: {shape[0]} rows of lengths {shape[1]}; expected {n_chars} rows (characters) of "
+            f"{PERSONALITY_DIM} numbers"
+        )
     x = np.asarray(rows, dtype=np.float64)
     if not np.isfinite(x).all():
         raise RamerError(f"{path}: holds non-finite values")
@@ -201,7 +209,9 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
         [float(x) for x in (*c["seg_start"], *c["seg_end"], c["start"])]
         ints = {k: [int(x) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
     except (TypeError, ValueError):
-        raise RamerError(f"{source}: clip '{clip}': segment times must be numbers, speakers / seg_ori_ind / on_character integers") from None
+        raise RamerError(
+            f"{source}: clip '{clip}': segment times must be numbers, speakers / seg_ori_ind / on_character integers"
+        ) from None
     for key, low in (("speakers", -1), ("on_character", 0)):
         bad = [x for x in ints[key] if not low <= x < n_chars]
         if bad:
@@ -242,11 +252,16 @@ def iter_memor(
         try:
             clip, char, moment, emo = str(a["clip"]), int(a["character"]), float(a["moment"]), str(a["emotion"])
         except (KeyError, TypeError, ValueError):
-            raise RamerError(f"{anno_path}: '{labels}'[{i}] = {str(a)[:120]}: expected clip, character, moment, emotion") from None
+            raise RamerError(
+                f"{anno_path}: '{labels}'[{i}] = {str(a)[:120]}: expected clip, character, moment, emotion"
+            ) from None
         if not 0 <= char < len(order):
             raise RamerError(f"{anno_path}: '{labels}'[{i}]: character {char} outside 0..{len(order) - 1}")
         if emo not in names:
-            raise RamerError(f"{anno_path}: '{labels}'[{i}]: emotion '{emo}' is not one of the {len(names)} {labels} classes {list(names)}")
+            raise RamerError(
+                f"{anno_path}: '{labels}'[{i}]: emotion '{emo}' is not one of the {len(names)} {labels} "
+                f"classes {list(names)}"
+            )
         items.append((clip, char, moment, names.index(emo)))
     union: dict[tuple, set[int]] = defaultdict(set)
     for clip, char, moment, e in items:
@@ -304,7 +319,9 @@ def iter_memor(
         # --- visual: face names per clip (small), feature dims from the first clip that has visual
         vis_dir = feat_dir / "visual_features"
         if not vis_dir.is_dir():
-            raise RamerError(f"{vis_dir}: folder not found (face_features/, face_names/, object_features/, environment_features/)")
+            raise RamerError(
+                f"{vis_dir}: folder not found (face_features/, face_names/, object_features/, environment_features/)"
+            )
         clip_sets: dict[str, set[str]] = defaultdict(set)  # visual findings, counted once per clip
         unknown_faces: dict[str, int] = {}
         missing_examples: list[str] = []
@@ -331,7 +348,10 @@ def iter_memor(
         for clip in clips_used:
             if face_names[clip] is not None and len(face_names[clip]) > FACE_THRESHOLD:
                 try:
-                    dims = tuple(load_feature(k, clip).shape[1] for k in ("face_features", "object_features", "environment_features"))
+                    dims = tuple(
+                        load_feature(k, clip).shape[1]
+                        for k in ("face_features", "object_features", "environment_features")
+                    )
                     break
                 except FileNotFoundError:
                     continue
@@ -371,9 +391,15 @@ def iter_memor(
             names_path = vis_dir / "face_names" / f"{clip}.txt"
             got = (face.shape[1], obj.shape[1], env.shape[1])
             if got != vis_dims:
-                raise RamerError(f"{vis_dir}: clip '{clip}' feature dims (face, object, environment) = {got}, expected {vis_dims} as in other clips")
+                raise RamerError(
+                    f"{vis_dir}: clip '{clip}' feature dims (face, object, environment) = {got}, expected "
+                    f"{vis_dims} as in other clips"
+                )
             if face.shape[0] != len(names_list):
-                raise RamerError(f"{vis_dir / 'face_features' / (clip + '.pt')}: shape {face.shape} but {names_path} names {len(names_list)} faces")
+                raise RamerError(
+                    f"{vis_dir / 'face_features' / (clip + '.pt')}: shape {face.shape} but {names_path} names "
+                    f"{len(names_list)} faces"
+                )
             parsed = [person_of(f, names_path) for f in names_list]
             frames = np.array([f for f, _ in parsed], dtype=np.int64)
             who = np.array([c for _, c in parsed], dtype=np.int64)
@@ -477,7 +503,9 @@ def iter_memor(
                     for vec, dim, what, key in ((tv, d_text, "text", tk), (av, d_audio, "audio", ak)):
                         if vec is not None and vec.shape[0] != dim:
                             path = text_json.path if what == "text" else audio_json.path
-                            raise RamerError(f"{path}: key '{key}' has {vec.shape[0]} numbers, expected {dim} as for other keys")
+                            raise RamerError(
+                                f"{path}: key '{key}' has {vec.shape[0]} numbers, expected {dim} as for other keys"
+                            )
                     if tv is not None:
                         tvecs[s] = as_float32(tv, counts, "text", f"{text_json.path} key '{tk}'")
                     if av is not None:
@@ -526,12 +554,23 @@ def iter_memor(
                 **{k: int(v) for k, v in local.items()},
             }
             return SceneStore(
-                text=text, audio=audio, visual=visual, present=present,
-                token_offsets=offsets, grid=grid.astype(np.int32), labels=labels_arr, target=target, role=role,
-                person_offsets=person_offsets, character=character, label_names=names,
+                text=text,
+                audio=audio,
+                visual=visual,
+                present=present,
+                token_offsets=offsets,
+                grid=grid.astype(np.int32),
+                labels=labels_arr,
+                target=target,
+                role=role,
+                person_offsets=person_offsets,
+                character=character,
+                label_names=names,
                 ids=[f"{i}:{items[i][0]}:{items[i][1]}" for i in ids],
-                personality=pers, personality_present=np.ones(Q, dtype=bool),
-                source=f"{root}[{split}]", extra=extra,
+                personality=pers,
+                personality_present=np.ones(Q, dtype=bool),
+                source=f"{root}[{split}]",
+                extra=extra,
             )
 
         def splits():

@@ -64,7 +64,8 @@ def _check_dims(dims: dict, modality: str, key: str, shape: tuple, split: str, s
     want = dims.setdefault(modality, shape[-1])
     if shape[-1] != want:
         raise RamerError(
-            f"{source}: split '{split}' key '{key}' has shape {shape}; feature dim {shape[-1]} differs from {want} in an earlier split"
+            f"{source}: split '{split}' key '{key}' has shape {shape}; feature dim {shape[-1]} differs from {want} "
+            "in an earlier split"
         )
 
 
@@ -98,13 +99,16 @@ def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
             if len({s[:2] for s in shapes.values()}) != 1:
                 raise RamerError(f"{source}: split '{split}': shapes {shapes} disagree on (N, steps)")
             if len(tgt) != n:
-                raise RamerError(f"{source}: split '{split}': 'tgt' has {len(tgt)} entries, features have N = {n} ({shapes})")
+                raise RamerError(
+                    f"{source}: split '{split}': 'tgt' has {len(tgt)} entries, features have N = {n} ({shapes})"
+                )
             for m, key in ALIGNED_KEYS.items():
                 _check_dims(dims, m, key, shapes[key], split, source)
                 want = settings.get(SETTINGS_KEYS[m])
                 if isinstance(want, int) and want != steps:
                     raise RamerError(
-                        f"{source}: split '{split}' key '{key}' has shape {shapes[key]}, but settings.{SETTINGS_KEYS[m]} = {want}"
+                        f"{source}: split '{split}' key '{key}' has shape {shapes[key]}, "
+                        f"but settings.{SETTINGS_KEYS[m]} = {want}"
                     )
             where = f"{source}: split '{split}'"
             labels = labels_from_tgt(tgt, len(names), where)
@@ -118,8 +122,14 @@ def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
                 "empty_label_samples": int((labels.sum(1) == 0).sum()),
             }
             store = sequence_store(
-                feats, np.ones((n * steps, 3), dtype=bool), np.full(n, steps), labels, names,
-                [f"{split}/{i}" for i in range(n)], f"{source}[{split}]", extra,
+                feats,
+                np.ones((n * steps, 3), dtype=bool),
+                np.full(n, steps),
+                labels,
+                names,
+                [f"{split}/{i}" for i in range(n)],
+                f"{source}[{split}]",
+                extra,
             )
             info.setdefault("splits", {})[split] = extra
             del feats, part

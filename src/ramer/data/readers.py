@@ -90,11 +90,15 @@ def label_names_from_dict(obj: dict, default: tuple[str, ...], source: str) -> t
         except (TypeError, ValueError):
             raise RamerError(f"{source}: dict['tgt'][{name!r}] = {idx!r} is not an integer id") from None
         if i < FIRST_LABEL_ID or i in by_id:
-            raise RamerError(f"{source}: dict['tgt'][{name!r}] = {i}: emotion ids must be distinct and >= {FIRST_LABEL_ID}")
+            raise RamerError(
+                f"{source}: dict['tgt'][{name!r}] = {i}: emotion ids must be distinct and >= {FIRST_LABEL_ID}"
+            )
         by_id[i] = str(name)
     ids = sorted(by_id)
     if not ids or ids != list(range(FIRST_LABEL_ID, FIRST_LABEL_ID + len(ids))):
-        raise RamerError(f"{source}: dict['tgt'] emotion ids {ids} are not {FIRST_LABEL_ID}..{FIRST_LABEL_ID + len(ids) - 1}")
+        raise RamerError(
+            f"{source}: dict['tgt'] emotion ids {ids} are not {FIRST_LABEL_ID}..{FIRST_LABEL_ID + len(ids) - 1}"
+        )
     return tuple(by_id[i] for i in ids), "dict['tgt']"
 
 
@@ -102,7 +106,7 @@ def labels_from_tgt(tgt: Any, n_labels: int, where: str) -> np.ndarray:
     """Multi-hot (N, C) uint8 from ``tgt`` lists ``[2, e_1, .., e_k, 3]`` (index = id - 4). The
     specials ``<s>``/``</s>`` and ``<blank>`` padding are skipped; ``[2, 3]`` gives an empty row."""
     if hasattr(tgt, "tolist") and not isinstance(tgt, list):
-        tgt = tgt.tolist() if getattr(tgt, "dtype", None) != object else list(tgt)
+        tgt = tgt.tolist() if getattr(getattr(tgt, "dtype", None), "kind", None) != "O" else list(tgt)
     if not isinstance(tgt, (list, tuple)):
         raise RamerError(f"{where}: 'tgt' is a {type(tgt).__name__}, expected a list of id lists")
     out = np.zeros((len(tgt), n_labels), dtype=np.uint8)
@@ -116,7 +120,8 @@ def labels_from_tgt(tgt: Any, n_labels: int, where: str) -> np.ndarray:
             j = v - FIRST_LABEL_ID
             if not 0 <= j < n_labels:
                 raise RamerError(
-                    f"{where}: tgt[{i}] holds id {v}; emotion ids must be {FIRST_LABEL_ID}..{FIRST_LABEL_ID + n_labels - 1}"
+                    f"{where}: tgt[{i}] holds id {v}; emotion ids must be "
+                    f"{FIRST_LABEL_ID}..{FIRST_LABEL_ID + n_labels - 1}"
                 )
             out[i, j] = 1
     return out

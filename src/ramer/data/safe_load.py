@@ -134,8 +134,17 @@ def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
         return _RestrictedUnpickler(fh, source, torch_aware).load()
     except (RamerError, _NeedsTorch):
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            UnicodeDecodeError, OverflowError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as e:
         raise RamerError(f"{source}: not a readable pickle ({type(e).__name__}: {str(e)[:200]})") from None
 
 
@@ -189,10 +198,17 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: refusing to load '{m.group(1)}': not on the allow-list of safe types (numpy arrays, "
                 "OrderedDict, argparse.Namespace, plain builtins, torch tensors)"
             ) from None
-        lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "weights_only" not in ln and "Weights only" not in ln]
+        lines = [
+            ln.strip()
+            for ln in msg.splitlines()
+            if ln.strip() and "weights_only" not in ln and "Weights only" not in ln
+        ]
         raise RamerError(f"{path}: refused by the safe loader ({(lines[0] if lines else msg)[:200]})") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise RamerError(f"{path}: not a readable torch.save file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise RamerError(
+            f"{path}: not a readable torch.save file "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
 
 
 def _load_torch_zip(path: Path) -> Any:

@@ -109,39 +109,60 @@ class SceneStore:
                 raise RamerError(f"{self.source}: {what}")
 
         need(self.grid.ndim == 2 and self.grid.shape[1] == 2, f"grid has shape {self.grid.shape}, expected (n, 2)")
-        need(self.token_offsets.shape == (n + 1,), f"token_offsets has shape {self.token_offsets.shape}, expected ({n + 1},)")
-        need(self.person_offsets.shape == (n + 1,), f"person_offsets has shape {self.person_offsets.shape}, expected ({n + 1},)")
+        need(
+            self.token_offsets.shape == (n + 1,),
+            f"token_offsets has shape {self.token_offsets.shape}, expected ({n + 1},)",
+        )
+        need(
+            self.person_offsets.shape == (n + 1,),
+            f"person_offsets has shape {self.person_offsets.shape}, expected ({n + 1},)",
+        )
         for m in MODALITIES:
             arr = getattr(self, m)
             need(arr.ndim == 2 and len(arr) == T, f"{m} has shape {arr.shape}, expected ({T}, d)")
         need(self.present.shape == (T, 3), f"present has shape {self.present.shape}, expected ({T}, 3)")
-        need(self.labels.ndim == 2 and self.labels.shape == (n, len(self.label_names)),
-             f"labels has shape {self.labels.shape}, expected ({n}, {len(self.label_names)})")
+        need(
+            self.labels.ndim == 2 and self.labels.shape == (n, len(self.label_names)),
+            f"labels has shape {self.labels.shape}, expected ({n}, {len(self.label_names)})",
+        )
         need(self.target.shape == (n, 2), f"target has shape {self.target.shape}, expected ({n}, 2)")
         need(self.role.shape == (n,), f"role has shape {self.role.shape}, expected ({n},)")
         need(len(self.ids) == n, f"{len(self.ids)} ids for {n} scenes")
         if n:
             sizes = self.grid[:, 0].astype(np.int64) * self.grid[:, 1]
             need(bool((self.grid > 0).all()), "grid has a scene with no persons or no segments")
-            need(bool((np.diff(self.token_offsets) == sizes).all()) and self.token_offsets[-1] == T and self.token_offsets[0] == 0,
-                 "token_offsets do not match grid sizes P*S")
-            need(bool((np.diff(self.person_offsets) == self.grid[:, 0]).all()) and self.person_offsets[0] == 0,
-                 "person_offsets do not match grid persons P")
+            need(
+                bool((np.diff(self.token_offsets) == sizes).all())
+                and self.token_offsets[-1] == T
+                and self.token_offsets[0] == 0,
+                "token_offsets do not match grid sizes P*S",
+            )
+            need(
+                bool((np.diff(self.person_offsets) == self.grid[:, 0]).all()) and self.person_offsets[0] == 0,
+                "person_offsets do not match grid persons P",
+            )
             # a target is (-1, -1) (whole sample) or a (person, segment) inside the scene's grid
             tgt = self.target.astype(np.int64)
             ok = (tgt == -1).all(1) | ((tgt >= 0) & (tgt < self.grid)).all(1)
             if not ok.all():
                 i = int(np.flatnonzero(~ok)[0])
                 (p, s), (P, S) = tgt[i].tolist(), self.grid[i].tolist()
-                need(False, f"target row {i} is ({p}, {s}), outside its scene's grid (P, S) = ({P}, {S}); expected "
-                            "0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)")
+                need(
+                    False,
+                    f"target row {i} is ({p}, {s}), outside its scene's grid (P, S) = ({P}, {S}); expected "
+                    "0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)",
+                )
         Q = int(self.person_offsets[-1]) if n else 0
         need(self.character.shape == (Q,), f"character has shape {self.character.shape}, expected ({Q},)")
         if self.personality is not None:
-            need(self.personality.ndim == 2 and len(self.personality) == Q,
-                 f"personality has shape {self.personality.shape}, expected ({Q}, d)")
-            need(self.personality_present is not None and self.personality_present.shape == (Q,),
-                 "personality_present missing or of the wrong shape")
+            need(
+                self.personality.ndim == 2 and len(self.personality) == Q,
+                f"personality has shape {self.personality.shape}, expected ({Q}, d)",
+            )
+            need(
+                self.personality_present is not None and self.personality_present.shape == (Q,),
+                "personality_present missing or of the wrong shape",
+            )
 
     # ------------------------------------------------------------------ facts
     def __len__(self) -> int:
@@ -289,8 +310,15 @@ class DataBundle:
         directory = make_folder(directory)
         for name, store in self.splits.items():
             store.save(directory / name)
-        write_meta(directory, self.format, self.label_names, self.dims,
-                   {name: len(s) for name, s in self.splits.items()}, self.info, self.task)
+        write_meta(
+            directory,
+            self.format,
+            self.label_names,
+            self.dims,
+            {name: len(s) for name, s in self.splits.items()},
+            self.info,
+            self.task,
+        )
 
 
 def label_count_problem(counts: np.ndarray) -> str | None:
@@ -317,13 +345,22 @@ def resolve_task(bundle: DataBundle, requested: str = "auto") -> str:
         problem = label_count_problem(counts)
         if problem:
             why = "data.task=single_label" if requested == "single_label" else "it is recorded as single_label"
-            raise RamerError(f"{bundle.source}: {why}, which needs exactly one label per sample; {problem} "
-                             "(use data.task=multi_label)")
+            raise RamerError(
+                f"{bundle.source}: {why}, which needs exactly one label per sample; {problem} "
+                "(use data.task=multi_label)"
+            )
     return task
 
 
-def write_meta(directory: Path, source_format: str, label_names, dims: dict, splits: dict[str, int], info: dict,
-               task: str = "multi_label") -> dict:
+def write_meta(
+    directory: Path,
+    source_format: str,
+    label_names,
+    dims: dict,
+    splits: dict[str, int],
+    info: dict,
+    task: str = "multi_label",
+) -> dict:
     """Write ``meta.json`` of a native directory atomically (after its split folders) and return it."""
     meta = {
         "format": NATIVE_FORMAT,
@@ -348,8 +385,14 @@ def is_native(path: str | Path) -> bool:
 def _kind(value) -> str:
     """The JSON type of ``value``, for errors."""
     kinds = ((bool, "a boolean"), (str, "a string"), ((int, float), "a number"), (list, "a list"), (dict, "an object"))
-    return next((f"{k} ({json.dumps(value)[:40]})" if k in ("a string", "a number") else k
-                 for t, k in kinds if isinstance(value, t)), "null")
+    return next(
+        (
+            f"{k} ({json.dumps(value)[:40]})" if k in ("a string", "a number") else k
+            for t, k in kinds
+            if isinstance(value, t)
+        ),
+        "null",
+    )
 
 
 def _not_strings(value) -> str | None:
@@ -377,15 +420,19 @@ def _read_meta(path: Path) -> dict:
     splits = meta["splits"]
     if not isinstance(splits, dict) or not splits:
         what = "an empty object" if isinstance(splits, dict) else _kind(splits)
-        raise RamerError(f"{where}: 'splits' is {what}, expected an object mapping split names to scene counts, "
-                         'e.g. {"train": 100, "valid": 10, "test": 10}')
+        raise RamerError(
+            f"{where}: 'splits' is {what}, expected an object mapping split names to scene counts, "
+            'e.g. {"train": 100, "valid": 10, "test": 10}'
+        )
     for name, n in splits.items():
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise RamerError(f"{where}: 'splits' names {name!r}, expected a folder name such as 'train'")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise RamerError(f"{where}: 'splits' gives {name!r} {_kind(n)}, expected a scene count (an integer >= 0)")
     if meta.get("task", TASKS[0]) not in TASKS:  # a directory written before the key: multi-label
-        raise RamerError(f"{where}: 'task' is {_kind(meta['task'])}, expected {' or '.join(json.dumps(t) for t in TASKS)}")
+        raise RamerError(
+            f"{where}: 'task' is {_kind(meta['task'])}, expected {' or '.join(json.dumps(t) for t in TASKS)}"
+        )
     dims = meta.get("dims")
     if dims is not None and not isinstance(dims, dict):
         raise RamerError(f"{where}: 'dims' is {_kind(dims)}, expected an object of feature sizes")
@@ -416,8 +463,11 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
             if splits:
                 first, d0 = next(iter(splits)), next(iter(splits.values())).dims[m]
                 if d != d0:
-                    raise RamerError(f"{path / name}: {m} size is {size(d)}, but {size(d0)} in split '{first}'; "
-                                     "every split must have the same feature sizes")
+                    raise RamerError(
+                        f"{path / name}: {m} size is {size(d)}, but {size(d0)} in split '{first}'; "
+                        "every split must have the same feature sizes"
+                    )
         splits[name] = store
-    return DataBundle(splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}),
-                      meta.get("task", TASKS[0]))
+    return DataBundle(
+        splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}), meta.get("task", TASKS[0])
+    )

@@ -52,7 +52,9 @@ class _World:
         self.cfg = cfg
         self.traits = rng.normal(size=(cfg.n_characters, k))
         a_pers = rng.normal(size=(k, cfg.personality_dim)) / np.sqrt(k)
-        self.personality = (self.traits @ a_pers + 0.3 * rng.normal(size=(cfg.n_characters, cfg.personality_dim))).astype(np.float32)
+        self.personality = (
+            self.traits @ a_pers + 0.3 * rng.normal(size=(cfg.n_characters, cfg.personality_dim))
+        ).astype(np.float32)
         self.bias = self.traits @ (rng.normal(size=(k, C)) * 0.8 / np.sqrt(k))  # (chars, C)
         self.corr = rng.normal(size=(C, 2)) * 0.5
         dims = {"text": cfg.text_dim, "audio": cfg.audio_dim, "visual": cfg.visual_dim}
@@ -224,8 +226,10 @@ def check_complete(cfg: DataConfig) -> None:
     if cfg.path is not None:
         raise RamerError(f"data.synthetic.complete is for the embedded benchmark; data.path is set ({cfg.path})")
     if cfg.missing_rate > 0:
-        raise RamerError(f"data.synthetic.complete: complete inputs hide nothing, but data.missing_rate is "
-                         f"{cfg.missing_rate:g}; set it to 0")
+        raise RamerError(
+            f"data.synthetic.complete: complete inputs hide nothing, but data.missing_rate is "
+            f"{cfg.missing_rate:g}; set it to 0"
+        )
 
 
 def complete_data(cfg: DataConfig) -> DataConfig:

@@ -153,7 +153,9 @@ class MulT(nn.Module):
             read.append(at_target(h, batch.target))  # (B, H)
         pooled_t, read_t = torch.stack(pooled, 1), torch.stack(read, 1)  # (B, M, H) each
         logits = self.head(torch.cat([pooled_t.flatten(1), read_t.flatten(1)], -1))  # (B, C)
-        return MulTOutput(logits=logits, probs=label_probs(logits, self.single_label), pooled=pooled_t, target_read=read_t)
+        return MulTOutput(
+            logits=logits, probs=label_probs(logits, self.single_label), pooled=pooled_t, target_read=read_t
+        )
 
     def loss(self, out: MulTOutput, batch: Batch) -> LossResult:
         cls = losses.classification(out.logits, batch.labels, single_label=self.single_label)

@@ -105,7 +105,7 @@ class RAMerOutput:
     queue_items: Tensor | None = None  # (Q', P) the filled queue before this batch  # train
     queue_classes: Tensor | None = None  # (Q',)  # train
     personality_pred: Tensor | None = None  # (B, P, d_pi) pi_p predicted before injection  # train
-    hidden_real: Tensor | None = None  # (B, M, C, H) r_m of each hidden modality from its real tokens (detached)  # train
+    hidden_real: Tensor | None = None  # (B, M, C, H) r_m of each hidden modality, from its real tokens  # train
 
 
 class RAMer(nn.Module):
@@ -274,8 +274,9 @@ class RAMer(nn.Module):
         modes = [(module, module.training) for module in self.modules()]
         self.train(False)
         try:
-            real, _ = self._label_features(batch.select(rows), present.index_select(0, rows), scope.index_select(0, rows),
-                                           head=False)  # (B', M, C, H)
+            real, _ = self._label_features(
+                batch.select(rows), present.index_select(0, rows), scope.index_select(0, rows), head=False
+            )  # (B', M, C, H)
         finally:
             for module, training in modes:  # back to each module's own mode (a frozen part stays in eval)
                 module.training = training

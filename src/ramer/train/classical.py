@@ -109,13 +109,16 @@ class ClassicalRecipe:
         # train.threads also caps the BLAS / OpenMP pools scikit-learn uses.
         limit = threadpool_limits(cfg.train.threads) if cfg.train.threads else contextlib.nullcontext()
         with limit:
-            fitted = ClassicalModel(cfg.model.name, self.spec.label_names, seed=cfg.train.seed).fit(self.splits["train"])
+            fitted = ClassicalModel(cfg.model.name, self.spec.label_names, seed=cfg.train.seed).fit(
+                self.splits["train"]
+            )
         self.model = ClassicalModule(cfg.model.name, self.spec, fitted.to_arrays())
         seconds_fit = time.perf_counter() - t0
         train_pred = predict(self.model, self.splits["train"], bs, torch.device("cpu"))
         valid_pred = predict(self.model, self.splits["valid"], bs, torch.device("cpu"))
-        threshold = choose_threshold(valid_pred.labels, valid_pred.scores, self.spec.task,
-                                     cfg.train.per_label_threshold)
+        threshold = choose_threshold(
+            valid_pred.labels, valid_pred.scores, self.spec.task, cfg.train.per_label_threshold
+        )
         self.threshold = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
         valid = report(valid_pred.labels, valid_pred.scores, threshold, valid_pred.role)
         valid.pop("per_label")

@@ -82,9 +82,10 @@ def check_splits(bundle: DataBundle) -> None:
         hint = " (an unlabelled import puts every conversation in test: it is for predict)"
     for split in ("train", "valid"):
         if len(bundle.splits[split]) == 0:
-            raise RamerError(f"{bundle.source}: the {split} split is empty; nothing to "
-                             f"{'train on' if split == 'train' else 'choose the best epoch and threshold on'}"
-                             + hint)
+            raise RamerError(
+                f"{bundle.source}: the {split} split is empty; nothing to "
+                f"{'train on' if split == 'train' else 'choose the best epoch and threshold on'}" + hint
+            )
 
 
 def training_step(
@@ -143,8 +144,14 @@ def write_test_result(
     if is_main():
         atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         with open(out / "metrics.jsonl", "a") as f:
-            line = {"final": "test", "best_epoch": epoch, **(run_info or {}), "threshold": threshold, "test": result,
-                    "per_label": per_label}
+            line = {
+                "final": "test",
+                "best_epoch": epoch,
+                **(run_info or {}),
+                "threshold": threshold,
+                "test": result,
+                "per_label": per_label,
+            }
             f.write(json.dumps(line) + "\n")
     return result
 
@@ -273,7 +280,12 @@ class Recipe:
             batch = store.collate(order[step * bs : (step + 1) * bs]).to(self.device)
             try:
                 loss = training_step(
-                    self.forward_model, model, batch, self.optimizer, self.scheduler, cfg.train.grad_clip,
+                    self.forward_model,
+                    model,
+                    batch,
+                    self.optimizer,
+                    self.scheduler,
+                    cfg.train.grad_clip,
                     cfg.train.precision,
                 )
             except FloatingPointError as e:
@@ -287,7 +299,11 @@ class Recipe:
 
     def validate(self) -> tuple[dict, float | np.ndarray | str]:
         pred = predict(
-            self.model, self.splits["valid"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
+            self.model,
+            self.splits["valid"],
+            self.cfg.train.eval_batch_size,
+            self.device,
+            self.cfg.train.precision,
             shard=True,
         )
         threshold = choose_threshold(pred.labels, pred.scores, self.spec.task, self.cfg.train.per_label_threshold)
@@ -307,8 +323,10 @@ class Recipe:
         epochs = cfg.train.epochs
         if self.epochs_run and self.should_stop(self.epochs_run):  # a resumed run that had stopped early
             if is_main():
-                self.console.print(f"the run stopped early after epoch {self.epochs_run}/{epochs}; nothing more "
-                                   "to train", highlight=False)
+                self.console.print(
+                    f"the run stopped early after epoch {self.epochs_run}/{epochs}; nothing more to train",
+                    highlight=False,
+                )
             return
         with progress(self.console) as bar:
             for epoch in range(self.start_epoch, epochs + 1):
@@ -392,7 +410,11 @@ class Recipe:
         state, _, _, threshold, epoch = ckpt.read_model_file(self.out / "model.safetensors")
         ckpt.load_state_into(self.model, state, str(self.out / "model.safetensors"))
         pred = predict(
-            self.model, self.splits["test"], self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision,
+            self.model,
+            self.splits["test"],
+            self.cfg.train.eval_batch_size,
+            self.device,
+            self.cfg.train.precision,
             shard=True,
         )
         run_info = {

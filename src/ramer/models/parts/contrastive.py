@@ -1,7 +1,8 @@
 """Spec MODEL.md §5: supervised contrastive items and a MoCo-style memory queue.
 
 Items are the unit-normalised codes ``normalize(E_m(.))`` of the real label features of every
-visible (sample, modality) and of the reconstructed ones of every available (sample, modality); the class of the item for (b, m, j) is
+visible (sample, modality) and of the reconstructed ones of every available (sample, modality);
+the class of the item for (b, m, j) is
 ``(m, j, y_bj)``, encoded ``2 * (m * C + j) + y_bj`` (``2 M C`` classes; real and reconstructed
 share it). Anchors are the current batch's items only; the queue (detached items of earlier steps,
 buffers ``queue`` / ``queue_classes`` / ``queue_ptr``) serves only as keys, so the loss costs

@@ -26,7 +26,9 @@ class LabelWiseAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(dim)
         # a learned score bonus of the target token, per (modality, label), starting at target_prior
         self.target_bias = (
-            nn.Parameter(torch.full((n_modalities, n_labels), float(target_prior))) if target_prior is not None else None
+            nn.Parameter(torch.full((n_modalities, n_labels), float(target_prior)))
+            if target_prior is not None
+            else None
         )
 
     def forward(self, g: Tensor, keys: Tensor, target: Tensor | None = None) -> Tensor:
@@ -34,7 +36,9 @@ class LabelWiseAttention(nn.Module):
         scores = torch.einsum("bnmh,mch->bmcn", g, self.queries.to(g.dtype)) * self.scale  # (B, M, C, N)
         if self.target_bias is not None and target is not None:
             at = target.unsqueeze(1) == torch.arange(g.shape[1], device=g.device)  # (B, N), none for target -1
-            scores = scores + at[:, None, None, :].to(scores.dtype) * self.target_bias.to(scores.dtype)[None, :, :, None]
+            scores = (
+                scores + at[:, None, None, :].to(scores.dtype) * self.target_bias.to(scores.dtype)[None, :, :, None]
+            )
         allowed = keys.permute(0, 2, 1).unsqueeze(2)  # (B, M, 1, N)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         weights = scores.softmax(-1)  # (B, M, C, N)

@@ -147,4 +147,3 @@ class StandInGate(nn.Module):
         logit = torch.einsum("bmch,mh->bmc", r, w[:, 0]) + torch.einsum("bmch,mh->bmc", rec, w[:, 1])  # (B, M, C)
         g = torch.sigmoid(logit + self.bias.to(r.dtype)[None, :, None]).unsqueeze(-1)  # (B, M, C, 1)
         return rec + g * (r - rec)
-
