@@ -63,3 +63,15 @@ def test_reproduce_takes_a_converted_directory(tmp_path):
     assert main(["data", "convert", str(data), "--format", "mosei_aligned", "--out", str(tmp_path / "native")]) == 0
     assert reproduce("mosei", tmp_path / "native", tmp_path / "out", seeds=1) == 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["overall"]["n"] > 0
+
+
+def test_reproduce_runs_a_classical_model(tmp_path):
+    """Every model trains through the one entry (`ramer.train.run_training`), so the paper protocol
+    runs a scikit-learn baseline too, into the same run folders."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    argv = ["reproduce", "mosei", "--data", str(data), "--seeds", "2", "--out", str(tmp_path / "br")]
+    assert main(argv + ["--set", "model.name=br"]) == 0
+    runs = json.loads((tmp_path / "br" / "results.json").read_text())["runs"]
+    assert len(runs) == 2 and all("micro_f1" in r["overall"] for r in runs)
+    assert (tmp_path / "br" / "seed1" / "model.safetensors").exists()

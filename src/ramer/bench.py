@@ -42,7 +42,7 @@ from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION
 from ramer.models import BUILDERS, CLASSICAL
 from ramer.paths import atomic_write, atomic_write_text, make_folder
-from ramer.train.classical import run_training
+from ramer.train import run_training
 
 BASELINES = ("br", "cc", "lp", "mlgcn", "late_fusion", "mult", "hhmpn", "amp")
 PRESETS = {f"ramer-{a}": a for a in ABLATIONS}

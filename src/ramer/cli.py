@@ -145,7 +145,7 @@ def train_config(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from ramer.train.classical import run_training
+    from ramer.train import run_training
 
     if args.nproc is not None and args.nproc < 1:
         raise RamerError(f"--nproc must be at least 1, got {args.nproc}")
@@ -421,7 +421,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ramer.data import complete_data
     from ramer.data.synthetic import generate
-    from ramer.train.recipe import Recipe
+    from ramer.train import run_training
 
     t0 = time.perf_counter()
     cfg = build_config(resolve_config("synthetic"), args.set or [])
@@ -449,7 +449,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ERR.print(f"training {row} -> {run_dir}", highlight=False)
         if (run_dir / "train_state.pt").exists():
             shutil.rmtree(run_dir)
-        rows[row] = Recipe(run_cfg, run_dir, console=ERR, bundle=data).run()
+        rows[row] = run_training(run_cfg, run_dir, bundle=data, console=ERR)
     from ramer.bench import ORACLE_ROW
 
     rows[ORACLE_ROW] = bundle.info["oracle"]["test"]

@@ -58,7 +58,7 @@ def summarise(results: list[dict], memor: bool) -> str:
 
 
 def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: list[str], console: Console) -> str:
-    from ramer.train.recipe import Recipe
+    from ramer.train import run_training
 
     if bench not in BENCHES:
         raise RamerError(f"unknown benchmark '{bench}'; known: {', '.join(BENCHES)}")
@@ -84,7 +84,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         console.print(
             f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False
         )
-        results.append(Recipe(run_cfg, run_dir, resume=resume, console=console, bundle=bundle).run())
+        results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
     table = summarise(results, memor=bench.startswith("memor"))
     command = f"ramer reproduce {bench} --data {data} --seeds {seeds}" + "".join(f" --set {o}" for o in overrides)
     text = (

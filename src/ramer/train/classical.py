@@ -1,5 +1,4 @@
-"""The recipe for the scikit-learn baselines (``br``, ``cc``, ``lp``), and ``run_training``, which
-sends a config to this recipe or to the deep-model :class:`~ramer.train.recipe.Recipe`.
+"""The recipe for the scikit-learn baselines (``br``, ``cc``, ``lp``).
 
 Same run directory as the deep recipe, so ``ramer eval`` / the bench read both alike:
 ``config.yaml``, ``model.safetensors`` (the fitted arrays as float64 tensors; config, data spec,
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 
 from ramer import checkpoint as ckpt
@@ -40,21 +38,8 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, ClassicalModule
-from ramer.paths import atomic_write, atomic_write_text, make_folder
-from ramer.train.recipe import Recipe, check_splits, write_test_result
-
-
-def save_classical(path: Path, module: ClassicalModule, cfg: Config, threshold: float | list[float] | str) -> None:
-    """``model.safetensors`` with the same metadata as ``checkpoint.save_model`` (epoch 1)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    meta = {
-        "format": "ramer-model",
-        "config": json.dumps(cfg.model_dump(mode="json")),
-        "spec": json.dumps(module.spec.to_dict()),
-        "threshold": json.dumps(threshold),
-        "epoch": "1",
-    }
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+from ramer.paths import atomic_write_text, make_folder
+from ramer.train.recipe import check_splits, write_test_result
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, single_label: bool = False) -> float:
@@ -134,7 +119,7 @@ class ClassicalRecipe:
             "train_samples_per_s": len(self.splits["train"]) / max(seconds_fit, 1e-9),
         }
         if is_main():
-            save_classical(self.out / "model.safetensors", self.model, cfg, self.threshold)
+            ckpt.save_model(self.out / "model.safetensors", self.model, cfg, self.spec, self.threshold, 1)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
         metric = SELECTION[self.spec.task]
@@ -155,16 +140,3 @@ class ClassicalRecipe:
         self.setup()
         self.train()
         return self.test()
-
-
-def run_training(
-    cfg: Config,
-    out: str | Path,
-    bundle: DataBundle | None = None,
-    console: Console | None = None,
-    resume: bool = False,
-) -> dict:
-    """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report."""
-    if cfg.model.name in CLASSICAL:
-        return ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle).run()
-    return Recipe(cfg, out, resume=resume, console=console, bundle=bundle).run()
