@@ -2,7 +2,9 @@
 top entries by self CPU time.
 
 Usage: ``python benchmarks/profile_step.py [--setting carat] [--mode train|infer] [--precision fp32|bf16]
-[--top 10] [--threads 2] [--sort self_cpu_time_total] [--shapes]``.
+[--top 10] [--threads 2] [--sort self_cpu_time_total] [--shapes] [--flops]``; ``--flops`` prints the
+floating-point operations of one step instead (``torch.utils.flop_counter``: matrix products,
+convolutions and attention kernels; elementwise work is not counted).
 Settings are those of ``benchmarks/throughput.py`` (synthetic, mosei, carat). Warm-up steps run
 first (the contrastive queue is full when the profiled step runs).
 """
@@ -38,6 +40,7 @@ def main() -> None:
         help="instead: count the ATen ops of one training step at several batch sizes, label counts "
         "and persons (equal counts: no Python loop over samples, labels or persons)",
     )
+    p.add_argument("--flops", action="store_true", help="instead: the GFLOP of one step (matrix products)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.loop_check:
@@ -66,6 +69,16 @@ def main() -> None:
 
     for _ in range(args.warmup):
         step()
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        print(
+            f"setting {args.setting}, mode {args.mode}, precision {args.precision}, batch {cfg.train.batch_size}: "
+            f"{counter.get_total_flops() / 1e9:.1f} GFLOP per step"
+        )
+        return
     with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for _ in range(args.steps):
             with record_function("step"):

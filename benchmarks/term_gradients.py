@@ -84,7 +84,7 @@ def main() -> None:
                     parts.append(f"{w[2:]} {(alone - cls).norm():.3f}")
             print("  ".join(parts))
             print("          terms: " + ", ".join(f"{k} {float(v):.3f}" for k, v in terms.items()))
-        start = (step * cfg.train.batch_size) % (len(store) - cfg.train.batch_size)
+        start = (step * cfg.train.batch_size) % max(1, len(store) - cfg.train.batch_size + 1)  # a whole batch
         batch = store.collate(order[start : start + cfg.train.batch_size].numpy())
         training_step(model, model, batch, optimizer, scheduler, cfg.train.grad_clip)
 

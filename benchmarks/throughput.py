@@ -358,7 +358,7 @@ def best_time(fn, reps: int = 10, rounds: int = 5) -> float:
 
 
 def add_paired_args(p: argparse.ArgumentParser) -> None:
-    """The options of the paired A/B scripts (``few_keys_ab.py``, ``ab_trees.py``)."""
+    """The options of the paired A/B script ``ab_trees.py``."""
     p.add_argument("--setting", default="carat")
     p.add_argument("--mode", choices=("train", "infer"), default="train")
     p.add_argument(

@@ -1,0 +1,109 @@
+"""Every script in benchmarks/ runs, at its smallest setting, and prints what benchmarks/README.md says
+it prints. Figures are not checked: speed is measured by the scripts, never asserted in tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_store
+
+from ramer.data import DataBundle
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+TINY_DATA = ["data.synthetic.n_train=64", "data.synthetic.n_valid=32", "data.synthetic.n_test=32"]
+
+
+def run(script: str, *args: str, timeout: float = 600) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{script} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def sets(*assignments: str) -> list[str]:
+    return [a for kv in assignments for a in ("--set", kv)]
+
+
+def test_every_script_has_a_smoke_test():
+    scripts = {p.name for p in BENCH.glob("*.py")}
+    tested = {name.removeprefix("test_").replace("_runs", "") + ".py" for name in globals() if name.endswith("_runs")}
+    assert scripts == tested
+
+
+def test_throughput_runs():
+    out = run(
+        "throughput.py", "--settings", "synthetic", "--modes", "train,infer", "--steps", "1", "--warmup", "0",
+        "--infer-steps", "1", "--threads", "1",
+    )  # fmt: skip
+    assert "samples/s" in out and "synthetic" in out
+
+
+def test_ab_trees_runs():
+    out = run("ab_trees.py", "--old", "src", "--setting", "synthetic", "--rounds", "2", "--threads", "1")
+    assert "median A/B" in out and "largest |A - B|" in out
+
+
+def test_profile_step_runs():
+    out = run("profile_step.py", "--setting", "synthetic", "--warmup", "0", "--top", "3", "--threads", "1")
+    assert "Self CPU" in out
+    out = run("profile_step.py", "--setting", "synthetic", "--warmup", "0", "--mode", "infer", "--flops")
+    assert "GFLOP per step" in out
+
+
+def test_scaling_runs():
+    out = run("scaling.py", "--persons", "1,2", "--segments", "4", "--batch", "2", "--steps", "1", "--threads", "1")
+    assert "train ms/scene" in out
+
+
+def test_mosei_convert_runs():
+    out = run("mosei_convert.py", "--scale", "0.001")
+    assert "convert" in out and "iterate" in out
+
+
+def test_learning_speed_runs(tmp_path):
+    out = run(
+        "learning_speed.py", "--out", str(tmp_path / "speed"), "--variant", "ramer=", "--jobs", "1",
+        *sets(*TINY_DATA, "train.epochs=1"),
+    )  # fmt: skip
+    assert "| ramer |" in out and (tmp_path / "speed").is_dir()
+
+
+def test_term_gradients_runs():
+    out = run("term_gradients.py", "--steps", "0,1", *sets(*TINY_DATA))
+    assert "cls" in out
+
+
+def test_target_utterance_lr_runs(tmp_path):
+    stores = {}
+    for k, split in enumerate(("train", "valid", "test")):
+        store = random_store(n=30, n_labels=3, seed=k)
+        one = np.random.default_rng(k).integers(0, 3, len(store))
+        store.labels[:] = np.eye(3, dtype=store.labels.dtype)[one]  # one label per sample
+        stores[split] = store
+    DataBundle(stores, stores["train"].label_names, "test", "mem", task="single_label").save(tmp_path / "d")
+    out = run("target_utterance_lr.py", str(tmp_path / "d"))
+    assert "chosen on valid" in out
+
+
+def test_ablation_table_runs(tmp_path):
+    def record(model: str, seed: int, f1: float) -> dict:
+        part = {"micro_f1": f1, "macro_f1": f1 - 0.01, "n": 10}
+        return {"model": model, "inputs": "observed", "seed": seed, "missing_rate": 0.6,
+                "metrics": {"overall": part, "speaker": part, "nonspeaker": part}}  # fmt: skip
+
+    results = [record(m, s, f1 + 0.01 * s) for s in (1, 2) for m, f1 in (("ramer", 0.5), ("ramer-no_stack", 0.52))]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = run("ablation_table.py", str(tmp_path / "results.json"))
+    assert "| ramer-no_stack | 2 |" in out and "+0.020 ± 0.000" in out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_every_script_is_in_the_readme(script):
+    assert f"`{script}`" in (BENCH / "README.md").read_text()
