@@ -16,6 +16,7 @@ from ramer.data.synthetic import generate
 from ramer.errors import RamerError
 from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_KEYS, report
+from ramer.models import set_model
 from ramer.models.classical import ClassicalModule
 from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
@@ -329,7 +330,7 @@ def test_presets_set_ablations():
         2,
         0.3,
     )
-    bench_mod.set_model(cfg, "ramer-no_stack")  # what `ramer train --model ramer-no_stack` does
+    set_model(cfg, "ramer-no_stack")  # what `ramer train --model ramer-no_stack` does
     assert cfg.model.ablations == ["no_shuffle", "no_stack"]
-    bench_mod.set_model(cfg, "mult")
+    set_model(cfg, "mult")
     assert cfg.model.name == "mult"

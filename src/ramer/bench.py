@@ -35,24 +35,21 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from ramer.config import ABLATIONS, Config, DataConfig, build_config, config_from_dict
+from ramer.config import CONFIG_DIR, Config, DataConfig, build_config, config_from_dict
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION
-from ramer.models import BUILDERS, CLASSICAL
+from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, known_models, set_model
 from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train import run_training
 
-BASELINES = ("br", "cc", "lp", "mlgcn", "late_fusion", "mult", "hhmpn", "amp")
-PRESETS = {f"ramer-{a}": a for a in ABLATIONS}
-KNOWN = {*BUILDERS, *CLASSICAL, *PRESETS}  # every model name a run takes
 GROUPS = {
     "all": (*BASELINES, "ramer"),
     "ablations": ("ramer", *PRESETS),
 }
 PARTS = ("overall", "speaker", "nonspeaker")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "synthetic.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "synthetic.yaml"
 
 # Bench defaults, applied before the user's --set (docs/BENCH.md says why). Every deep model
 # trains until validation has not improved for 5 epochs, at most 40 epochs: models are compared
@@ -126,11 +123,6 @@ class BenchSettings:
         for s in self.overrides:
             parts += ["--set", s]
         return shlex.join(parts)
-
-
-def known_models() -> str:
-    """The model names a run takes, for error messages."""
-    return f"{', '.join(sorted({*BUILDERS, *CLASSICAL}))}, ramer-<ablation> ({', '.join(ABLATIONS)})"
 
 
 def parse_models(text: str | None, option: str = "--models") -> list[str]:
@@ -222,18 +214,6 @@ def base_config(s: BenchSettings) -> Config:
         cfg.data.path = s.data
     cfg.data.missing_at = s.missing_at
     return cfg
-
-
-def set_model(cfg: Config, name: str) -> None:
-    """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
-    if name not in KNOWN:
-        raise RamerError(f"unknown model '{name}'; known: {known_models()}")
-    if name in PRESETS:
-        cfg.model.name = "ramer"
-        if PRESETS[name] not in cfg.model.ablations:
-            cfg.model.ablations = [*cfg.model.ablations, PRESETS[name]]
-    else:
-        cfg.model.name = name
 
 
 def run_config(base: Config, model: str, seed: int, rate: float) -> Config:

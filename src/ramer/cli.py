@@ -13,27 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from ramer import __version__
-from ramer.config import Config, build_config
+from ramer.config import Config, build_config, resolve_config
 from ramer.errors import RamerError
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 OUT = Console(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
 ERR = Console(stderr=True)  # progress and messages go to stderr
-
-
-def resolve_config(name: str | None) -> Path:
-    """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...)."""
-    name = name or "synthetic"
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise RamerError(f"config file not found: {path}")
-        return path
-    bundled = CONFIG_DIR / f"{name}.yaml"
-    if not bundled.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise RamerError(f"no config named '{name}'; bundled: {', '.join(known)}")
-    return bundled
 
 
 def default_out(cfg: Config) -> Path:
@@ -134,7 +118,7 @@ def train_config(args: argparse.Namespace) -> Config:
     """The config of a new run: ``--config`` and ``--set``, then ``--model`` and ``--data``."""
     cfg = build_config(resolve_config(args.config), args.set or [])
     if args.model:
-        from ramer.bench import set_model
+        from ramer.models import set_model
 
         set_model(cfg, args.model)  # a model name or a ramer-<ablation> preset
     if args.data:

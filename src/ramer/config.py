@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ramer.errors import RamerError
 
+CONFIG_DIR = Path(__file__).parent / "configs"  # the bundled configs (`--config NAME`)
+
 ABLATIONS = (
     "no_personality",
     "no_modality_attention",
@@ -255,3 +257,18 @@ def config_from_dict(tree: dict, source: str) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_config(name: str | None) -> Path:
+    """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...)."""
+    name = name or "synthetic"
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RamerError(f"config file not found: {path}")
+        return path
+    bundled = CONFIG_DIR / f"{name}.yaml"
+    if not bundled.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise RamerError(f"no config named '{name}'; bundled: {', '.join(known)}")
+    return bundled

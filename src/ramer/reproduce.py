@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from ramer.config import build_config
+from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
 from ramer.paths import atomic_write_text, make_folder
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 BENCHES = {
     # name: (bundled config, data format)
     "mosei": ("mosei", "mosei_aligned"),

@@ -1,4 +1,5 @@
-"""Model registry: one name -> builder table for the CLI (``--model NAME``)."""
+"""Model registry: every model name a run takes (``--model NAME``): the deep models' builders, the
+classical baselines, and the ``ramer-<ablation>`` presets (RAMer with one part switched off)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-from ramer.config import Config
+from ramer.config import ABLATIONS, Config
 from ramer.errors import RamerError
 from ramer.models.base import DataSpec, LossResult
 
@@ -60,6 +61,28 @@ BUILDERS: dict[str, Callable[[Config, DataSpec], nn.Module]] = {
 CLASSICAL: tuple[str, ...] = ("br", "cc", "lp")
 
 
+BASELINES: tuple[str, ...] = ("br", "cc", "lp", "mlgcn", "late_fusion", "mult", "hhmpn", "amp")
+PRESETS: dict[str, str] = {f"ramer-{a}": a for a in ABLATIONS}  # preset name -> the part it switches off
+KNOWN: set[str] = {*BUILDERS, *CLASSICAL, *PRESETS}
+
+
+def known_models() -> str:
+    """The model names a run takes, for error messages."""
+    return f"{', '.join(sorted({*BUILDERS, *CLASSICAL}))}, ramer-<ablation> ({', '.join(ABLATIONS)})"
+
+
+def set_model(cfg: Config, name: str) -> None:
+    """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
+    if name not in KNOWN:
+        raise RamerError(f"unknown model '{name}'; known: {known_models()}")
+    if name in PRESETS:
+        cfg.model.name = "ramer"
+        if PRESETS[name] not in cfg.model.ablations:
+            cfg.model.ablations = [*cfg.model.ablations, PRESETS[name]]
+    else:
+        cfg.model.name = name
+
+
 def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     name = cfg.model.name
     if name not in BUILDERS:
@@ -67,4 +90,15 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     return BUILDERS[name](cfg, spec)
 
 
-__all__ = ["BUILDERS", "CLASSICAL", "DataSpec", "LossResult", "build_model"]
+__all__ = [
+    "BASELINES",
+    "BUILDERS",
+    "CLASSICAL",
+    "KNOWN",
+    "PRESETS",
+    "DataSpec",
+    "LossResult",
+    "build_model",
+    "known_models",
+    "set_model",
+]
