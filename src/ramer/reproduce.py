@@ -19,6 +19,7 @@ from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
 from ramer.paths import atomic_write_text, make_folder
+from ramer.train import run_training
 
 BENCHES = {
     # name: (bundled config, data format)
@@ -57,8 +58,6 @@ def summarise(results: list[dict], memor: bool) -> str:
 
 
 def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: list[str], console: Console) -> str:
-    from ramer.train import run_training
-
     if bench not in BENCHES:
         raise RamerError(f"unknown benchmark '{bench}'; known: {', '.join(BENCHES)}")
     if seeds < 1:
