@@ -334,3 +334,22 @@ def test_presets_set_ablations():
     assert cfg.model.ablations == ["no_shuffle", "no_stack"]
     set_model(cfg, "mult")
     assert cfg.model.name == "mult"
+
+
+def test_ablation_table_pairs_each_preset_with_full_ramer_by_seed():
+    """The report's paired differences: preset minus full RAMer on the same seed, mean ± std over the
+    seeds both finished; a seed only one of them finished is left out."""
+
+    def record(model: str, seed: int, f1: float) -> dict:
+        part = {"micro_f1": f1, "macro_f1": f1 - 0.01, "acc": f1, "hamming_loss": 0.2, "n": 10}
+        return {"model": model, "inputs": "observed", "seed": seed, "missing_rate": 0.6,
+                "metrics": {"overall": part, "speaker": part, "nonspeaker": part}}  # fmt: skip
+
+    results = [record("ramer", s, 0.50 + 0.01 * s) for s in (1, 2)]
+    results += [record("ramer-no_stack", 1, 0.52), record("ramer-no_stack", 2, 0.55), record("ramer-no_stack", 3, 0.9)]
+    lines = bench_mod.ablation_table(results, 0.6)
+    assert lines[0].startswith("| preset − ramer | seeds | Δ micro-F1 |")
+    row = lines[2].split(" | ")
+    assert row[0] == "| ramer-no_stack" and row[1] == "2"  # seed 3 has no full RAMer to pair with
+    assert row[2] == "+0.020 ± 0.014"  # differences 0.01 and 0.03
+    assert bench_mod.ablation_table(results, 0.0) == [] and bench_mod.ablation_table(results[:2], 0.6) == []

@@ -3,7 +3,6 @@ it prints. Figures are not checked: speed is measured by the scripts, never asse
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -90,18 +89,6 @@ def test_target_utterance_lr_runs(tmp_path):
     DataBundle(stores, stores["train"].label_names, "test", "mem", task="single_label").save(tmp_path / "d")
     out = run("target_utterance_lr.py", str(tmp_path / "d"))
     assert "chosen on valid" in out
-
-
-def test_ablation_table_runs(tmp_path):
-    def record(model: str, seed: int, f1: float) -> dict:
-        part = {"micro_f1": f1, "macro_f1": f1 - 0.01, "n": 10}
-        return {"model": model, "inputs": "observed", "seed": seed, "missing_rate": 0.6,
-                "metrics": {"overall": part, "speaker": part, "nonspeaker": part}}  # fmt: skip
-
-    results = [record(m, s, f1 + 0.01 * s) for s in (1, 2) for m, f1 in (("ramer", 0.5), ("ramer-no_stack", 0.52))]
-    (tmp_path / "results.json").write_text(json.dumps(results))
-    out = run("ablation_table.py", str(tmp_path / "results.json"))
-    assert "| ramer-no_stack | 2 |" in out and "+0.020 ± 0.000" in out
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))

@@ -39,7 +39,7 @@ from ramer.config import CONFIG_DIR, Config, DataConfig, build_config, config_fr
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
-from ramer.metrics import METRIC_NAMES, SELECTION
+from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, mean_std
 from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, known_models, set_model
 from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train import run_training
@@ -454,15 +454,11 @@ def write_results(out: Path, results: list[dict]) -> None:
 def summarise(results: list[dict], model: str, rate: float, part: str, key: str) -> tuple[float, float, int]:
     """Mean, sample std (0 for one seed) and count of a metric over seeds (``model``: a run name,
     ``MODEL@complete`` for the complete-input runs)."""
-    vals = [
+    return mean_std(
         r["metrics"][part][key]
         for r in results
         if run_name(r) == model and r["missing_rate"] == rate and part in r["metrics"]
-    ]
-    if not vals:
-        return float("nan"), float("nan"), 0
-    arr = np.asarray(vals, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
+    )
 
 
 def _read_jsonl(run: Path) -> list[dict]:
@@ -504,12 +500,6 @@ COLUMNS = {  # per task: (part, key, header, higher is better)
 }
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
-    if n == 0:
-        return "–"
-    return f"{mean:.3f}" if n == 1 else f"{mean:.3f} ± {std:.3f}"
-
-
 def rate_table(
     results: list[dict], s: BenchSettings, rate: float, oracle: dict | None, task: str = "multi_label"
 ) -> list[str]:
@@ -530,7 +520,7 @@ def rate_table(
         cells = [label]
         for part, key, _, _ in cols:
             mean, std, n = summarise(results, name, at, part, key)
-            text = _fmt(mean, std, n)
+            text = format_mean_std(mean, std, n)
             cells.append(f"**{text}**" if bold and n and round(mean, 3) == best.get((part, key)) else text)
         runs = [r for r in results if run_name(r) == name and r["missing_rate"] == at]
         steps = [r["best_step"] for r in runs if r.get("best_step") is not None]  # none for a classical fit
@@ -548,6 +538,34 @@ def rate_table(
     if oracle is not None:
         cells = [ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ablation_table(results: list[dict], rate: float, task: str = "multi_label") -> list[str]:
+    """Each ``ramer-<ablation>`` preset against full RAMer at one missing rate: the difference of
+    every report column, paired by seed (the same data, hidden modalities and seed), mean ± std
+    over the seeds both finished. Positive: better without the part (HL: worse). Empty when the
+    run has no preset or no full RAMer at that rate."""
+    by_seed: dict[str, dict[int, dict]] = {}
+    for r in results:
+        if r["missing_rate"] == rate and r.get("inputs", "observed") != "complete":
+            by_seed.setdefault(r["model"], {})[r["seed"]] = r["metrics"]
+    full = by_seed.get("ramer", {})
+    presets = [m for m in PRESETS if m in by_seed and set(by_seed[m]) & set(full)]
+    if not presets:
+        return []
+    cols = [c for c in COLUMNS[task] if any(c[0] in m for m in full.values())]
+    lines = [
+        "| preset − ramer | seeds | " + " | ".join(f"Δ {c[2]}" for c in cols) + " |",
+        "|:--|--:|" + "--:|" * len(cols),
+    ]
+    for name in presets:
+        seeds = sorted(set(by_seed[name]) & set(full))
+        cells = []
+        for part, key, _, _ in cols:
+            diffs = [by_seed[name][s][part][key] - full[s][part][key] for s in seeds if part in by_seed[name][s]]
+            cells.append(format_mean_std(*mean_std(diffs), signed=True))
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -633,6 +651,10 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
     for rate in s.rates:
         lines += ["", f"## Missing rate {rate:g}", ""]
         lines += rate_table(results, s, rate, oracle, info["task"])
+        paired = ablation_table(results, rate, info["task"])
+        if paired:
+            lines += ["", f"Each ablation preset minus full RAMer at missing rate {rate:g}, paired by seed:", ""]
+            lines += paired
     if plots:
         lines += ["", "## Plots", ""]
         for name, caption in plots:

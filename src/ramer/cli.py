@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ramer import __version__
-from ramer.config import Config, build_config, resolve_config
+from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.errors import RamerError
 
 OUT = Console(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
@@ -680,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     im.add_argument(
         "--task",
-        choices=("auto", "single_label", "multi_label"),
+        choices=("auto", *TASKS),
         default="auto",
         help="what meta.json records: single_label (exactly one label per sample: softmax, arg-max "
         "decision, best epoch by weighted F1) or multi_label; auto (default): single_label when "

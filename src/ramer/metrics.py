@@ -199,3 +199,23 @@ def tune_threshold(
         return float(grid[order[np.argmax(f1[order])]])
     f1 = _div(2 * tp, pp + rp)  # (G, C)
     return grid[order[np.argmax(f1[order], axis=0)]]
+
+
+# ---------------------------------------------------------------------- over seeds
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of a metric over seeds; NaNs for none."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size)
+
+
+def format_mean_std(mean: float, std: float, n: int, digits: int = 3, signed: bool = False) -> str:
+    """``mean ± std`` as the seed tables write it: ``–`` for no value, the value alone for one;
+    ``signed`` for a difference (``+0.013 ± 0.003``)."""
+    if n == 0:
+        return "–"
+    if abs(mean) < 0.5 * 10**-digits:
+        mean = 0.0  # no "-0.000"
+    value = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return value if n == 1 else f"{value} ± {std:.{digits}f}"

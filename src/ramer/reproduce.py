@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
+from ramer.metrics import format_mean_std, mean_std
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train import run_training
 
@@ -49,10 +49,7 @@ def summarise(results: list[dict], memor: bool) -> str:
         runs = [r[part] for r in results if part in r]
         if not runs:
             continue
-        cells = []
-        for key, _ in cols:
-            vals = np.array([r[key] for r in runs])
-            cells.append(f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f}")
+        cells = [format_mean_std(*mean_std(r[key] for r in runs), digits=4) for key, _ in cols]
         lines.append(f"| {part} | {runs[0]['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
