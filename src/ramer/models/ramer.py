@@ -16,10 +16,9 @@ Pipeline, in the order of the spec:
 8. §7 ``probs = (sigmoid(max_m logit_m(f)) + mean_k sigmoid(agg(T_k))) / 2``; on single-label data
    each sigmoid is a softmax over the labels and every classification term is softmax
    cross-entropy (``losses.classification``)
-Training only: discriminators, stack shuffle, contrastive items and queue update (items, queue and
-prototypes shared across ranks in distributed training), prototype update, personality
-prediction, modality dropout and the detached pass giving the reconstruction targets of hidden
-modalities (``_hidden_real``).
+Training only: discriminators, stack shuffle, contrastive items, queue and prototype updates
+(shared across ranks in distributed training), personality prediction, modality dropout and the
+detached pass giving the reconstruction targets of hidden modalities (``_hidden_real``).
 
 Axis letters: b batch, n tokens, p persons, s segments, m modality, c labels, h hidden,
 k stack sources, P code size, i contrastive items.
