@@ -39,7 +39,7 @@ from ramer.config import CONFIG_DIR, Config, DataConfig, build_config, config_fr
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
-from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, mean_std
+from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
 from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, known_models, set_model
 from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train import run_training
@@ -508,7 +508,6 @@ def rate_table(
     models = [m for m in s.models if any(run_name(r) == m and r["missing_rate"] == rate for r in results)]
     cols = [c for c in COLUMNS[task] if any(c[0] in r["metrics"] for r in results)]
     header = ["model", *(c[2] for c in cols), "steps to best", "s/run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
     best = {}
     for part, key, _, higher in cols:
         means = [round(summarise(results, m, rate, part, key)[0], 3) for m in models]
@@ -516,7 +515,7 @@ def rate_table(
         if means:
             best[(part, key)] = max(means) if higher else min(means)
 
-    def row(name: str, label: str, at: float, bold: bool) -> str:
+    def row(name: str, label: str, at: float, bold: bool) -> list[str]:
         cells = [label]
         for part, key, _, _ in cols:
             mean, std, n = summarise(results, name, at, part, key)
@@ -527,18 +526,17 @@ def rate_table(
         cells.append(f"{np.mean(steps):.0f}" if steps else "–")
         secs = np.mean([r["seconds"] for r in runs])
         cells.append(f"{secs:.1f}" if secs < 10 else f"{secs:.0f}")
-        return "| " + " | ".join(cells) + " |"
+        return cells
 
-    lines += [row(m, m, rate, True) for m in models]
-    lines += [
+    rows = [row(m, m, rate, True) for m in models]
+    rows += [
         row(m + COMPLETE, f"{m}, complete inputs (reference)", 0.0, False)
         for m in s.complete
         if any(run_name(r) == m + COMPLETE for r in results)
     ]
     if oracle is not None:
-        cells = [ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–", "–"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append([ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–", "–"])
+    return markdown_table(header, rows)
 
 
 def ablation_table(results: list[dict], rate: float, task: str = "multi_label") -> list[str]:
@@ -555,18 +553,15 @@ def ablation_table(results: list[dict], rate: float, task: str = "multi_label") 
     if not presets:
         return []
     cols = [c for c in COLUMNS[task] if any(c[0] in m for m in full.values())]
-    lines = [
-        "| preset − ramer | seeds | " + " | ".join(f"Δ {c[2]}" for c in cols) + " |",
-        "|:--|--:|" + "--:|" * len(cols),
-    ]
+    rows = []
     for name in presets:
         seeds = sorted(set(by_seed[name]) & set(full))
         cells = []
         for part, key, _, _ in cols:
             diffs = [by_seed[name][s][part][key] - full[s][part][key] for s in seeds if part in by_seed[name][s]]
             cells.append(format_mean_std(*mean_std(diffs), signed=True))
-        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([name, str(len(seeds)), *cells])
+    return markdown_table(["preset − ramer", "seeds", *(f"Δ {c[2]}" for c in cols)], rows)
 
 
 def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:

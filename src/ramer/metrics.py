@@ -219,3 +219,10 @@ def format_mean_std(mean: float, std: float, n: int, digits: int = 3, signed: bo
         mean = 0.0  # no "-0.000"
     value = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
     return value if n == 1 else f"{value} ± {std:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table: names in the first column (left-aligned), figures in the
+    others (right-aligned). Every seed table of the bench and of ``ramer reproduce`` is one."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]

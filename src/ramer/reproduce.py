@@ -17,7 +17,7 @@ from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
-from ramer.metrics import format_mean_std, mean_std
+from ramer.metrics import format_mean_std, markdown_table, mean_std
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train import run_training
 
@@ -43,15 +43,13 @@ MEMOR_COLUMNS = (("top1_acc", "Top-1"), ("weighted_f1", "wF1"))
 def summarise(results: list[dict], memor: bool) -> str:
     """A markdown table of mean ± std over seeds, one row per target group."""
     cols = COLUMNS + (MEMOR_COLUMNS if memor else ())
-    head = "| targets | n | " + " | ".join(label for _, label in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    rows = []
     for part in ("overall", "speaker", "nonspeaker"):
         runs = [r[part] for r in results if part in r]
-        if not runs:
-            continue
-        cells = [format_mean_std(*mean_std(r[key] for r in runs), digits=4) for key, _ in cols]
-        lines.append(f"| {part} | {runs[0]['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        if runs:
+            cells = [format_mean_std(*mean_std(r[key] for r in runs), digits=4) for key, _ in cols]
+            rows.append([part, str(runs[0]["n"]), *cells])
+    return "\n".join(markdown_table(["targets", "n", *(label for _, label in cols)], rows))
 
 
 def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: list[str], console: Console) -> str:
