@@ -131,17 +131,11 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_dist():
         return x
-    world = world_size()
-    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes_i = [int(s.item()) for s in sizes]
-    top = max(sizes_i)
-    padded = x.new_zeros((top, *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    bufs = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(bufs, padded.contiguous())
-    return torch.cat([b[:s] for b, s in zip(bufs, sizes_i)])
+    sizes = _row_counts(x)
+    padded = _pad_rows(x, max(sizes))
+    bufs = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(bufs, padded)
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes)])
 
 
 def all_gather_rows_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
@@ -152,15 +146,24 @@ def all_gather_rows_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
     """
     if not is_dist():
         return [x]
-    world = world_size()
+    sizes = _row_counts(x)
+    parts = _GatherRows.apply(_pad_rows(x, max(sizes)))
+    return [p[:s] for p, s in zip(parts, sizes)]
+
+
+def _row_counts(x: torch.Tensor) -> list[int]:
+    """Every rank's number of rows of ``x``, in rank order."""
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
-    sizes_i = [int(s.item()) for s in sizes]
-    top = max(sizes_i)
-    padded = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))]) if top > x.shape[0] else x
-    parts = _GatherRows.apply(padded.contiguous())
-    return [p[:s] for p, s in zip(parts, sizes_i)]
+    return [int(s.item()) for s in sizes]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``rows`` (differentiable), contiguous for a collective."""
+    if rows > x.shape[0]:
+        x = torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
+    return x.contiguous()
 
 
 class _GatherRows(torch.autograd.Function):

@@ -307,39 +307,38 @@ class RAMer(nn.Module):
             rec_codes = None if out.reconstructed is None else self.autoencoder.encode(out.reconstructed)
             out.items, out.item_classes = contrastive_items(out.codes, rec_codes, out.visible, out.available, labels)
             out.queue_items, out.queue_classes = self.memory.snapshot()
-            self._enqueue(out.items, out.item_classes)
-            self._share_keys(out)
+            self._enqueue(*self._share_items(out))
         if self.reconstruction is not None:
             self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.visible, labels))
 
     @torch.no_grad()
     def _enqueue(self, items: Tensor, classes: Tensor) -> None:
-        """Distributed training: every process enqueues the items of all processes (rank order), so
-        the queues stay equal; a subset, when needed, is drawn on rank 0 and broadcast."""
+        """Enqueue ``items`` (every process's, in rank order, in distributed training: the queues stay
+        equal); a subset, when needed, is drawn on rank 0 and broadcast."""
         items = items.detach()
-        if dist.world_size() > 1:
-            items, classes = dist.all_gather_rows(items), dist.all_gather_rows(classes)
-            if 0 < self.memory.size < items.shape[0]:
-                keep = dist.broadcast_from_main(torch.randperm(items.shape[0], device=items.device)[: self.memory.size])
-                items, classes = items[keep], classes[keep]
+        if dist.world_size() > 1 and 0 < self.memory.size < items.shape[0]:
+            keep = dist.broadcast_from_main(torch.randperm(items.shape[0], device=items.device)[: self.memory.size])
+            items, classes = items[keep], classes[keep]
         self.memory._enqueue(items, classes)
 
     @staticmethod
-    def _share_keys(out: RAMerOutput) -> None:
+    def _share_items(out: RAMerOutput) -> tuple[Tensor, Tensor]:
         """Distributed training: the other ranks' contrastive items become keys of this rank's SupCon.
 
         One process on the joined batch contrasts every item with every other item of the batch;
         here each rank's anchors also meet the other ranks' items (gathered with their gradient, so
         each item is trained by every rank's loss, as in one process). They are put in front of the
-        queue snapshot, which only ever serves as keys. No-op in a single process."""
+        queue snapshot, which only ever serves as keys. Returns every rank's items and classes in
+        rank order (this process's own in a single process), which the queue takes."""
         if dist.world_size() == 1:
-            return
+            return out.items, out.item_classes
         parts = dist.all_gather_rows_with_grad(out.items)
         classes = dist.all_gather_rows(out.item_classes)
         bounds = np.cumsum([0] + [p.shape[0] for p in parts])
         others = [i for i in range(len(parts)) if i != dist.rank()]
         out.queue_items = torch.cat([parts[i] for i in others] + [out.queue_items.to(out.items.dtype)])
         out.queue_classes = torch.cat([classes[bounds[i] : bounds[i + 1]] for i in others] + [out.queue_classes])
+        return torch.cat(parts), classes
 
     @torch.no_grad()
     def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:

@@ -22,7 +22,7 @@
   of the ``N`` ranks reads exactly the samples of step ``k`` of one process. Evaluation gives
   every rank a contiguous block (no duplicates) and gathers the scores in order. The contrastive
   queue, the prototypes and the contrastive keys are shared across ranks by the model itself (see
-  ``RAMer._enqueue``, ``RAMer._update_prototypes``, ``RAMer._share_keys``).
+  ``RAMer._share_items``, ``RAMer._enqueue``, ``RAMer._update_prototypes``).
 - ``train.precision: bf16`` runs forward and loss under ``torch.autocast(bfloat16)`` (CPU or CUDA);
   weights, gradients and the optimiser stay float32.
 
