@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ramer import bench as bench_mod
 from ramer import checkpoint as ckpt
@@ -353,3 +354,18 @@ def test_ablation_table_pairs_each_preset_with_full_ramer_by_seed():
     assert row[0] == "| ramer-no_stack" and row[1] == "2"  # seed 3 has no full RAMer to pair with
     assert row[2] == "+0.020 ± 0.014"  # differences 0.01 and 0.03
     assert bench_mod.ablation_table(results, 0.0) == [] and bench_mod.ablation_table(results[:2], 0.6) == []
+
+
+def test_cache_reads_a_stored_config_with_todays_defaults(tmp_path):
+    """A run made before an option existed is still the same run while the option is at its default;
+    a different value of any option makes it stale (and it is trained again)."""
+    cfg = build_config(overrides=["train.epochs=1"])
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = cfg.model_dump(mode="json")
+    del stored["model"]["shuffle"], stored["loss"]["w_diff"]  # keys added after the run was made
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    (run / "test_metrics.json").write_text("{}")
+    assert bench_mod.cache_state(run, cfg) == "done"
+    other = build_config(overrides=["train.epochs=1", "model.shuffle=pile"])
+    assert bench_mod.cache_state(run, other) == "fresh" and not run.exists()

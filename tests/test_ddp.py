@@ -101,7 +101,7 @@ def identity_shuffle() -> None:
     from ramer.models import ramer as ramer_module
     from ramer.models.parts import identity_permutations
 
-    ramer_module.random_permutations = identity_permutations
+    ramer_module.PERMUTATIONS["random"] = identity_permutations
 
 
 GLOBAL_BATCH, STEPS = 8, 2
@@ -177,7 +177,7 @@ def test_two_processes_match_one_process_on_the_joined_batch(tmp_path, monkeypat
     from ramer.models import ramer as ramer_module
     from ramer.models.parts import identity_permutations
 
-    monkeypatch.setattr(ramer_module, "random_permutations", identity_permutations)
+    monkeypatch.setitem(ramer_module.PERMUTATIONS, "random", identity_permutations)
     model = tiny_model()
     store = full_store(GLOBAL_BATCH * STEPS)
     reference = two_steps(model, model, store, GLOBAL_BATCH, np.arange(len(store)))

@@ -376,7 +376,7 @@ def test_masked_modality_does_not_leak(ablation, value):
 
 
 def test_identity_shuffle_reproduces_the_aggregator_loss(monkeypatch):
-    monkeypatch.setattr(ramer_module, "random_permutations", identity_permutations)
+    monkeypatch.setitem(ramer_module.PERMUTATIONS, "random", identity_permutations)
     model = make(dropout=0.0).train()
     batch = base_batch()
     out = model(batch)

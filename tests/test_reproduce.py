@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 from fixtures_writers import write_m3ed_pickle, write_memor, write_mosei_aligned
 
 from ramer.cli import main
@@ -26,9 +27,9 @@ def reproduce(bench, data, out, seeds=2):
     return main(argv + sum((["--set", s] for s in TINY), []))
 
 
-@pytest.mark.parametrize("bench", ["mosei", "m3ed", "memor_primary"])
+@pytest.mark.parametrize("bench", ["mosei", "mosei_authors", "m3ed", "memor_primary"])
 def test_reproduce_writes_the_table(tmp_path, bench, capsys):
-    if bench == "mosei":
+    if bench.startswith("mosei"):
         data = tmp_path / "train_valid_test.pt"
         write_mosei_aligned(data)
     elif bench == "m3ed":
@@ -44,11 +45,15 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     assert ("Top-1" in text and "| nonspeaker |" in text) if bench.startswith("memor") else "Top-1" not in text
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert len(runs) == 2 and all("micro_f1" in r["overall"] for r in runs)
-    assert (out / "seed1" / "test_metrics.json").exists() and (out / "seed2" / "test_metrics.json").exists()
+    first = 42 if bench == "mosei_authors" else 1  # the authors' script trains with seed 42
+    seeds = [out / f"seed{first + k}" for k in (0, 1)]
+    assert all((run / "test_metrics.json").exists() for run in seeds)
+    model = yaml.safe_load((seeds[0] / "config.yaml").read_text())["model"]["name"]
+    assert model == ("ramer-authors" if bench == "mosei_authors" else "ramer")
     # A second call reuses finished seeds instead of training again.
-    before = (out / "seed1" / "model.safetensors").stat().st_mtime_ns
+    before = (seeds[0] / "model.safetensors").stat().st_mtime_ns
     assert reproduce(bench, data, out) == 0
-    assert (out / "seed1" / "model.safetensors").stat().st_mtime_ns == before
+    assert (seeds[0] / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_reproduce_rejects_unknown_data(tmp_path, capsys):

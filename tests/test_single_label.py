@@ -147,7 +147,8 @@ def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
     out = model(batch)
     terms = model.loss(out, batch).terms
     y = batch.labels.argmax(1)
-    torch.testing.assert_close(terms["cls"], F.cross_entropy(out.logits.float(), y).detach())
+    main_term = "beta_clf" if name == "ramer-authors" else "cls"  # the authors' name of the same term
+    torch.testing.assert_close(terms[main_term], F.cross_entropy(out.logits.float(), y).detach())
     if name != "ramer":
         return
     assert (out.trusted != out.available).any()  # r_text built from context, where text is not available
@@ -178,7 +179,7 @@ def test_multi_label_models_keep_sigmoids():
         model = build_model(cfg, spec_of(store, "multi_label")).eval()
         with torch.no_grad():
             out = model(store.collate(np.arange(8)))
-        if name != "ramer":
+        if name not in ("ramer", "ramer-authors"):  # the two RAMers average in the aggregator's scores
             torch.testing.assert_close(out.probs, out.logits.sigmoid())
         assert not torch.allclose(out.probs.sum(1), torch.ones(8), atol=1e-3), name
 

@@ -249,10 +249,14 @@ def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
 
 # ---------------------------------------------------------------------- runs and cache
 def _same_config(run: Path, cfg: Config) -> bool:
+    """Whether the run was made with ``cfg``. The stored config is read back with today's defaults
+    for keys added since (a new option at its default does not retrain every cached run)."""
     try:
-        return yaml.safe_load((run / "config.yaml").read_text()) == cfg.model_dump(mode="json")
-    except (OSError, yaml.YAMLError):
+        path = run / "config.yaml"
+        stored = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+    except (OSError, yaml.YAMLError, RamerError):
         return False
+    return stored.model_dump(mode="json") == cfg.model_dump(mode="json")
 
 
 def _logged_seconds(run: Path) -> float:

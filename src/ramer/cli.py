@@ -547,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the benchmark's named config once per seed (best by validation micro-F1, "
         "threshold on validation, test once) and write a mean ± std table.",
     )
-    rp.add_argument("bench", choices=("mosei", "mosei_unaligned", "m3ed", "memor_primary", "memor_fine"))
+    rp.add_argument(
+        "bench", choices=("mosei", "mosei_unaligned", "mosei_authors", "m3ed", "memor_primary", "memor_fine")
+    )
     rp.add_argument("--data", required=True, help="the benchmark file or directory (or a converted directory)")
     rp.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
     rp.add_argument("--out", help="output directory (default: runs/reproduce-BENCH)")

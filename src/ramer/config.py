@@ -108,6 +108,9 @@ class ModelConfig(_Section):
         16, ge=0
     )  # RAMer: learned embedding of each token's segment offset from the target, clipped to +-this; 0 = off
     target_prior: float | None = 2.0  # RAMer: learned label-attention bonus of the target token, its start; null = off
+    # stack-shuffle permutations (docs/MODEL.md): random (a new draw per label, source and sample) or
+    # pile (the RAMer authors' fixed card deal); null: the model's own (ramer random, ramer-authors pile)
+    shuffle: Literal["random", "pile"] | None = None
     ablations: list[str] = Field(default_factory=list)
 
     @field_validator("ablations")
@@ -140,6 +143,10 @@ class LossConfig(_Section):
     w_radv: float = 0.01
     w_pers: float = 0.1
     w_beta: float = 1.0  # CARAT's second-pass ("beta") reconstruction MSE; used only when model.beta is on
+    # ramer-authors only (docs/MODEL.md, "the authors' RAMer"): its terms without a counterpart above
+    w_beta_cls: float = 1.0  # classification of the second-pass features (the authors' beta_clf)
+    w_beta_mse: float = 0.0  # their MSE to r_m (the authors' beta_mse, weight 0 in their script)
+    w_diff: float = 5e-6  # orthogonality on unnormalised features (the authors' diff)
     # reconstruction targets r_m taken as constants: L_ae / L_cross then train the reconstruction
     # without pulling r_m towards it (false: CARAT's joint gradient, which also shrinks r_m)
     detach_targets: bool = True

@@ -25,6 +25,7 @@ BENCHES = {
     # name: (bundled config, data format)
     "mosei": ("mosei", "mosei_aligned"),
     "mosei_unaligned": ("mosei", "mosei_unaligned"),
+    "mosei_authors": ("authors_mosei", "mosei_aligned"),  # the authors' design and script values
     "m3ed": ("m3ed", "auto"),
     "memor_primary": ("memor_primary", "memor"),
     "memor_fine": ("memor_fine", "memor"),

@@ -1,5 +1,6 @@
-"""Model registry: every model name a run takes (``--model NAME``): the deep models' builders, the
-classical baselines, and the ``ramer-<ablation>`` presets (RAMer with one part switched off)."""
+"""Model registry: every model name a run takes (``--model NAME``): the deep models' builders (among
+them ``ramer-authors``, the authors' own design), the classical baselines, and the
+``ramer-<ablation>`` presets (RAMer with one part switched off)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def _ramer(cfg: Config, spec: DataSpec) -> nn.Module:
     from ramer.models.ramer import RAMer
 
     return RAMer(cfg.model, cfg.loss, spec)
+
+
+def _ramer_authors(cfg: Config, spec: DataSpec) -> nn.Module:
+    from ramer.models.ramer_authors import RAMerAuthors
+
+    return RAMerAuthors(cfg.model, cfg.loss, spec)
 
 
 def _mult(cfg: Config, spec: DataSpec) -> nn.Module:
@@ -51,6 +58,7 @@ def _amp(cfg: Config, spec: DataSpec) -> nn.Module:
 BUILDERS: dict[str, Callable[[Config, DataSpec], nn.Module]] = {
     "late_fusion": _late_fusion,
     "ramer": _ramer,
+    "ramer-authors": _ramer_authors,  # the authors' released design (docs/MODEL.md)
     "mult": _mult,
     "mlgcn": _mlgcn,
     "hhmpn": _hhmpn,

@@ -40,6 +40,7 @@ from ramer.errors import RamerError
 from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.parts import (
+    PERMUTATIONS,
     Aggregator,
     CommonSpecific,
     ContrastiveMemory,
@@ -56,7 +57,6 @@ from ramer.models.parts import (
     contrastive_items,
     fuse_max,
     modality_dropout,
-    random_permutations,
     shuffle_stack,
     zero_unless,
 )
@@ -107,7 +107,49 @@ class RAMerOutput:
     hidden_real: Tensor | None = None  # (B, M, C, H) r_m of each hidden modality, from its real tokens  # train
 
 
-class RAMer(nn.Module):
+class QueueAndPrototypes:
+    """The state a RAMer model keeps across steps, shared across ranks in distributed training: the
+    contrastive queue (``self.memory``) and the class prototypes (``self.reconstruction``)."""
+
+    @torch.no_grad()
+    def _enqueue(self, items: Tensor, classes: Tensor) -> None:
+        """Enqueue ``items`` (every process's, in rank order, in distributed training: the queues stay
+        equal); a subset, when needed, is drawn on rank 0 and broadcast."""
+        items = items.detach()
+        if dist.world_size() > 1 and 0 < self.memory.size < items.shape[0]:
+            keep = dist.broadcast_from_main(torch.randperm(items.shape[0], device=items.device)[: self.memory.size])
+            items, classes = items[keep], classes[keep]
+        self.memory._enqueue(items, classes)
+
+    @staticmethod
+    def _share_items(out) -> tuple[Tensor, Tensor]:
+        """Distributed training: the other ranks' contrastive items become keys of this rank's SupCon.
+
+        One process on the joined batch contrasts every item with every other item of the batch;
+        here each rank's anchors also meet the other ranks' items (gathered with their gradient, so
+        each item is trained by every rank's loss, as in one process). They are put in front of the
+        queue snapshot, which only ever serves as keys. Returns every rank's items and classes in
+        rank order (this process's own in a single process), which the queue takes."""
+        if dist.world_size() == 1:
+            return out.items, out.item_classes
+        parts = dist.all_gather_rows_with_grad(out.items)
+        classes = dist.all_gather_rows(out.item_classes)
+        bounds = np.cumsum([0] + [p.shape[0] for p in parts])
+        others = [i for i in range(len(parts)) if i != dist.rank()]
+        out.queue_items = torch.cat([parts[i] for i in others] + [out.queue_items.to(out.items.dtype)])
+        out.queue_classes = torch.cat([classes[bounds[i] : bounds[i + 1]] for i in others] + [out.queue_classes])
+        return torch.cat(parts), classes
+
+    @torch.no_grad()
+    def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:
+        """Distributed training: the sums and counts of all processes (all-reduce), so every process
+        takes the same EMA step, the one a single process on the joined batch would take."""
+        if dist.world_size() > 1:
+            sums, counts = dist.all_reduce_sum_(sums.contiguous()), dist.all_reduce_sum_(counts.contiguous())
+        self.reconstruction._update_prototypes(sums, counts)
+
+
+class RAMer(QueueAndPrototypes, nn.Module):
     uses_every_parameter = True  # at every training step (tested): DDP need not look for unused ones
 
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
@@ -298,7 +340,7 @@ class RAMer(nn.Module):
             out.disc_real, out.disc_fake = self.rec_adversary(out.label_features, rec)
         if self.shuffle:
             B, K, C, _ = out.stack.shape
-            sigma, rho = random_permutations(B, K, C, out.stack.device)
+            sigma, rho = PERMUTATIONS[self.cfg.shuffle or "random"](B, K, C, out.stack.device)
             shuffled, out.shuffle_targets, out.shuffle_mask = shuffle_stack(
                 out.stack, labels, out.stack_mask, sigma, rho
             )  # (B, K, C, H), (B, K, C), (B, K, C)
@@ -310,43 +352,6 @@ class RAMer(nn.Module):
             self._enqueue(*self._share_items(out))
         if self.reconstruction is not None:
             self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.visible, labels))
-
-    @torch.no_grad()
-    def _enqueue(self, items: Tensor, classes: Tensor) -> None:
-        """Enqueue ``items`` (every process's, in rank order, in distributed training: the queues stay
-        equal); a subset, when needed, is drawn on rank 0 and broadcast."""
-        items = items.detach()
-        if dist.world_size() > 1 and 0 < self.memory.size < items.shape[0]:
-            keep = dist.broadcast_from_main(torch.randperm(items.shape[0], device=items.device)[: self.memory.size])
-            items, classes = items[keep], classes[keep]
-        self.memory._enqueue(items, classes)
-
-    @staticmethod
-    def _share_items(out: RAMerOutput) -> tuple[Tensor, Tensor]:
-        """Distributed training: the other ranks' contrastive items become keys of this rank's SupCon.
-
-        One process on the joined batch contrasts every item with every other item of the batch;
-        here each rank's anchors also meet the other ranks' items (gathered with their gradient, so
-        each item is trained by every rank's loss, as in one process). They are put in front of the
-        queue snapshot, which only ever serves as keys. Returns every rank's items and classes in
-        rank order (this process's own in a single process), which the queue takes."""
-        if dist.world_size() == 1:
-            return out.items, out.item_classes
-        parts = dist.all_gather_rows_with_grad(out.items)
-        classes = dist.all_gather_rows(out.item_classes)
-        bounds = np.cumsum([0] + [p.shape[0] for p in parts])
-        others = [i for i in range(len(parts)) if i != dist.rank()]
-        out.queue_items = torch.cat([parts[i] for i in others] + [out.queue_items.to(out.items.dtype)])
-        out.queue_classes = torch.cat([classes[bounds[i] : bounds[i + 1]] for i in others] + [out.queue_classes])
-        return torch.cat(parts), classes
-
-    @torch.no_grad()
-    def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:
-        """Distributed training: the sums and counts of all processes (all-reduce), so every process
-        takes the same EMA step, the one a single process on the joined batch would take."""
-        if dist.world_size() > 1:
-            sums, counts = dist.all_reduce_sum_(sums.contiguous()), dist.all_reduce_sum_(counts.contiguous())
-        self.reconstruction._update_prototypes(sums, counts)
 
     # ------------------------------------------------------------------ loss
     def loss(self, out: RAMerOutput, batch: Batch) -> LossResult:

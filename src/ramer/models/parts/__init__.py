@@ -23,9 +23,18 @@ from ramer.models.parts.encoders import ModalityEncoder
 from ramer.models.parts.labelwise import LabelWiseAttention, LabelWiseClassifier, fuse_max
 from ramer.models.parts.personality import PersonalityHead, PersonalityStream
 from ramer.models.parts.reconstruction import CrossReconstruction, LabelAutoEncoder, StandInGate, modality_dropout
-from ramer.models.parts.shuffle import Aggregator, identity_permutations, random_permutations, shuffle_stack
+from ramer.models.parts.shuffle import (
+    PERMUTATIONS,
+    Aggregator,
+    identity_permutations,
+    pile_order,
+    pile_permutations,
+    random_permutations,
+    shuffle_stack,
+)
 
 __all__ = [
+    "PERMUTATIONS",
     "Aggregator",
     "CommonSpecific",
     "ContrastiveMemory",
@@ -46,6 +55,8 @@ __all__ = [
     "grad_reverse",
     "identity_permutations",
     "modality_dropout",
+    "pile_order",
+    "pile_permutations",
     "random_permutations",
     "shuffle_stack",
     "zero_unless",

@@ -1,0 +1,182 @@
+"""`ramer-authors` (the authors' released design) and the pile-dealing stack shuffle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import random_store
+
+from ramer.cli import main
+from ramer.config import LossConfig, ModelConfig
+from ramer.models import losses
+from ramer.models.base import DataSpec
+from ramer.models.parts import pile_order, pile_permutations
+from ramer.models.ramer import RAMer
+from ramer.models.ramer_authors import LOSS_WEIGHTS, RAMerAuthors
+
+DIMS = {"text": 16, "audio": 8, "visual": 12}
+C = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spec(personality: int | None = 7) -> DataSpec:
+    return DataSpec(
+        dims=dict(DIMS), n_labels=C, label_names=tuple(f"l{j}" for j in range(C)), personality_dim=personality
+    )
+
+
+def make(cls=RAMerAuthors, personality: int | None = 7, loss: LossConfig | None = None, **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=32, dropout=0.0, **kw)
+    return cls(cfg, loss or LossConfig(), spec(personality))
+
+
+def batch(n: int = 6, seed: int = 1):
+    store = random_store(n=n, dims=tuple(DIMS.values()), n_labels=C, persons=(1, 3), segments=(2, 4), seed=seed)
+    return store.collate(list(range(n)))
+
+
+# ---------------------------------------------------------------------- pile shuffle
+@pytest.mark.parametrize(
+    "n, piles, expected",
+    [
+        # 8 cards, piles of 2: 0 2 4 6 1 3 5 7, then again with 4 piles: 0 4 1 5 2 6 3 7
+        (8, 4, (0, 4, 1, 5, 2, 6, 3, 7)),
+        # 10 cards, piles of 2 make 5 piles: 0 2 4 6 8 1 3 5 7 9; the second round deals into 5
+        (10, 4, (0, 4, 8, 3, 7, 2, 6, 1, 5, 9)),
+        # 7 cards, three piles of 2 and one of 1: 0 2 4 6 1 3 5; again with 4 piles, of 1 card each
+        (7, 3, (0, 2, 4, 6, 1, 3, 5)),
+        (3, 3, (0, 1, 2)),  # three modalities in three piles: the order does not change
+        (3, 4, (0, 1, 2)),  # a batch smaller than the number of piles (the authors' code fails here)
+        (1, 4, (0,)),
+        (0, 4, ()),
+    ],
+)
+def test_pile_order_deals_the_cards(n, piles, expected):
+    assert pile_order(n, piles) == expected
+
+
+def test_pile_permutations_are_the_same_for_every_label_and_source():
+    sigma, rho = pile_permutations(10, 3, 4, torch.device("cpu"))
+    assert sigma.shape == (4, 3, 10) and rho.shape == (4, 10, 3)
+    assert (sigma == torch.tensor(pile_order(10, 4))).all()
+    assert (rho == torch.tensor(pile_order(3, 3))).all()
+
+
+@pytest.mark.parametrize("cls", [RAMerAuthors, RAMer])
+def test_pile_shuffle_is_the_unshuffled_aggregator_loss(cls):
+    """Every label gets the same permutations, so each virtual sample is one real sample: the
+    shuffle term equals the aggregator loss on the unshuffled stack. A random shuffle differs."""
+    b = batch()
+    for shuffle, same in (("pile", True), ("random", False)):
+        model = make(cls, shuffle=shuffle).train()
+        torch.manual_seed(3)
+        out = model(b)
+        if cls is RAMer:
+            plain = losses.bce(
+                out.agg_logits, b.labels.unsqueeze(1).expand_as(out.agg_logits), out.stack_mask.unsqueeze(-1)
+            )
+            shuffled = model.loss(out, b).terms["shuffle"]
+        else:
+            plain = losses.bce(out.agg_logits, b.labels.unsqueeze(1).expand_as(out.agg_logits))
+            shuffled = model.loss(out, b).terms["shuffle_aug_clf"]
+        assert torch.isclose(shuffled, plain, atol=1e-6).item() is same, shuffle
+
+
+def test_ramer_authors_shuffles_by_piles_unless_told():
+    assert make().permutations is pile_permutations
+    assert make(shuffle="random").permutations is not pile_permutations
+
+
+# ---------------------------------------------------------------------- the model
+def test_loss_terms_carry_the_authors_names_and_the_config_weights():
+    weights = LossConfig(w_lsr=0.5, w_aug=0.25, w_beta_cls=2.0, w_cl=0.3, w_ae=0.7, w_cross=1.5, w_beta_mse=0.2,
+                         w_shuf=0.9, w_cml=0.4, w_adv=0.05, w_diff=1e-3)  # fmt: skip
+    model = make(loss=weights).train()
+    b = batch()
+    result = model.loss(model(b), b)
+    assert set(result.terms) == set(LOSS_WEIGHTS)
+    expected = sum(getattr(weights, LOSS_WEIGHTS[name]) * value for name, value in result.terms.items())
+    assert torch.isclose(result.total.detach(), expected, rtol=1e-5)
+
+
+def test_every_modality_is_replaced_by_its_second_pass():
+    """The prediction reads beta_m only, for present modalities too (AUTHORS_CODE.md §4, §8)."""
+    model = make().eval()
+    b = batch()
+    with torch.no_grad():
+        out = model(b)
+        beta_logits = model.classifier(out.beta)
+        agg = torch.sigmoid(model.aggregator(out.beta)).mean(1)
+    assert torch.equal(out.logits, beta_logits.amax(1))
+    assert torch.allclose(out.probs, 0.5 * (torch.sigmoid(out.logits) + agg))
+    # and the features differ from the originals: nothing passes U through where it is present
+    assert not torch.allclose(out.beta, out.label_features)
+
+
+def test_common_branch_reads_the_reconstruction_and_private_the_originals():
+    model = make().train()
+    out = model(batch())
+    every = torch.ones_like(out.available)
+    private = losses.modality_ce(out.disc_private, every)
+    common = losses.modality_ce(out.disc_common, every)
+    (g_private,) = torch.autograd.grad(private, out.beta, retain_graph=True, allow_unused=True)
+    (g_common,) = torch.autograd.grad(common, out.beta, retain_graph=True)
+    assert g_private is None or not g_private.any()
+    assert g_common.abs().sum() > 0
+    (g_u,) = torch.autograd.grad(private, out.label_features, retain_graph=True)
+    assert g_u.abs().sum() > 0
+
+
+def test_common_classifier_reads_label_slot_zero_only():
+    model = make().train()
+    b = batch()
+    out = model(b)
+    (grad,) = torch.autograd.grad(losses.bce(out.cml_logits, b.labels), out.common)
+    assert grad[:, :, 0].abs().sum() > 0
+    assert not grad[:, :, 1:].any()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_a_missing_modality_and_a_small_batch_stay_finite(n):
+    """A modality with no token in any scope (text here), and batches smaller than the 4 piles."""
+    model = make().train()
+    b = batch(n)
+    b = b.with_present({**b.present, "text": torch.zeros_like(b.present["text"])})
+    out = model(b)
+    result = model.loss(out, b)
+    assert not out.available[:, 0].any()
+    assert torch.isfinite(out.probs).all() and torch.isfinite(result.total)
+    result.total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_personality_tokens_join_the_label_attention():
+    """With personality, U moves when only the personality changes; without it (no data), it cannot."""
+    model = make().eval()
+    b = batch()
+    other = torch.randn_like(b.personality)
+    with torch.no_grad():
+        u = model(b).label_features
+        moved = model(type(b)(**{**b.__dict__, "personality": other})).label_features
+    assert (u - moved).abs().max() > 1e-4
+
+
+def test_train_through_the_cli_logs_the_authors_terms(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "ramer-authors", "--out", str(out)]
+    sets = ["data.synthetic.n_train=48", "data.synthetic.n_valid=16", "data.synthetic.n_test=16", "train.epochs=1",
+            "model.hidden=16", "model.ffn=16", "model.heads=2", "model.queue_size=32", "model.proj_size=8"]  # fmt: skip
+    assert main(argv + sum((["--set", s] for s in sets), [])) == 0
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(LOSS_WEIGHTS) <= set(first["train"])
+    assert json.loads((out / "test_metrics.json").read_text())["overall"]["n"] == 16
