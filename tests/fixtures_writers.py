@@ -187,12 +187,12 @@ def write_m3ed_pickle(
         for j, n in enumerate(lens):
             d = f"series{split}_{j}"
             split_ids[split].append(d)
-            ids[d] = [f"{d}_{u}" for u in range(n)]
             spk[d] = ["A" if rng.random() < 0.5 else "B" for _ in range(n)]
             labels = [int(x) for x in rng.integers(0, 3, n)]
             if n == 9:
                 labels[6], labels[8] = 5, 6  # Fear, Surprise: only beyond the first 4 utterances
                 spk[d] = ["A", "B"] * 4 + ["A"]
+            ids[d] = [f"{s}_{d}_{u + 1}" for u, s in enumerate(spk[d])]  # the release: speaker + annotation key
             lab[d] = labels
             txt[d] = rng.normal(size=(n, dims[0]))
             aud[d] = rng.normal(size=(n, dims[1]))
@@ -203,6 +203,40 @@ def write_m3ed_pickle(
     with open(path, "wb") as fh:
         pickle.dump(obj, fh)
     return {"ids": ids, "speakers": spk, "labels": lab, "text": txt, "audio": aud, "visual": vis, "splits": split_ids}
+
+
+def write_m3ed_annotation(path: Path, fx: dict, sort_keys: bool = False) -> dict[str, list[list[str]]]:
+    """M3ED's ``annotation.json`` for the dialogues of a ``write_m3ed_pickle`` result: series ->
+    dialogue -> ``SpeakerInfo`` / ``Dialog`` -> utterance key ``{dialogue}_{n}`` (from 1) -> entry with
+    ``EmoAnnotation.final_mul_emo`` = names joined by ',' (the pickle's label first, every third
+    utterance with a second emotion). ``sort_keys``: keys in text order ('_10' before '_2').
+    Returns the names of each utterance by dialogue."""
+    out: dict = {}
+    names: dict[str, list[list[str]]] = {}
+    for d, uids in fx["ids"].items():
+        series = d.rsplit("_", 1)[0]
+        dialog = {}
+        names[d] = []
+        for u, label in enumerate(fx["labels"][d]):
+            emos = [M3ED_NAMES[label]] + ([M3ED_NAMES[(label + 3) % 7]] if u % 3 == 1 else [])
+            names[d].append(emos)
+            dialog[f"{d}_{u + 1}"] = {
+                "StartTime": f"00:00:{u:02d}:00",
+                "EndTime": f"00:00:{u:02d}:50",
+                "Text": f"句子{u}",
+                "Speaker": fx["speakers"][d][u],
+                "EmoAnnotation": {
+                    "EmoAnnotator1": emos[0],
+                    "EmoAnnotator2": ",".join(emos),
+                    "EmoAnnotator3": ",".join(emos),
+                    "final_mul_emo": ",".join(emos),
+                    "final_main_emo": emos[0],
+                },
+            }
+        speaker_info = {s: {"Name": f"{s}{d}", "Age": "mid", "Gender": "female", "OtherName": []} for s in "AB"}
+        out.setdefault(series, {})[d] = {"SpeakerInfo": speaker_info, "Dialog": dialog}
+    path.write_text(json.dumps(out, ensure_ascii=False, indent=1, sort_keys=sort_keys), encoding="utf-8")
+    return names
 
 
 def write_m3ed_carat(

@@ -57,7 +57,7 @@ PRECISION_HELP = (
     "scores differ from fp32 by a few thousandths). Default fp32"
 )
 LOADER_SET_HELP = (
-    "a loader option, e.g. data.max_utterances=80, data.unaligned_layout=pad, "
+    "a loader option, e.g. data.max_utterances=80, data.m3ed_protocol=utterance, data.unaligned_layout=pad, "
     "data.aligned_path=FILE (repeatable; docs/DATA.md)"
 )
 DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"

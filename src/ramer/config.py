@@ -69,6 +69,9 @@ class DataConfig(_Section):
     format: str = "auto"
     labels: Literal["primary", "fine_grained"] = "primary"
     max_utterances: int = Field(60, ge=1)  # M3ED: utterances kept per dialogue
+    # M3ED: one sample per dialogue (the published reading) or per utterance (labels from annotation.json)
+    m3ed_protocol: Literal["dialogue", "utterance"] = "dialogue"
+    m3ed_annotation: str | None = None  # M3ED utterance protocol: annotation.json (default: beside the pickle)
     aligned_path: str | None = None  # unaligned MOSEI: the aligned file giving labels (default: beside it)
     unaligned_layout: Literal["pool", "pad"] = "pool"  # unaligned MOSEI token layout (docs/DATA.md)
     memor_character_order: list[str] | None = None  # MEmoR character order (default: the MEmoR code's)

@@ -157,6 +157,8 @@ def open_dataset(
     memor_character_order: tuple[str, ...] | list[str] | None = None,
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
+    m3ed_protocol: str = "dialogue",
+    m3ed_annotation: str | Path | None = None,
 ) -> SplitStream | DataBundle:
     """A ``SplitStream`` for the public layouts (read split by split), a ``DataBundle`` for the
     native and synthetic ones. See ``load_dataset`` for the arguments."""
@@ -200,16 +202,25 @@ def open_dataset(
         fmt = actual  # the loaded object's structure overrides the sniffed guess
     elif actual != fmt:
         raise RamerError(f"{p}: holds the '{actual}' layout, not '{fmt}'")
-    return _stream_from_object(fmt, obj, p, cfg, aligned_path, unaligned_layout)
+    if m3ed_protocol == "utterance" and fmt == "m3ed_carat":
+        raise RamerError(
+            f"{p}: CARAT's M3ED file has no speakers or utterance labels; the M3ED utterance protocol reads the "
+            "original feature pickle and annotation.json (or use data.m3ed_protocol=dialogue)"
+        )
+    return _stream_from_object(fmt, obj, p, cfg, aligned_path, unaligned_layout, m3ed_protocol, m3ed_annotation)
 
 
-def _stream_from_object(fmt: str, obj: Any, p: Path, cfg: DataConfig, aligned_path, unaligned_layout) -> SplitStream:
+def _stream_from_object(
+    fmt: str, obj: Any, p: Path, cfg: DataConfig, aligned_path, unaligned_layout, m3ed_protocol, m3ed_annotation
+) -> SplitStream:
     if fmt == "mosei_aligned":
         return iter_mosei_aligned(obj, str(p))
     if fmt == "mosei_unaligned":
         return iter_mosei_unaligned(obj, str(p), aligned_path=aligned_path, layout=unaligned_layout)
     if fmt == "m3ed_pickle":
-        return iter_m3ed_pickle(obj, str(p), max_utterances=cfg.max_utterances)
+        return iter_m3ed_pickle(
+            obj, str(p), max_utterances=cfg.max_utterances, protocol=m3ed_protocol, annotation=m3ed_annotation
+        )
     if fmt == "m3ed_carat":
         return iter_m3ed_carat(obj, str(p))
     raise RamerError(f"data format '{fmt}' cannot be read from a single file")
@@ -225,6 +236,8 @@ def load_dataset(
     memor_character_order: tuple[str, ...] | list[str] | None = None,
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
+    m3ed_protocol: str = "dialogue",
+    m3ed_annotation: str | Path | None = None,
 ) -> DataBundle:
     """Load a dataset in any supported layout as a ``DataBundle`` (splits train / valid / test).
 
@@ -233,7 +246,9 @@ def load_dataset(
     ``aligned_path`` (unaligned MOSEI: the aligned ``train_valid_test.pt`` whose ``tgt`` gives the
     emotion labels; default: that file name next to the pickle), ``unaligned_layout`` (``pool`` or
     ``pad``, see docs/DATA.md), ``memor_character_order`` (8 names, default the MEmoR code's
-    order), ``valid_fraction`` / ``valid_seed`` (MEmoR's validation split of train).
+    order), ``valid_fraction`` / ``valid_seed`` (MEmoR's validation split of train),
+    ``m3ed_protocol`` (``dialogue`` or ``utterance``) and ``m3ed_annotation`` (the utterance
+    protocol's ``annotation.json``; default: that file name next to the pickle).
     """
     opened = open_dataset(
         path,
@@ -244,6 +259,8 @@ def load_dataset(
         memor_character_order=memor_character_order,
         valid_fraction=valid_fraction,
         valid_seed=valid_seed,
+        m3ed_protocol=m3ed_protocol,
+        m3ed_annotation=m3ed_annotation,
     )
     return opened if isinstance(opened, DataBundle) else opened.to_bundle()
 
@@ -256,6 +273,8 @@ def loader_options(cfg: DataConfig) -> dict:
         "memor_character_order": cfg.memor_character_order,
         "valid_fraction": cfg.valid_fraction,
         "valid_seed": cfg.valid_seed,
+        "m3ed_protocol": cfg.m3ed_protocol,
+        "m3ed_annotation": cfg.m3ed_annotation,
     }
 
 
