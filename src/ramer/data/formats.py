@@ -155,6 +155,7 @@ def open_dataset(
     aligned_path: str | Path | None = None,
     unaligned_layout: str = "pool",
     memor_character_order: tuple[str, ...] | list[str] | None = None,
+    memor_protocol: str = "target",
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
 ) -> SplitStream | DataBundle:
@@ -182,6 +183,7 @@ def open_dataset(
             p,
             labels=cfg.labels,
             character_order=memor_character_order,
+            protocol=memor_protocol,
             valid_fraction=valid_fraction,
             valid_seed=valid_seed,
         )
@@ -223,6 +225,7 @@ def load_dataset(
     aligned_path: str | Path | None = None,
     unaligned_layout: str = "pool",
     memor_character_order: tuple[str, ...] | list[str] | None = None,
+    memor_protocol: str = "target",
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
 ) -> DataBundle:
@@ -233,7 +236,9 @@ def load_dataset(
     ``aligned_path`` (unaligned MOSEI: the aligned ``train_valid_test.pt`` whose ``tgt`` gives the
     emotion labels; default: that file name next to the pickle), ``unaligned_layout`` (``pool`` or
     ``pad``, see docs/DATA.md), ``memor_character_order`` (8 names, default the MEmoR code's
-    order), ``valid_fraction`` / ``valid_seed`` (MEmoR's validation split of train).
+    order), ``memor_protocol`` (``target``: a sample per annotated (clip, character, moment);
+    ``clip``: a sample per clip, the authors' reading), ``valid_fraction`` / ``valid_seed`` (MEmoR's
+    validation split of train).
     """
     opened = open_dataset(
         path,
@@ -242,6 +247,7 @@ def load_dataset(
         aligned_path=aligned_path,
         unaligned_layout=unaligned_layout,
         memor_character_order=memor_character_order,
+        memor_protocol=memor_protocol,
         valid_fraction=valid_fraction,
         valid_seed=valid_seed,
     )
@@ -254,6 +260,7 @@ def loader_options(cfg: DataConfig) -> dict:
         "aligned_path": cfg.aligned_path,
         "unaligned_layout": cfg.unaligned_layout,
         "memor_character_order": cfg.memor_character_order,
+        "memor_protocol": cfg.memor_protocol,
         "valid_fraction": cfg.valid_fraction,
         "valid_seed": cfg.valid_seed,
     }
