@@ -29,7 +29,7 @@ class Batch:
     segment: Tensor  # (B, N) long, segment index s of each token
     grid: tuple[int, int]  # (P, S) of the padded grid, N = P * S
     target: Tensor  # (B,) long, target token index n, or -1 for "the whole sample"
-    scope: Tensor  # (B, N) bool, target person's valid tokens (all valid tokens without target)
+    scope: Tensor  # (B, N) bool: target person's valid tokens; marked target tokens (several); else all valid
     personality: Tensor | None  # (B, P, d_pi) float, or None when the data has none
     personality_present: Tensor | None  # (B, P) bool
     labels: Tensor  # (B, C) float 0/1

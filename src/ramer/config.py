@@ -75,6 +75,7 @@ class DataConfig(_Section):
     aligned_path: str | None = None  # unaligned MOSEI: the aligned file giving labels (default: beside it)
     unaligned_layout: Literal["pool", "pad"] = "pool"  # unaligned MOSEI token layout (docs/DATA.md)
     memor_character_order: list[str] | None = None  # MEmoR character order (default: the MEmoR code's)
+    memor_protocol: Literal["target", "clip"] = "target"  # MEmoR: a sample per annotation or per clip
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # MEmoR: share of train held out for validation
     valid_seed: int = Field(2020, ge=0)  # MEmoR: seed of that split
     missing_rate: float = Field(0.0, ge=0.0, le=1.0)

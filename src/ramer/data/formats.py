@@ -155,6 +155,7 @@ def open_dataset(
     aligned_path: str | Path | None = None,
     unaligned_layout: str = "pool",
     memor_character_order: tuple[str, ...] | list[str] | None = None,
+    memor_protocol: str = "target",
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
     m3ed_protocol: str = "dialogue",
@@ -184,6 +185,7 @@ def open_dataset(
             p,
             labels=cfg.labels,
             character_order=memor_character_order,
+            protocol=memor_protocol,
             valid_fraction=valid_fraction,
             valid_seed=valid_seed,
         )
@@ -234,6 +236,7 @@ def load_dataset(
     aligned_path: str | Path | None = None,
     unaligned_layout: str = "pool",
     memor_character_order: tuple[str, ...] | list[str] | None = None,
+    memor_protocol: str = "target",
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
     m3ed_protocol: str = "dialogue",
@@ -246,9 +249,11 @@ def load_dataset(
     ``aligned_path`` (unaligned MOSEI: the aligned ``train_valid_test.pt`` whose ``tgt`` gives the
     emotion labels; default: that file name next to the pickle), ``unaligned_layout`` (``pool`` or
     ``pad``, see docs/DATA.md), ``memor_character_order`` (8 names, default the MEmoR code's
-    order), ``valid_fraction`` / ``valid_seed`` (MEmoR's validation split of train),
-    ``m3ed_protocol`` (``dialogue`` or ``utterance``) and ``m3ed_annotation`` (the utterance
-    protocol's ``annotation.json``; default: that file name next to the pickle).
+    order), ``memor_protocol`` (``target``: a sample per annotated (clip, character, moment);
+    ``clip``: a sample per clip, the authors' reading), ``valid_fraction`` / ``valid_seed`` (MEmoR's
+    validation split of train), ``m3ed_protocol`` (``dialogue`` or ``utterance``) and
+    ``m3ed_annotation`` (the utterance protocol's ``annotation.json``; default: that file name next
+    to the pickle).
     """
     opened = open_dataset(
         path,
@@ -257,6 +262,7 @@ def load_dataset(
         aligned_path=aligned_path,
         unaligned_layout=unaligned_layout,
         memor_character_order=memor_character_order,
+        memor_protocol=memor_protocol,
         valid_fraction=valid_fraction,
         valid_seed=valid_seed,
         m3ed_protocol=m3ed_protocol,
@@ -271,6 +277,7 @@ def loader_options(cfg: DataConfig) -> dict:
         "aligned_path": cfg.aligned_path,
         "unaligned_layout": cfg.unaligned_layout,
         "memor_character_order": cfg.memor_character_order,
+        "memor_protocol": cfg.memor_protocol,
         "valid_fraction": cfg.valid_fraction,
         "valid_seed": cfg.valid_seed,
         "m3ed_protocol": cfg.m3ed_protocol,

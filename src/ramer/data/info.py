@@ -23,6 +23,7 @@ def split_info(store: SceneStore) -> dict[str, Any]:
     grid = np.asarray(store.grid).astype(np.int64)
     role = np.asarray(store.role)
     target = np.asarray(store.target)
+    several = store.marks_targets()  # (n,) scenes whose targets are marked tokens (target_tokens)
     T = len(store.present)
     presence = {}
     chunk = 1 << 22
@@ -43,7 +44,8 @@ def split_info(store: SceneStore) -> dict[str, Any]:
         "tokens": int(T),
         "nonspeaker_targets": int((role == ROLE_NONSPEAKER).sum()),
         "speaker_targets": int((role == ROLE_SPEAKER).sum()),
-        "whole_sample_targets": int((target[:, 0] < 0).sum()) if n else 0,
+        "whole_sample_targets": int(((target[:, 0] < 0) & ~several).sum()) if n else 0,
+        "several_target_samples": int(several.sum()),
         "has_personality": store.personality is not None,
     }
 

@@ -1,6 +1,17 @@
 """MEmoR (multi-party, The Big Bang Theory): the release directory, read as its baseline reads it.
 
-One sample per ``anno.json`` item (clip, target character, moment), DATA_FORMATS section 5:
+Two protocols (``data.memor_protocol``):
+
+- ``target`` (default): one sample per ``anno.json`` item (clip, target character, moment), as
+  MEmoR's baseline builds it (DATA_FORMATS section 5, below);
+- ``clip``: one sample per clip and split, as the RAMer authors' code builds it: the annotations of
+  the clip listed in that split's id file are gathered, persons = ``sorted(on_character + their
+  characters)``, the label is the multi-hot union of their emotions, every annotated (character,
+  moment) is a target token (``SceneStore.target_tokens``; target (-1, -1), role -1). A clip whose
+  annotations fall into both id files gives a train (or valid) sample and a test sample, each
+  from its own annotations. The validation split takes whole clips. Sample ids are ``"{clip}"``.
+
+The sample of ``target`` (a ``clip`` sample differs only where said above):
 
 - persons = ``sorted(on_character + [target])``, segments = the clip's segments; rows are
   person-major (``row = p * S + s``); ``character`` holds each person's id (0..7).
@@ -19,8 +30,9 @@ One sample per ``anno.json`` item (clip, target character, moment), DATA_FORMATS
 - labels: the union of the emotions of all items sharing (clip, character, moment) in the chosen
   label set (9 primary or 14 fine-grained): mostly one-hot.
 - splits: ``train_id.txt`` / ``test_id.txt`` (indices into the ``anno.json`` list); validation =
-  a seeded ``valid_fraction`` of train (the rest stays train, both in file order). Sample ids are
-  ``"{anno index}:{clip}:{character}"``, independent of the split seed.
+  a seeded ``valid_fraction`` of train (of its items, or of its clips for ``clip``; the rest stays
+  train, both in file order). Sample ids are ``"{anno index}:{clip}:{character}"`` (``target``),
+  independent of the split seed.
 - text keys: ``"{clip}+{seg_ori_ind}"`` (the released code) or ``"{clip}+{segment index}"`` (the
   other public loader): both are tried over the whole release, the one matching more keys is used
   and reported in ``bundle.info["memor"]``.
@@ -38,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data.readers import SplitStream, as_float32, new_info
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
@@ -54,6 +66,7 @@ FACE_THRESHOLD = 10  # more than this many face crops are needed (per clip, and 
 DEFAULT_VISUAL_DIMS = (1024, 1230, 2048)  # face, object, environment
 PERSONALITY_DIM = 118
 TEXT_KEY_CONVENTIONS = ("seg_ori_ind", "segment_index")
+PROTOCOLS = ("target", "clip")
 
 
 # ------------------------------------------------------------------------------------- JSON vectors
@@ -218,18 +231,50 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
             raise RamerError(f"{source}: clip '{clip}' key '{key}' holds {bad[0]}, outside the {n_chars} characters")
 
 
+def _held_out(n: int, fraction: float, seed: int) -> set[int]:
+    """The positions (of ``n``) drawn for validation: a seeded ``fraction``, at least one and never
+    all when ``fraction > 0`` and ``n >= 2``."""
+    rng = np.random.default_rng(seed)
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return set(rng.permutation(n)[:n_val].tolist())
+
+
+def _segment_of(moment: float, starts: np.ndarray, ends: np.ndarray, counts: dict[str, int]) -> int:
+    """The (first) segment containing ``moment``, else the nearest one; both cases counted."""
+    inside = np.flatnonzero((starts <= moment) & (moment < ends))
+    if len(inside):
+        counts["target_in_several_segments"] += len(inside) > 1
+        return int(inside[0])
+    counts["target_outside_segments"] += 1
+    return int(np.argmin(np.maximum(starts - moment, 0) + np.maximum(moment - ends, 0)))
+
+
+def _by_clip(ids: list[int], items: list[tuple]) -> list[list[int]]:
+    """``ids`` grouped by clip: one list per clip, clips in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i in ids:
+        groups.setdefault(items[i][0], []).append(i)
+    return list(groups.values())
+
+
 # ------------------------------------------------------------------------------------- the loader
 def iter_memor(
     root: str | Path,
     labels: str = "primary",
     character_order: tuple[str, ...] | list[str] | None = None,
+    protocol: str = "target",
     valid_fraction: float = 0.1,
     valid_seed: int = 2020,
 ) -> SplitStream:
-    """Read a MEmoR release folder split by split (train / valid / test)."""
+    """Read a MEmoR release folder split by split (train / valid / test); ``protocol`` ``target``
+    (a sample per annotation) or ``clip`` (a sample per clip), see the module docstring."""
     root = Path(root)
     if labels not in LABEL_SETS:
         raise RamerError(f"MEmoR labels '{labels}' unknown; choose primary (9) or fine_grained (14)")
+    if protocol not in PROTOCOLS:
+        raise RamerError(f"MEmoR protocol '{protocol}' unknown; choose target (a sample per annotation) or clip")
     if not 0.0 <= valid_fraction < 1.0:
         raise RamerError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     order = tuple(str(c).lower() for c in (character_order or CHARACTERS))
@@ -267,20 +312,20 @@ def iter_memor(
     for clip, char, moment, e in items:
         union[(clip, char, moment)].add(e)
 
-    # --- splits
+    # --- splits: each sample is a list of annotation indices of one clip (one index for ``target``)
     train_ids = _read_ids(root / "train_id.txt", len(items))
     test_ids = _read_ids(root / "test_id.txt", len(items))
-    rng = np.random.default_rng(valid_seed)
-    n_val = int(round(len(train_ids) * valid_fraction))
-    if valid_fraction > 0 and len(train_ids) >= 2:
-        n_val = min(max(n_val, 1), len(train_ids) - 1)
-    chosen = set(rng.permutation(len(train_ids))[:n_val].tolist())
-    split_ids = {
-        "train": [x for j, x in enumerate(train_ids) if j not in chosen],
-        "valid": [x for j, x in enumerate(train_ids) if j in chosen],
-        "test": test_ids,
+    if protocol == "target":
+        train_samples, test_samples = [[i] for i in train_ids], [[i] for i in test_ids]
+    else:
+        train_samples, test_samples = _by_clip(train_ids, items), _by_clip(test_ids, items)
+    chosen = _held_out(len(train_samples), valid_fraction, valid_seed)
+    split_samples = {
+        "train": [x for j, x in enumerate(train_samples) if j not in chosen],
+        "valid": [x for j, x in enumerate(train_samples) if j in chosen],
+        "test": test_samples,
     }
-    clips_used = sorted({items[i][0] for ids in split_ids.values() for i in ids})
+    clips_used = sorted({items[i][0] for samples in split_samples.values() for x in samples for i in x})
     for clip in clips_used:
         _validate_clip(data, clip, data_path, len(order))
 
@@ -453,22 +498,27 @@ def iter_memor(
             "text_key_convention": convention,
             "text_keys_matched": dict(hits),
             "text_keys_wanted": wanted,
+            "protocol": protocol,
             "valid_fraction": valid_fraction,
             "valid_seed": valid_seed,
             "annotations": len(items),
             "visual_dims": {"face": vis_dims[0], "object": vis_dims[1], "environment": vis_dims[2]},
             "visual_dims_from_files": dims is not None,
         }
+        if protocol == "clip":
+            memor_info["clips_in_train_and_test"] = len(
+                {items[i][0] for i in train_ids} & {items[i][0] for i in test_ids}
+            )
         info["memor"] = memor_info
 
-        def build(split: str, ids: list[int]) -> SceneStore:
+        def build(split: str, samples: list[list[int]]) -> SceneStore:
             persons_of, grids = [], []
-            for i in ids:
-                clip, char, _, _ = items[i]
-                persons = sorted(set(int(x) for x in data[clip]["on_character"]) | {char})
+            for sample in samples:
+                clip = items[sample[0]][0]
+                persons = sorted(set(int(x) for x in data[clip]["on_character"]) | {items[i][1] for i in sample})
                 persons_of.append(persons)
                 grids.append((len(persons), len(data[clip]["seg_start"])))
-            n = len(ids)
+            n = len(samples)
             grid = np.asarray(grids, dtype=np.int64).reshape(n, 2)
             sizes = grid[:, 0] * grid[:, 1]
             offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -478,19 +528,21 @@ def iter_memor(
             audio = np.zeros((T, d_audio), dtype=np.float32)
             visual = np.zeros((T, d_vis), dtype=np.float32)
             present = np.zeros((T, 3), dtype=bool)
-            target = np.zeros((n, 2), dtype=np.int32)
-            role = np.zeros(n, dtype=np.int8)
+            target = np.zeros((n, 2), dtype=np.int32) if protocol == "target" else np.full((n, 2), -1, dtype=np.int32)
+            role = np.zeros(n, dtype=np.int8) if protocol == "target" else np.full(n, ROLE_NONE, dtype=np.int8)
+            target_tokens = np.zeros(T, dtype=bool) if protocol == "clip" else None
             labels_arr = np.zeros((n, len(names)), dtype=np.uint8)
             character = np.zeros(Q, dtype=np.int32)
             pers = np.zeros((Q, personality.shape[1]), dtype=np.float32)
             before = dict(counts)
             local = defaultdict(int)
             by_clip: dict[str, list[int]] = defaultdict(list)
-            for k, i in enumerate(ids):
-                by_clip[items[i][0]].append(k)
+            for k, sample in enumerate(samples):
+                by_clip[items[sample[0]][0]].append(k)
             for clip, ks in by_clip.items():  # one clip at a time: its visual files are read once
                 c = data[clip]
                 S = len(c["seg_start"])
+                bounds = np.asarray(c["seg_start"], dtype=np.float64), np.asarray(c["seg_end"], dtype=np.float64)
                 vis = clip_visual(clip)
                 speakers = [int(x) for x in c["speakers"]]
                 tvecs, avecs = {}, {}
@@ -511,7 +563,6 @@ def iter_memor(
                     if av is not None:
                         avecs[s] = as_float32(av, counts, "audio", f"{audio_json.path} key '{ak}'")
                 for k in ks:
-                    clip_, char, moment, _ = items[ids[k]]
                     persons = persons_of[k]
                     off, poff = int(offsets[k]), int(person_offsets[k])
                     for p, who in enumerate(persons):
@@ -534,25 +585,26 @@ def iter_memor(
                             present[rows, 2] = vis[1][who]
                         character[poff + p] = who
                         pers[poff + p] = personality[who]
-                    starts = np.asarray(c["seg_start"], dtype=np.float64)
-                    ends = np.asarray(c["seg_end"], dtype=np.float64)
-                    inside = np.flatnonzero((starts <= moment) & (moment < ends))
-                    if len(inside):
-                        s_t = int(inside[0])
-                        local["target_in_several_segments"] += len(inside) > 1
-                    else:
-                        s_t = int(np.argmin(np.maximum(starts - moment, 0) + np.maximum(moment - ends, 0)))
-                        local["target_outside_segments"] += 1
-                    p_t = persons.index(char)
-                    target[k] = (p_t, s_t)
-                    role[k] = ROLE_SPEAKER if speakers[s_t] == char else ROLE_NONSPEAKER
-                    labels_arr[k, sorted(union[(clip_, char, moment)])] = 1
+                    if target_tokens is None:  # target: the item's (person, segment), its union label
+                        _, char, moment, _ = items[samples[k][0]]
+                        s_t = _segment_of(moment, *bounds, local)
+                        target[k] = (persons.index(char), s_t)
+                        role[k] = ROLE_SPEAKER if speakers[s_t] == char else ROLE_NONSPEAKER
+                        labels_arr[k, sorted(union[(clip, char, moment)])] = 1
+                    else:  # clip: every item's (person, segment) is a target token; the union of their emotions
+                        for i in samples[k]:
+                            _, char, moment, e = items[i]
+                            target_tokens[off + persons.index(char) * S + _segment_of(moment, *bounds, local)] = True
+                            labels_arr[k, e] = 1
             extra = {
                 "nonfinite_replaced": {m: counts[m] - before[m] for m in MODALITIES},
                 "empty_label_samples": int((labels_arr.sum(1) == 0).sum()),
                 "multi_label_samples": int((labels_arr.sum(1) > 1).sum()),
                 **{k: int(v) for k, v in local.items()},
             }
+            if target_tokens is not None:
+                extra["annotations"] = int(sum(len(x) for x in samples))
+                extra["target_tokens"] = int(target_tokens.sum())
             return SceneStore(
                 text=text,
                 audio=audio,
@@ -566,9 +618,13 @@ def iter_memor(
                 person_offsets=person_offsets,
                 character=character,
                 label_names=names,
-                ids=[f"{i}:{items[i][0]}:{items[i][1]}" for i in ids],
+                ids=[
+                    f"{x[0]}:{items[x[0]][0]}:{items[x[0]][1]}" if protocol == "target" else items[x[0]][0]
+                    for x in samples
+                ],
                 personality=pers,
                 personality_present=np.ones(Q, dtype=bool),
+                target_tokens=target_tokens,
                 source=f"{root}[{split}]",
                 extra=extra,
             )
@@ -576,7 +632,7 @@ def iter_memor(
         def splits():
             try:
                 for split in ("train", "valid", "test"):
-                    store = build(split, split_ids[split])
+                    store = build(split, split_samples[split])
                     info.setdefault("splits", {})[split] = store.extra
                     yield split, store
                 memor_info.update({k: len(v) for k, v in sorted(clip_sets.items())})

@@ -20,8 +20,14 @@ array                       shape / dtype     meaning
 ``character``               (Q,) int32        a stable id of each person (-1 unknown)
 ``personality``             (Q, d_pi) float32 optional; absent when d_pi == 0
 ``personality_present``     (Q,) bool         optional, with ``personality``
+``target_tokens``           (T,) bool         optional; True on each target token of a scene
+                                              that has several (its ``target`` is (-1, -1))
 ``ids``                     n strings         sample ids (``ids.json``)
 ==========================  ================  =============================================
+
+A scene that marks target tokens is collated with ``scope`` = its marked tokens and ``target`` =
+-1: every model pools (and the label-wise attention attends) over the union of its targets.
+Scenes that mark none keep the rule of ``target``.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ _ARRAYS = (
     "person_offsets",
     "character",
 )
-_OPTIONAL = ("personality", "personality_present")
+_OPTIONAL = ("personality", "personality_present", "target_tokens")
 _DTYPES = {
     "text": np.float32,
     "audio": np.float32,
@@ -70,6 +76,7 @@ _DTYPES = {
     "character": np.int32,
     "personality": np.float32,
     "personality_present": np.bool_,
+    "target_tokens": np.bool_,
 }
 
 
@@ -92,6 +99,7 @@ class SceneStore:
     ids: list[str]
     personality: np.ndarray | None = None
     personality_present: np.ndarray | None = None
+    target_tokens: np.ndarray | None = None  # (T,) bool: several targets per scene (see module docstring)
     source: str = "<memory>"
     extra: dict = field(default_factory=dict)  # loader statistics (non-finite counts, ...)
 
@@ -163,6 +171,19 @@ class SceneStore:
                 self.personality_present is not None and self.personality_present.shape == (Q,),
                 "personality_present missing or of the wrong shape",
             )
+        if self.target_tokens is not None:
+            tt = self.target_tokens
+            need(tt.shape == (T,), f"target_tokens has shape {tt.shape}, expected ({T},)")
+            need(tt.dtype == np.bool_, f"target_tokens has dtype {tt.dtype}, expected bool")
+            bad = self.marks_targets() & (np.asarray(self.target) != -1).any(1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                p, s = np.asarray(self.target[i]).tolist()
+                need(
+                    False,
+                    f"target_tokens marks tokens of scene {i}, whose target row is ({p}, {s}); a scene that "
+                    "marks target tokens must have target (-1, -1)",
+                )
 
     # ------------------------------------------------------------------ facts
     def __len__(self) -> int:
@@ -173,6 +194,13 @@ class SceneStore:
         out: dict[str, int | None] = {m: int(getattr(self, m).shape[1]) for m in MODALITIES}
         out["personality"] = None if self.personality is None else int(self.personality.shape[1])
         return out
+
+    def marks_targets(self) -> np.ndarray:
+        """(n,) bool: the scenes that mark target tokens in ``target_tokens`` (none without it)."""
+        n = len(self)
+        if self.target_tokens is None or n == 0:
+            return np.zeros(n, dtype=bool)
+        return np.logical_or.reduceat(np.asarray(self.target_tokens), np.asarray(self.token_offsets[:-1]))
 
     @property
     def has_roles(self) -> bool:
@@ -222,6 +250,13 @@ class SceneStore:
         person = np.broadcast_to(np.repeat(np.arange(P), S)[None], (B, N))
         segment = np.broadcast_to(np.tile(np.arange(S), P)[None], (B, N))
         scope = valid & np.where(target[:, None] >= 0, person == tgt[:, :1], True)
+        if self.target_tokens is not None:  # scenes with several targets: scope = their target tokens
+            marked = np.empty(B * N, dtype=bool)
+            marked[order] = self.target_tokens[rows[order]]
+            marked = marked.reshape(B, N) & valid
+            several = marked.any(1)
+            scope = np.where(several[:, None], marked, scope)
+            target = np.where(several, -1, target)
         personality = personality_present = None
         if self.personality is not None:
             d = self.personality.shape[1]
@@ -257,7 +292,8 @@ class SceneStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        names = _ARRAYS + (_OPTIONAL if self.personality is not None else ())
+        names = _ARRAYS + (("personality", "personality_present") if self.personality is not None else ())
+        names += ("target_tokens",) if self.target_tokens is not None else ()
         for name in names:
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name]))
         (tmp / "ids.json").write_text(json.dumps(list(self.ids)))

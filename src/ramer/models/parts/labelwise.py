@@ -33,6 +33,14 @@ class LabelWiseAttention(nn.Module):
 
     def forward(self, g: Tensor, keys: Tensor, target: Tensor | None = None) -> Tensor:
         """g (B, N, M, H), keys (B, N, M) bool, target (B,) token index or -1 -> r (B, M, C, H)."""
+        weights = self.weights(g, keys, target)  # (B, M, C, N)
+        r = torch.einsum("bmcn,bnmh->bmch", weights, g)  # (B, M, C, H)
+        allowed = keys.permute(0, 2, 1).unsqueeze(2)  # (B, M, 1, N)
+        return torch.where(allowed.any(-1, keepdim=True), r, 0.0)
+
+    def weights(self, g: Tensor, keys: Tensor, target: Tensor | None = None) -> Tensor:
+        """The attention weights (B, M, C, N): exactly 0 on every token not in ``keys`` (uniform where a
+        (sample, modality) has no key at all; ``forward`` gives that one r = 0)."""
         scores = torch.einsum("bnmh,mch->bmcn", g, self.queries.to(g.dtype)) * self.scale  # (B, M, C, N)
         if self.target_bias is not None and target is not None:
             at = target.unsqueeze(1) == torch.arange(g.shape[1], device=g.device)  # (B, N), none for target -1
@@ -41,9 +49,7 @@ class LabelWiseAttention(nn.Module):
             )
         allowed = keys.permute(0, 2, 1).unsqueeze(2)  # (B, M, 1, N)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(-1)  # (B, M, C, N)
-        r = torch.einsum("bmcn,bnmh->bmch", weights, g)  # (B, M, C, H)
-        return torch.where(allowed.any(-1, keepdim=True), r, 0.0)
+        return scores.softmax(-1)
 
 
 class LabelWiseClassifier(nn.Module):
