@@ -74,22 +74,24 @@ def test_pile_permutations_are_the_same_for_every_label_and_source():
 
 @pytest.mark.parametrize("cls", [RAMerAuthors, RAMer])
 def test_pile_shuffle_is_the_unshuffled_aggregator_loss(cls):
-    """Every label gets the same permutations, so each virtual sample is one real sample: the
-    shuffle term equals the aggregator loss on the unshuffled stack. A random shuffle differs."""
+    """Every label gets the same permutations, so each virtual sample is one real sample (sources
+    in the same order: 3 or 4 sources in 3 piles) and the shuffle term equals the aggregator loss on
+    the unshuffled stack. A random shuffle mixes samples across labels."""
     b = batch()
+    order = list(pile_order(b.size, 4))
     for shuffle, same in (("pile", True), ("random", False)):
         model = make(cls, shuffle=shuffle).train()
         torch.manual_seed(3)
         out = model(b)
-        if cls is RAMer:
-            plain = losses.bce(
-                out.agg_logits, b.labels.unsqueeze(1).expand_as(out.agg_logits), out.stack_mask.unsqueeze(-1)
-            )
-            shuffled = model.loss(out, b).terms["shuffle"]
-        else:
-            plain = losses.bce(out.agg_logits, b.labels.unsqueeze(1).expand_as(out.agg_logits))
-            shuffled = model.loss(out, b).terms["shuffle_aug_clf"]
-        assert torch.isclose(shuffled, plain, atol=1e-6).item() is same, shuffle
+        whole_samples = torch.allclose(out.shuffle_logits, out.agg_logits[order], atol=1e-6)
+        assert whole_samples is same, shuffle
+        if same:
+            assert torch.equal(out.shuffle_targets, b.labels[order].unsqueeze(1).expand_as(out.shuffle_targets))
+            terms = model.loss(out, b).terms
+            plain = b.labels.unsqueeze(1).expand_as(out.agg_logits)
+            agg = terms["agg"] if cls is RAMer else losses.bce(out.agg_logits, plain)
+            shuffled = terms["shuffle"] if cls is RAMer else terms["shuffle_aug_clf"]
+            assert torch.isclose(shuffled, agg, atol=1e-6)
 
 
 def test_ramer_authors_shuffles_by_piles_unless_told():
@@ -101,11 +103,14 @@ def test_ramer_authors_shuffles_by_piles_unless_told():
 def test_loss_terms_carry_the_authors_names_and_the_config_weights():
     weights = LossConfig(w_lsr=0.5, w_aug=0.25, w_beta_cls=2.0, w_cl=0.3, w_ae=0.7, w_cross=1.5, w_beta_mse=0.2,
                          w_shuf=0.9, w_cml=0.4, w_adv=0.05, w_diff=1e-3)  # fmt: skip
+    by_name = {"lsr_clf": 0.5, "aug_clf": 0.25, "beta_clf": 2.0, "cl": 0.3, "recon_mse": 0.7, "aug_mse": 1.5,
+               "beta_mse": 0.2, "shuffle_aug_clf": 0.9, "cml": 0.4, "adv_private": 0.05, "adv_common": 0.05,
+               "diff": 1e-3}  # fmt: skip
     model = make(loss=weights).train()
     b = batch()
     result = model.loss(model(b), b)
-    assert set(result.terms) == set(LOSS_WEIGHTS)
-    expected = sum(getattr(weights, LOSS_WEIGHTS[name]) * value for name, value in result.terms.items())
+    assert set(result.terms) == set(by_name)
+    expected = sum(by_name[name] * value for name, value in result.terms.items())
     assert torch.isclose(result.total.detach(), expected, rtol=1e-5)
 
 
