@@ -234,29 +234,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ramer.infer import prediction_records
     from ramer.paths import atomic_write_text, output_file
 
     output_file(args.out)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)
     store = bundle.splits[args.split]
     probs = predictor.predict(store, workers=args.workers)
-    chosen = predictor.decide(probs)
-    names = predictor.label_names
-    roles = {1: "speaker", 0: "nonspeaker"}
-    lines = []
-    for i, sample_id in enumerate(store.ids):
-        p, s = (int(v) for v in store.target[i])
-        lines.append(
-            json.dumps(
-                {
-                    "id": sample_id,
-                    "target": {"person": p, "segment": s} if p >= 0 else None,
-                    "role": roles.get(int(store.role[i])),
-                    "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
-                    "labels": [n for n, on in zip(names, chosen[i]) if on],
-                }
-            )
-        )
+    records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
+    lines = [json.dumps(record) for record in records]
     atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     OUT.print(f"wrote {len(lines)} predictions to {args.out}", highlight=False)
     if bundle.format == "conversations":  # an imported set: a timeline per conversation
@@ -268,6 +254,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from ramer.infer import prediction_records, read_predictions
+    from ramer.paths import atomic_write_text, output_file
+    from ramer.view import page_data, render_page
+
+    if args.run_dir is None and args.preds is None:
+        raise RamerError("give RUN_DIR (its predictions are made now) or --preds FILE (written by ramer predict)")
+    if args.run_dir is None and args.data is None:
+        raise RamerError("--preds without RUN_DIR needs --data PATH: the dataset the predictions were made on")
+    if args.set and args.run_dir is not None:
+        raise RamerError("--set is for --preds with --data (a run reads its data with its own options)")
+    output_file(args.out)
+    if args.run_dir is not None:
+        predictor, bundle = load_run_and_data(args)
+        threshold = predictor.threshold
+    else:
+        from ramer.view import load_data
+
+        bundle, threshold = load_data(args.data, args.set or []), None
+        if args.split not in bundle.splits:
+            raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    store = bundle.splits[args.split]
+    if args.preds is not None:
+        records = read_predictions(args.preds, store.label_names)
+    else:
+        probs = predictor.predict(store, workers=args.workers)
+        records = prediction_records(store, probs, predictor.decide(probs), threshold)
+    title = f"{args.run_dir or args.preds} on {bundle.source} [{args.split}]"
+    data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir))
+    page = render_page(data)
+    atomic_write_text(args.out, page)
+    OUT.print(
+        f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {len(data['conversations'])} conversations, "
+        f"{data['n_predicted']} predicted samples",
+        highlight=False,
+    )
     return 0
 
 
@@ -514,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="write per-sample probabilities and labels of a trained run as JSON lines",
         description="Apply the best checkpoint of RUN_DIR to a dataset split; one JSON line per sample "
-        "with its id, target, probs (label -> probability) and labels (stored threshold).",
+        "with its id, target, role, probs (label -> probability), labels and the threshold that chose them.",
     )
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     pr.add_argument("--data", help="dataset (default: the one the run was trained on)")
@@ -524,6 +549,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
     pr.add_argument("--device", help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
+
+    vw = sub.add_parser(
+        "view",
+        help="one self-contained HTML page of a split's predictions, conversation by conversation",
+        description="Write one HTML file (everything inlined: no server, no network) that shows, per "
+        "conversation, the persons x segments grid: which modalities each cell has, who speaks, the "
+        "predicted emotions (strength = probability), the annotated ones and where they differ; a cell "
+        "shows every label's probability, the threshold and the utterance's text (imported tables). "
+        "Predictions come from RUN_DIR (made now) or from --preds (a ramer predict file, with --data).",
+    )
+    vw.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory or its model.safetensors")
+    vw.add_argument("--preds", metavar="FILE", help="a predictions file of ramer predict (instead of predicting now)")
+    vw.add_argument("--data", help="dataset (default: the one the run was trained on; required with --preds alone)")
+    vw.add_argument("--split", default="test", help="split to show (default: test)")
+    vw.add_argument("--out", required=True, help="output .html file")
+    vw.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP + "; with --preds alone")
+    vw.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
+    vw.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    vw.add_argument("--device", help=DEVICE_HELP)
+    vw.set_defaults(func=cmd_view)
 
     x = sub.add_parser(
         "export",
