@@ -409,6 +409,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         jobs=args.jobs,
         complete=args.complete,
+        tuned=args.tuned,
+        tune_trials=args.tune_trials,
     )
     reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
     ERR.print(
@@ -422,6 +424,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ERR.print("interrupted; run the same command again to resume (finished runs are cached)", highlight=False)
         return 130
     OUT.print(f"report: {settings.out / 'report.md'}", highlight=False)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ramer.config import set_keys
+    from ramer.metrics import METRIC_NAMES
+    from ramer.tune import require_optuna, tune, tune_config
+
+    require_optuna()  # before the data: a missing extra is the first thing to say
+    overrides = args.set or []
+    cfg = tune_config(args.model, resolve_config(args.config), overrides, args.data)
+    out = Path(args.out or f"runs/tune-{args.model}")
+    try:
+        result = tune(
+            cfg,
+            out,
+            trials=args.trials,
+            timeout=args.timeout,
+            storage=args.storage,
+            seed=args.seed,
+            fixed=set_keys(overrides),
+            console=ERR,
+        )
+    except KeyboardInterrupt:
+        ERR.print(
+            f"interrupted; run the same command again to continue (finished trials are kept in {out})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 130
+    best = result.summary["best"]
+    if best is None:
+        OUT.print(f"no trial completed; trials: {out / 'trials.md'}", highlight=False)
+    else:
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["values"].items())
+        OUT.print(
+            f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
+            f"({values})\n"
+            f"config: {out / 'best.yaml'} (ramer train --config {out / 'best.yaml'}); trials: {out / 'trials.md'}",
+            highlight=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -641,8 +685,58 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--quick", action="store_true", help="small smoke settings (fewer scenes and epochs, 1 seed, rates 0 and 0.6)"
     )
+    b.add_argument(
+        "--tuned",
+        metavar="DIR",
+        help="run each deep model with the values its search space chose, from DIR/<model>/best.yaml "
+        "(ramer tune --out DIR/<model>); a deep model without one is an error",
+    )
+    b.add_argument(
+        "--tune-trials",
+        type=positive_int,
+        metavar="N",
+        help="first tune every deep model with the same budget of N trials (ramer tune, into OUT/tune/<model>), "
+        "then run the bench with the tuned values; needs 'ramer[tune]'",
+    )
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
     b.set_defaults(func=cmd_bench)
+
+    tu = sub.add_parser(
+        "tune",
+        help="search a model's settings with Optuna (TPE, median pruning); writes best.yaml",
+        description="Search the model's space (ramer.models.spaces: learning rate, weight decay, hidden "
+        "size, dropout, layers, the model's own loss weights) with Optuna's seeded TPE sampler; "
+        "each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
+        "unless set) and pruned by the median pruner on the per-epoch validation score. The value "
+        "is the best validation micro-F1 (weighted F1 on single-label data); test is never read. "
+        "The study lives in OUT/study.db (or --storage), so running the same command again "
+        "continues it. Writes OUT/best.yaml (ramer train --config OUT/best.yaml), "
+        "OUT/trials.md, OUT/trials.csv and OUT/tune.json. A key given with --set is kept, not "
+        "searched. Needs the optional extra: pip install 'ramer[tune]'.",
+    )
+    tu.add_argument("--model", required=True, help="a deep model, e.g. ramer, mult, amp, or a ramer-<ablation> preset")
+    tu.add_argument("--data", help="dataset (default: the embedded synthetic benchmark)")
+    tu.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
+    tu.add_argument(
+        "--trials",
+        type=positive_int,
+        default=20,
+        metavar="N",
+        help="the study's budget: run trials until it holds N finished ones, counting those it has (default: 20)",
+    )
+    tu.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    tu.add_argument("--out", help="output folder (default: runs/tune-MODEL)")
+    tu.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override for every trial; fixes that key"
+    )
+    tu.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an Optuna database URL (sqlite:///F, postgresql://..., mysql://...) instead of OUT/study.db: "
+        "processes on several machines given the same URL share one study (docs/SCALING.md)",
+    )
+    tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    tu.set_defaults(func=cmd_tune)
 
     data = sub.add_parser(
         "data",
