@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -46,8 +47,8 @@ from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
-from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, build_model, known_models, set_model
-from ramer.models.spaces import SEARCHED, space_for
+from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, DataSpec, build_model, known_models, set_model
+from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train import run_training
 
@@ -581,7 +582,17 @@ def parameter_count(run: Path) -> int:
     state, cfg, spec, _, _ = ckpt.read_model_file(run / "model.safetensors")
     if cfg.model.name in CLASSICAL:
         return sum(state[k].numel() for k in ("coef", "intercept"))
-    return sum(p.numel() for p in build_model(cfg, spec).parameters() if p.requires_grad)
+    tree = cfg.model_dump(mode="json")
+    return _deep_parameter_count(json.dumps({"model": tree["model"], "loss": tree["loss"], "spec": spec.to_dict()}))
+
+
+@functools.lru_cache(maxsize=None)
+def _deep_parameter_count(model_and_spec: str) -> int:
+    """Trainable parameters of the model a config builds for a data spec: the same for every seed
+    and missing rate, so built once per distinct model (a bench records every run's size)."""
+    tree = json.loads(model_and_spec)
+    cfg = config_from_dict({"model": tree["model"], "loss": tree["loss"]}, "parameter count")
+    return sum(p.numel() for p in build_model(cfg, DataSpec.from_dict(tree["spec"])).parameters() if p.requires_grad)
 
 
 def write_results(out: Path, results: list[dict]) -> None:
@@ -704,16 +715,6 @@ def ablation_table(results: list[dict], rate: float, task: str = "multi_label") 
     return markdown_table(["preset − ramer", "seeds", *(f"Δ {c[2]}" for c in cols)], rows)
 
 
-def _format_values(values: dict) -> str:
-    """``lr=0.000647, hidden=64, ...``: each key without its section."""
-    parts = []
-    for key, value in values.items():
-        parts.append(
-            f"{key.split('.', 1)[1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.', 1)[1]}={value}"
-        )
-    return ", ".join(parts)
-
-
 def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
     """The report header's line on tuned settings (none when the bench runs the config as it is)."""
     if s.tuned is None:
@@ -761,7 +762,7 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
                 f"{best['value']:.4f}" if "value" in best else "–",
                 str(best.get("trial", "–")),
                 str(best.get("best_step", "–")),
-                _format_values(s.tuned_values.get(m, {})) or "–",
+                format_values(s.tuned_values.get(m, {})) or "–",
             ]
         )
     header = ["model", "trials", f"best valid {metric}", "trial", "its steps to best", "chosen values"]

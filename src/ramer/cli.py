@@ -430,6 +430,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from ramer.config import set_keys
     from ramer.metrics import METRIC_NAMES
+    from ramer.models.spaces import format_values
     from ramer.tune import require_optuna, tune, tune_config
 
     require_optuna()  # before the data: a missing extra is the first thing to say
@@ -458,7 +459,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if best is None:
         OUT.print(f"no trial completed; trials: {out / 'trials.md'}", highlight=False)
     else:
-        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["values"].items())
+        values = format_values(best["values"], digits=4, short=False)
         OUT.print(
             f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
             f"({values})\n"

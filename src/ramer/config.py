@@ -203,21 +203,26 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def set_in_tree(tree: dict, key: str, value: Any, source: str = "--set") -> None:
+    """Set the dotted ``key`` of a nested dict to ``value``, in place; errors start with ``source``."""
+    path = key.strip().split(".")
+    if not all(path):
+        raise RamerError(f"{source}: malformed key '{key}'")
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RamerError(f"{source}: '{key}' goes below '{part}', which is not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_override(tree: dict, assignment: str) -> None:
     """Apply one ``a.b=c`` assignment to a nested dict, in place."""
     if "=" not in assignment:
         raise RamerError(f"--set expects KEY=VALUE, got '{assignment}'")
     key, value = assignment.split("=", 1)
-    path = key.strip().split(".")
-    if not all(path):
-        raise RamerError(f"--set: malformed key '{key}'")
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise RamerError(f"--set: '{key}' goes below '{part}', which is not a section")
-        node = child
-    node[path[-1]] = _parse_value(value)
+    set_in_tree(tree, key, _parse_value(value))
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -273,13 +278,7 @@ def with_values(cfg: Config, values: Mapping[str, Any], source: str = "values") 
     the result is validated, so an unknown key or a bad value is an error naming it."""
     tree = cfg.model_dump(mode="json")
     for key, value in values.items():
-        *sections, name = key.split(".")
-        node = tree
-        for part in sections:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise RamerError(f"{source}: '{key}' goes below '{part}', which is not a section")
-        node[name] = value
+        set_in_tree(tree, key, value, source)
     return config_from_dict(tree, source)
 
 

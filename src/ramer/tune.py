@@ -43,7 +43,7 @@ from ramer.data.store import resolve_task
 from ramer.errors import LossNotFinite, RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
-from ramer.models.spaces import Param, space_for, suggest
+from ramer.models.spaces import Param, format_value, space_for, suggest
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train import run_training
 from ramer.train.recipe import progress, selection_score
@@ -370,10 +370,6 @@ def _best(optuna, study):
 
 
 # ---------------------------------------------------------------------- outputs
-def _format(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str, info: dict) -> dict:
     """trials.csv, trials.md, best.yaml (once a trial completed) and tune.json, from the whole study."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -401,7 +397,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     md_rows = [
         [str(r[0]), r[1], f"{r[2]:.4f}" if r[2] != "" else "–", *(str(c) if c != "" else "–" for c in r[3:5])]
         + [f"{r[6]:.0f}" if r[6] != "" else "–"]
-        + [_format(c) if c != "" else "–" for c in r[7 : 7 + len(keys)]]
+        + [format_value(c) if c != "" else "–" for c in r[7 : 7 + len(keys)]]
         + [str(r[-1])]
         for r in rows
     ]

@@ -118,9 +118,7 @@ def _by_clip(store: SceneStore, clips: list[str], names: list[str]) -> list[Conv
         groups.setdefault(clip, []).append(i)
     out = []
     for clip, samples in groups.items():
-        chars_of = {
-            i: [int(c) for c in store.character[store.person_offsets[i] : store.person_offsets[i + 1]]] for i in samples
-        }
+        chars_of = {i: _characters(store, i) for i in samples}
         chars = sorted({c for cs in chars_of.values() for c in cs})
         S = max(int(store.grid[i][1]) for i in samples)
         persons = [names[c] if 0 <= c < len(names) else f"character {c}" for c in chars]

@@ -115,6 +115,16 @@ def space_for(cfg: Config, fixed: set[str] | frozenset[str] = frozenset()) -> tu
     return tuple(p for p in space if p.key not in unused and p.key not in fixed)
 
 
+def format_value(value: Any, digits: int = 3) -> str:
+    """A searched value as the tables show it (floats to ``digits`` significant digits)."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def format_values(values: dict[str, Any], digits: int = 3, short: bool = True) -> str:
+    """``lr=0.000647, hidden=64, ...``; ``short``: each key without its section (``train.lr`` -> ``lr``)."""
+    return ", ".join(f"{key.split('.', 1)[1] if short else key}={format_value(v, digits)}" for key, v in values.items())
+
+
 def suggest(trial, space: tuple[Param, ...]) -> dict[str, Any]:
     """One trial's values: config key -> value."""
     return {p.key: p.suggest(trial) for p in space}

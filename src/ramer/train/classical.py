@@ -39,7 +39,7 @@ from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_th
 from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, ClassicalModule
 from ramer.paths import atomic_write_text, make_folder
-from ramer.train.recipe import check_splits, write_test_result
+from ramer.train.recipe import RunSteps, check_splits, write_test_result
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 
@@ -53,7 +53,7 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, single_label: bool = False) 
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
 
 
-class ClassicalRecipe:
+class ClassicalRecipe(RunSteps):
     """One run of a scikit-learn baseline: fit on train, threshold on validation, test once."""
 
     def __init__(
@@ -143,12 +143,3 @@ class ClassicalRecipe:
         pred = predict(model, self.splits["test"], self.cfg.train.eval_batch_size, torch.device("cpu"))
         run_info = {"best_step": None, "epochs_run": 1, "stopped_early": False}  # one fit, no optimiser steps
         return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names, run_info, self.curves)
-
-    def run(self) -> dict:
-        try:
-            self.setup()
-            self.train()
-            return self.test()
-        finally:
-            if self.curves is not None:
-                self.curves.close()

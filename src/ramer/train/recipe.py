@@ -167,7 +167,25 @@ def write_test_result(
     return result
 
 
-class Recipe:
+class RunSteps:
+    """``run()``: setup, train, test, then ``close()`` (also after an error), for both recipes."""
+
+    curves: CurveWriter | None = None
+
+    def run(self) -> dict:
+        try:
+            self.setup()
+            self.train()
+            return self.test()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.curves is not None:
+            self.curves.close()
+
+
+class Recipe(RunSteps):
     """One training run. ``hooks`` are called as ``hook(recipe, epoch)`` after each saved epoch (its
     log line is ``recipe.log[-1]``); an exception a hook raises ends the run there (``ramer tune``
     prunes a trial so)."""
@@ -448,13 +466,7 @@ class Recipe:
             self.out, pred, threshold, epoch, self.bundle.label_names, run_info, self.curves, steps
         )
 
-    def run(self) -> dict:
-        try:
-            self.setup()
-            self.train()
-            return self.test()
-        finally:
-            if self.curves is not None:
-                self.curves.close()
-            if getattr(self, "owns_group", False):
-                dist.shutdown()
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "owns_group", False):
+            dist.shutdown()
