@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,onnx,import,face]'
+	$(BIN)/python -m pip install -q -e '.[test,onnx,import,face,tune,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
@@ -96,3 +97,13 @@ def fake_text(monkeypatch):
 
     monkeypatch.setattr(F, "embed_texts", embed)
     return calls
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and steadier on a shared machine
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a test module)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

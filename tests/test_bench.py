@@ -12,12 +12,12 @@ import yaml
 from ramer import bench as bench_mod
 from ramer import checkpoint as ckpt
 from ramer.cli import main
-from ramer.config import build_config
+from ramer.config import build_config, dump_config
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
 from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_KEYS, report
-from ramer.models import set_model
+from ramer.models import build_model, set_model
 from ramer.models.classical import ClassicalModule
 from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
@@ -122,6 +122,7 @@ def test_bench_writes_results_report_and_plots(benched):
                 "best_step",
                 "epochs_run",
                 "stopped_early",
+                "params",
             }
             and r["seconds"] > 0
         )
@@ -169,8 +170,17 @@ def test_bench_writes_results_report_and_plots(benched):
             if r["model"] == "late_fusion" and r["inputs"] == "observed" and f"{r['missing_rate']:g}" == rate
         )
         assert cells["late_fusion"][-2] == str(lf["best_step"]) and cells["br"][-2] == "–"
+        br = next(r for r in results if r["model"] == "br" and f"{r['missing_rate']:g}" == rate)
+        assert header.split(" | ")[-3] == "params"
+        assert (cells["late_fusion"][-3], cells["br"][-3]) == (f"{lf['params']:,}", f"{br['params']:,}")
         ref = cells["late_fusion, complete inputs (reference)"]
         assert ref[1] == f"{complete['metrics']['overall']['micro_f1']:.3f}" and "**" not in "".join(ref)
+    # params: a deep model's trainable parameters, a classical model's fitted weights and intercepts
+    lf_run = bench_mod.run_dir(benched, "late_fusion", 0.0, 1)
+    state, cfg, spec, _, _ = ckpt.read_model_file(lf_run / "model.safetensors")
+    assert results[2]["params"] == sum(p.numel() for p in build_model(cfg, spec).parameters()) > 0
+    state, _, spec, _, _ = ckpt.read_model_file(bench_mod.run_dir(benched, "br", 0.0, 1) / "model.safetensors")
+    assert results[0]["params"] == spec.n_labels * (state["coef"].shape[1] + 1)
     for name in ("micro_f1_vs_missing", "per_label_f1", "speaker_vs_nonspeaker", "training_curves"):
         png = benched / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
@@ -369,3 +379,55 @@ def test_cache_reads_a_stored_config_with_todays_defaults(tmp_path):
     assert bench_mod.cache_state(run, cfg) == "done"
     other = build_config(overrides=["train.epochs=1", "model.shuffle=pile"])
     assert bench_mod.cache_state(run, other) == "fresh" and not run.exists()
+
+
+# ---------------------------------------------------------------------- tuned settings
+def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
+    """--tuned DIR: late_fusion's run takes the searched keys of DIR/late_fusion/best.yaml; every other
+    setting is the bench's; a key the user --sets keeps the user's value; the report lists the values.
+    A deep model without a tuned config is an error naming the missing file; br needs none."""
+    tuned = build_config(
+        overrides=[*TINY, "model.name=late_fusion", "train.lr=0.00042", "model.dropout=0.25"]
+        + ["train.weight_decay=0.003", "train.epochs=7", "data.synthetic.n_train=99"]
+    )
+    (tmp_path / "tuned" / "late_fusion").mkdir(parents=True)
+    (tmp_path / "tuned" / "late_fusion" / "best.yaml").write_text(dump_config(tuned))
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    argv += ["--jobs", "1", "--tuned", str(tmp_path / "tuned"), *SETS, "--set", "train.weight_decay=0.02"]
+    assert main([*argv, "--out", str(out)]) == 0
+    cfg = build_config(bench_mod.run_dir(out, "late_fusion", 0.0, 1) / "config.yaml")
+    assert (cfg.train.lr, cfg.model.dropout) == (0.00042, 0.25)  # tuned
+    assert (cfg.train.weight_decay, cfg.model.hidden) == (0.02, 16)  # --set wins
+    assert (cfg.train.epochs, cfg.data.synthetic.n_train, cfg.train.patience) == (2, 80, 5)  # the bench's
+    assert build_config(bench_mod.run_dir(out, "br", 0.0, 1) / "config.yaml").train.lr == 0.002  # untouched
+    text = (out / "report.md").read_text()
+    assert f"--tuned {tmp_path / 'tuned'}" in text and "## Tuned settings" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| late_fusion | ?"))
+    assert row.endswith("| lr=0.00042, dropout=0.25 |")  # weight_decay and hidden: fixed by --set
+
+    with pytest.raises(RamerError, match=r"no tuned config for mult: .*tuned/mult/best.yaml not found"):
+        bench_mod.resolve_settings(models="late_fusion,mult", tuned=str(tmp_path / "tuned"), overrides=TINY)
+    with pytest.raises(RamerError, match="give one of them"):
+        bench_mod.resolve_settings(tuned=str(tmp_path / "tuned"), tune_trials=2, overrides=TINY)
+
+
+@pytest.mark.slow
+def test_bench_tune_trials_tunes_every_deep_model_first(tmp_path):
+    """--tune-trials 2: late_fusion (not br, which fits once) is tuned with 2 trials into OUT/tune,
+    then benched with the best trial's values; the report states the budget and the values."""
+    optuna = pytest.importorskip("optuna")
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    assert main([*argv, "--jobs", "1", "--tune-trials", "2", *SETS, "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "tune").iterdir()) == ["late_fusion"]
+    db = out / "tune" / "late_fusion" / "study.db"
+    study = optuna.load_study(study_name="late_fusion", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    cfg = build_config(bench_mod.run_dir(out, "late_fusion", 0.0, 1) / "config.yaml")
+    assert {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in study.best_params} == (
+        study.best_params
+    )
+    text = (out / "report.md").read_text()
+    assert "every deep model tuned first with the same budget, 2 trials" in text
+    assert "| late_fusion | 2 (0 pruned) |" in text

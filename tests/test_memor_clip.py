@@ -29,13 +29,7 @@ SPLITS = ("train", "valid", "test")
 EXTRA_CLIPS = 7  # d0..d5 only in train_id.txt, d6 only in test_id.txt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and steadier on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
 
 # ---------------------------------------------------------------------------------------- the release

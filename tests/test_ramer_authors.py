@@ -20,12 +20,7 @@ DIMS = {"text": 16, "audio": 8, "visual": 12}
 C = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
 
 def spec(personality: int | None = 7) -> DataSpec:

@@ -49,13 +49,7 @@ REMOVES = {
 TRAINING_ONLY = {"no_rec_adversarial", "no_contrastive", "no_shuffle", "no_modality_dropout"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and steadier on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
 
 def spec(personality: int | None = 7) -> DataSpec:

@@ -17,6 +17,11 @@
   when its ``test_metrics.json`` exists and its ``config.yaml`` equals the run's config; a deep run
   stopped mid-training is resumed from its ``train_state.pt``; anything else there is removed and
   the run starts again. So an interrupted bench resumes where it stopped.
+- Tuned settings (``--tuned DIR``, ``--tune-trials N``): each deep model runs with the values its
+  search space (``ramer.models.spaces``) chose, read from ``DIR/<model>/best.yaml`` (as ``ramer tune
+  --out DIR/<model>`` writes it); every other setting is the bench's, the same for every model.
+  ``--tune-trials N`` first tunes every deep model with the same budget of N trials into
+  ``OUT/tune/<model>`` (on the first seed, at the config's missing rate).
 - Outputs: ``DIR/results.json`` (one record per run, test split; rewritten after every run),
   ``DIR/report.md`` and ``DIR/plots/*.png`` (written at the end).
 """
@@ -35,12 +40,14 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from ramer.config import CONFIG_DIR, Config, DataConfig, build_config, config_from_dict
+from ramer import checkpoint as ckpt
+from ramer.config import CONFIG_DIR, Config, DataConfig, build_config, config_from_dict, set_keys, with_values
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
-from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, known_models, set_model
+from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, build_model, known_models, set_model
+from ramer.models.spaces import SEARCHED, space_for
 from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train import run_training
 
@@ -90,6 +97,14 @@ class BenchSettings:
     jobs: int = 1  # runs trained at the same time, each in its own process
     complete: list[str] = field(default_factory=list)  # models also trained on complete inputs (reference rows)
     base: Config | None = None  # the resolved config every run starts from (``resolve_settings``)
+    tuned: Path | None = None  # --tuned DIR: DIR/<model>/best.yaml per deep model
+    tune_trials: int | None = None  # --tune-trials N: tune every deep model first, N trials each
+    tuned_values: dict[str, dict] = field(default_factory=dict)  # model -> the searched keys' chosen values
+
+    @property
+    def deep_models(self) -> list[str]:
+        """The models that train (and are tuned): every run name but the classical fits."""
+        return [m for m in dict.fromkeys([*self.models, *self.complete]) if m not in CLASSICAL]
 
     @property
     def base_sets(self) -> tuple[str, ...]:
@@ -118,6 +133,10 @@ class BenchSettings:
             "--out",
             str(self.out),
         ]
+        if self.tuned is not None and self.tune_trials is None:
+            parts += ["--tuned", str(self.tuned)]
+        if self.tune_trials is not None:
+            parts += ["--tune-trials", str(self.tune_trials)]
         if self.quick:
             parts.append("--quick")
         for s in self.overrides:
@@ -165,10 +184,20 @@ def resolve_settings(
     quick: bool = False,
     jobs: int | None = None,
     complete: str | None = None,
+    tuned: str | Path | None = None,
+    tune_trials: int | None = None,
 ) -> BenchSettings:
     """Settings from the command line's values (None: the default, or the quick default)."""
     if jobs is not None and jobs < 1:
         raise RamerError(f"--jobs must be at least 1, got {jobs}")
+    if tuned is not None and tune_trials is not None:
+        raise RamerError("--tuned reads tuned configs, --tune-trials makes them: give one of them")
+    if tune_trials is not None and tune_trials < 1:
+        raise RamerError(f"--tune-trials must be at least 1, got {tune_trials}")
+    if tune_trials is not None:
+        from ramer.tune import require_optuna
+
+        require_optuna()  # before any work
     n_seeds = seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
     if n_seeds < 1:
         raise RamerError(f"--seeds must be at least 1, got {n_seeds}")
@@ -187,7 +216,95 @@ def resolve_settings(
     s.base = base_config(s)
     s.seeds = [s.base.train.seed + k for k in range(n_seeds)]
     s.complete = parse_complete(complete, s.base)
+    s.tune_trials = tune_trials
+    if tuned is not None:
+        s.tuned = Path(tuned)
+        s.tuned_values = {m: load_tuned(s, m) for m in s.deep_models}
     return s
+
+
+# ---------------------------------------------------------------------- tuned settings
+def tune_base(s: BenchSettings, model: str) -> Config:
+    """The config a model is tuned with (and its searched keys are read for): the bench's run on the
+    first seed at the config's missing rate."""
+    base = s.base or base_config(s)
+    return run_config(base, model, s.seeds[0], base.data.missing_rate)
+
+
+def load_tuned(s: BenchSettings, model: str) -> dict:
+    """The values ``s.tuned/<model>/best.yaml`` holds for the keys ``model``'s space searches (less
+    the keys the user fixed with ``--set``, which keep the user's value)."""
+    path = s.tuned / model / "best.yaml"
+    if not path.is_file():
+        raise RamerError(
+            f"--tuned: no tuned config for {model}: {path} not found (make it with: ramer tune --model {model} "
+            f"--out {s.tuned / model}, or bench with --tune-trials N)"
+        )
+    tuned = build_config(path)
+    cfg = tune_base(s, model)
+    if (tuned.model.name, tuned.model.ablations) != (cfg.model.name, cfg.model.ablations):
+        raise RamerError(f"--tuned: {path} is a config of {tuned.model.name}, not of {model}")
+    return {p.key: p.value(tuned) for p in space_for(cfg, set_keys(s.overrides))}
+
+
+def tune_summary(s: BenchSettings, model: str) -> dict | None:
+    """The ``tune.json`` beside a model's ``best.yaml`` (budget, counts, best trial), if any."""
+    path = s.tuned / model / "tune.json" if s.tuned else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _tune_worker(cfg_tree: dict, out: str, trials: int, fixed: list[str]) -> tuple[str, dict]:
+    from ramer.tune import tune
+
+    cfg = config_from_dict(cfg_tree, "bench tune")
+    result = tune(cfg, Path(out), trials=trials, fixed=set(fixed), console=Console(stderr=True, quiet=True))
+    return cfg.model.name, result.summary
+
+
+def tune_models(s: BenchSettings, bundle: DataBundle, console: Console) -> None:
+    """``--tune-trials N``: tune every deep model with N trials into ``OUT/tune/<model>`` (a
+    finished study is reused, an interrupted one continued), then read the chosen values."""
+    from ramer.tune import require_optuna, tune
+
+    require_optuna()
+    s.tuned = s.out / "tune"
+    fixed = sorted(set_keys(s.overrides))
+    jobs = [(m, tune_base(s, m), s.tuned / m) for m in s.deep_models]
+    console.print(
+        f"tuning {len(jobs)} models, {s.tune_trials} trials each, {min(s.jobs, len(jobs))} at a time -> {s.tuned}",
+        highlight=False,
+    )
+    if s.jobs <= 1 or len(jobs) <= 1:
+        for model, cfg, out in jobs:
+            tune(cfg, out, trials=s.tune_trials, fixed=set(fixed), console=console, bundle=bundle)
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        pool = ProcessPoolExecutor(max_workers=min(s.jobs, len(jobs)), mp_context=get_context("spawn"))
+        try:
+            futures = [
+                pool.submit(_tune_worker, cfg.model_dump(mode="json"), str(out), s.tune_trials, fixed)
+                for _, cfg, out in jobs
+            ]
+            for future in as_completed(futures):
+                model, summary = future.result()
+                best = summary["best"]
+                console.print(
+                    f"tuned {model}: {summary['finished']} trials, best valid "
+                    f"{METRIC_NAMES[summary['metric']]} {best['value']:.4f} (trial {best['trial']})"
+                    if best
+                    else f"tuned {model}: no trial completed",
+                    highlight=False,
+                )
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    for model, _, out in jobs:
+        if not (out / "best.yaml").is_file():
+            raise RamerError(f"tuning {model} completed no trial (every one pruned or failed): see {out / 'trials.md'}")
+    s.tuned_values = {m: load_tuned(s, m) for m in s.deep_models}
 
 
 def parse_complete(text: str | None, base: Config) -> list[str]:
@@ -216,10 +333,13 @@ def base_config(s: BenchSettings) -> Config:
     return cfg
 
 
-def run_config(base: Config, model: str, seed: int, rate: float) -> Config:
-    """The config of one run: ``base`` with the model (or preset), seed and missing rate set."""
+def run_config(base: Config, model: str, seed: int, rate: float, tuned: dict | None = None) -> Config:
+    """The config of one run: ``base`` with the model (or preset), its tuned values (``tuned``: key
+    -> value), seed and missing rate set."""
     cfg = base.model_copy(deep=True)
     set_model(cfg, model)
+    if tuned:
+        cfg = with_values(cfg, tuned, f"tuned values of {model}")
     cfg.train.seed = seed
     cfg.data.missing_rate = rate
     return cfg
@@ -228,14 +348,16 @@ def run_config(base: Config, model: str, seed: int, rate: float) -> Config:
 COMPLETE = "@complete"  # suffix of a run name on complete inputs: ``ramer@complete``
 
 
-def plan_config(base: Config, name: str, seed: int, rate: float) -> Config:
-    """The config of one planned run: ``run_config``, or for ``MODEL@complete`` the model's run at
-    missing rate 0 on complete inputs."""
+def plan_config(base: Config, name: str, seed: int, rate: float, tuned: dict[str, dict] | None = None) -> Config:
+    """The config of one planned run: ``run_config`` (with the model's values in ``tuned``: model ->
+    key -> value), or for ``MODEL@complete`` the model's run at missing rate 0 on complete inputs."""
+    tuned = tuned or {}
     if name.endswith(COMPLETE):
-        cfg = run_config(base, name[: -len(COMPLETE)], seed, 0.0)
+        model = name[: -len(COMPLETE)]
+        cfg = run_config(base, model, seed, 0.0, tuned.get(model))
         cfg.data = complete_data(cfg.data)
         return cfg
-    return run_config(base, name, seed, rate)
+    return run_config(base, name, seed, rate, tuned.get(name))
 
 
 def run_name(record: dict) -> str:
@@ -353,6 +475,8 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         f" ({time.perf_counter() - t0:.1f}s)",
         highlight=False,
     )
+    if s.tune_trials is not None:
+        tune_models(s, bundle, console)
     plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]
     plan += [(m + COMPLETE, seed, 0.0) for seed in s.seeds for m in s.complete]
     bundles = {False: bundle}
@@ -373,6 +497,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             "metrics": {k: metrics[k] for k in PARTS if k in metrics},
             "seconds": seconds,
             **run_progress(run_dir(s.out, name, rate, seed)),
+            "params": parameter_count(run_dir(s.out, name, rate, seed)),
         }
         how = {"done": "cached", "resume": "resumed", "fresh": "trained"}[state]
         console.print(
@@ -385,7 +510,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
 
     todo = []
     for key in plan:
-        cfg = plan_config(base, *key)
+        cfg = plan_config(base, *key, tuned=s.tuned_values)
         run = run_dir(s.out, key[0], key[2], key[1])
         if cache_state(run, cfg) == "done":
             record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], console))
@@ -450,6 +575,15 @@ def run_progress(run: Path) -> dict:
     return {k: final.get(k) for k in PROGRESS_KEYS}
 
 
+def parameter_count(run: Path) -> int:
+    """A run's size: a deep model's trainable parameters; a classical model's fitted coefficients
+    (weights and intercepts)."""
+    state, cfg, spec, _, _ = ckpt.read_model_file(run / "model.safetensors")
+    if cfg.model.name in CLASSICAL:
+        return sum(state[k].numel() for k in ("coef", "intercept"))
+    return sum(p.numel() for p in build_model(cfg, spec).parameters() if p.requires_grad)
+
+
 def write_results(out: Path, results: list[dict]) -> None:
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
 
@@ -511,7 +645,7 @@ def rate_table(
     (each complete-input model at rate 0, the oracle), which take no part in the bold."""
     models = [m for m in s.models if any(run_name(r) == m and r["missing_rate"] == rate for r in results)]
     cols = [c for c in COLUMNS[task] if any(c[0] in r["metrics"] for r in results)]
-    header = ["model", *(c[2] for c in cols), "steps to best", "s/run"]
+    header = ["model", *(c[2] for c in cols), "params", "steps to best", "s/run"]
     best = {}
     for part, key, _, higher in cols:
         means = [round(summarise(results, m, rate, part, key)[0], 3) for m in models]
@@ -526,6 +660,8 @@ def rate_table(
             text = format_mean_std(mean, std, n)
             cells.append(f"**{text}**" if bold and n and round(mean, 3) == best.get((part, key)) else text)
         runs = [r for r in results if run_name(r) == name and r["missing_rate"] == at]
+        sizes = [r["params"] for r in runs if r.get("params") is not None]
+        cells.append(f"{sizes[0]:,}" if sizes else "–")
         steps = [r["best_step"] for r in runs if r.get("best_step") is not None]  # none for a classical fit
         cells.append(f"{np.mean(steps):.0f}" if steps else "–")
         secs = np.mean([r["seconds"] for r in runs])
@@ -539,7 +675,7 @@ def rate_table(
         if any(run_name(r) == m + COMPLETE for r in results)
     ]
     if oracle is not None:
-        rows.append([ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–", "–"])
+        rows.append([ORACLE_ROW] + [f"{oracle[p][k]:.3f}" if p in oracle else "–" for p, k, _, _ in cols] + ["–"] * 3)
     return markdown_table(header, rows)
 
 
@@ -568,6 +704,70 @@ def ablation_table(results: list[dict], rate: float, task: str = "multi_label") 
     return markdown_table(["preset − ramer", "seeds", *(f"Δ {c[2]}" for c in cols)], rows)
 
 
+def _format_values(values: dict) -> str:
+    """``lr=0.000647, hidden=64, ...``: each key without its section."""
+    parts = []
+    for key, value in values.items():
+        parts.append(
+            f"{key.split('.', 1)[1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.', 1)[1]}={value}"
+        )
+    return ", ".join(parts)
+
+
+def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
+    """The report header's line on tuned settings (none when the bench runs the config as it is)."""
+    if s.tuned is None:
+        return []
+    metric = METRIC_NAMES[SELECTION[task]]
+    fixed = sorted(set_keys(s.overrides) & SEARCHED)
+    kept = f" (but {', '.join(fixed)}, which --set keeps)" if fixed else ""
+    how = (
+        f"every deep model tuned first with the same budget, {s.tune_trials} trials "
+        f"(`ramer tune`, into `{s.tuned}/<model>`: Optuna TPE, median pruning; each trial one training run "
+        f"under the budget above on seed {s.seeds[0]} at missing rate {base.data.missing_rate:g}; value: its best "
+        f"validation {metric}; test never read)"
+        if s.tune_trials is not None
+        else f"read from `{s.tuned}/<model>/best.yaml` (`ramer tune --out {s.tuned}/<model>`)"
+    )
+    budgets = {m: (tune_summary(s, m) or {}).get("finished") for m in s.deep_models}
+    unequal = len(set(budgets.values())) > 1
+    return [
+        f"- Tuned settings: {how}; each deep model runs with the values its search space (`ramer.models.spaces`) "
+        f"chose{kept}, every other setting as above (table `Tuned settings`)."
+        + (
+            " **The models were tuned with different numbers of trials** ("
+            + ", ".join(f"{m} {n if n is not None else '?'}" for m, n in budgets.items())
+            + ")."
+            if unequal
+            else ""
+        )
+    ]
+
+
+def tuned_table(s: BenchSettings, task: str) -> list[str]:
+    """Each tuned model: its trials, best validation score, the best trial's steps and the chosen values."""
+    if s.tuned is None:
+        return []
+    metric = METRIC_NAMES[SELECTION[task]]
+    rows = []
+    for m in s.deep_models:
+        summary = tune_summary(s, m) or {}
+        best = summary.get("best") or {}
+        finished = f"{summary['finished']} ({summary['pruned']} pruned)" if summary else "?"
+        rows.append(
+            [
+                m,
+                finished,
+                f"{best['value']:.4f}" if "value" in best else "–",
+                str(best.get("trial", "–")),
+                str(best.get("best_step", "–")),
+                _format_values(s.tuned_values.get(m, {})) or "–",
+            ]
+        )
+    header = ["model", "trials", f"best valid {metric}", "trial", "its steps to best", "chosen values"]
+    return ["", "## Tuned settings", "", *markdown_table(header, rows)]
+
+
 def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:
     bundle = info["bundle"]
     oracle = bundle.info.get("oracle", {}).get("test") if isinstance(bundle.info, dict) else None
@@ -593,6 +793,7 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         if t.patience
         else f"{t.epochs} epochs"
     )
+    lr = "(lr tuned per model)" if s.tuned and "train.lr" not in set_keys(s.overrides) else f"lr {t.lr:g}"
     (l1, _, _), (l2, _, _) = info["load"]
     c = info["counts"]
     if info["task"] == "single_label":
@@ -620,9 +821,10 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         "the same hidden modalities.",
         f"- Missing rates: {', '.join(f'{r:g}' for r in s.rates)}: extra probability of hiding each present "
         f"modality of each token, applied to {where}.",
-        f"- Training (every deep model alike): {budget}, batch {t.batch_size}, AdamW lr {t.lr:g}, "
+        f"- Training (every deep model alike): {budget}, batch {t.batch_size}, AdamW {lr}, "
         f"warm-up {t.warmup:g} (the schedule spans the cap); {decision}; test once on the best checkpoint. "
         "Classical models: one logistic-regression fit.",
+        *tuning_lines(s, base, info["task"]),
         *(
             [
                 f"- Complete-input reference: {', '.join(s.complete)} also trained and tested once per seed on the "
@@ -639,14 +841,17 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         "and testing.",
         "",
         "Test split; mean ± sample std over seeds (one seed: the value). **Bold**: best model per column "
-        "(HL: lowest). `steps to best`: optimiser steps done at the end of the best epoch, mean over seeds (a "
-        "classical fit takes none). `s/run`: mean seconds per run. Metric definitions: `ramer.metrics`."
+        "(HL: lowest). `params`: trainable parameters of a deep model, fitted coefficients (weights and "
+        "intercepts) of a classical one. `steps to best`: optimiser steps done at the end of the best epoch, mean "
+        "over seeds (a classical fit takes none). `s/run`: mean seconds per run. Metric definitions: "
+        "`ramer.metrics`."
         + (
             f" The `{ORACLE_ROW}` row reads the target's latent emotion state before annotator noise: the ceiling."
             if oracle
             else ""
         ),
     ]
+    lines += tuned_table(s, info["task"])
     for rate in s.rates:
         lines += ["", f"## Missing rate {rate:g}", ""]
         lines += rate_table(results, s, rate, oracle, info["task"])

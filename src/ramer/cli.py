@@ -234,29 +234,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ramer.infer import prediction_records
     from ramer.paths import atomic_write_text, output_file
 
     output_file(args.out)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)
     store = bundle.splits[args.split]
     probs = predictor.predict(store, workers=args.workers)
-    chosen = predictor.decide(probs)
-    names = predictor.label_names
-    roles = {1: "speaker", 0: "nonspeaker"}
-    lines = []
-    for i, sample_id in enumerate(store.ids):
-        p, s = (int(v) for v in store.target[i])
-        lines.append(
-            json.dumps(
-                {
-                    "id": sample_id,
-                    "target": {"person": p, "segment": s} if p >= 0 else None,
-                    "role": roles.get(int(store.role[i])),
-                    "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
-                    "labels": [n for n, on in zip(names, chosen[i]) if on],
-                }
-            )
-        )
+    records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
+    lines = [json.dumps(record) for record in records]
     atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     OUT.print(f"wrote {len(lines)} predictions to {args.out}", highlight=False)
     if bundle.format == "conversations":  # an imported set: a timeline per conversation
@@ -268,6 +254,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from ramer.infer import prediction_records, read_predictions
+    from ramer.paths import atomic_write_text, output_file
+    from ramer.view import page_data, render_page
+
+    if args.run_dir is None and args.preds is None:
+        raise RamerError("give RUN_DIR (its predictions are made now) or --preds FILE (written by ramer predict)")
+    if args.run_dir is None and args.data is None:
+        raise RamerError("--preds without RUN_DIR needs --data PATH: the dataset the predictions were made on")
+    if args.set and args.run_dir is not None:
+        raise RamerError("--set is for --preds with --data (a run reads its data with its own options)")
+    output_file(args.out)
+    if args.run_dir is not None:
+        predictor, bundle = load_run_and_data(args)
+        threshold = predictor.threshold
+    else:
+        from ramer.view import load_data
+
+        bundle, threshold = load_data(args.data, args.set or []), None
+        if args.split not in bundle.splits:
+            raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    store = bundle.splits[args.split]
+    if args.preds is not None:
+        records = read_predictions(args.preds, store.label_names)
+    else:
+        probs = predictor.predict(store, workers=args.workers)
+        records = prediction_records(store, probs, predictor.decide(probs), threshold)
+    title = f"{args.run_dir or args.preds} on {bundle.source} [{args.split}]"
+    data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir))
+    page = render_page(data)
+    atomic_write_text(args.out, page)
+    OUT.print(
+        f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {len(data['conversations'])} conversations, "
+        f"{data['n_predicted']} predicted samples",
+        highlight=False,
+    )
     return 0
 
 
@@ -384,6 +409,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         jobs=args.jobs,
         complete=args.complete,
+        tuned=args.tuned,
+        tune_trials=args.tune_trials,
     )
     reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
     ERR.print(
@@ -397,6 +424,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ERR.print("interrupted; run the same command again to resume (finished runs are cached)", highlight=False)
         return 130
     OUT.print(f"report: {settings.out / 'report.md'}", highlight=False)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ramer.config import set_keys
+    from ramer.metrics import METRIC_NAMES
+    from ramer.tune import require_optuna, tune, tune_config
+
+    require_optuna()  # before the data: a missing extra is the first thing to say
+    overrides = args.set or []
+    cfg = tune_config(args.model, resolve_config(args.config), overrides, args.data)
+    out = Path(args.out or f"runs/tune-{args.model}")
+    try:
+        result = tune(
+            cfg,
+            out,
+            trials=args.trials,
+            timeout=args.timeout,
+            storage=args.storage,
+            seed=args.seed,
+            fixed=set_keys(overrides),
+            console=ERR,
+        )
+    except KeyboardInterrupt:
+        ERR.print(
+            f"interrupted; run the same command again to continue (finished trials are kept in {out})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 130
+    best = result.summary["best"]
+    if best is None:
+        OUT.print(f"no trial completed; trials: {out / 'trials.md'}", highlight=False)
+    else:
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["values"].items())
+        OUT.print(
+            f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
+            f"({values})\n"
+            f"config: {out / 'best.yaml'} (ramer train --config {out / 'best.yaml'}); trials: {out / 'trials.md'}",
+            highlight=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -514,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="write per-sample probabilities and labels of a trained run as JSON lines",
         description="Apply the best checkpoint of RUN_DIR to a dataset split; one JSON line per sample "
-        "with its id, target, probs (label -> probability) and labels (stored threshold).",
+        "with its id, target, role, probs (label -> probability), labels and the threshold that chose them.",
     )
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     pr.add_argument("--data", help="dataset (default: the one the run was trained on)")
@@ -524,6 +593,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
     pr.add_argument("--device", help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
+
+    vw = sub.add_parser(
+        "view",
+        help="one self-contained HTML page of a split's predictions, conversation by conversation",
+        description="Write one HTML file (everything inlined: no server, no network) that shows, per "
+        "conversation, the persons x segments grid: which modalities each cell has, who speaks, the "
+        "predicted emotions (strength = probability), the annotated ones and where they differ; a cell "
+        "shows every label's probability, the threshold and the utterance's text (imported tables). "
+        "Predictions come from RUN_DIR (made now) or from --preds (a ramer predict file, with --data).",
+    )
+    vw.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory or its model.safetensors")
+    vw.add_argument("--preds", metavar="FILE", help="a predictions file of ramer predict (instead of predicting now)")
+    vw.add_argument("--data", help="dataset (default: the one the run was trained on; required with --preds alone)")
+    vw.add_argument("--split", default="test", help="split to show (default: test)")
+    vw.add_argument("--out", required=True, help="output .html file")
+    vw.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP + "; with --preds alone")
+    vw.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
+    vw.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    vw.add_argument("--device", help=DEVICE_HELP)
+    vw.set_defaults(func=cmd_view)
 
     x = sub.add_parser(
         "export",
@@ -596,8 +685,58 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--quick", action="store_true", help="small smoke settings (fewer scenes and epochs, 1 seed, rates 0 and 0.6)"
     )
+    b.add_argument(
+        "--tuned",
+        metavar="DIR",
+        help="run each deep model with the values its search space chose, from DIR/<model>/best.yaml "
+        "(ramer tune --out DIR/<model>); a deep model without one is an error",
+    )
+    b.add_argument(
+        "--tune-trials",
+        type=positive_int,
+        metavar="N",
+        help="first tune every deep model with the same budget of N trials (ramer tune, into OUT/tune/<model>), "
+        "then run the bench with the tuned values; needs 'ramer[tune]'",
+    )
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
     b.set_defaults(func=cmd_bench)
+
+    tu = sub.add_parser(
+        "tune",
+        help="search a model's settings with Optuna (TPE, median pruning); writes best.yaml",
+        description="Search the model's space (ramer.models.spaces: learning rate, weight decay, hidden "
+        "size, dropout, layers, the model's own loss weights) with Optuna's seeded TPE sampler; "
+        "each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
+        "unless set) and pruned by the median pruner on the per-epoch validation score. The value "
+        "is the best validation micro-F1 (weighted F1 on single-label data); test is never read. "
+        "The study lives in OUT/study.db (or --storage), so running the same command again "
+        "continues it. Writes OUT/best.yaml (ramer train --config OUT/best.yaml), "
+        "OUT/trials.md, OUT/trials.csv and OUT/tune.json. A key given with --set is kept, not "
+        "searched. Needs the optional extra: pip install 'ramer[tune]'.",
+    )
+    tu.add_argument("--model", required=True, help="a deep model, e.g. ramer, mult, amp, or a ramer-<ablation> preset")
+    tu.add_argument("--data", help="dataset (default: the embedded synthetic benchmark)")
+    tu.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
+    tu.add_argument(
+        "--trials",
+        type=positive_int,
+        default=20,
+        metavar="N",
+        help="the study's budget: run trials until it holds N finished ones, counting those it has (default: 20)",
+    )
+    tu.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    tu.add_argument("--out", help="output folder (default: runs/tune-MODEL)")
+    tu.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override for every trial; fixes that key"
+    )
+    tu.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an Optuna database URL (sqlite:///F, postgresql://..., mysql://...) instead of OUT/study.db: "
+        "processes on several machines given the same URL share one study (docs/SCALING.md)",
+    )
+    tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    tu.set_defaults(func=cmd_tune)
 
     data = sub.add_parser(
         "data",

@@ -8,7 +8,7 @@ in the run directory and inside the checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -195,6 +195,8 @@ class TrainConfig(_Section):
     # epochs; None trains all ``epochs`` (the cap, which the learning-rate schedule spans).
     patience: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast(bfloat16)
+    # every scalar of metrics.jsonl also as TensorBoard event files in RUN/tensorboard (needs 'ramer[tensorboard]')
+    tensorboard: bool = False
 
 
 class Config(_Section):
@@ -286,6 +288,26 @@ def config_from_dict(tree: dict, source: str) -> Config:
         return Config.model_validate(tree)
     except ValidationError as e:
         raise RamerError(_describe(e, source)) from None
+
+
+def with_values(cfg: Config, values: Mapping[str, Any], source: str = "values") -> Config:
+    """A copy of ``cfg`` with dotted keys set to values (``{"train.lr": 3e-4, "model.layers.text": 2}``);
+    the result is validated, so an unknown key or a bad value is an error naming it."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        *sections, name = key.split(".")
+        node = tree
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RamerError(f"{source}: '{key}' goes below '{part}', which is not a section")
+        node[name] = value
+    return config_from_dict(tree, source)
+
+
+def set_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys ``--set KEY=VALUE`` assignments set (what a search leaves fixed)."""
+    return {a.split("=", 1)[0].strip() for a in overrides if "=" in a}
 
 
 def dump_config(cfg: Config) -> str:

@@ -4,13 +4,16 @@ everything that scores a trained run (``api``, ``ramer eval``/``predict``/``expo
 benchmarks); it knows nothing of training.
 
 ``apply_missing`` gives a run's splits with its extra missing rate applied, the same masks for
-training and for a later evaluation of the run.
+training and for a later evaluation of the run. ``prediction_records`` / ``read_predictions``:
+the predictions file (JSON lines) that ``ramer predict`` writes and ``ramer view --preds`` reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -183,3 +186,81 @@ def _score_forked(
     finally:
         _FORKED = None
     return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------- the predictions file
+ROLE_WORDS = {1: "speaker", 0: "nonspeaker"}
+
+
+def prediction_records(
+    store: SceneStore, probs: np.ndarray, chosen: np.ndarray, threshold: float | np.ndarray | str
+) -> list[dict]:
+    """The lines of ``ramer predict`` (what ``ramer view --preds`` reads back): per sample of
+    ``store``, in order, its id, target (person, segment; ``None`` for a whole-scene sample), role,
+    probs (label -> probability, 6 decimals), labels (the decision) and the run's threshold (a
+    number, ``"argmax"``, or an object label -> number for per-label thresholds)."""
+    names = store.label_names
+    if isinstance(threshold, str):
+        thr: float | str | dict[str, float] = threshold
+    elif np.ndim(threshold) == 0:
+        thr = float(threshold)
+    else:
+        thr = {n: float(v) for n, v in zip(names, threshold)}
+    out = []
+    for i, sample_id in enumerate(store.ids):
+        p, s = (int(v) for v in store.target[i])
+        out.append(
+            {
+                "id": sample_id,
+                "target": {"person": p, "segment": s} if p >= 0 else None,
+                "role": ROLE_WORDS.get(int(store.role[i])),
+                "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
+                "labels": [n for n, on in zip(names, chosen[i]) if on],
+                "threshold": thr,
+            }
+        )
+    return out
+
+
+def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dict]:
+    """The records of a ``ramer predict`` file, checked line by line against ``label_names`` (the
+    data's); a bad file is a RamerError naming it, the line and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise RamerError(f"{path}: predictions file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RamerError(f"{path}: unreadable predictions file ({e})") from None
+    records, seen = [], set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RamerError(
+                f"{where}: not JSON ({e.msg}); expected one object per line, as ramer predict writes"
+            ) from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            raise RamerError(f"{where}: expected an object with a string 'id', 'probs' and 'labels' (ramer predict)")
+        probs, labels = rec.get("probs"), rec.get("labels")
+        if not isinstance(probs, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in probs.values()
+        ):
+            raise RamerError(f"{where}: 'probs' must map each label to a probability in [0, 1]")
+        if set(probs) != set(label_names):
+            raise RamerError(
+                f"{where}: labels {sorted(probs)} differ from the data's {sorted(label_names)}; "
+                "were these predictions made on this dataset?"
+            )
+        if not isinstance(labels, list) or not all(x in probs for x in labels):
+            raise RamerError(f"{where}: 'labels' must be a list of label names from 'probs'")
+        if rec["id"] in seen:
+            raise RamerError(f"{where}: sample id '{rec['id']}' appears twice")
+        seen.add(rec["id"])
+        records.append(rec)
+    if not records:
+        raise RamerError(f"{path}: holds no predictions (an empty file)")
+    return records

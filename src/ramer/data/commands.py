@@ -21,13 +21,15 @@ from ramer.errors import RamerError
 from ramer.paths import check_out_folder
 
 
-def _data_cfg(labels: str, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
+def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
     """The data config of ``--set data.KEY=VALUE`` (loader options such as ``data.max_utterances``)
-    with the label set ``labels``."""
+    with the label set ``labels`` (``None``: the one ``sets`` gives, else the default)."""
     other = [s for s in sets if not s.startswith("data.")]
     if other:
         raise RamerError(f"--set {other[0]}: only data.* keys (loader options) apply here")
     data = build_config(None, list(sets)).data
+    if labels is None:
+        return data
     try:
         return DataConfig(**{**data.model_dump(), "labels": labels})
     except ValidationError:
@@ -35,7 +37,7 @@ def _data_cfg(labels: str, sets: list[str] | tuple[str, ...] = ()) -> DataConfig
 
 
 def _open(path: str | None, fmt: str, labels: str, sets, options: dict):
-    cfg = _data_cfg(labels, sets)
+    cfg = data_config(labels, sets)
     return open_dataset(path, fmt, cfg, **{**loader_options(cfg), **options})
 
 

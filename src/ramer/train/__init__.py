@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
 from ramer.config import Config
 from ramer.data import DataBundle
+from ramer.errors import RamerError
 from ramer.models import CLASSICAL
 from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
@@ -25,8 +27,13 @@ def run_training(
     bundle: DataBundle | None = None,
     console: Console | None = None,
     resume: bool = False,
+    hooks: tuple[Callable[[Recipe, int], None], ...] = (),
 ) -> dict:
-    """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report."""
+    """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report.
+    ``hooks`` (deep models): called as ``hook(recipe, epoch)`` after each epoch is logged and saved
+    (``ramer tune`` reports the validation score there and may stop the run)."""
     if cfg.model.name in CLASSICAL:
+        if hooks:
+            raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
         return ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle).run()
-    return Recipe(cfg, out, resume=resume, console=console, bundle=bundle).run()
+    return Recipe(cfg, out, resume=resume, console=console, bundle=bundle, hooks=hooks).run()

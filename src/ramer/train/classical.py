@@ -40,6 +40,7 @@ from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, ClassicalModule
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train.recipe import check_splits, write_test_result
+from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, single_label: bool = False) -> float:
@@ -70,9 +71,12 @@ class ClassicalRecipe:
         self.resume = resume
         self.console = console or Console(stderr=True)
         self.bundle = bundle
+        self.curves: CurveWriter | None = None  # TensorBoard (train.tensorboard)
 
     def setup(self) -> None:
         cfg = self.cfg
+        if cfg.train.tensorboard:
+            require_tensorboard()  # before any work
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if self.bundle is None:
@@ -87,6 +91,8 @@ class ClassicalRecipe:
             raise RamerError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
         atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         (self.out / "metrics.jsonl").write_text("")
+        if cfg.train.tensorboard:
+            self.curves = CurveWriter(self.out)
 
     def train(self) -> None:
         cfg, bs = self.cfg, self.cfg.train.eval_batch_size
@@ -122,6 +128,8 @@ class ClassicalRecipe:
             ckpt.save_model(self.out / "model.safetensors", self.model, cfg, self.spec, self.threshold, 1)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
+            if self.curves is not None:
+                self.curves.write(line, 1)  # a fit takes no optimiser steps: its one point is at 1
         metric = SELECTION[self.spec.task]
         self.console.print(
             f"{cfg.model.name}: fitted in {seconds_fit:.1f}s  train log-loss {line['train']['loss']:.4f}"
@@ -134,9 +142,13 @@ class ClassicalRecipe:
         model = ClassicalModule.from_state(self.cfg.model.name, self.spec, state)
         pred = predict(model, self.splits["test"], self.cfg.train.eval_batch_size, torch.device("cpu"))
         run_info = {"best_step": None, "epochs_run": 1, "stopped_early": False}  # one fit, no optimiser steps
-        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names, run_info)
+        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names, run_info, self.curves)
 
     def run(self) -> dict:
-        self.setup()
-        self.train()
-        return self.test()
+        try:
+            self.setup()
+            self.train()
+            return self.test()
+        finally:
+            if self.curves is not None:
+                self.curves.close()

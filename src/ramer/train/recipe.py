@@ -53,13 +53,14 @@ from ramer.config import Config, dump_config
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import RamerError
+from ramer.errors import LossNotFinite, RamerError
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import DataSpec, build_model
 from ramer.models.base import LossResult
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train.optim import build_optimizer
+from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 # DDP must not overwrite the buffers (queue, prototypes) with rank 0's at every forward: the model
 # keeps them equal itself. Newer torch spells the switch ``forward_sync_buffers``.
@@ -133,10 +134,18 @@ def selection_score(valid_report: dict, task: str = "multi_label") -> float:
 
 
 def write_test_result(
-    out: Path, pred: Predictions, threshold, epoch: int, label_names, run_info: dict | None = None
+    out: Path,
+    pred: Predictions,
+    threshold,
+    epoch: int,
+    label_names,
+    run_info: dict | None = None,
+    curves: CurveWriter | None = None,
+    step: int = 1,
 ) -> dict:
     """Test metrics at the stored threshold; rank 0 writes test_metrics.json and the final log line
-    (``run_info``: the run's ``best_step``, ``epochs_run`` and ``stopped_early``, added to that line)."""
+    (``run_info``: the run's ``best_step``, ``epochs_run`` and ``stopped_early``, added to that line),
+    and, with ``curves``, the line's scalars at ``step``."""
     thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
     rep = report(pred.labels, pred.scores, thr, pred.role, label_names)
     per_label = rep.pop("per_label")
@@ -153,11 +162,15 @@ def write_test_result(
                 "per_label": per_label,
             }
             f.write(json.dumps(line) + "\n")
+        if curves is not None:
+            curves.write(line, step)
     return result
 
 
 class Recipe:
-    """One training run. ``hooks`` are called as ``hook(recipe, epoch)`` after each saved epoch."""
+    """One training run. ``hooks`` are called as ``hook(recipe, epoch)`` after each saved epoch (its
+    log line is ``recipe.log[-1]``); an exception a hook raises ends the run there (``ramer tune``
+    prunes a trial so)."""
 
     def __init__(
         self,
@@ -174,10 +187,13 @@ class Recipe:
         self.console = console or Console(stderr=True)
         self.hooks = hooks
         self.bundle = bundle
+        self.curves: CurveWriter | None = None  # TensorBoard (train.tensorboard), rank 0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        if cfg.train.tensorboard:
+            require_tensorboard()  # before any work
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
@@ -229,6 +245,9 @@ class Recipe:
             if error:
                 raise RamerError(error)
         self.epochs_run = self.start_epoch - 1  # epochs trained so far (a resumed run's too)
+        if cfg.train.tensorboard and is_main():
+            resumed_from = self.epochs_run * self.steps_per_epoch + 1 if self.resume else None
+            self.curves = CurveWriter(self.out, resume_step=resumed_from)
 
     def _new_run_folder(self, cfg: Config) -> str | None:
         """Rank 0: make the run folder, write its config and an empty log; returns the error, if
@@ -289,7 +308,7 @@ class Recipe:
                     cfg.train.precision,
                 )
             except FloatingPointError as e:
-                raise RamerError(f"epoch {epoch} step {step}: loss is not finite ({e}); lower train.lr?") from None
+                raise LossNotFinite(f"epoch {epoch} step {step}: loss is not finite ({e}); lower train.lr?") from None
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())
             for k, v in loss.terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -359,6 +378,8 @@ class Recipe:
                 if is_main():
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
+                    if self.curves is not None:
+                        self.curves.write(line, line["step"])
                 if is_main():
                     metric = METRIC_NAMES[SELECTION[self.spec.task]]
                     self.console.print(
@@ -422,7 +443,10 @@ class Recipe:
             "epochs_run": self.epochs_run,
             "stopped_early": self.epochs_run < self.cfg.train.epochs,
         }
-        return write_test_result(self.out, pred, threshold, epoch, self.bundle.label_names, run_info)
+        steps = self.epochs_run * self.steps_per_epoch
+        return write_test_result(
+            self.out, pred, threshold, epoch, self.bundle.label_names, run_info, self.curves, steps
+        )
 
     def run(self) -> dict:
         try:
@@ -430,5 +454,7 @@ class Recipe:
             self.train()
             return self.test()
         finally:
+            if self.curves is not None:
+                self.curves.close()
             if getattr(self, "owns_group", False):
                 dist.shutdown()

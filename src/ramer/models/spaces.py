@@ -1,0 +1,120 @@
+"""Search spaces of ``ramer tune``: for each model, the config keys it searches and their ranges.
+
+A space is a tuple of :class:`Param`, each one config key (``train.lr``, ``loss.w_cl``). Every
+deep model searches the common space (learning rate, weight decay, hidden size, dropout); a model
+that reads ``model.layers`` also searches its text / audio / visual layer counts; a model's own
+entry in ``SPACES`` adds the settings of its own mechanisms. Only keys the model reads are
+searched (``tests/test_tune.py`` checks that changing each one changes the model's training loss).
+
+Left out, because they are not config keys (the constructors fix them): AMP's perturbation size
+``eps`` (1.0), ML-GCN's adjacency threshold ``tau`` (0.4) and re-weighting ``p`` (0.2), and the
+RAMer authors' private and common dropouts (0.1, 0.3).
+
+``suggest(trial, space)`` draws the values of one trial; ``trial`` is an Optuna trial (only its
+``suggest_float`` / ``suggest_int`` / ``suggest_categorical`` are called, so this module does not
+import Optuna). The parameter names are the config keys, so a trial's ``params`` are the values
+to set (``config.with_values``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ramer.config import Config
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key: a float range (``log``: log-uniform), an int range, or choices."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high))
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def value(self, cfg: Config) -> Any:
+        """This key's value in ``cfg``."""
+        node: Any = cfg
+        for part in self.key.split("."):
+            node = getattr(node, part)
+        return node
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"{self.key} in {{{', '.join(map(str, self.choices))}}}"
+        kind = "int" if self.integer else ("log-uniform" if self.log else "uniform")
+        return f"{self.key} {kind} [{self.low:g}, {self.high:g}]"
+
+
+def log(key: str, low: float, high: float) -> Param:
+    return Param(key, low, high, log=True)
+
+
+# every deep model
+COMMON = (
+    log("train.lr", 1e-4, 3e-3),
+    log("train.weight_decay", 1e-4, 1e-1),
+    Param("model.hidden", choices=(32, 64, 128)),
+    Param("model.dropout", 0.0, 0.3),
+)
+# models that read model.layers (ramer, ramer-authors): encoder layers per modality
+LAYERS = (
+    Param("model.layers.text", 1, 3, integer=True),
+    Param("model.layers.audio", 1, 2, integer=True),
+    Param("model.layers.visual", 1, 2, integer=True),
+)
+# RAMer's loss weights of the parts the paper adds, and the contrastive temperature
+RAMER_OWN = (
+    log("loss.w_cl", 0.01, 1.0),  # contrastive (SupCon)
+    log("loss.w_ae", 0.1, 3.0),  # auto-encoder reconstruction
+    log("loss.w_cross", 0.1, 3.0),  # cross-modal reconstruction
+    log("loss.w_shuf", 0.1, 3.0),  # stack-shuffle virtual samples
+    log("loss.w_adv", 1e-3, 0.1),  # tier-1 adversarial (modality discriminators)
+    log("loss.w_radv", 1e-3, 0.1),  # tier-2 adversarial (real / reconstructed)
+    log("model.temperature", 0.03, 0.3),
+    Param("model.modality_dropout", 0.0, 0.3),
+)
+# the authors' design has no tier-2 adversary (w_radv) and no modality dropout
+AUTHORS_OWN = tuple(p for p in RAMER_OWN if p.key not in ("loss.w_radv", "model.modality_dropout"))
+
+SPACES: dict[str, tuple[Param, ...]] = {
+    "ramer": (*COMMON, *LAYERS, *RAMER_OWN),
+    "ramer-authors": (*COMMON, *LAYERS, *AUTHORS_OWN),
+    "amp": (*COMMON, Param("model.modality_dropout", 0.0, 0.3)),  # its adversarial masking probability
+}
+
+SEARCHED: frozenset[str] = frozenset(p.key for space in (COMMON, *SPACES.values()) for p in space)  # every key
+
+# RAMer's keys that a switched-off part no longer reads (``model.ablations``)
+UNUSED_WHEN_OFF = {
+    "no_reconstruction": ("loss.w_ae", "loss.w_cross", "loss.w_radv"),
+    "no_contrastive": ("loss.w_cl", "model.temperature"),
+    "no_adversarial": ("loss.w_adv",),
+    "no_rec_adversarial": ("loss.w_radv",),
+    "no_shuffle": ("loss.w_shuf",),
+    "no_modality_dropout": ("model.modality_dropout",),
+}
+
+
+def space_for(cfg: Config, fixed: set[str] | frozenset[str] = frozenset()) -> tuple[Param, ...]:
+    """The space of ``cfg.model.name`` (the common space without an entry of its own), less the
+    keys of RAMer parts ``cfg.model.ablations`` switches off and the ``fixed`` keys (those the user
+    set with ``--set``: a set value is kept, not searched)."""
+    space = SPACES.get(cfg.model.name, COMMON)
+    unused = {key for part in cfg.model.ablations for key in UNUSED_WHEN_OFF.get(part, ())}
+    return tuple(p for p in space if p.key not in unused and p.key not in fixed)
+
+
+def suggest(trial, space: tuple[Param, ...]) -> dict[str, Any]:
+    """One trial's values: config key -> value."""
+    return {p.key: p.suggest(trial) for p in space}

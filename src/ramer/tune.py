@@ -1,0 +1,443 @@
+"""``ramer tune``: search a model's settings with Optuna, each trial a normal training run.
+
+- Space: ``ramer.models.spaces`` (the model's own entry, or the common one); a key the user sets
+  with ``--set`` is kept at that value, not searched.
+- Sampler: TPE, seeded (``--seed``; a process that joins a study already holding trials adds their
+  count to the seed, so a resumed or second process draws new points). Pruner: median, on the
+  validation selection score each epoch reports (micro-F1; weighted F1 on single-label data),
+  from the 5th completed trial on and from epoch 3 on.
+- Objective: the best validation selection score of the run (the epoch the checkpoint keeps), with
+  early stopping (``train.patience``, 5 unless set). Test metrics are written to the trial's folder
+  as by ``ramer train``, never read here.
+- Study: ``OUT/study.db`` (SQLite), or ``--storage URL`` (any database Optuna supports), study name =
+  the model name. ``--trials N`` is the study's total: trials run until the study holds N finished
+  (complete or pruned) trials, counting those it already has, so the same command continues an
+  interrupted study, and several processes given one storage share the N. A trial that was running
+  when its process died is marked failed (at once when the process ran on this machine, else after
+  the heartbeat grace period), its folder is removed, and it does not count.
+- Outputs in OUT: ``trial-NNNN/`` (a ``ramer train`` run folder per trial), ``best.yaml`` (the full
+  config of the best trial: ``ramer train --config OUT/best.yaml``), ``trials.csv`` and
+  ``trials.md`` (number, state, value, steps, seconds, values), ``tune.json`` (budget, counts, best
+  trial, space). Rewritten after every trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ramer.config import Config, build_config, dump_config, with_values
+from ramer.data import DataBundle, load_bundle
+from ramer.data.store import resolve_task
+from ramer.errors import LossNotFinite, RamerError
+from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
+from ramer.models import CLASSICAL, set_model
+from ramer.models.spaces import Param, space_for, suggest
+from ramer.paths import atomic_write_text, make_folder
+from ramer.train import run_training
+from ramer.train.recipe import progress, selection_score
+
+STUDY_FILE = "study.db"
+TRIAL_FOLDER = "trial-{:04d}"
+DEFAULT_TRIALS = 20
+DEFAULT_SETS = ("train.patience=5",)  # before the user's --set: each trial trains to convergence
+TPE_STARTUP = 5  # random trials before TPE models the results
+PRUNER_STARTUP, PRUNER_WARMUP = 5, 3  # median pruning from the 5th completed trial, from epoch 3 on
+HEARTBEAT, GRACE = 60, 180  # seconds: a trial without a heartbeat for GRACE is stale (another machine)
+HOST = socket.gethostname()
+
+
+def require_optuna():
+    """The ``optuna`` module, or a clear error when the optional extra is missing."""
+    try:
+        import optuna
+    except ImportError:
+        raise RamerError("ramer tune needs Optuna: pip install 'ramer[tune]'") from None
+    return optuna
+
+
+class BudgetTaken(Exception):
+    """Raised in a trial that other processes' trials leave no budget for (the trial is not run)."""
+
+
+@dataclass
+class TuneResult:
+    out: Path
+    summary: dict  # what tune.json holds
+
+
+def tune_config(
+    model: str, config: str | Path | None, overrides: list[str] | tuple[str, ...] = (), data: str | None = None
+) -> Config:
+    """The config every trial starts from: the YAML file, ``DEFAULT_SETS``, ``--set``, the model,
+    the data."""
+    cfg = build_config(config, [*DEFAULT_SETS, *overrides])
+    set_model(cfg, model)
+    if data is not None:
+        cfg.data.path = data
+    return cfg
+
+
+# ---------------------------------------------------------------------- the study
+def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, pruner=None):
+    """Create or load the study (name: the model) and check it was made with ``base``."""
+    url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    try:
+        rdb = _storage(optuna, url)
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=base.model.name,
+            direction="maximize",
+            load_if_exists=True,
+            pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
+        )
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
+        raise RamerError(f"cannot open the study at {url}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # SQLAlchemy's errors (a bad URL, an unreachable server)
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise RamerError(f"cannot open the study at {url}: {str(e).splitlines()[0]}") from None
+        raise
+    stored = study.user_attrs.get("config")
+    mine = base.model_dump(mode="json")
+    if stored is None:
+        study.set_user_attr("config", mine)
+    elif stored != mine:
+        differ = sorted(_differences(stored, mine))
+        raise RamerError(
+            f"{url} holds a study of {base.model.name} with another config (differs in "
+            f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out or --storage, "
+            "or the study's own --config/--set"
+        )
+    n = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=seed + n, n_startup_trials=TPE_STARTUP)
+    return study, url
+
+
+def _storage(optuna, url: str, attempts: int = 5):
+    """Optuna's RDB storage at ``url``, with heartbeats. Two processes that create a new database at
+    the same moment race to make its tables (the loser sees "table ... already exists" or a unique
+    constraint fail): try again, and the tables are there."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # wait for the other writer
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT, grace_period=GRACE
+                )
+        except Exception as e:
+            if type(e).__name__ not in ("OperationalError", "IntegrityError") or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted({*a, *b}) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def fail_stale(optuna, study) -> None:
+    """Mark failed every running trial whose process is gone: on this machine at once (its pid),
+    elsewhere after the heartbeat grace period."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") == HOST and worker.get("pid") != os.getpid() and not _alive(worker.get("pid", -1)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def remove_failed_folders(optuna, study, out: Path) -> None:
+    """A failed trial's run folder (killed or interrupted mid-training) is of no use: remove it."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        folder = out / TRIAL_FOLDER.format(t.number)
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
+def counts(optuna, study) -> dict[str, int]:
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    n = {name: sum(t.state == getattr(states, name.upper()) for t in trials) for name in ("complete", "pruned")}
+    n["failed"] = sum(t.state == states.FAIL for t in trials)
+    n["running"] = sum(t.state == states.RUNNING for t in trials)
+    n["finished"] = n["complete"] + n["pruned"]
+    return n
+
+
+# ---------------------------------------------------------------------- one trial
+class Objective:
+    """Train one trial's config into ``OUT/trial-NNNN``; the value is its best validation score."""
+
+    def __init__(self, optuna, study, base: Config, space, out: Path, budget: int, bundle: DataBundle, on_epoch):
+        self.optuna, self.study, self.base, self.space = optuna, study, base, space
+        self.out, self.budget, self.bundle, self.on_epoch = out, budget, bundle, on_epoch
+        self.quiet = Console(stderr=True, quiet=True)
+
+    def __call__(self, trial) -> float:
+        optuna = self.optuna
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        ahead = [t for t in running if t.number < trial.number]  # started before this one, elsewhere
+        if counts(optuna, self.study)["finished"] + len(ahead) >= self.budget:
+            trial.set_user_attr("note", "not run: other processes' trials took the rest of the budget")
+            raise BudgetTaken
+        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        values = suggest(trial, self.space)
+        cfg = with_values(self.base, values, f"trial {trial.number}")
+        run = self.out / TRIAL_FOLDER.format(trial.number)
+        trial.set_user_attr("run", run.name)
+        if run.exists():  # a folder of an earlier study in this folder, under the same number
+            shutil.rmtree(run)
+        t0 = time.perf_counter()
+        state: dict = {}
+
+        def record(recipe, note: str | None = None) -> None:
+            attrs = {
+                "best_epoch": recipe.best["epoch"],
+                "best_step": recipe.best["epoch"] * recipe.steps_per_epoch,
+                "epochs_run": recipe.epochs_run,
+                "steps": recipe.epochs_run * recipe.steps_per_epoch,
+                "seconds": time.perf_counter() - t0,
+            }
+            for key, value in {**attrs, **({"note": note} if note else {})}.items():
+                trial.set_user_attr(key, value)
+
+        def report(recipe, epoch: int) -> None:
+            state["recipe"] = recipe
+            score = selection_score(recipe.log[-1]["valid"], recipe.spec.task)  # validation only
+            trial.report(score, epoch)
+            self.on_epoch(trial.number, epoch, recipe.cfg.train.epochs, score)
+            if trial.should_prune():
+                record(recipe, f"pruned after epoch {epoch}")
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            run_training(cfg, run, bundle=self.bundle, console=self.quiet, hooks=(report,))
+        except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
+            if "recipe" in state:
+                record(state["recipe"])
+            trial.set_user_attr("note", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        recipe = state["recipe"]
+        record(recipe)
+        return float(recipe.best["score"])
+
+
+# ---------------------------------------------------------------------- the search
+def tune(
+    base: Config,
+    out: str | Path,
+    trials: int = DEFAULT_TRIALS,
+    timeout: float | None = None,
+    storage: str | None = None,
+    seed: int = 0,
+    fixed: set[str] | frozenset[str] = frozenset(),
+    console: Console | None = None,
+    bundle: DataBundle | None = None,
+    pruner=None,
+) -> TuneResult:
+    """Run trials of ``base.model.name`` until the study holds ``trials`` finished trials (or
+    ``timeout`` seconds have passed: no trial starts after it); write the outputs; return them.
+    ``fixed``: keys left out of the search (the user's ``--set``). ``pruner``: an Optuna pruner
+    (default: the median pruner above)."""
+    optuna = require_optuna()
+    console = console or Console(stderr=True)
+    if trials < 1:
+        raise RamerError(f"--trials must be at least 1, got {trials}")
+    if base.model.name in CLASSICAL:
+        raise RamerError(
+            f"'{base.model.name}' is a classical model: one logistic-regression fit, nothing to tune; tune a deep model"
+        )
+    space = space_for(base, set(fixed))
+    check_space(base, space)
+    out = make_folder(out)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
+    study, url = open_study(optuna, out, storage, base, seed, pruner)
+    fail_stale(optuna, study)
+    remove_failed_folders(optuna, study, out)
+    if bundle is None:
+        bundle = load_bundle(base.data)
+    task = resolve_task(bundle, base.data.task)
+    metric = METRIC_NAMES[SELECTION[task]]
+    info = {
+        "sampler": f"TPE (seed {seed}, {TPE_STARTUP} random trials first)",
+        "pruner": f"median (from the {PRUNER_STARTUP}th completed trial, from epoch {PRUNER_WARMUP})"
+        if pruner is None
+        else type(pruner).__name__,
+        "space": [p.describe() for p in space],
+        "fixed": sorted(fixed),
+        "study": url,
+    }
+    states = optuna.trial.TrialState
+    t_start = time.perf_counter()
+    try:
+        with progress(console) as bar:
+            n = counts(optuna, study)
+            task_id = bar.add_task(
+                f"tune {base.model.name}", total=trials, completed=min(n["finished"], trials), info=""
+            )
+            console.print(
+                f"tune {base.model.name}: {trials} trials (the study holds {n['finished']} finished) -> {out}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+            def on_epoch(number: int, epoch: int, epochs: int, score: float) -> None:
+                best = _best(optuna, study)
+                so_far = f"  best {best.value:.4f} (trial {best.number})" if best else ""
+                bar.update(task_id, info=f"trial {number} epoch {epoch}/{epochs} valid {score:.4f}{so_far}")
+
+            def after_trial(study, t) -> None:
+                n = counts(optuna, study)
+                bar.update(task_id, completed=min(n["finished"], trials))
+                if t.state in (states.COMPLETE, states.PRUNED):
+                    best = _best(optuna, study)
+                    a = t.user_attrs
+                    value = f"{t.value:.4f}" if t.value is not None else "–"
+                    so_far = f"  best {best.value:.4f} (trial {best.number})" if best else ""
+                    console.print(
+                        f"[{n['finished']}/{trials}] trial {t.number} {t.state.name.lower()}: valid {metric} {value}"
+                        f"{so_far}  {a.get('steps', 0)} steps  {a.get('seconds', 0.0):.1f}s",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                write_outputs(optuna, study, out, base, trials, task, info)
+
+            objective = Objective(optuna, study, base, space, out, trials, bundle, on_epoch)
+            while True:
+                fail_stale(optuna, study)
+                n = counts(optuna, study)
+                if n["finished"] >= trials:
+                    break
+                if timeout is not None and time.perf_counter() - t_start >= timeout:
+                    console.print(f"--timeout {timeout:g}s reached; no new trial", highlight=False)
+                    break
+                if n["finished"] + n["running"] >= trials:
+                    console.print(
+                        f"the rest of the budget is running in other processes ({n['running']} trials)",
+                        highlight=False,
+                    )
+                    break
+                try:
+                    study.optimize(objective, n_trials=1, callbacks=[after_trial])
+                except BudgetTaken:
+                    break
+    finally:
+        summary = write_outputs(optuna, study, out, base, trials, task, info)
+    return TuneResult(out=out, summary=summary)
+
+
+def check_space(base: Config, space: tuple[Param, ...]) -> None:
+    """Every searched hidden size must divide into ``model.heads`` attention heads."""
+    for p in space:
+        if p.key == "model.hidden" and any(h % base.model.heads for h in p.choices or ()):
+            raise RamerError(
+                f"model.heads={base.model.heads} does not divide every searched model.hidden "
+                f"({', '.join(map(str, p.choices))}); set model.heads (e.g. 4) or fix model.hidden with --set"
+            )
+
+
+def _best(optuna, study):
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+# ---------------------------------------------------------------------- outputs
+def _format(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str, info: dict) -> dict:
+    """trials.csv, trials.md, best.yaml (once a trial completed) and tune.json, from the whole study."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    header = ["number", "state", "value", "best_step", "steps", "epochs", "seconds", *keys, "note"]
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        value = "" if t.value is None else t.value
+        rows.append(
+            [t.number, t.state.name.lower(), value, a.get("best_step", ""), a.get("steps", ""), a.get("epochs_run", "")]
+            + [round(a["seconds"], 1) if "seconds" in a else ""]
+            + [t.params.get(k, "") for k in keys]
+            + [a.get("note", "killed or interrupted" if t.state.name == "FAIL" else "")]
+        )
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    atomic_write_text(out / "trials.csv", text.getvalue())
+
+    n = counts(optuna, study)
+    best = _best(optuna, study)
+    metric = METRIC_NAMES[SELECTION[task]]
+    short = [k.split(".", 1)[1] for k in keys]  # train.lr -> lr, model.layers.text -> layers.text
+    md_header = ["trial", "state", f"valid {metric}", "steps to best", "steps", "s", *short, "note"]
+    md_rows = [
+        [str(r[0]), r[1], f"{r[2]:.4f}" if r[2] != "" else "–", *(str(c) if c != "" else "–" for c in r[3:5])]
+        + [f"{r[6]:.0f}" if r[6] != "" else "–"]
+        + [_format(c) if c != "" else "–" for c in r[7 : 7 + len(keys)]]
+        + [str(r[-1])]
+        for r in rows
+    ]
+    lines = [
+        f"# Tuning {base.model.name}",
+        "",
+        f"Budget {budget} trials; the study holds {n['finished']} finished ({n['complete']} complete, "
+        f"{n['pruned']} pruned), {n['failed']} failed, {n['running']} running. Value: the best validation "
+        f"{metric} of the trial's run (early stopping: train.patience {base.train.patience}, at most "
+        f"{base.train.epochs} epochs). "
+        + (f"Best: trial {best.number}, {best.value:.4f} (`best.yaml`)." if best else "No trial has completed."),
+        "",
+        *markdown_table(md_header, md_rows),
+    ]
+    atomic_write_text(out / "trials.md", "\n".join(lines) + "\n")
+
+    best_info = None
+    if best is not None:
+        atomic_write_text(out / "best.yaml", dump_config(with_values(base, best.params, f"trial {best.number}")))
+        a = best.user_attrs
+        best_info = {
+            "trial": best.number,
+            "value": best.value,
+            "values": best.params,
+            "best_epoch": a.get("best_epoch"),
+            "best_step": a.get("best_step"),
+            "seconds": a.get("seconds"),
+            "run": a.get("run"),
+        }
+    summary = {
+        "model": base.model.name,
+        "metric": SELECTION[task],
+        "budget": budget,
+        **n,
+        "best": best_info,
+        **info,
+    }
+    atomic_write_text(out / "tune.json", json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,355 @@
+"""``ramer tune`` (Optuna) and TensorBoard curves, on tiny data: every model's search space builds
+its model and each searched key is read; the CLI writes best.yaml and the trials table with values
+read from validation only; a killed study resumes; the pruner stops a hopeless trial; two processes
+share one study; ``train.tensorboard`` writes the logged scalars."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ramer
+from ramer.cli import main
+from ramer.config import build_config, with_values
+from ramer.data.synthetic import generate
+from ramer.errors import LossNotFinite
+from ramer.models import BUILDERS, DataSpec, build_model, set_model
+from ramer.models.spaces import SEARCHED, space_for, suggest
+from ramer.train.recipe import Recipe
+
+optuna = pytest.importorskip("optuna")
+
+TINY = [
+    "data.synthetic.n_train=64",
+    "data.synthetic.n_valid=32",
+    "data.synthetic.n_test=32",
+    "model.hidden=16",
+    "model.ffn=32",
+    "model.heads=2",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.threads=1",  # one thread: on a busy machine two are many times slower (docs/BENCH.md)
+]
+SETS = [x for s in TINY for x in ("--set", s)]
+SRC = str(Path(ramer.__file__).parents[1])  # this checkout's package, for the subprocesses
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def lines(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def study_trials(out: Path, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def states(trials) -> list[str]:
+    return [t.state.name.lower() for t in trials]
+
+
+# ---------------------------------------------------------------------- the spaces
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny synthetic bundle, its spec and one training batch."""
+    cfg = build_config(overrides=TINY)
+    bundle = generate(cfg.data.synthetic)
+    spec = DataSpec.from_bundle(bundle, "multi_label")
+    return bundle, spec, bundle.splits["train"].collate(list(range(8)))
+
+
+def model_loss(cfg, bundle, spec, batch) -> tuple[torch.Tensor, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model(cfg, spec)
+    if hasattr(model, "prepare"):
+        model.prepare(bundle.splits["train"])
+    model.train()
+    torch.manual_seed(1)
+    return model.loss(model(batch), batch).total, model
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_space_builds_a_valid_config_and_its_model(tiny, name):
+    """Two trials of a seeded sampler: the values validate as a config, the config holds them, and
+    the model it builds trains (finite loss, gradients)."""
+    bundle, spec, batch = tiny
+    base = build_config(overrides=["model.heads=4"])
+    set_model(base, name)
+    space = space_for(base)
+    assert {"train.lr", "train.weight_decay", "model.hidden", "model.dropout"} <= {p.key for p in space}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(2):
+        trial = study.ask()
+        values = suggest(trial, space)
+        cfg = with_values(base, values)
+        assert {p.key: p.value(cfg) for p in space} == values
+        loss, model = model_loss(cfg, bundle, spec, batch)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_searched_model_key_is_read(tiny, name):
+    """Changing one searched model / loss key (low vs high end of its range) changes the model's
+    training loss: no searched key is one the model ignores. (train.lr and train.weight_decay are
+    the optimiser's, read by every run.)"""
+    bundle, spec, batch = tiny
+    base = build_config(overrides=TINY)
+    set_model(base, name)
+    for p in space_for(base):
+        if p.key.startswith("train."):
+            continue
+        ends = (p.choices[0], p.choices[-1]) if p.choices else (p.low, p.high)
+        if p.integer:
+            ends = tuple(int(v) for v in ends)
+        low, high = (model_loss(with_values(base, {p.key: v}), bundle, spec, batch)[0] for v in ends)
+        assert not torch.equal(low, high), f"{name}: {p.key} changes nothing"
+
+
+def test_space_leaves_out_fixed_keys_and_switched_off_parts():
+    base = build_config()
+    assert "loss.w_shuf" in {p.key for p in space_for(base)}
+    set_model(base, "ramer-no_shuffle")
+    keys = {p.key for p in space_for(base, {"train.lr"})}
+    assert "loss.w_shuf" not in keys and "train.lr" not in keys and "loss.w_cl" in keys
+    set_model(base, "mult")  # no entry of its own: the common space
+    assert {p.key for p in space_for(base)} == {"train.lr", "train.weight_decay", "model.hidden", "model.dropout"}
+    assert "model.layers.text" in SEARCHED
+
+
+# ---------------------------------------------------------------------- ramer tune, end to end
+@pytest.mark.slow
+def test_tune_writes_best_config_and_trials_from_validation_only(tmp_path, capsys):
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", "ramer", "--out", str(out), *SETS]
+    assert main([*argv, "--trials", "2"]) == 0
+    trials = study_trials(out, "ramer")
+    assert states(trials) == ["complete", "complete"]
+    for t in trials:
+        run = out / f"trial-{t.number:04d}"
+        epochs = [ln for ln in lines(run) if "epoch" in ln]
+        final = lines(run)[-1]
+        # The value is the best validation micro-F1 of the run (the checkpoint's epoch), not a test score.
+        assert t.value == max(ln["valid"]["overall"]["micro_f1"] for ln in epochs)
+        assert t.value == epochs[final["best_epoch"] - 1]["valid"]["overall"]["micro_f1"]
+        assert (t.user_attrs["best_step"], t.user_attrs["steps"]) == (final["best_step"], 2 * len(epochs))
+        cfg = build_config(run / "config.yaml")
+        space = {p.key: p for p in space_for(cfg)}
+        assert {key: space[key].value(cfg) for key in t.params} == t.params  # the trial trained its values
+        assert cfg.model.hidden == 16 and "model.hidden" not in t.params  # --set fixes a key
+        assert cfg.train.patience == 5  # trials stop early unless --set says otherwise
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert (out / "best.yaml").read_text() == (out / f"trial-{best.number:04d}" / "config.yaml").read_text()
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["best"]["trial"] == best.number and summary["best"]["value"] == best.value
+    assert (summary["budget"], summary["complete"], summary["finished"]) == (2, 2, 2)
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("number,state,value,best_step,steps,epochs,seconds,train.lr,")
+    assert [r.split(",")[1] for r in rows[1:]] == ["complete", "complete"]
+    assert float(rows[1].split(",")[2]) == trials[0].value
+    assert "| trial | state | valid micro-F1 | steps to best |" in (out / "trials.md").read_text()
+    assert "best: trial" in capsys.readouterr().out
+
+    # Run again: the budget is reached, nothing is re-run; a timeout of 0 starts nothing new.
+    stamps = sorted((p, p.stat().st_mtime_ns) for p in out.glob("trial-*/metrics.jsonl"))
+    assert main([*argv, "--trials", "2"]) == 0
+    assert main([*argv, "--trials", "3", "--timeout", "0"]) == 0
+    assert sorted((p, p.stat().st_mtime_ns) for p in out.glob("trial-*/metrics.jsonl")) == stamps
+    assert len(study_trials(out, "ramer")) == 2
+    # Another config in the same folder is an error, not a mixed study.
+    assert main([*argv, "--trials", "3", "--set", "train.epochs=3"]) == 2
+    assert "holds a study of ramer with another config (differs in train.epochs)" in capsys.readouterr().err
+
+
+def test_tune_rejects_classical_models_and_says_when_optuna_is_missing(tmp_path, monkeypatch, capsys):
+    assert main(["tune", "--model", "br", "--out", str(tmp_path / "br"), *SETS]) == 2
+    assert "classical model" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    assert main(["tune", "--model", "ramer", "--out", str(tmp_path / "r"), *SETS]) == 2
+    assert "pip install 'ramer[tune]'" in capsys.readouterr().err
+    assert main(["bench", "--tune-trials", "2", "--models", "late_fusion", "--out", str(tmp_path / "b"), *SETS]) == 2
+    assert "pip install 'ramer[tune]'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- pruning
+def test_pruner_stops_a_hopeless_trial(tmp_path, monkeypatch):
+    """Scripted validation scores: trials 0 and 1 score 0.3, 0.5, 0.4 in epochs 1-3, trial 2 scores
+    0.05 in epoch 1, below the median of the others there: it is pruned after epoch 1 and trains no
+    further. Trial 3's loss diverges: pruned too (a bad setting), not failed. A completed trial's
+    value is its best epoch's score (0.5), not its last."""
+    scripted = {0: [0.3, 0.5, 0.4], 1: [0.3, 0.5, 0.4], 2: [0.05, 0.9, 0.9]}
+    real_validate, real_epoch = Recipe.validate, Recipe.train_epoch
+
+    def validate(self):
+        rep, threshold = real_validate(self)
+        rep["overall"]["micro_f1"] = scripted[int(self.out.name.split("-")[1])][len(self.log)]
+        return rep, threshold
+
+    def train_epoch(self, epoch, bar):
+        if self.out.name == "trial-0003":
+            raise LossNotFinite(f"epoch {epoch} step 0: loss is not finite (nan); lower train.lr?")
+        return real_epoch(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "validate", validate)
+    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    from ramer.tune import tune, tune_config
+
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=3"])
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    summary = tune(cfg, tmp_path / "t", trials=4, pruner=pruner).summary
+    trials = study_trials(tmp_path / "t", "late_fusion")
+    assert states(trials) == ["complete", "complete", "pruned", "pruned"]
+    assert [t.value for t in trials[:2]] == [0.5, 0.5]
+    assert trials[2].user_attrs["note"] == "pruned after epoch 1" and trials[2].user_attrs["epochs_run"] == 1
+    pruned = tmp_path / "t" / "trial-0002"
+    assert [ln["epoch"] for ln in lines(pruned)] == [1] and not (pruned / "test_metrics.json").exists()
+    assert "loss is not finite" in trials[3].user_attrs["note"]
+    assert (summary["complete"], summary["pruned"], summary["finished"]) == (2, 2, 4)
+
+
+# ---------------------------------------------------------------------- several processes
+def wrapped(script: str) -> str:
+    """A ``python -c`` program: ``script`` (patches for the test), then the real CLI."""
+    return textwrap.dedent(script) + "\nfrom ramer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_tune_killed_mid_trial_resumes_where_it_stopped(tmp_path):
+    """SIGKILL during trial 1's second epoch; the same command again marks trial 1 failed and
+    removes its folder, keeps trial 0 (not trained again) and runs trials until 3 completed."""
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", "late_fusion", "--trials", "3", "--out", str(out), *SETS]
+    stop_in_trial_1 = """
+        import sys, time
+        from ramer.train.recipe import Recipe
+        real = Recipe.train_epoch
+        def train_epoch(self, epoch, bar):
+            if self.out.name == "trial-0001" and epoch == 2:
+                (self.out.parent / "in-trial-1").write_text("")
+                time.sleep(600)
+            return real(self, epoch, bar)
+        Recipe.train_epoch = train_epoch
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", wrapped(stop_in_trial_1), *argv], env=env(), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(out / "in-trial-1", proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert states(study_trials(out, "late_fusion")) == ["complete", "running"]
+    assert (out / "trial-0001" / "train_state.pt").exists()
+    first = (out / "trial-0000" / "metrics.jsonl").stat().st_mtime_ns
+
+    assert main(argv) == 0
+    trials = study_trials(out, "late_fusion")
+    assert states(trials) == ["complete", "fail", "complete", "complete"]
+    assert not (out / "trial-0001").exists()
+    assert (out / "trial-0000" / "metrics.jsonl").stat().st_mtime_ns == first
+    summary = json.loads((out / "tune.json").read_text())
+    assert (summary["complete"], summary["failed"], summary["running"]) == (3, 1, 0)
+    assert "killed or interrupted" in (out / "trials.csv").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study(tmp_path):
+    """Two processes on one SQLite study (--storage), each with its own --out, as two machines
+    would run: both train at once (each waits in its first epoch until the other is there too),
+    and together they finish the study's budget of 4 trials, no more."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    meet_the_other = f"""
+        import os, sys, time
+        from pathlib import Path
+        from ramer.train.recipe import Recipe
+        real, barrier = Recipe.train_epoch, Path({str(barrier)!r})
+        def train_epoch(self, epoch, bar):
+            if not (barrier / f"ready-{{os.getpid()}}").exists():
+                (barrier / f"ready-{{os.getpid()}}").write_text("")
+                deadline = time.time() + 300
+                while len(list(barrier.glob("ready-*"))) < 2 and time.time() < deadline:
+                    time.sleep(0.1)
+            return real(self, epoch, bar)
+        Recipe.train_epoch = train_epoch
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", wrapped(meet_the_other), "tune", "--model", "late_fusion", "--trials", "4"]
+            + ["--storage", storage, "--out", str(tmp_path / f"w{k}"), "--seed", str(k), *SETS],
+            env=env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="late_fusion", storage=storage).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4
+    assert all(t.user_attrs["note"].startswith("not run") for t in trials if t.state.name == "FAIL")
+    workers: dict[int, int] = {}  # process -> trials it completed
+    pids = {p.pid: k for k, p in enumerate(procs)}
+    for t in done:  # each trial's run folder is in the --out of the process that ran it
+        k = pids[t.user_attrs["worker"]["pid"]]
+        assert (tmp_path / f"w{k}" / f"trial-{t.number:04d}" / "test_metrics.json").exists()
+        workers[k] = workers.get(k, 0) + 1
+    assert sorted(workers) == [0, 1]  # both processes trained trials
+    assert max(json.loads((tmp_path / f"w{k}" / "tune.json").read_text())["complete"] for k in range(2)) == 4
+
+
+# ---------------------------------------------------------------------- TensorBoard
+def test_tensorboard_curves_hold_the_logged_scalars(tmp_path):
+    """``train.tensorboard`` through ``ramer tune``: the trial's run writes RUN/tensorboard, whose
+    scalars are the values of metrics.jsonl at each line's step."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tune"
+    assert main(["tune", "--model", "late_fusion", "--trials", "1", "--out", str(out), *SETS]
+                + ["--set", "train.tensorboard=true"]) == 0  # fmt: skip
+    run = out / "trial-0000"
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "valid/overall/micro_f1", "valid/speaker/micro_f1", "lr", "test/overall/micro_f1"} <= tags
+    epochs = [ln for ln in lines(run) if "epoch" in ln]
+    assert {t for t in tags if t.startswith("train/")} == {f"train/{k}" for k in epochs[0]["train"]}
+    for tag, read in (("train/loss", lambda ln: ln["train"]["loss"]), ("lr", lambda ln: ln["lr"])):
+        points = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert points == [(ln["step"], pytest.approx(read(ln), rel=1e-6)) for ln in epochs], tag
+    final = lines(run)[-1]
+    (test_point,) = events.Scalars("test/overall/micro_f1")
+    assert test_point.value == pytest.approx(final["test"]["overall"]["micro_f1"], rel=1e-6)
+
+
+def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now raises ImportError
+    assert main(["train", "--model", "late_fusion", "--out", str(tmp_path / "r"), *SETS,
+                 "--set", "train.tensorboard=true"]) == 2  # fmt: skip
+    assert "pip install 'ramer[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # said before any work

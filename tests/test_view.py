@@ -1,0 +1,414 @@
+"""`ramer view`: the JSON the page embeds (per data source), the CLI's errors, and the page itself
+in a real browser (Chromium driven by Playwright; those tests skip, with the reason, where either
+is missing: `make test` installs Playwright, `.ci/run` installs Chromium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import fixtures_writers as fw
+import numpy as np
+import pytest
+from conftest import random_store
+from test_conversations import LABELS, base_rows, write_table
+from test_recipe import tiny_cfg
+
+from ramer.cli import main
+from ramer.config import DataConfig
+from ramer.data import DataBundle
+from ramer.data.conversations import import_conversations
+from ramer.data.formats import load_dataset
+from ramer.data.store import load_native
+from ramer.data.synthetic import generate
+from ramer.infer import prediction_records, read_predictions
+from ramer.metrics import decide, report
+from ramer.train.recipe import Recipe
+from ramer.view import AUDIO, SPEAKS, TEXT, page_data, render_page
+
+NEEDS_PLAYWRIGHT = "needs Playwright for Python (pip install 'ramer[test]'; it drives the system Chromium)"
+NEEDS_CHROMIUM = "needs a system Chromium (Debian: apt-get install chromium)"
+HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & done'
+
+
+def records_for(store, seed: int = 0, threshold=0.5) -> list[dict]:
+    """Prediction records of random probabilities (what `ramer predict` writes)."""
+    probs = np.random.default_rng(seed).random((len(store), len(store.label_names)))
+    return prediction_records(store, probs, decide(probs, threshold), threshold)
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run, its predictions file (ramer predict) and its page (ramer view RUN_DIR)."""
+    root = tmp_path_factory.mktemp("view")
+    cfg = tiny_cfg(extra=["train.epochs=1"])
+    bundle = generate(cfg.data.synthetic)
+    Recipe(cfg, root / "run", bundle=bundle).run()
+    assert main(["predict", str(root / "run"), "--out", str(root / "preds.jsonl")]) == 0
+    assert main(["view", str(root / "run"), "--out", str(root / "scenes.html")]) == 0
+    preds = [json.loads(x) for x in (root / "preds.jsonl").read_text().splitlines()]
+    return {"root": root, "bundle": bundle, "store": bundle.splits["test"], "preds": preds}
+
+
+def imported(tmp_path: Path, rows: list[dict] | None = None) -> DataBundle:
+    """The test file's conversations (c1-c3), all in split test, imported with the fake text model."""
+    rows = rows or base_rows()
+    for r in rows:
+        r["split"] = "test"
+    import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds", context=1)
+    return load_native(tmp_path / "ds")
+
+
+# ------------------------------------------------------------------------------------ the JSON blob
+def test_imported_conversations_are_whole_grids_with_their_texts(tmp_path, fake_text):
+    """A conversation is every person x every utterance; each sample (a window of context 1) lands
+    on its own utterance; presence, speakers and texts come from the table."""
+    bundle = imported(tmp_path)
+    store = bundle.splits["test"]
+    records = records_for(store)
+    data = page_data(bundle, "test", records, 0.5)
+    convs = {c["name"]: c for c in data["conversations"]}
+    assert list(convs) == ["c1", "c2", "c3"]
+    c1 = convs["c1"]
+    assert c1["persons"] == ["ann", "bob", "cat"] and c1["segments"] == ["0", "1", "2", "3"]
+    assert c1["texts"][1] == ["bob", "I am not happy about the plan."]
+    # the speaker of each utterance has text and audio bits only where the table gives them
+    ann, bob = c1["cells"][0], c1["cells"][1]
+    assert ann[0] & (TEXT | SPEAKS) == TEXT | SPEAKS and not ann[1] & (TEXT | AUDIO | SPEAKS)
+    assert bob[1] & TEXT and not bob[0] & (TEXT | AUDIO | SPEAKS)
+    c2 = convs["c2"]
+    assert c2["segments"] == ["10", "20", "30", "40"]
+    dan = c2["cells"][0]
+    assert dan[2] & SPEAKS and not dan[2] & TEXT  # index 30: dan speaks without words (text absent)
+    by_id = {r["id"]: r for r in records}
+    at = {x["id"]: x for c in data["conversations"] for x in c["samples"]}
+    assert at["c1/1"]["at"] == [1, 1] and at["c2/40"]["at"] == [2, 3] and at["c3/3"]["at"] == [0, 2]
+    for sample_id, x in at.items():
+        assert x["probs"] == [by_id[sample_id]["probs"][n] for n in LABELS]
+        assert [LABELS[j] for j in x["pred"]] == by_id[sample_id]["labels"]
+        assert x["gold"] == np.flatnonzero(store.labels[store.ids.index(sample_id)]).tolist()
+        assert x["role"] == "speaker"
+
+
+def test_table_gone_means_no_texts(tmp_path, fake_text):
+    bundle = imported(tmp_path)
+    (tmp_path / "talk.csv").unlink()
+    data = page_data(bundle, "test", records_for(bundle.splits["test"]))
+    assert all(c["texts"] is None for c in data["conversations"])
+
+
+def test_unlabelled_import_has_no_annotations_and_listener_targets(tmp_path, fake_text):
+    """--targets all: a sample per person at each utterance; listeners are non-speaker targets."""
+    rows = base_rows(labelled=False)
+    for r in rows:
+        r["split"] = "test"
+    import_conversations(write_table(tmp_path / "new.csv", rows), tmp_path / "ds", labels=list(LABELS), targets="all")
+    bundle = load_native(tmp_path / "ds")
+    data = page_data(bundle, "test", records_for(bundle.splits["test"]))
+    assert data["labelled"] is False and data["summary"] is None
+    c1 = data["conversations"][0]
+    assert len(c1["samples"]) == 3 * 4 and all(x["gold"] is None for x in c1["samples"])
+    for x in c1["samples"]:
+        p, s = x["at"]
+        assert (x["role"] == "speaker") == bool(c1["cells"][p][s] & SPEAKS)
+
+
+def test_memor_target_protocol_groups_samples_by_clip(tmp_path):
+    """MEmoR (target protocol): the samples of a clip share one grid, a row per character of any of
+    them, each sample at its character's row and moment's segment."""
+    fw.write_memor(tmp_path / "memor")
+    bundle = load_dataset(tmp_path / "memor")
+    store = bundle.splits["train"]
+    data = page_data(bundle, "train", records_for(store))
+    clips = [c["name"] for c in data["conversations"]]
+    assert len(clips) == len(set(clips)) and set(clips) == {i.split(":")[1] for i in store.ids}
+    for c in data["conversations"]:
+        for x in c["samples"]:
+            i = store.ids.index(x["id"])
+            p, s = (int(v) for v in store.target[i])
+            char = int(store.character[store.person_offsets[i] + p])
+            assert c["persons"][x["at"][0]] == bundle.info["memor"]["character_order"][char]
+            assert x["at"][1] == s
+    assert sum(len(c["samples"]) for c in data["conversations"]) == len(store)
+
+
+def test_several_target_tokens_are_the_samples_scope(tmp_path):
+    """MEmoR (clip protocol): one sample per clip whose scope is its target tokens."""
+    fw.write_memor(tmp_path / "memor")
+    bundle = load_dataset(tmp_path / "memor", memor_protocol="clip")
+    store = bundle.splits["train"]
+    data = page_data(bundle, "train", records_for(store))
+    for c in data["conversations"]:
+        (x,) = c["samples"]
+        i = store.ids.index(x["id"])
+        a, b = store.token_offsets[i], store.token_offsets[i + 1]
+        P, S = store.grid[i]
+        marked = np.argwhere(np.asarray(store.target_tokens[a:b]).reshape(P, S)).tolist()
+        assert x["at"] is None and x["role"] is None and x["scope"] == marked and len(marked) >= 1
+
+
+def test_mosei_is_a_one_row_grid_of_whole_samples(tmp_path):
+    fw.write_mosei_aligned(tmp_path / "train_valid_test.pt", steps=5)
+    bundle = load_dataset(tmp_path / "train_valid_test.pt")
+    data = page_data(bundle, "test", records_for(bundle.splits["test"]))
+    assert len(data["conversations"]) == len(bundle.splits["test"])
+    for c in data["conversations"]:
+        assert len(c["persons"]) == 1 and len(c["segments"]) == 5
+        (x,) = c["samples"]
+        assert x["at"] is None and x["scope"] is None
+
+
+def test_m3ed_utterances_group_by_dialogue(tmp_path):
+    """M3ED (utterance protocol): the windows of a dialogue's utterances land on one A/B grid."""
+    fx = fw.write_m3ed_pickle(tmp_path / "m3ed.pkl", lengths={"train": [3], "valid": [2], "test": [4, 6]})
+    fw.write_m3ed_annotation(tmp_path / "annotation.json", fx)
+    cfg = DataConfig(m3ed_protocol="utterance", max_utterances=3)
+    bundle = load_dataset(tmp_path / "m3ed.pkl", data_cfg=cfg, m3ed_protocol="utterance")
+    data = page_data(bundle, "test", records_for(bundle.splits["test"]))
+    assert [c["name"] for c in data["conversations"]] == fx["splits"]["test"]
+    for c in data["conversations"]:
+        speakers = fx["speakers"][c["name"]]
+        assert c["persons"] == ["A", "B"] and len(c["segments"]) == len(speakers)
+        assert [x["at"] for x in c["samples"]] == [["AB".index(who), t] for t, who in enumerate(speakers)]
+        assert all(c["cells"]["AB".index(who)][t] & TEXT for t, who in enumerate(speakers))
+
+
+def test_synthetic_scene_per_sample_and_the_split_figures(run):
+    """The embedded benchmark: a conversation per sample, its grid the scene, the target's cell
+    holding the predictions file's numbers; the figures are those of metrics.report."""
+    store, preds = run["store"], run["preds"]
+    threshold = preds[0]["threshold"]
+    data = page_data(run["bundle"], "test", preds)
+    assert data["threshold"] == threshold and isinstance(threshold, float)
+    assert [c["name"] for c in data["conversations"]] == store.ids
+    for i, c in enumerate(data["conversations"]):
+        (x,) = c["samples"]
+        assert np.array(c["cells"]).shape == tuple(store.grid[i])
+        assert x["at"] == store.target[i].tolist()
+        assert x["probs"] == list(preds[i]["probs"].values())
+    probs = np.array([list(r["probs"].values()) for r in preds])
+    want = report(store.labels, probs, threshold, store.role, store.label_names)
+    got = data["summary"]
+    for part, key in (("all", "overall"), ("speaker", "speaker"), ("non-speaker", "nonspeaker")):
+        assert got["parts"][part]["n"] == want[key]["n"]
+        assert got["parts"][part]["micro_f1"] == pytest.approx(want[key]["micro_f1"])
+    for name in store.label_names:
+        assert got["per_label"][name]["f1"] == pytest.approx(want["per_label"][name]["f1"])
+
+
+def test_predictions_file_carries_the_threshold(run):
+    assert all(line["threshold"] == run["preds"][0]["threshold"] for line in run["preds"])
+    store = run["store"]
+    per_label = np.linspace(0.2, 0.6, len(store.label_names))
+    probs = np.full((len(store), len(per_label)), 0.5)
+    rec = prediction_records(store, probs, decide(probs, per_label), per_label)[0]
+    assert rec["threshold"] == dict(zip(store.label_names, per_label.tolist()))
+    assert rec["labels"] == [n for n, t in zip(store.label_names, per_label) if 0.5 > t]
+
+
+def test_page_embeds_the_data_so_no_text_closes_the_script(tmp_path):
+    store = random_store(n=3)
+    store.ids[1] = "</script><script>alert(1)</script>"
+    bundle = DataBundle({"test": store}, store.label_names, "native", "<memory>")
+    data = page_data(bundle, "test", records_for(store), title="<b>t</b> __DATA__")
+    page = render_page(data)
+    assert page.count("</script>") == 2 and "<script>alert" not in page and "<b>t</b>" not in page
+    assert "<title>&lt;b&gt;t&lt;/b&gt; __DATA__</title>" in page
+    blob = page.split('<script type="application/json" id="data">')[1].split("</script>")[0]
+    assert "<" not in blob and ">" not in blob and json.loads(blob) == json.loads(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------------ CLI errors
+def test_cli_errors_name_the_file(run, tmp_path, capsys):
+    root, store = run["root"], run["store"]
+    out = str(tmp_path / "v.html")
+
+    def error(*argv) -> str:
+        assert main(["view", *argv, "--out", out]) == 2
+        return capsys.readouterr().err
+
+    assert "nowhere" in error(str(tmp_path / "nowhere"))
+    assert "give RUN_DIR" in error()
+    assert "needs --data" in error("--preds", str(root / "preds.jsonl"))
+    data = tmp_path / "synth"
+    generate(tiny_cfg().data.synthetic).save(data)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((root / "preds.jsonl").read_text().splitlines()[0] + "\n{not json\n")
+    assert f"{bad}: line 2: not JSON" in error("--preds", str(bad), "--data", str(data))
+    assert f"{tmp_path / 'none.jsonl'}: predictions file not found" in error(
+        "--preds", str(tmp_path / "none.jsonl"), "--data", str(data)
+    )
+    line = json.loads((root / "preds.jsonl").read_text().splitlines()[0])
+    bad.write_text(json.dumps({**line, "id": "someone-else"}) + "\n")
+    assert f"{bad}: sample id 'someone-else' is not in split 'test'" in error("--preds", str(bad), "--data", str(data))
+    bad.write_text(json.dumps({**line, "probs": {"x": 0.5}}) + "\n")
+    assert f"{bad}: line 1: labels ['x'] differ" in error("--preds", str(bad), "--data", str(data))
+    assert "no split 'nope'" in error("--preds", str(root / "preds.jsonl"), "--data", str(data), "--split", "nope")
+    # the same file, as written, makes the same page as predicting now
+    assert main(["view", "--preds", str(root / "preds.jsonl"), "--data", str(data), "--out", out]) == 0
+    assert len(read_predictions(root / "preds.jsonl", store.label_names)) == len(store)
+
+
+# ------------------------------------------------------------------------------------ in a browser
+def chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if chromium() is None:
+        pytest.skip(NEEDS_CHROMIUM)
+    sync_api = pytest.importorskip("playwright.sync_api", reason=NEEDS_PLAYWRIGHT)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium())
+        yield b
+        b.close()
+
+
+def open_page(browser, path: Path):
+    """The page at ``path`` and the list its console errors and uncaught exceptions go to."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    return page, errors
+
+
+def pick(page, name: str) -> None:
+    page.fill("#search", name)
+    page.locator("#convs button", has_text=name).first.click()
+
+
+def test_page_loads_without_console_errors(browser, run):
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    assert page.locator("#convs li").count() == len(run["store"])
+    assert page.locator("#grid td.cell").count() > 0
+    page.locator("#grid td.cell[data-sample]").first.click()
+    page.hover("#grid tbody tr >> nth=0")
+    assert errors == []
+    page.close()
+
+
+def test_a_conversation_shows_its_persons_and_segments(browser, run):
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    store = run["store"]
+    for i in (3, 17):
+        pick(page, store.ids[i])
+        P, S = (int(v) for v in store.grid[i])
+        assert page.locator("#grid tbody tr").count() == P
+        assert page.locator("#grid thead th").count() == S + 1  # plus the person column
+        assert page.locator("#grid tbody tr >> nth=0").locator("td").count() == S
+    assert errors == []
+    page.close()
+
+
+def test_listener_cells_show_no_text_and_no_audio(browser, run):
+    """The targets that the data marks non-speaker are drawn as listeners, with text and audio
+    absent (and a speaker target has its text)."""
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    store = run["store"]
+    listeners = [i for i in range(len(store)) if store.role[i] == 0][:4]
+    speakers = [i for i in range(len(store)) if store.role[i] == 1][:2]
+    assert listeners and speakers
+    for i in listeners + speakers:
+        pick(page, store.ids[i])
+        p, s = store.target[i]
+        td = page.locator(f'#grid td[data-p="{p}"][data-s="{s}"]')
+        on = {m: td.locator(f'.mod.on[data-m="{m}"]').count() for m in ("text", "audio")}
+        if store.role[i] == 0:
+            assert td.get_attribute("data-role") == "listener" and on == {"text": 0, "audio": 0}
+        else:
+            assert td.get_attribute("data-role") == "speaker" and on["text"] == 1
+        for cell in page.locator('#grid td[data-role="listener"]').all():
+            assert cell.locator('.mod.on[data-m="text"], .mod.on[data-m="audio"]').count() == 0
+    assert errors == []
+    page.close()
+
+
+def test_clicking_a_cell_shows_the_predictions_file(browser, run):
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    store, preds = run["store"], run["preds"]
+    for i in (0, 5, 11):
+        pick(page, store.ids[i])
+        p, s = store.target[i]
+        page.click(f'#grid td[data-p="{p}"][data-s="{s}"]')
+        section = page.locator(f'#detail section.sample[data-sample="{store.ids[i]}"]')
+        shown = {
+            row.get_attribute("data-label"): float(row.locator("td.prob").inner_text())
+            for row in section.locator("tbody tr").all()
+        }
+        assert set(shown) == set(store.label_names)
+        for name, prob in preds[i]["probs"].items():
+            assert abs(shown[name] - prob) <= 0.0005 + 1e-9, (store.ids[i], name)
+        assert section.locator("td.thr").first.inner_text() == f"{preds[i]['threshold']:.2f}"
+        predicted = [
+            r.get_attribute("data-label")
+            for r in section.locator("tbody tr").all()
+            if r.locator("td.is-pred").inner_text()
+        ]
+        assert sorted(predicted) == sorted(preds[i]["labels"])
+    assert errors == []
+    page.close()
+
+
+def test_search_filters_the_list(browser, run):
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    ids = run["store"].ids
+    page.fill("#search", ids[12][-5:])
+    assert page.locator("#convs button").all_inner_texts()[0].startswith(ids[12])
+    assert page.locator("#convs li").count() == sum(ids[12][-5:] in x for x in ids)
+    page.fill("#search", "no such conversation")
+    assert page.locator("#convs li").count() == 0
+    assert page.inner_text("#count").startswith("0 of ")
+    page.fill("#search", "")
+    assert page.locator("#convs li").count() == len(ids)
+    assert errors == []
+    page.close()
+
+
+def test_utterance_texts_are_shown_as_text(browser, tmp_path, fake_text):
+    """An imported conversation: its whole grid, the speaker's words in the detail panel, and a
+    text holding markup shown as characters, never run."""
+    rows = base_rows()
+    rows[1]["text"] = HOSTILE  # c1, index 1, bob
+    bundle = imported(tmp_path, rows)
+    html = tmp_path / "scenes.html"
+    per_label = np.array([0.3, 0.4, 0.5, 0.6])
+    records = records_for(bundle.splits["test"], threshold=per_label)
+    html.write_text(render_page(page_data(bundle, "test", records, title=HOSTILE)))
+    page, errors = open_page(browser, html)
+    pick(page, "c1")
+    assert page.locator("#grid tbody tr").count() == 3 and page.locator("#grid thead th").count() == 5
+    page.click('#grid td[data-p="1"][data-s="1"]')
+    assert page.inner_text("#detail .utt") == f"bob: {HOSTILE}"
+    assert page.inner_text("#title") == HOSTILE
+    thresholds = {
+        r.get_attribute("data-label"): r.locator("td.thr").inner_text() for r in page.locator("#detail tbody tr").all()
+    }
+    assert thresholds == {n: f"{t:.2f}" for n, t in zip(LABELS, per_label)}  # one per label
+    page.click('#grid td[data-p="0"][data-s="1"]')  # ann listens to bob: the same words, no prediction
+    assert page.inner_text("#detail .utt") == f"bob: {HOSTILE}"
+    assert page.evaluate("window.pwned") is None and page.locator("#detail img").count() == 0
+    assert errors == []
+    page.close()
+
+
+def test_a_large_split_lists_a_few_hundred_and_draws_one_conversation(browser, tmp_path):
+    """3,000 samples: the page lists the first 300 conversations (the search reaches the others)
+    and draws only the chosen conversation's grid."""
+    store = random_store(n=3000, persons=(2, 6), segments=(3, 9), seed=1)
+    bundle = DataBundle({"test": store}, store.label_names, "native", "<memory>")
+    html = tmp_path / "big.html"
+    html.write_text(render_page(page_data(bundle, "test", records_for(store, threshold="argmax"))))
+    page, errors = open_page(browser, html)
+    assert "threshold arg-max" in page.inner_text("#about")
+    assert page.locator("#convs li").count() == 300
+    assert page.inner_text("#count").startswith("3000 of 3000 conversations")
+    assert page.locator("#grid tbody tr").count() == int(store.grid[0][0])
+    pick(page, "s2999")
+    assert page.locator("#grid tbody tr").count() == int(store.grid[2999][0])
+    assert errors == []
+    page.close()
