@@ -404,7 +404,8 @@ def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
     text = (out / "report.md").read_text()
     assert f"--tuned {tmp_path / 'tuned'}" in text and "## Tuned settings" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| late_fusion | ?"))
-    assert row.endswith("| lr=0.00042, dropout=0.25 |")  # weight_decay and hidden: fixed by --set
+    # weight_decay and hidden: fixed by --set; the layers: searched for late fusion, the tuned file's values
+    assert row.endswith("| lr=0.00042, dropout=0.25, layers.text=2, layers.audio=1, layers.visual=1 |")
 
     with pytest.raises(RamerError, match=r"no tuned config for mult: .*tuned/mult/best.yaml not found"):
         bench_mod.resolve_settings(models="late_fusion,mult", tuned=str(tmp_path / "tuned"), overrides=TINY)
