@@ -100,6 +100,18 @@ def test_forward_backward_all_patterns(name, store):
         assert torch.isfinite(out.probs).all() and torch.isfinite(res.total), pattern
 
 
+@pytest.mark.parametrize("name", TORCH)
+def test_every_parameter_is_trained(name, store):
+    """Over the missing patterns, every parameter gets a gradient somewhere (none is dead)."""
+    model = make_model(name, store).train()
+    trained = set()
+    for _, batch in patterns(store):
+        model.zero_grad()
+        model.loss(model(batch), batch).total.backward()
+        trained |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
+    assert trained == {n for n, _ in model.named_parameters()}
+
+
 def with_garbage(batch, fill: float):
     """The batch with ``fill`` (NaN) or noise of that scale under every False presence bit."""
     feats = {}
@@ -139,6 +151,98 @@ def test_eval_is_deterministic_and_batch_independent(name, store):
         full = model(store.collate(np.arange(len(store)))).probs
         part = model(store.collate([2, 5])).probs
     torch.testing.assert_close(part, full[[2, 5]], rtol=1e-5, atol=1e-5)
+
+
+def build_with(name: str, store, *sets: str):
+    torch.manual_seed(0)
+    cfg = build_config(overrides=[f"model.name={name}", f"model.hidden={HIDDEN}", "model.ffn=48", *sets])
+    model = build_model(cfg, spec_of(store))
+    if hasattr(model, "prepare"):
+        model.prepare(store)
+    return model
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("deeper", MODALITIES)
+@pytest.mark.parametrize("name", TORCH)
+def test_depth_follows_model_layers(name, deeper, store):
+    """Layers 1 everywhere against 3 for one modality: more parameters (MulT and AMP's joint encoder
+    read the largest entry, the others each modality's own), and the deeper model trains and
+    predicts."""
+    one = [f"model.layers.{m}=1" for m in MODALITIES]
+    shallow = build_with(name, store, *one)
+    deep = build_with(name, store, *one, f"model.layers.{deeper}=3")
+    assert n_params(deep) > n_params(shallow)
+    batch = store.collate(np.arange(len(store)))
+    deep.train()
+    loss = deep.loss(deep(batch), batch).total
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in deep.parameters() if p.grad is not None)
+    deep.eval()
+    assert torch.isfinite(probs_of(deep, batch)).all()
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_each_modality_reads_its_own_depth(name, store):
+    """Deepening audio under a deeper text: every model but MulT grows (its encoders read each
+    modality's entry); MulT, whose one depth is the largest entry, stays the same size."""
+    base = ["model.layers.text=3", "model.layers.audio=1", "model.layers.visual=1"]
+    shallow, deep = build_with(name, store, *base), build_with(name, store, *base, "model.layers.audio=3")
+    if name == "mult":
+        assert n_params(deep) == n_params(shallow)
+    else:
+        assert n_params(deep) > n_params(shallow)
+
+
+def test_mult_uses_every_layer_and_its_convolutions(store):
+    """MulT at layers 3/1/1 has depth D = 3 in all nine stacks; perturbing the last block of any of
+    them, or the off-centre taps of any modality's temporal convolution, changes every output."""
+    model = build_with("mult", store, "model.layers.text=3", "model.layers.audio=1", "model.layers.visual=1").eval()
+    batch = store.collate(np.arange(len(store)))
+    ref = probs_of(model, batch)
+    stacks = [f"cross.{k}" for k in model.cross] + [f"self_attn.{k}" for k in model.self_attn]
+    assert len(stacks) == 9 and all(len(model.get_submodule(name).blocks) == 3 for name in stacks)
+    for name in stacks:
+        other = copy.deepcopy(model)
+        last = other.get_submodule(name).blocks[-1]
+        with torch.no_grad():
+            for p in last.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        assert differ(probs_of(other, batch), ref), name
+    for m in MODALITIES:
+        other = copy.deepcopy(model)
+        weight = other.convs[m].conv.weight  # (H, H, kernel)
+        assert weight.shape[-1] == 3
+        with torch.no_grad():
+            weight[..., [0, 2]] += torch.randn_like(weight[..., [0, 2]]) * 0.5
+        assert differ(probs_of(other, batch), ref), m
+
+
+def test_mult_kernels_are_configurable(store):
+    model = build_with("mult", store, "model.mult_kernels.audio=5", "model.mult_kernels.text=1")
+    assert [model.convs[m].conv.kernel_size[0] for m in MODALITIES] == [1, 5, 3]
+    with pytest.raises(RamerError, match="kernel 4 is even"):
+        build_config(overrides=["model.mult_kernels.visual=4"])
+
+
+def test_self_attention_stack_on_marked_queries_equals_the_full_stack():
+    """Computing only the marked tokens (gathered to the front) gives the full stack's values there
+    and leaves every other token as it was."""
+    from ramer.models.blocks import SelfAttentionStack
+
+    torch.manual_seed(0)
+    stack = SelfAttentionStack(2, 16, 2, 24, 0.0).eval()
+    x = torch.randn(5, 9, 16)
+    keys = torch.rand(5, 9) < 0.4
+    queries = keys | (torch.rand(5, 9) < 0.2)
+    queries[0] = False  # a row with no query at all
+    with torch.no_grad():
+        full, part = stack(x, keys), stack(x, keys, queries)
+    torch.testing.assert_close(part[queries], full[queries], rtol=1e-5, atol=1e-6)
+    assert torch.equal(part[~queries], x[~queries])
 
 
 def test_mlgcn_adjacency_hand_computed():
@@ -186,24 +290,110 @@ def test_amp_training_extras_only_in_train_mode(store):
     model = make_model("amp", store)
     batch = store.collate(np.arange(len(store)))
     model.train()
-    res = model.loss(model(batch), batch)
-    assert set(res.terms) == {"cls", "adv"}
+    out = model(batch)
+    assert out.mask.shape == (batch.size, len(MODALITIES), batch.valid.shape[1]) and out.mask.any()
+    assert not torch.equal(out.masked_logits, out.logits)
+    assert set(model.loss(out, batch).terms) == {"cls", "adv", "masked"}
     model.eval()
     out = model(batch)
-    assert not out.dropped.any()
+    assert not out.mask.any() and torch.equal(out.masked_logits, out.logits)
     assert set(model.loss(out, batch).terms) == {"cls"}
 
 
-def test_amp_masking_keeps_one_modality():
-    from ramer.models.amp import random_modality_mask
-
+def amp_model(store, **overrides):
+    """AMP without dropout (two forwards in one state are the same function), masking on."""
     torch.manual_seed(0)
-    avail = torch.rand(500, 3) < 0.6
-    drop = random_modality_mask(avail, prob=1.0)
-    assert not (drop & ~avail).any()
-    assert (drop.sum(1) <= 1).all()
-    assert ((avail & ~drop).sum(1) >= torch.clamp(avail.sum(1), max=1)).all()
-    assert (drop.sum(1) == (avail.sum(1) >= 2).long()).all()
+    sets = [f"model.{k}={v}" for k, v in overrides.items()]
+    cfg = build_config(overrides=["model.name=amp", f"model.hidden={HIDDEN}", "model.ffn=48", "model.dropout=0", *sets])
+    return build_model(cfg, spec_of(store)).train()
+
+
+def masker_and_rest_grads(model, batch, grl_lambda: float):
+    model.grl_lambda = grl_lambda
+    model.zero_grad()
+    model.loss(model(batch), batch).total.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    masker = {n: g for n, g in grads.items() if n.startswith("masker.")}
+    return masker, {n: g for n, g in grads.items() if not n.startswith("masker.")}
+
+
+def test_amp_masker_gets_the_reversed_gradient(store):
+    """In one model state, the masker's gradient of the total loss is exactly minus its gradient
+    without the reversal (GRL coefficient -1 passes the gradient unchanged), and nothing else
+    changes: the masker reads the encoders detached, so the reversal reaches the masker alone."""
+    model = amp_model(store)
+    batch = store.collate(np.arange(len(store)))
+    rev, rest_rev = masker_and_rest_grads(model, batch, 1.0)
+    plain, rest_plain = masker_and_rest_grads(model, batch, -1.0)
+    assert set(rev) == {f"masker.{m}.{w}" for m in MODALITIES for w in ("weight", "bias")}
+    for name in rev:
+        assert plain[name].abs().max() > 0, name
+        torch.testing.assert_close(rev[name], -plain[name], rtol=1e-5, atol=1e-8)
+    assert rest_rev.keys() == rest_plain.keys()
+    for name in rest_rev:
+        torch.testing.assert_close(rest_rev[name], rest_plain[name], rtol=1e-5, atol=1e-8)
+
+
+def masked_loss_change(model, batch, step: float = 0.5) -> float:
+    """How much the masked pass's classification loss moves when the masker alone takes one
+    gradient step (length ``step``) on the total loss, as the optimiser would."""
+    masked_loss = lambda: model.classification_loss(model(batch).masked_logits, batch.labels).item()  # noqa: E731
+    before = masked_loss()
+    model.zero_grad()
+    model.loss(model(batch), batch).total.backward()
+    params = [p for m in MODALITIES for p in model.masker[m].parameters()]
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in params))
+    with torch.no_grad():
+        for p in params:
+            p.sub_(step * p.grad / norm)
+    return masked_loss() - before
+
+
+def test_amp_masker_step_raises_the_masked_loss(store):
+    """A descent step on the total loss makes the masker hide more of what the classifier needs:
+    the masked loss rises (without the reversal the same step lowers it)."""
+    batch = store.collate(np.arange(len(store)))
+    model = amp_model(store)
+    assert masked_loss_change(model, batch) > 5e-4
+    model = amp_model(store)
+    model.grl_lambda = -1.0  # no reversal: the masker would help the classifier
+    assert masked_loss_change(model, batch) < -5e-4
+
+
+def test_amp_mask_cannot_hide_every_token():
+    """Whatever the masker scores, a sample's present tokens of a modality keep at least
+    (1 - ratio) of their mass visible; absent tokens are never masked."""
+    from ramer.models.amp import budget_mask
+
+    g = torch.Generator().manual_seed(0)
+    present = torch.rand(200, 12, generator=g) < 0.3
+    present[0] = False
+    present[1, 1:] = False  # a single present token
+    n = present.sum(1).float()
+    for scores in (torch.full((200, 12), 50.0), torch.randn(200, 12, generator=g) * 20, torch.zeros(200, 12)):
+        mask = budget_mask(scores, present, 0.48)
+        assert ((mask >= 0) & (mask <= 1)).all() and not mask[~present].any()
+        assert (mask.sum(1) <= 0.48 * n + 1e-5).all()
+        assert ((1 - mask) * present).sum(1).ge(0.52 * n - 1e-5).all()
+    assert budget_mask(torch.full((1, 3), 50.0), torch.tensor([[True, False, False]]), 0.48)[0, 0] <= 0.48
+
+
+def test_amp_model_masks_within_the_budget(store):
+    """The model's masks: within the budget per sample and modality, even against a masker that
+    wants to hide everything."""
+    model = amp_model(store)
+    with torch.no_grad():
+        for m in MODALITIES:
+            model.masker[m].bias.fill_(50.0)
+    batch = store.collate(np.arange(len(store)))
+    out = model(batch)
+    for k, m in enumerate(MODALITIES):
+        n = batch.present[m].sum(1).float()  # (B,)
+        assert (out.mask[:, k].sum(1) <= 0.48 * n + 1e-5).all(), m
+        assert not out.mask[:, k][~batch.present[m]].any(), m
+    no_mask = amp_model(store, amp_mask_ratio=0.0)
+    out = no_mask(batch)
+    assert not out.mask.any() and set(no_mask.loss(out, batch).terms) == {"cls", "adv"}
 
 
 # ---------------------------------------------------------------------- classical
@@ -368,10 +558,11 @@ def test_moving_the_target_within_the_scope_changes_the_output(name, at_target, 
     assert differ(probs_of(model, batch), probs_of(model, moved(batch))), name
 
 
-# MulT and AMP encode sequence positions, so a swap of two tokens changes their output with or
-# without a target read-out; their read-out is tested by the two tests below and by
+# MulT, AMP, ML-GCN and HHMPN encode sequence positions (ML-GCN and HHMPN through RAMer's encoders),
+# so a swap of two tokens changes their scope means and output with or without a target read-out;
+# their read-out is tested by the moving-target test above, the two tests below (MulT, AMP) and
 # test_a_sample_without_target_reads_nothing_of_the_target_path
-@pytest.mark.parametrize("name", [n for n in ALL if n not in ("mult", "amp")])
+@pytest.mark.parametrize("name", [n for n in ALL if n not in ("mult", "amp", "mlgcn", "hhmpn")])
 def test_the_target_tokens_own_features_matter(name, predictors):
     """Swapping the features of the target token and another token of the target person leaves
     every scope mean as it was; the output still changes."""

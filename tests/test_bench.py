@@ -19,6 +19,7 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_KEYS, report
 from ramer.models import build_model, set_model
 from ramer.models.classical import ClassicalModule
+from ramer.models.spaces import Param
 from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
 
@@ -404,7 +405,8 @@ def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
     text = (out / "report.md").read_text()
     assert f"--tuned {tmp_path / 'tuned'}" in text and "## Tuned settings" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| late_fusion | ?"))
-    assert row.endswith("| lr=0.00042, dropout=0.25 |")  # weight_decay and hidden: fixed by --set
+    # weight_decay and hidden: fixed by --set; the layers: searched for late fusion, the tuned file's values
+    assert row.endswith("| lr=0.00042, dropout=0.25, layers.text=2, layers.audio=1, layers.visual=1 |")
 
     with pytest.raises(RamerError, match=r"no tuned config for mult: .*tuned/mult/best.yaml not found"):
         bench_mod.resolve_settings(models="late_fusion,mult", tuned=str(tmp_path / "tuned"), overrides=TINY)
@@ -425,9 +427,7 @@ def test_bench_tune_trials_tunes_every_deep_model_first(tmp_path):
     study = optuna.load_study(study_name="late_fusion", storage=f"sqlite:///{db}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     cfg = build_config(bench_mod.run_dir(out, "late_fusion", 0.0, 1) / "config.yaml")
-    assert {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in study.best_params} == (
-        study.best_params
-    )
+    assert {key: Param(key).value(cfg) for key in study.best_params} == study.best_params  # nested keys too
     text = (out / "report.md").read_text()
     assert "every deep model tuned first with the same budget, 2 trials" in text
     assert "| late_fusion | 2 (0 pruned) |" in text

@@ -91,6 +91,11 @@ def test_target_utterance_lr_runs(tmp_path):
     assert "chosen on valid" in out
 
 
+def test_param_counts_runs():
+    out = run("param_counts.py", "--configs", "synthetic", "--models", "late_fusion,mult")
+    assert "| late_fusion |" in out and "| mult |" in out and " M |" in out
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
 def test_every_script_is_in_the_readme(script):
     assert f"`{script}`" in (BENCH / "README.md").read_text()

@@ -121,7 +121,7 @@ def test_space_leaves_out_fixed_keys_and_switched_off_parts():
     set_model(base, "ramer-no_shuffle")
     keys = {p.key for p in space_for(base, {"train.lr"})}
     assert "loss.w_shuf" not in keys and "train.lr" not in keys and "loss.w_cl" in keys
-    set_model(base, "mult")  # no entry of its own: the common space
+    base.model.name = "no-entry"  # a model with no entry of its own: the common space
     assert {p.key for p in space_for(base)} == {"train.lr", "train.weight_decay", "model.hidden", "model.dropout"}
     assert "model.layers.text" in SEARCHED
 

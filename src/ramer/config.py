@@ -90,6 +90,21 @@ class LayersConfig(_Section):
     visual: int = Field(1, ge=0)
 
 
+class KernelsConfig(_Section):
+    """MulT's temporal convolution kernel per modality (odd: the output keeps the sequence length)."""
+
+    text: int = Field(3, ge=1)
+    audio: int = Field(3, ge=1)
+    visual: int = Field(3, ge=1)
+
+    @field_validator("text", "audio", "visual")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"kernel {value} is even; an odd size keeps the sequence length")
+        return value
+
+
 class ModelConfig(_Section):
     name: str = "ramer"
     hidden: int = Field(64, ge=8)
@@ -115,6 +130,12 @@ class ModelConfig(_Section):
     # stack-shuffle permutations (docs/MODEL.md): random (a new draw per label, source and sample) or
     # pile (the RAMer authors' fixed card deal); null: the model's own (ramer random, ramer-authors pile)
     shuffle: Literal["random", "pile"] | None = None
+    # MulT: kernel of the temporal Conv1D along each person's segments, per modality (Tsai et al. 2019,
+    # Table 5, CMU-MOSEI: text 1 or 3, visual 3, audio 3; docs/MODEL.md, "MulT")
+    mult_kernels: KernelsConfig = Field(default_factory=KernelsConfig)
+    # AMP: the learned adversarial masker hides at most this share of a sample's present tokens of each
+    # modality (the authors' top-k: 24 of the 50 steps of aligned CMU-MOSEI); 0 = no masked pass
+    amp_mask_ratio: float = Field(0.48, ge=0.0, lt=1.0)
     ablations: list[str] = Field(default_factory=list)
 
     @field_validator("ablations")
@@ -151,6 +172,7 @@ class LossConfig(_Section):
     w_beta_cls: float = 1.0  # classification of the second-pass features (the authors' beta_clf)
     w_beta_mse: float = 0.0  # their MSE to r_m (the authors' beta_mse, weight 0 in their script)
     w_diff: float = 5e-6  # orthogonality on unnormalised features (the authors' diff)
+    w_amp_mask: float = 0.1  # AMP only: classification loss of the adversarially masked pass (the authors' 0.1)
     # reconstruction targets r_m taken as constants: L_ae / L_cross then train the reconstruction
     # without pulling r_m towards it (false: CARAT's joint gradient, which also shrinks r_m)
     detach_targets: bool = True

@@ -1,13 +1,17 @@
 """HHMPN baseline (Zhang et al., AAAI 2021): heterogeneous hierarchical message passing between
 modality nodes and label nodes.
 
-Nodes of one sample: three scope modality nodes (each modality's tokens encoded and mean-pooled
-over the target scope, plus a modality-type embedding; a modality absent from the scope is a masked
-node), three target modality nodes (each modality's encoding of the target token, plus the
+Feature encoders: one transformer encoder per modality, RAMer's (``parts.encoders.ModalityEncoder``,
+``model.layers`` of each modality: the same capacity as RAMer's encoders) over the modality's
+present tokens: the feature-to-feature messages within a modality, token by token.
+
+Nodes of one sample: three scope modality nodes (each modality's encoded present tokens
+mean-pooled over the target scope, plus a modality-type embedding; a modality absent from the scope
+is a masked node), three target modality nodes (each modality's encoding of the target token, plus the
 modality-type embedding and a learned target-node embedding, the target marker; masked where the
 target token lacks the modality or the sample has no target) and ``C`` label nodes (learned
-embeddings). "Modality nodes" below are all six. Each of ``rounds`` rounds passes messages, in
-order, by attention blocks:
+embeddings). "Modality nodes" below are all six. Each of ``rounds`` rounds (3: the authors' CMU-MOSEI
+script, ``-n_layers_enc 3 -n_layers_dec 3``) passes messages, in order, by attention blocks:
 
 1. modality <-> modality: the modality nodes attend to each other (absent ones masked);
 2. modality -> label: every label node attends to the modality nodes (absent ones masked);
@@ -31,8 +35,9 @@ from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
+from ramer.models.blocks import AttentionBlock
 from ramer.models.late_fusion import at_target, masked_mean, target_mask
-from ramer.models.mult import AttentionBlock, TokenEncoder
+from ramer.models.parts.encoders import ModalityEncoder
 
 
 class MessageRound(nn.Module):
@@ -65,13 +70,19 @@ class HHMPNOutput:
 
 
 class HHMPN(nn.Module):
-    def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec, rounds: int = 2) -> None:
+    def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec, rounds: int = 3) -> None:
         super().__init__()
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
-        self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
+        self.encoders = nn.ModuleDict(
+            {
+                m: ModalityEncoder(
+                    spec.dims[m], H, cfg.heads, cfg.ffn, getattr(cfg.layers, m), cfg.dropout, cfg.max_segments
+                )
+                for m in MODALITIES
+            }
+        )
         self.modality_emb = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
-        self.absent = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
         self.target_emb = nn.Parameter(torch.randn(H) * 0.02)  # node-type embedding of the target nodes
         self.null = nn.Parameter(torch.randn(1, 1, H) * 0.02)
         self.label_emb = nn.Parameter(torch.randn(C, H) * 0.02)
@@ -86,14 +97,14 @@ class HHMPN(nn.Module):
         nodes, avail, tnodes, tavail = [], [], [], []
         for m in MODALITIES:
             mask = batch.present[m] & batch.scope  # (B, N)
-            h = self.encoders[m](batch.features[m], batch.present[m])  # (B, N, H)
+            h = self.encoders[m](batch.features[m], batch.present[m], batch.segment)  # (B, N, H), 0 where absent
             nodes.append(masked_mean(h, mask))  # (B, H)
             avail.append(mask.any(1))
             tnodes.append(at_target(h, batch.target))  # (B, H)
             tavail.append((batch.present[m] & tmask).any(1))
         available, target_available = torch.stack(avail, 1), torch.stack(tavail, 1)  # (B, M) each
-        scope_nodes = torch.where(available.unsqueeze(-1), torch.stack(nodes, 1), self.absent)  # (B, M, H)
-        target_nodes = torch.where(target_available.unsqueeze(-1), torch.stack(tnodes, 1), self.absent)  # (B, M, H)
+        # a masked node (0 here: no token to pool, or the encoders' 0 at an absent target token) is never a key
+        scope_nodes, target_nodes = torch.stack(nodes, 1), torch.stack(tnodes, 1)  # (B, M, H) each
         target_nodes = target_nodes + self.target_emb
         mods = torch.cat([scope_nodes, target_nodes], 1) + self.modality_emb.repeat(2, 1)  # (B, 2M, H)
         labels = self.label_emb.expand(B, -1, -1)  # (B, C, H)

@@ -1,9 +1,11 @@
 """The small multimodal baseline: per-modality encoder, masked pooling over the target scope plus
 the target token's own encoding, late fusion of per-modality logits, label head.
 
-Per modality ``m``: ``LayerNorm -> Linear(d_m, H) -> GELU -> Linear(H, H)`` on each token (absent
-tokens are encoded from zeros, never from their stored features), a masked mean over the present
-tokens of the target scope, the encoding of the target token, and a ``Linear(2H, C)`` head on
+Per modality ``m``: ``LayerNorm -> Linear(d_m, H) -> GELU -> Dropout -> Linear(H, H) -> GELU`` on
+each token, then ``model.layers`` of ``m`` residual token-MLP blocks ``x + Dropout(FFN(LN(x)))``
+(``FFN``: ``Linear(H, ffn) -> GELU -> Dropout -> Linear(ffn, H)``; tokens never see each other),
+absent tokens being encoded from zeros, never from their stored features; a masked mean over the
+present tokens of the target scope, the encoding of the target token, and a ``Linear(2H, C)`` head on
 ``[scope mean ; target token]``. The target slot holds a learned per-modality vector where the
 target token lacks ``m`` and zeros where the sample has no target (``target == -1``: the head then
 reads the scope mean alone). The fused logit is the mean of the heads of the modalities present in
@@ -24,6 +26,21 @@ from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
+from ramer.models.parts.attention import Dropout
+
+
+class TokenMLPBlock(nn.Module):
+    """Residual per-token MLP: ``x + Dropout(Linear(GELU(Dropout(Linear(LN(x))))))``."""
+
+    def __init__(self, hidden: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Linear(hidden, ffn), nn.GELU(), Dropout(dropout), nn.Linear(ffn, hidden)
+        )
+        self.drop = Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop(self.net(x))
 
 
 @dataclass
@@ -64,9 +81,10 @@ class LateFusion(nn.Module):
                     nn.LayerNorm(spec.dims[m]),
                     nn.Linear(spec.dims[m], H),
                     nn.GELU(),
-                    nn.Dropout(cfg.dropout),
+                    Dropout(cfg.dropout),
                     nn.Linear(H, H),
                     nn.GELU(),
+                    *(TokenMLPBlock(H, cfg.ffn, cfg.dropout) for _ in range(getattr(cfg.layers, m))),
                 )
                 for m in MODALITIES
             }

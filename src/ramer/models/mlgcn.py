@@ -11,11 +11,14 @@ buffer so it is saved with the weights; identity until then):
 4. normalise: ``A_hat = D^-1/2 A D^-1/2`` with ``D_ii = sum_j A_ij``.
 
 Model: label embeddings ``E`` (C, H) -> ``LeakyReLU(A_hat E W1)`` -> ``A_hat Z W2`` = classifier
-``W`` (C, H). The feature ``x`` (B, H) is the concatenation of the per-modality masked means over
-the target scope (a modality absent from the scope: a learned vector) and the per-modality
-encodings of the target token (the encoder's learned "missing" vector where the target token lacks
-the modality; zeros where the sample has no target), projected to ``H``.
-``logits = x W^T + b``; BCE (softmax cross-entropy on single-label data).
+``W`` (C, H) (the paper's two GCN layers). The image backbone becomes one transformer encoder per
+modality, RAMer's (``parts.encoders.ModalityEncoder``, ``model.layers`` of each modality: the
+same capacity as RAMer's encoders), over the modality's present tokens; an absent token's encoding
+is the modality's learned "missing" vector. The feature ``x`` (B, H) is the concatenation of the
+per-modality masked means over the present tokens of the target scope (a modality absent from the
+scope: a learned vector) and the per-modality encodings of the target token (the missing vector
+where the target token lacks the modality; zeros where the sample has no target), projected to
+``H``. ``logits = x W^T + b``; BCE (softmax cross-entropy on single-label data).
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
 """
@@ -34,7 +37,7 @@ from ramer.config import LossConfig, ModelConfig
 from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import at_target, masked_mean
-from ramer.models.mult import TokenEncoder
+from ramer.models.parts.encoders import ModalityEncoder
 
 
 def label_adjacency(labels: np.ndarray, tau: float = 0.4, p: float = 0.2) -> np.ndarray:
@@ -77,8 +80,16 @@ class MLGCN(nn.Module):
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.tau, self.p = tau, p
-        self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
-        self.absent = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)
+        self.encoders = nn.ModuleDict(
+            {
+                m: ModalityEncoder(
+                    spec.dims[m], H, cfg.heads, cfg.ffn, getattr(cfg.layers, m), cfg.dropout, cfg.max_segments
+                )
+                for m in MODALITIES
+            }
+        )
+        self.missing = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)  # encoding of an absent token
+        self.absent = nn.Parameter(torch.randn(len(MODALITIES), H) * 0.02)  # modality absent from the scope
         self.fuse = nn.Sequential(nn.Linear(2 * len(MODALITIES) * H, H), nn.GELU(), nn.Dropout(cfg.dropout))
         emb = torch.randn(C, H, generator=torch.Generator().manual_seed(seed))
         if learn_embeddings:
@@ -105,7 +116,9 @@ class MLGCN(nn.Module):
         pooled, read = [], []
         for k, m in enumerate(MODALITIES):
             mask = batch.present[m] & batch.scope  # (B, N)
-            h = self.encoders[m](batch.features[m], batch.present[m])  # (B, N, H)
+            present = batch.present[m].unsqueeze(-1)  # (B, N, 1)
+            h = self.encoders[m](batch.features[m], batch.present[m], batch.segment)  # (B, N, H), 0 where absent
+            h = torch.where(present, h, self.missing[k])  # (B, N, H)
             pooled.append(torch.where(mask.any(1, keepdim=True), masked_mean(h, mask), self.absent[k]))  # (B, H)
             read.append(at_target(h, batch.target))  # (B, H)
         x = self.fuse(torch.cat(pooled + read, -1))  # (B, H)

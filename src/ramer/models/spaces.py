@@ -67,7 +67,7 @@ COMMON = (
     Param("model.hidden", choices=(32, 64, 128)),
     Param("model.dropout", 0.0, 0.3),
 )
-# models that read model.layers (ramer, ramer-authors): encoder layers per modality
+# encoder layers per modality (every deep model reads them; MulT one depth, the largest: below)
 LAYERS = (
     Param("model.layers.text", 1, 3, integer=True),
     Param("model.layers.audio", 1, 2, integer=True),
@@ -90,7 +90,19 @@ AUTHORS_OWN = tuple(p for p in RAMER_OWN if p.key not in ("loss.w_radv", "model.
 SPACES: dict[str, tuple[Param, ...]] = {
     "ramer": (*COMMON, *LAYERS, *RAMER_OWN),
     "ramer-authors": (*COMMON, *LAYERS, *AUTHORS_OWN),
-    "amp": (*COMMON, Param("model.modality_dropout", 0.0, 0.3)),  # its adversarial masking probability
+    # AMP: the budget of its learned adversarial masking and the weight of the masked pass
+    "late_fusion": (*COMMON, *LAYERS),
+    "mlgcn": (*COMMON, *LAYERS),
+    "hhmpn": (*COMMON, *LAYERS),
+    "amp": (*COMMON, *LAYERS, Param("model.amp_mask_ratio", 0.1, 0.8), log("loss.w_amp_mask", 0.01, 1.0)),
+    # MulT: the temporal convolutions' kernel per modality (odd)
+    "mult": (
+        *COMMON,
+        Param("model.layers.text", 1, 4, integer=True),  # its one depth is the largest entry (audio, visual 1)
+        Param("model.mult_kernels.text", choices=(1, 3, 5)),
+        Param("model.mult_kernels.audio", choices=(1, 3, 5)),
+        Param("model.mult_kernels.visual", choices=(1, 3, 5)),
+    ),
 }
 
 SEARCHED: frozenset[str] = frozenset(p.key for space in (COMMON, *SPACES.values()) for p in space)  # every key
