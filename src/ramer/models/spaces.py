@@ -67,11 +67,13 @@ COMMON = (
     Param("model.hidden", choices=(32, 64, 128)),
     Param("model.dropout", 0.0, 0.3),
 )
-# encoder layers per modality (every deep model reads them; MulT one depth, the largest: below)
+# encoder layers per modality (every deep model reads them; MulT one depth, the largest: below).
+# From 0: an encoder of its input projection alone is a model the search may find best (late
+# fusion's one-block form, the bench's earlier default, is its 0).
 LAYERS = (
-    Param("model.layers.text", 1, 3, integer=True),
-    Param("model.layers.audio", 1, 2, integer=True),
-    Param("model.layers.visual", 1, 2, integer=True),
+    Param("model.layers.text", 0, 3, integer=True),
+    Param("model.layers.audio", 0, 2, integer=True),
+    Param("model.layers.visual", 0, 2, integer=True),
 )
 # RAMer's loss weights of the parts the paper adds, and the contrastive temperature
 RAMER_OWN = (
