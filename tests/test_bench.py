@@ -3,6 +3,12 @@ directory contract, results.json / report.md / plots, the run cache, resuming an
 and the missing-modality protocol."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,6 +279,61 @@ def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypat
         ("late_fusion", "observed"),
         ("late_fusion", "complete"),
     ]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while listed
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_sigterm_to_the_bench_stops_its_workers(tmp_path):
+    # `kill PID` reaches the bench process alone (not its process group, as Ctrl-C does); its
+    # worker processes must not go on training without it.
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "late_fusion", "--seeds", "2", "--missing-rates", "0", "--complete", ""]
+    argv += ["--jobs", "2", *SETS, "--set", "train.epochs=1000", "--set", "train.patience=1000", "--out", str(out)]
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as sink:
+        bench = subprocess.Popen([sys.executable, "-m", "ramer", *argv], stdout=subprocess.DEVNULL, stderr=sink)
+    workers = []
+    try:
+        logs = [bench_mod.run_dir(out, "late_fusion", 0.0, seed) / "metrics.jsonl" for seed in (1, 2)]
+        deadline = time.monotonic() + 240
+        while not all(log.is_file() and log.stat().st_size for log in logs):  # both workers are training
+            assert bench.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the workers did not start training"
+            time.sleep(0.5)
+        workers += [pid for pid in _children(bench.pid) if _alive(pid)]
+        assert len(workers) >= 2
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=120) == 130
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the bench"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for pid in {*workers, *_children(bench.pid)}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_complete_option(tmp_path):

@@ -33,7 +33,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,11 +282,9 @@ def tune_models(s: BenchSettings, bundle: DataBundle, console: Console) -> None:
         for model, cfg, out in jobs:
             tune(cfg, out, trials=s.tune_trials, fixed=set(fixed), console=console, bundle=bundle)
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
+        from concurrent.futures import as_completed
 
-        pool = ProcessPoolExecutor(max_workers=min(s.jobs, len(jobs)), mp_context=get_context("spawn"))
-        try:
+        with worker_pool(min(s.jobs, len(jobs))) as pool:
             futures = [
                 pool.submit(_tune_worker, cfg.model_dump(mode="json"), str(out), s.tune_trials, fixed)
                 for _, cfg, out in jobs
@@ -298,10 +299,6 @@ def tune_models(s: BenchSettings, bundle: DataBundle, console: Console) -> None:
                     else f"tuned {model}: no trial completed",
                     highlight=False,
                 )
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
     for model, _, out in jobs:
         if not (out / "best.yaml").is_file():
             raise RamerError(f"tuning {model} completed no trial (every one pruned or failed): see {out / 'trials.md'}")
@@ -453,6 +450,36 @@ def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, float, str]:
     return execute(cfg, Path(run), _WORKER[complete], Console(stderr=True, quiet=True))
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def worker_pool(jobs: int, **kwargs):
+    """A pool of ``jobs`` spawned worker processes. However the bench stops (Ctrl-C, an error, or
+    SIGTERM sent to this process alone, which is read as Ctrl-C here), it cancels what has not
+    started and stops the workers, so none outlives the command; a run stopped mid-way resumes
+    from its last checkpoint when the command is run again."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import active_children, get_context
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), **kwargs)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in active_children():  # the workers (this process starts no other)
+            child.terminate()
+        raise
+    else:
+        pool.shutdown()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def default_jobs() -> int:
     """One single-threaded run per core (at most 8): small models do not scale with threads, and
     several torch threads on a busy machine are far slower than one."""
@@ -522,25 +549,16 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         for key, cfg, run in todo:
             record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet))
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
+        from concurrent.futures import as_completed
 
-        pool = ProcessPoolExecutor(
-            max_workers=min(s.jobs, len(todo)),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(base.data.model_dump(mode="json"),),
-        )
-        try:
+        with worker_pool(
+            min(s.jobs, len(todo)), initializer=_init_worker, initargs=(base.data.model_dump(mode="json"),)
+        ) as pool:
             futures = {
                 pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run)): key for key, cfg, run in todo
             }
             for future in as_completed(futures):
                 record(futures[future], *future.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
     results = _ordered(records, s)
     info = {
         "wall_seconds": time.perf_counter() - t_start,
