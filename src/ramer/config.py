@@ -136,6 +136,11 @@ class ModelConfig(_Section):
     # AMP: the learned adversarial masker hides at most this share of a sample's present tokens of each
     # modality (the authors' top-k: 24 of the 50 steps of aligned CMU-MOSEI); 0 = no masked pass
     amp_mask_ratio: float = Field(0.48, ge=0.0, lt=1.0)
+    # AMP: L2 size of the adversarial perturbation of each sample's label representations (the authors' 1.0)
+    amp_eps: float = Field(1.0, gt=0.0)
+    # ML-GCN: the label graph's binarising threshold tau and re-weighting p (Chen et al. 2019: 0.4, 0.2)
+    mlgcn_tau: float = Field(0.4, ge=0.0, le=1.0)
+    mlgcn_p: float = Field(0.2, ge=0.0, lt=1.0)
     ablations: list[str] = Field(default_factory=list)
 
     @field_validator("ablations")

@@ -27,8 +27,8 @@ Training only (eval mode does neither):
   so it learns to hide what the classifier needs most (it maximises the loss the classifier
   minimises);
 - adversarial perturbation (FGM): in ``loss()`` the gradient ``g`` of the clean loss with respect
-  to ``z`` gives ``delta = eps * g / ||g||`` (per sample), and the head is run again on
-  ``z + delta``; the total is ``clean + w_adv * adversarial + w_amp_mask * masked``.
+  to ``z`` gives ``delta = eps * g / ||g||`` (per sample; ``eps`` = ``model.amp_eps``, 1.0), and
+  the head is run again on ``z + delta``; the total is ``clean + w_adv * adversarial + w_amp_mask * masked``.
 
 Classification loss: asymmetric loss (Ridnik et al., ICCV 2021) with gamma- = 4, gamma+ = 0 and
 probability margin (clip) 0.05 on negatives, averaged over the (B, C) entries. The asymmetric loss
@@ -110,7 +110,6 @@ class AMP(nn.Module):
         cfg: ModelConfig,
         loss_cfg: LossConfig,
         spec: DataSpec,
-        eps: float = 1.0,
         w_adv: float = 1.0,
         gamma_neg: float = 4.0,
         gamma_pos: float = 0.0,
@@ -125,7 +124,7 @@ class AMP(nn.Module):
         self.w_mask = loss_cfg.w_amp_mask
         self.grl_lambda = grl_lambda  # the masker's gradient is -grl_lambda times the masked loss's
         self.adversarial = not cfg.off("no_adversarial")
-        self.eps, self.w_adv = eps, w_adv
+        self.eps, self.w_adv = cfg.amp_eps, w_adv
         self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
         args = (H, cfg.heads, cfg.ffn, cfg.dropout)
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})

@@ -5,8 +5,8 @@ Graph (built once from the TRAINING labels by ``prepare(train_store)``, kept in 
 buffer so it is saved with the weights; identity until then):
 
 1. ``M = Y^T Y`` co-occurrence counts, ``N_i = M_ii``; conditional ``P_ij = P(j | i) = M_ij / N_i``;
-2. binarise: ``A_ij = [P_ij >= tau]`` (tau = 0.4);
-3. re-weight: off-diagonal row ``i`` rescaled to sum to ``p`` (p = 0.2), diagonal ``1 - p``
+2. binarise: ``A_ij = [P_ij >= tau]`` (``model.mlgcn_tau``, 0.4);
+3. re-weight: off-diagonal row ``i`` rescaled to sum to ``p`` (``model.mlgcn_p``, 0.2), diagonal ``1 - p``
    (a label with no neighbour keeps only its diagonal);
 4. normalise: ``A_hat = D^-1/2 A D^-1/2`` with ``D_ii = sum_j A_ij``.
 
@@ -71,15 +71,13 @@ class MLGCN(nn.Module):
         cfg: ModelConfig,
         loss_cfg: LossConfig,
         spec: DataSpec,
-        tau: float = 0.4,
-        p: float = 0.2,
         learn_embeddings: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
-        self.tau, self.p = tau, p
+        self.tau, self.p = cfg.mlgcn_tau, cfg.mlgcn_p
         self.encoders = nn.ModuleDict(
             {
                 m: ModalityEncoder(

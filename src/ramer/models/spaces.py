@@ -6,9 +6,8 @@ that reads ``model.layers`` also searches its text / audio / visual layer counts
 entry in ``SPACES`` adds the settings of its own mechanisms. Only keys the model reads are
 searched (``tests/test_tune.py`` checks that changing each one changes the model's training loss).
 
-Left out, because they are not config keys (the constructors fix them): AMP's perturbation size
-``eps`` (1.0), ML-GCN's adjacency threshold ``tau`` (0.4) and re-weighting ``p`` (0.2), and the
-RAMer authors' private and common dropouts (0.1, 0.3).
+Left out, because they are not config keys (the constructor fixes them): the RAMer authors'
+private and common dropouts (0.1, 0.3).
 
 ``suggest(trial, space)`` draws the values of one trial; ``trial`` is an Optuna trial (only its
 ``suggest_float`` / ``suggest_int`` / ``suggest_categorical`` are called, so this module does not
@@ -92,11 +91,19 @@ AUTHORS_OWN = tuple(p for p in RAMER_OWN if p.key not in ("loss.w_radv", "model.
 SPACES: dict[str, tuple[Param, ...]] = {
     "ramer": (*COMMON, *LAYERS, *RAMER_OWN),
     "ramer-authors": (*COMMON, *LAYERS, *AUTHORS_OWN),
-    # AMP: the budget of its learned adversarial masking and the weight of the masked pass
     "late_fusion": (*COMMON, *LAYERS),
-    "mlgcn": (*COMMON, *LAYERS),
+    # ML-GCN: the label graph's threshold tau and re-weighting p (the paper's 0.4 and 0.2 inside)
+    "mlgcn": (*COMMON, *LAYERS, Param("model.mlgcn_tau", 0.1, 0.7), Param("model.mlgcn_p", 0.05, 0.5)),
     "hhmpn": (*COMMON, *LAYERS),
-    "amp": (*COMMON, *LAYERS, Param("model.amp_mask_ratio", 0.1, 0.8), log("loss.w_amp_mask", 0.01, 1.0)),
+    # AMP: the budget of its learned adversarial masking, the weight of the masked pass and the size
+    # of the adversarial perturbation
+    "amp": (
+        *COMMON,
+        *LAYERS,
+        Param("model.amp_mask_ratio", 0.1, 0.8),
+        log("loss.w_amp_mask", 0.01, 1.0),
+        log("model.amp_eps", 0.1, 10.0),
+    ),
     # MulT: the temporal convolutions' kernel per modality (odd)
     "mult": (
         *COMMON,
