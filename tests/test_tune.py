@@ -19,10 +19,11 @@ import ramer
 from ramer.cli import main
 from ramer.config import build_config, with_values
 from ramer.data.synthetic import generate
-from ramer.errors import LossNotFinite
+from ramer.errors import LossNotFinite, RamerError
 from ramer.models import BUILDERS, DataSpec, build_model, set_model
 from ramer.models.spaces import SEARCHED, space_for, suggest
 from ramer.train.recipe import Recipe
+from ramer.tune import open_study, tune_config
 
 optuna = pytest.importorskip("optuna")
 
@@ -168,6 +169,19 @@ def test_tune_writes_best_config_and_trials_from_validation_only(tmp_path, capsy
     # Another config in the same folder is an error, not a mixed study.
     assert main([*argv, "--trials", "3", "--set", "train.epochs=3"]) == 2
     assert "holds a study of ramer with another config (differs in train.epochs)" in capsys.readouterr().err
+
+
+def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
+    """A study's stored config is read back with today's defaults: one stored before a key existed
+    (the key at its default now) is the same study; a real difference is still an error."""
+    base = tune_config("amp", None, TINY)
+    study, _ = open_study(optuna, tmp_path, None, base, seed=0)
+    older = base.model_dump(mode="json")
+    del older["model"]["amp_eps"]
+    study.set_user_attr("config", older)
+    open_study(optuna, tmp_path, None, base, seed=0)
+    with pytest.raises(RamerError, match=r"another config \(differs in model.amp_eps\)"):
+        open_study(optuna, tmp_path, None, with_values(base, {"model.amp_eps": 2.0}), seed=0)
 
 
 def test_tune_rejects_classical_models_and_says_when_optuna_is_missing(tmp_path, monkeypatch, capsys):

@@ -45,7 +45,16 @@ import yaml
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.config import CONFIG_DIR, Config, DataConfig, build_config, config_from_dict, set_keys, with_values
+from ramer.config import (
+    CONFIG_DIR,
+    Config,
+    DataConfig,
+    build_config,
+    config_from_dict,
+    set_keys,
+    with_todays_defaults,
+    with_values,
+)
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import RamerError
@@ -373,10 +382,10 @@ def _same_config(run: Path, cfg: Config) -> bool:
     for keys added since (a new option at its default does not retrain every cached run)."""
     try:
         path = run / "config.yaml"
-        stored = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+        stored = with_todays_defaults(yaml.safe_load(path.read_text()), str(path))
     except (OSError, yaml.YAMLError, RamerError):
         return False
-    return stored.model_dump(mode="json") == cfg.model_dump(mode="json")
+    return stored == cfg.model_dump(mode="json")
 
 
 def _logged_seconds(run: Path) -> float:

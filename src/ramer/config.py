@@ -300,6 +300,13 @@ def config_from_dict(tree: dict, source: str) -> Config:
         raise RamerError(_describe(e, source)) from None
 
 
+def with_todays_defaults(tree: dict, source: str) -> dict:
+    """A stored config (a run's ``config.yaml``, a study's) read back as today's config would dump
+    it: the keys added since take their defaults, so a new option at its default does not make an
+    older run or study another one. Raises ``RamerError`` where the tree no longer validates."""
+    return config_from_dict(tree, source).model_dump(mode="json")
+
+
 def with_values(cfg: Config, values: Mapping[str, Any], source: str = "values") -> Config:
     """A copy of ``cfg`` with dotted keys set to values (``{"train.lr": 3e-4, "model.layers.text": 2}``);
     the result is validated, so an unknown key or a bad value is an error naming it."""
