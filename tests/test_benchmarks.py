@@ -56,6 +56,11 @@ def test_profile_step_runs():
     assert "GFLOP per step" in out
 
 
+def test_cuda_train_runs():
+    out = run("cuda_train.py", "--device", "cpu", "--scenes", "64", "--epochs", "1", "--variants", "fp32:default")
+    assert '"samples_per_s"' in out and "fp32:default" in out
+
+
 def test_scaling_runs():
     out = run("scaling.py", "--persons", "1,2", "--segments", "4", "--batch", "2", "--steps", "1", "--threads", "1")
     assert "train ms/scene" in out

@@ -65,6 +65,25 @@ def test_train_step_on_cuda(precision):
     assert model.memory.queue.device.type == "cuda" and (model.memory.queue_classes >= 0).any()
 
 
+def test_bf16_training_keeps_off_cudnn_attention():
+    """cuDNN's attention builds a plan for every new shape (attention.SDPA_BACKENDS); torch picks it
+    for bfloat16 on Hopper GPUs, so on others this test cannot tell."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ramer.train.optim import build_optimizer
+    from ramer.train.recipe import training_step
+
+    model = tiny_model().cuda().train()
+    opt, sched = build_optimizer(model, 1e-3, 0.01, 10, 0.1)
+    b = batch().to("cuda")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        training_step(model, model, b, opt, sched, 1.0, "bf16")
+        torch.cuda.synchronize()
+    names = {e.key for e in prof.key_averages()}
+    assert any("scaled_dot_product" in n for n in names)  # the step did go through SDPA
+    assert not [n for n in names if "cudnn_attention" in n]
+
+
 def test_eval_on_cuda_matches_cpu():
     model = tiny_model().eval()
     b = batch()

@@ -12,7 +12,8 @@ autocast it keeps them in bfloat16, and every pass after the float32 softmax is 
 Without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v``
 (``_softmax_weights``); bfloat16 evaluation takes its scores from float32 operands
 (``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
-without dropout (``_few_key_attention``). Other devices use ``F.scaled_dot_product_attention``.
+without dropout (``_few_key_attention``). Other devices use ``F.scaled_dot_product_attention``
+with the kernels of ``SDPA_BACKENDS``.
 ``zero_unless`` is the masking the other parts share: ``torch.where(keep, x, 0)``, skipped when
 nothing is masked.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
@@ -206,6 +208,12 @@ def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p
 
 FEW_KEYS = 6  # queries x keys up to which CPU attention uses _few_key_attention
 
+# The kernels ``F.scaled_dot_product_attention`` may choose off CPU (None: all, torch's own choice).
+# Not cuDNN's: for bfloat16 on Hopper torch picks it first, and it builds a plan for every new
+# shape (13 ms of CPU per call; batch shapes vary with their scenes), which made bf16 training on
+# an H200 five times slower than with the other kernels (benchmarks/cuda_train.py, PERFORMANCE.md §7).
+SDPA_BACKENDS: list[SDPBackend] | None = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
 
 class MaskedAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float, null_key: bool = False) -> None:
@@ -238,6 +246,9 @@ class MaskedAttention(nn.Module):
         elif q.device.type == "cpu":  # faster than CPU SDPA in float32, and far faster in bfloat16
             w = _softmax_weights(*_score_operands(q, k), key_mask)
             y = torch.matmul(w.to(v.dtype), v.contiguous())  # (X, heads, Q, d)
-        else:
+        elif SDPA_BACKENDS is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
+        else:
+            with sdpa_kernel(SDPA_BACKENDS):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(X, Q, H))
