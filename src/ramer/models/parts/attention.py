@@ -22,6 +22,8 @@ Axis letters: x flattened batch rows, q queries, k keys, h hidden.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -246,9 +248,7 @@ class MaskedAttention(nn.Module):
         elif q.device.type == "cpu":  # faster than CPU SDPA in float32, and far faster in bfloat16
             w = _softmax_weights(*_score_operands(q, k), key_mask)
             y = torch.matmul(w.to(v.dtype), v.contiguous())  # (X, heads, Q, d)
-        elif SDPA_BACKENDS is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
         else:
-            with sdpa_kernel(SDPA_BACKENDS):
+            with sdpa_kernel(SDPA_BACKENDS) if SDPA_BACKENDS is not None else contextlib.nullcontext():
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(X, Q, H))
