@@ -234,6 +234,27 @@ def test_masked_attention_equals_reference(n_queries, n_keys, null_key, few, mon
     assert (bf16 - got).abs().max() < 0.05
 
 
+def test_off_cpu_attention_keeps_cudnn_sdpa_off(monkeypatch):
+    """Off CPU, attention calls SDPA with cuDNN's kernel disabled (attention.SDPA_BACKENDS), and
+    the global setting is as before afterwards. The meta device takes the off-CPU branch on any
+    machine; tests/test_cuda.py checks the kernels a real bf16 step runs."""
+    import ramer.models.parts.attention as attention
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    att = MaskedAttention(16, 2, 0.0).to("meta").eval()
+    x, mask = torch.empty(3, 4, 16, device="meta"), torch.ones(3, 4, dtype=torch.bool, device="meta")
+    assert att(x, x, mask).shape == (3, 4, 16)
+    assert seen == [False] and torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
 @pytest.mark.parametrize("few", [0, 10**6])
 def test_attention_dropout_is_unbiased_and_trains(few, monkeypatch):
     """With dropout on the weights (training), both CPU forms average to the eval output (the
