@@ -13,6 +13,9 @@
   learning rate has decayed to 0, and the epochs it trains are exactly the first epochs of the same
   run without patience. A resumed run stops where the uninterrupted one would have (the decision
   reads only the checkpointed best epoch), and one that had stopped trains no further.
+- With ``train.ema_decay``, validation, the best checkpoint and test use an exponential moving
+  average of the weights (``ramer.train.ema``); training steps the live weights, and
+  ``train_state.pt`` keeps both.
 - Evaluation never shuffles or drops a sample (the count is asserted).
 - Files are written by rank 0 only, each atomically.
 - Distributed (``torchrun --nproc_per_node=N -m ramer train ...``, see ``ramer.dist`` and
@@ -35,6 +38,7 @@ end of the best epoch); the test line has ``best_epoch``, ``best_step``, ``epoch
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import time
@@ -59,6 +63,7 @@ from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_th
 from ramer.models import DataSpec, build_model
 from ramer.models.base import LossResult
 from ramer.paths import atomic_write_text, make_folder
+from ramer.train.ema import WeightAverage
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -253,6 +258,7 @@ class Recipe(RunSteps):
         self.optimizer, self.scheduler = build_optimizer(
             self.model, cfg.train.lr, cfg.train.weight_decay, per_epoch * cfg.train.epochs, cfg.train.warmup
         )
+        self.ema = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.start_epoch = 1
         self.best = {"score": -1.0, "epoch": 0, "threshold": 0.5}
         if self.resume:
@@ -281,8 +287,11 @@ class Recipe(RunSteps):
         return None
 
     def _load_train_state(self) -> None:
-        state = ckpt.load_train_state(self.out / "train_state.pt")
-        ckpt.load_state_into(self.model, state["model"], str(self.out / "train_state.pt"))
+        path = self.out / "train_state.pt"
+        state = ckpt.load_train_state(path)
+        ckpt.load_state_into(self.model, state["model"], str(path))
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema"), str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ranks = state.get("rng_ranks")
@@ -327,6 +336,8 @@ class Recipe(RunSteps):
                 )
             except FloatingPointError as e:
                 raise LossNotFinite(f"epoch {epoch} step {step}: loss is not finite ({e}); lower train.lr?") from None
+            if self.ema is not None:
+                self.ema.update()
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())
             for k, v in loss.terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -370,14 +381,15 @@ class Recipe(RunSteps):
                 t0 = time.perf_counter()
                 train_terms = self.train_epoch(epoch, bar)
                 seconds_train = time.perf_counter() - t0
-                valid, threshold = self.validate()
-                score = selection_score(valid, self.spec.task)
-                improved = score > self.best["score"]
-                thr = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
-                if improved:
-                    self.best = {"score": score, "epoch": epoch, "threshold": thr}
-                    if is_main():
-                        ckpt.save_model(self.out / "model.safetensors", self.model, cfg, self.spec, thr, epoch)
+                with self.evaluated_weights():  # the weight average, with train.ema_decay
+                    valid, threshold = self.validate()
+                    score = selection_score(valid, self.spec.task)
+                    improved = score > self.best["score"]
+                    thr = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
+                    if improved:
+                        self.best = {"score": score, "epoch": epoch, "threshold": thr}
+                        if is_main():
+                            ckpt.save_model(self.out / "model.safetensors", self.model, cfg, self.spec, thr, epoch)
                 n_seen = min(len(self.splits["train"]), self.steps_per_epoch * cfg.train.batch_size)
                 line = {
                     "epoch": epoch,
@@ -418,6 +430,11 @@ class Recipe(RunSteps):
                         )
                     break
 
+    def evaluated_weights(self):
+        """A context in which the model holds the weights that are validated and saved: the weight
+        average with ``train.ema_decay``, else the live weights."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+
     @property
     def best_step(self) -> int:
         """Optimiser steps done at the end of the best epoch."""
@@ -439,6 +456,8 @@ class Recipe(RunSteps):
         }
         if ranks is not None:
             state["rng_ranks"] = ranks
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         ckpt.save_train_state(self.out / "train_state.pt", state)
