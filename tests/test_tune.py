@@ -171,6 +171,36 @@ def test_tune_writes_best_config_and_trials_from_validation_only(tmp_path, capsy
     assert "holds a study of ramer with another config (differs in train.epochs)" in capsys.readouterr().err
 
 
+def test_trial_seeds_score_a_trial_by_the_mean_of_its_seeds(tmp_path, capsys):
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", "late_fusion", "--out", str(out), *SETS, "--trials", "2"]
+    assert main([*argv, "--trial-seeds", "2"]) == 0
+    trials = study_trials(out, "late_fusion")
+    assert states(trials) == ["complete", "complete"]
+    for t in trials:
+        runs = [out / f"trial-{t.number:04d}" / f"seed-{s}" for s in (1, 2)]
+        cfgs = [build_config(run / "config.yaml") for run in runs]
+        assert [c.train.seed for c in cfgs] == [1, 2]
+        assert with_values(cfgs[1], {"train.seed": 1}) == cfgs[0]  # the same trial values, another seed
+        epochs = [[ln for ln in lines(run) if "epoch" in ln] for run in runs]
+        best = [max(ln["valid"]["overall"]["micro_f1"] for ln in e) for e in epochs]
+        assert best[0] != best[1]  # else the mean could not be told from one seed
+        assert t.user_attrs["seed_values"] == best and t.value == pytest.approx(sum(best) / 2, abs=1e-12)
+        # The pruner reads the first seed's epochs only.
+        assert t.intermediate_values == {ln["epoch"]: ln["valid"]["overall"]["micro_f1"] for ln in epochs[0]}
+        assert t.user_attrs["steps"] == 2 * (len(epochs[0]) + len(epochs[1]))
+    assert build_config(out / "best.yaml").train.seed == 1
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["trial_seeds"] == 2 and len(summary["best"]["seed_values"]) == 2
+    assert (out / "trials.csv").read_text().splitlines()[0].endswith(",seed_values,note")
+    assert "| per seed | note |" in (out / "trials.md").read_text()
+    # The study keeps the number of seeds it was made with.
+    capsys.readouterr()
+    assert main([*argv, "--trials", "3"]) == 2
+    assert "whose trials train 2 seed(s) each; use --trial-seeds 2" in capsys.readouterr().err
+    assert len(study_trials(out, "late_fusion")) == 2
+
+
 def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
     """A study's stored config is read back with today's defaults: one stored before a key existed
     (the key at its default now) is the same study; a real difference is still an error."""

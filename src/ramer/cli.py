@@ -447,6 +447,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             seed=args.seed,
             fixed=set_keys(overrides),
             console=ERR,
+            trial_seeds=args.trial_seeds,
         )
     except KeyboardInterrupt:
         ERR.print(
@@ -709,7 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
         "size, dropout, layers, the model's own loss weights) with Optuna's seeded TPE sampler; "
         "each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
         "unless set) and pruned by the median pruner on the per-epoch validation score. The value "
-        "is the best validation micro-F1 (weighted F1 on single-label data); test is never read. "
+        "is the best validation micro-F1 (weighted F1 on single-label data), or with --trial-seeds K "
+        "the mean over K seeds' runs; test is never read. "
         "The study lives in OUT/study.db (or --storage), so running the same command again "
         "continues it. Writes OUT/best.yaml (ramer train --config OUT/best.yaml), "
         "OUT/trials.md, OUT/trials.csv and OUT/tune.json. A key given with --set is kept, not "
@@ -737,6 +739,15 @@ def build_parser() -> argparse.ArgumentParser:
         "processes on several machines given the same URL share one study (docs/SCALING.md)",
     )
     tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    tu.add_argument(
+        "--trial-seeds",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="train each trial K times, seeds train.seed to train.seed+K-1 (OUT/trial-NNNN/seed-S), and score "
+        "it by the mean of their best validation scores: on small or noisy data one seed's score is partly "
+        "luck. Costs K times the training (default: 1)",
+    )
     tu.set_defaults(func=cmd_tune)
 
     data = sub.add_parser(

@@ -8,17 +8,22 @@
   from the 5th completed trial on and from epoch 3 on.
 - Objective: the best validation selection score of the run (the epoch the checkpoint keeps), with
   early stopping (``train.patience``, 5 unless set). Test metrics are written to the trial's folder
-  as by ``ramer train``, never read here.
+  as by ``ramer train``, never read here. With ``--trial-seeds K`` a trial trains ``K`` runs, seeds
+  ``train.seed`` to ``train.seed + K - 1``, one after the other, and its value is the mean of their
+  best scores (on small or noisy data one seed's score is partly luck); the pruner reads the first
+  run's epochs. A study keeps the ``K`` it was made with.
 - Study: ``OUT/study.db`` (SQLite), or ``--storage URL`` (any database Optuna supports), study name =
   the model name. ``--trials N`` is the study's total: trials run until the study holds N finished
   (complete or pruned) trials, counting those it already has, so the same command continues an
   interrupted study, and several processes given one storage share the N. A trial that was running
   when its process died is marked failed (at once when the process ran on this machine, else after
   the heartbeat grace period), its folder is removed, and it does not count.
-- Outputs in OUT: ``trial-NNNN/`` (a ``ramer train`` run folder per trial), ``best.yaml`` (the full
-  config of the best trial: ``ramer train --config OUT/best.yaml``), ``trials.csv`` and
-  ``trials.md`` (number, state, value, steps, seconds, values), ``tune.json`` (budget, counts, best
-  trial, space). Rewritten after every trial.
+- Outputs in OUT: ``trial-NNNN/`` (a ``ramer train`` run folder per trial; with ``K`` seeds a
+  folder ``trial-NNNN/seed-S`` per seed), ``best.yaml`` (the full config of the best trial: ``ramer
+  train --config OUT/best.yaml``), ``trials.csv`` and ``trials.md`` (number, state, value, steps,
+  seconds, values; with ``K`` seeds also each seed's score; steps and seconds are the ``K`` runs'
+  sum, steps to best their mean), ``tune.json`` (budget, counts, best trial, space). Rewritten
+  after every trial.
 """
 
 from __future__ import annotations
@@ -90,8 +95,9 @@ def tune_config(
 
 
 # ---------------------------------------------------------------------- the study
-def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, pruner=None):
-    """Create or load the study (name: the model) and check it was made with ``base``."""
+def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, pruner=None, trial_seeds: int = 1):
+    """Create or load the study (name: the model) and check it was made with ``base`` and
+    ``trial_seeds`` runs per trial."""
     url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
     try:
         rdb = _storage(optuna, url)
@@ -110,6 +116,14 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
         raise
     stored = study.user_attrs.get("config")
     mine = base.model_dump(mode="json")
+    made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
+    if made_with is not None and made_with != trial_seeds:
+        raise RamerError(
+            f"{url} holds a study of {base.model.name} whose trials train {made_with} seed(s) each; use "
+            f"--trial-seeds {made_with}, or another --out or --storage"
+        )
+    if made_with is None:
+        study.set_user_attr("trial_seeds", trial_seeds)
     if stored is None:
         study.set_user_attr("config", mine)
     elif (stored := _stored_config(stored, url)) != mine:
@@ -205,9 +219,12 @@ def counts(optuna, study) -> dict[str, int]:
 class Objective:
     """Train one trial's config into ``OUT/trial-NNNN``; the value is its best validation score."""
 
-    def __init__(self, optuna, study, base: Config, space, out: Path, budget: int, bundle: DataBundle, on_epoch):
+    def __init__(
+        self, optuna, study, base: Config, space, out: Path, budget: int, bundle: DataBundle, on_epoch, trial_seeds=1
+    ):
         self.optuna, self.study, self.base, self.space = optuna, study, base, space
         self.out, self.budget, self.bundle, self.on_epoch = out, budget, bundle, on_epoch
+        self.trial_seeds = trial_seeds
         self.quiet = Console(stderr=True, quiet=True)
 
     def __call__(self, trial) -> float:
@@ -225,38 +242,50 @@ class Objective:
         if run.exists():  # a folder of an earlier study in this folder, under the same number
             shutil.rmtree(run)
         t0 = time.perf_counter()
-        state: dict = {}
+        done: list = []  # the recipes of the seeds trained so far (the current one last)
 
-        def record(recipe, note: str | None = None) -> None:
+        def record(note: str | None = None) -> None:
+            steps = [r.best["epoch"] * r.steps_per_epoch for r in done]
             attrs = {
-                "best_epoch": recipe.best["epoch"],
-                "best_step": recipe.best["epoch"] * recipe.steps_per_epoch,
-                "epochs_run": recipe.epochs_run,
-                "steps": recipe.epochs_run * recipe.steps_per_epoch,
+                "best_epoch": round(sum(r.best["epoch"] for r in done) / len(done)),
+                "best_step": round(sum(steps) / len(steps)),
+                "epochs_run": sum(r.epochs_run for r in done),
+                "steps": sum(r.epochs_run * r.steps_per_epoch for r in done),
                 "seconds": time.perf_counter() - t0,
             }
+            if self.trial_seeds > 1:
+                attrs["seed_values"] = [float(r.best["score"]) for r in done]
             for key, value in {**attrs, **({"note": note} if note else {})}.items():
                 trial.set_user_attr(key, value)
 
-        def report(recipe, epoch: int) -> None:
-            state["recipe"] = recipe
-            score = selection_score(recipe.log[-1]["valid"], recipe.spec.task)  # validation only
-            trial.report(score, epoch)
-            self.on_epoch(trial.number, epoch, recipe.cfg.train.epochs, score)
-            if trial.should_prune():
-                record(recipe, f"pruned after epoch {epoch}")
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        def hook(first: bool):
+            def report(recipe, epoch: int) -> None:
+                if not done or done[-1] is not recipe:
+                    done.append(recipe)
+                score = selection_score(recipe.log[-1]["valid"], recipe.spec.task)  # validation only
+                self.on_epoch(trial.number, epoch, recipe.cfg.train.epochs, score)
+                if not first:  # the pruner compares the first seed's epochs across trials
+                    return
+                trial.report(score, epoch)
+                if trial.should_prune():
+                    record(f"pruned after epoch {epoch}")
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        try:
-            run_training(cfg, run, bundle=self.bundle, console=self.quiet, hooks=(report,))
-        except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
-            if "recipe" in state:
-                record(state["recipe"])
-            trial.set_user_attr("note", str(e))
-            raise optuna.TrialPruned(str(e)) from None
-        recipe = state["recipe"]
-        record(recipe)
-        return float(recipe.best["score"])
+            return report
+
+        seed = cfg.train.seed
+        for i in range(self.trial_seeds):
+            one = cfg if i == 0 else with_values(cfg, {"train.seed": seed + i}, f"trial {trial.number}")
+            folder = run if self.trial_seeds == 1 else run / f"seed-{seed + i}"
+            try:
+                run_training(one, folder, bundle=self.bundle, console=self.quiet, hooks=(hook(i == 0),))
+            except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
+                if done:
+                    record()
+                trial.set_user_attr("note", str(e))
+                raise optuna.TrialPruned(str(e)) from None
+        record()
+        return sum(float(r.best["score"]) for r in done) / len(done)
 
 
 # ---------------------------------------------------------------------- the search
@@ -271,15 +300,18 @@ def tune(
     console: Console | None = None,
     bundle: DataBundle | None = None,
     pruner=None,
+    trial_seeds: int = 1,
 ) -> TuneResult:
     """Run trials of ``base.model.name`` until the study holds ``trials`` finished trials (or
     ``timeout`` seconds have passed: no trial starts after it); write the outputs; return them.
     ``fixed``: keys left out of the search (the user's ``--set``). ``pruner``: an Optuna pruner
-    (default: the median pruner above)."""
+    (default: the median pruner above). ``trial_seeds``: runs per trial, the value their mean."""
     optuna = require_optuna()
     console = console or Console(stderr=True)
     if trials < 1:
         raise RamerError(f"--trials must be at least 1, got {trials}")
+    if trial_seeds < 1:
+        raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
     if base.model.name in CLASSICAL:
         raise RamerError(
             f"'{base.model.name}' is a classical model: one logistic-regression fit, nothing to tune; tune a deep model"
@@ -288,7 +320,7 @@ def tune(
     check_space(base, space)
     out = make_folder(out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
-    study, url = open_study(optuna, out, storage, base, seed, pruner)
+    study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
     fail_stale(optuna, study)
     remove_failed_folders(optuna, study, out)
     if bundle is None:
@@ -302,6 +334,7 @@ def tune(
         else type(pruner).__name__,
         "space": [p.describe() for p in space],
         "fixed": sorted(fixed),
+        "trial_seeds": trial_seeds,
         "study": url,
     }
     states = optuna.trial.TrialState
@@ -331,15 +364,17 @@ def tune(
                     a = t.user_attrs
                     value = f"{t.value:.4f}" if t.value is not None else "–"
                     so_far = f"  best {best.value:.4f} (trial {best.number})" if best else ""
+                    each = " ".join(f"{v:.4f}" for v in a.get("seed_values", []))
+                    each = f" (seeds {each})" if each else ""
                     console.print(
                         f"[{n['finished']}/{trials}] trial {t.number} {t.state.name.lower()}: valid {metric} {value}"
-                        f"{so_far}  {a.get('steps', 0)} steps  {a.get('seconds', 0.0):.1f}s",
+                        f"{each}{so_far}  {a.get('steps', 0)} steps  {a.get('seconds', 0.0):.1f}s",
                         highlight=False,
                         soft_wrap=True,
                     )
                 write_outputs(optuna, study, out, base, trials, task, info)
 
-            objective = Objective(optuna, study, base, space, out, trials, bundle, on_epoch)
+            objective = Objective(optuna, study, base, space, out, trials, bundle, on_epoch, trial_seeds)
             while True:
                 fail_stale(optuna, study)
                 n = counts(optuna, study)
@@ -383,7 +418,9 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     """trials.csv, trials.md, best.yaml (once a trial completed) and tune.json, from the whole study."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    header = ["number", "state", "value", "best_step", "steps", "epochs", "seconds", *keys, "note"]
+    seeded = study.user_attrs.get("trial_seeds", 1) > 1  # a column of each seed's score
+    header = ["number", "state", "value", "best_step", "steps", "epochs", "seconds", *keys]
+    header += ["seed_values", "note"] if seeded else ["note"]
     rows = []
     for t in trials:
         a = t.user_attrs
@@ -392,6 +429,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
             [t.number, t.state.name.lower(), value, a.get("best_step", ""), a.get("steps", ""), a.get("epochs_run", "")]
             + [round(a["seconds"], 1) if "seconds" in a else ""]
             + [t.params.get(k, "") for k in keys]
+            + ([" ".join(f"{v:.4f}" for v in a.get("seed_values", []))] if seeded else [])
             + [a.get("note", "killed or interrupted" if t.state.name == "FAIL" else "")]
         )
     text = io.StringIO()
@@ -401,12 +439,16 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     n = counts(optuna, study)
     best = _best(optuna, study)
     metric = METRIC_NAMES[SELECTION[task]]
+    n_seeds, first = study.user_attrs.get("trial_seeds", 1), base.train.seed
+    seeds_text = f"s, the mean over {n_seeds} seeds (train.seed {first} to {first + n_seeds - 1})" if seeded else ""
     short = [k.split(".", 1)[1] for k in keys]  # train.lr -> lr, model.layers.text -> layers.text
-    md_header = ["trial", "state", f"valid {metric}", "steps to best", "steps", "s", *short, "note"]
+    md_header = ["trial", "state", f"valid {metric}", "steps to best", "steps", "s", *short]
+    md_header += ["per seed", "note"] if seeded else ["note"]
     md_rows = [
         [str(r[0]), r[1], f"{r[2]:.4f}" if r[2] != "" else "–", *(str(c) if c != "" else "–" for c in r[3:5])]
         + [f"{r[6]:.0f}" if r[6] != "" else "–"]
         + [format_value(c) if c != "" else "–" for c in r[7 : 7 + len(keys)]]
+        + ([r[-2] or "–"] if seeded else [])
         + [str(r[-1])]
         for r in rows
     ]
@@ -415,7 +457,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
         "",
         f"Budget {budget} trials; the study holds {n['finished']} finished ({n['complete']} complete, "
         f"{n['pruned']} pruned), {n['failed']} failed, {n['running']} running. Value: the best validation "
-        f"{metric} of the trial's run (early stopping: train.patience {base.train.patience}, at most "
+        f"{metric} of the trial's run{seeds_text} (early stopping: train.patience {base.train.patience}, at most "
         f"{base.train.epochs} epochs). "
         + (f"Best: trial {best.number}, {best.value:.4f} (`best.yaml`)." if best else "No trial has completed."),
         "",
@@ -433,6 +475,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
             "values": best.params,
             "best_epoch": a.get("best_epoch"),
             "best_step": a.get("best_step"),
+            **({"seed_values": a.get("seed_values")} if seeded else {}),
             "seconds": a.get("seconds"),
             "run": a.get("run"),
         }
