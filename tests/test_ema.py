@@ -1,4 +1,5 @@
-"""The weight average (``train.ema_decay``): its arithmetic, what is validated and saved, resume."""
+"""The weight average (``train.ema_decay``): its arithmetic, what is validated and saved, a state
+without it. Resume with it: ``test_recipe.py::test_resume_equals_uninterrupted_run``."""
 
 import json
 
@@ -82,16 +83,6 @@ def test_the_average_is_validated_saved_and_tested(tmp_path, bundle, monkeypatch
     assert [d["valid"] for d in epoch_lines(out)] != [d["valid"] for d in epoch_lines(plain)]
     assert [d["train"] for d in epoch_lines(out)] == [d["train"] for d in epoch_lines(plain)]  # same training
     assert result != other
-
-
-def test_resume_keeps_the_average(tmp_path, bundle):
-    full = Recipe(tiny_cfg(extra=EMA), tmp_path / "full", bundle=bundle).run()
-    with pytest.raises(Stop):
-        Recipe(tiny_cfg(extra=EMA), tmp_path / "cut", bundle=bundle, hooks=(stop_after(1),)).run()
-    resumed = Recipe(tiny_cfg(extra=EMA), tmp_path / "cut", resume=True, bundle=bundle).run()
-    assert resumed == full
-    a, b = epoch_lines(tmp_path / "full"), epoch_lines(tmp_path / "cut")
-    assert [x["valid"] for x in a] == [x["valid"] for x in b]
 
 
 def test_resume_of_a_state_without_the_average_is_a_clear_error(tmp_path, bundle):

@@ -84,12 +84,13 @@ def test_run_directory_contents(tmp_path, bundle):
     assert cfg.model.name == "late_fusion" and spec.n_labels == 9 and epoch == best["epoch"]
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, bundle):
-    full = Recipe(tiny_cfg(), tmp_path / "full", bundle=bundle).run()
+@pytest.mark.parametrize("extra", [[], ["train.ema_decay=0.8"]], ids=["plain", "weight-average"])
+def test_resume_equals_uninterrupted_run(tmp_path, bundle, extra):
+    full = Recipe(tiny_cfg(extra=extra), tmp_path / "full", bundle=bundle).run()
     with pytest.raises(Stop):
-        Recipe(tiny_cfg(), tmp_path / "cut", bundle=bundle, hooks=(stop_after(1),)).run()
+        Recipe(tiny_cfg(extra=extra), tmp_path / "cut", bundle=bundle, hooks=(stop_after(1),)).run()
     assert not (tmp_path / "cut" / "test_metrics.json").exists()
-    resumed = Recipe(tiny_cfg(), tmp_path / "cut", resume=True, bundle=bundle).run()
+    resumed = Recipe(tiny_cfg(extra=extra), tmp_path / "cut", resume=True, bundle=bundle).run()
     assert resumed == full
     a, b = epoch_lines(tmp_path / "full"), epoch_lines(tmp_path / "cut")
     assert [x["valid"] for x in a] == [x["valid"] for x in b]
