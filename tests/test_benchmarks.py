@@ -61,6 +61,11 @@ def test_cuda_train_runs():
     assert '"samples_per_s"' in out and "fp32:default" in out
 
 
+def test_ema_cost_runs():
+    out = run("ema_cost.py", "--steps", "1", "--warmup", "0", "--threads", "1")
+    assert "average update" in out and "% of the step" in out
+
+
 def test_scaling_runs():
     out = run("scaling.py", "--persons", "1,2", "--segments", "4", "--batch", "2", "--steps", "1", "--threads", "1")
     assert "train ms/scene" in out
