@@ -64,10 +64,11 @@ def test_decay_outside_0_1_is_refused():
             WeightAverage(nn.Linear(1, 1), bad)
 
 
-def test_the_average_is_validated_saved_and_tested(tmp_path, bundle, monkeypatch):
+@pytest.mark.parametrize("model", ["late_fusion", "ramer"])
+def test_the_average_is_validated_saved_and_tested(tmp_path, bundle, monkeypatch, model):
     scripted_scores(monkeypatch, {1: 0.1, 2: 0.2, 3: 0.3})  # the best epoch is the last
     out = tmp_path / "run"
-    result = Recipe(tiny_cfg(extra=EMA), out, bundle=bundle).run()
+    result = Recipe(tiny_cfg(model, extra=EMA), out, bundle=bundle).run()
     saved, *_ = ckpt.read_model_file(out / "model.safetensors")
     state = torch.load(out / "train_state.pt", weights_only=True)
     average, live = state["ema"]["average"], state["model"]
@@ -79,7 +80,7 @@ def test_the_average_is_validated_saved_and_tested(tmp_path, bundle, monkeypatch
 
     # Validation scored the averaged weights too: the same run without the average scores otherwise.
     plain = tmp_path / "plain"
-    other = Recipe(tiny_cfg(), plain, bundle=bundle).run()
+    other = Recipe(tiny_cfg(model), plain, bundle=bundle).run()
     assert [d["valid"] for d in epoch_lines(out)] != [d["valid"] for d in epoch_lines(plain)]
     assert [d["train"] for d in epoch_lines(out)] == [d["train"] for d in epoch_lines(plain)]  # same training
     assert result != other
@@ -92,6 +93,16 @@ def test_resume_of_a_state_without_the_average_is_a_clear_error(tmp_path, bundle
     state = torch.load(out / "train_state.pt", weights_only=True)
     del state["ema"]
     torch.save(state, out / "train_state.pt")
-    with pytest.raises(RamerError, match=r"train_state.pt: the weight average .* missing"):
+    with pytest.raises(RamerError, match=r"train_state.pt: holds no weight average; .* without train.ema_decay"):
         Recipe(tiny_cfg(extra=EMA), out, resume=True, bundle=bundle).run()
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1  # nothing lost
+
+
+def test_resume_without_the_average_of_a_run_trained_with_it_is_a_clear_error(tmp_path, bundle):
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(extra=EMA), out, bundle=bundle, hooks=(stop_after(1),)).run()
+    state = (out / "train_state.pt").read_bytes()
+    with pytest.raises(RamerError, match=r"train_state.pt: the run was trained with a weight average"):
+        Recipe(tiny_cfg(), out, resume=True, bundle=bundle).run()
+    assert (out / "train_state.pt").read_bytes() == state  # nothing lost

@@ -186,7 +186,7 @@ def test_trial_seeds_score_a_trial_by_the_mean_of_its_seeds(tmp_path, capsys):
         best = [max(ln["valid"]["overall"]["micro_f1"] for ln in e) for e in epochs]
         assert best[0] != best[1]  # else the mean could not be told from one seed
         assert t.user_attrs["seed_values"] == best and t.value == pytest.approx(sum(best) / 2, abs=1e-12)
-        # The pruner reads the first seed's epochs only.
+        # What the pruner reads: the first seed's epochs (that it is asked only then: the test below).
         assert t.intermediate_values == {ln["epoch"]: ln["valid"]["overall"]["micro_f1"] for ln in epochs[0]}
         assert t.user_attrs["steps"] == 2 * (len(epochs[0]) + len(epochs[1]))
     assert build_config(out / "best.yaml").train.seed == 1
@@ -258,6 +258,38 @@ def test_pruner_stops_a_hopeless_trial(tmp_path, monkeypatch):
     assert [ln["epoch"] for ln in lines(pruned)] == [1] and not (pruned / "test_metrics.json").exists()
     assert "loss is not finite" in trials[3].user_attrs["note"]
     assert (summary["complete"], summary["pruned"], summary["finished"]) == (2, 2, 4)
+
+
+def test_trial_seeds_prune_on_the_first_seed_and_name_a_later_seed_that_diverges(tmp_path, monkeypatch):
+    """With two seeds per trial the pruner is asked once per epoch of the first seed only; a trial
+    whose second seed diverges is pruned, its note names that seed, and its seed scores hold the
+    first seed's."""
+    asked = []
+
+    class Recording(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            asked.append((trial.number, max(trial.intermediate_values)))
+            return False
+
+    real_epoch = Recipe.train_epoch
+
+    def train_epoch(self, epoch, bar):
+        if self.out.parent.name == "trial-0001" and self.out.name == "seed-2":
+            raise LossNotFinite(f"epoch {epoch} step 0: loss is not finite (nan); lower train.lr?")
+        return real_epoch(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    from ramer.tune import tune, tune_config
+
+    cfg = tune_config("late_fusion", None, TINY)  # 2 epochs per run, no early stop
+    tune(cfg, tmp_path / "t", trials=2, pruner=Recording(), trial_seeds=2)
+    trials = study_trials(tmp_path / "t", "late_fusion")
+    assert states(trials) == ["complete", "pruned"]
+    assert asked == [(0, 1), (0, 2), (1, 1), (1, 2)]  # the first seed's two epochs of each trial
+    note = trials[1].user_attrs["note"]
+    assert note.startswith("seed 2: epoch 1 step 0: loss is not finite")
+    first = [ln for ln in lines(tmp_path / "t" / "trial-0001" / "seed-1") if "epoch" in ln]
+    assert trials[1].user_attrs["seed_values"] == [max(ln["valid"]["overall"]["micro_f1"] for ln in first)]
 
 
 # ---------------------------------------------------------------------- several processes

@@ -200,7 +200,8 @@ class TrainConfig(_Section):
     # epochs; None trains all ``epochs`` (the cap, which the learning-rate schedule spans).
     patience: int | None = Field(None, ge=1)
     # Validation, the checkpoint and test use an exponential moving average of the weights with this
-    # decay per optimiser step (ramer.train.ema); None uses the weights as trained.
+    # decay per optimiser step, after a warm-up of the decay (ramer.train.ema; 0.995 is reached after
+    # about 1,790 steps); None uses the weights as trained.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast(bfloat16)
     # every scalar of metrics.jsonl also as TensorBoard event files in RUN/tensorboard (needs 'ramer[tensorboard]')

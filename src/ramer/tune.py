@@ -21,9 +21,10 @@
 - Outputs in OUT: ``trial-NNNN/`` (a ``ramer train`` run folder per trial; with ``K`` seeds a
   folder ``trial-NNNN/seed-S`` per seed), ``best.yaml`` (the full config of the best trial: ``ramer
   train --config OUT/best.yaml``), ``trials.csv`` and ``trials.md`` (number, state, value, steps,
-  seconds, values; with ``K`` seeds also each seed's score; steps and seconds are the ``K`` runs'
-  sum, steps to best their mean), ``tune.json`` (budget, counts, best trial, space). Rewritten
-  after every trial.
+  seconds, values; with ``K`` seeds also each seed's score; steps, epochs and seconds are the ``K``
+  runs' sum, steps to best and the best epoch their mean; a pruned trial's value is its first
+  run's last reported score, and a note names the seed that diverged), ``tune.json`` (budget,
+  counts, best trial, space). Rewritten after every trial.
 """
 
 from __future__ import annotations
@@ -165,9 +166,13 @@ def _stored_config(stored: dict, source: str) -> dict:
         return stored
 
 
+_ABSENT = object()  # a key one config has and the other lacks
+
+
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted({*a, *b}) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+        keys = sorted({*a, *b})
+        return [d for k in keys for d in _differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
 
 
@@ -282,8 +287,9 @@ class Objective:
             except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
                 if done:
                     record()
-                trial.set_user_attr("note", str(e))
-                raise optuna.TrialPruned(str(e)) from None
+                note = str(e) if self.trial_seeds == 1 else f"seed {seed + i}: {e}"
+                trial.set_user_attr("note", note)
+                raise optuna.TrialPruned(note) from None
         record()
         return sum(float(r.best["score"]) for r in done) / len(done)
 

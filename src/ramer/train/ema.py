@@ -3,10 +3,12 @@
 Training steps the live weights; validation, the saved checkpoint and test use the average. After
 optimiser step ``t`` (from 1) each average moves towards its weight by ``1 - d_t`` with
 ``d_t = min(decay, (1 + t) / (10 + t))``: early on the average follows the weights closely, so an
-early best epoch is not scored on weights near the initial ones; from there on it is the plain
-exponential average with ``decay`` (about ``1 / (1 - decay)`` steps of memory). Buffers (the
-contrastive queue, the prototypes, normalisation statistics) are not averaged: evaluation uses the
-live ones.
+early best epoch is not scored on weights near the initial ones. This warm-up reaches ``decay``
+only after ``(10 * decay - 1) / (1 - decay)`` steps (about 1,790 for 0.995): until then the average
+remembers roughly the last ninth of the steps taken, after it the plain exponential average with
+``decay`` (about ``1 / (1 - decay)`` steps of memory). Floating-point parameters are averaged;
+buffers (the contrastive queue, the prototypes, normalisation statistics) are not: evaluation uses
+the live ones.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class WeightAverage:
             raise RamerError(f"train.ema_decay must lie between 0 and 1, got {decay}")
         self.decay = decay
         self.steps = 0
-        named = list(model.named_parameters())
+        named = [(name, p) for name, p in model.named_parameters() if p.is_floating_point()]
         self.names = [name for name, _ in named]
         self.live = [p for _, p in named]
         self.average = [p.detach().clone() for p in self.live]
@@ -40,9 +42,8 @@ class WeightAverage:
     def update(self) -> None:
         """Call after each optimiser step."""
         self.steps += 1
-        weight = 1.0 - self.rate()
-        for avg, p in zip(self.average, self.live):
-            avg.lerp_(p.detach(), weight)
+        # One call for every tensor (one kernel launch per tensor on CUDA otherwise).
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.live], 1.0 - self.rate())
 
     @contextmanager
     def swapped_in(self):
@@ -66,9 +67,14 @@ class WeightAverage:
 
     def load_state_dict(self, state: dict, source: str) -> None:
         """Restore a saved average; ``source`` (the file) names the problem when it does not fit."""
+        if state is None:
+            raise RamerError(
+                f"{source}: holds no weight average; the run was trained without train.ema_decay, so resume it "
+                "with its own config (without train.ema_decay)"
+            )
         saved = state.get("average") if isinstance(state, dict) else None
         if not isinstance(saved, dict) or not isinstance(state.get("steps"), int):
-            raise RamerError(f"{source}: the weight average (train.ema_decay) is missing or malformed")
+            raise RamerError(f"{source}: the weight average (train.ema_decay) is malformed")
         if set(saved) != set(self.names):
             raise RamerError(f"{source}: the weight average holds other parameters than the model")
         for name, avg in zip(self.names, self.average):

@@ -292,6 +292,11 @@ class Recipe(RunSteps):
         ckpt.load_state_into(self.model, state["model"], str(path))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path))
+        elif "ema" in state:  # evaluated on the average so far: going on without it would mix the two
+            raise RamerError(
+                f"{path}: the run was trained with a weight average (train.ema_decay); resume it with its own "
+                "config (with train.ema_decay)"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ranks = state.get("rng_ranks")
