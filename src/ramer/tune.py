@@ -120,8 +120,8 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
     made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
     if made_with is not None and made_with != trial_seeds:
         raise RamerError(
-            f"{url} holds a study of {base.model.name} whose trials train {made_with} seed(s) each; use "
-            f"--trial-seeds {made_with}, or another --out or --storage"
+            f"{url} holds a study of {base.model.name} whose trials train {made_with} seed(s) each; continue it "
+            f"with ramer tune --trial-seeds {made_with}, or use another folder or --storage"
         )
     if made_with is None:
         study.set_user_attr("trial_seeds", trial_seeds)
