@@ -23,9 +23,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 KERNELS = ("all", "default", "no-cudnn", "efficient", "math")
 

@@ -424,7 +424,8 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     """trials.csv, trials.md, best.yaml (once a trial completed) and tune.json, from the whole study."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    seeded = study.user_attrs.get("trial_seeds", 1) > 1  # a column of each seed's score
+    n_seeds = study.user_attrs.get("trial_seeds", 1)
+    seeded = n_seeds > 1  # a column of each seed's score
     header = ["number", "state", "value", "best_step", "steps", "epochs", "seconds", *keys]
     header += ["seed_values", "note"] if seeded else ["note"]
     rows = []
@@ -445,7 +446,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     n = counts(optuna, study)
     best = _best(optuna, study)
     metric = METRIC_NAMES[SELECTION[task]]
-    n_seeds, first = study.user_attrs.get("trial_seeds", 1), base.train.seed
+    first = base.train.seed
     seeds_text = f"s, the mean over {n_seeds} seeds (train.seed {first} to {first + n_seeds - 1})" if seeded else ""
     short = [k.split(".", 1)[1] for k in keys]  # train.lr -> lr, model.layers.text -> layers.text
     md_header = ["trial", "state", f"valid {metric}", "steps to best", "steps", "s", *short]
