@@ -492,3 +492,33 @@ def test_bench_tune_trials_tunes_every_deep_model_first(tmp_path):
     text = (out / "report.md").read_text()
     assert "every deep model tuned first with the same budget, 2 trials" in text
     assert "| late_fusion | 2 (0 pruned) |" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"], ids=["in-process", "worker-processes"])
+def test_bench_trial_seeds_scores_each_trial_by_the_mean_of_its_seeds(tmp_path, capsys, jobs):
+    """--tune-trials 1 --trial-seeds 2, two models tuned one after the other or at once: each trial trains
+    seeds 1 and 2 and its value is their mean; the report and its command say so. The cached study
+    keeps its seed count: the same bench without --trial-seeds is an error naming it. --trial-seeds
+    without --tune-trials is an error."""
+    optuna = pytest.importorskip("optuna")
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "late_fusion,mult", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    argv += ["--jobs", jobs, "--tune-trials", "1", *SETS, "--out", str(out)]
+    assert main([*argv, "--trial-seeds", "2"]) == 0
+    for model in ("late_fusion", "mult"):
+        folder = out / "tune" / model
+        study = optuna.load_study(study_name=model, storage=f"sqlite:///{folder / 'study.db'}")
+        (trial,) = study.trials
+        assert study.user_attrs["trial_seeds"] == 2 and len(trial.user_attrs["seed_values"]) == 2
+        assert trial.value == pytest.approx(sum(trial.user_attrs["seed_values"]) / 2, abs=1e-12)
+        runs = [folder / "trial-0000" / f"seed-{k}" / "config.yaml" for k in (1, 2)]
+        assert [build_config(run).train.seed for run in runs] == [1, 2]
+    text = (out / "report.md").read_text()
+    assert "each trial 2 training runs under the budget above, seeds 1 to 2" in text
+    assert "--tune-trials 1 --trial-seeds 2" in text
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "trials train 2 seed(s) each; continue it with --trial-seeds 2" in capsys.readouterr().err
+    with pytest.raises(RamerError, match="give --tune-trials too"):
+        bench_mod.resolve_settings(trial_seeds=2, overrides=TINY)

@@ -197,7 +197,10 @@ def test_trial_seeds_score_a_trial_by_the_mean_of_its_seeds(tmp_path, capsys):
     # The study keeps the number of seeds it was made with.
     capsys.readouterr()
     assert main([*argv, "--trials", "3"]) == 2
-    assert "whose trials train 2 seed(s) each; continue it with ramer tune --trial-seeds 2" in capsys.readouterr().err
+    assert (
+        "whose trials train 2 seed(s) each; continue it with --trial-seeds 2 (ramer tune, or ramer bench --tune-trials)"
+        in capsys.readouterr().err
+    )
     assert len(study_trials(out, "late_fusion")) == 2
 
 

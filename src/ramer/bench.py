@@ -21,7 +21,8 @@
   search space (``ramer.models.spaces``) chose, read from ``DIR/<model>/best.yaml`` (as ``ramer tune
   --out DIR/<model>`` writes it); every other setting is the bench's, the same for every model.
   ``--tune-trials N`` first tunes every deep model with the same budget of N trials into
-  ``OUT/tune/<model>`` (on the first seed, at the config's missing rate).
+  ``OUT/tune/<model>`` (on the first seed, at the config's missing rate); with ``--trial-seeds K``
+  each trial trains K seeds from the first and scores their mean (``ramer tune --trial-seeds``).
 - Outputs: ``DIR/results.json`` (one record per run, test split; rewritten after every run),
   ``DIR/report.md`` and ``DIR/plots/*.png`` (written at the end).
 """
@@ -112,6 +113,7 @@ class BenchSettings:
     base: Config | None = None  # the resolved config every run starts from (``resolve_settings``)
     tuned: Path | None = None  # --tuned DIR: DIR/<model>/best.yaml per deep model
     tune_trials: int | None = None  # --tune-trials N: tune every deep model first, N trials each
+    trial_seeds: int = 1  # --trial-seeds K: each of those trials trains K seeds, scored by their mean
     tuned_values: dict[str, dict] = field(default_factory=dict)  # model -> the searched keys' chosen values
 
     @property
@@ -150,6 +152,8 @@ class BenchSettings:
             parts += ["--tuned", str(self.tuned)]
         if self.tune_trials is not None:
             parts += ["--tune-trials", str(self.tune_trials)]
+            if self.trial_seeds > 1:
+                parts += ["--trial-seeds", str(self.trial_seeds)]
         if self.quick:
             parts.append("--quick")
         for s in self.overrides:
@@ -199,6 +203,7 @@ def resolve_settings(
     complete: str | None = None,
     tuned: str | Path | None = None,
     tune_trials: int | None = None,
+    trial_seeds: int | None = None,
 ) -> BenchSettings:
     """Settings from the command line's values (None: the default, or the quick default)."""
     if jobs is not None and jobs < 1:
@@ -207,6 +212,12 @@ def resolve_settings(
         raise RamerError("--tuned reads tuned configs, --tune-trials makes them: give one of them")
     if tune_trials is not None and tune_trials < 1:
         raise RamerError(f"--tune-trials must be at least 1, got {tune_trials}")
+    if trial_seeds is not None and tune_trials is None:
+        raise RamerError(
+            "--trial-seeds sets how many seeds each trial of --tune-trials N trains: give --tune-trials too"
+        )
+    if trial_seeds is not None and trial_seeds < 1:
+        raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
     if tune_trials is not None:
         from ramer.tune import require_optuna
 
@@ -230,6 +241,7 @@ def resolve_settings(
     s.seeds = [s.base.train.seed + k for k in range(n_seeds)]
     s.complete = parse_complete(complete, s.base)
     s.tune_trials = tune_trials
+    s.trial_seeds = trial_seeds or 1
     if tuned is not None:
         s.tuned = Path(tuned)
         s.tuned_values = {m: load_tuned(s, m) for m in s.deep_models}
@@ -266,11 +278,12 @@ def tune_summary(s: BenchSettings, model: str) -> dict | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
-def _tune_worker(cfg_tree: dict, out: str, trials: int, fixed: list[str]) -> tuple[str, dict]:
+def _tune_worker(cfg_tree: dict, out: str, trials: int, fixed: list[str], trial_seeds: int) -> tuple[str, dict]:
     from ramer.tune import tune
 
     cfg = config_from_dict(cfg_tree, "bench tune")
-    result = tune(cfg, Path(out), trials=trials, fixed=set(fixed), console=Console(stderr=True, quiet=True))
+    quiet = Console(stderr=True, quiet=True)
+    result = tune(cfg, Path(out), trials=trials, fixed=set(fixed), console=quiet, trial_seeds=trial_seeds)
     return cfg.model.name, result.summary
 
 
@@ -283,19 +296,29 @@ def tune_models(s: BenchSettings, bundle: DataBundle, console: Console) -> None:
     s.tuned = s.out / "tune"
     fixed = sorted(set_keys(s.overrides))
     jobs = [(m, tune_base(s, m), s.tuned / m) for m in s.deep_models]
+    seeds_each = f" of {s.trial_seeds} seeds" if s.trial_seeds > 1 else ""
     console.print(
-        f"tuning {len(jobs)} models, {s.tune_trials} trials each, {min(s.jobs, len(jobs))} at a time -> {s.tuned}",
+        f"tuning {len(jobs)} models, {s.tune_trials} trials each{seeds_each}, {min(s.jobs, len(jobs))} at a time "
+        f"-> {s.tuned}",
         highlight=False,
     )
     if s.jobs <= 1 or len(jobs) <= 1:
         for model, cfg, out in jobs:
-            tune(cfg, out, trials=s.tune_trials, fixed=set(fixed), console=console, bundle=bundle)
+            tune(
+                cfg,
+                out,
+                trials=s.tune_trials,
+                fixed=set(fixed),
+                console=console,
+                bundle=bundle,
+                trial_seeds=s.trial_seeds,
+            )
     else:
         from concurrent.futures import as_completed
 
         with worker_pool(min(s.jobs, len(jobs))) as pool:
             futures = [
-                pool.submit(_tune_worker, cfg.model_dump(mode="json"), str(out), s.tune_trials, fixed)
+                pool.submit(_tune_worker, cfg.model_dump(mode="json"), str(out), s.tune_trials, fixed, s.trial_seeds)
                 for _, cfg, out in jobs
             ]
             for future in as_completed(futures):
@@ -749,11 +772,21 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
     metric = METRIC_NAMES[SELECTION[task]]
     fixed = sorted(set_keys(s.overrides) & SEARCHED)
     kept = f" (but {', '.join(fixed)}, which --set keeps)" if fixed else ""
+    first = s.seeds[0]
+    runs = (
+        f"one training run under the budget above on seed {first}"
+        if s.trial_seeds == 1
+        else f"{s.trial_seeds} training runs under the budget above, seeds {first} to {first + s.trial_seeds - 1}"
+    )
+    value = (
+        f"its best validation {metric}"
+        if s.trial_seeds == 1
+        else f"the mean of their best validation {metric}; the pruner reads seed {first}"
+    )
     how = (
         f"every deep model tuned first with the same budget, {s.tune_trials} trials "
-        f"(`ramer tune`, into `{s.tuned}/<model>`: Optuna TPE, median pruning; each trial one training run "
-        f"under the budget above on seed {s.seeds[0]} at missing rate {base.data.missing_rate:g}; value: its best "
-        f"validation {metric}; test never read)"
+        f"(`ramer tune`, into `{s.tuned}/<model>`: Optuna TPE, median pruning; each trial {runs} "
+        f"at missing rate {base.data.missing_rate:g}; value: {value}; test never read)"
         if s.tune_trials is not None
         else f"read from `{s.tuned}/<model>/best.yaml` (`ramer tune --out {s.tuned}/<model>`)"
     )

@@ -411,6 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         complete=args.complete,
         tuned=args.tuned,
         tune_trials=args.tune_trials,
+        trial_seeds=args.trial_seeds,
     )
     reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
     ERR.print(
@@ -699,6 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="first tune every deep model with the same budget of N trials (ramer tune, into OUT/tune/<model>), "
         "then run the bench with the tuned values; needs 'ramer[tune]'",
+    )
+    b.add_argument(
+        "--trial-seeds",
+        type=positive_int,
+        metavar="K",
+        help="with --tune-trials: train each trial K times, seeds from the first bench seed on, and score it by "
+        "the mean of their best validation scores (ramer tune --trial-seeds K; default: 1)",
     )
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
     b.set_defaults(func=cmd_bench)

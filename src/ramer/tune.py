@@ -121,7 +121,8 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
     if made_with is not None and made_with != trial_seeds:
         raise RamerError(
             f"{url} holds a study of {base.model.name} whose trials train {made_with} seed(s) each; continue it "
-            f"with ramer tune --trial-seeds {made_with}, or use another folder or --storage"
+            f"with --trial-seeds {made_with} (ramer tune, or ramer bench --tune-trials), or use another folder "
+            "or --storage"
         )
     if made_with is None:
         study.set_user_attr("trial_seeds", trial_seeds)
