@@ -517,6 +517,7 @@ def test_bench_trial_seeds_scores_each_trial_by_the_mean_of_its_seeds(tmp_path, 
     text = (out / "report.md").read_text()
     assert "each trial 2 training runs under the budget above, seeds 1 to 2" in text
     assert "--tune-trials 1 --trial-seeds 2" in text
+    assert "| mult | 1 (0 pruned), 2 seeds each (value and steps: their mean) |" in text
     capsys.readouterr()
     assert main(argv) == 2
     assert "trials train 2 seed(s) each; continue it with --trial-seeds 2" in capsys.readouterr().err

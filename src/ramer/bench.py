@@ -815,6 +815,8 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
         summary = tune_summary(s, m) or {}
         best = summary.get("best") or {}
         finished = f"{summary['finished']} ({summary['pruned']} pruned)" if summary else "?"
+        if summary.get("trial_seeds", 1) > 1:  # the value and the steps are the means over the seeds
+            finished += f", {summary['trial_seeds']} seeds each (value and steps: their mean)"
         rows.append(
             [
                 m,
