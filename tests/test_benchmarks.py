@@ -3,6 +3,7 @@ it prints. Figures are not checked: speed is measured by the scripts, never asse
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,38 @@ def test_target_utterance_lr_runs(tmp_path):
     DataBundle(stores, stores["train"].label_names, "test", "mem", task="single_label").save(tmp_path / "d")
     out = run("target_utterance_lr.py", str(tmp_path / "d"))
     assert "chosen on valid" in out
+
+
+def test_paired_bootstrap_runs(tmp_path):
+    """A group that predicts the gold label beats one that predicts another in every resample; a file
+    that lacks a sample of the split is an error naming it."""
+    store = random_store(n=40, n_labels=3, seed=0)
+    gold = np.random.default_rng(0).integers(0, 3, len(store))
+    store.labels[:] = np.eye(3, dtype=store.labels.dtype)[gold]
+    DataBundle({"test": store}, store.label_names, "test", "mem", task="single_label").save(tmp_path / "d")
+    names = store.label_names
+
+    def write(path, chosen):
+        lines = [
+            json.dumps({"id": i, "probs": {n: 1.0 / 3 for n in names}, "labels": [names[c]]})
+            for i, c in zip(store.ids, chosen)
+        ]
+        path.write_text("\n".join(lines) + "\n")
+
+    write(tmp_path / "right.jsonl", gold)
+    write(tmp_path / "wrong.jsonl", (gold + 1) % 3)
+    args = [str(tmp_path / "d"), "--unit", "sample", "--resamples", "50", "--above", "0.99"]
+    out = run("paired_bootstrap.py", *args, "--a", str(tmp_path / "right.jsonl"), "--b", str(tmp_path / "wrong.jsonl"))
+    assert "right.jsonl: 1.0000" in out and "wrong.jsonl: 0.0000" in out
+    assert "share of resamples with A >= B: 1.000" in out and "A's mean >= 0.99: 1.000" in out
+    (tmp_path / "short.jsonl").write_text("\n".join((tmp_path / "right.jsonl").read_text().splitlines()[:-1]))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "paired_bootstrap.py"), *args, "--a", str(tmp_path / "short.jsonl")]
+        + ["--b", str(tmp_path / "wrong.jsonl")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and f"{tmp_path / 'short.jsonl'}: no prediction for 1 of the split's 40" in proc.stderr
 
 
 def test_param_counts_runs():
