@@ -208,7 +208,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, bundle, monkey
         raise KeyboardInterrupt  # the process is killed mid-write
 
     monkeypatch.setattr(ckpt, "save_file", dying_save)
-    recipe = Recipe(tiny_cfg(extra=["train.epochs=2"]), out, resume=True, bundle=bundle)
+    recipe = Recipe(tiny_cfg(extra=["train.epochs=1"]), out, resume=True, bundle=bundle)
     recipe.setup()
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_model(out / "model.safetensors", recipe.model, recipe.cfg, recipe.spec, 0.3, 2)
@@ -297,6 +297,54 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, bundle):
     (out / "train_state.pt").write_bytes(b"junk" * 16)
     r = run_cli("train", "--resume", str(out))
     assert r.returncode == 2 and "train_state.pt: not a readable training state" in r.stderr
+
+
+def test_resume_refuses_what_it_cannot_continue_and_loses_nothing(tmp_path, bundle, capsys):
+    """`train --resume` of a run stopped after epoch 1: a config.yaml edited since (but for where the
+    work runs), an empty or foreign train_state.pt and a bad line in metrics.jsonl are each one clear
+    error naming the file, with nothing lost; a last log line cut off by a kill is dropped and the run
+    completes."""
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), out, bundle=bundle, hooks=(stop_after(1),)).run()
+    files = {name: (out / name).read_bytes() for name in ("config.yaml", "train_state.pt", "metrics.jsonl")}
+
+    def refused(message):
+        capsys.readouterr()
+        assert main(["train", "--resume", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        for name, data in files.items():
+            if name not in changed:
+                assert (out / name).read_bytes() == data, name  # nothing lost
+
+    changed = {"config.yaml"}
+    (out / "config.yaml").write_text(files["config.yaml"].decode().replace("lr: 0.005", "lr: 0.01"))
+    refused("config.yaml differs from the config this run was trained with (train.lr)")
+    (out / "config.yaml").write_bytes(files["config.yaml"])
+
+    changed = {"train_state.pt"}
+    (out / "train_state.pt").write_bytes(b"")
+    refused("train_state.pt: not a readable training state (EOFError)")
+    for foreign in ({"a": 1}, [1, 2]):
+        torch.save(foreign, out / "train_state.pt")
+        refused("train_state.pt: not a ramer training state (it lacks epoch, model")
+    (out / "train_state.pt").write_bytes(files["train_state.pt"])
+
+    changed = {"metrics.jsonl"}
+    (out / "metrics.jsonl").write_bytes(b"garbage\n" + files["metrics.jsonl"])
+    refused("metrics.jsonl: line 1 is not JSON")
+
+    # A kill while epoch 2's line was written; the thread count may change on resume.
+    (out / "metrics.jsonl").write_bytes(files["metrics.jsonl"] + b'{"epoch": 2, "tra')
+    (out / "config.yaml").write_text(files["config.yaml"].decode().replace("threads: null", "threads: 1"))
+    assert main(["train", "--resume", str(out)]) == 0
+    assert [ln.get("epoch") for ln in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [
+        1,
+        2,
+        3,
+        None,
+    ]
 
 
 def test_train_out_must_be_a_folder(tmp_path, bundle, capsys):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ramer.config import Config, config_from_dict
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write
 
@@ -82,7 +82,7 @@ def read_model_file(
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise RamerError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     try:
         cfg = config_from_dict(fill_older_config(json.loads(meta["config"])), f"{path} metadata")
         spec = DataSpec.from_dict(json.loads(meta["spec"]))
@@ -97,11 +97,14 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
+        first = first_line(e)
         raise RamerError(
             f"{source}: weights do not fit the model ({first}); a model file written by an "
             f"older ramer whose layers have changed since must be trained again"
         ) from None
+
+
+TRAIN_STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "best")  # what every resume reads
 
 
 def save_train_state(path: str | Path, state: dict) -> None:
@@ -113,6 +116,10 @@ def load_train_state(path: str | Path) -> dict:
     if not path.is_file():
         raise RamerError(f"cannot resume: {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise RamerError(f"{path}: not a readable training state ({str(e).splitlines()[0]})") from None
+        raise RamerError(f"{path}: not a readable training state ({first_line(e)})") from None
+    missing = [k for k in TRAIN_STATE_KEYS if k not in state] if isinstance(state, dict) else list(TRAIN_STATE_KEYS)
+    if missing:
+        raise RamerError(f"{path}: not a ramer training state (it lacks {', '.join(missing)})")
+    return state

@@ -320,6 +320,18 @@ def with_values(cfg: Config, values: Mapping[str, Any], source: str = "values") 
     return config_from_dict(tree, source)
 
 
+_ABSENT = object()  # a key one config has and the other lacks
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys in which two config trees (``Config.model_dump(mode="json")``) differ; a key
+    one of them lacks counts as a difference."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted({*a, *b})
+        return [d for k in keys for d in differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def set_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
     """The dotted keys ``--set KEY=VALUE`` assignments set (what a search leaves fixed)."""
     return {a.split("=", 1)[0].strip() for a in overrides if "=" in a}

@@ -8,3 +8,10 @@ class RamerError(Exception):
 class LossNotFinite(RamerError):
     """Training stopped: the loss became NaN or infinite (``ramer tune`` counts such a trial as
     pruned, a bad setting, not as a failure)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none (torch's
+    ``EOFError`` for an empty file has no message)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

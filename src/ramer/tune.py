@@ -39,14 +39,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from ramer.config import Config, build_config, dump_config, with_todays_defaults, with_values
+from ramer.config import Config, build_config, differences, dump_config, with_todays_defaults, with_values
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
-from ramer.errors import LossNotFinite, RamerError
+from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
@@ -110,10 +109,10 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
         )
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
-        raise RamerError(f"cannot open the study at {url}: {str(e).splitlines()[0]}") from None
+        raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
     except Exception as e:  # SQLAlchemy's errors (a bad URL, an unreachable server)
         if type(e).__module__.startswith("sqlalchemy"):
-            raise RamerError(f"cannot open the study at {url}: {str(e).splitlines()[0]}") from None
+            raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
         raise
     stored = study.user_attrs.get("config")
     mine = base.model_dump(mode="json")
@@ -129,7 +128,7 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
     if stored is None:
         study.set_user_attr("config", mine)
     elif (stored := _stored_config(stored, url)) != mine:
-        differ = sorted(_differences(stored, mine))
+        differ = sorted(differences(stored, mine))
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "
             f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out or --storage, "
@@ -165,16 +164,6 @@ def _stored_config(stored: dict, source: str) -> dict:
         return with_todays_defaults(stored, source)
     except RamerError:
         return stored
-
-
-_ABSENT = object()  # a key one config has and the other lacks
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted({*a, *b})
-        return [d for k in keys for d in _differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _alive(pid: int) -> bool:

@@ -53,11 +53,11 @@ from torch import nn
 
 from ramer import checkpoint as ckpt
 from ramer import dist
-from ramer.config import Config, dump_config
+from ramer.config import Config, differences, dump_config
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import LossNotFinite, RamerError
+from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import DataSpec, build_model
@@ -170,6 +170,54 @@ def write_test_result(
         if curves is not None:
             curves.write(line, step)
     return result
+
+
+# Keys a resumed run may change in its config.yaml: where the data and the work are, not what is learnt.
+RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard")
+
+
+def check_resumed_config(stored: dict | None, cfg: Config, path: Path) -> None:
+    """A resumed run continues with the settings its training state was made with: a ``config.yaml``
+    edited since (``path``) is an error naming the keys, but for ``RESUME_MAY_CHANGE``. A state
+    written before states kept their config (``stored`` None) is not checked."""
+    if stored is None:
+        return
+    changed = [k for k in differences(stored, cfg.model_dump(mode="json")) if k not in RESUME_MAY_CHANGE]
+    if changed:
+        raise RamerError(
+            f"{path} differs from the config this run was trained with ({', '.join(changed)}); a resumed run "
+            "continues with its own settings: restore them, or train a new run with --out"
+        )
+
+
+def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
+    """The lines of a run's ``metrics.jsonl`` with their records (none without the file). With
+    ``cut_ok`` (a run stopped mid-training) a last line cut off without its newline, by a kill while
+    it was written, is dropped; any other line that is not a JSON object is a RamerError naming the
+    file and the line."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RamerError(f"{path}: unreadable run log ({first_line(e)})") from None
+    lines = text.splitlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if cut_ok and n == len(lines) and not text.endswith("\n"):
+                continue  # a write cut off by a kill
+            raise RamerError(
+                f"{path}: line {n} is not JSON ({e.msg}); a run log holds one JSON object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise RamerError(f"{path}: line {n} is not a JSON object; a run log holds one JSON object per line")
+        out.append((line, record))
+    return out
 
 
 class RunSteps:
@@ -289,6 +337,7 @@ class Recipe(RunSteps):
     def _load_train_state(self) -> None:
         path = self.out / "train_state.pt"
         state = ckpt.load_train_state(path)
+        check_resumed_config(state.get("config"), self.cfg, self.out / "config.yaml")
         ckpt.load_state_into(self.model, state["model"], str(path))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path))
@@ -297,8 +346,11 @@ class Recipe(RunSteps):
                 f"{path}: the run was trained with a weight average (train.ema_decay); resume it with its own "
                 "config (with train.ema_decay)"
             )
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise RamerError(f"{path}: the optimiser state does not fit the model ({first_line(e)})") from None
         ranks = state.get("rng_ranks")
         if self.world > 1 and ranks is not None and len(ranks) == self.world:
             torch.set_rng_state(ranks[dist.rank()])
@@ -309,8 +361,7 @@ class Recipe(RunSteps):
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
         # Drop log lines of epochs after the checkpoint (written before a kill).
-        lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 10**9) < self.start_epoch]
+        kept = [ln for ln, rec in read_log(self.out / "metrics.jsonl") if rec.get("epoch", 10**9) < self.start_epoch]
         if is_main():
             atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
 
@@ -456,6 +507,7 @@ class Recipe(RunSteps):
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "config": self.cfg.model_dump(mode="json"),  # what a resume checks config.yaml against
             "rng": rng,
             "best": self.best,
         }
