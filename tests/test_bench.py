@@ -4,6 +4,7 @@ and the missing-modality protocol."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from ramer import checkpoint as ckpt
 from ramer.cli import main
 from ramer.config import build_config, dump_config
 from ramer.data.synthetic import generate
-from ramer.errors import RamerError
+from ramer.errors import LossNotFinite, RamerError
 from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_KEYS, report
 from ramer.models import build_model, set_model
@@ -205,6 +206,62 @@ def test_bench_rerun_reuses_every_run(benched, monkeypatch):
     assert main([*BENCH, "--out", str(benched)]) == 0
     assert json.loads((benched / "results.json").read_text()) == json.loads(before)
     assert sorted((p, p.stat().st_mtime_ns) for p in (benched / "runs").rglob("test_metrics.json")) == stamps
+
+
+def spy_training(monkeypatch) -> list[Path]:
+    """The run directories ``ramer bench`` trains from now on (in this process)."""
+    calls = []
+    real_run = bench_mod.run_training
+
+    def spy(cfg, run, **kw):
+        calls.append(Path(run))
+        return real_run(cfg, run, **kw)
+
+    monkeypatch.setattr(bench_mod, "run_training", spy)
+    return calls
+
+
+CORRUPT = {  # file of a finished run -> what is left of it
+    "metrics.jsonl cut mid-line": ("metrics.jsonl", lambda text: text[:-30]),
+    "metrics.jsonl garbage line": ("metrics.jsonl", lambda text: text.replace("\n", "\n{oops\n", 1)),
+    "test_metrics.json": ("test_metrics.json", lambda text: '{"overall": '),
+    "bench.json": ("bench.json", lambda text: "{"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT)
+def test_bench_retrains_a_cached_run_with_a_corrupt_file(tmp_path, benched, monkeypatch, capsys, case):
+    out = tmp_path / "b"
+    shutil.copytree(benched, out)
+    before = json.loads((out / "results.json").read_text())
+    name, corrupt = CORRUPT[case]
+    run = bench_mod.run_dir(out, "br", 0.5, 1)
+    (run / name).write_text(corrupt((run / name).read_text()))
+    calls = spy_training(monkeypatch)
+    capsys.readouterr()
+    assert main([*BENCH, "--out", str(out)]) == 0
+    assert calls == [run]  # that run alone, trained again
+    assert f"cached run unusable, training it again: {run / name}:" in capsys.readouterr().err
+    after = json.loads((out / "results.json").read_text())
+    keys = [(r["model"], r["inputs"], r["missing_rate"], r["seed"]) for r in after]
+    assert keys == [(r["model"], r["inputs"], r["missing_rate"], r["seed"]) for r in before]
+    assert [r["metrics"] for r in after] == [r["metrics"] for r in before]  # the fit is deterministic
+
+
+def test_results_json_keeps_its_records_when_a_run_fails(tmp_path, benched, monkeypatch):
+    # A finished bench run again after one run's folder was lost; training that run fails. The
+    # runs read before the failure must not leave results.json holding only themselves.
+    out = tmp_path / "b"
+    shutil.copytree(benched, out)
+    before = json.loads((out / "results.json").read_text())
+    shutil.rmtree(bench_mod.run_dir(out, "late_fusion", 0.5, 1))
+
+    def diverges(cfg, run, **kw):
+        raise LossNotFinite(f"{run}: the loss became NaN in epoch 1")
+
+    monkeypatch.setattr(bench_mod, "run_training", diverges)
+    assert main([*BENCH, "--out", str(out)]) == 2
+    assert json.loads((out / "results.json").read_text()) == before
 
 
 def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypatch):

@@ -14,16 +14,18 @@
   (``data.synthetic.complete``, missing rate 0); its row repeats under every missing-rate table.
 - Cache: ``DIR/runs/<model>/missing-<rate>/seed-<seed>/`` (complete inputs:
   ``DIR/runs/<model>@complete/missing-0/seed-<seed>/``) is a normal run directory. It is reused
-  when its ``test_metrics.json`` exists and its ``config.yaml`` equals the run's config; a deep run
-  stopped mid-training is resumed from its ``train_state.pt``; anything else there is removed and
-  the run starts again. So an interrupted bench resumes where it stopped.
+  when its ``test_metrics.json`` exists, its ``config.yaml`` equals the run's config and its files
+  read back whole (``read_run``); a deep run stopped mid-training is resumed from its
+  ``train_state.pt``; anything else there (a partial or corrupt run: a line names the file) is
+  removed and the run starts again. So an interrupted bench resumes where it stopped.
 - Tuned settings (``--tuned DIR``, ``--tune-trials N``): each deep model runs with the values its
   search space (``ramer.models.spaces``) chose, read from ``DIR/<model>/best.yaml`` (as ``ramer tune
   --out DIR/<model>`` writes it); every other setting is the bench's, the same for every model.
   ``--tune-trials N`` first tunes every deep model with the same budget of N trials into
   ``OUT/tune/<model>`` (on the first seed, at the config's missing rate); with ``--trial-seeds K``
   each trial trains K seeds from the first and scores their mean (``ramer tune --trial-seeds``).
-- Outputs: ``DIR/results.json`` (one record per run, test split; rewritten after every run),
+- Outputs: ``DIR/results.json`` (one record per run, test split; rewritten after every run, keeping
+  the records it held of runs not yet read again, so a bench that stops never leaves it with fewer),
   ``DIR/report.md`` and ``DIR/plots/*.png`` (written at the end).
 """
 
@@ -64,6 +66,7 @@ from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, DataSpec, build_m
 from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import atomic_write, atomic_write_text, make_folder
 from ramer.train import run_training
+from ramer.train.recipe import read_log
 
 GROUPS = {
     "all": (*BASELINES, "ramer"),
@@ -275,7 +278,7 @@ def load_tuned(s: BenchSettings, model: str) -> dict:
 def tune_summary(s: BenchSettings, model: str) -> dict | None:
     """The ``tune.json`` beside a model's ``best.yaml`` (budget, counts, best trial), if any."""
     path = s.tuned / model / "tune.json" if s.tuned else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    return _read_json(path) if path is not None and path.is_file() else None
 
 
 def _tune_worker(cfg_tree: dict, out: str, trials: int, fixed: list[str], trial_seeds: int) -> tuple[str, dict]:
@@ -412,15 +415,9 @@ def _same_config(run: Path, cfg: Config) -> bool:
 
 
 def _logged_seconds(run: Path) -> float:
-    """Sum of the per-epoch seconds in ``metrics.jsonl`` (time spent before an interruption)."""
-    total = 0.0
-    path = run / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if "epoch" in rec:
-                total += float(rec.get("seconds", 0.0))
-    return total
+    """Sum of the per-epoch seconds in ``metrics.jsonl`` (time spent before an interruption; a last
+    line cut off by the kill is dropped, as a resumed run drops it)."""
+    return sum(float(rec.get("seconds", 0.0)) for rec in _read_jsonl(run, cut_ok=True) if "epoch" in rec)
 
 
 def cache_state(run: Path, cfg: Config) -> str:
@@ -440,28 +437,77 @@ def cache_state(run: Path, cfg: Config) -> str:
     return "fresh"
 
 
-def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tuple[dict, float, str]:
-    """The test metrics, seconds and cache state of one run, training it if needed."""
+def _read_json(path: Path):
+    """A JSON file's value; a RamerError naming the file when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RamerError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RamerError(f"{path}: unreadable ({e})") from None
+    except json.JSONDecodeError as e:
+        raise RamerError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_run(run: Path) -> dict:
+    """A finished run's fields of its results.json record (``metrics``, ``seconds``, ``PROGRESS_KEYS``,
+    ``params``), read from its directory. A file that is missing, not JSON or cut short (a log
+    without its final test line) is a RamerError naming the file."""
+    path = run / "test_metrics.json"
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("overall"), dict):
+        raise RamerError(f"{path}: no overall test metrics")
+    log = _read_jsonl(run)
+    if not log or log[-1].get("final") != "test":
+        raise RamerError(f"{run / 'metrics.jsonl'}: does not end with the run's test line (cut short?)")
+    timing = run / "bench.json"
+    if timing.exists():
+        seconds = _read_json(timing)
+        seconds = seconds.get("seconds") if isinstance(seconds, dict) else None
+        if not isinstance(seconds, (int, float)):
+            raise RamerError(f"{timing}: no 'seconds' number")
+    else:  # a run finished but not yet timed by the bench (or made by ``ramer train``)
+        seconds = sum(float(rec.get("seconds", 0.0)) for rec in log if "epoch" in rec)
+    return {
+        "metrics": {k: metrics[k] for k in PARTS if k in metrics},
+        "seconds": seconds,
+        **run_progress(run),
+        "params": parameter_count(run),
+    }
+
+
+def reuse(run: Path, console: Console) -> dict | None:
+    """A cached finished run's fields (``read_run``), or None when one of its files cannot be read:
+    then a line names the file and why, and the directory is removed so the run trains again."""
+    try:
+        return read_run(run)
+    except RamerError as e:
+        console.print(f"cached run unusable, training it again: {e}", highlight=False, soft_wrap=True)
+        shutil.rmtree(run)
+        return None
+
+
+def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tuple[dict, str]:
+    """The results.json fields (``read_run``) and cache state of one run, training it if needed."""
     state = cache_state(run, cfg)
     if state == "done":
-        metrics = json.loads((run / "test_metrics.json").read_text())
-        timing = run / "bench.json"
-        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else _logged_seconds(run)
-        return metrics, seconds, state
-    before = _logged_seconds(run) if state == "resume" else 0.0
+        fields = reuse(run, console)
+        if fields is not None:
+            return fields, state
+        state = "fresh"
     t0 = time.perf_counter()
     try:
-        metrics = run_training(cfg, run, bundle=bundle, console=console, resume=state == "resume")
-    except RamerError:
+        before = _logged_seconds(run) if state == "resume" else 0.0
+        run_training(cfg, run, bundle=bundle, console=console, resume=state == "resume")
+    except RamerError as e:
         if state != "resume":
             raise
-        console.print(f"cannot resume {run}; starting it again", highlight=False)
+        console.print(f"cannot resume {run} ({e}); starting it again", highlight=False, soft_wrap=True)
         shutil.rmtree(run)
         state, before, t0 = "fresh", 0.0, time.perf_counter()
-        metrics = run_training(cfg, run, bundle=bundle, console=console)
-    seconds = before + time.perf_counter() - t0
-    atomic_write_text(run / "bench.json", json.dumps({"seconds": seconds}))
-    return metrics, seconds, state
+        run_training(cfg, run, bundle=bundle, console=console)
+    atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
+    return read_run(run), state
 
 
 # Worker processes (``--jobs`` > 1) load each dataset (observed, complete) once, on first use.
@@ -473,7 +519,7 @@ def _init_worker(data: dict) -> None:
     _WORKER["data"] = data
 
 
-def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, float, str]:
+def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, str]:
     cfg = config_from_dict(cfg_tree, "bench run")
     complete = cfg.data.synthetic.complete
     if complete not in _WORKER:
@@ -544,8 +590,12 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         bundles[True] = load_bundle(complete_data(base.data))
     records: dict[tuple[str, int, float], dict] = {}
     counts = {"done": 0, "resume": 0, "fresh": 0}
+    # results.json is rewritten after every run; until a run is read again, the record the file held
+    # of it (or of a run this bench does not plan) stays, so a bench that stops leaves no fewer.
+    earlier = read_results(s.out, console)
+    planned = set(plan)
 
-    def record(key: tuple[str, int, float], metrics: dict, seconds: float, state: str) -> None:
+    def record(key: tuple[str, int, float], fields: dict, state: str) -> None:
         name, seed, rate = key
         counts[state] += 1
         complete = name.endswith(COMPLETE)
@@ -554,26 +604,25 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             "inputs": "complete" if complete else "observed",
             "seed": seed,
             "missing_rate": rate,
-            "metrics": {k: metrics[k] for k in PARTS if k in metrics},
-            "seconds": seconds,
-            **run_progress(run_dir(s.out, name, rate, seed)),
-            "params": parameter_count(run_dir(s.out, name, rate, seed)),
+            **fields,
         }
         how = {"done": "cached", "resume": "resumed", "fresh": "trained"}[state]
         console.print(
             f"[{len(records)}/{len(plan)}] {name:<24} missing {rate:<4g} seed {seed}: test "
-            f"{METRIC_NAMES[metric]} {metrics['overall'][metric]:.4f}  {how} ({seconds:.1f}s)",
+            f"{METRIC_NAMES[metric]} {fields['metrics']['overall'][metric]:.4f}  {how} ({fields['seconds']:.1f}s)",
             highlight=False,
             soft_wrap=True,
         )
-        write_results(s.out, _ordered(records, s))
+        others = [r for k, r in earlier.items() if k not in planned]
+        write_results(s.out, _ordered({**earlier, **records}, s) + others)
 
     todo = []
     for key in plan:
         cfg = plan_config(base, *key, tuned=s.tuned_values)
         run = run_dir(s.out, key[0], key[2], key[1])
-        if cache_state(run, cfg) == "done":
-            record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], console))
+        fields = reuse(run, console) if cache_state(run, cfg) == "done" else None
+        if fields is not None:
+            record(key, fields, "done")
         else:
             todo.append((key, cfg, run))
     quiet = Console(stderr=True, quiet=True)
@@ -592,6 +641,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             for future in as_completed(futures):
                 record(futures[future], *future.result())
     results = _ordered(records, s)
+    write_results(s.out, results)  # every planned run read: the file holds this bench's runs alone
     info = {
         "wall_seconds": time.perf_counter() - t_start,
         "load": (load_start, os.getloadavg()),
@@ -649,6 +699,25 @@ def write_results(out: Path, results: list[dict]) -> None:
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
 
 
+def read_results(out: Path, console: Console) -> dict[tuple[str, int, float], dict]:
+    """The records ``out/results.json`` holds, by (run name, seed, missing rate); none when it is
+    missing, or unreadable (a line says so; the bench writes it again from the runs)."""
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    try:
+        records = _read_json(path)
+        if not isinstance(records, list):
+            raise RamerError(f"{path}: not a list of records")
+        return {(run_name(r), r["seed"], r["missing_rate"]): r for r in records}
+    except RamerError as e:
+        problem = str(e)
+    except (TypeError, KeyError) as e:
+        problem = f"{path}: a record without model, seed or missing_rate ({type(e).__name__}: {e})"
+    console.print(f"{problem}; writing it again from the runs", highlight=False, soft_wrap=True)
+    return {}
+
+
 # ---------------------------------------------------------------------- aggregation
 def summarise(results: list[dict], model: str, rate: float, part: str, key: str) -> tuple[float, float, int]:
     """Mean, sample std (0 for one seed) and count of a metric over seeds (``model``: a run name,
@@ -660,11 +729,10 @@ def summarise(results: list[dict], model: str, rate: float, part: str, key: str)
     )
 
 
-def _read_jsonl(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _read_jsonl(run: Path, cut_ok: bool = False) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (``recipe.read_log``; ``cut_ok`` for a run stopped
+    mid-training, whose last line a kill may have cut off)."""
+    return [record for _, record in read_log(run / "metrics.jsonl", cut_ok)]
 
 
 def per_label_f1(out: Path, model: str, rate: float, seeds: list[int]) -> dict[str, float]:
