@@ -193,6 +193,17 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
         os.umask(0o077)
         atomic_write_text(tmp_path / "b.txt", "x")
         assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+        os.umask(0o022)  # safetensors' writer makes its file private itself
+        model = torch.nn.Linear(2, 2)
+        ckpt.save_model(
+            tmp_path / "model.safetensors",
+            model,
+            tiny_cfg(),
+            ckpt.DataSpec.from_dict({"dims": {"text": 2}, "n_labels": 2, "label_names": ["a", "b"]}),
+            0.5,
+            1,
+        )
+        assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
 
@@ -345,6 +356,42 @@ def test_resume_refuses_what_it_cannot_continue_and_loses_nothing(tmp_path, bund
         3,
         None,
     ]
+
+
+def test_an_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """Ctrl-C: with a training state (written after every epoch) the hint names the run's own folder;
+    before the first one there is nothing to resume."""
+    import ramer.train
+
+    def interrupted(cfg, out, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ramer.train, "run_training", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "late_fusion", "--out", str(out)]) == 130
+    assert "interrupted before the first epoch ended: nothing to resume" in capsys.readouterr().err
+    out.mkdir()
+    (out / "train_state.pt").write_bytes(b"")
+    assert main(["train", "--model", "late_fusion", "--out", str(out)]) == 130
+    assert f"interrupted; resume with: ramer train --resume {out}" in capsys.readouterr().err
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
+    """`ramer data info DIR | head -1`: the reader goes away (here before the first write); ramer
+    stops quietly."""
+    generate(tiny_cfg().data.synthetic).save(tmp_path / "d")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ramer", "data", "info", str(tmp_path / "d")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
 def test_train_out_must_be_a_folder(tmp_path, bundle, capsys):

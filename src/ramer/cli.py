@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -82,7 +83,6 @@ def positive_int(text: str) -> int:
 def launch_distributed(args: argparse.Namespace) -> int:
     """``ramer train --nproc N ...``: run ``python -m torch.distributed.run --standalone
     --nproc_per_node N -m ramer train ...`` (the same arguments, minus ``--nproc``) and wait."""
-    import os
     import subprocess
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -127,8 +127,6 @@ def train_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-
     from ramer.train import run_training
 
     if args.nproc is not None and args.nproc < 1:
@@ -147,7 +145,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = train_config(args)
         out = Path(args.out) if args.out else default_out(cfg)
-    result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
+    try:
+        result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        if (out / "train_state.pt").exists():  # written at the end of every epoch
+            ERR.print(f"interrupted; resume with: ramer train --resume {out}", highlight=False, soft_wrap=True)
+        else:
+            ERR.print(
+                "interrupted before the first epoch ended: nothing to resume; run the same command again",
+                highlight=False,
+                soft_wrap=True,
+            )
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
         from ramer.checkpoint import read_spec
 
@@ -860,8 +869,12 @@ def main(argv: list[str] | None = None) -> int:
         ERR.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        ERR.print("interrupted; resume with: ramer train --resume RUN_DIR", highlight=False)
+        ERR.print("interrupted", highlight=False)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (ramer ... | head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
+        return 141
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp makes it private)
+        mode = 0o666 & ~_umask()  # as a plain open() would create it (mkstemp makes it private)
+        os.chmod(tmp, mode)
         write(tmp)
+        os.chmod(tmp, mode)  # again: a writer may make the file anew (safetensors' save_file does, private)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

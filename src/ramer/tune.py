@@ -120,8 +120,8 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
     if made_with is not None and made_with != trial_seeds:
         raise RamerError(
             f"{url} holds a study of {base.model.name} whose trials train {made_with} seed(s) each; continue it "
-            f"with --trial-seeds {made_with} (ramer tune, or ramer bench --tune-trials), or use another folder "
-            "or --storage"
+            f"with --trial-seeds {made_with} (ramer tune, or ramer bench --tune-trials), or use another --out "
+            "(or ramer tune's --storage)"
         )
     if made_with is None:
         study.set_user_attr("trial_seeds", trial_seeds)
@@ -308,6 +308,8 @@ def tune(
         raise RamerError(f"--trials must be at least 1, got {trials}")
     if trial_seeds < 1:
         raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
+    if timeout is not None and not timeout > 0:  # also NaN
+        raise RamerError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if base.model.name in CLASSICAL:
         raise RamerError(
             f"'{base.model.name}' is a classical model: one logistic-regression fit, nothing to tune; tune a deep model"
