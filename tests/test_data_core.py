@@ -6,7 +6,7 @@ import torch
 from conftest import random_store
 
 from ramer.batch import MODALITIES
-from ramer.config import SynthConfig, build_config
+from ramer.config import DataConfig, SynthConfig, build_config
 from ramer.data import load_bundle
 from ramer.data.store import DataBundle, load_native
 from ramer.data.synthetic import generate, statistics
@@ -158,3 +158,18 @@ def test_synthetic_personality_is_a_stable_trait():
             np.testing.assert_array_equal(by_char[c], vec)
         by_char[c] = vec
     assert len(by_char) > 1
+
+
+def test_data_synth_takes_generator_keys_in_either_form(tmp_path, capsys):
+    """`ramer data synth --set n_train=40` and `--set data.synthetic.n_train=40` (the form of every
+    other command) make the same data."""
+    from ramer.cli import main
+    from ramer.data import load_bundle
+
+    sizes = ["n_train=40", "n_valid=20", "n_test=20"]
+    assert main(["data", "synth", "--out", str(tmp_path / "a"), *(x for s in sizes for x in ("--set", s))]) == 0
+    long = [f"data.synthetic.{s}" for s in sizes]
+    assert main(["data", "synth", "--out", str(tmp_path / "b"), *(x for s in long for x in ("--set", s))]) == 0
+    a, b = (load_bundle(DataConfig(path=str(tmp_path / k))) for k in "ab")
+    assert len(a.splits["train"]) == len(b.splits["train"]) == 40
+    assert (a.splits["train"].text == b.splits["train"].text).all()

@@ -103,10 +103,12 @@ def test_a_cuda_run_is_scored_on_cpu_with_device(run, tmp_path, capsys):
     ckpt.save_model(tmp_path / "cuda" / "model.safetensors", model, cfg, spec, threshold, epoch)
     with pytest.raises(
         RamerError,
-        match=r"CUDA is not available here; load it with device='cpu' \(ramer eval / "
-        r"predict --device cpu\)",
+        match=r"the run's train.device is 'cuda' but CUDA is not available here; load it with device='cpu' "
+        r"\(ramer eval / predict --device cpu\)",
     ):
         ramer.load(tmp_path / "cuda")
+    with pytest.raises(RamerError, match=r"the device asked for \(--device\) is 'cuda' but CUDA is not available"):
+        ramer.load(out, device="cuda")
     assert main(["eval", str(tmp_path / "cuda"), "--device", "cpu"]) == 0
     assert main(["predict", str(tmp_path / "cuda"), "--out", str(tmp_path / "p.jsonl"), "--device", "cpu"]) == 0
     for device, message in (("mps", "ramer runs on cpu or cuda"), ("tpu", "unknown device 'tpu'")):

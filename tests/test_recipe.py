@@ -284,7 +284,7 @@ def run_cli(*argv):
             "unknown model 'no_such_model'; known: amp, br, cc",
         ),
         (["bench", "--models", "", "--out", "/no/such/bench"], "--models: empty list"),
-        (["eval", "/no/such/run"], "model file not found"),
+        (["eval", "/no/such/run"], "run folder not found: /no/such/run"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
     ],
 )
@@ -392,6 +392,20 @@ def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_eval_elsewhere_of_a_run_trained_on_a_relative_data_path(tmp_path, bundle, monkeypatch, capsys):
+    """The run keeps data.path as given; from another folder the error says where it came from and
+    that --data gives the data."""
+    bundle.save(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    Recipe(tiny_cfg(extra=["train.epochs=1", "data.path=d"]), tmp_path / "run", bundle=bundle).run()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "data path not found: d (the run's data.path" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "d")]) == 0
 
 
 def test_train_out_must_be_a_folder(tmp_path, bundle, capsys):

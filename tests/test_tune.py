@@ -220,9 +220,9 @@ def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
 def test_tune_rejects_classical_models_and_says_when_optuna_is_missing(tmp_path, monkeypatch, capsys):
     assert main(["tune", "--model", "br", "--out", str(tmp_path / "br"), *SETS]) == 2
     assert "classical model" in capsys.readouterr().err
-    for timeout in ("-1", "0", "nan"):
+    for timeout in ("-1", "nan"):
         assert main(["tune", "--model", "late_fusion", "--timeout", timeout, "--out", str(tmp_path / "t"), *SETS]) == 2
-        assert "--timeout must be a positive number of seconds" in capsys.readouterr().err
+        assert "--timeout must be a number of seconds, 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()  # no study folder left behind
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
     assert main(["tune", "--model", "ramer", "--out", str(tmp_path / "r"), *SETS]) == 2

@@ -86,10 +86,13 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     """Load the best checkpoint of a run directory (or a ``model.safetensors`` file).
 
     ``precision="bf16"`` casts a deep model to bfloat16 for faster inference on CPUs with bf16
-    support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths.
+    support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths, which
+    flips the decisions near the threshold (2-3 % of them at the bundled settings, docs/PERFORMANCE.md).
     ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``); default: the run's ``train.device``."""
     check_precision(precision)  # before the checkpoint is read and a classical model refuses bf16
     path = Path(run_dir)
+    if not path.exists():
+        raise RamerError(f"run folder not found: {path} (a run folder, or its model.safetensors)")
     model_file = path / "model.safetensors" if path.is_dir() else path
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
     if device is not None:
@@ -101,7 +104,8 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     else:
         model = build_model(cfg, spec)
         ckpt.load_state_into(model, state, str(model_file))
-    dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)")
+    asked = "the device asked for (--device)" if device is not None else "the run's train.device"
+    dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)
     if precision != "fp32" and cfg.model.name in CLASSICAL:
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
     model = to_inference_precision(model.to(dev), precision).eval()
@@ -127,4 +131,9 @@ def load_data_for(predictor: Predictor, data: str | None) -> DataBundle:
     cfg = predictor.cfg.model_copy(deep=True)
     if data is not None:
         cfg.data.path = data
+    elif cfg.data.path is not None and not Path(cfg.data.path).exists():
+        raise RamerError(
+            f"data path not found: {cfg.data.path} (the run's data.path, as given when it was trained, relative "
+            f"to the folder it was trained in if not absolute); give the data with --data PATH"
+        )
     return load_bundle(cfg.data)

@@ -55,7 +55,8 @@ def metrics_table(title: str, rows: dict[str, dict], task: str = "multi_label") 
 
 PRECISION_HELP = (
     "bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
-    "scores differ from fp32 by a few thousandths). Default fp32"
+    "scores differ from fp32 by a few thousandths, which flips the decisions near the threshold: 2-3 %% "
+    "of them at the bundled settings, docs/PERFORMANCE.md). Default fp32"
 )
 LOADER_SET_HELP = (
     "a loader option, e.g. data.max_utterances=80, data.m3ed_protocol=utterance, data.unaligned_layout=pad, "
@@ -351,7 +352,9 @@ def print_synth_report(bundle, console: Console) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from ramer.data.synthetic import generate
 
-    cfg = build_config(resolve_config(args.config), [f"data.synthetic.{s}" for s in (args.set or [])])
+    # n_train=1000, or in the form of the other commands: data.synthetic.n_train=1000
+    sets = [s if s.startswith("data.synthetic.") else f"data.synthetic.{s}" for s in (args.set or [])]
+    cfg = build_config(resolve_config(args.config), sets)
     bundle = generate(cfg.data.synthetic)
     bundle.save(args.out)
     print_synth_report(bundle, OUT)
@@ -728,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
         "each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
         "unless set) and pruned by the median pruner on the per-epoch validation score. The value "
         "is the best validation micro-F1 (weighted F1 on single-label data), or with --trial-seeds K "
-        "the mean over K seeds' runs; test is never read. "
+        "the mean over K seeds' runs; the search never reads test (each trial folder holds the test line "
+        "ramer train writes: do not choose a trial by it). "
         "The study lives in OUT/study.db (or --storage), so running the same command again "
         "continues it. Writes OUT/best.yaml (ramer train --config OUT/best.yaml), "
         "OUT/trials.md, OUT/trials.csv and OUT/tune.json. A key given with --set is kept, not "
@@ -785,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="generator setting, e.g. seed=3 or n_train=1000 (keys of data.synthetic; repeatable)",
+        help="generator setting, e.g. seed=3 or n_train=1000 (keys of data.synthetic, with or without the "
+        "data.synthetic. prefix; repeatable)",
     )
     s.set_defaults(func=cmd_data_synth)
     i = dsub.add_parser(

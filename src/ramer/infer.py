@@ -35,21 +35,22 @@ class Predictions:
     ids: list[str]
 
 
-def resolve_device(name: str, instead: str = "use --set train.device=cpu") -> torch.device:
+def resolve_device(name: str, instead: str = "use --set train.device=cpu", what: str = "train.device") -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N`` as a torch device, checked against this machine; ``instead``
-    says what to do where CUDA is missing (it differs for training and for a trained run)."""
+    says what to do where CUDA is missing (it differs for training and for a trained run); ``what``
+    names where the device was asked for."""
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise RamerError(f"train.device: unknown device '{name}' (cpu, cuda or cuda:N)") from None
+        raise RamerError(f"{what}: unknown device '{name}' (cpu, cuda or cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
-        raise RamerError(f"train.device is '{name}': ramer runs on cpu or cuda")
+        raise RamerError(f"{what} is '{name}': ramer runs on cpu or cuda")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RamerError(f"train.device is '{name}' but CUDA is not available here; {instead}")
+            raise RamerError(f"{what} is '{name}' but CUDA is not available here; {instead}")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise RamerError(f"train.device is '{name}' but this machine has {count} CUDA device(s)")
+            raise RamerError(f"{what} is '{name}' but this machine has {count} CUDA device(s)")
     return dev
 
 

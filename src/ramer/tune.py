@@ -308,8 +308,8 @@ def tune(
         raise RamerError(f"--trials must be at least 1, got {trials}")
     if trial_seeds < 1:
         raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
-    if timeout is not None and not timeout > 0:  # also NaN
-        raise RamerError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    if timeout is not None and not timeout >= 0:  # also NaN; 0 starts no trial and writes the outputs again
+        raise RamerError(f"--timeout must be a number of seconds, 0 or more, got {timeout:g}")
     if base.model.name in CLASSICAL:
         raise RamerError(
             f"'{base.model.name}' is a classical model: one logistic-regression fit, nothing to tune; tune a deep model"
@@ -457,7 +457,8 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
         f"Budget {budget} trials; the study holds {n['finished']} finished ({n['complete']} complete, "
         f"{n['pruned']} pruned), {n['failed']} failed, {n['running']} running. Value: the best validation "
         f"{metric} of the trial's run{seeds_text} (early stopping: train.patience {base.train.patience}, at most "
-        f"{base.train.epochs} epochs). "
+        f"{base.train.epochs} epochs)"
+        + (". Steps to best: the seeds' mean; steps and s: their sum. " if seeded else ". ")
         + (f"Best: trial {best.number}, {best.value:.4f} (`best.yaml`)." if best else "No trial has completed."),
         "",
         *markdown_table(md_header, md_rows),
