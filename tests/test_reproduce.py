@@ -54,6 +54,12 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     before = (seeds[0] / "model.safetensors").stat().st_mtime_ns
     assert reproduce(bench, data, out) == 0
     assert (seeds[0] / "model.safetensors").stat().st_mtime_ns == before
+    if bench == "m3ed":  # a finished seed's file cut short: one line naming it, nothing removed
+        (seeds[0] / "test_metrics.json").write_text('{"overall": ')
+        capsys.readouterr()
+        assert reproduce(bench, data, out) == 2
+        assert f"{seeds[0] / 'test_metrics.json'}: unreadable" in capsys.readouterr().err
+        assert (seeds[0] / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_reproduce_rejects_unknown_data(tmp_path, capsys):

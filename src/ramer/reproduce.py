@@ -16,7 +16,7 @@ from rich.console import Console
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 from ramer.metrics import format_mean_std, markdown_table, mean_std
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train import run_training
@@ -72,7 +72,12 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         run_dir = out / f"seed{run_cfg.train.seed}"
         if (run_dir / "test_metrics.json").exists():
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
-            results.append(json.loads((run_dir / "test_metrics.json").read_text()))
+            try:
+                results.append(json.loads((run_dir / "test_metrics.json").read_text()))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise RamerError(
+                    f"{run_dir / 'test_metrics.json'}: unreadable ({first_line(e)}); remove {run_dir} to train it again"
+                ) from None
             continue
         resume = (run_dir / "train_state.pt").exists()
         console.print(
