@@ -311,6 +311,15 @@ def with_todays_defaults(tree: dict, source: str) -> dict:
     return config_from_dict(tree, source).model_dump(mode="json")
 
 
+def as_today(tree: dict, source: str) -> dict:
+    """A stored config tree with today's defaults for the keys added since (``with_todays_defaults``);
+    as stored where it no longer validates (a comparison then names what differs)."""
+    try:
+        return with_todays_defaults(tree, source)
+    except RamerError:
+        return tree
+
+
 def with_values(cfg: Config, values: Mapping[str, Any], source: str = "values") -> Config:
     """A copy of ``cfg`` with dotted keys set to values (``{"train.lr": 3e-4, "model.layers.text": 2}``);
     the result is validated, so an unknown key or a bad value is an error naming it."""

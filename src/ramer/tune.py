@@ -42,7 +42,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ramer.config import Config, build_config, differences, dump_config, with_todays_defaults, with_values
+from ramer.config import Config, as_today, build_config, differences, dump_config, with_values
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import LossNotFinite, RamerError, first_line
@@ -127,7 +127,7 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
         study.set_user_attr("trial_seeds", trial_seeds)
     if stored is None:
         study.set_user_attr("config", mine)
-    elif (stored := _stored_config(stored, url)) != mine:
+    elif (stored := as_today(stored, url)) != mine:
         differ = sorted(differences(stored, mine))
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "
@@ -155,15 +155,6 @@ def _storage(optuna, url: str, attempts: int = 5):
             if type(e).__name__ not in ("OperationalError", "IntegrityError") or attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
-
-
-def _stored_config(stored: dict, source: str) -> dict:
-    """A study's stored config with today's defaults for the keys added since; as stored where it no
-    longer validates (the comparison then names what differs)."""
-    try:
-        return with_todays_defaults(stored, source)
-    except RamerError:
-        return stored
 
 
 def _alive(pid: int) -> bool:

@@ -53,7 +53,7 @@ from torch import nn
 
 from ramer import checkpoint as ckpt
 from ramer import dist
-from ramer.config import Config, differences, dump_config
+from ramer.config import Config, as_today, build_config, differences, dump_config
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
@@ -176,18 +176,35 @@ def write_test_result(
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard")
 
 
-def check_resumed_config(stored: dict | None, cfg: Config, path: Path) -> None:
-    """A resumed run continues with the settings its training state was made with: a ``config.yaml``
-    edited since (``path``) is an error naming the keys, but for ``RESUME_MAY_CHANGE``. A state
-    written before states kept their config (``stored`` None) is not checked."""
+def check_resumed_config(stored: dict | None, cfg: Config, out: Path) -> None:
+    """A resumed run continues with the settings its training state was made with (``stored``, read
+    with today's defaults for keys added since): other settings, but for ``RESUME_MAY_CHANGE``, are
+    an error naming the keys, and ``config.yaml`` where it was edited. A state written before states
+    kept their config (``stored`` None) is not checked."""
     if stored is None:
         return
-    changed = [k for k in differences(stored, cfg.model_dump(mode="json")) if k not in RESUME_MAY_CHANGE]
-    if changed:
+    stored = as_today(stored, f"{out / 'train_state.pt'} config")
+
+    def changed(tree: dict) -> list[str]:
+        return [k for k in differences(stored, tree) if k not in RESUME_MAY_CHANGE]
+
+    given = changed(cfg.model_dump(mode="json"))
+    if not given:
+        return
+    path = out / "config.yaml"
+    try:
+        edited = changed(build_config(path).model_dump(mode="json")) if path.is_file() else []
+    except RamerError:
+        edited = ["(it no longer reads as a config)"]
+    if edited:
         raise RamerError(
-            f"{path} differs from the config this run was trained with ({', '.join(changed)}); a resumed run "
-            "continues with its own settings: restore them, or train a new run with --out"
+            f"{path} differs from the config this run was trained with ({', '.join(edited)}); a resumed run "
+            "continues with its own settings: restore them, or start a new run in another folder"
         )
+    raise RamerError(
+        f"the settings given differ from those {out} was trained with ({', '.join(given)}; its config.yaml "
+        "holds them): resume it with its own settings, or use another output folder"
+    )
 
 
 def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
@@ -337,7 +354,7 @@ class Recipe(RunSteps):
     def _load_train_state(self) -> None:
         path = self.out / "train_state.pt"
         state = ckpt.load_train_state(path)
-        check_resumed_config(state.get("config"), self.cfg, self.out / "config.yaml")
+        check_resumed_config(state.get("config"), self.cfg, self.out)
         ckpt.load_state_into(self.model, state["model"], str(path))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path))
@@ -460,12 +477,14 @@ class Recipe(RunSteps):
                     "train_samples_per_s": n_seen / max(seconds_train, 1e-9),
                 }
                 self.log.append(line)
-                self._save_train_state(epoch)
+                # The line first, then the state: a kill between the two (or while the line is written)
+                # leaves a line of an epoch the state does not hold, which a resume drops and trains again.
                 if is_main():
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
                     if self.curves is not None:
                         self.curves.write(line, line["step"])
+                self._save_train_state(epoch)
                 if is_main():
                     metric = METRIC_NAMES[SELECTION[self.spec.task]]
                     self.console.print(
