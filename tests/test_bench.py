@@ -221,11 +221,11 @@ def spy_training(monkeypatch) -> list[Path]:
     return calls
 
 
-CORRUPT = {  # file of a finished run -> what is left of it
-    "metrics.jsonl cut mid-line": ("metrics.jsonl", lambda text: text[:-30]),
-    "metrics.jsonl garbage line": ("metrics.jsonl", lambda text: text.replace("\n", "\n{oops\n", 1)),
-    "test_metrics.json": ("test_metrics.json", lambda text: '{"overall": '),
-    "bench.json": ("bench.json", lambda text: "{"),
+CORRUPT = {  # file of a finished run -> what is left of it, and whether the run trains again
+    "metrics.jsonl cut mid-line": ("metrics.jsonl", lambda text: text[:-30], True),
+    "metrics.jsonl garbage line": ("metrics.jsonl", lambda text: text.replace("\n", "\n{oops\n", 1), True),
+    "test_metrics.json": ("test_metrics.json", lambda text: '{"overall": ', True),
+    "bench.json": ("bench.json", lambda text: "{", False),  # only the timing: the log's seconds stand in
 }
 
 
@@ -234,34 +234,60 @@ def test_bench_retrains_a_cached_run_with_a_corrupt_file(tmp_path, benched, monk
     out = tmp_path / "b"
     shutil.copytree(benched, out)
     before = json.loads((out / "results.json").read_text())
-    name, corrupt = CORRUPT[case]
+    name, corrupt, retrained = CORRUPT[case]
     run = bench_mod.run_dir(out, "br", 0.5, 1)
     (run / name).write_text(corrupt((run / name).read_text()))
     calls = spy_training(monkeypatch)
     capsys.readouterr()
     assert main([*BENCH, "--out", str(out)]) == 0
-    assert calls == [run]  # that run alone, trained again
-    assert f"cached run unusable, training it again: {run / name}:" in capsys.readouterr().err
+    assert calls == ([run] if retrained else [])  # that run alone, trained again, or none
+    said = f"cached run unusable, training it again: {run / name}:" in capsys.readouterr().err
+    assert said == retrained
     after = json.loads((out / "results.json").read_text())
     keys = [(r["model"], r["inputs"], r["missing_rate"], r["seed"]) for r in after]
     assert keys == [(r["model"], r["inputs"], r["missing_rate"], r["seed"]) for r in before]
     assert [r["metrics"] for r in after] == [r["metrics"] for r in before]  # the fit is deterministic
 
 
+def test_bench_says_why_a_stopped_run_cannot_resume(tmp_path, benched, monkeypatch, capsys):
+    """A run stopped mid-training whose train_state.pt no longer reads back: the bench says so, with
+    the reason, and trains it again from the start."""
+    out = tmp_path / "b"
+    shutil.copytree(benched, out)
+    run = bench_mod.run_dir(out, "late_fusion", 0.5, 1)
+    (run / "test_metrics.json").unlink()  # as if stopped before its test
+    (run / "train_state.pt").write_bytes(b"junk")
+    calls = spy_training(monkeypatch)
+    capsys.readouterr()
+    assert main([*BENCH, "--out", str(out)]) == 0
+    assert calls == [run, run]  # the resume, then the fresh start
+    err = capsys.readouterr().err
+    assert f"cannot resume {run} ({run / 'train_state.pt'}: not a readable training state" in err
+    assert "starting it again" in err
+
+
 def test_results_json_keeps_its_records_when_a_run_fails(tmp_path, benched, monkeypatch):
-    # A finished bench run again after one run's folder was lost; training that run fails. The
-    # runs read before the failure must not leave results.json holding only themselves.
+    """A bench of br alone over a folder whose results.json also holds late_fusion's runs; one br run
+    must train again and fails. The records of the runs this bench does not plan, and of the br run
+    it read, stay; the failing run's record, of a folder that is gone, does not."""
     out = tmp_path / "b"
     shutil.copytree(benched, out)
     before = json.loads((out / "results.json").read_text())
-    shutil.rmtree(bench_mod.run_dir(out, "late_fusion", 0.5, 1))
+    shutil.rmtree(bench_mod.run_dir(out, "br", 0.5, 1))
 
     def diverges(cfg, run, **kw):
         raise LossNotFinite(f"{run}: the loss became NaN in epoch 1")
 
     monkeypatch.setattr(bench_mod, "run_training", diverges)
-    assert main([*BENCH, "--out", str(out)]) == 2
-    assert json.loads((out / "results.json").read_text()) == before
+    argv = [*BENCH, "--out", str(out)]
+    argv[argv.index("br,late_fusion")] = "br"
+    argv[argv.index("late_fusion")] = ""  # --complete ''
+    assert main(argv) == 2
+    after = json.loads((out / "results.json").read_text())
+    gone = ("br", "observed", 0.5, 1)
+    key = lambda r: (r["model"], r["inputs"], r["missing_rate"], r["seed"])  # noqa: E731
+    assert sorted(map(key, after)) == sorted(key(r) for r in before if key(r) != gone)
+    assert len(after) == len(before) - 1 == 4
 
 
 def test_interrupted_bench_resumes_where_it_stopped(tmp_path, benched, monkeypatch):
@@ -530,6 +556,11 @@ def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
         bench_mod.resolve_settings(models="late_fusion,mult", tuned=str(tmp_path / "tuned"), overrides=TINY)
     with pytest.raises(RamerError, match="give one of them"):
         bench_mod.resolve_settings(tuned=str(tmp_path / "tuned"), tune_trials=2, overrides=TINY)
+    # A tune.json beside best.yaml is read before any run trains; one ramer tune did not write is an error.
+    for text in ("{", "[]", '{"finished": 2}'):
+        (tmp_path / "tuned" / "late_fusion" / "tune.json").write_text(text)
+        with pytest.raises(RamerError, match=r"tuned/late_fusion/tune.json: not"):
+            bench_mod.resolve_settings(models="late_fusion", tuned=str(tmp_path / "tuned"), overrides=TINY)
 
 
 @pytest.mark.slow

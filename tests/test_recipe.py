@@ -392,7 +392,7 @@ def test_an_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ramer.train, "run_training", interrupted)
     out = tmp_path / "run"
     assert main(["train", "--model", "late_fusion", "--out", str(out)]) == 130
-    assert "interrupted before the first epoch ended: nothing to resume" in capsys.readouterr().err
+    assert "interrupted before anything was saved to resume from: run the command again" in capsys.readouterr().err
     out.mkdir()
     (out / "train_state.pt").write_bytes(b"")
     assert main(["train", "--model", "late_fusion", "--out", str(out)]) == 130
@@ -429,6 +429,18 @@ def test_eval_elsewhere_of_a_run_trained_on_a_relative_data_path(tmp_path, bundl
     assert main(["eval", str(tmp_path / "run")]) == 2
     assert "data path not found: d (the run's data.path" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "d")]) == 0
+
+
+def test_a_broken_pipe_other_than_stdout_is_not_hidden(monkeypatch, capfd):
+    """Only a closed reader of stdout is quiet: a broken pipe elsewhere (a worker, a database) is raised."""
+    import ramer.data.commands
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError("a worker's pipe")
+
+    monkeypatch.setattr(ramer.data.commands, "run_info", broken)
+    with pytest.raises(BrokenPipeError, match="a worker's pipe"):
+        main(["data", "info", "anything"])
 
 
 def test_train_out_must_be_a_folder(tmp_path, bundle, capsys):

@@ -16,8 +16,9 @@
   ``DIR/runs/<model>@complete/missing-0/seed-<seed>/``) is a normal run directory. It is reused
   when its ``test_metrics.json`` exists, its ``config.yaml`` equals the run's config and its files
   read back whole (``read_run``); a deep run stopped mid-training is resumed from its
-  ``train_state.pt``; anything else there (a partial or corrupt run: a line names the file) is
-  removed and the run starts again. So an interrupted bench resumes where it stopped.
+  ``train_state.pt`` (if that fails, a line says why and it starts again); anything else there (a
+  partial or corrupt run: a line names the file) is removed and the run starts again. So an
+  interrupted bench resumes where it stopped.
 - Tuned settings (``--tuned DIR``, ``--tune-trials N``): each deep model runs with the values its
   search space (``ramer.models.spaces``) chose, read from ``DIR/<model>/best.yaml`` (as ``ramer tune
   --out DIR/<model>`` writes it); every other setting is the bench's, the same for every model.
@@ -25,7 +26,8 @@
   ``OUT/tune/<model>`` (on the first seed, at the config's missing rate); with ``--trial-seeds K``
   each trial trains K seeds from the first and scores their mean (``ramer tune --trial-seeds``).
 - Outputs: ``DIR/results.json`` (one record per run, test split; rewritten after every run, keeping
-  the records it held of runs not yet read again, so a bench that stops never leaves it with fewer),
+  the records it held of runs not yet read again, but for stale ones: a run folder gone, unfinished
+  or of another config),
   ``DIR/report.md`` and ``DIR/plots/*.png`` (written at the end).
 """
 
@@ -272,13 +274,23 @@ def load_tuned(s: BenchSettings, model: str) -> dict:
     cfg = tune_base(s, model)
     if (tuned.model.name, tuned.model.ablations) != (cfg.model.name, cfg.model.ablations):
         raise RamerError(f"--tuned: {path} is a config of {tuned.model.name}, not of {model}")
+    tune_summary(s, model)  # read now, not after every run has trained
     return {p.key: p.value(tuned) for p in space_for(cfg, set_keys(s.overrides))}
 
 
 def tune_summary(s: BenchSettings, model: str) -> dict | None:
-    """The ``tune.json`` beside a model's ``best.yaml`` (budget, counts, best trial), if any."""
+    """The ``tune.json`` beside a model's ``best.yaml`` (budget, counts, best trial), if any; one that
+    does not read back as ``ramer tune`` writes it is a RamerError naming it."""
     path = s.tuned / model / "tune.json" if s.tuned else None
-    return _read_json(path) if path is not None and path.is_file() else None
+    if path is None or not path.is_file():
+        return None
+    summary = _read_json(path)
+    best = summary.get("best") if isinstance(summary, dict) else None
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), int) for k in ("finished", "pruned")):
+        raise RamerError(f"{path}: not a tune summary as ramer tune writes it (no trial counts)")
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("value"), (int, float))):
+        raise RamerError(f"{path}: not a tune summary as ramer tune writes it (its best trial has no value)")
+    return summary
 
 
 def _tune_worker(cfg_tree: dict, out: str, trials: int, fixed: list[str], trial_seeds: int) -> tuple[str, dict]:
@@ -452,7 +464,8 @@ def _read_json(path: Path):
 def read_run(run: Path) -> dict:
     """A finished run's fields of its results.json record (``metrics``, ``seconds``, ``PROGRESS_KEYS``,
     ``params``), read from its directory. A file that is missing, not JSON or cut short (a log
-    without its final test line) is a RamerError naming the file."""
+    without its final test line) is a RamerError naming the file; a ``bench.json`` (only the timing)
+    that does not read back counts as missing: the seconds are the log's."""
     path = run / "test_metrics.json"
     metrics = _read_json(path)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("overall"), dict):
@@ -460,13 +473,14 @@ def read_run(run: Path) -> dict:
     log = _read_jsonl(run)
     if not log or log[-1].get("final") != "test":
         raise RamerError(f"{run / 'metrics.jsonl'}: does not end with the run's test line (cut short?)")
-    timing = run / "bench.json"
-    if timing.exists():
-        seconds = _read_json(timing)
-        seconds = seconds.get("seconds") if isinstance(seconds, dict) else None
-        if not isinstance(seconds, (int, float)):
-            raise RamerError(f"{timing}: no 'seconds' number")
-    else:  # a run finished but not yet timed by the bench (or made by ``ramer train``)
+    seconds = None
+    if (run / "bench.json").exists():
+        try:
+            timing = _read_json(run / "bench.json")
+            seconds = timing.get("seconds") if isinstance(timing, dict) else None
+        except RamerError:
+            pass
+    if not isinstance(seconds, (int, float)):  # not yet timed by the bench (or made by ``ramer train``)
         seconds = sum(float(rec.get("seconds", 0.0)) for rec in log if "epoch" in rec)
     return {
         "metrics": {k: metrics[k] for k in PARTS if k in metrics},
@@ -476,24 +490,26 @@ def read_run(run: Path) -> dict:
     }
 
 
-def reuse(run: Path, console: Console) -> dict | None:
+def reuse(run: Path, notes: list[str]) -> dict | None:
     """A cached finished run's fields (``read_run``), or None when one of its files cannot be read:
-    then a line names the file and why, and the directory is removed so the run trains again."""
+    then a note names the file and why, and the directory is removed so the run trains again."""
     try:
         return read_run(run)
     except RamerError as e:
-        console.print(f"cached run unusable, training it again: {e}", highlight=False, soft_wrap=True)
+        notes.append(f"cached run unusable, training it again: {e}")
         shutil.rmtree(run)
         return None
 
 
-def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tuple[dict, str]:
-    """The results.json fields (``read_run``) and cache state of one run, training it if needed."""
+def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tuple[dict, str, list[str]]:
+    """The results.json fields (``read_run``), cache state and notes (a cached run that could not be
+    reused; ``console`` is the training's, quiet in the bench) of one run, training it if needed."""
+    notes: list[str] = []
     state = cache_state(run, cfg)
     if state == "done":
-        fields = reuse(run, console)
+        fields = reuse(run, notes)
         if fields is not None:
-            return fields, state
+            return fields, state, notes
         state = "fresh"
     t0 = time.perf_counter()
     try:
@@ -502,12 +518,12 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tup
     except RamerError as e:
         if state != "resume":
             raise
-        console.print(f"cannot resume {run} ({e}); starting it again", highlight=False, soft_wrap=True)
+        notes.append(f"cannot resume {run} ({e}); starting it again")
         shutil.rmtree(run)
         state, before, t0 = "fresh", 0.0, time.perf_counter()
         run_training(cfg, run, bundle=bundle, console=console)
     atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
-    return read_run(run), state
+    return read_run(run), state, notes
 
 
 # Worker processes (``--jobs`` > 1) load each dataset (observed, complete) once, on first use.
@@ -519,7 +535,7 @@ def _init_worker(data: dict) -> None:
     _WORKER["data"] = data
 
 
-def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, str]:
+def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, str, list[str]]:
     cfg = config_from_dict(cfg_tree, "bench run")
     complete = cfg.data.synthetic.complete
     if complete not in _WORKER:
@@ -590,12 +606,18 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         bundles[True] = load_bundle(complete_data(base.data))
     records: dict[tuple[str, int, float], dict] = {}
     counts = {"done": 0, "resume": 0, "fresh": 0}
-    # results.json is rewritten after every run; until a run is read again, the record the file held
-    # of it (or of a run this bench does not plan) stays, so a bench that stops leaves no fewer.
+    # results.json is rewritten after every run; a record the file held stays until its run is read
+    # again (or found stale: its folder gone, unfinished or of another config), and those of runs this
+    # bench does not plan until the end, so a bench that stops on an error loses none of them.
     earlier = read_results(s.out, console)
     planned = set(plan)
 
-    def record(key: tuple[str, int, float], fields: dict, state: str) -> None:
+    def say(notes: list[str]) -> None:
+        for note in notes:
+            console.print(note, highlight=False, soft_wrap=True)
+
+    def record(key: tuple[str, int, float], fields: dict, state: str, notes: list[str] = ()) -> None:
+        say(notes)
         name, seed, rate = key
         counts[state] += 1
         complete = name.endswith(COMPLETE)
@@ -613,6 +635,9 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             highlight=False,
             soft_wrap=True,
         )
+        keep()
+
+    def keep() -> None:  # results.json: the runs read so far, and the records still standing
         others = [r for k, r in earlier.items() if k not in planned]
         write_results(s.out, _ordered({**earlier, **records}, s) + others)
 
@@ -620,11 +645,15 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     for key in plan:
         cfg = plan_config(base, *key, tuned=s.tuned_values)
         run = run_dir(s.out, key[0], key[2], key[1])
-        fields = reuse(run, console) if cache_state(run, cfg) == "done" else None
+        notes: list[str] = []
+        fields = reuse(run, notes) if cache_state(run, cfg) == "done" else None
+        say(notes)
         if fields is not None:
             record(key, fields, "done")
-        else:
+        else:  # its folder is gone, unfinished or of another config: the record the file held is stale
+            earlier.pop(key, None)
             todo.append((key, cfg, run))
+    keep()
     quiet = Console(stderr=True, quiet=True)
     if s.jobs <= 1 or len(todo) <= 1:
         for key, cfg, run in todo:

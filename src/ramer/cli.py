@@ -149,14 +149,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
     except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
+            return 130
         if (out / "train_state.pt").exists():  # written at the end of every epoch
-            ERR.print(f"interrupted; resume with: ramer train --resume {out}", highlight=False, soft_wrap=True)
-        else:
-            ERR.print(
-                "interrupted before the first epoch ended: nothing to resume; run the same command again",
-                highlight=False,
-                soft_wrap=True,
-            )
+            hint = f"interrupted; resume with: ramer train --resume {out}"
+        else:  # a classical fit, or a deep run before its first epoch ended
+            hint = "interrupted before anything was saved to resume from: run the command again"
+        ERR.print(hint, highlight=False, soft_wrap=True)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
         from ramer.checkpoint import read_spec
@@ -876,10 +875,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         ERR.print("interrupted", highlight=False)
         return 130
-    except BrokenPipeError:  # the reader of stdout went away (ramer ... | head): not an error of ours
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise  # another pipe (a worker, a database connection): a real error
+        # the reader of stdout went away (ramer ... | head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
         return 141
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on its writing
+    end); where that cannot be asked (no poll, no file descriptor), assume it is."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 if __name__ == "__main__":
