@@ -120,6 +120,15 @@ def test_paired_bootstrap_runs(tmp_path):
 
     write(tmp_path / "right.jsonl", gold)
     write(tmp_path / "wrong.jsonl", (gold + 1) % 3)
+    # Resampled by conversation (the default): ids CONVERSATION/INDEX, four samples each.
+    store.ids = [f"c{k // 4}/{k % 4}" for k in range(len(store))]
+    DataBundle({"test": store}, names, "test", "mem", task="single_label").save(tmp_path / "conv")
+    write(tmp_path / "conv_right.jsonl", gold)
+    write(tmp_path / "conv_wrong.jsonl", (gold + 1) % 3)
+    pair = ["--a", str(tmp_path / "conv_right.jsonl"), "--b", str(tmp_path / "conv_wrong.jsonl")]
+    out = run("paired_bootstrap.py", str(tmp_path / "conv"), "--resamples", "20", *pair)
+    assert "40 samples in 10 conversations" in out and "share of resamples with A >= B: 1.000" in out
+    store.ids = [f"s{k}" for k in range(len(store))]
     args = [str(tmp_path / "d"), "--unit", "sample", "--resamples", "50", "--above", "0.99"]
     out = run("paired_bootstrap.py", *args, "--a", str(tmp_path / "right.jsonl"), "--b", str(tmp_path / "wrong.jsonl"))
     assert "right.jsonl: 1.0000" in out and "wrong.jsonl: 0.0000" in out

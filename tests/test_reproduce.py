@@ -54,6 +54,11 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     before = (seeds[0] / "model.safetensors").stat().st_mtime_ns
     assert reproduce(bench, data, out) == 0
     assert (seeds[0] / "model.safetensors").stat().st_mtime_ns == before
+    if bench == "m3ed":  # finished seeds made with other settings: not mixed into one table
+        capsys.readouterr()
+        assert main(["reproduce", bench, "--data", str(data), "--seeds", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{seeds[0]} was made with other settings (" in err and "model.hidden" in err
     if bench == "m3ed":  # a finished seed's file cut short: one line naming it, nothing removed
         (seeds[0] / "test_metrics.json").write_text('{"overall": ')
         capsys.readouterr()

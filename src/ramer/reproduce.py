@@ -3,7 +3,9 @@
 Per seed: train with the benchmark's named config, keep the best checkpoint by validation
 micro-F1, tune the threshold on validation, test once. Then a table of mean ± std over seeds in
 the layout the field uses (Acc, HL, micro P/R/F1, macro-F1; MEmoR also top-1 accuracy and
-weighted F1), with speaker / non-speaker rows where the data has target roles.
+weighted F1), with speaker / non-speaker rows where the data has target roles. Run again into the
+same ``--out``, it reads the seeds that finished (if they were made with the same settings; else
+an error names the keys) and resumes the others.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ramer.config import CONFIG_DIR, build_config
+from ramer.config import CONFIG_DIR, build_config, differences
 from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError, first_line
 from ramer.metrics import format_mean_std, markdown_table, mean_std
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train import run_training
+from ramer.train.recipe import RESUME_MAY_CHANGE
 
 BENCHES = {
     # name: (bundled config, data format)
@@ -72,6 +75,13 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         run_dir = out / f"seed{run_cfg.train.seed}"
         if (run_dir / "test_metrics.json").exists():
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
+            made = build_config(run_dir / "config.yaml").model_dump(mode="json")
+            changed = [k for k in differences(made, run_cfg.model_dump(mode="json")) if k not in RESUME_MAY_CHANGE]
+            if changed:  # one table, one setting
+                raise RamerError(
+                    f"{run_dir} was made with other settings ({', '.join(changed)}); give the --set it was made "
+                    "with, or another --out"
+                )
             try:
                 results.append(json.loads((run_dir / "test_metrics.json").read_text()))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
