@@ -66,7 +66,7 @@ from ramer.errors import RamerError
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
 from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, DataSpec, build_model, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
-from ramer.paths import atomic_write, atomic_write_text, make_folder
+from ramer.paths import atomic_write, atomic_write_text, make_folder, read_json
 from ramer.train import run_training
 from ramer.train.recipe import read_log
 
@@ -284,7 +284,7 @@ def tune_summary(s: BenchSettings, model: str) -> dict | None:
     path = s.tuned / model / "tune.json" if s.tuned else None
     if path is None or not path.is_file():
         return None
-    summary = _read_json(path)
+    summary = read_json(path)
     best = summary.get("best") if isinstance(summary, dict) else None
     if not isinstance(summary, dict) or not all(isinstance(summary.get(k), int) for k in ("finished", "pruned")):
         raise RamerError(f"{path}: not a tune summary as ramer tune writes it (no trial counts)")
@@ -426,10 +426,9 @@ def _same_config(run: Path, cfg: Config) -> bool:
     return stored == cfg.model_dump(mode="json")
 
 
-def _logged_seconds(run: Path) -> float:
-    """Sum of the per-epoch seconds in ``metrics.jsonl`` (time spent before an interruption; a last
-    line cut off by the kill is dropped, as a resumed run drops it)."""
-    return sum(float(rec.get("seconds", 0.0)) for rec in _read_jsonl(run, cut_ok=True) if "epoch" in rec)
+def _epoch_seconds(log: list[dict]) -> float:
+    """Sum of the per-epoch seconds of a run's ``metrics.jsonl`` records."""
+    return sum(float(rec.get("seconds", 0.0)) for rec in log if "epoch" in rec)
 
 
 def cache_state(run: Path, cfg: Config) -> str:
@@ -449,25 +448,13 @@ def cache_state(run: Path, cfg: Config) -> str:
     return "fresh"
 
 
-def _read_json(path: Path):
-    """A JSON file's value; a RamerError naming the file when it is missing, unreadable or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RamerError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RamerError(f"{path}: unreadable ({e})") from None
-    except json.JSONDecodeError as e:
-        raise RamerError(f"{path}: not valid JSON ({e})") from None
-
-
 def read_run(run: Path) -> dict:
     """A finished run's fields of its results.json record (``metrics``, ``seconds``, ``PROGRESS_KEYS``,
     ``params``), read from its directory. A file that is missing, not JSON or cut short (a log
     without its final test line) is a RamerError naming the file; a ``bench.json`` (only the timing)
     that does not read back counts as missing: the seconds are the log's."""
     path = run / "test_metrics.json"
-    metrics = _read_json(path)
+    metrics = read_json(path)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("overall"), dict):
         raise RamerError(f"{path}: no overall test metrics")
     log = _read_jsonl(run)
@@ -476,12 +463,12 @@ def read_run(run: Path) -> dict:
     seconds = None
     if (run / "bench.json").exists():
         try:
-            timing = _read_json(run / "bench.json")
+            timing = read_json(run / "bench.json")
             seconds = timing.get("seconds") if isinstance(timing, dict) else None
         except RamerError:
             pass
     if not isinstance(seconds, (int, float)):  # not yet timed by the bench (or made by ``ramer train``)
-        seconds = sum(float(rec.get("seconds", 0.0)) for rec in log if "epoch" in rec)
+        seconds = _epoch_seconds(log)
     return {
         "metrics": {k: metrics[k] for k in PARTS if k in metrics},
         "seconds": seconds,
@@ -501,19 +488,14 @@ def reuse(run: Path, notes: list[str]) -> dict | None:
         return None
 
 
-def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console) -> tuple[dict, str, list[str]]:
-    """The results.json fields (``read_run``), cache state and notes (a cached run that could not be
-    reused; ``console`` is the training's, quiet in the bench) of one run, training it if needed."""
+def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state: str) -> tuple[dict, str, list[str]]:
+    """Train one run (``state``: ``resume`` or ``fresh``, from ``cache_state``); its results.json
+    fields (``read_run``), final state and notes (a resume that failed; ``console`` is the
+    training's, quiet in the bench)."""
     notes: list[str] = []
-    state = cache_state(run, cfg)
-    if state == "done":
-        fields = reuse(run, notes)
-        if fields is not None:
-            return fields, state, notes
-        state = "fresh"
     t0 = time.perf_counter()
-    try:
-        before = _logged_seconds(run) if state == "resume" else 0.0
+    try:  # the seconds logged before an interruption (a last line cut off by the kill is dropped)
+        before = _epoch_seconds(_read_jsonl(run, cut_ok=True)) if state == "resume" else 0.0
         run_training(cfg, run, bundle=bundle, console=console, resume=state == "resume")
     except RamerError as e:
         if state != "resume":
@@ -535,13 +517,13 @@ def _init_worker(data: dict) -> None:
     _WORKER["data"] = data
 
 
-def _worker_execute(cfg_tree: dict, run: str) -> tuple[dict, str, list[str]]:
+def _worker_execute(cfg_tree: dict, run: str, state: str) -> tuple[dict, str, list[str]]:
     cfg = config_from_dict(cfg_tree, "bench run")
     complete = cfg.data.synthetic.complete
     if complete not in _WORKER:
         data = DataConfig.model_validate(_WORKER["data"])
         _WORKER[complete] = load_bundle(complete_data(data) if complete else data)
-    return execute(cfg, Path(run), _WORKER[complete], Console(stderr=True, quiet=True))
+    return execute(cfg, Path(run), _WORKER[complete], Console(stderr=True, quiet=True), state)
 
 
 def _interrupt(signum, frame) -> None:
@@ -646,18 +628,19 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         cfg = plan_config(base, *key, tuned=s.tuned_values)
         run = run_dir(s.out, key[0], key[2], key[1])
         notes: list[str] = []
-        fields = reuse(run, notes) if cache_state(run, cfg) == "done" else None
+        state = cache_state(run, cfg)
+        fields = reuse(run, notes) if state == "done" else None
         say(notes)
         if fields is not None:
             record(key, fields, "done")
         else:  # its folder is gone, unfinished or of another config: the record the file held is stale
             earlier.pop(key, None)
-            todo.append((key, cfg, run))
+            todo.append((key, cfg, run, "fresh" if state == "done" else state))
     keep()
     quiet = Console(stderr=True, quiet=True)
     if s.jobs <= 1 or len(todo) <= 1:
-        for key, cfg, run in todo:
-            record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet))
+        for key, cfg, run, state in todo:
+            record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet, state))
     else:
         from concurrent.futures import as_completed
 
@@ -665,7 +648,8 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             min(s.jobs, len(todo)), initializer=_init_worker, initargs=(base.data.model_dump(mode="json"),)
         ) as pool:
             futures = {
-                pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run)): key for key, cfg, run in todo
+                pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run), state): key
+                for key, cfg, run, state in todo
             }
             for future in as_completed(futures):
                 record(futures[future], *future.result())
@@ -735,7 +719,7 @@ def read_results(out: Path, console: Console) -> dict[tuple[str, int, float], di
     if not path.exists():
         return {}
     try:
-        records = _read_json(path)
+        records = read_json(path)
         if not isinstance(records, list):
             raise RamerError(f"{path}: not a list of records")
         return {(run_name(r), r["seed"], r["missing_rate"]): r for r in records}

@@ -4,12 +4,13 @@ kill during a write never leaves a half-written file as the latest)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -76,3 +77,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         Path(tmp).write_text(text)
 
     atomic_write(path, write)
+
+
+def read_json(path: str | Path):
+    """The value of a JSON file; a RamerError naming the file when it is missing, unreadable or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RamerError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RamerError(f"{path}: unreadable ({first_line(e)})") from None
+    except json.JSONDecodeError as e:
+        raise RamerError(f"{path}: not valid JSON ({e})") from None

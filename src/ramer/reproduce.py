@@ -15,14 +15,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ramer.config import CONFIG_DIR, build_config, differences
+from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
-from ramer.errors import RamerError, first_line
+from ramer.errors import RamerError
 from ramer.metrics import format_mean_std, markdown_table, mean_std
-from ramer.paths import atomic_write_text, make_folder
+from ramer.paths import atomic_write_text, make_folder, read_json
 from ramer.train import run_training
-from ramer.train.recipe import RESUME_MAY_CHANGE
+from ramer.train.recipe import changed_settings
 
 BENCHES = {
     # name: (bundled config, data format)
@@ -76,18 +76,17 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         if (run_dir / "test_metrics.json").exists():
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
             made = build_config(run_dir / "config.yaml").model_dump(mode="json")
-            changed = [k for k in differences(made, run_cfg.model_dump(mode="json")) if k not in RESUME_MAY_CHANGE]
+            changed = changed_settings(made, run_cfg.model_dump(mode="json"))
             if changed:  # one table, one setting
                 raise RamerError(
                     f"{run_dir} was made with other settings ({', '.join(changed)}); give the --set it was made "
                     "with, or another --out"
                 )
+            path = run_dir / "test_metrics.json"
             try:
-                results.append(json.loads((run_dir / "test_metrics.json").read_text()))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise RamerError(
-                    f"{run_dir / 'test_metrics.json'}: unreadable ({first_line(e)}); remove {run_dir} to train it again"
-                ) from None
+                results.append(read_json(path))
+            except RamerError as e:
+                raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({e})") from None
             continue
         resume = (run_dir / "train_state.pt").exists()
         console.print(

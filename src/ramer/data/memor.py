@@ -55,6 +55,7 @@ from ramer.data.readers import SplitStream, as_float32, new_info
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError
+from ramer.paths import read_json
 
 CHARACTERS = ("sheldon", "leonard", "howard", "rajesh", "penny", "bernadette", "amy", "others")  # the code's order
 PRIMARY = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
@@ -159,10 +160,7 @@ def _read_json(path: Path) -> Any:
             f"{path}: file not found (a MEmoR release folder holds anno.json, data.json, train_id.txt, "
             "test_id.txt, features/)"
         )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RamerError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def _read_ids(path: Path, n_items: int) -> list[int]:

@@ -44,7 +44,7 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, Batch
 from ramer.config import TASKS
 from ramer.errors import RamerError
-from ramer.paths import check_out_folder, make_folder
+from ramer.paths import check_out_folder, make_folder, read_json
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 1
@@ -318,10 +318,7 @@ class SceneStore:
             if arr.dtype != _DTYPES[name]:
                 raise RamerError(f"{path}: dtype {arr.dtype}, expected {np.dtype(_DTYPES[name])}")
             arrays[name] = arr
-        try:
-            ids = json.loads((directory / "ids.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise RamerError(f"{directory / 'ids.json'}: unreadable ({e})") from None
+        ids = read_json(directory / "ids.json")
         if (what := _not_strings(ids)) is not None:
             raise RamerError(f"{directory / 'ids.json'}: {what}, expected a list of strings (one sample id per scene)")
         return cls(**arrays, ids=ids, label_names=label_names, source=str(directory))
@@ -442,10 +439,7 @@ def _not_strings(value) -> str | None:
 def _read_meta(path: Path) -> dict:
     """``meta.json`` of the native directory ``path``, its keys checked for type."""
     where = path / "meta.json"
-    try:
-        meta = json.loads(where.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise RamerError(f"{where}: unreadable ({e})") from None
+    meta = read_json(where)
     if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
         raise RamerError(f"{where}: not a {NATIVE_FORMAT} directory")
     for key in ("label_names", "splits"):

@@ -176,6 +176,12 @@ def write_test_result(
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard")
 
 
+def changed_settings(stored: dict, tree: dict) -> list[str]:
+    """The dotted keys in which config tree ``tree`` changes a run's ``stored`` one, but for
+    ``RESUME_MAY_CHANGE``."""
+    return [k for k in differences(stored, tree) if k not in RESUME_MAY_CHANGE]
+
+
 def check_resumed_config(stored: dict | None, cfg: Config, out: Path) -> None:
     """A resumed run continues with the settings its training state was made with (``stored``, read
     with today's defaults for keys added since): other settings, but for ``RESUME_MAY_CHANGE``, are
@@ -184,16 +190,12 @@ def check_resumed_config(stored: dict | None, cfg: Config, out: Path) -> None:
     if stored is None:
         return
     stored = as_today(stored, f"{out / 'train_state.pt'} config")
-
-    def changed(tree: dict) -> list[str]:
-        return [k for k in differences(stored, tree) if k not in RESUME_MAY_CHANGE]
-
-    given = changed(cfg.model_dump(mode="json"))
+    given = changed_settings(stored, cfg.model_dump(mode="json"))
     if not given:
         return
     path = out / "config.yaml"
     try:
-        edited = changed(build_config(path).model_dump(mode="json")) if path.is_file() else []
+        edited = changed_settings(stored, build_config(path).model_dump(mode="json")) if path.is_file() else []
     except RamerError:
         edited = ["(it no longer reads as a config)"]
     if edited:
