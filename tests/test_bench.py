@@ -249,6 +249,49 @@ def test_bench_retrains_a_cached_run_with_a_corrupt_file(tmp_path, benched, monk
     assert [r["metrics"] for r in after] == [r["metrics"] for r in before]  # the fit is deterministic
 
 
+def refuse_to_open(monkeypatch, path: Path) -> None:
+    """Opening ``path`` raises PermissionError, as for a file without read permission (the tests may
+    run as root, whom file modes do not stop)."""
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(io, "open", guarded)
+
+
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "test_metrics.json", "metrics.jsonl", "model.safetensors", "train_state.pt", "results.json"]
+)
+def test_bench_stops_on_a_file_it_may_not_read_and_removes_nothing(tmp_path, benched, monkeypatch, capsys, name):
+    """A run file the system will not read says nothing of the run: the bench stops with one line
+    naming it, and neither that run nor results.json is removed or redone (``train_state.pt``: a
+    stopped run's, read on resume)."""
+    out = tmp_path / "b"
+    shutil.copytree(benched, out)
+    run = bench_mod.run_dir(out, "late_fusion", 0.5, 1)
+    if name == "train_state.pt":
+        (run / "test_metrics.json").unlink()  # as if stopped before its test
+    path = out / name if name == "results.json" else run / name
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = spy_training(monkeypatch)
+    refuse_to_open(monkeypatch, path)
+    capsys.readouterr()
+    assert main([*BENCH, "--out", str(out)]) == 2
+    assert f"{path}: unreadable" in capsys.readouterr().err
+    assert calls == ([run] if name == "train_state.pt" else [])  # the resume that met the file
+    monkeypatch.undo()
+    if name == "train_state.pt":  # the record of the unfinished run is stale, and dropped
+        del files[out / "results.json"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p in files} == files
+
+
 def test_bench_says_why_a_stopped_run_cannot_resume(tmp_path, benched, monkeypatch, capsys):
     """A run stopped mid-training whose train_state.pt no longer reads back: the bench says so, with
     the reason, and trains it again from the start."""

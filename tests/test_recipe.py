@@ -177,6 +177,16 @@ def test_patience_is_checked():
     assert build_config().train.patience is None  # off by default for `ramer train`
 
 
+@pytest.mark.parametrize("key", ["train.lr", "train.ema_decay", "model.hidden", "data.synthetic.n_train"])
+def test_true_or_false_is_not_a_number(key):
+    """YAML reads ``--set train.lr=yes`` as true, which pydantic would take for 1.0."""
+    for word in ("true", "yes", "off"):
+        with pytest.raises(RamerError, match=f"'{key}': .*a number, not (true|false)"):
+            build_config(overrides=[f"{key}={word}"])
+    cfg = build_config(overrides=["train.tensorboard=yes", "train.ema_decay=", "train.per_label_threshold=on"])
+    assert cfg.train.tensorboard is cfg.train.per_label_threshold is True and cfg.train.ema_decay is None
+
+
 def test_new_run_refuses_to_overwrite(tmp_path, bundle):
     Recipe(tiny_cfg(extra=["train.epochs=1"]), tmp_path / "r", bundle=bundle).run()
     with pytest.raises(RamerError, match="already holds a run"):

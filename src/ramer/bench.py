@@ -62,7 +62,7 @@ from ramer.config import (
 )
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
-from ramer.errors import RamerError
+from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
 from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, DataSpec, build_model, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
@@ -418,10 +418,11 @@ def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
 def _same_config(run: Path, cfg: Config) -> bool:
     """Whether the run was made with ``cfg``. The stored config is read back with today's defaults
     for keys added since (a new option at its default does not retrain every cached run)."""
+    path = run / "config.yaml"
+    readable(path)
     try:
-        path = run / "config.yaml"
         stored = with_todays_defaults(yaml.safe_load(path.read_text()), str(path))
-    except (OSError, yaml.YAMLError, RamerError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RamerError):
         return False
     return stored == cfg.model_dump(mode="json")
 
@@ -478,10 +479,13 @@ def read_run(run: Path) -> dict:
 
 
 def reuse(run: Path, notes: list[str]) -> dict | None:
-    """A cached finished run's fields (``read_run``), or None when one of its files cannot be read:
-    then a note names the file and why, and the directory is removed so the run trains again."""
+    """A cached finished run's fields (``read_run``), or None when one of its files is corrupt: then
+    a note names the file and why, and the directory is removed so the run trains again. A file the
+    system will not read (``FileUnreadable``) stops the bench instead; nothing is removed."""
     try:
         return read_run(run)
+    except FileUnreadable:
+        raise
     except RamerError as e:
         notes.append(f"cached run unusable, training it again: {e}")
         shutil.rmtree(run)
@@ -498,7 +502,7 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state:
         before = _epoch_seconds(_read_jsonl(run, cut_ok=True)) if state == "resume" else 0.0
         run_training(cfg, run, bundle=bundle, console=console, resume=state == "resume")
     except RamerError as e:
-        if state != "resume":
+        if state != "resume" or isinstance(e, FileUnreadable):
             raise
         notes.append(f"cannot resume {run} ({e}); starting it again")
         shutil.rmtree(run)
@@ -723,6 +727,8 @@ def read_results(out: Path, console: Console) -> dict[tuple[str, int, float], di
         if not isinstance(records, list):
             raise RamerError(f"{path}: not a list of records")
         return {(run_name(r), r["seed"], r["missing_rate"]): r for r in records}
+    except FileUnreadable:
+        raise  # it may hold records of runs this bench does not plan: not rewritten from the runs
     except RamerError as e:
         problem = str(e)
     except (TypeError, KeyError) as e:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ramer.config import Config, config_from_dict
-from ramer.errors import RamerError, first_line
+from ramer.errors import RamerError, first_line, readable
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write
 
@@ -75,6 +75,7 @@ def read_model_file(
     path = Path(path)
     if not path.is_file():
         raise RamerError(f"model file not found: {path}")
+    readable(path)
     try:
         state = load_file(str(path))
         from safetensors import safe_open
@@ -115,6 +116,7 @@ def load_train_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RamerError(f"cannot resume: {path} not found")
+    readable(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files

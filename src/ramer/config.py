@@ -8,7 +8,7 @@ in the run directory and inside the checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,8 +33,26 @@ ABLATIONS = (
 TASKS = ("multi_label", "single_label")
 
 
+def _types(annotation) -> set:
+    """The plain types an annotation admits (``float | None`` -> {float, NoneType})."""
+    args = get_args(annotation)
+    if not args or get_origin(annotation) is Literal:
+        return {annotation}
+    return set().union(*map(_types, args))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        """true/false is not a number (pydantic would read ``--set train.lr=true`` as 1.0)."""
+        if isinstance(value, bool):
+            kinds = _types(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"a number, not {str(value).lower()} (YAML reads true, yes and on as true)")
+        return value
 
 
 class SynthConfig(_Section):

@@ -5,6 +5,23 @@ class RamerError(Exception):
     """A user-facing error: bad input, a bad flag, a missing or corrupt file."""
 
 
+class FileUnreadable(RamerError):
+    """A file that exists but the system would not read (no permission, an I/O error): nothing is
+    known of its content, so it is no reason to remove or redo anything."""
+
+
+def readable(path) -> None:
+    """A FileUnreadable naming ``path`` when it exists but cannot be opened for reading (a missing
+    file is left to the caller)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise FileUnreadable(f"{path}: unreadable ({first_line(e)})") from None
+
+
 class LossNotFinite(RamerError):
     """Training stopped: the loss became NaN or infinite (``ramer tune`` counts such a trial as
     pruned, a bad setting, not as a failure)."""
