@@ -19,8 +19,8 @@
     (``model.stand_in: own_slot``);
   * optional second ("beta") pass ``r^beta_m = F_m([r~_n for all n])``.
 - ``modality_dropout``: during training, draw the available modalities of each sample to hide,
-  each with probability ``p``, never the last one (``RAMer.forward`` then removes their scope
-  tokens before anything reads them).
+  each with probability ``p``; a draw that would hide all of a sample's hides none
+  (``RAMer.forward`` then removes their scope tokens before anything reads them).
 - ``StandInGate`` (``model.stand_in: gate``): a learned gate between a context-built ``r_m`` and
   ``r~_m``.
 
@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 
 def modality_dropout(available: Tensor, p: float) -> Tensor:
-    """available (B, M) bool -> dropped (B, M) bool; every sample keeps at least one modality."""
+    """available (B, M) bool -> dropped (B, M) bool. A sample whose draw would hide every available
+    modality hides none, so each of ``k`` available modalities is hidden with probability ``p - p**k``."""
     drop = available & (torch.rand(available.shape, device=available.device) < p)
     emptied = available.any(1) & ~(available & ~drop).any(1)  # (B,)
     return drop & ~emptied.unsqueeze(1)
