@@ -81,11 +81,12 @@ def full_store(n: int, seed: int = 0) -> SceneStore:
     return SceneStore(**{**base.__dict__, **feats, "present": np.ones((T, 3), dtype=bool)})
 
 
-def tiny_model():
+def tiny_model(name: str = "ramer"):
     from ramer.models.ramer import RAMer
+    from ramer.models.ramer_authors import RAMerAuthors
 
     # The queue holds both steps' items (no random subset), so its content is comparable.
-    cfg = ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=512, dropout=0.0, modality_dropout=0.0)
+    cfg = ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=1024, dropout=0.0, modality_dropout=0.0)
     spec = DataSpec(
         dims=dict(zip(("text", "audio", "visual"), DIMS)),
         n_labels=C,
@@ -93,15 +94,20 @@ def tiny_model():
         personality_dim=7,
     )
     torch.manual_seed(0)
-    return RAMer(cfg, LossConfig(), spec)
+    return {"ramer": RAMer, "ramer-authors": RAMerAuthors}[name](cfg, LossConfig(), spec)
 
 
-def identity_shuffle() -> None:
-    """The stack shuffle permutes the batch it sees; the identity makes it comparable across ranks."""
+def comparable(setattr_) -> None:
+    """Across ranks and one process: the identity for the stack shuffle, which permutes the batch it
+    sees, and no dropout in ``ramer-authors``' fixed-rate layers (``setattr_(module, name, value)``)."""
     from ramer.models import ramer as ramer_module
+    from ramer.models import ramer_authors as authors_module
     from ramer.models.parts import identity_permutations
 
-    ramer_module.PERMUTATIONS["random"] = identity_permutations
+    for kind in ("random", "pile"):
+        setattr_(ramer_module.PERMUTATIONS, kind, identity_permutations)
+    for name in ("PRIVATE_DROPOUT", "COMMON_DROPOUT", "CML_DROPOUT", "DISCRIMINATOR_DROPOUT"):
+        setattr_(authors_module, name, 0.0)
 
 
 GLOBAL_BATCH, STEPS = 8, 2
@@ -128,14 +134,16 @@ def two_steps(model, forward, store: SceneStore, batch_size: int, order: np.ndar
     return out
 
 
-def _ddp_worker(rank: int, world: int, tmp: Path) -> None:
+def _ddp_worker(rank: int, world: int, tmp: Path, name: str) -> None:
     import torch.distributed as tdist
 
     from ramer.train.recipe import NO_BUFFER_SYNC
 
-    identity_shuffle()
+    comparable(
+        lambda obj, key, value: obj.__setitem__(key, value) if isinstance(obj, dict) else setattr(obj, key, value)
+    )
     tdist.init_process_group("gloo")
-    model = tiny_model()
+    model = tiny_model(name)
     ddp = torch.nn.parallel.DistributedDataParallel(model, **NO_BUFFER_SYNC)
     store = full_store(GLOBAL_BATCH * STEPS)
     order = dist.shard_indices(np.arange(len(store)), GLOBAL_BATCH // world)
@@ -172,13 +180,13 @@ def test_single_process_is_a_no_op():
 
 
 # ---------------------------------------------------------------------- 2 gloo processes
-def test_two_processes_match_one_process_on_the_joined_batch(tmp_path, monkeypatch):
-    run_ranks(_ddp_worker, tmp_path)
-    from ramer.models import ramer as ramer_module
-    from ramer.models.parts import identity_permutations
-
-    monkeypatch.setitem(ramer_module.PERMUTATIONS, "random", identity_permutations)
-    model = tiny_model()
+@pytest.mark.parametrize("name", ["ramer", "ramer-authors"])
+def test_two_processes_match_one_process_on_the_joined_batch(tmp_path, monkeypatch, name):
+    run_ranks(_ddp_worker, tmp_path, args=(name,))
+    comparable(
+        lambda obj, key, value: (monkeypatch.setitem if isinstance(obj, dict) else monkeypatch.setattr)(obj, key, value)
+    )
+    model = tiny_model(name)
     store = full_store(GLOBAL_BATCH * STEPS)
     reference = two_steps(model, model, store, GLOBAL_BATCH, np.arange(len(store)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

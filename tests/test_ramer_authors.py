@@ -160,6 +160,56 @@ def test_a_missing_modality_and_a_small_batch_stay_finite(n):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_prototypes_take_one_ema_step_per_sample_in_batch_order():
+    """AUTHORS_CODE.md §4: the authors' loop, ``pi <- mu pi + (1 - mu) z`` for each sample in turn
+    (available modalities only), is what one training forward does to the prototypes."""
+    model = make()
+    model.reconstruction.prototypes.normal_()  # not the zeros at start, which hide the mu^n factor
+    before = model.reconstruction.prototypes.clone()
+    b = batch(8)
+    b = b.with_present({**b.present, "audio": b.present["audio"] & (torch.arange(b.valid.shape[0]) % 2 == 0)[:, None]})
+    out = model.train()(b)
+    unit = torch.nn.functional.normalize(model.autoencoder.encode(out.label_features), dim=-1).detach()
+    mu, expected = model.cfg.proto_momentum, before.clone()
+    for i in range(unit.shape[0]):
+        for m in range(unit.shape[1]):
+            if out.available[i, m]:
+                for j in range(C):
+                    y = int(b.labels[i, j] > 0.5)
+                    expected[m, j, y] = mu * expected[m, j, y] + (1 - mu) * unit[i, m, j]
+    assert not out.available[:, 1].all()  # the loop skips some
+    torch.testing.assert_close(model.reconstruction.prototypes, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_authors_layers():
+    """§2: unscaled label attention with Xavier queries; §8: inner-product classifiers (no bias);
+    §4: each modality's prototype weight from its own code, ``F_m`` one Linear; the aggregator
+    Linear-ReLU-Linear; a dropout in the modality discriminator."""
+    model = make().eval()
+    b = batch()
+    H = model.cfg.hidden
+    g = torch.randn(2, 5, 3, H)
+    keys = torch.ones(2, 5, 3, dtype=torch.bool)
+    raw = torch.einsum("bnmh,mch->bmcn", g, model.labelwise.queries).softmax(-1)
+    torch.testing.assert_close(model.labelwise.weights(g, keys), raw)
+    assert model.labelwise.queries.abs().max() > 0.1  # Xavier-uniform, not N(0, 0.02)
+    assert model.classifier.bias is None
+    z = torch.nn.functional.normalize(torch.randn(4, 3, C, model.cfg.proj_size), dim=-1)
+    protos = torch.nn.functional.normalize(torch.randn(3, C, 2, model.cfg.proj_size), dim=-1)
+    visible = torch.ones(4, 3, dtype=torch.bool)
+    w = model.reconstruction.positive_weight(z, visible, protos)
+    z2 = z.clone()
+    z2[:, 1:] = torch.nn.functional.normalize(torch.randn_like(z2[:, 1:]), dim=-1)
+    w2 = model.reconstruction.positive_weight(z2, visible, protos)
+    assert torch.equal(w[:, 0], w2[:, 0]) and not torch.equal(w[:, 1], w2[:, 1])
+    assert all(isinstance(net, torch.nn.Linear) for net in model.reconstruction.cross)
+    assert [type(x).__name__ for x in model.aggregator.net] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert model.aggregator.net[2].p == 0.0
+    assert [type(x).__name__ for x in model.discriminator] == ["Linear", "Dropout", "ReLU", "Linear"]
+    with torch.no_grad():
+        assert torch.isfinite(model(b).probs).all()
+
+
 def test_personality_tokens_join_the_label_attention():
     """With personality, U moves when only the personality changes; without it (no data), it cannot."""
     model = make().eval()

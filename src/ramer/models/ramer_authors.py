@@ -8,11 +8,13 @@ Pipeline:
 2. with personality: ``e_p`` from a personality encoder; a copy on every token of the target scope
    joins each modality's tokens before the label-wise attention (the authors' compiled MEmoR
    version)
-3. label-wise attention over the target scope                   ``U`` (B, M, C, H)
+3. label-wise attention over the target scope, unscaled scores   ``U`` (B, M, C, H)
 4. label auto-encoder ``z_m = E_m(U_m)``, ``recon_m = G_m(z_m)``
-5. cross reconstruction of **every** modality: ``aug_m = F_m([recon_n for n != m ; pad_m])``,
-   ``pad_m`` decoded from the prototype mix; second pass ``beta_m = F_m([aug_n for all n])``.
-   ``beta`` replaces every modality downstream, present or not
+5. cross reconstruction of **every** modality: ``aug_m = F_m([recon_n for n != m ; pad_m])``
+   (``F_m`` one ``Linear(3H -> H)``), ``pad_m`` decoded from the mix of ``m``'s prototypes weighted
+   by ``m``'s own code; second pass ``beta_m = F_m([aug_n for all n])``. ``beta`` replaces every
+   modality downstream, present or not. The prototypes take one EMA step per sample, in batch
+   order
 6. adversary: private ``P_m(U_m)`` on the originals, common ``Q(beta_m)`` on the reconstructions,
    one modality discriminator (the common branch through a gradient reversal), orthogonality of
    the ``C x C`` products, a common classifier on the **sum** of the common features at label
@@ -20,7 +22,7 @@ Pipeline:
 7. aggregator on the stack ``[beta_1 .. beta_M]`` (no common source); shuffled virtual samples by
    ``model.shuffle`` (default ``pile``, the authors' card deal)
 8. ``probs = (sigmoid(max_m logit_m(beta_m)) + mean_m sigmoid(agg(beta_m))) / 2``; per-modality
-   classifiers shared by the ``U``, ``aug`` and ``beta`` levels
+   classifiers (inner products, no bias) shared by the ``U``, ``aug`` and ``beta`` levels
 
 The loss terms carry the authors' names (``LOSS_WEIGHTS``): ``lsr_clf``, ``aug_clf``, ``beta_clf``,
 ``cl``, ``recon_mse``, ``aug_mse``, ``beta_mse``, ``shuffle_aug_clf``, ``cml``, ``adv_private``,
@@ -32,8 +34,11 @@ Defects of the released code are not reproduced (AUTHORS_CODE.md, "Known defects
 with no token in the scope gets ``U_m = 0`` (the encoders' summary token and the masked attention,
 no NaN) and is left out where its ``U_m`` would be read as real: the ``U``-level classification,
 the reconstruction targets, the prototypes, its contrastive items, and the other modalities'
-reconstruction, which reads its prototype decode instead of ``recon_m``. Prototype updates and
-shuffles are tensor operations; SupCon uses the queue as keys only; any batch size works.
+reconstruction, which reads its prototype decode instead of ``recon_m``. Prototype updates (the
+per-sample EMA in closed form) and shuffles are tensor operations; SupCon uses the queue as keys
+only; any batch size works. What still differs from the authors' code (docs/MODEL.md): the
+encoders (pre-LN, a summary token), the target-token bonus of the label attention, the optimiser
+(AdamW, not BertAdam) and a queue that starts empty.
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden, k stack sources, P code size.
 """
@@ -46,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ramer import dist
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
 from ramer.errors import RamerError
@@ -82,7 +88,8 @@ LOSS_WEIGHTS: dict[str, str] = {
     "adv_common": "w_adv",
     "diff": "w_diff",
 }
-PRIVATE_DROPOUT, COMMON_DROPOUT = 0.1, 0.3  # the authors' fixed values
+# the authors' fixed values: private and common extractors, common classifier, modality discriminator
+PRIVATE_DROPOUT, COMMON_DROPOUT, CML_DROPOUT, DISCRIMINATOR_DROPOUT = 0.1, 0.3, 0.1, 0.1
 
 
 @dataclass
@@ -138,18 +145,22 @@ class RAMerAuthors(QueueAndPrototypes, nn.Module):
             if d_pi is not None
             else None
         )
-        self.labelwise = LabelWiseAttention(M, C, H, cfg.target_prior)
-        self.classifier = LabelWiseClassifier(M, C, H)  # shared by the U, aug and beta levels
+        self.labelwise = LabelWiseAttention(M, C, H, cfg.target_prior, scaled=False)
+        self.classifier = LabelWiseClassifier(M, C, H, bias=False)  # shared by the U, aug and beta levels
         self.autoencoder = LabelAutoEncoder(M, H, cfg.proj_size)
-        self.reconstruction = CrossReconstruction(M, C, H, cfg.proj_size, cfg.proto_momentum)
+        self.reconstruction = CrossReconstruction(
+            M, C, H, cfg.proj_size, cfg.proto_momentum, cross_hidden=False, own_code=True
+        )
         self.memory = ContrastiveMemory(cfg.queue_size, cfg.proj_size)
         self.private = nn.ModuleList(
             nn.Sequential(nn.Linear(H, H), nn.Dropout(PRIVATE_DROPOUT), nn.Tanh()) for _ in range(M)
         )
         self.common = nn.Sequential(nn.Linear(H, H), nn.Dropout(COMMON_DROPOUT), nn.Tanh())
-        self.discriminator = nn.Sequential(nn.Linear(H, H // 2), nn.ReLU(), nn.Linear(H // 2, M))
-        self.common_classifier = nn.Sequential(nn.Linear(H, C), nn.Dropout(cfg.dropout))
-        self.aggregator = Aggregator(C, H, cfg.dropout)
+        self.discriminator = nn.Sequential(
+            nn.Linear(H, H // 2), nn.Dropout(DISCRIMINATOR_DROPOUT), nn.ReLU(), nn.Linear(H // 2, M)
+        )
+        self.common_classifier = nn.Sequential(nn.Linear(H, C), nn.Dropout(CML_DROPOUT))
+        self.aggregator = Aggregator(C, H, 0.0, nn.ReLU)
         self.permutations = PERMUTATIONS[cfg.shuffle or "pile"]
 
     def forward(self, batch: Batch) -> AuthorsOutput:
@@ -211,7 +222,22 @@ class RAMerAuthors(QueueAndPrototypes, nn.Module):
         out.items, out.item_classes = torch.cat([real_items, rec_items]), torch.cat([real_classes, rec_classes])
         out.queue_items, out.queue_classes = self.memory.snapshot()
         self._enqueue(*self._share_items(out))
-        self._update_prototypes(*self.reconstruction.prototype_sums(unit, out.available, labels))
+        self._update_prototypes_in_order(unit, out.available, labels)
+
+    @torch.no_grad()
+    def _update_prototypes_in_order(self, unit: Tensor, available: Tensor, labels: Tensor) -> None:
+        """The authors' per-sample EMA (``update_in_order``). In distributed training every rank's
+        codes are gathered and put back in the order one process would see the joined batch in:
+        every rank holds as many samples, and sample ``i`` of rank ``r`` is sample ``i * world + r``
+        of it (``dist.shard_indices``); so every process takes that process's step."""
+        world = dist.world_size()
+        if world > 1:
+            gathered = [
+                dist.all_gather_rows(x).unflatten(0, (world, -1)).transpose(0, 1).flatten(0, 1)
+                for x in (unit.detach().float(), labels.float(), available.to(torch.uint8))
+            ]
+            unit, labels, available = gathered[0], gathered[1], gathered[2].bool()
+        self.reconstruction.update_in_order(unit, available, labels)
 
     def loss(self, out: AuthorsOutput, batch: Batch) -> LossResult:
         """The authors' terms (``LOSS_WEIGHTS``), each weighted by its ``loss`` config field."""

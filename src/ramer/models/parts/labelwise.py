@@ -4,8 +4,11 @@
   tokens of the target scope, ``r_m[b, j] = sum_n softmax_n(<q_mj, g_m[b, n]> / sqrt(H) + beta_mj [n = t_b]) g_m[b, n]``
   where ``t_b`` is the target token and ``beta`` a learned bonus (``model.target_prior`` at start;
   none without a target or with the prior off); a (sample, modality) without any allowed token
-  gets ``r_m = 0``.
-- ``LabelWiseClassifier``: ``logit_m[b, j] = <r_m[b, j], W_m[j]> + b_m[j]``.
+  gets ``r_m = 0``. With ``scaled=False`` (``ramer-authors``: a bias-free ``Linear(H -> C)``
+  query, Xavier-initialised, unscaled scores) the ``1 / sqrt(H)`` goes and the queries start
+  Xavier-uniform instead of ``N(0, 0.02)``.
+- ``LabelWiseClassifier``: ``logit_m[b, j] = <r_m[b, j], W_m[j]> + b_m[j]`` (``bias=False``:
+  ``ramer-authors``' plain inner products).
 - ``fuse_max``: max-pool of per-modality logits over a mask of modalities.
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden.
@@ -20,10 +23,17 @@ from torch import Tensor, nn
 
 
 class LabelWiseAttention(nn.Module):
-    def __init__(self, n_modalities: int, n_labels: int, dim: int, target_prior: float | None = None) -> None:
+    def __init__(
+        self, n_modalities: int, n_labels: int, dim: int, target_prior: float | None = None, scaled: bool = True
+    ) -> None:
         super().__init__()
-        self.queries = nn.Parameter(torch.randn(n_modalities, n_labels, dim) * 0.02)  # (M, C, H)
-        self.scale = 1.0 / math.sqrt(dim)
+        if scaled:
+            queries = torch.randn(n_modalities, n_labels, dim) * 0.02
+        else:  # as nn.init.xavier_uniform_ on each modality's (C, H) weight of a Linear(H -> C)
+            bound = math.sqrt(6.0 / (dim + n_labels))
+            queries = torch.empty(n_modalities, n_labels, dim).uniform_(-bound, bound)
+        self.queries = nn.Parameter(queries)  # (M, C, H)
+        self.scale = 1.0 / math.sqrt(dim) if scaled else 1.0
         # a learned score bonus of the target token, per (modality, label), starting at target_prior
         self.target_bias = (
             nn.Parameter(torch.full((n_modalities, n_labels), float(target_prior)))
@@ -53,15 +63,16 @@ class LabelWiseAttention(nn.Module):
 
 
 class LabelWiseClassifier(nn.Module):
-    def __init__(self, n_sources: int, n_labels: int, dim: int) -> None:
+    def __init__(self, n_sources: int, n_labels: int, dim: int, bias: bool = True) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(dim)
         self.weight = nn.Parameter(torch.empty(n_sources, n_labels, dim).uniform_(-bound, bound))  # (M, C, H)
-        self.bias = nn.Parameter(torch.zeros(n_sources, n_labels))  # (M, C)
+        self.bias = nn.Parameter(torch.zeros(n_sources, n_labels)) if bias else None  # (M, C)
 
     def forward(self, r: Tensor) -> Tensor:
         """r (B, M, C, H) -> logits (B, M, C)."""
-        return (r * self.weight.to(r.dtype)).sum(-1) + self.bias.to(r.dtype)
+        logits = (r * self.weight.to(r.dtype)).sum(-1)
+        return logits if self.bias is None else logits + self.bias.to(r.dtype)
 
 
 def fuse_max(logits: Tensor, mask: Tensor) -> Tensor:

@@ -7,13 +7,17 @@
   * prototypes ``pi[m, j, y]`` (buffer (M, C, 2, P), index 0 negative, 1 positive): EMA (momentum
     ``mu``) of the L2-normalised, detached codes of the samples whose label ``j`` is ``y``, updated
     in one vectorised step per batch (``prototype_sums`` then ``_update_prototypes``; in
-    distributed training all-reduce the sums and counts in between);
+    distributed training all-reduce the sums and counts in between); ``update_in_order`` is the
+    authors' form, one EMA step per sample in batch order, in closed form:
+    ``pi <- mu^n pi + (1 - mu) sum_i mu^(n - i) z_i`` over the ``n`` codes of the batch in order;
   * prototype mix of modality ``m``: weight ``w+`` of the positive prototype = mean over the
     *other visible* modalities ``n`` of ``softmax_y <z^_n, pi[n, j, y]>`` at ``y = +`` (each code is
     compared with the prototypes of its own space); with no other visible modality, ``m``'s own
-    code is used. Training: ``w+ pi+ + (1 - w+) pi-``; evaluation: the nearer one (``w+ > 1/2``);
+    code is used (``own_code=True``, the authors': always ``m``'s own code). Training:
+    ``w+ pi+ + (1 - w+) pi-``; evaluation: the nearer one (``w+ > 1/2``);
   * ``p^_m = G_m(mix_m)``, ``r~_m = F_m([slot_n for n != m ; own_m])`` (``F_m``: ``M*H -> H -> H``,
-    ReLU; slots in modality order) where ``slot_n = r^_n`` when ``n``'s label feature may be used
+    ReLU; ``cross_hidden=False``, the authors': one Xavier-initialised ``Linear(M*H -> H)``; slots
+    in modality order) where ``slot_n = r^_n`` when ``n``'s label feature may be used
     and ``p^_n`` when it may not (undefined); ``m``'s own slot holds ``p^_m``, or, for a modality
     missing from the scope whose label feature was built from context (``own_usable``), ``r^_m``
     (``model.stand_in: own_slot``);
@@ -47,6 +51,12 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, o))
 
 
+def _xavier_linear(i: int, o: int) -> nn.Linear:
+    layer = nn.Linear(i, o)
+    nn.init.xavier_uniform_(layer.weight)
+    return layer
+
+
 class LabelAutoEncoder(nn.Module):
     def __init__(self, n_modalities: int, dim: int, proj: int, decoder: bool = True) -> None:
         super().__init__()
@@ -64,16 +74,30 @@ class LabelAutoEncoder(nn.Module):
 
 
 class CrossReconstruction(nn.Module):
-    def __init__(self, n_modalities: int, n_labels: int, dim: int, proj: int, momentum: float) -> None:
+    def __init__(
+        self,
+        n_modalities: int,
+        n_labels: int,
+        dim: int,
+        proj: int,
+        momentum: float,
+        cross_hidden: bool = True,
+        own_code: bool = False,
+    ) -> None:
         super().__init__()
-        self.momentum = momentum
-        self.cross = nn.ModuleList(_mlp(n_modalities * dim, dim, dim) for _ in range(n_modalities))
+        self.momentum, self.own_code = momentum, own_code
+        self.cross = nn.ModuleList(
+            _mlp(n_modalities * dim, dim, dim) if cross_hidden else _xavier_linear(n_modalities * dim, dim)
+            for _ in range(n_modalities)
+        )
         self.register_buffer("prototypes", torch.zeros(n_modalities, n_labels, 2, proj))  # (M, C, 2, P)
 
     def positive_weight(self, z_unit: Tensor, visible: Tensor, protos: Tensor) -> Tensor:
         """z_unit (B, M, C, P) unit codes, visible (B, M) -> w+ (B, M, C) in [0, 1]."""
         sim = torch.einsum("bmcp,mcyp->bmcy", z_unit, protos)  # (B, M, C, 2)
         own = sim.float().softmax(-1)[..., 1]  # (B, M, C): how positive each code looks in its own space
+        if self.own_code:
+            return own
         v = visible.to(own.dtype).unsqueeze(-1)  # (B, M, 1)
         others = v.sum(1, keepdim=True) - v  # (B, M, 1): number of other visible modalities
         mean_others = ((own * v).sum(1, keepdim=True) - own * v) / others.clamp_min(1.0)  # (B, M, C)
@@ -123,6 +147,21 @@ class CrossReconstruction(nn.Module):
         sel = torch.stack([avail & ~pos, avail & pos], -1).float()  # (B, M, C, 2)
         sums = torch.einsum("bmcy,bmcp->mcyp", sel, z_unit.detach().float())  # (M, C, 2, P)
         return sums, sel.sum(0)  # (M, C, 2, P), (M, C, 2)
+
+    @torch.no_grad()
+    def update_in_order(self, z_unit: Tensor, available: Tensor, labels: Tensor) -> None:
+        """The authors' update: one EMA step per available code, in batch order (a prototype met by
+        ``n`` codes keeps ``mu^n`` of itself, the ``i``-th code of ``n`` enters with weight
+        ``(1 - mu) mu^(n - i)``), in one vectorised step."""
+        pos = labels.bool()[:, None, :]  # (B, 1, C)
+        avail = available[:, :, None]  # (B, M, 1)
+        sel = torch.stack([avail & ~pos, avail & pos], -1).float()  # (B, M, C, 2)
+        order = sel.cumsum(0)  # (B, M, C, 2): i, the place of each selected code among its prototype's
+        n = order[-1]  # (M, C, 2)
+        mu = torch.tensor(self.momentum, dtype=torch.float32, device=sel.device)
+        weight = sel * (1.0 - mu) * mu.pow(n - order)  # (B, M, C, 2)
+        sums = torch.einsum("bmcy,bmcp->mcyp", weight, z_unit.detach().float())  # (M, C, 2, P)
+        self.prototypes.copy_(mu.pow(n).unsqueeze(-1) * self.prototypes + sums)
 
     @torch.no_grad()
     def _update_prototypes(self, sums: Tensor, counts: Tensor) -> None:

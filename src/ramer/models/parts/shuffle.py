@@ -33,10 +33,10 @@ from torch import Tensor, nn
 
 
 class Aggregator(nn.Module):
-    def __init__(self, n_labels: int, dim: int, dropout: float) -> None:
+    def __init__(self, n_labels: int, dim: int, dropout: float, activation: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(n_labels * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, n_labels)
+            nn.Linear(n_labels * dim, dim), activation(), nn.Dropout(dropout), nn.Linear(dim, n_labels)
         )
 
     def forward(self, stack: Tensor) -> Tensor:
