@@ -143,6 +143,12 @@ def test_paired_bootstrap_runs(tmp_path):
     assert proc.returncode == 1 and f"{tmp_path / 'short.jsonl'}: no prediction for 1 of the split's 40" in proc.stderr
 
 
+def test_authors_parts_runs(tmp_path):
+    out = run("authors_parts.py", "--part", "scaled_attention", "--out", str(tmp_path / "run"),
+              *sets(*TINY_DATA, "train.epochs=1", "train.patience=null"))  # fmt: skip
+    assert out.strip().splitlines()[-1].startswith("scaled_attention: valid micro-F1 ")
+
+
 def test_param_counts_runs():
     out = run("param_counts.py", "--configs", "synthetic", "--models", "late_fusion,mult")
     assert "| late_fusion |" in out and "| mult |" in out and " M |" in out

@@ -98,9 +98,13 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = first_line(e)
+        own = model.state_dict()
+        problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
+        problems += [f"{k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}" for k, v in state.items()
+                     if k in own and tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
+        detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise RamerError(
-            f"{source}: weights do not fit the model ({first}); a model file written by an "
+            f"{source}: weights do not fit the model ({detail or first_line(e)}); a model file written by an "
             f"older ramer whose layers have changed since must be trained again"
         ) from None
 
