@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import operator
 import os
 import socket
 import subprocess
@@ -97,15 +98,15 @@ def tiny_model(name: str = "ramer"):
     return {"ramer": RAMer, "ramer-authors": RAMerAuthors}[name](cfg, LossConfig(), spec)
 
 
-def comparable(setattr_) -> None:
+def comparable(setitem, setattr_) -> None:
     """Across ranks and one process: the identity for the stack shuffle, which permutes the batch it
-    sees, and no dropout in ``ramer-authors``' fixed-rate layers (``setattr_(module, name, value)``)."""
+    sees, and no dropout in ``ramer-authors``' fixed-rate layers (set with ``setitem`` / ``setattr_``)."""
     from ramer.models import ramer as ramer_module
     from ramer.models import ramer_authors as authors_module
     from ramer.models.parts import identity_permutations
 
     for kind in ("random", "pile"):
-        setattr_(ramer_module.PERMUTATIONS, kind, identity_permutations)
+        setitem(ramer_module.PERMUTATIONS, kind, identity_permutations)
     for name in ("PRIVATE_DROPOUT", "COMMON_DROPOUT", "CML_DROPOUT", "DISCRIMINATOR_DROPOUT"):
         setattr_(authors_module, name, 0.0)
 
@@ -139,9 +140,7 @@ def _ddp_worker(rank: int, world: int, tmp: Path, name: str) -> None:
 
     from ramer.train.recipe import NO_BUFFER_SYNC
 
-    comparable(
-        lambda obj, key, value: obj.__setitem__(key, value) if isinstance(obj, dict) else setattr(obj, key, value)
-    )
+    comparable(operator.setitem, setattr)
     tdist.init_process_group("gloo")
     model = tiny_model(name)
     ddp = torch.nn.parallel.DistributedDataParallel(model, **NO_BUFFER_SYNC)
@@ -183,9 +182,7 @@ def test_single_process_is_a_no_op():
 @pytest.mark.parametrize("name", ["ramer", "ramer-authors"])
 def test_two_processes_match_one_process_on_the_joined_batch(tmp_path, monkeypatch, name):
     run_ranks(_ddp_worker, tmp_path, args=(name,))
-    comparable(
-        lambda obj, key, value: (monkeypatch.setitem if isinstance(obj, dict) else monkeypatch.setattr)(obj, key, value)
-    )
+    comparable(monkeypatch.setitem, monkeypatch.setattr)
     model = tiny_model(name)
     store = full_store(GLOBAL_BATCH * STEPS)
     reference = two_steps(model, model, store, GLOBAL_BATCH, np.arange(len(store)))

@@ -603,6 +603,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             console.print(note, highlight=False, soft_wrap=True)
 
     def record(key: tuple[str, int, float], fields: dict, state: str, notes: list[str] = ()) -> None:
+        """Hold a run's record and say so; results.json is written by the caller (``keep``)."""
         say(notes)
         name, seed, rate = key
         counts[state] += 1
@@ -621,7 +622,6 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             highlight=False,
             soft_wrap=True,
         )
-        keep()
 
     def keep() -> None:  # results.json: the runs read so far, and the records still standing
         others = [r for k, r in earlier.items() if k not in planned]
@@ -640,11 +640,12 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         else:  # its folder is gone, unfinished or of another config: the record the file held is stale
             earlier.pop(key, None)
             todo.append((key, cfg, run, "fresh" if state == "done" else state))
-    keep()
+    keep()  # once for every cached run
     quiet = Console(stderr=True, quiet=True)
     if s.jobs <= 1 or len(todo) <= 1:
         for key, cfg, run, state in todo:
             record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet, state))
+            keep()
     else:
         from concurrent.futures import as_completed
 
@@ -657,6 +658,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             }
             for future in as_completed(futures):
                 record(futures[future], *future.result())
+                keep()
     results = _ordered(records, s)
     write_results(s.out, results)  # every planned run read: the file holds this bench's runs alone
     info = {

@@ -10,6 +10,11 @@ class FileUnreadable(RamerError):
     known of its content, so it is no reason to remove or redo anything."""
 
 
+def unreadable(path, e: OSError) -> FileUnreadable:
+    """The error for ``path``, which the system would not read (``e``)."""
+    return FileUnreadable(f"{path}: unreadable ({first_line(e)})")
+
+
 def readable(path) -> None:
     """A FileUnreadable naming ``path`` when it exists but cannot be opened for reading (a missing
     file is left to the caller)."""
@@ -19,7 +24,7 @@ def readable(path) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise FileUnreadable(f"{path}: unreadable ({first_line(e)})") from None
+        raise unreadable(path, e) from None
 
 
 class LossNotFinite(RamerError):

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ramer.errors import FileUnreadable, RamerError, first_line
+from ramer.errors import RamerError, first_line, unreadable
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -87,7 +87,7 @@ def read_json(path: str | Path):
     except FileNotFoundError:
         raise RamerError(f"{path}: not found") from None
     except OSError as e:
-        raise FileUnreadable(f"{path}: unreadable ({first_line(e)})") from None
+        raise unreadable(path, e) from None
     except UnicodeDecodeError as e:
         raise RamerError(f"{path}: not UTF-8 text ({first_line(e)})") from None
     except json.JSONDecodeError as e:

@@ -57,7 +57,7 @@ from ramer.config import Config, as_today, build_config, differences, dump_confi
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import FileUnreadable, LossNotFinite, RamerError, first_line
+from ramer.errors import LossNotFinite, RamerError, first_line, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import DataSpec, build_model
@@ -219,7 +219,7 @@ def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise FileUnreadable(f"{path}: unreadable run log ({first_line(e)})") from None
+        raise unreadable(path, e) from None
     except UnicodeDecodeError as e:
         raise RamerError(f"{path}: run log is not UTF-8 text ({first_line(e)})") from None
     lines = text.splitlines()

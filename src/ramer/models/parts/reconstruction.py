@@ -139,12 +139,18 @@ class CrossReconstruction(nn.Module):
         inputs = rec.transpose(1, 2).flatten(2)  # (B, C, M*H)
         return torch.stack([net(inputs) for net in self.cross], 1)
 
+    @staticmethod
+    def _selection(available: Tensor, labels: Tensor) -> Tensor:
+        """(B, M, C, 2): 1 where a sample's code of modality ``m`` feeds prototype (``m``, ``j``, ``y``):
+        the modality is available and label ``j`` is ``y``."""
+        pos = labels.bool()[:, None, :]  # (B, 1, C)
+        avail = available[:, :, None]  # (B, M, 1)
+        return torch.stack([avail & ~pos, avail & pos], -1).float()
+
     @torch.no_grad()
     def prototype_sums(self, z_unit: Tensor, available: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Per (modality, label, polarity): sum and count of the available unit codes."""
-        pos = labels.bool()[:, None, :]  # (B, 1, C)
-        avail = available[:, :, None]  # (B, M, 1)
-        sel = torch.stack([avail & ~pos, avail & pos], -1).float()  # (B, M, C, 2)
+        sel = self._selection(available, labels)  # (B, M, C, 2)
         sums = torch.einsum("bmcy,bmcp->mcyp", sel, z_unit.detach().float())  # (M, C, 2, P)
         return sums, sel.sum(0)  # (M, C, 2, P), (M, C, 2)
 
@@ -153,9 +159,7 @@ class CrossReconstruction(nn.Module):
         """The authors' update: one EMA step per available code, in batch order (a prototype met by
         ``n`` codes keeps ``mu^n`` of itself, the ``i``-th code of ``n`` enters with weight
         ``(1 - mu) mu^(n - i)``), in one vectorised step."""
-        pos = labels.bool()[:, None, :]  # (B, 1, C)
-        avail = available[:, :, None]  # (B, M, 1)
-        sel = torch.stack([avail & ~pos, avail & pos], -1).float()  # (B, M, C, 2)
+        sel = self._selection(available, labels)  # (B, M, C, 2)
         order = sel.cumsum(0)  # (B, M, C, 2): i, the place of each selected code among its prototype's
         n = order[-1]  # (M, C, 2)
         mu = torch.tensor(self.momentum, dtype=torch.float32, device=sel.device)
