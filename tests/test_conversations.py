@@ -527,6 +527,43 @@ def test_reimport_computes_only_what_changed(tmp_path, fake_text):
     assert len(list((tmp_path / "ds" / "cache" / "text").glob("*.npz"))) == 3
 
 
+def _rewrite_entry(path: Path, **changes) -> None:
+    """A cache entry with the same key and name, some arrays replaced."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    with open(path, "wb") as fh:
+        np.savez(fh, **{**arrays, **changes})
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[:200]),  # truncated: zipfile.BadZipFile
+        lambda p: _rewrite_entry(p, features=np.ones((4, 10), np.float32)),
+        lambda p: _rewrite_entry(p, features=np.ones((2, F.TEXT_DIM), np.float32)),
+        lambda p: _rewrite_entry(p, features=np.full((4, F.TEXT_DIM), np.nan, np.float32)),
+        lambda p: _rewrite_entry(p, present=np.ones(4, np.int64)),
+    ],
+    ids=["truncated", "wrong_dim", "wrong_rows", "nan", "present_not_bool"],
+)
+def test_damaged_cache_entry_is_computed_again(tmp_path, fake_text, damage):
+    src = tmp_path / "talk.csv"
+    write_table(src, base_rows())
+    import_conversations(src, tmp_path / "ds")
+    before = load_native(tmp_path / "ds", mmap=False)
+    entry = F.FeatureCache(tmp_path / "ds" / "cache")._path("text", "c1")
+    with np.load(entry) as z:
+        assert z["features"].shape == (4, F.TEXT_DIM)  # the shapes the damages above assume
+    damage(entry)
+    fake_text.clear()
+    meta = import_conversations(src, tmp_path / "ds")
+    assert meta["info"]["conversations"]["cache"]["computed"]["text"] == 1
+    assert len(fake_text) == 1
+    again = load_native(tmp_path / "ds", mmap=False)
+    for s in before.splits:
+        np.testing.assert_array_equal(before.splits[s].text, again.splits[s].text)
+
+
 # ------------------------------------------------------------------------------------ timeline
 def test_label_codes_are_short_and_unique():
     assert label_codes(["anger", "anticipation", "joy", "sadness", "sad", "surprise"]) == [

@@ -116,3 +116,17 @@ def test_export_refuses_classical_models_and_folders(run, tmp_path, capsys):
     assert not (tmp_path / "br.onnx").exists()
     assert main(["export", str(run), "--onnx", str(tmp_path)]) == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_the_exporters_warnings_are_quiet_during_export(caplog):
+    """The exporter's logger (a child of torch.onnx) gives its warnings outside ``quiet_log`` only."""
+    import logging
+
+    from ramer.export import quiet_log
+
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    with quiet_log("torch.onnx"):
+        log.warning("torchvision is not installed. Skipping torchvision::nms")
+    assert not caplog.records
+    log.warning("torchvision is not installed. Skipping torchvision::nms")
+    assert [r.getMessage() for r in caplog.records] == ["torchvision is not installed. Skipping torchvision::nms"]

@@ -21,6 +21,7 @@ from ramer.data.formats import FORMATS, detect_format, load_dataset
 from ramer.data.info import dataset_info, format_info_table
 from ramer.data.store import SceneStore, load_native
 from ramer.errors import RamerError
+from ramer.train.recipe import check_splits
 
 SPLITS = ("train", "valid", "test")
 ARRAYS = (
@@ -186,6 +187,10 @@ def _resave(path: Path, edit) -> Path:
             r"key 'src-text' has shape \(4, 6\), expected \(N, steps, dim\)",
         ),
         (lambda o: o["dict"]["tgt"].__setitem__("happy", 12), "dict\\['tgt'\\] emotion ids"),
+        (
+            lambda o: o["train"].__setitem__("tgt", 5),
+            "split 'train': 'tgt' is a int, expected a list of id lists",
+        ),
     ],
 )
 def test_mosei_aligned_malformed(tmp_path: Path, edit, message: str) -> None:
@@ -195,6 +200,27 @@ def test_mosei_aligned_malformed(tmp_path: Path, edit, message: str) -> None:
     with pytest.raises(RamerError, match=message) as e:
         load_dataset(p, "mosei_aligned")
     assert str(p) in str(e.value)
+
+
+def _empty_split(o: dict, split: str) -> None:
+    for key in ("src-text", "src-audio", "src-visual"):
+        o[split][key] = o[split][key][:0]
+    o[split]["tgt"] = []
+
+
+def test_mosei_aligned_empty_split(tmp_path: Path, capsys) -> None:
+    """A split with no samples loads as an empty split, as in the native format: ``data info``
+    reports it, training says it is empty."""
+    p = tmp_path / "train_valid_test.pt"
+    fw.write_mosei_aligned(p)
+    _resave(p, lambda o: _empty_split(o, "train"))
+    bundle = load_dataset(p, "mosei_aligned")
+    assert len(bundle.splits["train"]) == 0 and len(bundle.splits["valid"]) > 0
+    assert bundle.splits["train"].dims == bundle.splits["valid"].dims
+    assert main(["data", "info", str(p)]) == 0
+    assert "train" in capsys.readouterr().out
+    with pytest.raises(RamerError, match="the train split is empty; nothing to train on"):
+        check_splits(bundle)
 
 
 # ---------------------------------------------------------------------------------------- MOSEI unaligned
@@ -530,6 +556,14 @@ def test_memor_validation_fraction_and_seed(files) -> None:
     assert len(load_dataset(files["memor"], valid_fraction=0.0).splits["valid"]) == 0
 
 
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+def _as_folder(p: Path) -> None:
+    p.unlink()
+    p.mkdir()
+
+
 def _memor_edit(root: Path, name: str, edit) -> None:
     p = root / name
     obj = json.loads(p.read_text())
@@ -572,6 +606,28 @@ def _memor_edit(root: Path, name: str, edit) -> None:
             "audio_features.json: key 'c1\\+0' does not hold a list of numbers",
         ),
         (lambda r: shutil.rmtree(r / "features" / "visual_features"), "visual_features: folder not found"),
+        (lambda r: (r / "anno.json").write_text(DEEP_JSON), "anno.json: not valid JSON \\(nested too deeply\\)"),
+        (lambda r: (r / "data.json").write_text(DEEP_JSON), "data.json: not valid JSON \\(nested too deeply\\)"),
+        (
+            lambda r: (r / "features" / "text_features.json").write_text(DEEP_JSON),
+            "text_features.json: not valid JSON \\(nested too deeply\\)",
+        ),
+        (lambda r: (r / "train_id.txt").write_bytes(b"0\n\xff\n"), "train_id.txt: not UTF-8 text"),
+        (
+            lambda r: (r / "features" / "character_features.csv").write_bytes(b"\xff1,2\n"),
+            "character_features.csv: not UTF-8 text",
+        ),
+        (
+            lambda r: (r / "features/visual_features/face_names/c1.txt").write_bytes(b"\xffa\tb\n"),
+            "c1.txt: not UTF-8 text",
+        ),
+        (lambda r: _as_folder(r / "train_id.txt"), "train_id.txt: is a folder, expected a file"),
+        (lambda r: _as_folder(r / "features" / "character_features.csv"), "character_features.csv: is a folder"),
+        (lambda r: _as_folder(r / "features/visual_features/face_names/c1.txt"), "c1.txt: is a folder"),
+        (
+            lambda r: _memor_edit(r, "data.json", lambda o: o["c1"].__setitem__("seg_start", [float("nan")] * 3)),
+            "data.json: clip 'c1': seg_start / seg_end / start hold a non-finite value",
+        ),
     ],
 )
 def test_memor_malformed(tmp_path: Path, edit, message: str) -> None:
@@ -589,6 +645,33 @@ def test_memor_json_fallback_parser(tmp_path: Path) -> None:
     p = root / "features" / "text_features.json"
     p.write_text(json.dumps({"_meta": {"x": [1]}, **json.loads(p.read_text())}))
     check_memor(load_dataset(root), fx, "primary")
+
+
+@pytest.mark.parametrize("name", ["talk.csv", "talk.tsv", "talk.jsonl", "talk.json"])
+def test_conversation_table_is_not_a_dataset(tmp_path: Path, name: str) -> None:
+    p = tmp_path / name
+    sep = {".csv": ",", ".tsv": "\t"}.get(p.suffix)
+    row = sep.join(["conversation", "index", "speaker", "text"]) + "\n" if sep else ""
+    p.write_text(row + ("c1,0,a,hi\n" if sep else '{"conversation": "c1", "index": 0, "speaker": "a", "text": "hi"}\n'))
+    for fmt in ("auto", "m3ed_pickle"):
+        with pytest.raises(RamerError) as e:
+            load_dataset(p, fmt)
+        assert str(e.value) == (
+            f"{p}: not a dataset; for a conversation table (.csv, .tsv, .jsonl) run `ramer data import` first"
+        )
+    with pytest.raises(RamerError, match="run `ramer data import` first"):
+        detect_format(p)
+
+
+def test_a_pipe_or_a_device_is_not_read(tmp_path: Path) -> None:
+    """A named pipe would block the reader forever, /dev/zero never ends: both are refused unread."""
+    import os
+
+    pipe = tmp_path / "fifo"
+    os.mkfifo(pipe)
+    for p in (pipe, Path("/dev/zero")):
+        with pytest.raises(RamerError, match="not a file or a folder"):
+            load_dataset(p)
 
 
 # ---------------------------------------------------------------------------------------- hostile files

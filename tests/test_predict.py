@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_recipe import tiny_cfg
+from test_recipe import one_error_line, tiny_cfg
 
 import ramer
 from ramer.cli import main
@@ -256,3 +256,96 @@ def test_a_model_file_from_before_a_config_key_loads_as_it_was_trained(tmp_path)
     save_file(state, str(tmp_path / "old" / "model.safetensors"), metadata={**metadata, "config": json.dumps(stored)})
     with pytest.raises(RamerError, match=r"weights do not fit the model \(missing \w+\.[\w.]+.*must be trained again"):
         ramer.load(tmp_path / "old")
+
+
+# ------------------------------------------------------------------ bad model files and data: one clear line
+def model_file_with(run_dir, dst, meta=None, nan_weights=False):
+    """A copy of a run's model.safetensors at ``dst`` with metadata entries replaced (JSON-encoded)
+    and, with ``nan_weights``, every floating weight NaN (a diverged model)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if nan_weights:
+        state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    metadata = {**metadata, **{k: json.dumps(v) for k, v in (meta or {}).items()}}
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dst / "model.safetensors"), metadata=metadata)
+    return dst
+
+
+def spec_of(run_dir, **changes):
+    from ramer.checkpoint import read_spec
+
+    return {**read_spec(run_dir / "model.safetensors").to_dict(), **changes}
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"threshold": [0.5, 0.5]}, "stored threshold [0.5, 0.5] is malformed"),
+        ({"threshold": float("nan")}, "stored threshold nan is malformed"),
+        ({"threshold": float("inf")}, "stored threshold inf is malformed"),
+        ({"spec": ["text"]}, "metadata 'spec' is malformed (an object expected, not list)"),
+        ({"spec": {"dims": ["text"]}}, "metadata 'spec' is malformed ('dims' must map each modality"),
+        ("dims", "metadata 'spec' is malformed ('dims' must map each modality"),
+    ],
+)
+def test_malformed_model_metadata_is_one_clear_line(run, tmp_path, capsys, meta, message):
+    out, _ = run
+    if meta == "dims":
+        spec = spec_of(out)
+        meta = {"spec": {**spec, "dims": {**spec["dims"], "text": -5}}}
+    bad = model_file_with(out, tmp_path / "bad", meta)
+    capsys.readouterr()
+    assert main(["eval", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'model.safetensors'}: " in err and message in err and one_error_line(err), err
+
+
+def test_a_model_file_that_is_a_folder_says_so(run, tmp_path, capsys):
+    (tmp_path / "run" / "model.safetensors").mkdir(parents=True)
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "model file not found: " in (err := capsys.readouterr().err) and "(it is a folder)" in err
+
+
+def test_nan_scores_are_refused_before_predict_writes(run, tmp_path, capsys):
+    out, _ = run
+    bad = model_file_with(out, tmp_path / "diverged", nan_weights=True)
+    path = tmp_path / "preds.jsonl"
+    for argv in (["predict", str(bad), "--out", str(path)], ["eval", str(bad)]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "scores are NaN or infinite (did the model diverge?)" in err and "Traceback" not in err, err
+    assert not path.exists()
+
+
+def unlabelled_import(cfg, directory):
+    """The synthetic data saved as an unlabelled import with a split column would be: every label 0,
+    ``labelled: false`` in its info."""
+    import dataclasses
+
+    from ramer.data import DataBundle
+
+    bundle = generate(cfg.data.synthetic)
+    splits = {n: dataclasses.replace(s, labels=np.zeros_like(s.labels)) for n, s in bundle.splits.items()}
+    info = {"conversations": {"labelled": False}}
+    DataBundle(splits, bundle.label_names, "conversations", str(directory), info).save(directory)
+    return directory
+
+
+def test_unlabelled_data_is_neither_evaluated_nor_trained_on(run, tmp_path, capsys):
+    out, cfg = run
+    data = unlabelled_import(cfg, tmp_path / "unlabelled")
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "the data has no annotations" in err and "ramer predict" in err and one_error_line(err)
+    for model in ("late_fusion", "br"):
+        assert main(["train", "--model", model, "--data", str(data), "--out", str(tmp_path / model)]) == 2
+        err = capsys.readouterr().err
+        assert "the data has no annotations" in err and one_error_line(err), err
+    assert main(["predict", str(out), "--data", str(data), "--out", str(tmp_path / "p.jsonl")]) == 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,6 +297,8 @@ def run_cli(*argv):
         (["bench", "--models", "", "--out", "/no/such/bench"], "--models: empty list"),
         (["eval", "/no/such/run"], "run folder not found: /no/such/run"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
+        (["train", "--set", "model.hidden=17", "--set", "model.heads=2"], "model.hidden 17 is not divisible by"),
+        (["bench", "--set", "model.heads=3", "--out", "/no/such/bench"], "model.hidden 64 is not divisible by"),
     ],
 )
 def test_cli_bad_input_gives_one_clear_line(argv, message):
@@ -489,3 +492,157 @@ def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
     (cmd,) = launched
     out = cmd[cmd.index("--out") + 1]
     assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"
+
+
+# ------------------------------------------------------------------ bad runs, states and configs: nothing lost
+def one_error_line(err: str) -> bool:
+    """stderr of a refused command: no traceback, one error line (after any progress line)."""
+    return (
+        "Traceback" not in err
+        and [ln.startswith("error:") for ln in err.strip().splitlines()][-1:] == [True]
+        and (err.count("error:") == 1)
+    )
+
+
+def test_a_finished_run_without_its_state_is_not_overwritten(tmp_path, bundle):
+    """A run folder holding a model file, test metrics or a non-empty log (not only a training state)
+    is refused by both recipes, through one check, with nothing replaced."""
+    from ramer.train.classical import ClassicalRecipe
+
+    out = tmp_path / "r"
+    Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()
+    (out / "train_state.pt").unlink()
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(RamerError, match="already holds a run; use --resume"):
+        Recipe(tiny_cfg(extra=["train.epochs=1", "train.seed=7"]), out, bundle=bundle).run()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    for name, data in [("model.safetensors", b"x"), ("test_metrics.json", b"{}"), ("metrics.jsonl", b"{}\n")]:
+        for recipe in (
+            Recipe(tiny_cfg(), tmp_path / name, bundle=bundle),
+            ClassicalRecipe(tiny_cfg("br"), tmp_path / name, bundle=bundle),
+        ):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / name).write_bytes(data)
+            with pytest.raises(RamerError, match="already holds a run"):
+                recipe.run()
+            assert (tmp_path / name / name).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["model.hidden=17"], "'model': Value error, model.hidden 17 is not divisible by model.heads 2"),
+        (["loss.w_cl=nan"], "'loss.w_cl': Input should be a finite number"),
+        (["loss.w_aug=inf"], "'loss.w_aug': Input should be a finite number"),
+        (["model.target_prior=.nan"], "'model.target_prior': Input should be a finite number"),
+        (["train.lr=.inf"], "'train.lr': Input should be a finite number"),
+        (["loss.w_cl=-1"], "'loss.w_cl': Value error, a loss weight must be 0 or more, not -1.0"),
+    ],
+)
+def test_config_refuses_what_cannot_train(extra, message):
+    with pytest.raises(RamerError, match="invalid config") as e:
+        tiny_cfg(extra=extra)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_files_that_do_not_read_are_one_clear_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfetrain:\n  epochs: 1\n")
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "folder").mkdir()
+    for name, message in [
+        ("bad.yaml", "is not UTF-8 text"),
+        ("folder.yaml", "(it is a folder)"),
+        ("folder", "(it is a folder)"),
+    ]:
+        capsys.readouterr()
+        assert main(["train", "--config", str(tmp_path / name), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name}" in err and message in err and one_error_line(err), err
+    assert not (tmp_path / "run").exists()
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, bundle):
+    """A run stopped after epoch 1 of 3 (what ``train --resume`` continues)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), out, bundle=bundle, hooks=(stop_after(1),)).run()
+    return out
+
+
+def state_with(**fields):
+    def edit(out):
+        state = torch.load(out / "train_state.pt", weights_only=True)
+        torch.save({**state, **{k: f(state) if callable(f) else f for k, f in fields.items()}}, out / "train_state.pt")
+
+    return edit
+
+
+def made_a_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+NOT_A_STATE = "train_state.pt: not a ramer training state ("
+
+
+@pytest.mark.parametrize(
+    "edit, name, message",
+    [
+        (
+            state_with(epoch="one"),
+            "train_state.pt",
+            NOT_A_STATE + "'epoch' must be a whole number of at least 1, not 'one'",
+        ),
+        (state_with(epoch=-5), "train_state.pt", NOT_A_STATE + "'epoch' must be a whole number of at least 1, not -5"),
+        (state_with(rng=torch.zeros(3)), "train_state.pt", NOT_A_STATE + "'rng' must be a random generator state"),
+        (state_with(rng=None), "train_state.pt", NOT_A_STATE + "'rng' must be a random generator state"),
+        (state_with(model=[1]), "train_state.pt", NOT_A_STATE + "'model' must map parameter names to tensors"),
+        (state_with(scheduler="x"), "train_state.pt", NOT_A_STATE + "'scheduler' must be a state dict, not str"),
+        (state_with(best=[1, 2]), "train_state.pt", NOT_A_STATE + "'best' must hold score, epoch and threshold"),
+        (state_with(best={}), "train_state.pt", NOT_A_STATE + "'best' must hold score, epoch and threshold"),
+        (
+            state_with(best=lambda s: {**s["best"], "score": "x"}),
+            "train_state.pt",
+            NOT_A_STATE + "best 'score' must be",
+        ),
+        (state_with(best=Hostile()), "train_state.pt", "train_state.pt: refusing to load 'posix.getcwd'"),
+        (
+            lambda out: made_a_folder(out / "train_state.pt"),
+            "train_state.pt",
+            "train_state.pt not found (it is a folder)",
+        ),
+        (
+            lambda out: (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"epoch": "a"}\n'),
+            "metrics.jsonl",
+            'metrics.jsonl: line 2 has epoch "a"',
+        ),
+        (
+            lambda out: (out / "config.yaml").write_bytes(b"\xff\xfe" + (out / "config.yaml").read_bytes()),
+            "config.yaml",
+            "config.yaml is not UTF-8 text",
+        ),
+        (lambda out: made_a_folder(out / "config.yaml"), "config.yaml", "config.yaml (it is a folder)"),
+    ],
+)
+def test_resume_refuses_a_malformed_state_log_or_config_and_loses_nothing(
+    stopped_run, tmp_path, capsys, edit, name, message
+):
+    """Wrong field types in train_state.pt, a hostile object in it, a log line whose epoch is no
+    number, a config.yaml that is not UTF-8, a folder in place of a file: one line naming the file
+    (never a hint to load unsafely), nothing else changed."""
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != name}
+    edit(out)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / name}" in err and message in err and one_error_line(err), err
+    assert "weights_only" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != name} == files

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import subprocess
+import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -141,3 +143,33 @@ def test_not_a_pickle(tmp_path: Path) -> None:
         safe_load(p)
     with pytest.raises(RamerError, match="not found"):
         safe_load(tmp_path / "missing.pkl")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x80\x02cbuiltins\nbytearray\nM\xe8\x03\x85R.",  # bytearray(1000)
+        b"\x80\x02c__builtin__\nbytes\nM\xe8\x03\x85R.",  # bytes(1000)
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nM\xe8\x03\x85C\x01b\x87R.",
+    ],
+)
+def test_constructors_taking_a_size_refused(payload: bytes) -> None:
+    """Allow-listed constructors take content, never a bare size: ``bytearray(10**11)`` is 23 bytes
+    of pickle. The sizes here are small so that the test is harmless when the check is missing."""
+    with pytest.raises(RamerError, match="payload: not a readable pickle.*(not a size|non-empty)"):
+        safe_pickle_loads(payload, "payload")
+
+
+def test_pickle_asking_for_too_much_memory(tmp_path: Path) -> None:
+    """A length field of 100 GB under a 4 GiB address-space limit: a named error, not MemoryError."""
+    p = tmp_path / "big.pkl"
+    p.write_bytes(b"\x80\x04\x8e" + (100 * 10**9).to_bytes(8, "little") + b".")
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from ramer.data.safe_load import safe_load\n"
+        "from ramer.errors import RamerError\n"
+        "try:\n    safe_load(sys.argv[1])\nexcept RamerError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    assert "big.pkl: not a readable pickle (it asks for more memory" in out.stdout, out.stderr[-400:]

@@ -23,7 +23,7 @@ from ramer.errors import LossNotFinite, RamerError
 from ramer.models import BUILDERS, DataSpec, build_model, set_model
 from ramer.models.spaces import SEARCHED, space_for, suggest
 from ramer.train.recipe import Recipe
-from ramer.tune import open_study, tune_config
+from ramer.tune import open_study, tune, tune_config
 
 optuna = pytest.importorskip("optuna")
 
@@ -169,6 +169,11 @@ def test_tune_writes_best_config_and_trials_from_validation_only(tmp_path, capsy
     # Another config in the same folder is an error, not a mixed study.
     assert main([*argv, "--trials", "3", "--set", "train.epochs=3"]) == 2
     assert "holds a study of ramer with another config (differs in train.epochs)" in capsys.readouterr().err
+    # Another model in the same folder is an error too: its trials would write over these.
+    kept = {p: p.read_bytes() for p in (out / "best.yaml", out / "tune.json", out / "trial-0000" / "config.yaml")}
+    assert main(["tune", "--model", "late_fusion", "--out", str(out), *SETS, "--trials", "1"]) == 2
+    assert "holds the search of ramer; searching late_fusion there" in capsys.readouterr().err
+    assert all(p.read_bytes() == kept[p] for p in kept) and len(study_trials(out, "ramer")) == 2
 
 
 def test_trial_seeds_score_a_trial_by_the_mean_of_its_seeds(tmp_path, capsys):
@@ -215,6 +220,13 @@ def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
     open_study(optuna, tmp_path, None, base, seed=0)
     with pytest.raises(RamerError, match=r"another config \(differs in model.amp_eps\)"):
         open_study(optuna, tmp_path, None, with_values(base, {"model.amp_eps": 2.0}), seed=0)
+
+
+def test_a_folder_whose_study_db_holds_another_model_is_refused(tmp_path):
+    """Before any trial finished (no tune.json yet), the study's name in study.db tells the model."""
+    open_study(optuna, tmp_path, None, tune_config("ramer", None, TINY), seed=0)
+    with pytest.raises(RamerError, match="holds the search of ramer; searching late_fusion there"):
+        tune(tune_config("late_fusion", None, TINY), tmp_path, trials=1)
 
 
 def test_tune_rejects_classical_models_and_says_when_optuna_is_missing(tmp_path, monkeypatch, capsys):

@@ -131,9 +131,16 @@ def load_data_for(predictor: Predictor, data: str | None) -> DataBundle:
     cfg = predictor.cfg.model_copy(deep=True)
     if data is not None:
         cfg.data.path = data
-    elif cfg.data.path is not None and not Path(cfg.data.path).exists():
-        raise RamerError(
-            f"data path not found: {cfg.data.path} (the run's data.path, as given when it was trained, relative "
-            f"to the folder it was trained in if not absolute); give the data with --data PATH"
-        )
+    else:
+        check_run_data(cfg.data.path, "give the data with --data PATH")
     return load_bundle(cfg.data)
+
+
+def check_run_data(path: str | None, remedy: str) -> None:
+    """A run's ``data.path`` must be found from here; else a RamerError saying how it was stored
+    and ``remedy``."""
+    if path is not None and not Path(path).exists():
+        raise RamerError(
+            f"data path not found: {path} (the run's data.path, as given when it was trained, relative "
+            f"to the folder it was trained in if not absolute); {remedy}"
+        )

@@ -13,6 +13,8 @@ kill during a save never leaves a half-written file as the latest.
 from __future__ import annotations
 
 import json
+import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -20,8 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ramer.config import Config, config_from_dict
+from ramer.config import TASKS, Config, config_from_dict
+from ramer.data.safe_load import refused_global
 from ramer.errors import RamerError, first_line, readable
+from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write
 
@@ -45,9 +49,62 @@ def read_spec(path: str | Path) -> DataSpec:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return DataSpec.from_dict(json.loads((f.metadata() or {})["spec"]))
+            tree = json.loads((f.metadata() or {})["spec"])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
         raise RamerError(f"{path}: no readable data spec ({e!r}); was it written by ramer?") from None
+    return spec_from_meta(tree, path)
+
+
+def _whole(value, least: int) -> bool:
+    """``value`` is an int (not a bool) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _spec_problem(tree) -> str | None:
+    """What is wrong with a stored data spec (``DataSpec.to_dict``), or None."""
+    if not isinstance(tree, dict):
+        return f"an object expected, not {type(tree).__name__}"
+    dims, names, n = tree.get("dims"), tree.get("label_names"), tree.get("n_labels")
+    if not isinstance(dims, dict) or not all(isinstance(k, str) and _whole(v, 0) for k, v in dims.items()):
+        return f"'dims' must map each modality to a feature size of 0 or more, not {dims!r:.60}"
+    if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
+        return f"'label_names' must be a non-empty list of names, not {names!r:.60}"
+    if not _whole(n, 1) or n != len(names):
+        return f"'n_labels' {n!r:.20} does not count the {len(names)} label names"
+    pers = tree.get("personality_dim")
+    if pers is not None and not _whole(pers, 0):
+        return f"'personality_dim' must be a size of 0 or more or null, not {pers!r:.20}"
+    if tree.get("task", "multi_label") not in TASKS:
+        return f"'task' {tree.get('task')!r:.30} is not one of {', '.join(TASKS)}"
+    return None
+
+
+def spec_from_meta(tree, path) -> DataSpec:
+    """The data spec stored in a model file's metadata, checked: a bad one is a RamerError naming ``path``."""
+    problem = _spec_problem(tree)
+    if problem:
+        raise RamerError(f"{path}: metadata 'spec' is malformed ({problem}); was it written by ramer?")
+    return DataSpec.from_dict(tree)
+
+
+def check_threshold(threshold, spec: DataSpec, path) -> None:
+    """A stored decision threshold: ``"argmax"``, a probability, or one probability per label (each
+    finite, in [0, 1]); anything else is a RamerError naming ``path``."""
+    if isinstance(threshold, str):
+        ok = threshold == ARGMAX
+    elif isinstance(threshold, list):
+        ok = len(threshold) == spec.n_labels and all(_probability(v) for v in threshold)
+    else:
+        ok = _probability(threshold)
+    if not ok:
+        raise RamerError(
+            f"{path}: stored threshold {threshold!r:.80} is malformed (expected '{ARGMAX}', a number in [0, 1], or "
+            f"{spec.n_labels} of them, one per label); was it written by ramer?"
+        )
+
+
+def _probability(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
 
 
 # Config keys added with a change of behaviour, and the value that keeps what a model file written
@@ -74,7 +131,7 @@ def read_model_file(
     """Tensors and metadata of a ``model.safetensors``; errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"model file not found: {path}")
+        raise RamerError(f"model file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     readable(path)
     try:
         state = load_file(str(path))
@@ -86,11 +143,13 @@ def read_model_file(
         raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     try:
         cfg = config_from_dict(fill_older_config(json.loads(meta["config"])), f"{path} metadata")
-        spec = DataSpec.from_dict(json.loads(meta["spec"]))
+        spec_tree = json.loads(meta["spec"])
         threshold = json.loads(meta["threshold"])
         epoch = int(meta.get("epoch", -1))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
         raise RamerError(f"{path}: metadata is missing or malformed ({e!r}); was it written by ramer?") from None
+    spec = spec_from_meta(spec_tree, path)
+    check_threshold(threshold, spec, path)
     return state, cfg, spec, threshold, epoch
 
 
@@ -117,15 +176,69 @@ def save_train_state(path: str | Path, state: dict) -> None:
 
 
 def load_train_state(path: str | Path) -> dict:
+    """The training state of ``path`` (``torch.load(weights_only=True)``: no code runs), its fields checked
+    (``train_state_problem``); a missing, unreadable, unsafe or malformed file is a RamerError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"cannot resume: {path} not found")
+        raise RamerError(f"cannot resume: {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
     readable(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
+    except pickle.UnpicklingError as e:  # weights_only refused a global: name it, never suggest loading unsafely
+        refused = refused_global(str(e))
+        what = f"'{refused}'" if refused else "an object"
+        raise RamerError(
+            f"{path}: refusing to load {what}: a training state holds only tensors and plain values; "
+            "not a ramer training state"
+        ) from None
+    except Exception as e:  # torch raises several types for corrupt files
         raise RamerError(f"{path}: not a readable training state ({first_line(e)})") from None
     missing = [k for k in TRAIN_STATE_KEYS if k not in state] if isinstance(state, dict) else list(TRAIN_STATE_KEYS)
     if missing:
         raise RamerError(f"{path}: not a ramer training state (it lacks {', '.join(missing)})")
+    problem = train_state_problem(state)
+    if problem:
+        raise RamerError(f"{path}: not a ramer training state ({problem})")
     return state
+
+
+def _tensors(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
+
+
+def _rng_state(value) -> bool:
+    """A CPU generator state as ``torch.get_rng_state`` gives it."""
+    want = torch.get_rng_state()
+    return torch.is_tensor(value) and value.dtype == want.dtype and value.shape == want.shape
+
+
+def train_state_problem(state: dict) -> str | None:
+    """What is wrong with the fields of a loaded training state (what ``Recipe._save_train_state``
+    writes), or None."""
+    epoch, best = state["epoch"], state["best"]
+    if not _whole(epoch, 1):
+        return f"'epoch' must be a whole number of at least 1, not {epoch!r:.40}"
+    if not _tensors(state["model"]):
+        return "'model' must map parameter names to tensors"
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(state[key], dict):
+            return f"'{key}' must be a state dict, not {type(state[key]).__name__}"
+    if not _rng_state(state["rng"]):
+        return f"'rng' must be a random generator state (a {tuple(torch.get_rng_state().shape)} uint8 tensor)"
+    ranks = state.get("rng_ranks")
+    if ranks is not None and not (isinstance(ranks, list) and all(map(_rng_state, ranks))):
+        return "'rng_ranks' must be a list of random generator states"
+    if "cuda_rng" in state and not torch.is_tensor(state["cuda_rng"]):
+        return "'cuda_rng' must be a tensor"
+    if state.get("config") is not None and not isinstance(state["config"], dict):
+        return "'config' must be a config tree"
+    if not isinstance(best, dict) or not {"score", "epoch", "threshold"} <= set(best):
+        return f"'best' must hold score, epoch and threshold, not {best!r:.60}"
+    score, thr = best["score"], best["threshold"]
+    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
+        return f"best 'score' must be a number, not {score!r:.40}"
+    if not _whole(best["epoch"], 0) or best["epoch"] > epoch:
+        return f"best 'epoch' must be a whole number from 0 to the state's epoch {epoch}, not {best['epoch']!r:.40}"
+    if not (thr == ARGMAX or _probability(thr) or (isinstance(thr, list) and thr and all(map(_probability, thr)))):
+        return f"best 'threshold' must be '{ARGMAX}', a number in [0, 1] or one per label, not {thr!r:.60}"
+    return None

@@ -143,11 +143,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = build_config(out / "config.yaml") if (out / "config.yaml").exists() else None
         if cfg is None:
             raise RamerError(f"cannot resume: {out / 'config.yaml'} not found")
+        from ramer.api import check_run_data
+
+        check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")
     else:
         cfg = train_config(args)
         out = Path(args.out) if args.out else default_out(cfg)
-    try:
-        result = run_training(cfg, out, console=ERR, resume=bool(args.resume))
+    try:  # a folder name made up here is said before the work (to --resume it after a stop)
+        result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=not (args.out or args.resume))
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130
@@ -183,6 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     output_file(args.onnx)
     log = io.StringIO()
     t0 = time.perf_counter()
+    ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)", highlight=False, soft_wrap=True)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
@@ -221,6 +225,9 @@ def load_run_and_data(args: argparse.Namespace):
     bundle = load_data_for(predictor, args.data)
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    if len(bundle.splits[args.split]) == 0:
+        sizes = ", ".join(f"{name} {len(store)}" for name, store in bundle.splits.items())
+        raise RamerError(f"{bundle.source}: split '{args.split}' has no samples ({sizes}); choose another --split")
     return predictor, bundle
 
 
@@ -229,6 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ramer.metrics import describe_threshold, report
 
     predictor, bundle = load_run_and_data(args)
+    if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
+        raise RamerError(f"{bundle.source}: the data has no annotations (an unlabelled import); use ramer predict")
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
     scores = predictor.predict(store, workers=args.workers)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
@@ -277,7 +286,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise RamerError("--preds without RUN_DIR needs --data PATH: the dataset the predictions were made on")
     if args.set and args.run_dir is not None:
         raise RamerError("--set is for --preds with --data (a run reads its data with its own options)")
-    output_file(args.out)
+    output_file(args.out, reads=(args.preds,))
     if args.run_dir is not None:
         predictor, bundle = load_run_and_data(args)
         threshold = predictor.threshold
@@ -350,10 +359,12 @@ def print_synth_report(bundle, console: Console) -> None:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from ramer.data.synthetic import generate
+    from ramer.paths import dataset_folder
 
     # n_train=1000, or in the form of the other commands: data.synthetic.n_train=1000
     sets = [s if s.startswith("data.synthetic.") else f"data.synthetic.{s}" for s in (args.set or [])]
     cfg = build_config(resolve_config(args.config), sets)
+    dataset_folder(args.out)
     bundle = generate(cfg.data.synthetic)
     bundle.save(args.out)
     print_synth_report(bundle, OUT)
@@ -483,15 +494,43 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_FILE = "demo.json"  # in the demo's --out: the run folders the demo made there
+DEMO_RUNS = ("ramer", "late_fusion", "ramer-complete")  # the demo's run folders
+
+
+def demo_runs(out: Path) -> set[str]:
+    """The run folders an earlier ``ramer demo`` made in ``out`` (from its ``demo.json``)."""
+    from ramer.paths import make_folder, read_json
+
+    make_folder(out)
+    if not (out / DEMO_FILE).exists():
+        return set()
+    runs = read_json(out / DEMO_FILE)
+    if not isinstance(runs, dict) or not isinstance(runs.get("runs"), list):
+        raise RamerError(f"{out / DEMO_FILE}: not a list of the demo's runs ({{'runs': [...]}})")
+    return {str(r) for r in runs["runs"]}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from ramer.data import complete_data
     from ramer.data.synthetic import generate
+    from ramer.paths import atomic_write_text
     from ramer.train import run_training
 
     t0 = time.perf_counter()
     cfg = build_config(resolve_config("synthetic"), args.set or [])
+    if cfg.data.path is not None:
+        raise RamerError(
+            f"ramer demo trains on the embedded benchmark, and data.path is set ({cfg.data.path}); "
+            "for your data use ramer train --data or ramer bench --data"
+        )
+    out = Path(args.out)
+    made = demo_runs(out)  # the run folders an earlier demo made here: the only ones it replaces
+    for folder in DEMO_RUNS:
+        if folder not in made and (out / folder).is_dir() and any((out / folder).iterdir()):
+            raise RamerError(f"{out / folder}: holds files that ramer demo did not write; give another --out")
     bundle = generate(cfg.data.synthetic)
     ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s", highlight=False)
     print_synth_report(bundle, OUT)
@@ -504,18 +543,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_cfg
 
     reference = run_config("ramer", complete=True)
-    runs = (  # (row, run folder, config, data)
+    runs = (  # (row, run folder, config, data), the folders in DEMO_RUNS order
         ("ramer", "ramer", run_config("ramer"), bundle),
         ("late_fusion", "late_fusion", run_config("late_fusion"), bundle),
         ("ramer, complete inputs (reference)", "ramer-complete", reference, generate(reference.data.synthetic)),
     )
     rows = {}
-    out = Path(args.out)
     for row, folder, run_cfg, data in runs:
         run_dir = out / folder
-        ERR.print(f"training {row} -> {run_dir}", highlight=False)
-        if (run_dir / "train_state.pt").exists():
+        if folder in made and run_dir.exists():
+            ERR.print(f"replacing the earlier demo's {run_dir}", highlight=False, soft_wrap=True)
             shutil.rmtree(run_dir)
+        made.add(folder)
+        atomic_write_text(out / DEMO_FILE, json.dumps({"runs": sorted(made)}, indent=1))
+        ERR.print(f"training {row} -> {run_dir}", highlight=False, soft_wrap=True)
         rows[row] = run_training(run_cfg, run_dir, bundle=data, console=ERR)
     from ramer.bench import ORACLE_ROW
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line, unreadable
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # the bundled configs (`--config NAME`)
 
@@ -42,7 +42,8 @@ def _types(annotation) -> set:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float key must be a finite number (nan, inf, YAML's .nan and .inf are errors)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -161,6 +162,14 @@ class ModelConfig(_Section):
     mlgcn_p: float = Field(0.2, ge=0.0, lt=1.0)
     ablations: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "ModelConfig":
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"model.hidden {self.hidden} is not divisible by model.heads {self.heads}; choose heads that divide it"
+            )
+        return self
+
     @field_validator("ablations")
     @classmethod
     def _known_ablations(cls, value: list[str]) -> list[str]:
@@ -199,6 +208,13 @@ class LossConfig(_Section):
     # reconstruction targets r_m taken as constants: L_ae / L_cross then train the reconstruction
     # without pulling r_m towards it (false: CARAT's joint gradient, which also shrinks r_m)
     detach_targets: bool = True
+
+    @field_validator("*")
+    @classmethod
+    def _no_negative_weight(cls, value, info):
+        if info.field_name.startswith("w_") and value < 0:
+            raise ValueError(f"a loss weight must be 0 or more, not {value}")
+        return value
 
 
 class TrainConfig(_Section):
@@ -283,10 +299,16 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise RamerError(f"config file not found: {path} (it is a folder)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise RamerError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise unreadable(path, e) from None
+    except UnicodeDecodeError as e:
+        raise RamerError(f"config file {path} is not UTF-8 text ({first_line(e)})") from None
     except yaml.YAMLError as e:
         raise RamerError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
     if not isinstance(tree, dict):
@@ -374,7 +396,7 @@ def resolve_config(name: str | None) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise RamerError(f"config file not found: {path}")
+            raise RamerError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
         return path
     bundled = CONFIG_DIR / f"{name}.yaml"
     if not bundled.is_file():

@@ -24,7 +24,9 @@ probabilities at most ``1e-4``). The ONNX packages are the optional extra ``rame
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +184,20 @@ class CheckResult:
     max_abs_diff: float
 
 
+@contextlib.contextmanager
+def quiet_log(name: str):
+    """Only errors from the logger ``name`` and its children for the duration (torch's exporter
+    warns once per torchvision operator it skips when torchvision is not installed, which we never
+    need)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = None) -> GridModel:
     """Export ``model`` (eval mode) to ``path`` with dynamic B, P and S; returns the wrapper."""
     require_onnx(runtime=False)
@@ -204,7 +220,7 @@ def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {} if opset is None else {"opset_version": opset}
     kwargs["custom_translation_table"] = _translations()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_log("torch.onnx"):
         warnings.simplefilter("ignore", UserWarning)  # axis-name notes of the dynamic-shape renaming
         warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter
         program = torch.onnx.export(

@@ -23,6 +23,7 @@ from ramer import dist
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
 from ramer.errors import RamerError
+from ramer.metrics import finite_scores
 
 SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
 
@@ -125,6 +126,7 @@ def predict(
     if shard:
         out = dist.gather_arrays(out)
     assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
+    finite_scores(out)  # NaN scores (a diverged model) are refused before anything uses or writes them
     return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
 
 

@@ -93,7 +93,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def _finite(scores: np.ndarray) -> np.ndarray:
+def finite_scores(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     bad = int((~np.isfinite(scores)).sum())
     if bad:
@@ -156,7 +156,7 @@ def report(
     beside the parts (overall only).
     """
     y_true = np.asarray(y_true).astype(np.int64)
-    scores = _finite(scores)
+    scores = finite_scores(scores)
     y_pred = decide(scores, threshold)
 
     def part(mask: np.ndarray) -> dict:
@@ -183,7 +183,7 @@ def tune_threshold(
     Call it on the validation split only. Ties go to the threshold nearest 0.5.
     """
     y_true = np.asarray(y_true).astype(bool)
-    scores = _finite(scores)
+    scores = finite_scores(scores)
     grid = np.round(np.arange(0.05, 0.951, 0.01), 4) if grid is None else np.asarray(grid)
     # (G, N, C) comparisons, chunked over the grid so memory stays small.
     tp = np.empty((len(grid), y_true.shape[1]))

@@ -36,14 +36,47 @@ def make_folder(path: str | Path) -> Path:
     return path
 
 
-def output_file(path: str | Path) -> Path:
-    """A file path to write: not empty, not a folder; its folder is made (``make_folder``)."""
+# What a run folder holds (``ramer train``) and what a dataset folder holds (``ramer data synth``,
+# ``convert`` and ``import``: the split folders, ``meta.json`` written last, the import's cache).
+RUN_FILES = ("config.yaml", "model.safetensors", "train_state.pt", "metrics.jsonl", "test_metrics.json")
+DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "train", "valid", "test", "cache")
+
+
+def output_file(path: str | Path, reads: tuple = ()) -> Path:
+    """A file path to write: not empty, not a folder, not one of the files the command reads
+    (``reads``) nor a file of a run or a dataset (writing there would destroy what the output is
+    made from); its folder is made (``make_folder``)."""
     if not str(path):
         raise RamerError("the output file name is empty")
     path = Path(path)
     if path.is_dir():
         raise RamerError(f"{path}: is a folder; give a file name")
+    target = path.resolve()
+    whose = next((f"a file this command reads ({r})" for r in reads if r and Path(r).resolve() == target), None)
+    if whose is None and target.name in RUN_FILES and (target.parent / "config.yaml").is_file():
+        whose = f"a file of the run in {path.parent}"
+    if whose is None and target.exists():
+        home = next((d for d in (target.parent, target.parent.parent) if (d / "meta.json").is_file()), None)
+        whose = f"a file of the dataset in {home}" if home is not None else None
+    if whose:
+        raise RamerError(f"{path}: is {whose}; writing there would destroy it, give another file name")
     make_folder(path.parent)
+    return path
+
+
+def dataset_folder(path: str | Path) -> Path:
+    """The ``--out`` folder of a command that writes a dataset: new, empty, or holding only what
+    such a command writes (a dataset written before, perhaps cut off, which is written over).
+    Anything else there (a run, a corpus, other files) is refused before the work."""
+    path = check_out_folder(path)
+    if path.is_dir():
+        other = sorted(p.name for p in path.iterdir() if p.name not in DATASET_ENTRIES)
+        if other:
+            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+            raise RamerError(
+                f"{path}: holds {shown}, which a dataset folder does not; give a new or empty folder "
+                "(a dataset folder written before is written over)"
+            )
     return path
 
 
@@ -79,16 +112,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, write)
 
 
-def read_json(path: str | Path):
-    """The value of a JSON file; a RamerError naming the file when it is missing, unreadable or not JSON."""
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of a file; a RamerError naming it when it is missing, a folder, unreadable or
+    not UTF-8."""
     path = Path(path)
+    if path.is_dir():
+        raise RamerError(f"{path}: is a folder, expected a file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RamerError(f"{path}: not found") from None
     except OSError as e:
         raise unreadable(path, e) from None
     except UnicodeDecodeError as e:
         raise RamerError(f"{path}: not UTF-8 text ({first_line(e)})") from None
+
+
+def read_json(path: str | Path):
+    """The value of a JSON file; a RamerError naming the file when it is missing, unreadable or not JSON."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RamerError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise RamerError(f"{path}: not valid JSON (nested too deeply)") from None

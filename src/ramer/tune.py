@@ -49,7 +49,7 @@ from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
-from ramer.paths import atomic_write_text, make_folder
+from ramer.paths import atomic_write_text, make_folder, read_json
 from ramer.train import run_training
 from ramer.train.recipe import progress, selection_score
 
@@ -95,6 +95,35 @@ def tune_config(
 
 
 # ---------------------------------------------------------------------- the study
+def is_sqlalchemy(e: Exception) -> bool:
+    """An error of SQLAlchemy, which Optuna's database storage raises as it is."""
+    return type(e).__module__.startswith("sqlalchemy")
+
+
+def check_folder_model(optuna, out: Path, storage: str | None, model: str) -> None:
+    """One folder holds the search of one model: another model's trials would write over its trial
+    folders, ``best.yaml`` and ``tune.json``. Its model is read from ``tune.json`` and, with the
+    default storage, from the study names in ``study.db``."""
+    found = set()
+    if (out / "tune.json").is_file():
+        summary = read_json(out / "tune.json")
+        if isinstance(summary, dict) and isinstance(summary.get("model"), str):
+            found.add(summary["model"])
+    if storage is None and (out / STUDY_FILE).is_file():
+        url = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+        try:
+            found.update(optuna.get_all_study_names(storage=_storage(optuna, url)))
+        except Exception as e:  # a damaged database: open_study names it
+            if not isinstance(e, optuna.exceptions.StorageInternalError) and not is_sqlalchemy(e):
+                raise
+    others = sorted(found - {model})
+    if others:
+        raise RamerError(
+            f"{out} holds the search of {', '.join(others)}; searching {model} there would write over its trial "
+            "folders and best.yaml: use another --out"
+        )
+
+
 def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, pruner=None, trial_seeds: int = 1):
     """Create or load the study (name: the model) and check it was made with ``base`` and
     ``trial_seeds`` runs per trial."""
@@ -111,7 +140,7 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
         raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
     except Exception as e:  # SQLAlchemy's errors (a bad URL, an unreachable server)
-        if type(e).__module__.startswith("sqlalchemy"):
+        if is_sqlalchemy(e):
             raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
         raise
     stored = study.user_attrs.get("config")
@@ -309,6 +338,7 @@ def tune(
     check_space(base, space)
     out = make_folder(out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
+    check_folder_model(optuna, out, storage, base.model.name)
     study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
     fail_stale(optuna, study)
     remove_failed_folders(optuna, study, out)

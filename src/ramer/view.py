@@ -194,7 +194,7 @@ def page_data(
                 f"{bundle.source}; were these predictions made on this data and split?"
             )
         by_sample[index[rec["id"]]] = rec
-    labelled = _labelled(bundle)
+    labelled = bundle.labelled
     bits = np.asarray(store.present, dtype=np.int64) @ np.array([TEXT, AUDIO, FACE])  # (T,) cell codes
     marks = store.marks_targets()
     out = []
@@ -270,13 +270,6 @@ def _cells(store: SceneStore, conv: Conversation, bits: np.ndarray, samples: lis
         if x["at"] is not None and x["role"] is not None:
             speaks[tuple(x["at"])] = x["role"] == "speaker"
     return np.where(cells >= 0, cells | np.where(speaks, SPEAKS, 0), -1)
-
-
-def _labelled(bundle: DataBundle) -> bool:
-    """Whether the data has annotations: an unlabelled import records it; every other source is labelled."""
-    if bundle.format == "conversations":
-        return bool(bundle.info.get("conversations", {}).get("labelled", True))
-    return True
 
 
 def _threshold(threshold, records: list[dict], names: list[str]):

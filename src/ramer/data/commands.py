@@ -18,7 +18,7 @@ from ramer.data.formats import open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, write_meta
 from ramer.errors import RamerError
-from ramer.paths import check_out_folder
+from ramer.paths import dataset_folder
 
 
 def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
@@ -67,7 +67,7 @@ def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = 
     out = Path(out)
     if path is not None and Path(path).resolve() == out.resolve():
         raise RamerError(f"{out}: the output folder must differ from the input")
-    check_out_folder(out)
+    dataset_folder(out)
     opened = _open(path, fmt, labels, sets, options)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"

@@ -40,7 +40,7 @@ from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, label_count_problem
 from ramer.errors import RamerError
 from ramer.metrics import decide
-from ramer.paths import check_out_folder
+from ramer.paths import dataset_folder
 
 FORMAT = "conversations"
 REQUIRED = ("conversation", "index", "speaker", "text")
@@ -199,7 +199,7 @@ def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
         return _read_jsonl(path)
     if suffix in (".csv", ".tsv", ".txt"):
         return _read_csv(path, "\t" if suffix == ".tsv" else ",")
-    raise RamerError(f"{path}: unknown table type '{suffix}': expected .csv, .tsv or .jsonl")
+    raise RamerError(f"{path}: unknown table type '{suffix}': expected .csv, .tsv, .txt, .jsonl, .json or .ndjson")
 
 
 def _check_columns(columns, path: Path, row: int) -> None:
@@ -792,7 +792,7 @@ def import_conversations(
         raise RamerError(f"--context must be >= 0, got {context}")
     if seed < 0:
         raise RamerError(f"--seed must be >= 0, got {seed}")
-    check_out_folder(out)
+    dataset_folder(out)
     if targets not in ("rows", "all"):
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
     utterances, columns = read_table(path)
@@ -859,7 +859,8 @@ def import_conversations(
         counts["persons_without_personality"] = sorted(q for q in persons if q not in pers_map)
         counts["personality_rows_unused"] = len([q for q in pers_map if q not in person_ids])
     info = {
-        "source_files": [str(path)] + ([str(personality)] if personality is not None else []),
+        # absolute: `ramer view` reads the table back for the texts, from wherever it is run
+        "source_files": [str(path.resolve())] + ([str(Path(personality).resolve())] if personality is not None else []),
         "nonfinite_replaced": {"text": 0, "audio": 0, "visual": 0},
         FORMAT: {
             "labelled": labelled,
@@ -911,6 +912,16 @@ def summary_lines(meta: dict) -> list[str]:
         )
     )
     lines.extend("note: " + n for n in info["notes"])
+    missing, unused = c.get("persons_without_personality", []), c.get("personality_rows_unused", 0)
+    if missing or unused:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        lines.append(
+            "personality: "
+            + "; ".join(
+                ([f"{len(missing)} persons have no row (no personality): {shown}"] if missing else [])
+                + ([f"{unused} rows name nobody in the table"] if unused else [])
+            )
+        )
     return lines
 
 

@@ -25,6 +25,7 @@ import importlib
 import json
 import math
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,10 @@ def face_available() -> bool:
 class FeatureCache:
     """Arrays per (modality, conversation) in ``root/{modality}/{hash of name}.npz``, each stored
     with the key of the inputs it was computed from (``np.savez``, read back with
-    ``allow_pickle=False``). ``get`` returns the arrays only when the key matches; ``prune`` deletes
-    the entries that the last import did not use."""
+    ``allow_pickle=False``). ``get`` returns the arrays only when the key matches and they are
+    sound (a readable archive; features float32, finite, of the modality's size, with a bool
+    ``present`` of the same rows): anything else counts as no entry and is computed again.
+    ``prune`` deletes the entries that the last import did not use."""
 
     root: Path
     used: set[Path] = field(default_factory=set)
@@ -124,8 +127,9 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) == key and str(z["name"]) == name:
-                    return {k: z[k] for k in z.files if k not in ("key", "name")}
-        except (OSError, ValueError, KeyError, EOFError):
+                    arrays = {k: z[k] for k in z.files if k not in ("key", "name")}
+                    return arrays if _sound_entry(kind, arrays) else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # no entry, or a damaged one: compute again
         return None
 
@@ -149,6 +153,32 @@ class FeatureCache:
                     path.unlink()
                     removed += 1
         return removed
+
+
+_CACHED_DIMS = {"text": TEXT_DIM, "audio": AUDIO_DIM, "visual": VISUAL_DIM}
+
+
+def _sound_entry(kind: str, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether a cache entry's arrays are what ``put`` stored for ``kind``: ``features`` float32
+    (rows..., dim) finite, ``present`` bool (rows...) and, for visual, ``rules`` a JSON object of
+    counts (an entry of a video without faces holds only ``rules``)."""
+    if kind == "visual":
+        rules = arrays.get("rules")
+        try:
+            counts = json.loads(str(rules)) if rules is not None and rules.ndim == 0 else None
+        except ValueError:
+            return False
+        if not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values()):
+            return False
+        if set(arrays) == {"rules"}:
+            return True
+    feats, present = arrays.get("features"), arrays.get("present")
+    if feats is None or present is None or feats.dtype != np.float32 or present.dtype != np.bool_:
+        return False
+    rows = 2 if kind == "visual" else 1
+    return (
+        present.ndim == rows and feats.shape == (*present.shape, _CACHED_DIMS[kind]) and bool(np.isfinite(feats).all())
+    )
 
 
 def media_identity(path: Path) -> list:

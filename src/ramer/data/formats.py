@@ -26,7 +26,7 @@ from ramer.data.mosei import iter_mosei_aligned, iter_mosei_unaligned
 from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import is_torch_file, safe_load
 from ramer.data.store import DataBundle, is_native, load_native
-from ramer.errors import RamerError
+from ramer.errors import RamerError, unreadable
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
 
@@ -91,6 +91,25 @@ def _sniff_file(path: Path) -> str | None:
         return None
 
 
+_TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json", ".ndjson")
+
+
+def _refuse_table(path: Path) -> None:
+    """A conversation table (what ``ramer data import`` reads) given where a dataset is expected:
+    named by its suffix, unless its first byte says pickle (protocol 2+) or zip (torch.save)."""
+    if path.suffix.lower() not in _TABLE_SUFFIXES:
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError as e:
+        raise unreadable(path, e) from None
+    if head[:1] != b"\x80" and head != b"PK":
+        raise RamerError(
+            f"{path}: not a dataset; for a conversation table (.csv, .tsv, .jsonl) run `ramer data import` first"
+        )
+
+
 def classify_object(obj: Any, source: str) -> str:
     """The layout of an already (safely) loaded pickle / torch.save object."""
     if isinstance(obj, (list, tuple)):
@@ -133,6 +152,7 @@ def _detect(path: str | Path | None) -> tuple[str, Any]:
             f"{p}: unknown dataset folder: expected a native folder (meta.json) or a MEmoR release "
             "(anno.json, data.json, train_id.txt, test_id.txt, features/)"
         )
+    _refuse_table(p)
     guess = _sniff_file(p)
     if guess is not None:
         return guess, None
@@ -174,8 +194,12 @@ def open_dataset(
     p = Path(path)
     if not p.exists():
         raise RamerError(f"data path not found: {p}")
+    if not p.is_file() and not p.is_dir():  # a pipe or a device: reading it could wait forever or never end
+        raise RamerError(f"{p}: not a file or a folder (a pipe or a device?); give a dataset file or folder")
     explicit = fmt != "auto"
     obj = None
+    if p.is_file():
+        _refuse_table(p)
     if not explicit:
         fmt, obj = _detect(p)
     if fmt == "native":

@@ -54,8 +54,8 @@ from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data.readers import SplitStream, as_float32, new_info
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
-from ramer.errors import RamerError
-from ramer.paths import read_json
+from ramer.errors import RamerError, unreadable
+from ramer.paths import read_json, read_text
 
 CHARACTERS = ("sheldon", "leonard", "howard", "rajesh", "penny", "bernadette", "amy", "others")  # the code's order
 PRIMARY = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
@@ -82,9 +82,11 @@ class JsonVectors:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if not path.is_file():
-            raise RamerError(f"{path}: file not found")
-        self._fh = open(path, "rb")
+        _need_file(path)
+        try:
+            self._fh = open(path, "rb")
+        except OSError as e:
+            raise unreadable(path, e) from None
         size = path.stat().st_size
         self._buf: Any = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._parsed: dict | None = None
@@ -94,6 +96,8 @@ class JsonVectors:
                 parsed = json.loads(bytes(self._buf))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise RamerError(f"{path}: not valid JSON ({e})") from None
+            except RecursionError:
+                raise RamerError(f"{path}: not valid JSON (nested too deeply)") from None
             if not isinstance(parsed, dict):
                 raise RamerError(f"{path}: holds a {type(parsed).__name__}, expected an object key -> list of numbers")
             self._parsed = parsed
@@ -154,20 +158,22 @@ class JsonVectors:
 
 
 # ------------------------------------------------------------------------------------- small readers
-def _read_json(path: Path) -> Any:
+def _need_file(path: Path, hint: str = "") -> None:
+    """A RamerError when ``path`` is not a file: missing, or a folder where a file belongs."""
+    if path.is_dir():
+        raise RamerError(f"{path}: is a folder, expected a file")
     if not path.is_file():
-        raise RamerError(
-            f"{path}: file not found (a MEmoR release folder holds anno.json, data.json, train_id.txt, "
-            "test_id.txt, features/)"
-        )
+        raise RamerError(f"{path}: file not found{hint}")
+
+
+def _read_json(path: Path) -> Any:
+    _need_file(path, " (a MEmoR release folder holds anno.json, data.json, train_id.txt, test_id.txt, features/)")
     return read_json(path)
 
 
 def _read_ids(path: Path, n_items: int) -> list[int]:
-    if not path.is_file():
-        raise RamerError(f"{path}: file not found")
     out = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -183,10 +189,8 @@ def _read_ids(path: Path, n_items: int) -> list[int]:
 
 
 def _read_personality(path: Path, n_chars: int) -> np.ndarray:
-    if not path.is_file():
-        raise RamerError(f"{path}: file not found")
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -217,12 +221,14 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
         lens = {k: len(c[k]) for k in ("seg_start", "seg_end", "speakers", "seg_ori_ind")}
         if lens["seg_start"] == 0 or len(set(lens.values())) != 1:
             raise RamerError(f"{source}: clip '{clip}': segment lists have lengths {lens}, expected equal and > 0")
-        [float(x) for x in (*c["seg_start"], *c["seg_end"], c["start"])]
+        times = [float(x) for x in (*c["seg_start"], *c["seg_end"], c["start"])]
         ints = {k: [int(x) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
     except (TypeError, ValueError):
         raise RamerError(
             f"{source}: clip '{clip}': segment times must be numbers, speakers / seg_ori_ind / on_character integers"
         ) from None
+    if not np.isfinite(times).all():
+        raise RamerError(f"{source}: clip '{clip}': seg_start / seg_end / start hold a non-finite value (NaN or inf)")
     for key, low in (("speakers", -1), ("on_character", 0)):
         bad = [x for x in ints[key] if not low <= x < n_chars]
         if bad:
@@ -371,9 +377,9 @@ def iter_memor(
         face_names: dict[str, list[str] | None] = {}
         for clip in clips_used:
             p = vis_dir / "face_names" / f"{clip}.txt"
-            if p.is_file():
-                with open(p, encoding="utf-8") as fh:
-                    face_names[clip] = [x for x in fh.readline().strip().split("\t") if x]
+            if p.exists():
+                first = read_text(p).split("\n", 1)[0]
+                face_names[clip] = [x for x in first.strip().split("\t") if x]
             else:
                 face_names[clip] = None
 

@@ -98,6 +98,8 @@ def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
             n, steps = shapes["src-text"][0], shapes["src-text"][1]
             if len({s[:2] for s in shapes.values()}) != 1:
                 raise RamerError(f"{source}: split '{split}': shapes {shapes} disagree on (N, steps)")
+            where = f"{source}: split '{split}'"
+            labels = labels_from_tgt(tgt, len(names), where)  # first: it names a 'tgt' that is not a list
             if len(tgt) != n:
                 raise RamerError(
                     f"{source}: split '{split}': 'tgt' has {len(tgt)} entries, features have N = {n} ({shapes})"
@@ -110,12 +112,11 @@ def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
                         f"{source}: split '{split}' key '{key}' has shape {shapes[key]}, "
                         f"but settings.{SETTINGS_KEYS[m]} = {want}"
                     )
-            where = f"{source}: split '{split}'"
-            labels = labels_from_tgt(tgt, len(names), where)
             before = dict(counts)
             feats = {}
             for m, key in ALIGNED_KEYS.items():
-                feats[m] = as_float32(arrays.pop(m), counts, m, f"{where} key '{key}'").reshape(n * steps, -1)
+                dim = shapes[key][-1]  # explicit: an empty split (N = 0) has no -1 to infer
+                feats[m] = as_float32(arrays.pop(m), counts, m, f"{where} key '{key}'").reshape(n * steps, dim)
                 part.pop(key, None)  # free the source array once converted
             extra = {
                 "nonfinite_replaced": {m: counts[m] - before[m] for m in MODALITIES},

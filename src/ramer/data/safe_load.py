@@ -9,6 +9,9 @@ function a file names, so both kinds go through one allow-list:
 - ``collections.OrderedDict``, ``argparse.Namespace``,
 - plain builtins: list, dict, tuple, set, frozenset, str, bytes, bytearray, int, float, complex,
   bool (never ``eval``, ``exec``, ``open``, ``getattr``, ``__import__``, ...),
+- and no constructor that takes a bare size: ``bytes(n)``, ``bytearray(n)`` and a non-empty
+  ``_reconstruct`` shape are refused (a few bytes of pickle could ask for 100 GB); a pickle that
+  still asks for more memory than there is (a huge length field) is a ``RamerError`` too,
 - inside ``torch.save`` files, additionally torch's own tensor types (torch's ``weights_only``
   allow-list).
 
@@ -32,6 +35,7 @@ import codecs
 import collections
 import copyreg
 import io
+import math
 import pickle
 import re
 import zipfile
@@ -59,6 +63,32 @@ def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
     return obj.encode(encoding, errors)
 
 
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    """numpy's ``_reconstruct``: a pickled array is made empty (shape ``(0,)``) and then filled from
+    its state; a non-empty shape would allocate memory the file does not hold (a few bytes could
+    ask for 100 GB), so it is refused."""
+    try:
+        size = math.prod(int(d) for d in (shape if isinstance(shape, tuple) else (shape,)))
+    except (TypeError, ValueError):
+        raise pickle.UnpicklingError(f"_reconstruct with shape {str(shape)[:60]}") from None
+    if size != 0:
+        raise pickle.UnpicklingError(f"_reconstruct asks for a non-empty array of shape {str(shape)[:60]}")
+    return _reconstruct(subtype, shape, dtype)
+
+
+def _no_size(cls: type) -> Any:
+    """``bytes`` / ``bytearray`` for the content a pickle gives them (a string and its encoding, or
+    bytes); a bare size (``bytearray(10**11)``) would allocate memory the file does not hold."""
+
+    def make(*args: Any) -> Any:
+        if args and not isinstance(args[0], (str, bytes, bytearray, list, tuple)):
+            raise pickle.UnpicklingError(f"{cls.__name__}({type(args[0]).__name__}): only content, not a size")
+        return cls(*args)
+
+    make.__name__ = make.__qualname__ = cls.__name__
+    return make
+
+
 _SAFE_CLASSES: tuple[type, ...] = (collections.OrderedDict, argparse.Namespace, np.ndarray, np.dtype)
 
 
@@ -72,7 +102,7 @@ def _reconstructor(cls: type, base: type, state: Any) -> Any:
 def _build_allow_list() -> dict[str, Any]:
     allowed: dict[str, Any] = {}
     for core in ("numpy.core", "numpy._core"):
-        allowed[f"{core}.multiarray._reconstruct"] = _reconstruct
+        allowed[f"{core}.multiarray._reconstruct"] = _checked_reconstruct
         allowed[f"{core}.multiarray.scalar"] = _scalar
         allowed[f"{core}.numeric._frombuffer"] = _frombuffer
     allowed["numpy.ndarray"] = np.ndarray
@@ -83,8 +113,10 @@ def _build_allow_list() -> dict[str, Any]:
             allowed[f"numpy.dtypes.{name}"] = obj
     allowed["collections.OrderedDict"] = collections.OrderedDict
     allowed["argparse.Namespace"] = argparse.Namespace
-    for t in (list, dict, tuple, set, frozenset, str, bytes, bytearray, int, float, complex, bool, object):
+    for t in (list, dict, tuple, set, frozenset, str, int, float, complex, bool, object):
         allowed[f"builtins.{t.__name__}"] = t
+    allowed["builtins.bytes"] = _no_size(bytes)
+    allowed["builtins.bytearray"] = _no_size(bytearray)
     allowed["_codecs.encode"] = _latin1_encode
     allowed["copyreg._reconstructor"] = _reconstructor
     return allowed
@@ -146,6 +178,8 @@ def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
         OverflowError,
     ) as e:
         raise RamerError(f"{source}: not a readable pickle ({type(e).__name__}: {str(e)[:200]})") from None
+    except MemoryError:
+        raise RamerError(f"{source}: not a readable pickle (it asks for more memory than is available)") from None
 
 
 def is_torch_file(path: str | Path) -> bool:
@@ -183,6 +217,12 @@ def _torch_safe_globals() -> list:
 _GLOBAL_RE = re.compile(r"GLOBAL\s+([\w.]+)")
 
 
+def refused_global(message: str) -> str | None:
+    """The global (``module.name``) that torch's weights-only unpickler names in ``message`` as refused."""
+    m = _GLOBAL_RE.search(message)
+    return m.group(1) if m else None
+
+
 def _torch_load(path: Path) -> Any:
     import torch
     from torch.serialization import safe_globals
@@ -192,10 +232,10 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        m = _GLOBAL_RE.search(msg)
-        if m:
+        refused = refused_global(msg)
+        if refused:
             raise RamerError(
-                f"{path}: refusing to load '{m.group(1)}': not on the allow-list of safe types (numpy arrays, "
+                f"{path}: refusing to load '{refused}': not on the allow-list of safe types (numpy arrays, "
                 "OrderedDict, argparse.Namespace, plain builtins, torch tensors)"
             ) from None
         lines = [
@@ -204,6 +244,10 @@ def _torch_load(path: Path) -> Any:
             if ln.strip() and "weights_only" not in ln and "Weights only" not in ln
         ]
         raise RamerError(f"{path}: refused by the safe loader ({(lines[0] if lines else msg)[:200]})") from None
+    except MemoryError:
+        raise RamerError(
+            f"{path}: not a readable torch.save file (it asks for more memory than is available)"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise RamerError(
             f"{path}: not a readable torch.save file "

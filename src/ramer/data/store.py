@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ramer.batch import MODALITIES, ROLE_NONE, Batch
+from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.errors import RamerError
 from ramer.paths import check_out_folder, make_folder, read_json
@@ -137,6 +137,17 @@ class SceneStore:
         need(self.role.shape == (n,), f"role has shape {self.role.shape}, expected ({n},)")
         need(len(self.ids) == n, f"{len(self.ids)} ids for {n} scenes")
         if n:
+            rows = np.flatnonzero((np.asarray(self.labels) > 1).any(1))
+            if len(rows):
+                need(False, f"labels row {rows[0]} holds {self.labels[rows[0]].max()}; expected 0 or 1 (multi-hot)")
+            rows = np.flatnonzero(~np.isin(self.role, (ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER)))
+            if len(rows):
+                need(
+                    False,
+                    f"role row {rows[0]} is {self.role[rows[0]]}; expected 1 (speaker), 0 (non-speaker) or -1 (none)",
+                )
+            if (twice := _first_repeat(self.ids)) is not None:
+                need(False, f"sample id '{twice}' names two scenes; ids must be unique")
             sizes = self.grid[:, 0].astype(np.int64) * self.grid[:, 1]
             need(bool((self.grid > 0).all()), "grid has a scene with no persons or no segments")
             need(
@@ -339,6 +350,14 @@ class DataBundle:
     def dims(self) -> dict[str, int | None]:
         return next(iter(self.splits.values())).dims
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the data has annotations: an unlabelled import records it (its label rows are all
+        0); every other source is labelled."""
+        if self.format == "conversations":
+            return bool(self.info.get("conversations", {}).get("labelled", True))
+        return True
+
     def save(self, directory: str | Path) -> None:
         directory = make_folder(directory)
         for name, store in self.splits.items():
@@ -428,6 +447,16 @@ def _kind(value) -> str:
     )
 
 
+def _first_repeat(values) -> str | None:
+    """The first value of ``values`` seen before (``None``: they are unique)."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
 def _not_strings(value) -> str | None:
     """What makes ``value`` not a list of strings (``None``: it is one), for errors."""
     if not isinstance(value, list):
@@ -447,6 +476,14 @@ def _read_meta(path: Path) -> dict:
             raise RamerError(f"{where}: missing key '{key}'")
     if (what := _not_strings(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' {what}, expected a list of strings (the label names)")
+    if (twice := _first_repeat(meta["label_names"])) is not None:
+        raise RamerError(f"{where}: 'label_names' names '{twice}' twice; each label needs its own name")
+    version = meta.get("version", NATIVE_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version > NATIVE_VERSION:
+        raise RamerError(
+            f"{where}: 'version' is {_kind(version)}; this ramer reads native directories up to version "
+            f"{NATIVE_VERSION} (a newer ramer wrote it?)"
+        )
     splits = meta["splits"]
     if not isinstance(splits, dict) or not splits:
         what = "an empty object" if isinstance(splits, dict) else _kind(splits)
@@ -463,6 +500,8 @@ def _read_meta(path: Path) -> dict:
         raise RamerError(
             f"{where}: 'task' is {_kind(meta['task'])}, expected {' or '.join(json.dumps(t) for t in TASKS)}"
         )
+    if not isinstance(meta.get("info", {}), dict):
+        raise RamerError(f"{where}: 'info' is {_kind(meta['info'])}, expected an object")
     dims = meta.get("dims")
     if dims is not None and not isinstance(dims, dict):
         raise RamerError(f"{where}: 'dims' is {_kind(dims)}, expected an object of feature sizes")
@@ -470,6 +509,31 @@ def _read_meta(path: Path) -> dict:
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
             raise RamerError(f"{where}: 'dims' gives {key!r} {_kind(d)}, expected a size (an integer >= 0) or null")
     return meta
+
+
+_SCAN_ROWS = 1 << 16  # rows per finiteness scan step: memory-mapped files stay paged out
+
+
+def _check_finite(store: SceneStore, directory: Path) -> None:
+    """A RamerError naming the first feature array of a split that holds NaN or inf in a present row
+    (the models ignore what lies under a False presence mask; training on a present NaN would stop
+    later with a loss that is not finite and blame the learning rate)."""
+    masks = {m: store.present[:, i] for i, m in enumerate(MODALITIES)}
+    if store.personality is not None:
+        masks["personality"] = store.personality_present
+    for name, present in masks.items():
+        arr = getattr(store, name)
+        bad = 0
+        for start in range(0, len(arr), _SCAN_ROWS):
+            ok = np.isfinite(arr[start : start + _SCAN_ROWS])
+            rows = ~ok.all(axis=1) & present[start : start + _SCAN_ROWS]
+            if rows.any():
+                bad += int((~ok[rows]).sum())
+        if bad:
+            raise RamerError(
+                f"{directory / (name + '.npy')}: split '{directory.name}' holds {bad} non-finite values (NaN or inf) "
+                "in present rows; features must be finite numbers (write 0 for a missing value)"
+            )
 
 
 def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
@@ -486,6 +550,7 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
         store = SceneStore.load(path / name, labels, mmap=mmap)
         if len(store) != n:
             raise RamerError(f"{path / name}: {len(store)} scenes, meta.json says {n}")
+        _check_finite(store, path / name)
         # feature sizes must agree with meta.json and across splits: a model is built for one set
         for m, d in store.dims.items():
             if m in given and given[m] != d:

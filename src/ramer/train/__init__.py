@@ -28,12 +28,17 @@ def run_training(
     console: Console | None = None,
     resume: bool = False,
     hooks: tuple[Callable[[Recipe, int], None], ...] = (),
+    announce: bool = False,
 ) -> dict:
     """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report.
     ``hooks`` (deep models): called as ``hook(recipe, epoch)`` after each epoch is logged and saved
-    (``ramer tune`` reports the validation score there and may stop the run)."""
+    (``ramer tune`` reports the validation score there and may stop the run). ``announce``: print
+    where the run goes once its setup has passed (for a folder name made up by the caller)."""
     if cfg.model.name in CLASSICAL:
         if hooks:
             raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
-        return ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle).run()
-    return Recipe(cfg, out, resume=resume, console=console, bundle=bundle, hooks=hooks).run()
+        recipe = ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle)
+    else:
+        recipe = Recipe(cfg, out, resume=resume, console=console, bundle=bundle, hooks=hooks)
+    recipe.announce = announce
+    return recipe.run()

@@ -39,7 +39,7 @@ from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_th
 from ramer.models import CLASSICAL, DataSpec
 from ramer.models.classical import ClassicalModel, ClassicalModule
 from ramer.paths import atomic_write_text, make_folder
-from ramer.train.recipe import RunSteps, check_splits, write_test_result
+from ramer.train.recipe import RunSteps, check_splits, existing_run, write_test_result
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 
@@ -87,8 +87,9 @@ class ClassicalRecipe(RunSteps):
         if not is_main():
             return
         make_folder(self.out)
-        if not self.resume and (self.out / "model.safetensors").exists():
-            raise RamerError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
+        held = None if self.resume else existing_run(self.out)
+        if held:
+            raise RamerError(held)
         atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         (self.out / "metrics.jsonl").write_text("")
         if cfg.train.tensorboard:

@@ -82,7 +82,7 @@ def check_splits(bundle: DataBundle) -> None:
         if split not in bundle.splits:
             raise RamerError(f"{bundle.source}: no '{split}' split")
     hint = ""  # why an import (``ramer data import``) has no samples there
-    if bundle.format == "conversations" and bundle.info.get("conversations", {}).get("labelled"):
+    if bundle.format == "conversations" and bundle.labelled:
         hint = " (an import makes samples only of target rows: no row of this split has target 1)"
     elif bundle.format == "conversations":
         hint = " (an unlabelled import puts every conversation in test: it is for predict)"
@@ -92,6 +92,22 @@ def check_splits(bundle: DataBundle) -> None:
                 f"{bundle.source}: the {split} split is empty; nothing to "
                 f"{'train on' if split == 'train' else 'choose the best epoch and threshold on'}" + hint
             )
+    if not bundle.labelled:  # an unlabelled import with a split column: every label 0
+        raise RamerError(
+            f"{bundle.source}: the data has no annotations (an unlabelled import); nothing to train on "
+            "(ramer predict is for such data)"
+        )
+
+
+def existing_run(out: Path) -> str | None:
+    """Why a new run must not be started in ``out``: the message when it already holds a run (a
+    training state, a model file, test metrics or a non-empty log; starting anew would replace them),
+    else None. Both recipes refuse through it."""
+    log = out / "metrics.jsonl"
+    held = any((out / name).exists() for name in ("train_state.pt", "model.safetensors", "test_metrics.json"))
+    if held or log.is_dir() or (log.exists() and log.stat().st_size > 0):
+        return f"{out} already holds a run; use --resume {out} or another --out"
+    return None
 
 
 def training_step(
@@ -237,18 +253,25 @@ def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
             ) from None
         if not isinstance(record, dict):
             raise RamerError(f"{path}: line {n} is not a JSON object; a run log holds one JSON object per line")
+        epoch = record.get("epoch")
+        if "epoch" in record and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1):
+            raise RamerError(f"{path}: line {n} has epoch {json.dumps(epoch)[:40]}; an epoch is a whole number from 1")
         out.append((line, record))
     return out
 
 
 class RunSteps:
-    """``run()``: setup, train, test, then ``close()`` (also after an error), for both recipes."""
+    """``run()``: setup, train, test, then ``close()`` (also after an error), for both recipes. With
+    ``announce`` set, rank 0 says where the run goes once setup has passed (before the work)."""
 
     curves: CurveWriter | None = None
+    announce = False
 
     def run(self) -> dict:
         try:
             self.setup()
+            if self.announce and is_main():
+                self.console.print(f"training {self.cfg.model.name} -> {self.out}", highlight=False, soft_wrap=True)
             self.train()
             return self.test()
         finally:
@@ -349,8 +372,9 @@ class Recipe(RunSteps):
             make_folder(self.out)
         except RamerError as e:
             return str(e)
-        if (self.out / "train_state.pt").exists():
-            return f"{self.out} already holds a run; use --resume {self.out} or another --out"
+        held = existing_run(self.out)
+        if held:
+            return held
         atomic_write_text(self.out / "config.yaml", dump_config(cfg))
         (self.out / "metrics.jsonl").write_text("")
         return None

@@ -1,0 +1,80 @@
+"""Paths a user meets on the command line: where a run goes, a run's relative data path seen from
+another folder, an import's table read back from another folder, and what an import's summary
+says about the personality file."""
+
+from test_conversations import LABELS, base_rows, write_table
+
+from ramer.cli import main
+from ramer.data.conversations import import_conversations, summary_lines
+
+TINY = [
+    *("data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"),
+    *("model.hidden=16", "model.ffn=32", "model.heads=2", "model.queue_size=64"),
+]
+SETS = [x for s in TINY for x in ("--set", s)]
+
+
+def test_train_names_the_run_folder_before_the_work(tmp_path, capsys, monkeypatch):
+    """The default --out is made up: the first line says where the run goes (to --resume it)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SETS]) == 0
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert first == f"training ramer -> runs/{run.name}"
+
+
+def test_resume_from_another_folder_says_how_the_data_path_was_stored(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
+    assert main(["data", "synth", "--out", "ds", *sizes]) == 0
+    assert main(["train", "--data", "ds", "--out", "run", *SETS[6:]]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "run")
+    assert main(["train", "--resume", "."]) == 2
+    err = capsys.readouterr().err
+    assert "data path not found: ds (the run's data.path, as given when it was trained" in err
+    assert "run from that folder, or set data.path in config.yaml" in err
+
+
+def test_view_reads_the_imported_table_from_another_folder(tmp_path, fake_text, capsys, monkeypatch):
+    """meta.json records the table's absolute path, so the page has the texts wherever view runs."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "talk.csv", base_rows())
+    meta = import_conversations("talk.csv", "ds")
+    assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (tested,) = [c["name"] for c in meta["info"]["conversations"]["items"] if c["split"] == "test"]
+    some_text = next(r["text"] for r in base_rows() if r["conversation"] == tested and r["text"])
+    assert main(["view", str(tmp_path / "run"), "--data", str(tmp_path / "ds"), "--out", "page.html"]) == 0
+    assert some_text in (elsewhere / "page.html").read_text()
+
+
+def test_import_summary_names_persons_without_personality_and_unused_rows(tmp_path, fake_text):
+    src = write_table(tmp_path / "talk.csv", base_rows())
+    pers = tmp_path / "traits.csv"
+    pers.write_text("person,open,calm\nann,0.5,1.0\nbob,-1,2\nzed,3,3\n")
+    lines = summary_lines(import_conversations(src, tmp_path / "ds", personality=pers))
+    (line,) = [ln for ln in lines if ln.startswith("personality: ")]
+    assert "persons have no row (no personality): cat" in line and "1 rows name nobody in the table" in line
+    everyone = "ann bob cat dan eve fay gus hal ivy jon".split()
+    pers.write_text("person,open,calm\n" + "".join(f"{p},1,1\n" for p in everyone))
+    lines = summary_lines(import_conversations(src, tmp_path / "ds", personality=pers))
+    assert not [ln for ln in lines if "personality" in ln]
+
+
+def test_scoring_an_empty_split_is_an_error_that_names_the_sizes(tmp_path, fake_text, capsys):
+    """An unlabelled import puts every conversation in test: its train split has nothing to score."""
+    import_conversations(write_table(tmp_path / "talk.csv", base_rows()), tmp_path / "ds")
+    unlabelled = write_table(tmp_path / "plain.csv", base_rows(labelled=False))
+    import_conversations(unlabelled, tmp_path / "plain", labels=list(LABELS))
+    assert main(["train", "--model", "br", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    for command in (["predict", "--out", str(tmp_path / "p.jsonl")], ["eval"]):
+        argv = [command[0], str(tmp_path / "run"), "--data", str(tmp_path / "plain"), "--split", "train", *command[1:]]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "split 'train' has no samples (train 0, valid 0, test " in err and "choose another --split" in err
+    assert not (tmp_path / "p.jsonl").exists()
