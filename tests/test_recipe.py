@@ -172,6 +172,19 @@ def test_resume_honours_early_stopping(tmp_path, bundle, monkeypatch):
     assert (tmp_path / "full" / "metrics.jsonl").read_text() == before
 
 
+def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, bundle, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    cfg = tiny_cfg(extra=["train.epochs=2"])
+    full = Recipe(cfg, tmp_path / "run", bundle=bundle).run()
+    monkeypatch.setattr(Recipe, "train_epoch", lambda self, epoch, bar: pytest.fail(f"epoch {epoch} trained again"))
+    said = io.StringIO()
+    again = Recipe(cfg, tmp_path / "run", resume=True, bundle=bundle, console=Console(file=said)).run()
+    assert again == full and "the run had trained all 2 epochs; nothing more to train" in said.getvalue()
+
+
 def test_patience_is_checked():
     with pytest.raises(RamerError, match="train.patience"):
         build_config(overrides=["train.patience=0"])
@@ -298,6 +311,10 @@ def run_cli(*argv):
         (["eval", "/no/such/run"], "run folder not found: /no/such/run"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
         (["train", "--set", "model.hidden=17", "--set", "model.heads=2"], "model.hidden 17 is not divisible by"),
+        (
+            ["train", "--set", "model.ablations=no_shuffle"],
+            "valid list (written [a,b], e.g. --set model.ablations=[no_shuffle])",
+        ),
         (["bench", "--set", "model.heads=3", "--out", "/no/such/bench"], "model.hidden 64 is not divisible by"),
     ],
 )

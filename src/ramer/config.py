@@ -255,6 +255,8 @@ def _describe(err: ValidationError, source: str) -> str:
         key = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
+        elif e["type"] == "list_type":  # the --set form of a list is easy to miss
+            parts.append(f"'{key}': {e['msg']} (written [a,b], e.g. --set {key}=[{e['input']}])")
         else:
             parts.append(f"'{key}': {e['msg']}")
     return f"invalid config ({source}): " + "; ".join(parts)

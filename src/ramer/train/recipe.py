@@ -477,6 +477,10 @@ class Recipe(RunSteps):
                     highlight=False,
                 )
             return
+        if self.epochs_run >= epochs:  # a resumed run that had trained all its epochs
+            if is_main():
+                self.console.print(f"the run had trained all {epochs} epochs; nothing more to train", highlight=False)
+            return
         with progress(self.console) as bar:
             for epoch in range(self.start_epoch, epochs + 1):
                 t0 = time.perf_counter()
