@@ -54,6 +54,19 @@ def test_predict_and_view_will_not_write_over_their_inputs(run, tmp_path, capsys
     assert preds.read_bytes() == kept
 
 
+def test_files_of_the_users_beside_a_dataset_are_neither_refused_nor_touched(run, tmp_path, capsys):
+    """An output written into a dataset folder may be written again, and the dataset written over with
+    it there (it stays); a split folder left by a write that was cut off does not block the next."""
+    data = tmp_path / "data"
+    assert main(["data", "synth", "--out", str(data), *SIZES]) == 0
+    for _ in range(2):
+        assert main(["predict", str(run), "--data", str(data), "--out", str(data / "preds.jsonl")]) == 0
+    kept = (data / "preds.jsonl").read_bytes()
+    (data / "train.tmp").mkdir()  # what SceneStore.save leaves when killed mid-split
+    assert main(["data", "synth", "--out", str(data), *SIZES]) == 0
+    assert (data / "preds.jsonl").read_bytes() == kept and not (data / "train.tmp").exists()
+
+
 @pytest.mark.parametrize("command", ["synth", "convert"])
 def test_a_dataset_is_not_written_into_a_run_or_another_folder(run, tmp_path, command, capsys):
     """``data synth`` and ``data convert`` (``data import`` shares the check) refuse a folder that
@@ -91,10 +104,10 @@ def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     assert "ramer demo trains on the embedded benchmark, and data.path is set" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
     mine = tmp_path / "mine"
-    shutil.copytree(run, mine / "late_fusion")
+    shutil.copytree(run, mine / "ramer")  # a late_fusion run: not one the demo makes there
     before = fingerprint(mine)
     assert main(["demo", "--out", str(mine), *sets]) == 2
-    assert f"{mine / 'late_fusion'}: holds files that ramer demo did not write" in capsys.readouterr().err
+    assert f"{mine / 'ramer'}: holds files that ramer demo did not write" in capsys.readouterr().err
     assert fingerprint(mine) == before
     demo = tmp_path / "demo"
     assert main(["demo", "--out", str(demo), *sets]) == 0
@@ -103,3 +116,7 @@ def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     assert main(["demo", "--out", str(demo), *sets]) == 0
     assert f"replacing the earlier demo's {demo / 'ramer'}" in capsys.readouterr().err
     assert (demo / "ramer" / "metrics.jsonl").stat().st_mtime_ns != first
+    # A demo folder of before demo.json: runs of the folder's model on the embedded benchmark are the demo's.
+    (demo / "demo.json").unlink()
+    assert main(["demo", "--out", str(demo), *sets]) == 0
+    assert f"replacing the earlier demo's {demo / 'late_fusion'}" in capsys.readouterr().err

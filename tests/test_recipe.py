@@ -523,16 +523,26 @@ def one_error_line(err: str) -> bool:
 
 def test_a_finished_run_without_its_state_is_not_overwritten(tmp_path, bundle):
     """A run folder holding a model file, test metrics or a non-empty log (not only a training state)
-    is refused by both recipes, through one check, with nothing replaced."""
+    is refused by both recipes, through one check, with nothing replaced. Without a state to resume
+    from, the message does not send the user to --resume (which could not continue it), unless the
+    run is a classical one (--resume fits it again)."""
     from ramer.train.classical import ClassicalRecipe
 
     out = tmp_path / "r"
     Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()
     (out / "train_state.pt").unlink()
     files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    with pytest.raises(RamerError, match="already holds a run; use --resume"):
+    with pytest.raises(RamerError) as e:
         Recipe(tiny_cfg(extra=["train.epochs=1", "train.seed=7"]), out, bundle=bundle).run()
+    assert str(e.value) == (
+        f"{out} holds a run's model.safetensors, test_metrics.json, metrics.jsonl but no train_state.pt to resume "
+        "from (stopped before its first state was saved, or the state was removed); remove them to train there "
+        "again, or use another --out"
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    ClassicalRecipe(tiny_cfg("br"), tmp_path / "br", bundle=bundle).run()
+    with pytest.raises(RamerError, match="already holds a run; use --resume"):
+        ClassicalRecipe(tiny_cfg("br"), tmp_path / "br", bundle=bundle).run()
     for name, data in [("model.safetensors", b"x"), ("test_metrics.json", b"{}"), ("metrics.jsonl", b"{}\n")]:
         for recipe in (
             Recipe(tiny_cfg(), tmp_path / name, bundle=bundle),
@@ -540,7 +550,7 @@ def test_a_finished_run_without_its_state_is_not_overwritten(tmp_path, bundle):
         ):
             (tmp_path / name).mkdir(exist_ok=True)
             (tmp_path / name / name).write_bytes(data)
-            with pytest.raises(RamerError, match="already holds a run"):
+            with pytest.raises(RamerError, match=f"holds a run's {name} but no train_state.pt"):
                 recipe.run()
             assert (tmp_path / name / name).read_bytes() == data
 

@@ -91,3 +91,18 @@ def test_reproduce_runs_a_classical_model(tmp_path):
     runs = json.loads((tmp_path / "br" / "results.json").read_text())["runs"]
     assert len(runs) == 2 and all("micro_f1" in r["overall"] for r in runs)
     assert (tmp_path / "br" / "seed1" / "model.safetensors").exists()
+
+
+def test_a_seed_stopped_before_its_first_state_is_trained_again(tmp_path, capsys):
+    """A kill between epoch 1's model file and its train_state.pt leaves nothing to resume: reproduce
+    starts that seed again (as bench does) instead of stopping at the run folder's refusal."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    assert reproduce("mosei", data, tmp_path / "out", seeds=1) == 0
+    seed = tmp_path / "out" / "seed1"
+    for name in ("train_state.pt", "test_metrics.json"):
+        (seed / name).unlink()
+    capsys.readouterr()
+    assert reproduce("mosei", data, tmp_path / "out", seeds=1) == 0
+    assert f"seed 1: {seed} holds no state to resume from; removing it" in capsys.readouterr().err
+    assert (seed / "test_metrics.json").is_file()

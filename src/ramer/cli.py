@@ -499,12 +499,22 @@ DEMO_RUNS = ("ramer", "late_fusion", "ramer-complete")  # the demo's run folders
 
 
 def demo_runs(out: Path) -> set[str]:
-    """The run folders an earlier ``ramer demo`` made in ``out`` (from its ``demo.json``)."""
+    """The run folders an earlier ``ramer demo`` made in ``out``: those its ``demo.json`` lists, or,
+    from a demo of before that file, each demo folder whose run is of the folder's model trained on
+    the embedded benchmark."""
     from ramer.paths import make_folder, read_json
 
     make_folder(out)
     if not (out / DEMO_FILE).exists():
-        return set()
+        made = set()
+        for folder in DEMO_RUNS:
+            try:
+                run_cfg = build_config(out / folder / "config.yaml")
+            except RamerError:
+                continue
+            if run_cfg.data.path is None and run_cfg.model.name == folder.removesuffix("-complete"):
+                made.add(folder)
+        return made
     runs = read_json(out / DEMO_FILE)
     if not isinstance(runs, dict) or not isinstance(runs.get("runs"), list):
         raise RamerError(f"{out / DEMO_FILE}: not a list of the demo's runs ({{'runs': [...]}})")

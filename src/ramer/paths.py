@@ -39,7 +39,8 @@ def make_folder(path: str | Path) -> Path:
 # What a run folder holds (``ramer train``) and what a dataset folder holds (``ramer data synth``,
 # ``convert`` and ``import``: the split folders, ``meta.json`` written last, the import's cache).
 RUN_FILES = ("config.yaml", "model.safetensors", "train_state.pt", "metrics.jsonl", "test_metrics.json")
-DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "train", "valid", "test", "cache")
+SPLITS = ("train", "valid", "test")
+DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "cache", *SPLITS, *(f"{s}.tmp" for s in SPLITS))
 
 
 def output_file(path: str | Path, reads: tuple = ()) -> Path:
@@ -55,9 +56,10 @@ def output_file(path: str | Path, reads: tuple = ()) -> Path:
     whose = next((f"a file this command reads ({r})" for r in reads if r and Path(r).resolve() == target), None)
     if whose is None and target.name in RUN_FILES and (target.parent / "config.yaml").is_file():
         whose = f"a file of the run in {path.parent}"
-    if whose is None and target.exists():
-        home = next((d for d in (target.parent, target.parent.parent) if (d / "meta.json").is_file()), None)
-        whose = f"a file of the dataset in {home}" if home is not None else None
+    if whose is None and target.exists():  # meta.json, or a file of a split folder
+        home = target.parent.parent if target.parent.name in SPLITS else target.parent
+        if (home / "meta.json").is_file() and (target.name == "meta.json" or home != target.parent):
+            whose = f"a file of the dataset in {home}"
     if whose:
         raise RamerError(f"{path}: is {whose}; writing there would destroy it, give another file name")
     make_folder(path.parent)
@@ -67,10 +69,13 @@ def output_file(path: str | Path, reads: tuple = ()) -> Path:
 def dataset_folder(path: str | Path) -> Path:
     """The ``--out`` folder of a command that writes a dataset: new, empty, or holding only what
     such a command writes (a dataset written before, perhaps cut off, which is written over).
-    Anything else there (a run, a corpus, other files) is refused before the work."""
+    Anything else there (a run, a corpus, other files) is refused before the work, unless the
+    folder is a dataset already (``meta.json``): files of the user's there are left as they are."""
     path = check_out_folder(path)
     if path.is_dir():
         other = sorted(p.name for p in path.iterdir() if p.name not in DATASET_ENTRIES)
+        if (path / "meta.json").is_file():
+            other = [name for name in other if name in RUN_FILES]
         if other:
             shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
             raise RamerError(

@@ -11,6 +11,7 @@ an error names the keys) and resumes the others.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -89,6 +90,13 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
                 raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({e})") from None
             continue
         resume = (run_dir / "train_state.pt").exists()
+        if not resume and run_dir.exists():  # a seed stopped before its first state was saved: started again
+            console.print(
+                f"seed {run_cfg.train.seed}: {run_dir} holds no state to resume from; removing it",
+                highlight=False,
+                soft_wrap=True,
+            )
+            shutil.rmtree(run_dir)
         console.print(
             f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False
         )

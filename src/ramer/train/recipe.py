@@ -60,7 +60,7 @@ from ramer.dist import is_main
 from ramer.errors import LossNotFinite, RamerError, first_line, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
-from ramer.models import DataSpec, build_model
+from ramer.models import CLASSICAL, DataSpec, build_model
 from ramer.models.base import LossResult
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train.ema import WeightAverage
@@ -99,14 +99,28 @@ def check_splits(bundle: DataBundle) -> None:
         )
 
 
+def _classical_run(out: Path) -> bool:
+    """The run in ``out`` is of a classical model (it never writes train_state.pt; --resume fits it again)."""
+    try:
+        return build_config(out / "config.yaml").model.name in CLASSICAL
+    except RamerError:
+        return False
+
+
 def existing_run(out: Path) -> str | None:
     """Why a new run must not be started in ``out``: the message when it already holds a run (a
     training state, a model file, test metrics or a non-empty log; starting anew would replace them),
     else None. Both recipes refuse through it."""
     log = out / "metrics.jsonl"
-    held = any((out / name).exists() for name in ("train_state.pt", "model.safetensors", "test_metrics.json"))
-    if held or log.is_dir() or (log.exists() and log.stat().st_size > 0):
+    held = [name for name in ("model.safetensors", "test_metrics.json") if (out / name).exists()]
+    held += ["metrics.jsonl"] if log.is_dir() or (log.exists() and log.stat().st_size > 0) else []
+    if (out / "train_state.pt").exists() or (held and _classical_run(out)):
         return f"{out} already holds a run; use --resume {out} or another --out"
+    if held:
+        return (
+            f"{out} holds a run's {', '.join(held)} but no train_state.pt to resume from (stopped before its first "
+            "state was saved, or the state was removed); remove them to train there again, or use another --out"
+        )
     return None
 
 
