@@ -94,12 +94,14 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """``scores`` as float64; a RamerError when any is NaN or infinite (a diverged model), so that no
+    metric, threshold or prediction file is made from them."""
     scores = np.asarray(scores, dtype=np.float64)
     bad = int((~np.isfinite(scores)).sum())
     if bad:
         raise RamerError(
             f"{bad} of {scores.size} scores are NaN or infinite (did the model diverge?); "
-            "no metric is computed from them"
+            "nothing is computed or written from them"
         )
     return scores
 
