@@ -154,7 +154,7 @@ def test_not_a_pickle(tmp_path: Path) -> None:
     ],
 )
 def test_constructors_taking_a_size_refused(payload: bytes) -> None:
-    """Allow-listed constructors take content, never a bare size: ``bytearray(10**11)`` is 23 bytes
+    """Allow-listed constructors take content, never a bare size: ``bytearray(10**11)`` is 32 bytes
     of pickle. The sizes here are small so that the test is harmless when the check is missing."""
     with pytest.raises(RamerError, match="payload: not a readable pickle.*(not a size|non-empty)"):
         safe_pickle_loads(payload, "payload")
