@@ -346,6 +346,7 @@ def _rewrite_pickle(path: Path, edit) -> Path:
         ),
         (lambda o: o[1]["seriestrain_0"].__setitem__(0, "C"), "videoSpeakers holds 'C'"),
         (lambda o: o[2]["seriestrain_0"].__setitem__(0, 7), "videoLabels holds 7"),
+        (lambda o: o[2]["seriestrain_0"].__setitem__(0, 1.5), r"videoLabels holds a non-integer label \(\[1.5"),
         (lambda o: o[2]["seriestrain_0"].pop(), r"3 utterance ids, 3 speakers \(videoSpeakers\), 2 labels"),
     ],
 )
@@ -388,6 +389,11 @@ def test_m3ed_carat_malformed(tmp_path: Path) -> None:
     _resave(p, lambda o: o["test"].pop("len_list"))
     with pytest.raises(RamerError, match="split 'test' has no key 'len_list'"):
         load_dataset(p, "m3ed_carat")
+    for bad in (float("nan"), 2.5, float("inf")):  # counts are whole numbers: none cast or clamped silently
+        fw.write_m3ed_carat(p)
+        _resave(p, lambda o: o["train"].__setitem__("len_list", [bad] + o["train"]["len_list"][1:]))
+        with pytest.raises(RamerError, match="split 'train': 'len_list' must hold whole utterance counts >= 0"):
+            load_dataset(p, "m3ed_carat")
 
 
 # ---------------------------------------------------------------------------------------- MEmoR

@@ -93,9 +93,12 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
     if bad:
         raise RamerError(f"{where}: videoSpeakers holds {bad[0]!r}; expected 'A' or 'B'")
     try:
-        lab = [int(x) for x in lab]
-    except (TypeError, ValueError):
-        raise RamerError(f"{where}: videoLabels holds a non-integer label ({lab[:5]})") from None
+        whole = [int(x) for x in lab]
+        if any(w != x for w, x in zip(whole, lab)):  # 1.5 is not label 1
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise RamerError(f"{where}: videoLabels holds a non-integer label ({list(lab)[:5]})") from None
+    lab = whole
     out = [x for x in lab if not 0 <= x < n_labels]
     if out:
         raise RamerError(
@@ -567,8 +570,11 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
                 raise RamerError(
                     f"{where}: sample counts disagree: {sizes}, len_list {len(lens)}, tgt {len(part['tgt'])}"
                 )
-            if lens.dtype.kind not in "iuf" or (lens < 0).any():
-                raise RamerError(f"{where}: 'len_list' must hold utterance counts >= 0 (dtype {lens.dtype})")
+            whole = lens.dtype.kind in "iu" or (
+                lens.dtype.kind == "f" and bool(np.isfinite(lens).all() and (np.floor(lens) == lens).all())
+            )
+            if not whole or (lens < 0).any():  # NaN, inf and 2.5 are not counts
+                raise RamerError(f"{where}: 'len_list' must hold whole utterance counts >= 0 (dtype {lens.dtype})")
             lens = lens.astype(np.int64)
             for m, k in keys.items():
                 dim = _first_dim(seqs[m], k, split, source)
