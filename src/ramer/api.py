@@ -109,21 +109,14 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     if precision != "fp32" and cfg.model.name in CLASSICAL:
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
     model = to_inference_precision(model.to(dev), precision).eval()
-    return Predictor(model, cfg, spec, _decision(threshold, spec, model_file), dev, epoch)
+    return Predictor(model, cfg, spec, _decision(threshold), dev, epoch)
 
 
-def _decision(threshold, spec: DataSpec, source: Path) -> float | np.ndarray | str:
-    """The stored threshold as ``decide`` takes it, checked against the model's task."""
-    ok = threshold == ARGMAX if spec.single_label else not isinstance(threshold, (str, bool))
-    try:
-        if ok and isinstance(threshold, list):
-            return np.asarray(threshold, dtype=np.float64)
-        if ok:
-            return threshold if threshold == ARGMAX else float(threshold)
-    except (TypeError, ValueError):
-        pass
-    want = f"'{ARGMAX}'" if spec.single_label else "a number or one per label"
-    raise RamerError(f"{source}: stored threshold {threshold!r} does not fit a {spec.task} model (expected {want})")
+def _decision(threshold) -> float | np.ndarray | str:
+    """The stored threshold (checked against the model's task by ``read_model_file``) as ``decide`` takes it."""
+    if isinstance(threshold, list):
+        return np.asarray(threshold, dtype=np.float64)
+    return threshold if threshold == ARGMAX else float(threshold)
 
 
 def load_data_for(predictor: Predictor, data: str | None) -> DataBundle:

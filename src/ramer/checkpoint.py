@@ -88,19 +88,27 @@ def spec_from_meta(tree, path) -> DataSpec:
 
 
 def check_threshold(threshold, spec: DataSpec, path) -> None:
-    """A stored decision threshold: ``"argmax"``, a probability, or one probability per label (each
-    finite, in [0, 1]); anything else is a RamerError naming ``path``."""
-    if isinstance(threshold, str):
-        ok = threshold == ARGMAX
-    elif isinstance(threshold, list):
-        ok = len(threshold) == spec.n_labels and all(_probability(v) for v in threshold)
-    else:
-        ok = _probability(threshold)
-    if not ok:
+    """A stored decision threshold: ``"argmax"`` for a single-label model, a probability or one
+    probability per label (each finite, in [0, 1]) for a multi-label one; anything else is a
+    RamerError naming ``path``."""
+    if not _threshold_form(threshold, spec.n_labels):
         raise RamerError(
             f"{path}: stored threshold {threshold!r:.80} is malformed (expected '{ARGMAX}', a number in [0, 1], or "
             f"{spec.n_labels} of them, one per label); was it written by ramer?"
         )
+    if (threshold == ARGMAX) != spec.single_label:
+        want = f"'{ARGMAX}'" if spec.single_label else "a number or one per label"
+        raise RamerError(f"{path}: stored threshold {threshold!r} does not fit a {spec.task} model (expected {want})")
+
+
+def _threshold_form(threshold, n_labels: int | None = None) -> bool:
+    """``threshold`` is ``"argmax"``, a probability, or a list of probabilities (``n_labels`` of them
+    when given)."""
+    if isinstance(threshold, str):
+        return threshold == ARGMAX
+    if isinstance(threshold, list):
+        return bool(threshold) and n_labels in (None, len(threshold)) and all(map(_probability, threshold))
+    return _probability(threshold)
 
 
 def _probability(value) -> bool:
@@ -239,6 +247,6 @@ def train_state_problem(state: dict) -> str | None:
         return f"best 'score' must be a number, not {score!r:.40}"
     if not _whole(best["epoch"], 0) or best["epoch"] > epoch:
         return f"best 'epoch' must be a whole number from 0 to the state's epoch {epoch}, not {best['epoch']!r:.40}"
-    if not (thr == ARGMAX or _probability(thr) or (isinstance(thr, list) and thr and all(map(_probability, thr)))):
+    if not _threshold_form(thr):
         return f"best 'threshold' must be '{ARGMAX}', a number in [0, 1] or one per label, not {thr!r:.60}"
     return None

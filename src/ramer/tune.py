@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -95,27 +96,29 @@ def tune_config(
 
 
 # ---------------------------------------------------------------------- the study
-def is_sqlalchemy(e: Exception) -> bool:
-    """An error of SQLAlchemy, which Optuna's database storage raises as it is."""
-    return type(e).__module__.startswith("sqlalchemy")
+@contextlib.contextmanager
+def storage_errors(optuna, url: str):
+    """Errors of opening a study's storage (Optuna's, and SQLAlchemy's as they are: a bad URL, an
+    unreachable server, a damaged file) as one RamerError naming ``url``."""
+    try:
+        yield
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
+        raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
+        raise
 
 
-def check_folder_model(optuna, out: Path, storage: str | None, model: str) -> None:
+def check_folder_model(out: Path, model: str, studies: list[str]) -> None:
     """One folder holds the search of one model: another model's trials would write over its trial
-    folders, ``best.yaml`` and ``tune.json``. Its model is read from ``tune.json`` and, with the
-    default storage, from the study names in ``study.db``."""
-    found = set()
+    folders, ``best.yaml`` and ``tune.json``. Its model is read from ``tune.json`` and ``studies``
+    (the study names of its ``study.db``)."""
+    found = set(studies)
     if (out / "tune.json").is_file():
         summary = read_json(out / "tune.json")
         if isinstance(summary, dict) and isinstance(summary.get("model"), str):
             found.add(summary["model"])
-    if storage is None and (out / STUDY_FILE).is_file():
-        url = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-        try:
-            found.update(optuna.get_all_study_names(storage=_storage(optuna, url)))
-        except Exception as e:  # a damaged database: open_study names it
-            if not isinstance(e, optuna.exceptions.StorageInternalError) and not is_sqlalchemy(e):
-                raise
     others = sorted(found - {model})
     if others:
         raise RamerError(
@@ -126,10 +129,13 @@ def check_folder_model(optuna, out: Path, storage: str | None, model: str) -> No
 
 def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, pruner=None, trial_seeds: int = 1):
     """Create or load the study (name: the model) and check it was made with ``base`` and
-    ``trial_seeds`` runs per trial."""
+    ``trial_seeds`` runs per trial, and that ``out`` holds no other model's search."""
     url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    try:
+    with storage_errors(optuna, url):
         rdb = _storage(optuna, url)
+        studies = optuna.get_all_study_names(storage=rdb) if storage is None else []  # a shared storage holds many
+    check_folder_model(out, base.model.name, studies)
+    with storage_errors(optuna, url):
         study = optuna.create_study(
             storage=rdb,
             study_name=base.model.name,
@@ -137,12 +143,6 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
             load_if_exists=True,
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
         )
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
-        raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
-    except Exception as e:  # SQLAlchemy's errors (a bad URL, an unreachable server)
-        if is_sqlalchemy(e):
-            raise RamerError(f"cannot open the study at {url}: {first_line(e)}") from None
-        raise
     stored = study.user_attrs.get("config")
     mine = base.model_dump(mode="json")
     made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
@@ -338,7 +338,6 @@ def tune(
     check_space(base, space)
     out = make_folder(out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
-    check_folder_model(optuna, out, storage, base.model.name)
     study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
     fail_stale(optuna, study)
     remove_failed_folders(optuna, study, out)
