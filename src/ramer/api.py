@@ -102,7 +102,10 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
 
         model = ClassicalModule.from_state(cfg.model.name, spec, state)
     else:
-        model = build_model(cfg, spec)
+        try:
+            model = build_model(cfg, spec)
+        except RamerError as e:  # a model of another package, not (or no longer) installed here
+            raise RamerError(f"{model_file}: {e}") from None
         ckpt.load_state_into(model, state, str(model_file))
     asked = "the device asked for (--device)" if device is not None else "the run's train.device"
     dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)

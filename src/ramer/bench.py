@@ -64,7 +64,7 @@ from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
-from ramer.models import BASELINES, CLASSICAL, KNOWN, PRESETS, DataSpec, build_model, known_models, set_model
+from ramer.models import BASELINES, CLASSICAL, PRESETS, DataSpec, build_model, is_known, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import atomic_write, atomic_write_text, make_folder, read_json
 from ramer.train import run_training
@@ -175,7 +175,7 @@ def parse_models(text: str | None, option: str = "--models") -> list[str]:
         for name in GROUPS.get(item, (item,)):
             if name and name not in names:
                 names.append(name)
-    unknown = [n for n in names if n not in KNOWN]
+    unknown = [n for n in names if not is_known(n)]
     if unknown or not names:
         what = f"unknown {', '.join(unknown)}" if unknown else "empty list"
         raise RamerError(f"{option}: {what}; known: {', '.join(GROUPS)}, {known_models()}")

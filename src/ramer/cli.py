@@ -612,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--model",
-        help="model name, e.g. br, late_fusion, ramer, or a preset ramer-<ablation> (default: the config's, ramer)",
+        help="model name, e.g. br, late_fusion, ramer, a preset ramer-<ablation>, or an installed model "
+        "(docs/ARCHITECTURE.md, Adding a model) (default: the config's, ramer)",
     )
     t.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
     t.add_argument("--data", help="dataset: a native directory or a public benchmark file/directory")

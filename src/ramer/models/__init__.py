@@ -1,15 +1,20 @@
 """Model registry: every model name a run takes (``--model NAME``): the deep models' builders (among
-them ``ramer-authors``, the authors' own design), the classical baselines, and the
-``ramer-<ablation>`` presets (RAMer with one part switched off)."""
+them ``ramer-authors``, the authors' own design), the classical baselines, the
+``ramer-<ablation>`` presets (RAMer with one part switched off), and the models of other packages:
+``register_model`` in one process, or an entry point of the group ``ramer.models`` for every
+command (docs/ARCHITECTURE.md, "Adding a model"). An installed model's code is imported only when a
+run names it."""
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from importlib.metadata import entry_points
+from typing import Callable, Iterable
 
 from torch import nn
 
 from ramer.config import ABLATIONS, Config
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 from ramer.models.base import DataSpec, LossResult
 
 
@@ -74,14 +79,76 @@ PRESETS: dict[str, str] = {f"ramer-{a}": a for a in ABLATIONS}  # preset name ->
 KNOWN: set[str] = {*BUILDERS, *CLASSICAL, *PRESETS}
 
 
+ENTRY_POINTS = "ramer.models"  # the entry-point group of the models other packages install
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*(?:-[A-Za-z0-9_]+)*\Z")  # a folder name in bench's runs/
+
+
+def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], space: Iterable | None = None) -> None:
+    """Add a deep model under ``name`` in this process: ``builder(cfg, spec)`` returns the
+    ``nn.Module`` (the contract in ``ramer.models.base``). ``space``: the ``spaces.Param`` that
+    ``ramer tune`` searches for it (default ``spaces.COMMON``). Registering the same builder again
+    only replaces its space; a name another model holds is an error."""
+    from ramer.models.spaces import SPACES, check_space
+
+    if not isinstance(name, str) or not NAME.match(name):
+        raise RamerError(f"model name {name!r}: letters, digits and '_', in parts joined by '-' (it names run folders)")
+    if name.startswith("ramer-"):
+        raise RamerError(f"model name '{name}': names 'ramer-<part>' are RAMer's ablation presets")
+    if not callable(builder):
+        raise RamerError(f"model '{name}': the builder must be callable as builder(cfg, spec), not {builder!r}")
+    if name in KNOWN and BUILDERS.get(name) is not builder:
+        raise RamerError(f"model name '{name}' is taken; known: {known_models()}")
+    if space is not None:
+        SPACES[name] = check_space(name, space)
+    BUILDERS[name] = builder
+    KNOWN.add(name)
+
+
+def _installed() -> dict[str, list]:
+    """The entry points of the ``ramer.models`` group, by name (their code is not imported)."""
+    found: dict[str, list] = {}
+    for ep in entry_points(group=ENTRY_POINTS):
+        found.setdefault(ep.name, []).append(ep)
+    return found
+
+
+def _origin(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{ep.value}, from {dist.name}" if dist is not None else ep.value
+
+
+def _load_installed(name: str) -> bool:
+    """Register the installed model ``name`` (an entry point of ``ENTRY_POINTS`` naming its builder);
+    False when none is installed under that name."""
+    eps = _installed().get(name, [])
+    if len(eps) > 1:
+        raise RamerError(f"model '{name}' is installed twice: {'; '.join(map(_origin, eps))}; uninstall one")
+    if not eps:
+        return False
+    (ep,) = eps
+    try:
+        builder = ep.load()
+    except Exception as e:  # the plugin's own import error, whatever it is
+        raise RamerError(f"model '{name}' ({_origin(ep)}) failed to load: {type(e).__name__}: {first_line(e)}") from e
+    register_model(name, builder)  # a module that registered its builder on import keeps its space
+    return True
+
+
+def is_known(name: str) -> bool:
+    """Whether a run takes ``name``: a model of this package, a preset, or an installed model
+    (imported here)."""
+    return name in KNOWN or _load_installed(name)
+
+
 def known_models() -> str:
-    """The model names a run takes, for error messages."""
-    return f"{', '.join(sorted({*BUILDERS, *CLASSICAL}))}, ramer-<ablation> ({', '.join(ABLATIONS)})"
+    """The model names a run takes, for error messages (installed models by name, unimported)."""
+    names = sorted({*BUILDERS, *CLASSICAL, *_installed()} - set(PRESETS))
+    return f"{', '.join(names)}, ramer-<ablation> ({', '.join(ABLATIONS)})"
 
 
 def set_model(cfg: Config, name: str) -> None:
     """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
-    if name not in KNOWN:
+    if not is_known(name):
         raise RamerError(f"unknown model '{name}'; known: {known_models()}")
     if name in PRESETS:
         cfg.model.name = "ramer"
@@ -93,9 +160,13 @@ def set_model(cfg: Config, name: str) -> None:
 
 def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     name = cfg.model.name
-    if name not in BUILDERS:
-        raise RamerError(f"unknown model '{name}'; known: {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[name](cfg, spec)
+    if name not in BUILDERS and not _load_installed(name):
+        deep = sorted({*BUILDERS, *_installed()} - set(PRESETS))
+        raise RamerError(f"unknown model '{name}'; known: {', '.join(deep)}")
+    model = BUILDERS[name](cfg, spec)
+    if not isinstance(model, nn.Module):
+        raise RamerError(f"model '{name}': its builder returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 __all__ = [
@@ -107,6 +178,8 @@ __all__ = [
     "DataSpec",
     "LossResult",
     "build_model",
+    "is_known",
     "known_models",
+    "register_model",
     "set_model",
 ]

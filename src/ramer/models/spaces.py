@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ramer.config import Config
+from ramer.config import Config, with_values
+from ramer.errors import RamerError
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,22 @@ def space_for(cfg: Config, fixed: set[str] | frozenset[str] = frozenset()) -> tu
     space = SPACES.get(cfg.model.name, COMMON)
     unused = {key for part in cfg.model.ablations for key in UNUSED_WHEN_OFF.get(part, ())}
     return tuple(p for p in space if p.key not in unused and p.key not in fixed)
+
+
+def check_space(model: str, space) -> tuple[Param, ...]:
+    """A registered model's space (``models.register_model``): ``Param`` of config keys, each
+    range's values taken by its key."""
+    params = tuple(space)
+    for p in params:
+        if not isinstance(p, Param):
+            raise RamerError(f"model '{model}': its search space holds {p!r}, not a ramer.models.spaces.Param")
+        ends = p.choices if p.choices is not None else (p.low, p.high)
+        for value in ends:
+            try:
+                with_values(Config(), {p.key: value}, f"the value {value!r}")
+            except RamerError as e:
+                raise RamerError(f"model '{model}': search space {p.describe()}: {e}") from None
+    return params
 
 
 def format_value(value: Any, digits: int = 3) -> str:

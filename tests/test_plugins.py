@@ -1,0 +1,193 @@
+"""Models of other packages: the example of docs/ARCHITECTURE.md ("Adding a model"), installed as an
+entry point of the group ``ramer.models``, trains, tests and is read back through the CLI, in this
+process and in a new one; ``register_model`` serves one process; bad names, builders, spaces and
+plugins are errors that name them."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import ramer
+from ramer import models
+from ramer.cli import main
+from ramer.config import build_config
+from ramer.errors import RamerError
+from ramer.models import build_model, is_known, known_models, register_model, set_model, spaces
+from ramer.models.base import DataSpec
+from ramer.models.spaces import Param, log, space_for
+from ramer.train import run_training
+
+DOC = Path(__file__).parents[1] / "docs" / "ARCHITECTURE.md"
+SRC = str(Path(ramer.__file__).parents[1])  # this checkout's package, for the subprocess
+TINY = [
+    *("data.synthetic.n_train=48", "data.synthetic.n_valid=24", "data.synthetic.n_test=24", "train.epochs=2"),
+    *("model.hidden=16", "model.ffn=32", "model.heads=2", "train.batch_size=16", "train.threads=1"),
+]
+SETS = [x for s in TINY for x in ("--set", s)]
+SPEC = DataSpec(dims={"text": 4, "audio": 3, "visual": 2}, n_labels=3, label_names=("a", "b", "c"))
+
+
+def doc_example() -> str:
+    """The model file of the section "Adding a model" in docs/ARCHITECTURE.md."""
+    section = DOC.read_text().split("## Adding a model", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def registry(monkeypatch, request):
+    """The model registry and the search spaces as they were, after the test; the test's modules
+    forgotten."""
+    monkeypatch.setattr(models, "BUILDERS", dict(models.BUILDERS))
+    monkeypatch.setattr(models, "KNOWN", set(models.KNOWN))
+    monkeypatch.setattr(spaces, "SPACES", dict(spaces.SPACES))
+    before = set(sys.modules)
+    request.addfinalizer(lambda: [sys.modules.pop(m) for m in set(sys.modules) - before if m.startswith("plug_")])
+
+
+def install(site: Path, monkeypatch, files: dict[str, str], entries: dict[str, str], dist: str = "my-models") -> None:
+    """A distribution in ``site`` as pip installs one: its modules and ``entries`` (model name ->
+    ``module:builder``) in the entry-point group ``ramer.models``; ``site`` put on ``sys.path``."""
+    site.mkdir(exist_ok=True)
+    for name, code in files.items():
+        (site / name).write_text(code)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ramer.models]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+    monkeypatch.syspath_prepend(str(site))
+
+
+def import_file(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_documented_model_installed_as_a_plugin_runs_through_the_cli(tmp_path, monkeypatch, registry, capsys):
+    site = tmp_path / "site"
+    install(site, monkeypatch, {"plug_models.py": doc_example()}, {"scope_pool": "plug_models:build"})
+    run = tmp_path / "run"
+    assert main(["train", "--model", "scope_pool", "--out", str(run), *SETS]) == 0
+    assert build_config(run / "config.yaml").model.name == "scope_pool"
+    log_lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in log_lines if "epoch" in x] == [1, 2]
+    assert "cls" in log_lines[0]["train"]  # the plugin's own loss terms are logged
+    test = json.loads((run / "test_metrics.json").read_text())
+
+    predictor = ramer.load(run)
+    assert type(predictor.model).__name__ == "ScopePool" and type(predictor.model).__module__ == "plug_models"
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == test["overall"]
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(run), "--out", str(preds)]) == 0
+    assert len(preds.read_text().splitlines()) == 24  # every test scene
+
+    # A new process finds it by the run's config alone (as bench's spawned workers and torchrun do).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), SRC])}
+    argv = [sys.executable, "-m", "ramer", "eval", str(run), "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["overall"] == test["overall"]
+
+
+def test_bench_and_tune_take_an_installed_model(tmp_path, monkeypatch, registry):
+    from ramer.bench import parse_models
+
+    install(tmp_path / "site", monkeypatch, {"plug_models.py": doc_example()}, {"scope_pool": "plug_models:build"})
+    assert parse_models("scope_pool,late_fusion") == ["scope_pool", "late_fusion"]
+    cfg = build_config(None)
+    set_model(cfg, "scope_pool")
+    assert space_for(cfg) == spaces.COMMON  # a model without a space of its own searches the common one
+    assert isinstance(build_model(cfg, SPEC), nn.Module)
+
+
+def test_an_installed_model_that_registers_itself_on_import_keeps_its_space(tmp_path, monkeypatch, registry):
+    code = doc_example() + textwrap.dedent(
+        """
+        from ramer.models import register_model
+        from ramer.models.spaces import log
+
+        SPACE = (log("train.lr", 1e-3, 1e-2),)
+        register_model("spaced", build, space=SPACE)
+        """
+    )
+    install(tmp_path / "site", monkeypatch, {"plug_spaced.py": code}, {"spaced": "plug_spaced:build"})
+    cfg = build_config(None)
+    set_model(cfg, "spaced")
+    assert space_for(cfg) == sys.modules["plug_spaced"].SPACE
+
+
+def test_register_model_serves_this_process_with_its_search_space(tmp_path, registry):
+    example = tmp_path / "plug_example.py"
+    example.write_text(doc_example())
+    module = import_file(example, "plug_example")
+    space = (log("train.lr", 1e-3, 1e-2), Param("model.hidden", choices=(8, 16)))
+    register_model("scope_pool", module.build, space=space)
+    register_model("scope_pool", module.build, space=space)  # the same builder again: no error
+    cfg = build_config(None, TINY)
+    set_model(cfg, "scope_pool")
+    assert space_for(cfg) == space
+    run_training(cfg, tmp_path / "run")
+    assert type(ramer.load(tmp_path / "run").model) is module.ScopePool
+    with pytest.raises(RamerError, match="model name 'scope_pool' is taken"):
+        register_model("scope_pool", lambda cfg, spec: None)
+    del models.BUILDERS["scope_pool"]  # as in a process that never registered it
+    models.KNOWN.discard("scope_pool")
+    with pytest.raises(RamerError, match=f"{tmp_path / 'run' / 'model.safetensors'}: unknown model 'scope_pool'"):
+        ramer.load(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "name, builder, space, message",
+    [
+        ("ramer", None, None, "model name 'ramer' is taken"),
+        ("br", None, None, "model name 'br' is taken"),
+        ("ramer-mine", None, None, "names 'ramer-<part>' are RAMer's ablation presets"),
+        ("a/b", None, None, "model name 'a/b': letters, digits and '_'"),
+        ("", None, None, "model name '': letters"),
+        ("mine", "build", None, "the builder must be callable"),
+        ("mine", None, (Param("model.nope", 0.0, 1.0),), "search space model.nope uniform .*unknown key 'model.nope'"),
+        ("mine", None, (log("train.lr", -1.0, 1.0),), "search space train.lr .*greater than 0"),
+        ("mine", None, ("train.lr",), "holds 'train.lr', not a ramer.models.spaces.Param"),
+    ],
+)
+def test_register_model_refuses(name, builder, space, message, registry):
+    before = (dict(models.BUILDERS), set(models.KNOWN), dict(spaces.SPACES))
+    with pytest.raises(RamerError, match=message):
+        register_model(name, builder or (lambda cfg, spec: nn.Linear(1, 1)), space=space)
+    assert (models.BUILDERS, models.KNOWN, spaces.SPACES) == before
+
+
+def test_a_broken_or_doubly_installed_plugin_is_named(tmp_path, monkeypatch, registry):
+    files = {
+        "plug_broken.py": "import plug_not_there\n",
+        "plug_other.py": "def build(cfg, spec):\n    return 'not a module'\n",
+    }
+    install(tmp_path / "site", monkeypatch, files, {"broken": "plug_broken:build", "other": "plug_other:build"})
+    install(tmp_path / "site", monkeypatch, {}, {"twice": "plug_other:build"}, dist="first")
+    install(tmp_path / "site", monkeypatch, {}, {"twice": "plug_other:build"}, dist="second")
+    assert "broken" in known_models() and "plug_broken" not in sys.modules  # listed, not imported
+    cfg = build_config(None)
+    with pytest.raises(
+        RamerError,
+        match=r"model 'broken' \(plug_broken:build, from my-models\) failed to load: "
+        r"ModuleNotFoundError: No module named 'plug_not_there'",
+    ):
+        set_model(cfg, "broken")
+    with pytest.raises(RamerError, match="model 'twice' is installed twice: plug_other:build, from (first|second); "):
+        is_known("twice")
+    cfg.model.name = "other"
+    with pytest.raises(RamerError, match="model 'other': its builder returned a str, not a torch.nn.Module"):
+        build_model(cfg, SPEC)
+    with pytest.raises(RamerError, match="unknown model 'nothing'; known: .*broken"):
+        set_model(cfg, "nothing")
