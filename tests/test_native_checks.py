@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import random_store
 
 from ramer.data.commands import convert
@@ -115,6 +116,24 @@ def test_non_finite_features_are_refused(tmp_path, name, column, value):
         f"{path}: split 'valid' holds 2 non-finite values (NaN or inf) in present rows; "
         "features must be finite numbers (write 0 for a missing value)"
     )
+
+
+def test_nan_under_a_false_presence_mask_never_reaches_a_batch(tmp_path):
+    """What lies under a False mask is ignored (the load check skips it), and the batch holds zeros
+    there, as docs/DATA.md says: a product with the mask would keep NaN (NaN * 0 is NaN)."""
+    store = random_store(n=6, seed=3)
+    for k, m in enumerate(("text", "audio", "visual")):
+        getattr(store, m)[~store.present[:, k]] = np.nan
+    store.personality_present[::2] = False
+    store.personality[::2] = np.nan
+    DataBundle({s: store for s in ("train", "valid", "test")}, store.label_names, "test", "mem").save(tmp_path / "d")
+    loaded = load_native(tmp_path / "d").splits["train"]
+    batch = loaded.collate(list(range(len(loaded))))
+    for m, x in batch.features.items():
+        assert torch.isfinite(x).all(), m
+        assert (x[~batch.present[m]] == 0).all() and x[batch.present[m]].abs().sum() > 0
+    assert torch.isfinite(batch.personality).all()
+    assert (batch.personality[~batch.personality_present] == 0).all()
 
 
 # ------------------------------------------------------------------ 2. feature sizes across splits

@@ -254,8 +254,8 @@ class SceneStore:
         pres = np.empty((B * N, 3), dtype=bool)
         pres[order] = self.present[rows[order]]
         pres = pres.reshape(B, N, 3) & valid[..., None]
-        for k, m in enumerate(MODALITIES):
-            feats[m] *= pres[..., k : k + 1]
+        for k, m in enumerate(MODALITIES):  # zero, not a product: what lies under False may be NaN
+            np.copyto(feats[m], 0.0, where=~pres[..., k : k + 1])
         tgt = self.target[idx].astype(np.int64)
         target = np.where(tgt[:, 0] >= 0, tgt[:, 0] * S + tgt[:, 1], -1)
         person = np.broadcast_to(np.repeat(np.arange(P), S)[None], (B, N))
@@ -275,7 +275,7 @@ class SceneStore:
             prow = np.where(pvalid, self.person_offsets[idx][:, None] + np.arange(P)[None, :], 0).reshape(-1)
             personality = np.asarray(self.personality[prow], dtype=np.float32).reshape(B, P, d)
             personality_present = np.asarray(self.personality_present[prow]).reshape(B, P) & pvalid
-            personality *= personality_present[..., None]
+            np.copyto(personality, 0.0, where=~personality_present[..., None])
         t = torch.from_numpy
         return Batch(
             features={m: t(feats[m]) for m in MODALITIES},
