@@ -130,3 +130,44 @@ def test_the_exporters_warnings_are_quiet_during_export(caplog):
     assert not caplog.records
     log.warning("torchvision is not installed. Skipping torchvision::nms")
     assert [r.getMessage() for r in caplog.records] == ["torchvision is not installed. Skipping torchvision::nms"]
+
+
+class TraitsReader(torch.nn.Module):
+    """A model of another package that reads personality through a part not called `personality`."""
+
+    def __init__(self, spec, reads: bool):
+        super().__init__()
+        self.reads = reads
+        self.text = torch.nn.Linear(spec.dims["text"], spec.n_labels)
+        self.trait_proj = torch.nn.Linear(spec.personality_dim, spec.n_labels)
+
+    def forward(self, batch):
+        from types import SimpleNamespace
+
+        logits = self.text(batch.features["text"].sum(1))
+        if self.reads:
+            shown = batch.personality_present.unsqueeze(-1).to(logits.dtype)
+            logits = logits + self.trait_proj(batch.personality * shown).sum(1)
+        return SimpleNamespace(probs=logits.sigmoid())
+
+
+def test_personality_inputs_follow_what_the_model_reads():
+    """Read off the scores, not off an attribute named `personality`: a model that reads it through
+    another part kept no personality input, and its ONNX scores differed from predict by 0.29."""
+    from ramer.config import LossConfig, ModelConfig
+    from ramer.export import uses_personality
+    from ramer.models.base import DataSpec
+    from ramer.models.late_fusion import LateFusion
+    from ramer.models.ramer import RAMer
+
+    torch.manual_seed(0)
+    spec = DataSpec(
+        dims={"text": 6, "audio": 4, "visual": 3}, n_labels=3, label_names=("a", "b", "c"), personality_dim=5
+    )
+    cfg = ModelConfig(hidden=16, heads=2, ffn=16, proj_size=8, queue_size=16)
+    assert uses_personality(TraitsReader(spec, reads=True), spec)
+    assert not uses_personality(TraitsReader(spec, reads=False), spec)
+    assert uses_personality(RAMer(cfg, LossConfig(), spec).eval(), spec)
+    assert not uses_personality(LateFusion(cfg, LossConfig(), spec).eval(), spec)  # it reads no personality
+    no_traits = DataSpec(dims=spec.dims, n_labels=3, label_names=spec.label_names)
+    assert not uses_personality(TraitsReader(spec, reads=True), no_traits)

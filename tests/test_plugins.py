@@ -6,6 +6,7 @@ plugins are errors that name them."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,10 +35,16 @@ SETS = [x for s in TINY for x in ("--set", s)]
 SPEC = DataSpec(dims={"text": 4, "audio": 3, "visual": 2}, n_labels=3, label_names=("a", "b", "c"))
 
 
+def doc_blocks() -> list[str]:
+    """The Python blocks of the section "Adding a model" in docs/ARCHITECTURE.md (indented ones
+    dedented)."""
+    section = DOC.read_text().split("## Adding a model", 1)[1].split("\n## ", 1)[0]
+    return [textwrap.dedent(b.split("```", 1)[0]) for b in section.split("```python\n")[1:]]
+
+
 def doc_example() -> str:
-    """The model file of the section "Adding a model" in docs/ARCHITECTURE.md."""
-    section = DOC.read_text().split("## Adding a model", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+    """The model file of the section: its first block."""
+    return doc_blocks()[0]
 
 
 @pytest.fixture
@@ -127,6 +134,17 @@ def test_an_installed_model_that_registers_itself_on_import_keeps_its_space(tmp_
     assert space_for(cfg) == sys.modules["plug_spaced"].SPACE
 
 
+def test_the_documented_python_registration_runs(tmp_path, registry):
+    """The section's second block, with this test's tiny settings and folder."""
+    names: dict = {}
+    exec(doc_example(), names)
+    code = doc_blocks()[1]
+    assert '["train.epochs=3"]' in code and '"runs/scope_pool"' in code
+    exec(code.replace('["train.epochs=3"]', repr(TINY)).replace('"runs/scope_pool"', repr(str(tmp_path / "r"))), names)
+    assert build_config(tmp_path / "r" / "config.yaml").model.name == "scope_pool"
+    assert (tmp_path / "r" / "test_metrics.json").is_file()
+
+
 def test_register_model_serves_this_process_with_its_search_space(tmp_path, registry):
     example = tmp_path / "plug_example.py"
     example.write_text(doc_example())
@@ -191,3 +209,142 @@ def test_a_broken_or_doubly_installed_plugin_is_named(tmp_path, monkeypatch, reg
         build_model(cfg, SPEC)
     with pytest.raises(RamerError, match="unknown model 'nothing'; known: .*broken"):
         set_model(cfg, "nothing")
+
+
+BROKEN = '''
+import torch
+from torch import nn
+
+from ramer.models.base import LossResult
+
+
+class Out:
+    def __init__(self, probs):
+        self.probs = probs
+
+
+class Broken(nn.Module):
+    """One way of breaking the contract per name: what forward or loss return."""
+
+    def __init__(self, how, spec):
+        super().__init__()
+        self.how, self.head = how, nn.Linear(spec.dims["text"], spec.n_labels)
+
+    def forward(self, batch):
+        logits = self.head(batch.features["text"].mean(1))
+        if self.how == "tensor":
+            return logits.sigmoid()
+        if self.how == "dict":
+            return {"probs": logits.sigmoid()}
+        if self.how == "shape":
+            return Out(logits.sigmoid()[:, :1])
+        if self.how == "logits":
+            return Out(logits - 5.0)
+        return Out(logits.sigmoid())
+
+    def loss(self, out, batch):
+        probs = out if isinstance(out, torch.Tensor) else out["probs"] if isinstance(out, dict) else out.probs
+        each = nn.functional.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), batch.labels[:, : probs.shape[1]],
+                                                  reduction="none").mean(1)
+        if self.how == "bare_loss":
+            return each.mean()
+        if self.how == "per_sample":
+            return LossResult(total=each, terms={})
+        if self.how == "vector_term":
+            return LossResult(total=each.mean(), terms={"each": each.detach()})
+        if self.how == "loss_term":
+            return LossResult(total=each.mean(), terms={"loss": each.mean().detach()})
+        return LossResult(total=each.mean(), terms={})
+
+
+def build(how):
+    return lambda cfg, spec: Broken(how, spec)
+
+
+def raises(cfg, spec):
+    raise ValueError("hidden must be even")
+'''
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("tensor", "model Broken: forward returned a Tensor without a probs field; expected an object whose probs"),
+        ("dict", "model Broken: forward returned a dict without a probs field"),
+        ("shape", r"model Broken: forward returned probs of shape \(24, 1\) for a batch of 24 samples and 9 labels"),
+        ("logits", r"model Broken: \d+ of \d+ scores of a batch lie outside \[0, 1\] \(e.g. -\d"),
+        ("bare_loss", r"model Broken: loss\(\) returned a Tensor; expected a ramer.models.base.LossResult"),
+        ("per_sample", r"model Broken: LossResult.total must be a scalar tensor \(one number\), got shape \(16,\)"),
+        ("vector_term", r"model Broken: LossResult.terms\['each'\] must be a scalar \(one number\), got shape \(16,\)"),
+        ("loss_term", "model Broken: LossResult.terms key 'loss': a name other than 'loss' .the logged total."),
+    ],
+)
+def test_a_model_breaking_the_contract_is_told_how(how, message, tmp_path, monkeypatch, registry, capsys):
+    """Each breach is one line naming the model and the field (it was an AttributeError, a
+    RuntimeError deep in the recipe, or a run that finished on logits read as probabilities)."""
+    site = tmp_path / "site"
+    code = BROKEN + f"\nbuild_{how} = build({how!r})\n"
+    install(site, monkeypatch, {"plug_broken_models.py": code}, {"broken": f"plug_broken_models:build_{how}"})
+    assert main(["train", "--model", "broken", "--out", str(tmp_path / "run"), *SETS]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_a_builder_that_raises_is_named_with_where(tmp_path, monkeypatch, registry):
+    install(tmp_path / "site", monkeypatch, {"plug_raising.py": BROKEN}, {"raising": "plug_raising:raises"})
+    cfg = build_config(None)
+    set_model(cfg, "raising")
+    with pytest.raises(
+        RamerError,
+        match=r"model 'raising': its builder raised ValueError: hidden must be even "
+        r"\(.*plug_raising.py, line \d+\)",
+    ):
+        build_model(cfg, SPEC)
+
+
+def test_an_installed_model_under_a_name_of_ramers_own_is_an_error(tmp_path, monkeypatch, registry):
+    """Else `--model late_fusion` would run the built-in one and ignore the installed one unsaid."""
+    install(tmp_path / "site", monkeypatch, {"plug_models.py": doc_example()}, {"late_fusion": "plug_models:build"})
+    cfg = build_config(None)
+    for call in (lambda: set_model(cfg, "late_fusion"), lambda: build_model(cfg, SPEC)):
+        cfg.model.name = "late_fusion"
+        with pytest.raises(
+            RamerError,
+            match=r"model 'late_fusion' is ramer's own, and plug_models:build, from "
+            r"my-models installs another under that name; rename its entry point",
+        ):
+            call()
+    set_model(cfg, "ramer")  # the other names are unaffected
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_bench_names_the_run_that_failed(jobs, tmp_path, monkeypatch, registry, capsys):
+    """A RamerError of one run gets the run in front (from a worker process it came without); a
+    bug's traceback is preceded by a line naming the run."""
+    code = (
+        BROKEN
+        + "\nbuild_tensor = build('tensor')\n\ndef build_bug(cfg, spec):\n    return Bug(spec)\n\n"
+        + (
+            "class Bug(Broken):\n    def __init__(self, spec):\n        super().__init__('fine', spec)\n\n"
+            "    def forward(self, batch):\n        return 1 / 0\n"
+        )
+    )
+    install(
+        tmp_path / "site",
+        monkeypatch,
+        {"plug_bench.py": code},
+        {"tensor": "plug_bench:build_tensor", "bug": "plug_bench:build_bug"},
+    )
+    bench = ["bench", "--seeds", "1", "--missing-rates", "0", "--complete", "", "--jobs", jobs, *SETS]
+    models = "tensor" if jobs == "1" else "late_fusion,tensor"  # two runs: two worker processes
+    assert main([*bench, "--models", models, "--out", str(tmp_path / "b")]) == 2
+    run = tmp_path / "b" / "runs" / "tensor" / "missing-0" / "seed-1"
+    assert (
+        f"error: tensor, missing rate 0, seed 1 ({run}): model Broken: forward returned a Tensor"
+        in capsys.readouterr().err
+    )
+    if jobs == "1":
+        with pytest.raises(ZeroDivisionError):
+            main([*bench, "--models", "bug", "--out", str(tmp_path / "c")])
+        assert "failed: bug, missing rate 0, seed 1 (" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`ramer predict` and the Python API on a tiny trained run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,21 @@ def test_api_predicts_a_batch_like_the_split(run):
     part = predictor.predict(test.collate([4, 2, 9]))
     np.testing.assert_allclose(part, whole[[4, 2, 9]], atol=1e-5)
     assert predictor.decide(whole).shape == whole.shape
+
+
+def test_the_readmes_python_example_runs(run):
+    """The README's Python block, on this run: the run's own data, scores row by row in the split's
+    order, decisions, metrics."""
+    out, cfg = run
+    readme = Path(__file__).parents[1] / "README.md"
+    code = readme.read_text().split("## Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"runs/demo/ramer"' in code
+    names: dict = {}
+    exec(code.replace('"runs/demo/ramer"', repr(str(out))), names)
+    test = generate(cfg.data.synthetic).splits["test"]
+    assert names["test"].ids == test.ids
+    np.testing.assert_allclose(names["probs"], ramer.load(out).predict(test), atol=1e-6)
+    assert set(names["multilabel_metrics"](test.labels, names["labels"])) >= {"micro_f1", "macro_f1"}
 
 
 def test_api_refuses_other_labels(run):

@@ -18,6 +18,7 @@ from ramer.infer import check_precision, model_dtype, resolve_device, to_inferen
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide
 from ramer.models import CLASSICAL, DataSpec, build_model
+from ramer.models.base import output_probs, unit_scores
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Predictor:
         if not isinstance(data, (SceneStore, DataBundle, Batch)):
             raise RamerError(
                 f"predict takes a SceneStore, a DataBundle or a Batch, not {type(data).__name__} "
-                "(load a dataset with ramer.data.load_bundle or ramer.api.load_data_for)"
+                "(load one with ramer.data.load_dataset(PATH), or the run's own with "
+                "ramer.api.load_data_for(predictor))"
             )
         if isinstance(data, DataBundle):
             if split not in data.splits:
@@ -66,7 +68,9 @@ class Predictor:
             self._check_data(data.label_names, data.dims, "batch")
             self.model.eval()
             with torch.inference_mode():
-                return self.model(data.to(self.device, model_dtype(self.model))).probs.float().cpu().numpy()
+                out = self.model(data.to(self.device, model_dtype(self.model)))
+                probs = output_probs(self.model, out, data.size, len(data.label_names)).float().cpu().numpy()
+                return unit_scores(self.model, probs)
         self._check_data(data.label_names, data.dims, data.source)
         return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
 
@@ -105,7 +109,10 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
         try:
             model = build_model(cfg, spec)
         except RamerError as e:  # a model of another package, not (or no longer) installed here
-            raise RamerError(f"{model_file}: {e}") from None
+            hint = ""
+            if str(e).startswith("unknown model"):
+                hint = " (registered in Python? register it in this process first, or install it: docs/ARCHITECTURE.md)"
+            raise RamerError(f"{model_file}: {e}{hint}") from None
         ckpt.load_state_into(model, state, str(model_file))
     asked = "the device asked for (--device)" if device is not None else "the run's train.device"
     dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)
@@ -122,7 +129,7 @@ def _decision(threshold) -> float | np.ndarray | str:
     return threshold if threshold == ARGMAX else float(threshold)
 
 
-def load_data_for(predictor: Predictor, data: str | None) -> DataBundle:
+def load_data_for(predictor: Predictor, data: str | None = None) -> DataBundle:
     """The dataset a run was trained on, or another one given by path."""
     cfg = predictor.cfg.model_copy(deep=True)
     if data is not None:

@@ -535,6 +535,21 @@ def _interrupt(signum, frame) -> None:
 
 
 @contextmanager
+def naming_the_run(key: tuple[str, int, float], run: Path, console: Console):
+    """Errors of one run name it: a RamerError gets the run in front of its line; any other error
+    (a bug, its traceback follows) is preceded by a line naming the run."""
+    name, seed, rate = key
+    where = f"{name}, missing rate {rate:g}, seed {seed} ({run})"
+    try:
+        yield
+    except RamerError as e:
+        raise type(e)(f"{where}: {e}") from None
+    except Exception:
+        console.print(f"failed: {where}", highlight=False, soft_wrap=True)
+        raise
+
+
+@contextmanager
 def worker_pool(jobs: int, **kwargs):
     """A pool of ``jobs`` spawned worker processes. However the bench stops (Ctrl-C, an error, or
     SIGTERM sent to this process alone, which is read as Ctrl-C here), it cancels what has not
@@ -644,7 +659,9 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     quiet = Console(stderr=True, quiet=True)
     if s.jobs <= 1 or len(todo) <= 1:
         for key, cfg, run, state in todo:
-            record(key, *execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet, state))
+            with naming_the_run(key, run, console):
+                done = execute(cfg, run, bundles[cfg.data.synthetic.complete], quiet, state)
+            record(key, *done)
             keep()
     else:
         from concurrent.futures import as_completed
@@ -653,11 +670,14 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
             min(s.jobs, len(todo)), initializer=_init_worker, initargs=(base.data.model_dump(mode="json"),)
         ) as pool:
             futures = {
-                pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run), state): key
+                pool.submit(_worker_execute, cfg.model_dump(mode="json"), str(run), state): (key, run)
                 for key, cfg, run, state in todo
             }
             for future in as_completed(futures):
-                record(futures[future], *future.result())
+                key, run = futures[future]
+                with naming_the_run(key, run, console):
+                    done = future.result()
+                record(key, *done)
                 keep()
     results = _ordered(records, s)
     write_results(s.out, results)  # every planned run read: the file holds this bench's runs alone

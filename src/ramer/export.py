@@ -175,7 +175,21 @@ def random_inputs(
 
 
 def uses_personality(model: nn.Module, spec) -> bool:
-    return spec.personality_dim is not None and getattr(model, "personality", None) is not None
+    """Whether the export takes personality inputs: the data has personality, and the model has a
+    ``personality`` part (this package's models that read it, trained or not) or its scores (eval
+    mode) change with other personality vectors (a model of another package, whatever its parts are
+    called)."""
+    if spec.personality_dim is None:
+        return False
+    if getattr(model, "personality", None) is not None:
+        return True
+    inputs = random_inputs(EXAMPLE_SHAPE, spec.dims, spec.personality_dim, seed=0)
+    wrapper = GridModel(model, spec.label_names, personality=True).eval()
+    names = wrapper.input_names()
+    other = {**inputs, "personality": inputs["personality"] + 1.0}
+    with torch.inference_mode():
+        a, b = (wrapper(*(torch.from_numpy(x[n]) for n in names)) for x in (inputs, other))
+    return not torch.equal(a, b)
 
 
 @dataclass

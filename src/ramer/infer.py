@@ -24,6 +24,7 @@ from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
 from ramer.errors import RamerError
 from ramer.metrics import finite_scores
+from ramer.models.base import output_probs, unit_scores
 
 SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
 
@@ -140,7 +141,8 @@ def _score_range(
     for first in range(start, stop, batch_size):
         batch = store.collate(np.arange(first, min(stop, first + batch_size))).to(device, dtype)
         with autocast(device, precision):
-            scores.append(model(batch).probs.float().cpu().numpy())
+            probs = output_probs(model, model(batch), batch.size, len(store.label_names))
+            scores.append(unit_scores(model, probs.float().cpu().numpy()))
     return np.concatenate(scores)
 
 

@@ -8,6 +8,7 @@ run names it."""
 from __future__ import annotations
 
 import re
+import traceback
 from importlib.metadata import entry_points
 from typing import Callable, Iterable
 
@@ -69,6 +70,8 @@ BUILDERS: dict[str, Callable[[Config, DataSpec], nn.Module]] = {
     "hhmpn": _hhmpn,
     "amp": _amp,
 }
+
+OWN = frozenset(BUILDERS)  # this package's deep models; the others are registered or installed
 
 # Not nn.Modules: scikit-learn baselines, see ramer.models.classical.ClassicalModel.
 CLASSICAL: tuple[str, ...] = ("br", "cc", "lp")
@@ -134,10 +137,24 @@ def _load_installed(name: str) -> bool:
     return True
 
 
+def _not_shadowed(name: str) -> None:
+    """A RamerError when an installed package gives a model of this package's name (``name``), which
+    would otherwise be ignored without a word."""
+    eps = _installed().get(name) if name in OWN or name in CLASSICAL or name in PRESETS else None
+    if eps:
+        raise RamerError(
+            f"model '{name}' is ramer's own, and {'; '.join(map(_origin, eps))} installs another under that "
+            f"name; rename its entry point (group {ENTRY_POINTS})"
+        )
+
+
 def is_known(name: str) -> bool:
     """Whether a run takes ``name``: a model of this package, a preset, or an installed model
     (imported here)."""
-    return name in KNOWN or _load_installed(name)
+    if name in KNOWN:
+        _not_shadowed(name)
+        return True
+    return _load_installed(name)
 
 
 def known_models() -> str:
@@ -163,7 +180,20 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     if name not in BUILDERS and not _load_installed(name):
         deep = sorted({*BUILDERS, *_installed()} - set(PRESETS))
         raise RamerError(f"unknown model '{name}'; known: {', '.join(deep)}")
-    model = BUILDERS[name](cfg, spec)
+    if name in OWN:
+        _not_shadowed(name)
+        model = BUILDERS[name](cfg, spec)
+    else:
+        try:
+            model = BUILDERS[name](cfg, spec)
+        except RamerError:
+            raise
+        except Exception as e:  # another package's builder: say whose, and where it raised
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            raise RamerError(
+                f"model '{name}': its builder raised {type(e).__name__}: {first_line(e)} "
+                f"({frame.filename}, line {frame.lineno})"
+            ) from e
     if not isinstance(model, nn.Module):
         raise RamerError(f"model '{name}': its builder returned a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from torch import Tensor
 
 from ramer.config import TASKS
+from ramer.errors import RamerError
+
+GUIDE = "docs/ARCHITECTURE.md, 'Adding a model'"
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,60 @@ def label_probs(logits: Tensor, single_label: bool) -> Tensor:
 class LossResult:
     total: Tensor  # scalar, what the optimiser minimises
     terms: dict[str, Tensor]  # each unweighted term, detached, for logging
+
+
+def output_probs(model, out, size: int, n_labels: int) -> Tensor:
+    """The ``probs`` of ``model``'s output ``out`` for a batch of ``size`` samples, checked against the
+    contract (an object whose ``probs`` field is a ``(size, n_labels)`` tensor); a RamerError naming
+    the model and what it returned otherwise (a model of another package breaking the contract)."""
+    probs = getattr(out, "probs", None)
+    if isinstance(probs, Tensor) and tuple(probs.shape) == (size, n_labels):
+        return probs
+    if isinstance(probs, Tensor):
+        got = f"probs of shape {tuple(probs.shape)} for a batch of {size} samples and {n_labels} labels"
+    elif hasattr(out, "probs"):
+        got = f"probs as a {type(probs).__name__}"
+    else:
+        got = f"a {type(out).__name__} without a probs field"
+    raise RamerError(
+        f"model {type(model).__name__}: forward returned {got}; expected an object whose probs field is a "
+        f"(B, C) tensor of scores in [0, 1] ({GUIDE})"
+    )
+
+
+def unit_scores(model, scores: np.ndarray) -> np.ndarray:
+    """``scores`` (a batch's probs as an array) when none lies outside [0, 1] (NaN is left to
+    ``metrics.finite_scores``); a RamerError naming the model otherwise (a model of another package
+    returning logits: a threshold tuned on them, and every figure, would be nonsense)."""
+    outside = (scores < 0) | (scores > 1)
+    if outside.any():
+        raise RamerError(
+            f"model {type(model).__name__}: {int(outside.sum())} of {scores.size} scores of a batch lie outside "
+            f"[0, 1] (e.g. {float(scores[outside][0]):.4g}); probs are per-label sigmoids or a softmax "
+            "(ramer.models.base.label_probs)"
+        )
+    return scores
+
+
+def checked_loss(model, loss) -> LossResult:
+    """``model.loss``'s result, checked: a LossResult whose total and terms are scalars; the term
+    name ``loss`` is the logged total's."""
+    name = type(model).__name__
+    if not isinstance(loss, LossResult):
+        raise RamerError(
+            f"model {name}: loss() returned a {type(loss).__name__}; expected a "
+            f"ramer.models.base.LossResult(total=..., terms={{...}}) ({GUIDE})"
+        )
+    if not isinstance(loss.total, Tensor) or loss.total.numel() != 1:
+        got = f"shape {tuple(loss.total.shape)}" if isinstance(loss.total, Tensor) else type(loss.total).__name__
+        raise RamerError(f"model {name}: LossResult.total must be a scalar tensor (one number), got {got}")
+    if not isinstance(loss.terms, dict):
+        got = type(loss.terms).__name__
+        raise RamerError(f"model {name}: LossResult.terms must be a dict of named scalars, got {got}")
+    for key, value in loss.terms.items():
+        if not isinstance(key, str) or key == "loss":
+            raise RamerError(f"model {name}: LossResult.terms key {key!r}: a name other than 'loss' (the logged total)")
+        if not (isinstance(value, (int, float)) or isinstance(value, Tensor) and value.numel() == 1):
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise RamerError(f"model {name}: LossResult.terms['{key}'] must be a scalar (one number), got {got}")
+    return loss

@@ -61,7 +61,7 @@ from ramer.errors import LossNotFinite, RamerError, first_line, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model
-from ramer.models.base import LossResult
+from ramer.models.base import LossResult, checked_loss
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.optim import build_optimizer
@@ -137,7 +137,7 @@ def training_step(
     loss of the unwrapped ``model``, backward, clipping, step. Returns the (finite-checked) loss."""
     with autocast(batch.labels.device, precision):
         out = forward(batch)
-        loss = model.loss(out, batch)
+        loss = checked_loss(model, model.loss(out, batch))
     if not dist.all_true(torch.isfinite(loss.total.detach())):  # every rank stops together
         raise FloatingPointError(float(loss.total.detach()))
     optimizer.zero_grad(set_to_none=True)
