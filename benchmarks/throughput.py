@@ -8,6 +8,8 @@ Settings (``--settings``, comma list; default all):
   dims text/visual/audio 300/35/74, 6 labels, no personality; hidden 256, 8 heads, FFN 256,
   layers 6/3/3, queue 8192, code size 64, dropout 0.3 (the authors' defaults, spec MODEL.md §2.1).
 - ``carat``: the same data and model with CARAT's layers 6/4/4.
+- ``text-only`` (by name only): ``synthetic`` with audio and visual absent from every token, as a
+  text corpus imported with ``ramer data import``.
 
 Each (setting, mode) is measured in a fresh subprocess, so the peak RSS (``ru_maxrss``) is that of
 one mode alone (it includes Python, torch and the data). Modes:
@@ -48,7 +50,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("synthetic", "mosei", "carat")
+SETTINGS = ("synthetic", "mosei", "carat")  # the default list; "text-only" is asked for by name
 MODES = ("train", "infer", "infer-bf16")
 MOSEI_DIMS = {"text": 300, "audio": 74, "visual": 35}
 MOSEI_MODEL = [
@@ -88,16 +90,21 @@ def make_setting(name: str, overrides: list[str] = (), n: int = 512):
     """(config, train store) of a named setting."""
     from ramer.config import build_config
 
-    if name == "synthetic":
+    if name in ("synthetic", "text-only"):
         from ramer.data.synthetic import generate
 
         cfg = build_config(
             ROOT / "configs" / "synthetic.yaml",
             [f"data.synthetic.n_train={n}", "data.synthetic.n_valid=1", "data.synthetic.n_test=1", *overrides],
         )
-        return cfg, generate(cfg.data.synthetic).splits["train"]
+        store = generate(cfg.data.synthetic).splits["train"]
+        if name == "text-only":  # the same scenes with text alone, as a text corpus imported with `ramer data import`
+            store.present[:, 1:] = False
+            store.audio[:] = 0.0
+            store.visual[:] = 0.0
+        return cfg, store
     if name not in LAYERS:
-        raise SystemExit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+        raise SystemExit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}, text-only")
     cfg = build_config(ROOT / "configs" / "synthetic.yaml", [*MOSEI_MODEL, f"model.layers={LAYERS[name]}", *overrides])
     return cfg, mosei_store(n)
 

@@ -234,6 +234,55 @@ def test_masked_attention_equals_reference(n_queries, n_keys, null_key, few, mon
     assert (bf16 - got).abs().max() < 0.05
 
 
+def _with_and_without_shortcut(run, monkeypatch):
+    """``run()`` with the null-key-only shortcut, then with the full path (the shortcut's guard off)."""
+    shortcut = run()
+    monkeypatch.setattr(MaskedAttention, "_only_the_null_key", lambda self, *args: False)
+    full = run()
+    monkeypatch.undo()
+    return shortcut, full
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_no_allowed_key_shortcut_is_the_full_path(dropout, monkeypatch):
+    """A call with no allowed key (a modality absent from a whole batch) skips the products: the
+    same output to the bit, in training the same random draw after it, the same exact-zero gradients
+    (as tensors, not None: AdamW's weight decay still steps them) and null_v's up to summation order."""
+    att = MaskedAttention(16, 4, dropout, null_key=True)
+    with torch.no_grad():
+        att.null_k.normal_(), att.null_v.normal_()
+    query, keys = torch.randn(5, 3, 16), torch.randn(5, 4, 16)
+    mask = torch.zeros(5, 4, dtype=torch.bool)
+    assert att._only_the_null_key(query, keys, mask) and not att._only_the_null_key(query, keys, ~mask)
+
+    def train_step():
+        torch.manual_seed(0)
+        att.zero_grad(set_to_none=True)
+        q, k = query.clone().requires_grad_(), keys.clone().requires_grad_()
+        out = att.train()(q, k, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = {n: p.grad for n, p in att.named_parameters()} | {"query": q.grad, "keys": k.grad}
+        return out.detach(), torch.rand(3), grads
+
+    (out, after, grads), (ref, ref_after, ref_grads) = _with_and_without_shortcut(train_step, monkeypatch)
+    assert torch.equal(out, ref) and torch.equal(after, ref_after)  # the same dropout draw, no other
+    for name, grad in ref_grads.items():
+        assert grads[name] is not None, name
+        if name == "null_v":
+            torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(grads[name], grad), name
+    with torch.no_grad():
+        evals = _with_and_without_shortcut(lambda: att.eval()(query, keys, mask), monkeypatch)
+        bf16 = _with_and_without_shortcut(
+            lambda: att.to(torch.bfloat16)(query.bfloat16(), keys.bfloat16(), mask), monkeypatch
+        )
+    assert torch.equal(*evals) and torch.equal(*bf16)
+    att.float().train()
+    with torch.autocast("cpu", torch.bfloat16):  # bfloat16 training: the full path (null_v's rounding)
+        assert not att._only_the_null_key(query, keys, mask)
+
+
 def test_off_cpu_attention_keeps_cudnn_sdpa_off(monkeypatch):
     """Off CPU, attention calls SDPA with cuDNN's kernel disabled (attention.SDPA_BACKENDS), and
     the global setting is as before afterwards. The meta device takes the off-CPU branch on any
