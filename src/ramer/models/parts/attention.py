@@ -273,7 +273,7 @@ class MaskedAttention(nn.Module):
         null key and 0 elsewhere, so each head returns the null value, times its dropout keep and
         scale. The same values, the same random draw (the full weights' mask, its null column
         used) and the same exact-zero gradients for q, kv, null_k and the inputs, without the
-        products (1.25x a float32 training step on text-only data, 1.3x inference; docs/PERFORMANCE.md).
+        products (the speed it gives on text-only data: docs/PERFORMANCE.md §2).
         Only null_v's gradient is summed in another order: float32 rounding (in bfloat16 training
         that would be bfloat16 rounding, so there the full path runs)."""
         X, Q, H = query.shape
