@@ -240,11 +240,14 @@ class Broken(nn.Module):
             return Out(logits.sigmoid()[:, :1])
         if self.how == "logits":
             return Out(logits - 5.0)
+        if self.how == "nan":
+            return Out(logits.sigmoid() * float("nan"))
         return Out(logits.sigmoid())
 
     def loss(self, out, batch):
         probs = out if isinstance(out, torch.Tensor) else out["probs"] if isinstance(out, dict) else out.probs
-        each = nn.functional.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), batch.labels[:, : probs.shape[1]],
+        probs = probs.nan_to_num(0.5).clamp(1e-6, 1 - 1e-6)
+        each = nn.functional.binary_cross_entropy(probs, batch.labels[:, : probs.shape[1]],
                                                   reduction="none").mean(1)
         if self.how == "bare_loss":
             return each.mean()
@@ -273,6 +276,7 @@ def raises(cfg, spec):
         ("dict", "model Broken: forward returned a dict without a probs field"),
         ("shape", r"model Broken: forward returned probs of shape \(24, 1\) for a batch of 24 samples and 9 labels"),
         ("logits", r"model Broken: \d+ of \d+ scores of a batch lie outside \[0, 1\] \(e.g. -\d"),
+        ("nan", r"model Broken: \d+ of \d+ scores are NaN or infinite \(did the model diverge\?\)"),
         ("bare_loss", r"model Broken: loss\(\) returned a Tensor; expected a ramer.models.base.LossResult"),
         ("per_sample", r"model Broken: LossResult.total must be a scalar tensor \(one number\), got shape \(16,\)"),
         ("vector_term", r"model Broken: LossResult.terms\['each'\] must be a scalar \(one number\), got shape \(16,\)"),

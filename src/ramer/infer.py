@@ -127,7 +127,10 @@ def predict(
     if shard:
         out = dist.gather_arrays(out)
     assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
-    finite_scores(out)  # NaN scores (a diverged model) are refused before anything uses or writes them
+    try:  # NaN scores (a diverged model) are refused before anything uses or writes them
+        finite_scores(out)
+    except RamerError as e:
+        raise RamerError(f"model {type(model).__name__}: {e}") from None
     return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
 
 
