@@ -16,5 +16,5 @@ code = main()
 if launched():
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else 1)
+    os._exit(code)
 sys.exit(code)

@@ -14,11 +14,10 @@ from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
-from ramer.infer import check_precision, model_dtype, resolve_device, to_inference_precision
+from ramer.infer import batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide
-from ramer.models import CLASSICAL, DataSpec, build_model
-from ramer.models.base import output_probs, unit_scores
+from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
 
 
 @dataclass
@@ -68,9 +67,7 @@ class Predictor:
             self._check_data(data.label_names, data.dims, "batch")
             self.model.eval()
             with torch.inference_mode():
-                out = self.model(data.to(self.device, model_dtype(self.model)))
-                probs = output_probs(self.model, out, data.size, len(data.label_names)).float().cpu().numpy()
-                return unit_scores(self.model, probs)
+                return batch_scores(self.model, data.to(self.device, model_dtype(self.model)))
         self._check_data(data.label_names, data.dims, data.source)
         return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
 
@@ -108,11 +105,11 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     else:
         try:
             model = build_model(cfg, spec)
-        except RamerError as e:  # a model of another package, not (or no longer) installed here
-            hint = ""
-            if str(e).startswith("unknown model"):
-                hint = " (registered in Python? register it in this process first, or install it: docs/ARCHITECTURE.md)"
-            raise RamerError(f"{model_file}: {e}{hint}") from None
+        except UnknownModel as e:  # a model of another package, not (or no longer) installed here
+            hint = "registered in Python? register it in this process first, or install it: docs/ARCHITECTURE.md"
+            raise RamerError(f"{model_file}: {e} ({hint})") from None
+        except RamerError as e:
+            raise RamerError(f"{model_file}: {e}") from None
         ckpt.load_state_into(model, state, str(model_file))
     asked = "the device asked for (--device)" if device is not None else "the run's train.device"
     dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)

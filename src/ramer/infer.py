@@ -144,9 +144,15 @@ def _score_range(
     for first in range(start, stop, batch_size):
         batch = store.collate(np.arange(first, min(stop, first + batch_size))).to(device, dtype)
         with autocast(device, precision):
-            probs = output_probs(model, model(batch), batch.size, len(store.label_names))
-            scores.append(unit_scores(model, probs.float().cpu().numpy()))
+            scores.append(batch_scores(model, batch))
     return np.concatenate(scores)
+
+
+def batch_scores(model: nn.Module, batch) -> np.ndarray:
+    """``model``'s probabilities for ``batch`` as a float32 array ``(B, C)``, its output checked
+    against the model contract (``base.output_probs``, ``base.unit_scores``)."""
+    probs = output_probs(model, model(batch), batch.size, len(batch.label_names))
+    return unit_scores(model, probs.float().cpu().numpy())
 
 
 _FORKED: tuple | None = None  # what the forked scoring processes inherit: (model, store, ..., threads)

@@ -82,6 +82,10 @@ PRESETS: dict[str, str] = {f"ramer-{a}": a for a in ABLATIONS}  # preset name ->
 KNOWN: set[str] = {*BUILDERS, *CLASSICAL, *PRESETS}
 
 
+class UnknownModel(RamerError):
+    """No model of this package, preset or installed model has the name asked for."""
+
+
 ENTRY_POINTS = "ramer.models"  # the entry-point group of the models other packages install
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*(?:-[A-Za-z0-9_]+)*\Z")  # a folder name in bench's runs/
 
@@ -166,7 +170,7 @@ def known_models() -> str:
 def set_model(cfg: Config, name: str) -> None:
     """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
     if not is_known(name):
-        raise RamerError(f"unknown model '{name}'; known: {known_models()}")
+        raise UnknownModel(f"unknown model '{name}'; known: {known_models()}")
     if name in PRESETS:
         cfg.model.name = "ramer"
         if PRESETS[name] not in cfg.model.ablations:
@@ -179,7 +183,7 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     name = cfg.model.name
     if name not in BUILDERS and not _load_installed(name):
         deep = sorted({*BUILDERS, *_installed()} - set(PRESETS))
-        raise RamerError(f"unknown model '{name}'; known: {', '.join(deep)}")
+        raise UnknownModel(f"unknown model '{name}'; known: {', '.join(deep)}")
     if name in OWN:
         _not_shadowed(name)
         model = BUILDERS[name](cfg, spec)
@@ -212,4 +216,5 @@ __all__ = [
     "known_models",
     "register_model",
     "set_model",
+    "UnknownModel",
 ]
