@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from ramer.batch import MODALITIES
-from ramer.config import build_config
+from ramer.config import ABLATIONS, build_config
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL, build_model
 from ramer.models.amp import asymmetric_loss
@@ -110,6 +110,36 @@ def test_every_parameter_is_trained(name, store):
         model.loss(model(batch), batch).total.backward()
         trained |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
     assert trained == {n for n, _ in model.named_parameters()}
+
+
+DECLARED = [*((name, None) for name in (*TORCH, "ramer", "ramer-authors")), *(("ramer", a) for a in ABLATIONS)]
+
+
+@pytest.mark.parametrize("name, ablation", DECLARED, ids=[f"{n}-{a}" if a else n for n, a in DECLARED])
+def test_uses_every_parameter_holds_at_every_step(name, ablation):
+    """A model that says ``uses_every_parameter`` gives every parameter a gradient (zero is one) at
+    every step: ``--nproc`` then builds DDP without its search for unused parameters, and a
+    parameter left out of one step's graph would stop the run there. Every missing pattern, with
+    and without personality, both tasks."""
+    overrides = [f"model.name={name}", f"model.hidden={HIDDEN}", "model.ffn=48"]
+    overrides += [f"model.ablations=[{ablation}]"] if ablation else []
+    cfg = build_config(overrides=overrides)
+    left_out = {}
+    for personality_dim in (7, None):
+        store = random_store(n=10, n_labels=5, persons=(1, 4), segments=(2, 5), seed=1, personality_dim=personality_dim)
+        for task in ("multi_label", "single_label"):
+            torch.manual_seed(0)
+            model = build_model(cfg, replace(spec_of(store), task=task)).train()
+            assert model.uses_every_parameter
+            if hasattr(model, "prepare"):
+                model.prepare(store)
+            for pattern, batch in patterns(store):
+                model.zero_grad(set_to_none=True)
+                model.loss(model(batch), batch).total.backward()
+                none = [n for n, p in model.named_parameters() if p.grad is None]
+                if none:
+                    left_out[(personality_dim, task, pattern)] = none
+    assert left_out == {}
 
 
 def with_garbage(batch, fill: float):

@@ -105,6 +105,8 @@ class AMPOutput:
 
 
 class AMP(nn.Module):
+    uses_every_parameter = True  # a gradient at every step (tests/test_baselines.py): DDP skips its search
+
     def __init__(
         self,
         cfg: ModelConfig,

@@ -70,6 +70,8 @@ class HHMPNOutput:
 
 
 class HHMPN(nn.Module):
+    uses_every_parameter = True  # a gradient at every step (tests/test_baselines.py): DDP skips its search
+
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec, rounds: int = 3) -> None:
         super().__init__()
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE

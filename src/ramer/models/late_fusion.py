@@ -71,6 +71,8 @@ def at_target(x: Tensor, target: Tensor) -> Tensor:
 
 
 class LateFusion(nn.Module):
+    uses_every_parameter = True  # a gradient at every step (tests/test_baselines.py): DDP skips its search
+
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE

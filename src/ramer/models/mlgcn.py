@@ -66,6 +66,8 @@ class MLGCNOutput:
 
 
 class MLGCN(nn.Module):
+    uses_every_parameter = True  # a gradient at every step (tests/test_baselines.py): DDP skips its search
+
     def __init__(
         self,
         cfg: ModelConfig,

@@ -150,7 +150,7 @@ class QueueAndPrototypes:
 
 
 class RAMer(QueueAndPrototypes, nn.Module):
-    uses_every_parameter = True  # at every training step (tested): DDP need not look for unused ones
+    uses_every_parameter = True  # a gradient at every step (tests/test_baselines.py): DDP skips its search
 
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()

@@ -124,6 +124,8 @@ def product_norm(a: Tensor, b: Tensor) -> Tensor:
 
 
 class RAMerAuthors(QueueAndPrototypes, nn.Module):
+    uses_every_parameter = True  # a gradient at every step (tests/test_baselines.py): DDP skips its search
+
     def __init__(self, cfg: ModelConfig, loss_cfg: LossConfig, spec: DataSpec) -> None:
         super().__init__()
         if cfg.ablations:
