@@ -142,6 +142,22 @@ def test_uses_every_parameter_holds_at_every_step(name, ablation):
     assert left_out == {}
 
 
+@pytest.mark.parametrize("name", ["mlgcn", "hhmpn", "ramer", "ramer-authors"])
+def test_more_segments_than_the_position_table_is_a_clear_error(name, store):
+    """The models with RAMer's encoders (a learned table of ``model.max_segments`` segment positions)
+    stop with a RamerError that names the key, not the table lookup's IndexError."""
+    cfg = build_config(
+        overrides=[f"model.name={name}", f"model.hidden={HIDDEN}", "model.ffn=48", "model.max_segments=2"]
+    )
+    model = build_model(cfg, spec_of(store))
+    if hasattr(model, "prepare"):
+        model.prepare(store)
+    batch = store.collate(np.arange(len(store)))
+    assert batch.grid[1] > 2
+    with pytest.raises(RamerError, match=rf"a batch has {batch.grid[1]} segments, more than model.max_segments=2"):
+        model(batch)
+
+
 def with_garbage(batch, fill: float):
     """The batch with ``fill`` (NaN) or noise of that scale under every False presence bit."""
     feats = {}

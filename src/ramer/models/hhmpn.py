@@ -37,7 +37,7 @@ from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.blocks import AttentionBlock
 from ramer.models.late_fusion import at_target, masked_mean, target_mask
-from ramer.models.parts.encoders import ModalityEncoder
+from ramer.models.parts.encoders import ModalityEncoder, check_segments
 
 
 class MessageRound(nn.Module):
@@ -76,6 +76,7 @@ class HHMPN(nn.Module):
         super().__init__()
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
+        self.max_segments = cfg.max_segments
         self.encoders = nn.ModuleDict(
             {
                 m: ModalityEncoder(
@@ -94,6 +95,7 @@ class HHMPN(nn.Module):
         self.cls_bias = nn.Parameter(torch.zeros(C))
 
     def forward(self, batch: Batch) -> HHMPNOutput:
+        check_segments(batch.grid[1], self.max_segments)
         B = batch.valid.shape[0]
         tmask = target_mask(batch)  # (B, N)
         nodes, avail, tnodes, tavail = [], [], [], []

@@ -37,7 +37,7 @@ from ramer.config import LossConfig, ModelConfig
 from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.late_fusion import at_target, masked_mean
-from ramer.models.parts.encoders import ModalityEncoder
+from ramer.models.parts.encoders import ModalityEncoder, check_segments
 
 
 def label_adjacency(labels: np.ndarray, tau: float = 0.4, p: float = 0.2) -> np.ndarray:
@@ -79,6 +79,7 @@ class MLGCN(nn.Module):
         super().__init__()
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
+        self.max_segments = cfg.max_segments
         self.tau, self.p = cfg.mlgcn_tau, cfg.mlgcn_p
         self.encoders = nn.ModuleDict(
             {
@@ -113,6 +114,7 @@ class MLGCN(nn.Module):
         return A @ self.gc2(z)  # (C, H)
 
     def forward(self, batch: Batch) -> MLGCNOutput:
+        check_segments(batch.grid[1], self.max_segments)
         pooled, read = [], []
         for k, m in enumerate(MODALITIES):
             mask = batch.present[m] & batch.scope  # (B, N)

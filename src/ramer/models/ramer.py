@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from ramer import dist
 from ramer.batch import MODALITIES, Batch
 from ramer.config import LossConfig, ModelConfig
-from ramer.errors import RamerError
 from ramer.models import losses
 from ramer.models.base import DataSpec, LossResult, label_probs
 from ramer.models.parts import (
@@ -54,6 +53,7 @@ from ramer.models.parts import (
     PersonalityStream,
     RealFakeDiscriminator,
     StandInGate,
+    check_segments,
     contrastive_items,
     fuse_max,
     modality_dropout,
@@ -189,8 +189,7 @@ class RAMer(QueueAndPrototypes, nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> RAMerOutput:
         P, S = batch.grid
-        if S > self.cfg.max_segments:
-            raise RamerError(f"a batch has {S} segments, more than model.max_segments={self.cfg.max_segments}")
+        check_segments(S, self.cfg.max_segments)
         train = self.training
         valid = batch.valid  # (B, N)
         present = torch.stack([batch.present[m] & valid for m in MODALITIES], -1)  # (B, N, M)

@@ -66,6 +66,7 @@ from ramer.models.parts import (
     LabelWiseAttention,
     LabelWiseClassifier,
     ModalityEncoder,
+    check_segments,
     contrastive_items,
     fuse_max,
     grad_reverse,
@@ -166,6 +167,7 @@ class RAMerAuthors(QueueAndPrototypes, nn.Module):
         self.permutations = PERMUTATIONS[cfg.shuffle or "pile"]
 
     def forward(self, batch: Batch) -> AuthorsOutput:
+        check_segments(batch.grid[1], self.cfg.max_segments)
         valid = batch.valid  # (B, N)
         scope = batch.scope & valid  # (B, N)
         present = torch.stack([batch.present[m] & valid for m in MODALITIES], -1)  # (B, N, M)

@@ -19,7 +19,7 @@ from ramer.models.parts.adversarial import CommonSpecific, GradientReversal, Rea
 from ramer.models.parts.attention import MaskedAttention, zero_unless
 from ramer.models.parts.context import ModalityLevelAttention
 from ramer.models.parts.contrastive import ContrastiveMemory, contrastive_items
-from ramer.models.parts.encoders import ModalityEncoder
+from ramer.models.parts.encoders import ModalityEncoder, check_segments
 from ramer.models.parts.labelwise import LabelWiseAttention, LabelWiseClassifier, fuse_max
 from ramer.models.parts.personality import PersonalityHead, PersonalityStream
 from ramer.models.parts.reconstruction import CrossReconstruction, LabelAutoEncoder, StandInGate, modality_dropout
@@ -45,6 +45,7 @@ __all__ = [
     "LabelWiseClassifier",
     "MaskedAttention",
     "ModalityEncoder",
+    "check_segments",
     "ModalityLevelAttention",
     "PersonalityHead",
     "PersonalityStream",
