@@ -34,6 +34,9 @@ def test_overrides_are_typed_and_validated(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(RamerError, match="not valid YAML"):
         build_config(bad)
+    bad.write_text("train:\n  lr: 1e-3\n\tepochs: 2\n")  # a tab: where it is, not only that YAML failed
+    with pytest.raises(RamerError, match=r"bad.yaml is not valid YAML: found character '\\t' .* \(line 3, column 1\)$"):
+        build_config(bad)
 
 
 # ------------------------------------------------------------------ store and batch

@@ -299,6 +299,15 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML parser objects to and where: "expected ',' or ']', but got '<stream end>' (line 3,
+    column 1)"; the first line of the message where the error has no position."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return first_line(e)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -312,7 +321,7 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise RamerError(f"config file {path} is not UTF-8 text ({first_line(e)})") from None
     except yaml.YAMLError as e:
-        raise RamerError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+        raise RamerError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(tree, dict):
         raise RamerError(f"config file {path} must hold a mapping, not {type(tree).__name__}")
     return tree
