@@ -18,7 +18,7 @@ from torch import nn
 import ramer
 from ramer import models
 from ramer.cli import main
-from ramer.config import build_config
+from ramer.config import build_config, with_values
 from ramer.errors import RamerError
 from ramer.models import build_model, is_known, known_models, register_model, set_model, spaces
 from ramer.models.base import DataSpec
@@ -163,6 +163,63 @@ def test_register_model_serves_this_process_with_its_search_space(tmp_path, regi
     models.KNOWN.discard("scope_pool")
     with pytest.raises(RamerError, match=f"{tmp_path / 'run' / 'model.safetensors'}: unknown model 'scope_pool'"):
         ramer.load(tmp_path / "run")
+
+
+def test_a_models_own_settings_reach_its_builder_and_its_runs(tmp_path, monkeypatch, registry, capsys):
+    """``model.options.scope_pool.pool`` (the doc example's own setting) reaches its builder, is kept in
+    the run's config and read back with it; a run of another model may carry it (bench's shared
+    --set); the builder's own check of a bad value is one line."""
+    install(tmp_path / "site", monkeypatch, {"plug_models.py": doc_example()}, {"scope_pool": "plug_models:build"})
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--model", "scope_pool", "--out", str(run), *SETS, "--set", "model.options.scope_pool.pool=max"])
+        == 0
+    )
+    assert build_config(run / "config.yaml").model.options == {"scope_pool": {"pool": "max"}}
+    assert ramer.load(run).model.pool == "max"
+    cfg = build_config(None, ["model.options.scope_pool.pool=max"])
+    set_model(cfg, "late_fusion")
+    assert isinstance(build_model(cfg, SPEC), nn.Module)  # another model's settings: not read, not refused
+    set_model(cfg, "scope_pool")
+    assert build_model(cfg, SPEC).pool == "max"
+    cfg.model.options = {}
+    assert build_model(cfg, SPEC).pool == "mean"  # the model's own default
+
+    capsys.readouterr()
+    bad = ["train", "--model", "scope_pool", "--out", str(tmp_path / "bad"), *SETS]
+    assert main([*bad, "--set", "model.options.scope_pool.pool=median"]) == 2
+    err = capsys.readouterr().err
+    said = "error: model 'scope_pool': its builder raised ValueError: model.options.scope_pool.pool is mean or max"
+    assert re.search(re.escape(said) + r", not 'median' \(.*plug_models.py, line \d+\)", err), err
+
+    space = (Param("model.options.scope_pool.pool", choices=("mean", "max")),)
+    register_model("scope_pool", sys.modules["plug_models"].build, space=space)  # a searched setting of its own
+    tried = with_values(build_config(None), {space[0].key: "max"}, "a trial")
+    assert space[0].value(tried) == "max" and tried.model.options == {"scope_pool": {"pool": "max"}}
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "late_fusion",
+            "model.options.late_fusion: 'late_fusion' is ramer's own model, whose settings are the keys of model",
+        ),
+        ("br", "model.options.br: 'br' is ramer's own model"),
+        ("ramer-no_shuffle", "model.options.ramer-no_shuffle: 'ramer-no_shuffle' is ramer's own model"),
+        ("nosuch", "model.options.nosuch: no model 'nosuch' is registered or installed; known: "),
+    ],
+)
+def test_settings_for_ramers_own_or_an_unknown_model_are_refused_before_any_work(
+    name, message, tmp_path, registry, capsys
+):
+    cfg = build_config(None, [f"model.options.{name}.x=1"])
+    with pytest.raises(RamerError, match=re.escape(message)):
+        build_model(cfg, SPEC)
+    for model in ("late_fusion", "br"):  # the deep recipe and the classical fit
+        run = tmp_path / model
+        assert main(["train", "--model", model, "--out", str(run), *SETS, "--set", f"model.options.{name}.x=1"]) == 2
+        assert message in capsys.readouterr().err and not run.exists()
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,9 @@ class ModelConfig(_Section):
     mlgcn_tau: float = Field(0.4, ge=0.0, le=1.0)
     mlgcn_p: float = Field(0.2, ge=0.0, lt=1.0)
     ablations: list[str] = Field(default_factory=list)
+    # settings of models of other packages, by model name: model.options.NAME.KEY, read by that
+    # model's builder (ramer.models.model_options); ramer's own models take none (docs/ARCHITECTURE.md)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "ModelConfig":

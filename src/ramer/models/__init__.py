@@ -179,7 +179,29 @@ def set_model(cfg: Config, name: str) -> None:
         cfg.model.name = name
 
 
+def check_options(cfg: Config) -> None:
+    """Each ``model.options.NAME`` names a model of another package that is registered or installed
+    (a run of any model may carry them: ``ramer bench``'s ``--set`` is shared by every model)."""
+    for name in cfg.model.options:
+        if name in OWN or name in CLASSICAL or name in PRESETS:
+            raise RamerError(
+                f"model.options.{name}: '{name}' is ramer's own model, whose settings are the keys of model.* and "
+                f"loss.*; model.options holds those of models of other packages"
+            )
+        if not is_known(name):
+            raise UnknownModel(
+                f"model.options.{name}: no model '{name}' is registered or installed; known: {known_models()}"
+            )
+
+
+def model_options(cfg: Config) -> dict:
+    """The run's model's own settings, ``model.options.<its name>`` (empty when none are set): what a
+    model of another package reads in its builder, with its own defaults for the keys not set."""
+    return dict(cfg.model.options.get(cfg.model.name, {}))
+
+
 def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
+    check_options(cfg)
     name = cfg.model.name
     if name not in BUILDERS and not _load_installed(name):
         deep = sorted({*BUILDERS, *_installed()} - set(PRESETS))
@@ -212,6 +234,8 @@ __all__ = [
     "DataSpec",
     "LossResult",
     "build_model",
+    "check_options",
+    "model_options",
     "is_known",
     "known_models",
     "register_model",

@@ -45,8 +45,8 @@ class Param:
     def value(self, cfg: Config) -> Any:
         """This key's value in ``cfg``."""
         node: Any = cfg
-        for part in self.key.split("."):
-            node = getattr(node, part)
+        for part in self.key.split("."):  # model.options.NAME.KEY goes into dicts
+            node = node.get(part) if isinstance(node, dict) else getattr(node, part)
         return node
 
     def describe(self) -> str:

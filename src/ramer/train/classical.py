@@ -36,7 +36,7 @@ from ramer.dist import is_main
 from ramer.errors import RamerError
 from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
-from ramer.models import CLASSICAL, DataSpec
+from ramer.models import CLASSICAL, DataSpec, check_options
 from ramer.models.classical import ClassicalModel, ClassicalModule
 from ramer.paths import atomic_write_text, make_folder
 from ramer.train.recipe import RunSteps, check_splits, existing_run, write_test_result
@@ -77,6 +77,7 @@ class ClassicalRecipe(RunSteps):
         cfg = self.cfg
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
+        check_options(cfg)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if self.bundle is None:
