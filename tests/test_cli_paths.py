@@ -1,11 +1,21 @@
 """Paths a user meets on the command line: where a run goes, a run's relative data path seen from
 another folder, an import's table read back from another folder, and what an import's summary
-says about the personality file."""
+says about the personality file; outputs that would destroy the data, links, FIFOs and what the
+system refuses."""
 
+import errno
+import os
+import tempfile
+import threading
+
+import fixtures_writers as fw
+import pytest
 from test_conversations import LABELS, base_rows, write_table
 
 from ramer.cli import main
 from ramer.data.conversations import import_conversations, summary_lines
+from ramer.errors import RamerError
+from ramer.paths import atomic_write_text
 
 TINY = [
     *("data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"),
@@ -78,3 +88,64 @@ def test_scoring_an_empty_split_is_an_error_that_names_the_sizes(tmp_path, fake_
         err = capsys.readouterr().err
         assert "split 'train' has no samples (train 0, valid 0, test " in err and "choose another --split" in err
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_predict_and_view_never_write_over_the_data_they_read(tmp_path, fake_text, capsys, monkeypatch):
+    """--out naming the data's own file (a corpus file, an imported table) is refused before the
+    work, with or without --data, and the file is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "talk.csv", base_rows())
+    import_conversations("talk.csv", "ds")
+    fw.write_mosei_aligned(tmp_path / "m.pt")
+    assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
+    assert main(["train", "--model", "br", "--data", "m.pt", "--out", "run_m"]) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("talk.csv", "m.pt")}
+    capsys.readouterr()
+    for command in ("predict", "view"):
+        for argv in (
+            ["run", "--out", "talk.csv"],
+            ["run_m", "--out", "m.pt"],
+            ["run_m", "--data", "m.pt", "--out", "m.pt"],
+        ):
+            assert main([command, *argv]) == 2, (command, argv)
+            err = capsys.readouterr().err
+            assert f"error: {argv[-1]}: is the file the data comes from" in err, err
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_a_written_file_follows_links_streams_to_fifos_and_names_what_the_system_refuses(tmp_path, monkeypatch):
+
+    (tmp_path / "real.txt").write_text("old")
+    (tmp_path / "link.txt").symlink_to("real.txt")
+    atomic_write_text(tmp_path / "link.txt", "new")
+    assert (tmp_path / "link.txt").is_symlink() and (tmp_path / "real.txt").read_text() == "new"
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    atomic_write_text(fifo, "streamed")
+    reader.join(timeout=30)
+    assert got == ["streamed"] and fifo.is_fifo()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", refuse)
+        with pytest.raises(RamerError, match=r"real.txt: cannot write \(Permission denied\)"):
+            atomic_write_text(tmp_path / "real.txt", "lost")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full)
+        with pytest.raises(RamerError, match=r"real.txt: cannot write \(No space left on device\)"):
+            atomic_write_text(tmp_path / "real.txt", "lost")
+    assert (tmp_path / "real.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "fifo",
+        "link.txt",
+        "real.txt",
+    ]

@@ -231,6 +231,13 @@ def load_run_and_data(args: argparse.Namespace):
     return predictor, bundle
 
 
+def data_files(bundle, path: str | None) -> tuple:
+    """The files a dataset was read from: its path (a file, or a folder whose own files
+    ``output_file`` knows) and what its loader records (``info.source_files``: an imported table,
+    its personality file, a corpus file)."""
+    return (path, *bundle.info.get("source_files", []))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ramer.infer import apply_missing
     from ramer.metrics import describe_threshold, report
@@ -257,6 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     output_file(args.out)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)
+    output_file(args.out, data_from=data_files(bundle, args.data or predictor.cfg.data.path))  # before the work
     store = bundle.splits[args.split]
     probs = predictor.predict(store, workers=args.workers)
     records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
@@ -296,6 +304,8 @@ def cmd_view(args: argparse.Namespace) -> int:
         bundle, threshold = load_data(args.data, args.set or []), None
         if args.split not in bundle.splits:
             raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    path = args.data if args.run_dir is None else (args.data or predictor.cfg.data.path)
+    output_file(args.out, reads=(args.preds,), data_from=data_files(bundle, path))  # before the work
     store = bundle.splits[args.split]
     if args.preds is not None:
         records = read_predictions(args.preds, store.label_names)

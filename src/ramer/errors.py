@@ -15,6 +15,11 @@ def unreadable(path, e: OSError) -> FileUnreadable:
     return FileUnreadable(f"{path}: unreadable ({first_line(e)})")
 
 
+def unwritable(path, e: OSError) -> RamerError:
+    """The error for ``path``, which the system would not write (``e``: permissions, a full disk)."""
+    return RamerError(f"{path}: cannot write ({e.strerror or first_line(e)})")
+
+
 def readable(path) -> None:
     """A FileUnreadable naming ``path`` when it exists but cannot be opened for reading (a missing
     file is left to the caller)."""

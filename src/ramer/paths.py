@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ramer.errors import RamerError, first_line, unreadable
+from ramer.errors import RamerError, first_line, unreadable, unwritable
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -43,17 +44,19 @@ SPLITS = ("train", "valid", "test")
 DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "cache", *SPLITS, *(f"{s}.tmp" for s in SPLITS))
 
 
-def output_file(path: str | Path, reads: tuple = ()) -> Path:
+def output_file(path: str | Path, reads: tuple = (), data_from: tuple = ()) -> Path:
     """A file path to write: not empty, not a folder, not one of the files the command reads
-    (``reads``) nor a file of a run or a dataset (writing there would destroy what the output is
-    made from); its folder is made (``make_folder``)."""
+    (``reads``) or its data was read or imported from (``data_from``), nor a file of a run or a
+    dataset (writing there would destroy what the output is made from); its folder is made
+    (``make_folder``)."""
     if not str(path):
         raise RamerError("the output file name is empty")
     path = Path(path)
     if path.is_dir():
         raise RamerError(f"{path}: is a folder; give a file name")
     target = path.resolve()
-    whose = next((f"a file this command reads ({r})" for r in reads if r and Path(r).resolve() == target), None)
+    named = [("a file this command reads", r) for r in reads] + [("the file the data comes from", r) for r in data_from]
+    whose = next((f"{what} ({r})" for what, r in named if r and Path(r).resolve() == target), None)
     if whose is None and target.name in RUN_FILES and (target.parent / "config.yaml").is_file():
         whose = f"a file of the run in {path.parent}"
     if whose is None and target.exists():  # meta.json, or a file of a split folder
@@ -92,9 +95,22 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp."""
+    """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp.
+
+    A symbolic link is followed (its target is written, the link kept); a path that is not a regular
+    file (a FIFO, ``/dev/stdout``) is written to directly, as a shell redirection would, not replaced.
+    What the system refuses (permissions, a full disk) is a RamerError naming ``path``; the file
+    there before is left as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            write(str(path))
+            return
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise unwritable(path, e) from None
     os.close(fd)
     try:
         mode = 0o666 & ~_umask()  # as a plain open() would create it (mkstemp makes it private)
@@ -104,9 +120,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise unwritable(path, e) from None
         raise
 
 
