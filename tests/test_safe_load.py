@@ -14,9 +14,16 @@ import fixtures_writers as fw
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from ramer.checkpoint import read_model_file
+from ramer.data.conversations import read_table
+from ramer.data.m3ed import read_m3ed_annotation
 from ramer.data.safe_load import safe_load, safe_pickle_loads
 from ramer.errors import RamerError
+from ramer.infer import read_predictions
+from ramer.paths import read_json
+from ramer.train.recipe import read_log
 
 ROUTES = ("os.system", "builtins.open", "builtins.eval", "builtins.exec")
 
@@ -173,3 +180,29 @@ def test_pickle_asking_for_too_much_memory(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
     assert "big.pkl: not a readable pickle (it asks for more memory" in out.stdout, out.stderr[-400:]
+
+
+DEEP = "[" * 100_000  # deeper than the JSON parser's recursion
+
+
+def _deep_model_file(path: Path) -> Path:
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"config": DEEP, "spec": "{}", "threshold": "0.5"})
+    return path
+
+
+@pytest.mark.parametrize("reader", ["model file", "predictions", "jsonl import", "run log", "m3ed annotation", "json"])
+def test_json_nested_too_deeply_is_an_error_naming_the_file(reader, tmp_path):
+    """A hostile ``[[[[...`` is malformed JSON like any other, not a RecursionError traceback."""
+    path = tmp_path / {"model file": "model.safetensors", "jsonl import": "talk.jsonl"}.get(reader, "file.json")
+    if reader != "model file":
+        path.write_text(DEEP + "\n")
+    read = {
+        "model file": lambda: read_model_file(_deep_model_file(path)),
+        "predictions": lambda: read_predictions(path, ("a", "b")),
+        "jsonl import": lambda: read_table(path),
+        "run log": lambda: read_log(path),
+        "m3ed annotation": lambda: read_m3ed_annotation(path),
+        "json": lambda: read_json(path),
+    }[reader]
+    with pytest.raises(RamerError, match=rf"{path}.*nested too deeply"):
+        read()

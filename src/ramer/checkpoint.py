@@ -27,7 +27,7 @@ from ramer.data.safe_load import refused_global
 from ramer.errors import RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
-from ramer.paths import atomic_write
+from ramer.paths import atomic_write, loads_json
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, threshold, epoch: int) -> None:
@@ -49,7 +49,7 @@ def read_spec(path: str | Path) -> DataSpec:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            tree = json.loads((f.metadata() or {})["spec"])
+            tree = loads_json((f.metadata() or {})["spec"])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
         raise RamerError(f"{path}: no readable data spec ({e!r}); was it written by ramer?") from None
     return spec_from_meta(tree, path)
@@ -150,9 +150,9 @@ def read_model_file(
     except (SafetensorError, OSError, ValueError) as e:
         raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     try:
-        cfg = config_from_dict(fill_older_config(json.loads(meta["config"])), f"{path} metadata")
-        spec_tree = json.loads(meta["spec"])
-        threshold = json.loads(meta["threshold"])
+        cfg = config_from_dict(fill_older_config(loads_json(meta["config"])), f"{path} metadata")
+        spec_tree = loads_json(meta["spec"])
+        threshold = loads_json(meta["threshold"])
         epoch = int(meta.get("epoch", -1))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
         raise RamerError(f"{path}: metadata is missing or malformed ({e!r}); was it written by ramer?") from None

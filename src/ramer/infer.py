@@ -25,6 +25,7 @@ from ramer.data import DataBundle, SceneStore, check_complete
 from ramer.errors import RamerError
 from ramer.metrics import finite_scores
 from ramer.models.base import output_probs, unit_scores
+from ramer.paths import loads_json
 
 SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
 
@@ -252,7 +253,7 @@ def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dic
             continue
         where = f"{path}: line {n}"
         try:
-            rec = json.loads(line)
+            rec = loads_json(line)
         except json.JSONDecodeError as e:
             raise RamerError(
                 f"{where}: not JSON ({e.msg}); expected one object per line, as ramer predict writes"

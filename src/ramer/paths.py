@@ -156,8 +156,15 @@ def read_json(path: str | Path):
     path = Path(path)
     text = read_text(path)
     try:
-        return json.loads(text)
+        return loads_json(text)
     except json.JSONDecodeError as e:
         raise RamerError(f"{path}: not valid JSON ({e})") from None
+
+
+def loads_json(text: str | bytes):
+    """``json.loads``, with a document nested deeper than the parser's recursion (``[[[[...]]]]``)
+    reported as a ``json.JSONDecodeError`` ("nested too deeply"), as any other malformed text is."""
+    try:
+        return json.loads(text)
     except RecursionError:
-        raise RamerError(f"{path}: not valid JSON (nested too deeply)") from None
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None

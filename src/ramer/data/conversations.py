@@ -40,7 +40,7 @@ from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, label_count_problem
 from ramer.errors import RamerError
 from ramer.metrics import decide
-from ramer.paths import dataset_folder
+from ramer.paths import dataset_folder, loads_json
 
 FORMAT = "conversations"
 REQUIRED = ("conversation", "index", "speaker", "text")
@@ -262,7 +262,7 @@ def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            raw = loads_json(line)
         except json.JSONDecodeError as e:
             whole = line.strip() == "{" or line.lstrip().startswith("[")  # a pretty-printed document
             hint = "; a JSONL file holds one object per line, not one JSON document" if whole else ""

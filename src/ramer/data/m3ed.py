@@ -44,6 +44,7 @@ from ramer.data.readers import (
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError
+from ramer.paths import loads_json
 
 M3ED_LABELS = ("Happy", "Neutral", "Sad", "Disgust", "Anger", "Fear", "Surprise")
 ITEMS = (
@@ -310,7 +311,7 @@ def read_m3ed_annotation(path: str | Path) -> tuple[dict[str, list[tuple[str | N
             "annotation.json (set data.m3ed_annotation=FILE; default: annotation.json beside the pickle)"
         )
     try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+        obj = loads_json(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RamerError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):

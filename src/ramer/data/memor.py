@@ -55,7 +55,7 @@ from ramer.data.readers import SplitStream, as_float32, new_info
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError, unreadable
-from ramer.paths import read_json, read_text
+from ramer.paths import loads_json, read_json, read_text
 
 CHARACTERS = ("sheldon", "leonard", "howard", "rajesh", "penny", "bernadette", "amy", "others")  # the code's order
 PRIMARY = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
@@ -93,11 +93,9 @@ class JsonVectors:
         self._index = self._scan()
         if self._index is None:
             try:
-                parsed = json.loads(bytes(self._buf))
+                parsed = loads_json(bytes(self._buf))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise RamerError(f"{path}: not valid JSON ({e})") from None
-            except RecursionError:
-                raise RamerError(f"{path}: not valid JSON (nested too deeply)") from None
             if not isinstance(parsed, dict):
                 raise RamerError(f"{path}: holds a {type(parsed).__name__}, expected an object key -> list of numbers")
             self._parsed = parsed

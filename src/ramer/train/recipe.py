@@ -62,7 +62,7 @@ from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_d
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_options
 from ramer.models.base import LossResult, checked_loss
-from ramer.paths import atomic_write_text, make_folder
+from ramer.paths import atomic_write_text, loads_json, make_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
@@ -258,7 +258,7 @@ def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line)
         except json.JSONDecodeError as e:
             if cut_ok and n == len(lines) and not text.endswith("\n"):
                 continue  # a write cut off by a kill
