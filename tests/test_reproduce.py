@@ -59,6 +59,11 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
         assert main(["reproduce", bench, "--data", str(data), "--seeds", "2", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"{seeds[0]} was made with other settings (" in err and "model.hidden" in err
+        other = tmp_path / "other.pkl"  # ... nor seeds made on other data
+        write_m3ed_pickle(other, seed=1)
+        assert reproduce(bench, other, out) == 2
+        err = capsys.readouterr().err
+        assert f"{seeds[0]} was made with other settings (data.path {data} there, {other} now)" in err, err
     if bench == "m3ed":  # a finished seed's file cut short: one line naming it, nothing removed
         (seeds[0] / "test_metrics.json").write_text('{"overall": ')
         capsys.readouterr()
@@ -70,6 +75,20 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
 def test_reproduce_rejects_unknown_data(tmp_path, capsys):
     assert reproduce("mosei", tmp_path / "missing.pt", tmp_path / "o") == 2
     assert "data path not found" in capsys.readouterr().err
+
+
+def test_reproduce_refuses_another_corpus_data(tmp_path, capsys):
+    """A benchmark's protocol, config and table heading go with its corpus: data of another layout
+    (a file, or a folder converted from one) is refused before any run, naming what it holds."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    assert main(["data", "convert", str(data), "--format", "mosei_aligned", "--out", str(tmp_path / "native")]) == 0
+    capsys.readouterr()
+    for given in (data, tmp_path / "native"):
+        assert reproduce("m3ed", given, tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert f"{given}: holds mosei_aligned data; ramer reproduce m3ed reads m3ed_pickle or m3ed_carat" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_reproduce_takes_a_converted_directory(tmp_path):

@@ -34,6 +34,8 @@ BENCHES = {
     "memor_primary": ("memor_primary", "memor"),
     "memor_fine": ("memor_fine", "memor"),
 }
+# the layouts each benchmark's data may be in (a converted folder: the layout it was converted from)
+LAYOUTS = {"m3ed": ("m3ed_pickle", "m3ed_carat"), "mosei_unaligned": ("mosei_unaligned",)}
 COLUMNS = (
     ("acc", "Acc"),
     ("hamming_loss", "HL"),
@@ -68,6 +70,9 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     if cfg.data.format == "auto" and not is_native(data):  # a converted directory loads as itself
         cfg.data.format = fmt
     bundle = load_bundle(cfg.data)
+    layouts = LAYOUTS.get(bench, (fmt,))
+    if bundle.format not in layouts:  # one corpus's protocol, config and table heading on another's data
+        raise RamerError(f"{data}: holds {bundle.format} data; ramer reproduce {bench} reads {' or '.join(layouts)}")
     out = Path(out)
     results = []
     for k in range(seeds):
@@ -78,6 +83,9 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
             made = build_config(run_dir / "config.yaml").model_dump(mode="json")
             changed = changed_settings(made, run_cfg.model_dump(mode="json"))
+            was = made.get("data", {}).get("path")
+            if was is None or Path(was).resolve() != Path(data).resolve():  # one table, one data set
+                changed.append(f"data.path {was} there, {data} now")
             if changed:  # one table, one setting
                 raise RamerError(
                     f"{run_dir} was made with other settings ({', '.join(changed)}); give the --set it was made "
