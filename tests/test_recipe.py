@@ -511,6 +511,44 @@ def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
     assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"
 
 
+def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, tmp_path, capsys):
+    """Bad data, a folder holding a run, a run to resume that is not there, another model's unknown
+    settings: one error line from the launching process, and torchrun is never started (each of N
+    processes printed the error, then torchrun its own traceback)."""
+    launched = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "train_state.pt").write_bytes(b"")
+    cases = {
+        ("--data", "nope"): "error: data path not found: nope",
+        ("--out", "held"): "error: held already holds a run; use --resume held or another --out",
+        ("--resume", "gone"): "error: cannot resume: gone/config.yaml not found",
+        ("--set", "model.options.zz.a=1"): "error: model.options.zz: no model 'zz' is registered or installed",
+    }
+    for argv, message in cases.items():
+        assert main(["train", "--nproc", "2", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("error:") == 1, err
+    assert launched == [] and sorted(p.name for p in tmp_path.iterdir()) == ["held"]
+
+
+def test_default_run_folders_of_runs_started_in_the_same_second_differ(monkeypatch, tmp_path, capsys):
+    """The made-up --out is created by the run that takes it (the second in the same second gets
+    -2), and removed again when the run is refused before writing anything."""
+    from ramer.cli import default_out
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261205-120000")
+    cfg = build_config(None)
+    first, second = default_out(cfg), default_out(cfg)
+    assert (first, second) == (Path("runs/ramer-20261205-120000"), Path("runs/ramer-20261205-120000-2"))
+    assert first.is_dir() and second.is_dir()
+    assert main(["train", "--data", "nope"]) == 2
+    assert "data path not found: nope" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, second.name]
+
+
 # ------------------------------------------------------------------ bad runs, states and configs: nothing lost
 def one_error_line(err: str) -> bool:
     """stderr of a refused command: no traceback, one error line (after any progress line)."""

@@ -22,7 +22,21 @@ ERR = Console(stderr=True)  # progress and messages go to stderr
 
 
 def default_out(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A new folder ``runs/<model>-<date>-<time>``, made here and only here: of two runs started in
+    the same second, the second gets ``...-2`` (the same folder would mix their files)."""
+    from ramer.paths import make_folder
+
+    base = make_folder("runs") / f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for k in range(1, 1000):
+        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RamerError(f"{path}: cannot create the folder ({e.strerror})") from None
+    raise RamerError(f"{base}: a thousand runs of this name were started this second; give --out")
 
 
 # ---------------------------------------------------------------------- tables
@@ -86,15 +100,25 @@ def launch_distributed(args: argparse.Namespace) -> int:
     --nproc_per_node N -m ramer train ...`` (the same arguments, minus ``--nproc``) and wait."""
     import subprocess
 
+    from ramer.models import check_options
+    from ramer.train.recipe import existing_run
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RamerError("--nproc launches the processes itself; under torchrun leave it out")
+    # What one process would refuse at once is refused here, once, before N processes start.
+    cfg = planned_config(args)
+    if not args.resume:
+        if cfg.data.path is not None and not Path(cfg.data.path).exists():
+            raise RamerError(f"data path not found: {cfg.data.path}")
+        check_options(cfg)
+        if args.out and Path(args.out).is_dir() and existing_run(Path(args.out)):
+            raise RamerError(existing_run(Path(args.out)))
     rest: list[str] = []
     for flag in ("model", "config", "data", "resume"):
         if getattr(args, flag):
             rest += [f"--{flag}", str(getattr(args, flag))]
     if not args.resume:  # every process must write to the same run directory: fix it here
-        out = args.out or str(default_out(train_config(args)))
-        rest += ["--out", out]
+        rest += ["--out", args.out or str(default_out(cfg))]
     for assignment in args.set or []:
         rest += ["--set", assignment]
     cmd = [
@@ -127,6 +151,23 @@ def train_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def planned_config(args: argparse.Namespace) -> Config:
+    """The config of the run ``ramer train`` starts (``train_config``) or resumes (its folder's own,
+    with its data path checked)."""
+    if not args.resume:
+        return train_config(args)
+    if args.config or args.set or args.data or args.model or args.out:
+        raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
+    out = Path(args.resume)
+    if not (out / "config.yaml").exists():
+        raise RamerError(f"cannot resume: {out / 'config.yaml'} not found")
+    cfg = build_config(out / "config.yaml")
+    from ramer.api import check_run_data
+
+    check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
@@ -136,21 +177,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_distributed(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (args.out or args.resume):
         raise RamerError("under torchrun every process must write to one run directory: give --out (or --resume)")
-    if args.resume:
-        if args.config or args.set or args.data or args.model or args.out:
-            raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
-        out = Path(args.resume)
-        cfg = build_config(out / "config.yaml") if (out / "config.yaml").exists() else None
-        if cfg is None:
-            raise RamerError(f"cannot resume: {out / 'config.yaml'} not found")
-        from ramer.api import check_run_data
-
-        check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")
-    else:
-        cfg = train_config(args)
-        out = Path(args.out) if args.out else default_out(cfg)
-    try:  # a folder name made up here is said before the work (to --resume it after a stop)
-        result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=not (args.out or args.resume))
+    cfg = planned_config(args)
+    made_up = not (args.out or args.resume)
+    out = Path(args.resume or args.out) if not made_up else default_out(cfg)
+    try:
+        try:  # a folder name made up here is said before the work (to --resume it after a stop)
+            result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=made_up)
+        finally:
+            if made_up and out.is_dir() and not any(out.iterdir()):  # stopped before anything was written
+                out.rmdir()
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130
