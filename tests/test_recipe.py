@@ -511,6 +511,18 @@ def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
     assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"
 
 
+def test_a_config_naming_no_model_or_a_preset_says_what_to_write_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(recipe_mod, "load_bundle", lambda *a: pytest.fail("the data was loaded before the model check"))
+    config = tmp_path / "c.yaml"
+    for name, message in [
+        ("nosuch", "error: unknown model 'nosuch'; known: amp, br, cc,"),
+        ("ramer-no_shuffle", "error: model.name 'ramer-no_shuffle' is a preset of --model; in a config write "),
+    ]:
+        config.write_text(f"model:\n  name: {name}\n")
+        assert main(["train", "--config", str(config), "--out", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err.startswith(message)
+
+
 def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, tmp_path, capsys):
     """Bad data, a folder holding a run, a run to resume that is not there, another model's unknown
     settings: one error line from the launching process, and torchrun is never started (each of N

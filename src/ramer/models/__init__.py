@@ -200,12 +200,25 @@ def model_options(cfg: Config) -> dict:
     return dict(cfg.model.options.get(cfg.model.name, {}))
 
 
-def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
+def check_model(cfg: Config) -> None:
+    """That ``build_model`` can build ``cfg``'s model (a deep model's name, its settings) before
+    any work: a RamerError saying what to write instead."""
     check_options(cfg)
     name = cfg.model.name
     if name not in BUILDERS and not _load_installed(name):
-        deep = sorted({*BUILDERS, *_installed()} - set(PRESETS))
-        raise UnknownModel(f"unknown model '{name}'; known: {', '.join(deep)}")
+        if name in PRESETS:  # the --model form, written as model.name in a config file
+            raise RamerError(
+                f"model.name '{name}' is a preset of --model; in a config write model.name: ramer and "
+                f"model.ablations: [{PRESETS[name]}]"
+            )
+        if name in CLASSICAL:
+            raise RamerError(f"model '{name}' is a scikit-learn baseline: ramer.train.run_training fits it, unbuilt")
+        raise UnknownModel(f"unknown model '{name}'; known: {known_models()}")
+
+
+def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
+    check_model(cfg)
+    name = cfg.model.name
     if name in OWN:
         _not_shadowed(name)
         model = BUILDERS[name](cfg, spec)
@@ -234,6 +247,7 @@ __all__ = [
     "DataSpec",
     "LossResult",
     "build_model",
+    "check_model",
     "check_options",
     "model_options",
     "is_known",

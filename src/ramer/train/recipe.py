@@ -60,7 +60,7 @@ from ramer.dist import is_main
 from ramer.errors import LossNotFinite, RamerError, first_line, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
-from ramer.models import CLASSICAL, DataSpec, build_model, check_options
+from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
 from ramer.paths import atomic_write_text, loads_json, make_folder
 from ramer.train.ema import WeightAverage
@@ -323,7 +323,7 @@ class Recipe(RunSteps):
         cfg = self.cfg
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
-        check_options(cfg)
+        check_model(cfg)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
