@@ -251,6 +251,27 @@ def test_cli_errors_name_the_file(run, tmp_path, capsys):
     assert len(read_predictions(root / "preds.jsonl", store.label_names)) == len(store)
 
 
+def test_a_predictions_file_with_run_dir_is_shown_with_its_own_threshold_and_name(run, tmp_path, capsys):
+    """``view RUN_DIR --preds FILE``: the run gives the data; the title, the threshold and the decisions
+    are the file's (predictions of another run, at another threshold); the flags of predicting now
+    are refused, since nothing is predicted."""
+    root = run["root"]
+    lines = [json.loads(x) for x in (root / "preds.jsonl").read_text().splitlines()]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**x, "threshold": 0.125}) + "\n" for x in lines))
+    out = tmp_path / "v.html"
+    assert main(["view", str(root / "run"), "--preds", str(other), "--out", str(out)]) == 0
+    blob = out.read_text().split('<script type="application/json" id="data">')[1].split("</script>")[0]
+    data = json.loads(blob)
+    assert data["threshold"] == 0.125 and data["title"].startswith(f"{other} on ")
+    for flags in (["--device", "cpu"], ["--precision", "bf16"], ["--workers", "2"]):
+        assert main(["view", str(root / "run"), "--preds", str(other), "--out", str(out), *flags]) == 2
+        assert (
+            f"{flags[0]}: for predictions made now from RUN_DIR; --preds {other} is shown as it is"
+            in capsys.readouterr().err
+        )
+
+
 # ------------------------------------------------------------------------------------ in a browser
 def chromium() -> str | None:
     return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)

@@ -329,10 +329,24 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise RamerError("--preds without RUN_DIR needs --data PATH: the dataset the predictions were made on")
     if args.set and args.run_dir is not None:
         raise RamerError("--set is for --preds with --data (a run reads its data with its own options)")
+    if args.preds is not None:
+        unused = [
+            f
+            for f, on in (
+                ("--device", args.device),
+                ("--precision", args.precision != "fp32"),
+                ("--workers", args.workers > 1),
+            )
+            if on
+        ]
+        if unused:
+            raise RamerError(
+                f"{'/'.join(unused)}: for predictions made now from RUN_DIR; --preds {args.preds} is shown as it is"
+            )
     output_file(args.out, reads=(args.preds,))
     if args.run_dir is not None:
         predictor, bundle = load_run_and_data(args)
-        threshold = predictor.threshold
+        threshold = predictor.threshold if args.preds is None else None  # None: the file's own (its records')
     else:
         from ramer.view import load_data
 
@@ -347,7 +361,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     else:
         probs = predictor.predict(store, workers=args.workers)
         records = prediction_records(store, probs, predictor.decide(probs), threshold)
-    title = f"{args.run_dir or args.preds} on {bundle.source} [{args.split}]"
+    title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
     data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir))
     page = render_page(data)
     atomic_write_text(args.out, page)
