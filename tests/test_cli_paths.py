@@ -15,7 +15,7 @@ from test_conversations import LABELS, base_rows, write_table
 from ramer.cli import main
 from ramer.data.conversations import import_conversations, summary_lines
 from ramer.errors import RamerError
-from ramer.paths import atomic_write_text
+from ramer.paths import WORK_MARKERS, atomic_write_text
 
 TINY = [
     *("data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"),
@@ -149,3 +149,37 @@ def test_a_written_file_follows_links_streams_to_fifos_and_names_what_the_system
         "link.txt",
         "real.txt",
     ]
+
+
+@pytest.mark.parametrize(
+    "command, foreign",
+    [
+        ("train", "meta.json"),
+        ("train", "report.md"),
+        ("tune", "model.safetensors"),
+        ("tune", "demo.json"),
+        ("bench", "train_state.pt"),
+        ("bench", "study.db"),
+        ("reproduce", "test_metrics.json"),
+        ("reproduce", "meta.json"),
+    ],
+)
+def test_a_command_refuses_a_folder_holding_another_commands_work(command, foreign, tmp_path, capsys):
+    """A run into a dataset, a study or a bench into a run folder...: refused before any work, the
+    folder left as it was (their files would mix, and each reads its own back)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / foreign).write_text("theirs")
+    data = tmp_path / "train_valid_test.pt"
+    fw.write_mosei_aligned(data)
+    argv = {
+        "train": ["train", "--model", "br", *SETS],
+        "tune": ["tune", "--model", "late_fusion", "--trials", "1", *SETS],
+        "bench": ["bench", "--quick", "--models", "br"],
+        "reproduce": ["reproduce", "mosei", "--data", str(data), "--seeds", "1"],
+    }[command]
+    assert main([*argv, "--out", str(out)]) == 2
+    kind = next(k for k, markers in WORK_MARKERS.items() if foreign in markers)
+    article = "an" if kind[0] in "aeiou" else "a"
+    assert f"error: {out}: holds {article} {kind} ({foreign}), not " in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [foreign] and (out / foreign).read_text() == "theirs"

@@ -448,3 +448,12 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
                  "--set", "train.tensorboard=true"]) == 2  # fmt: skip
     assert "pip install 'ramer[tensorboard]'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # said before any work
+
+
+def test_a_storage_that_will_not_open_leaves_no_folder_behind(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["tune", "--model", "late_fusion", "--trials", "1", "--storage", "nosuch://db", "--out", str(out), *SETS]
+    assert main(argv) == 2
+    assert "cannot open the study at nosuch://db" in capsys.readouterr().err and not out.exists()
+    out.mkdir()  # a folder the user made is kept, empty or not
+    assert main(argv) == 2 and out.is_dir()

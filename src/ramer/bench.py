@@ -66,7 +66,7 @@ from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
 from ramer.models import BASELINES, CLASSICAL, PRESETS, DataSpec, build_model, is_known, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
-from ramer.paths import atomic_write, atomic_write_text, make_folder, read_json
+from ramer.paths import atomic_write, atomic_write_text, make_folder, read_json, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import read_log
 
@@ -588,7 +588,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     base = s.base or base_config(s)
-    make_folder(s.out)
+    work_folder(s.out, "bench")
     t0 = time.perf_counter()
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)

@@ -44,6 +44,31 @@ SPLITS = ("train", "valid", "test")
 DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "cache", *SPLITS, *(f"{s}.tmp" for s in SPLITS))
 
 
+# What marks a folder as another command's work (its top level): a command that makes a folder of
+# one kind refuses one that holds another kind's marker, so their files never mix.
+WORK_MARKERS = {
+    "dataset": ("meta.json",),
+    "run": ("model.safetensors", "train_state.pt", "test_metrics.json"),
+    "study": ("study.db", "tune.json"),
+    "bench": ("report.md",),
+    "reproduction": ("results.md",),
+    "demo": ("demo.json",),
+}
+
+
+def work_folder(path: str | Path, kind: str) -> Path:
+    """``make_folder`` for the ``--out`` of a command whose work is of ``kind`` (a ``WORK_MARKERS``
+    key), after refusing a folder that holds another kind's work."""
+    path = check_out_folder(path)
+    if path.is_dir():
+        for other, markers in WORK_MARKERS.items():
+            found = next((m for m in markers if (path / m).exists()), None) if other != kind else None
+            if found:
+                article = "an" if other[0] in "aeiou" else "a"
+                raise RamerError(f"{path}: holds {article} {other} ({found}), not {kind} work; give another --out")
+    return make_folder(path)
+
+
 def output_file(path: str | Path, reads: tuple = (), data_from: tuple = ()) -> Path:
     """A file path to write: not empty, not a folder, not one of the files the command reads
     (``reads``) or its data was read or imported from (``data_from``), nor a file of a run or a

@@ -21,7 +21,7 @@ from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
 from ramer.metrics import format_mean_std, markdown_table, mean_std
-from ramer.paths import atomic_write_text, make_folder, read_json
+from ramer.paths import atomic_write_text, read_json, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import changed_settings
 
@@ -73,7 +73,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     layouts = LAYOUTS.get(bench, (fmt,))
     if bundle.format not in layouts:  # one corpus's protocol, config and table heading on another's data
         raise RamerError(f"{data}: holds {bundle.format} data; ramer reproduce {bench} reads {' or '.join(layouts)}")
-    out = Path(out)
+    out = work_folder(out, "reproduction")
     results = []
     for k in range(seeds):
         run_cfg = cfg.model_copy(deep=True)
@@ -116,7 +116,6 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
         f"best checkpoint by validation micro-F1, threshold tuned on validation, test once.\n\n{table}\n"
     )
-    make_folder(out)
     atomic_write_text(out / "results.md", text)
     atomic_write_text(out / "results.json", json.dumps({"bench": bench, "seeds": seeds, "runs": results}, indent=1))
     return text

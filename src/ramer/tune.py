@@ -50,7 +50,7 @@ from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
-from ramer.paths import atomic_write_text, make_folder, read_json
+from ramer.paths import atomic_write_text, read_json, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import progress, selection_score
 
@@ -336,9 +336,15 @@ def tune(
         )
     space = space_for(base, set(fixed))
     check_space(base, space)
-    out = make_folder(out)
+    made = not Path(out).exists()
+    out = work_folder(out, "study")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
-    study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
+    try:
+        study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
+    except BaseException:
+        if made and not any(out.iterdir()):  # a storage that would not open: no empty folder left behind
+            out.rmdir()
+        raise
     fail_stale(optuna, study)
     remove_failed_folders(optuna, study, out)
     if bundle is None:

@@ -38,7 +38,7 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, check_options
 from ramer.models.classical import ClassicalModel, ClassicalModule
-from ramer.paths import atomic_write_text, make_folder
+from ramer.paths import atomic_write_text, work_folder
 from ramer.train.recipe import RunSteps, check_splits, existing_run, write_test_result
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -87,7 +87,7 @@ class ClassicalRecipe(RunSteps):
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         if not is_main():
             return
-        make_folder(self.out)
+        work_folder(self.out, "run")
         held = None if self.resume else existing_run(self.out)
         if held:
             raise RamerError(held)

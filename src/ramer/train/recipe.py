@@ -62,7 +62,7 @@ from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_d
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
-from ramer.paths import atomic_write_text, loads_json, make_folder
+from ramer.paths import atomic_write_text, loads_json, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
@@ -384,7 +384,7 @@ class Recipe(RunSteps):
         """Rank 0: make the run folder, write its config and an empty log; returns the error, if
         any, as text (raised by every rank, so that none waits for rank 0)."""
         try:
-            make_folder(self.out)
+            work_folder(self.out, "run")
         except RamerError as e:
             return str(e)
         held = existing_run(self.out)
