@@ -457,3 +457,18 @@ def test_a_storage_that_will_not_open_leaves_no_folder_behind(tmp_path, capsys):
     assert "cannot open the study at nosuch://db" in capsys.readouterr().err and not out.exists()
     out.mkdir()  # a folder the user made is kept, empty or not
     assert main(argv) == 2 and out.is_dir()
+
+
+def test_best_yaml_names_its_data_by_a_path_that_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
+    assert main(["data", "synth", "--out", "ds", *sizes]) == 0
+    argv = ["tune", "--model", "late_fusion", "--trials", "1", "--data", "ds", "--out", "study"]
+    assert (
+        main([*argv, *[x for s in ("train.epochs=1", "model.hidden=16", "model.heads=2") for x in ("--set", s)]]) == 0
+    )
+    best = build_config(tmp_path / "study" / "best.yaml")
+    trial = build_config(tmp_path / "study" / "trial-0000" / "config.yaml")
+    assert trial.data.path == "ds" and best.data.path == str(tmp_path / "ds")
+    best.data.path = trial.data.path
+    assert best == trial  # the rest as the trial trained it

@@ -493,7 +493,10 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
 
     best_info = None
     if best is not None:
-        atomic_write_text(out / "best.yaml", dump_config(with_values(base, best.params, f"trial {best.number}")))
+        chosen = with_values(base, best.params, f"trial {best.number}")
+        if chosen.data.path is not None:  # `ramer train --config OUT/best.yaml` works from any folder
+            chosen.data.path = str(Path(chosen.data.path).resolve())
+        atomic_write_text(out / "best.yaml", dump_config(chosen))
         a = best.user_attrs
         best_info = {
             "trial": best.number,
