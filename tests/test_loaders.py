@@ -813,3 +813,15 @@ def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> N
     assert "only data.* keys (loader options) apply here" in capsys.readouterr().err
     assert main(["data", "info", str(files["m3ed"]), "--set", "data.max_utterance=2"]) == 2
     assert "data.max_utterance" in capsys.readouterr().err
+    # data.* keys that reading the data ignores, and MEmoR's label set on other data: refused, not ignored
+    for key in ("data.task=single_label", "data.missing_rate=0.5", "data.missing_at=test", "data.format=memor"):
+        for command in (["info"], ["convert", "--out", str(tmp_path / "x")]):
+            assert main(["data", command[0], str(files["m3ed"]), *command[1:], "--set", key]) == 2
+            said = f"--set {key.split('=')[0]}: not a loader option, and reading the data would ignore it; "
+            assert said in capsys.readouterr().err
+    for command in (["info"], ["convert", "--out", str(tmp_path / "x")]):
+        assert main(["data", command[0], str(files["aligned"]), *command[1:], "--labels", "fine_grained"]) == 2
+        err = capsys.readouterr().err
+        assert f"--labels chooses MEmoR's label set; {files['aligned']} holds mosei_aligned data" in err
+    assert not (tmp_path / "x").exists()
+    assert main(["data", "info", str(files["memor"]), "--labels", "fine_grained"]) == 0

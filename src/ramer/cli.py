@@ -910,7 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("path", metavar="PATH")
     i.add_argument("--format", default="auto", help="format (default: detected)")
-    i.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
+    i.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     i.set_defaults(func=cmd_data_info)
@@ -922,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", metavar="PATH")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--format", default="auto", help="format (default: detected)")
-    c.add_argument("--labels", default="primary", choices=("primary", "fine_grained"), help="MEmoR label set")
+    c.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     c.set_defaults(func=cmd_data_convert)
     im = dsub.add_parser(

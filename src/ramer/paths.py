@@ -186,10 +186,17 @@ def read_json(path: str | Path):
         raise RamerError(f"{path}: not valid JSON ({e})") from None
 
 
+class NestedTooDeeply(json.JSONDecodeError):
+    """JSON nested deeper than the parser recurses; it has no position worth naming."""
+
+    def __str__(self) -> str:
+        return self.msg
+
+
 def loads_json(text: str | bytes):
     """``json.loads``, with a document nested deeper than the parser's recursion (``[[[[...]]]]``)
     reported as a ``json.JSONDecodeError`` ("nested too deeply"), as any other malformed text is."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+        raise NestedTooDeeply("nested too deeply", text if isinstance(text, str) else "", 0) from None

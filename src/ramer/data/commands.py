@@ -14,11 +14,20 @@ from pydantic import ValidationError
 
 from ramer.config import DataConfig, build_config
 from ramer.data import loader_options
-from ramer.data.formats import open_dataset
+from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, write_meta
 from ramer.errors import RamerError
 from ramer.paths import dataset_folder
+
+# data.* keys that are no loader option, and where each is given instead
+NOT_LOADER_OPTIONS = {
+    "path": "give the data's PATH",
+    "format": "use --format",
+    "task": "the task is a training setting (ramer train --set data.task=...; ramer data import --task records it)",
+    "missing_rate": "extra missingness is a training and evaluation setting (ramer train, eval, bench)",
+    "missing_at": "extra missingness is a training and evaluation setting (ramer train, eval, bench)",
+}
 
 
 def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
@@ -27,6 +36,11 @@ def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> D
     other = [s for s in sets if not s.startswith("data.")]
     if other:
         raise RamerError(f"--set {other[0]}: only data.* keys (loader options) apply here")
+    for s in sets:
+        key = s.split("=", 1)[0].strip()
+        hint = NOT_LOADER_OPTIONS.get(key.split(".", 1)[1])
+        if hint:
+            raise RamerError(f"--set {key}: not a loader option, and reading the data would ignore it; {hint}")
     data = build_config(None, list(sets)).data
     if labels is None:
         return data
@@ -36,12 +50,18 @@ def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> D
         raise RamerError(f"--labels must be primary or fine_grained, got '{labels}'") from None
 
 
-def _open(path: str | None, fmt: str, labels: str, sets, options: dict):
+def _open(path: str | None, fmt: str, labels: str | None, sets, options: dict):
+    """``labels``: MEmoR's label set; ``None`` (not asked for) the default."""
+    if labels is not None:
+        held = (fmt if fmt != "auto" else detect_format(path)) or "synthetic"
+        if held != "memor":
+            where = path or "the embedded benchmark"
+            raise RamerError(f"--labels chooses MEmoR's label set; {where} holds {held} data")
     cfg = data_config(labels, sets)
     return open_dataset(path, fmt, cfg, **{**loader_options(cfg), **options})
 
 
-def collect_info(path: str | None, fmt: str = "auto", labels: str = "primary", sets=(), **options) -> dict:
+def collect_info(path: str | None, fmt: str = "auto", labels: str | None = None, sets=(), **options) -> dict:
     """``dataset_info`` of the dataset at ``path``, computed one split at a time; ``sets``: loader
     options as ``data.KEY=VALUE``, ``options``: keyword options of ``open_dataset`` (these win)."""
     opened = _open(path, fmt, labels, sets, options)
@@ -55,13 +75,15 @@ def collect_info(path: str | None, fmt: str = "auto", labels: str = "primary", s
     return assemble_info(opened.format, opened.source, opened.label_names, dims or {}, splits, opened.info)
 
 
-def run_info(path: str, fmt: str = "auto", labels: str = "primary", as_json: bool = False, sets=()) -> None:
+def run_info(path: str, fmt: str = "auto", labels: str | None = None, as_json: bool = False, sets=()) -> None:
     """Print what the dataset at ``path`` holds: JSON (``as_json``) or a table."""
     info = collect_info(path, fmt, labels, sets)
     print(json.dumps(info, indent=1) if as_json else format_info_table(info))
 
 
-def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = "primary", sets=(), **options) -> dict:
+def convert(
+    path: str | None, out: str | Path, fmt: str = "auto", labels: str | None = None, sets=(), **options
+) -> dict:
     """Write the dataset at ``path`` in the native format to ``out``; returns the meta dict.
     ``sets`` and ``options`` as in ``collect_info``."""
     out = Path(out)
@@ -88,7 +110,7 @@ def convert(path: str | None, out: str | Path, fmt: str = "auto", labels: str = 
     return write_meta(out, opened.format, opened.label_names, dims, sizes, opened.info)
 
 
-def run_convert(path: str, out: str, fmt: str = "auto", labels: str = "primary", sets=()) -> None:
+def run_convert(path: str, out: str, fmt: str = "auto", labels: str | None = None, sets=()) -> None:
     """Convert ``path`` to the native format in ``out`` and print a one-line summary."""
     meta = convert(path, out, fmt, labels, sets)
     sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
