@@ -308,6 +308,8 @@ def run_cli(*argv):
             "unknown model 'no_such_model'; known: amp, br, cc",
         ),
         (["bench", "--models", "", "--out", "/no/such/bench"], "--models: empty list"),
+        (["train", "--config", ""], "--config: empty; give a config file"),
+        (["bench", "--models", "br", "--tuned", "/no/such/tuned"], "--tuned /no/such/tuned: no such folder"),
         (["eval", "/no/such/run"], "run folder not found: /no/such/run"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
         (["train", "--set", "model.hidden=17", "--set", "model.heads=2"], "model.hidden 17 is not divisible by"),
@@ -521,6 +523,13 @@ def test_a_config_naming_no_model_or_a_preset_says_what_to_write_before_the_data
         config.write_text(f"model:\n  name: {name}\n")
         assert main(["train", "--config", str(config), "--out", str(tmp_path / name)]) == 2
         assert capsys.readouterr().err.startswith(message)
+
+
+def test_a_classical_fit_says_which_settings_it_does_not_use(tmp_path, capsys):
+    sets = ["--set", "train.device=cuda", "--set", "train.precision=bf16", *[x for s in TINY for x in ("--set", s)]]
+    assert main(["train", "--model", "br", "--out", str(tmp_path / "br"), *sets]) == 0
+    err = capsys.readouterr().err
+    assert "note: br is fitted by scikit-learn on the CPU; train.device=cuda, train.precision=bf16 not used" in err
 
 
 def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, tmp_path, capsys):

@@ -249,6 +249,10 @@ def resolve_settings(
     s.trial_seeds = trial_seeds or 1
     if tuned is not None:
         s.tuned = Path(tuned)
+        if not s.tuned.is_dir():
+            raise RamerError(f"--tuned {tuned}: no such folder (a folder of ramer tune folders, one per model)")
+        if not s.deep_models:
+            raise RamerError(f"--tuned: --models {','.join(s.models)} has no deep model to take tuned settings")
         s.tuned_values = {m: load_tuned(s, m) for m in s.deep_models}
     return s
 

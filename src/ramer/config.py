@@ -405,7 +405,10 @@ def dump_config(cfg: Config) -> str:
 
 
 def resolve_config(name: str | None) -> Path:
-    """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...)."""
+    """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...); ``None``
+    (no --config) the embedded benchmark's."""
+    if name is not None and not name.strip():
+        raise RamerError("--config: empty; give a config file or a bundled config's name (or leave --config out)")
     name = name or "synthetic"
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():

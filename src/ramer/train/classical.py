@@ -78,6 +78,17 @@ class ClassicalRecipe(RunSteps):
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
         check_options(cfg)
+        unused = [
+            f"train.{k}={v}"
+            for k, v, own in (("device", cfg.train.device, "cpu"), ("precision", cfg.train.precision, "fp32"))
+            if v != own
+        ]
+        if unused and is_main():  # said, not refused: bench gives every model the same --set
+            self.console.print(
+                f"note: {cfg.model.name} is fitted by scikit-learn on the CPU; {', '.join(unused)} not used",
+                highlight=False,
+                soft_wrap=True,
+            )
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if self.bundle is None:
