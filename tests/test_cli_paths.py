@@ -12,8 +12,9 @@ import fixtures_writers as fw
 import pytest
 from test_conversations import LABELS, base_rows, write_table
 
+from ramer.bench import parse_rates
 from ramer.cli import main
-from ramer.data.conversations import import_conversations, summary_lines
+from ramer.data.conversations import import_conversations, read_table, summary_lines
 from ramer.errors import RamerError
 from ramer.paths import WORK_MARKERS, atomic_write_text
 
@@ -183,3 +184,35 @@ def test_a_command_refuses_a_folder_holding_another_commands_work(command, forei
     article = "an" if kind[0] in "aeiou" else "a"
     assert f"error: {out}: holds {article} {kind} ({foreign}), not " in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [foreign] and (out / foreign).read_text() == "theirs"
+
+
+def test_errors_say_what_the_path_given_is(tmp_path, fake_text, capsys, monkeypatch):
+    """A file where a run folder goes, a folder where a table goes, a file named as a folder
+    format, a JSON value of the wrong kind, an empty list: each said as it is."""
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "talk.csv", base_rows())
+    import_conversations("talk.csv", "ds")
+    assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
+    fw.write_mosei_aligned(tmp_path / "m.pt")
+    capsys.readouterr()
+    cases = [
+        (
+            ["eval", "run/config.yaml"],
+            "error: run/config.yaml: a file, not a run folder (or its model.safetensors); the run is run",
+        ),
+        (["data", "import", "ds", "--out", "x"], "error: ds: a folder; give the table file (.csv, .tsv, .jsonl)"),
+        (["data", "info", "m.pt", "--format", "native"], "error: m.pt: is a file; format 'native' is a native dataset"),
+        (
+            ["data", "info", "m.pt", "--format", "memor"],
+            "error: m.pt: is a file; format 'memor' is a MEmoR release, a folder",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith(message), argv
+    rows = tmp_path / "t.jsonl"
+    rows.write_text('{"conversation": "c", "index": true, "speaker": "a", "text": "hi"}\n')
+    with pytest.raises(RamerError, match="column 'index' holds True, expected an integer"):
+        read_table(rows)
+    with pytest.raises(RamerError, match="--missing-rates: empty list"):
+        parse_rates("")

@@ -189,7 +189,9 @@ def parse_rates(text: str | None, quick: bool = False) -> list[float]:
         rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise RamerError(f"--missing-rates: expected numbers like 0,0.3,0.6, got '{text}'") from None
-    if not rates or any(not 0.0 <= r < 1.0 for r in rates):
+    if not rates:
+        raise RamerError("--missing-rates: empty list; give rates like 0,0.3,0.6")
+    if any(not 0.0 <= r < 1.0 for r in rates):
         raise RamerError(f"--missing-rates: each rate must be in [0, 1), got '{text}'")
     return sorted(set(rates))
 

@@ -365,9 +365,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir))
     page = render_page(data)
     atomic_write_text(args.out, page)
+    n, k = len(data["conversations"]), data["n_predicted"]
     OUT.print(
-        f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {len(data['conversations'])} conversations, "
-        f"{data['n_predicted']} predicted samples",
+        f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {n} conversation{'s' * (n != 1)}, "
+        f"{k} predicted sample{'s' * (k != 1)}",
         highlight=False,
     )
     return 0

@@ -99,16 +99,16 @@ def _where(path: Path, row: int) -> str:
     return f"{path}: row {row}"
 
 
-def _text(value: Any, path: Path, row: int, column: str) -> str:
+def _text(value: Any, path: Path, row: int, column: str, expected: str = "text") -> str:
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise RamerError(f"{_where(path, row)}: column '{column}' holds {value!r}, expected text")
+        raise RamerError(f"{_where(path, row)}: column '{column}' holds {value!r}, expected {expected}")
     return str(value).strip()
 
 
 def _int(value: Any, path: Path, row: int, column: str) -> int:
-    text = _text(value, path, row, column)
+    text = _text(value, path, row, column, "an integer")
     try:
         return int(text)  # exact, however large
     except ValueError:
@@ -123,7 +123,7 @@ def _int(value: Any, path: Path, row: int, column: str) -> int:
 
 
 def _seconds(value: Any, path: Path, row: int, column: str) -> float | None:
-    text = _text(value, path, row, column)
+    text = _text(value, path, row, column, "seconds (a number >= 0)")
     if not text:
         return None
     try:
@@ -193,7 +193,9 @@ def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
     checked, and the set of columns the file has."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"{path}: file not found")
+        raise RamerError(
+            f"{path}: " + ("a folder; give the table file (.csv, .tsv, .jsonl)" if path.is_dir() else "file not found")
+        )
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         return _read_jsonl(path)
@@ -444,7 +446,9 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
     """A CSV with a header ``person,trait_1,...`` and one row per person: name, then numbers."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"{path}: file not found")
+        raise RamerError(
+            f"{path}: " + ("a folder; give the personality CSV file" if path.is_dir() else "file not found")
+        )
     out: dict[str, np.ndarray] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:

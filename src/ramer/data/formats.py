@@ -202,6 +202,9 @@ def open_dataset(
         _refuse_table(p)
     if not explicit:
         fmt, obj = _detect(p)
+    elif fmt in ("native", "memor") and p.is_file():
+        what = "a native dataset (meta.json, train/, valid/, test/)" if fmt == "native" else "a MEmoR release"
+        raise RamerError(f"{p}: is a file; format '{fmt}' is {what}, a folder")
     if fmt == "native":
         return load_native(p)
     if fmt == "memor":
