@@ -229,6 +229,27 @@ CORRUPT = {  # file of a finished run -> what is left of it, and whether the run
 }
 
 
+def test_bench_retrains_a_cached_run_made_on_other_data(tmp_path, benched, monkeypatch):
+    """A run whose recorded split fingerprints differ from the data's (the files at data.path were
+    made again since) is stale, as one of another config is; the others are read back."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "b"
+    shutil.copytree(benched, out)
+    run = bench_mod.run_dir(out, "late_fusion", 0.5, 1)
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    recorded = json.loads(meta["data"])
+    assert set(recorded) == {"train", "valid", "test"}
+    save_file(
+        state, str(run / "model.safetensors"), metadata={**meta, "data": json.dumps({**recorded, "valid": "0" * 32})}
+    )
+    calls = spy_training(monkeypatch)
+    assert main([*BENCH, "--out", str(out)]) == 0
+    assert calls == [run]
+
+
 @pytest.mark.parametrize("case", CORRUPT)
 def test_bench_retrains_a_cached_run_with_a_corrupt_file(tmp_path, benched, monkeypatch, capsys, case):
     out = tmp_path / "b"

@@ -186,6 +186,26 @@ def test_a_command_refuses_a_folder_holding_another_commands_work(command, forei
     assert sorted(p.name for p in out.iterdir()) == [foreign] and (out / foreign).read_text() == "theirs"
 
 
+def test_a_run_notices_that_its_data_was_made_again(tmp_path, capsys, monkeypatch):
+    """The run records a fingerprint of each split: eval of the run's own data says when that split
+    changed since (the figures are of the data as it is now), and --resume refuses to go on."""
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
+    assert main(["data", "synth", "--out", "ds", *sizes]) == 0
+    assert main(["train", "--data", "ds", "--out", "run", *SETS[6:]]) == 0
+    capsys.readouterr()
+    assert main(["eval", "run"]) == 0 and "note:" not in capsys.readouterr().err
+    assert main(["data", "synth", "--out", "ds", *sizes, "--set", "seed=9"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "run"]) == 0
+    assert "note: split 'test' of ds has changed since the run was made on it" in capsys.readouterr().err
+    assert main(["eval", "run", "--data", "ds"]) == 0 and "note:" not in capsys.readouterr().err  # data asked for
+    (tmp_path / "run" / "test_metrics.json").unlink()  # as if stopped before its test
+    assert main(["train", "--resume", "run"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume run: the data at data.path (ds) is not what the run started on (train, valid, test" in err
+
+
 def test_errors_say_what_the_path_given_is(tmp_path, fake_text, capsys, monkeypatch):
     """A file where a run folder goes, a folder where a table goes, a file named as a folder
     format, a JSON value of the wrong kind, an empty list: each said as it is."""

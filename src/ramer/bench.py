@@ -438,11 +438,16 @@ def _epoch_seconds(log: list[dict]) -> float:
     return sum(float(rec.get("seconds", 0.0)) for rec in log if "epoch" in rec)
 
 
-def cache_state(run: Path, cfg: Config) -> str:
-    """``done``, ``resume`` or ``fresh`` (a ``fresh`` run's stale directory has been removed)."""
+def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str:
+    """``done``, ``resume`` or ``fresh`` (a ``fresh`` run's stale directory has been removed). A run
+    of another config, or made on other data than ``bundle`` (its recorded split fingerprints), is
+    stale."""
     if not run.exists():
         return "fresh"
-    if _same_config(run, cfg):
+    same_data = bundle is None or not ckpt.changed_splits(
+        ckpt.read_data_fingerprints(run / "model.safetensors"), bundle
+    )
+    if _same_config(run, cfg) and same_data:
         if (run / "test_metrics.json").exists():
             return "done"
         if (
@@ -653,7 +658,7 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
         cfg = plan_config(base, *key, tuned=s.tuned_values)
         run = run_dir(s.out, key[0], key[2], key[1])
         notes: list[str] = []
-        state = cache_state(run, cfg)
+        state = cache_state(run, cfg, bundles[cfg.data.synthetic.complete])
         fields = reuse(run, notes) if state == "done" else None
         say(notes)
         if fields is not None:

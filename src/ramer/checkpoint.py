@@ -30,7 +30,10 @@ from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
 
 
-def save_model(path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, threshold, epoch: int) -> None:
+def save_model(
+    path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, threshold, epoch: int, data: dict | None = None
+) -> None:
+    """``data``: the fingerprint of each split the run was made on (``SceneStore.fingerprint``)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     thr = threshold.tolist() if hasattr(threshold, "tolist") else threshold
     meta = {
@@ -39,8 +42,30 @@ def save_model(path: str | Path, model: nn.Module, cfg: Config, spec: DataSpec, 
         "spec": json.dumps(spec.to_dict()),
         "threshold": json.dumps(thr),
         "epoch": str(epoch),
+        **({"data": json.dumps(data)} if data else {}),
     }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_data_fingerprints(path: str | Path) -> dict[str, str]:
+    """The split fingerprints a ``model.safetensors`` records (empty for a file written before they
+    were, or one that does not say)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tree = loads_json((f.metadata() or {}).get("data", "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError, TypeError, ValueError):
+        return {}
+    ok = isinstance(tree, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tree.items())
+    return tree if ok else {}
+
+
+def changed_splits(recorded: dict[str, str], bundle, splits=None) -> list[str]:
+    """The splits (of ``splits``, default all) whose data differs from what ``recorded`` says a run
+    was made on; a split the record does not name is not compared."""
+    names = bundle.splits if splits is None else splits
+    return [n for n in names if n in recorded and n in bundle.splits and bundle.splits[n].fingerprint() != recorded[n]]
 
 
 def read_spec(path: str | Path) -> DataSpec:

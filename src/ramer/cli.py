@@ -260,6 +260,17 @@ def load_run_and_data(args: argparse.Namespace):
     bundle = load_data_for(predictor, args.data)
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+    if args.data is None:  # the run's own data: is it still what the run was made on?
+        from ramer.checkpoint import changed_splits, read_data_fingerprints
+
+        model_file = Path(args.run_dir) / "model.safetensors" if Path(args.run_dir).is_dir() else Path(args.run_dir)
+        if changed_splits(read_data_fingerprints(model_file), bundle, [args.split]):
+            ERR.print(
+                f"note: split '{args.split}' of {predictor.cfg.data.path} has changed since the run was made on it; "
+                "what follows is of the data as it is now",
+                highlight=False,
+                soft_wrap=True,
+            )
     if len(bundle.splits[args.split]) == 0:
         sizes = ", ".join(f"{name} {len(store)}" for name, store in bundle.splits.items())
         raise RamerError(f"{bundle.source}: split '{args.split}' has no samples ({sizes}); choose another --split")

@@ -32,6 +32,8 @@ Scenes that mark none keep the rule of ``target``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -224,7 +226,7 @@ class SceneStore:
             return self
         rng = np.random.default_rng(seed)
         keep = rng.random(self.present.shape) >= rate
-        out = SceneStore(**{**self.__dict__, "present": np.asarray(self.present) & keep})
+        out = dataclasses.replace(self, present=np.asarray(self.present) & keep)
         return out
 
     # ------------------------------------------------------------------ batching
@@ -295,6 +297,24 @@ class SceneStore:
         )
 
     # ------------------------------------------------------------------ native format
+    def _array_names(self) -> tuple[str, ...]:
+        names = _ARRAYS + (("personality", "personality_present") if self.personality is not None else ())
+        return names + (("target_tokens",) if self.target_tokens is not None else ())
+
+    def fingerprint(self) -> str:
+        """A hash of everything this split holds (labels, ids, every array in its stored type): a
+        run records it, and the same split read again later is compared with it. Computed once."""
+        cached = self.__dict__.get("_fingerprint")  # not a field: a changed copy (replace) hashes anew
+        if cached is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
+            for name in self._array_names():
+                array = np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
+                h.update(f"{name}{array.shape}".encode())
+                h.update(memoryview(array).cast("B"))
+            cached = self.__dict__["_fingerprint"] = h.hexdigest()
+        return cached
+
     def save(self, directory: str | Path) -> None:
         """Write this split's arrays as ``.npy`` files (atomically: a temp folder, then rename)."""
         directory = Path(directory)
@@ -303,9 +323,7 @@ class SceneStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        names = _ARRAYS + (("personality", "personality_present") if self.personality is not None else ())
-        names += ("target_tokens",) if self.target_tokens is not None else ()
-        for name in names:
+        for name in self._array_names():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name]))
         (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
         if directory.exists():

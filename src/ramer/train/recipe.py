@@ -341,6 +341,7 @@ class Recipe(RunSteps):
         if self.bundle is None:
             self.bundle = load_bundle(cfg.data)
         check_splits(self.bundle)
+        self.fingerprints = {name: store.fingerprint() for name, store in self.bundle.splits.items()}
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         self.model = build_model(cfg, self.spec)
@@ -398,6 +399,12 @@ class Recipe(RunSteps):
         path = self.out / "train_state.pt"
         state = ckpt.load_train_state(path)
         check_resumed_config(state.get("config"), self.cfg, self.out)
+        changed = ckpt.changed_splits(ckpt.read_data_fingerprints(self.out / "model.safetensors"), self.bundle)
+        if changed:  # going on would train one run on two data sets
+            raise RamerError(
+                f"cannot resume {self.out}: the data at data.path ({self.cfg.data.path}) is not what the run started "
+                f"on ({', '.join(changed)} changed since); resume with that data, or start a new run"
+            )
         ckpt.load_state_into(self.model, state["model"], str(path))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path))
@@ -509,7 +516,15 @@ class Recipe(RunSteps):
                     if improved:
                         self.best = {"score": score, "epoch": epoch, "threshold": thr}
                         if is_main():
-                            ckpt.save_model(self.out / "model.safetensors", self.model, cfg, self.spec, thr, epoch)
+                            ckpt.save_model(
+                                self.out / "model.safetensors",
+                                self.model,
+                                cfg,
+                                self.spec,
+                                thr,
+                                epoch,
+                                self.fingerprints,
+                            )
                 n_seen = min(len(self.splits["train"]), self.steps_per_epoch * cfg.train.batch_size)
                 line = {
                     "epoch": epoch,
