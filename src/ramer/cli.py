@@ -332,7 +332,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from ramer.infer import prediction_records, read_predictions
     from ramer.paths import atomic_write_text, output_file
-    from ramer.view import page_data, render_page
+    from ramer.view import page_data, render_page, texts_note
 
     if args.run_dir is None and args.preds is None:
         raise RamerError("give RUN_DIR (its predictions are made now) or --preds FILE (written by ramer predict)")
@@ -376,6 +376,9 @@ def cmd_view(args: argparse.Namespace) -> int:
     data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir))
     page = render_page(data)
     atomic_write_text(args.out, page)
+    note = texts_note(bundle)
+    if note:
+        ERR.print(f"note: {note}", highlight=False, soft_wrap=True)
     n, k = len(data["conversations"]), data["n_predicted"]
     OUT.print(
         f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {n} conversation{'s' * (n != 1)}, "

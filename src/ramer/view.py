@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ramer.data import DataBundle, SceneStore
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 from ramer.metrics import multilabel_metrics, per_label_metrics
 
 TEXT, AUDIO, FACE, SPEAKS = 1, 2, 4, 8  # bits of a cell code; -1: no sample shows the cell
@@ -130,7 +130,7 @@ def _by_clip(store: SceneStore, clips: list[str], names: list[str]) -> list[Conv
 def _imported(bundle: DataBundle, split: str) -> list[Conversation]:
     store = bundle.splits[split]
     info = bundle.info["conversations"]
-    table = _table(bundle)
+    table = _table(bundle)[0]
     out = []
     for item in info["items"]:
         if item["split"] != split:
@@ -149,20 +149,34 @@ def _imported(bundle: DataBundle, split: str) -> list[Conversation]:
     return out
 
 
-def _table(bundle: DataBundle) -> dict | None:
-    """The imported table's utterances by (conversation, index), or ``None`` when the file that
-    ``meta.json`` names is gone or no longer reads (the page then shows no texts)."""
-    from ramer.data.conversations import read_table
+def _table(bundle: DataBundle) -> tuple[dict | None, str | None]:
+    """The imported table's utterances by (conversation, index), or ``None`` and why when the file
+    that ``meta.json`` names is gone, no longer reads, or has changed since the import (its texts
+    would not be those the model read): the page then shows no texts."""
+    from ramer.data.conversations import read_table, table_digest
 
     files = bundle.info.get("source_files") or []
     path = Path(files[0]) if files else None
-    if path is None or not path.is_file():
-        return None
+    if path is None:
+        return None, None
+    why = f"{path}: the imported table %s; the page shows no utterance texts"
+    if not path.is_file():
+        return None, why % "is gone"
+    recorded = bundle.info.get("source_sha256")
     try:
+        if recorded is not None and table_digest(path) != recorded:
+            return None, why % "has changed since the import"
         utterances, _ = read_table(path)
-    except RamerError:
+    except (RamerError, OSError) as e:
+        return None, why % f"no longer reads ({first_line(e)})"
+    return {(u.conversation, u.index): u for u in utterances}, None
+
+
+def texts_note(bundle: DataBundle) -> str | None:
+    """Why the page of an imported set shows no texts, if it shows none (``_table``)."""
+    if bundle.format != "conversations":
         return None
-    return {(u.conversation, u.index): u for u in utterances}
+    return _table(bundle)[1]
 
 
 def load_data(path: str, sets: list[str]) -> DataBundle:

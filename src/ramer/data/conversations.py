@@ -26,6 +26,7 @@ Row numbers in errors are line numbers of the file (the CSV header is row 1, as 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import time
@@ -186,6 +187,16 @@ def _utterance(raw: dict, path: Path, row: int) -> Utterance:
     if u.start is not None and u.end is not None and u.end <= u.start:
         raise RamerError(f"{_where(path, row)}: end {u.end} is not after start {u.start}")
     return u
+
+
+def table_digest(path: str | Path) -> str:
+    """sha256 of a table file's bytes: recorded at import, so ``ramer view`` shows its texts only
+    while the file is the one the import read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
@@ -865,6 +876,7 @@ def import_conversations(
     info = {
         # absolute: `ramer view` reads the table back for the texts, from wherever it is run
         "source_files": [str(path.resolve())] + ([str(Path(personality).resolve())] if personality is not None else []),
+        "source_sha256": table_digest(path),  # the table's texts are shown while it is this file
         "nonfinite_replaced": {"text": 0, "audio": 0, "visual": 0},
         FORMAT: {
             "labelled": labelled,
