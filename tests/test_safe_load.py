@@ -206,3 +206,11 @@ def test_json_nested_too_deeply_is_an_error_naming_the_file(reader, tmp_path):
     }[reader]
     with pytest.raises(RamerError, match=rf"{path}.*nested too deeply"):
         read()
+
+
+def test_a_torch_save_file_cut_short_is_said_to_be(tmp_path):
+    path = tmp_path / "data.pt"
+    torch.save({"a": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(RamerError, match=rf"{path}: a zip archive \(as torch.save writes\) cut short or damaged"):
+        safe_load(path)

@@ -287,6 +287,9 @@ def safe_load(path: str | Path) -> Any:
     if zipfile.is_zipfile(path):
         return _load_torch_zip(path)
     with open(path, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, without the directory at its end
+            raise RamerError(f"{path}: a zip archive (as torch.save writes) cut short or damaged; its end is missing")
+        fh.seek(0)
         if _legacy_magic(fh):
             fh.close()
             return _torch_load(path)
