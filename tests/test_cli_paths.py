@@ -130,21 +130,19 @@ def test_a_written_file_follows_links_streams_to_fifos_and_names_what_the_system
     reader.join(timeout=30)
     assert got == ["streamed"] and fifo.is_fifo()
 
-    def refuse(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    refusals = [  # where the system says no, and what: before the temp file is made, and after
+        (tempfile, "mkstemp", PermissionError(errno.EACCES, "Permission denied")),
+        (os, "fsync", OSError(errno.ENOSPC, "No space left on device")),
+    ]
+    for module, name, error in refusals:
 
-    with monkeypatch.context() as m:
-        m.setattr(tempfile, "mkstemp", refuse)
-        with pytest.raises(RamerError, match=r"real.txt: cannot write \(Permission denied\)"):
-            atomic_write_text(tmp_path / "real.txt", "lost")
+        def refuse(*args, error=error, **kwargs):
+            raise error
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "fsync", full)
-        with pytest.raises(RamerError, match=r"real.txt: cannot write \(No space left on device\)"):
-            atomic_write_text(tmp_path / "real.txt", "lost")
+        with monkeypatch.context() as m:
+            m.setattr(module, name, refuse)
+            with pytest.raises(RamerError, match=rf"real.txt: cannot write \({error.strerror}\)"):
+                atomic_write_text(tmp_path / "real.txt", "lost")
     assert (tmp_path / "real.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
         "fifo",
         "link.txt",
