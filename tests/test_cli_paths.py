@@ -16,7 +16,7 @@ from ramer.bench import parse_rates
 from ramer.cli import main
 from ramer.data.conversations import import_conversations, read_table, summary_lines
 from ramer.errors import RamerError
-from ramer.paths import WORK_MARKERS, atomic_write_text
+from ramer.paths import WORK_MARKERS, atomic_write_text, other_work
 
 TINY = [
     *("data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"),
@@ -124,7 +124,7 @@ def test_a_written_file_follows_links_streams_to_fifos_and_names_what_the_system
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
     reader.start()
     atomic_write_text(fifo, "streamed")
     reader.join(timeout=30)
@@ -153,35 +153,54 @@ def test_a_written_file_follows_links_streams_to_fifos_and_names_what_the_system
 @pytest.mark.parametrize(
     "command, foreign",
     [
-        ("train", "meta.json"),
-        ("train", "report.md"),
-        ("tune", "model.safetensors"),
-        ("tune", "demo.json"),
-        ("bench", "train_state.pt"),
-        ("bench", "study.db"),
-        ("reproduce", "test_metrics.json"),
-        ("reproduce", "meta.json"),
+        ("train", ("meta.json", "train")),
+        ("train-deep", ("report.md", "results.json")),
+        ("tune", ("model.safetensors",)),
+        ("tune", ("demo.json",)),
+        ("bench", ("train_state.pt",)),
+        ("bench", ("study.db",)),
+        ("reproduce", ("test_metrics.json",)),
+        ("reproduce", ("meta.json", "test")),
     ],
 )
 def test_a_command_refuses_a_folder_holding_another_commands_work(command, foreign, tmp_path, capsys):
     """A run into a dataset, a study or a bench into a run folder...: refused before any work, the
-    folder left as it was (their files would mix, and each reads its own back)."""
+    folder left as it was (their files would mix, and each reads its own back). A user's own file
+    of one of those names, alone, marks nothing."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / foreign).write_text("theirs")
+    for name in foreign:
+        (out / name).write_text("theirs")
     data = tmp_path / "train_valid_test.pt"
     fw.write_mosei_aligned(data)
     argv = {
         "train": ["train", "--model", "br", *SETS],
+        "train-deep": ["train", "--model", "late_fusion", *SETS],
         "tune": ["tune", "--model", "late_fusion", "--trials", "1", *SETS],
         "bench": ["bench", "--quick", "--models", "br"],
         "reproduce": ["reproduce", "mosei", "--data", str(data), "--seeds", "1"],
     }[command]
     assert main([*argv, "--out", str(out)]) == 2
-    kind = next(k for k, markers in WORK_MARKERS.items() if foreign in markers)
+    kind = next(k for k, groups in WORK_MARKERS.items() if foreign in groups)
     article = "an" if kind[0] in "aeiou" else "a"
-    assert f"error: {out}: holds {article} {kind} ({foreign}), not " in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == [foreign] and (out / foreign).read_text() == "theirs"
+    assert f"error: {out}: holds {article} {kind} ({', '.join(foreign)}), not " in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(foreign)
+    assert all((out / name).read_text() == "theirs" for name in foreign)
+    if len(foreign) > 1:  # one name of the group alone is a user's own file of that name
+        (out / foreign[1]).unlink()
+        own = {"train": "run", "train-deep": "run", "tune": "study", "bench": "bench", "reproduce": "reproduction"}
+        assert other_work(out, own[command]) is None
+
+
+def test_a_split_without_samples_has_a_fingerprint_and_a_run_trains(tmp_path, fake_text, capsys, monkeypatch):
+    """A labelled import whose table puts nothing in test: the run trains (its test table has n = 0),
+    as it did before runs recorded their data's fingerprints."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{**r, "split": "valid" if r["conversation"] == "c2" else "train"} for r in base_rows()]
+    write_table(tmp_path / "talk.csv", rows)
+    import_conversations("talk.csv", "ds")
+    for model in ("br", "late_fusion"):
+        assert main(["train", "--model", model, "--data", "ds", "--out", model, "--set", "train.epochs=1"]) == 0
 
 
 def test_a_run_notices_that_its_data_was_made_again(tmp_path, capsys, monkeypatch):
@@ -212,6 +231,10 @@ def test_errors_say_what_the_path_given_is(tmp_path, fake_text, capsys, monkeypa
     import_conversations("talk.csv", "ds")
     assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
     fw.write_mosei_aligned(tmp_path / "m.pt")
+    capsys.readouterr()
+    (tmp_path / "run" / "model.safetensors").rename(tmp_path / "run" / "model.safetensors.bak")
+    assert main(["eval", "run/model.safetensors.bak"]) == 0  # a model file by its content, whatever its name
+    (tmp_path / "run" / "model.safetensors.bak").rename(tmp_path / "run" / "model.safetensors")
     capsys.readouterr()
     cases = [
         (

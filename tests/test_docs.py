@@ -70,19 +70,26 @@ def config_keys(model: type[BaseModel], prefix: str = ""):
             yield f"{prefix}{name}", model.__name__, name
 
 
+def named(name: str, text: str) -> bool:
+    """``name`` (a key, ``Class.field``, a field) as a whole word: not ``data.format`` in ``data.formats``."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", text) is not None
+
+
 def documented(key: str, cls: str, name: str, docs: dict[str, str]) -> bool:
     """The dotted key or ``Class.field`` anywhere; a per-modality entry (``layers.text``) by its
-    group's key; or the field's name in a table row of a doc that names its section
-    (``data.synthetic`` and its table of settings, ``loss.`` and the loss table)."""
+    group's key; or the field's name in a table row of a doc section (between headings) that names
+    the key's parent (``data.synthetic`` and its table of settings, ``loss.`` and the loss table)."""
     parent = key.rsplit(".", 1)[0]
-    word = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)")
     for text in docs.values():
-        if key in text or f"{cls}.{name}" in text:
+        if named(key, text) or named(f"{cls}.{name}", text):
             return True
         if name in ("text", "audio", "visual") and f"`{parent}`" in text:
             return True
-        if f"{parent}." in text and any(ln.startswith("|") and word.search(ln) for ln in text.splitlines()):
-            return True
+        for section in re.split(r"\n(?=#)", text):
+            if re.search(rf"(?<![\w.]){re.escape(parent)}\.", section) and any(
+                ln.startswith("|") and named(name, ln) for ln in section.splitlines()
+            ):
+                return True
     return False
 
 

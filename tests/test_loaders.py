@@ -819,8 +819,11 @@ def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> N
             assert main(["data", command[0], str(files["m3ed"]), *command[1:], "--set", key]) == 2
             said = f"--set {key.split('=')[0]}: not a loader option, and reading the data would ignore it; "
             assert said in capsys.readouterr().err
-    for command in (["info"], ["convert", "--out", str(tmp_path / "x")]):
-        assert main(["data", command[0], str(files["aligned"]), *command[1:], "--labels", "fine_grained"]) == 2
+    for command, asked in zip(
+        (["info"], ["convert", "--out", str(tmp_path / "x")]),
+        (["--labels", "fine_grained"], ["--set", "data.labels=fine_grained"]),
+    ):
+        assert main(["data", command[0], str(files["aligned"]), *command[1:], *asked]) == 2
         err = capsys.readouterr().err
         assert f"--labels chooses MEmoR's label set; {files['aligned']} holds mosei_aligned data" in err
     assert not (tmp_path / "x").exists()

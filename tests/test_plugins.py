@@ -198,6 +198,22 @@ def test_a_models_own_settings_reach_its_builder_and_its_runs(tmp_path, monkeypa
     assert space[0].value(tried) == "max" and tried.model.options == {"scope_pool": {"pool": "max"}}
 
 
+def test_a_run_carrying_settings_of_a_model_gone_since_still_loads(tmp_path, registry):
+    """Another model's settings are checked when a run starts, not when it is read back: the
+    package they were for may be uninstalled, and this run's model never reads them."""
+    register_model("zz_plug", lambda cfg, spec: nn.Linear(1, 1))
+    cfg = build_config(None, [*TINY, "model.options.zz_plug.a=1"])
+    set_model(cfg, "late_fusion")
+    run_training(cfg, tmp_path / "run")
+    del models.BUILDERS["zz_plug"]
+    models.KNOWN.discard("zz_plug")
+    assert type(ramer.load(tmp_path / "run").model).__name__ == "LateFusion"
+    with pytest.raises(RamerError, match="model.options.zz_plug: no model 'zz_plug'"):
+        run_training(cfg, tmp_path / "again")  # a new run with them: refused
+    with pytest.raises(RamerError, match="model.options.scope_pool.pool: not set in this config"):
+        Param("model.options.scope_pool.pool", choices=("mean", "max")).value(build_config(None))
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
@@ -215,7 +231,7 @@ def test_settings_for_ramers_own_or_an_unknown_model_are_refused_before_any_work
 ):
     cfg = build_config(None, [f"model.options.{name}.x=1"])
     with pytest.raises(RamerError, match=re.escape(message)):
-        build_model(cfg, SPEC)
+        models.check_model(cfg)
     for model in ("late_fusion", "br"):  # the deep recipe and the classical fit
         run = tmp_path / model
         assert main(["train", "--model", model, "--out", str(run), *SETS, "--set", f"model.options.{name}.x=1"]) == 2

@@ -418,15 +418,19 @@ def test_an_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     before the first one there is nothing to resume."""
     import ramer.train
 
+    saved = []  # whether the interrupted run had written its first training state
+
     def interrupted(cfg, out, **kw):
+        if saved:
+            Path(out).mkdir()
+            (Path(out) / "train_state.pt").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ramer.train, "run_training", interrupted)
     out = tmp_path / "run"
     assert main(["train", "--model", "late_fusion", "--out", str(out)]) == 130
     assert "interrupted before anything was saved to resume from: run the command again" in capsys.readouterr().err
-    out.mkdir()
-    (out / "train_state.pt").write_bytes(b"")
+    saved.append(True)
     assert main(["train", "--model", "late_fusion", "--out", str(out)]) == 130
     assert f"interrupted; resume with: ramer train --resume {out}" in capsys.readouterr().err
 
@@ -541,7 +545,11 @@ def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "held").mkdir()
     (tmp_path / "held" / "train_state.pt").write_bytes(b"")
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    (tmp_path / "ds" / "meta.json").write_text("{}")
     cases = {
+        ("--out", "ds"): "error: ds: holds a dataset (meta.json, train), not run work; give another --out",
+        ("--set", "model.name=ramer-no_shuffle"): "error: model.name 'ramer-no_shuffle' is a preset of --model",
         ("--data", "nope"): "error: data path not found: nope",
         ("--out", "held"): "error: held already holds a run; use --resume held or another --out",
         ("--resume", "gone"): "error: cannot resume: gone/config.yaml not found",
@@ -551,7 +559,7 @@ def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, t
         assert main(["train", "--nproc", "2", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("error:") == 1, err
-    assert launched == [] and sorted(p.name for p in tmp_path.iterdir()) == ["held"]
+    assert launched == [] and sorted(p.name for p in tmp_path.iterdir()) == ["ds", "held"]
 
 
 def test_default_run_folders_of_runs_started_in_the_same_second_differ(monkeypatch, tmp_path, capsys):
@@ -568,6 +576,11 @@ def test_default_run_folders_of_runs_started_in_the_same_second_differ(monkeypat
     assert main(["train", "--data", "nope"]) == 2
     assert "data path not found: nope" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, second.name]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--set", "data.synthetic.persons_min=20"]) == 2  # refused in setup, after the folder
+    assert list(elsewhere.iterdir()) == []  # nor its runs/
 
 
 # ------------------------------------------------------------------ bad runs, states and configs: nothing lost

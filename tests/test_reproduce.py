@@ -63,7 +63,11 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
         write_m3ed_pickle(other, seed=1)
         assert reproduce(bench, other, out) == 2
         err = capsys.readouterr().err
-        assert f"{seeds[0]} was made with other settings (data.path {data} there, {other} now)" in err, err
+        assert f"{seeds[0]} was made on other data than {other} (data.path {data} there)" in err, err
+        write_m3ed_pickle(data, seed=1)  # other data at the same path: the seeds' fingerprints say so
+        assert reproduce(bench, data, out) == 2
+        assert f"{seeds[0]} was made on other data than {data}" in capsys.readouterr().err
+        write_m3ed_pickle(data)  # the data the seeds were made on, again
     if bench == "m3ed":  # a finished seed's file cut short: one line naming it, nothing removed
         (seeds[0] / "test_metrics.json").write_text('{"overall": ')
         capsys.readouterr()

@@ -95,7 +95,7 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     if not path.exists():
         raise RamerError(f"run folder not found: {path} (a run folder, or its model.safetensors)")
     model_file = path / "model.safetensors" if path.is_dir() else path
-    if path.is_file() and path.suffix != ".safetensors":  # run/config.yaml, a predictions file, ...
+    if path.is_file() and path.suffix != ".safetensors" and not ckpt.looks_like_safetensors(path):  # run/config.yaml
         run = f"; the run is {path.parent}" if (path.parent / "model.safetensors").is_file() else ""
         raise RamerError(f"{path}: a file, not a run folder (or its model.safetensors){run}")
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def save_model(
         **({"data": json.dumps(data)} if data else {}),
     }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def looks_like_safetensors(path: str | Path) -> bool:
+    """Whether a file starts as a safetensors file does: an 8-byte header length, then a JSON object
+    (a model file renamed, ``model.safetensors.bak``, is one; a config or a predictions file is not)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = f.seek(0, os.SEEK_END)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 9 <= int.from_bytes(head[:8], "little") + 8 <= size
 
 
 def read_data_fingerprints(path: str | Path) -> dict[str, str]:

@@ -100,19 +100,12 @@ def launch_distributed(args: argparse.Namespace) -> int:
     --nproc_per_node N -m ramer train ...`` (the same arguments, minus ``--nproc``) and wait."""
     import subprocess
 
-    from ramer.models import check_options
-    from ramer.train.recipe import existing_run
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RamerError("--nproc launches the processes itself; under torchrun leave it out")
     # What one process would refuse at once is refused here, once, before N processes start.
     cfg = planned_config(args)
     if not args.resume:
-        if cfg.data.path is not None and not Path(cfg.data.path).exists():
-            raise RamerError(f"data path not found: {cfg.data.path}")
-        check_options(cfg)
-        if args.out and Path(args.out).is_dir() and existing_run(Path(args.out)):
-            raise RamerError(existing_run(Path(args.out)))
+        check_new_run(cfg, Path(args.out) if args.out else None)
     rest: list[str] = []
     for flag in ("model", "config", "data", "resume"):
         if getattr(args, flag):
@@ -151,6 +144,26 @@ def train_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def check_new_run(cfg: Config, out: Path | None) -> None:
+    """What a new run would refuse only after loading its data: a data path that is not there, a
+    model it cannot build (name, model.options), an --out that holds a run or another command's
+    work. Checked first, in the process that was asked (before torchrun starts N)."""
+    from ramer.models import CLASSICAL, check_model, check_options
+    from ramer.paths import other_work
+    from ramer.train.recipe import existing_run
+
+    if cfg.data.path is not None and not Path(cfg.data.path).exists():
+        raise RamerError(f"data path not found: {cfg.data.path}")
+    if cfg.model.name in CLASSICAL:
+        check_options(cfg)
+    else:
+        check_model(cfg)
+    if out is not None:
+        why = other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
+        if why:
+            raise RamerError(why)
+
+
 def planned_config(args: argparse.Namespace) -> Config:
     """The config of the run ``ramer train`` starts (``train_config``) or resumes (its folder's own,
     with its data path checked)."""
@@ -179,6 +192,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise RamerError("under torchrun every process must write to one run directory: give --out (or --resume)")
     cfg = planned_config(args)
     made_up = not (args.out or args.resume)
+    if not args.resume:
+        check_new_run(cfg, Path(args.out) if args.out else None)
+    runs_made = made_up and not Path("runs").exists()
     out = Path(args.resume or args.out) if not made_up else default_out(cfg)
     try:
         try:  # a folder name made up here is said before the work (to --resume it after a stop)
@@ -186,6 +202,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         finally:
             if made_up and out.is_dir() and not any(out.iterdir()):  # stopped before anything was written
                 out.rmdir()
+                if runs_made and not any(out.parent.iterdir()):
+                    out.parent.rmdir()
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130
@@ -266,7 +284,8 @@ def load_run_and_data(args: argparse.Namespace):
         model_file = Path(args.run_dir) / "model.safetensors" if Path(args.run_dir).is_dir() else Path(args.run_dir)
         if changed_splits(read_data_fingerprints(model_file), bundle, [args.split]):
             ERR.print(
-                f"note: split '{args.split}' of {predictor.cfg.data.path} has changed since the run was made on it; "
+                f"note: split '{args.split}' of {predictor.cfg.data.path or 'the embedded benchmark'} has changed "
+                "since the run was made on it; "
                 "what follows is of the data as it is now",
                 highlight=False,
                 soft_wrap=True,
@@ -281,7 +300,7 @@ def data_files(bundle, path: str | None) -> tuple:
     """The files a dataset was read from: its path (a file, or a folder whose own files
     ``output_file`` knows) and what its loader records (``info.source_files``: an imported table,
     its personality file, a corpus file)."""
-    return (path, *bundle.info.get("source_files", []))
+    return (path, *(f for f in bundle.info.get("source_files", []) if Path(f).is_absolute()))  # older: relative
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -332,7 +351,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from ramer.infer import prediction_records, read_predictions
     from ramer.paths import atomic_write_text, output_file
-    from ramer.view import page_data, render_page, texts_note
+    from ramer.view import page_data, render_page
 
     if args.run_dir is None and args.preds is None:
         raise RamerError("give RUN_DIR (its predictions are made now) or --preds FILE (written by ramer predict)")
@@ -373,11 +392,11 @@ def cmd_view(args: argparse.Namespace) -> int:
         probs = predictor.predict(store, workers=args.workers)
         records = prediction_records(store, probs, predictor.decide(probs), threshold)
     title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
-    data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir))
+    notes: list[str] = []
+    data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir), notes)
     page = render_page(data)
     atomic_write_text(args.out, page)
-    note = texts_note(bundle)
-    if note:
+    for note in notes:
         ERR.print(f"note: {note}", highlight=False, soft_wrap=True)
     n, k = len(data["conversations"]), data["n_predicted"]
     OUT.print(

@@ -44,28 +44,40 @@ SPLITS = ("train", "valid", "test")
 DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "cache", *SPLITS, *(f"{s}.tmp" for s in SPLITS))
 
 
-# What marks a folder as another command's work (its top level): a command that makes a folder of
-# one kind refuses one that holds another kind's marker, so their files never mix.
+# What marks a folder as another command's work (its top level): any one group of names, all there.
+# A command that makes a folder of one kind refuses one that holds another kind's, so their files
+# never mix; a user's own report.md or meta.json alone marks nothing.
 WORK_MARKERS = {
-    "dataset": ("meta.json",),
-    "run": ("model.safetensors", "train_state.pt", "test_metrics.json"),
-    "study": ("study.db", "tune.json"),
-    "bench": ("report.md",),
-    "reproduction": ("results.md",),
-    "demo": ("demo.json",),
+    "dataset": (("meta.json", "train"), ("meta.json", "test")),
+    "run": (("model.safetensors",), ("train_state.pt",), ("test_metrics.json",)),
+    "study": (("study.db",), ("tune.json",)),
+    "bench": (("report.md", "results.json"),),
+    "reproduction": (("results.md", "results.json"),),
+    "demo": (("demo.json",),),
 }
 
 
+def other_work(path: str | Path, kind: str) -> str | None:
+    """Why ``path`` may not be the ``--out`` of a command whose work is of ``kind`` (a
+    ``WORK_MARKERS`` key): it holds another kind's work. ``None`` when it may (or does not exist)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    for other, groups in WORK_MARKERS.items():
+        found = next((g for g in groups if all((path / name).exists() for name in g)), None)
+        if found and other != kind:
+            article = "an" if other[0] in "aeiou" else "a"
+            return f"{path}: holds {article} {other} ({', '.join(found)}), not {kind} work; give another --out"
+    return None
+
+
 def work_folder(path: str | Path, kind: str) -> Path:
-    """``make_folder`` for the ``--out`` of a command whose work is of ``kind`` (a ``WORK_MARKERS``
-    key), after refusing a folder that holds another kind's work."""
+    """``make_folder`` for the ``--out`` of a command whose work is of ``kind``, after refusing a
+    folder that holds another kind's work (``other_work``)."""
     path = check_out_folder(path)
-    if path.is_dir():
-        for other, markers in WORK_MARKERS.items():
-            found = next((m for m in markers if (path / m).exists()), None) if other != kind else None
-            if found:
-                article = "an" if other[0] in "aeiou" else "a"
-                raise RamerError(f"{path}: holds {article} {other} ({found}), not {kind} work; give another --out")
+    why = other_work(path, kind)
+    if why:
+        raise RamerError(why)
     return make_folder(path)
 
 

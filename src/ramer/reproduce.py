@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ramer import checkpoint as ckpt
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
@@ -83,13 +84,21 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
             made = build_config(run_dir / "config.yaml").model_dump(mode="json")
             changed = changed_settings(made, run_cfg.model_dump(mode="json"))
-            was = made.get("data", {}).get("path")
-            if was is None or Path(was).resolve() != Path(data).resolve():  # one table, one data set
-                changed.append(f"data.path {was} there, {data} now")
             if changed:  # one table, one setting
                 raise RamerError(
                     f"{run_dir} was made with other settings ({', '.join(changed)}); give the --set it was made "
                     "with, or another --out"
+                )
+            recorded = ckpt.read_data_fingerprints(run_dir / "model.safetensors")
+            was = made.get("data", {}).get("path")
+            if recorded:  # one table, one data set: a seed made on other data (or other files at this path)
+                other = bool(ckpt.changed_splits(recorded, bundle))
+            else:  # a run from before the fingerprints: its path
+                other = Path(str(was)).resolve() != Path(data).resolve()
+            if other:
+                raise RamerError(
+                    f"{run_dir} was made on other data than {data} (data.path {was} there); give that data, "
+                    "or another --out"
                 )
             path = run_dir / "test_metrics.json"
             try:

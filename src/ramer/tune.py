@@ -495,7 +495,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     if best is not None:
         chosen = with_values(base, best.params, f"trial {best.number}")
         if chosen.data.path is not None:  # `ramer train --config OUT/best.yaml` works from any folder
-            chosen.data.path = str(Path(chosen.data.path).resolve())
+            chosen.data.path = os.path.abspath(chosen.data.path)  # a link stays a link
         atomic_write_text(out / "best.yaml", dump_config(chosen))
         a = best.user_attrs
         best_info = {

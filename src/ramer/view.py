@@ -56,12 +56,13 @@ class Conversation:
 
 
 # ---------------------------------------------------------------------------- conversations
-def conversations(bundle: DataBundle, split: str) -> list[Conversation]:
-    """The split's samples grouped into conversations (module docstring), in sample order."""
+def conversations(bundle: DataBundle, split: str, notes: list[str] | None = None) -> list[Conversation]:
+    """The split's samples grouped into conversations (module docstring), in sample order; ``notes``
+    gets what the page lacks and why (an imported table's texts)."""
     store = bundle.splits[split]
     info = bundle.info or {}
     if bundle.format == "conversations" and "items" in info.get("conversations", {}):
-        return _imported(bundle, split)
+        return _imported(bundle, split, notes)
     ids, target = store.ids, np.asarray(store.target)
     if bundle.format == "m3ed_pickle" and info.get("m3ed", {}).get("protocol") == "utterance":
         keys = [i.rsplit("/", 1) for i in ids]
@@ -127,10 +128,12 @@ def _by_clip(store: SceneStore, clips: list[str], names: list[str]) -> list[Conv
     return out
 
 
-def _imported(bundle: DataBundle, split: str) -> list[Conversation]:
+def _imported(bundle: DataBundle, split: str, notes: list[str] | None = None) -> list[Conversation]:
     store = bundle.splits[split]
     info = bundle.info["conversations"]
-    table = _table(bundle)[0]
+    table, why = _table(bundle)
+    if why and notes is not None:
+        notes.append(why)
     out = []
     for item in info["items"]:
         if item["split"] != split:
@@ -192,11 +195,18 @@ def load_data(path: str, sets: list[str]) -> DataBundle:
 
 # ---------------------------------------------------------------------------- the JSON blob
 def page_data(
-    bundle: DataBundle, split: str, records: list[dict], threshold=None, title: str = "", preds_source: str = ""
+    bundle: DataBundle,
+    split: str,
+    records: list[dict],
+    threshold=None,
+    title: str = "",
+    preds_source: str = "",
+    notes: list[str] | None = None,
 ) -> dict:
     """Everything the page shows, as one JSON-ready dict. ``records``: the lines of a predictions
     file (``infer.prediction_records`` / ``read_predictions``), matched to the split's samples by
-    id; ``threshold``: the run's decision rule (``None`` when unknown: the file's own is used)."""
+    id; ``threshold``: the run's decision rule (``None`` when unknown: the file's own is used);
+    ``notes`` gets what the page lacks and why (``conversations``)."""
     store = bundle.splits[split]
     names = list(store.label_names)
     index = {sample_id: i for i, sample_id in enumerate(store.ids)}
@@ -212,7 +222,7 @@ def page_data(
     bits = np.asarray(store.present, dtype=np.int64) @ np.array([TEXT, AUDIO, FACE])  # (T,) cell codes
     marks = store.marks_targets()
     out = []
-    for conv in conversations(bundle, split):
+    for conv in conversations(bundle, split, notes):
         samples = [
             _sample(store, i, rows, first, by_sample[i], names, labelled, bool(marks[i]))
             for i, rows, first in conv.members

@@ -52,7 +52,7 @@ def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> D
 
 def _open(path: str | None, fmt: str, labels: str | None, sets, options: dict):
     """``labels``: MEmoR's label set; ``None`` (not asked for) the default."""
-    if labels is not None:
+    if labels is not None or any(s.split("=", 1)[0].strip() == "data.labels" for s in sets):
         held = (fmt if fmt != "auto" else detect_format(path)) or "synthetic"
         if held != "memor":
             where = path or "the embedded benchmark"

@@ -5,8 +5,10 @@ the split dictionaries of the pickled layouts, and scene stores of single-person
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,10 @@ class SplitStream:
 
 
 def new_info(sources: list[str]) -> dict:
-    return {"source_files": [str(s) for s in sources], "nonfinite_replaced": {m: 0 for m in MODALITIES}}
+    """``source_files``: the files read, absolute where they exist (a converted folder's meta.json
+    keeps them; read elsewhere, a relative one would name another file)."""
+    files = [os.path.abspath(s) if Path(s).exists() else str(s) for s in sources]
+    return {"source_files": files, "nonfinite_replaced": {m: 0 for m in MODALITIES}}
 
 
 # ---------------------------------------------------------------------------------------- helpers

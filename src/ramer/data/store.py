@@ -311,7 +311,7 @@ class SceneStore:
             for name in self._array_names():
                 array = np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
                 h.update(f"{name}{array.shape}".encode())
-                h.update(memoryview(array).cast("B"))
+                h.update(array)  # any C-contiguous array, an empty one too
             cached = self.__dict__["_fingerprint"] = h.hexdigest()
         return cached
 

@@ -200,10 +200,13 @@ def model_options(cfg: Config) -> dict:
     return dict(cfg.model.options.get(cfg.model.name, {}))
 
 
-def check_model(cfg: Config) -> None:
-    """That ``build_model`` can build ``cfg``'s model (a deep model's name, its settings) before
-    any work: a RamerError saying what to write instead."""
-    check_options(cfg)
+def check_model(cfg: Config, options: bool = True) -> None:
+    """That ``build_model`` can build ``cfg``'s model (a deep model's name and, with ``options``, the
+    settings of ``model.options``: a new run's) before any work: a RamerError saying what to write
+    instead. A run read back is not held to ``options``: the package another model's settings were
+    for may be gone, and this model never reads them."""
+    if options:
+        check_options(cfg)
     name = cfg.model.name
     if name not in BUILDERS and not _load_installed(name):
         if name in PRESETS:  # the --model form, written as model.name in a config file
@@ -217,7 +220,7 @@ def check_model(cfg: Config) -> None:
 
 
 def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
-    check_model(cfg)
+    check_model(cfg, options=False)
     name = cfg.model.name
     if name in OWN:
         _not_shadowed(name)

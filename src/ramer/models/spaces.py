@@ -46,7 +46,9 @@ class Param:
         """This key's value in ``cfg``."""
         node: Any = cfg
         for part in self.key.split("."):  # model.options.NAME.KEY goes into dicts
-            node = node.get(part) if isinstance(node, dict) else getattr(node, part)
+            if isinstance(node, dict) and part not in node:
+                raise RamerError(f"{self.key}: not set in this config")
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
         return node
 
     def describe(self) -> str:

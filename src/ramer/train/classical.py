@@ -77,7 +77,8 @@ class ClassicalRecipe(RunSteps):
         cfg = self.cfg
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
-        check_options(cfg)
+        if not self.resume:
+            check_options(cfg)
         unused = [
             f"train.{k}={v}"
             for k, v, own in (("device", cfg.train.device, "cpu"), ("precision", cfg.train.precision, "fp32"))

@@ -323,7 +323,7 @@ class Recipe(RunSteps):
         cfg = self.cfg
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
-        check_model(cfg)
+        check_model(cfg, options=not self.resume)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
