@@ -515,6 +515,16 @@ def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
     (cmd,) = launched
     out = cmd[cmd.index("--out") + 1]
     assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"
+    assert not Path(out).exists()  # no process wrote into it: not left behind
+
+    def writes(cmd):  # the processes start the run, then fail
+        (Path(cmd[cmd.index("--out") + 1]) / "config.yaml").write_text("")
+        return 1
+
+    monkeypatch.setattr(subprocess, "call", writes)
+    assert main(["train", "--nproc", "2", "--model", "late_fusion"]) == 1
+    (kept,) = (tmp_path / "runs").iterdir()
+    assert (kept / "config.yaml").is_file()
 
 
 def test_a_config_naming_no_model_or_a_preset_says_what_to_write_before_the_data_loads(tmp_path, capsys, monkeypatch):

@@ -110,8 +110,10 @@ def launch_distributed(args: argparse.Namespace) -> int:
     for flag in ("model", "config", "data", "resume"):
         if getattr(args, flag):
             rest += [f"--{flag}", str(getattr(args, flag))]
+    made = None  # the run folder made up here, if any
     if not args.resume:  # every process must write to the same run directory: fix it here
-        rest += ["--out", args.out or str(default_out(cfg))]
+        made = None if args.out else default_out(cfg)
+        rest += ["--out", args.out or str(made)]
     for assignment in args.set or []:
         rest += ["--set", assignment]
     cmd = [
@@ -130,6 +132,9 @@ def launch_distributed(args: argparse.Namespace) -> int:
         return subprocess.call(cmd)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if made is not None and made.is_dir() and not any(made.iterdir()):  # no process wrote anything
+            made.rmdir()
 
 
 def train_config(args: argparse.Namespace) -> Config:
