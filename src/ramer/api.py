@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class Predictor:
     threshold: float | np.ndarray | str
     device: torch.device
     epoch: int
+    data_fingerprints: dict[str, str] = field(default_factory=dict)  # of the data the run was made on
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -119,7 +120,8 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     if precision != "fp32" and cfg.model.name in CLASSICAL:
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
     model = to_inference_precision(model.to(dev), precision).eval()
-    return Predictor(model, cfg, spec, _decision(threshold), dev, epoch)
+    fingerprints = ckpt.read_data_fingerprints(model_file)
+    return Predictor(model, cfg, spec, _decision(threshold), dev, epoch, fingerprints)
 
 
 def _decision(threshold) -> float | np.ndarray | str:

@@ -444,10 +444,9 @@ def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str
     stale."""
     if not run.exists():
         return "fresh"
-    same_data = bundle is None or not ckpt.changed_splits(
-        ckpt.read_data_fingerprints(run / "model.safetensors"), bundle
-    )
-    if _same_config(run, cfg) and same_data:
+    if _same_config(run, cfg) and (
+        bundle is None or not ckpt.changed_splits(ckpt.read_data_fingerprints(run / "model.safetensors"), bundle)
+    ):
         if (run / "test_metrics.json").exists():
             return "done"
         if (

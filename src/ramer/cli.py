@@ -284,10 +284,9 @@ def load_run_and_data(args: argparse.Namespace):
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
     if args.data is None:  # the run's own data: is it still what the run was made on?
-        from ramer.checkpoint import changed_splits, read_data_fingerprints
+        from ramer.checkpoint import changed_splits
 
-        model_file = Path(args.run_dir) / "model.safetensors" if Path(args.run_dir).is_dir() else Path(args.run_dir)
-        if changed_splits(read_data_fingerprints(model_file), bundle, [args.split]):
+        if changed_splits(predictor.data_fingerprints, bundle, [args.split]):
             ERR.print(
                 f"note: split '{args.split}' of {predictor.cfg.data.path or 'the embedded benchmark'} has changed "
                 "since the run was made on it; "

@@ -30,14 +30,18 @@ NOT_LOADER_OPTIONS = {
 }
 
 
+def _key(assignment: str) -> str:
+    """The key of a ``--set KEY=VALUE`` assignment."""
+    return assignment.split("=", 1)[0].strip()
+
+
 def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
     """The data config of ``--set data.KEY=VALUE`` (loader options such as ``data.max_utterances``)
     with the label set ``labels`` (``None``: the one ``sets`` gives, else the default)."""
     other = [s for s in sets if not s.startswith("data.")]
     if other:
         raise RamerError(f"--set {other[0]}: only data.* keys (loader options) apply here")
-    for s in sets:
-        key = s.split("=", 1)[0].strip()
+    for key in map(_key, sets):
         hint = NOT_LOADER_OPTIONS.get(key.split(".", 1)[1])
         if hint:
             raise RamerError(f"--set {key}: not a loader option, and reading the data would ignore it; {hint}")
@@ -52,7 +56,7 @@ def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> D
 
 def _open(path: str | None, fmt: str, labels: str | None, sets, options: dict):
     """``labels``: MEmoR's label set; ``None`` (not asked for) the default."""
-    if labels is not None or any(s.split("=", 1)[0].strip() == "data.labels" for s in sets):
+    if labels is not None or "data.labels" in map(_key, sets):
         held = (fmt if fmt != "auto" else detect_format(path)) or "synthetic"
         if held != "memor":
             where = path or "the embedded benchmark"

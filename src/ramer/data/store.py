@@ -226,8 +226,7 @@ class SceneStore:
             return self
         rng = np.random.default_rng(seed)
         keep = rng.random(self.present.shape) >= rate
-        out = dataclasses.replace(self, present=np.asarray(self.present) & keep)
-        return out
+        return dataclasses.replace(self, present=np.asarray(self.present) & keep)
 
     # ------------------------------------------------------------------ batching
     def collate(self, indices: list[int] | np.ndarray) -> Batch:
@@ -297,9 +296,12 @@ class SceneStore:
         )
 
     # ------------------------------------------------------------------ native format
-    def _array_names(self) -> tuple[str, ...]:
+    def _stored_arrays(self):
+        """(name, array in its stored type, C-contiguous) of each array the native format writes."""
         names = _ARRAYS + (("personality", "personality_present") if self.personality is not None else ())
-        return names + (("target_tokens",) if self.target_tokens is not None else ())
+        names += ("target_tokens",) if self.target_tokens is not None else ()
+        for name in names:
+            yield name, np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
 
     def fingerprint(self) -> str:
         """A hash of everything this split holds (labels, ids, every array in its stored type): a
@@ -308,8 +310,7 @@ class SceneStore:
         if cached is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
-            for name in self._array_names():
-                array = np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
+            for name, array in self._stored_arrays():
                 h.update(f"{name}{array.shape}".encode())
                 h.update(array)  # any C-contiguous array, an empty one too
             cached = self.__dict__["_fingerprint"] = h.hexdigest()
@@ -323,8 +324,8 @@ class SceneStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        for name in self._array_names():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name]))
+        for name, array in self._stored_arrays():
+            np.save(tmp / f"{name}.npy", array)
         (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
         if directory.exists():
             shutil.rmtree(directory)
@@ -375,6 +376,10 @@ class DataBundle:
         if self.format == "conversations":
             return bool(self.info.get("conversations", {}).get("labelled", True))
         return True
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each split's ``SceneStore.fingerprint``: what a run records of the data it was made on."""
+        return {name: store.fingerprint() for name, store in self.splits.items()}
 
     def save(self, directory: str | Path) -> None:
         directory = make_folder(directory)

@@ -141,10 +141,15 @@ def _load_installed(name: str) -> bool:
     return True
 
 
+def _ours(name: str) -> bool:
+    """``name`` is one of this package's models: deep, classical, or a ``ramer-<ablation>`` preset."""
+    return name in OWN or name in CLASSICAL or name in PRESETS
+
+
 def _not_shadowed(name: str) -> None:
     """A RamerError when an installed package gives a model of this package's name (``name``), which
     would otherwise be ignored without a word."""
-    eps = _installed().get(name) if name in OWN or name in CLASSICAL or name in PRESETS else None
+    eps = _installed().get(name) if _ours(name) else None
     if eps:
         raise RamerError(
             f"model '{name}' is ramer's own, and {'; '.join(map(_origin, eps))} installs another under that "
@@ -183,7 +188,7 @@ def check_options(cfg: Config) -> None:
     """Each ``model.options.NAME`` names a model of another package that is registered or installed
     (a run of any model may carry them: ``ramer bench``'s ``--set`` is shared by every model)."""
     for name in cfg.model.options:
-        if name in OWN or name in CLASSICAL or name in PRESETS:
+        if _ours(name):
             raise RamerError(
                 f"model.options.{name}: '{name}' is ramer's own model, whose settings are the keys of model.* and "
                 f"loss.*; model.options holds those of models of other packages"

@@ -139,8 +139,8 @@ class ClassicalRecipe(RunSteps):
             "train_samples_per_s": len(self.splits["train"]) / max(seconds_fit, 1e-9),
         }
         if is_main():
-            fingerprints = {name: store.fingerprint() for name, store in self.bundle.splits.items()}
-            ckpt.save_model(self.out / "model.safetensors", self.model, cfg, self.spec, self.threshold, 1, fingerprints)
+            model_file = self.out / "model.safetensors"
+            ckpt.save_model(model_file, self.model, cfg, self.spec, self.threshold, 1, self.bundle.fingerprints())
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
             if self.curves is not None:

@@ -341,7 +341,7 @@ class Recipe(RunSteps):
         if self.bundle is None:
             self.bundle = load_bundle(cfg.data)
         check_splits(self.bundle)
-        self.fingerprints = {name: store.fingerprint() for name, store in self.bundle.splits.items()}
+        self.fingerprints = self.bundle.fingerprints()
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         self.model = build_model(cfg, self.spec)
