@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 
 from ramer.config import build_config
 from ramer.data.synthetic import generate
@@ -77,3 +78,30 @@ def test_training_steps_repeat_bit_for_bit_with_two_threads():
         torch.set_num_threads(threads)
     differ = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
     assert not differ, f"{len(differ)} tensors differ between two identical runs, e.g. {differ[:3]}"
+
+
+def test_weight_decay_only_on_weight_matrices():
+    """Spec §7: no weight decay on biases or LayerNorm; the target-token bonus (M, C) takes it as
+    the weight matrices do (docs/MODEL.md decision 3)."""
+    from ramer.models import DataSpec, build_model
+    from ramer.train.optim import param_groups
+
+    cfg = build_config("src/ramer/configs/synthetic.yaml", [])
+    spec = DataSpec(dims={"text": 6, "audio": 5, "visual": 4}, n_labels=3, label_names=("a", "b", "c"))
+    model = build_model(cfg, spec)
+    decay, no_decay = param_groups(model, 0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed.isdisjoint(kept) and decayed | kept == set(names.values())
+    norms = {
+        f"{m}.{n}"
+        for m, module in model.named_modules()
+        if isinstance(module, torch.nn.LayerNorm)
+        for n in ("weight", "bias")
+    }
+    biases = {n for n in names.values() if n.endswith(".bias")}
+    assert norms and biases and not (norms | biases) & decayed
+    assert "labelwise.target_bias" in decayed
+    assert all(p.ndim >= 2 for p in decay["params"])

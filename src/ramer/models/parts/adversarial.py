@@ -8,8 +8,8 @@ available, the reconstruction where it is not), one H-vector per (sample, modali
 - modality discriminator ``D_mod``: ``Linear(H, H/2) -> Dropout -> ReLU -> Linear(H/2, M)``, on
   ``s_m`` directly and on ``GRL(c_m)``;
 - common classifier: a label-wise classifier on ``c_bar`` (``L_cml``).
-Tier 2: ``D_rec`` (``Linear(H, H/2) -> ReLU -> Linear(H/2, 1)``) tells a real ``r_m`` from a
-reconstructed one; the reconstruction reaches it through a GRL.
+Tier 2: ``D_rec`` (``Linear(H, H/2) -> Dropout -> ReLU -> Linear(H/2, 1)``) tells a real ``r_m``
+from a reconstructed one; the reconstruction reaches it through a GRL.
 
 Axis letters: b batch, m modality, c labels, h hidden.
 """
