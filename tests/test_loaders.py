@@ -191,6 +191,10 @@ def _resave(path: Path, edit) -> Path:
             lambda o: o["train"].__setitem__("tgt", 5),
             "split 'train': 'tgt' is a int, expected a list of id lists",
         ),
+        (
+            lambda o: o["train"]["tgt"].__setitem__(0, [2, [4, 5], 3]),
+            r"split 'train': tgt\[0\] = \[2, \[4, 5\], 3\] is not a list of integer ids",
+        ),
     ],
 )
 def test_mosei_aligned_malformed(tmp_path: Path, edit, message: str) -> None:
@@ -266,6 +270,52 @@ def test_mosei_unaligned(files, layout: str) -> None:
         assert st.ids == [f"vid{split}{i}_{i}.0_{i + 1}.5" for i in range(n)]
         assert not st.present[:, 0].all()  # MulT's zero padding rows are absent
     assert bundle.info["nonfinite_replaced"]["audio"] == sum(nonfinite(fx[s]["audio"]) for s in SPLITS)
+
+
+def _unaligned_copy(files, tmp_path: Path, edit) -> Path:
+    """The unaligned fixture edited, beside a copy of its aligned (label) file."""
+    shutil.copy(files["aligned"], tmp_path / "train_valid_test.pt")
+    p = tmp_path / "mosei_senti_data_noalign.pkl"
+    with open(files["unaligned"], "rb") as fh:
+        obj = pickle.load(fh)  # our own fixture file
+    edit(obj)
+    with open(p, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
+    return p
+
+
+@pytest.mark.parametrize("layout", ["pool", "pad"])
+def test_mosei_unaligned_empty_split(files, tmp_path: Path, layout: str) -> None:
+    """A split with no samples loads as an empty split, as the aligned file's does."""
+
+    def empty_valid(o):
+        o["valid"] = {k: v[:0] for k, v in o["valid"].items()}
+
+    p = _unaligned_copy(files, tmp_path, empty_valid)
+    _resave(tmp_path / "train_valid_test.pt", lambda o: o["valid"].__setitem__("tgt", []))
+    bundle = load_dataset(p, "mosei_unaligned", unaligned_layout=layout)
+    assert len(bundle.splits["valid"]) == 0 and len(bundle.splits["train"]) == 6
+    assert bundle.splits["valid"].dims == bundle.splits["train"].dims
+
+
+def test_mosei_unaligned_ids_counted_or_refused(files, tmp_path: Path, capsys) -> None:
+    """A repeated id is renamed (``#`` and its position) and counted; an ``'id'`` array of
+    another length than the split is refused, not replaced by positions."""
+    p = _unaligned_copy(files, tmp_path, lambda o: o["train"]["id"].__setitem__(1, o["train"]["id"][0]))
+    bundle = load_dataset(p, "mosei_unaligned")
+    assert bundle.splits["train"].ids[:2] == ["vidtrain0_0.0_1.5", "vidtrain0_0.0_1.5#1"]
+    assert bundle.info["splits"]["train"]["duplicate_ids_renamed"] == 1
+    assert bundle.info["splits"]["test"]["duplicate_ids_renamed"] == 0
+    assert main(["data", "info", str(p)]) == 0
+    counted = capsys.readouterr().out.split("what the loader counted (0 left out):")[1]
+    assert "duplicate_ids_renamed 1" in counted.splitlines()[1] and "duplicate_ids" not in counted.splitlines()[2]
+    p = _unaligned_copy(files, tmp_path, lambda o: o["test"].__setitem__("id", o["test"]["id"][:3]))
+    with pytest.raises(RamerError, match=f"{p}: split 'test': 'id' has 3 rows for 4 samples"):
+        load_dataset(p, "mosei_unaligned")
+    p = _unaligned_copy(files, tmp_path, lambda o: [o[s].pop("id") for s in SPLITS])
+    bundle = load_dataset(p, "mosei_unaligned")
+    assert bundle.splits["test"].ids == [f"test/{i}" for i in range(4)]
+    assert bundle.info["splits"]["test"]["ids_from_position"] == 4
 
 
 def test_mosei_unaligned_labels_file(files, tmp_path: Path) -> None:

@@ -95,6 +95,22 @@ def dataset_info(bundle: DataBundle) -> dict[str, Any]:
     )
 
 
+def _loader_counts(loader: dict) -> list[str]:
+    """``key value`` for each non-zero figure a loader counted in a split (truncations, renamed
+    ids, ...); a dict of figures as ``key a=1 b=2``. Samples without a label are in the table."""
+    out = []
+    for key, value in loader.items():
+        if key == "empty_label_samples" or isinstance(value, bool):
+            continue
+        if isinstance(value, dict):
+            parts = [f"{k}={v}" for k, v in value.items() if v]
+            if parts:
+                out.append(f"{key} {' '.join(parts)}")
+        elif value:
+            out.append(f"{key} {value}")
+    return out
+
+
 def format_info_table(info: dict[str, Any]) -> str:
     """A readable multi-line summary of ``dataset_info`` output."""
     dims = info["feature_dims"]
@@ -127,6 +143,11 @@ def format_info_table(info: dict[str, Any]) -> str:
     lines.append(f"{'label':<{width}}" + "".join(f"{name:>10}" for name in splits))
     for j, label in enumerate(names):
         lines.append(f"{label:<{width}}" + "".join(f"{s['label_counts'][j]:>10}" for s in splits.values()))
+    counted = {name: _loader_counts(s.get("loader") or {}) for name, s in splits.items()}
+    if any(counted.values()):
+        lines.append("")
+        lines.append("what the loader counted (0 left out):")
+        lines += [f"  {name:<8}{', '.join(items)}" for name, items in counted.items() if items]
     details = info.get("details") or {}
     for key in ("mosei", "m3ed", "memor"):
         if key in details:

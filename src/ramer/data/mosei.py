@@ -181,10 +181,18 @@ def _pool(x: np.ndarray, real: np.ndarray, steps: int) -> tuple[np.ndarray, np.n
     return (sums / np.maximum(cnt, 1)[..., None]).astype(np.float32), cnt > 0
 
 
-def _sample_ids(part: dict, n: int, split: str) -> list[str]:
+def _sample_ids(part: dict, n: int, split: str, source: str) -> tuple[list[str], dict[str, int]]:
+    """The split's sample ids from its ``'id'`` rows (video id, start, end joined by ``_``), or
+    ``split/i`` without an ``'id'`` key; a repeated id gets ``#i`` (its position) after it. Returns
+    the ids and the counts of both (``ids_from_position``, ``duplicate_ids_renamed``)."""
     raw = part.get("id")
     ids = []
-    if raw is not None and len(raw) == n:
+    if raw is not None:
+        if not hasattr(raw, "__len__") or len(raw) != n:
+            size = len(raw) if hasattr(raw, "__len__") else type(raw).__name__
+            raise RamerError(
+                f"{source}: split '{split}': 'id' has {size} rows for {n} samples; it must have one per sample"
+            )
         for i, row in enumerate(raw):
             fields = np.asarray(row, dtype=object).reshape(-1).tolist()
             ids.append("_".join(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in fields))
@@ -195,7 +203,8 @@ def _sample_ids(part: dict, n: int, split: str) -> list[str]:
     for i, s in enumerate(ids):
         out.append(s if s not in seen else f"{s}#{i}")
         seen.add(s)
-    return out
+    renamed = sum(a != b for a, b in zip(ids, out))
+    return out, {"ids_from_position": n if raw is None else 0, "duplicate_ids_renamed": renamed}
 
 
 def iter_mosei_unaligned(
@@ -239,7 +248,7 @@ def iter_mosei_unaligned(
             for m, key in UNALIGNED_KEYS.items():
                 _check_dims(dims, m, key, shapes[key], split, source)
             labels = labels_from_tgt(tgts[split], len(names), f"{aligned_path}: split '{split}'")
-            ids = _sample_ids(part, n, split)
+            ids, id_counts = _sample_ids(part, n, split, source)
             before = dict(counts)
             lengths = {m: shapes[UNALIGNED_KEYS[m]][1] for m in MODALITIES}
             steps = lengths["text"] if layout == "pool" else max(lengths.values())
@@ -259,7 +268,7 @@ def iter_mosei_unaligned(
                     full = np.zeros((n, steps), dtype=bool)
                     full[:, : real.shape[1]] = real
                     x, real = padded, full
-                feats[m] = np.ascontiguousarray(x).reshape(n * steps, -1)
+                feats[m] = np.ascontiguousarray(x).reshape(n * steps, x.shape[2])  # explicit: N may be 0
                 present[:, k] = real.reshape(-1)
                 del x
             extra = {
@@ -267,6 +276,7 @@ def iter_mosei_unaligned(
                 "empty_label_samples": int((labels.sum(1) == 0).sum()),
                 "steps": int(steps),
                 "source_steps": {m: int(v) for m, v in lengths.items()},
+                **id_counts,
             }
             store = sequence_store(feats, present, np.full(n, steps), labels, names, ids, f"{source}[{split}]", extra)
             info.setdefault("splits", {})[split] = extra

@@ -116,7 +116,10 @@ def labels_from_tgt(tgt: Any, n_labels: int, where: str) -> np.ndarray:
         raise RamerError(f"{where}: 'tgt' is a {type(tgt).__name__}, expected a list of id lists")
     out = np.zeros((len(tgt), n_labels), dtype=np.uint8)
     for i, seq in enumerate(tgt):
-        ids = np.asarray(seq).reshape(-1)
+        try:
+            ids = np.asarray(seq).reshape(-1)
+        except (ValueError, TypeError):  # a ragged or nested list
+            raise RamerError(f"{where}: tgt[{i}] = {seq!r:.80} is not a list of integer ids") from None
         if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))) and ids.size:
             raise RamerError(f"{where}: tgt[{i}] = {seq!r} is not a list of integer ids")
         for v in ids.astype(np.int64).tolist():
