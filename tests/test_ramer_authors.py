@@ -210,6 +210,23 @@ def test_the_authors_layers():
         assert torch.isfinite(model(b).probs).all()
 
 
+def test_autoencoder_aggregator_and_cross_layers_are_xavier_initialised():
+    """The authors build the auto-encoder, ``F_m`` and the aggregator as ``MLLinear``: Xavier-uniform
+    weights, bound sqrt(6 / (in + out)), above nn.Linear's default 1 / sqrt(in) at these sizes."""
+    model = make()  # H 16, P 8, C 5: Xavier's bound is at least 1.4 times the default's
+    layers = [
+        x
+        for module in (model.autoencoder, model.reconstruction.cross, model.aggregator)
+        for x in module.modules()
+        if isinstance(x, torch.nn.Linear)
+    ]
+    assert len(layers) == 3 * 4 + 3 + 2
+    for layer in layers:
+        out, inp = layer.weight.shape
+        xavier, default = (6 / (inp + out)) ** 0.5, inp**-0.5
+        assert default * 1.2 < layer.weight.abs().max() <= xavier, (tuple(layer.weight.shape), xavier, default)
+
+
 def test_personality_tokens_join_the_label_attention():
     """With personality, U moves when only the personality changes; without it (no data), it cannot."""
     model = make().eval()

@@ -164,6 +164,10 @@ class RAMerAuthors(QueueAndPrototypes, nn.Module):
         )
         self.common_classifier = nn.Sequential(nn.Linear(H, C), nn.Dropout(CML_DROPOUT))
         self.aggregator = Aggregator(C, H, 0.0, nn.ReLU)
+        for module in (self.autoencoder, self.aggregator):  # the authors' MLLinear: Xavier-uniform weights
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
         self.permutations = PERMUTATIONS[cfg.shuffle or "pile"]
 
     def forward(self, batch: Batch) -> AuthorsOutput:
