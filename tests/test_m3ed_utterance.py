@@ -1,5 +1,6 @@
 """M3ED's utterance protocol: the feature pickle plus the release's ``annotation.json``, one sample
-per utterance (tests/fixtures_writers.py writes both in the release layouts)."""
+per utterance (tests/fixtures_writers.py writes both in the release layouts). At the end, checks of
+the feature pickle that hold in both protocols, and of CARAT's ``m3ed_data_60.pt``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import fixtures_writers as fw
 import numpy as np
 import pytest
+import torch
 
 from ramer.batch import ROLE_SPEAKER
 from ramer.cli import main
@@ -324,3 +326,120 @@ def test_cli_info_and_convert(release, tmp_path: Path, capsys) -> None:
         np.testing.assert_array_equal(back.splits[split].target, direct.splits[split].target)
         assert back.splits[split].ids == direct.splits[split].ids
     assert back.info["m3ed"]["protocol"] == "utterance" and back.splits["train"].grid[:, 1].max() == 4
+
+
+# ---------------------------------------------------------------------------------- the feature pickle, both protocols
+def _load_protocol(release: dict, protocol: str):
+    return load_dataset(release["pkl"], "m3ed_pickle", m3ed_protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", ["dialogue", "utterance"])
+def test_dialogue_in_two_splits_refused(release, protocol: str) -> None:
+    """trainVid / valVid / testVid are disjoint: a dialogue listed in two of them would be trained
+    on and then scored."""
+    _rewrite_pickle(release["pkl"], lambda obj: obj[9].append(obj[7][0]))
+    with pytest.raises(
+        RamerError, match=r"dialogue 'seriestrain_0' is listed in trainVid and testVid; the splits must be disjoint"
+    ) as e:
+        _load_protocol(release, protocol)
+    assert str(release["pkl"]) in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", ["dialogue", "utterance"])
+def test_unhashable_dialogue_id_refused(release, protocol: str) -> None:
+    _rewrite_pickle(release["pkl"], lambda obj: obj[8].insert(1, ["x"]))
+    with pytest.raises(RamerError, match=r"item 8 \(valVid\) entry 1 is a list, expected a dialogue id") as e:
+        _load_protocol(release, protocol)
+    assert str(release["pkl"]) in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", ["dialogue", "utterance"])
+def test_empty_first_split_keeps_feature_sizes(release, tmp_path: Path, protocol: str) -> None:
+    """An empty trainVid is a legal empty split with the feature sizes of the other splits, and its
+    converted folder reads back."""
+    _rewrite_pickle(release["pkl"], lambda obj: obj[7].clear())
+    bundle = _load_protocol(release, protocol)
+    want = {"text": 8, "audio": 5, "visual": 4, "personality": None}  # write_m3ed_pickle's sizes
+    assert len(bundle.splits["train"]) == 0 and len(bundle.splits["valid"]) > 0
+    assert {split: st.dims for split, st in bundle.splits.items()} == dict.fromkeys(SPLITS, want)
+    out = tmp_path / "native"
+    cmd = ["data", "convert", str(release["pkl"]), "--out", str(out), "--set", f"data.m3ed_protocol={protocol}"]
+    assert main(cmd) == 0
+    back = load_native(out)
+    assert back.dims == want and len(back.splits["train"]) == 0
+    for split in SPLITS:
+        np.testing.assert_array_equal(back.splits[split].text, bundle.splits[split].text)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda o: o[3].__setitem__("seriestrain_1", [[1.0, 2.0], [3.0]] + [[0.0, 0.0]] * 10),
+            r"split 'train' dialogue 'seriestrain_1': videoText is not a numeric \(utterances, dim\) array",
+        ),
+        (
+            lambda o: o[0].__setitem__("seriesvalid_1", 5),
+            r"split 'valid' dialogue 'seriesvalid_1': videoIDs is a int, expected a list with one entry per utterance",
+        ),
+        (
+            lambda o: o[0].__setitem__("seriestest_0", None),
+            r"split 'test' dialogue 'seriestest_0': videoIDs is a NoneType, expected a list",
+        ),
+        (
+            lambda o: o[1].__setitem__("seriestrain_2", None),
+            r"split 'train' dialogue 'seriestrain_2': videoSpeakers is a NoneType, expected a list",
+        ),
+        (
+            lambda o: o[2].__setitem__("seriestrain_0", [True, True, True]),
+            r"split 'train' dialogue 'seriestrain_0': videoLabels holds a non-integer label \(\[True, True, True\]\)",
+        ),
+        (
+            lambda o: o[2].__setitem__("seriesvalid_0", np.ones(5, dtype=bool)),
+            r"split 'valid' dialogue 'seriesvalid_0': videoLabels holds a non-integer label",
+        ),
+    ],
+    ids=["ragged_rows", "ids_int", "ids_none", "speakers_none", "labels_bool", "labels_bool_array"],
+)
+@pytest.mark.parametrize("protocol", ["dialogue", "utterance"])
+def test_malformed_dialogue_values(release, protocol: str, edit, message: str) -> None:
+    """Malformed values of one dialogue give a one-line error naming the dialogue and the item
+    (True is not label 1, Neutral)."""
+    _rewrite_pickle(release["pkl"], edit)
+    with pytest.raises(RamerError, match=message) as e:
+        _load_protocol(release, protocol)
+    assert str(release["pkl"]) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_whole_float_labels_still_read(release) -> None:
+    """Labels stored as whole floats (2.0) stay accepted: only bool and fractions are refused."""
+    d = "seriestrain_0"
+    _rewrite_pickle(release["pkl"], lambda obj: obj[2].__setitem__(d, [float(x) for x in obj[2][d]]))
+    st = load_dataset(release["pkl"], "m3ed_pickle").splits["train"]
+    want = np.zeros(7, np.uint8)
+    want[release["fx"]["labels"][d]] = 1
+    np.testing.assert_array_equal(st.labels[0], want)
+
+
+# ---------------------------------------------------------------------------------- CARAT's file
+def test_carat_each_sample_keeps_its_own_rows(tmp_path: Path) -> None:
+    """A copy stored without padding: every sample keeps min(len_list, its own stored rows), none
+    is cut to sample 0's rows, and only a len_list beyond a sample's own rows is counted."""
+    p = tmp_path / "m3ed_data_60.pt"
+    fw.write_m3ed_carat(p, steps=6)
+    obj = torch.load(p, weights_only=False)  # our own fixture file
+    train = obj["train"]
+    train["len_list"] = [2, 5, 6, 8]  # sample 3: 8 utterances, 6 rows stored
+    for key in ("src-text", "src-visual", "src-audio"):
+        train[key][0] = train[key][0][:2]  # sample 0 stored with its 2 rows only
+    torch.save(obj, p)
+    bundle = load_dataset(p, "m3ed_carat")
+    st = bundle.splits["train"]
+    assert st.grid[:, 1].tolist() == [2, 5, 6, 6]
+    for i, S in enumerate([2, 5, 6, 6]):
+        sl = slice(st.token_offsets[i], st.token_offsets[i + 1])
+        np.testing.assert_array_equal(st.text[sl], clean(train["src-text"][i][:S]))
+        np.testing.assert_array_equal(st.visual[sl], clean(train["src-audio"][i][:S]))  # CARAT's naming swap
+        assert st.present[sl].all()
+    assert st.extra["len_list_beyond_stored_steps"] == 1
+    assert bundle.info["splits"]["valid"]["len_list_beyond_stored_steps"] == 0

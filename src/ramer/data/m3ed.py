@@ -16,8 +16,9 @@ at most ``max_utterances`` utterances that holds the target (``window_start``); 
 row, the utterance's segment), role 1 (speaker).
 
 *CARAT's file* (section 4): no speakers are stored, so ``P = 1`` x ``S = len_list[i]``
-utterances (the zero padding up to 60 is not stored). CARAT swapped the names of audio and
-visual; they are read by dimension (the 342-d features are visual) and the swap is reported.
+utterances, at most the rows stored for that sample (the zero padding up to 60 is not stored).
+CARAT swapped the names of audio and visual; they are read by dimension (the 342-d features are
+visual) and the swap is reported.
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ def _speaker(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------- original pickle
+def _check_split_lists(obj: list, source: str) -> None:
+    """Items 7-9 (trainVid, valVid, testVid): hashable dialogue ids, none in two lists (the splits
+    are disjoint; a repeat inside one list is caught where the split's ids are checked)."""
+    listed: dict[Any, int] = {}
+    for k in SPLIT_ITEM.values():
+        for j, d in enumerate(obj[k]):
+            try:
+                first = listed.setdefault(d, k)
+            except TypeError:
+                raise RamerError(
+                    f"{source}: item {k} ({ITEMS[k]}) entry {j} is a {type(d).__name__}, expected a dialogue id"
+                ) from None
+            if first != k:
+                raise RamerError(
+                    f"{source}: dialogue '{d}' is listed in {ITEMS[first]} and {ITEMS[k]}; the splits must be disjoint"
+                )
+
+
+def _per_utterance(obj: list, k: int, d: Any, where: str) -> list:
+    """Item ``k`` (videoIDs, videoSpeakers, videoLabels) of dialogue ``d`` as a list."""
+    value = obj[k][d]
+    try:
+        return list(value)
+    except TypeError:  # None, a number, a 0-d array
+        raise RamerError(
+            f"{where}: {ITEMS[k]} is a {type(value).__name__}, expected a list with one entry per utterance"
+        ) from None
+
+
 def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tuple[list[int], list[int], dict]:
     """One dialogue of the pickle, checked: speaker rows (0 = A, 1 = B), videoLabels, features by modality."""
     n_labels = len(M3ED_LABELS)
@@ -83,9 +113,9 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
                 f"{source}: split '{split}': dialogue '{d}' (listed in {ITEMS[SPLIT_ITEM[split]]}) "
                 f"is missing from {ITEMS[k]}"
             )
-    n = len(obj[0][d])
-    spk = [_speaker(x) for x in obj[1][d]]
-    lab = list(obj[2][d])
+    n = len(_per_utterance(obj, 0, d, where))
+    spk = [_speaker(x) for x in _per_utterance(obj, 1, d, where)]
+    lab = _per_utterance(obj, 2, d, where)
     if len(spk) != n or len(lab) != n:
         raise RamerError(
             f"{where}: {n} utterance ids, {len(spk)} speakers (videoSpeakers), {len(lab)} labels (videoLabels)"
@@ -95,7 +125,7 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
         raise RamerError(f"{where}: videoSpeakers holds {bad[0]!r}; expected 'A' or 'B'")
     try:
         whole = [int(x) for x in lab]
-        if any(w != x for w, x in zip(whole, lab)):  # 1.5 is not label 1
+        if any(w != x or isinstance(x, (bool, np.bool_)) for w, x in zip(whole, lab)):  # 1.5 and True are not label 1
             raise ValueError
     except (TypeError, ValueError, OverflowError):
         raise RamerError(f"{where}: videoLabels holds a non-integer label ({list(lab)[:5]})") from None
@@ -108,7 +138,10 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
     feats = {}
     for m, k in FEATURE_ITEM.items():
         arr = obj[k][d]
-        arr = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+        try:
+            arr = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+        except (TypeError, ValueError):  # rows of different lengths
+            raise RamerError(f"{where}: {ITEMS[k]} is not a numeric (utterances, dim) array") from None
         if arr.ndim != 2 or arr.shape[0] != n:
             raise RamerError(f"{where}: {ITEMS[k]} has shape {arr.shape}, expected ({n}, dim) for {n} utterances")
         want = dims.setdefault(m, arr.shape[1])
@@ -118,6 +151,17 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
             )
         feats[m] = arr
     return [SPEAKERS.index(x) for x in spk], lab, feats
+
+
+def _first_dims(obj: list, source: str) -> dict[str, int]:
+    """Feature sizes of the first dialogue of any split, so that an empty split has the same widths."""
+    dims: dict[str, int] = {}
+    for split in SPLITS:
+        vids = obj[SPLIT_ITEM[split]]
+        if len(vids):
+            _read_dialogue(obj, source, split, vids[0], dims)
+            break
+    return dims
 
 
 def iter_m3ed_pickle(
@@ -145,6 +189,7 @@ def iter_m3ed_pickle(
             raise RamerError(
                 f"{source}: item {k} ({ITEMS[k]}) is a {type(obj[k]).__name__}, expected a list of dialogue ids"
             )
+    _check_split_lists(obj, source)
     if protocol == "utterance":
         return _iter_m3ed_utterances(obj, source, max_utterances, annotation)
     info = new_info([source])
@@ -153,7 +198,7 @@ def iter_m3ed_pickle(
     n_labels = len(M3ED_LABELS)
 
     def splits():
-        dims: dict[str, int] = {}
+        dims = _first_dims(obj, source)
         for split in SPLITS:
             vids = list(obj[SPLIT_ITEM[split]])
             parsed = [_read_dialogue(obj, source, split, d, dims) for d in vids]  # validate the whole split first
@@ -448,7 +493,7 @@ def _iter_m3ed_utterances(obj: list, source: str, max_utterances: int, annotatio
         return out, disagree
 
     def splits():
-        dims: dict[str, int] = {}
+        dims = _first_dims(obj, source)
         for split in SPLITS:
             vids = list(obj[SPLIT_ITEM[split]])
             parsed = [_read_dialogue(obj, source, split, d, dims) for d in vids]
@@ -534,6 +579,21 @@ def _first_dim(seq: Any, key: str, split: str, source: str) -> int:
     return shape[1]
 
 
+def _stored_rows(seqs: dict, keys: dict, dims: dict, i: int, where: str) -> int:
+    """Utterance rows stored for sample ``i``: the fewest over the modalities, each (rows, dim)."""
+    rows = []
+    for m in MODALITIES:
+        try:
+            shape = tuple(np.shape(seqs[m][i]))
+        except (TypeError, ValueError):  # rows of different lengths
+            shape = None
+        if shape is None or len(shape) != 2 or shape[1] != dims[m]:
+            got = "not a numeric array" if shape is None else f"has shape {shape}"
+            raise RamerError(f"{where} key '{keys[m]}'[{i}] {got}, expected (utterances, {dims[m]})")
+        rows.append(shape[0])
+    return min(rows)
+
+
 def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
     """Read a loaded ``m3ed_data_60.pt`` (CARAT), fixing its audio/visual naming by dimension."""
     for split in SPLITS:
@@ -582,27 +642,19 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
                 want = dims.setdefault(m, dim)
                 if dim != want:
                     raise RamerError(f"{where} key '{k}': feature dim {dim} differs from {want} in an earlier split")
-            n_steps = {m: np.shape(seqs[m][0])[0] for m in MODALITIES}
             labels = labels_from_tgt(part["tgt"], len(names), where)
-            steps = np.maximum(1, np.minimum(lens, min(n_steps.values())))
+            stored = np.array([_stored_rows(seqs, keys, dims, i, where) for i in range(n)], dtype=np.int64)
+            steps = np.maximum(1, np.minimum(lens, stored))  # each sample's own rows: none cut to another's
             offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
             T = int(offsets[-1])
             feats = {m: np.zeros((T, dims[m]), dtype=np.float32) for m in MODALITIES}
             present = np.zeros((T, 3), dtype=bool)
             before = dict(counts)
             for i in range(n):
-                kept = int(min(lens[i], steps[i]))
+                kept = int(min(lens[i], stored[i]))
                 for m in MODALITIES:
                     x = seqs[m][i]
                     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-                    if x.ndim != 2 or x.shape[1] != dims[m]:
-                        raise RamerError(
-                            f"{where} key '{keys[m]}'[{i}] has shape {x.shape}, expected (utterances, {dims[m]})"
-                        )
-                    if x.shape[0] < kept:
-                        raise RamerError(
-                            f"{where} key '{keys[m]}'[{i}] has shape {x.shape} but len_list[{i}] = {lens[i]}"
-                        )
                     feats[m][offsets[i] : offsets[i] + kept] = as_float32(
                         np.array(x[:kept]), counts, m, f"{where} key '{keys[m]}'[{i}]"
                     )
@@ -611,7 +663,7 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
                 "nonfinite_replaced": {m: counts[m] - before[m] for m in MODALITIES},
                 "empty_label_samples": int((labels.sum(1) == 0).sum()),
                 "empty_dialogues": int((lens == 0).sum()),
-                "len_list_beyond_stored_steps": int((lens > min(n_steps.values())).sum()),
+                "len_list_beyond_stored_steps": int((lens > stored).sum()),
             }
             ids = [f"{split}/{i}" for i in range(n)]
             store = sequence_store(feats, present, steps, labels, names, ids, f"{source}[{split}]", extra)
