@@ -402,3 +402,185 @@ def test_cli_data_info_and_train_take_the_protocol(release, tmp_path, capsys) ->
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert [x["id"] for x in lines] == clips_of(fx["test_ids"], fx["anno"]["primary"])
     assert all(x["target"] is None and x["role"] is None for x in lines)
+
+
+# ---------------------------------------------------------------------------------------- id files, both protocols
+def edit_json(path: Path, edit) -> None:
+    obj = json.loads(path.read_text())
+    edit(obj)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize("protocol", ["target", "clip"])
+@pytest.mark.parametrize(
+    "name, lines, message",
+    [
+        (
+            "train_id.txt",
+            "0\n1\n2\n3\n\n4\n5\n6\n0\n",
+            r"train_id.txt: line 9: index 0 is listed again \(first on line 1\)",
+        ),
+        ("test_id.txt", "7\n8\n9\n9\n", r"test_id.txt: line 4: index 9 is listed again \(first on line 3\)"),
+    ],
+    ids=["train", "test"],
+)
+def test_an_index_listed_twice_in_an_id_file_is_refused(tmp_path, protocol, name, lines, message) -> None:
+    """One annotation twice in train_id.txt could land in train and valid: refused, naming the lines."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    (root / name).write_text(lines)
+    with pytest.raises(RamerError, match=message):
+        load_dataset(root, memor_protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", ["target", "clip"])
+def test_indices_in_both_id_files_are_refused(tmp_path, protocol) -> None:
+    """An index in train_id.txt and test_id.txt is one sample in train (or valid) and test: refused,
+    naming the indices (in either protocol: the clip protocol's clips on both sides are other annotations)."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    (root / "test_id.txt").write_text("7\n8\n9\n0\n")
+    with pytest.raises(RamerError, match=r"test_id.txt: 1 index is also in train_id.txt \(0\); the splits must be"):
+        load_dataset(root, memor_protocol=protocol)
+    (root / "test_id.txt").write_text("7\n5\n8\n9\n0\n")
+    with pytest.raises(RamerError, match=r"test_id.txt: 2 indices are also in train_id.txt \(5, 0\)"):
+        load_dataset(root, memor_protocol=protocol)
+
+
+# ---------------------------------------------------------------------------------------- target protocol: twins
+def sides(bundle: DataBundle) -> dict[int, str]:
+    """anno index -> split, for the target protocol's ids ``"{anno}:{clip}:{character}"``."""
+    return {int(sid.split(":")[0]): split for split in SPLITS for sid in bundle.splits[split].ids}
+
+
+def test_target_protocol_draws_identical_samples_together(tmp_path) -> None:
+    """Items 1 and 2 of the fixture share (c1, Penny, 103.0): one union label, the same scene, so
+    identical samples. Validation is drawn over such groups: the two are never split between train
+    and valid, at every seed and share, and the valid share stays within one item of the asked one."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    for fraction in (0.1, 0.15, 0.3, 0.5):
+        want = min(max(round(7 * fraction), 1), 6)
+        for seed in range(25):
+            got = sides(load_dataset(root, valid_fraction=fraction, valid_seed=seed))
+            assert got[1] == got[2], (fraction, seed)
+            valid = [i for i, s in got.items() if s == "valid"]
+            assert abs(len(valid) - want) <= 1 and 0 < len(valid) < 7, (fraction, seed, valid)
+            assert (
+                np.random.default_rng(seed).permutation(7)[0] in valid
+            )  # the walk starts where the per-item draw does
+    # the audit's case: drawn per item, seed 0 put item 2 in valid and its twin 1 in train; the
+    # seeded walk (items 2, 4, 3, ...) reaches item 2 first and brings its twin along
+    b = load_dataset(root, valid_fraction=0.15, valid_seed=0)
+    assert np.random.default_rng(0).permutation(7)[0] == 2
+    assert b.splits["valid"].ids == ["1:c1:4", "2:c1:4"]
+    assert b.splits["train"].ids == ["0:c1:0", "3:c1:7", "4:c2:1", "5:c2:2", "6:c3:6"]
+    again = load_dataset(root, valid_fraction=0.15, valid_seed=0)  # seeded
+    assert again.splits["valid"].ids == b.splits["valid"].ids
+
+
+def test_target_protocol_counts_identical_samples_per_split(tmp_path, capsys) -> None:
+    """``duplicate_annotation_samples``: the items beyond the first of their (clip, character,
+    moment) in a split (their copies: same scene, same union label)."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    twin = {"clip": "c2", "character": 1, "moment": 12.0}  # item 7's, in test_id.txt
+    edit_json(
+        root / "anno.json",
+        lambda o: [o[k].append({**twin, "emotion": e}) for k, e in (("primary", "joy"), ("fine_grained", "joy"))],
+    )
+    (root / "test_id.txt").write_text("7\n8\n9\n10\n")
+    b = load_dataset(root, valid_fraction=0.15, valid_seed=0)
+    counts = {s: b.info["splits"][s]["duplicate_annotation_samples"] for s in SPLITS}
+    assert counts == {"train": 0, "valid": 1, "test": 1}
+    st = b.splits["test"]
+    a, z = st.ids.index("7:c2:1"), st.ids.index("10:c2:1")
+    assert [b.label_names[j] for j in np.flatnonzero(st.labels[a])] == ["joy", "disgust"]
+    np.testing.assert_array_equal(st.labels[a], st.labels[z])
+    assert (
+        main(["data", "info", str(root), "--json", "--set", "data.valid_fraction=0.15", "--set", "data.valid_seed=0"])
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert {s: info["splits"][s]["loader"]["duplicate_annotation_samples"] for s in SPLITS} == counts
+    # the clip protocol has no such copies (a clip's annotations are one sample): no counter
+    clip = load_dataset(root, memor_protocol="clip", valid_fraction=0.3)
+    assert all("duplicate_annotation_samples" not in clip.info["splits"][s] for s in SPLITS)
+
+
+def test_target_protocol_draw_without_twins_is_the_per_item_draw(tmp_path) -> None:
+    """With no (clip, character, moment) shared, each group is one item: the draw is the seeded
+    per-item one (a seeded ``round(n * fraction)`` of the items, at least one, never all)."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    for key in ("primary", "fine_grained"):
+        edit_json(root / "anno.json", lambda o, key=key: o[key][2].__setitem__("moment", 103.5))
+    for fraction, seed in ((0.1, 2020), (0.15, 0), (0.3, 1), (0.5, 7)):
+        b = load_dataset(root, valid_fraction=fraction, valid_seed=seed)
+        n_val = min(max(round(7 * fraction), 1), 6)
+        drawn = set(np.random.default_rng(seed).permutation(7)[:n_val].tolist())
+        assert [int(x.split(":")[0]) for x in b.splits["valid"].ids] == sorted(drawn)
+        assert all(b.info["splits"][s]["duplicate_annotation_samples"] == 0 for s in SPLITS)
+
+
+# ---------------------------------------------------------------------------------------- whole numbers
+@pytest.mark.parametrize("value", [0.7, True, 2.5, "x"])
+def test_a_character_that_is_not_a_whole_number_is_refused(tmp_path, value) -> None:
+    """anno.json's character 0.7 was read as 0 (Sheldon), true as 1: refused, naming the item."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    edit_json(root / "anno.json", lambda o: o["primary"][0].__setitem__("character", value))
+    with pytest.raises(
+        RamerError,
+        match=rf"anno.json: 'primary'\[0\]: character {value!r} is not a whole number \(a character id 0..7\)",
+    ):
+        load_dataset(root)
+
+
+def test_a_whole_float_character_still_loads(tmp_path) -> None:
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    edit_json(root / "anno.json", lambda o: o["primary"][0].__setitem__("character", 0.0))
+    assert 0 in sides(load_dataset(root))  # 0.0 is character 0
+
+
+@pytest.mark.parametrize("protocol", ["target", "clip"])
+@pytest.mark.parametrize(
+    "key, position, value",
+    [
+        ("speakers", 0, 0.7),
+        ("speakers", 2, True),
+        ("on_character", 1, 0.7),
+        ("on_character", 0, False),
+        ("seg_ori_ind", 2, 1.5),
+    ],
+)
+def test_data_json_integers_that_are_not_whole_numbers_are_refused(tmp_path, protocol, key, position, value) -> None:
+    """data.json's speakers / on_character / seg_ori_ind of 0.7 were read as 0 (another character or
+    segment), a bool as 0 or 1: refused, naming the clip, the key and the value."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    edit_json(root / "data.json", lambda o: o["c1"][key].__setitem__(position, value))
+    with pytest.raises(RamerError, match=rf"data.json: clip 'c1' key '{key}' holds {value!r}, expected a whole number"):
+        load_dataset(root, memor_protocol=protocol)
+
+
+# ---------------------------------------------------------------------------------------- personality
+def test_a_non_finite_personality_value_is_named_by_line_and_column(tmp_path) -> None:
+    """NaN / inf in character_features.csv stay an error (not replaced): the message names the
+    first one's line, character and column, and how many there are."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    p = root / "features" / "character_features.csv"
+    rows = [line.split(",") for line in p.read_text().splitlines()]
+    rows[2][5], rows[6][117] = "nan", "inf"
+    p.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    with pytest.raises(
+        RamerError,
+        match=r"character_features.csv: holds non-finite values \(2\); the first is nan at line 3 \(character 2, "
+        r"howard\), column 5 \(0-based\)",
+    ):
+        load_dataset(root)
+    order = ("leonard", "sheldon", "penny", "rajesh", "howard", "bernadette", "amy", "others")
+    with pytest.raises(RamerError, match=r"line 3 \(character 2, penny\), column 5"):
+        load_dataset(root, memor_character_order=order)

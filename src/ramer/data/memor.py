@@ -29,10 +29,15 @@ The sample of ``target`` (a ``clip`` sample differs only where said above):
   segment, else 0.
 - labels: the union of the emotions of all items sharing (clip, character, moment) in the chosen
   label set (9 primary or 14 fine-grained): mostly one-hot.
-- splits: ``train_id.txt`` / ``test_id.txt`` (indices into the ``anno.json`` list); validation =
-  a seeded ``valid_fraction`` of train (of its items, or of its clips for ``clip``; the rest stays
-  train, both in file order). Sample ids are ``"{anno index}:{clip}:{character}"`` (``target``),
-  independent of the split seed.
+- splits: ``train_id.txt`` / ``test_id.txt`` (indices into the ``anno.json`` list; an index listed
+  twice, or in both files, is an error); validation = a seeded ``valid_fraction`` of train (of its
+  items, or of its clips for ``clip``; the rest stays train, both in file order). ``target`` draws
+  whole (clip, character, moment) groups: the items of one group are identical samples (one union
+  label), so they stay on one side. The items are walked in the seeded order of the per-item
+  draw, each bringing in its group, until the share is the nearest to ``valid_fraction`` that
+  groups allow; with no shared (clip, character, moment) this is the per-item draw. Each split
+  counts its copies (``duplicate_annotation_samples``: items beyond the first of their group).
+  Sample ids are ``"{anno index}:{clip}:{character}"`` (``target``), independent of the split seed.
 - text keys: ``"{clip}+{seg_ori_ind}"`` (the released code) or ``"{clip}+{segment index}"`` (the
   other public loader): both are tried over the whole release, the one matching more keys is used
   and reported in ``bundle.info["memor"]``.
@@ -169,8 +174,22 @@ def _read_json(path: Path) -> Any:
     return read_json(path)
 
 
+def _whole(x: Any) -> int | None:
+    """``x`` as an int when it is a whole number (or a string of one, as ``int`` reads it); None for
+    a bool, a fraction (0.7 is not character 0), NaN, inf or anything else."""
+    if isinstance(x, bool):
+        return None
+    try:
+        n = int(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if isinstance(x, str) or n == x else None
+
+
 def _read_ids(path: Path, n_items: int) -> list[int]:
-    out = []
+    """The indices of an id file, in file order; an index listed twice is an error (one annotation
+    would be two samples, possibly on both sides of train / valid)."""
+    out, first_line = [], {}
     for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
@@ -182,12 +201,33 @@ def _read_ids(path: Path, n_items: int) -> list[int]:
             ) from None
         if not 0 <= i < n_items:
             raise RamerError(f"{path}: line {line_no}: index {i} is outside the anno.json list (0..{n_items - 1})")
+        if i in first_line:
+            raise RamerError(
+                f"{path}: line {line_no}: index {i} is listed again (first on line {first_line[i]}); "
+                "an annotation is one sample"
+            )
+        first_line[i] = line_no
         out.append(i)
     return out
 
 
-def _read_personality(path: Path, n_chars: int) -> np.ndarray:
-    rows = []
+def _disjoint(train_ids: list[int], test_ids: list[int], train_path: Path, test_path: Path) -> None:
+    """A RamerError naming the indices listed in both id files (the same sample in train and test)."""
+    in_train = set(train_ids)
+    common = [i for i in test_ids if i in in_train]
+    if common:
+        shown = ", ".join(map(str, common[:10])) + (", ..." if len(common) > 10 else "")
+        raise RamerError(
+            f"{test_path}: {len(common)} ind{'ex is' if len(common) == 1 else 'ices are'} also in "
+            f"{train_path.name} ({shown}); the splits must be disjoint"
+        )
+
+
+def _read_personality(path: Path, order: tuple[str, ...]) -> np.ndarray:
+    """The (characters, 118) table, row i for character id i (``order[i]``), every column
+    L2-normalised across the characters; a NaN or inf is an error naming its line and column."""
+    n_chars = len(order)
+    rows, line_of = [], []
     for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
@@ -195,6 +235,7 @@ def _read_personality(path: Path, n_chars: int) -> np.ndarray:
             rows.append([float(x) for x in line.strip().split(",")])
         except ValueError:
             raise RamerError(f"{path}: line {line_no} is not a row of numbers (no header expected)") from None
+        line_of.append(line_no)
     if len(rows) != n_chars or any(len(r) != len(rows[0]) for r in rows):
         shape = (len(rows), sorted({len(r) for r in rows}))
         raise RamerError(
@@ -202,8 +243,13 @@ def _read_personality(path: Path, n_chars: int) -> np.ndarray:
             f"{PERSONALITY_DIM} numbers"
         )
     x = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise RamerError(f"{path}: holds non-finite values")
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        r, col = (int(v) for v in bad[0])
+        raise RamerError(
+            f"{path}: holds non-finite values ({len(bad)}); the first is {x[r, col]} at line {line_of[r]} "
+            f"(character {r}, {order[r]}), column {col} (0-based)"
+        )
     norm = np.sqrt((x**2).sum(0, keepdims=True))
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
@@ -220,11 +266,15 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
         if lens["seg_start"] == 0 or len(set(lens.values())) != 1:
             raise RamerError(f"{source}: clip '{clip}': segment lists have lengths {lens}, expected equal and > 0")
         times = [float(x) for x in (*c["seg_start"], *c["seg_end"], c["start"])]
-        ints = {k: [int(x) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
+        ints = {k: [_whole(x) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
     except (TypeError, ValueError):
         raise RamerError(
             f"{source}: clip '{clip}': segment times must be numbers, speakers / seg_ori_ind / on_character integers"
         ) from None
+    for key, values in ints.items():
+        if None in values:  # 0.7 read as 0 would name another character or segment
+            x = c[key][values.index(None)]
+            raise RamerError(f"{source}: clip '{clip}' key '{key}' holds {x!r}, expected a whole number")
     if not np.isfinite(times).all():
         raise RamerError(f"{source}: clip '{clip}': seg_start / seg_end / start hold a non-finite value (NaN or inf)")
     for key, low in (("speakers", -1), ("on_character", 0)):
@@ -233,14 +283,23 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
             raise RamerError(f"{source}: clip '{clip}' key '{key}' holds {bad[0]}, outside the {n_chars} characters")
 
 
-def _held_out(n: int, fraction: float, seed: int) -> set[int]:
-    """The positions (of ``n``) drawn for validation: a seeded ``fraction``, at least one and never
-    all when ``fraction > 0`` and ``n >= 2``."""
+def _held_out(group_of: list, fraction: float, seed: int) -> set[int]:
+    """The positions (of ``n = len(group_of)`` samples) drawn for validation, whole groups at a time
+    (``group_of[j]`` is sample j's group; a group is never split). The samples are walked in a
+    seeded permutation, each bringing in its group, and the first ``k`` groups reached are taken,
+    ``k`` the one whose samples come nearest to ``round(n * fraction)`` (the smaller on a tie): at
+    least one group and never all when ``fraction > 0`` and there are two groups or more. With a
+    group per sample this is a seeded ``fraction`` of the samples, the plain per-sample draw."""
     rng = np.random.default_rng(seed)
-    n_val = int(round(n * fraction))
-    if fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    return set(rng.permutation(n)[:n_val].tolist())
+    reached: dict[Any, list[int]] = {}
+    for j in rng.permutation(len(group_of)).tolist():
+        reached.setdefault(group_of[j], []).append(j)
+    groups = list(reached.values())
+    want = int(round(len(group_of) * fraction))
+    taken = np.cumsum([0] + [len(g) for g in groups])  # samples in the first k groups
+    low, high = (1, len(groups) - 1) if fraction > 0 and len(groups) >= 2 else (0, len(groups))
+    k = low + int(np.argmin(np.abs(taken[low : high + 1] - want)))
+    return {j for g in groups[:k] for j in g}
 
 
 def _segment_of(moment: float, starts: np.ndarray, ends: np.ndarray, counts: dict[str, int]) -> int:
@@ -297,11 +356,16 @@ def iter_memor(
     items = []
     for i, a in enumerate(anno):
         try:
-            clip, char, moment, emo = str(a["clip"]), int(a["character"]), float(a["moment"]), str(a["emotion"])
+            clip, char, moment, emo = str(a["clip"]), _whole(a["character"]), float(a["moment"]), str(a["emotion"])
         except (KeyError, TypeError, ValueError):
             raise RamerError(
                 f"{anno_path}: '{labels}'[{i}] = {str(a)[:120]}: expected clip, character, moment, emotion"
             ) from None
+        if char is None:  # 0.7 read as 0 would be another character
+            raise RamerError(
+                f"{anno_path}: '{labels}'[{i}]: character {a['character']!r} is not a whole number "
+                f"(a character id 0..{len(order) - 1})"
+            )
         if not 0 <= char < len(order):
             raise RamerError(f"{anno_path}: '{labels}'[{i}]: character {char} outside 0..{len(order) - 1}")
         if emo not in names:
@@ -317,11 +381,14 @@ def iter_memor(
     # --- splits: each sample is a list of annotation indices of one clip (one index for ``target``)
     train_ids = _read_ids(root / "train_id.txt", len(items))
     test_ids = _read_ids(root / "test_id.txt", len(items))
+    _disjoint(train_ids, test_ids, root / "train_id.txt", root / "test_id.txt")
     if protocol == "target":
         train_samples, test_samples = [[i] for i in train_ids], [[i] for i in test_ids]
+        group_of = [items[i][:3] for i in train_ids]  # one (clip, character, moment): identical samples
     else:
         train_samples, test_samples = _by_clip(train_ids, items), _by_clip(test_ids, items)
-    chosen = _held_out(len(train_samples), valid_fraction, valid_seed)
+        group_of = list(range(len(train_samples)))  # a sample per clip already
+    chosen = _held_out(group_of, valid_fraction, valid_seed)
     split_samples = {
         "train": [x for j, x in enumerate(train_samples) if j not in chosen],
         "valid": [x for j, x in enumerate(train_samples) if j in chosen],
@@ -332,7 +399,7 @@ def iter_memor(
         _validate_clip(data, clip, data_path, len(order))
 
     feat_dir = root / "features"
-    personality = _read_personality(feat_dir / "character_features.csv", len(order))
+    personality = _read_personality(feat_dir / "character_features.csv", order)
     with ExitStack() as guard:  # close the feature files if setting up fails; else the reader closes them
         text_json = JsonVectors(feat_dir / "text_features.json")
         guard.callback(text_json.close)
@@ -604,7 +671,9 @@ def iter_memor(
                 "multi_label_samples": int((labels_arr.sum(1) > 1).sum()),
                 **{k: int(v) for k, v in local.items()},
             }
-            if target_tokens is not None:
+            if target_tokens is None:  # identical copies: items beyond the first of their (clip, character, moment)
+                extra["duplicate_annotation_samples"] = n - len({items[x[0]][:3] for x in samples})
+            else:
                 extra["annotations"] = int(sum(len(x) for x in samples))
                 extra["target_tokens"] = int(target_tokens.sum())
             return SceneStore(
