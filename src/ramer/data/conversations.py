@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,13 @@ SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_CONTEXT = 8
 MEDIA_SLACK = 0.5  # seconds an utterance may end after the media's end (rounding of times)
+# characters a CSV cell may hold: Python's csv stops at 131,072, JSONL has no limit; the largest
+# value every platform's C long holds (sys.maxsize overflows it on Windows)
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+# a text of at most this many characters is never cut by the text model: a character gives at most
+# 3 word pieces (the tokenizer's NFD splits a Hangul syllable into 3 jamo), so 3 * 80 + 2 ([CLS],
+# [SEP]) = 242 pieces, under all-MiniLM-L6-v2's 256; only longer texts are tokenized to count cuts
+WHOLE_TEXT_CHARS = 80
 _TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
 
 
@@ -240,6 +248,7 @@ def _csv_rows(reader, header: list[str], path: Path):
 
 
 def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
+    before = csv.field_size_limit(CSV_FIELD_LIMIT)  # a long text reads as it does from JSONL
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
         with fh:
@@ -261,6 +270,8 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
         raise RamerError(f"{path}: not UTF-8 text ({e})") from None
     except csv.Error as e:
         raise RamerError(f"{path}: not a readable CSV file ({e})") from None
+    finally:
+        csv.field_size_limit(before)
     return out, set(header)
 
 
@@ -401,6 +412,14 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
     names = tuple(sorted({n for u in utterances for n in u.labels}))
     if not names:
         raise RamerError(f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c")
+    for u in utterances:  # 'joy,anger' where 'joy' and 'anger' are labels: a slip, not a new label
+        for n in u.labels:
+            parts = [q.strip() for q in n.split(",")]
+            if len(parts) > 1 and all(q in names for q in parts):
+                raise RamerError(
+                    f"{_where(path, u.row)}: label '{n}' joins the labels {', '.join(repr(q) for q in parts)} "
+                    f"with ','; labels are separated by ';' ('{';'.join(parts)}')"
+                )
     return names
 
 
@@ -453,6 +472,40 @@ def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, 
     return {"from": "seeded", "seed": seed, "fractions": list(SPLIT_FRACTIONS)}
 
 
+def sample_id(conv: Conversation, u: Utterance, person: str | None = None) -> str:
+    """The id of the sample of row ``u``: ``{conversation}/{index}``; with ``--targets all``, the
+    sample of ``person`` at that row, ``{conversation}/{index}/{person}``."""
+    return f"{conv.name}/{u.index}" if person is None else f"{conv.name}/{u.index}/{person}"
+
+
+def check_sample_ids(convs: list[Conversation], everyone: bool, path: Path) -> None:
+    """No two samples of a split get one id, checked before any feature is computed. Only a '/' in
+    names can do it, with ``--targets all``: conversation 'c', index 1, person '2/x' and
+    conversation 'c/1', index 2, person 'x' are both 'c/1/2/x'. The error names both rows."""
+
+    def what(c: Conversation, u: Utterance, q: str | None) -> str:
+        return f"conversation '{c.name}', index {u.index}" + ("" if q is None else f", person '{q}'")
+
+    for split in SPLITS:
+        seen: dict[str, tuple[Conversation, Utterance, str | None]] = {}
+        for c in convs:
+            if c.split != split:
+                continue
+            for u in c.utterances:
+                if not u.target:
+                    continue
+                for q in c.persons if everyone else [None]:
+                    sid = sample_id(c, u, q)
+                    if sid in seen:
+                        c0, u0, q0 = seen[sid]
+                        raise RamerError(
+                            f"{_where(path, u.row)}: sample id '{sid}' ({what(c, u, q)}) is also the id of row "
+                            f"{u0.row} ({what(c0, u0, q0)}) in split {split}; sample ids must be unique: rename "
+                            "a conversation or a person so that their '/' do not make the same id"
+                        )
+                    seen[sid] = (c, u, q)
+
+
 def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """A CSV with a header ``person,trait_1,...`` and one row per person: name, then numbers."""
     path = Path(path)
@@ -496,6 +549,8 @@ class ConvFeatures:
     audio_ok: np.ndarray  # (S,)
     visual: np.ndarray  # (P, S, 390)
     visual_ok: np.ndarray  # (P, S)
+    text_cut: np.ndarray | None = None  # (S,) the text model read only the start of the text (set by the text stage)
+    text_cut_at: int = 0  # ... its max_seq_length (word pieces; 0: no text was long enough to ask)
 
 
 @dataclass
@@ -507,6 +562,7 @@ class Report:
     visual_rules: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    text_cut: int = 0  # utterances whose text the text model cut to its start
 
 
 def _progress(console):
@@ -574,6 +630,22 @@ def _media_stage(
             bar.advance(task)
 
 
+def cut_texts(texts: list[str]) -> tuple[np.ndarray, int]:
+    """Per text, whether the text model cuts it to its start (more word pieces than its
+    ``max_seq_length``), and that limit (0 when no text was long enough to ask the model). Only
+    texts over ``WHOLE_TEXT_CHARS`` characters are tokenized: shorter ones cannot be cut."""
+    flags = np.zeros(len(texts), dtype=bool)
+    ask = [i for i, t in enumerate(texts) if len(t) > WHOLE_TEXT_CHARS]
+    if not ask:
+        return flags, 0
+    pieces, limit = F.text_pieces([texts[i] for i in ask])
+    if 3 * WHOLE_TEXT_CHARS + 2 > limit:  # a model that reads fewer pieces: ask about every text
+        ask = list(range(len(texts)))
+        pieces, limit = F.text_pieces(texts)
+    flags[ask] = np.asarray(pieces) > limit
+    return flags, limit
+
+
 def compute_features(
     convs: list[Conversation], cache: F.FeatureCache, console, report: Report, path: Path
 ) -> list[ConvFeatures]:
@@ -597,18 +669,21 @@ def compute_features(
     t0 = time.perf_counter()
     version = F.text_model_version()
 
+    uncounted: list[int] = []  # entries written before they kept which texts were cut: counted now
+
     def set_text(k: int, arrays: dict) -> None:
         out[k].text, out[k].text_ok = arrays["features"], arrays["present"]
+        cut, at = arrays.get("cut"), arrays.get("cut_at")
+        sound = cut is not None and cut.dtype == np.bool_ and cut.shape == out[k].text_ok.shape
+        if not sound or at is None or at.shape != () or at.dtype.kind not in "iu":
+            uncounted.append(k)
+        else:
+            out[k].text_cut, out[k].text_cut_at = cut, int(at)
 
-    pending = _from_cache(
-        "text",
-        list(range(len(convs))),
-        convs,
-        cache,
-        report,
-        key=lambda c: cache.key("text", version, [u.text for u in c.utterances]),
-        use=set_text,
-    )
+    def text_key(c: Conversation) -> str:
+        return cache.key("text", version, [u.text for u in c.utterances])
+
+    pending = _from_cache("text", list(range(len(convs))), convs, cache, report, key=text_key, use=set_text)
     texts = [(k, s, u.text) for k, _ in pending for s, u in enumerate(convs[k].utterances) if u.text]
     if texts:
         with _progress(console) as bar:
@@ -617,8 +692,28 @@ def compute_features(
         for (k, s, _), vec in zip(texts, emb):
             out[k].text[s] = vec
             out[k].text_ok[s] = True
-    for k, key in pending:
-        cache.put("text", convs[k].name, key, {"features": out[k].text, "present": out[k].text_ok})
+    # which texts the model cut to their start (its max_seq_length): counted once, kept in the entry
+    recount = [k for k, _ in pending] + uncounted
+    rows = [(k, s) for k in recount for s, u in enumerate(convs[k].utterances) if u.text]
+    flags, limit = cut_texts([convs[k].utterances[s].text for k, s in rows])
+    for k in recount:
+        out[k].text_cut, out[k].text_cut_at = np.zeros(len(convs[k].utterances), dtype=bool), limit
+    for (k, s), cut in zip(rows, flags):
+        out[k].text_cut[s] = cut
+    for k in recount:
+        f = out[k]
+        arrays = {"features": f.text, "present": f.text_ok, "cut": f.text_cut, "cut_at": np.int64(f.text_cut_at)}
+        cache.put("text", convs[k].name, text_key(convs[k]), arrays)
+    cut_rows = [u.row for c, f in zip(convs, out) for u, cut in zip(c.utterances, f.text_cut) if cut]
+    report.text_cut = len(cut_rows)
+    if cut_rows:
+        n, limit = len(cut_rows), max(f.text_cut_at for f in out)
+        one = n == 1
+        report.notes.append(
+            f"text: {n} utterance{'' if one else 's'} {'is' if one else 'are'} longer than the {limit} word "
+            f"pieces the text model reads: only {'its' if one else 'their'} start gives {'its' if one else 'their'} "
+            f"features (the first: row {min(cut_rows)})"
+        )
     report.seconds["text"] = round(time.perf_counter() - t0, 3)
 
     # --- audio: per conversation with media
@@ -733,7 +828,7 @@ def build_split(
                 speaking = p == spk[s]
                 roles.append(ROLE_SPEAKER if speaking else ROLE_NONSPEAKER)
                 labels.append([speaking and n in u.labels for n in names])  # listeners: no labels (unlabelled only)
-                ids.append(f"{c.name}/{u.index}/{c.persons[p]}" if everyone else f"{c.name}/{u.index}")
+                ids.append(sample_id(c, u, c.persons[p] if everyone else None))
                 character.extend(chars)
                 if personality is not None:
                     for q in c.persons:
@@ -821,6 +916,7 @@ def import_conversations(
     labelled = "labels" in columns
     task = import_task(utterances, labelled, task, path)
     split_info = assign_splits(convs, columns, labelled, seed, path)
+    check_sample_ids(convs, targets == "all", path)
     media_counts = check_media(convs, path)
     pers_map, traits = (None, [])
     if personality is not None:
@@ -864,6 +960,7 @@ def import_conversations(
         "samples": {s: len(st) for s, st in splits.items()},
         "persons": len(persons),
         "speaker_text_present": int(sum(f.text_ok.sum() for f in feats)),
+        "text_truncated": report.text_cut,
         "speaker_audio_present": int(sum(f.audio_ok.sum() for f in feats)),
         "person_segments_with_visual": int(sum(f.visual_ok.sum() for f in feats)),
         "person_segments": int(sum(f.visual_ok.size for f in feats)),

@@ -217,6 +217,14 @@ def text_model_version() -> str:
         return TEXT_MODEL
 
 
+def text_pieces(texts: Sequence[str]) -> tuple[list[int], int]:
+    """The word pieces of each text as the text model reads it ([CLS] and [SEP] included), and the
+    model's ``max_seq_length``: of a text with more pieces it reads only the first that many."""
+    model = load_text_model()
+    ids = model.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    return [len(x) for x in ids], int(model.max_seq_length)
+
+
 def embed_texts(texts: Sequence[str], advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Sentence embeddings ``(n, 384)`` float32 of ``texts``, in batches of ``TEXT_BATCH``;
     ``advance(k)`` is called after each batch of ``k`` texts (the progress bar)."""
