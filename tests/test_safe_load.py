@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 
 from ramer.checkpoint import read_model_file
 from ramer.data.conversations import read_table
+from ramer.data.formats import detect_format, load_dataset
 from ramer.data.m3ed import read_m3ed_annotation
 from ramer.data.safe_load import safe_load, safe_pickle_loads
 from ramer.errors import RamerError
@@ -158,6 +160,7 @@ def test_not_a_pickle(tmp_path: Path) -> None:
         b"\x80\x02cbuiltins\nbytearray\nM\xe8\x03\x85R.",  # bytearray(1000)
         b"\x80\x02c__builtin__\nbytes\nM\xe8\x03\x85R.",  # bytes(1000)
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nM\xe8\x03\x85C\x01b\x87R.",
+        b"\x80\x02cnumpy\nndarray\nM\xe8\x03\x85R.",  # numpy.ndarray(1000)
     ],
 )
 def test_constructors_taking_a_size_refused(payload: bytes) -> None:
@@ -214,3 +217,209 @@ def test_a_torch_save_file_cut_short_is_said_to_be(tmp_path):
     path.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(RamerError, match=rf"{path}: a zip archive \(as torch.save writes\) cut short or damaged"):
         safe_load(path)
+
+
+# ------------------------------------------------------------------------ numpy.ndarray(shape)
+BOMB_SHAPE = (10**6, 10**6)  # 7.3 TiB of float64: numpy could not allocate it even without the check
+
+
+def _bomb() -> fw._Reduce:
+    """What unpickles as ``numpy.ndarray(BOMB_SHAPE)``: 68 bytes of pickle asking for an array."""
+    return fw._Reduce(np.ndarray, (BOMB_SHAPE,))
+
+
+def _rewrite_data_pkl(path: Path, edit) -> None:
+    """``path`` (a torch.save zip) with its ``data.pkl`` replaced by ``edit(data.pkl)``."""
+    members = {}
+    with zipfile.ZipFile(path) as zin:
+        for item in zin.infolist():
+            body = zin.read(item)
+            members[item] = edit(body) if item.filename.endswith("data.pkl") else body
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for item, body in members.items():
+            zout.writestr(item, body)
+
+
+def _as_newobj(data: bytes) -> bytes:
+    """The pickle with the REDUCE of ``numpy.ndarray(shape)`` made a NEWOBJ (``ndarray.__new__``)."""
+    call = re.compile(rb"(\x86q.\x85q.)R", re.DOTALL)  # TUPLE2 BINPUT TUPLE1 BINPUT REDUCE after the sizes
+    assert len(call.findall(data)) == 1
+    return call.sub(lambda m: m.group(1) + b"\x81", data)
+
+
+@pytest.mark.parametrize(
+    "route", ["pickle", "pickle newobj", "torch zip", "torch zip with a tensor", "torch newobj", "torch legacy"]
+)
+def test_a_bare_ndarray_with_a_size_is_refused_before_it_is_allocated(tmp_path: Path, route: str) -> None:
+    """``numpy.ndarray`` is on the allow-list as the class ``_reconstruct`` is given; called, it
+    allocates its shape. Each route that resolves it (the restricted unpickler, the zip streamed
+    through it, torch's weights-only unpickler) refuses a non-empty shape before numpy sees it:
+    without the check numpy says it cannot allocate 7.3 TiB ('more memory than is available')."""
+    if route.startswith("pickle"):
+        p = tmp_path / "bomb.pkl"
+        data = pickle.dumps({"x": _bomb()}, protocol=2)
+        p.write_bytes(_as_newobj(data) if route.endswith("newobj") else data)
+    else:
+        p = tmp_path / "bomb.pt"
+        first = {"t": torch.ones(2)} if route != "torch zip" else {}  # a tensor first: read by torch.load
+        torch.save({**first, "x": _bomb()}, p, _use_new_zipfile_serialization=route != "torch legacy")
+        if route == "torch newobj":
+            _rewrite_data_pkl(p, _as_newobj)
+    with pytest.raises(RamerError) as e:
+        safe_load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and "more memory" not in msg, msg
+    if route.endswith("newobj"):  # ndarray.__new__(shape) on a stand-in that is no class
+        assert "(UnpicklingError: NEWOBJ" in msg or "(TypeError: function.__new__" in msg, msg
+    else:
+        assert "numpy.ndarray asks for a non-empty array of shape (1000000, 1000000)" in msg, msg
+
+
+def _arrays() -> dict:
+    base = np.arange(24, dtype=np.float64).reshape(4, 6)
+    return {
+        "f32": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "fortran": np.asfortranarray(base),
+        "strided": base[::2, 1::2],  # neither C- nor Fortran-contiguous
+        "i64": np.array([[1, -2], [3, 4]], dtype=np.int64),
+        "u8": np.array([0, 1, 255], dtype=np.uint8),
+        "bool": np.array([True, False]),
+        "c128": np.array([1 + 2j]),
+        "str": np.array(["a", "bcd"]),
+        "record": np.array([(1, 2.5)], dtype=[("a", "<i4"), ("b", "<f8")]),
+        "zero_d": np.array(3.5),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+    }
+
+
+def _check_arrays(got: dict) -> None:
+    for key, want in _arrays().items():
+        assert type(got[key]) is np.ndarray and got[key].dtype == want.dtype, key
+        assert got[key].shape == want.shape and np.array_equal(got[key], want), key
+
+
+@pytest.mark.parametrize("how", ["pickle 2", "pickle 5", "torch zip", "torch zip with a tensor", "torch legacy"])
+def test_numpy_arrays_as_numpy_and_torch_write_them_still_load(tmp_path: Path, how: str) -> None:
+    """The stand-in for ``numpy.ndarray`` must not change what a real array file gives: protocol 2
+    (``_reconstruct`` + state) and 5 (``_frombuffer``), contiguous or not, 0-d, empty, and inside
+    ``torch.save`` files read by the streamed unpickler and by torch.load (which fills an array
+    only when its class is among the safe globals)."""
+    obj = _arrays()
+    p = tmp_path / "arrays.bin"
+    if how.startswith("pickle"):
+        p.write_bytes(pickle.dumps(obj, protocol=int(how[-1])))
+    else:
+        tensor = torch.arange(6, dtype=torch.float32)
+        first = {"t": tensor} if how != "torch zip" else {}
+        torch.save({**first, **obj}, p, _use_new_zipfile_serialization=how != "torch legacy")
+    got = safe_load(p)
+    _check_arrays(got)
+    if "t" in got:
+        assert torch.equal(got["t"], torch.arange(6, dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------------- damaged files
+def _cd(data: bytes) -> int:
+    """Offset of the zip's first central-directory entry (torch.save: data.pkl's)."""
+    return data.index(b"PK\x01\x02")
+
+
+# Each damage is one byte of a torch.save zip (data.pkl is its first member, at offset 0).
+ZIP_DAMAGE = {
+    # total number of disks in the zip64 end locator: is_zipfile itself raises BadZipFile
+    "multi-disk end record": lambda d: d.rindex(b"PK\x06\x07") + 16,
+    # first byte of data.pkl's name in the central directory (UTF-8 flagged): UnicodeDecodeError
+    "name in the directory": lambda d: _cd(d) + 46,
+    # the local header's signature: BadZipFile('Bad magic number for file header') when opened
+    "local header magic": lambda d: 3,
+    # first byte of data.pkl's name in its local header: UnicodeDecodeError when opened
+    "name in the local header": lambda d: 30,
+}
+
+
+@pytest.mark.parametrize("damage", list(ZIP_DAMAGE))
+@pytest.mark.parametrize("read", ["safe_load", "auto", "mosei_aligned"])
+def test_a_damaged_torch_save_zip_is_a_one_line_error_naming_it(tmp_path: Path, damage: str, read: str) -> None:
+    p = tmp_path / "train_valid_test.pt"
+    fw.write_mosei_aligned(p)
+    data = bytearray(p.read_bytes())
+    at = ZIP_DAMAGE[damage](bytes(data))
+    data[at] = 0x02 if damage == "multi-disk end record" else 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(RamerError) as e:
+        safe_load(p) if read == "safe_load" else load_dataset(p, read)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{p}: "), msg
+    assert "not a readable torch.save file" in msg or "cut short or damaged" in msg, msg
+    if read == "auto":
+        with pytest.raises(RamerError, match="not a readable torch.save file|cut short or damaged"):
+            detect_format(p)
+
+
+def test_a_damaged_memor_face_feature_file_is_named(tmp_path: Path) -> None:
+    fw.write_memor(tmp_path / "memor")
+    p = tmp_path / "memor" / "features" / "visual_features" / "face_features" / "c1.pt"
+    data = bytearray(p.read_bytes())
+    data[_cd(bytes(data)) + 46] = 0xFF  # a member's name, UTF-8 flagged, that is not UTF-8
+    p.write_bytes(bytes(data))
+    with pytest.raises(RamerError, match=rf"^{p}: not a readable torch.save file \(UnicodeDecodeError: "):
+        load_dataset(tmp_path / "memor")
+
+
+def test_a_native_array_with_a_damaged_header_is_named(tmp_path: Path) -> None:
+    """numpy reads a .npy header (a dict literal) with tokenize: an unclosed bracket is a
+    tokenize.TokenError, which is neither ValueError nor OSError."""
+    fw.write_m3ed_pickle(tmp_path / "m3ed.pkl")
+    load_dataset(tmp_path / "m3ed.pkl").save(tmp_path / "native")
+    p = tmp_path / "native" / "train" / "labels.npy"
+    data = bytearray(p.read_bytes())
+    data[data.index(b"), }")] = ord(" ")  # 'shape': (1, 7), }  ->  'shape': (1, 7 , }
+    p.write_bytes(bytes(data))
+    with pytest.raises(RamerError, match=rf"^{p}: not a readable \.npy array \(its header is damaged\)$"):
+        load_dataset(tmp_path / "native")
+
+
+def test_a_damaged_encoding_name_in_a_numpy_pickle_is_an_error(tmp_path: Path) -> None:
+    """numpy's protocol-2 pickles store array bytes as ``_codecs.encode(text, 'latin1')``; a damaged
+    encoding name is no encoding at all (LookupError), in our unpickler and in torch's."""
+    obj = {"t": torch.ones(2), "a": np.arange(3.0)}
+    for name, write in {
+        "raw.pkl": lambda p: p.write_bytes(pickle.dumps({"a": obj["a"]}, protocol=2)),
+        "zip.pt": lambda p: torch.save({"a": obj["a"]}, p),
+        "legacy.pt": lambda p: torch.save(obj, p, _use_new_zipfile_serialization=False),
+    }.items():
+        p = tmp_path / name
+        write(p)
+        if name == "zip.pt":
+            _rewrite_data_pkl(p, lambda b: b.replace(b"latin1", b"latZn1"))
+        else:
+            p.write_bytes(p.read_bytes().replace(b"latin1", b"latZn1"))
+        with pytest.raises(RamerError, match=rf"^{p}: (not a readable|refused by).*latZn1"):
+            safe_load(p)
+
+
+def test_a_damaged_legacy_torch_file_is_an_error(tmp_path: Path) -> None:
+    """torch's legacy reader checks a file with struct.unpack and assert: a file cut inside its
+    second pickle (struct.error) and a storage key changed in the list at its end (AssertionError)."""
+    p = tmp_path / "legacy.pt"
+    torch.save({"t": torch.ones(2)}, p, _use_new_zipfile_serialization=False)
+    data = p.read_bytes()
+    magic_end = len(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
+    assert pickle.loads(data[:magic_end]) == 0x1950A86A20F9469CFC6C
+    keys = data.rindex(b"\x80\x02]q\x00X") + 10  # the first character of the first storage key
+    changed = data[:keys] + b"x" + data[keys + 1 :]
+    for damaged, why in ((data[: magic_end + 3], "error: unpack"), (changed, "AssertionError: storage key")):
+        p.write_bytes(damaged)
+        with pytest.raises(RamerError, match=rf"^{p}: not a readable torch.save file \({why}"):
+            safe_load(p)
+
+
+def test_a_refused_name_with_a_newline_is_one_line(tmp_path: Path) -> None:
+    """A protocol-4 pickle names its globals by strings, which may hold a damaged byte ('\\n')."""
+    data = pickle.dumps(np.arange(3.0), protocol=4)
+    assert data.count(b"multiarray") == 1
+    p = tmp_path / "bad.pkl"
+    p.write_bytes(data.replace(b"multiarray", b"multiarra\n"))
+    with pytest.raises(RamerError) as e:
+        safe_load(p)
+    assert "\n" not in str(e.value) and "refusing to load 'numpy.core.multiarra\\n._reconstruct'" in str(e.value)

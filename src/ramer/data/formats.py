@@ -24,7 +24,7 @@ from ramer.data.m3ed import iter_m3ed_carat, iter_m3ed_pickle
 from ramer.data.memor import iter_memor
 from ramer.data.mosei import iter_mosei_aligned, iter_mosei_unaligned
 from ramer.data.readers import SPLITS, SplitStream
-from ramer.data.safe_load import is_torch_file, safe_load
+from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
 from ramer.data.store import DataBundle, is_native, load_native
 from ramer.errors import RamerError, unreadable
 
@@ -75,6 +75,9 @@ def _sniff_pickle(fh, max_ops: int = 400) -> str | None:
 
 
 def _sniff_file(path: Path) -> str | None:
+    """``_sniff_pickle`` on a pickle or on the ``data.pkl`` of a ``torch.save`` zip. A file that
+    cannot be read this way (a damaged zip: its directory, a member's header, a file name that is
+    not UTF-8) is not conclusive: ``safe_load`` then reads it and names the file and the damage."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -87,7 +90,7 @@ def _sniff_file(path: Path) -> str | None:
             return None  # legacy torch layout: decided after loading
         with open(path, "rb") as fh:
             return _sniff_pickle(fh)
-    except OSError:
+    except ZIP_ERRORS:
         return None
 
 

@@ -9,8 +9,9 @@ function a file names, so both kinds go through one allow-list:
 - ``collections.OrderedDict``, ``argparse.Namespace``,
 - plain builtins: list, dict, tuple, set, frozenset, str, bytes, bytearray, int, float, complex,
   bool (never ``eval``, ``exec``, ``open``, ``getattr``, ``__import__``, ...),
-- and no constructor that takes a bare size: ``bytes(n)``, ``bytearray(n)`` and a non-empty
-  ``_reconstruct`` shape are refused (a few bytes of pickle could ask for 100 GB); a pickle that
+- and no constructor that takes a bare size: ``bytes(n)``, ``bytearray(n)``, ``numpy.ndarray(shape)``
+  and a non-empty ``_reconstruct`` shape are refused (a few bytes of pickle could ask for 100 GB:
+  ``numpy.ndarray`` resolves to a stand-in that ``_reconstruct`` takes as the class); a pickle that
   still asks for more memory than there is (a huge length field) is a ``RamerError`` too,
 - inside ``torch.save`` files, additionally torch's own tensor types (torch's ``weights_only``
   allow-list).
@@ -38,15 +39,17 @@ import io
 import math
 import pickle
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 
-__all__ = ["safe_load", "safe_pickle_loads", "is_torch_file", "ALLOWED_GLOBALS"]
+__all__ = ["safe_load", "safe_pickle_loads", "is_torch_file", "ALLOWED_GLOBALS", "ZIP_ERRORS"]
 
 # The first object of a legacy (pre-1.6, non-zip) torch.save file.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -58,22 +61,43 @@ _frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy.(_)core.numeric._frombuff
 
 def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """``_codecs.encode`` as numpy's protocol-2 pickles use it: str -> bytes, latin-1 only."""
-    if not isinstance(obj, str) or codecs.lookup(encoding).name not in ("latin-1", "iso8859-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode called with {type(obj).__name__}, {encoding!r}")
+    try:
+        latin1 = isinstance(obj, str) and codecs.lookup(encoding).name in ("latin-1", "iso8859-1")
+    except (LookupError, TypeError):  # no such encoding (a damaged name), or not a string
+        latin1 = False
+    if not latin1:
+        raise pickle.UnpicklingError(f"_codecs.encode called with {type(obj).__name__}, {str(encoding)[:40]!r}")
     return obj.encode(encoding, errors)
+
+
+def _refuse_non_empty(what: str, shape: Any) -> None:
+    """A pickled array is made empty and then filled from its state; a non-empty ``shape`` would
+    allocate memory the file does not hold (a few bytes could ask for 100 GB), so it is refused."""
+    try:
+        size = math.prod(int(d) for d in (shape if isinstance(shape, tuple) else (shape,)))
+    except (TypeError, ValueError):
+        raise pickle.UnpicklingError(f"{what} with shape {str(shape)[:60]}") from None
+    if size != 0:
+        raise pickle.UnpicklingError(f"{what} asks for a non-empty array of shape {str(shape)[:60]}")
+
+
+def _ndarray(*args: Any, **kwargs: Any) -> Any:
+    """What a pickle gets for ``numpy.ndarray``: the class is only ever passed to ``_reconstruct``
+    (translated back there), never called by numpy's own pickles; called, ``ndarray(shape)``
+    allocates that shape, so only an empty one is allowed."""
+    _refuse_non_empty("numpy.ndarray", args[0] if args else kwargs.get("shape"))
+    return np.ndarray(*args, **kwargs)
+
+
+_ndarray.__name__ = _ndarray.__qualname__ = "ndarray"
+_CLASS_OF = {_ndarray: np.ndarray}  # the allow-list's stand-in -> the class it stands for
 
 
 def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
     """numpy's ``_reconstruct``: a pickled array is made empty (shape ``(0,)``) and then filled from
-    its state; a non-empty shape would allocate memory the file does not hold (a few bytes could
-    ask for 100 GB), so it is refused."""
-    try:
-        size = math.prod(int(d) for d in (shape if isinstance(shape, tuple) else (shape,)))
-    except (TypeError, ValueError):
-        raise pickle.UnpicklingError(f"_reconstruct with shape {str(shape)[:60]}") from None
-    if size != 0:
-        raise pickle.UnpicklingError(f"_reconstruct asks for a non-empty array of shape {str(shape)[:60]}")
-    return _reconstruct(subtype, shape, dtype)
+    its state; a non-empty shape is refused (``_refuse_non_empty``)."""
+    _refuse_non_empty("_reconstruct", shape)
+    return _reconstruct(_CLASS_OF.get(subtype, subtype), shape, dtype)
 
 
 def _no_size(cls: type) -> Any:
@@ -94,6 +118,7 @@ _SAFE_CLASSES: tuple[type, ...] = (collections.OrderedDict, argparse.Namespace, 
 
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
     """``copyreg._reconstructor`` (protocol 0/1 pickles of plain objects) for allowed classes only."""
+    cls = _CLASS_OF.get(cls, cls)
     if cls not in _SAFE_CLASSES or base is not object or state is not None:
         raise pickle.UnpicklingError(f"copyreg._reconstructor({cls!r}, {base!r})")
     return copyreg._reconstructor(cls, base, state)
@@ -105,7 +130,7 @@ def _build_allow_list() -> dict[str, Any]:
         allowed[f"{core}.multiarray._reconstruct"] = _checked_reconstruct
         allowed[f"{core}.multiarray.scalar"] = _scalar
         allowed[f"{core}.numeric._frombuffer"] = _frombuffer
-    allowed["numpy.ndarray"] = np.ndarray
+    allowed["numpy.ndarray"] = _ndarray  # not the class itself: ndarray(shape) allocates
     allowed["numpy.dtype"] = np.dtype
     for name in dir(np.dtypes):
         obj = getattr(np.dtypes, name)
@@ -145,8 +170,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             if self._torch_aware and (module == "torch" or module.startswith("torch.")):
                 raise _NeedsTorch() from None
+            shown = f"{module}.{name}".encode("unicode_escape").decode()[:120]  # a damaged name: one line
             raise RamerError(
-                f"{self._source}: refusing to load '{module}.{name}': not on the allow-list of safe "
+                f"{self._source}: refusing to load '{shown}': not on the allow-list of safe "
                 "types (numpy arrays, OrderedDict, argparse.Namespace, plain builtins)"
             ) from None
 
@@ -185,13 +211,29 @@ def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
 def is_torch_file(path: str | Path) -> bool:
     """True for ``torch.save`` files: a zip archive holding ``data.pkl``, or the legacy layout."""
     path = Path(path)
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         return True
     try:
         with open(path, "rb") as fh:
             return _legacy_magic(fh)
     except OSError:
         return False
+
+
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises instead of answering for some damaged end records
+    ("zipfiles that span multiple disks"): such a file is no readable zip (``safe_load`` tells a
+    damaged ``torch.save`` file by its first bytes)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:
+        return False
+
+
+# What a damaged zip archive raises while its directory is read or a member opened: a file name
+# that is not UTF-8 (UnicodeDecodeError), an unknown compression method (NotImplementedError), an
+# "encrypted" flag (RuntimeError), a bad deflate stream (zlib.error), a bad header (BadZipFile).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, zlib.error)
 
 
 def _legacy_magic(fh) -> bool:
@@ -205,12 +247,20 @@ def _legacy_magic(fh) -> bool:
 
 
 def _torch_safe_globals() -> list:
-    """The numpy/argparse entries of the allow-list in torch's (object, "module.name") form."""
+    """The numpy/argparse entries of the allow-list in torch's (object, "module.name") form.
+
+    torch's unpickler fills an object (BUILD) only when its type is among these objects, so the
+    class ``numpy.ndarray`` is added too, under a name with a newline: a GLOBAL opcode reads
+    module and name up to a newline, so no pickle can name it and ``numpy.ndarray`` resolves to
+    the stand-in that refuses a size."""
     out = []
     for full, obj in ALLOWED_GLOBALS.items():
         if full in ("_codecs.encode", "collections.OrderedDict"):
             continue  # torch's weights-only unpickler handles these itself
         out.append((obj, full))
+    out += [
+        (cls, f"{stand_in.__module__}.{stand_in.__name__}\n(instances only)") for stand_in, cls in _CLASS_OF.items()
+    ]
     return out
 
 
@@ -221,6 +271,20 @@ def refused_global(message: str) -> str | None:
     """The global (``module.name``) that torch's weights-only unpickler names in ``message`` as refused."""
     m = _GLOBAL_RE.search(message)
     return m.group(1) if m else None
+
+
+# What torch.load raises for a damaged or hostile file besides the zip errors: its readers check a
+# file with struct.unpack and assert (a legacy file's storage keys), and a call the pickle makes
+# can fail (NEWOBJ on the stand-in for numpy.ndarray: TypeError).
+_TORCH_LOAD_ERRORS = (
+    *ZIP_ERRORS,
+    TypeError,
+    AttributeError,
+    LookupError,  # KeyError, IndexError, and an encoding name that is no encoding
+    OverflowError,
+    struct.error,
+    AssertionError,
+)
 
 
 def _torch_load(path: Path) -> Any:
@@ -248,7 +312,7 @@ def _torch_load(path: Path) -> Any:
         raise RamerError(
             f"{path}: not a readable torch.save file (it asks for more memory than is available)"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except _TORCH_LOAD_ERRORS as e:
         raise RamerError(
             f"{path}: not a readable torch.save file "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
@@ -271,8 +335,10 @@ def _load_torch_zip(path: Path) -> Any:
                 return _unpickle(fh, str(path), torch_aware=True)
     except _NeedsTorch:
         return _torch_load(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise RamerError(f"{path}: not a readable torch.save file ({type(e).__name__}: {e})") from None
+    except ZIP_ERRORS as e:
+        raise RamerError(
+            f"{path}: not a readable torch.save file ({type(e).__name__}: {first_line(e)[:200]})"
+        ) from None
 
 
 def safe_load(path: str | Path) -> Any:
@@ -284,11 +350,14 @@ def safe_load(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise RamerError(f"{path}: file not found")
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         return _load_torch_zip(path)
     with open(path, "rb") as fh:
-        if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, without the directory at its end
-            raise RamerError(f"{path}: a zip archive (as torch.save writes) cut short or damaged; its end is missing")
+        if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, without a readable directory at its end
+            raise RamerError(
+                f"{path}: a zip archive (as torch.save writes) cut short or damaged; "
+                "its end (the zip's directory) is missing or unreadable"
+            )
         fh.seek(0)
         if _legacy_magic(fh):
             fh.close()

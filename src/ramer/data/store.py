@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,6 +346,8 @@ class SceneStore:
                 arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
             except (ValueError, OSError, EOFError) as e:
                 raise RamerError(f"{path}: not a readable .npy array ({e})") from None
+            except (tokenize.TokenError, SyntaxError):  # numpy tokenizes the header, a Python dict literal
+                raise RamerError(f"{path}: not a readable .npy array (its header is damaged)") from None
             if arr.dtype != _DTYPES[name]:
                 raise RamerError(f"{path}: dtype {arr.dtype}, expected {np.dtype(_DTYPES[name])}")
             arrays[name] = arr
