@@ -17,7 +17,7 @@ from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
 from ramer.config import DataConfig
 from ramer.data.commands import collect_info, convert, run_convert, run_info
-from ramer.data.formats import FORMATS, detect_format, load_dataset
+from ramer.data.formats import FORMATS, detect_format, load_bundle, load_dataset
 from ramer.data.info import dataset_info, format_info_table
 from ramer.data.store import SceneStore, load_native
 from ramer.errors import RamerError
@@ -878,3 +878,25 @@ def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> N
         assert f"--labels chooses MEmoR's label set; {files['aligned']} holds mosei_aligned data" in err
     assert not (tmp_path / "x").exists()
     assert main(["data", "info", str(files["memor"]), "--labels", "fine_grained"]) == 0
+
+
+def test_load_dataset_reads_the_loader_options_of_its_config(files, tmp_path: Path) -> None:
+    """``load_dataset(path, data_cfg=cfg)`` reads the data as ``--data`` with ``cfg``'s ``data.*``
+    would (``load_bundle``); a keyword option given to the call wins over the config's."""
+    m3ed = tmp_path / "m3ed.pkl"
+    shutil.copy(files["m3ed"], m3ed)
+    fw.write_m3ed_annotation(tmp_path / "annotation.json", files["m3ed_fx"])
+    cfg = DataConfig(path=str(m3ed), m3ed_protocol="utterance")
+    from_cfg, bundle = load_dataset(m3ed, data_cfg=cfg), load_bundle(cfg)
+    assert from_cfg.splits["train"].ids == bundle.splits["train"].ids
+    assert from_cfg.splits["train"].ids[0] == "seriestrain_0/0"  # one sample per utterance
+    dialogues = load_dataset(m3ed, data_cfg=cfg, m3ed_protocol="dialogue")
+    assert dialogues.splits["train"].ids[0] == "seriestrain_0"
+    memor = DataConfig(memor_protocol="clip", valid_seed=3)
+    assert (
+        load_dataset(files["memor"], data_cfg=memor).splits["valid"].ids
+        == load_bundle(memor.model_copy(update={"path": str(files["memor"])})).splits["valid"].ids
+    )
+    assert ":" not in load_dataset(files["memor"], data_cfg=memor).splits["test"].ids[0]  # a sample per clip
+    with pytest.raises(RamerError, match="is a file; format 'memor' is a MEmoR release, a folder"):
+        load_dataset(m3ed, data_cfg=DataConfig(format="memor"))  # data.format: read, not ignored

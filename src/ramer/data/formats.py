@@ -176,17 +176,34 @@ def open_dataset(
     data_cfg: DataConfig | None = None,
     *,
     aligned_path: str | Path | None = None,
-    unaligned_layout: str = "pool",
+    unaligned_layout: str | None = None,
     memor_character_order: tuple[str, ...] | list[str] | None = None,
-    memor_protocol: str = "target",
-    valid_fraction: float = 0.1,
-    valid_seed: int = 2020,
-    m3ed_protocol: str = "dialogue",
+    memor_protocol: str | None = None,
+    valid_fraction: float | None = None,
+    valid_seed: int | None = None,
+    m3ed_protocol: str | None = None,
     m3ed_annotation: str | Path | None = None,
 ) -> SplitStream | DataBundle:
     """A ``SplitStream`` for the public layouts (read split by split), a ``DataBundle`` for the
     native and synthetic ones. See ``load_dataset`` for the arguments."""
     cfg = data_cfg or DataConfig()
+    given = {
+        "aligned_path": aligned_path,
+        "unaligned_layout": unaligned_layout,
+        "memor_character_order": memor_character_order,
+        "memor_protocol": memor_protocol,
+        "valid_fraction": valid_fraction,
+        "valid_seed": valid_seed,
+        "m3ed_protocol": m3ed_protocol,
+        "m3ed_annotation": m3ed_annotation,
+    }
+    options = {k: v if given[k] is None else given[k] for k, v in loader_options(cfg).items()}
+    aligned_path, unaligned_layout = options["aligned_path"], options["unaligned_layout"]
+    memor_character_order, memor_protocol = options["memor_character_order"], options["memor_protocol"]
+    valid_fraction, valid_seed = options["valid_fraction"], options["valid_seed"]
+    m3ed_protocol, m3ed_annotation = options["m3ed_protocol"], options["m3ed_annotation"]
+    if fmt == "auto":
+        fmt = cfg.format
     synthetic.check_complete(cfg)
     if fmt not in ("auto",) + FORMATS:
         raise RamerError(f"unknown data format '{fmt}'; known: auto, {', '.join(FORMATS)}")
@@ -264,18 +281,20 @@ def load_dataset(
     data_cfg: DataConfig | None = None,
     *,
     aligned_path: str | Path | None = None,
-    unaligned_layout: str = "pool",
+    unaligned_layout: str | None = None,
     memor_character_order: tuple[str, ...] | list[str] | None = None,
-    memor_protocol: str = "target",
-    valid_fraction: float = 0.1,
-    valid_seed: int = 2020,
-    m3ed_protocol: str = "dialogue",
+    memor_protocol: str | None = None,
+    valid_fraction: float | None = None,
+    valid_seed: int | None = None,
+    m3ed_protocol: str | None = None,
     m3ed_annotation: str | Path | None = None,
 ) -> DataBundle:
     """Load a dataset in any supported layout as a ``DataBundle`` (splits train / valid / test).
 
-    ``fmt``: ``auto`` or one of ``FORMATS``. ``data_cfg`` gives ``labels`` (MEmoR primary /
-    fine_grained), ``max_utterances`` (M3ED) and the synthetic settings. Keyword options:
+    ``fmt``: ``auto`` (then ``data_cfg.format``, itself ``auto`` by default: detected) or one of
+    ``FORMATS``. ``data_cfg`` gives ``labels`` (MEmoR primary / fine_grained), ``max_utterances``
+    (M3ED), the synthetic settings and every keyword option below that is not given (None): the
+    call reads the data as ``--data PATH`` with that config's ``--set data.*`` would. Keyword options:
     ``aligned_path`` (unaligned MOSEI: the aligned ``train_valid_test.pt`` whose ``tgt`` gives the
     emotion labels; default: that file name next to the pickle), ``unaligned_layout`` (``pool`` or
     ``pad``, see docs/DATA.md), ``memor_character_order`` (8 names, default the MEmoR code's
