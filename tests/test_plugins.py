@@ -134,13 +134,16 @@ def test_an_installed_model_that_registers_itself_on_import_keeps_its_space(tmp_
     assert space_for(cfg) == sys.modules["plug_spaced"].SPACE
 
 
-def test_the_documented_python_registration_runs(tmp_path, registry):
-    """The section's second block, with this test's tiny settings and folder."""
-    names: dict = {}
-    exec(doc_example(), names)
+def test_the_documented_python_registration_runs(tmp_path, monkeypatch, registry):
+    """The section's second block as written, beside the first as ``my_models.py``, with this
+    test's tiny settings and folder."""
+    (tmp_path / "my_models.py").write_text(doc_example())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_models", raising=False)
     code = doc_blocks()[1]
     assert '["train.epochs=3"]' in code and '"runs/scope_pool"' in code
-    exec(code.replace('["train.epochs=3"]', repr(TINY)).replace('"runs/scope_pool"', repr(str(tmp_path / "r"))), names)
+    exec(code.replace('["train.epochs=3"]', repr(TINY)).replace('"runs/scope_pool"', repr(str(tmp_path / "r"))), {})
+    sys.modules.pop("my_models", None)
     assert build_config(tmp_path / "r" / "config.yaml").model.name == "scope_pool"
     assert (tmp_path / "r" / "test_metrics.json").is_file()
 
@@ -157,8 +160,11 @@ def test_register_model_serves_this_process_with_its_search_space(tmp_path, regi
     assert space_for(cfg) == space
     run_training(cfg, tmp_path / "run")
     assert type(ramer.load(tmp_path / "run").model) is module.ScopePool
-    with pytest.raises(RamerError, match="model name 'scope_pool' is taken"):
-        register_model("scope_pool", lambda cfg, spec: None)
+    reloaded = import_file(example, "plug_example")  # a notebook cell run again: a new builder replaces it
+    register_model("scope_pool", reloaded.build)
+    assert models.BUILDERS["scope_pool"] is reloaded.build and space_for(cfg) == spaces.COMMON
+    with pytest.raises(RamerError, match="model name 'late_fusion' is taken"):
+        register_model("late_fusion", reloaded.build)
     del models.BUILDERS["scope_pool"]  # as in a process that never registered it
     models.KNOWN.discard("scope_pool")
     with pytest.raises(RamerError, match=f"{tmp_path / 'run' / 'model.safetensors'}: unknown model 'scope_pool'"):
@@ -330,11 +336,18 @@ class Broken(nn.Module):
             return LossResult(total=each.mean(), terms={"each": each.detach()})
         if self.how == "loss_term":
             return LossResult(total=each.mean(), terms={"loss": each.mean().detach()})
+        if self.how == "no_grad":
+            return LossResult(total=each.mean().detach(), terms={})
         return LossResult(total=each.mean(), terms={})
 
 
+class NoLoss(nn.Linear):
+    def __init__(self, spec):
+        super().__init__(1, 1)
+
+
 def build(how):
-    return lambda cfg, spec: Broken(how, spec)
+    return lambda cfg, spec: NoLoss(spec) if how == "no_loss" else Broken(how, spec)
 
 
 def raises(cfg, spec):
@@ -354,6 +367,8 @@ def raises(cfg, spec):
         ("per_sample", r"model Broken: LossResult.total must be a scalar tensor \(one number\), got shape \(16,\)"),
         ("vector_term", r"model Broken: LossResult.terms\['each'\] must be a scalar \(one number\), got shape \(16,\)"),
         ("loss_term", "model Broken: LossResult.terms key 'loss': a name other than 'loss' .the logged total."),
+        ("no_grad", r"model Broken: LossResult.total has no gradient \(requires_grad is False\)"),
+        ("no_loss", r"model 'broken': NoLoss has no loss\(out, batch\) method"),
     ],
 )
 def test_a_model_breaking_the_contract_is_told_how(how, message, tmp_path, monkeypatch, registry, capsys):

@@ -94,7 +94,9 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
     """Add a deep model under ``name`` in this process: ``builder(cfg, spec)`` returns the
     ``nn.Module`` (the contract in ``ramer.models.base``). ``space``: the ``spaces.Param`` that
     ``ramer tune`` searches for it (default ``spaces.COMMON``). Registering the same builder again
-    only replaces its space; a name another model holds is an error."""
+    only replaces its space. A name registered in this process may be registered again with a new
+    builder (a notebook cell run again, a module reloaded), which replaces the builder and its space;
+    a name of this package's models or of an installed model is an error."""
     from ramer.models.spaces import SPACES, check_space
 
     if not isinstance(name, str) or not NAME.match(name):
@@ -104,7 +106,9 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
     if not callable(builder):
         raise RamerError(f"model '{name}': the builder must be callable as builder(cfg, spec), not {builder!r}")
     if name in KNOWN and BUILDERS.get(name) is not builder:
-        raise RamerError(f"model name '{name}' is taken; known: {known_models()}")
+        if _ours(name) or name in _installed():
+            raise RamerError(f"model name '{name}' is taken; known: {known_models()}")
+        SPACES.pop(name, None)  # registered here before, with another builder: this one replaces it
     if space is not None:
         SPACES[name] = check_space(name, space)
     BUILDERS[name] = builder
@@ -243,6 +247,11 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
             ) from e
     if not isinstance(model, nn.Module):
         raise RamerError(f"model '{name}': its builder returned a {type(model).__name__}, not a torch.nn.Module")
+    if not callable(getattr(model, "loss", None)):
+        raise RamerError(
+            f"model '{name}': {type(model).__name__} has no loss(out, batch) method returning a "
+            "ramer.models.base.LossResult (docs/ARCHITECTURE.md, 'Adding a model')"
+        )
     return model
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ramer.config import TASKS
@@ -126,6 +127,11 @@ def checked_loss(model, loss) -> LossResult:
     if not isinstance(loss.total, Tensor) or loss.total.numel() != 1:
         got = f"shape {tuple(loss.total.shape)}" if isinstance(loss.total, Tensor) else type(loss.total).__name__
         raise RamerError(f"model {name}: LossResult.total must be a scalar tensor (one number), got {got}")
+    if torch.is_grad_enabled() and not loss.total.requires_grad:
+        raise RamerError(
+            f"model {name}: LossResult.total has no gradient (requires_grad is False): it is detached, or "
+            "depends on no trained parameter"
+        )
     if not isinstance(loss.terms, dict):
         got = type(loss.terms).__name__
         raise RamerError(f"model {name}: LossResult.terms must be a dict of named scalars, got {got}")

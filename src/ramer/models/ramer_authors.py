@@ -35,11 +35,11 @@ with no token in the scope gets ``U_m = 0`` (the encoders' summary token and the
 no NaN; with personality, ``U_m`` from the personality tokens alone) and is left out where its
 ``U_m`` would be read as real: the ``U``-level classification, the reconstruction targets, the
 prototypes, its contrastive items, and the other modalities' reconstruction, which reads its
-prototype decode instead of ``recon_m``. The adversary's terms take every modality, as the authors'. Prototype updates (the
-per-sample EMA in closed form) and shuffles are tensor operations; SupCon uses the queue as keys
-only; any batch size works. What still differs from the authors' code (docs/MODEL.md): the
-encoders (pre-LN, a summary token), the target-token bonus of the label attention, the optimiser
-(AdamW, not BertAdam) and a queue that starts empty.
+prototype decode instead of ``recon_m``. The adversary's terms take every modality, as the
+authors'. Prototype updates (the per-sample EMA in closed form) and shuffles are tensor operations;
+SupCon uses the queue as keys only; any batch size works. What still differs from the authors'
+code (docs/MODEL.md): the encoders (pre-LN, a summary token), the target-token bonus of the label
+attention, the optimiser (AdamW, not BertAdam) and a queue that starts empty.
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden, k stack sources, P code size.
 """
