@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -755,3 +756,22 @@ def test_resume_refuses_a_malformed_state_log_or_config_and_loses_nothing(
     assert f"{out / name}" in err and message in err and one_error_line(err), err
     assert "weights_only" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != name} == files
+
+
+def test_a_run_with_extra_missingness_is_scored_in_python_as_it_was_tested(tmp_path, bundle):
+    """README's Python block: ``apply_missing(bundle, predictor.cfg)`` gives the test split as the
+    run's test line (and ``ramer eval``) scored it; the data as it is gives other figures."""
+    import ramer
+    from ramer.infer import apply_missing
+    from ramer.metrics import multilabel_metrics
+
+    out = tmp_path / "run"
+    Recipe(tiny_cfg(extra=["data.missing_rate=0.6"]), out, bundle=bundle).run()
+    tested = json.loads((out / "test_metrics.json").read_text())["overall"]
+    predictor = ramer.load(out)
+    test = apply_missing(bundle, predictor.cfg)["test"]
+    got = multilabel_metrics(test.labels, predictor.decide(predictor.predict(test)))
+    assert got["micro_f1"] == pytest.approx(tested["micro_f1"], abs=1e-9)
+    assert got["macro_f1"] == pytest.approx(tested["macro_f1"], abs=1e-9)
+    plain = bundle.splits["test"]
+    assert not np.array_equal(plain.present, test.present)  # the extra missingness hid tokens
