@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import re
 import subprocess
@@ -423,3 +424,191 @@ def test_a_refused_name_with_a_newline_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(RamerError) as e:
         safe_load(p)
     assert "\n" not in str(e.value) and "refusing to load 'numpy.core.multiarra\\n._reconstruct'" in str(e.value)
+
+
+# ------------------------------------------------------------------ an array's state (BUILD)
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy.(_)core.multiarray._reconstruct
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy.(_)core.numeric._frombuffer
+_SCALAR = np.float64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
+
+
+class _Build(fw._Reduce):
+    """An object whose unpickling calls ``func(*args)`` and then BUILDs the result with ``state``."""
+
+    def __init__(self, func, args, state):
+        super().__init__(func, args)
+        self.state = state
+
+    def __reduce__(self):
+        return (self.func, self.args, self.state)
+
+
+def _object_state(shape) -> tuple:
+    """An object array's state whose list holds no items at all (numpy's hold prod(shape))."""
+    return (1, shape, np.dtype("O"), False, [])
+
+
+HOSTILE_STATES = {
+    # 208 bytes of pickle: numpy reads past the list's end (exit 139 without the check)
+    "short object list": (_Build(_RECONSTRUCT, (np.ndarray, (0,), b"b"), _object_state((3,))), (3,)),
+    # numpy allocates the shape first (7.3 TiB: it cannot; 8 GB for (10**5, 10**4) it would)
+    "huge object shape": (_Build(_RECONSTRUCT, (np.ndarray, (0,), b"b"), _object_state(BOMB_SHAPE)), BOMB_SHAPE),
+    # the other ways a pickle gets an array to BUILD: _frombuffer (protocol 5), numpy.ndarray((0,))
+    "frombuffer built again": (_Build(_FROMBUFFER, (b"", np.dtype("f8"), (0,), "C"), _object_state((3,))), (3,)),
+    "empty ndarray built": (_Build(np.ndarray, ((0,),), _object_state((3,))), (3,)),
+}
+
+_CHECK_FILES = (
+    "import resource, sys\n"
+    "import torch\n"  # imported before the address-space limit: 1 GiB beyond what the process holds now
+    "vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))\n"
+    "from ramer.data.safe_load import safe_load\n"
+    "from ramer.errors import RamerError\n"
+    "for p in sys.argv[1:]:\n"
+    "    try:\n        safe_load(p)\n        print('LOADED', p)\n"
+    "    except RamerError as e:\n        print(str(e).replace('\\n', '\\\\n'))\n"
+    "    sys.stdout.flush()\n"
+)
+
+
+def _check_in_a_subprocess(paths: list[Path]) -> list[str]:
+    """``safe_load`` each file in a child process (a crash fails the test instead of pytest), under
+    an address-space limit of 1 GiB beyond what the process holds: one message line per file."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHECK_FILES, *map(str, paths)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stdout[-600:]} {out.stderr[-600:]}"
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(paths), out.stdout
+    return lines
+
+
+def _write_hostile(path: Path, evil, route: str) -> Path:
+    if route == "pickle":
+        path.write_bytes(pickle.dumps({"x": evil}, protocol=2))
+    else:
+        first = {"t": torch.ones(2)} if route != "torch zip" else {}  # a tensor first: read by torch.load
+        torch.save({**first, "x": evil}, path, _use_new_zipfile_serialization=route != "torch legacy")
+    return path
+
+
+@pytest.mark.parametrize("route", ["pickle", "torch zip", "torch zip with a tensor", "torch legacy"])
+def test_an_array_state_that_does_not_hold_its_shape_is_refused(tmp_path: Path, route: str) -> None:
+    """numpy fills a pickled array from its state (BUILD, from C): for a dtype holding objects it
+    allocates the state's shape and reads that many items from its list without checking the
+    list's length. Each route (the restricted unpickler, the zip streamed through it, torch's
+    weights-only unpickler) checks the state first: one line naming the file, nothing allocated."""
+    paths = [_write_hostile(tmp_path / f"{i}.bin", evil, route) for i, (evil, _) in enumerate(HOSTILE_STATES.values())]
+    for p, line, (case, (_, shape)) in zip(paths, _check_in_a_subprocess(paths), HOSTILE_STATES.items()):
+        assert line.startswith(f"{p}: ") and "more memory" not in line, (case, line)
+        assert f"numpy array of shape {shape} and dtype object with 0 items (it needs {math.prod(shape)} items)" in line
+
+
+@pytest.mark.parametrize("route", ["pickle", "torch zip", "torch zip with a tensor", "torch legacy"])
+def test_a_numpy_scalar_without_its_bytes_is_refused_before_it_is_allocated(tmp_path: Path, route: str) -> None:
+    """``scalar(dtype('V2000000000'))``: numpy zero-fills a 2 GB item when no data is given (its own
+    pickles always give the item's bytes); under the child's limit that would be 'more memory'."""
+    evil = fw._Reduce(_SCALAR, (np.dtype("V2000000000"),))
+    p = _write_hostile(tmp_path / "scalar.bin", evil, route)
+    (line,) = _check_in_a_subprocess([p])
+    assert line.startswith(f"{p}: ") and "more memory" not in line, line
+    assert "numpy scalar of dtype |V2000000000 without data (it needs 2000000000 bytes)" in line, line
+
+
+@pytest.mark.parametrize(
+    "args, given",
+    [
+        ((np.dtype("V8"),), "without data"),
+        ((np.dtype("f4"), b"\x00\x00\xc0?!"), "with 5 bytes"),
+        ((np.dtype("f4"), b"\x00\x00"), "with 2 bytes"),
+        ((np.dtype("O"), [1]), "with data of type list"),  # numpy: deprecated, 'should never be created'
+    ],
+)
+def test_a_numpy_scalar_takes_exactly_its_item_bytes(args: tuple, given: str) -> None:
+    data = pickle.dumps(fw._Reduce(_SCALAR, args), protocol=2)
+    with pytest.raises(
+        RamerError, match=rf"^payload: not a readable pickle \(UnpicklingError: numpy scalar .* {given}"
+    ):
+        safe_pickle_loads(data, "payload")
+
+
+def _legit_numpy() -> dict:
+    """numpy objects as numpy pickles them: object arrays (strings, lists, arrays, a record with
+    object fields), arrays shared and inside tuples / OrderedDict / Namespace, and scalars."""
+    shared = np.arange(5.0)
+    objects = np.empty(3, dtype=object)
+    objects[:] = [np.zeros(2), [1, np.ones(3)], "s"]
+    record = np.zeros(2, dtype=[("a", "O", (3,)), ("b", "<i4"), ("c", "<f8", (2,)), ("d", "O")])
+    record[0] = (np.array([1, 2, 3], dtype=object), 7, [1.5, 2.5], np.arange(2))
+    return {
+        "strings": np.array(["a", "bb", None], dtype=object),
+        "lists": np.array([[1, 2], [3]] + [None], dtype=object)[:2],
+        "objects": objects,
+        "fortran objects": np.asfortranarray(np.array([[np.ones(1), "x"], [None, 2]], dtype=object)),
+        "nested": np.array([objects, None], dtype=object),
+        "record": record,
+        "zero_d object": np.array(None, dtype=object),
+        "tuple": (np.ones(2), 3, (np.zeros(1), "x")),
+        "shared": [shared, shared, {"again": shared}],
+        "od": OrderedDict([("a", np.ones(2)), ("b", [np.zeros(1)])]),
+        "ns": argparse.Namespace(x=np.ones(3), y=[np.zeros(2)]),
+        "scalars": [
+            np.float32(1.5),
+            np.int64(-3),
+            np.str_("héllo"),
+            np.bool_(True),
+            np.complex64(1j),
+            np.array([(1, 2.5)], dtype=[("a", "<i4"), ("b", "<f8")])[0],
+            np.void(b"xyz"),
+            np.datetime64("2020-01-02"),
+        ],
+    }
+
+
+def _assert_same(got, want, where: str = "") -> None:
+    """Equal values of exactly the same types (plain ``np.ndarray``, never a stand-in)."""
+    assert type(got) is type(want), (where, type(got), type(want))
+    if isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype and got.shape == want.shape, where
+        assert got.flags.c_contiguous == want.flags.c_contiguous and got.flags.f_contiguous == want.flags.f_contiguous
+        if want.dtype.names:
+            for name in want.dtype.names:
+                _assert_same(got[name], want[name], f"{where}.{name}")
+        elif want.dtype.hasobject:
+            for i, (g, w) in enumerate(zip(got.flat, want.flat)):
+                _assert_same(g, w, f"{where}[{i}]")
+        else:
+            assert got.tobytes() == want.tobytes(), where
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, dict):
+        assert list(got) == list(want), where
+        for k in want:
+            _assert_same(got[k], want[k], f"{where}[{k!r}]")
+    elif isinstance(want, argparse.Namespace):
+        _assert_same(vars(got), vars(want), where)
+    elif isinstance(want, np.generic):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.parametrize("how", ["pickle 2", "pickle 5", "torch zip", "torch zip with a tensor", "torch legacy"])
+def test_object_arrays_and_scalars_as_numpy_writes_them_still_load(tmp_path: Path, how: str) -> None:
+    """Every array a pickle makes is held until the load ends (its BUILD checked); the loaders then
+    get the arrays numpy made, in place in dicts, lists, tuples, Namespaces and object arrays, an
+    array stored twice still one object."""
+    obj = _legit_numpy()
+    p = tmp_path / "numpy.bin"
+    if how.startswith("pickle"):
+        p.write_bytes(pickle.dumps(obj, protocol=int(how[-1])))
+    else:
+        first = {"t": torch.arange(3.0)} if how != "torch zip" else {}
+        torch.save({**first, **obj}, p, _use_new_zipfile_serialization=how != "torch legacy")
+    got = safe_load(p)
+    got.pop("t", None)
+    _assert_same(got, obj)
+    assert got["shared"][0] is got["shared"][1] is got["shared"][2]["again"]

@@ -11,8 +11,10 @@ function a file names, so both kinds go through one allow-list:
   bool (never ``eval``, ``exec``, ``open``, ``getattr``, ``__import__``, ...),
 - and no constructor that takes a bare size: ``bytes(n)``, ``bytearray(n)``, ``numpy.ndarray(shape)``
   and a non-empty ``_reconstruct`` shape are refused (a few bytes of pickle could ask for 100 GB:
-  ``numpy.ndarray`` resolves to a stand-in that ``_reconstruct`` takes as the class); a pickle that
-  still asks for more memory than there is (a huge length field) is a ``RamerError`` too,
+  ``numpy.ndarray`` resolves to a stand-in that ``_reconstruct`` takes as the class); an array's
+  state (BUILD) must hold exactly its shape's content, as numpy's own pickles do, and a numpy
+  scalar its item's bytes (``_PendingArray``, ``_checked_scalar``); a pickle that still asks for
+  more memory than there is (a huge length field) is a ``RamerError`` too,
 - inside ``torch.save`` files, additionally torch's own tensor types (torch's ``weights_only``
   allow-list).
 
@@ -81,12 +83,77 @@ def _refuse_non_empty(what: str, shape: Any) -> None:
         raise pickle.UnpicklingError(f"{what} asks for a non-empty array of shape {str(shape)[:60]}")
 
 
+def _check_array_state(state: Any) -> None:
+    """Refuse an array state (``ndarray.__setstate__``, the BUILD after ``_reconstruct``) that does
+    not hold its whole content. numpy's own pickles give ``(version, shape, dtype, is_fortran,
+    data)`` with ``data`` a list of exactly ``prod(shape)`` items for a dtype holding objects, else
+    ``prod(shape) * itemsize`` bytes. numpy checks the bytes, but for a list it allocates the shape
+    first and reads the list without a bound: a short list crashes the process (a 208-byte pickle),
+    and a large shape allocates (8 GB for ``(10**5, 10**4)``) before it fails."""
+    if type(state) is not tuple or len(state) not in (4, 5):
+        raise pickle.UnpicklingError(f"numpy array state is a {type(state).__name__}, not numpy's 5-tuple")
+    shape, dtype, data = state[-4], state[-3], state[-1]
+    try:
+        size = math.prod(shape)  # an int only when each dimension is one (not a float, not np.int64)
+    except TypeError:
+        size = None
+    if type(shape) is not tuple or type(size) is not int or min(shape, default=0) < 0:
+        raise pickle.UnpicklingError(f"numpy array state with shape {str(shape)[:60]}")
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"numpy array state with dtype {str(dtype)[:40]}")
+    if dtype.hasobject:  # numpy's tolist(): one item per element
+        if type(data) is not list or len(data) != size:
+            held = f"{len(data)} items" if type(data) is list else f"a {type(data).__name__}"
+            raise pickle.UnpicklingError(
+                f"numpy array of shape {str(shape)[:60]} and dtype {dtype} with {held} (it needs {size} items)"
+            )
+        for i, x in enumerate(data):  # arrays among the items reach numpy as arrays, as before
+            if type(x) is _PendingArray:
+                data[i] = x.array
+            elif type(x) not in _LEAVES:
+                _resolve(data)
+                break
+        return
+    if isinstance(data, (bytes, str)):  # str: a Python 2 pickle read as latin-1
+        held = len(data)
+    else:
+        try:
+            held = memoryview(data).nbytes
+        except TypeError:
+            raise pickle.UnpicklingError(f"numpy array state with data of type {type(data).__name__}") from None
+    if held != size * dtype.itemsize:
+        raise pickle.UnpicklingError(
+            f"numpy array of shape {str(shape)[:60]} and dtype {dtype} with {held} bytes "
+            f"(it needs {size * dtype.itemsize})"
+        )
+
+
+class _PendingArray:
+    """What a pickle gets where numpy gives an array (``_reconstruct``, ``_frombuffer``,
+    ``ndarray(())``): the array, held until the load ends. A BUILD calls ``__setstate__`` on the
+    object a pickle made, from C (``pickle.Unpickler`` offers no hook there) or from torch's
+    weights-only unpickler (for the types among its safe globals, where this class is listed in
+    place of ``numpy.ndarray``); here the state is checked (``_check_array_state``) before numpy
+    sees it. Once loaded, each one is replaced by its array (``_resolve``): the loaders get the very
+    arrays numpy made, plain ``np.ndarray``."""
+
+    __slots__ = ("array",)
+    __hash__ = None  # type: ignore[assignment]  # like an array: no dict key or set member
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __setstate__(self, state: Any) -> None:
+        _check_array_state(state)
+        self.array.__setstate__(state)
+
+
 def _ndarray(*args: Any, **kwargs: Any) -> Any:
     """What a pickle gets for ``numpy.ndarray``: the class is only ever passed to ``_reconstruct``
     (translated back there), never called by numpy's own pickles; called, ``ndarray(shape)``
     allocates that shape, so only an empty one is allowed."""
     _refuse_non_empty("numpy.ndarray", args[0] if args else kwargs.get("shape"))
-    return np.ndarray(*args, **kwargs)
+    return _PendingArray(np.ndarray(*args, **kwargs))
 
 
 _ndarray.__name__ = _ndarray.__qualname__ = "ndarray"
@@ -95,9 +162,110 @@ _CLASS_OF = {_ndarray: np.ndarray}  # the allow-list's stand-in -> the class it 
 
 def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
     """numpy's ``_reconstruct``: a pickled array is made empty (shape ``(0,)``) and then filled from
-    its state; a non-empty shape is refused (``_refuse_non_empty``)."""
+    its state; a non-empty shape is refused (``_refuse_non_empty``), the state is checked
+    (``_PendingArray``)."""
     _refuse_non_empty("_reconstruct", shape)
-    return _reconstruct(_CLASS_OF.get(subtype, subtype), shape, dtype)
+    return _PendingArray(_reconstruct(_CLASS_OF.get(subtype, subtype), shape, dtype))
+
+
+def _checked_frombuffer(*args: Any) -> Any:
+    """numpy's ``_frombuffer`` (protocol 5): the array views the pickle's bytes; held like the
+    others so that a BUILD on it is checked too."""
+    return _PendingArray(_frombuffer(*args))
+
+
+def _checked_scalar(dtype: Any, *data: Any) -> Any:
+    """numpy's ``scalar(dtype, data)``: numpy's own pickles pass the item's bytes, exactly
+    ``dtype.itemsize`` of them; without them numpy allocates a zeroed item of ``dtype.itemsize``
+    bytes (``V2000000000``: 2 GB from nothing in the file), so only that call is allowed (a str:
+    a Python 2 pickle read as latin-1)."""
+    item = data[0] if len(data) == 1 else None
+    if not isinstance(dtype, np.dtype) or not isinstance(item, (bytes, str)) or len(item) != dtype.itemsize:
+        given = (
+            "without data"
+            if not data
+            else f"with {len(data)} data arguments"
+            if len(data) > 1
+            else f"with {len(item)} bytes"
+            if isinstance(item, (bytes, str))
+            else f"with data of type {type(item).__name__}"
+        )
+        need = f"{dtype.itemsize} bytes" if isinstance(dtype, np.dtype) else "a dtype"
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {str(dtype)[:40]} {given} (it needs {need})")
+    return _scalar(dtype, item)
+
+
+_LEAVES = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, set, frozenset})
+
+
+def _children(obj: Any) -> Any:
+    """What ``_resolve`` looks into (set members and dict keys are hashable: never an array)."""
+    if isinstance(obj, (list, tuple)):
+        return obj
+    if isinstance(obj, np.ndarray):  # holding objects
+        if obj.dtype.names:  # a record: each field holding objects, as an array view
+            return [obj[name] for name in obj.dtype.names if obj.dtype[name].hasobject]
+        return list(obj.flat)
+    kids = list(obj.values()) if isinstance(obj, dict) else []
+    attrs = getattr(obj, "__dict__", None)  # argparse.Namespace, a tensor's attributes
+    if type(attrs) is dict and not isinstance(obj, type):
+        kids += attrs.values()
+    return kids
+
+
+def _patch(obj: Any, new: dict[int, Any]) -> None:
+    """Put each replacement (``new``: id -> object) in place inside ``obj``; a tuple is rebuilt."""
+    if type(obj) is tuple:
+        if any(id(x) in new for x in obj):
+            new[id(obj)] = tuple(new.get(id(x), x) for x in obj)
+    elif isinstance(obj, list):
+        for i, x in enumerate(obj):
+            if id(x) in new:
+                obj[i] = new[id(x)]
+    elif isinstance(obj, np.ndarray):
+        if not obj.dtype.names:
+            for i, x in enumerate(obj.flat):
+                if id(x) in new:
+                    obj.flat[i] = new[id(x)]
+    else:
+        attrs = getattr(obj, "__dict__", None)
+        for d in (
+            obj if isinstance(obj, dict) else {},
+            attrs if type(attrs) is dict and not isinstance(obj, type) else {},
+        ):
+            for k in [k for k, v in d.items() if id(v) in new]:  # keys only: no tuple per item
+                d[k] = new[id(d[k])]
+
+
+_PATCH = object()  # on _resolve's stack: the object below it has had its items visited
+
+
+def _resolve(root: Any) -> Any:
+    """``root`` with every ``_PendingArray`` in it replaced by its array: in place inside lists,
+    dicts, object arrays and attribute dicts, a tuple holding one rebuilt. A loop, not recursion:
+    a pickle nested deeper than Python's recursion limit loads as before."""
+    new: dict[int, Any] = {}  # id(proxy or tuple) -> its replacement
+    seen: dict[int, Any] = {}  # id -> object: each one met is kept alive, so that ids stay unique
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if obj is _PATCH:
+            _patch(stack.pop(), new)
+            continue
+        if type(obj) is _PendingArray:
+            seen[id(obj)] = obj
+            new[id(obj)] = obj = obj.array
+        if type(obj) in _LEAVES or id(obj) in seen or type(obj) is np.ndarray and not obj.dtype.hasobject:
+            continue
+        seen[id(obj)] = obj
+        stack += (obj, _PATCH)
+        for x in _children(obj):
+            if type(x) is _PendingArray:  # its array, at once: a container is patched after its items
+                seen[id(x)] = x
+                new[id(x)] = x = x.array
+            if type(x) not in _LEAVES and id(x) not in seen:
+                stack.append(x)
+    return new.get(id(root), root)
 
 
 def _no_size(cls: type) -> Any:
@@ -128,8 +296,8 @@ def _build_allow_list() -> dict[str, Any]:
     allowed: dict[str, Any] = {}
     for core in ("numpy.core", "numpy._core"):
         allowed[f"{core}.multiarray._reconstruct"] = _checked_reconstruct
-        allowed[f"{core}.multiarray.scalar"] = _scalar
-        allowed[f"{core}.numeric._frombuffer"] = _frombuffer
+        allowed[f"{core}.multiarray.scalar"] = _checked_scalar
+        allowed[f"{core}.numeric._frombuffer"] = _checked_frombuffer
     allowed["numpy.ndarray"] = _ndarray  # not the class itself: ndarray(shape) allocates
     allowed["numpy.dtype"] = np.dtype
     for name in dir(np.dtypes):
@@ -189,7 +357,7 @@ def safe_pickle_loads(data: bytes, source: str = "<bytes>") -> Any:
 
 def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
     try:
-        return _RestrictedUnpickler(fh, source, torch_aware).load()
+        return _resolve(_RestrictedUnpickler(fh, source, torch_aware).load())
     except (RamerError, _NeedsTorch):
         raise
     except (
@@ -250,17 +418,15 @@ def _torch_safe_globals() -> list:
     """The numpy/argparse entries of the allow-list in torch's (object, "module.name") form.
 
     torch's unpickler fills an object (BUILD) only when its type is among these objects, so the
-    class ``numpy.ndarray`` is added too, under a name with a newline: a GLOBAL opcode reads
-    module and name up to a newline, so no pickle can name it and ``numpy.ndarray`` resolves to
-    the stand-in that refuses a size."""
+    class of what the pickle gets for an array (``_PendingArray``, whose BUILD checks the state;
+    never ``numpy.ndarray`` itself) is added too, under a name with a newline: a GLOBAL opcode reads
+    module and name up to a newline, so no pickle can name it."""
     out = []
     for full, obj in ALLOWED_GLOBALS.items():
         if full in ("_codecs.encode", "collections.OrderedDict"):
             continue  # torch's weights-only unpickler handles these itself
         out.append((obj, full))
-    out += [
-        (cls, f"{stand_in.__module__}.{stand_in.__name__}\n(instances only)") for stand_in, cls in _CLASS_OF.items()
-    ]
+    out.append((_PendingArray, f"{__name__}._PendingArray\n(instances only)"))
     return out
 
 
@@ -293,7 +459,7 @@ def _torch_load(path: Path) -> Any:
 
     try:
         with safe_globals(_torch_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _resolve(torch.load(path, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as e:
         msg = str(e)
         refused = refused_global(msg)
