@@ -612,3 +612,20 @@ def test_object_arrays_and_scalars_as_numpy_writes_them_still_load(tmp_path: Pat
     got.pop("t", None)
     _assert_same(got, obj)
     assert got["shared"][0] is got["shared"][1] is got["shared"][2]["again"]
+
+
+def test_a_pickle_cannot_change_an_allowed_class_for_the_process():
+    """BUILD on the class a pickle names (argparse.Namespace, state ``(None, {'__repr__': list})``)
+    changes a class of that load's own, never ``argparse.Namespace``; Namespaces still load as
+    ``argparse.Namespace`` at every protocol."""
+    hostile = b"\x80\x02cargparse\nNamespace\nN}X\x08\x00\x00\x00__repr__c__builtin__\nlist\ns\x86b."
+    try:
+        safe_pickle_loads(hostile, "x.pkl")
+        assert "__repr__" not in vars(argparse.Namespace)
+    finally:  # without the protection, undo the damage for the other tests
+        if vars(argparse.Namespace).get("__repr__") is list:
+            del argparse.Namespace.__repr__
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        got = safe_pickle_loads(pickle.dumps({"s": argparse.Namespace(a=1, b=[argparse.Namespace(c=2)])}, protocol))
+        assert type(got["s"]) is argparse.Namespace and type(got["s"].b[0]) is argparse.Namespace
+        assert got["s"] == argparse.Namespace(a=1, b=[argparse.Namespace(c=2)])

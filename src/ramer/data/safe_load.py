@@ -257,6 +257,8 @@ def _resolve(root: Any) -> Any:
             new[id(obj)] = obj = obj.array
         if type(obj) in _LEAVES or id(obj) in seen or type(obj) is np.ndarray and not obj.dtype.hasobject:
             continue
+        if getattr(type(obj), "_one_load", False):  # an instance of this load's own Namespace class
+            obj.__class__ = argparse.Namespace
         seen[id(obj)] = obj
         stack += (obj, _PATCH)
         for x in _children(obj):
@@ -284,9 +286,19 @@ def _no_size(cls: type) -> Any:
 _SAFE_CLASSES: tuple[type, ...] = (collections.OrderedDict, argparse.Namespace, np.ndarray, np.dtype)
 
 
+def _one_load_namespace() -> type:
+    """A class of its own for one load to give for ``argparse.Namespace``: a pickle can BUILD on a
+    class it names (set attributes of it, e.g. ``__repr__``), which on ``argparse.Namespace`` itself
+    would change it for the whole process; its instances become ``argparse.Namespace`` ones when
+    the load ends (``_resolve``). The other allow-listed classes are immutable (C types)."""
+    return type("Namespace", (argparse.Namespace,), {"__module__": "argparse", "_one_load": True})
+
+
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
     """``copyreg._reconstructor`` (protocol 0/1 pickles of plain objects) for allowed classes only."""
     cls = _CLASS_OF.get(cls, cls)
+    if isinstance(cls, type) and cls.__dict__.get("_one_load") is True and cls.__bases__ == (argparse.Namespace,):
+        cls = argparse.Namespace
     if cls not in _SAFE_CLASSES or base is not object or state is not None:
         raise pickle.UnpicklingError(f"copyreg._reconstructor({cls!r}, {base!r})")
     return copyreg._reconstructor(cls, base, state)
@@ -330,9 +342,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding="latin1")
         self._source = source
         self._torch_aware = torch_aware
+        self._namespace: type | None = None  # made when a pickle names argparse.Namespace
 
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)
+        if (module, name) == ("argparse", "Namespace"):  # not the class itself: BUILD could change it
+            self._namespace = self._namespace or _one_load_namespace()
+            return self._namespace
         try:
             return ALLOWED_GLOBALS[f"{module}.{name}"]
         except KeyError:
