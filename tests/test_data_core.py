@@ -1,5 +1,7 @@
 """Config validation, the scene store and its collation, the native format, the embedded benchmark."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from conftest import random_store
 from ramer.batch import MODALITIES
 from ramer.config import DataConfig, SynthConfig, build_config
 from ramer.data import load_bundle
-from ramer.data.store import DataBundle, load_native
+from ramer.data.commands import convert
+from ramer.data.store import DataBundle, SceneStore, load_native
 from ramer.data.synthetic import generate, statistics
 from ramer.errors import RamerError
 
@@ -117,6 +120,220 @@ def test_missing_rate_hides_present_modalities_only():
     share = hidden.present.sum() / store.present.sum()
     assert 0.35 < share < 0.65
     np.testing.assert_array_equal(store.with_missing(0.5, seed=1).present, hidden.present)
+
+
+# ------------------------------------------------------------------ a store and a bundle made in memory
+def files(folder):
+    """Every file under ``folder`` (relative names) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def bundle_of(store, **kw):
+    return DataBundle({"train": store, "valid": store, "test": store}, store.label_names, "test", "mem", **kw)
+
+
+def made(store, **changes):
+    return SceneStore(**{**store.__dict__, **changes})
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"labels": lambda s: np.full(s.labels.shape, 0.6)}, r"<memory>: labels row 0 holds 0.6; expected 0 or 1"),
+        ({"labels": lambda s: np.full(s.labels.shape, np.nan)}, r"<memory>: labels row 0 holds nan; expected 0 or 1"),
+        ({"labels": lambda s: -s.labels.astype(np.int64)}, r"labels row \d+ holds -1; expected 0 or 1 \(multi-hot\)"),
+        ({"ids": lambda s: list(range(len(s)))}, r"<memory>: ids holds a number \(0\), expected a list of strings"),
+        ({"ids": lambda s: list(np.arange(len(s)))}, r"<memory>: ids holds a number \(0\), expected a list of strings"),
+        (
+            {"personality_present": lambda s: s.personality_present.astype(np.int64)},
+            r"<memory>: personality_present has dtype int64, expected bool$",
+        ),
+        (
+            {"token_offsets": lambda s: s.token_offsets.astype(np.float64)},
+            r"<memory>: token_offsets has dtype float64, expected integers \(stored as int64\)",
+        ),
+        ({"present": lambda s: s.present.astype(np.uint8)}, r"<memory>: present has dtype uint8, expected bool$"),
+        ({"target": lambda s: s.target + 0.5}, r"<memory>: target has dtype float64, expected integers"),
+        ({"text": lambda s: s.text.astype(str)}, r"<memory>: text has dtype <U\d+, expected real numbers"),
+        ({"character": lambda s: s.character + 2**40}, r"<memory>: character holds \d+, beyond what int32"),
+        ({"label_names": lambda s: "l0l1l"}, r"<memory>: label_names is a string \(\"l0l1l\"\), expected a list"),
+        ({"label_names": lambda s: ("l0", "l1", "l0", "l3", "l4")}, r"label_names names 'l0' twice"),
+        ({"label_names": lambda s: (0, 1, 2, 3, 4)}, r"label_names holds a number \(0\), expected a list of strings"),
+        ({"text": lambda s: [[1.0, 2.0], [3.0]]}, r"<memory>: text is not an array \("),
+    ],
+    ids=[
+        *("labels-0.6", "labels-nan", "labels-minus-1", "ids-int", "ids-numpy-int", "personality_present-int"),
+        *("token_offsets-float", "present-uint8", "target-float", "text-str", "character-beyond-int32"),
+        *("label_names-str", "label_names-repeated", "label_names-int", "text-ragged"),
+    ],
+)
+def test_a_store_made_in_memory_is_checked_as_a_loaded_one(change, match):
+    """What the native loader refuses (a dtype, a label other than 0/1, ids that are not strings) is
+    refused where a store is made, naming the array; it was trained on (0.6 as a soft target, scored
+    as 0), written as something else (-1 as 255) or failed later with a raw TypeError."""
+    store = random_store(n=4)
+    with pytest.raises(RamerError, match=match) as e:
+        made(store, **{k: f(store) for k, f in change.items()})
+    assert "\n" not in str(e.value)
+
+
+def test_lists_become_arrays_and_round_trip(tmp_path):
+    """Lists where arrays belong are taken as arrays (they raised AttributeError: 'list' object has no
+    attribute 'ndim'); labels of another number type hold 0 and 1 and are written as such."""
+    store = random_store(n=4)
+    listed = made(store, text=store.text.tolist(), grid=store.grid.tolist(), labels=store.labels.astype(np.float32))
+    assert isinstance(listed.grid, np.ndarray) and listed.fingerprint() == store.fingerprint()
+    bundle_of(listed).save(tmp_path / "d")
+    assert load_native(tmp_path / "d").splits["train"].fingerprint() == store.fingerprint()
+
+
+def test_save_checks_what_was_changed_after_the_store_was_made(tmp_path):
+    """A save checks the values again before it writes anything: an array edited in place, or ids
+    replaced, are named, and no folder is left behind (ids of numpy integers raised TypeError after
+    the arrays were written, leaving ``train.tmp``)."""
+    store = random_store(n=4)
+    store.ids = list(np.arange(4))
+    with pytest.raises(RamerError, match=r"^mem, split 'train': ids holds a number \(0\), expected a list of strings"):
+        bundle_of(store).save(tmp_path / "d")
+    store = made(random_store(n=4), labels=random_store(n=4).labels.astype(np.float32))
+    store.labels[2, 1] = 0.6
+    with pytest.raises(RamerError, match=r"^<memory>: labels row 2 holds 0.6; expected 0 or 1"):
+        store.save(tmp_path / "s")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_features_are_refused_on_save_and_by_check(tmp_path):
+    """NaN or inf in a present row of a store made in memory is named on save, before anything is
+    written, and by ``check`` (what training on an in-memory bundle calls), with the split; under a
+    False presence mask it is ignored, as on load. A float64 beyond float32's range is inf once stored."""
+    store = random_store(n=6, seed=2)
+    text = store.text.copy()
+    text[~store.present[:, 0]] = np.nan
+    masked = dataclasses.replace(store, text=text)
+    bundle_of(masked).check()
+    bundle_of(masked).save(tmp_path / "ok")
+    text[np.flatnonzero(store.present[:, 0])[0], :3] = np.inf
+    pers = store.personality.astype(np.float64)
+    pers[1, 0] = 1e39
+    for bad, match in (
+        (dataclasses.replace(store, text=text), "text holds 3 non-finite values"),
+        (dataclasses.replace(store, personality=pers), "personality holds 1 non-finite values"),
+    ):
+        with pytest.raises(RamerError) as e:
+            bundle_of(bad).check()
+        assert str(e.value) == (
+            f"mem, split 'train': {match} (NaN or inf) in present rows; features must be finite numbers "
+            "(write 0 for a missing value)"
+        )
+        with pytest.raises(RamerError, match=f"^mem, split 'train': {match}"):
+            bundle_of(bad).save(tmp_path / "d")
+        with pytest.raises(RamerError, match=f"^<memory>: {match}"):
+            bad.save(tmp_path / "s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
+
+
+# ------------------------------------------------------------------ a bundle and the folder it is saved in
+@pytest.mark.parametrize(
+    "splits, label_names, task, match",
+    [
+        ("same", ("l2", "l1", "l0", "l3", "l4"), "multi_label", r"split 'train' has label_names \['l0', 'l1', 'l2', "),
+        ("same", ("a", "b", "c", "d", "e"), "multi_label", r"the bundle \['a', 'b', 'c', 'd', 'e'\]; a split's label"),
+        ({}, None, "multi_label", r"^mem: splits is an empty dict, expected a dict mapping split names to SceneStores"),
+        ("list", None, "multi_label", r"^mem: splits is a list, expected a dict mapping split names"),
+        ({"../escape": "store"}, None, "multi_label", r"^mem: split name '../escape' is not a folder name"),
+        ({"train": "store", "meta.json": "store"}, None, "multi_label", r"split name 'meta.json' is one a dataset"),
+        ({"train.tmp": "store"}, None, "multi_label", r"split name 'train.tmp' is one a dataset folder keeps"),
+        ({"train": "store", "test": "other dims"}, None, "multi_label", r"split 'test' has text size 9, but 16 in"),
+        ({"train": "store", "test": None}, None, "multi_label", r"split 'test' is null, expected a SceneStore"),
+        ("same", None, "multilabel", r"^mem: task is 'multilabel', expected multi_label or single_label$"),
+    ],
+    ids=["order", "other-names", "empty", "list", "escape", "meta.json", "tmp", "dims", "not-a-store", "task"],
+)
+def test_a_bundle_is_checked_where_it_is_made(tmp_path, splits, label_names, task, match):
+    """A bundle's label names must be its splits' in their order: ``save`` wrote the bundle's into
+    meta.json and the splits' columns unchanged, relabelling every column without a word. An empty or
+    non-dict ``splits`` (StopIteration, AttributeError), a split name that is a path ('../escape' was
+    written beside the folder), different feature sizes and an unknown task are named where made."""
+    store = random_store(n=4)
+    other = random_store(n=4, dims=(9, 8, 12))
+    stores = {"store": store, "other dims": other, None: None}
+    if splits == "same":
+        splits = {"train": store, "valid": store, "test": store}
+    elif splits == "list":
+        splits = [store]
+    else:
+        splits = {name: stores[what] for name, what in splits.items()}
+    with pytest.raises(RamerError, match=match) as e:
+        DataBundle(splits, label_names or store.label_names, "test", "mem", task=task)
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bundle_changed_after_it_was_made_is_checked_on_save(tmp_path):
+    """``save`` checks the bundle again before anything is written or deleted."""
+    store = random_store(n=4)
+    bundle = bundle_of(store)
+    bundle.splits["../escape"] = store
+    with pytest.raises(RamerError, match="split name '../escape' is not a folder name"):
+        bundle.save(tmp_path / "d" / "inner")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_save_refuses_a_folder_holding_the_users_files(tmp_path):
+    """``SceneStore.save`` wrote over whatever folder it was given (``rmtree``); now only a split
+    folder written before (and a temporary folder a save left) is written over."""
+    store = random_store(n=4)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    (tmp_path / "split.tmp").mkdir()
+    (tmp_path / "split.tmp" / "notes.txt").write_text("mine too")
+    before = files(tmp_path)
+    with pytest.raises(RamerError) as e:
+        store.save(mine)
+    assert str(e.value) == (
+        f"{mine}: holds precious.txt, which a split folder does not; give a new or empty folder "
+        "(a split folder written before is written over)"
+    )
+    with pytest.raises(RamerError, match=r"split.tmp: holds notes.txt, which a split folder does not"):
+        store.save(tmp_path / "split")
+    assert files(tmp_path) == before
+    store.save(tmp_path / "new")
+    random_store(n=5, seed=1).save(tmp_path / "new")  # written over
+    assert SceneStore.load(tmp_path / "new", store.label_names).ids == [f"s{i}" for i in range(5)]
+
+
+def test_bundle_save_refuses_a_run_and_the_users_files(tmp_path):
+    """``DataBundle.save`` follows the rule of a dataset ``--out``: a run folder, or a split folder
+    holding a file of the user's, is refused before anything is written or deleted (it wrote the
+    dataset into the run, and deleted ``proj/train/notes.txt``)."""
+    bundle = bundle_of(random_store(n=4))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "model.safetensors", "metrics.jsonl"):
+        (run / name).write_text(name)
+    proj = tmp_path / "proj"
+    (proj / "valid").mkdir(parents=True)
+    (proj / "valid" / "notes.txt").write_text("keep")
+    before = files(tmp_path)
+    with pytest.raises(RamerError, match=r"run: holds config.yaml, metrics.jsonl, model.safetensors, which a dataset"):
+        bundle.save(run)
+    with pytest.raises(RamerError, match=r"proj/valid: holds notes.txt, which a split folder does not"):
+        bundle.save(proj)
+    assert files(tmp_path) == before
+
+
+def test_a_dataset_written_before_is_written_over_and_the_users_files_beside_it_stay(tmp_path):
+    """A dataset folder is saved again (in place from its own memory maps too, and by ``data convert``,
+    which removes meta.json before it saves); a file of the user's beside it is kept."""
+    d, src = tmp_path / "d", tmp_path / "src"
+    bundle_of(random_store(n=4)).save(d)
+    bundle_of(random_store(n=6, seed=1)).save(src)
+    (d / "notes.txt").write_text("mine")
+    load_native(d).save(d)
+    convert(str(src), d)
+    assert (d / "notes.txt").read_text() == "mine"
+    assert load_native(d).fingerprints() == load_native(src).fingerprints()
 
 
 # ------------------------------------------------------------------ embedded benchmark

@@ -7,7 +7,15 @@ import pytest
 from sklearn import metrics as skm
 
 from ramer.errors import RamerError
-from ramer.metrics import METRIC_KEYS, multilabel_metrics, per_label_metrics, report, top1_accuracy, tune_threshold
+from ramer.metrics import (
+    METRIC_KEYS,
+    decide,
+    multilabel_metrics,
+    per_label_metrics,
+    report,
+    top1_accuracy,
+    tune_threshold,
+)
 
 
 def sklearn_reference(y, p):
@@ -74,10 +82,67 @@ def test_empty_union_scores_zero_in_acc():
 
 
 def test_bad_input_is_rejected():
-    with pytest.raises(ValueError):
-        multilabel_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
-    with pytest.raises(ValueError):
-        multilabel_metrics(np.full((3, 2), 2), np.zeros((3, 2)))
+    """A RamerError (one line for the CLI) that is still the ValueError these functions raised before."""
+    for y_true, y_pred, message in (
+        (np.zeros((3, 2)), np.zeros((3, 3)), r"y_true \(3, 2\) and y_pred \(3, 3\) must be equal \(N, C\) arrays"),
+        (np.full((3, 2), 2), np.zeros((3, 2)), r"y_true must hold only 0 and 1 \(row 0 holds 2\)"),
+    ):
+        with pytest.raises(RamerError, match=message) as info:
+            multilabel_metrics(y_true, y_pred)
+        assert isinstance(info.value, ValueError)
+
+
+Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+S = np.array([[0.9, 0.2, 0.4], [0.1, 0.8, 0.3], [0.7, 0.4, 0.6], [0.1, 0.1, 0.1]])
+
+
+@pytest.mark.parametrize("bad", [0.6, np.nan, -1])
+def test_truth_that_is_not_0_or_1_is_refused(bad):
+    """Soft, NaN or -1 truth would be cast to some label (0.6 -> 0: micro recall 0) without a word."""
+    y = Y.astype(np.float64)
+    y[2, 1] = bad
+    for call in (lambda: report(y, S, 0.5), lambda: tune_threshold(y, S)):
+        with pytest.raises(RamerError, match=r"y_true must hold only 0 and 1 \(row 2 holds"):
+            call()
+
+
+@pytest.mark.parametrize("names", [["a"], ["a", "b", "c", "d"]])
+def test_label_names_must_name_every_label(names):
+    """Too few names dropped labels from per_label; too many raised an IndexError."""
+    for call in (lambda: per_label_metrics(Y, Y, names), lambda: report(Y, S, 0.5, label_names=names)):
+        with pytest.raises(RamerError, match=rf"label_names has {len(names)} name\(s\) for 3 labels"):
+            call()
+    assert list(report(Y, S, 0.5, label_names=["a", "b", "c"])["per_label"]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "threshold, message",
+    [
+        (np.array([0.5, 0.5]), r"threshold of shape \(2,\): expected a finite number, one per label \(shape \(3,\)\)"),
+        (None, "threshold None: expected a finite number"),
+        (float("nan"), "threshold nan: expected a finite number"),
+        ([0.5, float("inf"), 0.5], "threshold holds 1 NaN or infinite values"),
+        ("max", "unknown decision rule 'max'"),
+    ],
+)
+def test_a_bad_threshold_is_one_clear_error(threshold, message):
+    for call in (lambda: decide(S, threshold), lambda: report(Y, S, threshold)):
+        with pytest.raises(RamerError, match=message):
+            call()
+
+
+def test_wrong_shapes_name_the_argument_and_the_shapes():
+    for call, message in (
+        (lambda: decide(S[0], 0.5), r"scores have shape \(3,\), expected \(n, C\)"),
+        (lambda: report(Y, S[:, :2], 0.5), r"y_true \(4, 3\) and scores \(4, 2\) must be equal"),
+        (lambda: tune_threshold(Y, S[:, :2]), r"y_true \(4, 3\) and scores \(4, 2\) must be equal"),
+        (lambda: tune_threshold(Y[:, 0], S[:, 0]), r"y_true \(4,\) and scores \(4,\) must be equal \(N, C\)"),
+        (lambda: report(Y, S, 0.5, np.array([1, 0])), r"role has shape \(2,\), expected \(4,\)"),
+    ):
+        with pytest.raises(RamerError, match=message) as info:
+            call()
+        assert isinstance(info.value, ValueError)
+    assert decide(S, np.array([0.5, 0.3, 0.5])).tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 1], [0, 0, 0]]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -9,6 +9,7 @@ import torch
 from test_recipe import one_error_line, tiny_cfg
 
 import ramer
+from ramer.api import load_data_for
 from ramer.cli import main
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
@@ -145,6 +146,87 @@ def test_api_refuses_what_it_cannot_score(run):
         predictor.decide(np.zeros((3, 2)))
     with pytest.raises(RamerError, match="unknown precision 'fp16'"):
         ramer.load(out, precision="fp16")
+
+
+def nan_in_present(store, modality="text"):
+    """A copy of ``store`` whose ``modality`` features are NaN in every present row, edited after the
+    store was built (as a loaded store edited in a notebook would be)."""
+    import dataclasses
+
+    k = ("text", "audio", "visual").index(modality)
+    out = dataclasses.replace(store, **{modality: np.array(getattr(store, modality))})
+    getattr(out, modality)[np.asarray(store.present)[:, k]] = np.nan
+    return out
+
+
+def test_nonfinite_present_features_name_the_data_not_the_model(run):
+    """A batch with NaN under a True presence bit is refused (it was scored to NaN without a word); a
+    store or bundle whose NaN features make NaN scores is named with its modality, where the error
+    blamed the model. NaN under a False presence bit is no error."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    bundle = generate(cfg.data.synthetic)
+    test = bundle.splits["test"]
+    bad = nan_in_present(test, "audio")
+    with pytest.raises(RamerError, match=r"^batch: \d+ non-finite values \(NaN or inf\) in present audio features "):
+        predictor.predict(bad.collate([0, 1, 2]))
+    with pytest.raises(RamerError, match=r"^synthetic:test: \d+ non-finite values \(NaN or inf\) in present audio"):
+        predictor.predict(bad)  # the store's source, as every store error names it
+    bundle.splits["valid"] = nan_in_present(bundle.splits["valid"])
+    with pytest.raises(RamerError, match=r"^synthetic\(seed=\d+\): split 'valid': \d+ non-finite .* present text"):
+        predictor.predict(bundle, split="valid", workers=2)
+    hidden = test.collate([0, 1, 2])
+    hidden.features["audio"][~hidden.present["audio"]] = float("nan")  # what lies under False is ignored
+    np.testing.assert_allclose(predictor.predict(hidden), predictor.predict(test)[:3], atol=1e-5)
+
+
+def test_decide_refuses_what_are_not_probabilities(run):
+    """NaN scores decided all 0 and logits all 1, with no error."""
+    out, _ = run
+    predictor = ramer.load(out)
+    with pytest.raises(RamerError, match=r"probabilities: 18 of 18 are NaN or infinite"):
+        predictor.decide(np.full((2, 9), np.nan))
+    with pytest.raises(RamerError, match=r"probabilities: 18 of 18 lie outside \[0, 1\] \(e.g. 5\).*not logits"):
+        predictor.decide(np.full((2, 9), 5.0))
+    assert predictor.decide(np.full((2, 9), 0.99)).tolist() == [[1] * 9] * 2
+
+
+def test_predict_refuses_arguments_that_cannot_apply(run):
+    """split picks a bundle's split, workers shares a store's batches out: each was ignored silently
+    where it cannot apply."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    bundle = generate(cfg.data.synthetic)
+    test = bundle.splits["test"]
+    for data in (test, test.collate([0, 1])):
+        with pytest.raises(RamerError, match=r"split='valid' picks a split of a DataBundle; a \w+ is one split"):
+            predictor.predict(data, split="valid")
+    with pytest.raises(RamerError, match=r"workers=2 shares the batches .* a Batch is scored in one pass"):
+        predictor.predict(test.collate([0, 1]), workers=2)
+    np.testing.assert_array_equal(predictor.predict(bundle), predictor.predict(bundle, split="test"))
+    np.testing.assert_array_equal(predictor.predict(bundle, split="valid"), predictor.predict(bundle.splits["valid"]))
+
+
+def test_load_and_load_data_for_check_their_arguments(run, tmp_path, monkeypatch):
+    """A run path that is not a path, data given as a Path, and a missing run data path explained
+    the Python way too."""
+    out, cfg = run
+    for bad in (123, None):
+        with pytest.raises(RamerError, match=rf"ramer.load takes the path .* not {type(bad).__name__}$"):
+            ramer.load(bad)
+    predictor = ramer.load(out)
+    generate(cfg.data.synthetic).save(tmp_path / "d")
+    assert (
+        load_data_for(predictor, tmp_path / "d").splits["test"].ids == generate(cfg.data.synthetic).splits["test"].ids
+    )
+    with pytest.raises(RamerError, match=r"data must be a path \(a str or Path\), not int"):
+        load_data_for(predictor, 5)
+    with pytest.raises(RamerError, match=r"load_data_for takes a Predictor .* not PosixPath"):
+        load_data_for(out)
+    predictor.cfg.data.path = "d"  # relative, as trained from tmp_path
+    monkeypatch.chdir(out)
+    with pytest.raises(RamerError, match=r"data path not found: d .*in Python: load_data_for\(predictor, data=PATH\)"):
+        load_data_for(predictor)
 
 
 def test_bf16_predictor_agrees_with_fp32(run, tmp_path):
@@ -339,6 +421,18 @@ def test_nan_scores_are_refused_before_predict_writes(run, tmp_path, capsys):
     assert not path.exists()
 
 
+def test_a_diverged_model_is_refused_on_a_batch_too(run, tmp_path):
+    """A Batch of finite features scored NaN by a diverged model: the store path's error, naming the
+    model (a batch returned the NaN scores without a word)."""
+    out, cfg = run
+    predictor = ramer.load(model_file_with(out, tmp_path / "diverged", nan_weights=True))
+    batch = generate(cfg.data.synthetic).splits["test"].collate([0, 1, 2])
+    with pytest.raises(
+        RamerError, match=r"^model \w+: 27 of 27 scores are NaN or infinite \(did the model diverge\?\)"
+    ):
+        predictor.predict(batch)
+
+
 def unlabelled_import(cfg, directory):
     """The synthetic data saved as an unlabelled import with a split column would be: every label 0,
     ``labelled: false`` in its info."""
@@ -365,3 +459,19 @@ def test_unlabelled_data_is_neither_evaluated_nor_trained_on(run, tmp_path, caps
         err = capsys.readouterr().err
         assert "the data has no annotations" in err and one_error_line(err), err
     assert main(["predict", str(out), "--data", str(data), "--out", str(tmp_path / "p.jsonl")]) == 0
+
+
+def test_load_data_for_says_when_the_runs_own_data_is_not_what_it_was_trained_on(tmp_path, run):
+    """A run trained on a bundle made otherwise than its ``cfg.data`` (here another seed) records
+    that data's fingerprints; ``load_data_for`` reads ``cfg.data`` and warns; the run trained on
+    its config's own data gives no warning."""
+    import warnings
+
+    cfg = tiny_cfg(extra=["train.epochs=1"])
+    other = generate(cfg.data.synthetic.model_copy(update={"seed": 5}))
+    Recipe(cfg, tmp_path / "r", bundle=other).run()
+    with pytest.warns(UserWarning, match=r"splits 'valid', 'test' of the embedded benchmark differ from the data"):
+        load_data_for(ramer.load(tmp_path / "r"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_data_for(ramer.load(run[0]))

@@ -1,5 +1,6 @@
 """The training recipe end to end: run directory, resume, atomic saves, the CLI and its errors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -775,3 +776,18 @@ def test_a_run_with_extra_missingness_is_scored_in_python_as_it_was_tested(tmp_p
     assert got["macro_f1"] == pytest.approx(tested["macro_f1"], abs=1e-9)
     plain = bundle.splits["test"]
     assert not np.array_equal(plain.present, test.present)  # the extra missingness hid tokens
+
+
+def test_a_bundle_made_in_memory_is_checked_before_training(tmp_path, bundle):
+    """Training on a bundle no loader made (its ``format``) checks its values as loading a native
+    folder does: a NaN in a present feature is one line naming the split, before any step."""
+    from ramer.data import DataBundle
+
+    train = bundle.splits["train"]
+    text = np.array(train.text)
+    text[int(np.flatnonzero(train.present[:, 0])[0]), 0] = np.nan
+    splits = {**bundle.splits, "train": dataclasses.replace(train, text=text)}
+    mine = DataBundle(splits, bundle.label_names, "mine", "my arrays")
+    with pytest.raises(RamerError, match=r"my arrays, split 'train': text holds 1 non-finite values"):
+        Recipe(tiny_cfg(), tmp_path / "run", bundle=mine).run()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,10 +15,11 @@ from ramer import checkpoint as ckpt
 from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
+from ramer.data.store import non_finite_features
 from ramer.errors import RamerError
 from ramer.infer import batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.infer import predict as predict_store
-from ramer.metrics import ARGMAX, decide
+from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
 
 
@@ -47,11 +50,16 @@ class Predictor:
             if size is not None and expected.get(key) is not None and size != expected[key]:
                 raise RamerError(f"{source}: {key} features have size {size}, the model expects {expected[key]}")
 
-    def predict(self, data: SceneStore | DataBundle | Batch, split: str = "test", workers: int = 1) -> np.ndarray:
-        """Probabilities ``(n, C)`` for a split store, a bundle's ``split``, or one batch.
+    def predict(self, data: SceneStore | DataBundle | Batch, split: str | None = None, workers: int = 1) -> np.ndarray:
+        """Probabilities ``(n, C)`` for a split store, a bundle's ``split`` (default ``"test"``), or one
+        batch; ``split`` is for a bundle only.
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
-        this one shared out among them; can be faster than one process with several threads."""
+        this one shared out among them; can be faster than one process with several threads.
+
+        Features must be finite where their presence bit is True: a batch is checked before it is
+        scored; a store or bundle whose scores come out NaN is scanned, and the error names the data
+        and the modality (not the model) when its features are the cause."""
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise RamerError(f"workers must be an integer of at least 1, got {workers!r}")
         if not isinstance(data, (SceneStore, DataBundle, Batch)):
@@ -60,28 +68,94 @@ class Predictor:
                 "(load one with ramer.data.load_dataset(PATH), or the run's own with "
                 "ramer.api.load_data_for(predictor))"
             )
+        if split is not None and not isinstance(data, DataBundle):
+            raise RamerError(
+                f"split={split!r} picks a split of a DataBundle; a {type(data).__name__} is one split already "
+                "(leave split out, or pass the bundle)"
+            )
+        if workers != 1 and isinstance(data, Batch):
+            raise RamerError(
+                f"workers={workers} shares the batches of a SceneStore or DataBundle out among processes; "
+                "a Batch is scored in one pass in this process (leave workers out)"
+            )
+        where = None
         if isinstance(data, DataBundle):
+            split = "test" if split is None else split
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
-            data = data.splits[split]
+            data, where = data.splits[split], f"{data.source}: split '{split}'"
         if isinstance(data, Batch):
             self._check_data(data.label_names, data.dims, "batch")
+            _refuse_nonfinite_batch(data)
             self.model.eval()
             with torch.inference_mode():
-                return batch_scores(self.model, data.to(self.device, model_dtype(self.model)))
+                scores = batch_scores(self.model, data.to(self.device, model_dtype(self.model)))
+            try:  # the inputs are finite: NaN scores are the model's (as ``infer.predict`` says)
+                finite_scores(scores)
+            except RamerError as e:
+                raise RamerError(f"model {type(self.model).__name__}: {e}") from None
+            return scores
         self._check_data(data.label_names, data.dims, data.source)
-        return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
+        try:
+            return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
+        except RamerError:  # NaN scores: the data's fault? (scanned only now: a good store is read once)
+            if (problem := _nonfinite_store(data)) is not None:
+                raise RamerError(f"{where or data.source}: {problem}") from None
+            raise
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """0/1 predictions ``(n, C)`` with the stored decision (``metrics.decide``): ``probs > threshold``,
-        or for single-label data exactly one label per sample, its highest-scoring one; ``probs`` (n, C)."""
+        or for single-label data exactly one label per sample, its highest-scoring one; ``probs`` (n, C),
+        finite and in [0, 1] (probabilities, as ``predict`` returns them, not logits)."""
         probs = np.asarray(probs)
         if probs.ndim != 2 or probs.shape[1] != len(self.label_names):
             raise RamerError(
                 f"probabilities of shape {probs.shape}, expected (n, {len(self.label_names)}) "
                 f"for the labels {list(self.label_names)}"
             )
+        if probs.dtype.kind not in "biuf":
+            raise RamerError(f"probabilities of dtype {probs.dtype}, expected numbers in [0, 1]")
+        if bad := int((~np.isfinite(probs)).sum()):
+            raise RamerError(f"probabilities: {bad} of {probs.size} are NaN or infinite; expected numbers in [0, 1]")
+        if (outside := (probs < 0) | (probs > 1)).any():
+            raise RamerError(
+                f"probabilities: {int(outside.sum())} of {probs.size} lie outside [0, 1] (e.g. "
+                f"{float(probs[outside][0]):.4g}); decide takes probabilities as predict returns them, not logits"
+            )
         return decide(probs, self.threshold)
+
+
+def _refuse_nonfinite_batch(batch: Batch) -> None:
+    """A RamerError naming the modality and the first sample when a batch holds NaN or inf in a present
+    token (or person, for personality). A sum per feature tensor (NaN or inf when any value is, or when
+    finite ones overflow) is the cheap test; the masked count runs only when a sum is not finite."""
+    feats, masks = dict(batch.features), dict(batch.present)
+    if batch.personality is not None:
+        feats["personality"] = batch.personality
+        masks["personality"] = batch.personality_present
+    for name, x in feats.items():
+        if bool(torch.isfinite(x.sum())):
+            continue
+        finite = torch.isfinite(x)
+        mask = masks.get(name)
+        bad = ~finite if mask is None else ~finite & mask.unsqueeze(-1).to(finite.device)  # (B, N, d)
+        if count := int(bad.sum()):
+            first = int(bad.flatten(1).any(1).nonzero()[0])
+            raise RamerError(
+                f"batch: {count} non-finite values (NaN or inf) in present {name} features (first in sample "
+                f"'{batch.ids[first]}'); features must be finite numbers (write 0 for a missing value)"
+            )
+
+
+def _nonfinite_store(store: SceneStore) -> str | None:
+    """What is wrong when a present feature of ``store`` is NaN or inf (None when every one is
+    finite); reads the features once (``store.non_finite_features``, the scan ``SceneStore.check`` makes)."""
+    if (found := non_finite_features(store)) is None:
+        return None
+    name, bad = found
+    return f"{bad} non-finite values (NaN or inf) in present {name} features; features must be finite numbers " + (
+        "(write 0 for a missing value)"
+    )
 
 
 def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32") -> Predictor:
@@ -91,6 +165,11 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths, which
     flips the decisions near the threshold (2-3 % of them at the bundled settings, docs/PERFORMANCE.md).
     ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``); default: the run's ``train.device``."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise RamerError(
+            f"ramer.load takes the path of a run folder or its model.safetensors (a str or Path), "
+            f"not {type(run_dir).__name__}"
+        )
     check_precision(precision)  # before the checkpoint is read and a classical model refuses bf16
     path = Path(run_dir)
     if not path.exists():
@@ -131,14 +210,34 @@ def _decision(threshold) -> float | np.ndarray | str:
     return threshold if threshold == ARGMAX else float(threshold)
 
 
-def load_data_for(predictor: Predictor, data: str | None = None) -> DataBundle:
-    """The dataset a run was trained on, or another one given by path."""
+def load_data_for(
+    predictor: Predictor, data: str | os.PathLike | None = None, compare: tuple[str, ...] = ("valid", "test")
+) -> DataBundle:
+    """The dataset a run was trained on (its ``cfg.data``), or another one given by path (a str or
+    Path: any layout ``--data`` takes). For the run's own data, the splits named in ``compare`` are
+    compared with the fingerprints the run recorded of the data it was trained on, and a
+    ``UserWarning`` says which changed: data regenerated at the same path, or a run trained on a
+    bundle made in memory, whose ``cfg.data`` gives other data (pass that bundle to ``predict``)."""
+    if not isinstance(predictor, Predictor):
+        raise RamerError(
+            f"load_data_for takes a Predictor (predictor = ramer.load(RUN_DIR)), not {type(predictor).__name__}"
+        )
     cfg = predictor.cfg.model_copy(deep=True)
     if data is not None:
-        cfg.data.path = data
+        if not isinstance(data, (str, os.PathLike)):
+            raise RamerError(f"load_data_for: data must be a path (a str or Path), not {type(data).__name__}")
+        cfg.data.path = os.fspath(data)
     else:
-        check_run_data(cfg.data.path, "give the data with --data PATH")
-    return load_bundle(cfg.data)
+        check_run_data(cfg.data.path, "give the data with --data PATH (in Python: load_data_for(predictor, data=PATH))")
+    bundle = load_bundle(cfg.data)
+    if data is None and (changed := ckpt.changed_splits(predictor.data_fingerprints, bundle, compare)):
+        warnings.warn(
+            f"split{'s' if len(changed) > 1 else ''} {', '.join(repr(x) for x in changed)} of "
+            f"{cfg.data.path or 'the embedded benchmark'} differ from the data the run was trained on "
+            "(regenerated since, or the run was trained on a bundle made in memory: pass that to predict)",
+            stacklevel=2,
+        )
+    return bundle
 
 
 def check_run_data(path: str | None, remedy: str) -> None:

@@ -280,7 +280,7 @@ def load_run_and_data(args: argparse.Namespace):
     from ramer.api import load, load_data_for
 
     predictor = load(args.run_dir, device=args.device, precision=args.precision)
-    bundle = load_data_for(predictor, args.data)
+    bundle = load_data_for(predictor, args.data, compare=())  # the note below says it for --split
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
     if args.data is None:  # the run's own data: is it still what the run was made on?

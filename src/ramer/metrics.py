@@ -37,6 +37,12 @@ METRIC_KEYS = (
 )
 
 
+class MetricInputError(RamerError, ValueError):
+    """Input a metric function cannot score (a shape, a value, a threshold): a RamerError, one line
+    naming the argument; also a ValueError, which these functions raised before, so code that
+    caught that still does."""
+
+
 def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
@@ -45,11 +51,29 @@ def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
 def _check(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 2:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal (N, C) arrays")
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if y.size and not np.isin(y, (0, 1)).all():
-            raise ValueError(f"{name} must hold only 0 and 1")
+        raise MetricInputError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal (N, C) arrays")
+    _zero_one("y_true", y_true)
+    _zero_one("y_pred", y_pred)
     return y_true.astype(bool), y_pred.astype(bool)
+
+
+def _zero_one(name: str, y: np.ndarray) -> None:
+    """A MetricInputError naming ``name``, the first row and its value when ``y`` holds anything but
+    0 and 1 (a soft label, NaN, -1: cast to integers, each would silently become another label)."""
+    ok = np.isin(y, (0, 1))  # y: (N, C)
+    if y.size and not ok.all():
+        row, col = np.argwhere(~ok)[0].tolist()
+        raise MetricInputError(f"{name} must hold only 0 and 1 (row {row} holds {y[row, col].item()!r})")
+
+
+def _truth_and_scores(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` (0/1, (N, C)) and finite ``scores`` of the same shape, checked (``finite_scores``)."""
+    y_true = np.asarray(y_true)
+    scores = finite_scores(scores)
+    if y_true.shape != scores.shape or y_true.ndim != 2:
+        raise MetricInputError(f"y_true {y_true.shape} and scores {scores.shape} must be equal (N, C) arrays")
+    _zero_one("y_true", y_true)
+    return y_true, scores
 
 
 def per_label_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,7 +87,14 @@ def per_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names=None) 
     tp, pp, rp = per_label_counts(y_true, y_pred)
     prec, rec = _div(tp, pp), _div(tp, rp)
     f1 = _div(2 * tp, pp + rp)
-    names = label_names if label_names is not None else [str(j) for j in range(len(tp))]
+    if label_names is None:
+        names = [str(j) for j in range(len(tp))]
+    else:
+        names = [label_names] if isinstance(label_names, str) else list(label_names)
+        if len(names) != len(tp):
+            raise MetricInputError(
+                f"label_names has {len(names)} name(s) for {len(tp)} labels (the columns of y_true); one name per label"
+            )
     return {
         str(name): {"p": float(prec[j]), "r": float(rec[j]), "f1": float(f1[j]), "support": int(rp[j])}
         for j, name in enumerate(names)
@@ -117,16 +148,38 @@ def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 def decide(scores: np.ndarray, threshold: float | np.ndarray | str) -> np.ndarray:
     """0/1 decisions ``(n, C)`` int64: ``scores > threshold``, or for ``ARGMAX`` the top label of each
-    row (exactly one per sample; ties go to the first label)."""
+    row (exactly one per sample; ties go to the first label). ``threshold``: a finite number, one per
+    label (shape ``(C,)``) or ``ARGMAX``; anything else is a MetricInputError."""
     scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise MetricInputError(f"scores have shape {scores.shape}, expected (n, C): one row per sample")
     if isinstance(threshold, str):
         if threshold != ARGMAX:
-            raise RamerError(f"unknown decision rule '{threshold}' (a number, one per label, or '{ARGMAX}')")
+            raise MetricInputError(f"unknown decision rule '{threshold}' (a number, one per label, or '{ARGMAX}')")
         out = np.zeros(scores.shape, dtype=np.int64)
         if scores.shape[0]:
             out[np.arange(scores.shape[0]), scores.argmax(1)] = 1
         return out
-    return (scores > threshold).astype(np.int64)
+    return (scores > _threshold(threshold, scores.shape[1])).astype(np.int64)
+
+
+def _threshold(threshold, n_labels: int) -> np.ndarray:
+    """``threshold`` as a float array of shape () or (C,), finite; else a MetricInputError."""
+    try:
+        thr = None if isinstance(threshold, bool) else np.asarray(threshold, dtype=np.float64)
+    except (TypeError, ValueError):  # None, a ragged list, text in a list
+        thr = None
+    if thr is None or thr.shape not in ((), (n_labels,)) or not np.isfinite(thr).all():
+        if thr is None or thr.ndim == 0:
+            got = repr(threshold)
+        elif thr.shape == (n_labels,):
+            got = f"holds {int((~np.isfinite(thr)).sum())} NaN or infinite values"
+        else:
+            got = f"of shape {thr.shape}"
+        raise MetricInputError(
+            f"threshold {got}: expected a finite number, one per label (shape ({n_labels},)) or '{ARGMAX}'"
+        )
+    return thr
 
 
 def choose_threshold(
@@ -157,9 +210,11 @@ def report(
     Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; ``per_label`` sits
     beside the parts (overall only).
     """
-    y_true = np.asarray(y_true).astype(np.int64)
-    scores = finite_scores(scores)
+    y_true, scores = _truth_and_scores(y_true, scores)
+    y_true = y_true.astype(np.int64)
     y_pred = decide(scores, threshold)
+    if role is not None and np.shape(role) != (len(y_true),):
+        raise MetricInputError(f"role has shape {np.shape(role)}, expected ({len(y_true)},): one per row of y_true")
 
     def part(mask: np.ndarray) -> dict:
         out = multilabel_metrics(y_true[mask], y_pred[mask])
@@ -184,8 +239,8 @@ def tune_threshold(
 
     Call it on the validation split only. Ties go to the threshold nearest 0.5.
     """
-    y_true = np.asarray(y_true).astype(bool)
-    scores = finite_scores(scores)
+    y_true, scores = _truth_and_scores(y_true, scores)
+    y_true = y_true.astype(bool)
     grid = np.round(np.arange(0.05, 0.951, 0.01), 4) if grid is None else np.asarray(grid)
     # (G, N, C) comparisons, chunked over the grid so memory stays small.
     tp = np.empty((len(grid), y_true.shape[1]))

@@ -46,8 +46,8 @@ import torch
 
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
-from ramer.errors import RamerError
-from ramer.paths import check_out_folder, make_folder, read_json
+from ramer.errors import RamerError, first_line
+from ramer.paths import DATASET_ENTRIES, RUN_FILES, SPLITS, check_out_folder, dataset_folder, make_folder, read_json
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 1
@@ -81,6 +81,17 @@ _DTYPES = {
     "personality_present": np.bool_,
     "target_tokens": np.bool_,
 }
+# What each array may hold in memory (numpy dtype kinds), checked where a store is made without
+# reading a value; a save casts it to its type in ``_DTYPES``.
+_KINDS = {
+    **dict.fromkeys(("text", "audio", "visual", "personality"), ("fiu", "real numbers")),
+    **dict.fromkeys(("present", "personality_present", "target_tokens"), ("b", "bool")),
+    **dict.fromkeys(("token_offsets", "grid", "target", "role", "person_offsets", "character"), ("iu", "integers")),
+    "labels": ("biuf", "numbers 0 or 1"),
+}
+# The files of a split folder (what ``SceneStore.save`` writes): a folder holding only these may be
+# written over; anything else in it is the user's.
+_SPLIT_FILES = frozenset({f"{name}.npy" for name in _ARRAYS + _OPTIONAL} | {"ids.json"})
 
 
 @dataclass
@@ -107,18 +118,48 @@ class SceneStore:
     extra: dict = field(default_factory=dict)  # loader statistics (non-finite counts, ...)
 
     def __post_init__(self) -> None:
-        self.label_names = tuple(self.label_names)
+        for name in _DTYPES:  # a list or a tuple becomes an array; an ndarray (a memory map too) stays as it is
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, np.ndarray):
+                try:
+                    setattr(self, name, np.asarray(value))
+                except (ValueError, TypeError) as e:  # a ragged list
+                    raise RamerError(f"{self.source}: {name} is not an array ({first_line(e)})") from None
+        if isinstance(self.ids, (tuple, np.ndarray)):
+            self.ids = list(self.ids)
+        if not isinstance(self.label_names, str):
+            self.label_names = tuple(self.label_names)
         self.validate()
 
     # ------------------------------------------------------------------ checks
-    def validate(self) -> None:
-        """Shapes must agree; an error names the store's source, the array and both shapes."""
-        n, T = len(self.grid), len(self.text)
+    def validate(self, where: str | None = None) -> None:
+        """Types, shapes and what is cheap to read (per scene, not per token) must be right; an error
+        names ``where`` (default: the store's source), the array and the problem. Runs where a store
+        is made and again on save; the features themselves are read by ``check``."""
+        where = where or self.source
 
         def need(ok: bool, what: str) -> None:
             if not ok:
-                raise RamerError(f"{self.source}: {what}")
+                raise RamerError(f"{where}: {what}")
 
+        for name, (kinds, what) in _KINDS.items():
+            arr = getattr(self, name)
+            if arr is None and name in _OPTIONAL:
+                continue
+            need(isinstance(arr, np.ndarray), f"{name} is {_kind(arr)}, expected a numpy array")
+            need(
+                arr.dtype.kind in kinds,
+                f"{name} has dtype {arr.dtype}, expected {what}"
+                + ("" if what == "bool" else f" (stored as {np.dtype(_DTYPES[name])})"),
+            )
+        names = self.label_names
+        if (what := f"is {_kind(names)}" if isinstance(names, str) else _not_strings(list(names))) is not None:
+            need(False, f"label_names {what}, expected a list of strings (the label names)")
+        if (twice := _first_repeat(self.label_names)) is not None:
+            need(False, f"label_names names '{twice}' twice; each label needs its own name")
+        if (what := _not_strings(self.ids)) is not None:
+            need(False, f"ids {what}, expected a list of strings (one sample id per scene)")
+        n, T = len(self.grid), len(self.text)
         need(self.grid.ndim == 2 and self.grid.shape[1] == 2, f"grid has shape {self.grid.shape}, expected (n, 2)")
         need(
             self.token_offsets.shape == (n + 1,),
@@ -140,9 +181,12 @@ class SceneStore:
         need(self.role.shape == (n,), f"role has shape {self.role.shape}, expected ({n},)")
         need(len(self.ids) == n, f"{len(self.ids)} ids for {n} scenes")
         if n:
-            rows = np.flatnonzero((np.asarray(self.labels) > 1).any(1))
+            labels = np.asarray(self.labels)
+            bad = (labels > 1) if labels.dtype.kind in "bu" else (labels != 0) & (labels != 1)  # NaN too
+            rows = np.flatnonzero(bad.any(1))
             if len(rows):
-                need(False, f"labels row {rows[0]} holds {self.labels[rows[0]].max()}; expected 0 or 1 (multi-hot)")
+                value = str(labels[rows[0]][bad[rows[0]]][0])  # as numpy prints it: 0.6 in float32 too
+                need(False, f"labels row {rows[0]} holds {value}; expected 0 or 1 (multi-hot)")
             rows = np.flatnonzero(~np.isin(self.role, (ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER)))
             if len(rows):
                 need(
@@ -185,6 +229,16 @@ class SceneStore:
                 self.personality_present is not None and self.personality_present.shape == (Q,),
                 "personality_present missing or of the wrong shape",
             )
+        for name in ("token_offsets", "grid", "target", "person_offsets", "character"):
+            arr, stored = getattr(self, name), np.dtype(_DTYPES[name])
+            if arr.dtype != stored and arr.size:  # a number its stored type cannot hold would change on save
+                low, high = arr.min(), arr.max()
+                info = np.iinfo(stored)
+                need(
+                    low >= info.min and high <= info.max,
+                    f"{name} holds {(low if low < info.min else high).item()}, "
+                    f"beyond what {stored} (its stored type) holds",
+                )
         if self.target_tokens is not None:
             tt = self.target_tokens
             need(tt.shape == (T,), f"target_tokens has shape {tt.shape}, expected ({T},)")
@@ -317,17 +371,44 @@ class SceneStore:
             cached = self.__dict__["_fingerprint"] = h.hexdigest()
         return cached
 
+    def check(self, where: str | None = None) -> None:
+        """Read every value: ``validate``, then every feature of a present row must be a finite number
+        (as float32, the type it is stored and batched in). What a save checks before it writes and
+        ``load_native`` checks of a native folder; call it before training on a store made in memory.
+        It reads the features once. An error names ``where`` (default: the store's source), the array and the count."""
+        self.validate(where)
+        if (found := non_finite_features(self)) is not None:
+            name, bad = found
+            raise RamerError(
+                f"{where or self.source}: {name} holds {bad} non-finite values (NaN or inf) in present rows; "
+                "features must be finite numbers (write 0 for a missing value)"
+            )
+
     def save(self, directory: str | Path) -> None:
-        """Write this split's arrays as ``.npy`` files (atomically: a temp folder, then rename)."""
+        """Write this split's arrays as ``.npy`` files (atomically: a temporary folder, then renamed).
+        ``directory`` must be new, empty or a split folder written before (written over); a folder
+        holding anything else, or values that ``check`` refuses, are errors before anything is written."""
         directory = Path(directory)
-        check_out_folder(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        if tmp.exists():
+        self._check_save(directory)
+        self._write(directory)
+
+    def _check_save(self, directory: Path, where: str | None = None) -> None:
+        """What ``save`` checks before it writes anything (``where`` names the store in errors)."""
+        _split_folder(directory)
+        self.check(where)
+
+    def _write(self, directory: Path) -> None:
+        tmp = _tmp_folder(directory)
+        if tmp.exists():  # a save cut off: it holds a split's files only (_split_folder)
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        for name, array in self._stored_arrays():
-            np.save(tmp / f"{name}.npy", array)
-        (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
+        try:
+            for name, array in self._stored_arrays():
+                np.save(tmp / f"{name}.npy", array)
+            (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -368,6 +449,56 @@ class DataBundle:
     info: dict = field(default_factory=dict)  # e.g. the synthetic oracle's predictions
     task: str = "multi_label"  # one of config.TASKS: what a label row means (resolve_task)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.label_names, str):
+            self.label_names = tuple(self.label_names)
+        self.validate()
+
+    def validate(self) -> None:
+        """What a bundle must be, checked where it is made and again on save, without reading a
+        feature: ``splits`` a non-empty dict of SceneStores under folder names, each with the bundle's
+        ``label_names`` in its order and the same feature sizes; ``task`` one of ``TASKS``."""
+        where, splits = self.source, self.splits
+        if not isinstance(splits, dict) or not splits:
+            raise RamerError(
+                f"{where}: splits is {'an empty dict' if isinstance(splits, dict) else _kind(splits)}, expected a dict "
+                "mapping split names to SceneStores, e.g. {'train': ..., 'valid': ..., 'test': ...}"
+            )
+        first = None
+        for name, store in splits.items():
+            if not _is_folder_name(name):
+                raise RamerError(f"{where}: split name {name!r} is not a folder name such as 'train'")
+            if name.endswith(".tmp") or (name in DATASET_ENTRIES and name not in SPLITS):
+                raise RamerError(
+                    f"{where}: split name {name!r} is one a dataset folder keeps for itself (meta.json, cache, *.tmp)"
+                )
+            if not isinstance(store, SceneStore):
+                raise RamerError(f"{where}: split '{name}' is {_kind(store)}, expected a SceneStore")
+            if store.label_names != self.label_names:
+                raise RamerError(
+                    f"{where}: split '{name}' has label_names {list(store.label_names)}, the bundle "
+                    f"{_names(self.label_names)}; a split's label columns must be the bundle's label_names, in order"
+                )
+            first = first or name
+            for m, d in store.dims.items():
+                if d != (d0 := splits[first].dims[m]):
+                    raise RamerError(
+                        f"{where}: split '{name}' has {m} size {_size(d)}, but {_size(d0)} in split '{first}'; "
+                        "every split must have the same feature sizes"
+                    )
+        if self.task not in TASKS:
+            raise RamerError(f"{where}: task is {self.task!r}, expected {' or '.join(TASKS)}")
+        if not isinstance(self.info, dict):
+            raise RamerError(f"{where}: info is {_kind(self.info)}, expected a dict (written to meta.json)")
+
+    def check(self) -> None:
+        """Read every value of every split (``SceneStore.check``; an error names the split): what a
+        save checks, and ``load_native`` checks of a native folder. ``ramer.train`` calls it for a bundle
+        made in memory (a ``format`` that no loader gives)."""
+        self.validate()
+        for name, store in self.splits.items():
+            store.check(f"{self.source}, split '{name}'")
+
     @property
     def dims(self) -> dict[str, int | None]:
         return next(iter(self.splits.values())).dims
@@ -385,9 +516,23 @@ class DataBundle:
         return {name: store.fingerprint() for name, store in self.splits.items()}
 
     def save(self, directory: str | Path) -> None:
-        directory = make_folder(directory)
+        """Write the bundle as a native directory (``docs/DATA.md``): a folder per split, then
+        ``meta.json``. ``directory`` follows the rule of a dataset ``--out`` (``paths.dataset_folder``):
+        new, empty or a dataset written before (written over; files of the user's beside it stay).
+        A folder holding anything else, a split folder holding files a save does not write, and a
+        split that ``SceneStore.check`` refuses are errors before anything is written or deleted."""
+        self.validate()
+        directory = _dataset_folder(Path(directory))
+        try:
+            json.dumps(self.info)
+        except (TypeError, ValueError) as e:
+            raise RamerError(f"{self.source}: info cannot be written to meta.json ({first_line(e)})") from None
         for name, store in self.splits.items():
-            store.save(directory / name)
+            store._check_save(directory / name, f"{self.source}, split '{name}'")
+        make_folder(directory)
+        (directory / "meta.json").unlink(missing_ok=True)  # a folder written part way must not look complete
+        for name, store in self.splits.items():
+            store._write(directory / name)
         write_meta(
             directory,
             self.format,
@@ -461,7 +606,9 @@ def is_native(path: str | Path) -> bool:
 
 
 def _kind(value) -> str:
-    """The JSON type of ``value``, for errors."""
+    """The JSON type of ``value`` (a numpy number as the number; another object by its type), for errors."""
+    if isinstance(value, np.generic):
+        value = value.item()
     kinds = ((bool, "a boolean"), (str, "a string"), ((int, float), "a number"), (list, "a list"), (dict, "an object"))
     return next(
         (
@@ -469,7 +616,7 @@ def _kind(value) -> str:
             for t, k in kinds
             if isinstance(value, t)
         ),
-        "null",
+        "null" if value is None else f"a {type(value).__name__}",
     )
 
 
@@ -489,6 +636,65 @@ def _not_strings(value) -> str | None:
         return f"is {_kind(value)}"
     bad = [v for v in value if not isinstance(v, str)]
     return f"holds {_kind(bad[0])}" if bad else None
+
+
+def _names(value) -> str:
+    """``value`` (label names) as a list, for errors."""
+    return repr(value) if isinstance(value, str) else str(list(value))
+
+
+def _size(d: int | None) -> str:
+    """A feature size, for errors."""
+    return "none (no personality.npy)" if d is None else str(d)
+
+
+def _is_folder_name(name) -> bool:
+    """Whether ``name`` names one folder inside another (a split's): not empty, ``.``, ``..`` nor a path."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _tmp_folder(directory: Path) -> Path:
+    """The temporary folder beside ``directory`` that ``SceneStore.save`` writes, then renames."""
+    return directory.with_name(directory.name + ".tmp")
+
+
+def _holds_a_split(folder: Path) -> bool:
+    """Whether ``folder`` is a split folder that ``SceneStore.save`` wrote: ``ids.json`` and arrays only."""
+    return (folder / "ids.json").is_file() and all(p.name in _SPLIT_FILES for p in folder.iterdir())
+
+
+def _split_folder(directory: Path) -> None:
+    """Refuse ``directory`` as the folder of a split to save unless it (and the temporary folder
+    beside it) is new, empty or holds only the files a save writes: those are written over, and
+    nothing else is deleted. Checked before anything is written."""
+    for folder in (directory, _tmp_folder(directory)):
+        check_out_folder(folder)
+        if folder.is_dir():
+            other = sorted(p.name for p in folder.iterdir() if p.name not in _SPLIT_FILES or not p.is_file())
+            if other:
+                shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+                raise RamerError(
+                    f"{folder}: holds {shown}, which a split folder does not; give a new or empty folder "
+                    "(a split folder written before is written over)"
+                )
+
+
+def _dataset_folder(directory: Path) -> Path:
+    """``paths.dataset_folder`` for ``DataBundle.save``, where a folder without ``meta.json`` that
+    holds a split folder a save wrote counts as the dataset it was: a save cut off, or ``data
+    convert`` and ``data import``, which remove ``meta.json`` (after their own check) before they
+    save. Files of the user's beside it stay; a run's files are refused as ever."""
+    try:
+        return dataset_folder(directory)
+    except RamerError:
+        cut_off = (
+            directory.is_dir()
+            and not (directory / "meta.json").exists()
+            and any(p.is_dir() and _holds_a_split(p) for p in directory.iterdir())
+        )
+        if not cut_off or any((directory / name).exists() for name in RUN_FILES):
+            raise
+        return directory
 
 
 def _read_meta(path: Path) -> dict:
@@ -518,7 +724,7 @@ def _read_meta(path: Path) -> dict:
             'e.g. {"train": 100, "valid": 10, "test": 10}'
         )
     for name, n in splits.items():
-        if not name or name in (".", "..") or "/" in name or "\\" in name:
+        if not _is_folder_name(name):
             raise RamerError(f"{where}: 'splits' names {name!r}, expected a folder name such as 'train'")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise RamerError(f"{where}: 'splits' gives {name!r} {_kind(n)}, expected a scene count (an integer >= 0)")
@@ -540,10 +746,10 @@ def _read_meta(path: Path) -> dict:
 _SCAN_ROWS = 1 << 16  # rows per finiteness scan step: memory-mapped files stay paged out
 
 
-def _check_finite(store: SceneStore, directory: Path) -> None:
-    """A RamerError naming the first feature array of a split that holds NaN or inf in a present row
-    (the models ignore what lies under a False presence mask; training on a present NaN would stop
-    later with a loss that is not finite and blame the learning rate)."""
+def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
+    """The first feature array of ``store`` that holds NaN or inf in a present row (as float32, the
+    type it is stored and batched in), and how many; ``None`` when there is none. What lies under a
+    False presence mask is ignored, as the models ignore it (and ``collate`` writes 0 there)."""
     masks = {m: store.present[:, i] for i, m in enumerate(MODALITIES)}
     if store.personality is not None:
         masks["personality"] = store.personality_present
@@ -551,15 +757,29 @@ def _check_finite(store: SceneStore, directory: Path) -> None:
         arr = getattr(store, name)
         bad = 0
         for start in range(0, len(arr), _SCAN_ROWS):
-            ok = np.isfinite(arr[start : start + _SCAN_ROWS])
+            chunk = arr[start : start + _SCAN_ROWS]
+            if chunk.dtype != np.float32:  # a float64 beyond float32's range is inf once stored
+                with np.errstate(over="ignore"):
+                    chunk = chunk.astype(np.float32)
+            ok = np.isfinite(chunk)
             rows = ~ok.all(axis=1) & present[start : start + _SCAN_ROWS]
             if rows.any():
                 bad += int((~ok[rows]).sum())
         if bad:
-            raise RamerError(
-                f"{directory / (name + '.npy')}: split '{directory.name}' holds {bad} non-finite values (NaN or inf) "
-                "in present rows; features must be finite numbers (write 0 for a missing value)"
-            )
+            return name, bad
+    return None
+
+
+def _check_finite(store: SceneStore, directory: Path) -> None:
+    """A RamerError naming the first feature file of a split that holds NaN or inf in a present row
+    (training on a present NaN would stop later with a loss that is not finite and blame the
+    learning rate)."""
+    if (found := non_finite_features(store)) is not None:
+        name, bad = found
+        raise RamerError(
+            f"{directory / (name + '.npy')}: split '{directory.name}' holds {bad} non-finite values (NaN or inf) "
+            "in present rows; features must be finite numbers (write 0 for a missing value)"
+        )
 
 
 def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
@@ -567,9 +787,6 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
     meta = _read_meta(path)
     labels = tuple(meta["label_names"])
     given = {k: v for k, v in (meta.get("dims") or {}).items() if k in (*MODALITIES, "personality")}
-
-    def size(d: int | None) -> str:
-        return "none (no personality.npy)" if d is None else str(d)
 
     splits: dict[str, SceneStore] = {}
     for name, n in meta["splits"].items():
@@ -580,12 +797,12 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
         # feature sizes must agree with meta.json and across splits: a model is built for one set
         for m, d in store.dims.items():
             if m in given and given[m] != d:
-                raise RamerError(f"{path / name}: {m} size is {size(d)}, but meta.json 'dims' says {size(given[m])}")
+                raise RamerError(f"{path / name}: {m} size is {_size(d)}, but meta.json 'dims' says {_size(given[m])}")
             if splits:
                 first, d0 = next(iter(splits)), next(iter(splits.values())).dims[m]
                 if d != d0:
                     raise RamerError(
-                        f"{path / name}: {m} size is {size(d)}, but {size(d0)} in split '{first}'; "
+                        f"{path / name}: {m} size is {_size(d)}, but {_size(d0)} in split '{first}'; "
                         "every split must have the same feature sizes"
                     )
         splits[name] = store

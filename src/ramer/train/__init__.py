@@ -31,6 +31,12 @@ def run_training(
     announce: bool = False,
 ) -> dict:
     """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report.
+    ``bundle``: the data to train on (default: loaded from ``cfg.data``). The run records ``cfg``
+    and a fingerprint of each split of the data it was trained on; ``ramer eval RUN`` and
+    ``ramer.api.load_data_for`` read ``cfg.data`` again and say when it is not that data, so give
+    data made otherwise to the predictor yourself (``ramer.load(RUN).predict(bundle)``).
+    ``resume``: go on with the run in ``out`` from its last saved epoch (``ramer train --resume``).
+    ``console``: a ``rich`` console for the progress and the summary (default: standard error).
     ``hooks`` (deep models): called as ``hook(recipe, epoch)`` after each epoch is logged and saved
     (``ramer tune`` reports the validation score there and may stop the run). ``announce``: print
     where the run goes once its setup has passed (for a folder name made up by the caller)."""
