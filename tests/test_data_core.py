@@ -393,3 +393,22 @@ def test_data_synth_takes_generator_keys_in_either_form(tmp_path, capsys):
     a, b = (load_bundle(DataConfig(path=str(tmp_path / k))) for k in "ab")
     assert len(a.splits["train"]) == len(b.splits["train"]) == 40
     assert (a.splits["train"].text == b.splits["train"].text).all()
+
+
+@pytest.mark.parametrize(
+    "indices, message",
+    [
+        ([], r"collate takes a non-empty list of scene indices \(integers\), got shape \(0,\)"),
+        ([[0, 1]], r"got shape \(1, 2\)"),
+        ([0.0, 1.0], "got dtype float64"),
+        ([True, False], "got dtype bool"),
+        ([-1], "scene index -1 is outside 0..4"),
+        ([0, 5], "scene index 5 is outside 0..4"),
+    ],
+)
+def test_collate_refuses_indices_that_name_no_scene(indices, message):
+    """-1 read the last scene and True the second without a word; the others were numpy errors."""
+    store = random_store(n=5)
+    with pytest.raises(RamerError, match=message):
+        store.collate(indices)
+    assert store.collate(np.array([4, 0], dtype=np.int32)).ids == [store.ids[4], store.ids[0]]

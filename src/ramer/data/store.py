@@ -285,8 +285,16 @@ class SceneStore:
 
     # ------------------------------------------------------------------ batching
     def collate(self, indices: list[int] | np.ndarray) -> Batch:
-        """Pad the scenes ``indices`` to one grid and build a Batch (no Python loop per token)."""
-        idx = np.asarray(indices, dtype=np.int64)
+        """Pad the scenes ``indices`` (a non-empty list or 1-d array of integers in ``0..n-1``) to one
+        grid and build a Batch (no Python loop per token)."""
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
+            got = f"shape {idx.shape}" if idx.ndim != 1 or idx.size == 0 else f"dtype {idx.dtype}"
+            raise RamerError(f"{self.source}: collate takes a non-empty list of scene indices (integers), got {got}")
+        idx = idx.astype(np.int64, copy=False)
+        if (low := int(idx.min())) < 0 or (high := int(idx.max())) >= len(self):
+            bad = low if low < 0 else high
+            raise RamerError(f"{self.source}: scene index {bad} is outside 0..{len(self) - 1}")
         B = len(idx)
         grids = self.grid[idx].astype(np.int64)
         P, S = int(grids[:, 0].max()), int(grids[:, 1].max())
