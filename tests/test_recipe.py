@@ -791,3 +791,16 @@ def test_a_bundle_made_in_memory_is_checked_before_training(tmp_path, bundle):
     with pytest.raises(RamerError, match=r"my arrays, split 'train': text holds 1 non-finite values"):
         Recipe(tiny_cfg(), tmp_path / "run", bundle=mine).run()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_python_entries_name_a_wrong_argument_type():
+    """``build_config(None, "train.epochs=3")`` read the string letter by letter ("got 't'");
+    ``run_training`` of a dict raised an AttributeError."""
+    from ramer.train import run_training
+
+    with pytest.raises(RamerError, match=r"overrides is a list of 'key=value' strings .* not 'train.epochs=3'"):
+        build_config(None, "train.epochs=3")
+    with pytest.raises(RamerError, match="overrides is a list of 'key=value' strings"):
+        build_config(None, [("train.epochs", 3)])
+    with pytest.raises(RamerError, match=r"run_training takes a ramer.config.Config .*, not dict"):
+        run_training({"model": {"name": "ramer"}}, "runs/x")

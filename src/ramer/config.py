@@ -335,7 +335,12 @@ def build_config(
     overrides: list[str] | tuple[str, ...] = (),
     base: dict | None = None,
 ) -> Config:
-    """Defaults <- ``base`` <- YAML ``file`` <- ``overrides``; errors name the bad key."""
+    """Defaults <- ``base`` <- YAML ``file`` <- ``overrides`` (``key=value`` strings, as ``--set``
+    takes them); errors name the bad key."""
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(x, str) for x in overrides):
+        raise RamerError(
+            f"build_config: overrides is a list of 'key=value' strings (e.g. ['train.epochs=3']), not {overrides!r:.80}"
+        )
     tree: dict = _merge({}, base or {})
     source = "defaults"
     if file is not None:

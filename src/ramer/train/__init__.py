@@ -40,6 +40,11 @@ def run_training(
     ``hooks`` (deep models): called as ``hook(recipe, epoch)`` after each epoch is logged and saved
     (``ramer tune`` reports the validation score there and may stop the run). ``announce``: print
     where the run goes once its setup has passed (for a folder name made up by the caller)."""
+    if not isinstance(cfg, Config):
+        raise RamerError(
+            f"run_training takes a ramer.config.Config (build_config(FILE, ['key=value', ...])), not "
+            f"{type(cfg).__name__}"
+        )
     if cfg.model.name in CLASSICAL:
         if hooks:
             raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
