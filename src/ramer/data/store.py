@@ -448,7 +448,12 @@ class SceneStore:
 
 @dataclass
 class DataBundle:
-    """The splits of one dataset plus what describes them."""
+    """The splits of one dataset plus what describes them: ``splits`` (name -> SceneStore; training
+    needs ``train``, ``valid`` and ``test``), ``label_names`` (every split's, in their column order),
+    ``format`` (where the data came from: a loader's name from ``formats.FORMATS``, ``conversations``
+    for an import, or any other name for data made in memory, which training checks with ``check``),
+    ``source`` (what error messages name: a path, or a description), ``info`` (what the loader
+    counted, JSON-safe) and ``task`` (``multi_label`` or ``single_label``: what a label row means)."""
 
     splits: dict[str, SceneStore]
     label_names: tuple[str, ...]
@@ -791,6 +796,9 @@ def _check_finite(store: SceneStore, directory: Path) -> None:
 
 
 def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
+    """The native dataset folder ``path`` (``meta.json`` and a folder of ``.npy`` arrays per split,
+    docs/DATA.md), every array checked (dtypes, shapes, ids, finite features); ``mmap``: the arrays
+    are memory-mapped, read when a batch needs them."""
     path = Path(path)
     meta = _read_meta(path)
     labels = tuple(meta["label_names"])

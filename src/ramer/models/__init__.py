@@ -229,6 +229,9 @@ def check_model(cfg: Config, options: bool = True) -> None:
 
 
 def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
+    """The deep model ``cfg.model.name`` (a name of this package, a preset, or a registered or
+    installed model) built for ``spec`` (``DataSpec.from_bundle(bundle, task)``): an ``nn.Module``
+    with a ``loss`` method, untrained; ``ramer.load`` gives a trained one."""
     check_model(cfg, options=False)
     name = cfg.model.name
     if name in OWN:
