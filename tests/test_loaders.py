@@ -307,8 +307,9 @@ def test_mosei_unaligned_ids_counted_or_refused(files, tmp_path: Path, capsys) -
     assert bundle.info["splits"]["train"]["duplicate_ids_renamed"] == 1
     assert bundle.info["splits"]["test"]["duplicate_ids_renamed"] == 0
     assert main(["data", "info", str(p)]) == 0
-    counted = capsys.readouterr().out.split("what the loader counted (0 left out):")[1]
-    assert "duplicate_ids_renamed 1" in counted.splitlines()[1] and "duplicate_ids" not in counted.splitlines()[2]
+    counted = capsys.readouterr().out.split("what the loader counted (0 left out):")[1].splitlines()
+    assert counted[1].split() == ["train", "duplicate_ids_renamed", "1"]  # steps: a setting, not a count
+    assert not counted[2].strip()  # valid and test counted nothing
     p = _unaligned_copy(files, tmp_path, lambda o: o["test"].__setitem__("id", o["test"]["id"][:3]))
     with pytest.raises(RamerError, match=f"{p}: split 'test': 'id' has 3 rows for 4 samples"):
         load_dataset(p, "mosei_unaligned")
@@ -900,3 +901,15 @@ def test_load_dataset_reads_the_loader_options_of_its_config(files, tmp_path: Pa
     assert ":" not in load_dataset(files["memor"], data_cfg=memor).splits["test"].ids[0]  # a sample per clip
     with pytest.raises(RamerError, match="is a file; format 'memor' is a MEmoR release, a folder"):
         load_dataset(m3ed, data_cfg=DataConfig(format="memor"))  # data.format: read, not ignored
+
+
+def test_convert_into_a_dataset_with_a_users_file_in_a_split_folder_loses_nothing(files, tmp_path: Path) -> None:
+    """The split folders are checked with the dataset folder, before ``meta.json`` is removed: a
+    refused convert leaves the dataset that was there loading as before, the user's file kept."""
+    out = tmp_path / "native"
+    convert(str(files["m3ed"]), out, "m3ed_pickle")
+    (out / "train" / "notes.txt").write_text("mine")
+    with pytest.raises(RamerError, match=r"native/train: holds notes.txt, which a split folder does not"):
+        convert(str(files["m3ed"]), out, "m3ed_pickle")
+    assert (out / "train" / "notes.txt").read_text() == "mine"
+    assert len(load_native(out).splits["train"]) == 3

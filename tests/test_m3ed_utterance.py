@@ -443,3 +443,15 @@ def test_carat_each_sample_keeps_its_own_rows(tmp_path: Path) -> None:
         assert st.present[sl].all()
     assert st.extra["len_list_beyond_stored_steps"] == 1
     assert bundle.info["splits"]["valid"]["len_list_beyond_stored_steps"] == 0
+
+
+def test_carat_modalities_of_one_sample_that_disagree_on_rows_are_refused(tmp_path: Path) -> None:
+    """One row per utterance in every modality: a sample whose visual stores 2 rows and text 6 is an
+    error naming it, not a cut of every modality to 2 rows."""
+    p = tmp_path / "m3ed_data_60.pt"
+    fw.write_m3ed_carat(p, steps=6)
+    obj = torch.load(p, weights_only=False)  # our own fixture file
+    obj["train"]["src-visual"][1] = obj["train"]["src-visual"][1][:2]
+    torch.save(obj, p)
+    with pytest.raises(RamerError, match=r"split 'train': sample 1 stores different numbers of utterance rows"):
+        load_dataset(p, "m3ed_carat")

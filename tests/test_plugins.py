@@ -165,6 +165,10 @@ def test_register_model_serves_this_process_with_its_search_space(tmp_path, regi
     assert models.BUILDERS["scope_pool"] is reloaded.build and space_for(cfg) == spaces.COMMON
     with pytest.raises(RamerError, match="model name 'late_fusion' is taken"):
         register_model("late_fusion", reloaded.build)
+    register_model("scope_pool", reloaded.build, space=space)
+    with pytest.raises(RamerError, match="search space"):  # a refused new registration changes nothing
+        register_model("scope_pool", module.build, space=("not a Param",))
+    assert models.BUILDERS["scope_pool"] is reloaded.build and space_for(cfg) == space
     del models.BUILDERS["scope_pool"]  # as in a process that never registered it
     models.KNOWN.discard("scope_pool")
     with pytest.raises(RamerError, match=f"{tmp_path / 'run' / 'model.safetensors'}: unknown model 'scope_pool'"):

@@ -778,19 +778,27 @@ def test_a_run_with_extra_missingness_is_scored_in_python_as_it_was_tested(tmp_p
     assert not np.array_equal(plain.present, test.present)  # the extra missingness hid tokens
 
 
-def test_a_bundle_made_in_memory_is_checked_before_training(tmp_path, bundle):
-    """Training on a bundle no loader made (its ``format``) checks its values as loading a native
-    folder does: a NaN in a present feature is one line naming the split, before any step."""
+@pytest.mark.parametrize("fmt", ["mine", "synthetic"])
+def test_a_split_no_loader_read_is_checked_before_training(tmp_path, bundle, monkeypatch, fmt):
+    """Training checks the values of a split no loader read (made in memory, or swapped into a
+    loaded bundle, whatever the bundle's ``format`` says) as loading a native folder does: a NaN in
+    a present feature is one line naming the split, before any step. The loaded splits are not
+    read again."""
     from ramer.data import DataBundle
+    from ramer.data import store as store_mod
 
-    train = bundle.splits["train"]
-    text = np.array(train.text)
-    text[int(np.flatnonzero(train.present[:, 0])[0]), 0] = np.nan
-    splits = {**bundle.splits, "train": dataclasses.replace(train, text=text)}
-    mine = DataBundle(splits, bundle.label_names, "mine", "my arrays")
-    with pytest.raises(RamerError, match=r"my arrays, split 'train': text holds 1 non-finite values"):
+    test = bundle.splits["test"]  # the last split: the others are checked (or not) before it
+    text = np.array(test.text)
+    text[int(np.flatnonzero(test.present[:, 0])[0]), 0] = np.nan
+    splits = {**bundle.splits, "test": dataclasses.replace(test, text=text)}
+    mine = DataBundle(splits, bundle.label_names, fmt, "my arrays")
+    scanned = []
+    scan = store_mod.non_finite_features
+    monkeypatch.setattr(store_mod, "non_finite_features", lambda s: scanned.append(s) or scan(s))
+    with pytest.raises(RamerError, match=r"my arrays, split 'test': text holds 1 non-finite values"):
         Recipe(tiny_cfg(), tmp_path / "run", bundle=mine).run()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert scanned == [splits["test"]]  # train and valid came from the generator: not read again
 
 
 def test_python_entries_name_a_wrong_argument_type():
@@ -802,5 +810,6 @@ def test_python_entries_name_a_wrong_argument_type():
         build_config(None, "train.epochs=3")
     with pytest.raises(RamerError, match="overrides is a list of 'key=value' strings"):
         build_config(None, [("train.epochs", 3)])
+    assert build_config(None, (x for x in ["train.epochs=3"])).train.epochs == 3  # a generator, read once
     with pytest.raises(RamerError, match=r"run_training takes a ramer.config.Config .*, not dict"):
         run_training({"model": {"name": "ramer"}}, "runs/x")

@@ -629,3 +629,12 @@ def test_a_pickle_cannot_change_an_allowed_class_for_the_process():
         got = safe_pickle_loads(pickle.dumps({"s": argparse.Namespace(a=1, b=[argparse.Namespace(c=2)])}, protocol))
         assert type(got["s"]) is argparse.Namespace and type(got["s"].b[0]) is argparse.Namespace
         assert got["s"] == argparse.Namespace(a=1, b=[argparse.Namespace(c=2)])
+
+
+def test_a_namespace_of_a_pickle_comes_back_as_argparse_namespace_whatever_its_class_was_given():
+    """A pickle that sets ``_one_load`` (and ``__repr__``) on the class it names still gets
+    ``argparse.Namespace`` objects back: the load knows its own class by identity."""
+    rebuild = b"N}(X\x09\x00\x00\x00_one_loadI00\nX\x08\x00\x00\x00__repr__c__builtin__\nlist\nu\x86b"
+    hostile = b"\x80\x02cargparse\nNamespace\n" + rebuild + b"0cargparse\nNamespace\n)\x81}X\x01\x00\x00\x00aK\x01sb."
+    got = safe_pickle_loads(hostile, "x.pkl")
+    assert type(got) is argparse.Namespace and repr(got) == "Namespace(a=1)"

@@ -15,7 +15,6 @@ from ramer import checkpoint as ckpt
 from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
-from ramer.data.store import non_finite_features
 from ramer.errors import RamerError
 from ramer.infer import batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.infer import predict as predict_store
@@ -99,8 +98,7 @@ class Predictor:
         try:
             return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
         except RamerError:  # NaN scores: the data's fault? (scanned only now: a good store is read once)
-            if (problem := _nonfinite_store(data)) is not None:
-                raise RamerError(f"{where or data.source}: {problem}") from None
+            data.check(where)  # names the data and the array when it is
             raise
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
@@ -145,17 +143,6 @@ def _refuse_nonfinite_batch(batch: Batch) -> None:
                 f"batch: {count} non-finite values (NaN or inf) in present {name} features (first in sample "
                 f"'{batch.ids[first]}'); features must be finite numbers (write 0 for a missing value)"
             )
-
-
-def _nonfinite_store(store: SceneStore) -> str | None:
-    """What is wrong when a present feature of ``store`` is NaN or inf (None when every one is
-    finite); reads the features once (``store.non_finite_features``, the scan ``SceneStore.check`` makes)."""
-    if (found := non_finite_features(store)) is None:
-        return None
-    name, bad = found
-    return f"{bad} non-finite values (NaN or inf) in present {name} features; features must be finite numbers " + (
-        "(write 0 for a missing value)"
-    )
 
 
 def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32") -> Predictor:
@@ -211,11 +198,12 @@ def _decision(threshold) -> float | np.ndarray | str:
 
 
 def load_data_for(
-    predictor: Predictor, data: str | os.PathLike | None = None, compare: tuple[str, ...] = ("valid", "test")
+    predictor: Predictor, data: str | os.PathLike | None = None, compare: tuple[str, ...] = ("test",)
 ) -> DataBundle:
     """The dataset a run was trained on (its ``cfg.data``), or another one given by path (a str or
     Path: any layout ``--data`` takes). For the run's own data, the splits named in ``compare`` are
-    compared with the fingerprints the run recorded of the data it was trained on, and a
+    compared with the fingerprints the run recorded of the data it was trained on (a hash of each,
+    which reads its arrays once), and a
     ``UserWarning`` says which changed: data regenerated at the same path, or a run trained on a
     bundle made in memory, whose ``cfg.data`` gives other data (pass that bundle to ``predict``)."""
     if not isinstance(predictor, Predictor):
@@ -233,7 +221,8 @@ def load_data_for(
     if data is None and (changed := ckpt.changed_splits(predictor.data_fingerprints, bundle, compare)):
         warnings.warn(
             f"split{'s' if len(changed) > 1 else ''} {', '.join(repr(x) for x in changed)} of "
-            f"{cfg.data.path or 'the embedded benchmark'} differ from the data the run was trained on "
+            f"{cfg.data.path or 'the embedded benchmark'} differ{'' if len(changed) > 1 else 's'} from the data "
+            "the run was trained on "
             "(regenerated since, or the run was trained on a bundle made in memory: pass that to predict)",
             stacklevel=2,
         )

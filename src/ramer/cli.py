@@ -455,13 +455,13 @@ def print_synth_report(bundle, console: Console) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
+    from ramer.data.store import check_dataset_folder
     from ramer.data.synthetic import generate
-    from ramer.paths import dataset_folder
 
     # n_train=1000, or in the form of the other commands: data.synthetic.n_train=1000
     sets = [s if s.startswith("data.synthetic.") else f"data.synthetic.{s}" for s in (args.set or [])]
     cfg = build_config(resolve_config(args.config), sets)
-    dataset_folder(args.out)
+    check_dataset_folder(args.out)  # before the work
     bundle = generate(cfg.data.synthetic)
     bundle.save(args.out)
     print_synth_report(bundle, OUT)

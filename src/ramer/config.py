@@ -337,7 +337,9 @@ def build_config(
 ) -> Config:
     """Defaults <- ``base`` <- YAML ``file`` <- ``overrides`` (``key=value`` strings, as ``--set``
     takes them); errors name the bad key."""
-    if isinstance(overrides, (str, bytes)) or not all(isinstance(x, str) for x in overrides):
+    if not isinstance(overrides, (str, bytes)) and overrides is not None:
+        overrides = list(overrides)  # a generator is read once, here
+    if isinstance(overrides, (str, bytes)) or overrides is None or not all(isinstance(x, str) for x in overrides):
         raise RamerError(
             f"build_config: overrides is a list of 'key=value' strings (e.g. ['train.epochs=3']), not {overrides!r:.80}"
         )

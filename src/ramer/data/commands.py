@@ -16,9 +16,8 @@ from ramer.config import DataConfig, build_config
 from ramer.data import loader_options
 from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
-from ramer.data.store import DataBundle, write_meta
+from ramer.data.store import DataBundle, check_dataset_folder, write_meta
 from ramer.errors import RamerError
-from ramer.paths import dataset_folder
 
 # data.* keys that are no loader option, and where each is given instead
 NOT_LOADER_OPTIONS = {
@@ -93,7 +92,7 @@ def convert(
     out = Path(out)
     if path is not None and Path(path).resolve() == out.resolve():
         raise RamerError(f"{out}: the output folder must differ from the input")
-    dataset_folder(out)
+    check_dataset_folder(out)  # the split folders too, before meta.json goes
     opened = _open(path, fmt, labels, sets, options)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"

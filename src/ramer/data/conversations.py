@@ -39,10 +39,10 @@ import numpy as np
 
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
-from ramer.data.store import DataBundle, SceneStore, label_count_problem
+from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem
 from ramer.errors import RamerError
 from ramer.metrics import decide
-from ramer.paths import dataset_folder, loads_json
+from ramer.paths import loads_json
 
 FORMAT = "conversations"
 REQUIRED = ("conversation", "index", "speaker", "text")
@@ -902,7 +902,7 @@ def import_conversations(
         raise RamerError(f"--context must be >= 0, got {context}")
     if seed < 0:
         raise RamerError(f"--seed must be >= 0, got {seed}")
-    dataset_folder(out)
+    check_dataset_folder(out)  # the split folders too, before meta.json goes
     if targets not in ("rows", "all"):
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
     utterances, columns = read_table(path)

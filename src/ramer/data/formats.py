@@ -29,9 +29,6 @@ from ramer.data.store import DataBundle, is_native, load_native
 from ramer.errors import RamerError, unreadable
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
-# the formats a bundle made by a loader carries (an import's is "conversations"): their values were
-# checked as they were read; a bundle of any other format was made in memory
-LOADED_FORMATS = (*FORMATS, "conversations")
 
 
 _MEMO_OPS = {"MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME", "PROTO"}

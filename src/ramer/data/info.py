@@ -95,12 +95,15 @@ def dataset_info(bundle: DataBundle) -> dict[str, Any]:
     )
 
 
+NOT_COUNTS = ("empty_label_samples", "steps", "source_steps")  # in the table above, or settings
+
+
 def _loader_counts(loader: dict) -> list[str]:
     """``key value`` for each non-zero figure a loader counted in a split (truncations, renamed
     ids, ...); a dict of figures as ``key a=1 b=2``. Samples without a label are in the table."""
     out = []
     for key, value in loader.items():
-        if key == "empty_label_samples" or isinstance(value, bool):
+        if key in NOT_COUNTS or isinstance(value, bool):
             continue
         if isinstance(value, dict):
             parts = [f"{k}={v}" for k, v in value.items() if v]

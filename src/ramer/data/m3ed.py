@@ -580,7 +580,8 @@ def _first_dim(seq: Any, key: str, split: str, source: str) -> int:
 
 
 def _stored_rows(seqs: dict, keys: dict, dims: dict, i: int, where: str) -> int:
-    """Utterance rows stored for sample ``i``: the fewest over the modalities, each (rows, dim)."""
+    """Utterance rows stored for sample ``i``, each modality (rows, dim) with the same rows (one row
+    per utterance: modalities that disagree are an error, not a cut)."""
     rows = []
     for m in MODALITIES:
         try:
@@ -591,7 +592,12 @@ def _stored_rows(seqs: dict, keys: dict, dims: dict, i: int, where: str) -> int:
             got = "not a numeric array" if shape is None else f"has shape {shape}"
             raise RamerError(f"{where} key '{keys[m]}'[{i}] {got}, expected (utterances, {dims[m]})")
         rows.append(shape[0])
-    return min(rows)
+    if len(set(rows)) > 1:
+        shapes = ", ".join(f"'{keys[m]}' {r}" for m, r in zip(MODALITIES, rows))
+        raise RamerError(
+            f"{where}: sample {i} stores different numbers of utterance rows ({shapes}); one per utterance"
+        )
+    return rows[0]
 
 
 def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:

@@ -37,6 +37,8 @@ class SplitStream:
 
     def to_bundle(self) -> DataBundle:
         splits = dict(self.splits)
+        for store in splits.values():
+            store.mark_checked()  # the loaders replace non-finite values as they read (and count them)
         return DataBundle(splits, tuple(self.label_names), self.format, self.source, self.info)
 
 

@@ -240,10 +240,11 @@ def _patch(obj: Any, new: dict[int, Any]) -> None:
 _PATCH = object()  # on _resolve's stack: the object below it has had its items visited
 
 
-def _resolve(root: Any) -> Any:
+def _resolve(root: Any, namespace: type | None = None) -> Any:
     """``root`` with every ``_PendingArray`` in it replaced by its array: in place inside lists,
-    dicts, object arrays and attribute dicts, a tuple holding one rebuilt. A loop, not recursion:
-    a pickle nested deeper than Python's recursion limit loads as before."""
+    dicts, object arrays and attribute dicts, a tuple holding one rebuilt; an instance of the load's
+    own Namespace class (``namespace``) made an ``argparse.Namespace``. A loop, not recursion: a
+    pickle nested deeper than Python's recursion limit loads as before."""
     new: dict[int, Any] = {}  # id(proxy or tuple) -> its replacement
     seen: dict[int, Any] = {}  # id -> object: each one met is kept alive, so that ids stay unique
     stack = [root]
@@ -257,7 +258,7 @@ def _resolve(root: Any) -> Any:
             new[id(obj)] = obj = obj.array
         if type(obj) in _LEAVES or id(obj) in seen or type(obj) is np.ndarray and not obj.dtype.hasobject:
             continue
-        if getattr(type(obj), "_one_load", False):  # an instance of this load's own Namespace class
+        if namespace is not None and type(obj) is namespace:  # of this load's own Namespace class
             obj.__class__ = argparse.Namespace
         seen[id(obj)] = obj
         stack += (obj, _PATCH)
@@ -342,13 +343,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding="latin1")
         self._source = source
         self._torch_aware = torch_aware
-        self._namespace: type | None = None  # made when a pickle names argparse.Namespace
+        self.namespace: type | None = None  # made when a pickle names argparse.Namespace
 
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)
         if (module, name) == ("argparse", "Namespace"):  # not the class itself: BUILD could change it
-            self._namespace = self._namespace or _one_load_namespace()
-            return self._namespace
+            self.namespace = self.namespace or _one_load_namespace()
+            return self.namespace
         try:
             return ALLOWED_GLOBALS[f"{module}.{name}"]
         except KeyError:
@@ -373,7 +374,8 @@ def safe_pickle_loads(data: bytes, source: str = "<bytes>") -> Any:
 
 def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
     try:
-        return _resolve(_RestrictedUnpickler(fh, source, torch_aware).load())
+        unpickler = _RestrictedUnpickler(fh, source, torch_aware)
+        return _resolve(unpickler.load(), unpickler.namespace)
     except (RamerError, _NeedsTorch):
         raise
     except (

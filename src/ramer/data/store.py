@@ -386,11 +386,18 @@ class SceneStore:
         It reads the features once. An error names ``where`` (default: the store's source), the array and the count."""
         self.validate(where)
         if (found := non_finite_features(self)) is not None:
-            name, bad = found
-            raise RamerError(
-                f"{where or self.source}: {name} holds {bad} non-finite values (NaN or inf) in present rows; "
-                "features must be finite numbers (write 0 for a missing value)"
-            )
+            raise RamerError(f"{where or self.source}: {found[0]} {non_finite_message(found[1])}")
+        self.mark_checked()
+
+    def mark_checked(self) -> None:
+        """Record that this store's values passed ``check`` (or a loader made them finite and 0/1):
+        ``DataBundle.check`` reads it only once. Not a field: ``dataclasses.replace`` (a store made
+        from this one with other arrays) starts unchecked."""
+        self.__dict__["_values_checked"] = True
+
+    @property
+    def values_checked(self) -> bool:
+        return self.__dict__.get("_values_checked", False)
 
     def save(self, directory: str | Path) -> None:
         """Write this split's arrays as ``.npy`` files (atomically: a temporary folder, then renamed).
@@ -451,9 +458,9 @@ class DataBundle:
     """The splits of one dataset plus what describes them: ``splits`` (name -> SceneStore; training
     needs ``train``, ``valid`` and ``test``), ``label_names`` (every split's, in their column order),
     ``format`` (where the data came from: a loader's name from ``formats.FORMATS``, ``conversations``
-    for an import, or any other name for data made in memory, which training checks with ``check``),
-    ``source`` (what error messages name: a path, or a description), ``info`` (what the loader
-    counted, JSON-safe) and ``task`` (``multi_label`` or ``single_label``: what a label row means)."""
+    for an import, or any other name for data made in memory), ``source`` (what error messages name:
+    a path, or a description), ``info`` (what the loader counted, JSON-safe) and ``task``
+    (``multi_label`` or ``single_label``: what a label row means)."""
 
     splits: dict[str, SceneStore]
     label_names: tuple[str, ...]
@@ -506,11 +513,12 @@ class DataBundle:
 
     def check(self) -> None:
         """Read every value of every split (``SceneStore.check``; an error names the split): what a
-        save checks, and ``load_native`` checks of a native folder. ``ramer.train`` calls it for a bundle
-        made in memory (a ``format`` that no loader gives)."""
+        save checks, and ``load_native`` checks of a native folder. Training calls it; a split a loader
+        made (``SceneStore.values_checked``) is not read again."""
         self.validate()
         for name, store in self.splits.items():
-            store.check(f"{self.source}, split '{name}'")
+            if not store.values_checked:
+                store.check(f"{self.source}, split '{name}'")
 
     @property
     def dims(self) -> dict[str, int | None]:
@@ -692,6 +700,17 @@ def _split_folder(directory: Path) -> None:
                 )
 
 
+def check_dataset_folder(directory: str | Path) -> Path:
+    """What a dataset save into ``directory`` checks of the folders before writing (``DataBundle.save``;
+    ``data convert`` and ``data import`` call it before they remove ``meta.json``): the dataset
+    folder (``paths.dataset_folder``) and each split folder a save writes (``train``, ``valid``,
+    ``test`` and their temporary folders) must hold only what a save wrote."""
+    directory = _dataset_folder(Path(directory))
+    for split in ("train", "valid", "test"):
+        _split_folder(directory / split)
+    return directory
+
+
 def _dataset_folder(directory: Path) -> Path:
     """``paths.dataset_folder`` for ``DataBundle.save``, where a folder without ``meta.json`` that
     holds a split folder a save wrote counts as the dataset it was: a save cut off, or ``data
@@ -783,16 +802,21 @@ def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
     return None
 
 
+def non_finite_message(bad: int) -> str:
+    """What ``non_finite_features`` found (``bad`` values), for an error after the array's name."""
+    return (
+        f"holds {bad} non-finite values (NaN or inf) in present rows; features must be finite numbers "
+        "(write 0 for a missing value)"
+    )
+
+
 def _check_finite(store: SceneStore, directory: Path) -> None:
     """A RamerError naming the first feature file of a split that holds NaN or inf in a present row
     (training on a present NaN would stop later with a loss that is not finite and blame the
     learning rate)."""
     if (found := non_finite_features(store)) is not None:
-        name, bad = found
-        raise RamerError(
-            f"{directory / (name + '.npy')}: split '{directory.name}' holds {bad} non-finite values (NaN or inf) "
-            "in present rows; features must be finite numbers (write 0 for a missing value)"
-        )
+        raise RamerError(f"{directory / (found[0] + '.npy')}: split '{directory.name}' {non_finite_message(found[1])}")
+    store.mark_checked()
 
 
 def load_native(path: str | Path, mmap: bool = True) -> DataBundle:

@@ -191,6 +191,7 @@ def generate(cfg: SynthConfig | None = None) -> DataBundle:
     for (name, n), seq in zip((("train", cfg.n_train), ("valid", cfg.n_valid), ("test", cfg.n_test)), split_seqs):
         store, oracle = _split(world, n, np.random.default_rng(seq), name)
         store.extra["oracle"] = oracle
+        store.mark_checked()  # generated finite
         splits[name] = store
         rep = report(store.labels, oracle.astype(np.float64), 0.5, store.role)
         rep.pop("per_label")

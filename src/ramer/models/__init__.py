@@ -105,12 +105,14 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
         raise RamerError(f"model name '{name}': names 'ramer-<part>' are RAMer's ablation presets")
     if not callable(builder):
         raise RamerError(f"model '{name}': the builder must be callable as builder(cfg, spec), not {builder!r}")
-    if name in KNOWN and BUILDERS.get(name) is not builder:
-        if _ours(name) or name in _installed():
-            raise RamerError(f"model name '{name}' is taken; known: {known_models()}")
-        SPACES.pop(name, None)  # registered here before, with another builder: this one replaces it
-    if space is not None:
-        SPACES[name] = check_space(name, space)
+    replaced = name in KNOWN and BUILDERS.get(name) is not builder
+    if replaced and (_ours(name) or name in _installed()):
+        raise RamerError(f"model name '{name}' is taken; known: {known_models()}")
+    checked = check_space(name, space) if space is not None else None  # before anything changes
+    if replaced:  # registered here before, with another builder: this one replaces it and its space
+        SPACES.pop(name, None)
+    if checked is not None:
+        SPACES[name] = checked
     BUILDERS[name] = builder
     KNOWN.add(name)
 

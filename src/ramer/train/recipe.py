@@ -55,7 +55,6 @@ from ramer import checkpoint as ckpt
 from ramer import dist
 from ramer.config import Config, as_today, build_config, differences, dump_config
 from ramer.data import DataBundle, load_bundle
-from ramer.data.formats import LOADED_FORMATS
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
 from ramer.errors import LossNotFinite, RamerError, first_line, unreadable
@@ -79,10 +78,9 @@ NO_BUFFER_SYNC = (
 
 def check_splits(bundle: DataBundle) -> None:
     """Training needs a train, a valid and a test split, and samples to fit and to choose on; a
-    bundle made in memory (a ``format`` no loader gives) has its values checked as a loaded one's
-    (``DataBundle.check``: 0/1 labels, finite features)."""
-    if bundle.format not in LOADED_FORMATS:
-        bundle.check()
+    split no loader has read (made in memory, or swapped into a loaded bundle) has its values
+    checked as a loaded one's (``DataBundle.check``: finite features)."""
+    bundle.check()
     for split in ("train", "valid", "test"):
         if split not in bundle.splits:
             raise RamerError(f"{bundle.source}: no '{split}' split")
