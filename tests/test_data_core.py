@@ -412,3 +412,19 @@ def test_collate_refuses_indices_that_name_no_scene(indices, message):
     with pytest.raises(RamerError, match=message):
         store.collate(indices)
     assert store.collate(np.array([4, 0], dtype=np.int32)).ids == [store.ids[4], store.ids[0]]
+
+
+def test_store_save_into_the_current_folder_or_a_link(tmp_path, monkeypatch):
+    """``save(".")`` writes into the current folder (it raised ValueError: no name for the temporary
+    folder beside it); a link as the split folder is refused before anything is written (rmtree
+    raised OSError on it, after the temporary folder was written)."""
+    store = random_store(n=3)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    store.save(".")
+    assert SceneStore.load(tmp_path / "here", store.label_names).ids == store.ids
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(RamerError, match="link: is a link; a split folder is written over"):
+        store.save(tmp_path / "link")
+    assert not (tmp_path / "link.tmp").exists() and not any((tmp_path / "real").iterdir())

@@ -403,7 +403,7 @@ class SceneStore:
         """Write this split's arrays as ``.npy`` files (atomically: a temporary folder, then renamed).
         ``directory`` must be new, empty or a split folder written before (written over); a folder
         holding anything else, or values that ``check`` refuses, are errors before anything is written."""
-        directory = Path(directory)
+        directory = Path(directory).absolute()  # "." has no name to put the temporary folder beside
         self._check_save(directory)
         self._write(directory)
 
@@ -690,6 +690,8 @@ def _split_folder(directory: Path) -> None:
     nothing else is deleted. Checked before anything is written."""
     for folder in (directory, _tmp_folder(directory)):
         check_out_folder(folder)
+        if folder.is_symlink():  # written over means removed: a link's target is not ours to remove
+            raise RamerError(f"{folder}: is a link; a split folder is written over, so give a folder, not a link")
         if folder.is_dir():
             other = sorted(p.name for p in folder.iterdir() if p.name not in _SPLIT_FILES or not p.is_file())
             if other:
