@@ -638,3 +638,18 @@ def test_a_namespace_of_a_pickle_comes_back_as_argparse_namespace_whatever_its_c
     hostile = b"\x80\x02cargparse\nNamespace\n" + rebuild + b"0cargparse\nNamespace\n)\x81}X\x01\x00\x00\x00aK\x01sb."
     got = safe_pickle_loads(hostile, "x.pkl")
     assert type(got) is argparse.Namespace and repr(got) == "Namespace(a=1)"
+
+
+def test_a_record_of_many_objects_is_refused_before_it_is_allocated():
+    """A record dtype holding 10**7 objects per element, with a one-item list: numpy allocated 80 MB
+    from a pickle of about 300 bytes before reading the list; object arrays and small records of
+    objects still load."""
+    big = np.dtype([("a", "O", (10**7,))])
+    evil = _Build(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (1,), big, False, [(None,)]))
+    hostile = pickle.dumps(evil, protocol=2)
+    assert len(hostile) < 400
+    with pytest.raises(RamerError, match="80000000 bytes per element holding objects"):
+        safe_pickle_loads(hostile)
+    small = np.array([(1, "x"), (2, [3])], dtype=[("n", "i8"), ("o", "O")])
+    got = safe_pickle_loads(pickle.dumps(small, protocol=2))
+    assert got.dtype == small.dtype and got["o"].tolist() == ["x", [3]]

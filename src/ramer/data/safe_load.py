@@ -83,6 +83,12 @@ def _refuse_non_empty(what: str, shape: Any) -> None:
         raise pickle.UnpicklingError(f"{what} asks for a non-empty array of shape {str(shape)[:60]}")
 
 
+# Bytes per element of a dtype that holds objects (8 for dtype=object; a record of a few fields):
+# numpy allocates the shape times this before it reads the one-item-per-element list, so a record
+# dtype ``[("a", "O", (10**7,))]`` would make a pickle of about 300 bytes allocate 80 MB
+OBJECT_ITEM_BYTES = 256
+
+
 def _check_array_state(state: Any) -> None:
     """Refuse an array state (``ndarray.__setstate__``, the BUILD after ``_reconstruct``) that does
     not hold its whole content. numpy's own pickles give ``(version, shape, dtype, is_fortran,
@@ -102,6 +108,11 @@ def _check_array_state(state: Any) -> None:
     if not isinstance(dtype, np.dtype):
         raise pickle.UnpicklingError(f"numpy array state with dtype {str(dtype)[:40]}")
     if dtype.hasobject:  # numpy's tolist(): one item per element
+        if dtype.itemsize > OBJECT_ITEM_BYTES:  # allocated per item before the list is read
+            raise pickle.UnpicklingError(
+                f"numpy array of dtype {str(dtype)[:60]}: {dtype.itemsize} bytes per element holding objects "
+                f"(at most {OBJECT_ITEM_BYTES}: a record of a few fields)"
+            )
         if type(data) is not list or len(data) != size:
             held = f"{len(data)} items" if type(data) is list else f"a {type(data).__name__}"
             raise pickle.UnpicklingError(
