@@ -477,6 +477,9 @@ def test_labels_joined_by_a_comma_name_the_row(tmp_path, fake_text):
     rows = _rows_with(lambda r: r[1].update(labels=["joy,anger"]))  # a JSON list holding one joined name
     with pytest.raises(RamerError, match=r"talk.jsonl: row 2: label 'joy,anger' joins the labels 'joy', 'anger'"):
         import_conversations(write_table(tmp_path / "talk.jsonl", rows), tmp_path / "ds")
+    with pytest.raises(RamerError, match=r"talk.jsonl: row 2: label 'joy,anger' joins the labels"):  # --labels too
+        labels = ["anger", "joy", "neutral", "sadness"]
+        import_conversations(write_table(tmp_path / "talk.jsonl", rows), tmp_path / "ds", labels=labels)
     rows = _rows_with(lambda r: r[1].update(labels="bitter,sweet;anger"))  # 'sweet' is no label: a name
     meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
     assert meta["label_names"] == ["anger", "bitter,sweet", "joy", "neutral", "sadness"]

@@ -402,6 +402,7 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
         for u in utterances:
             for n in u.labels:
                 if n not in names:
+                    _comma_slip(n, names, u.row, path)
                     raise RamerError(f"{_where(path, u.row)}: unknown label '{n}' (labels: {', '.join(names)})")
         return names
     if "labels" not in columns:
@@ -412,15 +413,21 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
     names = tuple(sorted({n for u in utterances for n in u.labels}))
     if not names:
         raise RamerError(f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c")
-    for u in utterances:  # 'joy,anger' where 'joy' and 'anger' are labels: a slip, not a new label
+    for u in utterances:
         for n in u.labels:
-            parts = [q.strip() for q in n.split(",")]
-            if len(parts) > 1 and all(q in names for q in parts):
-                raise RamerError(
-                    f"{_where(path, u.row)}: label '{n}' joins the labels {', '.join(repr(q) for q in parts)} "
-                    f"with ','; labels are separated by ';' ('{';'.join(parts)}')"
-                )
+            _comma_slip(n, names, u.row, path)
     return names
+
+
+def _comma_slip(name: str, names: tuple[str, ...], row: int, path: Path) -> None:
+    """A RamerError when ``name`` is labels of ``names`` joined by ',' ('joy,anger'): a slip for
+    ';', not a label of its own."""
+    parts = [q.strip() for q in name.split(",")]
+    if len(parts) > 1 and all(q in names for q in parts):
+        raise RamerError(
+            f"{_where(path, row)}: label '{name}' joins the labels {', '.join(repr(q) for q in parts)} "
+            f"with ','; labels are separated by ';' ('{';'.join(parts)}')"
+        )
 
 
 def import_task(utterances: list[Utterance], labelled: bool, requested: str, path: Path) -> str:
