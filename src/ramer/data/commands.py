@@ -13,7 +13,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ramer.config import DataConfig, build_config
-from ramer.data import loader_options
 from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, check_dataset_folder, write_meta
@@ -61,7 +60,7 @@ def _open(path: str | None, fmt: str, labels: str | None, sets, options: dict):
             where = path or "the embedded benchmark"
             raise RamerError(f"--labels chooses MEmoR's label set; {where} holds {held} data")
     cfg = data_config(labels, sets)
-    return open_dataset(path, fmt, cfg, **{**loader_options(cfg), **options})
+    return open_dataset(path, fmt, cfg, **options)  # cfg's loader options, those given winning
 
 
 def collect_info(path: str | None, fmt: str = "auto", labels: str | None = None, sets=(), **options) -> dict:

@@ -186,7 +186,6 @@ def open_dataset(
 ) -> SplitStream | DataBundle:
     """A ``SplitStream`` for the public layouts (read split by split), a ``DataBundle`` for the
     native and synthetic ones. See ``load_dataset`` for the arguments."""
-    cfg = data_cfg or DataConfig()
     given = {
         "aligned_path": aligned_path,
         "unaligned_layout": unaligned_layout,
@@ -196,12 +195,8 @@ def open_dataset(
         "valid_seed": valid_seed,
         "m3ed_protocol": m3ed_protocol,
         "m3ed_annotation": m3ed_annotation,
-    }
-    options = {k: v if given[k] is None else given[k] for k, v in loader_options(cfg).items()}
-    aligned_path, unaligned_layout = options["aligned_path"], options["unaligned_layout"]
-    memor_character_order, memor_protocol = options["memor_character_order"], options["memor_protocol"]
-    valid_fraction, valid_seed = options["valid_fraction"], options["valid_seed"]
-    m3ed_protocol, m3ed_annotation = options["m3ed_protocol"], options["m3ed_annotation"]
+    }  # a keyword option given to the call wins over data_cfg's
+    cfg = (data_cfg or DataConfig()).model_copy(update={k: v for k, v in given.items() if v is not None})
     if fmt == "auto":
         fmt = cfg.format
     synthetic.check_complete(cfg)
@@ -231,10 +226,10 @@ def open_dataset(
         return iter_memor(
             p,
             labels=cfg.labels,
-            character_order=memor_character_order,
-            protocol=memor_protocol,
-            valid_fraction=valid_fraction,
-            valid_seed=valid_seed,
+            character_order=cfg.memor_character_order,
+            protocol=cfg.memor_protocol,
+            valid_fraction=cfg.valid_fraction,
+            valid_seed=cfg.valid_seed,
         )
     if p.is_dir():
         raise RamerError(f"{p}: is a folder; format '{fmt}' expects a file")
@@ -251,24 +246,22 @@ def open_dataset(
         fmt = actual  # the loaded object's structure overrides the sniffed guess
     elif actual != fmt:
         raise RamerError(f"{p}: holds the '{actual}' layout, not '{fmt}'")
-    if m3ed_protocol == "utterance" and fmt == "m3ed_carat":
+    if cfg.m3ed_protocol == "utterance" and fmt == "m3ed_carat":
         raise RamerError(
             f"{p}: CARAT's M3ED file has no speakers or utterance labels; the M3ED utterance protocol reads the "
             "original feature pickle and annotation.json (or use data.m3ed_protocol=dialogue)"
         )
-    return _stream_from_object(fmt, obj, p, cfg, aligned_path, unaligned_layout, m3ed_protocol, m3ed_annotation)
+    return _stream_from_object(fmt, obj, p, cfg)
 
 
-def _stream_from_object(
-    fmt: str, obj: Any, p: Path, cfg: DataConfig, aligned_path, unaligned_layout, m3ed_protocol, m3ed_annotation
-) -> SplitStream:
+def _stream_from_object(fmt: str, obj: Any, p: Path, cfg: DataConfig) -> SplitStream:
     if fmt == "mosei_aligned":
         return iter_mosei_aligned(obj, str(p))
     if fmt == "mosei_unaligned":
-        return iter_mosei_unaligned(obj, str(p), aligned_path=aligned_path, layout=unaligned_layout)
+        return iter_mosei_unaligned(obj, str(p), aligned_path=cfg.aligned_path, layout=cfg.unaligned_layout)
     if fmt == "m3ed_pickle":
         return iter_m3ed_pickle(
-            obj, str(p), max_utterances=cfg.max_utterances, protocol=m3ed_protocol, annotation=m3ed_annotation
+            obj, str(p), max_utterances=cfg.max_utterances, protocol=cfg.m3ed_protocol, annotation=cfg.m3ed_annotation
         )
     if fmt == "m3ed_carat":
         return iter_m3ed_carat(obj, str(p))
@@ -336,4 +329,4 @@ def loader_options(cfg: DataConfig) -> dict:
 
 def load_bundle(cfg: DataConfig) -> DataBundle:
     """The dataset a config names: the embedded benchmark when ``path`` is None, else a file or folder."""
-    return load_dataset(cfg.path, cfg.format, cfg, **loader_options(cfg))
+    return load_dataset(cfg.path, cfg.format, cfg)

@@ -41,6 +41,7 @@ from ramer.data.readers import (
     new_info,
     sequence_store,
     split_dict,
+    whole_number,
 )
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
@@ -123,12 +124,9 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
     bad = [x for x in spk if x not in SPEAKERS]
     if bad:
         raise RamerError(f"{where}: videoSpeakers holds {bad[0]!r}; expected 'A' or 'B'")
-    try:
-        whole = [int(x) for x in lab]
-        if any(w != x or isinstance(x, (bool, np.bool_)) for w, x in zip(whole, lab)):  # 1.5 and True are not label 1
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise RamerError(f"{where}: videoLabels holds a non-integer label ({list(lab)[:5]})") from None
+    whole = [whole_number(x) for x in lab]
+    if None in whole:  # 1.5 and True are not label 1
+        raise RamerError(f"{where}: videoLabels holds a non-integer label ({list(lab)[:5]})")
     lab = whole
     out = [x for x in lab if not 0 <= x < n_labels]
     if out:

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.data.readers import SplitStream, as_float32, new_info
+from ramer.data.readers import SplitStream, as_float32, new_info, whole_number
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError, unreadable
@@ -174,18 +174,6 @@ def _read_json(path: Path) -> Any:
     return read_json(path)
 
 
-def _whole(x: Any) -> int | None:
-    """``x`` as an int when it is a whole number (or a string of one, as ``int`` reads it); None for
-    a bool, a fraction (0.7 is not character 0), NaN, inf or anything else."""
-    if isinstance(x, bool):
-        return None
-    try:
-        n = int(x)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return n if isinstance(x, str) or n == x else None
-
-
 def _read_ids(path: Path, n_items: int) -> list[int]:
     """The indices of an id file, in file order; an index listed twice is an error (one annotation
     would be two samples, possibly on both sides of train / valid)."""
@@ -266,7 +254,7 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
         if lens["seg_start"] == 0 or len(set(lens.values())) != 1:
             raise RamerError(f"{source}: clip '{clip}': segment lists have lengths {lens}, expected equal and > 0")
         times = [float(x) for x in (*c["seg_start"], *c["seg_end"], c["start"])]
-        ints = {k: [_whole(x) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
+        ints = {k: [whole_number(x, text=True) for x in c[k]] for k in ("speakers", "seg_ori_ind", "on_character")}
     except (TypeError, ValueError):
         raise RamerError(
             f"{source}: clip '{clip}': segment times must be numbers, speakers / seg_ori_ind / on_character integers"
@@ -356,7 +344,12 @@ def iter_memor(
     items = []
     for i, a in enumerate(anno):
         try:
-            clip, char, moment, emo = str(a["clip"]), _whole(a["character"]), float(a["moment"]), str(a["emotion"])
+            clip, char, moment, emo = (
+                str(a["clip"]),
+                whole_number(a["character"], text=True),
+                float(a["moment"]),
+                str(a["emotion"]),
+            )
         except (KeyError, TypeError, ValueError):
             raise RamerError(
                 f"{anno_path}: '{labels}'[{i}] = {str(a)[:120]}: expected clip, character, moment, emotion"

@@ -109,6 +109,18 @@ def label_names_from_dict(obj: dict, default: tuple[str, ...], source: str) -> t
     return tuple(by_id[i] for i in ids), "dict['tgt']"
 
 
+def whole_number(x: Any, text: bool = False) -> int | None:
+    """``x`` as an int when it is a whole number (with ``text``, a string of one too, as ``int`` reads
+    it); None for a bool, a fraction (0.7 is not id 0), NaN, inf or anything else."""
+    if isinstance(x, (bool, np.bool_)) or (isinstance(x, str) and not text):
+        return None
+    try:
+        n = int(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if isinstance(x, str) or n == x else None
+
+
 def labels_from_tgt(tgt: Any, n_labels: int, where: str) -> np.ndarray:
     """Multi-hot (N, C) uint8 from ``tgt`` lists ``[2, e_1, .., e_k, 3]`` (index = id - 4). The
     specials ``<s>``/``</s>`` and ``<blank>`` padding are skipped; ``[2, 3]`` gives an empty row."""
