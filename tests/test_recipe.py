@@ -518,6 +518,7 @@ def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
     out = cmd[cmd.index("--out") + 1]
     assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"
     assert not Path(out).exists()  # no process wrote into it: not left behind
+    assert not Path("runs").exists()  # nor the runs/ made for it
 
     def writes(cmd):  # the processes start the run, then fail
         (Path(cmd[cmd.index("--out") + 1]) / "config.yaml").write_text("")

@@ -16,6 +16,7 @@ from rich.table import Table
 from ramer import __version__
 from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.errors import RamerError
+from ramer.paths import remove_if_empty
 
 OUT = Console(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
 ERR = Console(stderr=True)  # progress and messages go to stderr
@@ -111,6 +112,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             rest += [f"--{flag}", str(getattr(args, flag))]
     made = None  # the run folder made up here, if any
+    runs_made = not (args.out or args.resume) and not Path("runs").exists()
     if not args.resume:  # every process must write to the same run directory: fix it here
         made = None if args.out else default_out(cfg)
         rest += ["--out", args.out or str(made)]
@@ -133,8 +135,8 @@ def launch_distributed(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if made is not None and made.is_dir() and not any(made.iterdir()):  # no process wrote anything
-            made.rmdir()
+        if made is not None:  # no process wrote anything: neither it nor a runs/ made for it stays
+            remove_if_empty(made, parent_too=runs_made)
 
 
 def train_config(args: argparse.Namespace) -> Config:
@@ -205,10 +207,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:  # a folder name made up here is said before the work (to --resume it after a stop)
             result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=made_up)
         finally:
-            if made_up and out.is_dir() and not any(out.iterdir()):  # stopped before anything was written
-                out.rmdir()
-                if runs_made and not any(out.parent.iterdir()):
-                    out.parent.rmdir()
+            if made_up:  # stopped before anything was written: neither it nor a runs/ made for it stays
+                remove_if_empty(out, parent_too=runs_made)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130

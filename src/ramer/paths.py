@@ -27,6 +27,15 @@ def check_out_folder(path: str | Path) -> Path:
     return path
 
 
+def remove_if_empty(path: Path, parent_too: bool = False) -> None:
+    """Remove ``path`` when it is an empty folder (made for work that wrote nothing into it); with
+    ``parent_too``, its parent as well when that is left empty (a ``runs/`` made for it)."""
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if parent_too and not any(path.parent.iterdir()):
+            path.parent.rmdir()
+
+
 def make_folder(path: str | Path) -> Path:
     """``mkdir -p path`` after ``check_out_folder``; other failures (permissions) as a RamerError."""
     path = check_out_folder(path)

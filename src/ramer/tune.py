@@ -50,7 +50,7 @@ from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
-from ramer.paths import atomic_write_text, read_json, work_folder
+from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import progress, selection_score
 
@@ -342,8 +342,8 @@ def tune(
     try:
         study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
     except BaseException:
-        if made and not any(out.iterdir()):  # a storage that would not open: no empty folder left behind
-            out.rmdir()
+        if made:  # a storage that would not open: no empty folder left behind
+            remove_if_empty(out)
         raise
     fail_stale(optuna, study)
     remove_failed_folders(optuna, study, out)

@@ -913,6 +913,7 @@ def import_conversations(
     if targets not in ("rows", "all"):
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
     utterances, columns = read_table(path)
+    digest = table_digest(path)  # of the file as it was just read, not as it is after the feature work
     if targets == "all" and "labels" in columns:
         raise RamerError(
             f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
@@ -980,7 +981,7 @@ def import_conversations(
     info = {
         # absolute: `ramer view` reads the table back for the texts, from wherever it is run
         "source_files": [str(path.resolve())] + ([str(Path(personality).resolve())] if personality is not None else []),
-        "source_sha256": table_digest(path),  # the table's texts are shown while it is this file
+        "source_sha256": digest,  # the table's texts are shown while it is this file
         "nonfinite_replaced": {"text": 0, "audio": 0, "visual": 0},
         FORMAT: {
             "labelled": labelled,
