@@ -29,7 +29,7 @@ from rich.console import Console
 from threadpoolctl import threadpool_limits
 
 from ramer import checkpoint as ckpt
-from ramer.config import Config, dump_config
+from ramer.config import Config
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
@@ -38,8 +38,7 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, check_options
 from ramer.models.classical import ClassicalModel, ClassicalModule
-from ramer.paths import atomic_write_text, work_folder
-from ramer.train.recipe import RunSteps, check_splits, existing_run, write_test_result
+from ramer.train.recipe import RunSteps, check_splits, start_run_folder, write_test_result
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 
@@ -99,12 +98,7 @@ class ClassicalRecipe(RunSteps):
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         if not is_main():
             return
-        work_folder(self.out, "run")
-        held = None if self.resume else existing_run(self.out)
-        if held:
-            raise RamerError(held)
-        atomic_write_text(self.out / "config.yaml", dump_config(cfg))
-        (self.out / "metrics.jsonl").write_text("")
+        start_run_folder(self.out, cfg, resume=self.resume)
         if cfg.train.tensorboard:
             self.curves = CurveWriter(self.out)
 

@@ -110,6 +110,17 @@ def _classical_run(out: Path) -> bool:
         return False
 
 
+def start_run_folder(out: Path, cfg: Config, resume: bool = False) -> None:
+    """Make the run folder ``out`` (refused when it holds another command's work, or a run unless
+    ``resume``: ``existing_run``) and write its config and an empty log. Both recipes start a run here."""
+    work_folder(out, "run")
+    held = None if resume else existing_run(out)
+    if held:
+        raise RamerError(held)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    (out / "metrics.jsonl").write_text("")
+
+
 def existing_run(out: Path) -> str | None:
     """Why a new run must not be started in ``out``: the message when it already holds a run (a
     training state, a model file, test metrics or a non-empty log; starting anew would replace them),
@@ -388,14 +399,9 @@ class Recipe(RunSteps):
         """Rank 0: make the run folder, write its config and an empty log; returns the error, if
         any, as text (raised by every rank, so that none waits for rank 0)."""
         try:
-            work_folder(self.out, "run")
+            start_run_folder(self.out, cfg)
         except RamerError as e:
             return str(e)
-        held = existing_run(self.out)
-        if held:
-            return held
-        atomic_write_text(self.out / "config.yaml", dump_config(cfg))
-        (self.out / "metrics.jsonl").write_text("")
         return None
 
     def _load_train_state(self) -> None:
