@@ -25,7 +25,7 @@ from ramer.data.synthetic import generate
 from ramer.infer import prediction_records, read_predictions
 from ramer.metrics import decide, report
 from ramer.train.recipe import Recipe
-from ramer.view import AUDIO, SPEAKS, TEXT, page_data, render_page, texts_note
+from ramer.view import AUDIO, SPEAKS, TEXT, page_data, render_page
 
 NEEDS_PLAYWRIGHT = "needs Playwright for Python (pip install 'ramer[test]'; it drives the system Chromium)"
 NEEDS_CHROMIUM = "needs a system Chromium (Debian: apt-get install chromium)"
@@ -97,19 +97,24 @@ def test_table_gone_or_edited_means_no_texts_and_a_note(tmp_path, fake_text):
     meta.json): edited since, its texts would not be what the model read; either way it says why."""
     bundle = imported(tmp_path)
     table = tmp_path / "talk.csv"
-    assert texts_note(bundle) is None
-    assert any(c["texts"] for c in page_data(bundle, "test", records_for(bundle.splits["test"]))["conversations"])
+
+    def page():  # the page's conversations and its notes
+        notes = []
+        data = page_data(bundle, "test", records_for(bundle.splits["test"]), notes=notes)
+        return data["conversations"], notes
+
+    conversations, notes = page()
+    assert notes == [] and any(c["texts"] for c in conversations)
     table.write_text(table.read_text().replace(",", ", ", 1))  # the same rows, another file
-    data = page_data(bundle, "test", records_for(bundle.splits["test"]))
-    assert all(c["texts"] is None for c in data["conversations"])
-    assert (
-        texts_note(bundle)
-        == f"{table.resolve()}: the imported table has changed since the import; the page shows no utterance texts"
-    )
+    conversations, notes = page()
+    assert all(c["texts"] is None for c in conversations)
+    assert notes == [
+        f"{table.resolve()}: the imported table has changed since the import; the page shows no utterance texts"
+    ]
     table.unlink()
-    data = page_data(bundle, "test", records_for(bundle.splits["test"]))
-    assert all(c["texts"] is None for c in data["conversations"])
-    assert texts_note(bundle).endswith("the imported table is gone; the page shows no utterance texts")
+    conversations, notes = page()
+    assert all(c["texts"] is None for c in conversations)
+    assert len(notes) == 1 and notes[0].endswith("the imported table is gone; the page shows no utterance texts")
 
 
 def test_unlabelled_import_has_no_annotations_and_listener_targets(tmp_path, fake_text):

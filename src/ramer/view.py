@@ -175,13 +175,6 @@ def _table(bundle: DataBundle) -> tuple[dict | None, str | None]:
     return {(u.conversation, u.index): u for u in utterances}, None
 
 
-def texts_note(bundle: DataBundle) -> str | None:
-    """Why the page of an imported set shows no texts, if it shows none (``_table``)."""
-    if bundle.format != "conversations":
-        return None
-    return _table(bundle)[1]
-
-
 def load_data(path: str, sets: list[str]) -> DataBundle:
     """The dataset at ``path`` read with the loader options ``sets`` (``data.KEY=VALUE``): what
     ``ramer view --preds FILE --data PATH`` shows the predictions on."""
