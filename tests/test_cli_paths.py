@@ -247,10 +247,17 @@ def test_errors_say_what_the_path_given_is(tmp_path, fake_text, capsys, monkeypa
             ["data", "info", "m.pt", "--format", "memor"],
             "error: m.pt: is a file; format 'memor' is a MEmoR release, a folder",
         ),
+        (
+            ["train", "--data", "ds", "--set", "data.format=synthetic", "--out", "run2"],
+            "error: data format 'synthetic' is the embedded benchmark and reads no path, but the path ds is given",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 2
         assert capsys.readouterr().err.startswith(message), argv
+    assert not (tmp_path / "run2").exists()
+    assert main(["data", "info", "ds"]) == 0  # the layout data.format would name, and what it was made from
+    assert capsys.readouterr().out.startswith("format        native (made from conversations)   (ds)")
     rows = tmp_path / "t.jsonl"
     rows.write_text('{"conversation": "c", "index": true, "speaker": "a", "text": "hi"}\n')
     with pytest.raises(RamerError, match="column 'index' holds True, expected an integer"):

@@ -684,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="generate the embedded benchmark, train RAMer and late fusion, print test metrics",
+        help="generate the embedded benchmark, train RAMer, late fusion and RAMer on complete inputs, "
+        "print test metrics",
         description="Generate the embedded synthetic benchmark, train RAMer and the late-fusion baseline "
         "on it (same data and seed), and RAMer again on complete inputs (the same scenes "
         "with every modality present: a reference), and print their test metrics beside "
@@ -698,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a model (best by validation micro-F1), then test it once",
+        help="train a model (best by validation micro-F1, weighted F1 on single-label data), then test it once",
         description="Train a model with the recipe (AdamW, warm-up + linear decay, best checkpoint by "
         "validation micro-F1, threshold tuned on validation) and test the best checkpoint once. "
         "Single-label data (data.task, recorded by data import): softmax cross-entropy, "
@@ -973,7 +974,9 @@ def build_parser() -> argparse.ArgumentParser:
         "again only computes what changed. Needs: pip install 'ramer[import]'; face "
         "features also 'ramer[face]'.",
     )
-    im.add_argument("file", metavar="FILE", help="the utterance table (.csv, .tsv or .jsonl)")
+    im.add_argument(
+        "file", metavar="FILE", help="the utterance table: .csv, .tsv or .txt, or JSON lines (.jsonl, .json, .ndjson)"
+    )
     im.add_argument("--out", required=True, help="output directory (native format, plus its feature cache)")
     im.add_argument(
         "--labels",

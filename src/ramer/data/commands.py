@@ -67,14 +67,18 @@ def collect_info(path: str | None, fmt: str = "auto", labels: str | None = None,
     """``dataset_info`` of the dataset at ``path``, computed one split at a time; ``sets``: loader
     options as ``data.KEY=VALUE``, ``options``: keyword options of ``open_dataset`` (these win)."""
     opened = _open(path, fmt, labels, sets, options)
-    if isinstance(opened, DataBundle):
-        return dataset_info(opened)
+    if isinstance(opened, DataBundle):  # a native folder keeps the format it was made from
+        info = dataset_info(opened)
+        info["layout"] = "synthetic" if path is None or str(path) == "synthetic" else "native"
+        return info
     splits, dims = {}, None
     for name, store in opened.splits:
         splits[name] = split_info(store)
         dims = dims or store.dims
         del store
-    return assemble_info(opened.format, opened.source, opened.label_names, dims or {}, splits, opened.info)
+    info = assemble_info(opened.format, opened.source, opened.label_names, dims or {}, splits, opened.info)
+    info["layout"] = opened.format
+    return info
 
 
 def run_info(path: str, fmt: str = "auto", labels: str | None = None, as_json: bool = False, sets=()) -> None:

@@ -202,6 +202,11 @@ def open_dataset(
     synthetic.check_complete(cfg)
     if fmt not in ("auto",) + FORMATS:
         raise RamerError(f"unknown data format '{fmt}'; known: auto, {', '.join(FORMATS)}")
+    if fmt == "synthetic" and path is not None and str(path) != "synthetic":
+        raise RamerError(
+            f"data format 'synthetic' is the embedded benchmark and reads no path, but the path {path} "
+            "is given; leave data.format at auto or name the layout of that path (ramer data info shows it)"
+        )
     if fmt == "synthetic" or (fmt == "auto" and path is None):
         return synthetic.generate(cfg.synthetic)
     if path is None:

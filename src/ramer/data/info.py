@@ -114,6 +114,12 @@ def _loader_counts(loader: dict) -> list[str]:
     return out
 
 
+def _format(info: dict[str, Any]) -> str:
+    """The layout ``data.format`` names, and the format a native folder was made from."""
+    layout = info.get("layout", info["format"])
+    return layout if layout == info["format"] else f"{layout} (made from {info['format']})"
+
+
 def format_info_table(info: dict[str, Any]) -> str:
     """A readable multi-line summary of ``dataset_info`` output."""
     dims = info["feature_dims"]
@@ -121,7 +127,7 @@ def format_info_table(info: dict[str, Any]) -> str:
     names = info["label_names"]
     splits = info["splits"]
     lines = [
-        f"format        {info['format']}   ({info.get('source', '')})",
+        f"format        {_format(info)}   ({info.get('source', '')})",
         f"labels ({len(names)})    {', '.join(names)}",
         f"task          {info.get('task', 'multi_label')}",
         "feature dims  " + ", ".join(f"{k} {v if v is not None else '-'}" for k, v in dims.items()),
