@@ -161,6 +161,7 @@ def test_a_written_file_follows_links_streams_to_fifos_and_names_what_the_system
         ("bench", ("study.db",)),
         ("reproduce", ("test_metrics.json",)),
         ("reproduce", ("meta.json", "test")),
+        ("demo", ("report.md", "results.json")),
     ],
 )
 def test_a_command_refuses_a_folder_holding_another_commands_work(command, foreign, tmp_path, capsys):
@@ -179,6 +180,7 @@ def test_a_command_refuses_a_folder_holding_another_commands_work(command, forei
         "tune": ["tune", "--model", "late_fusion", "--trials", "1", *SETS],
         "bench": ["bench", "--quick", "--models", "br"],
         "reproduce": ["reproduce", "mosei", "--data", str(data), "--seeds", "1"],
+        "demo": ["demo", *SETS],
     }[command]
     assert main([*argv, "--out", str(out)]) == 2
     kind = next(k for k, groups in WORK_MARKERS.items() if foreign in groups)
@@ -189,6 +191,7 @@ def test_a_command_refuses_a_folder_holding_another_commands_work(command, forei
     if len(foreign) > 1:  # one name of the group alone is a user's own file of that name
         (out / foreign[1]).unlink()
         own = {"train": "run", "train-deep": "run", "tune": "study", "bench": "bench", "reproduce": "reproduction"}
+        own["demo"] = "demo"
         assert other_work(out, own[command]) is None
 
 

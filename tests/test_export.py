@@ -118,6 +118,24 @@ def test_export_refuses_classical_models_and_folders(run, tmp_path, capsys):
     assert "is a folder; give a file name" in capsys.readouterr().err
 
 
+@needs_onnx
+def test_a_failed_export_leaves_the_earlier_file(run, tmp_path, monkeypatch, capsys):
+    """The exporter writes a temporary file that is renamed only when it is done: an export that
+    fails part-way leaves the file at --onnx as it was, and no temporary file beside it."""
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(b"an earlier export")
+
+    def cut_off(model, args, f, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half a graph")
+        raise RuntimeError("cut off")
+
+    monkeypatch.setattr(torch.onnx, "export", cut_off)
+    assert main(["export", str(run), "--onnx", str(earlier)]) == 2
+    assert f"ONNX export of {run} failed: cut off" in capsys.readouterr().err
+    assert earlier.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
 def test_the_exporters_warnings_are_quiet_during_export(caplog):
     """The exporter's logger (a child of torch.onnx) gives its warnings outside ``quiet_log`` only."""
     import logging

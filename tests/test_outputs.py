@@ -54,6 +54,24 @@ def test_predict_and_view_will_not_write_over_their_inputs(run, tmp_path, capsys
     assert preds.read_bytes() == kept
 
 
+def test_no_output_writes_over_the_model_file_it_reads(run, tmp_path, capsys):
+    """A model file outside its run folder (RUN_DIR may be the file) is one the command reads:
+    ``predict --out``, ``view --out`` and ``export --onnx`` there are refused, the file kept."""
+    model = tmp_path / "m" / "best.safetensors"
+    model.parent.mkdir()
+    shutil.copy(run / "model.safetensors", model)
+    kept = model.read_bytes()
+    for argv in (
+        ["predict", str(model), "--out", str(model)],
+        ["view", str(model), "--out", str(model)],
+        ["export", str(model), "--onnx", str(model)],
+        ["predict", str(model.parent / ".." / "m" / model.name), "--out", str(model)],
+    ):
+        assert main(argv) == 2, argv
+        assert f"{model}: is a file this command reads ({argv[1]})" in capsys.readouterr().err
+        assert model.read_bytes() == kept
+
+
 def test_files_of_the_users_beside_a_dataset_are_neither_refused_nor_touched(run, tmp_path, capsys):
     """An output written into a dataset folder may be written again, and the dataset written over with
     it there (it stays); a split folder left by a write that was cut off does not block the next."""
@@ -116,7 +134,10 @@ def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     assert main(["demo", "--out", str(demo), *sets]) == 0
     assert f"replacing the earlier demo's {demo / 'ramer'}" in capsys.readouterr().err
     assert (demo / "ramer" / "metrics.jsonl").stat().st_mtime_ns != first
-    # A demo folder of before demo.json: runs of the folder's model on the embedded benchmark are the demo's.
+    # Without demo.json, a run of the folder's model on the embedded benchmark may be the user's
+    # own `ramer train --out demo/ramer`: refused, untouched, like any run the demo did not make.
     (demo / "demo.json").unlink()
-    assert main(["demo", "--out", str(demo), *sets]) == 0
-    assert f"replacing the earlier demo's {demo / 'late_fusion'}" in capsys.readouterr().err
+    before = fingerprint(demo)
+    assert main(["demo", "--out", str(demo), *sets]) == 2
+    assert f"{demo / 'ramer'}: holds files that ramer demo did not write" in capsys.readouterr().err
+    assert fingerprint(demo) == before

@@ -389,6 +389,7 @@ def spec_of(run_dir, **changes):
         ({"threshold": float("nan")}, "stored threshold nan is malformed"),
         ({"threshold": float("inf")}, "stored threshold inf is malformed"),
         ({"spec": ["text"]}, "metadata 'spec' is malformed (an object expected, not list)"),
+        ({"config": []}, "metadata 'config' is malformed (an object expected, not list)"),
         ({"spec": {"dims": ["text"]}}, "metadata 'spec' is malformed ('dims' must map each modality"),
         ("dims", "metadata 'spec' is malformed ('dims' must map each modality"),
     ],
@@ -403,6 +404,25 @@ def test_malformed_model_metadata_is_one_clear_line(run, tmp_path, capsys, meta,
     assert main(["eval", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad / 'model.safetensors'}: " in err and message in err and one_error_line(err), err
+
+
+def test_a_classical_model_file_short_of_a_weight_is_named(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ramer.train import run_training
+
+    cfg = tiny_cfg("br", extra=["train.epochs=1"])
+    run_training(cfg, tmp_path / "br", bundle=generate(cfg.data.synthetic))
+    with safe_open(str(tmp_path / "br" / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys() if k != "coef"}
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata=metadata)
+    capsys.readouterr()
+    assert main(["eval", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}: classical 'br' weights lack ['coef']" in err and one_error_line(err), err
 
 
 def test_a_model_file_that_is_a_folder_says_so(run, tmp_path, capsys):

@@ -171,7 +171,10 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
     if cfg.model.name in CLASSICAL:
         from ramer.models.classical import ClassicalModule
 
-        model = ClassicalModule.from_state(cfg.model.name, spec, state)
+        try:
+            model = ClassicalModule.from_state(cfg.model.name, spec, state)
+        except RamerError as e:
+            raise RamerError(f"{model_file}: {e}") from None
     else:
         try:
             model = build_model(cfg, spec)

@@ -188,7 +188,10 @@ def read_model_file(
     except (SafetensorError, OSError, ValueError) as e:
         raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     try:
-        cfg = config_from_dict(fill_older_config(loads_json(meta["config"])), f"{path} metadata")
+        tree = loads_json(meta["config"])
+        if not isinstance(tree, dict):
+            raise RamerError(f"{path}: metadata 'config' is malformed (an object expected, not {type(tree).__name__}); was it written by ramer?")
+        cfg = config_from_dict(fill_older_config(tree), f"{path} metadata")
         spec_tree = loads_json(meta["spec"])
         threshold = loads_json(meta["threshold"])
         epoch = int(meta.get("epoch", -1))

@@ -241,7 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     predictor = load(args.run_dir, device="cpu")
     if predictor.cfg.model.name in CLASSICAL:
         raise RamerError(f"{args.run_dir}: ONNX export is for the deep models, not '{predictor.cfg.model.name}'")
-    output_file(args.onnx)
+    output_file(args.onnx, reads=(model_file(args.run_dir),))
     log = io.StringIO()
     t0 = time.perf_counter()
     ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)", highlight=False, soft_wrap=True)
@@ -272,6 +272,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 highlight=False,
             )
     return 0
+
+
+def model_file(run_dir: str) -> Path:
+    """The model file a RUN_DIR argument names (a run folder, or the file itself): a file the
+    command reads, which its output may not replace."""
+    path = Path(run_dir)
+    return path / "model.safetensors" if path.is_dir() else path
 
 
 def load_run_and_data(args: argparse.Namespace):
@@ -331,9 +338,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ramer.infer import prediction_records
     from ramer.paths import atomic_write_text, output_file
 
-    output_file(args.out)  # before the work: a folder or an unusable path fails now
+    reads = (model_file(args.run_dir),)
+    output_file(args.out, reads=reads)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)
-    output_file(args.out, data_from=data_files(bundle, args.data or predictor.cfg.data.path))  # before the work
+    output_file(args.out, reads=reads, data_from=data_files(bundle, args.data or predictor.cfg.data.path))
     store = bundle.splits[args.split]
     probs = predictor.predict(store, workers=args.workers)
     records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
@@ -377,7 +385,8 @@ def cmd_view(args: argparse.Namespace) -> int:
             raise RamerError(
                 f"{'/'.join(unused)}: for predictions made now from RUN_DIR; --preds {args.preds} is shown as it is"
             )
-    output_file(args.out, reads=(args.preds,))
+    reads = (args.preds,) if args.run_dir is None else (args.preds, model_file(args.run_dir))
+    output_file(args.out, reads=reads)
     if args.run_dir is not None:
         predictor, bundle = load_run_and_data(args)
         threshold = predictor.threshold if args.preds is None else None  # None: the file's own (its records')
@@ -388,7 +397,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         if args.split not in bundle.splits:
             raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
     path = args.data if args.run_dir is None else (args.data or predictor.cfg.data.path)
-    output_file(args.out, reads=(args.preds,), data_from=data_files(bundle, path))  # before the work
+    output_file(args.out, reads=reads, data_from=data_files(bundle, path))  # before the work
     store = bundle.splits[args.split]
     if args.preds is not None:
         records = read_predictions(args.preds, store.label_names)
@@ -596,22 +605,14 @@ DEMO_RUNS = ("ramer", "late_fusion", "ramer-complete")  # the demo's run folders
 
 
 def demo_runs(out: Path) -> set[str]:
-    """The run folders an earlier ``ramer demo`` made in ``out``: those its ``demo.json`` lists, or,
-    from a demo of before that file, each demo folder whose run is of the folder's model trained on
-    the embedded benchmark."""
-    from ramer.paths import make_folder, read_json
+    """The run folders an earlier ``ramer demo`` made in ``out``: those its ``demo.json`` lists (a
+    run folder of that name which another command made is not the demo's, whatever it holds).
+    ``out`` is made; a folder holding another command's work (a bench, a study...) is refused."""
+    from ramer.paths import read_json, work_folder
 
-    make_folder(out)
+    work_folder(out, "demo")
     if not (out / DEMO_FILE).exists():
-        made = set()
-        for folder in DEMO_RUNS:
-            try:
-                run_cfg = build_config(out / folder / "config.yaml")
-            except RamerError:
-                continue
-            if run_cfg.data.path is None and run_cfg.model.name == folder.removesuffix("-complete"):
-                made.add(folder)
-        return made
+        return set()
     runs = read_json(out / DEMO_FILE)
     if not isinstance(runs, dict) or not isinstance(runs.get("runs"), list):
         raise RamerError(f"{out / DEMO_FILE}: not a list of the demo's runs ({{'runs': [...]}})")

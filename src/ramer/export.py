@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from ramer.batch import MODALITIES, ROLE_NONE, Batch
 from ramer.errors import RamerError
+from ramer.paths import atomic_write
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXAMPLE_SHAPE = (3, 2, 5)  # (B, P, S) of the export example
@@ -234,23 +236,27 @@ def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {} if opset is None else {"opset_version": opset}
     kwargs["custom_translation_table"] = _translations()
-    with torch.no_grad(), warnings.catch_warnings(), quiet_log("torch.onnx"):
-        warnings.simplefilter("ignore", UserWarning)  # axis-name notes of the dynamic-shape renaming
-        warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter
-        program = torch.onnx.export(
-            wrapper,
-            args,
-            str(path),
-            dynamo=True,
-            input_names=names,
-            output_names=["probs"],
-            dynamic_shapes={n: dyn[n] for n in names},
-            external_data=False,
-            verbose=False,
-            **kwargs,
-        )
-    if program is None and not path.is_file():
-        raise RamerError(f"ONNX export wrote nothing to {path}")
+
+    def write(tmp: str) -> None:  # a temporary file renamed to path: a failed export leaves path as it was
+        with torch.no_grad(), warnings.catch_warnings(), quiet_log("torch.onnx"):
+            warnings.simplefilter("ignore", UserWarning)  # axis-name notes of the dynamic-shape renaming
+            warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter
+            torch.onnx.export(
+                wrapper,
+                args,
+                tmp,
+                dynamo=True,
+                input_names=names,
+                output_names=["probs"],
+                dynamic_shapes={n: dyn[n] for n in names},
+                external_data=False,
+                verbose=False,
+                **kwargs,
+            )
+        if os.path.getsize(tmp) == 0:
+            raise RamerError(f"ONNX export wrote nothing to {path}")
+
+    atomic_write(path, write)
     return wrapper
 
 
