@@ -190,7 +190,10 @@ def read_model_file(
     try:
         tree = loads_json(meta["config"])
         if not isinstance(tree, dict):
-            raise RamerError(f"{path}: metadata 'config' is malformed (an object expected, not {type(tree).__name__}); was it written by ramer?")
+            kind = type(tree).__name__
+            raise RamerError(
+                f"{path}: metadata 'config' is malformed (an object expected, not {kind}); was it written by ramer?"
+            )
         cfg = config_from_dict(fill_older_config(tree), f"{path} metadata")
         spec_tree = loads_json(meta["spec"])
         threshold = loads_json(meta["threshold"])
