@@ -33,7 +33,8 @@ def run(tmp_path_factory):
 def test_predict_will_not_write_over_a_file_of_the_run(run, name, capsys):
     before = fingerprint(run)
     assert main(["predict", str(run), "--out", str(run / name)]) == 2
-    assert f"is a file of the run in {run}" in capsys.readouterr().err
+    whose = "a file this command reads" if name == "model.safetensors" else f"a file of the run in {run}"
+    assert f"is {whose}" in capsys.readouterr().err
     assert fingerprint(run) == before
 
 

@@ -263,9 +263,42 @@ def test_cli_errors_name_the_file(run, tmp_path, capsys):
     assert f"{bad}: sample id 'someone-else' is not in split 'test'" in error("--preds", str(bad), "--data", str(data))
     bad.write_text(json.dumps({**line, "probs": {"x": 0.5}}) + "\n")
     assert f"{bad}: line 1: labels ['x'] differ" in error("--preds", str(bad), "--data", str(data))
+    for threshold in ("0.5", 1.5, {"x": 0.5}, True):  # the page's script would fail on it, the page blank
+        bad.write_text(json.dumps({**line, "threshold": threshold}) + "\n")
+        assert f"{bad}: line 1: 'threshold' must be a number in [0, 1]" in error(
+            "--preds", str(bad), "--data", str(data)
+        )
+    # the same ids, of other samples (the generator at another seed): not shown as this data's
+    role = {"speaker": "nonspeaker", "nonspeaker": "speaker"}[line["role"]]
+    target = {**line["target"], "person": line["target"]["person"] + 1}
+    for key, value in (("role", role), ("target", target)):
+        bad.write_text(json.dumps({**line, key: value}) + "\n")
+        expected = (
+            f"{bad}: sample '{line['id']}' has {key} {json.dumps(value)} there and {json.dumps(line[key])} in the data"
+        )
+        assert expected in error("--preds", str(bad), "--data", str(data))
     assert "no split 'nope'" in error("--preds", str(root / "preds.jsonl"), "--data", str(data), "--split", "nope")
-    # the same file, as written, makes the same page as predicting now
+    # the same file, as written, makes the same page as predicting now; the layout may be named
     assert main(["view", "--preds", str(root / "preds.jsonl"), "--data", str(data), "--out", out]) == 0
+    assert (
+        main(
+            [
+                "view",
+                "--preds",
+                str(root / "preds.jsonl"),
+                "--data",
+                str(data),
+                "--set",
+                "data.format=native",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    assert "synth/anno.json: file not found (a MEmoR release folder holds" in error(
+        "--preds", str(root / "preds.jsonl"), "--data", str(data), "--set", "data.format=memor"
+    )
     assert len(read_predictions(root / "preds.jsonl", store.label_names)) == len(store)
 
 
@@ -449,5 +482,26 @@ def test_a_large_split_lists_a_few_hundred_and_draws_one_conversation(browser, t
     assert page.locator("#grid tbody tr").count() == int(store.grid[0][0])
     pick(page, "s2999")
     assert page.locator("#grid tbody tr").count() == int(store.grid[2999][0])
+    assert errors == []
+    page.close()
+
+
+def test_annotated_outlines_past_the_palette_are_dashed(browser, run):
+    """Labels 8 and 9 share the colours of labels 1 and 2; their annotated chips' outlines are
+    dashed, so an outline alone still tells them apart."""
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    store = run["store"]
+    names = list(store.label_names)
+    i = next(i for i in range(len(store)) if store.labels[i][7:].any() and store.labels[i][:7].any())
+    pick(page, store.ids[i])
+    styles = page.evaluate(
+        """() => Array.from(document.querySelectorAll('#grid .chip.gold')).map(
+             (c) => [c.dataset.label, getComputedStyle(c).borderTopStyle])"""
+    )
+    seen = dict(styles)
+    assert seen, "no annotated chip drawn"
+    for label, style in seen.items():
+        assert style == ("dashed" if names.index(label) >= 7 else "solid"), (label, style)
+    assert any(names.index(label) >= 7 for label in seen)
     assert errors == []
     page.close()

@@ -773,7 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--data", help="dataset (default: the one the run was trained on; required with --preds alone)")
     vw.add_argument("--split", default="test", help="split to show (default: test)")
     vw.add_argument("--out", required=True, help="output .html file")
-    vw.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP + "; with --preds alone")
+    vw.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP + ", or data.format=F; with --preds alone"
+    )
     vw.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     vw.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
     vw.add_argument("--device", help=DEVICE_HELP)

@@ -23,7 +23,7 @@ from ramer import dist
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
 from ramer.errors import RamerError
-from ramer.metrics import finite_scores
+from ramer.metrics import ARGMAX, finite_scores
 from ramer.models.base import output_probs, unit_scores
 from ramer.paths import loads_json
 
@@ -223,18 +223,48 @@ def prediction_records(
         thr = {n: float(v) for n, v in zip(names, threshold)}
     out = []
     for i, sample_id in enumerate(store.ids):
-        p, s = (int(v) for v in store.target[i])
         out.append(
             {
                 "id": sample_id,
-                "target": {"person": p, "segment": s} if p >= 0 else None,
-                "role": ROLE_WORDS.get(int(store.role[i])),
+                **_whom(store, i),
                 "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
                 "labels": [n for n, on in zip(names, chosen[i]) if on],
                 "threshold": thr,
             }
         )
     return out
+
+
+def _whom(store: SceneStore, i: int) -> dict:
+    """Sample ``i``'s ``target`` and ``role`` as a predictions line gives them."""
+    p, s = (int(v) for v in store.target[i])
+    return {"target": {"person": p, "segment": s} if p >= 0 else None, "role": ROLE_WORDS.get(int(store.role[i]))}
+
+
+def check_record_matches(store: SceneStore, i: int, rec: dict, source: str) -> None:
+    """A predictions line matched to sample ``i`` by its id must be of the same target and role:
+    predictions made on other data that reuses the ids (another seed of the generator, a table
+    edited and imported again) would otherwise be shown as this data's."""
+    for key, want in _whom(store, i).items():
+        if key in rec and rec[key] != want:
+            raise RamerError(
+                f"{source}: sample '{rec['id']}' has {key} {json.dumps(rec[key])} there and {json.dumps(want)} "
+                "in the data; were these predictions made on this data?"
+            )
+
+
+def _threshold_problem(threshold, label_names) -> str | None:
+    """Why a predictions line's ``threshold`` is not one ``prediction_records`` writes (``None``:
+    it is one, or it is absent)."""
+
+    def probability(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+    if threshold is None or threshold == ARGMAX or probability(threshold):
+        return None
+    if isinstance(threshold, dict) and set(threshold) == set(label_names) and all(map(probability, threshold.values())):
+        return None
+    return f"'threshold' must be a number in [0, 1], \"{ARGMAX}\" or an object label -> number in [0, 1]"
 
 
 def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dict]:
@@ -272,6 +302,8 @@ def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dic
             )
         if not isinstance(labels, list) or not all(x in probs for x in labels):
             raise RamerError(f"{where}: 'labels' must be a list of label names from 'probs'")
+        if problem := _threshold_problem(rec.get("threshold"), label_names):
+            raise RamerError(f"{where}: {problem}")
         if rec["id"] in seen:
             raise RamerError(f"{where}: sample id '{rec['id']}' appears twice")
         seen.add(rec["id"])

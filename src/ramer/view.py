@@ -35,6 +35,7 @@ import numpy as np
 
 from ramer.data import DataBundle, SceneStore
 from ramer.errors import RamerError, first_line
+from ramer.infer import check_record_matches
 from ramer.metrics import multilabel_metrics, per_label_metrics
 
 TEXT, AUDIO, FACE, SPEAKS = 1, 2, 4, 8  # bits of a cell code; -1: no sample shows the cell
@@ -176,12 +177,13 @@ def _table(bundle: DataBundle) -> tuple[dict | None, str | None]:
 
 
 def load_data(path: str, sets: list[str]) -> DataBundle:
-    """The dataset at ``path`` read with the loader options ``sets`` (``data.KEY=VALUE``): what
+    """The dataset at ``path`` read with the loader options ``sets`` (``data.KEY=VALUE``, and
+    ``data.format``, where detection should not decide): what
     ``ramer view --preds FILE --data PATH`` shows the predictions on."""
     from ramer.data import load_bundle
     from ramer.data.commands import data_config
 
-    cfg = data_config(None, sets)
+    cfg = data_config(None, sets, takes=("format",))
     cfg.path = path
     return load_bundle(cfg)
 
@@ -210,6 +212,7 @@ def page_data(
                 f"{preds_source or 'predictions'}: sample id '{rec['id']}' is not in split '{split}' of "
                 f"{bundle.source}; were these predictions made on this data and split?"
             )
+        check_record_matches(store, index[rec["id"]], rec, preds_source or "predictions")
         by_sample[index[rec["id"]]] = rec
     labelled = bundle.labelled
     bits = np.asarray(store.present, dtype=np.int64) @ np.array([TEXT, AUDIO, FACE])  # (T,) cell codes

@@ -33,15 +33,16 @@ def _key(assignment: str) -> str:
     return assignment.split("=", 1)[0].strip()
 
 
-def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = ()) -> DataConfig:
+def data_config(labels: str | None, sets: list[str] | tuple[str, ...] = (), takes: tuple[str, ...] = ()) -> DataConfig:
     """The data config of ``--set data.KEY=VALUE`` (loader options such as ``data.max_utterances``)
-    with the label set ``labels`` (``None``: the one ``sets`` gives, else the default)."""
+    with the label set ``labels`` (``None``: the one ``sets`` gives, else the default); ``takes``:
+    keys of ``NOT_LOADER_OPTIONS`` the command reads all the same (``view`` has no ``--format``)."""
     other = [s for s in sets if not s.startswith("data.")]
     if other:
         raise RamerError(f"--set {other[0]}: only data.* keys (loader options) apply here")
     for key in map(_key, sets):
         hint = NOT_LOADER_OPTIONS.get(key.split(".", 1)[1])
-        if hint:
+        if hint and key.split(".", 1)[1] not in takes:
             raise RamerError(f"--set {key}: not a loader option, and reading the data would ignore it; {hint}")
     data = build_config(None, list(sets)).data
     if labels is None:
