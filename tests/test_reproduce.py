@@ -42,6 +42,7 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     assert reproduce(bench, data, out) == 0
     text = (out / "results.md").read_text()
     assert "mean ± std over 2 seed(s)" in text and "| overall |" in text
+    assert f"Command: `ramer reproduce {bench} --data {data} --seeds 2 --out {out}" in text
     assert ("Top-1" in text and "| nonspeaker |" in text) if bench.startswith("memor") else "Top-1" not in text
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert len(runs) == 2 and all("micro_f1" in r["overall"] for r in runs)

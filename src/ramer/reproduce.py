@@ -119,11 +119,13 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         )
         results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
     table = summarise(results, memor=bench.startswith("memor"))
-    command = f"ramer reproduce {bench} --data {data} --seeds {seeds}" + "".join(f" --set {o}" for o in overrides)
+    command = f"ramer reproduce {bench} --data {data} --seeds {seeds} --out {out}"
+    command += "".join(f" --set {o}" for o in overrides)
     text = (
         f"# {bench}: test metrics, mean ± std over {seeds} seed(s)\n\n"
         f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
-        f"best checkpoint by validation micro-F1, threshold tuned on validation, test once.\n\n{table}\n"
+        "best checkpoint by validation micro-F1 and threshold tuned on validation (on single-label data: "
+        f"weighted F1 and the arg-max label), test once.\n\n{table}\n"
     )
     atomic_write_text(out / "results.md", text)
     atomic_write_text(out / "results.json", json.dumps({"bench": bench, "seeds": seeds, "runs": results}, indent=1))
