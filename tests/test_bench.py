@@ -250,6 +250,28 @@ def test_bench_retrains_a_cached_run_made_on_other_data(tmp_path, benched, monke
     assert calls == [run]
 
 
+def test_bench_cache_knows_data_by_its_fingerprints_not_by_how_its_path_is_spelled(tmp_path, monkeypatch, capsys):
+    """``--data ds``, then ``./ds``, the absolute path and ``ds/``: one dataset, every run reused.
+    Other data made at the same path: its fingerprints differ, every run trains again."""
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
+    assert main(["data", "synth", "--out", "ds", *sizes]) == 0
+    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    argv += ["--jobs", "1", *SETS, "--out", "b"]
+    assert main([*argv, "--data", "ds"]) == 0
+    calls = spy_training(monkeypatch)
+    capsys.readouterr()
+    for spelling in ("./ds", str(tmp_path / "ds"), "ds/"):
+        assert main([*argv, "--data", spelling]) == 0
+        assert "(0 trained, 0 resumed, 2 cached" in capsys.readouterr().err, spelling
+    assert calls == []
+    assert main(["data", "synth", "--out", "ds", *sizes, "--set", "seed=7"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--data", "./ds"]) == 0
+    assert "(2 trained, 0 resumed, 0 cached" in capsys.readouterr().err
+    assert sorted(calls) == sorted(bench_mod.run_dir(Path("b"), m, 0.0, 1) for m in ("br", "late_fusion"))
+
+
 @pytest.mark.parametrize("case", CORRUPT)
 def test_bench_retrains_a_cached_run_with_a_corrupt_file(tmp_path, benched, monkeypatch, capsys, case):
     out = tmp_path / "b"
@@ -540,6 +562,32 @@ def test_bench_rejects_unknown_models_and_rates():
     assert main(["bench", "--missing-rates", "0,1.5"]) == 2
 
 
+def test_rates_that_would_share_a_run_folder_are_refused(capsys):
+    """0.3 and 0.3000001 are two rates but one folder name (missing-0.3) and one report heading: their
+    runs would delete each other. An exact duplicate is one rate."""
+    with pytest.raises(RamerError, match=r"0\.3 and 0\.3000001 would share the run folders missing-0\.3"):
+        bench_mod.parse_rates("0.3,0.3000001")
+    assert main(["bench", "--missing-rates", "0,0.3000001,0.3", "--out", "never"]) == 2
+    assert "would share the run folders missing-0.3" in capsys.readouterr().err
+    assert bench_mod.parse_rates("0.3,0,0.3,-0") == [0.0, 0.3]
+    assert bench_mod.parse_rates("0.3,0.30001") == [0.3, 0.30001]
+
+
+def test_set_data_missing_at_is_refused_for_missing_at():
+    """The bench sets data.missing_at from --missing-at: a --set of it would be replaced silently."""
+    with pytest.raises(RamerError, match="--set data.missing_at: the bench sets it from --missing-at"):
+        bench_mod.resolve_settings(overrides=[*TINY, "data.missing_at=test"])
+    assert bench_mod.resolve_settings(overrides=TINY, missing_at="test").base.data.missing_at == "test"
+
+
+def test_quick_report_states_the_seeds_and_rates_it_ran(tmp_path):
+    out = tmp_path / "b"
+    argv = ["bench", "--quick", "--models", "br", "--seeds", "2", "--missing-rates", "0,0.2,0.4", "--complete", ""]
+    assert main([*argv, "--jobs", "1", *SETS, "--out", str(out)]) == 0
+    mode = next(ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("- Mode: **quick**"))
+    assert "; 2 seeds; missing rates 0, 0.2 and 0.4)" in mode
+
+
 def test_presets_set_ablations():
     settings = bench_mod.resolve_settings(models="ablations", overrides=TINY)
     assert settings.models[0] == "ramer" and "ramer-no_shuffle" in settings.models
@@ -643,7 +691,12 @@ def test_bench_tune_trials_tunes_every_deep_model_first(tmp_path):
     assert {key: Param(key).value(cfg) for key in study.best_params} == study.best_params  # nested keys too
     text = (out / "report.md").read_text()
     assert "every deep model tuned first with the same budget, 2 trials" in text
-    assert "| late_fusion | 2 (0 pruned) |" in text
+    assert "| late_fusion | 2 (0 pruned) |" in text and "**The studies hold" not in text
+    # Again with --tune-trials 1: the studies of 2 trials are reused; the report says what they hold.
+    assert main([*argv, "--jobs", "1", "--tune-trials", "1", *SETS, "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "every deep model tuned first with the same budget, 2 trials" in text
+    assert "**The studies hold 2 trials each, not the 1 of --tune-trials 1**" in text
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 import ramer
 from ramer.cli import main
@@ -243,6 +244,64 @@ def test_tune_rejects_classical_models_and_says_when_optuna_is_missing(tmp_path,
     assert "pip install 'ramer[tune]'" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------- stopped and continued
+QUIET = Console(stderr=True, quiet=True)
+
+
+def test_a_study_stopped_and_continued_draws_what_one_run_straight_through_draws(tmp_path, tiny):
+    """--trials 3 straight, and --trials 1 then --trials 3 into another folder: each trial has the
+    same values in both (the sampler is made anew before every trial, seeded by the study's trial
+    count: a sampler kept across trials in one process continues its random stream)."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    tune(cfg, tmp_path / "straight", trials=3, bundle=tiny[0], console=QUIET)
+    for trials in (1, 3):
+        tune(cfg, tmp_path / "stopped", trials=trials, bundle=tiny[0], console=QUIET)
+    straight, stopped = (study_trials(tmp_path / d, "late_fusion") for d in ("straight", "stopped"))
+    assert states(straight) == states(stopped) == ["complete"] * 3
+    assert [t.params for t in stopped] == [t.params for t in straight]
+    assert len({json.dumps(t.params, sort_keys=True) for t in straight}) == 3  # three points, not one
+
+
+def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypatch):
+    """Ctrl-C in trial 1: it is marked failed, its folder goes, and the same command again tries its
+    values first (trial 2). Once: a retry stopped too is not queued again (trial 4 draws anew)."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    out = tmp_path / "t"
+    real = Recipe.train_epoch
+
+    def stopped_in(name):
+        def train_epoch(self, epoch, bar):
+            if self.out.name == name:
+                raise KeyboardInterrupt
+            return real(self, epoch, bar)
+
+        return train_epoch
+
+    monkeypatch.setattr(Recipe, "train_epoch", stopped_in("trial-0001"))
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    monkeypatch.setattr(Recipe, "train_epoch", real)
+    tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    trials = study_trials(out, "late_fusion")
+    assert states(trials) == ["complete", "fail", "complete"]
+    assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
+    assert not (out / "trial-0001").exists()
+    assert "the values of trial 1 again" in (out / "trials.csv").read_text()
+
+    monkeypatch.setattr(Recipe, "train_epoch", stopped_in("trial-0004"))
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, out, trials=4, bundle=tiny[0], console=QUIET)  # trial 3 completes, 4 stopped
+    monkeypatch.setattr(Recipe, "train_epoch", stopped_in("trial-0005"))
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, out, trials=4, bundle=tiny[0], console=QUIET)  # 5: trial 4's values, stopped again
+    monkeypatch.setattr(Recipe, "train_epoch", real)
+    tune(cfg, out, trials=4, bundle=tiny[0], console=QUIET)
+    trials = study_trials(out, "late_fusion")
+    assert states(trials) == ["complete", "fail", "complete", "complete", "fail", "fail", "complete"]
+    assert trials[5].params == trials[4].params and trials[5].user_attrs["retry_of"] == 4
+    assert trials[6].params != trials[4].params and "retry_of" not in trials[6].user_attrs
+
+
 # ---------------------------------------------------------------------- pruning
 def test_pruner_stops_a_hopeless_trial(tmp_path, monkeypatch):
     """Scripted validation scores: trials 0 and 1 score 0.3, 0.5, 0.4 in epochs 1-3, trial 2 scores
@@ -362,6 +421,7 @@ def test_tune_killed_mid_trial_resumes_where_it_stopped(tmp_path):
     trials = study_trials(out, "late_fusion")
     assert states(trials) == ["complete", "fail", "complete", "complete"]
     assert not (out / "trial-0001").exists()
+    assert trials[2].params == trials[1].params  # the killed trial's values, tried again first
     assert (out / "trial-0000" / "metrics.jsonl").stat().st_mtime_ns == first
     summary = json.loads((out / "tune.json").read_text())
     assert (summary["complete"], summary["failed"], summary["running"]) == (3, 1, 0)
@@ -472,3 +532,20 @@ def test_best_yaml_names_its_data_by_a_path_that_works_from_any_folder(tmp_path,
     assert trial.data.path == "ds" and best.data.path == str(tmp_path / "ds")
     best.data.path = trial.data.path
     assert best == trial  # the rest as the trial trained it
+
+
+def test_a_study_takes_its_data_under_another_spelling_of_the_path(tmp_path, monkeypatch, capsys):
+    """--data ds, then ./ds and the absolute path: one dataset (the study's recorded fingerprints say
+    so), one study. Other data made at the same path, named another way: another config, refused."""
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
+    assert main(["data", "synth", "--out", "ds", *sizes]) == 0
+    argv = ["tune", "--model", "late_fusion", "--out", "study"]
+    argv += [x for s in ("train.epochs=1", "model.hidden=16", "model.heads=2") for x in ("--set", s)]
+    for trials, spelling in ((1, "ds"), (2, "./ds"), (3, str(tmp_path / "ds"))):
+        assert main([*argv, "--trials", str(trials), "--data", spelling]) == 0, capsys.readouterr().err
+    assert states(study_trials(tmp_path / "study", "late_fusion")) == ["complete"] * 3
+    assert main(["data", "synth", "--out", "ds", *sizes, "--set", "seed=7"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--trials", "4", "--data", "./ds"]) == 2
+    assert "with another config (differs in data.path)" in capsys.readouterr().err

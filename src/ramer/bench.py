@@ -14,11 +14,12 @@
   (``data.synthetic.complete``, missing rate 0); its row repeats under every missing-rate table.
 - Cache: ``DIR/runs/<model>/missing-<rate>/seed-<seed>/`` (complete inputs:
   ``DIR/runs/<model>@complete/missing-0/seed-<seed>/``) is a normal run directory. It is reused
-  when its ``test_metrics.json`` exists, its ``config.yaml`` equals the run's config and its files
-  read back whole (``read_run``); a deep run stopped mid-training is resumed from its
-  ``train_state.pt`` (if that fails, a line says why and it starts again); anything else there (a
-  partial or corrupt run: a line names the file) is removed and the run starts again. So an
-  interrupted bench resumes where it stopped.
+  when its ``test_metrics.json`` exists, its ``config.yaml`` equals the run's config (but for
+  ``data.path``, where the run records every split's fingerprint: they decide), its data has the
+  fingerprints it records and its files read back whole (``read_run``); a deep run stopped
+  mid-training is resumed from its ``train_state.pt`` (if that fails, a line says why and it
+  starts again); anything else there (a partial or corrupt run: a line names the file) is removed
+  and the run starts again. So an interrupted bench resumes where it stopped.
 - Tuned settings (``--tuned DIR``, ``--tune-trials N``): each deep model runs with the values its
   search space (``ramer.models.spaces``) chose, read from ``DIR/<model>/best.yaml`` (as ``ramer tune
   --out DIR/<model>`` writes it); every other setting is the bench's, the same for every model.
@@ -56,6 +57,7 @@ from ramer.config import (
     DataConfig,
     build_config,
     config_from_dict,
+    differences,
     set_keys,
     with_todays_defaults,
     with_values,
@@ -193,7 +195,16 @@ def parse_rates(text: str | None, quick: bool = False) -> list[float]:
         raise RamerError("--missing-rates: empty list; give rates like 0,0.3,0.6")
     if any(not 0.0 <= r < 1.0 for r in rates):
         raise RamerError(f"--missing-rates: each rate must be in [0, 1), got '{text}'")
-    return sorted(set(rates))
+    rates = sorted({r + 0.0 for r in rates})  # + 0.0: -0 is 0
+    named: dict[str, float] = {}  # folder name (``run_dir``) and report heading -> rate
+    for r in rates:
+        if f"{r:g}" in named:
+            raise RamerError(
+                f"--missing-rates: {named[f'{r:g}']!r} and {r!r} would share the run folders missing-{r:g} and the "
+                f"report's table 'Missing rate {r:g}'; give rates that differ within 6 significant digits"
+            )
+        named[f"{r:g}"] = r
+    return rates
 
 
 def resolve_settings(
@@ -225,6 +236,10 @@ def resolve_settings(
         )
     if trial_seeds is not None and trial_seeds < 1:
         raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
+    if "data.missing_at" in set_keys(overrides or []):
+        raise RamerError(
+            "--set data.missing_at: the bench sets it from --missing-at (all or test); give --missing-at instead"
+        )
     if tune_trials is not None:
         from ramer.tune import require_optuna
 
@@ -421,16 +436,17 @@ def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
 
 
 # ---------------------------------------------------------------------- runs and cache
-def _same_config(run: Path, cfg: Config) -> bool:
-    """Whether the run was made with ``cfg``. The stored config is read back with today's defaults
-    for keys added since (a new option at its default does not retrain every cached run)."""
+def _config_changes(run: Path, cfg: Config) -> list[str] | None:
+    """The dotted keys in which the run's config differs from ``cfg`` (None: no config that reads
+    back). The stored config is read back with today's defaults for keys added since (a new option
+    at its default does not retrain every cached run)."""
     path = run / "config.yaml"
     readable(path)
     try:
         stored = with_todays_defaults(yaml.safe_load(path.read_text()), str(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RamerError):
-        return False
-    return stored == cfg.model_dump(mode="json")
+        return None
+    return differences(stored, cfg.model_dump(mode="json"))
 
 
 def _epoch_seconds(log: list[dict]) -> float:
@@ -441,12 +457,16 @@ def _epoch_seconds(log: list[dict]) -> float:
 def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str:
     """``done``, ``resume`` or ``fresh`` (a ``fresh`` run's stale directory has been removed). A run
     of another config, or made on other data than ``bundle`` (its recorded split fingerprints), is
-    stale."""
+    stale. ``data.path`` is not compared where the run records the fingerprint of every split of
+    ``bundle``: they say whether the data is the same (``ds``, ``./ds`` and ``/abs/ds`` are one
+    dataset; other data at the same path is not)."""
     if not run.exists():
         return "fresh"
-    if _same_config(run, cfg) and (
-        bundle is None or not ckpt.changed_splits(ckpt.read_data_fingerprints(run / "model.safetensors"), bundle)
-    ):
+    changes = _config_changes(run, cfg)
+    recorded = ckpt.read_data_fingerprints(run / "model.safetensors") if bundle is not None else {}
+    if changes == ["data.path"] and bundle is not None and set(bundle.splits) <= set(recorded):
+        changes = []
+    if changes == [] and (bundle is None or not ckpt.changed_splits(recorded, bundle)):
         if (run / "test_metrics.json").exists():
             return "done"
         if (
@@ -902,25 +922,35 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
         if s.trial_seeds == 1
         else f"the mean of their best validation {metric}; the pruner reads seed {first}"
     )
+    budgets = {m: (tune_summary(s, m) or {}).get("finished") for m in s.deep_models}  # what the studies hold
+    held = set(budgets.values())
+    same = len(held) == 1 and None not in held
+    budget = f"with the same budget, {next(iter(held))} trials " if same else ""
     how = (
-        f"every deep model tuned first with the same budget, {s.tune_trials} trials "
+        f"every deep model tuned first {budget}"
         f"(`ramer tune`, into `{s.tuned}/<model>`: Optuna TPE, median pruning; each trial {runs} "
         f"at missing rate {base.data.missing_rate:g}; value: {value}; test never read)"
         if s.tune_trials is not None
         else f"read from `{s.tuned}/<model>/best.yaml` (`ramer tune --out {s.tuned}/<model>`)"
     )
-    budgets = {m: (tune_summary(s, m) or {}).get("finished") for m in s.deep_models}
-    unequal = len(set(budgets.values())) > 1
-    return [
-        f"- Tuned settings: {how}; each deep model runs with the values its search space (`ramer.models.spaces`) "
-        f"chose{kept}, every other setting as above (table `Tuned settings`)."
-        + (
+    asked = f"--tune-trials {s.tune_trials}"
+    if not same:
+        warning = (
             " **The models were tuned with different numbers of trials** ("
             + ", ".join(f"{m} {n if n is not None else '?'}" for m, n in budgets.items())
+            + (f"; {asked}" if s.tune_trials is not None else "")
             + ")."
-            if unequal
-            else ""
         )
+    elif s.tune_trials is not None and held != {s.tune_trials}:
+        warning = (
+            f" **The studies hold {next(iter(held))} trials each, not the {s.tune_trials} of {asked}**: studies "
+            "of an earlier command, reused (a study stops adding trials once it holds as many as asked)."
+        )
+    else:
+        warning = ""
+    return [
+        f"- Tuned settings: {how}; each deep model runs with the values its search space (`ramer.models.spaces`) "
+        f"chose{kept}, every other setting as above (table `Tuned settings`)." + warning
     ]
 
 
@@ -948,6 +978,12 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
         )
     header = ["model", "trials", f"best valid {metric}", "trial", "its steps to best", "chosen values"]
     return ["", "## Tuned settings", "", *markdown_table(header, rows)]
+
+
+def _spoken(items) -> str:
+    """``0``, ``0 and 0.6``, ``0, 0.3 and 0.6``."""
+    items = list(items)
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
 def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:
@@ -992,7 +1028,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         "",
         "- Mode: "
         + (
-            f"**quick** (smoke settings: {', '.join(QUICK_SETS)}; 1 seed; missing rates 0 and 0.6)"
+            f"**quick** (smoke settings: {', '.join(QUICK_SETS)}; {len(s.seeds)} seed{'s' * (len(s.seeds) > 1)}; "
+            f"missing rate{'s' * (len(s.rates) > 1)} {_spoken(f'{r:g}' for r in s.rates)})"
             if s.quick
             else f"default ({', '.join(DEFAULT_SETS)})"
         )

@@ -2,8 +2,10 @@
 
 - Space: ``ramer.models.spaces`` (the model's own entry, or the common one); a key the user sets
   with ``--set`` is kept at that value, not searched.
-- Sampler: TPE, seeded (``--seed``; a process that joins a study already holding trials adds their
-  count to the seed, so a resumed or second process draws new points). Pruner: median, on the
+- Sampler: TPE, made anew before every trial and seeded by ``--seed`` and the number of trials the
+  study holds (``sampler_seed``): trial k draws the same point whether the study ran straight through
+  or was stopped and continued, and a second process sharing the study draws new points. TPE reads
+  its startup count and its model from the study's finished trials, not from the sampler. Pruner: median, on the
   validation selection score each epoch reports (micro-F1; weighted F1 on single-label data),
   from the 5th completed trial on and from epoch 3 on.
 - Objective: the best validation selection score of the run (the epoch the checkpoint keeps), with
@@ -17,7 +19,10 @@
   (complete or pruned) trials, counting those it already has, so the same command continues an
   interrupted study, and several processes given one storage share the N. A trial that was running
   when its process died is marked failed (at once when the process ran on this machine, else after
-  the heartbeat grace period), its folder is removed, and it does not count.
+  the heartbeat grace period), its folder is removed, and it does not count; a trial stopped by
+  Ctrl-C is marked failed too. Either way its values are queued (``requeue``): the next trial tries
+  them first. Once: a trial that is itself such a retry is not queued again (a setting that kills
+  its process, e.g. out of memory, is not tried forever).
 - Outputs in OUT: ``trial-NNNN/`` (a ``ramer train`` run folder per trial; with ``K`` seeds a
   folder ``trial-NNNN/seed-S`` per seed), ``best.yaml`` (the full config of the best trial: ``ramer
   train --config OUT/best.yaml``), ``trials.csv`` and ``trials.md`` (number, state, value, steps,
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -127,9 +133,20 @@ def check_folder_model(out: Path, model: str, studies: list[str]) -> None:
         )
 
 
-def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, pruner=None, trial_seeds: int = 1):
+def open_study(
+    optuna,
+    out: Path,
+    storage: str | None,
+    base: Config,
+    seed: int,
+    pruner=None,
+    trial_seeds: int = 1,
+    bundle: DataBundle | None = None,
+):
     """Create or load the study (name: the model) and check it was made with ``base`` and
-    ``trial_seeds`` runs per trial, and that ``out`` holds no other model's search."""
+    ``trial_seeds`` runs per trial, and that ``out`` holds no other model's search. A new study
+    records the fingerprints of ``bundle`` (the data at ``data.path``); a study that recorded them
+    takes the same data under another spelling of its path (``ds``, ``./ds``, ``/abs/ds``)."""
     url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
     with storage_errors(optuna, url):
         rdb = _storage(optuna, url)
@@ -156,16 +173,36 @@ def open_study(optuna, out: Path, storage: str | None, base: Config, seed: int, 
         study.set_user_attr("trial_seeds", trial_seeds)
     if stored is None:
         study.set_user_attr("config", mine)
-    elif (stored := as_today(stored, url)) != mine:
-        differ = sorted(differences(stored, mine))
+        if bundle is not None:
+            study.set_user_attr("data", bundle.fingerprints())
+        differ = []
+    else:
+        differ = sorted(differences(as_today(stored, url), mine))
+    if differ == ["data.path"] and bundle is not None and study.user_attrs.get("data") == bundle.fingerprints():
+        differ = []  # the same data, its path spelled another way
+    if differ:
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "
             f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out or --storage, "
             "or the study's own --config/--set"
         )
-    n = len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=seed + n, n_startup_trials=TPE_STARTUP)
+    fresh_sampler(optuna, study, seed)
     return study, url
+
+
+def sampler_seed(seed: int, n: int) -> int:
+    """The TPE seed of the trial drawn when the study holds ``n`` trials: a hash of ``--seed`` and
+    ``n`` (not their sum, which two processes given seeds 0 and 1 would share at counts 2 and 1)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed} {n}".encode(), digest_size=4).digest(), "big")
+
+
+def fresh_sampler(optuna, study, seed: int) -> None:
+    """Give ``study`` a new TPE sampler seeded by ``seed`` and the trials the study holds: set
+    before every trial, so what trial k draws depends on the study's earlier trials, not on whether
+    this process drew them (a sampler kept across trials continues its random stream; one made when
+    a stopped study is continued does not)."""
+    n = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, n), n_startup_trials=TPE_STARTUP)
 
 
 def _storage(optuna, url: str, attempts: int = 5):
@@ -202,14 +239,31 @@ def _alive(pid: int) -> bool:
 
 def fail_stale(optuna, study) -> None:
     """Mark failed every running trial whose process is gone: on this machine at once (its pid),
-    elsewhere after the heartbeat grace period."""
+    elsewhere after the heartbeat grace period; queue the values of each (``requeue``)."""
+    states = optuna.trial.TrialState
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(states.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         worker = t.user_attrs.get("worker") or {}
         if worker.get("host") == HOST and worker.get("pid") != os.getpid() and not _alive(worker.get("pid", -1)):
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            study.tell(t.number, state=states.FAIL, skip_if_finished=True)
+    for t in study.get_trials(deepcopy=False, states=(states.FAIL,)):
+        if t.number in running:
+            requeue(study, t)
+
+
+def requeue(study, trial) -> None:
+    """Queue the values of ``trial``, stopped before it finished (Ctrl-C, or its process gone), so
+    that the study's next trial (in any process) tries them first. Not for a trial that drew no
+    values, that is itself such a retry (once: a setting that kills its process is not tried
+    forever), or whose values are queued already (two processes may both see it stop)."""
+    if not trial.params or "retry_of" in trial.user_attrs:
+        return
+    if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
 def remove_failed_folders(optuna, study, out: Path) -> None:
@@ -240,10 +294,12 @@ class Objective:
         self.optuna, self.study, self.base, self.space = optuna, study, base, space
         self.out, self.budget, self.bundle, self.on_epoch = out, budget, bundle, on_epoch
         self.trial_seeds = trial_seeds
+        self.number: int | None = None
         self.quiet = Console(stderr=True, quiet=True)
 
     def __call__(self, trial) -> float:
         optuna = self.optuna
+        self.number = trial.number  # the trial this process runs (a Ctrl-C stops it: ``tune``)
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         ahead = [t for t in running if t.number < trial.number]  # started before this one, elsewhere
         if counts(optuna, self.study)["finished"] + len(ahead) >= self.budget:
@@ -340,15 +396,15 @@ def tune(
     out = work_folder(out, "study")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
     try:
-        study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds)
+        if bundle is None:
+            bundle = load_bundle(base.data)
+        study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds, bundle)
     except BaseException:
-        if made:  # a storage that would not open: no empty folder left behind
+        if made:  # data or a storage that would not open: no empty folder left behind
             remove_if_empty(out)
         raise
     fail_stale(optuna, study)
     remove_failed_folders(optuna, study, out)
-    if bundle is None:
-        bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = METRIC_NAMES[SELECTION[task]]
     info = {
@@ -413,10 +469,16 @@ def tune(
                         highlight=False,
                     )
                     break
+                fresh_sampler(optuna, study, seed)  # this trial's draw: the same however the study was stopped
                 try:
                     study.optimize(objective, n_trials=1, callbacks=[after_trial])
                 except BudgetTaken:
                     break
+                except KeyboardInterrupt:  # Optuna marked the trial failed: its values go first next time
+                    stopped = [t for t in study.get_trials(deepcopy=False) if t.number == objective.number]
+                    if stopped and stopped[0].state == states.FAIL:
+                        requeue(study, stopped[0])
+                    raise
     finally:
         summary = write_outputs(optuna, study, out, base, trials, task, info)
     return TuneResult(out=out, summary=summary)
@@ -450,12 +512,15 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
     for t in trials:
         a = t.user_attrs
         value = "" if t.value is None else t.value
+        note = a.get("note", "killed or interrupted" if t.state.name == "FAIL" else "")
+        if "retry_of" in a:  # queued by ``requeue``
+            note = "; ".join(filter(None, [f"the values of trial {a['retry_of']} again", note]))
         rows.append(
             [t.number, t.state.name.lower(), value, a.get("best_step", ""), a.get("steps", ""), a.get("epochs_run", "")]
             + [round(a["seconds"], 1) if "seconds" in a else ""]
             + [t.params.get(k, "") for k in keys]
             + ([" ".join(f"{v:.4f}" for v in a.get("seed_values", []))] if seeded else [])
-            + [a.get("note", "killed or interrupted" if t.state.name == "FAIL" else "")]
+            + [note]
         )
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([header, *rows])
