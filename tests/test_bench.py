@@ -573,10 +573,20 @@ def test_rates_that_would_share_a_run_folder_are_refused(capsys):
     assert bench_mod.parse_rates("0.3,0.30001") == [0.3, 0.30001]
 
 
-def test_set_data_missing_at_is_refused_for_missing_at():
-    """The bench sets data.missing_at from --missing-at: a --set of it would be replaced silently."""
-    with pytest.raises(RamerError, match="--set data.missing_at: the bench sets it from --missing-at"):
-        bench_mod.resolve_settings(overrides=[*TINY, "data.missing_at=test"])
+@pytest.mark.parametrize(
+    "assignment, option",
+    [
+        ("data.missing_at=test", "--missing-at"),
+        ("model.name=br", "--models"),
+        ("train.seed=7", "--seeds"),
+        ("data.missing_rate=0.3", "--missing-rates"),
+    ],
+)
+def test_a_set_of_what_the_bench_sets_is_refused(assignment, option):
+    """The bench sets these for every run from its own options: a --set of one would be replaced silently."""
+    key = assignment.split("=")[0]
+    with pytest.raises(RamerError, match=f"--set {key}: the bench sets it for every run; give {option}"):
+        bench_mod.resolve_settings(overrides=[*TINY, assignment])
     assert bench_mod.resolve_settings(overrides=TINY, missing_at="test").base.data.missing_at == "test"
 
 

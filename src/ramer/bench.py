@@ -207,6 +207,15 @@ def parse_rates(text: str | None, quick: bool = False) -> list[float]:
     return rates
 
 
+# Settings the bench gives every run from its own options (a --config file's values are replaced).
+BENCH_OWNS = {
+    "model.name": "--models",
+    "train.seed": "--seeds",
+    "data.missing_rate": "--missing-rates",
+    "data.missing_at": "--missing-at (all or test)",
+}
+
+
 def resolve_settings(
     out: str | None = None,
     models: str | None = None,
@@ -236,10 +245,9 @@ def resolve_settings(
         )
     if trial_seeds is not None and trial_seeds < 1:
         raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
-    if "data.missing_at" in set_keys(overrides or []):
-        raise RamerError(
-            "--set data.missing_at: the bench sets it from --missing-at (all or test); give --missing-at instead"
-        )
+    owned = [key for key in set_keys(overrides or []) if key in BENCH_OWNS]
+    if owned:
+        raise RamerError(f"--set {owned[0]}: the bench sets it for every run; give {BENCH_OWNS[owned[0]]} instead")
     if tune_trials is not None:
         from ramer.tune import require_optuna
 
