@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 from ramer.errors import RamerError
 from ramer.metrics import (
     METRIC_KEYS,
+    MetricInputError,
     decide,
     multilabel_metrics,
     per_label_metrics,
@@ -180,3 +181,27 @@ def test_threshold_tuning_finds_the_best_on_the_given_split():
     for j in range(5):
         best_j = max(skm.f1_score(y[:, j], (s[:, j] > t).astype(int), zero_division=0) for t in grid)
         assert skm.f1_score(y[:, j], (s[:, j] > per[j]).astype(int), zero_division=0) == pytest.approx(best_j)
+
+
+def test_decide_compares_as_report_does_whatever_the_scores_dtype():
+    """float32 scores against 0.43 (not a float32 value): a score equal to float32(0.43) is above
+    0.43 in float64, as report and tune_threshold compare, so predict and eval agree."""
+    s32 = np.array([[np.float32(0.43), 0.2]], dtype=np.float32)
+    assert decide(s32, 0.43).tolist() == decide(s32.astype(np.float64), 0.43).tolist() == [[1, 0]]
+    assert report(np.array([[1, 0]]), s32, 0.43)["overall"]["micro_p"] == 1.0
+
+
+@pytest.mark.parametrize("lo, hi", [(0.435, 0.565), (0.445, 0.555)])
+def test_threshold_ties_as_near_to_half_go_to_the_lower(lo, hi):
+    """Micro-F1 is as high below ``lo`` as from ``hi`` up; the two grid points nearest 0.5 are as
+    near (0.43 and 0.57: their float distances from 0.5 differ in the last bits)."""
+    y = np.array([[1], [1], [0], [0]])
+    s = np.array([[lo], [0.9], [hi], [hi]])
+    assert tune_threshold(y, s) == pytest.approx(np.floor(lo * 100) / 100)
+
+
+def test_top1_accuracy_checks_its_inputs():
+    with pytest.raises(MetricInputError, match="must be equal"):
+        top1_accuracy(np.zeros((3, 4)), np.zeros((3, 2)))
+    with pytest.raises(RamerError, match="1 of 4 scores are NaN or infinite"):
+        top1_accuracy(np.eye(2), np.array([[np.nan, 0.1], [0.2, 0.3]]))

@@ -130,3 +130,13 @@ def test_a_seed_stopped_before_its_first_state_is_trained_again(tmp_path, capsys
     assert reproduce("mosei", data, tmp_path / "out", seeds=1) == 0
     assert f"seed 1: {seed} holds no state to resume from; removing it" in capsys.readouterr().err
     assert (seed / "test_metrics.json").is_file()
+
+
+def test_a_role_no_target_has_gets_no_row():
+    """A part with n = 0 (no non-speaker target in the split) is no score: no row of zeros."""
+    from ramer.reproduce import summarise
+
+    part = {"acc": 0.5, "hamming_loss": 0.1, "micro_p": 0.5, "micro_r": 0.5, "micro_f1": 0.5, "macro_f1": 0.4}
+    empty = {**{k: 0.0 for k in part}, "n": 0}
+    table = summarise([{"overall": {**part, "n": 4}, "speaker": {**part, "n": 4}, "nonspeaker": empty}] * 2, False)
+    assert "| speaker | 4 |" in table and "nonspeaker" not in table

@@ -443,6 +443,15 @@ def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
     return out / "runs" / model / f"missing-{rate:g}" / f"seed-{seed}"
 
 
+def scored_parts(metrics: dict) -> dict:
+    """The parts of a run's test metrics that scored some targets: a split whose targets all have
+    one role (M3ED utterances, an import with --targets rows) reports the other part with n = 0
+    and zeros, which are no score and would be averaged as one."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics is {type(metrics).__name__}, not an object")
+    return {k: metrics[k] for k in PARTS if isinstance(metrics.get(k), dict) and metrics[k].get("n", 1) > 0}
+
+
 # ---------------------------------------------------------------------- runs and cache
 def _config_changes(run: Path, cfg: Config) -> list[str] | None:
     """The dotted keys in which the run's config differs from ``cfg`` (None: no config that reads
@@ -509,7 +518,7 @@ def read_run(run: Path) -> dict:
     if not isinstance(seconds, (int, float)):  # not yet timed by the bench (or made by ``ramer train``)
         seconds = _epoch_seconds(log)
     return {
-        "metrics": {k: metrics[k] for k in PARTS if k in metrics},
+        "metrics": scored_parts(metrics),
         "seconds": seconds,
         **run_progress(run),
         "params": parameter_count(run),
@@ -786,7 +795,9 @@ def read_results(out: Path, console: Console) -> dict[tuple[str, int, float], di
         records = read_json(path)
         if not isinstance(records, list):
             raise RamerError(f"{path}: not a list of records")
-        return {(run_name(r), r["seed"], r["missing_rate"]): r for r in records}
+        return {
+            (run_name(r), r["seed"], r["missing_rate"]): {**r, "metrics": scored_parts(r["metrics"])} for r in records
+        }
     except FileUnreadable:
         raise  # it may hold records of runs this bench does not plan: not rewritten from the runs
     except RamerError as e:

@@ -139,7 +139,7 @@ def finite_scores(scores: np.ndarray) -> np.ndarray:
 
 def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Share of samples whose highest-scoring label is one of their true labels (MEmoR)."""
-    y_true = np.asarray(y_true)
+    y_true, scores = _truth_and_scores(y_true, scores)
     if len(y_true) == 0:
         return 0.0
     best = np.asarray(scores).argmax(1)
@@ -149,8 +149,13 @@ def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
 def decide(scores: np.ndarray, threshold: float | np.ndarray | str) -> np.ndarray:
     """0/1 decisions ``(n, C)`` int64: ``scores > threshold``, or for ``ARGMAX`` the top label of each
     row (exactly one per sample; ties go to the first label). ``threshold``: a finite number, one per
-    label (shape ``(C,)``) or ``ARGMAX``; anything else is a MetricInputError."""
+    label (shape ``(C,)``) or ``ARGMAX``; anything else is a MetricInputError. Compared in float64,
+    as ``report`` and ``tune_threshold`` compare (float32 scores against a float64 threshold would
+    compare in float32 under NumPy 1's value-based casting: a score equal to float32(0.43) would be
+    above 0.43 in one and not in the other)."""
     scores = np.asarray(scores)
+    if scores.dtype.kind == "f":
+        scores = scores.astype(np.float64, copy=False)
     if scores.ndim != 2:
         raise MetricInputError(f"scores have shape {scores.shape}, expected (n, C): one row per sample")
     if isinstance(threshold, str):
@@ -237,7 +242,8 @@ def tune_threshold(
 ) -> float | np.ndarray:
     """Threshold maximising micro-F1 (global) or each label's F1 (per label) on the given split.
 
-    Call it on the validation split only. Ties go to the threshold nearest 0.5.
+    Call it on the validation split only. Ties go to the threshold nearest 0.5, and between two
+    as near, to the lower.
     """
     y_true, scores = _truth_and_scores(y_true, scores)
     y_true = y_true.astype(bool)
@@ -250,7 +256,9 @@ def tune_threshold(
         tp[g0 : g0 + 16] = (pred & y_true[None]).sum(1)
         pp[g0 : g0 + 16] = pred.sum(1)
     rp = y_true.sum(0)[None].astype(np.float64)
-    order = np.argsort(np.abs(grid - 0.5), kind="stable")  # prefer thresholds near 0.5 on ties
+    # ties go to the threshold nearest 0.5, and of two as near, the lower (rounded: 0.43 and 0.57 are
+    # as near, though their float differences from 0.5 are not)
+    order = np.lexsort((grid, np.round(np.abs(grid - 0.5), 9)))
     if not per_label:
         f1 = _div(2 * tp.sum(1), pp.sum(1) + rp.sum())
         return float(grid[order[np.argmax(f1[order])]])

@@ -53,7 +53,7 @@ def summarise(results: list[dict], memor: bool) -> str:
     cols = COLUMNS + (MEMOR_COLUMNS if memor else ())
     rows = []
     for part in ("overall", "speaker", "nonspeaker"):
-        runs = [r[part] for r in results if part in r]
+        runs = [r[part] for r in results if part in r and r[part].get("n", 1) > 0]  # n = 0: no score
         if runs:
             cells = [format_mean_std(*mean_std(r[key] for r in runs), digits=4) for key, _ in cols]
             rows.append([part, str(runs[0]["n"]), *cells])
