@@ -209,6 +209,60 @@ def test_new_run_refuses_to_overwrite(tmp_path, bundle):
         Recipe(tiny_cfg(), tmp_path / "r", bundle=bundle).run()
 
 
+def test_a_config_of_the_users_in_the_run_folder_is_not_written_over(tmp_path, bundle, capsys):
+    """A new run writes its resolved config to OUT/config.yaml: a config.yaml no run wrote there (the
+    user's, commented, perhaps the --config itself) or a link (the write followed it) is refused
+    before any work, nothing written. A folder a run was started in and stopped before its first
+    state (its config and an empty log) is started again there."""
+    mine = tmp_path / "myexp"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my experiment\ntrain:\n  epochs: 1  # quick\n")
+    (tmp_path / "target.yaml").write_text("train:\n  epochs: 1\n")
+    link = tmp_path / "linked"
+    link.mkdir()
+    (link / "config.yaml").symlink_to(tmp_path / "target.yaml")
+    sets = [x for kv in [*TINY, "train.epochs=1"] for x in ("--set", kv)]
+    for out, config, message in [
+        (mine, ["--config", str(mine / "config.yaml")], f"{mine / 'config.yaml'}: not a config a run wrote there"),
+        (link, [], f"{link / 'config.yaml'}: is a link (to {tmp_path / 'target.yaml'}); a new run writes"),
+    ]:
+        capsys.readouterr()
+        assert main(["train", "--model", "late_fusion", *config, "--out", str(out), *sets]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "or use another --out" in err and one_error_line(err), err
+        assert [p.name for p in out.iterdir()] == ["config.yaml"]
+        with pytest.raises(RamerError, match="or use another --out"):
+            Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()
+    assert (mine / "config.yaml").read_text() == "# my experiment\ntrain:\n  epochs: 1  # quick\n"
+    assert (tmp_path / "target.yaml").read_text() == "train:\n  epochs: 1\n" and (link / "config.yaml").is_symlink()
+    stopped = tmp_path / "stopped"  # a run stopped before its first state, then started with other settings
+    recipe_mod.start_run_folder(stopped, tiny_cfg(extra=["train.seed=5"]))
+    Recipe(tiny_cfg(extra=["train.epochs=1"]), stopped, bundle=bundle).run()
+    assert build_config(stopped / "config.yaml") == tiny_cfg(extra=["train.epochs=1"])
+
+
+@pytest.mark.parametrize(
+    "model, extra, given",
+    [
+        ("late_fusion", ["model.hidden=1000000000000", "model.heads=1"], None),
+        ("ramer", ["model.proj_size=100000000000"], None),
+        ("late_fusion", ["data.synthetic.text_dim=1000000000000"], "synthetic"),
+    ],
+    ids=["hidden", "proj_size", "text_dim"],
+)
+def test_a_size_too_large_for_memory_is_one_line_naming_the_sizes(tmp_path, bundle, model, extra, given):
+    """A model or synthetic data whose sizes cannot be allocated (a request of hundreds of TiB, which
+    fails at once: nothing is allocated) was a raw allocator traceback."""
+    cfg = tiny_cfg(model, extra=extra)
+    with pytest.raises(RamerError) as e:
+        Recipe(cfg, tmp_path / "run", bundle=None if given else bundle).run()
+    what = "the synthetic data" if given else "the model"
+    setting, value = extra[-1].split("=")
+    assert str(e.value).startswith(f"{what} does not fit in memory (") and "\n" not in str(e.value), str(e.value)
+    assert "its sizes are too large (" in str(e.value) and f"{setting} {value}" in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
 def test_atomic_write_gives_the_usual_permissions(tmp_path):
     """A run directory on a shared file system must be readable like any file the user writes
     (the temp file behind the atomic rename starts private)."""

@@ -294,3 +294,122 @@ def train_state_problem(state: dict) -> str | None:
     if not _threshold_form(thr):
         return f"best 'threshold' must be '{ARGMAX}', a number in [0, 1] or one per label, not {thr!r:.60}"
     return None
+
+
+def _real(value) -> bool:
+    """A finite number of 0 or more (an int or a float, not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _like(saved, live) -> bool:
+    """``saved`` is a number of the kind ``live`` is: a whole number where ``live`` is an int, else
+    any finite number of 0 or more."""
+    return _whole(saved, 0) if isinstance(live, int) else _real(saved)
+
+
+def _numbers_problem(saved, live: dict, where: str) -> str | None:
+    """What is wrong with the fields of a saved optimiser group or scheduler state (``saved``), judged
+    by the live one's (``live``): where the live field is a number, the saved one is a number of 0 or
+    more (a whole number where the live one is); where a list, a list of the same length (of such
+    numbers where the live one holds numbers); where a flag, true, false or null (or absent)."""
+    if not isinstance(saved, dict):
+        return f"{where} must be a state dict, not {type(saved).__name__}"
+    for key, want in live.items():
+        if key == "params":
+            continue
+        if key not in saved:  # a flag a state of another torch version lacks is filled in by torch
+            if _real(want) or isinstance(want, (list, tuple)):
+                return f"{where} lacks '{key}'"
+            continue
+        got = saved[key]
+        if _real(want):
+            if not _like(got, want):
+                kind = "a whole number" if isinstance(want, int) else "a number"
+                return f"{where} '{key}' must be {kind} of 0 or more, not {got!r:.40}"
+        elif isinstance(want, (list, tuple)):
+            numbers = bool(want) and all(_real(w) for w in want)
+            fits = isinstance(got, (list, tuple)) and len(got) == len(want)
+            if not fits or (numbers and not all(_like(g, w) for g, w in zip(got, want))):
+                kind = f"{len(want)} numbers of 0 or more" if numbers else f"a list of {len(want)}"
+                return f"{where} '{key}' must be {kind}, not {got!r:.40}"
+        elif (want is None or isinstance(want, bool)) and not (got is None or isinstance(got, bool)):
+            return f"{where} '{key}' must be true, false or null, not {got!r:.40}"
+    return None
+
+
+# What Adam (and AdamW, ramer's optimiser) keeps for each parameter it has stepped; a state without
+# one fails at the first step.
+ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
+def check_optimizer_state(path, optimizer: torch.optim.Optimizer, scheduler, state: dict, names=None) -> None:
+    """The optimiser and scheduler state of a training state (``state["optimizer"]``,
+    ``state["scheduler"]``), checked against the live ``optimizer`` and ``scheduler`` before they load
+    it (torch loads a wrong-shaped moment as it is, and the fused step then crashes the process): the
+    parameters of each group, in order, by count; each state tensor (but the step count) of the shape
+    and dtype of its parameter, finite; the numeric fields of each group (lr, betas, eps,
+    weight_decay, ...) and of the scheduler. ``names``: a parameter's name by ``id``, for the message.
+    A problem is a RamerError naming ``path``."""
+    saved, names = state["optimizer"], names or {}
+    groups = saved.get("param_groups")
+    indices = isinstance(groups, list) and all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(_whole(i, 0) for i in g["params"])
+        for g in groups
+    )
+    if not indices:
+        raise RamerError(f"{path}: not a ramer training state ('optimizer' lacks its list of parameter groups)")
+    live_groups = optimizer.param_groups
+    counts, live_counts = [len(g["params"]) for g in groups], [len(g["params"]) for g in live_groups]
+    if counts != live_counts:
+        raise RamerError(
+            f"{path}: the optimiser state does not fit the model (parameters per group {counts}, the model's "
+            f"{live_counts})"
+        )
+    for n, (group, live) in enumerate(zip(groups, live_groups)):
+        problem = _numbers_problem(group, live, f"optimizer group {n}")
+        if problem:
+            raise RamerError(f"{path}: not a ramer training state ({problem})")
+    problem = _numbers_problem(state["scheduler"], scheduler.state_dict(), "scheduler")
+    if problem:
+        raise RamerError(f"{path}: not a ramer training state ({problem})")
+    params = {}  # a saved parameter index -> the live parameter (torch maps them so, in group order)
+    for group, live in zip(groups, live_groups):
+        params.update(zip(group["params"], live["params"]))
+    per_param = saved.get("state")
+    if not isinstance(per_param, dict):
+        raise RamerError(f"{path}: not a ramer training state ('optimizer' lacks its per-parameter state)")
+    needed = ADAM_STATE if isinstance(optimizer, torch.optim.Adam) else ()
+    for index, values in per_param.items():
+        problem = _param_state_problem(index, values, params, names, needed)
+        if problem:
+            raise RamerError(f"{path}: {problem}")
+
+
+def _param_state_problem(index, values, params: dict, names: dict, needed: tuple) -> str | None:
+    """What is wrong with the optimiser state ``values`` of saved parameter ``index`` (which, once the
+    parameter has been stepped, holds each of ``needed``), or None."""
+    bad = "not a ramer training state (optimizer state of parameter {} {})"
+    if index not in params:
+        return bad.format(f"{index!r:.20}", "names no parameter of a group")
+    param = params[index]
+    who = f"{index} ({names[id(param)]})" if id(param) in names else str(index)
+    if not isinstance(values, dict):
+        return bad.format(who, f"must be a dict, not {type(values).__name__}")
+    if values and not all(k in values for k in needed):
+        return bad.format(who, f"lacks {', '.join(k for k in needed if k not in values)}")
+    for key, value in values.items():
+        if key == "step":
+            one = torch.is_tensor(value) and value.numel() == 1 and not value.is_complex()
+            if not (_real(value) or (one and _real(float(value)))):
+                return bad.format(who, f"'step' must be a count of 0 or more, not {value!r:.40}")
+            continue
+        if not torch.is_tensor(value):
+            return bad.format(who, f"'{key}' must be a tensor, not {type(value).__name__}")
+        if tuple(value.shape) != tuple(param.shape) or value.dtype != param.dtype:
+            return (
+                f"the optimiser state does not fit the model ('{key}' of parameter {who} is a "
+                f"{tuple(value.shape)} {value.dtype} tensor, the parameter {tuple(param.shape)} {param.dtype})"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return bad.format(who, f"'{key}' holds non-finite values")
+    return None

@@ -41,12 +41,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -57,7 +60,7 @@ from ramer.config import Config, as_today, build_config, differences, dump_confi
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import LossNotFinite, RamerError, first_line, unreadable
+from ramer.errors import FileUnreadable, LossNotFinite, RamerError, first_line, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
@@ -117,14 +120,15 @@ def start_run_folder(out: Path, cfg: Config, resume: bool = False) -> None:
     held = None if resume else existing_run(out)
     if held:
         raise RamerError(held)
+    (out / "metrics.jsonl").write_text("")  # first: a config.yaml without a log beside it is not a run's
     atomic_write_text(out / "config.yaml", dump_config(cfg))
-    (out / "metrics.jsonl").write_text("")
 
 
 def existing_run(out: Path) -> str | None:
     """Why a new run must not be started in ``out``: the message when it already holds a run (a
-    training state, a model file, test metrics or a non-empty log; starting anew would replace them),
-    else None. Both recipes refuse through it."""
+    training state, a model file, test metrics or a non-empty log; starting anew would replace them)
+    or a ``config.yaml`` no run started there wrote (``foreign_config``), else None. Both recipes
+    refuse through it."""
     log = out / "metrics.jsonl"
     held = [name for name in ("model.safetensors", "test_metrics.json") if (out / name).exists()]
     held += ["metrics.jsonl"] if log.is_dir() or (log.exists() and log.stat().st_size > 0) else []
@@ -135,7 +139,34 @@ def existing_run(out: Path) -> str | None:
             f"{out} holds a run's {', '.join(held)} but no train_state.pt to resume from (stopped before its first "
             "state was saved, or the state was removed); remove them to train there again, or use another --out"
         )
-    return None
+    return foreign_config(out)
+
+
+def foreign_config(out: Path) -> str | None:
+    """Why the ``config.yaml`` in ``out`` must not be replaced by a new run's resolved config: it is
+    not one a run started there wrote (a resolved config, unedited, as ``dump_config`` writes it, with
+    the run's log beside it; a run stopped before its first state leaves such a folder, and is started
+    again there), but a file of the user's, or a link (the write would go to what it points to)."""
+    path = out / "config.yaml"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_symlink():
+        return (
+            f"{path}: is a link (to {os.readlink(path)}); a new run writes its resolved config to that name, which "
+            "would write over what it points to: remove the link, or use another --out"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+        tree = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        tree = text = None
+    written = isinstance(tree, dict) and set(tree) == set(Config.model_fields)
+    if written and yaml.safe_dump(tree, sort_keys=False) == text and (out / "metrics.jsonl").is_file():
+        return None
+    return (
+        f"{path}: not a config a run wrote there (a new run writes its resolved config to that name, replacing "
+        "the file): move your config elsewhere (and give it with --config), or use another --out"
+    )
 
 
 def training_step(
@@ -288,6 +319,58 @@ def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
     return out
 
 
+# What torch says when an allocation fails (on the CPU, a GPU) or its size does not even fit a count.
+ALLOCATION_FAILED = ("can't allocate memory", "out of memory", "size calculation overflowed")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """``e`` says an allocation failed: a MemoryError (numpy's too) or torch's (``ALLOCATION_FAILED``)."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in ALLOCATION_FAILED))
+
+
+def _asked(e: BaseException) -> str:
+    """How much the failed allocation ``e`` asked for, as its message says it."""
+    text = str(e)
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return f"{int(found.group(1)) / 2**30:,.0f} GiB asked for"
+    found = re.search(r"allocate ([\d.]+) ?([KMGTPE]?i?B)", text)
+    return f"{float(found.group(1)):g} {found.group(2)} asked for" if found else first_line(e)[:100]
+
+
+@contextlib.contextmanager
+def memory_named(what: str, sizes: str | None):
+    """Within: a failed allocation (``out_of_memory``) is one line: ``what`` does not fit in memory,
+    and (when given) the size settings that make it so."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        why = f": its sizes are too large ({sizes}); lower them" if sizes else ""
+        raise RamerError(f"{what} does not fit in memory ({_asked(e)}){why}") from None
+
+
+def model_sizes(cfg: Config, spec: DataSpec) -> str:
+    """The model's size settings and the data's feature sizes, for ``memory_named``."""
+    m = cfg.model
+    dims = ", ".join(f"{k} {v}" for k, v in spec.dims.items())
+    return (
+        f"model.hidden {m.hidden}, model.ffn {m.ffn}, model.heads {m.heads}, model.proj_size {m.proj_size}, "
+        f"model.queue_size {m.queue_size}, model.max_segments {m.max_segments}; the data's feature sizes {dims}"
+    )
+
+
+def data_sizes(cfg: Config) -> tuple[str, str | None]:
+    """What the data is and, for the embedded benchmark, its size settings, for ``memory_named``."""
+    if cfg.data.path is not None:
+        return f"{cfg.data.path}: the data", None
+    keys = ("n_train", "n_valid", "n_test", "persons_max", "segments_max", "text_dim", "audio_dim", "visual_dim")
+    s = cfg.data.synthetic
+    sizes = ", ".join(f"data.synthetic.{k} {getattr(s, k)}" for k in (*keys, "personality_dim"))
+    return "the synthetic data", sizes
+
+
 class RunSteps:
     """``run()``: setup, train, test, then ``close()`` (also after an error), for both recipes. With
     ``announce`` set, rank 0 says where the run goes once setup has passed (before the work)."""
@@ -353,15 +436,17 @@ class Recipe(RunSteps):
         self.log: list[dict] = []  # every epoch line, on every rank
         torch.manual_seed(cfg.train.seed)
         if self.bundle is None:
-            self.bundle = load_bundle(cfg.data)
+            with memory_named(*data_sizes(cfg)):
+                self.bundle = load_bundle(cfg.data)
         check_splits(self.bundle)
         self.fingerprints = self.bundle.fingerprints()
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
-        self.model = build_model(cfg, self.spec)
-        if hasattr(self.model, "prepare"):
-            self.model.prepare(self.splits["train"])
-        self.model.to(self.device)
+        with memory_named("the model", model_sizes(cfg, self.spec)):
+            self.model = build_model(cfg, self.spec)
+            if hasattr(self.model, "prepare"):
+                self.model.prepare(self.splits["train"])
+            self.model.to(self.device)
         self.forward_model = self.model
         if self.world > 1:
             # Buffers (queue, prototypes) are kept equal by the model's own collectives.
@@ -408,6 +493,7 @@ class Recipe(RunSteps):
         path = self.out / "train_state.pt"
         state = ckpt.load_train_state(path)
         check_resumed_config(state.get("config"), self.cfg, self.out)
+        self._check_best_weights(state["best"]["epoch"])
         changed = ckpt.changed_splits(ckpt.read_data_fingerprints(self.out / "model.safetensors"), self.bundle)
         if changed:  # going on would train one run on two data sets
             raise RamerError(
@@ -422,10 +508,12 @@ class Recipe(RunSteps):
                 f"{path}: the run was trained with a weight average (train.ema_decay); resume it with its own "
                 "config (with train.ema_decay)"
             )
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        ckpt.check_optimizer_state(path, self.optimizer, self.scheduler, state, names)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise RamerError(f"{path}: the optimiser state does not fit the model ({first_line(e)})") from None
         ranks = state.get("rng_ranks")
         if self.world > 1 and ranks is not None and len(ranks) == self.world:
@@ -440,6 +528,24 @@ class Recipe(RunSteps):
         kept = [ln for ln, rec in read_log(self.out / "metrics.jsonl") if rec.get("epoch", 10**9) < self.start_epoch]
         if is_main():
             atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
+
+    def _check_best_weights(self, best_epoch: int) -> None:
+        """A run that has a best epoch is tested on its model file: one that is missing, unreadable or
+        does not fit the model is refused before any training (the run could never be finished). The
+        weights are loaded into the model, which the training state's then replace."""
+        if best_epoch < 1:
+            return
+        path = self.out / "model.safetensors"
+        try:
+            weights = ckpt.read_model_file(path)[0]
+            ckpt.load_state_into(self.model, weights, str(path))
+        except FileUnreadable:
+            raise
+        except RamerError as e:
+            raise RamerError(
+                f"cannot resume {self.out}: {e}; the run is tested on that file's weights (its best so far, epoch "
+                f"{best_epoch}), so it cannot be finished: train it again (remove {self.out}, or use another --out)"
+            ) from None
 
     # ------------------------------------------------------------------ train
     def _epoch_order(self, epoch: int) -> torch.Tensor:

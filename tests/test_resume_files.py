@@ -1,0 +1,134 @@
+"""`train --resume` of a run whose files were damaged since: what the resume reads besides the
+fields of train_state.pt (its optimiser and scheduler state, the run's best model file) is checked
+before any training; a problem is one line naming the file, with nothing of the run changed."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_recipe import Recipe, Stop, one_error_line, stop_after, tiny_cfg
+
+from ramer.cli import main
+from ramer.data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped after epoch 1 of 3 (what ``train --resume`` continues)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), out, bundle=generate(tiny_cfg().data.synthetic), hooks=(stop_after(1),)).run()
+    return out
+
+
+def copy_of(stopped_run, tmp_path, edit=None):
+    """A copy of the stopped run, its train_state.pt's fields changed by ``edit(state)``; the bytes of
+    its files after the edit."""
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    if edit is not None:
+        state = torch.load(out / "train_state.pt", weights_only=True)
+        edit(state)
+        torch.save(state, out / "train_state.pt")
+    return out, {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def files_of(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_an_optimiser_moment_of_the_wrong_shape_is_refused_not_a_crash(stopped_run, tmp_path):
+    """torch loads a moment of the wrong shape as it is, and the fused AdamW step then crashed the
+    process (a segmentation fault): the resume compares each state tensor with its parameter first.
+    Run in a child process, so a crash fails this test instead of ending pytest."""
+
+    def wrong_shape(state):
+        state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+
+    out, files = copy_of(stopped_run, tmp_path, wrong_shape)
+    r = subprocess.run(
+        [sys.executable, "-m", "ramer", "train", "--resume", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2, (r.returncode, r.stderr[-800:])
+    refused = f"error: {out / 'train_state.pt'}: the optimiser state does not fit the model ('exp_avg' of parameter 0 ("
+    assert refused in r.stderr, r.stderr
+    assert "is a (3,) torch.float32 tensor, the parameter (" in r.stderr and one_error_line(r.stderr), r.stderr
+    assert files_of(out) == files
+
+
+def set_group(key, value):
+    def edit(state):
+        state["optimizer"]["param_groups"][0][key] = value
+
+    return edit
+
+
+def set_scheduler(key, value):
+    def edit(state):
+        state["scheduler"][key] = value
+
+    return edit
+
+
+def set_moment(key, value):
+    def edit(state):
+        state["optimizer"]["state"][0][key] = value(state["optimizer"]["state"][0]["exp_avg"])
+
+    return edit
+
+
+def drop_moment(key):
+    def edit(state):
+        del state["optimizer"]["state"][0][key]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (set_scheduler("last_epoch", "x"), "scheduler 'last_epoch' must be a whole number of 0 or more, not 'x'"),
+        (set_scheduler("base_lrs", ["a"]), "scheduler 'base_lrs' must be 2 numbers of 0 or more, not ['a']"),
+        (set_scheduler("base_lrs", ["a", 0.1]), "scheduler 'base_lrs' must be 2 numbers of 0 or more"),
+        (set_group("lr", "x"), "optimizer group 0 'lr' must be a number of 0 or more, not 'x'"),
+        (set_group("betas", (0.9,)), "optimizer group 0 'betas' must be 2 numbers of 0 or more, not (0.9,)"),
+        (set_group("eps", float("nan")), "optimizer group 0 'eps' must be a number of 0 or more, not nan"),
+        (set_group("weight_decay", None), "optimizer group 0 'weight_decay' must be a number of 0 or more"),
+        (set_moment("step", lambda m: torch.zeros(2)), "optimizer state of parameter 0 ("),
+        (set_moment("exp_avg_sq", lambda m: torch.full_like(m, float("nan"))), "'exp_avg_sq' holds non-finite"),
+        (set_moment("exp_avg", lambda m: m.double()), "the parameter (3, 16) torch.float32)"),
+        (drop_moment("exp_avg_sq"), "optimizer state of parameter 0 (target_missing) lacks exp_avg_sq)"),
+    ],
+)
+def test_a_malformed_optimiser_or_scheduler_field_is_one_line(stopped_run, tmp_path, capsys, edit, message):
+    """Fields the loaders take as they are (and trip over at the first step, a traceback): each is
+    one line naming the file, nothing of the run changed."""
+    out, files = copy_of(stopped_run, tmp_path, edit)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'train_state.pt'}: " in err and message in err and one_error_line(err), err
+    assert files_of(out) == files
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped_run, tmp_path, capsys, damage):
+    """The run is tested on model.safetensors (its best epoch): without it the resume trained on and
+    failed only at the test, leaving a folder that could be neither resumed nor started again. It is
+    refused first (before the data check too, which read no fingerprint from the missing file)."""
+    out, _ = copy_of(stopped_run, tmp_path)
+    model = out / "model.safetensors"
+    if damage == "missing":
+        model.unlink()
+    else:
+        model.write_bytes(b"\x00" * 64)
+    files = files_of(out)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    problem = f"model file not found: {model}" if damage == "missing" else f"{model}: not a readable safetensors file"
+    assert f"error: cannot resume {out}: {problem}" in err, err
+    assert f"so it cannot be finished: train it again (remove {out}, or use another --out)" in err
+    assert one_error_line(err) and files_of(out) == files  # no epoch trained, no line logged
