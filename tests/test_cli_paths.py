@@ -267,3 +267,54 @@ def test_errors_say_what_the_path_given_is(tmp_path, fake_text, capsys, monkeypa
         read_table(rows)
     with pytest.raises(RamerError, match="--missing-rates: empty list"):
         parse_rates("")
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_the_hint_after_ctrl_c_names_a_command_that_works(tmp_path, capsys, monkeypatch):
+    """Stopped after the first model file was written but before a state to resume from: running
+    the command again is refused there, so the hint says what works (from what the folder holds)."""
+    from ramer.train.classical import ClassicalRecipe
+    from ramer.train.recipe import Recipe
+
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:  # a classical fit stopped after its model was saved, before the test
+        m.setattr(ClassicalRecipe, "test", _interrupt)
+        assert main(["train", "--model", "br", "--out", "fit", *SETS[:6]]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "interrupted before a state to resume from was saved: fit already holds a run; "
+        "use --resume fit or another --out"
+    )
+    assert main(["train", "--resume", "fit"]) == 0  # what the hint says: it fits again
+    with monkeypatch.context() as m:  # a deep run stopped between its best model and its state
+        m.setattr(Recipe, "_save_train_state", _interrupt)
+        assert main(["train", "--out", "deep", *SETS]) == 130
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            "interrupted before a state to resume from was saved: deep holds a run's model.safetensors, metrics.jsonl "
+            "but no train_state.pt to resume from"
+        )
+    )
+    assert main(["train", "--out", "deep", *SETS]) == 2  # the command again is refused, as the hint says
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_no_folder_made_for_the_run(tmp_path, capsys, monkeypatch):
+    """A folder this command made (no --out, or an --out not there before) holding only the config
+    and the empty log the run started it with is removed; a user's folder that was there stays."""
+    from ramer.train.recipe import Recipe
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Recipe, "train_epoch", _interrupt)
+    assert main(["train", *SETS]) == 130
+    assert main(["train", "--out", "new/run", *SETS]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "interrupted before anything was saved to resume from: run the command again"
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()
+    assert main(["train", "--out", "mine", *SETS]) == 130
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.yaml", "metrics.jsonl"]

@@ -272,7 +272,7 @@ def test_cli_nproc_launches_torchrun(tmp_path):
     argv += ["--set", "train.epochs=1"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "torch.distributed.run" in proc.stderr and "--nproc_per_node=2" in proc.stderr
+    assert "launching: -m ramer.dist --standalone --nproc_per_node=2 -m ramer train" in proc.stderr
     assert proc.stdout.count("test metrics") == 1  # one table, from rank 0
     for name in ("config.yaml", "model.safetensors", "train_state.pt", "metrics.jsonl", "test_metrics.json"):
         assert (out / name).is_file(), name
@@ -286,3 +286,92 @@ def test_batch_must_divide_by_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "world_size", lambda: 2)  # as if two processes had joined
     with pytest.raises(RamerError, match="global batch"):
         Recipe(cfg, tmp_path / "run").setup()
+
+
+def test_nproc_refuses_once_what_every_process_would_refuse(tmp_path, capsys):
+    """Refused in the launching process before any process starts: one line, exit code 2 (not N
+    copies of the error and torchrun's traceback)."""
+    from ramer.cli import main
+
+    for argv, why in (
+        (["--nproc", "3"], "train.batch_size 64 is the global batch and must divide by the 3 processes"),
+        (["--nproc", "2", "--set", "train.device=cuda:0"], "train.device is 'cuda:0'"),
+        (["--nproc", "2", "--model", "br"], "'br' is fitted by scikit-learn in one process; --nproc is for the deep"),
+    ):
+        assert main(["train", *argv, "--out", str(tmp_path / "run")]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {why}") and err.count("\n") == 1 and "launching" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_classical_fit_under_torchrun_is_refused(tmp_path, monkeypatch, capsys):
+    """br, cc and lp never join a process group: each of N processes would act as rank 0."""
+    from ramer.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun starts each process
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--model", "br", "--out", str(tmp_path / "run"), "--set", "data.synthetic.n_train=40"]) == 2
+    assert "error: 'br' is fitted by scikit-learn in one process; run it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_launcher_waits_for_its_processes_after_ctrl_c(tmp_path, monkeypatch):
+    """Ctrl-C reaches the launcher as well as torchrun: the launcher goes on waiting while torchrun
+    stops the workers, and exits with its code (not at once, killing torchrun, the workers orphaned)."""
+    import signal
+    import time
+
+    from ramer.cli import main
+
+    ended = []
+
+    def torchrun(cmd):  # the launched command, stopping its workers after the Ctrl-C they all got
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        ended.append(True)
+        return 130
+
+    monkeypatch.setattr(subprocess, "call", torchrun)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["train", "--nproc", "2", "--out", str(tmp_path / "run")]) == 130
+    assert ended == [True]
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is the caller's again
+
+
+def _launch(argv: list[str], cwd: Path) -> subprocess.Popen:
+    """``ramer train --nproc 2 ...`` in its own process group (as a terminal starts it)."""
+    cmd = [sys.executable, "-m", "ramer", "train", "--nproc", "2", *argv, "--set", "train.threads=1"]
+    err = open(cwd / "stderr.txt", "w")
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_nproc_ends_with_the_workers_code_and_no_torchrun_traceback(tmp_path):
+    """A worker's error: exit code 2 (the workers' own) and their one-line errors, no traceback."""
+    (tmp_path / "notes.txt").write_text("not a dataset\n")
+    proc = _launch(["--data", "notes.txt", "--out", "run"], tmp_path)
+    assert proc.wait(TIMEOUT_S) == 2
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "error: notes.txt: not a dataset" in err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_nproc_exits_130_with_one_hint_and_no_traceback(tmp_path):
+    """SIGINT to the process group (Ctrl-C) while the workers train: 130, as one process."""
+    import signal
+    import time
+
+    sets = [*TINY_RUN[3:], "data.synthetic.n_train=4000", "data.synthetic.n_valid=16", "data.synthetic.n_test=16"]
+    proc = _launch(["--out", "run", *(x for s in sets for x in ("--set", s))], tmp_path)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (tmp_path / "run" / "config.yaml").exists() and time.monotonic() < deadline:  # setup has passed
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the first epoch
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(TIMEOUT_S) == 130
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in err and "SignalException" not in err, err
+    assert err.count("interrupted") == 1, err  # rank 0's hint, before the launcher ended
+    assert not (tmp_path / "run").exists()  # made for the run and stopped before an epoch ended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -97,14 +98,16 @@ def positive_int(text: str) -> int:
 
 # ---------------------------------------------------------------------- commands
 def launch_distributed(args: argparse.Namespace) -> int:
-    """``ramer train --nproc N ...``: run ``python -m torch.distributed.run --standalone
-    --nproc_per_node N -m ramer train ...`` (the same arguments, minus ``--nproc``) and wait."""
+    """``ramer train --nproc N ...``: run ``python -m ramer.dist --standalone --nproc_per_node N -m
+    ramer train ...`` (torchrun with the same arguments, minus ``--nproc``; ``ramer.dist.launch``)
+    and wait; returns its exit code: the workers' (2 after an error each printed), 130 after Ctrl-C."""
     import subprocess
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RamerError("--nproc launches the processes itself; under torchrun leave it out")
     # What one process would refuse at once is refused here, once, before N processes start.
     cfg = planned_config(args)
+    check_processes(cfg, args.nproc)
     if not args.resume:
         check_new_run(cfg, Path(args.out) if args.out else None)
     rest: list[str] = []
@@ -121,7 +124,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "ramer.dist",
         "--standalone",
         f"--nproc_per_node={args.nproc}",
         "-m",
@@ -131,12 +134,95 @@ def launch_distributed(args: argparse.Namespace) -> int:
     ]
     ERR.print("launching: " + " ".join(cmd[1:]), highlight=False, markup=False, soft_wrap=True)
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
+        with sigint_waits():  # Ctrl-C reaches the launcher too, which stops the workers and exits 130
+            return subprocess.call(cmd)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
         return 130
     finally:
-        if made is not None:  # no process wrote anything: neither it nor a runs/ made for it stays
-            remove_if_empty(made, parent_too=runs_made)
+        if made is not None:  # no process wrote a run: neither it nor a runs/ made for it stays
+            remove_unstarted_run(made, cfg, parent_too=runs_made)
+
+
+@contextlib.contextmanager
+def sigint_waits():
+    """A context in which the first SIGINT (Ctrl-C) raises nothing, so that this process goes on
+    waiting for the processes it started, which take the same Ctrl-C and end in their own time;
+    a second one raises ``KeyboardInterrupt``. Outside the main thread, nothing changes."""
+    import signal
+
+    seen = []
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        if len(seen) > 1:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_processes(cfg: Config, nproc: int) -> None:
+    """What every one of ``nproc`` processes would refuse alike, refused once before they start:
+    a classical model (fitted in one process), a batch that does not divide, a device there is not
+    one of per process, TensorBoard missing."""
+    from ramer.infer import resolve_device
+    from ramer.models import CLASSICAL
+
+    if cfg.model.name in CLASSICAL:
+        raise RamerError(
+            f"'{cfg.model.name}' is fitted by scikit-learn in one process; --nproc is for the deep models: leave it out"
+        )
+    if cfg.train.batch_size % nproc:
+        raise RamerError(
+            f"train.batch_size {cfg.train.batch_size} is the global batch and must divide by the {nproc} processes"
+        )
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        import torch
+
+        if device.index is not None:
+            raise RamerError(
+                f"train.device is '{cfg.train.device}': {nproc} processes would share one GPU; use "
+                "--set train.device=cuda (process r takes GPU r)"
+            )
+        if nproc > torch.cuda.device_count():
+            raise RamerError(
+                f"--nproc {nproc} on cuda takes a GPU per process; this machine has {torch.cuda.device_count()}"
+            )
+    if cfg.train.tensorboard:
+        from ramer.train.tensorboard import require_tensorboard
+
+        require_tensorboard()
+
+
+def remove_unstarted_run(out: Path, cfg: Config, parent_too: bool = False) -> None:
+    """Remove the run folder ``out`` (made for this command) when it holds nothing but what the run
+    started it with, its ``config.yaml`` and an empty ``metrics.jsonl`` (stopped before the first
+    epoch ended), or nothing at all; with ``parent_too``, a ``runs/`` made for it that is then empty."""
+    from ramer.config import dump_config
+
+    config, log = out / "config.yaml", out / "metrics.jsonl"
+    try:
+        started = (
+            {p.name for p in out.iterdir()} == {config.name, log.name}
+            and log.is_file()
+            and log.stat().st_size == 0
+            and config.is_file()
+            and config.read_text(encoding="utf-8") == dump_config(cfg)
+        )
+    except (OSError, UnicodeDecodeError):
+        started = False
+    if started:
+        config.unlink()
+        log.unlink()
+    remove_if_empty(out, parent_too=parent_too)
 
 
 def train_config(args: argparse.Namespace) -> Config:
@@ -203,20 +289,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_new_run(cfg, Path(args.out) if args.out else None)
     runs_made = made_up and not Path("runs").exists()
     out = Path(args.resume or args.out) if not made_up else default_out(cfg)
+    # made for this command (rank 0 makes an --out that is not there): removed again where no epoch ended
+    made_here = made_up or (not args.resume and int(os.environ.get("RANK", "0")) == 0 and not out.exists())
     try:
         try:  # a folder name made up here is said before the work (to --resume it after a stop)
             result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=made_up)
         finally:
-            if made_up:  # stopped before anything was written: neither it nor a runs/ made for it stays
-                remove_if_empty(out, parent_too=runs_made)
+            if made_here:  # stopped before an epoch ended: neither it nor a runs/ made for it stays
+                remove_unstarted_run(out, cfg, parent_too=runs_made)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130
-        if (out / "train_state.pt").exists():  # written at the end of every epoch
-            hint = f"interrupted; resume with: ramer train --resume {out}"
-        else:  # a classical fit, or a deep run before its first epoch ended
-            hint = "interrupted before anything was saved to resume from: run the command again"
-        ERR.print(hint, highlight=False, soft_wrap=True)
+        ERR.print(interrupted_hint(out), highlight=False, soft_wrap=True)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
         from ramer.checkpoint import read_spec
@@ -224,6 +308,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         task = read_spec(out / "model.safetensors").task
         OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", {cfg.model.name: result}, task))
     return 0
+
+
+def interrupted_hint(out: Path) -> str:
+    """What to run after Ctrl-C stopped a run in ``out``, from what the folder then holds: resume
+    from a saved state; a command that a new run there would refuse names what to do instead."""
+    from ramer.train.recipe import existing_run
+
+    if (out / "train_state.pt").exists():  # written at the end of every epoch
+        return f"interrupted; resume with: ramer train --resume {out}"
+    held = existing_run(out) if out.is_dir() else None
+    if held:  # a classical fit's model file (--resume fits again), a deep run's first best model
+        return f"interrupted before a state to resume from was saved: {held}"
+    return "interrupted before anything was saved to resume from: run the command again"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ in the run directory and inside the checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -259,18 +260,62 @@ def _describe(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
         elif e["type"] == "list_type":  # the --set form of a list is easy to miss
-            parts.append(f"'{key}': {e['msg']} (written [a,b], e.g. --set {key}=[{e['input']}])")
+            # the given value only where it is one short scalar: a mapping or a long text (a huge tree
+            # made of YAML aliases) is not formatted into a one-line message
+            given = e["input"] if isinstance(e["input"], (str, int, float)) and len(str(e["input"])) <= 40 else "a,b"
+            parts.append(f"'{key}': {e['msg']} (written [a,b], e.g. --set {key}=[{given}])")
         else:
             parts.append(f"'{key}': {e['msg']}")
     return f"invalid config ({source}): " + "; ".join(parts)
 
 
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value is read as YAML: ``3`` is an int, ``[a, b]`` a list, ``null`` None."""
+class AliasRefused(yaml.composer.ComposerError):
+    """An alias in a config (``_NoAliasLoader``)."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags) that refuses aliases (``*name``): a config never needs
+    them, and nested ones expand a file of a few hundred bytes into billions of values."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise AliasRefused(None, None, "a YAML alias (*name)", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: Python tags are refused
+
+
+def _admits_str(annotation) -> bool:
+    """Whether a field's annotation admits a plain string (``str``, ``str | None``; not ``list[str]``)."""
+    return annotation is str or (
+        get_origin(annotation) in (Union, UnionType) and any(map(_admits_str, get_args(annotation)))
+    )
+
+
+def _field_annotation(key: str) -> Any:
+    """The annotation of the config field a dotted key names; None where the key names none."""
+    model: Any = Config
+    annotation = None
+    for part in key.strip().split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        annotation = model = model.model_fields[part].annotation
+    return annotation
+
+
+def _parse_value(text: str, annotation: Any = None) -> Any:
+    """A ``--set`` value is read as YAML: ``3`` is an int, ``[a, b]`` a list, ``null`` None. For a
+    field that takes a string (``annotation``: ``str``, ``str | None``) a plain scalar stays the text
+    given: ``data.path=2024`` is the folder 2024, not the number."""
     try:
-        return yaml.safe_load(text)
+        value = _safe_load(text)
     except yaml.YAMLError:
         return text
+    if _admits_str(annotation) and value is not None and not isinstance(value, (str, list, dict)):
+        return text.strip()  # a number, true/false, a date: YAML's reading of what was a name
+    return value
 
 
 def set_in_tree(tree: dict, key: str, value: Any, source: str = "--set") -> None:
@@ -292,7 +337,7 @@ def apply_override(tree: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise RamerError(f"--set expects KEY=VALUE, got '{assignment}'")
     key, value = assignment.split("=", 1)
-    set_in_tree(tree, key, _parse_value(value))
+    set_in_tree(tree, key, _parse_value(value, _field_annotation(key)))
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -316,13 +361,17 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise RamerError(f"config file not found: {path} (it is a folder)")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = _safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise RamerError(f"config file not found: {path}") from None
     except OSError as e:
         raise unreadable(path, e) from None
     except UnicodeDecodeError as e:
         raise RamerError(f"config file {path} is not UTF-8 text ({first_line(e)})") from None
+    except AliasRefused as e:
+        raise RamerError(
+            f"config file {path} uses {yaml_problem(e)}; a config takes no aliases: write the values out"
+        ) from None
     except yaml.YAMLError as e:
         raise RamerError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(tree, dict):
@@ -407,8 +456,15 @@ def set_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
     return {a.split("=", 1)[0].strip() for a in overrides if "=" in a}
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value met twice out twice: a config takes no aliases (``_NoAliasLoader``)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(cfg.model_dump(mode="json"), Dumper=_NoAliasDumper, sort_keys=False)
 
 
 def resolve_config(name: str | None) -> Path:

@@ -1,7 +1,8 @@
 """Process-group facts and the few collectives training needs (single process: rank 0 of 1).
 
 Launch: ``torchrun --nproc_per_node=N -m ramer train ...`` (or ``ramer train --nproc N``, which
-runs exactly that). torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+runs that as ``python -m ramer.dist ...``: ``launch``, torchrun ending with an exit code and
+without a traceback). torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT``; ``init_from_env`` joins the group from them (backend gloo on CPU, nccl on CUDA).
 Without those variables everything here is a no-op and the run is one process.
 
@@ -221,3 +222,32 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= world_size()
     return dict(zip(keys, t.tolist()))
+
+
+# ---------------------------------------------------------------------- launcher
+def launch(argv: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) with the arguments ``argv``; returns an exit code where
+    torchrun raises and prints a traceback: the first failed worker's (its error is its own output;
+    128 + S for one killed by signal S), 128 + S when this process got signal S (130: Ctrl-C)."""
+    import signal
+
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code
+    except SignalException as e:  # torchrun has stopped the workers
+        return 128 + int(e.sigval)
+    except KeyboardInterrupt:  # before torchrun's own handlers were set: no worker started
+        return 128 + signal.SIGINT
+    return 0
+
+
+if __name__ == "__main__":  # python -m ramer.dist ARGS: what ramer train --nproc runs
+    import sys
+
+    sys.exit(launch(sys.argv[1:]))

@@ -32,7 +32,7 @@ from ramer import checkpoint as ckpt
 from ramer.config import Config
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
-from ramer.dist import is_main
+from ramer.dist import is_main, launched, world_size
 from ramer.errors import RamerError
 from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
@@ -74,6 +74,10 @@ class ClassicalRecipe(RunSteps):
 
     def setup(self) -> None:
         cfg = self.cfg
+        if launched() or world_size() > 1:  # every process would fit and write the same run
+            raise RamerError(
+                f"'{cfg.model.name}' is fitted by scikit-learn in one process; run it without torchrun (or --nproc)"
+            )
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
         if not self.resume:

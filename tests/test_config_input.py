@@ -1,0 +1,95 @@
+"""What a config file and ``--set`` values are read as: YAML aliases are refused (a few hundred
+bytes of nested ones expand to billions of values), Python tags stay refused, an error message
+never formats a whole given value, and a ``--set`` value for a text field is the text given."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ramer.config import build_config, config_from_dict
+from ramer.errors import RamerError
+
+# Reads a config in a child process with 1 GiB of address space: a config that expands without
+# bound fails there (or runs into the timeout) instead of taking the machine's memory.
+READ_IN_A_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from ramer.config import build_config
+from ramer.errors import RamerError
+try:
+    build_config(sys.argv[1])
+except RamerError as e:
+    print(e)
+"""
+
+
+def test_a_config_of_nested_aliases_is_refused_at_once(tmp_path):
+    """The "billion laughs": 25 levels of {p: *a, q: *a} given where a list goes."""
+    lines = ["a0: &a0 {p: 1, q: 1}"]
+    lines += [f"a{i}: &a{i} {{p: *a{i - 1}, q: *a{i - 1}}}" for i in range(1, 26)]
+    path = tmp_path / "lol.yaml"
+    path.write_text("\n".join([*lines, "model: {ablations: *a25}"]) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", READ_IN_A_CHILD, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == (
+        f"config file {path} uses a YAML alias (*name) (line 2, column 13); a config takes no aliases: "
+        "write the values out\n"
+    )
+
+
+def test_python_tags_stay_refused_and_an_anchor_alone_is_read(tmp_path):
+    path = tmp_path / "tag.yaml"
+    path.write_text('data: {path: !!python/object/apply:os.system ["echo hi"]}\n')
+    with pytest.raises(RamerError, match="is not valid YAML: could not determine a constructor for the tag"):
+        build_config(path)
+    path.write_text("data: {path: &p folder}\n")  # an anchor no alias refers to is harmless
+    assert build_config(path).data.path == "folder"
+
+
+def test_a_list_error_names_a_short_value_and_no_long_one():
+    """The hint of a list field repeats a short given value, never a whole mapping."""
+    with pytest.raises(RamerError) as e:
+        config_from_dict({"model": {"ablations": {"p": "x" * 10_000}}}, "f.yaml")
+    assert str(e.value) == (
+        "invalid config (f.yaml): 'model.ablations': Input should be a valid list "
+        "(written [a,b], e.g. --set model.ablations=[a,b])"
+    )
+    with pytest.raises(RamerError, match=r"e\.g\. --set model\.ablations=\[no_shuffle\]\)$"):
+        build_config(None, ["model.ablations=no_shuffle"])
+
+
+def test_a_set_value_for_a_text_field_is_the_text_given():
+    """data.path=2024 is the folder 2024; numbers stay numbers where a number goes."""
+    cfg = build_config(
+        None,
+        [
+            "data.path=2024",
+            "data.m3ed_annotation=2024-01-01",  # YAML reads a date
+            "model.name=yes",  # YAML reads true
+            "train.epochs=3",
+            "train.lr=3e-4",
+            "model.ablations=[no_shuffle]",
+        ],
+    )
+    assert (cfg.data.path, cfg.data.m3ed_annotation, cfg.model.name) == ("2024", "2024-01-01", "yes")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.ablations) == (3, 3e-4, ["no_shuffle"])
+    assert build_config(None, ["data.path=2024", "data.path=null"]).data.path is None
+    with pytest.raises(RamerError, match="'train.epochs': Input should be a valid integer"):
+        build_config(None, ["train.epochs=abc"])
+
+
+def test_a_written_config_holds_no_alias_it_could_not_read_back(tmp_path):
+    """A value met twice is written out twice (YAML would write an anchor and an alias, which a
+    config may not hold): what dump_config writes, build_config reads."""
+    import yaml
+
+    from ramer import config
+
+    shared = ["text", "audio"]
+    text = yaml.dump({"model": {"a": shared, "b": shared}}, Dumper=config._NoAliasDumper)
+    assert "&" not in text and "*" not in text
+    (tmp_path / "c.yaml").write_text(config.dump_config(build_config(None)))
+    assert build_config(tmp_path / "c.yaml") == build_config(None)
