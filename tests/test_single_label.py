@@ -245,6 +245,15 @@ def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys)
     assert main(["eval", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "arg-max" in printed and "weighted-F1" in printed
+    # data with two labels on a sample: a single-label run's accuracy of it would not be accuracy
+    rows = single_rows()
+    rows[0]["labels"] = f"{EMOTIONS[0]};{EMOTIONS[1]}"
+    assert main(["data", "import", str(write_table(tmp_path / "two.csv", rows)), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(tmp_path / "m"), "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "the run is single-label (it predicts one label per sample), but split 'train' does not give one" in err
+    assert main(["eval", str(run), "--data", str(tmp_path / "m"), "--split", "test"]) == 0  # one label each there
 
 
 def test_cli_multi_label_import_keeps_thresholds(tmp_path, fake_text, capsys):

@@ -419,6 +419,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
         raise RamerError(f"{bundle.source}: the data has no annotations (an unlabelled import); use ramer predict")
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
+    if predictor.spec.single_label:  # one label out: its accuracy is accuracy only with one label in
+        from ramer.data.store import label_count_problem
+
+        if problem := label_count_problem(store.labels.sum(1)):
+            raise RamerError(
+                f"{bundle.source}: the run is single-label (it predicts one label per sample), but split "
+                f"'{args.split}' does not give one label per sample ({problem}); its figures would not mean "
+                "what they say: use ramer predict, or a multi-label run"
+            )
     scores = predictor.predict(store, workers=args.workers)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
     if args.json:
