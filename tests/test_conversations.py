@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -483,6 +484,245 @@ def test_labels_joined_by_a_comma_name_the_row(tmp_path, fake_text):
     rows = _rows_with(lambda r: r[1].update(labels="bitter,sweet;anger"))  # 'sweet' is no label: a name
     meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
     assert meta["label_names"] == ["anger", "bitter,sweet", "joy", "neutral", "sadness"]
+
+
+HEAD = "conversation,index,speaker,text,labels\n"
+TAIL = "c2,0,a,x,joy\nc3,0,a,y,anger\n"  # two more conversations: enough for a seeded split
+JTAIL = (  # the same in JSONL
+    '{"conversation": "c2", "index": 0, "speaker": "a", "text": "x", "labels": ["joy"]}\n'
+    '{"conversation": "c3", "index": 0, "speaker": "a", "text": "y", "labels": ["anger"]}\n'
+)
+# (case, file name, file text, expected message): tables the csv / json readers take without an error
+BAD_TABLES = [
+    (
+        "unclosed quote swallows rows (tsv)",
+        "talk.tsv",
+        HEAD.replace(",", "\t")
+        + 'c1\t0\tann\t"Really?\tjoy\nc1\t1\tbob\tyes\tjoy\nc1\t2\tann\tno way" she said\tanger\n'
+        + TAIL.replace(",", "\t"),
+        r"talk.tsv: row 2: the quoted cell 'text' opened on row 2 and closed on row 4 holds whole rows "
+        r"\(row 3 reads as one\); an unclosed quote\?",
+    ),
+    (
+        "unclosed quote swallows a row (csv)",
+        "talk.csv",
+        HEAD + 'c1,0,ann,"Really?,joy\nc1,1,bob,yes" she said,joy\n' + TAIL,
+        r"talk.csv: row 2: the quoted cell 'text' opened on row 2 and closed on row 3 holds whole rows",
+    ),
+    (
+        "unclosed quote to the end of the file",
+        "talk.csv",
+        HEAD + TAIL + 'c1,0,ann,"open quote,joy\nc1,1,bob,hi,joy\n',
+        r"talk.csv: row 4: a quote opens in cell 'text' and is never closed: the cell runs to the end of the "
+        r"file \(row 5\); an unclosed quote\?",
+    ),
+    (
+        "labels differing in case",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy\nc1,1,bob,ho,Joy\n" + TAIL,
+        r"talk.csv: row 3: label 'Joy' and label 'joy' of row 2 differ only in case",
+    ),
+    (
+        "labels differing in Unicode form",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,caf\u00e9\nc1,1,bob,ho,cafe\u0301\n" + TAIL,
+        r"talk.csv: row 3: label 'cafe\u0301' and label 'caf\u00e9' of row 2 are one name in two Unicode forms",
+    ),
+    (
+        "labels joined by '|'",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy|anger\n" + TAIL,
+        r"talk.csv: row 2: label 'joy\|anger' joins the labels 'joy', 'anger' with '\|'; labels are separated "
+        r"by ';' \('joy;anger'\)",
+    ),
+    (
+        "labels joined by a space",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy anger\n" + TAIL,
+        r"talk.csv: row 2: label 'joy anger' joins the labels 'joy', 'anger' with ' '",
+    ),
+    (
+        "labels as a pandas list",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,\"['joy', 'anger']\"\nc2,0,a,x,['joy']\nc3,0,a,y,['anger']\n",
+        r"talk.csv: row 2: column 'labels' is \"\['joy', 'anger'\]\", which looks like a Python list .*; give the "
+        r"names separated by ';' \('joy;anger'\)",
+    ),
+    (
+        "labels joined by ';' in a JSON list",
+        "talk.jsonl",
+        '{"conversation": "c1", "index": 0, "speaker": "ann", "text": "hi", "labels": ["joy;anger"]}\n'
+        '{"conversation": "c2", "index": 0, "speaker": "a", "text": "x", "labels": ["joy"]}\n'
+        '{"conversation": "c3", "index": 0, "speaker": "a", "text": "y", "labels": ["anger"]}\n',
+        r"talk.jsonl: row 1: label 'joy;anger' joins the labels 'joy', 'anger' with ';'; in JSONL a list holds "
+        r"one name per item \(\[\"joy\", \"anger\"\]\)",
+    ),
+    (
+        "Infinity in JSONL",
+        "talk.jsonl",
+        '{"conversation": "c1", "index": 0, "speaker": "ann", "text": Infinity, "labels": "joy"}\n' + JTAIL,
+        r"talk.jsonl: row 1: column 'text' holds inf, expected text",
+    ),
+    (
+        "multi-hot labels",
+        "talk.jsonl",
+        '{"conversation": "c1", "index": 0, "speaker": "ann", "text": "hi", "labels": [1, 0, 1]}\n' + JTAIL,
+        r"talk.jsonl: row 1: column 'labels' holds \[1, 0, 1\]: give names, not a 0/1 vector",
+    ),
+    (
+        "duplicate JSON key",
+        "talk.jsonl",
+        '{"conversation": "c1", "index": 0, "speaker": "ann", "text": "first", "text": "second", "labels": "joy"}\n'
+        + JTAIL,
+        r"talk.jsonl: row 1: column 'text' appears twice",
+    ),
+    (
+        "one JSON array of rows",
+        "talk.json",
+        json.dumps(base_rows()) + "\n",
+        r"talk.json: row 1: holds a list, expected an object \(one utterance\); a JSONL file holds one object per "
+        r"line, not one JSON array of rows \(pandas: to_json\(path, orient='records', lines=True\)\)",
+    ),
+    (
+        "JSON written column by column",
+        "talk.json",
+        json.dumps({c: {str(i): r[c] for i, r in enumerate(base_rows() * 20)} for c in base_rows()[0]}) + "\n",
+        r"talk.json: row 1: every column holds many values \(a table written column by column, as pandas' "
+        r"to_json does by default\); a JSONL file holds one object per line",
+    ),
+    (
+        "long value in a message",
+        "talk.jsonl",
+        json.dumps({"conversation": "c1", "index": 0, "speaker": "ann", "text": {"a": "x" * 500}, "labels": "joy"})
+        + "\n"
+        + JTAIL,
+        r"talk.jsonl: row 1: column 'text' holds \{'a': 'x{60,80}\.\.\., expected text$",
+    ),
+    ("header only", "talk.csv", HEAD, r"talk.csv: no rows below the header \(row 1\)$"),
+    (
+        "blank first line",
+        "talk.csv",
+        "\n" + HEAD + "c1,0,ann,hi,joy\n",
+        r"talk.csv: row 1: empty; the header is expected on row 1 \(conversation, index, speaker, text, ...\)",
+    ),
+    (
+        "trailing comma in the header",
+        "talk.csv",
+        HEAD.replace("\n", ",\n") + "c1,0,ann,hi,joy,\n",
+        r"talk.csv: row 1: unknown column '' \(a trailing separator in the header\?\)",
+    ),
+    (
+        "';'-separated csv",
+        "talk.csv",
+        HEAD.replace(",", ";") + "c1;0;ann;hi;joy\n",
+        r"talk.csv: row 1 \(header\): the columns are separated by ';', and a .csv file is read with ',': save it "
+        r"with ',' as .csv",
+    ),
+    (
+        "tab-separated txt",
+        "talk.txt",
+        HEAD.replace(",", "\t") + "c1\t0\tann\thi\tjoy\n",
+        r"talk.txt: row 1 \(header\): the columns are separated by tabs, and a .txt file is read with ',': name "
+        r"the file .tsv",
+    ),
+    (
+        "conversation id as a float",
+        "talk.jsonl",
+        '{"conversation": 1, "index": 0, "speaker": "ann", "text": "hi", "labels": "joy"}\n'
+        '{"conversation": 1.0, "index": 1, "speaker": "bob", "text": "ho", "labels": "joy"}\n' + JTAIL,
+        r"talk.jsonl: row 2: column 'conversation' holds the number 1.0; give a name as text or an integer",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, name, text, message", BAD_TABLES, ids=[b[0] for b in BAD_TABLES])
+def test_tables_that_read_without_a_parser_error_are_refused(tmp_path, fake_text, case, name, text, message):
+    """Each of these imported (into other utterances or labels than the file meant) or failed with a
+    message that did not say what was wrong; now the import stops, naming the row and the fix."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
+    with pytest.raises(RamerError, match=message) as e:
+        import_conversations(path, tmp_path / "ds")
+    assert len(str(e.value)) < 400  # a whole column printed into the message is cut
+    assert not (tmp_path / "ds" / "meta.json").exists()
+
+
+def test_label_spelled_otherwise_than_in_labels_says_so(tmp_path, fake_text):
+    path = tmp_path / "talk.csv"
+    path.write_text(HEAD + "c1,0,ann,hi,Joy\n" + TAIL)
+    with pytest.raises(
+        RamerError, match=r"row 2: unknown label 'Joy' \(labels: joy, anger\); 'joy' differs only in case"
+    ):
+        import_conversations(path, tmp_path / "ds", labels=["joy", "anger"])
+
+
+def test_quoted_cells_with_line_breaks_still_import(tmp_path, fake_text):
+    """Real line breaks inside quoted cells are kept: lines with commas, and a cell in the first column
+    whose closing line holds as many cells as the header (the rest of its own row)."""
+    path = tmp_path / "talk.csv"
+    path.write_text(
+        "text,conversation,index,speaker,labels\n"
+        '"well, yes\nno, I said, fine",c1,0,ann,joy\n'
+        '"hello\nworld",c1,1,bob,anger\n' + "x,c2,0,a,joy\ny,c3,0,a,anger\n"
+    )
+    import_conversations(path, tmp_path / "ds")
+    texts = sorted(t for batch in fake_text for t in batch)
+    assert texts == ["hello\nworld", "well, yes\nno, I said, fine", "x", "y"]
+
+
+def test_names_with_hyphens_spaces_and_floats_in_target(tmp_path, fake_text):
+    """Separators join labels only when every part is a label: 'joy-anger', 'very happy' and
+    'bitter_sweet' are names of their own. A target of 1.0 / 0.0 reads as 1 / 0 (pandas writes a
+    column with a missing value as floats)."""
+    rows = base_rows()
+    rows[0]["labels"] = "joy-anger"
+    rows[1]["labels"] = "very happy;bitter_sweet"
+    for r in rows:
+        r["target"] = "0.0" if (r["conversation"], r["index"]) == ("c1", 3) else "1.0"
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    assert meta["label_names"] == ["anger", "bitter_sweet", "joy", "joy-anger", "neutral", "sadness", "very happy"]
+    ids = [i for s in load_native(tmp_path / "ds").splits.values() for i in s.ids]
+    assert len(ids) == len(ROWS) - 1 and "c1/3" not in ids
+
+
+def test_jsonl_nan_reads_as_null(tmp_path, fake_text):
+    """Python's json writes and reads NaN (pandas' missing value): in text and labels it is read as
+    null, an empty cell (it was the text 'nan' and a label 'nan')."""
+    metas, stores = [], []
+    for missing in (None, math.nan):
+        rows = base_rows()
+        for r in rows:
+            r["present"] = [q for q in r["present"].split(";") if q]
+            r["labels"] = [x for x in r["labels"].split(";") if x]
+        rows[0]["text"] = missing
+        rows[1]["labels"] = missing
+        path = tmp_path / f"talk{len(metas)}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        metas.append(import_conversations(path, tmp_path / f"ds{len(metas)}"))
+        stores.append(load_native(tmp_path / f"ds{len(stores)}"))
+    assert metas[1]["label_names"] == metas[0]["label_names"] == list(LABELS)
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(stores[1].splits[split].present, stores[0].splits[split].present)
+        np.testing.assert_array_equal(stores[1].splits[split].labels, stores[0].splits[split].labels)
+    assert "nan" not in [t for batch in fake_text for t in batch]
+
+
+def test_not_utf8_names_the_row_and_file_offset(tmp_path, fake_text):
+    """The first bad byte's row and offset in the file (the decoder counts within its chunk of 8 KiB)."""
+    rows = base_rows() * 60
+    for k, r in enumerate(rows):
+        r["index"] = k
+    path = write_table(tmp_path / "talk.csv", rows)
+    data = path.read_bytes()
+    at = len(data)
+    path.write_bytes(data + "c1,9999,ann,café,,joy\r\n".encode("cp1252"))
+    offset = at + len(b"c1,9999,ann,caf")
+    with pytest.raises(
+        RamerError,
+        match=rf"talk.csv: row {len(rows) + 2}: not UTF-8 text \(byte 0xe9 at file offset {offset}\); save as CSV "
+        r"UTF-8 \(Excel\) or re-encode \(iconv -f cp1252 -t utf-8\)",
+    ):
+        import_conversations(path, tmp_path / "ds")
 
 
 def test_colliding_sample_ids_name_both_rows_before_any_feature(tmp_path, fake_text):

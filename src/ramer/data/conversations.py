@@ -29,8 +29,10 @@ import csv
 import hashlib
 import json
 import math
+import re
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,9 @@ from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem
 from ramer.errors import RamerError
 from ramer.metrics import decide
-from ramer.paths import loads_json
 
 FORMAT = "conversations"
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 REQUIRED = ("conversation", "index", "speaker", "text")
 OPTIONAL = ("start", "end", "media", "present", "labels", "target", "split")
 COLUMNS = REQUIRED + OPTIONAL
@@ -60,6 +62,12 @@ CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 # [SEP]) = 242 pieces, under all-MiniLM-L6-v2's 256; only longer texts are tokenized to count cuts
 WHOLE_TEXT_CHARS = 80
 _TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
+SHOWN_CHARS = 80  # a value quoted in an error is cut to about this many characters
+# a run of these characters between two label names joins them (``joy|anger``, ``joy anger``);
+# '-', '_' and '.' are part of a name (``bitter-sweet``)
+_SEPARATORS = re.compile(r"[\s,;|/+&]+")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # where a file opened with newline="" ends a line
+_EXCEL_HINT = "save as CSV UTF-8 (Excel) or re-encode (iconv -f cp1252 -t utf-8)"
 
 
 # ============================================================================================ rows
@@ -108,12 +116,35 @@ def _where(path: Path, row: int) -> str:
     return f"{path}: row {row}"
 
 
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to about ``SHOWN_CHARS`` characters (a whole column can land in a cell)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
 def _text(value: Any, path: Path, row: int, column: str, expected: str = "text") -> str:
-    if value is None:
+    """A cell as stripped text. JSON ``null`` and ``NaN`` (what pandas writes for a missing value,
+    and Python's json reads) are empty; ``Infinity`` is an error."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise RamerError(f"{_where(path, row)}: column '{column}' holds {value!r}, expected {expected}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (str, int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise RamerError(f"{_where(path, row)}: column '{column}' holds {_short(value)}, expected {expected}")
     return str(value).strip()
+
+
+def _name(value: Any, path: Path, row: int, column: str) -> str:
+    """An id (conversation, person): text or a JSON integer; a JSON number with a fraction part is
+    refused, as ``1.0`` and ``1`` would be two names."""
+    if isinstance(value, float) and math.isfinite(value):
+        raise RamerError(
+            f"{_where(path, row)}: column '{column}' holds the number {value!r}; give a name as text or an integer "
+            "(1.0 and 1 would be two names)"
+        )
+    return _text(value, path, row, column)
 
 
 def _int(value: Any, path: Path, row: int, column: str) -> int:
@@ -128,7 +159,7 @@ def _int(value: Any, path: Path, row: int, column: str) -> int:
             raise ValueError
         return int(number)
     except ValueError:
-        raise RamerError(f"{_where(path, row)}: column '{column}' is {text!r}, expected an integer") from None
+        raise RamerError(f"{_where(path, row)}: column '{column}' is {_short(text)}, expected an integer") from None
 
 
 def _seconds(value: Any, path: Path, row: int, column: str) -> float | None:
@@ -140,21 +171,49 @@ def _seconds(value: Any, path: Path, row: int, column: str) -> float | None:
     except ValueError:
         number = math.nan
     if not math.isfinite(number) or number < 0:
-        raise RamerError(f"{_where(path, row)}: column '{column}' is {text!r}, expected seconds (a number >= 0)")
+        raise RamerError(f"{_where(path, row)}: column '{column}' is {_short(text)}, expected seconds (a number >= 0)")
     return number
 
 
 def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
+    """The names of a ``labels`` / ``present`` cell: ``;``-separated text or a JSON list of names.
+    A list of numbers (a multi-hot vector) and a cell written like a Python list are refused."""
     if isinstance(value, list):
-        items = [_text(v, path, row, column) for v in value]
+        if any(isinstance(v, (bool, int, float)) for v in value):
+            raise RamerError(
+                f"{_where(path, row)}: column '{column}' holds {_short(value)}: give names, not a 0/1 vector "
+                '(e.g. ["joy", "anger"]; a name that is a number as text: ["7"])'
+            )
+        items = [_name(v, path, row, column) for v in value]
     else:
-        items = _text(value, path, row, column).split(";")
+        cell = _text(value, path, row, column)
+        _python_list(cell, path, row, column)
+        items = cell.split(";")
     out: list[str] = []
     for item in items:
         item = item.strip()
+        _python_list(item, path, row, column)
         if item and item not in out:
             out.append(item)
     return tuple(out)
+
+
+def _python_list(cell: str, path: Path, row: int, column: str) -> None:
+    """A RamerError when a ``labels`` cell is written as a list (``['joy', 'anger']``: what pandas
+    writes for a column of lists), or a ``present`` cell as a list of quoted names."""
+    cell = cell.strip()
+    quoted = re.fullmatch(r"\[\s*(['\"].*['\"])?\s*\]", cell, re.S)
+    if not (quoted or (column == "labels" and cell.startswith("[") and cell.endswith("]"))):
+        return
+    names = re.findall(r"['\"]([^'\"]*)['\"]", cell) or [n for n in [cell[1:-1].strip()] if n]
+    if path.suffix.lower() in _JSONL_SUFFIXES:
+        how = f"give the names as a JSON list, one name per item ({json.dumps(names)})"
+    else:
+        how = f"give the names separated by ';' ('{';'.join(names)}')" if names else "leave the cell empty"
+    raise RamerError(
+        f"{_where(path, row)}: column '{column}' is {_short(cell)}, which looks like a Python list (pandas writes "
+        f"a column of lists so); {how}"
+    )
 
 
 def _target(value: Any, path: Path, row: int) -> bool:
@@ -165,7 +224,13 @@ def _target(value: Any, path: Path, row: int) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise RamerError(f"{_where(path, row)}: column 'target' is {text!r}, expected 1 or 0 (empty: 1)")
+    try:  # "1.0", as `index` takes "3.0" (pandas writes a column with a missing value as floats)
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if number in (0.0, 1.0):
+        return number == 1.0
+    raise RamerError(f"{_where(path, row)}: column 'target' is {_short(text)}, expected 1 or 0 (empty: 1)")
 
 
 def _utterance(raw: dict, path: Path, row: int) -> Utterance:
@@ -174,9 +239,9 @@ def _utterance(raw: dict, path: Path, row: int) -> Utterance:
             raise RamerError(f"{_where(path, row)}: missing column '{col}' (required: {', '.join(REQUIRED)})")
     u = Utterance(
         row=row,
-        conversation=_text(raw["conversation"], path, row, "conversation"),
+        conversation=_name(raw["conversation"], path, row, "conversation"),
         index=_int(raw["index"], path, row, "index"),
-        speaker=_text(raw["speaker"], path, row, "speaker"),
+        speaker=_name(raw["speaker"], path, row, "speaker"),
         text=_text(raw["text"], path, row, "text"),
         start=_seconds(raw.get("start"), path, row, "start"),
         end=_seconds(raw.get("end"), path, row, "end"),
@@ -191,7 +256,7 @@ def _utterance(raw: dict, path: Path, row: int) -> Utterance:
         raise RamerError(f"{_where(path, row)}: empty 'speaker'")
     u.present = tuple(q for q in _names(raw.get("present"), path, row, "present") if q != u.speaker)
     if u.split and u.split not in SPLITS:
-        raise RamerError(f"{_where(path, row)}: split {u.split!r}, expected one of {', '.join(SPLITS)}")
+        raise RamerError(f"{_where(path, row)}: split {_short(u.split)}, expected one of {', '.join(SPLITS)}")
     if u.start is not None and u.end is not None and u.end <= u.start:
         raise RamerError(f"{_where(path, row)}: end {u.end} is not after start {u.start}")
     return u
@@ -216,7 +281,7 @@ def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
             f"{path}: " + ("a folder; give the table file (.csv, .tsv, .jsonl)" if path.is_dir() else "file not found")
         )
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
+    if suffix in _JSONL_SUFFIXES:
         return _read_jsonl(path)
     if suffix in (".csv", ".tsv", ".txt"):
         return _read_csv(path, "\t" if suffix == ".tsv" else ",")
@@ -226,20 +291,103 @@ def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
 def _check_columns(columns, path: Path, row: int) -> None:
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
-        raise RamerError(f"{_where(path, row)}: unknown column '{unknown[0]}' (known: {', '.join(COLUMNS)})")
+        hint = " (a trailing separator in the header?)" if unknown[0] == "" else ""
+        raise RamerError(
+            f"{_where(path, row)}: unknown column {_short(unknown[0])}{hint} (known: {', '.join(COLUMNS)})"
+        )
 
 
-def _csv_rows(reader, header: list[str], path: Path):
+def _not_utf8(path: Path, csv_file: bool) -> RamerError:
+    """The error for a table that is not UTF-8: the row (line) and file offset of the first bad byte,
+    and how to save or convert the file. The decoder's own position counts within its chunk."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return RamerError(f"{path}: UTF-16 text, expected UTF-8; {_EXCEL_HINT.replace('cp1252', 'utf-16')}")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = e.start
+        breaks = len(re.findall(rb"\r\n|\r|\n", data[:at]))  # as a CSV reader and read_text count lines
+        how = _EXCEL_HINT if csv_file else "re-encode it (iconv -f cp1252 -t utf-8)"
+        return RamerError(
+            f"{_where(path, breaks + 1)}: not UTF-8 text (byte 0x{data[at]:02x} at file offset {at}); {how}"
+        )
+    return RamerError(f"{path}: not UTF-8 text")  # pragma: no cover (the file changed while read)
+
+
+class _RawLines:
+    """The lines of a file as the csv reader takes them; ``record`` keeps those of the record being
+    read, so that a quoted cell spanning lines can be checked against the text it came from."""
+
+    def __init__(self, fh):
+        self.fh, self.record = fh, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.fh)
+        self.record.append(line)
+        return line
+
+
+def _csv_reader(fh, delimiter: str):
+    lines = _RawLines(fh)
+    return csv.reader(lines, delimiter=delimiter), lines
+
+
+def _cell_name(header: list[str], j: int) -> str:
+    return f"'{header[j]}'" if j < len(header) else f"{j + 1}"
+
+
+def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: int, path: Path, delimiter: str) -> None:
+    """A quote that is never closed makes the csv reader take every line after it into one cell,
+    without an error: a RamerError when that cell runs to the end of the file, or when a line it
+    holds reads on its own as a whole row (a cell with real line breaks stays valid)."""
+    if not any('"' in line for line in lines):
+        return
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            j = len(cells) - 1
+            opened = row + sum(len(_LINE_BREAK.findall(c)) for c in cells[:j])
+            raise RamerError(
+                f"{_where(path, opened)}: a quote opens in cell {_cell_name(header, j)} and is never closed: the cell "
+                f"runs to the end of the file (row {row + len(lines) - 1}); an unclosed quote? (a quote inside a "
+                'quoted cell is written twice: "")'
+            ) from None
+    opened = row
+    for j, cell in enumerate(cells):
+        breaks = len(_LINE_BREAK.findall(cell))
+        closed = opened + breaks
+        # the lines after the one the quote opens on; the closing one only when the cell is not the
+        # first of its row (then that line holds the cells of the row before it too)
+        inner = range(opened + 1, closed + (j > 0))
+        for k in inner:
+            if k - row < len(lines) and len(next(csv.reader([lines[k - row]], delimiter=delimiter), [])) == len(header):
+                raise RamerError(
+                    f"{_where(path, opened)}: the quoted cell {_cell_name(header, j)} opened on row {opened} and "
+                    f"closed on row {closed} holds whole rows (row {k} reads as one); an unclosed quote? (a quote "
+                    'inside a quoted cell is written twice: "")'
+                )
+        opened = closed
+
+
+def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter: str = ","):
     """(line number, cells) of each non-blank row after the header; a row of another width is an error.
     The line number is the one the record starts on (a quoted cell may span lines)."""
     while True:
         row = reader.line_num + 1
+        lines.record = []
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
             raise RamerError(f"{_where(path, row)}: not a readable CSV row ({e})") from None
+        _check_quotes(cells, lines.record, header, row, path, delimiter)
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
@@ -247,16 +395,44 @@ def _csv_rows(reader, header: list[str], path: Path):
         yield row, cells
 
 
+def _other_separator(header: list[str], delimiter: str, path: Path) -> None:
+    """A RamerError when the header is one cell holding the known column names joined by another
+    separator (a ';'-separated CSV from a European Excel, a tab-separated .txt)."""
+    if len(header) != 1:
+        return
+    for sep in (";", "\t", ",", "|"):
+        parts = [h.strip() for h in header[0].split(sep)]
+        if sep == delimiter or len(parts) < 2 or not all(q in COLUMNS for q in parts):
+            continue
+        what = "tabs" if sep == "\t" else f"'{sep}'"
+        reads = "tabs" if delimiter == "\t" else "','"
+        if sep == "\t":
+            use = "name the file .tsv"
+        elif sep == ",":
+            use = "name the file .csv"
+        else:
+            use = "save it with ',' as .csv (Excel: CSV UTF-8, comma delimited) or with tabs as .tsv"
+        raise RamerError(
+            f"{_where(path, 1)} (header): the columns are separated by {what}, and a {path.suffix.lower()} file is "
+            f"read with {reads}: {use}"
+        )
+
+
 def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
     before = csv.field_size_limit(CSV_FIELD_LIMIT)  # a long text reads as it does from JSONL
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
         with fh:
-            reader = csv.reader(fh, delimiter=delimiter)
+            reader, lines = _csv_reader(fh, delimiter)
             header = next(reader, None)
             if header is None:
                 raise RamerError(f"{path}: empty file (expected a header row: {', '.join(REQUIRED)}, ...)")
             header = [h.strip() for h in header]
+            if not any(header):
+                raise RamerError(
+                    f"{_where(path, 1)}: empty; the header is expected on row 1 ({', '.join(REQUIRED)}, ...)"
+                )
+            _other_separator(header, delimiter, path)
             _check_columns(header, path, 1)
             for col in REQUIRED:
                 if col not in header:
@@ -265,9 +441,16 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
                     )
             if len(set(header)) != len(header):
                 raise RamerError(f"{_where(path, 1)} (header): a column appears twice ({', '.join(header)})")
-            out = [_utterance(dict(zip(header, cells)), path, row) for row, cells in _csv_rows(reader, header, path)]
-    except UnicodeDecodeError as e:
-        raise RamerError(f"{path}: not UTF-8 text ({e})") from None
+            rows = _csv_rows(reader, lines, header, path, delimiter)
+            out = [_utterance(dict(zip(header, cells)), path, row) for row, cells in rows]
+            if not out:
+                raise RamerError(
+                    f"{path}: no rows below the header (row 1)"
+                    if reader.line_num <= 1
+                    else f"{path}: no utterances: every row below the header (row 1) is empty"
+                )
+    except UnicodeDecodeError:
+        raise _not_utf8(path, csv_file=True) from None
     except csv.Error as e:
         raise RamerError(f"{path}: not a readable CSV file ({e})") from None
     finally:
@@ -275,25 +458,53 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
     return out, set(header)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: a key given twice is an error (json keeps the last one silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
     out, columns = [], set()
     try:
         # split at line feeds only: str.splitlines also splits at U+2028 and others, legal inside a JSON string
         lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
-    except UnicodeDecodeError as e:
-        raise RamerError(f"{path}: not UTF-8 text ({e})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, csv_file=False) from None
+    one_per_line = "; a JSONL file holds one object per line"
+    records = " (pandas: to_json(path, orient='records', lines=True))"
     for row, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            raw = loads_json(line)
+            raw = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise RamerError(f"{_where(path, row)}: column {_short(e.args[0])} appears twice") from None
+        except RecursionError:
+            raise RamerError(f"{_where(path, row)}: not valid JSON (nested too deeply)") from None
         except json.JSONDecodeError as e:
             whole = line.strip() == "{" or line.lstrip().startswith("[")  # a pretty-printed document
-            hint = "; a JSONL file holds one object per line, not one JSON document" if whole else ""
+            hint = f"{one_per_line}, not one JSON document" if whole else ""
             raise RamerError(f"{_where(path, row)}: not valid JSON ({e.msg}){hint}") from None
         if not isinstance(raw, dict):
-            raise RamerError(f"{_where(path, row)}: holds a {type(raw).__name__}, expected an object (one utterance)")
+            hint = f"{one_per_line}, not one JSON array of rows{records}" if isinstance(raw, list) else ""
+            raise RamerError(
+                f"{_where(path, row)}: holds a {type(raw).__name__}, expected an object (one utterance){hint}"
+            )
         _check_columns(raw, path, row)
+        if all(isinstance(raw.get(c), (dict, list)) for c in REQUIRED):
+            raise RamerError(
+                f"{_where(path, row)}: every column holds many values (a table written column by column, as pandas' "
+                f"to_json does by default){one_per_line}, one utterance each{records}"
+            )
         columns |= set(raw)
         out.append(_utterance(raw, path, row))
     return out, columns
@@ -392,7 +603,8 @@ def check_media(convs: list[Conversation], path: Path) -> dict[str, int]:
 
 def label_names(utterances: list[Utterance], columns: set[str], given: list[str] | None, path: Path) -> tuple[str, ...]:
     """``given`` (``--labels``; every name in the file must be one of them) or the sorted names
-    found in the ``labels`` column."""
+    found in the ``labels`` column. Labels joined into one name (``_joined_labels``) are refused,
+    and so are two names in the file that differ only in case or Unicode form (``Joy``, ``joy``)."""
     if given is not None:
         names = tuple(n.strip() for n in given if n.strip())
         if not names:
@@ -402,8 +614,12 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
         for u in utterances:
             for n in u.labels:
                 if n not in names:
-                    _comma_slip(n, names, u.row, path)
-                    raise RamerError(f"{_where(path, u.row)}: unknown label '{n}' (labels: {', '.join(names)})")
+                    _joined_labels(n, names, u.row, path)
+                    like = [m for m in names if _label_key(m) == _label_key(n)]
+                    hint = f"; {like[0]!r} differs only in case or Unicode form" if like else ""
+                    raise RamerError(
+                        f"{_where(path, u.row)}: unknown label {_short(n)} (labels: {', '.join(names)}){hint}"
+                    )
         return names
     if "labels" not in columns:
         raise RamerError(
@@ -413,20 +629,44 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
     names = tuple(sorted({n for u in utterances for n in u.labels}))
     if not names:
         raise RamerError(f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c")
+    first: dict[str, tuple[str, int]] = {}  # by _label_key: the first spelling and its row
     for u in utterances:
         for n in u.labels:
-            _comma_slip(n, names, u.row, path)
+            _joined_labels(n, names, u.row, path)
+            m, row = first.setdefault(_label_key(n), (n, u.row))
+            if m != n:
+                how = (
+                    f"are one name in two Unicode forms ({ascii(n)}, {ascii(m)})"
+                    if unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", m)
+                    else "differ only in case"
+                )
+                raise RamerError(
+                    f"{_where(path, u.row)}: label {n!r} and label {m!r} of row {row} {how}; they would be two "
+                    "labels: write each emotion one way"
+                )
     return names
 
 
-def _comma_slip(name: str, names: tuple[str, ...], row: int, path: Path) -> None:
-    """A RamerError when ``name`` is labels of ``names`` joined by ',' ('joy,anger'): a slip for
-    ';', not a label of its own."""
-    parts = [q.strip() for q in name.split(",")]
+def _label_key(name: str) -> str:
+    """What two spellings of one label name share: ``Joy`` and ``joy``, ``é`` composed or not."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _joined_labels(name: str, names: tuple[str, ...], row: int, path: Path) -> None:
+    """A RamerError when ``name`` is labels of ``names`` joined by separators (``joy,anger``,
+    ``joy|anger``, ``joy anger``; in a JSON list ``joy;anger``): a slip, not a label of its own.
+    A name whose parts are not all labels (``bitter,sweet`` without a label ``sweet``) is kept."""
+    parts = [q for q in _SEPARATORS.split(name) if q]
     if len(parts) > 1 and all(q in names for q in parts):
+        seps = sorted({r.strip() or " " for r in _SEPARATORS.findall(name.strip())})
+        how = (
+            f"in JSONL a list holds one name per item ({json.dumps(parts)})"
+            if path.suffix.lower() in _JSONL_SUFFIXES
+            else f"labels are separated by ';' ('{';'.join(parts)}')"
+        )
         raise RamerError(
-            f"{_where(path, row)}: label '{name}' joins the labels {', '.join(repr(q) for q in parts)} "
-            f"with ','; labels are separated by ';' ('{';'.join(parts)}')"
+            f"{_where(path, row)}: label {name!r} joins the labels {', '.join(repr(q) for q in parts)} "
+            f"with {' and '.join(repr(q) for q in seps)}; {how}"
         )
 
 
@@ -523,11 +763,11 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
     out: dict[str, np.ndarray] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader, lines = _csv_reader(fh, ",")
             header = next(reader, None)
             if not header or len(header) < 2:
                 raise RamerError(f"{_where(path, 1)}: expected a header 'person,trait_1,trait_2,...'")
-            for row, cells in _csv_rows(reader, header, path):
+            for row, cells in _csv_rows(reader, lines, header, path):
                 name = cells[0].strip()
                 if not name:
                     raise RamerError(f"{_where(path, row)}: empty person name")
@@ -540,8 +780,8 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
                 if not np.isfinite(vec).all():
                     raise RamerError(f"{_where(path, row)}: the traits of '{name}' hold a non-finite value")
                 out[name] = vec.astype(np.float32)
-    except UnicodeDecodeError as e:
-        raise RamerError(f"{path}: not UTF-8 text ({e})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, csv_file=True) from None
     if not out:
         raise RamerError(f"{path}: no person rows")
     return out, [h.strip() for h in header[1:]]
