@@ -675,3 +675,16 @@ def test_a_sample_without_target_reads_nothing_of_the_target_path(name, store):
             p.add_(torch.randn_like(p))
     assert torch.equal(probs_of(model, whole), ref_whole)
     assert differ(probs_of(model, targeted)[seen], ref_targeted[seen])
+
+
+@pytest.mark.parametrize("name", [*TORCH, "ramer", "ramer-authors"])
+def test_every_deep_model_scores_cast_to_bfloat16(name):
+    """``--precision bf16`` casts the whole model: whatever a model makes in its forward pass (here
+    MulT's and AMP's segment positions) is in the model's type, and the scores stay near fp32's."""
+    from ramer.infer import predict, to_inference_precision
+
+    store = random_store(n=8)
+    model = make_model(name, store).eval()
+    fp32 = predict(model, store, 8, torch.device("cpu")).scores
+    bf16 = predict(to_inference_precision(copy.deepcopy(model), "bf16"), store, 8, torch.device("cpu")).scores
+    assert np.isfinite(bf16).all() and np.abs(bf16 - fp32).max() < 0.05

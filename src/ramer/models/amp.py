@@ -144,7 +144,8 @@ class AMP(nn.Module):
 
     def forward(self, batch: Batch) -> AMPOutput:
         tmask = target_mask(batch)  # (B, N)
-        pos = sinusoid(batch.segment, self.hidden) + self.scope_emb(batch.scope.long())  # (B, N, H)
+        scope = self.scope_emb(batch.scope.long())
+        pos = sinusoid(batch.segment, self.hidden, scope.dtype) + scope  # (B, N, H)
         pos = pos + torch.where(tmask.unsqueeze(-1), self.target_emb, 0.0)  # (B, N, H)
         pos = {m: pos + self.modality_emb[k] for k, m in enumerate(MODALITIES)}  # (B, N, H) each
         enc = {m: self.encoders[m](batch.features[m], batch.present[m]) for m in MODALITIES}  # (B, N, H) each

@@ -147,10 +147,11 @@ class TemporalConv(nn.Module):
         return self.conv(rows).transpose(1, 2).reshape(B, N, H)
 
 
-def sinusoid(pos: Tensor, dim: int) -> Tensor:
-    """Sinusoidal encoding of integer positions ``pos`` (...,) -> (..., dim)."""
+def sinusoid(pos: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal encoding of integer positions ``pos`` (...,) -> (..., dim), computed in float32 and
+    given in ``dtype`` (the model's: a model cast to bfloat16 takes it in bfloat16)."""
     half = dim // 2
     freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
     ang = pos.to(torch.float32).unsqueeze(-1) * freq  # (..., half)
     enc = torch.cat([ang.sin(), ang.cos()], -1)
-    return F.pad(enc, (0, dim - 2 * half))
+    return F.pad(enc, (0, dim - 2 * half)).to(dtype)

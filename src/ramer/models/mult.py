@@ -85,7 +85,8 @@ class MulT(nn.Module):
 
     def forward(self, batch: Batch) -> MulTOutput:
         B = batch.valid.shape[0]
-        pos = sinusoid(batch.segment, self.hidden) + self.scope_emb(batch.scope.long())  # (B, N, H)
+        scope = self.scope_emb(batch.scope.long())
+        pos = sinusoid(batch.segment, self.hidden, scope.dtype) + scope  # (B, N, H)
         pos = pos + torch.where(target_mask(batch).unsqueeze(-1), self.target_emb, 0.0)  # (B, N, H)
         tokens = {}
         for m in MODALITIES:
