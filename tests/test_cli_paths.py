@@ -14,6 +14,7 @@ from test_conversations import LABELS, base_rows, write_table
 
 from ramer.bench import parse_rates
 from ramer.cli import main
+from ramer.config import build_config
 from ramer.data.conversations import import_conversations, read_table, summary_lines
 from ramer.errors import RamerError
 from ramer.paths import WORK_MARKERS, atomic_write_text, other_work
@@ -318,3 +319,21 @@ def test_ctrl_c_in_the_first_epoch_leaves_no_folder_made_for_the_run(tmp_path, c
     (tmp_path / "mine").mkdir()
     assert main(["train", "--out", "mine", *SETS]) == 130
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.yaml", "metrics.jsonl"]
+
+
+def test_train_and_eval_on_the_embedded_benchmark_print_its_ceiling(tmp_path, capsys):
+    """Every results table on the embedded benchmark prints the oracle beside the model (SYNTHETIC.md):
+    train's test table and eval's, on the generated data and on a folder of it; not on other data."""
+    from ramer.data.synthetic import generate
+
+    run = tmp_path / "br"
+    assert main(["train", "--model", "br", "--out", str(run), *SETS]) == 0
+    oracle = generate(build_config(run / "config.yaml").data.synthetic).info["oracle"]["test"]["overall"]
+    row = f"│ oracle (sees the latent state) │ overall    │ {oracle['n']} │   {oracle['micro_f1']:.4f} │"
+    assert row in capsys.readouterr().out
+    assert main(["eval", str(run)]) == 0
+    assert row in capsys.readouterr().out
+    data = tmp_path / "m.pt"
+    fw.write_mosei_aligned(data)
+    assert main(["train", "--model", "br", "--data", str(data), "--out", str(tmp_path / "mosei")]) == 0
+    assert "oracle" not in capsys.readouterr().out

@@ -370,6 +370,20 @@ def test_synthetic_follows_the_missing_pattern():
     assert set(bundle.info["oracle"]["test"]) == {"overall", "speaker", "nonspeaker"}
 
 
+def test_the_generators_missing_rate_hides_and_changes_nothing_else():
+    """data.synthetic.missing_rate hides present modalities from a stream of its own: the scenes
+    (grids, labels, targets, roles, features where present) are those of rate 0, and a higher rate
+    hides a superset of what a lower one hides."""
+    runs = [generate(SMALL.model_copy(update={"missing_rate": r})).splits["test"] for r in (0.0, 0.1, 0.3)]
+    for st in runs[1:]:
+        for arr in ("grid", "labels", "target", "role"):
+            assert getattr(st, arr).tobytes() == getattr(runs[0], arr).tobytes(), arr
+        kept = st.present[:, 0]
+        assert (st.text[kept] == runs[0].text[kept]).all()
+    zero, low, high = (st.present for st in runs)
+    assert (high <= low).all() and (low <= zero).all() and high.sum() < low.sum() < zero.sum()
+
+
 def test_synthetic_personality_is_a_stable_trait():
     st = generate(SMALL).splits["train"]
     by_char = {}

@@ -109,7 +109,11 @@ class _World:
         return np.tanh(z @ w1 + b1) @ w2
 
 
-def _split(world: _World, n: int, rng: np.random.Generator, name: str) -> tuple[SceneStore, np.ndarray]:
+def _split(
+    world: _World, n: int, rng: np.random.Generator, name: str, hide: np.random.Generator
+) -> tuple[SceneStore, np.ndarray]:
+    """``hide``: the stream of ``missing_rate``'s draws, apart from ``rng``, so that hiding more or
+    less changes which modalities are present and nothing else (the scenes of every rate are those of 0)."""
     cfg = world.cfg
     C = cfg.n_labels
     grids, chars_all, pres_all, z_all, topic, light, voice = [], [], [], [], [], [], []
@@ -124,7 +128,7 @@ def _split(world: _World, n: int, rng: np.random.Generator, name: str) -> tuple[
         visible = rng.random((P, S)) < cfg.face_visible
         pres = np.stack([is_spk, is_spk, visible], -1).reshape(P * S, 3)
         if cfg.missing_rate > 0:
-            pres &= rng.random(pres.shape) >= cfg.missing_rate
+            pres &= hide.random(pres.shape) >= cfg.missing_rate
         want_speaker = rng.random() < 0.5
         candidates = np.argwhere(is_spk if want_speaker else ~is_spk)
         if len(candidates) == 0:
@@ -189,7 +193,8 @@ def generate(cfg: SynthConfig | None = None) -> DataBundle:
     world = _World(cfg, np.random.default_rng(world_seq))
     splits, info = {}, {"oracle": {}}
     for (name, n), seq in zip((("train", cfg.n_train), ("valid", cfg.n_valid), ("test", cfg.n_test)), split_seqs):
-        store, oracle = _split(world, n, np.random.default_rng(seq), name)
+        hide = np.random.default_rng(seq.spawn(1)[0])  # a child of the split's seed: its own stream
+        store, oracle = _split(world, n, np.random.default_rng(seq), name, hide)
         store.extra["oracle"] = oracle
         store.mark_checked()  # generated finite
         splits[name] = store
