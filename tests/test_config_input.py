@@ -93,3 +93,14 @@ def test_a_written_config_holds_no_alias_it_could_not_read_back(tmp_path):
     assert "&" not in text and "*" not in text
     (tmp_path / "c.yaml").write_text(config.dump_config(build_config(None)))
     assert build_config(tmp_path / "c.yaml") == build_config(None)
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    """YAML would keep the last of two `lr:` without a word; the config names the key and the line."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n")
+    with pytest.raises(RamerError, match=r"the key 'lr' given twice in one mapping \(line 4, column 3\)"):
+        build_config(path)
+    path.write_text("train:\n  lr: 0.1\nmodel:\n  lr_scale: 1\n")  # the same word in two mappings is fine
+    with pytest.raises(RamerError, match="unknown key 'model.lr_scale'"):
+        build_config(path)

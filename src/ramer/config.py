@@ -275,12 +275,25 @@ class AliasRefused(yaml.composer.ComposerError):
 
 class _NoAliasLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (no Python tags) that refuses aliases (``*name``): a config never needs
-    them, and nested ones expand a file of a few hundred bytes into billions of values."""
+    them, and nested ones expand a file of a few hundred bytes into billions of values; and a key
+    given twice in one mapping (YAML's last one would win without a word)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             raise AliasRefused(None, None, "a YAML alias (*name)", self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key '{key}' given twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _safe_load(text: str) -> Any:
