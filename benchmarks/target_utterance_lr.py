@@ -10,7 +10,7 @@ weighted F1 and macro F1 at the C chosen on valid. (EmoryNLP: docs/RESULTS.md.)
 
 from __future__ import annotations
 
-import sys
+import argparse
 import warnings
 
 import numpy as np
@@ -59,6 +59,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="a `ramer data import` of a single-label table (a native dataset folder)")
+    main(parser.parse_args().data)
