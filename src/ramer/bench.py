@@ -38,7 +38,6 @@ import functools
 import json
 import os
 import shlex
-import shutil
 import signal
 import threading
 import time
@@ -68,7 +67,16 @@ from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
 from ramer.models import BASELINES, CLASSICAL, PRESETS, DataSpec, build_model, is_known, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
-from ramer.paths import atomic_write, atomic_write_text, make_folder, read_json, work_folder
+from ramer.paths import (
+    atomic_write,
+    atomic_write_text,
+    clear_folder,
+    hold,
+    make_folder,
+    read_json,
+    remove_if_empty,
+    work_folder,
+)
 from ramer.train import run_training
 from ramer.train.recipe import read_log
 
@@ -479,6 +487,14 @@ def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str
     dataset; other data at the same path is not)."""
     if not run.exists():
         return "fresh"
+    with hold(run, "ramer bench"):  # a run another command is writing is neither reused nor removed
+        state = _cache_state(run, cfg, bundle)
+    if state == "fresh":
+        remove_if_empty(run)  # cleared: its lock file is gone now
+    return state
+
+
+def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
     changes = _config_changes(run, cfg)
     recorded = ckpt.read_data_fingerprints(run / "model.safetensors") if bundle is not None else {}
     if changes == ["data.path"] and bundle is not None and set(bundle.splits) <= set(recorded):
@@ -492,7 +508,7 @@ def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str
             and (run / "model.safetensors").exists()
         ):
             return "resume"
-    shutil.rmtree(run)
+    clear_folder(run)
     return "fresh"
 
 
@@ -529,14 +545,16 @@ def reuse(run: Path, notes: list[str]) -> dict | None:
     """A cached finished run's fields (``read_run``), or None when one of its files is corrupt: then
     a note names the file and why, and the directory is removed so the run trains again. A file the
     system will not read (``FileUnreadable``) stops the bench instead; nothing is removed."""
-    try:
-        return read_run(run)
-    except FileUnreadable:
-        raise
-    except RamerError as e:
-        notes.append(f"cached run unusable, training it again: {e}")
-        shutil.rmtree(run)
-        return None
+    with hold(run, "ramer bench"):
+        try:
+            return read_run(run)
+        except FileUnreadable:
+            raise
+        except RamerError as e:
+            notes.append(f"cached run unusable, training it again: {e}")
+            clear_folder(run)
+    remove_if_empty(run)
+    return None
 
 
 def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state: str) -> tuple[dict, str, list[str]]:
@@ -552,7 +570,8 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state:
         if state != "resume" or isinstance(e, FileUnreadable):
             raise
         notes.append(f"cannot resume {run} ({e}); starting it again")
-        shutil.rmtree(run)
+        with hold(run, "ramer bench"):
+            clear_folder(run)
         state, before, t0 = "fresh", 0.0, time.perf_counter()
         run_training(cfg, run, bundle=bundle, console=console)
     atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
@@ -635,7 +654,11 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     base = s.base or base_config(s)
-    work_folder(s.out, "bench")
+    with hold(work_folder(s.out, "bench"), "ramer bench"):  # the run folders below hold their own locks
+        return _run_bench(s, base, console, t_start, load_start)
+
+
+def _run_bench(s: BenchSettings, base: Config, console: Console, t_start: float, load_start: tuple) -> list[dict]:
     t0 = time.perf_counter()
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)

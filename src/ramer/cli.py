@@ -17,7 +17,7 @@ from rich.table import Table
 from ramer import __version__
 from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.errors import RamerError
-from ramer.paths import remove_if_empty
+from ramer.paths import LOCK_NAME, hold, remove_if_empty
 
 OUT = Console(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
 ERR = Console(stderr=True)  # progress and messages go to stderr
@@ -211,7 +211,7 @@ def remove_unstarted_run(out: Path, cfg: Config, parent_too: bool = False) -> No
     config, log = out / "config.yaml", out / "metrics.jsonl"
     try:
         started = (
-            {p.name for p in out.iterdir()} == {config.name, log.name}
+            {p.name for p in out.iterdir()} - {LOCK_NAME} == {config.name, log.name}
             and log.is_file()
             and log.stat().st_size == 0
             and config.is_file()
@@ -285,23 +285,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise RamerError("under torchrun every process must write to one run directory: give --out (or --resume)")
     cfg = planned_config(args)
     made_up = not (args.out or args.resume)
-    if not args.resume:
+    if not args.resume:  # at once, before the data loads; checked again below, with the folder held
         check_new_run(cfg, Path(args.out) if args.out else None)
     runs_made = made_up and not Path("runs").exists()
     out = Path(args.resume or args.out) if not made_up else default_out(cfg)
-    # made for this command (rank 0 makes an --out that is not there): removed again where no epoch ended
-    made_here = made_up or (not args.resume and int(os.environ.get("RANK", "0")) == 0 and not out.exists())
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    made_here = made_up  # made for this command: removed again where no epoch ended
     try:
-        try:  # a folder name made up here is said before the work (to --resume it after a stop)
-            result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=made_up)
-        finally:
-            if made_here:  # stopped before an epoch ended: neither it nor a runs/ made for it stays
-                remove_unstarted_run(out, cfg, parent_too=runs_made)
+        # rank 0 holds the folder for the whole run (another command there is refused), then decides
+        with hold(out, "ramer train", make=not args.resume) if rank0 else contextlib.nullcontext() as held:
+            made_here = made_up or (held is not None and held.made)  # its mkdir made it, no other's
+            if not args.resume and rank0:
+                check_new_run(cfg, out)
+            try:  # a folder name made up here is said before the work (to --resume it after a stop)
+                result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=made_up)
+            finally:
+                if made_here:  # stopped before an epoch ended: neither it nor a runs/ made for it stays
+                    remove_unstarted_run(out, cfg, parent_too=runs_made)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130
         ERR.print(interrupted_hint(out), highlight=False, soft_wrap=True)
         return 130
+    finally:
+        if made_here:  # its lock file is gone now
+            remove_if_empty(out, parent_too=runs_made)
     if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
         from ramer.checkpoint import read_spec
 
@@ -589,8 +597,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     sets = [s if s.startswith("data.synthetic.") else f"data.synthetic.{s}" for s in (args.set or [])]
     cfg = build_config(resolve_config(args.config), sets)
     check_dataset_folder(args.out)  # before the work
-    bundle = generate(cfg.data.synthetic)
-    bundle.save(args.out)
+    with hold(args.out, "ramer data synth", make=True):  # another writer there is refused, not mixed in
+        bundle = generate(cfg.data.synthetic)
+        bundle.save(args.out)
     print_synth_report(bundle, OUT)
     OUT.print(f"wrote {args.out}", highlight=False)
     return 0
@@ -606,7 +615,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from ramer.data.commands import run_convert
 
-    run_convert(args.path, args.out, fmt=args.format, labels=args.labels, sets=args.set or [])
+    with hold(args.out, "ramer data convert", make=True):
+        run_convert(args.path, args.out, fmt=args.format, labels=args.labels, sets=args.set or [])
     return 0
 
 
@@ -614,17 +624,18 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from ramer.data.conversations import import_conversations, summary_lines
 
     labels = args.labels.split(",") if args.labels is not None else None
-    meta = import_conversations(
-        args.file,
-        args.out,
-        labels=labels,
-        personality=args.personality,
-        context=args.context,
-        seed=args.seed,
-        console=ERR,
-        targets=args.targets,
-        task=args.task,
-    )
+    with hold(args.out, "ramer data import", make=True):
+        meta = import_conversations(
+            args.file,
+            args.out,
+            labels=labels,
+            personality=args.personality,
+            context=args.context,
+            seed=args.seed,
+            console=ERR,
+            targets=args.targets,
+            task=args.task,
+        )
     for line in summary_lines(meta):
         OUT.print(line, highlight=False, markup=False, soft_wrap=True)
     OUT.print(f"wrote {args.out}", highlight=False)

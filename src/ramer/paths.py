@@ -4,12 +4,22 @@ kill during a write never leaves a half-written file as the latest)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import stat
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no folder locks (``hold``)
+    fcntl = None
 
 from ramer.errors import RamerError, first_line, unreadable, unwritable
 
@@ -30,10 +40,24 @@ def check_out_folder(path: str | Path) -> Path:
 def remove_if_empty(path: Path, parent_too: bool = False) -> None:
     """Remove ``path`` when it is an empty folder (made for work that wrote nothing into it); with
     ``parent_too``, its parent as well when that is left empty (a ``runs/`` made for it)."""
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-        if parent_too and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+    for folder in (path, path.parent) if parent_too else (path,):
+        if not folder.is_dir() or any(p.name != LOCK_NAME for p in folder.iterdir()):
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # a lock file: another command holds the folder now
+            return
+
+
+def clear_folder(path: Path) -> None:
+    """Remove everything in the folder ``path`` but its lock file (``hold``): work to do again."""
+    for p in path.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def make_folder(path: str | Path) -> Path:
@@ -51,6 +75,124 @@ def make_folder(path: str | Path) -> Path:
 RUN_FILES = ("config.yaml", "model.safetensors", "train_state.pt", "metrics.jsonl", "test_metrics.json")
 SPLITS = ("train", "valid", "test")
 DATASET_ENTRIES = ("meta.json", "meta.json.tmp", "cache", *SPLITS, *(f"{s}.tmp" for s in SPLITS))
+# The lock file of the command that holds a folder (``hold``): no check of what a folder holds counts it.
+LOCK_NAME = ".ramer.lock"
+
+
+def is_temporary(name: str) -> bool:
+    """A name a write in progress (or cut off) uses beside its target: ``.NAME.XXXX.tmp``."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+@dataclass
+class Held:
+    """What ``hold`` yields: ``made``, whether this call made the folder (it did not exist)."""
+
+    made: bool
+
+
+_HELD: set[str] = set()  # the folders this process holds (``hold`` again there is a no-op)
+
+
+@contextlib.contextmanager
+def hold(folder: str | Path, command: str, make: bool = False) -> Iterator[Held]:
+    """Hold ``folder`` for ``command`` (``ramer train``, ``bench``, ``data synth``...) while the
+    context lasts: an exclusive ``flock`` on ``folder/.ramer.lock`` (``LOCK_NAME``), which records the
+    pid, host, command and start time, and is removed at the end. Another process holding it is a
+    RamerError naming that command, at once (no waiting). ``make``: make the folder (and its
+    parents) first; ``Held.made`` says whether this call made it (``mkdir`` succeeded, so of two
+    commands started together only one), and those it made are removed again if left empty.
+    Held again in the same process, nothing more happens. Where ``fcntl`` does not exist (Windows)
+    nothing is locked: the folder is only made."""
+    folder = Path(folder)
+    made = _make_folders(folder) if make else []
+    key = os.path.realpath(folder)
+    fd = None
+    try:
+        if fcntl is not None and key not in _HELD:
+            fd = _lock(folder, command)
+            _HELD.add(key)
+        yield Held(made=folder in made)
+    finally:
+        if fd is not None:
+            _HELD.discard(key)
+            _unlock(folder / LOCK_NAME, fd)
+        for p in reversed(made):  # deepest first; one not empty stops it
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def holding(folder: str | Path) -> bool:
+    """Whether this process holds ``folder`` (``hold``): no other ramer command writes there now."""
+    return os.path.realpath(folder) in _HELD
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; the ones this call made (``mkdir`` succeeded)."""
+    check_out_folder(folder)
+    made = []
+    for p in reversed((folder, *folder.parents)):
+        if p.is_dir():
+            continue
+        try:
+            p.mkdir()
+            made.append(p)
+        except FileExistsError:
+            continue  # made by another process just now: not ours
+        except OSError as e:
+            raise RamerError(f"{folder}: cannot create the folder ({e.strerror})") from None
+    return made
+
+
+def _lock(folder: Path, command: str) -> int:
+    """Take the lock of ``folder`` (``hold``); returns the open lock file."""
+    path = folder / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RamerError(f"{folder}: cannot create its lock file {LOCK_NAME} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RamerError(in_use(folder)) from None
+        try:  # the file may have been removed by its holder between our open and our lock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(holder).encode())
+    return fd
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Remove the lock file ``path`` (if it is still ours), then let go of it."""
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def in_use(folder: Path) -> str:
+    """The message for a ``folder`` another command holds, from what its lock file says."""
+    try:
+        holder = json.loads((folder / LOCK_NAME).read_text())
+        who = (
+            f"{holder['command']}, pid {holder['pid']} on {holder['host']}, "
+            f"since {time.strftime('%H:%M', time.localtime(holder['since']))}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # written a moment later
+        who = "just starting"
+    return f"{folder}: in use by another ramer command ({who}); wait for it to end or give another --out"
 
 
 # What marks a folder as another command's work (its top level): any one group of names, all there.
@@ -122,7 +264,11 @@ def dataset_folder(path: str | Path) -> Path:
     folder is a dataset already (``meta.json``): files of the user's there are left as they are."""
     path = check_out_folder(path)
     if path.is_dir():
-        other = sorted(p.name for p in path.iterdir() if p.name not in DATASET_ENTRIES)
+        other = sorted(
+            p.name
+            for p in path.iterdir()
+            if p.name not in DATASET_ENTRIES and p.name != LOCK_NAME and not is_temporary(p.name)
+        )
         if (path / "meta.json").is_file():
             other = [name for name in other if name in RUN_FILES]
         if other:
@@ -134,7 +280,8 @@ def dataset_folder(path: str | Path) -> Path:
     return path
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (what a new file's or folder's mode leaves out)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -159,7 +306,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         raise unwritable(path, e) from None
     os.close(fd)
     try:
-        mode = 0o666 & ~_umask()  # as a plain open() would create it (mkstemp makes it private)
+        mode = 0o666 & ~umask()  # as a plain open() would create it (mkstemp makes it private)
         os.chmod(tmp, mode)
         write(tmp)
         os.chmod(tmp, mode)  # again: a writer may make the file anew (safetensors' save_file does, private)

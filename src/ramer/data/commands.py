@@ -100,8 +100,7 @@ def convert(
     opened = _open(path, fmt, labels, sets, options)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"
-    if meta_path.exists():
-        meta_path.unlink()  # a half-written folder must not look complete
+    meta_path.unlink(missing_ok=True)  # a half-written folder must not look complete
     if isinstance(opened, DataBundle):
         opened.save(out)
         return json.loads(meta_path.read_text())

@@ -1177,8 +1177,7 @@ def import_conversations(
             f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
         )
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "meta.json").exists():
-        (out / "meta.json").unlink()  # a half-written folder must not look complete
+    (out / "meta.json").unlink(missing_ok=True)  # a half-written folder must not look complete
     cache = F.FeatureCache(out / "cache")
     feats = compute_features(convs, cache, console, report, path)
     pruned = cache.prune()

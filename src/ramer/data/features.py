@@ -150,7 +150,7 @@ class FeatureCache:
         if self.root.is_dir():
             for path in self.root.glob("*/*.npz"):
                 if path not in self.used:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
                     removed += 1
         return removed
 

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,18 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.errors import RamerError, first_line
-from ramer.paths import DATASET_ENTRIES, RUN_FILES, SPLITS, check_out_folder, dataset_folder, make_folder, read_json
+from ramer.paths import (
+    DATASET_ENTRIES,
+    RUN_FILES,
+    SPLITS,
+    atomic_write_text,
+    check_out_folder,
+    dataset_folder,
+    holding,
+    make_folder,
+    read_json,
+    umask,
+)
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 1
@@ -413,11 +425,17 @@ class SceneStore:
         self.check(where)
 
     def _write(self, directory: Path) -> None:
-        tmp = _tmp_folder(directory)
-        if tmp.exists():  # a save cut off: it holds a split's files only (_split_folder)
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        leftovers = [_tmp_folder(directory)]  # a save cut off; others' only where no other writer can be
+        if holding(directory.parent):
+            leftovers += directory.parent.glob(f".{directory.name}.*.tmp")
+        for old in leftovers:
+            if old.is_dir():
+                shutil.rmtree(old)
+        # a name of its own beside the target: two writers never share one (a cut-off one is ignored)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
         try:
+            os.chmod(tmp, 0o777 & ~umask())  # as a plain mkdir makes it (mkdtemp makes it private)
             for name, array in self._stored_arrays():
                 np.save(tmp / f"{name}.npy", array)
             (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
@@ -616,9 +634,7 @@ def write_meta(
         "splits": splits,
         "info": info,
     }
-    tmp = Path(directory) / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, Path(directory) / "meta.json")
+    atomic_write_text(Path(directory) / "meta.json", json.dumps(meta, indent=1))  # a temporary name of its own
     return meta
 
 
@@ -674,18 +690,19 @@ def _is_folder_name(name) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
-def _tmp_folder(directory: Path) -> Path:
-    """The temporary folder beside ``directory`` that ``SceneStore.save`` writes, then renames."""
-    return directory.with_name(directory.name + ".tmp")
-
-
 def _holds_a_split(folder: Path) -> bool:
     """Whether ``folder`` is a split folder that ``SceneStore.save`` wrote: ``ids.json`` and arrays only."""
     return (folder / "ids.json").is_file() and all(p.name in _SPLIT_FILES for p in folder.iterdir())
 
 
+def _tmp_folder(directory: Path) -> Path:
+    """The fixed temporary name beside ``directory`` that saves of earlier versions wrote, then
+    renamed; one left by a save cut off is removed by the next."""
+    return directory.with_name(directory.name + ".tmp")
+
+
 def _split_folder(directory: Path) -> None:
-    """Refuse ``directory`` as the folder of a split to save unless it (and the temporary folder
+    """Refuse ``directory`` as the folder of a split to save unless it (and the old temporary folder
     beside it) is new, empty or holds only the files a save writes: those are written over, and
     nothing else is deleted. Checked before anything is written."""
     for folder in (directory, _tmp_folder(directory)):

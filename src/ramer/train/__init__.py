@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +19,7 @@ from ramer.config import Config
 from ramer.data import DataBundle
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL
+from ramer.paths import hold
 from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
 
@@ -45,11 +48,14 @@ def run_training(
             f"run_training takes a ramer.config.Config (build_config(FILE, ['key=value', ...])), not "
             f"{type(cfg).__name__}"
         )
-    if cfg.model.name in CLASSICAL:
-        if hooks:
-            raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
-        recipe = ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle)
-    else:
-        recipe = Recipe(cfg, out, resume=resume, console=console, bundle=bundle, hooks=hooks)
-    recipe.announce = announce
-    return recipe.run()
+    if cfg.model.name in CLASSICAL and hooks:
+        raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
+    # Rank 0 holds the run folder while the run lasts: a second command there is refused, not mixed in.
+    held = hold(out, "ramer train", make=True) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with held:
+        if cfg.model.name in CLASSICAL:
+            recipe = ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle)
+        else:
+            recipe = Recipe(cfg, out, resume=resume, console=console, bundle=bundle, hooks=hooks)
+        recipe.announce = announce
+        return recipe.run()

@@ -223,16 +223,16 @@ def write_test_result(
     curves: CurveWriter | None = None,
     step: int = 1,
 ) -> dict:
-    """Test metrics at the stored threshold; rank 0 writes test_metrics.json and the final log line
-    (``run_info``: the run's ``best_step``, ``epochs_run`` and ``stopped_early``, added to that line),
-    and, with ``curves``, the line's scalars at ``step``."""
+    """Test metrics at the stored threshold; rank 0 writes the final log line (``run_info``: the
+    run's ``best_step``, ``epochs_run`` and ``stopped_early``, added to that line), then
+    test_metrics.json, which marks the run finished (``bench.cache_state``), and, with ``curves``,
+    the line's scalars at ``step``."""
     thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
     rep = report(pred.labels, pred.scores, thr, pred.role, label_names)
     per_label = rep.pop("per_label")
     result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
     if is_main():
-        atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
-        with open(out / "metrics.jsonl", "a") as f:
+        with open(out / "metrics.jsonl", "a") as f:  # first: test_metrics.json marks the run done (bench)
             line = {
                 "final": "test",
                 "best_epoch": epoch,
@@ -242,6 +242,7 @@ def write_test_result(
                 "per_label": per_label,
             }
             f.write(json.dumps(line) + "\n")
+        atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         if curves is not None:
             curves.write(line, step)
     return result

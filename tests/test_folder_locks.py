@@ -1,0 +1,115 @@
+"""A folder a command writes is held by it (``paths.hold``): a second command there is refused in
+one line and leaves the folder as it was, instead of mixing its files in or deleting the first's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ramer.cli import build_parser, main, train_config
+from ramer.config import dump_config
+from ramer.paths import LOCK_NAME
+
+fcntl = pytest.importorskip("fcntl")
+
+TINY = [
+    *("data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"),
+    *("model.hidden=16", "model.ffn=32", "model.heads=2", "model.queue_size=64"),
+]
+SETS = [x for s in TINY for x in ("--set", s)]
+pytestmark = pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder: Path, command: str = "ramer train"):
+    """Hold ``folder``'s lock as another process would (its own open file, its own record); yields
+    the line a command refused there prints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    since = time.time()
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"pid": 4242, "host": "elsewhere", "command": command, "since": since}).encode())
+        yield (
+            f"error: {folder}: in use by another ramer command ({command}, pid 4242 on elsewhere, since "
+            f"{time.strftime('%H:%M', time.localtime(since))}); wait for it to end or give another --out"
+        )
+    finally:
+        os.close(fd)
+
+
+def contents(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(argv: list[str], folder: Path, capsys, line: str) -> None:
+    """``argv`` exits 2 with ``line`` as its last line and leaves ``folder`` as it was."""
+    before = contents(folder)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert contents(folder) == before
+
+
+def test_train_is_refused_in_a_run_folder_another_command_holds(tmp_path, capsys):
+    out = tmp_path / "run"
+    with held_elsewhere(out) as line:
+        refused(["train", "--out", str(out), *SETS], out, capsys, line)
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # no config, no log beside the other's
+
+
+def test_resume_is_refused_in_a_run_folder_another_command_holds(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", "train.epochs=2", *SETS]) == 0
+    assert LOCK_NAME not in {p.name for p in out.iterdir()}  # removed at the end of the run
+    with held_elsewhere(out, "ramer train --resume") as line:
+        refused(["train", "--resume", str(out)], out, capsys, line)
+
+
+def test_bench_neither_removes_nor_reuses_a_run_folder_another_command_holds(tmp_path, capsys):
+    """A cached run another ``ramer train`` is writing (here: not finished yet) would be removed as
+    partial and trained again into the same folder; held, the bench stops there instead."""
+    bench = ["bench", "--models", "br", "--seeds", "1", "--missing-rates", "0", "--jobs", "1", *SETS[:6]]
+    out = tmp_path / "b"
+    assert main([*bench, "--out", str(out)]) == 0
+    run = out / "runs" / "br" / "missing-0" / "seed-1"
+    (run / "test_metrics.json").unlink()
+    with held_elsewhere(run) as line:
+        refused([*bench, "--out", str(out)], run, capsys, line)
+    with held_elsewhere(out, "ramer bench") as line:  # its own --out too
+        refused([*bench, "--out", str(out)], out, capsys, line)
+
+
+def test_data_synth_is_refused_in_a_dataset_folder_another_command_holds(tmp_path, capsys):
+    out = tmp_path / "data"
+    sizes = ["--set", "n_train=20", "--set", "n_valid=10", "--set", "n_test=10"]
+    with held_elsewhere(out, "ramer data synth") as line:
+        refused(["data", "synth", "--out", str(out), *sizes], out, capsys, line)
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+
+
+def test_a_run_folder_made_by_another_process_is_not_removed_as_this_ones(tmp_path, capsys, monkeypatch):
+    """Two ``ramer train --out X`` started together both see no X; only the one whose ``mkdir``
+    made it may remove it (stopped before an epoch ended). Here the other made X and started its
+    run there (config and empty log) while this one looked; this one is stopped at once."""
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *SETS]
+    out.mkdir()
+    (out / "config.yaml").write_text(dump_config(train_config(build_parser().parse_args(argv))))
+    (out / "metrics.jsonl").write_text("")
+    before = contents(out)
+    exists, is_dir = Path.exists, Path.is_dir
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # what this process saw: no X yet
+        m.setattr(Path, "exists", lambda self, *a, **k: False if self == out else exists(self, *a, **k))
+        m.setattr(Path, "is_dir", lambda self, *a, **k: False if self == out else is_dir(self, *a, **k))
+        m.setattr("ramer.train.run_training", stopped)
+        assert main(argv) == 130
+    assert contents(out) == before
