@@ -22,7 +22,14 @@ from conftest import fake_vector
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
 from ramer.data import features as F
-from ramer.data.conversations import cut_texts, format_timelines, import_conversations, label_codes, summary_lines
+from ramer.data.conversations import (
+    cut_texts,
+    format_timelines,
+    import_conversations,
+    label_codes,
+    read_table,
+    summary_lines,
+)
 from ramer.data.store import load_native
 from ramer.errors import RamerError
 
@@ -668,6 +675,26 @@ def test_quoted_cells_with_line_breaks_still_import(tmp_path, fake_text):
     import_conversations(path, tmp_path / "ds")
     texts = sorted(t for batch in fake_text for t in batch)
     assert texts == ["hello\nworld", "well, yes\nno, I said, fine", "x", "y"]
+    # a cell past the first whose closing line has the header's width (commas in the text): no row
+    path.write_text(
+        "conversation,index,speaker,text,labels\n"
+        'c1,0,A,"Well, I said it:\nno, no, no, not again",joy\nc1,1,B,hi,anger\nc2,0,A,x,joy\nc3,0,A,y,anger\n'
+    )
+    (utterance, *_), _ = read_table(path)
+    assert utterance.text == "Well, I said it:\nno, no, no, not again"
+
+
+def test_person_ids_may_be_json_integers(tmp_path):
+    """A speaker may be a JSON integer, and so may the persons a `present` list names."""
+    path = tmp_path / "talk.jsonl"
+    path.write_text(
+        '{"conversation": "c1", "index": 0, "speaker": 1, "text": "hi", "present": [2], "labels": ["joy"]}\n'
+    )
+    (utterance,), _ = read_table(path)
+    assert (utterance.speaker, utterance.present) == ("1", ("2",))
+    path.write_text('{"conversation": "c1", "index": 0, "speaker": 1, "text": "hi", "present": [true], "labels": []}\n')
+    with pytest.raises(RamerError, match=r"column 'present' holds \[True\]: give names"):
+        read_table(path)
 
 
 def test_names_with_hyphens_spaces_and_floats_in_target(tmp_path, fake_text):

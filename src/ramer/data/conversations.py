@@ -177,9 +177,12 @@ def _seconds(value: Any, path: Path, row: int, column: str) -> float | None:
 
 def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
     """The names of a ``labels`` / ``present`` cell: ``;``-separated text or a JSON list of names.
-    A list of numbers (a multi-hot vector) and a cell written like a Python list are refused."""
+    A list of labels that holds numbers (a multi-hot vector), true/false in either list, and a cell
+    written like a Python list are refused; a person id in ``present`` may be an integer, as in
+    ``speaker``."""
     if isinstance(value, list):
-        if any(isinstance(v, (bool, int, float)) for v in value):
+        numbers = (bool,) if column == "present" else (bool, int, float)
+        if any(isinstance(v, numbers) for v in value):
             raise RamerError(
                 f"{_where(path, row)}: column '{column}' holds {_short(value)}: give names, not a 0/1 vector "
                 '(e.g. ["joy", "anger"]; a name that is a number as text: ["7"])'
@@ -343,7 +346,8 @@ def _cell_name(header: list[str], j: int) -> str:
 def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: int, path: Path, delimiter: str) -> None:
     """A quote that is never closed makes the csv reader take every line after it into one cell,
     without an error: a RamerError when that cell runs to the end of the file, or when a line it
-    holds reads on its own as a whole row (a cell with real line breaks stays valid)."""
+    holds reads on its own as a whole row (``_reads_as_row``: the header's width, a conversation and
+    a whole-number index; a cell with real line breaks, commas and all, stays valid)."""
     if not any('"' in line for line in lines):
         return
     try:
@@ -366,13 +370,30 @@ def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: in
         # first of its row (then that line holds the cells of the row before it too)
         inner = range(opened + 1, closed + (j > 0))
         for k in inner:
-            if k - row < len(lines) and len(next(csv.reader([lines[k - row]], delimiter=delimiter), [])) == len(header):
+            if k - row < len(lines) and _reads_as_row(lines[k - row], header, delimiter):
                 raise RamerError(
                     f"{_where(path, opened)}: the quoted cell {_cell_name(header, j)} opened on row {opened} and "
                     f"closed on row {closed} holds whole rows (row {k} reads as one); an unclosed quote? (a quote "
                     'inside a quoted cell is written twice: "")'
                 )
         opened = closed
+
+
+def _reads_as_row(line: str, header: list[str], delimiter: str) -> bool:
+    """Whether one line of a quoted cell reads on its own as a row of the table: the header's number
+    of cells, a conversation and a whole-number index (a line of text with commas has the first, not
+    the others)."""
+    cells = next(csv.reader([line], delimiter=delimiter), [])
+    if len(cells) != len(header):
+        return False
+    if "conversation" in header and not cells[header.index("conversation")].strip():
+        return False
+    if "index" in header:
+        try:
+            return float(cells[header.index("index")].strip()).is_integer()
+        except ValueError:
+            return False
+    return True
 
 
 def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter: str = ","):
