@@ -113,3 +113,14 @@ def test_a_run_folder_made_by_another_process_is_not_removed_as_this_ones(tmp_pa
         m.setattr("ramer.train.run_training", stopped)
         assert main(argv) == 130
     assert contents(out) == before
+
+
+def test_a_lock_file_left_by_a_killed_command_is_no_ones_work(tmp_path):
+    """A command killed while it held a folder leaves its (unlocked) lock file: the folder holds no
+    work, so the demo takes it, and train takes the lock again."""
+    for folder in ("demo/ramer", "run"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / LOCK_NAME).write_text('{"pid": 1, "host": "gone", "command": "ramer train", "since": 0}')
+    demo_sets = [*SETS, "--set", "train.batch_size=32", "--set", "model.queue_size=64"]
+    assert main(["demo", "--out", str(tmp_path / "demo"), *demo_sets]) == 0
+    assert main(["train", "--model", "br", "--out", str(tmp_path / "run"), *SETS]) == 0

@@ -766,7 +766,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     made = demo_runs(out)  # the run folders an earlier demo made here: the only ones it replaces
     for folder in DEMO_RUNS:
-        if folder not in made and (out / folder).is_dir() and any((out / folder).iterdir()):
+        theirs = (out / folder).is_dir() and any(p.name != LOCK_NAME for p in (out / folder).iterdir())
+        if folder not in made and theirs:  # a lock file a killed command left is no one's work
             raise RamerError(f"{out / folder}: holds files that ramer demo did not write; give another --out")
     bundle = generate(cfg.data.synthetic)
     ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s", highlight=False)
