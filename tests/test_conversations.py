@@ -577,6 +577,12 @@ BAD_TABLES = [
         r"talk.jsonl: row 1: column 'labels' holds \[1, 0, 1\]: give names, not a 0/1 vector",
     ),
     (
+        "a label as a bare number",
+        "talk.jsonl",
+        '{"conversation": "c1", "index": 0, "speaker": "ann", "text": "hi", "labels": 1}\n' + JTAIL,
+        r"talk.jsonl: row 1: column 'labels' holds the number 1: give names",
+    ),
+    (
         "duplicate JSON key",
         "talk.jsonl",
         '{"conversation": "c1", "index": 0, "speaker": "ann", "text": "first", "text": "second", "labels": "joy"}\n'

@@ -188,6 +188,11 @@ def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
                 '(e.g. ["joy", "anger"]; a name that is a number as text: ["7"])'
             )
         items = [_name(v, path, row, column) for v in value]
+    elif column == "labels" and isinstance(value, (bool, int, float)):  # a label's number, or a 0/1
+        raise RamerError(
+            f"{_where(path, row)}: column 'labels' holds the number {_short(value)}: give names "
+            '(e.g. ["joy"]; a name that is a number as text: ["7"])'
+        )
     else:
         cell = _text(value, path, row, column)
         _python_list(cell, path, row, column)
