@@ -188,7 +188,7 @@ def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
                 '(e.g. ["joy", "anger"]; a name that is a number as text: ["7"])'
             )
         items = [_name(v, path, row, column) for v in value]
-    elif column == "labels" and isinstance(value, (bool, int, float)):  # a label's number, or a 0/1
+    elif column == "labels" and isinstance(value, (bool, int, float)) and value == value:  # a number, a 0/1 (NaN: null)
         raise RamerError(
             f"{_where(path, row)}: column 'labels' holds the number {_short(value)}: give names "
             '(e.g. ["joy"]; a name that is a number as text: ["7"])'
