@@ -64,7 +64,7 @@ from ramer.config import (
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import FileUnreadable, RamerError, readable
-from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std
+from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std, scored_parts
 from ramer.models import BASELINES, CLASSICAL, PRESETS, DataSpec, build_model, is_known, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import (
@@ -451,15 +451,6 @@ def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
     return out / "runs" / model / f"missing-{rate:g}" / f"seed-{seed}"
 
 
-def scored_parts(metrics: dict) -> dict:
-    """The parts of a run's test metrics that scored some targets: a split whose targets all have
-    one role (M3ED utterances, an import with --targets rows) reports the other part with n = 0
-    and zeros, which are no score and would be averaged as one."""
-    if not isinstance(metrics, dict):
-        raise TypeError(f"metrics is {type(metrics).__name__}, not an object")
-    return {k: metrics[k] for k in PARTS if isinstance(metrics.get(k), dict) and metrics[k].get("n", 1) > 0}
-
-
 # ---------------------------------------------------------------------- runs and cache
 def _config_changes(run: Path, cfg: Config) -> list[str] | None:
     """The dotted keys in which the run's config differs from ``cfg`` (None: no config that reads
@@ -497,7 +488,7 @@ def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str
 def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
     changes = _config_changes(run, cfg)
     recorded = ckpt.read_data_fingerprints(run / "model.safetensors") if bundle is not None else {}
-    if changes == ["data.path"] and bundle is not None and set(bundle.splits) <= set(recorded):
+    if changes == ["data.path"] and bundle is not None and ckpt.same_data(recorded, bundle):
         changes = []
     if changes == [] and (bundle is None or not ckpt.changed_splits(recorded, bundle)):
         if (run / "test_metrics.json").exists():

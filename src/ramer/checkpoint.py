@@ -81,6 +81,12 @@ def changed_splits(recorded: dict[str, str], bundle, splits=None) -> list[str]:
     return [n for n in names if n in recorded and n in bundle.splits and bundle.splits[n].fingerprint() != recorded[n]]
 
 
+def same_data(recorded: dict[str, str], bundle) -> bool:
+    """Whether ``recorded`` names every split of ``bundle`` and none has changed: the same data,
+    whatever its path is called (``ds``, ``./ds``, ``/abs/ds``)."""
+    return set(bundle.splits) <= set(recorded) and not changed_splits(recorded, bundle)
+
+
 def read_spec(path: str | Path) -> DataSpec:
     """The data spec of a ``model.safetensors`` (its metadata only, no tensors read)."""
     from safetensors import safe_open

@@ -297,8 +297,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             made_here = made_up or (held is not None and held.made)  # its mkdir made it, no other's
             if not args.resume and rank0:
                 check_new_run(cfg, out)
+            bundle = None
+            if cfg.data.path is None:  # the embedded benchmark, made once: trained on, and its oracle printed
+                from ramer.data import load_bundle
+                from ramer.train.recipe import data_sizes, memory_named
+
+                with memory_named(*data_sizes(cfg)):
+                    bundle = load_bundle(cfg.data)
             try:  # a folder name made up here is said before the work (to --resume it after a stop)
-                result = run_training(cfg, out, console=ERR, resume=bool(args.resume), announce=made_up)
+                result = run_training(cfg, out, bundle=bundle, console=ERR, resume=bool(args.resume), announce=made_up)
             finally:
                 if made_here:  # stopped before an epoch ended: neither it nor a runs/ made for it stays
                     remove_unstarted_run(out, cfg, parent_too=runs_made)
@@ -315,11 +322,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         task = read_spec(out / "model.safetensors").task
         rows = {cfg.model.name: result}
-        if cfg.data.path is None:  # the embedded benchmark: its ceiling beside the run (docs/DATA.md)
+        if bundle is not None:  # the embedded benchmark: its ceiling beside the run (docs/DATA.md)
             from ramer.bench import ORACLE_ROW
-            from ramer.data.synthetic import generate
 
-            rows[ORACLE_ROW] = generate(cfg.data.synthetic).info["oracle"]["test"]
+            rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
         OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task))
     return 0
 

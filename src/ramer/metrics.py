@@ -237,6 +237,19 @@ def report(
     return result
 
 
+def scored_parts(metrics: dict) -> dict:
+    """The parts of a run's test metrics that scored some targets: a split whose targets all have
+    one role (M3ED utterances, an import with --targets rows) reports the other part with n = 0
+    and zeros, which are no score and would be averaged as one."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics is {type(metrics).__name__}, not an object")
+    return {
+        k: metrics[k]
+        for k in ("overall", "speaker", "nonspeaker")
+        if isinstance(metrics.get(k), dict) and metrics[k].get("n", 1) > 0
+    }
+
+
 def tune_threshold(
     y_true: np.ndarray, scores: np.ndarray, per_label: bool = False, grid: np.ndarray | None = None
 ) -> float | np.ndarray:

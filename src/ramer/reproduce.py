@@ -21,7 +21,7 @@ from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
-from ramer.metrics import format_mean_std, markdown_table, mean_std
+from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
 from ramer.paths import atomic_write_text, read_json, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import changed_settings
@@ -53,7 +53,7 @@ def summarise(results: list[dict], memor: bool) -> str:
     cols = COLUMNS + (MEMOR_COLUMNS if memor else ())
     rows = []
     for part in ("overall", "speaker", "nonspeaker"):
-        runs = [r[part] for r in results if part in r and r[part].get("n", 1) > 0]  # n = 0: no score
+        runs = [r[part] for r in results if part in scored_parts(r)]
         if runs:
             cells = [format_mean_std(*mean_std(r[key] for r in runs), digits=4) for key, _ in cols]
             rows.append([part, str(runs[0]["n"]), *cells])

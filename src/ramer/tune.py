@@ -49,6 +49,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ramer import checkpoint as ckpt
 from ramer.config import Config, as_today, build_config, differences, dump_config, with_values
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
@@ -178,7 +179,7 @@ def open_study(
         differ = []
     else:
         differ = sorted(differences(as_today(stored, url), mine))
-    if differ == ["data.path"] and bundle is not None and study.user_attrs.get("data") == bundle.fingerprints():
+    if differ == ["data.path"] and bundle is not None and ckpt.same_data(study.user_attrs.get("data") or {}, bundle):
         differ = []  # the same data, its path spelled another way
     if differ:
         raise RamerError(
