@@ -13,7 +13,7 @@ import pytest
 
 from ramer.cli import build_parser, main, train_config
 from ramer.config import dump_config
-from ramer.paths import LOCK_NAME
+from ramer.paths import LOCK_NAME, remove_if_empty
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -124,3 +124,16 @@ def test_a_lock_file_left_by_a_killed_command_is_no_ones_work(tmp_path):
     demo_sets = [*SETS, "--set", "train.batch_size=32", "--set", "model.queue_size=64"]
     assert main(["demo", "--out", str(tmp_path / "demo"), *demo_sets]) == 0
     assert main(["train", "--model", "br", "--out", str(tmp_path / "run"), *SETS]) == 0
+
+
+def test_a_folder_holding_only_a_stale_lock_file_is_removed_as_empty(tmp_path):
+    """``remove_if_empty`` takes a lock file nothing holds (a killed command's) for no work and removes
+    the folder; one another command holds keeps it, lock file and all."""
+    stale, live = tmp_path / "stale", tmp_path / "live"
+    stale.mkdir()
+    (stale / LOCK_NAME).write_text('{"pid": 1, "host": "gone", "command": "ramer train", "since": 0}')
+    remove_if_empty(stale)
+    assert not stale.exists()
+    with held_elsewhere(live):
+        remove_if_empty(live)
+        assert (live / LOCK_NAME).is_file()

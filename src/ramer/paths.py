@@ -43,10 +43,34 @@ def remove_if_empty(path: Path, parent_too: bool = False) -> None:
     for folder in (path, path.parent) if parent_too else (path,):
         if not folder.is_dir() or any(p.name != LOCK_NAME for p in folder.iterdir()):
             return
+        if (folder / LOCK_NAME).exists() and not _remove_stale_lock(folder):
+            return  # another command holds the folder now
         try:
             folder.rmdir()
-        except OSError:  # a lock file: another command holds the folder now
+        except OSError:  # a lock file made a moment ago: another command holds the folder now
             return
+
+
+def _remove_stale_lock(folder: Path) -> bool:
+    """Remove the lock file of ``folder`` when nothing holds it (left by a command that was killed);
+    whether it is gone. The protocol of ``_unlock``: removed while locked, so a command that opened it
+    a moment before finds another file under the name and locks that one."""
+    if fcntl is None or os.path.realpath(folder) in _HELD:
+        return False
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _unlock(path, fd)
+    return not path.exists()
 
 
 def clear_folder(path: Path) -> None:
