@@ -7,7 +7,9 @@ twice: ``convert`` writes each split as soon as it is built and drops it before 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -100,20 +102,29 @@ def convert(
     opened = _open(path, fmt, labels, sets, options)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"
-    meta_path.unlink(missing_ok=True)  # a half-written folder must not look complete
     if isinstance(opened, DataBundle):
+        meta_path.unlink(missing_ok=True)  # a half-written folder must not look complete
         opened.save(out)
         return json.loads(meta_path.read_text())
-    sizes, dims = {}, None
-    for name, store in opened.splits:
-        store.save(out / name)
-        sizes[name] = len(store)
-        dims = dims or store.dims
-        del store  # free this split before the next one is built
-    for stale in ("train", "valid", "test"):
-        if stale not in sizes and (out / stale).is_dir():
-            shutil.rmtree(out / stale)
-    return write_meta(out, opened.format, opened.label_names, dims, sizes, opened.info)
+    # Every split is built into a temporary folder first: a file that fails while a later split is
+    # built (a damaged feature file) leaves the dataset already in ``out`` as it was.
+    staging = Path(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out))
+    try:
+        sizes, dims = {}, None
+        for name, store in opened.splits:
+            store.save(staging / name)
+            sizes[name] = len(store)
+            dims = dims or store.dims
+            del store  # free this split before the next one is built
+        meta_path.unlink(missing_ok=True)  # a half-moved folder must not look complete
+        for split in ("train", "valid", "test"):
+            if (out / split).is_dir():
+                shutil.rmtree(out / split)
+            if split in sizes:
+                os.replace(staging / split, out / split)
+        return write_meta(out, opened.format, opened.label_names, dims, sizes, opened.info)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_convert(path: str, out: str, fmt: str = "auto", labels: str | None = None, sets=()) -> None:

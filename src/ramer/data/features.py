@@ -26,6 +26,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,8 @@ class FeatureCache:
                 if str(z["key"]) == key and str(z["name"]) == name:
                     arrays = {k: z[k] for k in z.files if k not in ("key", "name")}
                     return arrays if _sound_entry(kind, arrays) else None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            pass  # no entry, or a damaged one: compute again
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError):
+            pass  # no entry, or a damaged one (a bad deflate stream, a header asking for terabytes): compute again
         return None
 
     def put(self, kind: str, name: str, key: str, arrays: dict[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ sends a path to its loader: the loaders live in ``mosei.py``, ``m3ed.py``, ``mem
 
 from __future__ import annotations
 
+import os
 import pickletools
 import zipfile
 from pathlib import Path
@@ -149,8 +150,8 @@ def _detect(path: str | Path | None) -> tuple[str, Any]:
     if p.is_dir():
         if is_native(p):
             return "native", None
-        if (p / "anno.json").is_file() and (p / "data.json").is_file():
-            return "memor", None
+        if os.path.lexists(p / "anno.json") and os.path.lexists(p / "data.json"):
+            return "memor", None  # its loader names what is wrong with either (a folder, a link to nothing)
         raise RamerError(
             f"{p}: unknown dataset folder: expected a native folder (meta.json) or a MEmoR release "
             "(anno.json, data.json, train_id.txt, test_id.txt, features/)"

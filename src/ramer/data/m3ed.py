@@ -34,7 +34,9 @@ from ramer.batch import MODALITIES, ROLE_NONE, ROLE_SPEAKER
 from ramer.data.readers import (
     SPLITS,
     SplitStream,
+    as_array,
     as_float32,
+    check_numeric,
     label_names_from_dict,
     labels_from_tgt,
     need_key,
@@ -46,7 +48,7 @@ from ramer.data.readers import (
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError
-from ramer.paths import loads_json
+from ramer.paths import loads_json, read_text
 
 M3ED_LABELS = ("Happy", "Neutral", "Sad", "Disgust", "Anger", "Fear", "Surprise")
 ITEMS = (
@@ -135,11 +137,11 @@ def _read_dialogue(obj: list, source: str, split: str, d: Any, dims: dict) -> tu
         )
     feats = {}
     for m, k in FEATURE_ITEM.items():
-        arr = obj[k][d]
         try:
-            arr = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+            arr = as_array(obj[k][d], f"{where}: {ITEMS[k]}")
         except (TypeError, ValueError):  # rows of different lengths
             raise RamerError(f"{where}: {ITEMS[k]} is not a numeric (utterances, dim) array") from None
+        check_numeric(arr, f"{where}: {ITEMS[k]}")
         if arr.ndim != 2 or arr.shape[0] != n:
             raise RamerError(f"{where}: {ITEMS[k]} has shape {arr.shape}, expected ({n}, dim) for {n} utterances")
         want = dims.setdefault(m, arr.shape[1])
@@ -195,11 +197,15 @@ def iter_m3ed_pickle(
     counts = info["nonfinite_replaced"]
     n_labels = len(M3ED_LABELS)
 
+    dims = _first_dims(obj, source)
+    checked = {  # every split before the first is converted (convert writes as it goes)
+        split: [_read_dialogue(obj, source, split, d, dims) for d in obj[SPLIT_ITEM[split]]] for split in SPLITS
+    }
+
     def splits():
-        dims = _first_dims(obj, source)
         for split in SPLITS:
             vids = list(obj[SPLIT_ITEM[split]])
-            parsed = [_read_dialogue(obj, source, split, d, dims) for d in vids]  # validate the whole split first
+            parsed = checked.pop(split)
             steps = np.array([max(1, min(len(spk), max_utterances)) for spk, _, _ in parsed], dtype=np.int64)
             sizes = 2 * steps
             T = int(sizes.sum())
@@ -354,8 +360,8 @@ def read_m3ed_annotation(path: str | Path) -> tuple[dict[str, list[tuple[str | N
             "annotation.json (set data.m3ed_annotation=FILE; default: annotation.json beside the pickle)"
         )
     try:
-        obj = loads_json(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        obj = loads_json(read_text(path).removeprefix("\ufeff"))  # read_text: a file not UTF-8 or unreadable is named
+    except json.JSONDecodeError as e:
         raise RamerError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise RamerError(f"{path}: top level is a {type(obj).__name__}, expected an object of series -> dialogues")
@@ -490,12 +496,17 @@ def _iter_m3ed_utterances(obj: list, source: str, max_utterances: int, annotatio
                 disagree += 1
         return out, disagree
 
+    dims = _first_dims(obj, source)
+    checked = {}  # every split before the first is converted (convert writes as it goes)
+    for split in SPLITS:
+        vids = list(obj[SPLIT_ITEM[split]])
+        parsed = [_read_dialogue(obj, source, split, d, dims) for d in vids]
+        checked[split] = parsed, [labelled(split, d, spk) for d, (spk, _, _) in zip(vids, parsed)]
+
     def splits():
-        dims = _first_dims(obj, source)
         for split in SPLITS:
             vids = list(obj[SPLIT_ITEM[split]])
-            parsed = [_read_dialogue(obj, source, split, d, dims) for d in vids]
-            annos = [labelled(split, d, spk) for d, (spk, _, _) in zip(vids, parsed)]  # all checked before building
+            parsed, annos = checked.pop(split)
             steps = np.concatenate(
                 [np.full(len(spk), min(len(spk), max_utterances), dtype=np.int64) for spk, _, _ in parsed]
                 + [np.zeros(0, dtype=np.int64)]
@@ -589,6 +600,7 @@ def _stored_rows(seqs: dict, keys: dict, dims: dict, i: int, where: str) -> int:
         if shape is None or len(shape) != 2 or shape[1] != dims[m]:
             got = "not a numeric array" if shape is None else f"has shape {shape}"
             raise RamerError(f"{where} key '{keys[m]}'[{i}] {got}, expected (utterances, {dims[m]})")
+        check_numeric(seqs[m][i], f"{where} key '{keys[m]}'[{i}]")
         rows.append(shape[0])
     if len(set(rows)) > 1:
         shapes = ", ".join(f"'{keys[m]}' {r}" for m, r in zip(MODALITIES, rows))
@@ -598,12 +610,46 @@ def _stored_rows(seqs: dict, keys: dict, dims: dict, i: int, where: str) -> int:
     return rows[0]
 
 
+def _check_carat_split(
+    part: dict, split: str, keys: dict[str, str], names: tuple[str, ...], dims: dict, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One split of CARAT's file checked without converting it (every split is, before the first is
+    converted: convert writes as it goes): per modality a list of (utterances, dim) arrays of
+    numbers, dims as in earlier splits, ``len_list`` whole counts, ``tgt`` id lists, one of each per
+    sample. Returns ``len_list``, the rows stored per sample and the multi-hot labels."""
+    where = f"{source}: split '{split}'"
+    seqs = {m: part[k] for m, k in keys.items()}
+    labels = labels_from_tgt(part["tgt"], len(names), where)  # first: it names a 'tgt' that is not a list
+    lens = np.asarray(part["len_list"]).reshape(-1)
+    n = len(seqs["text"])
+    sizes = {keys[m]: len(s) for m, s in seqs.items()}
+    if len(set(sizes.values())) != 1 or len(lens) != n or len(labels) != n:
+        raise RamerError(f"{where}: sample counts disagree: {sizes}, len_list {len(lens)}, tgt {len(labels)}")
+    whole = lens.dtype.kind in "iu" or (
+        lens.dtype.kind == "f" and bool(np.isfinite(lens).all() and (np.floor(lens) == lens).all())
+    )
+    if not whole or (lens < 0).any():  # NaN, inf and 2.5 are not counts
+        raise RamerError(f"{where}: 'len_list' must hold whole utterance counts >= 0 (dtype {lens.dtype})")
+    for m, k in keys.items():
+        dim = _first_dim(seqs[m], k, split, source)
+        want = dims.setdefault(m, dim)
+        if dim != want:
+            raise RamerError(f"{where} key '{k}': feature dim {dim} differs from {want} in an earlier split")
+    stored = np.array([_stored_rows(seqs, keys, dims, i, where) for i in range(n)], dtype=np.int64)
+    return lens.astype(np.int64), stored, labels
+
+
 def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
     """Read a loaded ``m3ed_data_60.pt`` (CARAT), fixing its audio/visual naming by dimension."""
     for split in SPLITS:
         part = split_dict(obj, split, source)
         for key in ("src-text", "src-audio", "src-visual", "len_list", "tgt"):
-            need_key(part, key, split, source)
+            value = need_key(part, key, split, source)
+            if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+                raise RamerError(
+                    f"{source}: split '{split}' key '{key}' is a {type(value).__name__}, expected a list with "
+                    "one entry per sample"
+                )
     names, names_from = label_names_from_dict(obj, M3ED_LABELS, source)
     d_vis = _first_dim(obj["train"]["src-visual"], "src-visual", "train", source)
     d_aud = _first_dim(obj["train"]["src-audio"], "src-audio", "train", source)
@@ -622,32 +668,16 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
     }
     counts = info["nonfinite_replaced"]
 
+    dims: dict[str, int] = {}
+    checked = {split: _check_carat_split(obj[split], split, keys, names, dims, source) for split in SPLITS}
+
     def splits():
-        dims: dict[str, int] = {}
         for split in SPLITS:
             part = obj[split]
             where = f"{source}: split '{split}'"
             seqs = {m: part[k] for m, k in keys.items()}
-            lens = np.asarray(part["len_list"]).reshape(-1)
-            n = len(seqs["text"])
-            sizes = {keys[m]: len(s) for m, s in seqs.items()}
-            if len(set(sizes.values())) != 1 or len(lens) != n or len(part["tgt"]) != n:
-                raise RamerError(
-                    f"{where}: sample counts disagree: {sizes}, len_list {len(lens)}, tgt {len(part['tgt'])}"
-                )
-            whole = lens.dtype.kind in "iu" or (
-                lens.dtype.kind == "f" and bool(np.isfinite(lens).all() and (np.floor(lens) == lens).all())
-            )
-            if not whole or (lens < 0).any():  # NaN, inf and 2.5 are not counts
-                raise RamerError(f"{where}: 'len_list' must hold whole utterance counts >= 0 (dtype {lens.dtype})")
-            lens = lens.astype(np.int64)
-            for m, k in keys.items():
-                dim = _first_dim(seqs[m], k, split, source)
-                want = dims.setdefault(m, dim)
-                if dim != want:
-                    raise RamerError(f"{where} key '{k}': feature dim {dim} differs from {want} in an earlier split")
-            labels = labels_from_tgt(part["tgt"], len(names), where)
-            stored = np.array([_stored_rows(seqs, keys, dims, i, where) for i in range(n)], dtype=np.int64)
+            lens, stored, labels = checked.pop(split)
+            n = len(lens)
             steps = np.maximum(1, np.minimum(lens, stored))  # each sample's own rows: none cut to another's
             offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
             T = int(offsets[-1])
@@ -657,8 +687,7 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
             for i in range(n):
                 kept = int(min(lens[i], stored[i]))
                 for m in MODALITIES:
-                    x = seqs[m][i]
-                    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+                    x = as_array(seqs[m][i], f"{where} key '{keys[m]}'[{i}]")
                     feats[m][offsets[i] : offsets[i] + kept] = as_float32(
                         np.array(x[:kept]), counts, m, f"{where} key '{keys[m]}'[{i}]"
                     )

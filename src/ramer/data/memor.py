@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.data.readers import SplitStream, as_float32, new_info, whole_number
+from ramer.data.readers import SplitStream, as_array, as_float32, check_numeric, new_info, whole_number
 from ramer.data.safe_load import safe_load
 from ramer.data.store import DataBundle, SceneStore
 from ramer.errors import RamerError, unreadable
@@ -144,7 +144,10 @@ class JsonVectors:
             if self._parsed is not None:
                 if key not in self._parsed:
                     return None
-                return np.asarray(self._parsed[key], dtype=np.float64).reshape(-1)
+                vec = np.asarray(self._parsed[key], dtype=np.float64)
+                if vec.ndim != 1:  # a nested list or a bare number is not one vector
+                    raise ValueError
+                return vec
             if key not in self._index:
                 return None
             start, end = self._index[key]
@@ -162,11 +165,20 @@ class JsonVectors:
 
 # ------------------------------------------------------------------------------------- small readers
 def _need_file(path: Path, hint: str = "") -> None:
-    """A RamerError when ``path`` is not a file: missing, or a folder where a file belongs."""
+    """A RamerError when ``path`` is not a file: missing, a link to nothing, or a folder where a
+    file belongs."""
     if path.is_dir():
         raise RamerError(f"{path}: is a folder, expected a file")
+    if path.is_symlink() and not path.exists():
+        raise RamerError(f"{path}: a link that leads to no file (its target is missing, or the links loop)")
     if not path.is_file():
         raise RamerError(f"{path}: file not found{hint}")
+
+
+def _read_text(path: Path) -> str:
+    """``read_text`` without the byte-order mark that Windows editors put first (``int`` and
+    ``float`` would refuse the first line)."""
+    return read_text(path).removeprefix("\ufeff")
 
 
 def _read_json(path: Path) -> Any:
@@ -178,7 +190,7 @@ def _read_ids(path: Path, n_items: int) -> list[int]:
     """The indices of an id file, in file order; an index listed twice is an error (one annotation
     would be two samples, possibly on both sides of train / valid)."""
     out, first_line = [], {}
-    for line_no, line in enumerate(read_text(path).splitlines(), 1):
+    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -216,7 +228,7 @@ def _read_personality(path: Path, order: tuple[str, ...]) -> np.ndarray:
     L2-normalised across the characters; a NaN or inf is an error naming its line and column."""
     n_chars = len(order)
     rows, line_of = [], []
-    for line_no, line in enumerate(read_text(path).splitlines(), 1):
+    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -246,9 +258,14 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
     if clip not in data:
         raise RamerError(f"{source}: clip '{clip}' (from anno.json) is missing")
     c = data[clip]
+    if not isinstance(c, dict):
+        raise RamerError(f"{source}: clip '{clip}' is a {type(c).__name__}, expected an object of segment lists")
     for key in ("seg_start", "seg_end", "speakers", "seg_ori_ind", "on_character", "start"):
         if key not in c:
             raise RamerError(f"{source}: clip '{clip}' has no key '{key}'")
+    for key in ("seg_start", "seg_end", "speakers", "seg_ori_ind", "on_character"):
+        if not isinstance(c[key], list):
+            raise RamerError(f"{source}: clip '{clip}' key '{key}' is a {type(c[key]).__name__}, expected a list")
     try:
         lens = {k: len(c[k]) for k in ("seg_start", "seg_end", "speakers", "seg_ori_ind")}
         if lens["seg_start"] == 0 or len(set(lens.values())) != 1:
@@ -265,6 +282,13 @@ def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
             raise RamerError(f"{source}: clip '{clip}' key '{key}' holds {x!r}, expected a whole number")
     if not np.isfinite(times).all():
         raise RamerError(f"{source}: clip '{clip}': seg_start / seg_end / start hold a non-finite value (NaN or inf)")
+    reversed_at = [s for s, (a, b) in enumerate(zip(c["seg_start"], c["seg_end"])) if float(b) < float(a)]
+    if reversed_at:  # it would hold no moment and no frame: its target and visual silently lost
+        s = reversed_at[0]
+        raise RamerError(
+            f"{source}: clip '{clip}' segment {s} ends before it starts (seg_start {c['seg_start'][s]}, "
+            f"seg_end {c['seg_end'][s]}); {len(reversed_at)} such segment(s) in the clip"
+        )
     for key, low in (("speakers", -1), ("on_character", 0)):
         bad = [x for x in ints[key] if not low <= x < n_chars]
         if bad:
@@ -336,6 +360,8 @@ def iter_memor(
         keys = sorted(anno_all) if isinstance(anno_all, dict) else type(anno_all).__name__
         raise RamerError(f"{anno_path}: has no key '{labels}' ({keys})")
     anno = anno_all[labels]
+    if not isinstance(anno, list):
+        raise RamerError(f"{anno_path}: '{labels}' is a {type(anno).__name__}, expected a list of annotations")
     data = _read_json(data_path)
     if not isinstance(data, dict):
         raise RamerError(f"{data_path}: holds a {type(data).__name__}, expected an object clip -> segments")
@@ -361,6 +387,8 @@ def iter_memor(
             )
         if not 0 <= char < len(order):
             raise RamerError(f"{anno_path}: '{labels}'[{i}]: character {char} outside 0..{len(order) - 1}")
+        if not np.isfinite(moment):  # NaN would fall in no segment and be given the first
+            raise RamerError(f"{anno_path}: '{labels}'[{i}]: moment {moment} is not a time in seconds")
         if emo not in names:
             raise RamerError(
                 f"{anno_path}: '{labels}'[{i}]: emotion '{emo}' is not one of the {len(names)} {labels} "
@@ -436,7 +464,7 @@ def iter_memor(
         for clip in clips_used:
             p = vis_dir / "face_names" / f"{clip}.txt"
             if p.exists():
-                first = read_text(p).split("\n", 1)[0]
+                first = _read_text(p).split("\n", 1)[0]
                 face_names[clip] = [x for x in first.strip().split("\t") if x]
             else:
                 face_names[clip] = None
@@ -445,8 +473,11 @@ def iter_memor(
             p = vis_dir / kind / f"{clip}.pt"
             if not p.is_file():
                 raise FileNotFoundError(p)
-            x = safe_load(p)
-            x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+            try:
+                x = as_array(safe_load(p), str(p))
+            except (TypeError, ValueError):  # rows of different lengths
+                raise RamerError(f"{p}: not a numeric (rows, dim) array") from None
+            check_numeric(x, str(p))
             if x.ndim != 2:
                 raise RamerError(f"{p}: shape {x.shape}, expected (rows, dim)")
             return x

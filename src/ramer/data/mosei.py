@@ -33,7 +33,9 @@ from ramer.batch import MODALITIES
 from ramer.data.readers import (
     SPLITS,
     SplitStream,
+    as_array,
     as_float32,
+    check_numeric,
     label_names_from_dict,
     labels_from_tgt,
     need_key,
@@ -78,6 +80,34 @@ def _settings_dict(obj: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------- aligned
+def _check_aligned_split(
+    part: dict, split: str, names: tuple[str, ...], settings: dict, source: str, dims: dict
+) -> tuple[dict[str, tuple], np.ndarray]:
+    """One split of the aligned file checked without converting it: three (N, steps, dim) arrays
+    of numbers agreeing on (N, steps), on the feature dims of earlier splits and on ``settings``,
+    and a 'tgt' of N id lists. Returns the shapes by key and the multi-hot labels."""
+    arrays = {m: _array3(part, k, split, source) for m, k in ALIGNED_KEYS.items()}
+    tgt = need_key(part, "tgt", split, source)
+    shapes = {ALIGNED_KEYS[m]: tuple(a.shape) for m, a in arrays.items()}
+    n, steps = shapes["src-text"][0], shapes["src-text"][1]
+    if len({s[:2] for s in shapes.values()}) != 1:
+        raise RamerError(f"{source}: split '{split}': shapes {shapes} disagree on (N, steps)")
+    where = f"{source}: split '{split}'"
+    labels = labels_from_tgt(tgt, len(names), where)  # first: it names a 'tgt' that is not a list
+    if len(tgt) != n:
+        raise RamerError(f"{source}: split '{split}': 'tgt' has {len(tgt)} entries, features have N = {n} ({shapes})")
+    for m, key in ALIGNED_KEYS.items():
+        _check_dims(dims, m, key, shapes[key], split, source)
+        check_numeric(arrays[m], f"{where} key '{key}'")
+        want = settings.get(SETTINGS_KEYS[m])
+        if isinstance(want, int) and want != steps:
+            raise RamerError(
+                f"{source}: split '{split}' key '{key}' has shape {shapes[key]}, "
+                f"but settings.{SETTINGS_KEYS[m]} = {want}"
+            )
+    return shapes, labels
+
+
 def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
     """Read a loaded ``train_valid_test.pt`` split by split (its arrays are consumed)."""
     for split in SPLITS:
@@ -87,31 +117,16 @@ def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
     info = new_info([source])
     info["mosei"] = {"label_names_from": names_from, "settings": settings}
     counts = info["nonfinite_replaced"]
+    dims: dict[str, int] = {}  # every split is checked before the first is converted (convert writes as it goes)
+    checked = {split: _check_aligned_split(obj[split], split, names, settings, source, dims) for split in SPLITS}
 
     def splits():
-        dims: dict[str, int] = {}
         for split in SPLITS:
             part = obj[split]
-            arrays = {m: _array3(part, k, split, source) for m, k in ALIGNED_KEYS.items()}
-            tgt = need_key(part, "tgt", split, source)
-            shapes = {ALIGNED_KEYS[m]: tuple(a.shape) for m, a in arrays.items()}
-            n, steps = shapes["src-text"][0], shapes["src-text"][1]
-            if len({s[:2] for s in shapes.values()}) != 1:
-                raise RamerError(f"{source}: split '{split}': shapes {shapes} disagree on (N, steps)")
             where = f"{source}: split '{split}'"
-            labels = labels_from_tgt(tgt, len(names), where)  # first: it names a 'tgt' that is not a list
-            if len(tgt) != n:
-                raise RamerError(
-                    f"{source}: split '{split}': 'tgt' has {len(tgt)} entries, features have N = {n} ({shapes})"
-                )
-            for m, key in ALIGNED_KEYS.items():
-                _check_dims(dims, m, key, shapes[key], split, source)
-                want = settings.get(SETTINGS_KEYS[m])
-                if isinstance(want, int) and want != steps:
-                    raise RamerError(
-                        f"{source}: split '{split}' key '{key}' has shape {shapes[key]}, "
-                        f"but settings.{SETTINGS_KEYS[m]} = {want}"
-                    )
+            shapes, labels = checked.pop(split)
+            arrays = {m: part[k] for m, k in ALIGNED_KEYS.items()}
+            n, steps = shapes["src-text"][:2]
             before = dict(counts)
             feats = {}
             for m, key in ALIGNED_KEYS.items():
@@ -201,10 +216,37 @@ def _sample_ids(part: dict, n: int, split: str, source: str) -> tuple[list[str],
     seen: set[str] = set()
     out = []
     for i, s in enumerate(ids):
-        out.append(s if s not in seen else f"{s}#{i}")
-        seen.add(s)
+        name = s
+        while name in seen:  # again if the renamed id is one of the file's ('a', 'a#2', 'a')
+            name = f"{name}#{i}"
+        out.append(name)
+        seen.add(name)
     renamed = sum(a != b for a, b in zip(ids, out))
     return out, {"ids_from_position": n if raw is None else 0, "duplicate_ids_renamed": renamed}
+
+
+def _check_unaligned_split(
+    part: dict, split: str, tgt: Any, names: tuple[str, ...], source: str, aligned_path: Path, dims: dict
+) -> tuple[dict[str, tuple], np.ndarray, tuple[list[str], dict[str, int]]]:
+    """One split of MulT's pickle checked without converting it: three (N, steps, dim) arrays of
+    numbers agreeing on N and on the feature dims of earlier splits, the aligned file's 'tgt' of N
+    id lists, the ids. Returns the shapes by key, the multi-hot labels and ``_sample_ids``."""
+    where = f"{source}: split '{split}'"
+    arrays = {m: _array3(part, k, split, source) for m, k in UNALIGNED_KEYS.items()}
+    shapes = {UNALIGNED_KEYS[m]: tuple(a.shape) for m, a in arrays.items()}
+    n = shapes["text"][0]
+    if len({s[0] for s in shapes.values()}) != 1:
+        raise RamerError(f"{where}: shapes {shapes} disagree on N")
+    for m, key in UNALIGNED_KEYS.items():
+        _check_dims(dims, m, key, shapes[key], split, source)
+        check_numeric(arrays[m], f"{where} key '{key}'")
+    labels = labels_from_tgt(tgt, len(names), f"{aligned_path}: split '{split}'")
+    if len(labels) != n:
+        raise RamerError(
+            f"{source}: split '{split}' has {n} samples but the aligned file {aligned_path} has "
+            f"{len(labels)} 'tgt' entries: labels are taken by position, sizes must match"
+        )
+    return shapes, labels, _sample_ids(part, n, split, source)
 
 
 def iter_mosei_unaligned(
@@ -224,38 +266,28 @@ def iter_mosei_unaligned(
             )
     aligned_path = Path(aligned_path)
     tgts, names, names_from = _aligned_labels(aligned_path)
-    for split in SPLITS:  # check every split's size before converting anything
-        n = len(need_key(obj[split], "text", split, source))
-        if len(tgts[split]) != n:
-            raise RamerError(
-                f"{source}: split '{split}' has {n} samples but the aligned file {aligned_path} has "
-                f"{len(tgts[split])} 'tgt' entries: labels are taken by position, sizes must match"
-            )
+    dims: dict[str, int] = {}
+    checked = {
+        split: _check_unaligned_split(obj[split], split, tgts[split], names, source, aligned_path, dims)
+        for split in SPLITS
+    }  # every split before the first is converted (convert writes as it goes)
     info = new_info([source, str(aligned_path)])
     info["mosei"] = {"label_names_from": names_from, "labels_from": str(aligned_path), "unaligned_layout": layout}
     counts = info["nonfinite_replaced"]
 
     def splits():
-        dims: dict[str, int] = {}
         for split in SPLITS:
             part = obj[split]
             where = f"{source}: split '{split}'"
-            arrays = {m: _array3(part, k, split, source) for m, k in UNALIGNED_KEYS.items()}
-            shapes = {UNALIGNED_KEYS[m]: tuple(a.shape) for m, a in arrays.items()}
+            shapes, labels, (ids, id_counts) = checked.pop(split)
+            arrays = {m: part[k] for m, k in UNALIGNED_KEYS.items()}
             n = shapes["text"][0]
-            if len({s[0] for s in shapes.values()}) != 1:
-                raise RamerError(f"{where}: shapes {shapes} disagree on N")
-            for m, key in UNALIGNED_KEYS.items():
-                _check_dims(dims, m, key, shapes[key], split, source)
-            labels = labels_from_tgt(tgts[split], len(names), f"{aligned_path}: split '{split}'")
-            ids, id_counts = _sample_ids(part, n, split, source)
             before = dict(counts)
             lengths = {m: shapes[UNALIGNED_KEYS[m]][1] for m in MODALITIES}
             steps = lengths["text"] if layout == "pool" else max(lengths.values())
             feats, present = {}, np.zeros((n * steps, 3), dtype=bool)
             for k, (m, key) in enumerate(UNALIGNED_KEYS.items()):
-                raw = arrays.pop(m)
-                raw = raw.detach().cpu().numpy() if hasattr(raw, "detach") else np.asarray(raw)
+                raw = as_array(arrays.pop(m), f"{where} key '{key}'")
                 real = _real_rows(raw)
                 x = as_float32(raw, counts, m, f"{where} key '{key}'")
                 del raw

@@ -1,6 +1,8 @@
 """What the loaders of the public layouts (``mosei.py``, ``m3ed.py``, ``memor.py``) share: the
-split-by-split stream they return, float32 casts with non-finite replacement, ``tgt`` label lists,
-the split dictionaries of the pickled layouts, and scene stores of single-person sequences.
+split-by-split stream they return, float32 casts with non-finite replacement (of arrays and of
+tensors, bfloat16 ones too), the dtype check each loader makes on every split before it converts
+the first (``ramer data convert`` writes each split as it is built), ``tgt`` label lists, the split
+dictionaries of the pickled layouts, and scene stores of single-person sequences.
 """
 
 from __future__ import annotations
@@ -53,17 +55,66 @@ def new_info(sources: list[str]) -> dict:
 _CHUNK = 1 << 22  # elements per non-finite scan chunk (16 MiB of float32)
 
 
+def _is_tensor(x: Any) -> bool:
+    return hasattr(x, "detach") and hasattr(x, "numpy")
+
+
+def _refused_tensor(x: Any, where: str) -> RamerError | None:
+    """The error for a tensor numpy cannot take as an array of real numbers: sparse (densifying it
+    would allocate its declared size, not what the file holds), quantized, complex."""
+    import torch  # a tensor was loaded: torch is imported already
+
+    if x.layout is not torch.strided:
+        what = f"sparse tensor ({x.layout})"
+    elif x.is_quantized:
+        what = "quantized tensor"
+    elif x.is_complex():
+        what = f"tensor of dtype {x.dtype}"
+    else:
+        return None
+    return RamerError(f"{where}: a {what} of shape {tuple(x.shape)}; expected a dense array of numbers")
+
+
+def check_numeric(a: Any, where: str) -> None:
+    """A RamerError naming ``where`` unless ``a`` (an array or a tensor) holds real numbers or bools;
+    the loaders check every split this way before they convert the first."""
+    if _is_tensor(a):
+        if (error := _refused_tensor(a, where)) is not None:
+            raise error
+    elif isinstance(getattr(a, "dtype", None), np.dtype) and a.dtype.kind not in "fiub":
+        raise RamerError(f"{where}: dtype {a.dtype} (shape {a.shape}), expected numbers")
+
+
+def as_array(x: Any, where: str) -> np.ndarray:
+    """``x`` (a numpy array, a torch tensor, a list) as a numpy array. A tensor of a float type
+    numpy lacks (bfloat16, float8) is widened to float32; one that ``check_numeric`` refuses is an
+    error naming ``where``."""
+    if not _is_tensor(x):
+        return np.asarray(x)
+    import torch
+
+    check_numeric(x, where)
+    x = x.detach().cpu()
+    if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
+        x = x.float()
+    try:
+        return x.numpy()
+    except (TypeError, RuntimeError):  # another type numpy has no counterpart for
+        raise RamerError(f"{where}: a tensor of dtype {x.dtype}; expected numbers numpy can hold") from None
+
+
 def as_float32(arr: Any, counts: dict[str, int], modality: str, where: str) -> np.ndarray:
     """``arr`` as a C-contiguous float32 array with +-inf/NaN replaced by 0, counted in
     ``counts[modality]``. Works in place when ``arr`` already is a writable float32 array (the
     loaders own what they read), so a large split is never copied twice."""
-    if hasattr(arr, "detach") and hasattr(arr, "numpy"):  # a torch tensor
-        arr = arr.detach().cpu().numpy()
-    a = np.asarray(arr)
-    if a.dtype.kind not in "fiub":
-        raise RamerError(f"{where}: dtype {a.dtype} (shape {a.shape}), expected numbers")
+    try:
+        a = as_array(arr, where)
+    except (TypeError, ValueError):  # rows of different lengths
+        raise RamerError(f"{where}: not a numeric array (rows of different lengths?)") from None
+    check_numeric(a, where)
     if a.dtype != np.float32:
-        a = a.astype(np.float32)  # float64 values beyond float32's range become inf: counted below
+        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32's range become inf: counted below
+            a = a.astype(np.float32)
     elif not (a.flags.writeable and a.flags.c_contiguous):
         a = np.array(a, dtype=np.float32, order="C")
     flat = a.reshape(-1)

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ramer.errors import RamerError, first_line
+from ramer.errors import RamerError, first_line, unreadable
 
 __all__ = ["safe_load", "safe_pickle_loads", "is_torch_file", "ALLOWED_GLOBALS", "ZIP_ERRORS"]
 
@@ -547,15 +547,18 @@ def safe_load(path: str | Path) -> Any:
         raise RamerError(f"{path}: file not found")
     if _is_zip(path):
         return _load_torch_zip(path)
-    with open(path, "rb") as fh:
-        if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, without a readable directory at its end
-            raise RamerError(
-                f"{path}: a zip archive (as torch.save writes) cut short or damaged; "
-                "its end (the zip's directory) is missing or unreadable"
-            )
-        fh.seek(0)
-        if _legacy_magic(fh):
-            fh.close()
-            return _torch_load(path)
-        fh.seek(0)
-        return _unpickle(fh, str(path))
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":  # a zip's first entry, without a readable directory at its end
+                raise RamerError(
+                    f"{path}: a zip archive (as torch.save writes) cut short or damaged; "
+                    "its end (the zip's directory) is missing or unreadable"
+                )
+            fh.seek(0)
+            if _legacy_magic(fh):
+                fh.close()
+                return _torch_load(path)
+            fh.seek(0)
+            return _unpickle(fh, str(path))
+    except OSError as e:  # the system would not read it (no permission, an I/O error)
+        raise unreadable(path, e) from None
