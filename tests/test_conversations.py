@@ -1405,3 +1405,17 @@ def test_cli_import_train_predict_with_the_real_text_model(tmp_path, capsys):
         passing = {n: p for n, p in g["probs"].items() if n in g["labels"]}
         want = label_codes(LABELS)[LABELS.index(max(passing, key=passing.get))] if passing else "-"
         assert table[person][int(index)] == want
+
+
+def test_training_with_an_empty_test_split_says_so(tmp_path, fake_text, capsys):
+    """An import whose split column names no test conversation trains on train and valid; the run
+    says at its start that it will report no test figures (its table would show n 0 and dashes)."""
+    split_of = {"c1": "train", "c2": "valid", "c3": "valid"}
+    rows = [{**r, "split": split_of[r["conversation"]]} for r in base_rows()]
+    import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    capsys.readouterr()
+    for model in ("late_fusion", "br"):
+        argv = ["train", "--model", model, "--data", str(tmp_path / "ds"), "--out", str(tmp_path / model)]
+        assert main([*argv, "--set", "train.epochs=1", "--set", "model.hidden=16", "--set", "model.heads=2"]) == 0
+        err = capsys.readouterr().err
+        assert f"note: {tmp_path / 'ds'}: the test split is empty; the run reports no test figures" in err, err

@@ -38,7 +38,7 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, check_options
 from ramer.models.classical import ClassicalModel, ClassicalModule
-from ramer.train.recipe import RunSteps, check_splits, start_run_folder, write_test_result
+from ramer.train.recipe import RunSteps, start_run_folder, write_test_result
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 
@@ -97,7 +97,7 @@ class ClassicalRecipe(RunSteps):
             torch.set_num_threads(cfg.train.threads)
         if self.bundle is None:
             self.bundle = load_bundle(cfg.data)
-        check_splits(self.bundle)
+        self.check_data()
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         if not is_main():

@@ -393,6 +393,17 @@ class RunSteps:
         if self.curves is not None:
             self.curves.close()
 
+    def check_data(self) -> None:
+        """``check_splits``, and a note where the test split is empty: the run trains and chooses
+        its epoch on train and valid, and its test line reports no figures."""
+        check_splits(self.bundle)
+        if len(self.bundle.splits["test"]) == 0 and is_main():
+            self.console.print(
+                f"note: {self.bundle.source}: the test split is empty; the run reports no test figures",
+                highlight=False,
+                soft_wrap=True,
+            )
+
 
 class Recipe(RunSteps):
     """One training run. ``hooks`` are called as ``hook(recipe, epoch)`` after each saved epoch (its
@@ -439,7 +450,7 @@ class Recipe(RunSteps):
         if self.bundle is None:
             with memory_named(*data_sizes(cfg)):
                 self.bundle = load_bundle(cfg.data)
-        check_splits(self.bundle)
+        self.check_data()
         self.fingerprints = self.bundle.fingerprints()
         self.splits = apply_missing(self.bundle, cfg)
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
