@@ -239,8 +239,8 @@ def _read_personality(path: Path, order: tuple[str, ...]) -> np.ndarray:
     if len(rows) != n_chars or any(len(r) != len(rows[0]) for r in rows):
         shape = (len(rows), sorted({len(r) for r in rows}))
         raise RamerError(
-            f"{path}: {shape[0]} rows of lengths {shape[1]}; expected {n_chars} rows (characters) of "
-            f"{PERSONALITY_DIM} numbers"
+            f"{path}: {shape[0]} rows of lengths {shape[1]}; expected {n_chars} rows (characters) of one "
+            f"length ({PERSONALITY_DIM} numbers in the release)"
         )
     x = np.asarray(rows, dtype=np.float64)
     bad = np.argwhere(~np.isfinite(x))
