@@ -1,10 +1,25 @@
 """ramer: multi-party, multi-modal, multi-label emotion recognition (RAMer, arXiv 2502.10435)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+if TYPE_CHECKING:
+    from ramer.api import load
 
 
-def load(run_dir, device=None, precision="fp32"):
-    """Load a trained run: ``ramer.load(RUN_DIR).predict(data)`` (see ``ramer.api.load``)."""
-    from ramer.api import load as _load
+def __getattr__(name: str):
+    """``ramer.load`` is ``ramer.api.load`` (its signature and docstring, for ``help`` and a
+    notebook's ``ramer.load?``), imported when first used so that ``import ramer`` stays light."""
+    if name == "load":
+        from ramer.api import load
 
-    return _load(run_dir, device, precision)
+        return load
+    raise AttributeError(f"module 'ramer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

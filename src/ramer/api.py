@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -59,8 +60,9 @@ class Predictor:
         Features must be finite where their presence bit is True: a batch is checked before it is
         scored; a store or bundle whose scores come out NaN is scanned, and the error names the data
         and the modality (not the model) when its features are the cause."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
             raise RamerError(f"workers must be an integer of at least 1, got {workers!r}")
+        workers = int(workers)  # numpy's integers too
         if not isinstance(data, (SceneStore, DataBundle, Batch)):
             raise RamerError(
                 f"predict takes a SceneStore, a DataBundle or a Batch, not {type(data).__name__} "
@@ -86,9 +88,13 @@ class Predictor:
         if isinstance(data, Batch):
             self._check_data(data.label_names, data.dims, "batch")
             _refuse_nonfinite_batch(data)
+            was_training = self.model.training  # a model put in training mode stays so (as ``infer.predict``)
             self.model.eval()
-            with torch.inference_mode():
-                scores = batch_scores(self.model, data.to(self.device, model_dtype(self.model)))
+            try:
+                with torch.inference_mode():
+                    scores = batch_scores(self.model, data.to(self.device, model_dtype(self.model)))
+            finally:
+                self.model.train(was_training)
             try:  # the inputs are finite: NaN scores are the model's (as ``infer.predict`` says)
                 finite_scores(scores)
             except RamerError as e:
@@ -145,26 +151,32 @@ def _refuse_nonfinite_batch(batch: Batch) -> None:
             )
 
 
-def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32") -> Predictor:
+def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, precision: str = "fp32") -> Predictor:
     """Load the best checkpoint of a run directory (or a ``model.safetensors`` file).
 
     ``precision="bf16"`` casts a deep model to bfloat16 for faster inference on CPUs with bf16
     support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths, which
     flips the decisions near the threshold (2-3 % of them at the bundled settings, docs/PERFORMANCE.md).
-    ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``); default: the run's ``train.device``."""
+    ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``, or a ``torch.device``); default: the
+    run's ``train.device``.
+
+    A run that has not finished (no ``test_metrics.json`` beside its training state: still being
+    trained, or stopped) gives its best model so far, with a ``UserWarning`` saying so. Loading
+    leaves the global random state as it was (building the model draws its initial weights)."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise RamerError(
             f"ramer.load takes the path of a run folder or its model.safetensors (a str or Path), "
             f"not {type(run_dir).__name__}"
         )
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise RamerError(f"device must be a str such as 'cpu' or 'cuda:0' (or a torch.device), not {device!r}")
     check_precision(precision)  # before the checkpoint is read and a classical model refuses bf16
     path = Path(run_dir)
     if not path.exists():
         raise RamerError(f"run folder not found: {path} (a run folder, or its model.safetensors)")
-    model_file = path / "model.safetensors" if path.is_dir() else path
-    if path.is_file() and path.suffix != ".safetensors" and not ckpt.looks_like_safetensors(path):  # run/config.yaml
-        run = f"; the run is {path.parent}" if (path.parent / "model.safetensors").is_file() else ""
-        raise RamerError(f"{path}: a file, not a run folder (or its model.safetensors){run}")
+    model_file = _model_file(path)
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
     if device is not None:
         cfg.train.device = device
@@ -177,7 +189,8 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
             raise RamerError(f"{model_file}: {e}") from None
     else:
         try:
-            model = build_model(cfg, spec)
+            with torch.random.fork_rng(devices=[]):  # the initial weights, replaced below, draw from it
+                model = build_model(cfg, spec)
         except UnknownModel as e:  # a model of another package, not (or no longer) installed here
             hint = "registered in Python? register it in this process first, or install it: docs/ARCHITECTURE.md"
             raise RamerError(f"{model_file}: {e} ({hint})") from None
@@ -190,7 +203,41 @@ def load(run_dir: str | Path, device: str | None = None, precision: str = "fp32"
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")
     model = to_inference_precision(model.to(dev), precision).eval()
     fingerprints = ckpt.read_data_fingerprints(model_file)
+    run = model_file.parent
+    if (run / "train_state.pt").exists() and not (run / "test_metrics.json").exists():
+        warnings.warn(
+            f"{run}: the run has not finished (no test_metrics.json): still being trained, or stopped before its "
+            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {run} finishes a stopped run",
+            stacklevel=2,
+        )
     return Predictor(model, cfg, spec, _decision(threshold), dev, epoch, fingerprints)
+
+
+def _model_file(path: Path) -> Path:
+    """The ``model.safetensors`` that ``ramer.load``'s existing ``path`` names: the file in a run
+    folder, or the file itself. Another file of a run, a folder of runs (``ramer demo --out``) and a
+    run with no model yet are each a RamerError saying which path to give instead."""
+    if path.is_file():
+        if path.suffix != ".safetensors" and not ckpt.looks_like_safetensors(path):  # run/config.yaml
+            run = f"; the run is {path.parent}" if (path.parent / "model.safetensors").is_file() else ""
+            raise RamerError(f"{path}: a file, not a run folder (or its model.safetensors){run}")
+        return path
+    model_file = path / "model.safetensors"
+    if model_file.exists() or not path.is_dir():
+        return model_file  # read_model_file names what is wrong with it
+    runs = sorted(p.name for p in path.iterdir() if (p / "model.safetensors").is_file())
+    if runs:
+        raise RamerError(
+            f"{path}: a folder of runs, not a run (no model.safetensors in it); load one of them: "
+            + ", ".join(str(path / name) for name in runs[:5])
+            + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        )
+    if (path / "config.yaml").is_file() and (path / "metrics.jsonl").exists():
+        raise RamerError(
+            f"{path}: the run has no model.safetensors yet (still being trained, or stopped before its first "
+            "best model was saved)"
+        )
+    return model_file
 
 
 def _decision(threshold) -> float | np.ndarray | str:
@@ -201,18 +248,21 @@ def _decision(threshold) -> float | np.ndarray | str:
 
 
 def load_data_for(
-    predictor: Predictor, data: str | os.PathLike | None = None, compare: tuple[str, ...] = ("test",)
+    predictor: Predictor, data: str | os.PathLike | None = None, compare: str | tuple[str, ...] = ("test",)
 ) -> DataBundle:
     """The dataset a run was trained on (its ``cfg.data``), or another one given by path (a str or
-    Path: any layout ``--data`` takes). For the run's own data, the splits named in ``compare`` are
-    compared with the fingerprints the run recorded of the data it was trained on (a hash of each,
-    which reads its arrays once), and a
+    Path: any layout ``--data`` takes). For the run's own data, the splits named in ``compare`` (one
+    name, or several; each one of the data's) are compared with the fingerprints the run recorded of
+    the data it was trained on (a hash of each, which reads its arrays once), and a
     ``UserWarning`` says which changed: data regenerated at the same path, or a run trained on a
     bundle made in memory, whose ``cfg.data`` gives other data (pass that bundle to ``predict``)."""
     if not isinstance(predictor, Predictor):
         raise RamerError(
             f"load_data_for takes a Predictor (predictor = ramer.load(RUN_DIR)), not {type(predictor).__name__}"
         )
+    compare = (compare,) if isinstance(compare, str) else compare  # "test" was read as 't', 'e', 's', 't'
+    if not isinstance(compare, (tuple, list)) or not all(isinstance(n, str) for n in compare):
+        raise RamerError(f"load_data_for: compare must be a split name or a tuple of them, not {compare!r}")
     cfg = predictor.cfg.model_copy(deep=True)
     if data is not None:
         if not isinstance(data, (str, os.PathLike)):
@@ -221,6 +271,11 @@ def load_data_for(
     else:
         check_run_data(cfg.data.path, "give the data with --data PATH (in Python: load_data_for(predictor, data=PATH))")
     bundle = load_bundle(cfg.data)
+    if data is None and (unknown := [n for n in compare if n not in bundle.splits]):
+        raise RamerError(
+            f"load_data_for: compare names {', '.join(map(repr, unknown))}, not a split of {bundle.source} "
+            f"(has {', '.join(bundle.splits)})"
+        )
     if data is None and (changed := ckpt.changed_splits(predictor.data_fingerprints, bundle, compare)):
         warnings.warn(
             f"split{'s' if len(changed) > 1 else ''} {', '.join(repr(x) for x in changed)} of "
