@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -19,8 +21,17 @@ from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.errors import RamerError
 from ramer.paths import LOCK_NAME, hold, remove_if_empty
 
-OUT = Console(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
-ERR = Console(stderr=True)  # progress and messages go to stderr
+
+class PipeConsole(Console):
+    """A rich ``Console`` that leaves a closed pipe to ``main``: rich's own answer ends the process
+    with exit code 1 (``ramer eval RUN | head -1``), where ``main`` says 141, as for ``print``."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(f"{'stderr' if self.stderr else 'stdout'}: its reader has gone")
+
+
+OUT = PipeConsole(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
+ERR = PipeConsole(stderr=True)  # progress and messages go to stderr
 
 
 def default_out(cfg: Config) -> Path:
@@ -327,7 +338,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
         OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task))
+        ERR.print(next_steps(out), highlight=False, markup=False, soft_wrap=True)
     return 0
+
+
+def next_steps(run: Path | str) -> str:
+    """The line after a finished run: where it is and the commands that use it, ready to paste."""
+    q = shlex.quote(str(run))
+    return (
+        f"run folder: {run}; next: ramer eval {q}, ramer predict {q} --out preds.jsonl, "
+        f"ramer view {q} --out scenes.html"
+    )
 
 
 def interrupted_hint(out: Path) -> str:
@@ -336,7 +357,7 @@ def interrupted_hint(out: Path) -> str:
     from ramer.train.recipe import existing_run
 
     if (out / "train_state.pt").exists():  # written at the end of every epoch
-        return f"interrupted; resume with: ramer train --resume {out}"
+        return f"interrupted; resume with: ramer train --resume {shlex.quote(str(out))}"
     held = existing_run(out) if out.is_dir() else None
     if held:  # a classical fit's model file (--resume fits again), a deep run's first best model
         return f"interrupted before a state to resume from was saved: {held}"
@@ -346,16 +367,14 @@ def interrupted_hint(out: Path) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     import contextlib
     import io
-    import warnings
 
     from ramer.export import check_onnx, export_onnx, require_onnx
 
     require_onnx(runtime=args.check)
-    from ramer.api import load
     from ramer.models import CLASSICAL
     from ramer.paths import output_file
 
-    predictor = load(args.run_dir, device="cpu")
+    predictor = load_predictor(args.run_dir, device="cpu")
     if predictor.cfg.model.name in CLASSICAL:
         raise RamerError(f"{args.run_dir}: ONNX export is for the deep models, not '{predictor.cfg.model.name}'")
     output_file(args.onnx, reads=(model_file(args.run_dir),))
@@ -398,12 +417,28 @@ def model_file(run_dir: str) -> Path:
     return path / "model.safetensors" if path.is_dir() else path
 
 
+def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp32"):
+    """``ramer.load`` for a command: a run that has not finished is said in a ``note:`` line, not
+    as a Python warning with its source line."""
+    from ramer.api import RunNotFinished, load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RunNotFinished)
+        predictor = load(run_dir, device=device, precision=precision)
+    for w in caught:
+        if issubclass(w.category, RunNotFinished):
+            ERR.print(f"note: {w.message}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return predictor
+
+
 def load_run_and_data(args: argparse.Namespace):
     """``eval`` / ``predict``: the run's predictor (at ``--precision``) and the dataset of ``--data``
     (default: the run's own), checked to have ``--split``."""
-    from ramer.api import load, load_data_for
+    from ramer.api import load_data_for
 
-    predictor = load(args.run_dir, device=args.device, precision=args.precision)
+    predictor = load_predictor(args.run_dir, device=args.device, precision=args.precision)
     bundle = load_data_for(predictor, args.data, compare=())  # the note below says it for --split
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
@@ -630,21 +665,39 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from ramer.data.conversations import import_conversations, summary_lines
 
     labels = args.labels.split(",") if args.labels is not None else None
-    with hold(args.out, "ramer data import", make=True):
-        meta = import_conversations(
-            args.file,
-            args.out,
-            labels=labels,
-            personality=args.personality,
-            context=args.context,
-            seed=args.seed,
-            console=ERR,
-            targets=args.targets,
-            task=args.task,
+    try:
+        with hold(args.out, "ramer data import", make=True):
+            meta = import_conversations(
+                args.file,
+                args.out,
+                labels=labels,
+                personality=args.personality,
+                context=args.context,
+                seed=args.seed,
+                console=ERR,
+                targets=args.targets,
+                task=args.task,
+            )
+    except KeyboardInterrupt:
+        cache = Path(args.out) / "cache"
+        if not any(cache.glob("*/*.npz")):  # the entries FeatureCache keeps (a temporary file is not one)
+            raise  # nothing kept: main's one line
+        ERR.print(
+            f"interrupted; the features computed so far are kept in {cache}: run the same command again "
+            "to go on from there",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
+        return 130
     for line in summary_lines(meta):
         OUT.print(line, highlight=False, markup=False, soft_wrap=True)
-    OUT.print(f"wrote {args.out}", highlight=False)
+    OUT.print(f"wrote {args.out}", highlight=False, markup=False)
+    q = shlex.quote(args.out)
+    after = f"ramer train --data {q}"
+    if not meta["info"]["conversations"]["labelled"]:
+        after = f"ramer predict RUN_DIR --data {q} --out preds.jsonl (RUN_DIR: a run trained on these labels)"
+    ERR.print(f"next: {after}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -655,6 +708,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
     print(text)
     return 0
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -677,10 +735,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         trial_seeds=args.trial_seeds,
     )
     reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
+    counts = ((settings.models, "model"), (settings.seeds, "seed"), (settings.rates, "missing rate"))
+    sizes = " x ".join(plural(len(items), noun) for items, noun in counts)
     ERR.print(
-        f"bench: {len(settings.models)} models x {len(settings.seeds)} seeds x {len(settings.rates)} missing "
-        f"rates{reference}, {settings.jobs} at a time -> {settings.out}",
+        f"bench: {sizes}{reference}, {settings.jobs} at a time -> {settings.out}",
         highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
     try:
         run_bench(settings, console=ERR)
@@ -793,20 +854,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("ramer, complete inputs (reference)", "ramer-complete", reference, generate(reference.data.synthetic)),
     )
     rows = {}
-    for row, folder, run_cfg, data in runs:
-        run_dir = out / folder
-        if folder in made and run_dir.exists():
-            ERR.print(f"replacing the earlier demo's {run_dir}", highlight=False, soft_wrap=True)
-            shutil.rmtree(run_dir)
-        made.add(folder)
-        atomic_write_text(out / DEMO_FILE, json.dumps({"runs": sorted(made)}, indent=1))
-        ERR.print(f"training {row} -> {run_dir}", highlight=False, soft_wrap=True)
-        rows[row] = run_training(run_cfg, run_dir, bundle=data, console=ERR)
+    try:
+        for row, folder, run_cfg, data in runs:
+            run_dir = out / folder
+            if folder in made and run_dir.exists():
+                ERR.print(f"replacing the earlier demo's {run_dir}", highlight=False, soft_wrap=True)
+                shutil.rmtree(run_dir)
+            made.add(folder)
+            atomic_write_text(out / DEMO_FILE, json.dumps({"runs": sorted(made)}, indent=1))
+            ERR.print(f"training {row} -> {run_dir}", highlight=False, soft_wrap=True)
+            rows[row] = run_training(run_cfg, run_dir, bundle=data, console=ERR)
+    except KeyboardInterrupt:
+        ERR.print(
+            f"interrupted; run the same command again to start the demo over (it replaces its runs in {out})",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        return 130
     from ramer.bench import ORACLE_ROW
 
     rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
     OUT.print(metrics_table("test metrics on the embedded benchmark (same scenes and seed)", rows))
     OUT.print(f"run directories under {out}; total {time.perf_counter() - t0:.0f}s", highlight=False)
+    ERR.print(next_steps(out / "ramer"), highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -815,6 +886,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ramer",
         description="Multi-party, multi-modal, multi-label emotion recognition: RAMer and its baselines.",
+        epilog="First steps: ramer demo (trains on the embedded benchmark; about 6 minutes on 2 CPU cores), "
+        "then ramer data import YOUR.csv --out DIR (your own conversations, docs/DATA.md) and ramer train "
+        "--data DIR. ramer COMMAND --help says more.",
     )
     p.add_argument("--version", action="version", version=f"ramer {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -851,7 +925,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/ARCHITECTURE.md, Adding a model) (default: the config's, ramer)",
     )
     t.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
-    t.add_argument("--data", help="dataset: a native directory or a public benchmark file/directory")
+    t.add_argument(
+        "--data",
+        help="dataset: a native directory (ramer data import, synth or convert) or a public benchmark "
+        "file/directory (default: the embedded synthetic benchmark)",
+    )
     t.add_argument("--out", help="run directory (default: runs/MODEL-TIMESTAMP)")
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=5 (repeatable)"
@@ -943,7 +1021,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", choices=("mosei", "mosei_unaligned", "mosei_authors", "m3ed", "memor_primary", "memor_fine")
     )
     rp.add_argument("--data", required=True, help="the benchmark file or directory (or a converted directory)")
-    rp.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
+    rp.add_argument("--seeds", type=int, default=3, metavar="N", help="number of seeds (default: 3)")
     rp.add_argument("--out", help="output directory (default: runs/reproduce-BENCH)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     rp.set_defaults(func=cmd_reproduce)
@@ -963,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--models", help="all (default), ablations, or a comma list, e.g. br,late_fusion,ramer,ramer-no_shuffle"
     )
-    b.add_argument("--seeds", type=int, help="number of seeds (default: 3; --quick: 1)")
+    b.add_argument("--seeds", type=int, metavar="N", help="number of seeds (default: 3; --quick: 1)")
     b.add_argument("--missing-rates", help="comma list of extra missing rates (default: 0,0.3,0.6; --quick: 0,0.6)")
     b.add_argument(
         "--missing-at",
@@ -975,6 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--jobs",
         type=int,
+        metavar="N",
         help="runs trained at once, one process and one torch thread each "
         "(default: the number of CPU cores, at most 8)",
     )
@@ -1061,8 +1140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser(
         "data",
-        help="generate, inspect and convert datasets",
-        description="Generate the embedded benchmark, inspect a dataset, convert to the native format.",
+        help="import your own conversations; generate, inspect and convert datasets",
+        description="Import your own conversations, generate the embedded benchmark, inspect a dataset, "
+        "convert to the native format.",
     )
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     s = dsub.add_parser(
@@ -1071,7 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the embedded benchmark (seeded, deterministic) into DIR and print its "
         "statistics and oracle ceiling.",
     )
-    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory")
     s.add_argument("--config", help="config whose data.synthetic section to use (default: synthetic)")
     s.add_argument(
         "--set",
@@ -1086,7 +1166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="describe a dataset: format, labels, dims, split statistics",
         description="Read a dataset (any supported format) and print what it holds.",
     )
-    i.add_argument("path", metavar="PATH")
+    i.add_argument("path", metavar="PATH", help="a dataset: a native folder or a public benchmark file or folder")
     i.add_argument("--format", default="auto", help="format (default: detected)")
     i.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
@@ -1097,8 +1177,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a dataset to the native (memory-mapped) format",
         description="Convert any supported dataset to the native format for fast loading.",
     )
-    c.add_argument("path", metavar="PATH")
-    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("path", metavar="PATH", help="a public benchmark file or folder")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
     c.add_argument("--format", default="auto", help="format (default: detected)")
     c.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
@@ -1116,7 +1196,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument(
         "file", metavar="FILE", help="the utterance table: .csv, .tsv or .txt, or JSON lines (.jsonl, .json, .ndjson)"
     )
-    im.add_argument("--out", required=True, help="output directory (native format, plus its feature cache)")
+    im.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (native format, plus its feature cache)"
+    )
     im.add_argument(
         "--labels",
         metavar="A,B,C",
@@ -1128,6 +1210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--context",
         type=int,
         default=8,
+        metavar="N",
         help="utterances before and after the target in each sample's scene (default: 8)",
     )
     im.add_argument(
