@@ -191,3 +191,19 @@ def test_predict_scores_in_eval_mode_and_gives_the_mode_back(run):
     for data in (test, batch):
         np.testing.assert_allclose(predictor.predict(data), evaluated, rtol=0, atol=1e-6)
         assert predictor.model.training
+
+
+def test_the_cli_says_a_run_is_not_finished_in_a_note(run, tmp_path, capsys):
+    """``ramer eval``, ``predict`` and ``export`` load through ``ramer.load``: its warning of a run not
+    finished came out as a Python warning with cli.py's source line; it is a ``note:`` line now."""
+    from ramer.cli import main
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run[0], stopped)
+    (stopped / "test_metrics.json").unlink()
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        assert main(["eval", str(stopped)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {stopped}: the run has not finished (no test_metrics.json)" in err, err
+    assert not [w for w in escaped if issubclass(w.category, ramer.api.RunNotFinished)]

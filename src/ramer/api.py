@@ -23,6 +23,10 @@ from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
 
 
+class RunNotFinished(UserWarning):
+    """``load`` of a run that has not finished: its best model so far (the CLI prints it as a note)."""
+
+
 @dataclass
 class Predictor:
     """A trained model with its config, data spec and decision threshold (``"argmax"`` for
@@ -161,7 +165,8 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     run's ``train.device``.
 
     A run that has not finished (no ``test_metrics.json`` beside its training state: still being
-    trained, or stopped) gives its best model so far, with a ``UserWarning`` saying so. Loading
+    trained, or stopped) gives its best model so far, with a ``RunNotFinished`` warning (a
+    ``UserWarning``) saying so. Loading
     leaves the global random state as it was (building the model draws its initial weights)."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise RamerError(
@@ -208,6 +213,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
         warnings.warn(
             f"{run}: the run has not finished (no test_metrics.json): still being trained, or stopped before its "
             f"test; this is its best model so far (epoch {epoch}); ramer train --resume {run} finishes a stopped run",
+            RunNotFinished,
             stacklevel=2,
         )
     return Predictor(model, cfg, spec, _decision(threshold), dev, epoch, fingerprints)
