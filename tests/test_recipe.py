@@ -100,6 +100,19 @@ def test_resume_equals_uninterrupted_run(tmp_path, bundle, extra):
     assert [x["train"] for x in a] == [x["train"] for x in b]
 
 
+def test_a_resumed_run_says_where_it_goes_on(tmp_path, bundle):
+    """A resumed run was silent until its first epoch ended (minutes where stderr is a log): it says
+    at once which epoch it goes on from and its best so far."""
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), tmp_path / "cut", bundle=bundle, hooks=(stop_after(1),)).run()
+    best = epoch_lines(tmp_path / "cut")[0]["best_epoch"]
+    console = Console(record=True, width=200)
+    Recipe(tiny_cfg(), tmp_path / "cut", resume=True, bundle=bundle, console=console).run()
+    first = console.export_text().splitlines()[0]
+    assert first.startswith(f"resuming {tmp_path / 'cut'} at epoch 2/{tiny_cfg().train.epochs} (best so far 0.")
+    assert first.endswith(f" at epoch {best})")
+
+
 # ------------------------------------------------------------------ early stopping
 def scripted_scores(monkeypatch, scores: dict[int, float]) -> None:
     """Validation's selection score of epoch ``e`` becomes ``scores[e]`` (the rest of the run is real)."""

@@ -109,12 +109,16 @@ def test_table_gone_or_edited_means_no_texts_and_a_note(tmp_path, fake_text):
     conversations, notes = page()
     assert all(c["texts"] is None for c in conversations)
     assert notes == [
-        f"{table.resolve()}: the imported table has changed since the import; the page shows no utterance texts"
+        f"{table.resolve()}: the imported table has changed since the import; the page shows no utterance texts "
+        "(put the table as imported back at this path to show them)"
     ]
     table.unlink()
     conversations, notes = page()
     assert all(c["texts"] is None for c in conversations)
-    assert len(notes) == 1 and notes[0].endswith("the imported table is gone; the page shows no utterance texts")
+    assert len(notes) == 1 and notes[0].endswith(
+        "the imported table is gone; the page shows no utterance texts (put the table as imported back at this "
+        "path to show them)"
+    )
 
 
 def test_unlabelled_import_has_no_annotations_and_listener_targets(tmp_path, fake_text):

@@ -164,6 +164,7 @@ def _table(bundle: DataBundle) -> tuple[dict | None, str | None]:
     if path is None:
         return None, None
     why = f"{path}: the imported table %s; the page shows no utterance texts"
+    why += " (put the table as imported back at this path to show them)"
     if not path.is_file():
         return None, why % "is gone"
     recorded = bundle.info.get("source_sha256")

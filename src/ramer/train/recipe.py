@@ -630,6 +630,13 @@ class Recipe(RunSteps):
             if is_main():
                 self.console.print(f"the run had trained all {epochs} epochs; nothing more to train", highlight=False)
             return
+        if self.epochs_run and is_main():  # resumed: said before the first resumed epoch's minutes
+            self.console.print(
+                f"resuming {self.out} at epoch {self.start_epoch}/{epochs} (best so far "
+                f"{self.best['score']:.4f} at epoch {self.best['epoch']})",
+                highlight=False,
+                soft_wrap=True,
+            )
         with progress(self.console) as bar:
             for epoch in range(self.start_epoch, epochs + 1):
                 t0 = time.perf_counter()
