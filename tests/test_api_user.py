@@ -207,3 +207,19 @@ def test_the_cli_says_a_run_is_not_finished_in_a_note(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"note: {stopped}: the run has not finished (no test_metrics.json)" in err, err
     assert not [w for w in escaped if issubclass(w.category, ramer.api.RunNotFinished)]
+
+
+def test_a_run_folder_given_as_data_and_no_spec_given_to_build_model_say_what_they_are(run, capsys):
+    """``load_dataset(RUN_DIR)`` said only "unknown dataset folder"; ``build_model(cfg, None)`` gave
+    the builder's AttributeError."""
+    from ramer.data.formats import load_dataset
+    from ramer.models import build_model
+
+    with pytest.raises(
+        RamerError, match=r"unknown dataset folder: .*\(it is a run folder: its model is read by ramer.load"
+    ):
+        load_dataset(run[0])
+    with pytest.raises(
+        RamerError, match=r"^build_model takes a DataSpec \(DataSpec.from_bundle\(bundle, task\)\), not NoneType$"
+    ):
+        build_model(run[1], None)

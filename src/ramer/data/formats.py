@@ -152,9 +152,14 @@ def _detect(path: str | Path | None) -> tuple[str, Any]:
             return "native", None
         if os.path.lexists(p / "anno.json") and os.path.lexists(p / "data.json"):
             return "memor", None  # its loader names what is wrong with either (a folder, a link to nothing)
+        run = (
+            " (it is a run folder: its model is read by ramer.load or ramer eval)"
+            if (p / "model.safetensors").exists()
+            else ""
+        )
         raise RamerError(
             f"{p}: unknown dataset folder: expected a native folder (meta.json) or a MEmoR release "
-            "(anno.json, data.json, train_id.txt, test_id.txt, features/)"
+            f"(anno.json, data.json, train_id.txt, test_id.txt, features/){run}"
         )
     _refuse_table(p)
     guess = _sniff_file(p)

@@ -235,6 +235,10 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     installed model) built for ``spec`` (``DataSpec.from_bundle(bundle, task)``): an ``nn.Module``
     with a ``loss`` method, untrained; ``ramer.load`` gives a trained one."""
     check_model(cfg, options=False)
+    if not isinstance(spec, DataSpec):
+        raise RamerError(
+            f"build_model takes a DataSpec (DataSpec.from_bundle(bundle, task)), not {type(spec).__name__}"
+        )
     name = cfg.model.name
     if name in OWN:
         _not_shadowed(name)
