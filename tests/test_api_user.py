@@ -223,3 +223,14 @@ def test_a_run_folder_given_as_data_and_no_spec_given_to_build_model_say_what_th
         RamerError, match=r"^build_model takes a DataSpec \(DataSpec.from_bundle\(bundle, task\)\), not NoneType$"
     ):
         build_model(run[1], None)
+
+
+def test_a_store_is_scored_in_eval_mode_whatever_mode_the_model_is_in(run):
+    """``infer.predict`` puts the model in eval mode for the pass (dropout off) and gives its mode
+    back: a model left in training mode scores a store as one in eval mode does."""
+    predictor = ramer.load(run[0])
+    store = generate(run[1].data.synthetic).splits["test"]
+    want = predictor.predict(store)
+    predictor.model.train()
+    np.testing.assert_array_equal(predictor.predict(store), want)
+    assert predictor.model.training
