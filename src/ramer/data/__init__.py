@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ramer.data.formats import load_bundle, load_dataset, loader_options
+from ramer.data.formats import load_bundle, load_dataset
 from ramer.data.store import DataBundle, SceneStore, load_native
 from ramer.data.synthetic import check_complete, complete_data
 
@@ -17,5 +17,4 @@ __all__ = [
     "load_bundle",
     "load_dataset",
     "load_native",
-    "loader_options",
 ]

@@ -324,20 +324,6 @@ def load_dataset(
     return opened if isinstance(opened, DataBundle) else opened.to_bundle()
 
 
-def loader_options(cfg: DataConfig) -> dict:
-    """The keyword options of ``load_dataset`` / ``open_dataset`` that a config sets."""
-    return {
-        "aligned_path": cfg.aligned_path,
-        "unaligned_layout": cfg.unaligned_layout,
-        "memor_character_order": cfg.memor_character_order,
-        "memor_protocol": cfg.memor_protocol,
-        "valid_fraction": cfg.valid_fraction,
-        "valid_seed": cfg.valid_seed,
-        "m3ed_protocol": cfg.m3ed_protocol,
-        "m3ed_annotation": cfg.m3ed_annotation,
-    }
-
-
 def load_bundle(cfg: DataConfig) -> DataBundle:
     """The dataset a config names: the embedded benchmark when ``path`` is None, else a file or folder."""
     return load_dataset(cfg.path, cfg.format, cfg)
