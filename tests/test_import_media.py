@@ -1,0 +1,231 @@
+"""`ramer data import` with media files as users' files get damaged: non-numbers in a float WAV, a
+folder, pipe or link loop given as media, a long media file (decoded as a stream, stopped after the
+last utterance), a file rewritten with its modification time put back (the cache), a failing
+reimport over a set imported before, and Ctrl-C inside librosa's numba code.
+
+The media are generated in each test (a WAV of a second or two at 16 kHz); the text model is the
+hash stand-in ``fake_text``. The audio tests skip, with the reason, without the ``import`` extra.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ramer.cli import main
+from ramer.data import features as F
+from ramer.data.conversations import import_conversations
+from ramer.data.store import load_native
+from ramer.errors import RamerError
+
+NEEDS_IMPORT = "needs the optional extra ramer[import] (pip install 'ramer[import]')"
+RATE = 16000
+
+
+def wav(path: Path, wave: np.ndarray, subtype: str = "PCM_16") -> Path:
+    """``wave`` (float, mono, 16 kHz) as a WAV file; ``subtype="FLOAT"`` keeps NaN and large values."""
+    sf = pytest.importorskip("soundfile", reason=NEEDS_IMPORT)
+    sf.write(path, np.asarray(wave, dtype=np.float32), RATE, subtype=subtype)
+    return path
+
+
+def tone(freq: float, seconds: float) -> np.ndarray:
+    return (0.4 * np.sin(2 * np.pi * freq * np.arange(int(seconds * RATE)) / RATE)).astype(np.float32)
+
+
+def table(path: Path, media: str, windows: list[tuple[float, float]]) -> Path:
+    """Conversation ``m`` with ``media`` (one row per window), and two text-only ones for the splits."""
+    rows = [
+        {"conversation": "m", "index": i, "speaker": "ann" if i % 2 == 0 else "bob", "text": f"line {i}"}
+        | {"start": a, "end": b, "media": media, "labels": "joy", "split": "train"}
+        for i, (a, b) in enumerate(windows)
+    ]
+    rows += [
+        {"conversation": c, "index": 0, "speaker": "dan", "text": f"{c} here", "labels": "joy", "split": c}
+        for c in ("valid", "test")
+    ]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def needs_audio():
+    pytest.importorskip("av", reason=NEEDS_IMPORT)
+    pytest.importorskip("librosa", reason=NEEDS_IMPORT)
+
+
+def test_a_float_wav_holding_nan_or_huge_samples_is_one_line_naming_the_media(tmp_path, fake_text, needs_audio):
+    """NaN in a float WAV reached librosa, whose ParameterError came out as a traceback; samples of
+    1e30 overflowed its squares (a RuntimeWarning, then 'array must not contain infs or NaNs')."""
+    bad = tone(200, 2.0)
+    bad[1000:3000] = np.nan
+    wav(tmp_path / "nan.wav", bad, "FLOAT")
+    with pytest.raises(
+        RamerError,
+        match=r"talk.csv: row 2: media 'nan.wav': audio could not be decoded \(the sample "
+        r"at 0.06 s is not a number \(NaN or infinite\): a damaged float file\)",
+    ):
+        import_conversations(table(tmp_path / "talk.csv", "nan.wav", [(0, 1), (1, 2)]), tmp_path / "ds")
+    wav(tmp_path / "big.wav", tone(200, 2.0) * 1e30, "FLOAT")
+    with pytest.raises(
+        RamerError,
+        match=r"media 'big.wav': audio could not be decoded \(the sample at 0.00 s is "
+        r".*where samples lie within \[-1, 1\]",
+    ):
+        import_conversations(table(tmp_path / "talk.csv", "big.wav", [(0, 1), (1, 2)]), tmp_path / "ds")
+
+
+def test_audio_is_decoded_as_a_stream_and_stops_after_the_last_utterance(tmp_path, needs_audio):
+    """The features of each window equal those of the window cut from the whole decoded file
+    (windows out of order, overlapping, one past the end); and decoding stops after the last
+    window: a damaged tail after it is never read (the whole file was decoded into memory, 2 GB an
+    hour of media of any rate, 6 GB for a header claiming 1 Hz)."""
+    wave = np.concatenate([tone(150, 1.0), tone(300, 1.2)])
+    path = wav(tmp_path / "a.wav", wave)
+    windows = [(1.5, 1.8), (0.0, 0.3), (0.2, 0.5), (1.0, 1.1), (2.1, 2.4), (2.5, 3.0)]
+    whole = F.decode_audio(path)
+    feats, present = F.audio_features(path, windows)
+    assert present.tolist() == [True, True, True, True, True, False]  # (2.5, 3.0): no sample there
+    for s, (a, b) in enumerate(windows[:5]):
+        expected = F.utterance_audio_features(whole[round(a * RATE) : round(b * RATE)])
+        np.testing.assert_array_equal(feats[s], expected)
+    assert not feats[5].any()
+
+    # change only the media's length: what is held does not grow with it (it held the whole file)
+    def peak(path: Path) -> int:
+        tracemalloc.start()
+        try:
+            F.audio_features(path, [(0.0, 0.2), (0.1, 0.3)])
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    short = peak(wav(tmp_path / "short.wav", tone(150, 1.0)))
+    long = peak(wav(tmp_path / "long.wav", tone(150, 60.0)))  # 3.8 MB decoded
+    assert long - short < 500_000, (short, long)
+
+    tail = np.concatenate([wave, np.full(RATE, np.nan, np.float32)])  # NaN after the last window
+    path = wav(tmp_path / "tail.wav", tail, "FLOAT")
+    feats, present = F.audio_features(path, [(0.0, 0.2), (1.0, 1.2)])
+    assert present.all() and np.isfinite(feats).all()
+
+
+def test_media_that_is_a_folder_a_pipe_or_a_link_loop_says_what_it_is(tmp_path, fake_text, needs_audio):
+    """Each was 'not found', though the name was there (a FIFO is never opened: reading one waits)."""
+    (tmp_path / "folder.wav").mkdir()
+    os.mkfifo(tmp_path / "pipe.wav")
+    (tmp_path / "loop1.wav").symlink_to("loop2.wav")
+    (tmp_path / "loop2.wav").symlink_to("loop1.wav")
+    for name, message in [
+        ("folder.wav", r"media 'folder.wav' is a folder, not an audio or video file"),
+        ("pipe.wav", r"media 'pipe.wav' is not a regular file \(a pipe, socket or device"),
+        ("loop1.wav", r"media 'loop1.wav' is a symbolic link that leads to no file \(a loop, or its target is gone"),
+        ("gone.wav", r"media 'gone.wav' not found \(looked for "),
+    ]:
+        with pytest.raises(RamerError, match=r"talk.csv: row 2: " + message):
+            import_conversations(table(tmp_path / "talk.csv", name, [(0, 1)]), tmp_path / "ds")
+
+
+def test_a_media_file_rewritten_with_its_time_put_back_is_computed_again(tmp_path, fake_text, needs_audio):
+    """Same size, modification time put back (cp -p, rsync -t, touch -r, an unpacked archive, a file
+    system of whole seconds): the cache served the old file's features."""
+    media = wav(tmp_path / "a.wav", tone(150, 2.0))
+    src = table(tmp_path / "talk.csv", "a.wav", [(0, 1), (1, 2)])
+    import_conversations(src, tmp_path / "ds")
+    before = np.asarray(load_native(tmp_path / "ds").splits["train"].audio).copy()
+    st = media.stat()
+    wav(media, tone(400, 2.0))
+    os.utime(media, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert media.stat().st_size == st.st_size and media.stat().st_mtime_ns == st.st_mtime_ns
+    meta = import_conversations(src, tmp_path / "ds")
+    assert meta["info"]["conversations"]["cache"]["computed"]["audio"] == 1
+    after = np.asarray(load_native(tmp_path / "ds").splits["train"].audio)
+    assert not np.array_equal(before, after)
+
+
+def test_a_reimport_whose_media_fails_leaves_the_set_imported_before(tmp_path, fake_text, needs_audio):
+    """meta.json went before the features were computed: a media file that failed to decode (or
+    Ctrl-C) in a second import into the same --out left a set that no longer loaded."""
+    wav(tmp_path / "a.wav", tone(150, 2.0))
+    bad = tone(150, 2.0)
+    bad[100] = np.inf
+    wav(tmp_path / "b.wav", bad, "FLOAT")
+    import_conversations(table(tmp_path / "talk.csv", "a.wav", [(0, 1), (1, 2)]), tmp_path / "ds")
+    before = (tmp_path / "ds" / "meta.json").read_bytes()
+    with pytest.raises(RamerError, match=r"media 'b.wav': audio could not be decoded"):
+        import_conversations(table(tmp_path / "talk.csv", "b.wav", [(0, 1), (1, 2)]), tmp_path / "ds")
+    assert (tmp_path / "ds" / "meta.json").read_bytes() == before
+    assert len(load_native(tmp_path / "ds").splits["train"]) == 2
+
+
+def test_ctrl_c_inside_numba_code_is_an_interrupt_that_keeps_the_cache(tmp_path, fake_text, needs_audio, capsys):
+    """Ctrl-C while librosa's pYIN runs its numba code comes out as a SystemError ('returned a
+    result with an exception set') caused by the KeyboardInterrupt: about every other Ctrl-C of an
+    audio import was a traceback, not 'interrupted; the features computed so far are kept'."""
+    wav(tmp_path / "a.wav", tone(150, 2.0))
+    src = table(tmp_path / "talk.csv", "a.wav", [(0, 1), (1, 2)])
+
+    def interrupted(path, windows):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise SystemError("CPUDispatcher(<function _viterbi>) returned a result with an exception set") from e
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(F, "audio_features", interrupted)
+    try:
+        assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 130
+    finally:
+        mp.undo()
+    err = capsys.readouterr().err
+    assert "interrupted; the features computed so far are kept in" in err and "Traceback" not in err
+    assert list((tmp_path / "ds" / "cache" / "text").glob("*.npz"))  # the text stage's entries stay
+
+
+def test_utterances_past_the_audio_a_file_holds_are_counted_in_a_note(tmp_path, fake_text, needs_audio, monkeypatch):
+    """A WAV of no samples has no length to check the times against, and a video's sound may stop
+    before its end: those utterances had no audio and nothing said why."""
+    wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
+    meta = import_conversations(table(tmp_path / "talk.csv", "empty.wav", [(0, 1), (1, 2)]), tmp_path / "ds")
+    c = meta["info"]["conversations"]
+    assert c["counts"]["speaker_audio_present"] == 0
+    assert (
+        "audio: 2 utterances lie past the end of the audio their media holds (its sound stops early, or the "
+        "file is cut short), so their audio is absent (the first: row 2)"
+    ) in c["notes"]
+    # a video of 2 s whose audio stops at 1 s (a microphone that stopped): the times are within the media
+    video_with_short_audio(tmp_path / "v.mp4", video_seconds=2.0, audio_seconds=1.0)
+    monkeypatch.setattr(F, "face_available", lambda: False)  # its faces are not what this is about
+    meta = import_conversations(table(tmp_path / "talk.csv", "v.mp4", [(0, 0.5), (1.2, 1.4)]), tmp_path / "ds")
+    c = meta["info"]["conversations"]
+    assert c["counts"]["speaker_audio_present"] == 1
+    assert any(n.startswith("audio: 1 utterance lies past the end") and "row 3" in n for n in c["notes"])
+
+
+def video_with_short_audio(path: Path, video_seconds: float, audio_seconds: float) -> Path:
+    """A tiny grey MPEG-4 video (64x48, 5 fps) with an AAC track that ends earlier."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=5)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("aac", rate=RATE, layout="mono")
+        for k in range(int(video_seconds * 5)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * k, np.uint8), format="rgb24")
+            for packet in vs.encode(frame):
+                c.mux(packet)
+        for packet in vs.encode(None):
+            c.mux(packet)
+        frame = av.AudioFrame.from_ndarray(tone(150, audio_seconds)[None], format="fltp", layout="mono")
+        frame.sample_rate = RATE
+        for packet in [*a.encode(frame), *a.encode(None)]:
+            c.mux(packet)
+    return path
