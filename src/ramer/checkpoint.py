@@ -16,6 +16,9 @@ import json
 import math
 import os
 import pickle
+import warnings
+import zipfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -113,6 +116,9 @@ def _spec_problem(tree) -> str | None:
         return f"'dims' must map each modality to a feature size of 0 or more, not {dims!r:.60}"
     if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
         return f"'label_names' must be a non-empty list of names, not {names!r:.60}"
+    twice = sorted(name for name, n in Counter(names).items() if n > 1)
+    if twice:
+        return f"'label_names' names a label twice ({', '.join(twice)[:60]})"
     if not _whole(n, 1) or n != len(names):
         return f"'n_labels' {n!r:.20} does not count the {len(names)} label names"
     pers = tree.get("personality_dim")
@@ -208,22 +214,75 @@ def read_model_file(
         raise RamerError(f"{path}: metadata is missing or malformed ({e!r}); was it written by ramer?") from None
     spec = spec_from_meta(spec_tree, path)
     check_threshold(threshold, spec, path)
+    check_config_fits(cfg, spec, state, path)
     return state, cfg, spec, threshold, epoch
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def check_config_fits(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor], path) -> None:
+    """The deep model the stored config builds for ``spec`` has the weights the file holds: built on
+    the meta device (no memory taken), so a config of another size than its weights (a
+    ``model.hidden`` of 10**9) is a RamerError naming ``path`` before the real model is built, not an
+    allocation that fails or takes all memory. A classical model, or one that does not build (an
+    unknown model: its loader says so), is not checked here."""
+    from ramer.models import CLASSICAL, build_model
+
+    if cfg.model.name in CLASSICAL:
+        return
     try:
-        model.load_state_dict(state, strict=True)
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            own = build_model(cfg, spec).state_dict()
     except RuntimeError as e:
-        own = model.state_dict()
-        problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
-        problems += [f"{k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}" for k, v in state.items()
-                     if k in own and tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
-        detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        if "overflow" not in str(e):  # sizes past what any memory holds
+            return  # the real build, by the caller, reports it as it does today
         raise RamerError(
-            f"{source}: weights do not fit the model ({detail or first_line(e)}); a model file written by an "
-            f"older ramer whose layers have changed since must be trained again"
+            f"{path}: its stored config builds a model too large for any memory ({first_line(e)}); was it written "
+            "by ramer?"
         ) from None
+    except Exception:  # the real build, by the caller, reports it as it does today
+        return
+    problems = fit_problems(own, state)
+    if problems:
+        raise not_fitting(path, problems)
+
+
+def fit_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """How the weights ``state`` do not fit a model of state dict ``own``: each missing and unexpected
+    name, each tensor of another shape, each of another kind of number (an integer or boolean tensor
+    for a floating-point weight, or the reverse; floating-point tensors of another precision are
+    cast, as torch loads them)."""
+    problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
+    for k, v in state.items():
+        if k not in own:
+            continue
+        if tuple(v.shape) != tuple(own[k].shape):
+            problems.append(f"{k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+        elif v.is_floating_point() != own[k].is_floating_point() or (
+            not own[k].is_floating_point() and v.dtype != own[k].dtype
+        ):
+            problems.append(f"{k} is {v.dtype}, the model {own[k].dtype}")
+    return problems
+
+
+def not_fitting(source, problems: list[str]) -> RamerError:
+    """The error of weights that do not fit the model (``fit_problems``), naming ``source``."""
+    detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return RamerError(
+        f"{source}: weights do not fit the model ({detail}); a model file written by an older ramer whose layers "
+        "have changed since must be trained again"
+    )
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; weights that do not fit (``fit_problems``: torch would cast an
+    int8 or boolean tensor into a weight silently) are a RamerError naming ``source``."""
+    problems = fit_problems(model.state_dict(), state)
+    try:
+        if not problems:
+            model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        problems = [first_line(e)]
+    if problems:
+        raise not_fitting(source, problems) from None
 
 
 TRAIN_STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "best")  # what every resume reads
@@ -240,8 +299,16 @@ def load_train_state(path: str | Path) -> dict:
     if not path.is_file():
         raise RamerError(f"cannot resume: {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
     readable(path)
+    inflated = compressed_entry(path)
+    if inflated:
+        raise RamerError(
+            f"{path}: its entry {inflated} is compressed, which torch.save never writes (it would be read whole "
+            "into memory); not a ramer training state"
+        )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: refused below
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused a global: name it, never suggest loading unsafely
         refused = refused_global(str(e))
         what = f"'{refused}'" if refused else "an object"
@@ -260,14 +327,34 @@ def load_train_state(path: str | Path) -> dict:
     return state
 
 
+def compressed_entry(path: str | Path) -> str | None:
+    """The name of a compressed entry of a torch.save zip file, or None (none, or not a zip file: a
+    legacy torch file). torch.save stores every entry as it is; a compressed one is inflated whole
+    into memory by ``torch.load``, a few megabytes becoming gigabytes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    return next((i.filename[:80] for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+
+
 def _tensors(value) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
 
 
 def _rng_state(value) -> bool:
-    """A CPU generator state as ``torch.get_rng_state`` gives it."""
+    """A CPU generator state as ``torch.get_rng_state`` gives it, one a generator takes (tried on a
+    new one: ``torch.set_rng_state`` of bytes of the right size that are no Mersenne Twister state
+    raises)."""
     want = torch.get_rng_state()
-    return torch.is_tensor(value) and value.dtype == want.dtype and value.shape == want.shape
+    if not (torch.is_tensor(value) and value.dtype == want.dtype and value.shape == want.shape):
+        return False
+    try:
+        torch.Generator().set_state(value)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 def train_state_problem(state: dict) -> str | None:

@@ -39,9 +39,11 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import socket
+import sqlite3
 import time
 import warnings
 from dataclasses import dataclass
@@ -149,6 +151,8 @@ def open_study(
     records the fingerprints of ``bundle`` (the data at ``data.path``); a study that recorded them
     takes the same data under another spelling of its path (``ds``, ``./ds``, ``/abs/ds``)."""
     url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    if storage is None:
+        check_study_file(out / STUDY_FILE)
     with storage_errors(optuna, url):
         rdb = _storage(optuna, url)
         studies = optuna.get_all_study_names(storage=rdb) if storage is None else []  # a shared storage holds many
@@ -161,6 +165,7 @@ def open_study(
             load_if_exists=True,
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
         )
+    check_stored_study(optuna, study, url)
     stored = study.user_attrs.get("config")
     mine = base.model_dump(mode="json")
     made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
@@ -189,6 +194,75 @@ def open_study(
         )
     fresh_sampler(optuna, study, seed)
     return study, url
+
+
+def check_study_file(path: Path) -> None:
+    """A ``study.db`` that is an SQLite database of other tables than Optuna's is not a study: Optuna
+    would add its tables to it (a database of the user's, not written by ``ramer tune``). A file that
+    does not open as SQLite is left to Optuna, which says so."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return
+    if tables and "studies" not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise RamerError(
+            f"{path}: an SQLite database of other tables ({shown}), not an Optuna study; ramer tune keeps its "
+            "study in study.db: use another --out"
+        )
+
+
+def _whole(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What ``Objective`` and ``requeue`` record of a trial (``trial.user_attrs``), and the value each holds.
+TRIAL_ATTRS = {
+    "worker": lambda v: (
+        isinstance(v, dict) and isinstance(v.get("host"), str) and _whole(v.get("pid"), 1) and v["pid"] < 2**31
+    ),
+    "run": lambda v: isinstance(v, str),
+    "note": lambda v: isinstance(v, str),
+    "seconds": lambda v: _number(v) and v >= 0,
+    "seed_values": lambda v: isinstance(v, list) and all(map(_number, v)),
+    "retry_of": _whole,
+    **{key: _whole for key in ("best_epoch", "best_step", "epochs_run", "steps")},
+}
+
+
+def check_stored_study(optuna, study, url: str) -> None:
+    """The study a storage holds, as ``ramer tune`` writes it: its ``trial_seeds`` a count, its
+    ``config`` and ``data`` objects, each trial's values finite and its records (``TRIAL_ATTRS``) of
+    their kinds. A study Optuna cannot read back (a value nested too deeply, an unknown
+    distribution), or one of other values, is a RamerError naming ``url``; nothing is written."""
+    try:
+        attrs = study.user_attrs
+        trials = study.get_trials(deepcopy=False)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise RamerError(f"cannot read the study at {url}: {first_line(e) or type(e).__name__}") from None
+    problem = None
+    if "trial_seeds" in attrs and not _whole(attrs["trial_seeds"], 1):
+        problem = f"its 'trial_seeds' {attrs['trial_seeds']!r:.40} is not a count of 1 or more"
+    for key in ("config", "data"):
+        if problem is None and key in attrs and not isinstance(attrs[key], dict):
+            problem = f"its '{key}' is not an object, but {type(attrs[key]).__name__}"
+    for t in trials:
+        if problem is not None:
+            break
+        bad = [k for k, ok in TRIAL_ATTRS.items() if k in t.user_attrs and not ok(t.user_attrs[k])]
+        if bad:
+            problem = f"trial {t.number}'s '{bad[0]}' {t.user_attrs[bad[0]]!r:.40} is not what ramer tune records"
+        elif t.values is not None and not all(map(_number, t.values)):
+            problem = f"trial {t.number}'s value {t.values[0]!r:.40} is not a finite score"
+    if problem:
+        raise RamerError(f"{url} holds a study ramer tune did not write: {problem}; use another --out or --storage")
 
 
 def sampler_seed(seed: int, n: int) -> int:

@@ -505,6 +505,11 @@ class Recipe(RunSteps):
         path = self.out / "train_state.pt"
         state = ckpt.load_train_state(path)
         check_resumed_config(state.get("config"), self.cfg, self.out)
+        if state.get("config") is not None and state["epoch"] > self.cfg.train.epochs:  # the same on a resume
+            raise RamerError(
+                f"{path}: not a ramer training state ('epoch' {state['epoch']!r:.40} is past the run's train.epochs "
+                f"{self.cfg.train.epochs})"
+            )
         self._check_best_weights(state["best"]["epoch"])
         changed = ckpt.changed_splits(ckpt.read_data_fingerprints(self.out / "model.safetensors"), self.bundle)
         if changed:  # going on would train one run on two data sets
@@ -533,7 +538,10 @@ class Recipe(RunSteps):
         elif self.world == 1:
             torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda" and self.world == 1:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            try:
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            except (RuntimeError, ValueError) as e:
+                raise RamerError(f"{path}: not a ramer training state ('cuda_rng': {first_line(e)})") from None
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
         # Drop log lines of epochs after the checkpoint (written before a kill).

@@ -1,0 +1,235 @@
+"""Run files a user got from someone else (a colleague's run folder, model file or training state),
+damaged or made to harm: reading them runs no code, takes no more memory than the file's size
+asks for, and a problem is one RamerError naming the file, with nothing of the run changed."""
+
+import json
+import re
+import shutil
+import sqlite3
+import warnings
+import zipfile
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_recipe import Recipe, Stop, stop_after, tiny_cfg
+
+import ramer
+from ramer import api
+from ramer import checkpoint as ckpt
+from ramer.data.synthetic import generate
+from ramer.errors import RamerError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped after epoch 1 of 3: a model file and a training state."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), out, bundle=generate(tiny_cfg().data.synthetic), hooks=(stop_after(1),)).run()
+    return out
+
+
+def files_of(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def copy_of(stopped_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    return out
+
+
+def rewrite_model(path, tensors=None, **meta_changes):
+    """``path``'s model file written again, its tensors changed by ``tensors(state)`` and its metadata
+    fields replaced by ``meta_changes`` (each a JSON text, or a function of the parsed field)."""
+    state = load_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    for key, change in meta_changes.items():
+        meta[key] = json.dumps(change(json.loads(meta[key]))) if callable(change) else change
+    save_file(tensors(state) if tensors else state, path, metadata=meta)
+
+
+def with_sizes(sizes):
+    def change(tree):
+        tree["model"].update(sizes)
+        return tree
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ({"hidden": 4096}, "weights do not fit the model \\(.*has shape"),
+        ({"hidden": 10**9, "ffn": 10**12}, "too large for any memory"),
+    ],
+)
+def test_a_model_file_whose_config_asks_for_another_size_is_refused_before_the_model_is_built(
+    stopped_run, tmp_path, monkeypatch, sizes, message
+):
+    """The config in a model file's metadata says how large a model to build; one that its weights do
+    not fit (``model.hidden`` 30000: tens of gigabytes) was built, taking all memory, before the
+    weights were found not to fit; past what memory can hold, torch's allocation error came out as a
+    traceback. Now the config is checked against the weights on the meta device first."""
+    out = copy_of(stopped_run, tmp_path)
+    rewrite_model(out / "model.safetensors", config=with_sizes(sizes))
+
+    def never(cfg, spec):
+        raise AssertionError(f"the model of model.hidden {cfg.model.hidden} was built")
+
+    monkeypatch.setattr(api, "build_model", never)
+    with pytest.raises(RamerError, match=f"^{re.escape(str(out / 'model.safetensors'))}: .*{message}"):
+        ramer.load(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_a_model_file_of_integer_or_boolean_weights_is_refused_not_cast(stopped_run, tmp_path, dtype):
+    """torch's load_state_dict casts an int8 or boolean tensor into a float weight without a word: the
+    model then scored with weights of 0 and 1."""
+    out = copy_of(stopped_run, tmp_path)
+    rewrite_model(out / "model.safetensors", tensors=lambda state: {k: v.to(dtype) for k, v in state.items()})
+    with pytest.raises(RamerError, match=f"is {dtype}, the model torch.float32"):
+        ramer.load(out)
+
+
+def test_a_model_file_naming_a_label_twice_is_malformed(stopped_run, tmp_path):
+    out = copy_of(stopped_run, tmp_path)
+
+    def twice(spec):
+        spec["label_names"][1] = spec["label_names"][0]
+        return spec
+
+    rewrite_model(out / "model.safetensors", spec=twice)
+    with pytest.raises(RamerError, match="metadata 'spec' is malformed \\('label_names' names a label twice"):
+        ckpt.read_spec(out / "model.safetensors")
+
+
+def edit_state(out, edit):
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    edit(state)
+    torch.save(state, out / "train_state.pt")
+
+
+@pytest.mark.parametrize("fill", [0, 255])
+def test_a_random_state_of_the_right_size_that_no_generator_takes_is_refused(stopped_run, tmp_path, fill):
+    """``torch.set_rng_state`` of 5056 bytes that are no Mersenne Twister state raised ("Invalid
+    mt19937 state") as a traceback, after the weights and optimiser state were loaded."""
+    out = copy_of(stopped_run, tmp_path)
+    edit_state(out, lambda s: s.__setitem__("rng", torch.full_like(s["rng"], fill)))
+    with pytest.raises(RamerError, match="not a ramer training state \\('rng' must be a random generator state"):
+        ckpt.load_train_state(out / "train_state.pt")
+
+
+def inflated(path, extra: int) -> None:
+    """``path``, a torch.save zip, written again with its pickle compressed and ``extra`` zero bytes
+    after it (a few kilobytes in the file, ``extra`` bytes in memory)."""
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries:
+            if info.filename.endswith("data.pkl"):
+                z.writestr(info.filename, data + bytes(extra), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                z.writestr(info, data)
+
+
+def test_a_training_state_with_a_compressed_entry_is_refused_before_it_is_inflated(stopped_run, tmp_path):
+    """torch.save stores its entries as they are; torch.load inflates a compressed one whole into
+    memory: a 3 MB file took 6.7 GB to resume."""
+    out = copy_of(stopped_run, tmp_path)
+    inflated(out / "train_state.pt", 1 << 20)
+    before = files_of(out)
+    with pytest.raises(RamerError, match="its entry .*data.pkl is compressed, which torch.save never writes"):
+        ckpt.load_train_state(out / "train_state.pt")
+    assert files_of(out) == before
+
+
+def test_a_training_state_past_the_runs_epochs_is_refused_and_loses_nothing(stopped_run, tmp_path):
+    """A state of epoch 10**18 of a run of 3 epochs said the run had trained all its epochs, tested it
+    and logged 10**18 epochs run."""
+    out = copy_of(stopped_run, tmp_path)
+    edit_state(out, lambda s: s.__setitem__("epoch", 10**18))
+    before = files_of(out)
+    cfg = tiny_cfg()
+    with pytest.raises(RamerError, match="'epoch' 1000000000000000000 is past the run's train.epochs 3"):
+        Recipe(cfg, out, bundle=generate(cfg.data.synthetic), resume=True).run()
+    assert files_of(out) == before
+
+
+def test_a_pickle_of_another_protocol_is_refused_without_torchs_warning(tmp_path):
+    """torch warned of the pickle protocol (two lines of its source) before the one-line refusal."""
+    path = tmp_path / "train_state.pt"
+    path.write_bytes(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RamerError, match="not a ramer training state"):
+            ckpt.load_train_state(path)
+    assert [str(w.message) for w in caught] == []
+
+
+# ------------------------------------------------------------------ a study continued (ramer tune --out STUDY)
+def study_with(out, edit_sql=None, study_attrs=(), **trial_attrs):
+    """``out/study.db``: a study of late_fusion as ramer tune makes it, with one complete trial whose
+    records are ``trial_attrs``; ``study_attrs`` replace the study's; ``edit_sql`` is run on the file."""
+    optuna = pytest.importorskip("optuna")
+    from ramer import tune
+
+    out.mkdir()
+    base = tiny_cfg()
+    study, _ = tune.open_study(optuna, out, None, base, 0)
+    for key, value in study_attrs:
+        study.set_user_attr(key, value)
+    dist = optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)
+    attrs = {"worker": {"host": "elsewhere", "pid": 7}, "steps": 6, "seconds": 1.5, **trial_attrs}
+    trial = optuna.trial.create_trial(params={"train.lr": 1e-3}, distributions={"train.lr": dist}, value=0.3)
+    trial.user_attrs.update(attrs)
+    study.add_trial(trial)
+    if edit_sql:
+        with sqlite3.connect(out / "study.db") as db:
+            db.execute(edit_sql)
+    return optuna, tune, base
+
+
+@pytest.mark.parametrize(
+    ("attrs", "study_attrs", "edit_sql", "message"),
+    [
+        ({"seconds": "x"}, (), None, "trial 0's 'seconds' 'x' is not what ramer tune records"),
+        ({"worker": "x"}, (), None, "trial 0's 'worker' 'x' is not what ramer tune records"),
+        ({"worker": {"host": "h", "pid": 10**20}}, (), None, "trial 0's 'worker' {'host': 'h', 'pid': 1"),
+        ({}, (("trial_seeds", "2"),), None, "its 'trial_seeds' '2' is not a count of 1 or more"),
+        ({}, (("config", "x"),), None, "its 'config' is not an object, but str"),
+        ({}, (), "UPDATE trial_values SET value = 1e999", "trial 0's value inf is not a finite score"),
+        ({}, (), 'UPDATE trial_params SET distribution_json = \'{"name": "x"}\'', "Unknown distribution class: x"),
+        ({}, (), f"UPDATE trial_user_attributes SET value_json = '{'[' * 10**5}{']' * 10**5}'", "maximum recursion"),
+    ],
+)
+def test_a_study_ramer_tune_did_not_write_is_refused_when_opened(tmp_path, attrs, study_attrs, edit_sql, message):
+    """A study of records of other kinds (a worker's pid of 'x' or 10**20, seconds of 'x', a value of
+    inf, a distribution Optuna does not know, JSON nested too deeply) was opened, and a trial run,
+    then failed with a traceback in fail_stale or write_outputs (the run's trial written into it)."""
+    out = tmp_path / "study"
+    optuna, tune, base = study_with(out, edit_sql, study_attrs, **attrs)
+    before = (out / "study.db").read_bytes()
+    with pytest.raises(RamerError, match=re.escape(message)):
+        tune.open_study(optuna, out, None, base, 0)
+    assert (out / "study.db").read_bytes() == before
+
+
+def test_a_study_db_of_other_tables_is_not_made_a_study(tmp_path):
+    """Optuna added its tables to an SQLite database of the user's at OUT/study.db and ran the study in it."""
+    optuna = pytest.importorskip("optuna")
+    from ramer import tune
+
+    out = tmp_path / "study"
+    out.mkdir()
+    with sqlite3.connect(out / "study.db") as db:
+        db.execute("CREATE TABLE mine (x TEXT)")
+    before = (out / "study.db").read_bytes()
+    with pytest.raises(RamerError, match=r"study.db: an SQLite database of other tables \(mine\), not an Optuna study"):
+        tune.open_study(optuna, out, None, tiny_cfg(), 0)
+    assert (out / "study.db").read_bytes() == before
