@@ -648,6 +648,22 @@ def test_cache_reads_a_stored_config_with_todays_defaults(tmp_path):
     assert bench_mod.cache_state(run, other) == "fresh" and not run.exists()
 
 
+def test_cache_reads_a_stored_config_as_config_files_are_read(tmp_path):
+    """A cached run's config.yaml is read without YAML aliases (ramer never writes them; nested ones
+    expand a few hundred bytes into billions of values): one is a config that does not read back,
+    so the run is trained again, where yaml.safe_load expanded it and took the run as done."""
+    cfg = build_config(overrides=["train.epochs=1"])
+    run = tmp_path / "run"
+    run.mkdir()
+    text = yaml.safe_dump(cfg.model_dump(mode="json"))
+    assert "  epochs: 1\n" in text and "  seed: 1\n" in text
+    (run / "config.yaml").write_text(
+        text.replace("  epochs: 1\n", "  epochs: &one 1\n").replace("  seed: 1\n", "  seed: *one\n")
+    )
+    (run / "test_metrics.json").write_text("{}")
+    assert bench_mod.cache_state(run, cfg) == "fresh" and not run.exists()
+
+
 # ---------------------------------------------------------------------- tuned settings
 def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
     """--tuned DIR: late_fusion's run takes the searched keys of DIR/late_fusion/best.yaml; every other

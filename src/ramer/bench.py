@@ -57,6 +57,7 @@ from ramer.config import (
     build_config,
     config_from_dict,
     differences,
+    load_yaml_text,
     set_keys,
     with_todays_defaults,
     with_values,
@@ -459,7 +460,7 @@ def _config_changes(run: Path, cfg: Config) -> list[str] | None:
     path = run / "config.yaml"
     readable(path)
     try:
-        stored = with_todays_defaults(yaml.safe_load(path.read_text()), str(path))
+        stored = with_todays_defaults(load_yaml_text(path.read_text()), str(path))  # aliases refused, not expanded
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RamerError):
         return None
     return differences(stored, cfg.model_dump(mode="json"))

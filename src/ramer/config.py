@@ -296,7 +296,9 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _safe_load(text: str) -> Any:
+def load_yaml_text(text: str) -> Any:
+    """YAML text as a config file is read: no Python tags, no aliases, no key given twice (a
+    ``yaml.YAMLError`` names the place)."""
     return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: Python tags are refused
 
 
@@ -323,7 +325,7 @@ def _parse_value(text: str, annotation: Any = None) -> Any:
     field that takes a string (``annotation``: ``str``, ``str | None``) a plain scalar stays the text
     given: ``data.path=2024`` is the folder 2024, not the number."""
     try:
-        value = _safe_load(text)
+        value = load_yaml_text(text)
     except yaml.YAMLError:
         return text
     if _admits_str(annotation) and value is not None and not isinstance(value, (str, list, dict)):
@@ -374,7 +376,7 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise RamerError(f"config file not found: {path} (it is a folder)")
     try:
-        tree = _safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = load_yaml_text(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise RamerError(f"config file not found: {path}") from None
     except OSError as e:
