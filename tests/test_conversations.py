@@ -1138,7 +1138,7 @@ def test_audio_features_per_utterance_only_for_the_speaker(tmp_path, fake_text):
     # the cache: the same media again -> nothing decoded; a newer media file -> computed again
     calls = []
     real = F.audio_features
-    F_audio = lambda path, windows: calls.append(path) or real(path, windows)  # noqa: E731
+    F_audio = lambda path, windows, advance=None: calls.append(path) or real(path, windows, advance)  # noqa: E731
     mp = pytest.MonkeyPatch()
     mp.setattr(F, "audio_features", F_audio)
     try:

@@ -173,7 +173,7 @@ def test_ctrl_c_inside_numba_code_is_an_interrupt_that_keeps_the_cache(tmp_path,
     wav(tmp_path / "a.wav", tone(150, 2.0))
     src = table(tmp_path / "talk.csv", "a.wav", [(0, 1), (1, 2)])
 
-    def interrupted(path, windows):
+    def interrupted(path, windows, advance=None):
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt as e:

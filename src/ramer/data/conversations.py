@@ -864,6 +864,55 @@ def _progress(console):
     )
 
 
+LOG_EVERY = 30.0  # seconds between the lines that say how far a stage is, when stderr is not a terminal
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class _Stage:
+    """What one feature stage shows while it runs, per utterance: a bar on a terminal; where stderr
+    is not one (a log file, CI) plain lines instead, as training prints a line an epoch: one when the
+    stage starts, one at most every ``LOG_EVERY`` seconds with how far it is. On both, a line when it
+    ends, with its counts and seconds (from ``t0``, as ``Report.seconds``). ``advance(n)``: ``n`` more
+    utterances computed."""
+
+    def __init__(self, console, kind: str, convs: list[Conversation], todo: list[Conversation], t0: float):
+        self.console, self.kind, self.t0 = console, kind, t0
+        self.total = sum(len(c.utterances) for c in todo)
+        n = sum(len(c.utterances) for c in convs)
+        self.what = f"{kind}: {_plural(n, 'utterance')} in {_plural(len(convs), 'conversation')}"
+        self.cached = n - self.total
+        self.done = 0
+
+    def _say(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def __enter__(self) -> _Stage:
+        self.log = not self.console.is_terminal
+        if self.log and self.total:
+            self._say(f"{self.what} ({self.total} to compute, {self.cached} cached) ...")
+        self.said = time.perf_counter()
+        self.bar = _progress(self.console).__enter__()
+        self.task = self.bar.add_task(f"{self.kind}: {self.total} utterances", total=self.total)
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.advance(self.task, n)
+        now = time.perf_counter()
+        if self.log and now - self.said >= LOG_EVERY and self.done < self.total:
+            self._say(f"{self.kind}: {self.done} of {self.total} utterances computed ({now - self.t0:.0f} s)")
+            self.said = now
+
+    def __exit__(self, error, *exc) -> None:
+        self.bar.__exit__(error, *exc)
+        if error is None:  # not after an error or Ctrl-C
+            seconds = time.perf_counter() - self.t0
+            self._say(f"{self.what}: done in {seconds:.1f} s (computed {self.total}, cached {self.cached})")
+
+
 def _from_cache(
     kind: str, ks: list[int], convs: list[Conversation], cache: F.FeatureCache, report: Report, key, use
 ) -> list[tuple[int, str]]:
@@ -894,18 +943,20 @@ def _media_stage(
     use,
 ) -> None:
     """One media feature stage (``audio`` or ``visual``) over conversations ``ks``: arrays from the
-    cache where ``key(conversation)`` matches, else ``compute(conversation)`` (cached); each
-    conversation's arrays go to ``use(k, arrays)``. A decoding failure names the media's row."""
+    cache where ``key(conversation)`` matches, else ``compute(conversation, advance)`` (cached;
+    ``advance(n)`` as ``n`` more of its utterances are done); each conversation's arrays go to
+    ``use(k, arrays)``. A decoding failure names the media's row."""
+    t0 = time.perf_counter()
     todo = _from_cache(kind, ks, convs, cache, report, key, use)
-    if not todo:
+    if not ks:  # no conversation has this kind of media: nothing to say
         return
     what = "video" if kind == "visual" else kind
-    with _progress(console) as bar:
-        task = bar.add_task(f"{kind}: {len(todo)} conversations", total=len(todo))
+    with _Stage(console, kind, [convs[k] for k in ks], [convs[k] for k, _ in todo], t0) as stage:
         for k, k_key in todo:
             c = convs[k]
+            before = stage.done
             try:
-                arrays = compute(c)
+                arrays = compute(c, stage.advance)
             except ValueError as e:
                 raise RamerError(
                     f"{_where(path, c.media_row)}: media '{c.media_name}': {what} could not be decoded ({e})"
@@ -916,7 +967,7 @@ def _media_stage(
                 raise
             cache.put(kind, c.name, k_key, arrays)
             use(k, arrays)
-            bar.advance(task)
+            stage.advance(before + len(c.utterances) - stage.done)  # those not counted (no stream, cut short)
 
 
 def _interrupted(e: BaseException) -> bool:
@@ -985,35 +1036,34 @@ def compute_features(
 
     pending = _from_cache("text", list(range(len(convs))), convs, cache, report, key=text_key, use=set_text)
     texts = [(k, s, u.text) for k, _ in pending for s, u in enumerate(convs[k].utterances) if u.text]
-    if texts:
-        with _progress(console) as bar:
-            task = bar.add_task(f"text: {len(texts)} utterances", total=len(texts))
-            emb = F.embed_texts([t for _, _, t in texts], advance=lambda n: bar.advance(task, n))
-        for (k, s, _), vec in zip(texts, emb):
-            out[k].text[s] = vec
-            out[k].text_ok[s] = True
-    # which texts the model cut to their start (its max_seq_length): counted once, kept in the entry
-    recount = [k for k, _ in pending] + uncounted
-    rows = [(k, s) for k in recount for s, u in enumerate(convs[k].utterances) if u.text]
-    flags, limit = cut_texts([convs[k].utterances[s].text for k, s in rows])
-    for k in recount:
-        out[k].text_cut, out[k].text_cut_at = np.zeros(len(convs[k].utterances), dtype=bool), limit
-    for (k, s), cut in zip(rows, flags):
-        out[k].text_cut[s] = cut
-    for k in recount:
-        f = out[k]
-        arrays = {"features": f.text, "present": f.text_ok, "cut": f.text_cut, "cut_at": np.int64(f.text_cut_at)}
-        cache.put("text", convs[k].name, text_key(convs[k]), arrays)
-    cut_rows = [u.row for c, f in zip(convs, out) for u, cut in zip(c.utterances, f.text_cut) if cut]
-    report.text_cut = len(cut_rows)
-    if cut_rows:
-        n, limit = len(cut_rows), max(f.text_cut_at for f in out)
-        one = n == 1
-        report.notes.append(
-            f"text: {n} utterance{'' if one else 's'} {'is' if one else 'are'} longer than the {limit} word "
-            f"pieces the text model reads: only {'its' if one else 'their'} start gives {'its' if one else 'their'} "
-            f"features (the first: row {min(cut_rows)})"
-        )
+    with _Stage(console, "text", convs, [convs[k] for k, _ in pending], t0) as stage:
+        if texts:
+            emb = F.embed_texts([t for _, _, t in texts], advance=stage.advance)
+            for (k, s, _), vec in zip(texts, emb):
+                out[k].text[s] = vec
+                out[k].text_ok[s] = True
+        # which texts the model cut to their start (its max_seq_length): counted once, kept in the entry
+        recount = [k for k, _ in pending] + uncounted
+        rows = [(k, s) for k in recount for s, u in enumerate(convs[k].utterances) if u.text]
+        flags, limit = cut_texts([convs[k].utterances[s].text for k, s in rows])
+        for k in recount:
+            out[k].text_cut, out[k].text_cut_at = np.zeros(len(convs[k].utterances), dtype=bool), limit
+        for (k, s), cut in zip(rows, flags):
+            out[k].text_cut[s] = cut
+        for k in recount:
+            f = out[k]
+            arrays = {"features": f.text, "present": f.text_ok, "cut": f.text_cut, "cut_at": np.int64(f.text_cut_at)}
+            cache.put("text", convs[k].name, text_key(convs[k]), arrays)
+        cut_rows = [u.row for c, f in zip(convs, out) for u, cut in zip(c.utterances, f.text_cut) if cut]
+        report.text_cut = len(cut_rows)
+        if cut_rows:
+            n, limit = len(cut_rows), max(f.text_cut_at for f in out)
+            one = n == 1
+            report.notes.append(
+                f"text: {n} utterance{'' if one else 's'} {'is' if one else 'are'} longer than the {limit} word "
+                f"pieces the text model reads: only {'its' if one else 'their'} start gives "
+                f"{'its' if one else 'their'} features (the first: row {min(cut_rows)})"
+            )
     report.seconds["text"] = round(time.perf_counter() - t0, 3)
 
     # --- audio: per conversation with media
@@ -1023,8 +1073,8 @@ def compute_features(
     def set_audio(k: int, arrays: dict) -> None:
         out[k].audio, out[k].audio_ok = arrays["features"], arrays["present"]
 
-    def audio(c: Conversation) -> dict:
-        features, present = F.audio_features(c.media, c.windows)
+    def audio(c: Conversation, advance) -> dict:
+        features, present = F.audio_features(c.media, c.windows, advance=advance)
         return {"features": features, "present": present}
 
     _media_stage(
@@ -1069,8 +1119,8 @@ def compute_features(
         for r, n in json.loads(str(arrays["rules"])).items():
             report.visual_rules[r] = report.visual_rules.get(r, 0) + n
 
-    def visual(c: Conversation) -> dict:
-        got = F.visual_features(c.media, c.windows, c.speakers, c.others, len(c.persons))
+    def visual(c: Conversation, advance) -> dict:
+        got = F.visual_features(c.media, c.windows, c.speakers, c.others, len(c.persons), advance=advance)
         if got is None:
             return {"rules": np.str_("{}")}
         features, present, rules = got

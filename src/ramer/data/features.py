@@ -22,6 +22,7 @@ model trained on one imported set predicts on another.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib
 import json
@@ -371,9 +372,12 @@ def utterance_audio_features(y: np.ndarray, sr: int = AUDIO_RATE) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def audio_features(path: Path, windows: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+def audio_features(
+    path: Path, windows: Sequence[tuple[float, float]], advance: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per utterance window ``(start, end)`` in seconds: features ``(S, 133)`` and a presence flag
     ``(S,)`` (False when the media has no audio stream or the window holds no sample).
+    ``advance(1)`` is called as each window is done (the progress bar: an hour of media is minutes).
 
     The audio is decoded as a stream: a window's features are computed once the stream has passed
     its end, samples before every window still open are let go, and decoding stops after the last
@@ -400,6 +404,8 @@ def audio_features(path: Path, windows: Sequence[tuple[float, float]]) -> tuple[
                 feats[s] = utterance_audio_features(clip)
                 present[s] = True
             i += 1
+            if advance is not None:
+                advance(1)
 
     chunks = _audio_chunks(path)
     try:
@@ -478,15 +484,34 @@ def sample_times(start: float, end: float) -> np.ndarray:
     return t
 
 
-def detect_faces(path: Path, windows: Sequence[tuple[float, float]], max_faces: int) -> list[list[list[Face]]] | None:
+def detect_faces(
+    path: Path,
+    windows: Sequence[tuple[float, float]],
+    max_faces: int,
+    advance: Callable[[int], None] | None = None,
+) -> list[list[list[Face]]] | None:
     """Faces in the frames sampled in each window: ``out[s][k]`` is the list of faces of the
     ``k``-th sampled frame of window ``s``. None when the media has no video stream. Each decoded
-    frame is searched at most once, also when windows overlap."""
+    frame is searched at most once, also when windows overlap. ``advance(n)`` is called as ``n``
+    more windows have all their frames searched (the progress bar)."""
     av = _av()
     fm_mod = require("mediapipe.python.solutions.face_mesh", FACE_HINT, "visual features (face landmarks)")
     wanted = [(t, s) for s, (a, b) in enumerate(windows) for t in sample_times(a, b)]
     wanted.sort()
     out: list[list[list[Face]]] = [[] for _ in windows]
+    ends = [0] * len(windows)  # per window: how many of ``wanted`` are searched once its frames are
+    for j, (_, s) in enumerate(wanted):
+        ends[s] = j + 1
+    ends.sort()
+    told = 0  # windows said done to ``advance``
+
+    def tell() -> None:
+        nonlocal told
+        n = bisect.bisect_right(ends, k) - told
+        if n and advance is not None:
+            advance(n)
+        told += n
+
     try:
         container = av.open(str(path))
     except Exception as e:
@@ -499,6 +524,7 @@ def detect_faces(path: Path, windows: Sequence[tuple[float, float]], max_faces: 
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         k = 0
+        tell()  # windows too short for a sampled frame
         with fm_mod.FaceMesh(
             static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False, min_detection_confidence=0.5
         ) as mesh:
@@ -511,6 +537,7 @@ def detect_faces(path: Path, windows: Sequence[tuple[float, float]], max_faces: 
                     faces = faces if faces is not None else _faces_in(frame, mesh)
                     out[wanted[k][1]].append(faces)
                     k += 1
+                tell()
 
             try:
                 prev = None
@@ -632,11 +659,12 @@ def visual_features(
     speakers: Sequence[int],
     others: Sequence[Sequence[int]],
     n_persons: int,
+    advance: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]] | None:
     """Visual features ``(P, S, 390)``, presence ``(P, S)`` and the count of each assignment rule
-    over the windows; None when the media has no video stream."""
+    over the windows; None when the media has no video stream. ``advance``: as ``detect_faces``."""
     max_faces = min(max(n_persons + 1, 2), 8)  # one more than the persons: extra faces make it unreliable
-    frames = detect_faces(path, windows, max_faces)
+    frames = detect_faces(path, windows, max_faces, advance)
     if frames is None:
         return None
     S = len(windows)
