@@ -653,3 +653,22 @@ def test_a_record_of_many_objects_is_refused_before_it_is_allocated():
     small = np.array([(1, "x"), (2, [3])], dtype=[("n", "i8"), ("o", "O")])
     got = safe_pickle_loads(pickle.dumps(small, protocol=2))
     assert got.dtype == small.dtype and got["o"].tolist() == ["x", [3]]
+
+
+def test_a_torch_file_with_a_compressed_entry_is_refused_before_it_is_inflated(tmp_path):
+    """torch.save stores its entries as they are; torch.load reads a compressed one whole into
+    memory, so a data file of a few kilobytes could ask for gigabytes: refused, naming the entry."""
+    import zipfile
+
+    path = tmp_path / "feats.pt"
+    torch.save({"train": {"x": torch.zeros(4, 3)}}, path)
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries:
+            if "/data/" in info.filename:
+                z.writestr(info.filename, data + bytes(1 << 20), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                z.writestr(info, data)
+    with pytest.raises(RamerError, match=r"feats.pt: its entry .*/data/0 is compressed, which torch.save never writes"):
+        safe_load(path)

@@ -17,7 +17,6 @@ import math
 import os
 import pickle
 import warnings
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ramer.config import TASKS, Config, config_from_dict
-from ramer.data.safe_load import refused_global
+from ramer.data.safe_load import compressed_entry, refused_global
 from ramer.errors import RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
@@ -325,18 +324,6 @@ def load_train_state(path: str | Path) -> dict:
     if problem:
         raise RamerError(f"{path}: not a ramer training state ({problem})")
     return state
-
-
-def compressed_entry(path: str | Path) -> str | None:
-    """The name of a compressed entry of a torch.save zip file, or None (none, or not a zip file: a
-    legacy torch file). torch.save stores every entry as it is; a compressed one is inflated whole
-    into memory by ``torch.load``, a few megabytes becoming gigabytes."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return None
-    return next((i.filename[:80] for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
 
 
 def _tensors(value) -> bool:
