@@ -59,7 +59,8 @@ class Predictor:
         batch; ``split`` is for a bundle only.
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
-        this one shared out among them; can be faster than one process with several threads.
+        this one shared out among them; can be faster than one process with several threads. Linux
+        only (``infer.check_fork``: no fork on Windows, none safe on macOS).
 
         Features must be finite where their presence bit is True: a batch is checked before it is
         scored; a store or bundle whose scores come out NaN is scanned, and the error names the data

@@ -633,6 +633,11 @@ def worker_pool(jobs: int, **kwargs):
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def load_average() -> float | None:
+    """The system's 1-minute load average, for the report; ``None`` where it has none (Windows)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def default_jobs() -> int:
     """One single-threaded run per core (at most 8): small models do not scale with threads, and
     several torch threads on a busy machine are far slower than one."""
@@ -644,13 +649,15 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     """Run (or reuse) every (model, seed, rate) and write results.json, report.md and the plots."""
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
-    load_start = os.getloadavg()
+    load_start = load_average()
     base = s.base or base_config(s)
     with hold(work_folder(s.out, "bench"), "ramer bench"):  # the run folders below hold their own locks
         return _run_bench(s, base, console, t_start, load_start)
 
 
-def _run_bench(s: BenchSettings, base: Config, console: Console, t_start: float, load_start: tuple) -> list[dict]:
+def _run_bench(
+    s: BenchSettings, base: Config, console: Console, t_start: float, load_start: float | None
+) -> list[dict]:
     t0 = time.perf_counter()
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
@@ -745,7 +752,7 @@ def _run_bench(s: BenchSettings, base: Config, console: Console, t_start: float,
     write_results(s.out, results)  # every planned run read: the file holds this bench's runs alone
     info = {
         "wall_seconds": time.perf_counter() - t_start,
-        "load": (load_start, os.getloadavg()),
+        "load": (load_start, load_average()),
         "counts": counts,
         "bundle": bundle,
         "task": task,
@@ -1046,7 +1053,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         else f"{t.epochs} epochs"
     )
     lr = "(lr tuned per model)" if s.tuned and "train.lr" not in set_keys(s.overrides) else f"lr {t.lr:g}"
-    (l1, _, _), (l2, _, _) = info["load"]
+    l1, l2 = info["load"]
+    load = "" if l1 is None or l2 is None else f", load average {l1:.1f} at start, {l2:.1f} at end"
     c = info["counts"]
     if info["task"] == "single_label":
         decision = "single-label data: arg-max decision, best epoch chosen on validation weighted F1"
@@ -1087,8 +1095,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
             if s.complete
             else []
         ),
-        f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}, load average {l1:.1f} at start, "
-        f"{l2:.1f} at end. This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, "
+        f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}{load}. "
+        f"This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, "
         f"{c['resume']} resumed, {c['done']} reused from the cache); all runs together: "
         f"{sum(r['seconds'] for r in results):.0f} s of training "
         "and testing.",

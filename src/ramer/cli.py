@@ -91,8 +91,8 @@ LOADER_SET_HELP = (
 )
 DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"
 WORKERS_HELP = (
-    "score in N forked processes (CPU), this process's threads shared out among them; can be faster "
-    "than one process with several threads (docs/PERFORMANCE.md). Default 1"
+    "score in N forked processes (CPU, Linux), this process's threads shared out among them; can be "
+    "faster than one process with several threads (docs/PERFORMANCE.md). Default 1"
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 
 import numpy as np
 import torch
@@ -228,13 +229,17 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
 def launch(argv: list[str]) -> int:
     """torchrun (``torch.distributed.run``) with the arguments ``argv``; returns an exit code where
     torchrun raises and prints a traceback: the first failed worker's (its error is its own output;
-    128 + S for one killed by signal S), 128 + S when this process got signal S (130: Ctrl-C)."""
+    128 + S for one killed by signal S), 128 + S when this process got signal S (130: Ctrl-C).
+    On Windows the rendezvous store is told not to use libuv (``USE_LIBUV=0``, unless set): torch's
+    Windows builds lack it, yet torchrun's store asks for it, and every launch failed there."""
     import signal
 
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    if sys.platform == "win32":  # the workers inherit it: their process group's store is the same kind
+        os.environ.setdefault("USE_LIBUV", "0")
     try:
         run(parse_args(argv))
     except ChildFailedError as e:
@@ -248,6 +253,4 @@ def launch(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # python -m ramer.dist ARGS: what ramer train --nproc runs
-    import sys
-
     sys.exit(launch(sys.argv[1:]))

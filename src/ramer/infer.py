@@ -40,14 +40,15 @@ class Predictions:
 
 def resolve_device(name: str, instead: str = "use --set train.device=cpu", what: str = "train.device") -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N`` as a torch device, checked against this machine; ``instead``
-    says what to do where CUDA is missing (it differs for training and for a trained run); ``what``
-    names where the device was asked for."""
+    says what to do where CUDA is missing or another device is asked for (Apple's ``mps``: the models
+    and the classical baselines' float64 arrays are not tested there), and it differs for training
+    and for a trained run; ``what`` names where the device was asked for."""
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise RamerError(f"{what}: unknown device '{name}' (cpu, cuda or cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
-        raise RamerError(f"{what} is '{name}': ramer runs on cpu or cuda")
+        raise RamerError(f"{what} is '{name}': ramer runs on cpu or cuda, not {dev.type}; {instead}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RamerError(f"{what} is '{name}' but CUDA is not available here; {instead}")
@@ -111,14 +112,16 @@ def predict(
     ``workers``: CPU only, the scenes are split into at most that many contiguous blocks of whole
     batches, each scored by a forked process on its share of the threads (``_score_forked``).
     """
+    if workers > 1 and (shard or device.type != "cpu"):
+        raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
+    if workers > 1:
+        check_fork(workers)  # refused on a system without a safe fork, whatever the number of batches
     was_training = model.training
     model.eval()
     n = len(store)
     part = dist.eval_slice(n) if shard else slice(0, n)
     if model_dtype(model) != torch.float32:  # a model cast whole (``to_inference_precision``): no autocast
         precision = "fp32"
-    if workers > 1 and (shard or device.type != "cpu"):
-        raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
     blocks = _batch_blocks(part, batch_size, workers)
     if len(blocks) > 1:
         out = _score_forked(model, store, blocks, batch_size, device, precision)
@@ -174,6 +177,21 @@ def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int,
     return [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
 
 
+def check_fork(workers: int) -> None:
+    """``workers`` > 1 score in forked processes: elsewhere than on Linux a RamerError naming the
+    option. Windows has no fork; macOS has one, but a process forked there without ``exec`` may crash
+    or hang in the system's frameworks (Python starts processes by spawn there since 3.8), and spawned
+    workers would each load the model and the data again, which is what forking saves."""
+    import multiprocessing
+    import sys
+
+    if sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
+        raise RamerError(
+            f"--workers {workers} (workers={workers}) scores in forked processes, which only Linux gives "
+            f"(this is {sys.platform}); use --workers 1: one process, on all of its threads"
+        )
+
+
 def _score_forked(
     model: nn.Module,
     store: SceneStore,
@@ -188,15 +206,13 @@ def _score_forked(
 
     Threads of one process meet at every one of the many small ops of a batch; processes of one
     thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
-    workers inherit the model and the data without copying them."""
+    workers inherit the model and the data without copying them (``check_fork``: Linux only)."""
     global _FORKED
     import multiprocessing
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise RamerError("scoring with several worker processes needs the 'fork' start method (Linux)")
     _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // len(blocks)))
     try:
-        with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:
+        with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:  # predict checked it
             parts = pool.map(_score_block, blocks, chunksize=1)
     finally:
         _FORKED = None

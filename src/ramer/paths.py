@@ -347,7 +347,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")  # not the locale's (cp1252 on Windows)
 
     atomic_write(path, write)
 

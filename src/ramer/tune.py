@@ -44,6 +44,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -150,7 +151,7 @@ def open_study(
     ``trial_seeds`` runs per trial, and that ``out`` holds no other model's search. A new study
     records the fingerprints of ``bundle`` (the data at ``data.path``); a study that recorded them
     takes the same data under another spelling of its path (``ds``, ``./ds``, ``/abs/ds``)."""
-    url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    url = storage or study_url(out)
     if storage is None:
         check_study_file(out / STUDY_FILE)
     with storage_errors(optuna, url):
@@ -298,8 +299,18 @@ def _storage(optuna, url: str, attempts: int = 5):
             time.sleep(0.5 * (attempt + 1))
 
 
+def study_url(out: Path) -> str:
+    """The SQLite URL of ``out``'s study file; its path quoted, since the URL parser reads a ``?`` there
+    as the start of its options (the database went to a file beside the folder) and ``%41`` as ``A``."""
+    return "sqlite:///" + str((out / STUDY_FILE).resolve()).replace("%", "%25").replace("?", "%3F")
+
+
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped, does not)."""
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped, does not).
+    Windows has no signal 0 (``os.kill(pid, 0)`` sends Ctrl-C there): taken as alive, so the trial is
+    failed after the heartbeat grace period, as one of another machine is."""
+    if sys.platform == "win32":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
