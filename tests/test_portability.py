@@ -156,3 +156,18 @@ def test_the_study_database_lies_in_a_tune_folder_named_with_url_characters(tmp_
     argv = ["tune", "--model", "late_fusion", "--trials", "1", "--out", str(tmp_path / name)]
     assert main([*argv, *(x for s in sets for x in ("--set", s))]) == 0
     assert (tmp_path / name / "study.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_a_loaded_classical_model_keeps_no_map_of_its_file(tmp_path):
+    """A classical model's float64 arrays were views of the file's memory map: the predictor held
+    model.safetensors open, which Windows does not let another command replace or delete."""
+    import gc
+
+    sets = ["data.synthetic.n_train=48", "data.synthetic.n_valid=24", "data.synthetic.n_test=24"]
+    out = tmp_path / "br"
+    assert main(["train", "--model", "br", "--out", str(out), *(x for s in sets for x in ("--set", s))]) == 0
+    gc.collect()
+    predictor = ramer.load(out)
+    maps = Path("/proc/self/maps").read_text()
+    assert predictor.cfg.model.name == "br" and str(out / "model.safetensors") not in maps

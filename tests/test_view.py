@@ -272,6 +272,10 @@ def test_cli_errors_name_the_file(run, tmp_path, capsys):
         assert f"{bad}: line 1: 'threshold' must be a number in [0, 1]" in error(
             "--preds", str(bad), "--data", str(data)
         )
+    first = next(iter(line["probs"]))
+    for labels in ([first, first], [["x"]]):  # a label twice (a page of millions of one label), or not a name
+        bad.write_text(json.dumps({**line, "labels": labels}) + "\n")
+        assert f"{bad}: line 1: 'labels' " in error("--preds", str(bad), "--data", str(data))
     # the same ids, of other samples (the generator at another seed): not shown as this data's
     role = {"speaker": "nonspeaker", "nonspeaker": "speaker"}[line["role"]]
     target = {**line["target"], "person": line["target"]["person"] + 1}

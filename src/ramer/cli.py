@@ -789,7 +789,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         OUT.print(
             f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
             f"({values})\n"
-            f"config: {out / 'best.yaml'} (ramer train --config {out / 'best.yaml'}); trials: {out / 'trials.md'}",
+            f"config: {out / 'best.yaml'} (ramer train --config {shlex.quote(str(out / 'best.yaml'))}); "
+            f"trials: {out / 'trials.md'}",
             highlight=False,
             soft_wrap=True,
         )

@@ -316,8 +316,10 @@ def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dic
                 f"{where}: labels {sorted(probs)} differ from the data's {sorted(label_names)}; "
                 "were these predictions made on this dataset?"
             )
-        if not isinstance(labels, list) or not all(x in probs for x in labels):
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x in probs for x in labels):
             raise RamerError(f"{where}: 'labels' must be a list of label names from 'probs'")
+        if len(set(labels)) != len(labels):
+            raise RamerError(f"{where}: 'labels' names a label twice")
         if problem := _threshold_problem(rec.get("threshold"), label_names):
             raise RamerError(f"{where}: {problem}")
         if rec["id"] in seen:

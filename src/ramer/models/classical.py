@@ -236,7 +236,8 @@ class ClassicalModule(nn.Module):
     @classmethod
     def from_state(cls, kind: str, spec: DataSpec, state: dict[str, Tensor]) -> "ClassicalModule":
         """Rebuild from the tensors of a ``model.safetensors`` (``checkpoint.read_model_file``)."""
-        return cls(kind, spec, {k: v.double().numpy() for k, v in state.items()})
+        # copies: float64 tensors of the file are views of its memory map (the file would stay open)
+        return cls(kind, spec, {k: v.double().numpy().copy() for k, v in state.items()})
 
     def forward(self, batch: Batch) -> ClassicalOutput:
         X = pooled_features(_OneBatch(batch, self.spec.dims), chunk=max(1, batch.size))  # (B, D)
