@@ -4,6 +4,7 @@ process (random state, threads, grad mode, default dtype)."""
 
 import inspect
 import random
+import shlex
 import shutil
 import warnings
 
@@ -98,6 +99,18 @@ def test_an_unfinished_run_loads_with_a_warning(run, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ramer.load(tmp_path / "model" / "model.safetensors")
+
+
+def test_the_unfinished_runs_resume_command_pastes_with_a_space_in_the_folder(run, tmp_path):
+    """The warning's ``ramer train --resume RUN`` quotes a folder as ramer train's own Ctrl-C hint does:
+    unquoted, a folder with a space pasted as two arguments."""
+    stopped = tmp_path / "my runs" / "stopped"
+    shutil.copytree(run[0], stopped)
+    (stopped / "test_metrics.json").unlink()
+    with pytest.warns(ramer.api.RunNotFinished) as seen:
+        ramer.load(stopped)
+    command = str(seen[0].message).split("; ramer train --resume ", 1)[1].removesuffix(" finishes a stopped run")
+    assert shlex.split(command) == [str(stopped)]
 
 
 def test_load_says_which_path_to_give_instead(run, tmp_path):

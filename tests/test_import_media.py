@@ -118,6 +118,45 @@ def test_audio_is_decoded_as_a_stream_and_stops_after_the_last_utterance(tmp_pat
     assert present.all() and np.isfinite(feats).all()
 
 
+def test_utterances_that_follow_one_another_hold_one_window_not_the_media(monkeypatch):
+    """Utterances each starting where the one before ended (as a conversation's do) let go of
+    nothing when the decoder's chunks did not end exactly at a window's start: what was held grew to
+    the whole media and was copied again at every window (20 minutes in 0.5 s windows: 15 GB
+    copied). Each window's clip is still the one cut from the whole stream."""
+    wave = np.random.default_rng(0).standard_normal(120 * RATE).astype(np.float32)
+
+    def chunks(path, rate=RATE):  # frames end where the decoder's do, not at utterance times
+        for at in range(0, n_samples, 1021):
+            yield wave[at : min(at + 1021, n_samples)].copy()
+
+    def signature(clip, sr=RATE):  # which samples a window was given, cheaply
+        out = np.zeros(F.AUDIO_DIM, np.float32)
+        out[:4] = len(clip), clip.sum(dtype=np.float64), clip[0], clip[-1]
+        return out
+
+    monkeypatch.setattr(F, "_audio_chunks", chunks)
+    monkeypatch.setattr(F, "utterance_audio_features", signature)
+
+    def peak(seconds: int) -> int:
+        nonlocal n_samples
+        n_samples = seconds * RATE
+        windows = [(0.5 * k, 0.5 * (k + 1)) for k in range(2 * seconds)]
+        tracemalloc.start()
+        try:
+            feats, present = F.audio_features(Path("m.wav"), windows)
+            size = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert present.all()
+        want = [signature(wave[round(a * RATE) : round(b * RATE)]) for a, b in windows]
+        np.testing.assert_array_equal(feats, np.stack(want))
+        return size - feats.nbytes - present.nbytes
+
+    n_samples = 0
+    short, long = peak(10), peak(120)  # 0.6 MB and 7.7 MB of samples
+    assert long - short < 500_000, (short, long)
+
+
 def test_media_that_is_a_folder_a_pipe_or_a_link_loop_says_what_it_is(tmp_path, fake_text, needs_audio):
     """Each was 'not found', though the name was there (a FIFO is never opened: reading one waits)."""
     (tmp_path / "folder.wav").mkdir()

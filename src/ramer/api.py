@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,8 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     if (run / "train_state.pt").exists() and not (run / "test_metrics.json").exists():
         warnings.warn(
             f"{run}: the run has not finished (no test_metrics.json): still being trained, or stopped before its "
-            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {run} finishes a stopped run",
+            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {shlex.quote(str(run))} "
+            "finishes a stopped run",
             RunNotFinished,
             stacklevel=2,
         )

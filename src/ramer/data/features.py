@@ -393,8 +393,10 @@ def audio_features(
     held_at = pos = i = 0
 
     def finish(upto: float) -> None:
-        """Features of the windows (in ``order`` from ``i``) that end by ``upto``."""
-        nonlocal held, i
+        """Features of the windows (in ``order`` from ``i``) that end by ``upto``; then the samples
+        before every window still open are let go, also inside a chunk (utterances that follow one
+        another start inside the chunk that ended the one before)."""
+        nonlocal held, held_at, i
         joined = np.concatenate(held) if len(held) > 1 else held[0] if held else np.zeros(0, np.float32)
         held = [joined]
         while i < S and bounds[order[i]][1] <= upto:
@@ -406,6 +408,10 @@ def audio_features(
             i += 1
             if advance is not None:
                 advance(1)
+        cut = min(max(keep[i] - held_at, 0), len(joined)) if i < S else 0
+        if cut:
+            held = [joined[cut:].copy()] if cut < len(joined) else []  # a copy: a view would keep the rest
+            held_at += cut
 
     chunks = _audio_chunks(path)
     try:
