@@ -233,3 +233,12 @@ def test_a_study_db_of_other_tables_is_not_made_a_study(tmp_path):
     with pytest.raises(RamerError, match=r"study.db: an SQLite database of other tables \(mine\), not an Optuna study"):
         tune.open_study(optuna, out, None, tiny_cfg(), 0)
     assert (out / "study.db").read_bytes() == before
+
+
+def test_weights_for_a_lazy_module_are_not_checked_against_its_unknown_sizes():
+    """A module of another package may be lazy (``nn.LazyLinear``: its sizes come from the first input,
+    or from the file); its uninitialised parameters have no shape to compare, which crashed the check."""
+    from torch import nn
+
+    own = nn.LazyLinear(3).state_dict()
+    assert ckpt.fit_problems(own, {"weight": torch.zeros(3, 5), "bias": torch.zeros(3)}) == []

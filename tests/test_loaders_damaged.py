@@ -427,3 +427,15 @@ def test_a_memor_feature_file_that_fails_while_a_split_is_built_leaves_out_as_it
     after = load_native(out)
     assert {s: after.splits[s].fingerprint() for s in SPLITS} == prints
     assert sorted(p.name for p in out.iterdir()) == sorted(["meta.json", *SPLITS])
+
+
+def test_a_convert_killed_before_leaves_no_folder_of_splits_behind_the_next(files, tmp_path: Path, capsys):
+    """A convert killed mid-way (SIGKILL, a power cut) leaves its temporary folder of splits inside
+    --out; the next convert there, holding the folder, removes it."""
+    out = tmp_path / "ds"
+    convert(str(files["carat"]), out)
+    stale = out / ".convert.k1ll3d.tmp"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "text.npy").write_bytes(bytes(1024))
+    assert main(["data", "convert", str(files["carat"]), "--out", str(out)]) == 0
+    assert not stale.exists() and sorted(p.name for p in out.iterdir()) == sorted(["meta.json", *SPLITS])

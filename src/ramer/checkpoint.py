@@ -101,7 +101,7 @@ def read_spec(path: str | Path) -> DataSpec:
     return spec_from_meta(tree, path)
 
 
-def _whole(value, least: int) -> bool:
+def is_whole(value, least: int = 0) -> bool:
     """``value`` is an int (not a bool) of at least ``least``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
@@ -111,17 +111,17 @@ def _spec_problem(tree) -> str | None:
     if not isinstance(tree, dict):
         return f"an object expected, not {type(tree).__name__}"
     dims, names, n = tree.get("dims"), tree.get("label_names"), tree.get("n_labels")
-    if not isinstance(dims, dict) or not all(isinstance(k, str) and _whole(v, 0) for k, v in dims.items()):
+    if not isinstance(dims, dict) or not all(isinstance(k, str) and is_whole(v, 0) for k, v in dims.items()):
         return f"'dims' must map each modality to a feature size of 0 or more, not {dims!r:.60}"
     if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
         return f"'label_names' must be a non-empty list of names, not {names!r:.60}"
     twice = sorted(name for name, n in Counter(names).items() if n > 1)
     if twice:
         return f"'label_names' names a label twice ({', '.join(twice)[:60]})"
-    if not _whole(n, 1) or n != len(names):
+    if not is_whole(n, 1) or n != len(names):
         return f"'n_labels' {n!r:.20} does not count the {len(names)} label names"
     pers = tree.get("personality_dim")
-    if pers is not None and not _whole(pers, 0):
+    if pers is not None and not is_whole(pers, 0):
         return f"'personality_dim' must be a size of 0 or more or null, not {pers!r:.20}"
     if tree.get("task", "multi_label") not in TASKS:
         return f"'task' {tree.get('task')!r:.30} is not one of {', '.join(TASKS)}"
@@ -251,7 +251,7 @@ def fit_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     cast, as torch loads them)."""
     problems = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
     for k, v in state.items():
-        if k not in own:
+        if k not in own or torch.nn.parameter.is_lazy(own[k]):  # a lazy module's sizes come from the file
             continue
         if tuple(v.shape) != tuple(own[k].shape):
             problems.append(f"{k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
@@ -348,7 +348,7 @@ def train_state_problem(state: dict) -> str | None:
     """What is wrong with the fields of a loaded training state (what ``Recipe._save_train_state``
     writes), or None."""
     epoch, best = state["epoch"], state["best"]
-    if not _whole(epoch, 1):
+    if not is_whole(epoch, 1):
         return f"'epoch' must be a whole number of at least 1, not {epoch!r:.40}"
     if not _tensors(state["model"]):
         return "'model' must map parameter names to tensors"
@@ -369,7 +369,7 @@ def train_state_problem(state: dict) -> str | None:
     score, thr = best["score"], best["threshold"]
     if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
         return f"best 'score' must be a number, not {score!r:.40}"
-    if not _whole(best["epoch"], 0) or best["epoch"] > epoch:
+    if not is_whole(best["epoch"], 0) or best["epoch"] > epoch:
         return f"best 'epoch' must be a whole number from 0 to the state's epoch {epoch}, not {best['epoch']!r:.40}"
     if not _threshold_form(thr):
         return f"best 'threshold' must be '{ARGMAX}', a number in [0, 1] or one per label, not {thr!r:.60}"
@@ -384,7 +384,7 @@ def _real(value) -> bool:
 def _like(saved, live) -> bool:
     """``saved`` is a number of the kind ``live`` is: a whole number where ``live`` is an int, else
     any finite number of 0 or more."""
-    return _whole(saved, 0) if isinstance(live, int) else _real(saved)
+    return is_whole(saved, 0) if isinstance(live, int) else _real(saved)
 
 
 def _numbers_problem(saved, live: dict, where: str) -> str | None:
@@ -433,7 +433,7 @@ def check_optimizer_state(path, optimizer: torch.optim.Optimizer, scheduler, sta
     saved, names = state["optimizer"], names or {}
     groups = saved.get("param_groups")
     indices = isinstance(groups, list) and all(
-        isinstance(g, dict) and isinstance(g.get("params"), list) and all(_whole(i, 0) for i in g["params"])
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(is_whole(i, 0) for i in g["params"])
         for g in groups
     )
     if not indices:

@@ -216,10 +216,6 @@ def check_study_file(path: Path) -> None:
         )
 
 
-def _whole(value, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -227,14 +223,14 @@ def _number(value) -> bool:
 # What ``Objective`` and ``requeue`` record of a trial (``trial.user_attrs``), and the value each holds.
 TRIAL_ATTRS = {
     "worker": lambda v: (
-        isinstance(v, dict) and isinstance(v.get("host"), str) and _whole(v.get("pid"), 1) and v["pid"] < 2**31
+        isinstance(v, dict) and isinstance(v.get("host"), str) and ckpt.is_whole(v.get("pid"), 1) and v["pid"] < 2**31
     ),
     "run": lambda v: isinstance(v, str),
     "note": lambda v: isinstance(v, str),
     "seconds": lambda v: _number(v) and v >= 0,
     "seed_values": lambda v: isinstance(v, list) and all(map(_number, v)),
-    "retry_of": _whole,
-    **{key: _whole for key in ("best_epoch", "best_step", "epochs_run", "steps")},
+    "retry_of": ckpt.is_whole,
+    **{key: ckpt.is_whole for key in ("best_epoch", "best_step", "epochs_run", "steps")},
 }
 
 
@@ -249,7 +245,7 @@ def check_stored_study(optuna, study, url: str) -> None:
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise RamerError(f"cannot read the study at {url}: {first_line(e) or type(e).__name__}") from None
     problem = None
-    if "trial_seeds" in attrs and not _whole(attrs["trial_seeds"], 1):
+    if "trial_seeds" in attrs and not ckpt.is_whole(attrs["trial_seeds"], 1):
         problem = f"its 'trial_seeds' {attrs['trial_seeds']!r:.40} is not a count of 1 or more"
     for key in ("config", "data"):
         if problem is None and key in attrs and not isinstance(attrs[key], dict):

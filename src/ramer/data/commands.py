@@ -19,6 +19,7 @@ from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, check_dataset_folder, write_meta
 from ramer.errors import RamerError
+from ramer.paths import holding
 
 # data.* keys that are no loader option, and where each is given instead
 NOT_LOADER_OPTIONS = {
@@ -108,6 +109,9 @@ def convert(
         return json.loads(meta_path.read_text())
     # Every split is built into a temporary folder first: a file that fails while a later split is
     # built (a damaged feature file) leaves the dataset already in ``out`` as it was.
+    if holding(out):  # a convert killed before (SIGKILL, power loss) left its folder of splits
+        for stale in out.glob(".convert.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out))
     try:
         sizes, dims = {}, None
