@@ -107,3 +107,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished run of 2 epochs on tiny synthetic data (``test_recipe.tiny_cfg``, late fusion):
+    ``(folder, config)``."""
+    from test_recipe import tiny_cfg
+
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = tiny_cfg(extra=["train.epochs=2"])
+    Recipe(cfg, out, bundle=generate(cfg.data.synthetic)).run()
+    return out, cfg
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped after epoch 1 of 3 (what ``train --resume`` continues): a model file and a
+    training state."""
+    from test_recipe import Stop, stop_after, tiny_cfg
+
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), out, bundle=generate(tiny_cfg().data.synthetic), hooks=(stop_after(1),)).run()
+    return out

@@ -11,24 +11,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_recipe import tiny_cfg
 
 import ramer
 import ramer.api
 from ramer.api import load_data_for
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
-from ramer.train.recipe import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("api") / "run"
-    cfg = tiny_cfg(extra=["train.epochs=2"])
-    Recipe(cfg, out, bundle=generate(cfg.data.synthetic)).run()
-    return out, cfg
+def run(tiny_run):
+    return tiny_run
 
 
 def test_ramer_load_is_the_documented_function():

@@ -2,12 +2,10 @@
 outputs are and what to run next, Ctrl-C says how to go on (and that works, paths with spaces
 included), output cut short by its reader ends quietly with 141, and the help leads to the start."""
 
-import os
 import shlex
-import subprocess
-import sys
 
 from test_conversations import base_rows, write_table
+from test_recipe import to_closed_pipe
 
 import ramer.train
 from ramer.cli import build_parser, main
@@ -105,18 +103,8 @@ def test_import_ctrl_c_after_some_features_says_they_are_kept(tmp_path, fake_tex
 def test_a_table_to_a_closed_pipe_ends_quietly_with_141(tmp_path):
     """`ramer data synth ... | head -1`: rich's own answer to the closed pipe was exit code 1; as
     for plain print, the reader going away is 141 with nothing on stderr."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
     sizes = ["--set", "n_train=8", "--set", "n_valid=4", "--set", "n_test=4"]
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ramer", "data", "synth", "--out", str(tmp_path / "d"), *sizes],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    finally:
-        os.close(write_end)
+    proc = to_closed_pipe(["data", "synth", "--out", str(tmp_path / "d"), *sizes])
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
     assert (tmp_path / "d" / "meta.json").is_file()  # written before the report
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_recipe import Recipe, Stop, stop_after, tiny_cfg
+from test_recipe import Recipe, tiny_cfg
 
 import ramer
 from ramer import api
@@ -22,15 +22,6 @@ from ramer.data.synthetic import generate
 from ramer.errors import RamerError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
-    """A run stopped after epoch 1 of 3: a model file and a training state."""
-    out = tmp_path_factory.mktemp("stopped") / "run"
-    with pytest.raises(Stop):
-        Recipe(tiny_cfg(), out, bundle=generate(tiny_cfg().data.synthetic), hooks=(stop_after(1),)).run()
-    return out
 
 
 def files_of(out):

@@ -17,11 +17,8 @@ from ramer.train.recipe import Recipe
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pred") / "run"
-    cfg = tiny_cfg(extra=["train.epochs=2"])
-    Recipe(cfg, out, bundle=generate(cfg.data.synthetic)).run()
-    return out, cfg
+def run(tiny_run):
+    return tiny_run
 
 
 def test_predict_writes_one_line_per_sample(run, tmp_path):

@@ -504,21 +504,24 @@ def test_an_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     assert f"interrupted; resume with: ramer train --resume {out}" in capsys.readouterr().err
 
 
+def to_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess:
+    """``ramer ARGV`` in a new process whose stdout is a pipe its reader has left (``| head -1``
+    that ended before the first write)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "ramer", *argv], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+
+
 def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
     """`ramer data info DIR | head -1`: the reader goes away (here before the first write); ramer
     stops quietly."""
     generate(tiny_cfg().data.synthetic).save(tmp_path / "d")
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ramer", "data", "info", str(tmp_path / "d")],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    finally:
-        os.close(write_end)
+    proc = to_closed_pipe(["data", "info", str(tmp_path / "d")])
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 

@@ -8,19 +8,9 @@ import sys
 
 import pytest
 import torch
-from test_recipe import Recipe, Stop, one_error_line, stop_after, tiny_cfg
+from test_recipe import one_error_line
 
 from ramer.cli import main
-from ramer.data.synthetic import generate
-
-
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
-    """A run stopped after epoch 1 of 3 (what ``train --resume`` continues)."""
-    out = tmp_path_factory.mktemp("stopped") / "run"
-    with pytest.raises(Stop):
-        Recipe(tiny_cfg(), out, bundle=generate(tiny_cfg().data.synthetic), hooks=(stop_after(1),)).run()
-    return out
 
 
 def copy_of(stopped_run, tmp_path, edit=None):
