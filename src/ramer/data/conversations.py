@@ -1145,6 +1145,43 @@ def compute_features(
 
 
 # =========================================================================================== build
+def _any_bits(a: np.ndarray) -> bool:
+    """Whether ``a`` holds a value other than +0.0 (-0.0 too: the stores keep every bit)."""
+    return bool(a.any() or np.signbit(a).any())
+
+
+def scene_tokens(
+    convs: list[Conversation], feats: list[ConvFeatures], scenes: list[tuple[int, int, int]], offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The token arrays (text, audio, visual, present) of samples whose scenes are ``scenes``
+    (conversation k, its utterances a to b, every person of it): sample i's tokens, person by
+    person, from ``offsets[i]``. Text and audio lie only on each utterance's speaker row. Each
+    array is allocated once at its final size and filled in place; a conversation without audio
+    or visual leaves those rows as the zeros they start as (pages of zeros never written take no
+    memory, so a text-only import holds about the text alone)."""
+    m = int(offsets[-1])
+    text = np.zeros((m, F.TEXT_DIM), np.float32)
+    audio = np.zeros((m, F.AUDIO_DIM), np.float32)
+    visual = np.zeros((m, F.VISUAL_DIM), np.float32)
+    present = np.zeros((m, 3), bool)
+    spks = [np.asarray(c.speakers, dtype=np.int64) for c in convs]
+    has_audio = [_any_bits(f.audio) for f in feats]
+    has_visual = [_any_bits(f.visual) for f in feats]
+    for i, (k, a, b) in enumerate(scenes):
+        f, o, w = feats[k], int(offsets[i]), b - a
+        P = f.visual.shape[0]
+        rows = o + spks[k][a:b] * w + np.arange(w)  # each utterance's token on its speaker's row
+        text[rows] = f.text[a:b]
+        present[rows, 0] = f.text_ok[a:b]
+        if has_audio[k]:
+            audio[rows] = f.audio[a:b]
+        present[rows, 1] = f.audio_ok[a:b]
+        if has_visual[k]:
+            visual[o : o + P * w] = f.visual[:, a:b].reshape(-1, F.VISUAL_DIM)
+        present[o : o + P * w, 2] = f.visual_ok[:, a:b].reshape(-1)
+    return text, audio, visual, present
+
+
 def build_split(
     convs: list[Conversation],
     feats: list[ConvFeatures],
@@ -1160,19 +1197,14 @@ def build_split(
     conversation at each target row, the listeners as non-speaker targets) as a SceneStore, and
     per conversation what the timeline needs (its persons, index values, first sample and each
     sample's segment)."""
-    text, audio, visual, present = [], [], [], []
+    # first the samples' scenes (which persons and utterances each holds), then the token arrays,
+    # each allocated once at its final size (scene_tokens): the peak stays near the arrays themselves
+    scenes = []  # (conversation k, first utterance a, end b) per sample
     grids, targets, roles, labels, ids, character, pers, pers_ok = [], [], [], [], [], [], [], []
     items = []
-    for c, f in zip(convs, feats):
+    for k, c in enumerate(convs):
         P, S = len(c.persons), len(c.utterances)
         spk = np.asarray(c.speakers)
-        # the full conversation grid (P, S, d): text and audio only on the speaker's row
-        is_spk = np.zeros((P, S), dtype=bool)
-        is_spk[spk, np.arange(S)] = True
-        g_text = np.where(is_spk[..., None], f.text[None], 0).astype(np.float32)
-        g_audio = np.where(is_spk[..., None], f.audio[None], 0).astype(np.float32)
-        g_present = np.stack([is_spk & f.text_ok[None], is_spk & f.audio_ok[None], f.visual_ok], -1)
-        g_visual = f.visual
         chars = [person_ids[q] for q in c.persons]
         first = len(ids)
         tsegs = []
@@ -1181,10 +1213,7 @@ def build_split(
                 continue
             a, b = max(0, s - context), min(S, s + context + 1)
             for p in range(P) if everyone else [int(spk[s])]:
-                text.append(g_text[:, a:b].reshape(-1, F.TEXT_DIM))
-                audio.append(g_audio[:, a:b].reshape(-1, F.AUDIO_DIM))
-                visual.append(g_visual[:, a:b].reshape(-1, F.VISUAL_DIM))
-                present.append(g_present[:, a:b].reshape(-1, 3))
+                scenes.append((k, a, b))
                 grids.append((P, b - a))
                 targets.append((p, s - a))
                 speaking = p == spk[s]
@@ -1211,16 +1240,15 @@ def build_split(
     n = len(ids)
     grid = np.asarray(grids, dtype=np.int64).reshape(n, 2)
     sizes = grid[:, 0] * grid[:, 1]
-
-    def cat(parts: list[np.ndarray], d: int, dtype) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, d), dtype=dtype)
+    token_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    text, audio, visual, present = scene_tokens(convs, feats, scenes, token_offsets)
 
     store = SceneStore(
-        text=cat(text, F.TEXT_DIM, np.float32),
-        audio=cat(audio, F.AUDIO_DIM, np.float32),
-        visual=cat(visual, F.VISUAL_DIM, np.float32),
-        present=cat(present, 3, bool),
-        token_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        text=text,
+        audio=audio,
+        visual=visual,
+        present=present,
+        token_offsets=token_offsets,
         grid=grid.astype(np.int32),
         labels=np.asarray(labels, dtype=np.uint8).reshape(n, len(names)),
         target=np.asarray(targets, dtype=np.int32).reshape(n, 2),

@@ -23,11 +23,13 @@ model trained on one imported set predicts on another.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import hashlib
 import importlib
 import json
 import math
 import os
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -46,6 +48,7 @@ FACE_HINT = "pip install 'ramer[face]' (mediapipe 0.10.21; it needs numpy<2)"
 TEXT_MODEL = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
 TEXT_BATCH = 64
+TEXT_TRIM_BATCHES = 8  # the text stage hands freed memory back to the system every this many batches
 
 # ------------------------------------------------------------------------------------------ audio
 AUDIO_RATE = 16000
@@ -250,7 +253,24 @@ def embed_texts(texts: Sequence[str], advance: Callable[[int], None] | None = No
             out[start : start + len(chunk)] = emb
             if advance is not None:
                 advance(len(chunk))
+            if (start // TEXT_BATCH + 1) % TEXT_TRIM_BATCHES == 0:
+                give_back_freed_memory()
+    give_back_freed_memory()
     return out
+
+
+def give_back_freed_memory() -> None:
+    """Hand the heap that is free back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+    Each batch's tensors have sizes that change with its longest text, and glibc keeps what they
+    freed: over EmoryNLP's 9,489 texts the text stage grew from 0.45 to 1.2 GB resident, which
+    then stayed under the split arrays built after it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # another C library (musl): nothing to do
+        return
+    trim(0)
 
 
 # =========================================================================================== media
