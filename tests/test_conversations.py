@@ -1419,3 +1419,16 @@ def test_training_with_an_empty_test_split_says_so(tmp_path, fake_text, capsys):
         assert main([*argv, "--set", "train.epochs=1", "--set", "model.hidden=16", "--set", "model.heads=2"]) == 0
         err = capsys.readouterr().err
         assert f"note: {tmp_path / 'ds'}: the test split is empty; the run reports no test figures" in err, err
+
+
+def test_a_speaker_written_in_two_unicode_forms_is_one_person(tmp_path, fake_text):
+    """'José' with a precomposed é and with e + a combining accent look the same and are the same
+    person (Unicode's canonical equivalence): they were two persons, each with its own id."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    rows = [{**r, "speaker": composed if r["speaker"] == "ann" else r["speaker"]} for r in base_rows()]
+    rows = [{**r, "present": r["present"].replace("ann", decomposed)} for r in rows]
+    rows += [{"conversation": "c4", "index": 0, "speaker": decomposed, "text": "Hi.", "present": "", "labels": "joy"}]
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    persons = meta["info"]["conversations"]["persons"]
+    assert composed in persons and decomposed not in persons
+    assert meta["info"]["conversations"]["counts"]["persons"] == len(persons) == len(set(persons))

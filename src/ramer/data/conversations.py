@@ -139,13 +139,16 @@ def _text(value: Any, path: Path, row: int, column: str, expected: str = "text")
 
 def _name(value: Any, path: Path, row: int, column: str) -> str:
     """An id (conversation, person): text or a JSON integer; a JSON number with a fraction part is
-    refused, as ``1.0`` and ``1`` would be two names."""
+    refused, as ``1.0`` and ``1`` would be two names. A person's name is read in Unicode's composed
+    form (NFC): ``José`` typed with a combining accent in one file and without in another is one
+    person."""
     if isinstance(value, float) and math.isfinite(value):
         raise RamerError(
             f"{_where(path, row)}: column '{column}' holds the number {value!r}; give a name as text or an integer "
             "(1.0 and 1 would be two names)"
         )
-    return _text(value, path, row, column)
+    text = _text(value, path, row, column)
+    return unicodedata.normalize("NFC", text) if column in ("speaker", "present") else text
 
 
 def _int(value: Any, path: Path, row: int, column: str) -> int:
@@ -202,6 +205,8 @@ def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
     for item in items:
         item = item.strip()
         _python_list(item, path, row, column)
+        if column == "present":  # as ``_name`` reads a person's name
+            item = unicodedata.normalize("NFC", item)
         if item and item not in out:
             out.append(item)
     return tuple(out)
