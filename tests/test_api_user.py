@@ -123,7 +123,7 @@ def test_load_says_which_path_to_give_instead(run, tmp_path):
     with pytest.raises(RamerError, match=r"started: the run has no model.safetensors yet \(still being trained"):
         ramer.load(started)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RamerError, match=r"model file not found: \S+empty/model.safetensors$"):
+    with pytest.raises(RamerError, match=r"\S+empty/model.safetensors: model file not found$"):
         ramer.load(tmp_path / "empty")
 
 

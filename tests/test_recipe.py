@@ -370,7 +370,7 @@ def run_cli(*argv):
     "argv, message",
     [
         (["train", "--set", "model.nonexistent=1"], "unknown key 'model.nonexistent'"),
-        (["train", "--data", "/no/such/dir"], "data path not found: /no/such/dir"),
+        (["train", "--data", "/no/such/dir"], "/no/such/dir: data path not found"),
         (["train", "--config", "no_such_config"], "no config named 'no_such_config'"),
         (
             ["train", "--model", "no_such_model", "--set", "train.epochs=1"],
@@ -379,7 +379,7 @@ def run_cli(*argv):
         (["bench", "--models", "", "--out", "/no/such/bench"], "--models: empty list"),
         (["train", "--config", ""], "--config: empty; give a config file"),
         (["bench", "--models", "br", "--tuned", "/no/such/tuned"], "--tuned /no/such/tuned: no such folder"),
-        (["eval", "/no/such/run"], "run folder not found: /no/such/run"),
+        (["eval", "/no/such/run"], "/no/such/run: run folder not found"),
         (["train", "--resume", "/no/such/run"], "cannot resume"),
         (["train", "--set", "model.hidden=17", "--set", "model.heads=2"], "model.hidden 17 is not divisible by"),
         (
@@ -535,7 +535,7 @@ def test_eval_elsewhere_of_a_run_trained_on_a_relative_data_path(tmp_path, bundl
     monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 2
-    assert "data path not found: d (the run's data.path" in capsys.readouterr().err
+    assert "d: data path not found (the run's data.path" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "d")]) == 0
 
 
@@ -633,9 +633,9 @@ def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, t
     cases = {
         ("--out", "ds"): "error: ds: holds a dataset (meta.json, train), not run work; give another --out",
         ("--set", "model.name=ramer-no_shuffle"): "error: model.name 'ramer-no_shuffle' is a preset of --model",
-        ("--data", "nope"): "error: data path not found: nope",
+        ("--data", "nope"): "error: nope: data path not found",
         ("--out", "held"): "error: held already holds a run; use --resume held or another --out",
-        ("--resume", "gone"): "error: cannot resume: gone/config.yaml not found",
+        ("--resume", "gone"): "error: gone/config.yaml: not found; cannot resume",
         ("--set", "model.options.zz.a=1"): "error: model.options.zz: no model 'zz' is registered or installed",
     }
     for argv, message in cases.items():
@@ -657,7 +657,7 @@ def test_default_run_folders_of_runs_started_in_the_same_second_differ(monkeypat
     assert (first, second) == (Path("runs/ramer-20261205-120000"), Path("runs/ramer-20261205-120000-2"))
     assert first.is_dir() and second.is_dir()
     assert main(["train", "--data", "nope"]) == 2
-    assert "data path not found: nope" in capsys.readouterr().err
+    assert "nope: data path not found" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, second.name]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -733,8 +733,8 @@ def test_config_files_that_do_not_read_are_one_clear_line(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     for name, message in [
         ("bad.yaml", "is not UTF-8 text"),
-        ("folder.yaml", "(it is a folder)"),
-        ("folder", "(it is a folder)"),
+        ("folder.yaml", "is a folder, not a config file"),
+        ("folder", "is a folder, not a config file"),
     ]:
         capsys.readouterr()
         assert main(["train", "--config", str(tmp_path / name), "--out", str(tmp_path / "run")]) == 2
@@ -797,7 +797,7 @@ NOT_A_STATE = "train_state.pt: not a ramer training state ("
         (
             lambda out: made_a_folder(out / "train_state.pt"),
             "train_state.pt",
-            "train_state.pt not found (it is a folder)",
+            "train_state.pt: is a folder, not a training state; cannot resume",
         ),
         (
             lambda out: (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"epoch": "a"}\n'),
@@ -809,7 +809,7 @@ NOT_A_STATE = "train_state.pt: not a ramer training state ("
             "config.yaml",
             "config.yaml is not UTF-8 text",
         ),
-        (lambda out: made_a_folder(out / "config.yaml"), "config.yaml", "config.yaml (it is a folder)"),
+        (lambda out: made_a_folder(out / "config.yaml"), "config.yaml", "config.yaml: is a folder, not a config file"),
     ],
 )
 def test_resume_refuses_a_malformed_state_log_or_config_and_loses_nothing(

@@ -118,7 +118,7 @@ def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped
     capsys.readouterr()
     assert main(["train", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
-    problem = f"model file not found: {model}" if damage == "missing" else f"{model}: not a readable safetensors file"
+    problem = f"{model}: model file not found" if damage == "missing" else f"{model}: not a readable safetensors file"
     assert f"error: cannot resume {out}: {problem}" in err, err
     assert f"so it cannot be finished: train it again (remove {out}, or use another --out)" in err
     assert one_error_line(err) and files_of(out) == files  # no epoch trained, no line logged

@@ -182,7 +182,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     check_precision(precision)  # before the checkpoint is read and a classical model refuses bf16
     path = Path(run_dir)
     if not path.exists():
-        raise RamerError(f"run folder not found: {path} (a run folder, or its model.safetensors)")
+        raise RamerError(f"{path}: run folder not found (a run folder, or its model.safetensors)")
     model_file = _model_file(path)
     state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
     if device is not None:
@@ -301,6 +301,6 @@ def check_run_data(path: str | None, remedy: str) -> None:
     and ``remedy``."""
     if path is not None and not Path(path).exists():
         raise RamerError(
-            f"data path not found: {path} (the run's data.path, as given when it was trained, relative "
+            f"{path}: data path not found (the run's data.path, as given when it was trained, relative "
             f"to the folder it was trained in if not absolute); {remedy}"
         )

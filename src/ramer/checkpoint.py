@@ -188,7 +188,7 @@ def read_model_file(
     """Tensors and metadata of a ``model.safetensors``; errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"model file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        raise RamerError(f"{path}: " + ("is a folder, not a model file" if path.is_dir() else "model file not found"))
     readable(path)
     try:
         state = load_file(str(path))
@@ -296,7 +296,9 @@ def load_train_state(path: str | Path) -> dict:
     (``train_state_problem``); a missing, unreadable, unsafe or malformed file is a RamerError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"cannot resume: {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+        raise RamerError(
+            f"{path}: " + ("is a folder, not a training state" if path.is_dir() else "not found") + "; cannot resume"
+        )
     readable(path)
     inflated = compressed_entry(path)
     if inflated:

@@ -257,7 +257,7 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
     from ramer.train.recipe import existing_run
 
     if cfg.data.path is not None and not Path(cfg.data.path).exists():
-        raise RamerError(f"data path not found: {cfg.data.path}")
+        raise RamerError(f"{cfg.data.path}: data path not found")
     if cfg.model.name in CLASSICAL:
         check_options(cfg)
     else:
@@ -277,7 +277,7 @@ def planned_config(args: argparse.Namespace) -> Config:
         raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
     out = Path(args.resume)
     if not (out / "config.yaml").exists():
-        raise RamerError(f"cannot resume: {out / 'config.yaml'} not found")
+        raise RamerError(f"{out / 'config.yaml'}: not found; cannot resume")
     cfg = build_config(out / "config.yaml")
     from ramer.api import check_run_data
 

@@ -374,11 +374,11 @@ def yaml_problem(e: yaml.YAMLError) -> str:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        raise RamerError(f"config file not found: {path} (it is a folder)")
+        raise RamerError(f"{path}: is a folder, not a config file")
     try:
         tree = load_yaml_text(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise RamerError(f"config file not found: {path}") from None
+        raise RamerError(f"{path}: config file not found") from None
     except OSError as e:
         raise unreadable(path, e) from None
     except UnicodeDecodeError as e:
@@ -491,7 +491,9 @@ def resolve_config(name: str | None) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise RamerError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+            raise RamerError(
+                f"{path}: " + ("is a folder, not a config file" if path.is_dir() else "config file not found")
+            )
         return path
     bundled = CONFIG_DIR / f"{name}.yaml"
     if not bundled.is_file():

@@ -288,7 +288,9 @@ def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dic
     data's); a bad file is a RamerError naming it, the line and what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"{path}: predictions file not found" + (" (it is a folder)" if path.is_dir() else ""))
+        raise RamerError(
+            f"{path}: " + ("is a folder, not a predictions file" if path.is_dir() else "predictions file not found")
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -219,7 +219,7 @@ def open_dataset(
         raise RamerError(f"data format '{fmt}' needs a path")
     p = Path(path)
     if not p.exists():
-        raise RamerError(f"data path not found: {p}")
+        raise RamerError(f"{p}: data path not found")
     if not p.is_file() and not p.is_dir():  # a pipe or a device: reading it could wait forever or never end
         raise RamerError(f"{p}: not a file or a folder (a pipe or a device?); give a dataset file or folder")
     explicit = fmt != "auto"
