@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ramer.config import TASKS, Config, config_from_dict
-from ramer.data.safe_load import compressed_entry, refused_global
+from ramer.data.safe_load import refuse_compressed, refused_global
 from ramer.errors import RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
@@ -300,12 +300,7 @@ def load_train_state(path: str | Path) -> dict:
             f"{path}: " + ("is a folder, not a training state" if path.is_dir() else "not found") + "; cannot resume"
         )
     readable(path)
-    inflated = compressed_entry(path)
-    if inflated:
-        raise RamerError(
-            f"{path}: its entry {inflated} is compressed, which torch.save never writes (it would be read whole "
-            "into memory); not a ramer training state"
-        )
+    refuse_compressed(path, "a ramer training state")
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: refused below
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)

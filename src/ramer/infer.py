@@ -112,9 +112,9 @@ def predict(
     ``workers``: CPU only, the scenes are split into at most that many contiguous blocks of whole
     batches, each scored by a forked process on its share of the threads (``_score_forked``).
     """
-    if workers > 1 and (shard or device.type != "cpu"):
-        raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
     if workers > 1:
+        if shard or device.type != "cpu":
+            raise RamerError("scoring with several worker processes is for CPU, outside distributed runs")
         check_fork(workers)  # refused on a system without a safe fork, whatever the number of batches
     was_training = model.training
     model.eval()

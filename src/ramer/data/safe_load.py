@@ -51,7 +51,7 @@ import numpy as np
 
 from ramer.errors import RamerError, first_line, unreadable
 
-__all__ = ["safe_load", "safe_pickle_loads", "is_torch_file", "compressed_entry", "ALLOWED_GLOBALS", "ZIP_ERRORS"]
+__all__ = ["safe_load", "safe_pickle_loads", "is_torch_file", "refuse_compressed", "ALLOWED_GLOBALS", "ZIP_ERRORS"]
 
 # The first object of a legacy (pre-1.6, non-zip) torch.save file.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -514,16 +514,22 @@ def _torch_load(path: Path) -> Any:
         ) from None
 
 
-def compressed_entry(path: str | Path) -> str | None:
-    """The name of a compressed entry of a torch.save zip file, or None (none, or not a zip file: a
-    legacy torch file). torch.save stores every entry as it is; a compressed one is inflated whole
-    into memory by ``torch.load``, a few megabytes becoming gigabytes."""
+def refuse_compressed(path: str | Path, what: str = "a torch.save file") -> None:
+    """A RamerError naming ``path`` when one of its zip entries is compressed (not a zip file, a
+    legacy torch file, passes). torch.save stores every entry as it is; a compressed one is
+    inflated whole into memory by ``torch.load``, a few megabytes becoming gigabytes. ``what``: what
+    the file is not, then."""
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return None
-    return next((i.filename[:80] for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+        return
+    inflated = next((i.filename[:80] for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+    if inflated:
+        raise RamerError(
+            f"{path}: its entry {inflated} is compressed, which torch.save never writes (it would be read whole "
+            f"into memory); not {what}"
+        )
 
 
 def _load_torch_zip(path: Path) -> Any:
@@ -533,12 +539,7 @@ def _load_torch_zip(path: Path) -> Any:
     and unpickles it in Python: about 2.4x the file size and slower on the full MOSEI file).
     As soon as the pickle names a torch class or a tensor storage, the file is read again with
     ``torch.load(weights_only=True)`` plus the same allow-list."""
-    inflated = compressed_entry(path)
-    if inflated:
-        raise RamerError(
-            f"{path}: its entry {inflated} is compressed, which torch.save never writes (it would be read whole "
-            "into memory); not a torch.save file"
-        )
+    refuse_compressed(path)
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") <= 1]
