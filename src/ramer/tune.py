@@ -244,22 +244,26 @@ def check_stored_study(optuna, study, url: str) -> None:
         trials = study.get_trials(deepcopy=False)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise RamerError(f"cannot read the study at {url}: {first_line(e) or type(e).__name__}") from None
-    problem = None
-    if "trial_seeds" in attrs and not ckpt.is_whole(attrs["trial_seeds"], 1):
-        problem = f"its 'trial_seeds' {attrs['trial_seeds']!r:.40} is not a count of 1 or more"
-    for key in ("config", "data"):
-        if problem is None and key in attrs and not isinstance(attrs[key], dict):
-            problem = f"its '{key}' is not an object, but {type(attrs[key]).__name__}"
-    for t in trials:
-        if problem is not None:
-            break
-        bad = [k for k, ok in TRIAL_ATTRS.items() if k in t.user_attrs and not ok(t.user_attrs[k])]
-        if bad:
-            problem = f"trial {t.number}'s '{bad[0]}' {t.user_attrs[bad[0]]!r:.40} is not what ramer tune records"
-        elif t.values is not None and not all(map(_number, t.values)):
-            problem = f"trial {t.number}'s value {t.values[0]!r:.40} is not a finite score"
+    problem = _study_problem(attrs, trials)
     if problem:
         raise RamerError(f"{url} holds a study ramer tune did not write: {problem}; use another --out or --storage")
+
+
+def _study_problem(attrs: dict, trials) -> str | None:
+    """The first record of a study (its ``attrs``, its ``trials``) that ``ramer tune`` would not have
+    written, or None."""
+    if "trial_seeds" in attrs and not ckpt.is_whole(attrs["trial_seeds"], 1):
+        return f"its 'trial_seeds' {attrs['trial_seeds']!r:.40} is not a count of 1 or more"
+    for key in ("config", "data"):
+        if key in attrs and not isinstance(attrs[key], dict):
+            return f"its '{key}' is not an object, but {type(attrs[key]).__name__}"
+    for t in trials:
+        bad = [k for k, ok in TRIAL_ATTRS.items() if k in t.user_attrs and not ok(t.user_attrs[k])]
+        if bad:
+            return f"trial {t.number}'s '{bad[0]}' {t.user_attrs[bad[0]]!r:.40} is not what ramer tune records"
+        if t.values is not None and not all(map(_number, t.values)):
+            return f"trial {t.number}'s value {t.values[0]!r:.40} is not a finite score"
+    return None
 
 
 def sampler_seed(seed: int, n: int) -> int:
