@@ -233,3 +233,27 @@ def test_weights_for_a_lazy_module_are_not_checked_against_its_unknown_sizes():
 
     own = nn.LazyLinear(3).state_dict()
     assert ckpt.fit_problems(own, {"weight": torch.zeros(3, 5), "bias": torch.zeros(3)}) == []
+
+
+def test_a_study_db_locked_by_another_process_is_said_before_the_wait(tmp_path, monkeypatch):
+    """An exclusive lock of another process on OUT/study.db made ramer tune wait for minutes without a word."""
+    from rich.console import Console
+
+    from ramer import tune
+
+    path = tmp_path / "study.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE studies (study_id INTEGER)")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(tune, "LOCK_NOTE_AFTER", 0.05)
+    console = Console(record=True, width=300)
+    try:
+        tune.check_study_file(path, console)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert f"note: {path} is locked by another process; waiting until it is released" in console.export_text()
+    console = Console(record=True, width=300)
+    tune.check_study_file(path, console)  # released: nothing to say
+    assert console.export_text() == ""

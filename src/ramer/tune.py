@@ -71,6 +71,7 @@ DEFAULT_SETS = ("train.patience=5",)  # before the user's --set: each trial trai
 TPE_STARTUP = 5  # random trials before TPE models the results
 PRUNER_STARTUP, PRUNER_WARMUP = 5, 3  # median pruning from the 5th completed trial, from epoch 3 on
 HEARTBEAT, GRACE = 60, 180  # seconds: a trial without a heartbeat for GRACE is stale (another machine)
+LOCK_NOTE_AFTER = 5  # seconds the study file may stay locked before the user is told the command waits
 HOST = socket.gethostname()
 
 
@@ -146,14 +147,16 @@ def open_study(
     pruner=None,
     trial_seeds: int = 1,
     bundle: DataBundle | None = None,
+    console: Console | None = None,
 ):
     """Create or load the study (name: the model) and check it was made with ``base`` and
     ``trial_seeds`` runs per trial, and that ``out`` holds no other model's search. A new study
     records the fingerprints of ``bundle`` (the data at ``data.path``); a study that recorded them
-    takes the same data under another spelling of its path (``ds``, ``./ds``, ``/abs/ds``)."""
+    takes the same data under another spelling of its path (``ds``, ``./ds``, ``/abs/ds``).
+    ``console`` hears that the command waits when ``study.db`` is locked by another process."""
     url = storage or study_url(out)
     if storage is None:
-        check_study_file(out / STUDY_FILE)
+        check_study_file(out / STUDY_FILE, console)
     with storage_errors(optuna, url):
         rdb = _storage(optuna, url)
         studies = optuna.get_all_study_names(storage=rdb) if storage is None else []  # a shared storage holds many
@@ -197,15 +200,21 @@ def open_study(
     return study, url
 
 
-def check_study_file(path: Path) -> None:
+def check_study_file(path: Path, console: Console | None = None) -> None:
     """A ``study.db`` that is an SQLite database of other tables than Optuna's is not a study: Optuna
     would add its tables to it (a database of the user's, not written by ``ramer tune``). A file that
-    does not open as SQLite is left to Optuna, which says so."""
+    does not open as SQLite is left to Optuna, which says so. A file another process keeps locked for
+    ``LOCK_NOTE_AFTER`` seconds is said to ``console``: Optuna then waits for it, silently."""
     if not path.is_file() or path.stat().st_size == 0:
         return
+    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_NOTE_AFTER)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) and console is not None:
+            console.print(f"note: {path} is locked by another process; waiting until it is released", highlight=False)
+        return
     except sqlite3.Error:
         return
     if tables and "studies" not in tables:
@@ -484,7 +493,7 @@ def tune(
     try:
         if bundle is None:
             bundle = load_bundle(base.data)
-        study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds, bundle)
+        study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds, bundle, console)
     except BaseException:
         if made:  # data or a storage that would not open: no empty folder left behind
             remove_if_empty(out)
