@@ -103,6 +103,7 @@ class ClassicalRecipe(RunSteps):
         if not is_main():
             return
         start_run_folder(self.out, cfg, resume=self.resume)
+        self.data_notes()
         if cfg.train.tensorboard:
             self.curves = CurveWriter(self.out)
 

@@ -67,6 +67,7 @@ from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
 from ramer.paths import atomic_write_text, loads_json, work_folder
 from ramer.train.ema import WeightAverage
+from ramer.train.inputs import input_notes, loss_not_finite
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -393,6 +394,25 @@ class RunSteps:
         if self.curves is not None:
             self.curves.close()
 
+    def data_notes(self, model: nn.Module | None = None) -> None:
+        """Rank 0 says what the data lets the run not do: multi-label validation without a single
+        positive label scores every epoch and threshold 0, so nothing is chosen there; and what a deep
+        ``model`` of this package cannot read in the training split (``input_notes``)."""
+        if not is_main():
+            return
+        source, notes = self.bundle.source, []
+        valid = self.bundle.splits["valid"]
+        if not self.spec.single_label and not np.asarray(valid.labels).any():
+            notes.append(
+                f"{source}: no sample of the valid split has a label, so validation micro-F1 is 0 at every epoch "
+                "and threshold and nothing is chosen there: the run keeps its first epoch and the threshold 0.5; "
+                "give valid labelled samples"
+            )
+        if model is not None:
+            notes += input_notes(self.splits["train"], model, self.cfg.loss, source)
+        for note in notes:
+            self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
+
     def check_data(self) -> None:
         """``check_splits``, and a note where the test split is empty: the run trains and chooses
         its epoch on train and valid, and its test line reports no figures."""
@@ -488,6 +508,7 @@ class Recipe(RunSteps):
             if error:
                 raise RamerError(error)
         self.epochs_run = self.start_epoch - 1  # epochs trained so far (a resumed run's too)
+        self.data_notes(self.model)  # once the run folder is there: said of a run, not before an error
         if cfg.train.tensorboard and is_main():
             resumed_from = self.epochs_run * self.steps_per_epoch + 1 if self.resume else None
             self.curves = CurveWriter(self.out, resume_step=resumed_from)
@@ -593,7 +614,7 @@ class Recipe(RunSteps):
                     cfg.train.precision,
                 )
             except FloatingPointError as e:
-                raise LossNotFinite(f"epoch {epoch} step {step}: loss is not finite ({e}); lower train.lr?") from None
+                raise LossNotFinite(loss_not_finite(epoch, step, e, batch)) from None
             if self.ema is not None:
                 self.ema.update()
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())

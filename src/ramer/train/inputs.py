@@ -1,0 +1,97 @@
+"""What the data lets a run not do, said before and while it trains: inputs one of this package's
+deep models cannot read (features far below unit scale, one value per token, a personality far
+from unit scale: ``input_notes``), and why a loss that is not finite stopped a run
+(``loss_not_finite``). The recipe prints them; nothing here changes a result."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from ramer.batch import MODALITIES
+
+LAYER_NORM_EPS = 1e-5  # torch's default: the epsilon of the input LayerNorm of each of this package's deep models
+SCALE_ROWS = 2048  # present rows of the training split read per input for ``input_notes``
+QUIET_FACTOR = 0.01  # an input LayerNorm scaling a token's values to under this of unit size: read as constant
+LOUD_PERSONALITY = 10.0  # w_pers x the mean square of the personality values: L_pers far above L_cls (~0.7)
+
+
+def _present_rows(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The first ``SCALE_ROWS`` rows of ``values`` where ``keep`` is True, as float64."""
+    return np.asarray(values[np.flatnonzero(np.asarray(keep))[:SCALE_ROWS]], dtype=np.float64)
+
+
+def input_notes(store, model: nn.Module, loss_cfg, source: str) -> list[str]:
+    """What one of this package's deep models cannot read in the training split ``store``, as notes
+    naming ``source``; none for ordinary data and for models of other packages. Each model reads a
+    token's features (and RAMer a person's personality) through a LayerNorm over its values, which
+    maps one value to a constant and shrinks values that vary by far less than ``sqrt(eps)`` within
+    a token to nearly nothing: the model trains as on zeros, without a word. RAMer also learns to
+    predict the personality by MSE: values far from unit scale make that term outweigh the emotions."""
+    if not type(model).__module__.startswith("ramer.models"):
+        return []
+    inputs = [(m, getattr(store, m), store.present[:, k], "token") for k, m in enumerate(MODALITIES)]
+    if getattr(model, "personality", None) is not None and store.personality is not None:
+        inputs.append(("personality", store.personality, store.personality_present, "person"))
+    notes = []
+    for name, values, keep, unit in inputs:
+        rows = _present_rows(values, keep)
+        if not len(rows):
+            continue
+        spread = rows.std(1)
+        factor = float(np.median(spread / np.sqrt(spread**2 + LAYER_NORM_EPS)))
+        if rows.shape[1] == 1 or factor == 0:
+            what = "have one value per" if rows.shape[1] == 1 else "repeat one value (zeros, a constant) across each"
+            notes.append(
+                f"{source}: the {name} features {what} {unit}; the model's input LayerNorm maps them all to the same "
+                f"number, so it reads only whether {name} is there, not its value"
+                + ("" if name == "personality" else " (br, cc and lp read the value)")
+            )
+        elif factor < QUIET_FACTOR:
+            notes.append(
+                f"{source}: the {name} features vary little within a {unit} (median standard deviation of its "
+                f"{rows.shape[1]} values {float(np.median(spread)):.2g}); the model's input LayerNorm (epsilon "
+                f"{LAYER_NORM_EPS:g}) shrinks them to about {factor:.1g} of unit size, so it trains as on zeros: "
+                f"standardise each {'trait' if name == 'personality' else 'feature column'} (mean 0, standard "
+                f"deviation 1)" + ("" if name == "personality" else ", or use br, cc or lp")
+            )
+        if name == "personality" and getattr(model, "personality_head", None) is not None:
+            start = loss_cfg.w_pers * float((rows**2).mean())
+            if start > LOUD_PERSONALITY:
+                notes.append(
+                    f"{source}: the personality values are far from unit scale (root mean square "
+                    f"{float(np.sqrt((rows**2).mean())):.3g}); the personality head learns them by squared error, "
+                    f"a term of about {start:.3g} at the start (loss.w_pers {loss_cfg.w_pers:g}), far above the "
+                    "emotion terms (about 0.7 each), which it outweighs in the loss and in the shared encoders: "
+                    "standardise each trait (z-scores over the persons), or lower loss.w_pers"
+                )
+    return notes
+
+
+OVERFLOW = 1e18  # a feature magnitude whose square (about 1e36) a LayerNorm's float32 variance barely holds
+
+
+def largest_features(batch) -> dict[str, float]:
+    """The largest magnitude of each input of ``batch`` where present (0 where none is)."""
+    inputs = [(m, batch.features[m], batch.present[m]) for m in MODALITIES]
+    if batch.personality is not None:
+        inputs.append(("personality", batch.personality, batch.personality_present))
+    return {name: float(x[keep].abs().max()) if bool(keep.any()) else 0.0 for name, x, keep in inputs}
+
+
+def loss_not_finite(epoch: int, step: int, value, batch) -> str:
+    """Why training stopped on a loss that is not finite. At the first step of a run no update has
+    been made, so the learning rate had no part in it: the message gives the batch's largest feature
+    magnitudes instead, and the remedy where one reaches ``OVERFLOW``."""
+    said = f"epoch {epoch} step {step}: loss is not finite ({value})"
+    if epoch > 1 or step > 0:
+        return said + "; lower train.lr?"
+    largest = largest_features(batch)
+    sizes = ", ".join(f"{name} {v:.3g}" for name, v in largest.items())
+    if max(largest.values()) < OVERFLOW:
+        return f"{said} at the first step, before any update, so not for train.lr (largest feature magnitudes: {sizes})"
+    return (
+        f"{said} at the first step, before any update, so not for train.lr: the model's arithmetic overflowed on "
+        f"this batch, whose largest feature magnitudes are {sizes}; rescale the features (e.g. standardise each "
+        "column), or use br, cc or lp"
+    )

@@ -1,0 +1,128 @@
+"""Legal but odd data: what training says of inputs the deep models cannot read, of a validation split
+that cannot choose anything, and of a loss that is not finite before any update."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_store
+from rich.console import Console
+
+from ramer.config import build_config
+from ramer.data.store import DataBundle, SceneStore
+from ramer.errors import LossNotFinite
+from ramer.models import DataSpec, build_model
+from ramer.train import inputs, run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["train.epochs=1", "model.hidden=16", "model.ffn=32", "model.heads=2", "train.batch_size=16"]
+FIELDS = (
+    "text audio visual present token_offsets grid labels target role person_offsets character label_names ids "
+    "personality personality_present"
+).split()
+
+
+def changed(store: SceneStore, **arrays) -> SceneStore:
+    return SceneStore(**{**{k: getattr(store, k) for k in FIELDS}, **arrays})
+
+
+def scaled(store: SceneStore, factor: float) -> SceneStore:
+    """Every feature and personality value times ``factor`` (float32, as a user's file holds them)."""
+    return changed(
+        store,
+        **{k: (np.asarray(getattr(store, k)) * factor).astype(np.float32) for k in ("text", "audio", "visual")},
+        personality=(np.asarray(store.personality) * factor).astype(np.float32),
+    )
+
+
+def bundle_of(train: SceneStore, valid: SceneStore | None = None) -> DataBundle:
+    valid = valid or random_store(n=8, seed=1)
+    return DataBundle(
+        {"train": train, "valid": valid, "test": random_store(n=8, seed=2)}, train.label_names, "odd", "odd"
+    )
+
+
+def train(tmp_path, bundle: DataBundle, model: str = "late_fusion") -> str:
+    """Train ``model`` on ``bundle``; what it printed."""
+    said = io.StringIO()
+    cfg = build_config(None, [*TINY, f"model.name={model}"])
+    run_training(cfg, tmp_path / model, bundle=bundle, console=Console(file=said, width=400))
+    return said.getvalue()
+
+
+def notes_of(train_store: SceneStore, model: str = "ramer") -> list[str]:
+    cfg = build_config(None, [*TINY, f"model.name={model}"])
+    torch.manual_seed(0)
+    dims = train_store.dims
+    spec = DataSpec({m: dims[m] for m in ("text", "audio", "visual")}, 5, train_store.label_names, dims["personality"])
+    built = build_model(cfg, spec)
+    return inputs.input_notes(train_store, built, cfg.loss, "odd")
+
+
+def test_features_far_below_unit_scale_are_noted_as_unread(tmp_path):
+    tiny = scaled(random_store(n=16), 1e-8)
+    said = train(tmp_path, bundle_of(tiny))
+    assert said.count("vary little within a token") == 3, said  # text, audio, visual
+    assert "standardise each feature column" in said and "odd: the text features" in said
+    # what the note says: at this scale the model's scores are those of all-zero features
+    cfg = build_config(None, [*TINY, "model.name=late_fusion"])
+    torch.manual_seed(0)
+    model = build_model(cfg, DataSpec.from_bundle(bundle_of(tiny))).eval()
+    zeros = scaled(tiny, 0.0)
+    with torch.no_grad():
+        a, b = model(tiny.collate(np.arange(16))).probs, model(zeros.collate(np.arange(16))).probs
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_ordinary_data_gets_no_note(tmp_path):
+    assert notes_of(random_store(n=16)) == []
+    assert "note:" not in train(tmp_path, bundle_of(random_store(n=16)))
+
+
+def test_a_feature_of_one_value_is_noted_as_read_for_its_presence_only(tmp_path):
+    one = random_store(n=16, dims=(1, 8, 12), personality_dim=1)
+    valid = random_store(n=8, dims=(1, 8, 12), personality_dim=1, seed=1)
+    test = random_store(n=8, dims=(1, 8, 12), personality_dim=1, seed=2)
+    said = train(tmp_path, DataBundle({"train": one, "valid": valid, "test": test}, one.label_names, "odd", "odd"))
+    assert "note: odd: the text features have one value per token" in said, said
+    notes = notes_of(one)
+    assert [n.split(" features ")[0] for n in notes] == ["odd: the text", "odd: the personality"], notes
+    assert "reads only whether text is there" in notes[0] and "br, cc and lp read the value" in notes[0]
+    constant = changed(random_store(n=16), audio=np.zeros_like(random_store(n=16).audio))
+    assert any("audio features repeat one value" in n for n in notes_of(constant, "mult"))
+
+
+def test_personality_far_from_unit_scale_is_noted_for_ramer_only(tmp_path):
+    store = random_store(n=16)
+    loud = changed(store, personality=(np.asarray(store.personality) * 50 + 50).astype(np.float32))
+    said = train(tmp_path, bundle_of(loud), "ramer")
+    assert "note: odd: the personality values are far from unit scale" in said, said
+    notes = notes_of(loud)
+    assert len(notes) == 1 and "outweighs" in notes[0] and "loss.w_pers 0.1" in notes[0], notes
+    assert notes_of(loud, "ramer-authors") == []  # no personality target there
+    assert notes_of(loud, "late_fusion") == []  # reads no personality
+
+
+@pytest.mark.parametrize("model", ["late_fusion", "br"])
+def test_valid_without_a_label_is_noted(tmp_path, model):
+    valid = random_store(n=8, seed=1)
+    valid = changed(valid, labels=np.zeros_like(valid.labels))
+    said = train(tmp_path, bundle_of(random_store(n=16), valid), model)
+    assert "no sample of the valid split has a label" in said and "threshold 0.5" in said, said
+
+
+def test_a_loss_not_finite_before_any_update_names_the_features_not_the_learning_rate(tmp_path):
+    huge = scaled(random_store(n=16), 1e30)
+    with pytest.raises(LossNotFinite) as e:
+        train(tmp_path, bundle_of(huge))
+    said = str(e.value)
+    assert said.startswith("epoch 1 step 0: loss is not finite (nan)") and "train.lr?" not in said, said
+    assert "before any update" in said and "largest feature magnitudes are text " in said and "e+30" in said
+    assert "rescale the features" in said
+    batch = random_store(n=4).collate(np.arange(4))
+    assert inputs.loss_not_finite(1, 0, float("nan"), batch).endswith(")")  # ordinary features: no remedy named
+    assert "before any update" in inputs.loss_not_finite(1, 0, float("nan"), batch)
+    assert inputs.loss_not_finite(2, 0, float("nan"), batch).endswith("lower train.lr?")  # after updates: the lr may be
+    assert inputs.loss_not_finite(1, 3, float("nan"), batch).endswith("lower train.lr?")
