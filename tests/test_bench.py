@@ -771,3 +771,5 @@ def test_a_role_no_target_has_is_no_score(tmp_path):
     assert set(record["metrics"]) == {"overall", "speaker"}
     header = next(ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("| model |"))
     assert "| speaker micro-F1 |" in header and "non-speaker" not in header
+    mode = next(ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("- Mode: "))
+    assert "default (train.threads=1, train.epochs=40, train.patience=5)" in mode  # no data.synthetic.* for a file

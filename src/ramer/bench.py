@@ -1063,6 +1063,7 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
             f"best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
             "chosen on validation micro-F1"
         )
+    sets = [x for x in s.base_sets if base.data.path is None or not x.startswith("data.synthetic.")]  # what applies
     lines = [
         "# Benchmark: RAMer and its baselines",
         "",
@@ -1070,10 +1071,10 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         "",
         "- Mode: "
         + (
-            f"**quick** (smoke settings: {', '.join(QUICK_SETS)}; {len(s.seeds)} seed{'s' * (len(s.seeds) > 1)}; "
+            f"**quick** (smoke settings: {', '.join(sets)}; {len(s.seeds)} seed{'s' * (len(s.seeds) > 1)}; "
             f"missing rate{'s' * (len(s.rates) > 1)} {_spoken(f'{r:g}' for r in s.rates)})"
             if s.quick
-            else f"default ({', '.join(DEFAULT_SETS)})"
+            else f"default ({', '.join(sets)})"
         )
         + (f"; overrides: {', '.join(s.overrides)}" if s.overrides else ""),
         f"- Data: {data}; the same splits for every model.",
