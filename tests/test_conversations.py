@@ -1419,6 +1419,9 @@ def test_training_with_an_empty_test_split_says_so(tmp_path, fake_text, capsys):
         assert main([*argv, "--set", "train.epochs=1", "--set", "model.hidden=16", "--set", "model.heads=2"]) == 0
         err = capsys.readouterr().err
         assert f"note: {tmp_path / 'ds'}: the test split is empty; the run reports no test figures" in err, err
+        run = tmp_path / model  # the commands the run's last line names take a split that has samples
+        assert f"next: ramer eval {run} --split valid, ramer predict {run} --split valid --out preds.jsonl" in err, err
+        assert main(["eval", str(run), "--split", "valid"]) == 0
 
 
 def test_a_speaker_written_in_two_unicode_forms_is_one_person(tmp_path, fake_text):

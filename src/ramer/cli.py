@@ -338,13 +338,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
         OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task))
-        ERR.print(next_steps(out), highlight=False, markup=False, soft_wrap=True)
+        no_test = result.get("overall", {}).get("n", 1) == 0  # the commands it names refuse an empty split
+        ERR.print(next_steps(out, "valid" if no_test else None), highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
-def next_steps(run: Path | str) -> str:
-    """The line after a finished run: where it is and the commands that use it, ready to paste."""
-    q = shlex.quote(str(run))
+def next_steps(run: Path | str, split: str | None = None) -> str:
+    """The line after a finished run: where it is and the commands that use it, ready to paste;
+    on ``split`` (``valid`` after a run whose test split is empty: those commands refuse an empty one)."""
+    q = shlex.quote(str(run)) + (f" --split {split}" if split else "")
     return (
         f"run folder: {run}; next: ramer eval {q}, ramer predict {q} --out preds.jsonl, "
         f"ramer view {q} --out scenes.html"
