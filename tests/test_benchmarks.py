@@ -67,6 +67,15 @@ def test_ema_cost_runs():
     assert "average update" in out and "% of the step" in out
 
 
+def test_epoch_overhead_runs():
+    out = run("epoch_overhead.py", "--quick", "--epochs", "1")
+    assert "ramer: 1 epoch of" in out and "late_fusion: 1 epoch of" in out
+    assert "valid forward" in out and "outside step" in out and "fingerprint" in out
+    out = run("epoch_overhead.py", "--quick", "--old", "src", "--models", "late_fusion", "--rounds", "2",
+              "--valid-rounds", "2")  # fmt: skip
+    assert "median A/B" in out and "largest |A - B| of the loss of each step: 0;" in out
+
+
 def test_scaling_runs():
     out = run("scaling.py", "--persons", "1,2", "--segments", "4", "--batch", "2", "--steps", "1", "--threads", "1")
     assert "train ms/scene" in out

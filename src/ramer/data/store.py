@@ -298,7 +298,9 @@ class SceneStore:
     # ------------------------------------------------------------------ batching
     def collate(self, indices: list[int] | np.ndarray) -> Batch:
         """Pad the scenes ``indices`` (a non-empty list or 1-d array of integers in ``0..n-1``) to one
-        grid and build a Batch (no Python loop per token)."""
+        grid and build a Batch (no Python loop per token). Only the feature rows of present tokens are
+        read; padded slots and absent tokens are 0 without a read (a modality absent from a whole batch,
+        as audio and visual of a text-only import, costs no read at all)."""
         idx = np.asarray(indices)
         if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
             got = f"shape {idx.shape}" if idx.ndim != 1 or idx.size == 0 else f"dtype {idx.dtype}"
@@ -317,30 +319,35 @@ class SceneStore:
         Pb, Sb = grids[:, 0][:, None, None], grids[:, 1][:, None, None]
         valid = (p_ax < Pb) & (s_ax < Sb)  # (B, P, S)
         src = self.token_offsets[idx][:, None, None] + p_ax * Sb + s_ax
-        rows = np.where(valid, src, 0).reshape(-1)
-        valid = valid.reshape(B, N)
-        # Reading sorted rows is much faster on memory maps.
+        # The slots of real tokens and their source rows, sorted by row: reading sorted rows is much
+        # faster on memory maps. Padded slots read nothing.
+        slots = np.flatnonzero(valid.reshape(-1))
+        rows = src.reshape(-1)[slots]
         order = np.argsort(rows, kind="stable")
+        slots, rows = slots[order], rows[order]
+        valid = valid.reshape(B, N)
+        pres = np.zeros((B * N, 3), dtype=bool)
+        pres[slots] = self.present[rows]
         feats = {}
-        for m in MODALITIES:
+        for k, m in enumerate(MODALITIES):  # present rows only: 0 elsewhere (what lies under False may be NaN)
             arr = getattr(self, m)
-            x = np.empty((B * N, arr.shape[1]), dtype=np.float32)
-            x[order] = arr[rows[order]]
+            x = np.zeros((B * N, arr.shape[1]), dtype=np.float32)
+            keep = pres[slots, k]
+            if keep.all():
+                x[slots] = arr[rows]
+            elif keep.any():  # a modality absent from the whole batch (a text-only corpus) reads nothing
+                x[slots[keep]] = arr[rows[keep]]
             feats[m] = x.reshape(B, N, -1)
-        pres = np.empty((B * N, 3), dtype=bool)
-        pres[order] = self.present[rows[order]]
-        pres = pres.reshape(B, N, 3) & valid[..., None]
-        for k, m in enumerate(MODALITIES):  # zero, not a product: what lies under False may be NaN
-            np.copyto(feats[m], 0.0, where=~pres[..., k : k + 1])
+        pres = pres.reshape(B, N, 3)
         tgt = self.target[idx].astype(np.int64)
         target = np.where(tgt[:, 0] >= 0, tgt[:, 0] * S + tgt[:, 1], -1)
         person = np.broadcast_to(np.repeat(np.arange(P), S)[None], (B, N))
         segment = np.broadcast_to(np.tile(np.arange(S), P)[None], (B, N))
         scope = valid & np.where(target[:, None] >= 0, person == tgt[:, :1], True)
         if self.target_tokens is not None:  # scenes with several targets: scope = their target tokens
-            marked = np.empty(B * N, dtype=bool)
-            marked[order] = self.target_tokens[rows[order]]
-            marked = marked.reshape(B, N) & valid
+            marked = np.zeros(B * N, dtype=bool)
+            marked[slots] = self.target_tokens[rows]
+            marked = marked.reshape(B, N)
             several = marked.any(1)
             scope = np.where(several[:, None], marked, scope)
             target = np.where(several, -1, target)

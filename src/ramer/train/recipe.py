@@ -249,7 +249,8 @@ def write_test_result(
     return result
 
 
-# Keys a resumed run may change in its config.yaml: where the data and the work are, not what is learnt.
+# Keys a resumed run may change in its config.yaml: where the data and the work are, not what is learnt
+# (train.device and train.eval_batch_size may change validation scores in their last bits).
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard")
 
 
