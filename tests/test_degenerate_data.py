@@ -126,3 +126,22 @@ def test_a_loss_not_finite_before_any_update_names_the_features_not_the_learning
     assert "before any update" in inputs.loss_not_finite(1, 0, float("nan"), batch)
     assert inputs.loss_not_finite(2, 0, float("nan"), batch).endswith("lower train.lr?")  # after updates: the lr may be
     assert inputs.loss_not_finite(1, 3, float("nan"), batch).endswith("lower train.lr?")
+
+
+def test_bench_and_tune_say_the_notes_their_quiet_runs_do_not(tmp_path, capsys):
+    """The runs of a bench and the trials of a search train with a quiet console: the notes on what
+    the data lets a model not read are said once, by the command."""
+    from ramer.cli import main
+
+    pytest.importorskip("optuna")
+    data = tmp_path / "tiny"
+    bundle_of(scaled(random_store(n=16), 1e-8)).save(data)
+    sets = [x for s in [*TINY, "train.threads=1"] for x in ("--set", s)]
+    argv = ["bench", "--data", str(data), "--models", "br,late_fusion,ramer", "--seeds", "1", "--missing-rates", "0"]
+    assert main([*argv, "--complete", "", "--jobs", "1", *sets, "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("vary little within a token") == 3, err  # text, audio, visual: once, not once per model
+    assert err.count("the personality values are far from unit scale") == 0, err
+    argv = ["tune", "--model", "late_fusion", "--data", str(data), "--trials", "1", "--out", str(tmp_path / "t")]
+    assert main([*argv, *sets]) == 0
+    assert capsys.readouterr().err.count("vary little within a token") == 3

@@ -79,6 +79,7 @@ from ramer.paths import (
     work_folder,
 )
 from ramer.train import run_training
+from ramer.train.inputs import bench_notes
 from ramer.train.recipe import read_log
 
 GROUPS = {
@@ -667,6 +668,9 @@ def _run_bench(
         f" ({time.perf_counter() - t0:.1f}s)",
         highlight=False,
     )
+    configs = [run_config(base, m, s.seeds[0], 0.0) for m in s.deep_models]
+    for note in bench_notes(bundle, configs, task):  # the runs' consoles are quiet
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if s.tune_trials is not None:
         tune_models(s, bundle, console)
     plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]

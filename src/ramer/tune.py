@@ -62,6 +62,7 @@ from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
 from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_folder
 from ramer.train import run_training
+from ramer.train.inputs import bench_notes
 from ramer.train.recipe import progress, selection_score
 
 STUDY_FILE = "study.db"
@@ -491,8 +492,10 @@ def tune(
     out = work_folder(out, "study")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
     try:
-        if bundle is None:
+        if bundle is None:  # given by a bench, which has said its notes
             bundle = load_bundle(base.data)
+            for note in bench_notes(bundle, [base], resolve_task(bundle, base.data.task)):  # the trials are quiet
+                console.print(f"note: {note}", highlight=False, soft_wrap=True)
         study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds, bundle, console)
     except BaseException:
         if made:  # data or a storage that would not open: no empty folder left behind

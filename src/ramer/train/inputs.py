@@ -68,6 +68,41 @@ def input_notes(store, model: nn.Module, loss_cfg, source: str) -> list[str]:
     return notes
 
 
+def valid_note(bundle, single_label: bool) -> str | None:
+    """Multi-label validation without a single positive label scores every epoch and threshold 0,
+    so nothing is chosen there: a note naming ``bundle``'s source, or ``None``."""
+    if single_label or np.asarray(bundle.splits["valid"].labels).any():
+        return None
+    return (
+        f"{bundle.source}: no sample of the valid split has a label, so validation micro-F1 is 0 at every epoch "
+        "and threshold and nothing is chosen there: the run keeps its first epoch and the threshold 0.5; "
+        "give valid labelled samples"
+    )
+
+
+def bench_notes(bundle, configs, task: str) -> list[str]:
+    """The notes of ``valid_note`` and ``input_notes`` for the runs of a bench or a search, once:
+    their runs train with a quiet console. ``configs``: one ``Config`` per model; ``task``: the data's
+    (``resolve_task``). Each model is
+    built on the meta device (no memory taken) only to read what it is."""
+    import torch
+
+    from ramer.models import CLASSICAL, DataSpec, build_model
+
+    notes = [note] if (note := valid_note(bundle, task == "single_label")) else []
+    spec = DataSpec.from_bundle(bundle, task)
+    for cfg in configs:
+        if cfg.model.name in CLASSICAL:
+            continue
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = build_model(cfg, spec)
+        except Exception:  # a model that does not build says so when its run starts
+            continue
+        notes += [n for n in input_notes(bundle.splits["train"], model, cfg.loss, bundle.source) if n not in notes]
+    return notes
+
+
 OVERFLOW = 1e18  # a feature magnitude whose square (about 1e36) a LayerNorm's float32 variance barely holds
 
 

@@ -67,7 +67,7 @@ from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
 from ramer.paths import atomic_write_text, loads_json, work_folder
 from ramer.train.ema import WeightAverage
-from ramer.train.inputs import input_notes, loss_not_finite
+from ramer.train.inputs import input_notes, loss_not_finite, valid_note
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -401,16 +401,10 @@ class RunSteps:
         ``model`` of this package cannot read in the training split (``input_notes``)."""
         if not is_main():
             return
-        source, notes = self.bundle.source, []
-        valid = self.bundle.splits["valid"]
-        if not self.spec.single_label and not np.asarray(valid.labels).any():
-            notes.append(
-                f"{source}: no sample of the valid split has a label, so validation micro-F1 is 0 at every epoch "
-                "and threshold and nothing is chosen there: the run keeps its first epoch and the threshold 0.5; "
-                "give valid labelled samples"
-            )
+        note = valid_note(self.bundle, self.spec.single_label)
+        notes = [note] if note else []
         if model is not None:
-            notes += input_notes(self.splits["train"], model, self.cfg.loss, source)
+            notes += input_notes(self.splits["train"], model, self.cfg.loss, self.bundle.source)
         for note in notes:
             self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
 
