@@ -375,3 +375,48 @@ def test_ctrl_c_during_nproc_exits_130_with_one_hint_and_no_traceback(tmp_path):
     assert "Traceback" not in err and "SignalException" not in err, err
     assert err.count("interrupted") == 1, err  # rank 0's hint, before the launcher ended
     assert not (tmp_path / "run").exists()  # made for the run and stopped before an epoch ended
+
+
+PEER_ENDS = """
+import sys
+
+import torch
+
+from ramer import dist
+from ramer.errors import RamerError
+
+dist.init_from_env(torch.device("cpu"))
+if dist.rank() == 1:
+    sys.exit("error: process 1 failed on its own")
+try:
+    dist.all_reduce_sum_(torch.ones(1))  # rank 0 waits for rank 1, which has ended
+except RamerError as e:  # what ramer's command line prints of it
+    sys.exit(f"error: {e}")
+"""
+
+
+@pytest.mark.slow
+def test_a_process_whose_peer_ended_says_so_in_one_line(tmp_path):
+    """One process's error ends the run: the others, waiting in a collective, stopped with a
+    traceback of gloo's broken connection ("Connection closed by peer") below that error."""
+    (tmp_path / "peer_ends.py").write_text(PEER_ENDS)
+    cmd = [sys.executable, "-m", "ramer.dist", "--standalone", "--nproc_per_node=2", "peer_ends.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: process 1 failed on its own" in proc.stderr
+    assert "error: process 0 of 2: another process of this run ended first" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_launch_has_no_banner_of_its_own(tmp_path):
+    """torchrun printed a four-line banner on every --nproc launch (it sets OMP_NUM_THREADS=1 where
+    unset and asks to tune it); the launcher sets that value itself, and train.threads tunes it."""
+    (tmp_path / "threads.py").write_text("import os\nprint('threads', os.environ['OMP_NUM_THREADS'])\n")
+    cmd = [sys.executable, "-m", "ramer.dist", "--standalone", "--nproc_per_node=2", "threads.py"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["threads 1", "threads 1"]
+    assert "OMP_NUM_THREADS" not in proc.stderr and "*****" not in proc.stderr, proc.stderr

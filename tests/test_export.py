@@ -8,6 +8,7 @@ grids and on a real collated batch. Without the optional packages the command sa
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -75,6 +76,8 @@ def test_cli_export_and_check(run, tmp_path, capsys):
     batch = store.collate(np.arange(7))
     assert (batch.size, *batch.grid) != EXAMPLE_SHAPE
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    stored = session.get_modelmeta().custom_metadata_map  # the run's own decision, written by the command
+    assert json.loads(stored["ramer.threshold"]) == pytest.approx(predictor.threshold)
     feed = batch_to_grid(batch, personality=True)
     assert {i.name for i in session.get_inputs()} == set(feed)
     got = session.run(["probs"], feed)[0]
@@ -189,3 +192,67 @@ def test_personality_inputs_follow_what_the_model_reads():
     assert not uses_personality(LateFusion(cfg, LossConfig(), spec).eval(), spec)  # it reads no personality
     no_traits = DataSpec(dims=spec.dims, n_labels=3, label_names=spec.label_names)
     assert not uses_personality(TraitsReader(spec, reads=True), no_traits)
+
+
+def tiny_late_fusion(task: str = "multi_label"):
+    from ramer.config import LossConfig, ModelConfig
+    from ramer.models.base import DataSpec
+    from ramer.models.late_fusion import LateFusion
+
+    torch.manual_seed(0)
+    dims = {"text": 6, "audio": 4, "visual": 3}
+    spec = DataSpec(dims=dims, n_labels=3, label_names=("joy", "fear", "calm"), task=task)
+    return LateFusion(ModelConfig(hidden=16, heads=2, ffn=16), LossConfig(), spec).eval(), spec
+
+
+@needs_onnx
+def test_the_file_names_its_labels_and_decision(tmp_path):
+    """The output's columns are the run's labels, decided by its threshold: both in the file's
+    metadata (the ONNX file alone had neither, so nothing said which column was which label)."""
+    import onnx
+
+    from ramer import export
+
+    model, spec = tiny_late_fusion()
+    path = tmp_path / "m.onnx"
+    export.export_onnx(model, spec, path)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["ramer.labels"]) == ["joy", "fear", "calm"] and props["ramer.task"] == "multi_label"
+    export.add_metadata(path, spec, threshold=np.array([0.3, 0.4, 0.5]))  # what export_onnx(threshold=) adds
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["ramer.threshold"]) == [0.3, 0.4, 0.5]
+    _, single = tiny_late_fusion("single_label")
+    export.add_metadata(path, single)  # single-label data: the arg-max, without a threshold given
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["ramer.task"] == "single_label" and json.loads(props["ramer.threshold"]) == "argmax"
+
+
+@needs_onnx
+def test_a_model_of_nan_scores_is_refused_before_anything_is_written(tmp_path):
+    """NaN weights (a damaged or diverged model): one line, and no file; the graph was written, and
+    --check then called it a NaN difference from torch."""
+    from ramer.export import export_onnx
+
+    model, spec = tiny_late_fusion()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    path = tmp_path / "m.onnx"
+    with pytest.raises(RamerError, match=r"model LateFusion: its scores are NaN or infinite .*/m\.onnx not written"):
+        export_onnx(model, spec, path)
+    assert not path.exists()
+
+
+def test_a_batch_of_several_target_tokens_is_refused_not_scored_as_the_whole_scene():
+    """A scene whose scope is marked target tokens (MEmoR's clip protocol) has target -1 in the
+    batch: its ONNX inputs were those of a whole-scene sample, and the graph scored the whole scene."""
+    from conftest import random_store
+
+    from ramer.export import batch_to_grid
+
+    batch = random_store(n=4, persons=(2, 3), segments=(3, 4)).collate(np.arange(4))
+    assert set(batch_to_grid(batch, personality=True)) >= {"target", "valid", "personality"}
+    batch.target[1] = -1
+    batch.scope[1] = batch.valid[1] & (batch.segment[1] == 0)  # the marked tokens: segment 0 of everyone
+    with pytest.raises(RamerError, match=r"scene '.*' \(1 of 4\): its target is several marked tokens"):
+        batch_to_grid(batch, personality=True)

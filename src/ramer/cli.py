@@ -386,7 +386,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
-            wrapper = export_onnx(predictor.model, predictor.spec, args.onnx)
+            wrapper = export_onnx(predictor.model, predictor.spec, args.onnx, threshold=predictor.threshold)
     except RamerError:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line and the log tail

@@ -8,11 +8,16 @@ Without those variables everything here is a no-op and the run is one process.
 
 Sharding (``shard_indices``, ``eval_slice``) and the gathers are plain functions of
 ``rank()``/``world_size()``, so they are tested without a launcher.
+
+A collective here that fails because another process of the run has ended (gloo: the connection to
+it closed) raises a ``RamerError`` (``collective``): one line after that process's own error, not
+this process's traceback of the broken connection.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import sys
 
@@ -78,6 +83,35 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# What gloo says when the process at the other end of a connection has ended (exited, killed).
+PEER_ENDED = ("Connection closed by peer", "Connection reset by peer")
+
+
+def peer_ended(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's failure because another process of the group ended."""
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in PEER_ENDED)
+
+
+def collective(fn):
+    """``fn`` (which waits for the other processes) with a lost peer as one ``RamerError`` line: the
+    process that ended has said why (its own error, or torchrun's line naming its exit code)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:
+            if not peer_ended(e):
+                raise
+            raise RamerError(
+                f"process {rank()} of {world_size()}: another process of this run ended first (its error, or "
+                "torchrun's line naming its exit code, says why); this one stops too"
+            ) from None
+
+    return wrapper
+
+
+@collective
 def barrier() -> None:
     if is_dist():
         dist.barrier()
@@ -116,6 +150,7 @@ def eval_slice(n: int) -> slice:
 
 
 # ---------------------------------------------------------------------- collectives
+@collective
 def gather_arrays(part: np.ndarray) -> np.ndarray:
     """Concatenate every rank's array along axis 0, in rank order (rows may differ per rank)."""
     if not is_dist():
@@ -125,6 +160,7 @@ def gather_arrays(part: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
+@collective
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of ``x`` (n_r, ...) concatenated in rank order; ``n_r`` may differ.
 
@@ -153,6 +189,7 @@ def all_gather_rows_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
     return [p[:s] for p, s in zip(parts, sizes)]
 
 
+@collective
 def _row_counts(x: torch.Tensor) -> list[int]:
     """Every rank's number of rows of ``x``, in rank order."""
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
@@ -172,24 +209,28 @@ class _GatherRows(torch.autograd.Function):
     """All-gather equal-sized tensors; backward: each rank's slice of the summed gradients."""
 
     @staticmethod
+    @collective
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bufs = [torch.empty_like(x) for _ in range(world_size())]
         dist.all_gather(bufs, x)
         return tuple(bufs)
 
     @staticmethod
+    @collective
     def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
         total = torch.stack(grads).contiguous()  # (world, rows, ...): what each rank's loss sent
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total[rank()]
 
 
+@collective
 def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 
 
+@collective
 def all_true(flag: torch.Tensor) -> bool:
     """A boolean tensor that is True on every rank (a per-rank check every rank must act on alike)."""
     if not is_dist():
@@ -199,12 +240,14 @@ def all_true(flag: torch.Tensor) -> bool:
     return bool(t.item())
 
 
+@collective
 def broadcast_from_main(x: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.broadcast(x, src=0)
     return x
 
 
+@collective
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank."""
     if not is_dist():
@@ -214,6 +257,7 @@ def broadcast_object(obj):
     return box[0]
 
 
+@collective
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """The mean of each value over the ranks (logging)."""
     if not is_dist() or not values:
@@ -230,6 +274,7 @@ def launch(argv: list[str]) -> int:
     """torchrun (``torch.distributed.run``) with the arguments ``argv``; returns an exit code where
     torchrun raises and prints a traceback: the first failed worker's (its error is its own output;
     128 + S for one killed by signal S), 128 + S when this process got signal S (130: Ctrl-C).
+    ``OMP_NUM_THREADS`` is 1 where unset, as torchrun would make it, without torchrun's banner.
     On Windows the rendezvous store is told not to use libuv (``USE_LIBUV=0``, unless set): torch's
     Windows builds lack it, yet torchrun's store asks for it, and every launch failed there."""
     import signal
@@ -240,6 +285,8 @@ def launch(argv: list[str]) -> int:
 
     if sys.platform == "win32":  # the workers inherit it: their process group's store is the same kind
         os.environ.setdefault("USE_LIBUV", "0")
+    # torchrun sets it to 1 where unset, with a banner to tune it: train.threads sets each process's threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         run(parse_args(argv))
     except ChildFailedError as e:

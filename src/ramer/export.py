@@ -2,6 +2,9 @@
 
 The ONNX graph takes the scene grid as plain tensors (no ``Batch``); every size is dynamic:
 ``B`` scenes, ``P`` persons, ``S`` segments (``N = P * S`` tokens, person-major as in ``Batch``).
+A scene smaller than the grid is padded (``valid`` False), as ``SceneStore.collate`` pads a batch;
+``batch_to_grid`` gives these inputs for a collated ``Batch`` (not for scenes of several marked
+target tokens, MEmoR's clip protocol: the graph takes one target token or the whole scene).
 
 ===========================  =====================  ===============================================
 input                        shape / dtype          meaning
@@ -9,23 +12,35 @@ input                        shape / dtype          meaning
 ``text, audio, visual``      (B, P, S, d_m) float   token features (ignored where not present)
 ``present``                  (B, P, S, 3) bool      presence of text / audio / visual per token
 ``valid``                    (B, P, S) bool         False on padding
-``target``                   (B,) int64             target token ``p * S + s``; -1: whole scene
+``target``                   (B,) int64             target token ``p * S + s`` of a valid token (``S``:
+                                                    the grid's); -1: whole scene. Not checked: one
+                                                    outside the scene is an error in some models and
+                                                    a score of nothing in others
 ``personality``              (B, P, d_pi) float     only when the model reads personality
 ``personality_present``      (B, P) bool            only with ``personality``
 ===========================  =====================  ===============================================
 
-Output ``probs`` (B, C): the same probabilities as ``ramer.load(RUN_DIR).predict``.
+``S`` is at most ``model.max_segments`` (512 by default) for the models with a segment-position
+table (``ramer``, ``ramer-authors``, ``mlgcn``, ``hhmpn``): onnxruntime refuses a longer grid.
+
+Output ``probs`` (B, C): the same probabilities as ``ramer.load(RUN_DIR).predict`` (fp32, whatever
+the run's ``train.precision``). The file's metadata (``metadata_props``) says how to read them:
+``ramer.labels`` (a JSON list of the C label names, in column order), ``ramer.task`` and, when
+given, ``ramer.threshold`` (the run's decision, as ``predict`` writes it: a number, one per label,
+or ``"argmax"``).
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` then ONNX), with ``B``, ``P``
-and ``S`` as dynamic dimensions. ``--check`` runs onnxruntime on random scenes of a batch and
-grid size different from the export example and compares with torch (max abs difference of the
-probabilities at most ``1e-4``). The ONNX packages are the optional extra ``ramer[onnx]``.
+and ``S`` as dynamic dimensions. A model whose scores are not finite is refused before anything is
+written. ``--check`` runs onnxruntime on random scenes of a batch and grid size different from the
+export example and compares with torch (max abs difference of the probabilities at most ``1e-4``).
+The ONNX packages are the optional extra ``ramer[onnx]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import warnings
@@ -136,9 +151,20 @@ def grid_batch(
 
 
 def batch_to_grid(batch: Batch, personality: bool) -> dict[str, np.ndarray]:
-    """The ONNX inputs of a collated ``Batch`` (e.g. from ``SceneStore.collate``)."""
+    """The ONNX inputs of a collated ``Batch`` (e.g. from ``SceneStore.collate``). A scene whose scope
+    is not what its ``target`` gives (several marked target tokens: MEmoR's clip protocol) is refused:
+    the graph has no input for it and would pool over the whole scene."""
     B = batch.size
     P, S = batch.grid
+    target_person = torch.div(batch.target, S, rounding_mode="floor").unsqueeze(1)
+    implied = batch.valid & ((batch.target < 0).unsqueeze(1) | (batch.person == target_person))
+    apart = (implied != batch.scope).any(1).nonzero().flatten().tolist()
+    if apart:
+        first = repr(batch.ids[apart[0]]) if len(batch.ids) == B else f"{apart[0]} of the batch"
+        raise RamerError(
+            f"scene {first} ({len(apart)} of {B}): its target is several marked tokens, which the ONNX graph has no "
+            "input for (it would score the whole scene); score such data with ramer predict or ramer.load"
+        )
     out = {m: batch.features[m].reshape(B, P, S, -1).float().cpu().numpy() for m in MODALITIES}
     out["present"] = torch.stack([batch.present[m] for m in MODALITIES], -1).reshape(B, P, S, 3).cpu().numpy()
     out["valid"] = batch.valid.reshape(B, P, S).cpu().numpy()
@@ -214,8 +240,11 @@ def quiet_log(name: str):
         log.setLevel(level)
 
 
-def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = None) -> GridModel:
-    """Export ``model`` (eval mode) to ``path`` with dynamic B, P and S; returns the wrapper."""
+def export_onnx(
+    model: nn.Module, spec, path: str | Path, opset: int | None = None, threshold: float | list | str | None = None
+) -> GridModel:
+    """Export ``model`` (eval mode) to ``path`` with dynamic B, P and S; returns the wrapper.
+    ``threshold``: the run's decision, written to the file's metadata with the label names."""
     require_onnx(runtime=False)
     from torch.export import Dim
 
@@ -225,6 +254,13 @@ def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = No
     example = random_inputs(EXAMPLE_SHAPE, spec.dims, spec.personality_dim if with_pers else None, seed=0)
     names = wrapper.input_names()
     args = tuple(torch.from_numpy(example[n]) for n in names)
+    with torch.inference_mode():
+        finite = bool(torch.isfinite(wrapper(*args)).all())
+    if not finite:  # a graph of NaN scores, which --check would call a NaN difference
+        raise RamerError(
+            f"model {type(model).__name__}: its scores are NaN or infinite (a damaged or diverged model); "
+            f"{path} not written"
+        )
     max_s = int(getattr(getattr(model, "cfg", None), "max_segments", 4096))
     b, p, s = Dim("batch", min=1, max=1 << 16), Dim("persons", min=1, max=4096), Dim("segments", min=1, max=max_s)
     grid = {0: b, 1: p, 2: s}
@@ -255,9 +291,27 @@ def export_onnx(model: nn.Module, spec, path: str | Path, opset: int | None = No
             )
         if os.path.getsize(tmp) == 0:
             raise RamerError(f"ONNX export wrote nothing to {path}")
+        add_metadata(tmp, spec, threshold)
 
     atomic_write(path, write)
     return wrapper
+
+
+def add_metadata(path: str | Path, spec, threshold: float | list | str | None = None) -> None:
+    """Write what reading the output takes into the ONNX file's ``metadata_props``: the label names
+    in column order, the task and the decision (``"argmax"`` on single-label data)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    if threshold is None and spec.single_label:
+        threshold = "argmax"
+    if isinstance(threshold, np.ndarray):
+        threshold = threshold.tolist()
+    props = {"ramer.labels": json.dumps(list(spec.label_names)), "ramer.task": spec.task}
+    if threshold is not None:
+        props["ramer.threshold"] = json.dumps(threshold)
+    onnx.helper.set_model_props(graph, props)
+    onnx.save(graph, str(path))
 
 
 def _translations() -> dict:
