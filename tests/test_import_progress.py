@@ -106,6 +106,7 @@ def test_a_log_gets_a_plain_line_when_each_stage_starts_goes_on_and_ends(tmp_pat
     seconds = r"\(\d+ s\)"
     expected = [
         r"text: 5 utterances in 2 conversations \(5 to compute, 0 cached\) \.\.\.",
+        rf"text: 4 of 5 utterances computed {seconds}",  # each conversation's texts in batches of their own
         r"text: 5 utterances in 2 conversations: done in \d+\.\d s \(computed 5, cached 0\)",
         r"audio: 4 utterances in 1 conversation \(4 to compute, 0 cached\) \.\.\.",
         rf"audio: 1 of 4 utterances computed {seconds}",

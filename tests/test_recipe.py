@@ -322,7 +322,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, bundle, monkey
     ckpt.read_model_file(out / "model.safetensors")  # still loads
 
     def dying_torch_save(obj, f):
-        Path(f).write_bytes(b"half")
+        f.write(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ckpt.torch, "save", dying_torch_save)

@@ -18,7 +18,7 @@ from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError
-from ramer.infer import batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
+from ramer.infer import autocast, batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
@@ -44,6 +44,13 @@ class Predictor:
     @property
     def label_names(self) -> tuple[str, ...]:
         return self.spec.label_names
+
+    @property
+    def precision(self) -> str:
+        """How the run scored its validation and test split: under bfloat16 autocast for a deep run
+        trained with ``train.precision: bf16``, else fp32 (``infer.predict`` takes no autocast for a
+        model cast whole to bfloat16, ``load(precision="bf16")``)."""
+        return "fp32" if self.cfg.model.name in CLASSICAL else self.cfg.train.precision
 
     def _check_data(self, names, dims: dict[str, int | None], source: str) -> None:
         """The data's labels and feature sizes must be the model's (a personality size only where
@@ -97,8 +104,10 @@ class Predictor:
             was_training = self.model.training  # a model put in training mode stays so (as ``infer.predict``)
             self.model.eval()
             try:
-                with torch.inference_mode():
-                    scores = batch_scores(self.model, data.to(self.device, model_dtype(self.model)))
+                dtype = model_dtype(self.model)
+                cast = self.precision if dtype == torch.float32 else "fp32"  # a model cast whole: no autocast
+                with torch.inference_mode(), autocast(self.device, cast):
+                    scores = batch_scores(self.model, data.to(self.device, dtype))
             finally:
                 self.model.train(was_training)
             try:  # the inputs are finite: NaN scores are the model's (as ``infer.predict`` says)
@@ -108,7 +117,8 @@ class Predictor:
             return scores
         self._check_data(data.label_names, data.dims, data.source)
         try:
-            return predict_store(self.model, data, self.cfg.train.eval_batch_size, self.device, workers=workers).scores
+            batch_size = self.cfg.train.eval_batch_size
+            return predict_store(self.model, data, batch_size, self.device, self.precision, workers=workers).scores
         except RamerError:  # NaN scores: the data's fault? (scanned only now: a good store is read once)
             data.check(where)  # names the data and the array when it is
             raise

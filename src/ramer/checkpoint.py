@@ -47,7 +47,25 @@ def save_model(
         "epoch": str(epoch),
         **({"data": json.dumps(data)} if data else {}),
     }
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+    def write(tmp: str) -> None:
+        save_file(state, tmp, metadata=meta)
+        sort_metadata(tmp)
+
+    atomic_write(path, write)
+
+
+def sort_metadata(path: str | Path) -> None:
+    """Rewrite the safetensors file ``path`` with its metadata keys in sorted order: safetensors writes
+    them in the order of a hash map, another at every call, so one model saved twice gave other bytes.
+    The header is JSON padded with spaces to a multiple of 8 bytes; tensor offsets count from its end."""
+    data = Path(path).read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    Path(path).write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
 
 
 def looks_like_safetensors(path: str | Path) -> bool:
@@ -288,7 +306,11 @@ TRAIN_STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "best")  
 
 
 def save_train_state(path: str | Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file, not its name: torch names the zip's entries archive/..., not after tmp
+            torch.save(state, f)
+
+    atomic_write(path, write)
 
 
 def load_train_state(path: str | Path) -> dict:

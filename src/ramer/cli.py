@@ -83,7 +83,8 @@ def metrics_table(title: str, rows: dict[str, dict], task: str = "multi_label") 
 PRECISION_HELP = (
     "bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
     "scores differ from fp32 by a few thousandths, which flips the decisions near the threshold: 2-3 %% "
-    "of them at the bundled settings, docs/PERFORMANCE.md). Default fp32"
+    "of them at the bundled settings, docs/PERFORMANCE.md). Default fp32: float32 weights, under bfloat16 "
+    "autocast for a run trained with train.precision=bf16 (as its validation and test line were scored)"
 )
 LOADER_SET_HELP = (
     "a loader option, e.g. data.max_utterances=80, data.m3ed_protocol=utterance, data.unaligned_layout=pad, "

@@ -1040,13 +1040,16 @@ def compute_features(
         return cache.key("text", version, [u.text for u in c.utterances])
 
     pending = _from_cache("text", list(range(len(convs))), convs, cache, report, key=text_key, use=set_text)
-    texts = [(k, s, u.text) for k, _ in pending for s, u in enumerate(convs[k].utterances) if u.text]
     with _Stage(console, "text", convs, [convs[k] for k, _ in pending], t0) as stage:
-        if texts:
-            emb = F.embed_texts([t for _, _, t in texts], advance=stage.advance)
-            for (k, s, _), vec in zip(texts, emb):
-                out[k].text[s] = vec
-                out[k].text_ok[s] = True
+        for k, _ in pending:  # each conversation's texts in batches of their own: a batch is padded to its
+            # longest text, which moves the last digits, so features computed beside other conversations'
+            # would differ from the same conversation's cached ones (the cache's key is its texts alone)
+            texts = [(s, u.text) for s, u in enumerate(convs[k].utterances) if u.text]
+            if texts:
+                emb = F.embed_texts([t for _, t in texts], advance=stage.advance)
+                for (s, _), vec in zip(texts, emb):
+                    out[k].text[s] = vec
+                    out[k].text_ok[s] = True
         # which texts the model cut to their start (its max_seq_length): counted once, kept in the entry
         recount = [k for k, _ in pending] + uncounted
         rows = [(k, s) for k in recount for s, u in enumerate(convs[k].utterances) if u.text]
