@@ -884,3 +884,22 @@ def test_python_entries_name_a_wrong_argument_type():
     assert build_config(None, (x for x in ["train.epochs=3"])).train.epochs == 3  # a generator, read once
     with pytest.raises(RamerError, match=r"run_training takes a ramer.config.Config .*, not dict"):
         run_training({"model": {"name": "ramer"}}, "runs/x")
+
+
+@pytest.mark.parametrize("model", ["late_fusion", "br"])
+def test_train_threads_hold_for_the_run_only(tmp_path, bundle, model):
+    """A run's train.threads stayed the process's thread count after it: a later run (or notebook cell)
+    with train.threads unset inherited it, stopped runs too."""
+    from ramer.train import run_training
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_training(tiny_cfg(model, extra=["train.threads=1", "train.epochs=1"]), tmp_path / "a", bundle=bundle)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(Stop):
+            cfg = tiny_cfg(extra=["train.threads=1", "train.epochs=2"])
+            Recipe(cfg, tmp_path / "b", bundle=bundle, hooks=(stop_after(1),)).run()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -382,6 +382,9 @@ class RunSteps:
     announce = False
 
     def run(self) -> dict:
+        """The run; the process's torch thread count as it was before (``train.threads`` sets it for
+        the run only: a later run or a notebook cell in the same process starts from its own)."""
+        threads = torch.get_num_threads()
         try:
             self.setup()
             if self.announce and is_main():
@@ -389,7 +392,10 @@ class RunSteps:
             self.train()
             return self.test()
         finally:
-            self.close()
+            try:
+                self.close()
+            finally:
+                torch.set_num_threads(threads)
 
     def close(self) -> None:
         if self.curves is not None:
