@@ -395,11 +395,46 @@ except RamerError as e:  # what ramer's command line prints of it
 """
 
 
+PEER_ENDS_IN_BACKWARD = """
+import sys
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from ramer import dist
+from ramer.errors import RamerError
+from ramer.models.base import LossResult
+from ramer.train.recipe import training_step
+
+
+class Tiny(nn.Linear):
+    def loss(self, out, batch):
+        return LossResult(total=out.square().mean(), terms={})
+
+
+dist.init_from_env(torch.device("cpu"))
+model = Tiny(4, 1)
+try:
+    ddp = nn.parallel.DistributedDataParallel(model)
+    if dist.rank() == 1:
+        dist.all_true(torch.tensor(True))  # the step's finite check passes on both, then this one ends
+        sys.exit("error: process 1 failed on its own")
+    batch = SimpleNamespace(labels=torch.zeros(1))
+    step = lambda b: ddp(torch.ones(2, 4))  # noqa: E731
+    training_step(step, model, batch, torch.optim.SGD(model.parameters(), lr=0.1), None, 1.0)
+except RamerError as e:  # what ramer's command line prints of it
+    sys.exit(f"error: {e}")
+"""
+
+
 @pytest.mark.slow
-def test_a_process_whose_peer_ended_says_so_in_one_line(tmp_path):
-    """One process's error ends the run: the others, waiting in a collective, stopped with a
-    traceback of gloo's broken connection ("Connection closed by peer") below that error."""
-    (tmp_path / "peer_ends.py").write_text(PEER_ENDS)
+@pytest.mark.parametrize("script", [PEER_ENDS, PEER_ENDS_IN_BACKWARD], ids=["collective", "ddp-backward"])
+def test_a_process_whose_peer_ended_says_so_in_one_line(tmp_path, script):
+    """One process's error ends the run: the others, waiting in a collective (ours, or DDP's gradient
+    sync in backward), stopped with a traceback of gloo's broken connection ("Connection closed by
+    peer") below that error."""
+    (tmp_path / "peer_ends.py").write_text(script)
     cmd = [sys.executable, "-m", "ramer.dist", "--standalone", "--nproc_per_node=2", "peer_ends.py"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)

@@ -221,6 +221,8 @@ def test_the_file_names_its_labels_and_decision(tmp_path):
     export.add_metadata(path, spec, threshold=np.array([0.3, 0.4, 0.5]))  # what export_onnx(threshold=) adds
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["ramer.threshold"]) == [0.3, 0.4, 0.5]
+    export.add_metadata(path, spec, threshold=np.float32(0.5))  # one number, numpy's (a TypeError in json)
+    assert json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["ramer.threshold"]) == 0.5
     _, single = tiny_late_fusion("single_label")
     export.add_metadata(path, single)  # single-label data: the arg-max, without a threshold given
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}

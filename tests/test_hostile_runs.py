@@ -257,3 +257,27 @@ def test_a_study_db_locked_by_another_process_is_said_before_the_wait(tmp_path, 
     console = Console(record=True, width=300)
     tune.check_study_file(path, console)  # released: nothing to say
     assert console.export_text() == ""
+
+
+def test_ramer_tune_says_its_study_db_is_locked_before_it_waits(tmp_path, monkeypatch, capsys):
+    """The note reaches the user of ``ramer tune`` (tune hands its console to the check), and the
+    search goes on once the other process lets go."""
+    import threading
+
+    pytest.importorskip("optuna")
+    from ramer import tune
+    from ramer.cli import main
+
+    sets = ["train.epochs=1", "model.hidden=16", "model.ffn=32", "model.heads=2", "train.batch_size=16"]
+    sets += ["train.threads=1", "data.synthetic.n_train=48", "data.synthetic.n_valid=24", "data.synthetic.n_test=24"]
+    argv = ["tune", "--model", "late_fusion", "--out", str(tmp_path / "t"), *[x for s in sets for x in ("--set", s)]]
+    assert main([*argv, "--trials", "1"]) == 0
+    other = sqlite3.connect(tmp_path / "t" / "study.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    threading.Timer(1.0, lambda: other.execute("ROLLBACK")).start()
+    monkeypatch.setattr(tune, "LOCK_NOTE_AFTER", 0.2)
+    capsys.readouterr()
+    assert main([*argv, "--trials", "2"]) == 0
+    other.close()
+    err = capsys.readouterr().err
+    assert "study.db is locked by another process; waiting until it is released" in err, err

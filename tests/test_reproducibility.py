@@ -198,3 +198,33 @@ def test_a_table_imported_over_an_earlier_import_equals_it_imported_afresh(tmp_p
     import_conversations(final, tmp_path / "fresh")
     grown, fresh = load_native(tmp_path / "grown"), load_native(tmp_path / "fresh")
     assert grown.fingerprints() == fresh.fingerprints()
+
+
+def test_a_batch_of_a_bf16_run_is_scored_as_its_test(tmp_path, small, monkeypatch):
+    """``Predictor.predict(Batch)`` takes the run's autocast too (the store path above goes through
+    ``infer.predict``): the test split as one batch gives the run's own test scores."""
+    tested = {}
+    real = recipe_mod.write_test_result
+
+    def keep(out, pred, *args, **kwargs):
+        tested["scores"] = pred.scores
+        return real(out, pred, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_mod, "write_test_result", keep)
+    out = tmp_path / "run"
+    Recipe(small_cfg("late_fusion", ["train.epochs=1", "train.precision=bf16"]), out, bundle=small).run()
+    predictor = ramer.load(out)
+    test = apply_missing(small, predictor.cfg)["test"]
+    assert len(test) <= predictor.cfg.train.eval_batch_size  # one batch, as the run's test scored it
+    got = predictor.predict(test.collate(np.arange(len(test))))
+    assert np.array_equal(got, tested["scores"]), np.abs(got - tested["scores"]).max()
+
+
+def test_sorting_metadata_leaves_a_file_without_metadata_as_it_was(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    before = path.read_bytes()
+    ckpt.sort_metadata(path)
+    assert path.read_bytes() == before

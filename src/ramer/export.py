@@ -305,8 +305,8 @@ def add_metadata(path: str | Path, spec, threshold: float | list | str | None = 
     graph = onnx.load(str(path))
     if threshold is None and spec.single_label:
         threshold = "argmax"
-    if isinstance(threshold, np.ndarray):
-        threshold = threshold.tolist()
+    if threshold is not None and not isinstance(threshold, str):  # a number, numpy's too, or one per label
+        threshold = np.asarray(threshold, dtype=np.float64).tolist()
     props = {"ramer.labels": json.dumps(list(spec.label_names)), "ramer.task": spec.task}
     if threshold is not None:
         props["ramer.threshold"] = json.dumps(threshold)

@@ -214,7 +214,11 @@ def check_study_file(path: Path, console: Console | None = None) -> None:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.OperationalError as e:
         if "locked" in str(e) and console is not None:
-            console.print(f"note: {path} is locked by another process; waiting until it is released", highlight=False)
+            console.print(
+                f"note: {path} is locked by another process; waiting until it is released",
+                highlight=False,
+                soft_wrap=True,
+            )
         return
     except sqlite3.Error:
         return

@@ -187,7 +187,7 @@ def training_step(
     if not dist.all_true(torch.isfinite(loss.total.detach())):  # every rank stops together
         raise FloatingPointError(float(loss.total.detach()))
     optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
+    dist.collective(loss.total.backward)()  # DDP's gradient sync: a peer that ended is one line
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     if scheduler is not None:
@@ -485,7 +485,7 @@ class Recipe(RunSteps):
             # Buffers (queue, prototypes) are kept equal by the model's own collectives.
             ids = [self.device.index] if self.device.type == "cuda" else None
             every_parameter = getattr(self.model, "uses_every_parameter", False)  # else DDP searches each step
-            self.forward_model = nn.parallel.DistributedDataParallel(
+            self.forward_model = dist.collective(nn.parallel.DistributedDataParallel)(  # it broadcasts the weights
                 self.model, device_ids=ids, find_unused_parameters=not every_parameter, **NO_BUFFER_SYNC
             )
             torch.manual_seed(cfg.train.seed * 1_000_003 + dist.rank())  # own dropout etc. per rank
