@@ -32,7 +32,8 @@ def target_text(store) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(store.labels)
     if (labels.sum(1) != 1).any():
         raise SystemExit(f"{store.source}: single-label data expected (one label per sample)")
-    return np.asarray(store.text)[rows].astype(np.float64), labels.argmax(1)
+    text = np.stack([store.token_features("text", r, r + 1)[0] for r in rows.tolist()])  # dense or packed
+    return text.astype(np.float64), labels.argmax(1)
 
 
 def main(path: str) -> None:

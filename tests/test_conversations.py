@@ -121,7 +121,7 @@ def test_presence_masks_follow_the_schema_value_by_value(tmp_path, fake_text):
     assert store.target[i].tolist() == [1, 1]  # bob, the middle utterance
     assert store.role[i] == 1
     assert store.labels[i].tolist() == [1, 0, 0, 1]  # anger;sadness
-    text = np.asarray(store.text[sl])
+    text = store.token_features("text", sl.start, sl.stop)  # 0 where absent, packed or dense
     np.testing.assert_array_equal(text[0], fake_vector("Hello everyone, good to see you."))  # ann, s0
     np.testing.assert_array_equal(text[2], fake_vector("Why not? It is a fine plan."))  # ann, s2
     np.testing.assert_array_equal(text[4], fake_vector("I am not happy about the plan."))  # bob, s1
@@ -925,7 +925,8 @@ def test_long_texts_the_model_cuts_are_counted_and_noted(tmp_path, fake_text, fa
         np.testing.assert_array_equal(a.splits[s].text, b.splits[s].text)
     c1 = a.splits[next(s for s in a.splits if "c1/1" in a.splits[s].ids)]
     sl, P, S = scene_tokens(c1, c1.ids.index("c1/1"))
-    assert any(np.array_equal(v, fake_vector(huge)) for v in np.asarray(c1.text[sl]))  # the whole cell was read
+    cells = c1.token_features("text", sl.start, sl.stop)
+    assert any(np.array_equal(v, fake_vector(huge)) for v in cells)  # the whole cell was read
 
     # a cache entry written before the cut was kept: reused, and only its long text is tokenized
     entry = F.FeatureCache(tmp_path / "ds" / "cache")._path("text", "c1")
@@ -1122,7 +1123,7 @@ def test_audio_features_per_utterance_only_for_the_speaker(tmp_path, fake_text):
         [False, True, False],
         [False, False, False],
     ]  # ann's 3rd: no words
-    audio = np.asarray(store.audio[sl]).reshape(P, S, -1)
+    audio = store.token_features("audio", sl.start, sl.stop).reshape(P, S, -1)
     col = {n: k for k, n in enumerate(F.AUDIO_FEATURES)}
     assert np.exp(audio[0, 0, col["log_f0_mean"]]) == pytest.approx(150, rel=0.05)
     assert np.exp(audio[1, 1, col["log_f0_mean"]]) == pytest.approx(300, rel=0.05)
@@ -1271,7 +1272,7 @@ def test_visual_faces_are_assigned_only_when_reliable(tmp_path, fake_text):
     pres = store.present[sl].reshape(P, S, 3)
     assert pres[..., 2].tolist() == [[True, True, False, False], [True, True, False, False]]
     assert pres[..., 1].tolist() == [[True, False, True, False], [False, True, False, True]]  # audio: speaker only
-    vis = np.asarray(store.visual[sl]).reshape(P, S, -1)
+    vis = store.token_features("visual", sl.start, sl.stop).reshape(P, S, -1)
     extra = {n: F.N_CONTOUR * 3 + k for k, n in enumerate(F.VISUAL_EXTRAS)}
     # the talking face moves its mouth; the listener's does not
     assert vis[0, 0, extra["mouth_open_std"]] > 0.02 > 0.005 > vis[1, 0, extra["mouth_open_std"]]
@@ -1372,7 +1373,7 @@ def test_cli_import_train_predict_with_the_real_text_model(tmp_path, capsys):
     assert "3 conversations, 11 utterances, 10 persons; labels (4): anger, joy, neutral, sadness" in out
 
     bundle = load_native(tmp_path / "ds")
-    text = np.concatenate([np.asarray(s.text)[np.asarray(s.present)[:, 0]] for s in bundle.splits.values()])
+    text = np.concatenate([s.first_present_rows("text", len(s.present)) for s in bundle.splits.values()])
     np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)  # real unit-length embeddings
     assert len(np.unique(text.round(5), axis=0)) == sum(1 for r in ROWS if r[3])  # one vector per distinct text
 

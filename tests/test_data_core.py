@@ -97,8 +97,10 @@ def test_native_round_trip(tmp_path):
     back = load_native(tmp_path / "d")
     assert back.label_names == store.label_names
     loaded = back.splits["valid"]
-    for name in ("text", "audio", "visual", "present", "grid", "labels", "target", "role", "personality"):
+    for name in ("present", "grid", "labels", "target", "role", "personality"):
         np.testing.assert_array_equal(np.asarray(getattr(loaded, name)), getattr(store, name))
+    for k, m in enumerate(("text", "audio", "visual")):  # packed: the rows of present tokens
+        np.testing.assert_array_equal(np.asarray(getattr(loaded, m)), getattr(store, m)[store.present[:, k]])
     assert loaded.ids == store.ids
     assert isinstance(loaded.text, np.memmap)
 

@@ -145,3 +145,24 @@ def test_bench_and_tune_say_the_notes_their_quiet_runs_do_not(tmp_path, capsys):
     argv = ["tune", "--model", "late_fusion", "--data", str(data), "--trials", "1", "--out", str(tmp_path / "t")]
     assert main([*argv, *sets]) == 0
     assert capsys.readouterr().err.count("vary little within a token") == 3
+
+
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_data_without_a_valid_split_is_one_line_before_any_note(tmp_path, capsys, command):
+    """The notes read the valid and train splits before the runs check them: a dataset without a
+    valid split gave a KeyError traceback from bench and tune, where it was one line."""
+    from ramer.cli import main
+
+    if command == "tune":
+        pytest.importorskip("optuna")
+    splits = {"train": random_store(n=16), "test": random_store(n=8, seed=2)}
+    DataBundle(splits, splits["train"].label_names, "odd", "odd").save(tmp_path / "novalid")
+    sets = [x for s in [*TINY, "train.threads=1"] for x in ("--set", s)]
+    argv = [command, "--data", str(tmp_path / "novalid"), "--out", str(tmp_path / "out"), *sets]
+    argv += (
+        ["--models", "late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", "", "--jobs", "1"]
+        if (command == "bench")
+        else ["--model", "late_fusion", "--trials", "1"]
+    )
+    assert main(argv) == 2
+    assert "no 'valid' split" in capsys.readouterr().err

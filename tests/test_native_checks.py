@@ -63,8 +63,8 @@ def one_line(e: pytest.ExceptionInfo) -> str:
             ["l0", "l1", "l0", "l3", "l4"],
             "'label_names' names 'l0' twice; each label needs its own name",
         ),
-        ("version", 2, r"'version' is a number \(2\); this ramer reads native directories up to version 1"),
-        ("version", "1", r"'version' is a string \(\"1\"\); this ramer reads native directories up to version 1"),
+        ("version", 3, r"'version' is a number \(3\); this ramer reads native directories up to version 2"),
+        ("version", "1", r"'version' is a string \(\"1\"\); this ramer reads native directories up to version 2"),
     ],
 )
 def test_meta_splits_and_label_names_must_have_their_types(tmp_path, key, value, match):
@@ -103,7 +103,8 @@ def test_non_finite_features_are_refused(tmp_path, name, column, value):
     path = d / "valid" / f"{name}.npy"
     arr = np.load(path)
     present = np.load(d / "valid" / ("personality_present.npy" if column is None else "present.npy"))
-    present = present if column is None else present[:, column]
+    if column is not None:  # a packed feature file holds present rows only (version 2): its first row
+        present = np.ones(len(arr), dtype=bool)
     if not present.all():  # the random store has every personality present
         arr[np.flatnonzero(~present)[0]] = value
         np.save(path, arr)

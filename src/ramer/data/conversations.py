@@ -1021,7 +1021,7 @@ def compute_features(
             )
         )
 
-    # --- text: every changed conversation's texts in one batched pass
+    # --- text: every changed conversation's texts, each conversation in batches of its own
     t0 = time.perf_counter()
     version = F.text_model_version()
 
@@ -1036,8 +1036,8 @@ def compute_features(
         else:
             out[k].text_cut, out[k].text_cut_at = cut, int(at)
 
-    def text_key(c: Conversation) -> str:
-        return cache.key("text", version, [u.text for u in c.utterances])
+    def text_key(c: Conversation) -> str:  # entries of shared batches (other last digits) are not reused
+        return cache.key("text", f"{version}; batched per conversation", [u.text for u in c.utterances])
 
     pending = _from_cache("text", list(range(len(convs))), convs, cache, report, key=text_key, use=set_text)
     with _Stage(console, "text", convs, [convs[k] for k, _ in pending], t0) as stage:

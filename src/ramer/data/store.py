@@ -3,13 +3,17 @@
 Every loader (synthetic, MOSEI, M3ED, MEmoR, imported conversations) produces a ``SceneStore``;
 the native on-disk format (``docs/DATA.md``) is these arrays as ``.npy`` files, read back with
 ``np.load(mmap_mode="r", allow_pickle=False)``: nothing in a data directory can run code.
+Version 2 of the format stores each feature array packed: only the rows of the tokens its
+modality is present at, in token order (version 1, dense ``(T, d_m)`` arrays, is still read).
+A loaded version-2 store keeps them packed, with ``feature_rows`` mapping each token to its row.
 
 Layout of one split with ``n`` scenes, ``T`` tokens in all and ``Q`` persons in all:
 
 ==========================  ================  =============================================
 array                       shape / dtype     meaning
 ==========================  ================  =============================================
-``text, audio, visual``     (T, d_m) float32  token features, person-major within a scene
+``text, audio, visual``     (T, d_m) float32  token features, person-major within a scene;
+                                              packed: (R_m, d_m), the rows of present tokens
 ``present``                 (T, 3) bool       presence of text / audio / visual per token
 ``token_offsets``           (n+1,) int64      scene i owns tokens [off[i], off[i+1])
 ``grid``                    (n, 2) int32      (P, S) of each scene, P * S tokens
@@ -62,7 +66,7 @@ from ramer.paths import (
 )
 
 NATIVE_FORMAT = "ramer-native"
-NATIVE_VERSION = 1
+NATIVE_VERSION = 2  # 2: feature arrays packed (present rows only); 1: dense, still read
 _ARRAYS = (
     "text",
     "audio",
@@ -128,6 +132,10 @@ class SceneStore:
     target_tokens: np.ndarray | None = None  # (T,) bool: several targets per scene (see module docstring)
     source: str = "<memory>"
     extra: dict = field(default_factory=dict)  # loader statistics (non-finite counts, ...)
+    # Packed features (a loaded version-2 folder): modality -> (T,) int64, the row of each token in
+    # its (R_m, d_m) array, -1 where it has none. ``None``: dense (T, d_m) arrays. Built at load from
+    # the stored presence mask and kept as it is by ``with_missing`` (which only hides tokens).
+    feature_rows: dict | None = None
 
     def __post_init__(self) -> None:
         for name in _DTYPES:  # a list or a tuple becomes an array; an ndarray (a memory map too) stays as it is
@@ -171,7 +179,13 @@ class SceneStore:
             need(False, f"label_names names '{twice}' twice; each label needs its own name")
         if (what := _not_strings(self.ids)) is not None:
             need(False, f"ids {what}, expected a list of strings (one sample id per scene)")
-        n, T = len(self.grid), len(self.text)
+        packed = self.feature_rows
+        if packed is not None:
+            need(
+                isinstance(packed, dict) and set(packed) == set(MODALITIES),
+                f"feature_rows must map each of {', '.join(MODALITIES)} to a row map",
+            )
+        n, T = len(self.grid), len(self.text if packed is None else self.present)
         need(self.grid.ndim == 2 and self.grid.shape[1] == 2, f"grid has shape {self.grid.shape}, expected (n, 2)")
         need(
             self.token_offsets.shape == (n + 1,),
@@ -183,7 +197,16 @@ class SceneStore:
         )
         for m in MODALITIES:
             arr = getattr(self, m)
-            need(arr.ndim == 2 and len(arr) == T, f"{m} has shape {arr.shape}, expected ({T}, d)")
+            if packed is None:
+                need(arr.ndim == 2 and len(arr) == T, f"{m} has shape {arr.shape}, expected ({T}, d)")
+                continue
+            at = packed[m]
+            need(
+                isinstance(at, np.ndarray) and at.shape == (T,) and at.dtype == np.int64,
+                f"feature_rows['{m}'] is not an int64 array of shape ({T},)",
+            )
+            R = int(at.max()) + 1 if T else 0  # rows ascend with the tokens: the last row is the largest
+            need(arr.ndim == 2 and len(arr) == R, f"{m} has shape {arr.shape}, expected ({R}, d) (packed)")
         need(self.present.shape == (T, 3), f"present has shape {self.present.shape}, expected ({T}, 3)")
         need(
             self.labels.ndim == 2 and self.labels.shape == (n, len(self.label_names)),
@@ -288,7 +311,8 @@ class SceneStore:
 
     # ------------------------------------------------------------------ variants
     def with_missing(self, rate: float, seed: int) -> "SceneStore":
-        """Hide each present modality of each token with extra probability ``rate`` (seeded)."""
+        """Hide each present modality of each token with extra probability ``rate`` (seeded). Packed
+        features keep their rows and ``feature_rows``: the hidden tokens' rows are simply not read."""
         if rate <= 0:
             return self
         rng = np.random.default_rng(seed)
@@ -334,9 +358,9 @@ class SceneStore:
             x = np.zeros((B * N, arr.shape[1]), dtype=np.float32)
             keep = pres[slots, k]
             if keep.all():
-                x[slots] = arr[rows]
+                x[slots] = arr[self._rows(m, rows)]
             elif keep.any():  # a modality absent from the whole batch (a text-only corpus) reads nothing
-                x[slots[keep]] = arr[rows[keep]]
+                x[slots[keep]] = arr[self._rows(m, rows[keep])]
             feats[m] = x.reshape(B, N, -1)
         pres = pres.reshape(B, N, 3)
         tgt = self.target[idx].astype(np.int64)
@@ -377,24 +401,104 @@ class SceneStore:
             ids=[self.ids[i] for i in idx],
         )
 
+    # ------------------------------------------------------------------ feature rows
+    @property
+    def packed(self) -> bool:
+        """Whether the features are packed (present rows only, ``feature_rows``), as loaded from a
+        version-2 folder; else dense ``(T, d_m)`` arrays."""
+        return self.feature_rows is not None
+
+    def _rows(self, m: str, tokens: np.ndarray) -> np.ndarray:
+        """The rows of modality ``m``'s array that hold the features of ``tokens`` (present there):
+        the tokens themselves when dense, their rows when packed (ascending with the tokens)."""
+        if self.feature_rows is None:
+            return tokens
+        rows = self.feature_rows[m][tokens]
+        if (rows < 0).any():
+            raise RamerError(
+                f"{self.source}: {m} is present at a token whose features are not stored (packed features: "
+                "a changed presence mask may only hide tokens)"
+            )
+        return rows
+
+    def _feature_chunks(self, m: str, present_only: bool):
+        """The features of modality ``m`` as float32 C-contiguous chunks in token order, never the
+        whole array at once: the rows of the tokens where ``present`` marks it (``present_only``:
+        what a save packs), or its dense ``(T, d_m)`` form with +0.0 at every other token (what a
+        batch reads: a dense store and the packed one it saves give the same bytes, whatever the
+        dense one held under a False mask)."""
+        arr, k = getattr(self, m), MODALITIES.index(m)
+        for start in range(0, len(self.present), _SCAN_ROWS):
+            stop = min(start + _SCAN_ROWS, len(self.present))
+            if not present_only:
+                yield self.token_features(m, start, stop)
+                continue
+            rows = self._rows(m, start + np.flatnonzero(np.asarray(self.present[start:stop, k])))
+            with np.errstate(over="ignore"):  # a float64 beyond float32's range is inf once stored
+                yield np.ascontiguousarray(_read_rows(arr, rows), dtype=np.float32)
+
+    def token_features(self, m: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The features of modality ``m`` at tokens ``start..stop-1`` (default: to the last) as a
+        batch holds them: ``(stop - start, d_m)`` float32, +0.0 where ``m`` is absent, from dense or
+        packed arrays alike (only present rows are read)."""
+        arr, k = getattr(self, m), MODALITIES.index(m)
+        start, stop, _ = slice(start, stop).indices(len(self.present))
+        stop = max(start, stop)
+        has = np.asarray(self.present[start:stop, k])
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range is inf once stored
+            if self.feature_rows is None and has.all():
+                return np.ascontiguousarray(arr[start:stop], dtype=np.float32)
+            out = np.zeros((stop - start, arr.shape[1]), dtype=np.float32)
+            out[has] = _read_rows(arr, self._rows(m, start + np.flatnonzero(has)))
+        return out
+
+    def first_present_rows(self, m: str, count: int) -> np.ndarray:
+        """The features of the first ``count`` tokens (or fewer) where modality ``m`` is present,
+        ``(<= count, d_m)`` in the array's dtype, read without a pass over the whole array."""
+        k, found, total = MODALITIES.index(m), [], 0
+        for start in range(0, len(self.present), _SCAN_ROWS):
+            if total >= count:
+                break
+            tokens = start + np.flatnonzero(np.asarray(self.present[start : start + _SCAN_ROWS, k]))[: count - total]
+            found.append(tokens)
+            total += len(tokens)
+        tokens = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        return np.asarray(getattr(self, m)[self._rows(m, tokens)])
+
     # ------------------------------------------------------------------ native format
-    def _stored_arrays(self):
-        """(name, array in its stored type, C-contiguous) of each array the native format writes."""
+    def _stored_arrays(self, packed: bool = False):
+        """(name, shape, chunks) of each array the native format writes, in that order: its bytes are
+        the chunks (each C-contiguous, in its stored type) one after the other. The features in their
+        dense ``(T, d_m)`` form (what ``fingerprint`` hashes), or ``packed``: the rows of present
+        tokens (what a save writes)."""
         names = _ARRAYS + (("personality", "personality_present") if self.personality is not None else ())
         names += ("target_tokens",) if self.target_tokens is not None else ()
+        T = len(self.present)
         for name in names:
-            yield name, np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
+            if name in MODALITIES:
+                d = getattr(self, name).shape[1]
+                if packed:
+                    R = int(np.asarray(self.present[:, MODALITIES.index(name)]).sum(dtype=np.int64))
+                    yield name, (R, d), self._feature_chunks(name, present_only=True)
+                else:
+                    yield name, (T, d), self._feature_chunks(name, present_only=False)
+            else:
+                array = np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
+                yield name, array.shape, iter((array,))
 
     def fingerprint(self) -> str:
-        """A hash of everything this split holds (labels, ids, every array in its stored type): a
-        run records it, and the same split read again later is compared with it. Computed once."""
+        """A hash of everything this split holds (labels, ids, every array in its stored type, the
+        features in their dense ``(T, d_m)`` form with +0.0 where a modality is absent, read chunk by
+        chunk: a packed store hashes as the dense one it was saved from): a run records it, and the
+        same split read again later is compared with it. Computed once."""
         cached = self.__dict__.get("_fingerprint")  # not a field: a changed copy (replace) hashes anew
         if cached is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
-            for name, array in self._stored_arrays():
-                h.update(f"{name}{array.shape}".encode())
-                h.update(array)  # any C-contiguous array, an empty one too
+            for name, shape, chunks in self._stored_arrays():  # features dense, whichever way held
+                h.update(f"{name}{shape}".encode())
+                for chunk in chunks:
+                    h.update(chunk)  # any C-contiguous array, an empty one too
             cached = self.__dict__["_fingerprint"] = h.hexdigest()
         return cached
 
@@ -443,8 +547,12 @@ class SceneStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
         try:
             os.chmod(tmp, 0o777 & ~umask())  # as a plain mkdir makes it (mkdtemp makes it private)
-            for name, array in self._stored_arrays():
-                np.save(tmp / f"{name}.npy", array)
+            for name, shape, chunks in self._stored_arrays(packed=True):
+                with open(tmp / f"{name}.npy", "wb") as f:  # as np.save writes it, a chunk at a time
+                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(_DTYPES[name])), "fortran_order": False}
+                    np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+                    for chunk in chunks:
+                        f.write(chunk.data)
             (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -454,7 +562,11 @@ class SceneStore:
         os.replace(tmp, directory)
 
     @classmethod
-    def load(cls, directory: str | Path, label_names: tuple[str, ...], mmap: bool = True) -> "SceneStore":
+    def load(
+        cls, directory: str | Path, label_names: tuple[str, ...], mmap: bool = True, version: int = NATIVE_VERSION
+    ) -> "SceneStore":
+        """The split folder ``directory`` as ``save`` wrote it (``version`` of the native format, from
+        ``meta.json``: 2 packed features, 1 dense), memory-mapped unless ``mmap`` is False."""
         directory = Path(directory)
         arrays = {}
         for name in _ARRAYS + _OPTIONAL:
@@ -475,7 +587,8 @@ class SceneStore:
         ids = read_json(directory / "ids.json")
         if (what := _not_strings(ids)) is not None:
             raise RamerError(f"{directory / 'ids.json'}: {what}, expected a list of strings (one sample id per scene)")
-        return cls(**arrays, ids=ids, label_names=label_names, source=str(directory))
+        rows = _feature_rows(directory, arrays) if version >= 2 else None
+        return cls(**arrays, ids=ids, label_names=label_names, source=str(directory), feature_rows=rows)
 
 
 @dataclass
@@ -588,6 +701,34 @@ class DataBundle:
             self.info,
             self.task,
         )
+
+
+def _feature_rows(directory: Path, arrays: dict) -> dict[str, np.ndarray]:
+    """The token -> row map of each packed feature array of the split folder ``directory`` (a
+    cumulative count of its presence mask), each array's row count checked against it."""
+    present = arrays["present"]
+    if present.ndim != 2 or present.shape[1] != 3:
+        raise RamerError(f"{directory}: present has shape {present.shape}, expected (T, 3)")
+    out = {}
+    for k, m in enumerate(MODALITIES):
+        has = np.asarray(present[:, k])
+        count = np.cumsum(has, dtype=np.int64)
+        out[m] = np.where(has, count - 1, -1)
+        R, arr = int(count[-1]) if len(count) else 0, arrays[m]
+        if arr.ndim != 2 or len(arr) != R:
+            raise RamerError(
+                f"{directory / (m + '.npy')}: has shape {arr.shape}, but present.npy marks {m} present at {R} "
+                f"tokens; a packed feature file (version 2) holds one row per present token, ({R}, d)"
+            )
+    return out
+
+
+def _read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]`` for ascending ``rows``: a run of consecutive rows (a packed array read in token
+    order) is one slice of a memory map, not a gather."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return arr[rows[0] : rows[-1] + 1]
+    return arr[rows]
 
 
 def label_count_problem(counts: np.ndarray) -> str | None:
@@ -768,7 +909,7 @@ def _read_meta(path: Path) -> dict:
         raise RamerError(f"{where}: 'label_names' {what}, expected a list of strings (the label names)")
     if (twice := _first_repeat(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' names '{twice}' twice; each label needs its own name")
-    version = meta.get("version", NATIVE_VERSION)
+    version = meta.get("version", 1)  # a folder without the key predates packed features
     if isinstance(version, bool) or not isinstance(version, int) or version > NATIVE_VERSION:
         raise RamerError(
             f"{where}: 'version' is {_kind(version)}; this ramer reads native directories up to version "
@@ -808,12 +949,12 @@ def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
     """The first feature array of ``store`` that holds NaN or inf in a present row (as float32, the
     type it is stored and batched in), and how many; ``None`` when there is none. What lies under a
     False presence mask is ignored, as the models ignore it (and ``collate`` writes 0 there)."""
-    masks = {m: store.present[:, i] for i, m in enumerate(MODALITIES)}
+    for m in MODALITIES:  # the present rows, packed or dense, as a save writes them
+        bad = sum(int((~np.isfinite(chunk)).sum()) for chunk in store._feature_chunks(m, present_only=True))
+        if bad:
+            return m, bad
     if store.personality is not None:
-        masks["personality"] = store.personality_present
-    for name, present in masks.items():
-        arr = getattr(store, name)
-        bad = 0
+        arr, present, bad = store.personality, store.personality_present, 0
         for start in range(0, len(arr), _SCAN_ROWS):
             chunk = arr[start : start + _SCAN_ROWS]
             if chunk.dtype != np.float32:  # a float64 beyond float32's range is inf once stored
@@ -824,7 +965,7 @@ def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
             if rows.any():
                 bad += int((~ok[rows]).sum())
         if bad:
-            return name, bad
+            return "personality", bad
     return None
 
 
@@ -856,7 +997,7 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
 
     splits: dict[str, SceneStore] = {}
     for name, n in meta["splits"].items():
-        store = SceneStore.load(path / name, labels, mmap=mmap)
+        store = SceneStore.load(path / name, labels, mmap=mmap, version=meta.get("version", 1))
         if len(store) != n:
             raise RamerError(f"{path / name}: {len(store)} scenes, meta.json says {n}")
         _check_finite(store, path / name)

@@ -30,12 +30,11 @@ def input_notes(store, model: nn.Module, loss_cfg, source: str) -> list[str]:
     predict the personality by MSE: values far from unit scale make that term outweigh the emotions."""
     if not type(model).__module__.startswith("ramer.models"):
         return []
-    inputs = [(m, getattr(store, m), store.present[:, k], "token") for k, m in enumerate(MODALITIES)]
+    inputs = [(m, np.asarray(store.first_present_rows(m, SCALE_ROWS), dtype=np.float64), "token") for m in MODALITIES]
     if getattr(model, "personality", None) is not None and store.personality is not None:
-        inputs.append(("personality", store.personality, store.personality_present, "person"))
+        inputs.append(("personality", _present_rows(store.personality, store.personality_present), "person"))
     notes = []
-    for name, values, keep, unit in inputs:
-        rows = _present_rows(values, keep)
+    for name, rows, unit in inputs:
         if not len(rows):
             continue
         spread = rows.std(1)
@@ -71,7 +70,8 @@ def input_notes(store, model: nn.Module, loss_cfg, source: str) -> list[str]:
 def valid_note(bundle, single_label: bool) -> str | None:
     """Multi-label validation without a single positive label scores every epoch and threshold 0,
     so nothing is chosen there: a note naming ``bundle``'s source, or ``None``."""
-    if single_label or np.asarray(bundle.splits["valid"].labels).any():
+    valid = bundle.splits.get("valid")  # missing or empty: the run's check_splits says so, in one line
+    if single_label or valid is None or len(valid) == 0 or np.asarray(valid.labels).any():
         return None
     return (
         f"{bundle.source}: no sample of the valid split has a label, so validation micro-F1 is 0 at every epoch "
@@ -90,6 +90,8 @@ def bench_notes(bundle, configs, task: str) -> list[str]:
     from ramer.models import CLASSICAL, DataSpec, build_model
 
     notes = [note] if (note := valid_note(bundle, task == "single_label")) else []
+    if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
+        return notes
     spec = DataSpec.from_bundle(bundle, task)
     for cfg in configs:
         if cfg.model.name in CLASSICAL:
