@@ -113,10 +113,9 @@ def test_a_run_killed_between_its_model_file_and_its_state_resumes_as_never_stop
 
 
 # ------------------------------------------------------------------ eval = the run's test line
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_eval_gives_the_runs_own_test_line(tmp_path, small, monkeypatch, capsys, precision):
-    """``ramer eval RUN`` scores the test split as the run's test did (its extra missingness, its
-    threshold, its precision): the same scores, so the same figures as test_metrics.json."""
+def trained_with_test_scores(tmp_path, small, monkeypatch, extra):
+    """A late-fusion run trained on ``small`` with ``extra`` settings: its folder and the scores its
+    test line was computed from."""
     tested = {}
     real = recipe_mod.write_test_result
 
@@ -126,12 +125,19 @@ def test_eval_gives_the_runs_own_test_line(tmp_path, small, monkeypatch, capsys,
 
     monkeypatch.setattr(recipe_mod, "write_test_result", keep_scores)
     out = tmp_path / "run"
-    extra = ["train.epochs=2", "data.missing_rate=0.3", f"train.precision={precision}"]
     Recipe(small_cfg("late_fusion", extra), out, bundle=small).run()
+    return out, tested["scores"]
 
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eval_gives_the_runs_own_test_line(tmp_path, small, monkeypatch, capsys, precision):
+    """``ramer eval RUN`` scores the test split as the run's test did (its extra missingness, its
+    threshold, its precision): the same scores, so the same figures as test_metrics.json."""
+    extra = ["train.epochs=2", "data.missing_rate=0.3", f"train.precision={precision}"]
+    out, tested = trained_with_test_scores(tmp_path, small, monkeypatch, extra)
     predictor = ramer.load(out)
     scores = predictor.predict(apply_missing(small, predictor.cfg)["test"])
-    assert np.array_equal(scores, tested["scores"]), f"max difference {np.abs(scores - tested['scores']).max():.2g}"
+    assert np.array_equal(scores, tested), f"max difference {np.abs(scores - tested).max():.2g}"
     capsys.readouterr()
     assert main(["eval", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -203,21 +209,12 @@ def test_a_table_imported_over_an_earlier_import_equals_it_imported_afresh(tmp_p
 def test_a_batch_of_a_bf16_run_is_scored_as_its_test(tmp_path, small, monkeypatch):
     """``Predictor.predict(Batch)`` takes the run's autocast too (the store path above goes through
     ``infer.predict``): the test split as one batch gives the run's own test scores."""
-    tested = {}
-    real = recipe_mod.write_test_result
-
-    def keep(out, pred, *args, **kwargs):
-        tested["scores"] = pred.scores
-        return real(out, pred, *args, **kwargs)
-
-    monkeypatch.setattr(recipe_mod, "write_test_result", keep)
-    out = tmp_path / "run"
-    Recipe(small_cfg("late_fusion", ["train.epochs=1", "train.precision=bf16"]), out, bundle=small).run()
+    out, tested = trained_with_test_scores(tmp_path, small, monkeypatch, ["train.epochs=1", "train.precision=bf16"])
     predictor = ramer.load(out)
     test = apply_missing(small, predictor.cfg)["test"]
     assert len(test) <= predictor.cfg.train.eval_batch_size  # one batch, as the run's test scored it
     got = predictor.predict(test.collate(np.arange(len(test))))
-    assert np.array_equal(got, tested["scores"]), np.abs(got - tested["scores"]).max()
+    assert np.array_equal(got, tested), np.abs(got - tested).max()
 
 
 def test_sorting_metadata_leaves_a_file_without_metadata_as_it_was(tmp_path):
