@@ -377,9 +377,19 @@ def test_ctrl_c_during_nproc_exits_130_with_one_hint_and_no_traceback(tmp_path):
     assert not (tmp_path / "run").exists()  # made for the run and stopped before an epoch ended
 
 
-PEER_ENDS = """
+END = """
+import os
 import sys
 
+
+def end(message):  # as python -m ramer ends a rank: os._exit, not the teardown that aborts now and then
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
+"""
+
+PEER_ENDS = (
+    END
+    + """
 import torch
 
 from ramer import dist
@@ -387,16 +397,18 @@ from ramer.errors import RamerError
 
 dist.init_from_env(torch.device("cpu"))
 if dist.rank() == 1:
-    sys.exit("error: process 1 failed on its own")
+    end("error: process 1 failed on its own")
 try:
     dist.all_reduce_sum_(torch.ones(1))  # rank 0 waits for rank 1, which has ended
 except RamerError as e:  # what ramer's command line prints of it
-    sys.exit(f"error: {e}")
+    end(f"error: {e}")
 """
+)
 
 
-PEER_ENDS_IN_BACKWARD = """
-import sys
+PEER_ENDS_IN_BACKWARD = (
+    END
+    + """
 from types import SimpleNamespace
 
 import torch
@@ -419,13 +431,14 @@ try:
     ddp = nn.parallel.DistributedDataParallel(model)
     if dist.rank() == 1:
         dist.all_true(torch.tensor(True))  # the step's finite check passes on both, then this one ends
-        sys.exit("error: process 1 failed on its own")
+        end("error: process 1 failed on its own")
     batch = SimpleNamespace(labels=torch.zeros(1))
     step = lambda b: ddp(torch.ones(2, 4))  # noqa: E731
     training_step(step, model, batch, torch.optim.SGD(model.parameters(), lr=0.1), None, 1.0)
 except RamerError as e:  # what ramer's command line prints of it
-    sys.exit(f"error: {e}")
+    end(f"error: {e}")
 """
+)
 
 
 @pytest.mark.slow

@@ -2,11 +2,12 @@
 
 Every sample's scene (every person over the utterances within ``--context``) is a padded block of
 tokens, so a split's arrays are many times its table (EmoryNLP's train split, 7,551 utterances at
-``--context 8``: 1.1 GB). The stores are built in place (``conversations.scene_tokens``); holding
-each scene's block in a list, then concatenating and casting, held about twice that at once. The
-text stage hands back the heap its batches freed, which otherwise stayed under those arrays. The
-import's peak RSS on EmoryNLP: 3.0 GB before, 1.2 GB with both. The arrays built in place must
-equal the scenes cut from each conversation's grid, bit for bit.
+``--context 8``: 1.1 GB dense, 0.13 GB packed). The stores are built in place and packed
+(``conversations.scene_tokens``); holding each scene's block in a list, then concatenating and
+casting, held about twice the dense arrays at once. The text stage hands back the heap its batches
+freed, which otherwise stayed under those arrays. The import's peak RSS on EmoryNLP: 3.0 GB at
+first, 1.2 GB built dense in place, 0.86 GB built packed. The arrays built in place must equal the
+scenes cut from each conversation's grid, bit for bit.
 """
 
 from __future__ import annotations
@@ -79,10 +80,14 @@ def build(convs, feats, context: int = 8, everyone: bool = False):
 def test_scenes_are_the_conversation_grid_cut_at_each_target(everyone, media):
     """Each sample's tokens are its conversation's grid (text and audio on the speaker's row,
     visual per person) over the utterances within the context, person by person, bit for bit
-    (a -0.0 too, where the rest of the conversation has no audio)."""
+    (a -0.0 in a present row too); the features are stored packed, the rows of present tokens only."""
     convs, feats = conversations(12, media=media)
-    feats[1].audio[2] = -0.0
+    s0 = int(np.flatnonzero(feats[1].text_ok)[0])
+    feats[1].text[s0, :2] = -0.0
     store, _ = build(convs, feats, context=3, everyone=everyone)
+    assert store.packed
+    for j, name in enumerate(("text", "audio", "visual")):
+        assert len(getattr(store, name)) == int(store.present[:, j].sum())
     i = 0
     for c, f in zip(convs, feats):
         P, S = len(c.persons), len(c.utterances)
@@ -103,9 +108,13 @@ def test_scenes_are_the_conversation_grid_cut_at_each_target(everyone, media):
                 o, o2 = store.token_offsets[i], store.token_offsets[i + 1]
                 assert tuple(store.grid[i]) == (P, b - a) and tuple(store.target[i]) == (p, s - a)
                 assert store.role[i] == (ROLE_SPEAKER if p == spk[s] else ROLE_NONSPEAKER)
-                for name, g in grid.items():
+                here = grid["present"][:, a:b].reshape(o2 - o, 3)
+                for j, (name, g) in enumerate(grid.items()):
                     want = g[:, a:b].reshape(o2 - o, -1)
-                    got = getattr(store, name)[o:o2]
+                    if name == "present":
+                        got = store.present[o:o2]
+                    else:  # as a batch reads them: +0.0 where the modality is absent
+                        got, want = store.token_features(name, o, o2), np.where(here[:, j : j + 1], want, 0)
                     assert got.dtype == (bool if name == "present" else np.float32)
                     assert np.array_equal(got.view(np.uint8), want.astype(got.dtype).view(np.uint8)), (name, i)
                 i += 1
@@ -115,7 +124,9 @@ def test_scenes_are_the_conversation_grid_cut_at_each_target(everyone, media):
 @pytest.mark.parametrize("media", [False, True])
 def test_building_a_split_holds_about_its_arrays(media):
     """Peak memory traced while building a split is under 1.3 times the arrays it returns (the
-    scenes held as lists, then concatenated and cast, peaked at 1.8 times)."""
+    scenes held as lists, then concatenated and cast, peaked at 1.8 times), and those hold the
+    features of present tokens only: a tenth of the dense (T, d) arrays here without media (the
+    dense arrays were built first, then packed, before the features were stored packed)."""
     convs, feats = conversations(60, media=media, seed=1)
     tracemalloc.start()
     try:
@@ -124,8 +135,11 @@ def test_building_a_split_holds_about_its_arrays(media):
     finally:
         tracemalloc.stop()
     stored = sum(getattr(store, k).nbytes for k in ("text", "audio", "visual", "present"))
-    assert stored > 20e6  # large enough that the arrays, not the small lists, decide the peak
+    stored += sum(rows.nbytes for rows in store.feature_rows.values())
+    dense = len(store.present) * (F.TEXT_DIM + F.AUDIO_DIM + F.VISUAL_DIM) * 4
+    assert stored > 5e6  # large enough that the arrays, not the small lists, decide the peak
     assert peak < 1.3 * stored, f"building held {peak / stored:.2f} times the {stored / 1e6:.0f} MB it returns"
+    assert peak < (0.15 if not media else 0.45) * dense, f"building held {peak / dense:.2f} of the dense arrays"
 
 
 def test_the_text_stage_gives_freed_memory_back(monkeypatch):

@@ -98,9 +98,15 @@ def read_data_fingerprints(path: str | Path) -> dict[str, str]:
 
 def changed_splits(recorded: dict[str, str], bundle, splits=None) -> list[str]:
     """The splits (of ``splits``, default all) whose data differs from what ``recorded`` says a run
-    was made on; a split the record does not name is not compared."""
+    was made on; a split the record does not name is not compared. A run made before format
+    version 2 recorded the hash of the arrays as held (``SceneStore.held_fingerprint``): either
+    hash matching is the same data."""
     names = bundle.splits if splits is None else splits
-    return [n for n in names if n in recorded and n in bundle.splits and bundle.splits[n].fingerprint() != recorded[n]]
+
+    def changed(store, want: str) -> bool:
+        return store.fingerprint() != want and store.held_fingerprint() != want
+
+    return [n for n in names if n in recorded and n in bundle.splits and changed(bundle.splits[n], recorded[n])]
 
 
 def same_data(recorded: dict[str, str], bundle) -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem
 from ramer.errors import RamerError
@@ -1153,41 +1153,48 @@ def compute_features(
 
 
 # =========================================================================================== build
-def _any_bits(a: np.ndarray) -> bool:
-    """Whether ``a`` holds a value other than +0.0 (-0.0 too: the stores keep every bit)."""
-    return bool(a.any() or np.signbit(a).any())
-
-
 def scene_tokens(
     convs: list[Conversation], feats: list[ConvFeatures], scenes: list[tuple[int, int, int]], offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The token arrays (text, audio, visual, present) of samples whose scenes are ``scenes``
-    (conversation k, its utterances a to b, every person of it): sample i's tokens, person by
-    person, from ``offsets[i]``. Text and audio lie only on each utterance's speaker row. Each
-    array is allocated once at its final size and filled in place; a conversation without audio
-    or visual leaves those rows as the zeros they start as (pages of zeros never written take no
-    memory, so a text-only import holds about the text alone)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The token arrays of samples whose scenes are ``scenes`` (conversation k, its utterances a to
+    b, every person of it): sample i's tokens, person by person, from ``offsets[i]``. Text and
+    audio lie only on each utterance's speaker row. The features come packed, as the native format
+    stores them: ``(text, audio, visual, present, rows)``, each feature array holding only the rows
+    of the tokens where its modality is present, in token order, and ``rows`` the token -> row map of
+    each modality (``SceneStore.feature_rows``). The presence mask is filled first, then each array
+    is allocated once at its packed size and filled in place: most tokens of a persons x segments
+    scene lack most modalities, so the split's features are a fraction of its dense form."""
     m = int(offsets[-1])
-    text = np.zeros((m, F.TEXT_DIM), np.float32)
-    audio = np.zeros((m, F.AUDIO_DIM), np.float32)
-    visual = np.zeros((m, F.VISUAL_DIM), np.float32)
     present = np.zeros((m, 3), bool)
     spks = [np.asarray(c.speakers, dtype=np.int64) for c in convs]
-    has_audio = [_any_bits(f.audio) for f in feats]
-    has_visual = [_any_bits(f.visual) for f in feats]
+
+    def cells(i: int, k: int, a: int, b: int):
+        """Sample i's speaker rows (each utterance's token) and its whole block of tokens."""
+        o, w = int(offsets[i]), b - a
+        return o + spks[k][a:b] * w + np.arange(w), np.arange(o, o + feats[k].visual.shape[0] * w)
+
     for i, (k, a, b) in enumerate(scenes):
-        f, o, w = feats[k], int(offsets[i]), b - a
-        P = f.visual.shape[0]
-        rows = o + spks[k][a:b] * w + np.arange(w)  # each utterance's token on its speaker's row
-        text[rows] = f.text[a:b]
-        present[rows, 0] = f.text_ok[a:b]
-        if has_audio[k]:
-            audio[rows] = f.audio[a:b]
-        present[rows, 1] = f.audio_ok[a:b]
-        if has_visual[k]:
-            visual[o : o + P * w] = f.visual[:, a:b].reshape(-1, F.VISUAL_DIM)
-        present[o : o + P * w, 2] = f.visual_ok[:, a:b].reshape(-1)
-    return text, audio, visual, present
+        f, (spoken, block) = feats[k], cells(i, k, a, b)
+        present[spoken, 0] = f.text_ok[a:b]
+        present[spoken, 1] = f.audio_ok[a:b]
+        present[block, 2] = f.visual_ok[:, a:b].reshape(-1)
+    rows = {}
+    for j, name in enumerate(MODALITIES):
+        count = np.cumsum(present[:, j], dtype=np.int64)
+        rows[name] = np.where(present[:, j], count - 1, -1)
+    total = {name: int(present[:, j].sum()) for j, name in enumerate(MODALITIES)}
+    text = np.zeros((total["text"], F.TEXT_DIM), np.float32)
+    audio = np.zeros((total["audio"], F.AUDIO_DIM), np.float32)
+    visual = np.zeros((total["visual"], F.VISUAL_DIM), np.float32)
+    for i, (k, a, b) in enumerate(scenes):
+        f, (spoken, block) = feats[k], cells(i, k, a, b)
+        ok = f.text_ok[a:b]
+        text[rows["text"][spoken[ok]]] = f.text[a:b][ok]
+        ok = f.audio_ok[a:b]
+        audio[rows["audio"][spoken[ok]]] = f.audio[a:b][ok]
+        ok = f.visual_ok[:, a:b].reshape(-1)
+        visual[rows["visual"][block[ok]]] = f.visual[:, a:b].reshape(-1, F.VISUAL_DIM)[ok]
+    return text, audio, visual, present, rows
 
 
 def build_split(
@@ -1249,7 +1256,7 @@ def build_split(
     grid = np.asarray(grids, dtype=np.int64).reshape(n, 2)
     sizes = grid[:, 0] * grid[:, 1]
     token_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    text, audio, visual, present = scene_tokens(convs, feats, scenes, token_offsets)
+    text, audio, visual, present, rows = scene_tokens(convs, feats, scenes, token_offsets)
 
     store = SceneStore(
         text=text,
@@ -1268,6 +1275,7 @@ def build_split(
         personality=None if personality is None else np.asarray(pers, dtype=np.float32).reshape(-1, d_pers),
         personality_present=None if personality is None else np.asarray(pers_ok, dtype=bool),
         source=source,
+        feature_rows=rows,
     )
     return store, items
 

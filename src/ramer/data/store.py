@@ -185,7 +185,7 @@ class SceneStore:
                 isinstance(packed, dict) and set(packed) == set(MODALITIES),
                 f"feature_rows must map each of {', '.join(MODALITIES)} to a row map",
             )
-        n, T = len(self.grid), len(self.text if packed is None else self.present)
+        n, T = len(self.grid), len(self.present)  # the tokens, whichever way the features are held
         need(self.grid.ndim == 2 and self.grid.shape[1] == 2, f"grid has shape {self.grid.shape}, expected (n, 2)")
         need(
             self.token_offsets.shape == (n + 1,),
@@ -207,6 +207,13 @@ class SceneStore:
             )
             R = int(at.max()) + 1 if T else 0  # rows ascend with the tokens: the last row is the largest
             need(arr.ndim == 2 and len(arr) == R, f"{m} has shape {arr.shape}, expected ({R}, d) (packed)")
+            if self.present.ndim == 2 and self.present.shape == (T, 3):
+                unstored = int((np.asarray(self.present[:, MODALITIES.index(m)]) & (at < 0)).sum())
+                need(
+                    not unstored,
+                    f"{m} is present at {unstored} tokens whose features are not stored (packed: a "
+                    "changed presence mask may only hide tokens)",
+                )
         need(self.present.shape == (T, 3), f"present has shape {self.present.shape}, expected ({T}, 3)")
         need(
             self.labels.ndim == 2 and self.labels.shape == (n, len(self.label_names)),
@@ -440,14 +447,16 @@ class SceneStore:
     def token_features(self, m: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The features of modality ``m`` at tokens ``start..stop-1`` (default: to the last) as a
         batch holds them: ``(stop - start, d_m)`` float32, +0.0 where ``m`` is absent, from dense or
-        packed arrays alike (only present rows are read)."""
+        packed arrays alike (only present rows are read); read-only where it is the store's own memory."""
         arr, k = getattr(self, m), MODALITIES.index(m)
         start, stop, _ = slice(start, stop).indices(len(self.present))
         stop = max(start, stop)
         has = np.asarray(self.present[start:stop, k])
         with np.errstate(over="ignore"):  # a float64 beyond float32's range is inf once stored
             if self.feature_rows is None and has.all():
-                return np.ascontiguousarray(arr[start:stop], dtype=np.float32)
+                out = np.ascontiguousarray(arr[start:stop], dtype=np.float32).view()
+                out.flags.writeable = False  # a view of the store's array (a copy only when cast)
+                return out
             out = np.zeros((stop - start, arr.shape[1]), dtype=np.float32)
             out[has] = _read_rows(arr, self._rows(m, start + np.flatnonzero(has)))
         return out
@@ -500,6 +509,30 @@ class SceneStore:
                 for chunk in chunks:
                     h.update(chunk)  # any C-contiguous array, an empty one too
             cached = self.__dict__["_fingerprint"] = h.hexdigest()
+        return cached
+
+    def held_fingerprint(self) -> str | None:
+        """The hash runs recorded before format version 2 (``fingerprint`` as it was): every array as
+        this store holds it, the features included under a False presence mask (the embedded
+        benchmark holds -0.0 there). A split is the data a run recorded when either hash matches
+        (``checkpoint.changed_splits``). ``None`` for a packed store, which holds no absent rows."""
+        if self.feature_rows is not None:
+            return None
+        cached = self.__dict__.get("_held_fingerprint")
+        if cached is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
+            for name, shape, chunks in self._stored_arrays():
+                h.update(f"{name}{shape}".encode())
+                if name in MODALITIES:  # as held, a block of rows at a time
+                    arr = getattr(self, name)
+                    chunks = (
+                        np.ascontiguousarray(arr[i : i + _SCAN_ROWS], dtype=np.float32)
+                        for i in range(0, len(arr), _SCAN_ROWS)
+                    )
+                for chunk in chunks:
+                    h.update(chunk)
+            cached = self.__dict__["_held_fingerprint"] = h.hexdigest()
         return cached
 
     def check(self, where: str | None = None) -> None:
@@ -563,10 +596,11 @@ class SceneStore:
 
     @classmethod
     def load(
-        cls, directory: str | Path, label_names: tuple[str, ...], mmap: bool = True, version: int = NATIVE_VERSION
+        cls, directory: str | Path, label_names: tuple[str, ...], mmap: bool = True, version: int | None = None
     ) -> "SceneStore":
         """The split folder ``directory`` as ``save`` wrote it (``version`` of the native format, from
-        ``meta.json``: 2 packed features, 1 dense), memory-mapped unless ``mmap`` is False."""
+        ``meta.json``: 2 packed features, 1 dense; ``None``: told by the files, a feature file of a row
+        per token being dense), memory-mapped unless ``mmap`` is False."""
         directory = Path(directory)
         arrays = {}
         for name in _ARRAYS + _OPTIONAL:
@@ -587,6 +621,9 @@ class SceneStore:
         ids = read_json(directory / "ids.json")
         if (what := _not_strings(ids)) is not None:
             raise RamerError(f"{directory / 'ids.json'}: {what}, expected a list of strings (one sample id per scene)")
+        if version is None:  # a split folder on its own: dense when every feature file has a row per token
+            T = len(arrays["present"]) if arrays["present"].ndim else -1
+            version = 1 if all(len(arrays[m]) == T for m in MODALITIES if arrays[m].ndim) else 2
         rows = _feature_rows(directory, arrays) if version >= 2 else None
         return cls(**arrays, ids=ids, label_names=label_names, source=str(directory), feature_rows=rows)
 
@@ -910,7 +947,7 @@ def _read_meta(path: Path) -> dict:
     if (twice := _first_repeat(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' names '{twice}' twice; each label needs its own name")
     version = meta.get("version", 1)  # a folder without the key predates packed features
-    if isinstance(version, bool) or not isinstance(version, int) or version > NATIVE_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= NATIVE_VERSION:
         raise RamerError(
             f"{where}: 'version' is {_kind(version)}; this ramer reads native directories up to version "
             f"{NATIVE_VERSION} (a newer ramer wrote it?)"
