@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -198,7 +197,7 @@ def load_tree(src: Path, cfg_args: list[str], model: str):
 def paired(args, cfg_args: list[str]) -> None:
     """``--old``: collate + training step, then the validation pass, of two trees alternating."""
     import numpy as np
-    from throughput import paired_rounds
+    from throughput import paired_rounds, paired_summary
 
     for model in args.models.split(","):
         trees = {"A": load_tree(args.old, cfg_args, model), "B": load_tree(ROOT / "src", cfg_args, model)}
@@ -218,12 +217,7 @@ def paired(args, cfg_args: list[str]) -> None:
         runs = {name: (lambda r: None, lambda _, tree=tree: tree[2]()) for name, tree in trees.items()}
         valid_times, scores = paired_rounds(runs, args.valid_rounds)
         for what, t, size in (("collate + train step", times, bs), ("validation pass", valid_times, n_valid)):
-            ratios = [a / b for a, b in zip(t["A"], t["B"])]
-            each = ", ".join(f"{k} {size * len(v) / sum(v):.1f} samples/s" for k, v in t.items())
-            print(
-                f"{model}, {what}, {len(ratios)} rounds: {each}, median A/B "
-                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
-            )
+            print(f"{model}, {what}, {len(t['A'])} rounds: {paired_summary(t, size)}")
         loss_diff = max(abs(a - b) for a, b in zip(losses["A"], losses["B"]))
         score_diff = max(float(np.abs(a - b).max()) for a, b in zip(scores["A"], scores["B"]))
         print(

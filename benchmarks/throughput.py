@@ -391,16 +391,25 @@ def paired_rounds(runs: dict, rounds: int) -> tuple[dict, dict]:
     return times, results
 
 
-def paired_line(args, batch_size: int, times: dict, labels: dict) -> str:
-    """The summary of ``paired_rounds``: samples/s of each and the median ratio of paired step
-    times (first / second run; above 1: the second is faster)."""
+def paired_summary(times: dict, size: int, labels: dict | None = None) -> str:
+    """What ``paired_rounds`` timed: samples/s of each (``size`` samples a round; ``labels`` names
+    them, default their keys) and the median ratio of paired times (first / second run; above 1:
+    the second is faster), with its range."""
     (a, ta), (b, tb) = times.items()
+    labels = labels or {a: a, b: b}
     ratios = [x / y for x, y in zip(ta, tb)]
-    rate = lambda t: batch_size * len(t) / sum(t)  # noqa: E731
+    rate = lambda t: size * len(t) / sum(t)  # noqa: E731
+    return (
+        f"{labels[a]} {rate(ta):.1f} samples/s, {labels[b]} {rate(tb):.1f} samples/s, "
+        f"median {a}/{b} {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
+    )
+
+
+def paired_line(args, batch_size: int, times: dict, labels: dict) -> str:
+    """The summary of ``paired_rounds`` with the setting it ran (``paired_summary``)."""
     return (
         f"setting {args.setting}, mode {args.mode}, precision {args.precision}, threads {args.threads}, "
-        f"{args.rounds} rounds: {labels[a]} {rate(ta):.1f} samples/s, {labels[b]} {rate(tb):.1f} samples/s, "
-        f"median {a}/{b} {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f})"
+        f"{args.rounds} rounds: {paired_summary(times, batch_size, labels)}"
     )
 
 

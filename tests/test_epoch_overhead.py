@@ -110,9 +110,9 @@ def test_a_run_and_its_resume_hash_each_split_once(tmp_path, monkeypatch):
     hashed = []
     stored_arrays = SceneStore._stored_arrays
 
-    def counted(store):
+    def counted(store, *args):
         hashed.append(id(store))
-        return stored_arrays(store)
+        return stored_arrays(store, *args)
 
     monkeypatch.setattr(SceneStore, "_stored_arrays", counted)
     cfg = build_config(resolve_config("synthetic"), TINY)

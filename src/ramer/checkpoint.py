@@ -249,13 +249,12 @@ def check_config_fits(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor
     ``model.hidden`` of 10**9) is a RamerError naming ``path`` before the real model is built, not an
     allocation that fails or takes all memory. A classical model, or one that does not build (an
     unknown model: its loader says so), is not checked here."""
-    from ramer.models import CLASSICAL, build_model
+    from ramer.models import CLASSICAL, meta_model
 
     if cfg.model.name in CLASSICAL:
         return
     try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            own = build_model(cfg, spec).state_dict()
+        own = meta_model(cfg, spec).state_dict()
     except RuntimeError as e:
         if "overflow" not in str(e):  # sizes past what any memory holds
             return  # the real build, by the caller, reports it as it does today

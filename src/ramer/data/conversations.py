@@ -41,7 +41,7 @@ import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
-from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem
+from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError
 from ramer.metrics import decide
 
@@ -1178,14 +1178,11 @@ def scene_tokens(
         present[spoken, 0] = f.text_ok[a:b]
         present[spoken, 1] = f.audio_ok[a:b]
         present[block, 2] = f.visual_ok[:, a:b].reshape(-1)
-    rows = {}
-    for j, name in enumerate(MODALITIES):
-        count = np.cumsum(present[:, j], dtype=np.int64)
-        rows[name] = np.where(present[:, j], count - 1, -1)
-    total = {name: int(present[:, j].sum()) for j, name in enumerate(MODALITIES)}
-    text = np.zeros((total["text"], F.TEXT_DIM), np.float32)
-    audio = np.zeros((total["audio"], F.AUDIO_DIM), np.float32)
-    visual = np.zeros((total["visual"], F.VISUAL_DIM), np.float32)
+    rows = {name: row_map(present[:, j]) for j, name in enumerate(MODALITIES)}
+    text, audio, visual = (
+        np.zeros((int(present[:, j].sum()), d), np.float32)
+        for j, d in enumerate((F.TEXT_DIM, F.AUDIO_DIM, F.VISUAL_DIM))
+    )
     for i, (k, a, b) in enumerate(scenes):
         f, (spoken, block) = feats[k], cells(i, k, a, b)
         ok = f.text_ok[a:b]

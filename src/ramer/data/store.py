@@ -475,65 +475,56 @@ class SceneStore:
         return np.asarray(getattr(self, m)[self._rows(m, tokens)])
 
     # ------------------------------------------------------------------ native format
-    def _stored_arrays(self, packed: bool = False):
+    def _stored_arrays(self, layout: str = "dense"):
         """(name, shape, chunks) of each array the native format writes, in that order: its bytes are
-        the chunks (each C-contiguous, in its stored type) one after the other. The features in their
-        dense ``(T, d_m)`` form (what ``fingerprint`` hashes), or ``packed``: the rows of present
-        tokens (what a save writes)."""
+        the chunks (each C-contiguous, in its stored type) one after the other. The features in
+        ``layout``: ``dense``, ``(T, d_m)`` with +0.0 where absent (what ``fingerprint`` hashes);
+        ``packed``, the rows of present tokens (what a save writes); ``held``, as this store holds
+        them (what ``held_fingerprint`` hashes)."""
         names = _ARRAYS + (("personality", "personality_present") if self.personality is not None else ())
         names += ("target_tokens",) if self.target_tokens is not None else ()
-        T = len(self.present)
         for name in names:
-            if name in MODALITIES:
-                d = getattr(self, name).shape[1]
-                if packed:
-                    R = int(np.asarray(self.present[:, MODALITIES.index(name)]).sum(dtype=np.int64))
-                    yield name, (R, d), self._feature_chunks(name, present_only=True)
-                else:
-                    yield name, (T, d), self._feature_chunks(name, present_only=False)
-            else:
+            if name not in MODALITIES:
                 array = np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
                 yield name, array.shape, iter((array,))
+            elif layout == "held":
+                arr = getattr(self, name)
+                rows = range(0, len(arr), _SCAN_ROWS)
+                yield name, arr.shape, (np.ascontiguousarray(arr[i : i + _SCAN_ROWS], dtype=np.float32) for i in rows)
+            else:
+                packed = layout == "packed"
+                k, d = MODALITIES.index(name), getattr(self, name).shape[1]
+                R = int(np.asarray(self.present[:, k]).sum(dtype=np.int64)) if packed else len(self.present)
+                yield name, (R, d), self._feature_chunks(name, present_only=packed)
 
-    def fingerprint(self) -> str:
-        """A hash of everything this split holds (labels, ids, every array in its stored type, the
-        features in their dense ``(T, d_m)`` form with +0.0 where a modality is absent, read chunk by
-        chunk: a packed store hashes as the dense one it was saved from): a run records it, and the
-        same split read again later is compared with it. Computed once."""
-        cached = self.__dict__.get("_fingerprint")  # not a field: a changed copy (replace) hashes anew
-        if cached is None:
+    def _hash(self, layout: str) -> str:
+        """A BLAKE2b hash of the labels, ids and every array of ``_stored_arrays(layout)``, chunk by
+        chunk (the same digest as of each array whole), computed once per layout. Not a field: a
+        changed copy (``dataclasses.replace``) hashes anew."""
+        key = f"_hash_{layout}"
+        if key not in self.__dict__:
             h = hashlib.blake2b(digest_size=16)
             h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
-            for name, shape, chunks in self._stored_arrays():  # features dense, whichever way held
+            for name, shape, chunks in self._stored_arrays(layout):
                 h.update(f"{name}{shape}".encode())
                 for chunk in chunks:
                     h.update(chunk)  # any C-contiguous array, an empty one too
-            cached = self.__dict__["_fingerprint"] = h.hexdigest()
-        return cached
+            self.__dict__[key] = h.hexdigest()
+        return self.__dict__[key]
+
+    def fingerprint(self) -> str:
+        """A hash of everything this split holds (labels, ids, every array in its stored type, the
+        features in their dense ``(T, d_m)`` form with +0.0 where a modality is absent: a packed
+        store hashes as the dense one it was saved from): a run records it, and the same split read
+        again later is compared with it. Computed once."""
+        return self._hash("dense")
 
     def held_fingerprint(self) -> str | None:
         """The hash runs recorded before format version 2 (``fingerprint`` as it was): every array as
         this store holds it, the features included under a False presence mask (the embedded
         benchmark holds -0.0 there). A split is the data a run recorded when either hash matches
         (``checkpoint.changed_splits``). ``None`` for a packed store, which holds no absent rows."""
-        if self.feature_rows is not None:
-            return None
-        cached = self.__dict__.get("_held_fingerprint")
-        if cached is None:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
-            for name, shape, chunks in self._stored_arrays():
-                h.update(f"{name}{shape}".encode())
-                if name in MODALITIES:  # as held, a block of rows at a time
-                    arr = getattr(self, name)
-                    chunks = (
-                        np.ascontiguousarray(arr[i : i + _SCAN_ROWS], dtype=np.float32)
-                        for i in range(0, len(arr), _SCAN_ROWS)
-                    )
-                for chunk in chunks:
-                    h.update(chunk)
-            cached = self.__dict__["_held_fingerprint"] = h.hexdigest()
-        return cached
+        return None if self.feature_rows is not None else self._hash("held")
 
     def check(self, where: str | None = None) -> None:
         """Read every value: ``validate``, then every feature of a present row must be a finite number
@@ -580,7 +571,7 @@ class SceneStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
         try:
             os.chmod(tmp, 0o777 & ~umask())  # as a plain mkdir makes it (mkdtemp makes it private)
-            for name, shape, chunks in self._stored_arrays(packed=True):
+            for name, shape, chunks in self._stored_arrays("packed"):
                 with open(tmp / f"{name}.npy", "wb") as f:  # as np.save writes it, a chunk at a time
                     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(_DTYPES[name])), "fortran_order": False}
                     np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
@@ -748,16 +739,21 @@ def _feature_rows(directory: Path, arrays: dict) -> dict[str, np.ndarray]:
         raise RamerError(f"{directory}: present has shape {present.shape}, expected (T, 3)")
     out = {}
     for k, m in enumerate(MODALITIES):
-        has = np.asarray(present[:, k])
-        count = np.cumsum(has, dtype=np.int64)
-        out[m] = np.where(has, count - 1, -1)
-        R, arr = int(count[-1]) if len(count) else 0, arrays[m]
+        out[m] = row_map(np.asarray(present[:, k]))
+        R, arr = int(out[m].max(initial=-1)) + 1, arrays[m]
         if arr.ndim != 2 or len(arr) != R:
             raise RamerError(
                 f"{directory / (m + '.npy')}: has shape {arr.shape}, but present.npy marks {m} present at {R} "
                 f"tokens; a packed feature file (version 2) holds one row per present token, ({R}, d)"
             )
     return out
+
+
+def row_map(has: np.ndarray) -> np.ndarray:
+    """The token -> row map of a packed feature array whose rows are the tokens where ``has`` (a
+    ``(T,)`` bool mask) is True, in token order: ``(T,)`` int64, -1 where the token has no row."""
+    count = np.cumsum(has, dtype=np.int64)
+    return np.where(has, count - 1, -1)
 
 
 def _read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:

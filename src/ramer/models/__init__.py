@@ -264,6 +264,15 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     return model
 
 
+def meta_model(cfg: Config, spec: DataSpec) -> nn.Module:
+    """``build_model`` on PyTorch's meta device: the model's structure (names, shapes, parts) without
+    memory for its weights, and the global random state left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_model(cfg, spec)
+
+
 __all__ = [
     "BASELINES",
     "BUILDERS",
@@ -278,6 +287,7 @@ __all__ = [
     "model_options",
     "is_known",
     "known_models",
+    "meta_model",
     "register_model",
     "set_model",
     "UnknownModel",

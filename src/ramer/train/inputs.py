@@ -9,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from ramer.batch import MODALITIES
+from ramer.models import CLASSICAL, DataSpec, meta_model
 
 LAYER_NORM_EPS = 1e-5  # torch's default: the epsilon of the input LayerNorm of each of this package's deep models
 SCALE_ROWS = 2048  # present rows of the training split read per input for ``input_notes``
@@ -83,12 +84,7 @@ def valid_note(bundle, single_label: bool) -> str | None:
 def bench_notes(bundle, configs, task: str) -> list[str]:
     """The notes of ``valid_note`` and ``input_notes`` for the runs of a bench or a search, once:
     their runs train with a quiet console. ``configs``: one ``Config`` per model; ``task``: the data's
-    (``resolve_task``). Each model is
-    built on the meta device (no memory taken) only to read what it is."""
-    import torch
-
-    from ramer.models import CLASSICAL, DataSpec, build_model
-
+    (``resolve_task``). Each model is built on the meta device (no memory taken) only to read what it is."""
     notes = [note] if (note := valid_note(bundle, task == "single_label")) else []
     if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
         return notes
@@ -97,8 +93,7 @@ def bench_notes(bundle, configs, task: str) -> list[str]:
         if cfg.model.name in CLASSICAL:
             continue
         try:
-            with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                model = build_model(cfg, spec)
+            model = meta_model(cfg, spec)
         except Exception:  # a model that does not build says so when its run starts
             continue
         notes += [n for n in input_notes(bundle.splits["train"], model, cfg.loss, bundle.source) if n not in notes]
