@@ -272,6 +272,34 @@ def test_bench_cache_knows_data_by_its_fingerprints_not_by_how_its_path_is_spell
     assert sorted(calls) == sorted(bench_mod.run_dir(Path("b"), m, 0.0, 1) for m in ("br", "late_fusion"))
 
 
+def test_an_oracle_the_tables_cannot_show_is_left_out_not_a_crash_after_the_runs(tmp_path, monkeypatch, capsys):
+    """The oracle ceiling of a native folder's meta.json is a reference row: in a form no table can
+    show (edited by hand) the bench still writes its report and eval its table, without that row.
+    Before: a traceback after every run had trained, and again on each rerun."""
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
+    assert main(["data", "synth", "--out", "ds", *sizes]) == 0
+    meta_path = tmp_path / "ds" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    argv = ["bench", "--data", "ds", "--models", "br", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    argv += ["--jobs", "1", *SETS, "--out", "b"]
+    run = bench_mod.run_dir(Path("b"), "br", 0.0, 1)
+    good = meta["info"]["oracle"]["test"]
+    for oracle, shown in [
+        (meta["info"]["oracle"], True),
+        ("n/a", False),
+        ({"test": "n/a"}, False),
+        ({"test": {**good, "overall": "n/a"}}, False),
+        ({"test": {**good, "speaker": {**good["speaker"], "micro_f1": None}}}, False),
+    ]:
+        meta_path.write_text(json.dumps({**meta, "info": {**meta["info"], "oracle": oracle}}))
+        capsys.readouterr()
+        assert main(argv) == 0, oracle
+        assert (bench_mod.ORACLE_ROW in (tmp_path / "b" / "report.md").read_text()) is shown, oracle
+        assert main(["eval", str(run)]) == 0, oracle
+        assert (bench_mod.ORACLE_ROW in capsys.readouterr().out) is shown, oracle
+
+
 @pytest.mark.parametrize("case", CORRUPT)
 def test_bench_retrains_a_cached_run_with_a_corrupt_file(tmp_path, benched, monkeypatch, capsys, case):
     out = tmp_path / "b"

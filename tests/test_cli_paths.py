@@ -36,6 +36,15 @@ def test_train_names_the_run_folder_before_the_work(tmp_path, capsys, monkeypatc
     assert first == f"training ramer -> runs/{run.name}"
 
 
+@pytest.mark.parametrize("nproc", ["0", "-2", "two"])
+def test_a_process_count_below_one_is_refused_before_any_folder(nproc, tmp_path, capsys):
+    """``--nproc`` is checked where the flags are read, as every other count flag is."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run"), "--nproc", nproc, *SETS])
+    assert exit_info.value.code == 2 and "argument --nproc:" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_from_another_folder_says_how_the_data_path_was_stored(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]

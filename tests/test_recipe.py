@@ -881,6 +881,8 @@ def test_python_entries_name_a_wrong_argument_type():
         build_config(None, "train.epochs=3")
     with pytest.raises(RamerError, match="overrides is a list of 'key=value' strings"):
         build_config(None, [("train.epochs", 3)])
+    with pytest.raises(RamerError, match=r"overrides is a list of 'key=value' strings .* not 5"):
+        build_config(None, 5)  # not iterable: was list()'s TypeError
     assert build_config(None, (x for x in ["train.epochs=3"])).train.epochs == 3  # a generator, read once
     with pytest.raises(RamerError, match=r"run_training takes a ramer.config.Config .*, not dict"):
         run_training({"model": {"name": "ramer"}}, "runs/x")

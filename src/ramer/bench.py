@@ -65,7 +65,15 @@ from ramer.config import (
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import FileUnreadable, RamerError, readable
-from ramer.metrics import METRIC_NAMES, SELECTION, format_mean_std, markdown_table, mean_std, scored_parts
+from ramer.metrics import (
+    METRIC_NAMES,
+    SELECTION,
+    format_mean_std,
+    markdown_table,
+    mean_std,
+    oracle_report,
+    scored_parts,
+)
 from ramer.models import BASELINES, CLASSICAL, PRESETS, DataSpec, build_model, is_known, known_models, set_model
 from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import (
@@ -1033,7 +1041,7 @@ def _spoken(items) -> str:
 
 def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:
     bundle = info["bundle"]
-    oracle = bundle.info.get("oracle", {}).get("test") if isinstance(bundle.info, dict) else None
+    oracle = oracle_report(bundle.info, "test")
     plots = make_plots(s, results, oracle)
     syn = base.data.synthetic
     if base.data.path is None:

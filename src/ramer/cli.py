@@ -289,8 +289,6 @@ def planned_config(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
-    if args.nproc is not None and args.nproc < 1:
-        raise RamerError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc and args.nproc > 1:
         return launch_distributed(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (args.out or args.resume):
@@ -368,7 +366,6 @@ def interrupted_hint(out: Path) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import contextlib
     import io
 
     from ramer.export import check_onnx, export_onnx, require_onnx
@@ -471,7 +468,7 @@ def data_files(bundle, path: str | None) -> tuple:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ramer.infer import apply_missing
-    from ramer.metrics import describe_threshold, report
+    from ramer.metrics import describe_threshold, oracle_report, report
 
     predictor, bundle = load_run_and_data(args)
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
@@ -495,11 +492,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         decision = describe_threshold(predictor.threshold, "threshold")
         title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, {decision})"
         rows = {name: rep}
-        oracle = bundle.info.get("oracle") if isinstance(bundle.info, dict) else None
-        if isinstance(oracle, dict) and args.split in oracle:  # the embedded benchmark's ceiling
+        if (oracle := oracle_report(bundle.info, args.split)) is not None:  # the embedded benchmark's ceiling
             from ramer.bench import ORACLE_ROW
 
-            rows[ORACLE_ROW] = oracle[args.split]
+            rows[ORACLE_ROW] = oracle
         OUT.print(metrics_table(title, rows, predictor.spec.task))
     return 0
 
@@ -941,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
     t.add_argument(
         "--nproc",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="train with N processes on this machine (DDP; runs torchrun --standalone "
         "--nproc_per_node N -m ramer train ...); see docs/SCALING.md",

@@ -7,6 +7,7 @@ in the run directory and inside the checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Mapping, Union, get_args, get_origin
@@ -355,13 +356,6 @@ def apply_override(tree: dict, assignment: str) -> None:
     set_in_tree(tree, key, _parse_value(value, _field_annotation(key)))
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def yaml_problem(e: yaml.YAMLError) -> str:
     """What a YAML parser objects to and where: "expected ',' or ']', but got '<stream end>' (line 3,
     column 1)"; the first line of the message where the error has no position."""
@@ -394,23 +388,19 @@ def read_yaml(path: str | Path) -> dict:
     return tree
 
 
-def build_config(
-    file: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    base: dict | None = None,
-) -> Config:
-    """Defaults <- ``base`` <- YAML ``file`` <- ``overrides`` (``key=value`` strings, as ``--set``
-    takes them); errors name the bad key."""
-    if not isinstance(overrides, (str, bytes)) and overrides is not None:
+def build_config(file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML ``file`` <- ``overrides`` (``key=value`` strings, as ``--set`` takes them);
+    errors name the bad key."""
+    if not isinstance(overrides, (str, bytes)) and isinstance(overrides, Iterable):
         overrides = list(overrides)  # a generator is read once, here
-    if isinstance(overrides, (str, bytes)) or overrides is None or not all(isinstance(x, str) for x in overrides):
+    if not isinstance(overrides, list) or not all(isinstance(x, str) for x in overrides):
         raise RamerError(
             f"build_config: overrides is a list of 'key=value' strings (e.g. ['train.epochs=3']), not {overrides!r:.80}"
         )
-    tree: dict = _merge({}, base or {})
+    tree: dict = {}
     source = "defaults"
     if file is not None:
-        tree = _merge(tree, read_yaml(file))
+        tree = read_yaml(file)
         source = str(file)
     for assignment in overrides:
         apply_override(tree, assignment)

@@ -250,6 +250,25 @@ def scored_parts(metrics: dict) -> dict:
     }
 
 
+def oracle_report(info: dict, split: str) -> dict | None:
+    """The embedded benchmark's oracle figures of ``split`` (a ``report`` without ``per_label``) from a
+    bundle's ``info``; None where the data has none, or holds them in a form no table can show (a
+    hand-edited meta.json): a reference row, never a reason to fail after the runs."""
+    oracle = info.get("oracle") if isinstance(info, dict) else None
+    rep = oracle.get(split) if isinstance(oracle, dict) else None
+    if not isinstance(rep, dict) or not isinstance(rep.get("overall"), dict):
+        return None
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for part in ("overall", "speaker", "nonspeaker"):
+        m = rep.get(part)
+        if part in rep and not (isinstance(m, dict) and all(number(m.get(k)) for k in (*METRIC_KEYS, "top1_acc", "n"))):
+            return None
+    return rep
+
+
 def tune_threshold(
     y_true: np.ndarray, scores: np.ndarray, per_label: bool = False, grid: np.ndarray | None = None
 ) -> float | np.ndarray:

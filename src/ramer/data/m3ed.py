@@ -45,8 +45,7 @@ from ramer.data.readers import (
     split_dict,
     whole_number,
 )
-from ramer.data.safe_load import safe_load
-from ramer.data.store import DataBundle, SceneStore
+from ramer.data.store import SceneStore
 from ramer.errors import RamerError
 from ramer.paths import loads_json, read_text
 
@@ -271,14 +270,6 @@ def iter_m3ed_pickle(
             yield split, store
 
     return SplitStream("m3ed_pickle", source, M3ED_LABELS, splits(), info)
-
-
-def load_m3ed_pickle(
-    path: str | Path, max_utterances: int = 60, protocol: str = "dialogue", annotation: str | Path | None = None
-) -> DataBundle:
-    return iter_m3ed_pickle(
-        safe_load(path), str(path), max_utterances=max_utterances, protocol=protocol, annotation=annotation
-    ).to_bundle()
 
 
 # ---------------------------------------------------------------------------------- utterance protocol
@@ -706,7 +697,3 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
             yield split, store
 
     return SplitStream("m3ed_carat", source, names, splits(), info)
-
-
-def load_m3ed_carat(path: str | Path) -> DataBundle:
-    return iter_m3ed_carat(safe_load(path), str(path)).to_bundle()

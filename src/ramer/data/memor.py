@@ -58,7 +58,7 @@ import numpy as np
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data.readers import SplitStream, as_array, as_float32, check_numeric, new_info, whole_number
 from ramer.data.safe_load import safe_load
-from ramer.data.store import DataBundle, SceneStore
+from ramer.data.store import SceneStore
 from ramer.errors import RamerError, unreadable
 from ramer.paths import loads_json, read_json, read_text
 
@@ -740,7 +740,3 @@ def iter_memor(
 
         guard.pop_all()
         return SplitStream("memor", str(root), names, splits(), info)
-
-
-def load_memor(root: str | Path, labels: str = "primary", **kwargs: Any) -> DataBundle:
-    return iter_memor(root, labels=labels, **kwargs).to_bundle()

@@ -44,7 +44,6 @@ from ramer.data.readers import (
     split_dict,
 )
 from ramer.data.safe_load import safe_load
-from ramer.data.store import DataBundle
 from ramer.errors import RamerError
 
 MOSEI_LABELS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
@@ -153,10 +152,6 @@ def iter_mosei_aligned(obj: Any, source: str) -> SplitStream:
             yield split, store
 
     return SplitStream("mosei_aligned", source, names, splits(), info)
-
-
-def load_mosei_aligned(path: str | Path) -> DataBundle:
-    return iter_mosei_aligned(safe_load(path), str(path)).to_bundle()
 
 
 # ------------------------------------------------------------------------------------- unaligned
@@ -317,7 +312,3 @@ def iter_mosei_unaligned(
             yield split, store
 
     return SplitStream("mosei_unaligned", source, names, splits(), info)
-
-
-def load_mosei_unaligned(path: str | Path, aligned_path: str | Path | None = None, layout: str = "pool") -> DataBundle:
-    return iter_mosei_unaligned(safe_load(path), str(path), aligned_path=aligned_path, layout=layout).to_bundle()
