@@ -41,6 +41,7 @@ import shlex
 import signal
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ from ramer.config import (
 )
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
+from ramer.dist import die_with_parent
 from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import (
     METRIC_NAMES,
@@ -84,6 +86,7 @@ from ramer.paths import (
     make_folder,
     read_json,
     remove_if_empty,
+    remove_temporaries,
     work_folder,
 )
 from ramer.train import run_training
@@ -547,6 +550,7 @@ def reuse(run: Path, notes: list[str]) -> dict | None:
     a note names the file and why, and the directory is removed so the run trains again. A file the
     system will not read (``FileUnreadable``) stops the bench instead; nothing is removed."""
     with hold(run, "ramer bench"):
+        remove_temporaries(run, ("bench.json",))  # what a bench killed in its write left
         try:
             return read_run(run)
         except FileUnreadable:
@@ -575,7 +579,9 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state:
             clear_folder(run)
         state, before, t0 = "fresh", 0.0, time.perf_counter()
         run_training(cfg, run, bundle=bundle, console=console)
-    atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
+    with hold(run, "ramer bench"):
+        atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
+        remove_temporaries(run, ("bench.json",))  # what a bench killed in this write left
     return read_run(run), state, notes
 
 
@@ -586,6 +592,14 @@ _WORKER: dict = {}
 def _init_worker(data: dict) -> None:
     _WORKER.clear()
     _WORKER["data"] = data
+
+
+def _start_worker(parent: int, initializer=None, initargs: tuple = ()) -> None:
+    """A worker's first step: it ends with the bench process (``dist.die_with_parent``), then runs
+    ``initializer``."""
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def _worker_execute(cfg_tree: dict, run: str, state: str) -> tuple[dict, str, list[str]]:
@@ -611,29 +625,38 @@ def naming_the_run(key: tuple[str, int, float], run: Path, console: Console):
         yield
     except RamerError as e:
         raise type(e)(f"{where}: {e}") from None
+    except BrokenProcessPool:  # a worker killed: which run it held is not known (worker_pool says it)
+        raise
     except Exception:
         console.print(f"failed: {where}", highlight=False, soft_wrap=True)
         raise
 
 
 @contextmanager
-def worker_pool(jobs: int, **kwargs):
+def worker_pool(jobs: int, initializer=None, initargs: tuple = ()):
     """A pool of ``jobs`` spawned worker processes. However the bench stops (Ctrl-C, an error, or
     SIGTERM sent to this process alone, which is read as Ctrl-C here), it cancels what has not
-    started and stops the workers, so none outlives the command; a run stopped mid-way resumes
-    from its last checkpoint when the command is run again."""
+    started and stops the workers, so none outlives the command (killed by SIGKILL too, on Linux:
+    ``dist.die_with_parent``); a run stopped mid-way resumes from its last checkpoint when the
+    command is run again. A worker that ended abruptly is one line, not a traceback."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import active_children, get_context
 
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), **kwargs)
+    start = (os.getpid(), initializer, initargs)  # each worker ends with this process, even one killed
+    pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=start)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         yield pool
-    except BaseException:
+    except BaseException as e:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in active_children():  # the workers (this process starts no other)
             child.terminate()
+        if isinstance(e, BrokenProcessPool):  # a worker killed (for memory, say): not one run's error
+            raise RamerError(
+                "a worker process of the bench ended abruptly (killed: out of memory?); the finished runs are "
+                "kept: run the same command again to go on (fewer runs at once: --jobs N)"
+            ) from None
         raise
     else:
         pool.shutdown()
@@ -668,6 +691,8 @@ def _run_bench(
     s: BenchSettings, base: Config, console: Console, t_start: float, load_start: float | None
 ) -> list[dict]:
     t0 = time.perf_counter()
+    remove_temporaries(s.out, ("results.json", "report.md"))  # what a bench killed in a write left
+    remove_temporaries(s.out / "plots", ("*.png",), holder=s.out)
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]

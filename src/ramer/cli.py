@@ -278,7 +278,11 @@ def planned_config(args: argparse.Namespace) -> Config:
         raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
     out = Path(args.resume)
     if not (out / "config.yaml").exists():
-        raise RamerError(f"{out / 'config.yaml'}: not found; cannot resume")
+        begun = (out / "metrics.jsonl").is_file()  # written first: the run was stopped before its config
+        raise RamerError(
+            f"{out / 'config.yaml'}: not found; cannot resume"
+            + (": the run stopped as it began, so nothing of it is kept; run the command that started it again" * begun)
+        )
     cfg = build_config(out / "config.yaml")
     from ramer.api import check_run_data
 

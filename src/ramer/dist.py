@@ -270,6 +270,24 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
 
 
 # ---------------------------------------------------------------------- launcher
+def die_with_parent(parent: int) -> None:
+    """Linux: this process is sent SIGTERM when ``parent`` (the process that started it) ends, by
+    SIGKILL too, which gives the parent no chance to stop it; so no worker trains on unseen, holding
+    its run's lock, after the command was killed. Elsewhere nothing. Called first thing by bench's
+    workers and by the ``--nproc`` launcher (which then stops its workers as on Ctrl-C)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl to call: as elsewhere
+        return
+    if os.getppid() != parent:  # the parent ended before prctl could take effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def launch(argv: list[str]) -> int:
     """torchrun (``torch.distributed.run``) with the arguments ``argv``; returns an exit code where
     torchrun raises and prints a traceback: the first failed worker's (its error is its own output;
@@ -283,6 +301,7 @@ def launch(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    die_with_parent(os.getppid())  # `ramer train --nproc` killed: torchrun stops the workers
     if sys.platform == "win32":  # the workers inherit it: their process group's store is the same kind
         os.environ.setdefault("USE_LIBUV", "0")
     # torchrun sets it to 1 where unset, with a banner to tune it: train.threads sets each process's threads

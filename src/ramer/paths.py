@@ -153,6 +153,24 @@ def holding(folder: str | Path) -> bool:
     return os.path.realpath(folder) in _HELD
 
 
+def remove_temporaries(folder: str | Path, names, holder: str | Path | None = None) -> int:
+    """Remove from ``folder`` what writes of ``names`` (file names or glob patterns) cut off by a kill
+    left behind (``atomic_write``'s ``.NAME.XXXX.tmp``), when this process holds the folder (``hold``;
+    ``holder``: the folder whose lock covers it, such as a dataset's for its cache): no other command
+    is writing them now. A command calls it for the files it writes there, so the
+    temporaries of a kill do not pile up (a training state's is the size of the model and its
+    optimiser); returns how many it removed."""
+    if not holding(folder if holder is None else holder):
+        return 0
+    removed = 0
+    for name in names:
+        for p in Path(folder).glob(f".{name}.*.tmp"):
+            if p.is_file() and not p.is_symlink() and is_temporary(p.name):
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def _make_folders(folder: Path) -> list[Path]:
     """Make ``folder`` and its missing parents; the ones this call made (``mkdir`` succeeded)."""
     check_out_folder(folder)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ramer.errors import RamerError
-from ramer.paths import atomic_write
+from ramer.paths import atomic_write, remove_temporaries
 
 IMPORT_HINT = "pip install 'ramer[import]'"
 FACE_HINT = "pip install 'ramer[face]' (mediapipe 0.10.21; it needs numpy<2)"
@@ -152,13 +152,17 @@ class FeatureCache:
         self.used.add(path)
 
     def prune(self) -> int:
-        """Delete cache files that this import did not read or write; returns how many."""
+        """Delete cache files that this import did not read or write, and the temporaries of entries
+        whose write a kill cut off (when the import holds the dataset folder, ``root``'s parent);
+        returns how many entries."""
         removed = 0
         if self.root.is_dir():
             for path in self.root.glob("*/*.npz"):
                 if path not in self.used:
                     path.unlink(missing_ok=True)
                     removed += 1
+            for kind in (p for p in self.root.iterdir() if p.is_dir()):
+                remove_temporaries(kind, ("*.npz",), holder=self.root.parent)
         return removed
 
 

@@ -26,7 +26,7 @@ from ramer.data.memor import iter_memor
 from ramer.data.mosei import iter_mosei_aligned, iter_mosei_unaligned
 from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
-from ramer.data.store import DataBundle, is_native, load_native
+from ramer.data.store import DataBundle, is_native, load_native, save_cut_off
 from ramer.errors import RamerError, unreadable
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
@@ -152,6 +152,12 @@ def _detect(path: str | Path | None) -> tuple[str, Any]:
             return "native", None
         if os.path.lexists(p / "anno.json") and os.path.lexists(p / "data.json"):
             return "memor", None  # its loader names what is wrong with either (a folder, a link to nothing)
+        if save_cut_off(p):
+            raise RamerError(
+                f"{p}: a dataset whose write was cut off (meta.json, written last, is missing; or it is being "
+                "written now): write it again with the command that made it "
+                f"(ramer data synth|convert|import --out {p})"
+            )
         run = (
             " (it is a run folder: its model is read by ramer.load or ramer eval)"
             if (p / "model.safetensors").exists()

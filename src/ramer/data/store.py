@@ -62,6 +62,7 @@ from ramer.paths import (
     holding,
     make_folder,
     read_json,
+    remove_temporaries,
     umask,
 )
 
@@ -577,7 +578,10 @@ class SceneStore:
                     np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
                     for chunk in chunks:
                         f.write(chunk.data)
-            (tmp / "ids.json").write_text(json.dumps(list(self.ids)))
+                    _on_disk(f)
+            with open(tmp / "ids.json", "w", encoding="utf-8") as f:
+                f.write(json.dumps(list(self.ids)))
+                _on_disk(f)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -816,6 +820,7 @@ def write_meta(
         "info": info,
     }
     atomic_write_text(Path(directory) / "meta.json", json.dumps(meta, indent=1))  # a temporary name of its own
+    remove_temporaries(directory, ("meta.json",))  # what a write killed before left
     return meta
 
 
@@ -876,6 +881,13 @@ def _holds_a_split(folder: Path) -> bool:
     return (folder / "ids.json").is_file() and all(p.name in _SPLIT_FILES for p in folder.iterdir())
 
 
+def _on_disk(f) -> None:
+    """Flush the open file ``f`` to the disk: a split's files are there before the ``meta.json`` that
+    marks the dataset complete (a power cut would leave it naming empty or zero-filled arrays)."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def _tmp_folder(directory: Path) -> Path:
     """The fixed temporary name beside ``directory`` that saves of earlier versions wrote, then
     renamed; one left by a save cut off is removed by the next."""
@@ -919,14 +931,19 @@ def _dataset_folder(directory: Path) -> Path:
     try:
         return dataset_folder(directory)
     except RamerError:
-        cut_off = (
-            directory.is_dir()
-            and not (directory / "meta.json").exists()
-            and any(p.is_dir() and _holds_a_split(p) for p in directory.iterdir())
-        )
-        if not cut_off or any((directory / name).exists() for name in RUN_FILES):
+        if not save_cut_off(directory) or any((directory / name).exists() for name in RUN_FILES):
             raise
         return directory
+
+
+def save_cut_off(directory: Path) -> bool:
+    """Whether ``directory`` is a dataset whose save was cut off (or is under way): no ``meta.json``,
+    which a save writes last, but a split folder a save wrote."""
+    return (
+        directory.is_dir()
+        and not (directory / "meta.json").exists()
+        and any(p.is_dir() and _holds_a_split(p) for p in directory.iterdir())
+    )
 
 
 def _read_meta(path: Path) -> dict:

@@ -65,7 +65,7 @@ from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_d
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
-from ramer.paths import atomic_write_text, loads_json, work_folder
+from ramer.paths import RUN_FILES, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import input_notes, loss_not_finite, valid_note
 from ramer.train.optim import build_optimizer
@@ -121,6 +121,7 @@ def start_run_folder(out: Path, cfg: Config, resume: bool = False) -> None:
     held = None if resume else existing_run(out)
     if held:
         raise RamerError(held)
+    remove_temporaries(out, RUN_FILES)  # what a run killed in a write left
     (out / "metrics.jsonl").write_text("")  # first: a config.yaml without a log beside it is not a run's
     atomic_write_text(out / "config.yaml", dump_config(cfg))
 
@@ -243,6 +244,8 @@ def write_test_result(
                 "per_label": per_label,
             }
             f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the file that marks the run finished
         atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         if curves is not None:
             curves.write(line, step)
@@ -525,6 +528,13 @@ class Recipe(RunSteps):
 
     def _load_train_state(self) -> None:
         path = self.out / "train_state.pt"
+        if not (path.exists() or path.is_symlink()):  # stopped before its first state: say what to do
+            raise RamerError(
+                existing_run(self.out)
+                or f"{path}: not found; cannot resume: the run stopped before its first training state was saved, "
+                f"so nothing of it is kept; train it again (ramer train --config {self.out / 'config.yaml'} "
+                f"--out {self.out})"
+            )
         state = ckpt.load_train_state(path)
         check_resumed_config(state.get("config"), self.cfg, self.out)
         if state.get("config") is not None and state["epoch"] > self.cfg.train.epochs:  # the same on a resume
@@ -570,6 +580,7 @@ class Recipe(RunSteps):
         kept = [ln for ln, rec in read_log(self.out / "metrics.jsonl") if rec.get("epoch", 10**9) < self.start_epoch]
         if is_main():
             atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
+            remove_temporaries(self.out, RUN_FILES)  # what a kill in a write left
 
     def _check_best_weights(self, best_epoch: int) -> None:
         """A run that has a best epoch is tested on its model file: one that is missing, unreadable or
@@ -708,6 +719,8 @@ class Recipe(RunSteps):
                 if is_main():
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())  # on disk before the state: a power cut loses no line the state holds
                     if self.curves is not None:
                         self.curves.write(line, line["step"])
                 self._save_train_state(epoch)
