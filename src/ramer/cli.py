@@ -91,6 +91,10 @@ LOADER_SET_HELP = (
     "data.aligned_path=FILE (repeatable; docs/DATA.md)"
 )
 DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"
+BATCH_HELP = (
+    "scenes scored at once (default: the run's train.eval_batch_size); lower it where long scenes do not fit "
+    "in memory. The scores do not depend on it"
+)
 WORKERS_HELP = (
     "score in N forked processes (CPU, Linux), this process's threads shared out among them; can be "
     "faster than one process with several threads (docs/PERFORMANCE.md). Default 1"
@@ -437,6 +441,18 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
     return predictor
 
 
+def score_split(predictor, store, args: argparse.Namespace):
+    """``predictor.predict`` of ``store`` with ``--workers`` and ``--batch-size``; a batch that does
+    not fit in memory is one line naming ``--batch-size``."""
+    from ramer.train.recipe import memory_named
+
+    if args.batch_size is not None:
+        predictor.cfg.train.eval_batch_size = args.batch_size
+    batch = predictor.cfg.train.eval_batch_size
+    with memory_named(f"scoring split '{args.split}' ({batch} scenes at once)", f"--batch-size {batch}"):
+        return predictor.predict(store, workers=args.workers)
+
+
 def load_run_and_data(args: argparse.Namespace):
     """``eval`` / ``predict``: the run's predictor (at ``--precision``) and the dataset of ``--data``
     (default: the run's own), checked to have ``--split``."""
@@ -487,7 +503,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"'{args.split}' does not give one label per sample ({problem}); its figures would not mean "
                 "what they say: use ramer predict, or a multi-label run"
             )
-    scores = predictor.predict(store, workers=args.workers)
+    scores = score_split(predictor, store, args)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
     if args.json:
         print(json.dumps(rep, indent=1))
@@ -513,7 +529,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor, bundle = load_run_and_data(args)
     output_file(args.out, reads=reads, data_from=data_files(bundle, args.data or predictor.cfg.data.path))
     store = bundle.splits[args.split]
-    probs = predictor.predict(store, workers=args.workers)
+    probs = score_split(predictor, store, args)
     records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
     lines = [json.dumps(record) for record in records]
     atomic_write_text(args.out, "".join(line + "\n" for line in lines))
@@ -548,6 +564,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                 ("--device", args.device),
                 ("--precision", args.precision != "fp32"),
                 ("--workers", args.workers > 1),
+                ("--batch-size", args.batch_size is not None),
             )
             if on
         ]
@@ -572,7 +589,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.preds is not None:
         records = read_predictions(args.preds, store.label_names)
     else:
-        probs = predictor.predict(store, workers=args.workers)
+        probs = score_split(predictor, store, args)
         records = prediction_records(store, probs, predictor.decide(probs), threshold)
     title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
     notes: list[str] = []
@@ -959,6 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     e.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    e.add_argument("--batch-size", type=positive_int, metavar="N", help=BATCH_HELP)
     e.add_argument("--device", help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
@@ -974,6 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output .jsonl file")
     pr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     pr.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    pr.add_argument("--batch-size", type=positive_int, metavar="N", help=BATCH_HELP)
     pr.add_argument("--device", help=DEVICE_HELP)
     pr.set_defaults(func=cmd_predict)
 
@@ -996,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vw.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     vw.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
+    vw.add_argument("--batch-size", type=positive_int, metavar="N", help=BATCH_HELP)
     vw.add_argument("--device", help=DEVICE_HELP)
     vw.set_defaults(func=cmd_view)
 

@@ -170,7 +170,7 @@ def open_study(
             load_if_exists=True,
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
         )
-    check_stored_study(optuna, study, url)
+    check_stored_study(study, url)
     stored = study.user_attrs.get("config")
     mine = base.model_dump(mode="json")
     made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
@@ -248,7 +248,7 @@ TRIAL_ATTRS = {
 }
 
 
-def check_stored_study(optuna, study, url: str) -> None:
+def check_stored_study(study, url: str) -> None:
     """The study a storage holds, as ``ramer tune`` writes it: its ``trial_seeds`` a count, its
     ``config`` and ``data`` objects, each trial's values finite and its records (``TRIAL_ATTRS``) of
     their kinds. A study Optuna cannot read back (a value nested too deeply, an unknown

@@ -313,10 +313,6 @@ class SceneStore:
             return np.zeros(n, dtype=bool)
         return np.logical_or.reduceat(np.asarray(self.target_tokens), np.asarray(self.token_offsets[:-1]))
 
-    @property
-    def has_roles(self) -> bool:
-        return bool((np.asarray(self.role) != ROLE_NONE).any())
-
     # ------------------------------------------------------------------ variants
     def with_missing(self, rate: float, seed: int) -> "SceneStore":
         """Hide each present modality of each token with extra probability ``rate`` (seeded). Packed

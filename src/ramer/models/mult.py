@@ -64,7 +64,7 @@ class MulT(nn.Module):
         self.single_label = spec.single_label  # softmax + cross-entropy, else sigmoids + BCE
         H, C = cfg.hidden, spec.n_labels
         self.hidden = H
-        self.depth = D = max(getattr(cfg.layers, m) for m in MODALITIES)  # one depth, as in the paper
+        D = max(getattr(cfg.layers, m) for m in MODALITIES)  # one depth, as in the paper
         self.encoders = nn.ModuleDict({m: TokenEncoder(spec.dims[m], H, cfg.dropout) for m in MODALITIES})
         self.convs = nn.ModuleDict({m: TemporalConv(H, getattr(cfg.mult_kernels, m)) for m in MODALITIES})
         self.scope_emb = nn.Embedding(2, H)

@@ -1,6 +1,6 @@
 """What the data lets a run not do, said before and while it trains: inputs one of this package's
-deep models cannot read (features far below unit scale, one value per token, a personality far
-from unit scale: ``input_notes``), and why a loss that is not finite stopped a run
+deep models cannot read (features far below unit scale, one or two values per token, a personality
+far from unit scale: ``input_notes``), and why a loss that is not finite stopped a run
 (``loss_not_finite``). The recipe prints them; nothing here changes a result."""
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ def input_notes(store, model: nn.Module, loss_cfg, source: str) -> list[str]:
     """What one of this package's deep models cannot read in the training split ``store``, as notes
     naming ``source``; none for ordinary data and for models of other packages. Each model reads a
     token's features (and RAMer a person's personality) through a LayerNorm over its values, which
-    maps one value to a constant and shrinks values that vary by far less than ``sqrt(eps)`` within
-    a token to nearly nothing: the model trains as on zeros, without a word. RAMer also learns to
-    predict the personality by MSE: values far from unit scale make that term outweigh the emotions."""
+    maps one value to a constant, two values to their order (+1, -1 or -1, +1), and shrinks values
+    that vary by far less than ``sqrt(eps)`` within a token to nearly nothing: the model trains as on
+    zeros, without a word. RAMer also learns to predict the personality by MSE: values far from unit
+    scale make that term outweigh the emotions."""
     if not type(model).__module__.startswith("ramer.models"):
         return []
     inputs = [(m, np.asarray(store.first_present_rows(m, SCALE_ROWS), dtype=np.float64), "token") for m in MODALITIES]
@@ -46,6 +47,12 @@ def input_notes(store, model: nn.Module, loss_cfg, source: str) -> list[str]:
                 f"{source}: the {name} features {what} {unit}; the model's input LayerNorm maps them all to the same "
                 f"number, so it reads only whether {name} is there, not its value"
                 + ("" if name == "personality" else " (br, cc and lp read the value)")
+            )
+        elif rows.shape[1] == 2 and factor >= QUIET_FACTOR:
+            notes.append(
+                f"{source}: the {name} features have two values per {unit}; the model's input LayerNorm maps each "
+                f"{unit} to (+1, -1) or (-1, +1), so it reads only which of the two is larger and whether {name} "
+                "is there, not the values" + ("" if name == "personality" else " (br, cc and lp read the values)")
             )
         elif factor < QUIET_FACTOR:
             notes.append(

@@ -58,6 +58,7 @@ from ramer import checkpoint as ckpt
 from ramer import dist
 from ramer.config import Config, as_today, build_config, differences, dump_config
 from ramer.data import DataBundle, load_bundle
+from ramer.data.conversations import LOG_EVERY
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
 from ramer.errors import FileUnreadable, LossNotFinite, RamerError, first_line, unreadable
@@ -65,6 +66,7 @@ from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_d
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
+from ramer.models.parts.encoders import ModalityEncoder
 from ramer.paths import RUN_FILES, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import input_notes, loss_not_finite, valid_note
@@ -483,6 +485,7 @@ class Recipe(RunSteps):
             if hasattr(self.model, "prepare"):
                 self.model.prepare(self.splits["train"])
             self.model.to(self.device)
+        self.check_segments()
         self.forward_model = self.model
         if self.world > 1:
             # Buffers (queue, prototypes) are kept equal by the model's own collectives.
@@ -516,6 +519,32 @@ class Recipe(RunSteps):
         if cfg.train.tensorboard and is_main():
             resumed_from = self.epochs_run * self.steps_per_epoch + 1 if self.resume else None
             self.curves = CurveWriter(self.out, resume_step=resumed_from)
+
+    def check_segments(self) -> None:
+        """Every split's longest scene fits the model's segment-position tables (``model.max_segments``),
+        checked before training: a test split of longer scenes was found only after the last epoch,
+        by a model that could never score it."""
+        tables = [m.position.num_embeddings for m in self.model.modules() if isinstance(m, ModalityEncoder)]
+        for name, store in self.splits.items():
+            longest = int(store.grid[:, 1].max()) if len(store) else 0
+            if tables and longest > min(tables):
+                raise RamerError(
+                    f"{self.bundle.source}: split '{name}' has a scene of {longest} segments, more than "
+                    f"model.max_segments={min(tables)} (the rows of the segment-position table); train with "
+                    f"--set model.max_segments={longest} or more"
+                )
+
+    def sizes(self, split: str, batch: int, key: str) -> tuple[str, str]:
+        """``memory_named``'s arguments for a batch of ``batch`` scenes of ``split`` (``key``: the
+        setting that sizes it): its scenes' largest grid and the settings that make it large."""
+        grid = self.splits[split].grid
+        P, S = (int(x) for x in grid.max(0)) if len(grid) else (0, 0)
+        what = "a training step" if split == "train" else f"scoring {split}"
+        m = self.cfg.model
+        return (
+            f"{what} ({batch} scenes at once, up to {P} persons x {S} segments)",
+            f"{key} {batch}, model.hidden {m.hidden}, model.heads {m.heads}, model.ffn {m.ffn}",
+        )
 
     def _new_run_folder(self, cfg: Config) -> str | None:
         """Rank 0: make the run folder, write its config and an empty log; returns the error, if
@@ -613,18 +642,22 @@ class Recipe(RunSteps):
         sums: dict[str, float] = {}
         task = bar.add_task(f"epoch {epoch}", total=self.steps_per_epoch, info="")
         store = self.splits["train"]
+        sizes = self.sizes("train", cfg.train.batch_size, "train.batch_size")
+        log = not self.console.is_terminal and is_main()  # a log file, CI: a plain line now and then
+        started = said = time.perf_counter()
         for step in range(self.steps_per_epoch):
             batch = store.collate(order[step * bs : (step + 1) * bs]).to(self.device)
             try:
-                loss = training_step(
-                    self.forward_model,
-                    model,
-                    batch,
-                    self.optimizer,
-                    self.scheduler,
-                    cfg.train.grad_clip,
-                    cfg.train.precision,
-                )
+                with memory_named(*sizes):
+                    loss = training_step(
+                        self.forward_model,
+                        model,
+                        batch,
+                        self.optimizer,
+                        self.scheduler,
+                        cfg.train.grad_clip,
+                        cfg.train.precision,
+                    )
             except FloatingPointError as e:
                 raise LossNotFinite(loss_not_finite(epoch, step, e, batch)) from None
             if self.ema is not None:
@@ -633,22 +666,29 @@ class Recipe(RunSteps):
             for k, v in loss.terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.update(task, advance=1, info=f"loss {sums['loss'] / (step + 1):.4f}")
+            if log and (now := time.perf_counter()) - said >= LOG_EVERY and step + 1 < self.steps_per_epoch:
+                self.console.print(
+                    f"epoch {epoch}: step {step + 1} of {self.steps_per_epoch} ({now - started:.0f} s, "
+                    f"loss {sums['loss'] / (step + 1):.4f})",
+                    highlight=False,
+                )
+                said = now
         bar.remove_task(task)
         return dist.mean_over_ranks({k: v / self.steps_per_epoch for k, v in sums.items()}, self.device)
 
     def validate(self) -> tuple[dict, float | np.ndarray | str]:
-        pred = predict(
-            self.model,
-            self.splits["valid"],
-            self.cfg.train.eval_batch_size,
-            self.device,
-            self.cfg.train.precision,
-            shard=True,
-        )
+        pred = self.score("valid")
         threshold = choose_threshold(pred.labels, pred.scores, self.spec.task, self.cfg.train.per_label_threshold)
         rep = report(pred.labels, pred.scores, threshold, pred.role)
         rep.pop("per_label")
         return rep, threshold
+
+    def score(self, split: str) -> Predictions:
+        """``predict`` of ``split`` by the model as it is, sharded over the processes; a batch that
+        does not fit in memory is one line naming ``train.eval_batch_size``."""
+        batch = self.cfg.train.eval_batch_size
+        with memory_named(*self.sizes(split, batch, "train.eval_batch_size")):
+            return predict(self.model, self.splits[split], batch, self.device, self.cfg.train.precision, shard=True)
 
     def should_stop(self, epoch: int) -> bool:
         """Early stopping after ``epoch``: ``train.patience`` epochs without a better validation
@@ -782,14 +822,7 @@ class Recipe(RunSteps):
         dist.barrier()  # rank 0 has written the best checkpoint
         state, _, _, threshold, epoch = ckpt.read_model_file(self.out / "model.safetensors")
         ckpt.load_state_into(self.model, state, str(self.out / "model.safetensors"))
-        pred = predict(
-            self.model,
-            self.splits["test"],
-            self.cfg.train.eval_batch_size,
-            self.device,
-            self.cfg.train.precision,
-            shard=True,
-        )
+        pred = self.score("test")
         run_info = {
             "best_step": epoch * self.steps_per_epoch,
             "epochs_run": self.epochs_run,

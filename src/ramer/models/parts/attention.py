@@ -12,8 +12,10 @@ autocast it keeps them in bfloat16, and every pass after the float32 softmax is 
 Without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v``
 (``_softmax_weights``); bfloat16 evaluation takes its scores from float32 operands
 (``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
-without dropout (``_few_key_attention``). Other devices use ``F.scaled_dot_product_attention``
-with the kernels of ``SDPA_BACKENDS``.
+without dropout (``_few_key_attention``). Float32 weights that would pass ``SCORE_BYTES`` (long
+scenes) are made a block at a time, with the same values: in evaluation (``_explicit_attention``)
+and in float32 training with dropout (``_pair_blocks``). Other devices use
+``F.scaled_dot_product_attention`` with the kernels of ``SDPA_BACKENDS``.
 ``zero_unless`` is the masking the other parts share: ``torch.where(keep, x, 0)``, skipped when
 nothing is masked.
 
@@ -109,14 +111,56 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training) if not self.inplace else super().forward(x)
 
 
+# The float32 (Q x K) weights CPU attention holds at once: in evaluation and in float32 training
+# with dropout, a call whose weights pass it makes them a block at a time (long scenes).
+SCORE_BYTES = 256 * 2**20
+
+
+def _pair_blocks(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, keep: Tensor):
+    """(rows, (q, k, v, key_mask, keep) of those rows) over blocks of (scene, head) pairs whose
+    float32 (Q x K) weights hold at most ``SCORE_BYTES`` (one pair at least). q (X, heads, Q, d),
+    k / v (X, heads, K, d), key_mask (X, K), keep (X, heads, Q, K), all contiguous; a block's
+    tensors have one pair per row, (pairs, 1, ...), as ``_flat_pairs`` views a result."""
+    X, heads, Q, _ = q.shape
+    pairs = max(1, SCORE_BYTES // (4 * Q * k.shape[2]))
+    flat = [_flat_pairs(t) for t in (q, k, v, keep)]
+    mask = key_mask.repeat_interleave(heads, 0)  # (X*heads, K)
+    for a in range(0, X * heads, pairs):
+        rows = slice(a, a + pairs)
+        yield rows, (flat[0][rows], flat[1][rows], flat[2][rows], mask[rows], flat[3][rows])
+
+
+def _flat_pairs(t: Tensor) -> Tensor:
+    """(X, heads, L, e) contiguous -> (X*heads, 1, L, e), a view: one (scene, head) pair per row."""
+    return t.view(-1, 1, *t.shape[2:])
+
+
+def _fits(q: Tensor, k: Tensor) -> bool:
+    """Whether the float32 (Q x K) weights of the whole call hold at most ``SCORE_BYTES``."""
+    return 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= SCORE_BYTES
+
+
+def _weights_backward(q, k, v, key_mask, keep, scale: float, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The float32 backward of ``_AttentionWithDropout``, the weights recomputed -> grad q, k, v."""
+    w = _softmax_weights(q, k, key_mask)  # float32: recomputed
+    grad_v = torch.matmul(_apply_mask(w, keep, scale, v.dtype).transpose(-1, -2), grad)
+    grad_w = _apply_mask(torch.matmul(grad, v.transpose(-1, -2)).float(), keep, scale, consume=True)
+    grad_w.sub_((grad_w * w).sum(-1, keepdim=True))  # softmax': w * (grad_w - sum(grad_w * w))
+    grad_s = _scaled_(w.mul_(grad_w), q.shape[-1] ** -0.5, q.dtype)
+    return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v
+
+
 class _AttentionWithDropout(torch.autograd.Function):
     """``softmax(q k^T / sqrt(d), allowed keys)`` with dropout on the weights, times ``v``.
 
     The explicit form of ``F.scaled_dot_product_attention(..., dropout_p=p)`` (which takes its
     unfused path on CPU anyway), saving q, k, v and the bool dropout mask. In float32 the (Q x K)
-    weights are recomputed in backward, as flash attention does (memory). For bfloat16 inputs
-    (autocast) they are kept in bfloat16, which costs half as much and saves the recomputation,
-    and after the float32 softmax every (Q x K) pass stays in bfloat16: the dropout scale goes on
+    weights are recomputed in backward, as flash attention does (memory); where the weights of
+    the whole call would pass ``SCORE_BYTES`` (long scenes), forward and backward make them for a
+    block of (scene, head) pairs at a time (``_pair_blocks``: the same products, so the same
+    values; only the bool mask is whole). For bfloat16 inputs (autocast) they are kept in
+    bfloat16, which costs half as much and saves the recomputation, and after the float32
+    softmax every (Q x K) pass stays in bfloat16: the dropout scale goes on
     the (Q x d) output and gradients, and the softmax derivative is two in-place passes. (A
     mixed-dtype elementwise op, such as float32 times a bool mask written to bfloat16, takes a
     slower path on CPU than a cast plus a same-dtype op.) A row always has an allowed key in RAMer
@@ -126,14 +170,24 @@ class _AttentionWithDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p: float) -> Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # head-major: batched GEMMs without copies
-        w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K), float32 for bf16 inputs
-        keep, ctx.scale = _keep_mask(w.shape, p, w.device)
         if q.dtype == torch.bfloat16:  # from here on every (Q x K) pass is in bfloat16, one dtype per op
+            w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K), float32
+            keep, ctx.scale = _keep_mask(w.shape, p, w.device)
             kept = w.to(torch.bfloat16)
             ctx.save_for_backward(q, k, v, key_mask, keep, kept)
             return torch.matmul(_masked(kept, keep), v).mul_(ctx.scale)  # the scale on the smaller side
+        if _fits(q, k):
+            w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K)
+            keep, ctx.scale = _keep_mask(w.shape, p, w.device)
+            ctx.save_for_backward(q, k, v, key_mask, keep, None)
+            return torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype, consume=True), v)
+        keep, ctx.scale = _keep_mask(q.shape[:3] + k.shape[2:3], p, q.device)  # (X, heads, Q, K), as above
         ctx.save_for_backward(q, k, v, key_mask, keep, None)
-        return torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype, consume=True), v)
+        out = torch.empty_like(q, dtype=v.dtype)  # (X, heads, Q, d)
+        for rows, (qb, kb, vb, mb, keepb) in _pair_blocks(q, k, v, key_mask, keep):
+            w = _softmax_weights(qb, kb, mb)  # (pairs, 1, Q, K)
+            _flat_pairs(out)[rows] = torch.matmul(_apply_mask(w, keepb, ctx.scale, v.dtype, consume=True), vb)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -146,12 +200,14 @@ class _AttentionWithDropout(torch.autograd.Function):
             wk.addcmul_(kept, wk.sum(-1, keepdim=True), value=-1)  # softmax': (P - w * sum(P)) = ds / scale
             c = ctx.scale * q.shape[-1] ** -0.5
             return torch.matmul(wk, k).mul_(c), torch.matmul(wk.transpose(-1, -2), q).mul_(c), grad_v, None, None
-        w = _softmax_weights(q, k, key_mask)  # float32: recomputed
-        grad_v = torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype).transpose(-1, -2), grad)
-        grad_w = _apply_mask(torch.matmul(grad, v.transpose(-1, -2)).float(), keep, ctx.scale, consume=True)
-        grad_w.sub_((grad_w * w).sum(-1, keepdim=True))  # softmax': w * (grad_w - sum(grad_w * w))
-        grad_s = _scaled_(w.mul_(grad_w), q.shape[-1] ** -0.5, q.dtype)
-        return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v, None, None
+        if _fits(q, k):
+            return (*_weights_backward(q, k, v, key_mask, keep, ctx.scale, grad), None, None)
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        flat_grad = _flat_pairs(grad.contiguous())
+        for rows, (qb, kb, vb, mb, keepb) in _pair_blocks(q, k, v, key_mask, keep):
+            for g, gb in zip(grads, _weights_backward(qb, kb, vb, mb, keepb, ctx.scale, flat_grad[rows])):
+                _flat_pairs(g)[rows] = gb
+        return (*grads, None, None)
 
 
 def _score_operands(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,6 +239,35 @@ def _softmax_weights(q: Tensor, k: Tensor, key_mask: Tensor) -> Tensor:
     in_place = scores.dtype == torch.float32 and not scores.requires_grad and not torch.compiler.is_exporting()
     bias = _key_bias(key_mask)[:, None, None, :]  # (X, 1, 1, K)
     return torch.add(bias, scores, alpha=q.shape[-1] ** -0.5, out=scores if in_place else None).softmax(-1)
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+    """``softmax(scale * q k^T + bias) v`` on CPU: q (X, heads, Q, d), k / v (X, heads, K, d),
+    key_mask (X, K) -> (X, heads, Q, d). Without autograd (evaluation), when the float32 scores of
+    the whole call would pass ``SCORE_BYTES``, they are made for a block of (scene, head) pairs at a
+    time, and where one pair's (Q x K) scores pass it, for a block of its queries at a time: the
+    memory of one block instead of ``X x heads`` (Q x K) matrices (a batch of 256 scenes of 2,800
+    visual tokens at 8 heads would hold 64 GB at once; one scene of 17,500, 1.2 GB per head). A
+    softmax row is one query's, so the blocks give the same values (the products per block of
+    (scene, head) pairs are the same matrix products; tests/test_extreme_shapes.py)."""
+    X, heads, Q, d = q.shape
+    K = k.shape[2]
+    pairs = SCORE_BYTES // (4 * Q * K)  # (scene, head) pairs per block
+    if torch.is_grad_enabled() or torch.compiler.is_exporting() or pairs >= X * heads:
+        w = _softmax_weights(*_score_operands(q, k), key_mask)  # (X, heads, Q, K)
+        return torch.matmul(w.to(v.dtype), v.contiguous())
+    qf, kf, vf = (t.reshape(X * heads, 1, -1, d) for t in (q, k, v))  # one (scene, head) pair per row
+    mask = key_mask.repeat_interleave(heads, 0)  # (X*heads, K)
+    y = q.new_empty(X * heads, 1, Q, d, dtype=v.dtype)
+    queries = Q if pairs else max(1, SCORE_BYTES // (4 * K))  # a pair's queries per block
+    pairs = max(pairs, 1)
+    for a in range(0, X * heads, pairs):
+        rows = slice(a, a + pairs)
+        for c in range(0, Q, queries):
+            cols = slice(c, c + queries)
+            w = _softmax_weights(*_score_operands(qf[rows, :, cols], kf[rows]), mask[rows])  # (pairs, 1, queries, K)
+            y[rows, :, cols] = torch.matmul(w.to(v.dtype), vf[rows].contiguous())
+    return y.view(X, heads, Q, d)
 
 
 def _few_key_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int, p: float = 0.0) -> Tensor:
@@ -248,8 +333,7 @@ class MaskedAttention(nn.Module):
         if p > 0 and q.device.type == "cpu":  # CPU SDPA with dropout is unfused: the lighter explicit form
             y = _attention_with_dropout(q, k, v, key_mask, p)  # (X, heads, Q, d)
         elif q.device.type == "cpu":  # faster than CPU SDPA in float32, and far faster in bfloat16
-            w = _softmax_weights(*_score_operands(q, k), key_mask)
-            y = torch.matmul(w.to(v.dtype), v.contiguous())  # (X, heads, Q, d)
+            y = _explicit_attention(q, k, v, key_mask)  # (X, heads, Q, d)
         else:
             with sdpa_kernel(SDPA_BACKENDS) if SDPA_BACKENDS is not None else contextlib.nullcontext():
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
