@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import random_store
 from rich.console import Console
+from test_degenerate_data import TINY, changed
 from test_recipe import tiny_cfg
 
 from ramer.cli import main
@@ -25,18 +26,7 @@ from ramer.train.recipe import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["train.epochs=1", "model.hidden=16", "model.ffn=32", "model.heads=2", "train.batch_size=16"]
 TINY_SETS = [*TINY, "data.synthetic.n_train=32", "data.synthetic.n_valid=16", "data.synthetic.n_test=16"]
-
-
-FIELDS = (
-    "text audio visual present token_offsets grid labels target role person_offsets character label_names ids "
-    "personality personality_present"
-).split()
-
-
-def changed(store: SceneStore, **arrays) -> SceneStore:
-    return SceneStore(**{**{k: getattr(store, k) for k in FIELDS}, **arrays})
 
 
 def spec_of(store: SceneStore) -> DataSpec:
