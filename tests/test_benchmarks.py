@@ -81,6 +81,15 @@ def test_scaling_runs():
     assert "train ms/scene" in out
 
 
+def test_attention_blocks_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    train = [sys.executable, "-m", "ramer", "train", "--model", "mult", "--out", str(run_dir)]
+    train += sets(*TINY_DATA, "train.epochs=1", "model.hidden=16", "model.ffn=32", "model.heads=2")
+    assert subprocess.run(train, cwd=ROOT, capture_output=True).returncode == 0
+    out = run("attention_blocks.py", str(run_dir), "--repeats", "1", "--batch-size", "8")
+    assert "one pass" in out and "blocks" in out and "scores equal: True" in out
+
+
 def test_mosei_convert_runs():
     out = run("mosei_convert.py", "--scale", "0.001")
     assert "convert" in out and "iterate" in out

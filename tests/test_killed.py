@@ -22,6 +22,7 @@ from ramer.cli import main
 from ramer.config import dump_config
 from ramer.data import features as F
 from ramer.data.synthetic import generate
+from ramer.dist import PARENT_ENV
 from ramer.errors import RamerError
 from ramer.paths import hold
 from ramer.train.recipe import Recipe, start_run_folder
@@ -173,28 +174,35 @@ def parent_of(script: str) -> tuple[subprocess.Popen, list[int]]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_bench_workers_and_the_nproc_launcher_end_with_a_command_killed_hard(tmp_path):
     """SIGKILL gives the bench (or ``ramer train --nproc``) no chance to stop what it started: its
-    workers trained on, holding their runs' locks, and a rerun was refused as 'in use'."""
+    workers trained on, holding their runs' locks, and a rerun was refused as 'in use'. Also a
+    ``ramer train --nproc`` killed while its launcher was still starting (the launcher learns its
+    parent's pid from it, ``dist.PARENT_ENV``), and a launcher run by hand is left alone."""
     bench, (worker,) = parent_of(
         "import os, time\nfrom ramer.bench import worker_pool\n"
         "with worker_pool(1) as pool:\n    print(pool.submit(os.getpid).result(), flush=True)\n    time.sleep(120)"
     )
     launch = [sys.executable, "-m", "ramer.dist", "--standalone", "--nproc_per_node=1", "--no-python", "sleep", "120"]
-    train, (launcher,) = parent_of(
-        f"import subprocess, time\np = subprocess.Popen({launch!r})\nprint(p.pid, flush=True)\ntime.sleep(120)"
+    env = f"{{**os.environ, {PARENT_ENV!r}: str(os.getpid())}}"  # as ramer train --nproc starts it
+    start = f"import os, subprocess, time\np = subprocess.Popen({launch!r}, env={env}, stderr=subprocess.DEVNULL)\n"
+    train, (launcher,) = parent_of(start + "print(p.pid, flush=True)\ntime.sleep(120)")
+    early, (started,) = parent_of(start + "print(p.pid, flush=True)\nos.kill(os.getpid(), 9)")  # before prctl
+    by_hand, (own,) = parent_of(
+        f"import subprocess\nprint(subprocess.Popen({launch!r}, stderr=subprocess.DEVNULL).pid, flush=True)"
     )
     deadline = time.monotonic() + 60
     while not (workers := Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()):
         assert time.monotonic() < deadline, "torchrun started no worker"
         time.sleep(0.2)
-    watched = [worker, launcher, *map(int, workers)]
-    for parent in (bench, train):
+    watched = [worker, launcher, *map(int, workers), started]
+    for parent in (bench, train, early, by_hand):
         parent.kill()
         parent.wait()
     try:
         assert ended_within(watched, 30)
-    finally:  # none left running when the test fails
-        for pid in filter(alive, watched):
-            os.kill(pid, signal.SIGKILL)
+        assert alive(own)  # its parent ended, yet no --nproc started it: it runs on
+    finally:  # none left running
+        for pid in filter(alive, [*watched, own]):
+            os.kill(pid, signal.SIGTERM if pid == own else signal.SIGKILL)  # SIGTERM: torchrun stops its worker
 
 
 def test_a_bench_run_again_removes_the_temporaries_a_kill_left(tmp_path, monkeypatch, capsys):
@@ -222,3 +230,20 @@ def test_a_dataset_whose_write_was_cut_off_says_so_and_how_to_write_it_again(tmp
         assert "a dataset whose write was cut off" in err and f"ramer data synth|convert|import --out {out}" in err
     assert main(["data", "synth", "--out", str(out), *SYNTH]) == 0  # as it says: written again, it loads
     assert main(["data", "info", str(out)]) == 0
+
+
+def test_temporaries_stay_where_the_command_does_not_hold_the_folder(tmp_path):
+    """Another command may be writing them: a folder not held, or one a link leads to from the held
+    folder (an import cache shared by several datasets)."""
+    out = tmp_path / "data"
+    cache = F.FeatureCache(out / "cache")
+    cache.put("text", "conv-1", "k", {"features": np.zeros((1, F.TEXT_DIM), np.float32), "present": np.ones(1, bool)})
+    cut = left_by_a_kill(out / "cache" / "text", cache._path("text", "conv-2").name)
+    cache.prune()  # not held
+    assert cut.exists()
+    shared = tmp_path / "shared"
+    (out / "cache" / "text").rename(shared)
+    (out / "cache" / "text").symlink_to(shared, target_is_directory=True)
+    with hold(out, "ramer data import"):
+        cache.prune()
+    assert (shared / cut.name).exists()

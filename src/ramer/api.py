@@ -62,9 +62,17 @@ class Predictor:
             if size is not None and expected.get(key) is not None and size != expected[key]:
                 raise RamerError(f"{source}: {key} features have size {size}, the model expects {expected[key]}")
 
-    def predict(self, data: SceneStore | DataBundle | Batch, split: str | None = None, workers: int = 1) -> np.ndarray:
+    def predict(
+        self,
+        data: SceneStore | DataBundle | Batch,
+        split: str | None = None,
+        workers: int = 1,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
         """Probabilities ``(n, C)`` for a split store, a bundle's ``split`` (default ``"test"``), or one
-        batch; ``split`` is for a bundle only.
+        batch; ``split`` is for a bundle only. ``batch_size``: scenes scored at once (a store or
+        bundle; default the run's ``train.eval_batch_size``): lower it where long scenes do not fit
+        in memory; the scores change only by float rounding.
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
         this one shared out among them; can be faster than one process with several threads. Linux
@@ -73,8 +81,9 @@ class Predictor:
         Features must be finite where their presence bit is True: a batch is checked before it is
         scored; a store or bundle whose scores come out NaN is scanned, and the error names the data
         and the modality (not the model) when its features are the cause."""
-        if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
-            raise RamerError(f"workers must be an integer of at least 1, got {workers!r}")
+        for name, n in (("workers", workers), ("batch_size", 1 if batch_size is None else batch_size)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise RamerError(f"{name} must be an integer of at least 1, got {n!r}")
         workers = int(workers)  # numpy's integers too
         if not isinstance(data, (SceneStore, DataBundle, Batch)):
             raise RamerError(
@@ -117,7 +126,7 @@ class Predictor:
             return scores
         self._check_data(data.label_names, data.dims, data.source)
         try:
-            batch_size = self.cfg.train.eval_batch_size
+            batch_size = self.cfg.train.eval_batch_size if batch_size is None else int(batch_size)
             return predict_store(self.model, data, batch_size, self.device, self.precision, workers=workers).scores
         except RamerError:  # NaN scores: the data's fault? (scanned only now: a good store is read once)
             data.check(where)  # names the data and the array when it is

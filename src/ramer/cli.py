@@ -93,7 +93,7 @@ LOADER_SET_HELP = (
 DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"
 BATCH_HELP = (
     "scenes scored at once (default: the run's train.eval_batch_size); lower it where long scenes do not fit "
-    "in memory. The scores do not depend on it"
+    "in memory. The scores change only by float rounding (about 1e-7)"
 )
 WORKERS_HELP = (
     "score in N forked processes (CPU, Linux), this process's threads shared out among them; can be "
@@ -118,6 +118,8 @@ def launch_distributed(args: argparse.Namespace) -> int:
     ramer train ...`` (torchrun with the same arguments, minus ``--nproc``; ``ramer.dist.launch``)
     and wait; returns its exit code: the workers' (2 after an error each printed), 130 after Ctrl-C."""
     import subprocess
+
+    from ramer.dist import PARENT_ENV
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RamerError("--nproc launches the processes itself; under torchrun leave it out")
@@ -151,7 +153,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
     ERR.print("launching: " + " ".join(cmd[1:]), highlight=False, markup=False, soft_wrap=True)
     try:
         with sigint_waits():  # Ctrl-C reaches the launcher too, which stops the workers and exits 130
-            return subprocess.call(cmd)
+            return subprocess.call(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
         return 130
     finally:
@@ -282,11 +284,10 @@ def planned_config(args: argparse.Namespace) -> Config:
         raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
     out = Path(args.resume)
     if not (out / "config.yaml").exists():
-        begun = (out / "metrics.jsonl").is_file()  # written first: the run was stopped before its config
-        raise RamerError(
-            f"{out / 'config.yaml'}: not found; cannot resume"
-            + (": the run stopped as it began, so nothing of it is kept; run the command that started it again" * begun)
-        )
+        why = f"{out / 'config.yaml'}: not found; cannot resume"
+        if (out / "metrics.jsonl").is_file():  # written first: the run was stopped before its config
+            why += ": the run stopped as it began, so nothing of it is kept; run the command that started it again"
+        raise RamerError(why)
     cfg = build_config(out / "config.yaml")
     from ramer.api import check_run_data
 
@@ -446,11 +447,9 @@ def score_split(predictor, store, args: argparse.Namespace):
     not fit in memory is one line naming ``--batch-size``."""
     from ramer.train.recipe import memory_named
 
-    if args.batch_size is not None:
-        predictor.cfg.train.eval_batch_size = args.batch_size
-    batch = predictor.cfg.train.eval_batch_size
+    batch = args.batch_size or predictor.cfg.train.eval_batch_size
     with memory_named(f"scoring split '{args.split}' ({batch} scenes at once)", f"--batch-size {batch}"):
-        return predictor.predict(store, workers=args.workers)
+        return predictor.predict(store, workers=args.workers, batch_size=batch)
 
 
 def load_run_and_data(args: argparse.Namespace):

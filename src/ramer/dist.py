@@ -270,6 +270,11 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
 
 
 # ---------------------------------------------------------------------- launcher
+# The pid of the `ramer train --nproc` that starts the launcher, read by it (``launch``): taken by the
+# parent itself, so a parent killed while the launcher starts is seen; a launcher run by hand has none.
+PARENT_ENV = "RAMER_PARENT_PID"
+
+
 def die_with_parent(parent: int) -> None:
     """Linux: this process is sent SIGTERM when ``parent`` (the process that started it) ends, by
     SIGKILL too, which gives the parent no chance to stop it; so no worker trains on unseen, holding
@@ -301,7 +306,8 @@ def launch(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    die_with_parent(os.getppid())  # `ramer train --nproc` killed: torchrun stops the workers
+    if PARENT_ENV in os.environ:  # started by `ramer train --nproc`: killed, torchrun stops the workers
+        die_with_parent(int(os.environ.pop(PARENT_ENV)))
     if sys.platform == "win32":  # the workers inherit it: their process group's store is the same kind
         os.environ.setdefault("USE_LIBUV", "0")
     # torchrun sets it to 1 where unset, with a banner to tune it: train.threads sets each process's threads

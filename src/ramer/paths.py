@@ -153,6 +153,13 @@ def holding(folder: str | Path) -> bool:
     return os.path.realpath(folder) in _HELD
 
 
+def on_disk(f) -> None:
+    """Flush the open file ``f`` to the disk (fsync) before a later file counts on it: a power cut
+    keeps what was synced, not what was written."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def remove_temporaries(folder: str | Path, names, holder: str | Path | None = None) -> int:
     """Remove from ``folder`` what writes of ``names`` (file names or glob patterns) cut off by a kill
     left behind (``atomic_write``'s ``.NAME.XXXX.tmp``), when this process holds the folder (``hold``;
@@ -160,8 +167,9 @@ def remove_temporaries(folder: str | Path, names, holder: str | Path | None = No
     is writing them now. A command calls it for the files it writes there, so the
     temporaries of a kill do not pile up (a training state's is the size of the model and its
     optimiser); returns how many it removed."""
-    if not holding(folder if holder is None else holder):
-        return 0
+    holder = folder if holder is None else holder
+    if not holding(holder) or not Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(holder)):
+        return 0  # not held, or a link out of the held folder (a cache shared with other datasets)
     removed = 0
     for name in names:
         for p in Path(folder).glob(f".{name}.*.tmp"):

@@ -61,6 +61,7 @@ from ramer.paths import (
     dataset_folder,
     holding,
     make_folder,
+    on_disk,
     read_json,
     remove_temporaries,
     umask,
@@ -574,10 +575,10 @@ class SceneStore:
                     np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
                     for chunk in chunks:
                         f.write(chunk.data)
-                    _on_disk(f)
+                    on_disk(f)  # before meta.json, which marks the dataset complete
             with open(tmp / "ids.json", "w", encoding="utf-8") as f:
                 f.write(json.dumps(list(self.ids)))
-                _on_disk(f)
+                on_disk(f)  # before meta.json, which marks the dataset complete
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -875,13 +876,6 @@ def _is_folder_name(name) -> bool:
 def _holds_a_split(folder: Path) -> bool:
     """Whether ``folder`` is a split folder that ``SceneStore.save`` wrote: ``ids.json`` and arrays only."""
     return (folder / "ids.json").is_file() and all(p.name in _SPLIT_FILES for p in folder.iterdir())
-
-
-def _on_disk(f) -> None:
-    """Flush the open file ``f`` to the disk: a split's files are there before the ``meta.json`` that
-    marks the dataset complete (a power cut would leave it naming empty or zero-filled arrays)."""
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _tmp_folder(directory: Path) -> Path:

@@ -66,8 +66,8 @@ from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_d
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
-from ramer.models.parts.encoders import ModalityEncoder
-from ramer.paths import RUN_FILES, atomic_write_text, loads_json, remove_temporaries, work_folder
+from ramer.models.parts.encoders import ModalityEncoder, check_segments
+from ramer.paths import RUN_FILES, atomic_write_text, loads_json, on_disk, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import input_notes, loss_not_finite, valid_note
 from ramer.train.optim import build_optimizer
@@ -246,8 +246,7 @@ def write_test_result(
                 "per_label": per_label,
             }
             f.write(json.dumps(line) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the file that marks the run finished
+            on_disk(f)  # before the file that marks the run finished
         atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         if curves is not None:
             curves.write(line, step)
@@ -341,7 +340,8 @@ def _asked(e: BaseException) -> str:
     text = str(e)
     found = re.search(r"allocate (\d+) bytes", text)
     if found:
-        return f"{int(found.group(1)) / 2**30:,.0f} GiB asked for"
+        size = int(found.group(1))
+        return f"{size / 2**30:,.0f} GiB asked for" if size >= 2**30 else f"{size / 2**20:,.0f} MiB asked for"
     found = re.search(r"allocate ([\d.]+) ?([KMGTPE]?i?B)", text)
     return f"{float(found.group(1)):g} {found.group(2)} asked for" if found else first_line(e)[:100]
 
@@ -526,13 +526,9 @@ class Recipe(RunSteps):
         by a model that could never score it."""
         tables = [m.position.num_embeddings for m in self.model.modules() if isinstance(m, ModalityEncoder)]
         for name, store in self.splits.items():
-            longest = int(store.grid[:, 1].max()) if len(store) else 0
-            if tables and longest > min(tables):
-                raise RamerError(
-                    f"{self.bundle.source}: split '{name}' has a scene of {longest} segments, more than "
-                    f"model.max_segments={min(tables)} (the rows of the segment-position table); train with "
-                    f"--set model.max_segments={longest} or more"
-                )
+            if tables and len(store):
+                where = f"{self.bundle.source}: a scene of split '{name}'"
+                check_segments(int(store.grid[:, 1].max()), min(tables), where)
 
     def sizes(self, split: str, batch: int, key: str) -> tuple[str, str]:
         """``memory_named``'s arguments for a batch of ``batch`` scenes of ``split`` (``key``: the
@@ -759,8 +755,7 @@ class Recipe(RunSteps):
                 if is_main():
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(line) + "\n")
-                        f.flush()
-                        os.fsync(f.fileno())  # on disk before the state: a power cut loses no line the state holds
+                        on_disk(f)  # before the state: a power cut loses no line the state holds
                     if self.curves is not None:
                         self.curves.write(line, line["step"])
                 self._save_train_state(epoch)

@@ -13,7 +13,8 @@ Without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v
 (``_softmax_weights``); bfloat16 evaluation takes its scores from float32 operands
 (``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
 without dropout (``_few_key_attention``). Float32 weights that would pass ``SCORE_BYTES`` (long
-scenes) are made a block at a time, with the same values: in evaluation (``_explicit_attention``)
+scenes) are made a block at a time (blocks of (scene, head) pairs: the same values; of one pair's
+queries: the same to float rounding): in evaluation (``_explicit_attention``)
 and in float32 training with dropout (``_pair_blocks``). Other devices use
 ``F.scaled_dot_product_attention`` with the kernels of ``SDPA_BACKENDS``.
 ``zero_unless`` is the masking the other parts share: ``torch.where(keep, x, 0)``, skipped when
@@ -248,8 +249,9 @@ def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Te
     time, and where one pair's (Q x K) scores pass it, for a block of its queries at a time: the
     memory of one block instead of ``X x heads`` (Q x K) matrices (a batch of 256 scenes of 2,800
     visual tokens at 8 heads would hold 64 GB at once; one scene of 17,500, 1.2 GB per head). A
-    softmax row is one query's, so the blocks give the same values (the products per block of
-    (scene, head) pairs are the same matrix products; tests/test_extreme_shapes.py)."""
+    softmax row is one query's, so blocks of (scene, head) pairs give the same values (the same
+    matrix products), and blocks of queries the same to float rounding (products of other shapes);
+    tests/test_extreme_shapes.py."""
     X, heads, Q, d = q.shape
     K = k.shape[2]
     pairs = SCORE_BYTES // (4 * Q * K)  # (scene, head) pairs per block

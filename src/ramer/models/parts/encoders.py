@@ -19,12 +19,12 @@ from ramer.errors import RamerError
 from ramer.models.parts.attention import Dropout, MaskedAttention, zero_unless
 
 
-def check_segments(segments: int, max_segments: int) -> None:
-    """A ``RamerError`` when a batch's grid has more segments than the position table has rows
-    (``model.max_segments``), which the table's lookup would otherwise report as a bare IndexError."""
+def check_segments(segments: int, max_segments: int, what: str = "a batch") -> None:
+    """A ``RamerError`` when ``what`` (a batch's grid) has more segments than the position table has
+    rows (``model.max_segments``), which the table's lookup would otherwise report as a bare IndexError."""
     if segments > max_segments:
         raise RamerError(
-            f"a batch has {segments} segments, more than model.max_segments={max_segments} (the rows of the "
+            f"{what} has {segments} segments, more than model.max_segments={max_segments} (the rows of the "
             f"segment-position table); train with --set model.max_segments={segments} or more"
         )
 
