@@ -249,8 +249,8 @@ def test_eval_predict_and_view_take_a_batch_size_and_name_it_when_a_batch_does_n
     assert main(["eval", str(run), "--batch-size", "4"]) == main(["eval", str(run)]) == 0
     assert sizes == [4, tiny_cfg().train.eval_batch_size]
 
-    def too_big(self, *args, **kwargs):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9883055232 bytes")
+    def too_big(self, *args, **kwargs):  # 300 MB: said in MiB (it was "0 GiB asked for")
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 300000000 bytes")
 
     monkeypatch.setattr(ramer.api.Predictor, "predict", too_big)
     for argv in (
@@ -261,4 +261,5 @@ def test_eval_predict_and_view_take_a_batch_size_and_name_it_when_a_batch_does_n
         capsys.readouterr()
         assert main([*argv, "--batch-size", "5"]) == 2, argv
         err = capsys.readouterr().err
-        assert "scoring split 'test' (5 scenes at once) does not fit in memory" in err and "(--batch-size 5)" in err
+        assert "scoring split 'test' (5 scenes at once) does not fit in memory (286 MiB asked for)" in err
+        assert "(--batch-size 5)" in err
