@@ -325,7 +325,7 @@ def test_the_launcher_waits_for_its_processes_after_ctrl_c(tmp_path, monkeypatch
 
     ended = []
 
-    def torchrun(cmd):  # the launched command, stopping its workers after the Ctrl-C they all got
+    def torchrun(cmd, env=None):  # the launched command, stopping its workers after the Ctrl-C they all got
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)
         ended.append(True)

@@ -19,6 +19,7 @@ from ramer import checkpoint as ckpt
 from ramer.cli import main
 from ramer.config import build_config
 from ramer.data.synthetic import generate
+from ramer.dist import PARENT_ENV
 from ramer.errors import RamerError
 from ramer.paths import atomic_write_text
 from ramer.train import recipe as recipe_mod
@@ -579,18 +580,20 @@ def test_help_says_what_each_command_does():
 
 def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
     """`train --nproc N --model M` without --out: the run folder fixed for every process is named
-    after M, as a one-process run's is (the launched command is captured, not run)."""
-    launched = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    after M, as a one-process run's is (the launched command is captured, not run). The launcher is
+    told this process's pid (dist.PARENT_ENV), to end with it even when it is killed."""
+    launched, envs = [], []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: launched.append(cmd) or envs.append(env) or 0)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--nproc", "2", "--model", "late_fusion"]) == 0
+    assert envs[0][PARENT_ENV] == str(os.getpid())
     (cmd,) = launched
     out = cmd[cmd.index("--out") + 1]
     assert out.startswith("runs/late_fusion-") and cmd[cmd.index("--model") + 1] == "late_fusion"
     assert not Path(out).exists()  # no process wrote into it: not left behind
     assert not Path("runs").exists()  # nor the runs/ made for it
 
-    def writes(cmd):  # the processes start the run, then fail
+    def writes(cmd, env=None):  # the processes start the run, then fail
         (Path(cmd[cmd.index("--out") + 1]) / "config.yaml").write_text("")
         return 1
 
@@ -624,7 +627,7 @@ def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, t
     settings: one error line from the launching process, and torchrun is never started (each of N
     processes printed the error, then torchrun its own traceback)."""
     launched = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: launched.append(cmd) or 0)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "held").mkdir()
     (tmp_path / "held" / "train_state.pt").write_bytes(b"")
