@@ -461,7 +461,9 @@ def test_a_process_whose_peer_ended_says_so_in_one_line(tmp_path, script):
 def test_the_launch_has_no_banner_of_its_own(tmp_path):
     """torchrun printed a four-line banner on every --nproc launch (it sets OMP_NUM_THREADS=1 where
     unset and asks to tune it); the launcher sets that value itself, and train.threads tunes it."""
-    (tmp_path / "threads.py").write_text("import os\nprint('threads', os.environ['OMP_NUM_THREADS'])\n")
+    # one write per process: two processes' prints to one pipe interleaved now and then ('threadsthreads 1')
+    script = "import os\nos.write(1, f\"threads {os.environ['OMP_NUM_THREADS']}\\n\".encode())\n"
+    (tmp_path / "threads.py").write_text(script)
     cmd = [sys.executable, "-m", "ramer.dist", "--standalone", "--nproc_per_node=2", "threads.py"]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
