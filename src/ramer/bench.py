@@ -550,7 +550,7 @@ def reuse(run: Path, notes: list[str]) -> dict | None:
     a note names the file and why, and the directory is removed so the run trains again. A file the
     system will not read (``FileUnreadable``) stops the bench instead; nothing is removed."""
     with hold(run, "ramer bench"):
-        remove_temporaries(run, ("bench.json",))  # what a bench killed in its write left
+        remove_temporaries(run, ("bench.json",))  # what a bench killed in its write left (a run it cached)
         try:
             return read_run(run)
         except FileUnreadable:
@@ -579,9 +579,7 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state:
             clear_folder(run)
         state, before, t0 = "fresh", 0.0, time.perf_counter()
         run_training(cfg, run, bundle=bundle, console=console)
-    with hold(run, "ramer bench"):
-        atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
-        remove_temporaries(run, ("bench.json",))  # what a bench killed in this write left
+    atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))
     return read_run(run), state, notes
 
 

@@ -117,23 +117,24 @@ class Dropout(nn.Dropout):
 SCORE_BYTES = 256 * 2**20
 
 
-def _pair_blocks(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, keep: Tensor):
-    """(rows, (q, k, v, key_mask, keep) of those rows) over blocks of (scene, head) pairs whose
-    float32 (Q x K) weights hold at most ``SCORE_BYTES`` (one pair at least). q (X, heads, Q, d),
-    k / v (X, heads, K, d), key_mask (X, K), keep (X, heads, Q, K), all contiguous; a block's
+def _pair_blocks(key_mask: Tensor, q: Tensor, k: Tensor, *more: Tensor):
+    """(rows, key_mask of those rows, [q, k, *more] of those rows) over blocks of (scene, head) pairs
+    whose float32 (Q x K) weights hold at most ``SCORE_BYTES`` (one pair at least). key_mask (X, K),
+    q (X, heads, Q, d), k (X, heads, K, d), more (X, heads, ., .) (v, the dropout mask); a block's
     tensors have one pair per row, (pairs, 1, ...), as ``_flat_pairs`` views a result."""
     X, heads, Q, _ = q.shape
     pairs = max(1, SCORE_BYTES // (4 * Q * k.shape[2]))
-    flat = [_flat_pairs(t) for t in (q, k, v, keep)]
+    flat = [_flat_pairs(t) for t in (q, k, *more)]
     mask = key_mask.repeat_interleave(heads, 0)  # (X*heads, K)
     for a in range(0, X * heads, pairs):
         rows = slice(a, a + pairs)
-        yield rows, (flat[0][rows], flat[1][rows], flat[2][rows], mask[rows], flat[3][rows])
+        yield rows, mask[rows], [t[rows] for t in flat]
 
 
 def _flat_pairs(t: Tensor) -> Tensor:
-    """(X, heads, L, e) contiguous -> (X*heads, 1, L, e), a view: one (scene, head) pair per row."""
-    return t.view(-1, 1, *t.shape[2:])
+    """(X, heads, L, e) -> (X*heads, 1, L, e), a view where ``t`` is contiguous: one (scene, head)
+    pair per row."""
+    return t.reshape(-1, 1, *t.shape[2:])
 
 
 def _fits(q: Tensor, k: Tensor) -> bool:
@@ -185,7 +186,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         keep, ctx.scale = _keep_mask(q.shape[:3] + k.shape[2:3], p, q.device)  # (X, heads, Q, K), as above
         ctx.save_for_backward(q, k, v, key_mask, keep, None)
         out = torch.empty_like(q, dtype=v.dtype)  # (X, heads, Q, d)
-        for rows, (qb, kb, vb, mb, keepb) in _pair_blocks(q, k, v, key_mask, keep):
+        for rows, mb, (qb, kb, vb, keepb) in _pair_blocks(key_mask, q, k, v, keep):
             w = _softmax_weights(qb, kb, mb)  # (pairs, 1, Q, K)
             _flat_pairs(out)[rows] = torch.matmul(_apply_mask(w, keepb, ctx.scale, v.dtype, consume=True), vb)
         return out
@@ -205,7 +206,7 @@ class _AttentionWithDropout(torch.autograd.Function):
             return (*_weights_backward(q, k, v, key_mask, keep, ctx.scale, grad), None, None)
         grads = [torch.empty_like(t) for t in (q, k, v)]
         flat_grad = _flat_pairs(grad.contiguous())
-        for rows, (qb, kb, vb, mb, keepb) in _pair_blocks(q, k, v, key_mask, keep):
+        for rows, mb, (qb, kb, vb, keepb) in _pair_blocks(key_mask, q, k, v, keep):
             for g, gb in zip(grads, _weights_backward(qb, kb, vb, mb, keepb, ctx.scale, flat_grad[rows])):
                 _flat_pairs(g)[rows] = gb
         return (*grads, None, None)
@@ -252,24 +253,18 @@ def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Te
     softmax row is one query's, so blocks of (scene, head) pairs give the same values (the same
     matrix products), and blocks of queries the same to float rounding (products of other shapes);
     tests/test_extreme_shapes.py."""
-    X, heads, Q, d = q.shape
-    K = k.shape[2]
-    pairs = SCORE_BYTES // (4 * Q * K)  # (scene, head) pairs per block
-    if torch.is_grad_enabled() or torch.compiler.is_exporting() or pairs >= X * heads:
+    if torch.is_grad_enabled() or torch.compiler.is_exporting() or _fits(q, k):
         w = _softmax_weights(*_score_operands(q, k), key_mask)  # (X, heads, Q, K)
         return torch.matmul(w.to(v.dtype), v.contiguous())
-    qf, kf, vf = (t.reshape(X * heads, 1, -1, d) for t in (q, k, v))  # one (scene, head) pair per row
-    mask = key_mask.repeat_interleave(heads, 0)  # (X*heads, K)
-    y = q.new_empty(X * heads, 1, Q, d, dtype=v.dtype)
-    queries = Q if pairs else max(1, SCORE_BYTES // (4 * K))  # a pair's queries per block
-    pairs = max(pairs, 1)
-    for a in range(0, X * heads, pairs):
-        rows = slice(a, a + pairs)
+    Q = q.shape[2]
+    y = q.new_empty(q.shape, dtype=v.dtype)  # (X, heads, Q, d), contiguous: _flat_pairs views it
+    queries = max(1, SCORE_BYTES // (4 * k.shape[2]))  # a pair's queries per block: all where one pair fits
+    for rows, mb, (qb, kb, vb) in _pair_blocks(key_mask, q, k, v):
         for c in range(0, Q, queries):
             cols = slice(c, c + queries)
-            w = _softmax_weights(*_score_operands(qf[rows, :, cols], kf[rows]), mask[rows])  # (pairs, 1, queries, K)
-            y[rows, :, cols] = torch.matmul(w.to(v.dtype), vf[rows].contiguous())
-    return y.view(X, heads, Q, d)
+            w = _softmax_weights(*_score_operands(qb[:, :, cols], kb), mb)  # (pairs, 1, queries, K)
+            _flat_pairs(y)[rows, :, cols] = torch.matmul(w.to(v.dtype), vb.contiguous())
+    return y
 
 
 def _few_key_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, heads: int, p: float = 0.0) -> Tensor:
