@@ -449,12 +449,31 @@ def test_a_process_whose_peer_ended_says_so_in_one_line(tmp_path, script):
     peer") below that error."""
     (tmp_path / "peer_ends.py").write_text(script)
     cmd = [sys.executable, "-m", "ramer.dist", "--standalone", "--nproc_per_node=2", "peer_ends.py"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun stops the waiting process once it sees the other ended: give it a loaded machine's time to
+    # say so first (at torchrun's 0.1 s CI stopped it now and then; ramer's own is MONITOR_S, tested below)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PET_MONITOR_INTERVAL": "5"}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "error: process 1 failed on its own" in proc.stderr
     assert "error: process 0 of 2: another process of this run ended first" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_the_launcher_gives_waiting_processes_time_to_say_why_they_stop(monkeypatch):
+    """torchrun stops every worker once it sees one ended, looking every 0.1 s unless told: on a loaded
+    machine a process waiting on the one that ended was stopped now and then before its one line."""
+    import torch.distributed.run
+
+    from ramer import dist
+
+    seen = []
+    monkeypatch.setattr(torch.distributed.run, "run", lambda config: seen.append(config.monitor_interval))
+    monkeypatch.setenv("PET_MONITOR_INTERVAL", "")  # so that the test's environment is restored after it
+    monkeypatch.delenv("PET_MONITOR_INTERVAL")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert dist.launch(["--standalone", "--nproc_per_node=2", "x.py"]) == 0
+    assert dist.launch(["--standalone", "--nproc_per_node=2", "--monitor-interval=0.3", "x.py"]) == 0
+    assert seen == [dist.MONITOR_S, 0.3] and dist.MONITOR_S >= 1
 
 
 @pytest.mark.slow

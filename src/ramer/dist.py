@@ -293,11 +293,17 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# Seconds between torchrun's looks at its workers (see ``launch``): at 0.1 s (torchrun's default) a
+# loaded machine stopped a waiting process now and then before it had said why it stops.
+MONITOR_S = 1.0
+
+
 def launch(argv: list[str]) -> int:
     """torchrun (``torch.distributed.run``) with the arguments ``argv``; returns an exit code where
     torchrun raises and prints a traceback: the first failed worker's (its error is its own output;
     128 + S for one killed by signal S), 128 + S when this process got signal S (130: Ctrl-C).
     ``OMP_NUM_THREADS`` is 1 where unset, as torchrun would make it, without torchrun's banner.
+    torchrun looks at its workers every ``MONITOR_S`` seconds (``--monitor-interval``, unless given).
     On Windows the rendezvous store is told not to use libuv (``USE_LIBUV=0``, unless set): torch's
     Windows builds lack it, yet torchrun's store asks for it, and every launch failed there."""
     import signal
@@ -312,6 +318,9 @@ def launch(argv: list[str]) -> int:
         os.environ.setdefault("USE_LIBUV", "0")
     # torchrun sets it to 1 where unset, with a banner to tune it: train.threads sets each process's threads
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # how often torchrun looks for an ended worker, then stops the others (its --monitor-interval, 0.1 s
+    # unless given): the others, waiting on the one that ended, have this long to say so in one line
+    os.environ.setdefault("PET_MONITOR_INTERVAL", str(MONITOR_S))
     try:
         run(parse_args(argv))
     except ChildFailedError as e:
