@@ -92,17 +92,23 @@ def peer_ended(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(text in str(error) for text in PEER_ENDED)
 
 
+# Set when a collective of this process found that another process had ended (``collective``).
+_peer_gone = False
+
+
 def collective(fn):
     """``fn`` (which waits for the other processes) with a lost peer as one ``RamerError`` line: the
     process that ended has said why (its own error, or torchrun's line naming its exit code)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _peer_gone
         try:
             return fn(*args, **kwargs)
         except RuntimeError as e:
             if not peer_ended(e):
                 raise
+            _peer_gone = True
             raise RamerError(
                 f"process {rank()} of {world_size()}: another process of this run ended first (its error, or "
                 "torchrun's line naming its exit code, says why); this one stops too"
@@ -296,6 +302,26 @@ def die_with_parent(parent: int) -> None:
 # Seconds between torchrun's looks at its workers (see ``launch``): at 0.1 s (torchrun's default) a
 # loaded machine stopped a waiting process now and then before it had said why it stops.
 MONITOR_S = 1.0
+
+
+def end_process(code: int) -> None:
+    """End a process that torchrun started with ``code`` by ``os._exit`` (after its command returned:
+    files written, group destroyed; the interpreter's teardown aborted now and then). One that stopped
+    because another process had ended first waits, up to a few of torchrun's looks at its workers, to
+    be stopped by it: torchrun takes the failure it sees first as the run's (its line, the launcher's
+    exit code), and the process that ended first is then the one it names (a worker killed by
+    SIGKILL: 137, not this one's 2)."""
+    import time
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _peer_gone:
+        try:
+            interval = float(os.environ.get("PET_MONITOR_INTERVAL") or 0.1)
+        except ValueError:
+            interval = 0.1
+        time.sleep(min(3 * interval + 1.0, 30.0))
+    os._exit(code)
 
 
 def launch(argv: list[str]) -> int:

@@ -160,6 +160,19 @@ def on_disk(f) -> None:
     os.fsync(f.fileno())
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append ``line`` and a newline to the file ``path`` (a run's ``metrics.jsonl``) and flush it to
+    the disk (``on_disk``). What the system refuses (a full disk, permissions) is a RamerError naming
+    ``path``; a line it cut off is the file's last, without its newline, as a kill leaves one, which
+    a resumed run drops (``train.recipe.read_log``)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            on_disk(f)
+    except OSError as e:
+        raise unwritable(path, e) from None
+
+
 def remove_temporaries(folder: str | Path, names, holder: str | Path | None = None) -> int:
     """Remove from ``folder`` what writes of ``names`` (file names or glob patterns) cut off by a kill
     left behind (``atomic_write``'s ``.NAME.XXXX.tmp``), when this process holds the folder (``hold``;

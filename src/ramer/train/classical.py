@@ -38,6 +38,7 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, check_options
 from ramer.models.classical import ClassicalModel, ClassicalModule
+from ramer.paths import append_line
 from ramer.train.recipe import RunSteps, start_run_folder, write_test_result
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -140,8 +141,7 @@ class ClassicalRecipe(RunSteps):
         if is_main():
             model_file = self.out / "model.safetensors"
             ckpt.save_model(model_file, self.model, cfg, self.spec, self.threshold, 1, self.bundle.fingerprints())
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            append_line(self.out / "metrics.jsonl", json.dumps(line))
             if self.curves is not None:
                 self.curves.write(line, 1)  # a fit takes no optimiser steps: its one point is at 1
         metric = SELECTION[self.spec.task]

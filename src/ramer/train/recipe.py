@@ -67,7 +67,7 @@ from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_th
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
 from ramer.models.parts.encoders import ModalityEncoder, check_segments
-from ramer.paths import RUN_FILES, atomic_write_text, loads_json, on_disk, remove_temporaries, work_folder
+from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import input_notes, loss_not_finite, valid_note
 from ramer.train.optim import build_optimizer
@@ -236,17 +236,16 @@ def write_test_result(
     per_label = rep.pop("per_label")
     result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
     if is_main():
-        with open(out / "metrics.jsonl", "a") as f:  # first: test_metrics.json marks the run done (bench)
-            line = {
-                "final": "test",
-                "best_epoch": epoch,
-                **(run_info or {}),
-                "threshold": threshold,
-                "test": result,
-                "per_label": per_label,
-            }
-            f.write(json.dumps(line) + "\n")
-            on_disk(f)  # before the file that marks the run finished
+        line = {
+            "final": "test",
+            "best_epoch": epoch,
+            **(run_info or {}),
+            "threshold": threshold,
+            "test": result,
+            "per_label": per_label,
+        }
+        # first, on the disk: test_metrics.json marks the run finished (bench)
+        append_line(out / "metrics.jsonl", json.dumps(line))
         atomic_write_text(out / "test_metrics.json", json.dumps(result, indent=1))
         if curves is not None:
             curves.write(line, step)
@@ -753,9 +752,8 @@ class Recipe(RunSteps):
                 # The line first, then the state: a kill between the two (or while the line is written)
                 # leaves a line of an epoch the state does not hold, which a resume drops and trains again.
                 if is_main():
-                    with open(self.out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(line) + "\n")
-                        on_disk(f)  # before the state: a power cut loses no line the state holds
+                    # on the disk before the state: a power cut loses no line the state holds
+                    append_line(self.out / "metrics.jsonl", json.dumps(line))
                     if self.curves is not None:
                         self.curves.write(line, line["step"])
                 self._save_train_state(epoch)
