@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import shlex
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from ramer.infer import autocast, batch_scores, check_precision, model_dtype, re
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
+
+_BUILDING = threading.RLock()  # one build at a time (meta or real): each load puts back the random state it found
 
 
 class RunNotFinished(UserWarning):
@@ -80,7 +83,10 @@ class Predictor:
 
         Features must be finite where their presence bit is True: a batch is checked before it is
         scored; a store or bundle whose scores come out NaN is scanned, and the error names the data
-        and the modality (not the model) when its features are the cause."""
+        and the modality (not the model) when its features are the cause.
+
+        Threads may call it at once (a web server's): each gets the scores of a call alone, and
+        threads, grad mode, autocast and dtype are left as they were."""
         for name, n in (("workers", workers), ("batch_size", 1 if batch_size is None else batch_size)):
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
                 raise RamerError(f"{name} must be an integer of at least 1, got {n!r}")
@@ -188,7 +194,8 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     A run that has not finished (no ``test_metrics.json`` beside its training state: still being
     trained, or stopped) gives its best model so far, with a ``RunNotFinished`` warning (a
     ``UserWarning``) saying so. Loading
-    leaves the global random state as it was (building the model draws its initial weights)."""
+    leaves the global random state as it was (building the model draws its initial weights), loads
+    in several threads at once too."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise RamerError(
             f"ramer.load takes the path of a run folder or its model.safetensors (a str or Path), "
@@ -203,7 +210,8 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     if not path.exists():
         raise RamerError(f"{path}: run folder not found (a run folder, or its model.safetensors)")
     model_file = _model_file(path)
-    state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
+    with _BUILDING:  # its check builds the model on the meta device, in a fork_rng of its own
+        state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
     if device is not None:
         cfg.train.device = device
     if cfg.model.name in CLASSICAL:
@@ -215,7 +223,10 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
             raise RamerError(f"{model_file}: {e}") from None
     else:
         try:
-            with torch.random.fork_rng(devices=[]):  # the initial weights, replaced below, draw from it
+            # the initial weights, replaced below, draw from the global generator; fork_rng puts its
+            # state back, and the lock keeps a load in another thread from saving it midway (and
+            # putting back what this one drew)
+            with _BUILDING, torch.random.fork_rng(devices=[]):
                 model = build_model(cfg, spec)
         except UnknownModel as e:  # a model of another package, not (or no longer) installed here
             hint = "registered in Python? register it in this process first, or install it: docs/ARCHITECTURE.md"

@@ -22,7 +22,7 @@ from torch import nn
 from ramer import dist
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
-from ramer.errors import RamerError
+from ramer.errors import RamerError, first_line
 from ramer.metrics import ARGMAX, finite_scores
 from ramer.models.base import output_probs, unit_scores
 from ramer.paths import loads_json
@@ -123,11 +123,13 @@ def predict(
     if model_dtype(model) != torch.float32:  # a model cast whole (``to_inference_precision``): no autocast
         precision = "fp32"
     blocks = _batch_blocks(part, batch_size, workers)
-    if len(blocks) > 1:
-        out = _score_forked(model, store, blocks, batch_size, device, precision)
-    else:
-        out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
-    model.train(was_training)
+    try:  # the model's mode back even when scoring stops (an error, Ctrl-C in a notebook)
+        if len(blocks) > 1:
+            out = _score_forked(model, store, blocks, batch_size, device, precision)
+        else:
+            out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
+    finally:
+        model.train(was_training)
     if shard:
         out = dist.gather_arrays(out)
     assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
@@ -159,14 +161,19 @@ def batch_scores(model: nn.Module, batch) -> np.ndarray:
     return unit_scores(model, probs.float().cpu().numpy())
 
 
-_FORKED: tuple | None = None  # what the forked scoring processes inherit: (model, store, ..., threads)
-
-
-def _score_block(bounds: tuple[int, int]) -> np.ndarray:
-    """In a forked worker: the scores of one block, on the worker's share of the threads."""
-    model, store, batch_size, device, precision, threads = _FORKED
+def _score_block(send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, threads: int) -> None:
+    """In a forked worker: the scores of one block (``settings``: batch size, device, precision) on
+    the worker's share of the threads, sent to the parent as ``(True, scores)`` or
+    ``(False, the exception)``."""
     torch.set_num_threads(threads)
-    return _score_range(model, store, *bounds, batch_size, device, precision)
+    try:
+        result = (True, _score_range(model, store, *bounds, *settings))
+    except BaseException as e:  # Ctrl-C too: the parent stops the other workers
+        result = (False, e)
+    try:
+        send.send(result)
+    except Exception:  # an exception that does not pickle
+        send.send((False, RamerError(f"a scoring process: {type(result[1]).__name__}: {first_line(result[1])}")))
 
 
 def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int, int]]:
@@ -206,17 +213,62 @@ def _score_forked(
 
     Threads of one process meet at every one of the many small ops of a batch; processes of one
     thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
-    workers inherit the model and the data without copying them (``check_fork``: Linux only)."""
-    global _FORKED
+    workers inherit the model and the data without copying them (``check_fork``: Linux only): each
+    call its own processes, so threads that score at once (a web server's) never share them. A
+    worker that ends without its scores (killed: out of memory?) is a RamerError, not a wait without
+    end (as ``multiprocessing.Pool`` waits for the task of a dead worker); an error in one, or in
+    this process (Ctrl-C), stops the others at once."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
-    _FORKED = (model, store, batch_size, device, precision, max(1, torch.get_num_threads() // len(blocks)))
+    ctx = multiprocessing.get_context("fork")  # predict checked it
+    threads = max(1, torch.get_num_threads() // len(blocks))
+    workers, parts = [], [None] * len(blocks)
     try:
-        with multiprocessing.get_context("fork").Pool(len(blocks)) as pool:  # predict checked it
-            parts = pool.map(_score_block, blocks, chunksize=1)
+        for bounds in blocks:
+            receive, send = ctx.Pipe(duplex=False)
+            worker = ctx.Process(
+                target=_score_block,
+                args=(send, model, store, bounds, batch_size, device, precision),
+                kwargs={"threads": threads},
+                daemon=True,
+            )
+            worker.start()
+            send.close()  # the worker's end
+            workers.append((worker, receive))
+        waiting = set(range(len(blocks)))
+        while waiting:
+            # scores sent wake this; a worker killed is seen by its exit code (its end of the pipe
+            # may live on in a process that another thread forked meanwhile)
+            wait([workers[i][1] for i in waiting], timeout=1.0)
+            for i in sorted(waiting):
+                worker, receive = workers[i]
+                if receive.poll():  # scores, an exception, or the end of a pipe no process holds
+                    try:
+                        ok, parts[i] = receive.recv()
+                    except EOFError:
+                        raise _worker_ended(worker, len(blocks)) from None
+                    if not ok:
+                        raise parts[i]
+                    waiting.discard(i)
+                elif worker.exitcode is not None and not receive.poll():  # ended without sending
+                    raise _worker_ended(worker, len(blocks))
     finally:
-        _FORKED = None
+        for worker, receive in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+            receive.close()
     return np.concatenate(parts)
+
+
+def _worker_ended(worker, n: int) -> RamerError:
+    """The error for a forked scoring process that ended without its scores."""
+    worker.join()  # ended: its exit code
+    return RamerError(
+        f"scoring in {n} forked processes: one ended before its scores came back (exit code {worker.exitcode}: "
+        "killed, out of memory?); score with fewer workers, or in this process (--workers 1, workers=1)"
+    )
 
 
 # ---------------------------------------------------------------------- the predictions file

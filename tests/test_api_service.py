@@ -1,0 +1,242 @@
+"""The Python API as a long-lived service uses it: a run loaded once and scored many times, from
+several threads at once, with forked workers, runs and data loaded and dropped; what stays behind
+in the process (file descriptors, tensors, threads, grad mode) and what a failed pass leaves."""
+
+import gc
+import multiprocessing
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import ramer
+from ramer import infer
+from ramer.data import load_dataset
+from ramer.data.synthetic import generate
+from ramer.errors import RamerError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    return tiny_run
+
+
+@pytest.fixture(scope="module")
+def native(run, tmp_path_factory):
+    """The run's data as a native folder (memory-mapped when loaded)."""
+    path = tmp_path_factory.mktemp("native") / "data"
+    generate(run[1].data.synthetic).save(path)
+    return path
+
+
+def live_tensors() -> int:
+    gc.collect()
+    return sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())  # type(): no deprecated getattr
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def process_state():
+    return (
+        torch.get_num_threads(),
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        torch.is_autocast_enabled(),
+        torch.get_default_dtype(),
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_loading_scoring_and_dropping_runs_and_data_leaves_nothing_behind(run, native):
+    """A service reloads a run after retraining and reads new data: after the first cycle, each
+    further cycle of load, load_dataset (memory-mapped arrays, each holding a descriptor), predict
+    and drop leaves no file descriptor and no tensor behind."""
+    out, _ = run
+
+    def cycle():
+        predictor = ramer.load(out)
+        bundle = load_dataset(native)
+        predictor.predict(bundle)
+        predictor.predict(bundle.splits["test"].collate(np.arange(4)))
+
+    cycle()  # imports, first-use allocations
+    fds, tensors = open_fds(), live_tensors()
+    for _ in range(5):
+        cycle()
+    assert open_fds() <= fds and live_tensors() <= tensors, (open_fds(), fds, live_tensors(), tensors)  # fewer: another test's
+
+
+def test_threads_scoring_one_predictor_at_once_get_the_sequential_scores(run, native):
+    """Four threads (a web server's) scoring one Predictor at once: each gets the scores of a call
+    alone, to the bit, and the process's threads, grad and autocast modes and dtype are unchanged."""
+    predictor = ramer.load(run[0])
+    test = load_dataset(native).splits["test"]
+    batch = test.collate(np.arange(len(test)))
+    want = {"store": predictor.predict(test), "batch": predictor.predict(batch)}
+    before = process_state()
+    results, errors = [], []
+
+    def work(kind):
+        try:
+            for _ in range(10):
+                results.append((kind, predictor.predict(test if kind == "store" else batch)))
+        except Exception as e:  # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(kind,)) for kind in ("store", "batch", "store", "batch")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 40
+    for kind, scores in results:
+        np.testing.assert_array_equal(scores, want[kind])
+    assert process_state() == before
+
+
+def test_threads_scoring_with_workers_at_once_each_score_their_own_data(run, monkeypatch):
+    """workers=2 from two threads at once: what the forked processes score was one global of this
+    process, so a thread's workers scored the other thread's data (wrong scores, without a word) or
+    nothing (a TypeError in the worker). Here one thread stops just before it forks while another
+    scores other data from start to end."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    predictor.cfg.train.eval_batch_size = 8  # several batches: two workers
+    bundle = generate(cfg.data.synthetic)
+    first, other = bundle.splits["test"], bundle.splits["train"]
+    want = predictor.predict(first)
+    at_fork, go_on = threading.Event(), threading.Event()
+    get_context = multiprocessing.get_context
+
+    def held_get_context(method=None):  # the gated thread waits at its fork until the other has scored
+        if threading.current_thread().name == "gated":
+            at_fork.set()
+            go_on.wait()
+        return get_context(method)
+
+    monkeypatch.setattr(multiprocessing, "get_context", held_get_context)
+    got = []
+
+    def gated():
+        try:
+            got.append(predictor.predict(first, workers=2))
+        except Exception as e:
+            got.append(e)
+
+    thread = threading.Thread(target=gated, name="gated")
+    thread.start()
+    try:
+        assert at_fork.wait(60)
+        np.testing.assert_array_equal(predictor.predict(other, workers=2), predictor.predict(other))
+    finally:
+        go_on.set()
+        thread.join()
+    assert not isinstance(got[0], Exception), got[0]
+    np.testing.assert_array_equal(got[0], want)
+
+
+def test_a_killed_scoring_worker_is_an_error_not_a_wait_without_end(run, monkeypatch):
+    """A forked worker killed while it scores (the kernel's out-of-memory killer): predict waited
+    forever for the block it had taken (a web server's request hung); it is one RamerError now, and
+    the Predictor scores the next request."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+    parent, score_range = os.getpid(), infer._score_range
+
+    def killed_in_a_worker(model, store, start, *rest):
+        if os.getpid() != parent and start > 0:  # the second block's worker dies
+            os.kill(os.getpid(), signal.SIGKILL)
+        return score_range(model, store, start, *rest)
+
+    monkeypatch.setattr(infer, "_score_range", killed_in_a_worker)  # the forked workers inherit it
+    got = []
+
+    def score():
+        try:
+            got.append(predictor.predict(test, workers=2, batch_size=8))
+        except Exception as e:
+            got.append(e)
+
+    thread = threading.Thread(target=score, daemon=True)  # daemon: a hang fails the test, not the session
+    thread.start()
+    thread.join(120)  # a guard against a hang, not a time limit: the answer comes in well under a second
+    assert got, "predict still waits for the killed worker"
+    assert isinstance(got[0], RamerError), got[0]
+    assert str(got[0]).startswith(
+        "scoring in 2 forked processes: one ended before its scores came back (exit code -9"
+    ), got[0]
+    monkeypatch.setattr(infer, "_score_range", score_range)
+    assert predictor.predict(test, workers=2, batch_size=8).shape == (len(test), len(predictor.label_names))
+
+
+def test_a_pass_that_stops_gives_the_models_mode_back(run, monkeypatch):
+    """An error (or Ctrl-C) while a store is scored left a model put in training mode (to fine-tune
+    it) in eval mode; a batch's pass gave it back."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    predictor.model.train()
+    monkeypatch.setattr(predictor.model, "forward", stopped)
+    for data in (test, test.collate(np.arange(4))):
+        with pytest.raises(KeyboardInterrupt):
+            predictor.predict(data)
+        assert predictor.model.training
+
+
+def test_loads_in_threads_at_once_leave_the_random_state_as_it_was(run, monkeypatch):
+    """Each load builds the model twice (on the meta device to check the file, then for real: its
+    initial weights draw from the global generator), each time saving the random state and putting
+    it back: a load in another thread that saved the state midway put back what the first had
+    drawn. Here the first load waits after its real build until the second has begun its first
+    build (2 s at most: a lock keeps the second out, as it should), and the second waits there until
+    the first has finished."""
+    from ramer import api, models
+
+    builders = {"real": api.build_model, "meta": models.build_model}  # the meta build calls models'
+    first_built, second_started, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def interleaved(kind):
+        def build(cfg, spec):
+            model = builders[kind](cfg, spec)
+            if threading.current_thread().name == "first" and kind == "real":
+                first_built.set()
+                second_started.wait(2)
+            elif threading.current_thread().name == "second" and not second_started.is_set():
+                second_started.set()
+                first_done.wait(60)
+            return model
+
+        return build
+
+    monkeypatch.setattr(api, "build_model", interleaved("real"))
+    monkeypatch.setattr(models, "build_model", interleaved("meta"))
+
+    def first():
+        ramer.load(run[0])
+        first_done.set()
+
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    loads = [
+        threading.Thread(target=first, name="first"),
+        threading.Thread(target=ramer.load, args=(run[0],), name="second"),
+    ]
+    loads[0].start()
+    assert first_built.wait(60)
+    loads[1].start()
+    for t in loads:
+        t.join()
+    assert torch.equal(torch.random.get_rng_state(), state), "the global random state changed"
