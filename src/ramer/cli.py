@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ramer import __version__
 from ramer.config import TASKS, Config, build_config, resolve_config
-from ramer.errors import RamerError
+from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty
 
 
@@ -29,9 +29,48 @@ class PipeConsole(Console):
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError(f"{'stderr' if self.stderr else 'stdout'}: its reader has gone")
 
+    def _check_buffer(self) -> None:
+        """rich's write of what was printed; a stream the system will not write (``> FILE`` on a
+        full disk) is a one-line error, not a traceback."""
+        try:
+            super()._check_buffer()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise unwritable("stderr" if self.stderr else "stdout", e) from None
 
-OUT = PipeConsole(width=None if sys.stdout.isatty() else 160)  # results go to stdout; wide tables in logs
-ERR = PipeConsole(stderr=True)  # progress and messages go to stderr
+
+# Text is printed as it is: no markup (a path or name holding "[v2]" or "[/]" is neither eaten nor an
+# error), no emoji codes (":100:"), no highlighting; a line is never broken at the width (a path in a
+# log stays on one line; tables are printed with soft_wrap=False, their titles centred, cells wrapped).
+PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
+# results go to stdout; wide tables in logs (and where stdout is closed, `ramer ... >&-`: None)
+OUT = PipeConsole(width=None if sys.stdout and sys.stdout.isatty() else 160, **PLAIN)
+ERR = PipeConsole(stderr=True, **PLAIN)  # progress and messages go to stderr
+
+
+STDOUT = "-"  # an --out that means stdout
+
+
+def write_stdout(text: str) -> None:
+    """``text`` to stdout as it is (JSON, JSON lines: no console between), flushed now, so that a
+    stdout the system will not write (a full disk, a closed descriptor) is a one-line error here."""
+    if sys.stdout is None:  # `ramer ... >&-`
+        raise RamerError("stdout: closed; the output has nowhere to go (redirect it to a file, or give --out FILE)")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # main: the reader has gone, 141
+    except OSError as e:
+        raise unwritable("stdout", e) from None
+
+
+def file_only(flag: str, value: str) -> None:
+    """A ``-`` given where only a file is written (``--out -`` is stdout for ``ramer predict`` alone):
+    refused, rather than a file named ``-`` made."""
+    if value == STDOUT:
+        raise RamerError(f"{flag} -: this command writes a file, not stdout; give a file name")
 
 
 def default_out(cfg: Config) -> Path:
@@ -345,7 +384,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             from ramer.bench import ORACLE_ROW
 
             rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
-        OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task))
+        OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task), soft_wrap=False)
         no_test = result.get("overall", {}).get("n", 1) == 0  # the commands it names refuse an empty split
         ERR.print(next_steps(out, "valid" if no_test else None), highlight=False, markup=False, soft_wrap=True)
     return 0
@@ -379,6 +418,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ramer.export import check_onnx, export_onnx, require_onnx
 
+    file_only("--onnx", args.onnx)
     require_onnx(runtime=args.check)
     from ramer.models import CLASSICAL
     from ramer.paths import output_file
@@ -505,7 +545,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scores = score_split(predictor, store, args)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
     if args.json:
-        print(json.dumps(rep, indent=1))
+        write_stdout(json.dumps(rep, indent=1) + "\n")
     else:
         name = predictor.cfg.model.name
         decision = describe_threshold(predictor.threshold, "threshold")
@@ -515,7 +555,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             from ramer.bench import ORACLE_ROW
 
             rows[ORACLE_ROW] = oracle
-        OUT.print(metrics_table(title, rows, predictor.spec.task))
+        OUT.print(metrics_table(title, rows, predictor.spec.task), soft_wrap=False)
     return 0
 
 
@@ -523,25 +563,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ramer.infer import prediction_records
     from ramer.paths import atomic_write_text, output_file
 
+    to_stdout = args.out == STDOUT  # the lines are the output (ramer predict RUN --out - | jq): the rest to stderr
     reads = (model_file(args.run_dir),)
-    output_file(args.out, reads=reads)  # before the work: a folder or an unusable path fails now
+    if not to_stdout:
+        output_file(args.out, reads=reads)  # before the work: a folder or an unusable path fails now
     predictor, bundle = load_run_and_data(args)
-    output_file(args.out, reads=reads, data_from=data_files(bundle, args.data or predictor.cfg.data.path))
+    if not to_stdout:
+        output_file(args.out, reads=reads, data_from=data_files(bundle, args.data or predictor.cfg.data.path))
     store = bundle.splits[args.split]
     probs = score_split(predictor, store, args)
     records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
-    lines = [json.dumps(record) for record in records]
-    atomic_write_text(args.out, "".join(line + "\n" for line in lines))
-    OUT.print(f"wrote {len(lines)} predictions to {args.out}", highlight=False)
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    if to_stdout:
+        write_stdout(text)
+    else:
+        atomic_write_text(args.out, text)
+    said = ERR if to_stdout else OUT
+    said.print(f"wrote {len(records)} predictions to {'stdout' if to_stdout else args.out}")
     if bundle.format == "conversations":  # an imported set: a timeline per conversation
         from ramer.data.conversations import format_timelines
 
-        OUT.print(
-            format_timelines(bundle, args.split, probs, predictor.threshold),
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        said.print(format_timelines(bundle, args.split, probs, predictor.threshold))
     return 0
 
 
@@ -571,6 +613,7 @@ def cmd_view(args: argparse.Namespace) -> int:
             raise RamerError(
                 f"{'/'.join(unused)}: for predictions made now from RUN_DIR; --preds {args.preds} is shown as it is"
             )
+    file_only("--out", args.out)
     reads = (args.preds,) if args.run_dir is None else (args.preds, model_file(args.run_dir))
     output_file(args.out, reads=reads)
     if args.run_dir is not None:
@@ -638,14 +681,15 @@ def print_synth_report(bundle, console: Console) -> None:
             f"{pres['visual']:.3f}",
             f"{s['speaker_target_share']:.3f}",
         )
-    console.print(table)
+    console.print(table, soft_wrap=False)
     freq = stats["train"]["label_freq"]
     console.print("label frequencies (train): " + ", ".join(f"{k} {v:.3f}" for k, v in freq.items()), highlight=False)
     console.print(
         metrics_table(
             "oracle ceiling (latent state before annotator noise)",
             {f"oracle ({k})": v for k, v in bundle.info["oracle"].items()},
-        )
+        ),
+        soft_wrap=False,
     )
 
 
@@ -681,7 +725,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from ramer.data.conversations import import_conversations, summary_lines
+    from ramer.data.conversations import import_conversations, note_lines, summary_lines
 
     labels = args.labels.split(",") if args.labels is not None else None
     try:
@@ -709,9 +753,11 @@ def cmd_data_import(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         return 130
-    for line in summary_lines(meta):
-        OUT.print(line, highlight=False, markup=False, soft_wrap=True)
-    OUT.print(f"wrote {args.out}", highlight=False, markup=False)
+    for line in summary_lines(meta, notes=False):
+        OUT.print(line)
+    for line in note_lines(meta):  # a script reads stdout: notes go beside the progress lines
+        ERR.print(line)
+    OUT.print(f"wrote {args.out}")
     q = shlex.quote(args.out)
     after = f"ramer train --data {q}"
     if not meta["info"]["conversations"]["labelled"]:
@@ -725,7 +771,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/reproduce-{args.bench}"
     text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
-    print(text)
+    write_stdout(text + "\n")
     return 0
 
 
@@ -895,7 +941,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ramer.bench import ORACLE_ROW
 
     rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
-    OUT.print(metrics_table("test metrics on the embedded benchmark (same scenes and seed)", rows))
+    OUT.print(metrics_table("test metrics on the embedded benchmark (same scenes and seed)", rows), soft_wrap=False)
     OUT.print(f"run directories under {out}; total {time.perf_counter() - t0:.0f}s", highlight=False)
     ERR.print(next_steps(out / "ramer"), highlight=False, markup=False, soft_wrap=True)
     return 0
@@ -988,7 +1034,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     pr.add_argument("--data", help="dataset (default: the one the run was trained on)")
     pr.add_argument("--split", default="test", help="split to predict (default: test)")
-    pr.add_argument("--out", required=True, help="output .jsonl file")
+    pr.add_argument(
+        "--out", required=True, help="output .jsonl file, or - for stdout (what it says then goes to stderr)"
+    )
     pr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     pr.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
     pr.add_argument("--batch-size", type=positive_int, metavar="N", help=BATCH_HELP)

@@ -1404,8 +1404,9 @@ def import_conversations(
     return json.loads((out / "meta.json").read_text())
 
 
-def summary_lines(meta: dict) -> list[str]:
-    """A few lines for people: what was imported and what the cache saved."""
+def summary_lines(meta: dict, notes: bool = True) -> list[str]:
+    """A few lines for people: what was imported and what the cache saved; then, with ``notes``, the
+    import's notes (``note_lines``: ``ramer data import`` prints those to stderr, the rest to stdout)."""
     info = meta["info"][FORMAT]
     c = info["counts"]
     lines = [
@@ -1428,7 +1429,15 @@ def summary_lines(meta: dict) -> list[str]:
             for m in ("text", "audio", "visual")
         )
     )
-    lines.extend("note: " + n for n in info["notes"])
+    return lines + note_lines(meta) if notes else lines
+
+
+def note_lines(meta: dict) -> list[str]:
+    """The import's notes (what it could not do, text cut short) and the persons and rows the
+    personality file left out: what a person should read, not the import's result."""
+    info = meta["info"][FORMAT]
+    c = info["counts"]
+    lines = ["note: " + n for n in info["notes"]]
     missing, unused = c.get("persons_without_personality", []), c.get("personality_rows_unused", 0)
     if missing or unused:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

@@ -1,0 +1,110 @@
+"""What the command line writes where: stdout holds only a command's result (the table, the JSON,
+the lines of ``--out -``, the file it wrote), as given, so that scripts can read it; notes and hints
+go to stderr."""
+
+import errno
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+from test_conversations import base_rows, write_table
+
+from ramer.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_import_notes_go_to_stderr_and_its_summary_to_stdout(tmp_path, fake_text, capsys):
+    """`ramer data import T --out D > summary.txt`: a text-only table's note (no media) is for the
+    person, on stderr; stdout is the summary and the folder written."""
+    table = write_table(tmp_path / "talk.csv", base_rows())
+    ds = tmp_path / "ds"
+    assert main(["data", "import", str(table), "--out", str(ds)]) == 0
+    out, err = capsys.readouterr()
+    assert not [line for line in out.splitlines() if line.startswith("note: ")], out
+    assert "note: no media: text only" in err, err
+    assert out.splitlines()[-1] == f"wrote {ds}" and "conversations, " in out.splitlines()[0], out
+
+
+def test_a_path_is_printed_as_given(tiny_run, tmp_path, capsys):
+    """rich's markup and emoji codes are not applied to what is printed: a name holding ``[v2]`` was
+    printed without it, ``:100:`` as an emoji, and ``[/]`` ended the command with a traceback after the
+    file was written."""
+    run, cfg = tiny_run
+    n = cfg.data.synthetic.n_test  # a sample a scene
+    for out in (tmp_path / "p[v2]:100:.jsonl", tmp_path / "a[" / "]b.jsonl"):
+        assert main(["predict", str(run), "--out", str(out)]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"wrote {n} predictions to {out}"]
+        assert out.is_file()
+
+
+def test_a_long_line_is_one_line_in_a_log(tiny_run, tmp_path, capsys):
+    """stdout not a terminal (a log, a pipe): a line longer than the table width (160) is not broken
+    in two, so that the path it names can be read back."""
+    run, cfg = tiny_run
+    out = tmp_path / ("d" * 150) / "preds.jsonl"
+    assert main(["predict", str(run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {cfg.data.synthetic.n_test} predictions to {out}\n"
+
+
+def test_predict_out_dash_writes_the_lines_to_stdout(tiny_run, tmp_path, capsys, monkeypatch):
+    """`ramer predict RUN --out - | jq`: the predictions are stdout, one JSON object a line, and no
+    file named ``-`` is made; what the command says goes to stderr."""
+    run, cfg = tiny_run
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(run), "--out", str(tmp_path / "preds.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "--out", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (tmp_path / "preds.jsonl").read_text()
+    assert [json.loads(line)["id"] for line in out.splitlines()][:1] == ["synth-test-00000"]
+    assert f"wrote {cfg.data.synthetic.n_test} predictions to stdout" in err
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("argv", [["view", "RUN", "--out", "-"], ["export", "RUN", "--onnx", "-"]])
+def test_a_file_output_refuses_dash(tiny_run, tmp_path, capsys, monkeypatch, argv):
+    """``-`` (stdout, by convention) where the command writes only a file: one line, not a file
+    named ``-``."""
+    run, _ = tiny_run
+    monkeypatch.chdir(tmp_path)
+    assert main([str(run) if a == "RUN" else a for a in argv]) == 2
+    assert "-: this command writes a file, not stdout; give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
+class FullDisk(io.StringIO):
+    """A stdout redirected to a file on a full disk."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_stdout_that_cannot_be_written_is_one_line(tiny_run, capsys, monkeypatch, json_flag):
+    """`ramer eval RUN > out.txt` on a full disk: `error: stdout: cannot write (...)`, exit 2, not a
+    traceback (the table through rich, the JSON written directly)."""
+    run, _ = tiny_run
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert main(["eval", str(run), *json_flag]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: stdout: cannot write ({os.strerror(errno.ENOSPC)})"
+
+
+def test_a_closed_stdout_is_no_traceback(tiny_run):
+    """`ramer eval RUN --json >&-` (a cron line): the import of the command failed on the missing
+    stdout; now the JSON that has nowhere to go is one line and exit 2."""
+    run, _ = tiny_run
+    proc = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m ramer eval {shlex.quote(str(run))} --json >&-",
+        shell=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: stdout: closed;"), proc.stderr
