@@ -117,6 +117,21 @@ def test_every_sample_is_scored_in_order_across_a_partial_last_batch(run):
         np.testing.assert_allclose(pred.scores, alone, atol=1e-5)
 
 
+def test_a_scoring_that_loses_a_row_is_an_error_naming_the_model(run, monkeypatch):
+    """The count of scores against the split's was an assert, which ``python -O`` removes: a pass that
+    lost or added a row (a model of another package, say) would have been reported on the wrong samples."""
+    from ramer import infer
+    from ramer.errors import RamerError
+
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+    score_range = infer._score_range
+    monkeypatch.setattr(infer, "_score_range", lambda *a, **k: score_range(*a, **k)[1:])  # a row lost
+    with pytest.raises(RamerError, match=r"scoring gave 49 rows of scores for 50 samples"):
+        predictor.predict(test)
+
+
 def _sharded_scores(rank: int, world: int, tmp) -> None:
     """One rank of a 2-process evaluation (``test_ddp.run_ranks``): the gathered scores it gets."""
     import torch.distributed as tdist

@@ -132,7 +132,8 @@ def predict(
         model.train(was_training)
     if shard:
         out = dist.gather_arrays(out)
-    assert len(out) == n, f"evaluation produced {len(out)} scores for {n} samples"
+    if len(out) != n:  # no figure on more or fewer samples than the split holds (an assert: gone under -O)
+        raise RamerError(f"model {type(model).__name__}: scoring gave {len(out)} rows of scores for {n} samples")
     try:  # NaN scores (a diverged model) are refused before anything uses or writes them
         finite_scores(out)
     except RamerError as e:
