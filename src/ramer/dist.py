@@ -74,7 +74,9 @@ def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> torch.devi
         if backend == "nccl" and not dist.is_nccl_available():
             raise RamerError("distributed CUDA training needs NCCL, which this torch build lacks")
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        # a process that ends while the others connect to it (its error right after the start) is the
+        # same one line as in a collective
+        collective(dist.init_process_group)(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return device
 
 
@@ -109,8 +111,13 @@ def collective(fn):
             if not peer_ended(e):
                 raise
             _peer_gone = True
+            who = (
+                (rank(), world_size())
+                if is_dist()
+                else (os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1"))
+            )
             raise RamerError(
-                f"process {rank()} of {world_size()}: another process of this run ended first (its error, or "
+                f"process {who[0]} of {who[1]}: another process of this run ended first (its error, or "
                 "torchrun's line naming its exit code, says why); this one stops too"
             ) from None
 
