@@ -108,3 +108,15 @@ def test_a_closed_stdout_is_no_traceback(tiny_run):
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: stdout: closed;"), proc.stderr
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_data_info_to_a_stdout_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch, json_flag):
+    """`ramer data info D --json > out.json` on a full disk was an OSError traceback (its print)."""
+    data = tmp_path / "d"
+    sets = [x for s in ("n_train=8", "n_valid=4", "n_test=4") for x in ("--set", s)]
+    assert main(["data", "synth", "--out", str(data), *sets]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert main(["data", "info", str(data), *json_flag]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: stdout: cannot write ({os.strerror(errno.ENOSPC)})"

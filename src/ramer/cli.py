@@ -19,7 +19,7 @@ from rich.table import Table
 from ramer import __version__
 from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.errors import RamerError, unwritable
-from ramer.paths import LOCK_NAME, hold, remove_if_empty
+from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stdout
 
 
 class PipeConsole(Console):
@@ -50,20 +50,6 @@ ERR = PipeConsole(stderr=True, **PLAIN)  # progress and messages go to stderr
 
 
 STDOUT = "-"  # an --out that means stdout
-
-
-def write_stdout(text: str) -> None:
-    """``text`` to stdout as it is (JSON, JSON lines: no console between), flushed now, so that a
-    stdout the system will not write (a full disk, a closed descriptor) is a one-line error here."""
-    if sys.stdout is None:  # `ramer ... >&-`
-        raise RamerError("stdout: closed; the output has nowhere to go (redirect it to a file, or give --out FILE)")
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise  # main: the reader has gone, 141
-    except OSError as e:
-        raise unwritable("stdout", e) from None
 
 
 def file_only(flag: str, value: str) -> None:

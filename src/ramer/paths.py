@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -158,6 +159,20 @@ def on_disk(f) -> None:
     keeps what was synced, not what was written."""
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_stdout(text: str) -> None:
+    """``text`` to stdout as it is (JSON, JSON lines: no console between), flushed now, so that a
+    stdout the system will not write (a full disk, a closed descriptor) is a one-line error here."""
+    if sys.stdout is None:  # `ramer ... >&-`
+        raise RamerError("stdout: closed; the output has nowhere to go (redirect it to a file, or give --out FILE)")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # main: the reader has gone, 141
+    except OSError as e:
+        raise unwritable("stdout", e) from None
 
 
 def append_line(path: str | Path, line: str) -> None:
