@@ -70,7 +70,8 @@ def test_loading_scoring_and_dropping_runs_and_data_leaves_nothing_behind(run, n
     fds, tensors = open_fds(), live_tensors()
     for _ in range(5):
         cycle()
-    assert open_fds() <= fds and live_tensors() <= tensors, (open_fds(), fds, live_tensors(), tensors)  # fewer: another test's
+    # fewer is another test's garbage collected meanwhile; more is a leak
+    assert open_fds() <= fds and live_tensors() <= tensors, (open_fds(), fds, live_tensors(), tensors)
 
 
 def test_threads_scoring_one_predictor_at_once_get_the_sequential_scores(run, native):

@@ -120,3 +120,19 @@ def test_data_info_to_a_stdout_that_cannot_be_written_is_one_line(tmp_path, caps
     monkeypatch.setattr(sys, "stdout", FullDisk())
     assert main(["data", "info", str(data), *json_flag]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: stdout: cannot write ({os.strerror(errno.ENOSPC)})"
+
+
+def test_a_table_says_why_its_parts_do_not_add_up_to_overall():
+    """Samples without a role (-1: a whole-scene target) among speakers and non-speakers count in
+    overall alone: speaker n + non-speaker n fell short of overall n, and the table did not say why."""
+    from rich.console import Console
+
+    from ramer.cli import metrics_table
+
+    figures = {"micro_f1": 0.5, "macro_f1": 0.5, "acc": 0.5, "hamming_loss": 0.1}
+    mixed = {"overall": {**figures, "n": 10}, "speaker": {**figures, "n": 4}, "nonspeaker": {**figures, "n": 3}}
+    console = Console(width=200, record=True)
+    console.print(metrics_table("t", {"m": mixed}))
+    assert "overall also counts 3 sample(s) without a role" in console.export_text()
+    console.print(metrics_table("t", {"m": {**mixed, "overall": {**figures, "n": 7}}}))
+    assert console.export_text().count("without a role") == 0  # export_text clears: the second table alone

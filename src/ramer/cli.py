@@ -102,7 +102,19 @@ def metrics_table(title: str, rows: dict[str, dict], task: str = "multi_label") 
                     str(m.get("n", "")),
                     *("–" if empty else f"{m[key]:.4f}" for key, _ in columns),
                 )
+    unroled = [_without_a_role(rep) for rep in rows.values()]
+    if any(unroled):  # a split of targets of both kinds: the parts do not add up to overall without a word
+        table.caption = (
+            f"overall also counts {max(unroled)} sample(s) without a role (a whole-scene target): neither "
+            "speaker nor non-speaker"
+        )
     return table
+
+
+def _without_a_role(rep: dict) -> int:
+    """The samples of ``rep``'s overall part in neither its speaker nor its non-speaker part."""
+    counts = [rep.get(part, {}).get("n") for part in ("overall", "speaker", "nonspeaker")]
+    return 0 if None in counts else counts[0] - counts[1] - counts[2]
 
 
 PRECISION_HELP = (
