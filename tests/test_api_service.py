@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -64,6 +65,7 @@ def test_loading_scoring_and_dropping_runs_and_data_leaves_nothing_behind(run, n
         predictor = ramer.load(out)
         bundle = load_dataset(native)
         predictor.predict(bundle)
+        predictor.predict(bundle, workers=2, batch_size=8)  # forked workers, each with a pipe
         predictor.predict(bundle.splits["test"].collate(np.arange(4)))
 
     cycle()  # imports, first-use allocations
@@ -72,6 +74,7 @@ def test_loading_scoring_and_dropping_runs_and_data_leaves_nothing_behind(run, n
         cycle()
     # fewer is another test's garbage collected meanwhile; more is a leak
     assert open_fds() <= fds and live_tensors() <= tensors, (open_fds(), fds, live_tensors(), tensors)
+    assert not multiprocessing.active_children()
 
 
 def test_threads_scoring_one_predictor_at_once_get_the_sequential_scores(run, native):
@@ -177,6 +180,44 @@ def test_a_killed_scoring_worker_is_an_error_not_a_wait_without_end(run, monkeyp
     ), got[0]
     monkeypatch.setattr(infer, "_score_range", score_range)
     assert predictor.predict(test, workers=2, batch_size=8).shape == (len(test), len(predictor.label_names))
+
+
+def test_an_error_in_one_worker_stops_the_others_and_says_where_it_was(run, monkeypatch):
+    """One worker fails while another scores on: the other is stopped, even where this process (a
+    server) handles SIGTERM, which a forked worker inherits (it was waited for without end), and the
+    error is raised with the worker's traceback below it (a Pool's was; the loop's had none)."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+    parent, score_range = os.getpid(), infer._score_range
+
+    def failing_or_slow(model, store, start, *rest):
+        if os.getpid() != parent:
+            if start == 0:
+                raise ValueError("inside the model")
+            time.sleep(600)  # scores on, long after the other failed
+        return score_range(model, store, start, *rest)
+
+    monkeypatch.setattr(infer, "_score_range", failing_or_slow)
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a server's: note it, go on
+    got = []
+
+    def score():
+        try:
+            got.append(predictor.predict(test, workers=2, batch_size=8))
+        except Exception as e:
+            got.append(e)
+
+    try:
+        thread = threading.Thread(target=score, daemon=True)
+        thread.start()
+        thread.join(120)  # a guard against a hang, not a time limit: the answer comes in seconds
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert got, "predict still waits for the worker that scores on"
+    assert isinstance(got[0], ValueError) and str(got[0]) == "inside the model", got[0]
+    assert "in failing_or_slow" in str(got[0].__cause__), got[0].__cause__  # the worker's traceback
+    assert not multiprocessing.active_children()
 
 
 def test_a_pass_that_stops_gives_the_models_mode_back(run, monkeypatch):

@@ -400,10 +400,10 @@ import torch
 from ramer import dist
 from ramer.errors import RamerError
 
-dist.init_from_env(torch.device("cpu"))  # rank 1 ends while rank 0 still connects to it now and then
-if dist.rank() == 1:
-    end("error: process 1 failed on its own")
 try:
+    dist.init_from_env(torch.device("cpu"))  # rank 1 ends while rank 0 still connects to it now and then
+    if dist.rank() == 1:
+        end("error: process 1 failed on its own")
     dist.all_reduce_sum_(torch.ones(1))  # rank 0 waits for rank 1, which has ended
 except RamerError as e:  # what ramer's command line prints of it
     end(f"error: {e}")
@@ -430,9 +430,9 @@ class Tiny(nn.Linear):
         return LossResult(total=out.square().mean(), terms={})
 
 
-dist.init_from_env(torch.device("cpu"))
 model = Tiny(4, 1)
 try:
+    dist.init_from_env(torch.device("cpu"))
     ddp = nn.parallel.DistributedDataParallel(model)
     if dist.rank() == 1:
         dist.all_true(torch.tensor(True))  # the step's finite check passes on both, then this one ends
@@ -504,10 +504,10 @@ import torch
 from ramer import dist
 from ramer.errors import RamerError
 
-dist.init_from_env(torch.device("cpu"))
-if dist.rank() == 1:
-    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
 try:
+    dist.init_from_env(torch.device("cpu"))
+    if dist.rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
     dist.all_reduce_sum_(torch.ones(1))  # rank 0 waits for rank 1, which has ended
 except RamerError as e:  # what ramer's command line prints of it, then how python -m ramer ends a rank
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -95,12 +95,14 @@ def test_a_stdout_that_cannot_be_written_is_one_line(tiny_run, capsys, monkeypat
     assert capsys.readouterr().err.splitlines()[-1] == f"error: stdout: cannot write ({os.strerror(errno.ENOSPC)})"
 
 
-def test_a_closed_stdout_is_no_traceback(tiny_run):
+@pytest.mark.parametrize("json_flag", ["", " --json"])
+def test_a_closed_stdout_is_no_traceback(tiny_run, json_flag):
     """`ramer eval RUN --json >&-` (a cron line): the import of the command failed on the missing
-    stdout; now the JSON that has nowhere to go is one line and exit 2."""
+    stdout; now the JSON that has nowhere to go is one line and exit 2, as is the table (which rich
+    printed to nothing, exit 0)."""
     run, _ = tiny_run
     proc = subprocess.run(
-        f"{shlex.quote(sys.executable)} -m ramer eval {shlex.quote(str(run))} --json >&-",
+        f"{shlex.quote(sys.executable)} -m ramer eval {shlex.quote(str(run))}{json_flag} >&-",
         shell=True,
         stderr=subprocess.PIPE,
         text=True,
@@ -136,3 +138,19 @@ def test_a_table_says_why_its_parts_do_not_add_up_to_overall():
     assert "overall also counts 3 sample(s) without a role" in console.export_text()
     console.print(metrics_table("t", {"m": {**mixed, "overall": {**figures, "n": 7}}}))
     assert console.export_text().count("without a role") == 0  # export_text clears: the second table alone
+
+
+def test_the_python_api_prints_a_path_as_given(tmp_path, capsys):
+    """Without a console of the caller's (the Python API) a recipe printed through rich's defaults,
+    which read a folder named 'r[v2]' as markup and printed 'r'."""
+    from test_recipe import tiny_cfg
+
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    cfg = tiny_cfg(extra=["train.epochs=1"])
+    out = tmp_path / "r[v2]"
+    recipe = Recipe(cfg, out, bundle=generate(cfg.data.synthetic))
+    recipe.announce = True  # as the command line has it say where the run goes
+    recipe.run()
+    assert f"training late_fusion -> {out}\n" in capsys.readouterr().err

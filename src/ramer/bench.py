@@ -63,6 +63,7 @@ from ramer.config import (
     with_todays_defaults,
     with_values,
 )
+from ramer.console import plain_console
 from ramer.data import DataBundle, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import die_with_parent
@@ -677,7 +678,7 @@ def default_jobs() -> int:
 
 def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     """Run (or reuse) every (model, seed, rate) and write results.json, report.md and the plots."""
-    console = console or Console(stderr=True)
+    console = console or plain_console()
     t_start = time.perf_counter()
     load_start = load_average()
     base = s.base or base_config(s)

@@ -18,8 +18,9 @@ from rich.table import Table
 
 from ramer import __version__
 from ramer.config import TASKS, Config, build_config, resolve_config
+from ramer.console import PLAIN
 from ramer.errors import RamerError, unwritable
-from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stdout
+from ramer.paths import LOCK_NAME, STDOUT_CLOSED, hold, remove_if_empty, write_stdout
 
 
 class PipeConsole(Console):
@@ -30,8 +31,11 @@ class PipeConsole(Console):
         raise BrokenPipeError(f"{'stderr' if self.stderr else 'stdout'}: its reader has gone")
 
     def _check_buffer(self) -> None:
-        """rich's write of what was printed; a stream the system will not write (``> FILE`` on a
-        full disk) is a one-line error, not a traceback."""
+        """rich's write of what was printed (a method of rich's own, rich>=13 to 15 at least); a stream
+        the system will not write (``> FILE`` on a full disk) or a closed stdout is a one-line error,
+        not a traceback or a table printed to nothing."""
+        if not self.stderr and sys.stdout is None:
+            raise RamerError(STDOUT_CLOSED)
         try:
             super()._check_buffer()
         except BrokenPipeError:
@@ -40,10 +44,6 @@ class PipeConsole(Console):
             raise unwritable("stderr" if self.stderr else "stdout", e) from None
 
 
-# Text is printed as it is: no markup (a path or name holding "[v2]" or "[/]" is neither eaten nor an
-# error), no emoji codes (":100:"), no highlighting; a line is never broken at the width (a path in a
-# log stays on one line; tables are printed with soft_wrap=False, their titles centred, cells wrapped).
-PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
 # results go to stdout; wide tables in logs (and where stdout is closed, `ramer ... >&-`: None)
 OUT = PipeConsole(width=None if sys.stdout and sys.stdout.isatty() else 160, **PLAIN)
 ERR = PipeConsole(stderr=True, **PLAIN)  # progress and messages go to stderr

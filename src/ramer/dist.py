@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import math
 import os
 import sys
 
@@ -324,10 +325,10 @@ def end_process(code: int) -> None:
     sys.stderr.flush()
     if _peer_gone:
         try:
-            interval = float(os.environ.get("PET_MONITOR_INTERVAL") or 0.1)
+            interval = float(os.environ.get("PET_MONITOR_INTERVAL") or 0.1)  # set by launch; torchrun's own 0.1
         except ValueError:
             interval = 0.1
-        time.sleep(min(3 * interval + 1.0, 30.0))
+        time.sleep(min(3 * interval + 1.0, 30.0) if math.isfinite(interval) and interval >= 0 else 1.3)
     os._exit(code)
 
 
@@ -353,7 +354,8 @@ def launch(argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # how often torchrun looks for an ended worker, then stops the others (its --monitor-interval, 0.1 s
     # unless given): the others, waiting on the one that ended, have this long to say so in one line
-    os.environ.setdefault("PET_MONITOR_INTERVAL", str(MONITOR_S))
+    if not os.environ.get("PET_MONITOR_INTERVAL"):  # set and empty: as unset (torchrun refuses "")
+        os.environ["PET_MONITOR_INTERVAL"] = str(MONITOR_S)
     try:
         run(parse_args(argv))
     except ChildFailedError as e:

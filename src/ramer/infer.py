@@ -165,16 +165,22 @@ def batch_scores(model: nn.Module, batch) -> np.ndarray:
 def _score_block(send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, threads: int) -> None:
     """In a forked worker: the scores of one block (``settings``: batch size, device, precision) on
     the worker's share of the threads, sent to the parent as ``(True, scores)`` or
-    ``(False, the exception)``."""
+    ``(False, the exception)``, which carries the worker's traceback (as ``multiprocessing.Pool``'s
+    do: its ``__cause__`` when raised in the parent)."""
+    import signal
+    from multiprocessing.pool import ExceptionWithTraceback
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (a server's) would keep it alive
     torch.set_num_threads(threads)
     try:
         result = (True, _score_range(model, store, *bounds, *settings))
     except BaseException as e:  # Ctrl-C too: the parent stops the other workers
-        result = (False, e)
+        result = (False, ExceptionWithTraceback(e, e.__traceback__))
     try:
         send.send(result)
-    except Exception:  # an exception that does not pickle
-        send.send((False, RamerError(f"a scoring process: {type(result[1]).__name__}: {first_line(result[1])}")))
+    except Exception as e:  # scores or an exception that do not pickle
+        what = result[1].exc if not result[0] else e
+        send.send((False, RamerError(f"a scoring process: {type(what).__name__}: {first_line(what)}")))
 
 
 def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int, int]]:
@@ -249,16 +255,22 @@ def _score_forked(
                         ok, parts[i] = receive.recv()
                     except EOFError:
                         raise _worker_ended(worker, len(blocks)) from None
+                    except Exception as e:  # an exception of the worker's that does not rebuild here
+                        raise RamerError(f"a scoring process: {type(e).__name__}: {first_line(e)}") from None
                     if not ok:
                         raise parts[i]
                     waiting.discard(i)
                 elif worker.exitcode is not None and not receive.poll():  # ended without sending
                     raise _worker_ended(worker, len(blocks))
     finally:
-        for worker, receive in workers:
+        for worker, _ in workers:
             if worker.is_alive():
                 worker.terminate()
-            worker.join()
+        for worker, receive in workers:
+            worker.join(5.0)
+            if worker.is_alive():  # still sending scores no one reads, say: it cannot stop on its own
+                worker.kill()
+                worker.join()
             receive.close()
     return np.concatenate(parts)
 
@@ -266,9 +278,11 @@ def _score_forked(
 def _worker_ended(worker, n: int) -> RamerError:
     """The error for a forked scoring process that ended without its scores."""
     worker.join()  # ended: its exit code
+    code = worker.exitcode
+    why = f"exit code {code}: killed, out of memory?" if code < 0 else f"exit code {code}"
     return RamerError(
-        f"scoring in {n} forked processes: one ended before its scores came back (exit code {worker.exitcode}: "
-        "killed, out of memory?); score with fewer workers, or in this process (--workers 1, workers=1)"
+        f"scoring in {n} forked processes: one ended before its scores came back ({why}); score with fewer "
+        "workers, or in this process (--workers 1, workers=1)"
     )
 
 

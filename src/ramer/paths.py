@@ -161,11 +161,15 @@ def on_disk(f) -> None:
     os.fsync(f.fileno())
 
 
+# `ramer ... >&-`: Python's sys.stdout is None (rich prints to nothing then)
+STDOUT_CLOSED = "stdout: closed; the output has nowhere to go (redirect it to a file, or give --out FILE)"
+
+
 def write_stdout(text: str) -> None:
     """``text`` to stdout as it is (JSON, JSON lines: no console between), flushed now, so that a
     stdout the system will not write (a full disk, a closed descriptor) is a one-line error here."""
-    if sys.stdout is None:  # `ramer ... >&-`
-        raise RamerError("stdout: closed; the output has nowhere to go (redirect it to a file, or give --out FILE)")
+    if sys.stdout is None:
+        raise RamerError(STDOUT_CLOSED)
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

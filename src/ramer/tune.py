@@ -54,6 +54,7 @@ from rich.console import Console
 
 from ramer import checkpoint as ckpt
 from ramer.config import Config, as_today, build_config, differences, dump_config, with_values
+from ramer.console import plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.errors import LossNotFinite, RamerError, first_line
@@ -479,7 +480,7 @@ def tune(
     ``fixed``: keys left out of the search (the user's ``--set``). ``pruner``: an Optuna pruner
     (default: the median pruner above). ``trial_seeds``: runs per trial, the value their mean."""
     optuna = require_optuna()
-    console = console or Console(stderr=True)
+    console = console or plain_console()
     if trials < 1:
         raise RamerError(f"--trials must be at least 1, got {trials}")
     if trial_seeds < 1:

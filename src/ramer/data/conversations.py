@@ -1297,9 +1297,9 @@ def import_conversations(
     emotions RAMer infers from context). ``all`` needs an unlabelled file: the table gives no
     labels for listeners. ``task``: what ``meta.json`` records (``import_task``): ``auto``,
     ``single_label`` or ``multi_label``."""
-    from rich.console import Console
+    from ramer.console import plain_console
 
-    console = console or Console(stderr=True)
+    console = console or plain_console()
     path, out = Path(path), Path(out)
     if context < 0:
         raise RamerError(f"--context must be >= 0, got {context}")

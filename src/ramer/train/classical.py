@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from ramer import checkpoint as ckpt
 from ramer.config import Config
+from ramer.console import plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main, launched, world_size
@@ -69,7 +70,7 @@ class ClassicalRecipe(RunSteps):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.resume = resume
-        self.console = console or Console(stderr=True)
+        self.console = console or plain_console()
         self.bundle = bundle
         self.curves: CurveWriter | None = None  # TensorBoard (train.tensorboard)
 

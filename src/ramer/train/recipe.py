@@ -57,6 +57,7 @@ from torch import nn
 from ramer import checkpoint as ckpt
 from ramer import dist
 from ramer.config import Config, as_today, build_config, differences, dump_config
+from ramer.console import plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.conversations import LOG_EVERY
 from ramer.data.store import resolve_task
@@ -447,7 +448,7 @@ class Recipe(RunSteps):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.resume = resume
-        self.console = console or Console(stderr=True)
+        self.console = console or plain_console()
         self.hooks = hooks
         self.bundle = bundle
         self.curves: CurveWriter | None = None  # TensorBoard (train.tensorboard), rank 0

@@ -1,0 +1,15 @@
+"""How ramer prints for people: text as it is given. No markup (a path or name holding "[v2]" or
+"[/]" is neither eaten nor an error), no emoji codes (":100:"), no highlighting, and a line is
+never broken at the width (a path in a log stays on one line; print a table with
+``soft_wrap=False`` to keep its layout)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def plain_console(stderr: bool = True) -> Console:
+    """The console for messages and progress where the caller gives none (the Python API)."""
+    return Console(stderr=stderr, **PLAIN)
