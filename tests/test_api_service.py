@@ -147,6 +147,24 @@ def test_threads_scoring_with_workers_at_once_each_score_their_own_data(run, mon
     np.testing.assert_array_equal(got[0], want)
 
 
+def scored_in_a_thread(predictor, store) -> list:
+    """``predict(store, workers=2)`` in a thread: its scores or its exception, or nothing where it still
+    waits after 120 s (a guard against a hang, not a time limit: the answer comes in seconds). The
+    thread is a daemon: a hang fails the test, not the session."""
+    got = []
+
+    def score():
+        try:
+            got.append(predictor.predict(store, workers=2, batch_size=8))
+        except Exception as e:
+            got.append(e)
+
+    thread = threading.Thread(target=score, daemon=True)
+    thread.start()
+    thread.join(120)
+    return got
+
+
 def test_a_killed_scoring_worker_is_an_error_not_a_wait_without_end(run, monkeypatch):
     """A forked worker killed while it scores (the kernel's out-of-memory killer): predict waited
     forever for the block it had taken (a web server's request hung); it is one RamerError now, and
@@ -162,17 +180,7 @@ def test_a_killed_scoring_worker_is_an_error_not_a_wait_without_end(run, monkeyp
         return score_range(model, store, start, *rest)
 
     monkeypatch.setattr(infer, "_score_range", killed_in_a_worker)  # the forked workers inherit it
-    got = []
-
-    def score():
-        try:
-            got.append(predictor.predict(test, workers=2, batch_size=8))
-        except Exception as e:
-            got.append(e)
-
-    thread = threading.Thread(target=score, daemon=True)  # daemon: a hang fails the test, not the session
-    thread.start()
-    thread.join(120)  # a guard against a hang, not a time limit: the answer comes in well under a second
+    got = scored_in_a_thread(predictor, test)
     assert got, "predict still waits for the killed worker"
     assert isinstance(got[0], RamerError), got[0]
     assert str(got[0]).startswith(
@@ -200,18 +208,8 @@ def test_an_error_in_one_worker_stops_the_others_and_says_where_it_was(run, monk
 
     monkeypatch.setattr(infer, "_score_range", failing_or_slow)
     before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a server's: note it, go on
-    got = []
-
-    def score():
-        try:
-            got.append(predictor.predict(test, workers=2, batch_size=8))
-        except Exception as e:
-            got.append(e)
-
     try:
-        thread = threading.Thread(target=score, daemon=True)
-        thread.start()
-        thread.join(120)  # a guard against a hang, not a time limit: the answer comes in seconds
+        got = scored_in_a_thread(predictor, test)
     finally:
         signal.signal(signal.SIGTERM, before)
     assert got, "predict still waits for the worker that scores on"
