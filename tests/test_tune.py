@@ -389,7 +389,7 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_tune_killed_mid_trial_resumes_where_it_stopped(tmp_path):
+def test_tune_killed_mid_trial_resumes_where_it_stopped(tmp_path, capsys):
     """SIGKILL during trial 1's second epoch; the same command again marks trial 1 failed and
     removes its folder, keeps trial 0 (not trained again) and runs trials until 3 completed."""
     out = tmp_path / "tune"
@@ -417,7 +417,10 @@ def test_tune_killed_mid_trial_resumes_where_it_stopped(tmp_path):
     assert (out / "trial-0001" / "train_state.pt").exists()
     first = (out / "trial-0000" / "metrics.jsonl").stat().st_mtime_ns
 
+    capsys.readouterr()
     assert main(argv) == 0
+    said = capsys.readouterr().err
+    assert said.count("note: trial 1 stopped before the end (killed or interrupted)") == 1, said  # none before
     trials = study_trials(out, "late_fusion")
     assert states(trials) == ["complete", "fail", "complete", "complete"]
     assert not (out / "trial-0001").exists()

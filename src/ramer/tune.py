@@ -338,9 +338,10 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def fail_stale(optuna, study) -> None:
+def fail_stale(optuna, study) -> list[int]:
     """Mark failed every running trial whose process is gone: on this machine at once (its pid),
-    elsewhere after the heartbeat grace period; queue the values of each (``requeue``)."""
+    elsewhere after the heartbeat grace period; queue the values of each (``requeue``). Returns the
+    numbers of the trials it marked."""
     states = optuna.trial.TrialState
     running = {t.number for t in study.get_trials(deepcopy=False, states=(states.RUNNING,))}
     with warnings.catch_warnings():
@@ -350,9 +351,22 @@ def fail_stale(optuna, study) -> None:
         worker = t.user_attrs.get("worker") or {}
         if worker.get("host") == HOST and worker.get("pid") != os.getpid() and not _alive(worker.get("pid", -1)):
             study.tell(t.number, state=states.FAIL, skip_if_finished=True)
-    for t in study.get_trials(deepcopy=False, states=(states.FAIL,)):
-        if t.number in running:
-            requeue(study, t)
+    stopped = [t for t in study.get_trials(deepcopy=False, states=(states.FAIL,)) if t.number in running]
+    for t in stopped:
+        requeue(study, t)
+    return [t.number for t in stopped]
+
+
+def say_stopped(console: Console, numbers: list[int]) -> None:
+    """One line for the trials ``fail_stale`` marked: a study that went on without a word trained
+    their values again (the README says so; the command did not)."""
+    if numbers:
+        which = ", ".join(map(str, numbers))
+        console.print(
+            f"note: trial{'s' if len(numbers) > 1 else ''} {which} stopped before the end (killed or interrupted): "
+            "marked failed, run folder removed; the values of a first stop are tried again first",
+            soft_wrap=True,
+        )
 
 
 def requeue(study, trial) -> None:
@@ -506,7 +520,7 @@ def tune(
         if made:  # data or a storage that would not open: no empty folder left behind
             remove_if_empty(out)
         raise
-    fail_stale(optuna, study)
+    say_stopped(console, fail_stale(optuna, study))
     remove_failed_folders(optuna, study, out)
     task = resolve_task(bundle, base.data.task)
     metric = METRIC_NAMES[SELECTION[task]]
@@ -559,7 +573,7 @@ def tune(
 
             objective = Objective(optuna, study, base, space, out, trials, bundle, on_epoch, trial_seeds)
             while True:
-                fail_stale(optuna, study)
+                say_stopped(console, fail_stale(optuna, study))
                 n = counts(optuna, study)
                 if n["finished"] >= trials:
                     break
