@@ -187,7 +187,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
         "train",
         *rest,
     ]
-    ERR.print("launching: " + " ".join(cmd[1:]), highlight=False, markup=False, soft_wrap=True)
+    ERR.print("launching: " + " ".join(cmd[1:]))
     try:
         with sigint_waits():  # Ctrl-C reaches the launcher too, which stops the workers and exits 130
             return subprocess.call(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
@@ -368,7 +368,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
             return 130
-        ERR.print(interrupted_hint(out), highlight=False, soft_wrap=True)
+        ERR.print(interrupted_hint(out))
         return 130
     finally:
         if made_here:  # its lock file is gone now
@@ -384,7 +384,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
         OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task), soft_wrap=False)
         no_test = result.get("overall", {}).get("n", 1) == 0  # the commands it names refuse an empty split
-        ERR.print(next_steps(out, "valid" if no_test else None), highlight=False, markup=False, soft_wrap=True)
+        ERR.print(next_steps(out, "valid" if no_test else None))
     return 0
 
 
@@ -427,7 +427,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     output_file(args.onnx, reads=(model_file(args.run_dir),))
     log = io.StringIO()
     t0 = time.perf_counter()
-    ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)", highlight=False, soft_wrap=True)
+    ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)")
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
@@ -443,16 +443,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     OUT.print(
         f"wrote {args.onnx} ({size:.1f} MiB) in {time.perf_counter() - t0:.0f}s; inputs: "
         f"{', '.join(wrapper.input_names())}; output: probs (B, {len(predictor.label_names)}); "
-        "dynamic: batch, persons, segments",
-        highlight=False,
+        "dynamic: batch, persons, segments"
     )
     if args.check:
         for r in check_onnx(wrapper, predictor.spec, args.onnx):
             B, P, S = r.shape
             OUT.print(
                 f"check: onnxruntime vs torch at B={B}, P={P}, S={S}: max abs difference "
-                f"{r.max_abs_diff:.2e} (limit 1e-4) ok",
-                highlight=False,
+                f"{r.max_abs_diff:.2e} (limit 1e-4) ok"
             )
     return 0
 
@@ -474,7 +472,7 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
         predictor = load(run_dir, device=device, precision=precision)
     for w in caught:
         if issubclass(w.category, RunNotFinished):
-            ERR.print(f"note: {w.message}", highlight=False, markup=False, soft_wrap=True)
+            ERR.print(f"note: {w.message}")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return predictor
@@ -506,9 +504,7 @@ def load_run_and_data(args: argparse.Namespace):
             ERR.print(
                 f"note: split '{args.split}' of {predictor.cfg.data.path or 'the embedded benchmark'} has changed "
                 "since the run was made on it; "
-                "what follows is of the data as it is now",
-                highlight=False,
-                soft_wrap=True,
+                "what follows is of the data as it is now"
             )
     if len(bundle.splits[args.split]) == 0:
         sizes = ", ".join(f"{name} {len(store)}" for name, store in bundle.splits.items())
@@ -637,12 +633,11 @@ def cmd_view(args: argparse.Namespace) -> int:
     page = render_page(data)
     atomic_write_text(args.out, page)
     for note in notes:
-        ERR.print(f"note: {note}", highlight=False, soft_wrap=True)
+        ERR.print(f"note: {note}")
     n, k = len(data["conversations"]), data["n_predicted"]
     OUT.print(
         f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {n} conversation{'s' * (n != 1)}, "
-        f"{k} predicted sample{'s' * (k != 1)}",
-        highlight=False,
+        f"{k} predicted sample{'s' * (k != 1)}"
     )
     return 0
 
@@ -703,7 +698,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         bundle = generate(cfg.data.synthetic)
         bundle.save(args.out)
     print_synth_report(bundle, OUT)
-    OUT.print(f"wrote {args.out}", highlight=False)
+    OUT.print(f"wrote {args.out}")
     return 0
 
 
@@ -745,10 +740,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
             raise  # nothing kept: main's one line
         ERR.print(
             f"interrupted; the features computed so far are kept in {cache}: run the same command again "
-            "to go on from there",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
+            "to go on from there"
         )
         return 130
     for line in summary_lines(meta, notes=False):
@@ -760,7 +752,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     after = f"ramer train --data {q}"
     if not meta["info"]["conversations"]["labelled"]:
         after = f"ramer predict RUN_DIR --data {q} --out preds.jsonl (RUN_DIR: a run trained on these labels)"
-    ERR.print(f"next: {after}", highlight=False, markup=False, soft_wrap=True)
+    ERR.print(f"next: {after}")
     return 0
 
 
@@ -800,18 +792,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reference = f" (+ {', '.join(settings.complete)} on complete inputs)" if settings.complete else ""
     counts = ((settings.models, "model"), (settings.seeds, "seed"), (settings.rates, "missing rate"))
     sizes = " x ".join(plural(len(items), noun) for items, noun in counts)
-    ERR.print(
-        f"bench: {sizes}{reference}, {settings.jobs} at a time -> {settings.out}",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    ERR.print(f"bench: {sizes}{reference}, {settings.jobs} at a time -> {settings.out}")
     try:
         run_bench(settings, console=ERR)
     except KeyboardInterrupt:
-        ERR.print("interrupted; run the same command again to resume (finished runs are cached)", highlight=False)
+        ERR.print("interrupted; run the same command again to resume (finished runs are cached)")
         return 130
-    OUT.print(f"report: {settings.out / 'report.md'}", highlight=False)
+    OUT.print(f"report: {settings.out / 'report.md'}")
     return 0
 
 
@@ -838,24 +825,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
             trial_seeds=args.trial_seeds,
         )
     except KeyboardInterrupt:
-        ERR.print(
-            f"interrupted; run the same command again to continue (finished trials are kept in {out})",
-            highlight=False,
-            soft_wrap=True,
-        )
+        ERR.print(f"interrupted; run the same command again to continue (finished trials are kept in {out})")
         return 130
     best = result.summary["best"]
     if best is None:
-        OUT.print(f"no trial completed; trials: {out / 'trials.md'}", highlight=False)
+        OUT.print(f"no trial completed; trials: {out / 'trials.md'}")
     else:
         values = format_values(best["values"], digits=4, short=False)
         OUT.print(
             f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
             f"({values})\n"
             f"config: {out / 'best.yaml'} (ramer train --config {shlex.quote(str(out / 'best.yaml'))}); "
-            f"trials: {out / 'trials.md'}",
-            highlight=False,
-            soft_wrap=True,
+            f"trials: {out / 'trials.md'}"
         )
     return 0
 
@@ -901,7 +882,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if folder not in made and theirs:  # a lock file a killed command left is no one's work
             raise RamerError(f"{out / folder}: holds files that ramer demo did not write; give another --out")
     bundle = generate(cfg.data.synthetic)
-    ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s", highlight=False)
+    ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s")
     print_synth_report(bundle, OUT)
 
     def run_config(model: str, complete: bool = False) -> Config:
@@ -922,26 +903,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for row, folder, run_cfg, data in runs:
             run_dir = out / folder
             if folder in made and run_dir.exists():
-                ERR.print(f"replacing the earlier demo's {run_dir}", highlight=False, soft_wrap=True)
+                ERR.print(f"replacing the earlier demo's {run_dir}")
                 shutil.rmtree(run_dir)
             made.add(folder)
             atomic_write_text(out / DEMO_FILE, json.dumps({"runs": sorted(made)}, indent=1))
-            ERR.print(f"training {row} -> {run_dir}", highlight=False, soft_wrap=True)
+            ERR.print(f"training {row} -> {run_dir}")
             rows[row] = run_training(run_cfg, run_dir, bundle=data, console=ERR)
     except KeyboardInterrupt:
-        ERR.print(
-            f"interrupted; run the same command again to start the demo over (it replaces its runs in {out})",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
+        ERR.print(f"interrupted; run the same command again to start the demo over (it replaces its runs in {out})")
         return 130
     from ramer.bench import ORACLE_ROW
 
     rows[ORACLE_ROW] = bundle.info["oracle"]["test"]
     OUT.print(metrics_table("test metrics on the embedded benchmark (same scenes and seed)", rows), soft_wrap=False)
-    OUT.print(f"run directories under {out}; total {time.perf_counter() - t0:.0f}s", highlight=False)
-    ERR.print(next_steps(out / "ramer"), highlight=False, markup=False, soft_wrap=True)
+    OUT.print(f"run directories under {out}; total {time.perf_counter() - t0:.0f}s")
+    ERR.print(next_steps(out / "ramer"))
     return 0
 
 
@@ -1313,10 +1289,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RamerError as e:
-        ERR.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        ERR.print(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        ERR.print("interrupted", highlight=False)
+        ERR.print("interrupted")
         return 130
     except BrokenPipeError:
         if not stdout_reader_gone():

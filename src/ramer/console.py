@@ -1,13 +1,18 @@
 """How ramer prints for people: text as it is given. No markup (a path or name holding "[v2]" or
 "[/]" is neither eaten nor an error), no emoji codes (":100:"), no highlighting, and a line is
 never broken at the width (a path in a log stays on one line; print a table with
-``soft_wrap=False`` to keep its layout)."""
+``soft_wrap=False`` to keep its layout). In a log, long work says how far it is every ``LOG_EVERY``
+seconds."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
 PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+# Seconds between the plain lines that say how far long work is (an import's stage, an epoch's steps)
+# where the console is not a terminal (a log file, CI), which shows no progress bar.
+LOG_EVERY = 30.0
 
 
 def plain_console(stderr: bool = True) -> Console:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.console import LOG_EVERY, plain_console
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError
@@ -869,9 +870,6 @@ def _progress(console):
     )
 
 
-LOG_EVERY = 30.0  # seconds between the lines that say how far a stage is, when stderr is not a terminal
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -1297,8 +1295,6 @@ def import_conversations(
     emotions RAMer infers from context). ``all`` needs an unlabelled file: the table gives no
     labels for listeners. ``task``: what ``meta.json`` records (``import_task``): ``auto``,
     ``single_label`` or ``multi_label``."""
-    from ramer.console import plain_console
-
     console = console or plain_console()
     path, out = Path(path), Path(out)
     if context < 0:

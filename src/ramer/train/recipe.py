@@ -57,9 +57,8 @@ from torch import nn
 from ramer import checkpoint as ckpt
 from ramer import dist
 from ramer.config import Config, as_today, build_config, differences, dump_config
-from ramer.console import plain_console
+from ramer.console import LOG_EVERY, plain_console
 from ramer.data import DataBundle, load_bundle
-from ramer.data.conversations import LOG_EVERY
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
 from ramer.errors import FileUnreadable, LossNotFinite, RamerError, first_line, unreadable
