@@ -1,8 +1,12 @@
 """The floor for single-label conversation data: a multinomial logistic regression on the frozen
 text features of the target utterance alone (no context, no other modality), its inverse
-regularisation C chosen on the valid split, scored once on test.
+regularisation C chosen on the valid split, scored once on test. With `--context K`, the model
+also gets the mean text features of the (up to) K utterances before the target in its sample's
+window and of the K after it, as two more blocks (zeros where there are none): does the scene's
+other talk add anything a linear model can use?
 
-    python benchmarks/target_utterance_lr.py DIR     # DIR: a `ramer data import` of a single-label table
+    python benchmarks/target_utterance_lr.py DIR               # DIR: a `ramer data import` of a single-label table
+    python benchmarks/target_utterance_lr.py DIR --context 3   # the target utterance and its neighbours
 
 Prints, for each C of the grid, the valid weighted F1 of the arg-max, then the test accuracy,
 weighted F1 and macro F1 at the C chosen on valid. (EmoryNLP: docs/RESULTS.md.)
@@ -21,11 +25,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from ramer.config import DataConfig
 from ramer.data import load_bundle
 
-GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
-def target_text(store) -> tuple[np.ndarray, np.ndarray]:
-    """(n, d) text features of each sample's target token and (n,) its one label."""
+def target_text(store, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) text features of each sample's target token and (n,) its one label; with `context`,
+    (n, 3d): the target's, then the mean over the utterances (present text rows) of the `context`
+    tokens before it, then of the `context` tokens after it."""
     if (np.asarray(store.target) < 0).any():
         raise SystemExit(f"{store.source}: every sample needs a target token")
     rows = store.token_offsets[:-1] + store.target[:, 0].astype(np.int64) * store.grid[:, 1] + store.target[:, 1]
@@ -33,12 +39,32 @@ def target_text(store) -> tuple[np.ndarray, np.ndarray]:
     if (labels.sum(1) != 1).any():
         raise SystemExit(f"{store.source}: single-label data expected (one label per sample)")
     text = np.stack([store.token_features("text", r, r + 1)[0] for r in rows.tolist()])  # dense or packed
+    if context:
+        text = np.concatenate([text, neighbours(store, context)], 1)
     return text.astype(np.float64), labels.argmax(1)
 
 
-def main(path: str) -> None:
+def neighbours(store, context: int) -> np.ndarray:
+    """(n, 2d): per sample, the mean of the present text rows at the `context` tokens before its
+    target token, then at the `context` tokens after it (zeros where there are none)."""
+    out = []
+    for i, (p, t) in enumerate(store.target.tolist()):
+        persons, tokens = store.grid[i].tolist()
+        start = int(store.token_offsets[i])
+        feats = store.token_features("text", start, start + persons * tokens).reshape(persons, tokens, -1)
+        present = np.asarray(store.present[start : start + persons * tokens, 0], bool).reshape(persons, tokens)
+        sides = []
+        for span in (range(max(0, t - context), t), range(t + 1, min(tokens, t + 1 + context))):
+            cols = list(span)
+            rows = feats[:, cols][present[:, cols]]
+            sides.append(rows.mean(0) if len(rows) else np.zeros(feats.shape[-1], feats.dtype))
+        out.append(np.concatenate(sides))
+    return np.stack(out)
+
+
+def main(path: str, context: int = 0) -> None:
     bundle = load_bundle(DataConfig(path=path))
-    (xt, yt), (xv, yv), (xs, ys) = (target_text(bundle.splits[s]) for s in ("train", "valid", "test"))
+    (xt, yt), (xv, yv), (xs, ys) = (target_text(bundle.splits[s], context) for s in ("train", "valid", "test"))
     mean, scale = xt.mean(0), xt.std(0) + 1e-8
     xt, xv, xs = ((x - mean) / scale for x in (xt, xv, xs))
     best = None
@@ -62,4 +88,11 @@ def main(path: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a `ramer data import` of a single-label table (a native dataset folder)")
-    main(parser.parse_args().data)
+    parser.add_argument(
+        "--context", type=int, default=0, metavar="K",
+        help="also the mean features of the K utterances before and the K after the target (default 0: none)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.context < 0:
+        parser.error("--context must be 0 or more")
+    main(args.data, args.context)

@@ -118,6 +118,32 @@ def test_target_utterance_lr_runs(tmp_path):
     DataBundle(stores, stores["train"].label_names, "test", "mem", task="single_label").save(tmp_path / "d")
     out = run("target_utterance_lr.py", str(tmp_path / "d"))
     assert "chosen on valid" in out
+    assert "chosen on valid" in run("target_utterance_lr.py", str(tmp_path / "d"), "--context", "1")
+
+
+def test_target_utterance_lr_context_reads_the_neighbouring_utterances():
+    """`--context 1` adds the utterance just before the target and the one just after it: a label planted
+    in the text of the token before the target is read back from the second block, not the third."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from target_utterance_lr import target_text
+    finally:
+        sys.path.remove(str(BENCH))
+    store = random_store(n=20, n_labels=3, segments=(3, 3), seed=0)
+    gold = np.random.default_rng(1).integers(0, 3, len(store))
+    store.labels[:] = np.eye(3, dtype=store.labels.dtype)[gold]
+    for i, c in enumerate(gold):
+        persons, tokens = store.grid[i].tolist()
+        store.target[i] = (i % persons, 1)
+        before = store.token_offsets[i] + np.arange(persons) * tokens  # token 0 of each person
+        spoken = before[store.present[before, 0]]
+        store.text[spoken, :3] = 0.0
+        store.text[spoken, c] = 5.0
+    text, labels = target_text(store, context=1)
+    d = store.text.shape[1]
+    assert text.shape == (len(store), 3 * d) and (labels == gold).all()
+    assert (text[:, d : d + 3].argmax(1) == gold).all()
+    assert not (text[:, 2 * d : 2 * d + 3].argmax(1) == gold).all()
 
 
 def test_paired_bootstrap_runs(tmp_path):
