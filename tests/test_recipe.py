@@ -371,6 +371,10 @@ def run_cli(*argv):
     "argv, message",
     [
         (["train", "--set", "model.nonexistent=1"], "unknown key 'model.nonexistent'"),
+        (["train", "--set", "model.hiden=3"], "unknown key 'model.hiden' (did you mean 'model.hidden'?)"),
+        (["train", "--set", "train.hidden=3"], "unknown key 'train.hidden' (did you mean 'model.hidden'?)"),
+        (["train", "--model", "late-fusion"], "unknown model 'late-fusion'; did you mean 'late_fusion'? known: amp"),
+        (["bench", "--models", "ramr", "--out", "/no/such/b"], "--models: unknown ramr; did you mean 'ramer'? known:"),
         (["train", "--data", "/no/such/dir"], "/no/such/dir: data path not found"),
         (["train", "--config", "no_such_config"], "no config named 'no_such_config'"),
         (

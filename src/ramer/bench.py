@@ -77,7 +77,17 @@ from ramer.metrics import (
     oracle_report,
     scored_parts,
 )
-from ramer.models import BASELINES, CLASSICAL, PRESETS, DataSpec, build_model, is_known, known_models, set_model
+from ramer.models import (
+    BASELINES,
+    CLASSICAL,
+    PRESETS,
+    DataSpec,
+    build_model,
+    is_known,
+    known_models,
+    nearest_model,
+    set_model,
+)
 from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import (
     atomic_write,
@@ -202,7 +212,8 @@ def parse_models(text: str | None, option: str = "--models") -> list[str]:
     unknown = [n for n in names if not is_known(n)]
     if unknown or not names:
         what = f"unknown {', '.join(unknown)}" if unknown else "empty list"
-        raise RamerError(f"{option}: {what}; known: {', '.join(GROUPS)}, {known_models()}")
+        near = nearest_model(unknown[0]) if len(unknown) == 1 else ""
+        raise RamerError(f"{option}: {what}; {near}known: {', '.join(GROUPS)}, {known_models()}")
     return names
 
 

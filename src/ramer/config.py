@@ -1,13 +1,14 @@
 """One typed config for a run: sections ``data``, ``model``, ``loss``, ``train``.
 
-Every section forbids unknown keys, so a typo is an error that names the key. A config is built
-from defaults, then a YAML file, then ``--set a.b=c`` overrides, and the resolved result is saved
-in the run directory and inside the checkpoint.
+Every section forbids unknown keys, so a typo is an error that names the key (and the nearest known
+one, where one is close). A config is built from defaults, then a YAML file, then ``--set a.b=c``
+overrides, and the resolved result is saved in the run directory and inside the checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from difflib import get_close_matches
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Mapping, Union, get_args, get_origin
@@ -254,12 +255,29 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+def _keys(section: type[_Section], prefix: str = "") -> list[str]:
+    """Every dotted key of a section (``model.hidden``, ``data.synthetic.n_train``, ...): the names
+    an unknown key is compared with, for a 'did you mean' that also catches a key in the wrong
+    section."""
+    keys = []
+    for name, field in section.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, _Section):
+            keys += _keys(kind, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
 def _describe(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            keys = _keys(Config)
+            moved = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]  # in another section
+            near = moved or get_close_matches(key, keys, n=1, cutoff=0.8)
+            parts.append(f"unknown key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
         elif e["type"] == "list_type":  # the --set form of a list is easy to miss
             # the given value only where it is one short scalar: a mapping or a long text (a huge tree
             # made of YAML aliases) is not formatted into a one-line message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import traceback
+from difflib import get_close_matches
 from importlib.metadata import entry_points
 from typing import Callable, Iterable
 
@@ -178,10 +179,17 @@ def known_models() -> str:
     return f"{', '.join(names)}, ramer-<ablation> ({', '.join(ABLATIONS)})"
 
 
+def nearest_model(given: str) -> str:
+    """``"did you mean 'NAME'? "`` for the known model name (or preset) nearest to ``given`` when one
+    is close, else ``""``: the start of an unknown model's list of known ones."""
+    near = get_close_matches(given, [*BUILDERS, *CLASSICAL, *_installed(), *PRESETS], n=1, cutoff=0.75)
+    return f"did you mean '{near[0]}'? " if near else ""
+
+
 def set_model(cfg: Config, name: str) -> None:
     """Set ``cfg.model`` to a model name or a ``ramer-<ablation>`` preset, in place."""
     if not is_known(name):
-        raise UnknownModel(f"unknown model '{name}'; known: {known_models()}")
+        raise UnknownModel(f"unknown model '{name}'; {nearest_model(name)}known: {known_models()}")
     if name in PRESETS:
         cfg.model.name = "ramer"
         if PRESETS[name] not in cfg.model.ablations:
@@ -201,7 +209,8 @@ def check_options(cfg: Config) -> None:
             )
         if not is_known(name):
             raise UnknownModel(
-                f"model.options.{name}: no model '{name}' is registered or installed; known: {known_models()}"
+                f"model.options.{name}: no model '{name}' is registered or installed; "
+                f"{nearest_model(name)}known: {known_models()}"
             )
 
 
@@ -227,7 +236,7 @@ def check_model(cfg: Config, options: bool = True) -> None:
             )
         if name in CLASSICAL:
             raise RamerError(f"model '{name}' is a scikit-learn baseline: ramer.train.run_training fits it, unbuilt")
-        raise UnknownModel(f"unknown model '{name}'; known: {known_models()}")
+        raise UnknownModel(f"unknown model '{name}'; {nearest_model(name)}known: {known_models()}")
 
 
 def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
@@ -287,6 +296,7 @@ __all__ = [
     "model_options",
     "is_known",
     "known_models",
+    "nearest_model",
     "meta_model",
     "register_model",
     "set_model",
