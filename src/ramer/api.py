@@ -18,7 +18,7 @@ from ramer import checkpoint as ckpt
 from ramer.batch import Batch
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, load_bundle
-from ramer.errors import RamerError
+from ramer.errors import RamerError, ScoresNotFinite
 from ramer.infer import autocast, batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
@@ -43,6 +43,9 @@ class Predictor:
     device: torch.device
     epoch: int
     data_fingerprints: dict[str, str] = field(default_factory=dict)  # of the data the run was made on
+    # the versions that wrote the model file (ramer_version, torch_version); empty for a file from before
+    # they were recorded
+    written_by: dict[str, str] = field(default_factory=dict)
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -127,8 +130,8 @@ class Predictor:
                 self.model.train(was_training)
             try:  # the inputs are finite: NaN scores are the model's (as ``infer.predict`` says)
                 finite_scores(scores)
-            except RamerError as e:
-                raise RamerError(f"model {type(self.model).__name__}: {e}") from None
+            except ScoresNotFinite as e:
+                raise ScoresNotFinite(f"model {type(self.model).__name__}: {e}") from None
             return scores
         self._check_data(data.label_names, data.dims, data.source)
         try:
@@ -212,6 +215,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     model_file = _model_file(path)
     with _BUILDING:  # its check builds the model on the meta device, in a fork_rng of its own
         state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
+    written = ckpt.read_written_by(model_file)
     if device is not None:
         cfg.train.device = device
     if cfg.model.name in CLASSICAL:
@@ -233,7 +237,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
             raise RamerError(f"{model_file}: {e} ({hint})") from None
         except RamerError as e:
             raise RamerError(f"{model_file}: {e}") from None
-        ckpt.load_state_into(model, state, str(model_file))
+        ckpt.load_state_into(model, state, str(model_file), written.get("ramer_version"))
     asked = "the device asked for (--device)" if device is not None else "the run's train.device"
     dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)
     if precision != "fp32" and cfg.model.name in CLASSICAL:
@@ -249,7 +253,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
             RunNotFinished,
             stacklevel=2,
         )
-    return Predictor(model, cfg, spec, _decision(threshold), dev, epoch, fingerprints)
+    return Predictor(model, cfg, spec, _decision(threshold), dev, epoch, fingerprints, written)
 
 
 def _model_file(path: Path) -> Path:

@@ -50,6 +50,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
+from ramer import __version__
 from ramer import checkpoint as ckpt
 from ramer.config import (
     CONFIG_DIR,
@@ -524,6 +525,12 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
             and (run / "model.safetensors").exists()
         ):
             return "resume"
+    written = ckpt.read_written_by(run / "model.safetensors").get("ramer_version")
+    if ckpt.newer_writer(written):  # a newer ramer's work is not this one's to remove
+        raise RamerError(
+            f"{run}: a run made by ramer {written}, newer than this ramer {__version__}, and not one this "
+            f"bench can reuse; it is kept: run the bench with ramer {written} or later, or give another --out"
+        )
     clear_folder(run)
     return "fresh"
 

@@ -6,6 +6,8 @@
   tensors only: loading it runs no code.
 - ``train_state.pt``: what resuming needs (last weights, optimiser, scheduler, RNG, epoch, best so
   far), loaded with ``torch.load(weights_only=True)``.
+Both record the ramer and torch versions that wrote them (``written_by``; a file from before they
+did records none and still loads), so an error about a file another version wrote can say so.
 Every file is written to a temporary name in the same folder and renamed over the old one, so a
 kill during a save never leaves a half-written file as the latest.
 """
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import pickle
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,12 +28,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ramer.config import TASKS, Config, config_from_dict
+from ramer import __version__
+from ramer.config import TASKS, Config, config_from_dict, fill_older_config, unknown_keys
 from ramer.data.safe_load import refuse_compressed, refused_global
 from ramer.errors import RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
+
+MODEL_FORMAT = "ramer-model"  # a model file's metadata 'format'
 
 
 def save_model(
@@ -40,12 +46,13 @@ def save_model(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     thr = threshold.tolist() if hasattr(threshold, "tolist") else threshold
     meta = {
-        "format": "ramer-model",
+        "format": MODEL_FORMAT,
         "config": json.dumps(cfg.model_dump(mode="json")),
         "spec": json.dumps(spec.to_dict()),
         "threshold": json.dumps(thr),
         "epoch": str(epoch),
         **({"data": json.dumps(data)} if data else {}),
+        **versions(),
     }
 
     def write(tmp: str) -> None:
@@ -68,6 +75,60 @@ def sort_metadata(path: str | Path) -> None:
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     Path(path).write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+
+
+def versions() -> dict[str, str]:
+    """What a model file's metadata and a training state record of the software that wrote them."""
+    return {"ramer_version": __version__, "torch_version": str(torch.__version__)}
+
+
+def written_by(meta) -> dict[str, str]:
+    """The versions a model file's metadata or a training state records (``versions``), those that
+    are one short line of text; none for a file written before they were recorded."""
+    if not isinstance(meta, dict):
+        return {}
+    return {
+        k: v
+        for k in ("ramer_version", "torch_version")
+        if isinstance(v := meta.get(k), str) and 0 < len(v) <= 64 and v.isprintable()
+    }
+
+
+def read_written_by(path: str | Path) -> dict[str, str]:
+    """The versions a ``model.safetensors`` records (``written_by``; empty where it records none or
+    does not read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return written_by(f.metadata() or {})
+    except (SafetensorError, OSError):
+        return {}
+
+
+def _release(version: str) -> tuple[int, ...] | None:
+    """The leading numbers of a version ("0.2.0rc1" -> (0, 2, 0)); None where it starts with none."""
+    found = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(x) for x in found.group().split(".")) if found else None
+
+
+def newer_writer(written: str | None) -> bool:
+    """Whether ramer version ``written`` is later than this one."""
+    mine, theirs = _release(__version__), _release(written) if written else None
+    return mine is not None and theirs is not None and theirs > mine
+
+
+def version_note(written: str | None) -> str:
+    """Which ramer wrote a file and which reads it: "written by ramer 0.2.0, newer than this ramer
+    0.1.0: read it with ramer 0.2.0 or later". A file that records none is of a ramer from before
+    versions were recorded (or not of ramer)."""
+    if not written:
+        return f"the file records no ramer version; this is ramer {__version__}"
+    if written == __version__:
+        return f"written by this ramer version, {__version__}"
+    if newer_writer(written):
+        return f"written by ramer {written}, newer than this ramer {__version__}: read it with ramer {written} or later"
+    return f"written by ramer {written}; this is ramer {__version__}"
 
 
 def looks_like_safetensors(path: str | Path) -> bool:
@@ -190,24 +251,6 @@ def _probability(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
 
 
-# Config keys added with a change of behaviour, and the value that keeps what a model file written
-# before the key existed was trained with (its weights fit that model and no other).
-BEFORE_THE_KEY = {
-    ("model", "stand_in"): "prototype",
-    ("model", "target_prior"): None,
-    ("loss", "detach_targets"): False,
-}
-
-
-def fill_older_config(tree: dict) -> dict:
-    """A stored config with the keys of ``BEFORE_THE_KEY`` it lacks set to their earlier behaviour."""
-    for (section, key), value in BEFORE_THE_KEY.items():
-        part = tree.get(section)
-        if isinstance(part, dict) and key not in part:
-            part[key] = value
-    return tree
-
-
 def read_model_file(
     path: str | Path,
 ) -> tuple[dict[str, torch.Tensor], Config, DataSpec, float | list[float] | str, int]:
@@ -224,6 +267,11 @@ def read_model_file(
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+    written = written_by(meta).get("ramer_version")
+    if meta.get("format", MODEL_FORMAT) != MODEL_FORMAT:
+        raise RamerError(
+            f"{path}: metadata 'format' is {meta['format']!r:.40}, not '{MODEL_FORMAT}' ({version_note(written)})"
+        )
     try:
         tree = loads_json(meta["config"])
         if not isinstance(tree, dict):
@@ -231,7 +279,18 @@ def read_model_file(
             raise RamerError(
                 f"{path}: metadata 'config' is malformed (an object expected, not {kind}); was it written by ramer?"
             )
-        cfg = config_from_dict(fill_older_config(tree), f"{path} metadata")
+        if newer_writer(written) and (unknown := unknown_keys(tree)):  # settings this ramer does not have
+            keys = ", ".join(f"'{k}'" for k in unknown[:3]) + (
+                f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            )
+            raise RamerError(
+                f"{path}: its config has key{'s' if len(unknown) > 1 else ''} {keys:.200} that this ramer does not "
+                f"know ({version_note(written)})"
+            )
+        try:
+            cfg = config_from_dict(fill_older_config(tree), f"{path} metadata")
+        except RamerError as e:
+            raise RamerError(f"{e} ({version_note(written)})") from None
         spec_tree = loads_json(meta["spec"])
         threshold = loads_json(meta["threshold"])
         epoch = int(meta.get("epoch", -1))
@@ -239,11 +298,13 @@ def read_model_file(
         raise RamerError(f"{path}: metadata is missing or malformed ({e!r}); was it written by ramer?") from None
     spec = spec_from_meta(spec_tree, path)
     check_threshold(threshold, spec, path)
-    check_config_fits(cfg, spec, state, path)
+    check_config_fits(cfg, spec, state, path, written)
     return state, cfg, spec, threshold, epoch
 
 
-def check_config_fits(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor], path) -> None:
+def check_config_fits(
+    cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor], path, written: str | None = None
+) -> None:
     """The deep model the stored config builds for ``spec`` has the weights the file holds: built on
     the meta device (no memory taken), so a config of another size than its weights (a
     ``model.hidden`` of 10**9) is a RamerError naming ``path`` before the real model is built, not an
@@ -266,7 +327,7 @@ def check_config_fits(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor
         return
     problems = fit_problems(own, state)
     if problems:
-        raise not_fitting(path, problems)
+        raise not_fitting(path, problems, written)
 
 
 def fit_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
@@ -287,18 +348,22 @@ def fit_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     return problems
 
 
-def not_fitting(source, problems: list[str]) -> RamerError:
-    """The error of weights that do not fit the model (``fit_problems``), naming ``source``."""
+def not_fitting(source, problems: list[str], written: str | None = None) -> RamerError:
+    """The error of weights that do not fit the model (``fit_problems``), naming ``source`` and the
+    ramer version that wrote it (``written``, where the file records it)."""
     detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    if newer_writer(written):  # not an older ramer's model: training it again is not the remedy
+        return RamerError(f"{source}: weights do not fit the model ({detail}); {version_note(written)}")
     return RamerError(
         f"{source}: weights do not fit the model ({detail}); a model file written by an older ramer whose layers "
-        "have changed since must be trained again"
+        f"have changed since must be trained again ({version_note(written)})"
     )
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, written: str | None = None) -> None:
     """Load ``state`` into ``model``; weights that do not fit (``fit_problems``: torch would cast an
-    int8 or boolean tensor into a weight silently) are a RamerError naming ``source``."""
+    int8 or boolean tensor into a weight silently) are a RamerError naming ``source`` (and ``written``,
+    the ramer version that wrote it, where known)."""
     problems = fit_problems(model.state_dict(), state)
     try:
         if not problems:
@@ -306,13 +371,16 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     except RuntimeError as e:
         problems = [first_line(e)]
     if problems:
-        raise not_fitting(source, problems) from None
+        raise not_fitting(source, problems, written) from None
 
 
 TRAIN_STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "best")  # what every resume reads
 
 
 def save_train_state(path: str | Path, state: dict) -> None:
+    """Write a training state, with the versions that wrote it (``versions``)."""
+    state = {**state, **versions()}
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file, not its name: torch names the zip's entries archive/..., not after tmp
             torch.save(state, f)
@@ -344,11 +412,13 @@ def load_train_state(path: str | Path) -> dict:
     except Exception as e:  # torch raises several types for corrupt files
         raise RamerError(f"{path}: not a readable training state ({first_line(e)})") from None
     missing = [k for k in TRAIN_STATE_KEYS if k not in state] if isinstance(state, dict) else list(TRAIN_STATE_KEYS)
+    written = written_by(state).get("ramer_version")
+    note = f"; {version_note(written)}" if written else ""  # a state without versions: maybe no ramer's at all
     if missing:
-        raise RamerError(f"{path}: not a ramer training state (it lacks {', '.join(missing)})")
+        raise RamerError(f"{path}: not a ramer training state (it lacks {', '.join(missing)}){note}")
     problem = train_state_problem(state)
     if problem:
-        raise RamerError(f"{path}: not a ramer training state ({problem})")
+        raise RamerError(f"{path}: not a ramer training state ({problem}){note}")
     return state
 
 

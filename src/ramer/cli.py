@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ramer import __version__
-from ramer.config import TASKS, Config, build_config, resolve_config
+from ramer.config import TASKS, Config, build_config, read_run_config, resolve_config
 from ramer.console import PLAIN
 from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, STDOUT_CLOSED, hold, remove_if_empty, write_stdout
@@ -298,7 +298,7 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
     work. Checked first, in the process that was asked (before torchrun starts N)."""
     from ramer.models import CLASSICAL, check_model, check_options
     from ramer.paths import other_work
-    from ramer.train.recipe import existing_run
+    from ramer.train.recipe import check_training_values, existing_run
 
     if cfg.data.path is not None and not Path(cfg.data.path).exists():
         raise RamerError(f"{cfg.data.path}: data path not found")
@@ -306,6 +306,7 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
         check_options(cfg)
     else:
         check_model(cfg)
+        check_training_values(cfg)
     if out is not None:
         why = other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
         if why:
@@ -325,7 +326,7 @@ def planned_config(args: argparse.Namespace) -> Config:
         if (out / "metrics.jsonl").is_file():  # written first: the run was stopped before its config
             why += ": the run stopped as it began, so nothing of it is kept; run the command that started it again"
         raise RamerError(why)
-    cfg = build_config(out / "config.yaml")
+    cfg = read_run_config(out / "config.yaml")
     from ramer.api import check_run_data
 
     check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")

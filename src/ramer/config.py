@@ -437,11 +437,53 @@ def config_from_dict(tree: dict, source: str) -> Config:
         raise RamerError(_describe(e, source)) from None
 
 
+# Keys added after configs were first stored whose default today is not what runs made before
+# them did: a stored config (a run's config.yaml, a model file's, a training state's, a study's)
+# that lacks one was made with the earlier behaviour, given here.
+BEFORE_THE_KEY = {
+    ("model", "stand_in"): "prototype",
+    ("model", "target_prior"): None,
+    ("loss", "detach_targets"): False,
+}
+
+
+def fill_older_config(tree: dict) -> dict:
+    """A copy of a stored config tree with the keys of ``BEFORE_THE_KEY`` it lacks set to their
+    earlier behaviour."""
+    tree = dict(tree)
+    for (section, key), value in BEFORE_THE_KEY.items():
+        part = tree.get(section)
+        if isinstance(part, dict) and key not in part:
+            tree[section] = {**part, key: value}
+    return tree
+
+
+def unknown_keys(tree: dict, section: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """The dotted keys of a config tree that ``section`` has no field for: what a newer ramer's config
+    holds that this one's lacks."""
+    found = []
+    for key, value in tree.items():
+        field = section.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            found.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += unknown_keys(value, field.annotation, f"{prefix}{key}.")
+    return found
+
+
 def with_todays_defaults(tree: dict, source: str) -> dict:
     """A stored config (a run's ``config.yaml``, a study's) read back as today's config would dump
     it: the keys added since take their defaults, so a new option at its default does not make an
-    older run or study another one. Raises ``RamerError`` where the tree no longer validates."""
-    return config_from_dict(tree, source).model_dump(mode="json")
+    older run or study another one, or their earlier behaviour where today's default differs
+    (``BEFORE_THE_KEY``). Raises ``RamerError`` where the tree no longer validates."""
+    return config_from_dict(fill_older_config(tree), source).model_dump(mode="json")
+
+
+def read_run_config(path: str | Path) -> Config:
+    """A run folder's ``config.yaml``, perhaps written by an older ramer: keys added since take
+    today's defaults, or their earlier behaviour (``BEFORE_THE_KEY``), so the run reads back as it
+    was made. (``build_config`` reads a config a user wrote: there a key left out is today's default.)"""
+    return config_from_dict(fill_older_config(read_yaml(path)), str(path))
 
 
 def as_today(tree: dict, source: str) -> dict:

@@ -32,6 +32,11 @@ def readable(path) -> None:
         raise unreadable(path, e) from None
 
 
+class ScoresNotFinite(RamerError):
+    """A model's scores hold NaN or infinite values (a diverged or damaged model): nothing is computed
+    or written from them (``metrics.finite_scores``)."""
+
+
 class LossNotFinite(RamerError):
     """Training stopped: the loss became NaN or infinite (``ramer tune`` counts such a trial as
     pruned, a bad setting, not as a failure)."""

@@ -22,7 +22,7 @@ from torch import nn
 from ramer import dist
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
-from ramer.errors import RamerError, first_line
+from ramer.errors import RamerError, ScoresNotFinite, first_line
 from ramer.metrics import ARGMAX, finite_scores
 from ramer.models.base import output_probs, unit_scores
 from ramer.paths import loads_json
@@ -136,8 +136,8 @@ def predict(
         raise RamerError(f"model {type(model).__name__}: scoring gave {len(out)} rows of scores for {n} samples")
     try:  # NaN scores (a diverged model) are refused before anything uses or writes them
         finite_scores(out)
-    except RamerError as e:
-        raise RamerError(f"model {type(model).__name__}: {e}") from None
+    except ScoresNotFinite as e:
+        raise ScoresNotFinite(f"model {type(model).__name__}: {e}") from None
     return Predictions(out, np.asarray(store.labels), np.asarray(store.role), list(store.ids))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ramer.errors import RamerError
+from ramer.errors import RamerError, ScoresNotFinite
 
 ARGMAX = "argmax"  # the stored threshold of a single-label model: the top label is the decision
 SELECTION = {"multi_label": "micro_f1", "single_label": "weighted_f1"}  # validation metric choosing the best epoch
@@ -125,12 +125,12 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def finite_scores(scores: np.ndarray) -> np.ndarray:
-    """``scores`` as float64; a RamerError when any is NaN or infinite (a diverged model), so that no
-    metric, threshold or prediction file is made from them."""
+    """``scores`` as float64; a ``ScoresNotFinite`` when any is NaN or infinite (a diverged model), so
+    that no metric, threshold or prediction file is made from them."""
     scores = np.asarray(scores, dtype=np.float64)
     bad = int((~np.isfinite(scores)).sum())
     if bad:
-        raise RamerError(
+        raise ScoresNotFinite(
             f"{bad} of {scores.size} scores are NaN or infinite (did the model diverge?); "
             "nothing is computed or written from them"
         )

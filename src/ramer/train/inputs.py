@@ -1,7 +1,8 @@
 """What the data lets a run not do, said before and while it trains: inputs one of this package's
 deep models cannot read (features far below unit scale, one or two values per token, a personality
-far from unit scale: ``input_notes``), and why a loss that is not finite stopped a run
-(``loss_not_finite``). The recipe prints them; nothing here changes a result."""
+far from unit scale: ``input_notes``), and why a loss, a gradient or the weights that are not
+finite stopped a run (``loss_not_finite``, ``weights_not_finite``, ``kept_note``). The recipe prints
+them; nothing here changes a result."""
 
 from __future__ import annotations
 
@@ -118,11 +119,11 @@ def largest_features(batch) -> dict[str, float]:
     return {name: float(x[keep].abs().max()) if bool(keep.any()) else 0.0 for name, x, keep in inputs}
 
 
-def loss_not_finite(epoch: int, step: int, value, batch) -> str:
-    """Why training stopped on a loss that is not finite. At the first step of a run no update has
-    been made, so the learning rate had no part in it: the message gives the batch's largest feature
-    magnitudes instead, and the remedy where one reaches ``OVERFLOW``."""
-    said = f"epoch {epoch} step {step}: loss is not finite ({value})"
+def loss_not_finite(epoch: int, step: int, value, batch, what: str = "loss") -> str:
+    """Why training stopped on a loss (or, ``what``, its gradient) that is not finite. At the first
+    step of a run no update has been made, so the learning rate had no part in it: the message gives
+    the batch's largest feature magnitudes instead, and the remedy where one reaches ``OVERFLOW``."""
+    said = f"epoch {epoch} step {step}: {what} is not finite ({value})"
     if epoch > 1 or step > 0:
         return said + "; lower train.lr?"
     largest = largest_features(batch)
@@ -133,4 +134,26 @@ def loss_not_finite(epoch: int, step: int, value, batch) -> str:
         f"{said} at the first step, before any update, so not for train.lr: the model's arithmetic overflowed on "
         f"this batch, whose largest feature magnitudes are {sizes}; rescale the features (e.g. standardise each "
         "column), or use br, cc or lp"
+    )
+
+
+def weights_not_finite(epoch: int, bad: list[str]) -> str:
+    """Why training stopped on weights that are not finite after an epoch's last step (whose loss and
+    gradient were finite: an update overflowed); ``bad``: the names of the parameters."""
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return (
+        f"epoch {epoch}: the weights are not finite after its last step ({bad[0]}{more}), though every loss and "
+        "gradient was: an update overflowed; lower train.lr?"
+    )
+
+
+def kept_note(out, epochs_done: int, best_epoch: int) -> str:
+    """What a run that stopped on a value not finite after ``epochs_done`` saved epochs keeps, and
+    why ``--resume`` does not help: it repeats the same steps with the same settings."""
+    if epochs_done < 1:
+        return ""
+    kept = "epoch 1" if epochs_done == 1 else f"epochs 1 to {epochs_done}"
+    return (
+        f"; {out} keeps {kept} (the best, epoch {best_epoch}, in model.safetensors), but "
+        "--resume repeats its steps with the same settings: train anew in another --out"
     )

@@ -56,12 +56,12 @@ from torch import nn
 
 from ramer import checkpoint as ckpt
 from ramer import dist
-from ramer.config import Config, as_today, build_config, differences, dump_config
+from ramer.config import Config, as_today, differences, dump_config, read_run_config
 from ramer.console import LOG_EVERY, plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import FileUnreadable, LossNotFinite, RamerError, first_line, unreadable
+from ramer.errors import FileUnreadable, LossNotFinite, RamerError, ScoresNotFinite, first_line, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
@@ -69,7 +69,7 @@ from ramer.models.base import LossResult, checked_loss
 from ramer.models.parts.encoders import ModalityEncoder, check_segments
 from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
-from ramer.train.inputs import input_notes, loss_not_finite, valid_note
+from ramer.train.inputs import input_notes, kept_note, loss_not_finite, valid_note, weights_not_finite
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -80,6 +80,28 @@ NO_BUFFER_SYNC = (
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
     else {"broadcast_buffers": False}
 )
+
+
+# The smallest model.temperature a run trains with: SupCon's logits are cosines / temperature, in
+# float32, whose rounding error nears 1 below it (the term is infinite near 1e-11); the paper's 0.07
+MIN_TEMPERATURE = 1e-4
+
+
+def check_training_values(cfg: Config) -> None:
+    """Settings no run trains with, refused before any work; checked here, not in the config, so that a
+    model file saved with them still loads (a RamerError naming the keys and the allowed range)."""
+    t = cfg.train
+    if t.lr * t.weight_decay >= 1:
+        raise RamerError(
+            f"train.lr {t.lr:g} x train.weight_decay {t.weight_decay:g} is {t.lr * t.weight_decay:g}; AdamW scales "
+            "the weights by 1 - lr x weight_decay at each step, so the product must be below 1 (typically about "
+            "0.001 x 0.01)"
+        )
+    if cfg.model.temperature < MIN_TEMPERATURE:
+        raise RamerError(
+            f"model.temperature {cfg.model.temperature:g} is below {MIN_TEMPERATURE:g}: SupCon's logits are cosines "
+            f"divided by it, in float32, and lose their precision (the paper's 0.07); use {MIN_TEMPERATURE:g} or more"
+        )
 
 
 def check_splits(bundle: DataBundle) -> None:
@@ -111,7 +133,7 @@ def check_splits(bundle: DataBundle) -> None:
 def _classical_run(out: Path) -> bool:
     """The run in ``out`` is of a classical model (it never writes train_state.pt; --resume fits it again)."""
     try:
-        return build_config(out / "config.yaml").model.name in CLASSICAL
+        return read_run_config(out / "config.yaml").model.name in CLASSICAL
     except RamerError:
         return False
 
@@ -173,6 +195,26 @@ def foreign_config(out: Path) -> str | None:
     )
 
 
+class StepNotFinite(FloatingPointError):
+    """What ``training_step`` found not finite: ``what`` ("loss" or "gradient") and its ``value``;
+    with a gradient, ``scores``: what is wrong with the model's scores of the batch where they are not
+    finite too (the cause to name: a model that scores NaN)."""
+
+    def __init__(self, value, what: str = "loss", scores: str | None = None):
+        super().__init__(value)
+        self.value, self.what, self.scores = value, what, scores
+
+
+def scores_not_finite(model: nn.Module, out) -> str | None:
+    """ "model NAME: N of M scores are NaN or infinite" for a forward's ``out`` whose probs are not all
+    finite; None where they are (or where ``out`` has no probs tensor)."""
+    probs = getattr(out, "probs", None)
+    if not isinstance(probs, torch.Tensor):
+        return None
+    bad = int((~torch.isfinite(probs.detach())).sum())
+    return f"model {type(model).__name__}: {bad} of {probs.numel()} scores are NaN or infinite" if bad else None
+
+
 def training_step(
     forward: nn.Module,
     model: nn.Module,
@@ -183,15 +225,21 @@ def training_step(
     precision: str = "fp32",
 ) -> LossResult:
     """One optimiser step: forward through ``forward`` (the DDP wrapper, or ``model`` itself), the
-    loss of the unwrapped ``model``, backward, clipping, step. Returns the (finite-checked) loss."""
+    loss of the unwrapped ``model``, backward, clipping, step. Returns the (finite-checked) loss. A
+    gradient norm that is not finite (a finite loss can have one: an overflow in the backward pass)
+    stops before the step, as a loss that is not finite does: clipping would scale an infinite
+    gradient by 0 and make every weight NaN."""
     with autocast(batch.labels.device, precision):
         out = forward(batch)
         loss = checked_loss(model, model.loss(out, batch))
     if not dist.all_true(torch.isfinite(loss.total.detach())):  # every rank stops together
-        raise FloatingPointError(float(loss.total.detach()))
+        raise StepNotFinite(float(loss.total.detach()))
     optimizer.zero_grad(set_to_none=True)
     dist.collective(loss.total.backward)()  # DDP's gradient sync: a peer that ended is one line
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if not dist.all_true(torch.isfinite(norm)):  # the weights stay as they were
+        value = f"norm {float(norm)}, loss {float(loss.total.detach()):.6g}"
+        raise StepNotFinite(value, "the gradient", scores_not_finite(model, out))
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -276,7 +324,7 @@ def check_resumed_config(stored: dict | None, cfg: Config, out: Path) -> None:
         return
     path = out / "config.yaml"
     try:
-        edited = changed_settings(stored, build_config(path).model_dump(mode="json")) if path.is_file() else []
+        edited = changed_settings(stored, read_run_config(path).model_dump(mode="json")) if path.is_file() else []
     except RamerError:
         edited = ["(it no longer reads as a config)"]
     if edited:
@@ -455,6 +503,7 @@ class Recipe(RunSteps):
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        check_training_values(cfg)
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
         check_model(cfg, options=not self.resume)
@@ -653,8 +702,13 @@ class Recipe(RunSteps):
                         cfg.train.grad_clip,
                         cfg.train.precision,
                     )
-            except FloatingPointError as e:
-                raise LossNotFinite(loss_not_finite(epoch, step, e, batch)) from None
+            except StepNotFinite as e:
+                said = (
+                    f"epoch {epoch} step {step}: {e.scores} (did the model diverge?); its gradient is not finite"
+                    if e.scores
+                    else loss_not_finite(epoch, step, e.value, batch, e.what)
+                )
+                raise LossNotFinite(said + kept_note(self.out, epoch - 1, self.best["epoch"])) from None
             if self.ema is not None:
                 self.ema.update()
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())
@@ -670,6 +724,19 @@ class Recipe(RunSteps):
                 said = now
         bar.remove_task(task)
         return dist.mean_over_ranks({k: v / self.steps_per_epoch for k, v in sums.items()}, self.device)
+
+    def validate_epoch(self, epoch: int) -> tuple[dict, float | np.ndarray | str]:
+        """``validate`` after ``epoch``: scores that are not finite (the features are: ``check_splits``)
+        are a model that diverged at the epoch's last step, a ``LossNotFinite`` as a diverged step's,
+        with what the run keeps (not the metrics' ``ScoresNotFinite``: ``ramer tune`` prunes the trial)."""
+        try:
+            return self.validate()
+        except ScoresNotFinite:
+            said = (
+                f"epoch {epoch}: the validation scores are NaN or infinite after its last step, whose loss and "
+                "gradient were finite: the model diverged; lower train.lr?"
+            )
+            raise LossNotFinite(said + kept_note(self.out, epoch - 1, self.best["epoch"])) from None
 
     def validate(self) -> tuple[dict, float | np.ndarray | str]:
         pred = self.score("valid")
@@ -718,8 +785,9 @@ class Recipe(RunSteps):
                 t0 = time.perf_counter()
                 train_terms = self.train_epoch(epoch, bar)
                 seconds_train = time.perf_counter() - t0
+                self.check_weights(epoch)
                 with self.evaluated_weights():  # the weight average, with train.ema_decay
-                    valid, threshold = self.validate()
+                    valid, threshold = self.validate_epoch(epoch)
                     score = selection_score(valid, self.spec.task)
                     improved = score > self.best["score"]
                     thr = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
@@ -776,6 +844,17 @@ class Recipe(RunSteps):
                             highlight=False,
                         )
                     break
+
+    def check_weights(self, epoch: int) -> None:
+        """After ``epoch``'s last step, before it is validated and saved: weights that are not finite
+        (an update that overflowed, though its loss and gradient were finite; the next step's loss
+        finds it within an epoch) stop the run as a loss that is not finite does, with what is kept."""
+        named = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named] or [torch.tensor(True, device=self.device)])
+        if not dist.all_true(finite.all()):  # one read from a GPU, not one per parameter
+            bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+            said = weights_not_finite(epoch, bad or ["on another process"])
+            raise LossNotFinite(said + kept_note(self.out, epoch - 1, self.best["epoch"]))
 
     def evaluated_weights(self):
         """A context in which the model holds the weights that are validated and saved: the weight

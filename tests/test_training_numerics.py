@@ -1,0 +1,153 @@
+"""Training that diverges, and settings that make it: a gradient, weights or validation scores that
+are not finite stop the run as a loss that is not finite does (``LossNotFinite``: ``ramer tune``
+prunes the trial), before anything of the step is saved, and say what the run folder keeps; settings
+no run can train with are refused when the config is built."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_store
+from rich.console import Console
+
+import ramer
+from ramer.api import RunNotFinished
+from ramer.config import build_config
+from ramer.data.store import DataBundle
+from ramer.errors import LossNotFinite, RamerError
+from ramer.train import recipe as recipe_module
+from ramer.train import run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# 16 training scenes in batches of 16: one optimiser step per epoch
+TINY = ["train.epochs=3", "model.hidden=16", "model.ffn=32", "model.heads=2", "train.batch_size=16"]
+
+
+def bundle() -> DataBundle:
+    train = random_store(n=16)
+    splits = {"train": train, "valid": random_store(n=8, seed=1), "test": random_store(n=8, seed=2)}
+    return DataBundle(splits, train.label_names, "odd", "odd")
+
+
+def train(out, data, model="late_fusion", hooks=(), resume=False) -> str:
+    said = io.StringIO()
+    cfg = build_config(None, [*TINY, f"model.name={model}"])
+    run_training(cfg, out, bundle=data, console=Console(file=said, width=400), resume=resume, hooks=hooks)
+    return said.getvalue()
+
+
+def after_step(monkeypatch, step: int, change) -> None:
+    """``change(model)`` right after optimiser step ``step`` (from 1) of the run, as an update that
+    overflowed would leave the weights."""
+    done = []
+
+    def step_then_change(forward, model, *args, **kwargs):
+        loss = original(forward, model, *args, **kwargs)
+        done.append(1)
+        if len(done) == step:
+            with torch.no_grad():
+                change(model)
+        return loss
+
+    original = recipe_module.training_step
+    monkeypatch.setattr(recipe_module, "training_step", step_then_change)
+
+
+def epochs_logged(run) -> list[int]:
+    lines = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [line["epoch"] for line in lines if "epoch" in line]  # not the test line
+
+
+def assert_epoch_one_kept_and_resumable(run, data, said: str) -> None:
+    """The run folder holds epoch 1 as it was saved, and --resume (the divergence gone) finishes it."""
+    assert f"{run} keeps epoch 1 (the best, epoch 1, in model.safetensors)" in said, said
+    assert "--resume repeats its steps" in said
+    assert epochs_logged(run) == [1] and not (run / "test_metrics.json").exists()
+    with pytest.warns(RunNotFinished):
+        predictor = ramer.load(run)
+    assert np.isfinite(predictor.predict(data.splits["test"])).all()
+    train(run, data, resume=True)
+    assert epochs_logged(run) == [1, 2, 3] and (run / "test_metrics.json").exists()
+
+
+def test_a_gradient_not_finite_stops_before_the_step_with_the_weights_as_they_were(tmp_path):
+    """A finite loss whose gradient is not (an overflow in the backward pass): clipping would scale it
+    by 0 into NaN weights; the run stops before the optimiser step instead."""
+    data, run, seen = bundle(), tmp_path / "run", []
+
+    def infinite_gradient(recipe, epoch):  # from epoch 2 on, one parameter's gradient is infinite
+        seen.append(recipe)
+        next(recipe.model.parameters()).register_hook(lambda g: torch.full_like(g, float("inf")))
+
+    with pytest.raises(LossNotFinite) as e:
+        train(run, data, hooks=(infinite_gradient,))
+    said = str(e.value)
+    assert said.startswith("epoch 2 step 0: the gradient is not finite (norm inf, loss "), said
+    assert all(bool(torch.isfinite(p).all()) for p in seen[0].model.parameters())
+    assert_epoch_one_kept_and_resumable(run, data, said)
+
+
+def test_weights_not_finite_after_an_epoch_stop_it_before_validation_and_name_the_weight(tmp_path, monkeypatch):
+    data, run = bundle(), tmp_path / "run"
+    name = []
+
+    def overflow(model):
+        name.append(next(model.named_parameters())[0])
+        next(model.parameters()).fill_(float("inf"))
+
+    after_step(monkeypatch, 2, overflow)  # the last (only) step of epoch 2
+    with pytest.raises(LossNotFinite) as e:
+        train(run, data)
+    said = str(e.value)
+    assert said.startswith(f"epoch 2: the weights are not finite after its last step ({name[0]})"), said
+    assert "lower train.lr?" in said
+    monkeypatch.undo()
+    assert_epoch_one_kept_and_resumable(run, data, said)
+
+
+def test_validation_scores_not_finite_after_an_epoch_are_a_diverged_run(tmp_path, monkeypatch):
+    """Finite weights whose scores are not (the forward pass overflows) at the epoch's last step: a
+    LossNotFinite, not a RamerError of the metrics, so that a search prunes the trial."""
+    data, run = bundle(), tmp_path / "run"
+    after_step(monkeypatch, 2, lambda model: [p.mul_(1e30) for p in model.parameters() if p.ndim > 1])
+    with pytest.raises(LossNotFinite) as e:
+        train(run, data)
+    said = str(e.value)
+    assert said.startswith("epoch 2: the validation scores are NaN or infinite after its last step"), said
+    monkeypatch.undo()
+    assert_epoch_one_kept_and_resumable(run, data, said)
+
+
+def test_a_divergence_in_the_first_epoch_keeps_nothing_to_resume(tmp_path, monkeypatch):
+    after_step(monkeypatch, 1, lambda model: next(model.parameters()).fill_(float("nan")))
+    with pytest.raises(LossNotFinite) as e:
+        train(tmp_path / "run", bundle())
+    assert str(e.value).startswith("epoch 1: the weights are not finite") and " keeps " not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "sets, said",
+    [
+        (["train.lr=0.001", "train.weight_decay=1000"], "train.lr 0.001 x train.weight_decay 1000 is 1; AdamW scales"),
+        (["train.lr=1000"], "train.lr 1000 x train.weight_decay 0.01 is 10; AdamW scales the weights by 1 - lr x"),
+        (["model.temperature=1e-12"], "model.temperature 1e-12 is below 0.0001: SupCon's logits are cosines"),
+    ],
+)
+def test_settings_no_run_trains_with_are_refused_before_any_work(tmp_path, sets, said):
+    cfg = build_config(None, [*TINY, "model.name=late_fusion", *sets])
+    with pytest.raises(RamerError) as e:
+        run_training(cfg, tmp_path / "run", bundle=bundle(), console=Console(file=io.StringIO()))
+    assert str(e.value).startswith(said), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_bounds_themselves_train_and_a_model_file_of_other_values_still_loads(tmp_path):
+    """The checks are the recipe's, not the config's: the config of a model file saved with a
+    temperature below the bound (by an earlier version) still validates, so the file still loads."""
+    sets = ["train.epochs=1", "train.lr=0.001", "train.weight_decay=999", "model.temperature=1e-4"]
+    cfg = build_config(None, [*TINY, "model.name=ramer", *sets])
+    run_training(cfg, tmp_path / "run", bundle=bundle(), console=Console(file=io.StringIO()))
+    build_config(None, ["train.lr=1000", "model.temperature=1e-12"])
