@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import ramer
 
 ROOT = Path(ramer.__file__).parent
@@ -64,3 +66,21 @@ def test_no_import_cycle():
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+def test_no_module_imports_the_top_package():
+    """``ramer/__init__.py`` stands above every module (its lazy ``load`` is ``ramer.api``'s): a module
+    that imports one of its names (``from ramer import __version__``) reaches ``api`` from below; the
+    version is ``ramer.version``'s."""
+    graph = import_graph()
+    assert sorted(m for m, deps in graph.items() if "ramer" in deps and m != "ramer") == []
+
+
+def test_the_version_is_the_one_pyproject_states():
+    """What a run's files record as the ramer that wrote them (``ramer.version``) is the version the
+    package is built and installed as."""
+    pyproject = ROOT.parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("an installed ramer, not a checkout: no pyproject.toml")
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == ramer.__version__

@@ -50,7 +50,6 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from ramer import __version__
 from ramer import checkpoint as ckpt
 from ramer.config import (
     CONFIG_DIR,
@@ -104,6 +103,7 @@ from ramer.paths import (
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
 from ramer.train.recipe import read_log
+from ramer.version import __version__
 
 GROUPS = {
     "all": (*BASELINES, "ramer"),

@@ -28,13 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ramer import __version__
 from ramer.config import TASKS, Config, config_from_dict, fill_older_config, unknown_keys
 from ramer.data.safe_load import refuse_compressed, refused_global
 from ramer.errors import RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
+from ramer.version import __version__
 
 MODEL_FORMAT = "ramer-model"  # a model file's metadata 'format'
 

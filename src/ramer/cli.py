@@ -16,11 +16,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ramer import __version__
 from ramer.config import TASKS, Config, build_config, read_run_config, resolve_config
 from ramer.console import PLAIN
 from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, STDOUT_CLOSED, hold, remove_if_empty, write_stdout
+from ramer.version import __version__
 
 
 class PipeConsole(Console):
