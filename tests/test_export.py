@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import ramer
 from ramer.cli import main
 from ramer.errors import RamerError
 from ramer.export import ONNX_PACKAGES, missing_onnx_packages, require_onnx
@@ -218,6 +219,7 @@ def test_the_file_names_its_labels_and_decision(tmp_path):
     export.export_onnx(model, spec, path)
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["ramer.labels"]) == ["joy", "fear", "calm"] and props["ramer.task"] == "multi_label"
+    assert props["ramer.version"] == ramer.__version__
     export.add_metadata(path, spec, threshold=np.array([0.3, 0.4, 0.5]))  # what export_onnx(threshold=) adds
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["ramer.threshold"]) == [0.3, 0.4, 0.5]

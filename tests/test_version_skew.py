@@ -228,3 +228,16 @@ def test_the_bench_keeps_a_newer_ramers_run_it_cannot_reuse(tmp_path):
     with pytest.raises(RamerError, match=f"{re.escape(str(run))}: a run made by ramer {NEWER}, newer than this"):
         bench.cache_state(run, cfg)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == kept
+
+
+def test_a_command_says_when_another_ramer_wrote_the_run(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    older = copy_with(out, tmp_path / "older", ramer_version="0.0.9")
+    for run, said in (
+        (older, f"note: {older} was written by ramer 0.0.9; this is ramer {ramer.__version__}"),
+        (out, ""),
+    ):
+        capsys.readouterr()
+        assert main(["eval", str(run)]) == 0
+        err = capsys.readouterr().err
+        assert (said in err) if said else "written by ramer" not in err, err

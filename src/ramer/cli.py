@@ -465,7 +465,8 @@ def model_file(run_dir: str) -> Path:
 
 def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp32"):
     """``ramer.load`` for a command: a run that has not finished is said in a ``note:`` line, not
-    as a Python warning with its source line."""
+    as a Python warning with its source line; so is a model file another ramer version wrote (its
+    figures are that version's)."""
     from ramer.api import RunNotFinished, load
 
     with warnings.catch_warnings(record=True) as caught:
@@ -476,6 +477,9 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
             ERR.print(f"note: {w.message}")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    written = predictor.written_by.get("ramer_version")
+    if written and written != __version__:
+        ERR.print(f"note: {run_dir} was written by ramer {written}; this is ramer {__version__}")
     return predictor
 
 

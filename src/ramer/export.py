@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from ramer.batch import MODALITIES, ROLE_NONE, Batch
 from ramer.errors import RamerError
 from ramer.paths import atomic_write
+from ramer.version import __version__
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXAMPLE_SHAPE = (3, 2, 5)  # (B, P, S) of the export example
@@ -299,7 +300,8 @@ def export_onnx(
 
 def add_metadata(path: str | Path, spec, threshold: float | list | str | None = None) -> None:
     """Write what reading the output takes into the ONNX file's ``metadata_props``: the label names
-    in column order, the task and the decision (``"argmax"`` on single-label data)."""
+    in column order, the task and the decision (``"argmax"`` on single-label data); and the ramer
+    version that wrote it."""
     import onnx
 
     graph = onnx.load(str(path))
@@ -307,7 +309,7 @@ def add_metadata(path: str | Path, spec, threshold: float | list | str | None = 
         threshold = "argmax"
     if threshold is not None and not isinstance(threshold, str):  # a number, numpy's too, or one per label
         threshold = np.asarray(threshold, dtype=np.float64).tolist()
-    props = {"ramer.labels": json.dumps(list(spec.label_names)), "ramer.task": spec.task}
+    props = {"ramer.labels": json.dumps(list(spec.label_names)), "ramer.task": spec.task, "ramer.version": __version__}
     if threshold is not None:
         props["ramer.threshold"] = json.dumps(threshold)
     onnx.helper.set_model_props(graph, props)
