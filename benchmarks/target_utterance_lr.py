@@ -22,10 +22,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
+from ramer.batch import MODALITIES
 from ramer.config import DataConfig
 from ramer.data import load_bundle
 
-GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+TEXT = MODALITIES.index("text")  # its column of a store's present
+GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def target_text(store, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +54,7 @@ def neighbours(store, context: int) -> np.ndarray:
         persons, tokens = store.grid[i].tolist()
         start = int(store.token_offsets[i])
         feats = store.token_features("text", start, start + persons * tokens).reshape(persons, tokens, -1)
-        present = np.asarray(store.present[start : start + persons * tokens, 0], bool).reshape(persons, tokens)
+        present = np.asarray(store.present[start : start + persons * tokens, TEXT], bool).reshape(persons, tokens)
         sides = []
         for span in (range(max(0, t - context), t), range(t + 1, min(tokens, t + 1 + context))):
             cols = list(span)
