@@ -590,6 +590,16 @@ def test_bench_rejects_unknown_models_and_rates():
     assert main(["bench", "--missing-rates", "0,1.5"]) == 2
 
 
+def test_a_setting_no_run_trains_with_is_refused_before_any_run(tmp_path, capsys):
+    """br fitted first, then late_fusion stopped at its setup: the check is made for every deep model
+    before the bench loads its data."""
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    assert main([*argv, *SETS, "--set", "train.weight_decay=1000", "--out", str(out)]) == 2
+    assert "x train.weight_decay 1000 is" in capsys.readouterr().err
+    assert not (out / "runs").exists()
+
+
 def test_rates_that_would_share_a_run_folder_are_refused(capsys):
     """0.3 and 0.3000001 are two rates but one folder name (missing-0.3) and one report heading: their
     runs would delete each other. An exact duplicate is one rate."""

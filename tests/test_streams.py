@@ -154,3 +154,27 @@ def test_the_python_api_prints_a_path_as_given(tmp_path, capsys):
     recipe.announce = True  # as the command line has it say where the run goes
     recipe.run()
     assert f"training late_fusion -> {out}\n" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_partway_ends_it_with_141(tiny_run):
+    """`ramer predict RUN --out - | head -c 10`: the lines are more than the pipe holds and the reader
+    leaves after 10 bytes. Python's ``sys.stdout.flush`` dropped what the partial write left and the
+    command ended 0 ("wrote N predictions to stdout"), its output cut short without a word."""
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("no pipe size to set (not Linux)")
+    run, _ = tiny_run
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)  # the lines (about 15 KB) do not fit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ramer", "predict", str(run), "--out", "-"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert len(reader.read(10)) == 10
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 141 and "predictions to stdout" not in err, err

@@ -1,7 +1,8 @@
 """Training that diverges, and settings that make it: a gradient, weights or validation scores that
 are not finite stop the run as a loss that is not finite does (``LossNotFinite``: ``ramer tune``
 prunes the trial), before anything of the step is saved, and say what the run folder keeps; settings
-no run can train with are refused when the config is built."""
+no run can train with are refused before any work (by the recipe, a search too: not by the config, so a
+model file saved with them still loads)."""
 
 import io
 import json
@@ -133,7 +134,7 @@ def test_a_divergence_in_the_first_epoch_keeps_nothing_to_resume(tmp_path, monke
     [
         (["train.lr=0.001", "train.weight_decay=1000"], "train.lr 0.001 x train.weight_decay 1000 is 1; AdamW scales"),
         (["train.lr=1000"], "train.lr 1000 x train.weight_decay 0.01 is 10; AdamW scales the weights by 1 - lr x"),
-        (["model.temperature=1e-12"], "model.temperature 1e-12 is below 0.0001: SupCon's logits are cosines"),
+        (["model.name=ramer", "model.temperature=1e-12"], "model.temperature 1e-12 is below 0.0001: SupCon's"),
     ],
 )
 def test_settings_no_run_trains_with_are_refused_before_any_work(tmp_path, sets, said):
@@ -144,6 +145,38 @@ def test_settings_no_run_trains_with_are_refused_before_any_work(tmp_path, sets,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "sets, said",
+    [
+        (["model.name=ramer", "model.temperature=1e-6"], "model.temperature 1e-06 is below 0.0001"),
+        (
+            ["train.weight_decay=400"],  # 0.001 x 400 trains; the search's lr of 0.003 would not
+            "the search (train.lr log-uniform [0.0001, 0.003]) reaches a setting no run trains with: train.lr 0.003 "
+            "x train.weight_decay 400 is 1.2",
+        ),
+    ],
+)
+def test_a_search_refuses_them_before_it_makes_a_study(tmp_path, sets, said):
+    """``ramer tune`` made its study, then failed its first trial ("killed or interrupted"), and the
+    study kept the refused config: the corrected command was refused as another config's study."""
+    pytest.importorskip("optuna")
+    from ramer.config import set_keys
+    from ramer.tune import tune
+
+    cfg = build_config(None, [*TINY, "model.name=late_fusion", "train.lr=0.001", *sets])
+    with pytest.raises(RamerError) as e:
+        tune(
+            cfg,
+            tmp_path / "study",
+            trials=1,
+            fixed=set_keys(sets),
+            bundle=bundle(),
+            console=Console(file=io.StringIO()),
+        )
+    assert str(e.value).startswith(said), str(e.value)
+    assert not (tmp_path / "study").exists()
+
+
 def test_the_bounds_themselves_train_and_a_model_file_of_other_values_still_loads(tmp_path):
     """The checks are the recipe's, not the config's: the config of a model file saved with a
     temperature below the bound (by an earlier version) still validates, so the file still loads."""
@@ -151,3 +184,5 @@ def test_the_bounds_themselves_train_and_a_model_file_of_other_values_still_load
     cfg = build_config(None, [*TINY, "model.name=ramer", *sets])
     run_training(cfg, tmp_path / "run", bundle=bundle(), console=Console(file=io.StringIO()))
     build_config(None, ["train.lr=1000", "model.temperature=1e-12"])
+    # a model whose loss has no SupCon term does not read the temperature
+    recipe_module.check_training_values(build_config(None, ["model.name=late_fusion", "model.temperature=1e-12"]))

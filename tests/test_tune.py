@@ -318,7 +318,8 @@ def test_pruner_stops_a_hopeless_trial(tmp_path, monkeypatch):
 
     def train_epoch(self, epoch, bar):
         if self.out.name == "trial-0003":
-            raise LossNotFinite(f"epoch {epoch} step 0: loss is not finite (nan); lower train.lr?")
+            said = f"epoch {epoch} step 0: loss is not finite (nan); lower train.lr?"
+            raise LossNotFinite(said, f"; {self.out} keeps ..., but --resume repeats its steps")  # as the recipe's
         return real_epoch(self, epoch, bar)
 
     monkeypatch.setattr(Recipe, "validate", validate)
@@ -334,7 +335,8 @@ def test_pruner_stops_a_hopeless_trial(tmp_path, monkeypatch):
     assert trials[2].user_attrs["note"] == "pruned after epoch 1" and trials[2].user_attrs["epochs_run"] == 1
     pruned = tmp_path / "t" / "trial-0002"
     assert [ln["epoch"] for ln in lines(pruned)] == [1] and not (pruned / "test_metrics.json").exists()
-    assert "loss is not finite" in trials[3].user_attrs["note"]
+    # the note says why; not what a run folder of a resumable run keeps (a trial is not resumed)
+    assert trials[3].user_attrs["note"] == "epoch 1 step 0: loss is not finite (nan); lower train.lr?"
     assert (summary["complete"], summary["pruned"], summary["finished"]) == (2, 2, 4)
 
 

@@ -158,6 +158,42 @@ def test_resuming_a_run_whose_best_model_a_newer_ramer_wrote_names_it(stopped_ru
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name in kept} == kept
 
 
+def test_resuming_a_training_state_a_newer_ramer_wrote_names_it(stopped_run, tmp_path, capsys):
+    """The weights of a newer ramer's training state that do not fit: the line names the version the
+    state records, not "no ramer version" and an older ramer."""
+    run = copy_with(stopped_run, tmp_path / "run")
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    torch.save({**state, "model": renamed(state["model"]), "ramer_version": NEWER}, run / "train_state.pt")
+    err = refused(["train", "--resume", str(run)], capsys)
+    assert f"{run / 'train_state.pt'}: weights do not fit" in err and f"written by ramer {NEWER}, newer" in err, err
+    assert "trained again" not in err, err
+
+
+def test_weights_this_very_version_wrote_are_not_called_an_older_ones(tiny_run, tmp_path, capsys):
+    """A model file recording this ramer's version whose weights do not fit was edited, or made by
+    another build of the version: not "written by an older ramer (written by this ramer version)"."""
+    out, _ = tiny_run
+    run = copy_with(out, tmp_path / "run", tensors=renamed)
+    err = refused(["eval", str(run)], capsys)
+    assert f"written by this ramer version, {ramer.__version__}, so it was changed since" in err, err
+    assert "older ramer" not in err, err
+
+
+def test_resuming_a_newer_ramers_run_whose_config_does_not_read_names_it(stopped_run, tmp_path, capsys):
+    """A run folder's config.yaml with a key a newer ramer has (its model file records that ramer):
+    ``--resume`` names the versions, as the model file's own config would, and keeps the run."""
+    run = copy_with(stopped_run, tmp_path / "run", ramer_version=NEWER)
+    (run / "config.yaml").write_text(yaml.safe_dump(with_new_key(yaml.safe_load((run / "config.yaml").read_text()))))
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    err = refused(["train", "--resume", str(run)], capsys)
+    assert "unknown key 'model.new_knob'" in err and f"(written by ramer {NEWER}, newer than this ramer" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name in kept} == kept
+    same = copy_with(stopped_run, tmp_path / "same")  # this ramer's run: a key it lacks is an edit, said plainly
+    (same / "config.yaml").write_text((run / "config.yaml").read_text())
+    with pytest.raises(RamerError, match=r"unknown key 'model.new_knob'$"):
+        read_run_config(same / "config.yaml")
+
+
 def test_a_recorded_version_is_read_only_as_one_short_line():
     """What a file records of its writer goes into error lines: a value that is not one short line of
     text (a newline would make a second ``error:`` line) counts as not recorded."""

@@ -102,7 +102,7 @@ from ramer.paths import (
 )
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
-from ramer.train.recipe import read_log
+from ramer.train.recipe import check_training_values, read_log
 from ramer.version import __version__
 
 GROUPS = {
@@ -710,6 +710,8 @@ def _run_bench(
     t0 = time.perf_counter()
     remove_temporaries(s.out, ("results.json", "report.md"))  # what a bench killed in a write left
     remove_temporaries(s.out / "plots", ("*.png",), holder=s.out)
+    for m in s.deep_models:  # a setting no run trains with: before any run, not at that model's first
+        check_training_values(plan_config(base, m, s.seeds[0], 0.0, tuned=s.tuned_values))
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]

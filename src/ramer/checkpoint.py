@@ -28,9 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ramer.config import TASKS, Config, config_from_dict, fill_older_config, unknown_keys
+from ramer.config import TASKS, Config, config_from_dict, fill_older_config, read_run_config, unknown_keys
 from ramer.data.safe_load import refuse_compressed, refused_global
-from ramer.errors import RamerError, first_line, readable
+from ramer.errors import FileUnreadable, RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
@@ -129,6 +129,21 @@ def version_note(written: str | None) -> str:
     if newer_writer(written):
         return f"written by ramer {written}, newer than this ramer {__version__}: read it with ramer {written} or later"
     return f"written by ramer {written}; this is ramer {__version__}"
+
+
+def run_config(run: str | Path) -> Config:
+    """A run folder's ``config.yaml`` as it was made (``config.read_run_config``); one that does not
+    read, of a run whose model file a newer ramer wrote, says so (a key or a value this ramer lacks:
+    not a typo to correct)."""
+    try:
+        return read_run_config(Path(run) / "config.yaml")
+    except FileUnreadable:
+        raise
+    except RamerError as e:
+        written = read_written_by(Path(run) / "model.safetensors").get("ramer_version")
+        if newer_writer(written):
+            raise RamerError(f"{e} ({version_note(written)})") from None
+        raise
 
 
 def looks_like_safetensors(path: str | Path) -> bool:
@@ -354,6 +369,11 @@ def not_fitting(source, problems: list[str], written: str | None = None) -> Rame
     detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     if newer_writer(written):  # not an older ramer's model: training it again is not the remedy
         return RamerError(f"{source}: weights do not fit the model ({detail}); {version_note(written)}")
+    if written == __version__:  # not an older ramer's either: another build of this version, or edited
+        return RamerError(
+            f"{source}: weights do not fit the model ({detail}); {version_note(written)}, so it was changed since, "
+            "or made by another build of it whose layers differ: it must be trained again"
+        )
     return RamerError(
         f"{source}: weights do not fit the model ({detail}); a model file written by an older ramer whose layers "
         f"have changed since must be trained again ({version_note(written)})"

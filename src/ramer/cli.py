@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ramer.config import TASKS, Config, build_config, read_run_config, resolve_config
+from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.console import PLAIN
 from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, STDOUT_CLOSED, hold, remove_if_empty, write_stdout
@@ -326,8 +326,10 @@ def planned_config(args: argparse.Namespace) -> Config:
         if (out / "metrics.jsonl").is_file():  # written first: the run was stopped before its config
             why += ": the run stopped as it began, so nothing of it is kept; run the command that started it again"
         raise RamerError(why)
-    cfg = read_run_config(out / "config.yaml")
     from ramer.api import check_run_data
+    from ramer.checkpoint import run_config
+
+    cfg = run_config(out)
 
     check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")
     return cfg
@@ -1144,7 +1146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tune",
         help="search a model's settings with Optuna (TPE, median pruning); writes best.yaml",
         description="Search the model's space (ramer.models.spaces: learning rate, weight decay, hidden "
-        "size, dropout, layers, the model's own loss weights) with Optuna's seeded TPE sampler; "
+        "size, dropout, layers, and the model's own settings: loss weights, temperature, modality dropout, "
+        "AMP's ratio and size, ML-GCN's threshold, MulT's kernels) with Optuna's seeded TPE sampler; "
         "each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
         "unless set) and pruned by the median pruner on the per-epoch validation score. The value "
         "is the best validation micro-F1 (weighted F1 on single-label data), or with --trial-seeds K "

@@ -276,7 +276,7 @@ def _describe(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             keys = _keys(Config)
             moved = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]  # in another section
-            near = moved or get_close_matches(key, keys, n=1, cutoff=0.8)
+            near = get_close_matches(key, moved, n=1, cutoff=0) or get_close_matches(key, keys, n=1, cutoff=0.8)
             parts.append(f"unknown key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
         elif e["type"] == "list_type":  # the --set form of a list is easy to miss
             # the given value only where it is one short scalar: a mapping or a long text (a huge tree
@@ -482,7 +482,8 @@ def with_todays_defaults(tree: dict, source: str) -> dict:
 def read_run_config(path: str | Path) -> Config:
     """A run folder's ``config.yaml``, perhaps written by an older ramer: keys added since take
     today's defaults, or their earlier behaviour (``BEFORE_THE_KEY``), so the run reads back as it
-    was made. (``build_config`` reads a config a user wrote: there a key left out is today's default.)"""
+    was made. (``build_config`` reads a config a user wrote: there a key left out is today's default.)
+    ``checkpoint.run_config`` adds which ramer wrote the run where it does not read."""
     return config_from_dict(fill_older_config(read_yaml(path)), str(path))
 
 

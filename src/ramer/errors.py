@@ -39,7 +39,12 @@ class ScoresNotFinite(RamerError):
 
 class LossNotFinite(RamerError):
     """Training stopped: the loss became NaN or infinite (``ramer tune`` counts such a trial as
-    pruned, a bad setting, not as a failure)."""
+    pruned, a bad setting, not as a failure). ``cause`` is the line without ``kept``, what the run
+    folder keeps and what to do with it (which a search's note of its trial leaves out)."""
+
+    def __init__(self, cause: str, kept: str = ""):
+        super().__init__(cause + kept)
+        self.cause = cause
 
 
 def first_line(e: BaseException) -> str:

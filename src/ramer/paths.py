@@ -5,6 +5,7 @@ kill during a write never leaves a half-written file as the latest)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -167,12 +168,26 @@ STDOUT_CLOSED = "stdout: closed; the output has nowhere to go (redirect it to a 
 
 def write_stdout(text: str) -> None:
     """``text`` to stdout as it is (JSON, JSON lines: no console between), flushed now, so that a
-    stdout the system will not write (a full disk, a closed descriptor) is a one-line error here."""
+    stdout the system will not write (a full disk, a closed descriptor) is a one-line error here. The
+    bytes go to the descriptor in a loop of ``os.write``: a reader that goes away partway (``| head``)
+    is a BrokenPipeError (main: 141), where ``sys.stdout.flush`` drops what a partial write left and
+    the command ended 0, its output cut short without a word."""
     if sys.stdout is None:
         raise RamerError(STDOUT_CLOSED)
     try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        sys.stdout.flush()  # what was printed before goes first
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one (a StringIO)
+            fd = None
+        if fd is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            view = memoryview(text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict"))
+            while view:
+                view = view[os.write(fd, view) :]
     except BrokenPipeError:
         raise  # main: the reader has gone, 141
     except OSError as e:

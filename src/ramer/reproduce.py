@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.config import CONFIG_DIR, build_config, read_run_config
+from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
@@ -82,7 +82,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         run_dir = out / f"seed{run_cfg.train.seed}"
         if (run_dir / "test_metrics.json").exists():
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
-            made = read_run_config(run_dir / "config.yaml").model_dump(mode="json")
+            made = ckpt.run_config(run_dir).model_dump(mode="json")
             changed = changed_settings(made, run_cfg.model_dump(mode="json"))
             if changed:  # one table, one setting
                 raise RamerError(

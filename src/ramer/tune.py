@@ -64,7 +64,7 @@ from ramer.models.spaces import Param, format_value, space_for, suggest
 from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_folder
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
-from ramer.train.recipe import progress, selection_score
+from ramer.train.recipe import check_training_values, progress, selection_score
 
 STUDY_FILE = "study.db"
 TRIAL_FOLDER = "trial-{:04d}"
@@ -468,7 +468,7 @@ class Objective:
             except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
                 if done:
                     record()
-                note = str(e) if self.trial_seeds == 1 else f"seed {seed + i}: {e}"
+                note = e.cause if self.trial_seeds == 1 else f"seed {seed + i}: {e.cause}"
                 trial.set_user_attr("note", note)
                 raise optuna.TrialPruned(note) from None
         record()
@@ -602,13 +602,30 @@ def tune(
 
 
 def check_space(base: Config, space: tuple[Param, ...]) -> None:
-    """Every searched hidden size must divide into ``model.heads`` attention heads."""
+    """Every searched hidden size must divide into ``model.heads`` attention heads; the settings no run
+    trains with (``check_training_values``) are refused for ``base`` and at the searched range's ends,
+    before a study is made: a trial that met one would fail, and the study keep the config that made it."""
     for p in space:
         if p.key == "model.hidden" and any(h % base.model.heads for h in p.choices or ()):
             raise RamerError(
                 f"model.heads={base.model.heads} does not divide every searched model.hidden "
                 f"({', '.join(map(str, p.choices))}); set model.heads (e.g. 4) or fix model.hidden with --set"
             )
+    check_training_values(base)
+    ends = {}  # the searched values nearest to those it refuses
+    for p in space:
+        values = p.choices or (p.low, p.high)
+        if p.key in ("train.lr", "train.weight_decay"):
+            ends[p.key] = max(values)
+        elif p.key == "model.temperature":
+            ends[p.key] = min(values)
+    try:
+        check_training_values(with_values(base, ends, "the search space"))
+    except RamerError as e:
+        searched = ", ".join(p.describe() for p in space if p.key in ends)
+        raise RamerError(
+            f"the search ({searched}) reaches a setting no run trains with: {e}; fix it with --set"
+        ) from None
 
 
 def _best(optuna, study):

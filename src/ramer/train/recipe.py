@@ -85,6 +85,7 @@ NO_BUFFER_SYNC = (
 # The smallest model.temperature a run trains with: SupCon's logits are cosines / temperature, in
 # float32, whose rounding error nears 1 below it (the term is infinite near 1e-11); the paper's 0.07
 MIN_TEMPERATURE = 1e-4
+SUPCON_MODELS = ("ramer", "ramer-authors")  # the models whose loss reads model.temperature
 
 
 def check_training_values(cfg: Config) -> None:
@@ -97,7 +98,7 @@ def check_training_values(cfg: Config) -> None:
             "the weights by 1 - lr x weight_decay at each step, so the product must be below 1 (typically about "
             "0.001 x 0.01)"
         )
-    if cfg.model.temperature < MIN_TEMPERATURE:
+    if cfg.model.name in SUPCON_MODELS and cfg.model.temperature < MIN_TEMPERATURE:
         raise RamerError(
             f"model.temperature {cfg.model.temperature:g} is below {MIN_TEMPERATURE:g}: SupCon's logits are cosines "
             f"divided by it, in float32, and lose their precision (the paper's 0.07); use {MIN_TEMPERATURE:g} or more"
@@ -622,7 +623,7 @@ class Recipe(RunSteps):
                 f"cannot resume {self.out}: the data at data.path ({self.cfg.data.path}) is not what the run started "
                 f"on ({', '.join(changed)} changed since); resume with that data, or start a new run"
             )
-        ckpt.load_state_into(self.model, state["model"], str(path))
+        ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path))
         elif "ema" in state:  # evaluated on the average so far: going on without it would mix the two
@@ -708,7 +709,7 @@ class Recipe(RunSteps):
                     if e.scores
                     else loss_not_finite(epoch, step, e.value, batch, e.what)
                 )
-                raise LossNotFinite(said + kept_note(self.out, epoch - 1, self.best["epoch"])) from None
+                raise LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"])) from None
             if self.ema is not None:
                 self.ema.update()
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())
@@ -736,7 +737,7 @@ class Recipe(RunSteps):
                 f"epoch {epoch}: the validation scores are NaN or infinite after its last step, whose loss and "
                 "gradient were finite: the model diverged; lower train.lr?"
             )
-            raise LossNotFinite(said + kept_note(self.out, epoch - 1, self.best["epoch"])) from None
+            raise LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"])) from None
 
     def validate(self) -> tuple[dict, float | np.ndarray | str]:
         pred = self.score("valid")
@@ -854,7 +855,7 @@ class Recipe(RunSteps):
         if not dist.all_true(finite.all()):  # one read from a GPU, not one per parameter
             bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
             said = weights_not_finite(epoch, bad or ["on another process"])
-            raise LossNotFinite(said + kept_note(self.out, epoch - 1, self.best["epoch"]))
+            raise LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"]))
 
     def evaluated_weights(self):
         """A context in which the model holds the weights that are validated and saved: the weight
