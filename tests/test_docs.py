@@ -1,17 +1,20 @@
-"""The docs name what the code has: every flag of every command in README's command-line block, and
-every config key somewhere in README or docs/."""
+"""The docs name what the code has: every flag of every command in README's command-line block,
+every config key somewhere in README or docs/, every module on ARCHITECTURE's map and in its import
+order; and the config defaults the docs state are the code's."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from ramer.cli import build_parser
-from ramer.config import Config
+from ramer.config import Config, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -100,3 +103,148 @@ KEYS = list(config_keys(Config))
 def test_every_config_key_is_in_the_docs(key, cls, name):
     docs = {p.name: p.read_text() for p in DOCS}
     assert documented(key, cls, name, docs), f"{key} is named nowhere in README.md or docs/"
+
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+PACKAGE = ROOT / "src" / "ramer"
+
+
+def architecture_map() -> str:
+    """The code block of docs/ARCHITECTURE.md that maps the package, one line per module, up to the
+    folders beside it (``tests/``, ``benchmarks/``, ``docs/``)."""
+    return ARCHITECTURE.read_text().split("```", 2)[1].split("\ntests/", 1)[0]
+
+
+def test_architecture_maps_every_module_and_names_no_gone_one():
+    """Every file of the package is on the map (a module by its file name, a paper part or a bundled
+    config by its stem), and every ``NAME.py`` the map names is a file of the package."""
+    text = architecture_map()
+    files = [p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    # the map names a paper part ("parts/  one module per paper part: encoders, ...") and a bundled
+    # config ("configs/*.yaml  named configs: synthetic, ...") by its stem
+    by_stem = ("parts", "configs")
+    unmapped = [
+        str(p.relative_to(PACKAGE))
+        for p in files
+        if p.suffix in (".py", ".html", ".yaml") and not named(p.stem if p.parent.name in by_stem else p.name, text)
+    ]
+    gone = sorted(set(re.findall(r"[\w]+\.py\b", text)) - {p.name for p in files})
+    assert (unmapped, gone) == ([], [])  # (files the map lacks, files the map names that do not exist)
+
+
+def import_chains() -> list[list[set[str]]]:
+    """ARCHITECTURE's "Which way imports run": each chain (``a`` → ``b``, ``c`` → ...; chains split
+    by ``;``) as its levels, top first, each level a set of units (``train/`` -> ``train``)."""
+    text = ARCHITECTURE.read_text().split("## Which way imports run", 1)[1]
+    sentence = text.split("Downward only:", 1)[1].split(". ", 1)[0]
+    return [
+        [set(n.rstrip("/") for n in re.findall(r"`([\w/]+)`", level)) for level in chain.split("→")]
+        for chain in sentence.split(";")
+    ]
+
+
+def package_units() -> set[str]:
+    """The package's top-level modules (``config``, ``__main__``) and subpackages (``train``)."""
+    return {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+
+
+def unit_imports() -> dict[str, set[str]]:
+    """Top-level unit (a module such as ``config``, or a subpackage such as ``train``) -> the other
+    units it imports, anywhere in its files (function-level imports included)."""
+    units = package_units()
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        unit = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "ramer"]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "ramer" and len(parts) > 1 and parts[1] in units and parts[1] != unit:
+                    graph.setdefault(unit, set()).add(parts[1])
+    return graph
+
+
+def test_the_import_order_names_every_module_and_holds():
+    """Every module and subpackage is in a chain of "Which way imports run" (the top package and
+    ``__main__`` stand above them), and no unit imports one that a chain puts above it."""
+    chains = import_chains()
+    listed = set().union(*(level for chain in chains for level in chain))
+    units = package_units()
+    graph = unit_imports()
+    upward = sorted(
+        f"{u} -> {v}"
+        for chain in chains
+        for i, level in enumerate(chain)
+        for u in level
+        for v in graph.get(u, ())
+        if any(v in above for above in chain[:i])
+    )
+    assert sorted(units - listed - {"__init__", "__main__"}) == []  # units no chain places
+    assert upward == []
+
+
+def default_of(key: str, doc: str = "") -> object:
+    """The default of a dotted config key (``model.hidden``) as a config file would write it: the
+    config's, or in docs/BENCH.md the bench's (its config and the settings it applies first)."""
+    if doc == "BENCH.md":
+        from ramer.bench import DEFAULT_CONFIG, DEFAULT_SETS
+
+        value = build_config(DEFAULT_CONFIG, DEFAULT_SETS).model_dump(mode="json")
+    else:
+        value = Config().model_dump(mode="json")
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def stated_defaults() -> list[tuple[str, str, str, object]]:
+    """(doc, dotted key, the text stated, its value) for each default the docs state in a form that
+    reads one way: ``ModelConfig.field`` (VALUE...), ``model.key`` (NUMBER...), ``model.key``
+    (what it is, NUMBER...), ``model.key`` (default NUMBER...), ``model.key``, NUMBER, or a row of
+    DATA.md's ``data.synthetic`` table (``| `a`, `b` | 1, 2 | ...``)."""
+    classes = {cls: key.rsplit(".", 1)[0] for key, cls, _ in KEYS}
+    keys = {key for key, _, _ in KEYS}
+    found = []
+
+    def add(doc, key, text, bare_word_ok):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return
+        if isinstance(value, (int, float, bool)) or value is None or (bare_word_ok and isinstance(value, str)):
+            found.append((doc, key, text, value))
+
+    for path in DOCS:
+        text = path.read_text()
+        for m in re.finditer(r"`(\w+Config)\.(\w+)` \(([^;:,()]+)", text):
+            if m.group(1) in classes and f"{classes[m.group(1)]}.{m.group(2)}" in keys:
+                add(path.name, f"{classes[m.group(1)]}.{m.group(2)}", m.group(3).strip(), True)
+        number = r"([-\d.e]+|true|false|null)(?: by default)?[;:,)]"
+        for form in (rf"`([a-z_]+\.[\w.]+)` \((?:[^(),;`]*, |default )?{number}", rf"`([a-z_]+\.[\w.]+)`,\s+{number}"):
+            for m in re.finditer(form, text):
+                if m.group(1) in keys:
+                    add(path.name, m.group(1), m.group(2), False)
+    data = (ROOT / "docs" / "DATA.md").read_text()
+    table = data.split("Its settings are the keys of `data.synthetic`", 1)[1].split("\n\n", 1)[1].split("\n\n", 1)[0]
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        names, values = re.findall(r"`(\w+)`", cells[0]), [v.strip() for v in cells[1].split(",")]
+        assert len(names) == len(values), row
+        for name, value in zip(names, values):
+            add("DATA.md", f"data.synthetic.{name}", value, True)
+    return found
+
+
+def test_the_defaults_the_docs_state_are_the_configs():
+    stated = stated_defaults()
+    assert len(stated) > 30, "the forms this test reads are gone from the docs"
+    wrong = [
+        f"{doc}: {key} stated as {text}, default {default_of(key, doc)!r}"
+        for doc, key, text, value in stated
+        if value != default_of(key, doc)
+    ]
+    assert wrong == []
