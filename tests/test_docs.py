@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,8 @@ PACKAGE = ROOT / "src" / "ramer"
 def architecture_map() -> str:
     """The code block of docs/ARCHITECTURE.md that maps the package, one line per module, up to the
     folders beside it (``tests/``, ``benchmarks/``, ``docs/``)."""
-    return ARCHITECTURE.read_text().split("```", 2)[1].split("\ntests/", 1)[0]
+    blocks = ARCHITECTURE.read_text().split("```")[1::2]
+    return next(b for b in blocks if b.lstrip().startswith("src/ramer/")).split("\ntests/", 1)[0]
 
 
 def test_architecture_maps_every_module_and_names_no_gone_one():
@@ -215,6 +217,8 @@ def stated_defaults() -> list[tuple[str, str, str, object]]:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             return
+        if isinstance(value, str) and re.fullmatch(r"-?[\d.]+e-?\d+", text):  # 3e-4: PyYAML's string
+            value = float(text)
         if isinstance(value, (int, float, bool)) or value is None or (bare_word_ok and isinstance(value, str)):
             found.append((doc, key, text, value))
 
@@ -248,3 +252,16 @@ def test_the_defaults_the_docs_state_are_the_configs():
         if value != default_of(key, doc)
     ]
     assert wrong == []
+
+
+def test_the_readers_of_the_docs_take_the_forms_a_harmless_edit_makes(tmp_path, monkeypatch):
+    """A default stated as ``3e-4`` (PyYAML reads a string, so it was never compared), and a code
+    block put above ARCHITECTURE's map (the map test read that block and failed on every module)."""
+    doc = tmp_path / "NOTES.md"
+    doc.write_text("`train.lr` (3e-4, say) when a run diverges\n")
+    monkeypatch.setattr(sys.modules[__name__], "DOCS", [doc])
+    assert [(key, value) for _, key, _, value in stated_defaults()[:1]] == [("train.lr", 3e-4)]
+    arch = tmp_path / "ARCHITECTURE.md"
+    arch.write_text(ARCHITECTURE.read_text().replace("```", "```bash\nramer train --data D\n```\n\n```", 1))
+    monkeypatch.setattr(sys.modules[__name__], "ARCHITECTURE", arch)
+    assert architecture_map().lstrip().startswith("src/ramer/")

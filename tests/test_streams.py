@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 from test_conversations import base_rows, write_table
@@ -178,3 +179,87 @@ def test_a_reader_that_goes_away_partway_ends_it_with_141(tiny_run):
         assert len(reader.read(10)) == 10
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 141 and "predictions to stdout" not in err, err
+
+
+def test_a_table_larger_than_the_pipe_is_not_cut_short_without_a_word():
+    """What ``OUT`` prints last (the timelines of ``ramer predict RUN --data CONVERSATIONS --out F``, a
+    table) goes through ``write_stdout`` as the lines of ``--out -`` do: rich's one write and flush
+    of a text larger than the pipe dropped the rest when the reader left, and the command ended 0."""
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("no pipe size to set (not Linux)")
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    printed = "from ramer.cli import OUT; OUT.print('x' * 100_000)"
+    proc = subprocess.Popen([sys.executable, "-c", printed], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert len(reader.read(10)) == 10
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0 and "BrokenPipeError" in err, err
+
+
+def test_a_non_blocking_stdout_gets_all_of_the_output():
+    """A parent that made the pipe non-blocking (its other end shared with a tool that wants it so):
+    the lines beyond what the pipe held were a "cannot write (Resource temporarily unavailable)", and
+    Python's own write dropped them without a word; ``write_stdout`` waits until the pipe takes more."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    printed = "from ramer.paths import write_stdout; write_stdout('x' * 300_000)"
+    proc = subprocess.Popen([sys.executable, "-c", printed], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    time.sleep(1)  # the pipe is full before the reader starts
+    with os.fdopen(read, "rb") as reader:
+        got = reader.read()
+    err = proc.communicate(timeout=60)[1]
+    assert (proc.returncode, len(got)) == (0, 300_000), err
+
+
+@pytest.mark.parametrize("with_descriptor", [True, False])
+def test_a_character_the_stdout_encoding_lacks_is_one_line(tmp_path, monkeypatch, with_descriptor):
+    """``ramer reproduce``'s table (mean ± std) to a stdout of ``PYTHONIOENCODING=ascii``: a
+    UnicodeEncodeError's traceback; now an error line naming stdout, its encoding and the remedy."""
+    from ramer.errors import RamerError
+    from ramer.paths import write_stdout
+
+    raw = open(tmp_path / "out.txt", "wb") if with_descriptor else io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    if with_descriptor:  # the process's own: written with os.write
+        monkeypatch.setattr(sys, "__stdout__", stdout)
+    with pytest.raises(RamerError) as e:
+        write_stdout("mean ± std\n")
+    said = "stdout: its encoding (ascii) cannot write '\\xb1'; run the command with PYTHONIOENCODING=utf-8"
+    assert str(e.value) == said
+
+
+def test_text_goes_where_a_replaced_stdout_sends_it(tmp_path, monkeypatch):
+    """A stdout a host put in place (Jupyter's, whose ``fileno`` is the terminal the kernel started
+    in, not the notebook): ``write_stdout`` wrote to that descriptor and the notebook showed nothing."""
+    from ramer.paths import write_stdout
+
+    class Shown(io.StringIO):
+        def fileno(self):
+            return terminal.fileno()
+
+    terminal = open(tmp_path / "terminal", "w")
+    shown = Shown()
+    monkeypatch.setattr(sys, "stdout", shown)
+    write_stdout('{"id": 1}\n')
+    terminal.close()
+    assert (shown.getvalue(), (tmp_path / "terminal").read_text()) == ('{"id": 1}\n', "")
+
+
+def test_on_windows_stdout_keeps_its_newlines(tmp_path, monkeypatch):
+    """Windows' stdout writes a newline as \\r\\n (and a console in its own encoding): the bytes of
+    ``os.write`` went around it, so ``ramer predict --out -`` wrote other lines than ``> file`` did."""
+    from ramer.paths import write_stdout
+
+    stdout = io.TextIOWrapper(open(tmp_path / "out.txt", "wb"), encoding="utf-8", newline="\r\n")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "__stdout__", stdout)
+    monkeypatch.setattr(os, "name", "nt")
+    write_stdout("a\nb\n")
+    monkeypatch.undo()
+    stdout.close()
+    assert (tmp_path / "out.txt").read_bytes() == b"a\r\nb\r\n"

@@ -186,3 +186,16 @@ def test_the_bounds_themselves_train_and_a_model_file_of_other_values_still_load
     build_config(None, ["train.lr=1000", "model.temperature=1e-12"])
     # a model whose loss has no SupCon term does not read the temperature
     recipe_module.check_training_values(build_config(None, ["model.name=late_fusion", "model.temperature=1e-12"]))
+
+
+def test_a_value_the_search_replaces_is_not_refused():
+    """``ramer tune --config C`` with a config of train.lr 0.5 and train.weight_decay 3: the search
+    sets both in every trial (at most 0.003 x 0.1), so the config's product of 1.5 trains nowhere;
+    it was refused as if a trial would."""
+    from ramer.models.spaces import space_for
+    from ramer.tune import check_space
+
+    cfg = build_config(None, [*TINY, "model.name=late_fusion", "train.lr=0.5", "train.weight_decay=3"])
+    check_space(cfg, space_for(cfg))
+    with pytest.raises(RamerError, match="^train.lr 0.5 x train.weight_decay 3 is 1.5"):  # searched neither
+        check_space(cfg, space_for(cfg, {"train.lr", "train.weight_decay"}))

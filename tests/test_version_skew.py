@@ -270,7 +270,7 @@ def test_a_command_says_when_another_ramer_wrote_the_run(tiny_run, tmp_path, cap
     out, _ = tiny_run
     older = copy_with(out, tmp_path / "older", ramer_version="0.0.9")
     for run, said in (
-        (older, f"note: {older} was written by ramer 0.0.9; this is ramer {ramer.__version__}"),
+        (older, f"note: {older}: written by ramer 0.0.9; this is ramer {ramer.__version__}"),
         (out, ""),
     ):
         capsys.readouterr()

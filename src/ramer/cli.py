@@ -44,8 +44,25 @@ class PipeConsole(Console):
             raise unwritable("stderr" if self.stderr else "stdout", e) from None
 
 
+class StdoutFile:
+    """The ``file`` of ``OUT``: today's ``sys.stdout`` (pytest's capture, a redirect), written
+    through ``write_stdout``, whose loop of ``os.write`` makes a reader that leaves partway a
+    BrokenPipeError; ``sys.stdout.write`` and ``flush`` drop what a partial write left, so a last
+    print larger than the pipe holds (the timelines of ``ramer predict``) was cut short, exit 0."""
+
+    def write(self, text: str) -> int:
+        write_stdout(text)
+        return len(text)
+
+    def flush(self) -> None:  # write_stdout has written it all
+        pass
+
+    def __getattr__(self, name: str):  # isatty, encoding, fileno: the stream's
+        return getattr(sys.stdout, name)
+
+
 # results go to stdout; wide tables in logs (and where stdout is closed, `ramer ... >&-`: None)
-OUT = PipeConsole(width=None if sys.stdout and sys.stdout.isatty() else 160, **PLAIN)
+OUT = PipeConsole(file=StdoutFile(), width=None if sys.stdout and sys.stdout.isatty() else 160, **PLAIN)
 ERR = PipeConsole(stderr=True, **PLAIN)  # progress and messages go to stderr
 
 
@@ -470,6 +487,7 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
     as a Python warning with its source line; so is a model file another ramer version wrote (its
     figures are that version's)."""
     from ramer.api import RunNotFinished, load
+    from ramer.checkpoint import version_note
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunNotFinished)
@@ -481,7 +499,7 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     written = predictor.written_by.get("ramer_version")
     if written and written != __version__:
-        ERR.print(f"note: {run_dir} was written by ramer {written}; this is ramer {__version__}")
+        ERR.print(f"note: {run_dir}: {version_note(written)}")
     return predictor
 
 

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -168,17 +169,21 @@ STDOUT_CLOSED = "stdout: closed; the output has nowhere to go (redirect it to a 
 
 def write_stdout(text: str) -> None:
     """``text`` to stdout as it is (JSON, JSON lines: no console between), flushed now, so that a
-    stdout the system will not write (a full disk, a closed descriptor) is a one-line error here. The
-    bytes go to the descriptor in a loop of ``os.write``: a reader that goes away partway (``| head``)
-    is a BrokenPipeError (main: 141), where ``sys.stdout.flush`` drops what a partial write left and
-    the command ended 0, its output cut short without a word."""
+    stdout the system will not write (a full disk, a closed descriptor), or a character its encoding
+    lacks, is a one-line error here. On POSIX the bytes go to the descriptor in a loop of ``os.write``
+    (waiting where a parent made it non-blocking): a reader that goes away partway (``| head``) is a
+    BrokenPipeError (main: 141), where ``sys.stdout.flush`` drops what a partial write left and the
+    command ended 0, its output cut short without a word. ``cli.OUT`` prints through it too."""
     if sys.stdout is None:
         raise RamerError(STDOUT_CLOSED)
     try:
         sys.stdout.flush()  # what was printed before goes first
+        # the process's own stdout (another stream's descriptor, Jupyter's, is the kernel's terminal), on
+        # POSIX: on Windows the bytes would bypass the newline translation and a console's own encoding
+        own = sys.stdout is sys.__stdout__ and os.name == "posix"
         try:
-            fd = sys.stdout.fileno()
-        except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one (a StringIO)
+            fd = sys.stdout.fileno() if own else None
+        except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one
             fd = None
         if fd is None:
             sys.stdout.write(text)
@@ -187,9 +192,17 @@ def write_stdout(text: str) -> None:
             encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
             view = memoryview(text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict"))
             while view:
-                view = view[os.write(fd, view) :]
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:  # a stdout its parent made non-blocking: wait until it takes more
+                    select.select([], [fd], [])
     except BrokenPipeError:
         raise  # main: the reader has gone, 141
+    except UnicodeEncodeError as e:
+        raise RamerError(
+            f"stdout: its encoding ({e.encoding}) cannot write {ascii(e.object[e.start : e.end])}; "
+            "run the command with PYTHONIOENCODING=utf-8"
+        ) from None
     except OSError as e:
         raise unwritable("stdout", e) from None
 

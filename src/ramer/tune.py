@@ -611,14 +611,15 @@ def check_space(base: Config, space: tuple[Param, ...]) -> None:
                 f"model.heads={base.model.heads} does not divide every searched model.hidden "
                 f"({', '.join(map(str, p.choices))}); set model.heads (e.g. 4) or fix model.hidden with --set"
             )
-    check_training_values(base)
-    ends = {}  # the searched values nearest to those it refuses
+    ends, far = {}, {}  # the searched values nearest to those it refuses, and farthest from them
     for p in space:
         values = p.choices or (p.low, p.high)
         if p.key in ("train.lr", "train.weight_decay"):
-            ends[p.key] = max(values)
+            ends[p.key], far[p.key] = max(values), min(values)
         elif p.key == "model.temperature":
-            ends[p.key] = min(values)
+            ends[p.key], far[p.key] = min(values), max(values)
+    # what no trial can escape: base's own value of a searched key is not one a trial trains with
+    check_training_values(with_values(base, far, "the search space"))
     try:
         check_training_values(with_values(base, ends, "the search space"))
     except RamerError as e:
