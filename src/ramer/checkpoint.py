@@ -94,14 +94,20 @@ def written_by(meta) -> dict[str, str]:
     }
 
 
+def metadata(path: str | Path) -> dict[str, str]:
+    """A ``model.safetensors``'s metadata, its header only (no tensors read); a ``SafetensorError`` or
+    an ``OSError`` where it does not read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
 def read_written_by(path: str | Path) -> dict[str, str]:
     """The versions a ``model.safetensors`` records (``written_by``; empty where it records none or
     does not read)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return written_by(f.metadata() or {})
+        return written_by(metadata(path))
     except (SafetensorError, OSError):
         return {}
 
@@ -161,11 +167,8 @@ def looks_like_safetensors(path: str | Path) -> bool:
 def read_data_fingerprints(path: str | Path) -> dict[str, str]:
     """The split fingerprints a ``model.safetensors`` records (empty for a file written before they
     were, or one that does not say)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            tree = loads_json((f.metadata() or {}).get("data", "{}"))
+        tree = loads_json(metadata(path).get("data", "{}"))
     except (SafetensorError, OSError, json.JSONDecodeError, TypeError, ValueError):
         return {}
     ok = isinstance(tree, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tree.items())
@@ -193,11 +196,8 @@ def same_data(recorded: dict[str, str], bundle) -> bool:
 
 def read_spec(path: str | Path) -> DataSpec:
     """The data spec of a ``model.safetensors`` (its metadata only, no tensors read)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            tree = loads_json((f.metadata() or {})["spec"])
+        tree = loads_json(metadata(path)["spec"])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
         raise RamerError(f"{path}: no readable data spec ({e!r}); was it written by ramer?") from None
     return spec_from_meta(tree, path)
@@ -276,10 +276,7 @@ def read_model_file(
     readable(path)
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = metadata(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     written = written_by(meta).get("ramer_version")

@@ -19,7 +19,7 @@ from rich.table import Table
 from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.console import PLAIN
 from ramer.errors import RamerError, unwritable
-from ramer.paths import LOCK_NAME, STDOUT_CLOSED, hold, remove_if_empty, write_stdout
+from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stdout
 from ramer.version import __version__
 
 
@@ -32,10 +32,8 @@ class PipeConsole(Console):
 
     def _check_buffer(self) -> None:
         """rich's write of what was printed (a method of rich's own, rich>=13 to 15 at least); a stream
-        the system will not write (``> FILE`` on a full disk) or a closed stdout is a one-line error,
-        not a traceback or a table printed to nothing."""
-        if not self.stderr and sys.stdout is None:
-            raise RamerError(STDOUT_CLOSED)
+        the system will not write (``> FILE`` on a full disk) is a one-line error, not a traceback (a
+        closed stdout is ``write_stdout``'s, through ``StdoutFile``)."""
         try:
             super()._check_buffer()
         except BrokenPipeError:

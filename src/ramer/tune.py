@@ -603,8 +603,9 @@ def tune(
 
 def check_space(base: Config, space: tuple[Param, ...]) -> None:
     """Every searched hidden size must divide into ``model.heads`` attention heads; the settings no run
-    trains with (``check_training_values``) are refused for ``base`` and at the searched range's ends,
-    before a study is made: a trial that met one would fail, and the study keep the config that made it."""
+    trains with (``check_training_values``) are refused before a study is made, for ``base`` with each
+    searched key at its end farthest from a refusal and at its end nearest one: a trial that met one
+    would fail, and the study keep the config that made it."""
     for p in space:
         if p.key == "model.hidden" and any(h % base.model.heads for h in p.choices or ()):
             raise RamerError(

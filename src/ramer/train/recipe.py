@@ -709,7 +709,7 @@ class Recipe(RunSteps):
                     if e.scores
                     else loss_not_finite(epoch, step, e.value, batch, e.what)
                 )
-                raise LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"])) from None
+                raise self.diverged(epoch, said) from None
             if self.ema is not None:
                 self.ema.update()
             sums["loss"] = sums.get("loss", 0.0) + float(loss.total.detach())
@@ -737,7 +737,12 @@ class Recipe(RunSteps):
                 f"epoch {epoch}: the validation scores are NaN or infinite after its last step, whose loss and "
                 "gradient were finite: the model diverged; lower train.lr?"
             )
-            raise LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"])) from None
+            raise self.diverged(epoch, said) from None
+
+    def diverged(self, epoch: int, said: str) -> LossNotFinite:
+        """The error of a run that diverged in ``epoch`` (``said``: how), with what its folder keeps
+        of the epochs before it (``kept_note``)."""
+        return LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"]))
 
     def validate(self) -> tuple[dict, float | np.ndarray | str]:
         pred = self.score("valid")
@@ -855,7 +860,7 @@ class Recipe(RunSteps):
         if not dist.all_true(finite.all()):  # one read from a GPU, not one per parameter
             bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
             said = weights_not_finite(epoch, bad or ["on another process"])
-            raise LossNotFinite(said, kept_note(self.out, epoch - 1, self.best["epoch"]))
+            raise self.diverged(epoch, said)
 
     def evaluated_weights(self):
         """A context in which the model holds the weights that are validated and saved: the weight
