@@ -104,3 +104,20 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
     path.write_text("train:\n  lr: 0.1\nmodel:\n  lr_scale: 1\n")  # the same word in two mappings is fine
     with pytest.raises(RamerError, match="unknown key 'model.lr_scale'"):
         build_config(path)
+
+
+@pytest.mark.parametrize(
+    "key, hint",
+    [
+        ("train.hiden", "model.hidden"),  # misspelled and in another section
+        ("loss.epoch", "train.epochs"),
+        ("model.hiden", "model.hidden"),  # misspelled in its own section
+        ("train.zzzzz", None),  # near nothing: the plain line
+    ],
+)
+def test_an_unknown_key_names_the_nearest_known_key(key, hint):
+    with pytest.raises(RamerError) as caught:
+        build_config(overrides=[f"{key}=3"])
+    said = str(caught.value)
+    assert f"unknown key '{key}'" in said
+    assert (f"did you mean '{hint}'?" in said) if hint else ("did you mean" not in said)

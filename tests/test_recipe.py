@@ -374,6 +374,7 @@ def run_cli(*argv):
         (["train", "--set", "model.hiden=3"], "unknown key 'model.hiden' (did you mean 'model.hidden'?)"),
         (["train", "--set", "train.hidden=3"], "unknown key 'train.hidden' (did you mean 'model.hidden'?)"),
         (["train", "--set", "model.seed=3"], "unknown key 'model.seed' (did you mean 'train.seed'?)"),
+        (["train", "--set", "train.hiden=3"], "unknown key 'train.hiden' (did you mean 'model.hidden'?)"),
         (["train", "--model", "late-fusion"], "unknown model 'late-fusion'; did you mean 'late_fusion'? known: amp"),
         (["bench", "--models", "ramr", "--out", "/no/such/b"], "--models: unknown ramr; did you mean 'ramer'? known:"),
         (["train", "--data", "/no/such/dir"], "/no/such/dir: data path not found"),

@@ -275,8 +275,16 @@ def _describe(err: ValidationError, source: str) -> str:
         key = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             keys = _keys(Config)
-            moved = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]  # in another section
-            near = get_close_matches(key, moved, n=1, cutoff=0) or get_close_matches(key, keys, n=1, cutoff=0.8)
+            leaf = key.rsplit(".", 1)[-1]
+            moved = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # in another section
+            # misspelled and in another section (train.hiden): the keys whose own name is nearest
+            leaves = get_close_matches(leaf, {k.rsplit(".", 1)[-1] for k in keys}, n=1, cutoff=0.8)
+            respelled = [k for k in keys if k.rsplit(".", 1)[-1] in leaves]
+            near = (
+                get_close_matches(key, moved, n=1, cutoff=0)
+                or get_close_matches(key, keys, n=1, cutoff=0.8)
+                or get_close_matches(key, respelled, n=1, cutoff=0)
+            )
             parts.append(f"unknown key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
         elif e["type"] == "list_type":  # the --set form of a list is easy to miss
             # the given value only where it is one short scalar: a mapping or a long text (a huge tree
