@@ -223,6 +223,29 @@ def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
         open_study(optuna, tmp_path, None, with_values(base, {"model.amp_eps": 2.0}), seed=0)
 
 
+def test_a_study_records_its_ramer_and_a_newer_ones_config_names_it(tmp_path):
+    """A new study records the ramer that made it; a study a newer ramer made with a key this one
+    lacks names both versions beside the key, and a version that is not one short line is refused."""
+    from ramer import __version__
+
+    base = tune_config("amp", None, TINY)
+    study, _ = open_study(optuna, tmp_path, None, base, seed=0)
+    assert study.user_attrs["ramer_version"] == __version__
+    newer = base.model_dump(mode="json")
+    newer["model"]["new_knob"] = 3
+    study.set_user_attr("config", newer)
+    with pytest.raises(RamerError, match=r"another config \(differs in model.new_knob\)") as caught:
+        open_study(optuna, tmp_path, None, base, seed=0)
+    assert "the study was" not in str(caught.value)  # made by this very version
+    study.set_user_attr("ramer_version", "99.0.0")
+    newer_note = rf"the study was written by ramer 99.0.0, newer than this ramer {__version__}"
+    with pytest.raises(RamerError, match=newer_note):
+        open_study(optuna, tmp_path, None, base, seed=0)
+    study.set_user_attr("ramer_version", "9" * 100)
+    with pytest.raises(RamerError, match="holds a study ramer tune did not write: its 'ramer_version' '9999"):
+        open_study(optuna, tmp_path, None, base, seed=0)
+
+
 def test_a_folder_whose_study_db_holds_another_model_is_refused(tmp_path):
     """Before any trial finished (no tune.json yet), the study's name in study.db tells the model."""
     open_study(optuna, tmp_path, None, tune_config("ramer", None, TINY), seed=0)

@@ -277,3 +277,23 @@ def test_a_command_says_when_another_ramer_wrote_the_run(tiny_run, tmp_path, cap
         assert main(["eval", str(run)]) == 0
         err = capsys.readouterr().err
         assert (said in err) if said else "written by ramer" not in err, err
+
+
+def test_a_native_dataset_records_the_ramer_that_wrote_it_and_its_errors_name_it(tmp_path):
+    """meta.json records the ramer that wrote it; a native version or a task this ramer does not
+    read names that ramer and this one (a folder from before the key asks whether a newer one did)."""
+    from test_native_checks import edit_meta, native
+
+    from ramer.data.store import load_native
+
+    d = native(tmp_path)
+    assert json.loads((d / "meta.json").read_text())["ramer_version"] == ramer.__version__
+    edit_meta(d, version=3, ramer_version=NEWER)
+    with pytest.raises(RamerError, match=rf"up to version 2 \(written by ramer {NEWER}; this is ramer "):
+        load_native(d)
+    edit_meta(d, version=2, task="ranked")
+    with pytest.raises(RamerError, match=rf"'task' is .* \(written by ramer {NEWER}; this is ramer "):
+        load_native(d)
+    edit_meta(d, task="multi_label", version=3, ramer_version=None)
+    with pytest.raises(RamerError, match=r"\(a newer ramer wrote it\?; this is ramer "):
+        load_native(d)

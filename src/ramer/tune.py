@@ -65,6 +65,7 @@ from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_fold
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
 from ramer.train.recipe import check_training_values, progress, selection_score
+from ramer.version import __version__
 
 STUDY_FILE = "study.db"
 TRIAL_FOLDER = "trial-{:04d}"
@@ -185,6 +186,7 @@ def open_study(
         study.set_user_attr("trial_seeds", trial_seeds)
     if stored is None:
         study.set_user_attr("config", mine)
+        study.set_user_attr("ramer_version", __version__)  # named where a later ramer cannot continue it
         if bundle is not None:
             study.set_user_attr("data", bundle.fingerprints())
         differ = []
@@ -196,10 +198,20 @@ def open_study(
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "
             f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out or --storage, "
-            "or the study's own --config/--set"
+            f"or the study's own --config/--set{_made_by(study)}"
         )
     fresh_sampler(optuna, study, seed)
     return study, url
+
+
+def _made_by(study) -> str:
+    """``"; the study was written by ramer X; ..."`` where another ramer made ``study`` (its
+    ``ramer_version``), whose config may hold keys this one lacks; nothing for this version's or
+    one from before the attribute (``check_stored_study`` holds it to one short line)."""
+    written = study.user_attrs.get("ramer_version")
+    if not isinstance(written, str) or written == __version__:
+        return ""
+    return f"; the study was {ckpt.version_note(written)}"
 
 
 def check_study_file(path: Path, console: Console | None = None) -> None:
@@ -272,6 +284,8 @@ def _study_problem(attrs: dict, trials) -> str | None:
     for key in ("config", "data"):
         if key in attrs and not isinstance(attrs[key], dict):
             return f"its '{key}' is not an object, but {type(attrs[key]).__name__}"
+    if "ramer_version" in attrs and "ramer_version" not in ckpt.written_by(attrs):
+        return f"its 'ramer_version' {attrs['ramer_version']!r:.40} is not a version"
     for t in trials:
         bad = [k for k, ok in TRIAL_ATTRS.items() if k in t.user_attrs and not ok(t.user_attrs[k])]
         if bad:

@@ -66,6 +66,7 @@ from ramer.paths import (
     remove_temporaries,
     umask,
 )
+from ramer.version import __version__
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 2  # 2: feature arrays packed (present rows only); 1: dense, still read
@@ -809,6 +810,7 @@ def write_meta(
     meta = {
         "format": NATIVE_FORMAT,
         "version": NATIVE_VERSION,
+        "ramer_version": __version__,  # named in the errors of a later ramer's reader
         "source_format": source_format,
         "label_names": list(label_names),
         "task": task,
@@ -936,6 +938,15 @@ def save_cut_off(directory: Path) -> bool:
     )
 
 
+def _written_by(meta: dict) -> str:
+    """Which ramer wrote a ``meta.json`` (``ramer_version``, one short line) and which reads it, for
+    an error about a value this ramer does not know."""
+    written = meta.get("ramer_version")
+    if not (isinstance(written, str) and 0 < len(written) <= 64 and written.isprintable()):
+        return f"a newer ramer wrote it?; this is ramer {__version__}"
+    return f"written by ramer {written}; this is ramer {__version__}"
+
+
 def _read_meta(path: Path) -> dict:
     """``meta.json`` of the native directory ``path``, its keys checked for type."""
     where = path / "meta.json"
@@ -953,7 +964,7 @@ def _read_meta(path: Path) -> dict:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= NATIVE_VERSION:
         raise RamerError(
             f"{where}: 'version' is {_kind(version)}; this ramer reads native directories up to version "
-            f"{NATIVE_VERSION} (a newer ramer wrote it?)"
+            f"{NATIVE_VERSION} ({_written_by(meta)})"
         )
     splits = meta["splits"]
     if not isinstance(splits, dict) or not splits:
@@ -969,7 +980,8 @@ def _read_meta(path: Path) -> dict:
             raise RamerError(f"{where}: 'splits' gives {name!r} {_kind(n)}, expected a scene count (an integer >= 0)")
     if meta.get("task", TASKS[0]) not in TASKS:  # a directory written before the key: multi-label
         raise RamerError(
-            f"{where}: 'task' is {_kind(meta['task'])}, expected {' or '.join(json.dumps(t) for t in TASKS)}"
+            f"{where}: 'task' is {_kind(meta['task'])}, expected {' or '.join(json.dumps(t) for t in TASKS)} "
+            f"({_written_by(meta)})"
         )
     if not isinstance(meta.get("info", {}), dict):
         raise RamerError(f"{where}: 'info' is {_kind(meta['info'])}, expected an object")
