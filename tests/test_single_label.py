@@ -7,6 +7,7 @@ The CLI tests import small CSVs with the stand-in text model of conftest.py (``f
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -242,9 +243,23 @@ def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys)
     assert main(["eval", str(run), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["overall"] == pytest.approx(test)
+    # the confusion counts: a row per gold label, summing to its support; the diagonal is the hits
+    matrix = np.array(rep["confusion"]["gold_by_decided"])
+    assert rep["confusion"]["labels"] == list(rep["per_label"])
+    assert matrix.sum(1).tolist() == [m["support"] for m in rep["per_label"].values()]
+    assert np.trace(matrix) == round(test["top1_acc"] * test["n"])
+    decided = {}
+    for g in got:
+        decided[g["labels"][0]] = decided.get(g["labels"][0], 0) + 1
+    assert dict(zip(rep["confusion"]["labels"], matrix.sum(0).tolist())) == {n: decided.get(n, 0) for n in EMOTIONS}
     assert main(["eval", str(run)]) == 0
     printed = capsys.readouterr().out
-    assert "arg-max" in printed and "weighted-F1" in printed
+    assert "arg-max" in printed and "weighted-F1" in printed and "gold (rows)" not in printed
+    assert main(["eval", str(run), "--per-label"]) == 0
+    printed = capsys.readouterr().out
+    assert "test, per label (late_fusion)" in printed and "test, gold (rows) by decided (columns)" in printed
+    for label, counts in zip(rep["confusion"]["labels"], matrix.tolist()):
+        assert re.search(rf"{label}\W+" + r"\W+".join(map(str, counts)) + r"\W*$", printed, re.M)
     # data with two labels on a sample: a single-label run's accuracy of it would not be accuracy
     rows = single_rows()
     rows[0]["labels"] = f"{EMOTIONS[0]};{EMOTIONS[1]}"
@@ -273,6 +288,31 @@ def test_cli_multi_label_import_keeps_thresholds(tmp_path, fake_text, capsys):
     assert main(["predict", str(run), "--out", str(preds)]) == 0
     for g in (json.loads(x) for x in preds.read_text().splitlines()):
         assert g["labels"] == [n for n, p in g["probs"].items() if p > predictor.threshold]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert "confusion" not in json.loads(capsys.readouterr().out)  # several labels a row: no one cell
+    assert main(["eval", str(run), "--per-label"]) == 0
+    printed = capsys.readouterr().out
+    assert "test, per label (late_fusion)" in printed and "gold (rows)" not in printed
+
+
+def test_confusion_counts_gold_by_decided_and_refuses_a_row_of_other_than_one_label():
+    from sklearn.metrics import confusion_matrix
+
+    from ramer.metrics import MetricInputError, confusion
+
+    rng = np.random.default_rng(0)
+    gold, decided = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    eye = np.eye(5, dtype=np.int64)  # a fifth label nobody has: a row and a column of zeros
+    got = confusion(eye[gold], eye[decided])
+    np.testing.assert_array_equal(got, confusion_matrix(gold, decided, labels=range(5)))
+    assert got[2, 1] == ((gold == 2) & (decided == 1)).sum()  # [gold, decided], not the other way
+    two = eye[gold].copy()
+    two[3, (gold[3] + 1) % 5] = 1
+    with pytest.raises(MetricInputError, match="y_true: 1 row"):
+        confusion(two, eye[decided])
+    with pytest.raises(MetricInputError, match="y_pred: 1 row"):
+        confusion(eye[gold], np.vstack([eye[decided][:-1], np.zeros((1, 5), np.int64)]))
 
 
 def test_selection_follows_the_task(tmp_path, fake_text, monkeypatch):

@@ -544,7 +544,7 @@ def data_files(bundle, path: str | None) -> tuple:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ramer.infer import apply_missing
-    from ramer.metrics import describe_threshold, oracle_report, report
+    from ramer.metrics import confusion, describe_threshold, oracle_report, report
 
     predictor, bundle = load_run_and_data(args)
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
@@ -561,19 +561,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
     scores = score_split(predictor, store, args)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
+    if predictor.spec.single_label:  # one gold label, one decided: which emotions are taken for which
+        matrix = confusion(store.labels, predictor.decide(scores))
+        rep["confusion"] = {"labels": list(bundle.label_names), "gold_by_decided": matrix.tolist()}
     if args.json:
         write_stdout(json.dumps(rep, indent=1) + "\n")
-    else:
-        name = predictor.cfg.model.name
-        decision = describe_threshold(predictor.threshold, "threshold")
-        title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, {decision})"
-        rows = {name: rep}
-        if (oracle := oracle_report(bundle.info, args.split)) is not None:  # the embedded benchmark's ceiling
-            from ramer.bench import ORACLE_ROW
+        return 0
+    name = predictor.cfg.model.name
+    decision = describe_threshold(predictor.threshold, "threshold")
+    title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, {decision})"
+    rows = {name: rep}
+    if (oracle := oracle_report(bundle.info, args.split)) is not None:  # the embedded benchmark's ceiling
+        from ramer.bench import ORACLE_ROW
 
-            rows[ORACLE_ROW] = oracle
-        OUT.print(metrics_table(title, rows, predictor.spec.task), soft_wrap=False)
+        rows[ORACLE_ROW] = oracle
+    OUT.print(metrics_table(title, rows, predictor.spec.task), soft_wrap=False)
+    if args.per_label:
+        OUT.print(per_label_table(f"{args.split}, per label ({name})", rep["per_label"]), soft_wrap=False)
+        if "confusion" in rep:
+            OUT.print(
+                confusion_table(f"{args.split}, gold (rows) by decided (columns)", rep["confusion"]), soft_wrap=False
+            )
     return 0
+
+
+def per_label_table(title: str, per_label: dict[str, dict]) -> Table:
+    """One line per label: its support, precision, recall and F1 (``metrics.per_label_metrics``)."""
+    table = Table(title=title)
+    for col in ("label", "support", "P", "R", "F1"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for label, m in per_label.items():
+        table.add_row(label, str(m["support"]), *(f"{m[k]:.4f}" for k in ("p", "r", "f1")))
+    return table
+
+
+def confusion_table(title: str, matrix: dict) -> Table:
+    """``eval``'s ``confusion`` (``labels``, ``gold_by_decided``) as counts, a row per gold label."""
+    table = Table(title=title)
+    table.add_column("gold \\ decided", justify="left")
+    for label in matrix["labels"]:
+        table.add_column(label, justify="right")
+    for label, counts in zip(matrix["labels"], matrix["gold_by_decided"]):
+        table.add_row(label, *map(str, counts))
+    return table
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -1015,7 +1045,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or its model.safetensors")
     e.add_argument("--data", help="dataset to evaluate on (default: the one the run was trained on)")
     e.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    e.add_argument("--json", action="store_true", help="print the full report as JSON")
+    e.add_argument(
+        "--json",
+        action="store_true",
+        help="print the full report as JSON (per label; on single-label data also the confusion counts)",
+    )
+    e.add_argument(
+        "--per-label",
+        action="store_true",
+        help="also a table per label (support, P, R, F1) and, on single-label data, the confusion counts",
+    )
     e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help=PRECISION_HELP)
     e.add_argument("--workers", type=positive_int, default=1, metavar="N", help=WORKERS_HELP)
     e.add_argument("--batch-size", type=positive_int, metavar="N", help=BATCH_HELP)

@@ -101,6 +101,21 @@ def per_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names=None) 
     }
 
 
+def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """``(C, C)`` int64 counts of single-label decisions: ``[i, j]`` samples of label ``i`` decided
+    ``j`` (the arg-max). Each row of both holds exactly one label; otherwise a MetricInputError (a
+    multi-label row has no one cell)."""
+    t, p = _check(y_true, y_pred)
+    for name, y in (("y_true", t), ("y_pred", p)):
+        if (bad := int((y.sum(1) != 1).sum())) > 0:
+            raise MetricInputError(
+                f"{name}: {bad} row(s) without exactly one label; a confusion matrix needs one per row"
+            )
+    out = np.zeros((t.shape[1], t.shape[1]), dtype=np.int64)
+    np.add.at(out, (t.argmax(1), p.argmax(1)), 1)
+    return out
+
+
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """All metrics of ``METRIC_KEYS`` for ``(N, C)`` 0/1 arrays; an empty set gives zeros."""
     t, p = _check(y_true, y_pred)
