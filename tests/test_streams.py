@@ -6,15 +6,18 @@ import errno
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_conversations import base_rows, write_table
 
 from ramer.cli import main
+from ramer.paths import atomic_write_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,3 +266,101 @@ def test_on_windows_stdout_keeps_its_newlines(tmp_path, monkeypatch):
     monkeypatch.undo()
     stdout.close()
     assert (tmp_path / "out.txt").read_bytes() == b"a\r\nb\r\n"
+
+
+def entry_script() -> str:
+    """What pip's wrapper of the ``ramer`` console script runs: ``from MODULE import FUNC`` (pyproject's
+    ``[project.scripts]``), then ``sys.exit(FUNC())``."""
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    module, func = re.search(r'^ramer = "([\w.]+):(\w+)"', pyproject, re.MULTILINE).groups()
+    return f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
+@pytest.mark.parametrize("how", ["console script", "python -m ramer"])
+def test_ctrl_c_while_the_command_imports_is_the_interrupted_line(tmp_path, how):
+    """Ctrl-C in the first tenths of a second of a command, while ``ramer.cli`` imports (pydantic, rich,
+    yaml): Python's traceback from pip's wrapper script or runpy, outside ``main``'s own answer. A
+    ``yaml`` put first on the path sends the process a real SIGINT as ``ramer.cli`` imports it."""
+    (tmp_path / "yaml").mkdir()
+    (tmp_path / "yaml" / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    argv = ["-c", entry_script(), "--version"] if how == "console script" else ["-m", "ramer", "--version"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("how", ["console script", "python -m ramer"])
+def test_an_error_line_that_stderr_cannot_take_keeps_the_exit_code(how):
+    """`ramer eval MISSING 2>/dev/full`: the error line could not be written, nor the traceback of
+    that failure, and the command ended 1; there is nowhere to say anything, and it ends 2."""
+    argv = ["-c", entry_script()] if how == "console script" else ["-m", "ramer"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, *argv, "eval", "/nonexistent/run"], stderr=full, timeout=120)
+    assert proc.returncode == 2
+
+
+def test_an_error_larger_than_the_pipe_whose_reader_leaves_ends_it_with_141():
+    """`ramer train --model NAME 2>&1 | head -c 10`, the error line (it names the model) larger than the
+    pipe holds: ``ERR``'s print through ``sys.stderr`` dropped what the reader did not take and the
+    command ended 2 with its line cut short; it now writes as ``OUT`` does, 141."""
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("no pipe size to set (not Linux)")
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    argv = [sys.executable, "-m", "ramer", "train", "--model", "y" * 100_000]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=write)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert reader.read(10) == b"error: unk"
+    assert proc.wait(timeout=120) == 141
+
+
+def start_write(path: Path) -> tuple[subprocess.Popen, str]:
+    """Another process in the middle of ``atomic_write(path)``: it and its temporary's name."""
+    code = (
+        "import sys, time\nfrom ramer.paths import atomic_write\n"
+        "atomic_write(sys.argv[1], lambda tmp: (print(tmp, flush=True), time.sleep(120)))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    return proc, Path(proc.stdout.readline().strip()).name
+
+
+@pytest.mark.skipif(os.name != "posix", reason="no locks to tell a live write from a killed one")
+@pytest.mark.parametrize("name", ["demo.json", "trials.md", "p[v2].jsonl"])
+def test_a_killed_write_is_removed_by_the_next_and_a_live_one_kept(tmp_path, name):
+    """``ramer demo``'s demo.json and ``ramer tune``'s tables (folders no command holds: a study's
+    processes share theirs) kept what a ``kill -9`` in a write left, one more at every kill; the next
+    write of the file removes it, not the temporary another process is writing now."""
+    live, kept = start_write(tmp_path / name)
+    try:
+        killed, gone = start_write(tmp_path / name)  # its own write leaves the live one alone
+        killed.kill()
+        killed.wait()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gone, kept])
+        atomic_write_text(tmp_path / name, "mine")
+        left = sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        live.kill()
+        live.wait()
+    assert left == sorted([kept, name]) and (tmp_path / name).read_text() == "mine"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="no locks to tell a live write from a killed one")
+def test_demo_and_tune_remove_what_a_killed_write_left(tmp_path, capsys):
+    """The real commands into folders where a kill left a temporary of each file they write."""
+    pytest.importorskip("optuna")
+    tiny = ["data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"]
+    sets = [x for s in [*tiny, "model.hidden=16", "model.ffn=32", "model.heads=2"] for x in ("--set", s)]
+    written = {"demo": ("demo.json",), "tune": ("trials.csv", "trials.md", "best.yaml", "tune.json")}
+    argv = {"demo": ["demo"], "tune": ["tune", "--model", "late_fusion", "--trials", "1"]}
+    for command, names in written.items():
+        out = tmp_path / command
+        out.mkdir()
+        for name in names:
+            (out / f".{name}.k1ll3d00.tmp").write_text("cut")
+        assert main([*argv[command], *sets, "--out", str(out)]) == 0, capsys.readouterr().err
+        assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []

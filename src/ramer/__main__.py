@@ -1,4 +1,4 @@
-"""``python -m ramer`` (what ``torchrun -m ramer`` runs).
+"""``python -m ramer`` (what ``torchrun -m ramer`` runs) and the ``ramer`` console script (``run``).
 
 A rank that torchrun launched ends with ``os._exit`` once its command has returned (its files are
 written and its process group is destroyed): the interpreter's own teardown, where torch's C++
@@ -6,12 +6,30 @@ destructors run, aborted now and then (SIGABRT, "terminate called without an act
 with no Python frame), and torchrun then reported the whole run as failed and stopped the other
 ranks (``dist.end_process``)."""
 
+import os
 import sys
 
-from ramer.cli import main
-from ramer.dist import end_process, launched
 
-code = main()
-if launched():
-    end_process(code)
-sys.exit(code)
+def run() -> int:
+    """The command's exit code. ``ramer.cli`` is imported here, not above: Ctrl-C while it imports
+    (pydantic, rich, yaml: a few tenths of a second) was Python's traceback from the console script
+    or runpy, outside ``cli.main``'s own answer; now it is the same ``interrupted`` line, 130."""
+    try:
+        from ramer.cli import main
+    except KeyboardInterrupt:
+        try:  # os.write: nothing left in a buffer for Python's flush at exit (``2>&-``, ``2>/dev/full``)
+            os.write(2, b"interrupted\n")
+        except OSError:
+            pass
+        return 130
+    return main()
+
+
+if __name__ == "__main__":
+    code = run()
+    if "ramer.cli" in sys.modules:  # not where Ctrl-C cut its import short: torch not loaded, nothing to end
+        from ramer.dist import end_process, launched
+
+        if launched():
+            end_process(code)
+    sys.exit(code)

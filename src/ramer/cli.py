@@ -19,7 +19,7 @@ from rich.table import Table
 from ramer.config import TASKS, Config, build_config, resolve_config
 from ramer.console import PLAIN
 from ramer.errors import RamerError, unwritable
-from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stdout
+from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
 
@@ -33,7 +33,7 @@ class PipeConsole(Console):
     def _check_buffer(self) -> None:
         """rich's write of what was printed (a method of rich's own, rich>=13 to 15 at least); a stream
         the system will not write (``> FILE`` on a full disk) is a one-line error, not a traceback (a
-        closed stdout is ``write_stdout``'s, through ``StdoutFile``)."""
+        closed stdout is ``write_stdout``'s, through ``StreamFile``)."""
         try:
             super()._check_buffer()
         except BrokenPipeError:
@@ -42,26 +42,30 @@ class PipeConsole(Console):
             raise unwritable("stderr" if self.stderr else "stdout", e) from None
 
 
-class StdoutFile:
-    """The ``file`` of ``OUT``: today's ``sys.stdout`` (pytest's capture, a redirect), written
-    through ``write_stdout``, whose loop of ``os.write`` makes a reader that leaves partway a
-    BrokenPipeError; ``sys.stdout.write`` and ``flush`` drop what a partial write left, so a last
-    print larger than the pipe holds (the timelines of ``ramer predict``) was cut short, exit 0."""
+class StreamFile:
+    """The ``file`` of ``OUT`` and ``ERR``: today's ``sys.stdout`` or ``sys.stderr`` (``name``:
+    pytest's capture, a redirect), written through ``write_stdout`` or ``write_stderr``, whose loop
+    of ``os.write`` makes a reader that leaves partway a BrokenPipeError; ``sys.stdout.write`` and
+    ``flush`` drop what a partial write left, so a last print larger than the pipe holds (the
+    timelines of ``ramer predict``, an error naming many files) was cut short, exit 0."""
+
+    def __init__(self, name: str):
+        self.name = name
 
     def write(self, text: str) -> int:
-        write_stdout(text)
+        (write_stdout if self.name == "stdout" else write_stderr)(text)
         return len(text)
 
-    def flush(self) -> None:  # write_stdout has written it all
+    def flush(self) -> None:  # written it all
         pass
 
     def __getattr__(self, name: str):  # isatty, encoding, fileno: the stream's
-        return getattr(sys.stdout, name)
+        return getattr(getattr(sys, self.name), name)
 
 
 # results go to stdout; wide tables in logs (and where stdout is closed, `ramer ... >&-`: None)
-OUT = PipeConsole(file=StdoutFile(), width=None if sys.stdout and sys.stdout.isatty() else 160, **PLAIN)
-ERR = PipeConsole(stderr=True, **PLAIN)  # progress and messages go to stderr
+OUT = PipeConsole(file=StreamFile("stdout"), width=None if sys.stdout and sys.stdout.isatty() else 160, **PLAIN)
+ERR = PipeConsole(file=StreamFile("stderr"), stderr=True, **PLAIN)  # progress and messages go to stderr
 
 
 STDOUT = "-"  # an --out that means stdout
@@ -1347,33 +1351,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except RamerError as e:
-        ERR.print(f"error: {e}")
-        return 2
+        return said(f"error: {e}", 2)
     except KeyboardInterrupt:
-        ERR.print("interrupted")
-        return 130
+        return said("interrupted", 130)
     except BrokenPipeError:
-        if not stdout_reader_gone():
+        gone = [stream for stream in (sys.stdout, sys.stderr) if reader_gone(stream)]
+        if not gone:
             raise  # another pipe (a worker, a database connection): a real error
-        # the reader of stdout went away (ramer ... | head): not an error of ours
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
+        # the reader of stdout or stderr went away (ramer ... | head): not an error of ours
+        for stream in gone:
+            to_nothing(stream)
         return 141
 
 
-def stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reading end is closed (poll reports an error on its writing
+def said(line: str, code: int) -> int:
+    """Print ``line`` to stderr and return the exit code ``code``; where stderr will not take it
+    (``2>/dev/full``: a traceback that could not be printed either, exit 1) there is nowhere to say it,
+    and the code stays, or is 141 where stderr's reader has gone (``ramer ... 2>&1 | head``)."""
+    try:
+        ERR.print(line)
+    except BrokenPipeError:
+        code = 141
+    except RamerError:  # stderr: cannot write (...)
+        pass
+    else:
+        return code
+    to_nothing(sys.stderr)
+    return code
+
+
+def to_nothing(stream) -> None:
+    """Point the descriptor of ``stream`` (stdout, stderr) at the null device, so that Python's own
+    flush at exit does not fail again on what a failed write left in its buffer (exit 120, or 1 and a
+    traceback); a stream without a descriptor (pytest's capture) is left as it is."""
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):
+        return
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe whose reading end is closed (poll reports an error on its writing
     end); where that cannot be asked (no poll, no file descriptor), assume it is."""
     import select
 
     try:
         poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        poller.register(stream.fileno(), select.POLLOUT)
         return any(events & select.POLLERR for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):
         return True

@@ -5,6 +5,7 @@ kill during a write never leaves a half-written file as the latest)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -176,35 +177,49 @@ def write_stdout(text: str) -> None:
     command ended 0, its output cut short without a word. ``cli.OUT`` prints through it too."""
     if sys.stdout is None:
         raise RamerError(STDOUT_CLOSED)
+    _write_stream("stdout", text)
+
+
+def write_stderr(text: str) -> None:
+    """``text`` to stderr as ``write_stdout`` writes stdout (``cli.ERR`` prints through it): a reader
+    that leaves partway (``ramer ... 2>&1 | head``) is a BrokenPipeError (main: 141), not a last print
+    cut short without a word. A closed stderr (``2>&-``) takes nothing, as rich's own printing did."""
+    if sys.stderr is not None:
+        _write_stream("stderr", text)
+
+
+def _write_stream(name: str, text: str) -> None:
+    """``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``); see ``write_stdout``."""
+    stream = getattr(sys, name)
     try:
-        sys.stdout.flush()  # what was printed before goes first
-        # the process's own stdout (another stream's descriptor, Jupyter's, is the kernel's terminal), on
+        stream.flush()  # what was printed before goes first
+        # the process's own stream (another stream's descriptor, Jupyter's, is the kernel's terminal), on
         # POSIX: on Windows the bytes would bypass the newline translation and a console's own encoding
-        own = sys.stdout is sys.__stdout__ and os.name == "posix"
+        own = stream is getattr(sys, f"__{name}__") and os.name == "posix"
         try:
-            fd = sys.stdout.fileno() if own else None
+            fd = stream.fileno() if own else None
         except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one
             fd = None
         if fd is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            stream.write(text)
+            stream.flush()
         else:
-            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-            view = memoryview(text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict"))
+            encoding = getattr(stream, "encoding", None) or "utf-8"
+            view = memoryview(text.encode(encoding, getattr(stream, "errors", None) or "strict"))
             while view:
                 try:
                     view = view[os.write(fd, view) :]
-                except BlockingIOError:  # a stdout its parent made non-blocking: wait until it takes more
+                except BlockingIOError:  # a stream its parent made non-blocking: wait until it takes more
                     select.select([], [fd], [])
     except BrokenPipeError:
         raise  # main: the reader has gone, 141
     except UnicodeEncodeError as e:
         raise RamerError(
-            f"stdout: its encoding ({e.encoding}) cannot write {ascii(e.object[e.start : e.end])}; "
+            f"{name}: its encoding ({e.encoding}) cannot write {ascii(e.object[e.start : e.end])}; "
             "run the command with PYTHONIOENCODING=utf-8"
         ) from None
     except OSError as e:
-        raise unwritable("stdout", e) from None
+        raise unwritable(name, e) from None
 
 
 def append_line(path: str | Path, line: str) -> None:
@@ -237,6 +252,62 @@ def remove_temporaries(folder: str | Path, names, holder: str | Path | None = No
                 p.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def _remove_cut_off(path: Path) -> None:
+    """Remove what killed writes of ``path`` left beside it (``atomic_write``'s ``.NAME.XXXX.tmp``)
+    and no process is writing now: those whose lock it takes (``_locked_temporary``). For a folder no
+    command of this process holds (``ramer demo``'s --out; ``ramer tune``'s, which a study's processes
+    share), where ``remove_temporaries`` removes nothing; without locks (Windows) nothing either. A
+    temporary is removed while locked: a write that made it a moment before, and locks it after,
+    finds it gone and makes another."""
+    if fcntl is None:
+        return
+    try:
+        left = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:  # a folder that can be written, not listed
+        return
+    for p in left:
+        if not p.is_file() or p.is_symlink() or not is_temporary(p.name):
+            continue
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)  # for writing: NFS locks a file so opened
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(p).st_ino == os.fstat(fd).st_ino:  # not another file under the name since
+                os.unlink(p)
+        except OSError:  # locked: being written; or gone
+            pass
+        finally:
+            os.close(fd)
+
+
+def _locked_temporary(path: Path) -> tuple[int | None, str]:
+    """A new temporary beside ``path`` (``.NAME.XXXX.tmp``), locked (``flock``) where the system has
+    locks: its open descriptor (to close once it is renamed) and its name. ``_remove_cut_off`` leaves
+    a locked temporary alone; one it removed between its making here and its lock is made again."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if fcntl is None:
+            os.close(fd)
+            return None, tmp
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        except OSError:  # a file system without locks: written unlocked, as before, and none is removed there
+            return fd, tmp
+        os.close(fd)
+
+
+def _under_held(folder: Path) -> bool:
+    """Whether ``folder`` is one this process holds (``hold``), or lies in one."""
+    real = Path(os.path.realpath(folder))
+    return any(real.is_relative_to(held) for held in _HELD)
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -403,7 +474,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     A symbolic link is followed (its target is written, the link kept); a path that is not a regular
     file (a FIFO, ``/dev/stdout``) is written to directly, as a shell redirection would, not replaced.
     What the system refuses (permissions, a full disk) is a RamerError naming ``path``; the file
-    there before is left as it was."""
+    there before is left as it was. The temporary is locked while it is written; what killed writes
+    of ``path`` left, unlocked, is removed first where no command of this process holds the folder
+    (``_remove_cut_off``)."""
     path = Path(path)
     try:
         if path.exists() and not stat.S_ISREG(path.stat().st_mode):
@@ -411,10 +484,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             return
         if path.is_symlink():
             path = Path(os.path.realpath(path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if not _under_held(path.parent):  # a held folder's command removes them (remove_temporaries)
+            _remove_cut_off(path)
+        fd, tmp = _locked_temporary(path)
     except OSError as e:
         raise unwritable(path, e) from None
-    os.close(fd)
     try:
         mode = 0o666 & ~umask()  # as a plain open() would create it (mkstemp makes it private)
         os.chmod(tmp, mode)
@@ -429,6 +503,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if isinstance(e, OSError):
             raise unwritable(path, e) from None
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
