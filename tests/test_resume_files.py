@@ -122,3 +122,63 @@ def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped
     assert f"error: cannot resume {out}: {problem}" in err, err
     assert f"so it cannot be finished: train it again (remove {out}, or use another --out)" in err
     assert one_error_line(err) and files_of(out) == files  # no epoch trained, no line logged
+
+
+def set_steps(value):
+    def edit(state):
+        for values in state["optimizer"]["state"].values():
+            values["step"] = torch.tensor(value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (set_scheduler("last_epoch", 10**6), "its scheduler is at step 1000000, but epoch 1 of 5 optimiser steps ends"),
+        (set_scheduler("last_epoch", 4), "its scheduler is at step 4, but epoch 1 of 5 optimiser steps ends at step 5"),
+        (set_scheduler("_step_count", 1), "scheduler '_step_count' must be 6 after step 5, not 1"),
+        (set_scheduler("base_lrs", [1.0, 1.0]), "scheduler 'base_lrs' [1.0, 1.0] are not the run's train.lr 0.005"),
+        (set_group("lr", 100.0), "optimizer group 0 'lr' 100 is not the run's 0.00384615 at step 5"),
+        (set_steps(1e6), "(target_missing) 'step' 1e+06 must be a whole number of at most the state's 5 steps)"),
+        (set_steps(2.5), "(target_missing) 'step' 2.5 must be a whole number of at most the state's 5 steps)"),
+    ],
+)
+def test_a_step_count_or_rate_that_disagrees_with_the_epoch_is_one_line(stopped_run, tmp_path, capsys, edit, message):
+    """A state of epoch 1 (5 steps per epoch) whose scheduler or Adam step counts are elsewhere (hand
+    edited, or another run's): the resume went on at another point of the learning-rate schedule (at
+    step 10^6: a rate of 0 to the end) or with another bias correction, without a word."""
+    out, files = copy_of(stopped_run, tmp_path, edit)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'train_state.pt'}: not a ramer training state (" in err and message in err, err
+    assert one_error_line(err) and files_of(out) == files
+
+
+def test_a_weight_average_of_another_step_count_is_one_line(tmp_path, capsys):
+    """The weight average's step count sets its warm-up (``ramer.train.ema``): one that is not the
+    state's epochs' steps is refused as the scheduler's is; the state as saved resumes."""
+    from test_recipe import Stop, stop_after, tiny_cfg
+
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    cfg = tiny_cfg(extra=["train.ema_decay=0.9"])
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        Recipe(cfg, out, bundle=generate(cfg.data.synthetic), hooks=(stop_after(1),)).run()
+    saved = (out / "train_state.pt").read_bytes()
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["ema"]["steps"] == 5
+    state["ema"]["steps"] = 10**6
+    torch.save(state, out / "train_state.pt")
+    files = files_of(out)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    said = "not a ramer training state (the weight average has 1000000 steps, but its epochs end at step 5)"
+    assert f"{out / 'train_state.pt'}: {said}" in err and one_error_line(err), err
+    assert files_of(out) == files
+    (out / "train_state.pt").write_bytes(saved)
+    assert main(["train", "--resume", str(out)]) == 0, capsys.readouterr().err

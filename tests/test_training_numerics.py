@@ -20,6 +20,7 @@ from ramer.data.store import DataBundle
 from ramer.errors import LossNotFinite, RamerError
 from ramer.train import recipe as recipe_module
 from ramer.train import run_training
+from ramer.train.ema import WeightAverage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,9 +34,9 @@ def bundle() -> DataBundle:
     return DataBundle(splits, train.label_names, "odd", "odd")
 
 
-def train(out, data, model="late_fusion", hooks=(), resume=False) -> str:
+def train(out, data, model="late_fusion", hooks=(), resume=False, sets=()) -> str:
     said = io.StringIO()
-    cfg = build_config(None, [*TINY, f"model.name={model}"])
+    cfg = build_config(None, [*TINY, f"model.name={model}", *sets])
     run_training(cfg, out, bundle=data, console=Console(file=said, width=400), resume=resume, hooks=hooks)
     return said.getvalue()
 
@@ -109,6 +110,37 @@ def test_weights_not_finite_after_an_epoch_stop_it_before_validation_and_name_th
     assert_epoch_one_kept_and_resumable(run, data, said)
 
 
+def test_a_buffer_not_finite_after_an_epoch_stops_it_and_is_named(tmp_path, monkeypatch):
+    """The contrastive queue is a buffer, not a parameter: a NaN there after the epoch's last step was
+    validated and saved as it was."""
+    after_step(monkeypatch, 2, lambda model: model.memory.queue[0].fill_(float("nan")))
+    with pytest.raises(LossNotFinite) as e:
+        train(tmp_path / "run", bundle(), model="ramer")
+    said = str(e.value)
+    assert said.startswith("epoch 2: the weights are not finite after its last step (memory.queue)"), said
+    assert epochs_logged(tmp_path / "run") == [1]
+
+
+def test_a_weight_average_not_finite_after_an_epoch_stops_it_and_is_named(tmp_path, monkeypatch):
+    """With train.ema_decay the average is what is validated and saved; a NaN in it (the live weights
+    finite) stops the run as one in the weights does."""
+    data, run = bundle(), tmp_path / "run"
+    original, done = WeightAverage.update, []
+
+    def update_then_nan(self):
+        original(self)
+        done.append(self.names[0])
+        if len(done) == 2:  # the last (only) step of epoch 2
+            self.average[0].fill_(float("nan"))
+
+    monkeypatch.setattr(WeightAverage, "update", update_then_nan)
+    with pytest.raises(LossNotFinite) as e:
+        train(run, data, sets=["train.ema_decay=0.9"])
+    said = str(e.value)
+    assert said.startswith(f"epoch 2: the weights are not finite after its last step ({done[0]} (weight average))")
+    assert epochs_logged(run) == [1]
+
+
 def test_validation_scores_not_finite_after_an_epoch_are_a_diverged_run(tmp_path, monkeypatch):
     """Finite weights whose scores are not (the forward pass overflows) at the epoch's last step: a
     LossNotFinite, not a RamerError of the metrics, so that a search prunes the trial."""
@@ -129,12 +161,33 @@ def test_a_divergence_in_the_first_epoch_keeps_nothing_to_resume(tmp_path, monke
     assert str(e.value).startswith("epoch 1: the weights are not finite") and " keeps " not in str(e.value)
 
 
+# ramer-authors' loss weights: each of its terms is weighted by one of them
+AUTHORS_ZERO = (
+    "w_adv",
+    "w_ae",
+    "w_aug",
+    "w_beta_cls",
+    "w_beta_mse",
+    "w_cl",
+    "w_cml",
+    "w_cross",
+    "w_diff",
+    "w_lsr",
+    "w_shuf",
+)
+
+
 @pytest.mark.parametrize(
     "sets, said",
     [
         (["train.lr=0.001", "train.weight_decay=1000"], "train.lr 0.001 x train.weight_decay 1000 is 1; AdamW scales"),
         (["train.lr=1000"], "train.lr 1000 x train.weight_decay 0.01 is 10; AdamW scales the weights by 1 - lr x"),
         (["model.name=ramer", "model.temperature=1e-12"], "model.temperature 1e-12 is below 0.0001: SupCon's"),
+        (  # every gradient 0: the run logged losses of 0 and its untrained scores for every epoch, without a word
+            ["model.name=ramer-authors", *(f"loss.{k}=0" for k in AUTHORS_ZERO)],
+            "loss.w_adv, loss.w_ae, loss.w_aug, loss.w_beta_cls, loss.w_beta_mse, loss.w_cl, loss.w_cml, "
+            "loss.w_cross, loss.w_diff, loss.w_lsr, loss.w_shuf are all 0: every term of ramer-authors' loss",
+        ),
     ],
 )
 def test_settings_no_run_trains_with_are_refused_before_any_work(tmp_path, sets, said):
@@ -199,3 +252,69 @@ def test_a_value_the_search_replaces_is_not_refused():
     check_space(cfg, space_for(cfg))
     with pytest.raises(RamerError, match="^train.lr 0.5 x train.weight_decay 3 is 1.5"):  # searched neither
         check_space(cfg, space_for(cfg, {"train.lr", "train.weight_decay"}))
+
+
+class Tuning(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "sets, said",
+    [
+        ([], None),  # the search replaces both: its trials train with at most 0.003 x 0.1
+        (["train.lr=0.5", "train.weight_decay=3"], "train.lr 0.5 x train.weight_decay 3 is 1.5"),  # searched neither
+        (["train.weight_decay=400"], r"the search \(train.lr log-uniform \[0.0001, 0.003\]\) reaches a setting"),
+    ],
+)
+def test_a_bench_that_tunes_checks_the_search_not_the_values_it_replaces(tmp_path, monkeypatch, sets, said):
+    """``ramer bench --config C --tune-trials N`` with C's own train.lr 0.5 and train.weight_decay 3:
+    the bench refused C's product of 1.5 before any work, though tuning sets both in every trial and
+    every run; it checks the search's ends (as ``ramer tune`` does), and a value ``--set`` keeps."""
+    pytest.importorskip("optuna")
+    from ramer import bench
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: 0.5\n  weight_decay: 3\n")
+    small = ["data.synthetic.n_train=16", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", *TINY[1:]]
+    s = bench.resolve_settings(
+        out=str(tmp_path / "bench"),
+        models="late_fusion",
+        seeds=1,
+        rates="0",
+        config=config,
+        overrides=[*small, *sets],
+        complete="",
+        jobs=1,
+        tune_trials=1,
+    )
+
+    def tuning(*args):
+        raise Tuning
+
+    monkeypatch.setattr(bench, "tune_models", tuning)
+    if said is None:
+        with pytest.raises(Tuning):  # the pre-check passed; the bench goes on to tune
+            bench.run_bench(s, Console(file=io.StringIO()))
+    else:
+        with pytest.raises(RamerError, match=f"^{said}"):
+            bench.run_bench(s, Console(file=io.StringIO()))
+
+
+def test_a_bench_refuses_a_loss_of_weight_0_before_any_run(tmp_path):
+    """ramer-authors with every loss weight 0 (``check_loss_weights``): refused before the bench's
+    first run, not after the models planned before it have trained."""
+    from ramer import bench
+
+    small = ["data.synthetic.n_train=16", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", *TINY[1:]]
+    s = bench.resolve_settings(
+        out=str(tmp_path / "bench"),
+        models="late_fusion,ramer-authors",
+        seeds=1,
+        rates="0",
+        overrides=[*small, *(f"loss.{k}=0" for k in AUTHORS_ZERO)],
+        complete="",
+        jobs=1,
+    )
+    with pytest.raises(RamerError, match=r"^loss.w_adv, .* are all 0: every term of ramer-authors' loss"):
+        bench.run_bench(s, Console(file=io.StringIO()))
+    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == []

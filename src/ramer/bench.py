@@ -102,7 +102,7 @@ from ramer.paths import (
 )
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
-from ramer.train.recipe import check_training_values, read_log
+from ramer.train.recipe import check_loss_weights, check_training_values, read_log
 from ramer.version import __version__
 
 GROUPS = {
@@ -694,6 +694,22 @@ def default_jobs() -> int:
     return max(1, min(8, cores))
 
 
+def check_settings(s: BenchSettings, base: Config, model: str) -> None:
+    """Refuse, before any work, settings no run of ``model`` trains with (``check_training_values``,
+    ``check_loss_weights``); with ``--tune-trials``, those of the search instead (``tune.check_space``:
+    its runs train with the searched values, not the config's own train.lr or train.weight_decay,
+    which a search replaces)."""
+    if s.tune_trials is None:
+        cfg = plan_config(base, model, s.seeds[0], 0.0, tuned=s.tuned_values)
+        check_training_values(cfg)
+        check_loss_weights(cfg)
+        return
+    from ramer.tune import check_space
+
+    cfg = tune_base(s, model)
+    check_space(cfg, space_for(cfg, set_keys(s.overrides)))
+
+
 def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     """Run (or reuse) every (model, seed, rate) and write results.json, report.md and the plots."""
     console = console or plain_console()
@@ -711,7 +727,7 @@ def _run_bench(
     remove_temporaries(s.out, ("results.json", "report.md"))  # what a bench killed in a write left
     remove_temporaries(s.out / "plots", ("*.png",), holder=s.out)
     for m in s.deep_models:  # a setting no run trains with: before any run, not at that model's first
-        check_training_values(plan_config(base, m, s.seeds[0], 0.0, tuned=s.tuned_values))
+        check_settings(s, base, m)
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]

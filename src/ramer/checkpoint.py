@@ -535,13 +535,16 @@ def _numbers_problem(saved, live: dict, where: str) -> str | None:
 ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
 
 
-def check_optimizer_state(path, optimizer: torch.optim.Optimizer, scheduler, state: dict, names=None) -> None:
+def check_optimizer_state(
+    path, optimizer: torch.optim.Optimizer, scheduler, state: dict, names=None, steps_per_epoch: int | None = None
+) -> None:
     """The optimiser and scheduler state of a training state (``state["optimizer"]``,
     ``state["scheduler"]``), checked against the live ``optimizer`` and ``scheduler`` before they load
     it (torch loads a wrong-shaped moment as it is, and the fused step then crashes the process): the
     parameters of each group, in order, by count; each state tensor (but the step count) of the shape
     and dtype of its parameter, finite; the numeric fields of each group (lr, betas, eps,
-    weight_decay, ...) and of the scheduler. ``names``: a parameter's name by ``id``, for the message.
+    weight_decay, ...) and of the scheduler. With ``steps_per_epoch``, the step counts agree with the
+    state's epoch (``steps_problem``). ``names``: a parameter's name by ``id``, for the message.
     A problem is a RamerError naming ``path``."""
     saved, names = state["optimizer"], names or {}
     groups = saved.get("param_groups")
@@ -563,6 +566,8 @@ def check_optimizer_state(path, optimizer: torch.optim.Optimizer, scheduler, sta
         if problem:
             raise RamerError(f"{path}: not a ramer training state ({problem})")
     problem = _numbers_problem(state["scheduler"], scheduler.state_dict(), "scheduler")
+    if not problem and steps_per_epoch is not None:
+        problem = steps_problem(state, scheduler, state["epoch"], steps_per_epoch)
     if problem:
         raise RamerError(f"{path}: not a ramer training state ({problem})")
     params = {}  # a saved parameter index -> the live parameter (torch maps them so, in group order)
@@ -572,15 +577,44 @@ def check_optimizer_state(path, optimizer: torch.optim.Optimizer, scheduler, sta
     if not isinstance(per_param, dict):
         raise RamerError(f"{path}: not a ramer training state ('optimizer' lacks its per-parameter state)")
     needed = ADAM_STATE if isinstance(optimizer, torch.optim.Adam) else ()
+    steps = None if steps_per_epoch is None else state["epoch"] * steps_per_epoch
     for index, values in per_param.items():
-        problem = _param_state_problem(index, values, params, names, needed)
+        problem = _param_state_problem(index, values, params, names, needed, steps)
         if problem:
             raise RamerError(f"{path}: {problem}")
 
 
-def _param_state_problem(index, values, params: dict, names: dict, needed: tuple) -> str | None:
+def steps_problem(state: dict, scheduler, epoch: int, steps_per_epoch: int) -> str | None:
+    """What in a training state's scheduler (checked by ``_numbers_problem`` first) disagrees with its
+    ``epoch`` of ``steps_per_epoch`` optimiser steps, or None: the step it is at (a hand-edited or
+    another run's state goes on at another point of the schedule), and, for a ``LambdaLR`` (ramer's),
+    its base learning rates and the groups' current one (what the next step uses), which must be the
+    run's own at that step."""
+    saved, steps = state["scheduler"], epoch * steps_per_epoch
+    where = f"epoch {epoch} of {steps_per_epoch} optimiser steps ends at step {steps}"
+    if saved["last_epoch"] != steps:
+        return f"its scheduler is at step {saved['last_epoch']}, but {where}"
+    if "_step_count" in saved and saved["_step_count"] != steps + 1:
+        return f"scheduler '_step_count' must be {steps + 1} after step {steps}, not {saved['_step_count']!r:.40}"
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is None:
+        return None
+    if not all(math.isclose(s, b, rel_tol=1e-9) for s, b in zip(saved["base_lrs"], scheduler.base_lrs)):
+        return f"scheduler 'base_lrs' {saved['base_lrs']!r:.60} are not the run's train.lr {scheduler.base_lrs[0]:g}"
+    for n, (group, base, factor) in enumerate(zip(state["optimizer"]["param_groups"], scheduler.base_lrs, lambdas)):
+        want = base * factor(steps)
+        if not math.isclose(group["lr"], want, rel_tol=1e-9, abs_tol=1e-300):
+            return f"optimizer group {n} 'lr' {group['lr']:g} is not the run's {want:g} at step {steps}"
+    return None
+
+
+def _param_state_problem(
+    index, values, params: dict, names: dict, needed: tuple, steps: int | None = None
+) -> str | None:
     """What is wrong with the optimiser state ``values`` of saved parameter ``index`` (which, once the
-    parameter has been stepped, holds each of ``needed``), or None."""
+    parameter has been stepped, holds each of ``needed``; at most ``steps`` times, the optimiser steps
+    of the state's epochs, where given: a parameter without a gradient at a step is not stepped), or
+    None."""
     bad = "not a ramer training state (optimizer state of parameter {} {})"
     if index not in params:
         return bad.format(f"{index!r:.20}", "names no parameter of a group")
@@ -595,6 +629,9 @@ def _param_state_problem(index, values, params: dict, names: dict, needed: tuple
             one = torch.is_tensor(value) and value.numel() == 1 and not value.is_complex()
             if not (_real(value) or (one and _real(float(value)))):
                 return bad.format(who, f"'step' must be a count of 0 or more, not {value!r:.40}")
+            count = float(value)
+            if steps is not None and (count != int(count) or count > steps):
+                return bad.format(who, f"'step' {count:g} must be a whole number of at most the state's {steps} steps")
             continue
         if not torch.is_tensor(value):
             return bad.format(who, f"'{key}' must be a tensor, not {type(value).__name__}")

@@ -65,8 +65,9 @@ class WeightAverage:
             "average": {name: avg.detach().cpu() for name, avg in zip(self.names, self.average)},
         }
 
-    def load_state_dict(self, state: dict, source: str) -> None:
-        """Restore a saved average; ``source`` (the file) names the problem when it does not fit."""
+    def load_state_dict(self, state: dict, source: str, steps: int | None = None) -> None:
+        """Restore a saved average; ``source`` (the file) names the problem when it does not fit, or when
+        its step count (which sets its warm-up) is not ``steps``, the optimiser steps of the state's epochs."""
         if state is None:
             raise RamerError(
                 f"{source}: holds no weight average; the run was trained without train.ema_decay, so resume it "
@@ -75,6 +76,11 @@ class WeightAverage:
         saved = state.get("average") if isinstance(state, dict) else None
         if not isinstance(saved, dict) or not isinstance(state.get("steps"), int):
             raise RamerError(f"{source}: the weight average (train.ema_decay) is malformed")
+        if steps is not None and state["steps"] != steps:
+            raise RamerError(
+                f"{source}: not a ramer training state (the weight average has {state['steps']} steps, but its "
+                f"epochs end at step {steps})"
+            )
         if set(saved) != set(self.names):
             raise RamerError(f"{source}: the weight average holds other parameters than the model")
         for name, avg in zip(self.names, self.average):

@@ -67,6 +67,7 @@ from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_th
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
 from ramer.models.parts.encoders import ModalityEncoder, check_segments
+from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import input_notes, kept_note, loss_not_finite, valid_note, weights_not_finite
@@ -102,6 +103,22 @@ def check_training_values(cfg: Config) -> None:
         raise RamerError(
             f"model.temperature {cfg.model.temperature:g} is below {MIN_TEMPERATURE:g}: SupCon's logits are cosines "
             f"divided by it, in float32, and lose their precision (the paper's 0.07); use {MIN_TEMPERATURE:g} or more"
+        )
+
+
+def check_loss_weights(cfg: Config) -> None:
+    """ramer-authors weights every term of its loss by a ``loss.w_*`` key (``AUTHORS_WEIGHTS``; the
+    other models have a classification term of weight 1): with all of them 0 its loss and every
+    gradient are 0, and the run learns nothing (weight decay alone moves the weights), refused before
+    any work. Not in ``check_training_values``, which a search checks its config with: it sets the
+    weights it searches itself."""
+    if cfg.model.name != "ramer-authors":
+        return
+    keys = [f"loss.{k}" for k in sorted(set(AUTHORS_WEIGHTS.values()))]
+    if not any(getattr(cfg.loss, k.split(".")[1]) for k in keys):
+        raise RamerError(
+            f"{', '.join(keys)} are all 0: every term of ramer-authors' loss is weighted by one of them, so its "
+            "loss and every gradient are 0 and the run learns nothing; set one above 0 (loss.w_beta_cls: 1 by default)"
         )
 
 
@@ -505,6 +522,7 @@ class Recipe(RunSteps):
     def setup(self) -> None:
         cfg = self.cfg
         check_training_values(cfg)
+        check_loss_weights(cfg)
         if cfg.train.tensorboard:
             require_tensorboard()  # before any work
         check_model(cfg, options=not self.resume)
@@ -535,6 +553,9 @@ class Recipe(RunSteps):
                 self.model.prepare(self.splits["train"])
             self.model.to(self.device)
         self.check_segments()
+        self.finite_buffers = {  # what check_weights checks besides the parameters
+            name for name, b in self.model.named_buffers() if b.is_floating_point() and bool(torch.isfinite(b).all())
+        }
         self.forward_model = self.model
         if self.world > 1:
             # Buffers (queue, prototypes) are kept equal by the model's own collectives.
@@ -625,14 +646,14 @@ class Recipe(RunSteps):
             )
         ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
         if self.ema is not None:
-            self.ema.load_state_dict(state.get("ema"), str(path))
+            self.ema.load_state_dict(state.get("ema"), str(path), state["epoch"] * self.steps_per_epoch)
         elif "ema" in state:  # evaluated on the average so far: going on without it would mix the two
             raise RamerError(
                 f"{path}: the run was trained with a weight average (train.ema_decay); resume it with its own "
                 "config (with train.ema_decay)"
             )
         names = {id(p): name for name, p in self.model.named_parameters()}
-        ckpt.check_optimizer_state(path, self.optimizer, self.scheduler, state, names)
+        ckpt.check_optimizer_state(path, self.optimizer, self.scheduler, state, names, self.steps_per_epoch)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -854,8 +875,14 @@ class Recipe(RunSteps):
     def check_weights(self, epoch: int) -> None:
         """After ``epoch``'s last step, before it is validated and saved: weights that are not finite
         (an update that overflowed, though its loss and gradient were finite; the next step's loss
-        finds it within an epoch) stop the run as a loss that is not finite does, with what is kept."""
+        finds it within an epoch) stop the run as a loss that is not finite does, with what is kept.
+        The floating buffers (the contrastive queue, the prototypes; those finite as the model was
+        built, not a mask of -inf of its own: ``finite_buffers``) and the weight average
+        (``train.ema_decay``) are checked too: both are saved and evaluated."""
         named = list(self.model.named_parameters())
+        named += [(name, b) for name, b in self.model.named_buffers() if name in self.finite_buffers]
+        if self.ema is not None:
+            named += [(f"{name} (weight average)", avg) for name, avg in zip(self.ema.names, self.ema.average)]
         finite = torch.stack([torch.isfinite(p).all() for _, p in named] or [torch.tensor(True, device=self.device)])
         if not dist.all_true(finite.all()):  # one read from a GPU, not one per parameter
             bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
