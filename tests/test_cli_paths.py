@@ -346,3 +346,30 @@ def test_train_and_eval_on_the_embedded_benchmark_print_its_ceiling(tmp_path, ca
     fw.write_mosei_aligned(data)
     assert main(["train", "--model", "br", "--data", str(data), "--out", str(tmp_path / "mosei")]) == 0
     assert "oracle" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "{long}"],
+        ["train", "--config", "{long}.yaml"],
+        ["eval", "{long}"],
+        ["predict", "{run}", "--out", "{long}/p.jsonl"],
+        ["data", "import", "{long}.csv", "--out", "{tmp}/ds"],
+        ["demo", "--out", "{long}/demo"],
+    ],
+)
+def test_a_name_longer_than_the_file_system_allows_is_one_line(argv, tmp_path, capsys, tiny_run):
+    """A path with a name past the file system's limit (255 bytes here) fails at whichever check
+    first looks it up (``Path.exists`` raises ENAMETOOLONG): one line naming it, not a traceback."""
+    long = str(tmp_path / ("y" * 300))
+    try:
+        os.stat(long)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            pytest.skip(f"this file system takes a 300-byte name ({e.strerror})")
+    argv = [a.format(long=long, run=tiny_run[0], tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {long}") and "longer than the file system allows" in err
+    assert len(err.strip().splitlines()) == 1

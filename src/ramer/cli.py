@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import re
@@ -1366,6 +1367,11 @@ def main(argv: list[str] | None = None) -> int:
         for stream in gone:
             to_nothing(stream)
         return 141
+    except OSError as e:  # after BrokenPipeError, one of them
+        if e.errno != errno.ENAMETOOLONG or not e.filename:
+            raise
+        # a path the system will not look up, at whichever check first asks about it (Path.exists too)
+        return said(f"error: {e.filename}: a name in the path is longer than the file system allows", 2)
 
 
 def said(line: str, code: int) -> int:
