@@ -1,0 +1,42 @@
+"""What a user's ``pip install ramer`` gets: every file of the package that is not Python code is
+package data, the console script's target exists, and the licence the metadata names ships its text."""
+
+import importlib
+import re
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "ramer"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_file_of_the_package_is_code_or_package_data():
+    """A template or config added beside the code, not in ``[tool.setuptools.package-data]``, is in
+    an editable install (these tests) and missing from a wheel: ``ramer view`` or ``--config NAME``
+    would fail only for users."""
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["ramer"]
+    files = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"
+    ]
+    assert files and [f for f in files if not any(fnmatch(f, pat) for pat in patterns)] == []
+    assert [pat for pat in patterns if not any(fnmatch(f, pat) for f in files)] == []  # none names nothing
+
+
+def test_the_console_script_names_a_function_that_exists():
+    module, func = PYPROJECT["project"]["scripts"]["ramer"].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_the_licence_the_metadata_names_ships_its_text():
+    project = PYPROJECT["project"]
+    assert project["license"] == "MIT"
+    texts = [ROOT / f for f in project["license-files"]]
+    assert texts and all(p.is_file() for p in texts)
+    assert re.match(r"MIT License\n\nCopyright \(c\) \d{4} ", texts[0].read_text())
