@@ -177,6 +177,23 @@ AUTHORS_ZERO = (
 )
 
 
+def tiny_bench(tmp_path, models: str, sets, **settings):
+    """The settings of a one-seed bench of ``models`` at missing rate 0 on tiny data, into tmp_path/bench."""
+    from ramer import bench
+
+    small = ["data.synthetic.n_train=16", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", *TINY[1:]]
+    return bench.resolve_settings(
+        out=str(tmp_path / "bench"),
+        models=models,
+        seeds=1,
+        rates="0",
+        overrides=[*small, *sets],
+        complete="",
+        jobs=1,
+        **settings,
+    )
+
+
 @pytest.mark.parametrize(
     "sets, said",
     [
@@ -275,18 +292,7 @@ def test_a_bench_that_tunes_checks_the_search_not_the_values_it_replaces(tmp_pat
 
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  lr: 0.5\n  weight_decay: 3\n")
-    small = ["data.synthetic.n_train=16", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", *TINY[1:]]
-    s = bench.resolve_settings(
-        out=str(tmp_path / "bench"),
-        models="late_fusion",
-        seeds=1,
-        rates="0",
-        config=config,
-        overrides=[*small, *sets],
-        complete="",
-        jobs=1,
-        tune_trials=1,
-    )
+    s = tiny_bench(tmp_path, "late_fusion", sets, config=config, tune_trials=1)
 
     def tuning(*args):
         raise Tuning
@@ -305,16 +311,7 @@ def test_a_bench_refuses_a_loss_of_weight_0_before_any_run(tmp_path):
     first run, not after the models planned before it have trained."""
     from ramer import bench
 
-    small = ["data.synthetic.n_train=16", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", *TINY[1:]]
-    s = bench.resolve_settings(
-        out=str(tmp_path / "bench"),
-        models="late_fusion,ramer-authors",
-        seeds=1,
-        rates="0",
-        overrides=[*small, *(f"loss.{k}=0" for k in AUTHORS_ZERO)],
-        complete="",
-        jobs=1,
-    )
+    s = tiny_bench(tmp_path, "late_fusion,ramer-authors", [f"loss.{k}=0" for k in AUTHORS_ZERO])
     with pytest.raises(RamerError, match=r"^loss.w_adv, .* are all 0: every term of ramer-authors' loss"):
         bench.run_bench(s, Console(file=io.StringIO()))
     assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == []
