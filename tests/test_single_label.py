@@ -516,3 +516,22 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
     assert "arg-max decision, best epoch chosen on validation weighted F1" in text
     record = json.loads((out / "results.json").read_text())[0]["metrics"]["overall"]
     assert f"{record['top1_acc']:.3f}" in text.split(header)[1].splitlines()[2]
+
+
+def test_long_label_names_are_printed_whole_in_the_eval_tables():
+    """Twelve labels that begin alike, at a log's width of 160: each name was cut to "label-nu…" in
+    every row and column of the confusion table, which then named no label; they fold, whole."""
+    import io
+
+    from rich.console import Console
+
+    from ramer.cli import confusion_table, per_label_table
+    from ramer.console import PLAIN
+
+    labels = [f"label-number-{i}-with-a-rather-long-name" for i in range(12)]
+    matrix = {"labels": labels, "gold_by_decided": [[1234 * (i == j) + 7 for j in range(12)] for i in range(12)]}
+    per_label = {name: {"support": 1241, "p": 0.5, "r": 0.5, "f1": 0.5} for name in [labels[0] * 5]}
+    for table in (confusion_table("t", matrix), per_label_table("t", per_label)):
+        out = io.StringIO()
+        Console(file=out, width=160, **PLAIN).print(table, soft_wrap=False)
+        assert "…" not in out.getvalue() and "1241" in out.getvalue(), out.getvalue()

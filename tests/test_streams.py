@@ -348,6 +348,17 @@ def test_a_killed_write_is_removed_by_the_next_and_a_live_one_kept(tmp_path, nam
     assert left == sorted([kept, name]) and (tmp_path / name).read_text() == "mine"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="no locks to tell a live write from a killed one")
+def test_a_users_own_file_beside_the_output_is_not_taken_for_a_killed_write(tmp_path):
+    """``ramer predict --out preds.jsonl`` writes in the user's folder: their own .preds.jsonl.draft.tmp
+    there (no lock on it, as on a killed write's) was removed; only mkstemp's names are ``atomic_write``'s."""
+    mine = [".preds.jsonl.draft.tmp", ".preds.jsonl.my.old.tmp", ".preds.jsonl.ABCDEFGH.tmp"]
+    for name in [*mine, ".preds.jsonl.k1ll3d00.tmp"]:
+        (tmp_path / name).write_text("kept?")
+    atomic_write_text(tmp_path / "preds.jsonl", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "preds.jsonl"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="no locks to tell a live write from a killed one")
 def test_demo_and_tune_remove_what_a_killed_write_left(tmp_path, capsys):
@@ -364,3 +375,15 @@ def test_demo_and_tune_remove_what_a_killed_write_left(tmp_path, capsys):
             (out / f".{name}.k1ll3d00.tmp").write_text("cut")
         assert main([*argv[command], *sets, "--out", str(out)]) == 0, capsys.readouterr().err
         assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_stream_of_out_and_err_copies_and_pickles():
+    """``cli.OUT``'s and ``ERR``'s file asked its own name in ``__getattr__``: a copy or an unpickled
+    one, which has none before its state is set, recursed without end (RecursionError)."""
+    import copy
+    import pickle
+
+    from ramer.cli import StreamFile
+
+    for f in (copy.copy(StreamFile("stderr")), pickle.loads(pickle.dumps(StreamFile("stdout")))):
+        assert f.name in ("stdout", "stderr") and f.isatty() == getattr(sys, f.name).isatty()

@@ -306,12 +306,23 @@ def test_a_bench_that_tunes_checks_the_search_not_the_values_it_replaces(tmp_pat
             bench.run_bench(s, Console(file=io.StringIO()))
 
 
-def test_a_bench_refuses_a_loss_of_weight_0_before_any_run(tmp_path):
+@pytest.mark.parametrize("tune_trials", [None, 1])
+def test_a_bench_refuses_a_loss_of_weight_0_before_any_run(tmp_path, monkeypatch, tune_trials):
     """ramer-authors with every loss weight 0 (``check_loss_weights``): refused before the bench's
-    first run, not after the models planned before it have trained."""
+    first run, not after the models planned before it have trained; with --tune-trials too, whose
+    search leaves the weights --set fixes as they are (``tune.check_space``): it made the studies and
+    every trial failed."""
     from ramer import bench
 
-    s = tiny_bench(tmp_path, "late_fusion,ramer-authors", [f"loss.{k}=0" for k in AUTHORS_ZERO])
+    if tune_trials:
+        pytest.importorskip("optuna")
+
+        def tuning(*args):
+            raise Tuning
+
+        monkeypatch.setattr(bench, "tune_models", tuning)
+    sets = [f"loss.{k}=0" for k in AUTHORS_ZERO]
+    s = tiny_bench(tmp_path, "late_fusion,ramer-authors", sets, tune_trials=tune_trials)
     with pytest.raises(RamerError, match=r"^loss.w_adv, .* are all 0: every term of ramer-authors' loss"):
         bench.run_bench(s, Console(file=io.StringIO()))
     assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == []

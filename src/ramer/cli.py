@@ -61,6 +61,8 @@ class StreamFile:
         pass
 
     def __getattr__(self, name: str):  # isatty, encoding, fileno: the stream's
+        if "name" not in self.__dict__:  # copy or pickle, before they set it: not self.name, which recursed
+            raise AttributeError(name)
         return getattr(getattr(sys, self.name), name)
 
 
@@ -593,19 +595,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def per_label_table(title: str, per_label: dict[str, dict]) -> Table:
     """One line per label: its support, precision, recall and F1 (``metrics.per_label_metrics``)."""
     table = Table(title=title)
-    for col in ("label", "support", "P", "R", "F1"):
-        table.add_column(col, justify="left" if col == "label" else "right")
+    for col in ("label", "support", "P", "R", "F1"):  # a long label folds, whole, not cut to "label-nu…"
+        table.add_column(col, justify="left" if col == "label" else "right", overflow="fold")
     for label, m in per_label.items():
         table.add_row(label, str(m["support"]), *(f"{m[k]:.4f}" for k in ("p", "r", "f1")))
     return table
 
 
 def confusion_table(title: str, matrix: dict) -> Table:
-    """``eval``'s ``confusion`` (``labels``, ``gold_by_decided``) as counts, a row per gold label."""
+    """``eval``'s ``confusion`` (``labels``, ``gold_by_decided``) as counts, a row per gold label. A
+    name too long for its column folds onto more lines, whole: cut short ("label-nu…") labels that
+    begin alike were one name for every row and column."""
     table = Table(title=title)
-    table.add_column("gold \\ decided", justify="left")
+    table.add_column("gold \\ decided", justify="left", overflow="fold")
     for label in matrix["labels"]:
-        table.add_column(label, justify="right")
+        table.add_column(label, justify="right", overflow="fold")
     for label, counts in zip(matrix["labels"], matrix["gold_by_decided"]):
         table.add_row(label, *map(str, counts))
     return table

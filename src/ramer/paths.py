@@ -9,6 +9,7 @@ import glob
 import io
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -254,6 +255,11 @@ def remove_temporaries(folder: str | Path, names, holder: str | Path | None = No
     return removed
 
 
+# what ``tempfile.mkstemp`` puts between its prefix and suffix (8 of a-z, 0-9, _): a temporary of
+# ``atomic_write``'s own, not any file a user named .NAME.something.tmp (if it ever changed, nothing matches)
+_MKSTEMP_TAIL = r"[a-z0-9_]{8}\.tmp"
+
+
 def _remove_cut_off(path: Path) -> None:
     """Remove what killed writes of ``path`` left beside it (``atomic_write``'s ``.NAME.XXXX.tmp``)
     and no process is writing now: those whose lock it takes (``_locked_temporary``). For a folder no
@@ -267,9 +273,10 @@ def _remove_cut_off(path: Path) -> None:
         left = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
     except OSError:  # a folder that can be written, not listed
         return
+    ours = re.compile(re.escape(f".{path.name}.") + _MKSTEMP_TAIL)
     for p in left:
-        if not p.is_file() or p.is_symlink() or not is_temporary(p.name):
-            continue
+        if not ours.fullmatch(p.name) or not p.is_file() or p.is_symlink():
+            continue  # a user's own .NAME.draft.tmp in their --out folder is theirs: only mkstemp's names
         try:
             fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)  # for writing: NFS locks a file so opened
         except OSError:

@@ -64,7 +64,7 @@ from ramer.models.spaces import Param, format_value, space_for, suggest
 from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_folder
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
-from ramer.train.recipe import check_training_values, progress, selection_score
+from ramer.train.recipe import check_loss_weights, check_training_values, progress, selection_score
 from ramer.version import __version__
 
 STUDY_FILE = "study.db"
@@ -619,7 +619,8 @@ def check_space(base: Config, space: tuple[Param, ...]) -> None:
     """Every searched hidden size must divide into ``model.heads`` attention heads; the settings no run
     trains with (``check_training_values``) are refused before a study is made, for ``base`` with each
     searched key at its end farthest from a refusal and at its end nearest one: a trial that met one
-    would fail, and the study keep the config that made it."""
+    would fail, and the study keep the config that made it. ramer-authors' loss weights all 0
+    (``check_loss_weights``, each searched one at its top) are refused so too: every trial would fail."""
     for p in space:
         if p.key == "model.hidden" and any(h % base.model.heads for h in p.choices or ()):
             raise RamerError(
@@ -635,6 +636,9 @@ def check_space(base: Config, space: tuple[Param, ...]) -> None:
             ends[p.key], far[p.key] = min(values), max(values)
     # what no trial can escape: base's own value of a searched key is not one a trial trains with
     check_training_values(with_values(base, far, "the search space"))
+    # ramer-authors' loss weights all 0 (set with --set, so none searched): every trial learns nothing
+    weights = {p.key: max(p.choices or (p.low, p.high)) for p in space if p.key.startswith("loss.w_")}
+    check_loss_weights(with_values(base, weights, "the search space"))
     try:
         check_training_values(with_values(base, ends, "the search space"))
     except RamerError as e:

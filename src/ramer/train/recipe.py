@@ -110,8 +110,9 @@ def check_loss_weights(cfg: Config) -> None:
     """ramer-authors weights every term of its loss by a ``loss.w_*`` key (``AUTHORS_WEIGHTS``; the
     other models have a classification term of weight 1): with all of them 0 its loss and every
     gradient are 0, and the run learns nothing (weight decay alone moves the weights), refused before
-    any work. Not in ``check_training_values``, which a search checks its config with: it sets the
-    weights it searches itself."""
+    any work. Not in ``check_training_values``, which a search checks its config with: a search checks
+    it with the weights it searches at their top (``tune.check_space``), so that only those --set
+    fixes at 0 are refused."""
     if cfg.model.name != "ramer-authors":
         return
     keys = [f"loss.{k}" for k in sorted(set(AUTHORS_WEIGHTS.values()))]
