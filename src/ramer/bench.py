@@ -103,7 +103,7 @@ from ramer.paths import (
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
 from ramer.train.recipe import check_loss_weights, check_training_values, read_log
-from ramer.version import __version__
+from ramer.version import __version__, newer_writer
 
 GROUPS = {
     "all": (*BASELINES, "ramer"),
@@ -526,7 +526,7 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
         ):
             return "resume"
     written = ckpt.read_written_by(run / "model.safetensors").get("ramer_version")
-    if ckpt.newer_writer(written):  # a newer ramer's work is not this one's to remove
+    if newer_writer(written):  # a newer ramer's work is not this one's to remove
         raise RamerError(
             f"{run}: a run made by ramer {written}, newer than this ramer {__version__}, and not one this "
             f"bench can reuse; it is kept: run the bench with ramer {written} or later, or give another --out"

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import pickle
-import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -34,7 +33,7 @@ from ramer.errors import FileUnreadable, RamerError, first_line, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
-from ramer.version import __version__
+from ramer.version import __version__, newer_writer, version_note
 
 MODEL_FORMAT = "ramer-model"  # a model file's metadata 'format'
 
@@ -110,31 +109,6 @@ def read_written_by(path: str | Path) -> dict[str, str]:
         return written_by(metadata(path))
     except (SafetensorError, OSError):
         return {}
-
-
-def _release(version: str) -> tuple[int, ...] | None:
-    """The leading numbers of a version ("0.2.0rc1" -> (0, 2, 0)); None where it starts with none."""
-    found = re.match(r"\d+(?:\.\d+)*", version)
-    return tuple(int(x) for x in found.group().split(".")) if found else None
-
-
-def newer_writer(written: str | None) -> bool:
-    """Whether ramer version ``written`` is later than this one."""
-    mine, theirs = _release(__version__), _release(written) if written else None
-    return mine is not None and theirs is not None and theirs > mine
-
-
-def version_note(written: str | None) -> str:
-    """Which ramer wrote a file and which reads it: "written by ramer 0.2.0, newer than this ramer
-    0.1.0: read it with ramer 0.2.0 or later". A file that records none is of a ramer from before
-    versions were recorded (or not of ramer)."""
-    if not written:
-        return f"the file records no ramer version; this is ramer {__version__}"
-    if written == __version__:
-        return f"written by this ramer version, {__version__}"
-    if newer_writer(written):
-        return f"written by ramer {written}, newer than this ramer {__version__}: read it with ramer {written} or later"
-    return f"written by ramer {written}; this is ramer {__version__}"
 
 
 def run_config(run: str | Path) -> Config:

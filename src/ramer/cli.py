@@ -492,7 +492,7 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
     as a Python warning with its source line; so is a model file another ramer version wrote (its
     figures are that version's)."""
     from ramer.api import RunNotFinished, load
-    from ramer.checkpoint import version_note
+    from ramer.version import version_note
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunNotFinished)

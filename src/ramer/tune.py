@@ -65,7 +65,7 @@ from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_fold
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
 from ramer.train.recipe import check_loss_weights, check_training_values, progress, selection_score
-from ramer.version import __version__
+from ramer.version import __version__, version_note
 
 STUDY_FILE = "study.db"
 TRIAL_FOLDER = "trial-{:04d}"
@@ -211,7 +211,7 @@ def _made_by(study) -> str:
     written = study.user_attrs.get("ramer_version")
     if not isinstance(written, str) or written == __version__:
         return ""
-    return f"; the study was {ckpt.version_note(written)}"
+    return f"; the study was {version_note(written)}"
 
 
 def check_study_file(path: Path, console: Console | None = None) -> None:

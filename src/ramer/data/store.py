@@ -66,7 +66,7 @@ from ramer.paths import (
     remove_temporaries,
     umask,
 )
-from ramer.version import __version__
+from ramer.version import __version__, version_note
 
 NATIVE_FORMAT = "ramer-native"
 NATIVE_VERSION = 2  # 2: feature arrays packed (present rows only); 1: dense, still read
@@ -939,12 +939,11 @@ def save_cut_off(directory: Path) -> bool:
 
 
 def _written_by(meta: dict) -> str:
-    """Which ramer wrote a ``meta.json`` (``ramer_version``, one short line) and which reads it, for
-    an error about a value this ramer does not know."""
+    """Which ramer wrote a ``meta.json`` (``ramer_version``, one short line) and which reads it
+    (``version_note``, as for a model file), for an error about a value this ramer does not know."""
     written = meta.get("ramer_version")
-    if not (isinstance(written, str) and 0 < len(written) <= 64 and written.isprintable()):
-        return f"a newer ramer wrote it?; this is ramer {__version__}"
-    return f"written by ramer {written}; this is ramer {__version__}"
+    one_line = isinstance(written, str) and 0 < len(written) <= 64 and written.isprintable()
+    return version_note(written if one_line else None)
 
 
 def _read_meta(path: Path) -> dict:
