@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ramer.config import TASKS, Config, build_config, resolve_config
-from ramer.console import PLAIN
+from ramer.console import PLAIN, plural
 from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
@@ -825,11 +825,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
     write_stdout(text + "\n")
     return 0
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 seed``, ``3 seeds``."""
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -18,3 +18,8 @@ LOG_EVERY = 30.0
 def plain_console(stderr: bool = True) -> Console:
     """The console for messages and progress where the caller gives none (the Python API)."""
     return Console(stderr=stderr, **PLAIN)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} {noun}{'s' * (n != 1)}"

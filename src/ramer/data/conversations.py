@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.console import LOG_EVERY, plain_console
+from ramer.console import LOG_EVERY, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError
@@ -870,10 +870,6 @@ def _progress(console):
     )
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 class _Stage:
     """What one feature stage shows while it runs, per utterance: a bar on a terminal; where stderr
     is not one (a log file, CI) plain lines instead, as training prints a line an epoch: one when the
@@ -885,7 +881,7 @@ class _Stage:
         self.console, self.kind, self.t0 = console, kind, t0
         self.total = sum(len(c.utterances) for c in todo)
         n = sum(len(c.utterances) for c in convs)
-        self.what = f"{kind}: {_plural(n, 'utterance')} in {_plural(len(convs), 'conversation')}"
+        self.what = f"{kind}: {plural(n, 'utterance')} in {plural(len(convs), 'conversation')}"
         self.cached = n - self.total
         self.done = 0
 
