@@ -325,4 +325,20 @@ def test_a_bench_refuses_a_loss_of_weight_0_before_any_run(tmp_path, monkeypatch
     s = tiny_bench(tmp_path, "late_fusion,ramer-authors", sets, tune_trials=tune_trials)
     with pytest.raises(RamerError, match=r"^loss.w_adv, .* are all 0: every term of ramer-authors' loss"):
         bench.run_bench(s, Console(file=io.StringIO()))
-    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == []
+    assert not (tmp_path / "bench").exists()  # made for the bench, removed again: nothing in it
+
+
+def test_a_refused_bench_leaves_no_folder_it_made_and_keeps_the_users(tmp_path):
+    """A bench refused before its first run removes the --out it made for itself (an empty folder left
+    behind, as before) and keeps a folder that was there before it."""
+    from ramer import bench
+
+    sets = ["train.lr=100", "train.weight_decay=1"]
+    for existed in (False, True):
+        if existed:
+            (tmp_path / "bench").mkdir()
+        with pytest.raises(RamerError, match="train.lr 100 x train.weight_decay 1 is 100"):
+            bench.run_bench(tiny_bench(tmp_path, "late_fusion", sets), Console(file=io.StringIO()))
+        assert (tmp_path / "bench").exists() == existed
+        if existed:
+            assert [p.name for p in (tmp_path / "bench").iterdir() if p.name != ".ramer.lock"] == []

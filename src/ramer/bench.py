@@ -716,8 +716,13 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     t_start = time.perf_counter()
     load_start = load_average()
     base = s.base or base_config(s)
-    with hold(work_folder(s.out, "bench"), "ramer bench"):  # the run folders below hold their own locks
-        return _run_bench(s, base, console, t_start, load_start)
+    made = not Path(s.out).exists()
+    try:
+        with hold(work_folder(s.out, "bench"), "ramer bench"):  # the run folders below hold their own locks
+            return _run_bench(s, base, console, t_start, load_start)
+    finally:
+        if made:  # a bench refused before its first run, or stopped before it wrote anything: no empty --out
+            remove_if_empty(Path(s.out))
 
 
 def _run_bench(
