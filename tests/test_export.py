@@ -260,3 +260,16 @@ def test_a_batch_of_several_target_tokens_is_refused_not_scored_as_the_whole_sce
     batch.scope[1] = batch.valid[1] & (batch.segment[1] == 0)  # the marked tokens: segment 0 of everyone
     with pytest.raises(RamerError, match=r"scene '.*' \(1 of 4\): its target is several marked tokens"):
         batch_to_grid(batch, personality=True)
+
+
+def test_a_batch_without_personality_is_refused_for_a_graph_that_takes_it():
+    """``personality=True`` (the graph's inputs name it) on data that holds none was an
+    AttributeError on None; it is a RamerError saying what is missing. Without it, the grid is built."""
+    from conftest import random_store
+
+    from ramer.export import batch_to_grid
+
+    batch = random_store(n=4, personality_dim=None).collate(np.arange(4))
+    assert "personality" not in batch_to_grid(batch, personality=False)
+    with pytest.raises(RamerError, match=r"the batch has no personality .*which the graph takes"):
+        batch_to_grid(batch, personality=True)

@@ -154,7 +154,13 @@ def grid_batch(
 def batch_to_grid(batch: Batch, personality: bool) -> dict[str, np.ndarray]:
     """The ONNX inputs of a collated ``Batch`` (e.g. from ``SceneStore.collate``). A scene whose scope
     is not what its ``target`` gives (several marked target tokens: MEmoR's clip protocol) is refused:
-    the graph has no input for it and would pool over the whole scene."""
+    the graph has no input for it and would pool over the whole scene. ``personality`` asked of a
+    batch without it (data with no personality for a graph that takes it) is refused too."""
+    if personality and batch.personality is None:
+        raise RamerError(
+            "the batch has no personality (its data holds none), which the graph takes (personality, "
+            "personality_present); score data with personality, or export a run trained without it"
+        )
     B = batch.size
     P, S = batch.grid
     target_person = torch.div(batch.target, S, rounding_mode="floor").unsqueeze(1)
