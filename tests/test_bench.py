@@ -533,6 +533,14 @@ def test_sigterm_to_the_bench_stops_its_workers(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_missing_at_is_all_or_test_in_the_python_api_too():
+    """The CLI's --missing-at takes all or test; resolve_settings took any text, and base_config then
+    failed with pydantic's ValidationError traceback."""
+    assert bench_mod.resolve_settings(overrides=TINY, missing_at="test").missing_at == "test"
+    with pytest.raises(RamerError, match="--missing-at must be all or test, got 'tests'"):
+        bench_mod.base_config(bench_mod.resolve_settings(overrides=TINY, missing_at="tests"))
+
+
 def test_complete_option(tmp_path):
     """--complete: ramer by default on the embedded benchmark, none on other data, '' for none;
     a list on other data is an error."""

@@ -269,6 +269,8 @@ def resolve_settings(
     """Settings from the command line's values (None: the default, or the quick default)."""
     if jobs is not None and jobs < 1:
         raise RamerError(f"--jobs must be at least 1, got {jobs}")
+    if missing_at not in ("all", "test"):  # the CLI's choices; data.missing_at's values
+        raise RamerError(f"--missing-at must be all or test, got {missing_at!r:.40}")
     if tuned is not None and tune_trials is not None:
         raise RamerError("--tuned reads tuned configs, --tune-trials makes them: give one of them")
     if tune_trials is not None and tune_trials < 1:
