@@ -162,6 +162,16 @@ def open_study(
         check_study_file(out / STUDY_FILE, console)
     with storage_errors(optuna, url):
         rdb = _storage(optuna, url)
+    try:
+        return _open_study(optuna, rdb, url, out, storage, base, seed, pruner, trial_seeds, bundle)
+    except BaseException:  # refused: the storage's connections are closed, not left to the garbage collector
+        close_storage(rdb)
+        raise
+
+
+def _open_study(optuna, rdb, url: str, out: Path, storage, base: Config, seed: int, pruner, trial_seeds, bundle):
+    """``open_study`` in the storage ``rdb`` opened at ``url``."""
+    with storage_errors(optuna, url):
         studies = optuna.get_all_study_names(storage=rdb) if storage is None else []  # a shared storage holds many
     check_folder_model(out, base.model.name, studies)
     with storage_errors(optuna, url):
@@ -202,6 +212,18 @@ def open_study(
         )
     fresh_sampler(optuna, study, seed)
     return study, url
+
+
+def close_storage(rdb) -> None:
+    """Close the database connections of Optuna's ``rdb`` storage (``_storage``), or of a study's. Optuna
+    keeps them pooled (the main thread's and the heartbeat thread's) until the storage is garbage
+    collected: each ``tune`` in one process (``ramer bench --tune-trials``, a notebook's loop) left its
+    ``study.db`` open twice after it returned, file descriptors that piled up between collections."""
+    rdb = getattr(rdb, "_storage", rdb)  # a study's storage
+    rdb = getattr(rdb, "_backend", rdb)  # Optuna wraps an RDBStorage in a cache
+    if hasattr(rdb, "engine"):
+        rdb.remove_session()
+        rdb.engine.dispose()
 
 
 def _made_by(study) -> str:
@@ -414,6 +436,17 @@ def counts(optuna, study) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------- one trial
+@dataclass
+class RunFacts:
+    """What a trial records of one seed's run, as of its last reported epoch. Kept in place of the
+    run's Recipe, which holds the trial's hook: the cycle kept each trial's model, optimiser state and
+    data views in memory (on the GPU too) after the trial, until a garbage collection."""
+
+    best: dict
+    steps_per_epoch: int
+    epochs_run: int
+
+
 class Objective:
     """Train one trial's config into ``OUT/trial-NNNN``; the value is its best validation score."""
 
@@ -442,7 +475,7 @@ class Objective:
         if run.exists():  # a folder of an earlier study in this folder, under the same number
             shutil.rmtree(run)
         t0 = time.perf_counter()
-        done: list = []  # the recipes of the seeds trained so far (the current one last)
+        done: list = []  # what record reads of each seed's run trained so far (``RunFacts``; the current one last)
 
         def record(note: str | None = None) -> None:
             steps = [r.best["epoch"] * r.steps_per_epoch for r in done]
@@ -458,10 +491,12 @@ class Objective:
             for key, value in {**attrs, **({"note": note} if note else {})}.items():
                 trial.set_user_attr(key, value)
 
-        def hook(first: bool):
+        def hook(index: int):
+            first = index == 0
+
             def report(recipe, epoch: int) -> None:
-                if not done or done[-1] is not recipe:
-                    done.append(recipe)
+                facts = RunFacts(dict(recipe.best), recipe.steps_per_epoch, recipe.epochs_run)
+                done[index:] = [facts]  # this seed's, as of this epoch
                 score = selection_score(recipe.log[-1]["valid"], recipe.spec.task)  # validation only
                 self.on_epoch(trial.number, epoch, recipe.cfg.train.epochs, score)
                 if not first:  # the pruner compares the first seed's epochs across trials
@@ -477,14 +512,20 @@ class Objective:
         for i in range(self.trial_seeds):
             one = cfg if i == 0 else with_values(cfg, {"train.seed": seed + i}, f"trial {trial.number}")
             folder = run if self.trial_seeds == 1 else run / f"seed-{seed + i}"
+            # Raised without the run's frames: Optuna keeps a trial's exception in a reference cycle, and the
+            # frames held the run (its model, optimiser state, scores; on the GPU too) until a garbage collection.
+            diverged = None
             try:
-                run_training(one, folder, bundle=self.bundle, console=self.quiet, hooks=(hook(i == 0),))
+                run_training(one, folder, bundle=self.bundle, console=self.quiet, hooks=(hook(i),))
+            except optuna.TrialPruned as e:  # the hook's
+                raise e.with_traceback(None) from None
             except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
+                diverged = e.cause if self.trial_seeds == 1 else f"seed {seed + i}: {e.cause}"
+            if diverged is not None:
                 if done:
                     record()
-                note = e.cause if self.trial_seeds == 1 else f"seed {seed + i}: {e.cause}"
-                trial.set_user_attr("note", note)
-                raise optuna.TrialPruned(note) from None
+                trial.set_user_attr("note", diverged)
+                raise optuna.TrialPruned(diverged)
         record()
         return sum(float(r.best["score"]) for r in done) / len(done)
 
@@ -534,85 +575,88 @@ def tune(
         if made:  # data or a storage that would not open: no empty folder left behind
             remove_if_empty(out)
         raise
-    say_stopped(console, fail_stale(optuna, study))
-    remove_failed_folders(optuna, study, out)
-    task = resolve_task(bundle, base.data.task)
-    metric = METRIC_NAMES[SELECTION[task]]
-    info = {
-        "sampler": f"TPE (seed {seed}, {TPE_STARTUP} random trials first)",
-        "pruner": f"median (from the {PRUNER_STARTUP}th completed trial, from epoch {PRUNER_WARMUP})"
-        if pruner is None
-        else type(pruner).__name__,
-        "space": [p.describe() for p in space],
-        "fixed": sorted(fixed),
-        "trial_seeds": trial_seeds,
-        "study": url,
-    }
-    states = optuna.trial.TrialState
-    t_start = time.perf_counter()
     try:
-        with progress(console) as bar:
-            n = counts(optuna, study)
-            task_id = bar.add_task(
-                f"tune {base.model.name}", total=trials, completed=min(n["finished"], trials), info=""
-            )
-            console.print(
-                f"tune {base.model.name}: {trials} trials (the study holds {n['finished']} finished) -> {out}",
-                highlight=False,
-                soft_wrap=True,
-            )
-
-            def on_epoch(number: int, epoch: int, epochs: int, score: float) -> None:
-                best = _best(optuna, study)
-                so_far = f"  best {best.value:.4f} (trial {best.number})" if best else ""
-                bar.update(task_id, info=f"trial {number} epoch {epoch}/{epochs} valid {score:.4f}{so_far}")
-
-            def after_trial(study, t) -> None:
+        say_stopped(console, fail_stale(optuna, study))
+        remove_failed_folders(optuna, study, out)
+        task = resolve_task(bundle, base.data.task)
+        metric = METRIC_NAMES[SELECTION[task]]
+        info = {
+            "sampler": f"TPE (seed {seed}, {TPE_STARTUP} random trials first)",
+            "pruner": f"median (from the {PRUNER_STARTUP}th completed trial, from epoch {PRUNER_WARMUP})"
+            if pruner is None
+            else type(pruner).__name__,
+            "space": [p.describe() for p in space],
+            "fixed": sorted(fixed),
+            "trial_seeds": trial_seeds,
+            "study": url,
+        }
+        states = optuna.trial.TrialState
+        t_start = time.perf_counter()
+        try:
+            with progress(console) as bar:
                 n = counts(optuna, study)
-                bar.update(task_id, completed=min(n["finished"], trials))
-                if t.state in (states.COMPLETE, states.PRUNED):
+                task_id = bar.add_task(
+                    f"tune {base.model.name}", total=trials, completed=min(n["finished"], trials), info=""
+                )
+                console.print(
+                    f"tune {base.model.name}: {trials} trials (the study holds {n['finished']} finished) -> {out}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
+                def on_epoch(number: int, epoch: int, epochs: int, score: float) -> None:
                     best = _best(optuna, study)
-                    a = t.user_attrs
-                    value = f"{t.value:.4f}" if t.value is not None else "–"
                     so_far = f"  best {best.value:.4f} (trial {best.number})" if best else ""
-                    each = " ".join(f"{v:.4f}" for v in a.get("seed_values", []))
-                    each = f" (seeds {each})" if each else ""
-                    console.print(
-                        f"[{n['finished']}/{trials}] trial {t.number} {t.state.name.lower()}: valid {metric} {value}"
-                        f"{each}{so_far}  {a.get('steps', 0)} steps  {a.get('seconds', 0.0):.1f}s",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
-                write_outputs(optuna, study, out, base, trials, task, info)
+                    bar.update(task_id, info=f"trial {number} epoch {epoch}/{epochs} valid {score:.4f}{so_far}")
 
-            objective = Objective(optuna, study, base, space, out, trials, bundle, on_epoch, trial_seeds)
-            while True:
-                say_stopped(console, fail_stale(optuna, study))
-                n = counts(optuna, study)
-                if n["finished"] >= trials:
-                    break
-                if timeout is not None and time.perf_counter() - t_start >= timeout:
-                    console.print(f"--timeout {timeout:g}s reached; no new trial", highlight=False)
-                    break
-                if n["finished"] + n["running"] >= trials:
-                    console.print(
-                        f"the rest of the budget is running in other processes ({n['running']} trials)",
-                        highlight=False,
-                    )
-                    break
-                fresh_sampler(optuna, study, seed)  # this trial's draw: the same however the study was stopped
-                try:
-                    study.optimize(objective, n_trials=1, callbacks=[after_trial])
-                except BudgetTaken:
-                    break
-                except KeyboardInterrupt:  # Optuna marked the trial failed: its values go first next time
-                    stopped = [t for t in study.get_trials(deepcopy=False) if t.number == objective.number]
-                    if stopped and stopped[0].state == states.FAIL:
-                        requeue(study, stopped[0])
-                    raise
+                def after_trial(study, t) -> None:
+                    n = counts(optuna, study)
+                    bar.update(task_id, completed=min(n["finished"], trials))
+                    if t.state in (states.COMPLETE, states.PRUNED):
+                        best = _best(optuna, study)
+                        a = t.user_attrs
+                        value = f"{t.value:.4f}" if t.value is not None else "–"
+                        so_far = f"  best {best.value:.4f} (trial {best.number})" if best else ""
+                        each = " ".join(f"{v:.4f}" for v in a.get("seed_values", []))
+                        each = f" (seeds {each})" if each else ""
+                        console.print(
+                            f"[{n['finished']}/{trials}] trial {t.number} {t.state.name.lower()}: valid {metric} "
+                            f"{value}{each}{so_far}  {a.get('steps', 0)} steps  {a.get('seconds', 0.0):.1f}s",
+                            highlight=False,
+                            soft_wrap=True,
+                        )
+                    write_outputs(optuna, study, out, base, trials, task, info)
+
+                objective = Objective(optuna, study, base, space, out, trials, bundle, on_epoch, trial_seeds)
+                while True:
+                    say_stopped(console, fail_stale(optuna, study))
+                    n = counts(optuna, study)
+                    if n["finished"] >= trials:
+                        break
+                    if timeout is not None and time.perf_counter() - t_start >= timeout:
+                        console.print(f"--timeout {timeout:g}s reached; no new trial", highlight=False)
+                        break
+                    if n["finished"] + n["running"] >= trials:
+                        console.print(
+                            f"the rest of the budget is running in other processes ({n['running']} trials)",
+                            highlight=False,
+                        )
+                        break
+                    fresh_sampler(optuna, study, seed)  # this trial's draw: the same however the study was stopped
+                    try:
+                        study.optimize(objective, n_trials=1, callbacks=[after_trial])
+                    except BudgetTaken:
+                        break
+                    except KeyboardInterrupt:  # Optuna marked the trial failed: its values go first next time
+                        stopped = [t for t in study.get_trials(deepcopy=False) if t.number == objective.number]
+                        if stopped and stopped[0].state == states.FAIL:
+                            requeue(study, stopped[0])
+                        raise
+        finally:
+            summary = write_outputs(optuna, study, out, base, trials, task, info)
+        return TuneResult(out=out, summary=summary)
     finally:
-        summary = write_outputs(optuna, study, out, base, trials, task, info)
-    return TuneResult(out=out, summary=summary)
+        close_storage(study)  # study.db is not left open after the command
 
 
 def check_space(base: Config, space: tuple[Param, ...]) -> None:
