@@ -17,7 +17,7 @@ import pytest
 from test_conversations import base_rows, write_table
 
 from ramer.cli import main
-from ramer.paths import atomic_write_text
+from ramer.paths import atomic_write_text, hold, remove_temporaries
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -357,6 +357,19 @@ def test_a_users_own_file_beside_the_output_is_not_taken_for_a_killed_write(tmp_
         (tmp_path / name).write_text("kept?")
     atomic_write_text(tmp_path / "preds.jsonl", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "preds.jsonl"])
+
+
+def test_a_held_folders_sweep_takes_only_the_temporaries_of_its_own_writes(tmp_path):
+    """A command that holds its folder (``ramer bench --out``, which may be a folder the user had)
+    removes what its killed writes left (``remove_temporaries``) by the same rule as an unheld one:
+    mkstemp's names of the files it writes, not the user's own .report.md.draft.tmp."""
+    mine = [".report.md.draft.tmp", ".report.md.my.old.tmp", ".report.md.ABCDEFGH.tmp", ".a.png.draft.tmp"]
+    mine.append(".notes.txt.k1ll3d00.tmp")  # another file's: not a name this command writes
+    for name in [*mine, ".report.md.k1ll3d00.tmp", ".a.png.k1ll3d00.tmp"]:
+        (tmp_path / name).write_text("kept?")
+    with hold(tmp_path, "ramer bench"):
+        assert remove_temporaries(tmp_path, ("report.md", "*.png")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(mine)
 
 
 @pytest.mark.slow

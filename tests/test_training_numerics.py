@@ -177,13 +177,13 @@ AUTHORS_ZERO = (
 )
 
 
-def tiny_bench(tmp_path, models: str, sets, **settings):
-    """The settings of a one-seed bench of ``models`` at missing rate 0 on tiny data, into tmp_path/bench."""
+def tiny_bench(tmp_path, models: str, sets, out="bench", **settings):
+    """The settings of a one-seed bench of ``models`` at missing rate 0 on tiny data, into tmp_path/out."""
     from ramer import bench
 
     small = ["data.synthetic.n_train=16", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", *TINY[1:]]
     return bench.resolve_settings(
-        out=str(tmp_path / "bench"),
+        out=str(tmp_path / out),
         models=models,
         seeds=1,
         rates="0",
@@ -330,10 +330,14 @@ def test_a_bench_refuses_a_loss_of_weight_0_before_any_run(tmp_path, monkeypatch
 
 def test_a_refused_bench_leaves_no_folder_it_made_and_keeps_the_users(tmp_path):
     """A bench refused before its first run removes the --out it made for itself (an empty folder left
-    behind, as before) and keeps a folder that was there before it."""
+    behind, as before), and the parents it made for it (the default runs/bench's runs/), and keeps a
+    folder that was there before it."""
     from ramer import bench
 
     sets = ["train.lr=100", "train.weight_decay=1"]
+    with pytest.raises(RamerError, match="train.lr 100 x train.weight_decay 1 is 100"):
+        bench.run_bench(tiny_bench(tmp_path, "late_fusion", sets, out="runs/bench"), Console(file=io.StringIO()))
+    assert not (tmp_path / "runs").exists()
     for existed in (False, True):
         if existed:
             (tmp_path / "bench").mkdir()

@@ -543,6 +543,9 @@ def test_a_storage_that_will_not_open_leaves_no_folder_behind(tmp_path, capsys):
     argv = ["tune", "--model", "late_fusion", "--trials", "1", "--storage", "nosuch://db", "--out", str(out), *SETS]
     assert main(argv) == 2
     assert "cannot open the study at nosuch://db" in capsys.readouterr().err and not out.exists()
+    argv[argv.index(str(out))] = str(tmp_path / "runs" / "study")  # nor the parents it made for it
+    assert main(argv) == 2 and not (tmp_path / "runs").exists()
+    argv[argv.index(str(tmp_path / "runs" / "study"))] = str(out)
     out.mkdir()  # a folder the user made is kept, empty or not
     assert main(argv) == 2 and out.is_dir()
 

@@ -299,3 +299,7 @@ def test_a_native_dataset_records_the_ramer_that_wrote_it_and_its_errors_name_it
     edit_meta(d, task="multi_label", version=3, ramer_version=None)  # from before the key: no version
     with pytest.raises(RamerError, match=r"\(the file records no ramer version; this is ramer "):
         load_native(d)
+    for odd, kind in (({"major": 1}, "an object"), ("x" * 80, r'a string \("xxx')):  # there, but not a version
+        edit_meta(d, ramer_version=odd)
+        with pytest.raises(RamerError, match=rf"\(its 'ramer_version' is {kind}.*, not a ramer version; this is "):
+            load_native(d)

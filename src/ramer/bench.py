@@ -53,6 +53,7 @@ from rich.console import Console
 from ramer import checkpoint as ckpt
 from ramer.config import (
     CONFIG_DIR,
+    MISSING_AT,
     Config,
     DataConfig,
     build_config,
@@ -269,8 +270,8 @@ def resolve_settings(
     """Settings from the command line's values (None: the default, or the quick default)."""
     if jobs is not None and jobs < 1:
         raise RamerError(f"--jobs must be at least 1, got {jobs}")
-    if missing_at not in ("all", "test"):  # the CLI's choices; data.missing_at's values
-        raise RamerError(f"--missing-at must be all or test, got {missing_at!r:.40}")
+    if missing_at not in MISSING_AT:  # the CLI's choices
+        raise RamerError(f"--missing-at must be {' or '.join(MISSING_AT)}, got {missing_at!r:.40}")
     if tuned is not None and tune_trials is not None:
         raise RamerError("--tuned reads tuned configs, --tune-trials makes them: give one of them")
     if tune_trials is not None and tune_trials < 1:
@@ -718,13 +719,10 @@ def run_bench(s: BenchSettings, console: Console | None = None) -> list[dict]:
     t_start = time.perf_counter()
     load_start = load_average()
     base = s.base or base_config(s)
-    made = not Path(s.out).exists()
-    try:
-        with hold(work_folder(s.out, "bench"), "ramer bench"):  # the run folders below hold their own locks
-            return _run_bench(s, base, console, t_start, load_start)
-    finally:
-        if made:  # a bench refused before its first run, or stopped before it wrote anything: no empty --out
-            remove_if_empty(Path(s.out))
+    # the run folders below hold their own locks; a bench refused before its first run, or stopped
+    # before it wrote anything, leaves no empty --out (nor a runs/ made for it)
+    with hold(work_folder(s.out, "bench", make=False), "ramer bench", make=True):
+        return _run_bench(s, base, console, t_start, load_start)
 
 
 def _run_bench(

@@ -106,6 +106,9 @@ class DataConfig(_Section):
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
 
 
+MISSING_AT = get_args(DataConfig.model_fields["missing_at"].annotation)  # bench's and the CLI's --missing-at
+
+
 class LayersConfig(_Section):
     text: int = Field(2, ge=0)
     audio: int = Field(1, ge=0)

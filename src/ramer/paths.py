@@ -5,6 +5,7 @@ kill during a write never leaves a half-written file as the latest)."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import io
 import json
@@ -134,7 +135,7 @@ def hold(folder: str | Path, command: str, make: bool = False) -> Iterator[Held]
     Held again in the same process, nothing more happens. Where ``fcntl`` does not exist (Windows)
     nothing is locked: the folder is only made."""
     folder = Path(folder)
-    made = _make_folders(folder) if make else []
+    made = make_folders(folder) if make else []
     key = os.path.realpath(folder)
     fd = None
     try:
@@ -146,11 +147,7 @@ def hold(folder: str | Path, command: str, make: bool = False) -> Iterator[Held]
         if fd is not None:
             _HELD.discard(key)
             _unlock(folder / LOCK_NAME, fd)
-        for p in reversed(made):  # deepest first; one not empty stops it
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        remove_made(made)
 
 
 def holding(folder: str | Path) -> bool:
@@ -236,6 +233,18 @@ def append_line(path: str | Path, line: str) -> None:
         raise unwritable(path, e) from None
 
 
+# what ``tempfile.mkstemp`` puts between its prefix and suffix (8 of a-z, 0-9, _): a temporary of
+# ``atomic_write``'s own, not any file a user named .NAME.something.tmp (if it ever changed, nothing matches)
+_ATOMIC_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an ``atomic_write`` temporary named ``name`` (``.NAME.XXXXXXXX.tmp``, mkstemp's
+    shape) was written for; None for any other name (a user's own ``.NAME.draft.tmp`` among them)."""
+    m = _ATOMIC_TEMPORARY.fullmatch(name)
+    return m.group(1) if m else None
+
+
 def remove_temporaries(folder: str | Path, names, holder: str | Path | None = None) -> int:
     """Remove from ``folder`` what writes of ``names`` (file names or glob patterns) cut off by a kill
     left behind (``atomic_write``'s ``.NAME.XXXX.tmp``), when this process holds the folder (``hold``;
@@ -249,15 +258,11 @@ def remove_temporaries(folder: str | Path, names, holder: str | Path | None = No
     removed = 0
     for name in names:
         for p in Path(folder).glob(f".{name}.*.tmp"):
-            if p.is_file() and not p.is_symlink() and is_temporary(p.name):
+            target = temporary_target(p.name)
+            if target is not None and fnmatch.fnmatchcase(target, name) and p.is_file() and not p.is_symlink():
                 p.unlink(missing_ok=True)
                 removed += 1
     return removed
-
-
-# what ``tempfile.mkstemp`` puts between its prefix and suffix (8 of a-z, 0-9, _): a temporary of
-# ``atomic_write``'s own, not any file a user named .NAME.something.tmp (if it ever changed, nothing matches)
-_MKSTEMP_TAIL = r"[a-z0-9_]{8}\.tmp"
 
 
 def _remove_cut_off(path: Path) -> None:
@@ -273,9 +278,8 @@ def _remove_cut_off(path: Path) -> None:
         left = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
     except OSError:  # a folder that can be written, not listed
         return
-    ours = re.compile(re.escape(f".{path.name}.") + _MKSTEMP_TAIL)
     for p in left:
-        if not ours.fullmatch(p.name) or not p.is_file() or p.is_symlink():
+        if temporary_target(p.name) != path.name or not p.is_file() or p.is_symlink():
             continue  # a user's own .NAME.draft.tmp in their --out folder is theirs: only mkstemp's names
         try:
             fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)  # for writing: NFS locks a file so opened
@@ -317,7 +321,17 @@ def _under_held(folder: Path) -> bool:
     return any(real.is_relative_to(held) for held in _HELD)
 
 
-def _make_folders(folder: Path) -> list[Path]:
+def remove_made(made: list[Path]) -> None:
+    """Remove the folders ``make_folders`` made (``made``) that are left empty, deepest first; one
+    not empty stops it (a ``runs/`` made for a refused command does not stay behind)."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
+def make_folders(folder: Path) -> list[Path]:
     """Make ``folder`` and its missing parents; the ones this call made (``mkdir`` succeeded)."""
     check_out_folder(folder)
     made = []
@@ -410,14 +424,15 @@ def other_work(path: str | Path, kind: str) -> str | None:
     return None
 
 
-def work_folder(path: str | Path, kind: str) -> Path:
+def work_folder(path: str | Path, kind: str, make: bool = True) -> Path:
     """``make_folder`` for the ``--out`` of a command whose work is of ``kind``, after refusing a
-    folder that holds another kind's work (``other_work``)."""
+    folder that holds another kind's work (``other_work``); ``make=False``: the check only (the
+    caller makes it with ``make_folders`` or ``hold``, to remove what it made if nothing is written)."""
     path = check_out_folder(path)
     why = other_work(path, kind)
     if why:
         raise RamerError(why)
-    return make_folder(path)
+    return make_folder(path) if make else path
 
 
 def output_file(path: str | Path, reads: tuple = (), data_from: tuple = ()) -> Path:

@@ -61,7 +61,7 @@ from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
-from ramer.paths import atomic_write_text, read_json, remove_if_empty, work_folder
+from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
 from ramer.train.recipe import check_loss_weights, check_training_values, progress, selection_score
@@ -562,8 +562,8 @@ def tune(
         )
     space = space_for(base, set(fixed))
     check_space(base, space)
-    made = not Path(out).exists()
-    out = work_folder(out, "study")
+    out = work_folder(out, "study", make=False)
+    made = make_folders(out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
     try:
         if bundle is None:  # given by a bench, which has said its notes
@@ -572,8 +572,7 @@ def tune(
                 console.print(f"note: {note}", highlight=False, soft_wrap=True)
         study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds, bundle, console)
     except BaseException:
-        if made:  # data or a storage that would not open: no empty folder left behind
-            remove_if_empty(out)
+        remove_made(made)  # data or a storage that would not open: no empty folder left behind
         raise
     try:
         say_stopped(console, fail_stale(optuna, study))

@@ -942,8 +942,9 @@ def _written_by(meta: dict) -> str:
     """Which ramer wrote a ``meta.json`` (``ramer_version``, one short line) and which reads it
     (``version_note``, as for a model file), for an error about a value this ramer does not know."""
     written = meta.get("ramer_version")
-    one_line = isinstance(written, str) and 0 < len(written) <= 64 and written.isprintable()
-    return version_note(written if one_line else None)
+    if written is None or (isinstance(written, str) and 0 < len(written) <= 64 and written.isprintable()):
+        return version_note(written)
+    return f"its 'ramer_version' is {_kind(written)}, not a ramer version; this is ramer {__version__}"
 
 
 def _read_meta(path: Path) -> dict:
