@@ -304,12 +304,24 @@ def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
 
 
 def _check_columns(columns, path: Path, row: int) -> None:
+    """A RamerError naming every unknown column at once (a table made for another tool, MELD's
+    ``Utterance,Speaker,Emotion,...``, took a run per column), with the known column a name differs
+    from only in case (``Speaker``) and the required columns the header lacks (a renamed
+    ``text``)."""
     unknown = [c for c in columns if c not in COLUMNS]
-    if unknown:
-        hint = " (a trailing separator in the header?)" if unknown[0] == "" else ""
-        raise RamerError(
-            f"{_where(path, row)}: unknown column {_short(unknown[0])}{hint} (known: {', '.join(COLUMNS)})"
-        )
+    if not unknown:
+        return
+    hint = " (a trailing separator in the header?)" if unknown == [""] else ""
+    shown = ", ".join(_short(c) for c in unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+    said = f"{_where(path, row)}: unknown column{'s' * (len(unknown) > 1)} {shown}{hint} (known: {', '.join(COLUMNS)})"
+    by_key = {c.casefold(): c for c in COLUMNS}
+    like = [(c, by_key[c.casefold()]) for c in unknown if c.casefold() in by_key]
+    if like:
+        said += "; column names are lower case: " + ", ".join(f"{k!r} for {_short(c)}" for c, k in like[:3])
+    missing = [c for c in REQUIRED if c not in columns and c not in {k for _, k in like}]
+    if missing:
+        said += f"; the required {', '.join(repr(c) for c in missing)} {'is' if len(missing) == 1 else 'are'} missing"
+    raise RamerError(said)
 
 
 def _not_utf8(path: Path, csv_file: bool) -> RamerError:
@@ -425,6 +437,14 @@ def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter
             continue
         if len(cells) != len(header):
             raise RamerError(f"{_where(path, row)}: {len(cells)} cells, the header has {len(header)}")
+        if all(c.strip() in COLUMNS for c in cells):  # `cat a.csv b.csv`: it read as "'index' is 'index'"
+            order = (
+                "" if [c.strip() for c in cells] == header else ", and put the rows below it in row 1's column order"
+            )
+            raise RamerError(
+                f"{_where(path, row)}: a header row again (row 1 is the header): tables joined with their headers? "
+                f"keep only the first header row{order}"
+            )
         yield row, cells
 
 
@@ -761,6 +781,36 @@ def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, 
     for c in convs:
         c.split = split_of[c.name]
     return {"from": "seeded", "seed": seed, "fractions": list(SPLIT_FRACTIONS)}
+
+
+def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], labelled: bool) -> str | None:
+    """A note naming the labels that no sample (target row) of the train split has, with their
+    counts in valid and test: a model trained on the set never sees them, so it cannot learn them
+    (a label only in test, a name of ``--labels`` the file never uses). ``None`` when every label
+    has a train sample, for an unlabelled file, and for a set without train samples (a labelled
+    test set, to evaluate a run trained elsewhere)."""
+    if not labelled:
+        return None
+    counts = {s: dict.fromkeys(names, 0) for s in SPLITS}
+    trained = 0
+    for c in convs:
+        for u in c.utterances:
+            if u.target:
+                trained += c.split == "train"
+                for n in u.labels:
+                    counts[c.split][n] += 1
+    missing = [n for n in names if counts["train"][n] == 0]
+    if not trained or not missing:
+        return None
+    shown = ", ".join(f"{n!r} (valid {counts['valid'][n]}, test {counts['test'][n]})" for n in missing[:5])
+    if len(missing) > 5:
+        shown += f" and {len(missing) - 5} more"
+    what = f"label {shown} has" if len(missing) == 1 else f"labels {shown} have"
+    return (
+        f"{what} no sample in the train split: a model trained on this set never sees "
+        f"{'it' if len(missing) == 1 else 'them'}, so it cannot learn {'it' if len(missing) == 1 else 'them'} "
+        "(give train samples, or take the label out of the table)"
+    )
 
 
 def sample_id(conv: Conversation, u: Utterance, person: str | None = None) -> str:
@@ -1324,6 +1374,8 @@ def import_conversations(
             "no media: text only (add a 'media' column with each conversation's audio or video "
             f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
         )
+    if note := untrained_labels_note(convs, names, labelled):
+        report.notes.append(note)
     out.mkdir(parents=True, exist_ok=True)
     # meta.json of a set imported before stays until bundle.save writes over it: a media file that
     # fails to decode, or Ctrl-C, in the feature stages leaves that set as it was
