@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ramer.config import TASKS, Config, build_config, resolve_config
+from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config
 from ramer.console import PLAIN, plural
 from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
@@ -698,8 +698,8 @@ def cmd_view(args: argparse.Namespace) -> int:
         ERR.print(f"note: {note}")
     n, k = len(data["conversations"]), data["n_predicted"]
     OUT.print(
-        f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {n} conversation{'s' * (n != 1)}, "
-        f"{k} predicted sample{'s' * (k != 1)}"
+        f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {plural(n, 'conversation')}, "
+        f"{plural(k, 'predicted sample')}"
     )
     return 0
 
@@ -1156,7 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--missing-rates", help="comma list of extra missing rates (default: 0,0.3,0.6; --quick: 0,0.6)")
     b.add_argument(
         "--missing-at",
-        choices=("all", "test"),
+        choices=MISSING_AT,
         default="all",
         help="hide modalities in all splits (default) or only at test (clean training)",
     )
