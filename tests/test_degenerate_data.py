@@ -113,6 +113,24 @@ def test_valid_without_a_label_is_noted(tmp_path, model):
     assert "no sample of the valid split has a label" in said and "threshold 0.5" in said, said
 
 
+@pytest.mark.parametrize("model", ["late_fusion", "br"])
+def test_a_label_no_training_sample_has_is_noted(tmp_path, model):
+    """A label only in valid or test (a data set cut so, a label of another corpus) trained without a
+    word, and the run cannot learn it: the note names it with its counts in the other splits."""
+    store = random_store(n=16)
+    labels = np.asarray(store.labels).copy()
+    labels[:, 2] = 0
+    said = train(tmp_path, bundle_of(changed(store, labels=labels)), model)
+    valid, test = (int(np.asarray(random_store(n=8, seed=k).labels)[:, 2].sum()) for k in (1, 2))
+    name = store.label_names[2]
+    line = f"note: odd: label {name!r} (valid {valid}, test {test}) has no sample in the train split: the run cannot"
+    assert f"{line} learn it" in said, said
+    assert "no sample in the train split" not in train(tmp_path / "plain", bundle_of(store), model)
+    labels[:, 3] = 0
+    notes = inputs.bench_notes(bundle_of(changed(store, labels=labels)), [], "multi_label")
+    assert len(notes) == 1 and notes[0].startswith(f"odd: labels {name!r} (valid {valid}, test {test}), "), notes
+
+
 def test_a_loss_not_finite_before_any_update_names_the_features_not_the_learning_rate(tmp_path):
     huge = scaled(random_store(n=16), 1e30)
     with pytest.raises(LossNotFinite) as e:

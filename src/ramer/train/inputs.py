@@ -89,11 +89,30 @@ def valid_note(bundle, single_label: bool) -> str | None:
     )
 
 
+def untrained_note(bundle) -> str | None:
+    """Labels that no sample of the train split has (a label only in valid or test): the run cannot
+    learn them, and whatever it scores there is not learnt. A note naming ``bundle``'s source and
+    each label's counts in valid and test (the first 5), or ``None``."""
+    train = bundle.splits.get("train")
+    if train is None or len(train) == 0:  # the run's check_splits says so, in one line
+        return None
+    counts = {s: np.asarray(st.labels).sum(axis=0) for s, st in bundle.splits.items() if len(st)}
+    missing = [j for j in range(len(bundle.label_names)) if counts["train"][j] == 0]
+    if not missing:
+        return None
+    shown = ", ".join(
+        f"{bundle.label_names[j]!r} ({', '.join(f'{s} {int(c[j])}' for s, c in counts.items() if s != 'train')})"
+        for j in missing[:5]
+    ) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    what, it = (f"label {shown} has", "it") if len(missing) == 1 else (f"labels {shown} have", "them")
+    return f"{bundle.source}: {what} no sample in the train split: the run cannot learn {it}"
+
+
 def bench_notes(bundle, configs, task: str) -> list[str]:
-    """The notes of ``valid_note`` and ``input_notes`` for the runs of a bench or a search, once:
+    """The notes of ``valid_note``, ``untrained_note`` and ``input_notes`` for the runs of a bench or a search, once:
     their runs train with a quiet console. ``configs``: one ``Config`` per model; ``task``: the data's
     (``resolve_task``). Each model is built on the meta device (no memory taken) only to read what it is."""
-    notes = [note] if (note := valid_note(bundle, task == "single_label")) else []
+    notes = [n for n in (valid_note(bundle, task == "single_label"), untrained_note(bundle)) if n]
     if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
         return notes
     spec = DataSpec.from_bundle(bundle, task)
