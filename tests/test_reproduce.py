@@ -96,6 +96,20 @@ def test_reproduce_refuses_another_corpus_data(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_refused_setting_leaves_no_folder_it_made(tmp_path, capsys):
+    """A setting no run trains with, refused at the first seed, left the --out (and the parents) made
+    for it behind, empty; a folder the user had stays."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    bad = ["--set", "train.lr=100", "--set", "train.weight_decay=1"]
+    for out in (tmp_path / "runs" / "rep", tmp_path / "mine"):
+        if out.name == "mine":
+            out.mkdir()
+        argv = ["reproduce", "mosei", "--data", str(data), "--seeds", "1", "--out", str(out), *bad]
+        assert main(argv) == 2 and "train.lr 100 x train.weight_decay 1 is 100" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "train_valid_test.pt"]
+
+
 def test_reproduce_takes_a_converted_directory(tmp_path):
     """`--data` may be a directory written by `ramer data convert`: it loads as itself."""
     data = tmp_path / "train_valid_test.pt"

@@ -22,7 +22,7 @@ from ramer.data import load_bundle
 from ramer.data.store import is_native
 from ramer.errors import RamerError
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
-from ramer.paths import atomic_write_text, read_json, work_folder
+from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import changed_settings
 
@@ -74,7 +74,18 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     layouts = LAYOUTS.get(bench, (fmt,))
     if bundle.format not in layouts:  # one corpus's protocol, config and table heading on another's data
         raise RamerError(f"{data}: holds {bundle.format} data; ramer reproduce {bench} reads {' or '.join(layouts)}")
-    out = work_folder(out, "reproduction")
+    out = work_folder(out, "reproduction", make=False)
+    made = make_folders(out)
+    try:
+        return _reproduce(bench, data, seeds, out, overrides, console, cfg, bundle, config_name)
+    finally:  # a seed refused before it wrote anything (a setting no run trains with): no empty --out stays
+        remove_made(made)
+
+
+def _reproduce(
+    bench: str, data: str, seeds: int, out: Path, overrides: list[str], console: Console, cfg, bundle, config_name: str
+) -> str:
+    """``reproduce`` into the folder ``out``, made: train (or read) each seed, write the tables."""
     results = []
     for k in range(seeds):
         run_cfg = cfg.model_copy(deep=True)
