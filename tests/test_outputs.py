@@ -115,6 +115,17 @@ DEMO = [
 ]
 
 
+def test_demo_refuses_a_setting_no_run_trains_with_before_any_work(tmp_path, capsys):
+    """The data generated, its tables printed and a demo.json naming a run that never started, before
+    the first run refused a setting (a learning rate that flips the weights); each model's own check
+    (model.temperature is ramer's) runs first."""
+    for bad in (["train.lr=100", "train.weight_decay=1"], ["model.temperature=1e-6"]):
+        assert main(["demo", "--out", str(tmp_path / "demo"), *[x for s in bad for x in ("--set", s)]]) == 2
+        said = capsys.readouterr()
+        assert said.out == "" and said.err.startswith("error: ") and "\n" not in said.err.strip(), said
+        assert not (tmp_path / "demo").exists()
+
+
 def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     """A run folder under the demo's --out that another command made is refused, untouched; the
     demo's own runs are replaced when it runs again. Data of the user's is refused before any work."""

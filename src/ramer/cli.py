@@ -932,6 +932,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"ramer demo trains on the embedded benchmark, and data.path is set ({cfg.data.path}); "
             "for your data use ramer train --data or ramer bench --data"
         )
+    from ramer.train.recipe import check_training_values
+
+    for model in ("ramer", "late_fusion"):  # a setting no run trains with: before the data and the folder
+        check_training_values(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model})}))
     out = Path(args.out)
     made = demo_runs(out)  # the run folders an earlier demo made here: the only ones it replaces
     for folder in DEMO_RUNS:
