@@ -116,6 +116,18 @@ def test_a_closed_stdout_is_no_traceback(tiny_run, json_flag):
     assert proc.stderr.splitlines()[-1].startswith("error: stdout: closed;"), proc.stderr
 
 
+def test_a_command_line_error_with_stderr_closed_writes_nothing_to_stdout(tmp_path):
+    """`ramer predict RUN --out - --bad 2>&- | reader`: argparse printed its usage to stdout where
+    stderr is closed, into what the reader takes for predictions; the exit code says it all."""
+    proc = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m ramer predict {shlex.quote(str(tmp_path))} --out - --bad 2>&-",
+        shell=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert (proc.returncode, proc.stdout) == (2, "")
+
+
 @pytest.mark.parametrize("json_flag", [[], ["--json"]])
 def test_data_info_to_a_stdout_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch, json_flag):
     """`ramer data info D --json > out.json` on a full disk was an OSError traceback (its print)."""

@@ -983,8 +983,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage line on a command-line error goes to stderr or nowhere:
+    argparse's own goes to stdout where stderr is closed (``ramer predict RUN --out - --bad 2>&-``),
+    into the output that a pipe reads."""
+
+    def error(self, message: str):
+        if sys.stderr is not None:
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ramer",
         description="Multi-party, multi-modal, multi-label emotion recognition: RAMer and its baselines.",
         epilog="First steps: ramer demo (trains on the embedded benchmark; about 6 minutes on 2 CPU cores), "
