@@ -302,6 +302,19 @@ def test_ctrl_c_while_the_command_imports_is_the_interrupted_line(tmp_path, how)
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
 
 
+def test_ctrl_c_while_the_command_imports_with_stderr_closed_writes_into_no_file(tmp_path):
+    """With ``2>&-`` the first file a process opens is descriptor 2: the interrupted line went into a
+    file an import had open (the ``yaml`` here opens one, then sends the SIGINT)."""
+    (tmp_path / "yaml").mkdir()
+    opened = tmp_path / "opened.txt"
+    code = f"FD = os.open({str(opened)!r}, os.O_RDWR | os.O_CREAT)\nos.kill(os.getpid(), signal.SIGINT)\n"
+    (tmp_path / "yaml" / "__init__.py").write_text(f"import os, signal\n{code}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    cmd = f"{shlex.quote(sys.executable)} -m ramer --version 2>&-"
+    proc = subprocess.run(cmd, shell=True, env=env, timeout=120)
+    assert (proc.returncode, opened.read_text()) == (130, "")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 @pytest.mark.parametrize("how", ["console script", "python -m ramer"])
 def test_an_error_line_that_stderr_cannot_take_keeps_the_exit_code(how):

@@ -17,8 +17,9 @@ def run() -> int:
     try:
         from ramer.cli import main
     except KeyboardInterrupt:
-        try:  # os.write: nothing left in a buffer for Python's flush at exit (``2>&-``, ``2>/dev/full``)
-            os.write(2, b"interrupted\n")
+        try:  # os.write: nothing left in a buffer for Python's flush at exit (``2>/dev/full``)
+            if sys.stderr is not None:  # ``2>&-``: descriptor 2 may be a file the imports opened since
+                os.write(2, b"interrupted\n")
         except OSError:
             pass
         return 130
