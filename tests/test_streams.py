@@ -315,6 +315,24 @@ def test_ctrl_c_while_the_command_imports_with_stderr_closed_writes_into_no_file
     assert (proc.returncode, opened.read_text()) == (130, "")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX redirections")
+@pytest.mark.parametrize("closed", ["2>&-", "1>&- 2>&-", "<&- >&- 2>&-"])
+@pytest.mark.parametrize("how", ["console script", "python -m ramer"])
+def test_a_file_the_command_opens_never_takes_a_closed_standard_descriptor(tmp_path, closed, how):
+    """`ramer train ... 2>&-`: the first file the command opened became descriptor 2, and what torch's
+    C++ logging (or onnxruntime's) writes to stderr went into it. The ``yaml`` first on the path opens
+    a file as ``ramer.cli`` imports it and records which descriptor it got."""
+    (tmp_path / "yaml").mkdir()
+    got = tmp_path / "got.txt"
+    code = f"fd = os.open({str(tmp_path / 'opened')!r}, os.O_RDWR | os.O_CREAT)\n"
+    code += f"open({str(got)!r}, 'w').write(str(fd))\nos._exit(0)\n"
+    (tmp_path / "yaml" / "__init__.py").write_text(f"import os\n{code}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    argv = ["-c", shlex.quote(entry_script())] if how == "console script" else ["-m", "ramer"]
+    proc = subprocess.run(f"{shlex.quote(sys.executable)} {' '.join(argv)} --version {closed}", shell=True, env=env)
+    assert proc.returncode == 0 and int(got.read_text()) > 2
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 @pytest.mark.parametrize("how", ["console script", "python -m ramer"])
 def test_an_error_line_that_stderr_cannot_take_keeps_the_exit_code(how):

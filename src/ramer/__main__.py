@@ -10,10 +10,24 @@ import os
 import sys
 
 
+def fill_standard_descriptors() -> None:
+    """Open the null device on each of descriptors 0, 1 and 2 the command was started without
+    (``2>&-``): the first file the command opened took the lowest free one, and what C libraries
+    write to stderr (torch's and onnxruntime's logs) went into that file (a run's metrics.jsonl, a
+    model file). Python's ``sys.stdout`` and ``sys.stderr`` stay None, as it made them: the CLI
+    still says that stdout is closed, and prints nothing to a closed stderr."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one (those below are open)
+
+
 def run() -> int:
     """The command's exit code. ``ramer.cli`` is imported here, not above: Ctrl-C while it imports
     (pydantic, rich, yaml: a few tenths of a second) was Python's traceback from the console script
     or runpy, outside ``cli.main``'s own answer; now it is the same ``interrupted`` line, 130."""
+    fill_standard_descriptors()
     try:
         from ramer.cli import main
     except KeyboardInterrupt:
