@@ -7,8 +7,9 @@ nothing; no attention row is ever empty and nothing becomes NaN.
 
 Speed (docs/PERFORMANCE.md): on CPU, training-time dropout (``Dropout``, ``dropout``) draws its
 mask from 64-bit random words, keeps it as bool and applies it through a uint8 view
-(``_apply_mask``). Attention with dropout recomputes its weights in backward in float32; under
-autocast it keeps them in bfloat16, and every pass after the float32 softmax is in bfloat16.
+(``_apply_mask``). Attention with dropout recomputes its weights in backward in float32, except
+where a query has at most ``d`` keys (``_keeps_weights``: kept, no larger than q); under autocast
+it keeps them in bfloat16, and every pass after the float32 softmax is in bfloat16.
 Without dropout, CPU attention is the explicit ``softmax(scale * q k^T + bias) v``
 (``_softmax_weights``); bfloat16 evaluation takes its scores from float32 operands
 (``_score_operands``). Tiny (queries x keys) problems are broadcast products on CPU, with or
@@ -142,14 +143,27 @@ def _fits(q: Tensor, k: Tensor) -> bool:
     return 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= SCORE_BYTES
 
 
-def _weights_backward(q, k, v, key_mask, keep, scale: float, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The float32 backward of ``_AttentionWithDropout``, the weights recomputed -> grad q, k, v."""
-    w = _softmax_weights(q, k, key_mask)  # float32: recomputed
+def _weights_backward(
+    q, k, v, key_mask, keep, scale: float, grad: Tensor, w: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The float32 backward of ``_AttentionWithDropout`` -> grad q, k, v; ``w``: the forward's
+    weights where it kept them (not written to), else they are recomputed, to the same bits."""
+    if w is None:
+        w = _softmax_weights(q, k, key_mask)  # float32: recomputed
     grad_v = torch.matmul(_apply_mask(w, keep, scale, v.dtype).transpose(-1, -2), grad)
     grad_w = _apply_mask(torch.matmul(grad, v.transpose(-1, -2)).float(), keep, scale, consume=True)
     grad_w.sub_((grad_w * w).sum(-1, keepdim=True))  # softmax': w * (grad_w - sum(grad_w * w))
-    grad_s = _scaled_(w.mul_(grad_w), q.shape[-1] ** -0.5, q.dtype)
+    grad_s = _scaled_(grad_w.mul_(w), q.shape[-1] ** -0.5, q.dtype)  # w * grad_w, into grad_w
     return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v
+
+
+def _keeps_weights(q: Tensor, k: Tensor) -> bool:
+    """Whether float32 training keeps the forward's weights for backward instead of recomputing
+    them: where a query has at most ``d`` keys, so the (Q x K) weights take no more memory than q
+    (which is saved anyway). Softmax over a row of fewer keys than a vector register holds (16 on
+    AVX-512) is many times slower per element on CPU than over a longer one, so for these calls
+    the recomputation was most of the backward's cost."""
+    return k.shape[2] <= q.shape[3]
 
 
 class _AttentionWithDropout(torch.autograd.Function):
@@ -157,7 +171,8 @@ class _AttentionWithDropout(torch.autograd.Function):
 
     The explicit form of ``F.scaled_dot_product_attention(..., dropout_p=p)`` (which takes its
     unfused path on CPU anyway), saving q, k, v and the bool dropout mask. In float32 the (Q x K)
-    weights are recomputed in backward, as flash attention does (memory); where the weights of
+    weights are recomputed in backward, as flash attention does (memory), unless a query has at
+    most ``d`` keys (``_keeps_weights``: then they are kept, the same values); where the weights of
     the whole call would pass ``SCORE_BYTES`` (long scenes), forward and backward make them for a
     block of (scene, head) pairs at a time (``_pair_blocks``: the same products, so the same
     values; only the bool mask is whole). For bfloat16 inputs (autocast) they are kept in
@@ -172,7 +187,8 @@ class _AttentionWithDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, p: float) -> Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # head-major: batched GEMMs without copies
-        if q.dtype == torch.bfloat16:  # from here on every (Q x K) pass is in bfloat16, one dtype per op
+        ctx.bf16 = q.dtype == torch.bfloat16
+        if ctx.bf16:  # from here on every (Q x K) pass is in bfloat16, one dtype per op
             w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K), float32
             keep, ctx.scale = _keep_mask(w.shape, p, w.device)
             kept = w.to(torch.bfloat16)
@@ -181,8 +197,9 @@ class _AttentionWithDropout(torch.autograd.Function):
         if _fits(q, k):
             w = _softmax_weights(q, k, key_mask)  # (X, heads, Q, K)
             keep, ctx.scale = _keep_mask(w.shape, p, w.device)
-            ctx.save_for_backward(q, k, v, key_mask, keep, None)
-            return torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype, consume=True), v)
+            kept = _keeps_weights(q, k)  # else recomputed in backward
+            ctx.save_for_backward(q, k, v, key_mask, keep, w if kept else None)
+            return torch.matmul(_apply_mask(w, keep, ctx.scale, v.dtype, consume=not kept), v)
         keep, ctx.scale = _keep_mask(q.shape[:3] + k.shape[2:3], p, q.device)  # (X, heads, Q, K), as above
         ctx.save_for_backward(q, k, v, key_mask, keep, None)
         out = torch.empty_like(q, dtype=v.dtype)  # (X, heads, Q, d)
@@ -195,6 +212,8 @@ class _AttentionWithDropout(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         q, k, v, key_mask, keep, kept = ctx.saved_tensors
         grad = grad.to(v.dtype)
+        if kept is not None and not ctx.bf16:  # the float32 weights, kept (_keeps_weights)
+            return (*_weights_backward(q, k, v, key_mask, keep, ctx.scale, grad, kept), None, None)
         if kept is not None:  # bfloat16: dw = scale * keep * G with G = grad v^T; P = w * keep * G
             wk = _masked(kept, keep)  # w * keep
             grad_v = torch.matmul(wk.transpose(-1, -2), grad).mul_(ctx.scale)

@@ -32,7 +32,8 @@ def _on_rows(fn, x: Tensor, keep: Tensor) -> Tensor:
     idx = keep.nonzero().squeeze(1)
     if idx.numel() == x.shape[0]:  # every row (e.g. one person per scene): no gather, no scatter
         return fn(x, idx)
-    return torch.zeros_like(x).index_copy(0, idx, fn(x.index_select(0, idx), idx))
+    y = fn(x.index_select(0, idx), idx)
+    return y.new_zeros(x.shape).index_copy_(0, idx, y)  # in place: no copy of the zeros
 
 
 class GridAttention(nn.Module):
@@ -97,9 +98,10 @@ class ModalityCompletion(nn.Module):
         idx = torch.arange(B * N, device=u.device) if torch.compiler.is_exporting() else need.nonzero().squeeze(1)
         flat = lambda t: t.flatten(0, 1).index_select(0, idx)  # noqa: E731
         filled = self.attn(flat(query), flat(keys), flat(mask))  # (rows, M, H)
-        filled = self.norm(flat(u) + self.drop(filled))
-        filled = torch.zeros_like(u).flatten(0, 1).index_copy(0, idx, filled).view(B, N, M, H)
-        return torch.where(present.unsqueeze(-1), u, filled)
+        own = flat(u)  # (rows, M, H)
+        filled = torch.where(flat(present).unsqueeze(-1), own, self.norm(own + self.drop(filled)))
+        # Rows not needed keep u: every modality present there, or padding (which the caller zeroes).
+        return u.flatten(0, 1).index_copy(0, idx, filled).view(B, N, M, H)
 
 
 class ModalityLevelAttention(nn.Module):

@@ -80,8 +80,8 @@ class ModalityEncoder(nn.Module):
         keep = present.gather(1, order)  # (B, L)
         xs = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L, d)
         h = self._encode(xs, keep, segment.gather(1, order))  # (B, L, H), zero where not kept
-        out = h.new_zeros(B, N, h.shape[-1]).scatter(1, order.unsqueeze(-1).expand_as(h), h)  # (B, N, H)
-        return torch.where(present.unsqueeze(-1), out, 0.0)  # here something is missing (or exporting)
+        # (B, N, H), in place into the zeros; zero where missing: h is zero on the slots it holds that are not present
+        return h.new_zeros(B, N, h.shape[-1]).scatter_(1, order.unsqueeze(-1).expand_as(h), h)
 
     def _encode(self, x: Tensor, keep: Tensor, segment: Tensor) -> Tensor:
         """x (B, L, d), keep (B, L) bool, segment (B, L) -> (B, L, H), zero where not kept."""
