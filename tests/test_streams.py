@@ -402,6 +402,22 @@ def test_a_users_own_file_beside_the_output_is_not_taken_for_a_killed_write(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "preds.jsonl"])
 
 
+@pytest.mark.skipif(os.name != "posix", reason="pathconf's name limit; locks to tell a killed write")
+def test_an_output_name_near_the_file_systems_limit_is_written_and_swept(tmp_path):
+    """A name within 14 bytes of the file system's limit (255) is legal, but its temporary
+    (.NAME.XXXXXXXX.tmp) was not: 'cannot write (File name too long)'. The temporary carries the
+    name's first bytes (whole characters), and what a killed write of it left is still removed."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for name in ("a" * (limit - 5), "é" * ((limit - 1) // 2)):
+        stem = name.encode()[: limit - 14].decode(errors="ignore")
+        killed = tmp_path / f".{stem}.k1ll3d00.tmp"
+        killed.write_text("cut")
+        atomic_write_text(tmp_path / name, "whole")
+        assert (tmp_path / name).read_text() == "whole" and not killed.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+        (tmp_path / name).unlink()
+
+
 def test_a_held_folders_sweep_takes_only_the_temporaries_of_its_own_writes(tmp_path):
     """A command that holds its folder (``ramer bench --out``, which may be a folder the user had)
     removes what its killed writes left (``remove_temporaries``) by the same rule as an unheld one:

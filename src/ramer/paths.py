@@ -245,6 +245,19 @@ def temporary_target(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def temporary_stem(path: Path) -> str:
+    """The part of ``path``'s name that its temporaries carry (``.STEM.XXXXXXXX.tmp``): the whole
+    name, or where that would pass the file system's limit on a name (255 bytes, which ``path`` may
+    come within 14 of), its first bytes: a long output name is legal, and its temporary is too."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such folder yet, or no pathconf (Windows)
+        limit = 255
+    room = limit - len(".") - len(".XXXXXXXX.tmp")
+    raw = path.name.encode()
+    return path.name if len(raw) <= room else raw[:room].decode(errors="ignore")
+
+
 def remove_temporaries(folder: str | Path, names, holder: str | Path | None = None) -> int:
     """Remove from ``folder`` what writes of ``names`` (file names or glob patterns) cut off by a kill
     left behind (``atomic_write``'s ``.NAME.XXXX.tmp``), when this process holds the folder (``hold``;
@@ -274,12 +287,13 @@ def _remove_cut_off(path: Path) -> None:
     finds it gone and makes another."""
     if fcntl is None:
         return
+    stem = temporary_stem(path)
     try:
-        left = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+        left = list(path.parent.glob(f".{glob.escape(stem)}.*.tmp"))
     except OSError:  # a folder that can be written, not listed
         return
     for p in left:
-        if temporary_target(p.name) != path.name or not p.is_file() or p.is_symlink():
+        if temporary_target(p.name) != stem or not p.is_file() or p.is_symlink():
             continue  # a user's own .NAME.draft.tmp in their --out folder is theirs: only mkstemp's names
         try:
             fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)  # for writing: NFS locks a file so opened
@@ -300,7 +314,7 @@ def _locked_temporary(path: Path) -> tuple[int | None, str]:
     locks: its open descriptor (to close once it is renamed) and its name. ``_remove_cut_off`` leaves
     a locked temporary alone; one it removed between its making here and its lock is made again."""
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{temporary_stem(path)}.", suffix=".tmp", dir=path.parent)
         if fcntl is None:
             os.close(fd)
             return None, tmp
