@@ -333,13 +333,19 @@ def test_a_label_without_a_train_sample_is_noted(tmp_path, fake_text, capsys):
     said = (
         "labels 'fear' (valid 0, test 1), 'surprise' (valid 0, test 0) have no sample in the train split: a model "
         "trained on this set never sees them, so it cannot learn them (give train samples, or take the label out of "
-        "the table)"
+        "the table and --labels)"  # 'surprise' is in no split: a name of --labels alone
     )
     assert f"note: {said}" in capsys.readouterr().err.splitlines()
     assert said in json.loads((tmp_path / "ds" / "meta.json").read_text())["info"]["conversations"]["notes"]
     rows[3]["labels"] = "anger;fear"  # c1: a train sample; 'surprise' is no longer given
     meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
     assert not [n for n in meta["info"]["conversations"]["notes"] if "train split" in n]
+    labels = [*LABELS, "fear", "surprise"]  # "surprise" alone: a name the file never uses
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds", labels=labels)
+    assert (
+        "label 'surprise' (valid 0, test 0) has no sample in the train split: a model trained on this set never "
+        "sees it, so it cannot learn it (leave it out of --labels)" in meta["info"]["conversations"]["notes"]
+    )
     for r in rows:  # a row that is no sample (target 0) does not count
         r["target"] = 0 if r is rows[3] else 1
     meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
@@ -743,6 +749,13 @@ BAD_TABLES = [
         HEAD + "c1,0,ann,hi,joy\n" + HEAD + TAIL,
         r"talk.csv: row 3: a header row again \(row 1 is the header\): tables joined with their headers\? keep only "
         r"the first header row$",
+    ),
+    (
+        "tables of other columns joined",  # the cell count differs: it read as "6 cells, the header has 5"
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy\n" + "conversation,index,speaker,text,labels,split\n" + "c2,0,a,x,joy,test\n",
+        r"talk.csv: row 3: a header row again .*\? keep only the first header row, and give the rows below it row "
+        r"1's columns, in its order$",
     ),
     (
         "tables of other column orders joined",

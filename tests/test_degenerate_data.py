@@ -129,6 +129,8 @@ def test_a_label_no_training_sample_has_is_noted(tmp_path, model):
     labels[:, 3] = 0
     notes = inputs.bench_notes(bundle_of(changed(store, labels=labels)), [], "multi_label")
     assert len(notes) == 1 and notes[0].startswith(f"odd: labels {name!r} (valid {valid}, test {test}), "), notes
+    alone = DataBundle({"train": changed(store, labels=labels)}, store.label_names, "odd", "odd")  # no other split
+    assert inputs.untrained_note(alone).startswith(f"odd: labels {name!r}, {store.label_names[3]!r} have no sample")
 
 
 def test_a_loss_not_finite_before_any_update_names_the_features_not_the_learning_rate(tmp_path):

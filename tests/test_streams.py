@@ -320,17 +320,19 @@ def test_ctrl_c_while_the_command_imports_with_stderr_closed_writes_into_no_file
 @pytest.mark.parametrize("how", ["console script", "python -m ramer"])
 def test_a_file_the_command_opens_never_takes_a_closed_standard_descriptor(tmp_path, closed, how):
     """`ramer train ... 2>&-`: the first file the command opened became descriptor 2, and what torch's
-    C++ logging (or onnxruntime's) writes to stderr went into it. The ``yaml`` first on the path opens
-    a file as ``ramer.cli`` imports it and records which descriptor it got."""
+    C++ logging (or onnxruntime's) writes to stderr went into it; so in the processes it starts
+    (bench --jobs, --nproc). The ``yaml`` first on the path opens a file as ``ramer.cli`` imports
+    it, and starts a process that does the same; each records which descriptor it got."""
     (tmp_path / "yaml").mkdir()
     got = tmp_path / "got.txt"
-    code = f"fd = os.open({str(tmp_path / 'opened')!r}, os.O_RDWR | os.O_CREAT)\n"
-    code += f"open({str(got)!r}, 'w').write(str(fd))\nos._exit(0)\n"
-    (tmp_path / "yaml" / "__init__.py").write_text(f"import os\n{code}")
+    opens = "import os; fd = os.open({!r}, os.O_RDWR | os.O_CREAT); open({!r}, 'a').write(f'{{fd}} ')"
+    code = opens.format(str(tmp_path / "opened"), str(got))  # here, and in a process it starts
+    code += f"\nimport subprocess, sys\nsubprocess.run([sys.executable, '-c', {code!r}])\nos._exit(0)\n"
+    (tmp_path / "yaml" / "__init__.py").write_text(code)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     argv = ["-c", shlex.quote(entry_script())] if how == "console script" else ["-m", "ramer"]
     proc = subprocess.run(f"{shlex.quote(sys.executable)} {' '.join(argv)} --version {closed}", shell=True, env=env)
-    assert proc.returncode == 0 and int(got.read_text()) > 2
+    assert proc.returncode == 0 and len(fds := got.read_text().split()) == 2 and min(map(int, fds)) > 2, fds
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
@@ -423,7 +425,7 @@ def test_a_held_folders_sweep_takes_only_the_temporaries_of_its_own_writes(tmp_p
     removes what its killed writes left (``remove_temporaries``) by the same rule as an unheld one:
     mkstemp's names of the files it writes, not the user's own .report.md.draft.tmp."""
     mine = [".report.md.draft.tmp", ".report.md.my.old.tmp", ".report.md.ABCDEFGH.tmp", ".a.png.draft.tmp"]
-    mine.append(".notes.txt.k1ll3d00.tmp")  # another file's: not a name this command writes
+    mine += [".notes.txt.k1ll3d00.tmp", ".report.md.bak.k1ll3d00.tmp"]  # other files': not names it writes
     for name in [*mine, ".report.md.k1ll3d00.tmp", ".a.png.k1ll3d00.tmp"]:
         (tmp_path / name).write_text("kept?")
     with hold(tmp_path, "ramer bench"):

@@ -20,7 +20,11 @@ def fill_standard_descriptors() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one (those below are open)
+            try:  # the lowest free descriptor: this one (those below are open)
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:  # no null device to open: as before
+                return
+            os.set_inheritable(null, True)  # so for the processes it starts (bench --jobs, --nproc) too
 
 
 def run() -> int:
@@ -32,7 +36,7 @@ def run() -> int:
         from ramer.cli import main
     except KeyboardInterrupt:
         try:  # os.write: nothing left in a buffer for Python's flush at exit (``2>/dev/full``)
-            if sys.stderr is not None:  # ``2>&-``: descriptor 2 may be a file the imports opened since
+            if sys.stderr is not None:  # ``2>&-``: nowhere to say it (descriptor 2 is the null device)
                 os.write(2, b"interrupted\n")
         except OSError:
             pass

@@ -934,8 +934,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     from ramer.train.recipe import check_training_values
 
-    for model in ("ramer", "late_fusion"):  # a setting no run trains with: before the data and the folder
-        check_training_values(cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model})}))
+    def run_config(model: str, complete: bool = False) -> Config:
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.model.name = model
+        if complete:  # the same scenes with every modality present, nothing hidden
+            run_cfg.data = complete_data(run_cfg.data)
+        return run_cfg
+
+    plan = (  # (row, run folder, config), the folders in DEMO_RUNS order
+        ("ramer", "ramer", run_config("ramer")),
+        ("late_fusion", "late_fusion", run_config("late_fusion")),
+        ("ramer, complete inputs (reference)", "ramer-complete", run_config("ramer", complete=True)),
+    )
+    for _, _, run_cfg in plan:  # a setting no run trains with: before the data and the folder
+        check_training_values(run_cfg)
     out = Path(args.out)
     made = demo_runs(out)  # the run folders an earlier demo made here: the only ones it replaces
     for folder in DEMO_RUNS:
@@ -946,22 +958,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s")
     print_synth_report(bundle, OUT)
 
-    def run_config(model: str, complete: bool = False) -> Config:
-        run_cfg = cfg.model_copy(deep=True)
-        run_cfg.model.name = model
-        if complete:  # the same scenes with every modality present, nothing hidden
-            run_cfg.data = complete_data(run_cfg.data)
-        return run_cfg
-
-    reference = run_config("ramer", complete=True)
-    runs = (  # (row, run folder, config, data), the folders in DEMO_RUNS order
-        ("ramer", "ramer", run_config("ramer"), bundle),
-        ("late_fusion", "late_fusion", run_config("late_fusion"), bundle),
-        ("ramer, complete inputs (reference)", "ramer-complete", reference, generate(reference.data.synthetic)),
-    )
     rows = {}
     try:
-        for row, folder, run_cfg, data in runs:
+        for row, folder, run_cfg in plan:
+            data = generate(run_cfg.data.synthetic) if run_cfg.data.synthetic != cfg.data.synthetic else bundle
             run_dir = out / folder
             if folder in made and run_dir.exists():
                 ERR.print(f"replacing the earlier demo's {run_dir}")

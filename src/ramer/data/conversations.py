@@ -435,16 +435,20 @@ def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter
         _check_quotes(cells, lines.record, header, row, path, delimiter)
         if not any(c.strip() for c in cells):
             continue
-        if len(cells) != len(header):
-            raise RamerError(f"{_where(path, row)}: {len(cells)} cells, the header has {len(header)}")
         if all(c.strip() in COLUMNS for c in cells):  # `cat a.csv b.csv`: it read as "'index' is 'index'"
-            order = (
-                "" if [c.strip() for c in cells] == header else ", and put the rows below it in row 1's column order"
-            )
+            again = [c.strip() for c in cells]
+            if again == header:
+                fix = ""
+            elif sorted(again) == sorted(header):
+                fix = ", and put the rows below it in row 1's column order"
+            else:
+                fix = ", and give the rows below it row 1's columns, in its order"
             raise RamerError(
                 f"{_where(path, row)}: a header row again (row 1 is the header): tables joined with their headers? "
-                f"keep only the first header row{order}"
+                f"keep only the first header row{fix}"
             )
+        if len(cells) != len(header):
+            raise RamerError(f"{_where(path, row)}: {len(cells)} cells, the header has {len(header)}")
         yield row, cells
 
 
@@ -805,12 +809,14 @@ def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], lab
     shown = ", ".join(f"{n!r} (valid {counts['valid'][n]}, test {counts['test'][n]})" for n in missing[:5])
     if len(missing) > 5:
         shown += f" and {len(missing) - 5} more"
-    what = f"label {shown} has" if len(missing) == 1 else f"labels {shown} have"
-    return (
-        f"{what} no sample in the train split: a model trained on this set never sees "
-        f"{'it' if len(missing) == 1 else 'them'}, so it cannot learn {'it' if len(missing) == 1 else 'them'} "
-        "(give train samples, or take the label out of the table)"
-    )
+    what, it = (f"label {shown} has", "it") if len(missing) == 1 else (f"labels {shown} have", "them")
+    unused = sum(all(counts[s][n] == 0 for s in SPLITS) for n in missing)  # names of --labels the file never uses
+    if unused == len(missing):
+        fix = f"leave {it} out of --labels"
+    else:
+        fix = "give train samples, or take the label out of the table" + (" and --labels" if unused else "")
+    said = f"{what} no sample in the train split: a model trained on this set never sees {it}, so it cannot learn {it}"
+    return f"{said} ({fix})"
 
 
 def sample_id(conv: Conversation, u: Utterance, person: str | None = None) -> str:

@@ -100,10 +100,13 @@ def untrained_note(bundle) -> str | None:
     missing = [j for j in range(len(bundle.label_names)) if counts["train"][j] == 0]
     if not missing:
         return None
-    shown = ", ".join(
-        f"{bundle.label_names[j]!r} ({', '.join(f'{s} {int(c[j])}' for s, c in counts.items() if s != 'train')})"
-        for j in missing[:5]
-    ) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+
+    def where(j: int) -> str:  # its counts in the other splits, where there are any
+        other = ", ".join(f"{s} {int(c[j])}" for s, c in counts.items() if s != "train")
+        return f" ({other})" if other else ""
+
+    shown = ", ".join(f"{bundle.label_names[j]!r}{where(j)}" for j in missing[:5])
+    shown += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     what, it = (f"label {shown} has", "it") if len(missing) == 1 else (f"labels {shown} have", "them")
     return f"{bundle.source}: {what} no sample in the train split: the run cannot learn {it}"
 
