@@ -23,3 +23,10 @@ def plain_console(stderr: bool = True) -> Console:
 def plural(n: int, noun: str) -> str:
     """``1 seed``, ``3 seeds``."""
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def labels_phrase(named: list[str], limit: int = 5) -> tuple[str, str]:
+    """``("label 'a' (test 3) has", "it")`` or ``("labels 'a', 'b' and 4 more have", "them")``: the
+    subject of a note about the labels ``named`` (each as it is to be shown; the first ``limit``)."""
+    shown = ", ".join(named[:limit]) + (f" and {len(named) - limit} more" if len(named) > limit else "")
+    return (f"label {shown} has", "it") if len(named) == 1 else (f"labels {shown} have", "them")

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
-from ramer.console import LOG_EVERY, plain_console, plural
+from ramer.console import LOG_EVERY, labels_phrase, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError
@@ -806,10 +806,7 @@ def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], lab
     missing = [n for n in names if counts["train"][n] == 0]
     if not trained or not missing:
         return None
-    shown = ", ".join(f"{n!r} (valid {counts['valid'][n]}, test {counts['test'][n]})" for n in missing[:5])
-    if len(missing) > 5:
-        shown += f" and {len(missing) - 5} more"
-    what, it = (f"label {shown} has", "it") if len(missing) == 1 else (f"labels {shown} have", "them")
+    what, it = labels_phrase([f"{n!r} (valid {counts['valid'][n]}, test {counts['test'][n]})" for n in missing])
     unused = sum(all(counts[s][n] == 0 for s in SPLITS) for n in missing)  # names of --labels the file never uses
     if unused == len(missing):
         fix = f"leave {it} out of --labels"

@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from ramer.batch import MODALITIES
+from ramer.console import labels_phrase
 from ramer.models import CLASSICAL, DataSpec, meta_model
 
 LAYER_NORM_EPS = 1e-5  # torch's default: the epsilon of the input LayerNorm of each of this package's deep models
@@ -105,9 +106,7 @@ def untrained_note(bundle) -> str | None:
         other = ", ".join(f"{s} {int(c[j])}" for s, c in counts.items() if s != "train")
         return f" ({other})" if other else ""
 
-    shown = ", ".join(f"{bundle.label_names[j]!r}{where(j)}" for j in missing[:5])
-    shown += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-    what, it = (f"label {shown} has", "it") if len(missing) == 1 else (f"labels {shown} have", "them")
+    what, it = labels_phrase([f"{bundle.label_names[j]!r}{where(j)}" for j in missing])
     return f"{bundle.source}: {what} no sample in the train split: the run cannot learn {it}"
 
 
