@@ -3,7 +3,9 @@ each, their steps alternating (A B, then B A, ...), so that both see the same mi
 whose speed drifts by ±20 % within minutes. Separate runs of ``throughput.py`` do not compare.
 
 Usage: ``git worktree add /tmp/old REV`` then ``python benchmarks/ab_trees.py --old /tmp/old/src
-[--new src] [--setting carat] [--mode train|infer] [--precision bf16] [--rounds 10] [--threads 2]``.
+[--new src] [--setting carat] [--mode train|infer] [--precision bf16] [--rounds 10] [--threads 2]``;
+``--set-a KEY=VALUE`` / ``--set-b KEY=VALUE`` give one side a config override (two settings of one
+tree: ``--old src --set-b train.recompute=true``).
 Each tree builds its model from the same seed and reads its own stream of the same batches, and
 both reseed torch before each step alike, so the two trees' results compare too. Prints samples/s
 of each and the median ratio of paired step times (A / B: above 1 means the new tree is faster),
@@ -45,10 +47,11 @@ def import_tree(src: Path):
     return throughput
 
 
-def load(src: Path, args):
-    """Import ramer (and throughput.py) from ``src``, build the setting; returns (step, batches)."""
+def load(src: Path, args, overrides: list[str]):
+    """Import ramer (and throughput.py) from ``src``, build the setting with ``overrides``; returns
+    (step, batches, batch size)."""
     throughput = import_tree(src)
-    cfg, store = throughput.make_setting(args.setting)
+    cfg, store = throughput.make_setting(args.setting, overrides)
     torch.manual_seed(0)
     step = throughput.make_step(cfg, store, args.mode, args.precision)  # built with this tree's code
     return step, throughput.batches(store, cfg.train.batch_size, seed=1), cfg.train.batch_size
@@ -58,10 +61,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", type=Path, required=True, help="the src folder of tree A")
     p.add_argument("--new", type=Path, default=ROOT / "src", help="the src folder of tree B (default: this one)")
+    for side in "ab":
+        p.add_argument(
+            f"--set-{side}", action="append", default=[], metavar="KEY=VALUE", help=f"config override of {side.upper()}"
+        )
     add_paired_args(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    trees = {"A": load(args.old, args), "B": load(args.new, args)}
+    trees = {"A": load(args.old, args, args.set_a), "B": load(args.new, args, args.set_b)}
     for i, name in enumerate("AABB"):  # warm-up (and a filled queue)
         step, stream, _ = trees[name]
         torch.manual_seed(i % 2)

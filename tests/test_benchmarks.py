@@ -46,8 +46,15 @@ def test_throughput_runs():
 
 
 def test_ab_trees_runs():
-    out = run("ab_trees.py", "--old", "src", "--setting", "synthetic", "--rounds", "2", "--threads", "1")
+    one_tree = ["ab_trees.py", "--old", "src", "--setting", "synthetic", "--rounds", "2", "--threads", "1"]
+    out = run(*one_tree)
     assert "median A/B" in out and "largest |A - B|" in out
+    # two settings of one tree: the override reaches side B alone (another dropout, other losses) ...
+    out = run(*one_tree, "--set-b", "model.dropout=0.5")
+    assert "largest |A - B| of the loss of each step: 0\n" not in out, out
+    # ... and recomputing the encoders' layers trains the same to the bit
+    out = run(*one_tree, "--set-b", "train.recompute=true")
+    assert "largest |A - B| of the loss of each step: 0\n" in out, out
 
 
 def test_profile_step_runs():

@@ -247,6 +247,9 @@ class TrainConfig(_Section):
     # about 1,790 steps); None uses the weights as trained.
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast(bfloat16)
+    # keep only each transformer layer's input of the modality encoders in training and run the layer
+    # again in backward: less memory, more time, the same values (docs/PERFORMANCE.md §4)
+    recompute: bool = False
     # every scalar of metrics.jsonl also as TensorBoard event files in RUN/tensorboard (needs 'ramer[tensorboard]')
     tensorboard: bool = False
 

@@ -18,6 +18,7 @@ from torch import nn
 from ramer.config import ABLATIONS, Config
 from ramer.errors import RamerError, first_line
 from ramer.models.base import DataSpec, LossResult
+from ramer.models.parts.encoders import ModalityEncoder
 
 
 def _late_fusion(cfg: Config, spec: DataSpec) -> nn.Module:
@@ -270,6 +271,9 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
             f"model '{name}': {type(model).__name__} has no loss(out, batch) method returning a "
             "ramer.models.base.LossResult (docs/ARCHITECTURE.md, 'Adding a model')"
         )
+    for part in model.modules():  # train.recompute reaches every RAMer-style modality encoder
+        if isinstance(part, ModalityEncoder):
+            part.recompute = cfg.train.recompute
     return model
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from ramer.batch import MODALITIES
 from ramer.console import labels_phrase
 from ramer.models import CLASSICAL, DataSpec, meta_model
+from ramer.models.parts import ModalityEncoder
 
 LAYER_NORM_EPS = 1e-5  # torch's default: the epsilon of the input LayerNorm of each of this package's deep models
 SCALE_ROWS = 2048  # present rows of the training split read per input for ``input_notes``
@@ -110,10 +111,22 @@ def untrained_note(bundle) -> str | None:
     return f"{bundle.source}: {what} no sample in the train split: the run cannot learn {it}"
 
 
+def recompute_note(model: nn.Module, cfg) -> str | None:
+    """Where ``train.recompute`` is asked of a model without RAMer's modality encoders, which alone
+    run their layers again in backward: it trains as without it."""
+    if not cfg.train.recompute or any(isinstance(part, ModalityEncoder) for part in model.modules()):
+        return None
+    return (
+        f"train.recompute: model '{cfg.model.name}' has none of RAMer's modality encoders, whose layers it runs "
+        "again in backward; it trains as without it"
+    )
+
+
 def bench_notes(bundle, configs, task: str) -> list[str]:
-    """The notes of ``valid_note``, ``untrained_note`` and ``input_notes`` for the runs of a bench or a search, once:
-    their runs train with a quiet console. ``configs``: one ``Config`` per model; ``task``: the data's
-    (``resolve_task``). Each model is built on the meta device (no memory taken) only to read what it is."""
+    """The notes of ``valid_note``, ``untrained_note``, ``input_notes`` and ``recompute_note`` for the runs
+    of a bench or a search, once: their runs train with a quiet console. ``configs``: one ``Config`` per
+    model; ``task``: the data's (``resolve_task``). Each model is built on the meta device (no memory
+    taken) only to read what it is."""
     notes = [n for n in (valid_note(bundle, task == "single_label"), untrained_note(bundle)) if n]
     if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
         return notes
@@ -125,7 +138,8 @@ def bench_notes(bundle, configs, task: str) -> list[str]:
             model = meta_model(cfg, spec)
         except Exception:  # a model that does not build says so when its run starts
             continue
-        notes += [n for n in input_notes(bundle.splits["train"], model, cfg.loss, bundle.source) if n not in notes]
+        said = [*input_notes(bundle.splits["train"], model, cfg.loss, bundle.source), recompute_note(model, cfg)]
+        notes += [n for n in said if n and n not in notes]
     return notes
 
 

@@ -70,7 +70,15 @@ from ramer.models.parts.encoders import ModalityEncoder, check_segments
 from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
-from ramer.train.inputs import input_notes, kept_note, loss_not_finite, untrained_note, valid_note, weights_not_finite
+from ramer.train.inputs import (
+    input_notes,
+    kept_note,
+    loss_not_finite,
+    recompute_note,
+    untrained_note,
+    valid_note,
+    weights_not_finite,
+)
 from ramer.train.optim import build_optimizer
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
@@ -475,13 +483,15 @@ class RunSteps:
     def data_notes(self, model: nn.Module | None = None) -> None:
         """Rank 0 says what the data lets the run not do: multi-label validation without a single
         positive label scores every epoch and threshold 0, so nothing is chosen there; a label no
-        training sample has (``untrained_note``); and what a deep ``model`` of this package cannot
-        read in the training split (``input_notes``)."""
+        training sample has (``untrained_note``); what a deep ``model`` of this package cannot
+        read in the training split (``input_notes``); and ``train.recompute`` asked of a model it
+        does not reach (``recompute_note``)."""
         if not is_main():
             return
         notes = [n for n in (valid_note(self.bundle, self.spec.single_label), untrained_note(self.bundle)) if n]
         if model is not None:
             notes += input_notes(self.splits["train"], model, self.cfg.loss, self.bundle.source)
+            notes += [n for n in [recompute_note(model, self.cfg)] if n]
         for note in notes:
             self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
 

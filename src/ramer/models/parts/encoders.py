@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ramer.errors import RamerError
 from ramer.models.parts.attention import Dropout, MaskedAttention, zero_unless
@@ -47,6 +48,11 @@ class TransformerLayer(nn.Module):
 
 
 class ModalityEncoder(nn.Module):
+    # train.recompute (set by models.build_model): in training, keep only each layer's input and run
+    # the layer again in backward (torch.utils.checkpoint, its random state replayed, so the same
+    # dropout masks): less memory for more time, the same values and gradients
+    recompute: bool = False
+
     def __init__(
         self, in_dim: int, dim: int, heads: int, ffn: int, layers: int, dropout: float, max_segments: int
     ) -> None:
@@ -90,6 +96,7 @@ class ModalityEncoder(nn.Module):
         h = self.drop(self.proj(self.norm_in(xs)) + self.position(segment))  # (B, L, H)
         h = torch.cat([self.summary.to(h.dtype).expand(B, 1, -1), h], 1)  # (B, 1+L, H)
         mask = F.pad(keep, (1, 0), value=True)  # (B, 1+L): the summary token is always present
+        again = self.recompute and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            h = layer(h, mask)
+            h = checkpoint(layer, h, mask, use_reentrant=False) if again else layer(h, mask)
         return zero_unless(keep.unsqueeze(-1), self.norm_out(h[:, 1:]))  # (B, L, H)
