@@ -13,12 +13,15 @@ import torch
 from conftest import random_store
 from rich.console import Console
 from test_degenerate_data import bundle_of
+from test_recipe import tiny_cfg
 
 from ramer.config import build_config
+from ramer.data.synthetic import generate
+from ramer.errors import RamerError
 from ramer.models import DataSpec, build_model
 from ramer.models.parts import ModalityEncoder
 from ramer.models.parts.encoders import TransformerLayer
-from ramer.train import inputs, run_training
+from ramer.train import inputs, recipe, run_training
 from ramer.train.optim import build_optimizer
 from ramer.train.recipe import training_step
 
@@ -133,3 +136,29 @@ def test_a_model_recompute_does_not_reach_is_noted(tmp_path, model_name):
     notes = [n for n in inputs.bench_notes(bundle_of(random_store(n=16)), configs, "multi_label") if "recompute" in n]
     said_once = "train.recompute: model 'late_fusion' has none of RAMer's modality encoders, whose layers it runs again"
     assert notes == [said_once + " in backward; it trains as without it"]
+
+
+def test_a_training_step_out_of_memory_names_recompute_where_it_would_help(tmp_path, monkeypatch):
+    """A step that does not fit names train.recompute besides the sizes to lower, for a model whose
+    encoders do not recompute yet; not once they do, not for scoring, not for late_fusion."""
+
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9883055232 bytes")
+
+    said, bundle = {}, generate(tiny_cfg().data.synthetic)
+    for model_name, recompute, name in [
+        ("ramer", False, "training_step"),
+        ("ramer", True, "training_step"),
+        ("late_fusion", False, "training_step"),
+        ("ramer", False, "predict"),
+    ]:
+        cfg = tiny_cfg(model_name, [f"train.recompute={recompute}"])
+        with monkeypatch.context() as m:
+            m.setattr(recipe, name, too_big)
+            with pytest.raises(RamerError) as e:
+                recipe.Recipe(cfg, tmp_path / f"{model_name}-{recompute}-{name}", bundle=bundle).run()
+        said[model_name, recompute, name] = str(e.value)
+    hint = "; lower them, or set train.recompute=true (the encoders' layers run again in backward, for less memory)"
+    assert said["ramer", False, "training_step"].endswith(hint), said
+    assert [hint in x for x in said.values()] == [True, False, False, False], said
+    assert all("does not fit in memory (9 GiB asked for)" in x for x in said.values()), said

@@ -421,15 +421,16 @@ def _asked(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def memory_named(what: str, sizes: str | None):
+def memory_named(what: str, sizes: str | None, other: str | None = None):
     """Within: a failed allocation (``out_of_memory``) is one line: ``what`` does not fit in memory,
-    and (when given) the size settings that make it so."""
+    and (when given) the size settings that make it so and ``other``, a remedy besides lowering them."""
     try:
         yield
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
         why = f": its sizes are too large ({sizes}); lower them" if sizes else ""
+        why += f", or {other}" if sizes and other else ""
         raise RamerError(f"{what} does not fit in memory ({_asked(e)}){why}") from None
 
 
@@ -611,16 +612,22 @@ class Recipe(RunSteps):
                 where = f"{self.bundle.source}: a scene of split '{name}'"
                 check_segments(int(store.grid[:, 1].max()), min(tables), where)
 
-    def sizes(self, split: str, batch: int, key: str) -> tuple[str, str]:
+    def sizes(self, split: str, batch: int, key: str) -> tuple[str, str, str | None]:
         """``memory_named``'s arguments for a batch of ``batch`` scenes of ``split`` (``key``: the
-        setting that sizes it): its scenes' largest grid and the settings that make it large."""
+        setting that sizes it): its scenes' largest grid, the settings that make it large and, for a
+        training step of a model whose encoders do not recompute yet, ``train.recompute``."""
         grid = self.splits[split].grid
         P, S = (int(x) for x in grid.max(0)) if len(grid) else (0, 0)
         what = "a training step" if split == "train" else f"scoring {split}"
         m = self.cfg.model
+        encoders = [part for part in self.model.modules() if isinstance(part, ModalityEncoder)]
+        other = None
+        if split == "train" and encoders and not any(part.recompute for part in encoders):
+            other = "set train.recompute=true (the encoders' layers run again in backward, for less memory)"
         return (
             f"{what} ({batch} scenes at once, up to {P} persons x {S} segments)",
             f"{key} {batch}, model.hidden {m.hidden}, model.heads {m.heads}, model.ffn {m.ffn}",
+            other,
         )
 
     def _new_run_folder(self, cfg: Config) -> str | None:
