@@ -186,3 +186,17 @@ def test_data_without_a_valid_split_is_one_line_before_any_note(tmp_path, capsys
     )
     assert main(argv) == 2
     assert "no 'valid' split" in capsys.readouterr().err
+
+
+def test_data_info_marks_a_label_no_training_sample_has():
+    """`ramer data info` showed a label's zero train count without a word, though no run can learn it."""
+    from ramer.data.info import dataset_info, format_info_table
+
+    store = random_store(n=16)
+    labels = np.asarray(store.labels).copy()
+    labels[:, 2] = 0
+    rows = format_info_table(dataset_info(bundle_of(changed(store, labels=labels)))).splitlines()
+    marked = [row.split()[0] for row in rows if row.endswith("no train sample: a run cannot learn it")]
+    assert marked == [store.label_names[2]], rows
+    alone = DataBundle({"test": random_store(n=8, seed=2)}, store.label_names, "odd", "odd")  # no train split
+    assert "no train sample" not in format_info_table(dataset_info(alone))

@@ -150,8 +150,12 @@ def format_info_table(info: dict[str, Any]) -> str:
     lines.append("")
     width = max([len(x) for x in names] + [5])
     lines.append(f"{'label':<{width}}" + "".join(f"{name:>10}" for name in splits))
+    untrained = "train" in splits and splits["train"]["n"] > 0
     for j, label in enumerate(names):
-        lines.append(f"{label:<{width}}" + "".join(f"{s['label_counts'][j]:>10}" for s in splits.values()))
+        row = f"{label:<{width}}" + "".join(f"{s['label_counts'][j]:>10}" for s in splits.values())
+        if untrained and splits["train"]["label_counts"][j] == 0:
+            row += "   no train sample: a run cannot learn it"
+        lines.append(row)
     counted = {name: _loader_counts(s.get("loader") or {}) for name, s in splits.items()}
     if any(counted.values()):
         lines.append("")
