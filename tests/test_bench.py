@@ -19,7 +19,7 @@ import yaml
 from ramer import bench as bench_mod
 from ramer import checkpoint as ckpt
 from ramer.cli import main
-from ramer.config import build_config, dump_config
+from ramer.config import build_config, dump_config, with_values
 from ramer.data.synthetic import generate
 from ramer.errors import LossNotFinite, RamerError
 from ramer.infer import apply_missing, predict
@@ -692,6 +692,18 @@ def test_cache_reads_a_stored_config_with_todays_defaults(tmp_path):
     assert bench_mod.cache_state(run, cfg) == "done"
     other = build_config(overrides=["train.epochs=1", "model.shuffle=pile"])
     assert bench_mod.cache_state(run, other) == "fresh" and not run.exists()
+
+
+def test_a_cached_run_is_the_same_run_with_recompute_turned_on(tmp_path):
+    """train.recompute trains the same to the bit: a bench run again with it on (after running out of
+    memory) keeps its finished runs, where it removed and trained every one again."""
+    cfg = build_config(overrides=["train.epochs=1"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (run / "test_metrics.json").write_text("{}")
+    assert bench_mod.cache_state(run, with_values(cfg, {"train.recompute": True})) == "done"
+    assert bench_mod.cache_state(run, with_values(cfg, {"train.recompute": True, "train.epochs": 2})) == "fresh"
 
 
 def test_cache_reads_a_stored_config_as_config_files_are_read(tmp_path):

@@ -6,6 +6,7 @@ less saved for backward; evaluation untouched."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ import torch
 from conftest import random_store
 from rich.console import Console
 from test_degenerate_data import bundle_of
-from test_recipe import tiny_cfg
+from test_recipe import Stop, epoch_lines, stop_after, tiny_cfg
 
+from ramer.cli import main
 from ramer.config import build_config
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
@@ -45,22 +47,28 @@ def _setup(model: str, recompute: bool, *overrides: str):
     return cfg, store, build_model(cfg, spec).train()
 
 
-def _train(model_name: str, recompute: bool, precision: str, steps: int = 3):
+def _train(model_name: str, recompute: bool, precision: str, monkeypatch, steps: int = 3):
+    """Losses, weights after ``steps`` training steps, and how many times the encoders' layers ran."""
     cfg, store, model = _setup(model_name, recompute)
     opt, sched = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, 100, 0.1)
+    runs = []
+    forward = TransformerLayer.forward
+    monkeypatch.setattr(TransformerLayer, "forward", lambda self, *a: runs.append(1) or forward(self, *a))
     torch.manual_seed(1)
     losses = []
     for step in range(steps):
         batch = store.collate(np.arange(step * 5, step * 5 + 6) % len(store))
         losses.append(training_step(model, model, batch, opt, sched, cfg.train.grad_clip, precision).total.detach())
-    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(TransformerLayer, "forward", forward)
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, len(runs)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("model_name", ENCODER_MODELS)
-def test_recompute_trains_the_same_to_the_bit(model_name, precision):
-    kept_losses, kept = _train(model_name, False, precision)
-    again_losses, again = _train(model_name, True, precision)
+def test_recompute_trains_the_same_to_the_bit(model_name, precision, monkeypatch):
+    kept_losses, kept, kept_runs = _train(model_name, False, precision, monkeypatch)
+    again_losses, again, again_runs = _train(model_name, True, precision, monkeypatch)
+    assert again_runs > kept_runs > 0  # the layers did run again in backward
     assert [x.item() for x in kept_losses] == [x.item() for x in again_losses]
     assert kept.keys() == again.keys()
     for key in kept:
@@ -130,12 +138,12 @@ def test_a_model_recompute_does_not_reach_is_noted(tmp_path, model_name):
     said = io.StringIO()
     cfg = build_config(None, [*SMALL, "train.epochs=1", f"model.name={model_name}", "train.recompute=true"])
     run_training(cfg, tmp_path / "run", bundle=bundle_of(random_store(n=16)), console=Console(file=said, width=400))
-    note = f"note: train.recompute: model '{model_name}' has none of RAMer's modality encoders"
+    note = f"note: train.recompute has no effect on model '{model_name}': it runs again only the layers of"
     assert (note in said.getvalue()) == (model_name == "late_fusion"), said.getvalue()
     configs = [build_config(None, [f"model.name={m}", "train.recompute=true"]) for m in ("late_fusion", "ramer")]
     notes = [n for n in inputs.bench_notes(bundle_of(random_store(n=16)), configs, "multi_label") if "recompute" in n]
-    said_once = "train.recompute: model 'late_fusion' has none of RAMer's modality encoders, whose layers it runs again"
-    assert notes == [said_once + " in backward; it trains as without it"]
+    said_once = "train.recompute has no effect on model 'late_fusion': it runs again only the layers of RAMer's"
+    assert notes == [said_once + " modality encoders, which this model does not have"]
 
 
 def test_a_training_step_out_of_memory_names_recompute_where_it_would_help(tmp_path, monkeypatch):
@@ -162,3 +170,22 @@ def test_a_training_step_out_of_memory_names_recompute_where_it_would_help(tmp_p
     assert said["ramer", False, "training_step"].endswith(hint), said
     assert [hint in x for x in said.values()] == [True, False, False, False], said
     assert all("does not fit in memory (9 GiB asked for)" in x for x in said.values()), said
+
+
+def test_a_run_resumes_with_recompute_turned_on_and_trains_as_never_stopped(tmp_path, capsys):
+    """A run stopped (say out of memory, whose line names train.recompute) resumes with
+    train.recompute=true in its config.yaml, and ends as the run never stopped without it."""
+    two = ["train.epochs=2", "model.dropout=0.3"]
+    bundle = generate(tiny_cfg().data.synthetic)
+    full = recipe.Recipe(tiny_cfg("ramer", two), tmp_path / "full", bundle=bundle).run()
+    out = tmp_path / "cut"
+    with pytest.raises(Stop):
+        recipe.Recipe(tiny_cfg("ramer", two), out, bundle=bundle, hooks=(stop_after(1),)).run()
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("recompute: false", "recompute: true"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0, capsys.readouterr().err
+    assert torch.load(out / "train_state.pt", weights_only=True)["config"]["train"]["recompute"] is True
+    a, b = epoch_lines(tmp_path / "full"), epoch_lines(out)
+    assert [(x["train"], x["valid"]) for x in a] == [(x["train"], x["valid"]) for x in b]
+    assert json.loads((out / "test_metrics.json").read_text()) == full

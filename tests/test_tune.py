@@ -223,6 +223,16 @@ def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
         open_study(optuna, tmp_path, None, with_values(base, {"model.amp_eps": 2.0}), seed=0)
 
 
+def test_a_study_continues_with_recompute_turned_on(tmp_path):
+    """train.recompute trains the same to the bit: a study continues with it on (a trial that ran out
+    of memory); any other difference is still another config."""
+    base = tune_config("ramer", None, TINY)
+    open_study(optuna, tmp_path, None, base, seed=0)
+    open_study(optuna, tmp_path, None, with_values(base, {"train.recompute": True}), seed=0)
+    with pytest.raises(RamerError, match=r"another config \(differs in train.epochs\)"):
+        open_study(optuna, tmp_path, None, with_values(base, {"train.recompute": True, "train.epochs": 9}), seed=0)
+
+
 def test_a_study_records_its_ramer_and_a_newer_ones_config_names_it(tmp_path):
     """A new study records the ramer that made it; a study a newer ramer made with a key this one
     lacks names both versions beside the key, and a version that is not one short line is refused."""

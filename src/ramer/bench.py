@@ -54,6 +54,7 @@ from ramer import checkpoint as ckpt
 from ramer.config import (
     CONFIG_DIR,
     MISSING_AT,
+    SAME_RESULTS,
     Config,
     DataConfig,
     build_config,
@@ -483,15 +484,15 @@ def run_dir(out: Path, model: str, rate: float, seed: int) -> Path:
 # ---------------------------------------------------------------------- runs and cache
 def _config_changes(run: Path, cfg: Config) -> list[str] | None:
     """The dotted keys in which the run's config differs from ``cfg`` (None: no config that reads
-    back). The stored config is read back with today's defaults for keys added since (a new option
-    at its default does not retrain every cached run)."""
+    back), ``SAME_RESULTS`` left out. The stored config is read back with today's defaults for keys
+    added since (a new option at its default does not retrain every cached run)."""
     path = run / "config.yaml"
     readable(path)
     try:
         stored = with_todays_defaults(load_yaml_text(path.read_text()), str(path))  # aliases refused, not expanded
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RamerError):
         return None
-    return differences(stored, cfg.model_dump(mode="json"))
+    return [d for d in differences(stored, cfg.model_dump(mode="json")) if d not in SAME_RESULTS]
 
 
 def _epoch_seconds(log: list[dict]) -> float:

@@ -521,6 +521,10 @@ def with_values(cfg: Config, values: Mapping[str, Any], source: str = "values") 
 
 _ABSENT = object()  # a key one config has and the other lacks
 
+# Keys that change how a run computes, not what it computes (the same weights to the bit): a cached
+# bench run, a tune study and a resumed run are the same with either value.
+SAME_RESULTS = ("train.recompute",)
+
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """The dotted keys in which two config trees (``Config.model_dump(mode="json")``) differ; a key

@@ -117,8 +117,8 @@ def recompute_note(model: nn.Module, cfg) -> str | None:
     if not cfg.train.recompute or any(isinstance(part, ModalityEncoder) for part in model.modules()):
         return None
     return (
-        f"train.recompute: model '{cfg.model.name}' has none of RAMer's modality encoders, whose layers it runs "
-        "again in backward; it trains as without it"
+        f"train.recompute has no effect on model '{cfg.model.name}': it runs again only the layers of RAMer's "
+        "modality encoders, which this model does not have"
     )
 
 

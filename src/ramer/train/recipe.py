@@ -56,7 +56,7 @@ from torch import nn
 
 from ramer import checkpoint as ckpt
 from ramer import dist
-from ramer.config import Config, as_today, differences, dump_config, read_run_config
+from ramer.config import SAME_RESULTS, Config, as_today, differences, dump_config, read_run_config
 from ramer.console import LOG_EVERY, plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
@@ -327,9 +327,11 @@ def write_test_result(
     return result
 
 
-# Keys a resumed run may change in its config.yaml: where the data and the work are, not what is learnt
-# (train.device and train.eval_batch_size may change validation scores in their last bits).
+# Keys a resumed run may change in its config.yaml: where the data and the work are and how much memory
+# it takes, not what is learnt (train.device and train.eval_batch_size may change validation scores in
+# their last bits; SAME_RESULTS train the same to the bit, so a run out of memory resumes with recompute).
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard")
+RESUME_MAY_CHANGE += SAME_RESULTS
 
 
 def changed_settings(stored: dict, tree: dict) -> list[str]:
