@@ -166,7 +166,8 @@ def test_a_training_step_out_of_memory_names_recompute_where_it_would_help(tmp_p
             with pytest.raises(RamerError) as e:
                 recipe.Recipe(cfg, tmp_path / f"{model_name}-{recompute}-{name}", bundle=bundle).run()
         said[model_name, recompute, name] = str(e.value)
-    hint = "; lower them, or set train.recompute=true (the encoders' layers run again in backward, for less memory)"
+    hint = "; lower them, or set train.recompute=true (the encoders' layers run again in backward: less memory with"
+    hint += " deep encoders)"
     assert said["ramer", False, "training_step"].endswith(hint), said
     assert [hint in x for x in said.values()] == [True, False, False, False], said
     assert all("does not fit in memory (9 GiB asked for)" in x for x in said.values()), said

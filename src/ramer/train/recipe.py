@@ -625,7 +625,8 @@ class Recipe(RunSteps):
         encoders = [part for part in self.model.modules() if isinstance(part, ModalityEncoder)]
         other = None
         if split == "train" and encoders and not any(part.recompute for part in encoders):
-            other = "set train.recompute=true (the encoders' layers run again in backward, for less memory)"
+            other = "set train.recompute=true (the encoders' layers run again in backward: "
+            other += "less memory with deep encoders)"
         return (
             f"{what} ({batch} scenes at once, up to {P} persons x {S} segments)",
             f"{key} {batch}, model.hidden {m.hidden}, model.heads {m.heads}, model.ffn {m.ffn}",
