@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from ramer.version import __version__
@@ -14,11 +15,18 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     """``ramer.load`` is ``ramer.api.load`` (its signature and docstring, for ``help`` and a
-    notebook's ``ramer.load?``), imported when first used so that ``import ramer`` stays light."""
+    notebook's ``ramer.load?``), imported when first used so that ``import ramer`` stays light; so
+    is a submodule named as an attribute (``ramer.infer.apply_missing`` after ``import ramer``)."""
     if name == "load":
         from ramer.api import load
 
         return load
+    if name.isidentifier() and not name.startswith("_"):
+        try:
+            return importlib.import_module(f"ramer.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"ramer.{name}":  # a module of ramer's that failed to import: say so
+                raise
     raise AttributeError(f"module 'ramer' has no attribute {name!r}")
 
 

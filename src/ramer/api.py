@@ -51,6 +51,23 @@ class Predictor:
     def label_names(self) -> tuple[str, ...]:
         return self.spec.label_names
 
+    def __repr__(self) -> str:
+        """One line (a notebook's echo; the module, config and spec are its attributes)."""
+        threshold = self.threshold
+        if isinstance(threshold, np.ndarray):
+            threshold = f"per label {np.round(threshold, 3).tolist()}"
+        elif isinstance(threshold, float):
+            threshold = f"{threshold:.4g}"
+        names = self.label_names
+        labels = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
+        dtype = model_dtype(self.model)  # load(precision="bf16") casts the weights; precision is the run's
+        weights = "" if dtype == torch.float32 else f", weights {str(dtype).removeprefix('torch.')}"
+        return (
+            f"Predictor(model {self.cfg.model.name!r} ({type(self.model).__name__}), epoch {self.epoch}, "
+            f"labels ({len(names)}): {labels}, threshold {threshold}, device {self.device}, "
+            f"precision {self.precision}{weights})"
+        )
+
     @property
     def precision(self) -> str:
         """How the run scored its validation and test split: under bfloat16 autocast for a deep run

@@ -41,6 +41,16 @@ class Batch:
     def size(self) -> int:
         return self.labels.shape[0]
 
+    def __repr__(self) -> str:
+        """One line (a notebook's echo; the tensors are its attributes)."""
+        try:
+            return (
+                f"Batch({self.size} samples, grid {tuple(self.grid)}, {len(self.label_names)} labels, "
+                f"dims {self.dims}, device {self.labels.device})"
+            )
+        except Exception:  # a batch being put together by hand
+            return "Batch(...)"
+
     @property
     def dims(self) -> dict[str, int | None]:
         """Feature sizes, as ``SceneStore.dims``: each modality's and ``personality`` (None: none)."""

@@ -7,6 +7,7 @@ overrides, and the resolved result is saved in the run directory and inside the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from difflib import get_close_matches
 from pathlib import Path
@@ -429,6 +430,14 @@ def build_config(file: str | Path | None = None, overrides: list[str] | tuple[st
         raise RamerError(
             f"build_config: overrides is a list of 'key=value' strings (e.g. ['train.epochs=3']), not {overrides!r:.80}"
         )
+    if file is not None and not isinstance(file, (str, os.PathLike)):
+        hint = " (a dict: config_from_dict(tree, source))" if isinstance(file, Mapping) else ""
+        raise RamerError(f"build_config: file is a config file's path (a str or Path), not {type(file).__name__}{hint}")
+    if isinstance(file, str) and not Path(file).exists() and (CONFIG_DIR / f"{file}.yaml").is_file():
+        raise RamerError(
+            f"{file}: config file not found; for the bundled config of that name: "
+            f"build_config(resolve_config({file!r}), ...)"
+        )
     tree: dict = {}
     source = "defaults"
     if file is not None:
@@ -445,6 +454,8 @@ def build_config(file: str | Path | None = None, overrides: list[str] | tuple[st
 
 
 def config_from_dict(tree: dict, source: str) -> Config:
+    """A Config from a nested dict (``{"model": {"hidden": 16}}``, defaults for the rest); an error
+    names ``source`` and the bad key."""
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -198,6 +198,14 @@ def open_dataset(
 ) -> SplitStream | DataBundle:
     """A ``SplitStream`` for the public layouts (read split by split), a ``DataBundle`` for the
     native and synthetic ones. See ``load_dataset`` for the arguments."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise RamerError(
+            f"the data's path is a str or Path (or None: the embedded benchmark), not {type(path).__name__}"
+        )
+    if data_cfg is not None and not isinstance(data_cfg, DataConfig):
+        raise RamerError(
+            f"data_cfg is a ramer.config.DataConfig (a run config's cfg.data), not {type(data_cfg).__name__}"
+        )
     given = {
         "aligned_path": aligned_path,
         "unaligned_layout": unaligned_layout,

@@ -113,6 +113,12 @@ _KINDS = {
 _SPLIT_FILES = frozenset({f"{name}.npy" for name in _ARRAYS + _OPTIONAL} | {"ids.json"})
 
 
+def _names_line(names: tuple[str, ...], shown: int = 6) -> str:
+    """Label names for a repr: their count and the first ``shown`` of them."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"({len(names)}): " + ", ".join(names[:shown]) + more
+
+
 @dataclass
 class SceneStore:
     """One split: flat arrays (see module docstring) plus the label names."""
@@ -301,6 +307,16 @@ class SceneStore:
     # ------------------------------------------------------------------ facts
     def __len__(self) -> int:
         return len(self.grid)
+
+    def __repr__(self) -> str:
+        """What the store holds, on one line (a notebook's echo; the arrays are its attributes)."""
+        try:  # a store being made (a debugger's echo while validate raises) may lack what this reads
+            return (
+                f"SceneStore({self.source!r}, {len(self)} samples, {len(self.present)} tokens, "
+                f"labels {_names_line(self.label_names)}, dims {self.dims})"
+            )
+        except Exception:
+            return f"SceneStore({self.source!r})"
 
     @property
     def dims(self) -> dict[str, int | None]:
@@ -691,6 +707,17 @@ class DataBundle:
     @property
     def dims(self) -> dict[str, int | None]:
         return next(iter(self.splits.values())).dims
+
+    def __repr__(self) -> str:
+        """The bundle on one line: its splits' sizes, labels and task (a notebook's echo)."""
+        try:
+            sizes = ", ".join(f"{name}: {len(store)}" for name, store in self.splits.items())
+            return (
+                f"DataBundle({self.source!r}, format {self.format!r}, splits {{{sizes}}}, "
+                f"labels {_names_line(self.label_names)}, task {self.task!r})"
+            )
+        except Exception:
+            return f"DataBundle({self.source!r})"
 
     @property
     def labelled(self) -> bool:

@@ -184,6 +184,9 @@ def _split(
 
 def generate(cfg: SynthConfig | None = None) -> DataBundle:
     """Generate the benchmark: same config, same arrays, byte for byte."""
+    if cfg is not None and not isinstance(cfg, SynthConfig):
+        hint = " (a run config's: cfg.data.synthetic)" if isinstance(cfg, DataConfig) else ""
+        raise RamerError(f"generate takes a SynthConfig (SynthConfig(n_train=64, ...)), not {type(cfg).__name__}{hint}")
     cfg = cfg or SynthConfig()
     if cfg.persons_min > cfg.persons_max or cfg.segments_min > cfg.segments_max:
         raise RamerError("synthetic: persons_min/segments_min must not exceed persons_max/segments_max")

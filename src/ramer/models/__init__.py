@@ -244,6 +244,11 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
     """The deep model ``cfg.model.name`` (a name of this package, a preset, or a registered or
     installed model) built for ``spec`` (``DataSpec.from_bundle(bundle, task)``): an ``nn.Module``
     with a ``loss`` method, untrained; ``ramer.load`` gives a trained one."""
+    if not isinstance(cfg, Config):
+        raise RamerError(
+            "build_model takes a ramer.config.Config (build_config(FILE, ['key=value', ...])), "
+            f"not {type(cfg).__name__}"
+        )
     check_model(cfg, options=False)
     if not isinstance(spec, DataSpec):
         raise RamerError(

@@ -41,14 +41,15 @@ class DataSpec:
 
     @classmethod
     def from_bundle(cls, bundle, task: str | None = None) -> "DataSpec":
-        """``task``: the run's task (``data.resolve_task``); default the bundle's own."""
+        """``task``: the run's task (``data.resolve_task``); default (or ``"auto"``, as
+        ``cfg.data.task`` has it) the bundle's own."""
         dims = bundle.dims
         return cls(
             dims={m: int(dims[m]) for m in ("text", "audio", "visual")},
             n_labels=len(bundle.label_names),
             label_names=tuple(bundle.label_names),
             personality_dim=dims.get("personality"),
-            task=task or bundle.task,
+            task=bundle.task if task in (None, "auto") else task,
         )
 
     def to_dict(self) -> dict:

@@ -48,6 +48,19 @@ def run_training(
             f"run_training takes a ramer.config.Config (build_config(FILE, ['key=value', ...])), not "
             f"{type(cfg).__name__}"
         )
+    if not isinstance(out, (str, os.PathLike)):
+        raise RamerError(f"run_training: out is the run folder's path (a str or Path), not {type(out).__name__}")
+    if bundle is not None and not isinstance(bundle, DataBundle):
+        raise RamerError(
+            f"run_training: bundle is a DataBundle with train, valid and test splits (ramer.data.load_dataset(PATH)), "
+            f"not {type(bundle).__name__} (leave it out to load cfg.data)"
+        )
+    if not isinstance(hooks, (tuple, list)) or not all(callable(h) for h in hooks):
+        raise RamerError(
+            f"run_training: hooks is a tuple of functions hook(recipe, epoch) (hooks=(my_hook,)), not {hooks!r:.80}"
+        )
+    if console is not None and not isinstance(console, Console):
+        raise RamerError(f"run_training: console is a rich.console.Console, not {type(console).__name__}")
     if cfg.model.name in CLASSICAL and hooks:
         raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
     # Rank 0 holds the run folder while the run lasts: a second command there is refused, not mixed in.

@@ -1,0 +1,125 @@
+"""The Python API as a library user in a notebook meets it: what a wrong argument to the documented
+entry points (``run_training``, ``build_model``, ``build_config``) says, and what the objects a cell
+echoes (a predictor, a bundle, a store) print."""
+
+import subprocess
+import sys
+
+import pytest
+
+import ramer
+from ramer.api import load_data_for
+from ramer.config import build_config
+from ramer.data import load_dataset
+from ramer.data.synthetic import generate
+from ramer.errors import RamerError
+from ramer.models import DataSpec, build_model
+from ramer.train import run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    return tiny_run
+
+
+def test_run_training_names_a_wrong_out_bundle_or_console(run, tmp_path):
+    """A split store (or a path) given as ``bundle``, a number as ``out`` or a name as ``console`` is
+    one RamerError naming the argument, before any folder is made (an AttributeError inside the
+    recipe, or a TypeError from pathlib, before)."""
+    _, cfg = run
+    store = generate(cfg.data.synthetic).splits["test"]
+    for bundle in (store, str(tmp_path)):
+        with pytest.raises(RamerError, match=r"run_training: bundle is a DataBundle .*not (SceneStore|str)"):
+            run_training(cfg, tmp_path / "run", bundle=bundle)
+    with pytest.raises(RamerError, match=r"run_training: out is the run folder's path .*not int"):
+        run_training(cfg, 5)
+    with pytest.raises(RamerError, match=r"run_training: console is a rich.console.Console, not str"):
+        run_training(cfg, tmp_path / "run", console="stderr")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_spec_takes_the_configs_task_auto(run):
+    """``DataSpec.from_bundle(bundle, cfg.data.task)`` as ``build_model``'s docstring has it, with the
+    default ``data.task: auto``: the bundle's own task (a ValueError, task 'auto', before)."""
+    _, cfg = run
+    bundle = generate(cfg.data.synthetic)
+    assert cfg.data.task == "auto"
+    assert DataSpec.from_bundle(bundle, cfg.data.task) == DataSpec.from_bundle(bundle)
+
+
+def test_run_training_refuses_a_hook_not_in_a_tuple_before_any_epoch(run, tmp_path):
+    """``hooks=my_hook`` (one function, not a tuple of them): a RamerError before any work (a
+    TypeError after the first epoch before, its folder left as a run to resume)."""
+    _, cfg = run
+    calls = []
+    with pytest.raises(RamerError, match=r"run_training: hooks is a tuple of functions .*hooks=\(my_hook,\)"):
+        run_training(cfg, tmp_path / "run", hooks=lambda recipe, epoch: calls.append(epoch))
+    assert not (tmp_path / "run").exists() and not calls
+
+
+def test_build_model_names_a_config_that_is_not_a_config(run):
+    """A config's dict (``cfg.model_dump()``) given to ``build_model``: a RamerError saying what it
+    takes (an AttributeError on ``dict.model`` before), as ``run_training`` says."""
+    _, cfg = run
+    spec = DataSpec.from_bundle(generate(cfg.data.synthetic))
+    with pytest.raises(RamerError, match=r"build_model takes a ramer.config.Config .*not dict"):
+        build_model(cfg.model_dump(), spec)
+    assert build_model(cfg, spec) is not None
+
+
+def test_build_config_names_a_dict_or_a_bundled_name_given_as_its_file():
+    """A dict as the file points to ``config_from_dict`` (a TypeError from pathlib before); a
+    bundled config's name, which ``ramer train --config`` takes, points to ``resolve_config``."""
+    with pytest.raises(RamerError, match=r"build_config: file is a config file's path .*not dict .*config_from_dict"):
+        build_config({"model": {"hidden": 16}})
+    with pytest.raises(RamerError, match=r"resolve_config\('synthetic'\)"):
+        build_config("synthetic", ["model.hidden=16"])
+
+
+def test_the_data_loaders_name_an_argument_of_another_type(run):
+    """``generate(cfg.data)`` (the run config's data section, not its ``synthetic``), a dict as
+    ``load_dataset``'s ``data_cfg`` or a number as its path: a RamerError saying what each takes
+    (an AttributeError or a TypeError from pathlib before)."""
+    _, cfg = run
+    with pytest.raises(RamerError, match=r"generate takes a SynthConfig .*not DataConfig .*cfg\.data\.synthetic"):
+        generate(cfg.data)
+    with pytest.raises(RamerError, match=r"data_cfg is a ramer\.config\.DataConfig .*not dict"):
+        load_dataset(None, data_cfg={"synthetic": {"n_train": 8}})
+    with pytest.raises(RamerError, match=r"the data's path is a str or Path .*not int"):
+        load_dataset(5)
+
+
+def test_a_predictor_bundle_store_and_batch_echo_one_line(run):
+    """A cell ending in a predictor, a bundle, a store or a batch shows what it is on one line, not the
+    module's layers or every array (190 lines, 35 000 characters before)."""
+    folder, _ = run
+    predictor = ramer.load(folder)
+    bundle = load_data_for(predictor)
+    store = bundle.splits["test"]
+    for obj, parts in (
+        (predictor, ["late_fusion", "epoch", "threshold", "device cpu", "precision fp32"]),
+        (bundle, ["train: ", "test: ", f"labels ({len(bundle.label_names)})", "multi_label"]),
+        (store, [f"{len(store)} samples", "tokens", "'text': "]),
+        (store.collate([0, 1]), ["2 samples", "grid (", "device cpu"]),
+    ):
+        text = repr(obj)
+        assert "\n" not in text and len(text) < 300, text
+        assert all(part in text for part in parts), text
+    assert "weights bfloat16" in repr(ramer.load(folder, precision="bf16"))  # cast at load: not the run's precision
+
+
+def test_a_submodule_is_an_attribute_of_the_package_after_import_ramer():
+    """README's ``ramer.infer.apply_missing(...)`` after ``import ramer`` alone, in a fresh process
+    (an AttributeError before, where no other import had loaded ``ramer.infer``); an unknown name is
+    still an AttributeError, and ``import ramer`` imports no submodule."""
+    code = (
+        "import sys, ramer\n"
+        "assert not any(m.startswith('ramer.') and m != 'ramer.version' for m in sys.modules)\n"
+        "print(ramer.infer.apply_missing.__name__, ramer.data.load_dataset.__name__)\n"
+        "print(hasattr(ramer, 'no_such_module'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["apply_missing", "load_dataset", "False"]
