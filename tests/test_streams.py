@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -288,6 +289,13 @@ def entry_script() -> str:
     return f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n"
 
 
+def sigint_default() -> None:
+    """In the child before it runs: SIGINT's default disposition. A suite started as a background job
+    of a non-interactive shell (`./.ci/run &`) runs with SIGINT ignored, which its children inherit:
+    Python then installs no handler, and the SIGINT these tests send did nothing (exit 1, not 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
 @pytest.mark.parametrize("how", ["console script", "python -m ramer"])
 def test_ctrl_c_while_the_command_imports_is_the_interrupted_line(tmp_path, how):
@@ -298,7 +306,9 @@ def test_ctrl_c_while_the_command_imports_is_the_interrupted_line(tmp_path, how)
     (tmp_path / "yaml" / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
     argv = ["-c", entry_script(), "--version"] if how == "console script" else ["-m", "ramer", "--version"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, env=env, timeout=120, preexec_fn=sigint_default
+    )
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
 
 
@@ -311,7 +321,7 @@ def test_ctrl_c_while_the_command_imports_with_stderr_closed_writes_into_no_file
     (tmp_path / "yaml" / "__init__.py").write_text(f"import os, signal\n{code}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     cmd = f"{shlex.quote(sys.executable)} -m ramer --version 2>&-"
-    proc = subprocess.run(cmd, shell=True, env=env, timeout=120)
+    proc = subprocess.run(cmd, shell=True, env=env, timeout=120, preexec_fn=sigint_default)
     assert (proc.returncode, opened.read_text()) == (130, "")
 
 
