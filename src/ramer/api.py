@@ -17,6 +17,7 @@ from torch import nn
 from ramer import checkpoint as ckpt
 from ramer.batch import Batch
 from ramer.config import Config
+from ramer.console import names_line
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError, ScoresNotFinite
 from ramer.infer import autocast, batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
@@ -58,13 +59,11 @@ class Predictor:
             threshold = f"per label {np.round(threshold, 3).tolist()}"
         elif isinstance(threshold, float):
             threshold = f"{threshold:.4g}"
-        names = self.label_names
-        labels = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
         dtype = model_dtype(self.model)  # load(precision="bf16") casts the weights; precision is the run's
         weights = "" if dtype == torch.float32 else f", weights {str(dtype).removeprefix('torch.')}"
         return (
             f"Predictor(model {self.cfg.model.name!r} ({type(self.model).__name__}), epoch {self.epoch}, "
-            f"labels ({len(names)}): {labels}, threshold {threshold}, device {self.device}, "
+            f"labels {names_line(self.label_names)}, threshold {threshold}, device {self.device}, "
             f"precision {self.precision}{weights})"
         )
 

@@ -54,13 +54,12 @@ from ramer import checkpoint as ckpt
 from ramer.config import (
     CONFIG_DIR,
     MISSING_AT,
-    SAME_RESULTS,
     Config,
     DataConfig,
     build_config,
     config_from_dict,
-    differences,
     load_yaml_text,
+    result_differences,
     set_keys,
     with_todays_defaults,
     with_values,
@@ -492,7 +491,7 @@ def _config_changes(run: Path, cfg: Config) -> list[str] | None:
         stored = with_todays_defaults(load_yaml_text(path.read_text()), str(path))  # aliases refused, not expanded
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RamerError):
         return None
-    return [d for d in differences(stored, cfg.model_dump(mode="json")) if d not in SAME_RESULTS]
+    return result_differences(stored, cfg.model_dump(mode="json"))
 
 
 def _epoch_seconds(log: list[dict]) -> float:

@@ -537,6 +537,12 @@ _ABSENT = object()  # a key one config has and the other lacks
 SAME_RESULTS = ("train.recompute",)
 
 
+def result_differences(a: Any, b: Any) -> list[str]:
+    """``differences`` of two config trees but for ``SAME_RESULTS``: the keys that change what a run
+    computes (a cached bench run and a tune study are the same with either value of the others)."""
+    return [d for d in differences(a, b) if d not in SAME_RESULTS]
+
+
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """The dotted keys in which two config trees (``Config.model_dump(mode="json")``) differ; a key
     one of them lacks counts as a difference."""

@@ -25,6 +25,12 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
+def names_line(names, shown: int = 6) -> str:
+    """Label names for a one-line repr: their count and the first ``shown`` of them."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"({len(names)}): " + ", ".join(names[:shown]) + more
+
+
 def labels_phrase(named: list[str], limit: int = 5) -> tuple[str, str]:
     """``("label 'a' (test 3) has", "it")`` or ``("labels 'a', 'b' and 4 more have", "them")``: the
     subject of a note about the labels ``named`` (each as it is to be shown; the first ``limit``)."""

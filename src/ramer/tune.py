@@ -53,7 +53,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.config import SAME_RESULTS, Config, as_today, build_config, differences, dump_config, with_values
+from ramer.config import Config, as_today, build_config, dump_config, result_differences, with_values
 from ramer.console import plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
@@ -201,7 +201,7 @@ def _open_study(optuna, rdb, url: str, out: Path, storage, base: Config, seed: i
             study.set_user_attr("data", bundle.fingerprints())
         differ = []
     else:
-        differ = sorted(d for d in differences(as_today(stored, url), mine) if d not in SAME_RESULTS)
+        differ = sorted(result_differences(as_today(stored, url), mine))
     if differ == ["data.path"] and bundle is not None and ckpt.same_data(study.user_attrs.get("data") or {}, bundle):
         differ = []  # the same data, its path spelled another way
     if differ:

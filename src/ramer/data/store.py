@@ -51,6 +51,7 @@ import torch
 
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
+from ramer.console import names_line
 from ramer.errors import RamerError, first_line
 from ramer.paths import (
     DATASET_ENTRIES,
@@ -111,12 +112,6 @@ _KINDS = {
 # The files of a split folder (what ``SceneStore.save`` writes): a folder holding only these may be
 # written over; anything else in it is the user's.
 _SPLIT_FILES = frozenset({f"{name}.npy" for name in _ARRAYS + _OPTIONAL} | {"ids.json"})
-
-
-def _names_line(names: tuple[str, ...], shown: int = 6) -> str:
-    """Label names for a repr: their count and the first ``shown`` of them."""
-    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
-    return f"({len(names)}): " + ", ".join(names[:shown]) + more
 
 
 @dataclass
@@ -313,7 +308,7 @@ class SceneStore:
         try:  # a store being made (a debugger's echo while validate raises) may lack what this reads
             return (
                 f"SceneStore({self.source!r}, {len(self)} samples, {len(self.present)} tokens, "
-                f"labels {_names_line(self.label_names)}, dims {self.dims})"
+                f"labels {names_line(self.label_names)}, dims {self.dims})"
             )
         except Exception:
             return f"SceneStore({self.source!r})"
@@ -714,7 +709,7 @@ class DataBundle:
             sizes = ", ".join(f"{name}: {len(store)}" for name, store in self.splits.items())
             return (
                 f"DataBundle({self.source!r}, format {self.format!r}, splits {{{sizes}}}, "
-                f"labels {_names_line(self.label_names)}, task {self.task!r})"
+                f"labels {names_line(self.label_names)}, task {self.task!r})"
             )
         except Exception:
             return f"DataBundle({self.source!r})"

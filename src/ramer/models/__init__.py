@@ -18,7 +18,7 @@ from torch import nn
 from ramer.config import ABLATIONS, Config
 from ramer.errors import RamerError, first_line
 from ramer.models.base import DataSpec, LossResult
-from ramer.models.parts.encoders import ModalityEncoder
+from ramer.models.parts.encoders import modality_encoders
 
 
 def _late_fusion(cfg: Config, spec: DataSpec) -> nn.Module:
@@ -276,9 +276,8 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
             f"model '{name}': {type(model).__name__} has no loss(out, batch) method returning a "
             "ramer.models.base.LossResult (docs/ARCHITECTURE.md, 'Adding a model')"
         )
-    for part in model.modules():  # train.recompute reaches every RAMer-style modality encoder
-        if isinstance(part, ModalityEncoder):
-            part.recompute = cfg.train.recompute
+    for part in modality_encoders(model):  # train.recompute reaches every RAMer-style modality encoder
+        part.recompute = cfg.train.recompute
     return model
 
 

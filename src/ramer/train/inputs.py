@@ -12,7 +12,7 @@ from torch import nn
 from ramer.batch import MODALITIES
 from ramer.console import labels_phrase
 from ramer.models import CLASSICAL, DataSpec, meta_model
-from ramer.models.parts import ModalityEncoder
+from ramer.models.parts.encoders import modality_encoders
 
 LAYER_NORM_EPS = 1e-5  # torch's default: the epsilon of the input LayerNorm of each of this package's deep models
 SCALE_ROWS = 2048  # present rows of the training split read per input for ``input_notes``
@@ -114,7 +114,7 @@ def untrained_note(bundle) -> str | None:
 def recompute_note(model: nn.Module, cfg) -> str | None:
     """Where ``train.recompute`` is asked of a model without RAMer's modality encoders, which alone
     run their layers again in backward: it trains as without it."""
-    if not cfg.train.recompute or any(isinstance(part, ModalityEncoder) for part in model.modules()):
+    if not cfg.train.recompute or modality_encoders(model):
         return None
     return (
         f"train.recompute has no effect on model '{cfg.model.name}': it runs again only the layers of RAMer's "
@@ -122,8 +122,14 @@ def recompute_note(model: nn.Module, cfg) -> str | None:
     )
 
 
+def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
+    """What a deep ``model`` cannot read in the training split ``store`` (``input_notes``) and what
+    of its config does not reach it (``recompute_note``)."""
+    return [*input_notes(store, model, cfg.loss, source), *filter(None, [recompute_note(model, cfg)])]
+
+
 def bench_notes(bundle, configs, task: str) -> list[str]:
-    """The notes of ``valid_note``, ``untrained_note``, ``input_notes`` and ``recompute_note`` for the runs
+    """The notes of ``valid_note``, ``untrained_note`` and ``model_notes`` for the runs
     of a bench or a search, once: their runs train with a quiet console. ``configs``: one ``Config`` per
     model; ``task``: the data's (``resolve_task``). Each model is built on the meta device (no memory
     taken) only to read what it is."""
@@ -138,8 +144,7 @@ def bench_notes(bundle, configs, task: str) -> list[str]:
             model = meta_model(cfg, spec)
         except Exception:  # a model that does not build says so when its run starts
             continue
-        said = [*input_notes(bundle.splits["train"], model, cfg.loss, bundle.source), recompute_note(model, cfg)]
-        notes += [n for n in said if n and n not in notes]
+        notes += [n for n in model_notes(bundle.splits["train"], model, cfg, bundle.source) if n not in notes]
     return notes
 
 

@@ -66,15 +66,14 @@ from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_d
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss
-from ramer.models.parts.encoders import ModalityEncoder, check_segments
+from ramer.models.parts.encoders import check_segments, modality_encoders
 from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import (
-    input_notes,
     kept_note,
     loss_not_finite,
-    recompute_note,
+    model_notes,
     untrained_note,
     valid_note,
     weights_not_finite,
@@ -487,14 +486,13 @@ class RunSteps:
         """Rank 0 says what the data lets the run not do: multi-label validation without a single
         positive label scores every epoch and threshold 0, so nothing is chosen there; a label no
         training sample has (``untrained_note``); what a deep ``model`` of this package cannot
-        read in the training split (``input_notes``); and ``train.recompute`` asked of a model it
-        does not reach (``recompute_note``)."""
+        read in the training split and ``train.recompute`` asked of a model it does not reach
+        (``model_notes``)."""
         if not is_main():
             return
         notes = [n for n in (valid_note(self.bundle, self.spec.single_label), untrained_note(self.bundle)) if n]
         if model is not None:
-            notes += input_notes(self.splits["train"], model, self.cfg.loss, self.bundle.source)
-            notes += [n for n in [recompute_note(model, self.cfg)] if n]
+            notes += model_notes(self.splits["train"], model, self.cfg, self.bundle.source)
         for note in notes:
             self.console.print(f"note: {note}", highlight=False, soft_wrap=True)
 
@@ -608,7 +606,7 @@ class Recipe(RunSteps):
         """Every split's longest scene fits the model's segment-position tables (``model.max_segments``),
         checked before training: a test split of longer scenes was found only after the last epoch,
         by a model that could never score it."""
-        tables = [m.position.num_embeddings for m in self.model.modules() if isinstance(m, ModalityEncoder)]
+        tables = [m.position.num_embeddings for m in modality_encoders(self.model)]
         for name, store in self.splits.items():
             if tables and len(store):
                 where = f"{self.bundle.source}: a scene of split '{name}'"
@@ -622,7 +620,7 @@ class Recipe(RunSteps):
         P, S = (int(x) for x in grid.max(0)) if len(grid) else (0, 0)
         what = "a training step" if split == "train" else f"scoring {split}"
         m = self.cfg.model
-        encoders = [part for part in self.model.modules() if isinstance(part, ModalityEncoder)]
+        encoders = modality_encoders(self.model)
         other = None
         if split == "train" and encoders and not any(part.recompute for part in encoders):
             other = "set train.recompute=true (the encoders' layers run again in backward: "

@@ -47,6 +47,11 @@ class TransformerLayer(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
+def modality_encoders(model: nn.Module) -> list["ModalityEncoder"]:
+    """The ``ModalityEncoder``s of ``model`` (none for a model not built on them)."""
+    return [part for part in model.modules() if isinstance(part, ModalityEncoder)]
+
+
 class ModalityEncoder(nn.Module):
     # train.recompute (set by models.build_model): in training, keep only each layer's input and run
     # the layer again in backward (torch.utils.checkpoint, its random state replayed, so the same
