@@ -2,14 +2,16 @@
 entry points (``run_training``, ``build_model``, ``build_config``) says, and what the objects a cell
 echoes (a predictor, a bundle, a store) print."""
 
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import ramer
 from ramer.api import load_data_for
-from ramer.config import build_config
+from ramer.config import build_config, resolve_config
 from ramer.data import load_dataset
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
@@ -123,3 +125,43 @@ def test_a_submodule_is_an_attribute_of_the_package_after_import_ramer():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["apply_missing", "load_dataset", "False"]
+
+
+def test_run_training_takes_resume_as_true_or_false(run, tmp_path):
+    """``resume="no"`` is a RamerError before any folder is made (it counted as true before: the run
+    looked for a training state to go on from)."""
+    _, cfg = run
+    with pytest.raises(RamerError, match=r"run_training: resume is True or False, not 'no'"):
+        run_training(cfg, tmp_path / "run", resume="no")
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_training_leaves_the_global_random_state_as_it_was(run, tmp_path):
+    """A notebook's draws after a run go on from its own seed: the run seeds torch with
+    ``train.seed`` for itself only (the generator was left at the run's last draw before)."""
+    _, cfg = run
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run_training(cfg, tmp_path / "run")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_tilde_in_a_path_is_the_home_folder(run, tmp_path, monkeypatch):
+    """``~/...`` as a shell reads it, where no shell expands it: a config file's or ``--set``'s
+    ``data.path``, a config file (``build_config``, ``--config``), ``load_dataset``, ``ramer.load``
+    and ``run_training``'s folder (each was a path named ``~`` in the working folder before: not
+    found)."""
+    folder, cfg = run
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(folder, tmp_path / "run")
+    generate(cfg.data.synthetic).save(tmp_path / "data")
+    (tmp_path / "small.yaml").write_text("data:\n  path: ~/data\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "run")  # no folder named ~ where the paths are read
+    assert build_config("~/small.yaml").data.path == str(tmp_path / "data")
+    assert resolve_config("~/small.yaml") == tmp_path / "small.yaml"  # --config "~/small.yaml", quoted
+    assert build_config(None, ["data.path=~/data"]).data.path == str(tmp_path / "data")
+    assert len(load_dataset("~/data").splits["test"]) == len(load_dataset(tmp_path / "data").splits["test"])
+    assert ramer.load("~/run").label_names == ramer.load(folder).label_names
+    run_training(cfg, "~/again")
+    assert (tmp_path / "again" / "test_metrics.json").is_file()

@@ -225,7 +225,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     if device is not None and not isinstance(device, str):
         raise RamerError(f"device must be a str such as 'cpu' or 'cuda:0' (or a torch.device), not {device!r}")
     check_precision(precision)  # before the checkpoint is read and a classical model refuses bf16
-    path = Path(run_dir)
+    path = Path(run_dir).expanduser()
     if not path.exists():
         raise RamerError(f"{path}: run folder not found (a run folder, or its model.safetensors)")
     model_file = _model_file(path)

@@ -106,6 +106,12 @@ class DataConfig(_Section):
     task: Literal["auto", "multi_label", "single_label"] = "auto"  # auto: what the data records (docs/MODEL.md)
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
 
+    @field_validator("path", "aligned_path", "m3ed_annotation")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        """``~`` is the home folder, as in a shell (a config file or ``--set`` is not expanded by one)."""
+        return os.path.expanduser(value) if value else value
+
 
 MISSING_AT = get_args(DataConfig.model_fields["missing_at"].annotation)  # bench's and the CLI's --missing-at
 
@@ -399,7 +405,7 @@ def yaml_problem(e: yaml.YAMLError) -> str:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise RamerError(f"{path}: is a folder, not a config file")
     try:
@@ -574,7 +580,7 @@ def resolve_config(name: str | None) -> Path:
     if name is not None and not name.strip():
         raise RamerError("--config: empty; give a config file or a bundled config's name (or leave --config out)")
     name = name or "synthetic"
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise RamerError(

@@ -231,7 +231,7 @@ def open_dataset(
         return synthetic.generate(cfg.synthetic)
     if path is None:
         raise RamerError(f"data format '{fmt}' needs a path")
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise RamerError(f"{p}: data path not found")
     if not p.is_file() and not p.is_dir():  # a pipe or a device: reading it could wait forever or never end

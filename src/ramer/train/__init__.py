@@ -50,6 +50,7 @@ def run_training(
         )
     if not isinstance(out, (str, os.PathLike)):
         raise RamerError(f"run_training: out is the run folder's path (a str or Path), not {type(out).__name__}")
+    out = Path(out).expanduser()
     if bundle is not None and not isinstance(bundle, DataBundle):
         raise RamerError(
             f"run_training: bundle is a DataBundle with train, valid and test splits (ramer.data.load_dataset(PATH)), "
@@ -59,6 +60,8 @@ def run_training(
         raise RamerError(
             f"run_training: hooks is a tuple of functions hook(recipe, epoch) (hooks=(my_hook,)), not {hooks!r:.80}"
         )
+    if not isinstance(resume, bool):
+        raise RamerError(f"run_training: resume is True or False, not {resume!r:.80}")
     if console is not None and not isinstance(console, Console):
         raise RamerError(f"run_training: console is a rich.console.Console, not {type(console).__name__}")
     if cfg.model.name in CLASSICAL and hooks:

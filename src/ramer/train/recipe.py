@@ -463,9 +463,15 @@ class RunSteps:
     announce = False
 
     def run(self) -> dict:
-        """The run; the process's torch thread count as it was before (``train.threads`` sets it for
-        the run only: a later run or a notebook cell in the same process starts from its own)."""
+        """The run; the process's torch thread count and global random state as they were before
+        (``train.threads`` and ``train.seed`` set them for the run only: a later run or a notebook
+        cell in the same process starts from its own)."""
         threads = torch.get_num_threads()
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            return self._run(threads)
+
+    def _run(self, threads: int) -> dict:
         try:
             self.setup()
             if self.announce and is_main():
