@@ -165,3 +165,11 @@ def test_a_tilde_in_a_path_is_the_home_folder(run, tmp_path, monkeypatch):
     assert ramer.load("~/run").label_names == ramer.load(folder).label_names
     run_training(cfg, "~/again")
     assert (tmp_path / "again" / "test_metrics.json").is_file()
+
+
+def test_a_star_import_of_the_api_gives_what_a_user_calls():
+    """``from ramer.api import *`` in a notebook: the predictor, its warning, ``load`` and
+    ``load_data_for``, not the module's own imports (numpy as np, torch, Path, ...)."""
+    names: dict = {}
+    exec("from ramer.api import *", names)
+    assert sorted(set(names) - {"__builtins__"}) == ["Predictor", "RunNotFinished", "load", "load_data_for"]

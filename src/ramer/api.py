@@ -25,6 +25,8 @@ from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
 
+__all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
+
 _BUILDING = threading.RLock()  # one build at a time (meta or real): each load puts back the random state it found
 
 
