@@ -2,9 +2,11 @@
 entry points (``run_training``, ``build_model``, ``build_config``) says, and what the objects a cell
 echoes (a predictor, a bundle, a store) print."""
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +175,32 @@ def test_a_star_import_of_the_api_gives_what_a_user_calls():
     names: dict = {}
     exec("from ramer.api import *", names)
     assert sorted(set(names) - {"__builtins__"}) == ["Predictor", "RunNotFinished", "load", "load_data_for"]
+
+
+def test_training_a_deep_model_does_not_import_scikit_learn(tmp_path):
+    """``from ramer.train import run_training`` and a deep model's run leave scikit-learn unimported,
+    in a fresh process: it takes most of a second to import, and sets ``KMP_DUPLICATE_LIB_OK`` and
+    ``KMP_INIT_AT_FORK`` in the process's environment (both happened at ``import ramer.train``
+    before); a classical model's run imports it."""
+    code = (
+        "import os, sys\n"
+        "from test_recipe import tiny_cfg\n"
+        "from ramer.train import run_training\n"
+        "run_training(tiny_cfg(extra=['train.epochs=1']), sys.argv[1] + '/deep')\n"
+        "print('sklearn' in sys.modules, os.environ.get('KMP_DUPLICATE_LIB_OK'))\n"
+        "run_training(tiny_cfg('br'), sys.argv[1] + '/br')\n"
+        "print('sklearn' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("KMP_")},
+            "PYTHONPATH": str(Path(__file__).parent),
+        },
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "None", "True"], done.stdout

@@ -20,7 +20,6 @@ from ramer.data import DataBundle
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL
 from ramer.paths import hold
-from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
 
 
@@ -70,6 +69,8 @@ def run_training(
     held = hold(out, "ramer train", make=True) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with held:
         if cfg.model.name in CLASSICAL:
+            from ramer.train.classical import ClassicalRecipe  # scikit-learn (slow to import): these only
+
             recipe = ClassicalRecipe(cfg, out, resume=resume, console=console, bundle=bundle)
         else:
             recipe = Recipe(cfg, out, resume=resume, console=console, bundle=bundle, hooks=hooks)
