@@ -307,6 +307,30 @@ def test_seeded_split_is_recorded_and_reproducible(tmp_path, fake_text):
     assert counts == {"train": 16, "valid": 2, "test": 2}
 
 
+def test_a_label_that_is_a_missing_value_word_is_noted(tmp_path, fake_text, capsys):
+    """An R export writes ``NA`` in a labels cell without an emotion, a pandas column cast to text
+    ``nan``: each became a label without a word (``ramer data info`` listed it beside the emotions).
+    The notes name it with its count of samples; a name given with --labels is the user's own."""
+    rows = base_rows()
+    rows[2]["labels"] = rows[5]["labels"] = "NA"
+    path = write_table(tmp_path / "talk.csv", rows)
+    assert main(["data", "import", str(path), "--out", str(tmp_path / "ds")]) == 0
+    said = (
+        "label 'NA' (2 samples) has the name that R, pandas or a spreadsheet writes for an empty cell: if those "
+        "rows have no emotion, leave their labels cell empty; if it is an emotion of this data, name the labels "
+        "with --labels"
+    )
+    assert f"note: {said}" in capsys.readouterr().err.splitlines()
+    assert said in json.loads((tmp_path / "ds" / "meta.json").read_text())["info"]["conversations"]["notes"]
+    rows[3]["labels"] = "nan"
+    meta = import_conversations(write_table(tmp_path / "talk2.csv", rows), tmp_path / "ds")
+    assert "labels 'NA' (2 samples), 'nan' (1 sample) have names that R" in " ".join(
+        meta["info"]["conversations"]["notes"]
+    )
+    meta = import_conversations(path, tmp_path / "ds", labels=[*LABELS, "NA"])
+    assert not [n for n in meta["info"]["conversations"]["notes"] if "empty cell" in n]
+
+
 def test_a_label_without_a_train_sample_is_noted(tmp_path, fake_text, capsys):
     """A label no sample of the train split has (a label only in test, a name of --labels the file
     never uses) imported without a word, and a model trained on the set cannot learn it: the notes

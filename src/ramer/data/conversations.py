@@ -787,6 +787,25 @@ def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, 
     return {"from": "seeded", "seed": seed, "fractions": list(SPLIT_FRACTIONS)}
 
 
+MISSING_VALUE_WORDS = ("na", "n/a", "nan", "null")  # how R, pandas and spreadsheets write an empty cell
+
+
+def missing_value_labels_note(convs: list[Conversation], names: tuple[str, ...]) -> str | None:
+    """A note naming a label found in the file that is a missing-value word (``NA`` of an R export,
+    ``nan`` of a pandas column cast to text), with its count of samples: likely a row without an
+    emotion, which the table writes as an empty cell. ``None`` when there is none."""
+    words = [n for n in names if n.casefold() in MISSING_VALUE_WORDS]
+    if not words:
+        return None
+    count = {n: sum(n in u.labels for c in convs for u in c.utterances if u.target) for n in words}
+    what, it = labels_phrase([f"{n!r} ({plural(count[n], 'sample')})" for n in words])
+    name = "the name" if len(words) == 1 else "names"
+    return (
+        f"{what} {name} that R, pandas or a spreadsheet writes for an empty cell: if those rows have no emotion, "
+        f"leave their labels cell empty; if {it} is an emotion of this data, name the labels with --labels"
+    )
+
+
 def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], labelled: bool) -> str | None:
     """A note naming the labels that no sample (target row) of the train split has, with their
     counts in valid and test: a model trained on the set never sees them, so it cannot learn them
@@ -1378,6 +1397,8 @@ def import_conversations(
             f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
         )
     if note := untrained_labels_note(convs, names, labelled):
+        report.notes.append(note)
+    if labels is None and (note := missing_value_labels_note(convs, names)):
         report.notes.append(note)
     out.mkdir(parents=True, exist_ok=True)
     # meta.json of a set imported before stays until bundle.save writes over it: a media file that
