@@ -3,9 +3,11 @@ its model and each searched key is read; the CLI writes best.yaml and the trials
 read from validation only; a killed study resumes; the pruner stops a hopeless trial; two processes
 share one study; ``train.tensorboard`` writes the logged scalars."""
 
+import datetime
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,9 +26,10 @@ from ramer.errors import LossNotFinite, RamerError
 from ramer.models import BUILDERS, DataSpec, build_model, set_model
 from ramer.models.spaces import SEARCHED, space_for, suggest
 from ramer.train.recipe import Recipe
-from ramer.tune import open_study, tune, tune_config
+from ramer.tune import GRACE, open_study, tune, tune_config
 
 optuna = pytest.importorskip("optuna")
+optuna_optimize = pytest.importorskip("optuna.study._optimize")  # its trial loop, to stop it in places
 
 TINY = [
     "data.synthetic.n_train=64",
@@ -333,6 +336,75 @@ def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypa
     assert states(trials) == ["complete", "fail", "complete", "complete", "fail", "fail", "complete"]
     assert trials[5].params == trials[4].params and trials[5].user_attrs["retry_of"] == 4
     assert trials[6].params != trials[4].params and "retry_of" not in trials[6].user_attrs
+
+
+def test_a_ctrl_c_before_or_after_the_objective_leaves_no_trial_running(tmp_path, tiny, monkeypatch):
+    """Ctrl-C between Optuna's ask and the objective: the trial Optuna made was left running with
+    no worker, and every later command said the rest of the budget was running elsewhere, a trial
+    short for good. Ctrl-C while Optuna records a finished trial: a traceback (Optuna 5's
+    UnboundLocalError) and exit 1. Now each is a KeyboardInterrupt (``interrupted``, exit 130), the
+    stopped trial is failed, and the same command again runs the whole budget; a retry stopped
+    before it drew its queued values tries them still."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    real_ask, real_tell = optuna.Study.ask, optuna_optimize._tell_with_warning
+
+    def ask(self, *args, **kwargs):
+        real_ask(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def tell(*args, **kwargs):
+        real_tell(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    for name, where, patched in (("ask", optuna.Study, ask), ("_tell_with_warning", optuna_optimize, tell)):
+        out = tmp_path / name
+        monkeypatch.setattr(where, name, patched)
+        with pytest.raises(KeyboardInterrupt):
+            tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+        monkeypatch.undo()
+        assert "running" not in states(study_trials(out, "late_fusion"))
+        tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+        done = study_trials(out, "late_fusion")
+        assert states(done).count("complete") == 2, states(done)
+        assert json.loads((out / "tune.json").read_text())["complete"] == 2
+
+    out = tmp_path / "retry"  # trial 1 stopped in its epoch; trial 2, its retry, stopped at ask
+    real = Recipe.train_epoch
+
+    def train_epoch(self, epoch, bar):
+        if self.out.name == "trial-0001":
+            raise KeyboardInterrupt
+        return real(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    monkeypatch.undo()
+    monkeypatch.setattr(optuna.Study, "ask", ask)
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    monkeypatch.undo()
+    tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    trials = study_trials(out, "late_fusion")
+    assert states(trials) == ["complete", "fail", "fail", "complete"]
+    assert trials[3].params == trials[1].params and trials[3].user_attrs["retry_of"] == 1
+
+
+def test_a_trial_left_running_by_a_stopped_ask_is_failed_after_the_grace_period(tmp_path, tiny):
+    """A study left with such a trial (a command before the fix, or a process killed between ask and
+    the objective): the next command fails it once it is older than the heartbeat grace period, and
+    runs the budget."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    out = tmp_path / "t"
+    tune(cfg, out, trials=1, bundle=tiny[0], console=QUIET)
+    study = optuna.load_study(study_name="late_fusion", storage=f"sqlite:///{out / 'study.db'}")
+    old = datetime.datetime.now() - datetime.timedelta(seconds=GRACE + 60)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))
+    del study
+    with sqlite3.connect(out / "study.db") as db:
+        db.execute("UPDATE trials SET datetime_start = ? WHERE number = 1", (old.isoformat(" "),))
+    tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    assert states(study_trials(out, "late_fusion")) == ["complete", "fail", "complete"]
 
 
 # ---------------------------------------------------------------------- pruning

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import hashlib
 import io
 import json
@@ -383,14 +384,44 @@ def fail_stale(optuna, study) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         worker = t.user_attrs.get("worker") or {}
         if worker.get("host") == HOST and worker.get("pid") != os.getpid() and not _alive(worker.get("pid", -1)):
+            study.tell(t.number, state=states.FAIL, skip_if_finished=True)
+        elif not worker and t.datetime_start and (now - t.datetime_start).total_seconds() > GRACE:
+            # made by Optuna's ask, then its process stopped before the objective began (no worker)
             study.tell(t.number, state=states.FAIL, skip_if_finished=True)
     stopped = [t for t in study.get_trials(deepcopy=False, states=(states.FAIL,)) if t.number in running]
     for t in stopped:
         requeue(study, t)
     return [t.number for t in stopped]
+
+
+def fail_own(optuna, study, before: dict[int, object]) -> None:
+    """After a Ctrl-C: mark failed the trial this process left running, and queue its values
+    (``requeue``). Optuna's ask makes a trial (or takes a queued one) before the objective names its
+    worker, so a Ctrl-C in between leaves a running trial without one: a trial that was not in the
+    study, or was queued, in ``before`` (each trial's state before this process asked) and has no
+    worker is taken as this process's. Left running, it held a place of the budget until
+    ``fail_stale`` failed it."""
+    states = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        asked = before.get(t.number, states.WAITING) == states.WAITING
+        if worker.get("host") == HOST and worker.get("pid") == os.getpid() if worker else asked:
+            study.tell(t.number, state=states.FAIL, skip_if_finished=True)
+            requeue(study, study.get_trials(deepcopy=False)[t.number])
+
+
+def interrupted(error: BaseException | None) -> bool:
+    """A Ctrl-C, or an error raised while handling one: Optuna 5's trial loop, stopped while it
+    records a finished trial, raises an UnboundLocalError from its ``finally``."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False
 
 
 def say_stopped(console: Console, numbers: list[int]) -> None:
@@ -409,7 +440,14 @@ def requeue(study, trial) -> None:
     """Queue the values of ``trial``, stopped before it finished (Ctrl-C, or its process gone), so
     that the study's next trial (in any process) tries them first. Not for a trial that drew no
     values, that is itself such a retry (once: a setting that kills its process is not tried
-    forever), or whose values are queued already (two processes may both see it stop)."""
+    forever), or whose values are queued already (two processes may both see it stop). A retry
+    stopped before it drew its queued values (between Optuna's ask and the objective) is queued again."""
+    fixed, retry_of = trial.system_attrs.get("fixed_params"), trial.user_attrs.get("retry_of")
+    if not trial.params and fixed and retry_of is not None:
+        waiting = study.get_trials(deepcopy=False, states=(type(trial.state).WAITING,))
+        if not any(t.user_attrs.get("retry_of") == retry_of for t in waiting):
+            study.enqueue_trial(fixed, user_attrs={"retry_of": retry_of})
+        return
     if not trial.params or "retry_of" in trial.user_attrs:
         return
     if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
@@ -642,15 +680,21 @@ def tune(
                         )
                         break
                     fresh_sampler(optuna, study, seed)  # this trial's draw: the same however the study was stopped
+                    before = {t.number: t.state for t in study.get_trials(deepcopy=False)}
                     try:
                         study.optimize(objective, n_trials=1, callbacks=[after_trial])
                     except BudgetTaken:
                         break
-                    except KeyboardInterrupt:  # Optuna marked the trial failed: its values go first next time
+                    except BaseException as e:
+                        if not interrupted(e):
+                            raise
+                        # Optuna marks a trial stopped in the objective failed; one stopped before or
+                        # after it is still running: failed here. Its values go first next time.
                         stopped = [t for t in study.get_trials(deepcopy=False) if t.number == objective.number]
                         if stopped and stopped[0].state == states.FAIL:
                             requeue(study, stopped[0])
-                        raise
+                        fail_own(optuna, study, before)
+                        raise KeyboardInterrupt from None
         finally:
             summary = write_outputs(optuna, study, out, base, trials, task, info)
         return TuneResult(out=out, summary=summary)
