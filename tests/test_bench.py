@@ -19,7 +19,7 @@ import yaml
 from ramer import bench as bench_mod
 from ramer import checkpoint as ckpt
 from ramer.cli import main
-from ramer.config import build_config, dump_config, with_values
+from ramer.config import build_config, dump_config, resolve_config, with_values
 from ramer.data.synthetic import generate
 from ramer.errors import LossNotFinite, RamerError
 from ramer.infer import apply_missing, predict
@@ -29,6 +29,7 @@ from ramer.models.classical import ClassicalModule
 from ramer.models.spaces import Param
 from ramer.train.classical import ClassicalRecipe
 from ramer.train.recipe import Recipe
+from ramer.tune import tune_config
 
 TINY = [
     "data.synthetic.n_train=80",
@@ -531,6 +532,27 @@ def test_sigterm_to_the_bench_stops_its_workers(tmp_path):
         for pid in {*workers, *_children(bench.pid)}:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_config_files_own_values_are_kept_over_the_bench_and_tune_defaults(tmp_path):
+    """A user's --config file that sets a key of the bench's defaults (the data's size, the epochs,
+    the patience) keeps its value: the bench trained 2000 scenes for 40 epochs at patience 5 over a
+    file asking for 200 scenes, 2 epochs and patience 1, and tune trained at patience 5, where the
+    docs name only the keys --models, --seeds and --missing-rates decide. A key the file does not
+    set, and a bundled config, get the bench's defaults; --quick's smoke settings apply over a file."""
+    mine = tmp_path / "my.yaml"
+    mine.write_text("data:\n  synthetic:\n    n_train: 200\ntrain:\n  epochs: 2\n  patience: 1\n", encoding="utf-8")
+    base = bench_mod.base_config(bench_mod.resolve_settings(config=mine))
+    assert (base.data.synthetic.n_train, base.train.epochs, base.train.patience) == (200, 2, 1)
+    assert (base.data.synthetic.n_valid, base.train.threads) == (300, 1)  # not in the file: the bench's
+    settings = bench_mod.resolve_settings(config=mine)
+    assert "train.epochs=40" not in settings.base_sets and "data.synthetic.n_valid=300" in settings.base_sets
+    bundled = bench_mod.base_config(bench_mod.resolve_settings(config=resolve_config("synthetic")))
+    assert (bundled.data.synthetic.n_train, bundled.train.epochs, bundled.train.patience) == (2000, 40, 5)
+    quick = bench_mod.base_config(bench_mod.resolve_settings(config=mine, quick=True))
+    assert (quick.data.synthetic.n_train, quick.train.epochs) == (500, 3)
+    assert tune_config("late_fusion", mine).train.patience == 1
+    assert tune_config("late_fusion", resolve_config("synthetic")).train.patience == 5
 
 
 def test_missing_at_is_all_or_test_in_the_python_api_too():

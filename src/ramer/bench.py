@@ -58,6 +58,7 @@ from ramer.config import (
     DataConfig,
     build_config,
     config_from_dict,
+    kept_from_file,
     load_yaml_text,
     result_differences,
     set_keys,
@@ -164,7 +165,9 @@ class BenchSettings:
 
     @property
     def base_sets(self) -> tuple[str, ...]:
-        return QUICK_SETS if self.quick else DEFAULT_SETS
+        """The bench's settings over the config file: ``--quick``'s smoke settings, or the defaults
+        but those a user's config file sets (its value is kept)."""
+        return QUICK_SETS if self.quick else kept_from_file(self.config, DEFAULT_SETS)
 
     def command(self) -> str:
         """An equivalent ``ramer bench`` command line with every setting written out."""

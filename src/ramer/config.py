@@ -574,6 +574,25 @@ def dump_config(cfg: Config) -> str:
     return yaml.dump(cfg.model_dump(mode="json"), Dumper=_NoAliasDumper, sort_keys=False)
 
 
+def kept_from_file(config: str | Path | None, sets: tuple[str, ...]) -> tuple[str, ...]:
+    """A command's own defaults ``sets`` (``key=value``, applied over the config file) less the keys
+    that a user's config file ``config`` sets: the file's value is kept. A bundled config's values
+    are ``ramer train``'s, and the command's defaults apply over them (``None``: the bundled
+    synthetic config)."""
+    if config is None or Path(config).resolve().parent == CONFIG_DIR.resolve():
+        return tuple(sets)
+    given: set[str] = set()
+
+    def walk(tree, prefix: str) -> None:
+        for key, value in tree.items():
+            given.add(prefix + str(key))
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+
+    walk(read_yaml(config), "")
+    return tuple(x for x in sets if x.split("=", 1)[0] not in given)
+
+
 def resolve_config(name: str | None) -> Path:
     """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...); ``None``
     (no --config) the embedded benchmark's."""

@@ -54,7 +54,15 @@ from pathlib import Path
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.config import Config, as_today, build_config, dump_config, result_differences, with_values
+from ramer.config import (
+    Config,
+    as_today,
+    build_config,
+    dump_config,
+    kept_from_file,
+    result_differences,
+    with_values,
+)
 from ramer.console import plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
@@ -101,9 +109,9 @@ class TuneResult:
 def tune_config(
     model: str, config: str | Path | None, overrides: list[str] | tuple[str, ...] = (), data: str | None = None
 ) -> Config:
-    """The config every trial starts from: the YAML file, ``DEFAULT_SETS``, ``--set``, the model,
-    the data."""
-    cfg = build_config(config, [*DEFAULT_SETS, *overrides])
+    """The config every trial starts from: the YAML file, ``DEFAULT_SETS`` (but a key a user's
+    config file sets), ``--set``, the model, the data."""
+    cfg = build_config(config, [*kept_from_file(config, DEFAULT_SETS), *overrides])
     set_model(cfg, model)
     if data is not None:
         cfg.data.path = data
