@@ -236,6 +236,25 @@ def test_a_study_continues_with_recompute_turned_on(tmp_path):
         open_study(optuna, tmp_path, None, with_values(base, {"train.recompute": True, "train.epochs": 9}), seed=0)
 
 
+def test_a_study_continues_only_with_the_keys_it_searches(tmp_path, tiny):
+    """``--set model.dropout=0.1`` (the config's own value) on a study made without it: the config
+    was the same, so the study went on with dropout no longer searched, and its best.yaml kept a
+    dropout an earlier trial drew, against what --set says. The study records the keys it searches
+    and refuses a command that would search others; the same keys go on."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    out = tmp_path / "t"
+    tune(cfg, out, trials=1, bundle=tiny[0], console=QUIET)
+    assert cfg.model.dropout == build_config(overrides=TINY).model.dropout  # the --set below changes no value
+    with pytest.raises(RamerError, match=r"searches other keys \(this command's --set fixes model.dropout, which"):
+        tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET, fixed={"model.dropout"})
+    tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    assert states(study_trials(out, "late_fusion")) == ["complete", "complete"]
+    fixed = tmp_path / "fixed"
+    tune(cfg, fixed, trials=1, bundle=tiny[0], console=QUIET, fixed={"model.dropout"})
+    with pytest.raises(RamerError, match=r"\(it fixed model.dropout, which this command searches\)"):
+        tune(cfg, fixed, trials=2, bundle=tiny[0], console=QUIET)
+
+
 def test_a_study_records_its_ramer_and_a_newer_ones_config_names_it(tmp_path):
     """A new study records the ramer that made it; a study a newer ramer made with a key this one
     lacks names both versions beside the key, and a version that is not one short line is refused."""

@@ -160,9 +160,11 @@ def open_study(
     trial_seeds: int = 1,
     bundle: DataBundle | None = None,
     console: Console | None = None,
+    searched: list[str] | None = None,
 ):
-    """Create or load the study (name: the model) and check it was made with ``base`` and
-    ``trial_seeds`` runs per trial, and that ``out`` holds no other model's search. A new study
+    """Create or load the study (name: the model) and check it was made with ``base``,
+    ``trial_seeds`` runs per trial and the ``searched`` keys (the space less the keys ``--set``
+    fixes; ``None``: not checked), and that ``out`` holds no other model's search. A new study
     records the fingerprints of ``bundle`` (the data at ``data.path``); a study that recorded them
     takes the same data under another spelling of its path (``ds``, ``./ds``, ``/abs/ds``).
     ``console`` hears that the command waits when ``study.db`` is locked by another process."""
@@ -172,13 +174,15 @@ def open_study(
     with storage_errors(optuna, url):
         rdb = _storage(optuna, url)
     try:
-        return _open_study(optuna, rdb, url, out, storage, base, seed, pruner, trial_seeds, bundle)
+        return _open_study(optuna, rdb, url, out, storage, base, seed, pruner, trial_seeds, bundle, searched)
     except BaseException:  # refused: the storage's connections are closed, not left to the garbage collector
         close_storage(rdb)
         raise
 
 
-def _open_study(optuna, rdb, url: str, out: Path, storage, base: Config, seed: int, pruner, trial_seeds, bundle):
+def _open_study(
+    optuna, rdb, url: str, out: Path, storage, base: Config, seed: int, pruner, trial_seeds, bundle, searched
+):
     """``open_study`` in the storage ``rdb`` opened at ``url``."""
     with storage_errors(optuna, url):
         studies = optuna.get_all_study_names(storage=rdb) if storage is None else []  # a shared storage holds many
@@ -203,6 +207,17 @@ def _open_study(optuna, rdb, url: str, out: Path, storage, base: Config, seed: i
         )
     if made_with is None:
         study.set_user_attr("trial_seeds", trial_seeds)
+    was = study.user_attrs.get("searched")  # None: made before the key (or not checked)
+    if searched is not None and was is not None and sorted(was) != sorted(searched):
+        gone, new = sorted(set(was) - set(searched)), sorted(set(searched) - set(was))
+        what = [f"this command's --set fixes {', '.join(gone)}, which it searches"] if gone else []
+        what += [f"it fixed {', '.join(new)}, which this command searches"] if new else []
+        raise RamerError(
+            f"{url} holds a study of {base.model.name} that searches other keys ({'; '.join(what)}); continue it "
+            "with the --set keys it was made with, or use another --out (or ramer tune's --storage)"
+        )
+    if searched is not None and was is None:
+        study.set_user_attr("searched", sorted(searched))
     if stored is None:
         study.set_user_attr("config", mine)
         study.set_user_attr("ramer_version", __version__)  # named where a later ramer cannot continue it
@@ -294,9 +309,10 @@ TRIAL_ATTRS = {
 
 def check_stored_study(study, url: str) -> None:
     """The study a storage holds, as ``ramer tune`` writes it: its ``trial_seeds`` a count, its
-    ``config`` and ``data`` objects, each trial's values finite and its records (``TRIAL_ATTRS``) of
-    their kinds. A study Optuna cannot read back (a value nested too deeply, an unknown
-    distribution), or one of other values, is a RamerError naming ``url``; nothing is written."""
+    ``config`` and ``data`` objects, its ``searched`` a list of keys, each trial's values finite and
+    its records (``TRIAL_ATTRS``) of their kinds. A study Optuna cannot read back (a value nested too
+    deeply, an unknown distribution), or one of other values, is a RamerError naming ``url``;
+    nothing is written."""
     try:
         attrs = study.user_attrs
         trials = study.get_trials(deepcopy=False)
@@ -315,6 +331,10 @@ def _study_problem(attrs: dict, trials) -> str | None:
     for key in ("config", "data"):
         if key in attrs and not isinstance(attrs[key], dict):
             return f"its '{key}' is not an object, but {type(attrs[key]).__name__}"
+    if "searched" in attrs and not (
+        isinstance(attrs["searched"], list) and all(isinstance(k, str) for k in attrs["searched"])
+    ):
+        return f"its 'searched' {attrs['searched']!r:.40} is not a list of keys"
     if "ramer_version" in attrs and "ramer_version" not in ckpt.written_by(attrs):
         return f"its 'ramer_version' {attrs['ramer_version']!r:.40} is not a version"
     for t in trials:
@@ -616,7 +636,9 @@ def tune(
             bundle = load_bundle(base.data)
             for note in bench_notes(bundle, [base], resolve_task(bundle, base.data.task)):  # the trials are quiet
                 console.print(f"note: {note}", highlight=False, soft_wrap=True)
-        study, url = open_study(optuna, out, storage, base, seed, pruner, trial_seeds, bundle, console)
+        study, url = open_study(
+            optuna, out, storage, base, seed, pruner, trial_seeds, bundle, console, [p.key for p in space]
+        )
     except BaseException:
         remove_made(made)  # data or a storage that would not open: no empty folder left behind
         raise
