@@ -555,6 +555,14 @@ def test_a_config_files_own_values_are_kept_over_the_bench_and_tune_defaults(tmp
     assert tune_config("late_fusion", resolve_config("synthetic")).train.patience == 5
 
 
+def test_tune_trials_without_a_deep_model_is_refused():
+    """``--models br --complete '' --tune-trials 2``: 'tuning 0 models', then a report on tuning that never ran
+    ('lr tuned per model', an empty table of tuned settings); refused as --tuned is."""
+    with pytest.raises(RamerError, match=r"--tune-trials: --models br,cc has no deep model to tune"):
+        bench_mod.resolve_settings(models="br,cc", overrides=TINY, tune_trials=2, complete="")
+    assert bench_mod.resolve_settings(models="br,late_fusion", overrides=TINY, tune_trials=2).tune_trials == 2
+
+
 def test_missing_at_is_all_or_test_in_the_python_api_too():
     """The CLI's --missing-at takes all or test; resolve_settings took any text, and base_config then
     failed with pydantic's ValidationError traceback."""
@@ -648,10 +656,13 @@ def test_rates_that_would_share_a_run_folder_are_refused(capsys):
         ("model.name=br", "--models"),
         ("train.seed=7", "--seeds"),
         ("data.missing_rate=0.3", "--missing-rates"),
+        ("model.ablations=[no_shuffle]", "--models"),
     ],
 )
 def test_a_set_of_what_the_bench_sets_is_refused(assignment, option):
-    """The bench sets these for every run from its own options: a --set of one would be replaced silently."""
+    """The bench sets these for every run from its own options: a --set of one would be replaced
+    silently, or (model.ablations) added to every RAMer run: ``--models ramer,ramer-no_shuffle`` ran
+    one model twice under two names, and the report's ablation table compared it with itself."""
     key = assignment.split("=")[0]
     with pytest.raises(RamerError, match=f"--set {key}: the bench sets it for every run; give {option}"):
         bench_mod.resolve_settings(overrides=[*TINY, assignment])

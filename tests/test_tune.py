@@ -213,6 +213,14 @@ def test_trial_seeds_score_a_trial_by_the_mean_of_its_seeds(tmp_path, capsys):
     assert len(study_trials(out, "late_fusion")) == 2
 
 
+@pytest.mark.parametrize("assignment", ["model.name=br", "model.ablations=[no_shuffle]"])
+def test_a_set_of_the_model_is_refused(assignment):
+    """``--model ramer --set model.name=br`` tuned ramer and listed model.name among the fixed keys;
+    ``--set model.ablations=[...]`` added ablations to a study named for the full model."""
+    with pytest.raises(RamerError, match=rf"--set {assignment.split('=')[0]}: --model names the model"):
+        tune_config("ramer", None, [*TINY, assignment])
+
+
 def test_a_study_made_before_a_config_key_existed_resumes(tmp_path):
     """A study's stored config is read back with today's defaults: one stored before a key existed
     (the key at its default now) is the same study; a real difference is still an error."""

@@ -248,6 +248,7 @@ def parse_rates(text: str | None, quick: bool = False) -> list[float]:
 # Settings the bench gives every run from its own options (a --config file's values are replaced).
 BENCH_OWNS = {
     "model.name": "--models",
+    "model.ablations": "--models (an ablation preset: ramer-no_shuffle, ...)",
     "train.seed": "--seeds",
     "data.missing_rate": "--missing-rates",
     "data.missing_at": "--missing-at (all or test)",
@@ -312,6 +313,8 @@ def resolve_settings(
     s.complete = parse_complete(complete, s.base)
     s.tune_trials = tune_trials
     s.trial_seeds = trial_seeds or 1
+    if tune_trials is not None and not s.deep_models:
+        raise RamerError(f"--tune-trials: --models {','.join(s.models)} has no deep model to tune")
     if tuned is not None:
         s.tuned = Path(tuned)
         if not s.tuned.is_dir():

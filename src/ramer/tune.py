@@ -61,6 +61,7 @@ from ramer.config import (
     dump_config,
     kept_from_file,
     result_differences,
+    set_keys,
     with_values,
 )
 from ramer.console import plain_console
@@ -111,6 +112,9 @@ def tune_config(
 ) -> Config:
     """The config every trial starts from: the YAML file, ``DEFAULT_SETS`` (but a key a user's
     config file sets), ``--set``, the model, the data."""
+    owned = [key for key in set_keys(overrides) if key in ("model.name", "model.ablations")]
+    if owned:
+        raise RamerError(f"--set {owned[0]}: --model names the model (an ablation preset: --model ramer-no_shuffle)")
     cfg = build_config(config, [*kept_from_file(config, DEFAULT_SETS), *overrides])
     set_model(cfg, model)
     if data is not None:
