@@ -780,6 +780,22 @@ def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
     row = next(ln for ln in text.splitlines() if ln.startswith("| late_fusion | ?"))
     # weight_decay and hidden: fixed by --set; the layers: searched for late fusion, the tuned file's values
     assert row.endswith("| lr=0.00042, dropout=0.25, layers.text=2, layers.audio=1, layers.visual=1 |")
+    # no tune.json: its trial count is unknown, not a different one (the report said 'tuned with
+    # different numbers of trials (late_fusion ?)' of its one model)
+    assert "different numbers of trials" not in text
+    assert "The trials of late_fusion are not known (no `tune.json` beside `best.yaml`)." in text
+    # a key its tune kept at a --set value is in best.yaml, but the search did not choose it: the
+    # report called it chosen, and the lr 'tuned per model'
+    summary = {"finished": 3, "pruned": 0, "best": {"value": 0.5, "trial": 1, "best_step": 4}, "fixed": ["train.lr"]}
+    (tmp_path / "tuned" / "late_fusion" / "tune.json").write_text(json.dumps(summary))
+    assert main([*argv, "--out", str(out)]) == 0  # the runs are kept; the report is written again
+    text = (out / "report.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| late_fusion | 3 (0 pruned)"))
+    assert row.endswith(
+        "| dropout=0.25, layers.text=2, layers.audio=1, layers.visual=1; kept at its tune's --set: lr=0.00042 |"
+    )
+    assert "(lr of each model's tuned config)" in text and "lr tuned per model" not in text
+    assert "or that its tune kept at a `--set` value (train.lr)" in text and "not known" not in text
 
     with pytest.raises(RamerError, match=r"no tuned config for mult: .*tuned/mult/best.yaml not found"):
         bench_mod.resolve_settings(models="late_fusion,mult", tuned=str(tmp_path / "tuned"), overrides=TINY)

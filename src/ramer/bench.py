@@ -365,6 +365,13 @@ def tune_summary(s: BenchSettings, model: str) -> dict | None:
     return summary
 
 
+def tune_fixed(s: BenchSettings, model: str) -> set[str]:
+    """The keys ``model``'s tune kept at a ``--set`` value (its ``tune.json``'s ``fixed``): its
+    ``best.yaml`` holds them, but its search did not choose them."""
+    fixed = (tune_summary(s, model) or {}).get("fixed")
+    return {k for k in fixed if isinstance(k, str)} if isinstance(fixed, list) else set()
+
+
 def _tune_worker(cfg_tree: dict, out: str, trials: int, fixed: list[str], trial_seeds: int) -> tuple[str, dict]:
     from ramer.tune import tune
 
@@ -1047,8 +1054,9 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
         else f"the mean of their best validation {metric}; the pruner reads seed {first}"
     )
     budgets = {m: (tune_summary(s, m) or {}).get("finished") for m in s.deep_models}  # what the studies hold
-    held = set(budgets.values())
-    same = len(held) == 1 and None not in held
+    unknown = [m for m, n in budgets.items() if n is None]  # a best.yaml without its tune.json
+    held = {n for n in budgets.values() if n is not None}
+    same = len(held) == 1 and not unknown
     budget = f"with the same budget, {next(iter(held))} trials " if same else ""
     how = (
         f"every deep model tuned first {budget}"
@@ -1058,23 +1066,27 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
         else f"read from `{s.tuned}/<model>/best.yaml` (`ramer tune --out {s.tuned}/<model>`)"
     )
     asked = f"--tune-trials {s.tune_trials}"
-    if not same:
+    if len(held) > 1:
         warning = (
             " **The models were tuned with different numbers of trials** ("
             + ", ".join(f"{m} {n if n is not None else '?'}" for m, n in budgets.items())
             + (f"; {asked}" if s.tune_trials is not None else "")
             + ")."
         )
-    elif s.tune_trials is not None and held != {s.tune_trials}:
+    elif s.tune_trials is not None and held and held != {s.tune_trials}:
         warning = (
             f" **The studies hold {next(iter(held))} trials each, not the {s.tune_trials} of {asked}**: studies "
             "of an earlier command, reused (a study stops adding trials once it holds as many as asked)."
         )
     else:
         warning = ""
+    if unknown:
+        warning += f" The trials of {_spoken(unknown)} are not known (no `tune.json` beside `best.yaml`)."
+    in_tune = sorted(set().union(*(tune_fixed(s, m) & set(s.tuned_values.get(m, {})) for m in s.deep_models)))
+    also = f" or that its tune kept at a `--set` value ({', '.join(in_tune)})" if in_tune else ""
     return [
         f"- Tuned settings: {how}; each deep model runs with the values its search space (`ramer.models.spaces`) "
-        f"chose{kept}, every other setting as above (table `Tuned settings`)." + warning
+        f"chose{kept}{also}, every other setting as above (table `Tuned settings`)." + warning
     ]
 
 
@@ -1090,6 +1102,9 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
         finished = f"{summary['finished']} ({summary['pruned']} pruned)" if summary else "?"
         if summary.get("trial_seeds", 1) > 1:  # the value and the steps are the means over the seeds
             finished += f", {summary['trial_seeds']} seeds each (value and steps: their mean)"
+        values, fixed = s.tuned_values.get(m, {}), tune_fixed(s, m)
+        chosen = format_values({k: v for k, v in values.items() if k not in fixed}) or "–"
+        kept = format_values({k: v for k, v in values.items() if k in fixed})
         rows.append(
             [
                 m,
@@ -1097,7 +1112,7 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
                 f"{best['value']:.4f}" if "value" in best else "–",
                 str(best.get("trial", "–")),
                 str(best.get("best_step", "–")),
-                format_values(s.tuned_values.get(m, {})) or "–",
+                chosen + (f"; kept at its tune's --set: {kept}" if kept else ""),
             ]
         )
     header = ["model", "trials", f"best valid {metric}", "trial", "its steps to best", "chosen values"]
@@ -1135,7 +1150,11 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         if t.patience
         else f"{t.epochs} epochs"
     )
-    lr = "(lr tuned per model)" if s.tuned and "train.lr" not in set_keys(s.overrides) else f"lr {t.lr:g}"
+    if s.tuned and "train.lr" not in set_keys(s.overrides):
+        in_tune = any("train.lr" in tune_fixed(s, m) for m in s.deep_models)
+        lr = "(lr of each model's tuned config)" if in_tune else "(lr tuned per model)"
+    else:
+        lr = f"lr {t.lr:g}"
     l1, l2 = info["load"]
     load = "" if l1 is None or l2 is None else f", load average {l1:.1f} at start, {l2:.1f} at end"
     c = info["counts"]
