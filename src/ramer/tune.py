@@ -235,8 +235,8 @@ def _open_study(
     if differ:
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "
-            f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out or --storage, "
-            f"or the study's own --config/--set{_made_by(study)}"
+            f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out (or ramer "
+            f"tune's --storage), or the study's own --config/--set{_made_by(study)}"
         )
     fresh_sampler(optuna, study, seed)
     return study, url
@@ -324,7 +324,9 @@ def check_stored_study(study, url: str) -> None:
         raise RamerError(f"cannot read the study at {url}: {first_line(e) or type(e).__name__}") from None
     problem = _study_problem(attrs, trials)
     if problem:
-        raise RamerError(f"{url} holds a study ramer tune did not write: {problem}; use another --out or --storage")
+        raise RamerError(
+            f"{url} holds a study ramer tune did not write: {problem}; use another --out (or ramer tune's --storage)"
+        )
 
 
 def _study_problem(attrs: dict, trials) -> str | None:
