@@ -602,6 +602,8 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state:
     fields (``read_run``), final state and notes (a resume that failed; ``console`` is the
     training's, quiet in the bench)."""
     notes: list[str] = []
+    if cfg.model.name in CLASSICAL:  # scikit-learn's import is not the run's cost (s/run)
+        import ramer.train.classical  # noqa: F401
     t0 = time.perf_counter()
     try:  # the seconds logged before an interruption (a last line cut off by the kill is dropped)
         before = _epoch_seconds(_read_jsonl(run, cut_ok=True)) if state == "resume" else 0.0
