@@ -373,3 +373,26 @@ def test_a_name_longer_than_the_file_system_allows_is_one_line(argv, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith(f"error: {long}") and "longer than the file system allows" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("end", ["/", "/."])
+@pytest.mark.parametrize("argv", [["predict", "--out"], ["view", "--out"], ["export", "--onnx"]])
+def test_an_output_name_ending_in_a_slash_names_a_folder_not_a_file(argv, end, tmp_path, capsys, tiny_run):
+    """``--out newdir/`` for a folder that does not exist yet: ``Path`` drops the slash, and a file
+    named ``newdir`` was written; it is refused as the name of an existing folder is, nothing made."""
+    (command, flag), new = argv, f"{tmp_path / 'newdir'}{end}"
+    assert main([command, str(tiny_run[0]), flag, new]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {new}: names a folder, not a file; give a file name\n"
+    assert not (tmp_path / "newdir").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "view"])
+def test_a_failed_command_leaves_no_folder_it_made_for_its_output(command, tmp_path, capsys):
+    """The output's folders are made before the work (an unusable path fails at once); a command
+    that fails after (a run that is not there) removes those it made, not those that were there."""
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "new" / "deeper" / "out.file"
+    assert main([command, str(tmp_path / "nothere"), "--out", str(out)]) == 2
+    assert "nothere" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())

@@ -273,3 +273,36 @@ def test_a_batch_without_personality_is_refused_for_a_graph_that_takes_it():
     assert "personality" not in batch_to_grid(batch, personality=False)
     with pytest.raises(RamerError, match=r"the batch has no personality .*which the graph takes"):
         batch_to_grid(batch, personality=True)
+
+
+@needs_onnx
+def test_a_failed_check_leaves_the_earlier_file(run, tmp_path, monkeypatch, capsys):
+    """``--check`` runs on the written file before it replaces the one at --onnx: a check that fails
+    leaves the earlier file as it was, no temporary beside it, and no ``wrote`` line."""
+    import ramer.export
+
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(b"an earlier export")
+    real = ramer.export.check_onnx
+    monkeypatch.setattr(ramer.export, "check_onnx", lambda *a: real(*a, tolerance=-1.0))  # no difference passes
+    assert main(["export", str(run), "--onnx", str(earlier), "--check"]) == 2
+    assert earlier.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    out, err = capsys.readouterr()
+    assert out == ""
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ONNX check at (B, P, S) = (5, 3, 7): max abs difference ") and last.endswith(
+        f"> -1; {earlier} not written"
+    )
+
+
+@needs_onnx
+def test_a_failed_export_leaves_no_folder_it_made(run, tmp_path, monkeypatch, capsys):
+    """The folders made for --onnx are removed again when the export fails; one that was there stays."""
+
+    def cut_off(model, args, f, **kwargs):
+        raise RuntimeError("cut off")
+
+    monkeypatch.setattr(torch.onnx, "export", cut_off)
+    assert main(["export", str(run), "--onnx", str(tmp_path / "new" / "deeper" / "m.onnx")]) == 2
+    assert "failed: cut off" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

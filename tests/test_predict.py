@@ -494,3 +494,22 @@ def test_load_data_for_says_when_the_runs_own_data_is_not_what_it_was_trained_on
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_data_for(ramer.load(run[0]))
+
+
+def test_per_label_thresholds_are_titled_as_their_range_not_one_number(tmp_path, capsys):
+    """A run with ``train.per_label_threshold``: eval's title said ``threshold 0.49``, the mean of nine
+    thresholds, as if it were the run's one; it gives their range."""
+    from ramer.metrics import describe_threshold
+
+    assert describe_threshold(0.43) == "thr 0.43" and describe_threshold("argmax") == "arg-max"
+    assert describe_threshold(np.array([0.54, 0.46, 0.5]), "threshold") == "threshold per label 0.46 to 0.54"
+    assert describe_threshold([0.5, 0.5]) == "thr per label 0.50"
+    out = tmp_path / "run"
+    cfg = tiny_cfg(extra=["train.epochs=1", "train.per_label_threshold=true"])
+    Recipe(cfg, out, bundle=generate(cfg.data.synthetic)).run()
+    thresholds = ramer.load(out).threshold
+    low, high = (f"{f(thresholds):.2f}" for f in (np.min, np.max))
+    assert low != high
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert f"test metrics (late_fusion, best epoch 1, threshold per label {low} to {high})" in capsys.readouterr().out

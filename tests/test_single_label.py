@@ -269,6 +269,14 @@ def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys)
     err = capsys.readouterr().err
     assert "the run is single-label (it predicts one label per sample), but split 'train' does not give one" in err
     assert main(["eval", str(run), "--data", str(tmp_path / "m"), "--split", "test"]) == 0  # one label each there
+    # data of other label names: that is said first (ramer predict, which the count's error sends to, says it)
+    for row in rows:
+        row["labels"] = row["labels"].replace("anger", "rage")
+    assert main(["data", "import", str(write_table(tmp_path / "other.csv", rows)), "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(tmp_path / "o"), "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'o'}") and "differ from the model's ['anger', 'joy', 'sadness']" in err
 
 
 def test_cli_multi_label_import_keeps_thresholds(tmp_path, fake_text, capsys):

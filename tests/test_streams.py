@@ -471,3 +471,58 @@ def test_the_stream_of_out_and_err_copies_and_pickles():
 
     for f in (copy.copy(StreamFile("stderr")), pickle.loads(pickle.dumps(StreamFile("stdout")))):
         assert f.name in ("stdout", "stderr") and f.isatty() == getattr(sys, f.name).isatty()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "RUN", "--out", "OUT/p.jsonl"],
+        ["view", "RUN", "--out", "OUT/p.html"],
+        ["export", "RUN", "--onnx", "OUT/m.onnx"],
+    ],
+)
+def test_a_closed_stdout_fails_no_command_whose_output_is_a_file(tiny_run, tmp_path, capsys, monkeypatch, argv):
+    """`ramer predict RUN --out p.jsonl >&-`: the file is the output; the line saying it was written
+    has nowhere to go, which fails nothing (exit 0, so a script's ``&& next`` goes on), where the
+    file was written and then the command failed, exit 2, telling the user to give --out FILE."""
+    from ramer.export import missing_onnx_packages
+
+    if argv[0] == "export" and missing_onnx_packages():
+        pytest.skip("ONNX export needs the optional packages (pip install 'ramer[onnx]')")
+    run, _ = tiny_run
+    argv = [str(run) if a == "RUN" else a.replace("OUT", str(tmp_path)) for a in argv]
+    monkeypatch.setattr(sys, "stdout", None)  # what Python makes of a closed descriptor 1
+    assert main(argv) == 0
+    assert Path(argv[-1]).is_file()
+    assert "error" not in capsys.readouterr().err
+
+
+def test_predict_to_a_closed_stdout_is_refused_before_the_work(tiny_run, capsys, monkeypatch):
+    """`ramer predict RUN --out - >&-`: the predictions would go nowhere; said before the run is
+    loaded and scored, naming the flag that gives them a file."""
+    import ramer.cli
+
+    def no_work(args):
+        raise AssertionError("the run was loaded")
+
+    monkeypatch.setattr(ramer.cli, "load_run_and_data", no_work)
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["predict", str(tiny_run[0]), "--out", "-"]) == 2
+    assert capsys.readouterr().err == (
+        "error: stdout: closed; the predictions have nowhere to go (redirect it to a file, or give --out FILE)\n"
+    )
+
+
+def test_a_closed_stdout_is_the_exit_code_of_a_command_line_too(tiny_run, tmp_path):
+    """The same, as the shell runs it: `ramer predict RUN --out FILE >&- && next` goes on."""
+    out = tmp_path / "p.jsonl"
+    run, python = shlex.quote(str(tiny_run[0])), shlex.quote(sys.executable)
+    proc = subprocess.run(
+        f"{python} -m ramer predict {run} --out {shlex.quote(str(out))} >&-",
+        shell=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and proc.stderr == ""

@@ -310,6 +310,19 @@ def test_cli_errors_name_the_file(run, tmp_path, capsys):
     assert len(read_predictions(root / "preds.jsonl", store.label_names)) == len(store)
 
 
+def test_a_predictions_file_an_editor_saved_with_a_bom_is_read(run, tmp_path, capsys):
+    """A UTF-8 byte-order mark before the first line (Windows' Notepad) is skipped, as ``data import``
+    skips one in a table: not "line 1: not JSON"."""
+    root, store = run["root"], run["store"]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (root / "preds.jsonl").read_bytes())
+    assert read_predictions(bom, store.label_names) == run["preds"]
+    data = tmp_path / "synth"
+    generate(tiny_cfg().data.synthetic).save(data)
+    assert main(["view", "--preds", str(bom), "--data", str(data), "--out", str(tmp_path / "v.html")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'v.html'} (")
+
+
 def test_a_predictions_file_with_run_dir_is_shown_with_its_own_threshold_and_name(run, tmp_path, capsys):
     """``view RUN_DIR --preds FILE``: the run gives the data; the title, the threshold and the decisions
     are the file's (predictions of another run, at another threshold); the flags of predicting now

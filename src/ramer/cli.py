@@ -444,19 +444,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     file_only("--onnx", args.onnx)
     require_onnx(runtime=args.check)
     from ramer.models import CLASSICAL
-    from ramer.paths import output_file
+    from ramer.paths import file_folder, output_file
 
     predictor = load_predictor(args.run_dir, device="cpu")
     if predictor.cfg.model.name in CLASSICAL:
         raise RamerError(f"{args.run_dir}: ONNX export is for the deep models, not '{predictor.cfg.model.name}'")
-    output_file(args.onnx, reads=(model_file(args.run_dir),))
+    output_file(args.onnx, reads=(model_file(args.run_dir),), make=False)
     log = io.StringIO()
     t0 = time.perf_counter()
     ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)")
+    checked = []  # --check: of the written file, before it replaces the one at --onnx (a failed check keeps it)
+    check = (lambda wrapper, tmp: checked.extend(check_onnx(wrapper, predictor.spec, tmp))) if args.check else None
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+        # the folder made for the file is removed again if the export fails
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), file_folder(args.onnx):
             warnings.simplefilter("ignore")
-            wrapper = export_onnx(predictor.model, predictor.spec, args.onnx, threshold=predictor.threshold)
+            wrapper = export_onnx(
+                predictor.model, predictor.spec, args.onnx, threshold=predictor.threshold, check=check
+            )
     except RamerError:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line and the log tail
@@ -465,18 +470,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         first = (plain(str(e)).splitlines() or [type(e).__name__])[0]
         raise RamerError(f"ONNX export of {args.run_dir} failed: {first}" + (f" ({tail})" if tail else "")) from None
     size = Path(args.onnx).stat().st_size / 2**20
-    OUT.print(
+    said = wrote_to()
+    said.print(
         f"wrote {args.onnx} ({size:.1f} MiB) in {time.perf_counter() - t0:.0f}s; inputs: "
         f"{', '.join(wrapper.input_names())}; output: probs (B, {len(predictor.label_names)}); "
         "dynamic: batch, persons, segments"
     )
-    if args.check:
-        for r in check_onnx(wrapper, predictor.spec, args.onnx):
-            B, P, S = r.shape
-            OUT.print(
-                f"check: onnxruntime vs torch at B={B}, P={P}, S={S}: max abs difference "
-                f"{r.max_abs_diff:.2e} (limit 1e-4) ok"
-            )
+    for r in checked:
+        B, P, S = r.shape
+        said.print(
+            f"check: onnxruntime vs torch at B={B}, P={P}, S={S}: max abs difference "
+            f"{r.max_abs_diff:.2e} (limit 1e-4) ok"
+        )
     return 0
 
 
@@ -557,6 +562,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
         raise RamerError(f"{bundle.source}: the data has no annotations (an unlabelled import); use ramer predict")
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
+    predictor._check_data(store.label_names, store.dims, store.source)  # predict's, first: other labels, sizes
     if predictor.spec.single_label:  # one label out: its accuracy is accuracy only with one label in
         from ramer.data.store import label_count_problem
 
@@ -615,26 +621,39 @@ def confusion_table(title: str, matrix: dict) -> Table:
     return table
 
 
+def wrote_to() -> Console:
+    """Where ``predict --out FILE``, ``view`` and ``export`` say what they wrote: stdout (``OUT``). With
+    stdout closed (``>&-``, a cron line) nowhere: the file is the command's output, written, and
+    a line about it that has nowhere to go fails nothing (a script's ``&& next`` goes on)."""
+    return OUT if sys.stdout is not None else PipeConsole(file=StreamFile("stdout"), quiet=True, **PLAIN)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ramer.infer import prediction_records
-    from ramer.paths import atomic_write_text, output_file
+    from ramer.paths import atomic_write_text, file_folder, output_file
 
     to_stdout = args.out == STDOUT  # the lines are the output (ramer predict RUN --out - | jq): the rest to stderr
+    if to_stdout and sys.stdout is None:  # before the work, which would go nowhere
+        raise RamerError(
+            "stdout: closed; the predictions have nowhere to go (redirect it to a file, or give --out FILE)"
+        )
     reads = (model_file(args.run_dir),)
     if not to_stdout:
-        output_file(args.out, reads=reads)  # before the work: a folder or an unusable path fails now
-    predictor, bundle = load_run_and_data(args)
-    if not to_stdout:
-        output_file(args.out, reads=reads, data_from=data_files(bundle, args.data or predictor.cfg.data.path))
-    store = bundle.splits[args.split]
-    probs = score_split(predictor, store, args)
-    records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
-    text = "".join(json.dumps(record) + "\n" for record in records)
-    if to_stdout:
-        write_stdout(text)
-    else:
-        atomic_write_text(args.out, text)
-    said = ERR if to_stdout else OUT
+        output_file(args.out, reads=reads, make=False)  # before the work: a folder or an unusable path fails now
+    with contextlib.nullcontext() if to_stdout else file_folder(args.out):  # made now, removed if nothing is written
+        predictor, bundle = load_run_and_data(args)
+        if not to_stdout:
+            data_from = data_files(bundle, args.data or predictor.cfg.data.path)
+            output_file(args.out, reads=reads, data_from=data_from, make=False)
+        store = bundle.splits[args.split]
+        probs = score_split(predictor, store, args)
+        records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        if to_stdout:
+            write_stdout(text)
+        else:
+            atomic_write_text(args.out, text)
+    said = ERR if to_stdout else wrote_to()
     said.print(f"wrote {len(records)} predictions to {'stdout' if to_stdout else args.out}")
     if bundle.format == "conversations":  # an imported set: a timeline per conversation
         from ramer.data.conversations import format_timelines
@@ -645,7 +664,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     from ramer.infer import prediction_records, read_predictions
-    from ramer.paths import atomic_write_text, output_file
+    from ramer.paths import atomic_write_text, file_folder, output_file
     from ramer.view import page_data, render_page
 
     if args.run_dir is None and args.preds is None:
@@ -671,33 +690,34 @@ def cmd_view(args: argparse.Namespace) -> int:
             )
     file_only("--out", args.out)
     reads = (args.preds,) if args.run_dir is None else (args.preds, model_file(args.run_dir))
-    output_file(args.out, reads=reads)
-    if args.run_dir is not None:
-        predictor, bundle = load_run_and_data(args)
-        threshold = predictor.threshold if args.preds is None else None  # None: the file's own (its records')
-    else:
-        from ramer.view import load_data
+    output_file(args.out, reads=reads, make=False)
+    with file_folder(args.out):  # made now, removed again if the page is not written
+        if args.run_dir is not None:
+            predictor, bundle = load_run_and_data(args)
+            threshold = predictor.threshold if args.preds is None else None  # None: the file's own (its records')
+        else:
+            from ramer.view import load_data
 
-        bundle, threshold = load_data(args.data, args.set or []), None
-        if args.split not in bundle.splits:
-            raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
-    path = args.data if args.run_dir is None else (args.data or predictor.cfg.data.path)
-    output_file(args.out, reads=reads, data_from=data_files(bundle, path))  # before the work
-    store = bundle.splits[args.split]
-    if args.preds is not None:
-        records = read_predictions(args.preds, store.label_names)
-    else:
-        probs = score_split(predictor, store, args)
-        records = prediction_records(store, probs, predictor.decide(probs), threshold)
-    title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
-    notes: list[str] = []
-    data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir), notes)
-    page = render_page(data)
-    atomic_write_text(args.out, page)
+            bundle, threshold = load_data(args.data, args.set or []), None
+            if args.split not in bundle.splits:
+                raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
+        path = args.data if args.run_dir is None else (args.data or predictor.cfg.data.path)
+        output_file(args.out, reads=reads, data_from=data_files(bundle, path), make=False)  # before the work
+        store = bundle.splits[args.split]
+        if args.preds is not None:
+            records = read_predictions(args.preds, store.label_names)
+        else:
+            probs = score_split(predictor, store, args)
+            records = prediction_records(store, probs, predictor.decide(probs), threshold)
+        title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
+        notes: list[str] = []
+        data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir), notes)
+        page = render_page(data)
+        atomic_write_text(args.out, page)
     for note in notes:
         ERR.print(f"note: {note}")
     n, k = len(data["conversations"]), data["n_predicted"]
-    OUT.print(
+    wrote_to().print(
         f"wrote {args.out} ({len(page.encode()) / 1024:.0f} KiB): {plural(n, 'conversation')}, "
         f"{plural(k, 'predicted sample')}"
     )

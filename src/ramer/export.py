@@ -32,7 +32,8 @@ or ``"argmax"``).
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` then ONNX), with ``B``, ``P``
 and ``S`` as dynamic dimensions. A model whose scores are not finite is refused before anything is
 written. ``--check`` runs onnxruntime on random scenes of a batch and grid size different from the
-export example and compares with torch (max abs difference of the probabilities at most ``1e-4``).
+export example and compares with torch (max abs difference of the probabilities at most ``1e-4``),
+on the written file before it replaces the one at ``--onnx``: a failed check leaves that as it was.
 The ONNX packages are the optional extra ``ramer[onnx]``.
 """
 
@@ -46,6 +47,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -248,10 +250,17 @@ def quiet_log(name: str):
 
 
 def export_onnx(
-    model: nn.Module, spec, path: str | Path, opset: int | None = None, threshold: float | list | str | None = None
+    model: nn.Module,
+    spec,
+    path: str | Path,
+    opset: int | None = None,
+    threshold: float | list | str | None = None,
+    check: Callable[[GridModel, str], object] | None = None,
 ) -> GridModel:
     """Export ``model`` (eval mode) to ``path`` with dynamic B, P and S; returns the wrapper.
-    ``threshold``: the run's decision, written to the file's metadata with the label names."""
+    ``threshold``: the run's decision, written to the file's metadata with the label names.
+    ``check(wrapper, file)``: run on the written file before it replaces ``path`` (``check_onnx``,
+    ``ramer export --check``); a RamerError it raises leaves the file at ``path`` as it was."""
     require_onnx(runtime=False)
     from torch.export import Dim
 
@@ -299,6 +308,11 @@ def export_onnx(
         if os.path.getsize(tmp) == 0:
             raise RamerError(f"ONNX export wrote nothing to {path}")
         add_metadata(tmp, spec, threshold)
+        if check is not None:
+            try:
+                check(wrapper, tmp)
+            except RamerError as e:
+                raise RamerError(f"{e}; {path} not written") from None
 
     atomic_write(path, write)
     return wrapper

@@ -359,7 +359,7 @@ def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dic
             f"{path}: " + ("is a folder, not a predictions file" if path.is_dir() else "predictions file not found")
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM an editor saved first is skipped, as data import does
     except (OSError, UnicodeDecodeError) as e:
         raise RamerError(f"{path}: unreadable predictions file ({e})") from None
     records, seen = [], set()

@@ -213,8 +213,14 @@ def choose_threshold(
 
 
 def describe_threshold(threshold, word: str = "thr") -> str:
-    """For logs and titles: ``thr 0.43`` (the mean of per-label values) or ``arg-max``."""
-    return "arg-max" if isinstance(threshold, str) else f"{word} {float(np.mean(threshold)):.2f}"
+    """For logs and titles: ``thr 0.43``, ``arg-max``, or for per-label values their range,
+    ``thr per label 0.46 to 0.54`` (not one number: a mean read as the run's threshold)."""
+    if isinstance(threshold, str):
+        return "arg-max"
+    if np.ndim(threshold) == 0:
+        return f"{word} {float(threshold):.2f}"
+    low, high = (f"{float(f(threshold)):.2f}" for f in (np.min, np.max))
+    return f"{word} per label {low}" + ("" if low == high else f" to {high}")
 
 
 def report(

@@ -162,8 +162,9 @@ def on_disk(f) -> None:
     os.fsync(f.fileno())
 
 
-# `ramer ... >&-`: Python's sys.stdout is None (rich prints to nothing then)
-STDOUT_CLOSED = "stdout: closed; the output has nowhere to go (redirect it to a file, or give --out FILE)"
+# `ramer ... >&-`: Python's sys.stdout is None (rich prints to nothing then). A command whose output
+# is a file names its flag itself (``ramer predict --out -``), before the work.
+STDOUT_CLOSED = "stdout: closed; the output has nowhere to go (redirect it to a file)"
 
 
 def write_stdout(text: str) -> None:
@@ -449,13 +450,17 @@ def work_folder(path: str | Path, kind: str, make: bool = True) -> Path:
     return make_folder(path) if make else path
 
 
-def output_file(path: str | Path, reads: tuple = (), data_from: tuple = ()) -> Path:
-    """A file path to write: not empty, not a folder, not one of the files the command reads
+def output_file(path: str | Path, reads: tuple = (), data_from: tuple = (), make: bool = True) -> Path:
+    """A file path to write: not empty, not a folder (nor a name ending in ``/`` or ``/.``, which names one),
+    not one of the files the command reads
     (``reads``) or its data was read or imported from (``data_from``), nor a file of a run or a
     dataset (writing there would destroy what the output is made from); its folder is made
-    (``make_folder``)."""
+    (``make_folder``), or with ``make=False`` only checked (``check_out_folder``: the caller makes it
+    with ``file_folder``, which removes what it made when the command fails)."""
     if not str(path):
         raise RamerError("the output file name is empty")
+    if os.path.basename(str(path)) in ("", ".", ".."):  # DIR/, DIR/.: Path() drops the end, not the folder it names
+        raise RamerError(f"{path}: names a folder, not a file; give a file name")
     path = Path(path)
     if path.is_dir():
         raise RamerError(f"{path}: is a folder; give a file name")
@@ -470,8 +475,24 @@ def output_file(path: str | Path, reads: tuple = (), data_from: tuple = ()) -> P
             whose = f"a file of the dataset in {home}"
     if whose:
         raise RamerError(f"{path}: is {whose}; writing there would destroy it, give another file name")
-    make_folder(path.parent)
+    if make:
+        make_folder(path.parent)
+    else:
+        check_out_folder(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def file_folder(path: str | Path) -> Iterator[None]:
+    """The folder of the output file ``path`` and its missing parents, made for the work of the
+    context (``make_folders``); those it made are removed again where left empty (``remove_made``): a
+    command that fails before it writes the file (``ramer predict nothere --out new/p.jsonl``)
+    leaves no folder behind."""
+    made = make_folders(Path(path).parent)
+    try:
+        yield
+    finally:
+        remove_made(made)
 
 
 def dataset_folder(path: str | Path) -> Path:
