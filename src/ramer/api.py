@@ -76,9 +76,11 @@ class Predictor:
         model cast whole to bfloat16, ``load(precision="bf16")``)."""
         return "fp32" if self.cfg.model.name in CLASSICAL else self.cfg.train.precision
 
-    def _check_data(self, names, dims: dict[str, int | None], source: str) -> None:
+    def check_data(self, names, dims: dict[str, int | None], source: str) -> None:
         """The data's labels and feature sizes must be the model's (a personality size only where
-        both have personality: a model without it ignores it, one with it does without)."""
+        both have personality: a model without it ignores it, one with it does without); a
+        RamerError naming ``source`` if not. ``predict`` checks so; ``ramer eval`` before its own
+        checks (``check_data(store.label_names, store.dims, store.source)``)."""
         if tuple(names) != tuple(self.spec.label_names):
             raise RamerError(f"{source}: labels {list(names)} differ from the model's {list(self.spec.label_names)}")
         expected = {**self.spec.dims, "personality": self.spec.personality_dim}
@@ -135,7 +137,7 @@ class Predictor:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
             data, where = data.splits[split], f"{data.source}: split '{split}'"
         if isinstance(data, Batch):
-            self._check_data(data.label_names, data.dims, "batch")
+            self.check_data(data.label_names, data.dims, "batch")
             _refuse_nonfinite_batch(data)
             was_training = self.model.training  # a model put in training mode stays so (as ``infer.predict``)
             self.model.eval()
@@ -151,7 +153,7 @@ class Predictor:
             except ScoresNotFinite as e:
                 raise ScoresNotFinite(f"model {type(self.model).__name__}: {e}") from None
             return scores
-        self._check_data(data.label_names, data.dims, data.source)
+        self.check_data(data.label_names, data.dims, data.source)
         try:
             batch_size = self.cfg.train.eval_batch_size if batch_size is None else int(batch_size)
             return predict_store(self.model, data, batch_size, self.device, self.precision, workers=workers).scores
