@@ -133,6 +133,10 @@ def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), *sets, "--set", f"data.path={tmp_path}"]) == 2
     assert "ramer demo trains on the embedded benchmark, and data.path is set" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+    for key in ("model.name=br", "model.ablations=[no_shuffle]"):  # it trained RAMer all the same
+        assert main(["demo", "--out", str(tmp_path / "d"), *sets, "--set", key]) == 2
+        assert f"--set {key.split('=')[0]}: ramer demo trains ramer, late fusion" in capsys.readouterr().err
+        assert not (tmp_path / "d").exists()
     mine = tmp_path / "mine"
     shutil.copytree(run, mine / "ramer")  # a late_fusion run: not one the demo makes there
     before = fingerprint(mine)

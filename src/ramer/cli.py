@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config
+from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, plural
 from ramer.errors import RamerError, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
@@ -946,6 +946,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
     t0 = time.perf_counter()
+    owned = [key for key in set_keys(args.set or []) if key in ("model.name", "model.ablations")]
+    if owned:  # each run's model is the demo's: a --set of it trained RAMer all the same
+        raise RamerError(
+            f"--set {owned[0]}: ramer demo trains ramer, late fusion and ramer on complete inputs; "
+            "for another model use ramer train --model NAME (or ramer bench --models)"
+        )
     cfg = build_config(resolve_config("synthetic"), args.set or [])
     if cfg.data.path is not None:
         raise RamerError(
