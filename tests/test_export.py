@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,20 +279,32 @@ def test_a_batch_without_personality_is_refused_for_a_graph_that_takes_it():
 @needs_onnx
 def test_a_failed_check_leaves_the_earlier_file(run, tmp_path, monkeypatch, capsys):
     """``--check`` runs on the written file before it replaces the one at --onnx: a check that fails
-    leaves the earlier file as it was, no temporary beside it, and no ``wrote`` line."""
+    leaves the earlier file as it was, no temporary beside it, and no ``wrote`` line (the new graph
+    had replaced it, and 'wrote' was printed, before the check ran). The exporter and the check are
+    stand-ins here (test_cli_export_and_check runs both): what is tested is their order."""
     import ramer.export
 
     earlier = tmp_path / "model.onnx"
     earlier.write_bytes(b"an earlier export")
-    real = ramer.export.check_onnx
-    monkeypatch.setattr(ramer.export, "check_onnx", lambda *a: real(*a, tolerance=-1.0))  # no difference passes
+    checked = []
+
+    def export(model, args, f, **kwargs):
+        Path(f).write_bytes(b"a new graph")
+
+    def check(wrapper, spec, path):
+        checked.append(Path(path).read_bytes())  # the written temporary, not the file at --onnx
+        raise RamerError("ONNX check at (B, P, S) = (5, 3, 7): max abs difference 0.5 > 0.0001")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    monkeypatch.setattr(ramer.export, "add_metadata", lambda *args: None)
+    monkeypatch.setattr(ramer.export, "check_onnx", check)
     assert main(["export", str(run), "--onnx", str(earlier), "--check"]) == 2
+    assert checked == [b"a new graph"]
     assert earlier.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
     out, err = capsys.readouterr()
     assert out == ""
-    last = err.splitlines()[-1]
-    assert last.startswith("error: ONNX check at (B, P, S) = (5, 3, 7): max abs difference ") and last.endswith(
-        f"> -1; {earlier} not written"
+    assert err.splitlines()[-1] == (
+        f"error: ONNX check at (B, P, S) = (5, 3, 7): max abs difference 0.5 > 0.0001; {earlier} not written"
     )
 
 
