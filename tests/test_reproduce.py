@@ -154,3 +154,82 @@ def test_a_role_no_target_has_gets_no_row():
     empty = {**{k: 0.0 for k in part}, "n": 0}
     table = summarise([{"overall": {**part, "n": 4}, "speaker": {**part, "n": 4}, "nonspeaker": empty}] * 2, False)
     assert "| speaker | 4 |" in table and "nonspeaker" not in table
+
+
+def test_a_converted_folder_must_hold_the_benchmarks_reading(tmp_path, capsys):
+    """A folder converted with other loader options (MEmoR's other label set, another M3ED cut) was
+    trained and scored as it holds, under the benchmark's name and config: refused before any run,
+    naming the key, both values and the convert command that makes the right folder."""
+    memor = tmp_path / "memor"
+    write_memor(memor)
+    m3ed = tmp_path / "A-V-L.pkl"
+    write_m3ed_pickle(m3ed)
+    convert = [
+        (memor, ["--labels", "fine_grained"], "memor_primary", "data.labels fine_grained", "data.labels primary", ""),
+        (memor, [], "memor_fine", "data.labels primary", "data.labels fine_grained", " --labels fine_grained"),
+        (m3ed, ["--set", "data.max_utterances=4"], "m3ed", "data.max_utterances 4", "data.max_utterances 60", ""),
+    ]
+    for k, (source, options, bench, held, wanted, fix) in enumerate(convert):
+        folder = tmp_path / f"conv{k}"
+        assert main(["data", "convert", str(source), "--out", str(folder), *options]) == 0
+        capsys.readouterr()
+        assert reproduce(bench, folder, tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert f"{folder}: converted with {held}; ramer reproduce {bench} reads {wanted}" in err, err
+        if bench == "m3ed":
+            fix = " --set data.max_utterances=60"
+        elif bench == "memor_primary":
+            fix = " --labels primary"
+        assert f"(ramer data convert {source}{fix} --out DIR)" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert reproduce("memor_fine", tmp_path / "conv0", tmp_path / "out", seeds=1) == 0  # the right reading
+
+
+def test_a_finished_seed_is_read_back_from_the_converted_copy(tmp_path, capsys):
+    """The same data converted (the split fingerprints match) is no other setting: finished seeds are
+    read back, and a seed still in progress resumes, where data.format differs (a file's layout, a
+    converted folder's auto)."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    out = tmp_path / "out"
+    assert reproduce("mosei", data, out) == 0
+    assert main(["data", "convert", str(data), "--out", str(tmp_path / "native")]) == 0
+    (out / "seed2" / "test_metrics.json").unlink()  # seed 2 stopped after its last state
+    before = (out / "seed1" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert reproduce("mosei", tmp_path / "native", out) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"seed 1: done earlier, reading {out / 'seed1'}" in err and f"seed 2: resuming in {out / 'seed2'}" in err
+    assert (out / "seed1" / "model.safetensors").stat().st_mtime_ns == before
+    assert (out / "seed2" / "test_metrics.json").is_file()
+
+
+def test_a_damaged_finished_seed_is_one_line(tmp_path, capsys):
+    """A seed's test_metrics.json that is JSON but not the metrics a table reads (not an object, a
+    column missing, a text for a number, no overall part) is one line naming it; nothing is removed
+    and the earlier tables stay."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    out = tmp_path / "out"
+    assert reproduce("mosei", data, out) == 0
+    path = out / "seed2" / "test_metrics.json"
+    good = json.loads(path.read_text())
+    tables = [(out / name).read_bytes() for name in ("results.md", "results.json")]
+    damaged = [
+        [1, 2],
+        {"overall": {"acc": 0.2, "n": 12}},
+        {**good, "overall": {**good["overall"], "micro_f1": "0.5"}},
+        {**good, "overall": {**good["overall"], "n": None}},
+        {"foo": 1},
+        {**good, "speaker": {**good["overall"], "acc": [0.5]}},
+    ]
+    for metrics in damaged:
+        path.write_text(json.dumps(metrics))
+        capsys.readouterr()
+        assert reproduce("mosei", data, out) == 2, metrics
+        err = capsys.readouterr().err
+        assert f"{path}: unreadable; remove {out / 'seed2'} to train it again (" in err, (metrics, err)
+        assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
+    assert [(out / name).read_bytes() for name in ("results.md", "results.json")] == tables
+    assert (out / "seed2" / "model.safetensors").is_file()

@@ -19,6 +19,7 @@ from rich.console import Console
 from ramer import checkpoint as ckpt
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
+from ramer.data.memor import CHARACTERS
 from ramer.data.store import is_native
 from ramer.errors import RamerError
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
@@ -46,6 +47,19 @@ COLUMNS = (
     ("macro_f1", "maF1"),
 )
 MEMOR_COLUMNS = (("top1_acc", "Top-1"), ("weighted_f1", "wF1"))
+# the loader options a converted folder's meta.json records (info.SECTION.KEY) and the data.* key of each:
+# a folder converted with other values holds another reading of the corpus than the benchmark's config
+CONVERTED_WITH = {
+    "memor": {
+        "labels": "labels",
+        "protocol": "memor_protocol",
+        "valid_fraction": "valid_fraction",
+        "valid_seed": "valid_seed",
+        "character_order": "memor_character_order",
+    },
+    "m3ed": {"protocol": "m3ed_protocol", "max_utterances": "max_utterances"},
+    "mosei": {"unaligned_layout": "unaligned_layout"},
+}
 
 
 def summarise(results: list[dict], memor: bool) -> str:
@@ -58,6 +72,64 @@ def summarise(results: list[dict], memor: bool) -> str:
             cells = [format_mean_std(*mean_std(r[key] for r in runs), digits=4) for key, _ in cols]
             rows.append([part, str(runs[0]["n"]), *cells])
     return "\n".join(markdown_table(["targets", "n", *(label for _, label in cols)], rows))
+
+
+def metrics_problem(result, memor: bool) -> str | None:
+    """What keeps a seed's read-back ``test_metrics.json`` out of ``summarise``'s table (None: nothing):
+    an object whose ``overall`` part, and every other part it holds, has a number for ``n`` and, where
+    it scored targets, for each column."""
+    if not isinstance(result, dict):
+        return f"a {type(result).__name__}, not an object of metrics"
+    if "overall" not in result:
+        return "no 'overall' metrics"
+    keys = [key for key, _ in COLUMNS + (MEMOR_COLUMNS if memor else ())]
+    for part in ("overall", "speaker", "nonspeaker"):
+        if part not in result:
+            continue
+        metrics = result[part]
+        if not isinstance(metrics, dict):
+            return f"'{part}' is a {type(metrics).__name__}, not an object"
+        for key in ("n", *keys) if _is_number(metrics.get("n")) and metrics["n"] > 0 else ("n",):
+            if not _is_number(metrics.get(key)):
+                return f"'{part}' has {'no number' if key not in metrics else repr(metrics[key])[:40]} for '{key}'"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_converted_with(bench: str, data: str, cfg, bundle) -> None:
+    """A converted folder (``data``) holds the reading of the corpus it was converted with (its
+    meta.json's ``info``): one other than the benchmark config's ``data.*`` (``cfg``) is an error
+    naming the keys, both values and the convert command that makes the right folder."""
+    info = bundle.info if isinstance(bundle.info, dict) else {}
+    held, wanted, sets = [], [], []
+    for section, keys in CONVERTED_WITH.items():
+        recorded = info.get(section)
+        for name, key in keys.items() if isinstance(recorded, dict) else ():
+            if name not in recorded:  # a folder converted before the key was recorded
+                continue
+            want = getattr(cfg.data, key)
+            if key == "memor_character_order":  # None: the MEmoR code's order, as the loader reads it
+                want = [str(c).lower() for c in (want or CHARACTERS)]
+            if recorded[name] == want:
+                continue
+            held.append(f"data.{key} {_shown(recorded[name])}")
+            wanted.append(f"data.{key} {_shown(want)}")
+            sets.append(f"--labels {want}" if key == "labels" else f"--set data.{key}={_shown(want)}")
+    if held:
+        sources = info.get("source_files")
+        source = sources[0] if isinstance(sources, list) and sources and isinstance(sources[0], str) else "SOURCE"
+        raise RamerError(
+            f"{data}: converted with {', '.join(held)}; ramer reproduce {bench} reads {', '.join(wanted)}: "
+            f"convert the source again (ramer data convert {source} {' '.join(sets)} --out DIR)"
+        )
+
+
+def _shown(value) -> str:
+    """A loader option's value as ``--set`` takes it (a list as ``[a,b]``)."""
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
 def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: list[str], console: Console) -> str:
@@ -74,6 +146,8 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     layouts = LAYOUTS.get(bench, (fmt,))
     if bundle.format not in layouts:  # one corpus's protocol, config and table heading on another's data
         raise RamerError(f"{data}: holds {bundle.format} data; ramer reproduce {bench} reads {' or '.join(layouts)}")
+    if is_native(data):  # loaded as it was converted, whatever the config's loader options say
+        check_converted_with(bench, data, cfg, bundle)
     out = work_folder(out, "reproduction", make=False)
     made = make_folders(out)
     try:
@@ -113,9 +187,13 @@ def _reproduce(
                 )
             path = run_dir / "test_metrics.json"
             try:
-                results.append(read_json(path))
+                result = read_json(path)
             except RamerError as e:
                 raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({e})") from None
+            problem = metrics_problem(result, memor=bench.startswith("memor"))
+            if problem:  # JSON, but not the metrics a table reads
+                raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({problem})")
+            results.append(result)
             continue
         resume = (run_dir / "train_state.pt").exists()
         if not resume and run_dir.exists():  # a seed stopped before its first state was saved: started again

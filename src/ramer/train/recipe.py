@@ -329,7 +329,16 @@ def write_test_result(
 # Keys a resumed run may change in its config.yaml: where the data and the work are and how much memory
 # it takes, not what is learnt (train.device and train.eval_batch_size may change validation scores in
 # their last bits; SAME_RESULTS train the same to the bit, so a run out of memory resumes with recompute).
-RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_batch_size", "train.tensorboard")
+# data.path and data.format (a file, or its converted folder): the split fingerprints say whether the
+# data is the one the run started on (a resume and reproduce compare them).
+RESUME_MAY_CHANGE = (
+    "data.path",
+    "data.format",
+    "train.device",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.tensorboard",
+)
 RESUME_MAY_CHANGE += SAME_RESULTS
 
 
