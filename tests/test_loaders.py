@@ -884,6 +884,53 @@ def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> N
     assert main(["data", "info", str(files["memor"]), "--labels", "fine_grained"]) == 0
 
 
+def test_data_info_and_convert_refuse_a_loader_option_the_data_does_not_read(files, tmp_path, capsys) -> None:
+    """A loader option of another format, or any on a native folder (its loader options were applied
+    when it was converted), would be ignored: refused by both commands, nothing written; one the
+    format reads is taken (each format's, each reader of a key named in the error)."""
+    native = tmp_path / "native"
+    assert main(["data", "convert", str(files["m3ed"]), "--out", str(native)]) == 0
+    before = (native / "meta.json").read_bytes()
+    out = tmp_path / "x"
+    cases = [
+        (
+            files["aligned"],
+            "data.m3ed_protocol=utterance",
+            "holds mosei_aligned data, whose loader would ignore it; it applies to m3ed_pickle and m3ed_carat data",
+        ),
+        (
+            files["unaligned"],
+            "data.max_utterances=2",
+            "holds mosei_unaligned data, whose loader would ignore it; it applies to m3ed_pickle data",
+        ),
+        (files["carat"], "data.max_utterances=2", "holds m3ed_carat data, whose loader would ignore it"),
+        (
+            files["m3ed"],
+            "data.valid_seed=3",
+            "holds m3ed_pickle data, whose loader would ignore it; it applies to memor",
+        ),
+        (files["memor"], "data.unaligned_layout=pad", "holds memor data, whose loader would ignore it"),
+        (files["m3ed"], "data.synthetic.n_train=10", "whose loader would ignore it; it applies to synthetic data"),
+        (native, "data.max_utterances=2", "is a native folder, which reads no loader option"),
+        (native, "data.m3ed_protocol=dialogue", "is a native folder, which reads no loader option"),
+    ]
+    for path, assignment, said in cases:
+        key = assignment.split("=")[0]
+        for command in (["info"], ["convert", "--out", str(out)]):
+            assert main(["data", command[0], str(path), *command[1:], "--set", assignment]) == 2, (path, key)
+            err = capsys.readouterr().err
+            assert f"--set {key}: {path} " in err and said in err, err
+    assert not out.exists() and (native / "meta.json").read_bytes() == before
+    for path, assignment in (
+        (files["unaligned"], "data.unaligned_layout=pad"),
+        (files["carat"], "data.m3ed_protocol=dialogue"),
+        (files["memor"], "data.valid_seed=3"),
+        (files["m3ed"], "data.m3ed_protocol=dialogue"),
+    ):
+        assert main(["data", "info", str(path), "--set", assignment]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
 def test_load_dataset_reads_the_loader_options_of_its_config(files, tmp_path: Path) -> None:
     """``load_dataset(path, data_cfg=cfg)`` reads the data as ``--data`` with ``cfg``'s ``data.*``
     would (``load_bundle``); a keyword option given to the call wins over the config's."""

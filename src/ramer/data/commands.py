@@ -7,9 +7,6 @@ twice: ``convert`` writes each split as soon as it is built and drops it before 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -17,9 +14,9 @@ from pydantic import ValidationError
 from ramer.config import DataConfig, build_config
 from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
-from ramer.data.store import DataBundle, check_dataset_folder, write_meta
+from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
 from ramer.errors import RamerError
-from ramer.paths import holding, write_stdout
+from ramer.paths import SPLITS, write_stdout
 
 # data.* keys that are no loader option, and where each is given instead
 NOT_LOADER_OPTIONS = {
@@ -28,6 +25,20 @@ NOT_LOADER_OPTIONS = {
     "task": "the task is a training setting (ramer train --set data.task=...; ramer data import --task records it)",
     "missing_rate": "extra missingness is a training and evaluation setting (ramer train, eval, bench)",
     "missing_at": "extra missingness is a training and evaluation setting (ramer train, eval, bench)",
+}
+
+# The loader options (data.KEY) that reading each format reads: another one given to ``data info``
+# or ``data convert`` would be ignored, so it is refused. CARAT's M3ED file reads m3ed_protocol to
+# refuse the utterance protocol; a native folder reads none (its loader options were applied when
+# it was converted, and meta.json records them).
+LOADER_OPTIONS = {
+    "mosei_aligned": (),
+    "mosei_unaligned": ("aligned_path", "unaligned_layout"),
+    "m3ed_pickle": ("max_utterances", "m3ed_protocol", "m3ed_annotation"),
+    "m3ed_carat": ("m3ed_protocol",),
+    "memor": ("labels", "memor_character_order", "memor_protocol", "valid_fraction", "valid_seed"),
+    "native": (),
+    "synthetic": ("synthetic",),
 }
 
 
@@ -64,7 +75,32 @@ def _open(path: str | None, fmt: str, labels: str | None, sets, options: dict):
             where = path or "the embedded benchmark"
             raise RamerError(f"--labels chooses MEmoR's label set; {where} holds {held} data")
     cfg = data_config(labels, sets)
-    return open_dataset(path, fmt, cfg, **options)  # cfg's loader options, those given winning
+    opened = open_dataset(path, fmt, cfg, **options)  # cfg's loader options, those given winning
+    _refuse_unread(opened, path, sets)
+    return opened
+
+
+def _refuse_unread(opened, path: str | None, sets) -> None:
+    """A RamerError for the first ``--set data.KEY`` of ``sets`` that reading ``opened`` (what
+    ``open_dataset`` returned for ``path``) did not read (``LOADER_OPTIONS``): ignored, it would
+    leave the user believing the data was read with it."""
+    if not isinstance(opened, DataBundle):
+        held = opened.format
+    else:
+        held = "synthetic" if path is None or str(path) == "synthetic" else "native"
+    for key in map(_key, sets):
+        name = key.split(".")[1]
+        if name in LOADER_OPTIONS[held]:
+            continue
+        readers = [f for f, names in LOADER_OPTIONS.items() if name in names]
+        applies = f"it applies to {' and '.join(readers)} data" if readers else "no loader reads it"
+        if held == "native":
+            raise RamerError(
+                f"--set {key}: {path} is a native folder, which reads no loader option (those it was converted "
+                f"with are applied already), so it would be ignored; give it to the data convert that made the folder"
+            )
+        where = path or "the embedded benchmark"
+        raise RamerError(f"--set {key}: {where} holds {held} data, whose loader would ignore it; {applies}")
 
 
 def collect_info(path: str | None, fmt: str = "auto", labels: str | None = None, sets=(), **options) -> dict:
@@ -99,36 +135,23 @@ def convert(
     out = Path(out)
     if path is not None and Path(path).resolve() == out.resolve():
         raise RamerError(f"{out}: the output folder must differ from the input")
-    check_dataset_folder(out)  # the split folders too, before meta.json goes
+    check_dataset_folder(out)  # the split folders too, before the work
     opened = _open(path, fmt, labels, sets, options)
     out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "meta.json"
-    if isinstance(opened, DataBundle):
-        meta_path.unlink(missing_ok=True)  # a half-written folder must not look complete
+    if isinstance(opened, DataBundle):  # staged, as below (DataBundle.save)
         opened.save(out)
-        return json.loads(meta_path.read_text())
-    # Every split is built into a temporary folder first: a file that fails while a later split is
-    # built (a damaged feature file) leaves the dataset already in ``out`` as it was.
-    if holding(out):  # a convert killed before (SIGKILL, power loss) left its folder of splits
-        for stale in out.glob(".convert.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out))
-    try:
+        return json.loads((out / "meta.json").read_text())
+    # Every split is built into a staging folder first: a file that fails while a later split is
+    # built (a damaged feature file), or an interrupt, leaves the dataset already in ``out`` as it was.
+    with staged_dataset(out, replaces=SPLITS) as staging:
         sizes, dims = {}, None
         for name, store in opened.splits:
             store.save(staging / name)
             sizes[name] = len(store)
             dims = dims or store.dims
             del store  # free this split before the next one is built
-        meta_path.unlink(missing_ok=True)  # a half-moved folder must not look complete
-        for split in ("train", "valid", "test"):
-            if (out / split).is_dir():
-                shutil.rmtree(out / split)
-            if split in sizes:
-                os.replace(staging / split, out / split)
-        return write_meta(out, opened.format, opened.label_names, dims, sizes, opened.info)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        meta = write_meta(staging, opened.format, opened.label_names, dims, sizes, opened.info)
+    return meta
 
 
 def run_convert(path: str, out: str, fmt: str = "auto", labels: str | None = None, sets=()) -> None:

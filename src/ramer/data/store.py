@@ -36,6 +36,7 @@ Scenes that mark none keep the rule of ``target``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,6 +46,7 @@ import tempfile
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -741,18 +743,18 @@ class DataBundle:
         for name, store in self.splits.items():
             store._check_save(directory / name, f"{self.source}, split '{name}'")
         make_folder(directory)
-        (directory / "meta.json").unlink(missing_ok=True)  # a folder written part way must not look complete
-        for name, store in self.splits.items():
-            store._write(directory / name)
-        write_meta(
-            directory,
-            self.format,
-            self.label_names,
-            self.dims,
-            {name: len(s) for name, s in self.splits.items()},
-            self.info,
-            self.task,
-        )
+        with staged_dataset(directory) as staging:  # the dataset there stays whole until the last split is written
+            for name, store in self.splits.items():
+                store._write(staging / name)
+            write_meta(
+                staging,
+                self.format,
+                self.label_names,
+                self.dims,
+                {name: len(s) for name, s in self.splits.items()},
+                self.info,
+                self.task,
+            )
 
 
 def _feature_rows(directory: Path, arrays: dict) -> dict[str, np.ndarray]:
@@ -843,6 +845,69 @@ def write_meta(
     atomic_write_text(Path(directory) / "meta.json", json.dumps(meta, indent=1))  # a temporary name of its own
     remove_temporaries(directory, ("meta.json",))  # what a write killed before left
     return meta
+
+
+# The prefix of the staging folder a dataset write makes inside its folder (``staged_dataset``), and
+# the one ``data convert`` of earlier versions made: a folder so named that a kill left is removed.
+_STAGING = ".dataset."
+_STAGED_BEFORE = (_STAGING, ".convert.")
+_OLD = "old.tmp"  # in a staging folder: the entries swapped out (no split is named *.tmp)
+
+
+@contextlib.contextmanager
+def staged_dataset(directory: Path, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A staging folder inside the dataset folder ``directory`` (made) to write a whole dataset into:
+    its split folders, then ``meta.json`` (``write_meta``). When the context ends without an error
+    the staged entries are swapped in (``_swap_in``; old split folders named in ``replaces`` that the
+    new dataset lacks go too); an error or an interrupt before that leaves the dataset in
+    ``directory`` as it was. The staging folder is removed either way; one a kill left behind is
+    removed by the next write of a command that holds ``directory`` (``hold``)."""
+    if holding(directory):
+        for prefix in _STAGED_BEFORE:
+            for stale in directory.glob(f"{prefix}*.tmp"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=directory))
+    try:
+        yield staging
+        swapped = _swap_in(directory, staging, replaces)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in swapped:
+        leftovers = [_tmp_folder(directory / name)]  # what a split save cut off left beside its folder
+        if holding(directory):
+            leftovers += directory.glob(f".{name}.*.tmp")
+        for old in leftovers:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+    remove_temporaries(directory, ("meta.json",))  # what a write of meta.json killed before left
+
+
+def _swap_in(directory: Path, staging: Path, replaces: tuple[str, ...]) -> list[str]:
+    """Move the split folders and ``meta.json`` staged in ``staging`` into ``directory``: the old
+    ``meta.json`` out first (a dataset part swapped must not look complete), the old split folders
+    out (into ``staging``, removed with it) and the new ones in, ``meta.json`` last. Renames only,
+    no copy nor delete: an error or an interrupt among them moves back what was moved, so the old
+    dataset is whole again; only a kill (or a power cut) in those few renames leaves it cut off.
+    Returns the names of the split folders moved in."""
+    staged = [p.name for p in staging.iterdir() if p.is_dir()]
+    outgoing = ["meta.json", *staged, *(n for n in replaces if n not in staged)]
+    old = staging / _OLD
+    old.mkdir()
+    done: list[tuple[Path, Path]] = []  # the renames made, to undo in reverse
+    try:
+        for name in outgoing:
+            if os.path.lexists(directory / name):
+                os.replace(directory / name, old / name)
+                done.append((directory / name, old / name))
+        for name in (*staged, "meta.json"):
+            os.replace(staging / name, directory / name)
+            done.append((staging / name, directory / name))
+    except BaseException:
+        for source, target in reversed(done):
+            os.replace(target, source)
+        raise
+    return staged
 
 
 def is_native(path: str | Path) -> bool:

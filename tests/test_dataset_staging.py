@@ -1,0 +1,135 @@
+"""A dataset write (``data synth``, ``data convert`` of a native folder or of a public file,
+``DataBundle.save``) cut off by Ctrl-C or an error at any moment leaves the dataset already in
+--out whole: every split and ``meta.json`` are staged first and swapped in by renames at the end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ramer.cli import main
+from ramer.data import store as S
+from ramer.data.store import load_native
+
+SYNTH = ["--set", "n_train=24", "--set", "n_valid=12", "--set", "n_test=12"]
+
+
+def _state(folder: Path) -> tuple[dict, bytes]:
+    """What a dataset folder holds: each split's fingerprint and meta.json."""
+    return load_native(folder).fingerprints(), (folder / "meta.json").read_bytes()
+
+
+def _interrupt_on(monkeypatch, name: str, call: int) -> None:
+    """Ctrl-C at the ``call``-th call of ``store.NAME`` (``_write``: a split; ``write_meta``)."""
+    owner = S.SceneStore if name == "_write" else S
+    real, calls = getattr(owner, name), []
+
+    def cut(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, cut)
+
+
+def _interrupt_rename_into(monkeypatch, out: Path, name: str) -> None:
+    """Ctrl-C at the rename that moves the new ``name`` into ``out`` (in the swap itself)."""
+    real = os.replace
+
+    def cut(src, dst):
+        if Path(dst) == out / name and Path(src).parent.name.startswith(".dataset."):  # not an undo
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", cut)
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
+
+
+def _command(kind: str, tmp_path: Path) -> list[str]:
+    """The argv of a write into --out of ``kind``: synth, or convert of another native folder."""
+    if kind == "synth":
+        return ["data", "synth", *SYNTH, "--set", "seed=7", "--out"]
+    source = tmp_path / "source"
+    assert main(["data", "synth", *SYNTH, "--set", "seed=7", "--out", str(source)]) == 0
+    return ["data", "convert", str(source), "--out"]
+
+
+@pytest.mark.parametrize("kind", ["synth", "convert"])
+@pytest.mark.parametrize(
+    "where", [("_write", 2), ("_write", 3), ("write_meta", 1), ("swap", "valid"), ("swap", "meta.json")]
+)
+def test_an_interrupted_dataset_write_leaves_the_dataset_in_out_as_it_was(tmp_path, monkeypatch, capsys, kind, where):
+    out = tmp_path / "data"
+    assert main(["data", "synth", *SYNTH, "--out", str(out)]) == 0
+    before = _state(out)
+    argv = [*_command(kind, tmp_path), str(out)]
+    if where[0] == "swap":
+        _interrupt_rename_into(monkeypatch, out, where[1])
+    else:
+        _interrupt_on(monkeypatch, *where)
+    capsys.readouterr()
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _state(out) == before
+    assert main(["data", "info", str(out)]) == 0
+    assert _leftovers(out) == []
+    assert main(argv) == 0  # done again, it is written over
+    assert _state(out)[0] != before[0] and _leftovers(out) == []
+
+
+def test_an_interrupted_convert_of_a_public_file_leaves_the_dataset_in_out_as_it_was(tmp_path, monkeypatch, capsys):
+    from fixtures_writers import write_m3ed_carat
+
+    public = tmp_path / "m3ed_data_60.pt"
+    write_m3ed_carat(public)
+    out = tmp_path / "data"
+    assert main(["data", "synth", *SYNTH, "--out", str(out)]) == 0
+    before = _state(out)
+    _interrupt_rename_into(monkeypatch, out, "test")
+    assert main(["data", "convert", str(public), "--out", str(out)]) == 130
+    monkeypatch.undo()
+    assert _state(out) == before and _leftovers(out) == []
+
+
+def test_a_complete_write_leaves_no_temporaries_and_removes_what_a_kill_left(tmp_path, capsys):
+    out = tmp_path / "data"
+    (out / "preds.jsonl").parent.mkdir()
+    assert main(["data", "synth", *SYNTH, "--out", str(out)]) == 0
+    (out / "preds.jsonl").write_text("mine\n")  # a file of the user's beside the dataset stays
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "preds.jsonl", "test", "train", "valid"]
+    for stale in (".dataset.k1ll3d.tmp", ".convert.k1ll3d.tmp"):  # a staged write killed (SIGKILL)
+        (out / stale / "train").mkdir(parents=True)
+        (out / stale / "train" / "text.npy").write_bytes(bytes(64))
+    (out / "train.tmp").mkdir()  # what an earlier version's split save left when killed
+    for argv in (["data", "synth", *SYNTH, "--out", str(out)], ["data", "convert", str(out), "--out", str(out)]):
+        if argv[1] == "convert":  # the same folder is refused; convert a copy of it into --out
+            copy = tmp_path / "copy"
+            assert main(["data", "synth", *SYNTH, "--out", str(copy)]) == 0
+            argv[2] = str(copy)
+            (out / ".dataset.k2ll3d.tmp").mkdir()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == ["meta.json", "preds.jsonl", "test", "train", "valid"]
+    assert (out / "preds.jsonl").read_text() == "mine\n"
+
+
+def test_a_save_in_python_stages_too_and_leaves_others_temporaries_where_it_holds_nothing(tmp_path):
+    """``DataBundle.save`` outside a command (no ``hold``): another process may be writing there, so
+    a staging folder it did not make stays; its own is gone."""
+    from ramer.config import SynthConfig
+    from ramer.data.synthetic import generate
+
+    bundle = generate(SynthConfig(n_train=24, n_valid=12, n_test=12))
+    out = tmp_path / "data"
+    bundle.save(out)
+    other = out / ".dataset.0th3r000.tmp"
+    other.mkdir()
+    bundle.save(out)
+    assert _leftovers(out) == [other.name]
+    assert load_native(out).fingerprints() == bundle.fingerprints()
