@@ -100,19 +100,24 @@ def test_a_stdout_that_cannot_be_written_is_one_line(tiny_run, capsys, monkeypat
     assert capsys.readouterr().err.splitlines()[-1] == f"error: stdout: cannot write ({os.strerror(errno.ENOSPC)})"
 
 
+def with_stdout_closed(args: str) -> subprocess.CompletedProcess:
+    """``python -m ramer ARGS >&-`` as a shell runs it (a cron line): its stderr as text."""
+    return subprocess.run(
+        f"{shlex.quote(sys.executable)} -m ramer {args} >&-",
+        shell=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 @pytest.mark.parametrize("json_flag", ["", " --json"])
 def test_a_closed_stdout_is_no_traceback(tiny_run, json_flag):
     """`ramer eval RUN --json >&-` (a cron line): the import of the command failed on the missing
     stdout; now the JSON that has nowhere to go is one line and exit 2, as is the table (which rich
     printed to nothing, exit 0)."""
     run, _ = tiny_run
-    proc = subprocess.run(
-        f"{shlex.quote(sys.executable)} -m ramer eval {shlex.quote(str(run))}{json_flag} >&-",
-        shell=True,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = with_stdout_closed(f"eval {shlex.quote(str(run))}{json_flag}")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: stdout: closed;"), proc.stderr
 
@@ -516,13 +521,6 @@ def test_predict_to_a_closed_stdout_is_refused_before_the_work(tiny_run, capsys,
 def test_a_closed_stdout_is_the_exit_code_of_a_command_line_too(tiny_run, tmp_path):
     """The same, as the shell runs it: `ramer predict RUN --out FILE >&- && next` goes on."""
     out = tmp_path / "p.jsonl"
-    run, python = shlex.quote(str(tiny_run[0])), shlex.quote(sys.executable)
-    proc = subprocess.run(
-        f"{python} -m ramer predict {run} --out {shlex.quote(str(out))} >&-",
-        shell=True,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = with_stdout_closed(f"predict {shlex.quote(str(tiny_run[0]))} --out {shlex.quote(str(out))}")
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and proc.stderr == ""
