@@ -365,10 +365,10 @@ def tune_summary(s: BenchSettings, model: str) -> dict | None:
     return summary
 
 
-def tune_fixed(s: BenchSettings, model: str) -> set[str]:
-    """The keys ``model``'s tune kept at a ``--set`` value (its ``tune.json``'s ``fixed``): its
-    ``best.yaml`` holds them, but its search did not choose them."""
-    fixed = (tune_summary(s, model) or {}).get("fixed")
+def tune_fixed(summary: dict | None) -> set[str]:
+    """The keys a model's tune kept at a ``--set`` value (``fixed`` of its ``tune.json``, ``summary``
+    as ``tune_summary`` reads it): its ``best.yaml`` holds them, but its search did not choose them."""
+    fixed = (summary or {}).get("fixed")
     return {k for k in fixed if isinstance(k, str)} if isinstance(fixed, list) else set()
 
 
@@ -1055,7 +1055,8 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
         if s.trial_seeds == 1
         else f"the mean of their best validation {metric}; the pruner reads seed {first}"
     )
-    budgets = {m: (tune_summary(s, m) or {}).get("finished") for m in s.deep_models}  # what the studies hold
+    summaries = {m: tune_summary(s, m) for m in s.deep_models}
+    budgets = {m: (summary or {}).get("finished") for m, summary in summaries.items()}  # what the studies hold
     unknown = [m for m, n in budgets.items() if n is None]  # a best.yaml without its tune.json
     held = {n for n in budgets.values() if n is not None}
     same = len(held) == 1 and not unknown
@@ -1084,7 +1085,7 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
         warning = ""
     if unknown:
         warning += f" The trials of {_spoken(unknown)} are not known (no `tune.json` beside `best.yaml`)."
-    in_tune = sorted(set().union(*(tune_fixed(s, m) & set(s.tuned_values.get(m, {})) for m in s.deep_models)))
+    in_tune = sorted(set().union(*(tune_fixed(summaries[m]) & set(s.tuned_values.get(m, {})) for m in s.deep_models)))
     also = f" or that its tune kept at a `--set` value ({', '.join(in_tune)})" if in_tune else ""
     return [
         f"- Tuned settings: {how}; each deep model runs with the values its search space (`ramer.models.spaces`) "
@@ -1104,7 +1105,7 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
         finished = f"{summary['finished']} ({summary['pruned']} pruned)" if summary else "?"
         if summary.get("trial_seeds", 1) > 1:  # the value and the steps are the means over the seeds
             finished += f", {summary['trial_seeds']} seeds each (value and steps: their mean)"
-        values, fixed = s.tuned_values.get(m, {}), tune_fixed(s, m)
+        values, fixed = s.tuned_values.get(m, {}), tune_fixed(summary)
         chosen = format_values({k: v for k, v in values.items() if k not in fixed}) or "–"
         kept = format_values({k: v for k, v in values.items() if k in fixed})
         rows.append(
@@ -1153,7 +1154,7 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         else f"{t.epochs} epochs"
     )
     if s.tuned and "train.lr" not in set_keys(s.overrides):
-        in_tune = any("train.lr" in tune_fixed(s, m) for m in s.deep_models)
+        in_tune = any("train.lr" in tune_fixed(tune_summary(s, m)) for m in s.deep_models)
         lr = "(lr of each model's tuned config)" if in_tune else "(lr tuned per model)"
     else:
         lr = f"lr {t.lr:g}"

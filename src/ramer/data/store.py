@@ -573,10 +573,7 @@ class SceneStore:
 
     def _write(self, directory: Path) -> None:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        leftovers = [_tmp_folder(directory)]  # a save cut off; others' only where no other writer can be
-        if holding(directory.parent):
-            leftovers += directory.parent.glob(f".{directory.name}.*.tmp")
-        for old in leftovers:
+        for old in _split_leftovers(directory):
             if old.is_dir():
                 shutil.rmtree(old)
         # a name of its own beside the target: two writers never share one (a cut-off one is ignored)
@@ -874,10 +871,7 @@ def staged_dataset(directory: Path, replaces: tuple[str, ...] = ()) -> Iterator[
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for name in swapped:
-        leftovers = [_tmp_folder(directory / name)]  # what a split save cut off left beside its folder
-        if holding(directory):
-            leftovers += directory.glob(f".{name}.*.tmp")
-        for old in leftovers:
+        for old in _split_leftovers(directory / name):
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old, ignore_errors=True)
     remove_temporaries(directory, ("meta.json",))  # what a write of meta.json killed before left
@@ -965,6 +959,16 @@ def _is_folder_name(name) -> bool:
 def _holds_a_split(folder: Path) -> bool:
     """Whether ``folder`` is a split folder that ``SceneStore.save`` wrote: ``ids.json`` and arrays only."""
     return (folder / "ids.json").is_file() and all(p.name in _SPLIT_FILES for p in folder.iterdir())
+
+
+def _split_leftovers(split: Path) -> list[Path]:
+    """What saves of the split folder ``split`` cut off left beside it: the fixed ``_tmp_folder``,
+    and the temporaries of its own names (``.NAME.XXXX.tmp``) only where this process holds the
+    folder, so no other writer's is taken."""
+    leftovers = [_tmp_folder(split)]
+    if holding(split.parent):
+        leftovers += split.parent.glob(f".{split.name}.*.tmp")
+    return leftovers
 
 
 def _tmp_folder(directory: Path) -> Path:
