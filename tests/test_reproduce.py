@@ -186,6 +186,53 @@ def test_a_converted_folder_must_hold_the_benchmarks_reading(tmp_path, capsys):
     assert reproduce("memor_fine", tmp_path / "conv0", tmp_path / "out", seeds=1) == 0  # the right reading
 
 
+def test_train_bench_and_tune_refuse_a_loader_option_the_folder_was_not_converted_with(tmp_path, capsys):
+    """A converted folder is read as it was converted: `ramer train --set data.labels=primary` on a
+    fine-grained folder trained 14 labels while its config.yaml said primary. A loader option that
+    the config sets (its file or --set) otherwise than the folder records is refused by train, bench,
+    tune and run_training, before any folder is made; one the config leaves at its default is not."""
+    from ramer.config import build_config
+    from ramer.errors import RamerError
+    from ramer.train import run_training
+
+    write_memor(tmp_path / "memor")
+    write_m3ed_pickle(tmp_path / "A-V-L.pkl")
+    fine, cut = tmp_path / "fine", tmp_path / "cut"
+    assert main(["data", "convert", str(tmp_path / "memor"), "--labels", "fine_grained", "--out", str(fine)]) == 0
+    assert (
+        main(["data", "convert", str(tmp_path / "A-V-L.pkl"), "--set", "data.max_utterances=4", "--out", str(cut)]) == 0
+    )
+    tiny = sum((["--set", s] for s in TINY), [])
+    out = tmp_path / "out"
+    cases = [
+        (fine, ["train", "--set", "data.labels=primary"], "data.labels fine_grained", "data.labels primary"),
+        (fine, ["train", "--config", "memor_primary"], "data.labels fine_grained", "data.labels primary"),
+        (cut, ["train", "--config", "m3ed"], "data.max_utterances 4", "data.max_utterances 60"),
+        (cut, ["bench", "--set", "data.max_utterances=60"], "data.max_utterances 4", "data.max_utterances 60"),
+        (
+            fine,
+            ["tune", "--model", "late_fusion", "--set", "data.labels=primary"],
+            "data.labels fine_grained",
+            "data.labels primary",
+        ),
+    ]
+    capsys.readouterr()
+    for folder, argv, held, asked in cases:
+        assert main([*argv, "--data", str(folder), *tiny, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        source, fix = (tmp_path / "memor", "--labels primary") if folder == fine else (tmp_path / "A-V-L.pkl", "")
+        fix = fix or "--set data.max_utterances=60"
+        assert f"{folder}: converted with {held}, but the config sets {asked}; " in err, err
+        assert f"(ramer data convert {source} {fix} --out DIR)" in err, err
+        assert not out.exists(), argv
+    with pytest.raises(RamerError, match="converted with data.labels fine_grained, but the config sets"):
+        run_training(build_config(None, [f"data.path={fine}", "data.labels=primary", *TINY]), out)
+    assert not out.exists()
+    # the folder's own reading, given or left at the default, trains
+    assert main(["train", "--data", str(fine), "--set", "data.labels=fine_grained", *tiny, "--out", str(out)]) == 0
+    assert main(["train", "--data", str(cut), *tiny, "--out", str(tmp_path / "out2")]) == 0
+
+
 def test_a_finished_seed_is_read_back_from_the_converted_copy(tmp_path, capsys):
     """The same data converted (the split fingerprints match) is no other setting: finished seeds are
     read back, and a seed still in progress resumes, where data.format differs (a file's layout, a

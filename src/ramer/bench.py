@@ -66,7 +66,7 @@ from ramer.config import (
     with_values,
 )
 from ramer.console import plain_console
-from ramer.data import DataBundle, complete_data, load_bundle
+from ramer.data import DataBundle, check_data_options, complete_data, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import die_with_parent
 from ramer.errors import FileUnreadable, RamerError, readable
@@ -748,6 +748,7 @@ def _run_bench(
     remove_temporaries(s.out / "plots", ("*.png",), holder=s.out)
     for m in s.deep_models:  # a setting no run trains with: before any run, not at that model's first
         check_settings(s, base, m)
+    check_data_options(base.data)
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]

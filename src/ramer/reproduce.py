@@ -19,7 +19,7 @@ from rich.console import Console
 from ramer import checkpoint as ckpt
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
-from ramer.data.memor import CHARACTERS
+from ramer.data.formats import convert_again, converted_otherwise, listed
 from ramer.data.store import is_native
 from ramer.errors import RamerError
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
@@ -47,19 +47,6 @@ COLUMNS = (
     ("macro_f1", "maF1"),
 )
 MEMOR_COLUMNS = (("top1_acc", "Top-1"), ("weighted_f1", "wF1"))
-# the loader options a converted folder's meta.json records (info.SECTION.KEY) and the data.* key of each:
-# a folder converted with other values holds another reading of the corpus than the benchmark's config
-CONVERTED_WITH = {
-    "memor": {
-        "labels": "labels",
-        "protocol": "memor_protocol",
-        "valid_fraction": "valid_fraction",
-        "valid_seed": "valid_seed",
-        "character_order": "memor_character_order",
-    },
-    "m3ed": {"protocol": "m3ed_protocol", "max_utterances": "max_utterances"},
-    "mosei": {"unaligned_layout": "unaligned_layout"},
-}
 
 
 def summarise(results: list[dict], memor: bool) -> str:
@@ -103,33 +90,13 @@ def check_converted_with(bench: str, data: str, cfg, bundle) -> None:
     """A converted folder (``data``) holds the reading of the corpus it was converted with (its
     meta.json's ``info``): one other than the benchmark config's ``data.*`` (``cfg``) is an error
     naming the keys, both values and the convert command that makes the right folder."""
-    info = bundle.info if isinstance(bundle.info, dict) else {}
-    held, wanted, sets = [], [], []
-    for section, keys in CONVERTED_WITH.items():
-        recorded = info.get(section)
-        for name, key in keys.items() if isinstance(recorded, dict) else ():
-            if name not in recorded:  # a folder converted before the key was recorded
-                continue
-            want = getattr(cfg.data, key)
-            if key == "memor_character_order":  # None: the MEmoR code's order, as the loader reads it
-                want = [str(c).lower() for c in (want or CHARACTERS)]
-            if recorded[name] == want:
-                continue
-            held.append(f"data.{key} {_shown(recorded[name])}")
-            wanted.append(f"data.{key} {_shown(want)}")
-            sets.append(f"--labels {want}" if key == "labels" else f"--set data.{key}={_shown(want)}")
-    if held:
-        sources = info.get("source_files")
-        source = sources[0] if isinstance(sources, list) and sources and isinstance(sources[0], str) else "SOURCE"
+    differences = converted_otherwise(bundle.info, cfg.data)
+    if differences:
         raise RamerError(
-            f"{data}: converted with {', '.join(held)}; ramer reproduce {bench} reads {', '.join(wanted)}: "
-            f"convert the source again (ramer data convert {source} {' '.join(sets)} --out DIR)"
+            f"{data}: converted with {listed(differences, True)}; ramer reproduce {bench} reads "
+            f"{listed(differences, False)}: "
+            f"convert the source again ({convert_again(bundle.info, differences)})"
         )
-
-
-def _shown(value) -> str:
-    """A loader option's value as ``--set`` takes it (a list as ``[a,b]``)."""
-    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
 def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: list[str], console: Console) -> str:

@@ -22,11 +22,11 @@ from typing import Any
 from ramer.config import DataConfig
 from ramer.data import synthetic
 from ramer.data.m3ed import iter_m3ed_carat, iter_m3ed_pickle
-from ramer.data.memor import iter_memor
+from ramer.data.memor import CHARACTERS, iter_memor
 from ramer.data.mosei import iter_mosei_aligned, iter_mosei_unaligned
 from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
-from ramer.data.store import DataBundle, is_native, load_native, save_cut_off
+from ramer.data.store import DataBundle, is_native, load_native, native_info, save_cut_off
 from ramer.errors import RamerError, unreadable
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
@@ -341,3 +341,76 @@ def load_dataset(
 def load_bundle(cfg: DataConfig) -> DataBundle:
     """The dataset a config names: the embedded benchmark when ``path`` is None, else a file or folder."""
     return load_dataset(cfg.path, cfg.format, cfg)
+
+
+# The loader options a converted folder's meta.json records (info.SECTION.NAME) and the data.* key of
+# each: a native folder is read as it was converted, whatever these keys of a config say.
+CONVERTED_WITH = {
+    "memor": {
+        "labels": "labels",
+        "protocol": "memor_protocol",
+        "valid_fraction": "valid_fraction",
+        "valid_seed": "valid_seed",
+        "character_order": "memor_character_order",
+    },
+    "m3ed": {"protocol": "m3ed_protocol", "max_utterances": "max_utterances"},
+    "mosei": {"unaligned_layout": "unaligned_layout"},
+}
+
+
+def converted_otherwise(info, data: DataConfig, keys=None) -> list[tuple[str, Any, Any]]:
+    """``(KEY, recorded, asked)`` for each loader option ``data.KEY`` that a converted folder's
+    ``info`` (its meta.json's) records with another value than ``data`` gives; ``keys``: compare
+    only these data.* keys (None: every one). A key a folder does not record (converted before it
+    was recorded, or of another corpus) is not compared."""
+    info = info if isinstance(info, dict) else {}
+    found = []
+    for section, names in CONVERTED_WITH.items():
+        recorded = info.get(section)
+        for name, key in names.items() if isinstance(recorded, dict) else ():
+            if name not in recorded or (keys is not None and key not in keys):
+                continue
+            asked = getattr(data, key)
+            if key == "memor_character_order":  # None: the MEmoR code's order, as the loader reads it
+                asked = [str(c).lower() for c in (asked or CHARACTERS)]
+            if recorded[name] != asked:
+                found.append((key, recorded[name], asked))
+    return found
+
+
+def shown(value) -> str:
+    """A loader option's value as ``--set`` takes it (a list as ``[a,b]``)."""
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
+def listed(differences: list[tuple[str, Any, Any]], recorded: bool) -> str:
+    """``data.KEY VALUE, ...`` of ``differences`` (``converted_otherwise``): their recorded values,
+    else the asked ones."""
+    return ", ".join(f"data.{key} {shown(held if recorded else asked)}" for key, held, asked in differences)
+
+
+def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
+    """The ``ramer data convert`` command that makes a folder read with the asked values of
+    ``differences`` (``converted_otherwise``), from the source file the folder's ``info`` names."""
+    sources = info.get("source_files") if isinstance(info, dict) else None
+    source = sources[0] if isinstance(sources, list) and sources and isinstance(sources[0], str) else "SOURCE"
+    sets = [f"--labels {to}" if key == "labels" else f"--set data.{key}={shown(to)}" for key, _, to in differences]
+    return f"ramer data convert {source} {' '.join(sets)} --out DIR"
+
+
+def check_data_options(data: DataConfig) -> None:
+    """A RamerError where the config ``data`` sets a loader option (in its file or by ``--set``:
+    pydantic's ``model_fields_set``) that the converted folder ``data.path`` was converted with
+    otherwise (its meta.json's ``info``): the folder is read as it was converted, so training on it
+    would ignore the setting while the run's config.yaml records it. Other data: nothing to check."""
+    if data.path is None or not is_native(data.path):
+        return
+    info = native_info(data.path)
+    differences = converted_otherwise(info, data, data.model_fields_set)
+    if differences:
+        sets = " ".join(f"--set data.{key}={shown(value)}" for key, value, _ in differences)
+        raise RamerError(
+            f"{data.path}: converted with {listed(differences, True)}, but the config sets "
+            f"{listed(differences, False)}; a converted folder is read as it was converted: {sets} (or leave "
+            f"the key out), or convert the source again ({convert_again(info, differences)})"
+        )

@@ -1038,6 +1038,13 @@ def _written_by(meta: dict) -> str:
     return f"its 'ramer_version' is {_kind(written)}, not a ramer version; this is ramer {__version__}"
 
 
+def native_info(path: str | Path) -> dict:
+    """The ``info`` of the native directory ``path``'s meta.json: how it was converted ({} where it
+    records nothing)."""
+    info = _read_meta(Path(path)).get("info")
+    return info if isinstance(info, dict) else {}
+
+
 def _read_meta(path: Path) -> dict:
     """``meta.json`` of the native directory ``path``, its keys checked for type."""
     where = path / "meta.json"

@@ -16,7 +16,7 @@ from typing import Callable
 from rich.console import Console
 
 from ramer.config import Config
-from ramer.data import DataBundle
+from ramer.data import DataBundle, check_data_options
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL
 from ramer.paths import hold
@@ -65,6 +65,8 @@ def run_training(
         raise RamerError(f"run_training: console is a rich.console.Console, not {type(console).__name__}")
     if cfg.model.name in CLASSICAL and hooks:
         raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
+    if bundle is None and not resume:  # before the run folder is made
+        check_data_options(cfg.data)
     # Rank 0 holds the run folder while the run lasts: a second command there is refused, not mixed in.
     held = hold(out, "ramer train", make=True) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with held:
