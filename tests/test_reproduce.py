@@ -190,7 +190,8 @@ def test_train_bench_and_tune_refuse_a_loader_option_the_folder_was_not_converte
     """A converted folder is read as it was converted: `ramer train --set data.labels=primary` on a
     fine-grained folder trained 14 labels while its config.yaml said primary. A loader option that
     the config sets (its file or --set) otherwise than the folder records is refused by train, bench,
-    tune and run_training, before any folder is made; one the config leaves at its default is not."""
+    tune and run_training, before any folder is made. One the config leaves at its default takes the
+    folder's value, so a run's config.yaml and a tune's best.yaml train on the folder again."""
     from ramer.config import build_config
     from ramer.errors import RamerError
     from ramer.train import run_training
@@ -228,9 +229,18 @@ def test_train_bench_and_tune_refuse_a_loader_option_the_folder_was_not_converte
     with pytest.raises(RamerError, match="converted with data.labels fine_grained, but the config sets"):
         run_training(build_config(None, [f"data.path={fine}", "data.labels=primary", *TINY]), out)
     assert not out.exists()
-    # the folder's own reading, given or left at the default, trains
+    # the folder's own reading, given or left at the default, trains, and the run's config.yaml and a
+    # tune's best.yaml record it: each trains on the folder again as --config
     assert main(["train", "--data", str(fine), "--set", "data.labels=fine_grained", *tiny, "--out", str(out)]) == 0
     assert main(["train", "--data", str(cut), *tiny, "--out", str(tmp_path / "out2")]) == 0
+    assert yaml.safe_load((tmp_path / "out2" / "config.yaml").read_text())["data"]["max_utterances"] == 4
+    assert main(["train", "--config", str(tmp_path / "out2" / "config.yaml"), "--out", str(tmp_path / "out3")]) == 0
+    study = tmp_path / "study"
+    assert (
+        main(["tune", "--model", "late_fusion", "--data", str(fine), *tiny, "--trials", "1", "--out", str(study)]) == 0
+    )
+    assert yaml.safe_load((study / "best.yaml").read_text())["data"]["labels"] == "fine_grained"
+    assert main(["train", "--config", str(study / "best.yaml"), "--out", str(tmp_path / "out4")]) == 0
 
 
 def test_a_finished_seed_is_read_back_from_the_converted_copy(tmp_path, capsys):

@@ -66,7 +66,7 @@ from ramer.config import (
     with_values,
 )
 from ramer.console import plain_console
-from ramer.data import DataBundle, check_data_options, complete_data, load_bundle
+from ramer.data import DataBundle, complete_data, load_bundle, read_as_converted
 from ramer.data.store import resolve_task
 from ramer.dist import die_with_parent
 from ramer.errors import FileUnreadable, RamerError, readable
@@ -449,11 +449,13 @@ def parse_complete(text: str | None, base: Config) -> list[str]:
 
 
 def base_config(s: BenchSettings) -> Config:
-    """The config every run starts from: the YAML file, then the bench defaults, then ``--set``."""
+    """The config every run starts from: the YAML file, then the bench defaults, then ``--set``
+    (a converted folder's reading for the loader options they leave out: ``read_as_converted``)."""
     cfg = build_config(s.config or DEFAULT_CONFIG, [*s.base_sets, *s.overrides])
     if s.data is not None:
         cfg.data.path = s.data
     cfg.data.missing_at = s.missing_at
+    read_as_converted(cfg.data)
     return cfg
 
 
@@ -748,7 +750,6 @@ def _run_bench(
     remove_temporaries(s.out / "plots", ("*.png",), holder=s.out)
     for m in s.deep_models:  # a setting no run trains with: before any run, not at that model's first
         check_settings(s, base, m)
-    check_data_options(base.data)
     bundle = load_bundle(base.data)
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]

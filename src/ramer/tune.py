@@ -65,7 +65,7 @@ from ramer.config import (
     with_values,
 )
 from ramer.console import plain_console
-from ramer.data import DataBundle, check_data_options, load_bundle
+from ramer.data import DataBundle, load_bundle, read_as_converted
 from ramer.data.store import resolve_task
 from ramer.errors import LossNotFinite, RamerError, first_line
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
@@ -639,7 +639,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial, ours (also in bench workers)
     try:
         if bundle is None:  # given by a bench, which has said its notes
-            check_data_options(base.data)
+            read_as_converted(base.data)
             bundle = load_bundle(base.data)
             for note in bench_notes(bundle, [base], resolve_task(bundle, base.data.task)):  # the trials are quiet
                 console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ramer.data.formats import check_data_options, load_bundle, load_dataset
+from ramer.data.formats import load_bundle, load_dataset, read_as_converted
 from ramer.data.store import DataBundle, SceneStore, load_native
 from ramer.data.synthetic import check_complete, complete_data
 
@@ -13,7 +13,7 @@ __all__ = [
     "DataBundle",
     "SceneStore",
     "check_complete",
-    "check_data_options",
+    "read_as_converted",
     "complete_data",
     "load_bundle",
     "load_dataset",

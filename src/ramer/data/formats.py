@@ -19,6 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from ramer.config import DataConfig
 from ramer.data import synthetic
 from ramer.data.m3ed import iter_m3ed_carat, iter_m3ed_pickle
@@ -398,11 +400,13 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     return f"ramer data convert {source} {' '.join(sets)} --out DIR"
 
 
-def check_data_options(data: DataConfig) -> None:
-    """A RamerError where the config ``data`` sets a loader option (in its file or by ``--set``:
-    pydantic's ``model_fields_set``) that the converted folder ``data.path`` was converted with
-    otherwise (its meta.json's ``info``): the folder is read as it was converted, so training on it
-    would ignore the setting while the run's config.yaml records it. Other data: nothing to check."""
+def read_as_converted(data: DataConfig) -> None:
+    """A converted folder ``data.path`` is read as it was converted (its meta.json's ``info``):
+    a loader option that the config ``data`` sets (in its file or by ``--set``: pydantic's
+    ``model_fields_set``) otherwise is a RamerError, since the run would ignore it while its
+    config.yaml recorded it; an option left at its default takes the folder's value, in place, so
+    that config.yaml (and a tune's best.yaml) records the reading the run trained on and trains on
+    the folder again as ``--config``. Other data: nothing to do."""
     if data.path is None or not is_native(data.path):
         return
     info = native_info(data.path)
@@ -414,3 +418,9 @@ def check_data_options(data: DataConfig) -> None:
             f"{listed(differences, False)}; a converted folder is read as it was converted: {sets} (or leave "
             f"the key out), or convert the source again ({convert_again(info, differences)})"
         )
+    for key, held, _ in converted_otherwise(info, data):
+        try:  # a value this ramer's config would not take (a damaged meta.json) stays the loader's affair
+            DataConfig.model_validate({**data.model_dump(), key: held})
+        except ValidationError:
+            continue
+        setattr(data, key, held)

@@ -16,7 +16,7 @@ from typing import Callable
 from rich.console import Console
 
 from ramer.config import Config
-from ramer.data import DataBundle, check_data_options
+from ramer.data import DataBundle, read_as_converted
 from ramer.errors import RamerError
 from ramer.models import CLASSICAL
 from ramer.paths import hold
@@ -33,7 +33,9 @@ def run_training(
     announce: bool = False,
 ) -> dict:
     """Train and test ``cfg.model.name`` into run directory ``out``; returns the test report.
-    ``bundle``: the data to train on (default: loaded from ``cfg.data``). The run records ``cfg``
+    ``bundle``: the data to train on (default: loaded from ``cfg.data``; a converted folder's
+    loader options that ``cfg.data`` leaves at their defaults take the folder's values, in
+    ``cfg``, and one it sets otherwise is refused: ``ramer.data.read_as_converted``). The run records ``cfg``
     and a fingerprint of each split of the data it was trained on; ``ramer eval RUN`` and
     ``ramer.api.load_data_for`` read ``cfg.data`` again and say when it is not that data, so give
     data made otherwise to the predictor yourself (``ramer.load(RUN).predict(bundle)``).
@@ -66,7 +68,7 @@ def run_training(
     if cfg.model.name in CLASSICAL and hooks:
         raise RamerError(f"'{cfg.model.name}' fits once: it has no epochs to call hooks after")
     if bundle is None and not resume:  # before the run folder is made
-        check_data_options(cfg.data)
+        read_as_converted(cfg.data)
     # Rank 0 holds the run folder while the run lasts: a second command there is refused, not mixed in.
     held = hold(out, "ramer train", make=True) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with held:
