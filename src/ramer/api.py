@@ -210,7 +210,8 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
 
     ``precision="bf16"`` casts a deep model to bfloat16 for faster inference on CPUs with bf16
     support (AVX-512 BF16, AMX) and on GPUs; scores then differ from fp32 by a few thousandths, which
-    flips the decisions near the threshold (2-3 % of them at the bundled settings, docs/PERFORMANCE.md).
+    flips some decisions near the threshold (0.12 % of them on a trained run of the embedded benchmark,
+    0.6-2.4 % with random weights, docs/PERFORMANCE.md).
     ``device``: where to run (``cpu``, ``cuda``, ``cuda:N``, or a ``torch.device``); default: the
     run's ``train.device``.
 

@@ -141,9 +141,10 @@ def _without_a_role(rep: dict) -> int:
 
 PRECISION_HELP = (
     "bf16: cast the model to bfloat16 (faster on CPUs with AVX-512 BF16 / AMX and on GPUs; "
-    "scores differ from fp32 by a few thousandths, which flips the decisions near the threshold: 2-3 %% "
-    "of them at the bundled settings, docs/PERFORMANCE.md). Default fp32: float32 weights, under bfloat16 "
-    "autocast for a run trained with train.precision=bf16 (as its validation and test line were scored)"
+    "scores differ from fp32 by a few thousandths, which flips some decisions near the threshold: 0.12 %% "
+    "of them on a trained run of the embedded benchmark, 0.6-2.4 %% with random weights, docs/PERFORMANCE.md). "
+    "Default fp32: float32 weights, under bfloat16 autocast for a run trained with train.precision=bf16 "
+    "(as its validation and test line were scored)"
 )
 LOADER_SET_HELP = (
     "a loader option, e.g. data.max_utterances=80, data.m3ed_protocol=utterance, data.unaligned_layout=pad, "
@@ -1331,7 +1332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a dataset to the native (memory-mapped) format",
         description="Convert any supported dataset to the native format for fast loading.",
     )
-    c.add_argument("path", metavar="PATH", help="a public benchmark file or folder")
+    c.add_argument("path", metavar="PATH", help="a public benchmark file or folder, or a native folder (written again)")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory")
     c.add_argument("--format", default="auto", help="format (default: detected)")
     c.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
