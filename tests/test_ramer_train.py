@@ -10,11 +10,11 @@ from ramer.data.synthetic import generate
 from ramer.metrics import multilabel_metrics
 from ramer.train.recipe import Recipe
 
-SHORT = [  # the demo's model and recipe on a quarter of the data
-    "data.synthetic.n_train=1000",
+SHORT = [  # the demo's model and recipe on an eighth of the training data, 4 epochs
+    "data.synthetic.n_train=500",
     "data.synthetic.n_valid=200",
     "data.synthetic.n_test=300",
-    "train.epochs=6",
+    "train.epochs=4",
     "train.batch_size=16",
 ]
 
