@@ -124,6 +124,16 @@ def test_missing_rate_hides_present_modalities_only():
     np.testing.assert_array_equal(store.with_missing(0.5, seed=1).present, hidden.present)
 
 
+def test_missing_rate_hides_that_share_of_present_entries():
+    """``with_missing(0.2)`` hides about a fifth of the present (token, modality) entries and keeps
+    the rest: the rate is the share hidden, not the share kept."""
+    store = random_store(n=30)
+    hidden = store.with_missing(0.2, seed=3)
+    assert not (hidden.present & ~store.present).any()
+    kept = hidden.present.sum() / store.present.sum()
+    assert 0.75 <= kept <= 0.85
+
+
 # ------------------------------------------------------------------ a store and a bundle made in memory
 def files(folder):
     """Every file under ``folder`` (relative names) with its bytes."""
@@ -177,6 +187,14 @@ def test_a_store_made_in_memory_is_checked_as_a_loaded_one(change, match):
     with pytest.raises(RamerError, match=match) as e:
         made(store, **{k: f(store) for k, f in change.items()})
     assert "\n" not in str(e.value)
+
+
+def test_a_store_with_one_id_too_few_is_refused():
+    """Each scene needs its sample id (predictions and the page are keyed by it): one id too few
+    is a RamerError naming the counts, not a store whose last scene has none."""
+    store = random_store(n=4)
+    with pytest.raises(RamerError, match="<memory>: 3 ids for 4 scenes"):
+        made(store, ids=store.ids[:-1])
 
 
 def test_lists_become_arrays_and_round_trip(tmp_path):

@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import random_store
 
 from ramer.cli import main
 from ramer.data import store as S
-from ramer.data.store import load_native
+from ramer.data.store import DataBundle, load_native
+from ramer.errors import RamerError
 
 SYNTH = ["--set", "n_train=24", "--set", "n_valid=12", "--set", "n_test=12"]
 
@@ -133,3 +135,18 @@ def test_a_save_in_python_stages_too_and_leaves_others_temporaries_where_it_hold
     bundle.save(out)
     assert _leftovers(out) == [other.name]
     assert load_native(out).fingerprints() == bundle.fingerprints()
+
+
+def test_a_folder_of_the_users_holding_ids_json_among_other_files_is_not_a_save_cut_off(tmp_path):
+    """Without meta.json, a folder counts as a dataset whose save was cut off only if a sub-folder
+    holds what a split save writes and nothing else: a folder of the user's with an ``ids.json``
+    beside other files is refused by ``DataBundle.save``, and nothing is written into it."""
+    store = random_store(n=4)
+    bundle = DataBundle({"train": store, "valid": store, "test": store}, store.label_names, "test", "mem")
+    out = tmp_path / "project"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "ids.json").write_text('["a"]')
+    (out / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(RamerError, match=rf"{out}: holds mine, which a dataset folder does not"):
+        bundle.save(out)
+    assert sorted(p.name for p in out.iterdir()) == ["mine"]

@@ -18,8 +18,11 @@ from test_recipe import Recipe, tiny_cfg
 import ramer
 from ramer import api
 from ramer import checkpoint as ckpt
+from ramer.data.store import resolve_task
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
+from ramer.models import build_model
+from ramer.models.base import DataSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,6 +153,57 @@ def test_a_training_state_past_the_runs_epochs_is_refused_and_loses_nothing(stop
     with pytest.raises(RamerError, match="'epoch' 1000000000000000000 is past the run's train.epochs 3"):
         Recipe(cfg, out, bundle=generate(cfg.data.synthetic), resume=True).run()
     assert files_of(out) == before
+
+
+def test_a_model_file_with_a_threshold_above_1_is_refused(stopped_run, tmp_path):
+    """A stored threshold of 1.5 decides no label for any sample: refused as malformed, one line
+    naming the file, not a model that predicts nothing."""
+    out = copy_of(stopped_run, tmp_path)
+    rewrite_model(out / "model.safetensors", threshold="1.5")
+    with pytest.raises(RamerError) as e:
+        ckpt.read_model_file(out / "model.safetensors")
+    assert str(e.value).startswith(f"{out / 'model.safetensors'}: stored threshold 1.5 is malformed")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"epoch": 0, "best": {"epoch": 0}}, "'epoch' must be a whole number of at least 1, not 0"),
+        ({"best": {"epoch": 2}}, "best 'epoch' must be a whole number from 0 to the state's epoch 1, not 2"),
+    ],
+    ids=["state-epoch-0", "best-epoch-past-the-state"],
+)
+def test_a_training_state_with_impossible_epochs_is_refused(stopped_run, tmp_path, edit, message):
+    """A state saved after epoch 0 (no epoch trained), or whose best epoch comes after the epoch it
+    was saved at, is no state a run writes: refused in one line naming the file, not resumed."""
+    out = copy_of(stopped_run, tmp_path)
+
+    def change(state):
+        state["epoch"] = edit.get("epoch", state["epoch"])
+        state["best"].update(edit["best"])
+
+    edit_state(out, change)
+    with pytest.raises(RamerError) as e:
+        ckpt.load_train_state(out / "train_state.pt")
+    assert str(e.value).startswith(f"{out / 'train_state.pt'}: not a ramer training state ({message}")
+    assert "\n" not in str(e.value)
+
+
+def test_an_integer_buffer_of_another_integer_type_is_refused_not_cast(tmp_path):
+    """RAMer's queue of class ids is an int64 buffer; torch would cast an int32 one into it without a
+    word. A model file holding another integer type is refused, naming the tensor and both types."""
+    cfg = tiny_cfg("ramer")
+    bundle = generate(cfg.data.synthetic)
+    spec = DataSpec.from_bundle(bundle, resolve_task(bundle, cfg.data.task))
+    path = tmp_path / "model.safetensors"
+    ckpt.save_model(path, build_model(cfg, spec), cfg, spec, 0.5, 1)
+    key = "memory.queue_classes"
+    rewrite_model(path, tensors=lambda state: {**state, key: state[key].to(torch.int32)})
+    with pytest.raises(RamerError) as e:
+        ckpt.read_model_file(path)
+    assert str(e.value).startswith(f"{path}: weights do not fit the model ({key} is torch.int32, the model torch.int64")
+    assert "\n" not in str(e.value)
 
 
 def test_a_pickle_of_another_protocol_is_refused_without_torchs_warning(tmp_path):

@@ -11,6 +11,8 @@ from ramer.metrics import (
     METRIC_KEYS,
     MetricInputError,
     decide,
+    format_mean_std,
+    mean_std,
     multilabel_metrics,
     per_label_metrics,
     report,
@@ -168,6 +170,15 @@ def test_report_splits_by_role_and_top1():
     assert "speaker" not in report(y, s, 0.5, np.full(4, -1))
 
 
+def test_report_splits_by_role_when_every_target_is_a_nonspeaker():
+    """Roles that are all 0 (non-speaker, ROLE_NONSPEAKER) still mark the targets: the split is
+    reported, the non-speaker part with every row and the speaker part empty (n = 0)."""
+    y, s = np.array([[1, 0], [0, 1], [1, 0]]), np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.6]])
+    rep = report(y, s, 0.5, np.zeros(3, dtype=np.int64))
+    assert rep["nonspeaker"]["n"] == 3 and rep["speaker"]["n"] == 0
+    assert rep["nonspeaker"]["micro_f1"] == rep["overall"]["micro_f1"]
+
+
 def test_threshold_tuning_finds_the_best_on_the_given_split():
     rng = np.random.default_rng(1)
     y = (rng.random((300, 5)) < 0.3).astype(int)
@@ -198,6 +209,30 @@ def test_threshold_ties_as_near_to_half_go_to_the_lower(lo, hi):
     y = np.array([[1], [1], [0], [0]])
     s = np.array([[lo], [0.9], [hi], [hi]])
     assert tune_threshold(y, s) == pytest.approx(np.floor(lo * 100) / 100)
+
+
+def test_threshold_search_reaches_095():
+    """The grid runs from 0.05 to 0.95 inclusive: a negative scored 0.945 and a positive scored
+    0.955 are told apart only by 0.95, which the search must find."""
+    y = np.array([[1], [0], [0]])
+    s = np.array([[0.955], [0.945], [0.1]])
+    assert tune_threshold(y, s) == pytest.approx(0.95)
+    assert tune_threshold(y, s, per_label=True).tolist() == pytest.approx([0.95])
+
+
+# ------------------------------------------------------------------------------------ over seeds
+def test_mean_std_is_the_sample_standard_deviation():
+    """The seed tables' spread is the sample standard deviation (n - 1 in the denominator), 0 for
+    one seed."""
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
+    assert mean_std([0.5]) == (0.5, 0.0, 1)
+
+
+def test_format_mean_std_never_prints_minus_zero():
+    """A mean that rounds to zero prints as 0.000 (or +0.000 for a difference), not -0.000."""
+    assert format_mean_std(-0.0001, 0.002, 2) == "0.000 ± 0.002"
+    assert format_mean_std(-0.0004, 0.0, 1, signed=True) == "+0.000"
+    assert format_mean_std(-0.0006, 0.0, 1) == "-0.001"
 
 
 def test_top1_accuracy_checks_its_inputs():

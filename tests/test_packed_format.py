@@ -261,6 +261,20 @@ def test_runs_recorded_before_version_2_still_know_their_data(tmp_path):
     assert ckpt.changed_splits(before, other) == ["train", "valid", "test"]
 
 
+def test_a_record_lacking_a_split_is_not_the_same_data():
+    """A record naming train and valid only does not vouch for the test split: it is not "the same
+    data" as a bundle of three splits (bench and tune reuse a run made under another data.path only
+    on the same data), though no split it names changed."""
+    from ramer import checkpoint as ckpt
+
+    store = random_store(n=4)
+    bundle = DataBundle(dict.fromkeys(SPLITS, store), store.label_names, "test", "mem")
+    recorded = {k: v for k, v in bundle.fingerprints().items() if k != "test"}
+    assert ckpt.changed_splits(recorded, bundle) == []
+    assert not ckpt.same_data(recorded, bundle)
+    assert ckpt.same_data(bundle.fingerprints(), bundle)
+
+
 def test_a_split_folder_on_its_own_is_read_in_the_layout_its_files_have(tmp_path):
     """``SceneStore.load`` without a version read every folder as packed: a version-1 split folder
     loaded from Python was an error about its row counts."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ramer.models.losses import bce, orthogonality, supcon
+from ramer.models.losses import bce, feature_mse, orthogonality, personality_mse, real_fake, supcon
 from ramer.models.parts import (
     Aggregator,
     ContrastiveMemory,
@@ -179,6 +181,39 @@ def test_orthogonality_matches_its_definition():
                 if mask[b, n]:
                     total += (sn[b, m].T @ sn[b, n]).pow(2).sum()
     torch.testing.assert_close(got, total / B / C**2)
+
+
+def test_feature_mse_is_the_mean_over_hidden_and_labels_of_the_masked_pairs():
+    """Reconstruction error: per (sample, modality) the mean squared error over labels and hidden
+    units, then the mean over the pairs in the mask (a left-out modality adds nothing)."""
+    pred = torch.zeros(2, 2, 1, 2)
+    target = torch.tensor([[[[1.0, 3.0]], [[7.0, 7.0]]], [[[2.0, 0.0]], [[9.0, 9.0]]]])
+    mask = torch.tensor([[True, False], [True, False]])
+    # sample 0: (1 + 9) / 2 = 5; sample 1: (4 + 0) / 2 = 2; mean of the two pairs = 3.5
+    assert feature_mse(pred, target, mask).item() == pytest.approx(3.5)
+
+
+def test_real_fake_adds_the_real_and_the_fake_terms():
+    """The tier-2 adversary loss is BCE(real, 1) over the visible modalities plus BCE(fake, 0)
+    over the available ones; each term counts (dropping the fake one changes the loss)."""
+    real_logits, fake_logits = torch.tensor([[[0.0], [2.0]]]), torch.tensor([[[1.0], [-3.0]]])
+    real_mask, fake_mask = torch.tensor([[True, False]]), torch.tensor([[True, True]])
+    real = math.log(2.0)  # log(1 + e^-0); the masked-out logit 2.0 adds nothing
+    fake = (math.log1p(math.exp(1.0)) + math.log1p(math.exp(-3.0))) / 2
+    assert real_fake(real_logits, fake_logits, real_mask, fake_mask).item() == pytest.approx(real + fake)
+
+
+def test_personality_mse_ignores_nan_in_unknown_rows():
+    """A person with no known personality may hold NaN in the target (a blank cell): the loss and
+    its gradient stay finite and equal those with that row zeroed."""
+    target = torch.tensor([[[1.0, 2.0], [float("nan"), float("nan")]]])
+    mask = torch.tensor([[True, False]])
+    pred = torch.zeros(1, 2, 2, requires_grad=True)
+    loss = personality_mse(pred, target, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(2.5)  # (1 + 4) / 2 over the one known person
+    assert torch.isfinite(pred.grad).all()
+    assert pred.grad.tolist() == [[[-1.0, -2.0], [0.0, 0.0]]]
 
 
 def test_null_key_keeps_empty_rows_finite():

@@ -188,6 +188,16 @@ def test_resume_honours_early_stopping(tmp_path, bundle, monkeypatch):
     assert (tmp_path / "full" / "metrics.jsonl").read_text() == before
 
 
+def test_a_tie_of_the_validation_score_keeps_the_earlier_epoch(tmp_path, bundle, monkeypatch):
+    """Only a better validation score makes a new best: on a tie the earlier epoch's weights stay the
+    ones tested and saved (the later ones are no better, and patience counts from the first)."""
+    scripted_scores(monkeypatch, {1: 0.5, 2: 0.5})
+    out = tmp_path / "run"
+    Recipe(tiny_cfg(extra=["train.epochs=2"]), out, bundle=bundle).run()
+    assert [d["best_epoch"] for d in epoch_lines(out)] == [1, 1]
+    assert ckpt.read_model_file(out / "model.safetensors")[4] == 1
+
+
 def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, bundle, monkeypatch):
     import io
 
@@ -487,6 +497,26 @@ def test_a_kill_right_after_a_state_is_saved_leaves_no_gap_in_the_log(tmp_path, 
     monkeypatch.setattr(ckpt, "save_train_state", real_save)
     Recipe(tiny_cfg(), out, resume=True, bundle=bundle).run()
     assert [json.loads(ln).get("epoch") for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, None]
+
+
+def test_a_kill_between_an_epochs_log_line_and_its_state_leaves_no_repeated_line(tmp_path, bundle, monkeypatch):
+    """Killed after epoch 2's log line is written but before its state is saved: the resumed run
+    trains epoch 2 again and drops the line of the lost one, so the log holds each epoch once."""
+    out = tmp_path / "run"
+    real_save = ckpt.save_train_state
+
+    def die_before_saving(path, state):
+        if state["epoch"] == 2:
+            raise Stop
+        real_save(path, state)
+
+    monkeypatch.setattr(ckpt, "save_train_state", die_before_saving)
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(extra=["train.epochs=2"]), out, bundle=bundle).run()
+    assert [d["epoch"] for d in epoch_lines(out)] == [1, 2]  # the line of epoch 2 was written
+    monkeypatch.setattr(ckpt, "save_train_state", real_save)
+    Recipe(tiny_cfg(extra=["train.epochs=2"]), out, resume=True, bundle=bundle).run()
+    assert [json.loads(ln).get("epoch") for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, None]
 
 
 def test_an_interrupted_train_says_how_to_go_on(tmp_path, monkeypatch, capsys):

@@ -146,6 +146,18 @@ def test_other_globals_refused(payload: bytes) -> None:
         safe_pickle_loads(payload, "payload")
 
 
+def test_reconstructor_with_a_state_is_refused() -> None:
+    """``copyreg._reconstructor`` is allowed only as protocols 0 and 1 write it for a plain object:
+    an allowed class, ``object`` as the base and no state. One with a state (which a base other
+    than ``object`` would be called with) is no pickle Python writes: refused, naming the call."""
+    head = b"ccopyreg\n_reconstructor\n(cargparse\nNamespace\ncbuiltins\nobject\n"
+    assert safe_pickle_loads(head + b"NtR.", "payload") == argparse.Namespace()
+    with pytest.raises(RamerError) as e:
+        safe_pickle_loads(head + b"I5\ntR.", "payload")
+    assert str(e.value).startswith("payload: not a readable pickle (UnpicklingError: copyreg._reconstructor(")
+    assert "argparse.Namespace" in str(e.value)
+
+
 def test_not_a_pickle(tmp_path: Path) -> None:
     p = tmp_path / "junk.bin"
     p.write_bytes(b"this is not a pickle")

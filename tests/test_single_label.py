@@ -210,6 +210,12 @@ def test_argmax_decision_gives_one_label_and_accuracy():
         decide(scores, "top")
 
 
+def test_argmax_decision_breaks_a_tie_to_the_first_label():
+    """Two labels with the same top score: the decision is the first of them, as documented, so
+    predict and eval of a single-label model give the same one label on any machine."""
+    assert decide(np.array([[0.9, 0.9, 0.1], [0.2, 0.7, 0.7]]), ARGMAX).tolist() == [[1, 0, 0], [0, 1, 0]]
+
+
 # ------------------------------------------------------------------------------------ the CLI
 def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys):
     src = write_table(tmp_path / "single.csv", single_rows())

@@ -22,6 +22,7 @@ from ramer.data.conversations import import_conversations
 from ramer.data.formats import load_dataset
 from ramer.data.store import load_native
 from ramer.data.synthetic import generate
+from ramer.errors import RamerError
 from ramer.infer import prediction_records, read_predictions
 from ramer.metrics import decide, report
 from ramer.train.recipe import Recipe
@@ -308,6 +309,33 @@ def test_cli_errors_name_the_file(run, tmp_path, capsys):
         "--preds", str(root / "preds.jsonl"), "--data", str(data), "--set", "data.format=memor"
     )
     assert len(read_predictions(root / "preds.jsonl", store.label_names)) == len(store)
+
+
+PRED_LINE = {"id": "s1", "probs": {"a": 0.7, "b": 0.2}, "labels": ["a"]}
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (
+            [{**PRED_LINE, "probs": {"a": 1.5, "b": 0.2}}],
+            "line 1: 'probs' must map each label to a probability in [0, 1]",
+        ),
+        ([PRED_LINE, {**PRED_LINE, "labels": []}], "line 2: sample id 's1' appears twice"),
+        ([], "holds no predictions (an empty file)"),
+    ],
+    ids=["prob-above-1", "duplicate-id", "empty"],
+)
+def test_a_bad_predictions_file_is_one_line_naming_it(lines, message, tmp_path):
+    """A probability above 1, one sample twice (which of its decisions would the page show?) or a
+    file with no line: each refused by one line naming the file, not read as predictions."""
+    path = tmp_path / "preds.jsonl"
+    path.write_text(json.dumps(PRED_LINE) + "\n")
+    assert read_predictions(path, ("a", "b")) == [PRED_LINE]  # the good line alone is read
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(RamerError) as e:
+        read_predictions(path, ("a", "b"))
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_predictions_file_an_editor_saved_with_a_bom_is_read(run, tmp_path, capsys):
