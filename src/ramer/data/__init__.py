@@ -13,9 +13,9 @@ __all__ = [
     "DataBundle",
     "SceneStore",
     "check_complete",
-    "read_as_converted",
     "complete_data",
     "load_bundle",
     "load_dataset",
     "load_native",
+    "read_as_converted",
 ]
