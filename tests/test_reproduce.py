@@ -208,6 +208,12 @@ def test_train_bench_and_tune_refuse_a_loader_option_the_folder_was_not_converte
     cases = [
         (fine, ["train", "--set", "data.labels=primary"], "data.labels fine_grained", "data.labels primary"),
         (fine, ["train", "--config", "memor_primary"], "data.labels fine_grained", "data.labels primary"),
+        (
+            fine,
+            ["train", "--nproc", "2", "--set", "data.labels=primary"],
+            "data.labels fine_grained",
+            "data.labels primary",
+        ),
         (cut, ["train", "--config", "m3ed"], "data.max_utterances 4", "data.max_utterances 60"),
         (cut, ["bench", "--set", "data.max_utterances=60"], "data.max_utterances 4", "data.max_utterances 60"),
         (
@@ -223,7 +229,7 @@ def test_train_bench_and_tune_refuse_a_loader_option_the_folder_was_not_converte
         err = capsys.readouterr().err
         source, fix = (tmp_path / "memor", "--labels primary") if folder == fine else (tmp_path / "A-V-L.pkl", "")
         fix = fix or "--set data.max_utterances=60"
-        assert f"{folder}: converted with {held}, but the config sets {asked}; " in err, err
+        assert err.count(f"{folder}: converted with {held}, but the config sets {asked}; ") == 1, err
         assert f"(ramer data convert {source} {fix} --out DIR)" in err, err
         assert not out.exists(), argv
     with pytest.raises(RamerError, match="converted with data.labels fine_grained, but the config sets"):

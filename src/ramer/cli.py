@@ -317,14 +317,17 @@ def train_config(args: argparse.Namespace) -> Config:
 
 def check_new_run(cfg: Config, out: Path | None) -> None:
     """What a new run would refuse only after loading its data: a data path that is not there, a
-    model it cannot build (name, model.options), an --out that holds a run or another command's
-    work. Checked first, in the process that was asked (before torchrun starts N)."""
+    loader option set otherwise than a converted folder holds, a model it cannot build (name,
+    model.options), an --out that holds a run or another command's work. Checked first, in the
+    process that was asked (before torchrun starts N)."""
+    from ramer.data import read_as_converted
     from ramer.models import CLASSICAL, check_model, check_options
     from ramer.paths import other_work
     from ramer.train.recipe import check_training_values, existing_run
 
     if cfg.data.path is not None and not Path(cfg.data.path).exists():
         raise RamerError(f"{cfg.data.path}: data path not found")
+    read_as_converted(cfg.data)  # a loader option the config sets otherwise than a converted folder holds
     if cfg.model.name in CLASSICAL:
         check_options(cfg)
     else:
