@@ -349,7 +349,10 @@ def planned_config(args: argparse.Namespace) -> Config:
     out = Path(args.resume)
     if not (out / "config.yaml").exists():
         why = f"{out / 'config.yaml'}: not found; cannot resume"
-        if (out / "metrics.jsonl").is_file():  # written first: the run was stopped before its config
+        kept = [name for name in ("model.safetensors", "train_state.pt") if (out / name).is_file()]
+        if kept:  # a run that trained, whose config was removed since
+            why += f": the folder holds the run's {' and '.join(kept)}, but not the config they were made with"
+        elif (out / "metrics.jsonl").is_file():  # written first: the run was stopped before its config
             why += ": the run stopped as it began, so nothing of it is kept; run the command that started it again"
         raise RamerError(why)
     from ramer.api import check_run_data
@@ -361,9 +364,28 @@ def planned_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+# What an empty value of a flag would be taken for (the flag left out) and what to give instead.
+EMPTY_FLAGS = {
+    "data": "give the data's path (or leave --data out for the embedded benchmark)",
+    "model": "give a model name (or leave --model out for the config's)",
+    "out": "give a folder (or leave --out out for a new folder under runs/)",
+    "resume": "give the run folder to go on with",
+}
+
+
+def refuse_empty(args: argparse.Namespace, *names: str) -> None:
+    """A RamerError for the first flag of ``names`` given an empty (or blank) value, which the
+    command would take for the flag left out (``--data "$UNSET"`` trained on the embedded benchmark)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise RamerError(f"--{name}: empty; {EMPTY_FLAGS[name]}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
+    refuse_empty(args, "data", "model", "out", "resume")
     if args.nproc and args.nproc > 1:
         return launch_distributed(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (args.out or args.resume):
@@ -950,6 +972,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
     t0 = time.perf_counter()
+    if not args.out.strip():  # Path("") is the current folder: the demo's runs were written there
+        raise RamerError("--out: empty; give a folder (or leave --out out for runs/demo)")
     owned = [key for key in set_keys(args.set or []) if key in ("model.name", "model.ablations")]
     if owned:  # each run's model is the demo's: a --set of it trained RAMer all the same
         raise RamerError(

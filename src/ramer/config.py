@@ -8,6 +8,7 @@ overrides, and the resolved result is saved in the run directory and inside the 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from difflib import get_close_matches
 from pathlib import Path
@@ -60,24 +61,29 @@ class _Section(BaseModel):
         return value
 
 
+MAX_SCENES, MAX_GRID, MAX_DIM = 10**7, 10**3, 2**16  # the embedded benchmark's largest sizes
+MAX_SEED = 2**32 - 1  # train.seed: torch's generators take seed * 100003 + epoch (below 2**64)
+
+
 class SynthConfig(_Section):
     """Knobs of the embedded benchmark (see spec SYNTHETIC.md)."""
 
+    # upper bounds: sizes no machine holds are refused by the config, not by numpy's allocator
     seed: int = Field(0, ge=0)
-    n_train: int = Field(4000, ge=1)
-    n_valid: int = Field(500, ge=1)
-    n_test: int = Field(1000, ge=1)
+    n_train: int = Field(4000, ge=1, le=MAX_SCENES)
+    n_valid: int = Field(500, ge=1, le=MAX_SCENES)
+    n_test: int = Field(1000, ge=1, le=MAX_SCENES)
     n_labels: int = Field(9, ge=2, le=14)
-    n_characters: int = Field(8, ge=1)
-    persons_min: int = Field(2, ge=1)
-    persons_max: int = Field(6, ge=1)
-    segments_min: int = Field(3, ge=1)
-    segments_max: int = Field(10, ge=1)
-    text_dim: int = Field(64, ge=1)
-    audio_dim: int = Field(32, ge=1)
-    visual_dim: int = Field(48, ge=1)
-    personality_dim: int = Field(118, ge=1)
-    trait_dim: int = Field(5, ge=1)
+    n_characters: int = Field(8, ge=1, le=MAX_DIM)
+    persons_min: int = Field(2, ge=1, le=MAX_GRID)
+    persons_max: int = Field(6, ge=1, le=MAX_GRID)
+    segments_min: int = Field(3, ge=1, le=MAX_GRID)
+    segments_max: int = Field(10, ge=1, le=MAX_GRID)
+    text_dim: int = Field(64, ge=1, le=MAX_DIM)
+    audio_dim: int = Field(32, ge=1, le=MAX_DIM)
+    visual_dim: int = Field(48, ge=1, le=MAX_DIM)
+    personality_dim: int = Field(118, ge=1, le=MAX_DIM)
+    trait_dim: int = Field(5, ge=1, le=MAX_DIM)
     face_visible: float = Field(0.7, ge=0.0, le=1.0)
     no_speaker_prob: float = Field(0.05, ge=0.0, le=1.0)
     flip_rate: float = Field(0.03, ge=0.0, le=0.5)
@@ -241,7 +247,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     warmup: float = Field(0.1, ge=0.0, le=1.0)  # share of steps with linear warm-up
     grad_clip: float = Field(1.0, gt=0.0)
-    seed: int = Field(1, ge=0)
+    seed: int = Field(1, ge=0, le=MAX_SEED)
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
     per_label_threshold: bool = False
@@ -339,7 +345,10 @@ class _NoAliasLoader(yaml.SafeLoader):
 def load_yaml_text(text: str) -> Any:
     """YAML text as a config file is read: no Python tags, no aliases, no key given twice (a
     ``yaml.YAMLError`` names the place)."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: Python tags are refused
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: Python tags are refused
+    except ValueError:  # an integer of more digits than Python converts
+        raise yaml.YAMLError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def _admits_str(annotation) -> bool:

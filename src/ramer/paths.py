@@ -5,6 +5,7 @@ kill during a write never leaves a half-written file as the latest)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import glob
 import io
@@ -450,6 +451,19 @@ def work_folder(path: str | Path, kind: str, make: bool = True) -> Path:
     return make_folder(path) if make else path
 
 
+def resolved(path: str | Path) -> Path:
+    """``Path(path).resolve()``, where a loop of symbolic links is a RamerError naming the path
+    (Python 3.11 raises RuntimeError for it, later ones OSError)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise RamerError(f"{path}: a loop of symbolic links") from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise RamerError(f"{path}: a loop of symbolic links") from None
+
+
 def output_file(path: str | Path, reads: tuple = (), data_from: tuple = (), make: bool = True) -> Path:
     """A file path to write: not empty, not a folder (nor a name ending in ``/`` or ``/.``, which names one),
     not one of the files the command reads
@@ -464,9 +478,9 @@ def output_file(path: str | Path, reads: tuple = (), data_from: tuple = (), make
     path = Path(path)
     if path.is_dir():
         raise RamerError(f"{path}: is a folder; give a file name")
-    target = path.resolve()
+    target = resolved(path)
     named = [("a file this command reads", r) for r in reads] + [("the file the data comes from", r) for r in data_from]
-    whose = next((f"{what} ({r})" for what, r in named if r and Path(r).resolve() == target), None)
+    whose = next((f"{what} ({r})" for what, r in named if r and resolved(r) == target), None)
     if whose is None and target.name in RUN_FILES and (target.parent / "config.yaml").is_file():
         whose = f"a file of the run in {path.parent}"
     if whose is None and target.exists():  # meta.json, or a file of a split folder

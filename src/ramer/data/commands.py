@@ -16,7 +16,7 @@ from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
 from ramer.errors import RamerError
-from ramer.paths import SPLITS, write_stdout
+from ramer.paths import SPLITS, resolved, write_stdout
 
 # data.* keys that are no loader option, and where each is given instead
 NOT_LOADER_OPTIONS = {
@@ -133,7 +133,7 @@ def convert(
     """Write the dataset at ``path`` in the native format to ``out``; returns the meta dict.
     ``sets`` and ``options`` as in ``collect_info``."""
     out = Path(out)
-    if path is not None and Path(path).resolve() == out.resolve():
+    if path is not None and resolved(path) == resolved(out):
         raise RamerError(f"{out}: the output folder must differ from the input")
     check_dataset_folder(out)  # the split folders too, before the work
     opened = _open(path, fmt, labels, sets, options)
