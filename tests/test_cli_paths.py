@@ -17,7 +17,7 @@ from ramer.cli import main
 from ramer.config import build_config
 from ramer.data.conversations import import_conversations, read_table, summary_lines
 from ramer.errors import RamerError
-from ramer.paths import WORK_MARKERS, atomic_write_text, other_work
+from ramer.paths import WORK_MARKERS, atomic_write_text, dataset_folder, other_work, output_file
 
 TINY = [
     *("data.synthetic.n_train=40", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=1"),
@@ -396,3 +396,40 @@ def test_a_failed_command_leaves_no_folder_it_made_for_its_output(command, tmp_p
     assert main([command, str(tmp_path / "nothere"), "--out", str(out)]) == 2
     assert "nothere" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+def test_an_output_file_is_refused_where_it_would_destroy_a_run_or_a_dataset(tmp_path):
+    """An output file may not be a folder, nor a file of a run (a folder with a config.yaml) or of a
+    dataset (meta.json, or a file of one of its split folders), nor lie under a file; a new file
+    beside them is allowed. (Each check of output_file and check_out_folder removed in turn.)"""
+    run, data = tmp_path / "run", tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    run.mkdir()
+    for path in (run / "config.yaml", run / "model.safetensors", data / "meta.json", data / "test" / "labels.npy"):
+        path.write_bytes(b"kept")
+    refused = {
+        run: f"{run}: is a folder; give a file name",
+        run / "model.safetensors": f"{run / 'model.safetensors'}: is a file of the run in {run}; writing there would",
+        data / "test" / "labels.npy": f"{data / 'test' / 'labels.npy'}: is a file of the dataset in {data}; writing",
+        run / "config.yaml" / "p.jsonl": f"{run / 'config.yaml'}: exists and is not a folder",
+    }
+    for path, message in refused.items():
+        with pytest.raises(RamerError) as e:
+            output_file(path, make=False)
+        assert str(e.value).startswith(message), str(e.value)
+    assert output_file(run / "predictions.jsonl", make=False) == run / "predictions.jsonl"
+    assert (run / "model.safetensors").read_bytes() == (data / "test" / "labels.npy").read_bytes() == b"kept"
+
+
+def test_a_dataset_folder_holding_a_run_is_not_imported_into(tmp_path):
+    """A dataset folder written before is written over and a user's own files there are left alone,
+    but one that also holds a run's files is refused: the import would change that run's data under
+    it. (The RUN_FILES filter of dataset_folder emptied.)"""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    assert dataset_folder(folder) == folder
+    (folder / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(RamerError, match=r"holds model\.safetensors, which a dataset folder does not"):
+        dataset_folder(folder)

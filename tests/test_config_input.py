@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ramer.config import build_config, config_from_dict
+from ramer.config import build_config, config_from_dict, resolve_config
 from ramer.errors import RamerError
 
 # Reads a config in a child process with 1 GiB of address space: a config that expands without
@@ -121,3 +121,57 @@ def test_an_unknown_key_names_the_nearest_known_key(key, hint):
     said = str(caught.value)
     assert f"unknown key '{key}'" in said
     assert (f"did you mean '{hint}'?" in said) if hint else ("did you mean" not in said)
+
+
+def test_an_unknown_ablation_is_refused_naming_the_known_ones():
+    """A misspelled switch is an error, not a run with every part on. (The check in
+    ModelConfig._known_ablations removed.)"""
+    message = r"'model\.ablations': .*unknown ablation\(s\) \['no_shufle'\]; known: \["
+    with pytest.raises(RamerError, match=message) as e:
+        build_config(None, ["model.ablations=[no_shuffle,no_shufle]"])
+    assert "'no_shuffle'" in str(e.value).split("known:")[1]
+    assert build_config(None, ["model.ablations=[no_shuffle]"]).model.off("no_shuffle")
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["train.lr"], "--set expects KEY=VALUE, got 'train.lr'"),
+        (["model..hidden=3"], "--set: malformed key 'model..hidden'"),
+        (["=3"], "--set: malformed key ''"),
+        (["train.lr=1", "train.lr.x=2"], "--set: 'train.lr.x' goes below 'lr', which is not a section"),
+    ],
+)
+def test_a_malformed_set_is_one_clear_error(sets, message):
+    """What ``--set`` cannot read is a RamerError saying why, not a traceback or a guess. (The
+    checks of apply_override and set_in_tree removed.)"""
+    with pytest.raises(RamerError) as e:
+        build_config(None, sets)
+    assert str(e.value) == message
+
+
+def test_a_missing_config_file_is_not_taken_for_a_bundled_name(tmp_path):
+    """``--config my.yaml`` that does not exist says the file is not found, not that no bundled config
+    has that name. (The ``.yaml`` suffix test dropped from resolve_config.)"""
+    missing = tmp_path / "my.yaml"
+    with pytest.raises(RamerError) as e:
+        resolve_config(str(missing))
+    assert str(e.value) == f"{missing}: config file not found"
+    assert resolve_config("synthetic").name == "synthetic.yaml"
+
+
+def test_a_config_file_that_is_not_a_mapping_says_so(tmp_path):
+    """A YAML file holding a list is named with what it holds. (The mapping check of read_yaml removed.)"""
+    path = tmp_path / "list.yaml"
+    path.write_text("- train.epochs=3\n")
+    with pytest.raises(RamerError) as e:
+        build_config(path, ["train.epochs=2"])
+    assert str(e.value) == f"config file {path} must hold a mapping, not list"
+
+
+def test_a_modality_dropout_of_one_is_refused():
+    """p = 1 would draw every available modality and so, by the keep-one rule, hide none: the bound
+    is p < 1. (``lt=1.0`` of model.modality_dropout made ``le``.)"""
+    with pytest.raises(RamerError, match=r"'model\.modality_dropout': Input should be less than 1"):
+        build_config(None, ["model.modality_dropout=1"])
+    assert build_config(None, ["model.modality_dropout=0.99"]).model.modality_dropout == 0.99

@@ -307,6 +307,19 @@ def test_seeded_split_is_recorded_and_reproducible(tmp_path, fake_text):
     assert counts == {"train": 16, "valid": 2, "test": 2}
 
 
+def test_seeded_split_does_not_depend_on_the_order_of_the_rows(tmp_path, fake_text):
+    """The seeded split deals conversations by name: the same table in another row order gives every
+    conversation the same split. (The names taken in file order in assign_splits.)"""
+    rows = [
+        {"conversation": f"k{i:02d}", "index": 0, "speaker": "a", "text": f"t{i}", "labels": "joy"} for i in range(20)
+    ]
+    split = {}
+    for name, order in (("forward", rows), ("reversed", rows[::-1])):
+        meta = import_conversations(write_table(tmp_path / f"{name}.csv", order), tmp_path / name, seed=3)
+        split[name] = {it["name"]: it["split"] for it in meta["info"]["conversations"]["items"]}
+    assert split["forward"] == split["reversed"]
+
+
 def test_a_label_that_is_a_missing_value_word_is_noted(tmp_path, fake_text, capsys):
     """An R export writes ``NA`` in a labels cell without an emotion, a pandas column cast to text
     ``nan``: each became a label without a word (``ramer data info`` listed it beside the emotions).
@@ -483,6 +496,13 @@ BAD = [
         r"talk.csv: row 2: column 'index' is 'first', expected an integer",
     ),
     (
+        "index not whole",
+        lambda r: r[0].update(index="0.5"),
+        ".csv",
+        {},
+        r"talk.csv: row 2: column 'index' is '0.5', expected an integer",
+    ),
+    (
         "bad target",
         lambda r: r[4].update(target="maybe"),
         ".jsonl",
@@ -495,6 +515,34 @@ BAD = [
         ".jsonl",
         {},
         r"talk.jsonl: row 1: end 1.0 is not after start 2.0",
+    ),
+    (
+        "two conversations without a split column",
+        lambda r: [r.remove(x) for x in list(r) if x["conversation"] == "c3"],
+        ".csv",
+        {},
+        r"talk.csv: 2 conversation\(s\): a train / valid / test split by conversation needs at least 3; give a 'split'",
+    ),
+    (
+        "a label named twice",
+        lambda r: None,
+        ".csv",
+        {"labels": ["anger", "joy", "neutral", "sadness", "joy"]},
+        r"^--labels names a label twice: anger, joy, neutral, sadness, joy$",
+    ),
+    (
+        "end at start",
+        lambda r: r[0].update(start=1.0, end=1.0),
+        ".jsonl",
+        {},
+        r"talk.jsonl: row 1: end 1.0 is not after start 1.0",
+    ),
+    (
+        "negative start",
+        lambda r: r[0].update(start=-0.5, end=1.0),
+        ".csv",
+        {},
+        r"talk.csv: row 2: column 'start' is '-0.5', expected seconds \(a number >= 0\)",
     ),
     (
         "media without times",
@@ -1587,3 +1635,12 @@ def test_a_speaker_written_in_two_unicode_forms_is_one_person(tmp_path, fake_tex
     persons = meta["info"]["conversations"]["persons"]
     assert composed in persons and decomposed not in persons
     assert meta["info"]["conversations"]["counts"]["persons"] == len(persons) == len(set(persons))
+
+
+def test_the_speaker_listed_in_present_is_not_one_of_the_others(tmp_path):
+    """A row's ``present`` may name its speaker too; the others present (whose faces the visual stage
+    looks for beside the speaker's) leave the speaker out. (The ``q != u.speaker`` filter dropped.)"""
+    rows = base_rows()
+    rows[0]["present"] = "ann;bob;cat"  # ann speaks row 0
+    utterances, _ = read_table(write_table(tmp_path / "talk.csv", rows))
+    assert utterances[0].speaker == "ann" and utterances[0].present == ("bob", "cat")

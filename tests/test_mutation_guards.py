@@ -16,6 +16,7 @@ from ramer.batch import MODALITIES
 from ramer.config import LossConfig
 from ramer.models import losses
 from ramer.models import ramer as ramer_module
+from ramer.models.parts import fuse_max
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
@@ -199,6 +200,110 @@ def test_each_loss_weight_scales_its_own_terms(weight):
     expected = before.total.detach() + 0.5 * sum(before.terms[k] for k in own)
     torch.testing.assert_close(after.total.detach(), expected, rtol=1e-6, atol=1e-6)
     assert set(before.terms) - {"cls"} == set(WEIGHT_OF)  # every term has its weight here
+
+
+def test_only_a_context_built_modality_fills_its_own_reconstruction_slot():
+    """``stand_in: own_slot`` puts r^_m in F_m's own slot only for a modality missing from the scope
+    whose label feature §2.3 built from context; a visible modality's own slot keeps p^_m, as with
+    ``stand_in: prototype`` (one seed: the same weights). (``from_context = trusted`` without
+    ``& ~visible`` in RAMer.forward.)"""
+    batch = with_pattern(base_batch(n=10), "nonspeaker_target")
+    with torch.no_grad():
+        own, proto = make(stand_in="own_slot").eval()(batch), make(stand_in="prototype").eval()(batch)
+    from_context = own.trusted & ~own.visible  # (B, M)
+    assert from_context.any() and own.visible.any()
+    same = (own.reconstructed == proto.reconstructed).flatten(2).all(-1)  # (B, M)
+    assert torch.equal(same, ~from_context)
+
+
+def test_the_stand_in_gate_leaves_a_modality_no_context_built():
+    """With §2.3 off nothing is built from context: a modality absent from the scope takes its
+    reconstruction r~_m as it is, not gated with its empty r_m. (The gate's ``torch.where(from_context,
+    ...)`` dropped in RAMer.forward.)"""
+    batch = with_pattern(base_batch(n=8), "visual_absent")
+    v = MODALITIES.index("visual")
+    with torch.no_grad():
+        out = make(("no_modality_attention",), stand_in="gate").eval()(batch)
+    assert not out.trusted[:, v].any() and (out.label_features[:, v] == 0).all()
+    assert torch.equal(out.final[:, v], out.reconstructed[:, v])
+
+
+def test_the_aggregator_score_averages_the_usable_sources():
+    """§7's aggregator score is the mean over the usable sources of the stack; a scene where no
+    modality is present (without reconstruction and §2.3) has none, the common feature included, and
+    takes the mean over every source. (``usable.any(1)`` of the common slot's mask set to True, or
+    the mask dropped from the mean, in RAMer.forward.)"""
+    batch = with_pattern(base_batch(n=8), "nobody_speaks")
+    with torch.no_grad():
+        out = make(("no_reconstruction", "no_modality_attention")).eval()(batch)
+    some = out.stack_mask.any(1)  # (B,)
+    assert out.stack.shape[1] == len(MODALITIES) + 1
+    assert not out.stack_mask[~out.usable.any(1)].any() and not some.all()
+    assert not out.stack_mask[some].all()  # a sample with a source left out of its mean
+    p, w = out.agg_logits.sigmoid(), out.stack_mask.unsqueeze(-1).float()  # (B, K, C), (B, K, 1)
+    agg = torch.where(some[:, None], (p * w).sum(1) / w.sum(1).clamp_min(1.0), p.mean(1))  # (B, C)
+    torch.testing.assert_close(out.probs, 0.5 * (out.logits.sigmoid() + agg), rtol=0, atol=1e-6)
+
+
+def test_the_max_pool_reads_the_stand_ins_of_missing_modalities():
+    """With reconstruction, every modality's final feature is defined (its stand-in where missing) and
+    the §7 max-pool runs over all of them, not only over the visible ones. (``fuse_max(...,
+    visible)`` for ``usable`` in RAMer.forward.)"""
+    batch = with_pattern(base_batch(n=10), "nonspeaker_target")
+    with torch.no_grad():
+        out = make().eval()(batch)
+    assert out.usable.all() and not out.visible.all()
+    assert torch.equal(out.logits, out.modality_logits.amax(1))
+    assert not torch.equal(out.logits, fuse_max(out.modality_logits, out.visible))  # a stand-in's logit wins
+
+
+def test_the_offset_embedding_counts_segments_from_the_target_segment():
+    """Every token gets the embedding of its segment's offset from the target segment (the target
+    token's index modulo S), clipped to +-R; a target at token 0 counts, a sample without a target gets
+    none. (``% S`` dropped, or ``target >= 0`` made ``> 0``, in RAMer._offset_embedding.)"""
+    model = make(target_offset=1)
+    batch = base_batch(n=8)
+    S = batch.grid[1]
+    target = batch.target.clone()
+    target[0], target[1] = 0, -1
+    batch = dataclasses.replace(batch, target=target)
+    assert (target >= S).any()  # a target person after the first
+    got = model._offset_embedding(batch)  # (B, N, H)
+    offset = (batch.segment - (target.clamp_min(0) % S).unsqueeze(1)).clamp(-1, 1) + 1  # (B, N)
+    expected = model.target_embedding.weight[offset]  # (B, N, H)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[2:], expected[2:])
+    assert (got[1] == 0).all()
+
+
+def test_the_label_specific_term_leaves_out_a_sample_with_no_usable_feature():
+    """L_lsr classifies r_m only where some r_m may be used: a scene where no modality is present
+    (here with §2.3 off) is left out of its mean. (The row mask ``trusted.any(1)`` dropped in
+    RAMer.loss.)"""
+    batch = with_pattern(base_batch(n=6), "nobody_speaks")
+    model = make(("no_modality_attention",)).eval()
+    with torch.no_grad():
+        out = model(batch)
+        keep = out.trusted.any(1)  # (B,)
+        assert keep.any() and not keep.all()
+        expected = losses.classification(fuse_max(out.label_logits, out.trusted)[keep], batch.labels[keep])
+        assert torch.equal(model.loss(out, batch).terms["lsr"], expected)
+
+
+def test_the_slot_of_a_modality_without_a_usable_feature_holds_its_prototype():
+    """In F_m's input, a modality whose label feature may not be used (absent from the scope, §2.3
+    off) is represented by its prototype mix p^_n: moving that modality's prototypes moves the
+    other modalities' reconstructions. (``slots = r_hat`` for the ``torch.where(usable, r_hat, p_hat)``
+    in CrossReconstruction.forward.)"""
+    batch = with_pattern(base_batch(n=8), "visual_absent")
+    v, t = MODALITIES.index("visual"), MODALITIES.index("text")
+    model = make(("no_modality_attention",)).eval()
+    with torch.no_grad():
+        before = model(batch)
+        model.reconstruction.prototypes[v].normal_()
+        after = model(batch)
+    assert not before.trusted[:, v].any()
+    moved = (before.reconstructed[:, t] != after.reconstructed[:, t]).flatten(1).any(1)  # (B,)
+    assert moved.all()
 
 
 # ---------------------------------------------------------------------- train

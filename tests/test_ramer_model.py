@@ -498,6 +498,15 @@ def test_too_many_segments_is_a_clear_error():
         model(base_batch())
 
 
+def test_a_batch_of_exactly_max_segments_runs():
+    """The segment-position table has ``max_segments`` rows: a batch of that many segments uses them
+    all and is no error. (``segments >= max_segments`` in check_segments.)"""
+    batch = base_batch()
+    with torch.no_grad():
+        out = make(max_segments=batch.grid[1]).eval()(batch)
+    assert torch.isfinite(out.probs).all()
+
+
 def test_teacher_pass_leaves_each_modules_own_mode():
     """The eval-mode teacher pass of modality dropout hands every module back in the mode it had: a
     part a user froze in eval mode stays in eval mode after a training forward."""

@@ -15,6 +15,7 @@ from ramer.models.parts import (
     CrossReconstruction,
     LabelWiseAttention,
     MaskedAttention,
+    contrastive_items,
     fuse_max,
     grad_reverse,
     identity_permutations,
@@ -22,6 +23,7 @@ from ramer.models.parts import (
     random_permutations,
     shuffle_stack,
 )
+from ramer.models.parts.context import GridAttention, ModalityCompletion
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
@@ -441,3 +443,66 @@ def test_fuse_max_and_modality_dropout():
     avail = torch.rand(200, 3) < 0.6
     dropped = modality_dropout(avail, 0.99)
     assert (dropped <= avail).all() and ((avail & ~dropped).any(1) == avail.any(1)).all()
+
+
+def test_the_prototype_weight_of_a_modality_reads_the_other_visible_ones():
+    """w+ of modality m is the mean over the other visible modalities of how positive their codes
+    look; where no other modality is visible, m's own code's. (``torch.where(others > 0, ...)``
+    dropped, or m's own code left in the mean, in CrossReconstruction.positive_weight.)"""
+    torch.manual_seed(0)
+    rec = CrossReconstruction(3, 2, 8, 4, 0.9)
+    protos = torch.randn(3, 2, 2, 4)  # (M, C, 2, P)
+    z = F.normalize(torch.randn(2, 3, 2, 4), dim=-1)  # (B, M, C, P)
+    visible = torch.tensor([[True, True, True], [True, False, False]])
+    own = torch.einsum("bmcp,mcyp->bmcy", z, protos).softmax(-1)[..., 1]  # (B, M, C)
+    w = rec.positive_weight(z, visible, protos)  # (B, M, C)
+    expected = torch.stack([(own[0].sum(0) - own[0]) / 2, own[1, 0].expand(3, 2)])
+    torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_completion_fills_only_the_missing_modalities_of_a_token():
+    """§2.3's cross-modality completion gives a stand-in to each modality missing at a token; a
+    present modality keeps its own features. (The ``torch.where(present, own, ...)`` dropped in
+    ModalityCompletion.forward.)"""
+    torch.manual_seed(0)
+    completion = ModalityCompletion(8, 2, 3, 0.0)
+    u = torch.randn(2, 5, 3, 8)  # (B, N, M, H)
+    present = torch.rand(2, 5, 3) < 0.5
+    present[0, 0], present[0, 1] = True, False  # a complete token and one with nothing present
+    out = completion(u, present, torch.ones(2, 5, dtype=torch.bool), None, None)
+    assert torch.equal(out[present], u[present])
+    assert (out[~present] != u[~present]).any(-1).all()
+
+
+def test_grid_attention_takes_no_missing_token_as_a_key():
+    """Inter- and intra-personal attention read only present tokens of the modality: moving the
+    features of the missing ones leaves every present token's output as it was. (``valid`` for
+    ``present`` as the keys of GridAttention's inter or intra step.)"""
+    torch.manual_seed(0)
+    grid = GridAttention(8, 2, 0.0)
+    u = torch.randn(2, 3, 4, 8)  # (B, P, S, H)
+    present = torch.rand(2, 3, 4) < 0.5
+    valid = torch.ones(2, 3, 4, dtype=torch.bool)
+    moved = torch.where(present.unsqueeze(-1), u, u + 10 * torch.randn_like(u))
+    a, b = grid(u, present, valid), grid(moved, present, valid)
+    assert torch.equal(a[present], b[present])
+
+
+def test_contrastive_items_are_the_visible_real_and_the_available_reconstructed_codes():
+    """Items: the unit real code of each visible (sample, modality), then the unit reconstructed code of
+    each available one, each label slot an item of class ``2 (m C + j) + y``, against a loop.
+    (``2 *`` dropped from the class, or the real mask taken for the reconstructed items.)"""
+    torch.manual_seed(0)
+    B, M, C, P = 3, 3, 2, 4
+    real, rec = torch.randn(B, M, C, P), torch.randn(B, M, C, P)
+    labels = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    visible = torch.tensor([[True, False, True], [True, True, False], [False, False, True]])
+    available = torch.tensor([[True, True, True], [True, True, False], [False, True, True]])
+    items, classes = contrastive_items(real, rec, visible, available, labels)
+    want_items, want_classes = [], []
+    for codes, mask in ((real, visible), (rec, available)):
+        for b, m, j in zip(*torch.nonzero(mask.unsqueeze(-1).expand(B, M, C), as_tuple=True)):
+            want_items.append(F.normalize(codes[b, m, j], dim=-1))
+            want_classes.append(int(2 * (m * C + j) + labels[b, j]))
+    torch.testing.assert_close(items, torch.stack(want_items))
+    assert classes.tolist() == want_classes

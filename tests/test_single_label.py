@@ -216,6 +216,19 @@ def test_argmax_decision_breaks_a_tie_to_the_first_label():
     assert decide(np.array([[0.9, 0.9, 0.1], [0.2, 0.7, 0.7]]), ARGMAX).tolist() == [[1, 0, 0], [0, 1, 0]]
 
 
+def test_the_task_counts_the_distinct_labels_of_the_samples_only(tmp_path, fake_text):
+    """``--task auto`` counts the labels of the samples (target rows) only, each name once: a context
+    row without an emotion and a label written twice in one cell leave a file of one emotion per
+    sample single-label. (Every row counted in import_task, or a repeated name kept by _names.)"""
+    from ramer.data.conversations import import_conversations
+
+    rows = single_rows()
+    rows[0].update(target=0, labels="")
+    rows[1]["labels"] = f"{rows[1]['labels']};{rows[1]['labels']}"
+    meta = import_conversations(write_table(tmp_path / "single.csv", rows), tmp_path / "ds")
+    assert meta["task"] == "single_label"
+
+
 # ------------------------------------------------------------------------------------ the CLI
 def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys):
     src = write_table(tmp_path / "single.csv", single_rows())
