@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_recipe import one_error_line
 
 from ramer import bench as bench_mod
 from ramer import checkpoint as ckpt
@@ -658,13 +659,49 @@ def test_a_setting_no_run_trains_with_is_refused_before_any_run(tmp_path, capsys
 
 def test_rates_that_would_share_a_run_folder_are_refused(capsys):
     """0.3 and 0.3000001 are two rates but one folder name (missing-0.3) and one report heading: their
-    runs would delete each other. An exact duplicate is one rate."""
+    runs would delete each other. An exact duplicate (0,0; 0,-0) is refused too: a typo, taken once
+    without a word it ran fewer rates than the command names."""
     with pytest.raises(RamerError, match=r"0\.3 and 0\.3000001 would share the run folders missing-0\.3"):
         bench_mod.parse_rates("0.3,0.3000001")
     assert main(["bench", "--missing-rates", "0,0.3000001,0.3", "--out", "never"]) == 2
     assert "would share the run folders missing-0.3" in capsys.readouterr().err
-    assert bench_mod.parse_rates("0.3,0,0.3,-0") == [0.0, 0.3]
+    for text, twice in (("0,0", "0"), ("0.3,0,0.3", "0.3"), ("0,-0", "0"), ("0.5,0.50", "0.5")):
+        with pytest.raises(RamerError) as refused:
+            bench_mod.parse_rates(text)
+        assert str(refused.value) == f"--missing-rates: {twice} given twice in '{text}'; give each rate once"
+    assert bench_mod.parse_rates("0.3,0,0.6") == [0.0, 0.3, 0.6]
     assert bench_mod.parse_rates("0.3,0.30001") == [0.3, 0.30001]
+
+
+def test_a_model_named_twice_is_refused(tmp_path, capsys):
+    """--models br,br (and --complete ramer,ramer) named a model twice: it ran once without a word.
+    Groups may overlap (all and ablations both hold ramer; all,ramer): taken once."""
+    out = tmp_path / "b"
+    assert main(["bench", "--models", "br,br", "--seeds", "1", "--missing-rates", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "--models: br named twice; name each once" in err and not out.exists()
+    for text in ("br, late_fusion,br", "all,all"):
+        with pytest.raises(RamerError, match=r"^--models: (br|all) named twice; name each once$"):
+            bench_mod.parse_models(text)
+    with pytest.raises(RamerError, match=r"^--complete: ramer named twice"):
+        bench_mod.parse_models("ramer,ramer", "--complete")
+    assert bench_mod.parse_models("all,ablations") == [*bench_mod.GROUPS["all"], *bench_mod.GROUPS["ablations"][1:]]
+    assert bench_mod.parse_models("br,,late_fusion") == ["br", "late_fusion"]
+
+
+def test_seeds_have_an_upper_bound(tmp_path, capsys):
+    """--seeds N makes a list of N seeds and of the planned runs before any run: 10**30 filled memory
+    and wrote nothing. At most MAX_SEEDS, said in one line; MAX_SEEDS itself is taken."""
+    bound = bench_mod.MAX_SEEDS
+    message = rf"^--seeds must be at most {bound} \(each seed trains every model at every missing rate\), got "
+    with pytest.raises(RamerError, match=message + str(bound + 1)):
+        bench_mod.resolve_settings(models="br", seeds=bound + 1, rates="0", overrides=TINY)
+    assert len(bench_mod.resolve_settings(models="br", seeds=bound, rates="0", overrides=TINY).seeds) == bound
+    out = tmp_path / "b"
+    huge = str(10**30)
+    assert main(["bench", "--models", "br", "--seeds", huge, "--missing-rates", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and f"got {huge}" in err and not out.exists()
 
 
 @pytest.mark.parametrize(

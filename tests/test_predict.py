@@ -304,6 +304,38 @@ def test_forked_workers_share_the_threads_among_the_blocks(run, monkeypatch):
     assert two[:, 0].tolist() == [4] * 50
 
 
+def test_more_workers_than_batches_score_as_one_worker_per_batch(run, tmp_path):
+    """A huge --workers (10**30) is no list, process or thread share per worker: it scores as
+    one worker per batch, here 2 (it used to build a list over range(workers): a hang, memory
+    growing); the CLI's eval and predict take it too."""
+    import tracemalloc
+
+    import torch
+
+    from ramer.infer import _batch_blocks, predict
+
+    out, cfg = run
+    test = generate(cfg.data.synthetic).splits["test"]
+    model = ramer.load(out).model
+    tracemalloc.start()  # a million workers for 7 batches: nothing the size of a million
+    try:
+        blocks = _batch_blocks(slice(0, 50), 8, 10**6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(blocks) == 7 and peak < 100_000, peak
+    huge = 10**30
+    assert _batch_blocks(slice(0, 50), 8, huge) == _batch_blocks(slice(0, 50), 8, 7)  # 7 batches: 7 blocks
+    assert _batch_blocks(slice(0, 0), 8, huge) == []
+    two = predict(model, test, 25, torch.device("cpu"), workers=2).scores  # 50 samples: 2 batches
+    np.testing.assert_array_equal(predict(model, test, 25, torch.device("cpu"), workers=huge).scores, two)
+    path, path2 = tmp_path / "two.jsonl", tmp_path / "huge.jsonl"
+    assert main(["predict", str(out), "--out", str(path), "--workers", "2", "--batch-size", "25"]) == 0
+    assert main(["predict", str(out), "--out", str(path2), "--workers", str(huge), "--batch-size", "25"]) == 0
+    assert path2.read_text() == path.read_text()
+    assert main(["eval", str(out), "--workers", str(huge)]) == 0
+
+
 def test_metrics_table_shows_no_score_for_an_empty_part():
     """A split without non-speaker targets prints a dash there, not a score of 0."""
     from rich.console import Console

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
+from test_recipe import one_error_line
 
 import ramer
 from ramer.cli import main
@@ -657,6 +658,27 @@ def test_a_storage_that_will_not_open_leaves_no_folder_behind(tmp_path, capsys):
     argv[argv.index(str(tmp_path / "runs" / "study"))] = str(out)
     out.mkdir()  # a folder the user made is kept, empty or not
     assert main(argv) == 2 and out.is_dir()
+
+
+def test_an_in_memory_sqlite_storage_is_refused(tmp_path, capsys):
+    """An in-memory SQLite database keeps no study after the command, and Optuna's heartbeat thread
+    opens a database of its own (tracebacks from that thread, exit 0): one line, exit 2, no folder.
+    A file, or another database, is not refused here."""
+    from ramer.tune import in_memory_sqlite
+
+    out = tmp_path / "study"
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite:///file::memory:?uri=true"):
+        argv = ["tune", "--model", "late_fusion", "--trials", "1", "--storage", url, "--out", str(out), *SETS]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert one_error_line(err) and not out.exists(), err
+        assert (
+            f"--storage {url}: an in-memory database holds no study after the command (and Optuna's heartbeat "
+            "thread cannot share it); give sqlite:///FILE"
+        ) in " ".join(err.split())
+    assert in_memory_sqlite("sqlite:///file:x?mode=memory&uri=true")
+    for url in ("sqlite:///study.db", "sqlite:////tmp/x/study.db", "postgresql://u@host/db", "nosuch://db", "bogus"):
+        assert not in_memory_sqlite(url), url
 
 
 def test_best_yaml_names_its_data_by_a_path_that_works_from_any_folder(tmp_path, monkeypatch):

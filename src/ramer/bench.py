@@ -136,6 +136,9 @@ QUICK_SETS = (
     "train.patience=1",  # can stop at epoch 2: the stopping path runs within the smoke cap
 )
 QUICK_SEEDS, QUICK_RATES = 1, (0.0, 0.6)
+# --seeds N at most: each seed trains every model at every rate (N is also a list of seeds and of
+# planned runs, made before any run: a mistyped 10**30 would fill memory and write nothing).
+MAX_SEEDS = 1000
 
 
 # ---------------------------------------------------------------------- settings
@@ -205,12 +208,25 @@ class BenchSettings:
         return shlex.join(parts)
 
 
+def first_repeat(items):
+    """The first item of ``items`` seen before in it, else None."""
+    seen = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
 def parse_models(text: str | None, option: str = "--models") -> list[str]:
     """``all``, ``ablations`` or a comma list (groups may appear in it); unknown names are errors
     (naming ``option``)."""
     names: list[str] = []
-    for item in ("all" if text is None else text).split(","):
-        item = item.strip()
+    items = [item.strip() for item in ("all" if text is None else text).split(",")]
+    twice = first_repeat(item for item in items if item)
+    if twice is not None:  # a group and a name in it (all,ramer), or two groups, overlap: taken once
+        raise RamerError(f"{option}: {twice} named twice; name each once")
+    for item in items:
         for name in GROUPS.get(item, (item,)):
             if name and name not in names:
                 names.append(name)
@@ -233,7 +249,11 @@ def parse_rates(text: str | None, quick: bool = False) -> list[float]:
         raise RamerError("--missing-rates: empty list; give rates like 0,0.3,0.6")
     if any(not 0.0 <= r < 1.0 for r in rates):
         raise RamerError(f"--missing-rates: each rate must be in [0, 1), got '{text}'")
-    rates = sorted({r + 0.0 for r in rates})  # + 0.0: -0 is 0
+    rates = [r + 0.0 for r in rates]  # + 0.0: -0 is 0
+    twice = first_repeat(rates)
+    if twice is not None:
+        raise RamerError(f"--missing-rates: {twice:g} given twice in '{text}'; give each rate once")
+    rates = sorted(rates)
     named: dict[str, float] = {}  # folder name (``run_dir``) and report heading -> rate
     for r in rates:
         if f"{r:g}" in named:
@@ -296,6 +316,10 @@ def resolve_settings(
     n_seeds = seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
     if n_seeds < 1:
         raise RamerError(f"--seeds must be at least 1, got {n_seeds}")
+    if n_seeds > MAX_SEEDS:
+        raise RamerError(
+            f"--seeds must be at most {MAX_SEEDS} (each seed trains every model at every missing rate), got {n_seeds}"
+        )
     s = BenchSettings(
         out=Path(out or ("runs/bench-quick" if quick else "runs/bench")),
         models=parse_models(models),

@@ -185,8 +185,10 @@ def _score_block(send, model: nn.Module, store: SceneStore, bounds: tuple[int, i
 
 def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int, int]]:
     """``part`` cut into at most ``workers`` non-empty contiguous blocks of whole batches (so every
-    batch is the one a single process would score)."""
+    batch is the one a single process would score): one block per batch at most, however many
+    workers are asked for (``--workers 10**30`` scores as ``--workers`` the number of batches)."""
     n_batches = -(-(part.stop - part.start) // batch_size)
+    workers = min(workers, n_batches)  # no cut, process or thread share for a worker without a batch
     cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
     return [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
 

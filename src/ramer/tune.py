@@ -14,10 +14,11 @@
   ``train.seed`` to ``train.seed + K - 1``, one after the other, and its value is the mean of their
   best scores (on small or noisy data one seed's score is partly luck); the pruner reads the first
   run's epochs. A study keeps the ``K`` it was made with.
-- Study: ``OUT/study.db`` (SQLite), or ``--storage URL`` (any database Optuna supports), study name =
-  the model name. ``--trials N`` is the study's total: trials run until the study holds N finished
-  (complete or pruned) trials, counting those it already has, so the same command continues an
-  interrupted study, and several processes given one storage share the N. A trial that was running
+- Study: ``OUT/study.db`` (SQLite), or ``--storage URL`` (any database Optuna supports, not one held in
+  memory: ``in_memory_sqlite``), study name = the model name. ``--trials N`` is the study's total:
+  trials run until the study holds N finished (complete or pruned) trials, counting those it
+  already has, so the same command continues an interrupted study, and several processes given one
+  storage share the N. A trial that was running
   when its process died is marked failed (at once when the process ran on this machine, else after
   the heartbeat grace period), its folder is removed, and it does not count; a trial stopped by
   Ctrl-C is marked failed too. Either way its values are queued (``requeue``): the next trial tries
@@ -385,6 +386,23 @@ def _storage(optuna, url: str, attempts: int = 5):
             time.sleep(0.5 * (attempt + 1))
 
 
+def in_memory_sqlite(url: str) -> bool:
+    """Whether ``url`` names an SQLite database in memory (``sqlite://``, ``sqlite:///:memory:``,
+    ``sqlite:///file::memory:?uri=true``, ``...?mode=memory``): a study there is gone when the command
+    ends, and each thread's connection (the heartbeat thread's) opens a database of its own. A URL
+    that does not parse is left to ``storage_errors``, which says so when it opens."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return False
+    if parsed.get_backend_name().lower() != "sqlite":
+        return False
+    db = parsed.database or ""
+    return db in ("", ":memory:") or db.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+
+
 def study_url(out: Path) -> str:
     """The SQLite URL of ``out``'s study file; its path quoted, since the URL parser reads a ``?`` there
     as the start of its options (the database went to a file beside the folder) and ``%41`` as ``A``."""
@@ -631,6 +649,11 @@ def tune(
     if base.model.name in CLASSICAL:
         raise RamerError(
             f"'{base.model.name}' is a classical model: one logistic-regression fit, nothing to tune; tune a deep model"
+        )
+    if storage is not None and in_memory_sqlite(storage):
+        raise RamerError(
+            f"--storage {storage}: an in-memory database holds no study after the command (and Optuna's "
+            "heartbeat thread cannot share it); give sqlite:///FILE"
         )
     space = space_for(base, set(fixed))
     check_space(base, space)
