@@ -663,7 +663,7 @@ def test_a_storage_that_will_not_open_leaves_no_folder_behind(tmp_path, capsys):
 def test_an_in_memory_sqlite_storage_is_refused(tmp_path, capsys):
     """An in-memory SQLite database keeps no study after the command, and Optuna's heartbeat thread
     opens a database of its own (tracebacks from that thread, exit 0): one line, exit 2, no folder.
-    A file, or another database, is not refused here."""
+    A file, or another database, is not refused here; an empty --storage is."""
     from ramer.tune import in_memory_sqlite
 
     out = tmp_path / "study"
@@ -676,6 +676,11 @@ def test_an_in_memory_sqlite_storage_is_refused(tmp_path, capsys):
             f"--storage {url}: an in-memory database holds no study after the command (and Optuna's heartbeat "
             "thread cannot share it); give sqlite:///FILE"
         ) in " ".join(err.split())
+    for url in ("", " "):  # OUT/study.db, taken for a shared storage: its lock and one-model checks skipped
+        argv = ["tune", "--model", "late_fusion", "--trials", "1", "--storage", url, "--out", str(out), *SETS]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert one_error_line(err) and not out.exists() and "--storage: empty; give a database URL" in err, err
     assert in_memory_sqlite("sqlite:///file:x?mode=memory&uri=true")
     for url in ("sqlite:///study.db", "sqlite:////tmp/x/study.db", "postgresql://u@host/db", "nosuch://db", "bogus"):
         assert not in_memory_sqlite(url), url

@@ -650,6 +650,10 @@ def tune(
         raise RamerError(
             f"'{base.model.name}' is a classical model: one logistic-regression fit, nothing to tune; tune a deep model"
         )
+    if storage is not None and not storage.strip():  # taken for OUT/study.db, but as a shared storage
+        raise RamerError(
+            "--storage: empty; give a database URL (sqlite:///FILE), or leave --storage out for OUT/study.db"
+        )
     if storage is not None and in_memory_sqlite(storage):
         raise RamerError(
             f"--storage {storage}: an in-memory database holds no study after the command (and Optuna's "
