@@ -51,6 +51,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from rich.console import Console
 
@@ -389,18 +390,14 @@ def _storage(optuna, url: str, attempts: int = 5):
 def in_memory_sqlite(url: str) -> bool:
     """Whether ``url`` names an SQLite database in memory (``sqlite://``, ``sqlite:///:memory:``,
     ``sqlite:///file::memory:?uri=true``, ``...?mode=memory``): a study there is gone when the command
-    ends, and each thread's connection (the heartbeat thread's) opens a database of its own. A URL
-    that does not parse is left to ``storage_errors``, which says so when it opens."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
+    ends, and each thread's connection (the heartbeat thread's) opens a database of its own. Read as
+    SQLAlchemy reads an SQLite URL: ``sqlite[+DRIVER]://`` then ``/DATABASE`` and ``?QUERY``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].strip().lower() != "sqlite":
         return False
-    if parsed.get_backend_name().lower() != "sqlite":
-        return False
-    db = parsed.database or ""
-    return db in ("", ":memory:") or db.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+    db, _, query = rest.partition("?")
+    db = db[1:] if db.startswith("/") else db
+    return db in ("", ":memory:") or db.startswith("file::memory:") or "memory" in parse_qs(query).get("mode", [])
 
 
 def study_url(out: Path) -> str:
