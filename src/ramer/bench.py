@@ -67,7 +67,7 @@ from ramer.config import (
 )
 from ramer.console import plain_console
 from ramer.data import DataBundle, complete_data, load_bundle, read_as_converted
-from ramer.data.store import resolve_task
+from ramer.data.store import first_repeat, resolve_task
 from ramer.dist import die_with_parent
 from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import (
@@ -206,16 +206,6 @@ class BenchSettings:
         for s in self.overrides:
             parts += ["--set", s]
         return shlex.join(parts)
-
-
-def first_repeat(items):
-    """The first item of ``items`` seen before in it, else None."""
-    seen = set()
-    for item in items:
-        if item in seen:
-            return item
-        seen.add(item)
-    return None
 
 
 def parse_models(text: str | None, option: str = "--models") -> list[str]:

@@ -44,6 +44,7 @@ import os
 import shutil
 import tempfile
 import tokenize
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -181,7 +182,7 @@ class SceneStore:
         names = self.label_names
         if (what := f"is {_kind(names)}" if isinstance(names, str) else _not_strings(list(names))) is not None:
             need(False, f"label_names {what}, expected a list of strings (the label names)")
-        if (twice := _first_repeat(self.label_names)) is not None:
+        if (twice := first_repeat(self.label_names)) is not None:
             need(False, f"label_names names '{twice}' twice; each label needs its own name")
         if (what := _not_strings(self.ids)) is not None:
             need(False, f"ids {what}, expected a list of strings (one sample id per scene)")
@@ -241,7 +242,7 @@ class SceneStore:
                     False,
                     f"role row {rows[0]} is {self.role[rows[0]]}; expected 1 (speaker), 0 (non-speaker) or -1 (none)",
                 )
-            if (twice := _first_repeat(self.ids)) is not None:
+            if (twice := first_repeat(self.ids)) is not None:
                 need(False, f"sample id '{twice}' names two scenes; ids must be unique")
             sizes = self.grid[:, 0].astype(np.int64) * self.grid[:, 1]
             need(bool((self.grid > 0).all()), "grid has a scene with no persons or no segments")
@@ -923,7 +924,7 @@ def _kind(value) -> str:
     )
 
 
-def _first_repeat(values) -> str | None:
+def first_repeat(values: Iterable[Hashable]) -> Hashable | None:
     """The first value of ``values`` seen before (``None``: they are unique)."""
     seen = set()
     for v in values:
@@ -1056,7 +1057,7 @@ def _read_meta(path: Path) -> dict:
             raise RamerError(f"{where}: missing key '{key}'")
     if (what := _not_strings(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' {what}, expected a list of strings (the label names)")
-    if (twice := _first_repeat(meta["label_names"])) is not None:
+    if (twice := first_repeat(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' names '{twice}' twice; each label needs its own name")
     version = meta.get("version", 1)  # a folder without the key predates packed features
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= NATIVE_VERSION:
