@@ -456,10 +456,8 @@ def resolved(path: str | Path) -> Path:
     (Python 3.11 raises RuntimeError for it, later ones OSError)."""
     try:
         return Path(path).resolve()
-    except RuntimeError:
-        raise RamerError(f"{path}: a loop of symbolic links") from None
-    except OSError as e:
-        if e.errno != errno.ELOOP:
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ELOOP:
             raise
         raise RamerError(f"{path}: a loop of symbolic links") from None
 

@@ -360,17 +360,16 @@ CONVERTED_WITH = {
 }
 
 
-def converted_otherwise(info, data: DataConfig, keys=None) -> list[tuple[str, Any, Any]]:
+def converted_otherwise(info, data: DataConfig) -> list[tuple[str, Any, Any]]:
     """``(KEY, recorded, asked)`` for each loader option ``data.KEY`` that a converted folder's
-    ``info`` (its meta.json's) records with another value than ``data`` gives; ``keys``: compare
-    only these data.* keys (None: every one). A key a folder does not record (converted before it
-    was recorded, or of another corpus) is not compared."""
+    ``info`` (its meta.json's) records with another value than ``data`` gives. A key a folder does
+    not record (converted before it was recorded, or of another corpus) is not compared."""
     info = info if isinstance(info, dict) else {}
     found = []
     for section, names in CONVERTED_WITH.items():
         recorded = info.get(section)
         for name, key in names.items() if isinstance(recorded, dict) else ():
-            if name not in recorded or (keys is not None and key not in keys):
+            if name not in recorded:
                 continue
             asked = getattr(data, key)
             if key == "memor_character_order":  # None: the MEmoR code's order, as the loader reads it
@@ -410,15 +409,15 @@ def read_as_converted(data: DataConfig) -> None:
     if data.path is None or not is_native(data.path):
         return
     info = native_info(data.path)
-    differences = converted_otherwise(info, data, data.model_fields_set)
-    if differences:
-        sets = " ".join(f"--set data.{key}={shown(value)}" for key, value, _ in differences)
+    differences = converted_otherwise(info, data)
+    if refused := [d for d in differences if d[0] in data.model_fields_set]:
+        sets = " ".join(f"--set data.{key}={shown(value)}" for key, value, _ in refused)
         raise RamerError(
-            f"{data.path}: converted with {listed(differences, True)}, but the config sets "
-            f"{listed(differences, False)}; a converted folder is read as it was converted: {sets} (or leave "
-            f"the key out), or convert the source again ({convert_again(info, differences)})"
+            f"{data.path}: converted with {listed(refused, True)}, but the config sets "
+            f"{listed(refused, False)}; a converted folder is read as it was converted: {sets} (or leave "
+            f"the key out), or convert the source again ({convert_again(info, refused)})"
         )
-    for key, held, _ in converted_otherwise(info, data):
+    for key, held, _ in differences:  # none of them set by the config
         try:  # a value this ramer's config would not take (a damaged meta.json) stays the loader's affair
             DataConfig.model_validate({**data.model_dump(), key: held})
         except ValidationError:
