@@ -406,7 +406,7 @@ def test_memor_a_link_loop_where_a_feature_file_belongs_is_named(files, tmp_path
     text.unlink()
     text.symlink_to(text)
     err = _one_line_error(["data", "info", str(root)], capsys)
-    assert err == f"error: {text}: a link that leads to no file (its target is missing, or the links loop)"
+    assert err == f"error: {text}: is a symbolic link that leads to no file (a loop, or its target is gone)"
 
 
 def test_a_memor_feature_file_that_fails_while_a_split_is_built_leaves_out_as_it_was(files, tmp_path: Path, capsys):

@@ -600,6 +600,25 @@ def read_text(path: str | Path) -> str:
         raise RamerError(f"{path}: not UTF-8 text ({first_line(e)})") from None
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """What ``path`` is when something other than a regular file is there (``None``: a regular file,
+    or nothing): a pipe would make a read wait for ever and a device such as ``/dev/zero`` never end."""
+    if path.is_file() or not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_dir():
+        return "is a folder, expected a file"
+    if not path.exists():
+        return "is a symbolic link that leads to no file (a loop, or its target is gone)"
+    return "is not a regular file (a pipe, socket or device), expected a file"
+
+
+def need_regular_file(path: Path) -> None:
+    """A RamerError naming ``path`` when something other than a regular file is there
+    (``not_a_regular_file``); nothing there is the reader's affair."""
+    if (what := not_a_regular_file(path)) is not None:
+        raise RamerError(f"{path}: {what}")
+
+
 def read_json(path: str | Path):
     """The value of a JSON file; a RamerError naming the file when it is missing, unreadable or not JSON."""
     path = Path(path)
@@ -610,17 +629,26 @@ def read_json(path: str | Path):
         raise RamerError(f"{path}: not valid JSON ({e})") from None
 
 
-class NestedTooDeeply(json.JSONDecodeError):
-    """JSON nested deeper than the parser recurses; it has no position worth naming."""
+class UnreadableJson(json.JSONDecodeError):
+    """JSON that is well formed but that the parser cannot hold (nested deeper than it recurses, an
+    integer of more digits than Python converts); it has no position worth naming."""
 
     def __str__(self) -> str:
         return self.msg
 
 
 def loads_json(text: str | bytes):
-    """``json.loads``, with a document nested deeper than the parser's recursion (``[[[[...]]]]``)
-    reported as a ``json.JSONDecodeError`` ("nested too deeply"), as any other malformed text is."""
+    """``json.loads``, with a document nested deeper than the parser's recursion (``[[[[...]]]]``),
+    or an integer of more digits than Python converts (4300), reported as a ``json.JSONDecodeError``
+    ("nested too deeply", "an integer of more than 4300 digits"), as any other malformed text is."""
+    doc = text if isinstance(text, str) else ""
     try:
         return json.loads(text)
     except RecursionError:
-        raise NestedTooDeeply("nested too deeply", text if isinstance(text, str) else "", 0) from None
+        raise UnreadableJson("nested too deeply", doc, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # int() of a literal past sys.get_int_max_str_digits()
+        if "digits" not in str(e):
+            raise
+        raise UnreadableJson(f"an integer of more than {sys.get_int_max_str_digits()} digits", doc, 0) from None

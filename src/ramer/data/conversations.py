@@ -40,13 +40,18 @@ from typing import Any
 import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
+from ramer.config import MAX_GRID
 from ramer.console import LOG_EVERY, labels_phrase, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError
 from ramer.metrics import decide
+from ramer.paths import not_a_regular_file
 
 FORMAT = "conversations"
+# a conversation's persons at most (a scene is persons x utterances: 30,000 names in one
+# 'present' cell asked for 8.7 GiB); the embedded benchmark's bound too (config.MAX_GRID)
+MAX_PERSONS = MAX_GRID
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 REQUIRED = ("conversation", "index", "speaker", "text")
 OPTIONAL = ("start", "end", "media", "present", "labels", "target", "split")
@@ -293,7 +298,12 @@ def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
     path = Path(path)
     if not path.is_file():
         raise RamerError(
-            f"{path}: " + ("a folder; give the table file (.csv, .tsv, .jsonl)" if path.is_dir() else "file not found")
+            f"{path}: "
+            + (
+                "a folder; give the table file (.csv, .tsv, .jsonl)"
+                if path.is_dir()
+                else not_a_regular_file(path) or "file not found"
+            )
         )
     suffix = path.suffix.lower()
     if suffix in _JSONL_SUFFIXES:
@@ -551,11 +561,14 @@ def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
             whole = line.strip() == "{" or line.lstrip().startswith("[")  # a pretty-printed document
             hint = f"{one_per_line}, not one JSON document" if whole else ""
             raise RamerError(f"{_where(path, row)}: not valid JSON ({e.msg}){hint}") from None
+        except ValueError as e:  # an integer of more digits than Python converts (4300)
+            raise RamerError(f"{_where(path, row)}: not readable JSON ({str(e).split(';')[0]})") from None
         if not isinstance(raw, dict):
             hint = f"{one_per_line}, not one JSON array of rows{records}" if isinstance(raw, list) else ""
             raise RamerError(
                 f"{_where(path, row)}: holds a {type(raw).__name__}, expected an object (one utterance){hint}"
             )
+        _lone_surrogate(raw, path, row)
         _check_columns(raw, path, row)
         if all(isinstance(raw.get(c), (dict, list)) for c in REQUIRED):
             raise RamerError(
@@ -565,6 +578,22 @@ def _read_jsonl(path: Path) -> tuple[list[Utterance], set[str]]:
         columns |= set(raw)
         out.append(_utterance(raw, path, row))
     return out, columns
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(raw: dict, path: Path, row: int) -> None:
+    """A RamerError when a text of a JSONL row (or an item of a list in it) holds a lone surrogate:
+    ``"\\ud800"`` is valid JSON but no character, which no file or terminal can take (it failed
+    deep in the text model, or when a name was printed). A column name holding one is unknown."""
+    for key, value in raw.items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and (m := _SURROGATE.search(v)):
+                raise RamerError(
+                    f"{_where(path, row)}: column {_short(key)} holds \\u{ord(m.group()):04x}, half of a character "
+                    "written as a JSON escape (a lone surrogate), which is no text; write the whole character"
+                )
 
 
 # =================================================================================== conversations
@@ -611,12 +640,15 @@ def group_conversations(utterances: list[Utterance], path: Path, columns: set[st
                 f"{_where(path, rows[0].row)}: conversation '{name}' is empty: every text is empty and it has no media"
             )
         rows = sorted(rows, key=lambda u: u.index)
-        persons: list[str] = []
+        named: dict[str, None] = {}  # the persons in order of first appearance
         for u in rows:
-            for q in (u.speaker, *u.present):
-                if q not in persons:
-                    persons.append(q)
-        conv = Conversation(name, rows, persons, split=split, media_row=media_row, media_name=media)
+            named.update(dict.fromkeys((u.speaker, *u.present)))
+            if len(named) > MAX_PERSONS:
+                raise RamerError(
+                    f"{_where(path, u.row)}: conversation '{name}' has more than {MAX_PERSONS} persons (its "
+                    "speakers and the names in 'present'); each is a row of every sample's scene: split it"
+                )
+        conv = Conversation(name, rows, list(named), split=split, media_row=media_row, media_name=media)
         if media:
             conv.media = path.parent / media
             for u in rows:
@@ -874,7 +906,12 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
     path = Path(path)
     if not path.is_file():
         raise RamerError(
-            f"{path}: " + ("a folder; give the personality CSV file" if path.is_dir() else "file not found")
+            f"{path}: "
+            + (
+                "a folder; give the personality CSV file"
+                if path.is_dir()
+                else not_a_regular_file(path) or "file not found"
+            )
         )
     out: dict[str, np.ndarray] = {}
     try:
@@ -1055,7 +1092,8 @@ def _interrupted(e: BaseException) -> bool:
 def cut_texts(texts: list[str]) -> tuple[np.ndarray, int]:
     """Per text, whether the text model cuts it to its start (more word pieces than its
     ``max_seq_length``), and that limit (0 when no text was long enough to ask the model). Only
-    texts over ``WHOLE_TEXT_CHARS`` characters are tokenized: shorter ones cannot be cut."""
+    texts over ``WHOLE_TEXT_CHARS`` characters are tokenized: shorter ones cannot be cut. A text over
+    ``features.TEXT_READ_CHARS`` characters is cut (``features.model_text``) whatever its pieces."""
     flags = np.zeros(len(texts), dtype=bool)
     ask = [i for i, t in enumerate(texts) if len(t) > WHOLE_TEXT_CHARS]
     if not ask:
@@ -1064,7 +1102,7 @@ def cut_texts(texts: list[str]) -> tuple[np.ndarray, int]:
     if 3 * WHOLE_TEXT_CHARS + 2 > limit:  # a model that reads fewer pieces: ask about every text
         ask = list(range(len(texts)))
         pieces, limit = F.text_pieces(texts)
-    flags[ask] = np.asarray(pieces) > limit
+    flags[ask] = (np.asarray(pieces) > limit) | (np.array([len(texts[i]) for i in ask]) > F.TEXT_READ_CHARS)
     return flags, limit
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ramer.errors import RamerError
-from ramer.paths import atomic_write, remove_temporaries
+from ramer.paths import atomic_write, not_a_regular_file, remove_temporaries
 
 IMPORT_HINT = "pip install 'ramer[import]'"
 FACE_HINT = "pip install 'ramer[face]' (mediapipe 0.10.21; it needs numpy<2)"
@@ -49,6 +49,11 @@ TEXT_MODEL = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
 TEXT_BATCH = 64
 TEXT_TRIM_BATCHES = 8  # the text stage hands freed memory back to the system every this many batches
+# the text model reads a text's first 256 word pieces, but its tokenizer first normalizes and splits
+# the whole text (about 170 bytes of memory per character: a 100 MB cell aborted the process); a text
+# is handed to it as at most this many characters, cut at a space (``model_text``), whose word pieces
+# begin the whole text's: a text with 256 pieces in them gives the features the whole text gives
+TEXT_READ_CHARS = 20_000
 
 # ------------------------------------------------------------------------------------------ audio
 AUDIO_RATE = 16000
@@ -131,6 +136,10 @@ class FeatureCache:
     def get(self, kind: str, name: str, key: str) -> dict[str, np.ndarray] | None:
         path = self._path(kind, name)
         self.used.add(path)
+        # a pipe there made the import wait for ever; a link would have the entry written where it leads
+        if (what := not_a_regular_file(path)) is not None or path.is_symlink():
+            what = what or "is a symbolic link"
+            raise RamerError(f"{path}: {what}; the import's cache holds only files it writes itself: remove it")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) == key and str(z["name"]) == name:
@@ -231,17 +240,30 @@ def text_model_version() -> str:
         return TEXT_MODEL
 
 
+def model_text(text: str) -> str:
+    """``text`` as the text model is given it: whole up to ``TEXT_READ_CHARS`` characters; a longer
+    one cut to its first ``TEXT_READ_CHARS`` at the last space, tab or line break in them (a word
+    ends there, so the pieces of the part kept begin the whole text's), at ``TEXT_READ_CHARS`` when
+    there is none."""
+    if len(text) <= TEXT_READ_CHARS:
+        return text
+    head = text[:TEXT_READ_CHARS]
+    cut = max(head.rfind(c) for c in " \t\n\r")
+    return head[:cut] if cut > 0 else head
+
+
 def text_pieces(texts: Sequence[str]) -> tuple[list[int], int]:
-    """The word pieces of each text as the text model reads it ([CLS] and [SEP] included), and the
-    model's ``max_seq_length``: of a text with more pieces it reads only the first that many."""
+    """The word pieces of each text as the text model reads it ([CLS] and [SEP] included; of a text
+    over ``TEXT_READ_CHARS`` characters, of ``model_text``'s part), and the model's
+    ``max_seq_length``: of a text with more pieces it reads only the first that many."""
     model = load_text_model()
-    ids = model.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    ids = model.tokenizer([model_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
     return [len(x) for x in ids], int(model.max_seq_length)
 
 
 def embed_texts(texts: Sequence[str], advance: Callable[[int], None] | None = None) -> np.ndarray:
-    """Sentence embeddings ``(n, 384)`` float32 of ``texts``, in batches of ``TEXT_BATCH``;
-    ``advance(k)`` is called after each batch of ``k`` texts (the progress bar)."""
+    """Sentence embeddings ``(n, 384)`` float32 of ``texts`` (each as ``model_text`` gives it), in
+    batches of ``TEXT_BATCH``; ``advance(k)`` is called after each batch of ``k`` texts (the progress bar)."""
     out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
     if not len(texts):
         return out
@@ -250,7 +272,7 @@ def embed_texts(texts: Sequence[str], advance: Callable[[int], None] | None = No
 
     with torch.inference_mode():
         for start in range(0, len(texts), TEXT_BATCH):
-            chunk = list(texts[start : start + TEXT_BATCH])
+            chunk = [model_text(t) for t in texts[start : start + TEXT_BATCH]]
             emb = model.encode(
                 chunk, batch_size=TEXT_BATCH, convert_to_numpy=True, show_progress_bar=False, normalize_embeddings=True
             )

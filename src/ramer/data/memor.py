@@ -60,7 +60,7 @@ from ramer.data.readers import SplitStream, as_array, as_float32, check_numeric,
 from ramer.data.safe_load import safe_load
 from ramer.data.store import SceneStore
 from ramer.errors import RamerError, unreadable
-from ramer.paths import loads_json, read_json, read_text
+from ramer.paths import loads_json, need_regular_file, read_json, read_text
 
 CHARACTERS = ("sheldon", "leonard", "howard", "rajesh", "penny", "bernadette", "amy", "others")  # the code's order
 PRIMARY = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
@@ -165,19 +165,17 @@ class JsonVectors:
 
 # ------------------------------------------------------------------------------------- small readers
 def _need_file(path: Path, hint: str = "") -> None:
-    """A RamerError when ``path`` is not a file: missing, a link to nothing, or a folder where a
-    file belongs."""
-    if path.is_dir():
-        raise RamerError(f"{path}: is a folder, expected a file")
-    if path.is_symlink() and not path.exists():
-        raise RamerError(f"{path}: a link that leads to no file (its target is missing, or the links loop)")
+    """A RamerError when ``path`` is not a file: missing, or something other than a regular file
+    there (``need_regular_file``: a folder, a link to nothing, a pipe or a device)."""
+    need_regular_file(path)
     if not path.is_file():
         raise RamerError(f"{path}: file not found{hint}")
 
 
 def _read_text(path: Path) -> str:
     """``read_text`` without the byte-order mark that Windows editors put first (``int`` and
-    ``float`` would refuse the first line)."""
+    ``float`` would refuse the first line), of a file (``_need_file``)."""
+    _need_file(path)
     return read_text(path).removeprefix("\ufeff")
 
 

@@ -65,6 +65,7 @@ from ramer.paths import (
     dataset_folder,
     holding,
     make_folder,
+    need_regular_file,
     on_disk,
     read_json,
     remove_temporaries,
@@ -192,6 +193,8 @@ class SceneStore:
                 isinstance(packed, dict) and set(packed) == set(MODALITIES),
                 f"feature_rows must map each of {', '.join(MODALITIES)} to a row map",
             )
+        for name, shape in (("grid", "(n, 2)"), ("present", "(T, 3)")):  # their lengths count scenes and tokens
+            need(getattr(self, name).ndim == 2, f"{name} has shape {getattr(self, name).shape}, expected {shape}")
         n, T = len(self.grid), len(self.present)  # the tokens, whichever way the features are held
         need(self.grid.ndim == 2 and self.grid.shape[1] == 2, f"grid has shape {self.grid.shape}, expected (n, 2)")
         need(
@@ -609,6 +612,7 @@ class SceneStore:
         arrays = {}
         for name in _ARRAYS + _OPTIONAL:
             path = directory / f"{name}.npy"
+            need_regular_file(path)
             if not path.exists():
                 if name in _OPTIONAL:
                     continue
@@ -622,6 +626,7 @@ class SceneStore:
             if arr.dtype != _DTYPES[name]:
                 raise RamerError(f"{path}: dtype {arr.dtype}, expected {np.dtype(_DTYPES[name])}")
             arrays[name] = arr
+        need_regular_file(directory / "ids.json")
         ids = read_json(directory / "ids.json")
         if (what := _not_strings(ids)) is not None:
             raise RamerError(f"{directory / 'ids.json'}: {what}, expected a list of strings (one sample id per scene)")
@@ -1049,6 +1054,7 @@ def native_info(path: str | Path) -> dict:
 def _read_meta(path: Path) -> dict:
     """``meta.json`` of the native directory ``path``, its keys checked for type."""
     where = path / "meta.json"
+    need_regular_file(where)
     meta = read_json(where)
     if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
         raise RamerError(f"{where}: not a {NATIVE_FORMAT} directory")
@@ -1090,7 +1096,81 @@ def _read_meta(path: Path) -> dict:
     for key, d in (dims or {}).items():
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
             raise RamerError(f"{where}: 'dims' gives {key!r} {_kind(d)}, expected a size (an integer >= 0) or null")
+    if meta.get("source_format") == "conversations":
+        _check_import_info(meta, where)
     return meta
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _import_item_problem(item, splits: dict) -> str | None:
+    """What makes ``item`` (one conversation of an import's ``info.conversations.items``, which
+    ``ramer predict``'s timelines and ``ramer view`` read) unreadable; ``None`` when it is sound."""
+    if not isinstance(item, dict):
+        return f"is {_kind(item)}, expected an object"
+    for key, kind in (
+        ("name", str),
+        ("split", str),
+        ("persons", list),
+        ("index", list),
+        ("first", int),
+        ("targets", list),
+    ):
+        value = item.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"gives '{key}' {_kind(value)}" if key in item else f"lacks '{key}'"
+    if not item["persons"] or _not_strings(item["persons"]) is not None:
+        return "gives 'persons' that is not a list of names"
+    if not all(_is_int(x) for x in item["index"]):
+        return "gives 'index' that is not a list of integers"
+    if not all(_is_int(t) and 0 <= t < len(item["index"]) for t in item["targets"]):
+        return f"gives 'targets' that are not segments of its {len(item['index'])} 'index' values"
+    n = splits.get(item["split"])
+    if n is not None and not 0 <= item["first"] <= n - len(item["targets"]):
+        return (
+            f"gives 'first' {item['first']} for {len(item['targets'])} targets, outside split "
+            f"'{item['split']}' ({n} samples)"
+        )
+    return None
+
+
+def _check_import_info(meta: dict, where: Path) -> None:
+    """An imported set's ``info`` as ``ramer predict``, ``eval`` and ``view`` read it (``source_files``,
+    ``conversations``: ``labelled`` and each conversation's ``items``): a meta.json edited into
+    another shape is an error naming it, not a traceback after the predictions."""
+    info = meta.get("info", {})
+    files = info.get("source_files", [])
+    if (what := _not_strings(files)) is not None:
+        raise RamerError(f"{where}: 'info.source_files' {what}, expected a list of file paths")
+    conv = info.get("conversations", {})
+    if not isinstance(conv, dict):
+        raise RamerError(f"{where}: 'info.conversations' is {_kind(conv)}, expected an object")
+    if not isinstance(conv.get("labelled", True), bool):
+        raise RamerError(f"{where}: 'info.conversations.labelled' is {_kind(conv['labelled'])}, expected true or false")
+    items = conv.get("items", [])
+    if not isinstance(items, list):
+        raise RamerError(f"{where}: 'info.conversations.items' is {_kind(items)}, expected a list of conversations")
+    for k, item in enumerate(items):
+        if (what := _import_item_problem(item, meta["splits"])) is not None:
+            raise RamerError(f"{where}: 'info.conversations.items'[{k}] {what}")
+
+
+def _check_import_targets(meta: dict, splits: dict[str, SceneStore], where: Path) -> None:
+    """Each target of an imported conversation is a person the conversation lists (its row of the
+    timeline)."""
+    for k, item in enumerate(meta.get("info", {}).get("conversations", {}).get("items", [])):
+        store = splits.get(item["split"])
+        if store is None or not item["targets"]:
+            continue
+        first = item["first"]
+        persons = np.asarray(store.target[first : first + len(item["targets"]), 0])
+        if not ((persons >= 0) & (persons < len(item["persons"]))).all():
+            raise RamerError(
+                f"{where}: 'info.conversations.items'[{k}] lists {len(item['persons'])} persons, but a target of its "
+                f"samples in split '{item['split']}' is another person"
+            )
 
 
 _SCAN_ROWS = 1 << 16  # rows per finiteness scan step: memory-mapped files stay paged out
@@ -1164,6 +1244,8 @@ def load_native(path: str | Path, mmap: bool = True) -> DataBundle:
                         "every split must have the same feature sizes"
                     )
         splits[name] = store
+    if meta.get("source_format") == "conversations":
+        _check_import_targets(meta, splits, path / "meta.json")
     return DataBundle(
         splits, labels, meta.get("source_format", "native"), str(path), meta.get("info", {}), meta.get("task", TASKS[0])
     )
