@@ -278,3 +278,37 @@ def test_a_conversation_of_more_persons_than_a_scene_holds_is_named(tmp_path: Pa
     utterances, columns = read_table(p)
     with pytest.raises(RamerError, match=rf"^{p}: row 3: conversation 'c' has more than {MAX_PERSONS} persons"):
         group_conversations(utterances, p, columns)
+
+
+# ------------------------------------------------------------------ names printed to the terminal
+@pytest.mark.parametrize("column", ["conversation", "speaker", "labels", "present"])
+def test_a_name_with_a_control_character_is_refused_at_import(tmp_path: Path, column: str) -> None:
+    """A name (conversation, person, label) is printed by data info, predict's timeline and errors:
+    ESC in one made the file's colours, cursor moves or window title the terminal's; a text need not
+    be printed and may hold one."""
+    rows = {"conversation": "c", "index": "2", "speaker": "bob", "text": "hi \x1b[2J", "labels": "sad", "present": ""}
+    rows[column] = "\x1b[31mred"
+    p = tmp_path / "t.csv"
+    p.write_text("conversation,index,speaker,text,labels,present\nc,1,ann,hi,joy,\n" + ",".join(rows.values()) + "\n")
+    with pytest.raises(
+        RamerError,
+        match=rf"^{p}: row 3: column '{column}' holds '\\x1b\[31mred', a name with the control character \\x1b",
+    ):
+        read_table(p)
+    rows[column] = "red" if column != "present" else ""
+    p.write_text("conversation,index,speaker,text,labels,present\nc,1,ann,hi,joy,\n" + ",".join(rows.values()) + "\n")
+    assert read_table(p)[0][1].text == "hi \x1b[2J"  # a text keeps it
+
+
+def test_a_label_name_with_a_control_character_is_refused_in_a_native_folder(tmp_path: Path) -> None:
+    d = native(tmp_path)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["label_names"][0] = "joy\nsad"
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        RamerError, match=r"meta.json: 'label_names' holds 'joy\\nsad', a name with the control character \\n"
+    ):
+        load_native(d)
+    store = random_store(n=3, personality_dim=None)
+    with pytest.raises(RamerError, match=r"label_names holds 'l\\x7f', a name with the control character \\x7f"):
+        SceneStore(**{**store.__dict__, "label_names": ("l\x7f", *store.label_names[1:])})

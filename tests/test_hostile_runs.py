@@ -103,6 +103,22 @@ def test_a_model_file_naming_a_label_twice_is_malformed(stopped_run, tmp_path):
         ckpt.read_spec(out / "model.safetensors")
 
 
+def test_a_model_file_whose_label_name_holds_a_control_character_is_malformed(stopped_run, tmp_path):
+    """Label names are printed (eval's table, predict's legend): ESC in one is the file's command to
+    the terminal."""
+    out = copy_of(stopped_run, tmp_path)
+
+    def escape(spec):
+        spec["label_names"][1] = "\x1b]0;owned\x07joy"
+        return spec
+
+    rewrite_model(out / "model.safetensors", spec=escape)
+    with pytest.raises(
+        RamerError, match=r"malformed \('label_names' holds .*, a name with the control character \\x1b\)"
+    ):
+        ckpt.read_spec(out / "model.safetensors")
+
+
 def edit_state(out, edit):
     state = torch.load(out / "train_state.pt", weights_only=True)
     edit(state)

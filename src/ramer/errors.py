@@ -52,3 +52,16 @@ def first_line(e: BaseException) -> str:
     ``EOFError`` for an empty file has no message)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def control_character(name: str) -> str | None:
+    """The first control character of ``name`` (Unicode's category Cc: ESC, a line break, a tab,
+    DEL...) as Python escapes it (``\\x1b``), or ``None``. A name is printed to the terminal (tables,
+    timelines, errors): ESC there starts a colour, a cursor move or a window title that the file chose,
+    and a line break splits a row."""
+    import unicodedata
+
+    for c in name:
+        if unicodedata.category(c) == "Cc":
+            return repr(c)[1:-1]
+    return None

@@ -44,7 +44,7 @@ from ramer.config import MAX_GRID
 from ramer.console import LOG_EVERY, labels_phrase, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
-from ramer.errors import RamerError
+from ramer.errors import RamerError, control_character
 from ramer.metrics import decide
 from ramer.paths import not_a_regular_file
 
@@ -154,7 +154,18 @@ def _name(value: Any, path: Path, row: int, column: str) -> str:
             "(1.0 and 1 would be two names)"
         )
     text = _text(value, path, row, column)
+    _printable(text, path, row, column)
     return unicodedata.normalize("NFC", text) if column in ("speaker", "present") else text
+
+
+def _printable(name: str, path: Path, row: int, column: str) -> None:
+    """A RamerError naming the row when ``name`` (a conversation, person or label) holds a control
+    character (``errors.control_character``): names are printed, and text need not be."""
+    if (c := control_character(name)) is not None:
+        raise RamerError(
+            f"{_where(path, row)}: column '{column}' holds {_short(name)}, a name with the control character "
+            f"{c} (names are printed to the terminal); write it without"
+        )
 
 
 def _int(value: Any, path: Path, row: int, column: str) -> int:
@@ -211,6 +222,7 @@ def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
     for item in items:
         item = item.strip()
         _python_list(item, path, row, column)
+        _printable(item, path, row, column)
         if column == "present":  # as ``_name`` reads a person's name
             item = unicodedata.normalize("NFC", item)
         if item and item not in out:

@@ -55,7 +55,7 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.console import names_line
-from ramer.errors import RamerError, first_line
+from ramer.errors import RamerError, control_character, first_line
 from ramer.paths import (
     DATASET_ENTRIES,
     RUN_FILES,
@@ -183,6 +183,8 @@ class SceneStore:
         names = self.label_names
         if (what := f"is {_kind(names)}" if isinstance(names, str) else _not_strings(list(names))) is not None:
             need(False, f"label_names {what}, expected a list of strings (the label names)")
+        if (odd := _unprintable(self.label_names)) is not None:
+            need(False, f"label_names {odd}")
         if (twice := first_repeat(self.label_names)) is not None:
             need(False, f"label_names names '{twice}' twice; each label needs its own name")
         if (what := _not_strings(self.ids)) is not None:
@@ -947,6 +949,15 @@ def _not_strings(value) -> str | None:
     return f"holds {_kind(bad[0])}" if bad else None
 
 
+def _unprintable(names) -> str | None:
+    """What makes one of ``names`` unprintable (a control character: ``errors.control_character``),
+    for errors; ``None`` when each prints as itself."""
+    for name in names:
+        if (c := control_character(name)) is not None:
+            return f"holds {name!r:.60}, a name with the control character {c} (names are printed to the terminal)"
+    return None
+
+
 def _names(value) -> str:
     """``value`` (label names) as a list, for errors."""
     return repr(value) if isinstance(value, str) else str(list(value))
@@ -1063,6 +1074,8 @@ def _read_meta(path: Path) -> dict:
             raise RamerError(f"{where}: missing key '{key}'")
     if (what := _not_strings(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' {what}, expected a list of strings (the label names)")
+    if (odd := _unprintable(meta["label_names"])) is not None:
+        raise RamerError(f"{where}: 'label_names' {odd}")
     if (twice := first_repeat(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' names '{twice}' twice; each label needs its own name")
     version = meta.get("version", 1)  # a folder without the key predates packed features
@@ -1123,6 +1136,8 @@ def _import_item_problem(item, splits: dict) -> str | None:
             return f"gives '{key}' {_kind(value)}" if key in item else f"lacks '{key}'"
     if not item["persons"] or _not_strings(item["persons"]) is not None:
         return "gives 'persons' that is not a list of names"
+    if (odd := _unprintable([item["name"], *item["persons"]])) is not None:
+        return odd
     if not all(_is_int(x) for x in item["index"]):
         return "gives 'index' that is not a list of integers"
     if not all(_is_int(t) and 0 <= t < len(item["index"]) for t in item["targets"]):
