@@ -63,6 +63,15 @@ def test_a_config_file_with_a_number_of_5000_digits_is_one_line(tmp_path, capsys
     assert line.startswith(f"error: config file {config} is not valid YAML: a number of more than ")
 
 
+def test_a_config_value_yaml_cannot_convert_is_named_for_what_it_is(tmp_path, capsys):
+    """A date with month 13 is a ValueError of YAML's constructor too, which was said to be a number
+    of more than 4300 digits."""
+    config = tmp_path / "date.yaml"
+    config.write_text("train:\n  epochs: 2020-13-45\n")
+    line = one_line_error(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert line == f"error: config file {config} is not valid YAML: a value it cannot read (month must be in 1..12)"
+
+
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
 def test_a_loop_of_symbolic_links_is_named(tmp_path, capsys, monkeypatch):
     """A written file's path that loops (``a -> b -> a``) gave Path.resolve's RuntimeError."""

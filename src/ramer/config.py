@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ramer.errors import RamerError, first_line, unreadable
+from ramer.errors import RamerError, first_line, too_many_digits, unreadable
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # the bundled configs (`--config NAME`)
 
@@ -347,8 +347,10 @@ def load_yaml_text(text: str) -> Any:
     ``yaml.YAMLError`` names the place)."""
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: Python tags are refused
-    except ValueError:  # an integer of more digits than Python converts
-        raise yaml.YAMLError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
+    except ValueError as e:  # a scalar the reader's constructor cannot convert
+        if too_many_digits(e):
+            raise yaml.YAMLError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
+        raise yaml.YAMLError(f"a value it cannot read ({first_line(e)})") from None
 
 
 def _admits_str(annotation) -> bool:

@@ -54,6 +54,12 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def too_many_digits(e: ValueError) -> bool:
+    """``e`` is Python's refusal to convert an integer literal of more digits than
+    ``sys.get_int_max_str_digits()`` (4300), which the JSON and YAML readers raise as a plain ValueError."""
+    return "Exceeds the limit" in str(e) and "digits" in str(e)
+
+
 def control_character(name: str) -> str | None:
     """The first control character of ``name`` (Unicode's category Cc: ESC, a line break, a tab,
     DEL...) as Python escapes it (``\\x1b``), or ``None``. A name is printed to the terminal (tables,

@@ -28,7 +28,7 @@ try:
 except ImportError:  # Windows: no folder locks (``hold``)
     fcntl = None
 
-from ramer.errors import RamerError, first_line, unreadable, unwritable
+from ramer.errors import RamerError, first_line, too_many_digits, unreadable, unwritable
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -648,7 +648,7 @@ def loads_json(text: str | bytes):
         raise UnreadableJson("nested too deeply", doc, 0) from None
     except json.JSONDecodeError:
         raise
-    except ValueError as e:  # int() of a literal past sys.get_int_max_str_digits()
-        if "digits" not in str(e):
+    except ValueError as e:
+        if not too_many_digits(e):
             raise
         raise UnreadableJson(f"an integer of more than {sys.get_int_max_str_digits()} digits", doc, 0) from None
