@@ -29,7 +29,7 @@ from torch import nn
 
 from ramer.config import TASKS, Config, config_from_dict, fill_older_config, read_run_config, unknown_keys
 from ramer.data.safe_load import refuse_compressed, refused_global
-from ramer.errors import FileUnreadable, RamerError, control_character, first_line, readable
+from ramer.errors import FileUnreadable, RamerError, first_line, first_unprintable, readable
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
@@ -191,8 +191,8 @@ def _spec_problem(tree) -> str | None:
         return f"'dims' must map each modality to a feature size of 0 or more, not {dims!r:.60}"
     if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
         return f"'label_names' must be a non-empty list of names, not {names!r:.60}"
-    if (odd := next((x for x in names if control_character(x) is not None), None)) is not None:
-        return f"'label_names' holds {odd!r:.60}, a name with the control character {control_character(odd)}"
+    if (found := first_unprintable(names)) is not None:
+        return f"'label_names' holds {found[0]!r:.60}, a name with the control character {found[1]}"
     twice = sorted(name for name, n in Counter(names).items() if n > 1)
     if twice:
         return f"'label_names' names a label twice ({', '.join(twice)[:60]})"

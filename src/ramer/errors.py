@@ -71,3 +71,12 @@ def control_character(name: str) -> str | None:
         if unicodedata.category(c) == "Cc":
             return repr(c)[1:-1]
     return None
+
+
+def first_unprintable(names) -> tuple[str, str] | None:
+    """The first of ``names`` that holds a control character, and that character as
+    ``control_character`` gives it; ``None`` when each name prints as itself."""
+    for name in names:
+        if (c := control_character(name)) is not None:
+            return name, c
+    return None

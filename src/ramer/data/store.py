@@ -55,7 +55,7 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.console import names_line
-from ramer.errors import RamerError, control_character, first_line
+from ramer.errors import RamerError, first_line, first_unprintable
 from ramer.paths import (
     DATASET_ENTRIES,
     RUN_FILES,
@@ -952,10 +952,10 @@ def _not_strings(value) -> str | None:
 def _unprintable(names) -> str | None:
     """What makes one of ``names`` unprintable (a control character: ``errors.control_character``),
     for errors; ``None`` when each prints as itself."""
-    for name in names:
-        if (c := control_character(name)) is not None:
-            return f"holds {name!r:.60}, a name with the control character {c} (names are printed to the terminal)"
-    return None
+    if (found := first_unprintable(names)) is None:
+        return None
+    name, c = found
+    return f"holds {name!r:.60}, a name with the control character {c} (names are printed to the terminal)"
 
 
 def _names(value) -> str:
