@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the suite in this many processes (pytest-xdist, each file's tests in one; tests/conftest.py gives
+# each its share of the cores); `make test PYTEST_WORKERS=0` runs it in this one
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
 
@@ -25,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,15 @@ import torch
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.data import features as F
 from ramer.data.store import SceneStore
+
+# `pytest -n N` (the Makefile's test command): each worker gets its share of the cores, in this
+# process and in the CLI runs it starts (torch's default is every core, in every worker)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _SHARE = max(1, _CORES // _WORKERS)
+    torch.set_num_threads(_SHARE)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
 
 LABELS9 = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
 
