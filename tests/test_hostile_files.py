@@ -312,3 +312,17 @@ def test_a_label_name_with_a_control_character_is_refused_in_a_native_folder(tmp
     store = random_store(n=3, personality_dim=None)
     with pytest.raises(RamerError, match=r"label_names holds 'l\\x7f', a name with the control character \\x7f"):
         SceneStore(**{**store.__dict__, "label_names": ("l\x7f", *store.label_names[1:])})
+
+
+def test_an_empty_label_name_is_refused_in_a_native_folder(tmp_path: Path) -> None:
+    """``data import`` never writes one (an empty labels cell is no label); a hand-edited meta.json
+    or a store built in Python could, and data info and predict's legend would print nothing for it."""
+    d = native(tmp_path)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["label_names"][1] = ""
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RamerError, match=r"meta.json: 'label_names' holds an empty name \(names are printed"):
+        load_native(d)
+    store = random_store(n=3, personality_dim=None)
+    with pytest.raises(RamerError, match=r"label_names holds an empty name"):
+        SceneStore(**{**store.__dict__, "label_names": (*store.label_names[:-1], "")})

@@ -114,8 +114,21 @@ def test_a_model_file_whose_label_name_holds_a_control_character_is_malformed(st
 
     rewrite_model(out / "model.safetensors", spec=escape)
     with pytest.raises(
-        RamerError, match=r"malformed \('label_names' holds .*, a name with the control character \\x1b\)"
+        RamerError, match=r"malformed \('label_names' holds .*, a name with the control character \\x1b \(names are"
     ):
+        ckpt.read_spec(out / "model.safetensors")
+
+
+def test_a_model_file_with_an_empty_label_name_is_malformed(stopped_run, tmp_path):
+    """An empty label name is a legend entry and a table row of nothing."""
+    out = copy_of(stopped_run, tmp_path)
+
+    def empty(spec):
+        spec["label_names"][1] = ""
+        return spec
+
+    rewrite_model(out / "model.safetensors", spec=empty)
+    with pytest.raises(RamerError, match=r"malformed \('label_names' holds an empty name \(names are printed"):
         ckpt.read_spec(out / "model.safetensors")
 
 

@@ -29,7 +29,16 @@ from torch import nn
 
 from ramer.config import TASKS, Config, config_from_dict, fill_older_config, read_run_config, unknown_keys
 from ramer.data.safe_load import refuse_compressed, refused_global
-from ramer.errors import FileUnreadable, RamerError, first_line, first_unprintable, readable
+from ramer.errors import (
+    FileUnreadable,
+    RamerError,
+    first_line,
+    is_finite,
+    is_probability,
+    is_whole,
+    readable,
+    unprintable_name,
+)
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec
 from ramer.paths import atomic_write, loads_json
@@ -177,11 +186,6 @@ def read_spec(path: str | Path) -> DataSpec:
     return spec_from_meta(tree, path)
 
 
-def is_whole(value, least: int = 0) -> bool:
-    """``value`` is an int (not a bool) of at least ``least``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def _spec_problem(tree) -> str | None:
     """What is wrong with a stored data spec (``DataSpec.to_dict``), or None."""
     if not isinstance(tree, dict):
@@ -191,8 +195,8 @@ def _spec_problem(tree) -> str | None:
         return f"'dims' must map each modality to a feature size of 0 or more, not {dims!r:.60}"
     if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
         return f"'label_names' must be a non-empty list of names, not {names!r:.60}"
-    if (found := first_unprintable(names)) is not None:
-        return f"'label_names' holds {found[0]!r:.60}, a name with the control character {found[1]}"
+    if (odd := unprintable_name(names)) is not None:
+        return f"'label_names' {odd}"
     twice = sorted(name for name, n in Counter(names).items() if n > 1)
     if twice:
         return f"'label_names' names a label twice ({', '.join(twice)[:60]})"
@@ -234,12 +238,8 @@ def _threshold_form(threshold, n_labels: int | None = None) -> bool:
     if isinstance(threshold, str):
         return threshold == ARGMAX
     if isinstance(threshold, list):
-        return bool(threshold) and n_labels in (None, len(threshold)) and all(map(_probability, threshold))
-    return _probability(threshold)
-
-
-def _probability(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+        return bool(threshold) and n_labels in (None, len(threshold)) and all(map(is_probability, threshold))
+    return is_probability(threshold)
 
 
 def read_model_file(
@@ -456,7 +456,7 @@ def train_state_problem(state: dict) -> str | None:
     if not isinstance(best, dict) or not {"score", "epoch", "threshold"} <= set(best):
         return f"'best' must hold score, epoch and threshold, not {best!r:.60}"
     score, thr = best["score"], best["threshold"]
-    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
+    if not is_finite(score):
         return f"best 'score' must be a number, not {score!r:.40}"
     if not is_whole(best["epoch"], 0) or best["epoch"] > epoch:
         return f"best 'epoch' must be a whole number from 0 to the state's epoch {epoch}, not {best['epoch']!r:.40}"
@@ -467,7 +467,7 @@ def train_state_problem(state: dict) -> str | None:
 
 def _real(value) -> bool:
     """A finite number of 0 or more (an int or a float, not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return is_finite(value) and value >= 0
 
 
 def _like(saved, live) -> bool:

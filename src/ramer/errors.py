@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception type the CLI turns into a one-line message and a non-zero exit, and the checks
+that say what is wrong with a value read from a file."""
+
+import math
 
 
 class RamerError(Exception):
@@ -73,10 +76,38 @@ def control_character(name: str) -> str | None:
     return None
 
 
-def first_unprintable(names) -> tuple[str, str] | None:
-    """The first of ``names`` that holds a control character, and that character as
-    ``control_character`` gives it; ``None`` when each name prints as itself."""
+def unprintable_name(names) -> str | None:
+    """What makes one of ``names`` unprintable, for errors: an empty name (a legend entry or table
+    row of nothing) or one with a control character (``control_character``); ``None`` when each
+    prints as itself."""
     for name in names:
+        if not name:
+            return "holds an empty name (names are printed to the terminal)"
         if (c := control_character(name)) is not None:
-            return name, c
+            return f"holds {name!r:.60}, a name with the control character {c} (names are printed to the terminal)"
     return None
+
+
+def is_int(value) -> bool:
+    """``value`` is an int, not a bool (JSON's ``true`` reads as Python's True, which is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_whole(value, least: int = 0) -> bool:
+    """``value`` is an int (not a bool) of at least ``least``."""
+    return is_int(value) and value >= least
+
+
+def is_number(value) -> bool:
+    """``value`` is an int or a float, not a bool (NaN and infinities included)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite(value) -> bool:
+    """``value`` is a finite number (``is_number``)."""
+    return is_number(value) and math.isfinite(value)
+
+
+def is_probability(value) -> bool:
+    """``value`` is a number from 0 to 1 (``is_number``)."""
+    return is_number(value) and 0 <= value <= 1

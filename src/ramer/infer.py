@@ -22,7 +22,7 @@ from torch import nn
 from ramer import dist
 from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
-from ramer.errors import RamerError, ScoresNotFinite, first_line
+from ramer.errors import RamerError, ScoresNotFinite, first_line, is_probability
 from ramer.metrics import ARGMAX, finite_scores
 from ramer.models.base import output_probs, unit_scores
 from ramer.paths import loads_json
@@ -341,13 +341,13 @@ def check_record_matches(store: SceneStore, i: int, rec: dict, source: str) -> N
 def _threshold_problem(threshold, label_names) -> str | None:
     """Why a predictions line's ``threshold`` is not one ``prediction_records`` writes (``None``:
     it is one, or it is absent)."""
-
-    def probability(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-
-    if threshold is None or threshold == ARGMAX or probability(threshold):
+    if threshold is None or threshold == ARGMAX or is_probability(threshold):
         return None
-    if isinstance(threshold, dict) and set(threshold) == set(label_names) and all(map(probability, threshold.values())):
+    if (
+        isinstance(threshold, dict)
+        and set(threshold) == set(label_names)
+        and all(map(is_probability, threshold.values()))
+    ):
         return None
     return f"'threshold' must be a number in [0, 1], \"{ARGMAX}\" or an object label -> number in [0, 1]"
 
@@ -378,9 +378,7 @@ def read_predictions(path: str | Path, label_names: tuple[str, ...]) -> list[dic
         if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
             raise RamerError(f"{where}: expected an object with a string 'id', 'probs' and 'labels' (ramer predict)")
         probs, labels = rec.get("probs"), rec.get("labels")
-        if not isinstance(probs, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in probs.values()
-        ):
+        if not isinstance(probs, dict) or not all(map(is_probability, probs.values())):
             raise RamerError(f"{where}: 'probs' must map each label to a probability in [0, 1]")
         if set(probs) != set(label_names):
             raise RamerError(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ramer.errors import RamerError, ScoresNotFinite
+from ramer.errors import RamerError, ScoresNotFinite, is_number
 
 ARGMAX = "argmax"  # the stored threshold of a single-label model: the top label is the decision
 SELECTION = {"multi_label": "micro_f1", "single_label": "weighted_f1"}  # validation metric choosing the best epoch
@@ -280,12 +280,11 @@ def oracle_report(info: dict, split: str) -> dict | None:
     if not isinstance(rep, dict) or not isinstance(rep.get("overall"), dict):
         return None
 
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     for part in ("overall", "speaker", "nonspeaker"):
         m = rep.get(part)
-        if part in rep and not (isinstance(m, dict) and all(number(m.get(k)) for k in (*METRIC_KEYS, "top1_acc", "n"))):
+        if part in rep and not (
+            isinstance(m, dict) and all(is_number(m.get(k)) for k in (*METRIC_KEYS, "top1_acc", "n"))
+        ):
             return None
     return rep
 

@@ -21,7 +21,7 @@ from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.formats import convert_again, converted_otherwise, listed
 from ramer.data.store import is_native
-from ramer.errors import RamerError
+from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
 from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
 from ramer.train import run_training
@@ -76,14 +76,10 @@ def metrics_problem(result, memor: bool) -> str | None:
         metrics = result[part]
         if not isinstance(metrics, dict):
             return f"'{part}' is a {type(metrics).__name__}, not an object"
-        for key in ("n", *keys) if _is_number(metrics.get("n")) and metrics["n"] > 0 else ("n",):
-            if not _is_number(metrics.get(key)):
+        for key in ("n", *keys) if is_number(metrics.get("n")) and metrics["n"] > 0 else ("n",):
+            if not is_number(metrics.get(key)):
                 return f"'{part}' has {'no number' if key not in metrics else repr(metrics[key])[:40]} for '{key}'"
     return None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_converted_with(bench: str, data: str, cfg, bundle) -> None:

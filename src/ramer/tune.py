@@ -41,7 +41,6 @@ import datetime
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import socket
@@ -69,7 +68,7 @@ from ramer.config import (
 from ramer.console import plain_console
 from ramer.data import DataBundle, load_bundle, read_as_converted
 from ramer.data.store import resolve_task
-from ramer.errors import LossNotFinite, RamerError, first_line
+from ramer.errors import LossNotFinite, RamerError, first_line, is_finite, is_whole
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
@@ -295,21 +294,17 @@ def check_study_file(path: Path, console: Console | None = None) -> None:
         )
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # What ``Objective`` and ``requeue`` record of a trial (``trial.user_attrs``), and the value each holds.
 TRIAL_ATTRS = {
     "worker": lambda v: (
-        isinstance(v, dict) and isinstance(v.get("host"), str) and ckpt.is_whole(v.get("pid"), 1) and v["pid"] < 2**31
+        isinstance(v, dict) and isinstance(v.get("host"), str) and is_whole(v.get("pid"), 1) and v["pid"] < 2**31
     ),
     "run": lambda v: isinstance(v, str),
     "note": lambda v: isinstance(v, str),
-    "seconds": lambda v: _number(v) and v >= 0,
-    "seed_values": lambda v: isinstance(v, list) and all(map(_number, v)),
-    "retry_of": ckpt.is_whole,
-    **{key: ckpt.is_whole for key in ("best_epoch", "best_step", "epochs_run", "steps")},
+    "seconds": lambda v: is_finite(v) and v >= 0,
+    "seed_values": lambda v: isinstance(v, list) and all(map(is_finite, v)),
+    "retry_of": is_whole,
+    **{key: is_whole for key in ("best_epoch", "best_step", "epochs_run", "steps")},
 }
 
 
@@ -334,7 +329,7 @@ def check_stored_study(study, url: str) -> None:
 def _study_problem(attrs: dict, trials) -> str | None:
     """The first record of a study (its ``attrs``, its ``trials``) that ``ramer tune`` would not have
     written, or None."""
-    if "trial_seeds" in attrs and not ckpt.is_whole(attrs["trial_seeds"], 1):
+    if "trial_seeds" in attrs and not is_whole(attrs["trial_seeds"], 1):
         return f"its 'trial_seeds' {attrs['trial_seeds']!r:.40} is not a count of 1 or more"
     for key in ("config", "data"):
         if key in attrs and not isinstance(attrs[key], dict):
@@ -349,7 +344,7 @@ def _study_problem(attrs: dict, trials) -> str | None:
         bad = [k for k, ok in TRIAL_ATTRS.items() if k in t.user_attrs and not ok(t.user_attrs[k])]
         if bad:
             return f"trial {t.number}'s '{bad[0]}' {t.user_attrs[bad[0]]!r:.40} is not what ramer tune records"
-        if t.values is not None and not all(map(_number, t.values)):
+        if t.values is not None and not all(map(is_finite, t.values)):
             return f"trial {t.number}'s value {t.values[0]!r:.40} is not a finite score"
     return None
 

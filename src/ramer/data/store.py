@@ -55,7 +55,7 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.console import names_line
-from ramer.errors import RamerError, first_line, first_unprintable
+from ramer.errors import RamerError, first_line, is_int, unprintable_name
 from ramer.paths import (
     DATASET_ENTRIES,
     RUN_FILES,
@@ -183,7 +183,7 @@ class SceneStore:
         names = self.label_names
         if (what := f"is {_kind(names)}" if isinstance(names, str) else _not_strings(list(names))) is not None:
             need(False, f"label_names {what}, expected a list of strings (the label names)")
-        if (odd := _unprintable(self.label_names)) is not None:
+        if (odd := unprintable_name(self.label_names)) is not None:
             need(False, f"label_names {odd}")
         if (twice := first_repeat(self.label_names)) is not None:
             need(False, f"label_names names '{twice}' twice; each label needs its own name")
@@ -949,15 +949,6 @@ def _not_strings(value) -> str | None:
     return f"holds {_kind(bad[0])}" if bad else None
 
 
-def _unprintable(names) -> str | None:
-    """What makes one of ``names`` unprintable (a control character: ``errors.control_character``),
-    for errors; ``None`` when each prints as itself."""
-    if (found := first_unprintable(names)) is None:
-        return None
-    name, c = found
-    return f"holds {name!r:.60}, a name with the control character {c} (names are printed to the terminal)"
-
-
 def _names(value) -> str:
     """``value`` (label names) as a list, for errors."""
     return repr(value) if isinstance(value, str) else str(list(value))
@@ -1074,7 +1065,7 @@ def _read_meta(path: Path) -> dict:
             raise RamerError(f"{where}: missing key '{key}'")
     if (what := _not_strings(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' {what}, expected a list of strings (the label names)")
-    if (odd := _unprintable(meta["label_names"])) is not None:
+    if (odd := unprintable_name(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' {odd}")
     if (twice := first_repeat(meta["label_names"])) is not None:
         raise RamerError(f"{where}: 'label_names' names '{twice}' twice; each label needs its own name")
@@ -1114,10 +1105,6 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _import_item_problem(item, splits: dict) -> str | None:
     """What makes ``item`` (one conversation of an import's ``info.conversations.items``, which
     ``ramer predict``'s timelines and ``ramer view`` read) unreadable; ``None`` when it is sound."""
@@ -1136,11 +1123,11 @@ def _import_item_problem(item, splits: dict) -> str | None:
             return f"gives '{key}' {_kind(value)}" if key in item else f"lacks '{key}'"
     if not item["persons"] or _not_strings(item["persons"]) is not None:
         return "gives 'persons' that is not a list of names"
-    if (odd := _unprintable([item["name"], *item["persons"]])) is not None:
+    if (odd := unprintable_name([item["name"], *item["persons"]])) is not None:
         return odd
-    if not all(_is_int(x) for x in item["index"]):
+    if not all(map(is_int, item["index"])):
         return "gives 'index' that is not a list of integers"
-    if not all(_is_int(t) and 0 <= t < len(item["index"]) for t in item["targets"]):
+    if not all(is_int(t) and 0 <= t < len(item["index"]) for t in item["targets"]):
         return f"gives 'targets' that are not segments of its {len(item['index'])} 'index' values"
     n = splits.get(item["split"])
     if n is not None and not 0 <= item["first"] <= n - len(item["targets"]):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from ramer.errors import RamerError
+from ramer.errors import RamerError, is_number
 
 FOLDER = "tensorboard"
 NOT_SCALARS = ("epoch", "step", "final")  # the x axis and the line's kind, not curves
@@ -33,7 +33,7 @@ def scalars(line: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
         tag = f"{prefix}{key}"
         if isinstance(value, dict):
             yield from scalars(value, tag + "/")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (prefix or key not in NOT_SCALARS):
+        elif is_number(value) and (prefix or key not in NOT_SCALARS):
             yield tag, float(value)
 
 
