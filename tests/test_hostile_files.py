@@ -281,22 +281,23 @@ def test_a_conversation_of_more_persons_than_a_scene_holds_is_named(tmp_path: Pa
 
 
 # ------------------------------------------------------------------ names printed to the terminal
-@pytest.mark.parametrize("column", ["conversation", "speaker", "labels", "present"])
+@pytest.mark.parametrize("column", ["conversation", "speaker", "labels", "present", "media"])
 def test_a_name_with_a_control_character_is_refused_at_import(tmp_path: Path, column: str) -> None:
-    """A name (conversation, person, label) is printed by data info, predict's timeline and errors:
-    ESC in one made the file's colours, cursor moves or window title the terminal's; a text need not
-    be printed and may hold one."""
+    """A name (conversation, person, label, media file) is printed by data info, predict's timeline
+    and errors ("media '...' not found"): ESC in one made the file's colours, cursor moves or window
+    title the terminal's; a text need not be printed and may hold one."""
     rows = {"conversation": "c", "index": "2", "speaker": "bob", "text": "hi \x1b[2J", "labels": "sad", "present": ""}
+    rows["media"] = ""
     rows[column] = "\x1b[31mred"
-    p = tmp_path / "t.csv"
-    p.write_text("conversation,index,speaker,text,labels,present\nc,1,ann,hi,joy,\n" + ",".join(rows.values()) + "\n")
+    p, head = tmp_path / "t.csv", "conversation,index,speaker,text,labels,present,media\nc,1,ann,hi,joy,,\n"
+    p.write_text(head + ",".join(rows.values()) + "\n")
     with pytest.raises(
         RamerError,
         match=rf"^{p}: row 3: column '{column}' holds '\\x1b\[31mred', a name with the control character \\x1b",
     ):
         read_table(p)
-    rows[column] = "red" if column != "present" else ""
-    p.write_text("conversation,index,speaker,text,labels,present\nc,1,ann,hi,joy,\n" + ",".join(rows.values()) + "\n")
+    rows[column] = "red" if column not in ("present", "media") else ""
+    p.write_text(head + ",".join(rows.values()) + "\n")
     assert read_table(p)[0][1].text == "hi \x1b[2J"  # a text keeps it
 
 

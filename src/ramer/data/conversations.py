@@ -159,8 +159,8 @@ def _name(value: Any, path: Path, row: int, column: str) -> str:
 
 
 def _printable(name: str, path: Path, row: int, column: str) -> None:
-    """A RamerError naming the row when ``name`` (a conversation, person or label) holds a control
-    character (``errors.control_character``): names are printed, and text need not be."""
+    """A RamerError naming the row when ``name`` (a conversation, person, label or media file) holds
+    a control character (``errors.control_character``): names are printed, and text need not be."""
     if (c := control_character(name)) is not None:
         raise RamerError(
             f"{_where(path, row)}: column '{column}' holds {_short(name)}, a name with the control character "
@@ -282,6 +282,7 @@ def _utterance(raw: dict, path: Path, row: int) -> Utterance:
         target=_target(raw.get("target"), path, row),
         split=_text(raw.get("split"), path, row, "split"),
     )
+    _printable(u.media, path, row, "media")  # errors about the file print it
     if not u.conversation:
         raise RamerError(f"{_where(path, row)}: empty 'conversation'")
     if not u.speaker:
