@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import random_store
 
+from ramer.cli import main
 from ramer.data import features as F
 from ramer.data.conversations import cut_texts, read_personality, read_table
 from ramer.data.formats import load_dataset
@@ -327,3 +328,11 @@ def test_an_empty_label_name_is_refused_in_a_native_folder(tmp_path: Path) -> No
     store = random_store(n=3, personality_dim=None)
     with pytest.raises(RamerError, match=r"label_names holds an empty name"):
         SceneStore(**{**store.__dict__, "label_names": (*store.label_names[:-1], "")})
+
+
+def test_an_error_line_writes_control_characters_out(tmp_path: Path, capsys) -> None:
+    """An error names paths and values from files: ESC in one reached the terminal as its command
+    (a colour that stayed, a window title), and a line break in a path split the error's one line."""
+    bad = tmp_path / "a\x1b[31mb\nc"
+    assert main(["data", "info", str(bad)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}/a\\x1b[31mb\\nc: data path not found\n"

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, plural
-from ramer.errors import RamerError, unwritable
+from ramer.errors import RamerError, shown, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
@@ -1444,11 +1444,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def said(line: str, code: int) -> int:
-    """Print ``line`` to stderr and return the exit code ``code``; where stderr will not take it
-    (``2>/dev/full``: a traceback that could not be printed either, exit 1) there is nowhere to say it,
-    and the code stays, or is 141 where stderr's reader has gone (``ramer ... 2>&1 | head``)."""
+    """Print ``line`` to stderr, its control characters escaped (``errors.shown``), and return the
+    exit code ``code``; where stderr will not take it (``2>/dev/full``: a traceback that could not be
+    printed either, exit 1) there is nowhere to say it, and the code stays, or is 141 where stderr's
+    reader has gone (``ramer ... 2>&1 | head``)."""
     try:
-        ERR.print(line)
+        ERR.print(shown(line))
     except BrokenPipeError:
         code = 141
     except RamerError:  # stderr: cannot write (...)

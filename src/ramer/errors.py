@@ -2,6 +2,7 @@
 that say what is wrong with a value read from a file."""
 
 import math
+import unicodedata
 
 
 class RamerError(Exception):
@@ -68,12 +69,17 @@ def control_character(name: str) -> str | None:
     DEL...) as Python escapes it (``\\x1b``), or ``None``. A name is printed to the terminal (tables,
     timelines, errors): ESC there starts a colour, a cursor move or a window title that the file chose,
     and a line break splits a row."""
-    import unicodedata
-
     for c in name:
         if unicodedata.category(c) == "Cc":
             return repr(c)[1:-1]
     return None
+
+
+def shown(text: str) -> str:
+    """``text`` with each control character written as ``control_character`` writes it (``\\x1b``,
+    ``\\n``): an error line names paths and values from files, whose ESC would otherwise reach the
+    terminal as a command, and whose line break would split the line."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def unprintable_name(names) -> str | None:
