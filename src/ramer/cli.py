@@ -1275,8 +1275,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="search a model's settings with Optuna (TPE, median pruning); writes best.yaml",
         description="Search the model's space (ramer.models.spaces: learning rate, weight decay, hidden "
         "size, dropout, layers, and the model's own settings: loss weights, temperature, modality dropout, "
-        "AMP's ratio and size, ML-GCN's threshold, MulT's kernels) with Optuna's seeded TPE sampler; "
-        "each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
+        "AMP's ratio, masked-pass weight and size, ML-GCN's threshold, MulT's kernels) with Optuna's "
+        "seeded TPE sampler; each trial is a ramer train run in OUT/trial-NNNN, stopped early (train.patience, 5 "
         "unless --set or your own --config file sets it) and pruned by the median pruner on the "
         "per-epoch validation score. The value "
         "is the best validation micro-F1 (weighted F1 on single-label data), or with --trial-seeds K "
