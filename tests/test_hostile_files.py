@@ -137,10 +137,17 @@ def test_a_pipe_given_as_the_table_or_the_personality_file_is_said_to_be_one(tmp
 
 # ------------------------------------------------------------------ MEmoR
 @pytest.mark.parametrize(
-    "name", ["features/character_features.csv", "train_id.txt", "features/visual_features/face_names/c1.txt"]
+    "name",
+    [
+        "features/character_features.csv",
+        "train_id.txt",
+        "features/visual_features/face_names/c1.txt",
+        "features/visual_features/face_features/c1.pt",
+    ],
 )
 def test_a_pipe_where_a_memor_text_file_belongs_is_named_not_read(tmp_path: Path, name: str) -> None:
-    """MEmoR's id files, character table and face names were read with read_text: a pipe hung convert."""
+    """MEmoR's id files, character table and face names were read with read_text: a pipe hung convert.
+    A pipe where a clip's face, object or environment features belong counted as a missing file."""
     fw.write_memor(tmp_path / "memor")
     with pipe_at(tmp_path / "memor" / name) as p, pytest.raises(RamerError, match=rf"^{p}: {PIPE}"):
         load_dataset(tmp_path / "memor")

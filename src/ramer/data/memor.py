@@ -469,6 +469,7 @@ def iter_memor(
 
         def load_feature(kind: str, clip: str) -> np.ndarray:
             p = vis_dir / kind / f"{clip}.pt"
+            need_regular_file(p)  # a folder or a pipe there is no missing file
             if not p.is_file():
                 raise FileNotFoundError(p)
             try:
