@@ -8,7 +8,7 @@ import json
 import os
 import re
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import fixtures_writers as fw
@@ -59,6 +59,23 @@ def test_a_pipe_where_a_native_file_belongs_is_named_not_read(tmp_path: Path, na
     d = native(tmp_path)
     with pipe_at(d / name) as p, pytest.raises(RamerError, match=rf"^{p}: {PIPE}"):
         load_native(d)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "folder", "loop"])
+def test_a_meta_json_that_is_no_file_is_named_when_the_format_is_told(tmp_path: Path, kind: str) -> None:
+    """Telling a folder's format looked for a regular meta.json: a pipe or a folder there was an
+    "unknown dataset folder", a link loop "a dataset whose write was cut off"."""
+    d = native(tmp_path)
+    meta = d / "meta.json"
+    meta.unlink()
+    if kind == "folder":
+        meta.mkdir()
+    elif kind == "loop":
+        meta.symlink_to(meta)
+    what = "is a folder" if kind == "folder" else "is a symbolic link that leads to no file" if kind == "loop" else PIPE
+    with pipe_at(meta) if kind == "pipe" else nullcontext(meta) as p:
+        with pytest.raises(RamerError, match=rf"^{re.escape(str(p))}: {what}"):
+            load_dataset(d)
 
 
 def test_a_device_where_a_native_file_belongs_is_named_not_read(tmp_path: Path) -> None:

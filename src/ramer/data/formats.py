@@ -30,6 +30,7 @@ from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
 from ramer.data.store import DataBundle, is_native, load_native, native_info, save_cut_off
 from ramer.errors import RamerError, unreadable
+from ramer.paths import need_regular_file
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
 
@@ -152,6 +153,7 @@ def _detect(path: str | Path | None) -> tuple[str, Any]:
     if p.is_dir():
         if is_native(p):
             return "native", None
+        need_regular_file(p / "meta.json")  # a folder, a pipe or a link to nothing there: named, not "unknown"
         if os.path.lexists(p / "anno.json") and os.path.lexists(p / "data.json"):
             return "memor", None  # its loader names what is wrong with either (a folder, a link to nothing)
         if save_cut_off(p):
