@@ -61,6 +61,20 @@ def stop_after(epoch):
     return hook
 
 
+def die_before_saving_state(monkeypatch, epoch: int):
+    """Saving epoch ``epoch``'s training state raises Stop (a kill after its log line, before its
+    state); returns the real save, to put back."""
+    real_save = ckpt.save_train_state
+
+    def die(path, state):
+        if state["epoch"] == epoch:
+            raise Stop
+        real_save(path, state)
+
+    monkeypatch.setattr(ckpt, "save_train_state", die)
+    return real_save
+
+
 def epoch_lines(run):
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in ln]
 
@@ -503,14 +517,7 @@ def test_a_kill_between_an_epochs_log_line_and_its_state_leaves_no_repeated_line
     """Killed after epoch 2's log line is written but before its state is saved: the resumed run
     trains epoch 2 again and drops the line of the lost one, so the log holds each epoch once."""
     out = tmp_path / "run"
-    real_save = ckpt.save_train_state
-
-    def die_before_saving(path, state):
-        if state["epoch"] == 2:
-            raise Stop
-        real_save(path, state)
-
-    monkeypatch.setattr(ckpt, "save_train_state", die_before_saving)
+    real_save = die_before_saving_state(monkeypatch, 2)
     with pytest.raises(Stop):
         Recipe(tiny_cfg(extra=["train.epochs=2"]), out, bundle=bundle).run()
     assert [d["epoch"] for d in epoch_lines(out)] == [1, 2]  # the line of epoch 2 was written
