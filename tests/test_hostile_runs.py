@@ -3,6 +3,7 @@ damaged or made to harm: reading them runs no code, takes no more memory than th
 asks for, and a problem is one RamerError naming the file, with nothing of the run changed."""
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -370,3 +371,12 @@ def test_ramer_tune_says_its_study_db_is_locked_before_it_waits(tmp_path, monkey
     other.close()
     err = capsys.readouterr().err
     assert "study.db is locked by another process; waiting until it is released" in err, err
+
+
+def test_a_pipe_given_as_the_run_is_named_for_what_it_is(tmp_path):
+    """A pipe or a device given to ramer.load (ramer eval, predict, view) was looked into as a run
+    folder: 'PIPE/model.safetensors: model file not found'."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(RamerError, match=rf"^{fifo}: not a file or a folder \(a pipe or a device\?\); give a run"):
+        ramer.load(fifo)

@@ -286,6 +286,8 @@ def _model_file(path: Path) -> Path:
             run = f"; the run is {path.parent}" if (path.parent / "model.safetensors").is_file() else ""
             raise RamerError(f"{path}: a file, not a run folder (or its model.safetensors){run}")
         return path
+    if path.exists() and not path.is_dir():
+        raise RamerError(f"{path}: not a file or a folder (a pipe or a device?); give a run folder or its model file")
     model_file = path / "model.safetensors"
     if model_file.exists() or not path.is_dir():
         return model_file  # read_model_file names what is wrong with it
