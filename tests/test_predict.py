@@ -452,6 +452,9 @@ def test_a_classical_model_file_short_of_a_weight_is_named(tmp_path, capsys):
     assert main(["eval", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"error: {bad}: classical 'br' weights lack ['coef']" in err and one_error_line(err), err
+    # bf16 casts a deep model's weights; a classical model's numpy fit has none to cast
+    with pytest.raises(RamerError, match=r"br/model.safetensors: precision bf16 applies to the deep models, not 'br'"):
+        ramer.load(tmp_path / "br", precision="bf16")
 
 
 def test_a_model_file_that_is_a_folder_says_so(run, tmp_path, capsys):
