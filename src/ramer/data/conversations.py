@@ -305,19 +305,19 @@ def table_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _need_file(path: Path, give: str) -> None:
+    """A RamerError naming ``path`` unless a regular file is there: a folder (the error says to
+    give ``give``), a pipe, a device, a link to nothing (``paths.not_a_regular_file``), or nothing."""
+    if not path.is_file():
+        what = f"a folder; give {give}" if path.is_dir() else not_a_regular_file(path) or "file not found"
+        raise RamerError(f"{path}: {what}")
+
+
 def read_table(path: str | Path) -> tuple[list[Utterance], set[str]]:
     """The utterances of a CSV (``.csv``, ``.tsv``) or JSONL (``.jsonl``, ``.json``) file, each
     checked, and the set of columns the file has."""
     path = Path(path)
-    if not path.is_file():
-        raise RamerError(
-            f"{path}: "
-            + (
-                "a folder; give the table file (.csv, .tsv, .jsonl)"
-                if path.is_dir()
-                else not_a_regular_file(path) or "file not found"
-            )
-        )
+    _need_file(path, "the table file (.csv, .tsv, .jsonl)")
     suffix = path.suffix.lower()
     if suffix in _JSONL_SUFFIXES:
         return _read_jsonl(path)
@@ -917,15 +917,7 @@ def check_sample_ids(convs: list[Conversation], everyone: bool, path: Path) -> N
 def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """A CSV with a header ``person,trait_1,...`` and one row per person: name, then numbers."""
     path = Path(path)
-    if not path.is_file():
-        raise RamerError(
-            f"{path}: "
-            + (
-                "a folder; give the personality CSV file"
-                if path.is_dir()
-                else not_a_regular_file(path) or "file not found"
-            )
-        )
+    _need_file(path, "the personality CSV file")
     out: dict[str, np.ndarray] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
