@@ -17,6 +17,7 @@ import pytest
 from conftest import random_store
 
 from ramer.cli import main
+from ramer.console import plain_console
 from ramer.data import features as F
 from ramer.data.conversations import cut_texts, read_personality, read_table
 from ramer.data.formats import load_dataset
@@ -360,3 +361,20 @@ def test_an_error_line_writes_control_characters_out(tmp_path: Path, capsys) -> 
     bad = tmp_path / "a\x1b[31mb\nc"
     assert main(["data", "info", str(bad)]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path}/a\\x1b[31mb\\nc: data path not found\n"
+
+
+def test_output_lines_write_a_paths_control_characters_out(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Lines that are not errors name paths too: the folder written, ``data info``'s table (written
+    to stdout on its own), the next command to run. A path's ESC reached the terminal as its command."""
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--set", "n_train=8", "--set", "n_valid=4", "--set", "n_test=4"]
+    assert main(["data", "synth", "--out", "s\x1b[31mx", *sizes]) == 0
+    assert main(["data", "info", "s\x1b[31mx"]) == 0
+    assert main(["data", "convert", "s\x1b[31mx", "--out", "c\x1b[31mx"]) == 0
+    said = capsys.readouterr()
+    assert "\x1b" not in said.out + said.err
+    assert "wrote s\\x1b[31mx" in said.out and "(s\\x1b[31mx)" in said.out and "wrote c\\x1b[31mx (" in said.out
+    console = plain_console()  # the Python API's: train, tune and bench print through it
+    with console.capture() as captured:
+        console.print("run folder: r\x1b]0;title\x07\nnext")
+    assert captured.get() == "run folder: r\\x1b]0;title\\x07\nnext\n"  # the line break kept

@@ -296,3 +296,14 @@ def test_a_damaged_finished_seed_is_one_line(tmp_path, capsys):
         assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     assert [(out / name).read_bytes() for name in ("results.md", "results.json")] == tables
     assert (out / "seed2" / "model.safetensors").is_file()
+
+
+def test_the_table_on_stdout_writes_a_paths_control_characters_out(tmp_path, capsys):
+    """The table names the command that made it, its --data and --out paths as given: a path's ESC
+    reached the terminal as its command."""
+    data = tmp_path / "A-V-L.pkl"
+    write_m3ed_pickle(data)
+    out = tmp_path / "o\x1b[31mx"
+    assert reproduce("m3ed", data, out, seeds=1) == 0
+    said = capsys.readouterr()
+    assert "\x1b" not in said.out + said.err and f"--out {tmp_path}/o\\x1b[31mx" in said.out

@@ -18,13 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
-from ramer.console import PLAIN, plural
+from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import RamerError, shown, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
 
-class PipeConsole(Console):
+class PipeConsole(PlainConsole):
     """A rich ``Console`` that leaves a closed pipe to ``main``: rich's own answer ends the process
     with exit code 1 (``ramer eval RUN | head -1``), where ``main`` says 141, as for ``print``."""
 
@@ -869,7 +869,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/reproduce-{args.bench}"
     text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
-    write_stdout(text + "\n")
+    write_stdout(printable(text) + "\n")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""How ramer prints for people: text as it is given. No markup (a path or name holding "[v2]" or
+"""How ramer prints for people: text as it is given, its control characters but the line break
+written out (``PlainConsole``). No markup (a path or name holding "[v2]" or
 "[/]" is neither eaten nor an error), no emoji codes (":100:"), no highlighting, and a line is
 never broken at the width (a path in a log stays on one line; print a table with
 ``soft_wrap=False`` to keep its layout). In a log, long work says how far it is every ``LOG_EVERY``
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from ramer.errors import shown
+
 PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 # Seconds between the plain lines that say how far long work is (an import's stage, an epoch's steps)
@@ -15,9 +18,25 @@ PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
 LOG_EVERY = 30.0
 
 
+class PlainConsole(Console):
+    """rich's ``Console``, printing each string, a table's cells included, with its control characters
+    but the line break written out (``errors.shown``: ``\\x1b``): a line names paths given on the
+    command line and names read from files, whose ESC would otherwise reach the terminal as a command
+    (a colour that stays, a window title)."""
+
+    def render_str(self, text: str, **kwargs):  # rich's: every string printed or in a table's cell
+        return super().render_str(printable(text), **kwargs)
+
+
+def printable(text: str) -> str:
+    """``text`` as ``PlainConsole`` prints it, for what goes to stdout without it (``data info``'s
+    table): its control characters but the line break written out."""
+    return shown(text, keep="\n")
+
+
 def plain_console(stderr: bool = True) -> Console:
     """The console for messages and progress where the caller gives none (the Python API)."""
-    return Console(stderr=stderr, **PLAIN)
+    return PlainConsole(stderr=stderr, **PLAIN)
 
 
 def plural(n: int, noun: str) -> str:

@@ -75,11 +75,11 @@ def control_character(name: str) -> str | None:
     return None
 
 
-def shown(text: str) -> str:
-    """``text`` with each control character written as ``control_character`` writes it (``\\x1b``,
-    ``\\n``): an error line names paths and values from files, whose ESC would otherwise reach the
-    terminal as a command, and whose line break would split the line."""
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
+def shown(text: str, keep: str = "") -> str:
+    """``text`` with each control character but those in ``keep`` written as ``control_character``
+    writes it (``\\x1b``, ``\\n``): an error line names paths and values from files, whose ESC would
+    otherwise reach the terminal as a command, and whose line break would split the line."""
+    return "".join(repr(c)[1:-1] if c not in keep and unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def unprintable_name(names) -> str | None:

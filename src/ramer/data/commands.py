@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ramer.config import DataConfig, build_config
+from ramer.console import printable
 from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
@@ -124,7 +125,7 @@ def collect_info(path: str | None, fmt: str = "auto", labels: str | None = None,
 def run_info(path: str, fmt: str = "auto", labels: str | None = None, as_json: bool = False, sets=()) -> None:
     """Print what the dataset at ``path`` holds: JSON (``as_json``) or a table."""
     info = collect_info(path, fmt, labels, sets)
-    write_stdout((json.dumps(info, indent=1) if as_json else format_info_table(info)) + "\n")
+    write_stdout((json.dumps(info, indent=1) if as_json else printable(format_info_table(info))) + "\n")
 
 
 def convert(
@@ -158,4 +159,8 @@ def run_convert(path: str, out: str, fmt: str = "auto", labels: str | None = Non
     """Convert ``path`` to the native format in ``out`` and print a one-line summary."""
     meta = convert(path, out, fmt, labels, sets)
     sizes = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
-    write_stdout(f"wrote {out} ({meta['source_format']} -> native: {sizes}; labels {', '.join(meta['label_names'])})\n")
+    write_stdout(
+        printable(
+            f"wrote {out} ({meta['source_format']} -> native: {sizes}; labels {', '.join(meta['label_names'])})\n"
+        )
+    )
