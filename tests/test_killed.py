@@ -247,3 +247,30 @@ def test_temporaries_stay_where_the_command_does_not_hold_the_folder(tmp_path):
     with hold(out, "ramer data import"):
         cache.prune()
     assert (shared / cut.name).exists()
+
+
+def test_ctrl_c_in_the_write_of_a_state_is_ctrl_c(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while torch.save writes the training state: its zip writer fails on the way out
+    ('unexpected pos'), a RuntimeError whose context is the KeyboardInterrupt. That ended in a
+    traceback, exit 1, where Ctrl-C says how to resume, 130. The state before stays; no temporary."""
+    import ramer.checkpoint as ckpt
+
+    save, saves = ckpt.torch.save, []
+
+    def cut_off(obj, f):
+        saves.append(obj["epoch"])
+        if len(saves) == 1:
+            return save(obj, f)
+        f.write(b"PK\x03\x04 half a zip")
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 769600 vs 769488")
+
+    monkeypatch.setattr(ckpt.torch, "save", cut_off)
+    run, config = tmp_path / "run", tmp_path / "tiny.yaml"
+    config.write_text(dump_config(tiny_cfg()))
+    assert main(["train", "--config", str(config), "--out", str(run)]) == 130
+    assert f"interrupted; resume with: ramer train --resume {run}" in capsys.readouterr().err
+    assert saves == [1, 2] and ckpt.load_train_state(run / "train_state.pt")["epoch"] == 1
+    assert not list(run.glob(".*.tmp"))

@@ -543,9 +543,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     A symbolic link is followed (its target is written, the link kept); a path that is not a regular
     file (a FIFO, ``/dev/stdout``) is written to directly, as a shell redirection would, not replaced.
     What the system refuses (permissions, a full disk) is a RamerError naming ``path``; the file
-    there before is left as it was. The temporary is locked while it is written; what killed writes
-    of ``path`` left, unlocked, is removed first where no command of this process holds the folder
-    (``_remove_cut_off``)."""
+    there before is left as it was; a Ctrl-C is a KeyboardInterrupt, also where the writer failed on
+    its way out of it (raising an error of its own). The temporary is locked while it is written; what
+    killed writes of ``path`` left, unlocked, is removed first where no command of this process holds
+    the folder (``_remove_cut_off``)."""
     path = Path(path)
     try:
         if path.exists() and not stat.S_ISREG(path.stat().st_mode):
@@ -569,6 +570,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e.__context__, KeyboardInterrupt) and not isinstance(e, KeyboardInterrupt):
+            # a writer that failed on its way out of a Ctrl-C (torch.save's zip writer: 'unexpected pos')
+            raise e.__context__ from None
         if isinstance(e, OSError):
             raise unwritable(path, e) from None
         raise
