@@ -2,7 +2,9 @@
 outputs are and what to run next, Ctrl-C says how to go on (and that works, paths with spaces
 included), output cut short by its reader ends quietly with 141, and the help leads to the start."""
 
+import json
 import shlex
+from pathlib import Path
 
 from test_conversations import base_rows, write_table
 from test_recipe import to_closed_pipe
@@ -131,3 +133,19 @@ def test_unlabelled_import_points_to_predict(tmp_path, fake_text, capsys):
     ds = tmp_path / "ds"
     assert main(["data", "import", str(table), "--out", str(ds), "--labels", "anger,joy,neutral,sadness"]) == 0
     assert f"next: ramer predict RUN_DIR --data {ds} --out preds.jsonl" in capsys.readouterr().err
+
+
+def test_the_example_table_goes_through_the_quick_start(tmp_path, fake_text, capsys, monkeypatch):
+    """README's own-data commands on examples/talk.csv, the table a newcomer can try them on: the
+    import reads all of it, and training, predict and view run on what it wrote."""
+    table = Path(__file__).resolve().parent.parent / "examples" / "talk.csv"
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "import", str(table), "--out", "data/talk"]) == 0
+    said = capsys.readouterr()
+    summary = "12 conversations, 74 utterances, 4 persons; labels (6): anger, fear, joy, neutral, sadness"
+    assert summary in said.out + said.err
+    assert main(["train", "--data", "data/talk", "--out", "runs/talk", "--set", "train.epochs=2"]) == 0
+    assert main(["predict", "runs/talk", "--out", "preds.jsonl"]) == 0
+    assert main(["view", "runs/talk", "--out", "talk.html"]) == 0
+    test = json.loads(Path("data/talk/meta.json").read_text())["splits"]["test"]
+    assert test > 0 and len(Path("preds.jsonl").read_text().splitlines()) == test

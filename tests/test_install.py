@@ -75,14 +75,14 @@ def built(tmp_path_factory):
 
 def test_the_sdist_ships_no_half_test_suite(built):
     """setuptools puts tests/test*.py in an sdist by default, but not conftest.py, the fixture
-    writers, nor the docs and benchmarks the tests read: ``pytest`` on the unpacked sdist then
+    writers, nor the docs, benchmarks and examples the tests read: ``pytest`` on the unpacked sdist then
     fails to collect half the modules. Either every file the tests need, or no tests."""
     tracked = _checkout_files()
     shipped = built["sdist"]
     assert {"pyproject.toml", "README.md", "LICENSE"} <= shipped
     assert [f for f in tracked if f.startswith("src/ramer/") and f not in shipped] == []
     if any(f.startswith("tests/") for f in shipped):
-        needed = [f for f in tracked if f.split("/")[0] in ("tests", "docs", "benchmarks")]
+        needed = [f for f in tracked if f.split("/")[0] in ("tests", "docs", "benchmarks", "examples")]
         assert [f for f in needed if f not in shipped] == []
 
 
