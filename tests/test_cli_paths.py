@@ -79,7 +79,7 @@ def test_import_summary_names_persons_without_personality_and_unused_rows(tmp_pa
     pers.write_text("person,open,calm\nann,0.5,1.0\nbob,-1,2\nzed,3,3\n")
     lines = summary_lines(import_conversations(src, tmp_path / "ds", personality=pers))
     (line,) = [ln for ln in lines if ln.startswith("personality: ")]
-    assert "persons have no row (no personality): cat" in line and "1 rows name nobody in the table" in line
+    assert "persons have no row (no personality): cat" in line and "1 row names nobody in the table: zed" in line
     everyone = "ann bob cat dan eve fay gus hal ivy jon".split()
     pers.write_text("person,open,calm\n" + "".join(f"{p},1,1\n" for p in everyone))
     lines = summary_lines(import_conversations(src, tmp_path / "ds", personality=pers))

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ramer.errors import RamerError, first_line, too_many_digits, unreadable
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # the bundled configs (`--config NAME`)
+DEFAULT_CONFIG_NAME = "synthetic"  # the bundled config a command reads without --config
 
 ABLATIONS = (
     "no_personality",
@@ -310,9 +311,25 @@ def _describe(err: ValidationError, source: str) -> str:
             # made of YAML aliases) is not formatted into a one-line message
             given = e["input"] if isinstance(e["input"], (str, int, float)) and len(str(e["input"])) <= 40 else "a,b"
             parts.append(f"'{key}': {e['msg']} (written [a,b], e.g. --set {key}=[{given}])")
-        else:
+        elif e["type"] in ("value_error", "missing"):  # ramer's own checks word the value themselves
             parts.append(f"'{key}': {e['msg']}")
+        else:
+            parts.append(f"'{key}': {e['msg']} (got {_cut(repr(e['input']))})")
     return f"invalid config ({source}): " + "; ".join(parts)
+
+
+def _cut(text: str, keep: int = 60) -> str:
+    """``text`` cut to ``keep`` characters, an ellipsis where it was cut."""
+    return text if len(text) <= keep else text[:keep] + "..."
+
+
+def _source_name(file: str | os.PathLike) -> str:
+    """A config file as an error names it: a bundled config as such (``ramer train`` without
+    ``--config`` reads synthetic.yaml, which the user never named), any other by its path."""
+    path = Path(file)
+    if path.parent.resolve() == CONFIG_DIR.resolve():
+        return f"the {'default' if path.stem == DEFAULT_CONFIG_NAME else 'bundled'} config {path.name}"
+    return str(file)
 
 
 class AliasRefused(yaml.composer.ComposerError):
@@ -459,7 +476,7 @@ def build_config(file: str | Path | None = None, overrides: list[str] | tuple[st
     source = "defaults"
     if file is not None:
         tree = read_yaml(file)
-        source = str(file)
+        source = _source_name(file)
     for assignment in overrides:
         apply_override(tree, assignment)
     if overrides:
@@ -609,7 +626,7 @@ def resolve_config(name: str | None) -> Path:
     (no --config) the embedded benchmark's."""
     if name is not None and not name.strip():
         raise RamerError("--config: empty; give a config file or a bundled config's name (or leave --config out)")
-    name = name or "synthetic"
+    name = name or DEFAULT_CONFIG_NAME
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

@@ -34,6 +34,7 @@ import sys
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 WHOLE_TEXT_CHARS = 80
 _TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
 SHOWN_CHARS = 80  # a value quoted in an error is cut to about this many characters
+SHOWN_NAMES = 5  # the names a note lists before 'and N more'
 # a run of these characters between two label names joins them (``joy|anger``, ``joy anger``);
 # '-', '_' and '.' are part of a name (``bitter-sweet``)
 _SEPARATORS = re.compile(r"[\s,;|/+&]+")
@@ -851,6 +853,36 @@ def missing_value_labels_note(convs: list[Conversation], names: tuple[str, ...])
     )
 
 
+TYPO_ROWS = 3  # a label on fewer rows than this, with a name close to another label's, gets a note
+
+
+def typo_labels_notes(utterances: list[Utterance], names: tuple[str, ...]) -> list[str]:
+    """A note for each label found in the file that is on fewer than ``TYPO_ROWS`` rows and whose
+    name is close to that of a label on more rows (``jyo`` beside ``joy``): likely a misspelling,
+    which would otherwise be a class of its own without a word. Close: ``difflib``'s ratio at least
+    0.75, or the same letters in another order. Only a note: the name may be a real, rare label."""
+    rows: dict[str, list[int]] = {n: [] for n in names}
+    for u in utterances:
+        for n in dict.fromkeys(u.labels):
+            rows[n].append(u.row)
+    notes = []
+    for n in names:
+        if len(rows[n]) >= TYPO_ROWS:
+            continue
+        others = [m for m in names if len(rows[m]) > len(rows[n])]
+        near = get_close_matches(n, others, n=1, cutoff=0.75) or [
+            m for m in others if sorted(m.casefold()) == sorted(n.casefold())
+        ]
+        if near:
+            on = ", ".join(map(str, rows[n]))
+            notes.append(
+                f"label {_short(n)} is on {plural(len(rows[n]), 'row')} ({'row' if len(rows[n]) == 1 else 'rows'} "
+                f"{on}) and is close to {_short(near[0])} (a typo? fix the table, or give --labels to refuse "
+                "unknown names)"
+            )
+    return notes
+
+
 def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], labelled: bool) -> str | None:
     """A note naming the labels that no sample (target row) of the train split has, with their
     counts in valid and test: a model trained on the set never sees them, so it cannot learn them
@@ -914,6 +946,14 @@ def check_sample_ids(convs: list[Conversation], everyone: bool, path: Path) -> N
                     seen[sid] = (c, u, q)
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """A CSV with a header ``person,trait_1,...`` and one row per person: name, then numbers."""
     path = Path(path)
@@ -934,7 +974,11 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
                 try:
                     vec = np.array([float(c) for c in cells[1:]], dtype=np.float64)
                 except ValueError:
-                    raise RamerError(f"{_where(path, row)}: the traits of '{name}' are not all numbers") from None
+                    column, cell = next((h, c) for h, c in zip(header[1:], cells[1:]) if not _is_float(c))
+                    raise RamerError(
+                        f"{_where(path, row)}: the traits of '{name}' are not all numbers: "
+                        f"column {_short(column.strip())} holds {_short(cell)}"
+                    ) from None
                 if not np.isfinite(vec).all():
                     raise RamerError(f"{_where(path, row)}: the traits of '{name}' hold a non-finite value")
                 out[name] = vec.astype(np.float32)
@@ -1443,6 +1487,8 @@ def import_conversations(
         report.notes.append(note)
     if labels is None and (note := missing_value_labels_note(convs, names)):
         report.notes.append(note)
+    if labels is None:
+        report.notes.extend(typo_labels_notes(utterances, names))
     out.mkdir(parents=True, exist_ok=True)
     # meta.json of a set imported before stays until bundle.save writes over it: a media file that
     # fails to decode, or Ctrl-C, in the feature stages leaves that set as it was
@@ -1484,7 +1530,9 @@ def import_conversations(
     }
     if pers_map is not None:
         counts["persons_without_personality"] = sorted(q for q in persons if q not in pers_map)
-        counts["personality_rows_unused"] = len([q for q in pers_map if q not in person_ids])
+        unused = [q for q in pers_map if q not in person_ids]
+        counts["personality_rows_unused"] = len(unused)
+        counts["personality_rows_unused_first"] = unused[:SHOWN_NAMES]  # in the file's order
     info = {
         # absolute: `ramer view` reads the table back for the texts, from wherever it is run
         "source_files": [str(path.resolve())] + ([str(Path(personality).resolve())] if personality is not None else []),
@@ -1550,16 +1598,21 @@ def note_lines(meta: dict) -> list[str]:
     c = info["counts"]
     lines = ["note: " + n for n in info["notes"]]
     missing, unused = c.get("persons_without_personality", []), c.get("personality_rows_unused", 0)
-    if missing or unused:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        lines.append(
-            "personality: "
-            + "; ".join(
-                ([f"{len(missing)} persons have no row (no personality): {shown}"] if missing else [])
-                + ([f"{unused} rows name nobody in the table"] if unused else [])
-            )
-        )
-    return lines
+    first = c.get("personality_rows_unused_first", [])  # not in a meta.json of an older ramer
+    said = []
+    if missing:
+        has = "person has" if len(missing) == 1 else "persons have"
+        said.append(f"{len(missing)} {has} no row (no personality): {_first_names(missing, len(missing))}")
+    if unused:
+        name = "row names" if unused == 1 else "rows name"
+        said.append(f"{unused} {name} nobody in the table" + (f": {_first_names(first, unused)}" if first else ""))
+    return lines + (["personality: " + "; ".join(said)] if said else [])
+
+
+def _first_names(names: list[str], total: int) -> str:
+    """The first ``SHOWN_NAMES`` of ``names``, then how many more of ``total`` there are."""
+    shown = names[:SHOWN_NAMES]
+    return ", ".join(shown) + (f" and {total - len(shown)} more" if total > len(shown) else "")
 
 
 # ========================================================================================= timeline

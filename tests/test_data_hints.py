@@ -1,0 +1,89 @@
+"""Hints a newcomer's data needs: a config error quotes the bad value and names the default config
+as the default, the personality file's problems name the row, the name and the cell, and a label
+of a row or two whose name is close to another label's is noted as a likely typo."""
+
+import pytest
+from test_conversations import base_rows, write_table
+
+from ramer.cli import main
+from ramer.config import build_config, resolve_config
+from ramer.data.conversations import import_conversations, summary_lines
+from ramer.errors import RamerError
+
+
+# ------------------------------------------------------------------------------------ config errors
+def test_a_config_error_quotes_the_value_and_names_the_default_config_as_such(tmp_path, capsys):
+    """``ramer train --set train.epochs=two`` without --config: the bundled synthetic.yaml is named
+    as the default (the user never chose it) and the value given is quoted."""
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "train.epochs=two"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: invalid config (the default config synthetic.yaml + --set): 'train.epochs': Input should be a "
+        "valid integer, unable to parse string as an integer (got 'two')"
+    ) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_error_names_a_bundled_config_and_a_file_and_cuts_a_long_value(tmp_path):
+    with pytest.raises(RamerError, match=r"^invalid config \(the bundled config mosei\.yaml \+ --set\): "):
+        build_config(resolve_config("mosei"), ["train.precision=fp16"])
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train:\n  precision: " + "x" * 5000 + "\n")
+    with pytest.raises(RamerError) as e:
+        build_config(mine)
+    assert str(e.value) == (
+        f"invalid config ({mine}): 'train.precision': Input should be 'fp32' or 'bf16' (got '{'x' * 59}...)"
+    )
+
+
+# ------------------------------------------------------------------------------------ personality
+def test_personality_rows_that_name_nobody_are_named(tmp_path, fake_text):
+    """A misspelt name in the traits file: the summary says which row names nobody (one row: 'row
+    names'), beside the person who then has no row."""
+    src = write_table(tmp_path / "talk.csv", base_rows())
+    pers = tmp_path / "traits.csv"
+    everyone = "ann bob cat dan eve fay gus hal ivy".split()  # jon is spelt Jonn
+    pers.write_text("person,open\n" + "".join(f"{p},1\n" for p in everyone) + "Jonn,2\n")
+    lines = summary_lines(import_conversations(src, tmp_path / "ds", personality=pers))
+    (line,) = [ln for ln in lines if ln.startswith("personality: ")]
+    assert line == "personality: 1 person has no row (no personality): jon; 1 row names nobody in the table: Jonn"
+    pers.write_text("person,open\n" + "".join(f"{p},1\n" for p in everyone) + "".join(f"x{k},2\n" for k in range(7)))
+    lines = summary_lines(import_conversations(src, tmp_path / "ds", personality=pers))
+    (line,) = [ln for ln in lines if ln.startswith("personality: ")]
+    assert line.endswith("7 rows name nobody in the table: x0, x1, x2, x3, x4 and 2 more"), line
+
+
+def test_a_trait_that_is_not_a_number_is_named_by_column_and_value(tmp_path, fake_text):
+    src = write_table(tmp_path / "talk.csv", base_rows())
+    pers = tmp_path / "traits.csv"
+    pers.write_text("person,openness,calm\nann,0.5,1\nbob,1,2\ncid,x,3\n")
+    with pytest.raises(RamerError) as e:
+        import_conversations(src, tmp_path / "ds", personality=pers)
+    assert str(e.value) == f"{pers}: row 4: the traits of 'cid' are not all numbers: column 'openness' holds 'x'"
+
+
+# ------------------------------------------------------------------------------------ label typos
+def test_a_rare_label_close_to_another_is_noted_as_a_typo(tmp_path, fake_text, capsys):
+    """One row reads 'jyo' beside two of 'joy' (letters swapped), one 'sadnes' beside three of
+    'sadness' (a letter left out): each imported as a label of its own, with a note that names it,
+    its row and the label it is close to. A rare label far from every other name (a real
+    rare emotion) gets none, and neither does a close name on as many rows as the other."""
+    rows = base_rows()
+    rows[4]["labels"] = "jyo"  # row 6 of the file (the header is row 1)
+    rows[5]["labels"] = "joy;fear"
+    rows[8]["labels"] = "sadnes"  # row 10
+    table = write_table(tmp_path / "talk.csv", rows)
+    assert main(["data", "import", str(table), "--out", str(tmp_path / "ds")]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "note: label 'jyo' is on 1 row (row 6) and is close to 'joy' (a typo? fix the table, or give --labels "
+        "to refuse unknown names)"
+    ) in err, err
+    assert "note: label 'sadnes' is on 1 row (row 10) and is close to 'sadness' (a typo?" in err, err
+    assert "'fear'" not in err
+    rows = base_rows()
+    for r in rows[:2]:
+        r["labels"] = "jyo"  # 2 rows of 'jyo', 2 of 'joy': neither is the odd one out
+    table = write_table(tmp_path / "even.csv", rows)
+    assert main(["data", "import", str(table), "--out", str(tmp_path / "even")]) == 0
+    assert "typo" not in capsys.readouterr().err
