@@ -98,7 +98,7 @@ def test_resume_under_torchrun_needs_no_out(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["train", "--resume", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'run' / 'config.yaml'}: not found; cannot resume"), err
+    assert err.startswith(f"error: {tmp_path / 'run'}: no such run folder; nothing to resume"), err
 
 
 def fake_training(monkeypatch, result):

@@ -411,7 +411,7 @@ def run_cli(*argv):
         (["train", "--config", ""], "--config: empty; give a config file"),
         (["bench", "--models", "br", "--tuned", "/no/such/tuned"], "--tuned /no/such/tuned: no such folder"),
         (["eval", "/no/such/run"], "/no/such/run: run folder not found"),
-        (["train", "--resume", "/no/such/run"], "cannot resume"),
+        (["train", "--resume", "/no/such/run"], "/no/such/run: no such run folder; nothing to resume"),
         (["train", "--set", "model.hidden=17", "--set", "model.heads=2"], "model.hidden 17 is not divisible by"),
         (
             ["train", "--set", "model.ablations=no_shuffle"],
@@ -681,7 +681,7 @@ def test_nproc_refuses_what_one_process_would_before_starting_any(monkeypatch, t
         ("--set", "model.name=ramer-no_shuffle"): "error: model.name 'ramer-no_shuffle' is a preset of --model",
         ("--data", "nope"): "error: nope: data path not found",
         ("--out", "held"): "error: held already holds a run; use --resume held or another --out",
-        ("--resume", "gone"): "error: gone/config.yaml: not found; cannot resume",
+        ("--resume", "gone"): "error: gone: no such run folder; nothing to resume",
         ("--set", "model.options.zz.a=1"): "error: model.options.zz: no model 'zz' is registered or installed",
     }
     for argv, message in cases.items():

@@ -279,8 +279,8 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
 
 def _model_file(path: Path) -> Path:
     """The ``model.safetensors`` that ``ramer.load``'s existing ``path`` names: the file in a run
-    folder, or the file itself. Another file of a run, a folder of runs (``ramer demo --out``) and a
-    run with no model yet are each a RamerError saying which path to give instead."""
+    folder, or the file itself. Another file of a run, a dataset folder, a folder of runs (``ramer demo
+    --out``) and a run with no model yet are each a RamerError saying which path to give instead."""
     if path.is_file():
         if path.suffix != ".safetensors" and not ckpt.looks_like_safetensors(path):  # run/config.yaml
             run = f"; the run is {path.parent}" if (path.parent / "model.safetensors").is_file() else ""
@@ -291,6 +291,10 @@ def _model_file(path: Path) -> Path:
     model_file = path / "model.safetensors"
     if model_file.exists() or not path.is_dir():
         return model_file  # read_model_file names what is wrong with it
+    if (path / "meta.json").is_file():  # a native dataset (data import, synth, convert): the data, not a run
+        raise RamerError(
+            f"{path}: a dataset folder (it holds meta.json), not a run; give a run folder, and the data with --data"
+        )
     runs = sorted(p.name for p in path.iterdir() if (p / "model.safetensors").is_file())
     if runs:
         raise RamerError(

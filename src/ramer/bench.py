@@ -352,9 +352,10 @@ def load_tuned(s: BenchSettings, model: str) -> dict:
     the keys the user fixed with ``--set``, which keep the user's value)."""
     path = s.tuned / model / "best.yaml"
     if not path.is_file():
+        tune = ["ramer", "tune", "--model", model, "--out", str(s.tuned / model)]
         raise RamerError(
-            f"--tuned: no tuned config for {model}: {path} not found (make it with: ramer tune --model {model} "
-            f"--out {s.tuned / model}, or bench with --tune-trials N)"
+            f"--tuned: no tuned config for {model}: {path} not found (make it with: {shlex.join(tune)}, or bench "
+            "with --tune-trials N)"
         )
     tuned = build_config(path)
     cfg = tune_base(s, model)

@@ -347,6 +347,8 @@ def planned_config(args: argparse.Namespace) -> Config:
     if args.config or args.set or args.data or args.model or args.out:
         raise RamerError("--resume takes the run directory's own config; drop --config/--set/--data/--model/--out")
     out = Path(args.resume)
+    if not out.exists():  # a mistyped name: no folder to look into
+        raise RamerError(f"{out}: no such run folder; nothing to resume")
     if not (out / "config.yaml").exists():
         why = f"{out / 'config.yaml'}: not found; cannot resume"
         kept = [name for name in ("model.safetensors", "train_state.pt") if (out / name).is_file()]
@@ -828,6 +830,9 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 def cmd_data_import(args: argparse.Namespace) -> int:
     from ramer.data.conversations import import_conversations, note_lines, summary_lines
 
+    if args.labels is not None and ";" in args.labels and "," not in args.labels:  # the labels column's separator
+        comma = shlex.quote(args.labels.replace(";", ","))
+        raise RamerError(f"--labels is comma-separated (got '{args.labels}'): --labels {comma}")
     labels = args.labels.split(",") if args.labels is not None else None
     try:
         with hold(args.out, "ramer data import", make=True):
@@ -1048,6 +1053,59 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class CommandParser(Parser):
+    """The parser of a command (``ramer train``, ``ramer data import``): an argument it does not
+    know is its own error, under its own usage line, with the nearest of its flags or the config key
+    a flag names (``unrecognized``); argparse leaves it to the top-level parser, whose usage names
+    no command and which knows none of the command's flags. Prefix matching (``--da`` for
+    ``--data``) is argparse's, as before."""
+
+    set_prefix = ""  # the config keys this command's --set takes (data synth: data.synthetic.*)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized(self, extras))
+        return namespace, extras
+
+
+def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's message for the arguments ``parser`` did not take, with a hint for each flag
+    among them (``flag_hint``)."""
+    hints = [flag_hint(parser, arg, extras[k + 1 : k + 2]) for k, arg in enumerate(extras)]
+    return "; ".join([f"unrecognized arguments: {' '.join(extras)}", *filter(None, hints)])
+
+
+def flag_hint(parser: argparse.ArgumentParser, arg: str, after: list[str]) -> str | None:
+    """What a flag ``arg`` that ``parser`` does not know was likely meant as: a config key of that
+    name for a command with ``--set`` (``--epochs 2``: ``use --set train.epochs=2``; ``after``, the
+    argument that follows, is its value), else the command's nearest flag (``--date``: ``did you
+    mean --data?``), else a config key of a near name (``--epoch``); None for anything else."""
+    from difflib import get_close_matches
+
+    from ramer.config import _keys
+
+    if not arg.startswith("--") or arg == "--":
+        return None
+    flag, eq, value = arg.partition("=")
+    if not eq:
+        value = after[0] if after and not after[0].startswith("-") else ""
+    options = parser._option_string_actions  # argparse keeps no public list of a parser's flags
+    keys = [k for k in _keys(Config) if k.startswith(parser.set_prefix)] if "--set" in options else []
+    leaves = {}
+    for key in keys:
+        leaves.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    leaf = flag[2:].replace("-", "_")  # --batch-size: train.batch_size
+    near_flag = get_close_matches(flag, [o for o in options if o.startswith("--")], n=1, cutoff=0.75)
+    if leaf not in leaves and near_flag:
+        return f"did you mean {near_flag[0]}?"
+    near_leaf = [leaf] if leaf in leaves else get_close_matches(leaf, leaves, n=1, cutoff=0.8)
+    if not near_leaf:
+        return None
+    sets = [f"--set {shlex.quote(f'{key}={value}') if value else f'{key}=VALUE'}" for key in leaves[near_leaf[0]]]
+    return "use " + " or ".join(sets)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="ramer",
@@ -1057,7 +1115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data DIR. ramer COMMAND --help says more.",
     )
     p.add_argument("--version", action="version", version=f"ramer {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     d = sub.add_parser(
         "demo",
@@ -1174,6 +1232,7 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--batch-size", type=positive_int, metavar="N", help=BATCH_HELP)
     vw.add_argument("--device", help=DEVICE_HELP)
     vw.set_defaults(func=cmd_view)
+    vw.set_prefix = "data."  # loader options only
 
     x = sub.add_parser(
         "export",
@@ -1343,6 +1402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data.synthetic. prefix; repeatable)",
     )
     s.set_defaults(func=cmd_data_synth)
+    s.set_prefix = "data.synthetic."
     i = dsub.add_parser(
         "info",
         help="describe a dataset: format, labels, dims, split statistics",
@@ -1353,6 +1413,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
+    i.set_prefix = "data."  # loader options only
     i.set_defaults(func=cmd_data_info)
     c = dsub.add_parser(
         "convert",
@@ -1364,6 +1425,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="auto", help="format (default: detected)")
     c.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
+    c.set_prefix = "data."  # loader options only
     c.set_defaults(func=cmd_data_convert)
     im = dsub.add_parser(
         "import",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickletools
+import shlex
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -397,8 +398,10 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     ``differences`` (``converted_otherwise``), from the source file the folder's ``info`` names."""
     sources = info.get("source_files") if isinstance(info, dict) else None
     source = sources[0] if isinstance(sources, list) and sources and isinstance(sources[0], str) else "SOURCE"
-    sets = [f"--labels {to}" if key == "labels" else f"--set data.{key}={shown(to)}" for key, _, to in differences]
-    return f"ramer data convert {source} {' '.join(sets)} --out DIR"
+    command = ["ramer", "data", "convert", source]
+    for key, _, to in differences:
+        command += ["--labels", str(to)] if key == "labels" else ["--set", f"data.{key}={shown(to)}"]
+    return shlex.join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument
 
 
 def read_as_converted(data: DataConfig) -> None:

@@ -43,6 +43,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Callable
@@ -185,7 +186,7 @@ def existing_run(out: Path) -> str | None:
     held = [name for name in ("model.safetensors", "test_metrics.json") if (out / name).exists()]
     held += ["metrics.jsonl"] if log.is_dir() or (log.exists() and log.stat().st_size > 0) else []
     if (out / "train_state.pt").exists() or (held and _classical_run(out)):
-        return f"{out} already holds a run; use --resume {out} or another --out"
+        return f"{out} already holds a run; use --resume {shlex.quote(str(out))} or another --out"
     if held:
         return (
             f"{out} holds a run's {', '.join(held)} but no train_state.pt to resume from (stopped before its first "
@@ -658,11 +659,11 @@ class Recipe(RunSteps):
     def _load_train_state(self) -> None:
         path = self.out / "train_state.pt"
         if not (path.exists() or path.is_symlink()):  # stopped before its first state: say what to do
+            again = shlex.join(["ramer", "train", "--config", str(self.out / "config.yaml"), "--out", str(self.out)])
             raise RamerError(
                 existing_run(self.out)
                 or f"{path}: not found; cannot resume: the run stopped before its first training state was saved, "
-                f"so nothing of it is kept; train it again (ramer train --config {self.out / 'config.yaml'} "
-                f"--out {self.out})"
+                f"so nothing of it is kept; train it again ({again})"
             )
         state = ckpt.load_train_state(path)
         check_resumed_config(state.get("config"), self.cfg, self.out)

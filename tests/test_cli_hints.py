@@ -1,0 +1,140 @@
+"""What a newcomer's slip on the command line is told: a mistyped flag of a command is that
+command's error, with the flag or the config key it likely meant; a command to paste in an error
+is quoted as the ``next:`` lines are; a run folder that is not there, a dataset given as the run and
+``--labels`` written with the labels column's ``;`` are each named for what they are."""
+
+import shlex
+
+import pytest
+from fixtures_writers import write_memor
+from test_recipe import tiny_cfg
+
+from ramer.cli import main
+from ramer.config import dump_config
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """The stderr of ``ramer ARGV``, which must exit 2 as argparse does."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, usage, hint",
+    [
+        (["train", "--date", "data/talk"], "usage: ramer train ", "--date data/talk; did you mean --data?"),
+        (["train", "--epochs", "2"], "usage: ramer train ", "--epochs 2; use --set train.epochs=2"),
+        (["train", "--epoch=3"], "usage: ramer train ", "--epoch=3; use --set train.epochs=3"),
+        (["train", "--lr", "1 e-3"], "usage: ramer train ", "use --set 'train.lr=1 e-3'"),
+        (
+            ["data", "import", "talk.csv", "--out", "ds", "--lables", "x"],
+            "usage: ramer data import ",
+            "--lables x; did you mean --labels?",
+        ),
+        (["data", "synth", "--out", "ds", "--n-train", "9"], "usage: ramer data synth ", "data.synthetic.n_train=9"),
+        (["data", "info", "ds", "--epochs", "2"], "usage: ramer data info ", "arguments: --epochs 2\n"),
+    ],
+)
+def test_a_mistyped_flag_is_the_commands_error_with_what_it_meant(tmp_path, capsys, monkeypatch, argv, usage, hint):
+    """argparse left an unknown flag to the top-level parser (``usage: ramer [-h] [--version]
+    COMMAND ...``, no hint); a command whose --set takes only loader options (data info) names no
+    train.* key."""
+    monkeypatch.chdir(tmp_path)
+    err = refused(capsys, argv)
+    assert err.startswith(usage), err
+    assert f"{usage.removeprefix('usage: ').strip()}: error: unrecognized arguments: " in err
+    assert hint in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_flag_for_the_top_level_parser_stays_its_error(capsys):
+    err = refused(capsys, ["--bogus", "train"])
+    assert err.startswith("usage: ramer [-h] [--version] COMMAND ...") and "unrecognized arguments: --bogus" in err
+
+
+def test_the_resume_hint_of_a_held_out_folder_pastes(tmp_path, capsys):
+    """``--out`` a folder holding a run: the ``--resume`` it names is quoted, as the ``next:``
+    lines are, so that a folder name with a space pastes as one argument."""
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / "train_state.pt").write_bytes(b"")
+    assert main(["train", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run} already holds a run; use --resume "), err  # the path itself as it is
+    assert shlex.split(err.split("; use ")[1].split(" or another --out")[0]) == ["--resume", str(run)]
+
+
+def test_the_train_again_hint_of_a_run_without_a_state_pastes(tmp_path, capsys):
+    """A run killed before its first state: the command that trains it again is quoted."""
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    (run / "config.yaml").write_text(dump_config(tiny_cfg()))
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    command = err[err.index("(ramer train --config ") + 1 :].splitlines()[0].removesuffix(")")
+    assert shlex.split(command) == ["ramer", "train", "--config", str(run / "config.yaml"), "--out", str(run)]
+
+
+def test_the_tune_hint_of_a_bench_without_a_tuned_config_pastes(tmp_path, capsys):
+    tuned = tmp_path / "my tuned"
+    tuned.mkdir()
+    assert main(["bench", "--models", "ramer", "--tuned", str(tuned), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    command = err[err.index("make it with: ") :].split(": ", 1)[1].split(", or bench with")[0]
+    assert shlex.split(command) == ["ramer", "tune", "--model", "ramer", "--out", str(tuned / "ramer")]
+
+
+def test_the_convert_hint_of_a_folder_converted_otherwise_pastes(tmp_path, capsys):
+    """A converted folder trained with another loader option: the convert command it names takes the
+    source's path as one argument."""
+    source = tmp_path / "my memor"
+    write_memor(source)
+    folder = tmp_path / "fine"
+    assert main(["data", "convert", str(source), "--labels", "fine_grained", "--out", str(folder)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(folder), "--set", "data.labels=primary", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    command = err[err.index("(ramer data convert ") + 1 :].splitlines()[0].removesuffix(")")
+    assert shlex.split(command) == ["ramer", "data", "convert", str(source), "--labels", "primary", "--out", "DIR"]
+
+
+def test_resume_of_a_folder_that_is_not_there_names_the_folder(tmp_path, capsys):
+    """Not ``early/config.yaml: not found``: the folder itself is what is missing. A folder that is
+    there without its config keeps saying so."""
+    assert main(["train", "--resume", str(tmp_path / "early")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'early'}: no such run folder; nothing to resume\n"
+    (tmp_path / "early").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "early")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'early' / 'config.yaml'}: not found; cannot resume")
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_a_dataset_folder_given_as_the_run_is_named_a_dataset(tmp_path, capsys, command):
+    ds = tmp_path / "talk"
+    sizes = ("n_train=8", "n_valid=4", "n_test=4")
+    assert main(["data", "synth", "--out", str(ds), *(x for s in sizes for x in ("--set", s))]) == 0
+    capsys.readouterr()
+    extra = ["--out", str(tmp_path / "p.jsonl")] if command == "predict" else []
+    assert main([command, str(ds), *extra]) == 2
+    err = capsys.readouterr().err
+    said = "a dataset folder (it holds meta.json), not a run; give a run folder, and the data with --data"
+    assert err == f"error: {ds}: {said}\n"
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_labels_given_with_semicolons_are_refused_before_the_table_is_read(tmp_path, capsys):
+    """``--labels "anger;joy;neutral"`` was one label named 'anger;joy;neutral', and the import
+    failed at the first labelled row; now it is refused at once, with the flag as written to paste.
+    (The labels column separates names by ';', so a name cannot hold one.)"""
+    table = tmp_path / "talk.csv"  # not there: it is not read
+    out = tmp_path / "my data"
+    assert main(["data", "import", str(table), "--out", str(out), "--labels", "anger;joy;neutral"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --labels is comma-separated (got 'anger;joy;neutral'): --labels anger,joy,neutral\n"
+    assert not out.exists()
+    assert main(["data", "import", str(table), "--out", str(out), "--labels", "very happy;sad"]) == 2
+    err = capsys.readouterr().err
+    assert shlex.split(err.split("): ")[1]) == ["--labels", "very happy,sad"]
