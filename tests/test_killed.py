@@ -252,7 +252,8 @@ def test_temporaries_stay_where_the_command_does_not_hold_the_folder(tmp_path):
 def test_ctrl_c_in_the_write_of_a_state_is_ctrl_c(tmp_path, monkeypatch, capsys):
     """Ctrl-C while torch.save writes the training state: its zip writer fails on the way out
     ('unexpected pos'), a RuntimeError whose context is the KeyboardInterrupt. That ended in a
-    traceback, exit 1, where Ctrl-C says how to resume, 130. The state before stays; no temporary."""
+    traceback, exit 1, where Ctrl-C says how to resume, 130. The state before stays, and the line
+    names its epoch (the last epoch line printed need not be it); no temporary."""
     import ramer.checkpoint as ckpt
 
     save, saves = ckpt.torch.save, []
@@ -271,6 +272,6 @@ def test_ctrl_c_in_the_write_of_a_state_is_ctrl_c(tmp_path, monkeypatch, capsys)
     run, config = tmp_path / "run", tmp_path / "tiny.yaml"
     config.write_text(dump_config(tiny_cfg()))
     assert main(["train", "--config", str(config), "--out", str(run)]) == 130
-    assert f"interrupted; resume with: ramer train --resume {run}" in capsys.readouterr().err
+    assert f"interrupted; epoch 1 is saved; resume with: ramer train --resume {run}" in capsys.readouterr().err
     assert saves == [1, 2] and ckpt.load_train_state(run / "train_state.pt")["epoch"] == 1
     assert not list(run.glob(".*.tmp"))

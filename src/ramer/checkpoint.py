@@ -34,6 +34,7 @@ from ramer.errors import (
     RamerError,
     first_line,
     is_finite,
+    is_int,
     is_probability,
     is_whole,
     readable,
@@ -379,6 +380,20 @@ def save_train_state(path: str | Path, state: dict) -> None:
             torch.save(state, f)
 
     atomic_write(path, write)
+
+
+def saved_epoch(path: str | Path) -> int | None:
+    """The epoch whose end the training state ``path`` holds, its tensors mapped, not read (a state is
+    as large as the model and its optimiser), for a line saying what is saved; ``None`` where it
+    holds no readable state (``load_train_state`` says what is wrong at a resume)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a line of help, not a check
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return epoch if is_int(epoch) and epoch >= 1 else None
 
 
 def load_train_state(path: str | Path) -> dict:

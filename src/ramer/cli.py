@@ -453,11 +453,15 @@ def next_steps(run: Path | str, split: str | None = None) -> str:
 
 def interrupted_hint(out: Path) -> str:
     """What to run after Ctrl-C stopped a run in ``out``, from what the folder then holds: resume
-    from a saved state; a command that a new run there would refuse names what to do instead."""
+    from a saved state (naming its epoch, which the last epoch line printed may not be); a command
+    that a new run there would refuse names what to do instead."""
+    from ramer.checkpoint import saved_epoch
     from ramer.train.recipe import existing_run
 
     if (out / "train_state.pt").exists():  # written at the end of every epoch
-        return f"interrupted; resume with: ramer train --resume {shlex.quote(str(out))}"
+        epoch = saved_epoch(out / "train_state.pt")  # Ctrl-C may land after its save, before its line
+        saved = f"; epoch {epoch} is saved" if epoch else ""
+        return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(str(out))}"
     held = existing_run(out) if out.is_dir() else None
     if held:  # a classical fit's model file (--resume fits again), a deep run's first best model
         return f"interrupted before a state to resume from was saved: {held}"
