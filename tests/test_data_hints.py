@@ -87,3 +87,20 @@ def test_a_rare_label_close_to_another_is_noted_as_a_typo(tmp_path, fake_text, c
     table = write_table(tmp_path / "even.csv", rows)
     assert main(["data", "import", str(table), "--out", str(tmp_path / "even")]) == 0
     assert "typo" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ labels
+def test_labels_in_another_order_say_so_and_how_to_fix_it(tmp_path, fake_text, capsys):
+    """Data imported with the model's labels in another order (``--labels joy,anger,...``) is refused
+    (each column means another label), and the message gives the order to import it with."""
+    import_conversations(write_table(tmp_path / "talk.csv", base_rows()), tmp_path / "ds")
+    assert main(["train", "--model", "br", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run")]) == 0
+    plain = write_table(tmp_path / "plain.csv", base_rows(labelled=False))
+    import_conversations(plain, tmp_path / "new3", labels=["joy", "anger", "neutral", "sadness"])
+    capsys.readouterr()
+    argv = ["predict", str(tmp_path / "run"), "--data", str(tmp_path / "new3"), "--out", str(tmp_path / "p.jsonl")]
+    assert main(argv) == 2
+    assert (
+        "differ from the model's ['anger', 'joy', 'neutral', 'sadness']: the same labels in another order; "
+        "import the data again with --labels anger,joy,neutral,sadness"
+    ) in capsys.readouterr().err

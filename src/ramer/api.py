@@ -82,7 +82,12 @@ class Predictor:
         RamerError naming ``source`` if not. ``predict`` checks so; ``ramer eval`` before its own
         checks (``check_data(store.label_names, store.dims, store.source)``)."""
         if tuple(names) != tuple(self.spec.label_names):
-            raise RamerError(f"{source}: labels {list(names)} differ from the model's {list(self.spec.label_names)}")
+            model = list(self.spec.label_names)
+            said = f"{source}: labels {list(names)} differ from the model's {model}"
+            if sorted(names) == sorted(model):  # an import whose --labels (or sorted names) put them otherwise
+                again = shlex.quote(",".join(model))
+                said += f": the same labels in another order; import the data again with --labels {again}"
+            raise RamerError(said)
         expected = {**self.spec.dims, "personality": self.spec.personality_dim}
         for key, size in dims.items():
             if size is not None and expected.get(key) is not None and size != expected[key]:
