@@ -54,7 +54,7 @@ def test_resume_from_another_folder_says_how_the_data_path_was_stored(tmp_path, 
     monkeypatch.chdir(tmp_path / "run")
     assert main(["train", "--resume", "."]) == 2
     err = capsys.readouterr().err
-    assert "ds: data path not found (the run's data.path, as given when it was trained" in err
+    assert "ds: data path not found from here (the run's data.path, as given when it was trained" in err
     assert "run from that folder, or set data.path in config.yaml" in err
 
 

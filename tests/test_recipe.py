@@ -570,8 +570,8 @@ def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path):
 
 
 def test_eval_elsewhere_of_a_run_trained_on_a_relative_data_path(tmp_path, bundle, monkeypatch, capsys):
-    """The run keeps data.path as given; from another folder the error says where it came from and
-    that --data gives the data."""
+    """The run keeps data.path as given; from another folder the error says where it came from, and
+    to run from there or give the data with --data (a new user read the path as looked up there)."""
     bundle.save(tmp_path / "d")
     monkeypatch.chdir(tmp_path)
     Recipe(tiny_cfg(extra=["train.epochs=1", "data.path=d"]), tmp_path / "run", bundle=bundle).run()
@@ -579,7 +579,9 @@ def test_eval_elsewhere_of_a_run_trained_on_a_relative_data_path(tmp_path, bundl
     monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 2
-    assert "d: data path not found (the run's data.path" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "d: data path not found from here (the run's data.path, as given when it was trained: a relative" in err
+    assert "run this from that folder, or give the data with --data PATH" in err
     assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "d")]) == 0
 
 

@@ -344,7 +344,11 @@ def load_data_for(
             raise RamerError(f"load_data_for: data must be a path (a str or Path), not {type(data).__name__}")
         cfg.data.path = os.fspath(data)
     else:
-        check_run_data(cfg.data.path, "give the data with --data PATH (in Python: load_data_for(predictor, data=PATH))")
+        check_run_data(
+            cfg.data.path,
+            "run this from that folder, or give the data with --data PATH (in Python: load_data_for(predictor, "
+            "data=PATH))",
+        )
     bundle = load_bundle(cfg.data)
     if data is None and (unknown := [n for n in compare if n not in bundle.splits]):
         raise RamerError(
@@ -367,6 +371,6 @@ def check_run_data(path: str | None, remedy: str) -> None:
     and ``remedy``."""
     if path is not None and not Path(path).exists():
         raise RamerError(
-            f"{path}: data path not found (the run's data.path, as given when it was trained, relative "
-            f"to the folder it was trained in if not absolute); {remedy}"
+            f"{path}: data path not found from here (the run's data.path, as given when it was trained: a relative "
+            f"path is from the folder it was trained in); {remedy}"
         )
