@@ -62,6 +62,16 @@ def test_train_is_refused_in_a_run_folder_another_command_holds(tmp_path, capsys
         assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # no config, no log beside the other's
 
 
+def test_a_new_run_where_another_command_trains_says_in_use_not_resume(tmp_path, capsys):
+    """A run still training there: not 'already holds a run; use --resume', which is refused as in
+    use (a new user followed it)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_state.pt").write_bytes(b"state")
+    with held_elsewhere(out) as line:
+        refused(["train", "--out", str(out), *SETS], out, capsys, line)
+
+
 def test_resume_is_refused_in_a_run_folder_another_command_holds(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--set", "train.epochs=2", *SETS]) == 0

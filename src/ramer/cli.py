@@ -322,7 +322,7 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
     process that was asked (before torchrun starts N)."""
     from ramer.data import read_as_converted
     from ramer.models import CLASSICAL, check_model, check_options
-    from ramer.paths import other_work
+    from ramer.paths import held_elsewhere, other_work
     from ramer.train.recipe import check_training_values, existing_run
 
     if cfg.data.path is not None and not Path(cfg.data.path).exists():
@@ -334,7 +334,7 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
         check_model(cfg)
         check_training_values(cfg)
     if out is not None:
-        why = other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
+        why = held_elsewhere(out) or other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
         if why:
             raise RamerError(why)
 

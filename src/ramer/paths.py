@@ -400,6 +400,26 @@ def _unlock(path: Path, fd: int) -> None:
     os.close(fd)
 
 
+def held_elsewhere(folder: str | Path) -> str | None:
+    """``in_use``'s message where another command holds ``folder`` now, else None; a look, nothing
+    kept, before checks whose advice a held folder makes wrong (``use --resume`` of a run that is
+    still training there)."""
+    folder = Path(folder)
+    if fcntl is None or os.path.realpath(folder) in _HELD:
+        return None
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # none: nothing holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return in_use(folder)
+    finally:
+        os.close(fd)  # which lets go of the lock it took
+    return None
+
+
 def in_use(folder: Path) -> str:
     """The message for a ``folder`` another command holds, from what its lock file says."""
     try:
