@@ -141,7 +141,8 @@ def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     shutil.copytree(run, mine / "ramer")  # a late_fusion run: not one the demo makes there
     before = fingerprint(mine)
     assert main(["demo", "--out", str(mine), *sets]) == 2
-    assert f"{mine / 'ramer'}: holds files that ramer demo did not write" in capsys.readouterr().err
+    names = "config.yaml, metrics.jsonl, model.safetensors and 2 more"  # a late_fusion run's
+    assert f"{mine / 'ramer'}: holds files that ramer demo did not write ({names})" in capsys.readouterr().err
     assert fingerprint(mine) == before
     demo = tmp_path / "demo"
     assert main(["demo", "--out", str(demo), *sets]) == 0

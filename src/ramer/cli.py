@@ -1014,9 +1014,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     made = demo_runs(out)  # the run folders an earlier demo made here: the only ones it replaces
     for folder in DEMO_RUNS:
-        theirs = (out / folder).is_dir() and any(p.name != LOCK_NAME for p in (out / folder).iterdir())
+        theirs = (
+            sorted(p.name for p in (out / folder).iterdir() if p.name != LOCK_NAME) if (out / folder).is_dir() else []
+        )
         if folder not in made and theirs:  # a lock file a killed command left is no one's work
-            raise RamerError(f"{out / folder}: holds files that ramer demo did not write; give another --out")
+            named = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+            raise RamerError(f"{out / folder}: holds files that ramer demo did not write ({named}); give another --out")
     bundle = generate(cfg.data.synthetic)
     ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s")
     print_synth_report(bundle, OUT)
