@@ -1181,6 +1181,8 @@ def test_timeline_shows_top_emotion_per_person_and_utterance(tmp_path, fake_text
     text = format_timelines(bundle, "test", probs, 0.5)
     lines = text.splitlines()
     assert lines[0].startswith("legend: ang=anger, joy, neu=neutral, sad=sadness")
+    said = "(a cell: the most probable of the labels chosen, all of them in the predictions file; - none passes"
+    assert lines[0].endswith(f"{said} the threshold, . not a target)")  # a cell shows one of several
     k = lines.index("c1  (3 persons x 4 utterances)")
     assert [ln.split() for ln in lines[k + 1 : k + 5]] == [
         ["0", "1", "2", "3"],

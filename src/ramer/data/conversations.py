@@ -1641,7 +1641,8 @@ def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshol
     lines = [
         "legend: "
         + ", ".join(f"{c}={n}" if c != n else n for c, n in zip(codes, names))
-        + "  (- nothing passes the threshold, . not a target)"
+        + "  (a cell: the most probable of the labels chosen, all of them in the predictions file; - none"
+        + " passes the threshold, . not a target)"
     ]
     for item in info.get("items", []):
         if item["split"] != split:
