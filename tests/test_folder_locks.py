@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_recipe import tiny_cfg
 
-from ramer.cli import build_parser, main, train_config
+from ramer.cli import build_parser, check_new_run, main, train_config
 from ramer.config import dump_config
+from ramer.errors import RamerError
 from ramer.paths import LOCK_NAME, remove_if_empty
 
 fcntl = pytest.importorskip("fcntl")
@@ -70,6 +72,18 @@ def test_a_new_run_where_another_command_trains_says_in_use_not_resume(tmp_path,
     (out / "train_state.pt").write_bytes(b"state")
     with held_elsewhere(out) as line:
         refused(["train", "--out", str(out), *SETS], out, capsys, line)
+
+
+def test_only_rank_0_looks_at_the_lock_before_training(tmp_path, monkeypatch):
+    """Under torchrun rank 0 alone holds the run folder: the other ranks' first check found its
+    lock, 'in use by another ramer command', and ramer train --nproc 2 failed about half the time."""
+    out = tmp_path / "run"
+    with held_elsewhere(out):
+        monkeypatch.setenv("RANK", "1")
+        check_new_run(tiny_cfg(), out)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RamerError, match="in use by another ramer command"):
+            check_new_run(tiny_cfg(), out)
 
 
 def test_resume_is_refused_in_a_run_folder_another_command_holds(tmp_path, capsys):

@@ -334,7 +334,9 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
         check_model(cfg)
         check_training_values(cfg)
     if out is not None:
-        why = held_elsewhere(out) or other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
+        # under torchrun rank 0 alone holds the folder: another rank would find its lock
+        held = held_elsewhere(out) if int(os.environ.get("RANK", "0")) == 0 else None
+        why = held or other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
         if why:
             raise RamerError(why)
 
