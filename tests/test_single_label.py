@@ -253,7 +253,7 @@ def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys)
 
     preds = tmp_path / "preds.jsonl"
     assert main(["predict", str(run), "--out", str(preds)]) == 0
-    assert "- nothing passes" in capsys.readouterr().out  # the timeline of the import
+    assert "- none passes the threshold" in capsys.readouterr().out  # the timeline of the import
     got = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(got) == 10
     for g in got:
