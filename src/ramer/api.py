@@ -19,7 +19,7 @@ from ramer.batch import Batch
 from ramer.config import Config
 from ramer.console import names_line
 from ramer.data import DataBundle, SceneStore, load_bundle
-from ramer.errors import RamerError, ScoresNotFinite
+from ramer.errors import RamerError, ScoresNotFinite, first_of
 from ramer.infer import autocast, batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
@@ -304,8 +304,7 @@ def _model_file(path: Path) -> Path:
     if runs:
         raise RamerError(
             f"{path}: a folder of runs, not a run (no model.safetensors in it); load one of them: "
-            + ", ".join(str(path / name) for name in runs[:5])
-            + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+            + first_of([str(path / name) for name in runs], 5)
         )
     if (path / "config.yaml").is_file() and (path / "metrics.jsonl").exists():
         raise RamerError(

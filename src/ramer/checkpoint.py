@@ -33,6 +33,7 @@ from ramer.errors import (
     FileUnreadable,
     RamerError,
     first_line,
+    first_of,
     is_finite,
     is_int,
     is_probability,
@@ -269,9 +270,7 @@ def read_model_file(
                 f"{path}: metadata 'config' is malformed (an object expected, not {kind}); was it written by ramer?"
             )
         if newer_writer(written) and (unknown := unknown_keys(tree)):  # settings this ramer does not have
-            keys = ", ".join(f"'{k}'" for k in unknown[:3]) + (
-                f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-            )
+            keys = first_of([f"'{k}'" for k in unknown], 3)
             raise RamerError(
                 f"{path}: its config has key{'s' if len(unknown) > 1 else ''} {keys:.200} that this ramer does not "
                 f"know ({version_note(written)})"

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
-from ramer.errors import RamerError, shown, unwritable
+from ramer.errors import RamerError, first_of, shown, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
@@ -1020,8 +1020,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sorted(p.name for p in (out / folder).iterdir() if p.name != LOCK_NAME) if (out / folder).is_dir() else []
         )
         if folder not in made and theirs:  # a lock file a killed command left is no one's work
-            named = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
-            raise RamerError(f"{out / folder}: holds files that ramer demo did not write ({named}); give another --out")
+            raise RamerError(
+                f"{out / folder}: holds files that ramer demo did not write ({first_of(theirs, 3)}); give another --out"
+            )
     bundle = generate(cfg.data.synthetic)
     ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s")
     print_synth_report(bundle, OUT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from ramer.errors import shown
+from ramer.errors import first_of, shown
 
 PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
 
@@ -53,5 +53,5 @@ def names_line(names, shown: int = 6) -> str:
 def labels_phrase(named: list[str], limit: int = 5) -> tuple[str, str]:
     """``("label 'a' (test 3) has", "it")`` or ``("labels 'a', 'b' and 4 more have", "them")``: the
     subject of a note about the labels ``named`` (each as it is to be shown; the first ``limit``)."""
-    shown = ", ".join(named[:limit]) + (f" and {len(named) - limit} more" if len(named) > limit else "")
+    shown = first_of(named, limit)
     return (f"label {shown} has", "it") if len(named) == 1 else (f"labels {shown} have", "them")

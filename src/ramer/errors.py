@@ -82,6 +82,14 @@ def shown(text: str, keep: str = "") -> str:
     return "".join(repr(c)[1:-1] if c not in keep and unicodedata.category(c) == "Cc" else c for c in text)
 
 
+def first_of(items, limit: int, total: int | None = None) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` of ``items`` (strings as they are to be shown),
+    then how many more of ``total`` (default: all of ``items``) there are."""
+    shown = list(items[:limit])
+    more = (len(items) if total is None else total) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
 def unprintable_name(names) -> str | None:
     """What makes one of ``names`` unprintable, for errors: an empty name (a legend entry or table
     row of nothing) or one with a control character (``control_character``); ``None`` when each

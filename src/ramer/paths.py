@@ -28,7 +28,7 @@ try:
 except ImportError:  # Windows: no folder locks (``hold``)
     fcntl = None
 
-from ramer.errors import RamerError, first_line, too_many_digits, unreadable, unwritable
+from ramer.errors import RamerError, first_line, first_of, too_many_digits, unreadable, unwritable
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -542,9 +542,8 @@ def dataset_folder(path: str | Path) -> Path:
         if (path / "meta.json").is_file():
             other = [name for name in other if name in RUN_FILES]
         if other:
-            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
             raise RamerError(
-                f"{path}: holds {shown}, which a dataset folder does not; give a new or empty folder "
+                f"{path}: holds {first_of(other, 3)}, which a dataset folder does not; give a new or empty folder "
                 "(a dataset folder written before is written over)"
             )
     return path

@@ -45,7 +45,7 @@ from ramer.config import MAX_GRID
 from ramer.console import LOG_EVERY, labels_phrase, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
-from ramer.errors import RamerError, control_character
+from ramer.errors import RamerError, control_character, first_of
 from ramer.metrics import decide
 from ramer.paths import not_a_regular_file
 
@@ -337,7 +337,7 @@ def _check_columns(columns, path: Path, row: int) -> None:
     if not unknown:
         return
     hint = " (a trailing separator in the header?)" if unknown == [""] else ""
-    shown = ", ".join(_short(c) for c in unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+    shown = first_of([_short(c) for c in unknown], 6)
     said = f"{_where(path, row)}: unknown column{'s' * (len(unknown) > 1)} {shown}{hint} (known: {', '.join(COLUMNS)})"
     by_key = {c.casefold(): c for c in COLUMNS}
     like = [(c, by_key[c.casefold()]) for c in unknown if c.casefold() in by_key]
@@ -1602,17 +1602,13 @@ def note_lines(meta: dict) -> list[str]:
     said = []
     if missing:
         has = "person has" if len(missing) == 1 else "persons have"
-        said.append(f"{len(missing)} {has} no row (no personality): {_first_names(missing, len(missing))}")
+        said.append(f"{len(missing)} {has} no row (no personality): {first_of(missing, SHOWN_NAMES)}")
     if unused:
         name = "row names" if unused == 1 else "rows name"
-        said.append(f"{unused} {name} nobody in the table" + (f": {_first_names(first, unused)}" if first else ""))
+        said.append(
+            f"{unused} {name} nobody in the table" + (f": {first_of(first, SHOWN_NAMES, unused)}" if first else "")
+        )
     return lines + (["personality: " + "; ".join(said)] if said else [])
-
-
-def _first_names(names: list[str], total: int) -> str:
-    """The first ``SHOWN_NAMES`` of ``names``, then how many more of ``total`` there are."""
-    shown = names[:SHOWN_NAMES]
-    return ", ".join(shown) + (f" and {total - len(shown)} more" if total > len(shown) else "")
 
 
 # ========================================================================================= timeline

@@ -55,7 +55,7 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.console import names_line
-from ramer.errors import RamerError, first_line, is_int, unprintable_name
+from ramer.errors import RamerError, first_line, first_of, is_int, unprintable_name
 from ramer.paths import (
     DATASET_ENTRIES,
     RUN_FILES,
@@ -996,9 +996,8 @@ def _split_folder(directory: Path) -> None:
         if folder.is_dir():
             other = sorted(p.name for p in folder.iterdir() if p.name not in _SPLIT_FILES or not p.is_file())
             if other:
-                shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
                 raise RamerError(
-                    f"{folder}: holds {shown}, which a split folder does not; give a new or empty folder "
+                    f"{folder}: holds {first_of(other, 3)}, which a split folder does not; give a new or empty folder "
                     "(a split folder written before is written over)"
                 )
 
