@@ -228,12 +228,36 @@ def test_a_run_notices_that_its_data_was_made_again(tmp_path, capsys, monkeypatc
     assert main(["data", "synth", "--out", "ds", *sizes, "--set", "seed=9"]) == 0
     capsys.readouterr()
     assert main(["eval", "run"]) == 0
-    assert "note: split 'test' of ds has changed since the run was made on it" in capsys.readouterr().err
+    relative = "(the run's data.path is relative to where it was trained) has changed since the run was made on it"
+    assert f"note: split 'test' of ds, read from {tmp_path} {relative}" in capsys.readouterr().err
     assert main(["eval", "run", "--data", "ds"]) == 0 and "note:" not in capsys.readouterr().err  # data asked for
+    (tmp_path / "other").mkdir()  # another folder's data of the same name: the note says which was read
+    monkeypatch.chdir(tmp_path / "other")
+    assert main(["data", "synth", "--out", "ds", *sizes, "--set", "seed=5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "../run"]) == 0
+    assert f"note: split 'test' of ds, read from {tmp_path / 'other'} {relative}" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "run" / "test_metrics.json").unlink()  # as if stopped before its test
     assert main(["train", "--resume", "run"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume run: the data at data.path (ds) is not what the run started on (train, valid, test" in err
+
+
+def test_a_run_trained_on_data_made_in_python_is_not_only_said_of_the_embedded_benchmark(tmp_path, capsys):
+    """A run trained on a bundle made in Python records no data path: its eval reads the embedded
+    benchmark, which the note named as the run's data, changed since."""
+    from test_recipe import tiny_cfg
+
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    cfg = tiny_cfg(extra=["train.epochs=1"])
+    Recipe(cfg, tmp_path / "run", bundle=generate(cfg.data.synthetic.model_copy(update={"seed": 7}))).run()
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    said = "the embedded benchmark (or the run was trained on data made in Python: give that data) has changed"
+    assert f"note: split 'test' of {said}" in capsys.readouterr().err
 
 
 def test_errors_say_what_the_path_given_is(tmp_path, fake_text, capsys, monkeypatch):

@@ -570,10 +570,16 @@ def load_run_and_data(args: argparse.Namespace):
         from ramer.checkpoint import changed_splits
 
         if changed_splits(predictor.data_fingerprints, bundle, [args.split]):
+            path = predictor.cfg.data.path
+            if path is None:  # made again since, or the run was trained on a bundle made in Python
+                where = "the embedded benchmark (or the run was trained on data made in Python: give that data)"
+            elif not Path(path).is_absolute():  # another folder's data of that name may be read
+                where = f"{path}, read from {Path.cwd()} (the run's data.path is relative to where it was trained)"
+            else:
+                where = path
             ERR.print(
-                f"note: split '{args.split}' of {predictor.cfg.data.path or 'the embedded benchmark'} has changed "
-                "since the run was made on it; "
-                "what follows is of the data as it is now"
+                f"note: split '{args.split}' of {where} has changed since the run was made on it; what follows is "
+                "of the data as it is now"
             )
     if len(bundle.splits[args.split]) == 0:
         sizes = ", ".join(f"{name} {len(store)}" for name, store in bundle.splits.items())
