@@ -138,3 +138,29 @@ def test_labels_given_with_semicolons_are_refused_before_the_table_is_read(tmp_p
     assert main(["data", "import", str(table), "--out", str(out), "--labels", "very happy;sad"]) == 2
     err = capsys.readouterr().err
     assert shlex.split(err.split("): ")[1]) == ["--labels", "very happy,sad"]
+
+
+@pytest.mark.parametrize("model", ["late_fusion", "br", "ramer"])
+def test_ablations_set_for_a_model_they_do_not_reach_are_noted(tmp_path, capsys, model):
+    """``model.ablations`` switch parts of RAMer off: another model trained with them trained as
+    without them, and wrote them into its config, without a word (a researcher's walk)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_config(tiny_cfg(extra=["train.epochs=1"])))
+    argv = ["train", "--config", str(config), "--model", model, "--set", "model.ablations=[no_shuffle]"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    note = f"note: model.ablations has no effect on model '{model}': they switch parts of RAMer off"
+    assert (note in capsys.readouterr().err) == (model != "ramer")
+
+
+def test_a_bench_notes_ablations_a_model_does_not_read_once():
+    from conftest import random_store
+    from test_degenerate_data import bundle_of
+
+    from ramer.config import build_config
+    from ramer.train import inputs
+
+    sets = ["model.ablations=[no_shuffle]"]
+    configs = [build_config(None, [f"model.name={m}", *sets]) for m in ("ramer", "hhmpn", "cc")]
+    notes = [n for n in inputs.bench_notes(bundle_of(random_store(n=16)), configs, "multi_label") if "ablations" in n]
+    said = "they switch parts of RAMer off (ramer --model ramer-<ablation>)"
+    assert notes == [f"model.ablations has no effect on model '{m}': {said}" for m in ("hhmpn", "cc")]

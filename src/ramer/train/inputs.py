@@ -122,6 +122,17 @@ def recompute_note(model: nn.Module, cfg) -> str | None:
     )
 
 
+def ablations_note(cfg) -> str | None:
+    """Where ``model.ablations`` is set for a model other than RAMer, whose parts alone they switch
+    off: it trains as without them (``ramer-authors`` refuses them when it is built)."""
+    if not cfg.model.ablations or cfg.model.name == "ramer":
+        return None
+    return (
+        f"model.ablations has no effect on model '{cfg.model.name}': they switch parts of RAMer off "
+        "(ramer --model ramer-<ablation>)"
+    )
+
+
 def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
     """What a deep ``model`` cannot read in the training split ``store`` (``input_notes``) and what
     of its config does not reach it (``recompute_note``)."""
@@ -129,7 +140,7 @@ def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
 
 
 def bench_notes(bundle, configs, task: str) -> list[str]:
-    """The notes of ``valid_note``, ``untrained_note`` and ``model_notes`` for the runs
+    """The notes of ``valid_note``, ``untrained_note``, ``ablations_note`` and ``model_notes`` for the runs
     of a bench or a search, once: their runs train with a quiet console. ``configs``: one ``Config`` per
     model; ``task``: the data's (``resolve_task``). Each model is built on the meta device (no memory
     taken) only to read what it is."""
@@ -138,6 +149,8 @@ def bench_notes(bundle, configs, task: str) -> list[str]:
         return notes
     spec = DataSpec.from_bundle(bundle, task)
     for cfg in configs:
+        if (note := ablations_note(cfg)) and note not in notes:
+            notes.append(note)
         if cfg.model.name in CLASSICAL:
             continue
         try:

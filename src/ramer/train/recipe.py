@@ -72,6 +72,7 @@ from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import (
+    ablations_note,
     kept_note,
     loss_not_finite,
     model_notes,
@@ -501,12 +502,14 @@ class RunSteps:
     def data_notes(self, model: nn.Module | None = None) -> None:
         """Rank 0 says what the data lets the run not do: multi-label validation without a single
         positive label scores every epoch and threshold 0, so nothing is chosen there; a label no
-        training sample has (``untrained_note``); what a deep ``model`` of this package cannot
+        training sample has (``untrained_note``); ablations set for a model other than RAMer
+        (``ablations_note``); what a deep ``model`` of this package cannot
         read in the training split and ``train.recompute`` asked of a model it does not reach
         (``model_notes``)."""
         if not is_main():
             return
-        notes = [n for n in (valid_note(self.bundle, self.spec.single_label), untrained_note(self.bundle)) if n]
+        notes = [valid_note(self.bundle, self.spec.single_label), untrained_note(self.bundle), ablations_note(self.cfg)]
+        notes = [n for n in notes if n]
         if model is not None:
             notes += model_notes(self.splits["train"], model, self.cfg, self.bundle.source)
         for note in notes:
