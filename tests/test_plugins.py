@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -444,3 +445,21 @@ def test_bench_names_the_run_that_failed(jobs, tmp_path, monkeypatch, registry, 
         with pytest.raises(ZeroDivisionError):
             main([*bench, "--models", "bug", "--out", str(tmp_path / "c")])
         assert "failed: bug, missing rate 0, seed 1 (" in capsys.readouterr().err
+
+
+def test_weights_that_no_longer_fit_a_plugin_model_name_its_package(tmp_path, monkeypatch, registry):
+    """A run of a model of another package, whose code gained a layer since: the error named ramer's
+    version as what changed ('written by this ramer version, ... so it was changed since')."""
+    (tmp_path / "plug_pool.py").write_text(doc_example())
+    grown = doc_example().replace(
+        "        self.head = nn.Linear(", "        self.extra = nn.Linear(2, 2)\n        self.head = nn.Linear("
+    )
+    (tmp_path / "plug_grown.py").write_text(grown)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_model("scope_pool", import_module("plug_pool").build)
+    run_training(build_config(None, [*TINY, "model.name=scope_pool"]), tmp_path / "run")
+    monkeypatch.setitem(models.BUILDERS, "scope_pool", import_module("plug_grown").build)
+    with pytest.raises(RamerError) as e:
+        ramer.load(tmp_path / "run")
+    assert "weights do not fit the model (missing extra.weight" in str(e.value)
+    assert "the model is ScopePool of the package 'plug_grown', not ramer's: its code has changed since" in str(e.value)

@@ -303,7 +303,8 @@ def check_config_fits(
     if cfg.model.name in CLASSICAL:
         return
     try:
-        own = meta_model(cfg, spec).state_dict()
+        model = meta_model(cfg, spec)
+        own = model.state_dict()
     except RuntimeError as e:
         if "overflow" not in str(e):  # sizes past what any memory holds
             return  # the real build, by the caller, reports it as it does today
@@ -315,7 +316,7 @@ def check_config_fits(
         return
     problems = fit_problems(own, state)
     if problems:
-        raise not_fitting(path, problems, written)
+        raise not_fitting(path, problems, written, model)
 
 
 def fit_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
@@ -336,10 +337,18 @@ def fit_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     return problems
 
 
-def not_fitting(source, problems: list[str], written: str | None = None) -> RamerError:
+def not_fitting(source, problems: list[str], written: str | None = None, model: nn.Module | None = None) -> RamerError:
     """The error of weights that do not fit the model (``fit_problems``), naming ``source`` and the
-    ramer version that wrote it (``written``, where the file records it)."""
+    ramer version that wrote it (``written``, where the file records it); for a ``model`` of another
+    package (a plugin), that package, whose code is what changed."""
     detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    package = type(model).__module__.split(".")[0] if model is not None else "ramer"
+    if package != "ramer":
+        return RamerError(
+            f"{source}: weights do not fit the model ({detail}); the model is {type(model).__name__} of the package "
+            f"'{package}', not ramer's: its code has changed since the file was written (or another version of it is "
+            "installed): train it again, or install the version it was trained with"
+        )
     if newer_writer(written):  # not an older ramer's model: training it again is not the remedy
         return RamerError(f"{source}: weights do not fit the model ({detail}); {version_note(written)}")
     if written == __version__:  # not an older ramer's either: another build of this version, or edited
@@ -364,7 +373,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     except RuntimeError as e:
         problems = [first_line(e)]
     if problems:
-        raise not_fitting(source, problems, written) from None
+        raise not_fitting(source, problems, written, model) from None
 
 
 TRAIN_STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "best")  # what every resume reads
