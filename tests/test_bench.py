@@ -155,6 +155,7 @@ def test_bench_writes_results_report_and_plots(benched):
     assert cfg.data.synthetic.complete and cfg.data.missing_rate == 0.0 and cfg.model.name == "late_fusion"
 
     text = (benched / "report.md").read_text()
+    assert text.startswith("# Benchmark: br, late_fusion\n")  # no RAMer among them: not 'RAMer and its baselines'
     assert (
         "Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all "
         "--complete late_fusion --jobs 2"
@@ -935,3 +936,21 @@ def test_a_role_no_target_has_is_no_score(tmp_path):
     assert "| speaker micro-F1 |" in header and "non-speaker" not in header
     mode = next(ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("- Mode: "))
     assert "default (train.threads=1, train.epochs=40, train.patience=5)" in mode  # no data.synthetic.* for a file
+
+
+@pytest.mark.parametrize(
+    "ranked, pair",
+    [
+        (["late_fusion", "ramer", "ramer-no_shuffle", "br"], ("ramer", "late_fusion", "best baseline")),
+        (["ramer-no_shuffle", "ramer-authors", "ramer", "hhmpn"], ("ramer", "hhmpn", "best baseline")),
+        (["ramer-no_shuffle", "ramer", "ramer-no_stack"], ("ramer", "ramer-no_shuffle", "runner-up")),
+        (["ramer-no_shuffle", "ramer-no_stack"], ("ramer-no_shuffle", "ramer-no_stack", "runner-up")),
+        (["ramerlite", "late_fusion"], ("ramerlite", "late_fusion", "runner-up")),
+        (["late_fusion", "ramerlite"], ("late_fusion", "ramerlite", "runner-up")),
+        (["late_fusion"], ("late_fusion", None, "runner-up")),
+    ],
+)
+def test_the_per_label_plot_pairs_ramer_with_a_baseline_else_the_two_best(ranked, pair):
+    """A rival whose name began with 'ramer' was dropped, so a bench of RAMer's ablations, or of a
+    model named ramerlite, wrote no per-label plot and said nothing (a researcher's walk)."""
+    assert bench_mod.per_label_pair(ranked) == pair

@@ -1187,7 +1187,7 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         )
     sets = [x for x in s.base_sets if base.data.path is None or not x.startswith("data.synthetic.")]  # what applies
     lines = [
-        "# Benchmark: RAMer and its baselines",
+        "# Benchmark: RAMer and its baselines" if "ramer" in s.models else f"# Benchmark: {', '.join(s.models)}",
         "",
         f"Command: `{s.command()}`",
         "",
@@ -1273,6 +1273,19 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
+def per_label_pair(ranked: list[str]) -> tuple[str | None, str | None, str]:
+    """The two models of the per-label plot, of ``ranked`` (best first), and the second's role:
+    RAMer and the best baseline (RAMer's ablations and the authors' RAMer are not baselines), else
+    the best model and the runner-up (also where RAMer ran only beside its own variants)."""
+    if "ramer" in ranked:
+        baselines = [m for m in ranked if m != "ramer" and m not in PRESETS and m != "ramer-authors"]
+        if baselines:
+            return "ramer", baselines[0], "best baseline"
+        ranked = ["ramer", *(m for m in ranked if m != "ramer")]
+    focus = ranked[0] if ranked else None
+    return focus, (ranked[1] if len(ranked) > 1 else None), "runner-up"
+
+
 def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> list[tuple[str, str]]:
     """Write ``DIR/plots/*.png``; returns (file name, caption) of each plot written."""
     if not results:
@@ -1317,11 +1330,9 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         (m for m in models if summarise(results, m, rate, "overall", "micro_f1")[2]),
         key=lambda m: -summarise(results, m, rate, "overall", "micro_f1")[0],
     )
-    focus = "ramer" if "ramer" in ranked else (ranked[0] if ranked else None)
-    rivals = [m for m in ranked if m != focus and not m.startswith("ramer")]
-    rival_role = "best baseline" if focus == "ramer" else "runner-up"
-    if focus and rivals:
-        pair = [focus, rivals[0]]
+    focus, rival, rival_role = per_label_pair(ranked)
+    if focus and rival:
+        pair = [focus, rival]
         f1 = {m: per_label_f1(s.out, m, rate, s.seeds) for m in pair}
         labels = list(f1[focus])
         x = np.arange(len(labels))
@@ -1344,7 +1355,7 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
         _save(fig, folder / "per_label_f1.png")
-        written.append(("per_label_f1.png", f"per-label F1, {focus} vs {rivals[0]}"))
+        written.append(("per_label_f1.png", f"per-label F1, {focus} vs {rival}"))
 
     # 3. speaker vs non-speaker micro-F1, one panel per rate
     if any("speaker" in r["metrics"] for r in results):
