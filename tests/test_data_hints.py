@@ -1,6 +1,9 @@
 """Hints a newcomer's data needs: a config error quotes the bad value and names the default config
 as the default, the personality file's problems name the row, the name and the cell, and a label
-of a row or two whose name is close to another label's is noted as a likely typo."""
+of a row or two whose name is close to another label's is noted as a likely typo, labels in another
+order say the order to import with, and data info says none where no value was replaced."""
+
+import json
 
 import pytest
 from test_conversations import base_rows, write_table
@@ -8,6 +11,7 @@ from test_conversations import base_rows, write_table
 from ramer.cli import main
 from ramer.config import build_config, resolve_config
 from ramer.data.conversations import import_conversations, summary_lines
+from ramer.data.info import format_info_table
 from ramer.errors import RamerError
 
 
@@ -104,3 +108,21 @@ def test_labels_in_another_order_say_so_and_how_to_fix_it(tmp_path, fake_text, c
         "differ from the model's ['anger', 'joy', 'neutral', 'sadness']: the same labels in another order; "
         "import the data again with --labels anger,joy,neutral,sadness"
     ) in capsys.readouterr().err
+
+
+def test_data_info_says_none_where_no_value_was_replaced(tmp_path, capsys):
+    """'non-finite text 0, audio 0, visual 0 (replaced by 0)' read as if a native folder's values
+    were replaced, where DATA.md says a native folder's non-finite value is an error."""
+    sizes = ("n_train=8", "n_valid=4", "n_test=4")
+    assert main(["data", "synth", "--out", str(tmp_path / "ds"), *(x for s in sizes for x in ("--set", s))]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", str(tmp_path / "ds")]) == 0
+    assert "\nnon-finite    none\n" in capsys.readouterr().out
+    info = json.loads(main_info(tmp_path / "ds", capsys))
+    info["nonfinite_replaced"] = {"text": 0, "audio": 7, "visual": 0}  # what a MOSEI file's reader replaced
+    assert "non-finite    text 0, audio 7, visual 0  (replaced by 0)" in format_info_table(info)
+
+
+def main_info(path, capsys) -> str:
+    assert main(["data", "info", str(path), "--json"]) == 0
+    return capsys.readouterr().out

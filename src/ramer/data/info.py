@@ -131,7 +131,8 @@ def format_info_table(info: dict[str, Any]) -> str:
         f"labels ({len(names)})    {', '.join(names)}",
         f"task          {info.get('task', 'multi_label')}",
         "feature dims  " + ", ".join(f"{k} {v if v is not None else '-'}" for k, v in dims.items()),
-        "non-finite    " + ", ".join(f"{m} {nf[m]}" for m in MODALITIES) + "  (replaced by 0)",
+        "non-finite    "
+        + (", ".join(f"{m} {nf[m]}" for m in MODALITIES) + "  (replaced by 0)" if any(nf.values()) else "none"),
         "",
     ]
     head = (
