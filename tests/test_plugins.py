@@ -463,3 +463,21 @@ def test_weights_that_no_longer_fit_a_plugin_model_name_its_package(tmp_path, mo
         ramer.load(tmp_path / "run")
     assert "weights do not fit the model (missing extra.weight" in str(e.value)
     assert "the model is ScopePool of the package 'plug_grown', not ramer's: its code has changed since" in str(e.value)
+
+
+def test_a_bench_retrains_only_the_model_whose_own_settings_changed(tmp_path, monkeypatch, registry, capsys):
+    """``--set model.options.scope_pool.pool=max`` reaches every run of a bench (its config), but only
+    scope_pool reads it: late_fusion's finished run was trained again all the same (a researcher's
+    walk, a helper's)."""
+    install(tmp_path / "site", monkeypatch, {"plug_models.py": doc_example()}, {"scope_pool": "plug_models:build"})
+    bench = ["bench", "--models", "scope_pool,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+    bench += ["--jobs", "1", "--out", str(tmp_path / "b"), *SETS]
+    assert main(bench) == 0
+    from ramer.bench import run_dir
+
+    model_files = {m: run_dir(tmp_path / "b", m, 0.0, 1) / "model.safetensors" for m in ("scope_pool", "late_fusion")}
+    before = {m: f.stat().st_mtime_ns for m, f in model_files.items()}
+    assert main([*bench, "--set", "model.options.scope_pool.pool=max"]) == 0
+    after = {m: f.stat().st_mtime_ns for m, f in model_files.items()}
+    assert after["late_fusion"] == before["late_fusion"] and after["scope_pool"] != before["scope_pool"]
+    assert ramer.load(model_files["scope_pool"].parent).model.pool == "max"

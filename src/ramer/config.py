@@ -572,9 +572,17 @@ SAME_RESULTS = ("train.recompute",)
 
 
 def result_differences(a: Any, b: Any) -> list[str]:
-    """``differences`` of two config trees but for ``SAME_RESULTS``: the keys that change what a run
-    computes (a cached bench run and a tune study are the same with either value of the others)."""
-    return [d for d in differences(a, b) if d not in SAME_RESULTS]
+    """``differences`` of two config trees but for ``SAME_RESULTS`` and the settings of models other
+    than ``b``'s (``model.options.NAME``, which only model NAME reads; a bench's ``--set`` gives every
+    run those of each model): the keys that change what a run computes (a cached bench run and a
+    tune study are the same with either value of the others)."""
+    name = b.get("model", {}).get("name") if isinstance(b, dict) else None
+    own = f"model.options.{name}"
+
+    def read(key: str) -> bool:
+        return not key.startswith("model.options.") or key == own or key.startswith(own + ".")
+
+    return [d for d in differences(a, b) if d not in SAME_RESULTS and read(d)]
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
