@@ -548,3 +548,28 @@ def test_per_label_thresholds_are_titled_as_their_range_not_one_number(tmp_path,
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
     assert f"test metrics (late_fusion, best epoch 1, threshold per label {low} to {high})" in capsys.readouterr().out
+
+
+def test_a_model_that_is_not_bfloat16_safe_says_so_in_one_line():
+    """A model of another package that makes float32 inside (``float()``) met the bfloat16 weights of
+    ``--precision bf16`` with a traceback of torch's 'mat1 and mat2 must have the same dtype', exit 1
+    (a researcher's walk, a helper's)."""
+    from types import SimpleNamespace
+
+    from conftest import random_store
+
+    from ramer.infer import predict, to_inference_precision
+
+    class FloatInside(torch.nn.Module):
+        def __init__(self, dim: int, labels: int):
+            super().__init__()
+            self.head = torch.nn.Linear(dim, labels)
+
+        def forward(self, batch):
+            return SimpleNamespace(probs=torch.sigmoid(self.head(batch.features["text"].float().mean(1))))
+
+    store = random_store(n=4)
+    model = FloatInside(store.dims["text"], len(store.label_names))
+    assert predict(model, store, 2, torch.device("cpu")).scores.shape == (4, len(store.label_names))  # fp32: fine
+    with pytest.raises(RamerError, match=r"^model FloatInside: failed with its weights and features in bfloat16 "):
+        predict(to_inference_precision(model, "bf16"), store, 2, torch.device("cpu"))

@@ -128,6 +128,14 @@ def predict(
             out = _score_forked(model, store, blocks, batch_size, device, precision)
         else:
             out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
+    except RuntimeError as e:  # a model of another package that makes float32 where the features are bfloat16
+        if model_dtype(model) != torch.bfloat16 or not ("dtype" in str(e) or "BFloat16" in str(e)):
+            raise
+        raise RamerError(
+            f"model {type(model).__name__}: failed with its weights and features in bfloat16 (--precision bf16): "
+            f"{first_line(e)}; make its masks and constants in the features' type (x.dtype), not float(), or "
+            "score without --precision bf16"
+        ) from None
     finally:
         model.train(was_training)
     if shard:
