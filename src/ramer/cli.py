@@ -1294,7 +1294,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", help="dataset path (default: the embedded synthetic benchmark)")
     b.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
     b.add_argument(
-        "--models", help="all (default), ablations, or a comma list, e.g. br,late_fusion,ramer,ramer-no_shuffle"
+        "--models",
+        help="all (default), ablations, or a comma list, e.g. br,late_fusion,ramer,ramer-no_shuffle; installed "
+        "models too (docs/ARCHITECTURE.md, Adding a model)",
     )
     b.add_argument("--seeds", type=int, metavar="N", help="number of seeds (default: 3; --quick: 1)")
     b.add_argument("--missing-rates", help="comma list of extra missing rates (default: 0,0.3,0.6; --quick: 0,0.6)")
@@ -1362,7 +1364,12 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/trials.md, OUT/trials.csv and OUT/tune.json. A key given with --set is kept, not "
         "searched. Needs the optional extra: pip install 'ramer[tune]'.",
     )
-    tu.add_argument("--model", required=True, help="a deep model, e.g. ramer, mult, amp, or a ramer-<ablation> preset")
+    tu.add_argument(
+        "--model",
+        required=True,
+        help="a deep model, e.g. ramer, mult, amp, a ramer-<ablation> preset, or an installed model (its own "
+        "search space where it registers one: docs/ARCHITECTURE.md, Adding a model)",
+    )
     tu.add_argument("--data", help="dataset (default: the embedded synthetic benchmark)")
     tu.add_argument("--config", help="a YAML file or a bundled config name (default: synthetic)")
     tu.add_argument(
