@@ -106,7 +106,7 @@ def test_labels_in_another_order_say_so_and_how_to_fix_it(tmp_path, fake_text, c
     assert main(argv) == 2
     assert (
         "differ from the model's ['anger', 'joy', 'neutral', 'sadness']: the same labels in another order; "
-        "import the data again with --labels anger,joy,neutral,sadness"
+        "give them in the model's (an import: --labels anger,joy,neutral,sadness)"
     ) in capsys.readouterr().err
 
 

@@ -86,7 +86,7 @@ class Predictor:
             said = f"{source}: labels {list(names)} differ from the model's {model}"
             if sorted(names) == sorted(model):  # an import whose --labels (or sorted names) put them otherwise
                 again = shlex.quote(",".join(model))
-                said += f": the same labels in another order; import the data again with --labels {again}"
+                said += f": the same labels in another order; give them in the model's (an import: --labels {again})"
             raise RamerError(said)
         expected = {**self.spec.dims, "personality": self.spec.personality_dim}
         for key, size in dims.items():
