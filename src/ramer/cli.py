@@ -1099,7 +1099,7 @@ def flag_hint(parser: argparse.ArgumentParser, arg: str, after: list[str]) -> st
     mean --data?``), else a config key of a near name (``--epoch``); None for anything else."""
     from difflib import get_close_matches
 
-    from ramer.config import _keys
+    from ramer.config import config_keys
 
     if not arg.startswith("--") or arg == "--":
         return None
@@ -1107,7 +1107,7 @@ def flag_hint(parser: argparse.ArgumentParser, arg: str, after: list[str]) -> st
     if not eq:
         value = after[0] if after and not after[0].startswith("-") else ""
     options = parser._option_string_actions  # argparse keeps no public list of a parser's flags
-    keys = [k for k in _keys(Config) if k.startswith(parser.set_prefix)] if "--set" in options else []
+    keys = [k for k in config_keys(Config) if k.startswith(parser.set_prefix)] if "--set" in options else []
     leaves = {}
     for key in keys:
         leaves.setdefault(key.rsplit(".", 1)[-1], []).append(key)

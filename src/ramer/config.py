@@ -275,15 +275,15 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def _keys(section: type[_Section], prefix: str = "") -> list[str]:
+def config_keys(section: type[_Section], prefix: str = "") -> list[str]:
     """Every dotted key of a section (``model.hidden``, ``data.synthetic.n_train``, ...): the names
     an unknown key is compared with, for a 'did you mean' that also catches a key in the wrong
-    section."""
+    section, and those the CLI names for a flag that is one (``--epochs``: ``train.epochs``)."""
     keys = []
     for name, field in section.model_fields.items():
         kind = field.annotation
         if isinstance(kind, type) and issubclass(kind, _Section):
-            keys += _keys(kind, f"{prefix}{name}.")
+            keys += config_keys(kind, f"{prefix}{name}.")
         else:
             keys.append(prefix + name)
     return keys
@@ -294,7 +294,7 @@ def _describe(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
-            keys = _keys(Config)
+            keys = config_keys(Config)
             leaf = key.rsplit(".", 1)[-1]
             moved = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # in another section
             # misspelled and in another section (train.hiden): the keys whose own name is nearest
