@@ -162,5 +162,22 @@ def test_a_bench_notes_ablations_a_model_does_not_read_once():
     sets = ["model.ablations=[no_shuffle]"]
     configs = [build_config(None, [f"model.name={m}", *sets]) for m in ("ramer", "hhmpn", "cc")]
     notes = [n for n in inputs.bench_notes(bundle_of(random_store(n=16)), configs, "multi_label") if "ablations" in n]
-    said = "they switch parts of RAMer off (ramer --model ramer-<ablation>)"
+    said = "they switch parts of RAMer off (ramer train --model ramer-<ablation>)"
     assert notes == [f"model.ablations has no effect on model '{m}': {said}" for m in ("hhmpn", "cc")]
+
+
+def test_a_flags_control_characters_are_written_out_in_its_error(capsys):
+    """argparse's line repeats the arguments given, and the hint repeats the value: ESC reached the
+    terminal as a command, as in no other error line."""
+    err = refused(capsys, ["train", "--epochs", "2\x1b]0;t\x07"])
+    assert "\x1b" not in err and "\x07" not in err
+    assert "unrecognized arguments: --epochs 2\\x1b]0;t\\x07; use --set 'train.epochs=2\\x1b]0;t\\x07'" in err
+
+
+def test_a_rank_in_the_environment_that_is_no_number_is_one_line(tmp_path, capsys, monkeypatch):
+    """RANK (torchrun's) decides which process holds the run folder: 'abc' there was int()'s traceback."""
+    monkeypatch.setenv("RANK", "abc")
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    said = "RANK='abc' in the environment: not a whole number (torchrun sets it for each process it starts; unset"
+    assert capsys.readouterr().err.startswith(f"error: {said}")
+    assert not (tmp_path / "run").exists()

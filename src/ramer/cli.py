@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
-from ramer.errors import RamerError, first_of, shown, unwritable
+from ramer.errors import RamerError, env_count, first_of, shown, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
@@ -335,7 +335,7 @@ def check_new_run(cfg: Config, out: Path | None) -> None:
         check_training_values(cfg)
     if out is not None:
         # under torchrun rank 0 alone holds the folder: another rank would find its lock
-        held = held_elsewhere(out) if int(os.environ.get("RANK", "0")) == 0 else None
+        held = held_elsewhere(out) if env_count("RANK", 0) == 0 else None
         why = held or other_work(out, "run") or (existing_run(out) if out.is_dir() else None)
         if why:
             raise RamerError(why)
@@ -400,7 +400,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_new_run(cfg, Path(args.out) if args.out else None)
     runs_made = made_up and not Path("runs").exists()
     out = Path(args.resume or args.out) if not made_up else default_out(cfg)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = env_count("RANK", 0) == 0
     made_here = made_up  # made for this command: removed again where no epoch ended
     try:
         # rank 0 holds the folder for the whole run (another command there is refused), then decides
@@ -421,14 +421,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if made_here:  # stopped before an epoch ended: neither it nor a runs/ made for it stays
                     remove_unstarted_run(out, cfg, parent_too=runs_made)
     except KeyboardInterrupt:
-        if int(os.environ.get("RANK", "0")) != 0:  # one hint, not one per process
+        if env_count("RANK", 0) != 0:  # one hint, not one per process
             return 130
         ERR.print(interrupted_hint(out))
         return 130
     finally:
         if made_here:  # its lock file is gone now
             remove_if_empty(out, parent_too=runs_made)
-    if int(os.environ.get("RANK", "0")) == 0:  # one table, not one per process
+    if env_count("RANK", 0) == 0:  # one table, not one per process
         from ramer.checkpoint import read_spec
 
         task = read_spec(out / "model.safetensors").task
@@ -1061,12 +1061,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage line on a command-line error goes to stderr or nowhere:
     argparse's own goes to stdout where stderr is closed (``ramer predict RUN --out - --bad 2>&-``),
-    into the output that a pipe reads."""
+    into the output that a pipe reads. The error line writes control characters out (``shown``),
+    as every error line does: it repeats the arguments given."""
 
     def error(self, message: str):
         if sys.stderr is not None:
             self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {shown(message)}\n")
 
 
 class CommandParser(Parser):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ramer.errors import RamerError
+from ramer.errors import RamerError, env_count
 
 
 def is_dist() -> bool:
@@ -46,12 +46,12 @@ def is_main() -> bool:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return env_count("LOCAL_RANK", 0)
 
 
 def launched() -> bool:
     """True inside a torchrun (or equivalent) launch with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    return env_count("WORLD_SIZE", 1) > 1 and "RANK" in os.environ
 
 
 def backend_for(device: torch.device) -> str:

@@ -2,6 +2,7 @@
 that say what is wrong with a value read from a file."""
 
 import math
+import os
 import unicodedata
 
 
@@ -80,6 +81,21 @@ def shown(text: str, keep: str = "") -> str:
     writes it (``\\x1b``, ``\\n``): an error line names paths and values from files, whose ESC would
     otherwise reach the terminal as a command, and whose line break would split the line."""
     return "".join(repr(c)[1:-1] if c not in keep and unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def env_count(name: str, default: int) -> int:
+    """The whole number in the environment variable ``name`` (``default`` where it is unset or
+    empty: ``RANK``, ``WORLD_SIZE``, which torchrun sets for each process it starts); anything else
+    is a RamerError naming it, not int()'s traceback."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit()):
+        raise RamerError(
+            f"{name}={value[:40]!r} in the environment: not a whole number (torchrun sets it for each process "
+            "it starts; unset it to run one process)"
+        )
+    return int(value)
 
 
 def first_of(items, limit: int, total: int | None = None) -> str:

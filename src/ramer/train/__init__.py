@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ramer.config import Config
 from ramer.data import DataBundle, read_as_converted
-from ramer.errors import RamerError
+from ramer.errors import RamerError, env_count
 from ramer.models import CLASSICAL
 from ramer.paths import hold
 from ramer.train.recipe import Recipe
@@ -70,7 +70,7 @@ def run_training(
     if bundle is None and not resume:  # before the run folder is made
         read_as_converted(cfg.data)
     # Rank 0 holds the run folder while the run lasts: a second command there is refused, not mixed in.
-    held = hold(out, "ramer train", make=True) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    held = hold(out, "ramer train", make=True) if env_count("RANK", 0) == 0 else contextlib.nullcontext()
     with held:
         if cfg.model.name in CLASSICAL:
             from ramer.train.classical import ClassicalRecipe  # scikit-learn (slow to import): these only

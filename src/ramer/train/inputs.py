@@ -129,7 +129,7 @@ def ablations_note(cfg) -> str | None:
         return None
     return (
         f"model.ablations has no effect on model '{cfg.model.name}': they switch parts of RAMer off "
-        "(ramer --model ramer-<ablation>)"
+        "(ramer train --model ramer-<ablation>)"
     )
 
 
