@@ -42,7 +42,7 @@ from ramer.errors import (
     unprintable_name,
 )
 from ramer.metrics import ARGMAX
-from ramer.models.base import DataSpec
+from ramer.models.base import DataSpec, package_of
 from ramer.paths import atomic_write, loads_json
 from ramer.version import __version__, newer_writer, version_note
 
@@ -342,7 +342,7 @@ def not_fitting(source, problems: list[str], written: str | None = None, model: 
     ramer version that wrote it (``written``, where the file records it); for a ``model`` of another
     package (a plugin), that package, whose code is what changed."""
     detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-    package = type(model).__module__.split(".")[0] if model is not None else "ramer"
+    package = package_of(model) if model is not None else "ramer"
     if package != "ramer":
         return RamerError(
             f"{source}: weights do not fit the model ({detail}); the model is {type(model).__name__} of the package "

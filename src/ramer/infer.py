@@ -24,7 +24,7 @@ from ramer.config import Config
 from ramer.data import DataBundle, SceneStore, check_complete
 from ramer.errors import RamerError, ScoresNotFinite, first_line, is_probability
 from ramer.metrics import ARGMAX, finite_scores
-from ramer.models.base import output_probs, unit_scores
+from ramer.models.base import output_probs, package_of, unit_scores
 from ramer.paths import loads_json
 
 SPLIT_SALT = {"train": 1, "valid": 2, "test": 3}
@@ -133,7 +133,7 @@ def predict(
         else:
             out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
     except RuntimeError as e:  # a model of another package that makes float32 where the features are bfloat16
-        ours = type(model).__module__.split(".")[0] == "ramer"  # a bug of ours keeps its traceback
+        ours = package_of(model) == "ramer"  # a bug of ours keeps its traceback
         if ours or model_dtype(model) != torch.bfloat16 or not any(w in str(e) for w in BF16_MIXED):
             raise
         raise RamerError(

@@ -946,14 +946,6 @@ def check_sample_ids(convs: list[Conversation], everyone: bool, path: Path) -> N
                     seen[sid] = (c, u, q)
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """A CSV with a header ``person,trait_1,...`` and one row per person: name, then numbers."""
     path = Path(path)
@@ -971,14 +963,16 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
                     raise RamerError(f"{_where(path, row)}: empty person name")
                 if name in out:
                     raise RamerError(f"{_where(path, row)}: person '{name}' appears twice")
-                try:
-                    vec = np.array([float(c) for c in cells[1:]], dtype=np.float64)
-                except ValueError:
-                    column, cell = next((h, c) for h, c in zip(header[1:], cells[1:]) if not _is_float(c))
-                    raise RamerError(
-                        f"{_where(path, row)}: the traits of '{name}' are not all numbers: "
-                        f"column {_short(column.strip())} holds {_short(cell)}"
-                    ) from None
+                values = []
+                for column, cell in zip(header[1:], cells[1:]):
+                    try:
+                        values.append(float(cell))
+                    except ValueError:
+                        raise RamerError(
+                            f"{_where(path, row)}: the traits of '{name}' are not all numbers: "
+                            f"column {_short(column.strip())} holds {_short(cell)}"
+                        ) from None
+                vec = np.array(values, dtype=np.float64)
                 if not np.isfinite(vec).all():
                     raise RamerError(f"{_where(path, row)}: the traits of '{name}' hold a non-finite value")
                 out[name] = vec.astype(np.float32)

@@ -72,6 +72,12 @@ class DataSpec:
         )
 
 
+def package_of(model) -> str:
+    """The package ``model``'s class comes from: ``ramer``, or another's (a plugin), whose code
+    errors then name rather than ramer's."""
+    return type(model).__module__.split(".")[0]
+
+
 def label_probs(logits: Tensor, single_label: bool) -> Tensor:
     """Scores from logits ``(..., C)``: a softmax over the labels (single-label) or per-label sigmoids."""
     return logits.softmax(-1) if single_label else logits.sigmoid()
