@@ -13,6 +13,7 @@ import pytest
 from conftest import random_store
 
 from ramer.data import DataBundle
+from ramer.metrics import multilabel_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -151,6 +152,37 @@ def test_target_utterance_lr_context_reads_the_neighbouring_utterances():
     assert text.shape == (len(store), 3 * d) and (labels == gold).all()
     assert (text[:, d : d + 3].argmax(1) == gold).all()
     assert not (text[:, 2 * d : 2 * d + 3].argmax(1) == gold).all()
+
+
+def _planted(labels: np.ndarray, seed: int):
+    """A single-label store of ``len(labels)`` scenes, 3 labels, whose target utterance's text holds
+    its label (5.0 in that column, 0 elsewhere): a linear model separates it perfectly."""
+    store = random_store(n=len(labels), n_labels=3, segments=(2, 3), seed=seed)
+    store.labels[:] = np.eye(3, dtype=store.labels.dtype)[labels]
+    for i, c in enumerate(labels):
+        persons, tokens = store.grid[i].tolist()
+        first = store.token_offsets[i] + np.arange(persons) * tokens  # token 0 of each person
+        speaker = int(np.flatnonzero(store.present[first, 0])[0])  # the one who speaks at token 0
+        store.target[i] = (speaker, 0)
+        store.text[first[speaker]] = 0.0
+        store.text[first[speaker], c] = 5.0
+    return store
+
+
+def test_target_utterance_lr_macro_f1_counts_every_label_as_ramer_metrics_does(tmp_path):
+    """docs/RESULTS.md sets the script's test macro F1 beside RAMer's (``metrics.macro_f1``: the mean
+    over every label, 0 for one neither true nor predicted). On a test split without the third label,
+    perfect decisions score 2/3 there; scikit-learn's default averages over the labels present, 1."""
+    train, valid = (np.arange(30) % 3 for _ in range(2))
+    test = np.arange(20) % 2  # label 2 never occurs in test
+    stores = {s: _planted(y, k) for k, (s, y) in enumerate((("train", train), ("valid", valid), ("test", test)))}
+    DataBundle(stores, stores["train"].label_names, "test", "mem", task="single_label").save(tmp_path / "d")
+    line = run("target_utterance_lr.py", str(tmp_path / "d")).strip().splitlines()[-1]
+    onehot = np.eye(3, dtype=np.int64)[test]
+    expected = multilabel_metrics(onehot, onehot)  # the perfect decisions the planted features give
+    assert "accuracy 1.0000" in line, line
+    assert f"weighted F1 {expected['weighted_f1']:.4f}" in line, line
+    assert f"macro F1 {expected['macro_f1']:.4f}" in line, line
 
 
 def test_paired_bootstrap_runs(tmp_path):
