@@ -954,3 +954,41 @@ def test_the_per_label_plot_pairs_ramer_with_a_baseline_else_the_two_best(ranked
     """A rival whose name began with 'ramer' was dropped, so a bench of RAMer's ablations, or of a
     model named ramerlite, wrote no per-label plot and said nothing (a researcher's walk)."""
     assert bench_mod.per_label_pair(ranked) == pair
+
+
+@pytest.mark.parametrize("task", ["multi_label", "single_label"])
+def test_the_plots_show_the_metric_the_report_leads_with(tmp_path, monkeypatch, task):
+    """On single-label data the report leads with weighted F1 (the selection metric); its plots showed
+    micro-F1 (accuracy there), ranked the per-label pair by it and read it from the valid lines. Two
+    models that the two metrics rank the other way round: each plot follows the task's metric."""
+    from ramer.metrics import SELECTION
+
+    key = SELECTION[task]
+    other = "weighted_f1" if key == "micro_f1" else "micro_f1"
+    score = {"late_fusion": {key: 0.6, other: 0.4}, "hhmpn": {key: 0.5, other: 0.7}}
+    results = [
+        {
+            "model": m,
+            "inputs": "observed",
+            "seed": 1,
+            "missing_rate": 0.0,
+            "metrics": {p: v for p in ("overall", "speaker", "nonspeaker")},
+        }
+        for m, v in score.items()
+    ]
+    epochs = {
+        m: [{"epoch": e, "train": {"loss": 1.0 / e}, "valid": {"overall": {key: v[key]}}} for e in (1, 2)]
+        for m, v in score.items()
+    }
+    monkeypatch.setattr(bench_mod, "_read_jsonl", lambda run, cut_ok=False: epochs[run.parts[-3]])
+    monkeypatch.setattr(bench_mod, "per_label_f1", lambda out, m, rate, seeds: {"a": score[m][key]})
+    s = bench_mod.BenchSettings(out=tmp_path, models=["hhmpn", "late_fusion"], seeds=[1], rates=[0.0])
+    written = dict(bench_mod.make_plots(s, results, None, task))
+    name = "micro-F1" if key == "micro_f1" else "weighted-F1"
+    assert written == {
+        f"{key}_vs_missing.png": f"test {name} vs missing rate, per model",
+        "per_label_f1.png": "per-label F1, late_fusion vs hhmpn",
+        "speaker_vs_nonspeaker.png": f"speaker vs non-speaker {name}",
+        "training_curves.png": f"training loss and validation {name} per epoch",
+    }
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(written)

@@ -1148,7 +1148,7 @@ def _spoken(items) -> str:
 def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:
     bundle = info["bundle"]
     oracle = oracle_report(bundle.info, "test")
-    plots = make_plots(s, results, oracle)
+    plots = make_plots(s, results, oracle, info["task"])
     syn = base.data.synthetic
     if base.data.path is None:
         data = (
@@ -1286,10 +1286,16 @@ def per_label_pair(ranked: list[str]) -> tuple[str | None, str | None, str]:
     return focus, (ranked[1] if len(ranked) > 1 else None), "runner-up"
 
 
-def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> list[tuple[str, str]]:
-    """Write ``DIR/plots/*.png``; returns (file name, caption) of each plot written."""
+def make_plots(
+    s: BenchSettings, results: list[dict], oracle: dict | None, task: str = "multi_label"
+) -> list[tuple[str, str]]:
+    """Write ``DIR/plots/*.png``; returns (file name, caption) of each plot written. Each plot
+    shows the task's selection metric (micro-F1; weighted F1 on single-label data), the one the
+    report leads with."""
     if not results:
         return []
+    key = SELECTION[task]
+    metric = METRIC_NAMES[key]
     plt = _pyplot()
     folder = s.out / "plots"
     make_folder(folder)
@@ -1297,10 +1303,10 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
     colors = _colors(models)
     written = []
 
-    # 1. micro-F1 vs missing rate
+    # 1. the metric vs missing rate
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for m in models:
-        pts = [(r, *summarise(results, m, r, "overall", "micro_f1")[:2]) for r in s.rates]
+        pts = [(r, *summarise(results, m, r, "overall", key)[:2]) for r in s.rates]
         pts = [p for p in pts if not np.isnan(p[1])]
         if pts:
             x, y, e = zip(*pts)
@@ -1308,27 +1314,27 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
                 x, y, yerr=e, marker="o", capsize=3, color=colors[m], label=m, linewidth=2.5 if m == "ramer" else 1.3
             )
     for m in s.complete:
-        mean, _, n = summarise(results, m + COMPLETE, 0.0, "overall", "micro_f1")
+        mean, _, n = summarise(results, m + COMPLETE, 0.0, "overall", key)
         if n:
             ax.axhline(mean, color=colors.get(m, "grey"), linestyle=":", linewidth=1.5, label=f"{m}, complete inputs")
     if oracle is not None:
-        ax.axhline(oracle["overall"]["micro_f1"], color="black", linestyle="--", linewidth=1, label="oracle ceiling")
+        ax.axhline(oracle["overall"][key], color="black", linestyle="--", linewidth=1, label="oracle ceiling")
     ax.set(
-        title="Test micro-F1 vs missing-modality rate",
+        title=f"Test {metric} vs missing-modality rate",
         xlabel=f"extra missing rate ({s.missing_at})",
-        ylabel="micro-F1 (mean ± std over seeds)",
+        ylabel=f"{metric} (mean ± std over seeds)",
         xticks=s.rates,
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    _save(fig, folder / "micro_f1_vs_missing.png")
-    written.append(("micro_f1_vs_missing.png", "test micro-F1 vs missing rate, per model"))
+    _save(fig, folder / f"{key}_vs_missing.png")
+    written.append((f"{key}_vs_missing.png", f"test {metric} vs missing rate, per model"))
 
     # 2. per-label F1: RAMer (or the best model) vs the best baseline, at the lowest rate
     rate = s.rates[0]
     ranked = sorted(
-        (m for m in models if summarise(results, m, rate, "overall", "micro_f1")[2]),
-        key=lambda m: -summarise(results, m, rate, "overall", "micro_f1")[0],
+        (m for m in models if summarise(results, m, rate, "overall", key)[2]),
+        key=lambda m: -summarise(results, m, rate, "overall", key)[0],
     )
     focus, rival, rival_role = per_label_pair(ranked)
     if focus and rival:
@@ -1357,7 +1363,7 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         _save(fig, folder / "per_label_f1.png")
         written.append(("per_label_f1.png", f"per-label F1, {focus} vs {rival}"))
 
-    # 3. speaker vs non-speaker micro-F1, one panel per rate
+    # 3. speaker vs non-speaker, one panel per rate
     if any("speaker" in r["metrics"] for r in results):
         fig, axes = plt.subplots(
             1, len(s.rates), figsize=(max(7.0, 0.55 * len(models) * len(s.rates) + 2), 4.8), sharey=True, squeeze=False
@@ -1365,7 +1371,7 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
         x = np.arange(len(models))
         for ax, rate in zip(axes[0], s.rates):
             for k, (part, name, hatch) in enumerate((("speaker", "speaker", ""), ("nonspeaker", "non-speaker", "//"))):
-                stats = [summarise(results, m, rate, part, "micro_f1") for m in models]
+                stats = [summarise(results, m, rate, part, key) for m in models]
                 ax.bar(
                     x + (k - 0.5) * 0.4,
                     [v[0] for v in stats],
@@ -1381,11 +1387,11 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
             ax.set_xticks(x, models, rotation=45, ha="right", fontsize=8)
             ax.set(title=f"missing rate {rate:g}", xlabel="model")
             ax.grid(axis="y", alpha=0.3)
-        axes[0][0].set_ylabel("test micro-F1")
+        axes[0][0].set_ylabel(f"test {metric}")
         axes[0][0].legend(fontsize=8)
-        fig.suptitle("Speaker vs non-speaker targets: test micro-F1")
+        fig.suptitle(f"Speaker vs non-speaker targets: test {metric}")
         _save(fig, folder / "speaker_vs_nonspeaker.png")
-        written.append(("speaker_vs_nonspeaker.png", "speaker vs non-speaker micro-F1"))
+        written.append(("speaker_vs_nonspeaker.png", f"speaker vs non-speaker {metric}"))
 
     # 4. training curves (seed and rate of the first run; classical models fit once and are left out)
     curves = {}
@@ -1401,14 +1407,14 @@ def make_plots(s: BenchSettings, results: list[dict], oracle: dict | None) -> li
             ep = [ln["epoch"] for ln in lines]
             first = lines[0]["train"]["loss"] or 1.0
             ax1.plot(ep, [ln["train"]["loss"] / first for ln in lines], marker="o", color=colors[m], label=m)
-            ax2.plot(ep, [ln["valid"]["overall"]["micro_f1"] for ln in lines], marker="o", color=colors[m], label=m)
+            ax2.plot(ep, [ln["valid"]["overall"][key] for ln in lines], marker="o", color=colors[m], label=m)
         ax1.set(title="Training loss (each model's own objective)", xlabel="epoch", ylabel="train loss / epoch-1 loss")
-        ax2.set(title="Validation micro-F1", xlabel="epoch", ylabel="micro-F1")
+        ax2.set(title=f"Validation {metric}", xlabel="epoch", ylabel=metric)
         for ax in (ax1, ax2):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.suptitle(f"Training curves (missing rate {s.rates[0]:g}, seed {s.seeds[0]})")
         _save(fig, folder / "training_curves.png")
-        written.append(("training_curves.png", "training loss and validation micro-F1 per epoch"))
+        written.append(("training_curves.png", f"training loss and validation {metric} per epoch"))
     return written
