@@ -576,3 +576,34 @@ def test_a_model_that_is_not_bfloat16_safe_says_so_in_one_line():
     FloatInside.__module__ = "ramer.models.fake"  # a bug of ramer's own keeps its traceback
     with pytest.raises(RuntimeError, match="must have the same dtype"):
         predict(model, store, 2, torch.device("cpu"))
+
+
+def test_a_recurrent_model_that_is_not_bfloat16_safe_says_so_in_one_line():
+    """An RNN given float32 input under bfloat16 weights raises torch's ValueError ('RNN input dtype
+    (torch.float32) does not match weight dtype'), not a RuntimeError: a plugin with a GRU ended
+    ``ramer eval --precision bf16`` in a traceback, exit 1 (an in-tree contributor's walk, a helper's)."""
+    from types import SimpleNamespace
+
+    from conftest import random_store
+
+    from ramer.infer import predict, to_inference_precision
+
+    class FloatGRU(torch.nn.Module):
+        def __init__(self, dim: int, labels: int):
+            super().__init__()
+            self.gru = torch.nn.GRU(dim, 8, batch_first=True)
+            self.head = torch.nn.Linear(8, labels)
+
+        def forward(self, batch):
+            x = batch.features["text"].float()  # float32 in, whatever the weights
+            return SimpleNamespace(probs=torch.sigmoid(self.head(self.gru(x)[1][-1])))
+
+    store = random_store(n=4)
+    model = FloatGRU(store.dims["text"], len(store.label_names))
+    assert predict(model, store, 2, torch.device("cpu")).scores.shape == (4, len(store.label_names))  # fp32: fine
+    with pytest.raises(
+        RamerError,
+        match=r"^model FloatGRU: failed with its weights and features in bfloat16 .*"
+        r"does not match weight dtype",
+    ):
+        predict(to_inference_precision(model, "bf16"), store, 2, torch.device("cpu"))

@@ -96,8 +96,8 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-# how torch words an operation given a float32 and a bfloat16 operand
-BF16_MIXED = ("must have the same dtype", "expected scalar type", "BFloat16")
+# how torch words an operation given a float32 and a bfloat16 operand (the last: an RNN's ValueError)
+BF16_MIXED = ("must have the same dtype", "expected scalar type", "BFloat16", "does not match weight dtype")
 
 
 def predict(
@@ -132,7 +132,7 @@ def predict(
             out = _score_forked(model, store, blocks, batch_size, device, precision)
         else:
             out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
-    except RuntimeError as e:  # a model of another package that makes float32 where the features are bfloat16
+    except (RuntimeError, ValueError) as e:  # a model of another package making float32 where features are bfloat16
         ours = package_of(model) == "ramer"  # a bug of ours keeps its traceback
         if ours or model_dtype(model) != torch.bfloat16 or not any(w in str(e) for w in BF16_MIXED):
             raise
