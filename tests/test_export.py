@@ -319,3 +319,33 @@ def test_a_failed_export_leaves_no_folder_it_made(run, tmp_path, monkeypatch, ca
     assert main(["export", str(run), "--onnx", str(tmp_path / "new" / "deeper" / "m.onnx")]) == 2
     assert "failed: cut off" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_onnx
+def test_a_model_that_cannot_be_traced_says_why_in_one_line(tmp_path, monkeypatch, capfd, caplog):
+    """A forward that branches on a tensor's value cannot be traced: the exporter printed its partial
+    graph to stderr (about a hundred lines), and the error line ended on torch's 'Next steps:' without
+    the cause (an in-tree contributor's walk, a helper's). One line after 'exporting', with the cause."""
+    from ramer.config import build_config
+    from ramer.export import GridModel
+    from ramer.train.recipe import Recipe
+
+    out = tmp_path / "run"
+    Recipe(build_config("src/ramer/configs/synthetic.yaml", [*TINY, "model.name=late_fusion"]), out).run()
+    traced = GridModel.forward
+
+    def branchy(self, text, audio, visual, present, valid, target, personality=None, personality_present=None):
+        probs = traced(self, text, audio, visual, present, valid, target, personality, personality_present)
+        return probs * 2 if bool((probs > 0.5).any()) else probs  # a Python branch on a value
+
+    monkeypatch.setattr(GridModel, "forward", branchy)
+    capfd.readouterr()
+    assert main(["export", str(out), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    captured = capfd.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("exporting"), captured.err[:2000]
+    assert f"error: ONNX export of {out} failed: Failed to export the model with torch.export" in lines[1]
+    assert "ONNX; cause: GuardOnDataDependentSymNode: Could not guard on data-dependent expression" in lines[1]
+    assert "Next steps" not in lines[1] and captured.out == ""
+    # torch.fx's warning naming the symbol (a line of its own on a terminal; pytest takes it here)
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("torch.fx")]

@@ -490,18 +490,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     checked = []  # --check: of the written file, before it replaces the one at --onnx (a failed check keeps it)
     check = (lambda wrapper, tmp: checked.extend(check_onnx(wrapper, predictor.spec, tmp))) if args.check else None
     try:
-        # the folder made for the file is removed again if the export fails
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), file_folder(args.onnx):
+        # the exporter prints the partial graph of a failed trace to stderr (a hundred lines): kept out
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            wrapper = export_onnx(
-                predictor.model, predictor.spec, args.onnx, threshold=predictor.threshold, check=check
-            )
+            with file_folder(args.onnx):  # the folder made for the file is removed again if the export fails
+                wrapper = export_onnx(
+                    predictor.model, predictor.spec, args.onnx, threshold=predictor.threshold, check=check
+                )
     except RamerError:
         raise
-    except Exception as e:  # the exporter raises many types; keep its first line and the log tail
+    except Exception as e:  # the exporter raises many types; keep its first line, its cause's and the log tail
         plain = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # noqa: E731  (no colour codes)
+        first_of = lambda err: (plain(str(err)).splitlines() or [type(err).__name__])[0]  # noqa: E731
         tail = " | ".join(plain(log.getvalue()).splitlines()[-3:])
-        first = (plain(str(e)).splitlines() or [type(e).__name__])[0]
+        first = re.sub(r"\s*Next steps:$", "", first_of(e))  # torch's line ends on a list it gives below
+        root, seen = e, {id(e)}
+        while root.__cause__ is not None and id(root.__cause__) not in seen:  # the innermost cause: what the model did
+            root = root.__cause__
+            seen.add(id(root))
+        if root is not e:
+            first = f"{first.rstrip('.')}; cause: {type(root).__name__}: {first_of(root)}"
         raise RamerError(f"ONNX export of {args.run_dir} failed: {first}" + (f" ({tail})" if tail else "")) from None
     size = Path(args.onnx).stat().st_size / 2**20
     said = wrote_to()

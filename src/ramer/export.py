@@ -290,7 +290,8 @@ def export_onnx(
     kwargs["custom_translation_table"] = _translations()
 
     def write(tmp: str) -> None:  # a temporary file renamed to path: a failed export leaves path as it was
-        with torch.no_grad(), warnings.catch_warnings(), quiet_log("torch.onnx"):
+        # torch.fx: a failed trace's warning naming its data-dependent symbol, the error says it again
+        with torch.no_grad(), warnings.catch_warnings(), quiet_log("torch.onnx"), quiet_log("torch.fx"):
             warnings.simplefilter("ignore", UserWarning)  # axis-name notes of the dynamic-shape renaming
             warnings.simplefilter("ignore", FutureWarning)  # deprecations inside the exporter
             torch.onnx.export(
