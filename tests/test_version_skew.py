@@ -88,6 +88,11 @@ def test_a_model_file_from_before_versions_were_recorded_loads_as_before(tiny_ru
             f"{NEWER}, newer than this ramer {ramer.__version__}: read it with ramer {NEWER} or later)",
         ),
         (None, f"unknown key 'model.new_knob' (the file records no ramer version; this is ramer {ramer.__version__})"),
+        (  # a development tree with a setting this one lacks: not 'unknown key' as if a typo
+            ramer.__version__,
+            ": its config has key 'model.new_knob' that this ramer does not know (written by this ramer version, "
+            f"{ramer.__version__}, so by another build of it with other settings, or edited)",
+        ),
     ],
 )
 def test_a_config_key_this_ramer_lacks_is_named_with_the_versions(tiny_run, tmp_path, capsys, written, says):

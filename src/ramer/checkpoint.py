@@ -269,11 +269,16 @@ def read_model_file(
             raise RamerError(
                 f"{path}: metadata 'config' is malformed (an object expected, not {kind}); was it written by ramer?"
             )
-        if newer_writer(written) and (unknown := unknown_keys(tree)):  # settings this ramer does not have
-            keys = first_of([f"'{k}'" for k in unknown], 3)
+        if (newer_writer(written) or written == __version__) and (unknown := unknown_keys(tree)):
+            keys = first_of([f"'{k}'" for k in unknown], 3)  # settings this ramer does not have
+            why = (  # this very version: another build of it (a source tree of another commit), or edited
+                f"{version_note(written)}, so by another build of it with other settings, or edited"
+                if written == __version__
+                else version_note(written)
+            )
             raise RamerError(
                 f"{path}: its config has key{'s' if len(unknown) > 1 else ''} {keys:.200} that this ramer does not "
-                f"know ({version_note(written)})"
+                f"know ({why})"
             )
         try:
             cfg = config_from_dict(fill_older_config(tree), f"{path} metadata")
