@@ -46,6 +46,7 @@ def main() -> None:
     if args.loop_check:
         return loop_check()
     cfg, store = make_setting(args.setting, args.set or [])
+    torch.manual_seed(0)  # the same weights and modality dropout each run, so the same GFLOP
     # eval: unit prototypes, and cast as `ramer predict --precision` casts (bf16: the whole model and its inputs)
     model = build(cfg, store) if args.mode == "train" else eval_model(cfg, store, args.precision)
     stream = batches(store, cfg.train.batch_size)
