@@ -17,6 +17,7 @@ from conftest import random_store
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_conversations import base_rows, write_table
+from test_view import browser  # noqa: F401 (a fixture: Chromium through Playwright, skipped without it)
 
 import ramer
 from ramer import checkpoint as ckpt
@@ -253,7 +254,10 @@ def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys)
 
     preds = tmp_path / "preds.jsonl"
     assert main(["predict", str(run), "--out", str(preds)]) == 0
-    assert "- none passes the threshold" in capsys.readouterr().out  # the timeline of the import
+    legend = capsys.readouterr().out.splitlines()[1]  # the timeline of the import: one label a cell, never none
+    assert legend.endswith(
+        "(a cell: the one label decided (arg-max: the most probable; a single-label run), . not a target)"
+    )
     got = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(got) == 10
     for g in got:
@@ -513,6 +517,28 @@ def test_resolve_task_checks_single_label_counts():
         resolve_task(bundle)
 
 
+PER_LABEL_NOTE = (
+    "train.per_label_threshold has no effect on single-label data: the arg-max decides, no threshold is tuned "
+    "(data.task=multi_label for per-label sigmoids and thresholds)"
+)
+
+
+@pytest.mark.parametrize("model", ["br", "late_fusion"])
+def test_per_label_threshold_on_single_label_data_is_said_to_do_nothing(tmp_path, fake_text, capsys, model):
+    """train.per_label_threshold=true on single-label data: the arg-max decides whatever it says, so
+    the run says so in a note (it was silent), and with data.task=multi_label it tunes one per label."""
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    capsys.readouterr()
+    args = ["train", "--data", str(tmp_path / "ds"), "--model", model, *SETS, "--set", "train.per_label_threshold=true"]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    assert f"note: {PER_LABEL_NOTE}" in capsys.readouterr().err
+    assert final_line(tmp_path / "single")["threshold"] == ARGMAX
+    assert main([*args, "--out", str(tmp_path / "multi"), "--set", "data.task=multi_label"]) == 0
+    assert "has no effect on single-label data" not in capsys.readouterr().err
+    assert len(final_line(tmp_path / "multi")["threshold"]) == len(EMOTIONS)
+
+
 def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, capsys):
     src = write_table(tmp_path / "single.csv", single_rows())
     assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
@@ -533,13 +559,17 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
                 "1",
                 "--out",
                 str(out),
+                "--set",
+                "train.per_label_threshold=true",
             ]
         )
         == 0
     )
+    assert capsys.readouterr().err.count(f"note: {PER_LABEL_NOTE}") == 1  # the bench's notes, said once for its runs
     text = (out / "report.md").read_text()
     header = next(ln for ln in text.splitlines() if ln.startswith("| model"))
     assert header.split(" | ")[1:3] == ["Acc", "weighted-F1"] and "micro-F1" not in header
+    assert "**Bold**: best model per column. `params`" in text  # no HL column to be lowest in
     assert "arg-max decision, best epoch chosen on validation weighted F1" in text
     record = json.loads((out / "results.json").read_text())[0]["metrics"]["overall"]
     assert f"{record['top1_acc']:.3f}" in text.split(header)[1].splitlines()[2]
@@ -562,3 +592,82 @@ def test_long_label_names_are_printed_whole_in_the_eval_tables():
         out = io.StringIO()
         Console(file=out, width=160, **PLAIN).print(table, soft_wrap=False)
         assert "…" not in out.getvalue() and "1241" in out.getvalue(), out.getvalue()
+
+
+def test_view_figures_lead_with_accuracy_and_weighted_f1_on_single_label_runs(tmp_path, fake_text, browser):  # noqa: F811
+    """ramer view's figures table follows the decision as eval's does: a single-label run's (threshold
+    "argmax") leads with Acc and weighted-F1, then macro-F1 (its micro-F1 is its accuracy); a
+    multi-label run's keeps micro-F1 first. The page showed micro-F1 first for both."""
+    from test_view import open_page, records_for
+
+    from ramer.view import page_data, render_page
+
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    bundle = load_native(tmp_path / "ds")
+    store = bundle.splits["test"]
+    heads = {}
+    for rule in (ARGMAX, 0.5):
+        data = page_data(bundle, "test", records_for(store, threshold=rule), rule)
+        page = tmp_path / f"{rule}.html"
+        page.write_text(render_page(data))
+        view, errors = open_page(browser, page)
+        heads[rule] = view.locator("#parts thead th").all_inner_texts()
+        assert not errors
+    assert heads[ARGMAX] == ["targets", "n", "Acc", "weighted-F1", "macro-F1"]
+    assert heads[0.5] == ["targets", "n", "micro-F1", "macro-F1", "weighted-F1", "Acc"]
+
+
+def test_reproduce_table_of_a_single_label_task_leads_with_accuracy_and_weighted_f1(tmp_path, capsys):
+    """ramer reproduce with data.task=single_label (M3ED's utterance protocol, one emotion an
+    utterance): the runs choose by weighted F1 and the arg-max decides, and results.md says so and
+    gives accuracy, weighted F1 and macro-F1. It gave the multi-label layout (Acc, HL, miP, miR,
+    miF1, maF1: three columns equal to Acc, no weighted F1) after a sentence naming micro-F1."""
+    from fixtures_writers import write_m3ed_annotation, write_m3ed_pickle
+
+    data = tmp_path / "A-V-L.pkl"
+    fx = write_m3ed_pickle(data)
+    write_m3ed_annotation(tmp_path / "annotation.json", fx)
+    tree = json.loads((tmp_path / "annotation.json").read_text(encoding="utf-8"))
+    for series in tree.values():  # one emotion an utterance: the main one
+        for dialogue in series.values():
+            for entry in dialogue["Dialog"].values():
+                entry["EmoAnnotation"]["final_mul_emo"] = entry["EmoAnnotation"]["final_main_emo"]
+    (tmp_path / "annotation.json").write_text(json.dumps(tree, ensure_ascii=False), encoding="utf-8")
+    sets = ["data.m3ed_protocol=utterance", "data.task=single_label", *TINY[:2]]
+    argv = ["reproduce", "m3ed", "--data", str(data), "--seeds", "2", "--out", str(tmp_path / "out")]
+    assert main(argv + sum((["--set", s] for s in sets), [])) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "single-label (data.task): best checkpoint by validation weighted F1, the arg-max label decides" in text
+    header = next(ln for ln in text.splitlines() if ln.startswith("| targets"))
+    assert header == "| targets | n | Acc | wF1 | maF1 |"
+    runs = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    mean = np.mean([r["overall"]["weighted_f1"] for r in runs])
+    assert f"| overall | {runs[0]['overall']['n']} | " in text and f"{mean:.4f} ± " in text.split("| overall |")[1]
+    assert main(argv + sum((["--set", s] for s in sets), [])) == 0  # read back: the same table
+    assert (tmp_path / "out" / "results.md").read_text() == text
+
+
+def test_bench_tuned_table_names_the_metric_of_a_study_of_the_other_task(tmp_path, fake_text):
+    """bench --tuned DIR whose study ran on the single-label task (its value a validation weighted F1)
+    in a bench of data.task=multi_label: the tuned table's column is 'best valid micro-F1', and the
+    study's value says it is a weighted F1 (it stood there as a micro-F1)."""
+    pytest.importorskip("optuna")
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    sets = sum((["--set", s] for s in TINY), [])
+    tuned = tmp_path / "tuned"
+    argv = ["tune", "--model", "late_fusion", "--data", str(tmp_path / "ds"), "--trials", "1"]
+    assert main([*argv, "--out", str(tuned / "late_fusion"), *sets]) == 0
+    assert json.loads((tuned / "late_fusion" / "tune.json").read_text())["metric"] == "weighted_f1"
+    out = tmp_path / "bench"
+    bench = ["bench", "--data", str(tmp_path / "ds"), "--models", "late_fusion", "--seeds", "1"]
+    bench += ["--missing-rates", "0", "--jobs", "1", "--tuned", str(tuned), *sets]
+    for task, header, cell in (
+        ("multi_label", "best valid micro-F1", " (weighted-F1: its study's metric) |"),
+        ("single_label", "best valid weighted-F1", " |"),
+    ):
+        assert main([*bench, "--out", str(out / task), "--set", f"data.task={task}"]) == 0
+        lines = (out / task / "report.md").read_text().split("## Tuned settings")[1].splitlines()
+        assert header in lines[2]
+        assert re.search(r"^\| late_fusion \| 1 \(0 pruned\) \| \d\.\d{4}" + re.escape(cell), lines[4]), lines[4]

@@ -103,7 +103,7 @@ from ramer.paths import (
     work_folder,
 )
 from ramer.train import run_training
-from ramer.train.inputs import bench_notes
+from ramer.train.inputs import bench_notes, threshold_note
 from ramer.train.recipe import check_loss_weights, check_training_values, read_log
 from ramer.version import __version__, newer_writer
 
@@ -774,7 +774,10 @@ def _run_bench(
         highlight=False,
     )
     configs = [run_config(base, m, s.seeds[0], 0.0) for m in s.deep_models]
-    for note in bench_notes(bundle, configs, task):  # the runs' consoles are quiet
+    notes = bench_notes(bundle, configs, task)
+    if (note := threshold_note(base, task == "single_label")) and note not in notes:  # classical models too
+        notes.append(note)
+    for note in notes:  # the runs' consoles are quiet
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if s.tune_trials is not None:
         tune_models(s, bundle, console)
@@ -1125,11 +1128,15 @@ def tuned_table(s: BenchSettings, task: str) -> list[str]:
         values, fixed = s.tuned_values.get(m, {}), tune_fixed(summary)
         chosen = format_values({k: v for k, v in values.items() if k not in fixed}) or "–"
         kept = format_values({k: v for k, v in values.items() if k in fixed})
+        value = f"{best['value']:.4f}" if "value" in best else "–"
+        own = summary.get("metric")  # a study of the other task (data.task) scored the other metric
+        if "value" in best and own in METRIC_NAMES and own != SELECTION[task]:
+            value += f" ({METRIC_NAMES[own]}: its study's metric)"
         rows.append(
             [
                 m,
                 finished,
-                f"{best['value']:.4f}" if "value" in best else "–",
+                value,
                 str(best.get("trial", "–")),
                 str(best.get("best_step", "–")),
                 chosen + (f"; kept at its tune's --set: {kept}" if kept else ""),
@@ -1224,8 +1231,9 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         f"{sum(r['seconds'] for r in results):.0f} s of training "
         "and testing.",
         "",
-        "Test split; mean ± sample std over seeds (one seed: the value). **Bold**: best model per column "
-        "(HL: lowest). `params`: trainable parameters of a deep model, fitted coefficients (weights and "
+        "Test split; mean ± sample std over seeds (one seed: the value). **Bold**: best model per column"
+        + (" (HL: lowest)" if any(not c[3] for c in COLUMNS[info["task"]]) else "")
+        + ". `params`: trainable parameters of a deep model, fitted coefficients (weights and "
         "intercepts) of a classical one. `steps to best`: optimiser steps done at the end of the best epoch, mean "
         "over seeds (a classical fit takes none). `s/run`: mean seconds per run. Metric definitions: "
         "`ramer.metrics`."

@@ -1279,7 +1279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="the paper protocol on a public benchmark over seeds, with a results table",
         description="Train the benchmark's named config once per seed (best by validation micro-F1, "
-        "threshold on validation, test once) and write a mean ± std table.",
+        "threshold on validation, test once) and write a mean ± std table. With --set "
+        "data.task=single_label (data of one label a sample): best by weighted F1, the arg-max decides, "
+        "and the table gives accuracy, weighted F1 and macro-F1.",
     )
     rp.add_argument(
         "bench", choices=("mosei", "mosei_unaligned", "mosei_authors", "m3ed", "memor_primary", "memor_fine")

@@ -3,7 +3,9 @@
 Per seed: train with the benchmark's named config, keep the best checkpoint by validation
 micro-F1, tune the threshold on validation, test once. Then a table of mean ± std over seeds in
 the layout the field uses (Acc, HL, micro P/R/F1, macro-F1; MEmoR also top-1 accuracy and
-weighted F1), with speaker / non-speaker rows where the data has target roles. Run again into the
+weighted F1), with speaker / non-speaker rows where the data has target roles. Single-label data
+(``data.task=single_label`` on a benchmark read with one label a sample): best by weighted F1, the
+arg-max decides, and the table is accuracy, weighted F1 and macro-F1. Run again into the
 same ``--out``, it reads the seeds that finished (if they were made with the same settings; else
 an error names the keys) and resumes the others.
 """
@@ -20,7 +22,7 @@ from ramer import checkpoint as ckpt
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
 from ramer.data.formats import convert_again, converted_otherwise, listed
-from ramer.data.store import is_native
+from ramer.data.store import is_native, resolve_task
 from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
 from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
@@ -47,11 +49,22 @@ COLUMNS = (
     ("macro_f1", "maF1"),
 )
 MEMOR_COLUMNS = (("top1_acc", "Top-1"), ("weighted_f1", "wF1"))
+# a single-label run (data.task): accuracy and weighted F1 first, as every ramer report of one; its
+# micro P/R/F1 equal its accuracy, and its HL is 2 (1 - accuracy) / C
+SINGLE_COLUMNS = (("top1_acc", "Acc"), ("weighted_f1", "wF1"), ("macro_f1", "maF1"))
 
 
-def summarise(results: list[dict], memor: bool) -> str:
-    """A markdown table of mean ± std over seeds, one row per target group."""
-    cols = COLUMNS + (MEMOR_COLUMNS if memor else ())
+def columns(memor: bool, task: str = "multi_label") -> tuple[tuple[str, str], ...]:
+    """The table's (key, header) pairs: ``COLUMNS`` (and ``MEMOR_COLUMNS`` for MEmoR), or for a
+    single-label task ``SINGLE_COLUMNS``."""
+    if task == "single_label":
+        return SINGLE_COLUMNS
+    return COLUMNS + (MEMOR_COLUMNS if memor else ())
+
+
+def summarise(results: list[dict], memor: bool, task: str = "multi_label") -> str:
+    """A markdown table of mean ± std over seeds, one row per target group (``columns``)."""
+    cols = columns(memor, task)
     rows = []
     for part in ("overall", "speaker", "nonspeaker"):
         runs = [r[part] for r in results if part in scored_parts(r)]
@@ -61,7 +74,7 @@ def summarise(results: list[dict], memor: bool) -> str:
     return "\n".join(markdown_table(["targets", "n", *(label for _, label in cols)], rows))
 
 
-def metrics_problem(result, memor: bool) -> str | None:
+def metrics_problem(result, memor: bool, task: str = "multi_label") -> str | None:
     """What keeps a seed's read-back ``test_metrics.json`` out of ``summarise``'s table (None: nothing):
     an object whose ``overall`` part, and every other part it holds, has a number for ``n`` and, where
     it scored targets, for each column."""
@@ -69,7 +82,7 @@ def metrics_problem(result, memor: bool) -> str | None:
         return f"a {type(result).__name__}, not an object of metrics"
     if "overall" not in result:
         return "no 'overall' metrics"
-    keys = [key for key, _ in COLUMNS + (MEMOR_COLUMNS if memor else ())]
+    keys = [key for key, _ in columns(memor, task)]
     for part in ("overall", "speaker", "nonspeaker"):
         if part not in result:
             continue
@@ -124,6 +137,7 @@ def _reproduce(
 ) -> str:
     """``reproduce`` into the folder ``out``, made: train (or read) each seed, write the tables."""
     results = []
+    task = resolve_task(bundle, cfg.data.task)  # data.task=single_label on data of one label a sample
     for k in range(seeds):
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.train.seed = cfg.train.seed + k
@@ -153,7 +167,7 @@ def _reproduce(
                 result = read_json(path)
             except RamerError as e:
                 raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({e})") from None
-            problem = metrics_problem(result, memor=bench.startswith("memor"))
+            problem = metrics_problem(result, memor=bench.startswith("memor"), task=task)
             if problem:  # JSON, but not the metrics a table reads
                 raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({problem})")
             results.append(result)
@@ -170,14 +184,18 @@ def _reproduce(
             f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False
         )
         results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
-    table = summarise(results, memor=bench.startswith("memor"))
+    table = summarise(results, memor=bench.startswith("memor"), task=task)
     command = f"ramer reproduce {bench} --data {data} --seeds {seeds} --out {out}"
     command += "".join(f" --set {o}" for o in overrides)
     text = (
         f"# {bench}: test metrics, mean ± std over {seeds} seed(s)\n\n"
         f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
-        "best checkpoint by validation micro-F1 and threshold tuned on validation (on single-label data: "
-        f"weighted F1 and the arg-max label), test once.\n\n{table}\n"
+        + (
+            "single-label (data.task): best checkpoint by validation weighted F1, the arg-max label decides"
+            if task == "single_label"
+            else "best checkpoint by validation micro-F1 and threshold tuned on validation"
+        )
+        + f", test once.\n\n{table}\n"
     )
     atomic_write_text(out / "results.md", text)
     atomic_write_text(out / "results.json", json.dumps({"bench": bench, "seeds": seeds, "runs": results}, indent=1))

@@ -36,11 +36,17 @@ import numpy as np
 from ramer.data import DataBundle, SceneStore
 from ramer.errors import RamerError, first_line
 from ramer.infer import check_record_matches
-from ramer.metrics import multilabel_metrics, per_label_metrics
+from ramer.metrics import ARGMAX, multilabel_metrics, per_label_metrics
 
 TEXT, AUDIO, FACE, SPEAKS = 1, 2, 4, 8  # bits of a cell code; -1: no sample shows the cell
 ROLES = {1: "speaker", 0: "listener"}
 FIGURES = ("micro_f1", "macro_f1", "weighted_f1", "acc")
+# the figures table's columns, as ramer eval's (cli.COLUMNS): a single-label run (decision "argmax")
+# leads with accuracy and weighted F1; its micro-F1 equals its accuracy
+COLUMNS = {
+    "multi_label": (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("acc", "Acc")),
+    "single_label": (("acc", "Acc"), ("weighted_f1", "weighted-F1"), ("macro_f1", "macro-F1")),
+}
 
 
 @dataclass
@@ -235,17 +241,19 @@ def page_data(
                 "samples": samples,
             }
         )
+    rule = _threshold(threshold, records, names)
+    task = "single_label" if rule == ARGMAX else "multi_label"
     return {
         "title": title,
         "source": bundle.source,
         "format": bundle.format,
         "split": split,
         "labels": names,
-        "threshold": _threshold(threshold, records, names),
+        "threshold": rule,
         "labelled": labelled,
         "n_samples": len(store),
         "n_predicted": len(by_sample),
-        "summary": summary(store, by_sample, names) if labelled and by_sample else None,
+        "summary": summary(store, by_sample, names, task) if labelled and by_sample else None,
         "conversations": out,
     }
 
@@ -306,9 +314,10 @@ def _threshold(threshold, records: list[dict], names: list[str]):
     return float(values) if values.ndim == 0 else values.tolist()
 
 
-def summary(store: SceneStore, by_sample: dict[int, dict], names: list[str]) -> dict:
+def summary(store: SceneStore, by_sample: dict[int, dict], names: list[str], task: str = "multi_label") -> dict:
     """The split's figures over the predicted samples: all, speaker and non-speaker targets, and
-    each label's F1 and support."""
+    each label's F1 and support; ``columns``: the figures the page shows, in its order, by ``task``
+    (``COLUMNS``)."""
     rows = np.array(sorted(by_sample))
     y_true = np.asarray(store.labels)[rows].astype(np.int64)
     y_pred = np.zeros_like(y_true)
@@ -323,7 +332,11 @@ def summary(store: SceneStore, by_sample: dict[int, dict], names: list[str]) -> 
         m = multilabel_metrics(y_true[mask], y_pred[mask])
         figures[part] = {"n": int(mask.sum()), **{k: m[k] for k in FIGURES}}
     per_label = per_label_metrics(y_true, y_pred, names)
-    return {"parts": figures, "per_label": {n: {"f1": v["f1"], "support": v["support"]} for n, v in per_label.items()}}
+    return {
+        "columns": [list(c) for c in COLUMNS[task]],
+        "parts": figures,
+        "per_label": {n: {"f1": v["f1"], "support": v["support"]} for n, v in per_label.items()},
+    }
 
 
 # ---------------------------------------------------------------------------- the page

@@ -46,7 +46,7 @@ from ramer.console import LOG_EVERY, labels_phrase, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError, control_character, first_of
-from ramer.metrics import decide
+from ramer.metrics import ARGMAX, decide
 from ramer.paths import not_a_regular_file
 
 FORMAT = "conversations"
@@ -1621,18 +1621,23 @@ def label_codes(names: tuple[str, ...] | list[str]) -> list[str]:
 def format_timelines(bundle: DataBundle, split: str, probs: np.ndarray, threshold, width: int = 120) -> str:
     """Per conversation of ``split``: one row per person, one column per utterance (headed by its
     ``index``); a cell holds the code of the top emotion whose score passes the threshold (for
-    ``"argmax"``: the top emotion), ``-`` when none passes, and ``.`` where the person is not a
-    target (a listener unless imported with ``targets="all"``, or a row with target 0)."""
+    ``"argmax"``: the top emotion, the one label decided), ``-`` when none passes, and ``.`` where
+    the person is not a target (a listener unless imported with ``targets="all"``, or a row with
+    target 0). The legend's line says which of these the run's decision gives."""
     info = bundle.info.get(FORMAT) or {}
     names = tuple(bundle.label_names)
     codes = label_codes(names)
     chosen = decide(probs, threshold).astype(bool)  # (n, C)
     store = bundle.splits[split]
+    cell = (
+        "the one label decided (arg-max: the most probable; a single-label run)"
+        if isinstance(threshold, str) and threshold == ARGMAX
+        else "the most probable of the labels chosen, all of them in the predictions file; - none passes the threshold"
+    )
     lines = [
         "legend: "
         + ", ".join(f"{c}={n}" if c != n else n for c, n in zip(codes, names))
-        + "  (a cell: the most probable of the labels chosen, all of them in the predictions file; - none"
-        + " passes the threshold, . not a target)"
+        + f"  (a cell: {cell}, . not a target)"
     ]
     for item in info.get("items", []):
         if item["split"] != split:

@@ -133,6 +133,17 @@ def ablations_note(cfg) -> str | None:
     )
 
 
+def threshold_note(cfg, single_label: bool) -> str | None:
+    """Where ``train.per_label_threshold`` is set on single-label data, whose decision is the arg-max
+    (nothing tuned): it trains and decides as without it."""
+    if not cfg.train.per_label_threshold or not single_label:
+        return None
+    return (
+        "train.per_label_threshold has no effect on single-label data: the arg-max decides, no threshold is "
+        "tuned (data.task=multi_label for per-label sigmoids and thresholds)"
+    )
+
+
 def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
     """What a deep ``model`` cannot read in the training split ``store`` (``input_notes``) and what
     of its config does not reach it (``recompute_note``)."""
@@ -140,17 +151,18 @@ def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
 
 
 def bench_notes(bundle, configs, task: str) -> list[str]:
-    """The notes of ``valid_note``, ``untrained_note``, ``ablations_note`` and ``model_notes`` for the runs
-    of a bench or a search, once: their runs train with a quiet console. ``configs``: one ``Config`` per
-    model; ``task``: the data's (``resolve_task``). Each model is built on the meta device (no memory
-    taken) only to read what it is."""
+    """The notes of ``valid_note``, ``untrained_note``, ``ablations_note``, ``threshold_note`` and
+    ``model_notes`` for the runs of a bench or a search, once: their runs train with a quiet console.
+    ``configs``: one ``Config`` per model; ``task``: the data's (``resolve_task``). Each model is
+    built on the meta device (no memory taken) only to read what it is."""
     notes = [n for n in (valid_note(bundle, task == "single_label"), untrained_note(bundle)) if n]
     if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
         return notes
     spec = DataSpec.from_bundle(bundle, task)
     for cfg in configs:
-        if (note := ablations_note(cfg)) and note not in notes:
-            notes.append(note)
+        for note in (ablations_note(cfg), threshold_note(cfg, spec.single_label)):
+            if note and note not in notes:
+                notes.append(note)
         if cfg.model.name in CLASSICAL:
             continue
         try:

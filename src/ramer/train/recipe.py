@@ -76,6 +76,7 @@ from ramer.train.inputs import (
     kept_note,
     loss_not_finite,
     model_notes,
+    threshold_note,
     untrained_note,
     valid_note,
     weights_not_finite,
@@ -503,12 +504,17 @@ class RunSteps:
         """Rank 0 says what the data lets the run not do: multi-label validation without a single
         positive label scores every epoch and threshold 0, so nothing is chosen there; a label no
         training sample has (``untrained_note``); ablations set for a model other than RAMer
-        (``ablations_note``); what a deep ``model`` of this package cannot
-        read in the training split and ``train.recompute`` asked of a model it does not reach
-        (``model_notes``)."""
+        (``ablations_note``); ``train.per_label_threshold`` on single-label data (``threshold_note``);
+        what a deep ``model`` of this package cannot read in the training split and
+        ``train.recompute`` asked of a model it does not reach (``model_notes``)."""
         if not is_main():
             return
-        notes = [valid_note(self.bundle, self.spec.single_label), untrained_note(self.bundle), ablations_note(self.cfg)]
+        notes = [
+            valid_note(self.bundle, self.spec.single_label),
+            untrained_note(self.bundle),
+            ablations_note(self.cfg),
+            threshold_note(self.cfg, self.spec.single_label),
+        ]
         notes = [n for n in notes if n]
         if model is not None:
             notes += model_notes(self.splits["train"], model, self.cfg, self.bundle.source)
