@@ -88,10 +88,10 @@ def test_a_model_file_from_before_versions_were_recorded_loads_as_before(tiny_ru
             f"{NEWER}, newer than this ramer {ramer.__version__}: read it with ramer {NEWER} or later)",
         ),
         (None, f"unknown key 'model.new_knob' (the file records no ramer version; this is ramer {ramer.__version__})"),
-        (  # a development tree with a setting this one lacks: not 'unknown key' as if a typo
+        (  # a development tree with a setting this one lacks: not only 'unknown key', as if a typo
             ramer.__version__,
-            ": its config has key 'model.new_knob' that this ramer does not know (written by this ramer version, "
-            f"{ramer.__version__}, so by another build of it with other settings, or edited)",
+            f"unknown key 'model.new_knob' (written by this ramer version, {ramer.__version__}, so by another build "
+            "of it with other settings, or edited)",
         ),
     ],
 )
@@ -193,10 +193,13 @@ def test_resuming_a_newer_ramers_run_whose_config_does_not_read_names_it(stopped
     err = refused(["train", "--resume", str(run)], capsys)
     assert "unknown key 'model.new_knob'" in err and f"(written by ramer {NEWER}, newer than this ramer" in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name in kept} == kept
-    same = copy_with(stopped_run, tmp_path / "same")  # this ramer's run: a key it lacks is an edit, said plainly
+    same = copy_with(stopped_run, tmp_path / "same")  # this ramer's run: another build's, or edited
     (same / "config.yaml").write_text((run / "config.yaml").read_text())
-    with pytest.raises(RamerError, match=r"unknown key 'model.new_knob'$"):
+    with pytest.raises(RamerError, match=r"unknown key 'model.new_knob'$"):  # the file alone knows no writer
         read_run_config(same / "config.yaml")
+    err = refused(["train", "--resume", str(same)], capsys)  # as eval says of the model file's config
+    assert "unknown key 'model.new_knob' (written by this ramer version" in err, err
+    assert "so by another build of it with other settings, or edited)" in err, err
 
 
 def test_a_recorded_version_is_read_only_as_one_short_line():

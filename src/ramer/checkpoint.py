@@ -125,16 +125,24 @@ def read_written_by(path: str | Path) -> dict[str, str]:
 def run_config(run: str | Path) -> Config:
     """A run folder's ``config.yaml`` as it was made (``config.read_run_config``); one that does not
     read, of a run whose model file a newer ramer wrote, says so (a key or a value this ramer lacks:
-    not a typo to correct)."""
+    not a typo to correct), and of one this very version wrote, that another build of it may have
+    (``skew_note``)."""
     try:
         return read_run_config(Path(run) / "config.yaml")
     except FileUnreadable:
         raise
     except RamerError as e:
         written = read_written_by(Path(run) / "model.safetensors").get("ramer_version")
-        if newer_writer(written):
-            raise RamerError(f"{e} ({version_note(written)})") from None
+        if newer_writer(written) or written == __version__:
+            raise RamerError(f"{e} ({skew_note(written)})") from None
         raise
+
+
+def skew_note(written: str | None) -> str:
+    """``version_note`` for a config that does not read: a file of this very version is of another
+    build of it (a source tree of another commit, with other settings) or was edited."""
+    note = version_note(written)
+    return f"{note}, so by another build of it with other settings, or edited" if written == __version__ else note
 
 
 def looks_like_safetensors(path: str | Path) -> bool:
@@ -269,21 +277,16 @@ def read_model_file(
             raise RamerError(
                 f"{path}: metadata 'config' is malformed (an object expected, not {kind}); was it written by ramer?"
             )
-        if (newer_writer(written) or written == __version__) and (unknown := unknown_keys(tree)):
-            keys = first_of([f"'{k}'" for k in unknown], 3)  # settings this ramer does not have
-            why = (  # this very version: another build of it (a source tree of another commit), or edited
-                f"{version_note(written)}, so by another build of it with other settings, or edited"
-                if written == __version__
-                else version_note(written)
-            )
+        if newer_writer(written) and (unknown := unknown_keys(tree)):  # settings this ramer does not have
+            keys = first_of([f"'{k}'" for k in unknown], 3)
             raise RamerError(
                 f"{path}: its config has key{'s' if len(unknown) > 1 else ''} {keys:.200} that this ramer does not "
-                f"know ({why})"
+                f"know ({version_note(written)})"
             )
         try:
             cfg = config_from_dict(fill_older_config(tree), f"{path} metadata")
-        except RamerError as e:
-            raise RamerError(f"{e} ({version_note(written)})") from None
+        except RamerError as e:  # the config's own line ('did you mean'), then which ramer wrote it
+            raise RamerError(f"{e} ({skew_note(written)})") from None
         spec_tree = loads_json(meta["spec"])
         threshold = loads_json(meta["threshold"])
         epoch = int(meta.get("epoch", -1))
