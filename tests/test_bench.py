@@ -982,8 +982,24 @@ def test_the_plots_show_the_metric_the_report_leads_with(tmp_path, monkeypatch, 
     }
     monkeypatch.setattr(bench_mod, "_read_jsonl", lambda run, cut_ok=False: epochs[run.parts[-3]])
     monkeypatch.setattr(bench_mod, "per_label_f1", lambda out, m, rate, seeds: {"a": score[m][key]})
+    drawn, save = {}, bench_mod._save
+
+    def keep(fig, path):  # the values each figure draws: its lines' and its bars'
+        ax = fig.axes[0]
+        lines = [
+            float(y)
+            for c in ax.containers
+            if hasattr(c, "lines") and c.get_label() in score
+            for y in c.lines[0].get_ydata()
+        ]
+        drawn[path.name] = (sorted(lines), sorted(round(float(b.get_height()), 3) for b in ax.patches))
+        save(fig, path)
+
+    monkeypatch.setattr(bench_mod, "_save", keep)
     s = bench_mod.BenchSettings(out=tmp_path, models=["hhmpn", "late_fusion"], seeds=[1], rates=[0.0])
     written = dict(bench_mod.make_plots(s, results, None, task))
+    assert drawn[f"{key}_vs_missing.png"][0] == [0.5, 0.6]
+    assert drawn["speaker_vs_nonspeaker.png"][1] == [0.5, 0.5, 0.6, 0.6]
     name = "micro-F1" if key == "micro_f1" else "weighted-F1"
     assert written == {
         f"{key}_vs_missing.png": f"test {name} vs missing rate, per model",

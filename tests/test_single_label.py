@@ -575,6 +575,26 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
     assert f"{record['top1_acc']:.3f}" in text.split(header)[1].splitlines()[2]
 
 
+def test_a_single_label_bench_links_its_weighted_f1_plot_and_no_other(tmp_path, fake_text):
+    """The report gives make_plots the data's task, so a single-label bench links
+    plots/weighted_f1_vs_missing.png; run again into a folder holding an earlier run's
+    micro_f1_vs_missing.png (a ramer that plotted micro-F1 there), that plot is removed, not left
+    beside it linked from nothing (a review's finding)."""
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    out = tmp_path / "bench"
+    argv = ["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--missing-rates", "0"]
+    assert main([*argv, "--jobs", "1", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "](plots/weighted_f1_vs_missing.png)" in text and "micro_f1_vs_missing" not in text
+    (out / "plots" / "micro_f1_vs_missing.png").write_bytes(b"an earlier ramer's plot")
+    assert main([*argv, "--jobs", "1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "speaker_vs_nonspeaker.png",
+        "weighted_f1_vs_missing.png",
+    ]
+
+
 def test_long_label_names_are_printed_whole_in_the_eval_tables():
     """Twelve labels that begin alike, at a log's width of 160: each name was cut to "label-nu…" in
     every row and column of the confusion table, which then named no label; they fold, whole."""

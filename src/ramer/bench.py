@@ -1294,6 +1294,16 @@ def per_label_pair(ranked: list[str]) -> tuple[str | None, str | None, str]:
     return focus, (ranked[1] if len(ranked) > 1 else None), "runner-up"
 
 
+# every plot make_plots writes; one this run does not write is removed (the report links only its own)
+PLOTS = (
+    "micro_f1_vs_missing.png",
+    "weighted_f1_vs_missing.png",
+    "per_label_f1.png",
+    "speaker_vs_nonspeaker.png",
+    "training_curves.png",
+)
+
+
 def make_plots(
     s: BenchSettings, results: list[dict], oracle: dict | None, task: str = "multi_label"
 ) -> list[tuple[str, str]]:
@@ -1425,4 +1435,6 @@ def make_plots(
         fig.suptitle(f"Training curves (missing rate {s.rates[0]:g}, seed {s.seeds[0]})")
         _save(fig, folder / "training_curves.png")
         written.append(("training_curves.png", f"training loss and validation {metric} per epoch"))
+    for name in set(PLOTS) - {name for name, _ in written}:  # an earlier run's, of another task or more data
+        (folder / name).unlink(missing_ok=True)
     return written
