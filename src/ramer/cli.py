@@ -501,15 +501,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line, its cause's and the log tail
         plain = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # noqa: E731  (no colour codes)
-        first_of = lambda err: (plain(str(err)).splitlines() or [type(err).__name__])[0]  # noqa: E731
+        line_of = lambda err: (plain(str(err)).splitlines() or [type(err).__name__])[0]  # noqa: E731
         tail = " | ".join(plain(log.getvalue()).splitlines()[-3:])
-        first = re.sub(r"\s*Next steps:$", "", first_of(e))  # torch's line ends on a list it gives below
+        first = re.sub(r"\s*Next steps:$", "", line_of(e))  # torch's line ends on a list it gives below
         root, seen = e, {id(e)}
         while root.__cause__ is not None and id(root.__cause__) not in seen:  # the innermost cause: what the model did
             root = root.__cause__
             seen.add(id(root))
         if root is not e:
-            first = f"{first.rstrip('.')}; cause: {type(root).__name__}: {first_of(root)}"
+            first = f"{first.rstrip('.')}; cause: {type(root).__name__}: {line_of(root)}"
         raise RamerError(f"ONNX export of {args.run_dir} failed: {first}" + (f" ({tail})" if tail else "")) from None
     size = Path(args.onnx).stat().st_size / 2**20
     said = wrote_to()
