@@ -586,7 +586,10 @@ def test_a_recurrent_model_that_is_not_bfloat16_safe_says_so_in_one_line():
 
     from conftest import random_store
 
+    from ramer.api import Predictor
+    from ramer.config import build_config
     from ramer.infer import predict, to_inference_precision
+    from ramer.models import DataSpec
 
     class FloatGRU(torch.nn.Module):
         def __init__(self, dim: int, labels: int):
@@ -601,9 +604,12 @@ def test_a_recurrent_model_that_is_not_bfloat16_safe_says_so_in_one_line():
     store = random_store(n=4)
     model = FloatGRU(store.dims["text"], len(store.label_names))
     assert predict(model, store, 2, torch.device("cpu")).scores.shape == (4, len(store.label_names))  # fp32: fine
-    with pytest.raises(
-        RamerError,
-        match=r"^model FloatGRU: failed with its weights and features in bfloat16 .*"
-        r"does not match weight dtype",
-    ):
-        predict(to_inference_precision(model, "bf16"), store, 2, torch.device("cpu"))
+    said = r"^model FloatGRU: failed with its weights and features in bfloat16 .*does not match weight dtype"
+    cast = to_inference_precision(model, "bf16")
+    with pytest.raises(RamerError, match=said):
+        predict(cast, store, 2, torch.device("cpu"))
+    # ramer.load(run).predict(batch) of the Python API says it too (it let torch's ValueError through)
+    spec = DataSpec(dict(store.dims), len(store.label_names), tuple(store.label_names))
+    predictor = Predictor(cast, build_config(), spec, 0.5, torch.device("cpu"), 1)
+    with pytest.raises(RamerError, match=said):
+        predictor.predict(store.collate(np.arange(2)))

@@ -20,7 +20,15 @@ from ramer.config import Config
 from ramer.console import names_line
 from ramer.data import DataBundle, SceneStore, load_bundle
 from ramer.errors import RamerError, ScoresNotFinite, first_of
-from ramer.infer import autocast, batch_scores, check_precision, model_dtype, resolve_device, to_inference_precision
+from ramer.infer import (
+    autocast,
+    batch_scores,
+    check_precision,
+    model_dtype,
+    not_bf16_safe,
+    resolve_device,
+    to_inference_precision,
+)
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
@@ -151,6 +159,10 @@ class Predictor:
                 cast = self.precision if dtype == torch.float32 else "fp32"  # a model cast whole: no autocast
                 with torch.inference_mode(), autocast(self.device, cast):
                     scores = batch_scores(self.model, data.to(self.device, dtype))
+            except (RuntimeError, ValueError) as e:  # as infer.predict says it for a store
+                if (said := not_bf16_safe(self.model, e)) is None:
+                    raise
+                raise said from None
             finally:
                 self.model.train(was_training)
             try:  # the inputs are finite: NaN scores are the model's (as ``infer.predict`` says)

@@ -100,6 +100,20 @@ def check_precision(precision: str) -> str:
 BF16_MIXED = ("must have the same dtype", "expected scalar type", "BFloat16", "does not match weight dtype")
 
 
+def not_bf16_safe(model: nn.Module, error: Exception) -> RamerError | None:
+    """The one line for a model of another package that makes float32 where its weights and features
+    are bfloat16 (``--precision bf16``), from torch's ``error`` (a RuntimeError; an RNN's ValueError);
+    None for anything else, a bug of ramer's own models included, which keeps its traceback."""
+    ours = package_of(model) == "ramer"
+    if ours or model_dtype(model) != torch.bfloat16 or not any(w in str(error) for w in BF16_MIXED):
+        return None
+    return RamerError(
+        f"model {type(model).__name__}: failed with its weights and features in bfloat16 (--precision bf16): "
+        f"{first_line(error)}; make its masks and constants in the features' type (x.dtype), not float(), or "
+        "score without --precision bf16"
+    )
+
+
 def predict(
     model: nn.Module,
     store: SceneStore,
@@ -132,15 +146,10 @@ def predict(
             out = _score_forked(model, store, blocks, batch_size, device, precision)
         else:
             out = _score_range(model, store, part.start, part.stop, batch_size, device, precision)
-    except (RuntimeError, ValueError) as e:  # a model of another package making float32 where features are bfloat16
-        ours = package_of(model) == "ramer"  # a bug of ours keeps its traceback
-        if ours or model_dtype(model) != torch.bfloat16 or not any(w in str(e) for w in BF16_MIXED):
+    except (RuntimeError, ValueError) as e:
+        if (said := not_bf16_safe(model, e)) is None:
             raise
-        raise RamerError(
-            f"model {type(model).__name__}: failed with its weights and features in bfloat16 (--precision bf16): "
-            f"{first_line(e)}; make its masks and constants in the features' type (x.dtype), not float(), or "
-            "score without --precision bf16"
-        ) from None
+        raise said from None
     finally:
         model.train(was_training)
     if shard:
