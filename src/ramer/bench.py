@@ -103,7 +103,7 @@ from ramer.paths import (
     work_folder,
 )
 from ramer.train import run_training
-from ramer.train.inputs import bench_notes, threshold_note
+from ramer.train.inputs import bench_notes
 from ramer.train.recipe import check_loss_weights, check_training_values, read_log
 from ramer.version import __version__, newer_writer
 
@@ -773,11 +773,8 @@ def _run_bench(
         f" ({time.perf_counter() - t0:.1f}s)",
         highlight=False,
     )
-    configs = [run_config(base, m, s.seeds[0], 0.0) for m in s.deep_models]
-    notes = bench_notes(bundle, configs, task)
-    if (note := threshold_note(base, task == "single_label")) and note not in notes:  # classical models too
-        notes.append(note)
-    for note in notes:  # the runs' consoles are quiet
+    configs = [run_config(base, m, s.seeds[0], 0.0) for m in dict.fromkeys([*s.models, *s.complete])]
+    for note in bench_notes(bundle, configs, task):  # the runs' consoles are quiet
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if s.tune_trials is not None:
         tune_models(s, bundle, console)
@@ -1296,8 +1293,7 @@ def per_label_pair(ranked: list[str]) -> tuple[str | None, str | None, str]:
 
 # every plot make_plots writes; one this run does not write is removed (the report links only its own)
 PLOTS = (
-    "micro_f1_vs_missing.png",
-    "weighted_f1_vs_missing.png",
+    *(f"{key}_vs_missing.png" for key in SELECTION.values()),
     "per_label_f1.png",
     "speaker_vs_nonspeaker.png",
     "training_curves.png",

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
-from ramer.errors import RamerError, env_count, first_of, shown, unwritable
+from ramer.errors import RamerError, env_count, first_line, first_of, shown, unwritable
 from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
@@ -501,7 +501,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line, its cause's and the log tail
         plain = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # noqa: E731  (no colour codes)
-        line_of = lambda err: (plain(str(err)).splitlines() or [type(err).__name__])[0]  # noqa: E731
+        line_of = lambda err: plain(first_line(err))  # noqa: E731
         tail = " | ".join(plain(log.getvalue()).splitlines()[-3:])
         first = re.sub(r"\s*Next steps:$", "", line_of(e))  # torch's line ends on a list it gives below
         root, seen = e, {id(e)}

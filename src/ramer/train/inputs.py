@@ -153,7 +153,7 @@ def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
 def bench_notes(bundle, configs, task: str) -> list[str]:
     """The notes of ``valid_note``, ``untrained_note``, ``ablations_note``, ``threshold_note`` and
     ``model_notes`` for the runs of a bench or a search, once: their runs train with a quiet console.
-    ``configs``: one ``Config`` per model; ``task``: the data's (``resolve_task``). Each model is
+    ``configs``: one ``Config`` per model (classical ones too); ``task``: the data's (``resolve_task``). Each model is
     built on the meta device (no memory taken) only to read what it is."""
     notes = [n for n in (valid_note(bundle, task == "single_label"), untrained_note(bundle)) if n]
     if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
