@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 from fixtures_writers import write_memor
+from test_killed import killed_before_its_first_state
 from test_recipe import tiny_cfg
 
 from ramer.cli import main
@@ -68,10 +69,7 @@ def test_the_resume_hint_of_a_held_out_folder_pastes(tmp_path, capsys):
 
 def test_the_train_again_hint_of_a_run_without_a_state_pastes(tmp_path, capsys):
     """A run killed before its first state: the command that trains it again is quoted."""
-    run = tmp_path / "my run"
-    run.mkdir()
-    (run / "metrics.jsonl").write_text("")
-    (run / "config.yaml").write_text(dump_config(tiny_cfg()))
+    run = killed_before_its_first_state(tmp_path / "my run")
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     command = err[err.index("(ramer train --config ") + 1 :].splitlines()[0].removesuffix(")")

@@ -63,13 +63,18 @@ def test_a_run_started_again_removes_the_temporaries_a_kill_left(tmp_path):
     assert (run / "config.yaml").read_text() == dump_config(cfg)
 
 
-def test_resuming_a_run_killed_before_its_first_state_says_how_to_train_it_again(tmp_path, capsys):
-    """Killed in epoch 1: a config and an empty log, nothing to resume; the error names the command
-    that trains it again there."""
-    run = tmp_path / "run"
+def killed_before_its_first_state(run: Path) -> Path:
+    """A run folder as a kill in epoch 1 leaves it: its config and an empty log, no training state."""
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
     (run / "config.yaml").write_text(dump_config(tiny_cfg()))
+    return run
+
+
+def test_resuming_a_run_killed_before_its_first_state_says_how_to_train_it_again(tmp_path, capsys):
+    """Killed in epoch 1: a config and an empty log, nothing to resume; the error names the command
+    that trains it again there."""
+    run = killed_before_its_first_state(tmp_path / "run")
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "the run stopped before its first training state was saved" in err
