@@ -12,12 +12,18 @@ PYTEST_WORKERS ?= 2
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# `$(PIP_INSTALL) ARGS` is `pip install -q ARGS`, tried up to three times, 30 s apart: a download the network
+# breaks off (an 80 MB wheel cut short at the same byte six times in one pip run) then gets a new
+# connection; an error that is not the network's fails all three tries, and make stops
+PIP_INSTALL = sh -c 'for try in 1 2 3; do "$$0" -m pip install -q "$$@" && exit 0; \
+	echo "make: pip install $$* failed (try $$try of 3)" >&2; [ $$try = 3 ] || sleep 30; done; exit 1' $(BIN)/python
+
 # torch==2.13.0 first: on this machine it is a CPU build on local disk; pyproject declares torch>=2.7
 # so the package install afterwards adds nothing torch-related.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,onnx,import,face,tune,tensorboard]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[test,onnx,import,face,tune,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)
