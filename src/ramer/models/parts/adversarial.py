@@ -1,7 +1,8 @@
 """Spec MODEL.md §4.1 (tier 1, modality adversary) and §4.3 (tier 2, real vs reconstructed).
 
 Tier 1 acts on the final label-specific features ``f_m`` (B, M, C, H) (real where the modality is
-available, the reconstruction where it is not), one H-vector per (sample, modality, label):
+visible; where it is missing or hidden, the stand-in of ``model.stand_in``, by default a gate
+between the context-built feature and its reconstruction), one H-vector per (sample, modality, label):
 - specific extractor per modality ``s_m = tanh(Linear_m(dropout(f_m)))``;
 - one shared common extractor ``c_m = tanh(Linear(dropout(f_m)))``, common feature
   ``c_bar = mean of c_m over the modalities with a defined final feature``;

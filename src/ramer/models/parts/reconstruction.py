@@ -177,8 +177,9 @@ class CrossReconstruction(nn.Module):
 
 class StandInGate(nn.Module):
     """``model.stand_in: gate``: for a modality missing from the scope whose label feature ``r_m`` was
-    built from context, the final feature ``f_m = g r_m + (1 - g) r~_m`` with a learned gate per
-    (modality, label), ``g = sigmoid(<w_m, [r_m ; r~_m]> + b_m)`` (starts at 1/2)."""
+    built from context, the final feature ``f_m = g r_m + (1 - g) r~_m`` with a gate learned per
+    modality (``w_m``, ``b_m``) and valued per (sample, label) by what it reads,
+    ``g = sigmoid(<w_m, [r_m ; r~_m]> + b_m)`` (starts at 1/2)."""
 
     def __init__(self, n_modalities: int, dim: int) -> None:
         super().__init__()
