@@ -38,8 +38,9 @@ prototypes, its contrastive items, and the other modalities' reconstruction, whi
 prototype decode instead of ``recon_m``. The adversary's terms take every modality, as the
 authors'. Prototype updates (the per-sample EMA in closed form) and shuffles are tensor operations;
 SupCon uses the queue as keys only; any batch size works. What still differs from the authors'
-code (docs/MODEL.md): the encoders (pre-LN, a summary token), the target-token bonus of the label
-attention, the optimiser (AdamW, not BertAdam) and a queue that starts empty.
+code (docs/MODEL.md): the encoders (pre-LN, a summary token), the personality encoder (an MLP per
+person, not a 12-layer transformer over the vector's copies at each token), the target-token bonus
+of the label attention, the optimiser (AdamW, not BertAdam) and a queue that starts empty.
 
 Axis letters: b batch, n tokens, m modality, c labels, h hidden, k stack sources, P code size.
 """
