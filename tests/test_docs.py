@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from ramer.cli import build_parser
 from ramer.config import Config, build_config
+from ramer.models import BUILDERS, CLASSICAL
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -291,3 +292,26 @@ def test_the_readers_of_the_docs_take_the_forms_a_harmless_edit_makes(tmp_path, 
     arch.write_text(ARCHITECTURE.read_text().replace("```", "```bash\nramer train --data D\n```\n\n```", 1))
     monkeypatch.setattr(sys.modules[__name__], "ARCHITECTURE", arch)
     assert architecture_map().lstrip().startswith("src/ramer/")
+
+
+def section(path: Path, heading: str) -> str:
+    """The text of ``path`` under the heading line ``heading``, up to the next heading of its level or above."""
+    text = path.read_text()
+    level = heading.split(" ", 1)[0]
+    start = text.index(f"\n{heading}\n") + len(heading) + 2
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", text[start:], re.M)]
+    return text[start : start + ends[0]] if ends else text[start:]
+
+
+@pytest.mark.parametrize("name", sorted({*BUILDERS, *CLASSICAL}))
+def test_the_lists_of_models_name_every_model(name):
+    """README's "Models:", BENCH's model table and a heading of docs/MODEL.md name each model of the
+    package (the lists ARCHITECTURE's "Adding a model" tells a contributor to extend)."""
+    readme = (ROOT / "README.md").read_text()
+    models_sentence = readme[readme.index("Models: ") :].split("presets", 1)[0]
+    assert f"`{name}`" in models_sentence, f"README's 'Models:' lacks {name}"
+    assert f"`{name}`" in section(ROOT / "docs" / "BENCH.md", "## Models"), f"BENCH.md's model table lacks {name}"
+    headings = [line.lower() for line in (ROOT / "docs" / "MODEL.md").read_text().splitlines() if line.startswith("#")]
+    assert any(re.search(rf"(`|\b){re.escape(name)}(`|\b)", h) for h in headings), (
+        f"no heading of MODEL.md names {name}"
+    )
