@@ -163,14 +163,49 @@ def test_media_that_is_a_folder_a_pipe_or_a_link_loop_says_what_it_is(tmp_path, 
     os.mkfifo(tmp_path / "pipe.wav")
     (tmp_path / "loop1.wav").symlink_to("loop2.wav")
     (tmp_path / "loop2.wav").symlink_to("loop1.wav")
+    (tmp_path / "to_pipe.wav").symlink_to("pipe.wav")
     for name, message in [
         ("folder.wav", r"media 'folder.wav' is a folder, not an audio or video file"),
         ("pipe.wav", r"media 'pipe.wav' is not a regular file \(a pipe, socket or device"),
+        ("to_pipe.wav", r"media 'to_pipe.wav' is not a regular file \(a pipe, socket or device"),
         ("loop1.wav", r"media 'loop1.wav' is a symbolic link that leads to no file \(a loop, or its target is gone"),
         ("gone.wav", r"media 'gone.wav' not found \(looked for "),
     ]:
         with pytest.raises(RamerError, match=r"talk.csv: row 2: " + message):
             import_conversations(table(tmp_path / "talk.csv", name, [(0, 1)]), tmp_path / "ds")
+
+
+def test_a_media_cell_that_reads_as_a_url_opens_the_local_file_and_nothing_else(
+    tmp_path, fake_text, needs_audio, monkeypatch
+):
+    """A table given as talk.csv (its folder '.') whose media cell is 'http:/HOST:PORT/a.wav', a file
+    there: FFmpeg took the relative name for a URL and fetched it; now the local file is read."""
+    import http.server
+    import threading
+
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cell = f"http:/127.0.0.1:{server.server_address[1]}/a.wav"
+        (tmp_path / cell).parent.mkdir(parents=True)
+        wav(tmp_path / cell, tone(200, 2.0))
+        monkeypatch.chdir(tmp_path)
+        import_conversations(table(Path("talk.csv"), cell, [(0, 1), (1, 2)]), Path("ds"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == []
+    assert np.abs(np.asarray(load_native(tmp_path / "ds").splits["train"].audio)).sum() > 0  # the tone, read
 
 
 def test_a_media_file_rewritten_with_its_time_put_back_is_computed_again(tmp_path, fake_text, needs_audio):

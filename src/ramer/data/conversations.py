@@ -680,10 +680,10 @@ def _not_a_file(media: Path) -> str:
     """Why ``media``, which is no regular file, cannot be read: what is there instead."""
     if media.is_dir():
         return f"is a folder, not an audio or video file ({media})"
+    if media.exists():  # a FIFO, socket or device, or a link to one: reading it could wait for ever
+        return f"is not a regular file (a pipe, socket or device: {media}); give a file"
     if media.is_symlink():
         return f"is a symbolic link that leads to no file (a loop, or its target is gone: {media})"
-    if media.exists():  # a FIFO, socket or device: reading it could wait for ever
-        return f"is not a regular file (a pipe, socket or device: {media}); give a file"
     return f"not found (looked for {media})"
 
 

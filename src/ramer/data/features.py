@@ -304,12 +304,19 @@ def _av():
     return require("av", IMPORT_HINT, "reading media files (PyAV)")
 
 
+def _open_media(av, path: Path):
+    """The local file ``path`` opened by FFmpeg, and nothing else: by its absolute path (a relative
+    cell such as ``http:/host/a.wav`` would be a URL to FFmpeg) and with the file protocol only, so
+    neither the name nor a playlist inside the file makes it read the network or another protocol."""
+    return av.open(str(Path(path).absolute()), options={"protocol_whitelist": "file"})
+
+
 def probe_media(path: Path) -> dict:
     """``{"audio": bool, "video": bool, "duration": seconds or None}``; raises ValueError with the
     decoder's message when the file cannot be opened."""
     av = _av()
     try:
-        with av.open(str(path)) as c:
+        with _open_media(av, path) as c:
             duration = float(c.duration) / 1e6 if c.duration else None
             return {"audio": bool(c.streams.audio), "video": bool(c.streams.video), "duration": duration}
     except Exception as e:  # PyAV raises many types (FileNotFoundError, InvalidDataError, ...)
@@ -326,7 +333,7 @@ def _audio_chunks(path: Path, rate: int = AUDIO_RATE):
     full scale (a damaged float file: librosa refuses the first, the second overflows its squares)."""
     av = _av()
     try:
-        container = av.open(str(path))
+        container = _open_media(av, path)
     except Exception as e:  # PyAV raises many types (FileNotFoundError, InvalidDataError, ...)
         raise ValueError(str(e).strip() or type(e).__name__) from None
     with container:
@@ -565,7 +572,7 @@ def detect_faces(
         told += n
 
     try:
-        container = av.open(str(path))
+        container = _open_media(av, path)
     except Exception as e:
         raise ValueError(str(e).strip() or type(e).__name__) from None
     with container:
