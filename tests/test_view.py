@@ -122,6 +122,25 @@ def test_table_gone_or_edited_means_no_texts_and_a_note(tmp_path, fake_text):
     )
 
 
+def test_a_table_without_its_digest_in_meta_json_is_not_read(tmp_path, fake_text):
+    """A dataset folder whose meta.json names another file and records no digest (edited, or made
+    by someone else): that file's text was put in the page, which the user may pass on."""
+    bundle = imported(tmp_path)
+    private = tmp_path / "elsewhere" / "private.csv"
+    private.parent.mkdir()
+    private.write_text((tmp_path / "talk.csv").read_text().replace("plan", "PRIVATE"))
+    bundle.info["source_files"] = [str(private)]
+    del bundle.info["source_sha256"]
+    notes = []
+    data = page_data(bundle, "test", records_for(bundle.splits["test"]), notes=notes)
+    assert "PRIVATE" not in json.dumps(data)
+    assert all(c["texts"] is None for c in data["conversations"])
+    assert notes == [
+        f"{private}: meta.json records no digest of the imported table (an edited file, or an import by an "
+        "earlier ramer), so the page shows no utterance texts; import the table again to show them"
+    ]
+
+
 def test_unlabelled_import_has_no_annotations_and_listener_targets(tmp_path, fake_text):
     """--targets all: a sample per person at each utterance; listeners are non-speaker targets."""
     rows = base_rows(labelled=False)

@@ -162,20 +162,26 @@ def _imported(bundle: DataBundle, split: str, notes: list[str] | None = None) ->
 def _table(bundle: DataBundle) -> tuple[dict | None, str | None]:
     """The imported table's utterances by (conversation, index), or ``None`` and why when the file
     that ``meta.json`` names is gone, no longer reads, or has changed since the import (its texts
-    would not be those the model read): the page then shows no texts."""
+    would not be those the model read): the page then shows no texts. Nor without the table's
+    digest in ``meta.json``: the page would hold the text of any file the folder names."""
     from ramer.data.conversations import read_table, table_digest
 
     files = bundle.info.get("source_files") or []
     path = Path(files[0]) if files else None
     if path is None:
         return None, None
+    recorded = bundle.info.get("source_sha256")
+    if not isinstance(recorded, str):
+        return None, (
+            f"{path}: meta.json records no digest of the imported table (an edited file, or an import "
+            "by an earlier ramer), so the page shows no utterance texts; import the table again to show them"
+        )
     why = f"{path}: the imported table %s; the page shows no utterance texts"
     why += " (put the table as imported back at this path to show them)"
     if not path.is_file():
         return None, why % "is gone"
-    recorded = bundle.info.get("source_sha256")
     try:
-        if recorded is not None and table_digest(path) != recorded:
+        if table_digest(path) != recorded:
             return None, why % "has changed since the import"
         utterances, _ = read_table(path)
     except (RamerError, OSError) as e:
