@@ -22,6 +22,12 @@ if _WORKERS > 1:
     torch.set_num_threads(_SHARE)
     os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
 
+# a test that checks a reader closes what it opens when reading fails: a file left open is an error
+# (a ResourceWarning when it is collected, raised in the collector: an unraisable exception)
+CLOSES_WHAT_IT_OPENS = pytest.mark.filterwarnings(
+    "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"
+)
+
 LABELS9 = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
 
 

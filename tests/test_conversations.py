@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fake_vector
+from conftest import CLOSES_WHAT_IT_OPENS, fake_vector
 
 from ramer.batch import ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
@@ -1047,6 +1047,7 @@ def _rewrite_entry(path: Path, **changes) -> None:
         np.savez(fh, **{**arrays, **changes})
 
 
+@CLOSES_WHAT_IT_OPENS
 @pytest.mark.parametrize(
     "damage",
     [

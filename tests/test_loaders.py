@@ -12,6 +12,7 @@ import fixtures_writers as fw
 import numpy as np
 import pytest
 import torch
+from conftest import CLOSES_WHAT_IT_OPENS
 
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
@@ -628,6 +629,7 @@ def _memor_edit(root: Path, name: str, edit) -> None:
     p.write_text(json.dumps(obj))
 
 
+@CLOSES_WHAT_IT_OPENS
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -884,6 +886,7 @@ def test_data_info_and_convert_take_loader_options(files, tmp_path, capsys) -> N
     assert main(["data", "info", str(files["memor"]), "--labels", "fine_grained"]) == 0
 
 
+@CLOSES_WHAT_IT_OPENS
 def test_data_info_and_convert_refuse_a_loader_option_the_data_does_not_read(files, tmp_path, capsys) -> None:
     """A loader option of another format, or any on a native folder (its loader options were applied
     when it was converted), would be ignored: refused by both commands, nothing written; one the

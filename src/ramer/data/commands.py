@@ -15,6 +15,7 @@ from ramer.config import DataConfig, build_config
 from ramer.console import printable
 from ramer.data.formats import detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
+from ramer.data.readers import SplitStream
 from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
 from ramer.errors import RamerError
 from ramer.paths import SPLITS, resolved, write_stdout
@@ -77,7 +78,12 @@ def _open(path: str | None, fmt: str, labels: str | None, sets, options: dict):
             raise RamerError(f"--labels chooses MEmoR's label set; {where} holds {held} data")
     cfg = data_config(labels, sets)
     opened = open_dataset(path, fmt, cfg, **options)  # cfg's loader options, those given winning
-    _refuse_unread(opened, path, sets)
+    try:
+        _refuse_unread(opened, path, sets)
+    except RamerError:
+        if isinstance(opened, SplitStream):
+            opened.close()  # the files a reader holds open (MEmoR's features)
+        raise
     return opened
 
 

@@ -140,8 +140,8 @@ class FeatureCache:
         if (what := not_a_regular_file(path)) is not None or path.is_symlink():
             what = what or "is a symbolic link"
             raise RamerError(f"{path}: {what}; the import's cache holds only files it writes itself: remove it")
-        try:
-            with np.load(path, allow_pickle=False) as z:
+        try:  # numpy leaves a file it opened itself open when it is no zip (a damaged entry)
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 if str(z["key"]) == key and str(z["name"]) == name:
                     arrays = {k: z[k] for k in z.files if k not in ("key", "name")}
                     return arrays if _sound_entry(kind, arrays) else None

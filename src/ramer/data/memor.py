@@ -92,8 +92,16 @@ class JsonVectors:
             self._fh = open(path, "rb")
         except OSError as e:
             raise unreadable(path, e) from None
+        self._buf: Any = b""
+        try:
+            self._read(path)
+        except BaseException:  # the file is not kept open by a reader that was never made
+            self.close()
+            raise
+
+    def _read(self, path: Path) -> None:
         size = path.stat().st_size
-        self._buf: Any = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._buf = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._parsed: dict | None = None
         self._index = self._scan()
         if self._index is None:
@@ -737,5 +745,4 @@ def iter_memor(
                 text_json.close()
                 audio_json.close()
 
-        guard.pop_all()
-        return SplitStream("memor", str(root), names, splits(), info)
+        return SplitStream("memor", str(root), names, splits(), info, closing=guard.pop_all().close)

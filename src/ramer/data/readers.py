@@ -8,7 +8,7 @@ dictionaries of the pickled layouts, and scene stores of single-person sequences
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,22 @@ FIRST_LABEL_ID = 4  # emotion ids in 'tgt' lists start after the four specials
 class SplitStream:
     """A dataset read split by split: ``splits`` yields ``(name, SceneStore)`` and frees the source
     arrays of a split once it is built, so a converter can write each split and drop it.
-    ``info`` (JSON-safe) is complete once ``splits`` is exhausted."""
+    ``info`` (JSON-safe) is complete once ``splits`` is exhausted. ``close`` frees what the reader
+    holds open (``closing``: the MEmoR feature files) when the splits are not read to the end."""
 
     format: str
     source: str
     label_names: tuple[str, ...]
     splits: Iterator[tuple[str, SceneStore]]
     info: dict = field(default_factory=dict)
+    closing: Callable[[], object] | None = None
+
+    def close(self) -> None:
+        close = getattr(self.splits, "close", None)
+        if close is not None:
+            close()  # a generator started: its own clean-up runs
+        if self.closing is not None:
+            self.closing()
 
     def to_bundle(self) -> DataBundle:
         splits = dict(self.splits)
