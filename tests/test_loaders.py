@@ -644,6 +644,13 @@ def _memor_edit(root: Path, name: str, edit) -> None:
         ),
         (lambda r: (r / "train_id.txt").write_text("1\nx\n"), "train_id.txt: line 2 is 'x'"),
         (lambda r: _memor_edit(r, "data.json", lambda o: o.pop("c2")), "data.json: clip 'c2' .* is missing"),
+        (  # a clip name is part of its feature files' paths: read outside the release otherwise
+            lambda r: [
+                _memor_edit(r, "anno.json", lambda o: [a.__setitem__("clip", "../../x/c1") for a in o["primary"]]),
+                _memor_edit(r, "data.json", lambda o: o.__setitem__("../../x/c1", o.pop("c1"))),
+            ],
+            r"data.json: clip name '../../x/c1' is not a plain file name",
+        ),
         (
             lambda r: _memor_edit(r, "data.json", lambda o: o["c1"]["seg_end"].pop()),
             r"clip 'c1': segment lists have lengths",

@@ -261,6 +261,10 @@ def _read_personality(path: Path, order: tuple[str, ...]) -> np.ndarray:
 
 
 def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
+    if clip in ("", ".", "..") or any(c in clip for c in "/\\\0"):  # it names the clip's feature files
+        raise RamerError(
+            f"{source}: clip name {clip!r} is not a plain file name (it names the clip's files under features/)"
+        )
     if clip not in data:
         raise RamerError(f"{source}: clip '{clip}' (from anno.json) is missing")
     c = data[clip]
