@@ -81,6 +81,22 @@ def test_a_set_value_for_a_text_field_is_the_text_given():
         build_config(None, ["train.epochs=abc"])
 
 
+DEEP = "[" * 2000 + "]" * 2000  # PyYAML recurses once per level: a RecursionError came out as a traceback
+
+
+def test_a_config_nested_too_deeply_is_one_error_where_a_config_is_read(tmp_path):
+    from ramer.train.recipe import foreign_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"model: {{ablations: {DEEP}}}\n")
+    with pytest.raises(RamerError, match=r"config\.yaml is not valid YAML: lists or mappings nested too deeply$"):
+        build_config(path)
+    with pytest.raises(RamerError, match="'train.epochs': Input should be a valid integer"):
+        build_config(None, [f"train.epochs={DEEP}"])  # read as the text given, which is no number
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert "not a config a run wrote there" in foreign_config(tmp_path)  # a new run's --out
+
+
 def test_a_written_config_holds_no_alias_it_could_not_read_back(tmp_path):
     """A value met twice is written out twice (YAML would write an anchor and an alias, which a
     config may not hold): what dump_config writes, build_config reads."""

@@ -411,6 +411,13 @@ def test_a_damaged_encoding_name_in_a_numpy_pickle_is_an_error(tmp_path: Path) -
             safe_load(p)
 
 
+def test_an_allowed_class_called_with_no_such_encoding_is_an_error() -> None:
+    """``str(b"abc", "nosuch")`` by REDUCE: a LookupError came out as a traceback."""
+    payload = b"\x80\x02cbuiltins\nstr\nC\x03abcX\x06\x00\x00\x00nosuch\x86R."
+    with pytest.raises(RamerError, match=r"^payload: not a readable pickle \(LookupError: unknown encoding: nosuch\)"):
+        safe_pickle_loads(payload, "payload")
+
+
 def test_a_damaged_legacy_torch_file_is_an_error(tmp_path: Path) -> None:
     """torch's legacy reader checks a file with struct.unpack and assert: a file cut inside its
     second pickle (struct.error) and a storage key changed in the list at its end (AssertionError)."""

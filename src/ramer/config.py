@@ -368,6 +368,8 @@ def load_yaml_text(text: str) -> Any:
         if too_many_digits(e):
             raise yaml.YAMLError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
         raise yaml.YAMLError(f"a value it cannot read ({first_line(e)})") from None
+    except RecursionError:  # PyYAML's composer and constructor recurse once per level of nesting
+        raise yaml.YAMLError("lists or mappings nested too deeply") from None
 
 
 def _admits_str(annotation) -> bool:

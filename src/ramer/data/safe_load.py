@@ -399,6 +399,7 @@ def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
         KeyError,
         UnicodeDecodeError,
         OverflowError,
+        LookupError,  # str(b, encoding) of an allowed class with no such encoding
     ) as e:
         raise RamerError(f"{source}: not a readable pickle ({type(e).__name__}: {str(e)[:200]})") from None
     except MemoryError:

@@ -57,7 +57,7 @@ from torch import nn
 
 from ramer import checkpoint as ckpt
 from ramer import dist
-from ramer.config import SAME_RESULTS, Config, as_today, differences, dump_config, read_run_config
+from ramer.config import SAME_RESULTS, Config, as_today, differences, dump_config, load_yaml_text, read_run_config
 from ramer.console import LOG_EVERY, plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
@@ -212,7 +212,7 @@ def foreign_config(out: Path) -> str | None:
         )
     try:
         text = path.read_text(encoding="utf-8")
-        tree = yaml.safe_load(text)
+        tree = load_yaml_text(text)  # as every config is read: aliases refused, deep nesting an error
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         tree = text = None
     written = isinstance(tree, dict) and set(tree) == set(Config.model_fields)
