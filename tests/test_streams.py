@@ -435,6 +435,19 @@ def test_an_output_name_near_the_file_systems_limit_is_written_and_swept(tmp_pat
         (tmp_path / name).unlink()
 
 
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names there are text, not any bytes")
+def test_an_output_name_of_bytes_that_are_not_utf8_is_written(tmp_path):
+    """``ramer predict --out $'p\\xff.jsonl'`` ended in a UnicodeEncodeError: the name's temporary
+    took its bytes as UTF-8. Short, and long enough that the temporary carries its first bytes."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for raw in (b"p\xff.jsonl", b"\xfe" * (limit - 5)):
+        name = os.fsdecode(raw)
+        atomic_write_text(tmp_path / name, "whole")
+        assert (tmp_path / name).read_text() == "whole"
+        assert [os.fsencode(p.name) for p in tmp_path.iterdir()] == [raw]
+        (tmp_path / name).unlink()
+
+
 def test_a_held_folders_sweep_takes_only_the_temporaries_of_its_own_writes(tmp_path):
     """A command that holds its folder (``ramer bench --out``, which may be a folder the user had)
     removes what its killed writes left (``remove_temporaries``) by the same rule as an unheld one:

@@ -25,6 +25,7 @@ from ramer.data.synthetic import generate
 from ramer.errors import RamerError
 from ramer.infer import prediction_records, read_predictions
 from ramer.metrics import decide, report
+from ramer.paths import atomic_write_text
 from ramer.train.recipe import Recipe
 from ramer.view import AUDIO, SPEAKS, TEXT, page_data, render_page
 
@@ -260,6 +261,22 @@ def test_page_embeds_the_data_so_no_text_closes_the_script(tmp_path):
     assert "<title>&lt;b&gt;t&lt;/b&gt; __DATA__</title>" in page
     blob = page.split('<script type="application/json" id="data">')[1].split("</script>")[0]
     assert "<" not in blob and ">" not in blob and json.loads(blob) == json.loads(json.dumps(data))
+
+
+def test_a_lone_surrogate_in_a_name_or_the_title_still_writes_the_page(tmp_path):
+    """A label "ca\\udc80lm" (a JSON escape a meta.json may hold) and a title from a file name of
+    bytes that are not UTF-8: the page had no UTF-8 form and was not written (UnicodeEncodeError)."""
+    store = random_store(n=3)
+    names = ("ca\udc80lm", *store.label_names[1:])
+    store.label_names = names
+    bundle = DataBundle({"test": store}, names, "native", "<memory>")
+    data = page_data(bundle, "test", records_for(store), title="p\udcff.jsonl")
+    path = tmp_path / "page.html"
+    atomic_write_text(path, render_page(data))
+    page = path.read_text(encoding="utf-8")
+    assert "<title>p\\udcff.jsonl</title>" in page
+    blob = page.split('<script type="application/json" id="data">')[1].split("</script>")[0]
+    assert json.loads(blob) == json.loads(json.dumps(data)) and "ca\\udc80lm" in blob
 
 
 # ------------------------------------------------------------------------------------ CLI errors

@@ -256,8 +256,14 @@ def temporary_stem(path: Path) -> str:
     except (OSError, ValueError, AttributeError):  # no such folder yet, or no pathconf (Windows)
         limit = 255
     room = limit - len(".") - len(".XXXXXXXX.tmp")
-    raw = path.name.encode()
-    return path.name if len(raw) <= room else raw[:room].decode(errors="ignore")
+    raw = os.fsencode(path.name)  # the name's bytes, also where they are not UTF-8
+    if len(raw) <= room:
+        return path.name
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:  # a name of bytes that are not UTF-8: cut as bytes
+        return os.fsdecode(raw[:room])
+    return raw[:room].decode("utf-8", errors="ignore")  # whole characters
 
 
 def remove_temporaries(folder: str | Path, names, holder: str | Path | None = None) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -346,12 +347,19 @@ def summary(store: SceneStore, by_sample: dict[int, dict], names: list[str], tas
 
 
 # ---------------------------------------------------------------------------- the page
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def render_page(data: dict) -> str:
     """The page: the template with ``data`` inlined as JSON (``<``, ``>`` and ``&`` escaped, so no
-    text in it can close the script element) and the title escaped."""
+    text in it can close the script element) and the title escaped. A lone surrogate (a file name
+    of bytes that are not UTF-8, a ``\\udc80`` escape in a meta.json) has no UTF-8 form: JSON-escaped
+    in the data, written as ``\\udcff`` in the title, so the page is written all the same."""
     template = resources.files("ramer").joinpath("view_template.html").read_text(encoding="utf-8")
     blob = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     blob = blob.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    blob = LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", blob)
+    title = (data["title"] or "ramer view").encode("utf-8", "backslashreplace").decode("utf-8")
     head, tail = template.split("__DATA__")  # the title goes into the head only, whatever it holds
-    return head.replace("__TITLE__", html.escape(data["title"] or "ramer view")) + blob + tail
+    return head.replace("__TITLE__", html.escape(title)) + blob + tail
