@@ -22,7 +22,7 @@ from ramer.data import features as F
 from ramer.data.conversations import cut_texts, read_personality, read_table
 from ramer.data.formats import load_dataset
 from ramer.data.store import DataBundle, SceneStore, load_native
-from ramer.errors import RamerError
+from ramer.errors import RamerError, shown
 
 PIPE = r"is not a regular file \(a pipe, socket or device\), expected a file$"
 
@@ -325,6 +325,19 @@ def test_a_name_with_a_control_character_is_refused_at_import(tmp_path: Path, co
     rows[column] = "red" if column not in ("present", "media") else ""
     p.write_text(head + ",".join(rows.values()) + "\n")
     assert read_table(p)[0][1].text == "hi \x1b[2J"  # a text keeps it
+
+
+@pytest.mark.parametrize("column", ["speaker", "labels"])
+def test_a_name_with_a_bidirectional_control_is_refused_at_import(tmp_path: Path, column: str) -> None:
+    """U+202E (right-to-left override) in a name reversed the rest of the row it was printed in
+    (data info, eval --per-label, predict's timelines) in a terminal that lays out right-to-left text."""
+    rows = {"conversation": "c", "index": "2", "speaker": "bob", "text": "hi \u202e", "labels": "sad"}
+    rows[column] = "fear\u202egnp"
+    p, head = tmp_path / "t.csv", "conversation,index,speaker,text,labels\nc,1,ann,hi,joy\n"
+    p.write_text(head + ",".join(rows.values()) + "\n")
+    with pytest.raises(RamerError, match=rf"^{p}: row 3: column '{column}' holds .*the control character \\u202e"):
+        read_table(p)
+    assert shown("a\u202eb\u200dc") == "a\\u202eb\u200dc"  # in error lines too; a joiner (emoji) stays
 
 
 def test_a_label_name_with_a_control_character_is_refused_in_a_native_folder(tmp_path: Path) -> None:

@@ -65,22 +65,32 @@ def too_many_digits(e: ValueError) -> bool:
     return "Exceeds the limit" in str(e) and "digits" in str(e)
 
 
+# Unicode's bidirectional controls (category Cf): in a terminal that lays out right-to-left text, one
+# in a name shows the rest of its line in another order (a row's names and figures swapped)
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS
+
+
 def control_character(name: str) -> str | None:
     """The first control character of ``name`` (Unicode's category Cc: ESC, a line break, a tab,
-    DEL...) as Python escapes it (``\\x1b``), or ``None``. A name is printed to the terminal (tables,
-    timelines, errors): ESC there starts a colour, a cursor move or a window title that the file chose,
-    and a line break splits a row."""
+    DEL...; and the bidirectional controls, ``BIDI_CONTROLS``) as Python escapes it (``\\x1b``,
+    ``\\u202e``), or ``None``. A name is printed to the terminal (tables, timelines, errors): ESC there
+    starts a colour, a cursor move or a window title that the file chose, a line break splits a row,
+    and a right-to-left override reverses what follows it."""
     for c in name:
-        if unicodedata.category(c) == "Cc":
+        if _is_control(c):
             return repr(c)[1:-1]
     return None
 
 
 def shown(text: str, keep: str = "") -> str:
     """``text`` with each control character but those in ``keep`` written as ``control_character``
-    writes it (``\\x1b``, ``\\n``): an error line names paths and values from files, whose ESC would
-    otherwise reach the terminal as a command, and whose line break would split the line."""
-    return "".join(repr(c)[1:-1] if c not in keep and unicodedata.category(c) == "Cc" else c for c in text)
+    writes it (``\\x1b``, ``\\n``, ``\\u202e``): an error line names paths and values from files, whose
+    ESC would otherwise reach the terminal as a command, and whose line break would split the line."""
+    return "".join(repr(c)[1:-1] if c not in keep and _is_control(c) else c for c in text)
 
 
 def env_count(name: str, default: int) -> int:
