@@ -341,8 +341,8 @@ def test_the_launcher_waits_for_its_processes_after_ctrl_c(tmp_path, monkeypatch
 def _launch(argv: list[str], cwd: Path) -> subprocess.Popen:
     """``ramer train --nproc 2 ...`` in its own process group (as a terminal starts it)."""
     cmd = [sys.executable, "-m", "ramer", "train", "--nproc", "2", *argv, "--set", "train.threads=1"]
-    err = open(cwd / "stderr.txt", "w")
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    with open(cwd / "stderr.txt", "w") as err:  # the child writes to its own copy of it
+        return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
 
 @pytest.mark.slow

@@ -250,6 +250,8 @@ def test_a_character_the_stdout_encoding_lacks_is_one_line(tmp_path, monkeypatch
         monkeypatch.setattr(sys, "__stdout__", stdout)
     with pytest.raises(RamerError) as e:
         write_stdout("mean ± std\n")
+    monkeypatch.undo()
+    stdout.close()
     said = "stdout: its encoding (ascii) cannot write '\\xb1'; run the command with PYTHONIOENCODING=utf-8"
     assert str(e.value) == said
 
@@ -399,12 +401,14 @@ def test_a_killed_write_is_removed_by_the_next_and_a_live_one_kept(tmp_path, nam
         killed, gone = start_write(tmp_path / name)  # its own write leaves the live one alone
         killed.kill()
         killed.wait()
+        killed.stdout.close()
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gone, kept])
         atomic_write_text(tmp_path / name, "mine")
         left = sorted(p.name for p in tmp_path.iterdir())
     finally:
         live.kill()
         live.wait()
+        live.stdout.close()
     assert left == sorted([kept, name]) and (tmp_path / name).read_text() == "mine"
 
 
