@@ -338,6 +338,9 @@ def test_a_name_with_a_bidirectional_control_is_refused_at_import(tmp_path: Path
     with pytest.raises(RamerError, match=rf"^{p}: row 3: column '{column}' holds .*the control character \\u202e"):
         read_table(p)
     assert shown("a\u202eb\u200dc") == "a\\u202eb\u200dc"  # in error lines too; a joiner (emoji) stays
+    rows.update(speaker="\u200fנועה", labels="sad")  # a right-to-left mark in a Hebrew name: kept
+    p.write_text(head + ",".join(rows.values()) + "\n")
+    assert read_table(p)[0][1].speaker == "\u200fנועה"
 
 
 def test_a_label_name_with_a_control_character_is_refused_in_a_native_folder(tmp_path: Path) -> None:

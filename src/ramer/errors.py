@@ -65,9 +65,11 @@ def too_many_digits(e: ValueError) -> bool:
     return "Exceeds the limit" in str(e) and "digits" in str(e)
 
 
-# Unicode's bidirectional controls (category Cf): in a terminal that lays out right-to-left text, one
-# in a name shows the rest of its line in another order (a row's names and figures swapped)
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode's bidirectional embeddings, overrides and isolates (category Cf): in a terminal that lays
+# out right-to-left text, one in a name shows the rest of its line in another order (a row's names
+# and figures swapped). The marks (U+200E, U+200F, U+061C), which names in right-to-left scripts
+# may hold, reorder nothing beyond themselves and are no control here.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _is_control(c: str) -> bool:
