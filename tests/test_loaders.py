@@ -649,7 +649,14 @@ def _memor_edit(root: Path, name: str, edit) -> None:
                 _memor_edit(r, "anno.json", lambda o: [a.__setitem__("clip", "../../x/c1") for a in o["primary"]]),
                 _memor_edit(r, "data.json", lambda o: o.__setitem__("../../x/c1", o.pop("c1"))),
             ],
-            r"data.json: clip name '../../x/c1' is not a plain file name",
+            r"data.json: clip name '../../x/c1' \(from anno.json\) is not a plain file name",
+        ),
+        (  # on Windows a path on another drive
+            lambda r: [
+                _memor_edit(r, "anno.json", lambda o: [a.__setitem__("clip", "D:c1") for a in o["primary"]]),
+                _memor_edit(r, "data.json", lambda o: o.__setitem__("D:c1", o.pop("c1"))),
+            ],
+            r"data.json: clip name 'D:c1' \(from anno.json\) is not a plain file name",
         ),
         (
             lambda r: _memor_edit(r, "data.json", lambda o: o["c1"]["seg_end"].pop()),

@@ -613,6 +613,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, write)
 
 
+def is_plain_name(name) -> bool:
+    """Whether ``name`` (a split's folder, a MEmoR clip's files) names one entry inside a folder, on
+    any system: text, not empty, ``.`` or ``..``, and without ``/``, ``\\``, NUL or ``:`` (on Windows
+    ``D:x`` is a path on another drive, ``x:y`` a file's alternate stream)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0:")
+
+
 def read_text(path: str | Path) -> str:
     """The UTF-8 text of a file; a RamerError naming it when it is missing, a folder, unreadable or
     not UTF-8."""

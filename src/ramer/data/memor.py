@@ -34,8 +34,9 @@ The sample of ``target`` (a ``clip`` sample differs only where said above):
   items, or of its clips for ``clip``; the rest stays train, both in file order). ``target`` draws
   whole (clip, character, moment) groups: the items of one group are identical samples (one union
   label), so they stay on one side. The items are walked in the seeded order of the per-item
-  draw, each bringing in its group, until the share is the nearest to ``valid_fraction`` that
-  groups allow; with no shared (clip, character, moment) this is the per-item draw. Each split
+  draw, each bringing in its group, and the groups reached first are taken, as many as bring the
+  share nearest to ``valid_fraction`` (up to one group's size off); with no shared (clip,
+  character, moment) this is the per-item draw. Each split
   counts its copies (``duplicate_annotation_samples``: items beyond the first of their group).
   Sample ids are ``"{anno index}:{clip}:{character}"`` (``target``), independent of the split seed.
 - text keys: ``"{clip}+{seg_ori_ind}"`` (the released code) or ``"{clip}+{segment index}"`` (the
@@ -60,7 +61,7 @@ from ramer.data.readers import SplitStream, as_array, as_float32, check_numeric,
 from ramer.data.safe_load import safe_load
 from ramer.data.store import SceneStore
 from ramer.errors import RamerError, unreadable
-from ramer.paths import loads_json, need_regular_file, read_json, read_text
+from ramer.paths import is_plain_name, loads_json, need_regular_file, read_json, read_text
 
 CHARACTERS = ("sheldon", "leonard", "howard", "rajesh", "penny", "bernadette", "amy", "others")  # the code's order
 PRIMARY = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
@@ -261,9 +262,10 @@ def _read_personality(path: Path, order: tuple[str, ...]) -> np.ndarray:
 
 
 def _validate_clip(data: dict, clip: str, source: Path, n_chars: int) -> None:
-    if clip in ("", ".", "..") or any(c in clip for c in "/\\\0"):  # it names the clip's feature files
+    if not is_plain_name(clip):  # it names the clip's feature files
         raise RamerError(
-            f"{source}: clip name {clip!r} is not a plain file name (it names the clip's files under features/)"
+            f"{source}: clip name {clip!r} (from anno.json) is not a plain file name (it names the clip's "
+            "files under features/)"
         )
     if clip not in data:
         raise RamerError(f"{source}: clip '{clip}' (from anno.json) is missing")

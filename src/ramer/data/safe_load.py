@@ -395,11 +395,9 @@ def _unpickle(fh, source: str, torch_aware: bool = False) -> Any:
         ValueError,
         TypeError,
         AttributeError,
-        IndexError,
-        KeyError,
         UnicodeDecodeError,
         OverflowError,
-        LookupError,  # str(b, encoding) of an allowed class with no such encoding
+        LookupError,  # IndexError, KeyError, and str(b, encoding) of an allowed class with no such encoding
     ) as e:
         raise RamerError(f"{source}: not a readable pickle ({type(e).__name__}: {str(e)[:200]})") from None
     except MemoryError:

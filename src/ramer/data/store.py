@@ -64,6 +64,7 @@ from ramer.paths import (
     check_out_folder,
     dataset_folder,
     holding,
+    is_plain_name,
     make_folder,
     need_regular_file,
     on_disk,
@@ -672,7 +673,7 @@ class DataBundle:
             )
         first = None
         for name, store in splits.items():
-            if not _is_folder_name(name):
+            if not is_plain_name(name):
                 raise RamerError(f"{where}: split name {name!r} is not a folder name such as 'train'")
             if name.endswith(".tmp") or (name in DATASET_ENTRIES and name not in SPLITS):
                 raise RamerError(
@@ -959,11 +960,6 @@ def _size(d: int | None) -> str:
     return "none (no personality.npy)" if d is None else str(d)
 
 
-def _is_folder_name(name) -> bool:
-    """Whether ``name`` names one folder inside another (a split's): not empty, ``.``, ``..`` nor a path."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
-
-
 def _holds_a_split(folder: Path) -> bool:
     """Whether ``folder`` is a split folder that ``SceneStore.save`` wrote: ``ids.json`` and arrays only."""
     return (folder / "ids.json").is_file() and all(p.name in _SPLIT_FILES for p in folder.iterdir())
@@ -1082,7 +1078,7 @@ def _read_meta(path: Path) -> dict:
             'e.g. {"train": 100, "valid": 10, "test": 10}'
         )
     for name, n in splits.items():
-        if not _is_folder_name(name):
+        if not is_plain_name(name):
             raise RamerError(f"{where}: 'splits' names {name!r}, expected a folder name such as 'train'")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise RamerError(f"{where}: 'splits' gives {name!r} {_kind(n)}, expected a scene count (an integer >= 0)")
