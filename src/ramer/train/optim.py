@@ -1,4 +1,4 @@
-"""AdamW without decay on biases and normalisation weights, and a warm-up-then-linear-decay LR."""
+"""AdamW without decay on biases, normalisation weights and 1-d parameters, and a warm-up-then-linear-decay LR."""
 
 from __future__ import annotations
 
