@@ -179,3 +179,14 @@ def test_a_rank_in_the_environment_that_is_no_number_is_one_line(tmp_path, capsy
     said = "RANK='abc' in the environment: not a whole number (torchrun sets it for each process it starts; unset"
     assert capsys.readouterr().err.startswith(f"error: {said}")
     assert not (tmp_path / "run").exists()
+
+
+def test_data_synth_refuses_a_key_outside_data_synthetic_naming_the_key_given(tmp_path, capsys):
+    """``--set data.seed=3`` was prefixed into 'data.synthetic.data', an unknown key the user never typed."""
+    for key in ("data.seed", "train.epochs"):
+        assert main(["data", "synth", "--out", str(tmp_path / "ds"), "--set", f"{key}=3"]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --set {key}: data synth takes the keys of data.synthetic (n_train=1000, or "
+            "data.synthetic.n_train=1000), not other config keys\n"
+        )
+    assert not (tmp_path / "ds").exists()

@@ -315,3 +315,12 @@ def test_the_lists_of_models_name_every_model(name):
     assert any(re.search(rf"(`|\b){re.escape(name)}(`|\b)", h) for h in headings), (
         f"no heading of MODEL.md names {name}"
     )
+
+
+def test_the_format_flags_help_names_every_format():
+    """cli.FORMAT_HELP is written out (cli does not import the readers to build it)."""
+    from ramer.cli import FORMAT_HELP
+    from ramer.data.formats import FORMATS
+
+    named = re.findall(r"[a-z0-9_]+", FORMAT_HELP.split(":", 1)[1])
+    assert set(FORMATS) <= set(named), sorted(set(FORMATS) - set(named))

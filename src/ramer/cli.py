@@ -151,6 +151,11 @@ LOADER_SET_HELP = (
     "data.aligned_path=FILE (repeatable; docs/DATA.md)"
 )
 DEVICE_HELP = "cpu, cuda or cuda:N (default: the run's train.device)"
+# data.formats.FORMATS (not imported here: it loads every reader; tests/test_docs.py checks the list)
+FORMAT_HELP = (
+    "the data's format (default: auto, detected): mosei_aligned, mosei_unaligned, m3ed_pickle, m3ed_carat, "
+    "memor, native or synthetic"
+)
 BATCH_HELP = (
     "scenes scored at once (default: the run's train.eval_batch_size); lower it where long scenes do not fit "
     "in memory. The scores change only by float rounding (about 1e-7)"
@@ -821,6 +826,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from ramer.data.synthetic import generate
 
     # n_train=1000, or in the form of the other commands: data.synthetic.n_train=1000
+    for s in args.set or []:
+        key = s.split("=", 1)[0].strip()
+        if "." in key and not key.startswith("data.synthetic."):  # prefixed, it would name a key never typed
+            raise RamerError(
+                f"--set {key}: data synth takes the keys of data.synthetic (n_train=1000, or "
+                "data.synthetic.n_train=1000), not other config keys"
+            )
     sets = [s if s.startswith("data.synthetic.") else f"data.synthetic.{s}" for s in (args.set or [])]
     cfg = build_config(resolve_config(args.config), sets)
     check_dataset_folder(args.out)  # before the work
@@ -1151,7 +1163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with every modality present: a reference), and print their test metrics beside "
         "the oracle, which sees the latent state (the ceiling).",
     )
-    d.add_argument("--out", default="runs/demo", help="where the run directories go (default: runs/demo)")
+    d.add_argument("--out", default="runs/demo", help="where the run folders go (default: runs/demo)")
     d.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=2 (repeatable)"
     )
@@ -1179,7 +1191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset: a native directory (ramer data import, synth or convert) or a public benchmark "
         "file/directory (default: the embedded synthetic benchmark)",
     )
-    t.add_argument("--out", help="run directory (default: runs/MODEL-TIMESTAMP)")
+    t.add_argument("--out", help="run folder (default: runs/MODEL-TIMESTAMP)")
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=5 (repeatable)"
     )
@@ -1188,8 +1200,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc",
         type=positive_int,
         metavar="N",
-        help="train with N processes on this machine (DDP; runs torchrun --standalone "
-        "--nproc_per_node N -m ramer train ...); see docs/SCALING.md",
+        help="train with N processes on this machine (DDP, started by torchrun's launcher with --standalone "
+        "--nproc_per_node N; 1: this process alone); see docs/SCALING.md",
     )
     t.set_defaults(func=cmd_train)
 
@@ -1288,15 +1300,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--data", required=True, help="the benchmark file or directory (or a converted directory)")
     rp.add_argument("--seeds", type=int, default=3, metavar="N", help="number of seeds (default: 3)")
-    rp.add_argument("--out", help="output directory (default: runs/reproduce-BENCH)")
+    rp.add_argument("--out", help="output folder (default: runs/reproduce-BENCH)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     rp.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser(
         "bench",
         help="every model on the same data, seeds and missing rates; results, report, plots",
-        description="Train and test every model (classical and deep baselines, RAMer, ramer-<ablation> "
-        "presets) on identical splits, seeds and missing-modality masks; deep models train "
+        description="Train and test the models of --models (by default the group all: the classical and "
+        "deep baselines and RAMer; the group ablations: RAMer and its ramer-<ablation> presets) on identical "
+        "splits, seeds and missing-modality masks; deep models train "
         "until validation stops improving (patience 5, at most 40 epochs); thresholds on "
         "validation, test once. Finished runs are cached under OUT/runs, so an interrupted "
         "bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
@@ -1317,7 +1330,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="hide modalities in all splits (default) or only at test (clean training)",
     )
-    b.add_argument("--out", help="output directory (default: runs/bench, --quick: runs/bench-quick)")
+    b.add_argument("--out", help="output folder (default: runs/bench, --quick: runs/bench-quick)")
     b.add_argument(
         "--jobs",
         type=int,
@@ -1393,7 +1406,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
     tu.add_argument("--out", help="output folder (default: runs/tune-MODEL)")
     tu.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="config override for every trial; fixes that key"
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config override for every trial; fixes that key (repeatable)",
     )
     tu.add_argument(
         "--storage",
@@ -1426,7 +1442,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the embedded benchmark (seeded, deterministic) into DIR and print its "
         "statistics and oracle ceiling.",
     )
-    s.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
     s.add_argument("--config", help="config whose data.synthetic section to use (default: synthetic)")
     s.add_argument(
         "--set",
@@ -1443,7 +1459,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a dataset (any supported format) and print what it holds.",
     )
     i.add_argument("path", metavar="PATH", help="a dataset: a native folder or a public benchmark file or folder")
-    i.add_argument("--format", default="auto", help="format (default: detected)")
+    i.add_argument("--format", default="auto", help=FORMAT_HELP)
     i.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
@@ -1455,8 +1471,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert any supported dataset to the native format for fast loading.",
     )
     c.add_argument("path", metavar="PATH", help="a public benchmark file or folder, or a native folder (written again)")
-    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    c.add_argument("--format", default="auto", help="format (default: detected)")
+    c.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    c.add_argument("--format", default="auto", help=FORMAT_HELP)
     c.add_argument("--labels", choices=("primary", "fine_grained"), help="MEmoR label set (default: primary)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help=LOADER_SET_HELP)
     c.set_prefix = "data."  # loader options only
@@ -1464,7 +1480,7 @@ def build_parser() -> argparse.ArgumentParser:
     im = dsub.add_parser(
         "import",
         help="import your own conversations (CSV/JSONL of utterances, optional media)",
-        description="Read a CSV or JSONL file with one row per utterance (conversation, index, "
+        description="Read a table (CSV, TSV or JSON lines) with one row per utterance (conversation, index, "
         "speaker, text; optional start, end, media, present, labels, target, split; "
         "docs/DATA.md), compute text / audio / visual features offline and write the "
         "native format. Features are cached per conversation in DIR/cache, so importing "
@@ -1474,9 +1490,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument(
         "file", metavar="FILE", help="the utterance table: .csv, .tsv or .txt, or JSON lines (.jsonl, .json, .ndjson)"
     )
-    im.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (native format, plus its feature cache)"
-    )
+    im.add_argument("--out", required=True, metavar="DIR", help="output folder (native format, plus its feature cache)")
     im.add_argument(
         "--labels",
         metavar="A,B,C",
