@@ -14,9 +14,11 @@ $(BIN)/python:
 
 # `$(PIP_INSTALL) ARGS` is `pip install -q ARGS`, tried up to three times, 30 s apart: a download the network
 # breaks off (an 80 MB wheel cut short at the same byte six times in one pip run) then gets a new
-# connection; an error that is not the network's fails all three tries, and make stops
-PIP_INSTALL = sh -c 'for try in 1 2 3; do "$$0" -m pip install -q "$$@" && exit 0; \
-	echo "make: pip install $$* failed (try $$try of 3)" >&2; [ $$try = 3 ] || sleep 30; done; exit 1' $(BIN)/python
+# connection; an error that is not the network's fails all three tries, and make stops; a pip stopped by
+# a signal (killed, or Ctrl-C) is not tried again
+PIP_INSTALL = sh -c 'for try in 1 2 3; do "$$0" -m pip install -q "$$@"; rc=$$?; [ $$rc = 0 ] && exit 0; \
+	[ $$rc -gt 128 ] && exit $$rc; echo "make: pip install $$* failed (try $$try of 3)" >&2; \
+	[ $$try = 3 ] || sleep 30; done; exit 1' $(BIN)/python
 
 # torch==2.13.0 first: on this machine it is a CPU build on local disk; pyproject declares torch>=2.7
 # so the package install afterwards adds nothing torch-related.
