@@ -353,7 +353,7 @@ def test_a_failed_export_leaves_no_folder_it_made(run, tmp_path, monkeypatch, ca
 def test_a_model_that_cannot_be_traced_says_why_in_one_line(tmp_path, monkeypatch, capfd, caplog):
     """A forward that branches on a tensor's value cannot be traced: the exporter printed its partial
     graph to stderr (about a hundred lines), and the error line ended on torch's 'Next steps:' without
-    the cause (an in-tree contributor's walk, a helper's). One line after 'exporting', with the cause."""
+    the cause. One line after 'exporting', with the cause."""
     from ramer.config import build_config
     from ramer.export import GridModel
     from ramer.train.recipe import Recipe

@@ -581,7 +581,7 @@ def test_a_model_that_is_not_bfloat16_safe_says_so_in_one_line():
 def test_a_recurrent_model_that_is_not_bfloat16_safe_says_so_in_one_line():
     """An RNN given float32 input under bfloat16 weights raises torch's ValueError ('RNN input dtype
     (torch.float32) does not match weight dtype'), not a RuntimeError: a plugin with a GRU ended
-    ``ramer eval --precision bf16`` in a traceback, exit 1 (an in-tree contributor's walk, a helper's)."""
+    ``ramer eval --precision bf16`` in a traceback, exit 1."""
     from types import SimpleNamespace
 
     from conftest import random_store

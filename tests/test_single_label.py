@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,13 @@ def single_rows() -> list[dict]:
                 }
             )
     return rows
+
+
+def import_single(tmp_path: Path) -> Path:
+    """``single_rows`` through ``ramer data import`` into ``tmp_path/ds`` (the table beside it)."""
+    src = write_table(tmp_path / "single.csv", single_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    return tmp_path / "ds"
 
 
 def one_hot_store(n: int, seed: int, n_labels: int = 5):
@@ -232,8 +240,7 @@ def test_the_task_counts_the_distinct_labels_of_the_samples_only(tmp_path, fake_
 
 # ------------------------------------------------------------------------------------ the CLI
 def test_cli_single_label_import_train_predict_eval(tmp_path, fake_text, capsys):
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    import_single(tmp_path)
     assert "task: single_label" in capsys.readouterr().out
     assert json.loads((tmp_path / "ds" / "meta.json").read_text())["task"] == "single_label"
     assert load_native(tmp_path / "ds").task == "single_label"
@@ -471,8 +478,7 @@ def test_other_loaders_stay_multi_label(tmp_path):
 
 
 def test_old_meta_and_a_checkpoint_spec_without_the_task_key_read_as_multi_label(tmp_path, fake_text):
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    import_single(tmp_path)
     meta_path = tmp_path / "ds" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "task"}))
@@ -527,8 +533,7 @@ PER_LABEL_NOTE = (
 def test_per_label_threshold_on_single_label_data_is_said_to_do_nothing(tmp_path, fake_text, capsys, model):
     """train.per_label_threshold=true on single-label data: the arg-max decides whatever it says, so
     the run says so in a note (it was silent), and with data.task=multi_label it tunes one per label."""
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    import_single(tmp_path)
     capsys.readouterr()
     args = ["train", "--data", str(tmp_path / "ds"), "--model", model, *SETS, "--set", "train.per_label_threshold=true"]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
@@ -540,8 +545,7 @@ def test_per_label_threshold_on_single_label_data_is_said_to_do_nothing(tmp_path
 
 
 def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, capsys):
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    import_single(tmp_path)
     out = tmp_path / "bench"
     assert (
         main(
@@ -579,9 +583,8 @@ def test_a_single_label_bench_links_its_weighted_f1_plot_and_no_other(tmp_path, 
     """The report gives make_plots the data's task, so a single-label bench links
     plots/weighted_f1_vs_missing.png; run again into a folder holding an earlier run's
     micro_f1_vs_missing.png (a ramer that plotted micro-F1 there), that plot is removed, not left
-    beside it linked from nothing (a review's finding)."""
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    beside it linked from nothing."""
+    import_single(tmp_path)
     out = tmp_path / "bench"
     argv = ["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--missing-rates", "0"]
     assert main([*argv, "--jobs", "1", "--out", str(out)]) == 0
@@ -622,8 +625,7 @@ def test_view_figures_lead_with_accuracy_and_weighted_f1_on_single_label_runs(tm
 
     from ramer.view import page_data, render_page
 
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    import_single(tmp_path)
     bundle = load_native(tmp_path / "ds")
     store = bundle.splits["test"]
     heads = {}
@@ -673,8 +675,7 @@ def test_bench_tuned_table_names_the_metric_of_a_study_of_the_other_task(tmp_pat
     in a bench of data.task=multi_label: the tuned table's column is 'best valid micro-F1', and the
     study's value says it is a weighted F1 (it stood there as a micro-F1)."""
     pytest.importorskip("optuna")
-    src = write_table(tmp_path / "single.csv", single_rows())
-    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    import_single(tmp_path)
     sets = sum((["--set", s] for s in TINY), [])
     tuned = tmp_path / "tuned"
     argv = ["tune", "--model", "late_fusion", "--data", str(tmp_path / "ds"), "--trials", "1"]
