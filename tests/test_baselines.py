@@ -142,6 +142,32 @@ def test_uses_every_parameter_holds_at_every_step(name, ablation):
     assert left_out == {}
 
 
+def test_the_meta_model_is_the_model_without_its_values():
+    """``meta_model`` (which checks a model file against its config) skips the initialisers and the
+    products of random draws on meta tensors (``SkipInit``): each model and preset has the names,
+    shapes and types of the model ``build_model`` makes, and the build never imports PyTorch's
+    compiler (1 to 2 s in a fresh process; without ``SkipInit`` every model imported it)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from ramer.config import build_config
+from ramer.models import build_model, meta_model
+from ramer.models.base import DataSpec
+spec = DataSpec(dims={"text": 12, "audio": 6, "visual": 5}, n_labels=4, label_names=tuple("abcd"), personality_dim=5)
+for name, ablation in %r:
+    cfg = build_config(overrides=[f"model.name={name}"] + ([f"model.ablations=[{ablation}]"] if ablation else []))
+    meta = {k: (v.shape, v.dtype, v.device.type) for k, v in meta_model(cfg, spec).state_dict().items()}
+    real = {k: (v.shape, v.dtype, "meta") for k, v in build_model(cfg, spec).state_dict().items()}
+    assert meta == real, name
+    assert "torch._dynamo" not in sys.modules, name
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script % DECLARED], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("name", ["mlgcn", "hhmpn", "ramer", "ramer-authors"])
 def test_more_segments_than_the_position_table_is_a_clear_error(name, store):
     """The models with RAMer's encoders (a learned table of ``model.max_segments`` segment positions)

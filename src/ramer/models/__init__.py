@@ -13,7 +13,9 @@ from difflib import get_close_matches
 from importlib.metadata import entry_points
 from typing import Callable, Iterable
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ramer.config import ABLATIONS, Config
 from ramer.errors import RamerError, first_line
@@ -283,11 +285,40 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
 
 def meta_model(cfg: Config, spec: DataSpec) -> nn.Module:
     """``build_model`` on PyTorch's meta device: the model's structure (names, shapes, parts) without
-    memory for its weights, and the global random state left as it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+    memory for its weights, and the global random state left as it was. A meta tensor holds no values,
+    so the initialisation of the weights is skipped (``SkipInit``)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"), SkipInit():
         return build_model(cfg, spec)
+
+
+class SkipInit(TorchFunctionMode):
+    """Within it (on the meta device, in ``meta_model``), ``torch.nn.init``'s initialisers and the tensor
+    methods that fill a tensor with random numbers return the tensor as it is, and a product,
+    ``torch.randn``, ``torch.rand`` or ``torch.eye`` an empty tensor of the shape and type it would
+    have. PyTorch computes these on meta tensors with its reference implementations, which import its
+    compiler (``torch._dynamo``): 1 to 2 s the first time in a process, and process-wide settings (an
+    environment variable, a warnings filter). Other operations run as they are (a plugin model's may
+    import it: only the time is lost)."""
+
+    KEPT = frozenset(
+        [getattr(torch.Tensor, n) for n in ("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_")]
+        + [getattr(torch.Tensor, n) for n in ("log_normal_", "cauchy_", "random_")]
+        + [f for n, f in vars(nn.init).items() if callable(f) and n.endswith("_") and not n.startswith("_")]
+    )
+    PRODUCTS = frozenset([torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__])
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.KEPT:
+            return args[0] if args else kwargs["tensor"]
+        if func in self.PRODUCTS and len(args) == 2 and not kwargs:
+            shapes = [x.shape if isinstance(x, torch.Tensor) else () for x in args]
+            return torch.empty(torch.broadcast_shapes(*shapes), dtype=torch.result_type(*args))
+        if func in (torch.randn, torch.rand):  # a generator of the CPU's draws on it
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
+        if func is torch.eye and args:
+            return torch.empty(args[0], args[1] if len(args) > 1 else args[0], **kwargs)
+        return func(*args, **kwargs)
 
 
 __all__ = [
