@@ -3,9 +3,12 @@ device, a folder of runs, a run not finished), and what loading and predicting l
 process (random state, threads, grad mode, default dtype)."""
 
 import inspect
+import os
 import random
 import shlex
 import shutil
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -52,6 +55,33 @@ def test_load_leaves_the_global_random_state_as_it_was(run):
     assert torch.equal(alone[0], after[0])
     np.testing.assert_array_equal(alone[1], after[1])
     assert alone[2] == after[2]
+
+
+FIRST_LOAD = """
+import os, random, sys
+random.seed(0)
+alone = random.random()
+random.seed(0)
+env = dict(os.environ)
+import ramer
+predictor = ramer.load(sys.argv[1])
+predictor.predict(ramer.api.load_data_for(predictor))
+print(random.random() == alone, "torch._dynamo" in sys.modules, sorted(set(os.environ.items()) ^ set(env.items())))
+"""
+
+
+def test_the_first_load_in_a_process_leaves_it_as_it_was(run):
+    """The first ``ramer.load`` of a process imports what a load needs: rich drew from Python's random
+    generator as it was imported, and building the model on the meta device (to check the file's
+    weights against its config) imported PyTorch's compiler (1 to 2 s), which set an environment
+    variable (TORCHINDUCTOR_CACHE_DIR). In a fresh process, as a script's first load."""
+    out, _ = run
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_LOAD, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "True False []"
 
 
 def test_load_takes_a_torch_device(run):

@@ -7,9 +7,14 @@ seconds."""
 
 from __future__ import annotations
 
-from rich.console import Console
+import random
 
-from ramer.errors import first_of, shown
+_STATE = random.getstate()
+from rich.console import Console  # noqa: E402 (rich draws from Python's generator at import: its style ids)
+
+random.setstate(_STATE)  # so importing ramer (ramer.load's first call) leaves a user's random draws as they were
+
+from ramer.errors import first_of, shown  # noqa: E402
 
 PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
 
