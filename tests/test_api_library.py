@@ -6,8 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,3 +206,44 @@ def test_training_a_deep_model_does_not_import_scikit_learn(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "None", "True"], done.stdout
+
+
+def test_predict_names_a_batch_that_is_not_one_collate_builds(run):
+    """A batch made or edited by hand (``dataclasses.replace``): a target token outside the grid
+    failed inside late fusion (this run's model; a RuntimeError) and RAMer scored it as another
+    token (it takes the target's segment modulo S); a missing modality, numpy features, float
+    presence masks or another grid failed inside the model (KeyError, TypeError,
+    NotImplementedError, RuntimeError). Each is one RamerError naming the field."""
+    out, _ = run
+    predictor = ramer.load(out)
+    batch = load_data_for(predictor).splits["test"].collate(np.arange(3))
+    (P, S), N = batch.grid, batch.valid.shape[1]
+    assert P > 1 and predictor.predict(batch).shape == (3, len(predictor.label_names))
+    without = {k: v for k, v in batch.features.items() if k != "audio"}
+    cases = [
+        (dict(target=torch.full((3,), N)), rf"target holds token indices outside -1\.\.{N - 1} "),
+        (dict(target=torch.full((3,), -5)), r"target holds token indices outside"),
+        (
+            dict(features=without),
+            r"features must be a dict with the keys \['text', 'audio', 'visual'\], got \['text', 'visual'\]",
+        ),
+        (dict(present=None), r"present must be a dict with the keys .*, got NoneType"),
+        (
+            dict(features={**batch.features, "text": batch.features["text"].numpy()}),
+            r"features\['text'\] is a ndarray, not",
+        ),
+        (
+            dict(present={**batch.present, "text": batch.present["text"].float()}),
+            r"present\['text'\] is of type float32, expected bool",
+        ),
+        (dict(valid=batch.valid[:, 1:]), rf"valid has shape \(3, {N - 1}\), expected \(3, {N}\)"),
+        (dict(grid=(1, P * S)), r"person holds indices outside 0\.\.0"),
+        (dict(grid=(P, S, 1)), r"grid is .*, expected \(P, S\)"),
+        (dict(ids=batch.ids[:2]), r"ids must be a list of 3 sample ids"),
+        (dict(personality_present=None), r"personality and personality_present must both be tensors"),
+    ]
+    for change, message in cases:
+        with pytest.raises(RamerError, match=rf"^batch: {message}"):
+            predictor.predict(replace(batch, **change))
+    with pytest.raises(RamerError, match=r"^batch_size=1 cuts a SceneStore or DataBundle into batches"):
+        predictor.predict(batch, batch_size=1)

@@ -60,6 +60,7 @@ class Predictor:
 
     @property
     def label_names(self) -> tuple[str, ...]:
+        """The model's labels, in the order of the columns of ``predict`` and ``decide``."""
         return self.spec.label_names
 
     def __repr__(self) -> str:
@@ -110,16 +111,18 @@ class Predictor:
     ) -> np.ndarray:
         """Probabilities ``(n, C)`` for a split store, a bundle's ``split`` (default ``"test"``), or one
         batch; ``split`` is for a bundle only. ``batch_size``: scenes scored at once (a store or
-        bundle; default the run's ``train.eval_batch_size``): lower it where long scenes do not fit
+        bundle, not a batch; default the run's ``train.eval_batch_size``): lower it where long scenes do not fit
         in memory; the scores change only by float rounding.
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
         this one shared out among them; can be faster than one process with several threads. Linux
         only (``infer.check_fork``: no fork on Windows, none safe on macOS).
 
-        Features must be finite where their presence bit is True: a batch is checked before it is
-        scored; a store or bundle whose scores come out NaN is scanned, and the error names the data
-        and the modality (not the model) when its features are the cause.
+        A batch must be one ``SceneStore.collate`` builds (``Batch.check``: fields, shapes, index
+        ranges; a RamerError names the first field that is not). Features must be finite where their
+        presence bit is True: a batch is checked before it is scored; a store or bundle whose scores
+        come out NaN is scanned, and the error names the data and the modality (not the model) when
+        its features are the cause.
 
         Threads may call it at once (a web server's): each gets the scores of a call alone, and
         threads, grad mode, autocast and dtype are left as they were."""
@@ -143,6 +146,11 @@ class Predictor:
                 f"workers={workers} shares the batches of a SceneStore or DataBundle out among processes; "
                 "a Batch is scored in one pass in this process (leave workers out)"
             )
+        if batch_size is not None and isinstance(data, Batch):
+            raise RamerError(
+                f"batch_size={batch_size} cuts a SceneStore or DataBundle into batches; a Batch is scored in one "
+                "pass (leave batch_size out, or pass fewer samples: batch.select(rows))"
+            )
         where = None
         if isinstance(data, DataBundle):
             split = "test" if split is None else split
@@ -150,6 +158,7 @@ class Predictor:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
             data, where = data.splits[split], f"{data.source}: split '{split}'"
         if isinstance(data, Batch):
+            data.check("batch")
             self.check_data(data.label_names, data.dims, "batch")
             _refuse_nonfinite_batch(data)
             was_training = self.model.training  # a model put in training mode stays so (as ``infer.predict``)
@@ -276,7 +285,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
         except RamerError as e:
             raise RamerError(f"{model_file}: {e}") from None
         ckpt.load_state_into(model, state, str(model_file), written.get("ramer_version"))
-    asked = "the device asked for (--device)" if device is not None else "the run's train.device"
+    asked = "the device asked for (device=, or --device)" if device is not None else "the run's train.device"
     dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)
     if precision != "fp32" and cfg.model.name in CLASSICAL:
         raise RamerError(f"{model_file}: precision {precision} applies to the deep models, not '{cfg.model.name}'")

@@ -10,10 +10,13 @@ Axis letters: b batch, n tokens, p persons, s segments, c labels, d feature dims
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
+
+from ramer.errors import RamerError
 
 MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
 
@@ -57,6 +60,64 @@ class Batch:
         out: dict[str, int | None] = {m: int(x.shape[-1]) for m, x in self.features.items()}
         out["personality"] = None if self.personality is None else int(self.personality.shape[-1])
         return out
+
+    def check(self, source: str = "batch") -> None:
+        """The batch's structure is one the models take (what ``SceneStore.collate`` builds): a
+        RamerError naming ``source`` and the first field that is not, for a batch made or edited by
+        hand, which the models would otherwise fail on deep inside, or score with another target.
+        Types, shapes and index ranges only; ``api.Predictor.predict`` checks the values' finiteness."""
+
+        def fail(problem: str):
+            raise RamerError(f"{source}: {problem} (a Batch as SceneStore.collate builds it: ramer.batch)")
+
+        def tensor(name: str, x, shape: tuple, kind: str) -> None:
+            if not isinstance(x, Tensor):
+                fail(f"{name} is a {type(x).__name__}, not a torch.Tensor")
+            if x.dim() != len(shape) or any(want is not None and got != want for got, want in zip(x.shape, shape)):
+                want = ", ".join("?" if w is None else str(w) for w in shape)
+                fail(f"{name} has shape {tuple(x.shape)}, expected ({want}{',' if len(shape) == 1 else ''})")
+            if not {
+                "bool": x.dtype == torch.bool,
+                "int": not x.is_floating_point() and x.dtype != torch.bool,
+                "float": x.is_floating_point(),
+            }[kind]:
+                fail(f"{name} is of type {str(x.dtype).removeprefix('torch.')}, expected {kind}")
+
+        grid = self.grid
+        whole = (isinstance(g, numbers.Integral) and not isinstance(g, bool) and g > 0 for g in grid)
+        if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(whole)):
+            fail(f"grid is {grid!r}, expected (P, S): two positive integers")
+        P, S = (int(g) for g in grid)
+        tensor("labels", self.labels, (None, len(self.label_names)), "float")
+        B, N = self.labels.shape[0], P * S
+        if not isinstance(self.ids, list) or len(self.ids) != B:
+            fail(f"ids must be a list of {B} sample ids, one per row of labels")
+        for name in ("features", "present"):
+            given = getattr(self, name)
+            if not isinstance(given, dict) or set(given) != set(MODALITIES):
+                got = list(given) if isinstance(given, dict) else type(given).__name__
+                fail(f"{name} must be a dict with the keys {list(MODALITIES)}, got {got}")
+        for m in MODALITIES:
+            tensor(f"features['{m}']", self.features[m], (B, N, None), "float")
+            tensor(f"present['{m}']", self.present[m], (B, N), "bool")
+        for name in ("valid", "scope"):
+            tensor(name, getattr(self, name), (B, N), "bool")
+        for name, size in (("person", P), ("segment", S)):
+            x = getattr(self, name)
+            tensor(name, x, (B, N), "int")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= size):
+                fail(f"{name} holds indices outside 0..{size - 1} (the grid {grid})")
+        tensor("target", self.target, (B,), "int")
+        if self.target.numel() and (int(self.target.min()) < -1 or int(self.target.max()) >= N):
+            fail(
+                f"target holds token indices outside -1..{N - 1} (-1: the whole sample; the grid {grid} has {N} tokens)"
+            )
+        tensor("role", self.role, (B,), "int")
+        if (self.personality is None) != (self.personality_present is None):
+            fail("personality and personality_present must both be tensors, or both None")
+        if self.personality is not None:
+            tensor("personality", self.personality, (B, P, None), "float")
+            tensor("personality_present", self.personality_present, (B, P), "bool")
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
         """The batch on ``device``; with ``dtype``, the model inputs (features, personality) also
