@@ -5,7 +5,8 @@
 - Two processes on the two halves of a batch produce the gradients of one process on the joined
   batch (dropout off, identity shuffle), and the same queue and prototypes, over two steps.
 - A tiny full run with 2 processes gives the same validation metrics on every rank, scores every
-  validation sample once, and writes its files once (rank 0).
+  validation sample once, and writes its files once (rank 0); stopped and resumed, it is the
+  uninterrupted run.
 - ``ramer train --nproc 2`` launches torchrun and leaves a complete run directory.
 """
 
