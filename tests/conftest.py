@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +31,33 @@ if _WORKERS > 1:
 CLOSES_WHAT_IT_OPENS = pytest.mark.filterwarnings(
     "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"
 )
+
+
+@contextmanager
+def pipe_at(path: Path):
+    """A named pipe at ``path`` whose writer closes it as soon as a reader opens it, for every reader:
+    a load that reads it gets an empty file (so a test without the check fails on its message, not
+    by hanging)."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def write():
+        while not done.is_set():
+            os.close(os.open(path, os.O_WRONLY))  # waits for a reader
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        done.set()
+        while writer.is_alive():  # waiting for a reader: be one, so that it sees it is done
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            writer.join(0.1)
+
 
 LABELS9 = ("neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust")
 

@@ -5,16 +5,14 @@ meta.json edited, and a text cell too long for the tokenizer. Each is a one-line
 the file, or (the long text) is read as the text model reads it."""
 
 import json
-import os
 import re
-import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import fixtures_writers as fw
 import numpy as np
 import pytest
-from conftest import random_store
+from conftest import pipe_at, random_store
 
 from ramer.cli import main
 from ramer.console import plain_console
@@ -32,23 +30,6 @@ def native(tmp_path: Path) -> Path:
     out = tmp_path / "d"
     DataBundle({s: store for s in ("train", "valid", "test")}, store.label_names, "test", "mem").save(out)
     return out
-
-
-@contextmanager
-def pipe_at(path: Path):
-    """A named pipe at ``path`` whose writer closes it as soon as a reader opens it: a load that
-    reads it gets an empty file (so a test without the check fails on its message, not by hanging)."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    os.mkfifo(path)
-    writer = threading.Thread(target=lambda: os.close(os.open(path, os.O_WRONLY)), daemon=True)
-    writer.start()
-    try:
-        yield path
-    finally:
-        if writer.is_alive():  # nobody read it: open it ourselves, so that the writer ends
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        writer.join(5)
 
 
 # ------------------------------------------------------------------ native folders
@@ -145,12 +126,9 @@ def test_a_lone_surrogate_in_a_jsonl_row_is_named(tmp_path: Path, column: str) -
 
 def test_a_pipe_given_as_the_table_or_the_personality_file_is_said_to_be_one(tmp_path: Path) -> None:
     """Both were refused, but as 'file not found'."""
-    p = tmp_path / "t.csv"
-    os.mkfifo(p)
-    with pytest.raises(RamerError, match=rf"^{p}: {PIPE}"):
-        read_table(p)
-    with pytest.raises(RamerError, match=rf"^{p}: {PIPE}"):
-        read_personality(p)
+    for read in (read_table, read_personality):
+        with pipe_at(tmp_path / "t.csv") as p, pytest.raises(RamerError, match=rf"^{p}: {PIPE}"):
+            read(p)
 
 
 # ------------------------------------------------------------------ MEmoR

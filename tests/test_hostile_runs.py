@@ -3,7 +3,6 @@ damaged or made to harm: reading them runs no code, takes no more memory than th
 asks for, and a problem is one RamerError naming the file, with nothing of the run changed."""
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -12,6 +11,7 @@ import zipfile
 
 import pytest
 import torch
+from conftest import pipe_at
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_recipe import Recipe, tiny_cfg
@@ -376,7 +376,6 @@ def test_ramer_tune_says_its_study_db_is_locked_before_it_waits(tmp_path, monkey
 def test_a_pipe_given_as_the_run_is_named_for_what_it_is(tmp_path):
     """A pipe or a device given to ramer.load (ramer eval, predict, view) was looked into as a run
     folder: 'PIPE/model.safetensors: model file not found'."""
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    with pytest.raises(RamerError, match=rf"^{fifo}: not a file or a folder \(a pipe or a device\?\); give a run"):
-        ramer.load(fifo)
+    with pipe_at(tmp_path / "fifo") as fifo:
+        with pytest.raises(RamerError, match=rf"^{fifo}: not a file or a folder \(a pipe or a device\?\); give a run"):
+            ramer.load(fifo)

@@ -12,7 +12,7 @@ import fixtures_writers as fw
 import numpy as np
 import pytest
 import torch
-from conftest import CLOSES_WHAT_IT_OPENS
+from conftest import CLOSES_WHAT_IT_OPENS, pipe_at
 
 from ramer.batch import ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.cli import main
@@ -737,14 +737,13 @@ def test_conversation_table_is_not_a_dataset(tmp_path: Path, name: str) -> None:
 
 
 def test_a_pipe_or_a_device_is_not_read(tmp_path: Path) -> None:
-    """A named pipe would block the reader forever, /dev/zero never ends: both are refused unread."""
-    import os
-
-    pipe = tmp_path / "fifo"
-    os.mkfifo(pipe)
-    for p in (pipe, Path("/dev/zero")):
+    """A named pipe would block the reader forever, /dev/zero never ends: both are refused unread
+    (the pipe's writer closes it once it is opened: without the check, a wrong message, not a hang)."""
+    with pipe_at(tmp_path / "fifo") as pipe:
         with pytest.raises(RamerError, match="not a file or a folder"):
-            load_dataset(p)
+            load_dataset(pipe)
+    with pytest.raises(RamerError, match="not a file or a folder"):
+        load_dataset(Path("/dev/zero"))
 
 
 # ---------------------------------------------------------------------------------------- hostile files
