@@ -109,14 +109,19 @@ def test_a_frame_with_some_zero_features_is_real():
 # ------------------------------------------------------------------------------------ M3ED
 def test_m3ed_counts_the_utterances_whose_pickle_label_final_mul_emo_lacks(tmp_path):
     """``videoLabels_not_in_final_mul_emo``: one utterance whose annotation names another emotion
-    than the pickle's videoLabels is counted once, in its split; the others agree."""
+    than the pickle's videoLabels is counted once, in its split; the others agree, one of them with
+    the pickle's label second in its list (membership, not the first name)."""
     pkl = tmp_path / "m3ed.pkl"
     fx = fw.write_m3ed_pickle(pkl)
     fw.write_m3ed_annotation(tmp_path / "annotation.json", fx)
     d = fx["splits"]["train"][0]
     obj = json.loads((tmp_path / "annotation.json").read_text(encoding="utf-8"))
+    dialog = obj[d.rsplit("_", 1)[0]][d]["Dialog"]
     other = fw.M3ED_NAMES[(fx["labels"][d][0] + 1) % len(fw.M3ED_NAMES)]
-    obj[d.rsplit("_", 1)[0]][d]["Dialog"][f"{d}_1"]["EmoAnnotation"]["final_mul_emo"] = other
+    dialog[f"{d}_1"]["EmoAnnotation"]["final_mul_emo"] = other
+    label = fw.M3ED_NAMES[fx["labels"][d][1]]
+    before = fw.M3ED_NAMES[(fx["labels"][d][1] + 1) % len(fw.M3ED_NAMES)]
+    dialog[f"{d}_2"]["EmoAnnotation"]["final_mul_emo"] = f"{before},{label}"
     (tmp_path / "annotation.json").write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
     bundle = load_dataset(pkl, m3ed_protocol="utterance")
     counted = {s: bundle.splits[s].extra["videoLabels_not_in_final_mul_emo"] for s in SPLITS}
