@@ -81,24 +81,38 @@ def named(name: str, text: str) -> bool:
 
 
 def documented(key: str, cls: str, name: str, docs: dict[str, str]) -> bool:
-    """The dotted key or ``Class.field`` anywhere; a per-modality entry (``layers.text``) by its
-    group's key; or the field's name in a table row of a doc section (between headings) that names
-    the key's parent (``data.synthetic`` and its table of settings, ``loss.`` and the loss table)."""
+    """The dotted key or ``Class.field`` anywhere; an entry of a per-modality group (``layers.text``,
+    a class whose fields are the three modalities) by its group's key; or the field's name in code
+    in the first cell of a table of keys (its header's first cell ``key``) in a doc section (between
+    headings) that names the key's parent in code (`` `data.synthetic` ``, `` `loss` ``)."""
     parent = key.rsplit(".", 1)[0]
     for text in docs.values():
         if named(key, text) or named(f"{cls}.{name}", text):
             return True
-        if name in ("text", "audio", "visual") and f"`{parent}`" in text:
+        if cls in PER_MODALITY and f"`{parent}`" in text:
             return True
         for section in re.split(r"\n(?=#)", text):
-            if re.search(rf"(?<![\w.]){re.escape(parent)}\.", section) and any(
-                ln.startswith("|") and named(name, ln) for ln in section.splitlines()
-            ):
+            if re.search(rf"`{re.escape(parent)}[.`]", section) and name in table_keys(section):
                 return True
     return False
 
 
+def table_keys(section: str) -> set[str]:
+    """The names in code in the first cell of each row of the section's tables of keys."""
+    keys, header, lines = set(), None, section.splitlines()
+    for before, line in zip([""] + lines, lines):
+        if not line.startswith("|"):
+            continue
+        first = line.split("|")[1].strip()
+        if not before.startswith("|"):
+            header = first
+        elif header == "key":
+            keys |= set(re.findall(r"`([^`]*)`", first))
+    return keys
+
+
 KEYS = list(config_keys(Config))
+PER_MODALITY = {c for c in {c for _, c, _ in KEYS} if {n for _, k, n in KEYS if k == c} == {"text", "audio", "visual"}}
 
 
 @pytest.mark.parametrize("key, cls, name", KEYS, ids=[k for k, _, _ in KEYS])
