@@ -413,8 +413,9 @@ def test_an_output_name_ending_in_a_slash_names_a_folder_not_a_file(argv, end, t
 
 @pytest.mark.parametrize("command", ["predict", "view"])
 def test_a_failed_command_leaves_no_folder_it_made_for_its_output(command, tmp_path, capsys):
-    """The output's folders are made before the work (an unusable path fails at once); a command
-    that fails after (a run that is not there) removes those it made, not those that were there."""
+    """The output's folders are made before the work (that an unusable path fails at once is
+    test_predict's ``test_predict_output_path_is_checked_before_the_work``); a command that fails
+    after (a run that is not there) removes those it made, not those that were there."""
     (tmp_path / "kept").mkdir()
     out = tmp_path / "kept" / "new" / "deeper" / "out.file"
     assert main([command, str(tmp_path / "nothere"), "--out", str(out)]) == 2
