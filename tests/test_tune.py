@@ -366,6 +366,29 @@ def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypa
     assert trials[6].params != trials[4].params and "retry_of" not in trials[6].user_attrs
 
 
+def test_a_study_stopped_in_a_trial_draws_what_one_run_straight_through_draws(tmp_path, tiny, monkeypatch):
+    """Ctrl-C in trial 1 of 3, then the same command: the retry takes trial 1's place, and the trial
+    after it draws what trial 2 drew straight through (the sampler's seed counted the failed trial
+    too, so the stopped study tried another point and never trial 2's)."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    tune(cfg, tmp_path / "straight", trials=3, bundle=tiny[0], console=QUIET)
+    real = Recipe.train_epoch
+
+    def train_epoch(self, epoch, bar):
+        if self.out.name == "trial-0001":
+            raise KeyboardInterrupt
+        return real(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, tmp_path / "stopped", trials=3, bundle=tiny[0], console=QUIET)
+    monkeypatch.undo()
+    tune(cfg, tmp_path / "stopped", trials=3, bundle=tiny[0], console=QUIET)
+    straight, stopped = (study_trials(tmp_path / d, "late_fusion") for d in ("straight", "stopped"))
+    assert states(stopped) == ["complete", "fail", "complete", "complete"]
+    assert [t.params for t in stopped if t.state.name == "COMPLETE"] == [t.params for t in straight]
+
+
 def test_a_ctrl_c_before_or_after_the_objective_leaves_no_trial_running(tmp_path, tiny, monkeypatch):
     """Ctrl-C between Optuna's ask and the objective: the trial Optuna made was left running with
     no worker, and every later command said the rest of the budget was running elsewhere, a trial
@@ -703,7 +726,9 @@ def test_best_yaml_names_its_data_by_a_path_that_works_from_any_folder(tmp_path,
 
 def test_a_study_takes_its_data_under_another_spelling_of_the_path(tmp_path, monkeypatch, capsys):
     """--data ds, then ./ds and the absolute path: one dataset (the study's recorded fingerprints say
-    so), one study. Other data made at the same path, named another way: another config, refused."""
+    so), one study. Other data made at the same path, named as the study names it or another way:
+    refused, saying the data differs (named as the study names it, the study went on, its best trial
+    scored on the old data)."""
     monkeypatch.chdir(tmp_path)
     sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
     assert main(["data", "synth", "--out", "ds", *sizes]) == 0
@@ -714,5 +739,8 @@ def test_a_study_takes_its_data_under_another_spelling_of_the_path(tmp_path, mon
     assert states(study_trials(tmp_path / "study", "late_fusion")) == ["complete"] * 3
     assert main(["data", "synth", "--out", "ds", *sizes, "--set", "seed=7"]) == 0
     capsys.readouterr()
-    assert main([*argv, "--trials", "4", "--data", "./ds"]) == 2
-    assert "with another config (differs in data.path)" in capsys.readouterr().err
+    for spelling in ("ds", "./ds"):
+        assert main([*argv, "--trials", "4", "--data", spelling]) == 2
+        err = capsys.readouterr().err
+        assert f"scored on other data than {spelling} holds now (split train, valid, test differs" in err, err
+    assert states(study_trials(tmp_path / "study", "late_fusion")) == ["complete"] * 3

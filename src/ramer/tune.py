@@ -3,8 +3,9 @@
 - Space: ``ramer.models.spaces`` (the model's own entry, or the common one); a key the user sets
   with ``--set`` is kept at that value, not searched.
 - Sampler: TPE, made anew before every trial and seeded by ``--seed`` and the number of trials the
-  study holds (``sampler_seed``): trial k draws the same point whether the study ran straight through
-  or was stopped and continued, and a second process sharing the study draws new points. TPE reads
+  study holds, a failed one whose retry took its place not counted (``sampler_seed``): trial k draws
+  the same point whether the study ran straight through or was stopped and continued (between
+  trials, or in one), and a second process sharing the study draws new points. TPE reads
   its startup count and its model from the study's finished trials, not from the sampler. Pruner: median, on the
   validation selection score each epoch reports (micro-F1; weighted F1 on single-label data),
   from the 5th completed trial on and from epoch 3 on.
@@ -231,8 +232,16 @@ def _open_study(
         differ = []
     else:
         differ = sorted(result_differences(as_today(stored, url), mine))
-    if differ == ["data.path"] and bundle is not None and ckpt.same_data(study.user_attrs.get("data") or {}, bundle):
-        differ = []  # the same data, its path spelled another way
+    recorded = study.user_attrs.get("data") or {}  # empty: a study made before it was recorded
+    if differ in ([], ["data.path"]) and bundle is not None and recorded:
+        if not ckpt.same_data(recorded, bundle):  # the data made again at its path, or other data
+            other = ckpt.changed_splits(recorded, bundle) + sorted(set(bundle.splits) - set(recorded))
+            raise RamerError(
+                f"{url} holds a study of {base.model.name} scored on other data than {base.data.path} holds now "
+                f"(split {', '.join(other)} differs: made again since?); its trials' scores are of that data: "
+                "use another --out (or ramer tune's --storage) to search on this data"
+            )
+        differ = []  # the same data, its path spelled another way or not
     if differ:
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "
@@ -359,8 +368,14 @@ def fresh_sampler(optuna, study, seed: int) -> None:
     """Give ``study`` a new TPE sampler seeded by ``seed`` and the trials the study holds: set
     before every trial, so what trial k draws depends on the study's earlier trials, not on whether
     this process drew them (a sampler kept across trials continues its random stream; one made when
-    a stopped study is continued does not)."""
-    n = len(study.get_trials(deepcopy=False))
+    a stopped study is continued does not). A failed trial (stopped by Ctrl-C, or its process gone)
+    that has a retry (``requeue``) is not counted: the retry takes its place, and the trials after
+    draw what they would have drawn had it not been stopped. One without (a retry that failed too)
+    is counted, so the next trial draws anew rather than the setting that failed twice."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    fail = optuna.trial.TrialState.FAIL
+    n = sum(not (t.state == fail and t.number in retried) for t in trials)
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, n), n_startup_trials=TPE_STARTUP)
 
 
