@@ -692,3 +692,38 @@ def test_bench_tuned_table_names_the_metric_of_a_study_of_the_other_task(tmp_pat
         lines = (out / task / "report.md").read_text().split("## Tuned settings")[1].splitlines()
         assert header in lines[2]
         assert re.search(r"^\| late_fusion \| 1 \(0 pruned\) \| \d\.\d{4}" + re.escape(cell), lines[4]), lines[4]
+
+
+def test_the_same_table_imported_again_with_the_other_task_is_other_data(tmp_path, fake_text, capsys):
+    """The arrays of a re-import with ``--task multi_label`` are the same, and so are their
+    fingerprints: a bench took its single-label runs as cached (arg-max decisions reported as
+    micro-F1), a study went on with weighted-F1 trials under a micro-F1 heading, and a resumed run
+    changed its losses and decision midway. Each now sees the other task: the bench trains again,
+    the study and the resume are refused."""
+    from test_recipe import Stop, stop_after
+
+    from ramer.train.recipe import Recipe
+
+    data = import_single(tmp_path)
+    table = tmp_path / "single.csv"
+    bench = ["bench", "--data", str(data), "--models", "br", "--seeds", "1", "--missing-rates", "0"]
+    bench += ["--jobs", "1", "--out", str(tmp_path / "bench"), *SETS]
+    tune = ["tune", "--model", "late_fusion", "--data", str(data), "--out", str(tmp_path / "study"), *SETS]
+    cfg = build_config(overrides=[f"data.path={data}", "model.name=late_fusion", *TINY])
+    with pytest.raises(Stop):
+        Recipe(cfg, tmp_path / "run", hooks=(stop_after(1),)).run()
+    assert main(bench) == 0
+    pytest.importorskip("optuna")
+    assert main([*tune, "--trials", "1"]) == 0
+    capsys.readouterr()
+
+    assert main(["data", "import", str(table), "--out", str(data), "--task", "multi_label"]) == 0
+    assert main(bench) == 0
+    assert "(1 trained, 0 resumed, 0 cached;" in capsys.readouterr().err
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())[0]["metrics"]["overall"]["n"] > 0
+    assert main([*tune, "--trials", "2"]) == 2
+    assert "on single_label data, and " in capsys.readouterr().err
+    with pytest.raises(
+        RamerError, match=r"the run started as single_label, and the data at data.path .* is multi_label"
+    ):
+        Recipe(cfg, tmp_path / "run", resume=True).run()

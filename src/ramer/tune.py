@@ -224,11 +224,13 @@ def _open_study(
         )
     if searched is not None and was is None:
         study.set_user_attr("searched", sorted(searched))
+    task = None if bundle is None else resolve_task(bundle, base.data.task)
     if stored is None:
         study.set_user_attr("config", mine)
         study.set_user_attr("ramer_version", __version__)  # named where a later ramer cannot continue it
         if bundle is not None:
             study.set_user_attr("data", bundle.fingerprints())
+            study.set_user_attr("task", task)
         differ = []
     else:
         differ = sorted(result_differences(as_today(stored, url), mine))
@@ -242,6 +244,12 @@ def _open_study(
                 "use another --out (or ramer tune's --storage) to search on this data"
             )
         differ = []  # the same data, its path spelled another way or not
+    if task is not None and study.user_attrs.get("task", task) != task:  # the same arrays, another --task
+        raise RamerError(
+            f"{url} holds a study of {base.model.name} on {study.user_attrs['task']} data, and {base.data.path} is "
+            f"{task} now (imported again with another --task?): its trials' scores are another metric; use "
+            "another --out (or ramer tune's --storage) to search on this data"
+        )
     if differ:
         raise RamerError(
             f"{url} holds a study of {base.model.name} with another config (differs in "

@@ -688,6 +688,12 @@ class Recipe(RunSteps):
                 f"cannot resume {self.out}: the data at data.path ({self.cfg.data.path}) is not what the run started "
                 f"on ({', '.join(changed)} changed since); resume with that data, or start a new run"
             )
+        if (was := ckpt.read_spec(self.out / "model.safetensors").task) != self.spec.task:  # the same arrays
+            raise RamerError(
+                f"cannot resume {self.out}: the run started as {was}, and the data at data.path ({self.cfg.data.path}) "
+                f"is {self.spec.task} now (imported again with another --task?); its losses, decision and best "
+                "epoch would change kind midway: resume with that data, or start a new run"
+            )
         ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path), state["epoch"] * self.steps_per_epoch)
