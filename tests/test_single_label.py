@@ -727,3 +727,28 @@ def test_the_same_table_imported_again_with_the_other_task_is_other_data(tmp_pat
         RamerError, match=r"the run started as single_label, and the data at data.path .* is multi_label"
     ):
         Recipe(cfg, tmp_path / "run", resume=True).run()
+
+
+def test_view_of_a_single_label_run_on_data_of_two_labels_a_sample_shows_no_figures(tmp_path, fake_text, capsys):
+    """ramer eval refuses a single-label run's figures on a split that does not give one label per
+    sample; ramer view showed them (its Acc then the Jaccard accuracy, not the top-1 accuracy eval's
+    Acc is). The page now shows why it has none, and the command says it in a note."""
+    data = import_single(tmp_path)
+    rows = single_rows()
+    for row in rows:
+        if row["split"] == "test" and row["index"] == 0:
+            row["labels"] = "anger;joy" if row["labels"] != "anger" else "anger;sadness"
+    two = tmp_path / "two"
+    assert main(["data", "import", str(write_table(tmp_path / "two.csv", rows)), "--out", str(two)]) == 0
+    assert main(["train", "--model", "br", "--data", str(data), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(two)]) == 2
+    assert "does not give one label per sample" in capsys.readouterr().err
+    page = tmp_path / "page.html"
+    assert main(["view", str(tmp_path / "run"), "--data", str(two), "--out", str(page)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note: the predictions are single-label (one label per sample), but split 'test' does not give" in err
+    text = page.read_text()
+    assert '"summary":null' in text and '"figures_note":"the predictions are single-label' in text
+    assert main(["view", str(tmp_path / "run"), "--data", str(data), "--out", str(page)]) == 0
+    assert '"figures_note":null' in page.read_text() and '"summary":null' not in page.read_text()

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ramer.data import DataBundle, SceneStore
+from ramer.data.store import label_count_problem
 from ramer.errors import RamerError, first_line
 from ramer.infer import check_record_matches
 from ramer.metrics import ARGMAX, multilabel_metrics, per_label_metrics
@@ -250,6 +251,15 @@ def page_data(
         )
     rule = _threshold(threshold, records, names)
     task = "single_label" if rule == ARGMAX else "multi_label"
+    unfit = None  # why the figures are left out, as ramer eval refuses them
+    if task == "single_label" and labelled and by_sample:
+        if problem := label_count_problem(np.asarray(store.labels)[sorted(by_sample)].sum(1)):
+            unfit = (
+                f"the predictions are single-label (one label per sample), but split '{split}' does not give one "
+                f"label per sample ({problem}): the page shows no figures (ramer eval gives none either)"
+            )
+            if notes is not None:
+                notes.append(unfit)
     return {
         "title": title,
         "source": bundle.source,
@@ -260,7 +270,8 @@ def page_data(
         "labelled": labelled,
         "n_samples": len(store),
         "n_predicted": len(by_sample),
-        "summary": summary(store, by_sample, names, task) if labelled and by_sample else None,
+        "summary": summary(store, by_sample, names, task) if labelled and by_sample and not unfit else None,
+        "figures_note": unfit,
         "conversations": out,
     }
 
