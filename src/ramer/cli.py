@@ -1311,8 +1311,8 @@ def build_parser() -> argparse.ArgumentParser:
         "deep baselines and RAMer; the group ablations: RAMer and its ramer-<ablation> presets) on identical "
         "splits, seeds and missing-modality masks; deep models train "
         "until validation stops improving (patience 5, at most 40 epochs); thresholds on "
-        "validation, test once. Finished runs are cached under OUT/runs, so an interrupted "
-        "bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
+        "validation (single-label data: the arg-max), test once. Finished runs are cached under "
+        "OUT/runs, so an interrupted bench resumes where it stopped. Writes OUT/results.json, OUT/report.md and "
         "OUT/plots/*.png. Defaults and their reasons: docs/BENCH.md.",
     )
     b.add_argument("--data", help="dataset path (default: the embedded synthetic benchmark)")

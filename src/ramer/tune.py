@@ -498,7 +498,8 @@ def say_stopped(console: Console, numbers: list[int]) -> None:
         which = ", ".join(map(str, numbers))
         console.print(
             f"note: trial{'s' if len(numbers) > 1 else ''} {which} stopped before the end (killed or interrupted): "
-            "marked failed, run folder removed; the values of a first stop are tried again first",
+            "marked failed, its run folder removed if this --out holds it; the values of a first stop are tried "
+            "again first",
             soft_wrap=True,
         )
 
