@@ -72,9 +72,10 @@ print(random.random() == alone, "torch._dynamo" in sys.modules, sorted(set(os.en
 
 def test_the_first_load_in_a_process_leaves_it_as_it_was(run):
     """The first ``ramer.load`` of a process imports what a load needs: rich drew from Python's random
-    generator as it was imported, and building the model on the meta device (to check the file's
-    weights against its config) imported PyTorch's compiler (1 to 2 s), which set an environment
-    variable (TORCHINDUCTOR_CACHE_DIR). In a fresh process, as a script's first load."""
+    generator as it was imported (also where ``ramer.cli`` imports it), and building the model on the
+    meta device (to check the file's weights against its config) imported PyTorch's compiler (1 to
+    2 s), which set an environment variable (TORCHINDUCTOR_CACHE_DIR). In a fresh process, as a
+    script's first load."""
     out, _ = run
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     done = subprocess.run(
@@ -82,6 +83,14 @@ def test_the_first_load_in_a_process_leaves_it_as_it_was(run):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "True False []"
+    # a command's modules import rich before ramer.console: the state is put back by ramer's own import
+    script = "import random; random.seed(0); import ramer.cli; print(random.random())"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout == f"{alone()}\n"
+
+
+def alone() -> float:
+    random.seed(0)
+    return random.random()
 
 
 def test_load_takes_a_torch_device(run):

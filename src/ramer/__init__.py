@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import random as _random
 from typing import TYPE_CHECKING
 
 from ramer.version import __version__
+
+# rich, which every command prints through, draws from Python's global random generator when it is
+# first imported (rich.style's id counter): imported here, with the generator's state put back, so
+# that importing any part of ramer leaves a program's random draws as they were
+_state = _random.getstate()
+importlib.import_module("rich.style")
+_random.setstate(_state)
+del _state
 
 __all__ = ["__version__", "load"]
 

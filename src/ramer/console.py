@@ -7,14 +7,9 @@ seconds."""
 
 from __future__ import annotations
 
-import random
+from rich.console import Console
 
-_STATE = random.getstate()
-from rich.console import Console  # noqa: E402 (rich draws from Python's generator at import: its style ids)
-
-random.setstate(_STATE)  # so importing ramer (ramer.load's first call) leaves a user's random draws as they were
-
-from ramer.errors import first_of, shown  # noqa: E402
+from ramer.errors import first_of, shown
 
 PLAIN = dict(markup=False, emoji=False, highlight=False, soft_wrap=True)
 
