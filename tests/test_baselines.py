@@ -168,6 +168,21 @@ print("ok")
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
 
 
+def test_skip_init_computes_what_a_builder_puts_off_the_meta_device():
+    """Within ``SkipInit`` on the meta device a product of meta tensors is an empty one of its shape,
+    but one of tensors a builder made on the CPU on purpose is computed (a plugin that read a number
+    from it failed: 'Tensor.item() cannot be called on meta tensors')."""
+    from ramer.models import SkipInit
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"), SkipInit():
+        on_cpu = torch.ones(3, device="cpu") * 2
+        from_numpy = torch.from_numpy(np.arange(4.0)) * 2
+        meta = torch.ones(3) * 2
+        drawn = torch.randn(2, 5, device="cpu")
+    assert float(on_cpu.sum()) == 6.0 and from_numpy.device.type == "cpu" and drawn.device.type == "cpu"
+    assert meta.is_meta and meta.shape == (3,)
+
+
 @pytest.mark.parametrize("name", ["mlgcn", "hhmpn", "ramer", "ramer-authors"])
 def test_more_segments_than_the_position_table_is_a_clear_error(name, store):
     """The models with RAMer's encoders (a learned table of ``model.max_segments`` segment positions)

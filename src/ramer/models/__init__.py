@@ -297,8 +297,10 @@ class SkipInit(TorchFunctionMode):
     ``torch.randn``, ``torch.rand`` or ``torch.eye`` an empty tensor of the shape and type it would
     have. PyTorch computes these on meta tensors with its reference implementations, which import its
     compiler (``torch._dynamo``): 1 to 2 s the first time in a process, and process-wide settings (an
-    environment variable, a warnings filter). Other operations run as they are (a plugin model's may
-    import it: only the time is lost)."""
+    environment variable, a warnings filter). Only where every tensor given is a meta one and no other
+    device is asked for: a tensor a builder puts on the CPU on purpose (``torch.ones(3, device="cpu")
+    * 2``) is computed. Other operations run as they are (a plugin model's may import the compiler:
+    only the time is lost)."""
 
     KEPT = frozenset(
         [getattr(torch.Tensor, n) for n in ("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_")]
@@ -309,6 +311,9 @@ class SkipInit(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        tensors = [x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)]
+        if not all(x.is_meta for x in tensors) or str(kwargs.get("device", "meta")) != "meta":
+            return func(*args, **kwargs)  # a tensor the builder put elsewhere on purpose: computed
         if func in self.KEPT:
             return args[0] if args else kwargs["tensor"]
         if func in self.PRODUCTS and len(args) == 2 and not kwargs:
