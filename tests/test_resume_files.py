@@ -182,3 +182,17 @@ def test_a_weight_average_of_another_step_count_is_one_line(tmp_path, capsys):
     assert files_of(out) == files
     (out / "train_state.pt").write_bytes(saved)
     assert main(["train", "--resume", str(out)]) == 0, capsys.readouterr().err
+
+
+def test_a_run_with_no_best_epoch_yet_resumes_without_its_model_file(stopped_run, tmp_path, capsys):
+    """A training state whose best epoch is 0 needs no model file (``_check_best_weights``); the
+    check of the task a run was trained for read that file all the same and stopped the resume with
+    'no readable data spec (FileNotFoundError ...)'. It resumes and finishes."""
+
+    def no_best(state):
+        state["best"]["epoch"] = 0
+
+    out, _ = copy_of(stopped_run, tmp_path, no_best)
+    (out / "model.safetensors").unlink()
+    assert main(["train", "--resume", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "test_metrics.json").is_file()

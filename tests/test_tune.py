@@ -394,8 +394,9 @@ def test_a_ctrl_c_before_or_after_the_objective_leaves_no_trial_running(tmp_path
     no worker, and every later command said the rest of the budget was running elsewhere, a trial
     short for good. Ctrl-C while Optuna records a finished trial: a traceback (Optuna 5's
     UnboundLocalError) and exit 1. Now each is a KeyboardInterrupt (``interrupted``, exit 130), the
-    stopped trial is failed, and the same command again runs the whole budget; a retry stopped
-    before it drew its queued values tries them still."""
+    stopped trial is failed, and the same command again runs the whole budget, drawing the points a
+    straight run draws (the trial stopped before it drew is not counted in the sampler's seed); a
+    retry stopped before it drew its queued values tries them still."""
     cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
     real_ask, real_tell = optuna.Study.ask, optuna_optimize._tell_with_warning
 
@@ -407,6 +408,8 @@ def test_a_ctrl_c_before_or_after_the_objective_leaves_no_trial_running(tmp_path
         real_tell(*args, **kwargs)
         raise KeyboardInterrupt
 
+    tune(cfg, tmp_path / "straight", trials=2, bundle=tiny[0], console=QUIET)
+    straight = [t.params for t in study_trials(tmp_path / "straight", "late_fusion")]
     for name, where, patched in (("ask", optuna.Study, ask), ("_tell_with_warning", optuna_optimize, tell)):
         out = tmp_path / name
         monkeypatch.setattr(where, name, patched)
@@ -418,6 +421,8 @@ def test_a_ctrl_c_before_or_after_the_objective_leaves_no_trial_running(tmp_path
         done = study_trials(out, "late_fusion")
         assert states(done).count("complete") == 2, states(done)
         assert json.loads((out / "tune.json").read_text())["complete"] == 2
+        if name == "ask":  # stopped before it drew: the points drawn after are a straight run's
+            assert [t.params for t in done if t.state.name == "COMPLETE"] == straight
 
     out = tmp_path / "retry"  # trial 1 stopped in its epoch; trial 2, its retry, stopped at ask
     real = Recipe.train_epoch

@@ -34,7 +34,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -550,10 +549,12 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
     recorded = ckpt.read_data_fingerprints(run / "model.safetensors") if bundle is not None else {}
     if changes == ["data.path"] and bundle is not None and ckpt.same_data(recorded, bundle):
         changes = []
-    if changes == [] and bundle is not None and (run / "model.safetensors").exists():
-        with contextlib.suppress(RamerError):  # no readable spec: the checks below say what the run lacks
-            if ckpt.read_spec(run / "model.safetensors").task != resolve_task(bundle, cfg.data.task):
-                changes = ["the task"]  # the same arrays imported again with another --task
+    if (
+        changes == []
+        and bundle is not None
+        and ckpt.other_task(run / "model.safetensors", resolve_task(bundle, cfg.data.task))
+    ):
+        changes = ["the task"]  # the same arrays imported again with the other --task
     if changes == [] and (bundle is None or not ckpt.changed_splits(recorded, bundle)):
         if (run / "test_metrics.json").exists():
             return "done"

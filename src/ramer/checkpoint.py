@@ -187,6 +187,17 @@ def same_data(recorded: dict[str, str], bundle) -> bool:
     return set(bundle.splits) <= set(recorded) and not changed_splits(recorded, bundle)
 
 
+def other_task(path: str | Path, task: str) -> str | None:
+    """The task the model file ``path`` was trained for where it is not ``task`` (the same arrays
+    imported again with the other ``--task`` have the same fingerprints); ``None`` where it is, or
+    where there is no readable file (what a run lacks is said where it is read)."""
+    try:
+        trained = read_spec(path).task
+    except RamerError:
+        return None
+    return trained if trained != task else None
+
+
 def read_spec(path: str | Path) -> DataSpec:
     """The data spec of a ``model.safetensors`` (its metadata only, no tensors read)."""
     try:

@@ -377,13 +377,14 @@ def fresh_sampler(optuna, study, seed: int) -> None:
     before every trial, so what trial k draws depends on the study's earlier trials, not on whether
     this process drew them (a sampler kept across trials continues its random stream; one made when
     a stopped study is continued does not). A failed trial (stopped by Ctrl-C, or its process gone)
-    that has a retry (``requeue``) is not counted: the retry takes its place, and the trials after
-    draw what they would have drawn had it not been stopped. One without (a retry that failed too)
-    is counted, so the next trial draws anew rather than the setting that failed twice."""
+    that has a retry (``requeue``), or that was stopped before it drew any value, is not counted:
+    the retry takes its place, and the trials after draw what they would have drawn had it not been
+    stopped. One that drew and has no retry (a retry that failed too) is counted, so the next trial
+    draws anew rather than the setting that failed twice."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     fail = optuna.trial.TrialState.FAIL
-    n = sum(not (t.state == fail and t.number in retried) for t in trials)
+    n = sum(not (t.state == fail and (t.number in retried or not t.params)) for t in trials)
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, n), n_startup_trials=TPE_STARTUP)
 
 

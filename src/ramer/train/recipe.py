@@ -688,7 +688,7 @@ class Recipe(RunSteps):
                 f"cannot resume {self.out}: the data at data.path ({self.cfg.data.path}) is not what the run started "
                 f"on ({', '.join(changed)} changed since); resume with that data, or start a new run"
             )
-        if (was := ckpt.read_spec(self.out / "model.safetensors").task) != self.spec.task:  # the same arrays
+        if was := ckpt.other_task(self.out / "model.safetensors", self.spec.task):  # the same arrays
             raise RamerError(
                 f"cannot resume {self.out}: the run started as {was}, and the data at data.path ({self.cfg.data.path}) "
                 f"is {self.spec.task} now (imported again with another --task?); its losses, decision and best "
