@@ -220,6 +220,8 @@ def test_predict_names_a_batch_that_is_not_one_collate_builds(run):
     (P, S), N = batch.grid, batch.valid.shape[1]
     assert P > 1 and predictor.predict(batch).shape == (3, len(predictor.label_names))
     without = {k: v for k, v in batch.features.items() if k != "audio"}
+    padded = batch.valid.clone()
+    padded[torch.arange(3), batch.target.clamp_min(0)] = False  # each target token (or token 0) padding
     cases = [
         (dict(target=torch.full((3,), N)), rf"target holds token indices outside -1\.\.{N - 1} "),
         (dict(target=torch.full((3,), -5)), r"target holds token indices outside"),
@@ -241,6 +243,12 @@ def test_predict_names_a_batch_that_is_not_one_collate_builds(run):
         (dict(grid=(P, S, 1)), r"grid is .*, expected \(P, S\)"),
         (dict(ids=batch.ids[:2]), r"ids must be a list of 3 sample ids"),
         (dict(personality_present=None), r"personality and personality_present must both be tensors"),
+        (dict(valid=padded), r"a target is a padded token"),
+        (
+            dict(present={**batch.present, "audio": torch.ones_like(batch.valid)}),
+            r"present\['audio'\] is True on a pad",
+        ),
+        (dict(role=torch.full((3,), 2)), r"role holds values other than -1, 0 and 1"),
     ]
     for change, message in cases:
         with pytest.raises(RamerError, match=rf"^batch: {message}"):

@@ -112,7 +112,15 @@ class Batch:
             fail(
                 f"target holds token indices outside -1..{N - 1} (-1: the whole sample; the grid {grid} has {N} tokens)"
             )
+        rows = (self.target >= 0).nonzero().flatten()
+        if not bool(self.valid[rows, self.target[rows]].all()):
+            fail("a target is a padded token (valid False there)")
+        for name, mask in (*((f"present['{m}']", self.present[m]) for m in MODALITIES), ("scope", self.scope)):
+            if bool((mask & ~self.valid).any()):
+                fail(f"{name} is True on a padded token (valid False there)")
         tensor("role", self.role, (B,), "int")
+        if self.role.numel() and not bool(((self.role >= -1) & (self.role <= 1)).all()):
+            fail("role holds values other than -1, 0 and 1 (no role, non-speaker, speaker)")
         if (self.personality is None) != (self.personality_present is None):
             fail("personality and personality_present must both be tensors, or both None")
         if self.personality is not None:

@@ -233,8 +233,8 @@ def load_text_model():
 def _offline():
     """Hugging Face's libraries offline and quiet while the bundled model loads (it ships in the
     package: never ask a hub), and the environment put back as it was after: a program that
-    imports ramer keeps its own settings. The libraries first imported within it keep offline mode:
-    they read it once, at import."""
+    imports ramer keeps its own settings. The libraries first imported within it keep offline mode
+    and the quiet settings: they read them once, at import."""
     given = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for key, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error")):
         if key not in os.environ:  # the user's own setting is kept
