@@ -617,13 +617,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
     predictor.check_data(store.label_names, store.dims, store.source)  # predict's, first: other labels, sizes
     if predictor.spec.single_label:  # one label out: its accuracy is accuracy only with one label in
-        from ramer.data.store import label_count_problem
+        from ramer.data.store import not_one_label
 
-        if problem := label_count_problem(store.labels.sum(1)):
+        if problem := not_one_label(store.labels, args.split):
             raise RamerError(
-                f"{bundle.source}: the run is single-label (it predicts one label per sample), but split "
-                f"'{args.split}' does not give one label per sample ({problem}); its figures would not mean "
-                "what they say: use ramer predict, or a multi-label run"
+                f"{bundle.source}: the run is single-label (it predicts one label per sample), but {problem}; "
+                "its figures would not mean what they say: use ramer predict, or a multi-label run"
             )
     scores = score_split(predictor, store, args)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ramer.data import DataBundle, SceneStore
-from ramer.data.store import label_count_problem
+from ramer.data.store import not_one_label
 from ramer.errors import RamerError, first_line
 from ramer.infer import check_record_matches
 from ramer.metrics import ARGMAX, multilabel_metrics, per_label_metrics
@@ -253,10 +253,10 @@ def page_data(
     task = "single_label" if rule == ARGMAX else "multi_label"
     unfit = None  # why the figures are left out, as ramer eval refuses them
     if task == "single_label" and labelled and by_sample:
-        if problem := label_count_problem(np.asarray(store.labels)[sorted(by_sample)].sum(1)):
+        if problem := not_one_label(np.asarray(store.labels)[sorted(by_sample)], split):
             unfit = (
-                f"the predictions are single-label (one label per sample), but split '{split}' does not give one "
-                f"label per sample ({problem}): the page shows no figures (ramer eval gives none either)"
+                f"the predictions are single-label (one label per sample), but {problem}: the page shows no "
+                "figures (ramer eval gives none either)"
             )
             if notes is not None:
                 notes.append(unfit)

@@ -808,6 +808,14 @@ def label_count_problem(counts: np.ndarray) -> str | None:
     return f"{none + many} of {len(counts)} samples break it: " + " and ".join(parts)
 
 
+def not_one_label(labels: np.ndarray, split: str) -> str | None:
+    """Why a single-label run's figures on ``labels`` (n, C) of split ``split`` would not mean what they
+    say (``ramer eval`` refuses them, ``ramer view`` leaves them out), as "split 'test' does not give
+    one label per sample (...)"; ``None`` where every sample has one label."""
+    problem = label_count_problem(np.asarray(labels).sum(1))
+    return None if problem is None else f"split '{split}' does not give one label per sample ({problem})"
+
+
 def resolve_task(bundle: DataBundle, requested: str = "auto") -> str:
     """The task of a run on ``bundle``: ``requested`` (``data.task``), or for ``auto`` what the data
     records (``bundle.task``). Single-label is checked: every sample of every split must have
