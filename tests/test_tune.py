@@ -312,6 +312,21 @@ def test_tune_rejects_classical_models_and_says_when_optuna_is_missing(tmp_path,
 QUIET = Console(stderr=True, quiet=True)
 
 
+REAL_TRAIN_EPOCH = Recipe.train_epoch
+
+
+def stopped_in(name: str):
+    """``Recipe.train_epoch`` stopped by Ctrl-C (a KeyboardInterrupt) in the run folder ``name``."""
+    real = REAL_TRAIN_EPOCH
+
+    def train_epoch(self, epoch, bar):
+        if self.out.name == name:
+            raise KeyboardInterrupt
+        return real(self, epoch, bar)
+
+    return train_epoch
+
+
 def test_a_study_stopped_and_continued_draws_what_one_run_straight_through_draws(tmp_path, tiny):
     """--trials 3 straight, and --trials 1 then --trials 3 into another folder: each trial has the
     same values in both (the sampler is made anew before every trial, seeded by the study's trial
@@ -332,15 +347,6 @@ def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypa
     cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
     out = tmp_path / "t"
     real = Recipe.train_epoch
-
-    def stopped_in(name):
-        def train_epoch(self, epoch, bar):
-            if self.out.name == name:
-                raise KeyboardInterrupt
-            return real(self, epoch, bar)
-
-        return train_epoch
-
     monkeypatch.setattr(Recipe, "train_epoch", stopped_in("trial-0001"))
     with pytest.raises(KeyboardInterrupt):
         tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
@@ -372,14 +378,7 @@ def test_a_study_stopped_in_a_trial_draws_what_one_run_straight_through_draws(tm
     too, so the stopped study tried another point and never trial 2's)."""
     cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
     tune(cfg, tmp_path / "straight", trials=3, bundle=tiny[0], console=QUIET)
-    real = Recipe.train_epoch
-
-    def train_epoch(self, epoch, bar):
-        if self.out.name == "trial-0001":
-            raise KeyboardInterrupt
-        return real(self, epoch, bar)
-
-    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    monkeypatch.setattr(Recipe, "train_epoch", stopped_in("trial-0001"))
     with pytest.raises(KeyboardInterrupt):
         tune(cfg, tmp_path / "stopped", trials=3, bundle=tiny[0], console=QUIET)
     monkeypatch.undo()
@@ -425,14 +424,7 @@ def test_a_ctrl_c_before_or_after_the_objective_leaves_no_trial_running(tmp_path
             assert [t.params for t in done if t.state.name == "COMPLETE"] == straight
 
     out = tmp_path / "retry"  # trial 1 stopped in its epoch; trial 2, its retry, stopped at ask
-    real = Recipe.train_epoch
-
-    def train_epoch(self, epoch, bar):
-        if self.out.name == "trial-0001":
-            raise KeyboardInterrupt
-        return real(self, epoch, bar)
-
-    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    monkeypatch.setattr(Recipe, "train_epoch", stopped_in("trial-0001"))
     with pytest.raises(KeyboardInterrupt):
         tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
     monkeypatch.undo()
