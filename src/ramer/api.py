@@ -111,8 +111,8 @@ class Predictor:
     ) -> np.ndarray:
         """Probabilities ``(n, C)`` for a split store, a bundle's ``split`` (default ``"test"``), or one
         batch; ``split`` is for a bundle only. ``batch_size``: scenes scored at once (a store or
-        bundle, not a batch; default the run's ``train.eval_batch_size``): lower it where long scenes do not fit
-        in memory; the scores change only by float rounding.
+        bundle, not a batch; default the run's ``train.eval_batch_size``): lower it where long scenes
+        do not fit in memory; the scores change only by float rounding.
 
         ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
         this one shared out among them; can be faster than one process with several threads. Linux

@@ -302,10 +302,12 @@ class SkipInit(TorchFunctionMode):
     * 2``) is computed. Other operations run as they are (a plugin model's may import the compiler:
     only the time is lost)."""
 
+    FILLS = ("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_", "random_")
     KEPT = frozenset(
-        [getattr(torch.Tensor, n) for n in ("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_")]
-        + [getattr(torch.Tensor, n) for n in ("log_normal_", "cauchy_", "random_")]
-        + [f for n, f in vars(nn.init).items() if callable(f) and n.endswith("_") and not n.startswith("_")]
+        [
+            *(getattr(torch.Tensor, n) for n in FILLS),
+            *(f for n, f in vars(nn.init).items() if callable(f) and n.endswith("_") and not n.startswith("_")),
+        ]
     )
     PRODUCTS = frozenset([torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__])
 
