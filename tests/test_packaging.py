@@ -1,8 +1,11 @@
 """What a user's ``pip install ramer`` gets: every file of the package that is not Python code is
-package data, the console script's target exists, and the licence the metadata names ships its text."""
+package data, the console script's target exists, and the licence the metadata names ships its text;
+and the test extra's per-test time limit holds."""
 
 import importlib
 import re
+import subprocess
+import sys
 from glob import glob
 from pathlib import Path
 
@@ -46,3 +49,18 @@ def test_the_licence_the_metadata_names_ships_its_text():
     texts = [ROOT / f for f in project["license-files"]]
     assert texts and all(p.is_file() for p in texts)
     assert re.match(r"MIT License\n\nCopyright \(c\) \d{4} ", texts[0].read_text())
+
+
+def test_a_test_that_hangs_fails_alone(tmp_path):
+    """The suite's ``timeout`` (pytest-timeout) fails a test that hangs and goes on to the next, so a
+    hang costs CI one failed test, not the whole run's time. Here with the project's own settings,
+    the limit lowered for a test that sleeps past it."""
+    assert PYPROJECT["tool"]["pytest"]["ini_options"]["timeout"] > 0
+    (tmp_path / "test_hang.py").write_text(
+        "import time\n\ndef test_hangs():\n    time.sleep(60)\n\ndef test_after():\n    pass\n"
+    )
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml")]
+    cmd += ["--rootdir", str(tmp_path), "-o", "timeout=2", str(tmp_path / "test_hang.py")]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=50, cwd=tmp_path)
+    assert got.returncode == 1, got.stdout[-2000:] + got.stderr[-2000:]
+    assert "Timeout" in got.stdout and "1 failed, 1 passed" in got.stdout
