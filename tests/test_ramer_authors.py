@@ -238,6 +238,25 @@ def test_personality_tokens_join_the_label_attention():
     assert (u - moved).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("cls", [RAMerAuthors, RAMer])
+def test_an_unknown_personality_is_never_read(cls):
+    """NaN in the personality rows a batch marks unknown (a hand-made batch: collate writes zeros)
+    changes no output and leaves every gradient finite: the encoder reads zeros there."""
+    b = batch()
+    known = b.personality_present.clone()
+    known[0, 0] = False  # one unknown person besides the padding's
+    b = type(b)(**{**b.__dict__, "personality_present": known})
+    nan = type(b)(**{**b.__dict__, "personality": torch.where(known.unsqueeze(-1), b.personality, float("nan"))})
+    grads = []
+    for one in (b, nan):
+        model = make(cls).train()  # the same weights, queue and prototypes for both
+        out = model(one)
+        model.loss(out, one).total.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert [n for n, g in grads[1].items() if not torch.isfinite(g).all()] == []
+    assert [n for n, g in grads[0].items() if not torch.equal(g, grads[1][n])] == []
+
+
 def test_train_through_the_cli_logs_the_authors_terms(tmp_path):
     out = tmp_path / "run"
     argv = ["train", "--model", "ramer-authors", "--out", str(out)]

@@ -185,7 +185,9 @@ class RAMerAuthors(QueueAndPrototypes, nn.Module):
         if self.personality is not None and batch.personality is not None:
             P, S = batch.grid
             known = batch.personality_present  # (B, P)
-            e = torch.where(known.unsqueeze(-1), self.personality(batch.personality), 0.0)  # (B, P, H)
+            # the encoder reads zeros where the person is unknown: no value there reaches a gradient
+            pi = torch.where(known.unsqueeze(-1), batch.personality, 0.0)
+            e = torch.where(known.unsqueeze(-1), self.personality(pi), 0.0)  # (B, P, H)
             e_tok = e.repeat_interleave(S, 1)  # (B, N, H): each token's person
             e_keys = known.repeat_interleave(S, 1) & scope  # (B, N)
             h = torch.cat([h, e_tok.unsqueeze(2).expand_as(h)], 1)  # (B, 2N, M, H): personality tokens after
