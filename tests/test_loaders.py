@@ -584,7 +584,24 @@ def test_memor(files, labels: str) -> None:
     split, i = everything["6:c3:6"]
     assert tuple(bundle.splits[split].target[i]) == (1, 1) and bundle.splits[split].role[i] == ROLE_SPEAKER
     assert sum(bundle.info["splits"][s].get("target_outside_segments", 0) for s in SPLITS) == 1
-    assert bundle.info["nonfinite_replaced"]["audio"] >= 1
+    # the fixture's one -inf (audio key c2+0), counted once though clip c2 serves two splits
+    assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 1, "visual": 0}
+
+
+def test_memor_visual_nan_and_inf_are_replaced_before_the_means(tmp_path: Path) -> None:
+    """A NaN in one face crop and an inf in one object frame are two zeros among the values a
+    segment's mean reads, not a whole mean set to 0, and the count is of the values in the files."""
+    root = tmp_path / "memor"
+    fx = fw.write_memor(root)
+    vis = root / "features" / "visual_features"
+    for kind, row in (("face", 0), ("object", 5)):
+        values = torch.load(vis / f"{kind}_features" / "c1.pt", weights_only=True)
+        values[row, 0] = float("nan") if kind == "face" else float("inf")
+        torch.save(values, vis / f"{kind}_features" / "c1.pt")
+        fx["visual"]["c1"][kind][row, 0] = 0.0  # what the reference reads: the value replaced
+    bundle = load_dataset(root, "memor")
+    check_memor(bundle, fx, "primary")
+    assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 1, "visual": 2}
 
 
 def test_memor_text_key_convention(tmp_path: Path) -> None:

@@ -531,14 +531,19 @@ def iter_memor(
                 clip_sets["visual_clips_with_10_or_fewer_faces"].add(clip)
                 return None
             try:
-                face = load_feature("face_features", clip)
-                obj = load_feature("object_features", clip)
-                env = load_feature("environment_features", clip)
+                face, obj, env = (
+                    load_feature(kind, clip) for kind in ("face_features", "object_features", "environment_features")
+                )
             except FileNotFoundError as e:
                 clip_sets["visual_clips_missing_feature_files"].add(clip)
                 if len(missing_examples) < 5 and str(e) not in missing_examples:
                     missing_examples.append(str(e))
                 return None
+            # NaN and inf replaced value by value, before any mean: one bad value is one 0 in the mean
+            face, obj, env = (
+                as_float32(x, once(("visual", clip, kind)), "visual", str(vis_dir / kind / f"{clip}.pt"))
+                for x, kind in ((face, "face"), (obj, "object"), (env, "environment"))
+            )
             names_path = vis_dir / "face_names" / f"{clip}.txt"
             got = (face.shape[1], obj.shape[1], env.shape[1])
             if got != vis_dims:
@@ -583,7 +588,7 @@ def iter_memor(
                         feats[ch, s, d_face : d_face + d_obj] = ctx[0]
                         feats[ch, s, d_face + d_obj :] = ctx[1]
                         present[ch, s] = True
-            return as_float32(feats, counts, "visual", f"{vis_dir}: clip '{clip}'"), present
+            return feats, present
 
         # --- dims of text / audio
         def first_dim(js: JsonVectors, default: int) -> int:
@@ -598,6 +603,16 @@ def iter_memor(
 
         info = new_info([str(root)])
         counts = info["nonfinite_replaced"]
+        counted: set[tuple[str, ...]] = set()
+
+        def once(what: tuple[str, ...]) -> dict[str, int]:
+            """``counts`` the first time a file or key is read, else a dict nobody reads: a clip that
+            several splits use counts its NaN and inf once, in the first split that reads it."""
+            if what in counted:
+                return {}
+            counted.add(what)
+            return counts
+
         memor_info: dict[str, Any] = {
             "labels": labels,
             "character_order": list(order),
@@ -665,9 +680,9 @@ def iter_memor(
                                 f"{path}: key '{key}' has {vec.shape[0]} numbers, expected {dim} as for other keys"
                             )
                     if tv is not None:
-                        tvecs[s] = as_float32(tv, counts, "text", f"{text_json.path} key '{tk}'")
+                        tvecs[s] = as_float32(tv, once(("text", tk)), "text", f"{text_json.path} key '{tk}'")
                     if av is not None:
-                        avecs[s] = as_float32(av, counts, "audio", f"{audio_json.path} key '{ak}'")
+                        avecs[s] = as_float32(av, once(("audio", ak)), "audio", f"{audio_json.path} key '{ak}'")
                 for k in ks:
                     persons = persons_of[k]
                     off, poff = int(offsets[k]), int(person_offsets[k])
