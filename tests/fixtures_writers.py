@@ -105,9 +105,10 @@ def write_mosei_aligned(
         text = rng.normal(size=(n, steps, dims[0])).astype(dtype)
         audio = rng.normal(size=(n, steps, dims[1])).astype(dtype)
         visual = rng.normal(size=(n, steps, dims[2])).astype(dtype)
-        audio[0, 0, :2] = -np.inf
-        audio[n - 1, steps - 1, 0] = -np.inf
-        visual[0, 1, 0] = np.nan
+        if n:  # an empty split has no sample to hold them
+            audio[0, 0, :2] = -np.inf
+            audio[n - 1, steps - 1, 0] = -np.inf
+            visual[0, 1, 0] = np.nan
         tgt = _mosei_tgt(rng, n, len(names))
         obj[split] = {
             "src-text": text,

@@ -27,6 +27,15 @@ def reproduce(bench, data, out, seeds=2):
     return main(argv + sum((["--set", s] for s in TINY), []))
 
 
+def test_an_empty_test_split_is_refused_before_any_run(tmp_path, capsys):
+    """A protocol's figures are the test split's: without a sample there, a table of no rows."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data, sizes=(6, 3, 0))
+    assert reproduce("mosei", data, tmp_path / "out") == 2
+    assert f"{data}: the test split is empty; ramer reproduce reports figures" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("bench", ["mosei", "mosei_authors", "m3ed", "memor_primary"])
 def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     if bench.startswith("mosei"):

@@ -124,6 +124,8 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         raise RamerError(f"{data}: holds {bundle.format} data; ramer reproduce {bench} reads {' or '.join(layouts)}")
     if is_native(data):  # loaded as it was converted, whatever the config's loader options say
         check_converted_with(bench, data, cfg, bundle)
+    if "test" in bundle.splits and len(bundle.splits["test"]) == 0:  # else a table of no rows, exit 0
+        raise RamerError(f"{data}: the test split is empty; ramer reproduce reports figures on the test split")
     out = work_folder(out, "reproduction", make=False)
     made = make_folders(out)
     try:
