@@ -256,7 +256,8 @@ def write_m3ed_carat(
     expected = {}
     for split, n in zip(("train", "valid", "test"), sizes):
         lens = [int(x) for x in rng.integers(1, steps + 1, n)]
-        lens[0] = steps
+        if n:
+            lens[0] = steps
         part = {"src-text": [], "src-visual": [], "src-audio": [], "len_list": lens, "tgt": []}
         for i, L in enumerate(lens):
             for key, d in (("src-text", dims[0]), ("src-visual", dims[1]), ("src-audio", dims[2])):

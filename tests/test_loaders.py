@@ -431,6 +431,19 @@ def test_m3ed_carat(files) -> None:
     assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 9, "visual": 0}
 
 
+def test_m3ed_carat_empty_split(tmp_path: Path) -> None:
+    """An empty valid or test split loads as one, with the train split's feature sizes, as the
+    other loaders' do; the train split gives the sizes, so an empty one is an error."""
+    p = tmp_path / "m3ed_data_60.pt"
+    fw.write_m3ed_carat(p, sizes=(4, 0, 0))
+    bundle = load_dataset(p)
+    assert [len(bundle.splits[s]) for s in SPLITS] == [4, 0, 0]
+    assert bundle.splits["valid"].dims == bundle.splits["test"].dims == bundle.splits["train"].dims
+    fw.write_m3ed_carat(p, sizes=(0, 2, 3))
+    with pytest.raises(RamerError, match="split 'train' key 'src-visual' is empty"):
+        load_dataset(p)
+
+
 def test_m3ed_carat_malformed(tmp_path: Path) -> None:
     p = tmp_path / "m3ed_data_60.pt"
     fw.write_m3ed_carat(p)
