@@ -333,8 +333,12 @@ def test_mosei_unaligned_labels_file(files, tmp_path: Path) -> None:
         RamerError, match=r"split 'valid' has 3 samples but the aligned file .*aligned_other.pt has 2 'tgt'"
     ):
         load_dataset(p, "mosei_unaligned", aligned_path=wrong)
-    with pytest.raises(RamerError, match="layout 'zoom' unknown"):
+    with pytest.raises(RamerError, match="unaligned_layout='zoom': Input should be 'pool' or 'pad'"):
         load_dataset(p, "mosei_unaligned", aligned_path=files["aligned"], unaligned_layout="zoom")
+    with pytest.raises(RamerError, match="layout 'zoom' unknown"):  # a config not checked
+        load_dataset(
+            p, "mosei_unaligned", DataConfig.model_construct(unaligned_layout="zoom"), aligned_path=files["aligned"]
+        )
 
 
 # ---------------------------------------------------------------------------------------- M3ED pickle
@@ -638,6 +642,14 @@ def test_memor_character_order(tmp_path: Path) -> None:
 
 
 def test_memor_validation_fraction_and_seed(files) -> None:
+    """Keyword options are checked as --set data.KEY is (valid_fraction 0 aside: no valid split),
+    before the loader reads them: a negative seed was numpy's bare ValueError."""
+    for bad, message in (
+        (dict(valid_seed=-1), "valid_seed=-1: Input should be greater than or equal to 0"),
+        (dict(valid_fraction=1.0), "valid_fraction=1.0: Input should be less than 1"),
+    ):
+        with pytest.raises(RamerError, match=message):
+            load_dataset(files["memor"], **bad)
     a = load_dataset(files["memor"], valid_fraction=0.3, valid_seed=1)
     b = load_dataset(files["memor"], valid_fraction=0.3, valid_seed=1)
     assert a.splits["valid"].ids == b.splits["valid"].ids and len(a.splits["valid"]) == 2

@@ -212,8 +212,10 @@ def test_valid_split_takes_whole_clips_seeded(release) -> None:
 
 
 def test_protocol_is_checked(release) -> None:
-    with pytest.raises(RamerError, match="MEmoR protocol 'scene' unknown; choose target"):
+    with pytest.raises(RamerError, match="memor_protocol='scene': Input should be 'target' or 'clip'"):
         load_dataset(release[0], memor_protocol="scene")
+    with pytest.raises(RamerError, match="MEmoR protocol 'scene' unknown; choose target"):  # a config not checked
+        load_dataset(release[0], data_cfg=DataConfig.model_construct(memor_protocol="scene"))
     with pytest.raises(ValueError, match="memor_protocol"):
         DataConfig(memor_protocol="scene")
 

@@ -221,7 +221,14 @@ def open_dataset(
         "m3ed_protocol": m3ed_protocol,
         "m3ed_annotation": m3ed_annotation,
     }  # a keyword option given to the call wins over data_cfg's
-    cfg = (data_cfg or DataConfig()).model_copy(update={k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    for key, value in given.items():  # checked as --set data.KEY checks it; valid_fraction 0: no valid split
+        try:
+            checked = os.fspath(value) if isinstance(value, os.PathLike) else value
+            DataConfig.model_validate({key: checked} if (key, value) != ("valid_fraction", 0) else {})
+        except ValidationError as e:
+            raise RamerError(f"{key}={value!r}: {e.errors()[0]['msg']}") from None
+    cfg = (data_cfg or DataConfig()).model_copy(update=given)
     if fmt == "auto":
         fmt = cfg.format
     synthetic.check_complete(cfg)
@@ -323,7 +330,8 @@ def load_dataset(
     ``pad``, see docs/DATA.md), ``memor_character_order`` (8 names, default the MEmoR code's
     order), ``memor_protocol`` (``target``: a sample per annotated (clip, character, moment);
     ``clip``: a sample per clip, the authors' reading), ``valid_fraction`` / ``valid_seed`` (MEmoR's
-    validation split of train), ``m3ed_protocol`` (``dialogue`` or ``utterance``) and
+    validation split of train; ``valid_fraction=0``, which a config refuses: no validation split),
+    ``m3ed_protocol`` (``dialogue`` or ``utterance``) and
     ``m3ed_annotation`` (the utterance protocol's ``annotation.json``; default: that file name next
     to the pickle).
     """
