@@ -989,6 +989,23 @@ def test_data_info_and_convert_refuse_a_loader_option_the_data_does_not_read(fil
     capsys.readouterr()
 
 
+def test_training_commands_refuse_a_loader_option_the_data_does_not_read(files, tmp_path, capsys) -> None:
+    """train, bench and tune would train on the data read without the option while the run's
+    config.yaml recorded it: refused before any work, naming the key and its readers; an option at
+    its default (the m3ed config's max_utterances: 60 on CARAT's file) is no choice and trains."""
+    out = tmp_path / "out"
+    said = "holds mosei_aligned data, whose loader would ignore it; it applies to m3ed_pickle data"
+    for command in (["train"], ["bench", "--models", "br", "--seeds", "1"], ["tune", "--model", "late_fusion"]):
+        argv = [*command, "--data", str(files["aligned"]), "--set", "data.max_utterances=5", "--out", str(out)]
+        assert main(argv) == 2, command
+        assert f"data.max_utterances=5: {files['aligned']} {said}" in capsys.readouterr().err, command
+        assert not out.exists()
+    assert main(["train", "--set", "data.valid_seed=3", "--out", str(out)]) == 2
+    assert "data.valid_seed=3: the embedded benchmark holds synthetic data" in capsys.readouterr().err
+    assert main(["train", "--data", str(files["carat"]), "--config", "m3ed", "--model", "br", "--out", str(out)]) == 0
+    capsys.readouterr()
+
+
 def test_load_dataset_reads_the_loader_options_of_its_config(files, tmp_path: Path) -> None:
     """``load_dataset(path, data_cfg=cfg)`` reads the data as ``--data`` with ``cfg``'s ``data.*``
     would (``load_bundle``); a keyword option given to the call wins over the config's."""

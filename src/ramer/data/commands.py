@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ramer.config import DataConfig, build_config
 from ramer.console import printable
-from ramer.data.formats import detect_format, open_dataset
+from ramer.data.formats import LOADER_OPTIONS, detect_format, open_dataset
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.readers import SplitStream
 from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
@@ -27,20 +27,6 @@ NOT_LOADER_OPTIONS = {
     "task": "the task is a training setting (ramer train --set data.task=...; ramer data import --task records it)",
     "missing_rate": "extra missingness is a training and evaluation setting (ramer train, eval, bench)",
     "missing_at": "extra missingness is a training and evaluation setting (ramer train, eval, bench)",
-}
-
-# The loader options (data.KEY) that reading each format reads: another one given to ``data info``
-# or ``data convert`` would be ignored, so it is refused. CARAT's M3ED file reads m3ed_protocol to
-# refuse the utterance protocol; a native folder reads none (its loader options were applied when
-# it was converted, and meta.json records them).
-LOADER_OPTIONS = {
-    "mosei_aligned": (),
-    "mosei_unaligned": ("aligned_path", "unaligned_layout"),
-    "m3ed_pickle": ("max_utterances", "m3ed_protocol", "m3ed_annotation"),
-    "m3ed_carat": ("m3ed_protocol",),
-    "memor": ("labels", "memor_character_order", "memor_protocol", "valid_fraction", "valid_seed"),
-    "native": (),
-    "synthetic": ("synthetic",),
 }
 
 

@@ -356,6 +356,22 @@ def load_bundle(cfg: DataConfig) -> DataBundle:
     return load_dataset(cfg.path, cfg.format, cfg)
 
 
+# The loader options (data.KEY) that reading each format reads: another one given to ``data info``
+# or ``data convert`` would be ignored, so it is refused, and so is one that a training config sets
+# to other than its default (refuse_unread). CARAT's M3ED file reads m3ed_protocol to
+# refuse the utterance protocol; a native folder reads none (its loader options were applied when
+# it was converted, and meta.json records them).
+LOADER_OPTIONS = {
+    "mosei_aligned": (),
+    "mosei_unaligned": ("aligned_path", "unaligned_layout"),
+    "m3ed_pickle": ("max_utterances", "m3ed_protocol", "m3ed_annotation"),
+    "m3ed_carat": ("m3ed_protocol",),
+    "memor": ("labels", "memor_character_order", "memor_protocol", "valid_fraction", "valid_seed"),
+    "native": (),
+    "synthetic": ("synthetic",),
+}
+
+
 # The loader options a converted folder's meta.json records (info.SECTION.NAME) and the data.* key of
 # each: a native folder is read as it was converted, whatever these keys of a config say.
 CONVERTED_WITH = {
@@ -412,14 +428,35 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     return shlex.join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument
 
 
+def refuse_unread(data: DataConfig) -> None:
+    """A RamerError for a loader option (``LOADER_OPTIONS``) that ``data`` sets, in its file or by
+    ``--set``, to other than its default while the format of ``data.path`` does not read it; one
+    at its default (a bundled config's) is no choice."""
+    held = "synthetic" if data.path is None else data.format if data.format != "auto" else detect_format(data.path)
+    default = DataConfig()
+    for key in sorted(data.model_fields_set):
+        if key == "synthetic":  # the generator's settings, which the bundled synthetic config sets for any data
+            continue
+        readers = [f for f, names in LOADER_OPTIONS.items() if key in names]
+        if not readers or key in LOADER_OPTIONS.get(held, (key,)) or getattr(data, key) == getattr(default, key):
+            continue
+        where = data.path or "the embedded benchmark"
+        raise RamerError(
+            f"data.{key}={shown(getattr(data, key))}: {where} holds {held} data, whose loader would ignore it; it "
+            f"applies to {' and '.join(readers)} data (leave it out of the config and --set)"
+        )
+
+
 def read_as_converted(data: DataConfig) -> None:
     """A converted folder ``data.path`` is read as it was converted (its meta.json's ``info``):
     a loader option that the config ``data`` sets (in its file or by ``--set``: pydantic's
     ``model_fields_set``) otherwise is a RamerError, since the run would ignore it while its
     config.yaml recorded it; an option left at its default takes the folder's value, in place, so
     that config.yaml (and a tune's best.yaml) records the reading the run trained on and trains on
-    the folder again as ``--config``. Other data: nothing to do."""
+    the folder again as ``--config``. Other data: a loader option that the config sets to other
+    than its default and the data's format does not read is a RamerError, for the same reason."""
     if data.path is None or not is_native(data.path):
+        refuse_unread(data)
         return
     info = native_info(data.path)
     differences = converted_otherwise(info, data)
