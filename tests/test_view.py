@@ -40,6 +40,46 @@ def records_for(store, seed: int = 0, threshold=0.5) -> list[dict]:
     return prediction_records(store, probs, decide(probs, threshold), threshold)
 
 
+def contrast(fore: str, back: str) -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours."""
+
+    def luminance(colour: str) -> float:
+        c = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        c = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    high, low = sorted((luminance(fore), luminance(back)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_text_the_page_draws_keeps_wcag_contrast():
+    """WCAG 1.4.3 (4.5:1) for the small text whose colour the page sets on its cells: an absent
+    modality's letter, and a predicted chip's black code on its label's colour at full strength,
+    over a speaker's white cell and both stripes of a listener's (read from the template)."""
+    import re
+
+    from ramer import view
+
+    css = (Path(view.__file__).parent / "view_template.html").read_text()
+    stripes = re.search(r"td\.lis \{ background: repeating-linear-gradient\(135deg, (#\w{6}) 0 6px, (#\w{6})", css)
+    backs = ["#ffffff", *stripes.groups()]
+    off = re.search(r"\.mod\.off \{ color: (#\w+);", css).group(1)
+    off = off if len(off) == 7 else "#" + "".join(2 * ch for ch in off[1:])
+    assert min(contrast(off, b) for b in backs) >= 4.5, off
+    palette = re.findall(r"#\w{6}", re.search(r"const PALETTE = \[(.*?)\];", css).group(1))
+    low, high = map(float, re.search(r"gold \? null : ([\d.]+) \+ ([\d.]+) \* p\)", css).groups())
+    alpha = low + high  # p = 1
+
+    def over(colour: str, back: str) -> str:
+        return "#" + "".join(
+            f"{round(alpha * int(colour[i : i + 2], 16) + (1 - alpha) * int(back[i : i + 2], 16)):02x}"
+            for i in (1, 3, 5)
+        )
+
+    worst = min((contrast("#000000", over(c, b)), c, b) for c in palette for b in backs)
+    assert worst[0] >= 4.5, worst
+
+
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -567,6 +607,27 @@ def test_a_large_split_lists_a_few_hundred_and_draws_one_conversation(browser, t
     assert page.locator("#grid tbody tr").count() == int(store.grid[0][0])
     pick(page, "s2999")
     assert page.locator("#grid tbody tr").count() == int(store.grid[2999][0])
+    assert errors == []
+    page.close()
+
+
+def test_a_cell_is_a_button_whose_pinned_state_is_said_and_seen(browser, run):
+    """A cell acts as a toggle button (Enter pins it): assistive technology hears its state
+    (aria-pressed), and a focused cell looks unlike a pinned one."""
+    page, errors = open_page(browser, run["root"] / "scenes.html")
+    cells = page.locator("#grid td.cell:not(.none)")
+    first, second = cells.nth(0), cells.nth(1)
+    assert first.get_attribute("role") == "button" and first.get_attribute("aria-pressed") == "false"
+    first.focus()
+    page.keyboard.press("Enter")
+    assert first.get_attribute("aria-pressed") == "true"
+    second.focus()
+    style = "(e) => getComputedStyle(e).outlineStyle + ' ' + getComputedStyle(e).outlineColor"
+    assert first.evaluate(style) != second.evaluate(style)
+    page.keyboard.press("Enter")
+    assert (first.get_attribute("aria-pressed"), second.get_attribute("aria-pressed")) == ("false", "true")
+    page.keyboard.press("Enter")
+    assert second.get_attribute("aria-pressed") == "false"
     assert errors == []
     page.close()
 

@@ -23,11 +23,12 @@ input                        shape / dtype          meaning
 ``S`` is at most ``model.max_segments`` (512 by default) for the models with a segment-position
 table (``ramer``, ``ramer-authors``, ``mlgcn``, ``hhmpn``): onnxruntime refuses a longer grid.
 
-Output ``probs`` (B, C): the same probabilities as ``ramer.load(RUN_DIR).predict`` (fp32, whatever
-the run's ``train.precision``). The file's metadata (``metadata_props``) says how to read them:
-``ramer.labels`` (a JSON list of the C label names, in column order), ``ramer.task`` and, when
-given, ``ramer.threshold`` (the run's decision, as ``predict`` writes it: a number, one per label,
-or ``"argmax"``).
+Output ``probs`` (B, C): the model's fp32 probabilities, those of ``ramer.load(RUN_DIR).predict``
+for a run trained in fp32 (a run trained with ``train.precision=bf16`` is scored there under bf16
+autocast, as its test was; the graph stays fp32). The file's metadata (``metadata_props``) says how
+to read them: ``ramer.labels`` (a JSON list of the C label names, in column order), ``ramer.task``,
+``ramer.version`` (the ramer that wrote it) and, when given, ``ramer.threshold`` (the run's
+decision, as ``predict`` writes it: a number, one per label, or ``"argmax"``).
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (``torch.export`` then ONNX), with ``B``, ``P``
 and ``S`` as dynamic dimensions. A model whose scores are not finite is refused before anything is

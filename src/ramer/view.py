@@ -43,8 +43,9 @@ from ramer.metrics import ARGMAX, multilabel_metrics, per_label_metrics
 TEXT, AUDIO, FACE, SPEAKS = 1, 2, 4, 8  # bits of a cell code; -1: no sample shows the cell
 ROLES = {1: "speaker", 0: "listener"}
 FIGURES = ("micro_f1", "macro_f1", "weighted_f1", "acc")
-# the figures table's columns, as ramer eval's (cli.COLUMNS): a single-label run (decision "argmax")
-# leads with accuracy and weighted F1; its micro-F1 equals its accuracy
+# the figures table's columns (README "Looking at predictions"): a single-label run (decision "argmax")
+# leads with accuracy and weighted F1, as ramer eval's table (cli.METRIC_COLUMNS) does; its micro-F1 and
+# its accuracy (every sample with one label, data.store.not_one_label) equal eval's top-1 accuracy
 COLUMNS = {
     "multi_label": (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("acc", "Acc")),
     "single_label": (("acc", "Acc"), ("weighted_f1", "weighted-F1"), ("macro_f1", "macro-F1")),
