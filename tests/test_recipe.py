@@ -323,6 +323,9 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
             1,
         )
         assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "a.txt").chmod(0o640)  # a file written over keeps what its owner gave it
+        atomic_write_text(tmp_path / "a.txt", "y")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
 

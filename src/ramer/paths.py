@@ -565,8 +565,10 @@ def umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp.
 
-    A symbolic link is followed (its target is written, the link kept); a path that is not a regular
-    file (a FIFO, ``/dev/stdout``) is written to directly, as a shell redirection would, not replaced.
+    A new file gets the permissions the umask gives, a file written over keeps its own (a private
+    ``chmod 600`` export stays private). A symbolic link is followed (its target is written, the
+    link kept); a path that is not a regular file (a FIFO, ``/dev/stdout``) is written to directly,
+    as a shell redirection would, not replaced.
     What the system refuses (permissions, a full disk) is a RamerError naming ``path``; the file
     there before is left as it was; a Ctrl-C is a KeyboardInterrupt, also where the writer failed on
     its way out of it (raising an error of its own). The temporary is locked while it is written; what
@@ -581,11 +583,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             path = Path(os.path.realpath(path))
         if not _under_held(path.parent):  # a held folder's command removes them (remove_temporaries)
             _remove_cut_off(path)
+        # as a plain open() would leave it: a file there keeps its permissions, a new one gets the
+        # umask's (mkstemp makes the temporary private)
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~umask()
         fd, tmp = _locked_temporary(path)
     except OSError as e:
         raise unwritable(path, e) from None
     try:
-        mode = 0o666 & ~umask()  # as a plain open() would create it (mkstemp makes it private)
         os.chmod(tmp, mode)
         write(tmp)
         os.chmod(tmp, mode)  # again: a writer may make the file anew (safetensors' save_file does, private)
