@@ -135,6 +135,24 @@ def test_an_installed_model_that_registers_itself_on_import_keeps_its_space(tmp_
     assert space_for(cfg) == sys.modules["plug_spaced"].SPACE
 
 
+def test_a_bench_worker_tunes_an_installed_model_in_its_own_space(tmp_path, monkeypatch, registry):
+    """``bench --tune-trials --jobs 2`` tunes each model in a process of its own: there too the
+    installed model is imported before its space is read (else the common space was searched)."""
+    code = doc_example() + textwrap.dedent(
+        """
+        from ramer.models import register_model
+        from ramer.models.spaces import log
+
+        register_model("spaced", build, space=(log("train.lr", 1e-3, 1e-2),))
+        """
+    )
+    install(tmp_path / "site", monkeypatch, {"plug_spaced.py": code}, {"spaced": "plug_spaced:build"})
+    bench = ["bench", "--seeds", "1", "--missing-rates", "0", "--complete", "", "--jobs", "2", *SETS]
+    assert main([*bench, "--models", "spaced,late_fusion", "--tune-trials", "1", "--out", str(tmp_path / "b")]) == 0
+    searched = json.loads((tmp_path / "b" / "tune" / "spaced" / "tune.json").read_text())["space"]
+    assert [p.split(" ")[0] for p in searched] == ["train.lr"], searched
+
+
 def test_the_documented_python_registration_runs(tmp_path, monkeypatch, registry):
     """The section's second block as written, beside the first as ``my_models.py``, with this
     test's tiny settings and folder."""

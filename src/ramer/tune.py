@@ -71,7 +71,7 @@ from ramer.data import DataBundle, load_bundle, read_as_converted
 from ramer.data.store import resolve_task
 from ramer.errors import LossNotFinite, RamerError, first_line, is_finite, is_whole
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
-from ramer.models import CLASSICAL, set_model
+from ramer.models import CLASSICAL, is_known, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
 from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
 from ramer.train import run_training
@@ -676,6 +676,7 @@ def tune(
             f"--storage {storage}: an in-memory database holds no study after the command (and Optuna's "
             "heartbeat thread cannot share it); give sqlite:///FILE"
         )
+    is_known(base.model.name)  # an installed model's module, which may register its space as it is imported
     space = space_for(base, set(fixed))
     check_space(base, space)
     out = work_folder(out, "study", make=False)
