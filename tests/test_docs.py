@@ -338,3 +338,18 @@ def test_the_format_flags_help_names_every_format():
 
     named = re.findall(r"[a-z0-9_]+", FORMAT_HELP.split(":", 1)[1])
     assert set(FORMATS) <= set(named), sorted(set(FORMATS) - set(named))
+
+
+def test_every_ablation_has_its_row_in_models_ablation_table():
+    """docs/MODEL.md's ablation table: one row per switch of ``config.ABLATIONS``, in that order,
+    and the searched keys each leaves out as ``spaces.UNUSED_WHEN_OFF`` has them."""
+    from ramer.config import ABLATIONS
+    from ramer.models.spaces import UNUSED_WHEN_OFF
+
+    text = (ROOT / "docs" / "MODEL.md").read_text()
+    section = text.split("### Ablations (", 1)[1].split("\n### ", 1)[0]
+    rows = [ln.split(" | ") for ln in section.splitlines() if ln.startswith("| `")]
+    assert [r[0].strip("| `") for r in rows] == list(ABLATIONS)
+    for row in rows:
+        name, left_out = row[0].strip("| `"), set(re.findall(r"`([\w.]+)`", row[-1]))
+        assert left_out == set(UNUSED_WHEN_OFF.get(name, ())), name

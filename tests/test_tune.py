@@ -24,7 +24,7 @@ from ramer.cli import main
 from ramer.config import build_config, with_values
 from ramer.data.synthetic import generate
 from ramer.errors import LossNotFinite, RamerError
-from ramer.models import BUILDERS, DataSpec, build_model, set_model
+from ramer.models import BUILDERS, PRESETS, DataSpec, build_model, set_model
 from ramer.models.spaces import SEARCHED, space_for, suggest
 from ramer.train.recipe import Recipe
 from ramer.tune import GRACE, open_study, tune, tune_config
@@ -103,11 +103,12 @@ def test_every_space_builds_a_valid_config_and_its_model(tiny, name):
         study.tell(trial, 0.0)
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", [*sorted(BUILDERS), *sorted(PRESETS)])
 def test_every_searched_model_key_is_read(tiny, name):
     """Changing one searched model / loss key (low vs high end of its range) changes the model's
-    training loss: no searched key is one the model ignores. (train.lr and train.weight_decay are
-    the optimiser's, read by every run.)"""
+    training loss: no searched key is one the model ignores, an ablation preset's included (the
+    keys its switched-off part read are in spaces.UNUSED_WHEN_OFF). (train.lr and
+    train.weight_decay are the optimiser's, read by every run.)"""
     bundle, spec, batch = tiny
     base = build_config(overrides=TINY)
     set_model(base, name)
