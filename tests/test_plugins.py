@@ -344,6 +344,8 @@ class Broken(nn.Module):
             return Out(logits - 5.0)
         if self.how == "nan":
             return Out(logits.sigmoid() * float("nan"))
+        if self.how == "nan_in_eval" and not self.training:
+            return Out(logits.sigmoid() * float("nan"))
         return Out(logits.sigmoid())
 
     def loss(self, out, batch):
@@ -386,6 +388,10 @@ def raises(cfg, spec):
         ("shape", r"model Broken: forward returned probs of shape \(24, 1\) for a batch of 24 samples and 9 labels"),
         ("logits", r"model Broken: \d+ of \d+ scores of a batch lie outside \[0, 1\] \(e.g. -\d"),
         ("nan", r"model Broken: \d+ of \d+ scores are NaN or infinite \(did the model diverge\?\)"),
+        (
+            "nan_in_eval",
+            r"lower train.lr\? \(or model Broken, of package plug_broken_models, makes NaN or infinite probs",
+        ),
         ("bare_loss", r"model Broken: loss\(\) returned a Tensor; expected a ramer.models.base.LossResult"),
         ("per_sample", r"model Broken: LossResult.total must be a scalar tensor \(one number\), got shape \(16,\)"),
         ("vector_term", r"model Broken: LossResult.terms\['each'\] must be a scalar \(one number\), got shape \(16,\)"),

@@ -66,7 +66,7 @@ from ramer.errors import FileUnreadable, LossNotFinite, RamerError, ScoresNotFin
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
-from ramer.models.base import LossResult, checked_loss
+from ramer.models.base import LossResult, checked_loss, package_of
 from ramer.models.parts.encoders import check_segments, modality_encoders
 from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
@@ -808,6 +808,11 @@ class Recipe(RunSteps):
                 f"epoch {epoch}: the validation scores are NaN or infinite after its last step, whose loss and "
                 "gradient were finite: the model diverged; lower train.lr?"
             )
+            if (package := package_of(self.model)) != "ramer":  # a plugin's eval-mode forward may make them
+                said += (
+                    f" (or model {type(self.model).__name__}, of package {package}, makes NaN or infinite probs "
+                    "in eval mode)"
+                )
             raise self.diverged(epoch, said) from None
 
     def diverged(self, epoch: int, said: str) -> LossNotFinite:
