@@ -521,6 +521,14 @@ def iter_memor(
                 name = "others"
             return f, (order.index(name) if name in order else -1)
 
+        def finite(x: np.ndarray, counted_in: dict[str, int]) -> np.ndarray:
+            """``x`` with its NaN and inf replaced by 0, counted as visual values."""
+            bad = ~np.isfinite(x)
+            if not bad.any():
+                return x
+            counted_in["visual"] = counted_in.get("visual", 0) + int(bad.sum())
+            return np.where(bad, 0, x)
+
         def clip_visual(clip: str) -> tuple[np.ndarray, np.ndarray] | None:
             """(len(order), S, d_vis) features and (len(order), S) presence, or None: all absent."""
             names_list = face_names[clip]
@@ -540,8 +548,9 @@ def iter_memor(
                     missing_examples.append(str(e))
                 return None
             # NaN and inf replaced value by value, before any mean: one bad value is one 0 in the mean
+            # (in the file's own precision: the means of finite values are as they always were)
             face, obj, env = (
-                as_float32(x, once(("visual", clip, kind)), "visual", str(vis_dir / kind / f"{clip}.pt"))
+                finite(x, once(("visual", clip, kind)))
                 for x, kind in ((face, "face"), (obj, "object"), (env, "environment"))
             )
             names_path = vis_dir / "face_names" / f"{clip}.txt"
