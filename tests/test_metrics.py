@@ -235,6 +235,23 @@ def test_format_mean_std_never_prints_minus_zero():
     assert format_mean_std(-0.0006, 0.0, 1) == "-0.001"
 
 
+def test_top1_accuracy_is_the_accuracy_of_the_arg_max_decisions():
+    """Against scikit-learn: without ties, top_k_accuracy_score (k = 1); with ties, accuracy_score of
+    ``decide``'s arg-max, whose tie rule (the first label) it shares."""
+    rng = np.random.default_rng(0)
+    y = np.eye(5, dtype=int)[rng.integers(0, 5, 200)]
+    s = rng.random((200, 5))
+    assert top1_accuracy(y, s) == pytest.approx(skm.top_k_accuracy_score(y.argmax(1), s, k=1, labels=range(5)))
+    tied = np.round(s, 1)
+    assert top1_accuracy(y, tied) == pytest.approx(skm.accuracy_score(y, decide(tied, "argmax")))
+    assert top1_accuracy(np.array([[0, 1, 0]]), np.array([[0.3, 0.3, 0.1]])) == 0.0
+
+
+def test_no_label_column_is_an_error_not_nan():
+    with pytest.raises(MetricInputError, match=r"no label column \(C = 0\)"):
+        multilabel_metrics(np.zeros((3, 0)), np.zeros((3, 0)))
+
+
 def test_top1_accuracy_checks_its_inputs():
     with pytest.raises(MetricInputError, match="must be equal"):
         top1_accuracy(np.zeros((3, 4)), np.zeros((3, 2)))

@@ -1191,9 +1191,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
     if info["task"] == "single_label":
         decision = "single-label data: arg-max decision, best epoch chosen on validation weighted F1"
     else:
-        decision = (
-            f"best epoch and decision threshold ({'per label' if t.per_label_threshold else 'global'}) "
-            "chosen on validation micro-F1"
+        decision = "best epoch chosen on validation micro-F1, the decision threshold on validation " + (
+            "each label's F1 (one per label)" if t.per_label_threshold else "micro-F1 (one for every label)"
         )
     sets = [x for x in s.base_sets if base.data.path is None or not x.startswith("data.synthetic.")]  # what applies
     lines = [

@@ -119,6 +119,8 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """All metrics of ``METRIC_KEYS`` for ``(N, C)`` 0/1 arrays; an empty set gives zeros."""
     t, p = _check(y_true, y_pred)
+    if t.shape[1] == 0:  # every mean below would be over no label
+        raise MetricInputError("y_true and y_pred have no label column (C = 0)")
     if t.shape[0] == 0:
         return {k: 0.0 for k in METRIC_KEYS}
     inter, union = (t & p).sum(1), (t | p).sum(1)
@@ -153,7 +155,9 @@ def finite_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def top1_accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Share of samples whose highest-scoring label is one of their true labels (MEmoR)."""
+    """Share of samples whose highest-scoring label is one of their true labels (MEmoR). A tie goes
+    to the first label, as ``decide``'s arg-max does (scikit-learn's ``top_k_accuracy_score`` takes
+    the last), so that top-1 accuracy is the accuracy of the arg-max decisions."""
     y_true, scores = _truth_and_scores(y_true, scores)
     if len(y_true) == 0:
         return 0.0
