@@ -281,6 +281,19 @@ def test_synthetic_scene_per_sample_and_the_split_figures(run):
         assert got["per_label"][name]["f1"] == pytest.approx(want["per_label"][name]["f1"])
 
 
+def test_a_run_with_an_extra_missing_rate_says_its_figures_are_not_its_test_line(tmp_path, capsys):
+    """view scores the data as it is (as predict does), not with the run's data.missing_rate, which
+    ramer eval applies: the page and a note say so, where the rate applies to the split."""
+    cfg = tiny_cfg(extra=["train.epochs=1", "data.missing_rate=0.5", "data.missing_at=test"])
+    Recipe(cfg, tmp_path / "run", bundle=generate(cfg.data.synthetic)).run()
+    said = "the run trained and was tested with data.missing_rate 0.5 (missing_at test); this page scores"
+    for split, told in (("test", True), ("valid", False)):
+        page = tmp_path / f"{split}.html"
+        assert main(["view", str(tmp_path / "run"), "--split", split, "--out", str(page)]) == 0
+        assert (f"note: {said}" in capsys.readouterr().err) == told
+        assert (f'"figures_aside":"{said}' in page.read_text()) == told, split
+
+
 def test_predictions_file_carries_the_threshold(run):
     assert all(line["threshold"] == run["preds"][0]["threshold"] for line in run["preds"])
     store = run["store"]

@@ -764,6 +764,15 @@ def cmd_view(args: argparse.Namespace) -> int:
         title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
         notes: list[str] = []
         data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir), notes)
+        extra = predictor.cfg.data if args.run_dir is not None else None  # the split's extra missing rate
+        rate = extra.missing_rate if extra and (extra.missing_at == "all" or args.split == "test") else 0
+        if rate > 0 and data["summary"]:
+            data["figures_aside"] = (
+                f"the run trained and was tested with data.missing_rate {rate:g} (missing_at {extra.missing_at}); "
+                "this page scores the data as it is, as ramer predict does, so "
+                "its figures are not the run's test line (ramer eval applies the rate)"
+            )
+            notes.append(data["figures_aside"])
         page = render_page(data)
         atomic_write_text(args.out, page)
     for note in notes:

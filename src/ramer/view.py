@@ -273,6 +273,7 @@ def page_data(
         "n_predicted": len(by_sample),
         "summary": summary(store, by_sample, names, task) if labelled and by_sample and not unfit else None,
         "figures_note": unfit,
+        "figures_aside": None,  # what the figures are not (cli's view: a run's extra missing rate)
         "conversations": out,
     }
 
