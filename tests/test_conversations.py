@@ -415,6 +415,47 @@ def test_personality_rows_and_unknown_persons(tmp_path, fake_text):
         import_conversations(src, tmp_path / "ds", personality=pers)
 
 
+def test_a_personality_row_matches_its_person_in_any_unicode_form(tmp_path, fake_text):
+    """The personality file's names are read in NFC, as the table's are: José written with a
+    combining accent (as macOS often saves it) is the table's José, not a person nobody names."""
+    rows = base_rows()
+    for r in rows:
+        r["speaker"] = r["speaker"].replace("ann", "Jos\u00e9")
+        r["present"] = r.get("present", "").replace("ann", "Jos\u00e9")
+    src = write_table(tmp_path / "talk.csv", rows)
+    pers = tmp_path / "traits.csv"
+    pers.write_text("person,open\nJose\u0301,0.5\n", encoding="utf-8")
+    meta = import_conversations(src, tmp_path / "ds", personality=pers)
+    counts = meta["info"]["conversations"]["counts"]
+    assert counts["personality_rows_unused"] == 0 and "Jos\u00e9" not in counts["persons_without_personality"]
+
+
+def test_a_label_only_on_context_rows_is_told_so(tmp_path, fake_text, capsys):
+    """Without --labels, a name of the labels column that no target row carries has no sample: the
+    note says where it is, not to leave it out of a --labels that was never given."""
+    rows = base_rows()
+    rows[0]["labels"], rows[0]["target"] = "fear", 0
+    for r in rows[1:]:
+        r["target"] = 1
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    (note,) = [n for n in meta["info"]["conversations"]["notes"] if "no sample in the train split" in n]
+    assert "'fear' (valid 0, test 0)" in note and "--labels" not in note
+    assert note.endswith("a label the table gives only on rows that are no sample (target 0) needs a target row)")
+
+
+def test_an_empty_labels_column_and_a_control_character_in_labels_are_told(tmp_path, fake_text):
+    rows = base_rows()
+    for r in rows:
+        r["labels"] = ""
+    with pytest.raises(RamerError, match="names no emotion; give the names with --labels a,b,c, or, for an unlabelled"):
+        import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    with pytest.raises(RamerError, match=r"^--labels names 'an\\x1b\[31mger', with the control character \\x1b"):
+        import_conversations(
+            write_table(tmp_path / "t.csv", base_rows()), tmp_path / "ds2", labels=["joy", "an\x1b[31mger"]
+        )
+    assert not (tmp_path / "ds2").exists()  # before the text model and its cache
+
+
 # ------------------------------------------------------------------------------------ bad rows
 def _rows_with(change):
     rows = base_rows()

@@ -726,6 +726,12 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
             raise RamerError("--labels is empty; give names separated by commas, e.g. --labels joy,anger,sadness")
         if len(set(names)) != len(names):
             raise RamerError(f"--labels names a label twice: {', '.join(names)}")
+        for n in names:
+            if (c := control_character(n)) is not None:
+                raise RamerError(
+                    f"--labels names {_short(n)}, with the control character {c} (names are printed to the "
+                    "terminal); write it without"
+                )
         for u in utterances:
             for n in u.labels:
                 if n not in names:
@@ -743,7 +749,10 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
         )
     names = tuple(sorted({n for u in utterances for n in u.labels}))
     if not names:
-        raise RamerError(f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c")
+        raise RamerError(
+            f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c, or, for an "
+            "unlabelled file to predict on (all in test), leave the 'labels' column out and give --labels"
+        )
     first: dict[str, tuple[str, int]] = {}  # by _label_key: the first spelling and its row
     for u in utterances:
         for n in u.labels:
@@ -883,12 +892,15 @@ def typo_labels_notes(utterances: list[Utterance], names: tuple[str, ...]) -> li
     return notes
 
 
-def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], labelled: bool) -> str | None:
+def untrained_labels_note(
+    convs: list[Conversation], names: tuple[str, ...], labelled: bool, given: bool = True
+) -> str | None:
     """A note naming the labels that no sample (target row) of the train split has, with their
     counts in valid and test: a model trained on the set never sees them, so it cannot learn them
     (a label only in test, a name of ``--labels`` the file never uses). ``None`` when every label
     has a train sample, for an unlabelled file, and for a set without train samples (a labelled
-    test set, to evaluate a run trained elsewhere)."""
+    test set, to evaluate a run trained elsewhere). ``given``: the names came from ``--labels``, else
+    from the table's ``labels`` column, where a name no sample has is on rows that are no target."""
     if not labelled:
         return None
     counts = {s: dict.fromkeys(names, 0) for s in SPLITS}
@@ -904,7 +916,10 @@ def untrained_labels_note(convs: list[Conversation], names: tuple[str, ...], lab
         return None
     what, it = labels_phrase([f"{n!r} (valid {counts['valid'][n]}, test {counts['test'][n]})" for n in missing])
     unused = sum(all(counts[s][n] == 0 for s in SPLITS) for n in missing)  # names of --labels the file never uses
-    if unused == len(missing):
+    if not given:  # a name no sample has is named only on rows that are no target (target 0)
+        context = "a label the table gives only on rows that are no sample (target 0) needs a target row"
+        fix = "give train samples, or take the label out of the table" + (f"; {context}" if unused else "")
+    elif unused == len(missing):
         fix = f"leave {it} out of --labels"
     else:
         fix = "give train samples, or take the label out of the table" + (" and --labels" if unused else "")
@@ -958,7 +973,7 @@ def read_personality(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]
             if not header or len(header) < 2:
                 raise RamerError(f"{_where(path, 1)}: expected a header 'person,trait_1,trait_2,...'")
             for row, cells in _csv_rows(reader, lines, header, path):
-                name = cells[0].strip()
+                name = unicodedata.normalize("NFC", cells[0].strip())  # as the table's names are read
                 if not name:
                     raise RamerError(f"{_where(path, row)}: empty person name")
                 if name in out:
@@ -1477,7 +1492,7 @@ def import_conversations(
             "no media: text only (add a 'media' column with each conversation's audio or video "
             f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
         )
-    if note := untrained_labels_note(convs, names, labelled):
+    if note := untrained_labels_note(convs, names, labelled, given=labels is not None):
         report.notes.append(note)
     if labels is None and (note := missing_value_labels_note(convs, names)):
         report.notes.append(note)
