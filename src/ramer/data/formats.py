@@ -431,15 +431,22 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
 def refuse_unread(data: DataConfig) -> None:
     """A RamerError for a loader option (``LOADER_OPTIONS``) that ``data`` sets, in its file or by
     ``--set``, to other than its default while the format of ``data.path`` does not read it; one
-    at its default (a bundled config's) is no choice."""
-    held = "synthetic" if data.path is None else data.format if data.format != "auto" else detect_format(data.path)
+    at its default (a bundled config's) is no choice. The data is looked at only when one is set."""
     default = DataConfig()
-    for key in sorted(data.model_fields_set):
-        if key == "synthetic":  # the generator's settings, which the bundled synthetic config sets for any data
+    chosen = [
+        key
+        for key in sorted(data.model_fields_set)
+        if key != "synthetic"  # the generator's settings, which the bundled synthetic config sets for any data
+        and any(key in names for names in LOADER_OPTIONS.values())
+        and getattr(data, key) != getattr(default, key)
+    ]
+    if not chosen:
+        return
+    held = "synthetic" if data.path is None else data.format if data.format != "auto" else detect_format(data.path)
+    for key in chosen:
+        if key in LOADER_OPTIONS.get(held, (key,)):
             continue
         readers = [f for f, names in LOADER_OPTIONS.items() if key in names]
-        if not readers or key in LOADER_OPTIONS.get(held, (key,)) or getattr(data, key) == getattr(default, key):
-            continue
         where = data.path or "the embedded benchmark"
         raise RamerError(
             f"data.{key}={shown(getattr(data, key))}: {where} holds {held} data, whose loader would ignore it; it "
