@@ -116,6 +116,11 @@ def test_term_gradients_runs():
     assert "cls" in out
 
 
+def test_synthetic_signal_runs():
+    out = run("synthetic_signal.py", "--seeds", "0", *sets(*TINY_DATA))
+    assert "| 0 | + both |" in out and "mean gain over 'token'" in out
+
+
 def test_target_utterance_lr_runs(tmp_path):
     stores = {}
     for k, split in enumerate(("train", "valid", "test")):

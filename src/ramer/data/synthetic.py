@@ -8,8 +8,10 @@ Generative story, per scene:
 - A latent emotion state per (person, segment): AR(1) over segments (persistence) around a
   personality-driven bias, pulled towards the current speaker's state (contagion; stronger for the
   addressee), plus noise whose low-rank part makes labels co-occur.
-- Labels ``y = 1[state > threshold]`` (thresholds calibrated once per world to fixed label
-  frequencies), then annotator noise flips a small share of bits.
+- Labels ``y = 1[state > threshold]`` (thresholds calibrated once per world so that each label
+  holds a fixed share of all (person, segment) states, three in four of them listeners'; the
+  targets, half of them speakers, whose states spread more, hold more: docs/RESULTS.md gives the
+  measured shares), then annotator noise flips a small share of bits.
 - Features: text and audio only for the speaker, visual for every visible face; each a fixed
   random two-layer tanh map of the emotion state plus a nuisance factor (topic in text, voice in
   audio, lighting in visual) plus noise. Text is the most informative, visual the least.
@@ -38,7 +40,8 @@ LABEL_NAMES = (
     "neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation", "trust",
     "serenity", "interest", "annoyance", "boredom", "distraction",
 )  # fmt: skip
-# Target share of positives per label (cycled when more labels are asked for).
+# Share of positives per label over all (person, segment) states of the calibration scenes, not over
+# the targets (cycled when more labels are asked for).
 _FREQS = (0.35, 0.3, 0.15, 0.1, 0.2, 0.15, 0.1, 0.2, 0.15, 0.12, 0.18, 0.12, 0.08, 0.08)
 _NOISE = {"text": 0.35, "audio": 0.7, "visual": 1.1}  # feature noise, relative to signal scale
 _PERSIST, _CONTAGION_ADDRESSEE, _CONTAGION_OTHER, _KEEP_FLOOR = 0.7, 0.5, 0.25, 0.4
