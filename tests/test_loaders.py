@@ -619,6 +619,14 @@ def test_memor_visual_nan_and_inf_are_replaced_before_the_means(tmp_path: Path) 
     bundle = load_dataset(root, "memor")
     check_memor(bundle, fx, "primary")
     assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 1, "visual": 2}
+    # a float64 file's value beyond float32's range is replaced as an inf is (the mean would overflow)
+    face = torch.load(vis / "face_features" / "c1.pt", weights_only=True).double()
+    face[1, 0] = 1e300
+    torch.save(face, vis / "face_features" / "c1.pt")
+    fx["visual"]["c1"]["face"][1, 0] = 0.0
+    bundle = load_dataset(root, "memor")
+    check_memor(bundle, fx, "primary")
+    assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 1, "visual": 3}
 
 
 def test_memor_text_key_convention(tmp_path: Path) -> None:

@@ -286,7 +286,7 @@ def test_a_run_with_an_extra_missing_rate_says_its_figures_are_not_its_test_line
     ramer eval applies: the page and a note say so, where the rate applies to the split."""
     cfg = tiny_cfg(extra=["train.epochs=1", "data.missing_rate=0.5", "data.missing_at=test"])
     Recipe(cfg, tmp_path / "run", bundle=generate(cfg.data.synthetic)).run()
-    said = "the run trained and was tested with data.missing_rate 0.5 (missing_at test); this page scores"
+    said = "the run scores its test split with data.missing_rate 0.5 (missing_at test), as ramer eval does; this page"
     for split, told in (("test", True), ("valid", False)):
         page = tmp_path / f"{split}.html"
         assert main(["view", str(tmp_path / "run"), "--split", split, "--out", str(page)]) == 0
@@ -624,23 +624,26 @@ def test_a_large_split_lists_a_few_hundred_and_draws_one_conversation(browser, t
     page.close()
 
 
-def test_a_cell_is_a_button_whose_pinned_state_is_said_and_seen(browser, run):
-    """A cell acts as a toggle button (Enter pins it): assistive technology hears its state
-    (aria-pressed), and a focused cell looks unlike a pinned one."""
+def test_a_pinned_cell_is_said_and_seen_and_stays_a_table_cell(browser, run):
+    """Enter pins a focused cell: assistive technology hears it (aria-current) and the cell keeps
+    its table role, so its row and column headers are read with it; focused, pinned, and both
+    look unlike each other."""
     page, errors = open_page(browser, run["root"] / "scenes.html")
     cells = page.locator("#grid td.cell:not(.none)")
     first, second = cells.nth(0), cells.nth(1)
-    assert first.get_attribute("role") == "button" and first.get_attribute("aria-pressed") == "false"
-    first.focus()
-    page.keyboard.press("Enter")
-    assert first.get_attribute("aria-pressed") == "true"
-    second.focus()
+    assert first.get_attribute("role") is None and first.get_attribute("aria-current") is None
     style = "(e) => getComputedStyle(e).outlineStyle + ' ' + getComputedStyle(e).outlineColor"
-    assert first.evaluate(style) != second.evaluate(style)
+    first.focus()
+    focused = first.evaluate(style)
     page.keyboard.press("Enter")
-    assert (first.get_attribute("aria-pressed"), second.get_attribute("aria-pressed")) == ("false", "true")
+    assert first.get_attribute("aria-current") == "true"
+    pinned_and_focused = first.evaluate(style)
+    second.focus()
+    assert len({focused, pinned_and_focused, first.evaluate(style)}) == 3  # focused, pinned and focused, pinned
     page.keyboard.press("Enter")
-    assert second.get_attribute("aria-pressed") == "false"
+    assert (first.get_attribute("aria-current"), second.get_attribute("aria-current")) == (None, "true")
+    page.keyboard.press("Enter")
+    assert second.get_attribute("aria-current") is None
     assert errors == []
     page.close()
 

@@ -764,13 +764,13 @@ def cmd_view(args: argparse.Namespace) -> int:
         title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
         notes: list[str] = []
         data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir), notes)
-        extra = predictor.cfg.data if args.run_dir is not None else None  # the split's extra missing rate
-        rate = extra.missing_rate if extra and (extra.missing_at == "all" or args.split == "test") else 0
-        if rate > 0 and data["summary"]:
+        run_data = predictor.cfg.data if args.run_dir is not None else None  # its extra missing rate
+        hit = run_data and run_data.missing_rate > 0 and (run_data.missing_at == "all" or args.split == "test")
+        if hit and data["summary"]:
             data["figures_aside"] = (
-                f"the run trained and was tested with data.missing_rate {rate:g} (missing_at {extra.missing_at}); "
-                "this page scores the data as it is, as ramer predict does, so "
-                "its figures are not the run's test line (ramer eval applies the rate)"
+                f"the run scores its {args.split} split with data.missing_rate {run_data.missing_rate:g} (missing_at "
+                f"{run_data.missing_at}), as ramer eval does; this page scores the data as it is, as ramer predict "
+                "does, so its figures are not eval's"
             )
             notes.append(data["figures_aside"])
         page = render_page(data)

@@ -522,8 +522,11 @@ def iter_memor(
             return f, (order.index(name) if name in order else -1)
 
         def finite(x: np.ndarray, counted_in: dict[str, int]) -> np.ndarray:
-            """``x`` with its NaN and inf replaced by 0, counted as visual values."""
+            """``x`` with its NaN and inf replaced by 0, counted as visual values; so too a value of a
+            wider float beyond float32's range, which the features' cast would make inf."""
             bad = ~np.isfinite(x)
+            if x.dtype.kind == "f" and x.dtype.itemsize > 4:
+                bad |= np.abs(np.nan_to_num(x)) > np.finfo(np.float32).max
             if not bad.any():
                 return x
             counted_in["visual"] = counted_in.get("visual", 0) + int(bad.sum())
