@@ -36,6 +36,16 @@ def test_an_empty_test_split_is_refused_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_loader_option_the_data_does_not_read_is_refused_before_any_run(tmp_path, capsys):
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    argv = ["reproduce", "mosei", "--data", str(data), "--out", str(tmp_path / "out"), "--set", "data.max_utterances=5"]
+    assert main(argv) == 2
+    said = f"data.max_utterances=5: {data} holds mosei_aligned data, whose loader would ignore it"
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("bench", ["mosei", "mosei_authors", "m3ed", "memor_primary"])
 def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     if bench.startswith("mosei"):

@@ -21,7 +21,7 @@ from rich.console import Console
 from ramer import checkpoint as ckpt
 from ramer.config import CONFIG_DIR, build_config
 from ramer.data import load_bundle
-from ramer.data.formats import convert_again, converted_otherwise, listed
+from ramer.data.formats import convert_again, converted_otherwise, listed, refuse_unread
 from ramer.data.store import is_native, resolve_task
 from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
@@ -118,6 +118,8 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     cfg.data.path = data
     if cfg.data.format == "auto" and not is_native(data):  # a converted directory loads as itself
         cfg.data.format = fmt
+    if not is_native(data):  # a --set loader option this data's format does not read: recorded, never applied
+        refuse_unread(cfg.data)
     bundle = load_bundle(cfg.data)
     layouts = LAYOUTS.get(bench, (fmt,))
     if bundle.format not in layouts:  # one corpus's protocol, config and table heading on another's data

@@ -450,7 +450,8 @@ def refuse_unread(data: DataConfig) -> None:
         where = data.path or "the embedded benchmark"
         raise RamerError(
             f"data.{key}={shown(getattr(data, key))}: {where} holds {held} data, whose loader would ignore it; it "
-            f"applies to {' and '.join(readers)} data (leave it out of the config and --set)"
+            f"applies to {' and '.join(readers)} data (a config for other data? leave the key out of your config "
+            f"and --set, or give --set data.{key}={shown(getattr(default, key))})"
         )
 
 
