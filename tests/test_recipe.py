@@ -330,6 +330,35 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
         os.umask(old)
 
 
+def test_a_read_only_file_written_over_stays_read_only():
+    """A file made read-only (0444) is written over as a rename replaces it, and keeps its mode: the
+    temporary takes the mode after it is written. Run as a user the permissions bind (root's writes
+    ignore them), so as nobody where the suite runs as root."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    try:
+        target = folder / "a.txt"
+        target.write_text("old")
+        target.chmod(0o444)
+        code = f"from ramer.paths import atomic_write_text; atomic_write_text({str(target)!r}, 'new')"
+        cmd = [sys.executable, "-c", code]
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("runs as root without setpriv: the permissions would not bind")
+            os.chown(folder, 65534, 65534)
+            os.chown(target, 65534, 65534)
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        got = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0, got.stderr[-2000:]
+        assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o444
+    finally:
+        shutil.rmtree(folder)
+
+
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, bundle, monkeypatch):
     out = tmp_path / "run"
     Recipe(tiny_cfg(extra=["train.epochs=1"]), out, bundle=bundle).run()

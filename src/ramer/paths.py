@@ -566,7 +566,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync it, then rename it to ``path``; on failure remove the temp.
 
     A new file gets the permissions the umask gives, a file written over keeps its own (a private
-    ``chmod 600`` export stays private). A symbolic link is followed (its target is written, the
+    ``chmod 600`` export stays private; a read-only one is replaced all the same, as the rename
+    needs only the folder's permission). A symbolic link is followed (its target is written, the
     link kept); a path that is not a regular file (a FIFO, ``/dev/stdout``) is written to directly,
     as a shell redirection would, not replaced.
     What the system refuses (permissions, a full disk) is a RamerError naming ``path``; the file
@@ -590,11 +591,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except OSError as e:
         raise unwritable(path, e) from None
     try:
-        os.chmod(tmp, mode)
         write(tmp)
-        os.chmod(tmp, mode)  # again: a writer may make the file anew (safetensors' save_file does, private)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # last: a read-only mode (0444) would stop the writer and the fsync; a writer may also have made
+        # the file anew, private (safetensors' save_file does)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
