@@ -654,9 +654,32 @@ def test_cli_train_then_eval_reads_back_metrics(tmp_path):
 
 
 def test_help_says_what_each_command_does():
-    for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["demo", "--help"], ["data", "synth", "--help"]):
-        r = run_cli(*argv)
-        assert r.returncode == 0 and "usage: ramer" in r.stdout
+    """``ramer --help`` gives each command a line of its own, and ``ramer COMMAND --help`` (data's
+    commands too) says what the command does above its flags, as the real command prints it."""
+    import argparse
+
+    from ramer.cli import build_parser
+
+    def commands(parser) -> dict:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return {c.dest: c.help for c in action._choices_actions}, dict(action.choices)
+
+    top = run_cli("--help")
+    assert top.returncode == 0 and "usage: ramer" in top.stdout
+    summaries, parsers = commands(build_parser())
+    assert set(summaries) == set(parsers)
+    said = " ".join(top.stdout.split())
+    for name, summary in summaries.items():
+        assert summary and " ".join(summary.split()) in said, name
+        own = [(name, parsers[name])]
+        if name == "data":
+            own = [(f"data {n}", p) for n, p in commands(parsers[name])[1].items()]
+        for full, parser in own:
+            assert parser.description, f"ramer {full} --help says nothing of what it does"
+    for name, parser in (("train", parsers["train"]), ("synth", commands(parsers["data"])[1]["synth"])):
+        r = run_cli(*(["data"] if name == "synth" else []), name, "--help")  # as the command prints it
+        opening = " ".join(parser.description.split()[:6])
+        assert r.returncode == 0 and opening in " ".join(r.stdout.split()), name
 
 
 def test_nproc_default_run_folder_follows_model(monkeypatch, tmp_path):
