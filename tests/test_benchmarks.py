@@ -121,6 +121,36 @@ def test_synthetic_signal_runs():
     assert "| 0 | + both |" in out and "mean gain over 'token'" in out
 
 
+def test_synthetic_signal_blocks_are_the_target_persons_and_its_neighbours():
+    """The feature blocks of `synthetic_signal.py`: the target token's row, the target person's
+    personality, and the speaker of the target's segment with the target one segment before."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from synthetic_signal import blocks
+    finally:
+        sys.path.remove(str(BENCH))
+    from ramer.config import SynthConfig
+    from ramer.data.synthetic import generate
+
+    store = generate(SynthConfig(n_train=8, n_valid=4, n_test=4)).splits["train"]
+    got = blocks(store)
+    d_text, d_audio = store.text.shape[1], store.audio.shape[1]
+    for i in range(len(store)):
+        (p, s), (_, S) = store.target[i], store.grid[i]
+        row = store.token_offsets[i] + p * S + s
+        np.testing.assert_array_equal(got["token"][i][:d_text], store.text[row])
+        np.testing.assert_array_equal(got["personality"][i], store.personality[store.person_offsets[i] + p])
+        speaker = [
+            q for q in range(store.grid[i][0]) if q != p and store.present[store.token_offsets[i] + q * S + s, 0]
+        ]
+        spoken = got["context"][i][:d_text]
+        want = store.text[store.token_offsets[i] + speaker[0] * S + s] if speaker else np.zeros(d_text)
+        np.testing.assert_array_equal(spoken, want)
+        if s > 0:
+            before = got["context"][i][d_text + d_audio : 2 * d_text + d_audio]
+            np.testing.assert_array_equal(before, store.text[row - 1])
+
+
 def test_target_utterance_lr_runs(tmp_path):
     stores = {}
     for k, split in enumerate(("train", "valid", "test")):
