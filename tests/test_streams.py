@@ -363,6 +363,18 @@ def test_an_error_line_that_stderr_cannot_take_keeps_the_exit_code(how):
     assert proc.returncode == 2
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"], ["data", "import", "--help"]])
+def test_help_and_version_that_stdout_cannot_take_are_an_error(argv):
+    """`ramer --help >/dev/full`: argparse ignored the OSError and the command ended 0, having printed
+    nothing; it is the one-line error of any stdout the system will not write, exit 2."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ramer", *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    assert proc.returncode == 2 and proc.stderr == "error: stdout: cannot write (No space left on device)\n"
+
+
 def test_an_error_larger_than_the_pipe_whose_reader_leaves_ends_it_with_141():
     """`ramer train --model NAME 2>&1 | head -c 10`, the error line (it names the model) larger than the
     pipe holds: ``ERR``'s print through ``sys.stderr`` dropped what the reader did not take and the

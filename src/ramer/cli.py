@@ -1097,6 +1097,19 @@ class Parser(argparse.ArgumentParser):
             self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {shown(message)}\n")
 
+    def _print_message(self, message: str, file=None) -> None:
+        """Help, usage, version and error text, written as every command's output is
+        (``write_stdout``, ``write_stderr``): argparse's own ignores an OSError, so ``ramer --help
+        >/dev/full`` ended 0 having printed nothing."""
+        if not message:
+            return
+        if file is None or file is sys.stderr:
+            write_stderr(message)
+        elif file is sys.stdout:
+            write_stdout(message)
+        else:
+            file.write(message)
+
 
 class CommandParser(Parser):
     """The parser of a command (``ramer train``, ``ramer data import``): an argument it does not
