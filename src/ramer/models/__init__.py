@@ -104,7 +104,10 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
     from ramer.models.spaces import SPACES, check_space
 
     if not isinstance(name, str) or not NAME.match(name):
-        raise RamerError(f"model name {name!r}: letters, digits and '_', in parts joined by '-' (it names run folders)")
+        raise RamerError(
+            f"model name {name!r}: letters, digits and '_', starting with a letter or digit, in parts joined by '-' "
+            "(it names run folders)"
+        )
     if name.startswith("ramer-"):
         raise RamerError(f"model name '{name}': names 'ramer-<part>' are RAMer's ablation presets")
     if not callable(builder):
