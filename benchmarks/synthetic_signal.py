@@ -95,10 +95,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config key=value (data.synthetic.*)")
     args = parser.parse_args()
     gains: dict[str, list[tuple[float, float]]] = {name: [] for name in SETS if name != "token"}
+    configs = {
+        seed: build_config(resolve_config("synthetic"), [*args.set, f"data.synthetic.seed={seed}"])
+        for seed in (int(s) for s in args.seeds.split(","))
+    }
+    if any(cfg.data.synthetic.complete for cfg in configs.values()):  # the segment's speaker cannot be told
+        raise SystemExit("synthetic_signal.py: data.synthetic.complete gives every person text; leave it out")
     print("| seed | features | C (valid) | test micro-F1 | non-speakers |")
     print("|--:|:--|--:|--:|--:|")
-    for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = build_config(resolve_config("synthetic"), [*args.set, f"data.synthetic.seed={seed}"])
+    for seed, cfg in configs.items():
         bundle = generate(cfg.data.synthetic)
         data = {split: (blocks(st), np.asarray(st.labels), np.asarray(st.role)) for split, st in bundle.splits.items()}
         base = None

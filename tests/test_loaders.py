@@ -1010,6 +1010,9 @@ def test_training_commands_refuse_a_loader_option_the_data_does_not_read(files, 
         assert not out.exists()
     assert main(["train", "--set", "data.valid_seed=3", "--out", str(out)]) == 2
     assert "data.valid_seed=3: the embedded benchmark holds synthetic data" in capsys.readouterr().err
+    unaligned = ["train", "--data", str(files["aligned"]), "--set", "data.aligned_path=/x", "--out", str(out)]
+    assert main(unaligned) == 2  # the advice names the default as --set takes it
+    assert "or give --set data.aligned_path=null)" in capsys.readouterr().err
     assert main(["train", "--data", str(files["carat"]), "--config", "m3ed", "--model", "br", "--out", str(out)]) == 0
     capsys.readouterr()
 

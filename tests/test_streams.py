@@ -373,6 +373,10 @@ def test_help_and_version_that_stdout_cannot_take_are_an_error(argv):
             [sys.executable, "-m", "ramer", *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
         )
     assert proc.returncode == 2 and proc.stderr == "error: stdout: cannot write (No space left on device)\n"
+    closed = subprocess.run(  # a closed stdout (>&-): the help went to stderr, exit 0
+        f"{shlex.quote(sys.executable)} -m ramer {' '.join(argv)} >&-", shell=True, capture_output=True, text=True
+    )
+    assert closed.returncode == 2 and closed.stderr.startswith("error: stdout: closed;"), closed.stderr[:200]
 
 
 def test_an_error_larger_than_the_pipe_whose_reader_leaves_ends_it_with_141():

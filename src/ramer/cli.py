@@ -1103,7 +1103,9 @@ class Parser(argparse.ArgumentParser):
         >/dev/full`` ended 0 having printed nothing."""
         if not message:
             return
-        if file is None or file is sys.stderr:
+        if file is None and sys.stderr is not None:  # argparse asked for sys.stdout, which is closed (>&-)
+            write_stdout(message)  # the closed-stdout error
+        elif file is None or file is sys.stderr:
             write_stderr(message)
         elif file is sys.stdout:
             write_stdout(message)

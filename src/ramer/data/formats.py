@@ -407,7 +407,9 @@ def converted_otherwise(info, data: DataConfig) -> list[tuple[str, Any, Any]]:
 
 
 def shown(value) -> str:
-    """A loader option's value as ``--set`` takes it (a list as ``[a,b]``)."""
+    """A loader option's value as ``--set`` takes it (a list as ``[a,b]``, None as ``null``)."""
+    if value is None:
+        return "null"
     return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
