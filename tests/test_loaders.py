@@ -1013,6 +1013,11 @@ def test_training_commands_refuse_a_loader_option_the_data_does_not_read(files, 
     unaligned = ["train", "--data", str(files["aligned"]), "--set", "data.aligned_path=/x", "--out", str(out)]
     assert main(unaligned) == 2  # the advice names the default as --set takes it
     assert "or give --set data.aligned_path=null)" in capsys.readouterr().err
+    native = tmp_path / "converted"  # a folder converted from MOSEI: MOSEI's options alone, and those as converted
+    assert main(["data", "convert", str(files["aligned"]), "--out", str(native)]) == 0
+    assert main(["train", "--data", str(native), "--set", "data.max_utterances=5", "--out", str(out)]) == 2
+    said = f"data.max_utterances=5: {native} is a native folder made from mosei_aligned data, whose loader does not"
+    assert said in capsys.readouterr().err and not out.exists()
     assert main(["train", "--data", str(files["carat"]), "--config", "m3ed", "--model", "br", "--out", str(out)]) == 0
     capsys.readouterr()
 

@@ -29,7 +29,7 @@ from ramer.data.memor import CHARACTERS, iter_memor
 from ramer.data.mosei import iter_mosei_aligned, iter_mosei_unaligned
 from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
-from ramer.data.store import DataBundle, is_native, load_native, native_info, save_cut_off
+from ramer.data.store import DataBundle, is_native, load_native, native_info, native_source_format, save_cut_off
 from ramer.errors import RamerError, unreadable
 from ramer.paths import need_regular_file
 
@@ -430,10 +430,12 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     return shlex.join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument
 
 
-def refuse_unread(data: DataConfig) -> None:
+def refuse_unread(data: DataConfig, made_from: str | None = None) -> None:
     """A RamerError for a loader option (``LOADER_OPTIONS``) that ``data`` sets, in its file or by
     ``--set``, to other than its default while the format of ``data.path`` does not read it; one
-    at its default (a bundled config's) is no choice. The data is looked at only when one is set."""
+    at its default (a bundled config's) is no choice. The data is looked at only when one is set.
+    ``made_from``: a native folder's source format, whose loader's options alone it may carry
+    (``read_as_converted`` compares their values with the folder's)."""
     default = DataConfig()
     chosen = [
         key
@@ -444,16 +446,20 @@ def refuse_unread(data: DataConfig) -> None:
     ]
     if not chosen:
         return
-    held = "synthetic" if data.path is None else data.format if data.format != "auto" else detect_format(data.path)
+    if made_from is not None:
+        held, what = made_from, f"is a native folder made from {made_from} data, whose loader does not read it"
+    else:
+        held = "synthetic" if data.path is None else data.format if data.format != "auto" else detect_format(data.path)
+        what = f"holds {held} data, whose loader would ignore it"
     for key in chosen:
-        if key in LOADER_OPTIONS.get(held, (key,)):
+        if key in LOADER_OPTIONS.get(held, () if made_from is not None else (key,)):
             continue
         readers = [f for f, names in LOADER_OPTIONS.items() if key in names]
         where = data.path or "the embedded benchmark"
         raise RamerError(
-            f"data.{key}={shown(getattr(data, key))}: {where} holds {held} data, whose loader would ignore it; it "
-            f"applies to {' and '.join(readers)} data (a config for other data? leave the key out of your config "
-            f"and --set, or give --set data.{key}={shown(getattr(default, key))})"
+            f"data.{key}={shown(getattr(data, key))}: {where} {what}; it applies to {' and '.join(readers)} data (a "
+            f"config for other data? leave the key out of your config and --set, or give --set "
+            f"data.{key}={shown(getattr(default, key))})"
         )
 
 
@@ -468,6 +474,8 @@ def read_as_converted(data: DataConfig) -> None:
     if data.path is None or not is_native(data.path):
         refuse_unread(data)
         return
+    if (made_from := native_source_format(data.path)) is not None:  # an option of another corpus's loader
+        refuse_unread(data, made_from)
     info = native_info(data.path)
     differences = converted_otherwise(info, data)
     if refused := [d for d in differences if d[0] in data.model_fields_set]:

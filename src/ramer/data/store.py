@@ -1049,6 +1049,13 @@ def _written_by(meta: dict) -> str:
     return f"its 'ramer_version' is {_kind(written)}, not a ramer version; this is ramer {__version__}"
 
 
+def native_source_format(path: str | Path) -> str | None:
+    """What the native directory ``path`` was made from (meta.json's ``source_format``: a loader's
+    name, ``synthetic``, ``conversations``); None where it records none."""
+    value = _read_meta(Path(path)).get("source_format")
+    return value if isinstance(value, str) else None
+
+
 def native_info(path: str | Path) -> dict:
     """The ``info`` of the native directory ``path``'s meta.json: how it was converted ({} where it
     records nothing)."""
