@@ -591,6 +591,17 @@ def test_missing_at_is_all_or_test_in_the_python_api_too():
         bench_mod.base_config(bench_mod.resolve_settings(overrides=TINY, missing_at="tests"))
 
 
+def test_settings_of_ramers_own_or_of_no_model_are_refused_before_any_run(tmp_path, capsys):
+    """``--set model.options.NAME`` for one of ramer's models (or a name no model has) was refused only
+    when the bench reached that model's run, after the others were reused or trained."""
+    for name, said in (("late_fusion", "'late_fusion' is ramer's own model"), ("nope", "no model 'nope'")):
+        argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
+        argv += ["--set", f"model.options.{name}.x=1", "--out", str(tmp_path / "b")]
+        assert main(argv) == 2
+        assert f"model.options.{name}: {said}" in capsys.readouterr().err
+        assert not (tmp_path / "b").exists()
+
+
 def test_complete_option(tmp_path):
     """--complete: ramer by default on the embedded benchmark, none on other data, '' for none;
     a list on other data is an error."""

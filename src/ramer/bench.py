@@ -85,6 +85,7 @@ from ramer.models import (
     PRESETS,
     DataSpec,
     build_model,
+    check_options,
     is_known,
     known_models,
     nearest_model,
@@ -471,6 +472,7 @@ def base_config(s: BenchSettings) -> Config:
         cfg.data.path = s.data
     cfg.data.missing_at = s.missing_at
     read_as_converted(cfg.data)
+    check_options(cfg)  # settings of ramer's own or of no model: before any run, not at the first it reaches
     return cfg
 
 
