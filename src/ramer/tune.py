@@ -8,7 +8,7 @@
   trials, or in one), and a second process sharing the study draws new points. TPE reads
   its startup count and its model from the study's finished trials, not from the sampler. Pruner: median, on the
   validation selection score each epoch reports (micro-F1; weighted F1 on single-label data),
-  from the 5th completed trial on and from epoch 3 on.
+  once 5 trials have completed (from the 6th trial on, one at a time) and from epoch 3 on.
 - Objective: the best validation selection score of the run (the epoch the checkpoint keeps), with
   early stopping (``train.patience``, 5 unless set). Test metrics are written to the trial's folder
   as by ``ramer train``, never read here. With ``--trial-seeds K`` a trial trains ``K`` runs, seeds
@@ -84,7 +84,7 @@ TRIAL_FOLDER = "trial-{:04d}"
 DEFAULT_TRIALS = 20
 DEFAULT_SETS = ("train.patience=5",)  # before the user's --set: each trial trains to convergence
 TPE_STARTUP = 5  # random trials before TPE models the results
-PRUNER_STARTUP, PRUNER_WARMUP = 5, 3  # median pruning from the 5th completed trial, from epoch 3 on
+PRUNER_STARTUP, PRUNER_WARMUP = 5, 3  # median pruning once 5 trials have completed, from epoch 3 on
 HEARTBEAT, GRACE = 60, 180  # seconds: a trial without a heartbeat for GRACE is stale (another machine)
 LOCK_NOTE_AFTER = 5  # seconds the study file may stay locked before the user is told the command waits
 HOST = socket.gethostname()
@@ -701,7 +701,7 @@ def tune(
         metric = METRIC_NAMES[SELECTION[task]]
         info = {
             "sampler": f"TPE (seed {seed}, {TPE_STARTUP} random trials first)",
-            "pruner": f"median (from the {PRUNER_STARTUP}th completed trial, from epoch {PRUNER_WARMUP})"
+            "pruner": f"median (once {PRUNER_STARTUP} trials have completed, from epoch {PRUNER_WARMUP})"
             if pruner is None
             else type(pruner).__name__,
             "space": [p.describe() for p in space],
