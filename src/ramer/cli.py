@@ -715,7 +715,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from ramer.infer import prediction_records, read_predictions
+    from ramer.infer import extra_missing_rate, prediction_records, read_predictions
     from ramer.paths import atomic_write_text, file_folder, output_file
     from ramer.view import page_data, render_page
 
@@ -764,9 +764,8 @@ def cmd_view(args: argparse.Namespace) -> int:
         title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
         notes: list[str] = []
         data = page_data(bundle, args.split, records, threshold, title, str(args.preds or args.run_dir), notes)
-        run_data = predictor.cfg.data if args.run_dir is not None else None  # its extra missing rate
-        hit = run_data and run_data.missing_rate > 0 and (run_data.missing_at == "all" or args.split == "test")
-        if hit and data["summary"]:
+        run_data = predictor.cfg.data if args.run_dir is not None else None
+        if run_data is not None and extra_missing_rate(run_data, args.split) > 0 and data["summary"]:
             data["figures_aside"] = (
                 f"the run scores its {args.split} split with data.missing_rate {run_data.missing_rate:g} (missing_at "
                 f"{run_data.missing_at}), as ramer eval does; this page scores the data as it is, as ramer predict "

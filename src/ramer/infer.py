@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ramer import dist
-from ramer.config import Config
+from ramer.config import Config, DataConfig
 from ramer.data import DataBundle, SceneStore, check_complete
 from ramer.errors import RamerError, ScoresNotFinite, first_line, is_probability
 from ramer.metrics import ARGMAX, finite_scores
@@ -58,14 +58,19 @@ def resolve_device(name: str, instead: str = "use --set train.device=cpu", what:
     return dev
 
 
+def extra_missing_rate(data: DataConfig, split: str) -> float:
+    """The extra missing rate the config ``data`` applies to ``split`` (``data.missing_at``: every
+    split, or test only); 0 where it applies none."""
+    return data.missing_rate if data.missing_at == "all" or split == "test" else 0.0
+
+
 def apply_missing(bundle: DataBundle, cfg: Config) -> dict[str, SceneStore]:
     """The splits with the config's extra missing rate applied (seeded per split)."""
     check_complete(cfg.data)  # complete inputs take no extra missing rate
-    rate, at = cfg.data.missing_rate, cfg.data.missing_at
     out = {}
     for name, store in bundle.splits.items():
-        hit = rate > 0 and (at == "all" or name == "test")
-        out[name] = store.with_missing(rate, cfg.train.seed * 7919 + SPLIT_SALT.get(name, 9)) if hit else store
+        rate = extra_missing_rate(cfg.data, name)
+        out[name] = store.with_missing(rate, cfg.train.seed * 7919 + SPLIT_SALT.get(name, 9)) if rate > 0 else store
     return out
 
 

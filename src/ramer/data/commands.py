@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ramer.config import DataConfig, build_config
 from ramer.console import printable
-from ramer.data.formats import LOADER_OPTIONS, detect_format, open_dataset
+from ramer.data.formats import LOADER_OPTIONS, detect_format, open_dataset, read_by
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.readers import SplitStream
 from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
@@ -85,7 +85,7 @@ def _refuse_unread(opened, path: str | None, sets) -> None:
         name = key.split(".")[1]
         if name in LOADER_OPTIONS[held]:
             continue
-        readers = [f for f, names in LOADER_OPTIONS.items() if name in names]
+        readers = read_by(name)
         applies = f"it applies to {' and '.join(readers)} data" if readers else "no loader reads it"
         if held == "native":
             raise RamerError(

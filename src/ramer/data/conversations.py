@@ -916,13 +916,16 @@ def untrained_labels_note(
         return None
     what, it = labels_phrase([f"{n!r} (valid {counts['valid'][n]}, test {counts['test'][n]})" for n in missing])
     unused = sum(all(counts[s][n] == 0 for s in SPLITS) for n in missing)  # names of --labels the file never uses
-    if not given:  # a name no sample has is named only on rows that are no target (target 0)
-        context = "a label the table gives only on rows that are no sample (target 0) needs a target row"
-        fix = "give train samples, or take the label out of the table" + (f"; {context}" if unused else "")
-    elif unused == len(missing):
+    if given and unused == len(missing):
         fix = f"leave {it} out of --labels"
     else:
-        fix = "give train samples, or take the label out of the table" + (" and --labels" if unused else "")
+        fix = "give train samples, or take the label out of the table"
+        if unused:  # a name no sample has: of --labels alone, or without it on rows that are no target (target 0)
+            fix += (
+                " and --labels"
+                if given
+                else "; a label the table gives only on rows that are no sample (target 0) needs a target row"
+            )
     said = f"{what} no sample in the train split: a model trained on this set never sees {it}, so it cannot learn {it}"
     return f"{said} ({fix})"
 

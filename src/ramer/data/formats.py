@@ -430,6 +430,11 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     return shlex.join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument
 
 
+def read_by(key: str) -> list[str]:
+    """The formats whose loader reads the loader option ``data.KEY`` (``LOADER_OPTIONS``)."""
+    return [f for f, names in LOADER_OPTIONS.items() if key in names]
+
+
 def refuse_unread(data: DataConfig, made_from: str | None = None) -> None:
     """A RamerError for a loader option (``LOADER_OPTIONS``) that ``data`` sets, in its file or by
     ``--set``, to other than its default while the format of ``data.path`` does not read it; one
@@ -441,7 +446,7 @@ def refuse_unread(data: DataConfig, made_from: str | None = None) -> None:
         key
         for key in sorted(data.model_fields_set)
         if key != "synthetic"  # the generator's settings, which the bundled synthetic config sets for any data
-        and any(key in names for names in LOADER_OPTIONS.values())
+        and read_by(key)
         and getattr(data, key) != getattr(default, key)
     ]
     if not chosen:
@@ -454,7 +459,7 @@ def refuse_unread(data: DataConfig, made_from: str | None = None) -> None:
     for key in chosen:
         if key in LOADER_OPTIONS.get(held, () if made_from is not None else (key,)):
             continue
-        readers = [f for f, names in LOADER_OPTIONS.items() if key in names]
+        readers = read_by(key)
         where = data.path or "the embedded benchmark"
         raise RamerError(
             f"data.{key}={shown(getattr(data, key))}: {where} {what}; it applies to {' and '.join(readers)} data (a "
