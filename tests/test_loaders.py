@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -662,6 +663,33 @@ def test_memor_validation_fraction_and_seed(files) -> None:
     b = load_dataset(files["memor"], valid_fraction=0.3, valid_seed=1)
     assert a.splits["valid"].ids == b.splits["valid"].ids and len(a.splits["valid"]) == 2
     assert len(load_dataset(files["memor"], valid_fraction=0.0).splits["valid"]) == 0
+
+
+def test_load_dataset_refuses_a_keyword_option_the_data_does_not_read(files, tmp_path) -> None:
+    """A keyword option the format's loader does not read was dropped without a word (the clip
+    protocol asked of a converted MEmoR folder gave the target protocol's samples), while --set
+    data.KEY of the same option is refused: refused alike, naming the keyword and the readers."""
+    native = tmp_path / "native"
+    convert(str(files["memor"]), native)
+    for path, option, said in (
+        (native, dict(memor_protocol="clip"), "is a native folder, which reads no loader option"),
+        (
+            files["m3ed"],
+            dict(valid_fraction=0.5),
+            "holds m3ed_pickle data, whose loader would ignore it; it applies to memor",
+        ),
+        (files["m3ed"], dict(unaligned_layout="pool"), "it applies to mosei_unaligned data"),
+        (files["memor"], dict(aligned_path=files["aligned"]), "holds memor data, whose loader would ignore it"),
+        (files["aligned"], dict(m3ed_protocol="dialogue"), "it applies to m3ed_pickle and m3ed_carat data"),
+        (None, dict(valid_seed=2), "the embedded benchmark holds synthetic data"),
+    ):
+        key, value = next(iter(option.items()))
+        with pytest.raises(RamerError, match=f"^{re.escape(f'{key}={value!r}: ')}") as e:
+            load_dataset(path, **option)
+        assert said in str(e.value), e.value
+    clip = load_dataset(files["memor"], memor_protocol="clip")  # an option the loader reads is taken
+    assert len(clip.splits["train"]) != len(load_dataset(files["memor"]).splits["train"])
+    assert load_dataset(files["carat"], m3ed_protocol="dialogue").splits["test"].label_names
 
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000

@@ -240,6 +240,7 @@ def open_dataset(
             "is given; leave data.format at auto or name the layout of that path (ramer data info shows it)"
         )
     if fmt == "synthetic" or (fmt == "auto" and path is None):
+        _refuse_unread_keywords(given, "synthetic", path)
         return synthetic.generate(cfg.synthetic)
     if path is None:
         raise RamerError(f"data format '{fmt}' needs a path")
@@ -257,6 +258,8 @@ def open_dataset(
     elif fmt in ("native", "memor") and p.is_file():
         what = "a native dataset (meta.json, train/, valid/, test/)" if fmt == "native" else "a MEmoR release"
         raise RamerError(f"{p}: is a file; format '{fmt}' is {what}, a folder")
+    if fmt in ("native", "memor"):
+        _refuse_unread_keywords(given, fmt, p)
     if fmt == "native":
         return load_native(p)
     if fmt == "memor":
@@ -283,12 +286,32 @@ def open_dataset(
         fmt = actual  # the loaded object's structure overrides the sniffed guess
     elif actual != fmt:
         raise RamerError(f"{p}: holds the '{actual}' layout, not '{fmt}'")
+    _refuse_unread_keywords(given, fmt, p)
     if cfg.m3ed_protocol == "utterance" and fmt == "m3ed_carat":
         raise RamerError(
             f"{p}: CARAT's M3ED file has no speakers or utterance labels; the M3ED utterance protocol reads the "
             "original feature pickle and annotation.json (or use data.m3ed_protocol=dialogue)"
         )
     return _stream_from_object(fmt, obj, p, cfg)
+
+
+def _refuse_unread_keywords(given: dict[str, Any], held: str, path: str | Path | None) -> None:
+    """A RamerError for a keyword option of ``load_dataset`` (``given``) that reading ``held`` data
+    at ``path`` does not read (``LOADER_OPTIONS``): ignored, it would leave the caller believing the
+    data was read with it (as ``--set data.KEY`` does for ``ramer data info``)."""
+    for key, value in given.items():
+        if key in LOADER_OPTIONS[held]:
+            continue
+        readers = " and ".join(read_by(key))
+        if held == "native":
+            raise RamerError(
+                f"{key}={value!r}: {path} is a native folder, which reads no loader option (those it was converted "
+                f"with are applied already), so it would be ignored; give it to the data convert that made the folder"
+            )
+        where = path if path is not None else "the embedded benchmark"
+        raise RamerError(
+            f"{key}={value!r}: {where} holds {held} data, whose loader would ignore it; it applies to {readers} data"
+        )
 
 
 def _stream_from_object(fmt: str, obj: Any, p: Path, cfg: DataConfig) -> SplitStream:
@@ -333,7 +356,8 @@ def load_dataset(
     validation split of train; ``valid_fraction=0``, which a config refuses: no validation split),
     ``m3ed_protocol`` (``dialogue`` or ``utterance``) and
     ``m3ed_annotation`` (the utterance protocol's ``annotation.json``; default: that file name next
-    to the pickle).
+    to the pickle). A keyword option that the data's loader does not read (``LOADER_OPTIONS``; a
+    native folder reads none, its options were applied when it was converted) is a RamerError.
     """
     opened = open_dataset(
         path,
