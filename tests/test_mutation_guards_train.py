@@ -405,8 +405,10 @@ def test_scene_bounds_are_checked_and_a_cast_can_be_all_in_one_scene():
     """More segments at least than at most is one clear error, not numpy's traceback; a scene may take
     the whole cast (``persons_min == n_characters``). (The segment bounds dropped from the check in
     synthetic.generate; ``>`` turned ``>=`` in the cast check.)"""
-    with pytest.raises(RamerError, match="persons_min/segments_min must not exceed"):
+    with pytest.raises(RamerError, match=r"^synthetic: segments_min \(5\) must not exceed segments_max \(4\)$"):
         generate(SynthConfig(n_train=2, n_valid=2, n_test=2, segments_min=5, segments_max=4))
+    with pytest.raises(RamerError, match=r"^synthetic: persons_min \(9\) must not exceed persons_max \(6\)$"):
+        generate(SynthConfig(n_train=2, n_valid=2, n_test=2, persons_min=9, persons_max=6, n_characters=9))
     whole = SynthConfig(n_train=3, n_valid=2, n_test=2, persons_min=3, persons_max=3, n_characters=3)
     assert (generate(whole).splits["train"].grid[:, 0] == 3).all()
 

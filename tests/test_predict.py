@@ -188,6 +188,10 @@ def test_decide_refuses_what_are_not_probabilities(run):
     with pytest.raises(RamerError, match=r"probabilities: 18 of 18 lie outside \[0, 1\] \(e.g. 5\).*not logits"):
         predictor.decide(np.full((2, 9), 5.0))
     assert predictor.decide(np.full((2, 9), 0.99)).tolist() == [[1] * 9] * 2
+    # a bf16 tensor (what a bf16 model's scores are) was torch's 'unsupported ScalarType BFloat16'
+    assert predictor.decide(torch.full((2, 9), 0.99, dtype=torch.bfloat16)).tolist() == [[1] * 9] * 2
+    with pytest.raises(RamerError, match=r"probabilities are not an \(n, 9\) array: .*inhomogeneous"):
+        predictor.decide([[0.5] * 9, [0.5] * 8])
 
 
 def test_predict_refuses_arguments_that_cannot_apply(run):
@@ -202,6 +206,8 @@ def test_predict_refuses_arguments_that_cannot_apply(run):
             predictor.predict(data, split="valid")
     with pytest.raises(RamerError, match=r"workers=2 shares the batches .* a Batch is scored in one pass"):
         predictor.predict(test.collate([0, 1]), workers=2)
+    with pytest.raises(RamerError, match=r"split is a split's name \(a str such as 'test'\), not list"):
+        predictor.predict(bundle, split=["test"])  # was TypeError: unhashable type: 'list'
     np.testing.assert_array_equal(predictor.predict(bundle), predictor.predict(bundle, split="test"))
     np.testing.assert_array_equal(predictor.predict(bundle, split="valid"), predictor.predict(bundle.splits["valid"]))
 
@@ -455,6 +461,13 @@ def test_a_classical_model_file_short_of_a_weight_is_named(tmp_path, capsys):
     # bf16 casts a deep model's weights; a classical model's numpy fit has none to cast
     with pytest.raises(RamerError, match=r"br/model.safetensors: precision bf16 applies to the deep models, not 'br'"):
         ramer.load(tmp_path / "br", precision="bf16")
+    # NaN features: the error names the data, with no numpy RuntimeWarning from the sigmoid before it
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RamerError, match=r"^synthetic:test: audio holds \d+ non-finite values"):
+            ramer.load(tmp_path / "br").predict(nan_in_present(generate(cfg.data.synthetic).splits["test"], "audio"))
 
 
 def test_a_model_file_that_is_a_folder_says_so(run, tmp_path, capsys):

@@ -136,6 +136,8 @@ class Predictor:
                 "(load one with ramer.data.load_dataset(PATH), or the run's own with "
                 "ramer.api.load_data_for(predictor))"
             )
+        if split is not None and not isinstance(split, str):
+            raise RamerError(f"split is a split's name (a str such as 'test'), not {type(split).__name__}")
         if split is not None and not isinstance(data, DataBundle):
             raise RamerError(
                 f"split={split!r} picks a split of a DataBundle; a {type(data).__name__} is one split already "
@@ -191,7 +193,12 @@ class Predictor:
         """0/1 predictions ``(n, C)`` with the stored decision (``metrics.decide``): ``probs > threshold``,
         or for single-label data exactly one label per sample, its highest-scoring one; ``probs`` (n, C),
         finite and in [0, 1] (probabilities, as ``predict`` returns them, not logits)."""
-        probs = np.asarray(probs)
+        if isinstance(probs, torch.Tensor):  # numpy has no bfloat16; a tensor on a GPU is copied back
+            probs = probs.detach().float().cpu()
+        try:
+            probs = np.asarray(probs)
+        except ValueError as e:  # rows of unequal length
+            raise RamerError(f"probabilities are not an (n, {len(self.label_names)}) array: {e}") from None
         if probs.ndim != 2 or probs.shape[1] != len(self.label_names):
             raise RamerError(
                 f"probabilities of shape {probs.shape}, expected (n, {len(self.label_names)}) "

@@ -191,8 +191,10 @@ def generate(cfg: SynthConfig | None = None) -> DataBundle:
         hint = " (a run config's: cfg.data.synthetic)" if isinstance(cfg, DataConfig) else ""
         raise RamerError(f"generate takes a SynthConfig (SynthConfig(n_train=64, ...)), not {type(cfg).__name__}{hint}")
     cfg = cfg or SynthConfig()
-    if cfg.persons_min > cfg.persons_max or cfg.segments_min > cfg.segments_max:
-        raise RamerError("synthetic: persons_min/segments_min must not exceed persons_max/segments_max")
+    for what in ("persons", "segments"):
+        low, high = getattr(cfg, f"{what}_min"), getattr(cfg, f"{what}_max")
+        if low > high:
+            raise RamerError(f"synthetic: {what}_min ({low}) must not exceed {what}_max ({high})")
     if cfg.persons_min > cfg.n_characters:
         raise RamerError(f"synthetic: persons_min {cfg.persons_min} exceeds n_characters {cfg.n_characters}")
     world_seq, *split_seqs = np.random.SeedSequence(cfg.seed).spawn(4)

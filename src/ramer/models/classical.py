@@ -70,7 +70,8 @@ def pooled_features(store, indices=None, chunk: int = 1024) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
+    with np.errstate(invalid="ignore"):  # NaN scores (of NaN features) are the caller's to name, without a warning
+        return np.exp(-np.logaddexp(0.0, -z))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
