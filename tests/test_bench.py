@@ -823,7 +823,7 @@ def test_cache_reads_a_stored_config_as_config_files_are_read(tmp_path):
 
 
 # ---------------------------------------------------------------------- tuned settings
-def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
+def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path, capsys):
     """--tuned DIR: late_fusion's run takes the searched keys of DIR/late_fusion/best.yaml; every other
     setting is the bench's; a key the user --sets keeps the user's value; the report lists the values.
     A deep model without a tuned config is an error naming the missing file; br needs none."""
@@ -851,12 +851,22 @@ def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path):
     # different numbers of trials (late_fusion ?)' of its one model)
     assert "different numbers of trials" not in text
     assert "The trials of late_fusion are not known (no `tune.json` beside `best.yaml`)." in text
+    # a study of other data and another budget was taken without a word (BENCH.md's own example does it)
+    otherwise = (
+        f"late_fusion's study ({tmp_path / 'tuned' / 'late_fusion'}) ran with other settings than this bench's: "
+        "data.synthetic.n_train 99 (here 80), train.epochs 7 (here 2), train.patience null (here 5); its values "
+        "were chosen for those"
+    )
+    assert f"note: --tuned: {otherwise}" in capsys.readouterr().err
+    assert f"**--tuned:** {otherwise}" in text
     # a key its tune kept at a --set value is in best.yaml, but the search did not choose it: the
     # report called it chosen, and the lr 'tuned per model'
     summary = {"finished": 3, "pruned": 0, "best": {"value": 0.5, "trial": 1, "best_step": 4}, "fixed": ["train.lr"]}
+    summary["budget"] = 5  # a study killed (or timed out) after 3 of its 5 trials was taken as finished
     (tmp_path / "tuned" / "late_fusion" / "tune.json").write_text(json.dumps(summary))
     assert main([*argv, "--out", str(out)]) == 0  # the runs are kept; the report is written again
     text = (out / "report.md").read_text()
+    assert "late_fusion's study" in text and "stopped at 3 of its 5 trials (killed or timed out" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| late_fusion | 3 (0 pruned)"))
     assert row.endswith(
         "| dropout=0.25, layers.text=2, layers.audio=1, layers.visual=1; kept at its tune's --set: lr=0.00042 |"

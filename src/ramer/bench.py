@@ -67,6 +67,7 @@ from ramer.config import (
 )
 from ramer.console import plain_console
 from ramer.data import DataBundle, complete_data, load_bundle, read_as_converted
+from ramer.data.formats import shown
 from ramer.data.store import first_repeat, resolve_task
 from ramer.dist import die_with_parent
 from ramer.errors import FileUnreadable, RamerError, readable
@@ -161,6 +162,8 @@ class BenchSettings:
     tune_trials: int | None = None  # --tune-trials N: tune every deep model first, N trials each
     trial_seeds: int = 1  # --trial-seeds K: each of those trials trains K seeds, scored by their mean
     tuned_values: dict[str, dict] = field(default_factory=dict)  # model -> the searched keys' chosen values
+    # --tuned: model -> the settings its study ran with other than this bench's (``study_otherwise``)
+    tuned_otherwise: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def deep_models(self) -> list[str]:
@@ -363,7 +366,64 @@ def load_tuned(s: BenchSettings, model: str) -> dict:
     if (tuned.model.name, tuned.model.ablations) != (cfg.model.name, cfg.model.ablations):
         raise RamerError(f"--tuned: {path} is a config of {tuned.model.name}, not of {model}")
     tune_summary(s, model)  # read now, not after every run has trained
+    s.tuned_otherwise[model] = study_otherwise(tuned, cfg)
     return {p.key: p.value(tuned) for p in space_for(cfg, set_keys(s.overrides))}
+
+
+# Settings of where and how fast a run is computed, not of what it learns (but for float rounding)
+HOW_IT_RUNS = ("train.threads", "train.device", "train.eval_batch_size", "train.tensorboard")
+
+
+def study_otherwise(tuned: Config, cfg: Config) -> list[str]:
+    """``KEY VALUE (here VALUE)`` for each setting a tuned config (a study's ``best.yaml``) holds
+    otherwise than ``cfg``, the config the bench would tune the model with (``tune_base``): other
+    data, another budget, another task. The model's searched keys (what the study chose), the seed,
+    the keys of how a run is computed (``HOW_IT_RUNS``) and the data's path spelled another way are
+    not counted."""
+    searched = {p.key for p in space_for(cfg, set())} | set(HOW_IT_RUNS)
+    a, b = tuned.model_dump(mode="json"), cfg.model_dump(mode="json")
+    found = []
+    for key in result_differences(a, b):
+        if key in searched or key == "train.seed":
+            continue
+        held, here = (_dotted(tree, key) for tree in (a, b))
+        if key == "data.path" and None not in (held, here) and _same_path(held, here):
+            continue
+        found.append(f"{key} {shown(held)} (here {shown(here)})")
+    return found
+
+
+def _dotted(tree: dict, key: str):
+    """The value at dotted ``key`` of a config tree (None where a level is missing)."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def tuned_notes(s: BenchSettings) -> list[str]:
+    """``--tuned``: a line per model whose study ran with other settings than this bench's
+    (``study_otherwise``) or stopped short of its budget of trials (a tune killed or timed out)."""
+    if s.tuned is None or s.tune_trials is not None:  # a bench's own studies are of its settings, run to the end
+        return []
+    notes = []
+    for m in s.deep_models:
+        if otherwise := s.tuned_otherwise.get(m):
+            notes.append(
+                f"{m}'s study ({s.tuned / m}) ran with other settings than this bench's: {', '.join(otherwise)}; "
+                "its values were chosen for those (tune it with this bench's settings for a like-for-like search)"
+            )
+        summary = tune_summary(s, m) or {}
+        budget, finished = summary.get("budget"), summary.get("finished")
+        if isinstance(budget, int) and finished < budget:
+            notes.append(
+                f"{m}'s study ({s.tuned / m}) stopped at {finished} of its {budget} trials (killed or timed out; "
+                f"run its ramer tune again to finish it)"
+            )
+    return notes
 
 
 def tune_summary(s: BenchSettings, model: str) -> dict | None:
@@ -786,6 +846,8 @@ def _run_bench(
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if s.tune_trials is not None:
         tune_models(s, bundle, console)
+    for note in tuned_notes(s):
+        console.print(f"note: --tuned: {note}", highlight=False, soft_wrap=True)
     plan = [(m, seed, rate) for rate in s.rates for seed in s.seeds for m in s.models]
     plan += [(m + COMPLETE, seed, 0.0) for seed in s.seeds for m in s.complete]
     bundles = {False: bundle}
@@ -1110,6 +1172,7 @@ def tuning_lines(s: BenchSettings, base: Config, task: str) -> list[str]:
         warning = ""
     if unknown:
         warning += f" The trials of {_spoken(unknown)} are not known (no `tune.json` beside `best.yaml`)."
+    warning += "".join(f" **--tuned:** {note}." for note in tuned_notes(s))
     in_tune = sorted(set().union(*(tune_fixed(summaries[m]) & set(s.tuned_values.get(m, {})) for m in s.deep_models)))
     also = f" or that its tune kept at a `--set` value ({', '.join(in_tune)})" if in_tune else ""
     return [
