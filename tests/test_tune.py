@@ -265,6 +265,24 @@ def test_a_study_continues_only_with_the_keys_it_searches(tmp_path, tiny):
         tune(cfg, fixed, trials=2, bundle=tiny[0], console=QUIET)
 
 
+def test_full_ramer_and_a_preset_are_studies_of_their_own_in_one_shared_storage(tmp_path, tiny):
+    """Both were studies named 'ramer' in a shared --storage: the preset's tune was refused there as
+    'searches other keys (this command's --set fixes loss.w_shuf ...)', with no --set given. A
+    preset's study that a storage holds under the model's name is continued under it."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    cfgs = {m: tune_config(m, None, [*TINY, "train.epochs=1"]) for m in ("ramer", "ramer-no_shuffle")}
+    for m, cfg in cfgs.items():
+        tune(cfg, tmp_path / m, trials=1, storage=storage, bundle=tiny[0], console=QUIET)
+    assert sorted(optuna.get_all_study_names(storage=storage)) == ["ramer", "ramer-no_shuffle"]
+    with sqlite3.connect(tmp_path / "shared.db") as db:  # the preset's study as the model's name held it
+        db.execute("DELETE FROM studies WHERE study_name = 'ramer'")
+        db.execute("UPDATE studies SET study_name = 'ramer' WHERE study_name = 'ramer-no_shuffle'")
+    tune(cfgs["ramer-no_shuffle"], tmp_path / "again", trials=2, storage=storage, bundle=tiny[0], console=QUIET)
+    assert optuna.get_all_study_names(storage=storage) == ["ramer"]
+    trials = optuna.load_study(study_name="ramer", storage=storage).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+
+
 def test_a_study_records_its_ramer_and_a_newer_ones_config_names_it(tmp_path):
     """A new study records the ramer that made it; a study a newer ramer made with a key this one
     lacks names both versions beside the key, and a version that is not one short line is refused."""

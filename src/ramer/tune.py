@@ -186,17 +186,34 @@ def open_study(
         raise
 
 
+def study_name(optuna, rdb, base: Config, shared: list[str] | None) -> str:
+    """The study's name in its storage: the model's; in a shared storage (``--storage``; ``shared``:
+    the names of the studies it holds), a RAMer preset's own (``ramer-no_shuffle``), so that full
+    RAMer and each preset are studies of their own there. A preset's study that such a storage
+    holds under the model's name (made by a ramer that named it so) is continued under that name."""
+    if shared is None or not base.model.ablations:
+        return base.model.name
+    name = "-".join([base.model.name, *base.model.ablations])
+    if name not in shared and base.model.name in shared:
+        held = optuna.load_study(study_name=base.model.name, storage=rdb).user_attrs.get("config")
+        model = held.get("model") if isinstance(held, dict) else None
+        if isinstance(model, dict) and model.get("ablations") == list(base.model.ablations):
+            return base.model.name
+    return name
+
+
 def _open_study(
     optuna, rdb, url: str, out: Path, storage, base: Config, seed: int, pruner, trial_seeds, bundle, searched
 ):
     """``open_study`` in the storage ``rdb`` opened at ``url``."""
     with storage_errors(optuna, url):
-        studies = optuna.get_all_study_names(storage=rdb) if storage is None else []  # a shared storage holds many
-    check_folder_model(out, base.model.name, studies)
+        studies = optuna.get_all_study_names(storage=rdb)
+        name = study_name(optuna, rdb, base, studies if storage is not None else None)
+    check_folder_model(out, base.model.name, studies if storage is None else [])  # a shared storage holds many
     with storage_errors(optuna, url):
         study = optuna.create_study(
             storage=rdb,
-            study_name=base.model.name,
+            study_name=name,
             direction="maximize",
             load_if_exists=True,
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
@@ -207,7 +224,7 @@ def _open_study(
     made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
     if made_with is not None and made_with != trial_seeds:
         raise RamerError(
-            f"{url} holds a study of {base.model.name} whose trials train {made_with} seed(s) each; continue it "
+            f"{url} holds a study of {name} whose trials train {made_with} seed(s) each; continue it "
             f"with --trial-seeds {made_with} (ramer tune, or ramer bench --tune-trials), or use another --out "
             "(or ramer tune's --storage)"
         )
@@ -219,7 +236,7 @@ def _open_study(
         what = [f"this command's --set fixes {', '.join(gone)}, which it searches"] if gone else []
         what += [f"it fixed {', '.join(new)}, which this command searches"] if new else []
         raise RamerError(
-            f"{url} holds a study of {base.model.name} that searches other keys ({'; '.join(what)}); continue it "
+            f"{url} holds a study of {name} that searches other keys ({'; '.join(what)}); continue it "
             "with the --set keys it was made with, or use another --out (or ramer tune's --storage)"
         )
     if searched is not None and was is None:
@@ -239,20 +256,20 @@ def _open_study(
         if not ckpt.same_data(recorded, bundle):  # the data made again at its path, or other data
             other = ckpt.changed_splits(recorded, bundle) + sorted(set(bundle.splits) - set(recorded))
             raise RamerError(
-                f"{url} holds a study of {base.model.name} scored on other data than {base.data.path} holds now "
+                f"{url} holds a study of {name} scored on other data than {base.data.path} holds now "
                 f"(split {', '.join(other)} differs: made again since?); its trials' scores are of that data: "
                 "use another --out (or ramer tune's --storage) to search on this data"
             )
         differ = []  # the same data, its path spelled another way or not
     if task is not None and study.user_attrs.get("task", task) != task:  # the same arrays, another --task
         raise RamerError(
-            f"{url} holds a study of {base.model.name} on {study.user_attrs['task']} data, and {base.data.path} is "
+            f"{url} holds a study of {name} on {study.user_attrs['task']} data, and {base.data.path} is "
             f"{task} now (imported again with another --task?): its trials' scores are another metric; use "
             "another --out (or ramer tune's --storage) to search on this data"
         )
     if differ:
         raise RamerError(
-            f"{url} holds a study of {base.model.name} with another config (differs in "
+            f"{url} holds a study of {name} with another config (differs in "
             f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another --out (or ramer "
             f"tune's --storage), or the study's own --config/--set{_made_by(study)}"
         )
