@@ -817,6 +817,45 @@ def test_a_finished_run_without_its_state_is_not_overwritten(tmp_path, bundle):
             assert (tmp_path / name / name).read_bytes() == data
 
 
+def test_resuming_a_classical_run_refits_only_what_was_not_fitted(tmp_path, capsys):
+    """--resume of a finished br run fitted it again on whatever its config.yaml held since: other
+    data, another model or seed replaced the run's model and test metrics with exit 0. A saved fit
+    is now checked as a deep run's state is and kept (the same files to the byte); a run stopped
+    before its fit was saved is fitted."""
+    sizes = ["--set", "n_train=60", "--set", "n_valid=20", "--set", "n_test=20"]
+    for name, seed in (("d1", "0"), ("d2", "5")):
+        assert main(["data", "synth", "--out", str(tmp_path / name), *sizes, "--set", f"seed={seed}"]) == 0
+    run = tmp_path / "r"
+    assert main(["train", "--model", "br", "--data", str(tmp_path / "d1"), "--out", str(run)]) == 0
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "br: the run's fit is saved; nothing more to fit" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+    config = files["config.yaml"].decode()
+    for edit, said in (
+        (
+            (f"path: {tmp_path / 'd1'}", f"path: {tmp_path / 'd2'}"),
+            "is not what the run started on (train, valid, test",
+        ),
+        (("name: br", "name: cc"), "config.yaml differs from the config this run was trained with (model.name)"),
+        (("seed: 1\n", "seed: 7\n"), "config.yaml differs from the config this run was trained with (train.seed)"),
+    ):
+        assert edit[0] in config, edit
+        (run / "config.yaml").write_text(config.replace(edit[0], edit[1], 1))
+        assert main(["train", "--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and one_error_line(err), err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "config.yaml"} == {
+            k: v for k, v in files.items() if k != "config.yaml"
+        }
+    (run / "config.yaml").write_bytes(files["config.yaml"])
+    (run / "model.safetensors").unlink()  # stopped before its fit was saved
+    (run / "test_metrics.json").unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "test_metrics.json").read_bytes() == files["test_metrics.json"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

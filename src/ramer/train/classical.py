@@ -39,8 +39,15 @@ from ramer.infer import apply_missing, predict
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, check_options
 from ramer.models.classical import ClassicalModel, ClassicalModule
-from ramer.paths import append_line
-from ramer.train.recipe import RunSteps, start_run_folder, write_test_result
+from ramer.paths import RUN_FILES, append_line, atomic_write_text, remove_temporaries
+from ramer.train.recipe import (
+    RunSteps,
+    check_resumed_config,
+    check_resumed_data,
+    read_log,
+    start_run_folder,
+    write_test_result,
+)
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 
@@ -73,6 +80,7 @@ class ClassicalRecipe(RunSteps):
         self.console = console or plain_console()
         self.bundle = bundle
         self.curves: CurveWriter | None = None  # TensorBoard (train.tensorboard)
+        self.fitted = False  # --resume of a run whose fit is saved: nothing more to fit (``check_resumed``)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -104,13 +112,35 @@ class ClassicalRecipe(RunSteps):
         self.spec = DataSpec.from_bundle(self.bundle, resolve_task(self.bundle, cfg.data.task))
         if not is_main():
             return
-        start_run_folder(self.out, cfg, resume=self.resume)
+        self.fitted = self.resume and self.check_resumed()
+        if self.fitted:  # its fit's log line kept, its test line written again by test()
+            kept = [ln for ln, rec in read_log(self.out / "metrics.jsonl") if rec.get("epoch") == 1]
+            atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
+            remove_temporaries(self.out, RUN_FILES)  # what a kill in a write left
+        else:
+            start_run_folder(self.out, cfg, resume=self.resume)
         self.data_notes()
         if cfg.train.tensorboard:
             self.curves = CurveWriter(self.out)
 
+    def check_resumed(self) -> bool:
+        """``--resume`` of a run whose fit is saved (``model.safetensors``): True, once its settings
+        (``config.yaml`` edited since) and data are those of the fit (a fit again on other settings or
+        data replaced the finished run without a word); False where the run stopped before its fit
+        was saved, which is then fitted."""
+        path = self.out / "model.safetensors"
+        if not (path.exists() or path.is_symlink()):
+            return False
+        fitted_with = ckpt.read_model_file(path)[1]
+        check_resumed_config(fitted_with.model_dump(mode="json"), self.cfg, self.out, path)
+        check_resumed_data(self.out, self.cfg, self.bundle, self.spec.task)
+        return True
+
     def train(self) -> None:
         cfg, bs = self.cfg, self.cfg.train.eval_batch_size
+        if self.fitted:
+            self.console.print(f"{cfg.model.name}: the run's fit is saved; nothing more to fit", highlight=False)
+            return
         t0 = time.perf_counter()
         # train.threads also caps the BLAS / OpenMP pools scikit-learn uses.
         limit = threadpool_limits(cfg.train.threads) if cfg.train.threads else contextlib.nullcontext()

@@ -351,14 +351,15 @@ def changed_settings(stored: dict, tree: dict) -> list[str]:
     return [k for k in differences(stored, tree) if k not in RESUME_MAY_CHANGE]
 
 
-def check_resumed_config(stored: dict | None, cfg: Config, out: Path) -> None:
-    """A resumed run continues with the settings its training state was made with (``stored``, read
+def check_resumed_config(stored: dict | None, cfg: Config, out: Path, source: Path | None = None) -> None:
+    """A resumed run continues with the settings its training state (``source``, default
+    ``train_state.pt``; a classical fit's ``model.safetensors``) was made with (``stored``, read
     with today's defaults for keys added since): other settings, but for ``RESUME_MAY_CHANGE``, are
     an error naming the keys, and ``config.yaml`` where it was edited. A state written before states
     kept their config (``stored`` None) is not checked."""
     if stored is None:
         return
-    stored = as_today(stored, f"{out / 'train_state.pt'} config")
+    stored = as_today(stored, f"{source or out / 'train_state.pt'} config")
     given = changed_settings(stored, cfg.model_dump(mode="json"))
     if not given:
         return
@@ -376,6 +377,23 @@ def check_resumed_config(stored: dict | None, cfg: Config, out: Path) -> None:
         f"the settings given differ from those {out} was trained with ({', '.join(given)}; its config.yaml "
         "holds them): resume it with its own settings, or use another output folder"
     )
+
+
+def check_resumed_data(out: Path, cfg: Config, bundle: DataBundle, task: str) -> None:
+    """A resumed run goes on with the data its ``model.safetensors`` records (split fingerprints)
+    and the task it started as: other data would train (or fit) one run on two data sets."""
+    changed = ckpt.changed_splits(ckpt.read_data_fingerprints(out / "model.safetensors"), bundle)
+    if changed:
+        raise RamerError(
+            f"cannot resume {out}: the data at data.path ({cfg.data.path}) is not what the run started "
+            f"on ({', '.join(changed)} changed since); resume with that data, or start a new run"
+        )
+    if was := ckpt.other_task(out / "model.safetensors", task):  # the same arrays
+        raise RamerError(
+            f"cannot resume {out}: the run started as {was}, and the data at data.path ({cfg.data.path}) "
+            f"is {task} now (imported again with another --task?); its losses, decision and best "
+            "epoch would change kind midway: resume with that data, or start a new run"
+        )
 
 
 def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
@@ -682,18 +700,7 @@ class Recipe(RunSteps):
                 f"{self.cfg.train.epochs})"
             )
         self._check_best_weights(state["best"]["epoch"])
-        changed = ckpt.changed_splits(ckpt.read_data_fingerprints(self.out / "model.safetensors"), self.bundle)
-        if changed:  # going on would train one run on two data sets
-            raise RamerError(
-                f"cannot resume {self.out}: the data at data.path ({self.cfg.data.path}) is not what the run started "
-                f"on ({', '.join(changed)} changed since); resume with that data, or start a new run"
-            )
-        if was := ckpt.other_task(self.out / "model.safetensors", self.spec.task):  # the same arrays
-            raise RamerError(
-                f"cannot resume {self.out}: the run started as {was}, and the data at data.path ({self.cfg.data.path}) "
-                f"is {self.spec.task} now (imported again with another --task?); its losses, decision and best "
-                "epoch would change kind midway: resume with that data, or start a new run"
-            )
+        check_resumed_data(self.out, self.cfg, self.bundle, self.spec.task)
         ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path), state["epoch"] * self.steps_per_epoch)
