@@ -238,8 +238,10 @@ def test_a_non_blocking_stdout_gets_all_of_the_output():
 
 @pytest.mark.parametrize("with_descriptor", [True, False])
 def test_a_character_the_stdout_encoding_lacks_is_one_line(tmp_path, monkeypatch, with_descriptor):
-    """``ramer reproduce``'s table (mean ± std) to a stdout of ``PYTHONIOENCODING=ascii``: a
-    UnicodeEncodeError's traceback; now an error line naming stdout, its encoding and the remedy."""
+    """A person's name to a stdout of ``PYTHONIOENCODING=ascii``: a UnicodeEncodeError's traceback;
+    now an error line naming stdout, its encoding and the remedy. ramer's own characters (an empty
+    cell's dash, mean ± std) are written as ASCII there: ``ramer train`` of a text-only import ended
+    2 after its run was saved, on the dash of the table's empty non-speaker cells."""
     from ramer.errors import RamerError
     from ramer.paths import write_stdout
 
@@ -248,12 +250,25 @@ def test_a_character_the_stdout_encoding_lacks_is_one_line(tmp_path, monkeypatch
     monkeypatch.setattr(sys, "stdout", stdout)
     if with_descriptor:  # the process's own: written with os.write
         monkeypatch.setattr(sys, "__stdout__", stdout)
+    write_stdout("mean ± std, – …\n")
     with pytest.raises(RamerError) as e:
-        write_stdout("mean ± std\n")
+        write_stdout("Zoë: 0.5 ± 0.1\n")
     monkeypatch.undo()
+    stdout.flush()
+    written = (tmp_path / "out.txt").read_bytes() if with_descriptor else raw.getvalue()
     stdout.close()
-    said = "stdout: its encoding (ascii) cannot write '\\xb1'; run the command with PYTHONIOENCODING=utf-8"
+    assert written == b"mean +/- std, - ...\n"
+    said = "stdout: its encoding (ascii) cannot write '\\xeb'; run the command with PYTHONIOENCODING=utf-8"
     assert str(e.value) == said
+
+
+def test_ramers_own_characters_reach_an_ascii_stdout_as_ascii():
+    """``ramer reproduce --help`` (its mean ± std) to a stdout of ``PYTHONIOENCODING=ascii`` ended 2."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ramer", "reproduce", "--help"], env=env, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0 and b"mean +/- std" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_text_goes_where_a_replaced_stdout_sends_it(tmp_path, monkeypatch):

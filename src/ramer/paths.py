@@ -188,8 +188,15 @@ def write_stderr(text: str) -> None:
         _write_stream("stderr", text)
 
 
+# ramer's own typographic characters (an empty cell, mean ± std, a folded label), and what a stream
+# whose encoding lacks them gets instead: a command whose work is done does not fail on its own dash
+PLAIN = str.maketrans({"–": "-", "±": "+/-", "…": "..."})
+
+
 def _write_stream(name: str, text: str) -> None:
-    """``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``); see ``write_stdout``."""
+    """``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``); see ``write_stdout``. Where the
+    stream's encoding lacks one of ramer's own characters (``PLAIN``), they are written as ASCII;
+    another character it lacks (a label's, a person's) is the error."""
     stream = getattr(sys, name)
     try:
         stream.flush()  # what was printed before goes first
@@ -201,11 +208,19 @@ def _write_stream(name: str, text: str) -> None:
         except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one
             fd = None
         if fd is None:
-            stream.write(text)
+            try:
+                stream.write(text)
+            except UnicodeEncodeError:  # a text stream encodes the whole text before it writes any
+                stream.write(text.translate(PLAIN))
             stream.flush()
         else:
             encoding = getattr(stream, "encoding", None) or "utf-8"
-            view = memoryview(text.encode(encoding, getattr(stream, "errors", None) or "strict"))
+            errors = getattr(stream, "errors", None) or "strict"
+            try:
+                encoded = text.encode(encoding, errors)
+            except UnicodeEncodeError:
+                encoded = text.translate(PLAIN).encode(encoding, errors)
+            view = memoryview(encoded)
             while view:
                 try:
                     view = view[os.write(fd, view) :]
