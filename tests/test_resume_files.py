@@ -2,6 +2,7 @@
 fields of train_state.pt (its optimiser and scheduler state, the run's best model file) is checked
 before any training; a problem is one line naming the file, with nothing of the run changed."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,43 @@ def test_a_malformed_optimiser_or_scheduler_field_is_one_line(stopped_run, tmp_p
     err = capsys.readouterr().err
     assert f"{out / 'train_state.pt'}: " in err and message in err and one_error_line(err), err
     assert files_of(out) == files
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "train_state.pt", "model.safetensors"])
+def test_a_pipe_or_device_in_place_of_a_run_file_is_one_line_not_a_wait(stopped_run, tmp_path, name):
+    """A pipe as config.yaml or metrics.jsonl made --resume wait for ever; one as train_state.pt or
+    model.safetensors was called 'not found'. (In a child process: a wait fails this test.)"""
+    out, _ = copy_of(stopped_run, tmp_path)
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    r = subprocess.run(
+        [sys.executable, "-m", "ramer", "train", "--resume", str(out)], capture_output=True, text=True, timeout=120
+    )
+    said = f"{out / name}: is not a regular file (a pipe, socket or device), expected a file"
+    assert r.returncode == 2 and said in r.stderr and one_error_line(r.stderr), r.stderr[-800:]
+    if name == "train_state.pt":  # a link to a device is one too
+        (out / name).unlink()
+        (out / name).symlink_to("/dev/zero")
+        r = subprocess.run(
+            [sys.executable, "-m", "ramer", "train", "--resume", str(out)], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 2 and said in r.stderr, r.stderr[-800:]
+
+
+def test_a_state_whose_weights_are_not_finite_is_named_not_blamed_on_the_learning_rate(stopped_run, tmp_path, capsys):
+    """A NaN weight in train_state.pt failed at the first step as 'loss is not finite (nan); lower
+    train.lr?': the state file is named before any training."""
+
+    def nan_weight(state):
+        name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+        state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+
+    out, files = copy_of(stopped_run, tmp_path, nan_weight)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out / 'train_state.pt'}: weight '" in err and "holds NaN or infinite values" in err, err
+    assert "lower train.lr" not in err and one_error_line(err) and files_of(out) == files
 
 
 @pytest.mark.parametrize("damage", ["missing", "unreadable"])

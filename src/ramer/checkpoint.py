@@ -43,7 +43,7 @@ from ramer.errors import (
 )
 from ramer.metrics import ARGMAX
 from ramer.models.base import DataSpec, package_of
-from ramer.paths import atomic_write, loads_json
+from ramer.paths import atomic_write, loads_json, not_a_regular_file
 from ramer.version import __version__, newer_writer, version_note
 
 MODEL_FORMAT = "ramer-model"  # a model file's metadata 'format'
@@ -269,7 +269,8 @@ def read_model_file(
     """Tensors and metadata of a ``model.safetensors``; errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(f"{path}: " + ("is a folder, not a model file" if path.is_dir() else "model file not found"))
+        what = "is a folder, not a model file" if path.is_dir() else not_a_regular_file(path) or "model file not found"
+        raise RamerError(f"{path}: {what}")
     readable(path)
     try:
         state = load_file(str(path))
@@ -428,9 +429,8 @@ def load_train_state(path: str | Path) -> dict:
     (``train_state_problem``); a missing, unreadable, unsafe or malformed file is a RamerError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise RamerError(
-            f"{path}: " + ("is a folder, not a training state" if path.is_dir() else "not found") + "; cannot resume"
-        )
+        what = "is a folder, not a training state" if path.is_dir() else not_a_regular_file(path) or "not found"
+        raise RamerError(f"{path}: {what}; cannot resume")
     readable(path)
     refuse_compressed(path, "a ramer training state")
     try:

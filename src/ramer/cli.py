@@ -20,7 +20,7 @@ from rich.table import Table
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import RamerError, env_count, first_line, first_of, shown, unwritable
-from ramer.paths import LOCK_NAME, hold, remove_if_empty, write_stderr, write_stdout
+from ramer.paths import LOCK_NAME, hold, need_regular_file, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
 
@@ -367,6 +367,7 @@ def planned_config(args: argparse.Namespace) -> Config:
     from ramer.api import check_run_data
     from ramer.checkpoint import run_config
 
+    need_regular_file(out / "config.yaml")  # a pipe there made the resume wait for ever
     cfg = run_config(out)
 
     check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")

@@ -69,7 +69,15 @@ from ramer.models import CLASSICAL, DataSpec, build_model, check_model
 from ramer.models.base import LossResult, checked_loss, package_of
 from ramer.models.parts.encoders import check_segments, modality_encoders
 from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
-from ramer.paths import RUN_FILES, append_line, atomic_write_text, loads_json, remove_temporaries, work_folder
+from ramer.paths import (
+    RUN_FILES,
+    append_line,
+    atomic_write_text,
+    loads_json,
+    need_regular_file,
+    remove_temporaries,
+    work_folder,
+)
 from ramer.train.ema import WeightAverage
 from ramer.train.inputs import (
     ablations_note,
@@ -403,6 +411,7 @@ def read_log(path: Path, cut_ok: bool = True) -> list[tuple[str, dict]]:
     file and the line."""
     if not path.exists():
         return []
+    need_regular_file(path)  # a pipe there made a resume wait for ever
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -702,6 +711,12 @@ class Recipe(RunSteps):
         self._check_best_weights(state["best"]["epoch"])
         check_resumed_data(self.out, self.cfg, self.bundle, self.spec.task)
         ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
+        if bad := [name for name, w in self.model.named_parameters() if not torch.isfinite(w).all()]:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise RamerError(  # a run stops at its first non-finite loss, before a state is saved: a damaged file
+                f"{path}: weight '{bad[0]}'{more} holds NaN or infinite values, which no saved training state "
+                "holds (the file was changed since it was written); train the run anew in another --out"
+            )
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema"), str(path), state["epoch"] * self.steps_per_epoch)
         elif "ema" in state:  # evaluated on the average so far: going on without it would mix the two
