@@ -141,6 +141,23 @@ def test_a_state_whose_weights_are_not_finite_is_named_not_blamed_on_the_learnin
     assert "lower train.lr" not in err and one_error_line(err) and files_of(out) == files
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the device is there: nothing to refuse")
+def test_a_resume_on_a_machine_without_its_device_says_where_to_change_it(stopped_run, tmp_path, capsys):
+    """A run trained on a GPU, resumed on a CPU machine: the error said '--set train.device=cpu',
+    which --resume refuses ('--resume takes the run directory's own config')."""
+    out, _ = copy_of(stopped_run, tmp_path)
+    config = (out / "config.yaml").read_text()
+    assert "device: cpu\n" in config
+    (out / "config.yaml").write_text(config.replace("device: cpu\n", "device: cuda\n"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    said = f"train.device is 'cuda' but CUDA is not available here; set train.device: cpu in {out / 'config.yaml'}"
+    assert said in err and "--set" not in err and one_error_line(err), err
+    (out / "config.yaml").write_text(config)  # as it says: the resume goes on
+    assert main(["train", "--resume", str(out)]) == 0
+
+
 @pytest.mark.parametrize("damage", ["missing", "unreadable"])
 def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped_run, tmp_path, capsys, damage):
     """The run is tested on model.safetensors (its best epoch): without it the resume trained on and

@@ -592,7 +592,9 @@ class Recipe(RunSteps):
         check_model(cfg, options=not self.resume)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
+        # a resume takes no --set: its config.yaml is where the device changes
+        where = {"instead": f"set train.device: cpu in {self.out / 'config.yaml'}"} if self.resume else {}
+        self.device = resolve_device(cfg.train.device, **where)
         self.owns_group = dist.launched() and not dist.is_dist()
         self.device = dist.init_from_env(self.device)
         self.world = dist.world_size()
