@@ -36,6 +36,34 @@ def test_train_names_the_run_folder_before_the_work(tmp_path, capsys, monkeypatc
     assert first == f"training ramer -> runs/{run.name}"
 
 
+def test_the_commands_to_paste_take_a_folder_whose_name_starts_with_a_dash(tmp_path, capsys, monkeypatch):
+    """--out=-run: the next steps said 'ramer eval -run', which the parser takes for an option
+    ('the following arguments are required: RUN_DIR'); they say ./-run, and it works pasted."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out=-run", "--model", "late_fusion", *SETS]) == 0
+    err = capsys.readouterr().err
+    assert "next: ramer eval ./-run, ramer predict ./-run --out preds.jsonl, ramer view ./-run --out" in err, err
+    assert main(["eval", "./-run"]) == 0
+    assert main(["train", "--out=-run", "--model", "late_fusion", *SETS]) == 2
+    assert "-run already holds a run; use --resume ./-run or another --out" in capsys.readouterr().err
+    assert main(["train", "--resume", "./-run"]) == 0
+
+
+def test_an_output_file_beside_a_recorded_path_the_file_names_cannot_hold(tmp_path):
+    """Under LC_ALL=C (file names in ASCII), predict of data imported from 'talk ü.csv' ended in a
+    UnicodeEncodeError traceback while checking that its --out was not that table."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from ramer.paths import output_file; "
+        "print(output_file(sys.argv[1] + '/p.jsonl', data_from=('/data/talk \\u00fc.csv',)).name)"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, "p.jsonl\n"), r.stderr[-1500:]
+
+
 @pytest.mark.parametrize("nproc", ["0", "-2", "two"])
 def test_a_process_count_below_one_is_refused_before_any_folder(nproc, tmp_path, capsys):
     """``--nproc`` is checked where the flags are read, as every other count flag is."""

@@ -32,6 +32,7 @@ from ramer.infer import (
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
+from ramer.paths import argument
 
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
 
@@ -302,7 +303,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     if (run / "train_state.pt").exists() and not (run / "test_metrics.json").exists():
         warnings.warn(
             f"{run}: the run has not finished (no test_metrics.json): still being trained, or stopped before its "
-            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {shlex.quote(str(run))} "
+            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {shlex.quote(argument(run))} "
             "finishes a stopped run",
             RunNotFinished,
             stacklevel=2,

@@ -94,6 +94,7 @@ from ramer.models import (
 )
 from ramer.models.spaces import SEARCHED, format_values, space_for
 from ramer.paths import (
+    argument,
     atomic_write,
     atomic_write_text,
     clear_folder,
@@ -180,9 +181,9 @@ class BenchSettings:
         """An equivalent ``ramer bench`` command line with every setting written out."""
         parts = ["ramer", "bench"]
         if self.data:
-            parts += ["--data", self.data]
+            parts += ["--data", argument(self.data)]
         if self.config:
-            parts += ["--config", str(self.config)]
+            parts += ["--config", argument(self.config)]
         parts += [
             "--models",
             ",".join(self.models),
@@ -197,10 +198,10 @@ class BenchSettings:
             "--jobs",
             str(self.jobs),
             "--out",
-            str(self.out),
+            argument(self.out),
         ]
         if self.tuned is not None and self.tune_trials is None:
-            parts += ["--tuned", str(self.tuned)]
+            parts += ["--tuned", argument(self.tuned)]
         if self.tune_trials is not None:
             parts += ["--tune-trials", str(self.tune_trials)]
             if self.trial_seeds > 1:
@@ -356,7 +357,7 @@ def load_tuned(s: BenchSettings, model: str) -> dict:
     the keys the user fixed with ``--set``, which keep the user's value)."""
     path = s.tuned / model / "best.yaml"
     if not path.is_file():
-        tune = ["ramer", "tune", "--model", model, "--out", str(s.tuned / model)]
+        tune = ["ramer", "tune", "--model", model, "--out", argument(s.tuned / model)]
         raise RamerError(
             f"--tuned: no tuned config for {model}: {path} not found (make it with: {shlex.join(tune)}, or bench "
             "with --tune-trials N)"

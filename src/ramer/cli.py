@@ -20,7 +20,7 @@ from rich.table import Table
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import RamerError, env_count, first_line, first_of, shown, unwritable
-from ramer.paths import LOCK_NAME, hold, need_regular_file, remove_if_empty, write_stderr, write_stdout
+from ramer.paths import LOCK_NAME, argument, hold, need_regular_file, remove_if_empty, write_stderr, write_stdout
 from ramer.version import __version__
 
 
@@ -367,7 +367,8 @@ def planned_config(args: argparse.Namespace) -> Config:
     from ramer.api import check_run_data
     from ramer.checkpoint import run_config
 
-    need_regular_file(out / "config.yaml")  # a pipe there made the resume wait for ever
+    if not (out / "config.yaml").is_dir():  # a folder there is read_yaml's to name
+        need_regular_file(out / "config.yaml")  # a pipe there made the resume wait for ever
     cfg = run_config(out)
 
     check_run_data(cfg.data.path, f"run from that folder, or set data.path in {out / 'config.yaml'}")
@@ -452,7 +453,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def next_steps(run: Path | str, split: str | None = None) -> str:
     """The line after a finished run: where it is and the commands that use it, ready to paste;
     on ``split`` (``valid`` after a run whose test split is empty: those commands refuse an empty one)."""
-    q = shlex.quote(str(run)) + (f" --split {split}" if split else "")
+    q = shlex.quote(argument(run)) + (f" --split {split}" if split else "")
     return (
         f"run folder: {run}; next: ramer eval {q}, ramer predict {q} --out preds.jsonl, "
         f"ramer view {q} --out scenes.html"
@@ -469,7 +470,7 @@ def interrupted_hint(out: Path) -> str:
     if (out / "train_state.pt").exists():  # written at the end of every epoch
         epoch = saved_epoch(out / "train_state.pt")  # Ctrl-C may land after its save, before its line
         saved = f"; epoch {epoch} is saved" if epoch else ""
-        return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(str(out))}"
+        return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(argument(out))}"
     held = existing_run(out) if out.is_dir() else None
     if held:  # a classical fit's model file (--resume fits again), a deep run's first best model
         return f"interrupted before a state to resume from was saved: {held}"
@@ -901,7 +902,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     for line in note_lines(meta):  # a script reads stdout: notes go beside the progress lines
         ERR.print(line)
     OUT.print(f"wrote {args.out}")
-    q = shlex.quote(args.out)
+    q = shlex.quote(argument(args.out))
     after = f"ramer train --data {q}"
     if not meta["info"]["conversations"]["labelled"]:
         after = f"ramer predict RUN_DIR --data {q} --out preds.jsonl (RUN_DIR: a run trained on these labels)"
@@ -983,7 +984,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         OUT.print(
             f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
             f"({values})\n"
-            f"config: {out / 'best.yaml'} (ramer train --config {shlex.quote(str(out / 'best.yaml'))}); "
+            f"config: {out / 'best.yaml'} (ramer train --config {shlex.quote(argument(out / 'best.yaml'))}); "
             f"trials: {out / 'trials.md'}"
         )
     return 0

@@ -503,6 +503,15 @@ def resolved(path: str | Path) -> Path:
         raise RamerError(f"{path}: a loop of symbolic links") from None
 
 
+def _names(path: str | Path, target: Path) -> bool:
+    """Whether ``path`` is the file ``target`` (resolved); a name this system's file names cannot
+    hold (a table path meta.json records, under LC_ALL=C) is no file here, so not it."""
+    try:
+        return resolved(path) == target
+    except UnicodeEncodeError:
+        return False
+
+
 def output_file(path: str | Path, reads: tuple = (), data_from: tuple = (), make: bool = True) -> Path:
     """A file path to write: not empty, not a folder (nor a name ending in ``/`` or ``/.``, which names one),
     not one of the files the command reads
@@ -519,7 +528,7 @@ def output_file(path: str | Path, reads: tuple = (), data_from: tuple = (), make
         raise RamerError(f"{path}: is a folder; give a file name")
     target = resolved(path)
     named = [("a file this command reads", r) for r in reads] + [("the file the data comes from", r) for r in data_from]
-    whose = next((f"{what} ({r})" for what, r in named if r and resolved(r) == target), None)
+    whose = next((f"{what} ({r})" for what, r in named if r and _names(r, target)), None)
     if whose is None and target.name in RUN_FILES and (target.parent / "config.yaml").is_file():
         whose = f"a file of the run in {path.parent}"
     if whose is None and target.exists():  # meta.json, or a file of a split folder
@@ -667,6 +676,13 @@ def not_a_regular_file(path: Path) -> str | None:
     if not path.exists():
         return "is a symbolic link that leads to no file (a loop, or its target is gone)"
     return "is not a regular file (a pipe, socket or device), expected a file"
+
+
+def argument(path: str | Path) -> str:
+    """``path`` as a command's argument in a line to paste: a relative path that starts with ``-``
+    (``--out=-run``) as ``./-run``, which no parser takes for an option. Quote it (``shlex``)."""
+    text = str(path)
+    return f"./{text}" if text.startswith("-") else text
 
 
 def need_regular_file(path: Path) -> None:

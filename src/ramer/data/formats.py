@@ -31,7 +31,7 @@ from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
 from ramer.data.store import DataBundle, is_native, load_native, native_info, native_source_format, save_cut_off
 from ramer.errors import RamerError, unreadable
-from ramer.paths import need_regular_file
+from ramer.paths import argument, need_regular_file
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
 
@@ -448,7 +448,7 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     ``differences`` (``converted_otherwise``), from the source file the folder's ``info`` names."""
     sources = info.get("source_files") if isinstance(info, dict) else None
     source = sources[0] if isinstance(sources, list) and sources and isinstance(sources[0], str) else "SOURCE"
-    command = ["ramer", "data", "convert", source]
+    command = ["ramer", "data", "convert", argument(source)]
     for key, _, to in differences:
         command += ["--labels", str(to)] if key == "labels" else ["--set", f"data.{key}={shown(to)}"]
     return shlex.join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument

@@ -72,6 +72,7 @@ from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import (
     RUN_FILES,
     append_line,
+    argument,
     atomic_write_text,
     loads_json,
     need_regular_file,
@@ -196,7 +197,7 @@ def existing_run(out: Path) -> str | None:
     held = [name for name in ("model.safetensors", "test_metrics.json") if (out / name).exists()]
     held += ["metrics.jsonl"] if log.is_dir() or (log.exists() and log.stat().st_size > 0) else []
     if (out / "train_state.pt").exists() or (held and _classical_run(out)):
-        return f"{out} already holds a run; use --resume {shlex.quote(str(out))} or another --out"
+        return f"{out} already holds a run; use --resume {shlex.quote(argument(out))} or another --out"
     if held:
         return (
             f"{out} holds a run's {', '.join(held)} but no train_state.pt to resume from (stopped before its first "
@@ -697,7 +698,8 @@ class Recipe(RunSteps):
     def _load_train_state(self) -> None:
         path = self.out / "train_state.pt"
         if not (path.exists() or path.is_symlink()):  # stopped before its first state: say what to do
-            again = shlex.join(["ramer", "train", "--config", str(self.out / "config.yaml"), "--out", str(self.out)])
+            again = ["ramer", "train", "--config", argument(self.out / "config.yaml"), "--out", argument(self.out)]
+            again = shlex.join(again)
             raise RamerError(
                 existing_run(self.out)
                 or f"{path}: not found; cannot resume: the run stopped before its first training state was saved, "
