@@ -280,3 +280,23 @@ def test_ctrl_c_in_the_write_of_a_state_is_ctrl_c(tmp_path, monkeypatch, capsys)
     assert f"interrupted; epoch 1 is saved; resume with: ramer train --resume {run}" in capsys.readouterr().err
     assert saves == [1, 2] and ckpt.load_train_state(run / "train_state.pt")["epoch"] == 1
     assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM sent to a process: POSIX")
+def test_sigterm_stops_a_training_as_ctrl_c_does(tmp_path):
+    """SIGTERM (how Slurm, Docker and systemd stop a job) ended ramer train at once, with no word and
+    exit -15; it is read as Ctrl-C: the hint that names the saved epoch and the resume, exit 143."""
+    sets = ["data.synthetic.n_train=60", "data.synthetic.n_valid=20", "data.synthetic.n_test=20", "train.epochs=300"]
+    sets += ["model.hidden=16", "model.ffn=32", "model.heads=2", "train.threads=1"]
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "ramer", "train", "--model", "late_fusion", "--out", str(out)]
+    proc = subprocess.Popen([*argv, *(x for s in sets for x in ("--set", s))], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "train_state.pt").exists():  # an epoch is saved
+        assert proc.poll() is None and time.monotonic() < deadline, "no epoch saved"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-1500:]
+    assert f"is saved; resume with: ramer train --resume {out}" in err and "Traceback" not in err, err[-1500:]
+    assert (out / "train_state.pt").exists() and not (out / "test_metrics.json").exists()

@@ -9,7 +9,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -393,6 +395,32 @@ def refuse_empty(args: argparse.Namespace, *names: str) -> None:
             raise RamerError(f"--{name}: empty; {EMPTY_FLAGS[name]}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's, a container's or systemd's stop) to ``ramer train`` in one process,
+    read as Ctrl-C is (the interrupted hint, a folder made for no epoch removed), ending 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """``Terminated`` on SIGTERM while the block runs, in the main thread of a process torchrun did
+    not start (its agent stops workers with SIGTERM, and a worker waiting in a collective would not
+    run the handler): elsewhere nothing changes."""
+    from ramer.dist import launched
+
+    if threading.current_thread() is not threading.main_thread() or launched():
+        yield
+        return
+
+    def terminated(signum, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
@@ -409,9 +437,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out) if not made_up else default_out(cfg)
     rank0 = env_count("RANK", 0) == 0
     made_here = made_up  # made for this command: removed again where no epoch ended
+    stopping = sigterm_as_interrupt()
     try:
         # rank 0 holds the folder for the whole run (another command there is refused), then decides
-        with hold(out, "ramer train", make=not args.resume) if rank0 else contextlib.nullcontext() as held:
+        with stopping, hold(out, "ramer train", make=not args.resume) if rank0 else contextlib.nullcontext() as held:
             made_here = made_up or (held is not None and held.made)  # its mkdir made it, no other's
             if not args.resume and rank0:
                 check_new_run(cfg, out)
@@ -427,11 +456,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             finally:
                 if made_here:  # stopped before an epoch ended: neither it nor a runs/ made for it stays
                     remove_unstarted_run(out, cfg, parent_too=runs_made)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        code = 143 if isinstance(e, Terminated) else 130
         if env_count("RANK", 0) != 0:  # one hint, not one per process
-            return 130
+            return code
         ERR.print(interrupted_hint(out))
-        return 130
+        return code
     finally:
         if made_here:  # its lock file is gone now
             remove_if_empty(out, parent_too=runs_made)
