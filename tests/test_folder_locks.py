@@ -161,3 +161,21 @@ def test_a_folder_holding_only_a_stale_lock_file_is_removed_as_empty(tmp_path):
     with held_elsewhere(live):
         remove_if_empty(live)
         assert (live / LOCK_NAME).is_file()
+
+
+def test_a_file_system_without_locks_holds_the_folder_unlocked(tmp_path, monkeypatch, capsys):
+    """flock refused by the file system (ENOLCK, some network mounts) was read as another command's
+    hold: 'in use by another ramer command (just starting)', for every command there, for ever."""
+    import errno
+
+    from ramer import paths
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(paths.fcntl, "flock", no_locks)
+    out = tmp_path / "data"
+    assert main(["data", "synth", "--out", str(out), "--set", "n_train=20", "--set", "n_valid=10"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert (out / "meta.json").is_file() and paths.held_elsewhere(out) is None

@@ -395,9 +395,11 @@ def _lock(folder: Path, command: str) -> int:
             raise RamerError(f"{folder}: cannot create its lock file {LOCK_NAME} ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # another holds it
             os.close(fd)
             raise RamerError(in_use(folder)) from None
+        except OSError:  # a file system without locks (some network mounts): held unlocked, as without fcntl
+            pass
         try:  # the file may have been removed by its holder between our open and our lock
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -434,8 +436,10 @@ def held_elsewhere(folder: str | Path) -> str | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         return in_use(folder)
+    except OSError:  # a file system without locks: nothing to look at
+        return None
     finally:
         os.close(fd)  # which lets go of the lock it took
     return None
