@@ -162,6 +162,8 @@ def test_bench_writes_results_report_and_plots(benched):
     ) in text
     assert "## Missing rate 0" in text and "## Missing rate 0.5" in text
     assert "| oracle (sees the latent state) |" in text and "**" in text
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert f"- Machine: {cores} of {os.cpu_count()} CPUs for this process, torch threads" in text  # not the machine's
     assert "speaker micro-F1" in text and "non-speaker micro-F1" in text
     complete = next(r for r in results if r["inputs"] == "complete")
     for rate in ("0", "0.5"):
@@ -196,6 +198,13 @@ def test_bench_writes_results_report_and_plots(benched):
         png = benched / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
         assert f"plots/{name}.png" in text
+
+
+def test_the_cores_a_bench_counts_are_those_it_may_run_on(monkeypatch):
+    """The report's machine line said os.cpu_count() (the machine's) while --jobs took the affinity's
+    share (a container's, taskset's): both read usable_cores."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert bench_mod.usable_cores() == 1 and bench_mod.default_jobs() == 1
 
 
 def test_bench_rerun_reuses_every_run(benched, monkeypatch):

@@ -791,11 +791,16 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system has one: a container's or
+    taskset's share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_jobs() -> int:
     """One single-threaded run per core (at most 8): small models do not scale with threads, and
     several torch threads on a busy machine are far slower than one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores))
+    return max(1, min(8, usable_cores()))
 
 
 def check_settings(s: BenchSettings, base: Config, model: str) -> None:
@@ -1293,7 +1298,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
             if s.complete
             else []
         ),
-        f"- Machine: {os.cpu_count()} CPUs, torch threads {t.threads or 'default'}{load}. "
+        f"- Machine: {usable_cores()} of {os.cpu_count()} CPUs for this process, "
+        f"torch threads {t.threads or 'default'}{load}. "
         f"This invocation: {info['wall_seconds']:.0f} s ({c['fresh']} runs trained, "
         f"{c['resume']} resumed, {c['done']} reused from the cache); all runs together: "
         f"{sum(r['seconds'] for r in results):.0f} s of training "
