@@ -107,6 +107,19 @@ def test_resume_of_a_folder_that_is_not_there_names_the_folder(tmp_path, capsys)
     (tmp_path / "early").mkdir()
     assert main(["train", "--resume", str(tmp_path / "early")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'early' / 'config.yaml'}: not found; cannot resume")
+    # a file, a dataset, a folder a killed command left only its lock file in: said what they are, not
+    # 'FILE/config.yaml: not found' (the last: nothing to restore, train anew)
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "synth", "--out", str(tmp_path / "ds"), "--set", "n_train=8", "--set", "n_valid=4"]) == 0
+    (tmp_path / "early" / ".ramer.lock").write_text("")
+    for folder, said in (
+        ("file", "is a file, not a run folder (what ramer train --out writes)"),
+        ("ds", "is a dataset (meta.json), not a run folder (what ramer train --out writes)"),
+        ("early", "holds nothing of a run (stopped before its config was written); train it anew"),
+    ):
+        capsys.readouterr()
+        assert main(["train", "--resume", str(tmp_path / folder)]) == 2
+        assert capsys.readouterr().err == f"error: {tmp_path / folder}: {said}\n"
 
 
 @pytest.mark.parametrize("command", ["predict", "eval"])

@@ -358,6 +358,12 @@ def planned_config(args: argparse.Namespace) -> Config:
     out = Path(args.resume)
     if not out.exists():  # a mistyped name: no folder to look into
         raise RamerError(f"{out}: no such run folder; nothing to resume")
+    if not out.is_dir():
+        raise RamerError(f"{out}: is a file, not a run folder (what ramer train --out writes)")
+    if (out / "meta.json").is_file() and not (out / "config.yaml").exists():
+        raise RamerError(f"{out}: is a dataset (meta.json), not a run folder (what ramer train --out writes)")
+    if [p.name for p in out.iterdir()] == [LOCK_NAME]:  # a command killed before it wrote anything
+        raise RamerError(f"{out}: holds nothing of a run (stopped before its config was written); train it anew")
     if not (out / "config.yaml").exists():
         why = f"{out / 'config.yaml'}: not found; cannot resume"
         kept = [name for name in ("model.safetensors", "train_state.pt") if (out / name).is_file()]
