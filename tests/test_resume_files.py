@@ -158,6 +158,17 @@ def test_a_resume_on_a_machine_without_its_device_says_where_to_change_it(stoppe
     assert main(["train", "--resume", str(out)]) == 0
 
 
+def test_a_resume_says_which_epochs_its_log_lacks(stopped_run, tmp_path, capsys):
+    """metrics.jsonl removed since the stop: the resume went on without a word, and the run's log
+    held epochs 2, 3 and the test line, the state's epoch 1 nowhere."""
+    out, _ = copy_of(stopped_run, tmp_path)
+    (out / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    said = f"note: {out / 'metrics.jsonl'} lacks the lines of epoch 1 that train_state.pt counts (removed or edited"
+    assert said in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["missing", "unreadable"])
 def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped_run, tmp_path, capsys, damage):
     """The run is tested on model.safetensors (its best epoch): without it the resume trained on and

@@ -748,10 +748,22 @@ class Recipe(RunSteps):
         self.best = state["best"]
         self.start_epoch = int(state["epoch"]) + 1
         # Drop log lines of epochs after the checkpoint (written before a kill).
-        kept = [ln for ln, rec in read_log(self.out / "metrics.jsonl") if rec.get("epoch", 10**9) < self.start_epoch]
+        log = read_log(self.out / "metrics.jsonl")
+        kept = [ln for ln, rec in log if rec.get("epoch", 10**9) < self.start_epoch]
         if is_main():
             atomic_write_text(self.out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
             remove_temporaries(self.out, RUN_FILES)  # what a kill in a write left
+            logged = {rec.get("epoch") for _, rec in log}
+            if lost := [e for e in range(1, self.start_epoch) if e not in logged]:  # removed or edited since
+                run = len(lost) > 2 and lost[-1] - lost[0] == len(lost) - 1
+                which = f"{lost[0]} to {lost[-1]}" if run else ", ".join(map(str, lost))
+                self.console.print(
+                    f"note: {self.out / 'metrics.jsonl'} lacks the lines of epoch{'s' if len(lost) > 1 else ''} "
+                    f"{which} that train_state.pt counts (removed or edited since); the resumed run's log lacks "
+                    "them too",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
     def _check_best_weights(self, best_epoch: int) -> None:
         """A run that has a best epoch is tested on its model file: one that is missing, unreadable or
