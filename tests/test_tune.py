@@ -281,6 +281,17 @@ def test_full_ramer_and_a_preset_are_studies_of_their_own_in_one_shared_storage(
     assert optuna.get_all_study_names(storage=storage) == ["ramer"]
     trials = optuna.load_study(study_name="ramer", storage=storage).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    # its own folder's study.db named in --storage, then left out: the same study, continued (the
+    # folder was refused as holding another model's search when only --storage named presets)
+    own = tmp_path / "own"
+    tune(
+        cfgs["ramer-no_shuffle"], own, trials=1, storage=f"sqlite:///{own / 'study.db'}", bundle=tiny[0], console=QUIET
+    )
+    tune(cfgs["ramer-no_shuffle"], own, trials=2, bundle=tiny[0], console=QUIET)
+    assert states(study_trials(own, "ramer-no_shuffle")) == ["complete", "complete"]
+    assert json.loads((own / "tune.json").read_text())["model"] == "ramer-no_shuffle"
+    with pytest.raises(RamerError, match=r"own holds the search of ramer-no_shuffle; searching ramer there would"):
+        tune(cfgs["ramer"], own, trials=1, bundle=tiny[0], console=QUIET)
 
 
 def test_a_study_records_its_ramer_and_a_newer_ones_config_names_it(tmp_path):

@@ -168,7 +168,7 @@ def open_study(
     console: Console | None = None,
     searched: list[str] | None = None,
 ):
-    """Create or load the study (name: the model) and check it was made with ``base``,
+    """Create or load the study (``study_name``) and check it was made with ``base``,
     ``trial_seeds`` runs per trial and the ``searched`` keys (the space less the keys ``--set``
     fixes; ``None``: not checked), and that ``out`` holds no other model's search. A new study
     records the fingerprints of ``bundle`` (the data at ``data.path``); a study that recorded them
@@ -186,15 +186,15 @@ def open_study(
         raise
 
 
-def study_name(optuna, rdb, base: Config, shared: list[str] | None) -> str:
-    """The study's name in its storage: the model's; in a shared storage (``--storage``; ``shared``:
-    the names of the studies it holds), a RAMer preset's own (``ramer-no_shuffle``), so that full
-    RAMer and each preset are studies of their own there. A preset's study that such a storage
-    holds under the model's name (made by a ramer that named it so) is continued under that name."""
-    if shared is None or not base.model.ablations:
+def study_name(optuna, rdb, base: Config, studies: list[str]) -> str:
+    """The study's name in its storage: the model's, a RAMer preset's own (``ramer-no_shuffle``), so
+    that full RAMer and each preset are studies of their own in one storage. A preset's study that
+    the storage (``studies``: the names it holds) holds under the model's name, as ramer named it
+    before, is continued under that name."""
+    if not base.model.ablations:
         return base.model.name
     name = "-".join([base.model.name, *base.model.ablations])
-    if name not in shared and base.model.name in shared:
+    if name not in studies and base.model.name in studies:
         held = optuna.load_study(study_name=base.model.name, storage=rdb).user_attrs.get("config")
         model = held.get("model") if isinstance(held, dict) else None
         if isinstance(model, dict) and model.get("ablations") == list(base.model.ablations):
@@ -208,8 +208,8 @@ def _open_study(
     """``open_study`` in the storage ``rdb`` opened at ``url``."""
     with storage_errors(optuna, url):
         studies = optuna.get_all_study_names(storage=rdb)
-        name = study_name(optuna, rdb, base, studies if storage is not None else None)
-    check_folder_model(out, base.model.name, studies if storage is None else [])  # a shared storage holds many
+        name = study_name(optuna, rdb, base, studies)
+    check_folder_model(out, name, studies if storage is None else [])  # a shared storage holds many
     with storage_errors(optuna, url):
         study = optuna.create_study(
             storage=rdb,
@@ -914,7 +914,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
             "run": a.get("run"),
         }
     summary = {
-        "model": base.model.name,
+        "model": study.study_name,  # a preset's own name (ramer-no_shuffle), as its folder's study holds it
         "metric": SELECTION[task],
         "budget": budget,
         **n,
