@@ -27,6 +27,22 @@ def reproduce(bench, data, out, seeds=2):
     return main(argv + sum((["--set", s] for s in TINY), []))
 
 
+def test_the_reported_command_pastes_as_it_is(tmp_path, monkeypatch):
+    """Its Command line joined the arguments unquoted: a data path with a space split in two, and an
+    --out starting with a dash was taken for an option."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my data").mkdir()
+    write_mosei_aligned(tmp_path / "my data" / "train_valid_test.pt")
+    argv = ["reproduce", "mosei", "--data", "my data/train_valid_test.pt", "--seeds", "1", "--out=-rep"]
+    assert main(argv + sum((["--set", s] for s in TINY), [])) == 0
+    line = next(ln for ln in (tmp_path / "-rep" / "results.md").read_text().splitlines() if ln.startswith("Command:"))
+    argv = shlex.split(line.removeprefix("Command: `").removesuffix("`"))
+    assert argv[:8] == ["ramer", "reproduce", "mosei", "--data", "my data/train_valid_test.pt", "--seeds", "1", "--out"]
+    assert argv[8] == "./-rep" and argv[9:11] == ["--set", TINY[0]]
+
+
 def test_an_empty_test_split_is_refused_before_any_run(tmp_path, capsys):
     """A protocol's figures are the test split's: without a sample there, a table of no rows."""
     data = tmp_path / "train_valid_test.pt"
@@ -325,4 +341,4 @@ def test_the_table_on_stdout_writes_a_paths_control_characters_out(tmp_path, cap
     out = tmp_path / "o\x1b[31mx"
     assert reproduce("m3ed", data, out, seeds=1) == 0
     said = capsys.readouterr()
-    assert "\x1b" not in said.out + said.err and f"--out {tmp_path}/o\\x1b[31mx" in said.out
+    assert "\x1b" not in said.out + said.err and f"--out '{tmp_path}/o\\x1b[31mx'" in said.out  # shlex-quoted

@@ -13,6 +13,7 @@ an error names the keys) and resumes the others.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ramer.data.formats import convert_again, converted_otherwise, listed, refus
 from ramer.data.store import is_native, resolve_task
 from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
-from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
+from ramer.paths import argument, atomic_write_text, make_folders, read_json, remove_made, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import changed_settings
 
@@ -189,8 +190,8 @@ def _reproduce(
         )
         results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
     table = summarise(results, memor=bench.startswith("memor"), task=task)
-    command = f"ramer reproduce {bench} --data {data} --seeds {seeds} --out {out}"
-    command += "".join(f" --set {o}" for o in overrides)
+    command = ["ramer", "reproduce", bench, "--data", argument(data), "--seeds", str(seeds), "--out", argument(out)]
+    command = shlex.join([*command, *(x for o in overrides for x in ("--set", o))])  # to paste as it is
     text = (
         f"# {bench}: test metrics, mean ± std over {seeds} seed(s)\n\n"
         f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
