@@ -838,7 +838,7 @@ def test_bench_tuned_runs_each_deep_model_with_its_tuned_values(tmp_path, capsys
     A deep model without a tuned config is an error naming the missing file; br needs none."""
     tuned = build_config(
         overrides=[*TINY, "model.name=late_fusion", "train.lr=0.00042", "model.dropout=0.25"]
-        + ["train.weight_decay=0.003", "train.epochs=7", "data.synthetic.n_train=99"]
+        + ["train.weight_decay=0.003", "train.epochs=7", "data.synthetic.n_train=99", "data.synthetic.n_test=77"]
     )
     (tmp_path / "tuned" / "late_fusion").mkdir(parents=True)
     (tmp_path / "tuned" / "late_fusion" / "best.yaml").write_text(dump_config(tuned))

@@ -379,9 +379,9 @@ def study_otherwise(tuned: Config, cfg: Config) -> list[str]:
     """``KEY VALUE (here VALUE)`` for each setting a tuned config (a study's ``best.yaml``) holds
     otherwise than ``cfg``, the config the bench would tune the model with (``tune_base``): other
     data, another budget, another task. The model's searched keys (what the study chose), the seed,
-    the keys of how a run is computed (``HOW_IT_RUNS``) and the data's path spelled another way are
-    not counted."""
-    searched = {p.key for p in space_for(cfg, set())} | set(HOW_IT_RUNS)
+    the keys of how a run is computed (``HOW_IT_RUNS``), the embedded benchmark's test size (a search
+    reads no test) and the data's path spelled another way are not counted."""
+    searched = {p.key for p in space_for(cfg, set())} | set(HOW_IT_RUNS) | {"data.synthetic.n_test"}  # test: not read
     a, b = tuned.model_dump(mode="json"), cfg.model_dump(mode="json")
     found = []
     for key in result_differences(a, b):

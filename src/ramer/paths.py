@@ -190,12 +190,12 @@ def write_stderr(text: str) -> None:
 
 # ramer's own typographic characters (an empty cell, mean ± std, a folded label), and what a stream
 # whose encoding lacks them gets instead: a command whose work is done does not fail on its own dash
-PLAIN = str.maketrans({"–": "-", "±": "+/-", "…": "..."})
+ASCII_FALLBACK = str.maketrans({"–": "-", "±": "+/-", "…": "..."})
 
 
 def _write_stream(name: str, text: str) -> None:
     """``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``); see ``write_stdout``. Where the
-    stream's encoding lacks one of ramer's own characters (``PLAIN``), they are written as ASCII;
+    stream's encoding lacks one of ramer's own characters (``ASCII_FALLBACK``), they are written as ASCII;
     another character it lacks (a label's, a person's) is the error."""
     stream = getattr(sys, name)
     try:
@@ -211,7 +211,7 @@ def _write_stream(name: str, text: str) -> None:
             try:
                 stream.write(text)
             except UnicodeEncodeError:  # a text stream encodes the whole text before it writes any
-                stream.write(text.translate(PLAIN))
+                stream.write(text.translate(ASCII_FALLBACK))
             stream.flush()
         else:
             encoding = getattr(stream, "encoding", None) or "utf-8"
@@ -219,7 +219,7 @@ def _write_stream(name: str, text: str) -> None:
             try:
                 encoded = text.encode(encoding, errors)
             except UnicodeEncodeError:
-                encoded = text.translate(PLAIN).encode(encoding, errors)
+                encoded = text.translate(ASCII_FALLBACK).encode(encoding, errors)
             view = memoryview(encoded)
             while view:
                 try:
