@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ramer.config import DataConfig, build_config
 from ramer.console import printable
-from ramer.data.formats import LOADER_OPTIONS, detect_format, open_dataset, read_by
+from ramer.data.formats import detect_format, open_dataset, unread_option
 from ramer.data.info import assemble_info, dataset_info, format_info_table, split_info
 from ramer.data.readers import SplitStream
 from ramer.data.store import DataBundle, check_dataset_folder, staged_dataset, write_meta
@@ -82,18 +82,8 @@ def _refuse_unread(opened, path: str | None, sets) -> None:
     else:
         held = "synthetic" if path is None or str(path) == "synthetic" else "native"
     for key in map(_key, sets):
-        name = key.split(".")[1]
-        if name in LOADER_OPTIONS[held]:
-            continue
-        readers = read_by(name)
-        applies = f"it applies to {' and '.join(readers)} data" if readers else "no loader reads it"
-        if held == "native":
-            raise RamerError(
-                f"--set {key}: {path} is a native folder, which reads no loader option (those it was converted "
-                f"with are applied already), so it would be ignored; give it to the data convert that made the folder"
-            )
-        where = path or "the embedded benchmark"
-        raise RamerError(f"--set {key}: {where} holds {held} data, whose loader would ignore it; {applies}")
+        if (why := unread_option(f"--set {key}", key.split(".")[1], held, path)) is not None:
+            raise RamerError(why)
 
 
 def collect_info(path: str | None, fmt: str = "auto", labels: str | None = None, sets=(), **options) -> dict:

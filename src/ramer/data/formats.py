@@ -300,18 +300,26 @@ def _refuse_unread_keywords(given: dict[str, Any], held: str, path: str | Path |
     at ``path`` does not read (``LOADER_OPTIONS``): ignored, it would leave the caller believing the
     data was read with it (as ``--set data.KEY`` does for ``ramer data info``)."""
     for key, value in given.items():
-        if key in LOADER_OPTIONS[held]:
-            continue
-        readers = " and ".join(read_by(key))
-        if held == "native":
-            raise RamerError(
-                f"{key}={value!r}: {path} is a native folder, which reads no loader option (those it was converted "
-                f"with are applied already), so it would be ignored; give it to the data convert that made the folder"
-            )
-        where = path if path is not None else "the embedded benchmark"
-        raise RamerError(
-            f"{key}={value!r}: {where} holds {held} data, whose loader would ignore it; it applies to {readers} data"
+        if (why := unread_option(f"{key}={value!r}", key, held, path)) is not None:
+            raise RamerError(why)
+
+
+def unread_option(given: str, key: str, held: str, path: str | Path | None) -> str | None:
+    """Why the loader option ``key`` (``given``: as the user gave it, ``--set data.KEY`` or
+    ``KEY=VALUE``) is refused for ``held`` data at ``path``, whose loader would ignore it; None
+    where that loader reads it. A native folder reads none (those it was converted with are
+    applied already)."""
+    if key in LOADER_OPTIONS[held]:
+        return None
+    if held == "native":
+        return (
+            f"{given}: {path} is a native folder, which reads no loader option (those it was converted "
+            f"with are applied already), so it would be ignored; give it to the data convert that made the folder"
         )
+    readers = read_by(key)
+    applies = f"it applies to {' and '.join(readers)} data" if readers else "no loader reads it"
+    where = path if path is not None else "the embedded benchmark"
+    return f"{given}: {where} holds {held} data, whose loader would ignore it; {applies}"
 
 
 def _stream_from_object(fmt: str, obj: Any, p: Path, cfg: DataConfig) -> SplitStream:
