@@ -667,3 +667,21 @@ def test_annotated_outlines_past_the_palette_are_dashed(browser, run):
     assert any(names.index(label) >= 7 for label in seen)
     assert errors == []
     page.close()
+
+
+def test_a_table_name_the_file_names_cannot_hold_is_not_called_gone():
+    """Under LC_ALL=C (file names in ASCII), a run imported from 'talk ü.csv' was told 'the imported
+    table is gone' while the file was there: the note says the locale cannot name it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import types; from ramer.view import _table; "
+        "info = {'source_files': ['/data/talk \\u00fc.csv'], 'source_sha256': 'ab'}; "
+        "print(ascii(_table(types.SimpleNamespace(info=info))[1]))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "this system's file names (ascii) cannot name the imported table" in r.stdout and "gone" not in r.stdout

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -178,6 +180,13 @@ def _table(bundle: DataBundle) -> tuple[dict | None, str | None]:
         return None, (
             f"{path}: meta.json records no digest of the imported table (an edited file, or an import "
             "by an earlier ramer), so the page shows no utterance texts; import the table again to show them"
+        )
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # pathlib would call it gone
+        return None, (
+            f"{path}: this system's file names ({sys.getfilesystemencoding()}) cannot name the imported table, so "
+            "the page shows no utterance texts (run ramer view under a UTF-8 locale, e.g. LC_ALL=C.UTF-8)"
         )
     why = f"{path}: the imported table %s; the page shows no utterance texts"
     why += " (put the table as imported back at this path to show them)"
