@@ -508,7 +508,7 @@ def interrupted_hint(out: Path) -> str:
         saved = f"; epoch {epoch} is saved" if epoch else ""
         return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(argument(out))}"
     held = existing_run(out) if out.is_dir() else None
-    if held:  # a classical fit's model file (--resume fits again), a deep run's first best model
+    if held:  # a classical fit's model file (--resume keeps it), a deep run's first best model
         return f"interrupted before a state to resume from was saved: {held}"
     return "interrupted before anything was saved to resume from: run the command again"
 
