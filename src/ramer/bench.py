@@ -38,8 +38,6 @@ import functools
 import json
 import os
 import shlex
-import signal
-import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -69,7 +67,7 @@ from ramer.console import plain_console
 from ramer.data import DataBundle, complete_data, load_bundle, read_as_converted
 from ramer.data.formats import shown
 from ramer.data.store import first_repeat, resolve_task
-from ramer.dist import die_with_parent
+from ramer.dist import die_with_parent, sigterm_as_interrupt
 from ramer.errors import FileUnreadable, RamerError, readable
 from ramer.metrics import (
     METRIC_NAMES,
@@ -103,6 +101,7 @@ from ramer.paths import (
     read_json,
     remove_if_empty,
     remove_temporaries,
+    resolved,
     work_folder,
 )
 from ramer.train import run_training
@@ -388,7 +387,7 @@ def study_otherwise(tuned: Config, cfg: Config) -> list[str]:
         if key in searched or key == "train.seed":
             continue
         held, here = (_dotted(tree, key) for tree in (a, b))
-        if key == "data.path" and None not in (held, here) and _same_path(held, here):
+        if key == "data.path" and None not in (held, here) and resolved(held) == resolved(here):
             continue
         found.append(f"{key} {shown(held)} (here {shown(here)})")
     return found
@@ -399,10 +398,6 @@ def _dotted(tree: dict, key: str):
     for part in key.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree
-
-
-def _same_path(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def tuned_notes(s: BenchSettings) -> list[str]:
@@ -732,10 +727,6 @@ def _worker_execute(cfg_tree: dict, run: str, state: str) -> tuple[dict, str, li
     return execute(cfg, Path(run), _WORKER[complete], Console(stderr=True, quiet=True), state)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 @contextmanager
 def naming_the_run(key: tuple[str, int, float], run: Path, console: Console):
     """Errors of one run name it: a RamerError gets the run in front of its line; any other error
@@ -765,10 +756,9 @@ def worker_pool(jobs: int, initializer=None, initargs: tuple = ()):
 
     start = (os.getpid(), initializer, initargs)  # each worker ends with this process, even one killed
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=start)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
-        yield pool
+        with sigterm_as_interrupt():
+            yield pool
     except BaseException as e:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in active_children():  # the workers (this process starts no other)
@@ -781,9 +771,6 @@ def worker_pool(jobs: int, initializer=None, initargs: tuple = ()):
         raise
     else:
         pool.shutdown()
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def load_average() -> float | None:

@@ -11,7 +11,6 @@ import re
 import shlex
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -233,7 +232,6 @@ def sigint_waits():
     """A context in which the first SIGINT (Ctrl-C) raises nothing, so that this process goes on
     waiting for the processes it started, which take the same Ctrl-C and end in their own time;
     a second one raises ``KeyboardInterrupt``. Outside the main thread, nothing changes."""
-    import signal
 
     seen = []
 
@@ -401,32 +399,6 @@ def refuse_empty(args: argparse.Namespace, *names: str) -> None:
             raise RamerError(f"--{name}: empty; {EMPTY_FLAGS[name]}")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch system's, a container's or systemd's stop) to ``ramer train`` in one process,
-    read as Ctrl-C is (the interrupted hint, a folder made for no epoch removed), ending 143."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """``Terminated`` on SIGTERM while the block runs, in the main thread of a process torchrun did
-    not start (its agent stops workers with SIGTERM, and a worker waiting in a collective would not
-    run the handler): elsewhere nothing changes."""
-    from ramer.dist import launched
-
-    if threading.current_thread() is not threading.main_thread() or launched():
-        yield
-        return
-
-    def terminated(signum, frame) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ramer.train import run_training
 
@@ -443,7 +415,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out) if not made_up else default_out(cfg)
     rank0 = env_count("RANK", 0) == 0
     made_here = made_up  # made for this command: removed again where no epoch ended
-    stopping = sigterm_as_interrupt()
+    from ramer.dist import Terminated, sigterm_as_interrupt
+
+    stopping = sigterm_as_interrupt()  # in one process: SIGTERM is read as Ctrl-C, ending 143
     try:
         # rank 0 holds the folder for the whole run (another command there is refused), then decides
         with stopping, hold(out, "ramer train", make=not args.resume) if rank0 else contextlib.nullcontext() as held:

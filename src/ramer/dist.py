@@ -16,11 +16,14 @@ this process's traceback of the broken connection.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -52,6 +55,29 @@ def local_rank() -> int:
 def launched() -> bool:
     """True inside a torchrun (or equivalent) launch with more than one process."""
     return env_count("WORLD_SIZE", 1) > 1 and "RANK" in os.environ
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's, a container's or systemd's stop) read as Ctrl-C (``sigterm_as_interrupt``)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """``Terminated`` on SIGTERM while the block runs, in the main thread of a process torchrun did
+    not start (its agent stops workers with SIGTERM, and a worker waiting in a collective would not
+    run the handler); elsewhere nothing changes. The handler found is put back after."""
+    if threading.current_thread() is not threading.main_thread() or launched():
+        yield
+        return
+
+    def terminated(signum, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:  # None: a handler not set from Python, the default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def backend_for(device: torch.device) -> str:
