@@ -1038,3 +1038,42 @@ def test_the_plots_show_the_metric_the_report_leads_with(tmp_path, monkeypatch, 
         "training_curves.png": f"training loss and validation {name} per epoch",
     }
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(written)
+
+
+@pytest.mark.parametrize("parts", [("overall", "speaker"), ("overall", "speaker", "nonspeaker")])
+def test_the_role_plot_needs_both_roles_and_its_legend_names_them_by_hatch(tmp_path, monkeypatch, parts):
+    """The speaker vs non-speaker plot was drawn for a test split with no non-speaker target (M3ED, an
+    import of --targets rows), its legend naming bars that were not there; and its legend's swatches
+    took the first model's colour, which the bars of the second model do not have. Now the plot needs
+    both roles, and the legend's keys are white, told apart by hatch, as the bars of every model are."""
+    from matplotlib.colors import to_rgba
+
+    results = [
+        {
+            "model": m,
+            "inputs": "observed",
+            "seed": 1,
+            "missing_rate": 0.0,
+            "metrics": {p: {"micro_f1": v} for p in parts},
+        }
+        for m, v in (("hhmpn", 0.5), ("late_fusion", 0.6))
+    ]
+    monkeypatch.setattr(bench_mod, "_read_jsonl", lambda run, cut_ok=False: [])
+    monkeypatch.setattr(bench_mod, "per_label_f1", lambda out, m, rate, seeds: {"a": 0.5})
+    legends, save = {}, bench_mod._save
+
+    def keep(fig, path):
+        legend = fig.axes[0].get_legend()
+        legends[path.name] = [(h.get_label(), h.get_hatch(), h.get_facecolor()) for h in legend.legend_handles]
+        save(fig, path)
+
+    monkeypatch.setattr(bench_mod, "_save", keep)
+    s = bench_mod.BenchSettings(out=tmp_path, models=["hhmpn", "late_fusion"], seeds=[1], rates=[0.0])
+    written = dict(bench_mod.make_plots(s, results, None))
+    if "nonspeaker" not in parts:
+        assert "speaker_vs_nonspeaker.png" not in written and "speaker_vs_nonspeaker.png" not in legends
+        return
+    assert legends["speaker_vs_nonspeaker.png"] == [
+        ("speaker targets", "", to_rgba("white")),
+        ("non-speaker targets", "//", to_rgba("white")),
+    ]

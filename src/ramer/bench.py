@@ -1441,14 +1441,16 @@ def make_plots(
         _save(fig, folder / "per_label_f1.png")
         written.append(("per_label_f1.png", f"per-label F1, {focus} vs {rival}"))
 
-    # 3. speaker vs non-speaker, one panel per rate
-    if any("speaker" in r["metrics"] for r in results):
+    # 3. speaker vs non-speaker, one panel per rate: where the test split has targets of both roles
+    # (the parts a run scored; a split of speakers alone has no non-speaker part to set beside them)
+    roles = (("speaker", "speaker", ""), ("nonspeaker", "non-speaker", "//"))
+    if all(any(part in r["metrics"] for r in results) for part, _, _ in roles):
         fig, axes = plt.subplots(
             1, len(s.rates), figsize=(max(7.0, 0.55 * len(models) * len(s.rates) + 2), 4.8), sharey=True, squeeze=False
         )
         x = np.arange(len(models))
         for ax, rate in zip(axes[0], s.rates):
-            for k, (part, name, hatch) in enumerate((("speaker", "speaker", ""), ("nonspeaker", "non-speaker", "//"))):
+            for k, (part, _, hatch) in enumerate(roles):
                 stats = [summarise(results, m, rate, part, key) for m in models]
                 ax.bar(
                     x + (k - 0.5) * 0.4,
@@ -1460,13 +1462,19 @@ def make_plots(
                     hatch=hatch,
                     edgecolor="black",
                     linewidth=0.5,
-                    label=f"{name} targets",
                 )
             ax.set_xticks(x, models, rotation=45, ha="right", fontsize=8)
             ax.set(title=f"missing rate {rate:g}", xlabel="model")
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].set_ylabel(f"test {metric}")
-        axes[0][0].legend(fontsize=8)
+        # the bars take each model's colour: the legend tells the roles apart by hatch alone
+        from matplotlib.patches import Patch
+
+        keys = [
+            Patch(facecolor="white", edgecolor="black", hatch=hatch, label=f"{name} targets")
+            for _, name, hatch in roles
+        ]
+        axes[0][0].legend(handles=keys, fontsize=8)
         fig.suptitle(f"Speaker vs non-speaker targets: test {metric}")
         _save(fig, folder / "speaker_vs_nonspeaker.png")
         written.append(("speaker_vs_nonspeaker.png", f"speaker vs non-speaker {metric}"))
