@@ -572,3 +572,30 @@ def test_a_closed_stdout_is_the_exit_code_of_a_command_line_too(tiny_run, tmp_pa
     proc = with_stdout_closed(f"predict {shlex.quote(str(tiny_run[0]))} --out {shlex.quote(str(out))}")
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "bars"), [({"FORCE_COLOR": "1"}, False), ({}, False), ({"FORCE_COLOR": "1", "TTY_INTERACTIVE": "1"}, True)]
+)
+def test_force_color_in_a_log_gets_plain_lines_not_the_bars_redraws(tmp_path, monkeypatch, env, bars):
+    """FORCE_COLOR=1 (set by many CI templates) made rich take a log file for a terminal: training's
+    log held the progress bars' redraws (cursor codes, colours) instead of a plain line an
+    epoch. Now the bars need a terminal, or rich's own switch TTY_INTERACTIVE=1; FORCE_COLOR still
+    gives colour where colour is printed."""
+    from test_recipe import tiny_cfg
+
+    from ramer.console import PlainConsole
+    from ramer.data.synthetic import generate
+    from ramer.train.recipe import Recipe
+
+    for name in ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = tiny_cfg(extra=["train.epochs=1", "data.synthetic.n_train=64"])
+    with (tmp_path / "log.txt").open("w", encoding="utf-8") as log:
+        console = PlainConsole(file=log, stderr=True)
+        Recipe(cfg, tmp_path / "run", bundle=generate(cfg.data.synthetic), console=console).run()
+    written = (tmp_path / "log.txt").read_text(encoding="utf-8")
+    assert ("\x1b[" in written) == bars, repr(written[:300])  # the bars' cursor codes, or none
+    assert bars or re.match(r"epoch 1/1 +loss [0-9.]+ ", written), written

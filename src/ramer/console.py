@@ -7,6 +7,8 @@ seconds."""
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 
 from ramer.errors import first_of, shown
@@ -32,6 +34,21 @@ def printable(text: str) -> str:
     """``text`` as ``PlainConsole`` prints it, for what goes to stdout without it (``data info``'s
     table): its control characters but the line break written out."""
     return shown(text, keep="\n")
+
+
+def live(console: Console) -> bool:
+    """Whether long work shows live progress bars on ``console`` (a terminal) rather than a plain line
+    every ``LOG_EVERY`` seconds (a log file, CI). rich's own switch decides where it is set
+    (``TTY_INTERACTIVE=1`` or ``0``); otherwise the stream must be a terminal. ``FORCE_COLOR``, which
+    many CI templates set, asks rich for colour and would otherwise have filled a log with the bars'
+    redraws."""
+    if os.environ.get("TTY_INTERACTIVE") in ("0", "1"):
+        return console.is_interactive
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        return console.is_interactive and bool(isatty and isatty())
+    except (ValueError, OSError):  # a closed stream
+        return False
 
 
 def plain_console(stderr: bool = True) -> Console:

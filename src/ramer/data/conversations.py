@@ -42,7 +42,7 @@ import numpy as np
 
 from ramer.batch import MODALITIES, ROLE_NONSPEAKER, ROLE_SPEAKER
 from ramer.config import MAX_GRID
-from ramer.console import LOG_EVERY, labels_phrase, plain_console, plural
+from ramer.console import LOG_EVERY, labels_phrase, live, plain_console, plural
 from ramer.data import features as F
 from ramer.data.store import DataBundle, SceneStore, check_dataset_folder, label_count_problem, row_map
 from ramer.errors import RamerError, control_character, first_of
@@ -1036,7 +1036,7 @@ def _progress(console):
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not live(console),
     )
 
 
@@ -1059,7 +1059,7 @@ class _Stage:
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self) -> _Stage:
-        self.log = not self.console.is_terminal
+        self.log = not live(self.console)
         if self.log and self.total:
             self._say(f"{self.what} ({self.total} to compute, {self.cached} cached) ...")
         self.said = time.perf_counter()

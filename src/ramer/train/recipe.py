@@ -58,7 +58,7 @@ from torch import nn
 from ramer import checkpoint as ckpt
 from ramer import dist
 from ramer.config import SAME_RESULTS, Config, as_today, differences, dump_config, load_yaml_text, read_run_config
-from ramer.console import LOG_EVERY, plain_console
+from ramer.console import LOG_EVERY, live, plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
@@ -293,7 +293,7 @@ def progress(console: Console) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=True,
-        disable=not console.is_terminal or not is_main(),
+        disable=not live(console) or not is_main(),
     )
 
 
@@ -797,7 +797,7 @@ class Recipe(RunSteps):
         task = bar.add_task(f"epoch {epoch}", total=self.steps_per_epoch, info="")
         store = self.splits["train"]
         sizes = self.sizes("train", cfg.train.batch_size, "train.batch_size")
-        log = not self.console.is_terminal and is_main()  # a log file, CI: a plain line now and then
+        log = not live(self.console) and is_main()  # a log file, CI: a plain line now and then
         started = said = time.perf_counter()
         for step in range(self.steps_per_epoch):
             batch = store.collate(order[step * bs : (step + 1) * bs]).to(self.device)
