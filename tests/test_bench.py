@@ -951,7 +951,7 @@ def test_bench_trial_seeds_scores_each_trial_by_the_mean_of_its_seeds(tmp_path, 
 
 def test_a_role_no_target_has_is_no_score(tmp_path):
     """M3ED's utterance protocol makes every target a speaker: the test reports non-speakers with
-    n = 0 and zeros, which the bench leaves out (no column, no record) instead of averaging them."""
+    n = 0 alone, no metric, and the bench leaves the part out (no column, no record)."""
     from fixtures_writers import write_m3ed_annotation, write_m3ed_pickle
 
     write_m3ed_annotation(tmp_path / "annotation.json", write_m3ed_pickle(tmp_path / "m3.pkl"))
@@ -959,7 +959,7 @@ def test_a_role_no_target_has_is_no_score(tmp_path):
     argv = ["bench", "--data", str(tmp_path / "m3.pkl"), "--models", "br", "--seeds", "1", "--missing-rates", "0"]
     argv += ["--complete", "", "--jobs", "1", "--set", "data.m3ed_protocol=utterance", "--out", str(out)]
     assert main(argv) == 0
-    assert json.loads((out / "runs/br/missing-0/seed-1/test_metrics.json").read_text())["nonspeaker"]["n"] == 0
+    assert json.loads((out / "runs/br/missing-0/seed-1/test_metrics.json").read_text())["nonspeaker"] == {"n": 0}
     (record,) = json.loads((out / "results.json").read_text())
     assert set(record["metrics"]) == {"overall", "speaker"}
     header = next(ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("| model |"))

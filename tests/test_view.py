@@ -281,6 +281,19 @@ def test_synthetic_scene_per_sample_and_the_split_figures(run):
         assert got["per_label"][name]["f1"] == pytest.approx(want["per_label"][name]["f1"])
 
 
+def test_a_role_none_of_the_samples_has_gets_no_figures(run):
+    """Figures over speaker targets alone (an import's labelled table has no other): the non-speaker
+    part is ``n`` 0 alone, as metrics.report's; the page's data held 0.0 for each of its figures,
+    which the page showed as "–" and a script reading the data as scores."""
+    from ramer.view import summary
+
+    store, preds = run["store"], run["preds"]
+    speakers = {i: preds[i] for i in range(len(store)) if store.role[i] == 1}
+    got = summary(store, speakers, list(store.label_names))["parts"]
+    assert got["non-speaker"] == {"n": 0} and got["speaker"]["n"] == len(speakers) > 0
+    assert got["speaker"]["micro_f1"] == got["all"]["micro_f1"]
+
+
 def test_a_run_with_an_extra_missing_rate_says_its_figures_are_not_its_test_line(tmp_path, capsys):
     """view scores the data as it is (as predict does), not with the run's data.missing_rate, which
     ramer eval applies: the page and a note say so, where the rate applies to the split."""

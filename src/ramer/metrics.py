@@ -237,8 +237,8 @@ def report(
     """``{"overall": {...}, "speaker": {...}, "nonspeaker": {...}}`` at ``threshold`` (``decide``).
 
     The role split appears only when ``role`` marks some targets (1 speaker, 0 non-speaker).
-    Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; ``per_label`` sits
-    beside the parts (overall only).
+    Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; a role part of no
+    target holds ``n`` (0) alone. ``per_label`` sits beside the parts (overall only).
     """
     y_true, scores = _truth_and_scores(y_true, scores)
     y_true = y_true.astype(np.int64)
@@ -247,6 +247,8 @@ def report(
         raise MetricInputError(f"role has shape {np.shape(role)}, expected ({len(y_true)},): one per row of y_true")
 
     def part(mask: np.ndarray) -> dict:
+        if not mask.any():  # a role no target of the split has: no score, not zeros a reader would average
+            return {"n": 0}
         out = multilabel_metrics(y_true[mask], y_pred[mask])
         out["top1_acc"] = top1_accuracy(y_true[mask], scores[mask])
         out["n"] = int(mask.sum())
@@ -265,7 +267,8 @@ def report(
 def scored_parts(metrics: dict) -> dict:
     """The parts of a run's test metrics that scored some targets: a split whose targets all have
     one role (M3ED utterances, an import with --targets rows) reports the other part with n = 0
-    and zeros, which are no score and would be averaged as one."""
+    (runs written by earlier versions also hold zeros for its metrics there, which are no score and
+    would be averaged as one)."""
     if not isinstance(metrics, dict):
         raise TypeError(f"metrics is {type(metrics).__name__}, not an object")
     return {

@@ -358,6 +358,9 @@ def summary(store: SceneStore, by_sample: dict[int, dict], names: list[str], tas
         parts.update({"speaker": role == 1, "non-speaker": role == 0})
     figures = {}
     for part, mask in parts.items():
+        if not mask.any():  # a role none of the samples has: no figures (the page shows "–")
+            figures[part] = {"n": 0}
+            continue
         m = multilabel_metrics(y_true[mask], y_pred[mask])
         figures[part] = {"n": int(mask.sum()), **{k: m[k] for k in FIGURES}}
     per_label = per_label_metrics(y_true, y_pred, names)
