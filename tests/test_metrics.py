@@ -258,3 +258,17 @@ def test_top1_accuracy_checks_its_inputs():
         top1_accuracy(np.zeros((3, 4)), np.zeros((3, 2)))
     with pytest.raises(RamerError, match="1 of 4 scores are NaN or infinite"):
         top1_accuracy(np.eye(2), np.array([[np.nan, 0.1], [0.2, 0.3]]))
+
+
+def test_the_oracle_of_a_split_of_one_role_keeps_its_row():
+    """The embedded benchmark's oracle of a test split whose targets all have one role (one scene):
+    the other role's part is ``{"n": 0}`` (report), which oracle_report left out as no figure
+    rather than taking the whole oracle for a hand-edited one (None: no oracle row at all)."""
+    from ramer.data.synthetic import SynthConfig, generate
+    from ramer.metrics import oracle_report
+
+    info = generate(SynthConfig(n_train=4, n_valid=2, n_test=1)).info
+    empty = [p for p in ("speaker", "nonspeaker") if info["oracle"]["test"].get(p) == {"n": 0}]
+    rep = oracle_report(info, "test")
+    assert len(empty) == 1 and rep is not None and empty[0] not in rep
+    assert rep["overall"]["n"] == 1 and {"overall", *empty} | set(rep) == {"overall", "speaker", "nonspeaker"}

@@ -286,7 +286,8 @@ def oracle_report(info: dict, split: str) -> dict | None:
     rep = oracle.get(split) if isinstance(oracle, dict) else None
     if not isinstance(rep, dict) or not isinstance(rep.get("overall"), dict):
         return None
-
+    # a role no target of the split has ({"n": 0}, from report) is no figure: left out, as scored_parts does
+    rep = {k: v for k, v in rep.items() if k == "overall" or not (isinstance(v, dict) and v.get("n") == 0)}
     for part in ("overall", "speaker", "nonspeaker"):
         m = rep.get(part)
         if part in rep and not (
