@@ -247,8 +247,6 @@ def report(
         raise MetricInputError(f"role has shape {np.shape(role)}, expected ({len(y_true)},): one per row of y_true")
 
     def part(mask: np.ndarray) -> dict:
-        if not mask.any():  # a role no target of the split has: no score, not zeros a reader would average
-            return {"n": 0}
         out = multilabel_metrics(y_true[mask], y_pred[mask])
         out["top1_acc"] = top1_accuracy(y_true[mask], scores[mask])
         out["n"] = int(mask.sum())
@@ -258,8 +256,9 @@ def report(
     result = {"overall": part(everything)}
     if role is not None and (np.asarray(role) >= 0).any():
         role = np.asarray(role)
-        result["speaker"] = part(role == 1)
-        result["nonspeaker"] = part(role == 0)
+        for name, mask in (("speaker", role == 1), ("nonspeaker", role == 0)):
+            # a role no target of the split has: no score, not zeros that a reader would average
+            result[name] = part(mask) if mask.any() else {"n": 0}
     result["per_label"] = per_label_metrics(y_true, y_pred, label_names)
     return result
 
