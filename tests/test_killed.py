@@ -210,6 +210,28 @@ def test_bench_workers_and_the_nproc_launcher_end_with_a_command_killed_hard(tmp
             os.kill(pid, signal.SIGTERM if pid == own else signal.SIGKILL)  # SIGTERM: torchrun stops its worker
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_scoring_processes_end_with_a_command_killed_hard():
+    """``ramer predict``, ``eval`` or ``view --workers N`` killed hard (SIGKILL, the out-of-memory
+    killer, a SIGTERM to its own pid): its forked scoring processes scored on, then waited for ever
+    in a send no one would read, each holding its memory and the caller's output pipes."""
+    script = (
+        "import os, time\nfrom ramer import infer\n"
+        "def block(*args):\n    print(os.getpid(), flush=True)\n    time.sleep(120)\n"
+        "infer._score_range = block\ninfer._score_forked(None, None, [(0, 1), (1, 2)], 1, 'cpu', 'fp32')"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    parent.kill()
+    parent.wait()
+    try:
+        assert ended_within(workers, 30)
+    finally:
+        for pid in filter(alive, workers):
+            os.kill(pid, signal.SIGKILL)
+        parent.stdout.close()
+
+
 def test_a_bench_run_again_removes_the_temporaries_a_kill_left(tmp_path, monkeypatch, capsys):
     """Its report, results and plots in --out, and a cached run's bench.json."""
     monkeypatch.chdir(tmp_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,15 +190,23 @@ def batch_scores(model: nn.Module, batch) -> np.ndarray:
     return unit_scores(model, probs.float().cpu().numpy())
 
 
-def _score_block(send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, threads: int) -> None:
+def _score_block(
+    send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, threads: int, parent: int, ends: list
+) -> None:
     """In a forked worker: the scores of one block (``settings``: batch size, device, precision) on
     the worker's share of the threads, sent to the parent as ``(True, scores)`` or
     ``(False, the exception)``, which carries the worker's traceback (as ``multiprocessing.Pool``'s
-    do: its ``__cause__`` when raised in the parent)."""
+    do: its ``__cause__`` when raised in the parent). It ends with its ``parent`` (killed, or
+    stopped by a signal only it was sent), and closes the parent's ends of the pipes that the fork
+    copied (``ends``), so a send that no one will read fails rather than waits: a worker left blocked
+    in a send held its memory and the caller's output pipes for ever."""
     import signal
     from multiprocessing.pool import ExceptionWithTraceback
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (a server's) would keep it alive
+    dist.die_with_parent(parent)
+    for end in ends:
+        end.close()
     torch.set_num_threads(threads)
     try:
         result = (True, _score_range(model, store, *bounds, *settings))
@@ -263,10 +272,11 @@ def _score_forked(
     try:
         for bounds in blocks:
             receive, send = ctx.Pipe(duplex=False)
+            ends = [receive, *(r for _, r in workers)]  # this process's ends, which the fork copies
             worker = ctx.Process(
                 target=_score_block,
                 args=(send, model, store, bounds, batch_size, device, precision),
-                kwargs={"threads": threads},
+                kwargs={"threads": threads, "parent": os.getpid(), "ends": ends},
                 daemon=True,
             )
             worker.start()
