@@ -116,6 +116,23 @@ def test_data_synth_is_refused_in_a_dataset_folder_another_command_holds(tmp_pat
         assert [p.name for p in out.iterdir()] == [LOCK_NAME]
 
 
+def test_reproduce_is_refused_in_a_folder_another_command_holds(tmp_path, capsys):
+    """Two ``ramer reproduce`` into one --out: the second took the seed folder the first was still
+    training (no state saved yet) for one to start again, removed it, and both trained into it, each
+    exiting 0 with the other's epochs in its log. Now the whole --out is held; a seed done earlier
+    is not even read."""
+    from fixtures_writers import write_mosei_aligned
+
+    data = tmp_path / "mosei.pt"
+    write_mosei_aligned(data)
+    out = tmp_path / "rep"
+    (out / "seed1").mkdir(parents=True)
+    (out / "seed1" / "metrics.jsonl").write_text('{"epoch": 1}\n', encoding="utf-8")  # being trained
+    with held_elsewhere(out, "ramer reproduce") as line:
+        argv = ["reproduce", "mosei", "--data", str(data), "--seeds", "1", "--out", str(out)]
+        refused([*argv, "--set", "train.epochs=1", "--set", "model.hidden=16"], out, capsys, line)
+
+
 def test_a_run_folder_made_by_another_process_is_not_removed_as_this_ones(tmp_path, capsys, monkeypatch):
     """Two ``ramer train --out X`` started together both see no X; only the one whose ``mkdir``
     made it may remove it (stopped before an epoch ended). Here the other made X and started its

@@ -26,7 +26,7 @@ from ramer.data.formats import convert_again, converted_otherwise, listed, refus
 from ramer.data.store import is_native, resolve_task
 from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
-from ramer.paths import argument, atomic_write_text, make_folders, read_json, remove_made, work_folder
+from ramer.paths import argument, atomic_write_text, hold, read_json, work_folder
 from ramer.train import run_training
 from ramer.train.recipe import changed_settings
 
@@ -130,11 +130,11 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     if "test" in bundle.splits and len(bundle.splits["test"]) == 0:  # else a table of no rows, exit 0
         raise RamerError(f"{data}: the test split is empty; ramer reproduce reports figures on the test split")
     out = work_folder(out, "reproduction", make=False)
-    made = make_folders(out)
-    try:
+    # held for the whole command: a second reproduce into it is refused at once (it took a seed folder
+    # still being trained for one to start again, removed it, and both trained into it); a seed refused
+    # before it wrote anything (a setting no run trains with) leaves no empty --out
+    with hold(out, "ramer reproduce", make=True):
         return _reproduce(bench, data, seeds, out, overrides, console, cfg, bundle, config_name)
-    finally:  # a seed refused before it wrote anything (a setting no run trains with): no empty --out stays
-        remove_made(made)
 
 
 def _reproduce(
