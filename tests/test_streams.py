@@ -334,6 +334,26 @@ def test_ctrl_c_while_the_command_imports_is_the_interrupted_line(tmp_path, how)
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
+def test_ctrl_c_after_the_command_returned_keeps_its_exit_code(tmp_path):
+    """Ctrl-C in the few tenths of a second between a command's last line and the end of the process
+    (the interpreter's teardown: torch's): the process ended by SIGINT with a traceback, which a
+    script takes for a failure of work that was done. A SIGINT sent as the command returns."""
+    script = entry_script().replace(
+        "sys.exit(run())", "code = run()\nos.kill(os.getpid(), signal.SIGINT)\nsys.exit(code)"
+    )
+    sizes = ["--set", "n_train=8", "--set", "n_valid=4", "--set", "n_test=4"]
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os, signal\n" + script, "data", "synth", "--out", str(tmp_path / "d"), *sizes],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=sigint_default,
+    )
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"wrote {tmp_path / 'd'}"
+
+
 def test_ctrl_c_while_the_command_imports_with_stderr_closed_writes_into_no_file(tmp_path):
     """With ``2>&-`` the first file a process opens is descriptor 2: the interrupted line went into a
     file an import had open (the ``yaml`` here opens one, then sends the SIGINT)."""

@@ -7,6 +7,7 @@ with no Python frame), and torchrun then reported the whole run as failed and st
 ranks (``dist.end_process``)."""
 
 import os
+import signal
 import sys
 
 
@@ -30,7 +31,8 @@ def fill_standard_descriptors() -> None:
 def run() -> int:
     """The command's exit code. ``ramer.cli`` is imported here, not above: Ctrl-C while it imports
     (pydantic, rich, yaml: a few tenths of a second) was Python's traceback from the console script
-    or runpy, outside ``cli.main``'s own answer; now it is the same ``interrupted`` line, 130."""
+    or runpy, outside ``cli.main``'s own answer; now it is the same ``interrupted`` line, 130. Once
+    the command has returned, Ctrl-C is ignored: the exit code is the command's."""
     fill_standard_descriptors()
     try:
         from ramer.cli import main
@@ -41,7 +43,11 @@ def run() -> int:
         except OSError:
             pass
         return 130
-    return main()
+    code = main()
+    # done: its files written, its last line printed; a Ctrl-C in the teardown that follows (a few
+    # tenths of a second: torch's) ended the process by SIGINT, which a script takes for a failure
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 if __name__ == "__main__":
