@@ -342,3 +342,26 @@ def test_the_table_on_stdout_writes_a_paths_control_characters_out(tmp_path, cap
     assert reproduce("m3ed", data, out, seeds=1) == 0
     said = capsys.readouterr()
     assert "\x1b" not in said.out + said.err and f"--out '{tmp_path}/o\\x1b[31mx'" in said.out  # shlex-quoted
+
+
+def test_ctrl_c_says_how_to_go_on_and_the_same_command_does(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while seed 2 trains said only "interrupted", where bench and tune say to run the same
+    command again; run again, it reads seed 1 back and trains seed 2."""
+    import ramer.reproduce as reproduce_mod
+
+    write_mosei_aligned(tmp_path / "m.pt")
+    real = reproduce_mod.run_training
+
+    def stopped_at_seed_2(cfg, run_dir, **kwargs):
+        if cfg.train.seed == 2:
+            raise KeyboardInterrupt
+        return real(cfg, run_dir, **kwargs)
+
+    monkeypatch.setattr(reproduce_mod, "run_training", stopped_at_seed_2)
+    assert reproduce("mosei", tmp_path / "m.pt", tmp_path / "rep") == 130
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said == "interrupted; run the same command again to resume (finished seeds are read back)"
+    monkeypatch.setattr(reproduce_mod, "run_training", real)
+    assert reproduce("mosei", tmp_path / "m.pt", tmp_path / "rep") == 0
+    err = capsys.readouterr().err
+    assert f"seed 1: done earlier, reading {tmp_path / 'rep' / 'seed1'}" in err and "seed 2: training in" in err

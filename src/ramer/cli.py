@@ -924,7 +924,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from ramer.reproduce import reproduce
 
     out = args.out or f"runs/reproduce-{args.bench}"
-    text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
+    try:
+        text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
+    except KeyboardInterrupt:
+        ERR.print("interrupted; run the same command again to resume (finished seeds are read back)")
+        return 130
     write_stdout(printable(text) + "\n")
     return 0
 
