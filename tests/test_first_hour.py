@@ -102,6 +102,30 @@ def test_import_ctrl_c_after_some_features_says_they_are_kept(tmp_path, fake_tex
     assert err.strip().splitlines()[-1] == f"next: ramer train --data {ds}"
 
 
+def test_import_ctrl_c_in_the_text_model_keeps_the_conversations_embedded_before(
+    tmp_path, fake_text, capsys, monkeypatch
+):
+    """Ctrl-C while the text model embeds the second of three conversations: the first's entry was
+    written only after every conversation was embedded, so none was kept, though the line said the
+    features were; the same command computed all three again."""
+    table = write_table(tmp_path / "talk.csv", base_rows())
+    embed = F.embed_texts
+
+    def stop_at_the_second(texts, advance=None):
+        if len(fake_text) == 1:
+            raise KeyboardInterrupt
+        return embed(texts, advance)
+
+    monkeypatch.setattr(F, "embed_texts", stop_at_the_second)
+    ds = tmp_path / "ds"
+    assert main(["data", "import", str(table), "--out", str(ds)]) == 130
+    assert "interrupted; the features computed so far are kept in" in capsys.readouterr().err
+    monkeypatch.setattr(F, "embed_texts", embed)
+    assert main(["data", "import", str(table), "--out", str(ds)]) == 0
+    assert "text computed 2 / cached 1 conversations" in capsys.readouterr().out
+    assert len(fake_text) == 3  # one batch a conversation: the first embedded once
+
+
 def test_a_table_to_a_closed_pipe_ends_quietly_with_141(tmp_path):
     """`ramer data synth ... | head -1`: rich's own answer to the closed pipe was exit code 1; as
     for plain print, the reader going away is 141 with nothing on stderr."""

@@ -1204,6 +1204,18 @@ def compute_features(
     def text_key(c: Conversation) -> str:  # entries of shared batches (other last digits) are not reused
         return cache.key("text", f"{version}; batched per conversation", [u.text for u in c.utterances])
 
+    def keep_text(k: int) -> None:
+        """Which of conversation ``k``'s texts the model cut to their start (its max_seq_length),
+        counted once, and its entry written to the cache: as soon as it is computed, so that a
+        Ctrl-C later keeps it."""
+        c, f = convs[k], out[k]
+        rows = [s for s, u in enumerate(c.utterances) if u.text]
+        flags, limit = cut_texts([c.utterances[s].text for s in rows])
+        f.text_cut, f.text_cut_at = np.zeros(len(c.utterances), dtype=bool), limit
+        f.text_cut[rows] = flags
+        arrays = {"features": f.text, "present": f.text_ok, "cut": f.text_cut, "cut_at": np.int64(f.text_cut_at)}
+        cache.put("text", c.name, text_key(c), arrays)
+
     pending = _from_cache("text", list(range(len(convs))), convs, cache, report, key=text_key, use=set_text)
     with _Stage(console, "text", convs, [convs[k] for k, _ in pending], t0) as stage:
         for k, _ in pending:  # each conversation's texts in batches of their own: a batch is padded to its
@@ -1215,18 +1227,9 @@ def compute_features(
                 for (s, _), vec in zip(texts, emb):
                     out[k].text[s] = vec
                     out[k].text_ok[s] = True
-        # which texts the model cut to their start (its max_seq_length): counted once, kept in the entry
-        recount = [k for k, _ in pending] + uncounted
-        rows = [(k, s) for k in recount for s, u in enumerate(convs[k].utterances) if u.text]
-        flags, limit = cut_texts([convs[k].utterances[s].text for k, s in rows])
-        for k in recount:
-            out[k].text_cut, out[k].text_cut_at = np.zeros(len(convs[k].utterances), dtype=bool), limit
-        for (k, s), cut in zip(rows, flags):
-            out[k].text_cut[s] = cut
-        for k in recount:
-            f = out[k]
-            arrays = {"features": f.text, "present": f.text_ok, "cut": f.text_cut, "cut_at": np.int64(f.text_cut_at)}
-            cache.put("text", convs[k].name, text_key(convs[k]), arrays)
+            keep_text(k)
+        for k in uncounted:  # entries of an earlier ramer, which kept no cut flags
+            keep_text(k)
         cut_rows = [u.row for c, f in zip(convs, out) for u, cut in zip(c.utterances, f.text_cut) if cut]
         report.text_cut = len(cut_rows)
         if cut_rows:
