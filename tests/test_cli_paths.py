@@ -400,6 +400,17 @@ def test_train_and_eval_on_the_embedded_benchmark_print_its_ceiling(tmp_path, ca
     assert "oracle" not in capsys.readouterr().out
 
 
+def test_train_and_eval_print_the_same_table_for_a_test_split_of_one_role(tmp_path, capsys):
+    """One test scene: the oracle's other role has no target. train printed it as a row of "–" from
+    the data's raw figures, eval (through oracle_report) left it out; the two tables now agree."""
+    run = tmp_path / "br"
+    assert main(["train", "--model", "br", "--out", str(run), *SETS, "--set", "data.synthetic.n_test=1"]) == 0
+    trained = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│")]
+    assert main(["eval", str(run)]) == 0
+    evaluated = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│")]
+    assert trained == evaluated and any("oracle" in ln for ln in trained)
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -125,3 +125,18 @@ def test_a_log_gets_a_plain_line_when_each_stage_starts_goes_on_and_ends(tmp_pat
         "text: 5 utterances in 2 conversations: done in T s (computed 0, cached 5)",
         "audio: 4 utterances in 1 conversation: done in T s (computed 0, cached 4)",
     ]
+
+
+def test_force_color_in_a_log_gets_the_plain_lines(tmp_path, fake_text, capsys, monkeypatch):
+    """FORCE_COLOR=1 (many CI templates set it) made rich take stderr, a log file, for a terminal: the
+    import's log held the bar's cursor codes instead of its plain lines."""
+    from test_conversations import base_rows
+
+    for name in ("TTY_INTERACTIVE", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    src = write_table(tmp_path / "talk.csv", base_rows())
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "ds")]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err, repr(err[:300])
+    assert re.search(r"^text: \d+ utterances in 3 conversations \(\d+ to compute, 0 cached\) \.\.\.$", err, re.M), err

@@ -595,7 +595,13 @@ def test_a_closed_stdout_is_the_exit_code_of_a_command_line_too(tiny_run, tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("env", "bars"), [({"FORCE_COLOR": "1"}, False), ({}, False), ({"FORCE_COLOR": "1", "TTY_INTERACTIVE": "1"}, True)]
+    ("env", "bars"),
+    [
+        ({"FORCE_COLOR": "1"}, False),
+        ({}, False),
+        ({"TTY_INTERACTIVE": "1"}, False),  # rich draws no bar where it writes no terminal codes
+        ({"FORCE_COLOR": "1", "TTY_INTERACTIVE": "1"}, True),
+    ],
 )
 def test_force_color_in_a_log_gets_plain_lines_not_the_bars_redraws(tmp_path, monkeypatch, env, bars):
     """FORCE_COLOR=1 (set by many CI templates) made rich take a log file for a terminal: training's
@@ -606,16 +612,39 @@ def test_force_color_in_a_log_gets_plain_lines_not_the_bars_redraws(tmp_path, mo
 
     from ramer.console import PlainConsole
     from ramer.data.synthetic import generate
+    from ramer.train import recipe as recipe_mod
     from ramer.train.recipe import Recipe
 
     for name in ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(recipe_mod, "LOG_EVERY", 0.0)  # a how-far line at every step, where no bar is drawn
     cfg = tiny_cfg(extra=["train.epochs=1", "data.synthetic.n_train=64"])
     with (tmp_path / "log.txt").open("w", encoding="utf-8") as log:
         console = PlainConsole(file=log, stderr=True)
         Recipe(cfg, tmp_path / "run", bundle=generate(cfg.data.synthetic), console=console).run()
     written = (tmp_path / "log.txt").read_text(encoding="utf-8")
     assert ("\x1b[" in written) == bars, repr(written[:300])  # the bars' cursor codes, or none
-    assert bars or re.match(r"epoch 1/1 +loss [0-9.]+ ", written), written
+    assert bars or re.match(r"(epoch 1: step \d+ of \d+ .*\n)+epoch 1/1 +loss [0-9.]+ ", written), written
+
+
+def test_on_a_terminal_tty_interactive_0_gives_the_plain_lines(monkeypatch):
+    """rich before 14 reads no TTY_INTERACTIVE: ``console.live`` reads it itself, so that 0 gives the
+    plain lines on a terminal whatever rich's version (pyproject takes rich 13)."""
+    from ramer.console import PlainConsole, live
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for name in ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    assert live(PlainConsole(file=Terminal()))
+    monkeypatch.setenv("TTY_INTERACTIVE", "0")
+    console = PlainConsole(file=Terminal())
+    console.is_interactive = True  # as rich 13 makes it, reading no TTY_INTERACTIVE
+    assert not live(console)
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.delenv("TTY_INTERACTIVE")
+    assert not live(PlainConsole(file=Terminal()))  # no bar on a dumb terminal

@@ -38,15 +38,19 @@ def printable(text: str) -> str:
 
 def live(console: Console) -> bool:
     """Whether long work shows live progress bars on ``console`` (a terminal) rather than a plain line
-    every ``LOG_EVERY`` seconds (a log file, CI). rich's own switch decides where it is set
-    (``TTY_INTERACTIVE=1`` or ``0``); otherwise the stream must be a terminal. ``FORCE_COLOR``, which
-    many CI templates set, asks rich for colour and would otherwise have filled a log with the bars'
-    redraws."""
-    if os.environ.get("TTY_INTERACTIVE") in ("0", "1"):
-        return console.is_interactive
+    every ``LOG_EVERY`` seconds (a log file, CI). rich draws bars only where it writes terminal codes
+    (``is_terminal``, not a dumb terminal); there, ``TTY_INTERACTIVE`` decides where it is set (``1``
+    bars, ``0`` plain lines; read here, as rich before 14 does not), and otherwise the stream must be
+    a terminal itself: ``FORCE_COLOR``, which many CI templates set, asks rich for colour and filled a
+    log with the bars' redraws."""
+    setting = os.environ.get("TTY_INTERACTIVE")
+    if setting == "0" or not console.is_terminal or console.is_dumb_terminal:
+        return False
+    if setting == "1":
+        return True
     isatty = getattr(console.file, "isatty", None)
     try:
-        return console.is_interactive and bool(isatty and isatty())
+        return bool(isatty and isatty())
     except (ValueError, OSError):  # a closed stream
         return False
 
