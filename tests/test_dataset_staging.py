@@ -86,6 +86,34 @@ def test_an_interrupted_dataset_write_leaves_the_dataset_in_out_as_it_was(tmp_pa
     assert _state(out)[0] != before[0] and _leftovers(out) == []
 
 
+@pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
+@pytest.mark.parametrize("kind", ["synth", "convert"])
+def test_ctrl_c_after_the_swap_ends_the_write_as_done(tmp_path, monkeypatch, capsys, kind):
+    """A real Ctrl-C while the old dataset, swapped out into the staging folder, is removed: the new
+    dataset was in place, yet the command said "interrupted" (130) and left part of the old one in a
+    staging folder. The swap is the write's commit: the clean-up ends, and so does the command."""
+    import shutil
+    import signal
+
+    out = tmp_path / "data"
+    assert main(["data", "synth", *SYNTH, "--out", str(out)]) == 0
+    before = _state(out)
+    argv = [*_command(kind, tmp_path), str(out)]
+    real = shutil.rmtree
+
+    def ctrl_c_then_remove(path, *args, **kwargs):
+        if Path(path).name.startswith(".dataset.") and (Path(path) / "old.tmp").exists():
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", ctrl_c_then_remove)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote {out}")
+    monkeypatch.undo()
+    assert _state(out)[0] != before[0] and _leftovers(out) == []
+
+
 def test_an_interrupted_convert_of_a_public_file_leaves_the_dataset_in_out_as_it_was(tmp_path, monkeypatch, capsys):
     from fixtures_writers import write_m3ed_carat
 

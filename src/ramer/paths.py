@@ -358,6 +358,31 @@ def _under_held(folder: Path) -> bool:
     return any(real.is_relative_to(held) for held in _HELD)
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held off while the block runs: for the last steps of work that is done once they
+    begin (a dataset's swap into its folder, and the clean-up after it). A Ctrl-C that comes is
+    dropped: the command goes on to its end, and says what it wrote. Outside the main thread, or where
+    SIGINT is ignored, nothing changes."""
+    import signal
+
+    def hold_off(signum, frame):
+        pass
+
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, hold_off)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def remove_made(made: list[Path]) -> None:
     """Remove the folders ``make_folders`` made (``made``) that are left empty, deepest first; one
     not empty stops it (a ``runs/`` made for a refused command does not stay behind)."""

@@ -64,6 +64,7 @@ from ramer.paths import (
     check_out_folder,
     dataset_folder,
     holding,
+    interrupts_held,
     is_plain_name,
     make_folder,
     need_regular_file,
@@ -884,21 +885,30 @@ def staged_dataset(directory: Path, replaces: tuple[str, ...] = ()) -> Iterator[
     staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=directory))
     try:
         yield staging
-        swapped = _swap_in(directory, staging, replaces)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-    for name in swapped:
-        for old in _split_leftovers(directory / name):
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-    remove_temporaries(directory, ("meta.json",))  # what a write of meta.json killed before left
+        raise
+    # written: the swap is its commit, so Ctrl-C is held off from the swap to the end of the clean-up
+    # after it (a Ctrl-C while the old dataset, moved into the staging folder, was being removed said
+    # "interrupted" of a dataset replaced, and left part of the old one behind)
+    with interrupts_held():
+        try:
+            swapped = _swap_in(directory, staging, replaces)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for name in swapped:
+            for old in _split_leftovers(directory / name):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+        remove_temporaries(directory, ("meta.json",))  # what a write of meta.json killed before left
 
 
 def _swap_in(directory: Path, staging: Path, replaces: tuple[str, ...]) -> list[str]:
     """Move the split folders and ``meta.json`` staged in ``staging`` into ``directory``: the old
     ``meta.json`` out first (a dataset part swapped must not look complete), the old split folders
     out (into ``staging``, removed with it) and the new ones in, ``meta.json`` last. Renames only,
-    no copy nor delete: an error or an interrupt among them moves back what was moved, so the old
+    no copy nor delete: an error among them (or an interrupt, where ``staged_dataset`` cannot hold
+    Ctrl-C off: outside the main thread) moves back what was moved, so the old
     dataset is whole again; only a kill (or a power cut) in those few renames leaves it cut off.
     Returns the names of the split folders moved in."""
     staged = [p.name for p in staging.iterdir() if p.is_dir()]
