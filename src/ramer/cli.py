@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import sys
 import time
 import warnings
@@ -21,7 +20,16 @@ from rich.table import Table
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import RamerError, env_count, first_line, first_of, shown, unwritable
-from ramer.paths import LOCK_NAME, argument, hold, need_regular_file, remove_if_empty, write_stderr, write_stdout
+from ramer.paths import (
+    LOCK_NAME,
+    argument,
+    hold,
+    need_regular_file,
+    remove_if_empty,
+    sigint_answered_by,
+    write_stderr,
+    write_stdout,
+)
 from ramer.version import __version__
 
 
@@ -240,15 +248,8 @@ def sigint_waits():
         if len(seen) > 1:
             raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: signals are not ours to handle
+    with sigint_answered_by(on_sigint):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def check_processes(cfg: Config, nproc: int) -> None:

@@ -359,28 +359,30 @@ def _under_held(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Ctrl-C (SIGINT) held off while the block runs: for the last steps of work that is done once they
-    begin (a dataset's swap into its folder, and the clean-up after it). A Ctrl-C that comes is
-    dropped: the command goes on to its end, and says what it wrote. Outside the main thread, or where
-    SIGINT is ignored, nothing changes."""
+def sigint_answered_by(handler: Callable) -> Iterator[None]:
+    """``handler(signum, frame)`` answers SIGINT (Ctrl-C) while the block runs; the handler found is
+    put back after (the default where it was not set from Python). Outside the main thread signals
+    are not ours to handle: nothing changes."""
     import signal
 
-    def hold_off(signum, frame):
-        pass
-
     try:
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-            yield
-            return
-        previous = signal.signal(signal.SIGINT, hold_off)
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        installed = False
+    else:
+        installed = True
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if installed:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def interrupts_held() -> contextlib.AbstractContextManager:
+    """Ctrl-C held off while the block runs: for the last steps of work that is done once they begin
+    (a dataset's swap into its folder, and the clean-up after it). A Ctrl-C that comes is dropped: the
+    command goes on to its end, and says what it wrote."""
+    return sigint_answered_by(lambda signum, frame: None)
 
 
 def remove_made(made: list[Path]) -> None:
