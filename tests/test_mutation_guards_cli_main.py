@@ -451,6 +451,8 @@ def test_the_hint_after_ctrl_c_follows_what_the_folder_holds(tmp_path):
     assert cli.interrupted_hint(run).startswith("interrupted before a state to resume from was saved: ")
     (run / "train_state.pt").write_bytes(b"")
     assert cli.interrupted_hint(run) == f"interrupted; resume with: ramer train --resume {shlex.quote(str(run))}"
+    # a run of --nproc 2 resumes in 2 processes: in another count it would train on otherwise
+    assert cli.interrupted_hint(run, 2).endswith(f"--resume {shlex.quote(str(run))} --nproc 2")
 
 
 # ---------------------------------------------------------------------- ramer.version

@@ -169,6 +169,30 @@ def test_a_resume_says_which_epochs_its_log_lacks(stopped_run, tmp_path, capsys)
     assert said in capsys.readouterr().err
 
 
+def test_a_resume_in_another_number_of_processes_says_so(stopped_run, tmp_path, capsys):
+    """A run stopped under --nproc 2 and resumed in one process (its Ctrl-C hint gave no --nproc)
+    went on without a word, its best epoch and threshold other than the uninterrupted run's: each
+    process's random state and share of the batches changed. Now the state records the count and a
+    resume in another count says so; a count that its random states contradict is refused."""
+
+    def two(state):
+        state["processes"], state["rng_ranks"] = 2, [state["rng"], state["rng"]]
+
+    out, _ = copy_of(stopped_run, tmp_path / "same")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().err
+    out, _ = copy_of(stopped_run, tmp_path / "two", two)
+    assert main(["train", "--resume", str(out)]) == 0
+    said = f"note: {out} trained in 2 processes so far and resumes in 1 process: each process's random state"
+    err = capsys.readouterr().err
+    assert said in err and "resume with --nproc 2 to go on as it was" in err, err
+    out, before = copy_of(stopped_run, tmp_path / "bad", lambda state: state.update(processes=3))
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "'processes' must be the number of processes it trained in" in capsys.readouterr().err
+    assert files_of(out) == before
+
+
 @pytest.mark.parametrize("damage", ["missing", "unreadable"])
 def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped_run, tmp_path, capsys, damage):
     """The run is tested on model.safetensors (its best epoch): without it the resume trained on and

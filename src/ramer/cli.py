@@ -441,7 +441,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         code = 143 if isinstance(e, Terminated) else 130
         if env_count("RANK", 0) != 0:  # one hint, not one per process
             return code
-        ERR.print(interrupted_hint(out))
+        ERR.print(interrupted_hint(out, env_count("WORLD_SIZE", 1)))
         return code
     finally:
         if made_here:  # its lock file is gone now
@@ -473,9 +473,10 @@ def next_steps(run: Path | str, split: str | None = None) -> str:
     )
 
 
-def interrupted_hint(out: Path) -> str:
+def interrupted_hint(out: Path, processes: int = 1) -> str:
     """What to run after Ctrl-C stopped a run in ``out``, from what the folder then holds: resume
-    from a saved state (naming its epoch, which the last epoch line printed may not be); a command
+    from a saved state (naming its epoch, which the last epoch line printed may not be), in as many
+    ``processes`` as it trained in (``--nproc``: in another count it trains on otherwise); a command
     that a new run there would refuse names what to do instead."""
     from ramer.checkpoint import saved_epoch
     from ramer.train.recipe import existing_run
@@ -483,7 +484,8 @@ def interrupted_hint(out: Path) -> str:
     if (out / "train_state.pt").exists():  # written at the end of every epoch
         epoch = saved_epoch(out / "train_state.pt")  # Ctrl-C may land after its save, before its line
         saved = f"; epoch {epoch} is saved" if epoch else ""
-        return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(argument(out))}"
+        nproc = f" --nproc {processes}" if processes > 1 else ""
+        return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(argument(out))}{nproc}"
     held = existing_run(out) if out.is_dir() else None
     if held:  # a classical fit's model file (--resume keeps it), a deep run's first best model
         return f"interrupted before a state to resume from was saved: {held}"

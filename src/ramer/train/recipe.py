@@ -736,6 +736,20 @@ class Recipe(RunSteps):
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise RamerError(f"{path}: the optimiser state does not fit the model ({first_line(e)})") from None
         ranks = state.get("rng_ranks")
+        was = state.get("processes", len(ranks) if ranks is not None else 1)  # a state of before: its ranks
+        if is_main() and was != self.world:
+
+            def processes(n: int) -> str:
+                return f"{n} process{'es' * (n != 1)}"
+
+            how = f"with --nproc {was}" if was > 1 else "without --nproc"
+            self.console.print(
+                f"note: {self.out} trained in {processes(was)} so far and resumes in {processes(self.world)}: "
+                "each process's random state and share of the batches are not those it had, so the run goes on "
+                f"otherwise than it would have uninterrupted; resume {how} to go on as it was",
+                highlight=False,
+                soft_wrap=True,
+            )
         if self.world > 1 and ranks is not None and len(ranks) == self.world:
             torch.set_rng_state(ranks[dist.rank()])
         elif self.world == 1:
@@ -1006,6 +1020,7 @@ class Recipe(RunSteps):
             "config": self.cfg.model_dump(mode="json"),  # what a resume checks config.yaml against
             "rng": rng,
             "best": self.best,
+            "processes": self.world,  # a resume in another count trains on otherwise: it says so
         }
         if ranks is not None:
             state["rng_ranks"] = ranks
