@@ -154,6 +154,9 @@ def test_a_resume_on_a_machine_without_its_device_says_where_to_change_it(stoppe
     err = capsys.readouterr().err
     said = f"train.device is 'cuda' but CUDA is not available here; set train.device: cpu in {out / 'config.yaml'}"
     assert said in err and "--set" not in err and one_error_line(err), err
+    assert main(["train", "--resume", str(out), "--nproc", "2"]) == 2  # refused before the processes start
+    err = capsys.readouterr().err
+    assert said in err and "--set" not in err and one_error_line(err), err
     (out / "config.yaml").write_text(config)  # as it says: the resume goes on
     assert main(["train", "--resume", str(out)]) == 0
 

@@ -199,7 +199,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
         raise RamerError("--nproc launches the processes itself; under torchrun leave it out")
     # What one process would refuse at once is refused here, once, before N processes start.
     cfg = planned_config(args)
-    check_processes(cfg, args.nproc)
+    check_processes(cfg, args.nproc, Path(args.resume) if args.resume else None)
     if not args.resume:
         check_new_run(cfg, Path(args.out) if args.out else None)
     rest: list[str] = []
@@ -252,10 +252,11 @@ def sigint_waits():
         yield
 
 
-def check_processes(cfg: Config, nproc: int) -> None:
+def check_processes(cfg: Config, nproc: int, resumed: Path | None = None) -> None:
     """What every one of ``nproc`` processes would refuse alike, refused once before they start:
     a classical model (fitted in one process), a batch that does not divide, a device there is not
-    one of per process, TensorBoard missing."""
+    one of per process, TensorBoard missing. ``resumed``: the run folder of a ``--resume``, whose
+    config.yaml is where its device changes (it takes no --set)."""
     from ramer.infer import resolve_device
     from ramer.models import CLASSICAL
 
@@ -267,7 +268,8 @@ def check_processes(cfg: Config, nproc: int) -> None:
         raise RamerError(
             f"train.batch_size {cfg.train.batch_size} is the global batch and must divide by the {nproc} processes"
         )
-    device = resolve_device(cfg.train.device)
+    where = {"instead": f"set train.device: cpu in {resumed / 'config.yaml'}"} if resumed is not None else {}
+    device = resolve_device(cfg.train.device, **where)
     if device.type == "cuda":
         import torch
 
