@@ -133,6 +133,19 @@ def test_reproduce_is_refused_in_a_folder_another_command_holds(tmp_path, capsys
         refused([*argv, "--set", "train.epochs=1", "--set", "model.hidden=16"], out, capsys, line)
 
 
+def test_training_on_a_dataset_still_being_written_says_so(tmp_path, capsys):
+    """``ramer train --data D`` while ``ramer data synth --out D`` writes it (its splits still in the
+    staging folder, no meta.json yet): "unknown dataset folder", as if D were no dataset at all."""
+    data = tmp_path / "data"
+    with held_elsewhere(data, "ramer data synth") as line:
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *SETS]) == 2
+        said = capsys.readouterr().err.strip().splitlines()[-1]
+        assert said == line.replace(
+            "wait for it to end or give another --out", "its dataset is being written: wait for it to end"
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_made_by_another_process_is_not_removed_as_this_ones(tmp_path, capsys, monkeypatch):
     """Two ``ramer train --out X`` started together both see no X; only the one whose ``mkdir``
     made it may remove it (stopped before an epoch ended). Here the other made X and started its

@@ -450,10 +450,11 @@ def _unlock(path: Path, fd: int) -> None:
     os.close(fd)
 
 
-def held_elsewhere(folder: str | Path) -> str | None:
-    """``in_use``'s message where another command holds ``folder`` now, else None; a look, nothing
-    kept, before checks whose advice a held folder makes wrong (``use --resume`` of a run that is
-    still training there)."""
+def held_elsewhere(folder: str | Path, remedy: str = "wait for it to end or give another --out") -> str | None:
+    """``in_use``'s message (ending in ``remedy``) where another command holds ``folder`` now, else
+    None; a look, nothing kept, before checks whose advice a held folder makes wrong (``use
+    --resume`` of a run that is still training there; "unknown dataset folder" of a dataset that
+    is being written)."""
     folder = Path(folder)
     if fcntl is None or os.path.realpath(folder) in _HELD:
         return None
@@ -464,7 +465,7 @@ def held_elsewhere(folder: str | Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return in_use(folder)
+        return in_use(folder, remedy)
     except OSError:  # a file system without locks: nothing to look at
         return None
     finally:
@@ -472,8 +473,9 @@ def held_elsewhere(folder: str | Path) -> str | None:
     return None
 
 
-def in_use(folder: Path) -> str:
-    """The message for a ``folder`` another command holds, from what its lock file says."""
+def in_use(folder: Path, remedy: str = "wait for it to end or give another --out") -> str:
+    """The message for a ``folder`` another command holds, from what its lock file says, and what to
+    do (``remedy``)."""
     try:
         holder = json.loads((folder / LOCK_NAME).read_text())
         who = (
@@ -482,7 +484,7 @@ def in_use(folder: Path) -> str:
         )
     except (OSError, ValueError, KeyError, TypeError):  # written a moment later
         who = "just starting"
-    return f"{folder}: in use by another ramer command ({who}); wait for it to end or give another --out"
+    return f"{folder}: in use by another ramer command ({who}); {remedy}"
 
 
 # What marks a folder as another command's work (its top level): any one group of names, all there.

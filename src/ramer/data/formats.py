@@ -31,7 +31,7 @@ from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
 from ramer.data.store import DataBundle, is_native, load_native, native_info, native_source_format, save_cut_off
 from ramer.errors import RamerError, unreadable
-from ramer.paths import argument, need_regular_file
+from ramer.paths import argument, held_elsewhere, need_regular_file
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
 
@@ -155,6 +155,8 @@ def _detect(path: str | Path | None) -> tuple[str, Any]:
         if is_native(p):
             return "native", None
         need_regular_file(p / "meta.json")  # a folder, a pipe or a link to nothing there: named, not "unknown"
+        if (held := held_elsewhere(p, "its dataset is being written: wait for it to end")) is not None:
+            raise RamerError(held)  # not yet a dataset, nor an unknown folder
         if os.path.lexists(p / "anno.json") and os.path.lexists(p / "data.json"):
             return "memor", None  # its loader names what is wrong with either (a folder, a link to nothing)
         if save_cut_off(p):
