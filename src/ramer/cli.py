@@ -22,6 +22,7 @@ from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import RamerError, env_count, first_line, first_of, shown, unwritable
 from ramer.paths import (
     LOCK_NAME,
+    USE_ANOTHER,
     argument,
     hold,
     need_regular_file,
@@ -423,7 +424,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     stopping = sigterm_as_interrupt()  # in one process: SIGTERM is read as Ctrl-C, ending 143
     try:
         # rank 0 holds the folder for the whole run (another command there is refused), then decides
-        with stopping, hold(out, "ramer train", make=not args.resume) if rank0 else contextlib.nullcontext() as held:
+        with (
+            stopping,
+            hold(out, "ramer train", make=not args.resume, remedy="wait for it to end" if args.resume else USE_ANOTHER)
+            if rank0
+            else contextlib.nullcontext() as held,
+        ):
             made_here = made_up or (held is not None and held.made)  # its mkdir made it, no other's
             if not args.resume and rank0:
                 check_new_run(cfg, out)

@@ -122,15 +122,16 @@ class Held:
     made: bool
 
 
+USE_ANOTHER = "wait for it to end or give another --out"  # what to do about a folder another command holds
 _HELD: set[str] = set()  # the folders this process holds (``hold`` again there is a no-op)
 
 
 @contextlib.contextmanager
-def hold(folder: str | Path, command: str, make: bool = False) -> Iterator[Held]:
+def hold(folder: str | Path, command: str, make: bool = False, remedy: str = USE_ANOTHER) -> Iterator[Held]:
     """Hold ``folder`` for ``command`` (``ramer train``, ``bench``, ``data synth``...) while the
     context lasts: an exclusive ``flock`` on ``folder/.ramer.lock`` (``LOCK_NAME``), which records the
     pid, host, command and start time, and is removed at the end. Another process holding it is a
-    RamerError naming that command, at once (no waiting). ``make``: make the folder (and its
+    RamerError naming that command and ``remedy``, at once (no waiting). ``make``: make the folder (and its
     parents) first; ``Held.made`` says whether this call made it (``mkdir`` succeeded, so of two
     commands started together only one), and those it made are removed again if left empty.
     Held again in the same process, nothing more happens. Where ``fcntl`` does not exist (Windows)
@@ -141,7 +142,7 @@ def hold(folder: str | Path, command: str, make: bool = False) -> Iterator[Held]
     fd = None
     try:
         if fcntl is not None and key not in _HELD:
-            fd = _lock(folder, command)
+            fd = _lock(folder, command, remedy)
             _HELD.add(key)
         yield Held(made=folder in made)
     finally:
@@ -412,7 +413,7 @@ def make_folders(folder: Path) -> list[Path]:
     return made
 
 
-def _lock(folder: Path, command: str) -> int:
+def _lock(folder: Path, command: str, remedy: str = "") -> int:
     """Take the lock of ``folder`` (``hold``); returns the open lock file."""
     path = folder / LOCK_NAME
     while True:
@@ -424,7 +425,7 @@ def _lock(folder: Path, command: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another holds it
             os.close(fd)
-            raise RamerError(in_use(folder)) from None
+            raise RamerError(in_use(folder, remedy or USE_ANOTHER)) from None
         except OSError:  # a file system without locks (some network mounts): held unlocked, as without fcntl
             pass
         try:  # the file may have been removed by its holder between our open and our lock
@@ -450,7 +451,7 @@ def _unlock(path: Path, fd: int) -> None:
     os.close(fd)
 
 
-def held_elsewhere(folder: str | Path, remedy: str = "wait for it to end or give another --out") -> str | None:
+def held_elsewhere(folder: str | Path, remedy: str = USE_ANOTHER) -> str | None:
     """``in_use``'s message (ending in ``remedy``) where another command holds ``folder`` now, else
     None; a look, nothing kept, before checks whose advice a held folder makes wrong (``use
     --resume`` of a run that is still training there; "unknown dataset folder" of a dataset that
@@ -473,7 +474,7 @@ def held_elsewhere(folder: str | Path, remedy: str = "wait for it to end or give
     return None
 
 
-def in_use(folder: Path, remedy: str = "wait for it to end or give another --out") -> str:
+def in_use(folder: Path, remedy: str = USE_ANOTHER) -> str:
     """The message for a ``folder`` another command holds, from what its lock file says, and what to
     do (``remedy``)."""
     try:
