@@ -413,7 +413,7 @@ def make_folders(folder: Path) -> list[Path]:
     return made
 
 
-def _lock(folder: Path, command: str, remedy: str = "") -> int:
+def _lock(folder: Path, command: str, remedy: str = USE_ANOTHER) -> int:
     """Take the lock of ``folder`` (``hold``); returns the open lock file."""
     path = folder / LOCK_NAME
     while True:
@@ -425,7 +425,7 @@ def _lock(folder: Path, command: str, remedy: str = "") -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another holds it
             os.close(fd)
-            raise RamerError(in_use(folder, remedy or USE_ANOTHER)) from None
+            raise RamerError(in_use(folder, remedy)) from None
         except OSError:  # a file system without locks (some network mounts): held unlocked, as without fcntl
             pass
         try:  # the file may have been removed by its holder between our open and our lock
