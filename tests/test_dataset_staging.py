@@ -86,19 +86,12 @@ def test_an_interrupted_dataset_write_leaves_the_dataset_in_out_as_it_was(tmp_pa
     assert _state(out)[0] != before[0] and _leftovers(out) == []
 
 
-@pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
-@pytest.mark.parametrize("kind", ["synth", "convert"])
-def test_ctrl_c_after_the_swap_ends_the_write_as_done(tmp_path, monkeypatch, capsys, kind):
-    """A real Ctrl-C while the old dataset, swapped out into the staging folder, is removed: the new
-    dataset was in place, yet the command said "interrupted" (130) and left part of the old one in a
-    staging folder. The swap is the write's commit: the clean-up ends, and so does the command."""
+def _ctrl_c_in_the_clean_up(monkeypatch) -> None:
+    """A real SIGINT to this process as the staging folder that holds the old dataset is removed (the
+    clean-up after the swap)."""
     import shutil
     import signal
 
-    out = tmp_path / "data"
-    assert main(["data", "synth", *SYNTH, "--out", str(out)]) == 0
-    before = _state(out)
-    argv = [*_command(kind, tmp_path), str(out)]
     real = shutil.rmtree
 
     def ctrl_c_then_remove(path, *args, **kwargs):
@@ -107,11 +100,48 @@ def test_ctrl_c_after_the_swap_ends_the_write_as_done(tmp_path, monkeypatch, cap
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "rmtree", ctrl_c_then_remove)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
+@pytest.mark.parametrize("kind", ["synth", "convert"])
+def test_ctrl_c_after_the_swap_says_the_write_was_done(tmp_path, monkeypatch, capsys, kind):
+    """A real Ctrl-C while the old dataset, swapped out into the staging folder, is removed: the new
+    dataset was in place, yet the command said only "interrupted", as if nothing were written, and
+    left part of the old one in a staging folder. The swap is the write's commit: the clean-up ends,
+    then the command stops (130), saying the dataset is written."""
+    out = tmp_path / "data"
+    assert main(["data", "synth", *SYNTH, "--out", str(out)]) == 0
+    before = _state(out)
+    argv = [*_command(kind, tmp_path), str(out)]
+    _ctrl_c_in_the_clean_up(monkeypatch)
     capsys.readouterr()
-    assert main(argv) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote {out}")
+    assert main(argv) == 130
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == f"interrupted once the write was done: {out} holds the dataset just written, whole"
     monkeypatch.undo()
     assert _state(out)[0] != before[0] and _leftovers(out) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
+def test_ctrl_c_in_a_save_reaches_the_script_once_the_save_is_done(tmp_path, monkeypatch):
+    """DataBundle.save in a script's loop: a Ctrl-C held off during the swap's clean-up is raised
+    when it ends (KeyboardInterrupt), so the loop stops, the dataset whole; the script's own handler
+    is put back."""
+    import signal
+
+    from ramer.data.synthetic import SynthConfig, generate
+    from ramer.errors import InterruptedAfter
+
+    out = tmp_path / "data"
+    bundle = generate(SynthConfig(n_train=8, n_valid=4, n_test=4))
+    bundle.save(out)
+    _ctrl_c_in_the_clean_up(monkeypatch)
+    with pytest.raises(InterruptedAfter):
+        generate(SynthConfig(n_train=8, n_valid=4, n_test=4, seed=3)).save(out)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert load_native(out).info == generate(SynthConfig(n_train=8, n_valid=4, n_test=4, seed=3)).info
+    assert _leftovers(out) == []
 
 
 def test_an_interrupted_convert_of_a_public_file_leaves_the_dataset_in_out_as_it_was(tmp_path, monkeypatch, capsys):

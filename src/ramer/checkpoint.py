@@ -492,9 +492,10 @@ def train_state_problem(state: dict) -> str | None:
     if ranks is not None and not (isinstance(ranks, list) and all(map(_rng_state, ranks))):
         return "'rng_ranks' must be a list of random generator states"
     processes = state.get("processes", len(ranks) if ranks is not None else 1)  # a state of before it: its ranks
-    if type(processes) is not int or processes != (1 if ranks is None else len(ranks)):
+    if type(processes) is not int or processes != (held := 1 if ranks is None else len(ranks)):
         return (
-            f"'processes' must be the number of processes it trained in (one random state each), not {processes!r:.40}"
+            f"'processes' must be the number of processes it trained in (one random state each), not "
+            f"{processes!r:.40} (it holds {held} random state{'s' * (held != 1)})"
         )
     if "cuda_rng" in state and not torch.is_tensor(state["cuda_rng"]):
         return "'cuda_rng' must be a tensor"

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
-from ramer.errors import RamerError, env_count, first_line, first_of, shown, unwritable
+from ramer.errors import InterruptedAfter, RamerError, env_count, first_line, first_of, shown, unwritable
 from ramer.paths import (
     LOCK_NAME,
     USE_ANOTHER,
@@ -911,9 +911,11 @@ def cmd_data_import(args: argparse.Namespace) -> int:
                 targets=args.targets,
                 task=args.task,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         cache = Path(args.out) / "cache"
-        if not any(cache.glob("*/*.npz")):  # the entries FeatureCache keeps (a temporary file is not one)
+        if isinstance(e, InterruptedAfter) or not any(
+            cache.glob("*/*.npz")
+        ):  # the entries FeatureCache keeps (a temporary file is not one)
             raise  # nothing kept: main's one line
         ERR.print(
             f"interrupted; the features computed so far are kept in {cache}: run the same command again "
@@ -1589,6 +1591,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RamerError as e:
         return said(f"error: {e}", 2)
+    except InterruptedAfter as e:  # once work that could not stop half-way was done
+        return said(f"interrupted once the write was done: {e.done}", 130)
     except KeyboardInterrupt:
         return said("interrupted", 130)
     except BrokenPipeError:

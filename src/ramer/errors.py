@@ -10,6 +10,15 @@ class RamerError(Exception):
     """A user-facing error: bad input, a bad flag, a missing or corrupt file."""
 
 
+class InterruptedAfter(KeyboardInterrupt):
+    """A Ctrl-C held off until work that could not stop half-way was done (``paths.interrupts_held``):
+    raised after it, saying what was done (``done``), so that the caller stops all the same."""
+
+    def __init__(self, done: str):
+        super().__init__(done)
+        self.done = done
+
+
 class FileUnreadable(RamerError):
     """A file that exists but the system would not read (no permission, an I/O error): nothing is
     known of its content, so it is no reason to remove or redo anything."""

@@ -28,7 +28,7 @@ try:
 except ImportError:  # Windows: no folder locks (``hold``)
     fcntl = None
 
-from ramer.errors import RamerError, first_line, first_of, too_many_digits, unreadable, unwritable
+from ramer.errors import InterruptedAfter, RamerError, first_line, first_of, too_many_digits, unreadable, unwritable
 
 
 def check_out_folder(path: str | Path) -> Path:
@@ -379,11 +379,17 @@ def sigint_answered_by(handler: Callable) -> Iterator[None]:
             signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
-def interrupts_held() -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def interrupts_held(done: str) -> Iterator[None]:
     """Ctrl-C held off while the block runs: for the last steps of work that is done once they begin
-    (a dataset's swap into its folder, and the clean-up after it). A Ctrl-C that comes is dropped: the
-    command goes on to its end, and says what it wrote."""
-    return sigint_answered_by(lambda signum, frame: None)
+    (a dataset's swap into its folder, and the clean-up after it). A Ctrl-C that came is raised when
+    the block has ended, as ``InterruptedAfter`` saying what was ``done``: the caller (a command, a
+    script's loop of saves) stops all the same, the work whole."""
+    came = []
+    with sigint_answered_by(lambda signum, frame: came.append(signum)):
+        yield
+    if came:
+        raise InterruptedAfter(done)
 
 
 def remove_made(made: list[Path]) -> None:

@@ -889,9 +889,9 @@ def staged_dataset(directory: Path, replaces: tuple[str, ...] = ()) -> Iterator[
         shutil.rmtree(staging, ignore_errors=True)
         raise
     # written: the swap is its commit, so Ctrl-C is held off from the swap to the end of the clean-up
-    # after it (a Ctrl-C while the old dataset, moved into the staging folder, was being removed said
-    # "interrupted" of a dataset replaced, and left part of the old one behind)
-    with interrupts_held():
+    # after it, then raised (a Ctrl-C while the old dataset, moved into the staging folder, was being
+    # removed said "interrupted" of a dataset replaced as if it were not, and left part of the old one)
+    with interrupts_held(f"{directory} holds the dataset just written, whole"):
         try:
             swapped = _swap_in(directory, staging, replaces)
         finally:
