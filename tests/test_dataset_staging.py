@@ -86,6 +86,17 @@ def test_an_interrupted_dataset_write_leaves_the_dataset_in_out_as_it_was(tmp_pa
     assert _state(out)[0] != before[0] and _leftovers(out) == []
 
 
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """SIGINT as Python sets it in a process started from a terminal (KeyboardInterrupt): a suite run
+    as a background job of a shell (`./.ci/run &`) starts with it ignored, which a write leaves so."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _ctrl_c_in_the_clean_up(monkeypatch) -> None:
     """A real SIGINT to this process as the staging folder that holds the old dataset is removed (the
     clean-up after the swap)."""
@@ -104,6 +115,7 @@ def _ctrl_c_in_the_clean_up(monkeypatch) -> None:
 
 @pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
 @pytest.mark.parametrize("kind", ["synth", "convert"])
+@pytest.mark.usefixtures("sigint_as_in_a_terminal")
 def test_ctrl_c_after_the_swap_says_the_write_was_done(tmp_path, monkeypatch, capsys, kind):
     """A real Ctrl-C while the old dataset, swapped out into the staging folder, is removed: the new
     dataset was in place, yet the command said only "interrupted", as if nothing were written, and
@@ -123,6 +135,7 @@ def test_ctrl_c_after_the_swap_says_the_write_was_done(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a SIGINT sent to itself: POSIX")
+@pytest.mark.usefixtures("sigint_as_in_a_terminal")
 def test_ctrl_c_in_a_save_reaches_the_script_once_the_save_is_done(tmp_path, monkeypatch):
     """DataBundle.save in a script's loop: a Ctrl-C held off during the swap's clean-up is raised
     when it ends (KeyboardInterrupt), so the loop stops, the dataset whole; the script's own handler

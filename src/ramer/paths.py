@@ -384,7 +384,17 @@ def interrupts_held(done: str) -> Iterator[None]:
     """Ctrl-C held off while the block runs: for the last steps of work that is done once they begin
     (a dataset's swap into its folder, and the clean-up after it). A Ctrl-C that came is raised when
     the block has ended, as ``InterruptedAfter`` saying what was ``done``: the caller (a command, a
-    script's loop of saves) stops all the same, the work whole."""
+    script's loop of saves) stops all the same, the work whole. Where SIGINT is ignored (a background
+    job's), nothing changes."""
+    import signal
+
+    try:
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    except ValueError:  # not the main thread
+        ignored = True
+    if ignored:
+        yield
+        return
     came = []
     with sigint_answered_by(lambda signum, frame: came.append(signum)):
         yield
