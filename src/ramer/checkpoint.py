@@ -475,6 +475,13 @@ def _rng_state(value) -> bool:
     return True
 
 
+def trained_processes(state: dict):
+    """How many processes trained the training state ``state`` (its ``processes``; in a state written
+    before it was recorded, one per random state it holds)."""
+    ranks = state.get("rng_ranks")
+    return state.get("processes", len(ranks) if isinstance(ranks, list) else 1)
+
+
 def train_state_problem(state: dict) -> str | None:
     """What is wrong with the fields of a loaded training state (what ``Recipe._save_train_state``
     writes), or None."""
@@ -491,7 +498,7 @@ def train_state_problem(state: dict) -> str | None:
     ranks = state.get("rng_ranks")
     if ranks is not None and not (isinstance(ranks, list) and all(map(_rng_state, ranks))):
         return "'rng_ranks' must be a list of random generator states"
-    processes = state.get("processes", len(ranks) if ranks is not None else 1)  # a state of before it: its ranks
+    processes = trained_processes(state)
     if type(processes) is not int or processes != (held := 1 if ranks is None else len(ranks)):
         return (
             f"'processes' must be the number of processes it trained in (one random state each), not "

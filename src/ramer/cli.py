@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -27,7 +28,7 @@ from ramer.paths import (
     hold,
     need_regular_file,
     remove_if_empty,
-    sigint_answered_by,
+    signal_answered_by,
     write_stderr,
     write_stdout,
 )
@@ -249,7 +250,7 @@ def sigint_waits():
         if len(seen) > 1:
             raise KeyboardInterrupt
 
-    with sigint_answered_by(on_sigint):
+    with signal_answered_by(signal.SIGINT, on_sigint):
         yield
 
 
@@ -913,10 +914,9 @@ def cmd_data_import(args: argparse.Namespace) -> int:
             )
     except KeyboardInterrupt as e:
         cache = Path(args.out) / "cache"
-        if isinstance(e, InterruptedAfter) or not any(
-            cache.glob("*/*.npz")
-        ):  # the entries FeatureCache keeps (a temporary file is not one)
-            raise  # nothing kept: main's one line
+        kept = any(cache.glob("*/*.npz"))  # the entries FeatureCache keeps (a temporary file is not one)
+        if isinstance(e, InterruptedAfter) or not kept:
+            raise  # the dataset written, or nothing kept: main's one line
         ERR.print(
             f"interrupted; the features computed so far are kept in {cache}: run the same command again "
             "to go on from there"

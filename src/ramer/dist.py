@@ -23,13 +23,13 @@ import math
 import os
 import signal
 import sys
-import threading
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ramer.errors import RamerError, env_count
+from ramer.paths import signal_answered_by
 
 
 def is_dist() -> bool:
@@ -66,18 +66,15 @@ def sigterm_as_interrupt():
     """``Terminated`` on SIGTERM while the block runs, in the main thread of a process torchrun did
     not start (its agent stops workers with SIGTERM, and a worker waiting in a collective would not
     run the handler); elsewhere nothing changes. The handler found is put back after."""
-    if threading.current_thread() is not threading.main_thread() or launched():
+    if launched():
         yield
         return
 
     def terminated(signum, frame) -> None:
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
+    with signal_answered_by(signal.SIGTERM, terminated):
         yield
-    finally:  # None: a handler not set from Python, the default
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def backend_for(device: torch.device) -> str:

@@ -286,6 +286,7 @@ def oracle_report(info: dict, split: str) -> dict | None:
     if not isinstance(rep, dict) or not isinstance(rep.get("overall"), dict):
         return None
     # a role no target of the split has ({"n": 0}, from report) is no figure: left out, as scored_parts does
+    # (which a hand-edited, non-numeric n would stop with a TypeError; the checks below name it instead)
     rep = {k: v for k, v in rep.items() if k == "overall" or not (isinstance(v, dict) and v.get("n") == 0)}
     for part in ("overall", "speaker", "nonspeaker"):
         m = rep.get(part)

@@ -360,14 +360,14 @@ def _under_held(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def sigint_answered_by(handler: Callable) -> Iterator[None]:
-    """``handler(signum, frame)`` answers SIGINT (Ctrl-C) while the block runs; the handler found is
-    put back after (the default where it was not set from Python). Outside the main thread signals
+def signal_answered_by(signum: int, handler: Callable) -> Iterator[None]:
+    """``handler(signum, frame)`` answers the signal ``signum`` while the block runs; the handler found
+    is put back after (the default where it was not set from Python). Outside the main thread signals
     are not ours to handle: nothing changes."""
     import signal
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = signal.signal(signum, handler)
     except ValueError:  # not the main thread
         installed = False
     else:
@@ -376,7 +376,7 @@ def sigint_answered_by(handler: Callable) -> Iterator[None]:
         yield
     finally:
         if installed:
-            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
@@ -388,15 +388,11 @@ def interrupts_held(done: str) -> Iterator[None]:
     job's), nothing changes."""
     import signal
 
-    try:
-        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    except ValueError:  # not the main thread
-        ignored = True
-    if ignored:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     came = []
-    with sigint_answered_by(lambda signum, frame: came.append(signum)):
+    with signal_answered_by(signal.SIGINT, lambda signum, frame: came.append(signum)):
         yield
     if came:
         raise InterruptedAfter(done)

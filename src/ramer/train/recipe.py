@@ -736,7 +736,7 @@ class Recipe(RunSteps):
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise RamerError(f"{path}: the optimiser state does not fit the model ({first_line(e)})") from None
         ranks = state.get("rng_ranks")
-        was = state.get("processes", len(ranks) if ranks is not None else 1)  # a state of before: its ranks
+        was = ckpt.trained_processes(state)
         if is_main() and was != self.world:
 
             def processes(n: int) -> str:
