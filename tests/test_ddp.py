@@ -324,18 +324,41 @@ def test_batch_must_divide_by_processes(tmp_path, monkeypatch):
 
 def test_nproc_refuses_once_what_every_process_would_refuse(tmp_path, capsys):
     """Refused in the launching process before any process starts: one line, exit code 2 (not N
-    copies of the error and torchrun's traceback)."""
+    copies of the error and torchrun's line)."""
     from ramer.cli import main
 
+    (tmp_path / "notes").mkdir()  # a folder that holds no dataset
+    (tmp_path / "talk.csv").write_text("conversation,speaker,text\n")  # a table not yet imported
     for argv, why in (
         (["--nproc", "3"], "train.batch_size 64 is the global batch and must divide by the 3 processes"),
         (["--nproc", "2", "--set", "train.device=cuda:0"], "train.device is 'cuda:0'"),
         (["--nproc", "2", "--model", "br"], "'br' is fitted by scikit-learn in one process; --nproc is for the deep"),
+        (["--nproc", "2", "--data", str(tmp_path / "notes")], f"{tmp_path / 'notes'}: unknown dataset folder"),
+        (["--nproc", "2", "--data", str(tmp_path / "talk.csv")], f"{tmp_path / 'talk.csv'}: not a dataset"),
     ):
         assert main(["train", *argv, "--out", str(tmp_path / "run")]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"error: {why}") and err.count("\n") == 1 and "launching" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_nproc_refuses_once_a_training_state_no_process_could_resume(tmp_path, capsys):
+    """``--resume RUN --nproc 2`` of a run whose training state is damaged, or missing: refused in
+    the launching process, once, before any process starts; the run's files are left as they were."""
+    from ramer.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *(x for s in TINY_RUN for x in ("--set", s))]) == 0
+    capsys.readouterr()
+    state = run / "train_state.pt"
+    state.write_bytes(b"garbage")
+    for why in (f"{state}: refusing to load an object", f"{run} holds a run's model.safetensors"):
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+        assert main(["train", "--nproc", "2", "--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {why}") and "launching" not in err and err.count("\n") == 1, err
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+        state.unlink(missing_ok=True)  # the next: no state at all
 
 
 def test_a_classical_fit_under_torchrun_is_refused(tmp_path, monkeypatch, capsys):
@@ -382,11 +405,11 @@ def _launch(argv: list[str], cwd: Path) -> subprocess.Popen:
 @pytest.mark.slow
 def test_nproc_ends_with_the_workers_code_and_no_torchrun_traceback(tmp_path):
     """A worker's error: exit code 2 (the workers' own) and their one-line errors, no traceback."""
-    (tmp_path / "notes.txt").write_text("not a dataset\n")
-    proc = _launch(["--data", "notes.txt", "--out", "run"], tmp_path)
+    (tmp_path / "notes.bin").write_text("not a dataset\n")  # found out by each process, reading it
+    proc = _launch(["--data", "notes.bin", "--out", "run"], tmp_path)
     assert proc.wait(TIMEOUT_S) == 2
     err = (tmp_path / "stderr.txt").read_text()
-    assert "error: notes.txt: not a dataset" in err
+    assert "launching: " in err and "error: notes.bin: not a readable pickle" in err
     assert "Traceback" not in err and "ChildFailedError" not in err, err
 
 

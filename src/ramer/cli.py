@@ -202,7 +202,11 @@ def launch_distributed(args: argparse.Namespace) -> int:
     # What one process would refuse at once is refused here, once, before N processes start.
     cfg = planned_config(args)
     check_processes(cfg, args.nproc, Path(args.resume) if args.resume else None)
-    if not args.resume:
+    if args.resume:
+        from ramer.train.recipe import resume_state
+
+        resume_state(Path(args.resume), cfg)  # read here and dropped: each process reads it again
+    else:
         check_new_run(cfg, Path(args.out) if args.out else None)
     rest: list[str] = []
     for flag in ("model", "config", "data", "resume"):
@@ -326,17 +330,19 @@ def train_config(args: argparse.Namespace) -> Config:
 
 
 def check_new_run(cfg: Config, out: Path | None) -> None:
-    """What a new run would refuse only after loading its data: a data path that is not there, a
-    loader option set otherwise than a converted folder holds, a model it cannot build (name,
+    """What a new run would refuse only after loading its data: a data path that is not there or
+    holds no dataset, a loader option set otherwise than a converted folder holds, a model it cannot build (name,
     model.options), an --out that holds a run or another command's work. Checked first, in the
     process that was asked (before torchrun starts N)."""
     from ramer.data import read_as_converted
+    from ramer.data.formats import check_dataset_path
     from ramer.models import CLASSICAL, check_model, check_options
     from ramer.paths import held_elsewhere, other_work
     from ramer.train.recipe import check_training_values, existing_run
 
     if cfg.data.path is not None and not Path(cfg.data.path).exists():
         raise RamerError(f"{cfg.data.path}: data path not found")
+    check_dataset_path(cfg.data.path)  # a folder of no dataset, a table not yet imported
     read_as_converted(cfg.data)  # a loader option the config sets otherwise than a converted folder holds
     if cfg.model.name in CLASSICAL:
         check_options(cfg)

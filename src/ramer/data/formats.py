@@ -188,6 +188,19 @@ def detect_format(path: str | Path | None) -> str:
     return _detect(path)[0]
 
 
+def check_dataset_path(path: str | Path | None) -> None:
+    """What ``detect_format`` refuses of ``path`` without reading a file's content: a path not
+    there, a folder that holds no dataset (or one being written, or cut off), a conversation table
+    given as a dataset. A file's layout is read with the file, by its loader."""
+    if path is None or str(path) == "synthetic":
+        return
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        _detect(p)
+    else:
+        _refuse_table(p)
+
+
 # ---------------------------------------------------------------------------------------- loading
 def open_dataset(
     path: str | Path | None,

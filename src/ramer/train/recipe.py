@@ -360,6 +360,29 @@ def changed_settings(stored: dict, tree: dict) -> list[str]:
     return [k for k in differences(stored, tree) if k not in RESUME_MAY_CHANGE]
 
 
+def resume_state(out: Path, cfg: Config) -> dict:
+    """The training state of the run ``out`` that ``cfg`` (its config) resumes, checked as far as it
+    can be without its model and data: there, readable, saved by a run of this config, not past its
+    ``train.epochs``. Read by the resume itself and, before N processes start, by ``ramer train
+    --resume RUN --nproc N`` (each would refuse it alike)."""
+    path = out / "train_state.pt"
+    if not (path.exists() or path.is_symlink()):  # stopped before its first state: say what to do
+        again = shlex.join(["ramer", "train", "--config", argument(out / "config.yaml"), "--out", argument(out)])
+        raise RamerError(
+            existing_run(out)
+            or f"{path}: not found; cannot resume: the run stopped before its first training state was saved, "
+            f"so nothing of it is kept; train it again ({again})"
+        )
+    state = ckpt.load_train_state(path)
+    check_resumed_config(state.get("config"), cfg, out)
+    if state.get("config") is not None and state["epoch"] > cfg.train.epochs:  # the same on a resume
+        raise RamerError(
+            f"{path}: not a ramer training state ('epoch' {state['epoch']!r:.40} is past the run's train.epochs "
+            f"{cfg.train.epochs})"
+        )
+    return state
+
+
 def check_resumed_config(stored: dict | None, cfg: Config, out: Path, source: Path | None = None) -> None:
     """A resumed run continues with the settings its training state (``source``, default
     ``train_state.pt``; a classical fit's ``model.safetensors``) was made with (``stored``, read
@@ -697,21 +720,7 @@ class Recipe(RunSteps):
 
     def _load_train_state(self) -> None:
         path = self.out / "train_state.pt"
-        if not (path.exists() or path.is_symlink()):  # stopped before its first state: say what to do
-            again = ["ramer", "train", "--config", argument(self.out / "config.yaml"), "--out", argument(self.out)]
-            again = shlex.join(again)
-            raise RamerError(
-                existing_run(self.out)
-                or f"{path}: not found; cannot resume: the run stopped before its first training state was saved, "
-                f"so nothing of it is kept; train it again ({again})"
-            )
-        state = ckpt.load_train_state(path)
-        check_resumed_config(state.get("config"), self.cfg, self.out)
-        if state.get("config") is not None and state["epoch"] > self.cfg.train.epochs:  # the same on a resume
-            raise RamerError(
-                f"{path}: not a ramer training state ('epoch' {state['epoch']!r:.40} is past the run's train.epochs "
-                f"{self.cfg.train.epochs})"
-            )
+        state = resume_state(self.out, self.cfg)
         self._check_best_weights(state["best"]["epoch"])
         check_resumed_data(self.out, self.cfg, self.bundle, self.spec.task)
         ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
