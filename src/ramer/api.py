@@ -115,9 +115,9 @@ class Predictor:
         bundle, not a batch; default the run's ``train.eval_batch_size``): lower it where long scenes
         do not fit in memory; the scores change only by float rounding.
 
-        ``workers`` (CPU, a store or bundle): score in that many forked processes, the threads of
-        this one shared out among them; can be faster than one process with several threads. Linux
-        only (``infer.check_fork``: no fork on Windows, none safe on macOS).
+        ``workers`` (CPU, a store or bundle): score in that many forked processes of one thread
+        each; can be faster than one process with several threads. Linux only
+        (``infer.check_fork``: no fork on Windows, none safe on macOS).
 
         A batch must be one ``SceneStore.collate`` builds (``Batch.check``: fields, shapes, index
         ranges; a RamerError names the first field that is not). Features must be finite where their

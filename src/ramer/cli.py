@@ -172,8 +172,8 @@ BATCH_HELP = (
     "in memory. The scores change only by float rounding (about 1e-7)"
 )
 WORKERS_HELP = (
-    "score in N forked processes (CPU, Linux), this process's threads shared out among them; can be "
-    "faster than one process with several threads (docs/PERFORMANCE.md). Default 1"
+    "score in N forked processes (CPU, Linux) of one thread each; can be faster than one process with "
+    "several threads (docs/PERFORMANCE.md). Default 1"
 )
 
 

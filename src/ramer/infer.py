@@ -134,7 +134,7 @@ def predict(
     ``shard``: in a distributed run each rank scores one contiguous block of the scenes and the
     blocks are gathered in rank order (no padding, so no duplicate), giving every rank all scores.
     ``workers``: CPU only, the scenes are split into at most that many contiguous blocks of whole
-    batches, each scored by a forked process on its share of the threads (``_score_forked``).
+    batches, each scored by a forked process of one thread (``_score_forked``).
     """
     if workers > 1:
         if shard or device.type != "cpu":
@@ -191,10 +191,10 @@ def batch_scores(model: nn.Module, batch) -> np.ndarray:
 
 
 def _score_block(
-    send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, threads: int, parent: int, ends: list
+    send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, parent: int, ends: list
 ) -> None:
     """In a forked worker: the scores of one block (``settings``: batch size, device, precision) on
-    the worker's share of the threads, sent to the parent as ``(True, scores)`` or
+    one thread, sent to the parent as ``(True, scores)`` or
     ``(False, the exception)``, which carries the worker's traceback (as ``multiprocessing.Pool``'s
     do: its ``__cause__`` when raised in the parent). It ends with its ``parent`` (killed, or
     stopped by a signal only it was sent), and closes the parent's ends of the pipes that the fork
@@ -207,7 +207,9 @@ def _score_block(
     dist.die_with_parent(parent)
     for end in ends:
         end.close()
-    torch.set_num_threads(threads)
+    # One thread: the OpenMP of torch's Linux builds (GNU libgomp) keeps the parent's pool of threads,
+    # which the fork did not copy; a parallel region here waited for them for ever (two threads or more)
+    torch.set_num_threads(1)
     try:
         result = (True, _score_range(model, store, *bounds, *settings))
     except BaseException as e:  # Ctrl-C too: the parent stops the other workers
@@ -224,7 +226,7 @@ def _batch_blocks(part: slice, batch_size: int, workers: int) -> list[tuple[int,
     batch is the one a single process would score): one block per batch at most, however many
     workers are asked for (``--workers 10**30`` scores as ``--workers`` the number of batches)."""
     n_batches = -(-(part.stop - part.start) // batch_size)
-    workers = min(workers, n_batches)  # no cut, process or thread share for a worker without a batch
+    workers = min(workers, n_batches)  # no cut or process for a worker without a batch
     cuts = [part.start + batch_size * (n_batches * k // workers) for k in range(workers)] + [part.stop]
     return [(a, min(b, part.stop)) for a, b in zip(cuts, cuts[1:]) if a < min(b, part.stop)]
 
@@ -252,9 +254,8 @@ def _score_forked(
     device: torch.device,
     precision: str,
 ) -> np.ndarray:
-    """Scores of ``blocks`` from one forked process each, gathered in order; the threads of this
-    process are shared out among the blocks (one per worker, fewer when there are fewer batches
-    than workers: each block then gets more threads).
+    """Scores of ``blocks`` from one forked process each, of one thread (``_score_block``: no more
+    is safe after a fork), gathered in order.
 
     Threads of one process meet at every one of the many small ops of a batch; processes of one
     thread each never wait for each other (docs/PERFORMANCE.md has the measured gain). Forked, the
@@ -267,7 +268,6 @@ def _score_forked(
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("fork")  # predict checked it
-    threads = max(1, torch.get_num_threads() // len(blocks))
     workers, parts = [], [None] * len(blocks)
     try:
         for bounds in blocks:
@@ -276,7 +276,7 @@ def _score_forked(
             worker = ctx.Process(
                 target=_score_block,
                 args=(send, model, store, bounds, batch_size, device, precision),
-                kwargs={"threads": threads, "parent": os.getpid(), "ends": ends},
+                kwargs={"parent": os.getpid(), "ends": ends},
                 daemon=True,
             )
             worker.start()
