@@ -15,6 +15,7 @@ import torch
 
 import ramer
 from ramer import infer
+from ramer.api import load_data_for
 from ramer.data import load_dataset
 from ramer.data.synthetic import generate
 from ramer.errors import RamerError
@@ -236,47 +237,52 @@ def test_a_pass_that_stops_gives_the_models_mode_back(run, monkeypatch):
         assert predictor.model.training
 
 
-def test_loads_in_threads_at_once_leave_the_random_state_as_it_was(run, monkeypatch):
-    """Each load builds the model twice (on the meta device to check the file, then for real: its
-    initial weights draw from the global generator), each time saving the random state and putting
-    it back: a load in another thread that saved the state midway put back what the first had
-    drawn. Here the first load waits after its real build until the second has begun its first
-    build (2 s at most: a lock keeps the second out, as it should), and the second waits there until
-    the first has finished."""
-    from ramer import api, models
-
-    builders = {"real": api.build_model, "meta": models.build_model}  # the meta build calls models'
-    first_built, second_started, first_done = threading.Event(), threading.Event(), threading.Event()
-
-    def interleaved(kind):
-        def build(cfg, spec):
-            model = builders[kind](cfg, spec)
-            if threading.current_thread().name == "first" and kind == "real":
-                first_built.set()
-                second_started.wait(2)
-            elif threading.current_thread().name == "second" and not second_started.is_set():
-                second_started.set()
-                first_done.wait(60)
-            return model
-
-        return build
-
-    monkeypatch.setattr(api, "build_model", interleaved("real"))
-    monkeypatch.setattr(models, "build_model", interleaved("meta"))
-
-    def first():
-        ramer.load(run[0])
-        first_done.set()
-
+def test_a_load_never_sets_the_global_random_state(run, monkeypatch):
+    """A load saved the global random state and put it back around each build of the model (whose
+    initial weights draw from it), which undid what another thread drew meanwhile. Now the model is
+    built on the meta device and takes the file's tensors: the state is never set, and is as it was."""
+    sets = []
+    real = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: (sets.append(1), real(state))[1])
     torch.manual_seed(0)
     state = torch.random.get_rng_state()
-    loads = [
-        threading.Thread(target=first, name="first"),
-        threading.Thread(target=ramer.load, args=(run[0],), name="second"),
-    ]
-    loads[0].start()
-    assert first_built.wait(60)
-    loads[1].start()
-    for t in loads:
-        t.join()
-    assert torch.equal(torch.random.get_rng_state(), state), "the global random state changed"
+    predictor = ramer.load(run[0])
+    assert sets == [] and torch.equal(torch.random.get_rng_state(), state)
+    assert all(w.device.type == "cpu" for w in predictor.model.state_dict().values())
+
+
+def test_loads_do_not_rewind_the_random_numbers_another_thread_draws(run):
+    """A thread drawing random numbers while loads run in another one: no draw comes twice (loads
+    that put the state they had found back gave about half of them again)."""
+    draws, stop = [], threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            draws.append(tuple(torch.rand(4).tolist()))
+
+    torch.manual_seed(0)
+    drawer = threading.Thread(target=draw)
+    drawer.start()
+    try:
+        for _ in range(5):
+            ramer.load(run[0])
+    finally:
+        stop.set()
+        drawer.join()
+    assert len(draws) > 100 and len(set(draws)) == len(draws)
+
+
+def test_a_load_makes_float32_weights_whatever_the_default_dtype(run):
+    """``torch.set_default_dtype(torch.float64)`` in the caller built the model in float64: it was then
+    scored as a model cast whole, without the autocast its run was tested with (bf16), and its
+    scores moved from those of ramer predict."""
+    data = load_data_for(ramer.load(run[0]))
+    expected = ramer.load(run[0]).predict(data)
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        predictor = ramer.load(run[0])
+    finally:
+        torch.set_default_dtype(was)
+    assert {w.dtype for w in predictor.model.parameters()} == {torch.float32}
+    np.testing.assert_allclose(predictor.predict(data), expected, atol=1e-6)

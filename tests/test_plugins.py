@@ -14,6 +14,7 @@ from importlib import import_module
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 import ramer
@@ -505,3 +506,44 @@ def test_a_bench_retrains_only_the_model_whose_own_settings_changed(tmp_path, mo
     after = {m: f.stat().st_mtime_ns for m, f in model_files.items()}
     assert after["late_fusion"] == before["late_fusion"] and after["scope_pool"] != before["scope_pool"]
     assert ramer.load(model_files["scope_pool"].parent).model.pool == "max"
+
+
+class HoldsMore(nn.Module):
+    """A plugin's model with tensors its state does not hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.register_buffer("scale", torch.full((2,), 3.0), persistent=False)
+        self.offset = torch.ones(2)  # a tensor attribute
+
+    def loss(self, out, batch):
+        raise NotImplementedError
+
+
+class ReadsValue(nn.Module):
+    """A plugin's model whose builder reads a value of a tensor it makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, int(torch.tensor(3).item()))
+
+    def loss(self, out, batch):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("model", [HoldsMore, ReadsValue])
+def test_a_plugin_model_that_needs_real_values_loads_with_them(model, registry):
+    """``ramer.load`` builds a model on the meta device and gives it the file's tensors; a model
+    with a tensor no state holds (a non-persistent buffer, a tensor attribute), or whose builder reads
+    a value (none on the meta device), is built for real and then given the file's weights."""
+    from ramer import api
+
+    register_model("zz_real", lambda cfg, spec: model())
+    cfg = build_config(None, TINY)
+    set_model(cfg, "zz_real")
+    state = {k: torch.randn_like(v) for k, v in model().state_dict().items()}
+    loaded = api._built(cfg, SPEC, state, "model.safetensors", None)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    if model is HoldsMore:
+        assert torch.equal(loaded.scale, torch.full((2,), 3.0)) and torch.equal(loaded.offset, torch.ones(2))

@@ -31,12 +31,12 @@ from ramer.infer import (
 )
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
-from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model
+from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
 from ramer.paths import argument
 
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
 
-_BUILDING = threading.RLock()  # one build at a time (meta or real): each load puts back the random state it found
+_BUILDING = threading.Lock()  # one real build at a time (``_built``'s second way): each puts back the random state
 
 
 class RunNotFinished(UserWarning):
@@ -251,9 +251,9 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
 
     A run that has not finished (no ``test_metrics.json`` beside its training state: still being
     trained, or stopped) gives its best model so far, with a ``RunNotFinished`` warning (a
-    ``UserWarning``) saying so. Loading
-    leaves the global random state as it was (building the model draws its initial weights), loads
-    in several threads at once too."""
+    ``UserWarning``) saying so. Loading draws nothing from the global random generator, which
+    another thread may be drawing from (``_built``), and the weights are float32, as trained,
+    whatever torch's default dtype."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise RamerError(
             f"ramer.load takes the path of a run folder or its model.safetensors (a str or Path), "
@@ -268,8 +268,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     if not path.exists():
         raise RamerError(f"{path}: run folder not found (a run folder, or its model.safetensors)")
     model_file = _model_file(path)
-    with _BUILDING:  # its check builds the model on the meta device, in a fork_rng of its own
-        state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
+    state, cfg, spec, threshold, epoch = ckpt.read_model_file(model_file)
     written = ckpt.read_written_by(model_file)
     if device is not None:
         cfg.train.device = device
@@ -282,17 +281,10 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
             raise RamerError(f"{model_file}: {e}") from None
     else:
         try:
-            # the initial weights, replaced below, draw from the global generator; fork_rng puts its
-            # state back, and the lock keeps a load in another thread from saving it midway (and
-            # putting back what this one drew)
-            with _BUILDING, torch.random.fork_rng(devices=[]):
-                model = build_model(cfg, spec)
+            model = _built(cfg, spec, state, str(model_file), written.get("ramer_version"))
         except UnknownModel as e:  # a model of another package, not (or no longer) installed here
             hint = "registered in Python? register it in this process first, or install it: docs/ARCHITECTURE.md"
             raise RamerError(f"{model_file}: {e} ({hint})") from None
-        except RamerError as e:
-            raise RamerError(f"{model_file}: {e}") from None
-        ckpt.load_state_into(model, state, str(model_file), written.get("ramer_version"))
     asked = "the device asked for (device=, or --device)" if device is not None else "the run's train.device"
     dev = resolve_device(cfg.train.device, "load it with device='cpu' (ramer eval / predict --device cpu)", asked)
     if precision != "fp32" and cfg.model.name in CLASSICAL:
@@ -309,6 +301,46 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
             stacklevel=2,
         )
     return Predictor(model, cfg, spec, _decision(threshold), dev, epoch, fingerprints, written)
+
+
+def _built(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor], source: str, written: str | None) -> nn.Module:
+    """The deep model of ``cfg`` holding the weights ``state`` (float32, as ramer trains them).
+
+    Built on the meta device (``meta_model``: no initial weights drawn), then given the tensors of
+    ``state`` themselves (``load_state_dict(assign=True)``). Nothing is drawn from the global random
+    generator, so nothing needs putting back: saving it and putting it back undid what another
+    thread drew meanwhile (its random numbers came again). A model holding a tensor that no state
+    holds (a non-persistent buffer, a tensor attribute, a lazy module), or one that does not build on
+    the meta device (a builder that reads a value): a plugin's, is built for real instead, its initial
+    weights drawn in a ``fork_rng`` (one such build at a time), then given ``state``'s values. A
+    RamerError names ``source`` where the weights do not fit."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model = meta_model(cfg, spec)
+    except UnknownModel:
+        raise
+    except Exception:  # a builder that needs real values (a plugin's reads one): built for real below
+        model = None
+    if model is None or not _all_in_state(model):
+        try:
+            with _BUILDING, torch.random.fork_rng(devices=[]):
+                model = build_model(cfg, spec)
+        except RamerError as e:
+            raise RamerError(f"{source}: {e}") from None
+        ckpt.load_state_into(model, state, source, written)
+        return model.float()
+    ckpt.load_state_into(model, state, source, written, assign=True)
+    return model
+
+
+def _all_in_state(model: nn.Module) -> bool:
+    """Every tensor of ``model`` is one of its state's, none of which is lazy (``_built``)."""
+    own = model.state_dict(keep_vars=True)
+    held = {id(t) for t in own.values()}
+    tensors = [t for m in model.modules() for t in (*vars(m).values(), *m._parameters.values(), *m._buffers.values())]
+    return all(id(t) in held for t in tensors if isinstance(t, torch.Tensor)) and not any(
+        nn.parameter.is_lazy(t) for t in own.values()
+    )
 
 
 def _model_file(path: Path) -> Path:

@@ -382,14 +382,17 @@ def not_fitting(source, problems: list[str], written: str | None = None, model: 
     )
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, written: str | None = None) -> None:
+def load_state_into(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, written: str | None = None, assign: bool = False
+) -> None:
     """Load ``state`` into ``model``; weights that do not fit (``fit_problems``: torch would cast an
     int8 or boolean tensor into a weight silently) are a RamerError naming ``source`` (and ``written``,
-    the ramer version that wrote it, where known)."""
+    the ramer version that wrote it, where known). ``assign``: the model takes the tensors of
+    ``state`` themselves (``load_state_dict(assign=True)``: a model on the meta device)."""
     problems = fit_problems(model.state_dict(), state)
     try:
         if not problems:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
         problems = [first_line(e)]
     if problems:

@@ -288,9 +288,11 @@ def build_model(cfg: Config, spec: DataSpec) -> nn.Module:
 
 def meta_model(cfg: Config, spec: DataSpec) -> nn.Module:
     """``build_model`` on PyTorch's meta device: the model's structure (names, shapes, parts) without
-    memory for its weights, and the global random state left as it was. A meta tensor holds no values,
-    so the initialisation of the weights is skipped (``SkipInit``)."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"), SkipInit():
+    memory for its weights. A meta tensor holds no values, so the initialisation of the weights is
+    skipped (``SkipInit``), and nothing is drawn from the global random generator (unless a builder
+    draws on the CPU on purpose: none of ramer's models does). The state is not saved and put back,
+    which would undo what another thread drew meanwhile."""
+    with torch.device("meta"), SkipInit():
         return build_model(cfg, spec)
 
 
