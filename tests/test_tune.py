@@ -771,3 +771,23 @@ def test_a_study_takes_its_data_under_another_spelling_of_the_path(tmp_path, mon
         err = capsys.readouterr().err
         assert f"scored on other data than {spelling} holds now (split train, valid, test differs" in err, err
     assert states(study_trials(tmp_path / "study", "late_fusion")) == ["complete"] * 3
+
+
+def test_a_study_in_another_storage_is_refused_a_folder_that_holds_another_studys_trials(tmp_path, capsys):
+    """``--storage`` of another database on a folder that holds a study's trials: the new study's
+    trial 0 removed the folder's trial-0000 and wrote over its best.yaml and tune.json, without a
+    word. The folder's tune.json records which study it holds; another is refused, nothing changed;
+    the folder's own study, named in --storage, is the same study."""
+    from ramer.cli import main
+
+    out = tmp_path / "t"
+    argv = ["tune", "--model", "late_fusion", "--trials", "1", "--out", str(out), *SETS]
+    assert main(argv) == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"}
+    capsys.readouterr()
+    assert main([*argv, "--storage", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds the trials of another study than the one sqlite:///" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"} == files
+    assert main([*argv[:4], "2", *argv[5:], "--storage", f"sqlite:///{out / 'study.db'}"]) == 0
+    assert states(study_trials(out, "late_fusion")) == ["complete", "complete"]

@@ -48,6 +48,7 @@ import socket
 import sqlite3
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,20 @@ def check_folder_model(out: Path, model: str, studies: list[str]) -> None:
         )
 
 
+def check_folder_study(out: Path, study_id: str, url: str) -> None:
+    """One folder holds the trials of one study: a study in another storage (``--storage``) that
+    searched there would remove the trial folders of the same numbers as its own and write over
+    ``best.yaml`` and ``tune.json``. The folder's study is the ``study_id`` its ``tune.json``
+    records (a folder written before ramer recorded it: not checked)."""
+    summary = read_json(out / "tune.json") if (out / "tune.json").is_file() else None
+    held = summary.get("study_id") if isinstance(summary, dict) else None
+    if isinstance(held, str) and held != study_id:
+        raise RamerError(
+            f"{out} holds the trials of another study than the one {url} holds; searching there would remove its "
+            f"trial folders and write over its best.yaml: use another --out, or the storage it was made with"
+        )
+
+
 def open_study(
     optuna,
     out: Path,
@@ -219,6 +234,10 @@ def _open_study(
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP),
         )
     check_stored_study(study, url)
+    if (study_id := study.user_attrs.get("study_id")) is None:  # a new study, or one made before the key
+        study_id = uuid.uuid4().hex
+        study.set_user_attr("study_id", study_id)
+    check_folder_study(out, study_id, url)
     stored = study.user_attrs.get("config")
     mine = base.model_dump(mode="json")
     made_with = study.user_attrs.get("trial_seeds", 1 if stored is not None else None)  # 1: made before the key
@@ -374,6 +393,8 @@ def _study_problem(attrs: dict, trials) -> str | None:
         return f"its 'searched' {attrs['searched']!r:.40} is not a list of keys"
     if "ramer_version" in attrs and "ramer_version" not in ckpt.written_by(attrs):
         return f"its 'ramer_version' {attrs['ramer_version']!r:.40} is not a version"
+    if "study_id" in attrs and not (isinstance(attrs["study_id"], str) and attrs["study_id"]):
+        return f"its 'study_id' {attrs['study_id']!r:.40} is not an identifier"
     for t in trials:
         bad = [k for k, ok in TRIAL_ATTRS.items() if k in t.user_attrs and not ok(t.user_attrs[k])]
         if bad:
@@ -915,6 +936,7 @@ def write_outputs(optuna, study, out: Path, base: Config, budget: int, task: str
         }
     summary = {
         "model": study.study_name,  # a preset's own name (ramer-no_shuffle), as its folder's study holds it
+        "study_id": study.user_attrs.get("study_id"),  # which study the folder's trials are (check_folder_study)
         "metric": SELECTION[task],
         "budget": budget,
         **n,
