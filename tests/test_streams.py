@@ -648,3 +648,30 @@ def test_on_a_terminal_tty_interactive_0_gives_the_plain_lines(monkeypatch):
     monkeypatch.setenv("TERM", "dumb")
     monkeypatch.delenv("TTY_INTERACTIVE")
     assert not live(PlainConsole(file=Terminal()))  # no bar on a dumb terminal
+
+
+def test_a_ctrl_c_that_came_while_a_finaliser_ran_still_stops_the_command(monkeypatch, capsys):
+    """Ctrl-C while a finaliser runs (a weakref's callback: often during ramer tune's study work) is
+    an exception Python cannot raise: "Exception ignored in", and the command went on to its end,
+    exit 0. It is delivered again, and the command stops: 130."""
+    from ramer import cli
+
+    class Finalised:
+        def __del__(self):
+            raise KeyboardInterrupt  # as a Ctrl-C that arrives while it runs
+
+    went_on = []
+
+    def command(args):
+        Finalised()
+        time.sleep(10)  # what the command does next (the signal delivered again ends it)
+        went_on.append(True)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_eval", command)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal's process
+    try:
+        assert main(["eval", "run"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert went_on == [] and capsys.readouterr().err == "interrupted\n"

@@ -1594,7 +1594,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        with interrupts_kept():
+            return int(args.func(args) or 0)
     except RamerError as e:
         return said(f"error: {e}", 2)
     except InterruptedAfter as e:  # once work that could not stop half-way was done
@@ -1614,6 +1615,45 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # a path the system will not look up, at whichever check first asks about it (Path.exists too)
         return said(f"error: {e.filename}: a name in the path is longer than the file system allows", 2)
+
+
+@contextlib.contextmanager
+def interrupts_kept():
+    """Within it, a Ctrl-C (or SIGTERM read as one, ``dist.Terminated``) that Python could not raise,
+    since it came while a finaliser ran (a weakref's callback, a ``__del__``: "Exception ignored in"),
+    is delivered again to the main thread, by the signal it came from, a few hundredths of a second
+    later (from another thread: delivered at once, it came while this hook ran, and was lost again);
+    the command stops, where it went on to its end and exit code 0 (a command that ends first is
+    not sent it). Other exceptions Python cannot raise are reported as before."""
+    import _thread
+    import threading
+
+    before = sys.unraisablehook
+
+    def send(signum: int) -> None:  # a real signal wakes a wait (a sleep), as Ctrl-C does
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(threading.main_thread().ident, signum)
+        else:
+            _thread.interrupt_main(signum)
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return before(unraisable)
+        dist = sys.modules.get("ramer.dist")  # not imported: nothing read SIGTERM as Ctrl-C
+        terminated = dist is not None and isinstance(unraisable.exc_value, dist.Terminated)
+        again = threading.Timer(0.05, send, (signal.SIGTERM if terminated else signal.SIGINT,))
+        again.daemon = True
+        pending.append(again)
+        again.start()
+
+    pending: list[threading.Timer] = []
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = before
+        for again in pending:  # the command has ended: no signal after it (a caller's own code)
+            again.cancel()
 
 
 def said(line: str, code: int) -> int:
