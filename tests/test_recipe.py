@@ -889,6 +889,23 @@ def test_config_files_that_do_not_read_are_one_clear_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bundled_configs_name_is_that_config_whatever_is_in_the_folder(tmp_path, monkeypatch):
+    """A folder or file named as a bundled config in the current folder (a data folder ``mosei``, a
+    dataset ``synthetic``) took the name: ``--config mosei`` was "is a folder, not a config file",
+    and so was plain ``ramer train`` (the default, ``synthetic``); a stray file was read instead of
+    the bundled config. The bundled config is meant; the file there is ``./NAME``."""
+    from ramer.config import CONFIG_DIR, resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "mosei").write_text("train:\n  epochs: 1\n")
+    assert resolve_config(None) == resolve_config("synthetic") == CONFIG_DIR / "synthetic.yaml"
+    assert resolve_config("mosei") == CONFIG_DIR / "mosei.yaml"
+    assert resolve_config("./mosei") == Path("mosei") and resolve_config(str(tmp_path / "mosei")) == tmp_path / "mosei"
+    with pytest.raises(RamerError, match="synthetic: is a folder, not a config file"):
+        resolve_config("./synthetic")
+
+
 class Hostile:
     def __reduce__(self):
         return (os.getcwd, ())

@@ -633,11 +633,16 @@ def kept_from_file(config: str | Path | None, sets: tuple[str, ...]) -> tuple[st
 
 def resolve_config(name: str | None) -> Path:
     """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...); ``None``
-    (no --config) the embedded benchmark's."""
+    (no --config) the embedded benchmark's. A bundled config's name is that config, even where a file
+    or folder of the name is in the current folder (a data folder ``mosei``, a dataset ``synthetic``
+    refused plain ``ramer train``); the file there is ``./NAME``."""
     if name is not None and not name.strip():
         raise RamerError("--config: empty; give a config file or a bundled config's name (or leave --config out)")
     name = name or DEFAULT_CONFIG_NAME
     path = Path(name).expanduser()
+    bare = path.suffix not in (".yaml", ".yml") and not any(sep and sep in name for sep in ("/", os.sep, os.altsep))
+    if bare and (CONFIG_DIR / f"{name}.yaml").is_file():  # a folder or file of that name here is ./NAME
+        return CONFIG_DIR / f"{name}.yaml"
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise RamerError(
