@@ -373,7 +373,9 @@ def test_a_study_stopped_and_continued_draws_what_one_run_straight_through_draws
 
 def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypatch):
     """Ctrl-C in trial 1: it is marked failed, its folder goes, and the same command again tries its
-    values first (trial 2). Once: a retry stopped too is not queued again (trial 4 draws anew)."""
+    values first (trial 2). A retry stopped by Ctrl-C too is queued again (it was once only, so a
+    search stopped twice in one trial never trained that setting; a retry whose process was killed
+    is still tried once only: test_a_retry_whose_process_died_is_not_queued_again)."""
     cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
     out = tmp_path / "t"
     real = Recipe.train_epoch
@@ -399,7 +401,38 @@ def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypa
     trials = study_trials(out, "late_fusion")
     assert states(trials) == ["complete", "fail", "complete", "complete", "fail", "fail", "complete"]
     assert trials[5].params == trials[4].params and trials[5].user_attrs["retry_of"] == 4
-    assert trials[6].params != trials[4].params and "retry_of" not in trials[6].user_attrs
+    assert trials[6].params == trials[4].params and trials[6].user_attrs["retry_of"] == 5
+    assert "the values of trial 5 again" in (out / "trials.csv").read_text()
+
+
+def test_a_retry_whose_process_died_is_not_queued_again_and_a_part_drawn_trial_not_at_all(monkeypatch):
+    """``requeue``: a trial stopped part-way through its draw is not queued (its retry drew the rest
+    anew: a point no straight run tries), nor counted in the sampler's seed; a retry whose process
+    died (``fail_stale``: killed, out of memory?) is not queued again, one stopped by Ctrl-C is."""
+    from ramer import tune as tuning
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("searched", ["train.lr", "train.weight_decay"])
+    fail, waiting = optuna.trial.TrialState.FAIL, (optuna.trial.TrialState.WAITING,)
+    part = study.ask()  # trial 0: drew one of its two values
+    part.suggest_float("train.lr", 1e-4, 1e-2)
+    study.tell(part, state=fail)
+    tuning.requeue(study, study.trials[0], interrupted=True)
+    assert study.get_trials(states=waiting) == []
+    retry = study.ask()  # trial 1: a retry of an earlier trial, with all its values
+    retry.suggest_float("train.lr", 1e-4, 1e-2)
+    retry.suggest_float("train.weight_decay", 1e-4, 1e-1)
+    retry.set_user_attr("retry_of", 0)
+    study.tell(retry, state=fail)
+    tuning.requeue(study, study.trials[1])  # its process died
+    assert study.get_trials(states=waiting) == []
+    tuning.requeue(study, study.trials[1], interrupted=True)
+    queued = study.get_trials(states=waiting)
+    assert [(q.system_attrs["fixed_params"], q.user_attrs) for q in queued] == [(retry.params, {"retry_of": 1})]
+    counted = []
+    monkeypatch.setattr(tuning, "sampler_seed", lambda seed, n: counted.append(n) or 0)
+    tuning.fresh_sampler(optuna, study, 0)
+    assert counted == [1]  # trial 0 (part drawn) and trial 1 (retried) not counted; its retry is
 
 
 def test_a_study_stopped_in_a_trial_draws_what_one_run_straight_through_draws(tmp_path, tiny, monkeypatch):

@@ -23,8 +23,8 @@
   when its process died is marked failed (at once when the process ran on this machine, else after
   the heartbeat grace period), its folder is removed, and it does not count; a trial stopped by
   Ctrl-C is marked failed too. Either way its values are queued (``requeue``): the next trial tries
-  them first. Once: a trial that is itself such a retry is not queued again (a setting that kills
-  its process, e.g. out of memory, is not tried forever).
+  them first. A retry whose process died is not queued again (a setting that kills its process,
+  e.g. out of memory, is not tried for ever); one stopped by Ctrl-C is.
 - Outputs in OUT: ``trial-NNNN/`` (a ``ramer train`` run folder per trial; with ``K`` seeds a
   folder ``trial-NNNN/seed-S`` per seed), ``best.yaml`` (the full config of the best trial: ``ramer
   train --config OUT/best.yaml``), ``trials.csv`` and ``trials.md`` (number, state, value, steps,
@@ -67,7 +67,7 @@ from ramer.config import (
     set_keys,
     with_values,
 )
-from ramer.console import plain_console
+from ramer.console import plain_console, plural
 from ramer.data import DataBundle, load_bundle, read_as_converted
 from ramer.data.store import resolve_task
 from ramer.errors import LossNotFinite, RamerError, first_line, is_finite, is_whole
@@ -415,14 +415,14 @@ def fresh_sampler(optuna, study, seed: int) -> None:
     before every trial, so what trial k draws depends on the study's earlier trials, not on whether
     this process drew them (a sampler kept across trials continues its random stream; one made when
     a stopped study is continued does not). A failed trial (stopped by Ctrl-C, or its process gone)
-    that has a retry (``requeue``), or that was stopped before it drew any value, is not counted:
+    that has a retry (``requeue``), or that was stopped before it drew all its values, is not counted:
     the retry takes its place, and the trials after draw what they would have drawn had it not been
     stopped. One that drew and has no retry (a retry that failed too) is counted, so the next trial
     draws anew rather than the setting that failed twice."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     fail = optuna.trial.TrialState.FAIL
-    n = sum(not (t.state == fail and (t.number in retried or not t.params)) for t in trials)
+    n = sum(not (t.state == fail and (t.number in retried or not drew_all(study, t))) for t in trials)
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, n), n_startup_trials=TPE_STARTUP)
 
 
@@ -517,7 +517,7 @@ def fail_own(optuna, study, before: dict[int, object]) -> None:
         asked = before.get(t.number, states.WAITING) == states.WAITING
         if worker.get("host") == HOST and worker.get("pid") == os.getpid() if worker else asked:
             study.tell(t.number, state=states.FAIL, skip_if_finished=True)
-            requeue(study, study.get_trials(deepcopy=False)[t.number])
+            requeue(study, study.get_trials(deepcopy=False)[t.number], interrupted=True)
 
 
 def interrupted(error: BaseException | None) -> bool:
@@ -543,19 +543,30 @@ def say_stopped(console: Console, numbers: list[int]) -> None:
         )
 
 
-def requeue(study, trial) -> None:
+def drew_all(study, trial) -> bool:
+    """``trial`` drew a value for every key its study searches (``searched``; a study made before it
+    was recorded: any value). One stopped part-way through its draw holds some of them, which a
+    retry would have completed with other draws: a point no straight run tries."""
+    searched = study.user_attrs.get("searched")
+    return bool(trial.params) and (searched is None or set(searched) <= set(trial.params))
+
+
+def requeue(study, trial, interrupted: bool = False) -> None:
     """Queue the values of ``trial``, stopped before it finished (Ctrl-C, or its process gone), so
-    that the study's next trial (in any process) tries them first. Not for a trial that drew no
-    values, that is itself such a retry (once: a setting that kills its process is not tried
-    forever), or whose values are queued already (two processes may both see it stop). A retry
-    stopped before it drew its queued values (between Optuna's ask and the objective) is queued again."""
+    that the study's next trial (in any process) tries them first. Not for a trial that did not draw
+    them all (``drew_all``: the next trial draws them anew, the same), or whose values are queued
+    already (two processes may both see it stop); nor for a retry whose process died (once: a
+    setting that kills its process, out of memory say, is not tried for ever). ``interrupted``: it
+    was stopped in this process, by Ctrl-C or SIGTERM, which says nothing of its values: a retry so
+    stopped is queued again. A retry stopped before it drew its queued values (between Optuna's ask
+    and the objective) is queued again."""
     fixed, retry_of = trial.system_attrs.get("fixed_params"), trial.user_attrs.get("retry_of")
-    if not trial.params and fixed and retry_of is not None:
+    if not drew_all(study, trial) and fixed and retry_of is not None:
         waiting = study.get_trials(deepcopy=False, states=(type(trial.state).WAITING,))
         if not any(t.user_attrs.get("retry_of") == retry_of for t in waiting):
             study.enqueue_trial(fixed, user_attrs={"retry_of": retry_of})
         return
-    if not trial.params or "retry_of" in trial.user_attrs:
+    if not drew_all(study, trial) or ("retry_of" in trial.user_attrs and not interrupted):
         return
     if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
         return
@@ -795,7 +806,7 @@ def tune(
                         break
                     if n["finished"] + n["running"] >= trials:
                         console.print(
-                            f"the rest of the budget is running in other processes ({n['running']} trials)",
+                            f"the rest of the budget is running in other processes ({plural(n['running'], 'trial')})",
                             highlight=False,
                         )
                         break
@@ -812,7 +823,7 @@ def tune(
                         # after it is still running: failed here. Its values go first next time.
                         stopped = [t for t in study.get_trials(deepcopy=False) if t.number == objective.number]
                         if stopped and stopped[0].state == states.FAIL:
-                            requeue(study, stopped[0])
+                            requeue(study, stopped[0], interrupted=True)
                         fail_own(optuna, study, before)
                         raise KeyboardInterrupt from None
         finally:
