@@ -29,11 +29,21 @@ def one_line_error(capsys, argv) -> str:
         (["train", "--resume", ""], "--resume: empty; give the run folder to go on with"),
         (["train", "--nproc", "2", "--data", "", *TINY], "--data: empty; give the data's path"),
         (["demo", "--out", "", *TINY], "--out: empty; give a folder (or leave --out out for runs/demo)"),
+        (["tune", "--model", "late_fusion", "--out", "", *TINY], "--out: empty; give a folder (or leave --out out"),
+        (["tune", "--model", "late_fusion", "--data", "", *TINY], "--data: empty; give the data's path"),
+        (["bench", "--models", "br", "--out", "", *TINY], "--out: empty; give a folder (or leave --out out for runs"),
+        (["bench", "--models", "br", "--data", "", *TINY], "--data: empty; give the data's path"),
+        (["reproduce", "mosei", "--data", "x.pt", "--out", ""], "--out: empty; give a folder (or leave --out out"),
+        (["data", "synth", "--out", ""], "--out: empty; give a folder"),
+        (["data", "convert", "x.pt", "--out", ""], "--out: empty; give a folder"),
+        (["data", "import", "x.csv", "--out", ""], "--out: empty; give a folder"),
     ],
 )
 def test_an_empty_flag_is_refused_not_taken_for_the_flag_left_out(argv, message, tmp_path, capsys, monkeypatch):
     """``--data "$UNSET"`` trained on the embedded benchmark, ``--resume ''`` started a new run and
-    ``demo --out ''`` wrote its runs into the current folder: the empty value read as no flag."""
+    ``demo --out ''`` wrote its runs into the current folder: the empty value read as no flag (tune's,
+    bench's and reproduce's went to their default folder; a data command's wrote into the current
+    folder)."""
     monkeypatch.chdir(tmp_path)
     assert one_line_error(capsys, argv).startswith(f"error: {message}")
     assert list(tmp_path.iterdir()) == []

@@ -824,3 +824,17 @@ def test_a_study_in_another_storage_is_refused_a_folder_that_holds_another_study
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"} == files
     assert main([*argv[:4], "2", *argv[5:], "--storage", f"sqlite:///{out / 'study.db'}"]) == 0
     assert states(study_trials(out, "late_fusion")) == ["complete", "complete"]
+
+
+def test_ctrl_c_before_the_study_is_made_names_no_folder(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the data loaded said "finished trials are kept in OUT" of a folder never made."""
+    from ramer import tune as tuning
+    from ramer.cli import main
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuning, "tune", stopped)
+    out = tmp_path / "t"
+    assert main(["tune", "--model", "late_fusion", "--out", str(out), *SETS]) == 130
+    assert capsys.readouterr().err == "interrupted\n" and not out.exists()

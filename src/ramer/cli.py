@@ -396,17 +396,20 @@ def planned_config(args: argparse.Namespace) -> Config:
 EMPTY_FLAGS = {
     "data": "give the data's path (or leave --data out for the embedded benchmark)",
     "model": "give a model name (or leave --model out for the config's)",
-    "out": "give a folder (or leave --out out for a new folder under runs/)",
     "resume": "give the run folder to go on with",
 }
 
 
-def refuse_empty(args: argparse.Namespace, *names: str) -> None:
+def refuse_empty(args: argparse.Namespace, *names: str, out: str | None = "a new folder under runs/") -> None:
     """A RamerError for the first flag of ``names`` given an empty (or blank) value, which the
-    command would take for the flag left out (``--data "$UNSET"`` trained on the embedded benchmark)."""
+    command would take for the flag left out (``--data "$UNSET"`` trained on the embedded benchmark),
+    or an ``--out`` for the current folder. ``out``: where the command writes without ``--out``
+    (None: it takes none)."""
     for name in names:
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.strip():
+            if name == "out":
+                raise RamerError("--out: empty; give a folder" + (f" (or leave --out out for {out})" if out else ""))
             raise RamerError(f"--{name}: empty; {EMPTY_FLAGS[name]}")
 
 
@@ -864,6 +867,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from ramer.data.store import check_dataset_folder
     from ramer.data.synthetic import generate
 
+    refuse_empty(args, "out", out=None)  # the current folder
     # n_train=1000, or in the form of the other commands: data.synthetic.n_train=1000
     for s in args.set or []:
         key = s.split("=", 1)[0].strip()
@@ -893,6 +897,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from ramer.data.commands import run_convert
 
+    refuse_empty(args, "out", out=None)  # the current folder
     with hold(args.out, "ramer data convert", make=True):
         run_convert(args.path, args.out, fmt=args.format, labels=args.labels, sets=args.set or [])
     return 0
@@ -901,6 +906,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 def cmd_data_import(args: argparse.Namespace) -> int:
     from ramer.data.conversations import import_conversations, note_lines, summary_lines
 
+    refuse_empty(args, "out", out=None)  # the current folder
     if args.labels is not None and ";" in args.labels and "," not in args.labels:  # the labels column's separator
         comma = shlex.quote(args.labels.replace(";", ","))
         raise RamerError(f"--labels is comma-separated (got '{args.labels}'): --labels {comma}")
@@ -944,6 +950,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ramer.reproduce import reproduce
 
+    refuse_empty(args, "out", out=f"runs/reproduce-{args.bench}")
     out = args.out or f"runs/reproduce-{args.bench}"
     try:
         text = reproduce(args.bench, args.data, args.seeds, out, args.set or [], ERR)
@@ -957,6 +964,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ramer.bench import resolve_settings, run_bench
 
+    refuse_empty(args, "data", "out", out="runs/bench, or with --quick runs/bench-quick")
     settings = resolve_settings(
         out=args.out,
         models=args.models,
@@ -993,6 +1001,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ramer.tune import require_optuna, tune, tune_config
 
     require_optuna()  # before the data: a missing extra is the first thing to say
+    refuse_empty(args, "data", "out", out=f"runs/tune-{args.model}")
     overrides = args.set or []
     cfg = tune_config(args.model, resolve_config(args.config), overrides, args.data)
     out = Path(args.out or f"runs/tune-{args.model}")
@@ -1009,6 +1018,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             trial_seeds=args.trial_seeds,
         )
     except KeyboardInterrupt:
+        if not (out / "study.db").exists() and args.storage is None:  # stopped before its study was made
+            raise
         ERR.print(f"interrupted; run the same command again to continue (finished trials are kept in {out})")
         return 130
     best = result.summary["best"]
