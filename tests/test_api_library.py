@@ -213,7 +213,8 @@ def test_predict_names_a_batch_that_is_not_one_collate_builds(run):
     failed inside late fusion (this run's model; a RuntimeError) and RAMer scored it as another
     token (it takes the target's segment modulo S); a missing modality, numpy features, float
     presence masks or another grid failed inside the model (KeyError, TypeError,
-    NotImplementedError, RuntimeError). Each is one RamerError naming the field."""
+    NotImplementedError, RuntimeError); a target moved to another person, its scope left, scored a
+    mix of the two persons. Each is one RamerError naming the field."""
     out, _ = run
     predictor = ramer.load(out)
     batch = load_data_for(predictor).splits["test"].collate(np.arange(3))
@@ -249,6 +250,9 @@ def test_predict_names_a_batch_that_is_not_one_collate_builds(run):
             r"present\['audio'\] is True on a pad",
         ),
         (dict(role=torch.full((3,), 2)), r"role holds values other than -1, 0 and 1"),
+        # the target moved to another person, its scope left: the models pooled over the old one's tokens
+        (dict(target=(batch.target + S) % N), r"scope is not the target person's tokens"),
+        (dict(target=torch.full((3,), -1), scope=torch.zeros_like(batch.scope)), r"a row's scope is empty"),
     ]
     for change, message in cases:
         with pytest.raises(RamerError, match=rf"^batch: {message}"):

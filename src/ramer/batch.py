@@ -118,6 +118,15 @@ class Batch:
         for name, mask in (*((f"present['{m}']", self.present[m]) for m in MODALITIES), ("scope", self.scope)):
             if bool((mask & ~self.valid).any()):
                 fail(f"{name} is True on a padded token (valid False there)")
+        # the models pool over scope: one left as it was when the target was moved scored a mix of persons
+        implied = self.valid & (self.person == (self.target // S).unsqueeze(1))
+        if bool(((self.target >= 0).unsqueeze(1) & (implied != self.scope)).any()):
+            fail(
+                "scope is not the target person's tokens (valid & person == target // S) in a row whose target is "
+                "a token; set target and scope together, or collate the scene again"
+            )
+        if B and not bool(self.scope.any(1).all()):
+            fail("a row's scope is empty (no token for the models to pool over)")
         tensor("role", self.role, (B,), "int")
         if self.role.numel() and not bool(((self.role >= -1) & (self.role <= 1)).all()):
             fail("role holds values other than -1, 0 and 1 (no role, non-speaker, speaker)")
