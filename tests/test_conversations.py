@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +320,43 @@ def test_seeded_split_does_not_depend_on_the_order_of_the_rows(tmp_path, fake_te
         meta = import_conversations(write_table(tmp_path / f"{name}.csv", order), tmp_path / name, seed=3)
         split[name] = {it["name"]: it["split"] for it in meta["info"]["conversations"]["items"]}
     assert split["forward"] == split["reversed"]
+
+
+def test_a_conversation_name_in_two_unicode_forms_is_one_conversation(tmp_path, fake_text):
+    """``Café`` with a composed and a combining accent in alternate rows was two conversations, each
+    with every other utterance, which the seeded split could put in train and test."""
+    rows = base_rows()
+    for i, r in enumerate(rows[:4]):
+        r["conversation"] = unicodedata.normalize("NFD" if i % 2 else "NFC", "Caf\u00e9")
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    items = meta["info"]["conversations"]["items"]
+    assert [(it["name"], it["index"]) for it in items if it["name"].startswith("Caf")] == [("Caf\u00e9", [0, 1, 2, 3])]
+
+
+def test_single_label_rows_and_a_few_without_a_label_and_missing_value_words_are_noted(tmp_path, fake_text):
+    """A single-label table with one empty labels cell imported as multi-label without a word of why;
+    ``nan`` in a speaker or text cell (a pandas column cast to text) was a person or words said."""
+    rows = base_rows()
+    for r in rows:
+        r["labels"] = r["labels"].split(";")[0]
+    rows[3]["labels"] = ""
+    rows[5]["speaker"], rows[6]["text"] = "nan", "NaN"
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    notes = meta["info"]["conversations"]["notes"]
+    assert meta["task"] == "multi_label"
+    assert (
+        "task: multi_label, as 1 sample of 11 has no label (the first: row 5) and every other exactly one; for "
+        "single-label training, give those rows their label or leave them out (--task single_label refuses them)"
+    ) in notes
+    for column, row, what in (("speaker", 7, "a person of that name"), ("text", 8, "the words said")):
+        assert (
+            f"column '{column}' holds a word that R, pandas or a spreadsheet writes for an empty cell (na, n/a, nan, "
+            f"null) on 1 row (the first: row {row}), read as {what}: if they stand for a missing value, write those "
+            "cells empty"
+        ) in notes
+    rows[3]["labels"], rows[5]["speaker"], rows[6]["text"] = "joy", "dan", "hi"
+    notes = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")["info"]["conversations"]
+    assert not [n for n in notes["notes"] if "no label" in n or "empty cell" in n]
 
 
 def test_a_label_that_is_a_missing_value_word_is_noted(tmp_path, fake_text, capsys):
@@ -739,6 +777,39 @@ BAD_TABLES = [
         r"talk.csv: row 3: label 'cafe\u0301' and label 'caf\u00e9' of row 2 are one name in two Unicode forms",
     ),
     (
+        "labels differing in spacing",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,no emotion\nc1,1,bob,ho,no  emotion\n" + TAIL,
+        r"talk.csv: row 3: label 'no  emotion' and label 'no emotion' of row 2 differ only in spacing, character "
+        r"width or invisible characters",
+    ),
+    (
+        "labels written as a 0/1 vector",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,0;1;0;0\n" + TAIL,
+        r"talk.csv: row 2: column 'labels' holds '0;1;0;0': give names, not a 0/1 vector",
+    ),
+    (
+        "persons differing in case",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy\nc1,1,Ann,ho,joy\n" + TAIL,
+        r"talk.csv: row 3: person 'Ann' and person 'ann' of row 2 differ only in case; they would be two persons",
+    ),
+    (
+        "persons differing by an invisible character",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy\nc1,1,ann\u200b,ho,joy\n" + TAIL,
+        r"talk.csv: row 3: person 'ann\\u200b' and person 'ann' of row 2 differ only in spacing, character width",
+    ),
+    (
+        "present names joined by a comma",
+        "talk.csv",
+        "conversation,index,speaker,text,present,labels\n"
+        + 'c1,0,ann,hi,bob,joy\nc1,1,bob,ho,"ann, cat",joy\nc1,2,cat,x,,joy\nc2,0,a,x,,joy\nc3,0,a,y,,anger\n',
+        r"talk.csv: row 3: 'present' name 'ann, cat' joins the persons 'ann', 'cat'; persons in 'present' are "
+        r"separated by ';' \('ann;cat'\)",
+    ),
+    (
         "labels joined by '|'",
         "talk.csv",
         HEAD + "c1,0,ann,hi,joy|anger\n" + TAIL,
@@ -904,7 +975,7 @@ def test_label_spelled_otherwise_than_in_labels_says_so(tmp_path, fake_text):
     path = tmp_path / "talk.csv"
     path.write_text(HEAD + "c1,0,ann,hi,Joy\n" + TAIL)
     with pytest.raises(
-        RamerError, match=r"row 2: unknown label 'Joy' \(labels: joy, anger\); 'joy' differs only in case"
+        RamerError, match=r"row 2: unknown label 'Joy' \(labels: joy, anger\); it and 'joy' differ only in case"
     ):
         import_conversations(path, tmp_path / "ds", labels=["joy", "anger"])
 

@@ -147,9 +147,9 @@ def _text(value: Any, path: Path, row: int, column: str, expected: str = "text")
 
 def _name(value: Any, path: Path, row: int, column: str) -> str:
     """An id (conversation, person): text or a JSON integer; a JSON number with a fraction part is
-    refused, as ``1.0`` and ``1`` would be two names. A person's name is read in Unicode's composed
-    form (NFC): ``José`` typed with a combining accent in one file and without in another is one
-    person."""
+    refused, as ``1.0`` and ``1`` would be two names. A name is read in Unicode's composed form
+    (NFC): ``José`` typed with a combining accent in one row and without in another is one person,
+    and ``Café`` one conversation (two, its halves went to splits of their own)."""
     if isinstance(value, float) and math.isfinite(value):
         raise RamerError(
             f"{_where(path, row)}: column '{column}' holds the number {value!r}; give a name as text or an integer "
@@ -157,7 +157,7 @@ def _name(value: Any, path: Path, row: int, column: str) -> str:
         )
     text = _text(value, path, row, column)
     _printable(text, path, row, column)
-    return unicodedata.normalize("NFC", text) if column in ("speaker", "present") else text
+    return unicodedata.normalize("NFC", text) if column in ("speaker", "present", "conversation") else text
 
 
 def _printable(name: str, path: Path, row: int, column: str) -> None:
@@ -220,6 +220,11 @@ def _names(value: Any, path: Path, row: int, column: str) -> tuple[str, ...]:
         cell = _text(value, path, row, column)
         _python_list(cell, path, row, column)
         items = cell.split(";")
+        if column == "labels" and len(items) > 2 and all(i.strip() in ("0", "1") for i in items):
+            raise RamerError(
+                f"{_where(path, row)}: column 'labels' holds {_short(cell)}: give names, not a 0/1 vector "
+                "(e.g. 'joy;anger'; they would be two labels, '0' and '1')"
+            )
     out: list[str] = []
     for item in items:
         item = item.strip()
@@ -736,8 +741,8 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
             for n in u.labels:
                 if n not in names:
                     _joined_labels(n, names, u.row, path)
-                    like = [m for m in names if _label_key(m) == _label_key(n)]
-                    hint = f"; {like[0]!r} differs only in case or Unicode form" if like else ""
+                    like = [m for m in names if _name_key(m) == _name_key(n)]
+                    hint = f"; it and {like[0]!r} {_how_differ(n, like[0])}" if like else ""
                     raise RamerError(
                         f"{_where(path, u.row)}: unknown label {_short(n)} (labels: {', '.join(names)}){hint}"
                     )
@@ -753,27 +758,59 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
             f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c, or, for an "
             "unlabelled file to predict on (all in test), leave the 'labels' column out and give --labels"
         )
-    first: dict[str, tuple[str, int]] = {}  # by _label_key: the first spelling and its row
+    first: dict[str, tuple[str, int]] = {}  # by _name_key: the first spelling and its row
     for u in utterances:
         for n in u.labels:
             _joined_labels(n, names, u.row, path)
-            m, row = first.setdefault(_label_key(n), (n, u.row))
+            m, row = first.setdefault(_name_key(n), (n, u.row))
             if m != n:
-                how = (
-                    f"are one name in two Unicode forms ({ascii(n)}, {ascii(m)})"
-                    if unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", m)
-                    else "differ only in case"
-                )
                 raise RamerError(
-                    f"{_where(path, u.row)}: label {n!r} and label {m!r} of row {row} {how}; they would be two "
-                    "labels: write each emotion one way"
+                    f"{_where(path, u.row)}: label {n!r} and label {m!r} of row {row} {_how_differ(n, m)}; they "
+                    "would be two labels: write each emotion one way"
                 )
     return names
 
 
-def _label_key(name: str) -> str:
-    """What two spellings of one label name share: ``Joy`` and ``joy``, ``é`` composed or not."""
-    return unicodedata.normalize("NFC", name).casefold()
+def _name_key(name: str) -> str:
+    """What two spellings of one name (a label, a person) share: ``Joy`` and ``joy``, ``é`` composed or
+    not, a full-width ``Ａ`` and ``A``, ``no  emotion`` and ``no emotion``, a zero-width space or not."""
+    name = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf")
+    return " ".join(name.split()).casefold()
+
+
+def _how_differ(n: str, m: str) -> str:
+    """How two spellings of one name (``_name_key``) differ, for the error that names them."""
+    if unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", m):
+        return f"are one name in two Unicode forms ({ascii(n)}, {ascii(m)})"
+    if unicodedata.normalize("NFC", n).casefold() == unicodedata.normalize("NFC", m).casefold():
+        return "differ only in case"
+    return "differ only in spacing, character width or invisible characters"
+
+
+def check_person_names(utterances: list[Utterance], path: Path) -> None:
+    """One person is written one way: two spellings of a name (``_name_key``: ``Ana`` and ``ana``,
+    ``Ana`` with a zero-width space) would be two persons, rows of their own in every scene, with no
+    word; and a ``present`` name that joins persons of the table with a separator (``Ben, Chloe``)
+    would be a person of its own."""
+    first: dict[str, tuple[str, int]] = {}  # by _name_key: the first spelling and its row
+    for u in utterances:
+        for n in (u.speaker, *u.present):
+            m, row = first.setdefault(_name_key(n), (n, u.row))
+            if m != n:
+                raise RamerError(
+                    f"{_where(path, u.row)}: person {n!r} and person {m!r} of row {row} {_how_differ(n, m)}; they "
+                    "would be two persons: write each person one way"
+                )
+    persons = {n for u in utterances for n in (u.speaker, *u.present)}
+    for u in utterances:
+        for n in u.present:
+            parts = [q for q in _SEPARATORS.split(n) if q]
+            if len(parts) > 1 and all(q in persons for q in parts):
+                raise RamerError(
+                    f"{_where(path, u.row)}: 'present' name {n!r} joins the persons "
+                    f"{', '.join(repr(q) for q in parts)}; persons in 'present' are separated by ';' "
+                    f"('{';'.join(parts)}')"
+                )
 
 
 def _joined_labels(name: str, names: tuple[str, ...], row: int, path: Path) -> None:
@@ -813,6 +850,45 @@ def import_task(utterances: list[Utterance], labelled: bool, requested: str, pat
             f"(the first: row {first.row}, labels '{';'.join(first.labels)}')"
         )
     return "multi_label"
+
+
+def unlabelled_rows_task_note(utterances: list[Utterance], task: str) -> str | None:
+    """A note where ``--task auto`` chose multi-label only because some samples have no label, every
+    other one having exactly one: a single-label corpus with a few empty cells trains with a sigmoid
+    per label and a threshold, not softmax and the arg-max, with no word of why."""
+    samples = [u for u in utterances if u.target]
+    empty = [u for u in samples if not u.labels]
+    if task != "multi_label" or not empty or any(len(u.labels) > 1 for u in samples):
+        return None
+    return (
+        f"task: multi_label, as {plural(len(empty), 'sample')} of {len(samples)} "
+        f"{'has' if len(empty) == 1 else 'have'} no label (the first: row {empty[0].row}) and every other exactly "
+        "one; for single-label training, give those rows their label or leave them out (--task single_label "
+        "refuses them)"
+    )
+
+
+def missing_value_names_notes(utterances: list[Utterance]) -> list[str]:
+    """A note per column (speaker, present, text) that holds a missing-value word (``nan`` of a pandas
+    column cast to text, ``NA`` of R) on some rows: read as a person named so, or words said."""
+    notes = []
+    for column in ("speaker", "present", "text"):
+        rows = [
+            u.row
+            for u in utterances
+            if any(
+                v.casefold() in MISSING_VALUE_WORDS
+                for v in {"speaker": (u.speaker,), "present": u.present, "text": (u.text.strip(),)}[column]
+            )
+        ]
+        if rows:
+            what = "a person of that name" if column != "text" else "the words said"
+            notes.append(
+                f"column '{column}' holds a word that R, pandas or a spreadsheet writes for an empty cell "
+                f"(na, n/a, nan, null) on {plural(len(rows), 'row')} (the first: row {rows[0]}), read as {what}: "
+                "if they stand for a missing value, write those cells empty"
+            )
+    return notes
 
 
 def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, seed: int, path: Path) -> dict:
@@ -1481,9 +1557,11 @@ def import_conversations(
             f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
             "give; use it on a file without a 'labels' column (for prediction)"
         )
+    check_person_names(utterances, path)
     convs = group_conversations(utterances, path, columns)
     names = label_names(utterances, columns, labels, path)
     labelled = "labels" in columns
+    asked = task
     task = import_task(utterances, labelled, task, path)
     split_info = assign_splits(convs, columns, labelled, seed, path)
     check_sample_ids(convs, targets == "all", path)
@@ -1502,6 +1580,9 @@ def import_conversations(
         report.notes.append(note)
     if labels is None and (note := missing_value_labels_note(convs, names)):
         report.notes.append(note)
+    if asked == "auto" and (note := unlabelled_rows_task_note(utterances, task)):
+        report.notes.append(note)
+    report.notes.extend(missing_value_names_notes(utterances))
     if labels is None:
         report.notes.extend(typo_labels_notes(utterances, names))
     out.mkdir(parents=True, exist_ok=True)
