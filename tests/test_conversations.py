@@ -1779,3 +1779,13 @@ def test_the_speaker_listed_in_present_is_not_one_of_the_others(tmp_path):
     rows[0]["present"] = "ann;bob;cat"  # ann speaks row 0
     utterances, _ = read_table(write_table(tmp_path / "talk.csv", rows))
     assert utterances[0].speaker == "ann" and utterances[0].present == ("bob", "cat")
+
+
+def test_a_well_quoted_cell_whose_lines_read_as_rows_is_text(tmp_path, fake_text):
+    """A text of several lines, one of which reads as a row of the table (``team A,1,2,3,win``), well
+    quoted (as csv.writer writes it): it was refused as an unclosed quote, with no way to import it."""
+    rows = base_rows()
+    rows[2]["text"] = "The final scores were:\nteam A,1,2,3,win\nOK?"
+    path = write_table(tmp_path / "talk.csv", rows, columns=["conversation", "index", "speaker", "text", "labels"])
+    import_conversations(path, tmp_path / "ds")
+    assert [u.text for u in read_table(path)[0]][2] == rows[2]["text"]

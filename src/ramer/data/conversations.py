@@ -399,9 +399,11 @@ def _cell_name(header: list[str], j: int) -> str:
 
 def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: int, path: Path, delimiter: str) -> None:
     """A quote that is never closed makes the csv reader take every line after it into one cell,
-    without an error: a RamerError when that cell runs to the end of the file, or when a line it
+    without an error: a RamerError when that cell runs to the end of the file, or when its quoting is
+    not well formed (text after a closing quote: it closed on a quote of a later row) and a line it
     holds reads on its own as a whole row (``_reads_as_row``: the header's width, a conversation and
-    a whole-number index; a cell with real line breaks, commas and all, stays valid)."""
+    a whole-number index). A well-formed quoted cell with real line breaks is valid whatever its
+    lines hold (a table of scores in a text: it was refused as an unclosed quote)."""
     if not any('"' in line for line in lines):
         return
     try:
@@ -416,6 +418,8 @@ def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: in
                 f"runs to the end of the file (row {row + len(lines) - 1}); an unclosed quote? (a quote inside a "
                 'quoted cell is written twice: "")'
             ) from None
+    else:  # each quote closes where its cell ends: a cell of real line breaks, whatever its lines read as
+        return
     opened = row
     for j, cell in enumerate(cells):
         breaks = len(_LINE_BREAK.findall(cell))
