@@ -289,6 +289,25 @@ def test_the_curves_of_a_resumed_run_hold_each_step_once(tmp_path, bundle, monke
     assert [e.step for e in events.Scalars("test/overall/micro_f1")] == [lines[-1]["step"]] == [15]
 
 
+def test_curves_switched_on_at_a_resume_hold_the_epochs_before_it(tmp_path, bundle, monkeypatch):
+    """``train.tensorboard`` may be switched on in the config.yaml of a run resumed: its curves held
+    only the epochs trained after the resume. The epochs of metrics.jsonl come first now."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    real_save = die_before_saving_state(monkeypatch, 2)
+    with pytest.raises(Stop):
+        Recipe(tiny_cfg(), out, bundle=bundle).run()
+    monkeypatch.setattr(ckpt, "save_train_state", real_save)
+    Recipe(tiny_cfg(extra=["train.tensorboard=true"]), out, resume=True, bundle=bundle).run()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    lines = epoch_lines(out)
+    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert points == [(d["step"], pytest.approx(d["train"]["loss"], rel=1e-6)) for d in lines] and len(lines) == 3
+
+
 # ---------------------------------------------------------------------- process group
 
 

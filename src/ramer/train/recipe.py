@@ -62,7 +62,7 @@ from ramer.console import LOG_EVERY, live, plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import FileUnreadable, LossNotFinite, RamerError, ScoresNotFinite, first_line, unreadable
+from ramer.errors import FileUnreadable, LossNotFinite, RamerError, ScoresNotFinite, first_line, is_number, unreadable
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
@@ -91,6 +91,7 @@ from ramer.train.inputs import (
     weights_not_finite,
 )
 from ramer.train.optim import build_optimizer
+from ramer.train.tensorboard import FOLDER as CURVES_FOLDER
 from ramer.train.tensorboard import CurveWriter, require_tensorboard
 
 # DDP must not overwrite the buffers (queue, prototypes) with rank 0's at every forward: the model
@@ -678,7 +679,12 @@ class Recipe(RunSteps):
         self.data_notes(self.model)  # once the run folder is there: said of a run, not before an error
         if cfg.train.tensorboard and is_main():
             resumed_from = self.epochs_run * self.steps_per_epoch + 1 if self.resume else None
+            # switched on at this resume (its config.yaml edited): no events yet of the epochs logged
+            earlier = self.resume and not any((self.out / CURVES_FOLDER).glob("events.out.tfevents.*"))
             self.curves = CurveWriter(self.out, resume_step=resumed_from)
+            for _, line in read_log(self.out / "metrics.jsonl") if earlier else []:
+                if "epoch" in line and is_number(line.get("step")):
+                    self.curves.write(line, int(line["step"]))
 
     def check_segments(self) -> None:
         """Every split's longest scene fits the model's segment-position tables (``model.max_segments``),
