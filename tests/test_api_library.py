@@ -259,3 +259,22 @@ def test_predict_names_a_batch_that_is_not_one_collate_builds(run):
             predictor.predict(replace(batch, **change))
     with pytest.raises(RamerError, match=r"^batch_size=1 cuts a SceneStore or DataBundle into batches"):
         predictor.predict(batch, batch_size=1)
+
+
+def test_scores_made_nan_by_huge_finite_features_name_the_features(run):
+    """Finite features of 1e30 make a float32 model's arithmetic overflow: the error blamed the
+    model ("did the model diverge?"), for a batch and for a store alike; it names the features."""
+    import dataclasses
+
+    out, _ = run
+    predictor = ramer.load(out)
+    test = load_data_for(predictor).splits["test"]
+    batch = test.collate(np.arange(3))
+    text = torch.full_like(batch.features["text"], 1e30)
+    huge = dataclasses.replace(batch, features={**batch.features, "text": text})
+    said = r"scores are NaN or infinite: the model's arithmetic overflowed on features whose largest magnitudes are "
+    said += r"text 1e\+30"
+    with pytest.raises(RamerError, match=rf"^batch: {said}"):
+        predictor.predict(huge)
+    with pytest.raises(RamerError, match=rf": {said}"):
+        predictor.predict(dataclasses.replace(test, text=np.full_like(test.text, 1e30)))

@@ -19,6 +19,7 @@ from ramer.batch import Batch
 from ramer.config import Config
 from ramer.console import names_line
 from ramer.data import DataBundle, SceneStore, load_bundle
+from ramer.data.store import largest_store_features
 from ramer.errors import RamerError, ScoresNotFinite, first_of
 from ramer.infer import (
     autocast,
@@ -33,6 +34,7 @@ from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
 from ramer.paths import argument
+from ramer.train.inputs import OVERFLOW, largest_features
 
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
 
@@ -180,14 +182,19 @@ class Predictor:
             try:  # the inputs are finite: NaN scores are the model's (as ``infer.predict`` says)
                 finite_scores(scores)
             except ScoresNotFinite as e:
-                raise ScoresNotFinite(f"model {type(self.model).__name__}: {e}") from None
+                raise _overflowed(largest_features(data), "batch") or ScoresNotFinite(
+                    f"model {type(self.model).__name__}: {e}"
+                ) from None
             return scores
         self.check_data(data.label_names, data.dims, data.source)
         try:
             batch_size = self.cfg.train.eval_batch_size if batch_size is None else int(batch_size)
             return predict_store(self.model, data, batch_size, self.device, self.precision, workers=workers).scores
-        except RamerError:  # NaN scores: the data's fault? (scanned only now: a good store is read once)
+        except RamerError as e:  # NaN scores: the data's fault? (scanned only now: a good store is read once)
             data.check(where)  # names the data and the array when it is
+            if isinstance(e, ScoresNotFinite):
+                if (said := _overflowed(largest_store_features(data), where or data.source)) is not None:
+                    raise said from None
             raise
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
@@ -215,6 +222,18 @@ class Predictor:
                 f"{float(probs[outside][0]):.4g}); decide takes probabilities as predict returns them, not logits"
             )
         return decide(probs, self.threshold)
+
+
+def _overflowed(largest: dict[str, float], where: str) -> ScoresNotFinite | None:
+    """Where scores came out NaN from finite features that reach ``OVERFLOW``: the error that names
+    them, not the model (a float32 model overflows on them, trained or not)."""
+    if max(largest.values(), default=0.0) < OVERFLOW:
+        return None
+    sizes = ", ".join(f"{name} {v:.3g}" for name, v in largest.items())
+    return ScoresNotFinite(
+        f"{where}: scores are NaN or infinite: the model's arithmetic overflowed on features whose largest "
+        f"magnitudes are {sizes}; rescale the features as the run's training data were (e.g. standardise each column)"
+    )
 
 
 def _refuse_nonfinite_batch(batch: Batch) -> None:

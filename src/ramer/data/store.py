@@ -1222,6 +1222,19 @@ def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
     return None
 
 
+def largest_store_features(store: SceneStore) -> dict[str, float]:
+    """The largest magnitude of each input of ``store`` in its present rows (0 where none is), as
+    ``train.inputs.largest_features`` gives it for a batch."""
+    out = {}
+    for m in MODALITIES:
+        with np.errstate(over="ignore"):
+            chunks = [np.abs(c.astype(np.float32, copy=False)) for c in store._feature_chunks(m, present_only=True)]
+        out[m] = max((float(c.max()) for c in chunks if c.size), default=0.0)
+    if store.personality is not None and store.personality_present.any():
+        out["personality"] = float(np.abs(store.personality[store.personality_present]).max())
+    return out
+
+
 def non_finite_message(bad: int) -> str:
     """What ``non_finite_features`` found (``bad`` values), for an error after the array's name."""
     return (
