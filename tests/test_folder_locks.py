@@ -209,3 +209,15 @@ def test_a_file_system_without_locks_holds_the_folder_unlocked(tmp_path, monkeyp
         capsys.readouterr().err
     )
     assert (out / "meta.json").is_file() and paths.held_elsewhere(out) is None
+
+
+def test_loading_a_run_that_has_begun_and_written_nothing_says_it_is_in_use(tmp_path):
+    """A run loading its data holds its folder and has written nothing yet: ramer.load said
+    'model file not found'; now that a command holds it, and to wait."""
+    import ramer
+
+    out = tmp_path / "run"
+    with held_elsewhere(out), pytest.raises(RamerError) as e:
+        ramer.load(out)
+    assert str(e.value).startswith(f"{out}: in use by another ramer command (ramer train, pid 4242 on elsewhere")
+    assert str(e.value).endswith("; it has no model.safetensors yet: wait for its first epoch")

@@ -33,7 +33,7 @@ from ramer.infer import (
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
-from ramer.paths import argument
+from ramer.paths import argument, held_elsewhere
 from ramer.train.inputs import OVERFLOW, largest_features
 
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
@@ -391,6 +391,9 @@ def _model_file(path: Path) -> Path:
             f"{path}: the run has no model.safetensors yet (still being trained, or stopped before its first "
             "best model was saved)"
         )
+    # a command that holds it and has written nothing yet (a run loading its data): not "not found"
+    if (held := held_elsewhere(path, "it has no model.safetensors yet: wait for its first epoch")) is not None:
+        raise RamerError(held)
     return model_file
 
 
