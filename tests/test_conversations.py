@@ -322,6 +322,16 @@ def test_seeded_split_does_not_depend_on_the_order_of_the_rows(tmp_path, fake_te
     assert split["forward"] == split["reversed"]
 
 
+@pytest.mark.parametrize("text", ["conversation,index,speaker,text,labels\nc1,0,ann,hi,joy\n", "c\u00e9,0,a,x,joy\n"])
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path, text):
+    """UTF-16 without a byte-order mark was 'not UTF-8 ... iconv -f cp1252' (which makes a file of NUL
+    bytes) or, ASCII only, 'unknown columns 'c\x00o\x00n...''."""
+    path = tmp_path / "talk.csv"
+    path.write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(RamerError, match=r"talk.csv: UTF-16 text without a byte-order mark .*iconv -f utf-16le"):
+        read_table(path)
+
+
 def test_a_conversation_name_in_two_unicode_forms_is_one_conversation(tmp_path, fake_text):
     """``Café`` with a composed and a combining accent in alternate rows was two conversations, each
     with every other utterance, which the seeded split could put in train and test."""
@@ -808,6 +818,18 @@ BAD_TABLES = [
         + 'c1,0,ann,hi,bob,joy\nc1,1,bob,ho,"ann, cat",joy\nc1,2,cat,x,,joy\nc2,0,a,x,,joy\nc3,0,a,y,,anger\n',
         r"talk.csv: row 3: 'present' name 'ann, cat' joins the persons 'ann', 'cat'; persons in 'present' are "
         r"separated by ';' \('ann;cat'\)",
+    ),
+    (
+        "a header again, with a byte-order mark (tables joined by cat)",
+        "talk.csv",
+        HEAD + "c1,0,ann,hi,joy\n\ufeff" + HEAD + TAIL,
+        r"talk.csv: row 3: a header row again \(row 1 is the header\)",
+    ),
+    (
+        "Excel's separator line first",
+        "talk.csv",
+        "sep=,\n" + HEAD + "c1,0,ann,hi,joy\n" + TAIL,
+        r"talk.csv: row 1: 'sep=,' is Excel's line naming the separator, not the header; delete that line",
     ),
     (
         "labels joined by '|'",

@@ -354,12 +354,22 @@ def _check_columns(columns, path: Path, row: int) -> None:
     raise RamerError(said)
 
 
+def _utf16_without_mark(path: Path) -> RamerError:
+    """The error for a table in UTF-16 without a byte-order mark (every other byte 0 in Latin text)."""
+    return RamerError(
+        f"{path}: UTF-16 text without a byte-order mark (every other byte is 0), expected UTF-8; save as CSV "
+        "UTF-8, or re-encode (iconv -f utf-16le -t utf-8)"
+    )
+
+
 def _not_utf8(path: Path, csv_file: bool) -> RamerError:
     """The error for a table that is not UTF-8: the row (line) and file offset of the first bad byte,
     and how to save or convert the file. The decoder's own position counts within its chunk."""
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return RamerError(f"{path}: UTF-16 text, expected UTF-8; {_EXCEL_HINT.replace('cp1252', 'utf-16')}")
+    if data[:4096].count(0) * 4 > len(data[:4096]):  # every other byte 0: UTF-16 of Latin text, no mark
+        return _utf16_without_mark(path)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -469,8 +479,9 @@ def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter
         _check_quotes(cells, lines.record, header, row, path, delimiter)
         if not any(c.strip() for c in cells):
             continue
-        if all(c.strip() in COLUMNS for c in cells):  # `cat a.csv b.csv`: it read as "'index' is 'index'"
-            again = [c.strip() for c in cells]
+        # `cat a.csv b.csv` (b's byte-order mark too): it read as "'index' is 'index'"
+        if all(c.strip().lstrip("\ufeff") in COLUMNS for c in cells):
+            again = [c.strip().lstrip("\ufeff") for c in cells]
             if again == header:
                 fix = ""
             elif sorted(again) == sorted(header):
@@ -519,6 +530,13 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
             if header is None:
                 raise RamerError(f"{path}: empty file (expected a header row: {', '.join(REQUIRED)}, ...)")
             header = [h.strip() for h in header]
+            if any("\x00" in h for h in header):  # ASCII in UTF-16: it decodes as UTF-8, a 0 after each letter
+                raise _utf16_without_mark(path)
+            if 1 <= len(header) <= 2 and header[0].lower().startswith("sep="):
+                raise RamerError(
+                    f"{_where(path, 1)}: {lines.record[0].strip()!r} is Excel's line naming the separator, not the "
+                    "header; delete that line (the header comes first)"
+                )
             if not any(header):
                 raise RamerError(
                     f"{_where(path, 1)}: empty; the header is expected on row 1 ({', '.join(REQUIRED)}, ...)"
