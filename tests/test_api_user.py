@@ -34,6 +34,13 @@ def test_ramer_load_is_the_documented_function():
     line and no types)."""
     assert ramer.load is ramer.api.load
     assert "load" in dir(ramer)
+    # the API's other names too; dir lists the package's names, not the modules its file imports
+    assert (ramer.Predictor, ramer.RunNotFinished, ramer.load_data_for) == (
+        ramer.api.Predictor,
+        ramer.api.RunNotFinished,
+        ramer.api.load_data_for,
+    )
+    assert {"Predictor", "__version__"} <= set(dir(ramer)) and not {"importlib", "TYPE_CHECKING"} & set(dir(ramer))
     params = inspect.signature(ramer.load).parameters
     assert params["device"].annotation != inspect.Parameter.empty
     assert "precision" in ramer.load.__doc__ and "device" in ramer.load.__doc__

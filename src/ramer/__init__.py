@@ -16,20 +16,22 @@ importlib.import_module("rich.style")
 _random.setstate(_state)
 del _state
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "load", "load_data_for", "Predictor", "RunNotFinished"]
+API = tuple(__all__[1:])  # ramer.api's, imported when first used
 
 if TYPE_CHECKING:
-    from ramer.api import load
+    from ramer.api import Predictor, RunNotFinished, load, load_data_for
 
 
 def __getattr__(name: str):
     """``ramer.load`` is ``ramer.api.load`` (its signature and docstring, for ``help`` and a
-    notebook's ``ramer.load?``), imported when first used so that ``import ramer`` stays light; so
-    is a submodule named as an attribute (``ramer.infer.apply_missing`` after ``import ramer``)."""
-    if name == "load":
-        from ramer.api import load
+    notebook's ``ramer.load?``), as are ``load_data_for``, ``Predictor`` and ``RunNotFinished``,
+    imported when first used so that ``import ramer`` stays light; so is a submodule named as an
+    attribute (``ramer.infer.apply_missing`` after ``import ramer``)."""
+    if name in API:
+        from ramer import api
 
-        return load
+        return getattr(api, name)
     if name.isidentifier() and not name.startswith("_"):
         try:
             return importlib.import_module(f"ramer.{name}")
@@ -40,4 +42,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The package's names (not the modules this file imports for itself)."""
+    return sorted({*(n for n in globals() if n.startswith("__")), *__all__})
