@@ -533,8 +533,8 @@ def test_a_log_range_is_drawn_log_uniform():
 
 def test_the_largest_feature_magnitudes_read_present_values_only(store):
     """The magnitudes a first-step divergence reports are of the values the model reads: a huge
-    value under a False presence bit is not one. (inputs.largest_features over every value.)"""
-    from ramer.train.inputs import largest_features
+    value under a False presence bit is not one. (batch.largest_features over every value.)"""
+    from ramer.batch import largest_features
 
     batch = store.collate(np.arange(len(store)))
     got = largest_features(with_garbage(batch, 1e30))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ramer import checkpoint as ckpt
-from ramer.batch import Batch
+from ramer.batch import OVERFLOW, Batch, largest_features
 from ramer.config import Config
 from ramer.console import names_line
 from ramer.data import DataBundle, SceneStore, load_bundle
@@ -34,7 +34,6 @@ from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
 from ramer.paths import argument, held_elsewhere
-from ramer.train.inputs import OVERFLOW, largest_features
 
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
 

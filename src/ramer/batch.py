@@ -19,6 +19,17 @@ from torch import Tensor
 from ramer.errors import RamerError
 
 MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
+OVERFLOW = 1e18  # a feature magnitude whose square (about 1e36) a LayerNorm's float32 variance barely holds
+
+
+def largest_features(batch: "Batch") -> dict[str, float]:
+    """The largest magnitude of each input of ``batch`` where present (0 where none is): what a
+    model's arithmetic overflows on from ``OVERFLOW`` up (named where a loss or scores are NaN)."""
+    inputs = [(m, batch.features[m], batch.present[m]) for m in MODALITIES]
+    if batch.personality is not None:
+        inputs.append(("personality", batch.personality, batch.personality_present))
+    return {name: float(x[keep].abs().max()) if bool(keep.any()) else 0.0 for name, x, keep in inputs}
+
 
 ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER = -1, 0, 1
 

@@ -1224,7 +1224,7 @@ def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
 
 def largest_store_features(store: SceneStore) -> dict[str, float]:
     """The largest magnitude of each input of ``store`` in its present rows (0 where none is), as
-    ``train.inputs.largest_features`` gives it for a batch."""
+    ``batch.largest_features`` gives it for a batch."""
     out = {}
     for m in MODALITIES:
         with np.errstate(over="ignore"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ramer.batch import MODALITIES
+from ramer.batch import MODALITIES, OVERFLOW, largest_features
 from ramer.console import labels_phrase
 from ramer.models import CLASSICAL, DataSpec, meta_model
 from ramer.models.parts.encoders import modality_encoders
@@ -171,17 +171,6 @@ def bench_notes(bundle, configs, task: str) -> list[str]:
             continue
         notes += [n for n in model_notes(bundle.splits["train"], model, cfg, bundle.source) if n not in notes]
     return notes
-
-
-OVERFLOW = 1e18  # a feature magnitude whose square (about 1e36) a LayerNorm's float32 variance barely holds
-
-
-def largest_features(batch) -> dict[str, float]:
-    """The largest magnitude of each input of ``batch`` where present (0 where none is)."""
-    inputs = [(m, batch.features[m], batch.present[m]) for m in MODALITIES]
-    if batch.personality is not None:
-        inputs.append(("personality", batch.personality, batch.personality_present))
-    return {name: float(x[keep].abs().max()) if bool(keep.any()) else 0.0 for name, x, keep in inputs}
 
 
 def loss_not_finite(epoch: int, step: int, value, batch, what: str = "loss") -> str:
