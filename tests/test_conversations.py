@@ -332,6 +332,19 @@ def test_utf16_without_a_byte_order_mark_is_named(tmp_path, text):
         read_table(path)
 
 
+def test_names_alike_across_conversations_are_a_note_and_a_spaced_name_is_one_person(tmp_path, fake_text):
+    """Persons ``A`` and ``a`` of two conversations (a corpus merged from two sources) meet in no
+    scene: a note, not an error; ``José María`` beside persons ``José`` and ``María`` is a name, not
+    two persons joined (only ``,`` and ``|`` join)."""
+    rows = base_rows()
+    rows[4]["speaker"] = rows[7]["speaker"] = "Ann"  # c2: dan and fay are Ann, as c1's ann in another case
+    rows[0]["present"] = "bob;cat;bob cat"
+    meta = import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
+    notes = meta["info"]["conversations"]["notes"]
+    assert [n for n in notes if n.startswith("person 'Ann' (row 6) and person 'ann' (row 2) differ only in case")]
+    assert "bob cat" in next(it for it in meta["info"]["conversations"]["items"] if it["name"] == "c1")["persons"]
+
+
 def test_a_conversation_name_in_two_unicode_forms_is_one_conversation(tmp_path, fake_text):
     """``Café`` with a composed and a combining accent in alternate rows was two conversations, each
     with every other utterance, which the seeded split could put in train and test."""
@@ -803,7 +816,8 @@ BAD_TABLES = [
         "persons differing in case",
         "talk.csv",
         HEAD + "c1,0,ann,hi,joy\nc1,1,Ann,ho,joy\n" + TAIL,
-        r"talk.csv: row 3: person 'Ann' and person 'ann' of row 2 differ only in case; they would be two persons",
+        r"talk.csv: row 3: person 'Ann' and person 'ann' of row 2 differ only in case; in one conversation they "
+        r"would be two persons",
     ),
     (
         "persons differing by an invisible character",
@@ -830,6 +844,13 @@ BAD_TABLES = [
         "talk.csv",
         "sep=,\n" + HEAD + "c1,0,ann,hi,joy\n" + TAIL,
         r"talk.csv: row 1: 'sep=,' is Excel's line naming the separator, not the header; delete that line",
+    ),
+    (
+        "unclosed quote closed by an inch mark before a separator (well-formed quoting)",
+        "talk.csv",
+        HEAD + 'c1,0,ann,"Really?,joy\nc1,1,bob,yes,anger\nc1,2,ann,I am 6\'2",joy\nc1,3,bob,ok,anger\n' + TAIL,
+        r"talk.csv: row 2: the quoted cell 'text' opened on row 2 and closed on row 4 holds whole rows "
+        r"\(row 3 reads as one\); an unclosed quote\?",
     ),
     (
         "labels joined by '|'",

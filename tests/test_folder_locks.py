@@ -220,4 +220,4 @@ def test_loading_a_run_that_has_begun_and_written_nothing_says_it_is_in_use(tmp_
     with held_elsewhere(out), pytest.raises(RamerError) as e:
         ramer.load(out)
     assert str(e.value).startswith(f"{out}: in use by another ramer command (ramer train, pid 4242 on elsewhere")
-    assert str(e.value).endswith("; it has no model.safetensors yet: wait for its first epoch")
+    assert str(e.value).endswith("; no model.safetensors in it yet (a run saves one after its first epoch)")

@@ -516,6 +516,20 @@ class HoldsMore(nn.Module):
         self.linear = nn.Linear(2, 2)
         self.register_buffer("scale", torch.full((2,), 3.0), persistent=False)
         self.offset = torch.ones(2)  # a tensor attribute
+        self.anchors = [torch.linspace(0, 1, 2)]  # one in a list
+        self.temperature = nn.Parameter(torch.ones(1, dtype=torch.float64))  # float64 on purpose
+
+    def loss(self, out, batch):
+        raise NotImplementedError
+
+
+class ListHeld(nn.Module):
+    """A plugin's model with a tensor in a list, which no state holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.anchors = [torch.linspace(0, 1, 2)]
 
     def loss(self, out, batch):
         raise NotImplementedError
@@ -532,7 +546,7 @@ class ReadsValue(nn.Module):
         raise NotImplementedError
 
 
-@pytest.mark.parametrize("model", [HoldsMore, ReadsValue])
+@pytest.mark.parametrize("model", [HoldsMore, ListHeld, ReadsValue])
 def test_a_plugin_model_that_needs_real_values_loads_with_them(model, registry):
     """``ramer.load`` builds a model on the meta device and gives it the file's tensors; a model
     with a tensor no state holds (a non-persistent buffer, a tensor attribute), or whose builder reads
@@ -547,3 +561,6 @@ def test_a_plugin_model_that_needs_real_values_loads_with_them(model, registry):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
     if model is HoldsMore:
         assert torch.equal(loaded.scale, torch.full((2,), 3.0)) and torch.equal(loaded.offset, torch.ones(2))
+        assert loaded.temperature.dtype == torch.float64
+    if model in (HoldsMore, ListHeld):
+        assert torch.equal(loaded.anchors[0], torch.tensor([0.0, 1.0]))

@@ -322,17 +322,18 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
 
 
 def _built(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor], source: str, written: str | None) -> nn.Module:
-    """The deep model of ``cfg`` holding the weights ``state`` (float32, as ramer trains them).
+    """The deep model of ``cfg`` holding the weights ``state``, of the types the file holds them in
+    (float32 as ramer trains them, whatever torch's default dtype).
 
     Built on the meta device (``meta_model``: no initial weights drawn), then given the tensors of
     ``state`` themselves (``load_state_dict(assign=True)``). Nothing is drawn from the global random
-    generator, so nothing needs putting back: saving it and putting it back undid what another
-    thread drew meanwhile (its random numbers came again). A model holding a tensor that no state
-    holds (a non-persistent buffer, a tensor attribute, a lazy module), or one that does not build on
+    generator (unless a plugin's builder seeds it or draws on the CPU on purpose), so nothing needs
+    putting back: saving it and putting it back undid what another thread drew meanwhile (its
+    random numbers came again). A model holding a tensor that no state holds (a non-persistent
+    buffer, a tensor attribute, one in a list or dict, a lazy module), or one that does not build on
     the meta device (a builder that reads a value): a plugin's, is built for real instead, its initial
-    weights drawn in a ``fork_rng`` (one such build at a time), then given ``state``'s values. A
+    weights drawn in a ``fork_rng`` (one such build at a time), then given ``state``'s tensors. A
     RamerError names ``source`` where the weights do not fit."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model = meta_model(cfg, spec)
     except UnknownModel:
@@ -345,20 +346,28 @@ def _built(cfg: Config, spec: DataSpec, state: dict[str, torch.Tensor], source: 
                 model = build_model(cfg, spec)
         except RamerError as e:
             raise RamerError(f"{source}: {e}") from None
-        ckpt.load_state_into(model, state, source, written)
-        return model.float()
+        lazy = any(nn.parameter.is_lazy(t) for t in model.state_dict(keep_vars=True).values())
+        ckpt.load_state_into(model, state, source, written, assign=not lazy)  # a lazy one: sized by the file
+        return model
     ckpt.load_state_into(model, state, source, written, assign=True)
     return model
 
 
 def _all_in_state(model: nn.Module) -> bool:
-    """Every tensor of ``model`` is one of its state's, none of which is lazy (``_built``)."""
+    """Every tensor of ``model`` (its modules' attributes, in lists, tuples and dicts too) is one of
+    its state's, none of which is lazy (``_built``)."""
     own = model.state_dict(keep_vars=True)
     held = {id(t) for t in own.values()}
-    tensors = [t for m in model.modules() for t in (*vars(m).values(), *m._parameters.values(), *m._buffers.values())]
-    return all(id(t) in held for t in tensors if isinstance(t, torch.Tensor)) and not any(
-        nn.parameter.is_lazy(t) for t in own.values()
-    )
+
+    def tensors(value, depth: int = 0):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif depth < 4 and isinstance(value, (list, tuple, set, frozenset, dict)):
+            for item in value.values() if isinstance(value, dict) else value:
+                yield from tensors(item, depth + 1)
+
+    found = (t for m in model.modules() for t in tensors(vars(m)))
+    return all(id(t) in held for t in found) and not any(nn.parameter.is_lazy(t) for t in own.values())
 
 
 def _model_file(path: Path) -> Path:
@@ -391,7 +400,8 @@ def _model_file(path: Path) -> Path:
             "best model was saved)"
         )
     # a command that holds it and has written nothing yet (a run loading its data): not "not found"
-    if (held := held_elsewhere(path, "it has no model.safetensors yet: wait for its first epoch")) is not None:
+    held = held_elsewhere(path, "no model.safetensors in it yet (a run saves one after its first epoch)")
+    if held is not None:
         raise RamerError(held)
     return model_file
 

@@ -1662,9 +1662,11 @@ def interrupts_kept():
     try:
         yield
     finally:
-        sys.unraisablehook = before
-        for again in pending:  # the command has ended: no signal after it (a caller's own code)
-            again.cancel()
+        if sys.unraisablehook is hook:  # not one that a command in another thread set since
+            sys.unraisablehook = before
+        for again in pending:  # the command has ended: no signal after it (a caller's own code); one
+            again.cancel()  # sending now is waited for, and its Ctrl-C raised here, in main
+            again.join()
 
 
 def said(line: str, code: int) -> int:

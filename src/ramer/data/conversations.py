@@ -407,15 +407,21 @@ def _cell_name(header: list[str], j: int) -> str:
     return f"'{header[j]}'" if j < len(header) else f"{j + 1}"
 
 
-def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: int, path: Path, delimiter: str) -> None:
+def _check_quotes(
+    cells: list[str], lines: list[str], header: list[str], row: int, path: Path, delimiter: str, suspects=None
+) -> None:
     """A quote that is never closed makes the csv reader take every line after it into one cell,
-    without an error: a RamerError when that cell runs to the end of the file, or when its quoting is
-    not well formed (text after a closing quote: it closed on a quote of a later row) and a line it
+    without an error: a RamerError when that cell runs to the end of the file, or when a line it
     holds reads on its own as a whole row (``_reads_as_row``: the header's width, a conversation and
-    a whole-number index). A well-formed quoted cell with real line breaks is valid whatever its
-    lines hold (a table of scores in a text: it was refused as an unclosed quote)."""
+    a whole-number index) and the cell's quoting is not well formed (text after its closing quote:
+    it closed on a quote of a later row). Where it is well formed (the unclosed quote closed on a
+    quote that ends a later cell, ``6'2"``; or a real text of several lines), the error is kept in
+    ``suspects`` (where given) with the conversation that line names: the caller raises it where the
+    file has that conversation (a table of scores in a text names none: it was refused as an unclosed
+    quote)."""
     if not any('"' in line for line in lines):
         return
+    well_formed = True
     try:
         for _ in csv.reader(lines, delimiter=delimiter, strict=True):
             pass
@@ -428,8 +434,7 @@ def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: in
                 f"runs to the end of the file (row {row + len(lines) - 1}); an unclosed quote? (a quote inside a "
                 'quoted cell is written twice: "")'
             ) from None
-    else:  # each quote closes where its cell ends: a cell of real line breaks, whatever its lines read as
-        return
+        well_formed = False
     opened = row
     for j, cell in enumerate(cells):
         breaks = len(_LINE_BREAK.findall(cell))
@@ -439,11 +444,15 @@ def _check_quotes(cells: list[str], lines: list[str], header: list[str], row: in
         inner = range(opened + 1, closed + (j > 0))
         for k in inner:
             if k - row < len(lines) and _reads_as_row(lines[k - row], header, delimiter):
-                raise RamerError(
+                error = RamerError(
                     f"{_where(path, opened)}: the quoted cell {_cell_name(header, j)} opened on row {opened} and "
                     f"closed on row {closed} holds whole rows (row {k} reads as one); an unclosed quote? (a quote "
                     'inside a quoted cell is written twice: "")'
                 )
+                if not well_formed or "conversation" not in header or suspects is None:
+                    raise error
+                line = next(csv.reader([lines[k - row]], delimiter=delimiter))
+                suspects.append((error, unicodedata.normalize("NFC", line[header.index("conversation")].strip())))
         opened = closed
 
 
@@ -464,9 +473,10 @@ def _reads_as_row(line: str, header: list[str], delimiter: str) -> bool:
     return True
 
 
-def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter: str = ","):
+def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter: str = ",", suspects=None):
     """(line number, cells) of each non-blank row after the header; a row of another width is an error.
-    The line number is the one the record starts on (a quoted cell may span lines)."""
+    The line number is the one the record starts on (a quoted cell may span lines). ``suspects``:
+    ``_check_quotes``'s, for the caller to raise (without it, raised at once)."""
     while True:
         row = reader.line_num + 1
         lines.record = []
@@ -476,7 +486,7 @@ def _csv_rows(reader, lines: _RawLines, header: list[str], path: Path, delimiter
             return
         except csv.Error as e:
             raise RamerError(f"{_where(path, row)}: not a readable CSV row ({e})") from None
-        _check_quotes(cells, lines.record, header, row, path, delimiter)
+        _check_quotes(cells, lines.record, header, row, path, delimiter, suspects)
         if not any(c.strip() for c in cells):
             continue
         # `cat a.csv b.csv` (b's byte-order mark too): it read as "'index' is 'index'"
@@ -550,8 +560,13 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[Utterance], set[str]]:
                     )
             if len(set(header)) != len(header):
                 raise RamerError(f"{_where(path, 1)} (header): a column appears twice ({', '.join(header)})")
-            rows = _csv_rows(reader, lines, header, path, delimiter)
+            suspects: list[tuple[RamerError, str]] = []  # rows a well-quoted cell holds, and their conversation
+            rows = _csv_rows(reader, lines, header, path, delimiter, suspects)
             out = [_utterance(dict(zip(header, cells)), path, row) for row, cells in rows]
+            names = {u.conversation for u in out}
+            for error, conversation in suspects:  # a conversation of the file: rows an unclosed quote swallowed
+                if conversation in names:
+                    raise error
             if not out:
                 raise RamerError(
                     f"{path}: no rows below the header (row 1)"
@@ -809,30 +824,43 @@ def _how_differ(n: str, m: str) -> str:
     return "differ only in spacing, character width or invisible characters"
 
 
-def check_person_names(utterances: list[Utterance], path: Path) -> None:
-    """One person is written one way: two spellings of a name (``_name_key``: ``Ana`` and ``ana``,
-    ``Ana`` with a zero-width space) would be two persons, rows of their own in every scene, with no
-    word; and a ``present`` name that joins persons of the table with a separator (``Ben, Chloe``)
-    would be a person of its own."""
-    first: dict[str, tuple[str, int]] = {}  # by _name_key: the first spelling and its row
+def check_person_names(utterances: list[Utterance], path: Path) -> list[str]:
+    """One person of a conversation is written one way: two spellings of a name there (``_name_key``:
+    ``Ana`` and ``ana``, ``Ana`` with a zero-width space) would be two persons, rows of their own in
+    every scene, with no word; a RamerError naming both rows. Across conversations (where only
+    ``--personality`` reads a name) such spellings are a note, returned. A ``present`` name that joins
+    persons of its conversation with ``,`` or ``|`` (``Ben, Chloe``) would be a person of its own: a
+    RamerError (a name with a space whose parts are persons, ``José María``, is a name)."""
+    first: dict[tuple[str, str], tuple[str, int]] = {}  # (conversation, _name_key): the first spelling, its row
+    across: dict[str, tuple[str, int]] = {}  # _name_key: the first spelling in the file, its row
+    notes = []
+    persons: dict[str, set[str]] = {}
     for u in utterances:
         for n in (u.speaker, *u.present):
-            m, row = first.setdefault(_name_key(n), (n, u.row))
+            persons.setdefault(u.conversation, set()).add(n)
+            m, row = first.setdefault((u.conversation, _name_key(n)), (n, u.row))
             if m != n:
                 raise RamerError(
-                    f"{_where(path, u.row)}: person {n!r} and person {m!r} of row {row} {_how_differ(n, m)}; they "
-                    "would be two persons: write each person one way"
+                    f"{_where(path, u.row)}: person {n!r} and person {m!r} of row {row} {_how_differ(n, m)}; in "
+                    f"one conversation they would be two persons: write each person one way"
                 )
-    persons = {n for u in utterances for n in (u.speaker, *u.present)}
+            m, row = across.setdefault(_name_key(n), (n, u.row))
+            if m != n and not any(n in x for x in notes):
+                notes.append(
+                    f"person {_short(n)} (row {u.row}) and person {_short(m)} (row {row}) {_how_differ(n, m)}: two "
+                    "persons (one name is one person across conversations, as --personality reads it); write one "
+                    "person one way"
+                )
     for u in utterances:
         for n in u.present:
-            parts = [q for q in _SEPARATORS.split(n) if q]
-            if len(parts) > 1 and all(q in persons for q in parts):
+            parts = [q.strip() for q in re.split(r"[,|]", n) if q.strip()]
+            if len(parts) > 1 and all(q in persons[u.conversation] for q in parts):
                 raise RamerError(
                     f"{_where(path, u.row)}: 'present' name {n!r} joins the persons "
                     f"{', '.join(repr(q) for q in parts)}; persons in 'present' are separated by ';' "
                     f"('{';'.join(parts)}')"
                 )
+    return notes
 
 
 def _joined_labels(name: str, names: tuple[str, ...], row: int, path: Path) -> None:
@@ -1579,7 +1607,7 @@ def import_conversations(
             f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
             "give; use it on a file without a 'labels' column (for prediction)"
         )
-    check_person_names(utterances, path)
+    person_notes = check_person_names(utterances, path)
     convs = group_conversations(utterances, path, columns)
     names = label_names(utterances, columns, labels, path)
     labelled = "labels" in columns
@@ -1605,6 +1633,7 @@ def import_conversations(
     if asked == "auto" and (note := unlabelled_rows_task_note(utterances, task)):
         report.notes.append(note)
     report.notes.extend(missing_value_names_notes(utterances))
+    report.notes.extend(person_notes)
     if labels is None:
         report.notes.extend(typo_labels_notes(utterances, names))
     out.mkdir(parents=True, exist_ok=True)
