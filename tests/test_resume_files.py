@@ -196,6 +196,24 @@ def test_a_resume_in_another_number_of_processes_says_so(stopped_run, tmp_path, 
     assert files_of(out) == before
 
 
+def test_a_resume_on_another_number_of_threads_says_so(stopped_run, tmp_path, capsys):
+    """With train.threads unset the count is the environment's (OMP_NUM_THREADS, the cores): a resume
+    elsewhere went on in other last digits without a word. The state records the count; a resume on
+    another says so and how to go on as it was; a count that is no count is refused."""
+    import torch
+
+    out, _ = copy_of(stopped_run, tmp_path / "more", lambda state: state.update(threads=torch.get_num_threads() + 1))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    said = f"note: {out} trained on {torch.get_num_threads() + 1} threads so far and resumes on "
+    err = capsys.readouterr().err
+    assert said in err and f"set train.threads: {torch.get_num_threads() + 1} in {out / 'config.yaml'}" in err, err
+    out, before = copy_of(stopped_run, tmp_path / "bad", lambda state: state.update(threads=0))
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "'threads' must be the number of threads it trained on, not 0" in capsys.readouterr().err
+    assert files_of(out) == before
+
+
 @pytest.mark.parametrize("damage", ["missing", "unreadable"])
 def test_a_resume_without_its_best_model_file_is_refused_before_training(stopped_run, tmp_path, capsys, damage):
     """The run is tested on model.safetensors (its best epoch): without it the resume trained on and

@@ -507,6 +507,8 @@ def train_state_problem(state: dict) -> str | None:
             f"'processes' must be the number of processes it trained in (one random state each), not "
             f"{processes!r:.40} (it holds {held} random state{'s' * (held != 1)})"
         )
+    if "threads" in state and not (type(state["threads"]) is int and state["threads"] >= 1):
+        return f"'threads' must be the number of threads it trained on, not {state['threads']!r:.40}"
     if "cuda_rng" in state and not torch.is_tensor(state["cuda_rng"]):
         return "'cuda_rng' must be a tensor"
     if state.get("config") is not None and not isinstance(state["config"], dict):

@@ -765,6 +765,16 @@ class Recipe(RunSteps):
                 highlight=False,
                 soft_wrap=True,
             )
+        threads = torch.get_num_threads()
+        if is_main() and state.get("threads", threads) != threads:  # train.threads unset: the environment's
+            self.console.print(
+                f"note: {self.out} trained on {state['threads']} threads so far and resumes on {threads}: its sums "
+                "are taken in another order, so the run goes on otherwise than it would have in its last digits, "
+                f"and from them on (set train.threads: {state['threads']} in {self.out / 'config.yaml'} to go on "
+                "as it was)",
+                highlight=False,
+                soft_wrap=True,
+            )
         if self.world > 1 and ranks is not None and len(ranks) == self.world:
             torch.set_rng_state(ranks[dist.rank()])
         elif self.world == 1:
@@ -1036,6 +1046,7 @@ class Recipe(RunSteps):
             "rng": rng,
             "best": self.best,
             "processes": self.world,  # a resume in another count trains on otherwise: it says so
+            "threads": torch.get_num_threads(),  # so does one on another number of threads
         }
         if ranks is not None:
             state["rng_ranks"] = ranks
