@@ -833,7 +833,7 @@ def check_person_names(utterances: list[Utterance], path: Path) -> list[str]:
     RamerError (a name with a space whose parts are persons, ``José María``, is a name)."""
     first: dict[tuple[str, str], tuple[str, int]] = {}  # (conversation, _name_key): the first spelling, its row
     across: dict[str, tuple[str, int]] = {}  # _name_key: the first spelling in the file, its row
-    notes = []
+    alike: dict[str, str] = {}  # _name_key: what is said of the first other spelling found
     persons: dict[str, set[str]] = {}
     for u in utterances:
         for n in (u.speaker, *u.present):
@@ -845,12 +845,8 @@ def check_person_names(utterances: list[Utterance], path: Path) -> list[str]:
                     f"one conversation they would be two persons: write each person one way"
                 )
             m, row = across.setdefault(_name_key(n), (n, u.row))
-            if m != n and not any(n in x for x in notes):
-                notes.append(
-                    f"person {_short(n)} (row {u.row}) and person {_short(m)} (row {row}) {_how_differ(n, m)}: two "
-                    "persons (one name is one person across conversations, as --personality reads it); write one "
-                    "person one way"
-                )
+            if m != n and _name_key(n) not in alike:
+                alike[_name_key(n)] = f"{_short(n)} (row {u.row}) and {_short(m)} (row {row}) {_how_differ(n, m)}"
     for u in utterances:
         for n in u.present:
             parts = [q.strip() for q in re.split(r"[,|]", n) if q.strip()]
@@ -860,7 +856,13 @@ def check_person_names(utterances: list[Utterance], path: Path) -> list[str]:
                     f"{', '.join(repr(q) for q in parts)}; persons in 'present' are separated by ';' "
                     f"('{';'.join(parts)}')"
                 )
-    return notes
+    if not alike:
+        return []
+    return [
+        f"{plural(len(alike), 'pair')} of person names in different conversations {'is' if len(alike) == 1 else 'are'} "
+        f"alike: {first_of(list(alike.values()), 3)}; each is two persons (one name is one person across "
+        "conversations, as --personality reads it): if one person, write the name one way"
+    ]
 
 
 def _joined_labels(name: str, names: tuple[str, ...], row: int, path: Path) -> None:
