@@ -221,7 +221,7 @@ def test_a_budget_running_elsewhere_starts_no_trial_here(tmp_path, monkeypatch, 
     study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=other))
     capsys.readouterr()
     tune_mod.tune(base, tmp_path, trials=2, bundle=bundle, console=Console(file=None, force_terminal=False))
-    assert "the rest of the budget is running in other processes (1 trials)" in capsys.readouterr().out
+    assert "the rest of the budget is running in other processes (1 trial)" in capsys.readouterr().out
     study = optuna.load_study(study_name="late_fusion", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING] and len(seen) == 1
 

@@ -275,6 +275,8 @@ def fake_tune(monkeypatch, result):
 
     def tune(cfg, out, **kwargs):
         if isinstance(result, BaseException):
+            out.mkdir(parents=True, exist_ok=True)  # as the search makes its study before a trial
+            (out / "study.db").write_bytes(b"")
             raise result
         return SimpleNamespace(summary=result)
 
