@@ -126,7 +126,11 @@ def test_a_cuda_run_is_scored_on_cpu_with_device(run, tmp_path, capsys):
         ramer.load(out, device="cuda")
     assert main(["eval", str(tmp_path / "cuda"), "--device", "cpu"]) == 0
     assert main(["predict", str(tmp_path / "cuda"), "--out", str(tmp_path / "p.jsonl"), "--device", "cpu"]) == 0
-    for device, message in (("mps", "ramer runs on cpu or cuda"), ("tpu", "unknown device 'tpu'")):
+    for device, message in (
+        ("mps", "ramer runs on cpu or cuda"),
+        ("tpu", "unknown device 'tpu'"),
+        ("cpu:1", r"unknown device 'cpu:1' \(cpu, cuda or cuda:N; the CPU is one device, cpu\)"),  # it ran
+    ):
         with pytest.raises(RamerError, match=message):
             ramer.load(out, device=device)
 

@@ -50,6 +50,8 @@ def resolve_device(name: str, instead: str = "use --set train.device=cpu", what:
         raise RamerError(f"{what}: unknown device '{name}' (cpu, cuda or cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
         raise RamerError(f"{what} is '{name}': ramer runs on cpu or cuda, not {dev.type}; {instead}")
+    if dev.type == "cpu" and dev.index not in (None, 0):  # torch takes cpu:1 and runs on the one CPU device
+        raise RamerError(f"{what}: unknown device '{name}' (cpu, cuda or cuda:N; the CPU is one device, cpu)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RamerError(f"{what} is '{name}' but CUDA is not available here; {instead}")
