@@ -497,3 +497,25 @@ def test_a_dataset_folder_holding_a_run_is_not_imported_into(tmp_path):
     (folder / "model.safetensors").write_bytes(b"weights")
     with pytest.raises(RamerError, match=r"holds model\.safetensors, which a dataset folder does not"):
         dataset_folder(folder)
+
+
+def test_an_out_inside_a_dataset_or_a_study_is_refused(tmp_path, capsys):
+    """``--out ds/train`` wrote a study (or a run) into a dataset's split folder, which the data
+    command then refused to write again; ``tune --out study/trial-0000`` nested a study in another
+    study's trial folder. Each is refused, naming what the folder is part of; nothing is written."""
+    ds = tmp_path / "ds"
+    sizes = ["--set", "n_train=32", "--set", "n_valid=8", "--set", "n_test=8"]
+    assert main(["data", "synth", "--out", str(ds), *sizes]) == 0
+    study = tmp_path / "st"
+    (study / "trial-0000").mkdir(parents=True)
+    (study / "study.db").write_bytes(b"")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    for argv, why in (
+        (["tune", "--model", "late_fusion", "--data", str(ds), "--out", str(ds / "train")], "a folder of the dataset"),
+        (["train", "--data", str(ds), "--out", str(ds / "test"), *SETS], "a folder of the dataset"),
+        (["tune", "--model", "late_fusion", "--out", str(study / "trial-0000"), *SETS], "a trial folder of the study"),
+    ):
+        assert main(argv) == 2, argv
+        assert why in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

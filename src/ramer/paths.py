@@ -515,8 +515,14 @@ WORK_MARKERS = {
 
 def other_work(path: str | Path, kind: str) -> str | None:
     """Why ``path`` may not be the ``--out`` of a command whose work is of ``kind`` (a
-    ``WORK_MARKERS`` key): it holds another kind's work. ``None`` when it may (or does not exist)."""
+    ``WORK_MARKERS`` key): it holds another kind's work, or is a part of one, a split (or the cache)
+    folder of a dataset or a trial folder of a study (for other than a run). ``None`` when it may."""
     path = Path(path)
+    parent = path.parent
+    if path.name in ("train", "valid", "test", "cache") and (parent / "meta.json").is_file():
+        return f"{path}: a folder of the dataset {parent} (its meta.json), not {kind} work; give another --out"
+    if kind != "run" and re.fullmatch(r"trial-\d+", path.name) and (parent / "study.db").exists():
+        return f"{path}: a trial folder of the study in {parent}, not {kind} work; give another --out"
     if not path.is_dir():
         return None
     for other, groups in WORK_MARKERS.items():
