@@ -308,6 +308,24 @@ def test_curves_switched_on_at_a_resume_hold_the_epochs_before_it(tmp_path, bund
     assert points == [(d["step"], pytest.approx(d["train"]["loss"], rel=1e-6)) for d in lines] and len(lines) == 3
 
 
+def test_a_finished_run_resumed_holds_its_test_point_once(tmp_path, bundle):
+    """``--resume`` of a finished run tests it again: its test scalars were written a second time at
+    the step of the first (the purge began a step later). Each curve holds each step once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(extra=["train.tensorboard=true"])
+    out = tmp_path / "run"
+    Recipe(cfg, out, bundle=bundle).run()
+    Recipe(cfg, out, resume=True, bundle=bundle).run()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    lines = epoch_lines(out)
+    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert points == [(d["step"], pytest.approx(d["train"]["loss"], rel=1e-6)) for d in lines]
+    assert [e.step for e in events.Scalars("test/overall/micro_f1")] == [lines[-1]["step"]]
+
+
 # ---------------------------------------------------------------------- process group
 
 

@@ -678,12 +678,15 @@ class Recipe(RunSteps):
         self.epochs_run = self.start_epoch - 1  # epochs trained so far (a resumed run's too)
         self.data_notes(self.model)  # once the run folder is there: said of a run, not before an error
         if cfg.train.tensorboard and is_main():
-            resumed_from = self.epochs_run * self.steps_per_epoch + 1 if self.resume else None
+            # nothing left to train (a finished run resumed): only its test line is written again, at its
+            # last epoch's step, which is purged too (the test's events were there twice) and written again
+            done = self.epochs_run > 0 and (self.epochs_run >= cfg.train.epochs or self.should_stop(self.epochs_run))
+            resumed_from = self.epochs_run * self.steps_per_epoch + (not done) if self.resume else None
             # switched on at this resume (its config.yaml edited): no events yet of the epochs logged
             earlier = self.resume and not any((self.out / CURVES_FOLDER).glob("events.out.tfevents.*"))
             self.curves = CurveWriter(self.out, resume_step=resumed_from)
-            for _, line in read_log(self.out / "metrics.jsonl") if earlier else []:
-                if "epoch" in line and is_number(line.get("step")):
+            for _, line in read_log(self.out / "metrics.jsonl") if earlier or (self.resume and done) else []:
+                if "epoch" in line and is_number(line.get("step")) and (earlier or line["epoch"] == self.epochs_run):
                     self.curves.write(line, int(line["step"]))
 
     def check_segments(self) -> None:
