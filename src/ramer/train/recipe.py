@@ -681,7 +681,7 @@ class Recipe(RunSteps):
             # nothing left to train (a finished run resumed): only its test line is written again, at its
             # last epoch's step, which is purged too (the test's events were there twice) and written again
             done = self.epochs_run > 0 and (self.epochs_run >= cfg.train.epochs or self.should_stop(self.epochs_run))
-            resumed_from = self.epochs_run * self.steps_per_epoch + (not done) if self.resume else None
+            resumed_from = self.epochs_run * self.steps_per_epoch + (0 if done else 1) if self.resume else None
             # switched on at this resume (its config.yaml edited): no events yet of the epochs logged
             earlier = self.resume and not any((self.out / CURVES_FOLDER).glob("events.out.tfevents.*"))
             self.curves = CurveWriter(self.out, resume_step=resumed_from)
