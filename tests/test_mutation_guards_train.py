@@ -265,6 +265,16 @@ def test_a_written_line_is_on_the_disk_at_once(tmp_path):
         curves.close()
 
 
+def curves_of(run):
+    """The run's TensorBoard curves as TensorBoard reads them (its purges applied), its epoch lines,
+    and the ``(step, value)`` points of its training loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return events, epoch_lines(run), [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
 def test_the_curves_of_a_resumed_run_hold_each_step_once(tmp_path, bundle, monkeypatch):
     """A run killed after epoch 2's log line but before its state, then resumed: its TensorBoard
     curves hold epoch 1's point, epoch 2's once (the one written before the kill is dropped) and
@@ -272,8 +282,6 @@ def test_the_curves_of_a_resumed_run_hold_each_step_once(tmp_path, bundle, monke
     step one step early in Recipe.setup, or none in tensorboard.CurveWriter; the test line's step
     left at 1 in Recipe.test.)"""
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     cfg = tiny_cfg(extra=["train.tensorboard=true"])
     out = tmp_path / "run"
     real_save = die_before_saving_state(monkeypatch, 2)
@@ -281,10 +289,7 @@ def test_the_curves_of_a_resumed_run_hold_each_step_once(tmp_path, bundle, monke
         Recipe(cfg, out, bundle=bundle).run()
     monkeypatch.setattr(ckpt, "save_train_state", real_save)
     Recipe(cfg, out, resume=True, bundle=bundle).run()
-    events = EventAccumulator(str(out / "tensorboard"))
-    events.Reload()
-    lines = epoch_lines(out)
-    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    events, lines, points = curves_of(out)
     assert points == [(d["step"], pytest.approx(d["train"]["loss"], rel=1e-6)) for d in lines]
     assert [e.step for e in events.Scalars("test/overall/micro_f1")] == [lines[-1]["step"]] == [15]
 
@@ -293,18 +298,13 @@ def test_curves_switched_on_at_a_resume_hold_the_epochs_before_it(tmp_path, bund
     """``train.tensorboard`` may be switched on in the config.yaml of a run resumed: its curves held
     only the epochs trained after the resume. The epochs of metrics.jsonl come first now."""
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     out = tmp_path / "run"
     real_save = die_before_saving_state(monkeypatch, 2)
     with pytest.raises(Stop):
         Recipe(tiny_cfg(), out, bundle=bundle).run()
     monkeypatch.setattr(ckpt, "save_train_state", real_save)
     Recipe(tiny_cfg(extra=["train.tensorboard=true"]), out, resume=True, bundle=bundle).run()
-    events = EventAccumulator(str(out / "tensorboard"))
-    events.Reload()
-    lines = epoch_lines(out)
-    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    _, lines, points = curves_of(out)
     assert points == [(d["step"], pytest.approx(d["train"]["loss"], rel=1e-6)) for d in lines] and len(lines) == 3
 
 
@@ -312,16 +312,11 @@ def test_a_finished_run_resumed_holds_its_test_point_once(tmp_path, bundle):
     """``--resume`` of a finished run tests it again: its test scalars were written a second time at
     the step of the first (the purge began a step later). Each curve holds each step once."""
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     cfg = tiny_cfg(extra=["train.tensorboard=true"])
     out = tmp_path / "run"
     Recipe(cfg, out, bundle=bundle).run()
     Recipe(cfg, out, resume=True, bundle=bundle).run()
-    events = EventAccumulator(str(out / "tensorboard"))
-    events.Reload()
-    lines = epoch_lines(out)
-    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    events, lines, points = curves_of(out)
     assert points == [(d["step"], pytest.approx(d["train"]["loss"], rel=1e-6)) for d in lines]
     assert [e.step for e in events.Scalars("test/overall/micro_f1")] == [lines[-1]["step"]]
 

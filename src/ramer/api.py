@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ramer import checkpoint as ckpt
-from ramer.batch import OVERFLOW, Batch, largest_features
+from ramer.batch import OVERFLOW, Batch, largest_features, magnitudes
 from ramer.config import Config
 from ramer.console import names_line
 from ramer.data import DataBundle, SceneStore, load_bundle
@@ -228,10 +228,10 @@ def _overflowed(largest: dict[str, float], where: str) -> ScoresNotFinite | None
     them, not the model (a float32 model overflows on them, trained or not)."""
     if max(largest.values(), default=0.0) < OVERFLOW:
         return None
-    sizes = ", ".join(f"{name} {v:.3g}" for name, v in largest.items())
     return ScoresNotFinite(
         f"{where}: scores are NaN or infinite: the model's arithmetic overflowed on features whose largest "
-        f"magnitudes are {sizes}; rescale the features as the run's training data were (e.g. standardise each column)"
+        f"magnitudes are {magnitudes(largest)}; rescale the features as the run's training data were (e.g. "
+        "standardise each column)"
     )
 
 

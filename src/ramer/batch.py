@@ -31,6 +31,11 @@ def largest_features(batch: "Batch") -> dict[str, float]:
     return {name: float(x[keep].abs().max()) if bool(keep.any()) else 0.0 for name, x, keep in inputs}
 
 
+def magnitudes(largest: dict[str, float]) -> str:
+    """``largest_features``' figures as an error says them: ``text 6.26e+20, audio 6.03``."""
+    return ", ".join(f"{name} {v:.3g}" for name, v in largest.items())
+
+
 ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER = -1, 0, 1
 
 

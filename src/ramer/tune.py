@@ -422,7 +422,8 @@ def fresh_sampler(optuna, study, seed: int) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     fail = optuna.trial.TrialState.FAIL
-    n = sum(not (t.state == fail and (t.number in retried or not drew_all(study, t))) for t in trials)
+    searched = study.user_attrs.get("searched")  # read from the storage once, not per trial
+    n = sum(not (t.state == fail and (t.number in retried or not drew_all(t, searched))) for t in trials)
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, n), n_startup_trials=TPE_STARTUP)
 
 
@@ -543,11 +544,10 @@ def say_stopped(console: Console, numbers: list[int]) -> None:
         )
 
 
-def drew_all(study, trial) -> bool:
-    """``trial`` drew a value for every key its study searches (``searched``; a study made before it
-    was recorded: any value). One stopped part-way through its draw holds some of them, which a
-    retry would have completed with other draws: a point no straight run tries."""
-    searched = study.user_attrs.get("searched")
+def drew_all(trial, searched: list[str] | None) -> bool:
+    """``trial`` drew a value for every key its study searches (its ``searched``; None, a study made
+    before it was recorded: any value). One stopped part-way through its draw holds some of them,
+    which a retry would have completed with other draws: a point no straight run tries."""
     return bool(trial.params) and (searched is None or set(searched) <= set(trial.params))
 
 
@@ -561,12 +561,13 @@ def requeue(study, trial, interrupted: bool = False) -> None:
     stopped is queued again. A retry stopped before it drew its queued values (between Optuna's ask
     and the objective) is queued again."""
     fixed, retry_of = trial.system_attrs.get("fixed_params"), trial.user_attrs.get("retry_of")
-    if not drew_all(study, trial) and fixed and retry_of is not None:
+    drew = drew_all(trial, study.user_attrs.get("searched"))
+    if not drew and fixed and retry_of is not None:
         waiting = study.get_trials(deepcopy=False, states=(type(trial.state).WAITING,))
         if not any(t.user_attrs.get("retry_of") == retry_of for t in waiting):
             study.enqueue_trial(fixed, user_attrs={"retry_of": retry_of})
         return
-    if not drew_all(study, trial) or ("retry_of" in trial.user_attrs and not interrupted):
+    if not drew or ("retry_of" in trial.user_attrs and not interrupted):
         return
     if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
         return

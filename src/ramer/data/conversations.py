@@ -838,15 +838,16 @@ def check_person_names(utterances: list[Utterance], path: Path) -> list[str]:
     for u in utterances:
         for n in (u.speaker, *u.present):
             persons.setdefault(u.conversation, set()).add(n)
-            m, row = first.setdefault((u.conversation, _name_key(n)), (n, u.row))
+            key = _name_key(n)
+            m, row = first.setdefault((u.conversation, key), (n, u.row))
             if m != n:
                 raise RamerError(
                     f"{_where(path, u.row)}: person {n!r} and person {m!r} of row {row} {_how_differ(n, m)}; in "
                     f"one conversation they would be two persons: write each person one way"
                 )
-            m, row = across.setdefault(_name_key(n), (n, u.row))
-            if m != n and _name_key(n) not in alike:
-                alike[_name_key(n)] = f"{_short(n)} (row {u.row}) and {_short(m)} (row {row}) {_how_differ(n, m)}"
+            m, row = across.setdefault(key, (n, u.row))
+            if m != n and key not in alike:
+                alike[key] = f"{_short(n)} (row {u.row}) and {_short(m)} (row {row}) {_how_differ(n, m)}"
     for u in utterances:
         for n in u.present:
             parts = [q.strip() for q in re.split(r"[,|]", n) if q.strip()]

@@ -1198,40 +1198,39 @@ def _check_import_targets(meta: dict, splits: dict[str, SceneStore], where: Path
 _SCAN_ROWS = 1 << 16  # rows per finiteness scan step: memory-mapped files stay paged out
 
 
-def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
-    """The first feature array of ``store`` that holds NaN or inf in a present row (as float32, the
-    type it is stored and batched in), and how many; ``None`` when there is none. What lies under a
-    False presence mask is ignored, as the models ignore it (and ``collate`` writes 0 there)."""
+def _present_values(store: SceneStore):
+    """``(input name, chunk)`` for the rows of each feature array, then of ``personality``, where
+    they are present, as float32 (the type they are stored and batched in: a float64 beyond
+    float32's range is inf), a chunk at a time: memory-mapped files stay paged out."""
     for m in MODALITIES:  # the present rows, packed or dense, as a save writes them
-        bad = sum(int((~np.isfinite(chunk)).sum()) for chunk in store._feature_chunks(m, present_only=True))
-        if bad:
-            return m, bad
+        for chunk in store._feature_chunks(m, present_only=True):
+            yield m, chunk
     if store.personality is not None:
-        arr, present, bad = store.personality, store.personality_present, 0
+        arr, present = store.personality, store.personality_present
         for start in range(0, len(arr), _SCAN_ROWS):
-            chunk = arr[start : start + _SCAN_ROWS]
-            if chunk.dtype != np.float32:  # a float64 beyond float32's range is inf once stored
-                with np.errstate(over="ignore"):
-                    chunk = chunk.astype(np.float32)
-            ok = np.isfinite(chunk)
-            rows = ~ok.all(axis=1) & present[start : start + _SCAN_ROWS]
-            if rows.any():
-                bad += int((~ok[rows]).sum())
-        if bad:
-            return "personality", bad
-    return None
+            rows = arr[start : start + _SCAN_ROWS][np.asarray(present[start : start + _SCAN_ROWS])]
+            with np.errstate(over="ignore"):
+                yield "personality", rows.astype(np.float32, copy=False)
+
+
+def non_finite_features(store: SceneStore) -> tuple[str, int] | None:
+    """The first input of ``store`` (a feature array, personality) that holds NaN or inf in a present
+    row (as float32, the type it is stored and batched in), and how many; ``None`` when there is none.
+    What lies under a False presence mask is ignored, as the models ignore it (and ``collate`` writes 0
+    there)."""
+    bad: dict[str, int] = {}
+    for name, chunk in _present_values(store):
+        bad[name] = bad.get(name, 0) + int((~np.isfinite(chunk)).sum())
+    return next(((name, n) for name, n in bad.items() if n), None)
 
 
 def largest_store_features(store: SceneStore) -> dict[str, float]:
     """The largest magnitude of each input of ``store`` in its present rows (0 where none is), as
     ``batch.largest_features`` gives it for a batch."""
-    out = {}
-    for m in MODALITIES:
-        with np.errstate(over="ignore"):
-            chunks = [np.abs(c.astype(np.float32, copy=False)) for c in store._feature_chunks(m, present_only=True)]
-        out[m] = max((float(c.max()) for c in chunks if c.size), default=0.0)
-    if store.personality is not None and store.personality_present.any():
-        out["personality"] = float(np.abs(store.personality[store.personality_present]).max())
+    out = {m: 0.0 for m in MODALITIES}
+    for name, chunk in _present_values(store):
+        if chunk.size:
+            out[name] = max(out.get(name, 0.0), float(np.abs(chunk).max()))
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ramer.batch import MODALITIES, OVERFLOW, largest_features
+from ramer.batch import MODALITIES, OVERFLOW, largest_features, magnitudes
 from ramer.console import labels_phrase
 from ramer.models import CLASSICAL, DataSpec, meta_model
 from ramer.models.parts.encoders import modality_encoders
@@ -181,7 +181,7 @@ def loss_not_finite(epoch: int, step: int, value, batch, what: str = "loss") -> 
     if epoch > 1 or step > 0:
         return said + "; lower train.lr?"
     largest = largest_features(batch)
-    sizes = ", ".join(f"{name} {v:.3g}" for name, v in largest.items())
+    sizes = magnitudes(largest)
     if max(largest.values()) < OVERFLOW:
         return f"{said} at the first step, before any update, so not for train.lr (largest feature magnitudes: {sizes})"
     return (
