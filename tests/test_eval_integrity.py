@@ -3,6 +3,7 @@ every figure ``ramer eval`` reports is the one scikit-learn computes from ``rame
 
 import dataclasses
 import json
+import re
 import warnings
 
 import numpy as np
@@ -180,6 +181,23 @@ def test_eval_reports_what_sklearn_computes_from_the_predictions_file(run, tmp_p
         f1 = skm.f1_score(y, p, average=None, zero_division=0)
         assert [rep["per_label"][n]["f1"] for n in names] == pytest.approx(f1.tolist(), abs=1e-12)
         assert [rep["per_label"][n]["support"] for n in names] == y.sum(0).tolist()
+        assert list(rep["per_label_by_role"]) == ["speaker", "nonspeaker"]
+        for part, by_label in rep["per_label_by_role"].items():
+            rows = role == PARTS[part]
+            f1 = skm.f1_score(y[rows], p[rows], average=None, zero_division=0)
+            assert [by_label[n]["f1"] for n in names] == pytest.approx(f1.tolist(), abs=1e-12), part
+            assert [by_label[n]["support"] for n in names] == y[rows].sum(0).tolist(), part
+    # the run's test line holds the same figures; eval --per-label shows each role's F1 and support
+    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["per_label_by_role"] == rep["per_label_by_role"]
+    assert main(["eval", str(out), "--per-label"]) == 0
+    printed = capsys.readouterr().out
+    assert "F1 speaker (support)" in printed and "F1 nonspeaker (support)" in printed
+    for n in names:
+        m, by_role = rep["per_label"][n], rep["per_label_by_role"]
+        cells = [n, str(m["support"]), *(f"{m[k]:.4f}" for k in ("p", "r", "f1"))]
+        cells += [f"{by_role[part][n]['f1']:.4f} ({by_role[part][n]['support']})" for part in ("speaker", "nonspeaker")]
+        assert re.search(r"^\W*" + r"\W+".join(map(re.escape, cells)) + r"\W*$", printed, re.M), n
 
 
 def test_report_counts_samples_without_a_label():

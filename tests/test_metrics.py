@@ -118,6 +118,22 @@ def test_label_names_must_name_every_label(names):
     assert list(report(Y, S, 0.5, label_names=["a", "b", "c"])["per_label"]) == ["a", "b", "c"]
 
 
+def test_per_label_by_role_is_per_label_of_each_role_that_has_targets():
+    """``per_label_by_role``: per_label_metrics of each role's rows; a role no target has, and data
+    without roles, get none; ``per_label=False`` (validation lines, the oracle) leaves both out."""
+    rep = report(Y, S, 0.5, np.array([1, 0, 1, -1]), ["a", "b", "c"])
+    y_pred = (S > 0.5).astype(int)
+    assert rep["per_label_by_role"] == {
+        "speaker": per_label_metrics(Y[[0, 2]], y_pred[[0, 2]], ["a", "b", "c"]),
+        "nonspeaker": per_label_metrics(Y[[1]], y_pred[[1]], ["a", "b", "c"]),
+    }
+    assert rep["per_label_by_role"]["speaker"]["b"] == {"p": 0.0, "r": 0.0, "f1": 0.0, "support": 1}
+    assert list(report(Y, S, 0.5, np.array([1, 1, 1, -1]))["per_label_by_role"]) == ["speaker"]
+    assert "per_label_by_role" not in report(Y, S, 0.5) and "per_label_by_role" not in report(Y, S, 0.5, -np.ones(4))
+    lean = report(Y, S, 0.5, np.array([1, 0, 1, -1]), per_label=False)
+    assert set(lean) == {"overall", "speaker", "nonspeaker"}
+
+
 @pytest.mark.parametrize(
     "threshold, message",
     [

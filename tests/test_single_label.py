@@ -332,6 +332,7 @@ def test_cli_multi_label_import_keeps_thresholds(tmp_path, fake_text, capsys):
     assert main(["eval", str(run), "--per-label"]) == 0
     printed = capsys.readouterr().out
     assert "test, per label (late_fusion)" in printed and "gold (rows)" not in printed
+    assert "F1 speaker" not in printed  # every target of an import speaks: that column would be F1 again
 
 
 def test_confusion_counts_gold_by_decided_and_refuses_a_row_of_other_than_one_label():
@@ -360,9 +361,9 @@ def test_selection_follows_the_task(tmp_path, fake_text, monkeypatch):
 
     real = recipe.report
 
-    def scripted(y_true, scores, threshold, role=None, label_names=None):
-        rep = real(y_true, scores, threshold, role, label_names)
-        if label_names is None:  # validation (the test report names its labels)
+    def scripted(y_true, scores, threshold, role=None, label_names=None, per_label=True):
+        rep = real(y_true, scores, threshold, role, label_names, per_label)
+        if not per_label:  # validation (the test report holds the per-label figures)
             scripted.calls += 1
             k = (scripted.calls - 1) % 3
             rep["overall"]["micro_f1"] = (0.9, 0.1, 0.3)[k]

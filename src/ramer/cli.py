@@ -677,7 +677,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows[ORACLE_ROW] = oracle
     OUT.print(metrics_table(title, rows, predictor.spec.task), soft_wrap=False)
     if args.per_label:
-        OUT.print(per_label_table(f"{args.split}, per label ({name})", rep["per_label"]), soft_wrap=False)
+        table = per_label_table(f"{args.split}, per label ({name})", rep["per_label"], rep.get("per_label_by_role"))
+        OUT.print(table, soft_wrap=False)
         if "confusion" in rep:
             OUT.print(
                 confusion_table(f"{args.split}, gold (rows) by decided (columns)", rep["confusion"]), soft_wrap=False
@@ -685,13 +686,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def per_label_table(title: str, per_label: dict[str, dict]) -> Table:
-    """One line per label: its support, precision, recall and F1 (``metrics.per_label_metrics``)."""
+def per_label_table(title: str, per_label: dict[str, dict], by_role: dict[str, dict] | None = None) -> Table:
+    """One line per label: its support, precision, recall and F1 (``metrics.per_label_metrics``),
+    then, where the targets have roles (``report``'s ``per_label_by_role``), its F1 and support
+    among each role's targets: where both roles have some (where all are speakers, as in an
+    import, that column would be the F1 column again)."""
+    by_role = by_role if by_role and len(by_role) > 1 else {}
     table = Table(title=title)
-    for col in ("label", "support", "P", "R", "F1"):  # a long label folds, whole, not cut to "label-nu…"
+    roles = [f"F1 {role} (support)" for role in by_role]  # the parts' names, as the metrics table's targets
+    for col in ("label", "support", "P", "R", "F1", *roles):  # a long label folds, whole, not cut to "label-nu…"
         table.add_column(col, justify="left" if col == "label" else "right", overflow="fold")
     for label, m in per_label.items():
-        table.add_row(label, str(m["support"]), *(f"{m[k]:.4f}" for k in ("p", "r", "f1")))
+        among = [f"{part[label]['f1']:.4f} ({part[label]['support']})" for part in by_role.values()]
+        table.add_row(label, str(m["support"]), *(f"{m[k]:.4f}" for k in ("p", "r", "f1")), *among)
     return table
 
 

@@ -233,12 +233,15 @@ def report(
     threshold: float | np.ndarray | str,
     role: np.ndarray | None = None,
     label_names=None,
+    per_label: bool = True,
 ) -> dict:
     """``{"overall": {...}, "speaker": {...}, "nonspeaker": {...}}`` at ``threshold`` (``decide``).
 
     The role split appears only when ``role`` marks some targets (1 speaker, 0 non-speaker).
     Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; a role part of no
-    target holds ``n`` (0) alone. ``per_label`` sits beside the parts (overall only).
+    target holds ``n`` (0) alone. With ``per_label``, ``per_label`` (every target) sits beside the
+    parts, and with the role split ``per_label_by_role``: ``{role: {label: {...}}}`` for each role
+    some target has.
     """
     y_true, scores = _truth_and_scores(y_true, scores)
     y_true = y_true.astype(np.int64)
@@ -254,12 +257,21 @@ def report(
 
     everything = np.ones(len(y_true), dtype=bool)
     result = {"overall": part(everything)}
+    roles = {}
     if role is not None and (np.asarray(role) >= 0).any():
         role = np.asarray(role)
-        for name, mask in (("speaker", role == 1), ("nonspeaker", role == 0)):
+        roles = {name: mask for name, mask in (("speaker", role == 1), ("nonspeaker", role == 0))}
+        for name, mask in roles.items():
             # a role no target of the split has: no score, not zeros that a reader would average
             result[name] = part(mask) if mask.any() else {"n": 0}
-    result["per_label"] = per_label_metrics(y_true, y_pred, label_names)
+    if per_label:
+        result["per_label"] = per_label_metrics(y_true, y_pred, label_names)
+        if roles:
+            result["per_label_by_role"] = {
+                name: per_label_metrics(y_true[mask], y_pred[mask], label_names)
+                for name, mask in roles.items()
+                if mask.any()
+            }
     return result
 
 

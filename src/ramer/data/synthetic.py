@@ -206,8 +206,7 @@ def generate(cfg: SynthConfig | None = None) -> DataBundle:
         store.extra["oracle"] = oracle
         store.mark_checked()  # generated finite
         splits[name] = store
-        rep = report(store.labels, oracle.astype(np.float64), 0.5, store.role)
-        rep.pop("per_label")
+        rep = report(store.labels, oracle.astype(np.float64), 0.5, store.role, per_label=False)
         info["oracle"][name] = rep
     return DataBundle(splits, LABEL_NAMES[: cfg.n_labels], "synthetic", f"synthetic(seed={cfg.seed})", info)
 

@@ -156,8 +156,7 @@ class ClassicalRecipe(RunSteps):
             valid_pred.labels, valid_pred.scores, self.spec.task, cfg.train.per_label_threshold
         )
         self.threshold = threshold.tolist() if isinstance(threshold, np.ndarray) else threshold
-        valid = report(valid_pred.labels, valid_pred.scores, threshold, valid_pred.role)
-        valid.pop("per_label")
+        valid = report(valid_pred.labels, valid_pred.scores, threshold, valid_pred.role, per_label=False)
         line = {
             "epoch": 1,
             "train": {"loss": log_loss(train_pred.labels, train_pred.scores, self.spec.single_label)},

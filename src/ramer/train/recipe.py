@@ -320,8 +320,8 @@ def write_test_result(
     the line's scalars at ``step``."""
     thr = np.asarray(threshold) if isinstance(threshold, list) else threshold
     rep = report(pred.labels, pred.scores, thr, pred.role, label_names)
-    per_label = rep.pop("per_label")
     result = {k: rep[k] for k in ("overall", "speaker", "nonspeaker") if k in rep}
+    per_label = {k: rep[k] for k in ("per_label", "per_label_by_role") if k in rep}
     if is_main():
         line = {
             "final": "test",
@@ -329,7 +329,7 @@ def write_test_result(
             **(run_info or {}),
             "threshold": threshold,
             "test": result,
-            "per_label": per_label,
+            **per_label,
         }
         # first, on the disk: test_metrics.json marks the run finished (bench)
         append_line(out / "metrics.jsonl", json.dumps(line))
@@ -903,8 +903,7 @@ class Recipe(RunSteps):
     def validate(self) -> tuple[dict, float | np.ndarray | str]:
         pred = self.score("valid")
         threshold = choose_threshold(pred.labels, pred.scores, self.spec.task, self.cfg.train.per_label_threshold)
-        rep = report(pred.labels, pred.scores, threshold, pred.role)
-        rep.pop("per_label")
+        rep = report(pred.labels, pred.scores, threshold, pred.role, per_label=False)
         return rep, threshold
 
     def score(self, split: str) -> Predictions:
