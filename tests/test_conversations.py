@@ -791,6 +791,20 @@ BAD_TABLES = [
         r"file \(row 5\); an unclosed quote\?",
     ),
     (
+        "a quote opening a cell, closed before its end (a tsv written without quoting)",
+        "talk.tsv",
+        HEAD.replace(",", "\t") + 'c1\t0\tann\t"Hi," she said\tjoy\nc1\t1\tbob\tyes\tjoy\n' + TAIL.replace(",", "\t"),
+        r"talk.tsv: row 2: cell 'text' begins with a quote that closes before the cell ends \('\"Hi,\" she said'\): "
+        r"a quote at the start of a cell opens a quoted cell, so a reader drops both quotes; quote the whole cell "
+        r"and write each quote in it twice \('\"\"\"Hi,\"\" she said\"'\)",
+    ),
+    (
+        "a quote opening a cell, closed before its end, after a cell of two lines (csv)",
+        "talk.csv",
+        HEAD + 'c1,0,ann,"two\nlines",joy\nc1,1,bob,"no" I said,"joy"\n' + TAIL,
+        r"talk.csv: row 4: cell 'text' begins with a quote that closes before the cell ends \('\"no\" I said'\)",
+    ),
+    (
         "labels differing in case",
         "talk.csv",
         HEAD + "c1,0,ann,hi,joy\nc1,1,bob,ho,Joy\n" + TAIL,

@@ -454,6 +454,34 @@ def _check_quotes(
                 line = next(csv.reader([lines[k - row]], delimiter=delimiter))
                 suspects.append((error, unicodedata.normalize("NFC", line[header.index("conversation")].strip())))
         opened = closed
+    if not well_formed:
+        _quote_closed_early(lines, header, row, path, delimiter)
+
+
+def _quote_closed_early(lines: list[str], header: list[str], row: int, path: Path, delimiter: str) -> None:
+    """A RamerError for a cell that begins with a quote closed before the cell ends (``"Hi," she
+    said``, as a table written without quoting holds it): the csv reader takes that quote as the
+    cell's quoting and drops it with its closing one, without an error. The message names the row, the
+    cell and how to write it."""
+    raw = "".join(lines)
+    d = re.escape(delimiter)
+    found = re.search(rf'(?:^|{d})("(?:[^"]|"")*"[^{d}"\r\n][^{d}\r\n]*)', raw)
+    if found is None:  # pragma: no cover (the strict reader failed on something else: its own error)
+        raise RamerError(f"{_where(path, row)}: not a readable CSV row (a quote where a cell cannot hold one)")
+    before = raw[: found.start(1)]
+    j = len(next(csv.reader([before], delimiter=delimiter), [""])) - 1 if before else 0
+    at = row + len(_LINE_BREAK.findall(before))
+    raise RamerError(
+        f"{_where(path, at)}: cell {_cell_name(header, j)} begins with a quote that closes before the cell ends "
+        f"({_short(found.group(1))}): a quote at the start of a cell opens a quoted cell, so a reader drops "
+        "both quotes; quote the whole cell and write each quote in it twice "
+        f"({_short(_requoted(found.group(1)))}), as spreadsheet programs and csv writers do"
+    )
+
+
+def _requoted(cell: str) -> str:
+    """``cell`` (its raw text) as a csv writer quotes it: in quotes, each quote written twice."""
+    return '"' + cell.replace('"', '""') + '"'
 
 
 def _reads_as_row(line: str, header: list[str], delimiter: str) -> bool:
