@@ -4,6 +4,7 @@ every figure ``ramer eval`` reports is the one scikit-learn computes from ``rame
 import dataclasses
 import json
 import re
+import types
 import warnings
 
 import numpy as np
@@ -141,6 +142,28 @@ def _sharded_scores(rank: int, world: int, tmp) -> None:
     store = random_store(n=13, dims=DIMS, n_labels=C, seed=3)
     np.save(tmp / f"rank{rank}.npy", predict(tiny_model(), store, 4, torch.device("cpu"), shard=True).scores)
     tdist.destroy_process_group()
+
+
+class ReadsLabels(torch.nn.Module):
+    """Scores that are its batch's labels: a model of another package that feeds the labels forward
+    while training (a classifier chain's teacher forcing) and forgets to stop when scored."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch):
+        return types.SimpleNamespace(probs=0.9 * batch.labels + 0.05 + 0 * self.w)
+
+
+def test_scores_never_see_the_labels():
+    """Validation, test and predict score a batch whose labels are zeroed, as the exported graph is:
+    given them, such a model scored above the oracle and won a bench, and its ONNX file disagreed
+    with ramer predict by 0.9999."""
+    store = random_store(n=9, dims=DIMS, n_labels=C, seed=1)
+    assert np.asarray(store.labels).any()
+    scores = predict(ReadsLabels(), store, 4, torch.device("cpu")).scores
+    assert np.all(scores == np.float32(0.05))
 
 
 def test_two_processes_score_every_sample_once_in_order(tmp_path):

@@ -11,6 +11,7 @@ the predictions file (JSON lines) that ``ramer predict`` writes and ``ramer view
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -187,7 +188,11 @@ def _score_range(
 
 def batch_scores(model: nn.Module, batch) -> np.ndarray:
     """``model``'s probabilities for ``batch`` as a float32 array ``(B, C)``, its output checked
-    against the model contract (``base.output_probs``, ``base.unit_scores``)."""
+    against the model contract (``base.output_probs``, ``base.unit_scores``). The model is given
+    the batch with its labels zeroed, as the exported graph is (``export``): scores never see the
+    annotations they are measured against, whatever a model's forward reads (a model of another
+    package that feeds its labels forward while training, and forgets to stop)."""
+    batch = dataclasses.replace(batch, labels=torch.zeros_like(batch.labels))
     probs = output_probs(model, model(batch), batch.size, len(batch.label_names))
     return unit_scores(model, probs.float().cpu().numpy())
 
