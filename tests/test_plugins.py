@@ -280,6 +280,20 @@ def test_settings_for_ramers_own_or_an_unknown_model_are_refused_before_any_work
         ("mine", None, (Param("model.nope", 0.0, 1.0),), "search space model.nope uniform .*unknown key 'model.nope'"),
         ("mine", None, (log("train.lr", -1.0, 1.0),), "search space train.lr .*greater than 0"),
         ("mine", None, ("train.lr",), "holds 'train.lr', not a ramer.models.spaces.Param"),
+        (
+            "mine",
+            None,
+            (log("train.lr", 1e-4, 1e-2), Param("train.lr", 1e-3, 1e-2)),
+            r"model 'mine': its search space gives train.lr twice; give each key once",
+        ),
+        (
+            "mine",
+            None,
+            (Param("model.options.theirs.pool", choices=("mean", "max")),),
+            r"holds model.options.theirs.pool, a setting of model 'theirs', which 'mine' never reads; its own are "
+            r"model.options.mine.\*",
+        ),
+        ("mine", lambda cfg: None, None, r"model 'mine': the builder <lambda>\(cfg\) must take \(cfg, spec\)"),
     ],
 )
 def test_register_model_refuses(name, builder, space, message, registry):

@@ -7,6 +7,7 @@ run names it."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import traceback
 from difflib import get_close_matches
@@ -112,6 +113,15 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
         raise RamerError(f"model name '{name}': names 'ramer-<part>' are RAMer's ablation presets")
     if not callable(builder):
         raise RamerError(f"model '{name}': the builder must be callable as builder(cfg, spec), not {builder!r}")
+    try:
+        inspect.signature(builder).bind(None, None)
+    except TypeError:  # it would fail at the first run, in ramer's own file
+        raise RamerError(
+            f"model '{name}': the builder {getattr(builder, '__qualname__', builder)}"
+            f"{inspect.signature(builder)} must take (cfg, spec): the run's Config and a DataSpec"
+        ) from None
+    except ValueError:  # no signature to read (some built-in callables): its first run says
+        pass
     replaced = name in KNOWN and BUILDERS.get(name) is not builder
     if replaced and (_ours(name) or name in _installed()):
         raise RamerError(f"model name '{name}' is taken; known: {known_models()}")

@@ -143,9 +143,18 @@ def check_space(model: str, space) -> tuple[Param, ...]:
     """A registered model's space (``models.register_model``): ``Param`` of config keys, each
     range's values taken by its key."""
     params = tuple(space)
+    seen: set[str] = set()
     for p in params:
         if not isinstance(p, Param):
             raise RamerError(f"model '{model}': its search space holds {p!r}, not a ramer.models.spaces.Param")
+        if p.key in seen:  # Optuna would refuse the second draw in the first trial, with its traceback
+            raise RamerError(f"model '{model}': its search space gives {p.key} twice; give each key once")
+        seen.add(p.key)
+        if (other := p.key.split(".")[2:3]) and p.key.startswith("model.options.") and other != [model]:
+            raise RamerError(
+                f"model '{model}': its search space holds {p.key}, a setting of model '{other[0]}', which "
+                f"'{model}' never reads; its own are model.options.{model}.*"
+            )
         ends = p.choices if p.choices is not None else (p.low, p.high)
         for value in ends:
             try:
