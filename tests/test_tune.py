@@ -4,6 +4,7 @@ read from validation only; a killed study resumes; the pruner stops a hopeless t
 share one study; ``train.tensorboard`` writes the logged scalars."""
 
 import datetime
+import io
 import json
 import os
 import signal
@@ -586,6 +587,26 @@ def test_trial_seeds_prune_on_the_first_seed_and_name_a_later_seed_that_diverges
     assert note.startswith("seed 2: epoch 1 step 0: loss is not finite")
     first = [ln for ln in lines(tmp_path / "t" / "trial-0001" / "seed-1") if "epoch" in ln]
     assert trials[1].user_attrs["seed_values"] == [max(ln["valid"]["overall"]["micro_f1"] for ln in first)]
+
+
+def test_a_trial_that_raises_says_what_in_its_note(tmp_path, monkeypatch):
+    """A bug in a trial's run (a plugin's forward on float64 weights) stops the search with its
+    error; trials.md and trials.csv said the trial was "killed or interrupted"."""
+    real_epoch = Recipe.train_epoch
+
+    def train_epoch(self, epoch, bar):
+        if self.out.name == "trial-0001":
+            raise RuntimeError("mat1 and mat2 must have the same dtype\nsecond line")
+        return real_epoch(self, epoch, bar)
+
+    monkeypatch.setattr(Recipe, "train_epoch", train_epoch)
+    cfg = tune_config("late_fusion", None, TINY)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        tune(cfg, tmp_path / "t", trials=2, console=Console(file=io.StringIO()))
+    assert states(study_trials(tmp_path / "t", "late_fusion")) == ["complete", "fail"]
+    for name in ("trials.md", "trials.csv"):
+        text = (tmp_path / "t" / name).read_text()
+        assert "failed: RuntimeError: mat1 and mat2 must have the same dtype" in text and "killed" not in text
 
 
 # ---------------------------------------------------------------------- several processes

@@ -678,6 +678,10 @@ class Objective:
                 raise e.with_traceback(None) from None
             except LossNotFinite as e:  # a setting that diverges is a bad setting: pruned, not failed
                 diverged = e.cause if self.trial_seeds == 1 else f"seed {seed + i}: {e.cause}"
+            except Exception as e:  # the search stops on it; the trial's note says what it was, not "killed"
+                if not interrupted(e):
+                    trial.set_user_attr("note", f"failed: {type(e).__name__}: {first_line(e)}")
+                raise
             if diverged is not None:
                 if done:
                     record()
