@@ -4,6 +4,7 @@ target tokens (``SceneStore.target_tokens``): loader, collate, native format, mo
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -508,6 +509,33 @@ def test_target_protocol_counts_identical_samples_per_split(tmp_path, capsys) ->
     # the clip protocol has no such copies (a clip's annotations are one sample): no counter
     clip = load_dataset(root, memor_protocol="clip", valid_fraction=0.3)
     assert all("duplicate_annotation_samples" not in clip.info["splits"][s] for s in SPLITS)
+
+
+def test_target_protocol_counts_test_samples_also_in_train(tmp_path, capsys) -> None:
+    """An item of test_id.txt sharing (clip, character, moment) with one of train_id.txt is the
+    same sample (one union label) in test and in train or valid: kept, and counted in test
+    (``samples_also_in_train``), wherever the draw put its twin; valid counts its twins in train."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    twin = {"clip": "c1", "character": 0, "moment": 101.0}  # item 0's, in train_id.txt
+    edit_json(
+        root / "anno.json",
+        lambda o: [o[k].append({**twin, "emotion": "sadness"}) for k in ("primary", "fine_grained")],
+    )
+    (root / "test_id.txt").write_text("7\n8\n9\n10\n")
+    for seed, side in ((0, "train"), (7, "valid")):  # item 0 drawn into train, then into valid
+        b = load_dataset(root, valid_fraction=0.15, valid_seed=seed)
+        assert sides(b)[0] == side and b.splits["test"].ids == ["7:c2:1", "8:c3:3", "9:c1:0", "10:c1:0"]
+        assert {s: b.info["splits"][s].get("samples_also_in_train") for s in SPLITS} == {
+            "train": None,
+            "valid": 0,
+            "test": 1,
+        }
+        np.testing.assert_array_equal(
+            b.splits["test"].labels[3], b.splits[side].labels[b.splits[side].ids.index("0:c1:0")]
+        )
+    assert main(["data", "info", str(root), "--set", "data.valid_fraction=0.15", "--set", "data.valid_seed=0"]) == 0
+    assert re.search(r"\n  test +.*samples_also_in_train 1", capsys.readouterr().out)
 
 
 def test_target_protocol_draw_without_twins_is_the_per_item_draw(tmp_path) -> None:

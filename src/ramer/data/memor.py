@@ -37,7 +37,9 @@ The sample of ``target`` (a ``clip`` sample differs only where said above):
   draw, each bringing in its group, and the groups reached first are taken, as many as bring the
   share nearest to ``valid_fraction`` (up to one group's size off); with no shared (clip,
   character, moment) this is the per-item draw. Each split
-  counts its copies (``duplicate_annotation_samples``: items beyond the first of their group).
+  counts its copies (``duplicate_annotation_samples``: items beyond the first of their group);
+  valid and test count their items whose group has an item in train (for test: in train or valid,
+  the items of ``train_id.txt``): ``samples_also_in_train``, kept, the same sample on both sides.
   Sample ids are ``"{anno index}:{clip}:{character}"`` (``target``), independent of the split seed.
 - text keys: ``"{clip}+{seg_ori_ind}"`` (the released code) or ``"{clip}+{segment index}"`` (the
   other public loader): both are tried over the whole release, the one matching more keys is used
@@ -644,6 +646,11 @@ def iter_memor(
             )
         info["memor"] = memor_info
 
+        # (clip, character, moment) of the train split, and of train_id.txt (train and valid): a valid or
+        # test item sharing one is the same sample (its union label) as one the run learns from
+        also_in = {"valid": {items[x[0]][:3] for x in split_samples["train"]}}
+        also_in["test"] = also_in["valid"] | {items[x[0]][:3] for x in split_samples["valid"]}
+
         def build(split: str, samples: list[list[int]]) -> SceneStore:
             persons_of, grids = [], []
             for sample in samples:
@@ -737,6 +744,8 @@ def iter_memor(
             }
             if target_tokens is None:  # identical copies: items beyond the first of their (clip, character, moment)
                 extra["duplicate_annotation_samples"] = n - len({items[x[0]][:3] for x in samples})
+                if split in also_in:  # and copies of a sample that trains (or chooses the checkpoint)
+                    extra["samples_also_in_train"] = sum(items[x[0]][:3] in also_in[split] for x in samples)
             else:
                 extra["annotations"] = int(sum(len(x) for x in samples))
                 extra["target_tokens"] = int(target_tokens.sum())
