@@ -630,6 +630,36 @@ def test_memor_visual_nan_and_inf_are_replaced_before_the_means(tmp_path: Path) 
     assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 1, "visual": 3}
 
 
+def test_memor_object_or_environment_file_shorter_than_the_segments_is_counted(tmp_path: Path) -> None:
+    """Clip c1's segments need frames up to 143; its present visual tokens are Sheldon's in s0,
+    Penny's in s1 and others' in s2 ([95, 143)). An object file of 100 rows gives s2's object part
+    the mean of rows 95..99; an environment file of 90 rows gives s1 the mean of 47..89 and s2
+    zeros: the tokens stay present (one visual flag per token), and each table is counted."""
+    root = tmp_path / "memor"
+    fx = fw.write_memor(root)
+    vis = root / "features" / "visual_features"
+    fx["visual"]["c1"]["object"] = fx["visual"]["c1"]["object"][:100]
+    torch.save(torch.from_numpy(fx["visual"]["c1"]["object"]), vis / "object_features" / "c1.pt")
+    bundle = load_dataset(root, "memor")
+    check_memor(bundle, fx, "primary")  # the reference's means of the rows there
+    info = bundle.info["memor"]
+    assert info["visual_clips_with_too_few_object_frames"] == 1
+    assert "visual_clips_with_too_few_environment_frames" not in info
+    env = fx["visual"]["c1"]["environment"][:90]
+    torch.save(torch.from_numpy(env), vis / "environment_features" / "c1.pt")
+    bundle = load_dataset(root, "memor")
+    info = bundle.info["memor"]
+    assert info["visual_clips_with_too_few_object_frames"] == info["visual_clips_with_too_few_environment_frames"] == 1
+    assert "visual_clips_with_a_segment_without_frames" not in info  # s2 still has object rows
+    st = next(bundle.splits[s] for s in SPLITS if "3:c1:7" in bundle.splits[s].ids)
+    i = st.ids.index("3:c1:7")  # persons Sheldon, Penny, others
+    row = st.token_offsets[i] + 2 * 3 + 2  # others, s2
+    assert st.present[row, 2] and not st.visual[row, -3:].any()
+    np.testing.assert_allclose(st.visual[row - 3 - 1, -3:], env[47:90].mean(0), rtol=1e-5)  # Penny, s1
+    np.testing.assert_allclose(st.visual[row, 5:9], fx["visual"]["c1"]["object"][95:100].mean(0), rtol=1e-5)
+    assert collect_info(str(root))["details"]["memor"]["visual_clips_with_too_few_environment_frames"] == 1
+
+
 def test_memor_text_key_convention(tmp_path: Path) -> None:
     root = tmp_path / "memor"
     fx = fw.write_memor(root, text_convention="segment_index")

@@ -21,7 +21,9 @@ The sample of ``target`` (a ``clip`` sample differs only where said above):
   crops fall there) + mean object + mean environment features; the whole clip's visual is absent
   when the clip has 10 or fewer face images. Frames are counted at 23.976 fps from the clip's
   ``start``; a face belongs to a frame range ``[begin, end]``, object/environment rows to
-  ``[begin, end)`` as in the baseline.
+  ``[begin, end)`` as in the baseline. An object or environment file with fewer rows than a
+  present token's range needs gives the mean of the rows there (zeros when none) and is counted
+  per clip and table (``visual_clips_with_too_few_object_frames``, ``..._environment_frames``).
 - personality: the 118-d row of ``character_features.csv`` of each person, every column
   L2-normalised across the 8 characters (the baseline's ``F.normalize(dim=0)``).
 - target = (target person, the segment containing ``moment``: ``start <= moment < end``; when no
@@ -584,6 +586,10 @@ def iter_memor(
                 begin = max(0, int((float(c["seg_start"][s]) - start) * FPS))
                 end = int((float(c["seg_end"][s]) - start) * FPS)
                 in_seg = (frames >= begin) & (frames <= end)
+                # a table with fewer rows than the window needs: its part is the mean of the rows there
+                short = [
+                    kind for kind, table in (("object", obj), ("environment", env)) if end > max(begin, len(table))
+                ]
                 ctx = []
                 for table in (obj, env):
                     rows = table[begin:end]
@@ -598,6 +604,8 @@ def iter_memor(
                     if sel.sum() > FACE_THRESHOLD:
                         if not any(len(table[begin:end]) for table in (obj, env)):
                             clip_sets["visual_clips_with_a_segment_without_frames"].add(clip)
+                        for kind in short:
+                            clip_sets[f"visual_clips_with_too_few_{kind}_frames"].add(clip)
                         feats[ch, s, :d_face] = face[sel].astype(np.float64).mean(0)
                         feats[ch, s, d_face : d_face + d_obj] = ctx[0]
                         feats[ch, s, d_face + d_obj :] = ctx[1]
