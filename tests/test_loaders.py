@@ -660,6 +660,22 @@ def test_memor_object_or_environment_file_shorter_than_the_segments_is_counted(t
     assert collect_info(str(root))["details"]["memor"]["visual_clips_with_too_few_environment_frames"] == 1
 
 
+@pytest.mark.parametrize("protocol", ["target", "clip"])
+def test_memor_speech_by_a_speaker_who_is_no_person_is_counted(files, protocol: str) -> None:
+    """Clip c3: Rajesh (3) is on screen and speaks s0, Amy (6) speaks s1 (keys c3+1 in both
+    files). Test item 8 targets Rajesh, so its persons are [3]: Amy's speech is in no token of
+    it, counted once; train item 6 targets Amy, who is then a person (nothing counted)."""
+    bundle = load_dataset(files["memor"], memor_protocol=protocol)
+    st = bundle.splits["test"]
+    i = st.ids.index("8:c3:3" if protocol == "target" else "c3")
+    assert st.character[st.person_offsets[i] : st.person_offsets[i + 1]].tolist() == [3]
+    assert not st.present[st.token_offsets[i] : st.token_offsets[i + 1], :2].any(axis=1)[1]  # s1: no text/audio
+    assert {s: bundle.info["splits"][s]["speech_by_non_person"] for s in SPLITS} == {"train": 0, "valid": 0, "test": 1}
+    assert "speech_by_non_person 1" in format_info_table(
+        collect_info(str(files["memor"]), sets=[f"data.memor_protocol={protocol}"])
+    )
+
+
 def test_memor_text_key_convention(tmp_path: Path) -> None:
     root = tmp_path / "memor"
     fx = fw.write_memor(root, text_convention="segment_index")

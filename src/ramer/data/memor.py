@@ -16,7 +16,9 @@ The sample of ``target`` (a ``clip`` sample differs only where said above):
 - persons = ``sorted(on_character + [target])``, segments = the clip's segments; rows are
   person-major (``row = p * S + s``); ``character`` holds each person's id (0..7).
 - text (1024) and audio (6373) are present only where the person is the segment's speaker and the
-  feature key exists (a missing audio or text key leaves the token absent; both counted).
+  feature key exists (a missing audio or text key leaves the token absent; both counted). A
+  segment whose speaker is none of the persons has its text and audio in no token (counted per
+  sample, ``speech_by_non_person``, where either key exists).
 - visual = mean face feature of that person over the segment's frames (when more than 10 face
   crops fall there) + mean object + mean environment features; the whole clip's visual is absent
   when the clip has 10 or fewer face images. Frames are counted at 23.976 fps from the clip's
@@ -683,7 +685,7 @@ def iter_memor(
             character = np.zeros(Q, dtype=np.int32)
             pers = np.zeros((Q, personality.shape[1]), dtype=np.float32)
             before = dict(counts)
-            local = defaultdict(int)
+            local = defaultdict(int, speech_by_non_person=0)
             by_clip: dict[str, list[int]] = defaultdict(list)
             for k, sample in enumerate(samples):
                 by_clip[items[sample[0]][0]].append(k)
@@ -713,6 +715,8 @@ def iter_memor(
                 for k in ks:
                     persons = persons_of[k]
                     off, poff = int(offsets[k]), int(person_offsets[k])
+                    # speech of a speaker who is none of the persons: in no token of this sample
+                    local["speech_by_non_person"] += sum(speakers[s] not in persons for s in set(tvecs) | set(avecs))
                     for p, who in enumerate(persons):
                         rows = off + p * S + np.arange(S)
                         for s, spk in enumerate(speakers):
