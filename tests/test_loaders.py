@@ -416,6 +416,22 @@ def test_m3ed_pickle_malformed(tmp_path: Path, edit, message: str) -> None:
     assert str(p) in str(e.value)
 
 
+@pytest.mark.parametrize("protocol", ["dialogue", "utterance"])
+def test_m3ed_pickle_counts_dialogues_in_no_split(tmp_path: Path, protocol: str) -> None:
+    """A dialogue of videoIDs listed in none of trainVid / valVid / testVid is read by no split:
+    counted (``dialogues_in_no_split``), shown on the ``m3ed:`` line of ``ramer data info``."""
+    p = tmp_path / "m3ed.pkl"
+    fx = fw.write_m3ed_pickle(p)
+    fw.write_m3ed_annotation(tmp_path / "annotation.json", fx)
+    assert load_dataset(p, m3ed_protocol=protocol).info["m3ed"]["dialogues_in_no_split"] == 0
+    _rewrite_pickle(p, lambda o: o[7].remove("seriestrain_1"))
+    bundle = load_dataset(p, m3ed_protocol=protocol)
+    assert bundle.info["m3ed"]["dialogues_in_no_split"] == 1
+    assert not any(sid.startswith("seriestrain_1") for s in SPLITS for sid in bundle.splits[s].ids)
+    table = format_info_table(collect_info(str(p), sets=[f"data.m3ed_protocol={protocol}"]))
+    assert re.search(r"\nm3ed: .*dialogues_in_no_split=1", table)
+
+
 # ---------------------------------------------------------------------------------------- M3ED CARAT
 def test_m3ed_carat(files) -> None:
     fx = files["carat_fx"]

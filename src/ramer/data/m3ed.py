@@ -8,7 +8,8 @@ personality; character -1 (speakers A/B are not identities across dialogues).
 *Original pickle* (DATA_FORMATS section 3): ``P = 2`` rows (speaker A, speaker B) x ``S`` = the
 first ``max_utterances`` utterances; an utterance's text, audio and visual are present only in
 its speaker's row. Labels of utterances beyond the cut still count; how many labels come *only*
-from beyond the cut is reported (``labels_only_beyond_cut``).
+from beyond the cut is reported (``labels_only_beyond_cut``). Splits: ``trainVid`` / ``valVid`` /
+``testVid``; a dialogue of ``videoIDs`` in none of them is counted (``dialogues_in_no_split``).
 
 *Utterance protocol* (``protocol="utterance"``, the pickle plus the release's ``annotation.json``):
 one scene per utterance, labelled with its ``final_mul_emo``; the same two rows over a window of
@@ -76,9 +77,10 @@ def _speaker(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------- original pickle
-def _check_split_lists(obj: list, source: str) -> None:
+def _check_split_lists(obj: list, source: str) -> int:
     """Items 7-9 (trainVid, valVid, testVid): hashable dialogue ids, none in two lists (the splits
-    are disjoint; a repeat inside one list is caught where the split's ids are checked)."""
+    are disjoint; a repeat inside one list is caught where the split's ids are checked). Returns
+    how many dialogues of videoIDs are in none of the lists (read by no split)."""
     listed: dict[Any, int] = {}
     for k in SPLIT_ITEM.values():
         for j, d in enumerate(obj[k]):
@@ -92,6 +94,7 @@ def _check_split_lists(obj: list, source: str) -> None:
                 raise RamerError(
                     f"{source}: dialogue '{d}' is listed in {ITEMS[first]} and {ITEMS[k]}; the splits must be disjoint"
                 )
+    return sum(d not in listed for d in obj[0].keys())
 
 
 def _per_utterance(obj: list, k: int, d: Any, where: str) -> list:
@@ -188,11 +191,16 @@ def iter_m3ed_pickle(
             raise RamerError(
                 f"{source}: item {k} ({ITEMS[k]}) is a {type(obj[k]).__name__}, expected a list of dialogue ids"
             )
-    _check_split_lists(obj, source)
+    in_no_split = _check_split_lists(obj, source)
     if protocol == "utterance":
-        return _iter_m3ed_utterances(obj, source, max_utterances, annotation)
+        return _iter_m3ed_utterances(obj, source, max_utterances, annotation, in_no_split)
     info = new_info([source])
-    info["m3ed"] = {"layout": "pickle", "protocol": "dialogue", "max_utterances": int(max_utterances)}
+    info["m3ed"] = {
+        "layout": "pickle",
+        "protocol": "dialogue",
+        "max_utterances": int(max_utterances),
+        "dialogues_in_no_split": in_no_split,
+    }
     counts = info["nonfinite_replaced"]
     n_labels = len(M3ED_LABELS)
 
@@ -440,7 +448,9 @@ def _labels_of(entry: dict, where: str, found: dict) -> list[int]:
     return out
 
 
-def _iter_m3ed_utterances(obj: list, source: str, max_utterances: int, annotation: str | Path | None) -> SplitStream:
+def _iter_m3ed_utterances(
+    obj: list, source: str, max_utterances: int, annotation: str | Path | None, in_no_split: int
+) -> SplitStream:
     """One sample per utterance: persons A and B, segments = a window of the dialogue's utterances
     (``WINDOW``), target = (speaker row, the utterance's place in the window), role speaker, labels =
     the utterance's ``final_mul_emo``. Samples in split order, dialogue by dialogue, utterance by utterance."""
@@ -454,6 +464,7 @@ def _iter_m3ed_utterances(obj: list, source: str, max_utterances: int, annotatio
         "layout": "pickle",
         "protocol": "utterance",
         "max_utterances": int(max_utterances),
+        "dialogues_in_no_split": in_no_split,
         "window": WINDOW,
         "annotation": str(path),
         "annotation_nesting": found_layout["nesting"],
