@@ -676,6 +676,24 @@ def test_memor_object_or_environment_file_shorter_than_the_segments_is_counted(t
     assert collect_info(str(root))["details"]["memor"]["visual_clips_with_too_few_environment_frames"] == 1
 
 
+def test_memor_a_feature_size_differing_between_clips_names_both_files(tmp_path: Path) -> None:
+    """Clips c1 and c2 (given 12 face crops) both have visual; c1's object file, read first, is
+    the odd one (7 columns, c2's 4): the error names both files and both shapes, not c2 alone."""
+    root = tmp_path / "memor"
+    fw.write_memor(root)
+    vis = root / "features" / "visual_features"
+    (vis / "face_names" / "c2.txt").write_text("\t".join(f"{f}_Leonard.jpg" for f in range(12)) + "\n")
+    torch.save(torch.zeros(12, 5), vis / "face_features" / "c2.pt")
+    load_dataset(root, "memor")  # the same sizes in both clips
+    torch.save(torch.zeros(145, 7), vis / "object_features" / "c1.pt")
+    with pytest.raises(RamerError) as e:
+        load_dataset(root, "memor")
+    assert str(e.value) == (
+        f"{vis / 'object_features' / 'c2.pt'}: shape (73, 4), but {vis / 'object_features' / 'c1.pt'} (the first "
+        "clip read) has shape (145, 7); a feature size must be the same in every clip"
+    )
+
+
 @pytest.mark.parametrize("protocol", ["target", "clip"])
 def test_memor_speech_by_a_speaker_who_is_no_person_is_counted(files, protocol: str) -> None:
     """Clip c3: Rajesh (3) is on screen and speaks s0, Amy (6) speaks s1 (keys c3+1 in both

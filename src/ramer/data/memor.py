@@ -501,14 +501,13 @@ def iter_memor(
                 raise RamerError(f"{p}: shape {x.shape}, expected (rows, dim)")
             return x
 
-        dims = None
+        kinds = ("face_features", "object_features", "environment_features")
+        dims, first_read = None, {}  # feature sizes, and the files (path, shape) they were read from
         for clip in clips_used:
             if face_names[clip] is not None and len(face_names[clip]) > FACE_THRESHOLD:
                 try:
-                    dims = tuple(
-                        load_feature(k, clip).shape[1]
-                        for k in ("face_features", "object_features", "environment_features")
-                    )
+                    first_read = {k: (vis_dir / k / f"{clip}.pt", load_feature(k, clip).shape) for k in kinds}
+                    dims = tuple(shape[1] for _, shape in first_read.values())
                     break
                 except FileNotFoundError:
                     continue
@@ -548,9 +547,7 @@ def iter_memor(
                 clip_sets["visual_clips_with_10_or_fewer_faces"].add(clip)
                 return None
             try:
-                face, obj, env = (
-                    load_feature(kind, clip) for kind in ("face_features", "object_features", "environment_features")
-                )
+                face, obj, env = (load_feature(kind, clip) for kind in kinds)
             except FileNotFoundError as e:
                 clip_sets["visual_clips_missing_feature_files"].add(clip)
                 if len(missing_examples) < 5 and str(e) not in missing_examples:
@@ -563,12 +560,13 @@ def iter_memor(
                 for x, kind in ((face, "face"), (obj, "object"), (env, "environment"))
             )
             names_path = vis_dir / "face_names" / f"{clip}.txt"
-            got = (face.shape[1], obj.shape[1], env.shape[1])
-            if got != vis_dims:
-                raise RamerError(
-                    f"{vis_dir}: clip '{clip}' feature dims (face, object, environment) = {got}, expected "
-                    f"{vis_dims} as in other clips"
-                )
+            for kind, x, want in zip(kinds, (face, obj, env), vis_dims):
+                if x.shape[1] != want:  # which of the two is odd, only the other clips can tell
+                    path, shape = first_read[kind]
+                    raise RamerError(
+                        f"{vis_dir / kind / (clip + '.pt')}: shape {tuple(x.shape)}, but {path} (the first clip "
+                        f"read) has shape {tuple(shape)}; a feature size must be the same in every clip"
+                    )
             if face.shape[0] != len(names_list):
                 raise RamerError(
                     f"{vis_dir / 'face_features' / (clip + '.pt')}: shape {face.shape} but {names_path} names "
