@@ -405,6 +405,10 @@ def _rewrite_pickle(path: Path, edit) -> Path:
         (lambda o: o[2]["seriestrain_0"].__setitem__(0, 7), "videoLabels holds 7"),
         (lambda o: o[2]["seriestrain_0"].__setitem__(0, 1.5), r"videoLabels holds a non-integer label \(\[1.5"),
         (lambda o: o[2]["seriestrain_0"].pop(), r"3 utterance ids, 3 speakers \(videoSpeakers\), 2 labels"),
+        (
+            lambda o: o[7].append("seriestrain_0"),
+            r"m3ed.pkl: dialogue 'seriestrain_0' is listed twice in trainVid \(entries 0 and 3\)$",
+        ),
     ],
 )
 def test_m3ed_pickle_malformed(tmp_path: Path, edit, message: str) -> None:

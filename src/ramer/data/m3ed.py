@@ -78,14 +78,14 @@ def _speaker(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------- original pickle
 def _check_split_lists(obj: list, source: str) -> int:
-    """Items 7-9 (trainVid, valVid, testVid): hashable dialogue ids, none in two lists (the splits
-    are disjoint; a repeat inside one list is caught where the split's ids are checked). Returns
-    how many dialogues of videoIDs are in none of the lists (read by no split)."""
-    listed: dict[Any, int] = {}
+    """Items 7-9 (trainVid, valVid, testVid): hashable dialogue ids, each listed once (the splits
+    are disjoint, a dialogue is one sample). Returns how many dialogues of videoIDs are in none of
+    the lists (read by no split)."""
+    listed: dict[Any, tuple[int, int]] = {}  # dialogue -> (item, entry) where it is first listed
     for k in SPLIT_ITEM.values():
         for j, d in enumerate(obj[k]):
             try:
-                first = listed.setdefault(d, k)
+                first, at = listed.setdefault(d, (k, j))
             except TypeError:
                 raise RamerError(
                     f"{source}: item {k} ({ITEMS[k]}) entry {j} is a {type(d).__name__}, expected a dialogue id"
@@ -94,6 +94,8 @@ def _check_split_lists(obj: list, source: str) -> int:
                 raise RamerError(
                     f"{source}: dialogue '{d}' is listed in {ITEMS[first]} and {ITEMS[k]}; the splits must be disjoint"
                 )
+            if at != j:
+                raise RamerError(f"{source}: dialogue '{d}' is listed twice in {ITEMS[k]} (entries {at} and {j})")
     return sum(d not in listed for d in obj[0].keys())
 
 
