@@ -420,6 +420,19 @@ def test_m3ed_pickle_malformed(tmp_path: Path, edit, message: str) -> None:
     assert str(p) in str(e.value)
 
 
+@pytest.mark.parametrize("protocol, max_utt", [("dialogue", 60), ("dialogue", 4), ("utterance", 4)])
+def test_m3ed_pickle_counts_non_finite_values_beyond_the_cut(tmp_path: Path, protocol: str, max_utt: int) -> None:
+    """A NaN in utterance 7 of the 9-utterance train dialogue is counted whatever the cut: each
+    value of the file once (besides the fixture's -inf in each dialogue's first audio row)."""
+    p = tmp_path / "m3ed.pkl"
+    fx = fw.write_m3ed_pickle(p)
+    fw.write_m3ed_annotation(tmp_path / "annotation.json", fx)
+    _rewrite_pickle(p, lambda o: o[3]["seriestrain_1"].__setitem__((6, 0), np.nan))
+    bundle = load_dataset(p, data_cfg=DataConfig(max_utterances=max_utt), m3ed_protocol=protocol)
+    assert bundle.info["nonfinite_replaced"] == {"text": 1, "audio": 7, "visual": 0}
+    assert bundle.info["splits"]["train"]["nonfinite_replaced"]["text"] == 1
+
+
 @pytest.mark.parametrize("protocol", ["dialogue", "utterance"])
 def test_m3ed_pickle_counts_dialogues_in_no_split(tmp_path: Path, protocol: str) -> None:
     """A dialogue of videoIDs listed in none of trainVid / valVid / testVid is read by no split:
@@ -454,6 +467,19 @@ def test_m3ed_carat(files) -> None:
             assert st.present[sl].all()
         np.testing.assert_array_equal(st.labels, tgt_multi_hot(part["tgt"], 7))
     assert bundle.info["nonfinite_replaced"] == {"text": 0, "audio": 9, "visual": 0}
+
+
+def test_m3ed_carat_counts_non_finite_values_beyond_len_list(tmp_path: Path) -> None:
+    """An inf in a stored row beyond a sample's len_list (CARAT's padding, not in the sample) is
+    counted: each value of the file once, as in the pickle beyond max_utterances."""
+    p = tmp_path / "m3ed_data_60.pt"
+    fx = fw.write_m3ed_carat(p)
+    i = next(i for i, L in enumerate(fx["splits"]["test"]["len_list"]) if L < 6)
+    _resave(p, lambda o: o["test"]["src-text"][i].__setitem__((5, 0), np.inf))
+    bundle = load_dataset(p)
+    assert bundle.info["nonfinite_replaced"] == {"text": 1, "audio": 9, "visual": 0}
+    assert bundle.info["splits"]["test"]["nonfinite_replaced"]["text"] == 1
+    assert tuple(bundle.splits["test"].grid[i]) == (1, fx["splits"]["test"]["len_list"][i])  # the row stays out
 
 
 def test_m3ed_carat_empty_split(tmp_path: Path) -> None:

@@ -233,13 +233,13 @@ def iter_m3ed_pickle(
                 if n == 0:
                     empty += 1
                 rows = offsets[i] + np.asarray(spk[:kept], dtype=np.int64) * S + np.arange(kept)
-                for m in MODALITIES:
+                for m in MODALITIES:  # the whole dialogue converted: its values beyond the cut counted too
                     out[m][rows] = as_float32(
-                        np.array(feats[m][:kept]),
+                        np.array(feats[m]),
                         counts,
                         m,
                         f"{source}: split '{split}' dialogue '{vids[i]}' {ITEMS[FEATURE_ITEM[m]]}",
-                    )
+                    )[:kept]
                 present[rows] = True
                 labels[i, lab] = 1
                 if n > S:
@@ -692,11 +692,11 @@ def iter_m3ed_carat(obj: Any, source: str) -> SplitStream:
             before = dict(counts)
             for i in range(n):
                 kept = int(min(lens[i], stored[i]))
-                for m in MODALITIES:
+                for m in MODALITIES:  # every stored row converted: values beyond len_list counted too
                     x = as_array(seqs[m][i], f"{where} key '{keys[m]}'[{i}]")
                     feats[m][offsets[i] : offsets[i] + kept] = as_float32(
-                        np.array(x[:kept]), counts, m, f"{where} key '{keys[m]}'[{i}]"
-                    )
+                        np.array(x), counts, m, f"{where} key '{keys[m]}'[{i}]"
+                    )[:kept]
                 present[offsets[i] : offsets[i] + kept] = True
             extra = {
                 "nonfinite_replaced": {m: counts[m] - before[m] for m in MODALITIES},
