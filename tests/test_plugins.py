@@ -221,6 +221,9 @@ def test_a_models_own_settings_reach_its_builder_and_its_runs(tmp_path, monkeypa
     err = capsys.readouterr().err
     said = "error: model 'scope_pool': its builder raised ValueError: model.options.scope_pool.pool is mean or max"
     assert re.search(re.escape(said) + r", not 'median' \(.*plug_models.py, line \d+\)", err), err
+    assert main([*bad, "--set", "model.options.scope_pool.pooll=max"]) == 2  # a typo: not the default unsaid
+    said = "its builder raised ValueError: model.options.scope_pool has no key pooll; its key is pool"
+    assert said in capsys.readouterr().err
 
     space = (Param("model.options.scope_pool.pool", choices=("mean", "max")),)
     register_model("scope_pool", sys.modules["plug_models"].build, space=space)  # a searched setting of its own
