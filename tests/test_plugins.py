@@ -134,6 +134,10 @@ def test_an_installed_model_that_registers_itself_on_import_keeps_its_space(tmp_
     cfg = build_config(None)
     set_model(cfg, "spaced")
     assert space_for(cfg) == sys.modules["plug_spaced"].SPACE
+    module = importlib.reload(sys.modules["plug_spaced"])  # a notebook's reload: its builder again, replaced
+    assert models.BUILDERS["spaced"] is module.build and space_for(cfg) == module.SPACE
+    with pytest.raises(RamerError, match="model name 'spaced' is taken"):  # another builder: the entry point's name
+        register_model("spaced", lambda cfg, spec: nn.Linear(1, 1))
 
 
 def test_a_bench_worker_tunes_an_installed_model_in_its_own_space(tmp_path, monkeypatch, registry):

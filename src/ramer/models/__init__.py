@@ -101,7 +101,8 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
     ``ramer tune`` searches for it (default ``spaces.COMMON``). Registering the same builder again
     only replaces its space. A name registered in this process may be registered again with a new
     builder (a notebook cell run again, a module reloaded), which replaces the builder and its space;
-    a name of this package's models or of an installed model is an error."""
+    a name of this package's models or of an installed model is an error, but for the installed
+    model's own builder defined again (its module reloaded)."""
     from ramer.models.spaces import SPACES, check_space
 
     if not isinstance(name, str) or not NAME.match(name):
@@ -123,7 +124,7 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
     except ValueError:  # no signature to read (some built-in callables): its first run says
         pass
     replaced = name in KNOWN and BUILDERS.get(name) is not builder
-    if replaced and (_ours(name) or name in _installed()):
+    if replaced and (_ours(name) or (name in _installed() and not _reloaded(BUILDERS.get(name), builder))):
         raise RamerError(f"model name '{name}' is taken; known: {known_models()}")
     checked = check_space(name, space) if space is not None else None  # before anything changes
     if replaced:  # registered here before, with another builder: this one replaces it and its space
@@ -132,6 +133,17 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
         SPACES[name] = checked
     BUILDERS[name] = builder
     KNOWN.add(name)
+
+
+def _reloaded(old, new) -> bool:
+    """``new`` is ``old`` defined again: the same function of the same module (an installed model's
+    module that registers itself on import, reloaded in a notebook with ``importlib.reload``)."""
+    module = getattr(old, "__module__", None)
+    return (
+        module is not None
+        and module == getattr(new, "__module__", None)
+        and getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None)
+    )
 
 
 def _installed() -> dict[str, list]:
