@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from test_view import browser  # noqa: F401 (a fixture: Chromium through Playwri
 
 import ramer
 from ramer import checkpoint as ckpt
+from ramer import models as models_mod
 from ramer.batch import MODALITIES
 from ramer.cli import main
 from ramer.config import build_config
@@ -180,6 +182,40 @@ def test_every_deep_model_single_label_softmax_and_cross_entropy(name):
         if t.sum() > 0:
             rows.append(-(t[m] / t.sum() * z[m].log_softmax(-1)).sum())
     torch.testing.assert_close(terms["shuffle"], torch.stack(rows).mean().detach())
+
+
+def test_a_model_giving_sigmoids_on_single_label_data_is_named(tmp_path, fake_text, monkeypatch, capsys):
+    """A model of another package that keeps per-label sigmoids on single-label data trained, and
+    its predict lines showed probabilities summing to 2.89 beside threshold 'argmax'; the first
+    validation now stops it, naming the model and what to use. Its softmax form trains."""
+    from ramer.models import register_model
+    from ramer.models.base import LossResult, label_probs
+
+    class Sigmoids(torch.nn.Module):
+        def __init__(self, cfg, spec, softmax=False):
+            super().__init__()
+            self.head, self.softmax = torch.nn.Linear(spec.dims["text"], spec.n_labels), softmax
+
+        def forward(self, batch):
+            logits = self.head(batch.features["text"].mean(1))
+            return types.SimpleNamespace(logits=logits, probs=label_probs(logits, self.softmax))
+
+        def loss(self, out, batch):
+            total = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+            return LossResult(total=total, terms={"cls": total.detach()})
+
+    monkeypatch.setattr(models_mod, "BUILDERS", dict(models_mod.BUILDERS))
+    monkeypatch.setattr(models_mod, "KNOWN", set(models_mod.KNOWN))
+    register_model("sigmoids", Sigmoids)
+    register_model("softmaxed", lambda cfg, spec: Sigmoids(cfg, spec, softmax=True))
+    ds = import_single(tmp_path)
+    capsys.readouterr()
+    argv = ["train", "--data", str(ds), *SETS, "--model"]
+    assert main([*argv, "sigmoids", "--out", str(tmp_path / "sig")]) == 2
+    err = capsys.readouterr().err
+    assert "model Sigmoids: on single-label data probs are a softmax over the labels, summing to 1" in err, err
+    assert re.search(r"\d+ of 10 rows do not \(row \d+ sums to [\d.]+\)", err), err
+    assert main([*argv, "softmaxed", "--out", str(tmp_path / "soft")]) == 0
 
 
 def test_multi_label_models_keep_sigmoids():

@@ -122,6 +122,23 @@ def unit_scores(model, scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+def distribution_scores(model, scores: np.ndarray, tolerance: float = 0.01) -> np.ndarray:
+    """``scores`` of single-label data when each row sums to 1 (``tolerance`` for bfloat16's
+    rounding; a row holding NaN is left to ``metrics.finite_scores``); a RamerError naming the model
+    otherwise (a model of another package giving per-label sigmoids there: its lines would show
+    probabilities that no distribution has)."""
+    sums = scores.sum(1)
+    off = np.abs(sums - 1) > tolerance
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise RamerError(
+            f"model {type(model).__name__}: on single-label data probs are a softmax over the labels, summing to 1 "
+            f"for each sample; {int(off.sum())} of {len(scores)} rows do not (row {i} sums to {float(sums[i]):.4g}) "
+            f"(ramer.models.base.label_probs(logits, single_label=True); {GUIDE})"
+        )
+    return scores
+
+
 def checked_loss(model, loss) -> LossResult:
     """``model.loss``'s result, checked: a LossResult whose total and terms are scalars; the term
     name ``loss`` is the logged total's."""

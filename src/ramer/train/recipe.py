@@ -66,7 +66,7 @@ from ramer.errors import FileUnreadable, LossNotFinite, RamerError, ScoresNotFin
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
-from ramer.models.base import LossResult, checked_loss, package_of
+from ramer.models.base import LossResult, checked_loss, distribution_scores, package_of
 from ramer.models.parts.encoders import check_segments, modality_encoders
 from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import (
@@ -911,7 +911,10 @@ class Recipe(RunSteps):
         does not fit in memory is one line naming ``train.eval_batch_size``."""
         batch = self.cfg.train.eval_batch_size
         with memory_named(*self.sizes(split, batch, "train.eval_batch_size")):
-            return predict(self.model, self.splits[split], batch, self.device, self.cfg.train.precision, shard=True)
+            pred = predict(self.model, self.splits[split], batch, self.device, self.cfg.train.precision, shard=True)
+        if self.spec.single_label:  # the arg-max decides, and predict's lines show the probabilities
+            distribution_scores(self.model, pred.scores)
+        return pred
 
     def should_stop(self, epoch: int) -> bool:
         """Early stopping after ``epoch``: ``train.patience`` epochs without a better validation
