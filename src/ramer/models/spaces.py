@@ -150,9 +150,10 @@ def check_space(model: str, space) -> tuple[Param, ...]:
         if p.key in seen:  # Optuna would refuse the second draw in the first trial, with its traceback
             raise RamerError(f"model '{model}': its search space gives {p.key} twice; give each key once")
         seen.add(p.key)
-        if (other := p.key.split(".")[2:3]) and p.key.startswith("model.options.") and other != [model]:
+        parts = p.key.split(".")
+        if parts[:2] == ["model", "options"] and len(parts) > 2 and parts[2] != model:
             raise RamerError(
-                f"model '{model}': its search space holds {p.key}, a setting of model '{other[0]}', which "
+                f"model '{model}': its search space holds {p.key}, a setting of model '{parts[2]}', which "
                 f"'{model}' never reads; its own are model.options.{model}.*"
             )
         ends = p.choices if p.choices is not None else (p.low, p.high)
