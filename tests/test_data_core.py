@@ -222,6 +222,34 @@ def test_save_checks_what_was_changed_after_the_store_was_made(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_store_of_arrays_in_memory_is_hashed_and_checked_again_after_an_edit_in_place(tmp_path, monkeypatch):
+    """A store holds its arrays as given; their owner may change them in place between two runs (a
+    notebook's rescaling). Its fingerprint and value check were kept from the first call: the second
+    run recorded the old data's fingerprint and trained on a NaN unchecked. A split read from a
+    folder (read-only) is hashed and checked once."""
+    store = random_store(n=6, seed=3)
+    bundle = bundle_of(store)
+    before = store.fingerprint()
+    bundle.check()
+    assert not store.fixed() and not store.values_checked
+    store.text *= 100  # in place, through the store
+    assert store.fingerprint() != before
+    store.text[np.flatnonzero(store.present[:, 0])[0], 0] = np.nan  # through the user's own reference too
+    with pytest.raises(RamerError, match="mem, split 'train': text holds 1 non-finite values"):
+        bundle.check()
+
+    store.text[np.isnan(store.text)] = 0.0
+    bundle.save(tmp_path / "d")
+    loaded = load_native(tmp_path / "d").splits["train"]
+    saved = store.fingerprint()
+    assert loaded.fixed() and loaded.fingerprint() == saved
+    loaded.check()
+    monkeypatch.setattr(SceneStore, "_stored_arrays", lambda *a: pytest.fail("hashed again"))
+    monkeypatch.setattr("ramer.data.store.non_finite_features", lambda *a: pytest.fail("checked again"))
+    assert loaded.fingerprint() == saved and loaded.values_checked
+    DataBundle({"train": loaded}, loaded.label_names, "test", "mem").check()
+
+
 def test_non_finite_features_are_refused_on_save_and_by_check(tmp_path):
     """NaN or inf in a present row of a store made in memory is named on save, before anything is
     written, and by ``check`` (what training on an in-memory bundle calls), with the split; under a

@@ -517,26 +517,40 @@ class SceneStore:
                 R = int(np.asarray(self.present[:, k]).sum(dtype=np.int64)) if packed else len(self.present)
                 yield name, (R, d), self._feature_chunks(name, present_only=packed)
 
+    def fixed(self) -> bool:
+        """Whether no array of this store can change under it: each is read-only, and so is every array
+        it is a view of (a split read from a folder, memory-mapped read-only). A store of arrays made in
+        memory is not: their owner may change them in place (``store.text *= 100`` in a notebook),
+        so what is computed from its values (``fingerprint``, ``values_checked``) is not kept."""
+        arrays = [getattr(self, name) for name in _DTYPES] + list((self.feature_rows or {}).values())
+        for array in arrays:
+            while isinstance(array, np.ndarray):
+                if array.flags.writeable:
+                    return False
+                array = array.base
+        return True
+
     def _hash(self, layout: str) -> str:
         """A BLAKE2b hash of the labels, ids and every array of ``_stored_arrays(layout)``, chunk by
-        chunk (the same digest as of each array whole), computed once per layout. Not a field: a
-        changed copy (``dataclasses.replace``) hashes anew."""
+        chunk (the same digest as of each array whole), computed once per layout where the store is
+        ``fixed``, else at each call. Not a field: a changed copy (``dataclasses.replace``) hashes anew."""
         key = f"_hash_{layout}"
-        if key not in self.__dict__:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
-            for name, shape, chunks in self._stored_arrays(layout):
-                h.update(f"{name}{shape}".encode())
-                for chunk in chunks:
-                    h.update(chunk)  # any C-contiguous array, an empty one too
-            self.__dict__[key] = h.hexdigest()
+        if key in self.__dict__ and self.fixed():
+            return self.__dict__[key]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps([list(self.label_names), list(self.ids)]).encode())
+        for name, shape, chunks in self._stored_arrays(layout):
+            h.update(f"{name}{shape}".encode())
+            for chunk in chunks:
+                h.update(chunk)  # any C-contiguous array, an empty one too
+        self.__dict__[key] = h.hexdigest()
         return self.__dict__[key]
 
     def fingerprint(self) -> str:
         """A hash of everything this split holds (labels, ids, every array in its stored type, the
         features in their dense ``(T, d_m)`` form with +0.0 where a modality is absent: a packed
         store hashes as the dense one it was saved from): a run records it, and the same split read
-        again later is compared with it. Computed once."""
+        again later is compared with it. Computed once where the store is ``fixed``."""
         return self._hash("dense")
 
     def held_fingerprint(self) -> str | None:
@@ -558,13 +572,14 @@ class SceneStore:
 
     def mark_checked(self) -> None:
         """Record that this store's values passed ``check`` (or a loader made them finite and 0/1):
-        ``DataBundle.check`` reads it only once. Not a field: ``dataclasses.replace`` (a store made
-        from this one with other arrays) starts unchecked."""
+        ``DataBundle.check`` reads a ``fixed`` store only once (a store of arrays made in memory, at
+        each call). Not a field: ``dataclasses.replace`` (a store made from this one with other
+        arrays) starts unchecked."""
         self.__dict__["_values_checked"] = True
 
     @property
     def values_checked(self) -> bool:
-        return self.__dict__.get("_values_checked", False)
+        return self.__dict__.get("_values_checked", False) and self.fixed()
 
     def save(self, directory: str | Path) -> None:
         """Write this split's arrays as ``.npy`` files (atomically: a temporary folder, then renamed).
@@ -638,6 +653,8 @@ class SceneStore:
             T = len(arrays["present"]) if arrays["present"].ndim else -1
             version = 1 if all(len(arrays[m]) == T for m in MODALITIES if arrays[m].ndim) else 2
         rows = _feature_rows(directory, arrays) if version >= 2 else None
+        for arr in [*arrays.values(), *(rows or {}).values()]:  # read-only, as the files: the store is fixed
+            arr.flags.writeable = False
         return cls(**arrays, ids=ids, label_names=label_names, source=str(directory), feature_rows=rows)
 
 
@@ -701,8 +718,8 @@ class DataBundle:
 
     def check(self) -> None:
         """Read every value of every split (``SceneStore.check``; an error names the split): what a
-        save checks, and ``load_native`` checks of a native folder. Training calls it; a split a loader
-        made (``SceneStore.values_checked``) is not read again."""
+        save checks, and ``load_native`` checks of a native folder. Training calls it; a split checked
+        before whose arrays cannot change since (``SceneStore.values_checked``) is not read again."""
         self.validate()
         for name, store in self.splits.items():
             if not store.values_checked:
