@@ -241,6 +241,27 @@ def test_unlabelled_variant_needs_label_names_and_goes_to_test(tmp_path, fake_te
     assert bundle.label_names == LABELS
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_labels_column_without_a_label_is_an_unlabelled_file(tmp_path, fake_text, capsys, suffix):
+    """A labels column with no label on any row (empty cells; JSONL null), given --labels, was read as
+    labelled with no emotion: split by seed (most rows outside the test split predict reads), scored by
+    eval against 'no emotion'. It imports as the same table without the column does."""
+    plain = write_table(tmp_path / f"plain{suffix}", base_rows(labelled=False))
+    want = import_conversations(plain, tmp_path / "plain", labels=list(LABELS))["info"]["conversations"]
+    rows = [{**r, "labels": None if suffix == ".jsonl" else ""} for r in base_rows(labelled=False)]
+    table = write_table(tmp_path / f"empty{suffix}", rows)
+    got = import_conversations(table, tmp_path / "ds", labels=list(LABELS))["info"]["conversations"]
+    assert got["labelled"] is False
+    assert got["split"] == want["split"] == {"from": "unlabelled: every conversation in test"}
+    assert got["counts"]["samples"] == want["counts"]["samples"] == {"train": 0, "valid": 0, "test": len(ROWS)}
+    assert got["notes"] == want["notes"]
+    assert not load_native(tmp_path / "ds").labelled
+    import_conversations(table, tmp_path / "all", labels=list(LABELS), targets="all")  # as for any unlabelled file
+    capsys.readouterr()
+    assert main(["data", "import", str(table), "--out", str(tmp_path / "cli"), "--labels", ",".join(LABELS)]) == 0
+    assert "next: ramer predict RUN_DIR" in capsys.readouterr().err
+
+
 def test_targets_all_makes_every_person_a_target_for_prediction(tmp_path, fake_text):
     """Unlabelled, --targets all: at each row one sample per person of the conversation (listeners
     as non-speaker targets, RAMer's case), ids name the person; the timeline fills every row."""
@@ -511,7 +532,11 @@ def test_an_empty_labels_column_and_a_control_character_in_labels_are_told(tmp_p
     rows = base_rows()
     for r in rows:
         r["labels"] = ""
-    with pytest.raises(RamerError, match="names no emotion; give the names with --labels a,b,c, or, for an unlabelled"):
+    with pytest.raises(
+        RamerError,
+        match=r"names no emotion on any row; for an unlabelled file to predict on \(all in test\), give the label "
+        r"names, in order, of the model you will predict with \(--labels a,b,c\); to train on it, fill the column",
+    ):
         import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
     with pytest.raises(RamerError, match=r"^--labels names 'an\\x1b\[31mger', with the control character \\x1b"):
         import_conversations(

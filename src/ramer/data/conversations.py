@@ -820,8 +820,9 @@ def label_names(utterances: list[Utterance], columns: set[str], given: list[str]
     names = tuple(sorted({n for u in utterances for n in u.labels}))
     if not names:
         raise RamerError(
-            f"{path}: the 'labels' column names no emotion; give the names with --labels a,b,c, or, for an "
-            "unlabelled file to predict on (all in test), leave the 'labels' column out and give --labels"
+            f"{path}: the 'labels' column names no emotion on any row; for an unlabelled file to predict on (all "
+            "in test), give the label names, in order, of the model you will predict with (--labels a,b,c); to "
+            "train on it, fill the column"
         )
     first: dict[str, tuple[str, int]] = {}  # by _name_key: the first spelling and its row
     for u in utterances:
@@ -1633,15 +1634,17 @@ def import_conversations(
         raise RamerError(f"--targets must be 'rows' or 'all', got '{targets}'")
     utterances, columns = read_table(path)
     digest = table_digest(path)  # of the file as it was just read, not as it is after the feature work
-    if targets == "all" and "labels" in columns:
+    # a labels column that names no emotion on any row (empty cells, JSON null) annotates nothing: the
+    # file is unlabelled, as one without the column (all in test, no seeded split; eval refuses it)
+    labelled = any(u.labels for u in utterances)
+    if targets == "all" and labelled:
         raise RamerError(
             f"{path}: --targets all makes samples of listeners, whose emotions the table does not "
-            "give; use it on a file without a 'labels' column (for prediction)"
+            "give; use it on an unlabelled file, for prediction (no 'labels' column, or one that names no emotion)"
         )
     person_notes = check_person_names(utterances, path)
     convs = group_conversations(utterances, path, columns)
     names = label_names(utterances, columns, labels, path)
-    labelled = "labels" in columns
     asked = task
     task = import_task(utterances, labelled, task, path)
     split_info = assign_splits(convs, columns, labelled, seed, path)
