@@ -262,6 +262,21 @@ def test_a_labels_column_without_a_label_is_an_unlabelled_file(tmp_path, fake_te
     assert "next: ramer predict RUN_DIR" in capsys.readouterr().err
 
 
+def test_an_unlabelled_import_gets_no_note_about_rows_without_a_label(tmp_path, fake_text, capsys):
+    """Every row of an unlabelled file has no label: the note for a single-label table with a few empty
+    cells ('task: multi_label, as 11 samples of 11 have no label ... give those rows their label') told
+    the user to annotate a file given for prediction."""
+    table = write_table(tmp_path / "plain.csv", base_rows(labelled=False))
+    assert main(["data", "import", str(table), "--out", str(tmp_path / "ds"), "--labels", ",".join(LABELS)]) == 0
+    err = capsys.readouterr().err
+    assert "note: no media: text only" in err and "no label" not in err and "task:" not in err
+    assert not [
+        n
+        for n in json.loads((tmp_path / "ds" / "meta.json").read_text())["info"]["conversations"]["notes"]
+        if n.startswith("task:")
+    ]
+
+
 def test_targets_all_makes_every_person_a_target_for_prediction(tmp_path, fake_text):
     """Unlabelled, --targets all: at each row one sample per person of the conversation (listeners
     as non-speaker targets, RAMer's case), ids name the person; the timeline fills every row."""

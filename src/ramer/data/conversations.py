@@ -934,13 +934,14 @@ def import_task(utterances: list[Utterance], labelled: bool, requested: str, pat
     return "multi_label"
 
 
-def unlabelled_rows_task_note(utterances: list[Utterance], task: str) -> str | None:
+def unlabelled_rows_task_note(utterances: list[Utterance], task: str, labelled: bool) -> str | None:
     """A note where ``--task auto`` chose multi-label only because some samples have no label, every
     other one having exactly one: a single-label corpus with a few empty cells trains with a sigmoid
-    per label and a threshold, not softmax and the arg-max, with no word of why."""
+    per label and a threshold, not softmax and the arg-max, with no word of why. None for an
+    unlabelled file: no row has a label, and it is for prediction, not training."""
     samples = [u for u in utterances if u.target]
     empty = [u for u in samples if not u.labels]
-    if task != "multi_label" or not empty or any(len(u.labels) > 1 for u in samples):
+    if not labelled or task != "multi_label" or not empty or any(len(u.labels) > 1 for u in samples):
         return None
     return (
         f"task: multi_label, as {plural(len(empty), 'sample')} of {len(samples)} "
@@ -1664,7 +1665,7 @@ def import_conversations(
         report.notes.append(note)
     if labels is None and (note := missing_value_labels_note(convs, names)):
         report.notes.append(note)
-    if asked == "auto" and (note := unlabelled_rows_task_note(utterances, task)):
+    if asked == "auto" and (note := unlabelled_rows_task_note(utterances, task, labelled)):
         report.notes.append(note)
     report.notes.extend(missing_value_names_notes(utterances))
     report.notes.extend(person_notes)
