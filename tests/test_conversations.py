@@ -277,6 +277,26 @@ def test_an_unlabelled_import_gets_no_note_about_rows_without_a_label(tmp_path, 
     ]
 
 
+def test_an_unlabelled_file_with_a_split_column_is_all_in_test(tmp_path, fake_text):
+    """An unlabelled table that kept its 'split' column put its train and valid conversations where
+    `ramer predict` (test by default) never read them, and no model trains on them: all go to test, with
+    a note naming how many the column put elsewhere; a column of test only gets no note."""
+    split_of = {"c1": "train", "c2": "valid", "c3": "test"}
+    rows = [{**r, "split": split_of[r["conversation"]]} for r in base_rows(labelled=False)]
+    meta = import_conversations(write_table(tmp_path / "new.csv", rows), tmp_path / "ds", labels=list(LABELS))
+    info = meta["info"]["conversations"]
+    assert info["split"] == {"from": "unlabelled: every conversation in test"}
+    assert info["counts"]["samples"] == {"train": 0, "valid": 0, "test": len(ROWS)}
+    assert (
+        "the 'split' column puts 2 of 3 conversations in train or valid (the first: 'c1'); an unlabelled file is "
+        "for prediction: every conversation is in test, the split ramer predict reads (train and valid are for "
+        "labelled rows)"
+    ) in info["notes"]
+    rows = [{**r, "split": "test"} for r in rows]
+    meta = import_conversations(write_table(tmp_path / "new.csv", rows), tmp_path / "ds", labels=list(LABELS))
+    assert not [n for n in meta["info"]["conversations"]["notes"] if "'split' column" in n]
+
+
 def test_targets_all_makes_every_person_a_target_for_prediction(tmp_path, fake_text):
     """Unlabelled, --targets all: at each row one sample per person of the conversation (listeners
     as non-speaker targets, RAMer's case), ids name the person; the timeline fills every row."""

@@ -975,15 +975,16 @@ def missing_value_names_notes(utterances: list[Utterance]) -> list[str]:
 
 
 def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, seed: int, path: Path) -> dict:
-    """Splits from the ``split`` column; else a seeded 80/10/10 split by conversation (at least one
-    conversation in each); an unlabelled file without a split column goes to ``test`` whole (the
-    split ``ramer predict`` reads). Returns what was done, for ``meta.json``."""
-    if "split" in columns:
-        return {"from": "column"}
+    """An unlabelled file goes to ``test`` whole (the split ``ramer predict`` reads), whatever a
+    ``split`` column says (``unlabelled_split_note``): train and valid are for annotated rows. A
+    labelled file's splits come from the ``split`` column; else a seeded 80/10/10 split by
+    conversation (at least one conversation in each). Returns what was done, for ``meta.json``."""
     if not labelled:
         for c in convs:
             c.split = "test"
         return {"from": "unlabelled: every conversation in test"}
+    if "split" in columns:
+        return {"from": "column"}
     n = len(convs)
     if n < 3:
         raise RamerError(
@@ -1000,6 +1001,20 @@ def assign_splits(convs: list[Conversation], columns: set[str], labelled: bool, 
     for c in convs:
         c.split = split_of[c.name]
     return {"from": "seeded", "seed": seed, "fractions": list(SPLIT_FRACTIONS)}
+
+
+def unlabelled_split_note(convs: list[Conversation], columns: set[str], labelled: bool) -> str | None:
+    """A note where an unlabelled file's ``split`` column puts conversations outside ``test``, which
+    ``assign_splits`` puts in ``test`` (read before it does): they were left out of what ``ramer
+    predict`` reads by default, and a model cannot train or be validated on rows without labels."""
+    moved = [c for c in convs if c.split != "test"]
+    if labelled or "split" not in columns or not moved:
+        return None
+    return (
+        f"the 'split' column puts {len(moved)} of {plural(len(convs), 'conversation')} in train or valid (the "
+        f"first: {_short(moved[0].name)}); an unlabelled file is for prediction: every conversation is in test, "
+        "the split ramer predict reads (train and valid are for labelled rows)"
+    )
 
 
 MISSING_VALUE_WORDS = ("na", "n/a", "nan", "null")  # how R, pandas and spreadsheets write an empty cell
@@ -1648,6 +1663,7 @@ def import_conversations(
     names = label_names(utterances, columns, labels, path)
     asked = task
     task = import_task(utterances, labelled, task, path)
+    split_note = unlabelled_split_note(convs, columns, labelled)
     split_info = assign_splits(convs, columns, labelled, seed, path)
     check_sample_ids(convs, targets == "all", path)
     media_counts = check_media(convs, path)
@@ -1661,6 +1677,8 @@ def import_conversations(
             "no media: text only (add a 'media' column with each conversation's audio or video "
             f"file, and start/end, for audio features; for faces also {F.FACE_HINT})"
         )
+    if split_note:
+        report.notes.append(split_note)
     if note := untrained_labels_note(convs, names, labelled, given=labels is not None):
         report.notes.append(note)
     if labels is None and (note := missing_value_labels_note(convs, names)):
