@@ -1862,6 +1862,34 @@ def test_cli_import_train_predict_with_the_real_text_model(tmp_path, capsys):
         assert table[person][int(index)] == want
 
 
+def test_scoring_new_data_says_what_its_other_splits_hold(tmp_path, fake_text, capsys):
+    """`predict`, `eval` and `view` read one split (test): on --data whose other splits hold samples (a
+    new labelled table, split by seed) most of it went unread without a word. A note names the other
+    splits' sizes and the flag; the run's own data (its train and valid are what it learnt from), given
+    or not, and a set all in test get none."""
+    table = write_table(tmp_path / "talk.csv", base_rows())
+    import_conversations(table, tmp_path / "ds")
+    import_conversations(table, tmp_path / "new")  # new data, split by seed: train 4, valid 4, test 3
+    import_conversations(write_table(tmp_path / "plain.csv", base_rows(labelled=False)), tmp_path / "plain", LABELS)
+    run = str(tmp_path / "run")
+    assert main(["train", "--model", "br", "--data", str(tmp_path / "ds"), "--out", run]) == 0
+    new, preds = str(tmp_path / "new"), str(tmp_path / "p.jsonl")
+    said = (
+        "split 'test' holds 3 of the 11 samples of {}; the others are in train 4, valid 4 (--split train, "
+        "--split valid read them)"
+    )
+    for argv in (["predict", run, "--out", preds], ["eval", run], ["view", run, "--out", str(tmp_path / "v.html")]):
+        capsys.readouterr()
+        assert main([*argv, "--data", new]) == 0
+        assert f"note: {said.format(new)}" in capsys.readouterr().err.splitlines(), argv
+    assert main(["predict", run, "--data", new, "--split", "train", "--out", preds]) == 0
+    err = capsys.readouterr().err
+    assert f"note: split 'train' holds 4 of the 11 samples of {new}; the others are in valid 4, test 3 " in err
+    for data in ([], ["--data", str(tmp_path / "ds")], ["--data", str(tmp_path / "plain")]):
+        assert main(["predict", run, *data, "--out", preds]) == 0
+        assert "note: split" not in capsys.readouterr().err, data
+
+
 def test_training_with_an_empty_test_split_says_so(tmp_path, fake_text, capsys):
     """An import whose split column names no test conversation trains on train and valid; the run
     says at its start that it will report no test figures (its table would show n 0 and dashes)."""

@@ -632,7 +632,35 @@ def load_run_and_data(args: argparse.Namespace):
     if len(bundle.splits[args.split]) == 0:
         sizes = ", ".join(f"{name} {len(store)}" for name, store in bundle.splits.items())
         raise RamerError(f"{bundle.source}: split '{args.split}' has no samples ({sizes}); choose another --split")
+    # other data (a new table, split by seed) is read one split at a time: say what the rest holds. Not for
+    # the run's own data, whose other splits are what it was trained and validated on, nor for view --preds,
+    # whose file (predict said it) decides what was predicted
+    if args.data is not None and not is_run_data(args.data, predictor) and getattr(args, "preds", None) is None:
+        if note := other_splits_note(bundle, args.split):
+            ERR.print(f"note: {note}")
     return predictor, bundle
+
+
+def is_run_data(path: str, predictor) -> bool:
+    """Whether ``--data`` names the folder or file the run was trained on (its ``data.path``, a relative
+    one read from this folder as ``load_data_for`` reads it)."""
+    own = predictor.cfg.data.path
+    return own is not None and os.path.realpath(os.path.expanduser(path)) == os.path.realpath(os.path.expanduser(own))
+
+
+def other_splits_note(bundle, split: str) -> str | None:
+    """What the splits other than ``split`` hold, and the flag that reads them, where any holds a
+    sample: ``predict``, ``eval`` and ``view`` read one split, and the rest of ``--data`` goes unread."""
+    others = {name: len(store) for name, store in bundle.splits.items() if name != split and len(store)}
+    if not others:
+        return None
+    n = len(bundle.splits[split])
+    held = ", ".join(f"{name} {k}" for name, k in others.items())
+    flags = ", ".join(f"--split {name}" for name in others)
+    return (
+        f"split '{split}' holds {n} of the {n + sum(others.values())} samples of {bundle.source}; the others are in "
+        f"{held} ({flags} read{'s' * (len(others) == 1)} them)"
+    )
 
 
 def data_files(bundle, path: str | None) -> tuple:
