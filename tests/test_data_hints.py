@@ -110,6 +110,42 @@ def test_labels_in_another_order_say_so_and_how_to_fix_it(tmp_path, fake_text, c
     ) in capsys.readouterr().err
 
 
+def test_fewer_or_more_labels_say_when_importing_with_the_models_fixes_it(tmp_path, fake_text, capsys):
+    """Data with fewer labels than the model, or more that no sample carries (an unlabelled import given
+    other --labels), was refused with no remedy, where the reordered case named one: importing it again
+    with the model's --labels. A label the model lacks that samples carry says no import fixes it."""
+    import_conversations(write_table(tmp_path / "talk.csv", base_rows()), tmp_path / "ds")
+    assert main(["train", "--model", "br", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run")]) == 0
+    plain = write_table(tmp_path / "plain.csv", base_rows(labelled=False))
+    fewer = [{**r, "labels": ";".join(x for x in r["labels"].split(";") if x in ("anger", "joy"))} for r in base_rows()]
+    more = [{**r, "labels": r["labels"].replace("sadness", "fear")} for r in base_rows()]
+    fix = "give the model's labels, in its order (an import: --labels anger,joy,neutral,sadness)"
+    include, carries = (
+        "; the model's labels include all of these: ",
+        "; no sample here carries 'fear', which the model lacks: ",
+    )
+    for name, table, labels, said in (
+        ("sub", plain, ["anger", "joy"], include + fix),
+        ("super", plain, ["anger", "fear", "joy", "neutral", "sadness"], carries + fix),
+        ("fewer", write_table(tmp_path / "fewer.csv", fewer), None, include + fix),
+        (
+            "more",
+            write_table(tmp_path / "more.csv", more),
+            None,
+            "; the model has no label 'fear', which samples here carry: score them with a run trained on these labels",
+        ),
+    ):
+        import_conversations(table, tmp_path / name, labels=labels)
+        capsys.readouterr()
+        for command in (["predict", "--out", str(tmp_path / "p.jsonl")], ["eval"]):
+            argv = [command[0], str(tmp_path / "run"), "--data", str(tmp_path / name), *command[1:]]
+            if name in ("sub", "super") and command[0] == "eval":
+                continue  # eval refuses unlabelled data first
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "differ from the model's ['anger', 'joy', 'neutral', 'sadness']" + said in err, (name, err)
+
+
 def test_data_info_says_none_where_no_value_was_replaced(tmp_path, capsys):
     """'non-finite text 0, audio 0, visual 0 (replaced by 0)' read as if a native folder's values
     were replaced, where DATA.md says a native folder's non-finite value is an error."""

@@ -87,17 +87,35 @@ class Predictor:
         model cast whole to bfloat16, ``load(precision="bf16")``)."""
         return "fp32" if self.cfg.model.name in CLASSICAL else self.cfg.train.precision
 
-    def check_data(self, names, dims: dict[str, int | None], source: str) -> None:
+    def check_data(self, names, dims: dict[str, int | None], source: str, labels=None) -> None:
         """The data's labels and feature sizes must be the model's (a personality size only where
         both have personality: a model without it ignores it, one with it does without); a
         RamerError naming ``source`` if not. ``predict`` checks so; ``ramer eval`` before its own
-        checks (``check_data(store.label_names, store.dims, store.source)``)."""
+        checks (``check_data(store.label_names, store.dims, store.source, store.labels)``).
+        ``labels``: the data's label rows ``(n, C)``, where known: with them the error tells data whose
+        samples carry only labels of the model (an import to make again with the model's ``--labels``)
+        from data with a label the model lacks."""
         if tuple(names) != tuple(self.spec.label_names):
             model = list(self.spec.label_names)
             said = f"{source}: labels {list(names)} differ from the model's {model}"
+            again = f"(an import: --labels {shlex.quote(','.join(model))})"
+            lacks = [n for n in names if n not in model]
+            carried = None if labels is None else np.asarray(labels).reshape(-1, len(names)).any(axis=0)
             if sorted(names) == sorted(model):  # an import whose --labels (or sorted names) put them otherwise
-                again = shlex.quote(",".join(model))
-                said += f": the same labels in another order; give them in the model's (an import: --labels {again})"
+                said += f": the same labels in another order; give them in the model's {again}"
+            elif not lacks:  # fewer: the model's columns, zero where the data has none, are the same annotations
+                said += f"; the model's labels include all of these: give the model's labels, in its order {again}"
+            elif carried is not None and not any(c for n, c in zip(names, carried) if n in lacks):
+                said += (
+                    f"; no sample here carries {', '.join(map(repr, lacks))}, which the model lacks: give the "
+                    f"model's labels, in its order {again}"
+                )
+            elif carried is not None:  # no re-import helps: the model cannot score what it never learnt
+                held = [f"{n!r}" for n, c in zip(names, carried) if c and n in lacks]
+                said += (
+                    f"; the model has no label {', '.join(held)}, which samples here carry: score them with a run "
+                    "trained on these labels"
+                )
             raise RamerError(said)
         expected = {**self.spec.dims, "personality": self.spec.personality_dim}
         for key, size in dims.items():
@@ -163,7 +181,7 @@ class Predictor:
             data, where = data.splits[split], f"{data.source}: split '{split}'"
         if isinstance(data, Batch):
             data.check("batch")
-            self.check_data(data.label_names, data.dims, "batch")
+            self.check_data(data.label_names, data.dims, "batch", data.labels.cpu())
             _refuse_nonfinite_batch(data)
             was_training = self.model.training  # a model put in training mode stays so (as ``infer.predict``)
             self.model.eval()
@@ -185,7 +203,7 @@ class Predictor:
                     f"model {type(self.model).__name__}: {e}"
                 ) from None
             return scores
-        self.check_data(data.label_names, data.dims, data.source)
+        self.check_data(data.label_names, data.dims, data.source, data.labels)
         try:
             batch_size = self.cfg.train.eval_batch_size if batch_size is None else int(batch_size)
             return predict_store(self.model, data, batch_size, self.device, self.precision, workers=workers).scores

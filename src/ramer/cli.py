@@ -678,7 +678,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
         raise RamerError(f"{bundle.source}: the data has no annotations (an unlabelled import); use ramer predict")
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
-    predictor.check_data(store.label_names, store.dims, store.source)  # predict's, first: other labels, sizes
+    predictor.check_data(
+        store.label_names, store.dims, store.source, store.labels
+    )  # predict's, first: other labels, sizes
     if predictor.spec.single_label:  # one label out: its accuracy is accuracy only with one label in
         from ramer.data.store import not_one_label
 
