@@ -4,6 +4,7 @@ of a row or two whose name is close to another label's is noted as a likely typo
 order say the order to import with, and data info says none where no value was replaced."""
 
 import json
+from pathlib import Path
 
 import pytest
 from test_conversations import base_rows, write_table
@@ -91,6 +92,42 @@ def test_a_rare_label_close_to_another_is_noted_as_a_typo(tmp_path, fake_text, c
     table = write_table(tmp_path / "even.csv", rows)
     assert main(["data", "import", str(table), "--out", str(tmp_path / "even")]) == 0
     assert "typo" not in capsys.readouterr().err
+
+
+def test_personality_of_another_width_names_the_traits_to_import_with(tmp_path, fake_text, capsys, monkeypatch):
+    """New data imported with a traits file of another width was refused with 'personality features have
+    size 3, the model expects 5', naming neither file nor traits. The error names the data's traits and
+    file, the model's (from its own import's meta.json while it is there) and the two ways out."""
+    monkeypatch.chdir(tmp_path)
+    everyone = "ann bob cat dan eve fay gus hal ivy jon".split()
+    five = ["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
+    Path("traits.csv").write_text("person," + ",".join(five) + "\n" + "".join(f"{q},1,2,3,4,5\n" for q in everyone))
+    Path("traits3.csv").write_text("person,a,b,c\n" + "".join(f"{q},1,2,3\n" for q in everyone))
+    import_conversations(write_table(tmp_path / "talk.csv", base_rows()), "ds", personality="traits.csv")
+    assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
+    plain = write_table(tmp_path / "plain.csv", base_rows(labelled=False))
+    import_conversations(plain, "new3", labels=["anger", "joy", "neutral", "sadness"], personality="traits3.csv")
+    capsys.readouterr()
+    data = "new3/test: personality features have size 3 (the traits a, b, c of traits3.csv), the model expects 5"
+    assert main(["predict", "run", "--data", "new3", "--out", "p.jsonl"]) == 2
+    assert (
+        f"error: {data} ({', '.join(five)}, as ds was imported with): import the table again with --personality "
+        "naming a file of these 5 traits, in this order, or without --personality"
+    ) in capsys.readouterr().err
+    import_conversations(tmp_path / "talk.csv", "lab3", personality="traits3.csv")
+    capsys.readouterr()
+    assert main(["eval", "run", "--data", "lab3"]) == 2
+    assert "lab3/test: personality features have size 3 (the traits a, b, c of traits3.csv), the model expects 5 (" in (
+        capsys.readouterr().err
+    )
+    Path("ds").rename("gone")  # the run's data moved: its trait names are not known
+    assert main(["predict", "run", "--data", "new3", "--out", "p.jsonl"]) == 2
+    assert (
+        f"error: {data}: import the table again with --personality naming a file of the 5 traits the model was "
+        "trained with, in their order, or without --personality"
+    ) in capsys.readouterr().err
+    import_conversations(plain, "new0", labels=["anger", "joy", "neutral", "sadness"])  # the way out it names
+    assert main(["predict", "run", "--data", "new0", "--out", "p.jsonl"]) == 0
 
 
 # ------------------------------------------------------------------------------------ labels

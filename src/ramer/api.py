@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import shlex
@@ -38,6 +39,18 @@ from ramer.paths import argument, held_elsewhere
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
 
 _BUILDING = threading.Lock()  # one real build at a time (``_built``'s second way): each puts back the random state
+
+
+def _import_traits(info) -> tuple[list[str], str] | None:
+    """An import's trait names (``info.conversations.personality_traits``) and `` of FILE`` naming its
+    personality file (``info.source_files``' second), or None for data of another source."""
+    conv = info.get("conversations") if isinstance(info, dict) else None
+    traits = conv.get("personality_traits") if isinstance(conv, dict) else None
+    if not isinstance(traits, list) or not traits or not all(isinstance(t, str) for t in traits):
+        return None
+    files = info.get("source_files") or []
+    of = f" of {Path(files[1]).name}" if len(files) > 1 and isinstance(files[1], str) else ""
+    return traits, of
 
 
 class RunNotFinished(UserWarning):
@@ -87,14 +100,16 @@ class Predictor:
         model cast whole to bfloat16, ``load(precision="bf16")``)."""
         return "fp32" if self.cfg.model.name in CLASSICAL else self.cfg.train.precision
 
-    def check_data(self, names, dims: dict[str, int | None], source: str, labels=None) -> None:
+    def check_data(self, names, dims: dict[str, int | None], source: str, labels=None, info=None) -> None:
         """The data's labels and feature sizes must be the model's (a personality size only where
         both have personality: a model without it ignores it, one with it does without); a
         RamerError naming ``source`` if not. ``predict`` checks so; ``ramer eval`` before its own
         checks (``check_data(store.label_names, store.dims, store.source, store.labels)``).
         ``labels``: the data's label rows ``(n, C)``, where known: with them the error tells data whose
         samples carry only labels of the model (an import to make again with the model's ``--labels``)
-        from data with a label the model lacks."""
+        from data with a label the model lacks. ``info``: the data's ``DataBundle.info``, where known: an
+        import's trait names, said (with the model's, where its own data records them) when the
+        personality width is not the model's."""
         if tuple(names) != tuple(self.spec.label_names):
             model = list(self.spec.label_names)
             said = f"{source}: labels {list(names)} differ from the model's {model}"
@@ -120,7 +135,38 @@ class Predictor:
         expected = {**self.spec.dims, "personality": self.spec.personality_dim}
         for key, size in dims.items():
             if size is not None and expected.get(key) is not None and size != expected[key]:
-                raise RamerError(f"{source}: {key} features have size {size}, the model expects {expected[key]}")
+                said = f"{source}: {key} features have size {size}, the model expects {expected[key]}"
+                traits = _import_traits(info) if key == "personality" else None
+                if traits is not None:  # an import's --personality file: say what to import it with
+                    names_of, of = traits
+                    said = f"{source}: personality features have size {size} (the traits {', '.join(names_of)}{of})"
+                    if (own := self._own_traits()) is not None:
+                        said += (
+                            f", the model expects {expected[key]} ({', '.join(own)}, as {self.cfg.data.path} was "
+                            f"imported with): import the table again with --personality naming a file of these "
+                            f"{expected[key]} traits, in this order, or without --personality"
+                        )
+                    else:
+                        said += (
+                            f", the model expects {expected[key]}: import the table again with --personality naming a "
+                            f"file of the {expected[key]} traits the model was trained with, in their order, or "
+                            "without --personality"
+                        )
+                raise RamerError(said)
+
+    def _own_traits(self) -> list[str] | None:
+        """The trait names the run's own data records (an import's ``--personality`` columns), where it
+        is still there, is an import and has the model's personality width; else None (a run does not
+        record them itself)."""
+        if self.cfg.data.path is None:
+            return None
+        try:
+            meta = json.loads((Path(self.cfg.data.path).expanduser() / "meta.json").read_text(encoding="utf-8"))
+            traits = meta["info"]["conversations"]["personality_traits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        ok = isinstance(traits, list) and all(isinstance(t, str) for t in traits)
+        return traits if ok and len(traits) == self.spec.personality_dim else None
 
     def predict(
         self,
@@ -173,12 +219,12 @@ class Predictor:
                 f"batch_size={batch_size} cuts a SceneStore or DataBundle into batches; a Batch is scored in one "
                 "pass (leave batch_size out, or pass fewer samples: batch.select(rows))"
             )
-        where = None
+        where, info = None, None
         if isinstance(data, DataBundle):
             split = "test" if split is None else split
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
-            data, where = data.splits[split], f"{data.source}: split '{split}'"
+            info, data, where = data.info, data.splits[split], f"{data.source}: split '{split}'"
         if isinstance(data, Batch):
             data.check("batch")
             self.check_data(data.label_names, data.dims, "batch", data.labels.cpu())
@@ -203,7 +249,7 @@ class Predictor:
                     f"model {type(self.model).__name__}: {e}"
                 ) from None
             return scores
-        self.check_data(data.label_names, data.dims, data.source, data.labels)
+        self.check_data(data.label_names, data.dims, data.source, data.labels, info)
         try:
             batch_size = self.cfg.train.eval_batch_size if batch_size is None else int(batch_size)
             return predict_store(self.model, data, batch_size, self.device, self.precision, workers=workers).scores

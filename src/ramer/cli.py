@@ -595,10 +595,13 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
     return predictor
 
 
-def score_split(predictor, store, args: argparse.Namespace):
+def score_split(predictor, store, args: argparse.Namespace, info: dict | None = None):
     """``predictor.predict`` of ``store`` with ``--workers`` and ``--batch-size``; a batch that does
-    not fit in memory is one line naming ``--batch-size``."""
+    not fit in memory is one line naming ``--batch-size``. ``info``: the data's (``bundle.info``), for
+    ``check_data``'s error where the store's sizes are not the model's."""
     from ramer.train.recipe import memory_named
+
+    predictor.check_data(store.label_names, store.dims, store.source, store.labels, info)  # predict's, with info
 
     batch = args.batch_size or predictor.cfg.train.eval_batch_size
     with memory_named(f"scoring split '{args.split}' ({batch} scenes at once)", f"--batch-size {batch}"):
@@ -678,9 +681,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
         raise RamerError(f"{bundle.source}: the data has no annotations (an unlabelled import); use ramer predict")
     store = apply_missing(bundle, predictor.cfg)[args.split]  # the same extra missingness as in training
-    predictor.check_data(
-        store.label_names, store.dims, store.source, store.labels
-    )  # predict's, first: other labels, sizes
+    # predict's check (other labels, sizes), before the single-label one
+    predictor.check_data(store.label_names, store.dims, store.source, store.labels, bundle.info)
     if predictor.spec.single_label:  # one label out: its accuracy is accuracy only with one label in
         from ramer.data.store import not_one_label
 
@@ -689,7 +691,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{bundle.source}: the run is single-label (it predicts one label per sample), but {problem}; "
                 "its figures would not mean what they say: use ramer predict, or a multi-label run"
             )
-    scores = score_split(predictor, store, args)
+    scores = score_split(predictor, store, args, bundle.info)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
     if predictor.spec.single_label:  # one gold label, one decided: which emotions are taken for which
         matrix = confusion(store.labels, predictor.decide(scores))
@@ -770,7 +772,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             data_from = data_files(bundle, args.data or predictor.cfg.data.path)
             output_file(args.out, reads=reads, data_from=data_from, make=False)
         store = bundle.splits[args.split]
-        probs = score_split(predictor, store, args)
+        probs = score_split(predictor, store, args, bundle.info)
         records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
         text = "".join(json.dumps(record) + "\n" for record in records)
         if to_stdout:
@@ -831,7 +833,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         if args.preds is not None:
             records = read_predictions(args.preds, store.label_names)
         else:
-            probs = score_split(predictor, store, args)
+            probs = score_split(predictor, store, args, bundle.info)
             records = prediction_records(store, probs, predictor.decide(probs), threshold)
         title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
         notes: list[str] = []
