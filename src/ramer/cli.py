@@ -595,14 +595,20 @@ def load_predictor(run_dir: str, device: str | None = None, precision: str = "fp
     return predictor
 
 
-def score_split(predictor, store, args: argparse.Namespace, info: dict | None = None):
-    """``predictor.predict`` of ``store`` with ``--workers`` and ``--batch-size``; a batch that does
-    not fit in memory is one line naming ``--batch-size``. ``info``: the data's (``bundle.info``), for
-    ``check_data``'s error where the store's sizes are not the model's."""
+def score_split(predictor, store, args: argparse.Namespace, bundle):
+    """``predictor.predict`` of ``store`` (``bundle``'s split ``--split``) with ``--workers`` and
+    ``--batch-size``; a batch that does not fit in memory is one line naming ``--batch-size``. The
+    data is checked first (``check_data``, with ``bundle.info`` for an error where the store's sizes
+    are not the model's); then, for ``--data`` other than the run's own, a note says what its other
+    splits hold, which the command does not read."""
     from ramer.train.recipe import memory_named
 
-    predictor.check_data(store.label_names, store.dims, store.source, store.labels, info)  # predict's, with info
-
+    predictor.check_data(store.label_names, store.dims, store.source, store.labels, bundle.info)
+    # other data (a new table, split by seed) is read one split at a time: say what the rest holds. Not for
+    # the run's own data, whose other splits are what it was trained and validated on
+    if args.data is not None and not is_run_data(args.data, predictor):
+        if note := other_splits_note(bundle, args.split):
+            ERR.print(f"note: {note}")
     batch = args.batch_size or predictor.cfg.train.eval_batch_size
     with memory_named(f"scoring split '{args.split}' ({batch} scenes at once)", f"--batch-size {batch}"):
         return predictor.predict(store, workers=args.workers, batch_size=batch)
@@ -635,12 +641,6 @@ def load_run_and_data(args: argparse.Namespace):
     if len(bundle.splits[args.split]) == 0:
         sizes = ", ".join(f"{name} {len(store)}" for name, store in bundle.splits.items())
         raise RamerError(f"{bundle.source}: split '{args.split}' has no samples ({sizes}); choose another --split")
-    # other data (a new table, split by seed) is read one split at a time: say what the rest holds. Not for
-    # the run's own data, whose other splits are what it was trained and validated on, nor for view --preds,
-    # whose file (predict said it) decides what was predicted
-    if args.data is not None and not is_run_data(args.data, predictor) and getattr(args, "preds", None) is None:
-        if note := other_splits_note(bundle, args.split):
-            ERR.print(f"note: {note}")
     return predictor, bundle
 
 
@@ -691,7 +691,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{bundle.source}: the run is single-label (it predicts one label per sample), but {problem}; "
                 "its figures would not mean what they say: use ramer predict, or a multi-label run"
             )
-    scores = score_split(predictor, store, args, bundle.info)
+    scores = score_split(predictor, store, args, bundle)
     rep = report(store.labels, scores, predictor.threshold, store.role, bundle.label_names)
     if predictor.spec.single_label:  # one gold label, one decided: which emotions are taken for which
         matrix = confusion(store.labels, predictor.decide(scores))
@@ -772,7 +772,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             data_from = data_files(bundle, args.data or predictor.cfg.data.path)
             output_file(args.out, reads=reads, data_from=data_from, make=False)
         store = bundle.splits[args.split]
-        probs = score_split(predictor, store, args, bundle.info)
+        probs = score_split(predictor, store, args, bundle)
         records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
         text = "".join(json.dumps(record) + "\n" for record in records)
         if to_stdout:
@@ -833,7 +833,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         if args.preds is not None:
             records = read_predictions(args.preds, store.label_names)
         else:
-            probs = score_split(predictor, store, args, bundle.info)
+            probs = score_split(predictor, store, args, bundle)
             records = prediction_records(store, probs, predictor.decide(probs), threshold)
         title = f"{args.preds or args.run_dir} on {bundle.source} [{args.split}]"
         notes: list[str] = []
