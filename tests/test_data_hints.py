@@ -3,12 +3,15 @@ as the default, the personality file's problems name the row, the name and the c
 of a row or two whose name is close to another label's is noted as a likely typo, labels in another
 order say the order to import with, and data info says none where no value was replaced."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from test_conversations import base_rows, write_table
 
+import ramer
+from ramer.api import load_data_for
 from ramer.cli import main
 from ramer.config import build_config, resolve_config
 from ramer.data.conversations import import_conversations, summary_lines
@@ -120,14 +123,41 @@ def test_personality_of_another_width_names_the_traits_to_import_with(tmp_path, 
     assert "lab3/test: personality features have size 3 (the traits a, b, c of traits3.csv), the model expects 5 (" in (
         capsys.readouterr().err
     )
-    Path("ds").rename("gone")  # the run's data moved: its trait names are not known
+    Path("ds").rename("gone")  # the run's data moved: its model file names the traits
     assert main(["predict", "run", "--data", "new3", "--out", "p.jsonl"]) == 2
-    assert (
-        f"error: {data}: import the table again with --personality naming a file of the 5 traits the model was "
-        "trained with, in their order, or without --personality"
-    ) in capsys.readouterr().err
+    assert f"error: {data} ({', '.join(five)}, as ds was imported with)" in capsys.readouterr().err
+    predictor = ramer.load("run")
+    predictor.spec = dataclasses.replace(predictor.spec, personality_names=None)  # a file written before it did
+    with pytest.raises(RamerError, match="the 5 traits the model was trained with, in their order, or without"):
+        predictor.predict(load_data_for(predictor, "new3"))
     import_conversations(plain, "new0", labels=["anger", "joy", "neutral", "sadness"])  # the way out it names
     assert main(["predict", "run", "--data", "new0", "--out", "p.jsonl"]) == 0
+
+
+def test_personality_traits_in_another_order_are_refused(tmp_path, fake_text, capsys, monkeypatch):
+    """A traits file of the model's width with its columns in another order imported and predicted
+    without a word, each trait read as another (an audit saw decisions change). The model file records
+    the traits of its import, in order; other traits or another order are refused, naming both."""
+    monkeypatch.chdir(tmp_path)
+    everyone = "ann bob cat dan eve fay gus hal ivy jon".split()
+    five = ["openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism"]
+    for name, order in (("traits.csv", five), ("reversed.csv", five[::-1])):
+        Path(name).write_text("person," + ",".join(order) + "\n" + "".join(f"{q},1,2,3,4,5\n" for q in everyone))
+    import_conversations(write_table(tmp_path / "talk.csv", base_rows()), "ds", personality="traits.csv")
+    assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
+    assert ramer.load("run").spec.personality_names == tuple(five)
+    plain = write_table(tmp_path / "plain.csv", base_rows(labelled=False))
+    labels = ["anger", "joy", "neutral", "sadness"]
+    import_conversations(plain, "same", labels=labels, personality="traits.csv")
+    import_conversations(plain, "other", labels=labels, personality="reversed.csv")
+    capsys.readouterr()
+    assert main(["predict", "run", "--data", "same", "--out", "p.jsonl"]) == 0
+    assert main(["predict", "run", "--data", "other", "--out", "p.jsonl"]) == 2
+    assert (
+        f"error: other/test: personality traits {', '.join(five[::-1])} of reversed.csv are not the model's "
+        f"{', '.join(five)}, in this order: import the table again with --personality naming a file of these "
+        "traits, in this order, or without --personality"
+    ) in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ labels

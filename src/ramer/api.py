@@ -34,6 +34,7 @@ from ramer.infer import (
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
+from ramer.models.base import trait_names
 from ramer.paths import argument, held_elsewhere
 
 __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
@@ -41,12 +42,10 @@ __all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
 _BUILDING = threading.Lock()  # one real build at a time (``_built``'s second way): each puts back the random state
 
 
-def _import_traits(info) -> tuple[list[str], str] | None:
-    """An import's trait names (``info.conversations.personality_traits``) and `` of FILE`` naming its
-    personality file (``info.source_files``' second), or None for data of another source."""
-    conv = info.get("conversations") if isinstance(info, dict) else None
-    traits = conv.get("personality_traits") if isinstance(conv, dict) else None
-    if not isinstance(traits, list) or not traits or not all(isinstance(t, str) for t in traits):
+def _import_traits(info) -> tuple[tuple[str, ...], str] | None:
+    """An import's trait names (``models.base.trait_names``) and `` of FILE`` naming its personality
+    file (``info.source_files``' second), or None for data of another source."""
+    if (traits := trait_names(info)) is None:
         return None
     files = info.get("source_files") or []
     of = f" of {Path(files[1]).name}" if len(files) > 1 and isinstance(files[1], str) else ""
@@ -153,20 +152,26 @@ class Predictor:
                             "without --personality"
                         )
                 raise RamerError(said)
+        traits, own = _import_traits(info), self._own_traits()
+        if dims.get("personality") is not None and traits is not None and own is not None and traits[0] != own:
+            raise RamerError(  # the same width, other columns: each trait read as another, without a word
+                f"{source}: personality traits {', '.join(traits[0])}{traits[1]} are not the model's "
+                f"{', '.join(own)}, in this order: import the table again with --personality naming a file of "
+                "these traits, in this order, or without --personality"
+            )
 
-    def _own_traits(self) -> list[str] | None:
-        """The trait names the run's own data records (an import's ``--personality`` columns), where it
-        is still there, is an import and has the model's personality width; else None (a run does not
-        record them itself)."""
-        if self.cfg.data.path is None:
-            return None
+    def _own_traits(self) -> tuple[str, ...] | None:
+        """The trait names of the run's data, in column order (an import's ``--personality`` columns):
+        as its model file records them, or, for a file written before it did, as the run's own data
+        records them, where it is still there, is an import and has the model's personality width;
+        else None."""
+        if self.spec.personality_names is not None or self.cfg.data.path is None:
+            return self.spec.personality_names
         try:
             meta = json.loads((Path(self.cfg.data.path).expanduser() / "meta.json").read_text(encoding="utf-8"))
-            traits = meta["info"]["conversations"]["personality_traits"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return None
-        ok = isinstance(traits, list) and all(isinstance(t, str) for t in traits)
-        return traits if ok and len(traits) == self.spec.personality_dim else None
+        return trait_names(meta.get("info") if isinstance(meta, dict) else None, self.spec.personality_dim)
 
     def predict(
         self,

@@ -30,6 +30,7 @@ class DataSpec:
     label_names: tuple[str, ...]
     personality_dim: int | None = None  # None: the data has no personality
     task: str = "multi_label"  # config.TASKS: losses, probabilities and the decision follow it
+    personality_names: tuple[str, ...] | None = None  # an import's traits, in column order (None: not known)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -50,15 +51,18 @@ class DataSpec:
             label_names=tuple(bundle.label_names),
             personality_dim=dims.get("personality"),
             task=bundle.task if task in (None, "auto") else task,
+            personality_names=trait_names(bundle.info, dims.get("personality")),
         )
 
     def to_dict(self) -> dict:
+        names = {} if self.personality_names is None else {"personality_names": list(self.personality_names)}
         return {
             "dims": dict(self.dims),
             "n_labels": self.n_labels,
             "label_names": list(self.label_names),
             "personality_dim": self.personality_dim,
             "task": self.task,
+            **names,
         }
 
     @classmethod
@@ -69,7 +73,19 @@ class DataSpec:
             label_names=tuple(d["label_names"]),
             personality_dim=None if d.get("personality_dim") is None else int(d["personality_dim"]),
             task=d.get("task", "multi_label"),  # checkpoints written before the key: multi-label
+            personality_names=trait_names({"conversations": {"personality_traits": d.get("personality_names")}}),
         )
+
+
+def trait_names(info, width: int | None = None) -> tuple[str, ...] | None:
+    """The personality traits of an import, in column order (``info.conversations.personality_traits``,
+    ``ramer data import --personality``), where ``info`` (a bundle's) records them as strings, and as
+    many as ``width`` where given; None otherwise (another loader's data, a file written before)."""
+    conv = info.get("conversations") if isinstance(info, dict) else None
+    traits = conv.get("personality_traits") if isinstance(conv, dict) else None
+    if not isinstance(traits, list) or not traits or not all(isinstance(t, str) for t in traits):
+        return None
+    return tuple(traits) if width is None or len(traits) == width else None
 
 
 def package_of(model) -> str:
