@@ -243,7 +243,8 @@ def test_scenes_without_marks_keep_the_target_rule() -> None:
         target[i] = (-1, -1)
         tokens[base.token_offsets[i] + np.asarray(n)] = True
     target[4] = (-1, -1)
-    store = SceneStore(**{**base.__dict__, "target": target, "target_tokens": tokens})
+    role = np.where((target == -1).all(1), -1, base.role).astype(np.int8)  # a whole sample has no role
+    store = SceneStore(**{**base.__dict__, "target": target, "role": role, "target_tokens": tokens})
     assert store.marks_targets().tolist() == [True, False, True, False, False]
     batch = store.collate(range(5))
     P, S = batch.grid

@@ -238,11 +238,35 @@ def test_in_memory_store_checks_targets_too():
     store = random_store(n=3)
     good = store.target.copy()
     good[0], good[1], good[2] = (-1, -1), store.grid[1] - 1, (0, 0)
-    SceneStore(**{**store.__dict__, "target": good})  # the edges of what is allowed
+    role = store.role.copy()
+    role[0] = -1  # a whole sample has no target, so no role
+    SceneStore(**{**store.__dict__, "target": good, "role": role})  # the edges of what is allowed
     bad = good.copy()
     bad[1] = (-1, 0)
     with pytest.raises(RamerError, match=r"<memory>: target row 1 is \(-1, 0\), outside its scene's grid"):
-        SceneStore(**{**store.__dict__, "target": bad})
+        SceneStore(**{**store.__dict__, "target": bad, "role": role})
+
+
+@pytest.mark.parametrize("role", [1, 0])
+def test_a_whole_sample_has_no_role(tmp_path, role):
+    """``role`` is the target's: a whole-scene sample (target (-1, -1)) marked speaker or non-speaker
+    was accepted, counted in the speaker / non-speaker metrics and printed by predict as target null
+    with role speaker. Refused where the store is made and on load, naming the row."""
+    store = random_store(n=3)
+    target, roles = store.target.copy(), store.role.copy()
+    target[1], roles[1] = (-1, -1), role
+    said = (
+        f"role row 1 is {role}, but its target is (-1, -1) (the whole sample); role is the target's role "
+        "(1 speaker, 0 non-speaker), so a sample without a target has role -1"
+    )
+    with pytest.raises(RamerError) as e:
+        SceneStore(**{**store.__dict__, "target": target, "role": roles})
+    assert one_line(e) == f"<memory>: {said}"
+    d = native(tmp_path)
+    np.save(d / "valid" / "target.npy", np.full((4, 2), -1, dtype=np.int32))  # role.npy keeps 0 and 1
+    with pytest.raises(RamerError) as e:
+        load_native(d)
+    assert one_line(e).startswith(f"{d / 'valid'}: role row 0 is ")
 
 
 # ------------------------------------------------------------------ 5. output path that is a file

@@ -274,6 +274,15 @@ class SceneStore:
                     f"target row {i} is ({p}, {s}), outside its scene's grid (P, S) = ({P}, {S}); expected "
                     "0 <= person < P and 0 <= segment < S, or (-1, -1) for no target (whole sample)",
                 )
+            # role is the target's role: a whole sample has none (metrics would count it as a speaker's)
+            rows = np.flatnonzero((tgt == -1).all(1) & (np.asarray(self.role) != ROLE_NONE))
+            if len(rows):
+                i = int(rows[0])
+                need(
+                    False,
+                    f"role row {i} is {self.role[i]}, but its target is (-1, -1) (the whole sample); role is the "
+                    "target's role (1 speaker, 0 non-speaker), so a sample without a target has role -1",
+                )
         Q = int(self.person_offsets[-1]) if n else 0
         need(self.character.shape == (Q,), f"character has shape {self.character.shape}, expected ({Q},)")
         if self.personality is not None:
