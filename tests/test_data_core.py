@@ -73,6 +73,34 @@ def test_collate_pads_and_places_every_token():
     assert batch.ids == [store.ids[i] for i in idx]
 
 
+def test_batch_check_needs_person_major_tokens():
+    """Tokens are person-major (n = p * S + s) in every row, padding included. The same scenes laid
+    out segment-major (whole samples: no target to move), every per-token field permuted alike, passed
+    ``Batch.check`` and RAMer scored them otherwise (it reads the grid by reshaping; 0.024 apart);
+    a padded token's segment changed passed too."""
+    store = random_store(n=9, persons=(2, 3), segments=(3, 4), with_target=False, seed=4)
+    batch = store.collate([3, 0, 7])
+    batch.check()
+    P, S = batch.grid
+    assert not bool(batch.valid.all())  # padding, whose person and segment are the grid's too
+    perm = torch.tensor([p * S + s for s in range(S) for p in range(P)])  # segment-major: new slot -> token
+    g = lambda x: x[:, perm]  # noqa: E731
+    segment_major = dataclasses.replace(
+        batch,
+        features={m: g(x) for m, x in batch.features.items()},
+        present={m: g(x) for m, x in batch.present.items()},
+        **{k: g(getattr(batch, k)) for k in ("valid", "person", "segment", "scope")},
+    )
+    said = r"^b: person of row 0 is not the person-major order of the grid \(\d+, \d+\): token n is person n // S"
+    with pytest.raises(RamerError, match=said):
+        segment_major.check("b")
+    b, n = (~batch.valid).nonzero()[0].tolist()  # a padded token
+    segment = batch.segment.clone()
+    segment[b, n] = (segment[b, n] + 1) % S
+    with pytest.raises(RamerError, match=rf"^b: segment of row {b} is not the person-major order"):
+        dataclasses.replace(batch, segment=segment).check("b")
+
+
 def test_whole_sample_scope_without_target():
     store = random_store(n=4, with_target=False, personality_dim=None)
     batch = store.collate([0, 1, 2, 3])

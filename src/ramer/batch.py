@@ -123,6 +123,16 @@ class Batch:
             tensor(name, x, (B, N), "int")
             if x.numel() and (int(x.min()) < 0 or int(x.max()) >= size):
                 fail(f"{name} holds indices outside 0..{size - 1} (the grid {grid})")
+        # tokens are person-major (n = p * S + s) in every row, padding included: RAMer reads the grid
+        # by reshaping (B, N) to (B, P, S), so another order scores other tokens as each person's
+        n = torch.arange(N, device=self.person.device)
+        for name, want in (("person", n // S), ("segment", n % S)):
+            rows = (getattr(self, name) != want).any(1).nonzero().flatten()
+            if len(rows):
+                fail(
+                    f"{name} of row {int(rows[0])} is not the person-major order of the grid {grid}: token n is "
+                    "person n // S, segment n % S (n = p * S + s, padded tokens included)"
+                )
         tensor("target", self.target, (B,), "int")
         if self.target.numel() and (int(self.target.min()) < -1 or int(self.target.max()) >= N):
             fail(
