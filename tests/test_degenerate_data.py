@@ -133,6 +133,28 @@ def test_a_label_no_training_sample_has_is_noted(tmp_path, model):
     assert inputs.untrained_note(alone).startswith(f"odd: labels {name!r}, {store.label_names[3]!r} have no sample")
 
 
+@pytest.mark.parametrize("model", ["late_fusion", "br"])
+def test_a_modality_no_training_token_has_is_noted(tmp_path, model):
+    """No face in any training scene but faces in valid and test: the run's model scored visual
+    there with an encoder that never trained, without a word. The note names the modality and its
+    share of each other split's tokens; a modality absent everywhere, or present in train, has none."""
+    store = random_store(n=16)
+    present = store.present.copy()
+    present[:, 2] = False
+    blind = changed(store, present=present, visual=store.visual * present[:, 2:])
+    bundle = bundle_of(blind)
+    valid, test = (f"{100 * bundle.splits[s].present[:, 2].mean():.0f} %" for s in ("valid", "test"))
+    line = f"note: odd: visual is present at no token of the train split (valid {valid}, test {test} of tokens)"
+    said = train(tmp_path, bundle, model)
+    assert f"{line}: the run cannot learn it, and its model scores visual there with weights that never" in said, said
+    assert said.count("present at no token of the train split") == 1, said
+    noted = [row.removeprefix("note: ") for row in said.splitlines() if row.startswith(line)]
+    assert inputs.bench_notes(bundle, [], "multi_label") == noted  # bench and tune say it once, before their runs
+    nowhere = {s: changed(st, present=st.present & [True, True, False]) for s, st in bundle.splits.items()}
+    assert inputs.unseen_modality_notes(DataBundle(nowhere, store.label_names, "odd", "odd")) == []
+    assert "present at no token" not in train(tmp_path / "plain", bundle_of(store), model)
+
+
 def test_a_loss_not_finite_before_any_update_names_the_features_not_the_learning_rate(tmp_path):
     huge = scaled(random_store(n=16), 1e30)
     with pytest.raises(LossNotFinite) as e:

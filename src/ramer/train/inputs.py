@@ -111,6 +111,33 @@ def untrained_note(bundle) -> str | None:
     return f"{bundle.source}: {what} no sample in the train split: the run cannot learn {it}"
 
 
+def unseen_modality_notes(bundle) -> list[str]:
+    """Modalities present at no token of the train split but at some of another split's (no face in
+    any training scene, a test split with video): the run cannot learn them, yet its model reads
+    them there with weights (a deep model's encoder) that never trained. A note per modality naming
+    ``bundle``'s source and its share of each other split's tokens."""
+    train = bundle.splits.get("train")
+    if train is None or len(train) == 0:  # the run's check_splits says so, in one line
+        return []
+    shares = {s: np.asarray(st.present).mean(0) for s, st in bundle.splits.items() if len(st.present)}
+    notes = []
+    for k, m in enumerate(MODALITIES):
+        if shares["train"][k] > 0 or not any(share[k] > 0 for share in shares.values()):
+            continue
+        said = ", ".join(f"{s} {_percent(share[k])}" for s, share in shares.items() if s != "train")
+        notes.append(
+            f"{bundle.source}: {m} is present at no token of the train split ({said} of tokens): the run cannot "
+            f"learn it, and its model scores {m} there with weights that never trained"
+        )
+    return notes
+
+
+def _percent(share: float) -> str:
+    """``share`` (0..1) as a percentage: ``31 %``, ``0.42 %``."""
+    p = 100 * share
+    return f"{p:.0f} %" if p >= 1 or p == 0 else f"{p:.2g} %"
+
+
 def recompute_note(model: nn.Module, cfg) -> str | None:
     """Where ``train.recompute`` is asked of a model without RAMer's modality encoders, which alone
     run their layers again in backward: it trains as without it."""
@@ -151,11 +178,13 @@ def model_notes(store, model: nn.Module, cfg, source: str) -> list[str]:
 
 
 def bench_notes(bundle, configs, task: str) -> list[str]:
-    """The notes of ``valid_note``, ``untrained_note``, ``ablations_note``, ``threshold_note`` and
-    ``model_notes`` for the runs of a bench or a search, once: their runs train with a quiet console.
-    ``configs``: one ``Config`` per model (classical ones too); ``task``: the data's (``resolve_task``). Each model is
-    built on the meta device (no memory taken) only to read what it is."""
+    """The notes of ``valid_note``, ``untrained_note``, ``unseen_modality_notes``, ``ablations_note``,
+    ``threshold_note`` and ``model_notes`` for the runs of a bench or a search, once: their runs train
+    with a quiet console. ``configs``: one ``Config`` per model (classical ones too); ``task``: the
+    data's (``resolve_task``). Each model is built on the meta device (no memory taken) only to read
+    what it is."""
     notes = [n for n in (valid_note(bundle, task == "single_label"), untrained_note(bundle)) if n]
+    notes += unseen_modality_notes(bundle)
     if "train" not in bundle.splits:  # the runs' check_splits says so, in one line
         return notes
     spec = DataSpec.from_bundle(bundle, task)

@@ -86,6 +86,7 @@ from ramer.train.inputs import (
     loss_not_finite,
     model_notes,
     threshold_note,
+    unseen_modality_notes,
     untrained_note,
     valid_note,
     weights_not_finite,
@@ -555,7 +556,8 @@ class RunSteps:
     def data_notes(self, model: nn.Module | None = None) -> None:
         """Rank 0 says what the data lets the run not do: multi-label validation without a single
         positive label scores every epoch and threshold 0, so nothing is chosen there; a label no
-        training sample has (``untrained_note``); ablations set for a model other than RAMer
+        training sample has (``untrained_note``); a modality no training token has
+        (``unseen_modality_notes``); ablations set for a model other than RAMer
         (``ablations_note``); ``train.per_label_threshold`` on single-label data (``threshold_note``);
         what a deep ``model`` of this package cannot read in the training split and
         ``train.recompute`` asked of a model it does not reach (``model_notes``)."""
@@ -567,7 +569,7 @@ class RunSteps:
             ablations_note(self.cfg),
             threshold_note(self.cfg, self.spec.single_label),
         ]
-        notes = [n for n in notes if n]
+        notes = [n for n in notes if n] + unseen_modality_notes(self.bundle)
         if model is not None:
             notes += model_notes(self.splits["train"], model, self.cfg, self.bundle.source)
         for note in notes:
