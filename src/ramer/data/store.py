@@ -576,7 +576,8 @@ class SceneStore:
         It reads the features once. An error names ``where`` (default: the store's source), the array and the count."""
         self.validate(where)
         if (found := non_finite_features(self)) is not None:
-            raise RamerError(f"{where or self.source}: {found[0]} {non_finite_message(found[1])}")
+            said = non_finite_message(found[1], beyond_float32(self, found[0]))
+            raise RamerError(f"{where or self.source}: {found[0]} {said}")
         self.mark_checked()
 
     def mark_checked(self) -> None:
@@ -1260,11 +1261,40 @@ def largest_store_features(store: SceneStore) -> dict[str, float]:
     return out
 
 
-def non_finite_message(bad: int) -> str:
-    """What ``non_finite_features`` found (``bad`` values), for an error after the array's name."""
+def beyond_float32(store: SceneStore, name: str) -> int:
+    """How many present values of the input ``name`` (a feature array, personality) of ``store`` are
+    finite as the store holds them (float64) but beyond float32's range, the type they are stored and
+    batched in (inf there). 0 for a float32 array; an integer one never exceeds it. Read on the error
+    path only (``SceneStore.check``)."""
+    arr = getattr(store, name)
+    if arr.dtype == np.float32 or arr.dtype.kind != "f":
+        return 0
+    if name == "personality":
+        present, rows_of = np.asarray(store.personality_present), lambda rows: rows
+    else:
+        present, k = store.present, MODALITIES.index(name)
+        present, rows_of = np.asarray(present[:, k]), lambda rows: store._rows(name, rows)
+    count = 0
+    for start in range(0, len(present), _SCAN_ROWS):
+        rows = rows_of(start + np.flatnonzero(present[start : start + _SCAN_ROWS]))
+        raw = np.asarray(arr[rows])
+        with np.errstate(over="ignore"):
+            count += int((np.isfinite(raw) & ~np.isfinite(raw.astype(np.float32))).sum())
+    return count
+
+
+def non_finite_message(bad: int, beyond: int = 0) -> str:
+    """What ``non_finite_features`` found (``bad`` values, of which ``beyond`` are finite numbers
+    beyond float32's range: ``beyond_float32``), for an error after the array's name."""
+    if not beyond:
+        return (
+            f"holds {bad} non-finite values (NaN or inf) in present rows; features must be finite numbers "
+            "(write 0 for a missing value)"
+        )
+    nan = f"{bad - beyond} non-finite values (NaN or inf) and " if bad > beyond else ""
     return (
-        f"holds {bad} non-finite values (NaN or inf) in present rows; features must be finite numbers "
-        "(write 0 for a missing value)"
+        f"holds {nan}{beyond} values in present rows beyond float32's range (±3.4e38), the type features are "
+        "stored and batched in; features must be finite numbers within it (rescale them; write 0 for a missing value)"
     )
 
 
