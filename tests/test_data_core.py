@@ -200,11 +200,16 @@ def made(store, **changes):
         ({"label_names": lambda s: ("l0", "l1", "l0", "l3", "l4")}, r"label_names names 'l0' twice"),
         ({"label_names": lambda s: (0, 1, 2, 3, 4)}, r"label_names holds a number \(0\), expected a list of strings"),
         ({"text": lambda s: [[1.0, 2.0], [3.0]]}, r"<memory>: text is not an array \("),
+        (
+            {"personality": lambda s: None},
+            r"<memory>: personality_present is given without personality; personality and personality_present "
+            r"must both be arrays, or both None$",
+        ),
     ],
     ids=[
         *("labels-0.6", "labels-nan", "labels-minus-1", "ids-int", "ids-numpy-int", "personality_present-int"),
         *("token_offsets-float", "present-uint8", "target-float", "text-str", "character-beyond-int32"),
-        *("label_names-str", "label_names-repeated", "label_names-int", "text-ragged"),
+        *("label_names-str", "label_names-repeated", "label_names-int", "text-ragged", "personality_present-alone"),
     ],
 )
 def test_a_store_made_in_memory_is_checked_as_a_loaded_one(change, match):

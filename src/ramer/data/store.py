@@ -285,6 +285,11 @@ class SceneStore:
                 )
         Q = int(self.person_offsets[-1]) if n else 0
         need(self.character.shape == (Q,), f"character has shape {self.character.shape}, expected ({Q},)")
+        need(
+            self.personality is not None or self.personality_present is None,
+            "personality_present is given without personality; personality and personality_present must both "
+            "be arrays, or both None",
+        )
         if self.personality is not None:
             need(
                 self.personality.ndim == 2 and len(self.personality) == Q,
