@@ -560,6 +560,32 @@ def test_resolve_task_checks_single_label_counts():
         resolve_task(bundle)
 
 
+def test_a_single_label_bundle_is_checked_on_save(tmp_path):
+    """A bundle made with task single_label whose rows do not each hold one label was saved without
+    a word, the error coming only when a run trained on it. ``save`` refuses it before anything is
+    written, with training's count of the samples; the same bundle saves as multi_label, and an
+    unlabelled import (every label 0) keeps the task it was given."""
+    splits = {s: one_hot_store(6, seed=k) for k, s in enumerate(("train", "valid", "test"))}
+    splits["valid"].labels[4] = 0
+    splits["test"].labels[1] = 1
+    names = splits["train"].label_names
+    with pytest.raises(RamerError) as e:
+        DataBundle(splits, names, "mem", "<mem>", task="single_label").save(tmp_path / "d")
+    assert str(e.value) == (
+        "<mem>: task is single_label, which needs exactly one label per sample; 2 of 18 samples break it: "
+        "1 has no label and 1 has 2 or more (the first: split 'valid', row 4, 0 labels); give each sample one "
+        "label, or save with task='multi_label'"
+    )
+    assert not (tmp_path / "d").exists()
+    DataBundle(splits, names, "mem", "<mem>", task="multi_label").save(tmp_path / "d")
+    unlabelled = {s: one_hot_store(6, seed=k) for k, s in enumerate(("train", "valid", "test"))}
+    for store in unlabelled.values():
+        store.labels[:] = 0
+    info = {"conversations": {"labelled": False}}
+    DataBundle(unlabelled, names, "conversations", "talk.csv", info, "single_label").save(tmp_path / "u")
+    assert load_native(tmp_path / "u").task == "single_label"
+
+
 PER_LABEL_NOTE = (
     "train.per_label_threshold has no effect on single-label data: the arg-max decides, no threshold is tuned "
     "(data.task=multi_label for per-label sigmoids and thresholds)"

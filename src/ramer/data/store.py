@@ -763,6 +763,23 @@ class DataBundle:
             return bool(self.info.get("conversations", {}).get("labelled", True))
         return True
 
+    def _single_label_problem(self) -> str | None:
+        """Why this bundle cannot be saved as ``single_label`` (a sample of no label or of two or more,
+        counted as training counts them: ``label_count_problem``), naming the first; ``None`` where
+        every sample has one label, for multi-label data, and for an unlabelled import (all 0)."""
+        if self.task != "single_label" or not self.labelled:
+            return None
+        counts = {name: np.asarray(s.labels).sum(1, dtype=np.int64) for name, s in self.splits.items()}
+        problem = label_count_problem(np.concatenate(list(counts.values())))
+        if problem is None:
+            return None
+        split, row = next((name, int(np.flatnonzero(c != 1)[0])) for name, c in counts.items() if (c != 1).any())
+        return (
+            f"{self.source}: task is single_label, which needs exactly one label per sample; {problem} (the "
+            f"first: split '{split}', row {row}, {counts[split][row]} labels); give each sample one label, or "
+            "save with task='multi_label'"
+        )
+
     def fingerprints(self) -> dict[str, str]:
         """Each split's ``SceneStore.fingerprint``: what a run records of the data it was made on."""
         return {name: store.fingerprint() for name, store in self.splits.items()}
@@ -771,8 +788,9 @@ class DataBundle:
         """Write the bundle as a native directory (``docs/DATA.md``): a folder per split, then
         ``meta.json``. ``directory`` follows the rule of a dataset ``--out`` (``paths.dataset_folder``):
         new, empty or a dataset written before (written over; files of the user's beside it stay).
-        A folder holding anything else, a split folder holding files a save does not write, and a
-        split that ``SceneStore.check`` refuses are errors before anything is written or deleted."""
+        A folder holding anything else, a split folder holding files a save does not write, a split
+        that ``SceneStore.check`` refuses and labelled ``single_label`` data where a sample has no
+        label or two or more are errors before anything is written or deleted."""
         self.validate()
         directory = _dataset_folder(Path(directory))
         try:
@@ -781,6 +799,8 @@ class DataBundle:
             raise RamerError(f"{self.source}: info cannot be written to meta.json ({first_line(e)})") from None
         for name, store in self.splits.items():
             store._check_save(directory / name, f"{self.source}, split '{name}'")
+        if (problem := self._single_label_problem()) is not None:
+            raise RamerError(problem)
         make_folder(directory)
         with staged_dataset(directory) as staging:  # the dataset there stays whole until the last split is written
             for name, store in self.splits.items():
