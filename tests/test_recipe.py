@@ -1014,10 +1014,10 @@ def test_a_run_with_extra_missingness_is_scored_in_python_as_it_was_tested(tmp_p
 
 @pytest.mark.parametrize("fmt", ["mine", "synthetic"])
 def test_a_split_no_loader_read_is_checked_before_training(tmp_path, bundle, monkeypatch, fmt):
-    """Training checks the values of a split no loader read (made in memory, or swapped into a
-    loaded bundle, whatever the bundle's ``format`` says) as loading a native folder does: a NaN in
-    a present feature is one line naming the split, before any step. The loaded splits are not
-    read again."""
+    """Training checks the values of a split of arrays made in memory (swapped into a bundle, whatever
+    the bundle's ``format`` says) as loading a native folder does: a NaN in a present feature is one
+    line naming the split, before any step. The generator's splits, arrays in memory too, are read
+    again (a split read from a folder is not: test_data_core)."""
     from ramer.data import DataBundle
     from ramer.data import store as store_mod
 
@@ -1032,7 +1032,7 @@ def test_a_split_no_loader_read_is_checked_before_training(tmp_path, bundle, mon
     with pytest.raises(RamerError, match=r"my arrays, split 'test': text holds 1 non-finite values"):
         Recipe(tiny_cfg(), tmp_path / "run", bundle=mine).run()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
-    assert scanned == [splits["test"]]  # train and valid came from the generator: not read again
+    assert [id(s) for s in scanned] == [id(splits[name]) for name in ("train", "valid", "test")]
 
 
 def test_python_entries_name_a_wrong_argument_type():

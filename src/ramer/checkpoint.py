@@ -168,17 +168,20 @@ def read_data_fingerprints(path: str | Path) -> dict[str, str]:
     return tree if ok else {}
 
 
-def changed_splits(recorded: dict[str, str], bundle, splits=None) -> list[str]:
+def changed_splits(recorded: dict[str, str], bundle, splits=None, fingerprints: dict | None = None) -> list[str]:
     """The splits (of ``splits``, default all) whose data differs from what ``recorded`` says a run
     was made on; a split the record does not name is not compared. A run made before format
     version 2 recorded the hash of the arrays as held (``SceneStore.held_fingerprint``): either
-    hash matching is the same data."""
+    hash matching is the same data. ``fingerprints``: the bundle's, where already computed (a split
+    of arrays made in memory is hashed again at each ``fingerprint``)."""
     names = bundle.splits if splits is None else splits
 
-    def changed(store, want: str) -> bool:
-        return store.fingerprint() != want and store.held_fingerprint() != want
+    def changed(name: str) -> bool:
+        store, want = bundle.splits[name], recorded[name]
+        now = fingerprints[name] if fingerprints else store.fingerprint()
+        return now != want and store.held_fingerprint() != want
 
-    return [n for n in names if n in recorded and n in bundle.splits and changed(bundle.splits[n], recorded[n])]
+    return [n for n in names if n in recorded and n in bundle.splits and changed(n)]
 
 
 def same_data(recorded: dict[str, str], bundle) -> bool:

@@ -413,10 +413,12 @@ def check_resumed_config(stored: dict | None, cfg: Config, out: Path, source: Pa
     )
 
 
-def check_resumed_data(out: Path, cfg: Config, bundle: DataBundle, task: str) -> None:
+def check_resumed_data(out: Path, cfg: Config, bundle: DataBundle, task: str, fingerprints: dict | None = None) -> None:
     """A resumed run goes on with the data its ``model.safetensors`` records (split fingerprints)
-    and the task it started as: other data would train (or fit) one run on two data sets."""
-    changed = ckpt.changed_splits(ckpt.read_data_fingerprints(out / "model.safetensors"), bundle)
+    and the task it started as: other data would train (or fit) one run on two data sets.
+    ``fingerprints``: the bundle's, where the run has them (``bundle.fingerprints``)."""
+    recorded = ckpt.read_data_fingerprints(out / "model.safetensors")
+    changed = ckpt.changed_splits(recorded, bundle, fingerprints=fingerprints)
     if changed:
         raise RamerError(
             f"cannot resume {out}: the data at data.path ({cfg.data.path}) is not what the run started "
@@ -733,7 +735,7 @@ class Recipe(RunSteps):
         path = self.out / "train_state.pt"
         state = resume_state(self.out, self.cfg)
         self._check_best_weights(state["best"]["epoch"])
-        check_resumed_data(self.out, self.cfg, self.bundle, self.spec.task)
+        check_resumed_data(self.out, self.cfg, self.bundle, self.spec.task, self.fingerprints)
         ckpt.load_state_into(self.model, state["model"], str(path), ckpt.written_by(state).get("ramer_version"))
         if bad := [name for name, w in self.model.named_parameters() if not torch.isfinite(w).all()]:
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
