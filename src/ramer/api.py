@@ -152,8 +152,8 @@ class Predictor:
                             "without --personality"
                         )
                 raise RamerError(said)
-        traits, own = _import_traits(info), self._own_traits()
-        if dims.get("personality") is not None and traits is not None and own is not None and traits[0] != own:
+        traits = _import_traits(info) if dims.get("personality") is not None else None
+        if traits is not None and (own := self._own_traits()) is not None and traits[0] != own:
             raise RamerError(  # the same width, other columns: each trait read as another, without a word
                 f"{source}: personality traits {', '.join(traits[0])}{traits[1]} are not the model's "
                 f"{', '.join(own)}, in this order: import the table again with --personality naming a file of "
