@@ -865,6 +865,12 @@ BAD_TABLES = [
         r"talk.csv: row 4: cell 'text' begins with a quote that closes before the cell ends \('\"no\" I said'\)",
     ),
     (
+        'a quote closed early in a cell after a well-quoted cell holding ,"" (the cell named is the bad one)',
+        "talk.csv",
+        HEAD + 'c1,0,ann,"size 6,""2"" tall","joy" x\n' + TAIL,
+        r"talk.csv: row 2: cell 'labels' begins with a quote that closes before the cell ends \('\"joy\" x'\)",
+    ),
+    (
         "labels differing in case",
         "talk.csv",
         HEAD + "c1,0,ann,hi,joy\nc1,1,bob,ho,Joy\n" + TAIL,

@@ -158,6 +158,11 @@ def test_personality_traits_in_another_order_are_refused(tmp_path, fake_text, ca
         f"{', '.join(five)}, in this order: import the table again with --personality naming a file of these "
         "traits, in this order, or without --personality"
     ) in capsys.readouterr().err
+    # a model without personality reads none: its data folder imported again with traits since changes nothing
+    import_conversations(tmp_path / "talk.csv", "plain")
+    assert main(["train", "--model", "br", "--data", "plain", "--out", "run0"]) == 0
+    import_conversations(tmp_path / "talk.csv", "plain", personality="traits.csv")
+    assert main(["predict", "run0", "--data", "other", "--out", "p.jsonl"]) == 0
 
 
 # ------------------------------------------------------------------------------------ labels

@@ -3,6 +3,7 @@ entry point of the group ``ramer.models``, trains, tests and is read back throug
 process and in a new one; ``register_model`` serves one process; bad names, builders, spaces and
 plugins are errors that name them."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -136,8 +137,9 @@ def test_an_installed_model_that_registers_itself_on_import_keeps_its_space(tmp_
     assert space_for(cfg) == sys.modules["plug_spaced"].SPACE
     module = importlib.reload(sys.modules["plug_spaced"])  # a notebook's reload: its builder again, replaced
     assert models.BUILDERS["spaced"] is module.build and space_for(cfg) == module.SPACE
-    with pytest.raises(RamerError, match="model name 'spaced' is taken"):  # another builder: the entry point's name
-        register_model("spaced", lambda cfg, spec: nn.Linear(1, 1))
+    for other in (lambda cfg, spec: nn.Linear(1, 1), functools.partial(module.build)):  # other builders
+        with pytest.raises(RamerError, match="model name 'spaced' is taken"):
+            register_model("spaced", other)
 
 
 def test_a_bench_worker_tunes_an_installed_model_in_its_own_space(tmp_path, monkeypatch, registry):

@@ -102,8 +102,8 @@ class Predictor:
     def check_data(self, names, dims: dict[str, int | None], source: str, labels=None, info=None) -> None:
         """The data's labels and feature sizes must be the model's (a personality size only where
         both have personality: a model without it ignores it, one with it does without); a
-        RamerError naming ``source`` if not. ``predict`` checks so; ``ramer eval`` before its own
-        checks (``check_data(store.label_names, store.dims, store.source, store.labels)``).
+        RamerError naming ``source`` if not. ``predict`` checks so, and the CLI before it scores
+        (``cli.score_split``) and before ``eval``'s own checks, with ``labels`` and ``info``.
         ``labels``: the data's label rows ``(n, C)``, where known: with them the error tells data whose
         samples carry only labels of the model (an import to make again with the model's ``--labels``)
         from data with a label the model lacks. ``info``: the data's ``DataBundle.info``, where known: an
@@ -165,6 +165,8 @@ class Predictor:
         as its model file records them, or, for a file written before it did, as the run's own data
         records them, where it is still there, is an import and has the model's personality width;
         else None."""
+        if self.spec.personality_dim is None:  # the model reads no personality: no traits to compare
+            return None
         if self.spec.personality_names is not None or self.cfg.data.path is None:
             return self.spec.personality_names
         try:

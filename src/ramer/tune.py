@@ -575,7 +575,8 @@ def requeue(study, trial, interrupted: bool = False) -> None:
 
 
 def remove_failed_folders(optuna, study, out: Path) -> None:
-    """A failed trial's run folder (killed or interrupted mid-training) is of no use: remove it."""
+    """A failed trial's run folder (killed or interrupted mid-training, or its run raised an error,
+    which its note in trials.md gives) is of no use: remove it."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         folder = out / TRIAL_FOLDER.format(t.number)
         if folder.exists():

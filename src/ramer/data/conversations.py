@@ -461,21 +461,37 @@ def _check_quotes(
 def _quote_closed_early(lines: list[str], header: list[str], row: int, path: Path, delimiter: str) -> None:
     """A RamerError for a cell that begins with a quote closed before the cell ends (``"Hi," she
     said``, as a table written without quoting holds it): the csv reader takes that quote as the
-    cell's quoting and drops it with its closing one, without an error. The message names the row, the
-    cell and how to write it."""
-    raw = "".join(lines)
-    d = re.escape(delimiter)
-    found = re.search(rf'(?:^|{d})("(?:[^"]|"")*"[^{d}"\r\n][^{d}\r\n]*)', raw)
-    if found is None:  # pragma: no cover (the strict reader failed on something else: its own error)
-        raise RamerError(f"{_where(path, row)}: not a readable CSV row (a quote where a cell cannot hold one)")
-    before = raw[: found.start(1)]
-    j = len(next(csv.reader([before], delimiter=delimiter), [""])) - 1 if before else 0
-    at = row + len(_LINE_BREAK.findall(before))
-    raise RamerError(
-        f"{_where(path, at)}: cell {_cell_name(header, j)} begins with a quote that closes before the cell ends "
-        f"({_short(found.group(1))}): a quote at the start of a cell opens a quoted cell, so a reader drops "
-        "both quotes; quote the whole cell and write each quote in it twice "
-        f"({_short(_requoted(found.group(1)))}), as spreadsheet programs and csv writers do"
+    cell's quoting and drops it with its closing one, without an error. The record is read cell by
+    cell, as the reader does (``""`` inside a quoted cell is a quote), so the message names the cell
+    that breaks the quoting, its row and how to write it."""
+    raw, ends = "".join(lines), (delimiter, "\r", "\n")
+    i = j = 0  # the position in the record; the cell's number
+    while i < len(raw):
+        start = i
+        if raw[i] == '"':
+            i += 1
+            while i < len(raw) and not (raw[i] == '"' and raw[i + 1 : i + 2] != '"'):
+                i += 2 if raw[i] == '"' else 1  # a doubled quote is one quote of the text
+            i += 1  # past the closing quote
+            if i < len(raw) and raw[i] not in ends:
+                while i < len(raw) and raw[i] not in ends:
+                    i += 1
+                cell = raw[start:i]
+                raise RamerError(
+                    f"{_where(path, row + len(_LINE_BREAK.findall(raw[:start])))}: cell {_cell_name(header, j)} begins "
+                    f"with a quote that closes before the cell ends ({_short(cell)}): a quote at the start of a cell "
+                    "opens a quoted cell, so a reader drops both quotes; quote the whole cell and write each quote in "
+                    f"it twice ({_short(_requoted(cell))}), as spreadsheet programs and csv writers do"
+                )
+        else:
+            while i < len(raw) and raw[i] not in ends:
+                i += 1
+        if i >= len(raw) or raw[i] != delimiter:
+            break
+        i, j = i + 1, j + 1
+    # no such cell: the strict reader failed on something else
+    raise RamerError(  # pragma: no cover
+        f"{_where(path, row)}: not a readable CSV row (a quote where a cell cannot hold one)"
     )
 
 

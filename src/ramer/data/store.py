@@ -767,17 +767,11 @@ class DataBundle:
         """Why this bundle cannot be saved as ``single_label`` (a sample of no label or of two or more,
         counted as training counts them: ``label_count_problem``), naming the first; ``None`` where
         every sample has one label, for multi-label data, and for an unlabelled import (all 0)."""
-        if self.task != "single_label" or not self.labelled:
+        if self.task != "single_label" or not self.labelled or (found := single_label_problem(self)) is None:
             return None
-        counts = {name: np.asarray(s.labels).sum(1, dtype=np.int64) for name, s in self.splits.items()}
-        problem = label_count_problem(np.concatenate(list(counts.values())))
-        if problem is None:
-            return None
-        split, row = next((name, int(np.flatnonzero(c != 1)[0])) for name, c in counts.items() if (c != 1).any())
         return (
-            f"{self.source}: task is single_label, which needs exactly one label per sample; {problem} (the "
-            f"first: split '{split}', row {row}, {counts[split][row]} labels); give each sample one label, or "
-            "save with task='multi_label'"
+            f"{self.source}: task is single_label, which needs exactly one label per sample; {found[0]} (the "
+            f"first: {found[1]}); give each sample one label, or save with task='multi_label'"
         )
 
     def fingerprints(self) -> dict[str, str]:
@@ -876,16 +870,23 @@ def resolve_task(bundle: DataBundle, requested: str = "auto") -> str:
     if requested not in ("auto", *TASKS):
         raise RamerError(f"data.task is '{requested}', expected auto, {' or '.join(TASKS)}")
     task = bundle.task if requested == "auto" else requested
-    if task == "single_label":
-        counts = np.concatenate([np.asarray(s.labels).sum(1, dtype=np.int64) for s in bundle.splits.values()])
-        problem = label_count_problem(counts)
-        if problem:
-            why = "data.task=single_label" if requested == "single_label" else "it is recorded as single_label"
-            raise RamerError(
-                f"{bundle.source}: {why}, which needs exactly one label per sample; {problem} "
-                "(use data.task=multi_label)"
-            )
+    if task == "single_label" and (found := single_label_problem(bundle)) is not None:
+        why = "data.task=single_label" if requested == "single_label" else "it is recorded as single_label"
+        raise RamerError(
+            f"{bundle.source}: {why}, which needs exactly one label per sample; {found[0]} (use data.task=multi_label)"
+        )
     return task
+
+
+def single_label_problem(bundle: DataBundle) -> tuple[str, str] | None:
+    """Where ``bundle``'s samples do not each hold exactly one label: ``label_count_problem`` of every
+    split's counts, and the first such sample (``"split 'train', row 3, 2 labels"``); None where each does."""
+    counts = {name: np.asarray(s.labels).sum(1, dtype=np.int64) for name, s in bundle.splits.items()}
+    problem = label_count_problem(np.concatenate([np.zeros(0, np.int64), *counts.values()]))
+    if problem is None:
+        return None
+    split, row = next((name, int(np.flatnonzero(c != 1)[0])) for name, c in counts.items() if (c != 1).any())
+    return problem, f"split '{split}', row {row}, {counts[split][row]} labels"
 
 
 def write_meta(

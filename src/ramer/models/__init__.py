@@ -136,14 +136,19 @@ def register_model(name: str, builder: Callable[[Config, DataSpec], nn.Module], 
 
 
 def _reloaded(old, new) -> bool:
-    """``new`` is ``old`` defined again: the same function of the same module (an installed model's
-    module that registers itself on import, reloaded in a notebook with ``importlib.reload``)."""
-    module = getattr(old, "__module__", None)
-    return (
-        module is not None
-        and module == getattr(new, "__module__", None)
-        and getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None)
-    )
+    """``new`` is ``old`` defined again: a function or class of the same name, module and file (an
+    installed model's module that registers itself on import, reloaded in a notebook with
+    ``importlib.reload``). Not a partial, a callable object or a closure of one factory (another
+    builder under the same names)."""
+    if not all(inspect.isfunction(b) or inspect.isclass(b) for b in (old, new)):
+        return False
+    if "<locals>" in old.__qualname__:  # made by a factory: one name for many builders
+        return False
+    same = (old.__module__, old.__qualname__) == (new.__module__, new.__qualname__)
+    try:
+        return same and inspect.getfile(old) == inspect.getfile(new)
+    except TypeError:  # a class defined where no file is (a built-in module)
+        return False
 
 
 def _installed() -> dict[str, list]:

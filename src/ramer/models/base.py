@@ -73,7 +73,7 @@ class DataSpec:
             label_names=tuple(d["label_names"]),
             personality_dim=None if d.get("personality_dim") is None else int(d["personality_dim"]),
             task=d.get("task", "multi_label"),  # checkpoints written before the key: multi-label
-            personality_names=trait_names({"conversations": {"personality_traits": d.get("personality_names")}}),
+            personality_names=_names(d.get("personality_names")),
         )
 
 
@@ -82,10 +82,14 @@ def trait_names(info, width: int | None = None) -> tuple[str, ...] | None:
     ``ramer data import --personality``), where ``info`` (a bundle's) records them as strings, and as
     many as ``width`` where given; None otherwise (another loader's data, a file written before)."""
     conv = info.get("conversations") if isinstance(info, dict) else None
-    traits = conv.get("personality_traits") if isinstance(conv, dict) else None
-    if not isinstance(traits, list) or not traits or not all(isinstance(t, str) for t in traits):
-        return None
-    return tuple(traits) if width is None or len(traits) == width else None
+    traits = _names(conv.get("personality_traits") if isinstance(conv, dict) else None)
+    return traits if traits is not None and (width is None or len(traits) == width) else None
+
+
+def _names(value) -> tuple[str, ...] | None:
+    """``value`` as a tuple of names where it is a non-empty list of strings, else None."""
+    ok = isinstance(value, list) and value and all(isinstance(t, str) for t in value)
+    return tuple(value) if ok else None
 
 
 def package_of(model) -> str:
