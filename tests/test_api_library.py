@@ -172,11 +172,12 @@ def test_a_tilde_in_a_path_is_the_home_folder(run, tmp_path, monkeypatch):
 
 
 def test_a_star_import_of_the_api_gives_what_a_user_calls():
-    """``from ramer.api import *`` in a notebook: the predictor, its warning, ``load`` and
+    """``from ramer.api import *`` in a notebook: the predictor, its warnings, ``load`` and
     ``load_data_for``, not the module's own imports (numpy as np, torch, Path, ...)."""
     names: dict = {}
     exec("from ramer.api import *", names)
-    assert sorted(set(names) - {"__builtins__"}) == ["Predictor", "RunNotFinished", "load", "load_data_for"]
+    want = ["OtherImport", "Predictor", "RunNotFinished", "load", "load_data_for"]
+    assert sorted(set(names) - {"__builtins__"}) == want
 
 
 def test_training_a_deep_model_does_not_import_scikit_learn(tmp_path):

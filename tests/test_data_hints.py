@@ -5,6 +5,7 @@ order say the order to import with, and data info says none where no value was r
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,42 @@ def test_personality_traits_in_another_order_are_refused(tmp_path, fake_text, ca
     assert main(["train", "--model", "br", "--data", "plain", "--out", "run0"]) == 0
     import_conversations(tmp_path / "talk.csv", "plain", personality="traits.csv")
     assert main(["predict", "run0", "--data", "other", "--out", "p.jsonl"]) == 0
+
+
+def test_data_imported_otherwise_than_the_runs_is_noted(tmp_path, fake_text, capsys, monkeypatch):
+    """New data imported with another --context (other neighbours in each scene), or whose features
+    another model or version made, was scored without a word. The model file records its import's
+    settings; predict, eval and view say what differs in a note, ramer.api.Predictor.predict warns,
+    and data imported as the run's was gets neither."""
+    from ramer.api import OtherImport
+
+    monkeypatch.chdir(tmp_path)
+    table = write_table(tmp_path / "talk.csv", base_rows())
+    import_conversations(table, "ds")
+    assert main(["train", "--model", "br", "--data", "ds", "--out", "run"]) == 0
+    assert ramer.load("run").spec.import_settings["context"] == 8
+    import_conversations(table, "same")
+    import_conversations(table, "near", context=2)
+    meta = json.loads(Path("same/meta.json").read_text())
+    meta["info"]["conversations"]["features"]["text"] = "another-model (other 2.0), 384-d, speaker only"
+    shutil.copytree("same", "other")
+    Path("other/meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    for argv in (["predict", "run", "--out", "p.jsonl"], ["eval", "run"]):
+        assert main([*argv, "--data", "same"]) == 0
+        assert "note: same" not in capsys.readouterr().err
+        assert main([*argv, "--data", "near"]) == 0
+        assert (
+            "note: near: imported with --context 2, the run's data with --context 8: its scenes hold other "
+            "neighbours than the model learnt from (import it with --context 8 for the same)"
+        ) in capsys.readouterr().err
+    assert main(["predict", "run", "--data", "other", "--out", "p.jsonl"]) == 0
+    assert "note: other: its text features are 'another-model (other 2.0), 384-d, speaker only', the run's " in (
+        capsys.readouterr().err
+    )
+    predictor = ramer.load("run")
+    with pytest.warns(OtherImport, match="near: split 'test': imported with --context 2"):
+        predictor.predict(load_data_for(predictor, "near"))
 
 
 # ------------------------------------------------------------------------------------ labels

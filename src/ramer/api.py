@@ -34,10 +34,10 @@ from ramer.infer import (
 from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
-from ramer.models.base import trait_names
+from ramer.models.base import import_settings, trait_names
 from ramer.paths import argument, held_elsewhere
 
-__all__ = ["Predictor", "RunNotFinished", "load", "load_data_for"]
+__all__ = ["OtherImport", "Predictor", "RunNotFinished", "load", "load_data_for"]
 
 _BUILDING = threading.Lock()  # one real build at a time (``_built``'s second way): each puts back the random state
 
@@ -50,6 +50,11 @@ def _import_traits(info) -> tuple[tuple[str, ...], str] | None:
     files = info.get("source_files") or []
     of = f" of {Path(files[1]).name}" if len(files) > 1 and isinstance(files[1], str) else ""
     return traits, of
+
+
+class OtherImport(UserWarning):
+    """``Predictor.predict`` of data imported otherwise than the run's own (``Predictor.data_notes``):
+    scored all the same; the CLI prints it as a note."""
 
 
 class RunNotFinished(UserWarning):
@@ -160,6 +165,29 @@ class Predictor:
                 "these traits, in this order, or without --personality"
             )
 
+    def data_notes(self, info, source: str) -> list[str]:
+        """Where data the model takes (``check_data``) was imported otherwise than the run's own
+        (``DataSpec.import_settings``; ``info``: the data's ``DataBundle.info``): another ``--context``,
+        or features made by another model or version. It is scored all the same, on inputs unlike those
+        the model learnt from: a note each, naming ``source``. Empty where either side is not an import."""
+        ours, theirs = self.spec.import_settings, import_settings(info)
+        if ours is None or theirs is None:
+            return []
+        notes = []
+        if theirs["context"] != ours["context"]:
+            notes.append(
+                f"{source}: imported with --context {theirs['context']}, the run's data with --context "
+                f"{ours['context']}: its scenes hold other neighbours than the model learnt from (import it with "
+                f"--context {ours['context']} for the same)"
+            )
+        for m, made in theirs["features"].items():
+            if m in ours["features"] and made != ours["features"][m]:
+                notes.append(
+                    f"{source}: its {m} features are '{made}', the run's data's '{ours['features'][m]}': the model "
+                    "scores features unlike those it learnt from"
+                )
+        return notes
+
     def _own_traits(self) -> tuple[str, ...] | None:
         """The trait names of the run's data, in column order (an import's ``--personality`` columns):
         as its model file records them, or, for a file written before it did, as the run's own data
@@ -232,6 +260,8 @@ class Predictor:
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
             info, data, where = data.info, data.splits[split], f"{data.source}: split '{split}'"
+            for note in self.data_notes(info, where):
+                warnings.warn(note, OtherImport, stacklevel=2)
         if isinstance(data, Batch):
             data.check("batch")
             self.check_data(data.label_names, data.dims, "batch", data.labels.cpu())

@@ -604,6 +604,8 @@ def score_split(predictor, store, args: argparse.Namespace, bundle):
     from ramer.train.recipe import memory_named
 
     predictor.check_data(store.label_names, store.dims, store.source, store.labels, bundle.info)
+    for note in predictor.data_notes(bundle.info, bundle.source):
+        ERR.print(f"note: {note}")
     # other data (a new table, split by seed) is read one split at a time: say what the rest holds. Not for
     # the run's own data, whose other splits are what it was trained and validated on
     if args.data is not None and not is_run_data(args.data, predictor):

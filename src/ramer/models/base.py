@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ramer.config import TASKS
-from ramer.errors import RamerError
+from ramer.errors import RamerError, is_whole
 
 GUIDE = "docs/ARCHITECTURE.md, 'Adding a model'"
 
@@ -31,6 +31,8 @@ class DataSpec:
     personality_dim: int | None = None  # None: the data has no personality
     task: str = "multi_label"  # config.TASKS: losses, probabilities and the decision follow it
     personality_names: tuple[str, ...] | None = None  # an import's traits, in column order (None: not known)
+    # what an import's inputs were made with: {"context": N, "features": {modality: descriptor}} (None: not known)
+    import_settings: dict | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -52,10 +54,12 @@ class DataSpec:
             personality_dim=dims.get("personality"),
             task=bundle.task if task in (None, "auto") else task,
             personality_names=trait_names(bundle.info, dims.get("personality")),
+            import_settings=import_settings(bundle.info),
         )
 
     def to_dict(self) -> dict:
         names = {} if self.personality_names is None else {"personality_names": list(self.personality_names)}
+        names |= {} if self.import_settings is None else {"import_settings": self.import_settings}
         return {
             "dims": dict(self.dims),
             "n_labels": self.n_labels,
@@ -74,6 +78,7 @@ class DataSpec:
             personality_dim=None if d.get("personality_dim") is None else int(d["personality_dim"]),
             task=d.get("task", "multi_label"),  # checkpoints written before the key: multi-label
             personality_names=_names(d.get("personality_names")),
+            import_settings=import_settings({"conversations": d.get("import_settings")}),
         )
 
 
@@ -84,6 +89,19 @@ def trait_names(info, width: int | None = None) -> tuple[str, ...] | None:
     conv = info.get("conversations") if isinstance(info, dict) else None
     traits = _names(conv.get("personality_traits") if isinstance(conv, dict) else None)
     return traits if traits is not None and (width is None or len(traits) == width) else None
+
+
+def import_settings(info) -> dict | None:
+    """What an import's inputs were made with (``info.conversations``: ``context``, the utterances
+    before and after a target; ``features``, modality -> the descriptor of what made them, model and
+    version), where ``info`` (a bundle's) records both; None otherwise (another loader's data)."""
+    conv = info.get("conversations") if isinstance(info, dict) else None
+    if not isinstance(conv, dict):
+        return None
+    context, features = conv.get("context"), conv.get("features")
+    if not (is_whole(context) and isinstance(features, dict) and all(isinstance(v, str) for v in features.values())):
+        return None
+    return {"context": int(context), "features": {str(k): v for k, v in features.items()}}
 
 
 def _names(value) -> tuple[str, ...] | None:
