@@ -587,3 +587,63 @@ def test_a_plugin_model_that_needs_real_values_loads_with_them(model, registry):
         assert loaded.temperature.dtype == torch.float64
     if model in (HoldsMore, ListHeld):
         assert torch.equal(loaded.anchors[0], torch.tensor([0.0, 1.0]))
+
+
+CONTRACT_BREAKERS = """
+import torch
+from torch import nn
+from types import SimpleNamespace
+from ramer.batch import MODALITIES
+from ramer.models.base import LossResult
+
+
+class Pool(nn.Module):
+    '''Mean of each modality over its present scope tokens, one linear head; ``breach`` breaks one rule.'''
+
+    def __init__(self, spec, breach):
+        super().__init__()
+        self.breach = breach
+        self.head = nn.Linear(sum(spec.dims[m] for m in MODALITIES), spec.n_labels)
+
+    def forward(self, batch):
+        pooled = []
+        for m in MODALITIES:
+            mask = batch.scope if self.breach == "masked" else batch.present[m] & batch.scope
+            x = batch.features[m] * mask.unsqueeze(-1) if self.breach == "masked" else batch.features[m].masked_fill(
+                ~mask.unsqueeze(-1), 0.0
+            )
+            count = mask.sum(1, keepdim=True) if self.breach == "patterns" else mask.sum(1, keepdim=True).clamp_min(1)
+            pooled.append(x.sum(1) / count)
+        z = torch.cat(pooled, -1)
+        if self.breach == "batch":
+            z = z - z.mean(0)
+        logits = self.head(z) + (batch.labels if self.breach == "labels" else 0)
+        return SimpleNamespace(logits=logits, probs=logits.sigmoid())
+
+    def loss(self, out, batch):
+        total = nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        return LossResult(total=total, terms={"cls": total.detach()})
+
+
+def build(breach):
+    return lambda cfg, spec: Pool(spec, breach)
+"""
+
+
+def test_the_contract_check_passes_the_example_and_names_each_breach(tmp_path, monkeypatch, registry):
+    """``ramer.models.contract.check`` runs on a model of another package the checks ramer's own pass
+    (tests/test_baselines.py): the documented example passes; a model that reads a missing modality's
+    features, makes NaN on an empty scope, mixes the samples of a batch, or reads the labels when
+    scored fails the check named for it. The caller's random state is left as it was."""
+    from ramer.models import contract
+
+    install(tmp_path / "site", monkeypatch, {"plug_models.py": doc_example()}, {"scope_pool": "plug_models:build"})
+    state = torch.random.get_rng_state()
+    assert contract.check("scope_pool") == contract.CHECKS
+    assert torch.equal(torch.random.get_rng_state(), state)
+    (tmp_path / "breakers.py").write_text(CONTRACT_BREAKERS)
+    module = import_file(tmp_path / "breakers.py", "breakers")
+    for breach in contract.CHECKS:
+        register_model(f"breaks_{breach}", module.build(breach))
+        with pytest.raises(RamerError, match=rf"^model 'breaks_{breach}': check '{breach}' \("):
+            contract.check(f"breaks_{breach}")
