@@ -640,6 +640,16 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
     assert "arg-max decision, best epoch chosen on validation weighted F1" in text
     record = json.loads((out / "results.json").read_text())[0]["metrics"]["overall"]
     assert f"{record['top1_acc']:.3f}" in text.split(header)[1].splitlines()[2]
+    # text only (an import without media): a missing rate hides the target's own words, said where it is one
+    assert "has text only" not in text
+    argv = ["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--jobs", "1"]
+    assert main([*argv, "--missing-rates", "0,0.5", "--out", str(tmp_path / "rated")]) == 0
+    said = (
+        "the data has text only: a missing rate hides text itself, at a rate r the target's own text in about r of "
+        "the samples, so those columns measure a model without the text asked about, not without another modality"
+    )
+    assert f"note: {tmp_path / 'ds'}: {said}" in capsys.readouterr().err
+    assert "The data has text only: a missing rate hides text itself" in (tmp_path / "rated" / "report.md").read_text()
 
 
 def test_a_single_label_bench_links_its_weighted_f1_plot_and_no_other(tmp_path, fake_text):

@@ -49,6 +49,7 @@ import yaml
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
+from ramer.batch import MODALITIES
 from ramer.config import (
     CONFIG_DIR,
     MISSING_AT,
@@ -837,6 +838,8 @@ def _run_bench(
     configs = [run_config(base, m, s.seeds[0], 0.0) for m in dict.fromkeys([*s.models, *s.complete])]
     for note in bench_notes(bundle, configs, task):  # the runs' consoles are quiet
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if said := one_modality(bundle, s.rates):
+        console.print(f"note: {bundle.source}: {said}", highlight=False, soft_wrap=True)
     if s.tune_trials is not None:
         tune_models(s, bundle, console)
     for note in tuned_notes(s):
@@ -1213,6 +1216,22 @@ def _spoken(items) -> str:
     return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
+def one_modality(bundle: DataBundle, rates) -> str | None:
+    """What a missing rate above 0 means where the data has one modality only (an import without
+    media: text): it hides that modality itself, the target's own among it, so the rate's columns
+    measure a model without the words asked about, not without another stream. None otherwise."""
+    has = [
+        m for k, m in enumerate(MODALITIES) if any(np.asarray(st.present)[:, k].any() for st in bundle.splits.values())
+    ]
+    if len(has) != 1 or not any(r > 0 for r in rates):
+        return None
+    m = has[0]
+    return (
+        f"the data has {m} only: a missing rate hides {m} itself, at a rate r the target's own {m} in about r of "
+        f"the samples, so those columns measure a model without the {m} asked about, not without another modality"
+    )
+
+
 def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict) -> None:
     bundle = info["bundle"]
     oracle = oracle_report(bundle.info, "test")
@@ -1271,7 +1290,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
         f"- Seeds: {', '.join(map(str, s.seeds))} (`train.seed`); for a given seed and missing rate every model sees "
         "the same hidden modalities.",
         f"- Missing rates: {', '.join(f'{r:g}' for r in s.rates)}: extra probability of hiding each present "
-        f"modality of each token, applied to {where}.",
+        f"modality of each token, applied to {where}."
+        + (f" {said[0].upper()}{said[1:]}." if (said := one_modality(bundle, s.rates)) else ""),
         f"- Training (every deep model alike): {budget}, batch {t.batch_size}, AdamW {lr}, "
         f"warm-up {t.warmup:g} (the schedule spans the cap); {decision}; test once on the best checkpoint. "
         "Classical models: one logistic-regression fit.",
