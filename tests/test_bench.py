@@ -241,7 +241,7 @@ CORRUPT = {  # file of a finished run -> what is left of it, and whether the run
 }
 
 
-def test_bench_retrains_a_cached_run_made_on_other_data(tmp_path, benched, monkeypatch):
+def test_bench_retrains_a_cached_run_made_on_other_data(tmp_path, benched, monkeypatch, capsys):
     """A run whose recorded split fingerprints differ from the data's (the files at data.path were
     made again since) is stale, as one of another config is; the others are read back."""
     from safetensors import safe_open
@@ -258,8 +258,25 @@ def test_bench_retrains_a_cached_run_made_on_other_data(tmp_path, benched, monke
         state, str(run / "model.safetensors"), metadata={**meta, "data": json.dumps({**recorded, "valid": "0" * 32})}
     )
     calls = spy_training(monkeypatch)
+    capsys.readouterr()
     assert main([*BENCH, "--out", str(out)]) == 0
     assert calls == [run]
+    said = f"note: 1 finished run under {out} was made with other settings or data (the data) and is trained again"
+    assert said in capsys.readouterr().err
+
+
+def test_bench_says_which_finished_runs_another_set_trains_again(tmp_path, capsys):
+    """A bench of another --set into the same --out replaced its finished runs without a word (the
+    cache is the command's: BENCH.md); one line says how many and what differed."""
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "br", "--seeds", "1", "--missing-rates", "0", "--complete", "", "--out", str(out)]
+    assert main([*argv, *SETS]) == 0
+    capsys.readouterr()
+    assert main([*argv, *SETS]) == 0
+    assert "trained again" not in capsys.readouterr().err  # the same command: read back
+    assert main([*argv, *SETS, "--set", "train.epochs=3"]) == 0
+    said = f"note: 1 finished run under {out} was made with other settings or data (train.epochs) and is trained again"
+    assert said in capsys.readouterr().err
 
 
 def test_bench_cache_knows_data_by_its_fingerprints_not_by_how_its_path_is_spelled(tmp_path, monkeypatch, capsys):

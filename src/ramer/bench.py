@@ -64,7 +64,7 @@ from ramer.config import (
     with_todays_defaults,
     with_values,
 )
-from ramer.console import plain_console
+from ramer.console import plain_console, plural
 from ramer.data import DataBundle, complete_data, load_bundle, read_as_converted
 from ramer.data.formats import shown
 from ramer.data.store import first_repeat, resolve_task
@@ -588,22 +588,23 @@ def _epoch_seconds(log: list[dict]) -> float:
     return sum(float(rec.get("seconds", 0.0)) for rec in log if "epoch" in rec)
 
 
-def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None) -> str:
+def cache_state(run: Path, cfg: Config, bundle: DataBundle | None = None, stale: list | None = None) -> str:
     """``done``, ``resume`` or ``fresh`` (a ``fresh`` run's stale directory has been removed). A run
     of another config, or made on other data than ``bundle`` (its recorded split fingerprints), is
-    stale. ``data.path`` is not compared where the run records the fingerprint of every split of
-    ``bundle``: they say whether the data is the same (``ds``, ``./ds`` and ``/abs/ds`` are one
-    dataset; other data at the same path is not)."""
+    stale: ``stale`` (where given) gets what differed, the config keys or ``"the data"``. ``data.path``
+    is not compared where the run records the fingerprint of every split of ``bundle``: they say
+    whether the data is the same (``ds``, ``./ds`` and ``/abs/ds`` are one dataset; other data at the
+    same path is not)."""
     if not run.exists():
         return "fresh"
     with hold(run, "ramer bench"):  # a run another command is writing is neither reused nor removed
-        state = _cache_state(run, cfg, bundle)
+        state = _cache_state(run, cfg, bundle, stale)
     if state == "fresh":
         remove_if_empty(run)  # cleared: its lock file is gone now
     return state
 
 
-def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
+def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None, stale: list | None = None) -> str:
     changes = _config_changes(run, cfg)
     recorded = ckpt.read_data_fingerprints(run / "model.safetensors") if bundle is not None else {}
     if changes == ["data.path"] and bundle is not None and ckpt.same_data(recorded, bundle):
@@ -614,7 +615,8 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
         and ckpt.other_task(run / "model.safetensors", resolve_task(bundle, cfg.data.task))
     ):
         changes = ["the task"]  # the same arrays imported again with the other --task
-    if changes == [] and (bundle is None or not ckpt.changed_splits(recorded, bundle)):
+    other_data = bool(changes == [] and bundle is not None and ckpt.changed_splits(recorded, bundle))
+    if changes == [] and not other_data:
         if (run / "test_metrics.json").exists():
             return "done"
         if (
@@ -623,6 +625,8 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None) -> str:
             and (run / "model.safetensors").exists()
         ):
             return "resume"
+    elif stale is not None and (run / "test_metrics.json").exists():  # a finished run of other settings or data
+        stale.append(changes or ["the data"])
     written = ckpt.read_written_by(run / "model.safetensors").get("ramer_version")
     if newer_writer(written):  # a newer ramer's work is not this one's to remove
         raise RamerError(
@@ -886,12 +890,12 @@ def _run_bench(
         others = [r for k, r in earlier.items() if k not in planned]
         write_results(s.out, _ordered({**earlier, **records}, s) + others)
 
-    todo = []
+    todo, stale = [], []
     for key in plan:
         cfg = plan_config(base, *key, tuned=s.tuned_values)
         run = run_dir(s.out, key[0], key[2], key[1])
         notes: list[str] = []
-        state = cache_state(run, cfg, bundles[cfg.data.synthetic.complete])
+        state = cache_state(run, cfg, bundles[cfg.data.synthetic.complete], stale)
         fields = reuse(run, notes) if state == "done" else None
         say(notes)
         if fields is not None:
@@ -900,6 +904,15 @@ def _run_bench(
             earlier.pop(key, None)
             todo.append((key, cfg, run, "fresh" if state == "done" else state))
     keep()  # once for every cached run
+    if stale:  # finished runs replaced: a bench of another --set into the same --out trains them again
+        what = ", ".join(dict.fromkeys(k for keys in stale for k in keys))
+        console.print(
+            f"note: {plural(len(stale), 'finished run')} under {s.out} {'was' if len(stale) == 1 else 'were'} made "
+            f"with other settings or data ({what}) and {'is' if len(stale) == 1 else 'are'} trained again; give "
+            "another --out to keep such runs",
+            highlight=False,
+            soft_wrap=True,
+        )
     quiet = Console(stderr=True, quiet=True)
     if s.jobs <= 1 or len(todo) <= 1:
         for key, cfg, run, state in todo:
