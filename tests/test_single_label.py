@@ -650,6 +650,14 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
     )
     assert f"note: {tmp_path / 'ds'}: {said}" in capsys.readouterr().err
     assert "The data has text only: a missing rate hides text itself" in (tmp_path / "rated" / "report.md").read_text()
+    assert "No test sample has" not in text
+    # a test split without a label: said by the table's legend (F1 0 in every run, counted by macro-F1)
+    rows = [{**r, "labels": "anger"} if r["split"] == "test" and r["labels"] == "joy" else r for r in single_rows()]
+    assert main(["data", "import", str(write_table(tmp_path / "nojoy.csv", rows)), "--out", str(tmp_path / "nj")]) == 0
+    argv[2] = str(tmp_path / "nj")
+    assert main([*argv, "--missing-rates", "0", "--out", str(tmp_path / "nojoy")]) == 0
+    said = "No test sample has the label joy (test: 10 samples): its F1 is 0 in every run, and macro-F1 counts it."
+    assert said in (tmp_path / "nojoy" / "report.md").read_text()
 
 
 def test_a_single_label_bench_links_its_weighted_f1_plot_and_no_other(tmp_path, fake_text):

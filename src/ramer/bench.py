@@ -1229,6 +1229,22 @@ def _spoken(items) -> str:
     return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
+def unseen_labels(bundle: DataBundle) -> str:
+    """The sentence of the report's table legend on labels no test sample has (a small test split):
+    their F1 is 0 in every run and macro-F1 counts them; empty where every label has a test sample."""
+    test = bundle.splits.get("test")
+    if test is None or len(test) == 0:
+        return ""
+    none = [n for n, k in zip(bundle.label_names, np.asarray(test.labels).sum(0)) if k == 0]
+    if not none:
+        return ""
+    many = len(none) > 1
+    return (
+        f" No test sample has the label{'s' * many} {', '.join(none)} (test: {len(test)} samples): "
+        f"{'their' if many else 'its'} F1 is 0 in every run, and macro-F1 counts {'them' if many else 'it'}."
+    )
+
+
 def one_modality(bundle: DataBundle, rates) -> str | None:
     """What a missing rate above 0 means where the data has one modality only (an import without
     media: text): it hides that modality itself, the target's own among it, so the rate's columns
@@ -1335,7 +1351,8 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
             f" The `{ORACLE_ROW}` row reads the target's latent emotion state before annotator noise: the ceiling."
             if oracle
             else ""
-        ),
+        )
+        + unseen_labels(bundle),
     ]
     lines += tuned_table(s, info["task"])
     for rate in s.rates:
