@@ -261,7 +261,7 @@ def test_bench_retrains_a_cached_run_made_on_other_data(tmp_path, benched, monke
     capsys.readouterr()
     assert main([*BENCH, "--out", str(out)]) == 0
     assert calls == [run]
-    said = f"note: 1 finished run under {out} was made with other settings or data (the data) and is trained again"
+    said = f"note: 1 run under {out} was made with other settings or data (the data): it was removed and is trained"
     assert said in capsys.readouterr().err
 
 
@@ -275,7 +275,7 @@ def test_bench_says_which_finished_runs_another_set_trains_again(tmp_path, capsy
     assert main([*argv, *SETS]) == 0
     assert "trained again" not in capsys.readouterr().err  # the same command: read back
     assert main([*argv, *SETS, "--set", "train.epochs=3"]) == 0
-    said = f"note: 1 finished run under {out} was made with other settings or data (train.epochs) and is trained again"
+    said = f"note: 1 run under {out} was made with other settings or data (train.epochs): it was removed and is"
     assert said in capsys.readouterr().err
 
 

@@ -169,8 +169,8 @@ def test_personality_traits_in_another_order_are_refused(tmp_path, fake_text, ca
 def test_data_imported_otherwise_than_the_runs_is_noted(tmp_path, fake_text, capsys, monkeypatch):
     """New data imported with another --context (other neighbours in each scene), or whose features
     another model or version made, was scored without a word. The model file records its import's
-    settings; predict, eval and view say what differs in a note, ramer.api.Predictor.predict warns,
-    and data imported as the run's was gets neither."""
+    settings; predict, eval and view say what differs in a note, ramer.api.load_data_for warns, and
+    data imported as the run's was, or differing in a modality neither has, gets neither."""
     from ramer.api import OtherImport
 
     monkeypatch.chdir(tmp_path)
@@ -198,8 +198,16 @@ def test_data_imported_otherwise_than_the_runs_is_noted(tmp_path, fake_text, cap
         capsys.readouterr().err
     )
     predictor = ramer.load("run")
-    with pytest.warns(OtherImport, match="near: split 'test': imported with --context 2"):
-        predictor.predict(load_data_for(predictor, "near"))
+    with pytest.warns(OtherImport, match="near: imported with --context 2"):
+        load_data_for(predictor, "near")
+    # a modality neither import has (no media: no audio) is not compared, whatever its descriptor says
+    meta["info"]["conversations"]["features"]["text"] = json.loads(Path("same/meta.json").read_text())["info"][
+        "conversations"
+    ]["features"]["text"]
+    meta["info"]["conversations"]["features"]["audio"] = "librosa-stats-2 (a later one), 133-d, speaker only"
+    Path("other/meta.json").write_text(json.dumps(meta))
+    assert main(["predict", "run", "--data", "other", "--out", "p.jsonl"]) == 0
+    assert "note: other" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ labels

@@ -618,7 +618,8 @@ class Pool(nn.Module):
         if self.breach == "batch":
             z = z - z.mean(0)
         logits = self.head(z) + (batch.labels if self.breach == "labels" else 0)
-        return SimpleNamespace(logits=logits, probs=logits.sigmoid())
+        probs = logits if self.breach == "logits" and not self.training else logits.sigmoid()
+        return SimpleNamespace(logits=logits, probs=probs)
 
     def loss(self, out, batch):
         total = nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels)
@@ -647,3 +648,6 @@ def test_the_contract_check_passes_the_example_and_names_each_breach(tmp_path, m
         register_model(f"breaks_{breach}", module.build(breach))
         with pytest.raises(RamerError, match=rf"^model 'breaks_{breach}': check '{breach}' \("):
             contract.check(f"breaks_{breach}")
+    register_model("gives_logits", module.build("logits"))  # scoring refuses them: so does the check
+    with pytest.raises(RamerError, match=r"^model 'gives_logits': check 'patterns' \(.*outside \[0, 1\]"):
+        contract.check("gives_logits")

@@ -53,8 +53,8 @@ def _import_traits(info) -> tuple[tuple[str, ...], str] | None:
 
 
 class OtherImport(UserWarning):
-    """``Predictor.predict`` of data imported otherwise than the run's own (``Predictor.data_notes``):
-    scored all the same; the CLI prints it as a note."""
+    """``load_data_for`` of data imported otherwise than the run's own (``Predictor.data_notes``):
+    it is scored all the same; the CLI prints it as a note."""
 
 
 class RunNotFinished(UserWarning):
@@ -165,12 +165,14 @@ class Predictor:
                 "these traits, in this order, or without --personality"
             )
 
-    def data_notes(self, info, source: str) -> list[str]:
-        """Where data the model takes (``check_data``) was imported otherwise than the run's own
-        (``DataSpec.import_settings``; ``info``: the data's ``DataBundle.info``): another ``--context``,
-        or features made by another model or version. It is scored all the same, on inputs unlike those
-        the model learnt from: a note each, naming ``source``. Empty where either side is not an import."""
-        ours, theirs = self.spec.import_settings, import_settings(info)
+    def data_notes(self, bundle: DataBundle, source: str | None = None) -> list[str]:
+        """Where ``bundle``, data the model takes (``check_data``), was imported otherwise than the
+        run's own (``DataSpec.import_settings``): another ``--context``, or features of a modality
+        both have made by another model or version. It is scored all the same, on inputs unlike those
+        the model learnt from: a note each, naming ``source`` (default the bundle's). Empty where either
+        side is not an import."""
+        source = bundle.source if source is None else source
+        ours, theirs = self.spec.import_settings, import_settings(bundle.info, bundle.modalities)
         if ours is None or theirs is None:
             return []
         notes = []
@@ -260,8 +262,6 @@ class Predictor:
             if split not in data.splits:
                 raise RamerError(f"{data.source}: no split '{split}' (has {', '.join(data.splits)})")
             info, data, where = data.info, data.splits[split], f"{data.source}: split '{split}'"
-            for note in self.data_notes(info, where):
-                warnings.warn(note, OtherImport, stacklevel=2)
         if isinstance(data, Batch):
             data.check("batch")
             self.check_data(data.label_names, data.dims, "batch", data.labels.cpu())
@@ -547,6 +547,8 @@ def load_data_for(
             f"load_data_for: compare names {', '.join(map(repr, unknown))}, not a split of {bundle.source} "
             f"(has {', '.join(bundle.splits)})"
         )
+    for note in predictor.data_notes(bundle) if data is not None else ():  # other data, imported otherwise
+        warnings.warn(note, OtherImport, stacklevel=2)
     if data is None and (changed := ckpt.changed_splits(predictor.data_fingerprints, bundle, compare)):
         warnings.warn(
             f"split{'s' if len(changed) > 1 else ''} {', '.join(repr(x) for x in changed)} of "

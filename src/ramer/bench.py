@@ -49,7 +49,6 @@ import yaml
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.batch import MODALITIES
 from ramer.config import (
     CONFIG_DIR,
     MISSING_AT,
@@ -625,8 +624,9 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None, stale: list 
             and (run / "model.safetensors").exists()
         ):
             return "resume"
-    elif stale is not None and (run / "test_metrics.json").exists():  # a finished run of other settings or data
-        stale.append(changes or ["the data"])
+    elif stale is not None and any((run / f).exists() for f in ("test_metrics.json", "train_state.pt")):
+        # a run of other settings or data, finished or under way: removed below
+        stale.append(changes or (["the data"] if other_data else ["its config.yaml, which does not read back"]))
     written = ckpt.read_written_by(run / "model.safetensors").get("ramer_version")
     if newer_writer(written):  # a newer ramer's work is not this one's to remove
         raise RamerError(
@@ -906,10 +906,11 @@ def _run_bench(
     keep()  # once for every cached run
     if stale:  # finished runs replaced: a bench of another --set into the same --out trains them again
         what = ", ".join(dict.fromkeys(k for keys in stale for k in keys))
+        one = len(stale) == 1
         console.print(
-            f"note: {plural(len(stale), 'finished run')} under {s.out} {'was' if len(stale) == 1 else 'were'} made "
-            f"with other settings or data ({what}) and {'is' if len(stale) == 1 else 'are'} trained again; give "
-            "another --out to keep such runs",
+            f"note: {plural(len(stale), 'run')} under {s.out} {'was' if one else 'were'} made with other settings or "
+            f"data ({what}): {'it was' if one else 'they were'} removed and {'is' if one else 'are'} trained again "
+            "(a bench of other settings into another --out keeps the earlier runs)",
             highlight=False,
             soft_wrap=True,
         )
@@ -1249,9 +1250,7 @@ def one_modality(bundle: DataBundle, rates) -> str | None:
     """What a missing rate above 0 means where the data has one modality only (an import without
     media: text): it hides that modality itself, the target's own among it, so the rate's columns
     measure a model without the words asked about, not without another stream. None otherwise."""
-    has = [
-        m for k, m in enumerate(MODALITIES) if any(np.asarray(st.present)[:, k].any() for st in bundle.splits.values())
-    ]
+    has = bundle.modalities
     if len(has) != 1 or not any(r > 0 for r in rates):
         return None
     m = has[0]

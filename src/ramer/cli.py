@@ -604,7 +604,7 @@ def score_split(predictor, store, args: argparse.Namespace, bundle):
     from ramer.train.recipe import memory_named
 
     predictor.check_data(store.label_names, store.dims, store.source, store.labels, bundle.info)
-    for note in predictor.data_notes(bundle.info, bundle.source):
+    for note in predictor.data_notes(bundle):
         ERR.print(f"note: {note}")
     # other data (a new table, split by seed) is read one split at a time: say what the rest holds. Not for
     # the run's own data, whose other splits are what it was trained and validated on
@@ -619,10 +619,12 @@ def score_split(predictor, store, args: argparse.Namespace, bundle):
 def load_run_and_data(args: argparse.Namespace):
     """``eval`` / ``predict``: the run's predictor (at ``--precision``) and the dataset of ``--data``
     (default: the run's own), checked to have ``--split``."""
-    from ramer.api import load_data_for
+    from ramer.api import OtherImport, load_data_for
 
     predictor = load_predictor(args.run_dir, device=args.device, precision=args.precision)
-    bundle = load_data_for(predictor, args.data, compare=())  # the note below says it for --split
+    with warnings.catch_warnings():  # score_split says it as a note, once the data is checked
+        warnings.simplefilter("ignore", OtherImport)
+        bundle = load_data_for(predictor, args.data, compare=())  # the note below says it for --split
     if args.split not in bundle.splits:
         raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
     if args.data is None:  # the run's own data: is it still what the run was made on?

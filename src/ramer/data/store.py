@@ -756,6 +756,15 @@ class DataBundle:
             return f"DataBundle({self.source!r})"
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities present at some token of some split (an import without media: text)."""
+        return tuple(
+            m
+            for k, m in enumerate(MODALITIES)
+            if any(np.asarray(st.present)[:, k].any() for st in self.splits.values())
+        )
+
+    @property
     def labelled(self) -> bool:
         """Whether the data has annotations: an unlabelled import records it (its label rows are all
         0); every other source is labelled."""

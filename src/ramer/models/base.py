@@ -54,7 +54,7 @@ class DataSpec:
             personality_dim=dims.get("personality"),
             task=bundle.task if task in (None, "auto") else task,
             personality_names=trait_names(bundle.info, dims.get("personality")),
-            import_settings=import_settings(bundle.info),
+            import_settings=import_settings(bundle.info, bundle.modalities),
         )
 
     def to_dict(self) -> dict:
@@ -91,17 +91,19 @@ def trait_names(info, width: int | None = None) -> tuple[str, ...] | None:
     return traits if traits is not None and (width is None or len(traits) == width) else None
 
 
-def import_settings(info) -> dict | None:
+def import_settings(info, modalities=None) -> dict | None:
     """What an import's inputs were made with (``info.conversations``: ``context``, the utterances
     before and after a target; ``features``, modality -> the descriptor of what made them, model and
-    version), where ``info`` (a bundle's) records both; None otherwise (another loader's data)."""
+    version, of ``modalities`` where given: those the data has), where ``info`` (a bundle's) records
+    both; None otherwise (another loader's data)."""
     conv = info.get("conversations") if isinstance(info, dict) else None
     if not isinstance(conv, dict):
         return None
     context, features = conv.get("context"), conv.get("features")
     if not (is_whole(context) and isinstance(features, dict) and all(isinstance(v, str) for v in features.values())):
         return None
-    return {"context": int(context), "features": {str(k): v for k, v in features.items()}}
+    kept = {str(k): v for k, v in features.items() if modalities is None or k in modalities}
+    return {"context": int(context), "features": kept}
 
 
 def _names(value) -> tuple[str, ...] | None:

@@ -1,4 +1,4 @@
-"""What every model must do with missing modalities, checked on tiny data: ``check(name)`` for a
+"""What every model must do with missing modalities, checked on tiny multi-label data: ``check(name)`` for a
 model of another package (``register_model`` or an installed one) before a long run, the same
 properties ``tests/test_baselines.py`` pins for ramer's own models.
 
@@ -43,8 +43,8 @@ def check(name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, 
     bundle = generate(cfg.data.synthetic)
     store = bundle.splits["train"]
     said = f"model '{name}'"
-    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
-        torch.manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the caller's CPU random state stays as it was
+        torch.default_generator.manual_seed(0)  # not torch.manual_seed, which seeds CUDA's too, for good
         model = build_model(cfg, DataSpec.from_bundle(bundle))
         if hasattr(model, "prepare"):
             model.prepare(store)
@@ -85,14 +85,18 @@ def _fail(said: str, check: str, pattern: str, what: str) -> RamerError:
 
 
 def _patterns(model, batches, said: str) -> None:
-    from ramer.models.base import checked_loss, output_probs
+    from ramer.models.base import checked_loss
 
     model.train()
     for pattern, batch in batches:
-        probs = output_probs(model, out := model(batch), batch.size, len(batch.label_names))
+        out = model(batch)
+        probs = _probs(model, out, batch, said, "patterns", pattern)
         if not (torch.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()):
             raise _fail(said, "patterns", pattern, "training-mode probs are not all finite numbers in [0, 1]")
-        loss = checked_loss(model, model.loss(out, batch))
+        try:
+            loss = checked_loss(model, model.loss(out, batch))
+        except RamerError as e:
+            raise _fail(said, "patterns", pattern, str(e)) from None
         if not torch.isfinite(loss.total):
             raise _fail(said, "patterns", pattern, f"the loss is {float(loss.total)}")
         model.zero_grad()
@@ -103,26 +107,41 @@ def _patterns(model, batches, said: str) -> None:
     model.zero_grad()
     model.eval()
     for pattern, batch in batches:
-        if not torch.isfinite(_scores(model, batch)).all():
+        if not torch.isfinite(_scores(model, batch, said, "patterns", pattern)).all():
             raise _fail(said, "patterns", pattern, "eval-mode probs are not finite")
 
 
-def _scores(model, batch: Batch) -> torch.Tensor:
+def _probs(model, out, batch: Batch, said: str, check: str, pattern: str) -> torch.Tensor:
+    """``out``'s probs, held to the contract scoring holds them to (``base.output_probs``: a
+    ``(B, C)`` tensor; ``base.unit_scores``: in [0, 1]), a breach said as this check's."""
+    from ramer.models.base import output_probs, unit_scores
+
+    try:
+        probs = output_probs(model, out, batch.size, len(batch.label_names))
+        unit_scores(model, probs.detach().float().cpu().numpy())
+    except RamerError as e:
+        raise _fail(said, check, pattern, str(e)) from None
+    return probs
+
+
+def _scores(model, batch: Batch, said: str, check: str, pattern: str) -> torch.Tensor:
     with torch.no_grad():
-        return model(batch).probs
+        return _probs(model, model(batch), batch, said, check, pattern)
 
 
 def _masked(model, batches, said: str) -> None:
     model.eval()
     for pattern, batch in batches:
-        ref = _scores(model, batch)
+        ref = _scores(model, batch, said, "masked", pattern)
         for fill in (1e4, float("nan")):
             feats = {}
             for m in MODALITIES:
                 x = batch.features[m]
                 noise = torch.full_like(x, fill) if np.isnan(fill) else torch.randn_like(x) * fill
                 feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, noise)
-            if not torch.equal(_scores(model, dataclasses.replace(batch, features=feats)), ref):
+            if not torch.equal(
+                _scores(model, dataclasses.replace(batch, features=feats), said, "masked", pattern), ref
+            ):
                 raise _fail(
                     said,
                     "masked",
@@ -134,8 +153,8 @@ def _masked(model, batches, said: str) -> None:
 
 def _batch(model, store, said: str) -> None:
     model.eval()
-    full = _scores(model, store.collate(np.arange(len(store))))
-    part = _scores(model, store.collate([2, 5]))
+    full = _scores(model, store.collate(np.arange(len(store))), said, "batch", "the whole split")
+    part = _scores(model, store.collate([2, 5]), said, "batch", "samples 2 and 5 alone")
     if not torch.allclose(part, full[[2, 5]], rtol=1e-5, atol=1e-5):
         raise _fail(
             said, "batch", "samples 2 and 5 alone", "a sample's scores change with the other samples of its batch"
@@ -146,7 +165,9 @@ def _labels(model, batches, said: str) -> None:
     model.eval()
     for pattern, batch in batches:
         flipped = dataclasses.replace(batch, labels=1 - batch.labels)
-        if not torch.equal(_scores(model, flipped), _scores(model, batch)):
+        if not torch.equal(
+            _scores(model, flipped, said, "labels", pattern), _scores(model, batch, said, "labels", pattern)
+        ):
             raise _fail(
                 said,
                 "labels",
