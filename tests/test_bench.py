@@ -156,6 +156,7 @@ def test_bench_writes_results_report_and_plots(benched):
 
     text = (benched / "report.md").read_text()
     assert text.startswith("# Benchmark: br, late_fusion\n")  # no RAMer among them: not 'RAMer and its baselines'
+    assert "Every test target speaks" not in text  # the embedded benchmark has non-speaker targets
     assert (
         "Command: `ramer bench --models br,late_fusion --seeds 1 --missing-rates 0,0.5 --missing-at all "
         "--complete late_fusion --jobs 2"

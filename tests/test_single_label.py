@@ -651,6 +651,7 @@ def test_bench_report_leads_with_accuracy_and_weighted_f1(tmp_path, fake_text, c
     assert f"note: {tmp_path / 'ds'}: {said}" in capsys.readouterr().err
     assert "The data has text only: a missing rate hides text itself" in (tmp_path / "rated" / "report.md").read_text()
     assert "No test sample has" not in text
+    assert "Every test target speaks: there is no non-speaker column." in text  # an import's targets all speak
     # a test split without a label: said by the table's legend (F1 0 in every run, counted by macro-F1)
     rows = [{**r, "labels": "anger"} if r["split"] == "test" and r["labels"] == "joy" else r for r in single_rows()]
     assert main(["data", "import", str(write_table(tmp_path / "nojoy.csv", rows)), "--out", str(tmp_path / "nj")]) == 0

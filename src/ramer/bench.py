@@ -1351,7 +1351,12 @@ def write_report(s: BenchSettings, base: Config, results: list[dict], info: dict
             if oracle
             else ""
         )
-        + unseen_labels(bundle),
+        + unseen_labels(bundle)
+        + (
+            " Every test target speaks: there is no non-speaker column."
+            if "test" in bundle.splits and not (np.asarray(bundle.splits["test"].role) == 0).any()
+            else ""
+        ),
     ]
     lines += tuned_table(s, info["task"])
     for rate in s.rates:
