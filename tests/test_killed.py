@@ -216,8 +216,8 @@ def test_scoring_processes_end_with_a_command_killed_hard():
     killer, a SIGTERM to its own pid): its forked scoring processes scored on, then waited for ever
     in a send no one would read, each holding its memory and the caller's output pipes."""
     script = (
-        "import os, time\nfrom ramer import infer\n"
-        "def block(*args):\n    print(os.getpid(), flush=True)\n    time.sleep(120)\n"
+        "import os, time\nfrom ramer import infer\n"  # one write of the pid and its line break: the two workers'
+        "def block(*args):\n    os.write(1, f'{os.getpid()}\\n'.encode())\n    time.sleep(120)\n"  # do not interleave
         "infer._score_range = block\ninfer._score_forked(None, None, [(0, 1), (1, 2)], 1, 'cpu', 'fp32')"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
