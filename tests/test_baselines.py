@@ -20,6 +20,7 @@ from ramer.models import CLASSICAL, build_model
 from ramer.models.amp import asymmetric_loss
 from ramer.models.base import DataSpec
 from ramer.models.classical import ClassicalModel, ClassicalModule, _OneBatch, feature_size, pooled_features
+from ramer.models.contract import with_garbage
 from ramer.models.mlgcn import label_adjacency
 
 DEEP = ("mult", "mlgcn", "hhmpn", "amp")
@@ -197,16 +198,6 @@ def test_more_segments_than_the_position_table_is_a_clear_error(name, store):
     assert batch.grid[1] > 2
     with pytest.raises(RamerError, match=rf"a batch has {batch.grid[1]} segments, more than model.max_segments=2"):
         model(batch)
-
-
-def with_garbage(batch, fill: float):
-    """The batch with ``fill`` (NaN) or noise of that scale under every False presence bit."""
-    feats = {}
-    for m in MODALITIES:
-        x = batch.features[m]
-        noise = torch.full_like(x, fill) if np.isnan(fill) else torch.randn_like(x) * fill
-        feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, noise)
-    return replace(batch, features=feats)
 
 
 @pytest.mark.parametrize("name", TORCH)

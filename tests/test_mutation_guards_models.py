@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_store
-from test_baselines import amp_model, make_model, spec_of, with_garbage
+from test_baselines import amp_model, make_model, spec_of
 
 from ramer.batch import MODALITIES
 from ramer.models.classical import _OneBatch, pooled_features
+from ramer.models.contract import with_garbage
 from ramer.models.mlgcn import label_adjacency
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -80,6 +80,17 @@ def patterns(base: Batch) -> Iterator[tuple[str, Batch]]:
     )
 
 
+def with_garbage(batch: Batch, fill: float) -> Batch:
+    """``batch`` with ``fill`` (NaN) or noise of that scale under every False presence bit, padding
+    included: what a model must never read."""
+    feats = {}
+    for m in MODALITIES:
+        x = batch.features[m]
+        noise = torch.full_like(x, fill) if np.isnan(fill) else torch.randn_like(x) * fill
+        feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, noise)
+    return dataclasses.replace(batch, features=feats)
+
+
 def _fail(said: str, check: str, pattern: str, what: str) -> RamerError:
     return RamerError(f"{said}: check '{check}' ({pattern}): {what} (docs/ARCHITECTURE.md, 'Adding a model')")
 
@@ -134,14 +145,7 @@ def _masked(model, batches, said: str) -> None:
     for pattern, batch in batches:
         ref = _scores(model, batch, said, "masked", pattern)
         for fill in (1e4, float("nan")):
-            feats = {}
-            for m in MODALITIES:
-                x = batch.features[m]
-                noise = torch.full_like(x, fill) if np.isnan(fill) else torch.randn_like(x) * fill
-                feats[m] = torch.where(batch.present[m].unsqueeze(-1), x, noise)
-            if not torch.equal(
-                _scores(model, dataclasses.replace(batch, features=feats), said, "masked", pattern), ref
-            ):
+            if not torch.equal(_scores(model, with_garbage(batch, fill), said, "masked", pattern), ref):
                 raise _fail(
                     said,
                     "masked",
