@@ -116,6 +116,13 @@ def test_term_gradients_runs():
     assert "cls" in out
 
 
+def test_prototype_rule_runs():
+    out = run("prototype_rule.py", "--steps", "2", *sets(*TINY_DATA))
+    lines = out.splitlines()
+    assert lines[0].startswith("ramer: 2 steps") and "by the distance" not in lines[0]
+    assert lines[1].startswith("ramer-authors: 2 steps") and "by the distance" in lines[1]
+
+
 def test_synthetic_signal_runs():
     out = run("synthetic_signal.py", "--seeds", "0", *sets(*TINY_DATA))
     assert "| 0 | + both |" in out and "mean gain over 'token'" in out
