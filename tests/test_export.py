@@ -149,6 +149,10 @@ def test_export_refuses_classical_models_and_folders(run, tmp_path, capsys):
     assert not (tmp_path / "br.onnx").exists()
     assert main(["export", str(run), "--onnx", str(tmp_path)]) == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
+    assert main(["export", str(run), "--onnx", str(tmp_path / "model.pt")]) == 2  # a name of another format
+    err = capsys.readouterr().err
+    assert "ramer export writes an ONNX graph, not a '.pt' file; give a name ending .onnx" in err
+    assert not (tmp_path / "model.pt").exists()
 
 
 @needs_onnx
@@ -165,8 +169,46 @@ def test_a_failed_export_leaves_the_earlier_file(run, tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(torch.onnx, "export", cut_off)
     assert main(["export", str(run), "--onnx", str(earlier)]) == 2
-    assert f"ONNX export of {run} failed: cut off" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"ONNX export of {run} failed: cut off" in err and "bf16" not in err  # an fp32 run: no note
     assert earlier.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_ctrl_c_that_the_exporter_wraps_is_an_interrupt(run, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C inside the exporter (in a lazy import, say) comes out wrapped in an error of its own:
+    the command says "interrupted" and exits 130, not that the model cannot be exported (2)."""
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(b"an earlier export")
+
+    def wrapped(model, args, f, **kwargs):  # as torch's exporter did, Ctrl-C in a lazy import
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:  # the half-made module's next use: an ordinary error
+                raise AttributeError("module 'torch._dynamo' has no attribute 'exc'") from None
+        except AttributeError as inner:  # the interrupt is its context, and it the exporter's error's cause
+            raise RuntimeError("Failed to export the model with torch.export") from inner
+
+    monkeypatch.setattr(torch.onnx, "export", wrapped)
+    assert main(["export", str(run), "--onnx", str(earlier)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "failed" not in err
+    assert earlier.read_bytes() == b"an earlier export"
+
+
+def test_a_bf16_run_is_exported_with_a_note(tmp_path, monkeypatch, capsys):
+    """The graph is fp32 and predict scores a bf16-trained run under bf16 autocast: the command
+    says so for such a run, and not for an fp32 one."""
+    sets = sum((["--set", s] for s in TINY), [])
+    assert main(["train", "--out", str(tmp_path / "bf"), *sets, "--set", "train.precision=bf16"]) == 0
+
+    def cut_off(model, args, f, **kwargs):
+        raise RuntimeError("cut off")
+
+    monkeypatch.setattr(torch.onnx, "export", cut_off)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "bf"), "--onnx", str(tmp_path / "bf.onnx")]) == 2
+    assert "trained with train.precision=bf16" in capsys.readouterr().err
 
 
 def test_the_exporters_warnings_are_quiet_during_export(caplog):

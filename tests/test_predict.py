@@ -41,6 +41,22 @@ def test_predict_writes_one_line_per_sample(run, tmp_path):
         assert line["role"] == ("speaker" if test.role[i] == 1 else "nonspeaker")
 
 
+def test_the_files_probabilities_give_its_decisions():
+    """``probs > threshold`` on a predictions line's own numbers gives its ``labels``, also for a
+    probability within 1e-6 of the threshold (rounded to 6 decimals, 0.43000001 read 0.43, not above
+    0.43, though the decision, in float64 of the float32 score, was)."""
+    from ramer.infer import prediction_records
+    from ramer.metrics import decide
+
+    test = generate(tiny_cfg().data.synthetic).splits["test"]
+    probs = np.full((len(test), len(test.label_names)), 0.43000001, dtype=np.float32)
+    probs[:, 0] = 0.42999999
+    records = prediction_records(test, probs, decide(probs, 0.43), 0.43)
+    for line in json.loads(json.dumps(records)):  # as a reader of the file gets them
+        assert line["labels"] == [n for n, p in line["probs"].items() if p > line["threshold"]]
+        assert line["labels"] == list(test.label_names)[1:]
+
+
 def test_api_predicts_a_batch_like_the_split(run):
     out, cfg = run
     predictor = ramer.load(out)
@@ -82,9 +98,15 @@ def test_predict_output_path_is_checked_before_the_work(run, tmp_path, capsys):
         ("", "the output file name is empty"),
         (str(tmp_path), "is a folder; give a file name"),
         (str(tmp_path / "file" / "p.jsonl"), "file: exists and is not a folder"),
+        (  # a name of another format: JSON lines under a .csv name would be read wrong by its name
+            str(tmp_path / "preds.csv"),
+            "ramer predict writes JSON lines (one object per prediction), not a '.csv' file; give a name ending "
+            ".jsonl or .ndjson or .json",
+        ),
     ):
         assert main(["predict", str(out), "--out", bad]) == 2
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "preds.csv").exists()
     assert main(["predict", str(out), "--out", str(tmp_path / "new" / "sub" / "p.jsonl")]) == 0
     assert (tmp_path / "new" / "sub" / "p.jsonl").read_text().count("\n") == 50
 

@@ -356,6 +356,9 @@ def test_cli_errors_name_the_file(run, tmp_path, capsys):
 
     assert "nowhere" in error(str(tmp_path / "nowhere"))
     assert "give RUN_DIR" in error()
+    assert main(["view", str(root / "run"), "--out", str(tmp_path / "page.txt")]) == 2  # a name of another format
+    assert "ramer view writes an HTML page, not a '.txt' file" in capsys.readouterr().err
+    assert not (tmp_path / "page.txt").exists()
     assert "needs --data" in error("--preds", str(root / "preds.jsonl"))
     data = tmp_path / "synth"
     generate(tiny_cfg().data.synthetic).save(data)
@@ -615,6 +618,28 @@ def test_utterance_texts_are_shown_as_text(browser, tmp_path, fake_text):
     page.click('#grid td[data-p="0"][data-s="1"]')  # ann listens to bob: the same words, no prediction
     assert page.inner_text("#detail .utt") == f"bob: {HOSTILE}"
     assert page.evaluate("window.pwned") is None and page.locator("#detail img").count() == 0
+    assert errors == []
+    page.close()
+
+
+def test_a_long_person_name_leaves_the_cells_in_reach(browser, tmp_path, fake_text):
+    """The sticky row header of a person named with 400 characters is cut (the whole name in its
+    title): it does not cover the grid's cells, which the mouse still reaches."""
+    long = "p_" + "y" * 400
+    rows = base_rows()
+    for row in rows:
+        row["speaker"] = long if row["speaker"] == "bob" else row["speaker"]
+    bundle = imported(tmp_path, rows)
+    html = tmp_path / "scenes.html"
+    html.write_text(render_page(page_data(bundle, "test", records_for(bundle.splits["test"]))))
+    page, errors = open_page(browser, html)
+    pick(page, "c1")
+    header = page.locator('#grid th[scope="row"]', has_text="p_yyy")
+    assert header.get_attribute("title") == long
+    assert header.bounding_box()["width"] < 400
+    page.hover('#grid td[data-p="1"][data-s="1"]', timeout=5000)  # a header over it: "intercepts pointer events"
+    page.click('#grid td[data-p="1"][data-s="1"]', timeout=5000)
+    assert page.inner_text("#detail .utt").startswith(f"{long}: ")
     assert errors == []
     page.close()
 

@@ -92,6 +92,27 @@ def file_only(flag: str, value: str) -> None:
         raise RamerError(f"{flag} -: this command writes a file, not stdout; give a file name")
 
 
+# what each command writes, and the file name endings that say so (a name without one is taken as it is)
+WRITES = {
+    "predict": ("JSON lines (one object per prediction)", (".jsonl", ".ndjson", ".json")),
+    "view": ("an HTML page", (".html", ".htm")),
+    "export": ("an ONNX graph", (".onnx",)),
+}
+
+
+def fitting_name(command: str, flag: str, value: str) -> None:
+    """An output name whose ending names another format (``predict --out preds.csv``) is refused:
+    the file would hold what ``command`` writes under a name that says otherwise, and a tool opening it
+    by its name reads it wrong."""
+    what, endings = WRITES[command]
+    suffix = Path(value).suffix.lower()
+    if value != STDOUT and suffix and suffix not in endings:
+        raise RamerError(
+            f"{flag} {value}: ramer {command} writes {what}, not a '{suffix}' file; give a name ending "
+            f"{' or '.join(endings)}"
+        )
+
+
 def default_out(cfg: Config) -> Path:
     """A new folder ``runs/<model>-<date>-<time>``, made here and only here: of two runs started in
     the same second, the second gets ``...-2`` (the same folder would mix their files)."""
@@ -524,9 +545,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     if predictor.cfg.model.name in CLASSICAL:
         raise RamerError(f"{args.run_dir}: ONNX export is for the deep models, not '{predictor.cfg.model.name}'")
     output_file(args.onnx, reads=(model_file(args.run_dir),), make=False)
+    fitting_name("export", "--onnx", args.onnx)  # after the checks above, whose messages say more
     log = io.StringIO()
     t0 = time.perf_counter()
     ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)")
+    # the exporter's own modules, imported here: a Ctrl-C that lands in a lazy import inside the export
+    # leaves a module half made, whose next use raises an ordinary error
+    import torch._dynamo  # noqa: F401
+    import torch.export  # noqa: F401
+    import torch.onnx  # noqa: F401
+
+    if predictor.cfg.train.precision == "bf16":
+        ERR.print(
+            "note: this run was trained with train.precision=bf16, and ramer predict scores it under bf16 "
+            "autocast; the graph computes in fp32, so its probabilities differ a little from predict's, "
+            "and a decision near the threshold can differ"
+        )
     checked = []  # --check: of the written file, before it replaces the one at --onnx (a failed check keeps it)
     check = (lambda wrapper, tmp: checked.extend(check_onnx(wrapper, predictor.spec, tmp))) if args.check else None
     try:
@@ -540,6 +574,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except RamerError:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line, its cause's and the log tail
+        if interrupt := _interrupt_within(e):  # Ctrl-C, which the exporter wrapped in an error of its own
+            raise interrupt from None
         plain = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # noqa: E731  (no colour codes)
         line_of = lambda err: plain(first_line(err))  # noqa: E731
         tail = " | ".join(plain(log.getvalue()).splitlines()[-3:])
@@ -565,6 +601,20 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{r.max_abs_diff:.2e} (limit 1e-4) ok"
         )
     return 0
+
+
+def _interrupt_within(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt among ``error``'s causes and contexts, if any (None: none)."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 def model_file(run_dir: str) -> Path:
@@ -775,6 +825,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not to_stdout:
             data_from = data_files(bundle, args.data or predictor.cfg.data.path)
             output_file(args.out, reads=reads, data_from=data_from, make=False)
+            fitting_name("predict", "--out", args.out)  # after the checks above, whose messages say more
         store = bundle.splits[args.split]
         probs = score_split(predictor, store, args, bundle)
         records = prediction_records(store, probs, predictor.decide(probs), predictor.threshold)
@@ -833,6 +884,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                 raise RamerError(f"{bundle.source}: no split '{args.split}' (has {', '.join(bundle.splits)})")
         path = args.data if args.run_dir is None else (args.data or predictor.cfg.data.path)
         output_file(args.out, reads=reads, data_from=data_files(bundle, path), make=False)  # before the work
+        fitting_name("view", "--out", args.out)  # after the checks above, whose messages say more
         store = bundle.splits[args.split]
         if args.preds is not None:
             records = read_predictions(args.preds, store.label_names)

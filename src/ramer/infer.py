@@ -341,8 +341,9 @@ def prediction_records(
 ) -> list[dict]:
     """The lines of ``ramer predict`` (what ``ramer view --preds`` reads back): per sample of
     ``store``, in order, its id, target (person, segment; ``None`` for a whole-scene sample), role,
-    probs (label -> probability, 6 decimals), labels (the decision) and the run's threshold (a
-    number, ``"argmax"``, or an object label -> number for per-label thresholds)."""
+    probs (label -> probability, the exact value the decision compared: ``probs > threshold`` on the
+    file's numbers gives its ``labels``), labels (the decision) and the run's threshold (a number,
+    ``"argmax"``, or an object label -> number for per-label thresholds)."""
     names = store.label_names
     if isinstance(threshold, str):
         thr: float | str | dict[str, float] = threshold
@@ -356,7 +357,7 @@ def prediction_records(
             {
                 "id": sample_id,
                 **_whom(store, i),
-                "probs": {n: round(float(v), 6) for n, v in zip(names, probs[i])},
+                "probs": dict(zip(names, probs[i].tolist())),
                 "labels": [n for n, on in zip(names, chosen[i]) if on],
                 "threshold": thr,
             }
