@@ -108,6 +108,23 @@ def test_bench_neither_removes_nor_reuses_a_run_folder_another_command_holds(tmp
         refused([*bench, "--out", str(out)], out, capsys, line)
 
 
+def test_reproduce_neither_clears_nor_trains_in_a_seed_folder_another_command_holds(tmp_path, capsys):
+    """A ``ramer train --out OUT/seed1`` under way (no training state yet) was cleared by ``ramer
+    reproduce --out OUT`` as a seed stopped early, and both trained into it; held, reproduce stops."""
+    from fixtures_writers import write_mosei_aligned
+
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    seed = tmp_path / "rep" / "seed1"
+    seed.mkdir(parents=True)
+    (seed / "metrics.jsonl").write_text("")
+    (seed / "config.yaml").write_text("train:\n  lr: 0.01\n")  # what the other command has written so far
+    argv = ["reproduce", "mosei", "--data", str(data), "--seeds", "1", "--out", str(tmp_path / "rep"), *SETS[6:]]
+    with held_elsewhere(seed) as line:
+        refused(argv, seed, capsys, line)
+    assert not (tmp_path / "rep" / "results.md").exists()
+
+
 def test_data_synth_is_refused_in_a_dataset_folder_another_command_holds(tmp_path, capsys):
     out = tmp_path / "data"
     sizes = ["--set", "n_train=20", "--set", "n_valid=10", "--set", "n_test=10"]

@@ -76,12 +76,14 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
     out = tmp_path / "out"
     assert reproduce(bench, data, out) == 0
     text = (out / "results.md").read_text()
-    assert "mean ± std over 2 seed(s)" in text and "| overall |" in text
+    first = 42 if bench == "mosei_authors" else 1  # the authors' script trains with seed 42
+    assert f"mean ± std (sample std) over 2 seed(s): {first}, {first + 1}" in text and "| overall |" in text
     assert f"Command: `ramer reproduce {bench} --data {data} --seeds 2 --out {out}" in text
+    assert f"Settings changed from config `{'authors_mosei' if bench == 'mosei_authors' else bench}` (--set): " in text
+    assert "`model.hidden=16`, `model.ffn=16`" in text
     assert ("Top-1" in text and "| nonspeaker |" in text) if bench.startswith("memor") else "Top-1" not in text
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert len(runs) == 2 and all("micro_f1" in r["overall"] for r in runs)
-    first = 42 if bench == "mosei_authors" else 1  # the authors' script trains with seed 42
     seeds = [out / f"seed{first + k}" for k in (0, 1)]
     assert all((run / "test_metrics.json").exists() for run in seeds)
     model = yaml.safe_load((seeds[0] / "config.yaml").read_text())["model"]["name"]
@@ -102,14 +104,39 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
         assert f"{seeds[0]} was made on other data than {other} (data.path {data} there)" in err, err
         write_m3ed_pickle(data, seed=1)  # other data at the same path: the seeds' fingerprints say so
         assert reproduce(bench, data, out) == 2
-        assert f"{seeds[0]} was made on other data than {data}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"{seeds[0]} was made on other data than {data} (the files at {data} have changed since (splits" in err
         write_m3ed_pickle(data)  # the data the seeds were made on, again
+        kept = seeds[0] / "kept.safetensors"  # without its model file, a seed cannot say what data it saw
+        (seeds[0] / "model.safetensors").rename(kept)
+        assert reproduce(bench, other, out) == 2
+        err = capsys.readouterr().err
+        assert f"{seeds[0]}: its model.safetensors, which records the data the seed was trained on, is gone" in err
+        kept.rename(seeds[0] / "model.safetensors")
     if bench == "m3ed":  # a finished seed's file cut short: one line naming it, nothing removed
         (seeds[0] / "test_metrics.json").write_text('{"overall": ')
         capsys.readouterr()
         assert reproduce(bench, data, out) == 2
         assert f"{seeds[0] / 'test_metrics.json'}: unreadable" in capsys.readouterr().err
         assert (seeds[0] / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_one_benchmark_a_folder_and_its_data_from_data_alone(tmp_path, capsys):
+    """Another benchmark into a folder that holds one's results replaced its report and mixed their
+    seeds; a --set data.path went unused while the report's command showed it. Both refused."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    out = tmp_path / "out"
+    assert reproduce("mosei", data, out, seeds=1) == 0
+    report = (out / "results.md").read_bytes()
+    assert reproduce("mosei_authors", data, out, seeds=1) == 2
+    assert f"{out}: holds the results of ramer reproduce mosei; give another --out for mosei_authors" in (
+        capsys.readouterr().err
+    )
+    assert (out / "results.md").read_bytes() == report and not (out / "seed42").exists()
+    argv = ["reproduce", "mosei", "--data", str(data), "--out", str(tmp_path / "o2"), "--set", "data.path=x.pt"]
+    assert main(argv) == 2
+    assert "--set data.path=x.pt: ramer reproduce reads the data given with --data" in capsys.readouterr().err
 
 
 def test_reproduce_rejects_unknown_data(tmp_path, capsys):
@@ -177,8 +204,25 @@ def test_a_seed_stopped_before_its_first_state_is_trained_again(tmp_path, capsys
         (seed / name).unlink()
     capsys.readouterr()
     assert reproduce("mosei", data, tmp_path / "out", seeds=1) == 0
-    assert f"seed 1: {seed} holds no state to resume from; removing it" in capsys.readouterr().err
+    assert f"seed 1: {seed} holds no state to resume from; removing its files" in capsys.readouterr().err
     assert (seed / "test_metrics.json").is_file()
+
+
+def test_a_seed_folder_holding_the_users_own_files_is_refused_not_cleared(tmp_path, capsys):
+    """A seed folder without a training state is cleared for the seed to start again, but only of what
+    a run writes: a file of the user's there is named, and nothing is removed."""
+    data = tmp_path / "train_valid_test.pt"
+    write_mosei_aligned(data)
+    seed = tmp_path / "out" / "seed1"
+    (seed / "sub").mkdir(parents=True)
+    (seed / "notes.txt").write_text("my notes")
+    (seed / "sub" / "important.csv").write_text("a,b")
+    (seed / "metrics.jsonl").write_text("")  # what a run stopped at once left
+    assert reproduce("mosei", data, tmp_path / "out", seeds=1) == 2
+    err = capsys.readouterr().err
+    assert f"{seed}: holds no training state to resume from, and files a run does not write (notes.txt, sub)" in err
+    assert (seed / "notes.txt").read_text() == "my notes" and (seed / "sub" / "important.csv").is_file()
+    assert (seed / "metrics.jsonl").is_file() and not (tmp_path / "out" / "results.md").exists()
 
 
 def test_a_role_no_target_has_gets_no_row():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -26,9 +25,20 @@ from ramer.data.formats import convert_again, converted_otherwise, listed, refus
 from ramer.data.store import is_native, resolve_task
 from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
-from ramer.paths import argument, atomic_write_text, hold, read_json, work_folder
+from ramer.paths import (
+    LOCK_NAME,
+    RUN_FILES,
+    argument,
+    atomic_write_text,
+    clear_folder,
+    hold,
+    is_temporary,
+    read_json,
+    work_folder,
+)
 from ramer.train import run_training
 from ramer.train.recipe import changed_settings
+from ramer.train.tensorboard import FOLDER as CURVES_FOLDER
 
 BENCHES = {
     # name: (bundled config, data format)
@@ -115,6 +125,9 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
     if seeds < 1:
         raise RamerError("--seeds must be at least 1")
     config_name, fmt = BENCHES[bench]
+    for o in overrides:  # the data is --data's, which the report names: a --set of it would go unused
+        if o.split("=", 1)[0].strip() == "data.path":
+            raise RamerError(f"--set {o}: ramer reproduce reads the data given with --data; give the path there")
     cfg = build_config(CONFIG_DIR / f"{config_name}.yaml", overrides)
     cfg.data.path = data
     if cfg.data.format == "auto" and not is_native(data):  # a converted directory loads as itself
@@ -137,11 +150,34 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         return _reproduce(bench, data, seeds, out, overrides, console, cfg, bundle, config_name)
 
 
+def _clear_unfinished(run_dir: Path) -> bool:
+    """Remove what a seed stopped before its first training state left in ``run_dir`` (held by this
+    process); returns whether there was anything. Anything a run does not write there (the user's
+    own files) is refused, naming it, and nothing is removed."""
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    foreign = sorted(p.name for p in entries if p.name not in (*RUN_FILES, CURVES_FOLDER) and not is_temporary(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RamerError(
+            f"{run_dir}: holds no training state to resume from, and files a run does not write ({shown}); "
+            "move them, or give another --out"
+        )
+    clear_folder(run_dir)
+    return bool(entries)
+
+
 def _reproduce(
     bench: str, data: str, seeds: int, out: Path, overrides: list[str], console: Console, cfg, bundle, config_name: str
 ) -> str:
     """``reproduce`` into the folder ``out``, made: train (or read) each seed, write the tables."""
     results = []
+    if (out / "results.json").is_file():  # one benchmark a folder: its report and seeds are not another's
+        try:
+            earlier = read_json(out / "results.json").get("bench")
+        except (RamerError, AttributeError):
+            earlier = None
+        if isinstance(earlier, str) and earlier != bench:
+            raise RamerError(f"{out}: holds the results of ramer reproduce {earlier}; give another --out for {bench}")
     task = resolve_task(bundle, cfg.data.task)  # data.task=single_label on data of one label a sample
     for k in range(seeds):
         run_cfg = cfg.model_copy(deep=True)
@@ -156,16 +192,28 @@ def _reproduce(
                     f"{run_dir} was made with other settings ({', '.join(changed)}); give the --set it was made "
                     "with, or another --out"
                 )
-            recorded = ckpt.read_data_fingerprints(run_dir / "model.safetensors")
-            was = made.get("data", {}).get("path")
-            if recorded:  # one table, one data set: a seed made on other data (or other files at this path)
-                other = bool(ckpt.changed_splits(recorded, bundle))
-            else:  # a run from before the fingerprints: its path
-                other = Path(str(was)).resolve() != Path(data).resolve()
-            if other:
+            model = run_dir / "model.safetensors"
+            if not model.is_file():  # it records the data the seed was made on: without it, who can say
                 raise RamerError(
-                    f"{run_dir} was made on other data than {data} (data.path {was} there); give that data, "
-                    "or another --out"
+                    f"{run_dir}: its model.safetensors, which records the data the seed was trained on, is "
+                    f"gone, so whether it was made on {data} cannot be told; remove {run_dir} to train it "
+                    "again, or give another --out"
+                )
+            recorded = ckpt.read_data_fingerprints(model)
+            was = made.get("data", {}).get("path")
+            same_path = Path(str(was)).resolve() == Path(data).resolve()
+            if recorded:  # one table, one data set: a seed made on other data (or other files at this path)
+                changed = ckpt.changed_splits(recorded, bundle)
+            else:  # a run from before the fingerprints: its path
+                changed = [] if same_path else ["its path"]
+            if changed:
+                whose = (
+                    f"the files at {data} have changed since (splits {', '.join(changed)})"
+                    if same_path
+                    else f"data.path {was} there"
+                )
+                raise RamerError(
+                    f"{run_dir} was made on other data than {data} ({whose}); give that data, or another --out"
                 )
             path = run_dir / "test_metrics.json"
             try:
@@ -177,24 +225,32 @@ def _reproduce(
                 raise RamerError(f"{path}: unreadable; remove {run_dir} to train it again ({problem})")
             results.append(result)
             continue
-        resume = (run_dir / "train_state.pt").exists()
-        if not resume and run_dir.exists():  # a seed stopped before its first state was saved: started again
+        # held from here to the seed's end: a folder another command is training in is refused at once,
+        # neither cleared nor trained into by both
+        with hold(run_dir, "ramer reproduce", make=True):
+            resume = (run_dir / "train_state.pt").exists()
+            if not resume and _clear_unfinished(run_dir):  # stopped before its first state: started again
+                console.print(
+                    f"seed {run_cfg.train.seed}: {run_dir} holds no state to resume from; removing its files",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             console.print(
-                f"seed {run_cfg.train.seed}: {run_dir} holds no state to resume from; removing it",
-                highlight=False,
-                soft_wrap=True,
+                f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False
             )
-            shutil.rmtree(run_dir)
-        console.print(
-            f"seed {run_cfg.train.seed}: {'resuming' if resume else 'training'} in {run_dir}", highlight=False
-        )
-        results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
+            results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
     table = summarise(results, memor=bench.startswith("memor"), task=task)
     command = ["ramer", "reproduce", bench, "--data", argument(data), "--seeds", str(seeds), "--out", argument(out)]
     command = shlex.join([*command, *(x for o in overrides for x in ("--set", o))])  # to paste as it is
+    numbers = ", ".join(str(cfg.train.seed + k) for k in range(seeds))
+    departures = (  # the heading names the benchmark: what was changed of its config is said under it
+        f"Settings changed from config `{config_name}` (--set): {', '.join(f'`{o}`' for o in overrides)}.\n\n"
+        if overrides
+        else ""
+    )
     text = (
-        f"# {bench}: test metrics, mean ± std over {seeds} seed(s)\n\n"
-        f"Command: `{command}`\n\nData: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
+        f"# {bench}: test metrics, mean ± std (sample std) over {seeds} seed(s): {numbers}\n\n"
+        f"Command: `{command}`\n\n{departures}Data: `{bundle.source}` ({bundle.format}); config `{config_name}`; "
         + (
             "single-label (data.task): best checkpoint by validation weighted F1, the arg-max label decides"
             if task == "single_label"
