@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_recipe import one_error_line, tiny_cfg
+from test_recipe import TINY, one_error_line, tiny_cfg
 
 import ramer
 from ramer.api import load_data_for
@@ -616,6 +616,11 @@ def test_per_label_thresholds_are_titled_as_their_range_not_one_number(tmp_path,
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0
     assert f"test metrics (late_fusion, best epoch 1, threshold per label {low} to {high})" in capsys.readouterr().out
+    argv = ["train", "--model", "late_fusion", "--out", str(tmp_path / "again")]  # train's own table says the same
+    sets = [*TINY, "train.epochs=1", "train.per_label_threshold=true"]
+    assert main(argv + [x for kv in sets for x in ("--set", kv)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # the title, wrapped to the table's width
+    assert f"test metrics (late_fusion, {tmp_path / 'again'}, best epoch 1, threshold per label " in printed
 
 
 def test_a_model_that_is_not_bfloat16_safe_says_so_in_one_line():

@@ -113,6 +113,12 @@ def test_reproduce_writes_the_table(tmp_path, bench, capsys):
         err = capsys.readouterr().err
         assert f"{seeds[0]}: its model.safetensors, which records the data the seed was trained on, is gone" in err
         kept.rename(seeds[0] / "model.safetensors")
+        (seeds[0] / "config.yaml").rename(seeds[0] / "kept.yaml")  # gone: said so, with what to do
+        assert reproduce(bench, data, out) == 2
+        err = capsys.readouterr().err
+        assert f"{seeds[0] / 'config.yaml'}: config file not found; remove {seeds[0]} to train it again" in err
+        assert "another build" not in err
+        (seeds[0] / "kept.yaml").rename(seeds[0] / "config.yaml")
     if bench == "m3ed":  # a finished seed's file cut short: one line naming it, nothing removed
         (seeds[0] / "test_metrics.json").write_text('{"overall": ')
         capsys.readouterr()

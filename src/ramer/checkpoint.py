@@ -133,7 +133,8 @@ def run_config(run: str | Path) -> Config:
         raise
     except RamerError as e:
         written = read_written_by(Path(run) / "model.safetensors").get("ramer_version")
-        if newer_writer(written) or written == __version__:
+        there = os.path.lexists(Path(run) / "config.yaml")  # a file gone is not one another version wrote
+        if there and (newer_writer(written) or written == __version__):
             raise RamerError(f"{e} ({skew_note(written)})") from None
         raise
 

@@ -496,7 +496,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             if (oracle := oracle_report(bundle.info, "test")) is not None:  # as eval and bench show it
                 rows[ORACLE_ROW] = oracle
-        OUT.print(metrics_table(f"test metrics ({cfg.model.name}, {out})", rows, task), soft_wrap=False)
+        OUT.print(
+            metrics_table(f"test metrics ({cfg.model.name}, {out}{tested_with(out)})", rows, task), soft_wrap=False
+        )
         no_test = result.get("overall", {}).get("n", 1) == 0  # the commands it names refuse an empty split
         ERR.print(next_steps(out, "valid" if no_test else None))
     return 0
@@ -601,6 +603,22 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{r.max_abs_diff:.2e} (limit 1e-4) ok"
         )
     return 0
+
+
+def tested_with(run: Path) -> str:
+    """``, best epoch N, threshold 0.43`` (or ``arg-max``, or the per-label range): the checkpoint and
+    decision the test line of ``run`` used, from its model file's header, as ``ramer eval`` titles
+    them; empty where the header does not say."""
+    from ramer.checkpoint import metadata
+    from ramer.metrics import describe_threshold
+    from ramer.paths import loads_json
+
+    try:
+        meta = metadata(run / "model.safetensors")
+        epoch, threshold = int(meta["epoch"]), loads_json(meta["threshold"])
+        return f", best epoch {epoch}, {describe_threshold(threshold, 'threshold')}"
+    except Exception:  # a title's detail: the table is the output
+        return ""
 
 
 def _interrupt_within(error: BaseException) -> KeyboardInterrupt | None:

@@ -185,7 +185,10 @@ def _reproduce(
         run_dir = out / f"seed{run_cfg.train.seed}"
         if (run_dir / "test_metrics.json").exists():
             console.print(f"seed {run_cfg.train.seed}: done earlier, reading {run_dir}", highlight=False)
-            made = ckpt.run_config(run_dir).model_dump(mode="json")
+            try:
+                made = ckpt.run_config(run_dir).model_dump(mode="json")
+            except RamerError as e:
+                raise RamerError(f"{e}; remove {run_dir} to train it again, or give another --out") from None
             changed = changed_settings(made, run_cfg.model_dump(mode="json"))
             if changed:  # one table, one setting
                 raise RamerError(
