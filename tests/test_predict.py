@@ -101,12 +101,16 @@ def test_predict_output_path_is_checked_before_the_work(run, tmp_path, capsys):
         (  # a name of another format: JSON lines under a .csv name would be read wrong by its name
             str(tmp_path / "preds.csv"),
             "ramer predict writes JSON lines (one object per prediction), not a '.csv' file; give a name ending "
-            ".jsonl or .ndjson or .json",
+            ".jsonl or .ndjson",
         ),
+        (str(tmp_path / "preds.json"), "not a '.json' file"),  # one JSON document to a tool, not one a line
     ):
         assert main(["predict", str(out), "--out", bad]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "preds.csv").exists()
+    for name in ("preds.seed1", "preds.2026.12.07", "PREDS.JSONL"):  # endings that name no other format
+        assert main(["predict", str(out), "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_text().count("\n") == 50
     assert main(["predict", str(out), "--out", str(tmp_path / "new" / "sub" / "p.jsonl")]) == 0
     assert (tmp_path / "new" / "sub" / "p.jsonl").read_text().count("\n") == 50
 

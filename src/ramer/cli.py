@@ -92,21 +92,28 @@ def file_only(flag: str, value: str) -> None:
         raise RamerError(f"{flag} -: this command writes a file, not stdout; give a file name")
 
 
-# what each command writes, and the file name endings that say so (a name without one is taken as it is)
+# what each command writes, and the file name endings that say so
 WRITES = {
-    "predict": ("JSON lines (one object per prediction)", (".jsonl", ".ndjson", ".json")),
+    "predict": ("JSON lines (one object per prediction)", (".jsonl", ".ndjson")),
     "view": ("an HTML page", (".html", ".htm")),
     "export": ("an ONNX graph", (".onnx",)),
 }
+# endings that name a format a tool opens such a file as (another command's included); any other ending
+# (``preds.seed1``, ``page.v2``) names none, and is taken as it is
+FORMAT_ENDINGS = (
+    *(e for _, endings in WRITES.values() for e in endings),
+    *(".json", ".csv", ".tsv", ".txt", ".md", ".xlsx", ".xls", ".parquet", ".yaml", ".yml", ".xml"),
+    *(".pt", ".pth", ".pkl", ".pickle", ".npy", ".npz", ".safetensors", ".png", ".jpg", ".pdf", ".zip", ".gz"),
+)
 
 
 def fitting_name(command: str, flag: str, value: str) -> None:
-    """An output name whose ending names another format (``predict --out preds.csv``) is refused:
-    the file would hold what ``command`` writes under a name that says otherwise, and a tool opening it
-    by its name reads it wrong."""
+    """An output name whose ending names another format (``predict --out preds.csv``, or ``.json``,
+    which a tool reads as one JSON document) is refused: the file would hold what ``command`` writes
+    under a name that says otherwise, and a tool opening it by its name reads it wrong."""
     what, endings = WRITES[command]
     suffix = Path(value).suffix.lower()
-    if value != STDOUT and suffix and suffix not in endings:
+    if value != STDOUT and suffix in FORMAT_ENDINGS and suffix not in endings:
         raise RamerError(
             f"{flag} {value}: ramer {command} writes {what}, not a '{suffix}' file; give a name ending "
             f"{' or '.join(endings)}"
@@ -551,11 +558,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     log = io.StringIO()
     t0 = time.perf_counter()
     ERR.print(f"exporting {args.run_dir} to ONNX (tens of seconds)")
-    # the exporter's own modules, imported here: a Ctrl-C that lands in a lazy import inside the export
-    # leaves a module half made, whose next use raises an ordinary error
-    import torch._dynamo  # noqa: F401
-    import torch.export  # noqa: F401
-    import torch.onnx  # noqa: F401
 
     if predictor.cfg.train.precision == "bf16":
         ERR.print(
@@ -576,7 +578,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except RamerError:
         raise
     except Exception as e:  # the exporter raises many types; keep its first line, its cause's and the log tail
-        if interrupt := _interrupt_within(e):  # Ctrl-C, which the exporter wrapped in an error of its own
+        # Ctrl-C, which the exporter wrapped in an error of its own (in one of the hundreds of modules it
+        # imports as it goes, the interrupt leaves the module half made, and its next use fails)
+        if interrupt := _interrupt_within(e):
             raise interrupt from None
         plain = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # noqa: E731  (no colour codes)
         line_of = lambda err: plain(first_line(err))  # noqa: E731
