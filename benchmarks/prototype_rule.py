@@ -5,11 +5,14 @@ EMA prototype, whose norm is below 1), with the cosine similarity (AUTHORS_CODE.
 with the Euclidean distance ("the nearer one", MODEL.md §4.2).
 
     python benchmarks/prototype_rule.py [--models ramer,ramer-authors] [--steps 192] [--set KEY=VALUE ...]
+    python benchmarks/prototype_rule.py --run RUN_DIR [--split valid]
 
 Prints, per model: the range of the prototypes' norms, how far ``w+`` lies from 1/2, the mean and
 largest difference between the inner-product and the cosine ``w+``, and the share of evaluation
 choices (``w+ > 1/2``, one per sample, modality and label) that the cosine (and, for
-``ramer-authors``, the distance) makes otherwise.
+``ramer-authors``, the distance) makes otherwise. With ``--run``: a trained run's split scored with
+the evaluation's choice of one prototype and with the training's mix instead, and how far the
+probabilities and decisions move.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ramer.config import build_config
@@ -50,13 +54,41 @@ def captured_weights(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return (*seen["args"], seen["w"])
 
 
+def mix_at_evaluation(run: str, split: str) -> None:
+    """A trained run's ``split`` scored twice, its evaluation pass decoding the one prototype ``w+``
+    favours (as it does) and the mix training decodes: how far that moves probabilities and decisions."""
+    import ramer
+    from ramer.api import load_data_for
+    from ramer.models.parts.reconstruction import CrossReconstruction
+
+    predictor = ramer.load(run)
+    store = load_data_for(predictor).splits[split]
+    forward, probs = CrossReconstruction.forward, {}
+    try:
+        for hard in (True, False):
+            CrossReconstruction.forward = lambda self, *a, hard_=hard, **k: forward(self, *a, **{**k, "hard": hard_})
+            probs[hard] = predictor.predict(store)
+    finally:
+        CrossReconstruction.forward = forward
+    one, mix = (predictor.decide(probs[h]) for h in (True, False))
+    print(
+        f"{run} [{split}]: the training mix decoded at evaluation moves probabilities by at most "
+        f"{np.abs(probs[True] - probs[False]).max():.4f}; decisions changed {int((one != mix).sum())} of {one.size}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ramer,ramer-authors")
     ap.add_argument("--steps", type=int, default=192)
     ap.add_argument("--set", action="append", default=[], help="config override (repeatable)")
+    ap.add_argument("--run", help="instead: a trained run, scored with either prototype rule at evaluation")
+    ap.add_argument("--split", default="valid", help="with --run: the split scored (default valid)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.run:
+        mix_at_evaluation(args.run, args.split)
+        return
     for name in args.models.split(","):
         cfg = build_config(CONFIG, [f"model.name={name}", *args.set])
         torch.manual_seed(cfg.train.seed)

@@ -123,6 +123,16 @@ def test_prototype_rule_runs():
     assert lines[1].startswith("ramer-authors: 2 steps") and "by the distance" in lines[1]
 
 
+def test_prototype_rule_on_a_run_scores_it_both_ways(tmp_path):
+    from ramer.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--out", str(run_dir), *sets(*TINY_DATA, "train.epochs=1")]) == 0
+    out = run("prototype_rule.py", "--run", str(run_dir))
+    assert out.startswith(f"{run_dir} [valid]: the training mix decoded at evaluation moves probabilities")
+    assert "decisions changed" in out and "of 288" in out  # 32 valid scenes x 9 labels
+
+
 def test_synthetic_signal_runs():
     out = run("synthetic_signal.py", "--seeds", "0", *sets(*TINY_DATA))
     assert "| 0 | + both |" in out and "mean gain over 'token'" in out
