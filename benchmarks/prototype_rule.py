@@ -55,14 +55,16 @@ def captured_weights(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def mix_at_evaluation(run: str, split: str) -> None:
-    """A trained run's ``split`` scored twice, its evaluation pass decoding the one prototype ``w+``
-    favours (as it does) and the mix training decodes: how far that moves probabilities and decisions."""
+    """A trained run's ``split`` (with the run's extra missing rate, as ``ramer eval`` scores it) scored
+    twice, its evaluation pass decoding the one prototype ``w+`` favours (as it does) and the mix
+    training decodes: how far that moves probabilities and decisions."""
     import ramer
     from ramer.api import load_data_for
+    from ramer.infer import apply_missing
     from ramer.models.parts.reconstruction import CrossReconstruction
 
     predictor = ramer.load(run)
-    store = load_data_for(predictor).splits[split]
+    store = apply_missing(load_data_for(predictor), predictor.cfg)[split]  # as ramer eval scores it
     forward, probs = CrossReconstruction.forward, {}
     try:
         for hard in (True, False):
