@@ -139,7 +139,10 @@ def test_space_leaves_out_fixed_keys_and_switched_off_parts():
 def test_tune_writes_best_config_and_trials_from_validation_only(tmp_path, capsys):
     out = tmp_path / "tune"
     argv = ["tune", "--model", "ramer", "--out", str(out), *SETS]
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the caller's own level: kept after the study
     assert main([*argv, "--trials", "2"]) == 0
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
     trials = study_trials(out, "ramer")
     assert states(trials) == ["complete", "complete"]
     for t in trials:

@@ -989,7 +989,11 @@ def _deep_parameter_count(model_and_spec: str) -> int:
     and missing rate, so built once per distinct model (a bench records every run's size)."""
     tree = json.loads(model_and_spec)
     cfg = config_from_dict({"model": tree["model"], "loss": tree["loss"]}, "parameter count")
-    return sum(p.numel() for p in build_model(cfg, DataSpec.from_dict(tree["spec"])).parameters() if p.requires_grad)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the build's initial weights draw from it: the caller's stays
+        model = build_model(cfg, DataSpec.from_dict(tree["spec"]))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def write_results(out: Path, results: list[dict]) -> None:

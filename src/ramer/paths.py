@@ -18,6 +18,7 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,15 @@ class Held:
 
 
 USE_ANOTHER = "wait for it to end or give another --out"  # what to do about a folder another command holds
-_HELD: set[str] = set()  # the folders this process holds (``hold`` again there is a no-op)
+# the folders this process holds, each with the thread that holds it (``hold`` again there in that thread
+# is a no-op; in another thread, the lock refuses it as it would another process: a second open of the
+# lock file is locked apart from the first)
+_HELD: dict[str, int] = {}
+
+
+def _mine(key: str) -> bool:
+    """Whether this thread holds the folder of realpath ``key``."""
+    return _HELD.get(key) == threading.get_ident()
 
 
 @contextlib.contextmanager
@@ -141,20 +150,20 @@ def hold(folder: str | Path, command: str, make: bool = False, remedy: str = USE
     key = os.path.realpath(folder)
     fd = None
     try:
-        if fcntl is not None and key not in _HELD:
+        if fcntl is not None and not _mine(key):
             fd = _lock(folder, command, remedy)
-            _HELD.add(key)
+            _HELD[key] = threading.get_ident()
         yield Held(made=folder in made)
     finally:
         if fd is not None:
-            _HELD.discard(key)
+            _HELD.pop(key, None)
             _unlock(folder / LOCK_NAME, fd)
         remove_made(made)
 
 
 def holding(folder: str | Path) -> bool:
-    """Whether this process holds ``folder`` (``hold``): no other ramer command writes there now."""
-    return os.path.realpath(folder) in _HELD
+    """Whether this thread holds ``folder`` (``hold``): no other ramer command writes there now."""
+    return _mine(os.path.realpath(folder))
 
 
 def on_disk(f) -> None:
@@ -354,9 +363,9 @@ def _locked_temporary(path: Path) -> tuple[int | None, str]:
 
 
 def _under_held(folder: Path) -> bool:
-    """Whether ``folder`` is one this process holds (``hold``), or lies in one."""
+    """Whether ``folder`` is one this thread holds (``hold``), or lies in one."""
     real = Path(os.path.realpath(folder))
-    return any(real.is_relative_to(held) for held in _HELD)
+    return any(real.is_relative_to(held) for held in list(_HELD) if _mine(held))
 
 
 @contextlib.contextmanager
@@ -469,7 +478,7 @@ def held_elsewhere(folder: str | Path, remedy: str = USE_ANOTHER) -> str | None:
     --resume`` of a run that is still training there; "unknown dataset folder" of a dataset that
     is being written)."""
     folder = Path(folder)
-    if fcntl is None or os.path.realpath(folder) in _HELD:
+    if fcntl is None or _mine(os.path.realpath(folder)):
         return None
     try:
         fd = os.open(folder / LOCK_NAME, os.O_RDONLY)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -693,7 +694,7 @@ class Objective:
 
 
 # ---------------------------------------------------------------------- the search
-def tune(
+def _tune(
     base: Config,
     out: str | Path,
     trials: int = DEFAULT_TRIALS,
@@ -837,6 +838,21 @@ def tune(
         return TuneResult(out=out, summary=summary)
     finally:
         close_storage(study)  # study.db is not left open after the command
+
+
+@functools.wraps(_tune)
+def tune(*args, **kwargs):
+    # optuna's own log is quiet while the study runs (one line per trial, ramer's); afterwards, the
+    # caller's process logs at the level it had (a notebook's own studies)
+    try:
+        import optuna
+    except ImportError:  # _tune says what to install
+        return _tune(*args, **kwargs)
+    verbosity = optuna.logging.get_verbosity()
+    try:
+        return _tune(*args, **kwargs)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def check_space(base: Config, space: tuple[Param, ...]) -> None:

@@ -44,6 +44,7 @@ import json
 import os
 import re
 import shlex
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -522,6 +523,9 @@ def data_sizes(cfg: Config) -> tuple[str, str | None]:
     return "the synthetic data", sizes
 
 
+_ONE_RUN = threading.RLock()  # held by the run under way in this process (``RunSteps.run``)
+
+
 class RunSteps:
     """``run()``: setup, train, test, then ``close()`` (also after an error), for both recipes. With
     ``announce`` set, rank 0 says where the run goes once setup has passed (before the work)."""
@@ -532,11 +536,23 @@ class RunSteps:
     def run(self) -> dict:
         """The run; the process's torch thread count and global random state as they were before
         (``train.threads`` and ``train.seed`` set them for the run only: a later run or a notebook
-        cell in the same process starts from its own)."""
+        cell in the same process starts from its own). One run at a time in a process: runs called
+        from several threads wait their turn (they would draw from one random generator, and set one
+        thread count, for each other). The caller's torch modes do not reach the run: gradients on,
+        no inference mode, no autocast but the run's own, float32 the default dtype."""
         threads = torch.get_num_threads()
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=cuda):
-            return self._run(threads)
+        dtype = torch.get_default_dtype()
+        with _ONE_RUN, torch.random.fork_rng(devices=cuda), contextlib.ExitStack() as modes:
+            modes.enter_context(torch.inference_mode(False))
+            modes.enter_context(torch.enable_grad())
+            for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                modes.enter_context(torch.autocast(device, enabled=False))
+            torch.set_default_dtype(torch.float32)
+            try:
+                return self._run(threads)
+            finally:
+                torch.set_default_dtype(dtype)
 
     def _run(self, threads: int) -> dict:
         try:
