@@ -614,15 +614,21 @@ def tested_with(run: Path) -> str:
     decision the test line of ``run`` used, from its model file's header, as ``ramer eval`` titles
     them; empty where the header does not say."""
     from ramer.checkpoint import metadata
-    from ramer.metrics import describe_threshold
     from ramer.paths import loads_json
 
     try:
         meta = metadata(run / "model.safetensors")
-        epoch, threshold = int(meta["epoch"]), loads_json(meta["threshold"])
-        return f", best epoch {epoch}, {describe_threshold(threshold, 'threshold')}"
+        return f", {checkpoint_words(int(meta['epoch']), loads_json(meta['threshold']))}"
     except Exception:  # a title's detail: the table is the output
         return ""
+
+
+def checkpoint_words(epoch: int, threshold) -> str:
+    """``best epoch N, threshold 0.43`` (or ``arg-max``, or the per-label range): the titles of
+    ``ramer train``'s and ``ramer eval``'s tables."""
+    from ramer.metrics import describe_threshold
+
+    return f"best epoch {epoch}, {describe_threshold(threshold, 'threshold')}"
 
 
 def _interrupt_within(error: BaseException) -> KeyboardInterrupt | None:
@@ -751,7 +757,7 @@ def data_files(bundle, path: str | None) -> tuple:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ramer.infer import apply_missing
-    from ramer.metrics import confusion, describe_threshold, oracle_report, report
+    from ramer.metrics import confusion, oracle_report, report
 
     predictor, bundle = load_run_and_data(args)
     if not bundle.labelled:  # its labels are all 0: metrics of them would look real and mean nothing
@@ -776,8 +782,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_stdout(json.dumps(rep, indent=1) + "\n")
         return 0
     name = predictor.cfg.model.name
-    decision = describe_threshold(predictor.threshold, "threshold")
-    title = f"{args.split} metrics ({name}, best epoch {predictor.epoch}, {decision})"
+    title = f"{args.split} metrics ({name}, {checkpoint_words(predictor.epoch, predictor.threshold)})"
     rows = {name: rep}
     if (oracle := oracle_report(bundle.info, args.split)) is not None:  # the embedded benchmark's ceiling
         from ramer.bench import ORACLE_ROW

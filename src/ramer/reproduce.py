@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.config import CONFIG_DIR, build_config
+from ramer.config import CONFIG_DIR, build_config, set_keys
 from ramer.data import load_bundle
 from ramer.data.formats import convert_again, converted_otherwise, listed, refuse_unread
 from ramer.data.store import is_native, resolve_task
@@ -126,7 +126,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         raise RamerError("--seeds must be at least 1")
     config_name, fmt = BENCHES[bench]
     for o in overrides:  # the data is --data's, which the report names: a --set of it would go unused
-        if o.split("=", 1)[0].strip() == "data.path":
+        if set_keys([o]) == {"data.path"}:
             raise RamerError(f"--set {o}: ramer reproduce reads the data given with --data; give the path there")
     cfg = build_config(CONFIG_DIR / f"{config_name}.yaml", overrides)
     cfg.data.path = data
