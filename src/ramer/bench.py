@@ -83,10 +83,10 @@ from ramer.models import (
     CLASSICAL,
     PRESETS,
     DataSpec,
-    build_model,
     check_options,
     is_known,
     known_models,
+    meta_model,
     nearest_model,
     set_model,
 )
@@ -989,10 +989,7 @@ def _deep_parameter_count(model_and_spec: str) -> int:
     and missing rate, so built once per distinct model (a bench records every run's size)."""
     tree = json.loads(model_and_spec)
     cfg = config_from_dict({"model": tree["model"], "loss": tree["loss"]}, "parameter count")
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # the build's initial weights draw from it: the caller's stays
-        model = build_model(cfg, DataSpec.from_dict(tree["spec"]))
+    model = meta_model(cfg, DataSpec.from_dict(tree["spec"]))  # shapes only: no weights drawn from the generator
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
