@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import tracemalloc
 from pathlib import Path
 
@@ -309,3 +310,72 @@ def video_with_short_audio(path: Path, video_seconds: float, audio_seconds: floa
         for packet in [*a.encode(frame), *a.encode(None)]:
             c.mux(packet)
     return path
+
+
+FORK_AFTER_FACE_SEARCH = """
+import os, sys, threading
+import av
+from ramer.data import features as F
+
+class NoFaces:  # FaceMesh's place: the frame is converted and searched, nothing is found
+    def process(self, img):
+        return type("Result", (), {"multi_face_landmarks": None})()
+
+held = threading.local()  # as PyAV's stashed exception (a traceback's frames) holds them, in this thread
+with av.open(sys.argv[1]) as c:
+    held.frames = []
+    for frame in c.decode(video=0):
+        F._faces_in(frame, NoFaces())
+        held.frames.append(frame)
+
+def fork():  # the child frees the main thread's locals as it starts
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+thread = threading.Thread(target=fork)
+thread.start()
+thread.join()
+print("forked and reaped", len(held.frames))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+@pytest.mark.parametrize("width", [64, 1280])  # converted as it is; scaled down first (wider than 640)
+def test_a_frame_searched_for_faces_and_held_on_does_not_hang_a_process_forked_from_another_thread(tmp_path, width):
+    """A decoded frame keeps the converter that the face search used. Where that converter had threads
+    of its own (swscale's default: one per core) and a thread's local held the frame (PyAV stashes an
+    exception, and its traceback's frames, in one), a process forked from another thread freed it as
+    it started and waited for ever for threads the fork did not copy: CI's ``predict(workers=2)``
+    from a thread hung so, its worker's stack in that free. The face search converts on the calling
+    thread."""
+    import subprocess
+    import sys
+
+    av = pytest.importorskip("av", reason=NEEDS_IMPORT)
+    path = tmp_path / "wide.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=5)
+        vs.width, vs.height, vs.pix_fmt = width, 48, "yuv420p"
+        for k in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, width, 3), 40 * k, np.uint8), format="rgb24")
+            for packet in vs.encode(frame):
+                c.mux(packet)
+        for packet in vs.encode(None):
+            c.mux(packet)
+    script = subprocess.Popen(
+        [sys.executable, "-c", FORK_AFTER_FACE_SEARCH, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the script and its forked child: one group, killed whole on a hang
+    )
+    try:
+        out, err = script.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(script.pid, signal.SIGKILL)
+        script.communicate()
+        pytest.fail("the forked child still waits for the converter's threads after 60 s")
+    assert script.returncode == 0, err
+    assert out.strip() == "forked and reaped 5"

@@ -636,11 +636,18 @@ def detect_faces(
 
 
 def _faces_in(frame, mesh) -> list[Face]:
+    # ``threads=1``: the frame keeps its converter, and one with threads of its own (swscale's default,
+    # one per core) hung a process forked from another thread that freed it (a scoring worker of a
+    # server) where a thread's local still held the frame (PyAV stashes an exception, and with it its
+    # traceback's frames, in one). Each frame gets a new converter, so one thread is not slower
+    # either: its threads were started for every frame
     if frame.width > VISUAL_MAX_WIDTH:
         frame = frame.reformat(
-            width=VISUAL_MAX_WIDTH, height=max(2, round(frame.height * VISUAL_MAX_WIDTH / frame.width / 2) * 2)
+            width=VISUAL_MAX_WIDTH,
+            height=max(2, round(frame.height * VISUAL_MAX_WIDTH / frame.width / 2) * 2),
+            threads=1,
         )
-    img = frame.to_ndarray(format="rgb24")
+    img = frame.to_ndarray(format="rgb24", threads=1)
     res = mesh.process(img)
     faces = []
     for f in res.multi_face_landmarks or []:
