@@ -219,6 +219,29 @@ def test_an_error_in_one_worker_stops_the_others_and_says_where_it_was(run, monk
     assert not multiprocessing.active_children()
 
 
+def test_a_worker_that_never_starts_is_an_error_not_a_wait_without_end(run, monkeypatch):
+    """A process forked from a thread frees the other threads' state as it starts, and a library's
+    state that waits there for threads the fork did not copy hangs it before any code of ours runs
+    (CI's forks hung so in a converter a face search had left): predict waited for it without end,
+    and every later fork of the process hung the same way. A worker that has not said it started
+    within ``_START_WAIT`` is a RamerError; it is killed, SIGTERM or not."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+
+    def never_starts(*args, **kwargs):  # stuck as the fork's clean-up was: deaf to SIGTERM, never sends
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(150)  # past the 120 s that the test waits (not more: its tree's exit waits for it)
+
+    monkeypatch.setattr(infer, "_score_block", never_starts)  # the target of the forked workers
+    monkeypatch.setattr(infer, "_START_WAIT", 2.0, raising=False)
+    got = scored_in_a_thread(predictor, test)
+    assert got, "predict still waits for workers that never started"
+    assert isinstance(got[0], RamerError), got[0]
+    assert str(got[0]).startswith("scoring in 2 forked processes: 2 did not start within 2 s of the fork"), got[0]
+    assert not multiprocessing.active_children()
+
+
 def test_a_pass_that_stops_gives_the_models_mode_back(run, monkeypatch):
     """An error (or Ctrl-C) while a store is scored left a model put in training mode (to fine-tune
     it) in eval mode; a batch's pass gave it back."""

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,10 @@ def batch_scores(model: nn.Module, batch) -> np.ndarray:
     return unit_scores(model, probs.float().cpu().numpy())
 
 
+_STARTED = "started"  # a worker's first message: it runs Python code (``_score_forked`` waits for it)
+_START_WAIT = 60.0  # seconds: a forked worker that has not started by then never will
+
+
 def _score_block(
     send, model: nn.Module, store: SceneStore, bounds: tuple[int, int], *settings, parent: int, ends: list
 ) -> None:
@@ -210,6 +215,7 @@ def _score_block(
     import signal
     from multiprocessing.pool import ExceptionWithTraceback
 
+    send.send(_STARTED)  # past the fork's own clean-up, which some libraries' state can hang (``_START_WAIT``)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (a server's) would keep it alive
     dist.die_with_parent(parent)
     for end in ends:
@@ -270,7 +276,10 @@ def _score_forked(
     call its own processes, so threads that score at once (a web server's) never share them. A
     worker that ends without its scores (killed: out of memory?) is a RamerError, not a wait without
     end (as ``multiprocessing.Pool`` waits for the task of a dead worker); an error in one, or in
-    this process (Ctrl-C), stops the others at once."""
+    this process (Ctrl-C), stops the others at once. So is a worker that has not started
+    (``_START_WAIT``): a fork from a thread frees the other threads' state in the child, and state of
+    a library that waits there for threads the fork did not copy hangs it before any code of ours
+    runs."""
     import multiprocessing
     from multiprocessing.connection import wait
 
@@ -289,25 +298,36 @@ def _score_forked(
             worker.start()
             send.close()  # the worker's end
             workers.append((worker, receive))
-        waiting = set(range(len(blocks)))
+        waiting, starting = set(range(len(blocks))), set(range(len(blocks)))
+        forked = time.monotonic()
         while waiting:
             # scores sent wake this; a worker killed is seen by its exit code (its end of the pipe
             # may live on in a process that another thread forked meanwhile)
             wait([workers[i][1] for i in waiting], timeout=1.0)
             for i in sorted(waiting):
                 worker, receive = workers[i]
-                if receive.poll():  # scores, an exception, or the end of a pipe no process holds
+                if receive.poll():  # started, scores, an exception, or the end of a pipe no process holds
                     try:
-                        ok, parts[i] = receive.recv()
+                        said = receive.recv()
                     except EOFError:
                         raise _worker_ended(worker, len(blocks)) from None
                     except Exception as e:  # an exception of the worker's that does not rebuild here
                         raise RamerError(f"a scoring process: {type(e).__name__}: {first_line(e)}") from None
+                    if said == _STARTED:
+                        starting.discard(i)
+                        continue
+                    ok, parts[i] = said
                     if not ok:
                         raise parts[i]
                     waiting.discard(i)
                 elif worker.exitcode is not None and not receive.poll():  # ended without sending
                     raise _worker_ended(worker, len(blocks))
+            if starting and time.monotonic() - forked > _START_WAIT:
+                raise RamerError(
+                    f"scoring in {len(blocks)} forked processes: {len(starting)} did not start within "
+                    f"{_START_WAIT:g} s of the fork (state of a library in this process that a fork from a "
+                    "thread cannot free?); score in this process (--workers 1, workers=1)"
+                )
     finally:
         for worker, _ in workers:
             if worker.is_alive():
