@@ -1,6 +1,7 @@
 """The training recipe end to end: run directory, resume, atomic saves, the CLI and its errors."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -904,6 +905,28 @@ def test_a_bundled_configs_name_is_that_config_whatever_is_in_the_folder(tmp_pat
     assert resolve_config("./mosei") == Path("mosei") and resolve_config(str(tmp_path / "mosei")) == tmp_path / "mosei"
     with pytest.raises(RamerError, match="synthetic: is a folder, not a config file"):
         resolve_config("./synthetic")
+
+
+@pytest.mark.parametrize("name", ["mosei", "authors_mosei", "m3ed", "memor_primary", "memor_fine"])
+def test_a_bundled_corpus_config_without_data_is_an_error_not_a_run_on_the_benchmark(tmp_path, capsys, name):
+    """``--config mosei`` (a config for a corpus the user brings) without ``--data`` trained the
+    corpus's model and settings on the embedded benchmark without a word, and its test table read as
+    MOSEI's results; train, tune and bench now refuse it before anything is written."""
+    from ramer.config import CONFIG_DIR
+
+    bundled = ["authors_mosei", "m3ed", "memor_fine", "memor_primary", "mosei", "synthetic"]
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == bundled  # a new one is a case here
+    out = tmp_path / "out"
+    commands = [["train"], ["bench", "--models", "br", "--seeds", "1"]]
+    if importlib.util.find_spec("optuna") is not None:
+        commands.append(["tune", "--model", "br", "--trials", "1"])
+    for command in commands:
+        capsys.readouterr()
+        assert main([*command, "--config", name, "--out", str(out)]) == 2, command
+        err = capsys.readouterr().err
+        assert f"--config {name} is for a corpus you bring ({name}.yaml: data.path is null); give --data PATH" in err
+        assert one_error_line(err), err
+        assert not out.exists(), command
 
 
 class Hostile:

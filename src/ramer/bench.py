@@ -55,6 +55,7 @@ from ramer.config import (
     Config,
     DataConfig,
     build_config,
+    check_corpus_config_has_data,
     config_from_dict,
     kept_from_file,
     load_yaml_text,
@@ -526,6 +527,7 @@ def base_config(s: BenchSettings) -> Config:
     cfg = build_config(s.config or DEFAULT_CONFIG, [*s.base_sets, *s.overrides])
     if s.data is not None:
         cfg.data.path = s.data
+    check_corpus_config_has_data(s.config, cfg.data.path)
     cfg.data.missing_at = s.missing_at
     read_as_converted(cfg.data)
     check_options(cfg)  # settings of ramer's own or of no model: before any run, not at the first it reaches

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ramer.config import MISSING_AT, TASKS, Config, build_config, resolve_config, set_keys
+from ramer.config import MISSING_AT, TASKS, Config, build_config, check_corpus_config_has_data, resolve_config, set_keys
 from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import InterruptedAfter, RamerError, env_count, first_line, first_of, shown, unwritable
 from ramer.paths import (
@@ -347,13 +347,15 @@ def remove_unstarted_run(out: Path, cfg: Config, parent_too: bool = False) -> No
 
 def train_config(args: argparse.Namespace) -> Config:
     """The config of a new run: ``--config`` and ``--set``, then ``--model`` and ``--data``."""
-    cfg = build_config(resolve_config(args.config), args.set or [])
+    config = resolve_config(args.config)
+    cfg = build_config(config, args.set or [])
     if args.model:
         from ramer.models import set_model
 
         set_model(cfg, args.model)  # a model name or a ramer-<ablation> preset
     if args.data:
         cfg.data.path = args.data
+    check_corpus_config_has_data(config, cfg.data.path)
     return cfg
 
 
@@ -1125,7 +1127,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     require_optuna()  # before the data: a missing extra is the first thing to say
     refuse_empty(args, "data", "out", out=f"runs/tune-{args.model}")
     overrides = args.set or []
-    cfg = tune_config(args.model, resolve_config(args.config), overrides, args.data)
+    cfg = tune_config(args.model, config := resolve_config(args.config), overrides, args.data)
+    check_corpus_config_has_data(config, cfg.data.path)
     out = Path(args.out or f"runs/tune-{args.model}")
     try:
         result = tune(

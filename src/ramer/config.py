@@ -631,6 +631,20 @@ def kept_from_file(config: str | Path | None, sets: tuple[str, ...]) -> tuple[st
     return tuple(x for x in sets if x.split("=", 1)[0] not in given)
 
 
+def check_corpus_config_has_data(config: str | Path | None, data: str | Path | None) -> None:
+    """A bundled config made for a corpus the user brings (every one but ``synthetic``: ``mosei``,
+    ``m3ed``, ...) with no data path is a RamerError: it trained the corpus's model and settings on
+    the embedded benchmark without a word, and its table read as the corpus's results."""
+    if config is None or data is not None:
+        return
+    path = Path(config)
+    if path.resolve().parent == CONFIG_DIR.resolve() and path.stem != DEFAULT_CONFIG_NAME:
+        raise RamerError(
+            f"--config {path.stem} is for a corpus you bring ({path.name}: data.path is null); give --data PATH, "
+            "or leave --config out for the embedded benchmark"
+        )
+
+
 def resolve_config(name: str | None) -> Path:
     """A config file path, or the name of a bundled config (``synthetic``, ``mosei``, ...); ``None``
     (no --config) the embedded benchmark's. A bundled config's name is that config, even where a file
