@@ -242,6 +242,48 @@ def test_a_worker_that_never_starts_is_an_error_not_a_wait_without_end(run, monk
     assert not multiprocessing.active_children()
 
 
+def test_a_worker_never_collects_the_garbage_it_inherited(run, monkeypatch):
+    """Garbage of this process in a cycle whose clean-up waits for a thread of its own (a PyAV stream
+    or frame that a user's code dropped): a worker whose collector ran while it scored freed it and
+    waited for ever, since the fork copies no thread, and predict waited for the worker. Here the
+    clean-up waits for a lock that this process's main thread holds while another thread scores,
+    and the worker collects before it scores."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+    parent, score_range = os.getpid(), infer._score_range
+    held, freed_here = threading.Lock(), []
+
+    class WaitsForItsThread:
+        def __del__(self):
+            if os.getpid() == parent:  # freed here: nothing waits
+                freed_here.append(True)
+                return
+            with held:  # in a worker: the lock stays held, its holder was not copied
+                pass
+
+    def collecting(model, store, start, *rest):
+        if os.getpid() != parent:
+            gc.collect()  # as an allocation while scoring sets it off
+        return score_range(model, store, start, *rest)
+
+    monkeypatch.setattr(infer, "_score_range", collecting)
+    gc.disable()  # the cycle stays garbage until the forks: this process collects it only afterwards
+    held.acquire()  # by this thread, which scores in another: the workers' copy stays held
+    try:
+        cycle = WaitsForItsThread()
+        cycle.me = cycle
+        del cycle
+        got = scored_in_a_thread(predictor, test)
+    finally:
+        held.release()
+        gc.enable()
+    assert got, "predict still waits for a worker that freed the garbage it inherited"
+    np.testing.assert_array_equal(got[0], predictor.predict(test, batch_size=8))
+    gc.collect()
+    assert freed_here  # the garbage was garbage, and this process freed it
+
+
 def test_a_pass_that_stops_gives_the_models_mode_back(run, monkeypatch):
     """An error (or Ctrl-C) while a store is scored left a model put in training mode (to fine-tune
     it) in eval mode; a batch's pass gave it back."""

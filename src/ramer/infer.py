@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,25 +280,26 @@ def _score_forked(
     this process (Ctrl-C), stops the others at once. So is a worker that has not started
     (``_START_WAIT``): a fork from a thread frees the other threads' state in the child, and state of
     a library that waits there for threads the fork did not copy hangs it before any code of ours
-    runs."""
+    runs. The garbage it inherits, a worker never collects (``_garbage_frozen``)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("fork")  # predict checked it
     workers, parts = [], [None] * len(blocks)
     try:
-        for bounds in blocks:
-            receive, send = ctx.Pipe(duplex=False)
-            ends = [receive, *(r for _, r in workers)]  # this process's ends, which the fork copies
-            worker = ctx.Process(
-                target=_score_block,
-                args=(send, model, store, bounds, batch_size, device, precision),
-                kwargs={"parent": os.getpid(), "ends": ends},
-                daemon=True,
-            )
-            worker.start()
-            send.close()  # the worker's end
-            workers.append((worker, receive))
+        with _garbage_frozen():
+            for bounds in blocks:
+                receive, send = ctx.Pipe(duplex=False)
+                ends = [receive, *(r for _, r in workers)]  # this process's ends, which the fork copies
+                worker = ctx.Process(
+                    target=_score_block,
+                    args=(send, model, store, bounds, batch_size, device, precision),
+                    kwargs={"parent": os.getpid(), "ends": ends},
+                    daemon=True,
+                )
+                worker.start()
+                send.close()  # the worker's end
+                workers.append((worker, receive))
         waiting, starting = set(range(len(blocks))), set(range(len(blocks)))
         forked = time.monotonic()
         while waiting:
@@ -325,8 +327,8 @@ def _score_forked(
             if starting and time.monotonic() - forked > _START_WAIT:
                 raise RamerError(
                     f"scoring in {len(blocks)} forked processes: {len(starting)} did not start within "
-                    f"{_START_WAIT:g} s of the fork (state of a library in this process that a fork from a "
-                    "thread cannot free?); score in this process (--workers 1, workers=1)"
+                    f"{_START_WAIT:g} s of the fork (state of a library in this process that a forked process "
+                    "cannot free?); score in this process (--workers 1, workers=1)"
                 )
     finally:
         for worker, _ in workers:
@@ -339,6 +341,28 @@ def _score_forked(
                 worker.join()
             receive.close()
     return np.concatenate(parts)
+
+
+_FORKING = threading.Lock()  # one call's forks at a time: the freeze of ``_garbage_frozen`` is the process's
+
+
+@contextlib.contextmanager
+def _garbage_frozen():
+    """The forks of one call with every object of this process frozen (``gc.freeze``), so a worker's
+    collector never frees what it inherited: garbage of this process in a cycle whose clean-up waits
+    for its own threads (a PyAV stream or frame a user's code dropped) hung the worker that freed it
+    while it scored, the fork having copied none of those threads. Unfrozen after the forks, unless
+    this process had frozen objects of its own before (a server that freezes before it forks)."""
+    import gc
+
+    with _FORKING:
+        frozen_before = gc.get_freeze_count() > 0
+        gc.freeze()
+        try:
+            yield
+        finally:
+            if not frozen_before:
+                gc.unfreeze()
 
 
 def _worker_ended(worker, n: int) -> RamerError:
