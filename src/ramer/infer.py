@@ -280,7 +280,7 @@ def _score_forked(
     this process (Ctrl-C), stops the others at once. So is a worker that has not started
     (``_START_WAIT``): a fork from a thread frees the other threads' state in the child, and state of
     a library that waits there for threads the fork did not copy hangs it before any code of ours
-    runs. The garbage it inherits, a worker never collects (``_garbage_frozen``)."""
+    runs. A worker never collects the garbage it inherits (``_garbage_frozen``)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
