@@ -280,6 +280,36 @@ def test_bench_says_which_finished_runs_another_set_trains_again(tmp_path, capsy
     assert said in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case", ["other settings", "unreadable", "cannot resume"])
+def test_bench_keeps_a_users_file_in_a_run_folder_it_would_train_again(tmp_path, benched, monkeypatch, capsys, case):
+    """A cached run that the bench trains again (of other settings, one whose files do not read back,
+    one that cannot resume) was cleared whole, with a user's own file in its folder (notes, a plot);
+    the bench now stops naming the file, and removes nothing."""
+    out = tmp_path / "b"
+    shutil.copytree(benched, out)
+    run = bench_mod.run_dir(out, "late_fusion", 0.5, 1)
+    (run / "notes.txt").write_text("mine")
+    argv = [*BENCH, "--out", str(out)]
+    if case == "other settings":
+        argv += ["--set", "train.epochs=3"]
+    elif case == "unreadable":
+        (run / "test_metrics.json").write_text('{"overall": ')
+    else:  # unfinished, with a training state that does not read back
+        (run / "test_metrics.json").unlink()
+        (run / "train_state.pt").write_bytes(b"not a state")
+    before = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    why = {
+        "other settings": "a run this bench trains again (unfinished, or of other settings or data)",
+        "unreadable": "a cached run that does not read back",
+        "cannot resume": "a run that cannot resume",
+    }[case]
+    assert f"{run}: {why}, and files a run does not write (notes.txt); move them, or give another --out" in err, err
+    assert sorted(p.name for p in run.iterdir()) == before and (run / "notes.txt").read_text() == "mine"
+
+
 def test_bench_cache_knows_data_by_its_fingerprints_not_by_how_its_path_is_spelled(tmp_path, monkeypatch, capsys):
     """``--data ds``, then ``./ds``, the absolute path and ``ds/``: one dataset, every run reused.
     Other data made at the same path: its fingerprints differ, every run trains again."""

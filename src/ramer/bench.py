@@ -96,7 +96,6 @@ from ramer.paths import (
     argument,
     atomic_write,
     atomic_write_text,
-    clear_folder,
     hold,
     make_folder,
     read_json,
@@ -107,7 +106,7 @@ from ramer.paths import (
 )
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
-from ramer.train.recipe import check_loss_weights, check_training_values, read_log
+from ramer.train.recipe import check_loss_weights, check_training_values, clear_run_folder, read_log
 from ramer.version import __version__, newer_writer
 
 GROUPS = {
@@ -635,7 +634,7 @@ def _cache_state(run: Path, cfg: Config, bundle: DataBundle | None, stale: list 
             f"{run}: a run made by ramer {written}, newer than this ramer {__version__}, and not one this "
             f"bench can reuse; it is kept: run the bench with ramer {written} or later, or give another --out"
         )
-    clear_folder(run)
+    clear_run_folder(run, "a run this bench trains again (unfinished, or of other settings or data)", ("bench.json",))
     return "fresh"
 
 
@@ -679,8 +678,8 @@ def reuse(run: Path, notes: list[str]) -> dict | None:
         except FileUnreadable:
             raise
         except RamerError as e:
+            clear_run_folder(run, "a cached run that does not read back", ("bench.json",))
             notes.append(f"cached run unusable, training it again: {e}")
-            clear_folder(run)
     remove_if_empty(run)
     return None
 
@@ -699,9 +698,9 @@ def execute(cfg: Config, run: Path, bundle: DataBundle, console: Console, state:
     except RamerError as e:
         if state != "resume" or isinstance(e, FileUnreadable):
             raise
-        notes.append(f"cannot resume {run} ({e}); starting it again")
         with hold(run, "ramer bench"):
-            clear_folder(run)
+            clear_run_folder(run, "a run that cannot resume", ("bench.json",))
+        notes.append(f"cannot resume {run} ({e}); starting it again")
         state, before, t0 = "fresh", 0.0, time.perf_counter()
         run_training(cfg, run, bundle=bundle, console=console)
     atomic_write_text(run / "bench.json", json.dumps({"seconds": before + time.perf_counter() - t0}))

@@ -26,19 +26,14 @@ from ramer.data.store import is_native, resolve_task
 from ramer.errors import RamerError, is_number
 from ramer.metrics import format_mean_std, markdown_table, mean_std, scored_parts
 from ramer.paths import (
-    LOCK_NAME,
-    RUN_FILES,
     argument,
     atomic_write_text,
-    clear_folder,
     hold,
-    is_temporary,
     read_json,
     work_folder,
 )
 from ramer.train import run_training
-from ramer.train.recipe import changed_settings
-from ramer.train.tensorboard import FOLDER as CURVES_FOLDER
+from ramer.train.recipe import changed_settings, clear_run_folder
 
 BENCHES = {
     # name: (bundled config, data format)
@@ -159,22 +154,6 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
         return _reproduce(bench, data, seeds, out, overrides, console, cfg, bundle, config_name)
 
 
-def _clear_unfinished(run_dir: Path) -> bool:
-    """Remove what a seed stopped before its first training state left in ``run_dir`` (held by this
-    process); returns whether there was anything. Anything a run does not write there (the user's
-    own files) is refused, naming it, and nothing is removed."""
-    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
-    foreign = sorted(p.name for p in entries if p.name not in (*RUN_FILES, CURVES_FOLDER) and not is_temporary(p.name))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise RamerError(
-            f"{run_dir}: holds no training state to resume from, and files a run does not write ({shown}); "
-            "move them, or give another --out"
-        )
-    clear_folder(run_dir)
-    return bool(entries)
-
-
 def _reproduce(
     bench: str, data: str, seeds: int, out: Path, overrides: list[str], console: Console, cfg, bundle, config_name: str
 ) -> str:
@@ -241,7 +220,8 @@ def _reproduce(
         # neither cleared nor trained into by both
         with hold(run_dir, "ramer reproduce", make=True):
             resume = (run_dir / "train_state.pt").exists()
-            if not resume and _clear_unfinished(run_dir):  # stopped before its first state: started again
+            # stopped before its first state: started again
+            if not resume and clear_run_folder(run_dir, "holds no training state to resume from"):
                 console.print(
                     f"seed {run_cfg.train.seed}: {run_dir} holds no state to resume from; removing its files",
                     highlight=False,

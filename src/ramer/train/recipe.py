@@ -71,10 +71,13 @@ from ramer.models.base import LossResult, checked_loss, distribution_scores, pac
 from ramer.models.parts.encoders import check_segments, modality_encoders
 from ramer.models.ramer_authors import LOSS_WEIGHTS as AUTHORS_WEIGHTS
 from ramer.paths import (
+    LOCK_NAME,
     RUN_FILES,
     append_line,
     argument,
     atomic_write_text,
+    clear_folder,
+    is_temporary,
     loads_json,
     need_regular_file,
     remove_temporaries,
@@ -189,6 +192,23 @@ def start_run_folder(out: Path, cfg: Config, resume: bool = False) -> None:
     remove_temporaries(out, RUN_FILES)  # what a run killed in a write left
     (out / "metrics.jsonl").write_text("")  # first: a config.yaml without a log beside it is not a run's
     atomic_write_text(out / "config.yaml", dump_config(cfg))
+
+
+def clear_run_folder(run_dir: Path, why: str, also: tuple[str, ...] = ()) -> bool:
+    """Remove what a run wrote in ``run_dir`` (held by this process), and ``also`` (a command's own
+    files beside it), for the run to start again; returns whether there was anything. Anything else
+    there (the user's own files) is a RamerError naming it, after ``why`` (the folder's state), and
+    nothing is removed."""
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    ours = (*RUN_FILES, CURVES_FOLDER, *also)
+    foreign = sorted(p.name for p in entries if p.name not in ours and not is_temporary(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RamerError(
+            f"{run_dir}: {why}, and files a run does not write ({shown}); move them, or give another --out"
+        )
+    clear_folder(run_dir)
+    return bool(entries)
 
 
 def existing_run(out: Path) -> str | None:
