@@ -1898,7 +1898,8 @@ def test_scoring_new_data_says_what_its_other_splits_hold(tmp_path, fake_text, c
 
 def test_training_with_an_empty_test_split_says_so(tmp_path, fake_text, capsys):
     """An import whose split column names no test conversation trains on train and valid; the run
-    says at its start that it will report no test figures (its table would show n 0 and dashes)."""
+    says at its start that it will report no test figures (its table would show n 0 and dashes), and
+    its files hold none; ramer bench, which compares models on the test split, refuses it."""
     split_of = {"c1": "train", "c2": "valid", "c3": "valid"}
     rows = [{**r, "split": split_of[r["conversation"]]} for r in base_rows()]
     import_conversations(write_table(tmp_path / "talk.csv", rows), tmp_path / "ds")
@@ -1911,6 +1912,14 @@ def test_training_with_an_empty_test_split_says_so(tmp_path, fake_text, capsys):
         run = tmp_path / model  # the commands the run's last line names take a split that has samples
         assert f"next: ramer eval {run} --split valid, ramer predict {run} --split valid --out preds.jsonl" in err, err
         assert main(["eval", str(run), "--split", "valid"]) == 0
+        # no figure where nothing was scored: zeros (a Hamming loss of 0) read as a perfect score
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert json.loads((run / "test_metrics.json").read_text())["overall"] == last["test"]["overall"] == {"n": 0}
+    out = tmp_path / "bench"
+    argv = ["bench", "--data", str(tmp_path / "ds"), "--models", "br", "--seeds", "1", "--out", str(out)]
+    assert main(argv) == 2  # it trained each run, then stopped with a traceback
+    said = f"{tmp_path / 'ds'}: the test split is empty; ramer bench compares models on the test split"
+    assert said in capsys.readouterr().err and not out.exists()
 
 
 def test_a_speaker_written_in_two_unicode_forms_is_one_person(tmp_path, fake_text):

@@ -833,6 +833,8 @@ def _run_bench(
     for m in s.deep_models:  # a setting no run trains with: before any run, not at that model's first
         check_settings(s, base, m)
     bundle = load_bundle(base.data)
+    if "test" in bundle.splits and len(bundle.splits["test"]) == 0:  # else every run trains, then no figure
+        raise RamerError(f"{bundle.source}: the test split is empty; ramer bench compares models on the test split")
     task = resolve_task(bundle, base.data.task)
     metric = SELECTION[task]
     console.print(

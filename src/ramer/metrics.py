@@ -238,10 +238,10 @@ def report(
     """``{"overall": {...}, "speaker": {...}, "nonspeaker": {...}}`` at ``threshold`` (``decide``).
 
     The role split appears only when ``role`` marks some targets (1 speaker, 0 non-speaker).
-    Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; a role part of no
-    target holds ``n`` (0) alone. With ``per_label``, ``per_label`` (every target) sits beside the
-    parts, and with the role split ``per_label_by_role``: ``{role: {label: {...}}}`` for each role
-    some target has.
+    Each part holds the keys of ``METRIC_KEYS`` plus ``top1_acc`` and ``n``; a part of no target
+    (a role, or ``overall`` of an empty split) holds ``n`` (0) alone. With ``per_label``,
+    ``per_label`` (every target) sits beside the parts, and with the role split
+    ``per_label_by_role``: ``{role: {label: {...}}}`` for each role some target has.
     """
     y_true, scores = _truth_and_scores(y_true, scores)
     y_true = y_true.astype(np.int64)
@@ -256,7 +256,9 @@ def report(
         return out
 
     everything = np.ones(len(y_true), dtype=bool)
-    result = {"overall": part(everything)}
+    # an empty split (a test split no conversation went to) scores nothing: not zeros (a Hamming loss
+    # of 0 reads as perfect) that a reader would take for figures, as a role of no target
+    result = {"overall": part(everything) if len(y_true) else {"n": 0}}
     roles = {}
     if role is not None and (np.asarray(role) >= 0).any():
         role = np.asarray(role)
