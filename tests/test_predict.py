@@ -690,3 +690,25 @@ def test_a_recurrent_model_that_is_not_bfloat16_safe_says_so_in_one_line():
     predictor = Predictor(cast, build_config(), spec, 0.5, torch.device("cpu"), 1)
     with pytest.raises(RamerError, match=said):
         predictor.predict(store.collate(np.arange(2)))
+
+
+@pytest.mark.parametrize("model", ["late_fusion", "br"])
+def test_the_tables_name_the_labels_no_test_sample_has(tmp_path, capsys, model):
+    """A small test split lacks some labels: their F1 is 0 and macro-F1 counts them, which the bench
+    report's legend said and the tables of train and eval did not (the oracle scored micro-F1 1.0 and
+    macro-F1 0.44 without a word). Both name them now, in the label order."""
+    from ramer.config import build_config, resolve_config
+
+    sets = [s for s in TINY if not s.startswith("data.synthetic.n_test")] + ["data.synthetic.n_test=1"]
+    sets += ["train.epochs=1"]
+    bundle = generate(build_config(resolve_config(None), sets).data.synthetic)
+    test = bundle.splits["test"]
+    absent = [n for n, k in zip(bundle.label_names, np.asarray(test.labels).sum(0)) if k == 0]
+    assert absent  # one sample has a few of the nine labels
+    run = tmp_path / "run"
+    assert main(["train", "--model", model, "--out", str(run), *sum((["--set", s] for s in sets), [])]) == 0
+    train_out = " ".join(capsys.readouterr().out.split())  # the caption wraps to the table's width
+    assert main(["eval", str(run)]) == 0
+    eval_out = " ".join(capsys.readouterr().out.split())
+    said = f"no sample of the split has the label{'s' * (len(absent) > 1)} {', '.join(absent)}: "
+    assert said in train_out and said in eval_out, (train_out, eval_out)

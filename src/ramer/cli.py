@@ -163,13 +163,31 @@ def metrics_table(title: str, rows: dict[str, dict], task: str = "multi_label") 
                     str(m.get("n", "")),
                     *("–" if empty else f"{m[key]:.4f}" for key, _ in columns),
                 )
+    captions = []
     unroled = [_without_a_role(rep) for rep in rows.values()]
     if any(unroled):  # a split of targets of both kinds: the parts do not add up to overall without a word
-        table.caption = (
+        captions.append(
             f"overall also counts {max(unroled)} sample(s) without a role (a whole-scene target): neither "
             "speaker nor non-speaker"
         )
+    if unseen := _labels_without_a_sample(rows):  # a small split: macro-F1 is pulled down by them
+        many = len(unseen) > 1
+        captions.append(
+            f"no sample of the split has the label{'s' * many} {', '.join(unseen)}: {'their' if many else 'its'} "
+            f"F1 is 0, and macro-F1 counts {'them' if many else 'it'}"
+        )
+    table.caption = "; ".join(captions) or None
     return table
+
+
+def _labels_without_a_sample(rows: dict[str, dict]) -> list[str]:
+    """The labels no sample of the split has (support 0 in a row's ``per_label``; rows are of one
+    split), in the label order."""
+    for rep in rows.values():
+        per_label = rep.get("per_label")
+        if isinstance(per_label, dict) and per_label and rep.get("overall", {}).get("n"):
+            return [name for name, m in per_label.items() if isinstance(m, dict) and m.get("support") == 0]
+    return []
 
 
 def _without_a_role(rep: dict) -> int:
@@ -496,9 +514,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             remove_if_empty(out, parent_too=runs_made)
     if env_count("RANK", 0) == 0:  # one table, not one per process
         from ramer.checkpoint import read_spec
+        from ramer.train.recipe import read_log
 
         task = read_spec(out / "model.safetensors").task
-        rows = {cfg.model.name: result}
+        final = [rec for _, rec in read_log(out / "metrics.jsonl") if rec.get("final") == "test"]
+        last = final[-1] if final else {}
+        # the log's test line holds the labels' support too: the table says which no test sample has
+        rows = {cfg.model.name: {**result, **({"per_label": last["per_label"]} if "per_label" in last else {})}}
         if bundle is not None:  # the embedded benchmark: its ceiling beside the run (docs/DATA.md)
             from ramer.bench import ORACLE_ROW
             from ramer.metrics import oracle_report
