@@ -292,3 +292,12 @@ def test_param_counts_runs():
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
 def test_every_script_is_in_the_readme(script):
     assert f"`{script}`" in (BENCH / "README.md").read_text()
+
+
+def test_target_located_runs():
+    """The figures of docs/MODEL.md, "Which models can locate a silent, unseen target": late fusion
+    reads no position of a target with no modality, MulT does."""
+    out = run("target_located.py", "--rates", "0", "--models", "late_fusion,mult")
+    assert "| 0 | 489 | 153 | 31.3% |" in out and "| late_fusion | 0.00e+00 |" in out
+    mult = next(line for line in out.splitlines() if line.startswith("| mult |"))
+    assert float(mult.split("|")[2]) > 1e-3, out
