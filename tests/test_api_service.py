@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -282,6 +283,32 @@ def test_a_worker_never_collects_the_garbage_it_inherited(run, monkeypatch):
     np.testing.assert_array_equal(got[0], predictor.predict(test, batch_size=8))
     gc.collect()
     assert freed_here  # the garbage was garbage, and this process freed it
+
+
+def test_scoring_with_workers_keeps_no_garbage_of_a_process_that_froze_its_objects(run):
+    """A server that freezes its objects before it forks (``gc.freeze``, a preloading server's
+    pattern): each ``predict(workers=2)`` froze the garbage of that moment for good, so a request
+    that dropped a large cycle kept it for as long as the server ran. The garbage is freed now, and
+    the process's collector is as it was."""
+    out, cfg = run
+    predictor = ramer.load(out)
+    test = generate(cfg.data.synthetic).splits["test"]
+
+    class Cycle:
+        pass
+
+    gc.freeze()
+    try:
+        cycle = Cycle()
+        cycle.me = cycle
+        gone = weakref.ref(cycle)
+        del cycle
+        predictor.predict(test, workers=2, batch_size=8)
+        assert gc.isenabled()
+        gc.collect()
+        assert gone() is None, "the garbage of the call is kept"
+    finally:
+        gc.unfreeze()
 
 
 def test_a_pass_that_stops_gives_the_models_mode_back(run, monkeypatch):

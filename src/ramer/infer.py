@@ -213,9 +213,12 @@ def _score_block(
     stopped by a signal only it was sent), and closes the parent's ends of the pipes that the fork
     copied (``ends``), so a send that no one will read fails rather than waits: a worker left blocked
     in a send held its memory and the caller's output pipes for ever."""
+    import gc
     import signal
     from multiprocessing.pool import ExceptionWithTraceback
 
+    gc.freeze()  # what the fork copied, garbage of the parent's included, is never collected here
+    gc.enable()  # the parent forked with its collector off (``_collector_off``): on for this worker's own
     send.send(_STARTED)  # past the fork's own clean-up, which some libraries' state can hang (``_START_WAIT``)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (a server's) would keep it alive
     dist.die_with_parent(parent)
@@ -280,14 +283,14 @@ def _score_forked(
     this process (Ctrl-C), stops the others at once. So is a worker that has not started
     (``_START_WAIT``): a fork from a thread frees the other threads' state in the child, and state of
     a library that waits there for threads the fork did not copy hangs it before any code of ours
-    runs. A worker never collects the garbage it inherits (``_garbage_frozen``)."""
+    runs. A worker never collects the garbage it inherits (``_collector_off``)."""
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("fork")  # predict checked it
     workers, parts = [], [None] * len(blocks)
     try:
-        with _garbage_frozen():
+        with _collector_off():
             for bounds in blocks:
                 receive, send = ctx.Pipe(duplex=False)
                 ends = [receive, *(r for _, r in workers)]  # this process's ends, which the fork copies
@@ -343,26 +346,28 @@ def _score_forked(
     return np.concatenate(parts)
 
 
-_FORKING = threading.Lock()  # one call's forks at a time: the freeze of ``_garbage_frozen`` is the process's
+_FORKING = threading.Lock()  # one call's forks at a time: ``_collector_off`` turns off the process's collector
 
 
 @contextlib.contextmanager
-def _garbage_frozen():
-    """The forks of one call with every object of this process frozen (``gc.freeze``), so a worker's
-    collector never frees what it inherited: garbage of this process in a cycle whose clean-up waits
-    for its own threads (a PyAV stream or frame a user's code dropped) hung the worker that freed it
-    while it scored, the fork having copied none of those threads. Unfrozen after the forks, unless
-    this process had frozen objects of its own before (a server that freezes before it forks)."""
+def _collector_off():
+    """The forks of one call with this process's automatic garbage collection off, so each worker
+    starts with it off and freezes what it inherited before anything collects (``_score_block``):
+    garbage of this process in a cycle whose clean-up waits for its own threads (a PyAV stream or
+    frame a user's code dropped) hung the worker whose collector freed it while it scored, the fork
+    having copied none of those threads. Nothing is frozen here: this process collects as before
+    (a freeze here stayed, for a process that had frozen objects of its own, a server that freezes
+    before it forks, and its garbage of every call was kept for good)."""
     import gc
 
     with _FORKING:
-        frozen_before = gc.get_freeze_count() > 0
-        gc.freeze()
+        enabled = gc.isenabled()
+        gc.disable()
         try:
             yield
         finally:
-            if not frozen_before:
-                gc.unfreeze()
+            if enabled:
+                gc.enable()
 
 
 def _worker_ended(worker, n: int) -> RamerError:
