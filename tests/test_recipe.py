@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -920,13 +921,19 @@ def test_a_bundled_corpus_config_without_data_is_an_error_not_a_run_on_the_bench
     commands = [["train"], ["bench", "--models", "br", "--seeds", "1"]]
     if importlib.util.find_spec("optuna") is not None:
         commands.append(["tune", "--model", "br", "--trials", "1"])
+    said = f"--config {name} is for a corpus you bring ({name}.yaml: data.path is null); give --data PATH"
     for command in commands:
         capsys.readouterr()
         assert main([*command, "--config", name, "--out", str(out)]) == 2, command
         err = capsys.readouterr().err
-        assert f"--config {name} is for a corpus you bring ({name}.yaml: data.path is null); give --data PATH" in err
-        assert one_error_line(err), err
+        assert said in err and one_error_line(err), err
         assert not out.exists(), command
+    from ramer.config import build_config, resolve_config
+    from ramer.train import run_training
+
+    with pytest.raises(RamerError, match=re.escape(said)):  # the Python route ramer train starts from
+        run_training(build_config(resolve_config(name), ["train.epochs=1"]), out)
+    assert not out.exists()
 
 
 class Hostile:

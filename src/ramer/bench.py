@@ -526,7 +526,7 @@ def base_config(s: BenchSettings) -> Config:
     cfg = build_config(s.config or DEFAULT_CONFIG, [*s.base_sets, *s.overrides])
     if s.data is not None:
         cfg.data.path = s.data
-    check_corpus_config_has_data(s.config, cfg.data.path)
+    check_corpus_config_has_data(cfg)
     cfg.data.missing_at = s.missing_at
     read_as_converted(cfg.data)
     check_options(cfg)  # settings of ramer's own or of no model: before any run, not at the first it reaches

@@ -365,15 +365,14 @@ def remove_unstarted_run(out: Path, cfg: Config, parent_too: bool = False) -> No
 
 def train_config(args: argparse.Namespace) -> Config:
     """The config of a new run: ``--config`` and ``--set``, then ``--model`` and ``--data``."""
-    config = resolve_config(args.config)
-    cfg = build_config(config, args.set or [])
+    cfg = build_config(resolve_config(args.config), args.set or [])
     if args.model:
         from ramer.models import set_model
 
         set_model(cfg, args.model)  # a model name or a ramer-<ablation> preset
     if args.data:
         cfg.data.path = args.data
-    check_corpus_config_has_data(config, cfg.data.path)
+    check_corpus_config_has_data(cfg)
     return cfg
 
 
@@ -1149,8 +1148,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     require_optuna()  # before the data: a missing extra is the first thing to say
     refuse_empty(args, "data", "out", out=f"runs/tune-{args.model}")
     overrides = args.set or []
-    cfg = tune_config(args.model, config := resolve_config(args.config), overrides, args.data)
-    check_corpus_config_has_data(config, cfg.data.path)
+    cfg = tune_config(args.model, resolve_config(args.config), overrides, args.data)
+    check_corpus_config_has_data(cfg)
     out = Path(args.out or f"runs/tune-{args.model}")
     try:
         result = tune(

@@ -16,7 +16,7 @@ from types import UnionType
 from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ramer.errors import RamerError, first_line, too_many_digits, unreadable
 
@@ -273,6 +273,13 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # the YAML file build_config read (``check_corpus_config_has_data``); not a key, never written
+    _file: Path | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:  # the keys' values, not the file they were read from
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
 
 def config_keys(section: type[_Section], prefix: str = "") -> list[str]:
@@ -484,9 +491,11 @@ def build_config(file: str | Path | None = None, overrides: list[str] | tuple[st
     if overrides:
         source += " + --set"
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise RamerError(_describe(e, source)) from None
+    cfg._file = Path(file) if file is not None else None
+    return cfg
 
 
 def config_from_dict(tree: dict, source: str) -> Config:
@@ -631,13 +640,14 @@ def kept_from_file(config: str | Path | None, sets: tuple[str, ...]) -> tuple[st
     return tuple(x for x in sets if x.split("=", 1)[0] not in given)
 
 
-def check_corpus_config_has_data(config: str | Path | None, data: str | Path | None) -> None:
-    """A bundled config made for a corpus the user brings (every one but ``synthetic``: ``mosei``,
-    ``m3ed``, ...) with no data path is a RamerError: it trained the corpus's model and settings on
-    the embedded benchmark without a word, and its table read as the corpus's results."""
-    if config is None or data is not None:
+def check_corpus_config_has_data(cfg: Config) -> None:
+    """A config read from a bundled config made for a corpus the user brings (every one but
+    ``synthetic``: ``mosei``, ``m3ed``, ...) with no data path is a RamerError: it trained the
+    corpus's model and settings on the embedded benchmark without a word, and its table read as the
+    corpus's results. ``cfg``'s file is the one ``build_config`` read."""
+    path = cfg._file
+    if path is None or cfg.data.path is not None:
         return
-    path = Path(config)
     if path.resolve().parent == CONFIG_DIR.resolve() and path.stem != DEFAULT_CONFIG_NAME:
         raise RamerError(
             f"--config {path.stem} is for a corpus you bring ({path.name}: data.path is null); give --data PATH, "

@@ -15,7 +15,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from ramer.config import Config
+from ramer.config import Config, check_corpus_config_has_data
 from ramer.data import DataBundle, read_as_converted
 from ramer.errors import RamerError, env_count
 from ramer.models import CLASSICAL
@@ -52,6 +52,8 @@ def run_training(
     if not isinstance(out, (str, os.PathLike)):
         raise RamerError(f"run_training: out is the run folder's path (a str or Path), not {type(out).__name__}")
     out = Path(out).expanduser()
+    if bundle is None and not resume:  # the data comes from cfg.data: a corpus's config names none
+        check_corpus_config_has_data(cfg)
     if bundle is not None and not isinstance(bundle, DataBundle):
         raise RamerError(
             f"run_training: bundle is a DataBundle with train, valid and test splits (ramer.data.load_dataset(PATH)), "
