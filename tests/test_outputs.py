@@ -151,6 +151,14 @@ def test_demo_replaces_only_the_runs_it_made(run, tmp_path, capsys):
     assert main(["demo", "--out", str(demo), *sets]) == 0
     assert f"replacing the earlier demo's {demo / 'ramer'}" in capsys.readouterr().err
     assert (demo / "ramer" / "metrics.jsonl").stat().st_mtime_ns != first
+    # a file of the user's in the demo's own run folder: refused before any work, nothing removed
+    (demo / "late_fusion" / "notes.txt").write_text("mine")
+    before = fingerprint(demo)
+    assert main(["demo", "--out", str(demo), *sets]) == 2
+    said = f"{demo / 'late_fusion'}: an earlier demo's run, and files a run does not write (notes.txt); move them"
+    assert said in capsys.readouterr().err
+    assert fingerprint(demo) == before
+    (demo / "late_fusion" / "notes.txt").unlink()
     # Without demo.json, a run of the folder's model on the embedded benchmark may be the user's
     # own `ramer train --out demo/ramer`: refused, untouched, like any run the demo did not make.
     (demo / "demo.json").unlink()

@@ -1202,7 +1202,6 @@ def demo_runs(out: Path) -> set[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
 
     from ramer.data import complete_data
     from ramer.data.synthetic import generate
@@ -1224,7 +1223,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"ramer demo trains on the embedded benchmark, and data.path is set ({cfg.data.path}); "
             "for your data use ramer train --data or ramer bench --data"
         )
-    from ramer.train.recipe import check_training_values
+    from ramer.train.recipe import check_training_values, clear_run_folder, foreign_run_files
 
     def run_config(model: str, complete: bool = False) -> Config:
         run_cfg = cfg.model_copy(deep=True)
@@ -1250,6 +1249,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise RamerError(
                 f"{out / folder}: holds files that ramer demo did not write ({first_of(theirs, 3)}); give another --out"
             )
+        if folder in made and theirs and (foreign := foreign_run_files(out / folder)):  # before the work
+            raise RamerError(
+                f"{out / folder}: an earlier demo's run, and files a run does not write ({first_of(foreign, 3)}); "
+                "move them, or give another --out"
+            )
     bundle = generate(cfg.data.synthetic)
     ERR.print(f"generated the embedded benchmark in {time.perf_counter() - t0:.1f}s")
     print_synth_report(bundle, OUT)
@@ -1261,7 +1265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             run_dir = out / folder
             if folder in made and run_dir.exists():
                 ERR.print(f"replacing the earlier demo's {run_dir}")
-                shutil.rmtree(run_dir)
+                clear_run_folder(run_dir, "an earlier demo's run")
             made.add(folder)
             atomic_write_text(out / DEMO_FILE, json.dumps({"runs": sorted(made)}, indent=1))
             ERR.print(f"training {row} -> {run_dir}")

@@ -63,7 +63,16 @@ from ramer.console import LOG_EVERY, live, plain_console
 from ramer.data import DataBundle, load_bundle
 from ramer.data.store import resolve_task
 from ramer.dist import is_main
-from ramer.errors import FileUnreadable, LossNotFinite, RamerError, ScoresNotFinite, first_line, is_number, unreadable
+from ramer.errors import (
+    FileUnreadable,
+    LossNotFinite,
+    RamerError,
+    ScoresNotFinite,
+    first_line,
+    first_of,
+    is_number,
+    unreadable,
+)
 from ramer.infer import Predictions, apply_missing, autocast, predict, resolve_device
 from ramer.metrics import METRIC_NAMES, SELECTION, choose_threshold, describe_threshold, report
 from ramer.models import CLASSICAL, DataSpec, build_model, check_model
@@ -194,19 +203,22 @@ def start_run_folder(out: Path, cfg: Config, resume: bool = False) -> None:
     atomic_write_text(out / "config.yaml", dump_config(cfg))
 
 
+def foreign_run_files(run_dir: Path, also: tuple[str, ...] = ()) -> list[str]:
+    """The names in ``run_dir`` that no run writes (nor ``also``: a command's own files beside it),
+    sorted: the user's own files, which nothing that clears the folder may remove."""
+    ours = (*RUN_FILES, CURVES_FOLDER, LOCK_NAME, *also)
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in ours and not is_temporary(p.name))
+
+
 def clear_run_folder(run_dir: Path, why: str, also: tuple[str, ...] = ()) -> bool:
     """Remove what a run wrote in ``run_dir`` (held by this process), and ``also`` (a command's own
     files beside it), for the run to start again; returns whether there was anything. Anything else
-    there (the user's own files) is a RamerError naming it, after ``why`` (the folder's state), and
-    nothing is removed."""
+    there (the user's own files, ``foreign_run_files``) is a RamerError naming it, after ``why`` (the
+    folder's state), and nothing is removed."""
+    if foreign := foreign_run_files(run_dir, also):
+        said = f"{why}, and files a run does not write ({first_of(foreign, 5)})"
+        raise RamerError(f"{run_dir}: {said}; move them, or give another --out")
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
-    ours = (*RUN_FILES, CURVES_FOLDER, *also)
-    foreign = sorted(p.name for p in entries if p.name not in ours and not is_temporary(p.name))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise RamerError(
-            f"{run_dir}: {why}, and files a run does not write ({shown}); move them, or give another --out"
-        )
     clear_folder(run_dir)
     return bool(entries)
 
