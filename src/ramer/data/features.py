@@ -639,8 +639,8 @@ def _faces_in(frame, mesh) -> list[Face]:
     # ``threads=1``: the frame keeps its converter, and one with threads of its own (swscale's default,
     # one per core) hung a process forked from another thread that freed it (a scoring worker of a
     # server) where a thread's local still held the frame (PyAV stashes an exception, and with it its
-    # traceback's frames, in one). Each frame gets a new converter, so one thread is not slower
-    # either: its threads were started for every frame
+    # traceback's frames, in one). One thread gives the same pixels; each frame gets a new converter,
+    # which started its threads for that one frame
     if frame.width > VISUAL_MAX_WIDTH:
         frame = frame.reformat(
             width=VISUAL_MAX_WIDTH,
