@@ -1249,7 +1249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise RamerError(
                 f"{out / folder}: holds files that ramer demo did not write ({first_of(theirs, 3)}); give another --out"
             )
-        if folder in made and theirs and (foreign := foreign_run_files(out / folder)):  # before the work
+        if folder in made and (foreign := foreign_run_files(out / folder, names=theirs)):  # before the work
             raise RamerError(
                 f"{out / folder}: an earlier demo's run, and files a run does not write ({first_of(foreign, 3)}); "
                 "move them, or give another --out"

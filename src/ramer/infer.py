@@ -355,9 +355,8 @@ def _collector_off():
     starts with it off and freezes what it inherited before anything collects (``_score_block``):
     garbage of this process in a cycle whose clean-up waits for its own threads (a PyAV stream or
     frame a user's code dropped) hung the worker whose collector freed it while it scored, the fork
-    having copied none of those threads. Nothing is frozen here: this process collects as before
-    (a freeze here stayed, for a process that had frozen objects of its own, a server that freezes
-    before it forks, and its garbage of every call was kept for good)."""
+    having copied none of those threads. Nothing is frozen here, so this process collects as before,
+    and a freeze of its own (a server that freezes before it forks) stays as it made it."""
     import gc
 
     with _FORKING:

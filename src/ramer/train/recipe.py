@@ -203,11 +203,13 @@ def start_run_folder(out: Path, cfg: Config, resume: bool = False) -> None:
     atomic_write_text(out / "config.yaml", dump_config(cfg))
 
 
-def foreign_run_files(run_dir: Path, also: tuple[str, ...] = ()) -> list[str]:
-    """The names in ``run_dir`` that no run writes (nor ``also``: a command's own files beside it),
-    sorted: the user's own files, which nothing that clears the folder may remove."""
+def foreign_run_files(run_dir: Path, also: tuple[str, ...] = (), names: list[str] | None = None) -> list[str]:
+    """The names in ``run_dir`` (or of ``names``, read from it) that no run writes (nor ``also``: a
+    command's own files beside it), sorted: the user's own files, which nothing that clears the
+    folder may remove."""
     ours = (*RUN_FILES, CURVES_FOLDER, LOCK_NAME, *also)
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in ours and not is_temporary(p.name))
+    names = [p.name for p in run_dir.iterdir()] if names is None else names
+    return sorted(name for name in names if name not in ours and not is_temporary(name))
 
 
 def clear_run_folder(run_dir: Path, why: str, also: tuple[str, ...] = ()) -> bool:
@@ -215,12 +217,12 @@ def clear_run_folder(run_dir: Path, why: str, also: tuple[str, ...] = ()) -> boo
     files beside it), for the run to start again; returns whether there was anything. Anything else
     there (the user's own files, ``foreign_run_files``) is a RamerError naming it, after ``why`` (the
     folder's state), and nothing is removed."""
-    if foreign := foreign_run_files(run_dir, also):
+    names = [p.name for p in run_dir.iterdir()]
+    if foreign := foreign_run_files(run_dir, also, names):
         said = f"{why}, and files a run does not write ({first_of(foreign, 5)})"
         raise RamerError(f"{run_dir}: {said}; move them, or give another --out")
-    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
     clear_folder(run_dir)
-    return bool(entries)
+    return any(name != LOCK_NAME for name in names)
 
 
 def existing_run(out: Path) -> str | None:
