@@ -409,6 +409,27 @@ def test_a_trial_stopped_by_ctrl_c_is_tried_again_first(tmp_path, tiny, monkeypa
     assert "the values of trial 5 again" in (out / "trials.csv").read_text()
 
 
+def test_a_failed_trials_folder_is_removed_only_of_what_its_runs_wrote(tmp_path, tiny, monkeypatch):
+    """The next search removes a failed trial's folder, but a file there that no run writes (the
+    user's, here in a run folder of --trial-seeds 2) stops it, naming the file, with nothing removed
+    (the folder was removed whole); once the file is moved, the folder goes."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    out, trial = tmp_path / "t", tmp_path / "t" / "trial-0000"
+    monkeypatch.setattr(Recipe, "train_epoch", stopped_in("seed-2"))  # trial 0's second seed
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, out, trials=1, bundle=tiny[0], console=QUIET, trial_seeds=2)
+    monkeypatch.setattr(Recipe, "train_epoch", REAL_TRAIN_EPOCH)
+    (trial / "seed-2" / "notes.txt").write_text("mine")
+    held = {p: p.read_bytes() for p in trial.rglob("*") if p.is_file()}
+    assert trial / "seed-1" / "model.safetensors" in held
+    with pytest.raises(RamerError, match=r"trial-0000: trial 0 failed, .* files no run writes \(seed-2/notes\.txt\)"):
+        tune(cfg, out, trials=1, bundle=tiny[0], console=QUIET, trial_seeds=2)
+    assert {p: p.read_bytes() for p in trial.rglob("*") if p.is_file()} == held
+    (trial / "seed-2" / "notes.txt").unlink()
+    tune(cfg, out, trials=1, bundle=tiny[0], console=QUIET, trial_seeds=2)
+    assert not trial.exists() and (out / "trial-0001" / "seed-2" / "model.safetensors").exists()
+
+
 def test_a_retry_whose_process_died_is_not_queued_again_and_a_part_drawn_trial_not_at_all(monkeypatch):
     """``requeue``: a trial stopped part-way through its draw is not queued (its retry drew the rest
     anew: a point no straight run tries), nor counted in the sampler's seed; a retry whose process

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -71,18 +72,25 @@ from ramer.config import (
 from ramer.console import plain_console, plural
 from ramer.data import DataBundle, load_bundle, read_as_converted
 from ramer.data.store import resolve_task
-from ramer.errors import LossNotFinite, RamerError, first_line, is_finite, is_whole
+from ramer.errors import LossNotFinite, RamerError, first_line, first_of, is_finite, is_whole
 from ramer.metrics import METRIC_NAMES, SELECTION, markdown_table
 from ramer.models import CLASSICAL, is_known, set_model
 from ramer.models.spaces import Param, format_value, space_for, suggest
 from ramer.paths import atomic_write_text, make_folders, read_json, remove_made, work_folder
 from ramer.train import run_training
 from ramer.train.inputs import bench_notes
-from ramer.train.recipe import check_loss_weights, check_training_values, progress, selection_score
+from ramer.train.recipe import (
+    check_loss_weights,
+    check_training_values,
+    foreign_run_files,
+    progress,
+    selection_score,
+)
 from ramer.version import __version__, version_note
 
 STUDY_FILE = "study.db"
 TRIAL_FOLDER = "trial-{:04d}"
+SEED_FOLDER = re.compile(r"seed-\d+")  # a run of a trial of --trial-seeds 2 or more
 DEFAULT_TRIALS = 20
 DEFAULT_SETS = ("train.patience=5",)  # before the user's --set: each trial trains to convergence
 TPE_STARTUP = 5  # random trials before TPE models the results
@@ -575,13 +583,28 @@ def requeue(study, trial, interrupted: bool = False) -> None:
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
+def remove_trial_folder(folder: Path, why: str) -> None:
+    """Remove ``folder``, a trial's: what its run wrote, or its runs' folders ``seed-S`` (``--trial-seeds``).
+    One that holds a file no run writes (the user's own, ``foreign_run_files``) is a RamerError naming
+    it, after ``why`` (the folder's state), and nothing is removed."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise RamerError(f"{folder}: {why}, and not a folder of ramer's; move it, or give another --out")
+    seeds = [p.name for p in folder.iterdir() if SEED_FOLDER.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    foreign = [f"{name}/{f}" for name in seeds for f in foreign_run_files(folder / name)]
+    foreign += foreign_run_files(folder, also=tuple(seeds))
+    if foreign:
+        said = f"{why}, but it holds files no run writes ({first_of(sorted(foreign), 5)})"
+        raise RamerError(f"{folder}: {said}; move them, or give another --out")
+    shutil.rmtree(folder)
+
+
 def remove_failed_folders(optuna, study, out: Path) -> None:
     """A failed trial's run folder (killed or interrupted mid-training, or its run raised an error,
-    which its note in trials.md gives) is of no use: remove it."""
+    which its note in trials.md gives) is of no use: remove it (``remove_trial_folder``)."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         folder = out / TRIAL_FOLDER.format(t.number)
-        if folder.exists():
-            shutil.rmtree(folder)
+        if folder.exists() or folder.is_symlink():
+            remove_trial_folder(folder, f"trial {t.number} failed, and its folder is removed before the search goes on")
 
 
 def counts(optuna, study) -> dict[str, int]:
@@ -631,8 +654,8 @@ class Objective:
         cfg = with_values(self.base, values, f"trial {trial.number}")
         run = self.out / TRIAL_FOLDER.format(trial.number)
         trial.set_user_attr("run", run.name)
-        if run.exists():  # a folder of an earlier study in this folder, under the same number
-            shutil.rmtree(run)
+        if run.exists() or run.is_symlink():  # a folder of an earlier study in this folder, under the same number
+            remove_trial_folder(run, f"trial {trial.number} trains here, in place of an earlier search's folder")
         t0 = time.perf_counter()
         done: list = []  # what record reads of each seed's run trained so far (``RunFacts``; the current one last)
 
