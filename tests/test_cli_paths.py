@@ -519,3 +519,26 @@ def test_an_out_inside_a_dataset_or_a_study_is_refused(tmp_path, capsys):
         assert main(argv) == 2, argv
         assert why in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_in_a_folder_whose_name_is_not_utf8_is_read_back(tmp_path, capsys):
+    """A folder name of bytes that are not UTF-8 (Latin-1 'été' on Linux; a surrogate in Python): the
+    run trained and wrote its model file, which then no command could read (safetensors' reader
+    takes a name of UTF-8 text only), and --resume advised training it again."""
+    parent = tmp_path / os.fsdecode(b"\xe9t\xe9")
+    if not os.path.supports_unicode_filenames and not _makes(parent):
+        pytest.skip("this file system takes no such name")
+    run = parent / "run"
+    assert main(["train", "--model", "late_fusion", "--out", str(run), *SETS]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0, capsys.readouterr().err
+    assert main(["predict", str(run), "--out", str(tmp_path / "p.jsonl")]) == 0, capsys.readouterr().err
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 20
+
+
+def _makes(folder) -> bool:
+    try:
+        folder.mkdir()
+    except OSError:
+        return False
+    return True

@@ -262,6 +262,38 @@ def test_a_character_the_stdout_encoding_lacks_is_one_line(tmp_path, monkeypatch
     assert str(e.value) == said
 
 
+@pytest.mark.parametrize("with_descriptor", [True, False])
+def test_a_file_name_of_bytes_that_are_not_utf8_reaches_a_strict_utf8_stdout(tmp_path, monkeypatch, with_descriptor):
+    """A run folder named with a Latin-1 'é' (bytes, not UTF-8 text) in the table's heading, to the
+    stdout of a UTF-8 locale (whose errors are strict): ``ramer train`` ended 2 after its run was
+    saved, advising PYTHONIOENCODING=utf-8, which it was. The byte goes out as it is, as ls writes it
+    (to a stream without a descriptor, a notebook's, as ``\\xe9``); a character the encoding lacks
+    otherwise is still the error."""
+    from ramer.errors import RamerError
+    from ramer.paths import write_stdout
+
+    raw = open(tmp_path / "out.txt", "wb") if with_descriptor else io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    if with_descriptor:
+        monkeypatch.setattr(sys, "__stdout__", stdout)
+    run = os.fsdecode(b"runs/t\xe9st")
+    write_stdout(f"test metrics ({run}) ± 0.1\n")
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    with pytest.raises(RamerError, match="cannot write '\\\\xeb'"):  # Zoë's ë, not the file name's byte
+        write_stdout(f"Zoë in {run}\n")
+    monkeypatch.undo()
+    stdout.flush()
+    written = (tmp_path / "out.txt").read_bytes() if with_descriptor else raw.getvalue()
+    stdout.close()
+    assert written == (
+        b"test metrics (runs/t\xe9st) \xc2\xb1 0.1\n"
+        if with_descriptor
+        else b"test metrics (runs/t\\xe9st) \xc2\xb1 0.1\n"
+    )
+
+
 def test_ramers_own_characters_reach_an_ascii_stdout_as_ascii():
     """``ramer reproduce --help`` (its mean ± std) to a stdout of ``PYTHONIOENCODING=ascii`` ended 2."""
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}

@@ -109,8 +109,40 @@ def metadata(path: str | Path) -> dict[str, str]:
     an ``OSError`` where it does not read."""
     from safetensors import safe_open
 
+    if not _utf8(path):  # safetensors opens only a name of UTF-8 text: the header read here
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100_000_000:  # safetensors' own bound of a header
+                raise SafetensorError(f"header size {size}: not a safetensors file")
+            try:
+                meta = json.loads(f.read(size)).get("__metadata__")
+            except (ValueError, AttributeError) as e:
+                raise SafetensorError(f"its header is not a JSON object ({first_line(e)})") from None
+        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+            raise SafetensorError("its header's __metadata__ is not an object of strings")
+        return meta or {}
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
+
+
+def _utf8(path: str | Path) -> bool:
+    """Whether ``path`` is UTF-8 text: a name of other bytes (Latin-1 ``été`` on Linux) holds lone
+    surrogates in Python, which safetensors' reader cannot take."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` (``load_file``; from its bytes where ``path`` is
+    not UTF-8 text, ``_utf8``)."""
+    if _utf8(path):
+        return load_file(str(path))
+    from safetensors.torch import load
+
+    return load(Path(path).read_bytes())
 
 
 def read_written_by(path: str | Path) -> dict[str, str]:
@@ -277,7 +309,7 @@ def read_model_file(
         raise RamerError(f"{path}: {what}")
     readable(path)
     try:
-        state = load_file(str(path))
+        state = load_tensors(path)
         meta = metadata(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise RamerError(f"{path}: not a readable safetensors file ({first_line(e)})") from None

@@ -203,10 +203,19 @@ def write_stderr(text: str) -> None:
 ASCII_FALLBACK = str.maketrans({"–": "-", "±": "+/-", "…": "..."})
 
 
+# A byte of a file name that is not UTF-8 (Latin-1 "été" on Linux), as Python decodes it (os.fsdecode)
+NAME_BYTES = re.compile("[\udc80-\udcff]")
+
+
+def _byte_escape(match: re.Match) -> str:
+    return f"\\x{ord(match.group()) - 0xDC00:02x}"
+
+
 def _write_stream(name: str, text: str) -> None:
     """``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``); see ``write_stdout``. Where the
     stream's encoding lacks one of ramer's own characters (``ASCII_FALLBACK``), they are written as ASCII;
-    another character it lacks (a label's, a person's) is the error."""
+    a byte of a file name that is not UTF-8 (``NAME_BYTES``) as that byte (to a stream without a
+    descriptor: as ``\\xff``); another character it lacks (a label's, a person's) is the error."""
     stream = getattr(sys, name)
     try:
         stream.flush()  # what was printed before goes first
@@ -217,19 +226,29 @@ def _write_stream(name: str, text: str) -> None:
             fd = stream.fileno() if own else None
         except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one
             fd = None
+        texts = (text, text.translate(ASCII_FALLBACK))
         if fd is None:
-            try:
-                stream.write(text)
-            except UnicodeEncodeError:  # a text stream encodes the whole text before it writes any
-                stream.write(text.translate(ASCII_FALLBACK))
+            tries = [v for t in texts for v in (t, NAME_BYTES.sub(_byte_escape, t))]
+            for i, t in enumerate(tries):
+                try:
+                    stream.write(t)  # a text stream encodes the whole text before it writes any
+                    break
+                except UnicodeEncodeError:
+                    if i == len(tries) - 1:
+                        raise
             stream.flush()
         else:
             encoding = getattr(stream, "encoding", None) or "utf-8"
             errors = getattr(stream, "errors", None) or "strict"
-            try:
-                encoded = text.encode(encoding, errors)
-            except UnicodeEncodeError:
-                encoded = text.translate(ASCII_FALLBACK).encode(encoding, errors)
+            # a file name's bytes that are not text are written back as they are (surrogateescape), as ls does
+            tries = [(t, how) for t in texts for how in (errors, "surrogateescape")]
+            for i, (t, how) in enumerate(tries):
+                try:
+                    encoded = t.encode(encoding, how)
+                    break
+                except UnicodeEncodeError:
+                    if i == len(tries) - 1:
+                        raise
             view = memoryview(encoded)
             while view:
                 try:
@@ -457,8 +476,12 @@ def _lock(folder: Path, command: str, remedy: str = USE_ANOTHER) -> int:
             break
         os.close(fd)
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(holder).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+    except OSError as e:  # a full disk: a full one is often met at the next command, here
+        _unlock(path, fd)
+        raise RamerError(f"{folder}: cannot write its lock file {LOCK_NAME} ({e.strerror or first_line(e)})") from None
     return fd
 
 
@@ -689,12 +712,28 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if isinstance(e.__context__, KeyboardInterrupt) and not isinstance(e, KeyboardInterrupt):
             # a writer that failed on its way out of a Ctrl-C (torch.save's zip writer: 'unexpected pos')
             raise e.__context__ from None
-        if isinstance(e, OSError):
-            raise unwritable(path, e) from None
+        if (refused := _refusal(e)) is not None and not isinstance(e, KeyboardInterrupt):
+            raise unwritable(path, refused) from None
         raise
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _refusal(e: BaseException | None) -> OSError | None:
+    """The system's refusal (permissions, a full disk, a file-size limit) behind a writer's error
+    ``e``: ``e`` itself, one it was raised while handling (torch.save's zip writer fails on its way out
+    of it: 'unexpected pos'), or the one safetensors' writer names ('I/O error: ... (os error 28)');
+    None where there is none."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        if type(e).__name__ == "SafetensorError" and (code := re.search(r"\(os error (\d+)\)", str(e))):
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

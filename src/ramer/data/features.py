@@ -26,6 +26,7 @@ import bisect
 import ctypes
 import hashlib
 import importlib
+import io
 import json
 import math
 import os
@@ -154,9 +155,12 @@ class FeatureCache:
         path = self._path(kind, name)
         path.parent.mkdir(parents=True, exist_ok=True)
 
+        buffer = io.BytesIO()  # whole before the file: np.savez's zip writer, refused by a full disk, failed
+        np.savez(buffer, key=np.str_(key), name=np.str_(name), **arrays)  # again when collected
+
         def write(tmp: str) -> None:
-            with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a name
-                np.savez(fh, key=np.str_(key), name=np.str_(name), **arrays)
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
 
         atomic_write(path, write)
         self.used.add(path)

@@ -55,7 +55,7 @@ import torch
 from ramer.batch import MODALITIES, ROLE_NONE, ROLE_NONSPEAKER, ROLE_SPEAKER, Batch
 from ramer.config import TASKS
 from ramer.console import names_line
-from ramer.errors import RamerError, first_line, first_of, is_int, unprintable_name
+from ramer.errors import RamerError, first_line, first_of, is_int, unprintable_name, unwritable
 from ramer.paths import (
     DATASET_ENTRIES,
     RUN_FILES,
@@ -610,30 +610,41 @@ class SceneStore:
         self.check(where)
 
     def _write(self, directory: Path) -> None:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        for old in _split_leftovers(directory):
-            if old.is_dir():
-                shutil.rmtree(old)
-        # a name of its own beside the target: two writers never share one (a cut-off one is ignored)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        """``save``'s writing; what the system refuses (a full disk, permissions) is a RamerError naming
+        the file, and a split folder there before is left as it was."""
+        writing = directory
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            for old in _split_leftovers(directory):
+                if old.is_dir():
+                    shutil.rmtree(old)
+            # a name of its own beside the target: two writers never share one (a cut-off one is ignored)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        except OSError as e:
+            raise unwritable(directory, e) from None
         try:
             os.chmod(tmp, 0o777 & ~umask())  # as a plain mkdir makes it (mkdtemp makes it private)
             for name, shape, chunks in self._stored_arrays("packed"):
+                writing = directory / f"{name}.npy"
                 with open(tmp / f"{name}.npy", "wb") as f:  # as np.save writes it, a chunk at a time
                     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(_DTYPES[name])), "fortran_order": False}
                     np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
                     for chunk in chunks:
                         f.write(chunk.data)
                     on_disk(f)  # before meta.json, which marks the dataset complete
+            writing = directory / "ids.json"
             with open(tmp / "ids.json", "w", encoding="utf-8") as f:
                 f.write(json.dumps(list(self.ids)))
                 on_disk(f)  # before meta.json, which marks the dataset complete
-        except BaseException:
+            writing = directory
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise unwritable(writing, e) from None
             raise
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
 
     @classmethod
     def load(
@@ -944,11 +955,17 @@ def staged_dataset(directory: Path, replaces: tuple[str, ...] = ()) -> Iterator[
             for stale in directory.glob(f"{prefix}*.tmp"):
                 if stale.is_dir() and not stale.is_symlink():
                     shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=directory))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=directory))
+    except OSError as e:
+        raise unwritable(directory, e) from None
     try:
         yield staging
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, RamerError) and str(e).startswith(f"{staging}{os.sep}"):  # a file it could not write
+            said = f"{directory}{str(e)[len(str(staging)) :]}; the dataset there is as it was"
+            raise RamerError(said) from None
         raise
     # written: the swap is its commit, so Ctrl-C is held off from the swap to the end of the clean-up
     # after it, then raised (a Ctrl-C while the old dataset, moved into the staging folder, was being
@@ -986,9 +1003,13 @@ def _swap_in(directory: Path, staging: Path, replaces: tuple[str, ...]) -> list[
         for name in (*staged, "meta.json"):
             os.replace(staging / name, directory / name)
             done.append((staging / name, directory / name))
-    except BaseException:
+    except BaseException as e:
         for source, target in reversed(done):
             os.replace(target, source)
+        if isinstance(e, OSError):  # permissions (a read-only split folder cannot be moved), a full disk
+            said = f"{e.strerror or first_line(e)}: {e.filename}" if e.filename else e.strerror or first_line(e)
+            said = f"{directory}: cannot move the new dataset in ({said}); the one there is as it was"
+            raise RamerError(said) from None
         raise
     return staged
 
