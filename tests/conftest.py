@@ -33,6 +33,17 @@ CLOSES_WHAT_IT_OPENS = pytest.mark.filterwarnings(
 )
 
 
+def for_data(sets) -> list[str]:
+    """``--set`` arguments (``["--set", "k=v", ...]``) or ``k=v`` settings less the embedded
+    benchmark's generator settings (``data.synthetic.*``), which a command reading data from a path
+    refuses (``config.check_generator_sets``)."""
+    sets = list(sets)
+    if sets and sets[0] == "--set":
+        kept = for_data(sets[1::2])
+        return [x for s in kept for x in ("--set", s)]
+    return [s for s in sets if not s.startswith("data.synthetic.")]
+
+
 @contextmanager
 def pipe_at(path: Path):
     """A named pipe at ``path`` whose writer closes it as soon as a reader opens it, for every reader:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import for_data
 from test_recipe import one_error_line
 
 from ramer import bench as bench_mod
@@ -317,7 +318,7 @@ def test_bench_cache_knows_data_by_its_fingerprints_not_by_how_its_path_is_spell
     sizes = ["--set", "n_train=40", "--set", "n_valid=20", "--set", "n_test=20"]
     assert main(["data", "synth", "--out", "ds", *sizes]) == 0
     argv = ["bench", "--models", "br,late_fusion", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
-    argv += ["--jobs", "1", *SETS, "--out", "b"]
+    argv += ["--jobs", "1", *for_data(SETS), "--out", "b"]
     assert main([*argv, "--data", "ds"]) == 0
     calls = spy_training(monkeypatch)
     capsys.readouterr()
@@ -342,7 +343,7 @@ def test_an_oracle_the_tables_cannot_show_is_left_out_not_a_crash_after_the_runs
     meta_path = tmp_path / "ds" / "meta.json"
     meta = json.loads(meta_path.read_text())
     argv = ["bench", "--data", "ds", "--models", "br", "--seeds", "1", "--missing-rates", "0", "--complete", ""]
-    argv += ["--jobs", "1", *SETS, "--out", "b"]
+    argv += ["--jobs", "1", *for_data(SETS), "--out", "b"]
     run = bench_mod.run_dir(Path("b"), "br", 0.0, 1)
     good = meta["info"]["oracle"]["test"]
     for oracle, shown in [
@@ -665,9 +666,9 @@ def test_complete_option(tmp_path):
     assert bench_mod.resolve_settings(overrides=TINY).complete == ["ramer"]
     assert bench_mod.resolve_settings(overrides=TINY, complete="").complete == []
     assert bench_mod.resolve_settings(overrides=TINY, complete="br,ramer").complete == ["br", "ramer"]
-    assert bench_mod.resolve_settings(overrides=TINY, data=str(tmp_path)).complete == []
+    assert bench_mod.resolve_settings(overrides=for_data(TINY), data=str(tmp_path)).complete == []
     with pytest.raises(RamerError, match="--complete: complete inputs exist only for the embedded benchmark"):
-        bench_mod.resolve_settings(overrides=TINY, data=str(tmp_path), complete="ramer")
+        bench_mod.resolve_settings(overrides=for_data(TINY), data=str(tmp_path), complete="ramer")
     with pytest.raises(RamerError, match="--complete: unknown nope"):
         bench_mod.resolve_settings(overrides=TINY, complete="nope")
     assert main(["bench", "--data", str(tmp_path), "--complete", "ramer", "--out", str(tmp_path / "b")]) == 2

@@ -113,3 +113,64 @@ def test_resume_of_a_run_whose_config_was_removed_says_what_the_folder_holds(tmp
         f"error: {run / 'config.yaml'}: not found; cannot resume: the folder holds the run's model.safetensors and "
         "train_state.pt, but not the config they were made with"
     )
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """A small dataset folder (``ramer data synth``)."""
+    data = tmp_path_factory.mktemp("data") / "ds"
+    argv = ["data", "synth", "--out", str(data), "--set", "n_train=16", "--set", "n_valid=8", "--set", "n_test=8"]
+    assert main(argv) == 0
+    return str(data)
+
+
+GENERATOR = "--set data.synthetic.n_train: a setting of the embedded benchmark's generator, and the data is read from"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--data", "{data}", "--model", "br", "--set", "model.name=mult"],
+            "--set model.name: --model gives it",
+        ),
+        (["train", "--data", "{data}", "--set", "data.path=elsewhere"], "--set data.path: --data gives it"),
+        (["train", "--data", "{data}", "--model", "br", "--set", "data.synthetic.n_train=10"], GENERATOR),
+        (["train", "--set", "data.path={data}", "--model", "br", "--set", "data.synthetic.n_train=10"], GENERATOR),
+        (
+            [
+                "tune",
+                "--model",
+                "late_fusion",
+                "--trials",
+                "1",
+                "--data",
+                "{data}",
+                "--set",
+                "data.synthetic.n_train=10",
+            ],
+            GENERATOR,
+        ),
+        (["bench", "--models", "br", "--data", "{data}", "--set", "data.synthetic.n_train=10"], GENERATOR),
+        (["reproduce", "mosei", "--data", "{data}", "--set", "data.synthetic.n_train=10"], GENERATOR),
+    ],
+    ids=["model-name", "data-path", "train", "train-set-path", "tune", "bench", "reproduce"],
+)
+def test_a_set_that_a_flag_or_the_data_overrides_is_refused(argv, message, native, tmp_path, capsys):
+    """``--model late_fusion --set model.name=mult`` trained late_fusion, and a generator setting
+    with data read from a folder was recorded in the run's config but never applied: each without a
+    word. Now one line before any work."""
+    argv = [a.replace("{data}", native) for a in argv] + ["--out", str(tmp_path / "out"), "--set", "train.epochs=1"]
+    assert one_line_error(capsys, argv).startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["bench", "--models", "br"], ["reproduce", "mosei", "--data", "x"]])
+def test_seed_is_not_taken_for_seeds(command, tmp_path, capsys):
+    """argparse took ``--seed 42`` for an abbreviation of ``--seeds``: ``ramer bench --seed 42`` trained
+    42 seeds (``tune --seed`` is a sampler's seed, ``data import --seed`` a split's)."""
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--seed", "42", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert f"--seed is not a flag of ramer {command[0]}: --seeds N is the number of seeds" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import threading
 
 import fixtures_writers as fw
 import pytest
+from conftest import for_data
 from test_conversations import LABELS, base_rows, write_table
 
 from ramer.bench import parse_rates
@@ -513,7 +514,7 @@ def test_an_out_inside_a_dataset_or_a_study_is_refused(tmp_path, capsys):
     capsys.readouterr()
     for argv, why in (
         (["tune", "--model", "late_fusion", "--data", str(ds), "--out", str(ds / "train")], "a folder of the dataset"),
-        (["train", "--data", str(ds), "--out", str(ds / "test"), *SETS], "a folder of the dataset"),
+        (["train", "--data", str(ds), "--out", str(ds / "test"), *for_data(SETS)], "a folder of the dataset"),
         (["tune", "--model", "late_fusion", "--out", str(study / "trial-0000"), *SETS], "a trial folder of the study"),
     ):
         assert main(argv) == 2, argv

@@ -2,6 +2,7 @@
 bytes of nested ones expand to billions of values), Python tags stay refused, an error message
 never formats a whole given value, and a ``--set`` value for a text field is the text given."""
 
+import re
 import subprocess
 import sys
 
@@ -191,3 +192,68 @@ def test_a_modality_dropout_of_one_is_refused():
     with pytest.raises(RamerError, match=r"'model\.modality_dropout': Input should be less than 1"):
         build_config(None, ["model.modality_dropout=1"])
     assert build_config(None, ["model.modality_dropout=0.99"]).model.modality_dropout == 0.99
+
+
+def test_a_set_text_keeps_what_yaml_would_cut_off_or_read_as_a_tag():
+    """``data.path=ds #2`` trained on ./ds: YAML cut ' #2' off as a comment, and a tag or an anchor
+    off the front, with no word. A quoted text is unquoted; null is still None."""
+    for given, path in [
+        ("ds #2", "ds #2"),
+        ("ds  # note", "ds  # note"),
+        ("!!str ds", "!!str ds"),
+        ("&a ds", "&a ds"),
+        ("'my ds'", "my ds"),
+        ('"x #1"', "x #1"),
+        (" ds ", "ds"),
+        ("null", None),
+    ]:
+        assert build_config(None, [f"data.path={given}"]).data.path == path, given
+
+
+@pytest.mark.parametrize("given, read", [("010", 8), ("0123", 83), ("0b101", 5), ("0x1f", 31), ("1:30", 90)])
+def test_a_set_number_yaml_reads_otherwise_than_decimal_is_refused(given, read):
+    """YAML 1.1 reads 010 as octal 8 and 1:30 as 90: ``--set train.seed=010`` trained seed 8."""
+    with pytest.raises(RamerError) as e:
+        build_config(None, [f"train.seed={given}"])
+    assert str(e.value).startswith(
+        f"--set train.seed={given}: YAML reads {given} as {read}; write the number in decimal"
+    )
+    assert build_config(None, ["train.seed=10", "train.lr=0.05", "model.hidden=1_024"]).train.seed == 10
+
+
+@pytest.mark.parametrize("key", ["train", "data", "data.synthetic", "model.layers"])
+def test_a_set_of_a_whole_section_is_refused(key):
+    """``--set "train={lr: 0.01}"`` replaced the section: every value of the config file and of the
+    --set before it was lost (the run trained 8 epochs, the defaults'), and the keys it set escaped
+    the checks of the dotted keys (tune searched its lr all the same)."""
+    with pytest.raises(RamerError) as e:
+        build_config(resolve_config("synthetic"), ["train.epochs=1", f"{key}={{seed: 5}}"])
+    assert str(e.value) == (f"--set {key}={{seed: 5}}: '{key}' is a section; set its keys one by one ({key}.KEY=VALUE)")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "train.threads=1099511627776",  # torch.set_num_threads: 'Overflow when unpacking long'
+        "model.ffn=99999999999999999999999",  # torch.empty: a C++ traceback
+        "model.queue_size=99999999999999999999999",
+        "model.max_segments=99999999999999999999999",
+        "model.target_offset=9223372036854775807",
+        "model.target_prior=1e308",  # 'value cannot be converted to type float without overflow'
+        "model.layers.audio=99999999999999999999999",  # built layers until the machine's memory ran out
+        "model.mult_kernels.text=1000001",  # 15 GiB and 9 minutes for one epoch on 64 scenes
+    ],
+)
+def test_a_size_past_any_model_is_refused_where_the_config_is_read(given):
+    key = given.split("=")[0]
+    with pytest.raises(RamerError, match=rf"'{re.escape(key)}': Input should be less than or equal to"):
+        build_config(None, [given])
+
+
+def test_a_loss_weight_that_overflows_the_loss_is_refused_naming_it():
+    """``loss.w_cl=1e300`` made the loss infinite at the first step, an error naming no key."""
+    with pytest.raises(
+        RamerError, match=r"'loss.w_cl': Value error, a loss weight must be at most 1e\+06, not 1e\+300"
+    ):
+        build_config(None, ["loss.w_cl=1e300"])
+    assert build_config(None, ["loss.w_cl=1000"]).loss.w_cl == 1000

@@ -36,7 +36,12 @@ def commands() -> dict[str, set[str]]:
     for name, parser in subparsers(root).items():
         nested = subparsers(parser)
         for sub_name, sub_parser in nested.items() if nested else [("", parser)]:
-            flags = {o for a in sub_parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+            flags = {  # but a hidden one, a refusal (--seed of bench: not taken for --seeds)
+                o
+                for a in sub_parser._actions
+                for o in a.option_strings
+                if o.startswith("--") and o != "--help" and a.help != argparse.SUPPRESS
+            }
             out[f"{name} {sub_name}".strip()] = flags
     out[""] = {o for a in root._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
     return out

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import for_data
 from test_recipe import tiny_cfg
 
 from ramer.cli import build_parser, check_new_run, main, train_config
@@ -155,7 +156,7 @@ def test_training_on_a_dataset_still_being_written_says_so(tmp_path, capsys):
     staging folder, no meta.json yet): "unknown dataset folder", as if D were no dataset at all."""
     data = tmp_path / "data"
     with held_elsewhere(data, "ramer data synth") as line:
-        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *SETS]) == 2
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *for_data(SETS)]) == 2
         said = capsys.readouterr().err.strip().splitlines()[-1]
         assert said == line.replace(
             "wait for it to end or give another --out", "its dataset is being written: wait for it to end"

@@ -30,7 +30,11 @@ from ramer.train.recipe import training_step
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (conftest)
 
 ENCODER_MODELS = ["ramer", "ramer-authors", "hhmpn", "mlgcn"]
-DEEP = "model.layers={text: 4, audio: 4, visual: 4}"  # the encoders' share of what is saved, as at CARAT's 6/4/4
+DEEP = (
+    "model.layers.text=4",
+    "model.layers.audio=4",
+    "model.layers.visual=4",
+)  # the encoders' share of what is saved, as at CARAT's 6/4/4
 SMALL = ["model.hidden=16", "model.heads=2", "model.ffn=16", "model.dropout=0.3", "model.queue_size=32"]
 
 
@@ -77,7 +81,7 @@ def test_recompute_trains_the_same_to_the_bit(model_name, precision, monkeypatch
 
 def _saved_bytes(model_name: str, recompute: bool, train: bool) -> int:
     """Bytes autograd keeps for backward during one forward and loss (each storage once)."""
-    _, store, model = _setup(model_name, recompute, DEEP)
+    _, store, model = _setup(model_name, recompute, *DEEP)
     model.train(train)
     storages: dict[int, int] = {}
     held = []  # no storage is freed and its address taken by another while counting
@@ -96,7 +100,7 @@ def _saved_bytes(model_name: str, recompute: bool, train: bool) -> int:
 
 def _layer_runs(model_name: str, recompute: bool, train: bool, monkeypatch) -> tuple[int, int]:
     """How many times the encoders' layers run in one forward and loss, and in its backward."""
-    _, store, model = _setup(model_name, recompute, DEEP)
+    _, store, model = _setup(model_name, recompute, *DEEP)
     model.train(train)
     runs = []
     forward = TransformerLayer.forward

@@ -56,6 +56,7 @@ from ramer.config import (
     DataConfig,
     build_config,
     check_corpus_config_has_data,
+    check_generator_sets,
     config_from_dict,
     kept_from_file,
     load_yaml_text,
@@ -527,6 +528,7 @@ def base_config(s: BenchSettings) -> Config:
     if s.data is not None:
         cfg.data.path = s.data
     check_corpus_config_has_data(cfg)
+    check_generator_sets(cfg, s.overrides)
     cfg.data.missing_at = s.missing_at
     read_as_converted(cfg.data)
     check_options(cfg)  # settings of ramer's own or of no model: before any run, not at the first it reaches

@@ -18,7 +18,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ramer.config import MISSING_AT, TASKS, Config, build_config, check_corpus_config_has_data, resolve_config, set_keys
+from ramer.config import (
+    MISSING_AT,
+    TASKS,
+    Config,
+    build_config,
+    check_corpus_config_has_data,
+    check_generator_sets,
+    resolve_config,
+    set_keys,
+)
 from ramer.console import PLAIN, PlainConsole, plural, printable
 from ramer.errors import InterruptedAfter, RamerError, env_count, first_line, first_of, shown, unwritable
 from ramer.paths import (
@@ -365,6 +374,10 @@ def remove_unstarted_run(out: Path, cfg: Config, parent_too: bool = False) -> No
 
 def train_config(args: argparse.Namespace) -> Config:
     """The config of a new run: ``--config`` and ``--set``, then ``--model`` and ``--data``."""
+    given = set_keys(args.set or [])
+    for flag, keys in (("--model", ("model.name",)), ("--data", ("data.path",))):  # model.ablations: added to
+        if getattr(args, flag[2:]) and (twice := [k for k in keys if k in given]):  # the flag won without a word
+            raise RamerError(f"--set {twice[0]}: {flag} gives it; give one of the two")
     cfg = build_config(resolve_config(args.config), args.set or [])
     if args.model:
         from ramer.models import set_model
@@ -373,6 +386,7 @@ def train_config(args: argparse.Namespace) -> Config:
     if args.data:
         cfg.data.path = args.data
     check_corpus_config_has_data(cfg)
+    check_generator_sets(cfg, args.set or [])
     return cfg
 
 
@@ -1312,6 +1326,15 @@ class Parser(argparse.ArgumentParser):
             file.write(message)
 
 
+class NotSeeds(argparse.Action):
+    """``--seed`` of a command whose flag is ``--seeds N``, a count: argparse took it for an
+    abbreviation of ``--seeds`` (``ramer bench --seed 42`` trained 42 seeds; ``tune --seed`` and
+    ``data import --seed`` are a seed)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"--seed is not a flag of {parser.prog}: --seeds N is the number of seeds, each run's own")
+
+
 class CommandParser(Parser):
     """The parser of a command (``ramer train``, ``ramer data import``): an argument it does not
     know is its own error, under its own usage line, with the nearest of its flags or the config key
@@ -1522,6 +1545,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--data", required=True, help="the benchmark file or directory (or a converted directory)")
     rp.add_argument("--seeds", type=int, default=3, metavar="N", help="number of seeds (default: 3)")
+    rp.add_argument("--seed", nargs="?", action=NotSeeds, help=argparse.SUPPRESS)
     rp.add_argument("--out", help="output folder (default: runs/reproduce-BENCH)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     rp.set_defaults(func=cmd_reproduce)
@@ -1545,6 +1569,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models too (docs/ARCHITECTURE.md, Adding a model)",
     )
     b.add_argument("--seeds", type=int, metavar="N", help="number of seeds (default: 3; --quick: 1)")
+    b.add_argument("--seed", nargs="?", action=NotSeeds, help=argparse.SUPPRESS)
     b.add_argument("--missing-rates", help="comma list of extra missing rates (default: 0,0.3,0.6; --quick: 0,0.6)")
     b.add_argument(
         "--missing-at",

@@ -8,6 +8,7 @@ overrides, and the resolved result is saved in the run directory and inside the 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable
 from difflib import get_close_matches
@@ -62,7 +63,11 @@ class _Section(BaseModel):
         return value
 
 
-MAX_SCENES, MAX_GRID, MAX_DIM = 10**7, 10**3, 2**16  # the embedded benchmark's largest sizes
+MAX_SCENES, MAX_GRID, MAX_DIM = 10**7, 10**3, 2**16  # the embedded benchmark's largest sizes (MAX_DIM: a model's too)
+# the largest of ramer's own models' sizes: past them a value is a slip (a digit too many), which would
+# take the machine's memory or time before any check of it, or overflow torch's 64-bit sizes (a traceback)
+MAX_LAYERS, MAX_KERNEL, MAX_QUEUE, MAX_POSITIONS, MAX_THREADS = 64, 1023, 2**24, 10**6, 4096
+MAX_LOSS_WEIGHT = 1e6
 MAX_SEED = 2**32 - 1  # train.seed: torch's generators take seed * 100003 + epoch (below 2**64)
 
 
@@ -124,17 +129,17 @@ MISSING_AT = get_args(DataConfig.model_fields["missing_at"].annotation)  # bench
 
 
 class LayersConfig(_Section):
-    text: int = Field(2, ge=0)
-    audio: int = Field(1, ge=0)
-    visual: int = Field(1, ge=0)
+    text: int = Field(2, ge=0, le=MAX_LAYERS)
+    audio: int = Field(1, ge=0, le=MAX_LAYERS)
+    visual: int = Field(1, ge=0, le=MAX_LAYERS)
 
 
 class KernelsConfig(_Section):
     """MulT's temporal convolution kernel per modality (odd: the output keeps the sequence length)."""
 
-    text: int = Field(3, ge=1)
-    audio: int = Field(3, ge=1)
-    visual: int = Field(3, ge=1)
+    text: int = Field(3, ge=1, le=MAX_KERNEL)
+    audio: int = Field(3, ge=1, le=MAX_KERNEL)
+    visual: int = Field(3, ge=1, le=MAX_KERNEL)
 
     @field_validator("text", "audio", "visual")
     @classmethod
@@ -146,13 +151,13 @@ class KernelsConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = "ramer"
-    hidden: int = Field(64, ge=8)
-    heads: int = Field(4, ge=1)
-    ffn: int = Field(128, ge=8)
+    hidden: int = Field(64, ge=8, le=MAX_DIM)
+    heads: int = Field(4, ge=1, le=MAX_DIM)
+    ffn: int = Field(128, ge=8, le=MAX_DIM)
     layers: LayersConfig = Field(default_factory=LayersConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    proj_size: int = Field(32, ge=2)  # auto-encoder code size P (paper: 64)
-    queue_size: int = Field(1024, ge=0)  # contrastive memory queue (paper: 8192)
+    proj_size: int = Field(32, ge=2, le=MAX_DIM)  # auto-encoder code size P (paper: 64)
+    queue_size: int = Field(1024, ge=0, le=MAX_QUEUE)  # contrastive memory queue (paper: 8192)
     temperature: float = Field(0.07, gt=0.0)
     proto_momentum: float = Field(0.99, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
@@ -161,11 +166,12 @@ class ModelConfig(_Section):
     # prototype: r~_m with p^_m in F_m's own slot (the spec's literal reading); own_slot: r~_m with the
     # context-built r^_m in its own slot; gate: a learned gate between r_m and r~_m; context: r_m itself
     stand_in: Literal["prototype", "own_slot", "gate", "context"] = "gate"
-    max_segments: int = Field(512, ge=1)  # rows of the learned segment-position table (S must not exceed it)
-    target_offset: int = Field(
-        16, ge=0
-    )  # RAMer: learned embedding of each token's segment offset from the target, clipped to +-this; 0 = off
-    target_prior: float | None = 2.0  # RAMer: learned label-attention bonus of the target token, its start; null = off
+    # rows of the learned segment-position table (S must not exceed it)
+    max_segments: int = Field(512, ge=1, le=MAX_POSITIONS)
+    # RAMer: learned embedding of each token's segment offset from the target, clipped to +-this; 0 = off
+    target_offset: int = Field(16, ge=0, le=MAX_POSITIONS)
+    # RAMer: learned label-attention bonus of the target token, its start; null = off
+    target_prior: float | None = Field(2.0, ge=-1e4, le=1e4)
     # stack-shuffle permutations (docs/MODEL.md): random (a new draw per label, source and sample) or
     # pile (the RAMer authors' fixed card deal); null: the model's own (ramer random, ramer-authors pile)
     shuffle: Literal["random", "pile"] | None = None
@@ -237,6 +243,8 @@ class LossConfig(_Section):
     def _no_negative_weight(cls, value, info):
         if info.field_name.startswith("w_") and value < 0:
             raise ValueError(f"a loss weight must be 0 or more, not {value}")
+        if info.field_name.startswith("w_") and value > MAX_LOSS_WEIGHT:  # 1e300 made the loss inf at step 0
+            raise ValueError(f"a loss weight must be at most {MAX_LOSS_WEIGHT:g}, not {value:g}")
         return value
 
 
@@ -250,7 +258,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = Field(1, ge=0, le=MAX_SEED)
     device: str = "cpu"
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)  # torch intra-op threads; None keeps torch's default
     per_label_threshold: bool = False
     max_train_batches: int | None = Field(None, ge=1)  # cap per epoch (smoke runs)
     # Early stopping: stop once validation's selection score has not improved for this many
@@ -397,17 +405,34 @@ def _field_annotation(key: str) -> Any:
     return annotation
 
 
+# A number as YAML 1.1 reads it but not as written in decimal: 010 (octal 8), 0b101, 0x1f, 1:30 (90)
+_NOT_DECIMAL = re.compile(r"[-+]?(0[0-9_]|0[bBoOxX]|[0-9_.]*:)")
+
+
 def _parse_value(text: str, annotation: Any = None) -> Any:
     """A ``--set`` value is read as YAML: ``3`` is an int, ``[a, b]`` a list, ``null`` None. For a
-    field that takes a string (``annotation``: ``str``, ``str | None``) a plain scalar stays the text
-    given: ``data.path=2024`` is the folder 2024, not the number."""
+    field that takes a string (``annotation``: ``str``, ``str | None``) the text given is kept, but
+    for ``null`` and a quoted string: ``data.path=2024`` is the folder 2024, not the number, and
+    ``data.path=ds #2`` the folder ``ds #2``, not ``ds`` and a comment. A number YAML reads other
+    than as written in decimal (``010``, octal 8) is a ValueError."""
     try:
         value = load_yaml_text(text)
     except yaml.YAMLError:
         return text
-    if _admits_str(annotation) and value is not None and not isinstance(value, (str, list, dict)):
-        return text.strip()  # a number, true/false, a date: YAML's reading of what was a name
+    if _admits_str(annotation) and value is not None and not isinstance(value, (list, dict)):
+        raw = text.strip()
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+        # the text as given: YAML read a number, true/false or a date in it, or cut a comment, tag or anchor off
+        return value if quoted and isinstance(value, str) else raw
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _NOT_DECIMAL.match(text.strip()):
+        raise ValueError(
+            f"YAML reads {text.strip()} as {value}; write the number in decimal digits (no leading 0, 0b, 0x or ':')"
+        )
     return value
+
+
+def _is_section(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def set_in_tree(tree: dict, key: str, value: Any, source: str = "--set") -> None:
@@ -429,7 +454,16 @@ def apply_override(tree: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise RamerError(f"--set expects KEY=VALUE, got '{assignment}'")
     key, value = assignment.split("=", 1)
-    set_in_tree(tree, key, _parse_value(value, _field_annotation(key)))
+    annotation = _field_annotation(key)
+    if _is_section(annotation):  # a mapping there replaced the section: every value it held was lost
+        raise RamerError(
+            f"--set {assignment}: '{key.strip()}' is a section; set its keys one by one ({key.strip()}.KEY=VALUE)"
+        )
+    try:
+        parsed = _parse_value(value, annotation)
+    except ValueError as e:
+        raise RamerError(f"--set {assignment}: {e}") from None
+    set_in_tree(tree, key, parsed)
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:
@@ -638,6 +672,18 @@ def kept_from_file(config: str | Path | None, sets: tuple[str, ...]) -> tuple[st
 
     walk(read_yaml(config), "")
     return tuple(x for x in sets if x.split("=", 1)[0] not in given)
+
+
+def check_generator_sets(cfg: Config, overrides: list[str] | tuple[str, ...]) -> None:
+    """A ``--set data.synthetic.KEY`` (in ``overrides``) for a run of data read from ``data.path`` is
+    a RamerError: the generator's settings were recorded in the run's config and never applied.
+    (Those of a config file are not refused: the bundled ones set them for any data.)"""
+    given = sorted(k for k in set_keys(overrides) if k == "data.synthetic" or k.startswith("data.synthetic."))
+    if given and cfg.data.path is not None:
+        raise RamerError(
+            f"--set {given[0]}: a setting of the embedded benchmark's generator, and the data is read from "
+            f"{cfg.data.path}, so it would be ignored; leave it out (or the data path, for the embedded benchmark)"
+        )
 
 
 def check_corpus_config_has_data(cfg: Config) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ramer import checkpoint as ckpt
-from ramer.config import CONFIG_DIR, build_config, set_keys
+from ramer.config import CONFIG_DIR, build_config, check_generator_sets, set_keys
 from ramer.data import load_bundle
 from ramer.data.formats import convert_again, converted_otherwise, listed, refuse_unread
 from ramer.data.store import is_native, resolve_task
@@ -135,6 +135,7 @@ def reproduce(bench: str, data: str, seeds: int, out: str | Path, overrides: lis
             raise RamerError(f"--set {o}: ramer reproduce reads the data given with --data; give the path there")
     cfg = build_config(CONFIG_DIR / f"{config_name}.yaml", overrides)
     cfg.data.path = data
+    check_generator_sets(cfg, overrides)
     if cfg.data.format == "auto" and not is_native(data):  # a converted directory loads as itself
         cfg.data.format = fmt
     if not is_native(data):  # a --set loader option this data's format does not read: recorded, never applied

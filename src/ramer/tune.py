@@ -63,6 +63,7 @@ from ramer.config import (
     Config,
     as_today,
     build_config,
+    check_generator_sets,
     dump_config,
     kept_from_file,
     result_differences,
@@ -131,6 +132,7 @@ def tune_config(
     set_model(cfg, model)
     if data is not None:
         cfg.data.path = data
+    check_generator_sets(cfg, overrides)
     return cfg
 
 
