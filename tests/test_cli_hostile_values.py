@@ -135,6 +135,8 @@ GENERATOR = "--set data.synthetic.n_train: a setting of the embedded benchmark's
             "--set model.name: --model gives it",
         ),
         (["train", "--data", "{data}", "--set", "data.path=elsewhere"], "--set data.path: --data gives it"),
+        (["tune", "--model", "br", "--data", "{data}", "--set", "data.path=elsewhere"], "--set data.path: --data"),
+        (["bench", "--models", "br", "--data", "{data}", "--set", "data.path=elsewhere"], "--set data.path: --data"),
         (["train", "--data", "{data}", "--model", "br", "--set", "data.synthetic.n_train=10"], GENERATOR),
         (["train", "--set", "data.path={data}", "--model", "br", "--set", "data.synthetic.n_train=10"], GENERATOR),
         (
@@ -154,7 +156,17 @@ GENERATOR = "--set data.synthetic.n_train: a setting of the embedded benchmark's
         (["bench", "--models", "br", "--data", "{data}", "--set", "data.synthetic.n_train=10"], GENERATOR),
         (["reproduce", "mosei", "--data", "{data}", "--set", "data.synthetic.n_train=10"], GENERATOR),
     ],
-    ids=["model-name", "data-path", "train", "train-set-path", "tune", "bench", "reproduce"],
+    ids=[
+        "model-name",
+        "data-path",
+        "tune-data-path",
+        "bench-data-path",
+        "train",
+        "train-set-path",
+        "tune",
+        "bench",
+        "reproduce",
+    ],
 )
 def test_a_set_that_a_flag_or_the_data_overrides_is_refused(argv, message, native, tmp_path, capsys):
     """``--model late_fusion --set model.name=mult`` trained late_fusion, and a generator setting
@@ -174,3 +186,6 @@ def test_seed_is_not_taken_for_seeds(command, tmp_path, capsys):
     assert e.value.code == 2
     assert f"--seed is not a flag of ramer {command[0]}: --seeds N is the number of seeds" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):  # the hidden flag is no "did you mean"
+        main([*command, "--seedz", "3"])
+    assert "did you mean --seeds?" in capsys.readouterr().err

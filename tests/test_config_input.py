@@ -204,13 +204,17 @@ def test_a_set_text_keeps_what_yaml_would_cut_off_or_read_as_a_tag():
         ("&a ds", "&a ds"),
         ("'my ds'", "my ds"),
         ('"x #1"', "x #1"),
+        ("'ds' #c", "'ds' #c"),  # not one quoted string: as given
+        ('"a" #x "b"', '"a" #x "b"'),
         (" ds ", "ds"),
         ("null", None),
     ]:
         assert build_config(None, [f"data.path={given}"]).data.path == path, given
 
 
-@pytest.mark.parametrize("given, read", [("010", 8), ("0123", 83), ("0b101", 5), ("0x1f", 31), ("1:30", 90)])
+@pytest.mark.parametrize(
+    "given, read", [("010", 8), ("0123", 83), ("0b101", 5), ("0x1f", 31), ("1:30", 90), ("!!int 010", 8)]
+)
 def test_a_set_number_yaml_reads_otherwise_than_decimal_is_refused(given, read):
     """YAML 1.1 reads 010 as octal 8 and 1:30 as 90: ``--set train.seed=010`` trained seed 8."""
     with pytest.raises(RamerError) as e:
@@ -219,6 +223,9 @@ def test_a_set_number_yaml_reads_otherwise_than_decimal_is_refused(given, read):
         f"--set train.seed={given}: YAML reads {given} as {read}; write the number in decimal"
     )
     assert build_config(None, ["train.seed=10", "train.lr=0.05", "model.hidden=1_024"]).train.seed == 10
+    for decimal, number in [("00", 0), ("08", 8), ("10 # ten", 10), ("0.5", 0.5), (".5", 0.5), ("1e-3", 1e-3)]:
+        key = "train.seed" if isinstance(number, int) else "train.lr"
+        assert getattr(build_config(None, [f"{key}={decimal}"]).train, key[6:]) == number, decimal
 
 
 @pytest.mark.parametrize("key", ["train", "data", "data.synthetic", "model.layers"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,32 @@ def test_a_cache_entry_the_disk_refuses_is_one_error_and_nothing_fails_later(tmp
     gc.collect()
     assert unraised == []
     assert [p.name for p in (tmp_path / "cache" / "text").iterdir()] == []  # no temporary left
+
+
+def test_a_split_refused_as_it_takes_its_folders_place_is_kept_in_its_temporary_folder(tmp_path, monkeypatch):
+    """``SceneStore.save`` over a split folder: the rename of the new one into place refused (here a
+    cross-device link) after the old one was removed is one error naming the folder, and the new
+    split is kept whole in its temporary folder beside it, not removed with the old one."""
+    from conftest import random_store
+
+    store, split = random_store(n=8), tmp_path / "train"
+    store.save(split)
+    real = os.replace
+
+    def replace(source, target):
+        if Path(target) == split:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(RamerError, match=rf"^{re.escape(str(split))}: cannot write \({os.strerror(errno.EXDEV)}\)$"):
+        store.save(split)
+    (kept,) = tmp_path.glob(".train.*.tmp")
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in store_files(store, tmp_path))
+
+
+def store_files(store, tmp_path) -> list[Path]:
+    """The files a save of ``store`` writes."""
+    other = tmp_path / "other" / "train"
+    store.save(other)
+    return list(other.iterdir())

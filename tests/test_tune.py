@@ -883,3 +883,19 @@ def test_ctrl_c_before_the_study_is_made_names_no_folder(tmp_path, monkeypatch, 
     out = tmp_path / "t"
     assert main(["tune", "--model", "late_fusion", "--out", str(out), *SETS]) == 130
     assert capsys.readouterr().err == "interrupted\n" and not out.exists()
+
+
+def test_an_earlier_searchs_folder_holding_a_users_file_stops_the_search_before_any_trial(tmp_path, tiny):
+    """A trial folder the study has not reached (an earlier search's, its study.db gone) holding a
+    file of the user's: refused before any trial starts, nothing removed. It was refused within its
+    trial, which the study then held as failed, and the next command blamed that trial."""
+    cfg = tune_config("late_fusion", None, [*TINY, "train.epochs=1"])
+    out = tmp_path / "t"
+    (out / "trial-0001").mkdir(parents=True)
+    (out / "trial-0001" / "notes.txt").write_text("mine")
+    for _ in range(2):
+        with pytest.raises(
+            RamerError, match=r"trial-0001: trial 1 will train here, .*files no run writes \(notes\.txt\)"
+        ):
+            tune(cfg, out, trials=2, bundle=tiny[0], console=QUIET)
+    assert study_trials(out, "late_fusion") == [] and (out / "trial-0001" / "notes.txt").read_text() == "mine"

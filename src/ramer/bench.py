@@ -56,6 +56,7 @@ from ramer.config import (
     DataConfig,
     build_config,
     check_corpus_config_has_data,
+    check_flag_sets,
     check_generator_sets,
     config_from_dict,
     kept_from_file,
@@ -301,6 +302,7 @@ def resolve_settings(
         )
     if trial_seeds is not None and trial_seeds < 1:
         raise RamerError(f"--trial-seeds must be at least 1, got {trial_seeds}")
+    check_flag_sets(overrides or [], {"--data": ("data.path",)} if data is not None else {})
     owned = [key for key in set_keys(overrides or []) if key in BENCH_OWNS]
     if owned:
         raise RamerError(f"--set {owned[0]}: the bench sets it for every run; give {BENCH_OWNS[owned[0]]} instead")

@@ -14,12 +14,14 @@ kill during a save never leaves a half-written file as the latest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -109,40 +111,33 @@ def metadata(path: str | Path) -> dict[str, str]:
     an ``OSError`` where it does not read."""
     from safetensors import safe_open
 
-    if not _utf8(path):  # safetensors opens only a name of UTF-8 text: the header read here
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size <= 100_000_000:  # safetensors' own bound of a header
-                raise SafetensorError(f"header size {size}: not a safetensors file")
-            try:
-                meta = json.loads(f.read(size)).get("__metadata__")
-            except (ValueError, AttributeError) as e:
-                raise SafetensorError(f"its header is not a JSON object ({first_line(e)})") from None
-        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
-            raise SafetensorError("its header's __metadata__ is not an object of strings")
-        return meta or {}
-    with safe_open(str(path), framework="pt") as f:
+    with _readable_name(path) as name, safe_open(name, framework="pt") as f:
         return f.metadata() or {}
 
 
-def _utf8(path: str | Path) -> bool:
-    """Whether ``path`` is UTF-8 text: a name of other bytes (Latin-1 ``été`` on Linux) holds lone
-    surrogates in Python, which safetensors' reader cannot take."""
+@contextlib.contextmanager
+def _readable_name(path: str | Path) -> Iterator[str]:
+    """A name of ``path`` that safetensors' reader opens: ``path`` where it is UTF-8 text; else
+    ``/dev/fd/N`` of the file opened here (a name of other bytes, Latin-1 ``été`` on Linux, holds
+    lone surrogates in Python, which the reader cannot take)."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        pass
+    else:
+        yield str(path)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield f"/dev/fd/{fd}" if os.path.isdir("/dev/fd") else str(path)
+    finally:
+        os.close(fd)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors file ``path`` (``load_file``; from its bytes where ``path`` is
-    not UTF-8 text, ``_utf8``)."""
-    if _utf8(path):
-        return load_file(str(path))
-    from safetensors.torch import load
-
-    return load(Path(path).read_bytes())
+    """The tensors of the safetensors file ``path`` (``load_file``, by a name it opens: ``_readable_name``)."""
+    with _readable_name(path) as name:
+        return load_file(name)
 
 
 def read_written_by(path: str | Path) -> dict[str, str]:

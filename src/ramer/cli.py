@@ -24,6 +24,7 @@ from ramer.config import (
     Config,
     build_config,
     check_corpus_config_has_data,
+    check_flag_sets,
     check_generator_sets,
     resolve_config,
     set_keys,
@@ -374,10 +375,9 @@ def remove_unstarted_run(out: Path, cfg: Config, parent_too: bool = False) -> No
 
 def train_config(args: argparse.Namespace) -> Config:
     """The config of a new run: ``--config`` and ``--set``, then ``--model`` and ``--data``."""
-    given = set_keys(args.set or [])
-    for flag, keys in (("--model", ("model.name",)), ("--data", ("data.path",))):  # model.ablations: added to
-        if getattr(args, flag[2:]) and (twice := [k for k in keys if k in given]):  # the flag won without a word
-            raise RamerError(f"--set {twice[0]}: {flag} gives it; give one of the two")
+    # model.ablations: --model adds a preset's to them
+    flags = {"--model": ("model.name",), "--data": ("data.path",)}
+    check_flag_sets(args.set or [], {flag: keys for flag, keys in flags.items() if getattr(args, flag[2:])})
     cfg = build_config(resolve_config(args.config), args.set or [])
     if args.model:
         from ramer.models import set_model
@@ -1327,9 +1327,8 @@ class Parser(argparse.ArgumentParser):
 
 
 class NotSeeds(argparse.Action):
-    """``--seed`` of a command whose flag is ``--seeds N``, a count: argparse took it for an
-    abbreviation of ``--seeds`` (``ramer bench --seed 42`` trained 42 seeds; ``tune --seed`` and
-    ``data import --seed`` are a seed)."""
+    """``--seed`` of a command whose flag is ``--seeds N``, a count, which argparse would take for an
+    abbreviation of ``--seeds`` (in ``tune`` and ``data import``, ``--seed`` is one seed): an error."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error(f"--seed is not a flag of {parser.prog}: --seeds N is the number of seeds, each run's own")
@@ -1378,7 +1377,8 @@ def flag_hint(parser: argparse.ArgumentParser, arg: str, after: list[str]) -> st
     for key in keys:
         leaves.setdefault(key.rsplit(".", 1)[-1], []).append(key)
     leaf = flag[2:].replace("-", "_")  # --batch-size: train.batch_size
-    near_flag = get_close_matches(flag, [o for o in options if o.startswith("--")], n=1, cutoff=0.75)
+    shown_flags = [o for o, a in options.items() if o.startswith("--") and a.help != argparse.SUPPRESS]
+    near_flag = get_close_matches(flag, shown_flags, n=1, cutoff=0.75)
     if leaf not in leaves and near_flag:
         return f"did you mean {near_flag[0]}?"
     near_leaf = [leaf] if leaf in leaves else get_close_matches(leaf, leaves, n=1, cutoff=0.8)

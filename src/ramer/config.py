@@ -7,6 +7,7 @@ overrides, and the resolved result is saved in the run directory and inside the 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -243,7 +244,7 @@ class LossConfig(_Section):
     def _no_negative_weight(cls, value, info):
         if info.field_name.startswith("w_") and value < 0:
             raise ValueError(f"a loss weight must be 0 or more, not {value}")
-        if info.field_name.startswith("w_") and value > MAX_LOSS_WEIGHT:  # 1e300 made the loss inf at step 0
+        if info.field_name.startswith("w_") and value > MAX_LOSS_WEIGHT:  # 1e300 makes the loss inf at step 0
             raise ValueError(f"a loss weight must be at most {MAX_LOSS_WEIGHT:g}, not {value:g}")
         return value
 
@@ -405,29 +406,48 @@ def _field_annotation(key: str) -> Any:
     return annotation
 
 
-# A number as YAML 1.1 reads it but not as written in decimal: 010 (octal 8), 0b101, 0x1f, 1:30 (90)
-_NOT_DECIMAL = re.compile(r"[-+]?(0[0-9_]|0[bBoOxX]|[0-9_.]*:)")
+def _decimal(text: str, value: int | float) -> bool:
+    """Whether the number YAML read from ``text`` (``value``) is what ``text`` says written in
+    decimal: not 010 (YAML 1.1's octal 8), 0b101, 0x1f, 1:30 (90) nor a tag (!!int 010)."""
+    text = re.sub(r"\s+#.*", "", text)  # a comment after it
+    try:
+        return (int(text) if isinstance(value, int) else float(text)) == value
+    except ValueError:
+        return False
+
+
+def _one_quoted_scalar(text: str) -> bool:
+    """Whether ``text`` is one quoted YAML scalar, whole (``'my ds'``; not ``'ds' #c``)."""
+    try:
+        tokens = [t for t in yaml.scan(text) if not isinstance(t, (yaml.StreamStartToken, yaml.StreamEndToken))]
+    except yaml.YAMLError:
+        return False
+    return (
+        len(tokens) == 1
+        and isinstance(tokens[0], yaml.ScalarToken)
+        and tokens[0].style in ("'", '"')
+        and tokens[0].start_mark.index == 0
+        and tokens[0].end_mark.index == len(text)
+    )
 
 
 def _parse_value(text: str, annotation: Any = None) -> Any:
-    """A ``--set`` value is read as YAML: ``3`` is an int, ``[a, b]`` a list, ``null`` None. For a
-    field that takes a string (``annotation``: ``str``, ``str | None``) the text given is kept, but
-    for ``null`` and a quoted string: ``data.path=2024`` is the folder 2024, not the number, and
-    ``data.path=ds #2`` the folder ``ds #2``, not ``ds`` and a comment. A number YAML reads other
-    than as written in decimal (``010``, octal 8) is a ValueError."""
+    """A ``--set`` value is read as YAML: ``3`` is an int, ``[a, b]`` a list, ``null`` (or nothing)
+    None. For a field that takes a string (``annotation``: ``str``, ``str | None``) a scalar is the
+    text given, unquoted where it is one quoted string: ``data.path=2024`` is the folder 2024, not
+    the number, and ``data.path=ds #2`` the folder ``ds #2``, not ``ds`` and a comment. A number YAML
+    reads other than as written in decimal (``010``, octal 8) is a ValueError."""
     try:
         value = load_yaml_text(text)
     except yaml.YAMLError:
         return text
+    raw = text.strip()
     if _admits_str(annotation) and value is not None and not isinstance(value, (list, dict)):
-        raw = text.strip()
-        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
         # the text as given: YAML read a number, true/false or a date in it, or cut a comment, tag or anchor off
-        return value if quoted and isinstance(value, str) else raw
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and _NOT_DECIMAL.match(text.strip()):
-        raise ValueError(
-            f"YAML reads {text.strip()} as {value}; write the number in decimal digits (no leading 0, 0b, 0x or ':')"
-        )
+        return value if isinstance(value, str) and _one_quoted_scalar(raw) else raw
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and math.isfinite(value) and not _decimal(raw, value):  # inf and NaN: the field's own error
+        raise ValueError(f"YAML reads {raw} as {value}; write the number in decimal digits")
     return value
 
 
@@ -455,7 +475,7 @@ def apply_override(tree: dict, assignment: str) -> None:
         raise RamerError(f"--set expects KEY=VALUE, got '{assignment}'")
     key, value = assignment.split("=", 1)
     annotation = _field_annotation(key)
-    if _is_section(annotation):  # a mapping there replaced the section: every value it held was lost
+    if _is_section(annotation):  # a mapping there would replace the section, and every value it holds
         raise RamerError(
             f"--set {assignment}: '{key.strip()}' is a section; set its keys one by one ({key.strip()}.KEY=VALUE)"
         )
@@ -674,11 +694,20 @@ def kept_from_file(config: str | Path | None, sets: tuple[str, ...]) -> tuple[st
     return tuple(x for x in sets if x.split("=", 1)[0] not in given)
 
 
+def check_flag_sets(overrides: list[str] | tuple[str, ...], flags: dict[str, tuple[str, ...]]) -> None:
+    """A ``--set`` (in ``overrides``) of a key that a flag given also sets (``flags``: each flag given
+    -> its keys; ``--data``: ``data.path``) is a RamerError: the flag's value would win."""
+    given = set_keys(overrides)
+    for flag, keys in flags.items():
+        if twice := [k for k in keys if k in given]:
+            raise RamerError(f"--set {twice[0]}: {flag} gives it; give one of the two")
+
+
 def check_generator_sets(cfg: Config, overrides: list[str] | tuple[str, ...]) -> None:
     """A ``--set data.synthetic.KEY`` (in ``overrides``) for a run of data read from ``data.path`` is
-    a RamerError: the generator's settings were recorded in the run's config and never applied.
-    (Those of a config file are not refused: the bundled ones set them for any data.)"""
-    given = sorted(k for k in set_keys(overrides) if k == "data.synthetic" or k.startswith("data.synthetic."))
+    a RamerError: the generator's settings do not apply there. (Those of a config file are not
+    refused: the bundled ones set them for any data.)"""
+    given = sorted(k for k in set_keys(overrides) if k.startswith("data.synthetic."))
     if given and cfg.data.path is not None:
         raise RamerError(
             f"--set {given[0]}: a setting of the embedded benchmark's generator, and the data is read from "

@@ -712,7 +712,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         if isinstance(e.__context__, KeyboardInterrupt) and not isinstance(e, KeyboardInterrupt):
             # a writer that failed on its way out of a Ctrl-C (torch.save's zip writer: 'unexpected pos')
             raise e.__context__ from None
-        if (refused := _refusal(e)) is not None and not isinstance(e, KeyboardInterrupt):
+        if (refused := _refusal(e)) is not None:
             raise unwritable(path, refused) from None
         raise
     finally:
@@ -720,19 +720,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             os.close(fd)
 
 
-def _refusal(e: BaseException | None) -> OSError | None:
+def _refusal(e: BaseException) -> OSError | None:
     """The system's refusal (permissions, a full disk, a file-size limit) behind a writer's error
-    ``e``: ``e`` itself, one it was raised while handling (torch.save's zip writer fails on its way out
-    of it: 'unexpected pos'), or the one safetensors' writer names ('I/O error: ... (os error 28)');
-    None where there is none."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError):
-            return e
-        if type(e).__name__ == "SafetensorError" and (code := re.search(r"\(os error (\d+)\)", str(e))):
-            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
-        e = e.__cause__ or e.__context__
+    ``e``: ``e`` itself, the OSError that torch.save's zip writer fails on its way out of ('unexpected
+    pos', raised while handling it), or the one safetensors' writer names ('I/O error: ... (os error
+    28)'); None for any other error."""
+    if isinstance(e, OSError):
+        return e
+    if type(e).__name__ == "SafetensorError" and (code := re.search(r"\(os error (\d+)\)", str(e))):
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+    if isinstance(e, RuntimeError) and "unexpected pos" in str(e) and isinstance(e.__context__, OSError):
+        return e.__context__
     return None
 
 

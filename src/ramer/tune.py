@@ -63,6 +63,7 @@ from ramer.config import (
     Config,
     as_today,
     build_config,
+    check_flag_sets,
     check_generator_sets,
     dump_config,
     kept_from_file,
@@ -128,6 +129,7 @@ def tune_config(
     owned = [key for key in set_keys(overrides) if key in ("model.name", "model.ablations")]
     if owned:
         raise RamerError(f"--set {owned[0]}: --model names the model (an ablation preset: --model ramer-no_shuffle)")
+    check_flag_sets(overrides, {"--data": ("data.path",)} if data is not None else {})
     cfg = build_config(config, [*kept_from_file(config, DEFAULT_SETS), *overrides])
     set_model(cfg, model)
     if data is not None:
@@ -585,10 +587,10 @@ def requeue(study, trial, interrupted: bool = False) -> None:
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
-def remove_trial_folder(folder: Path, why: str) -> None:
+def remove_trial_folder(folder: Path, why: str, remove: bool = True) -> None:
     """Remove ``folder``, a trial's: what its run wrote, or its runs' folders ``seed-S`` (``--trial-seeds``).
     One that holds a file no run writes (the user's own, ``foreign_run_files``) is a RamerError naming
-    it, after ``why`` (the folder's state), and nothing is removed."""
+    it, after ``why`` (the folder's state), and nothing is removed. ``remove`` False: the check alone."""
     if folder.is_symlink() or not folder.is_dir():
         raise RamerError(f"{folder}: {why}, and not a folder of ramer's; move it, or give another --out")
     seeds = [p.name for p in folder.iterdir() if SEED_FOLDER.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
@@ -597,7 +599,8 @@ def remove_trial_folder(folder: Path, why: str) -> None:
     if foreign:
         said = f"{why}, but it holds files no run writes ({first_of(sorted(foreign), 5)})"
         raise RamerError(f"{folder}: {said}; move them, or give another --out")
-    shutil.rmtree(folder)
+    if remove:
+        shutil.rmtree(folder)
 
 
 def remove_failed_folders(optuna, study, out: Path) -> None:
@@ -607,6 +610,19 @@ def remove_failed_folders(optuna, study, out: Path) -> None:
         folder = out / TRIAL_FOLDER.format(t.number)
         if folder.exists() or folder.is_symlink():
             remove_trial_folder(folder, f"trial {t.number} failed, and its folder is removed before the search goes on")
+
+
+def check_earlier_folders(study, out: Path) -> None:
+    """The trial folders in ``out`` of numbers the study has not reached (an earlier search's, whose
+    study is gone), which its trials remove as they reach them, are checked before any trial starts
+    (``remove_trial_folder``): a file of the user's there stops the command, not a trial."""
+    reached = len(study.get_trials(deepcopy=False))
+    for folder in sorted(out.glob("trial-*")):
+        number = folder.name.removeprefix("trial-")
+        if number.isdigit() and folder.name == TRIAL_FOLDER.format(int(number)) and int(number) >= reached:
+            remove_trial_folder(
+                folder, f"trial {int(number)} will train here, in place of an earlier search's folder", False
+            )
 
 
 def counts(optuna, study) -> dict[str, int]:
@@ -778,6 +794,7 @@ def _tune(
     try:
         say_stopped(console, fail_stale(optuna, study))
         remove_failed_folders(optuna, study, out)
+        check_earlier_folders(study, out)
         task = resolve_task(bundle, base.data.task)
         metric = METRIC_NAMES[SELECTION[task]]
         info = {

@@ -610,8 +610,10 @@ class SceneStore:
         self.check(where)
 
     def _write(self, directory: Path) -> None:
-        """``save``'s writing; what the system refuses (a full disk, permissions) is a RamerError naming
-        the file, and a split folder there before is left as it was."""
+        """``save``'s writing: the arrays into a temporary folder beside ``directory``, which then takes
+        its place. What the system refuses (a full disk, permissions) is a RamerError naming the file;
+        while the arrays are written a split folder there before is left as it was, and in the swap
+        that follows the new one is kept in its temporary folder."""
         writing = directory
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
@@ -636,15 +638,17 @@ class SceneStore:
             with open(tmp / "ids.json", "w", encoding="utf-8") as f:
                 f.write(json.dumps(list(self.ids)))
                 on_disk(f)  # before meta.json, which marks the dataset complete
-            writing = directory
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError):
                 raise unwritable(writing, e) from None
             raise
+        try:
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except OSError as e:
+            raise unwritable(directory, e) from None
 
     @classmethod
     def load(
