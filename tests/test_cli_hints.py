@@ -182,7 +182,7 @@ def test_a_flags_control_characters_are_written_out_in_its_error(capsys):
     terminal as a command, as in no other error line."""
     err = refused(capsys, ["train", "--epochs", "2\x1b]0;t\x07"])
     assert "\x1b" not in err and "\x07" not in err
-    assert "unrecognized arguments: --epochs 2\\x1b]0;t\\x07; use --set 'train.epochs=2\\x1b]0;t\\x07'" in err
+    assert "unrecognized arguments: --epochs 2\\x1b]0;t\\x07; use --set $'train.epochs=2\\x1b]0;t\\x07'" in err
 
 
 def test_a_rank_in_the_environment_that_is_no_number_is_one_line(tmp_path, capsys, monkeypatch):

@@ -5,6 +5,8 @@ system refuses."""
 
 import errno
 import os
+import shutil
+import subprocess
 import tempfile
 import threading
 
@@ -531,10 +533,26 @@ def test_a_run_in_a_folder_whose_name_is_not_utf8_is_read_back(tmp_path, capsys)
         pytest.skip("this file system takes no such name")
     run = parent / "run"
     assert main(["train", "--model", "late_fusion", "--out", str(run), *SETS]) == 0, capsys.readouterr().err
-    capsys.readouterr()
+    # the commands to paste name the folder as a shell gives it back: its byte as \xe9 in $'...'
+    assert (
+        f"ramer eval $'{os.fsencode(str(run)).decode('latin-1').replace(chr(0xE9), chr(92) + 'xe9')}'"
+        in capsys.readouterr().err
+    )
     assert main(["eval", str(run)]) == 0, capsys.readouterr().err
     assert main(["predict", str(run), "--out", str(tmp_path / "p.jsonl")]) == 0, capsys.readouterr().err
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 20
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="runs bash")
+def test_a_path_to_paste_is_given_back_by_the_shell_byte_for_byte():
+    """``paths.shell_quote``: a name with a byte that is not UTF-8, or a control character, was
+    quoted as text that no shell turns back into that byte (``'r\\udcff'``); now ``$'r\\xff'``."""
+    from ramer.paths import shell_quote
+
+    for raw in [b"r\xff", b"esc\x1bx", b"tab\tx", "\u00e9t\u00e9 x".encode() + b"\xe9", b"it's", b"a b", b"-run"]:
+        quoted = shell_quote(os.fsdecode(raw))
+        got = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, check=True).stdout
+        assert got == raw, quoted
 
 
 def _makes(folder) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import shlex
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from ramer.infer import predict as predict_store
 from ramer.metrics import ARGMAX, decide, finite_scores
 from ramer.models import CLASSICAL, DataSpec, UnknownModel, build_model, meta_model
 from ramer.models.base import import_settings, trait_names
-from ramer.paths import argument, held_elsewhere
+from ramer.paths import argument, held_elsewhere, shell_quote
 
 __all__ = ["OtherImport", "Predictor", "RunNotFinished", "load", "load_data_for"]
 
@@ -117,7 +116,7 @@ class Predictor:
         if tuple(names) != tuple(self.spec.label_names):
             model = list(self.spec.label_names)
             said = f"{source}: labels {list(names)} differ from the model's {model}"
-            again = f"(an import: --labels {shlex.quote(','.join(model))})"
+            again = f"(an import: --labels {shell_quote(','.join(model))})"
             lacks = [n for n in names if n not in model]
             carried = None if labels is None else np.asarray(labels).reshape(-1, len(names)).any(axis=0)
             if sorted(names) == sorted(model):  # an import whose --labels (or sorted names) put them otherwise
@@ -414,7 +413,7 @@ def load(run_dir: str | os.PathLike, device: str | torch.device | None = None, p
     if (run / "train_state.pt").exists() and not (run / "test_metrics.json").exists():
         warnings.warn(
             f"{run}: the run has not finished (no test_metrics.json): still being trained, or stopped before its "
-            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {shlex.quote(argument(run))} "
+            f"test; this is its best model so far (epoch {epoch}); ramer train --resume {shell_quote(argument(run))} "
             "finishes a stopped run",
             RunNotFinished,
             stacklevel=2,

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shlex
 import time
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -104,6 +103,7 @@ from ramer.paths import (
     remove_if_empty,
     remove_temporaries,
     resolved,
+    shell_join,
     work_folder,
 )
 from ramer.train import run_training
@@ -211,7 +211,7 @@ class BenchSettings:
             parts.append("--quick")
         for s in self.overrides:
             parts += ["--set", s]
-        return shlex.join(parts)
+        return shell_join(parts)
 
 
 def parse_models(text: str | None, option: str = "--models") -> list[str]:
@@ -361,7 +361,7 @@ def load_tuned(s: BenchSettings, model: str) -> dict:
     if not path.is_file():
         tune = ["ramer", "tune", "--model", model, "--out", argument(s.tuned / model)]
         raise RamerError(
-            f"--tuned: no tuned config for {model}: {path} not found (make it with: {shlex.join(tune)}, or bench "
+            f"--tuned: no tuned config for {model}: {path} not found (make it with: {shell_join(tune)}, or bench "
             "with --tune-trials N)"
         )
     tuned = build_config(path)

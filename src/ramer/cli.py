@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import re
-import shlex
 import signal
 import sys
 import time
@@ -38,6 +37,7 @@ from ramer.paths import (
     hold,
     need_regular_file,
     remove_if_empty,
+    shell_quote,
     signal_answered_by,
     write_stderr,
     write_stdout,
@@ -551,7 +551,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def next_steps(run: Path | str, split: str | None = None) -> str:
     """The line after a finished run: where it is and the commands that use it, ready to paste;
     on ``split`` (``valid`` after a run whose test split is empty: those commands refuse an empty one)."""
-    q = shlex.quote(argument(run)) + (f" --split {split}" if split else "")
+    q = shell_quote(argument(run)) + (f" --split {split}" if split else "")
     return (
         f"run folder: {run}; next: ramer eval {q}, ramer predict {q} --out preds.jsonl, "
         f"ramer view {q} --out scenes.html"
@@ -570,7 +570,7 @@ def interrupted_hint(out: Path, processes: int = 1) -> str:
         epoch = saved_epoch(out / "train_state.pt")  # Ctrl-C may land after its save, before its line
         saved = f"; epoch {epoch} is saved" if epoch else ""
         nproc = f" --nproc {processes}" if processes > 1 else ""
-        return f"interrupted{saved}; resume with: ramer train --resume {shlex.quote(argument(out))}{nproc}"
+        return f"interrupted{saved}; resume with: ramer train --resume {shell_quote(argument(out))}{nproc}"
     held = existing_run(out) if out.is_dir() else None
     if held:  # a classical fit's model file (--resume keeps it), a deep run's first best model
         return f"interrupted before a state to resume from was saved: {held}"
@@ -1067,7 +1067,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
     refuse_empty(args, "out", out=None)  # the current folder
     if args.labels is not None and ";" in args.labels and "," not in args.labels:  # the labels column's separator
-        comma = shlex.quote(args.labels.replace(";", ","))
+        comma = shell_quote(args.labels.replace(";", ","))
         raise RamerError(f"--labels is comma-separated (got '{args.labels}'): --labels {comma}")
     labels = args.labels.split(",") if args.labels is not None else None
     try:
@@ -1098,7 +1098,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     for line in note_lines(meta):  # a script reads stdout: notes go beside the progress lines
         ERR.print(line)
     OUT.print(f"wrote {args.out}")
-    q = shlex.quote(argument(args.out))
+    q = shell_quote(argument(args.out))
     after = f"ramer train --data {q}"
     if not meta["info"]["conversations"]["labelled"]:
         after = f"ramer predict RUN_DIR --data {q} --out preds.jsonl (RUN_DIR: a run trained on these labels)"
@@ -1190,7 +1190,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         OUT.print(
             f"best: trial {best['trial']}, valid {METRIC_NAMES[result.summary['metric']]} {best['value']:.4f} "
             f"({values})\n"
-            f"config: {out / 'best.yaml'} (ramer train --config {shlex.quote(argument(out / 'best.yaml'))}); "
+            f"config: {out / 'best.yaml'} (ramer train --config {shell_quote(argument(out / 'best.yaml'))}); "
             f"trials: {out / 'trials.md'}"
         )
     return 0
@@ -1384,7 +1384,7 @@ def flag_hint(parser: argparse.ArgumentParser, arg: str, after: list[str]) -> st
     near_leaf = [leaf] if leaf in leaves else get_close_matches(leaf, leaves, n=1, cutoff=0.8)
     if not near_leaf:
         return None
-    sets = [f"--set {shlex.quote(f'{key}={value}') if value else f'{key}=VALUE'}" for key in leaves[near_leaf[0]]]
+    sets = [f"--set {shell_quote(f'{key}={value}') if value else f'{key}=VALUE'}" for key in leaves[near_leaf[0]]]
     return "use " + " or ".join(sets)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import socket
 import stat
@@ -776,9 +777,31 @@ def not_a_regular_file(path: Path) -> str | None:
     return "is not a regular file (a pipe, socket or device), expected a file"
 
 
+def shell_quote(text: str) -> str:
+    """``text`` as one argument of a shell line to paste (``shlex.quote``). A text no quotes carry as
+    it is (a control character, a byte of a file name that is not UTF-8, ``NAME_BYTES``) in the
+    ``$'...'`` form of bash and zsh, such characters as the ``\\xNN`` of their bytes."""
+    if text.isprintable():
+        return shlex.quote(text)
+    body = "".join(
+        "\\" + c
+        if c in "'\\"
+        else c
+        if c.isascii() and c.isprintable()
+        else "".join(f"\\x{b:02x}" for b in os.fsencode(c))
+        for c in text
+    )
+    return f"$'{body}'"
+
+
+def shell_join(parts: list[str]) -> str:
+    """``parts`` as a shell line to paste, each quoted by ``shell_quote``."""
+    return " ".join(shell_quote(p) for p in parts)
+
+
 def argument(path: str | Path) -> str:
     """``path`` as a command's argument in a line to paste: a relative path that starts with ``-``
-    (``--out=-run``) as ``./-run``, which no parser takes for an option. Quote it (``shlex``)."""
+    (``--out=-run``) as ``./-run``, which no parser takes for an option. Quote it (``shell_quote``)."""
     text = str(path)
     return f"./{text}" if text.startswith("-") else text
 

@@ -13,7 +13,6 @@ an error names the keys) and resumes the others.
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -30,6 +29,7 @@ from ramer.paths import (
     atomic_write_text,
     hold,
     read_json,
+    shell_join,
     work_folder,
 )
 from ramer.train import run_training
@@ -235,7 +235,7 @@ def _reproduce(
             results.append(run_training(run_cfg, run_dir, bundle=bundle, console=console, resume=resume))
     table = summarise(results, memor=bench.startswith("memor"), task=task)
     command = ["ramer", "reproduce", bench, "--data", argument(data), "--seeds", str(seeds), "--out", argument(out)]
-    command = shlex.join([*command, *(x for o in overrides for x in ("--set", o))])  # to paste as it is
+    command = shell_join([*command, *(x for o in overrides for x in ("--set", o))])  # to paste as it is
     numbers = ", ".join(str(cfg.train.seed + k) for k in range(seeds))
     departures = (  # the heading names the benchmark: what was changed of its config is said under it
         f"Settings changed from config `{config_name}` (--set): {', '.join(f'`{o}`' for o in overrides)}.\n\n"

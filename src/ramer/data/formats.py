@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickletools
-import shlex
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from ramer.data.readers import SPLITS, SplitStream
 from ramer.data.safe_load import ZIP_ERRORS, is_torch_file, safe_load
 from ramer.data.store import DataBundle, is_native, load_native, native_info, native_source_format, save_cut_off
 from ramer.errors import RamerError, unreadable
-from ramer.paths import argument, held_elsewhere, need_regular_file
+from ramer.paths import argument, held_elsewhere, need_regular_file, shell_join
 
 FORMATS = ("mosei_aligned", "mosei_unaligned", "m3ed_pickle", "m3ed_carat", "memor", "native", "synthetic")
 
@@ -474,7 +473,7 @@ def convert_again(info, differences: list[tuple[str, Any, Any]]) -> str:
     command = ["ramer", "data", "convert", argument(source)]
     for key, _, to in differences:
         command += ["--labels", str(to)] if key == "labels" else ["--set", f"data.{key}={shown(to)}"]
-    return shlex.join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument
+    return shell_join([*command, "--out", "DIR"])  # to paste: a path with a space stays one argument
 
 
 def read_by(key: str) -> list[str]:

@@ -43,7 +43,6 @@ import inspect
 import json
 import os
 import re
-import shlex
 import threading
 import time
 from pathlib import Path
@@ -90,6 +89,8 @@ from ramer.paths import (
     loads_json,
     need_regular_file,
     remove_temporaries,
+    shell_join,
+    shell_quote,
     work_folder,
 )
 from ramer.train.ema import WeightAverage
@@ -234,7 +235,7 @@ def existing_run(out: Path) -> str | None:
     held = [name for name in ("model.safetensors", "test_metrics.json") if (out / name).exists()]
     held += ["metrics.jsonl"] if log.is_dir() or (log.exists() and log.stat().st_size > 0) else []
     if (out / "train_state.pt").exists() or (held and _classical_run(out)):
-        return f"{out} already holds a run; use --resume {shlex.quote(argument(out))} or another --out"
+        return f"{out} already holds a run; use --resume {shell_quote(argument(out))} or another --out"
     if held:
         return (
             f"{out} holds a run's {', '.join(held)} but no train_state.pt to resume from (stopped before its first "
@@ -404,7 +405,7 @@ def resume_state(out: Path, cfg: Config) -> dict:
     --resume RUN --nproc N`` (each would refuse it alike)."""
     path = out / "train_state.pt"
     if not (path.exists() or path.is_symlink()):  # stopped before its first state: say what to do
-        again = shlex.join(["ramer", "train", "--config", argument(out / "config.yaml"), "--out", argument(out)])
+        again = shell_join(["ramer", "train", "--config", argument(out / "config.yaml"), "--out", argument(out)])
         raise RamerError(
             existing_run(out)
             or f"{path}: not found; cannot resume: the run stopped before its first training state was saved, "
