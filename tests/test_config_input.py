@@ -264,3 +264,11 @@ def test_a_loss_weight_that_overflows_the_loss_is_refused_naming_it():
     ):
         build_config(None, ["loss.w_cl=1e300"])
     assert build_config(None, ["loss.w_cl=1000"]).loss.w_cl == 1000
+
+
+def test_a_missing_rate_that_hides_every_modality_is_refused():
+    """``data.missing_rate=1`` trained with every modality hidden, without a word (``bench
+    --missing-rates`` refuses 1)."""
+    with pytest.raises(RamerError, match=r"'data.missing_rate': Input should be less than 1 \(got 1.0\)"):
+        build_config(None, ["data.missing_rate=1.0"])
+    assert build_config(None, ["data.missing_rate=0.99"]).data.missing_rate == 0.99

@@ -114,7 +114,8 @@ class DataConfig(_Section):
     memor_protocol: Literal["target", "clip"] = "target"  # MEmoR: a sample per annotation or per clip
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # MEmoR: share of train held out for validation
     valid_seed: int = Field(2020, ge=0)  # MEmoR: seed of that split
-    missing_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # share of the present modality features hidden at random; 1 would hide every one (bench: [0, 1) too)
+    missing_rate: float = Field(0.0, ge=0.0, lt=1.0)
     missing_at: Literal["all", "test"] = "all"
     task: Literal["auto", "multi_label", "single_label"] = "auto"  # auto: what the data records (docs/MODEL.md)
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
