@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import glob
 import io
 import json
@@ -23,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 try:
     import fcntl
@@ -212,6 +213,15 @@ def _byte_escape(match: re.Match) -> str:
     return f"\\x{ord(match.group()) - 0xDC00:02x}"
 
 
+def _first_encodable(tries: list[Callable[[], Any]]) -> Any:
+    """The value of the first of ``tries`` that raises no UnicodeEncodeError; the last one's error
+    where each does."""
+    for attempt in tries[:-1]:
+        with contextlib.suppress(UnicodeEncodeError):
+            return attempt()
+    return tries[-1]()
+
+
 def _write_stream(name: str, text: str) -> None:
     """``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``); see ``write_stdout``. Where the
     stream's encoding lacks one of ramer's own characters (``ASCII_FALLBACK``), they are written as ASCII;
@@ -228,28 +238,18 @@ def _write_stream(name: str, text: str) -> None:
         except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream without one
             fd = None
         texts = (text, text.translate(ASCII_FALLBACK))
-        if fd is None:
-            tries = [v for t in texts for v in (t, NAME_BYTES.sub(_byte_escape, t))]
-            for i, t in enumerate(tries):
-                try:
-                    stream.write(t)  # a text stream encodes the whole text before it writes any
-                    break
-                except UnicodeEncodeError:
-                    if i == len(tries) - 1:
-                        raise
+        if fd is None:  # a text stream encodes the whole text before it writes any
+            _first_encodable(
+                [functools.partial(stream.write, v) for t in texts for v in (t, NAME_BYTES.sub(_byte_escape, t))]
+            )
             stream.flush()
         else:
             encoding = getattr(stream, "encoding", None) or "utf-8"
             errors = getattr(stream, "errors", None) or "strict"
             # a file name's bytes that are not text are written back as they are (surrogateescape), as ls does
-            tries = [(t, how) for t in texts for how in (errors, "surrogateescape")]
-            for i, (t, how) in enumerate(tries):
-                try:
-                    encoded = t.encode(encoding, how)
-                    break
-                except UnicodeEncodeError:
-                    if i == len(tries) - 1:
-                        raise
+            encoded = _first_encodable(
+                [functools.partial(t.encode, encoding, how) for t in texts for how in (errors, "surrogateescape")]
+            )
             view = memoryview(encoded)
             while view:
                 try:
@@ -783,15 +783,18 @@ def shell_quote(text: str) -> str:
     ``$'...'`` form of bash and zsh, such characters as the ``\\xNN`` of their bytes."""
     if text.isprintable():
         return shlex.quote(text)
-    body = "".join(
-        "\\" + c
-        if c in "'\\"
-        else c
-        if c.isascii() and c.isprintable()
-        else "".join(f"\\x{b:02x}" for b in os.fsencode(c))
-        for c in text
-    )
+    body = "".join(_shell_escaped(c) for c in text)
     return f"$'{body}'"
+
+
+def _shell_escaped(c: str) -> str:
+    """``c`` inside ``$'...'``: a quote or backslash after a backslash, printable ASCII as it is,
+    anything else as the ``\\xNN`` of its bytes."""
+    if c in "'\\":
+        return "\\" + c
+    if c.isascii() and c.isprintable():
+        return c
+    return "".join(f"\\x{b:02x}" for b in os.fsencode(c))
 
 
 def shell_join(parts: list[str]) -> str:
