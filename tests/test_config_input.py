@@ -130,6 +130,8 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
         ("loss.epoch", "train.epochs"),
         ("model.hiden", "model.hidden"),  # misspelled in its own section
         ("train.zzzzz", None),  # near nothing: the plain line
+        ("train.LR", "train.lr"),  # written in other case
+        ("train.Epoch", "train.epochs"),  # in other case and misspelled
     ],
 )
 def test_an_unknown_key_names_the_nearest_known_key(key, hint):
@@ -272,3 +274,11 @@ def test_a_missing_rate_that_hides_every_modality_is_refused():
     with pytest.raises(RamerError, match=r"'data.missing_rate': Input should be less than 1 \(got 1.0\)"):
         build_config(None, ["data.missing_rate=1.0"])
     assert build_config(None, ["data.missing_rate=0.99"]).data.missing_rate == 0.99
+
+
+@pytest.mark.parametrize(
+    "given, unknown, hint", [("Train.lr", "Train", "train"), ("model.Layers.text", "model.Layers", "model.layers")]
+)
+def test_a_section_written_in_other_case_is_named(given, unknown, hint):
+    with pytest.raises(RamerError, match=rf"unknown key '{unknown}' \(did you mean '{hint}'\?\)"):
+        build_config(overrides=[f"{given}=3"])

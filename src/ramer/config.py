@@ -317,8 +317,12 @@ def _describe(err: ValidationError, source: str) -> str:
             # misspelled and in another section (train.hiden): the keys whose own name is nearest
             leaves = get_close_matches(leaf, {k.rsplit(".", 1)[-1] for k in keys}, n=1, cutoff=0.8)
             respelled = [k for k in keys if k.rsplit(".", 1)[-1] in leaves]
+            # a key or section written in other case (Train.lr, train.LR): the one it names
+            names = {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 2)}
+            folded = [n for n in names if n.lower() == key.lower()]
             near = (
-                get_close_matches(key, moved, n=1, cutoff=0)
+                folded
+                or get_close_matches(key, moved, n=1, cutoff=0)
                 or get_close_matches(key, keys, n=1, cutoff=0.8)
                 or get_close_matches(key, respelled, n=1, cutoff=0)
             )
