@@ -282,3 +282,19 @@ def test_a_missing_rate_that_hides_every_modality_is_refused():
 def test_a_section_written_in_other_case_is_named(given, unknown, hint):
     with pytest.raises(RamerError, match=rf"unknown key '{unknown}' \(did you mean '{hint}'\?\)"):
         build_config(overrides=[f"{given}=3"])
+
+
+@pytest.mark.parametrize("text, read", [("010", 8), ("1:30", 90), ("0x1f", 31), ("!!int 010", 8), ("0b101", 5)])
+def test_a_config_file_number_yaml_reads_otherwise_than_in_decimal_is_refused(tmp_path, text, read):
+    """`seed: 010` in a file trained seed 8, as `--set train.seed=010` did."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  seed: {text}\n")
+    with pytest.raises(RamerError, match=rf"c.yaml: YAML reads {text.split()[-1]} as {read}; .* \(line 2, column 9\)"):
+        build_config(path)
+
+
+def test_a_config_file_keeps_the_numbers_written_in_decimal(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  seed: 08\n  epochs: 1_000\n  lr: 1.0e-3\n  weight_decay: .5\n")
+    cfg = build_config(path)
+    assert (cfg.train.seed, cfg.train.epochs, cfg.train.lr, cfg.train.weight_decay) == (8, 1000, 1e-3, 0.5)

@@ -380,11 +380,37 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_yaml_text(text: str) -> Any:
+class NotDecimal(yaml.constructor.ConstructorError):
+    """A number in a config file that YAML reads other than as written in decimal (``_FileLoader``)."""
+
+
+class _FileLoader(_NoAliasLoader):
+    """``_NoAliasLoader`` that also refuses a number YAML 1.1 reads other than as its text says in
+    decimal: ``seed: 010`` (octal 8), ``1:30`` (90), ``0x1f``, ``!!int 010``."""
+
+    def _as_written(self, node, value):
+        if math.isfinite(value) and not _decimal(node.value, value):  # .inf and .nan: the field's own error
+            raise NotDecimal(
+                None, None, f"YAML reads {node.value} as {value}; write the number in decimal digits", node.start_mark
+            )
+        return value
+
+    def construct_yaml_int(self, node):
+        return self._as_written(node, super().construct_yaml_int(node))
+
+    def construct_yaml_float(self, node):
+        return self._as_written(node, super().construct_yaml_float(node))
+
+
+_FileLoader.add_constructor("tag:yaml.org,2002:int", _FileLoader.construct_yaml_int)
+_FileLoader.add_constructor("tag:yaml.org,2002:float", _FileLoader.construct_yaml_float)
+
+
+def load_yaml_text(text: str, loader: type[_NoAliasLoader] = _NoAliasLoader) -> Any:
     """YAML text as a config file is read: no Python tags, no aliases, no key given twice (a
-    ``yaml.YAMLError`` names the place)."""
+    ``yaml.YAMLError`` names the place); ``loader=_FileLoader``: numbers as written, too."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: Python tags are refused
+        return yaml.load(text, Loader=loader)  # a SafeLoader: Python tags are refused
     except ValueError as e:  # a scalar the reader's constructor cannot convert
         if too_many_digits(e):
             raise yaml.YAMLError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
@@ -505,7 +531,7 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise RamerError(f"{path}: is a folder, not a config file")
     try:
-        tree = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+        tree = load_yaml_text(path.read_text(encoding="utf-8"), _FileLoader) or {}
     except FileNotFoundError:
         raise RamerError(f"{path}: config file not found") from None
     except OSError as e:
@@ -516,6 +542,8 @@ def read_yaml(path: str | Path) -> dict:
         raise RamerError(
             f"config file {path} uses {yaml_problem(e)}; a config takes no aliases: write the values out"
         ) from None
+    except NotDecimal as e:
+        raise RamerError(f"config file {path}: {yaml_problem(e)}") from None
     except yaml.YAMLError as e:
         raise RamerError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(tree, dict):
