@@ -7,6 +7,7 @@ overrides, and the resolved result is saved in the run directory and inside the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -389,10 +390,8 @@ class _FileLoader(_NoAliasLoader):
     decimal: ``seed: 010`` (octal 8), ``1:30`` (90), ``0x1f``, ``!!int 010``."""
 
     def _as_written(self, node, value):
-        if math.isfinite(value) and not _decimal(node.value, value):  # .inf and .nan: the field's own error
-            raise NotDecimal(
-                None, None, f"YAML reads {node.value} as {value}; write the number in decimal digits", node.start_mark
-            )
+        if problem := _not_as_written(node.value, value):
+            raise NotDecimal(None, None, problem, node.start_mark)
         return value
 
     def construct_yaml_int(self, node):
@@ -437,14 +436,15 @@ def _field_annotation(key: str) -> Any:
     return annotation
 
 
-def _decimal(text: str, value: int | float) -> bool:
-    """Whether the number YAML read from ``text`` (``value``) is what ``text`` says written in
-    decimal: not 010 (YAML 1.1's octal 8), 0b101, 0x1f, 1:30 (90) nor a tag (!!int 010)."""
-    text = re.sub(r"\s+#.*", "", text)  # a comment after it
-    try:
-        return (int(text) if isinstance(value, int) else float(text)) == value
-    except ValueError:
-        return False
+def _not_as_written(text: str, value: int | float) -> str | None:
+    """What is wrong where the finite number YAML read from ``text`` (``value``) is not what ``text``
+    says written in decimal: 010 (YAML 1.1's octal 8), 0b101, 0x1f, 1:30 (90), a tag (!!int 010);
+    None where it is, and for inf and NaN (the field's own error)."""
+    bare = re.sub(r"\s+#.*", "", text)  # a comment after it
+    with contextlib.suppress(ValueError):
+        if not math.isfinite(value) or (int(bare) if isinstance(value, int) else float(bare)) == value:
+            return None
+    return f"YAML reads {text} as {value}; write the number in decimal digits"
 
 
 def _one_quoted_scalar(text: str) -> bool:
@@ -477,8 +477,8 @@ def _parse_value(text: str, annotation: Any = None) -> Any:
         # the text as given: YAML read a number, true/false or a date in it, or cut a comment, tag or anchor off
         return value if isinstance(value, str) and _one_quoted_scalar(raw) else raw
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if number and math.isfinite(value) and not _decimal(raw, value):  # inf and NaN: the field's own error
-        raise ValueError(f"YAML reads {raw} as {value}; write the number in decimal digits")
+    if number and (problem := _not_as_written(raw, value)):
+        raise ValueError(problem)
     return value
 
 
